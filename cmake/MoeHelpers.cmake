@@ -1,0 +1,48 @@
+# One helper per kind of target, so every library, program and test is declared the same way.
+
+# moe_add_library(NAME SOURCES ... [DEPS ...])
+function(moe_add_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS})
+  target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra>)
+endfunction()
+
+# moe_add_program(NAME SOURCES ... [DEPS ...])
+function(moe_add_program name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS})
+  target_compile_options(${name} PRIVATE -Wall -Wextra)
+endfunction()
+
+# moe_add_test(NAME SOURCES ... [DEPS ...] [LABELS ...])
+# A GoogleTest executable registered with CTest. Tests find their data through MOE_SOURCE_DIR
+# and the built programs through MOE_BINARY_DIR.
+function(moe_add_test name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  target_compile_definitions(${name} PRIVATE
+    MOE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" MOE_BINARY_DIR="${PROJECT_BINARY_DIR}")
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS "cpu;${ARG_LABELS}" TIMEOUT 600)
+endfunction()
+
+# moe_add_mpi_test(NAME RANKS N SOURCES ... [DEPS ...])
+# A GoogleTest executable run under `mpirun -np N --oversubscribe` by CTest.
+function(moe_add_mpi_test name)
+  cmake_parse_arguments(ARG "" "RANKS" "SOURCES;DEPS;LABELS" ${ARGN})
+  if(NOT TARGET ${name})
+    add_executable(${name} ${ARG_SOURCES})
+    target_link_libraries(${name} PRIVATE ${ARG_DEPS} MPI::MPI_CXX GTest::gtest)
+    target_compile_definitions(${name} PRIVATE
+      MOE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" MOE_BINARY_DIR="${PROJECT_BINARY_DIR}")
+  endif()
+  add_test(NAME ${name}_np${ARG_RANKS}
+           COMMAND ${MPIRUN_EXECUTABLE} --oversubscribe -np ${ARG_RANKS} $<TARGET_FILE:${name}>)
+  set_tests_properties(${name}_np${ARG_RANKS} PROPERTIES
+    LABELS "cpu;mpi;${ARG_LABELS}" TIMEOUT 600
+    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+endfunction()

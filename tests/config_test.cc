@@ -1,0 +1,129 @@
+// config.json parsing: the real Mixtral configs, defaults, and every refusal naming its field.
+#include "worker/model/config.h"
+
+#include <gtest/gtest.h>
+
+namespace moe {
+namespace {
+
+using nlohmann::json;
+
+const std::string kSrc = MOE_SOURCE_DIR;
+
+json Tiny() {
+  return json::parse(R"({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 1024,
+    "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
+    "num_key_value_heads": 2, "num_local_experts": 8, "num_experts_per_tok": 2, "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-05, "sliding_window": null, "tie_word_embeddings": false,
+    "max_position_embeddings": 4096, "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2})");
+}
+
+void ExpectRefused(const json& j, const std::string& field) {
+  absl::StatusOr<ModelConfig> c = ModelConfig::FromJson(j);
+  ASSERT_FALSE(c.ok()) << j.dump();
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(c.status().message()).find("'" + field + "'"), std::string::npos) << c.status();
+}
+
+TEST(ConfigTest, GoldenTiny) {
+  ModelConfig c = ModelConfig::FromModelDir(kSrc + "/tests/data/golden/tiny").value();
+  EXPECT_EQ(c.vocab_size, 1024);
+  EXPECT_EQ(c.hidden_size, 128);
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.num_kv_heads, 2);
+  EXPECT_EQ(c.heads_per_kv(), 4);
+  EXPECT_EQ(c.num_experts, 8);
+  EXPECT_EQ(c.experts_per_token, 2);
+  EXPECT_FALSE(c.sliding_window.has_value());
+  EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
+  EXPECT_EQ(c.eos_token_ids, std::vector<int64_t>{2});
+}
+
+TEST(ConfigTest, Mixtral8x7bParameterCount) {
+  // The real Mixtral-8x7B config: 46.7B parameters, 12.9B active per token (top-2 of 8 experts).
+  json j = json::parse(R"({"architectures": ["MixtralForCausalLM"], "hidden_size": 4096,
+    "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mixtral",
+    "num_attention_heads": 32, "num_experts_per_tok": 2, "num_hidden_layers": 32, "num_key_value_heads": 8,
+    "num_local_experts": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": null,
+    "tie_word_embeddings": false, "vocab_size": 32000})");
+  ModelConfig c = ModelConfig::FromJson(j).value();
+  const double total = static_cast<double>(c.replicated_params() + c.num_layers * c.num_experts * c.expert_params());
+  const double active =
+      static_cast<double>(c.replicated_params() + c.num_layers * c.experts_per_token * c.expert_params());
+  EXPECT_NEAR(total / 1e9, 46.7, 0.05);
+  EXPECT_NEAR(active / 1e9, 12.9, 0.05);
+}
+
+TEST(ConfigTest, OptionalFields) {
+  json j = Tiny();
+  j["head_dim"] = 32;  // differs from hidden / heads
+  j["sliding_window"] = 4096;
+  j["tie_word_embeddings"] = true;
+  j["eos_token_id"] = {2, 7};
+  j.erase("num_key_value_heads");
+  ModelConfig c = ModelConfig::FromJson(j).value();
+  EXPECT_EQ(c.head_dim, 32);
+  EXPECT_EQ(c.q_dim(), 256);
+  EXPECT_EQ(c.num_kv_heads, 8);  // defaults to the query heads
+  EXPECT_EQ(*c.sliding_window, 4096);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{2, 7}));
+  // transformers 5 puts rope_theta inside rope_parameters.
+  json k = Tiny();
+  k.erase("rope_theta");
+  k["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5e5}};
+  EXPECT_DOUBLE_EQ(ModelConfig::FromJson(k).value().rope_theta, 5e5);
+}
+
+TEST(ConfigTest, RoundTrip) {
+  json j = Tiny();
+  j["sliding_window"] = 64;
+  ModelConfig a = ModelConfig::FromJson(j).value();
+  ModelConfig b = ModelConfig::FromJson(a.ToJson()).value();
+  EXPECT_EQ(a.ToJson(), b.ToJson());
+}
+
+TEST(ConfigTest, RefusesWhatItCannotHonour) {
+  json j = Tiny();
+  j["architectures"] = {"LlamaForCausalLM"};
+  ExpectRefused(j, "architectures");
+  j = Tiny();
+  j["model_type"] = "llama";
+  ExpectRefused(j, "model_type");
+  j = Tiny();
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  ExpectRefused(j, "rope_scaling");
+  j = Tiny();
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  ExpectRefused(j, "rope_parameters.rope_type");
+  j = Tiny();
+  j["hidden_act"] = "gelu";
+  ExpectRefused(j, "hidden_act");
+  j = Tiny();
+  j["num_key_value_heads"] = 3;
+  ExpectRefused(j, "num_key_value_heads");
+  j = Tiny();
+  j["num_experts_per_tok"] = 9;
+  ExpectRefused(j, "num_experts_per_tok");
+  j = Tiny();
+  j.erase("hidden_size");
+  ExpectRefused(j, "hidden_size");
+  j = Tiny();
+  j["vocab_size"] = -5;
+  ExpectRefused(j, "vocab_size");
+  j = Tiny();
+  j["intermediate_size"] = "big";
+  ExpectRefused(j, "intermediate_size");
+  j = Tiny();
+  j["head_dim"] = 15;
+  ExpectRefused(j, "head_dim");
+}
+
+TEST(ConfigTest, MissingFileNamesPath) {
+  absl::StatusOr<ModelConfig> c = ModelConfig::FromModelDir("/nonexistent/model");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(std::string(c.status().message()).find("/nonexistent/model/config.json"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,324 @@
+// PlacementPlan: every expert placed, memory balanced across ranks (per layer and over layers),
+// replicas balanced when there are more ranks than experts, route() deterministic and even, and
+// the JSON hand-off validated.
+#include "coordinator/placement.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace moe {
+namespace {
+
+struct Shape {
+  int64_t layers;
+  int64_t experts;
+  int world;
+};
+
+std::string Name(const Shape& s) {
+  return "L" + std::to_string(s.layers) + "_E" + std::to_string(s.experts) + "_W" +
+         std::to_string(s.world);
+}
+
+std::vector<Shape> AllShapes() {
+  std::vector<Shape> shapes;
+  for (int64_t layers : {1, 4, 32}) {
+    for (int world : {1, 2, 3, 4, 5, 6, 8, 16, 12}) shapes.push_back({layers, 8, world});
+    for (int world : {1, 2, 3, 4, 5, 8}) shapes.push_back({layers, 4, world});
+    for (int world : {1, 3, 5, 7, 16, 24, 32}) shapes.push_back({layers, 16, world});
+  }
+  return shapes;
+}
+
+PlacementPlan MakeOrDie(const Shape& s) {
+  absl::StatusOr<PlacementPlan> plan = PlacementPlan::Make(s.layers, s.experts, s.world);
+  EXPECT_TRUE(plan.ok()) << plan.status();
+  return *std::move(plan);
+}
+
+int64_t Spread(const std::vector<int64_t>& v) {
+  auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+  return *hi - *lo;
+}
+
+class PlacementShapeTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(PlacementShapeTest, EveryExpertPlacedAndIndexesAgree) {
+  const Shape s = GetParam();
+  const PlacementPlan plan = MakeOrDie(s);
+  ASSERT_EQ(plan.num_layers(), s.layers);
+  ASSERT_EQ(plan.num_experts(), s.experts);
+  ASSERT_EQ(plan.world_size(), s.world);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    for (int64_t e = 0; e < s.experts; ++e) {
+      const std::vector<int>& ranks = plan.replicas(l, e);
+      ASSERT_FALSE(ranks.empty()) << "layer " << l << " expert " << e;
+      EXPECT_TRUE(std::adjacent_find(ranks.begin(), ranks.end(), std::greater_equal<int>()) ==
+                  ranks.end())
+          << "replicas not strictly ascending, layer " << l << " expert " << e;
+      for (int r : ranks) {
+        ASSERT_GE(r, 0);
+        ASSERT_LT(r, s.world);
+      }
+      for (int r = 0; r < s.world; ++r) {
+        const bool listed = std::find(ranks.begin(), ranks.end(), r) != ranks.end();
+        const auto& on_rank = plan.experts_on_rank(l, r);
+        const bool indexed = std::find(on_rank.begin(), on_rank.end(), e) != on_rank.end();
+        EXPECT_EQ(plan.holds(l, e, r), listed);
+        EXPECT_EQ(indexed, listed) << "layer " << l << " expert " << e << " rank " << r;
+      }
+    }
+    for (int r = 0; r < s.world; ++r) {
+      const auto& on_rank = plan.experts_on_rank(l, r);
+      EXPECT_FALSE(on_rank.empty()) << "layer " << l << " rank " << r;
+      EXPECT_TRUE(std::is_sorted(on_rank.begin(), on_rank.end()));
+    }
+  }
+}
+
+TEST_P(PlacementShapeTest, MemoryBalancedPerLayerAndOverLayers) {
+  const Shape s = GetParam();
+  const PlacementPlan plan = MakeOrDie(s);
+  std::vector<int64_t> totals(s.world, 0);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    std::vector<int64_t> shares(s.world);
+    for (int r = 0; r < s.world; ++r) shares[r] = plan.experts_on_rank(l, r).size();
+    if (s.world <= s.experts) {
+      EXPECT_LE(Spread(shares), 1) << "layer " << l;
+      for (int r = 0; r < s.world; ++r) {
+        // A rank's share is one contiguous block of experts.
+        const auto& on_rank = plan.experts_on_rank(l, r);
+        EXPECT_EQ(on_rank.back() - on_rank.front() + 1, static_cast<int64_t>(on_rank.size()))
+            << "layer " << l << " rank " << r;
+      }
+    } else {
+      for (int r = 0; r < s.world; ++r) EXPECT_EQ(shares[r], 1) << "layer " << l << " rank " << r;
+    }
+    for (int r = 0; r < s.world; ++r) totals[r] += shares[r];
+    // The rotation keeps totals within one of each other after every prefix of layers, not
+    // just after a full cycle of world_size layers.
+    if (s.world <= s.experts) {
+      EXPECT_LE(Spread(totals), 1) << "after " << l + 1 << " layers";
+    }
+  }
+  // Totals add up to every expert weight stored once per replica.
+  int64_t stored = 0;
+  for (int64_t l = 0; l < s.layers; ++l) {
+    for (int64_t e = 0; e < s.experts; ++e) stored += plan.replicas(l, e).size();
+  }
+  int64_t sum = 0;
+  for (int64_t t : totals) sum += t;
+  EXPECT_EQ(sum, stored);
+}
+
+TEST_P(PlacementShapeTest, ReplicaCounts) {
+  const Shape s = GetParam();
+  const PlacementPlan plan = MakeOrDie(s);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    std::vector<int64_t> counts(s.experts);
+    for (int64_t e = 0; e < s.experts; ++e) counts[e] = plan.replicas(l, e).size();
+    if (s.world <= s.experts) {
+      for (int64_t e = 0; e < s.experts; ++e) EXPECT_EQ(counts[e], 1) << "layer " << l;
+    } else {
+      EXPECT_LE(Spread(counts), 1) << "layer " << l;
+      EXPECT_EQ(*std::min_element(counts.begin(), counts.end()), s.world / s.experts);
+    }
+  }
+}
+
+TEST_P(PlacementShapeTest, RouteReturnsAReplicaAndSpreadsEvenly) {
+  const Shape s = GetParam();
+  const PlacementPlan plan = MakeOrDie(s);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    for (int64_t e = 0; e < s.experts; ++e) {
+      const std::vector<int>& ranks = plan.replicas(l, e);
+      for (int src = 0; src < s.world; ++src) {
+        // Any contiguous key range, wherever it starts, is spread round-robin.
+        for (uint64_t first : {uint64_t{0}, uint64_t{37}, ~uint64_t{0} - 50}) {
+          for (uint64_t len : {uint64_t{1}, uint64_t{2}, uint64_t{3}, uint64_t{50}}) {
+            std::map<int, int64_t> hits;
+            for (int r : ranks) hits[r] = 0;
+            for (uint64_t k = first; k != first + len; ++k) {
+              const int dst = plan.route(l, e, src, k);
+              ASSERT_TRUE(hits.count(dst)) << "route gave non-replica " << dst;
+              ++hits[dst];
+              EXPECT_EQ(plan.route(l, e, src, k), dst) << "route is not pure";
+            }
+            std::vector<int64_t> counts;
+            for (const auto& [r, n] : hits) counts.push_back(n);
+            EXPECT_LE(Spread(counts), 1) << "layer " << l << " expert " << e << " src " << src
+                                         << " keys [" << first << ", +" << len << ")";
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(PlacementShapeTest, DeterministicAndJsonRoundTrip) {
+  const Shape s = GetParam();
+  const PlacementPlan plan = MakeOrDie(s);
+  EXPECT_EQ(plan, MakeOrDie(s));
+
+  absl::StatusOr<PlacementPlan> direct = PlacementPlan::FromJson(plan.ToJson());
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  EXPECT_EQ(*direct, plan);
+  // Through text too, as the plan travels to the ranks.
+  absl::StatusOr<PlacementPlan> text =
+      PlacementPlan::FromJson(nlohmann::json::parse(plan.ToJson().dump()));
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(*text, plan);
+  EXPECT_EQ(text->route(0, 0, s.world - 1, 12345), plan.route(0, 0, s.world - 1, 12345));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PlacementShapeTest, ::testing::ValuesIn(AllShapes()),
+                         [](const auto& info) { return Name(info.param); });
+
+TEST(PlacementPlanTest, ExampleShapes) {
+  // 8 over 3: contiguous blocks of 3,3,2 on layer 0, rotated by one rank on layer 1.
+  const PlacementPlan p3 = *PlacementPlan::Make(2, 8, 3);
+  EXPECT_EQ(p3.experts_on_rank(0, 0), (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(p3.experts_on_rank(0, 1), (std::vector<int64_t>{3, 4, 5}));
+  EXPECT_EQ(p3.experts_on_rank(0, 2), (std::vector<int64_t>{6, 7}));
+  EXPECT_EQ(p3.experts_on_rank(1, 1), (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(p3.experts_on_rank(1, 2), (std::vector<int64_t>{3, 4, 5}));
+  EXPECT_EQ(p3.experts_on_rank(1, 0), (std::vector<int64_t>{6, 7}));
+
+  // 16 over 8: two replicas each; 12 over 8: four experts with two, four with one.
+  const PlacementPlan p16 = *PlacementPlan::Make(1, 8, 16);
+  for (int64_t e = 0; e < 8; ++e) EXPECT_EQ(p16.replicas(0, e).size(), 2u);
+  const PlacementPlan p12 = *PlacementPlan::Make(1, 8, 12);
+  std::map<size_t, int> histogram;
+  for (int64_t e = 0; e < 8; ++e) ++histogram[p12.replicas(0, e).size()];
+  EXPECT_EQ(histogram, (std::map<size_t, int>{{1, 4}, {2, 4}}));
+
+  // One rank holds everything.
+  const PlacementPlan p1 = *PlacementPlan::Make(3, 8, 1);
+  for (int64_t l = 0; l < 3; ++l) {
+    EXPECT_EQ(p1.experts_on_rank(l, 0).size(), 8u);
+    EXPECT_EQ(p1.route(l, 5, 0, 99), 0);
+  }
+}
+
+TEST(PlacementPlanTest, FewTokensFromManySendersUseAllReplicas) {
+  // Each of 16 senders routes its first token (key 0): the per-sender offset must stop them
+  // all landing on the first replica.
+  const PlacementPlan plan = *PlacementPlan::Make(4, 8, 16);
+  for (int64_t l = 0; l < 4; ++l) {
+    for (int64_t e = 0; e < 8; ++e) {
+      std::map<int, int> hits;
+      for (int src = 0; src < 16; ++src) ++hits[plan.route(l, e, src, 0)];
+      EXPECT_EQ(hits.size(), plan.replicas(l, e).size()) << "layer " << l << " expert " << e;
+    }
+  }
+}
+
+TEST(PlacementPlanTest, MakeRejectsNonPositiveArguments) {
+  for (auto [layers, experts, world] : std::vector<std::tuple<int64_t, int64_t, int>>{
+           {0, 8, 2}, {-1, 8, 2}, {4, 0, 2}, {4, -8, 2}, {4, 8, 0}, {4, 8, -3}}) {
+    absl::StatusOr<PlacementPlan> plan = PlacementPlan::Make(layers, experts, world);
+    EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument)
+        << layers << " " << experts << " " << world;
+  }
+}
+
+TEST(PlacementPlanTest, OutOfRangeQueriesAreBugs) {
+  const PlacementPlan plan = *PlacementPlan::Make(2, 8, 4);
+  EXPECT_THROW(plan.replicas(2, 0), InternalError);
+  EXPECT_THROW(plan.replicas(0, 8), InternalError);
+  EXPECT_THROW(plan.experts_on_rank(0, 4), InternalError);
+  EXPECT_THROW(plan.route(0, 0, -1, 0), InternalError);
+}
+
+// A valid 2-layer, 4-expert, 3-rank plan to break in the tests below.
+nlohmann::json ValidJson() {
+  return nlohmann::json::parse(R"({
+    "num_layers": 2, "num_experts": 4, "world_size": 3,
+    "replicas": [[[0], [0, 1], [1], [2]], [[2], [1], [0], [0]]]
+  })");
+}
+
+void ExpectRejected(const nlohmann::json& j, const std::string& mentions) {
+  absl::StatusOr<PlacementPlan> plan = PlacementPlan::FromJson(j);
+  ASSERT_FALSE(plan.ok()) << j.dump();
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(plan.status().message().find(mentions), std::string::npos)
+      << "error \"" << plan.status().message() << "\" should mention \"" << mentions << "\"";
+}
+
+TEST(PlacementJsonTest, AcceptsValidUnsortedAndUnevenPlans) {
+  nlohmann::json j = ValidJson();
+  j["replicas"][0][1] = {1, 0};  // any order; stored ascending
+  absl::StatusOr<PlacementPlan> plan = PlacementPlan::FromJson(j);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->replicas(0, 1), (std::vector<int>{0, 1}));
+  EXPECT_EQ(plan->experts_on_rank(1, 0), (std::vector<int64_t>{2, 3}));
+  // Rank 1 holds nothing in layer 1 once expert 1 moves away: allowed from JSON.
+  j["replicas"][1][1] = {2};
+  plan = PlacementPlan::FromJson(j);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan->experts_on_rank(1, 1).empty());
+  EXPECT_FALSE(plan->Describe().empty());
+}
+
+TEST(PlacementJsonTest, RejectsMissingExpert) {
+  nlohmann::json empty = ValidJson();
+  empty["replicas"][1][2] = nlohmann::json::array();
+  ExpectRejected(empty, "replicas[1][2]");
+
+  nlohmann::json dropped = ValidJson();
+  dropped["replicas"][0].erase(3);
+  ExpectRejected(dropped, "replicas[0]");
+}
+
+TEST(PlacementJsonTest, RejectsRankOutOfRange) {
+  nlohmann::json high = ValidJson();
+  high["replicas"][0][3] = {3};
+  ExpectRejected(high, "replicas[0][3]");
+  nlohmann::json negative = ValidJson();
+  negative["replicas"][1][0] = {-1};
+  ExpectRejected(negative, "replicas[1][0]");
+  nlohmann::json not_int = ValidJson();
+  not_int["replicas"][1][0] = {"0"};
+  ExpectRejected(not_int, "replicas[1][0]");
+}
+
+TEST(PlacementJsonTest, RejectsDuplicateRank) {
+  nlohmann::json j = ValidJson();
+  j["replicas"][0][1] = {1, 0, 1};
+  ExpectRejected(j, "more than once");
+}
+
+TEST(PlacementJsonTest, RejectsWrongSizes) {
+  nlohmann::json too_few_layers = ValidJson();
+  too_few_layers["num_layers"] = 3;
+  ExpectRejected(too_few_layers, "num_layers=3");
+  nlohmann::json too_many_experts = ValidJson();
+  too_many_experts["num_experts"] = 5;
+  ExpectRejected(too_many_experts, "num_experts=5");
+  nlohmann::json not_array = ValidJson();
+  not_array["replicas"] = 7;
+  ExpectRejected(not_array, "\"replicas\"");
+}
+
+TEST(PlacementJsonTest, RejectsMissingOrBadHeader) {
+  for (const char* key : {"num_layers", "num_experts", "world_size", "replicas"}) {
+    nlohmann::json j = ValidJson();
+    j.erase(key);
+    ExpectRejected(j, key);
+  }
+  nlohmann::json zero_world = ValidJson();
+  zero_world["world_size"] = 0;
+  ExpectRejected(zero_world, "world_size");
+  nlohmann::json float_layers = ValidJson();
+  float_layers["num_layers"] = 2.0;
+  ExpectRejected(float_layers, "num_layers");
+  ExpectRejected(nlohmann::json::array(), "object");
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,251 @@
+#include "tests/support/reference_forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+namespace moe::testing_ref {
+namespace {
+
+// Row-major activations or weights in double. Shapes travel alongside as plain integers: every
+// function below states the layout it expects, which is all a reference needs.
+using Vec = std::vector<double>;
+
+// Reads `name` with exactly `shape` through the checkpoint's own converter, then widens to double
+// so all arithmetic after the (unavoidable) bf16 -> f32 step happens in float64.
+absl::StatusOr<Vec> ReadWeight(const Checkpoint& ckpt, const std::string& name,
+                               std::vector<int64_t> shape) {
+  const int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
+  std::vector<float> f(static_cast<size_t>(n));
+  MOE_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, f.data()));
+  return Vec(f.begin(), f.end());
+}
+
+// y[T, out] = x[T, in] W^T with W [out, in] (torch.nn.Linear without bias).
+Vec Linear(const Vec& x, int64_t T, int64_t in, const Vec& w, int64_t out) {
+  Vec y(static_cast<size_t>(T * out));
+  for (int64_t t = 0; t < T; ++t) {
+    const double* xr = &x[t * in];
+    for (int64_t o = 0; o < out; ++o) {
+      const double* wr = &w[o * in];
+      double s = 0;
+      for (int64_t i = 0; i < in; ++i) s += wr[i] * xr[i];
+      y[t * out + o] = s;
+    }
+  }
+  return y;
+}
+
+// MixtralRMSNorm over each row of x [T, H]: x / sqrt(mean(x^2) + eps) * w.
+Vec RmsNorm(const Vec& x, int64_t T, int64_t H, const Vec& w, double eps) {
+  Vec y(x.size());
+  for (int64_t t = 0; t < T; ++t) {
+    double ss = 0;
+    for (int64_t i = 0; i < H; ++i) ss += x[t * H + i] * x[t * H + i];
+    const double inv = 1.0 / std::sqrt(ss / static_cast<double>(H) + eps);
+    for (int64_t i = 0; i < H; ++i) y[t * H + i] = x[t * H + i] * inv * w[i];
+  }
+  return y;
+}
+
+// Rotary embedding in place on x [T, heads * d], non-interleaved (transformers' rotate_half):
+// element i pairs with i + d/2, and both use the angle of frequency index i.
+void ApplyRope(Vec& x, int64_t T, int64_t heads, int64_t d, double theta) {
+  const int64_t half = d / 2;
+  Vec inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    inv_freq[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(d));
+  }
+  for (int64_t p = 0; p < T; ++p) {
+    for (int64_t h = 0; h < heads; ++h) {
+      double* v = &x[(p * heads + h) * d];
+      for (int64_t i = 0; i < half; ++i) {
+        const double a = static_cast<double>(p) * inv_freq[i];
+        const double c = std::cos(a), s = std::sin(a);
+        const double lo = v[i], hi = v[i + half];
+        v[i] = lo * c - hi * s;
+        v[i + half] = hi * c + lo * s;
+      }
+    }
+  }
+}
+
+// Softmax of v in place, shifted by the maximum so large logits cannot overflow.
+void Softmax(double* v, int64_t n) {
+  const double m = *std::max_element(v, v + n);
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += (v[i] = std::exp(v[i] - m));
+  for (int64_t i = 0; i < n; ++i) v[i] /= sum;
+}
+
+// Eager causal attention for one sequence. q [T, heads*d], k and v [T, kv_heads*d], both already
+// rotated; returns the concatenated head outputs [T, heads*d] (before o_proj).
+Vec Attention(const ModelConfig& c, const Vec& q, const Vec& k, const Vec& v, int64_t T) {
+  const int64_t d = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  Vec out(static_cast<size_t>(T * qd), 0.0);
+  Vec scores(static_cast<size_t>(T));
+  for (int64_t h = 0; h < c.num_heads; ++h) {
+    const int64_t kvh = h / c.heads_per_kv();  // GQA: consecutive query heads share a kv head
+    for (int64_t t = 0; t < T; ++t) {
+      // Visible keys: causal (s <= t) and, with a sliding window w, s > t - w.
+      const int64_t first = c.sliding_window ? std::max<int64_t>(0, t - *c.sliding_window + 1) : 0;
+      const int64_t n = t - first + 1;
+      const double* qv = &q[t * qd + h * d];
+      for (int64_t s = first; s <= t; ++s) {
+        const double* kv = &k[s * kvd + kvh * d];
+        double dot = 0;
+        for (int64_t i = 0; i < d; ++i) dot += qv[i] * kv[i];
+        scores[s - first] = dot * scale;
+      }
+      Softmax(scores.data(), n);
+      double* o = &out[t * qd + h * d];
+      for (int64_t s = first; s <= t; ++s) {
+        const double* vv = &v[s * kvd + kvh * d];
+        for (int64_t i = 0; i < d; ++i) o[i] += scores[s - first] * vv[i];
+      }
+    }
+  }
+  return out;
+}
+
+// Indices of the k largest probabilities, largest first; equal values keep the lower index first.
+std::vector<int> TopK(const double* probs, int64_t n, int64_t k) {
+  std::vector<int> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return probs[a] > probs[b]; });
+  idx.resize(static_cast<size_t>(k));
+  return idx;
+}
+
+// Self-attention sub-block of layer `prefix`: returns o_proj(attn(x)) for normed input x [T, H].
+absl::StatusOr<Vec> AttentionBlock(const ModelConfig& c, const Checkpoint& ckpt,
+                                   const std::string& prefix, const Vec& x, int64_t T) {
+  const int64_t H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
+  const std::string a = prefix + "self_attn.";
+  MOE_ASSIGN_OR_RETURN(Vec wq, ReadWeight(ckpt, a + "q_proj.weight", {qd, H}));
+  MOE_ASSIGN_OR_RETURN(Vec wk, ReadWeight(ckpt, a + "k_proj.weight", {kvd, H}));
+  MOE_ASSIGN_OR_RETURN(Vec wv, ReadWeight(ckpt, a + "v_proj.weight", {kvd, H}));
+  MOE_ASSIGN_OR_RETURN(Vec wo, ReadWeight(ckpt, a + "o_proj.weight", {H, qd}));
+  Vec q = Linear(x, T, H, wq, qd);
+  Vec k = Linear(x, T, H, wk, kvd);
+  Vec v = Linear(x, T, H, wv, kvd);
+  ApplyRope(q, T, c.num_heads, c.head_dim, c.rope_theta);
+  ApplyRope(k, T, c.num_kv_heads, c.head_dim, c.rope_theta);
+  return Linear(Attention(c, q, k, v, T), T, qd, wo, H);
+}
+
+// Sparse MoE sub-block of layer `layer`: routes each row of normed x [T, H] to its top-k experts
+// and returns their weighted sum. Records the router logits [T, E] and the choices per token.
+absl::StatusOr<Vec> MoeBlock(const ModelConfig& c, const Checkpoint& ckpt, const std::string& prefix,
+                             const Vec& x, int64_t T, double* router_logits_out,
+                             std::vector<std::vector<int>>& topk_out) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
+  const int64_t K = c.experts_per_token;
+  const std::string m = prefix + "block_sparse_moe.";
+  MOE_ASSIGN_OR_RETURN(Vec wg, ReadWeight(ckpt, m + "gate.weight", {E, H}));
+  const Vec logits = Linear(x, T, H, wg, E);
+  std::copy(logits.begin(), logits.end(), router_logits_out);
+
+  // Per token: softmax over all experts, keep the top k, renormalise them to sum to one.
+  // weight_of[t][e] is the renormalised weight; selected[t][e] says whether e is among the k
+  // (kept apart because a selected expert's probability may underflow to zero).
+  std::vector<std::vector<double>> weight_of(static_cast<size_t>(T), std::vector<double>(E, 0.0));
+  std::vector<std::vector<bool>> selected(static_cast<size_t>(T), std::vector<bool>(E, false));
+  topk_out.assign(static_cast<size_t>(T), {});
+  for (int64_t t = 0; t < T; ++t) {
+    Vec p(logits.begin() + t * E, logits.begin() + (t + 1) * E);
+    Softmax(p.data(), E);
+    topk_out[t] = TopK(p.data(), E, K);
+    double sum = 0;
+    for (int e : topk_out[t]) sum += p[e];
+    for (int e : topk_out[t]) {
+      weight_of[t][e] = p[e] / sum;
+      selected[t][e] = true;
+    }
+  }
+
+  // Each expert runs only on the tokens routed to it: w2(silu(w1 x) * (w3 x)).
+  Vec out(static_cast<size_t>(T * H), 0.0);
+  for (int64_t e = 0; e < E; ++e) {
+    std::vector<int64_t> rows;
+    for (int64_t t = 0; t < T; ++t) {
+      if (selected[t][e]) rows.push_back(t);
+    }
+    if (rows.empty()) continue;
+    const std::string p = m + "experts." + std::to_string(e) + ".";
+    MOE_ASSIGN_OR_RETURN(Vec w1, ReadWeight(ckpt, p + "w1.weight", {I, H}));
+    MOE_ASSIGN_OR_RETURN(Vec w3, ReadWeight(ckpt, p + "w3.weight", {I, H}));
+    MOE_ASSIGN_OR_RETURN(Vec w2, ReadWeight(ckpt, p + "w2.weight", {H, I}));
+    for (int64_t t : rows) {
+      const Vec xt(x.begin() + t * H, x.begin() + (t + 1) * H);
+      const Vec g = Linear(xt, 1, H, w1, I);
+      const Vec u = Linear(xt, 1, H, w3, I);
+      Vec act(static_cast<size_t>(I));
+      for (int64_t i = 0; i < I; ++i) act[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+      const Vec y = Linear(act, 1, I, w2, H);
+      for (int64_t i = 0; i < H; ++i) out[t * H + i] += weight_of[t][e] * y[i];
+    }
+  }
+  return out;
+}
+
+void AddInPlace(Vec& x, const Vec& y) {
+  for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+absl::StatusOr<ReferenceOutput> ReferenceForward(const ModelConfig& c, const Checkpoint& ckpt,
+                                                 const std::vector<int32_t>& tokens) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_layers, E = c.num_experts;
+  if (T == 0) return absl::InvalidArgumentError("ReferenceForward: empty token list");
+  for (int64_t t = 0; t < T; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= V) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ReferenceForward: token ", tokens[t], " at position ", t,
+                       " is outside the vocabulary of ", V));
+    }
+  }
+
+  ReferenceOutput r;
+  r.T = T;
+  r.vocab = V;
+  r.layers = L;
+  r.experts = E;
+  r.router_logits.assign(static_cast<size_t>(L * T * E), 0.0);
+  r.topk.resize(static_cast<size_t>(L));
+
+  MOE_ASSIGN_OR_RETURN(Vec embed, ReadWeight(ckpt, "model.embed_tokens.weight", {V, H}));
+  Vec x(static_cast<size_t>(T * H));
+  for (int64_t t = 0; t < T; ++t) {
+    std::copy_n(embed.begin() + tokens[t] * H, H, x.begin() + t * H);
+  }
+
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string prefix = "model.layers." + std::to_string(l) + ".";
+    MOE_ASSIGN_OR_RETURN(Vec in_norm, ReadWeight(ckpt, prefix + "input_layernorm.weight", {H}));
+    MOE_ASSIGN_OR_RETURN(Vec attn,
+                         AttentionBlock(c, ckpt, prefix, RmsNorm(x, T, H, in_norm, c.rms_norm_eps), T));
+    AddInPlace(x, attn);
+
+    MOE_ASSIGN_OR_RETURN(Vec post_norm, ReadWeight(ckpt, prefix + "post_attention_layernorm.weight", {H}));
+    MOE_ASSIGN_OR_RETURN(Vec moe, MoeBlock(c, ckpt, prefix, RmsNorm(x, T, H, post_norm, c.rms_norm_eps), T,
+                                           &r.router_logits[l * T * E], r.topk[l]));
+    AddInPlace(x, moe);
+  }
+
+  MOE_ASSIGN_OR_RETURN(Vec final_norm, ReadWeight(ckpt, "model.norm.weight", {H}));
+  const Vec h = RmsNorm(x, T, H, final_norm, c.rms_norm_eps);
+  if (c.tie_word_embeddings) {
+    r.logits = Linear(h, T, H, embed, V);
+  } else {
+    MOE_ASSIGN_OR_RETURN(Vec lm_head, ReadWeight(ckpt, "lm_head.weight", {V, H}));
+    r.logits = Linear(h, T, H, lm_head, V);
+  }
+  return r;
+}
+
+}  // namespace moe::testing_ref

@@ -1,0 +1,147 @@
+#include "tests/support/safetensors_writer.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace moe {
+namespace {
+
+using nlohmann::ordered_json;
+
+absl::Status WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::PermissionDeniedError("cannot create " + path);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) return absl::InternalError("cannot write " + path);
+  return absl::OkStatus();
+}
+
+std::string LittleEndian64(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+
+template <typename T>
+void Append(std::string& out, T v) {
+  char buf[sizeof(T)];
+  std::memcpy(buf, &v, sizeof(T));  // the host is little-endian, like the format
+  out.append(buf, sizeof(T));
+}
+
+// The tensor's bytes in its dtype.
+absl::StatusOr<std::string> Encode(const NamedTensor& t) {
+  int64_t numel = 1;
+  for (int64_t d : t.shape) {
+    if (d < 0) return absl::InvalidArgumentError("tensor '" + t.name + "': negative dimension");
+    numel *= d;
+  }
+  const bool is_float = t.dtype == DType::kF32 || t.dtype == DType::kBF16 || t.dtype == DType::kF16;
+  if (!is_float) return std::string(static_cast<size_t>(numel) * DTypeSize(t.dtype), '\0');
+  if (static_cast<int64_t>(t.values.size()) != numel) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': ", t.values.size(),
+                                                   " values for ", numel, " elements"));
+  }
+  std::string out;
+  out.reserve(static_cast<size_t>(numel) * DTypeSize(t.dtype));
+  for (float v : t.values) {
+    if (t.dtype == DType::kF32) Append(out, v);
+    if (t.dtype == DType::kBF16) Append(out, F32ToBf16(v));
+    if (t.dtype == DType::kF16) Append(out, F32ToF16(v));
+  }
+  return out;
+}
+
+// Encodes the tensors into one file's bytes; `data_size` receives the data region's size.
+absl::StatusOr<std::string> Serialize(const std::vector<NamedTensor>& tensors,
+                                      const std::map<std::string, std::string>& metadata,
+                                      uint64_t* data_size) {
+  ordered_json header = ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string data;
+  for (const NamedTensor& t : tensors) {
+    MOE_ASSIGN_OR_RETURN(std::string bytes, Encode(t));
+    header[t.name] = {{"dtype", DTypeName(t.dtype)},
+                      {"shape", t.shape},
+                      {"data_offsets", {data.size(), data.size() + bytes.size()}}};
+    data += bytes;
+  }
+  std::string text = header.dump();
+  // Pad with spaces (valid JSON whitespace) so the data region starts 8-byte aligned, as the
+  // reference writer does.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  if (data_size != nullptr) *data_size = data.size();
+  return LittleEndian64(text.size()) + text + data;
+}
+
+std::string ShardName(size_t i, size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+  return buf;
+}
+
+}  // namespace
+
+uint16_t F32ToF16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000);
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return sign | 0x7e00 | static_cast<uint16_t>((abs >> 13) & 0x3ff);  // nan
+  if (abs >= 0x47800000u) return sign | 0x7c00;  // >= 65536 (or inf): beyond rounding range
+  if (abs < 0x38800000u) {
+    // Below the smallest normal (2^-14): a subnormal, in units of 2^-24. nearbyint rounds half
+    // to even in the default rounding mode, and the product is exact in float.
+    float mag;
+    std::memcpy(&mag, &abs, sizeof mag);
+    return sign | static_cast<uint16_t>(std::nearbyint(mag * 16777216.0f));
+  }
+  // Normal: rebias the exponent, then round the 13 dropped mantissa bits to nearest even. A carry
+  // into the exponent is correct, including up to inf (0x7c00).
+  uint32_t h = ((abs >> 23) - 127 + 15) << 10 | ((abs >> 13) & 0x3ff);
+  const uint32_t rest = abs & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;
+  return sign | static_cast<uint16_t>(h);
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  MOE_ASSIGN_OR_RETURN(std::string bytes, Serialize(tensors, metadata, nullptr));
+  return WriteFile(path, bytes);
+}
+
+absl::Status WriteShardedCheckpoint(const std::string& dir,
+                                    const std::vector<std::vector<NamedTensor>>& shards) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError("cannot create " + dir + ": " + ec.message());
+  if (shards.size() == 1) {
+    return WriteSafetensors(dir + "/model.safetensors", shards[0], {{"format", "pt"}});
+  }
+  ordered_json weight_map = ordered_json::object();
+  uint64_t total_size = 0;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const std::string name = ShardName(i, shards.size());
+    uint64_t data_size = 0;
+    MOE_ASSIGN_OR_RETURN(std::string bytes, Serialize(shards[i], {{"format", "pt"}}, &data_size));
+    MOE_RETURN_IF_ERROR(WriteFile(dir + "/" + name, bytes));
+    total_size += data_size;
+    for (const NamedTensor& t : shards[i]) weight_map[t.name] = name;
+  }
+  ordered_json index = {{"metadata", {{"total_size", total_size}}}, {"weight_map", weight_map}};
+  return WriteFile(dir + "/model.safetensors.index.json", index.dump(2));
+}
+
+absl::Status WriteRawSafetensors(const std::string& path, const std::string& header,
+                                 uint64_t data_bytes, std::optional<uint64_t> declared_header_len) {
+  uint64_t len = declared_header_len.value_or(header.size());
+  return WriteFile(path, LittleEndian64(len) + header + std::string(data_bytes, '\0'));
+}
+
+}  // namespace moe

@@ -1,0 +1,337 @@
+// Tokenizer and StreamingDetokenizer against outside references: the ids and texts that the
+// Python tooling produced for the shakespeare-moe model (samples.json), and the ids the
+// SentencePiece Python binding gives for Mixtral's tokenizer (tests/data/tokenizers/README.md).
+
+#include "worker/tokenizer.h"
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/json_util.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kShakespeareDir = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
+const std::string kMistralV1 =
+    std::string(MOE_SOURCE_DIR) + "/tests/data/tokenizers/mistral-v1.model";
+constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";
+
+std::unique_ptr<Tokenizer> LoadOrDie(absl::StatusOr<std::unique_ptr<Tokenizer>> tok) {
+  if (!tok.ok()) throw std::runtime_error(std::string(tok.status().message()));
+  return std::move(tok).value();
+}
+
+// True when `s` is well-formed UTF-8 (no truncated, overlong or surrogate sequences).
+bool IsValidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b0 = static_cast<unsigned char>(s[i]);
+    size_t len;
+    uint32_t cp;
+    if (b0 < 0x80) {
+      len = 1, cp = b0;
+    } else if ((b0 & 0xE0) == 0xC0) {
+      len = 2, cp = b0 & 0x1F;
+    } else if ((b0 & 0xF0) == 0xE0) {
+      len = 3, cp = b0 & 0x0F;
+    } else if ((b0 & 0xF8) == 0xF0) {
+      len = 4, cp = b0 & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > s.size()) return false;
+    for (size_t k = 1; k < len; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      if ((b & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (b & 0x3F);
+    }
+    static constexpr uint32_t kMinForLength[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMinForLength[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += len;
+  }
+  return true;
+}
+
+TEST(Utf8ValidatorTest, AcceptsAndRejects) {
+  EXPECT_TRUE(IsValidUtf8("héllo 🙂"));
+  EXPECT_FALSE(IsValidUtf8("\xF0\x9F\x99"));  // truncated emoji
+  EXPECT_FALSE(IsValidUtf8("\x99"));          // lone continuation byte
+  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));      // overlong '/'
+}
+
+// Streams `generated` after `prompt` one id at a time and checks every delta.
+struct StreamResult {
+  std::string text;
+  std::vector<std::string> chunks;
+};
+StreamResult Stream(const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                    const std::vector<int32_t>& generated) {
+  StreamingDetokenizer detok(tok, prompt);
+  StreamResult r;
+  for (int32_t id : generated) {
+    r.chunks.push_back(detok.Push(id));
+    r.text += r.chunks.back();
+  }
+  r.chunks.push_back(detok.Flush());
+  r.text += r.chunks.back();
+  return r;
+}
+
+std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// ---- shakespeare-moe: the model's own 2048-piece tokenizer and its reference samples ----
+
+class ShakespeareTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tok_ = LoadOrDie(Tokenizer::Load(kShakespeareDir));
+    auto samples = ReadJsonFile(kShakespeareDir + "/samples.json");
+    ASSERT_TRUE(samples.ok()) << samples.status();
+    samples_ = (*samples)["greedy_samples"];
+    ASSERT_EQ(samples_.size(), 3u);
+  }
+  std::unique_ptr<Tokenizer> tok_;
+  nlohmann::json samples_;
+};
+
+TEST_F(ShakespeareTest, SpecialIdsAndConfig) {
+  EXPECT_EQ(tok_->vocab_size(), 2048);
+  EXPECT_EQ(tok_->bos_id(), 1);
+  EXPECT_EQ(tok_->eos_id(), 2);
+  EXPECT_FALSE(tok_->add_bos());  // tokenizer_config.json says add_bos_token: false
+  EXPECT_FALSE(tok_->add_eos());
+}
+
+TEST_F(ShakespeareTest, EncodeMatchesPromptIds) {
+  for (const auto& s : samples_) {
+    EXPECT_EQ(tok_->Encode(s["prompt"].get<std::string>()),
+              s["prompt_ids"].get<std::vector<int32_t>>())
+        << s["prompt"];
+  }
+}
+
+TEST_F(ShakespeareTest, DecodeMatchesGreedyText) {
+  for (const auto& s : samples_) {
+    const auto ids = Concat(s["prompt_ids"].get<std::vector<int32_t>>(),
+                            s["greedy_ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(tok_->Decode(ids), s["greedy_text"].get<std::string>());
+  }
+}
+
+TEST_F(ShakespeareTest, StreamingReproducesGreedyText) {
+  for (const auto& s : samples_) {
+    const auto prompt = s["prompt_ids"].get<std::vector<int32_t>>();
+    const StreamResult r = Stream(*tok_, prompt, s["greedy_ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(s["prompt"].get<std::string>() + r.text, s["greedy_text"].get<std::string>());
+    EXPECT_EQ(tok_->Decode(prompt) + r.text, s["greedy_text"].get<std::string>());
+  }
+}
+
+// ---- mistral-v1: Mixtral 8x7B's 32000-piece tokenizer, with byte fallback ----
+
+class MistralTest : public ::testing::Test {
+ protected:
+  void SetUp() override { tok_ = LoadOrDie(Tokenizer::FromFile(kMistralV1, /*add_bos=*/true)); }
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_F(MistralTest, SpecialIds) {
+  EXPECT_EQ(tok_->vocab_size(), 32000);
+  EXPECT_EQ(tok_->bos_id(), 1);
+  EXPECT_EQ(tok_->eos_id(), 2);
+  EXPECT_TRUE(tok_->add_bos());
+}
+
+TEST_F(MistralTest, EncodeMatchesPythonBinding) {
+  const std::string text = "Mixtral of experts: 8 experts, top-2 routing.";
+  const std::vector<int32_t> expected = {1,     19630, 434,   282,   302,   11725,
+                                         28747, 28705, 28783, 11725, 28725, 1830,
+                                         28733, 28750, 6356,  288,   28723};
+  const auto ids = tok_->Encode(text);
+  EXPECT_EQ(ids, expected);
+  EXPECT_EQ(tok_->Decode(ids), text);
+}
+
+TEST_F(MistralTest, ControlTokensDecodeToNothingAndEosIsAppended) {
+  auto with_eos = LoadOrDie(Tokenizer::FromFile(kMistralV1, /*add_bos=*/true, /*add_eos=*/true));
+  const auto ids = with_eos->Encode("Hello world");
+  ASSERT_GE(ids.size(), 3u);
+  EXPECT_EQ(ids.front(), 1);
+  EXPECT_EQ(ids.back(), 2);
+  EXPECT_EQ(tok_->Decode(ids), "Hello world");
+  EXPECT_EQ(tok_->Decode(std::vector<int32_t>{1, 2}), "");
+}
+
+TEST_F(MistralTest, StreamingMultiByteTextIsValidUtf8) {
+  // 🙂 is a piece of its own; 🦜 and 𐌰 are not, so each is spelled with four byte-fallback
+  // pieces. (This file is UTF-8, so the literals are too.)
+  const std::string text = "héllo wörld — 日本語 🙂 🦜 𐌰 ok";
+  const auto ids = tok_->Encode(text);
+  ASSERT_EQ(tok_->Decode(ids), text);
+
+  // The test only means something if some character is spelled with byte-fallback pieces,
+  // which decode on their own to U+FFFD (an incomplete sequence).
+  int byte_pieces = 0;
+  for (int32_t id : ids) {
+    if (tok_->Decode(std::vector<int32_t>{id}).find(kReplacementChar) != std::string::npos) {
+      ++byte_pieces;
+    }
+  }
+  EXPECT_GE(byte_pieces, 8) << "no character needed byte fallback";
+
+  // Stream everything after BOS as if generated, with only BOS as the prompt.
+  const std::vector<int32_t> prompt(ids.begin(), ids.begin() + 1);
+  const std::vector<int32_t> generated(ids.begin() + 1, ids.end());
+  const StreamResult r = Stream(*tok_, prompt, generated);
+  int held_back = 0;
+  for (const auto& chunk : r.chunks) {
+    EXPECT_TRUE(IsValidUtf8(chunk)) << "chunk is not valid UTF-8";
+    EXPECT_EQ(chunk.find(kReplacementChar), std::string::npos) << chunk;
+    held_back += chunk.empty();
+  }
+  EXPECT_GT(held_back, 0);
+  EXPECT_EQ(r.text, text);
+}
+
+TEST_F(MistralTest, StreamingAfterLongPromptKeepsLeadingSpaces) {
+  const auto prompt = tok_->Encode("The quick brown fox jumps over the lazy");
+  auto generated = tok_->Encode(" dog, and then 🦜 sleeps.");
+  generated.erase(generated.begin());  // drop the BOS of the second encoding
+  generated.push_back(tok_->eos_id());
+  const auto all = Concat(prompt, generated);
+  const StreamResult r = Stream(*tok_, prompt, generated);
+  EXPECT_EQ(tok_->Decode(prompt) + r.text, tok_->Decode(all));
+  for (const auto& chunk : r.chunks) EXPECT_TRUE(IsValidUtf8(chunk));
+}
+
+TEST_F(MistralTest, StreamingWithEmptyPrompt) {
+  auto ids = tok_->Encode("Bonjour à tous 🦜");
+  ids.erase(ids.begin());
+  const StreamResult r = Stream(*tok_, {}, ids);
+  EXPECT_EQ(r.text, tok_->Decode(ids));
+}
+
+TEST_F(MistralTest, StreamingMatchesWholeDecodeAtEverySplit) {
+  // Every prompt/generation boundary, including ones inside byte-fallback runs of the prompt
+  // context and right after a leading-space piece.
+  const std::string text = "Ein Vogel 🦜 sang: «Привет»,  你好 𐌰𐌱!\n  indented\tline";
+  auto ids = tok_->Encode(text);
+  ids.push_back(tok_->eos_id());
+  for (size_t split = 0; split <= ids.size(); ++split) {
+    const std::vector<int32_t> prompt(ids.begin(), ids.begin() + split);
+    const std::vector<int32_t> generated(ids.begin() + split, ids.end());
+    const std::string prompt_text = tok_->Decode(prompt);
+    if (prompt_text.ends_with(kReplacementChar)) continue;  // the prompt ends mid-character
+    const StreamResult r = Stream(*tok_, prompt, generated);
+    EXPECT_EQ(prompt_text + r.text, text) << "split " << split;
+    for (const auto& chunk : r.chunks) {
+      EXPECT_TRUE(IsValidUtf8(chunk)) << "split " << split;
+      EXPECT_EQ(chunk.find(kReplacementChar), std::string::npos) << "split " << split;
+    }
+  }
+}
+
+TEST_F(MistralTest, FlushEmitsAnUnfinishedByteSequence) {
+  // The byte pieces of 🦜 minus the last: generation stopped inside the character.
+  auto ids = tok_->Encode("a 🦜");
+  ids.pop_back();
+  StreamingDetokenizer detok(*tok_, {});
+  std::string text;
+  for (size_t i = 1; i < ids.size(); ++i) text += detok.Push(ids[i]);
+  EXPECT_EQ(text, "a ");  // the partial character is held back
+  text += detok.Flush();
+  EXPECT_EQ(text, tok_->Decode(ids));
+  EXPECT_EQ(detok.Flush(), "");
+}
+
+TEST_F(MistralTest, CheckIds) {
+  EXPECT_TRUE(tok_->CheckIds(std::vector<int32_t>{0, 1, 31999}).ok());
+  const absl::Status negative = tok_->CheckIds(std::vector<int32_t>{5, -1, 40000});
+  EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(negative.message().find("-1"), std::string_view::npos) << negative;
+  EXPECT_NE(negative.message().find("index 1"), std::string_view::npos) << negative;
+  const absl::Status too_big = tok_->CheckIds(std::vector<int32_t>{32000});
+  EXPECT_EQ(too_big.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_big.message().find("32000"), std::string_view::npos) << too_big;
+  EXPECT_NE(too_big.message().find("index 0"), std::string_view::npos) << too_big;
+  EXPECT_THROW(tok_->Decode(std::vector<int32_t>{32000}), InternalError);
+}
+
+// ---- Load: file discovery and tokenizer_config.json defaults ----
+
+class LoadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("tokenizer_test_" + std::to_string(getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  void CopyModel() { fs::copy_file(kMistralV1, dir_ / "tokenizer.model"); }
+  void WriteConfig(const std::string& json) {
+    std::ofstream(dir_ / "tokenizer_config.json") << json;
+  }
+  fs::path dir_;
+};
+
+TEST_F(LoadTest, MissingModelIsNotFoundNamingThePath) {
+  auto tok = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(tok.status().message().find((dir_ / "tokenizer.model").string()),
+            std::string_view::npos)
+      << tok.status();
+}
+
+TEST_F(LoadTest, WithoutConfigAddsBos) {
+  CopyModel();
+  auto tok = LoadOrDie(Tokenizer::Load(dir_.string()));
+  EXPECT_TRUE(tok->add_bos());
+  EXPECT_FALSE(tok->add_eos());
+  EXPECT_EQ(tok->Encode("Hi").front(), 1);
+}
+
+TEST_F(LoadTest, ConfigWithoutAddBosDefaultsToTrue) {
+  CopyModel();
+  WriteConfig(R"({"add_eos_token": true, "tokenizer_class": "LlamaTokenizer"})");
+  auto tok = LoadOrDie(Tokenizer::Load(dir_.string()));
+  EXPECT_TRUE(tok->add_bos());
+  EXPECT_TRUE(tok->add_eos());
+}
+
+TEST_F(LoadTest, BadConfigNamesTheFile) {
+  CopyModel();
+  WriteConfig(R"({"add_bos_token": "yes"})");
+  auto tok = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(tok.status().message().find("tokenizer_config.json"), std::string_view::npos)
+      << tok.status();
+}
+
+TEST_F(LoadTest, CorruptModelNamesTheFile) {
+  std::ofstream(dir_ / "tokenizer.model") << "not a sentencepiece model";
+  auto tok = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(tok.ok());
+  EXPECT_NE(tok.status().message().find("tokenizer.model"), std::string_view::npos)
+      << tok.status();
+}
+
+}  // namespace
+}  // namespace moe

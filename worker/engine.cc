@@ -1,0 +1,201 @@
+#include "worker/engine.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <unordered_set>
+
+#include "worker/cpu/ops.h"
+#include "worker/model/safetensors.h"
+
+namespace moe {
+
+Engine::Engine(const ModelConfig& c, Communicator& comm, const PlacementPlan& plan, const EngineOptions& opts)
+    : config_(c), comm_(comm), plan_(plan), opts_(opts), stats_(c.num_layers, c.num_experts, comm.size()) {}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, Communicator& comm,
+                                                     const PlacementPlan& plan, const EngineOptions& opts) {
+  MOE_ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromModelDir(model_dir));
+  if (plan.num_layers() != c.num_layers || plan.num_experts() != c.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("placement plan is for ", plan.num_layers(), " layers x ",
+                                                   plan.num_experts(), " experts, the model has ", c.num_layers,
+                                                   " x ", c.num_experts));
+  }
+  if (plan.world_size() != comm.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement plan is for ", plan.world_size(), " ranks, the job has ", comm.size()));
+  }
+  if (opts.kv_block_size <= 0 || opts.kv_tokens < 0) {
+    return absl::InvalidArgumentError("kv_block_size must be positive and kv_tokens non-negative");
+  }
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
+  std::unique_ptr<Engine> e(new Engine(c, comm, plan, opts));
+  const int rank = comm.rank();
+  auto progress = [&](int64_t done, int64_t total) {
+    if (opts.verbose) std::fprintf(stderr, "[rank %d] loading %s: layer %lld/%lld\n", rank, model_dir.c_str(),
+                                   static_cast<long long>(done), static_cast<long long>(total));
+  };
+  MOE_ASSIGN_OR_RETURN(e->weights_,
+                       LoadWeights(c, *ckpt, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); }, progress));
+  const int64_t blocks = (opts.kv_tokens + opts.kv_block_size - 1) / opts.kv_block_size;
+  e->kv_ = std::make_unique<KvCache>(c, opts.kv_block_size, blocks);
+  e->moe_ = std::make_unique<MoeLayer>(e->config_, e->plan_, comm, e->stats_);
+  e->inv_freq_.resize(static_cast<size_t>(c.head_dim / 2));
+  cpu::RopeInvFreq(c.head_dim, c.rope_theta, e->inv_freq_);
+  return e;
+}
+
+absl::Status Engine::AddSequence(int64_t seq_id) { return kv_->AddSequence(seq_id); }
+void Engine::FreeSequence(int64_t seq_id) { kv_->FreeSequence(seq_id); }
+
+absl::Status Engine::Validate(const std::vector<SequenceChunk>& chunks) const {
+  std::unordered_set<int64_t> seen;
+  int64_t blocks_needed = 0;
+  for (const SequenceChunk& ch : chunks) {
+    if (!kv_->HasSequence(ch.seq_id)) return absl::NotFoundError(absl::StrCat("sequence ", ch.seq_id, " not added"));
+    if (!seen.insert(ch.seq_id).second) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, " appears twice in one step"));
+    }
+    if (ch.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": no tokens"));
+    for (size_t i = 0; i < ch.tokens.size(); ++i) {
+      if (ch.tokens[i] < 0 || ch.tokens[i] >= config_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": token id ", ch.tokens[i],
+                                                       " at index ", i, " is outside the vocabulary [0, ",
+                                                       config_.vocab_size, ")"));
+      }
+    }
+    const int64_t len = kv_->length(ch.seq_id), end = len + static_cast<int64_t>(ch.tokens.size());
+    if (end > config_.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat("sequence ", ch.seq_id, ": ", end,
+                                                " positions exceed max_position_embeddings ",
+                                                config_.max_position_embeddings));
+    }
+    blocks_needed += std::max<int64_t>(0, kv_->BlocksFor(end) - kv_->BlocksFor(len));
+  }
+  if (blocks_needed > kv_->free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: the step needs ", blocks_needed,
+                                                     " blocks, ", kv_->free_blocks(), " are free"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceChunk>& chunks) {
+  const absl::Status local = Validate(chunks);
+  int64_t rows = 0;
+  for (const SequenceChunk& ch : chunks) rows += static_cast<int64_t>(ch.tokens.size());
+  // The step header: did any rank reject its input, and how many rows are there in all?
+  std::vector<int64_t> header = {local.ok() ? 0 : 1, local.ok() ? rows : 0};
+  comm_.AllReduceSum(header);
+  if (!local.ok()) return local;
+  if (header[0] > 0) {
+    return absl::AbortedError(absl::StrCat("step abandoned: ", header[0], " other rank(s) rejected their input"));
+  }
+  StepOutput out;
+  out.global_rows = header[1];
+  if (out.global_rows == 0) return out;
+  for (const SequenceChunk& ch : chunks) {
+    const absl::Status s = kv_->Reserve(ch.seq_id, kv_->length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));
+    MOE_CHECK(s.ok(), s.ToString());  // Validate counted the blocks
+  }
+  Forward(chunks, out);
+  for (const SequenceChunk& ch : chunks) {
+    kv_->set_length(ch.seq_id, kv_->length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));
+  }
+  if (opts_.collect_load_stats) stats_.FinishStep(comm_);
+  return out;
+}
+
+void Engine::Attention(int64_t layer, const std::vector<SequenceChunk>& chunks, const std::vector<int64_t>& starts) {
+  const ModelConfig& c = config_;
+  const int64_t hd = c.head_dim, kvd = c.kv_dim(), qd = c.q_dim(), hpk = c.heads_per_kv();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  int64_t row = 0;
+  for (size_t ci = 0; ci < chunks.size(); ++ci) {
+    const SequenceChunk& ch = chunks[ci];
+    const int64_t n = static_cast<int64_t>(ch.tokens.size()), start = starts[ci];
+    // Write this chunk's keys and values first: its queries attend to them.
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(kv_->key(layer, ch.seq_id, start + i), k_.data() + (row + i) * kvd, sizeof(float) * kvd);
+      std::memcpy(kv_->value(layer, ch.seq_id, start + i), v_.data() + (row + i) * kvd, sizeof(float) * kvd);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t pos = start + i;
+      // Visible keys: lo <= j <= pos, where a sliding window w keeps j > pos - w.
+      const int64_t lo = c.sliding_window ? std::max<int64_t>(0, pos - *c.sliding_window + 1) : 0;
+      const int64_t n_keys = pos - lo + 1;
+      scratch_.resize(static_cast<size_t>(n_keys));
+      for (int64_t h = 0; h < c.num_heads; ++h) {
+        const int64_t g = h / hpk;
+        cpu::AttendOne(
+            q_.data() + (row + i) * qd + h * hd, hd, n_keys,
+            [&](int64_t j) { return kv_->key(layer, ch.seq_id, lo + j) + g * hd; },
+            [&](int64_t j) { return kv_->value(layer, ch.seq_id, lo + j) + g * hd; }, scale, scratch_.data(),
+            attn_.data() + (row + i) * qd + h * hd);
+      }
+    }
+    row += n;
+  }
+}
+
+void Engine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  int64_t T = 0;
+  std::vector<int64_t> starts;
+  positions_.clear();
+  for (const SequenceChunk& ch : chunks) {
+    starts.push_back(kv_->length(ch.seq_id));
+    for (size_t i = 0; i < ch.tokens.size(); ++i) positions_.push_back(starts.back() + static_cast<int64_t>(i));
+    T += static_cast<int64_t>(ch.tokens.size());
+  }
+  x_.resize(static_cast<size_t>(T * H));
+  hn_.resize(x_.size());
+  moe_out_.resize(x_.size());
+  q_.resize(static_cast<size_t>(T * c.q_dim()));
+  attn_.resize(q_.size());
+  k_.resize(static_cast<size_t>(T * c.kv_dim()));
+  v_.resize(k_.size());
+
+  int64_t row = 0;
+  for (const SequenceChunk& ch : chunks) {
+    for (int32_t tok : ch.tokens) std::memcpy(x_.data() + (row++) * H, weights_.embed.data() + tok * H, sizeof(float) * H);
+  }
+  routing_.assign(opts_.record_routing ? static_cast<size_t>(c.num_layers) : 0, {});
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const AttentionWeights& a = weights_.attention[l];
+    cpu::RmsNorm(x_.data(), T, H, a.norm.data(), c.rms_norm_eps, hn_.data());
+    cpu::Linear(hn_.data(), T, H, a.wq.data(), c.q_dim(), q_.data());
+    cpu::Linear(hn_.data(), T, H, a.wk.data(), c.kv_dim(), k_.data());
+    cpu::Linear(hn_.data(), T, H, a.wv.data(), c.kv_dim(), v_.data());
+    cpu::ApplyRope(q_.data(), T, c.num_heads, c.head_dim, positions_.data(), inv_freq_);
+    cpu::ApplyRope(k_.data(), T, c.num_kv_heads, c.head_dim, positions_.data(), inv_freq_);
+    Attention(l, chunks, starts);
+    cpu::Linear(attn_.data(), T, c.q_dim(), a.wo.data(), H, x_.data(), /*accumulate=*/true);
+
+    const MoeWeights& m = weights_.moe[l];
+    cpu::RmsNorm(x_.data(), T, H, m.norm.data(), c.rms_norm_eps, hn_.data());
+    moe_->Forward(l, m, hn_.data(), T, moe_out_.data(), opts_.record_routing ? &routing_[l] : nullptr);
+    for (int64_t i = 0; i < T * H; ++i) x_[i] += moe_out_[i];
+  }
+
+  // Final norm and LM head on the rows whose logits are wanted.
+  row = 0;
+  for (size_t ci = 0; ci < chunks.size(); ++ci) {
+    const SequenceChunk& ch = chunks[ci];
+    const int64_t n = static_cast<int64_t>(ch.tokens.size());
+    const int64_t first = ch.all_logits ? 0 : n - 1;
+    ChunkLogits cl;
+    cl.seq_id = ch.seq_id;
+    cl.first_position = starts[ci] + first;
+    cl.rows = n - first;
+    cpu::RmsNorm(x_.data() + (row + first) * H, cl.rows, H, weights_.final_norm.data(), c.rms_norm_eps,
+                 hn_.data());
+    cl.logits.resize(static_cast<size_t>(cl.rows * V));
+    cpu::Linear(hn_.data(), cl.rows, H, weights_.lm_head_data(), V, cl.logits.data());
+    out.chunks.push_back(std::move(cl));
+    row += n;
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,99 @@
+// The model engine of one rank: weights (replicated parts + this rank's experts), the paged KV
+// cache of this rank's sequences, and one forward step that carries several sequences at different
+// positions at once (some prefilling, some decoding).
+//
+// Step() is a collective over the engine's Communicator: all ranks call it in lock step, each with
+// its own sequences (possibly none). It starts with a small all-reduce (the step header) so that
+// every rank agrees whether there is work and whether any rank rejected its input; input is
+// checked before that, so a bad request on one rank fails the step everywhere instead of hanging.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "coordinator/placement.h"
+#include "worker/comm/communicator.h"
+#include "worker/kv_cache.h"
+#include "worker/model/config.h"
+#include "worker/model/weights.h"
+#include "worker/moe/load_stats.h"
+#include "worker/moe/moe_layer.h"
+
+namespace moe {
+
+struct EngineOptions {
+  int64_t kv_block_size = 16;
+  int64_t kv_tokens = 16384;   // KV cache capacity in token positions (rounded up to whole blocks)
+  bool record_routing = false;  // keep the last step's router logits and routing per layer
+  bool collect_load_stats = true;
+  bool verbose = false;  // print a load progress line to stderr
+};
+
+// Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
+struct SequenceChunk {
+  int64_t seq_id = 0;
+  std::vector<int32_t> tokens;
+  bool all_logits = false;  // logits for every token (scoring), else only the last one
+};
+
+struct ChunkLogits {
+  int64_t seq_id = 0;
+  int64_t first_position = 0;  // position of the first row of `logits`
+  int64_t rows = 0;
+  std::vector<float> logits;  // [rows, vocab]
+};
+
+struct StepOutput {
+  std::vector<ChunkLogits> chunks;  // in the order of the input chunks
+  int64_t global_rows = 0;          // tokens over all ranks in this step; 0: every rank was idle
+};
+
+class Engine {
+ public:
+  // Loads config.json and, from the checkpoint, the replicated tensors and the experts `plan` gives
+  // to comm.rank(). The plan must match the config and comm.size().
+  static absl::StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_dir, Communicator& comm,
+                                                      const PlacementPlan& plan, const EngineOptions& opts);
+
+  absl::Status AddSequence(int64_t seq_id);
+  void FreeSequence(int64_t seq_id);
+  bool HasSequence(int64_t seq_id) const { return kv_->HasSequence(seq_id); }
+  int64_t SequenceLength(int64_t seq_id) const { return kv_->length(seq_id); }
+
+  // The collective forward step (see above). On error nothing is changed on any rank.
+  absl::StatusOr<StepOutput> Step(const std::vector<SequenceChunk>& chunks);
+
+  const ModelConfig& config() const { return config_; }
+  const PlacementPlan& plan() const { return plan_; }
+  Communicator& comm() { return comm_; }
+  const KvCache& kv_cache() const { return *kv_; }
+  const LoadStats& load_stats() const { return stats_; }
+  LoadStats& load_stats() { return stats_; }
+  int64_t weight_bytes() const { return weights_.bytes(); }
+  // Per layer, for the last step's local rows (only with record_routing).
+  const std::vector<MoeLayer::Record>& last_routing() const { return routing_; }
+
+ private:
+  Engine(const ModelConfig& c, Communicator& comm, const PlacementPlan& plan, const EngineOptions& opts);
+  absl::Status Validate(const std::vector<SequenceChunk>& chunks) const;
+  void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);
+  void Attention(int64_t layer, const std::vector<SequenceChunk>& chunks, const std::vector<int64_t>& starts);
+
+  ModelConfig config_;
+  Communicator& comm_;
+  PlacementPlan plan_;
+  EngineOptions opts_;
+  ModelWeights weights_;
+  std::unique_ptr<KvCache> kv_;
+  LoadStats stats_;
+  std::unique_ptr<MoeLayer> moe_;
+  std::vector<double> inv_freq_;
+  std::vector<MoeLayer::Record> routing_;
+  // Activations, reused across steps.
+  std::vector<float> x_, hn_, q_, k_, v_, attn_, moe_out_, scratch_;
+  std::vector<int64_t> positions_;
+};
+
+}  // namespace moe

@@ -1,0 +1,117 @@
+#include "worker/generation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace moe {
+namespace {
+
+// Sequence ids local to one call; engines of different ranks keep separate KV caches.
+constexpr int64_t kFirstSeqId = 1;
+
+bool IsEos(const ModelConfig& c, int32_t tok) {
+  return std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
+}
+
+void FreeAll(Engine& engine, size_t n) {
+  for (size_t i = 0; i < n; ++i) engine.FreeSequence(kFirstSeqId + static_cast<int64_t>(i));
+}
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason r) { return r == FinishReason::kStop ? "stop" : "length"; }
+
+absl::StatusOr<std::vector<GenerateResult>> GenerateAll(Engine& engine, const std::vector<GenerateRequest>& requests,
+                                                        const std::function<void(size_t, int32_t)>& on_token) {
+  const ModelConfig& c = engine.config();
+  const size_t n = requests.size();
+  std::vector<GenerateResult> results(n);
+  std::vector<char> active(n, 0);
+  absl::Status local;
+  for (size_t i = 0; i < n && local.ok(); ++i) {
+    local = requests[i].sampling.Validate();
+    if (local.ok()) local = engine.AddSequence(kFirstSeqId + static_cast<int64_t>(i));
+    active[i] = requests[i].max_tokens > 0;
+  }
+  // Requests whose sampling parameters are bad must not leave other ranks waiting: a rank with a
+  // local error submits one invalid chunk, so the step header fails the step on every rank.
+  while (true) {
+    std::vector<SequenceChunk> chunks;
+    std::vector<size_t> owner;
+    if (!local.ok()) {
+      chunks.push_back({-1, {}, false});
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        if (!active[i]) continue;
+        const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
+        SequenceChunk ch{id, {}, false};
+        if (engine.SequenceLength(id) == 0) {
+          ch.tokens = requests[i].prompt;
+        } else {
+          ch.tokens = {results[i].tokens.back()};
+        }
+        chunks.push_back(std::move(ch));
+        owner.push_back(i);
+      }
+    }
+    absl::StatusOr<StepOutput> step = engine.Step(chunks);
+    if (!step.ok()) {
+      FreeAll(engine, n);
+      return local.ok() ? step.status() : local;
+    }
+    if (step->global_rows == 0) break;
+    for (size_t j = 0; j < owner.size(); ++j) {
+      const size_t i = owner[j];
+      const GenerateRequest& req = requests[i];
+      GenerateResult& res = results[i];
+      const ChunkLogits& cl = step->chunks[j];
+      const int32_t tok =
+          SampleToken(cl.logits, req.sampling, static_cast<uint64_t>(res.tokens.size()));
+      res.tokens.push_back(tok);
+      if (on_token) on_token(i, tok);
+      const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
+      const bool at_context_end = engine.SequenceLength(id) + 1 > c.max_position_embeddings;
+      if (!req.ignore_eos && IsEos(c, tok)) {
+        res.finish = FinishReason::kStop;
+      } else if (static_cast<int64_t>(res.tokens.size()) < req.max_tokens && !at_context_end) {
+        continue;
+      }
+      active[i] = 0;
+      engine.FreeSequence(id);
+    }
+  }
+  FreeAll(engine, n);
+  return results;
+}
+
+absl::StatusOr<std::vector<ScoreResult>> ScoreAll(Engine& engine, const std::vector<std::vector<int32_t>>& sequences) {
+  const size_t n = sequences.size();
+  std::vector<SequenceChunk> chunks;
+  absl::Status local;
+  for (size_t i = 0; i < n && local.ok(); ++i) {
+    const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
+    local = engine.AddSequence(id);
+    chunks.push_back({id, sequences[i], true});
+  }
+  if (!local.ok()) chunks = {{-1, {}, true}};  // fails the step on every rank (see GenerateAll)
+  absl::StatusOr<StepOutput> step = engine.Step(chunks);
+  FreeAll(engine, n);
+  if (!local.ok()) return local;
+  if (!step.ok()) return step.status();
+  const int64_t V = engine.config().vocab_size;
+  std::vector<ScoreResult> results(n);
+  std::vector<float> lsm(static_cast<size_t>(V));
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<int32_t>& toks = sequences[i];
+    const ChunkLogits& cl = step->chunks[i];
+    results[i].logprobs.assign(toks.size(), std::numeric_limits<float>::quiet_NaN());
+    for (size_t t = 1; t < toks.size(); ++t) {
+      LogSoftmax(std::span<const float>(cl.logits.data() + (t - 1) * V, static_cast<size_t>(V)), lsm);
+      results[i].logprobs[t] = lsm[toks[t]];
+    }
+  }
+  return results;
+}
+
+}  // namespace moe

@@ -1,0 +1,51 @@
+// The model configuration, read from a Mixtral-family config.json. Every size in the engine comes
+// from here; nothing else in the code base knows how large a model is.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace moe {
+
+struct ModelConfig {
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;  // one expert's FFN width
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;  // config's head_dim, else hidden_size / num_heads
+  int64_t num_experts = 0;
+  int64_t experts_per_token = 0;
+  double rope_theta = 1e6;
+  double rms_norm_eps = 1e-5;
+  std::optional<int64_t> sliding_window;  // none: full causal attention
+  bool tie_word_embeddings = false;
+  int64_t max_position_embeddings = 0;
+  int64_t bos_token_id = 1;
+  std::vector<int64_t> eos_token_ids = {2};
+
+  int64_t q_dim() const { return num_heads * head_dim; }
+  int64_t kv_dim() const { return num_kv_heads * head_dim; }
+  int64_t heads_per_kv() const { return num_heads / num_kv_heads; }
+
+  // Parameter counts, used for memory planning and the benchmark's byte floor.
+  int64_t expert_params() const { return 3 * hidden_size * intermediate_size; }
+  int64_t replicated_params() const;  // everything but the experts
+
+  // Parses and validates; an unsupported field is refused with an error naming it.
+  static absl::StatusOr<ModelConfig> FromJson(const nlohmann::json& j);
+  static absl::StatusOr<ModelConfig> FromFile(const std::string& path);
+  // Reads DIR/config.json.
+  static absl::StatusOr<ModelConfig> FromModelDir(const std::string& dir);
+
+  nlohmann::json ToJson() const;
+};
+
+}  // namespace moe

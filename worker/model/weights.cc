@@ -1,0 +1,75 @@
+#include "worker/model/weights.h"
+
+namespace moe {
+namespace {
+
+absl::StatusOr<std::vector<float>> Read(const Checkpoint& ckpt, const std::string& name,
+                                        std::vector<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::vector<float> out(static_cast<size_t>(n));
+  MOE_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, out.data()));
+  return out;
+}
+
+int64_t Bytes(const std::vector<float>& v) { return static_cast<int64_t>(v.size() * sizeof(float)); }
+
+}  // namespace
+
+std::string LayerTensorName(int64_t layer, const std::string& suffix) {
+  return absl::StrCat("model.layers.", layer, ".", suffix);
+}
+
+std::string ExpertTensorName(int64_t layer, int64_t expert, const std::string& w) {
+  return absl::StrCat("model.layers.", layer, ".block_sparse_moe.experts.", expert, ".", w, ".weight");
+}
+
+int64_t ModelWeights::bytes() const {
+  int64_t b = Bytes(embed) + Bytes(final_norm) + Bytes(lm_head);
+  for (const auto& a : attention) b += Bytes(a.norm) + Bytes(a.wq) + Bytes(a.wk) + Bytes(a.wv) + Bytes(a.wo);
+  for (const auto& m : moe) {
+    b += Bytes(m.norm) + Bytes(m.router);
+    for (const auto& [e, w] : m.experts) b += Bytes(w.w13) + Bytes(w.w2);
+  }
+  return b;
+}
+
+absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
+                                         const std::function<void(int64_t, int64_t)>& progress) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  ModelWeights w;
+  MOE_ASSIGN_OR_RETURN(w.embed, Read(ckpt, "model.embed_tokens.weight", {c.vocab_size, H}));
+  MOE_ASSIGN_OR_RETURN(w.final_norm, Read(ckpt, "model.norm.weight", {H}));
+  if (!c.tie_word_embeddings) {
+    MOE_ASSIGN_OR_RETURN(w.lm_head, Read(ckpt, "lm_head.weight", {c.vocab_size, H}));
+  }
+  w.attention.resize(c.num_layers);
+  w.moe.resize(c.num_layers);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    AttentionWeights& a = w.attention[l];
+    MOE_ASSIGN_OR_RETURN(a.norm, Read(ckpt, LayerTensorName(l, "input_layernorm.weight"), {H}));
+    MOE_ASSIGN_OR_RETURN(a.wq, Read(ckpt, LayerTensorName(l, "self_attn.q_proj.weight"), {c.q_dim(), H}));
+    MOE_ASSIGN_OR_RETURN(a.wk, Read(ckpt, LayerTensorName(l, "self_attn.k_proj.weight"), {c.kv_dim(), H}));
+    MOE_ASSIGN_OR_RETURN(a.wv, Read(ckpt, LayerTensorName(l, "self_attn.v_proj.weight"), {c.kv_dim(), H}));
+    MOE_ASSIGN_OR_RETURN(a.wo, Read(ckpt, LayerTensorName(l, "self_attn.o_proj.weight"), {H, c.q_dim()}));
+
+    MoeWeights& m = w.moe[l];
+    MOE_ASSIGN_OR_RETURN(m.norm, Read(ckpt, LayerTensorName(l, "post_attention_layernorm.weight"), {H}));
+    MOE_ASSIGN_OR_RETURN(m.router,
+                         Read(ckpt, LayerTensorName(l, "block_sparse_moe.gate.weight"), {c.num_experts, H}));
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      if (!holds(l, e)) continue;
+      ExpertWeights ew;
+      ew.w13.resize(static_cast<size_t>(2 * I * H));
+      MOE_RETURN_IF_ERROR(ckpt.ReadF32(ExpertTensorName(l, e, "w1"), std::vector<int64_t>{I, H}, ew.w13.data()));
+      MOE_RETURN_IF_ERROR(
+          ckpt.ReadF32(ExpertTensorName(l, e, "w3"), std::vector<int64_t>{I, H}, ew.w13.data() + I * H));
+      MOE_ASSIGN_OR_RETURN(ew.w2, Read(ckpt, ExpertTensorName(l, e, "w2"), {H, I}));
+      m.experts.emplace(e, std::move(ew));
+    }
+    if (progress) progress(l + 1, c.num_layers);
+  }
+  return w;
+}
+
+}  // namespace moe

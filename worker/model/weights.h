@@ -1,0 +1,58 @@
+// The model's weights in float32, as one rank holds them: every replicated tensor (embeddings,
+// attention, norms, routers, LM head) and only the experts the placement gives this rank.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "worker/model/config.h"
+#include "worker/model/safetensors.h"
+
+namespace moe {
+
+struct AttentionWeights {
+  std::vector<float> norm;  // input_layernorm [H]
+  std::vector<float> wq;    // [q_dim, H]
+  std::vector<float> wk;    // [kv_dim, H]
+  std::vector<float> wv;    // [kv_dim, H]
+  std::vector<float> wo;    // [H, q_dim]
+};
+
+struct ExpertWeights {
+  std::vector<float> w13;  // w1 and w3 stacked: [2*I, H], so one GEMM gives both halves of SwiGLU
+  std::vector<float> w2;   // [H, I]
+};
+
+struct MoeWeights {
+  std::vector<float> norm;    // post_attention_layernorm [H]
+  std::vector<float> router;  // gate [E, H]
+  std::map<int64_t, ExpertWeights> experts;  // expert id -> weights, only those held here
+};
+
+struct ModelWeights {
+  std::vector<float> embed;       // [V, H]
+  std::vector<float> final_norm;  // [H]
+  std::vector<float> lm_head;     // [V, H]; empty when tied to the embeddings
+  std::vector<AttentionWeights> attention;  // per layer
+  std::vector<MoeWeights> moe;              // per layer
+
+  const float* lm_head_data() const { return lm_head.empty() ? embed.data() : lm_head.data(); }
+  int64_t bytes() const;
+};
+
+// Which experts a rank loads: holds(layer, expert).
+using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
+
+// Hub tensor names, e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight.
+std::string LayerTensorName(int64_t layer, const std::string& suffix);
+std::string ExpertTensorName(int64_t layer, int64_t expert, const std::string& w);
+
+// Loads and checks every needed tensor's shape against the config. Errors name the tensor.
+// `progress`, when given, is called after each layer with (layers done, layers total).
+absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
+                                         const std::function<void(int64_t, int64_t)>& progress = nullptr);
+
+}  // namespace moe

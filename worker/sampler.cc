@@ -1,0 +1,234 @@
+#include "worker/sampler.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <vector>
+
+namespace moe {
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+// SplitMix64's increment (the golden ratio in 64 bits) and its output mix (Steele, Lea and
+// Flood 2014): a bijection with full avalanche, cheap enough to run per token on any device.
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+
+uint64_t Mix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// NaN is a broken logit, not a token to pick: it ranks below everything, like -inf.
+double Sanitized(float logit) { return std::isnan(logit) ? kNegInf : static_cast<double>(logit); }
+
+int32_t Argmax(std::span<const float> logits) {
+  int32_t best = 0;
+  double best_value = Sanitized(logits[0]);
+  for (size_t i = 1; i < logits.size(); ++i) {
+    const double v = Sanitized(logits[i]);
+    if (v > best_value) {  // strict: the first index keeps ties
+      best = static_cast<int32_t>(i);
+      best_value = v;
+    }
+  }
+  return best;
+}
+
+// A token still in the running. `weight` holds its scaled logit until the softmax turns it into
+// an unnormalised probability; both orders rank tokens the same way.
+struct Candidate {
+  double weight;
+  int32_t id;
+};
+
+// The one ranking every step uses: larger first, the lower id winning ties.
+bool Heavier(const Candidate& a, const Candidate& b) {
+  return a.weight > b.weight || (a.weight == b.weight && a.id < b.id);
+}
+
+double Mass(std::span<const Candidate> c) {
+  double sum = 0.0;
+  for (const Candidate& x : c) sum += x.weight;
+  return sum;
+}
+
+// Reorders `c` so that c[0..pos] are its pos + 1 heaviest candidates, c[pos] being the
+// (pos + 1)-th, and returns pos: the first position, in Heavier order, at which the running mass
+// reaches `target` (the last position if rounding keeps it from getting there). A quickselect
+// that only descends into the half holding the crossing: expected O(n), no full sort.
+size_t FindCrossing(std::span<Candidate> c, double target) {
+  constexpr size_t kSortBelow = 32;  // small blocks: sorting beats further partitioning
+  size_t lo = 0;
+  size_t hi = c.size();
+  double before = 0.0;  // mass of c[0, lo), the heaviest lo candidates
+  while (hi - lo > kSortBelow) {
+    const size_t mid = lo + (hi - lo) / 2;
+    std::nth_element(c.begin() + lo, c.begin() + mid, c.begin() + hi, Heavier);
+    const double upper = Mass(c.subspan(lo, mid - lo));
+    if (before + upper >= target) {
+      hi = mid;
+    } else {
+      before += upper;
+      lo = mid;
+    }
+  }
+  std::sort(c.begin() + lo, c.begin() + hi, Heavier);
+  for (size_t i = lo; i < hi; ++i) {
+    before += c[i].weight;
+    if (before >= target) return i;
+  }
+  return hi - 1;
+}
+
+// Buckets that order weights in (0, 1] without sorting: the bit pattern of a positive double
+// grows with its value, so its top 16 bits (exponent and 4 mantissa bits, ~4% wide) give a
+// bucket that never puts a lighter weight before a heavier one, and equal weights together.
+// Weights below 2^-64 of the max (together under 1e-14 of the mass) share one tail bucket.
+constexpr uint64_t kOneTopBits = 0x3FF0;  // top 16 bits of 1.0
+constexpr size_t kTailBucket = 0x400 + 1;
+constexpr size_t kNumBuckets = kTailBucket + 1;
+
+size_t Bucket(double weight) {
+  const uint64_t top_bits = std::bit_cast<uint64_t>(weight) >> 48;
+  return static_cast<size_t>(std::min<uint64_t>(kOneTopBits - top_bits, kTailBucket));
+}
+
+// Where the running mass of `c`, in Heavier order, reaches `target`: candidates in buckets
+// before `bucket` all come first; `edge` holds the bucket's own candidates, and edge[0..pos]
+// are the ones up to and including the crossing candidate edge[pos].
+struct Crossing {
+  size_t bucket = 0;
+  std::vector<Candidate> edge;
+  size_t pos = 0;
+};
+
+// Two linear passes (bucket masses, then the crossing bucket's members) plus a selection inside
+// that one bucket, instead of selecting over the whole vocabulary.
+Crossing Locate(std::span<const Candidate> c, double target) {
+  std::vector<double> mass(kNumBuckets, 0.0);
+  for (const Candidate& x : c) mass[Bucket(x.weight)] += x.weight;
+  Crossing out;
+  double before = 0.0;
+  size_t last_used = 0;
+  for (size_t b = 0; b < kNumBuckets; ++b) {
+    if (mass[b] == 0.0) continue;
+    last_used = b;
+    if (before + mass[b] >= target) break;
+    before += mass[b];
+  }
+  // Rounding can leave the target just out of reach; the lightest bucket then holds the end.
+  out.bucket = last_used;
+  for (const Candidate& x : c) {
+    if (Bucket(x.weight) == out.bucket) out.edge.push_back(x);
+  }
+  out.pos = FindCrossing(out.edge, target - before);
+  return out;
+}
+
+// The smallest Heavier-order prefix of `c` whose mass reaches `target`, as a set.
+std::vector<Candidate> Nucleus(std::span<const Candidate> c, double target) {
+  Crossing x = Locate(c, target);
+  std::vector<Candidate> kept;
+  for (const Candidate& y : c) {
+    if (Bucket(y.weight) < x.bucket) kept.push_back(y);
+  }
+  kept.insert(kept.end(), x.edge.begin(), x.edge.begin() + x.pos + 1);
+  return kept;
+}
+
+// Scaled logits of every token, cut to the top_k largest when top_k limits anything.
+std::vector<Candidate> TopKScaled(std::span<const float> logits, const SamplingParams& p) {
+  std::vector<Candidate> c(logits.size());
+  const double temperature = p.temperature;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    // In double, so a tiny temperature cannot overflow finite logits to inf.
+    c[i] = {Sanitized(logits[i]) / temperature, static_cast<int32_t>(i)};
+  }
+  const size_t k = static_cast<size_t>(p.top_k);
+  if (k > 0 && k < c.size()) {
+    // A small k is a heap scan (one comparison for most tokens); a large one a quickselect.
+    if (k <= c.size() / 16) {
+      std::partial_sort(c.begin(), c.begin() + k, c.end(), Heavier);
+    } else {
+      std::nth_element(c.begin(), c.begin() + k, c.end(), Heavier);
+    }
+    c.resize(k);
+  }
+  return c;
+}
+
+// Turns scaled logits into max-subtracted exponentials, dropping tokens whose probability is
+// exactly zero: they can never be drawn, and without them every candidate left is a valid pick
+// even when rounding leaves the cumulative mass a hair short of its target. The max token(s)
+// get weight exactly 1, which also keeps +inf logits well defined.
+void Exponentiate(std::vector<Candidate>& c, double max_logit) {
+  for (Candidate& x : c) x.weight = x.weight == max_logit ? 1.0 : std::exp(x.weight - max_logit);
+  std::erase_if(c, [](const Candidate& x) { return !(x.weight > 0.0); });
+}
+
+}  // namespace
+
+absl::Status SamplingParams::Validate() const {
+  if (!std::isfinite(temperature) || temperature < 0.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be finite and >= 0, got ", temperature));
+  }
+  if (top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
+  }
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {  // written so NaN fails too
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
+  }
+  return absl::OkStatus();
+}
+
+double UniformDraw(uint64_t seed, uint64_t step) {
+  // Output `step` of the SplitMix64 stream that starts from the hashed seed: hashing the seed
+  // first keeps nearby seeds (0, 1, 2...) from giving shifted copies of one stream.
+  const uint64_t state = Mix64(seed + kGolden) + (step + 1) * kGolden;
+  return static_cast<double>(Mix64(state) >> 11) * 0x1.0p-53;  // top 53 bits -> [0, 1)
+}
+
+int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t step) {
+  MOE_CHECK(!logits.empty(), "SampleToken needs at least one logit");
+  MOE_CHECK(p.Validate().ok(), "sampling params must be validated where the request enters");
+  if (p.greedy()) return Argmax(logits);
+
+  std::vector<Candidate> c = TopKScaled(logits, p);
+  double max_logit = kNegInf;
+  for (const Candidate& x : c) max_logit = std::max(max_logit, x.weight);
+  if (max_logit == kNegInf) return Argmax(logits);  // nothing has any probability
+  Exponentiate(c, max_logit);
+
+  if (p.top_p < 1.0f) {
+    // Weights are unnormalised, so the threshold scales with their total instead.
+    c = Nucleus(c, static_cast<double>(p.top_p) * Mass(c));
+  }
+  Crossing pick = Locate(c, UniformDraw(p.seed, step) * Mass(c));
+  return pick.edge[pick.pos].id;
+}
+
+void LogSoftmax(std::span<const float> logits, std::span<float> out) {
+  MOE_CHECK(out.size() == logits.size(), "LogSoftmax output size ", out.size(), " != ",
+            logits.size());
+  if (logits.empty()) return;
+  double max_logit = kNegInf;
+  for (float l : logits) max_logit = std::max(max_logit, Sanitized(l));
+  // The max token(s) count as exp(0) = 1 explicitly, so an infinite max gives no inf - inf.
+  double sum = 0.0;
+  for (float l : logits) {
+    const double x = Sanitized(l);
+    sum += x == max_logit ? 1.0 : std::exp(x - max_logit);
+  }
+  const double log_sum = std::log(sum);
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const double x = Sanitized(logits[i]);
+    out[i] = static_cast<float>((x == max_logit ? 0.0 : x - max_logit) - log_sum);
+  }
+}
+
+}  // namespace moe

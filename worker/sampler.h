@@ -1,0 +1,46 @@
+// Token sampling from a row of logits: greedy, temperature, top-k and top-p (nucleus), driven by
+// counter-based randomness so a request's tokens depend only on its seed and step, never on the
+// batch it shares, the thread that runs it or the number of ranks.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "common/status.h"
+
+namespace moe {
+
+struct SamplingParams {
+  float temperature = 1.0f;  // 0 => greedy (argmax)
+  int32_t top_k = 0;         // 0 => no top-k limit
+  float top_p = 1.0f;        // nucleus, in (0, 1]
+  uint64_t seed = 0;
+
+  bool greedy() const { return temperature == 0.0f; }
+
+  // InvalidArgument naming the offending field: temperature < 0 or not finite, top_k < 0,
+  // top_p not in (0, 1]. Check once where a request enters; SampleToken assumes valid params.
+  absl::Status Validate() const;
+};
+
+// The uniform draw in [0, 1) for step `step` of the request seeded `seed`: a pure hash of
+// (seed, step) (the SplitMix64 stream of the hashed seed, 53-bit mantissa), so it can be
+// recomputed anywhere, including by a GPU kernel, without carrying generator state.
+double UniformDraw(uint64_t seed, uint64_t step);
+
+// Samples one token id from `logits` (size = vocab, must be non-empty).
+// Greedy: argmax, the first index winning ties (as torch.argmax).
+// Otherwise, in the order Hugging Face applies them: divide by temperature; keep the top_k
+// largest (ties to the lower index); softmax in double; keep the smallest prefix of the kept
+// tokens, sorted by probability descending (ties to the lower index), whose cumulative
+// probability reaches top_p (at least one token); renormalise; and pick by inverse CDF with
+// u = UniformDraw(seed, step), walking the kept tokens in that sorted order.
+// NaN logits count as -inf; when every logit is -inf the result is the argmax rule's index 0.
+// Expected O(vocab): selection instead of sorting, even for top-p.
+int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t step);
+
+// Natural-log softmax of `logits` into `out` (same size), computed in double. NaN logits count
+// as -inf, like SampleToken; +inf logits share the whole mass; an all -inf row comes out uniform.
+void LogSoftmax(std::span<const float> logits, std::span<float> out);
+
+}  // namespace moe

@@ -1,0 +1,167 @@
+#include "worker/tokenizer.h"
+
+// <sentencepiece_processor.h> (0.1.97) declares `namespace absl { using std::string_view; }`,
+// which is ambiguous with the system Abseil's own absl::string_view class. Renaming its `absl`
+// to a private namespace keeps both usable in this file; the alias is still std::string_view,
+// so the mangled names match libsentencepiece. The standard headers it includes come first so
+// that the macro cannot reach them.
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+#define absl moe_sentencepiece_absl
+#include <sentencepiece_processor.h>
+#undef absl
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/json_util.h"
+
+namespace moe {
+namespace {
+
+// What the serving systems use: a few ids of prompt context are enough for the decoding of the
+// first generated id to see the preceding piece boundary.
+constexpr size_t kInitialContextIds = 5;
+
+// The UTF-8 encoding of U+FFFD, which SentencePiece produces for incomplete byte sequences.
+constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";
+
+absl::Status FromSentencePiece(const sentencepiece::util::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.code()),
+                      absl::StrCat(what, ": ", s.ToString()));
+}
+
+// Reads an optional boolean field of tokenizer_config.json.
+absl::StatusOr<bool> OptionalBool(const nlohmann::json& config, const char* key, bool fallback,
+                                  const std::string& path) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" is not a boolean"));
+  }
+  return it->get<bool>();
+}
+
+bool IsUtf8Continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+// The part of `full` after `prefix`. Normally `prefix` is a prefix of `full`; if an earlier
+// context decoded differently (e.g. the prompt itself ended inside a byte sequence), the text
+// after the longest common prefix is returned instead, cut at a character boundary.
+std::string Delta(std::string_view prefix, std::string_view full) {
+  size_t common = std::mismatch(prefix.begin(), prefix.end(), full.begin(), full.end()).first -
+                  prefix.begin();
+  if (common == prefix.size()) return std::string(full.substr(common));
+  while (common > 0 && common < full.size() && IsUtf8Continuation(full[common])) --common;
+  return std::string(full.substr(common));
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp, bool add_bos,
+                     bool add_eos)
+    : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos) {}
+
+Tokenizer::~Tokenizer() = default;
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& model_path,
+                                                               bool add_bos, bool add_eos) {
+  // Checked here because SentencePiece's own message for a missing file is less specific.
+  if (!std::filesystem::is_regular_file(model_path)) {
+    return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", model_path));
+  }
+  auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  MOE_RETURN_IF_ERROR(FromSentencePiece(sp->Load(model_path), model_path));
+  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp), add_bos, add_eos));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
+  const std::filesystem::path dir(model_dir);
+  const std::string config_path = (dir / "tokenizer_config.json").string();
+  // Mistral's tokenizers prepend BOS; a config only needs to say so when it differs.
+  bool add_bos = true;
+  bool add_eos = false;
+  if (std::filesystem::exists(config_path)) {
+    MOE_ASSIGN_OR_RETURN(nlohmann::json config, ReadJsonFile(config_path));
+    if (!config.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat(config_path, ": not a JSON object"));
+    }
+    MOE_ASSIGN_OR_RETURN(add_bos, OptionalBool(config, "add_bos_token", true, config_path));
+    MOE_ASSIGN_OR_RETURN(add_eos, OptionalBool(config, "add_eos_token", false, config_path));
+  }
+  return FromFile((dir / "tokenizer.model").string(), add_bos, add_eos);
+}
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
+  std::vector<int> pieces;
+  // Encoding only fails on an unloaded model, which the factories rule out.
+  const auto status = sp_->Encode(text, &pieces);
+  MOE_CHECK(status.ok(), status.ToString());
+  std::vector<int32_t> ids;
+  ids.reserve(pieces.size() + 2);
+  if (add_bos_) ids.push_back(bos_id());
+  ids.insert(ids.end(), pieces.begin(), pieces.end());
+  if (add_eos_) ids.push_back(eos_id());
+  return ids;
+}
+
+std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
+  const absl::Status valid = CheckIds(ids);
+  MOE_CHECK(valid.ok(), valid.message());
+  const std::vector<int> pieces(ids.begin(), ids.end());
+  std::string text;
+  const auto status = sp_->Decode(pieces, &text);
+  MOE_CHECK(status.ok(), status.ToString());
+  return text;
+}
+
+absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
+  const int32_t n = vocab_size();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= n) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i], " at index ", i,
+                                                     " is outside the vocabulary [0, ", n, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
+int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
+int32_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+
+StreamingDetokenizer::StreamingDetokenizer(const Tokenizer& tok,
+                                           std::span<const int32_t> prompt_ids)
+    : tok_(tok),
+      ids_(prompt_ids.begin(), prompt_ids.end()),
+      prefix_offset_(ids_.size() - std::min(ids_.size(), kInitialContextIds)),
+      read_offset_(ids_.size()) {}
+
+std::string StreamingDetokenizer::DecodeRange(size_t begin, size_t end) const {
+  return tok_.Decode(std::span<const int32_t>(ids_).subspan(begin, end - begin));
+}
+
+std::string StreamingDetokenizer::Push(int32_t id) {
+  ids_.push_back(id);
+  const std::string prefix_text = DecodeRange(prefix_offset_, read_offset_);
+  const std::string new_text = DecodeRange(prefix_offset_, ids_.size());
+  // No new text (a control id) or a trailing U+FFFD (an unfinished byte-fallback sequence):
+  // keep the offsets so the next Push decodes these ids again together with what follows.
+  if (new_text.size() <= prefix_text.size() || new_text.ends_with(kReplacementChar)) return {};
+  prefix_offset_ = read_offset_;
+  read_offset_ = ids_.size();
+  return Delta(prefix_text, new_text);
+}
+
+std::string StreamingDetokenizer::Flush() {
+  const std::string prefix_text = DecodeRange(prefix_offset_, read_offset_);
+  const std::string new_text = DecodeRange(prefix_offset_, ids_.size());
+  prefix_offset_ = read_offset_ = ids_.size();
+  return Delta(prefix_text, new_text);
+}
+
+}  // namespace moe

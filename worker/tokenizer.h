@@ -1,0 +1,94 @@
+// SentencePiece tokenisation for Mistral-family models, and incremental detokenisation of
+// generated ids into UTF-8 text deltas for streaming.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+// Forward declared so that users of this header never see <sentencepiece_processor.h>: that
+// header declares `absl::string_view` as std::string_view, which clashes with the system
+// Abseil's own absl::string_view class (tokenizer.cc works around it in one place).
+namespace sentencepiece {
+class SentencePieceProcessor;
+}
+
+namespace moe {
+
+class Tokenizer {
+ public:
+  // Loads DIR/tokenizer.model and, when present, DIR/tokenizer_config.json for add_bos_token
+  // (default true, as for Mistral models) and add_eos_token (default false).
+  // Errors name the offending file; a missing tokenizer.model is NotFound.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
+
+  // Loads a SentencePiece model file directly with explicit BOS/EOS behaviour.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& model_path,
+                                                           bool add_bos, bool add_eos = false);
+
+  ~Tokenizer();
+  Tokenizer(const Tokenizer&) = delete;
+  Tokenizer& operator=(const Tokenizer&) = delete;
+
+  // Plain text to ids (no special-token parsing): BOS prepended when add_bos(), EOS appended
+  // when add_eos().
+  std::vector<int32_t> Encode(std::string_view text) const;
+
+  // Ids to text; control tokens (BOS/EOS) produce no text and incomplete byte-fallback
+  // sequences become U+FFFD. Precondition: CheckIds(ids).ok(); throws InternalError otherwise.
+  std::string Decode(std::span<const int32_t> ids) const;
+
+  // InvalidArgument naming the first id outside [0, vocab_size()) and its index.
+  absl::Status CheckIds(std::span<const int32_t> ids) const;
+
+  int32_t bos_id() const;
+  int32_t eos_id() const;
+  int32_t vocab_size() const;
+  bool add_bos() const { return add_bos_; }
+  bool add_eos() const { return add_eos_; }
+
+ private:
+  Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp, bool add_bos,
+            bool add_eos);
+
+  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  bool add_bos_;
+  bool add_eos_;
+};
+
+// Turns a stream of generated ids into text deltas with the prefix-offset / read-offset scheme
+// of serving systems: the text of ids[prefix_offset:read_offset] has already been emitted, and
+// ids[prefix_offset:] is decoded again on each Push so that context-dependent decoding
+// (SentencePiece's leading-space removal, byte-fallback sequences spanning several ids) comes
+// out the same as decoding the whole sequence at once.
+class StreamingDetokenizer {
+ public:
+  // prompt_ids precede the generated ids: their text is not emitted but gives the context.
+  // `tok` must outlive this object.
+  StreamingDetokenizer(const Tokenizer& tok, std::span<const int32_t> prompt_ids);
+
+  // Appends `id` and returns the newly completed text, possibly empty. The result never ends
+  // inside a multi-byte UTF-8 character and holds back a trailing incomplete byte sequence
+  // instead of emitting U+FFFD for it. Precondition: id is in [0, vocab_size).
+  std::string Push(int32_t id);
+
+  // Returns whatever is still held back; call once at the end of generation.
+  std::string Flush();
+
+ private:
+  // Text of ids_[begin:end].
+  std::string DecodeRange(size_t begin, size_t end) const;
+
+  const Tokenizer& tok_;
+  std::vector<int32_t> ids_;
+  size_t prefix_offset_;
+  size_t read_offset_;
+};
+
+}  // namespace moe
