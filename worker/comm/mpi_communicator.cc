@@ -23,6 +23,7 @@ void MpiCommunicator::AllToAllRows(const float* send, std::span<const int64_t> s
                                    std::span<const int64_t> recv_rows, int64_t row_width) {
   MOE_CHECK(static_cast<int>(send_rows.size()) == size_ && static_cast<int>(recv_rows.size()) == size_);
   // Counts travel in rows of one contiguous datatype, so they stay far below INT_MAX.
+  MOE_CHECK(row_width > 0 && row_width <= INT_MAX);
   MPI_Datatype row;
   MPI_Type_contiguous(static_cast<int>(row_width), MPI_FLOAT, &row);
   MPI_Type_commit(&row);
@@ -42,10 +43,12 @@ void MpiCommunicator::AllToAllRows(const float* send, std::span<const int64_t> s
 }
 
 void MpiCommunicator::AllReduceSum(std::span<int64_t> values) {
+  MOE_CHECK(values.size() <= INT_MAX);
   MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_INT64_T, MPI_SUM, comm_);
 }
 
 void MpiCommunicator::AllReduceMax(std::span<int64_t> values) {
+  MOE_CHECK(values.size() <= INT_MAX);
   MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_INT64_T, MPI_MAX, comm_);
 }
 

@@ -1,0 +1,63 @@
+// Shared helpers of the engine tests: loading an engine on one process, the golden data, and the
+// relative error measure the acceptance criteria use (||ours - ref|| / ||ref||).
+#pragma once
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "coordinator/placement.h"
+#include "worker/comm/local_communicator.h"
+#include "worker/engine.h"
+#include "worker/model/safetensors.h"
+
+namespace moe::testing_ref {
+
+inline const std::string kGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";
+inline const std::string kDefaultModelDir = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
+
+// A single-process engine with its communicator and plan kept alive beside it.
+struct LocalEngine {
+  LocalCommunicator comm;
+  std::unique_ptr<PlacementPlan> plan;
+  std::unique_ptr<Engine> engine;
+  Engine* operator->() { return engine.get(); }
+  Engine& operator*() { return *engine; }
+};
+
+inline std::unique_ptr<LocalEngine> LoadLocalEngine(const std::string& dir, EngineOptions opts = {}) {
+  auto le = std::make_unique<LocalEngine>();
+  ModelConfig c = ModelConfig::FromModelDir(dir).value();
+  le->plan = std::make_unique<PlacementPlan>(PlacementPlan::Make(c.num_layers, c.num_experts, 1).value());
+  le->engine = ValueOrThrow(Engine::Load(dir, le->comm, *le->plan, opts));
+  return le;
+}
+
+template <typename A, typename B>
+double RelativeError(const A& ours, const B& ref, size_t n, size_t ours_offset = 0, size_t ref_offset = 0) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(ours[ours_offset + i]) - static_cast<double>(ref[ref_offset + i]);
+    num += d * d;
+    den += static_cast<double>(ref[ref_offset + i]) * static_cast<double>(ref[ref_offset + i]);
+  }
+  return std::sqrt(num / den);
+}
+
+// expected.json and expected.safetensors of the golden folder.
+struct Golden {
+  nlohmann::json expected;
+  std::unique_ptr<SafetensorsFile> tensors;
+
+  static Golden Load();
+  std::vector<int32_t> prompt(size_t p) const { return expected["prompts"][p].get<std::vector<int32_t>>(); }
+  std::vector<int32_t> greedy(size_t p) const { return expected["greedy"][p].get<std::vector<int32_t>>(); }
+  size_t num_prompts() const { return expected["prompts"].size(); }
+  // A float32 tensor of expected.safetensors, e.g. "logits.3".
+  std::vector<float> F32(const std::string& name) const;
+};
+
+}  // namespace moe::testing_ref
