@@ -23,6 +23,7 @@
 
 #include "common/json_util.h"
 #include "worker/model/config.h"
+#include "tests/support/cli_runner.h"
 #include "worker/model/safetensors.h"
 
 #ifndef MOE_MPIRUN
@@ -40,83 +41,15 @@ const std::string kShakespeareDir = std::string(MOE_SOURCE_DIR) + "/models/shake
 constexpr int kGreedyTokens = 24;  // the length of expected.json "greedy"
 constexpr double kLogprobTolerance = 1e-5;
 
-// mpirun refuses root and more ranks than cores unless told; every rank of a 16-rank job on a
-// 2-core machine must not also start its own BLAS threads. Set once, before any test runs.
 class MpiEnvironment : public ::testing::Environment {
  public:
-  void SetUp() override {
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
-    // Oversubscribed ranks that spin while waiting starve the rank doing the work.
-    setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
-    setenv("OPENBLAS_NUM_THREADS", "1", 0);
-  }
+  void SetUp() override { testing_ref::SetMpiTestEnvironment(); }
 };
 const ::testing::Environment* const kMpiEnvironment = ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
 
-std::string ShellQuote(const std::string& s) {
-  std::string q = "'";
-  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-  return q + "'";
-}
-
-struct CliRun {
-  std::string command;
-  int exit_code = -1;
-  std::string out, err;
-  json result;  // the last stdout line, parsed (null when it is not JSON)
-
-  // For assertion messages: what ran and what it said on stderr.
-  std::string Describe() const { return "command: " + command + "\nexit code " + std::to_string(exit_code) + "\nstderr:\n" + err; }
-};
-
-// Runs moe-cli in one process (ranks == 0) or under `mpirun -np ranks`. stdout comes through the
-// pipe; stderr goes to its own file, so diagnostics cannot corrupt the JSON line.
-CliRun RunCli(int ranks, const std::vector<std::string>& args) {
-  std::vector<std::string> argv;
-  if (ranks > 0) {
-    // --bind-to none: with more ranks than cores, binding would pile them onto the same core.
-    argv = {MOE_MPIRUN, "--oversubscribe", "--bind-to", "none", "-np", std::to_string(ranks)};
-  }
-  argv.push_back(kCli);
-  argv.insert(argv.end(), args.begin(), args.end());
-
-  CliRun run;
-  for (const std::string& a : argv) run.command += (run.command.empty() ? "" : " ") + ShellQuote(a);
-  const std::filesystem::path err_path =
-      std::filesystem::temp_directory_path() / ("ep_cli_test_stderr_" + std::to_string(getpid()) + ".txt");
-  FILE* pipe = popen((run.command + " 2>" + ShellQuote(err_path.string())).c_str(), "r");
-  if (!pipe) {
-    run.err = "popen failed";
-    return run;
-  }
-  std::array<char, 65536> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) run.out.append(buf.data(), n);
-  const int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  std::ifstream err_file(err_path);
-  std::stringstream ss;
-  ss << err_file.rdbuf();
-  run.err = ss.str();
-  std::filesystem::remove(err_path);
-
-  std::string last;
-  std::istringstream lines(run.out);
-  for (std::string line; std::getline(lines, line);) {
-    if (!line.empty()) last = line;
-  }
-  run.result = json::parse(last, nullptr, /*allow_exceptions=*/false);
-  if (run.result.is_discarded()) run.result = nullptr;
-  return run;
-}
-
-std::string JoinIds(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
-  return s;
-}
+using testing_ref::CliRun;
+using testing_ref::JoinIds;
+using testing_ref::RunCli;
 
 // ----------------------------------------------------------------------------------------------
 // The golden data.

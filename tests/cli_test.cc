@@ -1,0 +1,126 @@
+// moe-cli as a user meets it: bad input gives a clear message and exit status (never a crash or a
+// hang, also under mpirun), seeded sampling repeats exactly on any number of ranks, and generation
+// stops at EOS.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/json_util.h"
+#include "tests/support/cli_runner.h"
+#include "tests/support/engine_fixture.h"
+#include "tests/support/random_model.h"
+
+namespace moe::testing_ref {
+namespace {
+
+namespace fs = std::filesystem;
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { SetMpiTestEnvironment(); }
+};
+
+void ExpectError(const CliRun& r, int code, const std::string& needle) {
+  EXPECT_EQ(r.exit_code, code) << r.Describe();
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "expected '" << needle << "' in\n" << r.Describe();
+}
+
+TEST_F(CliTest, BadCommandLinesExit2NamingTheFlag) {
+  ExpectError(RunCli(0, {}), 2, "missing command");
+  ExpectError(RunCli(0, {"frobnicate"}), 2, "unknown command 'frobnicate'");
+  ExpectError(RunCli(0, {"generate", "--prompt", "x", "--max-tokens", "ten"}), 2, "--max-tokens");
+  ExpectError(RunCli(0, {"generate", "--prompt", "x", "--temperature", "-1"}), 2, "temperature");
+  ExpectError(RunCli(0, {"generate", "--prompt", "x", "--top-p", "1.5"}), 2, "top_p");
+  ExpectError(RunCli(0, {"generate", "--prompt", "x", "--greedy", "--temperature", "0.5"}), 2, "--greedy");
+  ExpectError(RunCli(0, {"generate", "--token-ids", "1,x,3"}), 2, "--token-ids");
+  ExpectError(RunCli(0, {"generate", "--prompt", "x", "--bogus"}), 2, "unknown flag '--bogus'");
+  ExpectError(RunCli(0, {"score"}), 2, "--text");
+  ExpectError(RunCli(0, {"generate", "--model", kGoldenDir, "--token-ids", "5,1024"}), 2,
+              "token id 1024 at index 1 is outside the vocabulary");
+  ExpectError(RunCli(0, {"generate", "--model", kGoldenDir, "--prompt", "hello"}), 2, "tokenizer.model");
+  ExpectError(RunCli(0, {"generate", "--model", kGoldenDir, "--token-ids", "5", "--max-tokens", "5000"}), 2,
+              "exceed the context of 4096");
+}
+
+TEST_F(CliTest, BadInputUnderMpirunFailsEveryRankWithoutHanging) {
+  // Input 1 (on rank 1 of 3) is outside the vocabulary: every rank exits, rank 0 reports.
+  CliRun r = RunCli(3, {"score", "--model", kGoldenDir, "--token-ids", "5,6", "--token-ids", "7,99999", "--json"});
+  EXPECT_NE(r.exit_code, 0) << r.Describe();
+  EXPECT_NE(r.err.find("99999"), std::string::npos) << r.Describe();
+}
+
+TEST_F(CliTest, BrokenModelFoldersExit1NamingTheProblem) {
+  ExpectError(RunCli(0, {"score", "--model", "/nonexistent/dir", "--token-ids", "1,2"}), 1,
+              "/nonexistent/dir/config.json");
+  // A copy of the golden checkpoint whose second shard is cut short.
+  const std::string dir = MakeTempDir("moe_cli_truncated");
+  for (const auto& f : fs::directory_iterator(kGoldenDir)) fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  const std::string shard = dir + "/model-00002-of-00002.safetensors";
+  fs::resize_file(shard, fs::file_size(shard) - 1000);
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1, "model-00002-of-00002.safetensors");
+  // Under mpirun too: no hang, a non-zero exit.
+  CliRun r = RunCli(2, {"score", "--model", dir, "--token-ids", "1,2"});
+  EXPECT_NE(r.exit_code, 0) << r.Describe();
+  EXPECT_NE(r.err.find("model-00002-of-00002.safetensors"), std::string::npos) << r.Describe();
+  fs::remove_all(dir);
+}
+
+TEST_F(CliTest, SeededSamplingRepeatsOnAnyNumberOfRanks) {
+  const std::vector<std::string> base = {"generate", "--model", kDefaultModelDir, "--prompt", "ROMEO:", "--prompt",
+                                         "JULIET:", "--max-tokens", "32", "--temperature", "0.9", "--top-p",
+                                         "0.95", "--top-k", "50", "--json"};
+  auto with_seed = [&](const std::string& seed) {
+    std::vector<std::string> a = base;
+    a.insert(a.end(), {"--seed", seed});
+    return a;
+  };
+  CliRun one = RunCli(0, with_seed("7"));
+  ASSERT_EQ(one.exit_code, 0) << one.Describe();
+  CliRun again = RunCli(0, with_seed("7"));
+  CliRun three = RunCli(3, with_seed("7"));
+  CliRun other = RunCli(0, with_seed("8"));
+  ASSERT_EQ(three.exit_code, 0) << three.Describe();
+  EXPECT_EQ(one.result, again.result);
+  EXPECT_EQ(one.result["results"], three.result["results"]);
+  EXPECT_NE(one.result["results"][0]["token_ids"], other.result["results"][0]["token_ids"]);
+  // Sampling really happened: not the greedy continuation.
+  CliRun greedy = RunCli(0, {"generate", "--model", kDefaultModelDir, "--prompt", "ROMEO:", "--max-tokens", "32", "--json"});
+  EXPECT_NE(one.result["results"][0]["token_ids"], greedy.result["token_ids"]);
+}
+
+TEST_F(CliTest, GenerationStopsAtEos) {
+  // The golden model with its config's EOS set to the 4th greedy token of prompt 0: generation
+  // stops there with finish_reason "stop" (and runs on with --ignore-eos).
+  Golden g = Golden::Load();
+  const std::string dir = MakeTempDir("moe_cli_eos");
+  for (const auto& f : fs::directory_iterator(kGoldenDir)) fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  nlohmann::json config = ValueOrThrow(ReadJsonFile(dir + "/config.json"));
+  const std::vector<int32_t> greedy = g.greedy(0);
+  const int32_t eos = greedy[3];
+  config["eos_token_id"] = eos;
+  std::ofstream(dir + "/config.json") << config.dump(2);
+  const std::vector<std::string> args = {"generate", "--model", dir, "--token-ids", JoinIds(g.prompt(0)),
+                                         "--max-tokens", "24", "--json"};
+  CliRun r = RunCli(0, args);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_EQ(r.result["finish_reason"], "stop");
+  EXPECT_EQ(r.result["token_ids"].get<std::vector<int32_t>>(),
+            std::vector<int32_t>(greedy.begin(), greedy.begin() + 4));
+  std::vector<std::string> ignore = args;
+  ignore.push_back("--ignore-eos");
+  CliRun all = RunCli(0, ignore);
+  EXPECT_EQ(all.result["finish_reason"], "length");
+  EXPECT_EQ(all.result["token_ids"].get<std::vector<int32_t>>(), greedy);
+  fs::remove_all(dir);
+}
+
+TEST_F(CliTest, PlainTextOutputStreamsThePrompt) {
+  CliRun r = RunCli(0, {"generate", "--prompt", "ROMEO:", "--max-tokens", "48"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  nlohmann::json samples = ValueOrThrow(ReadJsonFile(kDefaultModelDir + "/samples.json"));
+  EXPECT_EQ(r.out, samples["greedy_samples"][0]["greedy_text"].get<std::string>() + "\n");
+}
+
+}  // namespace
+}  // namespace moe::testing_ref
