@@ -11,3 +11,11 @@ pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 
 find_program(MPIRUN_EXECUTABLE NAMES mpirun REQUIRED)
+
+# gRPC and protobuf (Debian: libgrpc++-dev, protobuf-compiler-grpc, libprotobuf-dev).
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_program(MOE_PROTOC NAMES protoc REQUIRED)
+find_program(MOE_GRPC_CPP_PLUGIN NAMES grpc_cpp_plugin REQUIRED)
+find_program(MOE_GRPC_PYTHON_PLUGIN NAMES grpc_python_plugin REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)
