@@ -37,12 +37,13 @@ function(moe_add_test name)
 endfunction()
 
 # moe_add_mpi_test(NAME RANKS N SOURCES ... [DEPS ...])
-# A GoogleTest executable run under `mpirun -np N --oversubscribe` by CTest.
+# A GoogleTest executable run under `mpirun -np N --oversubscribe` by CTest. Its main() comes from
+# tests/support/mpi_test_main.cc (every rank runs every test; any rank's failure fails the run).
 function(moe_add_mpi_test name)
   cmake_parse_arguments(ARG "" "RANKS" "SOURCES;DEPS;LABELS" ${ARGN})
   if(NOT TARGET ${name})
     add_executable(${name} ${ARG_SOURCES})
-    target_link_libraries(${name} PRIVATE ${ARG_DEPS} MPI::MPI_CXX GTest::gtest)
+    target_link_libraries(${name} PRIVATE ${ARG_DEPS} moe_mpi_test_main MPI::MPI_CXX GTest::gtest)
     target_compile_options(${name} PRIVATE ${MOE_WARNINGS})
     target_compile_definitions(${name} PRIVATE
       MOE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" MOE_BINARY_DIR="${PROJECT_BINARY_DIR}")
