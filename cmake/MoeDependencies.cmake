@@ -4,11 +4,21 @@ find_package(absl CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(MPI REQUIRED COMPONENTS CXX)
 find_package(GTest CONFIG REQUIRED)
-find_package(PkgConfig REQUIRED)
-pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
 
-# OpenBLAS for the CPU GEMMs (cblas_sgemm). Its pkg-config file names the library and headers.
-pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
+# SentencePiece and OpenBLAS (cblas_sgemm for the CPU GEMMs) are found by file rather than through
+# pkg-config, so that packages unpacked under a prefix (the GPU machine: scripts/device-deps.sh)
+# work as well as installed ones. Debian keeps OpenBLAS in an openblas-pthread subfolder.
+function(moe_find_library target header library)
+  string(TOUPPER ${target} var)
+  find_path(${var}_INCLUDE_DIR ${header} PATH_SUFFIXES openblas-pthread openblas REQUIRED)
+  find_library(${var}_LIBRARY ${library} PATH_SUFFIXES openblas-pthread openblas REQUIRED)
+  add_library(${target} UNKNOWN IMPORTED GLOBAL)
+  set_target_properties(${target} PROPERTIES IMPORTED_LOCATION ${${var}_LIBRARY}
+                                             INTERFACE_INCLUDE_DIRECTORIES ${${var}_INCLUDE_DIR})
+  message(STATUS "${target}: ${${var}_LIBRARY}")
+endfunction()
+moe_find_library(moe_sentencepiece sentencepiece_processor.h sentencepiece)
+moe_find_library(moe_openblas cblas.h openblas)
 
 find_program(MPIRUN_EXECUTABLE NAMES mpirun REQUIRED)
 
