@@ -20,7 +20,7 @@ function(moe_add_program name)
   target_compile_options(${name} PRIVATE ${MOE_WARNINGS})
 endfunction()
 
-# moe_add_test(NAME SOURCES ... [DEPS ...] [LABELS ...])
+# moe_add_test(NAME SOURCES ... [DEPS ...] [LABELS ...])  (LABELS gpu: a GPU test)
 # A GoogleTest executable registered with CTest. Tests find their data through MOE_SOURCE_DIR
 # and the built programs through MOE_BINARY_DIR.
 function(moe_add_test name)
@@ -33,7 +33,13 @@ function(moe_add_test name)
       MOE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" MOE_BINARY_DIR="${PROJECT_BINARY_DIR}")
   endif()
   add_test(NAME ${name} COMMAND ${name})
-  set_tests_properties(${name} PROPERTIES LABELS "cpu;${ARG_LABELS}" TIMEOUT 600)
+  # GPU tests carry the label gpu (they skip without a device); everything else is cpu.
+  if("gpu" IN_LIST ARG_LABELS)
+    set(labels ${ARG_LABELS})
+  else()
+    set(labels cpu ${ARG_LABELS})
+  endif()
+  set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT 600)
 endfunction()
 
 # moe_add_mpi_test(NAME RANKS N SOURCES ... [DEPS ...])

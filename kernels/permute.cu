@@ -1,0 +1,50 @@
+#include "kernels/cuda_check.h"
+#include "kernels/kernels.h"
+
+namespace moe::gpu {
+namespace {
+
+// 16-byte copies when rows allow it (H a multiple of 8 bf16 and aligned buffers).
+__global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t H, bf16* out) {
+  const int64_t r = blockIdx.x;
+  const bf16* from = x + static_cast<int64_t>(src_row[r]) * H;
+  bf16* to = out + r * H;
+  if (H % 8 == 0) {
+    const int4* f = reinterpret_cast<const int4*>(from);
+    int4* d = reinterpret_cast<int4*>(to);
+    for (int64_t i = threadIdx.x; i < H / 8; i += blockDim.x) d[i] = f[i];
+  } else {
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) to[i] = from[i];
+  }
+}
+
+// The weighted sum over a token's k slots in slot order (fixed, so results do not depend on
+// which rank computed which slot), added into the float residual.
+__global__ void CombineAddKernel(const bf16* y, const int32_t* position, const float* weight, int64_t k,
+                                 int64_t H, float* residual) {
+  const int64_t t = blockIdx.x;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    float acc = 0.f;
+    for (int64_t s = 0; s < k; ++s) {
+      acc += weight[t * k + s] * __bfloat162float(y[static_cast<int64_t>(position[t * k + s]) * H + h]);
+    }
+    residual[t * H + h] += acc;
+  }
+}
+
+}  // namespace
+
+void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s) {
+  if (R == 0) return;
+  GatherRowsKernel<<<static_cast<unsigned>(R), 128, 0, s>>>(x, src_row, H, out);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
+                float* residual, cudaStream_t s) {
+  if (T == 0) return;
+  CombineAddKernel<<<static_cast<unsigned>(T), 256, 0, s>>>(y, position, weight, k, H, residual);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moe::gpu
