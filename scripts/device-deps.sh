@@ -11,5 +11,5 @@ bash ../shared/device/fetch-deps.sh >/dev/null
   libopenblas-dev libopenblas-pthread-dev libopenblas0 libopenblas0-pthread libgfortran5 \
   nlohmann-json3-dev \
   prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 \
-  libcivetweb1 libcivetweb-dev 2>&1 | grep -v 'Download is performed unsandboxed' || true)
+  libcivetweb1 libcivetweb-dev civetweb 2>&1 | grep -v 'Download is performed unsandboxed' || true)
 du -sh .deps
