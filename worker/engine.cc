@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <unordered_set>
 
 #include "worker/cpu/ops.h"
 #include "worker/model/safetensors.h"
@@ -16,18 +15,7 @@ Engine::Engine(const ModelConfig& c, Communicator& comm, const PlacementPlan& pl
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir, Communicator& comm,
                                                      const PlacementPlan& plan, const EngineOptions& opts) {
   MOE_ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromModelDir(model_dir));
-  if (plan.num_layers() != c.num_layers || plan.num_experts() != c.num_experts) {
-    return absl::InvalidArgumentError(absl::StrCat("placement plan is for ", plan.num_layers(), " layers x ",
-                                                   plan.num_experts(), " experts, the model has ", c.num_layers,
-                                                   " x ", c.num_experts));
-  }
-  if (plan.world_size() != comm.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("placement plan is for ", plan.world_size(), " ranks, the job has ", comm.size()));
-  }
-  if (opts.kv_block_size <= 0 || opts.kv_tokens < 0) {
-    return absl::InvalidArgumentError("kv_block_size must be positive and kv_tokens non-negative");
-  }
+  MOE_RETURN_IF_ERROR(CheckEngineSetup(c, plan, comm, opts.kv_block_size, opts.kv_tokens));
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
   std::unique_ptr<Engine> e(new Engine(c, comm, plan, opts));
   const int rank = comm.rank();
@@ -48,59 +36,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
 absl::Status Engine::AddSequence(int64_t seq_id) { return kv_->AddSequence(seq_id); }
 void Engine::FreeSequence(int64_t seq_id) { kv_->FreeSequence(seq_id); }
 
-absl::Status Engine::Validate(const std::vector<SequenceChunk>& chunks) const {
-  std::unordered_set<int64_t> seen;
-  int64_t blocks_needed = 0;
-  for (const SequenceChunk& ch : chunks) {
-    if (!kv_->HasSequence(ch.seq_id)) return absl::NotFoundError(absl::StrCat("sequence ", ch.seq_id, " not added"));
-    if (!seen.insert(ch.seq_id).second) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, " appears twice in one step"));
-    }
-    if (ch.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": no tokens"));
-    for (size_t i = 0; i < ch.tokens.size(); ++i) {
-      if (ch.tokens[i] < 0 || ch.tokens[i] >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": token id ", ch.tokens[i],
-                                                       " at index ", i, " is outside the vocabulary [0, ",
-                                                       config_.vocab_size, ")"));
-      }
-    }
-    const int64_t len = kv_->length(ch.seq_id), end = len + static_cast<int64_t>(ch.tokens.size());
-    if (end > config_.max_position_embeddings) {
-      return absl::OutOfRangeError(absl::StrCat("sequence ", ch.seq_id, ": ", end,
-                                                " positions exceed max_position_embeddings ",
-                                                config_.max_position_embeddings));
-    }
-    blocks_needed += std::max<int64_t>(0, kv_->BlocksFor(end) - kv_->BlocksFor(len));
-  }
-  if (blocks_needed > kv_->free_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: the step needs ", blocks_needed,
-                                                     " blocks, ", kv_->free_blocks(), " are free"));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceChunk>& chunks) {
-  const absl::Status local = Validate(chunks);
-  int64_t rows = 0;
-  for (const SequenceChunk& ch : chunks) rows += static_cast<int64_t>(ch.tokens.size());
-  // The step header: did any rank reject its input, and how many rows are there in all?
-  std::vector<int64_t> header = {local.ok() ? 0 : 1, local.ok() ? rows : 0};
-  comm_.AllReduceSum(header);
-  if (!local.ok()) return local;
-  if (header[0] > 0) {
-    return absl::AbortedError(absl::StrCat("step abandoned: ", header[0], " other rank(s) rejected their input"));
-  }
   StepOutput out;
-  out.global_rows = header[1];
+  MOE_ASSIGN_OR_RETURN(out.global_rows, BeginStep(config_, comm_, kv_->allocator(), chunks));
   if (out.global_rows == 0) return out;
-  for (const SequenceChunk& ch : chunks) {
-    const absl::Status s = kv_->Reserve(ch.seq_id, kv_->length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));
-    MOE_CHECK(s.ok(), s.ToString());  // Validate counted the blocks
-  }
   Forward(chunks, out);
-  for (const SequenceChunk& ch : chunks) {
-    kv_->set_length(ch.seq_id, kv_->length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));
-  }
+  AdvanceLengths(kv_->allocator(), chunks);
   if (opts_.collect_load_stats) stats_.FinishStep(comm_);
   return out;
 }

@@ -20,6 +20,7 @@
 #include "worker/model/weights.h"
 #include "worker/moe/load_stats.h"
 #include "worker/moe/moe_layer.h"
+#include "worker/step_engine.h"
 
 namespace moe {
 
@@ -31,41 +32,22 @@ struct EngineOptions {
   bool verbose = false;  // print a load progress line to stderr
 };
 
-// Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
-struct SequenceChunk {
-  int64_t seq_id = 0;
-  std::vector<int32_t> tokens;
-  bool all_logits = false;  // logits for every token (scoring), else only the last one
-};
-
-struct ChunkLogits {
-  int64_t seq_id = 0;
-  int64_t first_position = 0;  // position of the first row of `logits`
-  int64_t rows = 0;
-  std::vector<float> logits;  // [rows, vocab]
-};
-
-struct StepOutput {
-  std::vector<ChunkLogits> chunks;  // in the order of the input chunks
-  int64_t global_rows = 0;          // tokens over all ranks in this step; 0: every rank was idle
-};
-
-class Engine {
+class Engine final : public StepEngine {
  public:
   // Loads config.json and, from the checkpoint, the replicated tensors and the experts `plan` gives
   // to comm.rank(). The plan must match the config and comm.size().
   static absl::StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_dir, Communicator& comm,
                                                       const PlacementPlan& plan, const EngineOptions& opts);
 
-  absl::Status AddSequence(int64_t seq_id);
-  void FreeSequence(int64_t seq_id);
-  bool HasSequence(int64_t seq_id) const { return kv_->HasSequence(seq_id); }
-  int64_t SequenceLength(int64_t seq_id) const { return kv_->length(seq_id); }
+  absl::Status AddSequence(int64_t seq_id) override;
+  void FreeSequence(int64_t seq_id) override;
+  bool HasSequence(int64_t seq_id) const override { return kv_->HasSequence(seq_id); }
+  int64_t SequenceLength(int64_t seq_id) const override { return kv_->length(seq_id); }
 
   // The collective forward step (see above). On error nothing is changed on any rank.
-  absl::StatusOr<StepOutput> Step(const std::vector<SequenceChunk>& chunks);
+  absl::StatusOr<StepOutput> Step(const std::vector<SequenceChunk>& chunks) override;
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const override { return config_; }
   const PlacementPlan& plan() const { return plan_; }
   Communicator& comm() { return comm_; }
   const KvCache& kv_cache() const { return *kv_; }
@@ -77,7 +59,6 @@ class Engine {
 
  private:
   Engine(const ModelConfig& c, Communicator& comm, const PlacementPlan& plan, const EngineOptions& opts);
-  absl::Status Validate(const std::vector<SequenceChunk>& chunks) const;
   void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);
   void Attention(int64_t layer, const std::vector<SequenceChunk>& chunks, const std::vector<int64_t>& starts);
 

@@ -14,7 +14,7 @@ bool IsEos(const ModelConfig& c, int32_t tok) {
   return std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
 }
 
-void FreeAll(Engine& engine, size_t n) {
+void FreeAll(StepEngine& engine, size_t n) {
   for (size_t i = 0; i < n; ++i) engine.FreeSequence(kFirstSeqId + static_cast<int64_t>(i));
 }
 
@@ -22,7 +22,7 @@ void FreeAll(Engine& engine, size_t n) {
 
 const char* FinishReasonName(FinishReason r) { return r == FinishReason::kStop ? "stop" : "length"; }
 
-absl::StatusOr<std::vector<GenerateResult>> GenerateAll(Engine& engine, const std::vector<GenerateRequest>& requests,
+absl::StatusOr<std::vector<GenerateResult>> GenerateAll(StepEngine& engine, const std::vector<GenerateRequest>& requests,
                                                         const std::function<void(size_t, int32_t)>& on_token) {
   const ModelConfig& c = engine.config();
   const size_t n = requests.size();
@@ -85,7 +85,7 @@ absl::StatusOr<std::vector<GenerateResult>> GenerateAll(Engine& engine, const st
   return results;
 }
 
-absl::StatusOr<std::vector<ScoreResult>> ScoreAll(Engine& engine, const std::vector<std::vector<int32_t>>& sequences) {
+absl::StatusOr<std::vector<ScoreResult>> ScoreAll(StepEngine& engine, const std::vector<std::vector<int32_t>>& sequences) {
   const size_t n = sequences.size();
   std::vector<SequenceChunk> chunks;
   absl::Status local;

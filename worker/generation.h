@@ -1,4 +1,5 @@
-// Runs a rank's requests to completion on an Engine, in lock step with the other ranks.
+// Runs a rank's requests to completion on an engine (any StepEngine: the CPU Engine or the GPU
+// engine), in lock step with the other ranks.
 // Iteration-level batching: every step carries each active sequence's next chunk (its whole prompt
 // first, then one token a step); a finished sequence leaves the batch and frees its KV blocks.
 // Both functions are collectives: every rank calls them (with its own, possibly empty, requests)
@@ -32,7 +33,7 @@ struct GenerateResult {
 
 // on_token(request index, token id) is called as each token is produced.
 absl::StatusOr<std::vector<GenerateResult>> GenerateAll(
-    Engine& engine, const std::vector<GenerateRequest>& requests,
+    StepEngine& engine, const std::vector<GenerateRequest>& requests,
     const std::function<void(size_t, int32_t)>& on_token = nullptr);
 
 struct ScoreResult {
@@ -40,6 +41,6 @@ struct ScoreResult {
   std::vector<float> logprobs;
 };
 
-absl::StatusOr<std::vector<ScoreResult>> ScoreAll(Engine& engine, const std::vector<std::vector<int32_t>>& sequences);
+absl::StatusOr<std::vector<ScoreResult>> ScoreAll(StepEngine& engine, const std::vector<std::vector<int32_t>>& sequences);
 
 }  // namespace moe

@@ -18,6 +18,7 @@
 #include "worker/cli/cli_args.h"
 #include "worker/comm/local_communicator.h"
 #include "worker/comm/mpi_communicator.h"
+#include "worker/comm/mpi_launch.h"
 #include "worker/engine.h"
 #include "worker/generation.h"
 #include "worker/tokenizer.h"
@@ -30,10 +31,6 @@ namespace moe {
 namespace {
 
 using nlohmann::json;
-
-bool LaunchedByMpirun() {
-  return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK");
-}
 
 // True on every rank when any rank passes `failed`; each failing rank prints its own message.
 bool AnyRankFailed(Communicator& comm, const absl::Status& s) {
@@ -228,23 +225,6 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
 }  // namespace moe
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  const bool mpi = moe::LaunchedByMpirun();
-  int rc = 0;
-  try {
-    if (mpi) {
-      MPI_Init(&argc, &argv);
-      moe::MpiCommunicator comm(MPI_COMM_WORLD);
-      rc = moe::Run(args, comm);
-      MPI_Finalize();
-    } else {
-      moe::LocalCommunicator comm;
-      rc = moe::Run(args, comm);
-    }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-cli: internal error: %s\n", e.what());
-    if (mpi) MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
-  }
-  return rc;
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  return moe::RunAsJob(argc, argv, "moe-cli", [&](moe::Communicator& comm) { return moe::Run(args, comm); });
 }

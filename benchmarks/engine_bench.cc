@@ -1,0 +1,346 @@
+// moe-bench: the single-GPU engine on a model config with synthetic bf16 weights (no checkpoint
+// needed; default: Mixtral-8x7B). Measures
+//   - prefill of 1 x N tokens (default 512), ms (median of a few runs after a warm-up run);
+//   - decode throughput at batch 1, 16, 64, 256 with 128-token contexts: the contexts are
+//     prefilled first, then a few warm-up decode steps, then timed steps (wall clock around
+//     Step, which returns after the device has finished and the logits are on the host);
+//   - in a profiling mode (CUDA events at the stage boundaries of every layer), the per-layer
+//     time split: attention, router, dispatch, experts, combine (and what lies outside the layers);
+// and writes one JSON object (machine, commit, command line, config, every figure) to --out.
+//
+// The byte floor, for comparing later versions: a decode step must read every weight it uses
+// once. Per step that is the replicated weights (attention, router and norms of every layer, the
+// LM head; the embedding rows are negligible) plus, per layer, the experts the batch touches. With
+// B tokens routed top-k of E independently, E (1 - (1 - k/E)^B) distinct experts are touched per
+// layer on average. Mixtral-8x7B: replicated ~2.9 GB; one expert of one layer 352 MB, so batch 1
+// reads ~25.4 GB (2 experts per layer) and batch >= 16 nearly all 93.4 GB. At the H200's ~4.8 TB/s
+// that is a floor of ~5.3 ms per step at batch 1 and ~19.5 ms at batch >= 16. The JSON reports the
+// floor per batch (bytes and ms at the device's peak memory bandwidth) beside the measured time.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "coordinator/placement.h"
+#include "worker/comm/local_communicator.h"
+#include "worker/gpu/gpu_engine.h"
+
+namespace moe {
+namespace {
+
+struct Args {
+  std::string config = std::string(MOE_SOURCE_DIR) + "/benchmarks/configs/mixtral-8x7b-v0.1.json";
+  std::string out = "moe-bench.json";
+  std::string commit;
+  uint64_t seed = 1;
+  int64_t prefill_tokens = 512;
+  int prefill_runs = 3;
+  std::vector<int64_t> batches = {1, 16, 64, 256};
+  int64_t context = 128;
+  int warmup = 3;
+  int steps = 16;
+  int64_t profile_batch = 64;
+  int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
+};
+
+void Usage() {
+  std::fprintf(stderr,
+               "usage: moe-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N] [--prefill-tokens N]\n"
+               "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
+               "                 [--profile-batch N (0: no profiling)]\n"
+               "The commit defaults to $MOE_COMMIT.\n");
+}
+
+bool ParseArgs(int argc, char** argv, Args& a) {
+  if (const char* c = std::getenv("MOE_COMMIT")) a.commit = c;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    const char* v = nullptr;
+    if (k == "--help" || k == "-h") return false;
+    if (!(v = value())) {
+      std::fprintf(stderr, "moe-bench: %s needs a value\n", k.c_str());
+      return false;
+    }
+    if (k == "--config") a.config = v;
+    else if (k == "--out") a.out = v;
+    else if (k == "--commit") a.commit = v;
+    else if (k == "--seed") a.seed = std::strtoull(v, nullptr, 10);
+    else if (k == "--prefill-tokens") a.prefill_tokens = std::atoll(v);
+    else if (k == "--context") a.context = std::atoll(v);
+    else if (k == "--warmup") a.warmup = std::atoi(v);
+    else if (k == "--steps") a.steps = std::atoi(v);
+    else if (k == "--profile-batch") a.profile_batch = std::atoll(v);
+    else if (k == "--batches") {
+      a.batches.clear();
+      std::stringstream ss(v);
+      std::string item;
+      while (std::getline(ss, item, ',')) a.batches.push_back(std::atoll(item.c_str()));
+    } else {
+      std::fprintf(stderr, "moe-bench: unknown flag %s\n", k.c_str());
+      return false;
+    }
+  }
+  if (a.prefill_tokens <= 0 || a.context <= 0 || a.steps <= 0 || a.warmup < 0 || a.batches.empty()) return false;
+  for (int64_t b : a.batches) {
+    if (b <= 0) return false;
+  }
+  return true;
+}
+
+double NowMs() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Dies with the error: a benchmark has no way around a failed step.
+template <typename T>
+T Check(absl::StatusOr<T> v, const char* what) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "moe-bench: %s: %s\n", what, v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(v).value();
+}
+void Check(const absl::Status& s, const char* what) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "moe-bench: %s: %s\n", what, s.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+class Bench {
+ public:
+  Bench(gpu::GpuEngine& e, const Args& a) : e_(e), a_(a), rng_(a.seed) {}
+
+  std::vector<int32_t> Tokens(int64_t n) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = static_cast<int32_t>(rng_() % static_cast<uint64_t>(e_.config().vocab_size));
+    return t;
+  }
+
+  // One prefill of n tokens on a fresh sequence, ms.
+  double Prefill(int64_t n) {
+    Check(e_.AddSequence(next_id_), "AddSequence");
+    const std::vector<int32_t> t = Tokens(n);
+    MOE_CUDA_CHECK(cudaDeviceSynchronize());
+    const double t0 = NowMs();
+    Check(e_.Step({{next_id_, t, false}}), "prefill step");
+    const double ms = NowMs() - t0;
+    e_.FreeSequence(next_id_++);
+    return ms;
+  }
+
+  // B sequences with `context` tokens each, prefilled in steps of about prefill_chunk tokens.
+  std::vector<int64_t> AddContexts(int64_t B) {
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < B; ++i) {
+      Check(e_.AddSequence(next_id_), "AddSequence");
+      ids.push_back(next_id_++);
+    }
+    const int64_t per_step = std::max<int64_t>(1, a_.prefill_chunk / a_.context);
+    for (int64_t i = 0; i < B; i += per_step) {
+      std::vector<SequenceChunk> chunks;
+      for (int64_t j = i; j < std::min(B, i + per_step); ++j) chunks.push_back({ids[j], Tokens(a_.context), false});
+      Check(e_.Step(chunks), "context prefill step");
+    }
+    return ids;
+  }
+
+  // `steps` decode steps of every sequence in `ids`, ms in all.
+  double Decode(const std::vector<int64_t>& ids, int steps) {
+    MOE_CUDA_CHECK(cudaDeviceSynchronize());
+    const double t0 = NowMs();
+    for (int s = 0; s < steps; ++s) {
+      std::vector<SequenceChunk> chunks;
+      for (int64_t id : ids) chunks.push_back({id, Tokens(1), false});
+      Check(e_.Step(chunks), "decode step");
+    }
+    return NowMs() - t0;
+  }
+
+  void Free(const std::vector<int64_t>& ids) {
+    for (int64_t id : ids) e_.FreeSequence(id);
+  }
+
+ private:
+  gpu::GpuEngine& e_;
+  const Args& a_;
+  std::mt19937_64 rng_;
+  int64_t next_id_ = 1;
+};
+
+// Per-layer stage split of what the profiler collected, in ms per layer and step.
+nlohmann::json PerLayer(const gpu::StageTimes& t) {
+  const double n = std::max<int64_t>(1, t.layer_steps), steps = std::max<int64_t>(1, t.steps);
+  return {{"attention_ms", t.attention_ms / n},
+          {"router_ms", t.router_ms / n},
+          {"dispatch_ms", t.dispatch_ms / n},
+          {"experts_ms", t.experts_ms / n},
+          {"combine_ms", t.combine_ms / n},
+          {"outside_layers_ms_per_step", t.other_ms / steps},
+          {"step_ms", t.total_ms / steps},
+          {"steps", t.steps}};
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  using namespace moe;
+  Args a;
+  if (!ParseArgs(argc, argv, a)) {
+    Usage();
+    return 2;
+  }
+  std::string command;
+  for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+  const ModelConfig c = Check(ModelConfig::FromFile(a.config), "config");
+  std::string config_name = a.config.substr(a.config.find_last_of('/') + 1);
+  if (config_name.size() > 5 && config_name.ends_with(".json")) config_name.resize(config_name.size() - 5);
+
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    std::fprintf(stderr, "moe-bench: no CUDA device\n");
+    return 1;
+  }
+  int mem_clock_khz = 0, bus_bits = 0, driver = 0, runtime = 0;
+  cudaDeviceGetAttribute(&mem_clock_khz, cudaDevAttrMemoryClockRate, device);
+  cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device);
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  // Double data rate: 2 transfers per clock.
+  const double peak_bw = 2.0 * mem_clock_khz * 1e3 * bus_bits / 8.0;  // bytes/s
+
+  const int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
+  const int64_t max_len = a.context + a.warmup + a.steps + 2;
+  gpu::GpuEngineOptions opts;
+  opts.kv_tokens = std::max<int64_t>(std::max(max_batch, a.profile_batch) * ((max_len + 15) / 16 * 16),
+                                     a.prefill_tokens + 16);
+  opts.collect_load_stats = false;
+  LocalCommunicator comm;
+  const PlacementPlan plan = Check(PlacementPlan::Make(c.num_layers, c.num_experts, 1), "placement");
+  const double load_t0 = NowMs();
+  std::unique_ptr<gpu::GpuEngine> e = Check(gpu::GpuEngine::LoadSynthetic(c, comm, plan, opts, a.seed), "load");
+  const double load_ms = NowMs() - load_t0;
+  std::printf("%s on %s: %.2f GB of bf16 weights, KV cache %.2f GB (%lld positions), loaded in %.0f ms\n",
+              config_name.c_str(), prop.name, e->weight_bytes() / 1e9, e->kv_cache_bytes() / 1e9,
+              static_cast<long long>(opts.kv_tokens), load_ms);
+  std::fflush(stdout);
+
+  Bench bench(*e, a);
+  nlohmann::json result;
+  result["machine"] = {{"gpu", prop.name},
+                       {"memory_gb", prop.totalGlobalMem / 1e9},
+                       {"sms", prop.multiProcessorCount},
+                       {"compute_capability", std::to_string(prop.major) + "." + std::to_string(prop.minor)},
+                       {"peak_memory_bandwidth_gbps", peak_bw / 1e9},
+                       {"cuda_driver", driver},
+                       {"cuda_runtime", runtime}};
+  result["commit"] = a.commit.empty() ? "unknown" : a.commit;
+  result["command"] = command;
+  result["config"] = config_name;
+  result["config_path"] = a.config;
+  result["weights"] = {{"synthetic_seed", a.seed},
+                       {"bytes", e->weight_bytes()},
+                       {"expert_bytes", e->expert_weight_bytes()},
+                       {"load_ms", load_ms}};
+  result["kv_cache_bytes"] = e->kv_cache_bytes();
+
+  // Prefill of 1 x N.
+  bench.Prefill(a.prefill_tokens);  // warm-up (cuBLAS heuristics, first-touch allocations)
+  std::vector<double> runs;
+  for (int r = 0; r < a.prefill_runs; ++r) runs.push_back(bench.Prefill(a.prefill_tokens));
+  std::sort(runs.begin(), runs.end());
+  const double prefill_ms = runs[runs.size() / 2];
+  result["prefill"] = {{"batch", 1},
+                       {"tokens", a.prefill_tokens},
+                       {"ms", prefill_ms},
+                       {"runs_ms", runs},
+                       {"tokens_per_s", a.prefill_tokens / (prefill_ms / 1e3)}};
+  std::printf("prefill 1 x %lld: %.2f ms (%.0f tokens/s)\n", static_cast<long long>(a.prefill_tokens), prefill_ms,
+              a.prefill_tokens / (prefill_ms / 1e3));
+  std::fflush(stdout);
+
+  // Decode.
+  const double E = static_cast<double>(c.num_experts), k = static_cast<double>(c.experts_per_token);
+  const double expert_bytes = 2.0 * c.expert_params();
+  const double replicated_read =
+      static_cast<double>(e->weight_bytes() - e->expert_weight_bytes()) - 2.0 * c.vocab_size * c.hidden_size *
+                                                                              (c.tie_word_embeddings ? 0 : 1);
+  nlohmann::json decode = nlohmann::json::array();
+  for (int64_t B : a.batches) {
+    std::vector<int64_t> ids = bench.AddContexts(B);
+    bench.Decode(ids, a.warmup);
+    const double ms = bench.Decode(ids, a.steps);
+    bench.Free(ids);
+    const double per_step = ms / a.steps;
+    const double touched = E * (1.0 - std::pow(1.0 - k / E, static_cast<double>(B)));
+    const double floor_bytes = replicated_read + c.num_layers * touched * expert_bytes;
+    const double floor_ms = peak_bw > 0 ? floor_bytes / peak_bw * 1e3 : 0;
+    decode.push_back({{"batch", B},
+                      {"context", a.context},
+                      {"steps", a.steps},
+                      {"ms_per_step", per_step},
+                      {"tokens_per_s", B * a.steps / (ms / 1e3)},
+                      {"byte_floor_gb", floor_bytes / 1e9},
+                      {"byte_floor_ms", floor_ms},
+                      {"fraction_of_floor", floor_ms > 0 ? floor_ms / per_step : 0}});
+    std::printf("decode batch %4lld, context %lld: %8.2f ms/step, %9.1f tokens/s (byte floor %.1f GB, %.2f ms)\n",
+                static_cast<long long>(B), static_cast<long long>(a.context), per_step, B * a.steps / (ms / 1e3),
+                floor_bytes / 1e9, floor_ms);
+    std::fflush(stdout);
+  }
+  result["decode"] = decode;
+
+  // Profiling mode: the per-layer stage split of decode at one batch size and of the prefill.
+  if (a.profile_batch > 0) {
+    e->set_profile_stages(true);
+    std::vector<int64_t> ids = bench.AddContexts(a.profile_batch);
+    bench.Decode(ids, 1);
+    e->reset_stage_times();
+    bench.Decode(ids, std::min(a.steps, 8));
+    bench.Free(ids);
+    const gpu::StageTimes decode_times = e->stage_times();
+    e->reset_stage_times();
+    bench.Prefill(a.prefill_tokens);
+    const gpu::StageTimes prefill_times = e->stage_times();
+    e->set_profile_stages(false);
+    nlohmann::json d = PerLayer(decode_times), p = PerLayer(prefill_times);
+    d["batch"] = a.profile_batch;
+    d["context"] = a.context;
+    p["tokens"] = a.prefill_tokens;
+    result["profile"] = {{"decode", d}, {"prefill", p}, {"unit", "ms per layer per step (CUDA events)"}};
+    auto print = [](const char* name, const nlohmann::json& j) {
+      std::printf("profile %-7s per layer: attention %.3f  router %.3f  dispatch %.3f  experts %.3f  combine %.3f ms;"
+                  " outside layers %.3f ms/step; step %.2f ms\n",
+                  name, j["attention_ms"].get<double>(), j["router_ms"].get<double>(), j["dispatch_ms"].get<double>(),
+                  j["experts_ms"].get<double>(), j["combine_ms"].get<double>(),
+                  j["outside_layers_ms_per_step"].get<double>(), j["step_ms"].get<double>());
+    };
+    print("decode", d);
+    print("prefill", p);
+  }
+  result["notes"] =
+      "first version: per-layer host synchronisation for the dispatch plan, one cuBLAS GEMM per expert, "
+      "no CUDA graphs; byte_floor_* = weights a decode step must read (see engine_bench.cc)";
+
+  std::ofstream out(a.out);
+  out << result.dump(2) << "\n";
+  if (!out) {
+    std::fprintf(stderr, "moe-bench: cannot write %s\n", a.out.c_str());
+    return 1;
+  }
+  std::printf("wrote %s\n", a.out.c_str());
+  return 0;
+}

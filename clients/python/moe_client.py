@@ -1,0 +1,229 @@
+"""Python client of the moe-ep coordinator (public service moe.v1.Inference).
+
+Runs on the Debian interpreter (/usr/bin/python3) with python3-grpcio and python3-protobuf. The
+generated modules (moe.v1.*_pb2 and grpc_std.*_pb2, built by the CMake targets moe_proto_python and
+moe_grpc_std_python) are imported from $MOE_PYTHON_PROTO_DIR, else from ../../build/python next to
+this file.
+
+    from moe_client import MoeClient
+    with MoeClient("127.0.0.1:50051") as c:
+        for chunk in c.generate("ROMEO:", max_tokens=32):
+            print(chunk.text, end="", flush=True)
+
+Errors surface as grpc.RpcError (e.code() == grpc.StatusCode.INVALID_ARGUMENT, ...).
+"""
+
+import dataclasses
+import os
+import sys
+from typing import Iterator, List, Optional, Sequence, Union
+
+import grpc
+
+
+def _proto_dir() -> str:
+    env = os.environ.get("MOE_PYTHON_PROTO_DIR")
+    if env:
+        return env
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "python"))
+
+
+_PROTO_DIR = _proto_dir()
+if _PROTO_DIR not in sys.path:
+    sys.path.insert(0, _PROTO_DIR)
+
+try:
+    from moe.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+    from grpc_std import health_v1_pb2, health_v1_pb2_grpc  # noqa: E402
+    from grpc_std import reflection_v1alpha_pb2, reflection_v1alpha_pb2_grpc  # noqa: E402
+except ImportError as e:  # pragma: no cover - a setup problem, said plainly
+    raise ImportError(
+        f"moe_client: cannot import the generated protos from {_PROTO_DIR} ({e}); build the targets "
+        "moe_proto_python and moe_grpc_std_python and set MOE_PYTHON_PROTO_DIR to <build>/python") from e
+
+TextOrIds = Union[str, Sequence[int]]
+
+# FinishReason enum value -> the lower-case name moe-client prints.
+FINISH_REASONS = {
+    inference_pb2.FINISH_REASON_UNSPECIFIED: "",
+    inference_pb2.FINISH_REASON_STOP: "stop",
+    inference_pb2.FINISH_REASON_LENGTH: "length",
+    inference_pb2.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
+    inference_pb2.FINISH_REASON_CANCELLED: "cancelled",
+    inference_pb2.FINISH_REASON_ERROR: "error",
+}
+
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "logprobs",
+                    "ignore_eos")
+
+
+@dataclasses.dataclass
+class Completion:
+    """A whole Generate stream folded into one result."""
+    request_id: str = ""
+    token_ids: List[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    finish_reason: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list = dataclasses.field(default_factory=list)  # inference_pb2.TokenLogprob, when asked
+
+
+def make_prompt(value: TextOrIds, field: str = "prompt") -> "inference_pb2.Prompt":
+    """A str becomes Prompt.text, a sequence of ints Prompt.token_ids."""
+    if isinstance(value, str):
+        return inference_pb2.Prompt(text=value)
+    if isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"{field}: give text as str, or a sequence of token ids")
+    return inference_pb2.Prompt(token_ids=inference_pb2.TokenIds(ids=[int(i) for i in value]))
+
+
+def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
+    """SamplingParams from keyword arguments named as in the proto (unknown names are an error)."""
+    unknown = set(sampling) - set(_SAMPLING_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
+    p = inference_pb2.SamplingParams()
+    for name, value in sampling.items():
+        if value is None:
+            continue
+        if name == "stop":
+            p.stop.extend([value] if isinstance(value, str) else list(value))
+        elif name == "stop_token_ids":
+            p.stop_token_ids.extend(int(i) for i in value)
+        else:
+            setattr(p, name, value)
+    return p
+
+
+class MoeClient:
+    """A connection to a coordinator's public address ("host:port")."""
+
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: Optional[float] = None):
+        self.address = address
+        self.timeout = timeout  # default deadline (seconds) of each call; None: none
+        self._channel = grpc.insecure_channel(address)
+        self._inference = inference_pb2_grpc.InferenceStub(self._channel)
+        self._health = health_v1_pb2_grpc.HealthStub(self._channel)
+        self._reflection = reflection_v1alpha_pb2_grpc.ServerReflectionStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "MoeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _deadline(self, timeout: Optional[float]) -> Optional[float]:
+        return timeout if timeout is not None else self.timeout
+
+    # --- generation -------------------------------------------------------------------------
+
+    def generate(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None, *,
+                 request_id: str = "", timeout: Optional[float] = None,
+                 **sampling) -> Iterator["inference_pb2.GenerateResponse"]:
+        """Streams GenerateResponse chunks (token_ids, text delta; the last has finish_reason and
+        usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
+        top_k, top_p, seed, stop, stop_token_ids, logprobs, ignore_eos. Closing the iterator early
+        (break, or .close()) cancels the request on the server."""
+        if (prompt is None) == (token_ids is None):
+            raise TypeError("generate: give exactly one of prompt (text) or token_ids")
+        request = inference_pb2.GenerateRequest(
+            request_id=request_id,
+            prompt=make_prompt(prompt if prompt is not None else token_ids),
+            sampling=make_sampling(**sampling))
+        call = self._inference.Generate(request, timeout=self._deadline(timeout))
+        return self._stream(call)
+
+    @staticmethod
+    def _stream(call) -> Iterator["inference_pb2.GenerateResponse"]:
+        try:
+            for chunk in call:
+                yield chunk
+        finally:
+            call.cancel()  # a no-op once the stream has ended
+
+    def generate_full(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None,
+                      **kwargs) -> Completion:
+        """The whole completion: ids, text, finish reason, usage and (when asked) logprobs."""
+        c = Completion()
+        for chunk in self.generate(prompt, token_ids, **kwargs):
+            if chunk.request_id:
+                c.request_id = chunk.request_id
+            c.token_ids.extend(chunk.token_ids)
+            c.text += chunk.text
+            c.logprobs.extend(chunk.logprobs)
+            if chunk.finish_reason != inference_pb2.FINISH_REASON_UNSPECIFIED:
+                c.finish_reason = FINISH_REASONS[chunk.finish_reason]
+            if chunk.HasField("usage"):
+                c.prompt_tokens = chunk.usage.prompt_tokens
+                c.completion_tokens = chunk.usage.completion_tokens
+        return c
+
+    def generate_text(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None,
+                      **kwargs) -> str:
+        """The generated text (without the prompt)."""
+        return self.generate_full(prompt, token_ids, **kwargs).text
+
+    # --- scoring ----------------------------------------------------------------------------
+
+    def score(self, context: TextOrIds, continuation: TextOrIds, *,
+              timeout: Optional[float] = None) -> "inference_pb2.ScoreResult":
+        """loglikelihood(context, continuation): continuation_token_ids, logprobs, sum_logprob,
+        is_greedy."""
+        return self.score_many([(context, continuation)], timeout=timeout)[0]
+
+    def score_many(self, items: Sequence[tuple], *, timeout: Optional[float] = None) -> list:
+        """Several (context, continuation) pairs in one request; results in the same order."""
+        request = inference_pb2.ScoreRequest(items=[
+            inference_pb2.ScoreItem(context=make_prompt(ctx, "context"), continuation=make_prompt(cont, "continuation"))
+            for ctx, cont in items
+        ])
+        return list(self._inference.Score(request, timeout=self._deadline(timeout)).results)
+
+    def score_rolling(self, text: TextOrIds, *, timeout: Optional[float] = None) -> "inference_pb2.ScoreRollingResult":
+        """loglikelihood_rolling(text): token_ids, logprobs of every token after the first,
+        sum_logprob, num_scored_tokens."""
+        request = inference_pb2.ScoreRollingRequest(texts=[make_prompt(text, "text")])
+        return self._inference.ScoreRolling(request, timeout=self._deadline(timeout)).results[0]
+
+    # --- tokenizer, model and cluster ------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: Optional[bool] = None, *, timeout: Optional[float] = None) -> List[int]:
+        request = inference_pb2.TokenizeRequest(text=text)
+        if add_bos is not None:
+            request.add_bos = add_bos
+        return list(self._inference.Tokenize(request, timeout=self._deadline(timeout)).token_ids)
+
+    def detokenize(self, token_ids: Sequence[int], *, timeout: Optional[float] = None) -> str:
+        request = inference_pb2.DetokenizeRequest(token_ids=[int(i) for i in token_ids])
+        return self._inference.Detokenize(request, timeout=self._deadline(timeout)).text
+
+    def model_info(self, *, timeout: Optional[float] = None) -> "inference_pb2.ModelInfo":
+        return self._inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=self._deadline(timeout))
+
+    def cluster_info(self, *, timeout: Optional[float] = None) -> "inference_pb2.ClusterInfo":
+        return self._inference.GetClusterInfo(inference_pb2.GetClusterInfoRequest(), timeout=self._deadline(timeout))
+
+    def stats(self, *, timeout: Optional[float] = None) -> "inference_pb2.Stats":
+        return self._inference.GetStats(inference_pb2.GetStatsRequest(), timeout=self._deadline(timeout))
+
+    # --- standard gRPC services -------------------------------------------------------------
+
+    def health(self, service: str = "", *, timeout: float = 5.0) -> str:
+        """grpc.health.v1 status name: "SERVING", "NOT_SERVING", "UNKNOWN" or "SERVICE_UNKNOWN"."""
+        response = self._health.Check(health_v1_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_v1_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def list_services(self, *, timeout: float = 5.0) -> List[str]:
+        """Full names of the services the server exposes, sorted (server reflection)."""
+        request = reflection_v1alpha_pb2.ServerReflectionRequest(list_services="*")
+        responses = self._reflection.ServerReflectionInfo(iter([request]), timeout=timeout)
+        for response in responses:
+            if response.HasField("error_response"):
+                raise RuntimeError(f"reflection error {response.error_response.error_code}: "
+                                   f"{response.error_response.error_message}")
+            return sorted(s.name for s in response.list_services_response.service)
+        raise RuntimeError("reflection: the server sent no answer")

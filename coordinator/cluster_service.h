@@ -1,0 +1,27 @@
+// The internal moe.v1.Cluster service the worker ranks talk to (sync gRPC API: one thread per
+// call). Register waits for the whole job; Serve binds a rank's stream on its Loaded message,
+// then feeds everything the rank sends to the ClusterState while a writer thread sends what the
+// coordinator queued for it.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "coordinator/cluster_state.h"
+#include "moe/v1/cluster.grpc.pb.h"
+
+namespace moe {
+
+class ClusterService final : public v1::Cluster::Service {
+ public:
+  explicit ClusterService(ClusterState& state) : state_(state) {}
+
+  grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
+                        v1::RegisterResponse* response) override;
+  grpc::Status Serve(grpc::ServerContext* context,
+                     grpc::ServerReaderWriter<v1::CoordinatorMessage, v1::WorkerMessage>* stream) override;
+
+ private:
+  ClusterState& state_;
+};
+
+}  // namespace moe

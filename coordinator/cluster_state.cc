@@ -1,0 +1,418 @@
+#include "coordinator/cluster_state.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <utility>
+
+namespace moe {
+namespace {
+
+v1::CoordinatorMessage ShutdownMessage() {
+  v1::CoordinatorMessage m;
+  m.mutable_shutdown();
+  return m;
+}
+
+// Register calls and request handlers re-check for cancellation this often while they wait.
+constexpr std::chrono::milliseconds kPollInterval(100);
+
+}  // namespace
+
+ClusterState::ClusterState(ClusterSetup setup, ServingStats& stats)
+    : setup_(std::move(setup)),
+      placement_json_(setup_.plan.ToJson().dump()),
+      stats_(stats),
+      ranks_(static_cast<size_t>(setup_.plan.world_size())),
+      scheduler_(setup_.limits, setup_.plan.world_size()) {}
+
+void ClusterState::SetServingListener(std::function<void(bool)> fn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  serving_listener_ = std::move(fn);
+  last_serving_ = ServingLocked();
+  if (serving_listener_) serving_listener_(last_serving_);
+}
+
+bool ClusterState::ServingLocked() const { return phase_ == Phase::kServing && !draining_; }
+
+bool ClusterState::serving() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ServingLocked();
+}
+
+std::string ClusterState::NotServingReasonLocked() const {
+  if (draining_) return "coordinator is shutting down";
+  int registered = 0, loaded = 0;
+  for (const RankRecord& r : ranks_) {
+    registered += r.registered;
+    loaded += r.loaded;
+  }
+  switch (phase_) {
+    case Phase::kForming:
+      return absl::StrCat("cluster not ready: ", registered, " of ", world_size(), " ranks registered");
+    case Phase::kLoading:
+      return absl::StrCat("cluster not ready: ", loaded, " of ", world_size(), " ranks loaded");
+    case Phase::kBroken:
+      return absl::StrCat("cluster not serving: ", broken_reason_, "; waiting for the worker job to register again");
+    case Phase::kServing:
+      break;
+  }
+  return "serving";
+}
+
+std::string ClusterState::NotServingReason() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return NotServingReasonLocked();
+}
+
+void ClusterState::UpdateServingLocked() {
+  const bool now = ServingLocked();
+  if (now != last_serving_) {
+    last_serving_ = now;
+    if (serving_listener_) serving_listener_(now);
+  }
+  cv_.notify_all();
+}
+
+void ClusterState::PublishLocked() {
+  stats_.SetQueue(scheduler_.waiting(), scheduler_.running());
+  int64_t used = 0, total = 0;
+  for (const RankRecord& r : ranks_) {
+    if (!r.loaded) continue;
+    used += r.kv_blocks_used;
+    total += r.kv_blocks_total;
+  }
+  stats_.SetKvCacheUsage(total > 0 ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
+}
+
+absl::Status ClusterState::CheckModelDir(const std::string& worker_dir) const {
+  // Workers may run on other hosts where the folder lives elsewhere; compare configs only when
+  // the worker's folder is visible here.
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (worker_dir.empty() || !fs::exists(fs::path(worker_dir) / "config.json", ec)) return absl::OkStatus();
+  if (fs::equivalent(worker_dir, setup_.model_dir, ec)) return absl::OkStatus();
+  absl::StatusOr<ModelConfig> theirs = ModelConfig::FromModelDir(worker_dir);
+  if (!theirs.ok() || theirs->ToJson() != setup_.config.ToJson()) {
+    return absl::FailedPreconditionError(absl::StrCat("model_dir: the worker's ", worker_dir,
+                                                      " is not the coordinator's model (", setup_.model_dir, ")"));
+  }
+  return absl::OkStatus();
+}
+
+void ClusterState::StartEpochLocked() {
+  ++epoch_;
+  for (RankRecord& r : ranks_) {
+    // Streams of the old job stay open until their workers leave; they are no longer ours.
+    r = RankRecord{};
+  }
+  phase_ = Phase::kForming;
+  broken_reason_.clear();
+  scheduler_.Reset(world_size());
+  PublishLocked();
+}
+
+void ClusterState::FailAllLocked(const absl::Status& why) {
+  for (auto& [id, e] : seqs_) {
+    if (e.mailbox) e.mailbox->Post({id, {}, why});
+  }
+  seqs_.clear();
+  scheduler_.Reset(world_size());
+  PublishLocked();
+  cv_.notify_all();
+}
+
+void ClusterState::BreakLocked(const std::string& reason) {
+  if (phase_ == Phase::kBroken) return;
+  std::fprintf(stderr, "moe-coordinator: %s\n", reason.c_str());
+  phase_ = Phase::kBroken;
+  broken_reason_ = reason;
+  FailAllLocked(absl::UnavailableError(reason));
+  for (RankRecord& r : ranks_) {
+    if (r.alive && r.link) r.link->Send(ShutdownMessage());
+  }
+  UpdateServingLocked();
+}
+
+absl::StatusOr<v1::RegisterResponse> ClusterState::Register(const v1::RegisterRequest& request,
+                                                            const std::function<bool()>& cancelled) {
+  if (request.world_size() != world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("world_size: the worker job has ", request.world_size(),
+                                                   " ranks, the coordinator expects ", world_size(),
+                                                   " (--world-size)"));
+  }
+  if (request.rank() < 0 || request.rank() >= world_size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank: ", request.rank(), " is outside [0, ", world_size(), ")"));
+  }
+  MOE_RETURN_IF_ERROR(CheckModelDir(request.model_dir()));
+
+  std::unique_lock<std::mutex> lock(mu_);
+  if (draining_) return absl::UnavailableError(NotServingReasonLocked());
+  if (phase_ != Phase::kForming) {
+    // A registration after the cluster formed means a new worker job: the old one cannot be
+    // serving any more (or is about to stop), so start over.
+    if (phase_ != Phase::kBroken) {
+      BreakLocked(absl::StrCat("rank ", request.rank(), " registered again: the worker job restarted"));
+    }
+    StartEpochLocked();
+  }
+  const uint64_t epoch = epoch_;
+  const uint64_t registration = next_registration_++;
+  RankRecord& r = ranks_[request.rank()];
+  r.registered = true;
+  r.registration = registration;
+  r.host = request.host();
+  r.device = request.device();
+  r.memory_bytes = request.memory_bytes();
+  bool all = true;
+  for (const RankRecord& x : ranks_) all = all && x.registered;
+  if (all) {
+    phase_ = Phase::kLoading;
+    UpdateServingLocked();
+  }
+  while (epoch_ == epoch && phase_ == Phase::kForming && !draining_) {
+    if (cancelled()) {
+      // The worker gave up (or died): free its slot so a retry or a new job can take it.
+      if (ranks_[request.rank()].registration == registration) ranks_[request.rank()] = RankRecord{};
+      return absl::CancelledError("registration cancelled");
+    }
+    cv_.wait_for(lock, kPollInterval);
+  }
+  if (draining_) return absl::UnavailableError(NotServingReasonLocked());
+  if (epoch_ != epoch || ranks_[request.rank()].registration != registration) {
+    return absl::AbortedError("registration superseded by a newer one for the same rank");
+  }
+  v1::RegisterResponse response;
+  response.set_placement_json(placement_json_);
+  response.set_model_dir(setup_.model_dir);
+  return response;
+}
+
+absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded, std::shared_ptr<WorkerLink> link) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int rank = loaded.rank();
+  if (rank < 0 || rank >= world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("loaded.rank: ", rank, " is outside [0, ", world_size(), ")"));
+  }
+  RankRecord& r = ranks_[rank];
+  if (phase_ != Phase::kLoading || !r.registered) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("rank ", rank, ": Loaded arrived but the cluster is not loading (", NotServingReasonLocked(),
+                     "): register again"));
+  }
+  if (r.alive) return absl::AlreadyExistsError(absl::StrCat("rank ", rank, " already has a Serve stream"));
+  r.link = std::move(link);
+  r.alive = r.loaded = true;
+  r.weight_bytes = loaded.weight_bytes();
+  r.kv_blocks_total = loaded.kv_blocks_total();
+  r.last_seen = Clock::now();
+  bool all = true;
+  for (const RankRecord& x : ranks_) all = all && x.loaded;
+  if (all) {
+    phase_ = Phase::kServing;
+    scheduler_.Reset(world_size());
+    // Silence while other ranks were still loading does not count against anyone.
+    for (RankRecord& x : ranks_) x.last_seen = Clock::now();
+    std::fprintf(stderr, "moe-coordinator: all %d ranks loaded, serving\n", world_size());
+  }
+  PublishLocked();
+  UpdateServingLocked();
+  return StreamBinding{epoch_, rank};
+}
+
+void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessage& m) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (b.epoch != epoch_) return;  // a stream of an earlier worker job
+  RankRecord& r = ranks_[b.rank];
+  r.last_seen = Clock::now();
+  // Results for a sequence count only from the rank it was assigned to.
+  auto find_own = [&](uint64_t seq) -> SeqEntry* {
+    auto it = seqs_.find(seq);
+    return it != seqs_.end() && it->second.rank == b.rank ? &it->second : nullptr;
+  };
+  switch (m.kind_case()) {
+    case v1::WorkerMessage::kHeartbeat: {
+      const v1::WorkerStats& s = m.heartbeat().stats();
+      r.running_sequences = s.running_sequences();
+      r.kv_blocks_used = s.kv_blocks_used();
+      if (s.kv_blocks_total() > 0) r.kv_blocks_total = s.kv_blocks_total();
+      r.steps = s.steps();
+      if (!s.load_stats_json().empty()) r.load_stats_json = s.load_stats_json();
+      PublishLocked();
+      break;
+    }
+    case v1::WorkerMessage::kTokens:
+      if (SeqEntry* e = find_own(m.tokens().seq_id()); e && e->mailbox) e->mailbox->Post({m.tokens().seq_id(), m, {}});
+      break;
+    case v1::WorkerMessage::kScored:
+      if (SeqEntry* e = find_own(m.scored().seq_id()); e && e->mailbox) e->mailbox->Post({m.scored().seq_id(), m, {}});
+      break;
+    case v1::WorkerMessage::kFinished: {
+      const uint64_t seq = m.finished().seq_id();
+      SeqEntry* e = find_own(seq);
+      if (!e) break;
+      if (e->mailbox) e->mailbox->Post({seq, m, {}});
+      seqs_.erase(seq);
+      scheduler_.Finish(seq);
+      DispatchLocked();
+      PublishLocked();
+      cv_.notify_all();
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+void ClusterState::OnStreamClosed(const StreamBinding& b) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (b.epoch != epoch_) return;
+  RankRecord& r = ranks_[b.rank];
+  r.alive = false;
+  r.link.reset();
+  if (!draining_ && (phase_ == Phase::kLoading || phase_ == Phase::kServing)) {
+    BreakLocked(absl::StrCat("rank ", b.rank, " lost: its Serve stream closed"));
+  }
+  cv_.notify_all();
+}
+
+void ClusterState::CheckLiveness(Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (phase_ != Phase::kServing || draining_) return;
+  for (int rank = 0; rank < world_size(); ++rank) {
+    const RankRecord& r = ranks_[rank];
+    const double silent = std::chrono::duration<double>(now - r.last_seen).count();
+    if (r.alive && silent > setup_.heartbeat_timeout.count()) {
+      BreakLocked(absl::StrCat("rank ", rank, " lost: no heartbeat for ", std::round(silent * 10) / 10,
+                               " s (--heartbeat-timeout-s ", setup_.heartbeat_timeout.count(), ")"));
+      return;
+    }
+  }
+}
+
+void ClusterState::DispatchLocked() {
+  for (const SequencePlacement& p : scheduler_.Dispatch()) {
+    SeqEntry& e = seqs_.at(p.seq_id);
+    e.rank = p.rank;
+    v1::CoordinatorMessage m;
+    *m.mutable_assign() = std::move(e.assign);
+    m.mutable_assign()->set_seq_id(p.seq_id);
+    e.assign.Clear();
+    if (const auto& link = ranks_[p.rank].link) link->Send(std::move(m));
+  }
+}
+
+absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmission> seqs,
+                                                          std::shared_ptr<Mailbox> mailbox) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!ServingLocked()) return absl::UnavailableError(NotServingReasonLocked());
+  std::vector<SequenceDemand> demands;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const uint64_t id = next_seq_id_ + i;
+    demands.push_back({id, seqs[i].reserve_positions});
+    ids.push_back(id);
+  }
+  MOE_RETURN_IF_ERROR(scheduler_.Enqueue(demands));
+  next_seq_id_ += seqs.size();
+  for (size_t i = 0; i < seqs.size(); ++i) seqs_[ids[i]] = SeqEntry{mailbox, std::move(seqs[i].assign), -1};
+  DispatchLocked();
+  PublishLocked();
+  return ids;
+}
+
+void ClusterState::Cancel(uint64_t seq_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) return;
+  SeqEntry& e = it->second;
+  if (e.rank < 0) {
+    scheduler_.RemoveWaiting(seq_id);
+    seqs_.erase(it);
+    PublishLocked();
+    cv_.notify_all();
+    return;
+  }
+  if (!e.mailbox) return;  // Cancel already sent
+  e.mailbox.reset();
+  v1::CoordinatorMessage m;
+  m.mutable_cancel()->set_seq_id(seq_id);
+  if (const auto& link = ranks_[e.rank].link) link->Send(std::move(m));
+}
+
+void ClusterState::BeginDrain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+  UpdateServingLocked();
+}
+
+bool ClusterState::WaitIdle(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_until(lock, deadline, [&] { return seqs_.empty(); });
+}
+
+void ClusterState::FailAll(const absl::Status& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  FailAllLocked(why);
+}
+
+void ClusterState::ShutdownWorkers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (RankRecord& r : ranks_) {
+    if (r.alive && r.link) r.link->Send(ShutdownMessage());
+  }
+}
+
+bool ClusterState::WaitWorkersGone(Clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_until(lock, deadline, [&] {
+    for (const RankRecord& r : ranks_) {
+      if (r.alive) return false;
+    }
+    return true;
+  });
+}
+
+v1::ClusterInfo ClusterState::ClusterInfo() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  v1::ClusterInfo info;
+  info.set_world_size(world_size());
+  info.set_serving(ServingLocked());
+  info.set_placement_json(placement_json_);
+  for (int rank = 0; rank < world_size(); ++rank) {
+    const RankRecord& r = ranks_[rank];
+    v1::RankInfo* ri = info.add_ranks();
+    ri->set_rank(rank);
+    ri->set_host(r.host);
+    ri->set_device(r.device);
+    ri->set_memory_bytes(r.memory_bytes);
+    ri->set_weight_bytes(r.weight_bytes);
+    for (int64_t e : setup_.plan.experts_on_rank(0, rank)) ri->add_experts_layer0(e);
+    ri->set_loaded(r.loaded);
+    ri->set_alive(r.alive);
+  }
+  return info;
+}
+
+ClusterSnapshot ClusterState::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ClusterSnapshot s;
+  s.waiting = scheduler_.waiting();
+  s.running = scheduler_.running();
+  int64_t used = 0, total = 0;
+  for (int rank = 0; rank < world_size(); ++rank) {
+    const RankRecord& r = ranks_[rank];
+    s.ranks.push_back({rank, r.running_sequences, r.kv_blocks_used, r.kv_blocks_total});
+    if (r.loaded) {
+      used += r.kv_blocks_used;
+      total += r.kv_blocks_total;
+    }
+  }
+  s.kv_cache_usage = total > 0 ? static_cast<double>(used) / static_cast<double>(total) : 0.0;
+  s.load_stats_json = ranks_[0].load_stats_json;
+  s.engine_steps = ranks_[0].steps;
+  return s;
+}
+
+}  // namespace moe

@@ -1,0 +1,182 @@
+// The coordinator's view of the worker job and of every sequence in flight, behind one lock.
+//
+// Cluster life cycle (one "epoch" per worker job):
+//   forming  -- every rank Registers; the calls return together once all world_size have --
+//   loading  -- each rank opens its Serve stream and sends Loaded --
+//   serving  -- requests are admitted and dispatched --
+//   broken   -- a rank was lost (stream closed, or silent for the heartbeat timeout): every
+//               sequence in flight fails with UNAVAILABLE, the surviving ranks get Shutdown (an
+//               MPI job cannot continue without one of its ranks), and the next Register starts
+//               a new epoch, so a restarted worker job is picked up without restarting the
+//               coordinator.
+// Draining (shutdown) overrides all of these: nothing new is admitted.
+//
+// Sequences: Submit() queues them in the Scheduler and dispatches Assigns to ranks; the worker's
+// Tokens / Scored / Finished come back through OnWorkerMessage() and are posted to the
+// submitting request's Mailbox. Finished frees the rank's slot and the queue refills it.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/status.h"
+#include "coordinator/mailbox.h"
+#include "coordinator/placement.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/serving_stats.h"
+#include "coordinator/worker_link.h"
+#include "moe/v1/cluster.pb.h"
+#include "moe/v1/inference.pb.h"
+#include "worker/model/config.h"
+
+namespace moe {
+
+struct ClusterSetup {
+  std::string model_dir;
+  ModelConfig config;
+  PlacementPlan plan;  // its world_size is the job's
+  SchedulerLimits limits;
+  std::chrono::duration<double> heartbeat_timeout{10.0};
+};
+
+// Which rank of which epoch a Serve stream belongs to (known after its Loaded).
+struct StreamBinding {
+  uint64_t epoch = 0;
+  int rank = -1;
+};
+
+struct SeqSubmission {
+  v1::Assign assign;  // seq_id is filled in by Submit
+  int64_t reserve_positions = 0;
+};
+
+struct RankStatsView {
+  int rank = 0;
+  int64_t running_sequences = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t kv_blocks_total = 0;
+};
+
+struct ClusterSnapshot {
+  int64_t waiting = 0;
+  int64_t running = 0;
+  double kv_cache_usage = 0;
+  std::vector<RankStatsView> ranks;
+  std::string load_stats_json;  // rank 0's
+  uint64_t engine_steps = 0;    // rank 0's
+};
+
+class ClusterState {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  ClusterState(ClusterSetup setup, ServingStats& stats);
+
+  // `fn(serving)` runs (under the state's lock: keep it short, never call back) whenever the
+  // serving state changes, and once now.
+  void SetServingListener(std::function<void(bool)> fn);
+
+  // --- the Cluster service ---
+  // Blocks until every rank registered (or `cancelled()` turns true, or draining), then returns
+  // the plan. INVALID_ARGUMENT / FAILED_PRECONDITION for a worker that does not fit this job.
+  absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& request,
+                                                const std::function<bool()>& cancelled);
+  // A Serve stream's first message: binds the stream to its rank of the current epoch.
+  absl::StatusOr<StreamBinding> BindStream(const v1::Loaded& loaded, std::shared_ptr<WorkerLink> link);
+  void OnWorkerMessage(const StreamBinding& binding, const v1::WorkerMessage& message);
+  void OnStreamClosed(const StreamBinding& binding);
+  // Declares ranks lost that said nothing for the heartbeat timeout (while serving).
+  void CheckLiveness(Clock::time_point now);
+
+  // --- the Inference service ---
+  // Admits all `seqs` or none. UNAVAILABLE when not serving, RESOURCE_EXHAUSTED when the queue is
+  // full. Returns the seq ids, in order; results arrive in `mailbox`.
+  absl::StatusOr<std::vector<uint64_t>> Submit(std::vector<SeqSubmission> seqs, std::shared_ptr<Mailbox> mailbox);
+  // The request no longer wants `seq_id`: dropped from the queue, or Cancel sent to its rank (the
+  // slot is freed when the rank's Finished arrives). Unknown ids are ignored.
+  void Cancel(uint64_t seq_id);
+
+  bool serving() const;
+  // Why requests are refused right now (for UNAVAILABLE messages).
+  std::string NotServingReason() const;
+
+  // --- shutdown ---
+  void BeginDrain();
+  // True once no sequence is in flight; false at the deadline.
+  bool WaitIdle(Clock::time_point deadline);
+  // Ends every sequence in flight with `why` (posted to its request).
+  void FailAll(const absl::Status& why);
+  void ShutdownWorkers();
+  // True once every Serve stream of the current job has closed; false at the deadline.
+  bool WaitWorkersGone(Clock::time_point deadline);
+
+  // --- introspection ---
+  v1::ClusterInfo ClusterInfo() const;
+  ClusterSnapshot Snapshot() const;
+  const ClusterSetup& setup() const { return setup_; }
+
+ private:
+  enum class Phase { kForming, kLoading, kServing, kBroken };
+
+  struct RankRecord {
+    bool registered = false;
+    uint64_t registration = 0;  // which Register call holds the slot
+    std::string host, device;
+    int64_t memory_bytes = 0;
+    bool loaded = false;
+    bool alive = false;  // a bound Serve stream that has not closed
+    std::shared_ptr<WorkerLink> link;
+    int64_t weight_bytes = 0;
+    int64_t kv_blocks_total = 0;
+    int64_t kv_blocks_used = 0;
+    int64_t running_sequences = 0;
+    uint64_t steps = 0;
+    std::string load_stats_json;
+    Clock::time_point last_seen;
+  };
+
+  struct SeqEntry {
+    std::shared_ptr<Mailbox> mailbox;  // null once the request stopped listening
+    v1::Assign assign;                 // kept until dispatched
+    int rank = -1;                     // -1: waiting in the queue
+  };
+
+  int world_size() const { return setup_.plan.world_size(); }
+  // All *Locked functions expect mu_ held.
+  bool ServingLocked() const;
+  std::string NotServingReasonLocked() const;
+  void UpdateServingLocked();
+  void StartEpochLocked();
+  void BreakLocked(const std::string& reason);
+  void FailAllLocked(const absl::Status& why);
+  void DispatchLocked();
+  void PublishLocked();
+  absl::Status CheckModelDir(const std::string& worker_dir) const;
+
+  const ClusterSetup setup_;
+  const std::string placement_json_;
+  ServingStats& stats_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // phase changes, sequences finishing, streams closing
+  std::function<void(bool)> serving_listener_;
+  bool last_serving_ = false;
+  bool draining_ = false;
+  Phase phase_ = Phase::kForming;
+  uint64_t epoch_ = 1;
+  uint64_t next_registration_ = 1;
+  std::string broken_reason_;
+  std::vector<RankRecord> ranks_;
+  Scheduler scheduler_;
+  std::unordered_map<uint64_t, SeqEntry> seqs_;
+  uint64_t next_seq_id_ = 1;
+};
+
+}  // namespace moe

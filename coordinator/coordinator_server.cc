@@ -1,0 +1,150 @@
+#include "coordinator/coordinator_server.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/exposer.h>
+
+namespace moe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::chrono::milliseconds Millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+// Every streaming call holds a server thread (sync API): leave room for many concurrent streams
+// plus the worker ranks' Register and Serve calls.
+constexpr int kMaxServerThreads = 4096;
+
+void ConfigureBuilder(grpc::ServerBuilder& b) {
+  grpc::ResourceQuota quota("moe-coordinator");
+  quota.SetMaxThreads(kMaxServerThreads);
+  b.SetResourceQuota(quota);
+  b.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
+  b.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 8);
+  // Prompts and score batches can be large.
+  b.SetMaxReceiveMessageSize(256 << 20);
+  b.SetMaxSendMessageSize(256 << 20);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(const CoordinatorOptions& options) {
+  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
+  s->options_ = options;
+  MOE_ASSIGN_OR_RETURN(s->config_, ModelConfig::FromModelDir(options.model_dir));
+  // Without tokenizer.model only token-id prompts work (text gets INVALID_ARGUMENT).
+  absl::StatusOr<std::shared_ptr<const TextCodec>> codec = LoadTextCodec(options.model_dir);
+  if (codec.ok()) {
+    s->tokenizer_ = std::move(*codec);
+  } else if (!absl::IsNotFound(codec.status())) {
+    return codec.status();
+  }
+  MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
+                       PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));
+  s->request_model_ = std::make_unique<RequestModel>(RequestModel{s->config_, s->tokenizer_.get()});
+  s->stats_ = std::make_unique<ServingStats>();
+
+  ClusterSetup setup{options.model_dir, s->config_, std::move(plan),
+                     SchedulerLimits{options.max_waiting, options.max_running_per_rank},
+                     std::chrono::duration<double>(options.heartbeat_timeout_s)};
+  s->state_ = std::make_unique<ClusterState>(std::move(setup), *s->stats_);
+  s->cluster_service_ = std::make_unique<ClusterService>(*s->state_);
+  s->inference_service_ = std::make_unique<InferenceService>(*s->request_model_, *s->state_, *s->stats_);
+
+  // Both are process-wide switches that apply to servers built afterwards.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  {
+    grpc::ServerBuilder b;
+    ConfigureBuilder(b);
+    b.AddListeningPort(options.cluster_listen, grpc::InsecureServerCredentials(), &s->ports_.cluster_port);
+    b.RegisterService(s->cluster_service_.get());
+    s->cluster_server_ = b.BuildAndStart();
+    if (!s->cluster_server_ || s->ports_.cluster_port == 0) {
+      return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen));
+    }
+  }
+  {
+    grpc::ServerBuilder b;
+    ConfigureBuilder(b);
+    b.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->ports_.public_port);
+    b.RegisterService(s->inference_service_.get());
+    s->public_server_ = b.BuildAndStart();
+    if (!s->public_server_ || s->ports_.public_port == 0) {
+      s->cluster_server_->Shutdown();
+      return absl::UnavailableError(absl::StrCat("--listen: cannot listen on ", options.listen));
+    }
+  }
+  grpc::HealthCheckServiceInterface* health = s->public_server_->GetHealthCheckService();
+  s->state_->SetServingListener([health](bool serving) {
+    if (health == nullptr) return;
+    health->SetServingStatus(serving);  // the overall status "" and every registered service
+    health->SetServingStatus("moe.v1.Inference", serving);
+  });
+
+  if (!options.metrics_listen.empty()) {
+    try {
+      s->exposer_ = std::make_unique<prometheus::Exposer>(options.metrics_listen, 2);
+      s->exposer_->RegisterCollectable(s->stats_->registry());
+      const std::vector<int> ports = s->exposer_->GetListeningPorts();
+      s->ports_.metrics_port = ports.empty() ? 0 : ports.front();
+    } catch (const std::exception& e) {
+      s->Shutdown();
+      return absl::UnavailableError(
+          absl::StrCat("--metrics-listen: cannot listen on ", options.metrics_listen, ": ", e.what()));
+    }
+  }
+  s->monitor_ = std::thread([p = s.get()] { p->MonitorLiveness(); });
+  return s;
+}
+
+void CoordinatorServer::MonitorLiveness() {
+  // A quarter of the timeout keeps detection within 1.25 timeouts, without spinning for short ones.
+  const auto period = std::clamp(Millis(options_.heartbeat_timeout_s / 4), std::chrono::milliseconds(20),
+                                 std::chrono::milliseconds(1000));
+  std::unique_lock<std::mutex> lock(monitor_mu_);
+  while (!monitor_cv_.wait_for(lock, period, [&] { return stopping_; })) {
+    lock.unlock();
+    state_->CheckLiveness(Clock::now());
+    lock.lock();
+  }
+}
+
+void CoordinatorServer::Shutdown() {
+  if (shut_down_ || !state_) return;
+  shut_down_ = true;
+  state_->BeginDrain();
+  if (!state_->WaitIdle(Clock::now() + Millis(options_.drain_timeout_s))) {
+    std::fprintf(stderr, "moe-coordinator: cancelling the requests still running after %.1f s\n",
+                 options_.drain_timeout_s);
+  }
+  state_->FailAll(absl::UnavailableError("coordinator is shutting down"));
+  state_->ShutdownWorkers();
+  if (!state_->WaitWorkersGone(Clock::now() + std::chrono::seconds(3))) {
+    std::fprintf(stderr, "moe-coordinator: some worker ranks did not leave after Shutdown\n");
+  }
+  // Handlers poll for cancellation, so they end well within the deadline.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(2);
+  if (public_server_) public_server_->Shutdown(deadline);
+  if (cluster_server_) cluster_server_->Shutdown(deadline);
+  {
+    std::lock_guard<std::mutex> lock(monitor_mu_);
+    stopping_ = true;
+  }
+  monitor_cv_.notify_all();
+  if (monitor_.joinable()) monitor_.join();
+  exposer_.reset();
+}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+}  // namespace moe

@@ -1,0 +1,100 @@
+#include "coordinator/generate_output.h"
+
+#include <utility>
+#include <vector>
+
+namespace moe {
+
+GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model, std::string request_id)
+    : model_(model),
+      request_id_(std::move(request_id)),
+      want_logprobs_(job.want_logprobs),
+      prompt_tokens_(static_cast<uint32_t>(job.assign.prompt_size())),
+      stop_(job.stop) {
+  if (model.tokenizer != nullptr) {
+    const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
+    detok_ = model.tokenizer->NewStream(prompt);
+  }
+}
+
+std::string GenerateOutput::TokenText(int32_t id) const {
+  if (model_.tokenizer == nullptr) return {};
+  const int32_t ids[1] = {id};
+  return model_.tokenizer->Decode(ids);
+}
+
+absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::GenerateResponse& out) {
+  out.set_request_id(request_id_);
+  if (stopped_) return true;
+  const int64_t vocab = model_.config.vocab_size;
+  const int n = tokens.token_ids_size();
+  // The worker is trusted for sampling but not for memory safety: decoding a bad id would throw.
+  for (int i = 0; i < n; ++i) {
+    if (tokens.token_ids(i) < 0 || tokens.token_ids(i) >= vocab) {
+      return absl::InternalError(absl::StrCat("worker sent token id ", tokens.token_ids(i), " outside the vocabulary"));
+    }
+  }
+  if (want_logprobs_ && tokens.logprobs_size() != n) {
+    return absl::InternalError(absl::StrCat("worker sent ", tokens.logprobs_size(), " logprobs for ", n, " tokens"));
+  }
+  for (int i = 0; i < n; ++i) {
+    const int32_t id = tokens.token_ids(i);
+    ++completion_tokens_;
+    out.add_token_ids(id);
+    if (want_logprobs_) {
+      v1::TokenLogprob* lp = out.add_logprobs();
+      lp->set_token_id(id);
+      lp->set_logprob(tokens.logprobs(i));
+      if (i < tokens.top_size()) {
+        for (const v1::WorkerTopLogprob& alt : tokens.top(i).alternatives()) {
+          if (alt.token_id() < 0 || alt.token_id() >= vocab) continue;
+          v1::TopLogprob* t = lp->add_top();
+          t->set_token_id(alt.token_id());
+          t->set_logprob(alt.logprob());
+          t->set_text(TokenText(alt.token_id()));
+        }
+      }
+    }
+    if (detok_ == nullptr) continue;
+    StopMatcher::Output text = stop_.Push(detok_->Push(id));
+    out.mutable_text()->append(text.text);
+    if (text.stopped) {
+      stopped_ = true;
+      return true;
+    }
+  }
+  return false;
+}
+
+void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) {
+  out.set_request_id(request_id_);
+  if (!stopped_ && detok_ != nullptr) {
+    // The detokenizer's held-back bytes can still complete a stop string.
+    StopMatcher::Output text = stop_.Push(detok_->Flush());
+    out.mutable_text()->append(text.text);
+    if (text.stopped) {
+      stopped_ = true;
+      reason = v1::FINISH_REASON_STOP_SEQUENCE;
+    } else {
+      out.mutable_text()->append(stop_.Flush());
+    }
+  }
+  out.set_finish_reason(reason);
+  out.mutable_usage()->set_prompt_tokens(prompt_tokens_);
+  out.mutable_usage()->set_completion_tokens(completion_tokens_);
+}
+
+v1::FinishReason PublicFinishReason(v1::Finished::Reason r) {
+  switch (r) {
+    case v1::Finished::REASON_LENGTH:
+      return v1::FINISH_REASON_LENGTH;
+    case v1::Finished::REASON_STOP:
+      return v1::FINISH_REASON_STOP;
+    case v1::Finished::REASON_CANCELLED:
+      return v1::FINISH_REASON_CANCELLED;
+    default:
+      return v1::FINISH_REASON_ERROR;
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,55 @@
+// Turns one sequence's worker results (Tokens, then Finished) into the public stream's messages:
+// UTF-8 safe text deltas (StreamingDetokenizer), stop sequences cut out of the text
+// (StopMatcher), log-probabilities with the text of each alternative, usage and finish reason.
+// No I/O: the Generate handler feeds it and writes what it fills in.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/status.h"
+#include "coordinator/stop_matcher.h"
+#include "coordinator/validation.h"
+#include "moe/v1/cluster.pb.h"
+#include "moe/v1/inference.pb.h"
+
+namespace moe {
+
+class GenerateOutput {
+ public:
+  // `tokenizer` may be null (no text then); it must outlive this object.
+  GenerateOutput(const GenerateJob& job, const RequestModel& model, std::string request_id);
+
+  // Appends the tokens of `tokens` (their ids, text delta and, when asked, log-probabilities) to
+  // `out`. Returns true when a stop sequence completed: the tokens after the one that completed
+  // it are dropped and the caller finishes with FINISH_REASON_STOP_SEQUENCE. Internal error when
+  // the worker sent an id outside the vocabulary or mismatched logprob lists.
+  absl::StatusOr<bool> AddTokens(const v1::Tokens& tokens, v1::GenerateResponse& out);
+
+  // The last message's extras: text still held back (unless a stop sequence ended it), finish
+  // reason and usage.
+  void Finish(v1::FinishReason reason, v1::GenerateResponse& out);
+
+  uint32_t prompt_tokens() const { return prompt_tokens_; }
+  uint32_t completion_tokens() const { return completion_tokens_; }
+  const std::string& request_id() const { return request_id_; }
+
+ private:
+  std::string TokenText(int32_t id) const;
+
+  const RequestModel& model_;
+  std::string request_id_;
+  bool want_logprobs_;
+  uint32_t prompt_tokens_;
+  uint32_t completion_tokens_ = 0;
+  std::unique_ptr<TextStream> detok_;  // null without a tokenizer
+  StopMatcher stop_;
+  bool stopped_ = false;
+};
+
+// The public finish reason of a worker's Finished reason.
+v1::FinishReason PublicFinishReason(v1::Finished::Reason r);
+
+}  // namespace moe

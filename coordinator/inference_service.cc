@@ -1,0 +1,356 @@
+#include "coordinator/inference_service.h"
+
+#include <optional>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "coordinator/generate_output.h"
+#include "coordinator/grpc_status.h"
+#include "coordinator/score_windows.h"
+
+namespace moe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How often a waiting handler checks for client cancellation and deadlines.
+constexpr std::chrono::milliseconds kCancelPoll(20);
+
+double SecondsSince(Clock::time_point t, Clock::time_point now = Clock::now()) {
+  return std::chrono::duration<double>(now - t).count();
+}
+
+void FillSummary(const LatencySummaryValues& v, v1::LatencySummary* out) {
+  out->set_count(v.count);
+  out->set_p50_seconds(v.p50);
+  out->set_p90_seconds(v.p90);
+  out->set_p99_seconds(v.p99);
+  out->set_mean_seconds(v.mean);
+}
+
+// Per-layer load from a worker's LoadStats::ToJson(); malformed JSON gives no layers.
+void FillLayers(const std::string& load_stats_json, v1::Stats* out) {
+  if (load_stats_json.empty()) return;
+  const nlohmann::json j = nlohmann::json::parse(load_stats_json, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("layers") || !j["layers"].is_array()) return;
+  try {
+    for (const nlohmann::json& l : j["layers"]) {
+      v1::LayerLoad* layer = out->add_layers();
+      layer->set_layer(l.value("layer", int64_t{0}));
+      for (const auto& x : l.value("expert_tokens", std::vector<int64_t>{})) layer->add_expert_tokens(x);
+      for (const auto& x : l.value("rank_rows", std::vector<int64_t>{})) layer->add_rank_rows(x);
+      if (l.contains("last_step")) {
+        layer->set_last_imbalance(l["last_step"].value("imbalance", 0.0));
+        layer->set_last_expert_cv2(l["last_step"].value("expert_cv2", 0.0));
+      }
+      if (l.contains("mean")) {
+        layer->set_mean_imbalance(l["mean"].value("imbalance", 0.0));
+        layer->set_mean_expert_cv2(l["mean"].value("expert_cv2", 0.0));
+      }
+    }
+  } catch (const nlohmann::json::exception&) {
+    out->clear_layers();
+  }
+}
+
+absl::Status CheckQueueCapacity(size_t seqs, int64_t max_waiting, const std::string& field) {
+  if (static_cast<int64_t>(seqs) > max_waiting) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", seqs, " sequences exceed the coordinator's queue of ",
+                                                   max_waiting, " (--max-waiting); send fewer at a time"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+InferenceService::InferenceService(const RequestModel& model, ClusterState& state, ServingStats& stats)
+    : model_(model), state_(state), stats_(stats) {}
+
+grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                                        grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  const Clock::time_point arrival = Clock::now();
+  absl::StatusOr<GenerateJob> job = ValidateGenerate(*request, model_);
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  auto mailbox = std::make_shared<Mailbox>();
+  absl::StatusOr<std::vector<uint64_t>> ids = state_.Submit({{job->assign, job->reserve_positions()}}, mailbox);
+  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  const uint64_t seq = ids->front();
+  stats_.AddPromptTokens(job->assign.prompt_size());
+  GenerateOutput out(*job, model_, request->request_id().empty() ? absl::StrCat("req-", seq) : request->request_id());
+
+  auto end = [&](v1::FinishReason reason, grpc::Status status) {
+    stats_.CountFinished(reason);
+    stats_.ObserveRequestLatency(SecondsSince(arrival));
+    return status;
+  };
+  std::optional<Clock::time_point> last_tokens_at;
+  while (true) {
+    std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);
+    if (context->IsCancelled()) {  // the client cancelled or its deadline passed
+      state_.Cancel(seq);
+      return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled"));
+    }
+    v1::GenerateResponse response;
+    std::optional<v1::FinishReason> done;
+    for (const SeqEvent& e : events) {
+      if (!e.failure.ok()) return end(v1::FINISH_REASON_ERROR, ToGrpcStatus(e.failure));
+      if (e.message.has_tokens()) {
+        absl::StatusOr<bool> stopped = out.AddTokens(e.message.tokens(), response);
+        if (!stopped.ok()) {
+          state_.Cancel(seq);
+          return end(v1::FINISH_REASON_ERROR, ToGrpcStatus(stopped.status()));
+        }
+        if (*stopped) {
+          state_.Cancel(seq);  // the worker would otherwise go on to max_tokens
+          done = v1::FINISH_REASON_STOP_SEQUENCE;
+          break;
+        }
+      } else if (e.message.has_finished()) {
+        const v1::Finished& f = e.message.finished();
+        if (f.reason() == v1::Finished::REASON_ERROR) {
+          return end(v1::FINISH_REASON_ERROR,
+                     grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("worker error: ", f.error())));
+        }
+        done = PublicFinishReason(f.reason());
+        break;
+      }
+    }
+    const int new_tokens = response.token_ids_size();
+    if (done) out.Finish(*done, response);
+    if (new_tokens == 0 && !done) continue;
+    if (new_tokens > 0) {
+      const Clock::time_point now = Clock::now();
+      if (!last_tokens_at) {
+        stats_.ObserveTimeToFirstToken(SecondsSince(arrival, now));
+        // Tokens that came with the first reach the client at the same moment.
+        stats_.ObserveInterToken(0.0, new_tokens - 1);
+      } else {
+        stats_.ObserveInterToken(SecondsSince(*last_tokens_at, now), new_tokens);
+      }
+      last_tokens_at = now;
+      stats_.AddGenerationTokens(new_tokens, now);
+    }
+    if (!writer->Write(response)) {
+      state_.Cancel(seq);
+      return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+    }
+    if (done) return end(*done, grpc::Status::OK);
+  }
+}
+
+absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::ServerContext* context,
+                                                                     std::vector<SeqSubmission> seqs) {
+  std::vector<int> expected(seqs.size());
+  int64_t tokens = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    expected[i] = seqs[i].assign.prompt_size() - 1;
+    tokens += seqs[i].assign.prompt_size();
+  }
+  auto mailbox = std::make_shared<Mailbox>();
+  MOE_ASSIGN_OR_RETURN(std::vector<uint64_t> ids, state_.Submit(std::move(seqs), mailbox));
+  stats_.AddPromptTokens(tokens);
+  std::unordered_map<uint64_t, size_t> index;
+  for (size_t i = 0; i < ids.size(); ++i) index[ids[i]] = i;
+  std::vector<v1::Scored> results(ids.size());
+  std::vector<char> scored(ids.size(), 0), finished(ids.size(), 0);
+  size_t remaining = ids.size();
+  auto cancel_rest = [&] {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (!finished[i]) state_.Cancel(ids[i]);
+    }
+  };
+  while (remaining > 0) {
+    std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);
+    if (context->IsCancelled()) {
+      cancel_rest();
+      return absl::CancelledError("request cancelled");
+    }
+    for (SeqEvent& e : events) {
+      if (!e.failure.ok()) return e.failure;  // the whole cluster state was reset
+      const size_t i = index.at(e.seq_id);
+      if (e.message.has_scored()) {
+        const v1::Scored& s = e.message.scored();
+        if (s.logprobs_size() != expected[i] || s.is_argmax_size() != expected[i]) {
+          cancel_rest();
+          return absl::InternalError(absl::StrCat("worker sent ", s.logprobs_size(), " logprobs and ",
+                                                  s.is_argmax_size(), " argmax flags for ", expected[i],
+                                                  " scored tokens"));
+        }
+        results[i] = s;
+        scored[i] = 1;
+      } else if (e.message.has_finished()) {
+        finished[i] = 1;
+        --remaining;
+        const v1::Finished& f = e.message.finished();
+        if (f.reason() == v1::Finished::REASON_ERROR) {
+          cancel_rest();
+          return absl::InternalError(absl::StrCat("worker error: ", f.error()));
+        }
+        if (!scored[i]) {
+          cancel_rest();
+          return absl::InternalError("a scoring sequence finished without its Scored result");
+        }
+      }
+    }
+  }
+  return results;
+}
+
+grpc::Status InferenceService::Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
+                                     v1::ScoreResponse* response) {
+  absl::StatusOr<std::vector<ScoreJob>> jobs = ValidateScore(*request, model_);
+  if (!jobs.ok()) return ToGrpcStatus(jobs.status());
+  const absl::Status fits = CheckQueueCapacity(jobs->size(), state_.setup().limits.max_waiting, "items");
+  if (!fits.ok()) return ToGrpcStatus(fits);
+  std::vector<SeqSubmission> seqs;
+  for (const ScoreJob& job : *jobs) {
+    SeqSubmission s;
+    s.assign.set_kind(v1::Assign::KIND_SCORE);
+    s.assign.mutable_prompt()->Assign(job.tokens.begin(), job.tokens.end());
+    s.assign.set_want_greedy(true);
+    s.reserve_positions = static_cast<int64_t>(job.tokens.size());
+    seqs.push_back(std::move(s));
+  }
+  absl::StatusOr<std::vector<v1::Scored>> scored = RunScoring(context, std::move(seqs));
+  if (!scored.ok()) return ToGrpcStatus(scored.status());
+  for (size_t i = 0; i < jobs->size(); ++i) {
+    const ScoreJob& job = (*jobs)[i];
+    const v1::Scored& s = (*scored)[i];
+    v1::ScoreResult* r = response->add_results();
+    double sum = 0;
+    bool greedy = true;
+    // Scored lists tokens 1..n-1, so token t is at t - 1.
+    for (size_t t = static_cast<size_t>(job.context_tokens); t < job.tokens.size(); ++t) {
+      r->add_continuation_token_ids(job.tokens[t]);
+      r->add_logprobs(s.logprobs(static_cast<int>(t - 1)));
+      sum += s.logprobs(static_cast<int>(t - 1));
+      greedy = greedy && s.is_argmax(static_cast<int>(t - 1));
+    }
+    r->set_sum_logprob(sum);
+    r->set_is_greedy(greedy);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const v1::ScoreRollingRequest* request,
+                                            v1::ScoreRollingResponse* response) {
+  absl::StatusOr<std::vector<std::vector<int32_t>>> texts = ValidateScoreRolling(*request, model_);
+  if (!texts.ok()) return ToGrpcStatus(texts.status());
+  const int64_t context_len = model_.config.max_position_embeddings;
+  std::vector<std::vector<ScoreWindow>> windows;
+  std::vector<SeqSubmission> seqs;
+  for (const std::vector<int32_t>& ids : *texts) {
+    windows.push_back(RollingWindows(static_cast<int64_t>(ids.size()), context_len));
+    for (const ScoreWindow& w : windows.back()) {
+      SeqSubmission s;
+      s.assign.set_kind(v1::Assign::KIND_SCORE);
+      s.assign.mutable_prompt()->Assign(ids.begin() + w.begin, ids.begin() + w.end);
+      s.assign.set_want_greedy(true);
+      s.reserve_positions = w.end - w.begin;
+      seqs.push_back(std::move(s));
+    }
+  }
+  const absl::Status fits = CheckQueueCapacity(seqs.size(), state_.setup().limits.max_waiting, "texts");
+  if (!fits.ok()) return ToGrpcStatus(fits);
+  std::vector<v1::Scored> scored;
+  if (!seqs.empty()) {  // texts of one token have nothing to score
+    absl::StatusOr<std::vector<v1::Scored>> r = RunScoring(context, std::move(seqs));
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    scored = std::move(*r);
+  }
+  size_t next = 0;
+  for (size_t i = 0; i < texts->size(); ++i) {
+    const std::vector<int32_t>& ids = (*texts)[i];
+    v1::ScoreRollingResult* r = response->add_results();
+    r->mutable_token_ids()->Assign(ids.begin(), ids.end());
+    double sum = 0;
+    for (const ScoreWindow& w : windows[i]) {
+      const v1::Scored& s = scored[next++];
+      for (int64_t t = w.first_target; t < w.end; ++t) {
+        const float lp = s.logprobs(static_cast<int>(t - w.begin - 1));
+        r->add_logprobs(lp);
+        sum += lp;
+      }
+    }
+    r->set_sum_logprob(sum);
+    r->set_num_scored_tokens(static_cast<uint32_t>(r->logprobs_size()));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+                                        v1::TokenizeResponse* response) {
+  if (model_.tokenizer == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "model has no tokenizer");
+  }
+  absl::StatusOr<std::vector<int32_t>> ids =
+      moe::Tokenize(*model_.tokenizer, request->text(),
+                    request->has_add_bos() ? std::optional<bool>(request->add_bos()) : std::nullopt);
+  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  response->mutable_token_ids()->Assign(ids->begin(), ids->end());
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
+                                          v1::DetokenizeResponse* response) {
+  if (model_.tokenizer == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "model has no tokenizer");
+  }
+  const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
+  const absl::Status valid = CheckTokenIds(ids, model_.config.vocab_size, "token_ids");
+  if (!valid.ok()) return ToGrpcStatus(valid);
+  response->set_text(model_.tokenizer->Decode(ids));
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                                            v1::ModelInfo* response) {
+  const ModelConfig& c = model_.config;
+  response->set_model_dir(state_.setup().model_dir);
+  response->set_architecture("MixtralForCausalLM");
+  response->set_config_json(c.ToJson().dump());
+  response->set_vocab_size(c.vocab_size);
+  response->set_max_context(c.max_position_embeddings);
+  response->set_num_layers(c.num_layers);
+  response->set_num_experts(c.num_experts);
+  response->set_experts_per_token(c.experts_per_token);
+  response->set_total_parameters(c.replicated_params() + c.num_layers * c.num_experts * c.expert_params());
+  response->set_active_parameters(c.replicated_params() + c.num_layers * c.experts_per_token * c.expert_params());
+  response->set_bos_token_id(static_cast<int32_t>(c.bos_token_id));
+  for (int64_t e : c.eos_token_ids) response->add_eos_token_ids(static_cast<int32_t>(e));
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::GetClusterInfo(grpc::ServerContext*, const v1::GetClusterInfoRequest*,
+                                              v1::ClusterInfo* response) {
+  *response = state_.ClusterInfo();
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*, v1::Stats* response) {
+  const ClusterSnapshot c = state_.Snapshot();
+  const ServingSnapshot s = stats_.Snapshot(Clock::now());
+  response->set_requests_waiting(c.waiting);
+  response->set_requests_running(c.running);
+  response->set_requests_finished(s.requests_finished);
+  response->set_prompt_tokens_total(s.prompt_tokens);
+  response->set_generation_tokens_total(s.generation_tokens);
+  response->set_kv_cache_usage(c.kv_cache_usage);
+  response->set_generation_tokens_per_second(s.generation_tokens_per_second);
+  FillSummary(s.time_to_first_token, response->mutable_time_to_first_token());
+  FillSummary(s.inter_token_latency, response->mutable_inter_token_latency());
+  FillSummary(s.e2e_request_latency, response->mutable_e2e_request_latency());
+  for (const RankStatsView& r : c.ranks) {
+    v1::RankStats* rs = response->add_ranks();
+    rs->set_rank(r.rank);
+    rs->set_running_sequences(r.running_sequences);
+    rs->set_kv_blocks_used(r.kv_blocks_used);
+    rs->set_kv_blocks_total(r.kv_blocks_total);
+  }
+  FillLayers(c.load_stats_json, response);
+  response->set_engine_steps(c.engine_steps);
+  return grpc::Status::OK;
+}
+
+}  // namespace moe

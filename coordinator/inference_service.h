@@ -1,0 +1,50 @@
+// The public moe.v1.Inference service (sync gRPC API: one thread per call). Requests are
+// validated, turned into sequences for the ClusterState, and their results streamed back;
+// tokenisation, model and cluster information and statistics are answered locally.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "coordinator/cluster_state.h"
+#include "coordinator/serving_stats.h"
+#include "coordinator/validation.h"
+#include "moe/v1/inference.grpc.pb.h"
+
+namespace moe {
+
+class InferenceService final : public v1::Inference::Service {
+ public:
+  InferenceService(const RequestModel& model, ClusterState& state, ServingStats& stats);
+
+  grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override;
+  grpc::Status Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
+                     v1::ScoreResponse* response) override;
+  grpc::Status ScoreRolling(grpc::ServerContext* context, const v1::ScoreRollingRequest* request,
+                            v1::ScoreRollingResponse* response) override;
+  grpc::Status Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
+                        v1::TokenizeResponse* response) override;
+  grpc::Status Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
+                          v1::DetokenizeResponse* response) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest* request,
+                            v1::ModelInfo* response) override;
+  grpc::Status GetClusterInfo(grpc::ServerContext* context, const v1::GetClusterInfoRequest* request,
+                              v1::ClusterInfo* response) override;
+  grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
+                        v1::Stats* response) override;
+
+ private:
+  // Runs KIND_SCORE sequences to completion: their Scored messages, in submission order.
+  absl::StatusOr<std::vector<v1::Scored>> RunScoring(grpc::ServerContext* context,
+                                                     std::vector<SeqSubmission> seqs);
+
+  const RequestModel& model_;
+  ClusterState& state_;
+  ServingStats& stats_;
+};
+
+}  // namespace moe

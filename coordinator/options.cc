@@ -1,0 +1,126 @@
+#include "coordinator/options.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <map>
+
+#include "absl/strings/numbers.h"
+
+namespace moe {
+namespace {
+
+absl::Status FlagError(const std::string& flag, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(flag, ": ", what));
+}
+
+absl::StatusOr<int64_t> ParseInt(const std::string& flag, const std::string& v, int64_t min) {
+  int64_t x = 0;
+  if (!absl::SimpleAtoi(v, &x)) return FlagError(flag, absl::StrCat("not an integer: '", v, "'"));
+  if (x < min) return FlagError(flag, absl::StrCat("must be at least ", min, ", got ", x));
+  return x;
+}
+
+absl::StatusOr<double> ParsePositive(const std::string& flag, const std::string& v) {
+  double x = 0;
+  if (!absl::SimpleAtod(v, &x) || !std::isfinite(x)) return FlagError(flag, absl::StrCat("not a number: '", v, "'"));
+  if (x <= 0) return FlagError(flag, absl::StrCat("must be positive, got ", v));
+  return x;
+}
+
+// HOST:PORT, or a bare port on 127.0.0.1 (never every interface unless asked).
+absl::StatusOr<std::string> ParseAddress(const std::string& flag, const std::string& v) {
+  int64_t port = 0;
+  if (absl::SimpleAtoi(v, &port)) {
+    if (port < 0 || port > 65535) return FlagError(flag, absl::StrCat("port out of range: ", v));
+    return absl::StrCat("127.0.0.1:", port);
+  }
+  const size_t colon = v.rfind(':');
+  if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(v.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return FlagError(flag, absl::StrCat("expected HOST:PORT, got '", v, "'"));
+  }
+  return v;
+}
+
+}  // namespace
+
+std::string CoordinatorUsage() {
+  return "usage: moe-coordinator --model DIR --world-size N [--listen 127.0.0.1:50051]\n"
+         "         [--cluster-listen 127.0.0.1:50052] [--metrics-listen 127.0.0.1:9400 | none]\n"
+         "         [--ports-file FILE] [--max-waiting 256] [--max-running-per-rank 64]\n"
+         "         [--heartbeat-timeout-s 10]\n"
+         "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n";
+}
+
+absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
+  CoordinatorOptions o;
+  bool have_world = false;
+  std::map<std::string, std::function<absl::Status(const std::string&)>> flags = {
+      {"--model", [&](const std::string& v) { o.model_dir = v; return absl::OkStatus(); }},
+      {"--world-size",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(int64_t n, ParseInt("--world-size", v, 1));
+         if (n > 1 << 20) return FlagError("--world-size", "too large");
+         o.world_size = static_cast<int>(n);
+         have_world = true;
+         return absl::OkStatus();
+       }},
+      {"--listen",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(o.listen, ParseAddress("--listen", v));
+         return absl::OkStatus();
+       }},
+      {"--cluster-listen",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(o.cluster_listen, ParseAddress("--cluster-listen", v));
+         return absl::OkStatus();
+       }},
+      {"--metrics-listen",
+       [&](const std::string& v) -> absl::Status {
+         if (v == "none") {
+           o.metrics_listen.clear();
+           return absl::OkStatus();
+         }
+         MOE_ASSIGN_OR_RETURN(o.metrics_listen, ParseAddress("--metrics-listen", v));
+         return absl::OkStatus();
+       }},
+      {"--ports-file", [&](const std::string& v) { o.ports_file = v; return absl::OkStatus(); }},
+      {"--max-waiting",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(o.max_waiting, ParseInt("--max-waiting", v, 1));
+         return absl::OkStatus();
+       }},
+      {"--max-running-per-rank",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(o.max_running_per_rank, ParseInt("--max-running-per-rank", v, 1));
+         return absl::OkStatus();
+       }},
+      {"--heartbeat-timeout-s",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(o.heartbeat_timeout_s, ParsePositive("--heartbeat-timeout-s", v));
+         return absl::OkStatus();
+       }},
+  };
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string name = args[i], value;
+    const size_t eq = name.find('=');
+    const bool inline_value = name.rfind("--", 0) == 0 && eq != std::string::npos;
+    if (inline_value) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    auto it = flags.find(name);
+    if (it == flags.end()) return absl::InvalidArgumentError(absl::StrCat("unknown argument '", args[i], "'"));
+    if (!inline_value) {
+      if (i + 1 >= args.size()) return FlagError(name, "needs a value");
+      value = args[++i];
+    }
+    MOE_RETURN_IF_ERROR(it->second(value));
+  }
+  if (o.model_dir.empty()) return FlagError("--model", "required");
+  if (!have_world) return FlagError("--world-size", "required");
+  return o;
+}
+
+}  // namespace moe

@@ -1,0 +1,32 @@
+// moe-coordinator's command line. Every malformed flag is an error naming the flag.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moe {
+
+struct CoordinatorOptions {
+  std::string model_dir;
+  int world_size = 0;
+  std::string listen = "127.0.0.1:50051";          // public moe.v1.Inference (+ health, reflection)
+  std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster
+  std::string metrics_listen = "127.0.0.1:9400";   // Prometheus /metrics; empty: none
+  std::string ports_file;                          // empty: none
+  int64_t max_waiting = 256;
+  int64_t max_running_per_rank = 64;
+  double heartbeat_timeout_s = 10.0;
+  // Shutdown: how long in-flight requests may take to finish before they are cancelled.
+  double drain_timeout_s = 3.0;
+};
+
+// argv without the program name. A bare port ("50051") listens on 127.0.0.1; "none" turns the
+// metrics endpoint off.
+absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args);
+
+std::string CoordinatorUsage();
+
+}  // namespace moe

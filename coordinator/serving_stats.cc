@@ -1,0 +1,152 @@
+#include "coordinator/serving_stats.h"
+
+#include <string>
+
+namespace moe {
+namespace {
+
+using prometheus::Histogram;
+
+// Buckets as serving systems use them, extended downwards: a small model on CPU answers in ms.
+const Histogram::BucketBoundaries kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+                                                  0.75,  1.0,   2.5,  5.0,  7.5,  10.0, 20.0, 40.0, 80.0};
+const Histogram::BucketBoundaries kItlBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
+                                                 0.15,  0.2,    0.3,   0.4,  0.5,   0.75, 1.0,   2.5};
+const Histogram::BucketBoundaries kE2eBuckets = {0.01, 0.05, 0.1,  0.3,  0.5,  0.8,  1.0,  1.5,  2.0,
+                                                 2.5,  5.0,  10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
+
+constexpr v1::FinishReason kReasons[] = {v1::FINISH_REASON_STOP, v1::FINISH_REASON_LENGTH,
+                                         v1::FINISH_REASON_STOP_SEQUENCE, v1::FINISH_REASON_CANCELLED,
+                                         v1::FINISH_REASON_ERROR};
+
+}  // namespace
+
+const char* FinishReasonLabel(v1::FinishReason r) {
+  switch (r) {
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_STOP_SEQUENCE:
+      return "stop_sequence";
+    case v1::FINISH_REASON_CANCELLED:
+      return "cancelled";
+    default:
+      return "error";
+  }
+}
+
+ServingStats::ServingStats()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      generation_rate_(std::chrono::seconds(10), Clock::now()) {
+  prometheus::Registry& r = *registry_;
+  ttft_ = &prometheus::BuildHistogram()
+               .Name("moe_time_to_first_token_seconds")
+               .Help("Time from request arrival to its first generated token")
+               .Register(r)
+               .Add({}, kTtftBuckets);
+  itl_ = &prometheus::BuildHistogram()
+              .Name("moe_inter_token_latency_seconds")
+              .Help("Time between consecutive generated tokens of a request")
+              .Register(r)
+              .Add({}, kItlBuckets);
+  e2e_ = &prometheus::BuildHistogram()
+              .Name("moe_e2e_request_latency_seconds")
+              .Help("Time from request arrival to its last response")
+              .Register(r)
+              .Add({}, kE2eBuckets);
+  waiting_ = &prometheus::BuildGauge()
+                  .Name("moe_num_requests_waiting")
+                  .Help("Sequences queued in the coordinator, not yet assigned to a rank")
+                  .Register(r)
+                  .Add({});
+  running_ = &prometheus::BuildGauge()
+                  .Name("moe_num_requests_running")
+                  .Help("Sequences assigned to ranks and not finished")
+                  .Register(r)
+                  .Add({});
+  kv_usage_ = &prometheus::BuildGauge()
+                   .Name("moe_kv_cache_usage_ratio")
+                   .Help("KV cache blocks in use over all ranks, as a fraction of all blocks")
+                   .Register(r)
+                   .Add({});
+  prompt_tokens_ = &prometheus::BuildCounter()
+                        .Name("moe_prompt_tokens_total")
+                        .Help("Prompt tokens of admitted requests (generation and scoring)")
+                        .Register(r)
+                        .Add({});
+  generation_tokens_ = &prometheus::BuildCounter()
+                            .Name("moe_generation_tokens_total")
+                            .Help("Tokens generated and streamed to clients")
+                            .Register(r)
+                            .Add({});
+  success_ = &prometheus::BuildCounter()
+                  .Name("moe_request_success_total")
+                  .Help("Finished generation requests by finish reason")
+                  .Register(r);
+  // Every label value exists from the start, so rates work before the first request of a kind.
+  for (v1::FinishReason reason : kReasons) success_->Add({{"finish_reason", FinishReasonLabel(reason)}});
+}
+
+void ServingStats::AddPromptTokens(int64_t n) {
+  prompt_tokens_->Increment(static_cast<double>(n));
+  std::lock_guard<std::mutex> lock(mu_);
+  prompt_total_ += static_cast<uint64_t>(n);
+}
+
+void ServingStats::AddGenerationTokens(int64_t n, Clock::time_point now) {
+  generation_tokens_->Increment(static_cast<double>(n));
+  std::lock_guard<std::mutex> lock(mu_);
+  generation_total_ += static_cast<uint64_t>(n);
+  generation_rate_.Add(now, n);
+}
+
+void ServingStats::ObserveTimeToFirstToken(double seconds) {
+  ttft_->Observe(seconds);
+  std::lock_guard<std::mutex> lock(mu_);
+  ttft_window_.Add(seconds);
+}
+
+void ServingStats::ObserveInterToken(double seconds, int64_t tokens) {
+  if (tokens <= 0) return;
+  const double each = seconds / static_cast<double>(tokens);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t i = 0; i < tokens; ++i) {
+    itl_->Observe(each);
+    itl_window_.Add(each);
+  }
+}
+
+void ServingStats::ObserveRequestLatency(double seconds) {
+  e2e_->Observe(seconds);
+  std::lock_guard<std::mutex> lock(mu_);
+  e2e_window_.Add(seconds);
+}
+
+void ServingStats::CountFinished(v1::FinishReason reason) {
+  success_->Add({{"finish_reason", FinishReasonLabel(reason)}}).Increment();
+  std::lock_guard<std::mutex> lock(mu_);
+  ++finished_;
+}
+
+void ServingStats::SetQueue(int64_t waiting, int64_t running) {
+  waiting_->Set(static_cast<double>(waiting));
+  running_->Set(static_cast<double>(running));
+}
+
+void ServingStats::SetKvCacheUsage(double ratio) { kv_usage_->Set(ratio); }
+
+ServingSnapshot ServingStats::Snapshot(Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ServingSnapshot s;
+  s.requests_finished = finished_;
+  s.prompt_tokens = prompt_total_;
+  s.generation_tokens = generation_total_;
+  s.generation_tokens_per_second = generation_rate_.PerSecond(now);
+  s.time_to_first_token = ttft_window_.Summary();
+  s.inter_token_latency = itl_window_.Summary();
+  s.e2e_request_latency = e2e_window_.Summary();
+  return s;
+}
+
+}  // namespace moe

@@ -1,0 +1,73 @@
+// Request-level statistics of the coordinator, kept twice over: as Prometheus metrics (prefix
+// moe_, base units) for scraping, and as windows the GetStats RPC summarises (latency percentiles,
+// recent throughput). Thread-safe: request handlers and the cluster state report here.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "coordinator/latency_stats.h"
+#include "moe/v1/inference.pb.h"
+
+namespace moe {
+
+struct ServingSnapshot {
+  uint64_t requests_finished = 0;
+  uint64_t prompt_tokens = 0;
+  uint64_t generation_tokens = 0;
+  double generation_tokens_per_second = 0;
+  LatencySummaryValues time_to_first_token, inter_token_latency, e2e_request_latency;
+};
+
+// A finish reason's label value: "stop", "length", "stop_sequence", "cancelled", "error".
+const char* FinishReasonLabel(v1::FinishReason r);
+
+class ServingStats {
+ public:
+  using Clock = std::chrono::steady_clock;
+  ServingStats();
+
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  void AddPromptTokens(int64_t n);
+  void AddGenerationTokens(int64_t n, Clock::time_point now);
+  void ObserveTimeToFirstToken(double seconds);
+  // `tokens` tokens that reached the client together, `seconds` after the previous ones: each
+  // counts as seconds/tokens, so every token after a request's first is one sample.
+  void ObserveInterToken(double seconds, int64_t tokens);
+  void ObserveRequestLatency(double seconds);
+  // A request ended with `reason` (moe_request_success_total{finish_reason}).
+  void CountFinished(v1::FinishReason reason);
+  // Sequences waiting in the coordinator and running on the ranks; KV use over all ranks.
+  void SetQueue(int64_t waiting, int64_t running);
+  void SetKvCacheUsage(double ratio);
+
+  ServingSnapshot Snapshot(Clock::time_point now);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* itl_;
+  prometheus::Histogram* e2e_;
+  prometheus::Gauge* waiting_;
+  prometheus::Gauge* running_;
+  prometheus::Gauge* kv_usage_;
+  prometheus::Counter* prompt_tokens_;
+  prometheus::Counter* generation_tokens_;
+  prometheus::Family<prometheus::Counter>* success_;
+
+  std::mutex mu_;
+  uint64_t finished_ = 0, prompt_total_ = 0, generation_total_ = 0;
+  LatencyWindow ttft_window_, itl_window_, e2e_window_;
+  RateWindow generation_rate_;
+};
+
+}  // namespace moe

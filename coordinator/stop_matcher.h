@@ -1,0 +1,42 @@
+// Stop sequences matched on streamed text.
+//
+// Text arrives in deltas (one per token or so) and a stop string may be split across several of
+// them, so text is released only once it can no longer be part of a stop string: the longest
+// suffix of the unreleased text that is a prefix of some stop string is held back. When a stop
+// string completes, the text before it is released and the rest (the stop string and anything
+// after it) is dropped.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moe {
+
+class StopMatcher {
+ public:
+  // Empty strings are ignored (validation refuses them where requests enter).
+  explicit StopMatcher(std::vector<std::string> stops);
+
+  struct Output {
+    std::string text;      // safe to send now
+    bool stopped = false;  // a stop string completed; nothing more will be released
+  };
+
+  // Adds a text delta. After a stop, further deltas are ignored.
+  Output Push(std::string_view delta);
+  // End of the stream: releases the held-back text (nothing can complete a stop string any more).
+  std::string Flush();
+
+  bool stopped() const { return stopped_; }
+
+ private:
+  // Length of the longest suffix of pending_ that is a proper prefix of some stop string.
+  size_t HeldBackLength() const;
+
+  std::vector<std::string> stops_;
+  std::string pending_;  // received but not yet released
+  bool stopped_ = false;
+};
+
+}  // namespace moe

@@ -1,0 +1,53 @@
+// The model's tokenizer, as the coordinator uses it, behind an interface that is loaded from a
+// plugin (libmoe_text_codec.so) in isolation.
+//
+// Why a plugin: libsentencepiece.so (Debian 0.1.97) carries its own copy of protobuf-lite 3.14
+// and exports those symbols, while gRPC needs libprotobuf 3.21. In one symbol namespace one copy
+// serves both: sentencepiece first crashes libprotobuf's start-up, libprotobuf first fails
+// sentencepiece's version check. Loaded with RTLD_LOCAL | RTLD_DEEPBIND, the plugin and its
+// libsentencepiece resolve protobuf to sentencepiece's copy and stay invisible to libprotobuf.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moe {
+
+// Incremental detokenisation of one sequence (StreamingDetokenizer semantics).
+class TextStream {
+ public:
+  virtual ~TextStream() = default;
+  virtual std::string Push(int32_t id) = 0;
+  virtual std::string Flush() = 0;
+};
+
+// Tokenizer semantics (worker/tokenizer.h). Decode expects ids inside [0, vocab_size()).
+class TextCodec {
+ public:
+  virtual ~TextCodec() = default;
+  virtual std::vector<int32_t> Encode(std::string_view text) const = 0;  // BOS/EOS per config
+  virtual std::string Decode(std::span<const int32_t> ids) const = 0;
+  virtual int32_t bos_id() const = 0;
+  virtual int32_t eos_id() const = 0;
+  virtual int32_t vocab_size() const = 0;
+  virtual bool add_bos() const = 0;
+  virtual bool add_eos() const = 0;
+  // A detokenizer for text generated after `prompt_ids`; must not outlive this codec.
+  virtual std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids) const = 0;
+};
+
+// Loads DIR's tokenizer (Tokenizer::Load) through the plugin. NotFound when DIR has no
+// tokenizer.model; other errors name the plugin or the tokenizer file.
+absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string& model_dir);
+
+}  // namespace moe
+
+// The plugin's entry point: Tokenizer::Load(model_dir), wrapped. On error returns null and
+// writes the status into *error.
+extern "C" moe::TextCodec* moe_text_codec_load(const char* model_dir, absl::Status* error);

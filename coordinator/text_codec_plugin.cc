@@ -1,0 +1,50 @@
+// libmoe_text_codec.so: moe::Tokenizer behind the TextCodec interface (see text_codec.h for why
+// this is a separately loaded plugin).
+#include <memory>
+
+#include "coordinator/text_codec.h"
+#include "worker/tokenizer.h"
+
+namespace moe {
+namespace {
+
+class SentencePieceStream final : public TextStream {
+ public:
+  SentencePieceStream(const Tokenizer& tok, std::span<const int32_t> prompt) : detok_(tok, prompt) {}
+  std::string Push(int32_t id) override { return detok_.Push(id); }
+  std::string Flush() override { return detok_.Flush(); }
+
+ private:
+  StreamingDetokenizer detok_;
+};
+
+class SentencePieceCodec final : public TextCodec {
+ public:
+  explicit SentencePieceCodec(std::unique_ptr<Tokenizer> tok) : tok_(std::move(tok)) {}
+  std::vector<int32_t> Encode(std::string_view text) const override { return tok_->Encode(text); }
+  std::string Decode(std::span<const int32_t> ids) const override { return tok_->Decode(ids); }
+  int32_t bos_id() const override { return tok_->bos_id(); }
+  int32_t eos_id() const override { return tok_->eos_id(); }
+  int32_t vocab_size() const override { return tok_->vocab_size(); }
+  bool add_bos() const override { return tok_->add_bos(); }
+  bool add_eos() const override { return tok_->add_eos(); }
+  std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids) const override {
+    return std::make_unique<SentencePieceStream>(*tok_, prompt_ids);
+  }
+
+ private:
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+}  // namespace
+}  // namespace moe
+
+extern "C" __attribute__((visibility("default"))) moe::TextCodec* moe_text_codec_load(const char* model_dir,
+                                                                                      absl::Status* error) {
+  absl::StatusOr<std::unique_ptr<moe::Tokenizer>> tok = moe::Tokenizer::Load(model_dir);
+  if (!tok.ok()) {
+    *error = tok.status();
+    return nullptr;
+  }
+  return new moe::SentencePieceCodec(std::move(*tok));
+}

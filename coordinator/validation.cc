@@ -1,0 +1,210 @@
+#include "coordinator/validation.h"
+
+#include <cctype>
+#include <cmath>
+
+namespace moe {
+namespace {
+
+absl::Status FieldError(const std::string& field, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
+}
+
+std::string Indexed(const std::string& field, size_t i) { return absl::StrCat(field, "[", i, "]"); }
+
+// Ids of `text` without BOS (and without EOS, which a continuation must not end in either).
+std::vector<int32_t> EncodeBare(const TextCodec& tok, const std::string& text) {
+  std::vector<int32_t> ids = tok.Encode(text);
+  if (tok.add_bos() && !ids.empty() && ids.front() == tok.bos_id()) ids.erase(ids.begin());
+  if (tok.add_eos() && !ids.empty() && ids.back() == tok.eos_id()) ids.pop_back();
+  return ids;
+}
+
+absl::Status CheckFits(int64_t tokens, const RequestModel& model, const std::string& field) {
+  const int64_t context = model.config.max_position_embeddings;
+  if (tokens > context) {
+    return FieldError(field, absl::StrCat(tokens, " tokens exceed the model context of ", context, " positions"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckTokenIds(std::span<const int32_t> ids, int64_t vocab_size, const std::string& field) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size) {
+      return FieldError(Indexed(field, i),
+                        absl::StrCat("token id ", ids[i], " is outside the vocabulary [0, ", vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, const RequestModel& model,
+                                                   const std::string& field, BosPolicy bos, bool allow_empty) {
+  std::vector<int32_t> ids;
+  switch (prompt.kind_case()) {
+    case v1::Prompt::kText: {
+      if (prompt.text().empty() && !allow_empty) return FieldError(field + ".text", "empty");
+      if (model.tokenizer == nullptr) {
+        return FieldError(field + ".text", "model has no tokenizer: send token_ids");
+      }
+      ids = bos == BosPolicy::kTokenizerConfig ? model.tokenizer->Encode(prompt.text())
+                                               : EncodeBare(*model.tokenizer, prompt.text());
+      if (ids.empty() && !allow_empty) return FieldError(field + ".text", "encodes to no tokens");
+      break;
+    }
+    case v1::Prompt::kTokenIds: {
+      ids.assign(prompt.token_ids().ids().begin(), prompt.token_ids().ids().end());
+      if (ids.empty() && !allow_empty) return FieldError(field + ".token_ids", "empty");
+      MOE_RETURN_IF_ERROR(CheckTokenIds(ids, model.config.vocab_size, field + ".token_ids.ids"));
+      break;
+    }
+    case v1::Prompt::KIND_NOT_SET:
+      return FieldError(field, "empty: set text or token_ids");
+  }
+  return ids;
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenize(const TextCodec& tok, const std::string& text,
+                                              std::optional<bool> add_bos) {
+  std::vector<int32_t> ids = EncodeBare(tok, text);
+  if (add_bos.value_or(tok.add_bos())) ids.insert(ids.begin(), tok.bos_id());
+  if (tok.add_eos()) ids.push_back(tok.eos_id());
+  return ids;
+}
+
+absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request, const RequestModel& model) {
+  if (request.request_id().size() > kMaxRequestIdLength) {
+    return FieldError("request_id", absl::StrCat("longer than ", kMaxRequestIdLength, " characters"));
+  }
+  if (!request.has_prompt()) return FieldError("prompt", "empty: set text or token_ids");
+  MOE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
+                       ResolvePrompt(request.prompt(), model, "prompt", BosPolicy::kTokenizerConfig));
+
+  const v1::SamplingParams& s = request.sampling();
+  const int64_t context = model.config.max_position_embeddings;
+  const int64_t vocab = model.config.vocab_size;
+  const uint32_t max_tokens = s.has_max_tokens() ? s.max_tokens() : kDefaultMaxTokens;
+  if (max_tokens == 0) return FieldError("sampling.max_tokens", "must be at least 1");
+  const int64_t prompt_len = static_cast<int64_t>(prompt.size());
+  if (prompt_len >= context) {
+    return FieldError("prompt", absl::StrCat(prompt_len, " tokens leave no room to generate in the model context of ",
+                                             context, " positions"));
+  }
+  if (prompt_len + max_tokens > context) {
+    return FieldError("sampling.max_tokens",
+                      absl::StrCat("prompt (", prompt_len, " tokens) + max_tokens (", max_tokens, ") = ",
+                                   prompt_len + max_tokens, " exceeds the model context of ", context, " positions"));
+  }
+  const float temperature = s.has_temperature() ? s.temperature() : 1.0f;
+  if (!std::isfinite(temperature) || temperature < 0.0f) {
+    return FieldError("sampling.temperature", absl::StrCat("must be finite and >= 0, got ", temperature));
+  }
+  const float top_p = s.has_top_p() ? s.top_p() : 1.0f;
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {  // written so that NaN fails too
+    return FieldError("sampling.top_p", absl::StrCat("must be in (0, 1], got ", top_p));
+  }
+  const int32_t top_k = s.has_top_k() ? s.top_k() : 0;
+  if (top_k < 0) return FieldError("sampling.top_k", absl::StrCat("must be >= 0 (0 = off), got ", top_k));
+  if (s.has_logprobs() && s.logprobs() > kMaxLogprobs) {
+    return FieldError("sampling.logprobs", absl::StrCat("at most ", kMaxLogprobs, ", got ", s.logprobs()));
+  }
+  if (s.has_logprobs() && s.logprobs() > vocab) {
+    return FieldError("sampling.logprobs", absl::StrCat("exceeds the vocabulary size ", vocab));
+  }
+  MOE_RETURN_IF_ERROR(CheckTokenIds({s.stop_token_ids().data(), static_cast<size_t>(s.stop_token_ids_size())}, vocab,
+                                    "sampling.stop_token_ids"));
+  GenerateJob job;
+  if (s.stop_size() > kMaxStopStrings) {
+    return FieldError("sampling.stop", absl::StrCat("at most ", kMaxStopStrings, " stop strings, got ", s.stop_size()));
+  }
+  for (int i = 0; i < s.stop_size(); ++i) {
+    if (s.stop(i).empty()) return FieldError(Indexed("sampling.stop", i), "empty");
+    if (s.stop(i).size() > kMaxStopLength) {
+      return FieldError(Indexed("sampling.stop", i), absl::StrCat("longer than ", kMaxStopLength, " bytes"));
+    }
+    if (model.tokenizer == nullptr) {
+      return FieldError("sampling.stop", "model has no tokenizer, so there is no text to match: use stop_token_ids");
+    }
+    job.stop.push_back(s.stop(i));
+  }
+
+  v1::Assign& a = job.assign;
+  a.set_kind(v1::Assign::KIND_GENERATE);
+  a.mutable_prompt()->Assign(prompt.begin(), prompt.end());
+  a.set_max_tokens(max_tokens);
+  a.set_temperature(temperature);
+  a.set_top_k(top_k);
+  a.set_top_p(top_p);
+  a.set_seed(s.has_seed() ? s.seed() : 0);
+  a.set_ignore_eos(s.ignore_eos());
+  *a.mutable_stop_token_ids() = s.stop_token_ids();
+  a.set_top_logprobs(s.has_logprobs() ? s.logprobs() : 0);
+  job.want_logprobs = s.has_logprobs();
+  return job;
+}
+
+// Both as text: split the way lm-evaluation-harness does (its _encode_pair). Trailing whitespace
+// of the context moves to the continuation, the whole string is encoded once, and the continuation
+// is what follows the context's own encoding, so SentencePiece's word-initial "▁" is not
+// invented for a continuation that starts mid-text.
+static void EncodeTextPair(const TextCodec& tok, std::string context, std::string continuation,
+                           std::vector<int32_t>& context_ids, std::vector<int32_t>& continuation_ids) {
+  size_t keep = context.size();
+  while (keep > 0 && std::isspace(static_cast<unsigned char>(context[keep - 1]))) --keep;
+  continuation = context.substr(keep) + continuation;
+  context.resize(keep);
+  const std::vector<int32_t> whole = tok.Encode(context + continuation);
+  context_ids = tok.Encode(context);
+  if (context_ids.size() > whole.size()) context_ids.resize(whole.size());
+  continuation_ids.assign(whole.begin() + static_cast<std::ptrdiff_t>(context_ids.size()), whole.end());
+  if (tok.add_eos() && !continuation_ids.empty() && continuation_ids.back() == tok.eos_id()) continuation_ids.pop_back();
+  if (tok.add_eos() && !context_ids.empty() && context_ids.back() == tok.eos_id()) context_ids.pop_back();
+}
+
+absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& request, const RequestModel& model) {
+  if (request.items().empty()) return FieldError("items", "empty");
+  std::vector<ScoreJob> jobs;
+  for (int i = 0; i < request.items_size(); ++i) {
+    const v1::ScoreItem& item = request.items(i);
+    const std::string field = Indexed("items", i);
+    if (!item.has_continuation()) return FieldError(field + ".continuation", "empty: set text or token_ids");
+    std::vector<int32_t> context, continuation;
+    const bool both_text = item.context().kind_case() == v1::Prompt::kText &&
+                           item.continuation().kind_case() == v1::Prompt::kText && model.tokenizer != nullptr;
+    if (both_text && !item.context().text().empty() && !item.continuation().text().empty()) {
+      EncodeTextPair(*model.tokenizer, item.context().text(), item.continuation().text(), context, continuation);
+      if (continuation.empty()) return FieldError(field + ".continuation.text", "encodes to no tokens");
+    } else {
+      MOE_ASSIGN_OR_RETURN(context, ResolvePrompt(item.context(), model, field + ".context",
+                                                  BosPolicy::kTokenizerConfig, /*allow_empty=*/true));
+      MOE_ASSIGN_OR_RETURN(continuation,
+                           ResolvePrompt(item.continuation(), model, field + ".continuation", BosPolicy::kNone));
+    }
+    if (context.empty()) {
+      return FieldError(field + ".context", "empty: the first continuation token needs at least one token of context");
+    }
+    ScoreJob job;
+    job.context_tokens = static_cast<int64_t>(context.size());
+    job.tokens = std::move(context);
+    job.tokens.insert(job.tokens.end(), continuation.begin(), continuation.end());
+    MOE_RETURN_IF_ERROR(CheckFits(static_cast<int64_t>(job.tokens.size()), model, field + " (context + continuation)"));
+    jobs.push_back(std::move(job));
+  }
+  return jobs;
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
+                                                                       const RequestModel& model) {
+  if (request.texts().empty()) return FieldError("texts", "empty");
+  std::vector<std::vector<int32_t>> out;
+  for (int i = 0; i < request.texts_size(); ++i) {
+    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                         ResolvePrompt(request.texts(i), model, Indexed("texts", i), BosPolicy::kTokenizerConfig));
+    out.push_back(std::move(ids));
+  }
+  return out;
+}
+
+}  // namespace moe

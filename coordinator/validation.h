@@ -1,0 +1,73 @@
+// Checks of public requests where they enter the coordinator, and their translation into token
+// ids and worker assignments. Every error is INVALID_ARGUMENT with a message that starts with the
+// offending field's path (e.g. "sampling.top_p: ..."), so a client can tell what to fix.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "moe/v1/cluster.pb.h"
+#include "moe/v1/inference.pb.h"
+#include "worker/model/config.h"
+#include "coordinator/text_codec.h"
+
+namespace moe {
+
+// What requests are checked against.
+struct RequestModel {
+  const ModelConfig& config;
+  const TextCodec* tokenizer = nullptr;  // null: the model folder has no tokenizer.model
+};
+
+inline constexpr uint32_t kDefaultMaxTokens = 16;
+inline constexpr uint32_t kMaxLogprobs = 20;
+inline constexpr size_t kMaxRequestIdLength = 256;
+// Stop strings are matched on every text delta: bounded so that matching stays cheap.
+inline constexpr int kMaxStopStrings = 64;
+inline constexpr size_t kMaxStopLength = 1024;
+
+// How text becomes ids: prompts and score contexts get BOS as the tokenizer config says;
+// continuations are appended to a context and get none.
+enum class BosPolicy { kTokenizerConfig, kNone };
+
+// InvalidArgument "<field>[i]: token id X is outside the vocabulary [0, V)" for the first bad id.
+absl::Status CheckTokenIds(std::span<const int32_t> ids, int64_t vocab_size, const std::string& field);
+
+// Text (tokenised) or ids (checked against the vocabulary). Empty text or ids are refused unless
+// `allow_empty` (a score context given as "" still yields BOS).
+absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, const RequestModel& model,
+                                                   const std::string& field, BosPolicy bos,
+                                                   bool allow_empty = false);
+
+// Tokenize's text -> ids, BOS as asked (default: the tokenizer config).
+absl::StatusOr<std::vector<int32_t>> Tokenize(const TextCodec& tok, const std::string& text,
+                                              std::optional<bool> add_bos);
+
+struct GenerateJob {
+  v1::Assign assign;              // kind, prompt and sampling filled; seq_id is the scheduler's
+  std::vector<std::string> stop;  // stop strings, matched on the generated text
+  bool want_logprobs = false;     // SamplingParams.logprobs was set
+  int64_t reserve_positions() const { return assign.prompt_size() + assign.max_tokens(); }
+};
+
+absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request, const RequestModel& model);
+
+// One lm-evaluation-harness loglikelihood item: the tokens run through the model are
+// context + continuation; the answer is about tokens[context_tokens:].
+struct ScoreJob {
+  std::vector<int32_t> tokens;
+  int64_t context_tokens = 0;
+};
+
+absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& request, const RequestModel& model);
+
+// The token ids of every text (BOS per the tokenizer config for text); any length (long texts are
+// scored in rolling windows).
+absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
+                                                                       const RequestModel& model);
+
+}  // namespace moe

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Starts a whole moe-ep cluster with one command: the coordinator, then `mpirun` of N worker ranks;
+# waits until the cluster is SERVING, prints the public address, and on Ctrl-C / SIGTERM shuts it
+# all down cleanly (SIGTERM to the coordinator, which drains and sends Shutdown to every rank; then
+# mpirun is waited for; anything still running after a timeout is killed). See deploy/README.md.
+#
+#   deploy/launch-cluster.sh [--np N] [--model DIR] [--hostfile FILE] [--listen ADDR]
+#                            [--build-dir DIR] [other options] [-- extra mpirun args]
+#
+# Lines on stdout (stable, for scripts; everything the processes print goes to stderr):
+#   launch-cluster: coordinator pid P
+#   launch-cluster: ports public=P cluster=C metrics=M
+#   launch-cluster: mpirun pid P
+#   launch-cluster: serving on HOST:PORT
+#   launch-cluster: stopped (coordinator status S, mpirun status S)
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+  cat <<EOF
+usage: $0 [options] [-- extra mpirun args]
+  --np N                 worker ranks (default 2)
+  --model DIR            model folder (default $REPO/models/shakespeare-moe)
+  --hostfile FILE        run the ranks on these hosts (mpirun --hostfile); the coordinator's cluster
+                         port then listens on 0.0.0.0 and workers reach it at --advertise
+  --listen ADDR          public address of the coordinator (default 127.0.0.1:50051; port 0: any free)
+  --build-dir DIR        where moe-coordinator, moe-worker and moe-client are built (default $REPO/build)
+  --cluster-port P       port of the internal cluster service (default 0: any free)
+  --metrics-listen ADDR  Prometheus endpoint (default: the coordinator's, 127.0.0.1:9400; "none": off)
+  --advertise HOST       host name or IP the workers use for the coordinator (default: with a
+                         hostfile this host's first IP, else 127.0.0.1)
+  --ports-file FILE      where the coordinator writes its ports (default: a temporary file)
+  --ready-timeout S      give up when the cluster is not SERVING after S seconds (default 180)
+  --stop-timeout S       on shutdown, wait this long for each process before killing it (default 20)
+  --coordinator-arg ARG  extra moe-coordinator flag (repeatable), e.g. --coordinator-arg=--max-waiting=64
+  --worker-arg ARG       extra moe-worker flag (repeatable), e.g. --worker-arg=--kv-tokens=65536
+EOF
+}
+
+say() { echo "launch-cluster: $*"; }
+die() { echo "launch-cluster: $*" >&2; exit 2; }
+
+NP=2
+MODEL="$REPO/models/shakespeare-moe"
+HOSTFILE=""
+LISTEN="127.0.0.1:50051"
+BUILD="$REPO/build"
+CLUSTER_PORT=0
+METRICS=""
+ADVERTISE=""
+PORTS_FILE=""
+READY_TIMEOUT=180
+STOP_TIMEOUT=20
+COORD_ARGS=()
+WORKER_ARGS=()
+MPI_EXTRA=()
+
+while [[ $# -gt 0 ]]; do
+  arg="$1"
+  # --flag=value is the same as --flag value.
+  if [[ "$arg" == --*=* ]]; then
+    set -- "${arg%%=*}" "${arg#*=}" "${@:2}"
+    arg="$1"
+  fi
+  case "$arg" in
+    --) shift; MPI_EXTRA=("$@"); break ;;
+    -h|--help) usage; exit 0 ;;
+    --np|--model|--hostfile|--listen|--build-dir|--cluster-port|--metrics-listen|--advertise|--ports-file|\
+    --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg)
+      [[ $# -ge 2 ]] || die "$arg needs a value"
+      val="$2"; shift 2
+      case "$arg" in
+        --np) NP="$val" ;;
+        --model) MODEL="$val" ;;
+        --hostfile) HOSTFILE="$val" ;;
+        --listen) LISTEN="$val" ;;
+        --build-dir) BUILD="$val" ;;
+        --cluster-port) CLUSTER_PORT="$val" ;;
+        --metrics-listen) METRICS="$val" ;;
+        --advertise) ADVERTISE="$val" ;;
+        --ports-file) PORTS_FILE="$val" ;;
+        --ready-timeout) READY_TIMEOUT="$val" ;;
+        --stop-timeout) STOP_TIMEOUT="$val" ;;
+        --coordinator-arg) COORD_ARGS+=("$val") ;;
+        --worker-arg) WORKER_ARGS+=("$val") ;;
+      esac ;;
+    *) usage >&2; die "unknown argument '$arg'" ;;
+  esac
+done
+
+[[ "$NP" =~ ^[1-9][0-9]*$ ]] || die "--np: expected a positive integer, got '$NP'"
+[[ "$CLUSTER_PORT" =~ ^[0-9]+$ ]] || die "--cluster-port: expected a port number, got '$CLUSTER_PORT'"
+[[ "$READY_TIMEOUT" =~ ^[0-9]+$ ]] || die "--ready-timeout: expected seconds, got '$READY_TIMEOUT'"
+[[ "$STOP_TIMEOUT" =~ ^[0-9]+$ ]] || die "--stop-timeout: expected seconds, got '$STOP_TIMEOUT'"
+[[ "$LISTEN" == *:* ]] || die "--listen: expected HOST:PORT, got '$LISTEN'"
+[[ -f "$MODEL/config.json" ]] || die "--model: $MODEL has no config.json"
+MODEL="$(cd "$MODEL" && pwd)"
+if [[ -n "$HOSTFILE" ]]; then
+  [[ -r "$HOSTFILE" ]] || die "--hostfile: cannot read $HOSTFILE"
+fi
+COORDINATOR_BIN="$BUILD/coordinator/moe-coordinator"
+WORKER_BIN="$BUILD/worker/moe-worker"
+CLIENT_BIN="$BUILD/clients/moe-client"
+for b in "$COORDINATOR_BIN" "$WORKER_BIN" "$CLIENT_BIN"; do
+  [[ -x "$b" ]] || die "$b is not built (cmake --build $BUILD --target moe-coordinator moe-worker moe-client)"
+done
+command -v mpirun >/dev/null || die "mpirun not found (Open MPI)"
+command -v setsid >/dev/null || die "setsid not found (util-linux)"
+
+# Open MPI refuses root unless told; as root we say so here rather than making every user find out.
+if [[ "$(id -u)" == 0 ]]; then
+  export OMPI_ALLOW_RUN_AS_ROOT="${OMPI_ALLOW_RUN_AS_ROOT:-1}"
+  export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="${OMPI_ALLOW_RUN_AS_ROOT_CONFIRM:-1}"
+fi
+# Ranks waiting in a collective yield instead of spinning, and BLAS uses one thread per rank,
+# unless the caller decided otherwise (several ranks per machine would otherwise fight for cores).
+export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle:-1}"
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
+
+TMP_DIR="$(mktemp -d -t moe-cluster.XXXXXX)"
+[[ -n "$PORTS_FILE" ]] || PORTS_FILE="$TMP_DIR/ports.json"
+rm -f "$PORTS_FILE"
+
+if [[ -n "$HOSTFILE" ]]; then
+  CLUSTER_LISTEN="0.0.0.0:$CLUSTER_PORT"
+  if [[ -z "$ADVERTISE" ]]; then
+    ADVERTISE="$(hostname -I 2>/dev/null | awk '{print $1}')"
+    [[ -n "$ADVERTISE" ]] || ADVERTISE="$(hostname)"
+  fi
+else
+  CLUSTER_LISTEN="127.0.0.1:$CLUSTER_PORT"
+  [[ -n "$ADVERTISE" ]] || ADVERTISE="127.0.0.1"
+fi
+
+COORD_PID=""
+MPI_PID=""
+COORD_STATUS="-"
+MPI_STATUS="-"
+
+alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; }
+
+# Waits up to $2 seconds for child $1 to exit; true when it did.
+wait_exit() {
+  local pid="$1" deadline=$((SECONDS + $2))
+  while alive "$pid"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+  return 0
+}
+
+# Collects the exit status of an ended child into STATUS[pid] (bash keeps it for one `wait`;
+# not in a $(...) subshell, which cannot wait for its parent's children).
+declare -A STATUS
+reap() {
+  [[ -n "$1" && -z "${STATUS[$1]:-}" ]] || return 0
+  wait "$1" 2>/dev/null
+  STATUS[$1]=$?
+}
+
+# Kills what is left of a session we created with setsid (its leader's pid is the session id):
+# the ranks mpirun started live in that session, in process groups of their own.
+kill_session() {
+  local sid="$1"
+  [[ -n "$sid" ]] || return 0
+  pkill -KILL -s "$sid" 2>/dev/null || true
+}
+
+SHUTTING_DOWN=0
+shutdown_cluster() {
+  ((SHUTTING_DOWN)) && return
+  SHUTTING_DOWN=1
+  trap '' INT TERM
+  [[ -z "$NAP_PID" ]] || kill "$NAP_PID" 2>/dev/null
+  if alive "$COORD_PID"; then
+    say "stopping the coordinator (SIGTERM to pid $COORD_PID)"
+    kill -TERM "$COORD_PID" 2>/dev/null
+    if ! wait_exit "$COORD_PID" "$STOP_TIMEOUT"; then
+      say "the coordinator did not exit within ${STOP_TIMEOUT}s: killing it"
+      kill -KILL "$COORD_PID" 2>/dev/null
+      wait_exit "$COORD_PID" 5
+    fi
+  fi
+  if [[ -n "$COORD_PID" ]]; then
+    reap "$COORD_PID"
+    COORD_STATUS="${STATUS[$COORD_PID]}"
+  fi
+  kill_session "$COORD_PID"
+  if alive "$MPI_PID"; then
+    # The coordinator's Shutdown makes every rank leave its loop; mpirun then exits by itself.
+    if ! wait_exit "$MPI_PID" "$STOP_TIMEOUT"; then
+      say "the workers did not exit within ${STOP_TIMEOUT}s: SIGTERM to mpirun (pid $MPI_PID)"
+      kill -TERM "$MPI_PID" 2>/dev/null
+      if ! wait_exit "$MPI_PID" 10; then
+        kill -KILL "$MPI_PID" 2>/dev/null
+        wait_exit "$MPI_PID" 5
+      fi
+    fi
+  fi
+  if [[ -n "$MPI_PID" ]]; then
+    reap "$MPI_PID"
+    MPI_STATUS="${STATUS[$MPI_PID]}"
+  fi
+  kill_session "$MPI_PID"
+  rm -rf "$TMP_DIR"
+  say "stopped (coordinator status $COORD_STATUS, mpirun status $MPI_STATUS)"
+}
+
+on_signal() {
+  say "caught $1"
+  shutdown_cluster
+  [[ "$COORD_STATUS" == 0 && "$MPI_STATUS" == 0 ]] && exit 0
+  exit 1
+}
+trap 'on_signal SIGINT' INT
+trap 'on_signal SIGTERM' TERM
+trap 'shutdown_cluster' EXIT
+
+# Interruptible sleep: a trap runs as soon as the signal arrives, not after the sleep.
+NAP_PID=""
+nap() {
+  sleep "$1" &
+  NAP_PID=$!
+  wait "$NAP_PID" 2>/dev/null
+  NAP_PID=""
+}
+
+# --- coordinator ------------------------------------------------------------------------------
+# setsid: its own session, so a Ctrl-C in the terminal reaches only this script, which then stops
+# everything in order (a SIGINT straight to mpirun would kill the ranks before they hear Shutdown).
+coord_cmd=("$COORDINATOR_BIN" --model "$MODEL" --world-size "$NP" --listen "$LISTEN"
+           --cluster-listen "$CLUSTER_LISTEN" --ports-file "$PORTS_FILE")
+[[ -z "$METRICS" ]] || coord_cmd+=(--metrics-listen "$METRICS")
+coord_cmd+=("${COORD_ARGS[@]}")
+setsid "${coord_cmd[@]}" </dev/null >&2 &
+COORD_PID=$!
+say "coordinator pid $COORD_PID"
+
+json_port() { sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p" "$PORTS_FILE" | head -n1; }
+
+deadline=$((SECONDS + READY_TIMEOUT))
+until [[ -s "$PORTS_FILE" ]]; do
+  alive "$COORD_PID" || { reap "$COORD_PID"; say "the coordinator exited before listening (status ${STATUS[$COORD_PID]})"; exit 1; }
+  ((SECONDS < deadline)) || { say "the coordinator wrote no ports file within ${READY_TIMEOUT}s"; exit 1; }
+  nap 0.1
+done
+PUBLIC_PORT="$(json_port public)"
+CLUSTER_PORT_BOUND="$(json_port cluster)"
+METRICS_PORT="$(json_port metrics)"
+[[ -n "$PUBLIC_PORT" && -n "$CLUSTER_PORT_BOUND" ]] || { say "cannot read the ports from $PORTS_FILE: $(cat "$PORTS_FILE")"; exit 1; }
+say "ports public=$PUBLIC_PORT cluster=$CLUSTER_PORT_BOUND metrics=${METRICS_PORT:-0}"
+
+LISTEN_HOST="${LISTEN%:*}"
+case "$LISTEN_HOST" in
+  ""|0.0.0.0|"[::]"|"*") PROBE_HOST=127.0.0.1; PUBLIC_HOST="$(hostname)" ;;
+  *) PROBE_HOST="$LISTEN_HOST"; PUBLIC_HOST="$LISTEN_HOST" ;;
+esac
+
+# --- workers ----------------------------------------------------------------------------------
+mpi_cmd=(mpirun -np "$NP" --bind-to none -x OPENBLAS_NUM_THREADS)
+if [[ -n "$HOSTFILE" ]]; then
+  mpi_cmd+=(--hostfile "$HOSTFILE")
+else
+  mpi_cmd+=(--oversubscribe)
+fi
+mpi_cmd+=("${MPI_EXTRA[@]}" "$WORKER_BIN" --coordinator "$ADVERTISE:$CLUSTER_PORT_BOUND" "${WORKER_ARGS[@]}")
+setsid "${mpi_cmd[@]}" </dev/null >&2 &
+MPI_PID=$!
+say "mpirun pid $MPI_PID"
+
+# --- wait until SERVING -----------------------------------------------------------------------
+until "$CLIENT_BIN" --server "$PROBE_HOST:$PUBLIC_PORT" --timeout 2 health >/dev/null 2>&1; do
+  alive "$COORD_PID" || { reap "$COORD_PID"; say "the coordinator exited while starting (status ${STATUS[$COORD_PID]})"; exit 1; }
+  alive "$MPI_PID" || { reap "$MPI_PID"; say "mpirun exited while starting (status ${STATUS[$MPI_PID]})"; exit 1; }
+  ((SECONDS < deadline)) || { say "not SERVING after ${READY_TIMEOUT}s"; exit 1; }
+  nap 0.2
+done
+say "serving on $PUBLIC_HOST:$PUBLIC_PORT"
+
+# --- run until told to stop or until a part dies ----------------------------------------------
+while alive "$COORD_PID" && alive "$MPI_PID"; do
+  nap 0.5
+done
+if ! alive "$COORD_PID"; then
+  reap "$COORD_PID"
+  say "the coordinator exited unexpectedly (status ${STATUS[$COORD_PID]})"
+else
+  reap "$MPI_PID"
+  say "mpirun exited unexpectedly (status ${STATUS[$MPI_PID]})"
+fi
+exit 1

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Everything the GPU machine does, in one call, from anywhere in the project (the caller has run
+# `source .deps/setup.sh`):
+#   1. configure build-gpu with -DMOE_CUDA=ON for Hopper (sm_90);
+#   2. build the GPU targets first (GPU tests, moe-bench), then everything else with all cores
+#      (a failure in an unrelated target is reported but does not stop the GPU run);
+#   3. run `ctest -L gpu` (verbose: the tests print their measured errors);
+#   4. run moe-bench (Mixtral-8x7B, synthetic weights) -> moe-bench.json;
+#   5. copy the logs, the JSON and a summary into $OUT when OUT is set.
+# Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
+# GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
+# MOE_COMMIT names the commit in moe-bench.json; without it `git rev-parse HEAD` is tried (the copy
+# of the tree on a device machine may have no .git: then pass MOE_COMMIT=$(git rev-parse HEAD)).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+B=build-gpu
+LOGS=$B/gpu-run
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*
+JOBS=$(nproc)
+GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test moe-bench)
+SUMMARY=$LOGS/summary.txt
+status=0
+
+copy_out() {
+  if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+    for f in "$LOGS"/*; do
+      # $OUT takes files up to 16 MiB: keep the end of anything larger.
+      tail -c 15000000 "$f" > "$OUT/$(basename "$f")"
+    done
+  fi
+}
+trap copy_out EXIT
+
+# step NAME CMD...: runs CMD with its output in $LOGS/NAME.log, notes the result in the summary.
+step() {
+  local name=$1
+  shift
+  local t0=$SECONDS
+  echo "== $name: $*"
+  "$@" > "$LOGS/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc ($((SECONDS - t0)) s)" | tee -a "$SUMMARY"
+  copy_out  # after every step, so a run cut short still leaves its logs
+  return $rc
+}
+
+{
+  echo "host: $(hostname)  date: $(date -u +%FT%TZ)"
+  echo "commit: ${MOE_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader 2>/dev/null
+} > "$SUMMARY"
+
+if ! step configure cmake -S . -B "$B" -G Ninja -DMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release; then
+  tail -n 40 "$LOGS/configure.log"
+  exit 1
+fi
+if ! step build-gpu cmake --build "$B" --target "${GPU_TARGETS[@]}" -j "$JOBS"; then
+  tail -n 60 "$LOGS/build-gpu.log"
+  exit 1
+fi
+if [ "${GPU_RUN_FULL_BUILD:-1}" != 0 ]; then
+  step build-all cmake --build "$B" -j "$JOBS" -- -k 0 || echo "   (non-GPU targets failed to build; see build-all.log)" | tee -a "$SUMMARY"
+fi
+
+step ctest-gpu ctest --test-dir "$B" -L gpu -V --timeout 900 || status=1
+grep -E "tests passed|tests failed|\*\*\*|Failed|SKIPPED|Passed|\[  (FAILED|SKIPPED) " "$LOGS/ctest-gpu.log" | tail -n 60 | tee -a "$SUMMARY"
+
+export MOE_COMMIT="${MOE_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
+# shellcheck disable=SC2086
+step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" ${MOE_BENCH_ARGS:-} || status=1
+tail -n 20 "$LOGS/bench.log" | tee -a "$SUMMARY"
+
+echo "gpu-run: exit $status" | tee -a "$SUMMARY"
+exit $status

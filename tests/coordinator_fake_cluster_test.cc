@@ -1,0 +1,550 @@
+// The coordinator's logic against FAKE workers: an in-process coordinator and test code playing
+// the worker ranks' side of cluster.proto over real loopback gRPC. Checks health transitions,
+// UNAVAILABLE while not serving and after a rank is lost, RESOURCE_EXHAUSTED when the queue is
+// full, FIFO refill, deadlines and client cancellation turning into Cancel on the worker, stop
+// sequences, scoring assembly, statistics and metrics, and 40 concurrent streams.
+// (End-to-end tests with real workers live elsewhere.)
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "coordinator/coordinator_server.h"
+#include "coordinator/placement.h"
+#include "coordinator_fake_worker.h"
+#include "worker/moe/load_stats.h"
+
+namespace moe {
+namespace {
+
+using namespace testing_fake;
+using std::chrono::seconds;
+using Kind = v1::CoordinatorMessage::KindCase;
+
+const std::string kTiny = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";  // no tokenizer
+const std::string kShakespeare = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
+
+CoordinatorOptions Options(const std::string& model, int world) {
+  CoordinatorOptions o;
+  o.model_dir = model;
+  o.world_size = world;
+  o.listen = "127.0.0.1:0";
+  o.cluster_listen = "127.0.0.1:0";
+  o.metrics_listen = "";
+  o.heartbeat_timeout_s = 60;  // tests that check liveness lower it
+  o.drain_timeout_s = 1;
+  return o;
+}
+
+class FakeClusterTest : public ::testing::Test {
+ protected:
+  void Start(const CoordinatorOptions& o) {
+    absl::StatusOr<std::unique_ptr<CoordinatorServer>> s = CoordinatorServer::Start(o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = std::move(*s);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->ports().public_port),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Inference::NewStub(channel_);
+  }
+
+  // Registers and loads `world` fake ranks; returns once the coordinator is SERVING.
+  std::vector<std::unique_ptr<FakeWorker>> FormCluster(int world) {
+    std::vector<std::unique_ptr<FakeWorker>> w;
+    for (int r = 0; r < world; ++r) w.push_back(std::make_unique<FakeWorker>(server_->ports().cluster_port, r, world));
+    for (auto& x : w) x->StartRegister();
+    for (auto& x : w) EXPECT_TRUE(x->FinishRegister().ok());
+    for (auto& x : w) x->Connect();
+    EXPECT_TRUE(PollUntil([&] { return Health() == kServing; }, seconds(10)));
+    return w;
+  }
+
+  int Health() { return HealthStatus(channel_); }
+
+  v1::ClusterInfo ClusterInfo() {
+    grpc::ClientContext ctx;
+    v1::ClusterInfo info;
+    EXPECT_TRUE(stub_->GetClusterInfo(&ctx, {}, &info).ok());
+    return info;
+  }
+
+  v1::Stats Stats() {
+    grpc::ClientContext ctx;
+    v1::Stats s;
+    EXPECT_TRUE(stub_->GetStats(&ctx, {}, &s).ok());
+    return s;
+  }
+
+  std::future<GenerateCall> GenerateAsync(v1::GenerateRequest r, Millis deadline = Millis(30000),
+                                          grpc::ClientContext* ctx = nullptr) {
+    return std::async(std::launch::async, [this, r, deadline, ctx] { return RunGenerate(*stub_, r, deadline, ctx); });
+  }
+
+  std::unique_ptr<CoordinatorServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+};
+
+TEST_F(FakeClusterTest, HealthFollowsRegistrationLoadingAndRankLoss) {
+  Start(Options(kTiny, 2));
+  EXPECT_EQ(Health(), kNotServing);
+  GenerateCall early = RunGenerate(*stub_, IdsRequest({1, 2, 3}, 2), Millis(5000));
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE) << early.status.error_message();
+  EXPECT_NE(early.status.error_message().find("0 of 2 ranks registered"), std::string::npos)
+      << early.status.error_message();
+
+  FakeWorker w0(server_->ports().cluster_port, 0, 2), w1(server_->ports().cluster_port, 1, 2);
+  w0.StartRegister(kTiny);
+  EXPECT_TRUE(PollUntil([&] { return RunGenerate(*stub_, IdsRequest({1}, 1), Millis(5000)).status.error_message().find(
+                                         "1 of 2 ranks registered") != std::string::npos; },
+                        seconds(10)));
+  EXPECT_EQ(Health(), kNotServing);
+  w1.StartRegister();
+  v1::RegisterResponse r0, r1;
+  ASSERT_TRUE(w0.FinishRegister(&r0).ok());
+  ASSERT_TRUE(w1.FinishRegister(&r1).ok());
+  // Both get the plan placement.h computes for the model (4 layers, 8 experts) over 2 ranks.
+  const std::string expected_plan = ValueOrThrow(PlacementPlan::Make(4, 8, 2)).ToJson().dump();
+  EXPECT_EQ(r0.placement_json(), expected_plan);
+  EXPECT_EQ(r1.placement_json(), expected_plan);
+  EXPECT_EQ(r0.model_dir(), kTiny);
+
+  w0.Connect();
+  ASSERT_TRUE(PollUntil([&] { return ClusterInfo().ranks(0).loaded(); }, seconds(10)));
+  EXPECT_EQ(Health(), kNotServing);  // rank 1 has not loaded
+  EXPECT_FALSE(ClusterInfo().serving());
+  w1.Connect();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kServing; }, seconds(10)));
+  v1::ClusterInfo info = ClusterInfo();
+  EXPECT_TRUE(info.serving());
+  ASSERT_EQ(info.ranks_size(), 2);
+  EXPECT_TRUE(info.ranks(1).alive());
+  EXPECT_EQ(info.ranks(1).weight_bytes(), 12345);
+  EXPECT_EQ(info.ranks(0).host(), "fake-host");
+  const PlacementPlan plan = ValueOrThrow(PlacementPlan::Make(4, 8, 2));
+  EXPECT_EQ(std::vector<int64_t>(info.ranks(1).experts_layer0().begin(), info.ranks(1).experts_layer0().end()),
+            plan.experts_on_rank(0, 1));
+
+  // A request runs on the rank with the least reserved KV (a tie: rank 0).
+  std::future<GenerateCall> call = GenerateAsync(IdsRequest({1, 2, 3}, 2));
+  std::optional<v1::CoordinatorMessage> assign = w0.WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(assign);
+  EXPECT_EQ(std::vector<int32_t>(assign->assign().prompt().begin(), assign->assign().prompt().end()),
+            std::vector<int32_t>({1, 2, 3}));
+  EXPECT_EQ(assign->assign().max_tokens(), 2u);
+  w0.SendTokens(assign->assign().seq_id(), {5});
+  w0.SendTokens(assign->assign().seq_id(), {6});
+  w0.SendFinished(assign->assign().seq_id(), v1::Finished::REASON_LENGTH);
+  GenerateCall done = call.get();
+  ASSERT_TRUE(done.status.ok()) << done.status.error_message();
+  EXPECT_EQ(done.token_ids(), std::vector<int32_t>({5, 6}));
+  EXPECT_EQ(done.responses.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(done.responses.back().usage().prompt_tokens(), 3u);
+  EXPECT_EQ(done.responses.back().usage().completion_tokens(), 2u);
+  EXPECT_FALSE(done.responses.front().request_id().empty());
+
+  // Rank 1 crashes: NOT_SERVING, new requests UNAVAILABLE, the survivor is told to shut down.
+  w1.Drop();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kNotServing; }, seconds(10)));
+  GenerateCall after = RunGenerate(*stub_, IdsRequest({1, 2, 3}, 2), Millis(5000));
+  EXPECT_EQ(after.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(after.status.error_message().find("rank 1 lost"), std::string::npos) << after.status.error_message();
+  EXPECT_TRUE(w0.WaitFor(Kind::kShutdown, Millis(10000)));
+  EXPECT_FALSE(ClusterInfo().ranks(1).alive());
+}
+
+TEST_F(FakeClusterTest, InFlightRequestEndsUnavailableWhenARankIsLost) {
+  Start(Options(kTiny, 2));
+  auto w = FormCluster(2);
+  std::future<GenerateCall> call = GenerateAsync(IdsRequest({4, 5}, 8));
+  ASSERT_TRUE(w[0]->WaitFor(Kind::kAssign, Millis(10000)));
+  w[1]->Drop();
+  GenerateCall done = call.get();
+  EXPECT_EQ(done.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(done.status.error_message().find("rank 1 lost"), std::string::npos) << done.status.error_message();
+}
+
+TEST_F(FakeClusterTest, ANewWorkerJobIsPickedUpAfterALoss) {
+  Start(Options(kTiny, 1));
+  auto first = FormCluster(1);
+  first[0]->Drop();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kNotServing; }, seconds(10)));
+  auto second = FormCluster(1);
+  EXPECT_EQ(Health(), kServing);
+  second[0]->AutoRespond(3);
+  GenerateCall done = RunGenerate(*stub_, IdsRequest({7}, 3), Millis(10000));
+  ASSERT_TRUE(done.status.ok()) << done.status.error_message();
+  EXPECT_EQ(done.token_ids(), std::vector<int32_t>({100, 101, 102}));
+}
+
+TEST_F(FakeClusterTest, FullQueueIsResourceExhaustedAndFreedSlotsRefillInOrder) {
+  CoordinatorOptions o = Options(kTiny, 1);
+  o.max_running_per_rank = 1;
+  o.max_waiting = 2;
+  Start(o);
+  auto w = FormCluster(1);
+  std::vector<std::future<GenerateCall>> calls;
+  calls.push_back(GenerateAsync(IdsRequest({10}, 1)));
+  std::optional<v1::CoordinatorMessage> first = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(first);
+  calls.push_back(GenerateAsync(IdsRequest({11}, 1)));
+  ASSERT_TRUE(PollUntil([&] { return Stats().requests_waiting() == 1; }, seconds(10)));
+  calls.push_back(GenerateAsync(IdsRequest({12}, 1)));
+  ASSERT_TRUE(PollUntil([&] { return Stats().requests_waiting() == 2; }, seconds(10)));
+  EXPECT_EQ(Stats().requests_running(), 1);
+
+  GenerateCall rejected = RunGenerate(*stub_, IdsRequest({13}, 1), Millis(5000));
+  EXPECT_EQ(rejected.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(rejected.status.error_message(), "queue full (2 waiting)");
+
+  // Each finish frees the rank's only slot; the next Assign is the oldest waiting request.
+  std::vector<int32_t> order = {first->assign().prompt(0)};
+  uint64_t seq = first->assign().seq_id();
+  for (int i = 0; i < 3; ++i) {
+    w[0]->SendTokens(seq, {50 + i});
+    w[0]->SendFinished(seq, v1::Finished::REASON_LENGTH);
+    if (i == 2) break;
+    std::optional<v1::CoordinatorMessage> next = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+    ASSERT_TRUE(next);
+    order.push_back(next->assign().prompt(0));
+    seq = next->assign().seq_id();
+  }
+  EXPECT_EQ(order, std::vector<int32_t>({10, 11, 12}));
+  for (int i = 0; i < 3; ++i) {
+    GenerateCall c = calls[i].get();
+    ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+    EXPECT_EQ(c.token_ids(), std::vector<int32_t>({50 + i}));
+  }
+}
+
+TEST_F(FakeClusterTest, DeadlineSendsCancelToTheWorkerAndFreesTheSlot) {
+  Start(Options(kTiny, 1));
+  auto w = FormCluster(1);
+  std::future<GenerateCall> call = GenerateAsync(IdsRequest({1, 2}, 100), Millis(300));
+  std::optional<v1::CoordinatorMessage> assign = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(assign);
+  GenerateCall done = call.get();  // the worker never answers
+  EXPECT_EQ(done.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  std::optional<v1::CoordinatorMessage> cancel = w[0]->WaitFor(Kind::kCancel, Millis(10000));
+  ASSERT_TRUE(cancel);
+  EXPECT_EQ(cancel->cancel().seq_id(), assign->assign().seq_id());
+  EXPECT_EQ(Stats().requests_running(), 1);  // until the worker confirms
+  w[0]->SendFinished(assign->assign().seq_id(), v1::Finished::REASON_CANCELLED);
+  EXPECT_TRUE(PollUntil([&] { return Stats().requests_running() == 0; }, seconds(10)));
+}
+
+TEST_F(FakeClusterTest, ClientCancellationSendsCancelToTheWorker) {
+  Start(Options(kTiny, 1));
+  auto w = FormCluster(1);
+  grpc::ClientContext ctx;
+  std::promise<void> got_first;
+  std::future<GenerateCall> call = std::async(std::launch::async, [&] {
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    GenerateCall c;
+    auto reader = stub_->Generate(&ctx, IdsRequest({3, 4}, 50));
+    v1::GenerateResponse r;
+    bool first = true;
+    while (reader->Read(&r)) {
+      c.responses.push_back(r);
+      if (first) got_first.set_value();
+      first = false;
+    }
+    c.status = reader->Finish();
+    return c;
+  });
+  std::optional<v1::CoordinatorMessage> assign = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(assign);
+  w[0]->SendTokens(assign->assign().seq_id(), {9});
+  ASSERT_EQ(got_first.get_future().wait_for(seconds(10)), std::future_status::ready);
+  ctx.TryCancel();
+  GenerateCall done = call.get();
+  EXPECT_EQ(done.status.error_code(), grpc::StatusCode::CANCELLED);
+  std::optional<v1::CoordinatorMessage> cancel = w[0]->WaitFor(Kind::kCancel, Millis(10000));
+  ASSERT_TRUE(cancel);
+  EXPECT_EQ(cancel->cancel().seq_id(), assign->assign().seq_id());
+}
+
+TEST_F(FakeClusterTest, StopSequenceCutsTheTextAndCancelsTheWorker) {
+  Start(Options(kShakespeare, 1));
+  auto w = FormCluster(1);
+  std::ifstream f(kShakespeare + "/samples.json");
+  const nlohmann::json sample = nlohmann::json::parse(f)["greedy_samples"][0];
+  const std::vector<int32_t> ids = sample["greedy_ids"];
+  const std::string generated = sample["greedy_text"].get<std::string>().substr(sample["prompt"].get<std::string>().size());
+
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text(sample["prompt"]);
+  r.mutable_sampling()->set_max_tokens(static_cast<uint32_t>(ids.size()));
+  r.mutable_sampling()->add_stop("RICHARD");
+  std::future<GenerateCall> call = GenerateAsync(r);
+  std::optional<v1::CoordinatorMessage> assign = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(assign);
+  EXPECT_EQ(std::vector<int32_t>(assign->assign().prompt().begin(), assign->assign().prompt().end()),
+            sample["prompt_ids"].get<std::vector<int32_t>>());
+  for (int32_t id : ids) w[0]->SendTokens(assign->assign().seq_id(), {id});
+  std::optional<v1::CoordinatorMessage> cancel = w[0]->WaitFor(Kind::kCancel, Millis(10000));
+  ASSERT_TRUE(cancel);
+  w[0]->SendFinished(assign->assign().seq_id(), v1::Finished::REASON_CANCELLED);
+  GenerateCall done = call.get();
+  ASSERT_TRUE(done.status.ok()) << done.status.error_message();
+  EXPECT_EQ(done.text(), generated.substr(0, generated.find("RICHARD")));
+  EXPECT_EQ(done.responses.back().finish_reason(), v1::FINISH_REASON_STOP_SEQUENCE);
+}
+
+TEST_F(FakeClusterTest, WorkerStopAndErrorFinishes) {
+  Start(Options(kTiny, 1));
+  auto w = FormCluster(1);
+  std::future<GenerateCall> stop = GenerateAsync(IdsRequest({1}, 5));
+  auto a = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(a);
+  w[0]->SendTokens(a->assign().seq_id(), {2});
+  w[0]->SendFinished(a->assign().seq_id(), v1::Finished::REASON_STOP);
+  GenerateCall s = stop.get();
+  ASSERT_TRUE(s.status.ok());
+  EXPECT_EQ(s.responses.back().finish_reason(), v1::FINISH_REASON_STOP);
+
+  std::future<GenerateCall> error = GenerateAsync(IdsRequest({1}, 5));
+  a = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(a);
+  w[0]->SendFinished(a->assign().seq_id(), v1::Finished::REASON_ERROR, "kv cache too small");
+  GenerateCall e = error.get();
+  EXPECT_EQ(e.status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_NE(e.status.error_message().find("kv cache too small"), std::string::npos);
+}
+
+TEST_F(FakeClusterTest, BadRequestsAreInvalidArgumentBeforeAnythingIsQueued) {
+  Start(Options(kTiny, 1));
+  auto w = FormCluster(1);
+  v1::GenerateRequest r = IdsRequest({1, 2}, 4);
+  r.mutable_sampling()->set_top_p(2.0f);
+  GenerateCall bad = RunGenerate(*stub_, r, Millis(5000));
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(bad.status.error_message().rfind("sampling.top_p: ", 0), 0u) << bad.status.error_message();
+  v1::GenerateRequest text;
+  text.mutable_prompt()->set_text("hello");
+  GenerateCall no_tok = RunGenerate(*stub_, text, Millis(5000));
+  EXPECT_EQ(no_tok.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(no_tok.status.error_message().find("model has no tokenizer: send token_ids"), std::string::npos);
+  grpc::ClientContext ctx;
+  v1::TokenizeResponse tr;
+  v1::TokenizeRequest treq;
+  treq.set_text("x");
+  EXPECT_EQ(stub_->Tokenize(&ctx, treq, &tr).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(Stats().requests_running() + Stats().requests_waiting(), 0);
+}
+
+TEST_F(FakeClusterTest, ScoreAndScoreRollingAssembleTheWorkersLogprobs) {
+  CoordinatorOptions o = Options(kTiny, 2);
+  o.max_waiting = 4;
+  Start(o);
+  auto w = FormCluster(2);
+  for (auto& x : w) x->AutoRespond(0);  // Scored: logprob -0.1 * position, argmax = even id
+
+  v1::ScoreRequest req;
+  auto add = [&](std::vector<int32_t> ctx, std::vector<int32_t> cont) {
+    v1::ScoreItem* it = req.add_items();
+    it->mutable_context()->mutable_token_ids()->mutable_ids()->Assign(ctx.begin(), ctx.end());
+    it->mutable_continuation()->mutable_token_ids()->mutable_ids()->Assign(cont.begin(), cont.end());
+  };
+  add({1, 2, 3}, {4, 5});
+  add({7}, {8});
+  grpc::ClientContext ctx;
+  v1::ScoreResponse resp;
+  grpc::Status s = stub_->Score(&ctx, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.results_size(), 2);
+  // Item 0: continuation tokens at positions 3 and 4.
+  EXPECT_EQ(std::vector<int32_t>(resp.results(0).continuation_token_ids().begin(),
+                                 resp.results(0).continuation_token_ids().end()),
+            std::vector<int32_t>({4, 5}));
+  ASSERT_EQ(resp.results(0).logprobs_size(), 2);
+  EXPECT_FLOAT_EQ(resp.results(0).logprobs(0), -0.3f);
+  EXPECT_FLOAT_EQ(resp.results(0).logprobs(1), -0.4f);
+  EXPECT_NEAR(resp.results(0).sum_logprob(), -0.7, 1e-6);
+  EXPECT_FALSE(resp.results(0).is_greedy());  // 5 is odd
+  ASSERT_EQ(resp.results(1).logprobs_size(), 1);
+  EXPECT_FLOAT_EQ(resp.results(1).logprobs(0), -0.1f);
+  EXPECT_TRUE(resp.results(1).is_greedy());
+
+  v1::ScoreRollingRequest roll;
+  for (const std::vector<int32_t>& ids : {std::vector<int32_t>{1, 2, 3, 4, 5}, std::vector<int32_t>{9}}) {
+    roll.add_texts()->mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.end());
+  }
+  grpc::ClientContext ctx2;
+  v1::ScoreRollingResponse rr;
+  s = stub_->ScoreRolling(&ctx2, roll, &rr);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(rr.results_size(), 2);
+  EXPECT_EQ(rr.results(0).num_scored_tokens(), 4u);
+  EXPECT_NEAR(rr.results(0).sum_logprob(), -(0.1 + 0.2 + 0.3 + 0.4), 1e-6);
+  EXPECT_EQ(rr.results(1).num_scored_tokens(), 0u);
+
+  // Longer than the 4096-token context: windows [0, 4096) and [904, 5000) (score_windows.h); the
+  // fake's logprob is -0.1 x the position inside the window.
+  v1::ScoreRollingRequest long_text;
+  std::vector<int32_t> ids(5000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i % 1000);
+  long_text.add_texts()->mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.end());
+  grpc::ClientContext ctx4;
+  s = stub_->ScoreRolling(&ctx4, long_text, &rr);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(rr.results_size(), 1);
+  ASSERT_EQ(rr.results(0).logprobs_size(), 4999);
+  double expected_sum = 0;
+  for (int t = 1; t < 5000; ++t) {
+    const float expected = -0.1f * static_cast<float>(t < 4096 ? t : t - 904);
+    expected_sum += expected;
+    ASSERT_FLOAT_EQ(rr.results(0).logprobs(t - 1), expected) << t;
+  }
+  EXPECT_NEAR(rr.results(0).sum_logprob(), expected_sum, 1e-3);
+
+  // More items than the queue can ever hold.
+  for (int i = 0; i < 3; ++i) add({1}, {2});
+  grpc::ClientContext ctx3;
+  s = stub_->Score(&ctx3, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message().rfind("items: ", 0), 0u) << s.error_message();
+}
+
+TEST_F(FakeClusterTest, FortyConcurrentStreams) {
+  Start(Options(kTiny, 2));
+  auto w = FormCluster(2);
+  for (auto& x : w) x->AutoRespond(4);
+  std::vector<std::future<GenerateCall>> calls;
+  for (int i = 0; i < 40; ++i) calls.push_back(GenerateAsync(IdsRequest({1 + i, 2}, 4), Millis(60000)));
+  for (auto& c : calls) {
+    GenerateCall r = c.get();
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.token_ids(), std::vector<int32_t>({100, 101, 102, 103}));
+    EXPECT_EQ(r.responses.back().finish_reason(), v1::FINISH_REASON_LENGTH);
+  }
+  const v1::Stats s = Stats();
+  EXPECT_EQ(s.requests_finished(), 40u);
+  EXPECT_EQ(s.generation_tokens_total(), 160u);
+  EXPECT_EQ(s.prompt_tokens_total(), 80u);
+  EXPECT_EQ(s.time_to_first_token().count(), 40u);
+  EXPECT_EQ(s.inter_token_latency().count(), 40u * 3);  // every token after each request's first
+  EXPECT_EQ(s.e2e_request_latency().count(), 40u);
+  EXPECT_GT(s.generation_tokens_per_second(), 0.0);
+  EXPECT_EQ(s.requests_running(), 0);
+}
+
+TEST_F(FakeClusterTest, StatsCarryKvUseAndRankZerosLoadStatistics) {
+  Start(Options(kTiny, 2));
+  auto w = FormCluster(2);
+  // Real LoadStats JSON (4 layers, 8 experts, 2 ranks), as a worker's heartbeat carries it.
+  const std::string load_json = LoadStats(4, 8, 2).ToJson().dump();
+  w[0]->SendHeartbeat(250, 1000, load_json, 17);
+  w[1]->SendHeartbeat(50, 1000, load_json, 17);
+  ASSERT_TRUE(PollUntil([&] { return Stats().engine_steps() == 17 && Stats().ranks(1).kv_blocks_used() == 50; },
+                        seconds(10)));
+  const v1::Stats s = Stats();
+  EXPECT_DOUBLE_EQ(s.kv_cache_usage(), 300.0 / 2000.0);
+  ASSERT_EQ(s.ranks_size(), 2);
+  EXPECT_EQ(s.ranks(0).kv_blocks_used(), 250);
+  EXPECT_EQ(s.ranks(0).kv_blocks_total(), 1000);
+  ASSERT_EQ(s.layers_size(), 4);
+  EXPECT_EQ(s.layers(3).layer(), 3);
+  EXPECT_EQ(s.layers(0).expert_tokens_size(), 8);
+  EXPECT_EQ(s.layers(0).rank_rows_size(), 2);
+
+  // Values are carried over as given.
+  nlohmann::json j = nlohmann::json::parse(load_json);
+  j["layers"][1]["expert_tokens"][2] = 42;
+  j["layers"][1]["rank_rows"][1] = 7;
+  j["layers"][1]["last_step"]["imbalance"] = 1.5;
+  j["layers"][1]["mean"]["expert_cv2"] = 0.25;
+  w[0]->SendHeartbeat(250, 1000, j.dump(), 18);
+  ASSERT_TRUE(PollUntil([&] { return Stats().engine_steps() == 18; }, seconds(10)));
+  const v1::Stats t = Stats();
+  EXPECT_EQ(t.layers(1).expert_tokens(2), 42);
+  EXPECT_EQ(t.layers(1).rank_rows(1), 7);
+  EXPECT_DOUBLE_EQ(t.layers(1).last_imbalance(), 1.5);
+  EXPECT_DOUBLE_EQ(t.layers(1).mean_expert_cv2(), 0.25);
+}
+
+TEST_F(FakeClusterTest, SilentRankIsLostAfterTheHeartbeatTimeout) {
+  CoordinatorOptions o = Options(kTiny, 1);
+  o.heartbeat_timeout_s = 1.0;
+  Start(o);
+  auto w = FormCluster(1);
+  w[0]->StartHeartbeats(Millis(50));
+  // Heartbeats keep it serving over more than two timeouts.
+  EXPECT_FALSE(PollUntil([&] { return Health() != kServing; }, Millis(2500)));
+  w[0]->StopHeartbeats();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kNotServing; }, seconds(10)));
+  EXPECT_TRUE(w[0]->WaitFor(Kind::kShutdown, Millis(10000)));
+  GenerateCall after = RunGenerate(*stub_, IdsRequest({1}, 1), Millis(5000));
+  EXPECT_EQ(after.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(after.status.error_message().find("no heartbeat"), std::string::npos) << after.status.error_message();
+}
+
+TEST_F(FakeClusterTest, RegistrationsThatDoNotFitTheJobAreRefused) {
+  Start(Options(kTiny, 2));
+  FakeWorker wrong_world(server_->ports().cluster_port, 0, 3);
+  wrong_world.StartRegister();
+  grpc::Status s = wrong_world.FinishRegister();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(s.error_message().rfind("world_size: ", 0), 0u) << s.error_message();
+  FakeWorker wrong_model(server_->ports().cluster_port, 0, 2);
+  wrong_model.StartRegister(kShakespeare);
+  s = wrong_model.FinishRegister();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(s.error_message().rfind("model_dir: ", 0), 0u) << s.error_message();
+}
+
+// Plain HTTP GET of the metrics page.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  if (write(fd, req.data(), req.size()) < 0) {
+    close(fd);
+    return "";
+  }
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return out;
+}
+
+TEST_F(FakeClusterTest, PrometheusMetricsUseTheMoePrefixAndBaseUnits) {
+  CoordinatorOptions o = Options(kTiny, 1);
+  o.metrics_listen = "127.0.0.1:0";
+  Start(o);
+  ASSERT_GT(server_->ports().metrics_port, 0);
+  auto w = FormCluster(1);
+  w[0]->AutoRespond(3);
+  GenerateCall c = RunGenerate(*stub_, IdsRequest({1, 2}, 3), Millis(10000));
+  ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+  w[0]->SendHeartbeat(100, 400);
+  ASSERT_TRUE(PollUntil([&] { return Stats().kv_cache_usage() > 0; }, seconds(10)));
+  const std::string page = HttpGet(server_->ports().metrics_port, "/metrics");
+  for (const char* needle :
+       {"moe_time_to_first_token_seconds_bucket", "moe_inter_token_latency_seconds_count 2",
+        "moe_e2e_request_latency_seconds_count 1", "moe_num_requests_waiting 0", "moe_num_requests_running 0",
+        "moe_kv_cache_usage_ratio 0.25", "moe_prompt_tokens_total 2", "moe_generation_tokens_total 3",
+        "moe_request_success_total{finish_reason=\"length\"} 1",
+        "moe_request_success_total{finish_reason=\"stop_sequence\"} 0"}) {
+    EXPECT_NE(page.find(needle), std::string::npos) << needle << "\n" << page;
+  }
+}
+
+}  // namespace
+}  // namespace moe

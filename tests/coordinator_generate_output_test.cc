@@ -1,0 +1,159 @@
+// The public stream built from a worker's Tokens: with the model's real tokenizer and its
+// recorded greedy continuations (samples.json, produced by the Python tooling), the text deltas
+// add up to the recorded text, and a stop string cuts it where std::string::find says, however
+// the tokens are grouped into messages.
+#include "coordinator/generate_output.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+namespace moe {
+namespace {
+
+const std::string kShakespeare = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
+
+struct Sample {
+  std::string prompt;
+  std::vector<int32_t> prompt_ids, greedy_ids;
+  std::string greedy_text;  // prompt + generated text
+};
+
+std::vector<Sample> LoadSamples() {
+  std::ifstream f(kShakespeare + "/samples.json");
+  const nlohmann::json j = nlohmann::json::parse(f);
+  std::vector<Sample> out;
+  for (const auto& s : j["greedy_samples"]) {
+    out.push_back({s["prompt"], s["prompt_ids"], s["greedy_ids"], s["greedy_text"]});
+  }
+  return out;
+}
+
+class GenerateOutputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_ = ValueOrThrow(ModelConfig::FromModelDir(kShakespeare));
+    codec_ = ValueOrThrow(LoadTextCodec(kShakespeare));
+    samples_ = LoadSamples();
+    ASSERT_FALSE(samples_.empty());
+  }
+
+  GenerateJob Job(const Sample& s, std::vector<std::string> stop = {}, bool logprobs = false) {
+    GenerateJob job;
+    job.assign.mutable_prompt()->Assign(s.prompt_ids.begin(), s.prompt_ids.end());
+    job.assign.set_max_tokens(static_cast<uint32_t>(s.greedy_ids.size()));
+    job.stop = std::move(stop);
+    job.want_logprobs = logprobs;
+    return job;
+  }
+
+  // Feeds the sample's tokens `group` at a time; returns the concatenated text and whether a stop
+  // sequence ended the stream (then the finish reason is STOP_SEQUENCE), plus the last message.
+  struct Streamed {
+    std::string text;
+    std::vector<int32_t> ids;
+    v1::GenerateResponse last;
+  };
+  Streamed Stream(const Sample& s, const GenerateJob& job, size_t group) {
+    RequestModel model{config_, codec_.get()};
+    GenerateOutput out(job, model, "r1");
+    Streamed r;
+    for (size_t i = 0; i < s.greedy_ids.size(); i += group) {
+      v1::Tokens t;
+      for (size_t k = i; k < std::min(i + group, s.greedy_ids.size()); ++k) {
+        t.add_token_ids(s.greedy_ids[k]);
+        t.add_logprobs(-0.5f);
+      }
+      v1::GenerateResponse resp;
+      absl::StatusOr<bool> stopped = out.AddTokens(t, resp);
+      EXPECT_TRUE(stopped.ok()) << stopped.status();
+      EXPECT_EQ(resp.request_id(), "r1");
+      r.text += resp.text();
+      r.ids.insert(r.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
+      if (*stopped) {
+        out.Finish(v1::FINISH_REASON_STOP_SEQUENCE, r.last);
+        r.text += r.last.text();
+        return r;
+      }
+    }
+    out.Finish(v1::FINISH_REASON_LENGTH, r.last);
+    r.text += r.last.text();
+    return r;
+  }
+
+  ModelConfig config_;
+  std::shared_ptr<const TextCodec> codec_;
+  std::vector<Sample> samples_;
+};
+
+TEST_F(GenerateOutputTest, DeltasAddUpToTheRecordedText) {
+  for (const Sample& s : samples_) {
+    const std::string generated = s.greedy_text.substr(s.prompt.size());
+    for (size_t group : {1, 3, 100}) {
+      Streamed r = Stream(s, Job(s), group);
+      EXPECT_EQ(r.text, generated) << "group " << group;
+      EXPECT_EQ(r.ids, s.greedy_ids);
+      EXPECT_EQ(r.last.finish_reason(), v1::FINISH_REASON_LENGTH);
+      EXPECT_EQ(r.last.usage().prompt_tokens(), s.prompt_ids.size());
+      EXPECT_EQ(r.last.usage().completion_tokens(), s.greedy_ids.size());
+    }
+  }
+}
+
+TEST_F(GenerateOutputTest, StopStringIsCutOutWhereverTheTokensSplitIt) {
+  const Sample& s = samples_[0];
+  const std::string generated = s.greedy_text.substr(s.prompt.size());
+  // Stop strings that span token boundaries, found in the recorded text by plain find().
+  for (const std::string& stop : {std::string("RICHARD"), std::string("not so"), std::string("\n\n"),
+                                 std::string("I,\nTo")}) {
+    const size_t at = generated.find(stop);
+    ASSERT_NE(at, std::string::npos) << stop;
+    for (size_t group : {1, 2, 5}) {
+      Streamed r = Stream(s, Job(s, {stop, "never appears"}), group);
+      EXPECT_EQ(r.text, generated.substr(0, at)) << "stop '" << stop << "' group " << group;
+      EXPECT_EQ(r.last.finish_reason(), v1::FINISH_REASON_STOP_SEQUENCE);
+      // The tokens up to the one that completed the stop string were sent, none after it.
+      EXPECT_LT(r.ids.size(), s.greedy_ids.size());
+      EXPECT_EQ(r.last.usage().completion_tokens(), r.ids.size());
+    }
+  }
+}
+
+TEST_F(GenerateOutputTest, LogprobsCarryTheAlternativesText) {
+  const Sample& s = samples_[0];
+  RequestModel model{config_, codec_.get()};
+  GenerateOutput out(Job(s, {}, /*logprobs=*/true), model, "r2");
+  v1::Tokens t;
+  t.add_token_ids(s.greedy_ids[1]);
+  t.add_logprobs(-0.25f);
+  v1::WorkerTopLogprob* alt = t.add_top()->add_alternatives();
+  alt->set_token_id(s.greedy_ids[1]);
+  alt->set_logprob(-0.25f);
+  alt = t.mutable_top(0)->add_alternatives();
+  alt->set_token_id(870);
+  alt->set_logprob(-3.0f);
+  v1::GenerateResponse resp;
+  ASSERT_TRUE(out.AddTokens(t, resp).ok());
+  ASSERT_EQ(resp.logprobs_size(), 1);
+  EXPECT_EQ(resp.logprobs(0).token_id(), s.greedy_ids[1]);
+  EXPECT_EQ(resp.logprobs(0).logprob(), -0.25f);
+  ASSERT_EQ(resp.logprobs(0).top_size(), 2);
+  EXPECT_EQ(resp.logprobs(0).top(1).token_id(), 870);
+  EXPECT_EQ(resp.logprobs(0).top(1).text(), codec_->Decode(std::vector<int32_t>{870}));
+  EXPECT_EQ(resp.logprobs(0).top(1).logprob(), -3.0f);
+}
+
+TEST_F(GenerateOutputTest, WorkerIdsOutsideTheVocabularyAreAnError) {
+  RequestModel model{config_, codec_.get()};
+  GenerateOutput out(Job(samples_[0]), model, "r3");
+  v1::Tokens t;
+  t.add_token_ids(5000);
+  t.add_logprobs(0);
+  v1::GenerateResponse resp;
+  EXPECT_EQ(out.AddTokens(t, resp).status().code(), absl::StatusCode::kInternal);
+}
+
+}  // namespace
+}  // namespace moe

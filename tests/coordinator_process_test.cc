@@ -1,0 +1,172 @@
+// The moe-coordinator program: command-line errors (exit 2), port 0 with the ports file, and a
+// clean exit 0 on SIGTERM after draining (in-flight requests end UNAVAILABLE, every worker gets
+// Shutdown). Workers are FAKE (cluster.proto played by the test).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+#include "coordinator_fake_worker.h"
+
+namespace moe {
+namespace {
+
+using namespace testing_fake;
+using std::chrono::seconds;
+
+const std::string kBinary = std::string(MOE_BINARY_DIR) + "/coordinator/moe-coordinator";
+const std::string kTiny = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";
+
+class Process {
+ public:
+  explicit Process(const std::vector<std::string>& args, const std::string& stderr_path) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* err = freopen(stderr_path.c_str(), "w", stderr);
+      (void)err;
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(kBinary.c_str()));
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(kBinary.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  void Signal(int sig) { kill(pid_, sig); }
+  // The exit status, or -1 if it is still running at the timeout.
+  int Wait(std::chrono::milliseconds timeout) {
+    int status = 0;
+    const bool done = PollUntil([&] { return waitpid(pid_, &status, WNOHANG) == pid_; }, timeout);
+    if (!done) return -1;
+    exited_ = true;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  bool exited_ = false;
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string TempPath(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / (name + "." + std::to_string(getpid()))).string();
+}
+
+TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
+  const std::string err = TempPath("coord_err");
+  {
+    Process p({"--world-size", "2"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--model"), std::string::npos) << ReadFile(err);
+  }
+  {
+    Process p({"--model", kTiny, "--world-size", "0"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--world-size"), std::string::npos) << ReadFile(err);
+  }
+  {
+    Process p({"--model", kTiny, "--world-size", "1", "--max-waiting", "x"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--max-waiting"), std::string::npos) << ReadFile(err);
+  }
+  {
+    Process p({"--model", "/nonexistent/model", "--world-size", "1", "--listen", "0", "--cluster-listen", "0",
+               "--metrics-listen", "none"},
+              err);
+    EXPECT_EQ(p.Wait(seconds(20)), 1);
+    EXPECT_NE(ReadFile(err).find("/nonexistent/model"), std::string::npos) << ReadFile(err);
+  }
+  std::filesystem::remove(err);
+}
+
+TEST(CoordinatorProcessTest, PortsFileThenDrainAndCleanExitOnSigterm) {
+  const std::string ports_file = TempPath("coord_ports");
+  const std::string err = TempPath("coord_err2");
+  std::filesystem::remove(ports_file);
+  Process p({"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
+             "--metrics-listen", "127.0.0.1:0", "--ports-file", ports_file},
+            err);
+  ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file); }, seconds(30))) << ReadFile(err);
+  const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
+  const int public_port = ports["public"], cluster_port = ports["cluster"];
+  EXPECT_GT(public_port, 0);
+  EXPECT_GT(cluster_port, 0);
+  EXPECT_GT(ports["metrics"].get<int>(), 0);
+  // The same line on stderr.
+  EXPECT_NE(ReadFile(err).find(ReadFile(ports_file).substr(0, ReadFile(ports_file).size() - 1)), std::string::npos);
+
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", public_port), grpc::InsecureChannelCredentials());
+  auto stub = v1::Inference::NewStub(channel);
+  EXPECT_EQ(HealthStatus(channel), kNotServing);
+  FakeWorker w(cluster_port, 0, 1);
+  w.StartRegister();
+  ASSERT_TRUE(w.FinishRegister().ok());
+  w.Connect();
+  ASSERT_TRUE(PollUntil([&] { return HealthStatus(channel) == kServing; }, seconds(10)));
+
+  // One request in flight that the worker never finishes.
+  auto call = std::async(std::launch::async, [&] { return RunGenerate(*stub, IdsRequest({1, 2}, 8), Millis(30000)); });
+  ASSERT_TRUE(w.WaitFor(v1::CoordinatorMessage::kAssign, Millis(10000)));
+  p.Signal(SIGTERM);
+  // Draining: the request is cut off after the drain timeout, the worker is told to shut down.
+  GenerateCall done = call.get();
+  EXPECT_EQ(done.status.error_code(), grpc::StatusCode::UNAVAILABLE) << done.status.error_message();
+  ASSERT_TRUE(w.WaitFor(v1::CoordinatorMessage::kShutdown, Millis(15000)));
+  EXPECT_TRUE(w.CloseGracefully().ok());
+  EXPECT_EQ(p.Wait(seconds(15)), 0) << ReadFile(err);
+  std::filesystem::remove(ports_file);
+  std::filesystem::remove(err);
+}
+
+TEST(CoordinatorProcessTest, SigintWithoutWorkersExitsCleanly) {
+  const std::string ports_file = TempPath("coord_ports3");
+  const std::string err = TempPath("coord_err3");
+  std::filesystem::remove(ports_file);
+  Process p({"--model", kTiny, "--world-size", "2", "--listen", "0", "--cluster-listen", "0", "--metrics-listen",
+             "none", "--ports-file", ports_file},
+            err);
+  ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file); }, seconds(30))) << ReadFile(err);
+  EXPECT_EQ(nlohmann::json::parse(ReadFile(ports_file))["metrics"], 0);
+  // A rank waiting in Register (the other never comes) is released with UNAVAILABLE.
+  const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
+  FakeWorker w(ports["cluster"], 0, 2);
+  w.StartRegister();
+  auto stub = v1::Inference::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports["public"].get<int>()), grpc::InsecureChannelCredentials()));
+  ASSERT_TRUE(PollUntil([&] {
+    grpc::ClientContext ctx;
+    v1::ClusterInfo info;
+    return stub->GetClusterInfo(&ctx, {}, &info).ok() && info.ranks(0).host() == "fake-host";
+  }, seconds(10)));
+  p.Signal(SIGINT);
+  const grpc::Status s = w.FinishRegister();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_EQ(s.error_message(), "coordinator is shutting down");
+  EXPECT_EQ(p.Wait(seconds(15)), 0) << ReadFile(err);
+  std::filesystem::remove(ports_file);
+  std::filesystem::remove(err);
+}
+
+}  // namespace
+}  // namespace moe

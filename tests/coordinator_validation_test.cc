@@ -1,0 +1,291 @@
+// Request validation where requests enter the coordinator: every bad field is INVALID_ARGUMENT
+// with a message that starts with the field's path; good requests become the token ids the
+// model's own tokenizer gives (shakespeare-moe) and the sampling defaults the proto documents.
+// Also the rolling windows of ScoreRolling.
+#include "coordinator/validation.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "coordinator/score_windows.h"
+
+namespace moe {
+namespace {
+
+const std::string kShakespeare = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
+const std::string kTiny = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";  // no tokenizer
+
+class ValidationTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    shakespeare_config_ = new ModelConfig(ValueOrThrow(ModelConfig::FromModelDir(kShakespeare)));
+    tiny_config_ = new ModelConfig(ValueOrThrow(ModelConfig::FromModelDir(kTiny)));
+    codec_ = new std::shared_ptr<const TextCodec>(ValueOrThrow(LoadTextCodec(kShakespeare)));
+  }
+  static void TearDownTestSuite() {
+    delete shakespeare_config_;
+    delete tiny_config_;
+    delete codec_;
+  }
+
+  RequestModel shakespeare() const { return {*shakespeare_config_, codec_->get()}; }
+  RequestModel tiny() const { return {*tiny_config_, nullptr}; }
+
+  static v1::GenerateRequest Ids(std::vector<int32_t> ids) {
+    v1::GenerateRequest r;
+    r.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.end());
+    return r;
+  }
+
+  static ModelConfig* shakespeare_config_;
+  static ModelConfig* tiny_config_;
+  static std::shared_ptr<const TextCodec>* codec_;
+};
+ModelConfig* ValidationTest::shakespeare_config_ = nullptr;
+ModelConfig* ValidationTest::tiny_config_ = nullptr;
+std::shared_ptr<const TextCodec>* ValidationTest::codec_ = nullptr;
+
+// The status is INVALID_ARGUMENT and its message starts with "<field>: ".
+::testing::AssertionResult NamesField(const absl::Status& s, const std::string& field) {
+  if (s.code() != absl::StatusCode::kInvalidArgument) {
+    return ::testing::AssertionFailure() << "expected INVALID_ARGUMENT, got " << s;
+  }
+  if (std::string(s.message()).rfind(field + ": ", 0) != 0) {
+    return ::testing::AssertionFailure() << "message does not start with '" << field << ": ': " << s.message();
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST_F(ValidationTest, TextPromptUsesTheModelTokenizerAndProtoDefaults) {
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text("ROMEO:");
+  absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(job.ok()) << job.status();
+  // samples.json of the model: "ROMEO:" -> [870, 2007] (tokenizer_config: no BOS).
+  EXPECT_EQ(std::vector<int32_t>(job->assign.prompt().begin(), job->assign.prompt().end()),
+            std::vector<int32_t>({870, 2007}));
+  EXPECT_EQ(job->assign.kind(), v1::Assign::KIND_GENERATE);
+  EXPECT_EQ(job->assign.max_tokens(), 16u);
+  EXPECT_EQ(job->assign.temperature(), 1.0f);
+  EXPECT_EQ(job->assign.top_p(), 1.0f);
+  EXPECT_EQ(job->assign.top_k(), 0);
+  EXPECT_EQ(job->assign.seed(), 0u);
+  EXPECT_EQ(job->assign.top_logprobs(), 0u);
+  EXPECT_FALSE(job->want_logprobs);
+  EXPECT_EQ(job->reserve_positions(), 2 + 16);
+}
+
+TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
+  v1::GenerateRequest r = Ids({5, 6, 7});
+  v1::SamplingParams* s = r.mutable_sampling();
+  s->set_max_tokens(40);
+  s->set_temperature(0.0f);
+  s->set_top_k(5);
+  s->set_top_p(0.5f);
+  s->set_seed(99);
+  s->add_stop("\n\n");
+  s->add_stop_token_ids(2);
+  s->set_logprobs(0);  // set to 0: the sampled token's logprob only
+  s->set_ignore_eos(true);
+  absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->assign.max_tokens(), 40u);
+  EXPECT_EQ(job->assign.temperature(), 0.0f);
+  EXPECT_EQ(job->assign.top_k(), 5);
+  EXPECT_EQ(job->assign.top_p(), 0.5f);
+  EXPECT_EQ(job->assign.seed(), 99u);
+  EXPECT_TRUE(job->assign.ignore_eos());
+  ASSERT_EQ(job->assign.stop_token_ids_size(), 1);
+  EXPECT_EQ(job->assign.stop_token_ids(0), 2);
+  EXPECT_TRUE(job->want_logprobs);
+  EXPECT_EQ(job->stop, std::vector<std::string>({"\n\n"}));
+}
+
+TEST_F(ValidationTest, EveryBadPromptFieldIsNamed) {
+  v1::GenerateRequest none;
+  EXPECT_TRUE(NamesField(ValidateGenerate(none, shakespeare()).status(), "prompt"));
+  v1::GenerateRequest empty_text;
+  empty_text.mutable_prompt()->set_text("");
+  EXPECT_TRUE(NamesField(ValidateGenerate(empty_text, shakespeare()).status(), "prompt.text"));
+  EXPECT_TRUE(NamesField(ValidateGenerate(Ids({}), shakespeare()).status(), "prompt.token_ids"));
+  const absl::Status outside = ValidateGenerate(Ids({5, 2048}), shakespeare()).status();
+  EXPECT_TRUE(NamesField(outside, "prompt.token_ids.ids[1]"));
+  EXPECT_NE(outside.message().find("2048"), std::string::npos) << outside;
+  EXPECT_TRUE(NamesField(ValidateGenerate(Ids({-1}), shakespeare()).status(), "prompt.token_ids.ids[0]"));
+  v1::GenerateRequest long_id = Ids({1});
+  long_id.set_request_id(std::string(300, 'x'));
+  EXPECT_TRUE(NamesField(ValidateGenerate(long_id, shakespeare()).status(), "request_id"));
+}
+
+TEST_F(ValidationTest, TextNeedsATokenizer) {
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text("hello");
+  const absl::Status s = ValidateGenerate(r, tiny()).status();
+  EXPECT_TRUE(NamesField(s, "prompt.text"));
+  EXPECT_NE(s.message().find("model has no tokenizer: send token_ids"), std::string::npos) << s;
+  // Token ids still work on the tokenizer-less model.
+  EXPECT_TRUE(ValidateGenerate(Ids({3, 4}), tiny()).ok());
+  v1::GenerateRequest stop = Ids({3, 4});
+  stop.mutable_sampling()->add_stop("x");
+  EXPECT_TRUE(NamesField(ValidateGenerate(stop, tiny()).status(), "sampling.stop"));
+}
+
+TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  auto with = [&](auto set) {
+    v1::GenerateRequest r = Ids({5, 6});
+    set(*r.mutable_sampling());
+    return ValidateGenerate(r, shakespeare()).status();
+  };
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_max_tokens(0); }), "sampling.max_tokens"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_temperature(-0.5f); }), "sampling.temperature"));
+  EXPECT_TRUE(NamesField(with([&](auto& s) { s.set_temperature(nan); }), "sampling.temperature"));
+  EXPECT_TRUE(NamesField(with([&](auto& s) { s.set_temperature(inf); }), "sampling.temperature"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_top_p(0.0f); }), "sampling.top_p"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_top_p(1.5f); }), "sampling.top_p"));
+  EXPECT_TRUE(NamesField(with([&](auto& s) { s.set_top_p(nan); }), "sampling.top_p"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_top_k(-1); }), "sampling.top_k"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_logprobs(21); }), "sampling.logprobs"));
+  EXPECT_TRUE(with([](auto& s) { s.set_logprobs(20); }).ok());
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop("ok"); s.add_stop(""); }), "sampling.stop[1]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop_token_ids(4096); }), "sampling.stop_token_ids[0]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop(std::string(2000, 'a')); }), "sampling.stop[0]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { for (int i = 0; i < 65; ++i) s.add_stop("x"); }), "sampling.stop"));
+}
+
+TEST_F(ValidationTest, PromptAndMaxTokensMustFitTheContext) {
+  const int64_t context = shakespeare_config_->max_position_embeddings;  // 4096
+  v1::GenerateRequest fits = Ids(std::vector<int32_t>(context - 10, 5));
+  fits.mutable_sampling()->set_max_tokens(10);
+  EXPECT_TRUE(ValidateGenerate(fits, shakespeare()).ok());
+  fits.mutable_sampling()->set_max_tokens(11);
+  const absl::Status over = ValidateGenerate(fits, shakespeare()).status();
+  EXPECT_TRUE(NamesField(over, "sampling.max_tokens"));
+  EXPECT_NE(over.message().find(std::to_string(context)), std::string::npos) << over;
+  EXPECT_TRUE(NamesField(ValidateGenerate(Ids(std::vector<int32_t>(context, 5)), shakespeare()).status(), "prompt"));
+}
+
+// Text pairs split as lm-evaluation-harness's _encode_pair does: the whole string encoded once,
+// the continuation being what follows the context's own tokens; trailing context whitespace
+// belongs to the continuation. Token-id parts are taken as they are.
+TEST_F(ValidationTest, ScoreItemsSplitTextPairsLikeLmEvaluationHarness) {
+  v1::ScoreRequest r;
+  auto add_text = [&](const std::string& context, const std::string& continuation) {
+    v1::ScoreItem* item = r.add_items();
+    item->mutable_context()->set_text(context);
+    item->mutable_continuation()->set_text(continuation);
+  };
+  add_text("ROMEO:", " I say");
+  add_text("ROMEO:", "\nThen, I say");
+  add_text("ROMEO: ", "I say");  // trailing whitespace moves to the continuation
+  v1::ScoreItem* ids = r.add_items();
+  ids->mutable_context()->mutable_token_ids()->add_ids(7);
+  ids->mutable_continuation()->mutable_token_ids()->add_ids(8);
+  absl::StatusOr<std::vector<ScoreJob>> jobs = ValidateScore(r, shakespeare());
+  ASSERT_TRUE(jobs.ok()) << jobs.status();
+  ASSERT_EQ(jobs->size(), 4u);
+  const TextCodec& tok = **codec_;
+  const int64_t context_len = static_cast<int64_t>(tok.Encode("ROMEO:").size());
+  EXPECT_EQ((*jobs)[0].tokens, tok.Encode("ROMEO: I say"));
+  EXPECT_EQ((*jobs)[0].context_tokens, context_len);
+  // No word-initial piece is invented for a continuation that starts mid-text.
+  EXPECT_EQ((*jobs)[1].tokens, tok.Encode("ROMEO:\nThen, I say"));
+  EXPECT_EQ((*jobs)[1].context_tokens, context_len);
+  EXPECT_EQ((*jobs)[2].tokens, (*jobs)[0].tokens);
+  EXPECT_EQ((*jobs)[2].context_tokens, context_len);
+  EXPECT_EQ((*jobs)[3].tokens, std::vector<int32_t>({7, 8}));
+  EXPECT_EQ((*jobs)[3].context_tokens, 1);
+}
+
+TEST_F(ValidationTest, EveryBadScoreFieldIsNamed) {
+  v1::ScoreRequest empty;
+  EXPECT_TRUE(NamesField(ValidateScore(empty, shakespeare()).status(), "items"));
+
+  auto one = [](std::vector<int32_t> context, std::vector<int32_t> continuation) {
+    v1::ScoreRequest r;
+    v1::ScoreItem* it = r.add_items();
+    it->mutable_context()->mutable_token_ids()->mutable_ids()->Assign(context.begin(), context.end());
+    it->mutable_continuation()->mutable_token_ids()->mutable_ids()->Assign(continuation.begin(), continuation.end());
+    return r;
+  };
+  EXPECT_TRUE(NamesField(ValidateScore(one({}, {5}), shakespeare()).status(), "items[0].context"));
+  EXPECT_TRUE(NamesField(ValidateScore(one({5}, {}), shakespeare()).status(), "items[0].continuation.token_ids"));
+  EXPECT_TRUE(NamesField(ValidateScore(one({5}, {9999}), shakespeare()).status(),
+                         "items[0].continuation.token_ids.ids[0]"));
+  v1::ScoreRequest second = one({5}, {6});
+  second.add_items()->mutable_context()->mutable_token_ids()->add_ids(5);  // no continuation
+  EXPECT_TRUE(NamesField(ValidateScore(second, shakespeare()).status(), "items[1].continuation"));
+  v1::ScoreRequest empty_text = one({5}, {6});
+  empty_text.mutable_items(0)->mutable_continuation()->set_text("");
+  EXPECT_TRUE(NamesField(ValidateScore(empty_text, shakespeare()).status(), "items[0].continuation.text"));
+  const int64_t context = shakespeare_config_->max_position_embeddings;
+  EXPECT_TRUE(NamesField(ValidateScore(one(std::vector<int32_t>(context, 5), {6}), shakespeare()).status(),
+                         "items[0] (context + continuation)"));
+  v1::ScoreRequest text_on_tiny;
+  text_on_tiny.add_items()->mutable_context()->set_text("a");
+  text_on_tiny.mutable_items(0)->mutable_continuation()->mutable_token_ids()->add_ids(3);
+  EXPECT_TRUE(NamesField(ValidateScore(text_on_tiny, tiny()).status(), "items[0].context.text"));
+}
+
+TEST_F(ValidationTest, ScoreRollingFields) {
+  v1::ScoreRollingRequest empty;
+  EXPECT_TRUE(NamesField(ValidateScoreRolling(empty, shakespeare()).status(), "texts"));
+  v1::ScoreRollingRequest r;
+  r.add_texts()->set_text("ROMEO:");
+  r.add_texts()->set_text("");
+  EXPECT_TRUE(NamesField(ValidateScoreRolling(r, shakespeare()).status(), "texts[1].text"));
+  r.mutable_texts(1)->set_text("JULIET:");
+  absl::StatusOr<std::vector<std::vector<int32_t>>> ids = ValidateScoreRolling(r, shakespeare());
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ((*ids)[0], (*codec_)->Encode("ROMEO:"));
+  EXPECT_EQ((*ids)[1], (*codec_)->Encode("JULIET:"));
+}
+
+TEST_F(ValidationTest, TokenizeHonoursAddBos) {
+  const TextCodec& tok = **codec_;
+  std::vector<int32_t> bare = tok.Encode("ROMEO:");  // this tokenizer adds no BOS by default
+  ASSERT_FALSE(tok.add_bos());
+  EXPECT_EQ(*Tokenize(tok, "ROMEO:", std::nullopt), bare);
+  std::vector<int32_t> with_bos = bare;
+  with_bos.insert(with_bos.begin(), tok.bos_id());
+  EXPECT_EQ(*Tokenize(tok, "ROMEO:", true), with_bos);
+  EXPECT_EQ(*Tokenize(tok, "ROMEO:", false), bare);
+}
+
+TEST(ScoreWindowsTest, HandWorkedExample) {
+  // 10 tokens, context 4: [0,4) scores 1..3; [3,7) scores 4..6; [6,10) scores 7..9.
+  const std::vector<ScoreWindow> w = RollingWindows(10, 4);
+  ASSERT_EQ(w.size(), 3u);
+  EXPECT_EQ(w[0].begin, 0);
+  EXPECT_EQ(w[0].end, 4);
+  EXPECT_EQ(w[0].first_target, 1);
+  EXPECT_EQ(w[1].begin, 3);
+  EXPECT_EQ(w[1].end, 7);
+  EXPECT_EQ(w[1].first_target, 4);
+  EXPECT_EQ(w[2].begin, 6);
+  EXPECT_EQ(w[2].end, 10);
+  EXPECT_EQ(w[2].first_target, 7);
+  EXPECT_TRUE(RollingWindows(1, 4).empty());
+  ASSERT_EQ(RollingWindows(3, 4).size(), 1u);
+}
+
+TEST(ScoreWindowsTest, EveryTokenButTheFirstIsScoredOnceWithContext) {
+  for (int64_t len : {2, 3, 5, 8}) {
+    for (int64_t n = 0; n <= 40; ++n) {
+      std::vector<int> seen(static_cast<size_t>(n), 0);
+      for (const ScoreWindow& w : RollingWindows(n, len)) {
+        ASSERT_LE(w.end - w.begin, len);
+        ASSERT_GT(w.first_target, w.begin);  // every target has context in its window
+        ASSERT_GE(w.begin, 0);
+        for (int64_t t = w.first_target; t < w.end; ++t) ++seen[static_cast<size_t>(t)];
+      }
+      for (int64_t t = 0; t < n; ++t) ASSERT_EQ(seen[static_cast<size_t>(t)], t == 0 ? 0 : 1) << n << " " << t;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moe

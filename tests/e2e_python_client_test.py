@@ -1,0 +1,318 @@
+#!/usr/bin/python3
+"""End-to-end test of the Python client, moe-client and deploy/launch-cluster.sh.
+
+Starts a 2-rank cluster with deploy/launch-cluster.sh (the one-command launcher), talks to it with
+clients/python/moe_client.py and the moe-client binary, checks the answers against the model's
+samples.json (transformers' greedy continuations), then stops the launcher with SIGINT (what Ctrl-C
+sends) and checks that it shut everything down cleanly with no process left behind.
+
+Environment (CTest sets them): MOE_BUILD_DIR (the build folder), MOE_PYTHON_PROTO_DIR
+(<build>/python), MOE_SOURCE_DIR (the checkout). Runs with /usr/bin/python3 (python3-grpcio).
+"""
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+SOURCE_DIR = os.environ.get("MOE_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD_DIR = os.environ.get("MOE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
+
+import grpc  # noqa: E402
+
+from moe_client import MoeClient  # noqa: E402
+
+MODEL_DIR = os.path.join(SOURCE_DIR, "models", "shakespeare-moe")
+LAUNCHER = os.path.join(SOURCE_DIR, "deploy", "launch-cluster.sh")
+CLIENT_BIN = os.path.join(BUILD_DIR, "clients", "moe-client")
+RANKS = 2
+START_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 60
+
+
+def load_samples():
+    with open(os.path.join(MODEL_DIR, "samples.json")) as f:
+        return {s["prompt"]: s for s in json.load(f)["greedy_samples"]}
+
+
+def session_members(sid):
+    """Pids of live (non-zombie) processes whose session id is `sid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            members.append(int(entry))
+    return members
+
+
+def processes_with_arg(needle):
+    """Pids of live processes whose command line contains `needle`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if needle in cmdline and stat[stat.rfind(")") + 2] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def pid_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _default_signals():
+    """In the launcher's process before exec: SIGINT and SIGTERM handled by default even when this
+    test was started with them ignored (a shell runs background jobs with SIGINT ignored, and a
+    script cannot trap a signal that was ignored when it started)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class LaunchedCluster:
+    """deploy/launch-cluster.sh as a child process, its stdout lines read by a thread."""
+
+    def __init__(self):
+        self.log = tempfile.NamedTemporaryFile(prefix="moe_launch_", suffix=".log", delete=False)
+        env = dict(os.environ)
+        env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        self.proc = subprocess.Popen(
+            [LAUNCHER, "--np", str(RANKS), "--model", MODEL_DIR, "--build-dir", BUILD_DIR,
+             "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--stop-timeout", "20"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, preexec_fn=_default_signals)
+        self.lines = queue.Queue()
+        self.stdout = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.coordinator_pid = None
+        self.mpirun_pid = None
+        self.address = None
+        self.cluster_port = None
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern, timeout):
+        """The first match of `pattern` in the launcher's next stdout lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no line matching {pattern!r} within {timeout}s; stdout so far:\n"
+                                   + "\n".join(self.stdout) + "\n" + self.log_text())
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"launcher exited (status {self.proc.wait()}) before {pattern!r}; stdout:\n"
+                                   + "\n".join(self.stdout) + "\n" + self.log_text())
+            self.stdout.append(line)
+            m = re.search(pattern, line)
+            if m:
+                return m
+
+    def start(self):
+        self.coordinator_pid = int(self.wait_for(r"coordinator pid (\d+)", 30).group(1))
+        self.cluster_port = int(self.wait_for(r"ports public=\d+ cluster=(\d+)", 30).group(1))
+        self.mpirun_pid = int(self.wait_for(r"mpirun pid (\d+)", 30).group(1))
+        self.address = self.wait_for(r"serving on (\S+)", START_TIMEOUT_S).group(1)
+
+    def log_text(self):
+        try:
+            with open(self.log.name, errors="replace") as f:
+                return "--- launcher stderr ---\n" + f.read()[-6000:]
+        except OSError:
+            return ""
+
+    def leftovers(self):
+        pids = set()
+        for sid in (self.coordinator_pid, self.mpirun_pid):
+            if sid:
+                pids.update(session_members(sid))
+        if self.cluster_port:
+            pids.update(processes_with_arg(f"--coordinator 127.0.0.1:{self.cluster_port}"))
+        return sorted(pids)
+
+    def kill_everything(self):
+        """Last resort (a failed test): SIGKILL whatever the launcher left, by pid."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.unlink(self.log.name)
+
+
+class PythonClientEndToEnd(unittest.TestCase):
+    cluster = None
+    samples = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.samples = load_samples()
+        cls.cluster = LaunchedCluster()
+        try:
+            cls.cluster.start()
+        except Exception:
+            cls.cluster.kill_everything()
+            raise
+        cls.client = MoeClient(cls.cluster.address, timeout=60)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.cluster.kill_everything()
+
+    def moe_client(self, *args):
+        return subprocess.run([CLIENT_BIN, "--server", self.cluster.address, *args], capture_output=True, text=True,
+                              timeout=60)
+
+    def test_a_health_and_reflection(self):
+        self.assertEqual(self.client.health(), "SERVING")
+        services = self.client.list_services()
+        self.assertIn("moe.v1.Inference", services)
+        self.assertIn("grpc.health.v1.Health", services)
+        info = self.client.cluster_info()
+        self.assertEqual(info.world_size, RANKS)
+        self.assertTrue(all(r.loaded and r.alive for r in info.ranks))
+        self.assertEqual(self.client.model_info().vocab_size, 2048)
+
+    def test_b_generate_text_equals_sample(self):
+        s = self.samples["ROMEO:"]
+        text = self.client.generate_text("ROMEO:", max_tokens=48, temperature=0)
+        self.assertEqual("ROMEO:" + text, s["greedy_text"])
+
+        chunks = list(self.client.generate(token_ids=s["prompt_ids"], max_tokens=48, temperature=0, logprobs=2))
+        self.assertGreater(len(chunks), 1, "the completion should arrive as a stream")
+        self.assertEqual([t for c in chunks for t in c.token_ids], s["greedy_ids"])
+        self.assertEqual(chunks[-1].usage.completion_tokens, 48)
+        lps = [lp for c in chunks for lp in c.logprobs]
+        self.assertEqual(len(lps), 48)
+        self.assertTrue(all(lp.top[0].token_id == lp.token_id for lp in lps), "greedy picks the most probable")
+
+        full = self.client.generate_full("First Citizen:\n", max_tokens=48, temperature=0)
+        self.assertEqual(full.token_ids, self.samples["First Citizen:\n"]["greedy_ids"])
+        self.assertEqual(full.finish_reason, "length")
+        self.assertEqual(full.prompt_tokens, 4)
+
+    def test_c_score_tokenize(self):
+        s = self.samples["KING RICHARD III:\nNow is the"]
+        r = self.client.score(s["prompt"], s["greedy_ids"])
+        self.assertEqual(list(r.continuation_token_ids), s["greedy_ids"])
+        self.assertTrue(r.is_greedy)
+        self.assertAlmostEqual(r.sum_logprob, sum(r.logprobs), places=3)
+        rolling = self.client.score_rolling(s["prompt_ids"] + s["greedy_ids"])
+        self.assertEqual(rolling.num_scored_tokens, len(s["prompt_ids"]) + 47)
+        # The continuation's log-probabilities are the same whether scored as a continuation or rolling.
+        for a, b in zip(r.logprobs, rolling.logprobs[len(s["prompt_ids"]) - 1:]):
+            self.assertAlmostEqual(a, b, delta=1e-5)
+        self.assertEqual(self.client.tokenize(s["prompt"]), s["prompt_ids"])
+        self.assertEqual(self.client.detokenize(s["prompt_ids"]), s["prompt"])
+
+    def test_d_errors_and_cancellation(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.client.generate_text("ROMEO:", top_p=1.5)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("top_p", e.exception.details())
+
+        # Leaving the stream early cancels the request; its KV blocks come back.
+        stream = self.client.generate("ROMEO:", max_tokens=3000, ignore_eos=True, temperature=0)
+        for i, _ in enumerate(stream):
+            if i == 3:
+                break
+        stream.close()
+        deadline = time.monotonic() + 15
+        while True:
+            st = self.client.stats()
+            if st.requests_running == 0 and sum(r.kv_blocks_used for r in st.ranks) == 0:
+                break
+            self.assertLess(time.monotonic(), deadline, f"KV blocks not freed after cancellation: {st}")
+            time.sleep(0.05)
+
+    def test_e_moe_client_binary(self):
+        r = self.moe_client("health")
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "SERVING"), r.stderr)
+        r = self.moe_client("list-services")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("moe.v1.Inference", r.stdout.split())
+
+        s = self.samples["ROMEO:"]
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "48", "--temperature", "0", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        last = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(last["token_ids"], s["greedy_ids"])
+        self.assertEqual("ROMEO:" + last["text"], s["greedy_text"])
+        self.assertEqual(last["finish_reason"], "length")
+        self.assertEqual(last["usage"], {"prompt_tokens": 2, "completion_tokens": 48})
+        self.assertTrue(r.stdout.startswith(last["text"]), "the text is streamed before the JSON line")
+
+        r = self.moe_client("score", "--context", "ROMEO:", "--continuation-ids",
+                            ",".join(map(str, s["greedy_ids"])), "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(json.loads(r.stdout.strip().splitlines()[-1])["is_greedy"])
+
+        r = self.moe_client("stats")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(json.loads(r.stdout)["ranks"]), RANKS)
+
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--top-p", "1.5")
+        self.assertEqual(r.returncode, 1)
+        self.assertTrue(r.stderr.startswith("moe-client: INVALID_ARGUMENT: "), r.stderr)
+        self.assertIn("top_p", r.stderr)
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--top-p", "high")
+        self.assertEqual(r.returncode, 2, r.stderr)
+
+    def test_z_sigint_shuts_down_cleanly(self):
+        c = self.cluster
+        t0 = time.monotonic()
+        c.proc.send_signal(signal.SIGINT)
+        try:
+            status = c.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.fail("the launcher did not exit after SIGINT\n" + c.log_text())
+        stopped = c.wait_for(r"stopped \(coordinator status (\S+), mpirun status (\S+)\)", 5)
+        print(f"[ info ] launcher stopped in {time.monotonic() - t0:.2f} s", file=sys.stderr)
+        self.assertEqual(stopped.groups(), ("0", "0"), c.log_text())
+        self.assertEqual(status, 0, c.log_text())
+        self.assertFalse(pid_exists(c.coordinator_pid))
+        self.assertFalse(pid_exists(c.mpirun_pid))
+        self.assertEqual(c.leftovers(), [], "processes left behind")
+        with self.assertRaises(grpc.RpcError):
+            self.client.health(timeout=2)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,491 @@
+// The worker's serving loop without a coordinator: driven through its Inbox and a RecordingOutbox
+// in one process (LocalCommunicator) on the golden tiny model. Generated tokens must be
+// transformers' greedy continuations (expected.json), whatever the batch around them; scores must
+// be ScoreAll's on a separate engine.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/engine_fixture.h"
+#include "worker/generation.h"
+#include "worker/sampler.h"
+#include "worker/server/batch_planner.h"
+#include "worker/server/inbox.h"
+#include "worker/server/recording_outbox.h"
+#include "worker/server/serving_loop.h"
+
+namespace moe::testing_ref {
+namespace {
+
+using moe::v1::Assign;
+using moe::v1::Finished;
+
+constexpr int kMaxIterations = 2000;  // bounds every loop below; the longest test needs ~200
+
+// An engine on the golden model with a serving loop over it.
+struct LoopHarness {
+  std::unique_ptr<LocalEngine> engine;
+  Inbox inbox;
+  RecordingOutbox out;
+  std::unique_ptr<ServingLoop> loop;
+
+  explicit LoopHarness(EngineOptions eo = {}, ServingLoopOptions lo = {}) {
+    engine = LoadLocalEngine(kGoldenDir, eo);
+    lo.heartbeat_interval = std::chrono::hours(1);  // heartbeats only when a sequence finishes
+    lo.idle_wait_min = std::chrono::milliseconds(0);
+    lo.idle_wait_max = std::chrono::milliseconds(1);
+    loop = std::make_unique<ServingLoop>(**engine, inbox, out, lo);
+  }
+
+  void Push(const Assign& a) {
+    moe::v1::CoordinatorMessage m;
+    *m.mutable_assign() = a;
+    inbox.Push(std::move(m));
+  }
+  void Cancel(uint64_t id) {
+    moe::v1::CoordinatorMessage m;
+    m.mutable_cancel()->set_seq_id(id);
+    inbox.Push(std::move(m));
+  }
+  void Shutdown() {
+    moe::v1::CoordinatorMessage m;
+    m.mutable_shutdown();
+    inbox.Push(std::move(m));
+  }
+  void Run(int iterations) {
+    for (int i = 0; i < iterations; ++i) ASSERT_TRUE(loop->RunOnce());
+  }
+  // Runs until every assigned sequence has finished (bounded).
+  void RunUntilDone() {
+    for (int i = 0; i < kMaxIterations; ++i) {
+      ASSERT_TRUE(loop->RunOnce());
+      if (loop->num_sequences() == 0 && inbox.Drain().empty()) return;
+    }
+    FAIL() << "sequences still running after " << kMaxIterations << " iterations";
+  }
+};
+
+Assign Greedy(uint64_t id, const std::vector<int32_t>& prompt, uint32_t max_tokens) {
+  Assign a;
+  a.set_seq_id(id);
+  a.mutable_prompt()->Add(prompt.begin(), prompt.end());
+  a.set_kind(Assign::KIND_GENERATE);
+  a.set_max_tokens(max_tokens);
+  a.set_temperature(0.0f);
+  a.set_top_p(1.0f);
+  return a;
+}
+
+Assign Score(uint64_t id, const std::vector<int32_t>& tokens) {
+  Assign a;
+  a.set_seq_id(id);
+  a.mutable_prompt()->Add(tokens.begin(), tokens.end());
+  a.set_kind(Assign::KIND_SCORE);
+  a.set_want_greedy(true);
+  return a;
+}
+
+class WorkerLoopTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { golden_ = new Golden(Golden::Load()); }
+  static void TearDownTestSuite() { delete golden_; }
+  static std::vector<int32_t> Prompt(size_t p) { return golden_->prompt(p); }
+  static std::vector<int32_t> Greedy24(size_t p) { return golden_->greedy(p); }
+  static Golden* golden_;
+};
+Golden* WorkerLoopTest::golden_ = nullptr;
+
+// ----------------------------------------------------------------------------------------------
+// Admission and batch shape, as plain bookkeeping.
+
+TEST(BatchPlannerTest, AdmitsInOrderWhileTheWorstCaseFits) {
+  BatchPlanner p(/*kv_blocks_total=*/8, /*kv_block_size=*/16);
+  p.Enqueue(1, 88);  // 6 blocks
+  p.Enqueue(2, 29);  // 2 blocks
+  p.Enqueue(3, 41);  // 3 blocks: must wait
+  p.Enqueue(4, 1);   // 1 block: fits, but does not overtake 3
+  EXPECT_EQ(p.Admit(), (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(p.reserved_blocks(), 8);
+  EXPECT_EQ(p.num_waiting(), 2u);
+  p.Remove(2);
+  EXPECT_TRUE(p.Admit().empty()) << "3 needs 3 blocks, 2 are free";
+  p.Remove(1);
+  EXPECT_EQ(p.Admit(), (std::vector<uint64_t>{3, 4}));
+  p.Remove(4);
+  p.Remove(99);  // unknown: ignored
+  EXPECT_EQ(p.running(), (std::vector<uint64_t>{3}));
+  EXPECT_EQ(p.reserved_blocks(), 3);
+  EXPECT_FALSE(p.EverFits(8 * 16 + 1));
+  EXPECT_TRUE(p.EverFits(8 * 16));
+}
+
+TEST(BatchPlannerTest, DecodesFirstThenPromptChunksWithinTheBudget) {
+  EXPECT_EQ(PlanStepTokens({0, 100, 0, 7}, 16), (std::vector<int64_t>{1, 14, 1, 0}));
+  EXPECT_EQ(PlanStepTokens({5, 100, 0}, 2048), (std::vector<int64_t>{5, 100, 1}));
+  EXPECT_EQ(PlanStepTokens({0, 0, 0}, 2), (std::vector<int64_t>{1, 1, 0}));
+  EXPECT_EQ(PlanStepTokens({}, 16), (std::vector<int64_t>{}));
+}
+
+// ----------------------------------------------------------------------------------------------
+// Generation.
+
+// Five prompts assigned at different steps, some while others decode: every one yields exactly the
+// golden greedy tokens, and the logprob of each token is the model's (ScoreAll of prompt + tokens).
+TEST_F(WorkerLoopTest, StaggeredGreedySequencesGiveTheGoldenTokens) {
+  LoopHarness h;
+  h.Push(Greedy(100, Prompt(0), 24));
+  h.Push(Greedy(101, Prompt(1), 24));
+  h.Run(3);
+  Assign third = Greedy(102, Prompt(2), 24);
+  third.set_top_logprobs(3);
+  h.Push(third);
+  h.Run(5);
+  h.Push(Greedy(103, Prompt(3), 24));
+  h.Run(1);
+  h.Push(Greedy(104, Prompt(4), 24));
+  h.RunUntilDone();
+
+  auto seqs = h.out.BySequence();
+  for (size_t p = 0; p < 5; ++p) {
+    const RecordingOutbox::Sequence& s = seqs[100 + p];
+    EXPECT_EQ(s.tokens, Greedy24(p)) << "prompt " << p;
+    ASSERT_TRUE(s.finished.has_value()) << "prompt " << p;
+    EXPECT_EQ(s.finished->reason(), Finished::REASON_LENGTH) << "prompt " << p;
+    EXPECT_EQ(s.logprobs.size(), s.tokens.size());
+  }
+  // They shared steps: sequence 102 started while 100 was still decoding.
+  EXPECT_LT(seqs[102].first_token_index, seqs[100].finished_index);
+  EXPECT_LT(seqs[104].first_token_index, seqs[102].finished_index);
+
+  // Logprobs against ScoreAll on another engine.
+  auto ref = LoadLocalEngine(kGoldenDir);
+  for (size_t p = 0; p < 5; ++p) {
+    std::vector<int32_t> full = Prompt(p);
+    const std::vector<int32_t> continuation = Greedy24(p);
+    full.insert(full.end(), continuation.begin(), continuation.end());
+    auto want = ScoreAll(**ref, {full}).value();
+    const size_t n = Prompt(p).size();
+    for (size_t t = 0; t < seqs[100 + p].logprobs.size(); ++t) {
+      EXPECT_NEAR(seqs[100 + p].logprobs[t], want[0].logprobs[n + t], 1e-4) << "prompt " << p << " token " << t;
+    }
+  }
+  // Top alternatives of 102: three, most probable first, led by the greedy token itself.
+  const RecordingOutbox::Sequence& s = seqs[102];
+  ASSERT_EQ(s.top.size(), s.tokens.size());
+  for (size_t t = 0; t < s.top.size(); ++t) {
+    ASSERT_EQ(s.top[t].alternatives_size(), 3);
+    EXPECT_EQ(s.top[t].alternatives(0).token_id(), s.tokens[t]);
+    EXPECT_FLOAT_EQ(s.top[t].alternatives(0).logprob(), s.logprobs[t]);
+    EXPECT_GE(s.top[t].alternatives(0).logprob(), s.top[t].alternatives(1).logprob());
+    EXPECT_GE(s.top[t].alternatives(1).logprob(), s.top[t].alternatives(2).logprob());
+  }
+  EXPECT_TRUE(seqs[100].top.empty()) << "no alternatives unless asked";
+  EXPECT_EQ(h.out.LastStats()->kv_blocks_used(), 0);
+  EXPECT_EQ((*h.engine)->kv_cache().used_blocks(), 0);
+}
+
+// Sampled tokens follow SampleToken(logits, params, step) like GenerateAll (and so moe-cli).
+TEST_F(WorkerLoopTest, SeededSamplingEqualsGenerateAll) {
+  LoopHarness h;
+  Assign a = Greedy(7, Prompt(2), 20);
+  a.set_temperature(0.9f);
+  a.set_top_k(50);
+  a.set_top_p(0.95f);
+  a.set_seed(1234);
+  h.Push(a);
+  h.Push(Greedy(8, Prompt(1), 10));
+  h.RunUntilDone();
+
+  auto ref = LoadLocalEngine(kGoldenDir);
+  GenerateRequest req;
+  req.prompt = Prompt(2);
+  req.max_tokens = 20;
+  req.sampling = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = 1234};
+  auto want = GenerateAll(**ref, {req}).value();
+  EXPECT_EQ(h.out.BySequence()[7].tokens, want[0].tokens);
+}
+
+TEST_F(WorkerLoopTest, StopTokenIdsAndMaxTokens) {
+  LoopHarness h;
+  const std::vector<int32_t> g = Greedy24(1);
+  Assign stop = Greedy(1, Prompt(1), 24);
+  stop.add_stop_token_ids(g[5]);
+  stop.add_stop_token_ids(1023 == g[5] ? 1022 : 1023);
+  h.Push(stop);
+  h.Push(Greedy(2, Prompt(1), 5));
+  Assign never = Greedy(3, Prompt(1), 24);
+  never.add_stop_token_ids(2);  // EOS: not among the golden tokens
+  h.Push(never);
+  h.RunUntilDone();
+
+  auto seqs = h.out.BySequence();
+  const size_t first_stop = static_cast<size_t>(std::find(g.begin(), g.end(), g[5]) - g.begin());
+  EXPECT_EQ(seqs[1].tokens, std::vector<int32_t>(g.begin(), g.begin() + first_stop + 1));
+  EXPECT_EQ(seqs[1].finished->reason(), Finished::REASON_STOP);
+  EXPECT_EQ(seqs[2].tokens, std::vector<int32_t>(g.begin(), g.begin() + 5));
+  EXPECT_EQ(seqs[2].finished->reason(), Finished::REASON_LENGTH);
+  EXPECT_EQ(seqs[3].tokens, g);
+  EXPECT_EQ(seqs[3].finished->reason(), Finished::REASON_LENGTH);
+}
+
+// A long prompt fed in 16-token chunks (over 9 steps) gives the same tokens; so does a mix of
+// chunked prefills and decodes sharing the budget.
+TEST_F(WorkerLoopTest, MaxBatchTokensChunkingGivesTheSameTokens) {
+  ServingLoopOptions lo;
+  lo.max_batch_tokens = 16;
+  LoopHarness h({}, lo);
+  h.Push(Greedy(1, Prompt(4), 24));  // 130 prompt tokens
+  h.Run(2);
+  h.Push(Greedy(2, Prompt(3), 24));  // 64
+  h.Push(Greedy(3, Prompt(0), 24));
+  h.RunUntilDone();
+  auto seqs = h.out.BySequence();
+  EXPECT_EQ(seqs[1].tokens, Greedy24(4));
+  EXPECT_EQ(seqs[2].tokens, Greedy24(3));
+  EXPECT_EQ(seqs[3].tokens, Greedy24(0));
+  // 130 tokens at most 16 a step: the first token cannot come before the 9th step.
+  EXPECT_GE(h.loop->steps(), 9u + 23u);
+}
+
+// A sequence whose prompt + max_tokens does not fit the KV cache now waits in the local FIFO and
+// runs once others have finished; one that could never fit ends with an error at once.
+TEST_F(WorkerLoopTest, SequenceWaitsForKvRoomThenRuns) {
+  EngineOptions eo;
+  eo.kv_block_size = 16;
+  eo.kv_tokens = 128;  // 8 blocks
+  LoopHarness h(eo);
+  h.Push(Greedy(1, Prompt(3), 24));  // 64 + 24 -> 6 blocks
+  h.Push(Greedy(2, Prompt(1), 24));  // 5 + 24 -> 2 blocks
+  h.Push(Greedy(3, Prompt(2), 24));  // 17 + 24 -> 3 blocks: waits
+  h.Push(Greedy(4, Prompt(4), 24));  // 130 + 24 -> 10 blocks: never fits
+  h.RunUntilDone();
+
+  auto seqs = h.out.BySequence();
+  EXPECT_EQ(seqs[1].tokens, Greedy24(3));
+  EXPECT_EQ(seqs[2].tokens, Greedy24(1));
+  EXPECT_EQ(seqs[3].tokens, Greedy24(2));
+  for (uint64_t id : {1, 2, 3}) EXPECT_EQ(seqs[id].finished->reason(), Finished::REASON_LENGTH) << id;
+  EXPECT_GT(seqs[3].first_token_index, seqs[1].finished_index) << "3 ran only after 1 freed its blocks";
+  ASSERT_TRUE(seqs[4].finished.has_value());
+  EXPECT_EQ(seqs[4].finished->reason(), Finished::REASON_ERROR);
+  EXPECT_NE(seqs[4].finished->error().find("KV blocks"), std::string::npos) << seqs[4].finished->error();
+  EXPECT_TRUE(seqs[4].tokens.empty());
+  for (const auto& m : h.out.messages()) {
+    if (m.has_heartbeat()) {
+      EXPECT_LE(m.heartbeat().stats().kv_blocks_used(), 8);
+    }
+  }
+}
+
+TEST_F(WorkerLoopTest, CancelFreesKvBlocksAndFinishesCancelled) {
+  LoopHarness h;
+  h.Push(Greedy(1, Prompt(4), 500));
+  h.Push(Greedy(2, Prompt(0), 24));
+  h.Run(5);
+  EXPECT_GT(h.loop->Stats().kv_blocks_used(), 0);
+  h.Cancel(1);
+  h.Cancel(2);
+  h.Cancel(12345);  // unknown: ignored
+  h.Run(1);
+  auto seqs = h.out.BySequence();
+  ASSERT_TRUE(seqs[1].finished.has_value());
+  EXPECT_EQ(seqs[1].finished->reason(), Finished::REASON_CANCELLED);
+  EXPECT_EQ(seqs[2].finished->reason(), Finished::REASON_CANCELLED);
+  const std::vector<int32_t> g = Greedy24(4);
+  EXPECT_EQ(seqs[1].tokens, std::vector<int32_t>(g.begin(), g.begin() + 5))
+      << "one token per step, the first with the prefill";
+  EXPECT_EQ(seqs.count(12345), 0u);
+  std::optional<moe::v1::WorkerStats> st = h.out.LastStats();
+  ASSERT_TRUE(st.has_value());
+  EXPECT_EQ(st->kv_blocks_used(), 0);
+  EXPECT_EQ(st->running_sequences(), 0);
+  EXPECT_EQ(st->kv_blocks_total(), (*h.engine)->kv_cache().total_blocks());
+  EXPECT_FALSE(st->load_stats_json().empty());
+
+  // A cancel after the end, and a cancel of a sequence still waiting for KV room.
+  const size_t before = h.out.messages().size();
+  h.Cancel(2);
+  h.Run(1);
+  EXPECT_EQ(h.out.messages().size(), before) << "a finished sequence's Cancel is ignored";
+}
+
+TEST_F(WorkerLoopTest, CancelOfAWaitingSequence) {
+  EngineOptions eo;
+  eo.kv_tokens = 128;
+  LoopHarness h(eo);
+  h.Push(Greedy(1, Prompt(3), 24));  // 6 of 8 blocks
+  h.Push(Greedy(2, Prompt(2), 24));  // 3 blocks: waits
+  h.Run(2);
+  h.Cancel(2);
+  h.RunUntilDone();
+  auto seqs = h.out.BySequence();
+  EXPECT_EQ(seqs[1].tokens, Greedy24(3));
+  EXPECT_EQ(seqs[2].finished->reason(), Finished::REASON_CANCELLED);
+  EXPECT_TRUE(seqs[2].tokens.empty());
+}
+
+TEST_F(WorkerLoopTest, InvalidAssignsEndWithAnErrorAndOthersRun) {
+  LoopHarness h;
+  Assign bad_token = Greedy(1, {5, 1024, 7}, 4);
+  Assign bad_top_p = Greedy(2, Prompt(1), 4);
+  bad_top_p.set_top_p(0.0f);
+  bad_top_p.set_temperature(1.0f);
+  Assign empty = Greedy(3, {}, 4);
+  h.Push(bad_token);
+  h.Push(bad_top_p);
+  h.Push(empty);
+  h.Push(Greedy(4, Prompt(1), 24));
+  h.Push(Greedy(5, Prompt(1), 0));  // nothing to generate
+  h.RunUntilDone();
+  auto seqs = h.out.BySequence();
+  for (uint64_t id : {1, 2, 3}) {
+    ASSERT_TRUE(seqs[id].finished.has_value()) << id;
+    EXPECT_EQ(seqs[id].finished->reason(), Finished::REASON_ERROR) << id;
+  }
+  EXPECT_NE(seqs[1].finished->error().find("vocabulary"), std::string::npos) << seqs[1].finished->error();
+  EXPECT_NE(seqs[2].finished->error().find("top_p"), std::string::npos) << seqs[2].finished->error();
+  EXPECT_NE(seqs[3].finished->error().find("prompt"), std::string::npos) << seqs[3].finished->error();
+  EXPECT_EQ(seqs[4].tokens, Greedy24(1));
+  EXPECT_EQ(seqs[5].finished->reason(), Finished::REASON_LENGTH);
+  EXPECT_TRUE(seqs[5].tokens.empty());
+}
+
+// ----------------------------------------------------------------------------------------------
+// Scoring.
+
+// Per token: ScoreAll's logprob, and is_argmax exactly where the token is the greedy choice. The
+// golden prompt + its greedy continuation is greedy at every continuation position.
+void CheckScores(const std::vector<std::vector<int32_t>>& seqs, const std::map<uint64_t, RecordingOutbox::Sequence>& got,
+                 double tol) {
+  auto ref = LoadLocalEngine(kGoldenDir);
+  auto want = ScoreAll(**ref, seqs).value();
+  const int64_t V = (*ref)->config().vocab_size;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const RecordingOutbox::Sequence& s = got.at(i + 1);
+    ASSERT_TRUE(s.scored.has_value()) << "sequence " << i;
+    ASSERT_TRUE(s.finished.has_value());
+    EXPECT_EQ(s.finished->reason(), Finished::REASON_LENGTH);
+    EXPECT_GT(s.finished_index, 0);
+    const size_t n = seqs[i].size();
+    ASSERT_EQ(static_cast<size_t>(s.scored->logprobs_size()), n - 1);
+    ASSERT_EQ(static_cast<size_t>(s.scored->is_argmax_size()), n - 1);
+    // The reference argmax, from the reference engine's logits.
+    ASSERT_TRUE((*ref)->AddSequence(99).ok());
+    StepOutput out = (*ref)->Step({{99, seqs[i], true}}).value();
+    (*ref)->FreeSequence(99);
+    for (size_t t = 1; t < n; ++t) {
+      EXPECT_NEAR(s.scored->logprobs(static_cast<int>(t - 1)), want[i].logprobs[t], tol) << "sequence " << i << " token " << t;
+      const float* row = out.chunks[0].logits.data() + (t - 1) * V;
+      const int32_t argmax = static_cast<int32_t>(std::max_element(row, row + V) - row);
+      EXPECT_EQ(s.scored->is_argmax(static_cast<int>(t - 1)), argmax == seqs[i][t]) << "sequence " << i << " token " << t;
+    }
+  }
+}
+
+std::vector<std::vector<int32_t>> ScoredInputs(const Golden& g) {
+  std::vector<std::vector<int32_t>> seqs;
+  for (size_t p = 0; p < g.num_prompts(); ++p) {
+    std::vector<int32_t> s = g.prompt(p);
+    const std::vector<int32_t> c = g.greedy(p);
+    s.insert(s.end(), c.begin(), c.end());
+    seqs.push_back(s);
+  }
+  return seqs;
+}
+
+TEST_F(WorkerLoopTest, ScoreMatchesScoreAll) {
+  LoopHarness h;
+  const auto seqs = ScoredInputs(*golden_);
+  for (size_t i = 0; i < seqs.size(); ++i) h.Push(Score(i + 1, seqs[i]));
+  h.RunUntilDone();
+  auto got = h.out.BySequence();
+  CheckScores(seqs, got, 1e-6);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const size_t n = golden_->prompt(i).size();
+    for (size_t t = n; t < seqs[i].size(); ++t) {
+      EXPECT_TRUE(got[i + 1].scored->is_argmax(static_cast<int>(t - 1))) << "golden greedy token " << t - n;
+    }
+  }
+}
+
+TEST_F(WorkerLoopTest, ChunkedScoreMatchesScoreAll) {
+  ServingLoopOptions lo;
+  lo.max_batch_tokens = 16;
+  LoopHarness h({}, lo);
+  const auto seqs = ScoredInputs(*golden_);
+  h.Push(Greedy(100, Prompt(2), 24));  // a generation sharing the steps
+  for (size_t i = 0; i < seqs.size(); ++i) h.Push(Score(i + 1, seqs[i]));
+  h.RunUntilDone();
+  auto got = h.out.BySequence();
+  CheckScores(seqs, got, 1e-5);
+  EXPECT_EQ(got[100].tokens, Greedy24(2));
+}
+
+// ----------------------------------------------------------------------------------------------
+// Stopping.
+
+TEST_F(WorkerLoopTest, ShutdownStopsTheLoopAndCancelsWhatRuns) {
+  LoopHarness h;
+  h.Push(Greedy(1, Prompt(2), 100));
+  h.Run(3);
+  h.Shutdown();
+  h.inbox.Close();  // the coordinator ends the stream after Shutdown: still a clean stop
+  EXPECT_FALSE(h.loop->RunOnce());
+  EXPECT_EQ(h.loop->stop_reason(), StopReason::kShutdown);
+  EXPECT_TRUE(h.loop->received_shutdown());
+  EXPECT_FALSE(h.loop->RunOnce()) << "stays stopped";
+  auto seqs = h.out.BySequence();
+  EXPECT_EQ(seqs[1].finished->reason(), Finished::REASON_CANCELLED);
+  EXPECT_EQ((*h.engine)->kv_cache().used_blocks(), 0);
+  EXPECT_EQ(h.loop->iterations(), 4);
+}
+
+TEST_F(WorkerLoopTest, LostCoordinatorStopsTheLoop) {
+  LoopHarness h;
+  h.Push(Greedy(1, Prompt(2), 100));
+  h.Run(2);
+  h.inbox.Close();
+  EXPECT_FALSE(h.loop->RunOnce());
+  EXPECT_EQ(h.loop->stop_reason(), StopReason::kCoordinatorLost);
+  EXPECT_FALSE(h.loop->received_shutdown());
+  EXPECT_EQ((*h.engine)->kv_cache().used_blocks(), 0);
+}
+
+// An idle loop does not spin: it waits on the inbox (here up to 50 ms per iteration) and wakes as
+// soon as a message arrives.
+TEST_F(WorkerLoopTest, IdleLoopWaitsOnTheInboxAndWakesForAMessage) {
+  auto engine = LoadLocalEngine(kGoldenDir);
+  Inbox inbox;
+  RecordingOutbox out;
+  ServingLoopOptions lo;
+  lo.idle_wait_min = std::chrono::milliseconds(50);
+  lo.idle_wait_max = std::chrono::milliseconds(50);
+  ServingLoop loop(**engine, inbox, out, lo);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(loop.RunOnce());
+  const auto idle = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(idle, std::chrono::milliseconds(4 * 50));
+  EXPECT_EQ(loop.steps(), 0u);
+
+  lo.idle_wait_min = lo.idle_wait_max = std::chrono::seconds(60);
+  ServingLoop slow(**engine, inbox, out, lo);
+  std::thread pusher([&] {
+    moe::v1::CoordinatorMessage m;
+    *m.mutable_assign() = Greedy(1, {5, 6}, 1);
+    inbox.Push(std::move(m));
+  });
+  const auto t1 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(slow.RunOnce());  // idle step, then the wait ends when the Assign arrives
+  pusher.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, std::chrono::seconds(10));
+}
+
+}  // namespace
+}  // namespace moe::testing_ref

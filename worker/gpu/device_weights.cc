@@ -1,0 +1,163 @@
+#include "worker/gpu/device_weights.h"
+
+#include <cmath>
+#include <string>
+
+#include "worker/gpu/random_fill.h"
+
+namespace moe::gpu {
+namespace {
+
+// Tensors start on 256-byte boundaries in the arena.
+constexpr int64_t kAlign = 128;  // bf16 elements
+
+std::string ShapeString(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) absl::StrAppend(&out, i ? ", " : "", s[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+// One checkpoint tensor (or, synthetic, one random fill) inside a slot.
+struct DeviceWeights::Part {
+  std::string name;
+  std::vector<int64_t> shape;
+  float mean = 0.f, std = 1.f;  // synthetic values: mean + std * N(0, 1)
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+// One device tensor: its parts stacked row-wise, at `offset` elements into the arena.
+struct DeviceWeights::Slot {
+  std::vector<Part> parts;
+  const bf16** dst = nullptr;
+  int64_t layer = -1;  // the layer it belongs to (-1: embeddings, final norm, LM head)
+  bool expert = false;
+  int64_t offset = 0;
+};
+
+absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelConfig& c, const ExpertFilter& holds,
+                                                                   std::vector<Slot>& slots) {
+  std::unique_ptr<DeviceWeights> w(new DeviceWeights());
+  const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
+  // Scales as in tests/support/random_model.cc: a bias-free linear layer [out, in] gets std
+  // gain/sqrt(in), so each output stays O(1) for O(1) inputs; norms are near (not exactly) one.
+  auto linear = [](std::string name, int64_t out, int64_t in, double gain = 1.0) {
+    return Part{std::move(name), {out, in}, 0.f, static_cast<float>(gain / std::sqrt(static_cast<double>(in)))};
+  };
+  auto norm = [](std::string name, int64_t n) { return Part{std::move(name), {n}, 1.f, 0.1f}; };
+  auto add = [&](std::vector<Part> parts, const bf16** dst, int64_t layer, bool expert) {
+    slots.push_back(Slot{std::move(parts), dst, layer, expert, 0});
+  };
+
+  w->attention.resize(static_cast<size_t>(c.num_layers));
+  w->moe.resize(static_cast<size_t>(c.num_layers));
+  add({Part{"model.embed_tokens.weight", {V, H}, 0.f, 1.f}}, &w->embed, -1, false);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    DeviceAttentionWeights& a = w->attention[l];
+    add({norm(LayerTensorName(l, "input_layernorm.weight"), H)}, &a.norm, l, false);
+    add({linear(LayerTensorName(l, "self_attn.q_proj.weight"), c.q_dim(), H),
+         linear(LayerTensorName(l, "self_attn.k_proj.weight"), c.kv_dim(), H),
+         linear(LayerTensorName(l, "self_attn.v_proj.weight"), c.kv_dim(), H)},
+        &a.wqkv, l, false);
+    add({linear(LayerTensorName(l, "self_attn.o_proj.weight"), H, c.q_dim())}, &a.wo, l, false);
+    DeviceMoeWeights& m = w->moe[l];
+    m.experts.resize(static_cast<size_t>(E));
+    add({norm(LayerTensorName(l, "post_attention_layernorm.weight"), H)}, &m.norm, l, false);
+    // The 3x router gain of random_model.cc spreads the router logits, so routing is not uniform.
+    add({linear(LayerTensorName(l, "block_sparse_moe.gate.weight"), E, H, 3.0)}, &m.router, l, false);
+    for (int64_t e = 0; e < E; ++e) {
+      if (!holds(l, e)) continue;
+      DeviceExpertWeights& x = m.experts[e];
+      add({linear(ExpertTensorName(l, e, "w1"), I, H), linear(ExpertTensorName(l, e, "w3"), I, H)}, &x.w13, l, true);
+      add({linear(ExpertTensorName(l, e, "w2"), H, I)}, &x.w2, l, true);
+    }
+  }
+  add({norm("model.norm.weight", H)}, &w->final_norm, -1, false);
+  if (!c.tie_word_embeddings) add({linear("lm_head.weight", V, H)}, &w->lm_head, -1, false);
+
+  int64_t total = 0;
+  for (Slot& s : slots) {
+    s.offset = total;
+    int64_t n = 0;
+    for (const Part& p : s.parts) n += p.numel();
+    w->bytes_ += 2 * n;
+    if (s.expert) w->expert_bytes_ += 2 * n;
+    total += (n + kAlign - 1) / kAlign * kAlign;
+  }
+  try {
+    w->arena_ = DeviceBuffer<bf16>(static_cast<size_t>(total));
+  } catch (const CudaError& err) {
+    (void)cudaGetLastError();  // clear the allocation error
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", 2 * total, " bytes of device memory for the weights (",
+                                                     free_b, " of ", total_b, " bytes free): ", err.what()));
+  }
+  for (Slot& s : slots) *s.dst = w->arena_.get() + s.offset;
+  if (c.tie_word_embeddings) w->lm_head = w->embed;
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
+    const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
+    const std::function<void(int64_t, int64_t)>& progress) {
+  std::vector<Slot> slots;
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceWeights> w, Plan(c, holds, slots));
+  std::vector<uint16_t> staging;
+  int64_t last_layer = -1;
+  for (const Slot& s : slots) {
+    // Slots come in layer order; the final norm and LM head (layer -1) come last.
+    if (progress && s.layer != last_layer && last_layer >= 0) progress(last_layer + 1, c.num_layers);
+    last_layer = s.layer;
+    bf16* dst = w->arena_.get() + s.offset;
+    for (const Part& p : s.parts) {
+      MOE_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(p.name));
+      if (t.dtype != DType::kBF16 && t.dtype != DType::kF16 && t.dtype != DType::kF32) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", p.name, "' in ", t.file, " has dtype ",
+                                                       DTypeName(t.dtype), "; supported: BF16, F16, F32"));
+      }
+      if (t.shape != p.shape) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", p.name, "' in ", t.file, " has shape ",
+                                                       ShapeString(t.shape), ", expected ", ShapeString(p.shape)));
+      }
+      const size_t n = static_cast<size_t>(p.numel());
+      if (t.dtype == DType::kBF16) {
+        MOE_CUDA_CHECK(cudaMemcpy(dst, t.data, n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+      } else {
+        staging.resize(n);
+        if (t.dtype == DType::kF32) {
+          const float* f = reinterpret_cast<const float*>(t.data);
+          for (size_t i = 0; i < n; ++i) staging[i] = F32ToBf16(f[i]);
+        } else {
+          const uint16_t* h = reinterpret_cast<const uint16_t*>(t.data);
+          for (size_t i = 0; i < n; ++i) staging[i] = F32ToBf16(F16ToF32(h[i]));
+        }
+        MOE_CUDA_CHECK(cudaMemcpy(dst, staging.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+      }
+      dst += n;
+    }
+  }
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Synthetic(const ModelConfig& c, const ExpertFilter& holds,
+                                                                        uint64_t seed) {
+  std::vector<Slot> slots;
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceWeights> w, Plan(c, holds, slots));
+  for (const Slot& s : slots) {
+    bf16* dst = w->arena_.get() + s.offset;
+    for (const Part& p : s.parts) {
+      FillNormal(dst, p.numel(), seed, TensorKey(p.name), p.mean, p.std, nullptr);
+      dst += p.numel();
+    }
+  }
+  MOE_CUDA_CHECK(cudaDeviceSynchronize());
+  return w;
+}
+
+}  // namespace moe::gpu

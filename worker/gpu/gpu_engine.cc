@@ -1,0 +1,258 @@
+#include "worker/gpu/gpu_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "worker/cpu/ops.h"
+#include "worker/model/safetensors.h"
+
+namespace moe::gpu {
+namespace {
+
+// The limits of the CUDA kernels (attention: grouped-query heads <= 8 per KV head, head_dim <= 256;
+// router: <= 256 experts), checked once at load so a step never fails on them.
+absl::Status CheckKernelLimits(const ModelConfig& c) {
+  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0 || c.heads_per_kv() > 8) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU engine: num_attention_heads ", c.num_heads,
+                                                   " over num_key_value_heads ", c.num_kv_heads,
+                                                   " must be a whole number of at most 8"));
+  }
+  if (c.head_dim > 256 || c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU engine: head_dim ", c.head_dim, " must be even and <= 256"));
+  }
+  if (c.num_experts > 256 || c.experts_per_token > c.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU engine: ", c.num_experts, " experts, top-",
+                                                   c.experts_per_token, ": need k <= experts <= 256"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+GpuEngine::GpuEngine(const ModelConfig& c, Communicator& comm, const PlacementPlan& plan,
+                     const GpuEngineOptions& opts)
+    : config_(c),
+      comm_(comm),
+      plan_(plan),
+      opts_(opts),
+      kv_(opts.kv_block_size, (opts.kv_tokens + opts.kv_block_size - 1) / opts.kv_block_size),
+      stats_(c.num_layers, c.num_experts, comm.size()),
+      gemm_(stream_.get()) {}
+
+GpuEngine::~GpuEngine() { cudaStreamSynchronize(stream_.get()); }
+
+absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& c, Communicator& comm,
+                                                             const PlacementPlan& plan,
+                                                             const GpuEngineOptions& opts) {
+  MOE_RETURN_IF_ERROR(CheckEngineSetup(c, plan, comm, opts.kv_block_size, opts.kv_tokens));
+  MOE_RETURN_IF_ERROR(CheckKernelLimits(c));
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+    return absl::FailedPreconditionError("GPU engine: no CUDA device");
+  }
+  if (opts.device >= count) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU engine: device ", opts.device, " of ", count));
+  }
+  try {
+    if (opts.device >= 0) MOE_CUDA_CHECK(cudaSetDevice(opts.device));
+    std::unique_ptr<GpuEngine> e(new GpuEngine(c, comm, plan, opts));
+    const size_t kv_elems = static_cast<size_t>(c.num_layers * e->kv_.total_blocks() * opts.kv_block_size * c.kv_dim());
+    try {
+      e->keys_ = DeviceBuffer<bf16>(kv_elems);
+      e->values_ = DeviceBuffer<bf16>(kv_elems);
+    } catch (const CudaError& err) {
+      (void)cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat("GPU engine: cannot allocate the KV cache (",
+                                                       2 * kv_elems * sizeof(bf16), " bytes for ", opts.kv_tokens,
+                                                       " positions): ", err.what()));
+    }
+    std::vector<double> inv(static_cast<size_t>(c.head_dim / 2));
+    cpu::RopeInvFreq(c.head_dim, c.rope_theta, inv);
+    e->inv_freq_ = DeviceBuffer<double>(inv.size());
+    MOE_CUDA_CHECK(cudaMemcpy(e->inv_freq_.get(), inv.data(), sizeof(double) * inv.size(), cudaMemcpyHostToDevice));
+    e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
+                                            opts.force_host_staging);
+    e->profiler_.Enable(opts.profile_stages, c.num_layers);
+    return e;
+  } catch (const std::exception& err) {
+    return absl::InternalError(absl::StrCat("GPU engine: ", err.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Load(const std::string& model_dir, Communicator& comm,
+                                                           const PlacementPlan& plan, const GpuEngineOptions& opts) {
+  MOE_ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromModelDir(model_dir));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(model_dir));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<GpuEngine> e, Create(c, comm, plan, opts));
+  const int rank = comm.rank();
+  auto progress = [&](int64_t done, int64_t total) {
+    if (opts.verbose) std::fprintf(stderr, "[rank %d] loading %s to the GPU: layer %lld/%lld\n", rank,
+                                   model_dir.c_str(), static_cast<long long>(done), static_cast<long long>(total));
+  };
+  try {
+    MOE_ASSIGN_OR_RETURN(e->weights_,
+                         DeviceWeights::Upload(c, *ckpt, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); },
+                                               progress));
+  } catch (const std::exception& err) {
+    return absl::InternalError(absl::StrCat("GPU engine: loading ", model_dir, ": ", err.what()));
+  }
+  return e;
+}
+
+absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelConfig& c, Communicator& comm,
+                                                                    const PlacementPlan& plan,
+                                                                    const GpuEngineOptions& opts, uint64_t seed) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<GpuEngine> e, Create(c, comm, plan, opts));
+  const int rank = comm.rank();
+  try {
+    MOE_ASSIGN_OR_RETURN(e->weights_, DeviceWeights::Synthetic(
+                                          c, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); }, seed));
+  } catch (const std::exception& err) {
+    return absl::InternalError(absl::StrCat("GPU engine: synthetic weights: ", err.what()));
+  }
+  if (opts.verbose) {
+    std::fprintf(stderr, "[rank %d] synthetic weights (seed %llu): %.2f GB on the GPU\n", rank,
+                 static_cast<unsigned long long>(seed), static_cast<double>(e->weights_->bytes()) / 1e9);
+  }
+  return e;
+}
+
+absl::StatusOr<StepOutput> GpuEngine::Step(const std::vector<SequenceChunk>& chunks) {
+  StepOutput out;
+  MOE_ASSIGN_OR_RETURN(out.global_rows, BeginStep(config_, comm_, kv_, chunks));
+  if (out.global_rows == 0) return out;
+  Forward(chunks, out);
+  AdvanceLengths(kv_, chunks);
+  if (opts_.collect_load_stats) stats_.FinishStep(comm_);
+  return out;
+}
+
+void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, V = c.vocab_size, qd = c.q_dim(), kvd = c.kv_dim(), qkvd = qd + 2 * kvd;
+  const cudaStream_t s = stream_.get();
+  const int64_t S = static_cast<int64_t>(chunks.size());
+  int64_t T = 0, max_blocks = 1, wanted = 0;
+  for (const SequenceChunk& ch : chunks) {
+    const int64_t n = static_cast<int64_t>(ch.tokens.size());
+    T += n;
+    wanted += ch.all_logits ? n : 1;
+    max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
+  }
+  profiler_.StepStart(s);
+
+  // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
+  // block tables [S, max_blocks], wanted rows [wanted].
+  const int64_t n_inputs = 3 * T + S * max_blocks + wanted;
+  h_inputs_.EnsureSize(static_cast<size_t>(n_inputs));  // the last step ended with a synchronisation
+  int32_t* ids = h_inputs_.get();
+  int32_t* pos = ids + T;
+  int32_t* row_seq = pos + T;
+  int32_t* tables = row_seq + T;
+  int32_t* wanted_rows = tables + S * max_blocks;
+  std::vector<int64_t> starts(static_cast<size_t>(S));
+  int64_t row = 0, w = 0;
+  for (int64_t ci = 0; ci < S; ++ci) {
+    const SequenceChunk& ch = chunks[ci];
+    const int64_t n = static_cast<int64_t>(ch.tokens.size());
+    starts[ci] = kv_.length(ch.seq_id);
+    for (int64_t i = 0; i < n; ++i) {
+      ids[row + i] = ch.tokens[i];
+      pos[row + i] = static_cast<int32_t>(starts[ci] + i);
+      row_seq[row + i] = static_cast<int32_t>(ci);
+    }
+    const std::vector<int32_t>& blocks = kv_.blocks(ch.seq_id);
+    std::fill(tables + ci * max_blocks, tables + (ci + 1) * max_blocks, 0);
+    std::copy(blocks.begin(), blocks.end(), tables + ci * max_blocks);
+    for (int64_t i = ch.all_logits ? 0 : n - 1; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
+    row += n;
+  }
+  inputs_.EnsureSize(static_cast<size_t>(n_inputs));
+  if (n_inputs > 0) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(inputs_.get(), h_inputs_.get(), sizeof(int32_t) * n_inputs,
+                                   cudaMemcpyHostToDevice, s));
+  }
+  const int32_t* d_ids = inputs_.get();
+  const int32_t* d_pos = d_ids + T;
+  const int32_t* d_row_seq = d_pos + T;
+  const int32_t* d_tables = d_row_seq + T;
+  const int32_t* d_wanted = d_tables + S * max_blocks;
+
+  x_.EnsureSize(static_cast<size_t>(T * H));
+  hn_.EnsureSize(static_cast<size_t>(T * H));
+  qkv_.EnsureSize(static_cast<size_t>(T * qkvd));
+  q_.EnsureSize(static_cast<size_t>(T * qd));
+  attn_.EnsureSize(static_cast<size_t>(T * qd));
+  k_.EnsureSize(static_cast<size_t>(T * kvd));
+  v_.EnsureSize(static_cast<size_t>(T * kvd));
+
+  routing_.assign(opts_.record_routing ? static_cast<size_t>(c.num_layers) : 0, {});
+  EmbeddingGather(weights_->embed, d_ids, T, H, x_.get(), s);
+  const int64_t layer_elems = kv_.total_blocks() * kv_.block_size() * kvd;
+  const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  const int64_t window = c.sliding_window ? *c.sliding_window : 0;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const DeviceAttentionWeights& a = weights_->attention[l];
+    profiler_.Mark(l, Boundary::kLayerStart, s);
+    AddRmsNorm(x_.get(), nullptr, a.norm, T, H, eps, hn_.get(), s);
+    gemm_.Linear(hn_.get(), T, H, a.wqkv, qkvd, qkv_.get());
+    if (T > 0) {
+      // Split the stacked [T, q | k | v] rows into contiguous q, k, v (RoPE and the KV write want them so).
+      const size_t src_pitch = sizeof(bf16) * qkvd;
+      MOE_CUDA_CHECK(cudaMemcpy2DAsync(q_.get(), sizeof(bf16) * qd, qkv_.get(), src_pitch, sizeof(bf16) * qd, T,
+                                       cudaMemcpyDeviceToDevice, s));
+      MOE_CUDA_CHECK(cudaMemcpy2DAsync(k_.get(), sizeof(bf16) * kvd, qkv_.get() + qd, src_pitch, sizeof(bf16) * kvd,
+                                       T, cudaMemcpyDeviceToDevice, s));
+      MOE_CUDA_CHECK(cudaMemcpy2DAsync(v_.get(), sizeof(bf16) * kvd, qkv_.get() + qd + kvd, src_pitch,
+                                       sizeof(bf16) * kvd, T, cudaMemcpyDeviceToDevice, s));
+    }
+    Rope(q_.get(), d_pos, T, c.num_heads, c.head_dim, inv_freq_.get(), s);
+    Rope(k_.get(), d_pos, T, c.num_kv_heads, c.head_dim, inv_freq_.get(), s);
+    PagedKv kv{keys_.get() + l * layer_elems, values_.get() + l * layer_elems, d_tables, max_blocks,
+               kv_.block_size(), c.num_kv_heads, c.head_dim};
+    // This step's keys and values first: its queries attend to them.
+    WriteKv(k_.get(), v_.get(), d_row_seq, d_pos, T, kv, s);
+    PagedAttention(q_.get(), d_row_seq, d_pos, T, c.num_heads, kv, window, scale, attn_.get(), s);
+    gemm_.LinearF32(attn_.get(), T, qd, a.wo, H, x_.get(), /*accumulate=*/true);
+    profiler_.Mark(l, Boundary::kAttentionEnd, s);
+
+    AddRmsNorm(x_.get(), nullptr, weights_->moe[l].norm, T, H, eps, hn_.get(), s);
+    moe_->Forward(l, weights_->moe[l], hn_.get(), T, x_.get(), profiler_,
+                  opts_.record_routing ? &routing_[l] : nullptr);
+  }
+
+  // Final norm (all rows: cheap next to the LM head) and the LM head on the wanted rows.
+  AddRmsNorm(x_.get(), nullptr, weights_->final_norm, T, H, eps, hn_.get(), s);
+  wanted_.EnsureSize(static_cast<size_t>(wanted * H));
+  logits_.EnsureSize(static_cast<size_t>(wanted * V));
+  GatherRows(hn_.get(), d_wanted, wanted, H, wanted_.get(), s);
+  gemm_.LinearF32(wanted_.get(), wanted, H, weights_->lm_head, V, logits_.get());
+  MOE_CUDA_CHECK(cudaStreamSynchronize(s));  // nothing may use the pinned logits buffer when it grows
+  h_logits_.EnsureSize(static_cast<size_t>(wanted * V));
+  if (wanted > 0) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_logits_.get(), logits_.get(), sizeof(float) * wanted * V,
+                                   cudaMemcpyDeviceToHost, s));
+  }
+  profiler_.StepEnd(s, c.num_layers);
+  MOE_CUDA_CHECK(cudaStreamSynchronize(s));
+
+  w = 0;
+  for (int64_t ci = 0; ci < S; ++ci) {
+    const SequenceChunk& ch = chunks[ci];
+    const int64_t n = static_cast<int64_t>(ch.tokens.size());
+    const int64_t first = ch.all_logits ? 0 : n - 1;
+    ChunkLogits cl;
+    cl.seq_id = ch.seq_id;
+    cl.first_position = starts[ci] + first;
+    cl.rows = n - first;
+    cl.logits.assign(h_logits_.get() + w * V, h_logits_.get() + (w + cl.rows) * V);
+    w += cl.rows;
+    out.chunks.push_back(std::move(cl));
+  }
+}
+
+}  // namespace moe::gpu

@@ -1,0 +1,135 @@
+// The GPU engine of one rank: the same contract as the CPU moe::Engine (Load, AddSequence,
+// FreeSequence, a collective Step with the same validation and step header), running the forward
+// on one CUDA device with bf16 weights and activations, float32 accumulation in every GEMM, a
+// float32 residual stream, float32 router and final logits.
+//
+// Per step: the step's inputs (token ids, positions, block tables, the rows whose logits are
+// wanted) go to the device in one copy; per layer: fused RMSNorm, one QKV GEMM, RoPE, the keys and
+// values written into the paged bf16 KV cache, paged attention, the output GEMM accumulated into
+// the residual, RMSNorm, the MoE layer (worker/gpu/moe_layer.h); at the end the final norm, the LM
+// head on the wanted rows and one copy of their logits to the host.
+//
+// Expert parallelism uses the engine's Communicator exactly as the CPU engine does, so the NCCL
+// backend plugs in behind that interface; in this first version the MoE rows cross ranks through
+// host staging and the routing comes to the host once per layer (see moe_layer.h).
+//
+// CUDA and cuBLAS failures during a step throw (CudaError / CublasError): the device is then in
+// an unknown state and the process should end. Load reports them as errors.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "coordinator/placement.h"
+#include "worker/comm/communicator.h"
+#include "worker/gpu/device_buffer.h"
+#include "worker/gpu/device_weights.h"
+#include "worker/gpu/gemm.h"
+#include "worker/gpu/moe_layer.h"
+#include "worker/gpu/stage_profiler.h"
+#include "worker/kv_blocks.h"
+#include "worker/model/config.h"
+#include "worker/moe/load_stats.h"
+#include "worker/step_engine.h"
+
+namespace moe::gpu {
+
+struct GpuEngineOptions {
+  int64_t kv_block_size = 16;
+  int64_t kv_tokens = 16384;  // KV cache capacity in token positions (rounded up to whole blocks)
+  bool collect_load_stats = true;
+  bool verbose = false;     // print load progress to stderr
+  int device = -1;          // CUDA device to use; -1: the current one
+  bool force_host_staging = false;  // MoE rows through the host and the Communicator even on one rank
+  bool profile_stages = false;      // per-stage CUDA event timings (see stage_profiler.h)
+  bool record_routing = false;      // keep the last step's router logits and routing per layer (tests)
+};
+
+// The engine's stream, destroyed last.
+class CudaStream {
+ public:
+  CudaStream() { MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
+  ~CudaStream() { cudaStreamDestroy(s_); }
+  CudaStream(const CudaStream&) = delete;
+  CudaStream& operator=(const CudaStream&) = delete;
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+class GpuEngine final : public StepEngine {
+ public:
+  // Loads config.json and, from the checkpoint, the replicated tensors and the experts `plan` gives
+  // comm.rank(). The plan must match the config and comm.size().
+  static absl::StatusOr<std::unique_ptr<GpuEngine>> Load(const std::string& model_dir, Communicator& comm,
+                                                         const PlacementPlan& plan, const GpuEngineOptions& opts);
+  // The same with seeded random weights generated on the device (no checkpoint): any config runs.
+  static absl::StatusOr<std::unique_ptr<GpuEngine>> LoadSynthetic(const ModelConfig& c, Communicator& comm,
+                                                                  const PlacementPlan& plan,
+                                                                  const GpuEngineOptions& opts, uint64_t seed);
+  ~GpuEngine() override;
+
+  absl::Status AddSequence(int64_t seq_id) override { return kv_.AddSequence(seq_id); }
+  void FreeSequence(int64_t seq_id) override { kv_.FreeSequence(seq_id); }
+  bool HasSequence(int64_t seq_id) const override { return kv_.HasSequence(seq_id); }
+  int64_t SequenceLength(int64_t seq_id) const override { return kv_.length(seq_id); }
+
+  // The collective forward step. On error nothing is changed on any rank.
+  absl::StatusOr<StepOutput> Step(const std::vector<SequenceChunk>& chunks) override;
+
+  const ModelConfig& config() const override { return config_; }
+  const PlacementPlan& plan() const { return plan_; }
+  Communicator& comm() { return comm_; }
+  const KvBlockAllocator& kv_blocks() const { return kv_; }
+  const LoadStats& load_stats() const { return stats_; }
+  LoadStats& load_stats() { return stats_; }
+  int64_t weight_bytes() const { return weights_->bytes(); }
+  int64_t expert_weight_bytes() const { return weights_->expert_bytes(); }
+  int64_t kv_cache_bytes() const { return static_cast<int64_t>(2 * keys_.size() * sizeof(bf16)); }
+  cudaStream_t stream() const { return stream_.get(); }
+
+  // Per layer, for the last step's local rows (only with record_routing).
+  const std::vector<MoeLayer::Record>& last_routing() const { return routing_; }
+
+  // Stage timings (profiling mode): switched on and off between steps.
+  void set_profile_stages(bool on) { profiler_.Enable(on, config_.num_layers); }
+  const StageTimes& stage_times() const { return profiler_.times(); }
+  void reset_stage_times() { profiler_.Reset(); }
+
+ private:
+  GpuEngine(const ModelConfig& c, Communicator& comm, const PlacementPlan& plan, const GpuEngineOptions& opts);
+  // Checks the config against the kernels' limits, selects the device, allocates the KV cache.
+  static absl::StatusOr<std::unique_ptr<GpuEngine>> Create(const ModelConfig& c, Communicator& comm,
+                                                           const PlacementPlan& plan, const GpuEngineOptions& opts);
+  void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);
+
+  ModelConfig config_;
+  Communicator& comm_;
+  PlacementPlan plan_;
+  GpuEngineOptions opts_;
+  KvBlockAllocator kv_;
+  LoadStats stats_;
+  CudaStream stream_;  // before every member that enqueues work on it
+  Gemm gemm_;
+  StageProfiler profiler_;
+  std::unique_ptr<DeviceWeights> weights_;
+  std::unique_ptr<GpuMoeLayer> moe_;
+  std::vector<MoeLayer::Record> routing_;
+
+  DeviceBuffer<bf16> keys_, values_;  // [layers, blocks, block_size, kv_heads, head_dim]
+  DeviceBuffer<double> inv_freq_;     // RoPE [head_dim / 2]
+  // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows (one int32 buffer).
+  PinnedBuffer<int32_t> h_inputs_;
+  DeviceBuffer<int32_t> inputs_;
+  // Activations, grown as steps need.
+  DeviceBuffer<float> x_, logits_;  // residual stream [T, H]; final logits [rows wanted, V]
+  DeviceBuffer<bf16> hn_, qkv_, q_, k_, v_, attn_, wanted_;
+  PinnedBuffer<float> h_logits_;
+};
+
+}  // namespace moe::gpu

@@ -1,0 +1,67 @@
+#include "worker/server/batch_planner.h"
+
+#include <algorithm>
+
+#include "common/status.h"
+
+namespace moe {
+
+BatchPlanner::BatchPlanner(int64_t kv_blocks_total, int64_t kv_block_size)
+    : total_blocks_(kv_blocks_total), block_size_(kv_block_size) {
+  MOE_CHECK(kv_block_size > 0);
+}
+
+void BatchPlanner::Enqueue(uint64_t seq_id, int64_t worst_case_positions) {
+  MOE_CHECK(blocks_.count(seq_id) == 0, "sequence ", seq_id, " enqueued twice");
+  MOE_CHECK(EverFits(worst_case_positions), "sequence ", seq_id, " can never fit the KV cache");
+  blocks_[seq_id] = BlocksFor(worst_case_positions);
+  waiting_.push_back(seq_id);
+}
+
+std::vector<uint64_t> BatchPlanner::Admit() {
+  std::vector<uint64_t> admitted;
+  while (!waiting_.empty()) {
+    const uint64_t id = waiting_.front();
+    const int64_t need = blocks_.at(id);
+    if (reserved_ + need > total_blocks_) break;
+    reserved_ += need;
+    waiting_.pop_front();
+    running_.push_back(id);
+    admitted.push_back(id);
+  }
+  return admitted;
+}
+
+void BatchPlanner::Remove(uint64_t seq_id) {
+  auto it = blocks_.find(seq_id);
+  if (it == blocks_.end()) return;
+  if (auto r = std::find(running_.begin(), running_.end(), seq_id); r != running_.end()) {
+    running_.erase(r);
+    reserved_ -= it->second;
+  } else {
+    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq_id));
+  }
+  blocks_.erase(it);
+}
+
+std::vector<int64_t> PlanStepTokens(const std::vector<int64_t>& prompt_remaining, int64_t max_batch_tokens) {
+  std::vector<int64_t> tokens(prompt_remaining.size(), 0);
+  int64_t budget = std::max<int64_t>(1, max_batch_tokens);
+  // Decoding sequences first: one token each keeps their inter-token latency flat while long
+  // prompts are prefilled in pieces.
+  for (size_t i = 0; i < prompt_remaining.size() && budget > 0; ++i) {
+    if (prompt_remaining[i] == 0) {
+      tokens[i] = 1;
+      --budget;
+    }
+  }
+  for (size_t i = 0; i < prompt_remaining.size() && budget > 0; ++i) {
+    if (prompt_remaining[i] > 0) {
+      tokens[i] = std::min(prompt_remaining[i], budget);
+      budget -= tokens[i];
+    }
+  }
+  return tokens;
+}
+
+}  // namespace moe

@@ -1,0 +1,123 @@
+#include "worker/server/coordinator_link.h"
+
+#include <utility>
+
+namespace moe {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), absl::StrCat(what, ": ", s.error_message()));
+}
+
+}  // namespace
+
+CoordinatorLink::CoordinatorLink(std::string address, std::shared_ptr<grpc::Channel> channel)
+    : address_(std::move(address)), channel_(std::move(channel)), stub_(moe::v1::Cluster::NewStub(channel_)) {}
+
+absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const std::string& address,
+                                                                          std::chrono::milliseconds connect_timeout) {
+  grpc::ChannelArguments args;
+  // Reconnect attempts while the coordinator is not listening yet: quick at first, at most 1 s apart.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Coordinator messages are small, but a generous cap costs nothing.
+  args.SetMaxReceiveMessageSize(64 << 20);
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
+    return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address, " within ",
+                                               connect_timeout.count() / 1000.0, " s"));
+  }
+  return std::unique_ptr<CoordinatorLink>(new CoordinatorLink(address, std::move(channel)));
+}
+
+CoordinatorLink::~CoordinatorLink() { Close(std::chrono::milliseconds(0)); }
+
+absl::StatusOr<moe::v1::RegisterResponse> CoordinatorLink::Register(const moe::v1::RegisterRequest& req) {
+  grpc::ClientContext ctx;
+  // No deadline: the answer waits for the slowest rank of the job to register. wait_for_ready
+  // rides over a connection that drops and comes back meanwhile.
+  ctx.set_wait_for_ready(true);
+  moe::v1::RegisterResponse resp;
+  MOE_RETURN_IF_ERROR(FromGrpc(stub_->Register(&ctx, req, &resp), absl::StrCat("Register with ", address_)));
+  return resp;
+}
+
+absl::Status CoordinatorLink::OpenStream(Inbox& inbox) {
+  if (stream_) return absl::FailedPreconditionError("the Serve stream is already open");
+  stream_ctx_.set_wait_for_ready(true);
+  stream_ = stub_->Serve(&stream_ctx_);
+  if (!stream_) return absl::UnavailableError(absl::StrCat("cannot open the Serve stream to ", address_));
+  reader_ = std::thread(&CoordinatorLink::ReaderMain, this, &inbox);
+  writer_ = std::thread(&CoordinatorLink::WriterMain, this);
+  return absl::OkStatus();
+}
+
+void CoordinatorLink::Send(moe::v1::WorkerMessage msg) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (write_failed_ || closing_ || !stream_) return;
+    queue_.push_back(std::move(msg));
+  }
+  cv_.notify_all();
+}
+
+void CoordinatorLink::ReaderMain(Inbox* inbox) {
+  moe::v1::CoordinatorMessage msg;
+  while (stream_->Read(&msg)) inbox->Push(std::move(msg));
+  inbox->Close();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reader_done_ = true;
+  }
+  cv_.notify_all();
+}
+
+void CoordinatorLink::WriterMain() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return !queue_.empty() || closing_; });
+    if (queue_.empty()) break;  // closing, and everything is written
+    moe::v1::WorkerMessage msg = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    const bool ok = stream_->Write(msg);
+    lock.lock();
+    if (!ok) {
+      write_failed_ = true;
+      queue_.clear();
+      break;
+    }
+  }
+  if (!write_failed_) {
+    lock.unlock();
+    stream_->WritesDone();
+    lock.lock();
+  }
+  writer_done_ = true;
+  cv_.notify_all();
+}
+
+void CoordinatorLink::Close(std::chrono::milliseconds flush_timeout) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+    closing_ = true;
+  }
+  cv_.notify_all();
+  if (!stream_) return;
+  {
+    // Let the writer flush and the coordinator end the stream; past the timeout, cancel it (which
+    // unblocks a Write or Read stuck on a coordinator that stopped reading or never ends the call).
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, flush_timeout, [this] { return writer_done_ && reader_done_; });
+  }
+  stream_ctx_.TryCancel();
+  if (writer_.joinable()) writer_.join();
+  if (reader_.joinable()) reader_.join();
+  (void)stream_->Finish();
+}
+
+}  // namespace moe

@@ -1,0 +1,68 @@
+// A worker rank's connection to the coordinator: Register, then the one bidirectional Serve stream.
+// A reader thread feeds every CoordinatorMessage into an Inbox (and closes it when the stream ends);
+// Send() queues WorkerMessages for a writer thread, which is the only caller of Write, so the
+// serving loop never blocks on the network and writes never interleave.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "common/status.h"
+#include "moe/v1/cluster.grpc.pb.h"
+#include "worker/server/inbox.h"
+#include "worker/server/outbox.h"
+
+namespace moe {
+
+class CoordinatorLink final : public Outbox {
+ public:
+  // Connects to `address` (HOST:PORT), retrying for up to `connect_timeout` so that workers may
+  // start before the coordinator listens. Unavailable when it cannot be reached in time.
+  static absl::StatusOr<std::unique_ptr<CoordinatorLink>> Connect(const std::string& address,
+                                                                  std::chrono::milliseconds connect_timeout);
+  ~CoordinatorLink() override;
+
+  // Blocks until every rank of the job has registered (the coordinator answers then).
+  absl::StatusOr<moe::v1::RegisterResponse> Register(const moe::v1::RegisterRequest& req);
+
+  // Opens the Serve stream and starts the reader (into `inbox`, which must outlive the link) and
+  // the writer threads.
+  absl::Status OpenStream(Inbox& inbox);
+
+  // Queues a message for the writer thread. Dropped once the stream has failed or is closing.
+  void Send(moe::v1::WorkerMessage msg) override;
+
+  // Writes what is queued (waiting at most `flush_timeout`), half-closes the stream, waits the same
+  // time for the coordinator to end it, then cancels it and joins the threads. Idempotent.
+  void Close(std::chrono::milliseconds flush_timeout = std::chrono::seconds(3));
+
+ private:
+  CoordinatorLink(std::string address, std::shared_ptr<grpc::Channel> channel);
+  void ReaderMain(Inbox* inbox);
+  void WriterMain();
+
+  std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<moe::v1::Cluster::Stub> stub_;
+  grpc::ClientContext stream_ctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<moe::v1::WorkerMessage, moe::v1::CoordinatorMessage>> stream_;
+  std::thread reader_, writer_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<moe::v1::WorkerMessage> queue_;
+  bool closing_ = false;       // Close() called: the writer drains the queue, then half-closes
+  bool write_failed_ = false;  // the stream is broken: nothing more can be written
+  bool writer_done_ = false;
+  bool reader_done_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace moe

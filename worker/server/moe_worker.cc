@@ -1,0 +1,126 @@
+// moe-worker: one rank of the serving cluster. Launched as `mpirun -np N moe-worker --coordinator
+// HOST:PORT` (or plainly, as a single rank): registers with the coordinator, loads the shard its
+// placement plan gives this rank, sends Loaded, and serves assigned sequences in lock step with the
+// other ranks until the coordinator sends Shutdown (exit 0) or is lost (exit 1).
+//
+// Exit status: 0 after Shutdown, 1 when the coordinator, the model or the job failed, 2 bad flags.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <mpi.h>
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "coordinator/placement.h"
+#include "worker/comm/local_communicator.h"
+#include "worker/comm/mpi_communicator.h"
+#include "worker/comm/mpi_launch.h"
+#include "worker/engine.h"
+#include "worker/server/coordinator_link.h"
+#include "worker/server/inbox.h"
+#include "worker/server/serving_loop.h"
+#include "worker/server/worker_flags.h"
+
+namespace moe {
+namespace {
+
+constexpr auto kConnectTimeout = std::chrono::seconds(30);
+
+// True on every rank when any rank passes a failure; each failing rank prints its own message.
+// Keeps the ranks together, so that no rank waits in a collective for one that gave up.
+bool AnyRankFailed(Communicator& comm, const absl::Status& s) {
+  if (!s.ok()) std::fprintf(stderr, "moe-worker [rank %d]: %s\n", comm.rank(), std::string(s.message()).c_str());
+  std::vector<int64_t> flag = {s.ok() ? 0 : 1};
+  comm.AllReduceSum(flag);
+  return flag[0] > 0;
+}
+
+std::string HostName() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
+  return buf;
+}
+
+int64_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+}
+
+absl::StatusOr<PlacementPlan> PlanOf(const moe::v1::RegisterResponse& resp) {
+  nlohmann::json j = nlohmann::json::parse(resp.placement_json(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("the coordinator's placement_json is not valid JSON");
+  return PlacementPlan::FromJson(j);
+}
+
+int Run(const std::vector<std::string>& args, Communicator& comm) {
+  const int rank = comm.rank();
+  absl::StatusOr<WorkerFlags> flags = ParseWorkerFlags(args);
+  if (!flags.ok()) {
+    if (rank == 0) std::fprintf(stderr, "moe-worker: %s\n%s", std::string(flags.status().message()).c_str(), WorkerUsage().c_str());
+    return 2;
+  }
+  if (flags->help) {
+    if (rank == 0) std::fputs(WorkerUsage().c_str(), stdout);
+    return 0;
+  }
+
+  absl::StatusOr<std::unique_ptr<CoordinatorLink>> link = CoordinatorLink::Connect(flags->coordinator, kConnectTimeout);
+  if (AnyRankFailed(comm, link.status())) return 1;
+  moe::v1::RegisterRequest req;
+  req.set_rank(rank);
+  req.set_world_size(comm.size());
+  req.set_host(HostName());
+  req.set_device("cpu");
+  req.set_memory_bytes(PhysicalMemoryBytes());
+  req.set_model_dir(flags->model_dir);
+  absl::StatusOr<moe::v1::RegisterResponse> reg = (*link)->Register(req);
+  if (AnyRankFailed(comm, reg.status())) return 1;
+
+  const std::string model_dir = flags->model_dir.empty() ? reg->model_dir() : flags->model_dir;
+  absl::StatusOr<PlacementPlan> plan = PlanOf(*reg);
+  absl::StatusOr<ModelConfig> config =
+      plan.ok() ? ModelConfig::FromModelDir(model_dir) : absl::StatusOr<ModelConfig>(plan.status());
+  if (AnyRankFailed(comm, config.status())) return 1;
+  EngineOptions eo;
+  eo.kv_block_size = flags->kv_block_size;
+  eo.kv_tokens = flags->kv_tokens > 0 ? flags->kv_tokens : DefaultKvTokens(*config);
+  eo.verbose = true;  // "[rank r] loading DIR: layer i/N"
+  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Load(model_dir, comm, *plan, eo);
+  if (AnyRankFailed(comm, engine.status())) return 1;
+
+  Inbox inbox;
+  if (AnyRankFailed(comm, (*link)->OpenStream(inbox))) return 1;
+  moe::v1::WorkerMessage loaded;
+  loaded.mutable_loaded()->set_rank(rank);
+  loaded.mutable_loaded()->set_weight_bytes((*engine)->weight_bytes());
+  loaded.mutable_loaded()->set_kv_blocks_total((*engine)->kv_cache().total_blocks());
+  (*link)->Send(std::move(loaded));
+  std::fprintf(stderr, "[rank %d] loaded %.1f MB of weights, %lld KV blocks of %lld positions; serving\n", rank,
+               (*engine)->weight_bytes() / 1e6, static_cast<long long>((*engine)->kv_cache().total_blocks()),
+               static_cast<long long>(eo.kv_block_size));
+
+  ServingLoopOptions lo;
+  lo.max_batch_tokens = flags->max_batch_tokens;
+  ServingLoop loop(**engine, inbox, **link, lo);
+  const StopReason why = loop.Run();
+  (*link)->Close();
+  if (why == StopReason::kCoordinatorLost) {
+    std::fprintf(stderr, "moe-worker [rank %d]: lost the coordinator at %s; leaving\n", rank, flags->coordinator.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  return moe::RunAsJob(argc, argv, "moe-worker", [&](moe::Communicator& comm) { return moe::Run(args, comm); });
+}

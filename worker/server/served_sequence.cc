@@ -1,0 +1,42 @@
+#include "worker/server/served_sequence.h"
+
+#include <algorithm>
+
+namespace moe {
+
+int64_t WorstCasePositions(const moe::v1::Assign& a, const ModelConfig& c) {
+  const int64_t prompt = a.prompt_size();
+  if (a.kind() == moe::v1::Assign::KIND_SCORE) return prompt;
+  return std::min<int64_t>(prompt + static_cast<int64_t>(a.max_tokens()), c.max_position_embeddings);
+}
+
+SamplingParams SamplingOf(const moe::v1::Assign& a) {
+  SamplingParams p;
+  p.temperature = a.temperature();
+  p.top_k = a.top_k();
+  p.top_p = a.top_p();
+  p.seed = a.seed();
+  return p;
+}
+
+absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
+  if (a.kind() != moe::v1::Assign::KIND_GENERATE && a.kind() != moe::v1::Assign::KIND_SCORE) {
+    return absl::InvalidArgumentError(absl::StrCat("kind: unknown value ", static_cast<int>(a.kind())));
+  }
+  if (a.prompt_size() == 0) return absl::InvalidArgumentError("prompt: empty");
+  for (int i = 0; i < a.prompt_size(); ++i) {
+    const int32_t id = a.prompt(i);
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: token id ", id, " at index ", i,
+                                                     " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  if (a.prompt_size() > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", a.prompt_size(), " tokens exceed the context of ",
+                                                   c.max_position_embeddings));
+  }
+  if (a.kind() == moe::v1::Assign::KIND_GENERATE) MOE_RETURN_IF_ERROR(SamplingOf(a).Validate());
+  return absl::OkStatus();
+}
+
+}  // namespace moe

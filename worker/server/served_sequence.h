@@ -1,0 +1,39 @@
+// One sequence a worker serves, from the coordinator's Assign to its Finished: what was asked, how
+// far the engine has got, and what it produced.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/status.h"
+#include "moe/v1/cluster.pb.h"
+#include "worker/model/config.h"
+#include "worker/sampler.h"
+
+namespace moe {
+
+struct ServedSequence {
+  moe::v1::Assign assign;
+  SamplingParams sampling;         // generation only
+  int64_t fed = 0;                 // positions handed to the engine (prompt chunks, then decode tokens)
+  std::vector<int32_t> generated;  // sampled token ids
+  moe::v1::Scored scored;          // scoring: logprobs (and is_argmax) gathered chunk by chunk
+
+  bool is_score() const { return assign.kind() == moe::v1::Assign::KIND_SCORE; }
+  int64_t prompt_size() const { return assign.prompt_size(); }
+  // Prompt tokens not yet handed to the engine; 0 once the sequence decodes.
+  int64_t prompt_remaining() const { return fed < prompt_size() ? prompt_size() - fed : 0; }
+};
+
+// The most token positions a sequence can occupy: prompt + max_tokens, capped at the context
+// (generation stops at the context end); the prompt alone for scoring.
+int64_t WorstCasePositions(const moe::v1::Assign& a, const ModelConfig& c);
+
+// Checks an Assign against the model: a non-empty prompt of in-vocabulary ids within the context,
+// a known kind, and valid sampling parameters. InvalidArgument naming the field.
+absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c);
+
+// The sampling parameters of a generation Assign (temperature 0 = greedy).
+SamplingParams SamplingOf(const moe::v1::Assign& a);
+
+}  // namespace moe

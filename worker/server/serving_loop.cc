@@ -1,0 +1,268 @@
+#include "worker/server/serving_loop.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "worker/sampler.h"
+
+namespace moe {
+namespace {
+
+using moe::v1::Finished;
+
+bool IsEos(const ModelConfig& c, int32_t tok) {
+  return std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
+}
+
+// The engine keys sequences by int64; the coordinator's uint64 ids map one to one.
+int64_t EngineId(uint64_t seq_id) { return static_cast<int64_t>(seq_id); }
+
+}  // namespace
+
+ServingLoop::ServingLoop(Engine& engine, Inbox& inbox, Outbox& outbox, ServingLoopOptions opts)
+    : engine_(engine),
+      inbox_(inbox),
+      outbox_(outbox),
+      opts_(opts),
+      planner_(engine.kv_cache().total_blocks(), engine.kv_cache().block_size()),
+      // "Due now" without overflow: a fresh rank heartbeats on its first iteration, so an idle new
+      // cluster is not declared lost (time_point::min() overflowed now - last_heartbeat_).
+      last_heartbeat_(std::chrono::steady_clock::now() - opts.heartbeat_interval),
+      idle_wait_(opts.idle_wait_min) {}
+
+moe::v1::WorkerStats ServingLoop::Stats() const {
+  moe::v1::WorkerStats st;
+  st.set_rank(engine_.comm().rank());
+  st.set_running_sequences(num_sequences());
+  st.set_kv_blocks_used(engine_.kv_cache().used_blocks());
+  st.set_kv_blocks_total(engine_.kv_cache().total_blocks());
+  st.set_steps(steps_);
+  st.set_load_stats_json(engine_.load_stats().ToJson().dump());
+  return st;
+}
+
+void ServingLoop::SendHeartbeat() {
+  moe::v1::WorkerMessage m;
+  *m.mutable_heartbeat()->mutable_stats() = Stats();
+  outbox_.Send(std::move(m));
+  last_heartbeat_ = std::chrono::steady_clock::now();
+  finished_since_heartbeat_ = false;
+}
+
+void ServingLoop::Finish(uint64_t seq_id, Finished::Reason reason, const std::string& error) {
+  moe::v1::WorkerMessage m;
+  Finished* f = m.mutable_finished();
+  f->set_seq_id(seq_id);
+  f->set_reason(reason);
+  if (!error.empty()) f->set_error(error);
+  outbox_.Send(std::move(m));
+  planner_.Remove(seq_id);
+  engine_.FreeSequence(EngineId(seq_id));  // ignores sequences never admitted
+  seqs_.erase(seq_id);
+  finished_since_heartbeat_ = true;
+}
+
+void ServingLoop::OnAssign(const moe::v1::Assign& a) {
+  const uint64_t id = a.seq_id();
+  if (seqs_.count(id) != 0) {
+    // Answering would end the sequence the coordinator already has under this id; a duplicate is
+    // the coordinator's bug, so it is reported here and otherwise ignored.
+    std::fprintf(stderr, "[rank %d] ignoring a second Assign for running sequence %llu\n", engine_.comm().rank(),
+                 static_cast<unsigned long long>(id));
+    return;
+  }
+  const ModelConfig& c = engine_.config();
+  seqs_[id].assign = a;
+  if (absl::Status s = ValidateAssign(a, c); !s.ok()) {
+    Finish(id, Finished::REASON_ERROR, std::string(s.message()));
+    return;
+  }
+  const int64_t worst = WorstCasePositions(a, c);
+  if (!planner_.EverFits(worst)) {
+    Finish(id, Finished::REASON_ERROR,
+           absl::StrCat("the sequence needs ", planner_.BlocksFor(worst), " KV blocks (", worst,
+                        " positions), this rank's cache holds ", engine_.kv_cache().total_blocks()));
+    return;
+  }
+  if (a.kind() == moe::v1::Assign::KIND_GENERATE && a.max_tokens() == 0) {
+    Finish(id, Finished::REASON_LENGTH);
+    return;
+  }
+  ServedSequence& s = seqs_[id];
+  if (!s.is_score()) s.sampling = SamplingOf(a);
+  s.scored.set_seq_id(id);
+  planner_.Enqueue(id, worst);
+}
+
+void ServingLoop::OnCancel(uint64_t seq_id) {
+  if (seqs_.count(seq_id) == 0) return;  // unknown or already finished
+  Finish(seq_id, Finished::REASON_CANCELLED);
+}
+
+void ServingLoop::HandleInbox() {
+  // Read `closed` before draining: everything pushed before the close is then in the drain, so a
+  // Shutdown followed by the end of the stream is never mistaken for a lost coordinator.
+  const bool closed = inbox_.closed();
+  for (moe::v1::CoordinatorMessage& msg : inbox_.Drain()) {
+    switch (msg.kind_case()) {
+      case moe::v1::CoordinatorMessage::kAssign:
+        OnAssign(msg.assign());
+        break;
+      case moe::v1::CoordinatorMessage::kCancel:
+        OnCancel(msg.cancel().seq_id());
+        break;
+      case moe::v1::CoordinatorMessage::kShutdown:
+        got_shutdown_ = true;
+        local_stop_ = std::max(local_stop_, StopReason::kShutdown);
+        break;
+      case moe::v1::CoordinatorMessage::KIND_NOT_SET:
+        break;
+    }
+  }
+  if (closed && !got_shutdown_) local_stop_ = StopReason::kCoordinatorLost;
+}
+
+void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits) {
+  const ModelConfig& c = engine_.config();
+  const moe::v1::Assign& a = s.assign;
+  const int32_t tok = SampleToken(logits, s.sampling, static_cast<uint64_t>(s.generated.size()));
+  s.generated.push_back(tok);
+
+  moe::v1::WorkerMessage m;
+  moe::v1::Tokens* t = m.mutable_tokens();
+  t->set_seq_id(seq_id);
+  t->add_token_ids(tok);
+  logprobs_.Compute(logits);
+  t->add_logprobs(logprobs_.logprob(tok));
+  if (a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
+  outbox_.Send(std::move(m));
+
+  // The same stopping rule as GenerateAll, plus stop token ids.
+  const bool stop_token = std::find(a.stop_token_ids().begin(), a.stop_token_ids().end(), tok) != a.stop_token_ids().end();
+  if ((!a.ignore_eos() && IsEos(c, tok)) || stop_token) {
+    Finish(seq_id, Finished::REASON_STOP);
+  } else if (static_cast<int64_t>(s.generated.size()) >= static_cast<int64_t>(a.max_tokens()) ||
+             engine_.SequenceLength(EngineId(seq_id)) + 1 > c.max_position_embeddings) {
+    Finish(seq_id, Finished::REASON_LENGTH);
+  }
+}
+
+void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out) {
+  ServedSequence& s = seqs_.at(seq_id);
+  const int64_t V = engine_.config().vocab_size;
+  const int64_t first = s.fed;
+  s.fed += tokens;
+  if (s.is_score()) {
+    // Row r holds the prediction for prompt token first + r + 1.
+    static const SamplingParams kGreedy{.temperature = 0.0f};
+    for (int64_t r = 0; r < out.rows && first + r + 1 < s.prompt_size(); ++r) {
+      std::span<const float> row(out.logits.data() + r * V, static_cast<size_t>(V));
+      const int32_t next = s.assign.prompt(static_cast<int>(first + r + 1));
+      logprobs_.Compute(row);
+      s.scored.add_logprobs(logprobs_.logprob(next));
+      if (s.assign.want_greedy()) s.scored.add_is_argmax(SampleToken(row, kGreedy, 0) == next);
+    }
+    if (s.prompt_remaining() == 0) {
+      moe::v1::WorkerMessage m;
+      *m.mutable_scored() = std::move(s.scored);
+      outbox_.Send(std::move(m));
+      Finish(seq_id, Finished::REASON_LENGTH);
+    }
+    return;
+  }
+  if (s.prompt_remaining() > 0) return;  // a prompt chunk short of the end: its logits are not needed
+  OnGenerated(seq_id, s, std::span<const float>(out.logits.data() + (out.rows - 1) * V, static_cast<size_t>(V)));
+}
+
+void ServingLoop::StopAll() {
+  std::vector<uint64_t> ids;
+  for (const auto& [id, s] : seqs_) ids.push_back(id);
+  for (uint64_t id : ids) {
+    if (stop_ == StopReason::kShutdown) {
+      Finish(id, Finished::REASON_CANCELLED);
+    } else {
+      planner_.Remove(id);
+      engine_.FreeSequence(EngineId(id));
+      seqs_.erase(id);
+    }
+  }
+  stopped_ = true;
+}
+
+bool ServingLoop::RunOnce() {
+  if (stopped_) return false;
+  ++iterations_;
+  HandleInbox();
+
+  std::vector<int64_t> stop = {static_cast<int64_t>(local_stop_)};
+  engine_.comm().AllReduceMax(stop);
+  if (stop[0] != 0) {
+    stop_ = static_cast<StopReason>(stop[0]);
+    StopAll();
+    return false;
+  }
+
+  for (uint64_t id : planner_.Admit()) {
+    const absl::Status s = engine_.AddSequence(EngineId(id));
+    MOE_CHECK(s.ok(), s.ToString());  // ids are unique among live sequences
+  }
+
+  // This step's chunks.
+  const std::vector<uint64_t>& running = planner_.running();
+  std::vector<int64_t> remaining;
+  remaining.reserve(running.size());
+  for (uint64_t id : running) remaining.push_back(seqs_.at(id).prompt_remaining());
+  const std::vector<int64_t> counts = PlanStepTokens(remaining, opts_.max_batch_tokens);
+  std::vector<SequenceChunk> chunks;
+  std::vector<std::pair<uint64_t, int64_t>> owners;  // (seq id, tokens) per chunk
+  for (size_t i = 0; i < running.size(); ++i) {
+    if (counts[i] == 0) continue;
+    const ServedSequence& s = seqs_.at(running[i]);
+    SequenceChunk ch{EngineId(running[i]), {}, s.is_score()};
+    if (s.prompt_remaining() > 0) {
+      const auto begin = s.assign.prompt().begin() + s.fed;
+      ch.tokens.assign(begin, begin + counts[i]);
+    } else {
+      ch.tokens = {s.generated.back()};
+    }
+    chunks.push_back(std::move(ch));
+    owners.emplace_back(running[i], counts[i]);
+  }
+
+  absl::StatusOr<StepOutput> step = engine_.Step(chunks);
+  if (!step.ok()) {
+    // ABORTED: another rank rejected its input; ours is untouched and goes again next iteration.
+    // Anything else: this rank's input was refused (validation should have prevented that), so its
+    // sequences of this step end with the error instead of failing every later step too.
+    if (step.status().code() != absl::StatusCode::kAborted) {
+      std::fprintf(stderr, "[rank %d] step failed: %s\n", engine_.comm().rank(), step.status().ToString().c_str());
+      for (const auto& [id, n] : owners) Finish(id, Finished::REASON_ERROR, std::string(step.status().message()));
+    }
+  } else {
+    if (step->global_rows > 0) ++steps_;
+    for (size_t j = 0; j < owners.size(); ++j) OnChunkDone(owners[j].first, owners[j].second, step->chunks[j]);
+  }
+
+  if (finished_since_heartbeat_ || std::chrono::steady_clock::now() - last_heartbeat_ >= opts_.heartbeat_interval) {
+    SendHeartbeat();
+  }
+
+  if (step.ok() && step->global_rows == 0) {
+    inbox_.WaitFor(idle_wait_);
+    idle_wait_ = std::min(idle_wait_ * 2, opts_.idle_wait_max);
+  } else {
+    idle_wait_ = opts_.idle_wait_min;
+  }
+  return true;
+}
+
+StopReason ServingLoop::Run() {
+  while (RunOnce()) {
+  }
+  return stop_;
+}
+
+}  // namespace moe

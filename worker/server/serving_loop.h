@@ -1,0 +1,98 @@
+// The lock-step serving loop of one worker rank: takes the coordinator's Assign / Cancel / Shutdown
+// from an Inbox at step boundaries, runs the rank's sequences on the Engine with iteration-level
+// batching, and sends Tokens / Scored / Finished / Heartbeat to an Outbox.
+//
+// RunOnce() is a COLLECTIVE over the engine's Communicator, like Engine::Step: every rank calls it
+// the same number of times. Each iteration:
+//   1. handle the inbox (Cancel frees the sequence's KV blocks and sends Finished(CANCELLED) at once);
+//   2. all-reduce (MAX) of the stop flag (Shutdown received, or the coordinator stream lost), so that
+//      every rank leaves the loop in the same iteration;
+//   3. admit waiting sequences whose worst case fits the KV cache (see BatchPlanner);
+//   4. one Engine::Step with each running sequence's next chunk (prefill chunks within
+//      max_batch_tokens, then one token a step);
+//   5. sample (SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
+//      equal moe-cli's), send results, finish sequences (EOS unless ignore_eos, a stop token id,
+//      max_tokens, the context end), free their KV blocks;
+//   6. a Heartbeat when one is due (every heartbeat_interval) or a sequence finished;
+//   7. when every rank was idle (global_rows == 0), wait on the inbox for a short, growing time
+//      instead of spinning.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+
+#include "moe/v1/cluster.pb.h"
+#include "worker/engine.h"
+#include "worker/server/batch_planner.h"
+#include "worker/server/inbox.h"
+#include "worker/server/outbox.h"
+#include "worker/server/served_sequence.h"
+#include "worker/server/token_logprobs.h"
+
+namespace moe {
+
+struct ServingLoopOptions {
+  int64_t max_batch_tokens = 2048;  // tokens per step over this rank's sequences (prefill chunking)
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // Idle wait on the inbox after an all-idle step: starts at idle_wait_min, doubles up to idle_wait_max.
+  std::chrono::milliseconds idle_wait_min{2};
+  std::chrono::milliseconds idle_wait_max{20};
+};
+
+// Why the loop stopped. Ordered by severity: the ranks agree on the MAX.
+enum class StopReason : int64_t { kNone = 0, kShutdown = 1, kCoordinatorLost = 2 };
+
+class ServingLoop {
+ public:
+  // `engine`, `inbox` and `outbox` must outlive the loop.
+  ServingLoop(Engine& engine, Inbox& inbox, Outbox& outbox, ServingLoopOptions opts = {});
+
+  // One iteration (collective). Returns false once the ranks have agreed to stop; the remaining
+  // sequences are then freed (after Shutdown each gets Finished(CANCELLED)) and later calls return
+  // false at once without any collective.
+  bool RunOnce();
+  // RunOnce until it returns false; the agreed reason.
+  StopReason Run();
+
+  StopReason stop_reason() const { return stop_; }          // agreed over ranks; kNone while running
+  bool received_shutdown() const { return got_shutdown_; }  // this rank's inbox had a Shutdown
+  int64_t iterations() const { return iterations_; }        // RunOnce calls that took part in the loop
+  uint64_t steps() const { return steps_; }                 // engine steps that carried tokens (any rank)
+  int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }  // assigned, not finished
+  moe::v1::WorkerStats Stats() const;
+
+ private:
+  void HandleInbox();
+  void OnAssign(const moe::v1::Assign& a);
+  void OnCancel(uint64_t seq_id);
+  // Sends Finished, frees the sequence's KV blocks and forgets it.
+  void Finish(uint64_t seq_id, moe::v1::Finished::Reason reason, const std::string& error = "");
+  // After a step: the outputs of one sequence's chunk of `tokens` tokens.
+  void OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out);
+  void OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits);
+  void SendHeartbeat();
+  void StopAll();
+
+  Engine& engine_;
+  Inbox& inbox_;
+  Outbox& outbox_;
+  ServingLoopOptions opts_;
+  BatchPlanner planner_;
+  std::map<uint64_t, ServedSequence> seqs_;
+  TokenLogprobs logprobs_;
+
+  StopReason local_stop_ = StopReason::kNone;
+  StopReason stop_ = StopReason::kNone;
+  bool got_shutdown_ = false;
+  bool stopped_ = false;
+  int64_t iterations_ = 0;
+  uint64_t steps_ = 0;
+  bool finished_since_heartbeat_ = false;
+  std::chrono::steady_clock::time_point last_heartbeat_;
+  std::chrono::milliseconds idle_wait_;
+};
+
+}  // namespace moe

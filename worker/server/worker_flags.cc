@@ -1,0 +1,75 @@
+#include "worker/server/worker_flags.h"
+
+#include <algorithm>
+#include <charconv>
+
+namespace moe {
+namespace {
+
+absl::Status FlagError(const std::string& flag, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(flag, ": ", what));
+}
+
+absl::StatusOr<int64_t> ParsePositive(const std::string& flag, const std::string& s) {
+  int64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return FlagError(flag, "expected an integer, got '" + s + "'");
+  if (v <= 0) return FlagError(flag, "must be positive, got " + s);
+  return v;
+}
+
+}  // namespace
+
+std::string WorkerUsage() {
+  return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
+         "                  [--kv-block-size 16] [--max-batch-tokens 2048]\n"
+         "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
+         "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
+         "--kv-tokens defaults to 64 sequences of the full context, at most 262144 positions.\n";
+}
+
+int64_t DefaultKvTokens(const ModelConfig& c) {
+  return std::min<int64_t>(64 * c.max_position_embeddings, 262144);
+}
+
+absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& args) {
+  WorkerFlags f;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string flag = args[i], val;
+    bool has_inline = false;
+    if (const size_t eq = flag.find('='); flag.rfind("--", 0) == 0 && eq != std::string::npos) {
+      val = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_inline = true;
+    }
+    if (flag == "--help" || flag == "-h") {
+      f.help = true;
+      continue;
+    }
+    if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&
+        flag != "--max-batch-tokens") {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
+    }
+    if (!has_inline) {
+      if (i + 1 >= args.size()) return FlagError(flag, "missing value");
+      val = args[++i];
+    }
+    if (flag == "--coordinator") {
+      if (val.empty() || val.find(':') == std::string::npos) return FlagError(flag, "expected HOST:PORT, got '" + val + "'");
+      f.coordinator = val;
+    } else if (flag == "--model") {
+      if (val.empty()) return FlagError(flag, "empty path");
+      f.model_dir = val;
+    } else if (flag == "--kv-tokens") {
+      MOE_ASSIGN_OR_RETURN(f.kv_tokens, ParsePositive(flag, val));
+    } else if (flag == "--kv-block-size") {
+      MOE_ASSIGN_OR_RETURN(f.kv_block_size, ParsePositive(flag, val));
+    } else {
+      MOE_ASSIGN_OR_RETURN(f.max_batch_tokens, ParsePositive(flag, val));
+    }
+  }
+  if (!f.help && f.coordinator.empty()) return FlagError("--coordinator", "required (HOST:PORT of the coordinator)");
+  return f;
+}
+
+}  // namespace moe

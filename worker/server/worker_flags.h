@@ -1,0 +1,29 @@
+// Command-line flags of moe-worker: every malformed flag is an error that names the flag.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/model/config.h"
+
+namespace moe {
+
+struct WorkerFlags {
+  std::string coordinator;  // HOST:PORT of the coordinator's cluster service (required)
+  std::string model_dir;    // empty: the coordinator's RegisterResponse.model_dir
+  int64_t kv_tokens = 0;    // KV cache positions per rank; 0: DefaultKvTokens(config)
+  int64_t kv_block_size = 16;
+  int64_t max_batch_tokens = 2048;
+  bool help = false;
+};
+
+// argv without the program name; accepts "--flag VALUE" and "--flag=VALUE".
+absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& args);
+std::string WorkerUsage();
+
+// Enough positions for 64 sequences of the full context, capped at 262144.
+int64_t DefaultKvTokens(const ModelConfig& c);
+
+}  // namespace moe

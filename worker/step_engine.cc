@@ -1,0 +1,87 @@
+#include "worker/step_engine.h"
+
+#include <algorithm>
+#include <unordered_set>
+
+namespace moe {
+
+absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, const Communicator& comm,
+                              int64_t kv_block_size, int64_t kv_tokens) {
+  if (plan.num_layers() != c.num_layers || plan.num_experts() != c.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("placement plan is for ", plan.num_layers(), " layers x ",
+                                                   plan.num_experts(), " experts, the model has ", c.num_layers,
+                                                   " x ", c.num_experts));
+  }
+  if (plan.world_size() != comm.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement plan is for ", plan.world_size(), " ranks, the job has ", comm.size()));
+  }
+  if (kv_block_size <= 0 || kv_tokens < 0) {
+    return absl::InvalidArgumentError("kv_block_size must be positive and kv_tokens non-negative");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
+                                const std::vector<SequenceChunk>& chunks) {
+  std::unordered_set<int64_t> seen;
+  int64_t blocks_needed = 0;
+  for (const SequenceChunk& ch : chunks) {
+    if (!kv.HasSequence(ch.seq_id)) return absl::NotFoundError(absl::StrCat("sequence ", ch.seq_id, " not added"));
+    if (!seen.insert(ch.seq_id).second) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, " appears twice in one step"));
+    }
+    if (ch.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": no tokens"));
+    for (size_t i = 0; i < ch.tokens.size(); ++i) {
+      if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": token id ", ch.tokens[i],
+                                                       " at index ", i, " is outside the vocabulary [0, ",
+                                                       c.vocab_size, ")"));
+      }
+    }
+    const int64_t len = kv.length(ch.seq_id), end = len + static_cast<int64_t>(ch.tokens.size());
+    if (end > c.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat("sequence ", ch.seq_id, ": ", end,
+                                                " positions exceed max_position_embeddings ",
+                                                c.max_position_embeddings));
+    }
+    blocks_needed += std::max<int64_t>(0, kv.BlocksFor(end) - kv.BlocksFor(len));
+  }
+  if (blocks_needed > kv.free_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat("KV cache full: the step needs ", blocks_needed,
+                                                     " blocks, ", kv.free_blocks(), " are free"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> StepHeader(Communicator& comm, const absl::Status& local, int64_t local_rows) {
+  std::vector<int64_t> header = {local.ok() ? 0 : 1, local.ok() ? local_rows : 0};
+  comm.AllReduceSum(header);
+  if (!local.ok()) return local;
+  if (header[0] > 0) {
+    return absl::AbortedError(absl::StrCat("step abandoned: ", header[0], " other rank(s) rejected their input"));
+  }
+  return header[1];
+}
+
+absl::StatusOr<int64_t> BeginStep(const ModelConfig& c, Communicator& comm, KvBlockAllocator& kv,
+                                  const std::vector<SequenceChunk>& chunks) {
+  const absl::Status local = ValidateStepChunks(c, kv, chunks);
+  int64_t rows = 0;
+  for (const SequenceChunk& ch : chunks) rows += static_cast<int64_t>(ch.tokens.size());
+  MOE_ASSIGN_OR_RETURN(const int64_t global_rows, StepHeader(comm, local, rows));
+  if (global_rows == 0) return global_rows;
+  for (const SequenceChunk& ch : chunks) {
+    const absl::Status s = kv.Reserve(ch.seq_id, kv.length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));
+    MOE_CHECK(s.ok(), s.ToString());  // ValidateStepChunks counted the blocks
+  }
+  return global_rows;
+}
+
+void AdvanceLengths(KvBlockAllocator& kv, const std::vector<SequenceChunk>& chunks) {
+  for (const SequenceChunk& ch : chunks) {
+    kv.set_length(ch.seq_id, kv.length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,76 @@
+// What every engine (the CPU Engine, the GPU GpuEngine) offers the generation loop and the serving
+// side: sequences with a KV cache, and one collective forward step over any mix of them. Also the
+// parts of a step both engines share: the input validation and the step header.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/status.h"
+#include "coordinator/placement.h"
+#include "worker/comm/communicator.h"
+#include "worker/kv_blocks.h"
+#include "worker/model/config.h"
+
+namespace moe {
+
+// Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
+struct SequenceChunk {
+  int64_t seq_id = 0;
+  std::vector<int32_t> tokens;
+  bool all_logits = false;  // logits for every token (scoring), else only the last one
+};
+
+struct ChunkLogits {
+  int64_t seq_id = 0;
+  int64_t first_position = 0;  // position of the first row of `logits`
+  int64_t rows = 0;
+  std::vector<float> logits;  // [rows, vocab]
+};
+
+struct StepOutput {
+  std::vector<ChunkLogits> chunks;  // in the order of the input chunks
+  int64_t global_rows = 0;          // tokens over all ranks in this step; 0: every rank was idle
+};
+
+class StepEngine {
+ public:
+  virtual ~StepEngine() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual absl::Status AddSequence(int64_t seq_id) = 0;
+  virtual void FreeSequence(int64_t seq_id) = 0;
+  virtual bool HasSequence(int64_t seq_id) const = 0;
+  virtual int64_t SequenceLength(int64_t seq_id) const = 0;
+
+  // The collective forward step: every rank calls it in lock step, each with its own sequences
+  // (possibly none). On error nothing is changed on any rank.
+  virtual absl::StatusOr<StepOutput> Step(const std::vector<SequenceChunk>& chunks) = 0;
+};
+
+// The checks every engine's Load makes before loading anything: the plan is for this model's layers
+// and experts and for comm.size() ranks, the KV block size is positive and the capacity not negative.
+absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, const Communicator& comm,
+                              int64_t kv_block_size, int64_t kv_tokens);
+
+// Checks a step's chunks against the config and the KV cache without changing anything: every
+// sequence known and at most once, tokens present and inside the vocabulary, positions within
+// max_position_embeddings, enough free KV blocks for the whole step.
+absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
+                                const std::vector<SequenceChunk>& chunks);
+
+// The step header, a collective: an all-reduce of (ranks that rejected their input, rows over all
+// ranks). Returns the rows over all ranks (0: every rank is idle, the step ends at once), or
+// `local` on the rank that rejected its input and ABORTED on the others.
+absl::StatusOr<int64_t> StepHeader(Communicator& comm, const absl::Status& local, int64_t local_rows);
+
+// The prologue of every engine's Step (a collective): validate the chunks, run the step header,
+// and, when there is work anywhere, reserve the KV blocks of this rank's chunks. Returns the rows
+// over all ranks; on error nothing has changed on any rank.
+absl::StatusOr<int64_t> BeginStep(const ModelConfig& c, Communicator& comm, KvBlockAllocator& kv,
+                                  const std::vector<SequenceChunk>& chunks);
+
+// The epilogue: the chunks' tokens are now in the KV cache.
+void AdvanceLengths(KvBlockAllocator& kv, const std::vector<SequenceChunk>& chunks);
+
+}  // namespace moe
