@@ -23,6 +23,7 @@
 #include "worker/comm/mpi_launch.h"
 #include "worker/engine.h"
 #include "worker/server/coordinator_link.h"
+#include "worker/server/keep_alive_outbox.h"
 #include "worker/server/inbox.h"
 #include "worker/server/serving_loop.h"
 #include "worker/server/worker_flags.h"
@@ -107,7 +108,9 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
 
   ServingLoopOptions lo;
   lo.max_batch_tokens = flags->max_batch_tokens;
-  ServingLoop loop(**engine, inbox, **link, lo);
+  // Heartbeats keep flowing during steps longer than the coordinator's timeout.
+  KeepAliveOutbox outbox(**link, lo.heartbeat_interval);
+  ServingLoop loop(**engine, inbox, outbox, lo);
   const StopReason why = loop.Run();
   (*link)->Close();
   if (why == StopReason::kCoordinatorLost) {

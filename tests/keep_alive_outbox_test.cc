@@ -1,0 +1,76 @@
+// KeepAliveOutbox: every message passes through unchanged, and while the loop is silent (a long
+// step) the last heartbeat is repeated about once an interval.
+#include "worker/server/keep_alive_outbox.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "worker/server/recording_outbox.h"
+
+namespace moe {
+namespace {
+
+using std::chrono::milliseconds;
+
+int CountHeartbeats(const RecordingOutbox& out, uint64_t steps) {
+  int n = 0;
+  for (const auto& m : out.messages()) n += m.has_heartbeat() && m.heartbeat().stats().steps() == steps;
+  return n;
+}
+
+TEST(KeepAliveOutboxTest, RepeatsTheLastHeartbeatWhileSilent) {
+  RecordingOutbox out;
+  {
+    KeepAliveOutbox keep(out, milliseconds(20));
+    // Nothing is repeated before the first heartbeat.
+    std::this_thread::sleep_for(milliseconds(80));
+    EXPECT_TRUE(out.messages().empty());
+
+    moe::v1::WorkerMessage hb;
+    hb.mutable_heartbeat()->mutable_stats()->set_steps(7);
+    keep.Send(hb);
+    moe::v1::WorkerMessage tokens;
+    tokens.mutable_tokens()->set_seq_id(3);
+    keep.Send(tokens);
+    // A silent stretch: the heartbeat of step 7 goes out again and again, about once an interval
+    // (polled with a deadline, so a loaded machine only makes the test slower).
+    const auto start = std::chrono::steady_clock::now();
+    while (CountHeartbeats(out, 7) < 5 && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    const auto elapsed = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
+    const int repeats = CountHeartbeats(out, 7) - 1;
+    EXPECT_GE(repeats, 4);
+    EXPECT_LE(repeats, elapsed.count() / 20 + 2);  // never faster than once an interval
+
+    // A newer heartbeat replaces the one repeated.
+    hb.mutable_heartbeat()->mutable_stats()->set_steps(8);
+    keep.Send(hb);
+    const auto start8 = std::chrono::steady_clock::now();
+    while (CountHeartbeats(out, 8) < 3 && std::chrono::steady_clock::now() - start8 < std::chrono::seconds(5)) {
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    EXPECT_GE(CountHeartbeats(out, 8), 3);
+  }
+  // The first two messages passed through in order.
+  const auto messages = out.messages();
+  ASSERT_GE(messages.size(), 2u);
+  EXPECT_EQ(messages[0].heartbeat().stats().steps(), 7);
+  EXPECT_EQ(messages[1].tokens().seq_id(), 3u);
+}
+
+TEST(KeepAliveOutboxTest, StaysQuietWhileTheLoopHeartbeatsItself) {
+  RecordingOutbox out;
+  KeepAliveOutbox keep(out, milliseconds(2000));
+  moe::v1::WorkerMessage hb;
+  hb.mutable_heartbeat()->mutable_stats()->set_steps(1);
+  for (int i = 0; i < 10; ++i) {  // the loop's own heartbeats every 20 ms
+    keep.Send(hb);
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  EXPECT_EQ(CountHeartbeats(out, 1), 10);
+}
+
+}  // namespace
+}  // namespace moe
