@@ -56,7 +56,12 @@ function(moe_add_mpi_test name)
   endif()
   add_test(NAME ${name}_np${ARG_RANKS}
            COMMAND ${MPIRUN_EXECUTABLE} --oversubscribe -np ${ARG_RANKS} $<TARGET_FILE:${name}>)
+  if("gpu" IN_LIST ARG_LABELS)  # GPU tests carry gpu, not cpu (they skip without devices)
+    set(labels mpi ${ARG_LABELS})
+  else()
+    set(labels cpu mpi ${ARG_LABELS})
+  endif()
   set_tests_properties(${name}_np${ARG_RANKS} PROPERTIES
-    LABELS "cpu;mpi;${ARG_LABELS}" TIMEOUT 600
+    LABELS "${labels}" TIMEOUT 600
     ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
 endfunction()

@@ -56,8 +56,20 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& 
   if (opts.device >= count) {
     return absl::InvalidArgumentError(absl::StrCat("GPU engine: device ", opts.device, " of ", count));
   }
+  if (opts.nccl != nullptr) {
+    if (opts.nccl->size() != comm.size() || opts.nccl->rank() != comm.rank()) {
+      return absl::InvalidArgumentError(absl::StrCat("GPU engine: NCCL rank ", opts.nccl->rank(), " of ",
+                                                     opts.nccl->size(), " but Communicator rank ", comm.rank(),
+                                                     " of ", comm.size()));
+    }
+    if (opts.device >= 0 && opts.device != opts.nccl->device()) {
+      return absl::InvalidArgumentError(absl::StrCat("GPU engine: device ", opts.device,
+                                                     " but the NCCL exchange runs on device ", opts.nccl->device()));
+    }
+  }
   try {
     if (opts.device >= 0) MOE_CUDA_CHECK(cudaSetDevice(opts.device));
+    if (opts.nccl != nullptr) MOE_CUDA_CHECK(cudaSetDevice(opts.nccl->device()));
     std::unique_ptr<GpuEngine> e(new GpuEngine(c, comm, plan, opts));
     const size_t kv_elems = static_cast<size_t>(c.num_layers * e->kv_.total_blocks() * opts.kv_block_size * c.kv_dim());
     try {
@@ -74,7 +86,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& 
     e->inv_freq_ = DeviceBuffer<double>(inv.size());
     MOE_CUDA_CHECK(cudaMemcpy(e->inv_freq_.get(), inv.data(), sizeof(double) * inv.size(), cudaMemcpyHostToDevice));
     e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
-                                            opts.force_host_staging);
+                                            opts.force_host_staging, opts.nccl);
     e->profiler_.Enable(opts.profile_stages, c.num_layers);
     return e;
   } catch (const std::exception& err) {

@@ -9,9 +9,11 @@
 // the residual, RMSNorm, the MoE layer (worker/gpu/moe_layer.h); at the end the final norm, the LM
 // head on the wanted rows and one copy of their logits to the host.
 //
-// Expert parallelism uses the engine's Communicator exactly as the CPU engine does, so the NCCL
-// backend plugs in behind that interface; in this first version the MoE rows cross ranks through
-// host staging and the routing comes to the host once per layer (see moe_layer.h).
+// Expert parallelism uses the engine's Communicator exactly as the CPU engine does (step header,
+// validation, load statistics). The MoE rows cross ranks device to device through NCCL when a
+// NcclExchange is given (one rank per GPU), else through host staging over the Communicator (the
+// fallback, and the only way when several ranks share one GPU); the routing comes to the host once
+// per layer either way (see moe_layer.h).
 //
 // CUDA and cuBLAS failures during a step throw (CudaError / CublasError): the device is then in
 // an unknown state and the process should end. Load reports them as errors.
@@ -47,6 +49,10 @@ struct GpuEngineOptions {
   bool force_host_staging = false;  // MoE rows through the host and the Communicator even on one rank
   bool profile_stages = false;      // per-stage CUDA event timings (see stage_profiler.h)
   bool record_routing = false;      // keep the last step's router logits and routing per layer (tests)
+  // The MoE token exchange over NCCL (not owned; must outlive the engine; its ranks must be the
+  // Communicator's). With device -1 the engine runs on the exchange's GPU; a different device is
+  // an error. Null, or force_host_staging: rows go through the host and the Communicator.
+  NcclExchange* nccl = nullptr;
 };
 
 // The engine's stream, destroyed last.

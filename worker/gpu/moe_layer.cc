@@ -10,14 +10,28 @@
 namespace moe::gpu {
 
 GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Communicator& comm, LoadStats& stats,
-                         Gemm& gemm, cudaStream_t stream, bool force_host_staging)
-    : c_(c), plan_(plan), comm_(comm), stats_(stats), gemm_(gemm), stream_(stream), staging_(force_host_staging) {}
+                         Gemm& gemm, cudaStream_t stream, bool force_host_staging, NcclExchange* nccl)
+    : c_(c),
+      plan_(plan),
+      comm_(comm),
+      stats_(stats),
+      gemm_(gemm),
+      stream_(stream),
+      staging_(force_host_staging),
+      nccl_(nccl) {
+  if (nccl_ != nullptr) {
+    MOE_CHECK(nccl_->size() == comm_.size() && nccl_->rank() == comm_.rank(), "NCCL rank ", nccl_->rank(), " of ",
+              nccl_->size(), " but Communicator rank ", comm_.rank(), " of ", comm_.size());
+  }
+}
 
 void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                           StageProfiler& prof, MoeLayer::Record* record) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token, I = c_.intermediate_size;
   const int W = comm_.size();
   const int64_t n = T * k;  // routed rows this rank sends
+  const bool direct = W == 1 && !staging_;                      // one rank: the exchange is the identity
+  const bool use_nccl = !direct && !staging_ && nccl_ != nullptr;  // rows device to device
 
   // Route.
   logits_.EnsureSize(static_cast<size_t>(T * E));
@@ -50,7 +64,11 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
   const DispatchLayout layout = BuildDispatchLayout(routing, plan_, layer, comm_.rank());
   stats_.AddLocal(layer, layout);
   recv_counts_.resize(static_cast<size_t>(W * E));
-  comm_.AllToAll(layout.send_counts, recv_counts_, E);
+  if (use_nccl) {
+    ExchangeCountsNccl(layout.send_counts, recv_counts_, E);
+  } else {
+    comm_.AllToAll(layout.send_counts, recv_counts_, E);
+  }
   recv_rows_.assign(static_cast<size_t>(W), 0);
   for (int s = 0; s < W; ++s) {
     for (int64_t e = 0; e < E; ++e) recv_rows_[s] += recv_counts_[s * E + e];
@@ -97,11 +115,14 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
   // Permute, exchange, regroup.
   send_.EnsureSize(static_cast<size_t>(n * H));
   GatherRows(h, d_src_row, n, H, send_.get(), stream_);
-  const bool direct = W == 1 && !staging_;  // one rank: the exchange is the identity
   bf16* recv = send_.get();
   if (!direct) {
     recv_.EnsureSize(static_cast<size_t>(R * H));
-    ExchangeRows(send_.get(), layout.send_rows, recv_.get(), recv_rows_);
+    if (use_nccl) {
+      nccl_->AllToAllRows(send_.get(), layout.send_rows, recv_.get(), recv_rows_, H, stream_);
+    } else {
+      ExchangeRows(send_.get(), layout.send_rows, recv_.get(), recv_rows_);
+    }
     recv = recv_.get();
   }
   bf16* grouped = recv;
@@ -142,11 +163,31 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
   bf16* returned = computed;
   if (!direct) {
     returned_.EnsureSize(static_cast<size_t>(n * H));
-    ExchangeRows(computed, recv_rows_, returned_.get(), layout.send_rows);
+    if (use_nccl) {
+      nccl_->AllToAllRows(computed, recv_rows_, returned_.get(), layout.send_rows, H, stream_);
+    } else {
+      ExchangeRows(computed, recv_rows_, returned_.get(), layout.send_rows);
+    }
     returned = returned_.get();
   }
   CombineAdd(returned, d_position, weights_.get(), T, k, H, residual, stream_);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
+}
+
+void GpuMoeLayer::ExchangeCountsNccl(std::span<const int64_t> send, std::span<int64_t> recv, int64_t count) {
+  const size_t total = send.size();
+  MOE_CHECK(recv.size() == total && static_cast<int64_t>(total) == count * comm_.size());
+  // The previous layer's copies out of h_counts_ ended with a synchronisation, so it may be rewritten.
+  d_counts_.EnsureSize(2 * total);
+  h_counts_.EnsureSize(2 * total);
+  std::copy(send.begin(), send.end(), h_counts_.get());
+  MOE_CUDA_CHECK(cudaMemcpyAsync(d_counts_.get(), h_counts_.get(), sizeof(int64_t) * total, cudaMemcpyHostToDevice,
+                                 stream_));
+  nccl_->AllToAllCounts(d_counts_.get(), d_counts_.get() + total, count, stream_);
+  MOE_CUDA_CHECK(cudaMemcpyAsync(h_counts_.get() + total, d_counts_.get() + total, sizeof(int64_t) * total,
+                                 cudaMemcpyDeviceToHost, stream_));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::copy(h_counts_.get() + total, h_counts_.get() + 2 * total, recv.begin());
 }
 
 void GpuMoeLayer::ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,

@@ -11,12 +11,21 @@
 //   return    the reverse exchange brings the results back in send order
 //   combine   residual += sum over the k slots, in slot order, of weight x result  (CombineAdd)
 //
-// FIRST VERSION, on purpose: (1) the routing is copied to the host and the stream synchronised once
-// per layer, so the CPU BuildDispatchLayout plans the dispatch; (2) rows cross ranks through host
-// staging (float32 rows, Communicator::AllToAllRows). Both go away with a GPU-side layout (a
-// device counting sort), fixed-capacity dispatch buffers and the NCCL backend behind the same
-// Communicator. With one rank and no forced staging the exchanges are the identity and the rows
-// stay where they are.
+// FIRST VERSION, on purpose: the routing is copied to the host and the stream synchronised once
+// per layer, so the CPU BuildDispatchLayout plans the dispatch. That goes away with a GPU-side
+// layout (a device counting sort) and fixed-capacity dispatch buffers.
+//
+// How rows cross ranks:
+//   NCCL (one rank per GPU, a NcclExchange given, several ranks, no forced staging): the counts go
+//     to the device, through NcclExchange::AllToAllCounts and back to the host (one copy each way
+//     and one synchronisation per layer: the host needs them for the layout); the bf16 rows go
+//     device to device with NcclExchange::AllToAllRows, for dispatch and for the return trip, with
+//     no further synchronisation.
+//   host staging (the fallback, and when several ranks share one GPU, where NCCL cannot run):
+//     float32 rows through the host and Communicator::AllToAllRows; counts over the Communicator.
+//   one rank and no forced staging: the exchanges are the identity and the rows stay where they are.
+// Either way each expert sees the same rows and CombineAdd sums the k slots in slot order, so the
+// results do not depend on the exchange (bf16 rows cross ranks exactly in both paths).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,6 +40,7 @@
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/device_weights.h"
 #include "worker/gpu/gemm.h"
+#include "worker/gpu/nccl_exchange.h"
 #include "worker/gpu/stage_profiler.h"
 #include "worker/model/config.h"
 #include "worker/moe/load_stats.h"
@@ -41,9 +51,10 @@ namespace moe::gpu {
 class GpuMoeLayer {
  public:
   // `force_host_staging`: exchange rows through the host and the Communicator even with one rank
-  // (tests use it to check the staging path on one GPU).
+  // (tests use it to check the staging path on one GPU); it also wins over `nccl`.
+  // `nccl` (optional, not owned, same ranks as `comm`): the device-to-device exchange.
   GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Communicator& comm, LoadStats& stats, Gemm& gemm,
-              cudaStream_t stream, bool force_host_staging);
+              cudaStream_t stream, bool force_host_staging, NcclExchange* nccl = nullptr);
 
   // A collective: every rank calls it for every layer, with T = 0 when it has no rows.
   // h: the normalised hidden states [T, H] (bf16); residual [T, H] (float32) gets the layer's output added.
@@ -55,6 +66,8 @@ class GpuMoeLayer {
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
+  // The counts all-to-all through NCCL: to the device, exchanged, back to the host (synchronises).
+  void ExchangeCountsNccl(std::span<const int64_t> send, std::span<int64_t> recv, int64_t count);
 
   const ModelConfig& c_;
   const PlacementPlan& plan_;
@@ -63,12 +76,15 @@ class GpuMoeLayer {
   Gemm& gemm_;
   cudaStream_t stream_;
   bool staging_;
+  NcclExchange* nccl_;  // null: no NCCL (host staging between ranks)
 
   DeviceBuffer<float> logits_, weights_, stage_;
   DeviceBuffer<int32_t> experts_, index_;
   DeviceBuffer<bf16> send_, recv_, grouped_, gate_up_, act_, result_, computed_, returned_;
   PinnedBuffer<int32_t> h_experts_, h_index_;
   PinnedBuffer<float> h_send_, h_recv_;
+  DeviceBuffer<int64_t> d_counts_;  // NCCL counts: send [W*E] then recv [W*E]
+  PinnedBuffer<int64_t> h_counts_;
   std::vector<int64_t> recv_counts_, recv_rows_;
 };
 
