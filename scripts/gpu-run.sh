@@ -18,7 +18,7 @@ LOGS=$B/gpu-run
 mkdir -p "$LOGS"
 rm -f "$LOGS"/*
 JOBS=$(nproc)
-GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test moe-bench)
+GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_nccl_test moe-bench)
 SUMMARY=$LOGS/summary.txt
 status=0
 
