@@ -15,6 +15,8 @@
 
 #include <cuda_runtime.h>
 
+#include "tests/support/engine_fixture.h"
+#include "tests/support/mpi_world.h"
 #include "common/json_util.h"
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
@@ -25,22 +27,9 @@
 namespace moe {
 namespace {
 
-const std::string kGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";
-
-MpiCommunicator& World() {
-  static MpiCommunicator comm(MPI_COMM_WORLD);
-  return comm;
-}
-
-double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    norm += double(b[i]) * b[i];
-  }
-  return std::sqrt(diff / norm);
-}
+using testing_ref::kGoldenDir;
+using testing_ref::World;
+using testing_ref::RelativeError;
 
 class GpuMpiEngineTest : public ::testing::Test {
  protected:

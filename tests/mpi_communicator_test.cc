@@ -19,6 +19,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/support/engine_fixture.h"
+#include "tests/support/mpi_world.h"
 #include "common/json_util.h"
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
@@ -30,25 +32,11 @@
 namespace moe {
 namespace {
 
-const std::string kGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";
-
-MpiCommunicator& World() {
-  static MpiCommunicator comm(MPI_COMM_WORLD);
-  return comm;
-}
+using testing_ref::kGoldenDir;
+using testing_ref::World;
+using testing_ref::RelativeError;
 
 // ||a - b|| / ||b||.
-double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    if (std::isnan(a[i]) && std::isnan(b[i])) continue;  // logprobs[0] has no context
-    diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    norm += static_cast<double>(b[i]) * b[i];
-  }
-  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
-}
-
 // ----------------------------------------------------------------------------------------------
 // The collectives.
 

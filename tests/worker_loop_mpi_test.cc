@@ -17,6 +17,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/support/engine_fixture.h"
+#include "tests/support/mpi_world.h"
 #include "common/json_util.h"
 #include "coordinator/placement.h"
 #include "worker/comm/mpi_communicator.h"
@@ -31,13 +33,9 @@ namespace {
 using moe::v1::Assign;
 using moe::v1::Finished;
 
-const std::string kGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";
+using testing_ref::kGoldenDir;
+using testing_ref::World;
 constexpr int kMaxIterations = 1000;
-
-MpiCommunicator& World() {
-  static MpiCommunicator comm(MPI_COMM_WORLD);
-  return comm;
-}
 
 Assign Greedy(uint64_t id, const std::vector<int32_t>& prompt, uint32_t max_tokens) {
   Assign a;

@@ -123,13 +123,9 @@ void Engine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) 
   // Final norm and LM head on the rows whose logits are wanted.
   row = 0;
   for (size_t ci = 0; ci < chunks.size(); ++ci) {
-    const SequenceChunk& ch = chunks[ci];
-    const int64_t n = static_cast<int64_t>(ch.tokens.size());
-    const int64_t first = ch.all_logits ? 0 : n - 1;
-    ChunkLogits cl;
-    cl.seq_id = ch.seq_id;
-    cl.first_position = starts[ci] + first;
-    cl.rows = n - first;
+    const int64_t n = static_cast<int64_t>(chunks[ci].tokens.size());
+    ChunkLogits cl = WantedRows(chunks[ci], starts[ci]);
+    const int64_t first = n - cl.rows;
     cpu::RmsNorm(x_.data() + (row + first) * H, cl.rows, H, weights_.final_norm.data(), c.rms_norm_eps,
                  hn_.data());
     cl.logits.resize(static_cast<size_t>(cl.rows * V));

@@ -78,6 +78,16 @@ absl::StatusOr<int64_t> BeginStep(const ModelConfig& c, Communicator& comm, KvBl
   return global_rows;
 }
 
+ChunkLogits WantedRows(const SequenceChunk& ch, int64_t start) {
+  const int64_t n = static_cast<int64_t>(ch.tokens.size());
+  const int64_t first = ch.all_logits ? 0 : n - 1;
+  ChunkLogits cl;
+  cl.seq_id = ch.seq_id;
+  cl.first_position = start + first;
+  cl.rows = n - first;
+  return cl;
+}
+
 void AdvanceLengths(KvBlockAllocator& kv, const std::vector<SequenceChunk>& chunks) {
   for (const SequenceChunk& ch : chunks) {
     kv.set_length(ch.seq_id, kv.length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));

@@ -70,6 +70,10 @@ absl::StatusOr<int64_t> StepHeader(Communicator& comm, const absl::Status& local
 absl::StatusOr<int64_t> BeginStep(const ModelConfig& c, Communicator& comm, KvBlockAllocator& kv,
                                   const std::vector<SequenceChunk>& chunks);
 
+// The rows of a chunk whose logits the step returns (the last token, or every token when
+// all_logits), with seq_id, first_position and rows set; `start` is the chunk's first position.
+ChunkLogits WantedRows(const SequenceChunk& ch, int64_t start);
+
 // The epilogue: the chunks' tokens are now in the KV cache.
 void AdvanceLengths(KvBlockAllocator& kv, const std::vector<SequenceChunk>& chunks);
 

@@ -2,11 +2,13 @@
 // relative error measure the acceptance criteria use (||ours - ref|| / ||ref||).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "coordinator/placement.h"
@@ -45,6 +47,20 @@ double RelativeError(const A& ours, const B& ref, size_t n, size_t ours_offset =
     den += static_cast<double>(ref[ref_offset + i]) * static_cast<double>(ref[ref_offset + i]);
   }
   return std::sqrt(num / den);
+}
+
+// The same measure over two whole vectors of equal size; positions where both are NaN (the first
+// token's log-probability, which has no context) are left out.
+inline double RelativeError(const std::vector<float>& ours, const std::vector<float>& ref) {
+  EXPECT_EQ(ours.size(), ref.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < std::min(ours.size(), ref.size()); ++i) {
+    if (std::isnan(ours[i]) && std::isnan(ref[i])) continue;
+    const double d = static_cast<double>(ours[i]) - static_cast<double>(ref[i]);
+    num += d * d;
+    den += static_cast<double>(ref[i]) * static_cast<double>(ref[i]);
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
 // expected.json and expected.safetensors of the golden folder.

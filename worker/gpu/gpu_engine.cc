@@ -151,7 +151,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   for (const SequenceChunk& ch : chunks) {
     const int64_t n = static_cast<int64_t>(ch.tokens.size());
     T += n;
-    wanted += ch.all_logits ? n : 1;
+    wanted += WantedRows(ch, 0).rows;
     max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
   }
   profiler_.StepStart(s);
@@ -179,7 +179,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     const std::vector<int32_t>& blocks = kv_.blocks(ch.seq_id);
     std::fill(tables + ci * max_blocks, tables + (ci + 1) * max_blocks, 0);
     std::copy(blocks.begin(), blocks.end(), tables + ci * max_blocks);
-    for (int64_t i = ch.all_logits ? 0 : n - 1; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
+    for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     row += n;
   }
   inputs_.EnsureSize(static_cast<size_t>(n_inputs));
@@ -254,13 +254,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
 
   w = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
-    const SequenceChunk& ch = chunks[ci];
-    const int64_t n = static_cast<int64_t>(ch.tokens.size());
-    const int64_t first = ch.all_logits ? 0 : n - 1;
-    ChunkLogits cl;
-    cl.seq_id = ch.seq_id;
-    cl.first_position = starts[ci] + first;
-    cl.rows = n - first;
+    ChunkLogits cl = WantedRows(chunks[ci], starts[ci]);
     cl.logits.assign(h_logits_.get() + w * V, h_logits_.get() + (w + cl.rows) * V);
     w += cl.rows;
     out.chunks.push_back(std::move(cl));
