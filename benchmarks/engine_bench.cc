@@ -1,11 +1,16 @@
 // moe-bench: the single-GPU engine on a model config with synthetic bf16 weights (no checkpoint
 // needed; default: Mixtral-8x7B). Measures
-//   - prefill of 1 x N tokens (default 512), ms (median of a few runs after a warm-up run);
+//   - kernel figures first (kernel_bench.h): the copy bandwidth, and the expert GEMMs at decode row
+//     counts through the skinny kernel and cuBLAS;
+//   - prefill of 1 x N tokens (default 512), ms (median of a few runs after a warm-up run), with the
+//     experts as cuBLAS grouped GEMMs (the default) and as one cuBLAS GEMM per expert;
 //   - decode throughput at batch 1, 16, 64, 256 with 128-token contexts: the contexts are
 //     prefilled first, then a few warm-up decode steps, then timed steps (wall clock around
-//     Step, which returns after the device has finished and the logits are on the host);
-//   - in a profiling mode (CUDA events at the stage boundaries of every layer), the per-layer
-//     time split: attention, router, dispatch, experts, combine (and what lies outside the layers);
+//     Step, which returns after the device has finished and the logits are on the host); then the
+//     same sequences again without CUDA graphs and with the experts through cuBLAS, for comparison;
+//   - in a profiling mode (CUDA events at the stage boundaries of every layer; no graphs), the
+//     per-layer time split: attention, router, dispatch, experts, combine (and what lies outside
+//     the layers);
 // and writes one JSON object (machine, commit, command line, config, every figure) to --out.
 //
 // The byte floor, for comparing later versions: a decode step must read every weight it uses
@@ -13,9 +18,9 @@
 // LM head; the embedding rows are negligible) plus, per layer, the experts the batch touches. With
 // B tokens routed top-k of E independently, E (1 - (1 - k/E)^B) distinct experts are touched per
 // layer on average. Mixtral-8x7B: replicated ~2.9 GB; one expert of one layer 352 MB, so batch 1
-// reads ~25.4 GB (2 experts per layer) and batch >= 16 nearly all 93.4 GB. At the H200's ~4.8 TB/s
-// that is a floor of ~5.3 ms per step at batch 1 and ~19.5 ms at batch >= 16. The JSON reports the
-// floor per batch (bytes and ms at the device's peak memory bandwidth) beside the measured time.
+// reads ~25.4 GB (2 experts per layer) and batch >= 16 nearly all 93.4 GB. The JSON reports the
+// floor per batch (bytes, and ms at the copy bandwidth measured in the same run) beside the
+// measured time.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -31,6 +36,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "benchmarks/kernel_bench.h"
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
 #include "worker/gpu/gpu_engine.h"
@@ -49,7 +55,9 @@ struct Args {
   int64_t context = 128;
   int warmup = 3;
   int steps = 16;
-  int64_t profile_batch = 64;
+  std::vector<int64_t> profile_batches = {1, 64};
+  bool variants = true;   // decode and prefill also without graphs / with cuBLAS experts
+  bool kernels = true;    // kernel figures
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
 };
 
@@ -57,8 +65,19 @@ void Usage() {
   std::fprintf(stderr,
                "usage: moe-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N] [--prefill-tokens N]\n"
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
-               "                 [--profile-batch N (0: no profiling)]\n"
+               "                 [--profile-batches 1,64 (0: no profiling)] [--no-variants] [--no-kernels]\n"
                "The commit defaults to $MOE_COMMIT.\n");
+}
+
+std::vector<int64_t> ParseList(const char* v) {
+  std::vector<int64_t> out;
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const int64_t x = std::atoll(item.c_str());
+    if (x > 0) out.push_back(x);
+  }
+  return out;
 }
 
 bool ParseArgs(int argc, char** argv, Args& a) {
@@ -68,6 +87,14 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
     const char* v = nullptr;
     if (k == "--help" || k == "-h") return false;
+    if (k == "--no-variants") {
+      a.variants = false;
+      continue;
+    }
+    if (k == "--no-kernels") {
+      a.kernels = false;
+      continue;
+    }
     if (!(v = value())) {
       std::fprintf(stderr, "moe-bench: %s needs a value\n", k.c_str());
       return false;
@@ -80,13 +107,9 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--context") a.context = std::atoll(v);
     else if (k == "--warmup") a.warmup = std::atoi(v);
     else if (k == "--steps") a.steps = std::atoi(v);
-    else if (k == "--profile-batch") a.profile_batch = std::atoll(v);
-    else if (k == "--batches") {
-      a.batches.clear();
-      std::stringstream ss(v);
-      std::string item;
-      while (std::getline(ss, item, ',')) a.batches.push_back(std::atoll(item.c_str()));
-    } else {
+    else if (k == "--batches") a.batches = ParseList(v);
+    else if (k == "--profile-batches") a.profile_batches = ParseList(v);
+    else {
       std::fprintf(stderr, "moe-bench: unknown flag %s\n", k.c_str());
       return false;
     }
@@ -222,11 +245,16 @@ int main(int argc, char** argv) {
   // Double data rate: 2 transfers per clock.
   const double peak_bw = 2.0 * mem_clock_khz * 1e3 * bus_bits / 8.0;  // bytes/s
 
-  const int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
-  const int64_t max_len = a.context + a.warmup + a.steps + 2;
+  nlohmann::json kernels;
+  if (a.kernels) kernels = KernelFigures(c);  // before the engine: it takes a few GB for a moment
+  const double copy_bw = a.kernels ? kernels["copy_bandwidth_gbps"].get<double>() * 1e9 : 0.0;
+
+  int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
+  for (int64_t b : a.profile_batches) max_batch = std::max(max_batch, b);
+  const int runs_per_batch = a.variants ? 3 : 1;
+  const int64_t max_len = a.context + runs_per_batch * (a.warmup + a.steps) + 2;
   gpu::GpuEngineOptions opts;
-  opts.kv_tokens = std::max<int64_t>(std::max(max_batch, a.profile_batch) * ((max_len + 15) / 16 * 16),
-                                     a.prefill_tokens + 16);
+  opts.kv_tokens = std::max<int64_t>(max_batch * ((max_len + 15) / 16 * 16), a.prefill_tokens + 16);
   opts.collect_load_stats = false;
   LocalCommunicator comm;
   const PlacementPlan plan = Check(PlacementPlan::Make(c.num_layers, c.num_experts, 1), "placement");
@@ -245,6 +273,7 @@ int main(int argc, char** argv) {
                        {"sms", prop.multiProcessorCount},
                        {"compute_capability", std::to_string(prop.major) + "." + std::to_string(prop.minor)},
                        {"peak_memory_bandwidth_gbps", peak_bw / 1e9},
+                       {"copy_bandwidth_gbps", copy_bw / 1e9},
                        {"cuda_driver", driver},
                        {"cuda_runtime", runtime}};
   result["commit"] = a.commit.empty() ? "unknown" : a.commit;
@@ -256,21 +285,34 @@ int main(int argc, char** argv) {
                        {"expert_bytes", e->expert_weight_bytes()},
                        {"load_ms", load_ms}};
   result["kv_cache_bytes"] = e->kv_cache_bytes();
+  if (a.kernels) result["kernels"] = kernels;
 
   // Prefill of 1 x N.
-  bench.Prefill(a.prefill_tokens);  // warm-up (cuBLAS heuristics, first-touch allocations)
-  std::vector<double> runs;
-  for (int r = 0; r < a.prefill_runs; ++r) runs.push_back(bench.Prefill(a.prefill_tokens));
-  std::sort(runs.begin(), runs.end());
-  const double prefill_ms = runs[runs.size() / 2];
-  result["prefill"] = {{"batch", 1},
-                       {"tokens", a.prefill_tokens},
-                       {"ms", prefill_ms},
-                       {"runs_ms", runs},
-                       {"tokens_per_s", a.prefill_tokens / (prefill_ms / 1e3)}};
-  std::printf("prefill 1 x %lld: %.2f ms (%.0f tokens/s)\n", static_cast<long long>(a.prefill_tokens), prefill_ms,
-              a.prefill_tokens / (prefill_ms / 1e3));
-  std::fflush(stdout);
+  auto prefill = [&](const char* what) {
+    bench.Prefill(a.prefill_tokens);  // warm-up (cuBLAS heuristics, first-touch allocations)
+    std::vector<double> runs;
+    for (int r = 0; r < a.prefill_runs; ++r) runs.push_back(bench.Prefill(a.prefill_tokens));
+    std::sort(runs.begin(), runs.end());
+    const double ms = runs[runs.size() / 2];
+    std::printf("prefill 1 x %lld (%s): %.2f ms (%.0f tokens/s)\n", static_cast<long long>(a.prefill_tokens), what,
+                ms, a.prefill_tokens / (ms / 1e3));
+    std::fflush(stdout);
+    return nlohmann::json{{"batch", 1},
+                          {"tokens", a.prefill_tokens},
+                          {"experts", what},
+                          {"ms", ms},
+                          {"runs_ms", runs},
+                          {"tokens_per_s", a.prefill_tokens / (ms / 1e3)}};
+  };
+  const gpu::ExpertGemmTuning tuned;
+  result["prefill"] = prefill("cuBLAS grouped");
+  if (a.variants) {
+    gpu::ExpertGemmTuning per_expert = tuned;
+    per_expert.cublas_grouped = false;
+    e->set_expert_tuning(per_expert);
+    result["prefill_variants"] = nlohmann::json::array({prefill("cuBLAS one GEMM per expert")});
+    e->set_expert_tuning(tuned);
+  }
 
   // Decode.
   const double E = static_cast<double>(c.num_experts), k = static_cast<double>(c.experts_per_token);
@@ -278,62 +320,83 @@ int main(int argc, char** argv) {
   const double replicated_read =
       static_cast<double>(e->weight_bytes() - e->expert_weight_bytes()) - 2.0 * c.vocab_size * c.hidden_size *
                                                                               (c.tie_word_embeddings ? 0 : 1);
-  nlohmann::json decode = nlohmann::json::array();
+  const double floor_bw = copy_bw > 0 ? copy_bw : peak_bw;
+  nlohmann::json decode = nlohmann::json::array(), variants = nlohmann::json::array();
   for (int64_t B : a.batches) {
     std::vector<int64_t> ids = bench.AddContexts(B);
-    bench.Decode(ids, a.warmup);
-    const double ms = bench.Decode(ids, a.steps);
-    bench.Free(ids);
-    const double per_step = ms / a.steps;
     const double touched = E * (1.0 - std::pow(1.0 - k / E, static_cast<double>(B)));
     const double floor_bytes = replicated_read + c.num_layers * touched * expert_bytes;
-    const double floor_ms = peak_bw > 0 ? floor_bytes / peak_bw * 1e3 : 0;
-    decode.push_back({{"batch", B},
-                      {"context", a.context},
-                      {"steps", a.steps},
-                      {"ms_per_step", per_step},
-                      {"tokens_per_s", B * a.steps / (ms / 1e3)},
-                      {"byte_floor_gb", floor_bytes / 1e9},
-                      {"byte_floor_ms", floor_ms},
-                      {"fraction_of_floor", floor_ms > 0 ? floor_ms / per_step : 0}});
-    std::printf("decode batch %4lld, context %lld: %8.2f ms/step, %9.1f tokens/s (byte floor %.1f GB, %.2f ms)\n",
-                static_cast<long long>(B), static_cast<long long>(a.context), per_step, B * a.steps / (ms / 1e3),
-                floor_bytes / 1e9, floor_ms);
-    std::fflush(stdout);
+    const double floor_ms = floor_bw > 0 ? floor_bytes / floor_bw * 1e3 : 0;
+    auto measure = [&](const char* what) {
+      bench.Decode(ids, a.warmup);
+      const double ms = bench.Decode(ids, a.steps);
+      const double per_step = ms / a.steps;
+      std::printf("decode batch %4lld, context %lld (%s): %8.2f ms/step, %9.1f tokens/s (byte floor %.1f GB, %.2f ms)\n",
+                  static_cast<long long>(B), static_cast<long long>(a.context), what, per_step,
+                  B * a.steps / (ms / 1e3), floor_bytes / 1e9, floor_ms);
+      std::fflush(stdout);
+      return nlohmann::json{{"batch", B},
+                            {"context", a.context},
+                            {"variant", what},
+                            {"steps", a.steps},
+                            {"ms_per_step", per_step},
+                            {"tokens_per_s", B * a.steps / (ms / 1e3)},
+                            {"byte_floor_gb", floor_bytes / 1e9},
+                            {"byte_floor_ms", floor_ms},
+                            {"fraction_of_floor", floor_ms > 0 ? floor_ms / per_step : 0}};
+    };
+    decode.push_back(measure("default"));
+    if (a.variants) {
+      e->set_cuda_graphs(false);
+      variants.push_back(measure("no CUDA graphs"));
+      e->set_cuda_graphs(true);
+      gpu::ExpertGemmTuning blas = tuned;
+      blas.skinny_max_rows_per_expert = 0;
+      e->set_expert_tuning(blas);
+      variants.push_back(measure("experts through cuBLAS grouped"));
+      e->set_expert_tuning(tuned);
+    }
+    bench.Free(ids);
   }
   result["decode"] = decode;
+  if (a.variants) result["decode_variants"] = variants;
+  result["byte_floor_bandwidth_gbps"] = floor_bw / 1e9;
+  result["graphs"] = {{"captured", e->graphs_captured()}, {"launches", e->graph_launches()}};
 
-  // Profiling mode: the per-layer stage split of decode at one batch size and of the prefill.
-  if (a.profile_batch > 0) {
-    e->set_profile_stages(true);
-    std::vector<int64_t> ids = bench.AddContexts(a.profile_batch);
-    bench.Decode(ids, 1);
-    e->reset_stage_times();
-    bench.Decode(ids, std::min(a.steps, 8));
-    bench.Free(ids);
-    const gpu::StageTimes decode_times = e->stage_times();
-    e->reset_stage_times();
-    bench.Prefill(a.prefill_tokens);
-    const gpu::StageTimes prefill_times = e->stage_times();
-    e->set_profile_stages(false);
-    nlohmann::json d = PerLayer(decode_times), p = PerLayer(prefill_times);
-    d["batch"] = a.profile_batch;
-    d["context"] = a.context;
-    p["tokens"] = a.prefill_tokens;
-    result["profile"] = {{"decode", d}, {"prefill", p}, {"unit", "ms per layer per step (CUDA events)"}};
-    auto print = [](const char* name, const nlohmann::json& j) {
-      std::printf("profile %-7s per layer: attention %.3f  router %.3f  dispatch %.3f  experts %.3f  combine %.3f ms;"
+  // Profiling mode: the per-layer stage split of decode at each profile batch size and of the prefill.
+  if (!a.profile_batches.empty()) {
+    auto print = [](const std::string& name, const nlohmann::json& j) {
+      std::printf("profile %-12s per layer: attention %.3f  router %.3f  dispatch %.3f  experts %.3f  combine %.3f ms;"
                   " outside layers %.3f ms/step; step %.2f ms\n",
-                  name, j["attention_ms"].get<double>(), j["router_ms"].get<double>(), j["dispatch_ms"].get<double>(),
-                  j["experts_ms"].get<double>(), j["combine_ms"].get<double>(),
+                  name.c_str(), j["attention_ms"].get<double>(), j["router_ms"].get<double>(),
+                  j["dispatch_ms"].get<double>(), j["experts_ms"].get<double>(), j["combine_ms"].get<double>(),
                   j["outside_layers_ms_per_step"].get<double>(), j["step_ms"].get<double>());
     };
-    print("decode", d);
+    e->set_profile_stages(true);
+    nlohmann::json profiles = nlohmann::json::array();
+    for (int64_t B : a.profile_batches) {
+      std::vector<int64_t> ids = bench.AddContexts(B);
+      bench.Decode(ids, 1);
+      e->reset_stage_times();
+      bench.Decode(ids, std::min(a.steps, 8));
+      bench.Free(ids);
+      nlohmann::json d = PerLayer(e->stage_times());
+      d["batch"] = B;
+      d["context"] = a.context;
+      print("decode b" + std::to_string(B), d);
+      profiles.push_back(d);
+    }
+    e->reset_stage_times();
+    bench.Prefill(a.prefill_tokens);
+    nlohmann::json p = PerLayer(e->stage_times());
+    e->set_profile_stages(false);
+    p["tokens"] = a.prefill_tokens;
     print("prefill", p);
+    result["profile"] = {{"decode", profiles}, {"prefill", p}, {"unit", "ms per layer per step (CUDA events, no graphs)"}};
   }
   result["notes"] =
-      "first version: per-layer host synchronisation for the dispatch plan, one cuBLAS GEMM per expert, "
-      "no CUDA graphs; byte_floor_* = weights a decode step must read (see engine_bench.cc)";
+      "decode: CUDA graphs, skinny grouped expert GEMMs, device-side routing layout; prefill: cuBLAS grouped expert "
+      "GEMMs; byte_floor_* = weights a decode step must read at the measured copy bandwidth (see engine_bench.cc)";
 
   std::ofstream out(a.out);
   out << result.dump(2) << "\n";

@@ -2,12 +2,22 @@
 #include "kernels/kernels.h"
 #include "kernels/reduce.cuh"
 
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
 namespace moe::gpu {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kMaxGroup = 8;         // query heads per KV head
-constexpr int kMaxDimPerLane = 8;    // head_dim <= 256
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kKeyTile = 32;  // keys per shared-memory tile: one per lane in the score phase
+
+// Query vectors (query rows x the query heads of one KV head) per block, and the output slots
+// (pairs of dimensions x query vectors) each thread accumulates: a decode row (1 row, G <= 8
+// heads) and a prefill tile (up to 64 query vectors).
+constexpr int kNarrowVectors = 8, kNarrowSlots = 8;
+constexpr int kWideVectors = 64, kWideSlots = 32;
 
 __device__ __forceinline__ int64_t CacheOffset(const PagedKv& kv, int64_t seq, int64_t pos, int64_t kv_head) {
   const int64_t block = kv.block_tables[seq * kv.max_blocks_per_seq + pos / kv.block_size];
@@ -24,98 +34,221 @@ __global__ void WriteKvKernel(const bf16* k, const bf16* v, const int32_t* row_s
   }
 }
 
-// Grid (rows, kv_heads), kWarps warps. Warp w takes keys w, w + kWarps, ...; for each key every lane
-// computes its slice of the G dot products, a warp reduction completes them, and an online
-// softmax (running max m, running sum l, accumulator) absorbs the key. The warps' partial results
-// are merged through shared memory at the end.
-__global__ void PagedAttentionKernel(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, int64_t heads,
-                                     PagedKv kv, int64_t window, float scale, bf16* out) {
-  const int64_t r = blockIdx.x, kvh = blockIdx.y;
-  const int64_t D = kv.head_dim, G = heads / kv.kv_heads;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t seq = row_seq[r], pos = row_pos[r];
-  const int64_t lo = window > 0 ? max(static_cast<int64_t>(0), pos - window + 1) : 0;
-
-  extern __shared__ float smem[];
-  float* qs = smem;                           // [G, D]
-  float* part_acc = qs + G * D;               // [kWarps, G, D]
-  float* part_m = part_acc + kWarps * G * D;  // [kWarps, G]
-  float* part_l = part_m + kWarps * G;        // [kWarps, G]
-  for (int64_t i = threadIdx.x; i < G * D; i += blockDim.x) {
-    qs[i] = __bfloat162float(q[(r * heads + kvh * G) * D + i]) * scale;
-  }
-  __syncthreads();
-
-  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][kMaxDimPerLane];
-#pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
-#pragma unroll
-    for (int i = 0; i < kMaxDimPerLane; ++i) acc[g][i] = 0.f;
-  }
-
-  for (int64_t j = lo + warp; j <= pos; j += kWarps) {
-    const int64_t off = CacheOffset(kv, seq, j, kvh);
-    const bf16* key = kv.keys + off;
-    const bf16* val = kv.values + off;
-    float kd[kMaxDimPerLane], vd[kMaxDimPerLane];
-#pragma unroll
-    for (int i = 0; i < kMaxDimPerLane; ++i) {
-      const int64_t d = lane + 32 * i;
-      kd[i] = d < D ? __bfloat162float(key[d]) : 0.f;
-      vd[i] = d < D ? __bfloat162float(val[d]) : 0.f;
-    }
-#pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
-      if (g >= G) break;
-      float dot = 0.f;
-#pragma unroll
-      for (int i = 0; i < kMaxDimPerLane; ++i) {
-        const int64_t d = lane + 32 * i;
-        if (d < D) dot += qs[g * D + d] * kd[i];
-      }
-      const float score = WarpSum(dot);
-      const float m_new = fmaxf(m[g], score);
-      const float correction = __expf(m[g] - m_new);
-      const float p = __expf(score - m_new);
-      l[g] = l[g] * correction + p;
-#pragma unroll
-      for (int i = 0; i < kMaxDimPerLane; ++i) acc[g][i] = acc[g][i] * correction + p * vd[i];
-      m[g] = m_new;
+// One block per token: RoPE on the q heads (to q_out) and on the k heads, which go with the v
+// heads straight into the paged cache. Thread i of the half-dimension computes its angle once (in
+// double: a float angle loses the low frequencies at long contexts) and rotates that pair in
+// every head.
+__global__ void QkvRopeKvKernel(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t heads,
+                                const double* inv_freq, PagedKv kv, bf16* q_out) {
+  const int64_t t = blockIdx.x, D = kv.head_dim, half = D / 2, kvh = kv.kv_heads;
+  const bf16* src = qkv + t * (heads + 2 * kvh) * D;
+  const int64_t pos = row_pos[t];
+  const int64_t dst = CacheOffset(kv, row_seq[t], pos, 0);
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    double sn, cs;
+    sincos(static_cast<double>(pos) * inv_freq[i], &sn, &cs);
+    const float c = static_cast<float>(cs), s = static_cast<float>(sn);
+    for (int64_t h = 0; h < heads + kvh; ++h) {
+      const float a = __bfloat162float(src[h * D + i]), b = __bfloat162float(src[h * D + i + half]);
+      bf16* to = h < heads ? q_out + (t * heads + h) * D : kv.keys + dst + (h - heads) * D;
+      to[i] = __float2bfloat16(a * c - b * s);
+      to[i + half] = __float2bfloat16(b * c + a * s);
     }
   }
+  for (int64_t i = threadIdx.x; i < kvh * D; i += blockDim.x) kv.values[dst + i] = src[(heads + kvh) * D + i];
+}
 
+__device__ __forceinline__ void Unpack8(const uint4& u, float (&f)[8]) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
-    if (g >= G) break;
-    if (lane == 0) {
-      part_m[warp * G + g] = m[g];
-      part_l[warp * G + g] = l[g];
-    }
-#pragma unroll
-    for (int i = 0; i < kMaxDimPerLane; ++i) {
-      const int64_t d = lane + 32 * i;
-      if (d < D) part_acc[(warp * G + g) * D + d] = acc[g][i];
-    }
-  }
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < G * D; i += blockDim.x) {
-    const int64_t g = i / D, d = i % D;
-    float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, part_m[w * G + g]);
-    float L = 0.f, o = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      if (part_m[w * G + g] == -INFINITY) continue;  // a warp that saw no key
-      const float f = __expf(part_m[w * G + g] - M);
-      L += part_l[w * G + g] * f;
-      o += part_acc[(w * G + g) * D + d] * f;
-    }
-    out[(r * heads + kvh * G + g) * D + d] = __float2bfloat16(o / L);
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(p[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
   }
 }
 
+// Grid (tiles, kv_heads), 128 threads. A tile is `rows` query rows of one sequence at consecutive
+// positions; with the G query heads of the block's KV head they make NQ = rows x G query vectors,
+// which share every key and value the block loads. Keys go through shared memory 32 at a time:
+//   scores:  lane j takes key j, warp w the query vectors w, w + 4, ...: NQ x 32 dot products;
+//            masked (causal, sliding window) to -inf; an online softmax per query vector (running
+//            max m and sum l, warp-wide over the tile's 32 keys) turns them into weights p;
+//   values:  thread (group, dp) holds dimensions 2dp, 2dp + 1 of query vectors group, group +
+//            groups, ... and adds p x v over the tile's keys after rescaling by exp(m_old - m_new).
+// Shared memory: q (float, pre-scaled) [NQ][D], keys [32][D + 8] (the pad keeps lanes' 16-byte
+// reads of different keys on different banks), values [32][D], p [NQ][32], rescale [NQ], l [NQ].
+template <int kVectors, int kSlots>
+__global__ void __launch_bounds__(kThreads) AttentionKernel(const bf16* q, const int32_t* row_seq,
+                                                            const int32_t* row_pos, const int32_t* tiles,
+                                                            int64_t heads, PagedKv kv, int64_t window, float scale,
+                                                            bf16* out) {
+  constexpr int kScoreSlots = kVectors / kWarps;
+  const int64_t first = tiles[2 * blockIdx.x], rows = tiles[2 * blockIdx.x + 1];
+  const int64_t kvh = blockIdx.y, D = kv.head_dim, G = heads / kv.kv_heads;
+  const int NQ = static_cast<int>(rows * G);
+  const int64_t seq = row_seq[first], pos0 = row_pos[first], pos_last = pos0 + rows - 1;
+  const int64_t lo = window > 0 ? max(static_cast<int64_t>(0), pos0 - window + 1) : 0;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t kpitch = D + 8;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* qs = reinterpret_cast<float*>(smem_raw);              // [NQ][D]
+  bf16* ks = reinterpret_cast<bf16*>(qs + NQ * D);             // [kKeyTile][D + 8]
+  bf16* vs = ks + kKeyTile * kpitch;                           // [kKeyTile][D]
+  float* ps = reinterpret_cast<float*>(vs + kKeyTile * D);     // [NQ][kKeyTile]
+  float* rescale = ps + NQ * kKeyTile;                         // [NQ]
+  float* lsum = rescale + NQ;                                  // [NQ]
+
+  for (int64_t i = tid; i < NQ * D; i += kThreads) {
+    const int64_t v = i / D, d = i % D, r = v / G, g = v % G;
+    qs[i] = __bfloat162float(q[((first + r) * heads + kvh * G + g) * D + d]) * scale;
+  }
+
+  float m[kScoreSlots], l[kScoreSlots];
+#pragma unroll
+  for (int i = 0; i < kScoreSlots; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+  }
+  const int64_t half = D / 2, groups = kThreads / half;
+  const int64_t group = tid / half, dp = tid % half;
+  const bool pv = group < groups;
+  float2 acc[kSlots];
+#pragma unroll
+  for (int i = 0; i < kSlots; ++i) acc[i] = make_float2(0.f, 0.f);
+
+  const int64_t chunks = D / 8;  // 16-byte pieces of a key row
+  for (int64_t k0 = lo; k0 <= pos_last; k0 += kKeyTile) {
+    __syncthreads();  // the previous tile's keys, values and weights have been read (and q is in)
+    for (int64_t i = tid; i < kKeyTile * chunks; i += kThreads) {
+      const int64_t j = i / chunks, c = i % chunks, key = k0 + j;
+      uint4 kk = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      if (key <= pos_last) {
+        const int64_t off = CacheOffset(kv, seq, key, kvh) + 8 * c;
+        kk = *reinterpret_cast<const uint4*>(kv.keys + off);
+        vv = *reinterpret_cast<const uint4*>(kv.values + off);
+      }
+      *reinterpret_cast<uint4*>(ks + j * kpitch + 8 * c) = kk;
+      *reinterpret_cast<uint4*>(vs + j * D + 8 * c) = vv;
+    }
+    __syncthreads();
+
+    // Scores of key k0 + lane against this warp's query vectors.
+    float sc[kScoreSlots];
+#pragma unroll
+    for (int i = 0; i < kScoreSlots; ++i) sc[i] = 0.f;
+    for (int64_t d = 0; d < D; d += 8) {
+      float kf[8];
+      Unpack8(*reinterpret_cast<const uint4*>(ks + lane * kpitch + d), kf);
+#pragma unroll
+      for (int i = 0; i < kScoreSlots; ++i) {
+        const int v = warp + kWarps * i;
+        if (v >= NQ) break;  // the same for the whole warp
+        const float4 a = *reinterpret_cast<const float4*>(qs + v * D + d);
+        const float4 b = *reinterpret_cast<const float4*>(qs + v * D + d + 4);
+        sc[i] += a.x * kf[0] + a.y * kf[1] + a.z * kf[2] + a.w * kf[3] + b.x * kf[4] + b.y * kf[5] + b.z * kf[6] +
+                 b.w * kf[7];
+      }
+    }
+    const int64_t key = k0 + lane;
+#pragma unroll
+    for (int i = 0; i < kScoreSlots; ++i) {
+      const int v = warp + kWarps * i;
+      if (v >= NQ) break;
+      const int64_t pos = pos0 + v / G;
+      const bool visible = key <= pos && (window <= 0 || key > pos - window);
+      const float s = visible ? sc[i] : -INFINITY;
+      const float m_new = fmaxf(m[i], WarpMax(s));  // finite: every row sees at least its own key
+      const float p = __expf(s - m_new);
+      const float c = __expf(m[i] - m_new);
+      l[i] = l[i] * c + WarpSum(p);
+      m[i] = m_new;
+      ps[v * kKeyTile + lane] = p;
+      if (lane == 0) rescale[v] = c;
+    }
+    __syncthreads();
+
+    if (pv) {
+#pragma unroll
+      for (int i = 0; i < kSlots; ++i) {
+        const int64_t v = group + groups * i;
+        if (v >= NQ) break;
+        const float c = rescale[v];
+        acc[i].x *= c;
+        acc[i].y *= c;
+      }
+      for (int j = 0; j < kKeyTile; ++j) {
+        const float2 vv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vs + j * D + 2 * dp));
+#pragma unroll
+        for (int i = 0; i < kSlots; ++i) {
+          const int64_t v = group + groups * i;
+          if (v >= NQ) break;
+          const float p = ps[v * kKeyTile + j];
+          acc[i].x += p * vv.x;
+          acc[i].y += p * vv.y;
+        }
+      }
+    }
+  }
+
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kScoreSlots; ++i) {
+    const int v = warp + kWarps * i;
+    if (v < NQ && lane == 0) lsum[v] = l[i];
+  }
+  __syncthreads();
+  if (pv) {
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      const int64_t v = group + groups * i;
+      if (v >= NQ) break;
+      const int64_t r = v / G, g = v % G;
+      const float inv = 1.f / lsum[v];
+      *reinterpret_cast<__nv_bfloat162*>(out + ((first + r) * heads + kvh * G + g) * D + 2 * dp) =
+          __floats2bfloat162_rn(acc[i].x * inv, acc[i].y * inv);
+    }
+  }
+}
+
+constexpr size_t kMaxAttentionSharedBytes = 96 * 1024;
+
+size_t AttentionSharedBytes(int64_t vectors, int64_t D) {
+  return sizeof(float) * static_cast<size_t>(vectors * D) + sizeof(bf16) * static_cast<size_t>(kKeyTile * (2 * D + 8)) +
+         sizeof(float) * static_cast<size_t>(vectors * (kKeyTile + 2));
+}
+
+// The most query vectors a block of either kind can hold for head_dim D.
+int64_t MaxVectors(int64_t vectors, int64_t slots, int64_t D) { return std::min(vectors, slots * (kThreads / (D / 2))); }
+
+template <int kVectors, int kSlots>
+void LaunchAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                     int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
+                     float scale, bf16* out, cudaStream_t s) {
+  const int64_t G = heads / kv.kv_heads;
+  const size_t shared = AttentionSharedBytes(max_rows * G, kv.head_dim);
+  // Raised once to what any head_dim <= 256 can need (not per launch: a launch may be captured
+  // into a CUDA graph, where only stream work belongs).
+  static const bool raised = [] {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(AttentionKernel<kVectors, kSlots>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kMaxAttentionSharedBytes)));
+    return true;
+  }();
+  (void)raised;
+  if (shared > kMaxAttentionSharedBytes) throw std::invalid_argument("PagedAttention: tile too large");
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
+  AttentionKernel<kVectors, kSlots><<<grid, kThreads, shared, s>>>(q, row_seq, row_pos, tiles, heads, kv, window,
+                                                                   scale, out);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
+
+int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim) {
+  if (heads_per_kv <= 0 || head_dim <= 0) return 1;
+  return std::max<int64_t>(1, MaxVectors(kWideVectors, kWideSlots, head_dim) / heads_per_kv);
+}
 
 void WriteKv(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t* row_pos, int64_t rows,
              const PagedKv& kv, cudaStream_t s) {
@@ -124,21 +257,57 @@ void WriteKv(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t
   MOE_CUDA_CHECK_LAUNCH();
 }
 
-void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, int64_t rows, int64_t heads,
-                    const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
-  if (rows == 0) return;
-  const int64_t G = heads / kv.kv_heads;
-  if (heads % kv.kv_heads != 0 || G > kMaxGroup || kv.head_dim > 32 * kMaxDimPerLane) {
-    throw std::invalid_argument("PagedAttention: need heads % kv_heads == 0, heads/kv_heads <= 8, head_dim <= 256");
-  }
-  const size_t shared = sizeof(float) * static_cast<size_t>(G * kv.head_dim * (1 + kWarps) + 2 * kWarps * G);
-  if (shared > 48 * 1024) {
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(PagedAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(shared)));
-  }
-  dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(kv.kv_heads));
-  PagedAttentionKernel<<<grid, 32 * kWarps, shared, s>>>(q, row_seq, row_pos, heads, kv, window, scale, out);
+void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t T, int64_t heads,
+               const double* inv_freq, const PagedKv& kv, bf16* q_out, cudaStream_t s) {
+  if (T == 0) return;
+  const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, kv.head_dim / 2)));
+  QkvRopeKvKernel<<<static_cast<unsigned>(T), threads, 0, s>>>(qkv, row_seq, row_pos, heads, inv_freq, kv, q_out);
   MOE_CUDA_CHECK_LAUNCH();
+}
+
+void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                    int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
+                    float scale, bf16* out, cudaStream_t s) {
+  if (num_tiles == 0) return;
+  const int64_t G = heads / kv.kv_heads, D = kv.head_dim;
+  if (heads % kv.kv_heads != 0 || G > kNarrowVectors || D % 8 != 0 || D > 256) {
+    throw std::invalid_argument(
+        "PagedAttention: need heads % kv_heads == 0, heads/kv_heads <= 8, head_dim a multiple of 8 <= 256");
+  }
+  if (max_rows <= 1) {
+    LaunchAttention<kNarrowVectors, kNarrowSlots>(q, row_seq, row_pos, tiles, num_tiles, 1, heads, kv, window, scale,
+                                                  out, s);
+    return;
+  }
+  if (max_rows > AttentionTileRows(G, D)) {
+    throw std::invalid_argument("PagedAttention: a tile holds more rows than AttentionTileRows allows");
+  }
+  LaunchAttention<kWideVectors, kWideSlots>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale,
+                                            out, s);
+}
+
+void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t max_rows, std::vector<int32_t>& narrow,
+                        std::vector<int32_t>& wide) {
+  narrow.clear();
+  wide.clear();
+  int64_t row = 0;
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const int64_t n = chunk_rows[c];
+    if (n == 1 || max_rows <= 1) {
+      for (int64_t i = 0; i < n; ++i) narrow.insert(narrow.end(), {static_cast<int32_t>(row + i), 1});
+    } else {
+      // Equal tiles (up to max_rows each), so the last one is not a sliver.
+      const int64_t tiles = (n + max_rows - 1) / max_rows, base = n / tiles, extra = n % tiles;
+      int64_t r = row;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t len = base + (t < extra ? 1 : 0);
+        (len == 1 ? narrow : wide).insert((len == 1 ? narrow : wide).end(),
+                                          {static_cast<int32_t>(r), static_cast<int32_t>(len)});
+        r += len;
+      }
+    }
+    row += n;
+  }
 }
 
 }  // namespace moe::gpu

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -34,8 +35,51 @@ void SwiGlu(const bf16* gate_up, int64_t M, int64_t I, bf16* out, cudaStream_t s
 void RouterTopK(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
                 cudaStream_t s);
 
+// RouterTopK fused with the dispatch layout of a rank that holds every expert, in one block with
+// no host round trip: the T*k routed slots (slot t*k + s) are grouped by expert, stably (expert,
+// then slot index: the CPU's BuildDispatchLayout order for one rank).
+//   experts, weights [T*k]: the routing, as RouterTopK;
+//   offsets [E+1]: expert e owns grouped rows [offsets[e], offsets[e+1]);
+//   src_row [T*k]: the token row of each grouped row; position [T*k]: the grouped row of each slot;
+//   count_accum (optional) [E]: += the rows of each expert (load statistics).
+// T may be 0 (the offsets are then all zero).
+void RouteAndGroup(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
+                   int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* count_accum, cudaStream_t s);
+
+// The grouped skinny GEMM: for each group g, y[r, :] = epilogue(x[src(r), :] W_g^T) for the rows r
+// of the group, with W_g [N, K] row-major bf16 (as in the checkpoint), x [*, K] bf16, float32
+// accumulation. Built for few rows per group (decode): every weight is read once from memory with
+// 16-byte loads, the rows ride along in tensor-core MMAs. Rows and their groups are read on the
+// device, so a launch needs no host knowledge of the split and can be captured in a CUDA graph.
+// A row's result never depends on the other rows or the grouping (the sum order is fixed).
+struct SkinnyGroups {
+  int64_t count = 1;                  // groups
+  const int32_t* offsets = nullptr;   // device [count + 1]: group g owns rows [offsets[g], offsets[g+1])
+  int64_t rows = 0;                   // without offsets: one group of `rows` rows
+  const bf16* weight = nullptr;       // the weight of every group, or
+  const bf16* const* weights = nullptr;  // device [count]: each group's (null: the group must be empty)
+  const int32_t* row_index = nullptr;    // device: x row of output row r (null: r)
+};
+enum class SkinnyEpilogue {
+  kStoreBf16,   // y [rows, N] = bf16(acc)
+  kStoreF32,    // y [rows, N] = acc
+  kAddF32,      // y [rows, N] += acc (the float32 residual stream)
+  kSwiGluBf16,  // W_g is [2N, K] (w1 then w3): y [rows, N] = bf16(silu(acc_w1) * acc_w3)
+};
+// K must be a multiple of 8 and the pointers 16-byte aligned. `expected_rows` (rows per group the
+// caller expects) sizes the register tiles: groups with more rows take several passes.
+void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, void* out,
+                int64_t expected_rows, cudaStream_t s);
+// The 8-row tiles one pass of SkinnyGemm holds for `expected_rows` (1, 2, 4 or 8).
+int SkinnyTileCount(int64_t expected_rows);
+
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);
+
+// The pointer arrays of a grouped cuBLAS product over the NON-EMPTY groups of `offsets` [G+1]
+// (in group order): weight = weights[g], input = x + offsets[g] * x_ld, output = y + offsets[g] * y_ld.
+void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x, int64_t x_ld, bf16* y,
+                   int64_t y_ld, const bf16** w_out, const bf16** x_out, bf16** y_out, cudaStream_t s);
 
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
 void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
@@ -56,12 +100,29 @@ struct PagedKv {
 void WriteKv(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t* row_pos, int64_t rows,
              const PagedKv& kv, cudaStream_t s);
 
-// Attention of each query row over its sequence's cached keys: row r (of sequence row_seq[r] at
+// The attention block's input step in one launch: qkv [T, (heads + 2 kv_heads) * head_dim] (the
+// stacked QKV GEMM output) -> RoPE on q into q_out [T, heads, head_dim]; RoPE on k, and v as is,
+// written into the paged cache at (row_seq[t], row_pos[t]).
+void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t T, int64_t heads,
+               const double* inv_freq, const PagedKv& kv, bf16* q_out, cudaStream_t s);
+
+// Attention of query rows over their sequences' cached keys: row r (of sequence row_seq[r] at
 // position row_pos[r]) sees keys j <= row_pos[r], and j > row_pos[r] - window when window > 0.
-// q, out: [rows, heads, head_dim]. One block serves all query heads of one KV head (GQA), with an
-// online softmax over the keys, so a decode row reads its keys once.
-void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, int64_t rows, int64_t heads,
-                    const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s);
+// q, out: [rows, heads, head_dim]; head_dim a multiple of 8, <= 256; heads / kv_heads <= 8.
+// The rows come in TILES, pairs (first row, row count) in device memory: a tile's rows belong to
+// one sequence at consecutive positions, and one block per (tile, KV head) serves all of them and
+// the query heads of that KV head (GQA), so keys and values are read once per tile. `max_rows`:
+// the most rows in any of the tiles; 1 selects the decode kernel, else at most AttentionTileRows.
+void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                    int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
+                    float scale, bf16* out, cudaStream_t s);
+// The most rows a multi-row attention tile may hold.
+int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim);
+// Host side: the tiles of a step whose chunks have chunk_rows[c] rows each, laid out one after the
+// other (rows of a chunk: one sequence, consecutive positions). Single-row tiles go to `narrow`
+// (the decode kernel), the others, up to max_rows rows each, to `wide`.
+void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t max_rows, std::vector<int32_t>& narrow,
+                        std::vector<int32_t>& wide);
 
 // float32 <-> bf16 conversions of n values.
 void ToBf16(const float* in, int64_t n, bf16* out, cudaStream_t s);

@@ -32,7 +32,29 @@ __global__ void CombineAddKernel(const bf16* y, const int32_t* position, const f
   }
 }
 
+// One thread per group: the compacted index of each non-empty group (its rank among them, in
+// group order) and its three pointers.
+__global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x,
+                                    int64_t x_ld, bf16* y, int64_t y_ld, const bf16** w_out, const bf16** x_out,
+                                    bf16** y_out) {
+  const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (g >= G || offsets[g + 1] == offsets[g]) return;
+  int64_t idx = 0;
+  for (int64_t h = 0; h < g; ++h) idx += offsets[h + 1] > offsets[h];
+  w_out[idx] = weights[g];
+  x_out[idx] = x + static_cast<int64_t>(offsets[g]) * x_ld;
+  y_out[idx] = y + static_cast<int64_t>(offsets[g]) * y_ld;
+}
+
 }  // namespace
+
+void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x, int64_t x_ld, bf16* y,
+                   int64_t y_ld, const bf16** w_out, const bf16** x_out, bf16** y_out, cudaStream_t s) {
+  if (G == 0) return;
+  GroupPointersKernel<<<static_cast<unsigned>((G + 255) / 256), 256, 0, s>>>(offsets, G, weights, x, x_ld, y, y_ld,
+                                                                             w_out, x_out, y_out);
+  MOE_CUDA_CHECK_LAUNCH();
+}
 
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s) {
   if (R == 0) return;

@@ -1,18 +1,18 @@
 #include "kernels/cuda_check.h"
 #include "kernels/kernels.h"
 
+#include <stdexcept>
+
 namespace moe::gpu {
 namespace {
 
 constexpr int kMaxExperts = 256;
+constexpr int kGroupThreads = 1024;
+constexpr int kGroupWarps = kGroupThreads / 32;
 
-// One thread per token: E is small (8 for Mixtral), so a serial softmax and k selection passes
-// are cheaper than any cooperation. Ties go to the lower expert id, as on the CPU.
-__global__ void RouterTopKKernel(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
-                                 float* weights) {
-  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (t >= T) return;
-  const float* z = logits + t * E;
+// One token's routing: softmax over E logits, the k largest (ties to the lower expert id, as on
+// the CPU), renormalised over the k. E is small (8 for Mixtral), so serial passes beat cooperation.
+__device__ void TopKOne(const float* z, int64_t E, int64_t k, int32_t* experts, float* weights) {
   float mx = z[0];
   for (int64_t e = 1; e < E; ++e) mx = fmaxf(mx, z[e]);
   float sum = 0.f;
@@ -27,11 +27,76 @@ __global__ void RouterTopKKernel(const float* logits, int64_t T, int64_t E, int6
     }
     taken[best >> 5] |= 1u << (best & 31);
     const float p = __expf(z[best] - mx) / sum;
-    experts[t * k + s] = static_cast<int32_t>(best);
-    weights[t * k + s] = p;
+    experts[s] = static_cast<int32_t>(best);
+    weights[s] = p;
     kept += p;
   }
-  for (int64_t s = 0; s < k; ++s) weights[t * k + s] /= kept;
+  for (int64_t s = 0; s < k; ++s) weights[s] /= kept;
+}
+
+__global__ void RouterTopKKernel(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
+                                 float* weights) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= T) return;
+  TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
+}
+
+// One block. Phase 1: every token's top-k. Phase 2: each slot's rank among the earlier slots of its
+// expert, 1024 slots per round: inside a warp by __match_any_sync, across the warps by a scan of
+// per-warp counts in shared memory, across rounds by a running count per expert. Phase 3: the
+// offsets, then every slot's grouped row and the token row of every grouped row.
+__global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float* logits, int64_t T, int64_t E,
+                                                                     int64_t k, int32_t* experts, float* weights,
+                                                                     int32_t* src_row, int32_t* position,
+                                                                     int32_t* offsets, int32_t* count_accum) {
+  extern __shared__ int32_t smem[];
+  int32_t* warp_count = smem;                    // [kGroupWarps][E]
+  int32_t* running = warp_count + kGroupWarps * E;  // [E]
+  int32_t* start = running + E;                   // [E + 1]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t n = T * k;
+  for (int64_t t = tid; t < T; t += kGroupThreads) TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
+  for (int64_t e = tid; e < E; e += kGroupThreads) running[e] = 0;
+  __syncthreads();  // the block's global writes are visible to the block after the barrier
+
+  for (int64_t r0 = 0; r0 < n; r0 += kGroupThreads) {
+    for (int64_t i = tid; i < kGroupWarps * E; i += kGroupThreads) warp_count[i] = 0;
+    __syncthreads();
+    const int64_t i = r0 + tid;
+    const bool active = i < n;
+    const int e = active ? experts[i] : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    if (active && rank == 0) warp_count[warp * E + e] = __popc(peers);
+    __syncthreads();
+    for (int64_t x = tid; x < E; x += kGroupThreads) {
+      int32_t run = running[x];
+      for (int w = 0; w < kGroupWarps; ++w) {
+        const int32_t c = warp_count[w * E + x];
+        warp_count[w * E + x] = run;
+        run += c;
+      }
+      running[x] = run;
+    }
+    __syncthreads();
+    if (active) position[i] = warp_count[warp * E + e] + rank;  // rank within the expert, for now
+    __syncthreads();
+  }
+
+  if (tid == 0) {
+    start[0] = 0;
+    for (int64_t e = 0; e < E; ++e) start[e + 1] = start[e] + running[e];
+  }
+  __syncthreads();
+  for (int64_t e = tid; e <= E; e += kGroupThreads) offsets[e] = start[e];
+  if (count_accum != nullptr) {
+    for (int64_t e = tid; e < E; e += kGroupThreads) count_accum[e] += running[e];
+  }
+  for (int64_t i = tid; i < n; i += kGroupThreads) {
+    const int32_t p = start[experts[i]] + position[i];
+    position[i] = p;
+    src_row[p] = static_cast<int32_t>(i / k);
+  }
 }
 
 }  // namespace
@@ -41,6 +106,17 @@ void RouterTopK(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* e
   if (T == 0) return;
   if (E > kMaxExperts || k > E) throw std::invalid_argument("RouterTopK: need k <= E <= 256");
   RouterTopKKernel<<<static_cast<unsigned>((T + 127) / 128), 128, 0, s>>>(logits, T, E, k, experts, weights);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+void RouteAndGroup(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
+                   int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* count_accum, cudaStream_t s) {
+  if (E > kMaxExperts || k > E || k <= 0) throw std::invalid_argument("RouteAndGroup: need 0 < k <= E <= 256");
+  if (T * k > (int64_t{1} << 30)) throw std::invalid_argument("RouteAndGroup: too many rows");
+  const size_t shared = sizeof(int32_t) * static_cast<size_t>(kGroupWarps * E + 2 * E + 1);
+  // T = 0 still runs: the offsets (all zero) are read by the grouped GEMMs.
+  RouteAndGroupKernel<<<1, kGroupThreads, shared, s>>>(logits, T, E, k, experts, weights, src_row, position,
+                                                       offsets, count_accum);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

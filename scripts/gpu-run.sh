@@ -6,7 +6,9 @@
 #      (a failure in an unrelated target is reported but does not stop the GPU run);
 #   3. run `ctest -L gpu` (verbose: the tests print their measured errors);
 #   4. run moe-bench (Mixtral-8x7B, synthetic weights) -> moe-bench.json;
-#   5. copy the logs, the JSON and a summary into $OUT when OUT is set.
+#   5. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
+#      in the same call -> transformers-peer.json;
+#   6. copy the logs, the JSON and a summary into $OUT when OUT is set.
 # Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
 # GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
 # MOE_COMMIT names the commit in moe-bench.json; without it `git rev-parse HEAD` is tried (the copy
@@ -69,7 +71,13 @@ grep -E "tests passed|tests failed|\*\*\*|Failed|SKIPPED|Passed|\[  (FAILED|SKIP
 export MOE_COMMIT="${MOE_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
 # shellcheck disable=SC2086
 step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" ${MOE_BENCH_ARGS:-} || status=1
-tail -n 20 "$LOGS/bench.log" | tee -a "$SUMMARY"
+tail -n 40 "$LOGS/bench.log" | tee -a "$SUMMARY"
+
+if [ "${GPU_RUN_PEER:-0}" = 1 ]; then
+  step peer timeout 900 env PYTHONUNBUFFERED=1 python3 benchmarks/transformers_peer.py \
+    --out "$LOGS/transformers-peer.json" || status=1
+  tail -n 8 "$LOGS/peer.log" | tee -a "$SUMMARY"
+fi
 
 echo "gpu-run: exit $status" | tee -a "$SUMMARY"
 exit $status

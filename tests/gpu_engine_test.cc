@@ -396,6 +396,56 @@ TEST_F(GpuGoldenTest, HostStagingExchangeMatchesDirect) {
   }
 }
 
+// Decode steps replayed from CUDA graphs give exactly the logits of the same steps enqueued kernel
+// by kernel (the graph holds the same kernels on the same buffers), across a growing block table,
+// a changing batch and a prefill in between; and the graphs are really used.
+TEST_F(GpuGoldenTest, CudaGraphDecodeEqualsDirectLaunches) {
+  GpuEngineOptions direct_opts;
+  direct_opts.cuda_graphs = false;
+  auto graphed = LoadGpu(kGoldenDir);
+  auto direct = LoadGpu(kGoldenDir, direct_opts);
+  std::vector<int32_t> next;
+  auto step = [&](const std::vector<SequenceChunk>& chunks) {
+    StepOutput a = (*graphed)->Step(chunks).value(), b = (*direct)->Step(chunks).value();
+    ASSERT_EQ(a.chunks.size(), b.chunks.size());
+    for (size_t i = 0; i < a.chunks.size(); ++i) ASSERT_EQ(a.chunks[i].logits, b.chunks[i].logits) << "chunk " << i;
+  };
+  for (int64_t id : {1, 2, 3}) {
+    ASSERT_TRUE((*graphed)->AddSequence(id).ok());
+    ASSERT_TRUE((*direct)->AddSequence(id).ok());
+  }
+  step({{1, golden_->prompt(3), false}, {2, golden_->prompt(2), false}});
+  for (int i = 0; i < 40; ++i) {  // crosses several 16-position KV blocks
+    std::vector<SequenceChunk> chunks = {{1, {static_cast<int32_t>(i % 97)}, false},
+                                         {2, {static_cast<int32_t>((i * 7) % 97)}, false}};
+    if (i == 20) chunks.push_back({3, golden_->prompt(1), true});  // a prefill joins
+    if (i > 20) chunks.push_back({3, {static_cast<int32_t>(i)}, false});
+    step(chunks);
+  }
+  EXPECT_GE((*graphed)->graphs_captured(), 2);
+  EXPECT_GE((*graphed)->graph_launches(), 38);
+  EXPECT_EQ((*direct)->graph_launches(), 0);
+}
+
+// The experts through the skinny grouped GEMMs (decode's path), through cuBLAS grouped GEMMs and
+// through one cuBLAS GEMM per expert give the same logits up to bf16 rounding.
+TEST_F(GpuGoldenTest, ExpertGemmPathsAgree) {
+  auto e = LoadGpu(kGoldenDir);
+  std::vector<std::vector<float>> out;
+  for (int variant = 0; variant < 3; ++variant) {
+    gpu::ExpertGemmTuning t;
+    t.skinny_max_rows_per_expert = variant == 0 ? 1 << 20 : 0;
+    t.cublas_grouped = variant == 1;
+    (*e)->set_expert_tuning(t);
+    out.push_back(FullForward(**e, golden_->prompt(4)));
+  }
+  EXPECT_LT(RelativeError(out[1], out[0], out[0].size()), 1e-2);
+  EXPECT_LT(RelativeError(out[2], out[0], out[0].size()), 1e-2);
+  EXPECT_LT(RelativeError(out[2], out[1], out[1].size()), 1e-2);
+  std::printf("experts: cuBLAS grouped vs skinny relative error %.3e, per-expert vs grouped %.3e\n",
+              RelativeError(out[1], out[0], out[0].size()), RelativeError(out[2], out[1], out[1].size()));
+}
+
 // Validation and KV accounting follow the CPU engine: errors change nothing.
 TEST_F(GpuGoldenTest, BadInputAndKvExhaustionAreErrors) {
   GpuEngineOptions opts;

@@ -11,8 +11,10 @@
 
 #include "kernels/cuda_check.h"
 #include "kernels/kernels.h"
+#include "coordinator/placement.h"
 #include "worker/cpu/ops.h"
 #include "worker/model/safetensors.h"
+#include "worker/moe/dispatch.h"
 #include "worker/moe/router.h"
 
 namespace moe::gpu {
@@ -228,8 +230,25 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
     PagedKv kv{d_keys.get(), d_values.get(), d_tables.get(), max_blocks, c.block_size, c.kv_heads, c.D};
     WriteKv(d_k.get(), d_v.get(), d_seq.get(), d_pos.get(), rows, kv, nullptr);
     const float scale = 1.f / std::sqrt(static_cast<float>(c.D));
-    PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), rows, c.heads, kv, c.window, scale, d_out.get(), nullptr);
+    // Whole sequences as prefill tiles (the single-row sequence goes to the decode kernel), then
+    // every row again as its own decode tile: both kernels must give the reference.
+    const int64_t max_rows = AttentionTileRows(c.heads / c.kv_heads, c.D);
+    std::vector<int32_t> narrow, wide;
+    PlanAttentionTiles(lens.data(), S, max_rows, narrow, wide);
+    EXPECT_EQ(narrow.size(), 2u);  // the 1-row sequence
+    Buffer<int32_t> d_narrow(narrow), d_wide(wide);
+    PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_narrow.get(), narrow.size() / 2, 1, c.heads, kv, c.window,
+                   scale, d_out.get(), nullptr);
+    PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_wide.get(), wide.size() / 2, max_rows, c.heads, kv,
+                   c.window, scale, d_out.get(), nullptr);
     std::vector<float> out = ToF32Host(d_out.Download()), ref(out.size());
+    std::vector<int32_t> singles;
+    for (int64_t r = 0; r < rows; ++r) singles.insert(singles.end(), {static_cast<int32_t>(r), 1});
+    Buffer<int32_t> d_singles(singles);
+    Buffer<bf16> d_out1(rows * c.heads * c.D);
+    PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_singles.get(), rows, 1, c.heads, kv, c.window, scale,
+                   d_out1.get(), nullptr);
+    std::vector<float> out1 = ToF32Host(d_out1.Download());
     std::vector<int64_t> first_row(S, 0);
     for (int64_t s = 1; s < S; ++s) first_row[s] = first_row[s - 1] + lens[s - 1];
     std::vector<float> scratch(200);
@@ -245,9 +264,228 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
             ref.data() + (r * c.heads + h) * c.D);
       }
     }
-    EXPECT_LT(RelErr(out, ref), kBf16Tol) << "heads " << c.heads << " kv " << c.kv_heads << " D " << c.D
+    EXPECT_LT(RelErr(out, ref), kBf16Tol) << "tiled: heads " << c.heads << " kv " << c.kv_heads << " D " << c.D
                                           << " window " << c.window;
+    EXPECT_LT(RelErr(out1, ref), kBf16Tol) << "decode: heads " << c.heads << " kv " << c.kv_heads << " D " << c.D
+                                           << " window " << c.window;
   }
+}
+
+// The fused QKV step: q roped into its own buffer, k roped and v copied into the paged cache, equal
+// to RoPE on the CPU and to WriteKv of the CPU-roped keys.
+TEST(GpuKernelsTest, QkvRopeKvMatchesRopeAndWriteKv) {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 6, heads = 8, kvh = 2, D = 64, block = 4, width = (heads + 2 * kvh) * D;
+  std::vector<float> qkv = RandomBf16Values(T * width, 31);
+  std::vector<int32_t> seq = {0, 0, 0, 1, 1, 0}, pos = {0, 1, 2, 0, 1, 9};
+  std::vector<int32_t> tables = {3, 0, 2, 1, 5, 4};  // [2 seqs, 3 blocks]
+  std::vector<double> inv(D / 2);
+  cpu::RopeInvFreq(D, 1e6, inv);
+  Buffer<bf16> d_qkv(ToBf16Host(qkv)), d_q(T * heads * D), d_keys(6 * block * kvh * D), d_values(6 * block * kvh * D);
+  MOE_CUDA_CHECK(cudaMemset(d_keys.get(), 0, 6 * block * kvh * D * sizeof(bf16)));
+  MOE_CUDA_CHECK(cudaMemset(d_values.get(), 0, 6 * block * kvh * D * sizeof(bf16)));
+  Buffer<int32_t> d_seq(seq), d_pos(pos), d_tables(tables);
+  Buffer<double> d_inv(inv);
+  PagedKv kv{d_keys.get(), d_values.get(), d_tables.get(), 3, block, kvh, D};
+  QkvRopeKv(d_qkv.get(), d_seq.get(), d_pos.get(), T, heads, d_inv.get(), kv, d_q.get(), nullptr);
+  std::vector<float> q(T * heads * D), k(T * kvh * D), v(T * kvh * D);
+  for (int64_t t = 0; t < T; ++t) {
+    std::copy_n(qkv.begin() + t * width, heads * D, q.begin() + t * heads * D);
+    std::copy_n(qkv.begin() + t * width + heads * D, kvh * D, k.begin() + t * kvh * D);
+    std::copy_n(qkv.begin() + t * width + (heads + kvh) * D, kvh * D, v.begin() + t * kvh * D);
+  }
+  std::vector<int64_t> pos64(pos.begin(), pos.end());
+  cpu::ApplyRope(q.data(), T, heads, D, pos64.data(), inv);
+  cpu::ApplyRope(k.data(), T, kvh, D, pos64.data(), inv);
+  EXPECT_LT(RelErr(ToF32Host(d_q.Download()), q), kBf16Tol);
+  std::vector<float> keys = ToF32Host(d_keys.Download()), values = ToF32Host(d_values.Download());
+  std::vector<float> got_k, got_v;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t slot = tables[seq[t] * 3 + pos[t] / block] * block + pos[t] % block;
+    got_k.insert(got_k.end(), keys.begin() + slot * kvh * D, keys.begin() + (slot + 1) * kvh * D);
+    got_v.insert(got_v.end(), values.begin() + slot * kvh * D, values.begin() + (slot + 1) * kvh * D);
+  }
+  EXPECT_LT(RelErr(got_k, k), kBf16Tol);
+  EXPECT_EQ(got_v, v);  // copied bit for bit
+}
+
+// RouteAndGroup against the CPU: the same routing as RouteTopK, the same stable layout as
+// BuildDispatchLayout for one rank holding every expert, and the counts accumulated. Sizes cross
+// the kernel's 1024-slot rounds and reach 256 experts.
+TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t T, E, k;
+  };
+  for (const Case& c : {Case{1, 8, 2}, Case{5, 8, 2}, Case{300, 8, 2}, Case{1500, 8, 2}, Case{700, 16, 4},
+                        Case{64, 3, 1}, Case{400, 64, 6}, Case{90, 256, 8}}) {
+    const int64_t n = c.T * c.k;
+    std::vector<float> logits = RandomBf16Values(c.T * c.E, static_cast<uint32_t>(40 + c.T + c.E));
+    Buffer<float> d_logits(logits), d_w(n);
+    Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(c.E + 1);
+    std::vector<int32_t> accum(c.E, 3);
+    Buffer<int32_t> d_accum(accum);
+    RouteAndGroup(d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(), d_off.get(),
+                  d_accum.get(), nullptr);
+    const Routing ref = RouteTopK(logits.data(), c.T, c.E, c.k);
+    ASSERT_EQ(d_e.Download(), ref.expert) << "T " << c.T << " E " << c.E;
+    EXPECT_LT(RelErr(d_w.Download(), ref.weight), 1e-6);
+    const PlacementPlan plan = PlacementPlan::Make(1, c.E, 1).value();
+    const DispatchLayout layout = BuildDispatchLayout(ref, plan, 0, 0);
+    std::vector<int32_t> want_src(n), want_pos(n), want_off(c.E + 1, 0), want_accum(c.E);
+    for (int64_t p = 0; p < n; ++p) want_src[p] = static_cast<int32_t>(layout.order[p] / c.k);
+    for (int64_t i = 0; i < n; ++i) want_pos[i] = static_cast<int32_t>(layout.position[i]);
+    for (int64_t e = 0; e < c.E; ++e) {
+      want_off[e + 1] = want_off[e] + static_cast<int32_t>(layout.send_counts[e]);
+      want_accum[e] = 3 + static_cast<int32_t>(layout.send_counts[e]);
+    }
+    EXPECT_EQ(d_src.Download(), want_src) << "T " << c.T << " E " << c.E;
+    EXPECT_EQ(d_pos.Download(), want_pos) << "T " << c.T << " E " << c.E;
+    EXPECT_EQ(d_off.Download(), want_off) << "T " << c.T << " E " << c.E;
+    EXPECT_EQ(d_accum.Download(), want_accum) << "T " << c.T << " E " << c.E;
+  }
+}
+
+// y = x W^T in float64 over bf16-representable inputs; rows of x picked through row_index.
+std::vector<double> ReferenceLinear(const std::vector<float>& x, const std::vector<int32_t>& rows,
+                                    const std::vector<float>& w, int64_t N, int64_t K) {
+  std::vector<double> y(rows.size() * N);
+  for (size_t r = 0; r < rows.size(); ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += double(x[rows[r] * K + k]) * w[n * K + k];
+      y[r * N + n] = acc;
+    }
+  return y;
+}
+
+double RelErrD(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+// The dense skinny GEMM in its four epilogues against float64, over row counts that fill one, several
+// and partial 8-row tiles, with expected_rows both right and too small (several passes), N not a
+// multiple of the 32-feature CTA tile (and below 16, the router's shape), K not a multiple of the
+// warps' 256-element share. Every output element is poisoned first, so an unwritten one fails.
+TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t M, N, K, expected;
+  };
+  for (const Case& c : {Case{1, 40, 64, 1}, Case{3, 8, 136, 3}, Case{8, 100, 256, 8}, Case{13, 257, 520, 13},
+                        Case{64, 96, 1000, 64}, Case{70, 33, 128, 64}, Case{40, 48, 4096, 5}}) {
+    std::vector<float> x = RandomBf16Values(c.M * c.K, static_cast<uint32_t>(c.M + 7)),
+                       w = RandomBf16Values(c.N * c.K, static_cast<uint32_t>(c.N + 9), 0.05f);
+    std::vector<int32_t> rows(c.M);
+    std::iota(rows.begin(), rows.end(), 0);
+    const std::vector<double> ref = ReferenceLinear(x, rows, w, c.N, c.K);
+    Buffer<bf16> d_x(ToBf16Host(x)), d_w(ToBf16Host(w));
+    SkinnyGroups g;
+    g.rows = c.M;
+    g.weight = d_w.get();
+    const std::string what = "M " + std::to_string(c.M) + " N " + std::to_string(c.N) + " K " + std::to_string(c.K);
+    {
+      Buffer<bf16> y(ToBf16Host(std::vector<float>(c.M * c.N, NAN)));
+      SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreBf16, y.get(), c.expected, nullptr);
+      EXPECT_LT(RelErrD(ToF32Host(y.Download()), ref), kBf16Tol) << what;
+    }
+    {
+      Buffer<float> y(std::vector<float>(c.M * c.N, NAN));
+      SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreF32, y.get(), c.expected, nullptr);
+      EXPECT_LT(RelErrD(y.Download(), ref), 1e-5) << what;
+    }
+    {
+      std::vector<float> base = RandomBf16Values(c.M * c.N, 77);
+      std::vector<double> want(ref);
+      for (size_t i = 0; i < want.size(); ++i) want[i] += base[i];
+      Buffer<float> y(base);
+      SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kAddF32, y.get(), c.expected, nullptr);
+      EXPECT_LT(RelErrD(y.Download(), want), 1e-5) << what;
+    }
+  }
+}
+
+// Grouped: eight experts with uneven row counts (one empty, whose weight pointer is null), rows
+// gathered through an index, the SwiGLU epilogue over [2I, K] weights and the plain one; and a
+// row's result is the same bits whether it is computed with the others or alone.
+TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  const int64_t G = 8, I = 72, K = 192, T = 30;
+  const std::vector<int32_t> counts = {5, 0, 12, 1, 9, 2, 17, 4};
+  std::vector<int32_t> offsets(G + 1, 0);
+  for (int64_t g = 0; g < G; ++g) offsets[g + 1] = offsets[g] + counts[g];
+  const int64_t R = offsets[G];
+  std::vector<int32_t> row_index(R);
+  for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 11 + 3) % T);
+  std::vector<float> x = RandomBf16Values(T * K, 51);
+  std::vector<std::vector<float>> w13(G), w2(G);
+  std::vector<Buffer<bf16>*> owned;
+  std::vector<const bf16*> p13(G, nullptr), p2(G, nullptr);
+  for (int64_t g = 0; g < G; ++g) {
+    w13[g] = RandomBf16Values(2 * I * K, static_cast<uint32_t>(60 + g), 0.08f);
+    w2[g] = RandomBf16Values(K * I, static_cast<uint32_t>(70 + g), 0.1f);
+    if (counts[g] == 0) continue;
+    owned.push_back(new Buffer<bf16>(ToBf16Host(w13[g])));
+    p13[g] = owned.back()->get();
+    owned.push_back(new Buffer<bf16>(ToBf16Host(w2[g])));
+    p2[g] = owned.back()->get();
+  }
+  Buffer<bf16> d_x(ToBf16Host(x));
+  Buffer<int32_t> d_off(offsets), d_idx(row_index);
+  Buffer<const bf16*> d_p13(p13), d_p2(p2);
+  // SwiGLU: act[r] = silu(x w1^T) * (x w3^T), w1 = rows [0, I), w3 = rows [I, 2I) of w13.
+  std::vector<double> act_ref(R * I);
+  std::vector<float> act_in(R * I);  // the bf16 act the second GEMM reads, from the reference
+  for (int64_t g = 0; g < G; ++g)
+    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
+      const std::vector<double> gu = ReferenceLinear(x, {row_index[r]}, w13[g], 2 * I, K);
+      for (int64_t i = 0; i < I; ++i) act_ref[r * I + i] = gu[i] / (1 + std::exp(-gu[i])) * gu[I + i];
+    }
+  Buffer<bf16> d_act(ToBf16Host(std::vector<float>(R * I, NAN)));
+  SkinnyGroups up;
+  up.count = G;
+  up.offsets = d_off.get();
+  up.weights = d_p13.get();
+  up.row_index = d_idx.get();
+  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), 4, nullptr);
+  const std::vector<float> act = ToF32Host(d_act.Download());
+  EXPECT_LT(RelErrD(act, act_ref), kBf16Tol);
+  // Down projection of the GPU's act, plain rows.
+  std::vector<double> y_ref(R * K);
+  std::vector<int32_t> identity(R);
+  std::iota(identity.begin(), identity.end(), 0);
+  for (int64_t g = 0; g < G; ++g)
+    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
+      const std::vector<double> y = ReferenceLinear(act, {r}, w2[g], K, I);
+      std::copy(y.begin(), y.end(), y_ref.begin() + r * K);
+    }
+  Buffer<bf16> d_y(ToBf16Host(std::vector<float>(R * K, NAN)));
+  SkinnyGroups down;
+  down.count = G;
+  down.offsets = d_off.get();
+  down.weights = d_p2.get();
+  SkinnyGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y.get(), 16, nullptr);
+  const std::vector<bf16> y_all = d_y.Download();
+  EXPECT_LT(RelErrD(ToF32Host(y_all), y_ref), kBf16Tol);
+  // Row offsets[6] + 3 alone (group 6, one row) gives the same bits as in the batch.
+  const int32_t r = offsets[6] + 3;
+  std::vector<int32_t> one_off(G + 1, 0);
+  for (int64_t g = 0; g < G; ++g) one_off[g + 1] = one_off[g] + (g == 6 ? 1 : 0);
+  Buffer<int32_t> d_one_off(one_off);
+  Buffer<bf16> d_act1(ToBf16Host(std::vector<float>(act.begin() + r * I, act.begin() + (r + 1) * I)));
+  Buffer<bf16> d_y1(K);
+  down.offsets = d_one_off.get();
+  SkinnyGemm(d_act1.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y1.get(), 1, nullptr);
+  const std::vector<bf16> y1 = d_y1.Download();
+  for (int64_t k = 0; k < K; ++k) {
+    ASSERT_EQ(static_cast<__nv_bfloat16_raw>(y1[k]).x, static_cast<__nv_bfloat16_raw>(y_all[r * K + k]).x) << k;
+  }
+  for (Buffer<bf16>* b : owned) delete b;
 }
 
 }  // namespace

@@ -53,12 +53,13 @@ class DeviceBuffer {
   }
 
   // Grows to at least n elements (contents are not kept). Synchronises the device first when it
-  // reallocates, so no queued kernel still uses the old memory.
-  void EnsureSize(size_t n) {
-    if (n <= n_) return;
+  // reallocates, so no queued kernel still uses the old memory. Returns true when it reallocated.
+  bool EnsureSize(size_t n) {
+    if (n <= n_) return false;
     if (p_) MOE_CUDA_CHECK(cudaDeviceSynchronize());
     Release();
     Allocate(n);
+    return true;
   }
 
   T* get() const { return p_; }
@@ -90,12 +91,14 @@ class PinnedBuffer {
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
 
   // Grows to at least n elements (contents are not kept). The caller makes sure no copy still
-  // reads or writes the old memory (the engine synchronises its stream before growing).
-  void EnsureSize(size_t n) {
-    if (n <= n_) return;
+  // reads or writes the old memory (the engine synchronises its stream before growing). Returns
+  // true when it reallocated.
+  bool EnsureSize(size_t n) {
+    if (n <= n_) return false;
     Release();
     MOE_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&p_), n * sizeof(T)));
     n_ = n;
+    return true;
   }
   T* get() const { return p_; }
   T& operator[](size_t i) const { return p_[i]; }

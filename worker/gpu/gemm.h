@@ -1,10 +1,15 @@
-// The GEMMs of the GPU engine through cuBLAS: bf16 inputs, float32 accumulation, and a bf16 or
-// float32 output as each use needs (the residual stream, router logits and final logits are
-// float32; activations between GEMMs are bf16).
+// The GEMMs of the GPU engine: bf16 inputs, float32 accumulation, and a bf16 or float32 output as
+// each use needs (the residual stream, router logits and final logits are float32; activations
+// between GEMMs are bf16).
 //
 // Every product is a linear layer y = x W^T with row-major x [M, K] and the weight as stored in
-// the checkpoint, row-major W [N, K]; y is row-major [M, N]. In cuBLAS's column-major terms that is
-// y^T (N x M) = W (K x N, transposed) * x^T (K x M), so no copy or transpose is ever made.
+// the checkpoint, row-major W [N, K]; y is row-major [M, N]. Two implementations:
+//   - few rows (M <= skinny_max_rows, K a multiple of 8): the skinny tensor-core kernel
+//     (kernels.h SkinnyGemm), which streams each weight once at close to the copy bandwidth, the
+//     decode case;
+//   - otherwise cuBLAS (cublasGemmEx; in cuBLAS's column-major terms y^T (N x M) = W (K x N,
+//     transposed) * x^T (K x M), so no copy or transpose is ever made).
+// Both are capturable in a CUDA graph (cuBLAS gets a fixed workspace, so it never allocates).
 #pragma once
 
 #include <cublas_v2.h>
@@ -13,6 +18,7 @@
 #include <cstdint>
 
 #include "kernels/kernels.h"
+#include "worker/gpu/device_buffer.h"
 
 namespace moe::gpu {
 
@@ -24,17 +30,38 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
+  // Rows up to which dense products take the skinny kernel (0: always cuBLAS).
+  static constexpr int64_t kDefaultSkinnyMaxRows = 64;
+  void set_skinny_max_rows(int64_t rows) { skinny_max_rows_ = rows; }
+  int64_t skinny_max_rows() const { return skinny_max_rows_; }
+
   // y[M, N] = bf16(x W^T).
   void Linear(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y);
   // y[M, N] = x W^T in float32, or y += x W^T when `accumulate` (the residual stream).
   void LinearF32(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, float* y, bool accumulate = false);
+
+  // y[M, N] = bf16(x W^T) through cuBLAS whatever M is (per-expert GEMMs, for comparison).
+  void LinearBlas(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y) {
+    Run(x, M, K, w, N, y, CUDA_R_16BF, 0.f);
+  }
+
+  // Grouped products through cuBLAS in one call (cublasGemmGroupedBatchedEx): for each of
+  // `groups` problems i, y_i [m[i], N] = bf16(x_i W_i^T); the pointer arrays are in DEVICE memory,
+  // the row counts on the host (every m[i] > 0).
+  void LinearGrouped(const bf16* const* x, const int* m, int groups, int64_t K, const bf16* const* w, int64_t N,
+                     bf16* const* y);
 
   cublasHandle_t handle() const { return handle_; }
 
  private:
   void Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, void* y, cudaDataType_t y_type,
            float beta);
+  bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
+
+  cudaStream_t stream_;
   cublasHandle_t handle_ = nullptr;
+  DeviceBuffer<unsigned char> workspace_;
+  int64_t skinny_max_rows_ = kDefaultSkinnyMaxRows;
 };
 
 }  // namespace moe::gpu

@@ -11,16 +11,18 @@
 namespace moe::gpu {
 namespace {
 
-// The limits of the CUDA kernels (attention: grouped-query heads <= 8 per KV head, head_dim <= 256;
-// router: <= 256 experts), checked once at load so a step never fails on them.
+// The limits of the CUDA kernels (attention: grouped-query heads <= 8 per KV head, head_dim a
+// multiple of 8 up to 256; router: <= 256 experts), checked once at load so a step never fails on
+// them.
 absl::Status CheckKernelLimits(const ModelConfig& c) {
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0 || c.heads_per_kv() > 8) {
     return absl::InvalidArgumentError(absl::StrCat("GPU engine: num_attention_heads ", c.num_heads,
                                                    " over num_key_value_heads ", c.num_kv_heads,
                                                    " must be a whole number of at most 8"));
   }
-  if (c.head_dim > 256 || c.head_dim % 2 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("GPU engine: head_dim ", c.head_dim, " must be even and <= 256"));
+  if (c.head_dim > 256 || c.head_dim % 8 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GPU engine: head_dim ", c.head_dim, " must be a multiple of 8 and <= 256"));
   }
   if (c.num_experts > 256 || c.experts_per_token > c.num_experts) {
     return absl::InvalidArgumentError(absl::StrCat("GPU engine: ", c.num_experts, " experts, top-",
@@ -41,7 +43,25 @@ GpuEngine::GpuEngine(const ModelConfig& c, Communicator& comm, const PlacementPl
       stats_(c.num_layers, c.num_experts, comm.size()),
       gemm_(stream_.get()) {}
 
-GpuEngine::~GpuEngine() { cudaStreamSynchronize(stream_.get()); }
+GpuEngine::~GpuEngine() {
+  cudaStreamSynchronize(stream_.get());
+  DropGraphs();
+}
+
+void GpuEngine::DropGraphs() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
+
+void GpuEngine::set_cuda_graphs(bool on) {
+  opts_.cuda_graphs = on;
+  if (!on) DropGraphs();
+}
+
+void GpuEngine::set_expert_tuning(const ExpertGemmTuning& t) {
+  moe_->set_tuning(t);
+  DropGraphs();  // which steps may be captured has changed
+}
 
 absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& c, Communicator& comm,
                                                              const PlacementPlan& plan,
@@ -85,8 +105,9 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& 
     cpu::RopeInvFreq(c.head_dim, c.rope_theta, inv);
     e->inv_freq_ = DeviceBuffer<double>(inv.size());
     MOE_CUDA_CHECK(cudaMemcpy(e->inv_freq_.get(), inv.data(), sizeof(double) * inv.size(), cudaMemcpyHostToDevice));
-    e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
-                                            opts.force_host_staging, opts.nccl);
+    e->tile_rows_ = AttentionTileRows(c.heads_per_kv(), c.head_dim);
+    e->step_counts_ = DeviceBuffer<int32_t>(static_cast<size_t>(c.num_layers * c.num_experts));
+    e->h_step_counts_.EnsureSize(static_cast<size_t>(c.num_layers * c.num_experts));
     e->profiler_.Enable(opts.profile_stages, c.num_layers);
     return e;
   } catch (const std::exception& err) {
@@ -108,6 +129,8 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Load(const std::string& mo
     MOE_ASSIGN_OR_RETURN(e->weights_,
                          DeviceWeights::Upload(c, *ckpt, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); },
                                                progress));
+    e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
+                                            *e->weights_, opts.force_host_staging, opts.nccl);
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: loading ", model_dir, ": ", err.what()));
   }
@@ -122,6 +145,8 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelC
   try {
     MOE_ASSIGN_OR_RETURN(e->weights_, DeviceWeights::Synthetic(
                                           c, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); }, seed));
+    e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
+                                            *e->weights_, opts.force_host_staging, opts.nccl);
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: synthetic weights: ", err.what()));
   }
@@ -142,29 +167,65 @@ absl::StatusOr<StepOutput> GpuEngine::Step(const std::vector<SequenceChunk>& chu
   return out;
 }
 
+namespace {
+
+int64_t RoundUpPow2(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+}  // namespace
+
+bool GpuEngine::Reserve(const StepShape& sh) {
+  const ModelConfig& c = config_;
+  const int64_t T = sh.T, H = c.hidden_size, qd = c.q_dim(), qkvd = qd + 2 * c.kv_dim();
+  bool grew = false;
+  grew |= h_inputs_.EnsureSize(static_cast<size_t>(sh.inputs()));  // the last step ended with a synchronisation
+  grew |= inputs_.EnsureSize(static_cast<size_t>(sh.inputs()));
+  grew |= x_.EnsureSize(static_cast<size_t>(T * H));
+  grew |= hn_.EnsureSize(static_cast<size_t>(T * H));
+  grew |= qkv_.EnsureSize(static_cast<size_t>(T * qkvd));
+  grew |= q_.EnsureSize(static_cast<size_t>(T * qd));
+  grew |= attn_.EnsureSize(static_cast<size_t>(T * qd));
+  grew |= wanted_.EnsureSize(static_cast<size_t>(sh.wanted * H));
+  grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
+  grew |= h_logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
+  grew |= moe_->Reserve(T);
+  return grew;
+}
+
 void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) {
   const ModelConfig& c = config_;
-  const int64_t H = c.hidden_size, V = c.vocab_size, qd = c.q_dim(), kvd = c.kv_dim(), qkvd = qd + 2 * kvd;
+  const int64_t V = c.vocab_size, L = c.num_layers, E = c.num_experts;
   const cudaStream_t s = stream_.get();
-  const int64_t S = static_cast<int64_t>(chunks.size());
-  int64_t T = 0, max_blocks = 1, wanted = 0;
+  StepShape sh;
+  sh.S = static_cast<int64_t>(chunks.size());
+  int64_t max_blocks = 1;
+  std::vector<int64_t> chunk_rows;
   for (const SequenceChunk& ch : chunks) {
     const int64_t n = static_cast<int64_t>(ch.tokens.size());
-    T += n;
-    wanted += WantedRows(ch, 0).rows;
+    chunk_rows.push_back(n);
+    sh.T += n;
+    sh.wanted += WantedRows(ch, 0).rows;
     max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
   }
-  profiler_.StepStart(s);
+  // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows.
+  sh.pitch = RoundUpPow2(max_blocks);
+  PlanAttentionTiles(chunk_rows.data(), sh.S, tile_rows_, narrow_tiles_, wide_tiles_);
+  sh.narrow = static_cast<int64_t>(narrow_tiles_.size() / 2);
+  sh.wide = static_cast<int64_t>(wide_tiles_.size() / 2);
+  if (Reserve(sh)) DropGraphs();
 
   // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
-  // block tables [S, max_blocks], wanted rows [wanted].
-  const int64_t n_inputs = 3 * T + S * max_blocks + wanted;
-  h_inputs_.EnsureSize(static_cast<size_t>(n_inputs));  // the last step ended with a synchronisation
+  // block tables [S, pitch], wanted rows [wanted], attention tiles (narrow, wide) [2 each].
+  const int64_t T = sh.T, S = sh.S;
   int32_t* ids = h_inputs_.get();
   int32_t* pos = ids + T;
   int32_t* row_seq = pos + T;
   int32_t* tables = row_seq + T;
-  int32_t* wanted_rows = tables + S * max_blocks;
+  int32_t* wanted_rows = tables + S * sh.pitch;
+  int32_t* tiles = wanted_rows + sh.wanted;
   std::vector<int64_t> starts(static_cast<size_t>(S));
   int64_t row = 0, w = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
@@ -177,81 +238,54 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
       row_seq[row + i] = static_cast<int32_t>(ci);
     }
     const std::vector<int32_t>& blocks = kv_.blocks(ch.seq_id);
-    std::fill(tables + ci * max_blocks, tables + (ci + 1) * max_blocks, 0);
-    std::copy(blocks.begin(), blocks.end(), tables + ci * max_blocks);
+    std::fill(tables + ci * sh.pitch, tables + (ci + 1) * sh.pitch, 0);
+    std::copy(blocks.begin(), blocks.end(), tables + ci * sh.pitch);
     for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     row += n;
   }
-  inputs_.EnsureSize(static_cast<size_t>(n_inputs));
-  if (n_inputs > 0) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(inputs_.get(), h_inputs_.get(), sizeof(int32_t) * n_inputs,
-                                   cudaMemcpyHostToDevice, s));
-  }
-  const int32_t* d_ids = inputs_.get();
-  const int32_t* d_pos = d_ids + T;
-  const int32_t* d_row_seq = d_pos + T;
-  const int32_t* d_tables = d_row_seq + T;
-  const int32_t* d_wanted = d_tables + S * max_blocks;
+  std::copy(narrow_tiles_.begin(), narrow_tiles_.end(), tiles);
+  std::copy(wide_tiles_.begin(), wide_tiles_.end(), tiles + narrow_tiles_.size());
 
-  x_.EnsureSize(static_cast<size_t>(T * H));
-  hn_.EnsureSize(static_cast<size_t>(T * H));
-  qkv_.EnsureSize(static_cast<size_t>(T * qkvd));
-  q_.EnsureSize(static_cast<size_t>(T * qd));
-  attn_.EnsureSize(static_cast<size_t>(T * qd));
-  k_.EnsureSize(static_cast<size_t>(T * kvd));
-  v_.EnsureSize(static_cast<size_t>(T * kvd));
-
-  routing_.assign(opts_.record_routing ? static_cast<size_t>(c.num_layers) : 0, {});
-  EmbeddingGather(weights_->embed, d_ids, T, H, x_.get(), s);
-  const int64_t layer_elems = kv_.total_blocks() * kv_.block_size() * kvd;
-  const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
-  const int64_t window = c.sliding_window ? *c.sliding_window : 0;
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const DeviceAttentionWeights& a = weights_->attention[l];
-    profiler_.Mark(l, Boundary::kLayerStart, s);
-    AddRmsNorm(x_.get(), nullptr, a.norm, T, H, eps, hn_.get(), s);
-    gemm_.Linear(hn_.get(), T, H, a.wqkv, qkvd, qkv_.get());
-    if (T > 0) {
-      // Split the stacked [T, q | k | v] rows into contiguous q, k, v (RoPE and the KV write want them so).
-      const size_t src_pitch = sizeof(bf16) * qkvd;
-      MOE_CUDA_CHECK(cudaMemcpy2DAsync(q_.get(), sizeof(bf16) * qd, qkv_.get(), src_pitch, sizeof(bf16) * qd, T,
-                                       cudaMemcpyDeviceToDevice, s));
-      MOE_CUDA_CHECK(cudaMemcpy2DAsync(k_.get(), sizeof(bf16) * kvd, qkv_.get() + qd, src_pitch, sizeof(bf16) * kvd,
-                                       T, cudaMemcpyDeviceToDevice, s));
-      MOE_CUDA_CHECK(cudaMemcpy2DAsync(v_.get(), sizeof(bf16) * kvd, qkv_.get() + qd + kvd, src_pitch,
-                                       sizeof(bf16) * kvd, T, cudaMemcpyDeviceToDevice, s));
+  routing_.assign(opts_.record_routing ? static_cast<size_t>(L) : 0, {});
+  const bool local = comm_.size() == 1 && !opts_.force_host_staging;
+  const bool count_experts = opts_.collect_load_stats && local;
+  const bool graph = opts_.cuda_graphs && moe_->DeviceOnly(T) && !profiler_.enabled() && !opts_.record_routing;
+  if (graph) {
+    auto it = graphs_.find(sh.key());
+    if (it == graphs_.end()) {
+      if (graphs_.size() >= 256) DropGraphs();  // a bound on what shapes a long run can collect
+      cudaGraph_t g = nullptr;
+      MOE_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      try {
+        Enqueue(sh, count_experts);
+      } catch (...) {
+        cudaStreamEndCapture(s, &g);  // leave the stream usable
+        if (g != nullptr) cudaGraphDestroy(g);
+        throw;
+      }
+      MOE_CUDA_CHECK(cudaStreamEndCapture(s, &g));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t err = cudaGraphInstantiate(&exec, g, 0);
+      cudaGraphDestroy(g);
+      MOE_CUDA_CHECK(err);
+      it = graphs_.emplace(sh.key(), exec).first;
+      ++graphs_captured_;
     }
-    Rope(q_.get(), d_pos, T, c.num_heads, c.head_dim, inv_freq_.get(), s);
-    Rope(k_.get(), d_pos, T, c.num_kv_heads, c.head_dim, inv_freq_.get(), s);
-    PagedKv kv{keys_.get() + l * layer_elems, values_.get() + l * layer_elems, d_tables, max_blocks,
-               kv_.block_size(), c.num_kv_heads, c.head_dim};
-    // This step's keys and values first: its queries attend to them.
-    WriteKv(k_.get(), v_.get(), d_row_seq, d_pos, T, kv, s);
-    PagedAttention(q_.get(), d_row_seq, d_pos, T, c.num_heads, kv, window, scale, attn_.get(), s);
-    gemm_.LinearF32(attn_.get(), T, qd, a.wo, H, x_.get(), /*accumulate=*/true);
-    profiler_.Mark(l, Boundary::kAttentionEnd, s);
-
-    AddRmsNorm(x_.get(), nullptr, weights_->moe[l].norm, T, H, eps, hn_.get(), s);
-    moe_->Forward(l, weights_->moe[l], hn_.get(), T, x_.get(), profiler_,
-                  opts_.record_routing ? &routing_[l] : nullptr);
+    MOE_CUDA_CHECK(cudaGraphLaunch(it->second, s));
+    ++graph_launches_;
+  } else {
+    Enqueue(sh, count_experts);
   }
-
-  // Final norm (all rows: cheap next to the LM head) and the LM head on the wanted rows.
-  AddRmsNorm(x_.get(), nullptr, weights_->final_norm, T, H, eps, hn_.get(), s);
-  wanted_.EnsureSize(static_cast<size_t>(wanted * H));
-  logits_.EnsureSize(static_cast<size_t>(wanted * V));
-  GatherRows(hn_.get(), d_wanted, wanted, H, wanted_.get(), s);
-  gemm_.LinearF32(wanted_.get(), wanted, H, weights_->lm_head, V, logits_.get());
-  MOE_CUDA_CHECK(cudaStreamSynchronize(s));  // nothing may use the pinned logits buffer when it grows
-  h_logits_.EnsureSize(static_cast<size_t>(wanted * V));
-  if (wanted > 0) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_logits_.get(), logits_.get(), sizeof(float) * wanted * V,
-                                   cudaMemcpyDeviceToHost, s));
-  }
-  profiler_.StepEnd(s, c.num_layers);
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
 
+  if (count_experts) {
+    std::vector<int64_t> counts(static_cast<size_t>(E));
+    const std::vector<int64_t> rank_rows = {T * c.experts_per_token};
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t e = 0; e < E; ++e) counts[e] = h_step_counts_.get()[l * E + e];
+      stats_.AddLocalCounts(l, counts, rank_rows);
+    }
+  }
   w = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
     ChunkLogits cl = WantedRows(chunks[ci], starts[ci]);
@@ -259,6 +293,63 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     w += cl.rows;
     out.chunks.push_back(std::move(cl));
   }
+}
+
+void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, V = c.vocab_size, qd = c.q_dim(), qkvd = qd + 2 * c.kv_dim();
+  const int64_t T = sh.T, L = c.num_layers, E = c.num_experts;
+  const cudaStream_t s = stream_.get();
+  MOE_CUDA_CHECK(cudaMemcpyAsync(inputs_.get(), h_inputs_.get(), sizeof(int32_t) * sh.inputs(),
+                                 cudaMemcpyHostToDevice, s));
+  const int32_t* d_ids = inputs_.get();
+  const int32_t* d_pos = d_ids + T;
+  const int32_t* d_row_seq = d_pos + T;
+  const int32_t* d_tables = d_row_seq + T;
+  const int32_t* d_wanted = d_tables + sh.S * sh.pitch;
+  const int32_t* d_narrow = d_wanted + sh.wanted;
+  const int32_t* d_wide = d_narrow + 2 * sh.narrow;
+  if (count_experts) MOE_CUDA_CHECK(cudaMemsetAsync(step_counts_.get(), 0, sizeof(int32_t) * L * E, s));
+  profiler_.StepStart(s);
+
+  EmbeddingGather(weights_->embed, d_ids, T, H, x_.get(), s);
+  const int64_t layer_elems = kv_.total_blocks() * kv_.block_size() * c.kv_dim();
+  const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  const int64_t window = c.sliding_window ? *c.sliding_window : 0;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  for (int64_t l = 0; l < L; ++l) {
+    const DeviceAttentionWeights& a = weights_->attention[l];
+    profiler_.Mark(l, Boundary::kLayerStart, s);
+    AddRmsNorm(x_.get(), nullptr, a.norm, T, H, eps, hn_.get(), s);
+    gemm_.Linear(hn_.get(), T, H, a.wqkv, qkvd, qkv_.get());
+    PagedKv kv{keys_.get() + l * layer_elems, values_.get() + l * layer_elems, d_tables, sh.pitch,
+               kv_.block_size(), c.num_kv_heads, c.head_dim};
+    // This step's keys and values go into the cache first: its queries attend to them.
+    QkvRopeKv(qkv_.get(), d_row_seq, d_pos, T, c.num_heads, inv_freq_.get(), kv, q_.get(), s);
+    PagedAttention(q_.get(), d_row_seq, d_pos, d_narrow, sh.narrow, 1, c.num_heads, kv, window, scale, attn_.get(), s);
+    PagedAttention(q_.get(), d_row_seq, d_pos, d_wide, sh.wide, tile_rows_, c.num_heads, kv, window, scale,
+                   attn_.get(), s);
+    gemm_.LinearF32(attn_.get(), T, qd, a.wo, H, x_.get(), /*accumulate=*/true);
+    profiler_.Mark(l, Boundary::kAttentionEnd, s);
+
+    AddRmsNorm(x_.get(), nullptr, weights_->moe[l].norm, T, H, eps, hn_.get(), s);
+    moe_->Forward(l, weights_->moe[l], hn_.get(), T, x_.get(), profiler_,
+                  opts_.record_routing ? &routing_[l] : nullptr, count_experts ? step_counts_.get() + l * E : nullptr);
+  }
+
+  // Final norm (all rows: cheap next to the LM head) and the LM head on the wanted rows.
+  AddRmsNorm(x_.get(), nullptr, weights_->final_norm, T, H, eps, hn_.get(), s);
+  GatherRows(hn_.get(), d_wanted, sh.wanted, H, wanted_.get(), s);
+  gemm_.LinearF32(wanted_.get(), sh.wanted, H, weights_->lm_head, V, logits_.get());
+  if (sh.wanted > 0) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_logits_.get(), logits_.get(), sizeof(float) * sh.wanted * V,
+                                   cudaMemcpyDeviceToHost, s));
+  }
+  if (count_experts) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_step_counts_.get(), step_counts_.get(), sizeof(int32_t) * L * E,
+                                   cudaMemcpyDeviceToHost, s));
+  }
+  profiler_.StepEnd(s, L);
 }
 
 }  // namespace moe::gpu

@@ -4,10 +4,19 @@
 // float32 residual stream, float32 router and final logits.
 //
 // Per step: the step's inputs (token ids, positions, block tables, the rows whose logits are
-// wanted) go to the device in one copy; per layer: fused RMSNorm, one QKV GEMM, RoPE, the keys and
-// values written into the paged bf16 KV cache, paged attention, the output GEMM accumulated into
-// the residual, RMSNorm, the MoE layer (worker/gpu/moe_layer.h); at the end the final norm, the LM
-// head on the wanted rows and one copy of their logits to the host.
+// wanted, the attention tiles) go to the device in one copy; per layer: fused RMSNorm, one QKV
+// GEMM, RoPE with the keys and values written into the paged bf16 KV cache (one kernel), paged
+// attention (a decode kernel for single rows, a tiled one for prefill chunks), the output GEMM
+// accumulated into the residual, RMSNorm, the MoE layer (worker/gpu/moe_layer.h); at the end the
+// final norm, the LM head on the wanted rows and one copy of their logits to the host. Dense GEMMs
+// with few rows take the skinny weight-streaming kernel, the others cuBLAS (gemm.h).
+//
+// CUDA graphs: when a step needs no host synchronisation (one rank, few enough rows per expert
+// for the skinny expert GEMMs: every decode step up to a batch of a few hundred) the whole step,
+// from the input upload to the logits download, is captured once per shape (rows, sequences,
+// block-table width, wanted rows, attention tiles) and replayed: the host enqueues one graph
+// instead of hundreds of kernels. Buffers never move under a graph: they are sized before the
+// capture, and any reallocation drops the graphs.
 //
 // Expert parallelism uses the engine's Communicator exactly as the CPU engine does (step header,
 // validation, load statistics). The MoE rows cross ranks device to device through NCCL when a
@@ -22,6 +31,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +59,7 @@ struct GpuEngineOptions {
   bool force_host_staging = false;  // MoE rows through the host and the Communicator even on one rank
   bool profile_stages = false;      // per-stage CUDA event timings (see stage_profiler.h)
   bool record_routing = false;      // keep the last step's router logits and routing per layer (tests)
+  bool cuda_graphs = true;          // capture and replay host-free steps (see above)
   // The MoE token exchange over NCCL (not owned; must outlive the engine; its ranks must be the
   // Communicator's). With device -1 the engine runs on the exchange's GPU; a different device is
   // an error. Null, or force_host_staging: rows go through the host and the Communicator.
@@ -102,6 +113,14 @@ class GpuEngine final : public StepEngine {
   // Per layer, for the last step's local rows (only with record_routing).
   const std::vector<MoeLayer::Record>& last_routing() const { return routing_; }
 
+  // Tuning, between steps (benchmarks compare the choices; the defaults are the measured best).
+  void set_cuda_graphs(bool on);
+  void set_dense_skinny_max_rows(int64_t rows) { gemm_.set_skinny_max_rows(rows); }
+  void set_expert_tuning(const ExpertGemmTuning& t);
+  // Graphs captured so far (tests check that decode replays them).
+  int64_t graphs_captured() const { return graphs_captured_; }
+  int64_t graph_launches() const { return graph_launches_; }
+
   // Stage timings (profiling mode): switched on and off between steps.
   void set_profile_stages(bool on) { profiler_.Enable(on, config_.num_layers); }
   const StageTimes& stage_times() const { return profiler_.times(); }
@@ -113,6 +132,17 @@ class GpuEngine final : public StepEngine {
   static absl::StatusOr<std::unique_ptr<GpuEngine>> Create(const ModelConfig& c, Communicator& comm,
                                                            const PlacementPlan& plan, const GpuEngineOptions& opts);
   void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);
+  // The shape of one step's device work: what a captured graph is specialised to.
+  struct StepShape {
+    int64_t T = 0, S = 0, pitch = 0, wanted = 0, narrow = 0, wide = 0;
+    int64_t inputs() const { return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide; }
+    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide}; }
+  };
+  // Sizes every per-step buffer for `shape`; true when one was reallocated.
+  bool Reserve(const StepShape& shape);
+  // Enqueues the step's device work: input upload, forward, logits (and expert counts) download.
+  void Enqueue(const StepShape& shape, bool count_experts);
+  void DropGraphs();
 
   ModelConfig config_;
   Communicator& comm_;
@@ -129,13 +159,22 @@ class GpuEngine final : public StepEngine {
 
   DeviceBuffer<bf16> keys_, values_;  // [layers, blocks, block_size, kv_heads, head_dim]
   DeviceBuffer<double> inv_freq_;     // RoPE [head_dim / 2]
-  // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows (one int32 buffer).
+  int64_t tile_rows_ = 1;             // query rows per multi-row attention tile
+  // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows, attention tiles
+  // (narrow, then wide), in one int32 buffer.
   PinnedBuffer<int32_t> h_inputs_;
   DeviceBuffer<int32_t> inputs_;
+  std::vector<int32_t> narrow_tiles_, wide_tiles_;
   // Activations, grown as steps need.
   DeviceBuffer<float> x_, logits_;  // residual stream [T, H]; final logits [rows wanted, V]
-  DeviceBuffer<bf16> hn_, qkv_, q_, k_, v_, attn_, wanted_;
+  DeviceBuffer<bf16> hn_, qkv_, q_, attn_, wanted_;
   PinnedBuffer<float> h_logits_;
+  // Rows routed to each expert of each layer in this step (local path), for the load statistics.
+  DeviceBuffer<int32_t> step_counts_;
+  PinnedBuffer<int32_t> h_step_counts_;
+  // Captured steps by shape.
+  std::map<std::vector<int64_t>, cudaGraphExec_t> graphs_;
+  int64_t graphs_captured_ = 0, graph_launches_ = 0;
 };
 
 }  // namespace moe::gpu

@@ -1,6 +1,7 @@
 #include "worker/gpu/moe_layer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "common/status.h"
@@ -10,7 +11,8 @@
 namespace moe::gpu {
 
 GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Communicator& comm, LoadStats& stats,
-                         Gemm& gemm, cudaStream_t stream, bool force_host_staging, NcclExchange* nccl)
+                         Gemm& gemm, cudaStream_t stream, const DeviceWeights& weights, bool force_host_staging,
+                         NcclExchange* nccl)
     : c_(c),
       plan_(plan),
       comm_(comm),
@@ -23,15 +25,180 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
     MOE_CHECK(nccl_->size() == comm_.size() && nccl_->rank() == comm_.rank(), "NCCL rank ", nccl_->rank(), " of ",
               nccl_->size(), " but Communicator rank ", comm_.rank(), " of ", comm_.size());
   }
+  const int64_t L = c.num_layers, E = c.num_experts;
+  std::vector<const bf16*> w13(static_cast<size_t>(L * E), nullptr), w2(w13.size(), nullptr);
+  local_experts_.assign(static_cast<size_t>(L), 0);
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t e = 0; e < E; ++e) {
+      const DeviceExpertWeights& x = weights.moe[l].experts[e];
+      w13[l * E + e] = x.w13;
+      w2[l * E + e] = x.w2;
+      local_experts_[l] += x.w13 != nullptr;
+    }
+  }
+  host_w13_ = w13;
+  host_w2_ = w2;
+  w13_ = DeviceBuffer<const bf16*>(w13.size());
+  w2_ = DeviceBuffer<const bf16*>(w2.size());
+  MOE_CUDA_CHECK(cudaMemcpy(w13_.get(), w13.data(), sizeof(const bf16*) * w13.size(), cudaMemcpyHostToDevice));
+  MOE_CUDA_CHECK(cudaMemcpy(w2_.get(), w2.data(), sizeof(const bf16*) * w2.size(), cudaMemcpyHostToDevice));
+  group_ptrs_ = DeviceBuffer<void*>(static_cast<size_t>(6 * E));
+  offsets_ = DeviceBuffer<int32_t>(static_cast<size_t>(E + 1));
+  h_offsets_.EnsureSize(static_cast<size_t>(E + 1));
+}
+
+bool GpuMoeLayer::DeviceOnly(int64_t T) const {
+  return Local() && SkinnyExperts(T * c_.experts_per_token, c_.num_experts);
+}
+
+bool GpuMoeLayer::Reserve(int64_t T) {
+  const int64_t E = c_.num_experts, n = T * c_.experts_per_token;
+  bool grew = false;
+  grew |= logits_.EnsureSize(static_cast<size_t>(T * E));
+  grew |= experts_.EnsureSize(static_cast<size_t>(n));
+  grew |= weights_.EnsureSize(static_cast<size_t>(n));
+  grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
+  grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
+  grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
+  return grew;
 }
 
 void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-                          StageProfiler& prof, MoeLayer::Record* record) {
-  const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token, I = c_.intermediate_size;
+                          StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts) {
+  if (Local()) {
+    // Route: the router GEMM (float32 logits) here, top-k and grouping in ForwardLocal.
+    logits_.EnsureSize(static_cast<size_t>(T * c_.num_experts));
+    gemm_.LinearF32(h, T, c_.hidden_size, w.router, c_.num_experts, logits_.get());
+    ForwardLocal(layer, h, T, residual, prof, record, expert_counts);
+  } else {
+    ForwardExchange(layer, w, h, T, residual, prof, record);
+  }
+}
+
+void GpuMoeLayer::ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* residual, StageProfiler& prof,
+                               MoeLayer::Record* record, int32_t* expert_counts) {
+  const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
+  const int64_t n = T * k;
+  Reserve(T);
+  int32_t* src_row = index_.get();  // grouped row -> token row
+  int32_t* position = src_row + n;  // slot -> grouped row
+  RouteAndGroup(logits_.get(), T, E, k, experts_.get(), weights_.get(), src_row, position, offsets_.get(),
+                expert_counts, stream_);
+  prof.Mark(layer, Boundary::kRouterEnd, stream_);
+  if (record != nullptr) RecordRouting(T, *record, nullptr);
+  const int32_t* h_offsets = nullptr;
+  if (!SkinnyExperts(n, E)) {
+    // The cuBLAS GEMMs need the per-expert row counts on the host: one synchronisation.
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), offsets_.get(), sizeof(int32_t) * (E + 1),
+                                   cudaMemcpyDeviceToHost, stream_));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    h_offsets = h_offsets_.get();
+  }
+  prof.Mark(layer, Boundary::kDispatchEnd, stream_);
+  Experts(layer, h, src_row, n, offsets_.get(), h_offsets, result_.get());
+  prof.Mark(layer, Boundary::kExpertsEnd, stream_);
+  CombineAdd(result_.get(), position, weights_.get(), T, k, H, residual, stream_);
+  prof.Mark(layer, Boundary::kCombineEnd, stream_);
+}
+
+void GpuMoeLayer::RecordRouting(int64_t T, MoeLayer::Record& record, std::vector<int32_t>* experts_out) {
+  const int64_t E = c_.num_experts, k = c_.experts_per_token, n = T * k;
+  record.router_logits.resize(static_cast<size_t>(T * E));
+  record.routing.tokens = T;
+  record.routing.k = k;
+  record.routing.expert.resize(static_cast<size_t>(n));
+  record.routing.weight.resize(static_cast<size_t>(n));
+  if (T > 0) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(record.router_logits.data(), logits_.get(), sizeof(float) * T * E,
+                                   cudaMemcpyDeviceToHost, stream_));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(record.routing.expert.data(), experts_.get(), sizeof(int32_t) * n,
+                                   cudaMemcpyDeviceToHost, stream_));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(record.routing.weight.data(), weights_.get(), sizeof(float) * n,
+                                   cudaMemcpyDeviceToHost, stream_));
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (experts_out != nullptr) *experts_out = record.routing.expert;
+}
+
+void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
+                          const int32_t* h_offsets, bf16* out) {
+  if (R == 0) return;
+  const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
+  const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
+  act_.EnsureSize(static_cast<size_t>(R * I));
+  if (SkinnyExperts(R, local)) {
+    // Rows per expert the register tiles are sized for: the mean plus three standard deviations
+    // of a binomial spread, so an expert rarely needs a second pass over its weights.
+    const double mean = static_cast<double>(R) / static_cast<double>(local);
+    const int64_t expected = static_cast<int64_t>(std::ceil(mean + 3.0 * std::sqrt(mean) + 1.0));
+    SkinnyGroups up;
+    up.count = E;
+    up.offsets = d_offsets;
+    up.weights = w13_.get() + layer * E;
+    up.row_index = row_index;
+    SkinnyGemm(x, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), expected, stream_);
+    SkinnyGroups down;
+    down.count = E;
+    down.offsets = d_offsets;
+    down.weights = w2_.get() + layer * E;
+    SkinnyGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, expected, stream_);
+    return;
+  }
+
+  // cuBLAS: the sizes must be on the host.
+  if (h_offsets == nullptr) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), d_offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost,
+                                   stream_));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    h_offsets = h_offsets_.get();
+  }
+  const bf16* in = x;
+  if (row_index != nullptr) {
+    grouped_.EnsureSize(static_cast<size_t>(R * H));
+    GatherRows(x, row_index, R, H, grouped_.get(), stream_);
+    in = grouped_.get();
+  }
+  gate_up_.EnsureSize(static_cast<size_t>(R * 2 * I));
+  if (tuning_.cublas_grouped) {
+    std::vector<int> rows;
+    for (int64_t e = 0; e < E; ++e) {
+      if (h_offsets[e + 1] > h_offsets[e]) rows.push_back(h_offsets[e + 1] - h_offsets[e]);
+    }
+    const int G = static_cast<int>(rows.size());
+    // Pointer arrays (weights, inputs, outputs) of the w13 call, then of the w2 call.
+    void** base = group_ptrs_.get();
+    auto weights = [&](int i) { return static_cast<const bf16**>(static_cast<void*>(base + 3 * i * E)); };
+    auto inputs = [&](int i) { return static_cast<const bf16**>(static_cast<void*>(base + (3 * i + 1) * E)); };
+    auto outputs = [&](int i) { return static_cast<bf16**>(static_cast<void*>(base + (3 * i + 2) * E)); };
+    GroupPointers(d_offsets, E, w13_.get() + layer * E, in, H, gate_up_.get(), 2 * I, weights(0), inputs(0),
+                  outputs(0), stream_);
+    gemm_.LinearGrouped(inputs(0), rows.data(), G, H, weights(0), 2 * I, outputs(0));
+    SwiGlu(gate_up_.get(), R, I, act_.get(), stream_);
+    GroupPointers(d_offsets, E, w2_.get() + layer * E, act_.get(), I, out, H, weights(1), inputs(1), outputs(1),
+                  stream_);
+    gemm_.LinearGrouped(inputs(1), rows.data(), G, I, weights(1), H, outputs(1));
+    return;
+  }
+  // One cuBLAS GEMM per expert, back to back on the stream (no synchronisation between them).
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t start = h_offsets[e], rows = h_offsets[e + 1] - start;
+    if (rows == 0) continue;
+    gemm_.LinearBlas(in + start * H, rows, H, host_w13_[layer * E + e], 2 * I, gate_up_.get() + start * 2 * I);
+  }
+  SwiGlu(gate_up_.get(), R, I, act_.get(), stream_);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t start = h_offsets[e], rows = h_offsets[e + 1] - start;
+    if (rows == 0) continue;
+    gemm_.LinearBlas(act_.get() + start * I, rows, I, host_w2_[layer * E + e], H, out + start * H);
+  }
+}
+
+void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+                                  StageProfiler& prof, MoeLayer::Record* record) {
+  const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
   const int W = comm_.size();
   const int64_t n = T * k;  // routed rows this rank sends
-  const bool direct = W == 1 && !staging_;                      // one rank: the exchange is the identity
-  const bool use_nccl = !direct && !staging_ && nccl_ != nullptr;  // rows device to device
+  const bool use_nccl = !staging_ && nccl_ != nullptr;  // rows device to device
 
   // Route.
   logits_.EnsureSize(static_cast<size_t>(T * E));
@@ -41,25 +208,21 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
   RouterTopK(logits_.get(), T, E, k, experts_.get(), weights_.get(), stream_);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
 
-  // Dispatch plan. First version: the expert ids come to the host (one stream synchronisation per
-  // layer) and the CPU BuildDispatchLayout orders the rows; a device-side layout replaces this later.
-  h_experts_.EnsureSize(static_cast<size_t>(n));
-  if (n > 0) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_experts_.get(), experts_.get(), sizeof(int32_t) * n, cudaMemcpyDeviceToHost,
-                                   stream_));
-  }
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  // Dispatch plan: the expert ids come to the host (one stream synchronisation per layer) and the
+  // CPU BuildDispatchLayout orders the rows (replicas chosen by the plan).
   Routing routing;
   routing.tokens = T;
   routing.k = k;
-  routing.expert.assign(h_experts_.get(), h_experts_.get() + n);  // the weights stay on the device
-  if (record) {
-    record->router_logits.resize(static_cast<size_t>(T * E));
-    routing.weight.resize(static_cast<size_t>(n));
-    MOE_CUDA_CHECK(cudaMemcpy(record->router_logits.data(), logits_.get(), sizeof(float) * T * E,
-                              cudaMemcpyDeviceToHost));
-    MOE_CUDA_CHECK(cudaMemcpy(routing.weight.data(), weights_.get(), sizeof(float) * n, cudaMemcpyDeviceToHost));
-    record->routing = routing;
+  if (record != nullptr) {
+    RecordRouting(T, *record, &routing.expert);
+  } else {
+    h_experts_.EnsureSize(static_cast<size_t>(n));
+    if (n > 0) {
+      MOE_CUDA_CHECK(cudaMemcpyAsync(h_experts_.get(), experts_.get(), sizeof(int32_t) * n, cudaMemcpyDeviceToHost,
+                                     stream_));
+    }
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    routing.expert.assign(h_experts_.get(), h_experts_.get() + n);  // the weights stay on the device
   }
   const DispatchLayout layout = BuildDispatchLayout(routing, plan_, layer, comm_.rank());
   stats_.AddLocal(layer, layout);
@@ -80,18 +243,19 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
   // [expert_start[e], expert_start[e + 1]). With one source this is the identity.
   std::vector<int64_t> recv_offset(recv_counts_.size() + 1, 0);
   for (size_t b = 0; b < recv_counts_.size(); ++b) recv_offset[b + 1] = recv_offset[b] + recv_counts_[b];
-  std::vector<int64_t> expert_start(static_cast<size_t>(E + 1), 0);
-  h_index_.EnsureSize(static_cast<size_t>(2 * n + 2 * R));
-  int32_t* src_row = h_index_.get();  // send position -> local token row
-  int32_t* position = src_row + n;    // routed slot -> send position
-  int32_t* group_src = position + n;  // grouped row -> received row
-  int32_t* ungroup = group_src + R;   // received row -> grouped row
+  const size_t n_index = static_cast<size_t>(2 * n + 2 * R + E + 1);
+  h_index_.EnsureSize(n_index);  // the last use of the pinned buffer ended with a synchronisation
+  int32_t* src_row = h_index_.get();      // send position -> local token row
+  int32_t* position = src_row + n;        // routed slot -> send position
+  int32_t* group_src = position + n;      // grouped row -> received row
+  int32_t* ungroup = group_src + R;       // received row -> grouped row
+  int32_t* expert_start = ungroup + R;    // [E + 1]
   for (int64_t p = 0; p < n; ++p) src_row[p] = static_cast<int32_t>(layout.order[p] / k);
   for (int64_t i = 0; i < n; ++i) position[i] = static_cast<int32_t>(layout.position[i]);
   bool identity = true;
   int64_t g = 0;
   for (int64_t e = 0; e < E; ++e) {
-    expert_start[e] = g;
+    expert_start[e] = static_cast<int32_t>(g);
     for (int s = 0; s < W; ++s) {
       const int64_t b = s * E + e;
       for (int64_t r = recv_offset[b]; r < recv_offset[b + 1]; ++r, ++g) {
@@ -100,57 +264,33 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
         identity = identity && r == g;
       }
     }
+    MOE_CHECK(expert_start[e] == g || w.holds(e), "rows arrived for expert ", e, " of layer ", layer,
+              " which this rank does not hold");
   }
-  expert_start[E] = g;
-  index_.EnsureSize(static_cast<size_t>(2 * n + 2 * R));
-  if (n + R > 0) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(index_.get(), h_index_.get(), sizeof(int32_t) * (2 * n + 2 * R),
-                                   cudaMemcpyHostToDevice, stream_));
-  }
+  expert_start[E] = static_cast<int32_t>(g);
+  index_.EnsureSize(n_index);
+  MOE_CUDA_CHECK(cudaMemcpyAsync(index_.get(), h_index_.get(), sizeof(int32_t) * n_index, cudaMemcpyHostToDevice,
+                                 stream_));
   const int32_t* d_src_row = index_.get();
   const int32_t* d_position = d_src_row + n;
   const int32_t* d_group_src = d_position + n;
   const int32_t* d_ungroup = d_group_src + R;
+  const int32_t* d_expert_start = d_ungroup + R;
 
-  // Permute, exchange, regroup.
+  // Permute, exchange.
   send_.EnsureSize(static_cast<size_t>(n * H));
   GatherRows(h, d_src_row, n, H, send_.get(), stream_);
-  bf16* recv = send_.get();
-  if (!direct) {
-    recv_.EnsureSize(static_cast<size_t>(R * H));
-    if (use_nccl) {
-      nccl_->AllToAllRows(send_.get(), layout.send_rows, recv_.get(), recv_rows_, H, stream_);
-    } else {
-      ExchangeRows(send_.get(), layout.send_rows, recv_.get(), recv_rows_);
-    }
-    recv = recv_.get();
-  }
-  bf16* grouped = recv;
-  if (!identity) {
-    grouped_.EnsureSize(static_cast<size_t>(R * H));
-    GatherRows(recv, d_group_src, R, H, grouped_.get(), stream_);
-    grouped = grouped_.get();
+  recv_.EnsureSize(static_cast<size_t>(R * H));
+  if (use_nccl) {
+    nccl_->AllToAllRows(send_.get(), layout.send_rows, recv_.get(), recv_rows_, H, stream_);
+  } else {
+    ExchangeRows(send_.get(), layout.send_rows, recv_.get(), recv_rows_);
   }
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
 
-  // Experts: one GEMM per expert and matrix, enqueued back to back (no synchronisation between
-  // them); SwiGLU once over all rows. A grouped GEMM (cublasGemmGroupedBatchedEx, or a CUTLASS
-  // grouped kernel) is the next step.
-  gate_up_.EnsureSize(static_cast<size_t>(R * 2 * I));
-  act_.EnsureSize(static_cast<size_t>(R * I));
+  // Experts, reading the received rows in expert order; results back in received order.
   result_.EnsureSize(static_cast<size_t>(R * H));
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t start = expert_start[e], rows = expert_start[e + 1] - start;
-    if (rows == 0) continue;
-    MOE_CHECK(w.holds(e), "rows arrived for expert ", e, " of layer ", layer, " which this rank does not hold");
-    gemm_.Linear(grouped + start * H, rows, H, w.experts[e].w13, 2 * I, gate_up_.get() + start * 2 * I);
-  }
-  SwiGlu(gate_up_.get(), R, I, act_.get(), stream_);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t start = expert_start[e], rows = expert_start[e + 1] - start;
-    if (rows == 0) continue;
-    gemm_.Linear(act_.get() + start * I, rows, I, w.experts[e].w2, H, result_.get() + start * H);
-  }
+  Experts(layer, recv_.get(), identity ? nullptr : d_group_src, R, d_expert_start, expert_start, result_.get());
   bf16* computed = result_.get();
   if (!identity) {
     computed_.EnsureSize(static_cast<size_t>(R * H));
@@ -160,17 +300,13 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
 
   // Return and combine.
-  bf16* returned = computed;
-  if (!direct) {
-    returned_.EnsureSize(static_cast<size_t>(n * H));
-    if (use_nccl) {
-      nccl_->AllToAllRows(computed, recv_rows_, returned_.get(), layout.send_rows, H, stream_);
-    } else {
-      ExchangeRows(computed, recv_rows_, returned_.get(), layout.send_rows);
-    }
-    returned = returned_.get();
+  returned_.EnsureSize(static_cast<size_t>(n * H));
+  if (use_nccl) {
+    nccl_->AllToAllRows(computed, recv_rows_, returned_.get(), layout.send_rows, H, stream_);
+  } else {
+    ExchangeRows(computed, recv_rows_, returned_.get(), layout.send_rows);
   }
-  CombineAdd(returned, d_position, weights_.get(), T, k, H, residual, stream_);
+  CombineAdd(returned_.get(), d_position, weights_.get(), T, k, H, residual, stream_);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
 }
 

@@ -1,31 +1,38 @@
 // The MoE layer of one rank on the GPU, the same stages as the CPU layer (worker/moe/):
 //
-//   route     router GEMM (float32 logits) -> softmax top-k on the device          (RouterTopK)
-//   dispatch  the plan of where each routed row goes: the CPU DispatchLayout, built on the host
-//             from the routing copied back once per layer; rows permuted on the device into one
-//             block per (destination rank, expert)                                 (GatherRows)
-//   exchange  counts all-to-all, then rows, through the Communicator
-//   experts   received rows regrouped so each expert's rows are contiguous, then per expert
-//             gate_up = x W13^T, act = silu(gate) * up, y = act W2^T: one GEMM per expert,
-//             launched back to back on the stream with no synchronisation in between
+//   route     router GEMM (float32 logits) -> softmax top-k
+//   dispatch  rows grouped by (destination rank, expert), stably in slot order
+//   exchange  counts all-to-all, then rows (several ranks only)
+//   experts   each expert's rows contiguous: gate_up = x W13^T, act = silu(gate) * up, y = act W2^T,
+//             as grouped GEMMs over all the rank's experts (one launch per matrix, never a host
+//             loop of one GEMM per expert)
 //   return    the reverse exchange brings the results back in send order
 //   combine   residual += sum over the k slots, in slot order, of weight x result  (CombineAdd)
 //
-// FIRST VERSION, on purpose: the routing is copied to the host and the stream synchronised once
-// per layer, so the CPU BuildDispatchLayout plans the dispatch. That goes away with a GPU-side
-// layout (a device counting sort) and fixed-capacity dispatch buffers.
+// Two ways through it:
 //
-// How rows cross ranks:
-//   NCCL (one rank per GPU, a NcclExchange given, several ranks, no forced staging): the counts go
-//     to the device, through NcclExchange::AllToAllCounts and back to the host (one copy each way
-//     and one synchronisation per layer: the host needs them for the layout); the bf16 rows go
-//     device to device with NcclExchange::AllToAllRows, for dispatch and for the return trip, with
-//     no further synchronisation.
-//   host staging (the fallback, and when several ranks share one GPU, where NCCL cannot run):
-//     float32 rows through the host and Communicator::AllToAllRows; counts over the Communicator.
-//   one rank and no forced staging: the exchanges are the identity and the rows stay where they are.
-// Either way each expert sees the same rows and CombineAdd sums the k slots in slot order, so the
-// results do not depend on the exchange (bf16 rows cross ranks exactly in both paths).
+// LOCAL (one rank, no forced staging: every expert is here). Routing and grouping happen on the
+//   device in one kernel (RouteAndGroup: top-k fused with a stable counting sort), so the host never
+//   waits. With few rows per expert (decode; DeviceOnly) the experts run as two skinny grouped
+//   GEMMs that read the per-expert row ranges on the device, the first gathering its rows through
+//   the grouping and applying SwiGLU in its epilogue: the whole layer is host-free and a step can be
+//   captured in a CUDA graph. With many rows (prefill) the per-expert row counts come to the host
+//   (one synchronisation per layer) and the experts run as cuBLAS grouped GEMMs.
+//
+// EXCHANGE (several ranks, or forced host staging on one): the routing comes to the host once per
+//   layer and the CPU BuildDispatchLayout plans the dispatch (replicas are chosen by
+//   PlacementPlan::route); then
+//     NCCL (one rank per GPU, a NcclExchange given): the counts go device to device through
+//       NcclExchange::AllToAllCounts and back to the host (the sizes of the row transfers), the
+//       bf16 rows go device to device with NcclExchange::AllToAllRows, there and back;
+//     host staging (the fallback, and when several ranks share one GPU, where NCCL cannot run):
+//       float32 rows through the host and Communicator::AllToAllRows.
+//   Received rows come one block per (source, expert); the experts' grouped GEMMs read them in
+//   expert order through an index, and the results are put back in received order.
+//
+// Either way each expert sees the same rows, a row's expert output does not depend on the other
+// rows (the skinny GEMM's sum order is fixed), and CombineAdd sums the k slots in slot order, so
+// results do not depend on the path or on the number of ranks (bf16 rows cross ranks exactly).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -48,21 +55,62 @@
 
 namespace moe::gpu {
 
+// How the experts' GEMMs are chosen (benchmarks compare the choices).
+struct ExpertGemmTuning {
+  // The skinny grouped kernel while the routed rows per local expert average at most this (the
+  // decode regime); above it cuBLAS. 0: always cuBLAS.
+  int64_t skinny_max_rows_per_expert = 64;
+  // cuBLAS: one grouped call per matrix (cublasGemmGroupedBatchedEx), else one GEMM per expert
+  // enqueued back to back (for comparison).
+  bool cublas_grouped = true;
+};
+
 class GpuMoeLayer {
  public:
+  // `weights`: the rank's device weights (the experts' pointer tables are built from them once).
   // `force_host_staging`: exchange rows through the host and the Communicator even with one rank
   // (tests use it to check the staging path on one GPU); it also wins over `nccl`.
   // `nccl` (optional, not owned, same ranks as `comm`): the device-to-device exchange.
   GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Communicator& comm, LoadStats& stats, Gemm& gemm,
-              cudaStream_t stream, bool force_host_staging, NcclExchange* nccl = nullptr);
+              cudaStream_t stream, const DeviceWeights& weights, bool force_host_staging, NcclExchange* nccl = nullptr);
+
+  void set_tuning(const ExpertGemmTuning& t) { tuning_ = t; }
+  const ExpertGemmTuning& tuning() const { return tuning_; }
+
+  // True when a step with T local rows runs the layer with no host synchronisation (and so can be
+  // captured in a CUDA graph): the local path with skinny experts.
+  bool DeviceOnly(int64_t T) const;
+  // Sizes the buffers of a DeviceOnly step with T rows, so that the step allocates nothing (a
+  // graph capture may not). Returns true when a buffer was reallocated.
+  bool Reserve(int64_t T);
 
   // A collective: every rank calls it for every layer, with T = 0 when it has no rows.
   // h: the normalised hidden states [T, H] (bf16); residual [T, H] (float32) gets the layer's output added.
   // When `record` is given, the router logits [T, E] and the routing are copied there (as on the CPU).
+  // Load statistics: on the local path the rows routed to each expert are added on the device to
+  // `expert_counts` [E] when it is given (the engine folds them into the LoadStats after the step,
+  // with no synchronisation here); the exchange path adds its counts to the LoadStats itself.
   void Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-               StageProfiler& prof, MoeLayer::Record* record = nullptr);
+               StageProfiler& prof, MoeLayer::Record* record = nullptr, int32_t* expert_counts = nullptr);
 
  private:
+  bool Local() const { return comm_.size() == 1 && !staging_; }
+  bool SkinnyExperts(int64_t rows, int64_t experts) const {
+    return c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
+           rows <= tuning_.skinny_max_rows_per_expert * std::max<int64_t>(1, experts);
+  }
+  void ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* residual, StageProfiler& prof,
+                    MoeLayer::Record* record, int32_t* expert_counts);
+  void ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+                       StageProfiler& prof, MoeLayer::Record* record);
+  // Copies the router logits and the routing of T rows to `record` (synchronises; tests only).
+  void RecordRouting(int64_t T, MoeLayer::Record& record, std::vector<int32_t>* experts_out);
+  // The experts of `layer` on R rows grouped by expert: row r of the output is expert e's result
+  // for input row row_index[r] (null: r) of x, for r in [offsets[e], offsets[e+1]). d_offsets [E+1]
+  // on the device; h_offsets [E+1] on the host or null (then the skinny path is required, or the
+  // offsets are fetched). out: [R, H] bf16.
+  void Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
+               const int32_t* h_offsets, bf16* out);
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
@@ -77,11 +125,16 @@ class GpuMoeLayer {
   cudaStream_t stream_;
   bool staging_;
   NcclExchange* nccl_;  // null: no NCCL (host staging between ranks)
+  ExpertGemmTuning tuning_;
+  std::vector<int64_t> local_experts_;  // per layer: experts this rank holds
 
+  std::vector<const bf16*> host_w13_, host_w2_;  // [L, E] expert weight pointers (null where not held)
+  DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
+  DeviceBuffer<void*> group_ptrs_;  // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
   DeviceBuffer<float> logits_, weights_, stage_;
-  DeviceBuffer<int32_t> experts_, index_;
+  DeviceBuffer<int32_t> experts_, index_, offsets_;
   DeviceBuffer<bf16> send_, recv_, grouped_, gate_up_, act_, result_, computed_, returned_;
-  PinnedBuffer<int32_t> h_experts_, h_index_;
+  PinnedBuffer<int32_t> h_experts_, h_index_, h_offsets_;
   PinnedBuffer<float> h_send_, h_recv_;
   DeviceBuffer<int64_t> d_counts_;  // NCCL counts: send [W*E] then recv [W*E]
   PinnedBuffer<int64_t> h_counts_;

@@ -27,6 +27,13 @@ void LoadStats::AddLocal(int64_t layer, const DispatchLayout& d) {
   }
 }
 
+void LoadStats::AddLocalCounts(int64_t layer, std::span<const int64_t> expert_rows,
+                               std::span<const int64_t> rank_rows) {
+  int64_t* row = step_.data() + layer * (E_ + W_);
+  for (int64_t e = 0; e < E_ && e < static_cast<int64_t>(expert_rows.size()); ++e) row[e] += expert_rows[e];
+  for (int r = 0; r < W_ && r < static_cast<int>(rank_rows.size()); ++r) row[E_ + r] += rank_rows[r];
+}
+
 LayerBalance LoadStats::Balance(std::span<const int64_t> expert_load, std::span<const int64_t> rank_load) {
   LayerBalance b;
   double total = 0, sq = 0;

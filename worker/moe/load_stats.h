@@ -28,6 +28,8 @@ class LoadStats {
 
   // Adds this rank's dispatch of one layer in the current step.
   void AddLocal(int64_t layer, const DispatchLayout& d);
+  // The same from counts: rows this rank routed to each expert [E], and sent to each rank [W].
+  void AddLocalCounts(int64_t layer, std::span<const int64_t> expert_rows, std::span<const int64_t> rank_rows);
   // Makes the step's counts global (a collective: every rank calls it once per step), then folds
   // them into the totals and the step's balance figures.
   void FinishStep(Communicator& comm);

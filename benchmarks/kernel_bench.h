@@ -1,0 +1,15 @@
+// Kernel-level figures for moe-bench, at the shapes of one model config: the device's copy
+// bandwidth (the ceiling every decode figure is compared with), and the expert GEMMs at decode
+// row counts through the skinny kernel and through cuBLAS, as bandwidth over the weight bytes.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include "worker/model/config.h"
+
+namespace moe {
+
+// Allocates a few GB of scratch on the current device (freed before it returns).
+nlohmann::json KernelFigures(const ModelConfig& c);
+
+}  // namespace moe
