@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
@@ -81,9 +82,11 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       for (int64_t M : {1, 2, 8, 16, 32, 64}) {
         gpu::SkinnyGroups g;
         g.rows = M;
+        const int splits = gpu::SkinnySplits(sh.N, sh.K, sh.epi, 1);
+        gpu::DeviceBuffer<float> ws(std::max<size_t>(1, gpu::SkinnyWorkspaceFloats(M, sh.N, sh.epi, splits)));
         const double skinny = MedianMs(s, 3, 16, [&](int i) {
           g.weight = w.get() + (i % kCopies) * welems;
-          gpu::SkinnyGemm(x.get(), sh.K, g, sh.N, sh.epi, y.get(), M, s);
+          gpu::SkinnyGemm(x.get(), sh.K, g, sh.N, sh.epi, y.get(), M, splits, ws.get(), M, s);
         });
         const double blas = MedianMs(s, 3, 16, [&](int i) {
           gemm.LinearBlas(x.get(), M, sh.K, w.get() + (i % kCopies) * welems, wrows, y.get());
@@ -91,6 +94,7 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
         rows.push_back({{"matrix", sh.name},
                         {"rows", M},
                         {"weight_mb", wbytes / 1e6},
+                        {"splits", splits},
                         {"skinny_us", skinny * 1e3},
                         {"skinny_gbps", wbytes / (skinny / 1e3) / 1e9},
                         {"cublas_us", blas * 1e3},
@@ -101,6 +105,69 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       }
     }
     out["expert_gemms"] = rows;
+  }
+  {
+    // Attention alone: decode rows at batch 1 and 64 over 128- and 1024-token contexts, and a
+    // 512-token prefill (one sequence), on a paged cache filled with random keys and values.
+    const int64_t heads = c.num_heads, kvh = c.num_kv_heads, D = c.head_dim, G = c.heads_per_kv();
+    constexpr int64_t kBlock = 16;
+    nlohmann::json rows = nlohmann::json::array();
+    struct Case {
+      const char* name;
+      int64_t batch, context;
+      bool prefill;
+    };
+    for (const Case& k : {Case{"decode", 1, 128, false}, Case{"decode", 64, 128, false}, Case{"decode", 1, 1024, false},
+                          Case{"decode", 64, 1024, false}, Case{"prefill", 1, 512, true}}) {
+      const int64_t blocks_per_seq = (k.context + kBlock - 1) / kBlock, blocks = k.batch * blocks_per_seq;
+      const int64_t kv_elems = blocks * kBlock * kvh * D;
+      gpu::DeviceBuffer<bf16> keys(kv_elems), values(kv_elems);
+      gpu::FillNormal(keys.get(), kv_elems, 9, 3, 0.f, 1.f, s);
+      gpu::FillNormal(values.get(), kv_elems, 9, 4, 0.f, 1.f, s);
+      std::vector<int32_t> tables(blocks), row_seq, row_pos;
+      for (int64_t b = 0; b < blocks; ++b) tables[b] = static_cast<int32_t>(b);
+      std::vector<int64_t> chunk_rows;
+      for (int64_t b = 0; b < k.batch; ++b) {
+        const int64_t n = k.prefill ? k.context : 1;
+        chunk_rows.push_back(n);
+        for (int64_t i = 0; i < n; ++i) {
+          row_seq.push_back(static_cast<int32_t>(b));
+          row_pos.push_back(static_cast<int32_t>(k.context - n + i));
+        }
+      }
+      const int64_t R = static_cast<int64_t>(row_seq.size());
+      const int64_t tile_rows = gpu::AttentionTileRows(G, D);
+      std::vector<int32_t> narrow, wide;
+      gpu::PlanAttentionTiles(chunk_rows.data(), k.batch, tile_rows, narrow, wide);
+      std::vector<int32_t> ints = tables;
+      ints.insert(ints.end(), row_seq.begin(), row_seq.end());
+      ints.insert(ints.end(), row_pos.begin(), row_pos.end());
+      ints.insert(ints.end(), narrow.begin(), narrow.end());
+      ints.insert(ints.end(), wide.begin(), wide.end());
+      gpu::DeviceBuffer<int32_t> d_ints(ints.size());
+      MOE_CUDA_CHECK(cudaMemcpy(d_ints.get(), ints.data(), sizeof(int32_t) * ints.size(), cudaMemcpyHostToDevice));
+      const int32_t* d_tables = d_ints.get();
+      const int32_t* d_seq = d_tables + blocks;
+      const int32_t* d_pos = d_seq + R;
+      const int32_t* d_narrow = d_pos + R;
+      const int32_t* d_wide = d_narrow + narrow.size();
+      gpu::DeviceBuffer<bf16> qb(R * heads * D), ob(R * heads * D);
+      gpu::FillNormal(qb.get(), R * heads * D, 9, 5, 0.f, 1.f, s);
+      const gpu::PagedKv kv{keys.get(), values.get(), d_tables, blocks_per_seq, kBlock, kvh, D};
+      const float scale = 1.f / std::sqrt(static_cast<float>(D));
+      const double ms = MedianMs(s, 3, 20, [&](int) {
+        gpu::PagedAttention(qb.get(), d_seq, d_pos, d_narrow, narrow.size() / 2, 1, heads, kv, 0, scale, ob.get(), s);
+        gpu::PagedAttention(qb.get(), d_seq, d_pos, d_wide, wide.size() / 2, tile_rows, heads, kv, 0, scale, ob.get(),
+                            s);
+      });
+      const double kv_bytes = 2.0 * 2.0 * k.batch * k.context * kvh * D;
+      rows.push_back({{"kind", k.name}, {"batch", k.batch}, {"context", k.context}, {"us", ms * 1e3},
+                      {"kv_gbps", kv_bytes / (ms / 1e3) / 1e9}});
+      std::printf("attention %-7s batch %3lld context %5lld: %8.1f us (KV %6.0f GB/s)\n", k.name,
+                  static_cast<long long>(k.batch), static_cast<long long>(k.context), ms * 1e3,
+                  kv_bytes / (ms / 1e3) / 1e9);
+    }
+    out["attention"] = rows;
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
   cudaStreamDestroy(s);

@@ -1,3 +1,8 @@
+// The attention block's kernels: the fused QKV/RoPE/KV-cache write, the KV write, and paged
+// attention, which dispatches single-row tiles to the decode kernel (attention_decode.cu) and
+// multi-row tiles to the tensor-core kernel (attention_prefill.cu, head_dim 64 or 128) or, for
+// other head dims, to the CUDA-core tiled kernel below.
+#include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/kernels.h"
 #include "kernels/reduce.cuh"
@@ -13,16 +18,10 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kKeyTile = 32;  // keys per shared-memory tile: one per lane in the score phase
 
-// Query vectors (query rows x the query heads of one KV head) per block, and the output slots
-// (pairs of dimensions x query vectors) each thread accumulates: a decode row (1 row, G <= 8
-// heads) and a prefill tile (up to 64 query vectors).
-constexpr int kNarrowVectors = 8, kNarrowSlots = 8;
+// Query vectors (query rows x the query heads of one KV head) per block of the CUDA-core tiled
+// kernel, and the output slots (pairs of dimensions x query vectors) each thread accumulates.
+constexpr int kMaxGroup = 8;
 constexpr int kWideVectors = 64, kWideSlots = 32;
-
-__device__ __forceinline__ int64_t CacheOffset(const PagedKv& kv, int64_t seq, int64_t pos, int64_t kv_head) {
-  const int64_t block = kv.block_tables[seq * kv.max_blocks_per_seq + pos / kv.block_size];
-  return ((block * kv.block_size + pos % kv.block_size) * kv.kv_heads + kv_head) * kv.head_dim;
-}
 
 __global__ void WriteKvKernel(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t* row_pos,
                               PagedKv kv) {
@@ -42,7 +41,7 @@ __global__ void QkvRopeKvKernel(const bf16* qkv, const int32_t* row_seq, const i
                                 const double* inv_freq, PagedKv kv, bf16* q_out) {
   const int64_t t = blockIdx.x, D = kv.head_dim, half = D / 2, kvh = kv.kv_heads;
   const bf16* src = qkv + t * (heads + 2 * kvh) * D;
-  const int64_t pos = row_pos[t];
+  const int pos = row_pos[t];
   const int64_t dst = CacheOffset(kv, row_seq[t], pos, 0);
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
     double sn, cs;
@@ -68,6 +67,7 @@ __device__ __forceinline__ void Unpack8(const uint4& u, float (&f)[8]) {
   }
 }
 
+// The CUDA-core tiled kernel, for head dims the tensor-core kernel does not take.
 // Grid (tiles, kv_heads), 128 threads. A tile is `rows` query rows of one sequence at consecutive
 // positions; with the G query heads of the block's KV head they make NQ = rows x G query vectors,
 // which share every key and value the block loads. Keys go through shared memory 32 at a time:
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) AttentionKernel(const bf16* q, const
       const int64_t j = i / chunks, c = i % chunks, key = k0 + j;
       uint4 kk = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
       if (key <= pos_last) {
-        const int64_t off = CacheOffset(kv, seq, key, kvh) + 8 * c;
+        const int64_t off = CacheOffset(kv, static_cast<int>(seq), static_cast<int>(key), static_cast<int>(kvh)) + 8 * c;
         kk = *reinterpret_cast<const uint4*>(kv.keys + off);
         vv = *reinterpret_cast<const uint4*>(kv.values + off);
       }
@@ -270,17 +270,19 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
                     float scale, bf16* out, cudaStream_t s) {
   if (num_tiles == 0) return;
   const int64_t G = heads / kv.kv_heads, D = kv.head_dim;
-  if (heads % kv.kv_heads != 0 || G > kNarrowVectors || D % 8 != 0 || D > 256) {
+  if (heads % kv.kv_heads != 0 || G > kMaxGroup || D % 8 != 0 || D > 256) {
     throw std::invalid_argument(
         "PagedAttention: need heads % kv_heads == 0, heads/kv_heads <= 8, head_dim a multiple of 8 <= 256");
   }
   if (max_rows <= 1) {
-    LaunchAttention<kNarrowVectors, kNarrowSlots>(q, row_seq, row_pos, tiles, num_tiles, 1, heads, kv, window, scale,
-                                                  out, s);
+    LaunchDecodeAttention(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
     return;
   }
   if (max_rows > AttentionTileRows(G, D)) {
     throw std::invalid_argument("PagedAttention: a tile holds more rows than AttentionTileRows allows");
+  }
+  if (LaunchTensorCoreAttention(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s)) {
+    return;
   }
   LaunchAttention<kWideVectors, kWideSlots>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale,
                                             out, s);

@@ -67,11 +67,20 @@ enum class SkinnyEpilogue {
   kSwiGluBf16,  // W_g is [2N, K] (w1 then w3): y [rows, N] = bf16(silu(acc_w1) * acc_w3)
 };
 // K must be a multiple of 8 and the pointers 16-byte aligned. `expected_rows` (rows per group the
-// caller expects) sizes the register tiles: groups with more rows take several passes.
+// caller expects) sizes the register tiles: groups with more rows take several passes over their
+// weights. `splits` > 1 splits K over that many CTAs (when the weights alone would leave SMs
+// idle, see SkinnySplits): partial sums go to `workspace` (SkinnyWorkspaceFloats floats for
+// `workspace_rows` >= the rows of all groups) and a second launch adds them in a fixed order.
 void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, void* out,
-                int64_t expected_rows, cudaStream_t s);
+                int64_t expected_rows, int splits, float* workspace, int64_t workspace_rows, cudaStream_t s);
 // The 8-row tiles one pass of SkinnyGemm holds for `expected_rows` (1, 2, 4 or 8).
 int SkinnyTileCount(int64_t expected_rows);
+// The split count that fills the current device (about two CTAs per SM) when `active_groups`
+// groups have rows; 1 when the output tiles alone do.
+int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups);
+size_t SkinnyWorkspaceFloats(int64_t rows, int64_t N, SkinnyEpilogue epi, int splits);
+// The multiprocessors of the current device (cached).
+int DeviceSmCount();
 
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);

@@ -1,56 +1,95 @@
 // The grouped "skinny" GEMM: y = x W^T for few rows per weight matrix (decode), streaming each
 // weight once from memory at close to the copy bandwidth. See kernels.h for the contract.
 //
-// Layout of the work. A CTA of 8 warps owns 32 weight rows (two 16-row tiles; with the SwiGLU
-// epilogue the 16 gate rows f0.. and the 16 up rows I + f0..) of one group, and splits K into 8
-// contiguous slices, one per warp. A warp walks its slice 32 k-values at a time: every lane loads
-// 16 bytes of each of 4 weight rows (rows g and g + 8 of each tile, g = lane / 4, at k offset
-// 8 * (lane % 4)), so a tile's 16 rows x 32 k arrive as 16-byte loads with no shared memory, and
-// feeds them to mma.sync m16n8k16 (bf16 in, float32 accumulate) with the weights as the A operand
-// (16 output features) and 8 token rows as the B operand ("swap AB": the token count is the
-// narrow N side). Because a dot product may sum its k terms in any order, the lane's 8 loaded k
-// values are assigned to the MMA's fragment slots in the order that matches the same lane's
-// 16-byte load of the token row: no shuffles are needed for either operand. The weight loads of
-// kUnroll steps are issued before the MMAs that use them, so each warp keeps 8 KB in flight.
+// Work. A CTA of 4 warps owns 128 weight rows of one group (with the SwiGLU epilogue: 64 gate rows
+// f0.. and the 64 up rows I + f0.., so that each warp holds the gate and the up value of the same
+// 16 features) and a range of K (split-K across CTAs when a launch would otherwise leave SMs idle).
+// It walks its K range 64 at a time through a 4-stage cp.async pipeline: each stage brings the
+// 128 x 64 weight tile (16 KB) and the matching 64 k of up to 8 * NT token rows (gathered through
+// row_index) into XOR-swizzled shared memory, so three stages (48 KB of weights) are always in
+// flight while the tensor cores work on the fourth. Warp w multiplies its 32 weight rows (two
+// 16-row tiles, loaded with ldmatrix) by the token rows (8 per tile, ldmatrix too) with
+// mma.sync m16n8k16: the weights are the A operand and the tokens the narrow N side ("swap AB").
 //
-// At the end the 8 warps' partial sums are added through shared memory in a fixed order (the
-// result of a row does not depend on any other row, on the group or on the launch shape: the same
-// row gives the same bits whichever way it is batched), and the epilogue writes the output.
+// Output. Without split-K the warps write their results (and SwiGLU) straight from registers. With
+// S splits every CTA writes float32 partial sums to a workspace and SkinnyReduce adds the S parts
+// in split order and applies the epilogue: the sum order is fixed, so a result never depends on
+// timing. A row's result does not depend on the other rows or on the grouping, for a given
+// number of splits.
 //
-// A group with more rows than the 8 * NT that a pass holds in registers takes several passes over
-// its weights (the later passes mostly from L2); the host picks NT from the expected rows.
+// A group with more rows than the 8 * NT one pass holds takes several passes over its weights
+// (the later ones mostly from L2); the host picks NT from the expected rows per group.
 #include "kernels/cuda_check.h"
 #include "kernels/kernels.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace moe::gpu {
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = 32 * kWarps;
-constexpr int kUnroll = 4;  // 32-k steps whose weight loads are in flight together
+constexpr int kThreads = 128;
+constexpr int kRows = 128;   // weight rows per CTA
+constexpr int kBk = 64;      // k per stage
+constexpr int kStages = 4;
 
-__device__ __forceinline__ void Mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                    uint32_t b1) {
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Weights are read once: stream them past L1 (evict-first).
-__device__ __forceinline__ uint4 LoadWeight(const bf16* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
-__device__ __forceinline__ uint4 LoadInput(const bf16* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros (rows or k past the end).
+__device__ __forceinline__ void CopyAsync(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void WaitAsync() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void LoadMatrixX4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void LoadMatrixX2(uint32_t& r0, uint32_t& r1, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+// Element offset of (row, 16-byte chunk) in a swizzled [rows][64] bf16 tile: chunk c of row r sits
+// at chunk position c ^ (r % 8), so the 8 rows an ldmatrix phase reads hit 8 different bank groups.
+__device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kBk + ((chunk ^ (row & 7)) << 3); }
 
 __device__ __forceinline__ float Silu(float a) { return a / (1.f + __expf(-a)); }
+__device__ __forceinline__ float RoundBf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
-template <int NT, int EPI>
-__global__ void __launch_bounds__(kThreads, NT == 1 ? 2 : 1) SkinnyGemmKernel(const bf16* __restrict__ x, int64_t K,
-                                                              SkinnyGroups groups, int64_t N, void* out) {
+template <int EPI>
+__device__ __forceinline__ void Store(void* out, int64_t index, float v) {
+  if constexpr (EPI == static_cast<int>(SkinnyEpilogue::kStoreBf16)) {
+    static_cast<bf16*>(out)[index] = __float2bfloat16(v);
+  } else if constexpr (EPI == static_cast<int>(SkinnyEpilogue::kStoreF32)) {
+    static_cast<float*>(out)[index] = v;
+  } else {
+    static_cast<float*>(out)[index] += v;
+  }
+}
+
+// Grid (CTAs over N, groups, splits), 128 threads, dynamic shared memory kStages x (weights + x).
+template <int NT, int EPI, bool kPartialOut>
+__global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restrict__ x, int K, SkinnyGroups groups,
+                                                              int N, void* out, float* partial, int64_t partial_rows) {
+  constexpr int kTokens = 8 * NT;
+  constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
   const int g = blockIdx.y;
-  int64_t row0 = 0, rows = groups.rows;
+  int row0 = 0, rows = static_cast<int>(groups.rows);
   if (groups.offsets != nullptr) {
     row0 = groups.offsets[g];
     rows = groups.offsets[g + 1] - row0;
@@ -59,32 +98,73 @@ __global__ void __launch_bounds__(kThreads, NT == 1 ? 2 : 1) SkinnyGemmKernel(co
   const bf16* __restrict__ w = groups.weights != nullptr ? groups.weights[g] : groups.weight;
   if (w == nullptr) return;  // the host never sends rows to a group without weights
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int fr = lane >> 2, quad = lane & 3;  // fragment row (and token column) group, k quad
-  constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
-  // The output features of this CTA and the weight rows of its two tiles.
-  const int64_t f0 = static_cast<int64_t>(blockIdx.x) * (kSwiGlu ? 16 : 32);
-  const bf16* wp[2][2];  // weight row of each tile half (rows fr and fr + 8), at this lane's k offset
-  bool wok[2][2];
-#pragma unroll
-  for (int t = 0; t < 2; ++t) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t f = f0 + (kSwiGlu ? 0 : 16 * t) + fr + 8 * h;  // output feature
-      wok[t][h] = f < N;
-      wp[t][h] = w + ((kSwiGlu && t == 1 ? N : 0) + (wok[t][h] ? f : 0)) * K + 8 * quad;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* sw = reinterpret_cast<bf16*>(smem);       // [kStages][kRows][kBk]
+  bf16* sx = sw + kStages * kRows * kBk;          // [kStages][kTokens][kBk]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int fr = lane >> 2, quad = lane & 3;
+
+  // The weight row (global) behind tile row r: gate rows f0 + 16w' + i for the first 16 rows of
+  // each warp's 32, up rows I + f0 + 16w' + i for the second 16 (SwiGLU); else f0 + r.
+  const int f0 = blockIdx.x * (kSwiGlu ? kRows / 2 : kRows);
+  const int n_rows = kSwiGlu ? 2 * N : N;  // rows of W
+  auto weight_row = [&](int r) -> int {
+    if (kSwiGlu) {
+      const int wq = r >> 5, t = (r >> 4) & 1, i = r & 15;
+      const int f = f0 + 16 * wq + i;
+      return f < N ? (t ? N : 0) + f : -1;
     }
-  }
-  // This warp's K slice, in 32-k steps (K < 2^31: checked on the host).
-  const int steps = static_cast<int>((K + 31) / 32);
-  const int per_warp = (steps + kWarps - 1) / kWarps;
-  const int s_begin = warp * per_warp, s_end = min(steps, s_begin + per_warp);
-  const int kq = 8 * quad, k_end = static_cast<int>(K);
+    return f0 + r < N ? f0 + r : -1;
+  };
+  // This thread's loads of a stage: 8 weight chunks (rows tid/8 + 16j, chunk tid % 8) and up to
+  // kTokens * 8 / 128 token chunks.
+  const int chunk = tid & 7;
+  int wrow[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) wrow[j] = weight_row((tid >> 3) + 16 * j);
+  constexpr int kXLoads = (kTokens * 8 + kThreads - 1) / kThreads;
 
-  __shared__ float red[kWarps][2][4][32];
+  // K range of this split, in kBk steps.
+  const int steps_total = (K + kBk - 1) / kBk;
+  const int per_split = (steps_total + gridDim.z - 1) / gridDim.z;
+  const int s_begin = blockIdx.z * per_split, s_end = min(steps_total, s_begin + per_split);
+  const int steps = max(0, s_end - s_begin);
 
-  for (int64_t c0 = 0; c0 < rows; c0 += 8 * NT) {
-    const int64_t crows = min(static_cast<int64_t>(8 * NT), rows - c0);
+  for (int c0 = 0; c0 < rows; c0 += kTokens) {
+    const int crows = min(kTokens, rows - c0);
+    const bf16* xrow[kXLoads];
+    int xtok[kXLoads];
+#pragma unroll
+    for (int j = 0; j < kXLoads; ++j) {
+      const int q = tid + kThreads * j, i = q >> 3;
+      xtok[j] = q < kTokens * 8 ? i : kTokens;  // kTokens: this thread has no token chunk j
+      const int r = row0 + c0 + (i < crows ? i : 0);
+      const int src = groups.row_index != nullptr ? groups.row_index[r] : r;
+      xrow[j] = x + static_cast<int64_t>(src) * K;
+    }
+    auto load_stage = [&](int slot, int step) {
+      if (step < s_end) {
+        const int k = step * kBk + 8 * chunk;
+        const bool kin = k < K;
+        bf16* sws = sw + slot * kRows * kBk;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int r = (tid >> 3) + 16 * j;
+          const bool ok = kin && wrow[j] >= 0;
+          const bf16* src = ok ? w + static_cast<int64_t>(wrow[j]) * K + k : w;
+          CopyAsync(SharedAddress(sws + Swizzle(r, chunk)), src, ok ? 16 : 0);
+        }
+        bf16* sxs = sx + slot * kTokens * kBk;
+#pragma unroll
+        for (int j = 0; j < kXLoads; ++j) {
+          if (xtok[j] >= kTokens) continue;
+          const bool ok = kin && xtok[j] < crows;
+          CopyAsync(SharedAddress(sxs + Swizzle(xtok[j], chunk)), ok ? xrow[j] + k : x, ok ? 16 : 0);
+        }
+      }
+      CommitAsync();  // always, so the group count stays in step
+    };
+
     float acc[2][NT][4];
 #pragma unroll
     for (int t = 0; t < 2; ++t)
@@ -92,116 +172,140 @@ __global__ void __launch_bounds__(kThreads, NT == 1 ? 2 : 1) SkinnyGemmKernel(co
       for (int n = 0; n < NT; ++n)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[t][n][j] = 0.f;
-    // The token row this lane feeds into each n-tile (column fr of the tile), at its k offset.
-    const bf16* xrow[NT];
-    bool xok[NT];
-#pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      const int64_t i = c0 + 8 * n + fr;
-      xok[n] = i < rows;
-      const int64_t r = row0 + (xok[n] ? i : 0);
-      const int64_t src = groups.row_index != nullptr ? groups.row_index[r] : r;
-      xrow[n] = x + src * K + kq;
-    }
 
-    for (int s = s_begin; s < s_end; s += kUnroll) {
-      uint4 wv[kUnroll][2][2];
+    __syncthreads();  // the previous pass's readers are done with every slot
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int k = (s + u) * 32;
-        const bool kin = s + u < s_end && k + kq < k_end;
+    for (int s = 0; s < kStages - 1; ++s) load_stage(s, s_begin + s);
+    for (int it = 0; it < steps; ++it) {
+      WaitAsync<kStages - 2>();
+      __syncthreads();  // stage `it` is in for everyone; slot (it - 1) % kStages is free
+      load_stage((it + kStages - 1) % kStages, s_begin + it + kStages - 1);
+      const bf16* sws = sw + (it % kStages) * kRows * kBk;
+      const bf16* sxs = sx + (it % kStages) * kTokens * kBk;
 #pragma unroll
-        for (int t = 0; t < 2; ++t)
+      for (int kk = 0; kk < kBk / 16; ++kk) {
+        uint32_t a[2][4];
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            wv[u][t][h] = kin && wok[t][h] ? LoadWeight(wp[t][h] + k) : make_uint4(0, 0, 0, 0);
-          }
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int k = (s + u) * 32;
-        const bool kin = s + u < s_end && k + kq < k_end;
+        for (int t = 0; t < 2; ++t) {
+          const int r = 32 * warp + 16 * t + (lane & 15);
+          LoadMatrixX4(a[t], SharedAddress(sws + Swizzle(r, 2 * kk + (lane >> 4))));
+        }
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
           if (8 * n >= crows) break;  // the same for the whole CTA
-          const uint4 xv = kin && xok[n] ? LoadInput(xrow[n] + k) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-          for (int t = 0; t < 2; ++t) {
-            // k values 8q+0..3 of rows fr, fr+8 and of token fr, then 8q+4..7 (see the header).
-            Mma(acc[t][n], wv[u][t][0].x, wv[u][t][1].x, wv[u][t][0].y, wv[u][t][1].y, xv.x, xv.y);
-            Mma(acc[t][n], wv[u][t][0].z, wv[u][t][1].z, wv[u][t][0].w, wv[u][t][1].w, xv.z, xv.w);
-          }
+          uint32_t b0, b1;
+          const int tok = 8 * n + (lane & 7);
+          LoadMatrixX2(b0, b1, SharedAddress(sxs + Swizzle(tok, 2 * kk + ((lane >> 3) & 1))));
+          Mma(acc[0][n], a[0], b0, b1);
+          Mma(acc[1][n], a[1], b0, b1);
         }
       }
     }
+    WaitAsync<0>();
 
-    // Sum the warps' partial products and write: thread (t, j, l) takes accumulator j of tile t
-    // held by lane l in every warp.
-    const int et = threadIdx.x >> 7, ej = (threadIdx.x >> 5) & 3, el = threadIdx.x & 31;
-    const int64_t feature = (el >> 2) + (ej >= 2 ? 8 : 0);   // row of the 16-row tile
-    const int64_t token = 2 * (el & 3) + (ej & 1);           // column of the 8-token tile
+    // Fragment (t, n, j) of this lane: tile row 32 w + 16 t + fr + 8 (j >= 2), token 8 n + 2 quad + (j & 1).
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
-      if (8 * n >= crows) break;
-      __syncthreads();  // the previous n-tile's sums have been read
 #pragma unroll
-      for (int t = 0; t < 2; ++t)
+      for (int j = 0; j < 4; ++j) {
+        const int i = 8 * n + 2 * quad + (j & 1);
+        if (i >= crows) continue;
+        const int64_t orow = row0 + c0 + i;
+        const int rr = fr + (j >= 2 ? 8 : 0);
+        if constexpr (kPartialOut) {
+          float* p = partial + (static_cast<int64_t>(blockIdx.z) * partial_rows + orow) * n_rows;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) red[warp][t][j][lane] = acc[t][n][j];
-      __syncthreads();
-      const int64_t i = 8 * n + token;  // row within this pass
-      if (i >= crows) continue;
-      const int64_t orow = row0 + c0 + i;
-      if constexpr (kSwiGlu) {
-        if (et != 0) continue;
-        const int64_t f = f0 + feature;
-        if (f >= N) continue;
-        float gate = 0.f, up = 0.f;
-#pragma unroll
-        for (int v = 0; v < kWarps; ++v) {
-          gate += red[v][0][ej][el];
-          up += red[v][1][ej][el];
-        }
-        // gate and up rounded to bf16 first, as when they come out of a bf16 GEMM: the skinny
-        // and the cuBLAS expert paths then differ only in float summation order.
-        gate = __bfloat162float(__float2bfloat16(gate));
-        up = __bfloat162float(__float2bfloat16(up));
-        static_cast<bf16*>(out)[orow * N + f] = __float2bfloat16(Silu(gate) * up);
-      } else {
-        const int64_t f = f0 + 16 * et + feature;
-        if (f >= N) continue;
-        float v = 0.f;
-#pragma unroll
-        for (int u = 0; u < kWarps; ++u) v += red[u][et][ej][el];
-        if constexpr (EPI == static_cast<int>(SkinnyEpilogue::kStoreBf16)) {
-          static_cast<bf16*>(out)[orow * N + f] = __float2bfloat16(v);
-        } else if constexpr (EPI == static_cast<int>(SkinnyEpilogue::kStoreF32)) {
-          static_cast<float*>(out)[orow * N + f] = v;
+          for (int t = 0; t < 2; ++t) {
+            const int wr = weight_row(32 * warp + 16 * t + rr);
+            if (wr >= 0) p[wr] = acc[t][n][j];
+          }
+        } else if constexpr (kSwiGlu) {
+          const int f = f0 + 16 * warp + rr;
+          if (f < N) {
+            // gate and up rounded to bf16 first, as when they come out of a bf16 GEMM: the skinny
+            // and the cuBLAS expert paths then differ only in float summation order.
+            const float gate = RoundBf16(acc[0][n][j]), up = RoundBf16(acc[1][n][j]);
+            static_cast<bf16*>(out)[orow * N + f] = __float2bfloat16(Silu(gate) * up);
+          }
         } else {
-          static_cast<float*>(out)[orow * N + f] += v;
+#pragma unroll
+          for (int t = 0; t < 2; ++t) {
+            const int f = f0 + 32 * warp + 16 * t + rr;
+            if (f < N) Store<EPI>(out, orow * N + f, acc[t][n][j]);
+          }
         }
       }
     }
   }
 }
 
+// out[r, f] = epilogue(sum over s of partial[s, r, :]) in split order, for the rows of the groups.
+template <int EPI>
+__global__ void SkinnyReduceKernel(const float* partial, int splits, int64_t partial_rows, int64_t total_rows,
+                                   const int32_t* offsets, int groups, int N, void* out) {
+  constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
+  const int64_t rows = offsets != nullptr ? offsets[groups] : total_rows;
+  const int n_rows = kSwiGlu ? 2 * N : N;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / N;
+    const int f = static_cast<int>(i % N);
+    float a = 0.f, b = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float* p = partial + (s * partial_rows + r) * n_rows;
+      a += p[f];
+      if (kSwiGlu) b += p[N + f];
+    }
+    if constexpr (kSwiGlu) {
+      static_cast<bf16*>(out)[i] = __float2bfloat16(Silu(RoundBf16(a)) * RoundBf16(b));
+    } else {
+      Store<EPI>(out, i, a);
+    }
+  }
+}
+
+constexpr size_t SharedBytes(int nt) { return sizeof(bf16) * kStages * (kRows + 8 * nt) * kBk; }
+
+template <int NT, int EPI, bool kPartialOut>
+void LaunchKernel(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
+                  int64_t partial_rows, cudaStream_t s) {
+  // Raised once (not per launch: launches may be captured into a CUDA graph).
+  static const bool raised = [] {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(SkinnyGemmKernel<NT, EPI, kPartialOut>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(SharedBytes(NT))));
+    return true;
+  }();
+  (void)raised;
+  SkinnyGemmKernel<NT, EPI, kPartialOut>
+      <<<grid, kThreads, SharedBytes(NT), s>>>(x, K, groups, N, out, partial, partial_rows);
+}
+
+template <int NT, int EPI>
+void LaunchEpilogue(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
+                    int64_t partial_rows, cudaStream_t s) {
+  if (grid.z > 1) {
+    LaunchKernel<NT, EPI, true>(grid, x, K, groups, N, out, partial, partial_rows, s);
+  } else {
+    LaunchKernel<NT, EPI, false>(grid, x, K, groups, N, out, nullptr, 0, s);
+  }
+}
+
 template <int NT>
-void Launch(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, void* out,
-            cudaStream_t s) {
-  const int64_t per_cta = epi == SkinnyEpilogue::kSwiGluBf16 ? 16 : 32;
-  const dim3 grid(static_cast<unsigned>((N + per_cta - 1) / per_cta), static_cast<unsigned>(groups.count));
+void LaunchTiles(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, SkinnyEpilogue epi, void* out,
+                 float* partial, int64_t partial_rows, cudaStream_t s) {
   switch (epi) {
     case SkinnyEpilogue::kStoreBf16:
-      SkinnyGemmKernel<NT, 0><<<grid, kThreads, 0, s>>>(x, K, groups, N, out);
+      LaunchEpilogue<NT, 0>(grid, x, K, groups, N, out, partial, partial_rows, s);
       break;
     case SkinnyEpilogue::kStoreF32:
-      SkinnyGemmKernel<NT, 1><<<grid, kThreads, 0, s>>>(x, K, groups, N, out);
+      LaunchEpilogue<NT, 1>(grid, x, K, groups, N, out, partial, partial_rows, s);
       break;
     case SkinnyEpilogue::kAddF32:
-      SkinnyGemmKernel<NT, 2><<<grid, kThreads, 0, s>>>(x, K, groups, N, out);
+      LaunchEpilogue<NT, 2>(grid, x, K, groups, N, out, partial, partial_rows, s);
       break;
     case SkinnyEpilogue::kSwiGluBf16:
-      SkinnyGemmKernel<NT, 3><<<grid, kThreads, 0, s>>>(x, K, groups, N, out);
+      LaunchEpilogue<NT, 3>(grid, x, K, groups, N, out, partial, partial_rows, s);
       break;
   }
 }
@@ -218,27 +322,90 @@ int SkinnyTileCount(int64_t expected_rows) {
   return 8;
 }
 
+int64_t SkinnyCtasPerGroup(int64_t N, SkinnyEpilogue epi) {
+  const int64_t per = epi == SkinnyEpilogue::kSwiGluBf16 ? kRows / 2 : kRows;
+  return (N + per - 1) / per;
+}
+
+int DeviceSmCount() {
+  static int cached[64] = {};
+  int device = 0;
+  MOE_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= 64) return 132;
+  if (cached[device] == 0) {
+    MOE_CUDA_CHECK(cudaDeviceGetAttribute(&cached[device], cudaDevAttrMultiProcessorCount, device));
+  }
+  return cached[device];
+}
+
+int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups) {
+  const int sms = DeviceSmCount();
+  const int64_t ctas = SkinnyCtasPerGroup(N, epi) * std::max<int64_t>(1, active_groups);
+  const int64_t steps = (K + kBk - 1) / kBk;
+  // About two CTAs per SM, each with at least 4 pipeline steps of K.
+  int64_t splits = (2 * sms + ctas - 1) / ctas;
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, steps / 4));
+  return static_cast<int>(std::clamp<int64_t>(splits, 1, 64));
+}
+
+size_t SkinnyWorkspaceFloats(int64_t rows, int64_t N, SkinnyEpilogue epi, int splits) {
+  if (splits <= 1) return 0;
+  return static_cast<size_t>(splits) * static_cast<size_t>(rows) *
+         static_cast<size_t>(epi == SkinnyEpilogue::kSwiGluBf16 ? 2 * N : N);
+}
+
 void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, void* out,
-                int64_t expected_rows, cudaStream_t s) {
+                int64_t expected_rows, int splits, float* workspace, int64_t workspace_rows, cudaStream_t s) {
   if (N == 0 || groups.count == 0 || (groups.offsets == nullptr && groups.rows == 0)) return;
   if (K % 8 != 0 || K <= 0) throw std::invalid_argument("SkinnyGemm: K must be a positive multiple of 8");
   if (groups.count > 65535) throw std::invalid_argument("SkinnyGemm: at most 65535 groups");
-  if (K >= (int64_t{1} << 31) - 64) throw std::invalid_argument("SkinnyGemm: K too large");
+  if (K >= (int64_t{1} << 30) || N >= (int64_t{1} << 29) || workspace_rows >= (int64_t{1} << 31)) {
+    throw std::invalid_argument("SkinnyGemm: a dimension is too large");
+  }
+  splits = std::max(1, std::min(splits, 64));
+  if (splits > 1 && workspace == nullptr) throw std::invalid_argument("SkinnyGemm: split-K needs a workspace");
+  const dim3 grid(static_cast<unsigned>(SkinnyCtasPerGroup(N, epi)), static_cast<unsigned>(groups.count),
+                  static_cast<unsigned>(splits));
+  const int k = static_cast<int>(K), n = static_cast<int>(N);
   switch (SkinnyTileCount(expected_rows)) {
     case 1:
-      Launch<1>(x, K, groups, N, epi, out, s);
+      LaunchTiles<1>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
       break;
     case 2:
-      Launch<2>(x, K, groups, N, epi, out, s);
+      LaunchTiles<2>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
       break;
     case 4:
-      Launch<4>(x, K, groups, N, epi, out, s);
+      LaunchTiles<4>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
       break;
     default:
-      Launch<8>(x, K, groups, N, epi, out, s);
+      LaunchTiles<8>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
       break;
   }
   MOE_CUDA_CHECK_LAUNCH();
+  if (splits > 1) {
+    const int64_t total = workspace_rows * N;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 4096));
+    const int G = static_cast<int>(groups.offsets != nullptr ? groups.count : 0);
+    switch (epi) {
+      case SkinnyEpilogue::kStoreBf16:
+        SkinnyReduceKernel<0><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+                                                     n, out);
+        break;
+      case SkinnyEpilogue::kStoreF32:
+        SkinnyReduceKernel<1><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+                                                     n, out);
+        break;
+      case SkinnyEpilogue::kAddF32:
+        SkinnyReduceKernel<2><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+                                                     n, out);
+        break;
+      case SkinnyEpilogue::kSwiGluBf16:
+        SkinnyReduceKernel<3><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+                                                     n, out);
+        break;
+    }
+    MOE_CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace moe::gpu

@@ -370,15 +370,16 @@ double RelErrD(const std::vector<float>& a, const std::vector<double>& b) {
 
 // The dense skinny GEMM in its four epilogues against float64, over row counts that fill one, several
 // and partial 8-row tiles, with expected_rows both right and too small (several passes), N not a
-// multiple of the 32-feature CTA tile (and below 16, the router's shape), K not a multiple of the
-// warps' 256-element share. Every output element is poisoned first, so an unwritten one fails.
+// multiple of the 128-row CTA tile (and below 16, the router's shape), K not a multiple of the
+// 64-element pipeline step, each without and with split-K. Every output element is poisoned
+// first, so an unwritten one fails.
 TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
   SKIP_WITHOUT_GPU();
   struct Case {
     int64_t M, N, K, expected;
   };
   for (const Case& c : {Case{1, 40, 64, 1}, Case{3, 8, 136, 3}, Case{8, 100, 256, 8}, Case{13, 257, 520, 13},
-                        Case{64, 96, 1000, 64}, Case{70, 33, 128, 64}, Case{40, 48, 4096, 5}}) {
+                        Case{64, 96, 1000, 64}, Case{70, 33, 128, 64}, Case{40, 300, 4096, 5}}) {
     std::vector<float> x = RandomBf16Values(c.M * c.K, static_cast<uint32_t>(c.M + 7)),
                        w = RandomBf16Values(c.N * c.K, static_cast<uint32_t>(c.N + 9), 0.05f);
     std::vector<int32_t> rows(c.M);
@@ -388,31 +389,39 @@ TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
     SkinnyGroups g;
     g.rows = c.M;
     g.weight = d_w.get();
-    const std::string what = "M " + std::to_string(c.M) + " N " + std::to_string(c.N) + " K " + std::to_string(c.K);
-    {
-      Buffer<bf16> y(ToBf16Host(std::vector<float>(c.M * c.N, NAN)));
-      SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreBf16, y.get(), c.expected, nullptr);
-      EXPECT_LT(RelErrD(ToF32Host(y.Download()), ref), kBf16Tol) << what;
-    }
-    {
-      Buffer<float> y(std::vector<float>(c.M * c.N, NAN));
-      SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreF32, y.get(), c.expected, nullptr);
-      EXPECT_LT(RelErrD(y.Download(), ref), 1e-5) << what;
-    }
-    {
-      std::vector<float> base = RandomBf16Values(c.M * c.N, 77);
-      std::vector<double> want(ref);
-      for (size_t i = 0; i < want.size(); ++i) want[i] += base[i];
-      Buffer<float> y(base);
-      SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kAddF32, y.get(), c.expected, nullptr);
-      EXPECT_LT(RelErrD(y.Download(), want), 1e-5) << what;
+    for (int splits : {1, 3}) {
+      Buffer<float> ws(std::max<size_t>(1, SkinnyWorkspaceFloats(c.M, c.N, SkinnyEpilogue::kStoreF32, splits)));
+      const std::string what = "M " + std::to_string(c.M) + " N " + std::to_string(c.N) + " K " +
+                               std::to_string(c.K) + " splits " + std::to_string(splits);
+      {
+        Buffer<bf16> y(ToBf16Host(std::vector<float>(c.M * c.N, NAN)));
+        SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreBf16, y.get(), c.expected, splits, ws.get(), c.M,
+                   nullptr);
+        EXPECT_LT(RelErrD(ToF32Host(y.Download()), ref), kBf16Tol) << what;
+      }
+      {
+        Buffer<float> y(std::vector<float>(c.M * c.N, NAN));
+        SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreF32, y.get(), c.expected, splits, ws.get(), c.M,
+                   nullptr);
+        EXPECT_LT(RelErrD(y.Download(), ref), 1e-5) << what;
+      }
+      {
+        std::vector<float> base = RandomBf16Values(c.M * c.N, 77);
+        std::vector<double> want(ref);
+        for (size_t i = 0; i < want.size(); ++i) want[i] += base[i];
+        Buffer<float> y(base);
+        SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kAddF32, y.get(), c.expected, splits, ws.get(), c.M,
+                   nullptr);
+        EXPECT_LT(RelErrD(y.Download(), want), 1e-5) << what;
+      }
     }
   }
 }
 
 // Grouped: eight experts with uneven row counts (one empty, whose weight pointer is null), rows
-// gathered through an index, the SwiGLU epilogue over [2I, K] weights and the plain one; and a
-// row's result is the same bits whether it is computed with the others or alone.
+// gathered through an index, the SwiGLU epilogue over [2I, K] weights and the plain one, without
+// and with split-K; and a row's result is the same bits whether it is computed with the others or
+// alone (same split count).
 TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t G = 8, I = 72, K = 192, T = 30;
@@ -452,9 +461,14 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   up.offsets = d_off.get();
   up.weights = d_p13.get();
   up.row_index = d_idx.get();
-  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), 4, nullptr);
+  Buffer<float> ws(SkinnyWorkspaceFloats(R, std::max(I, K), SkinnyEpilogue::kSwiGluBf16, 2));
+  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), 4, 1, nullptr, R, nullptr);
   const std::vector<float> act = ToF32Host(d_act.Download());
   EXPECT_LT(RelErrD(act, act_ref), kBf16Tol);
+  // The same with split-K: the same bf16 results up to float summation order.
+  Buffer<bf16> d_act2(ToBf16Host(std::vector<float>(R * I, NAN)));
+  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act2.get(), 4, 2, ws.get(), R, nullptr);
+  EXPECT_LT(RelErrD(ToF32Host(d_act2.Download()), act_ref), kBf16Tol);
   // Down projection of the GPU's act, plain rows.
   std::vector<double> y_ref(R * K);
   std::vector<int32_t> identity(R);
@@ -469,7 +483,7 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   down.count = G;
   down.offsets = d_off.get();
   down.weights = d_p2.get();
-  SkinnyGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y.get(), 16, nullptr);
+  SkinnyGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y.get(), 16, 2, ws.get(), R, nullptr);
   const std::vector<bf16> y_all = d_y.Download();
   EXPECT_LT(RelErrD(ToF32Host(y_all), y_ref), kBf16Tol);
   // Row offsets[6] + 3 alone (group 6, one row) gives the same bits as in the batch.
@@ -480,7 +494,7 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   Buffer<bf16> d_act1(ToBf16Host(std::vector<float>(act.begin() + r * I, act.begin() + (r + 1) * I)));
   Buffer<bf16> d_y1(K);
   down.offsets = d_one_off.get();
-  SkinnyGemm(d_act1.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y1.get(), 1, nullptr);
+  SkinnyGemm(d_act1.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y1.get(), 1, 2, ws.get(), 1, nullptr);
   const std::vector<bf16> y1 = d_y1.Download();
   for (int64_t k = 0; k < K; ++k) {
     ASSERT_EQ(static_cast<__nv_bfloat16_raw>(y1[k]).x, static_cast<__nv_bfloat16_raw>(y_all[r * K + k]).x) << k;

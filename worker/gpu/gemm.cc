@@ -23,13 +23,24 @@ Gemm::~Gemm() {
   if (handle_) cublasDestroy(handle_);
 }
 
+bool Gemm::Reserve(int64_t M, int64_t K, int64_t N, SkinnyEpilogue epi) {
+  if (!Skinny(M, K) || M == 0) return false;
+  return split_.EnsureSize(SkinnyWorkspaceFloats(M, N, epi, SkinnySplits(N, K, epi, 1)));
+}
+
+void Gemm::RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y) {
+  if (M == 0 || N == 0) return;
+  SkinnyGroups g;
+  g.rows = M;
+  g.weight = w;
+  const int splits = SkinnySplits(N, K, epi, 1);
+  split_.EnsureSize(SkinnyWorkspaceFloats(M, N, epi, splits));
+  SkinnyGemm(x, K, g, N, epi, y, M, splits, split_.get(), M, stream_);
+}
+
 void Gemm::Linear(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y) {
   if (Skinny(M, K)) {
-    if (M == 0 || N == 0) return;
-    SkinnyGroups g;
-    g.rows = M;
-    g.weight = w;
-    SkinnyGemm(x, K, g, N, SkinnyEpilogue::kStoreBf16, y, M, stream_);
+    RunSkinny(x, M, K, w, N, SkinnyEpilogue::kStoreBf16, y);
     return;
   }
   Run(x, M, K, w, N, y, CUDA_R_16BF, 0.f);
@@ -37,11 +48,7 @@ void Gemm::Linear(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N,
 
 void Gemm::LinearF32(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, float* y, bool accumulate) {
   if (Skinny(M, K)) {
-    if (M == 0 || N == 0) return;
-    SkinnyGroups g;
-    g.rows = M;
-    g.weight = w;
-    SkinnyGemm(x, K, g, N, accumulate ? SkinnyEpilogue::kAddF32 : SkinnyEpilogue::kStoreF32, y, M, stream_);
+    RunSkinny(x, M, K, w, N, accumulate ? SkinnyEpilogue::kAddF32 : SkinnyEpilogue::kStoreF32, y);
     return;
   }
   Run(x, M, K, w, N, y, CUDA_R_32F, accumulate ? 1.f : 0.f);
@@ -73,6 +80,39 @@ void Gemm::LinearGrouped(const bf16* const* x, const int* m, int groups, int64_t
       handle_, ta.data(), tb.data(), mm.data(), m, kk.data(), alpha.data(), reinterpret_cast<const void* const*>(w),
       CUDA_R_16BF, ld_w.data(), reinterpret_cast<const void* const*>(x), CUDA_R_16BF, ld_x.data(), beta.data(),
       reinterpret_cast<void* const*>(y), CUDA_R_16BF, ld_y.data(), groups, size.data(), CUBLAS_COMPUTE_32F));
+}
+
+GemmFanout::GemmFanout(cudaStream_t main, int width) : main_(main) {
+  for (int i = 0; i < width; ++i) {
+    cudaStream_t st = nullptr;
+    MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    streams_.push_back(st);
+    gemms_.push_back(std::make_unique<Gemm>(st));
+  }
+  for (int i = 0; i <= width; ++i) {
+    cudaEvent_t e = nullptr;
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    events_.push_back(e);
+  }
+}
+
+GemmFanout::~GemmFanout() {
+  for (cudaStream_t st : streams_) cudaStreamSynchronize(st);
+  gemms_.clear();
+  for (cudaStream_t st : streams_) cudaStreamDestroy(st);
+  for (cudaEvent_t e : events_) cudaEventDestroy(e);
+}
+
+void GemmFanout::Fork() {
+  MOE_CUDA_CHECK(cudaEventRecord(events_[0], main_));
+  for (cudaStream_t st : streams_) MOE_CUDA_CHECK(cudaStreamWaitEvent(st, events_[0], 0));
+}
+
+void GemmFanout::Join() {
+  for (size_t i = 0; i < streams_.size(); ++i) {
+    MOE_CUDA_CHECK(cudaEventRecord(events_[i + 1], streams_[i]));
+    MOE_CUDA_CHECK(cudaStreamWaitEvent(main_, events_[i + 1], 0));
+  }
 }
 
 }  // namespace moe::gpu

@@ -16,6 +16,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "kernels/kernels.h"
 #include "worker/gpu/device_buffer.h"
@@ -34,6 +36,9 @@ class Gemm {
   static constexpr int64_t kDefaultSkinnyMaxRows = 64;
   void set_skinny_max_rows(int64_t rows) { skinny_max_rows_ = rows; }
   int64_t skinny_max_rows() const { return skinny_max_rows_; }
+  // Sizes the split-K workspace for a product of M rows, so that the product allocates nothing
+  // (a CUDA graph capture may not). Returns true when the workspace was reallocated.
+  bool Reserve(int64_t M, int64_t K, int64_t N, SkinnyEpilogue epi);
 
   // y[M, N] = bf16(x W^T).
   void Linear(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y);
@@ -52,16 +57,42 @@ class Gemm {
                      bf16* const* y);
 
   cublasHandle_t handle() const { return handle_; }
+  cudaStream_t stream() const { return stream_; }
 
  private:
   void Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, void* y, cudaDataType_t y_type,
            float beta);
   bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
+  void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
 
   cudaStream_t stream_;
   cublasHandle_t handle_ = nullptr;
-  DeviceBuffer<unsigned char> workspace_;
+  DeviceBuffer<unsigned char> workspace_;  // cuBLAS's
+  DeviceBuffer<float> split_;              // the skinny kernel's split-K partial sums
   int64_t skinny_max_rows_ = kDefaultSkinnyMaxRows;
+};
+
+// Several cuBLAS handles, each on a stream of its own, for independent products that should overlap
+// (the experts of a prefill, whose small grids would leave most SMs idle one after another). Fork
+// makes the side streams wait for the main stream's work so far; Join makes the main stream wait
+// for theirs.
+class GemmFanout {
+ public:
+  GemmFanout(cudaStream_t main, int width);
+  ~GemmFanout();
+  GemmFanout(const GemmFanout&) = delete;
+  GemmFanout& operator=(const GemmFanout&) = delete;
+
+  int width() const { return static_cast<int>(gemms_.size()); }
+  Gemm& operator[](int i) { return *gemms_[static_cast<size_t>(i)]; }
+  void Fork();
+  void Join();
+
+ private:
+  cudaStream_t main_;
+  std::vector<cudaStream_t> streams_;
+  std::vector<std::unique_ptr<Gemm>> gemms_;  // destroyed before their streams
+  std::vector<cudaEvent_t> events_;           // [0]: fork; [1 + i]: side stream i done
 };
 
 }  // namespace moe::gpu

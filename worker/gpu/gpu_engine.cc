@@ -192,6 +192,11 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
   grew |= h_logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
   grew |= moe_->Reserve(T);
+  // The dense products' split-K workspace (one buffer for all: they run one after another).
+  grew |= gemm_.Reserve(T, H, qkvd, SkinnyEpilogue::kStoreBf16);
+  grew |= gemm_.Reserve(T, qd, H, SkinnyEpilogue::kAddF32);
+  grew |= gemm_.Reserve(T, H, c.num_experts, SkinnyEpilogue::kStoreF32);
+  grew |= gemm_.Reserve(sh.wanted, H, c.vocab_size, SkinnyEpilogue::kStoreF32);
   return grew;
 }
 

@@ -51,6 +51,24 @@ bool GpuMoeLayer::DeviceOnly(int64_t T) const {
   return Local() && SkinnyExperts(T * c_.experts_per_token, c_.num_experts);
 }
 
+GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local) const {
+  const int64_t H = c_.hidden_size, I = c_.intermediate_size;
+  SkinnyPlan p;
+  // Rows per expert the register tiles are sized for: the mean plus three standard deviations of a
+  // binomial spread, so an expert rarely needs a second pass over its weights.
+  const double mean = static_cast<double>(R) / static_cast<double>(local);
+  p.expected = static_cast<int64_t>(std::ceil(mean + 3.0 * std::sqrt(mean) + 1.0));
+  // Experts with rows: about local * (1 - (1 - 1/local)^R) when rows pick experts independently.
+  const double active = static_cast<double>(local) * (1.0 - std::pow(1.0 - 1.0 / static_cast<double>(local),
+                                                                     static_cast<double>(R)));
+  const int64_t groups = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(active - 1e-9)), 1, local);
+  p.splits_up = SkinnySplits(I, H, SkinnyEpilogue::kSwiGluBf16, groups);
+  p.splits_down = SkinnySplits(H, I, SkinnyEpilogue::kStoreBf16, groups);
+  p.workspace = std::max(SkinnyWorkspaceFloats(R, I, SkinnyEpilogue::kSwiGluBf16, p.splits_up),
+                         SkinnyWorkspaceFloats(R, H, SkinnyEpilogue::kStoreBf16, p.splits_down));
+  return p;
+}
+
 bool GpuMoeLayer::Reserve(int64_t T) {
   const int64_t E = c_.num_experts, n = T * c_.experts_per_token;
   bool grew = false;
@@ -60,6 +78,7 @@ bool GpuMoeLayer::Reserve(int64_t T) {
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
+  if (n > 0 && SkinnyExperts(n, c_.num_experts)) grew |= split_.EnsureSize(PlanSkinny(n, c_.num_experts).workspace);
   return grew;
 }
 
@@ -127,21 +146,21 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
   act_.EnsureSize(static_cast<size_t>(R * I));
   if (SkinnyExperts(R, local)) {
-    // Rows per expert the register tiles are sized for: the mean plus three standard deviations
-    // of a binomial spread, so an expert rarely needs a second pass over its weights.
-    const double mean = static_cast<double>(R) / static_cast<double>(local);
-    const int64_t expected = static_cast<int64_t>(std::ceil(mean + 3.0 * std::sqrt(mean) + 1.0));
+    const SkinnyPlan p = PlanSkinny(R, local);
+    split_.EnsureSize(p.workspace);
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
     up.weights = w13_.get() + layer * E;
     up.row_index = row_index;
-    SkinnyGemm(x, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), expected, stream_);
+    SkinnyGemm(x, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), p.expected, p.splits_up, split_.get(), R,
+               stream_);
     SkinnyGroups down;
     down.count = E;
     down.offsets = d_offsets;
     down.weights = w2_.get() + layer * E;
-    SkinnyGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, expected, stream_);
+    SkinnyGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, p.expected, p.splits_down, split_.get(), R,
+               stream_);
     return;
   }
 
@@ -159,7 +178,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     in = grouped_.get();
   }
   gate_up_.EnsureSize(static_cast<size_t>(R * 2 * I));
-  if (tuning_.cublas_grouped) {
+  if (tuning_.blas == ExpertGemmTuning::Blas::kGrouped) {
     std::vector<int> rows;
     for (int64_t e = 0; e < E; ++e) {
       if (h_offsets[e + 1] > h_offsets[e]) rows.push_back(h_offsets[e + 1] - h_offsets[e]);
@@ -179,18 +198,23 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     gemm_.LinearGrouped(inputs(1), rows.data(), G, I, weights(1), H, outputs(1));
     return;
   }
-  // One cuBLAS GEMM per expert, back to back on the stream (no synchronisation between them).
+  // One cuBLAS GEMM per expert: gate_up, SwiGLU and down projection of expert e on its own rows,
+  // either back to back on the main stream or, concurrent, each expert on a side stream.
+  const bool concurrent = tuning_.blas == ExpertGemmTuning::Blas::kConcurrent;
+  if (concurrent) {
+    if (fanout_ == nullptr) fanout_ = std::make_unique<GemmFanout>(stream_, static_cast<int>(std::min<int64_t>(E, 8)));
+    fanout_->Fork();
+  }
+  int next = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t start = h_offsets[e], rows = h_offsets[e + 1] - start;
     if (rows == 0) continue;
-    gemm_.LinearBlas(in + start * H, rows, H, host_w13_[layer * E + e], 2 * I, gate_up_.get() + start * 2 * I);
+    Gemm& g = concurrent ? (*fanout_)[next++ % fanout_->width()] : gemm_;
+    g.LinearBlas(in + start * H, rows, H, host_w13_[layer * E + e], 2 * I, gate_up_.get() + start * 2 * I);
+    SwiGlu(gate_up_.get() + start * 2 * I, rows, I, act_.get() + start * I, g.stream());
+    g.LinearBlas(act_.get() + start * I, rows, I, host_w2_[layer * E + e], H, out + start * H);
   }
-  SwiGlu(gate_up_.get(), R, I, act_.get(), stream_);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t start = h_offsets[e], rows = h_offsets[e + 1] - start;
-    if (rows == 0) continue;
-    gemm_.LinearBlas(act_.get() + start * I, rows, I, host_w2_[layer * E + e], H, out + start * H);
-  }
+  if (concurrent) fanout_->Join();
 }
 
 void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,

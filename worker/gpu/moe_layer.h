@@ -38,6 +38,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -60,9 +61,13 @@ struct ExpertGemmTuning {
   // The skinny grouped kernel while the routed rows per local expert average at most this (the
   // decode regime); above it cuBLAS. 0: always cuBLAS.
   int64_t skinny_max_rows_per_expert = 64;
-  // cuBLAS: one grouped call per matrix (cublasGemmGroupedBatchedEx), else one GEMM per expert
-  // enqueued back to back (for comparison).
-  bool cublas_grouped = true;
+  // Above it, how cuBLAS runs the experts (with many rows per expert: prefill):
+  enum class Blas {
+    kConcurrent,  // one GEMM per expert, the experts on separate streams so their grids overlap
+    kGrouped,     // one cublasGemmGroupedBatchedEx call per matrix
+    kSequential,  // one GEMM per expert, back to back on the main stream
+  };
+  Blas blas = Blas::kConcurrent;
 };
 
 class GpuMoeLayer {
@@ -99,6 +104,13 @@ class GpuMoeLayer {
     return c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
            rows <= tuning_.skinny_max_rows_per_expert * std::max<int64_t>(1, experts);
   }
+  // How the skinny expert GEMMs run for R rows over `local` experts.
+  struct SkinnyPlan {
+    int64_t expected = 1;  // rows per expert the register tiles hold
+    int splits_up = 1, splits_down = 1;
+    size_t workspace = 0;  // floats of split-K partial sums
+  };
+  SkinnyPlan PlanSkinny(int64_t R, int64_t local) const;
   void ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* residual, StageProfiler& prof,
                     MoeLayer::Record* record, int32_t* expert_counts);
   void ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
@@ -130,8 +142,9 @@ class GpuMoeLayer {
 
   std::vector<const bf16*> host_w13_, host_w2_;  // [L, E] expert weight pointers (null where not held)
   DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
-  DeviceBuffer<void*> group_ptrs_;  // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
-  DeviceBuffer<float> logits_, weights_, stage_;
+  DeviceBuffer<void*> group_ptrs_;
+  std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step  // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
+  DeviceBuffer<float> logits_, weights_, stage_, split_;
   DeviceBuffer<int32_t> experts_, index_, offsets_;
   DeviceBuffer<bf16> send_, recv_, grouped_, gate_up_, act_, result_, computed_, returned_;
   PinnedBuffer<int32_t> h_experts_, h_index_, h_offsets_;

@@ -1,0 +1,177 @@
+// Decode attention: one query row (G <= 8 query heads of one KV head) over its sequence's cached
+// keys. One block of 4 warps per (row, KV head); each warp takes its own 32-key tiles (keys
+// lo + 32 w, lo + 32 (w + 4), ...) with a private online softmax, so the four warps load four
+// tiles at once and never wait for each other; their partial results merge at the end.
+//   scores: lane j holds key j: it reads the key straight from the cache (16-byte loads) and dots
+//           it with the G query vectors (float, pre-scaled, in shared memory);
+//   values: the warp stages its 32 value rows in shared memory; lane l accumulates dimensions
+//           l, l + 32, ... of every query vector, taking each key's weight from lane j by shuffle.
+#include "kernels/attention_common.cuh"
+#include "kernels/cuda_check.h"
+#include "kernels/reduce.cuh"
+
+#include <algorithm>
+
+namespace moe::gpu {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kMaxVectors = 8;      // query heads per KV head
+constexpr int kMaxDimPerLane = 8;   // head_dim <= 256
+
+__device__ __forceinline__ void Dot8(const uint4& u, const float* q, float& acc) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&u);
+  const float4 a = *reinterpret_cast<const float4*>(q), b = *reinterpret_cast<const float4*>(q + 4);
+  const float2 k0 = __bfloat1622float2(p[0]), k1 = __bfloat1622float2(p[1]), k2 = __bfloat1622float2(p[2]),
+               k3 = __bfloat1622float2(p[3]);
+  acc += a.x * k0.x + a.y * k0.y + a.z * k1.x + a.w * k1.y + b.x * k2.x + b.y * k2.y + b.z * k3.x + b.w * k3.y;
+}
+
+// Shared memory: q [G][D] float; values [4 warps][32][D] bf16 (after the loop, the warps' partial
+// accumulators [4][G][D] float reuse it); m, l [4][G].
+__global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q, const int32_t* row_seq,
+                                                                  const int32_t* row_pos, const int32_t* tiles,
+                                                                  int64_t heads, PagedKv kv, int64_t window,
+                                                                  float scale, bf16* out) {
+  const int64_t row = tiles[2 * blockIdx.x];
+  const int kvh = blockIdx.y, D = static_cast<int>(kv.head_dim), G = static_cast<int>(heads / kv.kv_heads);
+  const int seq = row_seq[row], pos = row_pos[row];
+  const int lo = window > 0 ? max(0, pos - static_cast<int>(window) + 1) : 0;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, chunks = D / 8;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* qs = reinterpret_cast<float*>(smem_raw);                       // [G][D]
+  bf16* vs = reinterpret_cast<bf16*>(qs + kMaxVectors * D);             // [kWarps][32][D]
+  float* pm = reinterpret_cast<float*>(vs + kWarps * 32 * D);           // [kWarps][G]
+  float* pl = pm + kWarps * kMaxVectors;                                // [kWarps][G]
+  const bf16* qrow = q + (row * heads + static_cast<int64_t>(kvh) * G) * D;  // G heads, contiguous
+  for (int i = tid; i < G * D; i += kThreads) qs[i] = __bfloat162float(qrow[i]) * scale;
+  __syncthreads();
+
+  float m[kMaxVectors], l[kMaxVectors], acc[kMaxVectors][kMaxDimPerLane];
+#pragma unroll
+  for (int v = 0; v < kMaxVectors; ++v) {
+    m[v] = -INFINITY;
+    l[v] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kMaxDimPerLane; ++i) acc[v][i] = 0.f;
+  }
+  bf16* vw = vs + warp * 32 * D;
+  for (int k0 = lo + 32 * warp; k0 <= pos; k0 += 32 * kWarps) {
+    const int key = k0 + lane;
+    const bool valid = key <= pos;
+    // Scores of this lane's key.
+    float sc[kMaxVectors];
+#pragma unroll
+    for (int v = 0; v < kMaxVectors; ++v) sc[v] = 0.f;
+    if (valid) {
+      const uint4* krow = reinterpret_cast<const uint4*>(kv.keys + CacheOffset(kv, seq, key, kvh));
+#pragma unroll 4
+      for (int c = 0; c < chunks; ++c) {
+        const uint4 kk = krow[c];
+#pragma unroll
+        for (int v = 0; v < kMaxVectors; ++v) {
+          if (v >= G) break;
+          Dot8(kk, qs + v * D + 8 * c, sc[v]);
+        }
+      }
+    }
+    // The tile's values into this warp's shared rows (zeros past the last key).
+    for (int i = lane; i < 32 * chunks; i += 32) {
+      const int j = i / chunks, c = i - j * chunks;
+      uint4 vv = make_uint4(0, 0, 0, 0);
+      if (k0 + j <= pos) vv = *reinterpret_cast<const uint4*>(kv.values + CacheOffset(kv, seq, k0 + j, kvh) + 8 * c);
+      *reinterpret_cast<uint4*>(vw + j * D + 8 * c) = vv;
+    }
+    // Online softmax per query vector over this tile (lane 0's key k0 is always visible).
+    float p[kMaxVectors];
+#pragma unroll
+    for (int v = 0; v < kMaxVectors; ++v) {
+      if (v >= G) break;
+      const float s = valid ? sc[v] : -INFINITY;
+      const float m_new = fmaxf(m[v], WarpMax(s));
+      p[v] = __expf(s - m_new);
+      const float c = __expf(m[v] - m_new);
+      l[v] = l[v] * c + WarpSum(p[v]);
+      m[v] = m_new;
+#pragma unroll
+      for (int i = 0; i < kMaxDimPerLane; ++i) acc[v][i] *= c;
+    }
+    __syncwarp();
+    const int keys = min(32, pos - k0 + 1);
+    for (int j = 0; j < keys; ++j) {
+      float vd[kMaxDimPerLane];
+#pragma unroll
+      for (int i = 0; i < kMaxDimPerLane; ++i) {
+        const int d = lane + 32 * i;
+        vd[i] = d < D ? __bfloat162float(vw[j * D + d]) : 0.f;
+      }
+#pragma unroll
+      for (int v = 0; v < kMaxVectors; ++v) {
+        if (v >= G) break;
+        const float pj = __shfl_sync(0xffffffffu, p[v], j);
+#pragma unroll
+        for (int i = 0; i < kMaxDimPerLane; ++i) acc[v][i] += pj * vd[i];
+      }
+    }
+    __syncwarp();  // the next tile overwrites vw
+  }
+
+  // Merge the warps: acc of warp w, vector v, dimension d at pacc[(w * G + v) * D + d].
+  __syncthreads();  // every warp is done with its value rows
+  float* pacc = reinterpret_cast<float*>(vs);
+#pragma unroll
+  for (int v = 0; v < kMaxVectors; ++v) {
+    if (v >= G) break;
+    if (lane == 0) {
+      pm[warp * kMaxVectors + v] = m[v];
+      pl[warp * kMaxVectors + v] = l[v];
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxDimPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < D) pacc[(warp * G + v) * D + d] = acc[v][i];
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += kThreads) {
+    const int v = i / D, d = i - v * D;
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, pm[w * kMaxVectors + v]);
+    float L = 0.f, o = 0.f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float mw = pm[w * kMaxVectors + v];
+      if (mw == -INFINITY) continue;  // a warp that had no keys
+      const float f = __expf(mw - M);
+      L += pl[w * kMaxVectors + v] * f;
+      o += pacc[(w * G + v) * D + d] * f;
+    }
+    out[(row * heads + static_cast<int64_t>(kvh) * G + v) * D + d] = __float2bfloat16(o / L);
+  }
+}
+
+size_t DecodeSharedBytes(int64_t D) {
+  return sizeof(float) * kMaxVectors * D + sizeof(bf16) * kWarps * 32 * D + sizeof(float) * 2 * kWarps * kMaxVectors;
+}
+
+}  // namespace
+
+void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                           int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
+                           cudaStream_t s) {
+  // The merge area [4][G][D] float must fit in the value rows [4][32][D] bf16: G <= 16. Raised once
+  // to what head_dim 256 needs (not per launch: launches may be captured into a CUDA graph).
+  static const bool raised = [] {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(DecodeSharedBytes(256))));
+    return true;
+  }();
+  (void)raised;
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
+  DecodeAttentionKernel<<<grid, kThreads, DecodeSharedBytes(kv.head_dim), s>>>(q, row_seq, row_pos, tiles, heads, kv,
+                                                                                window, scale, out);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moe::gpu

@@ -1,0 +1,258 @@
+// Prefill attention on the tensor cores (flash-attention 2 style), for head_dim 64 or 128: one
+// block of 4 warps per (tile, KV head). A tile's rows x the G query heads of the KV head make up to
+// 64 query vectors; warp w owns vectors 16 w .. 16 w + 15 (one m16 MMA tile) for the whole key
+// range. Keys and values stream through shared memory 64 at a time, double-buffered with
+// cp.async; per key tile each warp computes S = Q K^T (mma.sync m16n8k16, bf16 in, float32
+// accumulate), masks it (causal, sliding window), updates its rows' online softmax (running max and
+// sum, in the exp2 domain), and adds P V with P taken straight from S's accumulator registers as
+// the A operand. Shared tiles are XOR-swizzled so every ldmatrix phase hits 8 bank groups.
+#include "kernels/attention_common.cuh"
+#include "kernels/cuda_check.h"
+
+namespace moe::gpu {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kVectors = 64;  // query vectors per block
+constexpr int kKeys = 64;     // keys per shared tile
+
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void CopyAsync(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void WaitAsync() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void LoadMatrixX4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void LoadMatrixX4Trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Element offset of 16-byte chunk c of row r in a swizzled [rows][D] tile.
+template <int D>
+__device__ __forceinline__ int Swizzle(int r, int c) {
+  return r * D + ((c ^ (r & 7)) << 3);
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q, const int32_t* row_seq,
+                                                                   const int32_t* row_pos, const int32_t* tiles,
+                                                                   int64_t heads, PagedKv kv, int64_t window,
+                                                                   float scale_log2, bf16* out) {
+  constexpr int kChunks = D / 8;                     // 16-byte chunks per row
+  constexpr int kRowsPerPass = kThreads / kChunks;   // rows one pass of the block's loads covers
+  const int64_t first = tiles[2 * blockIdx.x];
+  const int rows = tiles[2 * blockIdx.x + 1];
+  const int kvh = blockIdx.y, G = static_cast<int>(heads / kv.kv_heads), NQ = rows * G;
+  const int seq = row_seq[first], pos0 = row_pos[first], pos_last = pos0 + rows - 1;
+  const int lo = window > 0 ? max(0, pos0 - static_cast<int>(window) + 1) : 0;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, fr = lane >> 2, quad = lane & 3;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][D]
+  bf16* ks = qs + kVectors * D;              // [2][64][D]
+  bf16* vs = ks + 2 * kKeys * D;             // [2][64][D]
+
+  // This thread's chunk column and first row in every load pass.
+  const int lc = tid % kChunks, lr = tid / kChunks;
+  // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
+  for (int r = lr; r < kVectors; r += kRowsPerPass) {
+    const bool ok = r < NQ;
+    const bf16* src = ok ? q + ((first + r / G) * heads + static_cast<int64_t>(kvh) * G + r % G) * D + 8 * lc : q;
+    CopyAsync(SharedAddress(qs + Swizzle<D>(r, lc)), src, ok ? 16 : 0);
+  }
+  CommitAsync();
+  auto load_keys = [&](int buf, int k0) {
+    for (int r = lr; r < kKeys; r += kRowsPerPass) {
+      const int key = k0 + r;
+      const bool ok = key <= pos_last;
+      const int64_t off = ok ? CacheOffset(kv, seq, key, kvh) + 8 * lc : 0;
+      CopyAsync(SharedAddress(ks + buf * kKeys * D + Swizzle<D>(r, lc)), kv.keys + off, ok ? 16 : 0);
+      CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + off, ok ? 16 : 0);
+    }
+  };
+  load_keys(0, lo);
+  CommitAsync();
+  WaitAsync<1>();  // the queries
+  __syncthreads();
+
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    LoadMatrixX4(qf[kk], SharedAddress(qs + Swizzle<D>(16 * warp + (lane & 15), 2 * kk + (lane >> 4))));
+  }
+  // The positions of this lane's two query rows (fr and fr + 8 of the warp's 16 vectors).
+  int vpos[2];
+  bool vok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int v = 16 * warp + fr + 8 * h;
+    vok[h] = v < NQ;
+    vpos[h] = pos0 + v / G;
+  }
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+
+  int buf = 0;
+  for (int k0 = lo; k0 <= pos_last; k0 += kKeys, buf ^= 1) {
+    if (k0 + kKeys <= pos_last) load_keys(buf ^ 1, k0 + kKeys);
+    CommitAsync();
+    WaitAsync<1>();
+    __syncthreads();
+    const bf16* kb = ks + buf * kKeys * D;
+    const bf16* vb = vs + buf * kKeys * D;
+
+    float s[kKeys / 8][4];
+#pragma unroll
+    for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; n += 2) {
+        uint32_t b[4];
+        const int key = 8 * n + 8 * (lane >> 4) + (lane & 7);
+        LoadMatrixX4(b, SharedAddress(kb + Swizzle<D>(key, 2 * kk + ((lane >> 3) & 1))));
+        Mma(s[n], qf[kk], b[0], b[1]);
+        Mma(s[n + 1], qf[kk], b[2], b[3]);
+      }
+    }
+
+    // Mask, scale into the exp2 domain, online softmax of this lane's two rows.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+        for (int e = 2 * h; e < 2 * h + 2; ++e) {
+          const int key = k0 + 8 * n + 2 * quad + (e & 1);
+          const bool visible = vok[h] && key <= vpos[h] && (window <= 0 || key > vpos[h] - window);
+          s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
+          mx = fmaxf(mx, s[n][e]);
+        }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[h], mx);
+      // A row that has seen no visible key yet keeps m = -inf: its weights are 0, nothing to rescale.
+      const float c = m_new == -INFINITY ? 1.f : exp2f(m[h] - m_new);
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+        for (int e = 2 * h; e < 2 * h + 2; ++e) {
+          s[n][e] = m_new == -INFINITY ? 0.f : exp2f(s[n][e] - m_new);
+          sum += s[n][e];
+        }
+      l[h] = l[h] * c + sum;  // this lane's share; the quad's shares are added at the end
+      m[h] = m_new;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][2 * h] *= c;
+        o[n][2 * h + 1] *= c;
+      }
+    }
+
+    // O += P V: P's accumulator layout is the A operand's, 16 keys at a time.
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint32_t pa[4] = {PackBf16(s[2 * kk][0], s[2 * kk][1]), PackBf16(s[2 * kk][2], s[2 * kk][3]),
+                              PackBf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              PackBf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int n = 0; n < D / 8; n += 2) {
+        uint32_t b[4];
+        const int key = 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
+        LoadMatrixX4Trans(b, SharedAddress(vb + Swizzle<D>(key, n + (lane >> 4))));
+        Mma(o[n], pa, b[0], b[1]);
+        Mma(o[n + 1], pa, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // everyone is done with this buffer before the next iteration refills it
+  }
+  WaitAsync<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    if (!vok[h]) continue;
+    const int v = 16 * warp + fr + 8 * h;
+    const float inv = 1.f / l[h];
+    bf16* dst = out + ((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + 8 * n + 2 * quad) =
+          __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    }
+  }
+}
+
+template <int D>
+constexpr size_t SharedBytes() {
+  return sizeof(bf16) * (kVectors + 4 * kKeys) * D;
+}
+
+template <int D>
+void Launch(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles, int64_t num_tiles,
+            int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
+  static const bool raised = [] {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(PrefillAttentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(SharedBytes<D>())));
+    return true;
+  }();
+  (void)raised;
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
+  PrefillAttentionKernel<D><<<grid, kThreads, SharedBytes<D>(), s>>>(q, row_seq, row_pos, tiles, heads, kv, window,
+                                                                     scale * 1.4426950408889634f, out);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                               int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
+                               float scale, bf16* out, cudaStream_t s) {
+  const int64_t G = heads / kv.kv_heads;
+  if (max_rows * G > kVectors) return false;
+  if (kv.head_dim == 128) {
+    Launch<128>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    return true;
+  }
+  if (kv.head_dim == 64) {
+    Launch<64>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace moe::gpu
