@@ -251,7 +251,7 @@ int main(int argc, char** argv) {
 
   int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
   for (int64_t b : a.profile_batches) max_batch = std::max(max_batch, b);
-  const int runs_per_batch = a.variants ? 3 : 1;
+  const int runs_per_batch = a.variants ? 5 : 1;
   const int64_t max_len = a.context + runs_per_batch * (a.warmup + a.steps) + 2;
   gpu::GpuEngineOptions opts;
   opts.kv_tokens = std::max<int64_t>(max_batch * ((max_len + 15) / 16 * 16), a.prefill_tokens + 16);
@@ -291,17 +291,26 @@ int main(int argc, char** argv) {
   auto prefill = [&](const char* what) {
     bench.Prefill(a.prefill_tokens);  // warm-up (cuBLAS heuristics, first-touch allocations)
     std::vector<double> runs;
+    e->reset_host_times();
     for (int r = 0; r < a.prefill_runs; ++r) runs.push_back(bench.Prefill(a.prefill_tokens));
+    const gpu::GpuEngine::HostTimes ht = e->host_times();
+    const double hn = static_cast<double>(std::max<int64_t>(1, ht.steps));
     std::sort(runs.begin(), runs.end());
     const double ms = runs[runs.size() / 2];
     std::printf("prefill 1 x %lld (%s): %.2f ms (%.0f tokens/s)\n", static_cast<long long>(a.prefill_tokens), what,
                 ms, a.prefill_tokens / (ms / 1e3));
+    std::printf("    host per step: prepare %.3f  enqueue %.3f  wait %.3f  finish %.3f ms\n", ht.prepare_ms / hn,
+                ht.enqueue_ms / hn, ht.wait_ms / hn, ht.finish_ms / hn);
     std::fflush(stdout);
     return nlohmann::json{{"batch", 1},
                           {"tokens", a.prefill_tokens},
                           {"experts", what},
                           {"ms", ms},
                           {"runs_ms", runs},
+                          {"host_per_step", {{"prepare_ms", ht.prepare_ms / hn},
+                                             {"enqueue_ms", ht.enqueue_ms / hn},
+                                             {"wait_ms", ht.wait_ms / hn},
+                                             {"finish_ms", ht.finish_ms / hn}}},
                           {"tokens_per_s", a.prefill_tokens / (ms / 1e3)}};
   };
   const gpu::ExpertGemmTuning tuned;
@@ -334,13 +343,23 @@ int main(int argc, char** argv) {
     const double floor_ms = floor_bw > 0 ? floor_bytes / floor_bw * 1e3 : 0;
     auto measure = [&](const char* what) {
       bench.Decode(ids, a.warmup);
+      e->reset_host_times();
       const double ms = bench.Decode(ids, a.steps);
       const double per_step = ms / a.steps;
+      const gpu::GpuEngine::HostTimes ht = e->host_times();
+      const double n = static_cast<double>(std::max<int64_t>(1, ht.steps));
+      const nlohmann::json host = {{"prepare_ms", ht.prepare_ms / n},
+                                   {"enqueue_ms", ht.enqueue_ms / n},
+                                   {"wait_ms", ht.wait_ms / n},
+                                   {"finish_ms", ht.finish_ms / n}};
       std::printf("decode batch %4lld, context %lld (%s): %8.2f ms/step, %9.1f tokens/s (byte floor %.1f GB, %.2f ms)\n",
                   static_cast<long long>(B), static_cast<long long>(a.context), what, per_step,
                   B * a.steps / (ms / 1e3), floor_bytes / 1e9, floor_ms);
+      std::printf("    host per step: prepare %.3f  enqueue %.3f  wait %.3f  finish %.3f ms\n", ht.prepare_ms / n,
+                  ht.enqueue_ms / n, ht.wait_ms / n, ht.finish_ms / n);
       std::fflush(stdout);
-      return nlohmann::json{{"batch", B},
+      return nlohmann::json{{"host_per_step", host},
+                            {"batch", B},
                             {"context", a.context},
                             {"variant", what},
                             {"steps", a.steps},
@@ -360,6 +379,11 @@ int main(int argc, char** argv) {
       e->set_expert_tuning(blas);
       variants.push_back(measure("experts through cuBLAS (host sync per layer)"));
       e->set_expert_tuning(tuned);
+      e->set_dense_skinny_max_rows(0);
+      variants.push_back(measure("dense GEMMs all through cuBLAS"));
+      e->set_dense_skinny_max_rows(64);
+      variants.push_back(measure("dense GEMMs through skinny up to 64 rows"));
+      e->set_dense_skinny_max_rows(gpu::Gemm::kDefaultSkinnyMaxRows);
     }
     bench.Free(ids);
   }

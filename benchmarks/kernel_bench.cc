@@ -56,8 +56,8 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
     out["copy_bandwidth_gbps"] = 2.0 * bytes / (ms / 1e3) / 1e9;
   }
   {
-    // The experts' two matrices, 8 copies of each so that successive runs read from memory, not
-    // L2 (the cache holds 50 MB; one w13 is 235 MB at Mixtral-8x7B shape).
+    // The experts' two matrices and the dense ones, 8 copies of each so that successive runs read
+    // from memory, not L2 (the cache holds 50 MB; one w13 is 235 MB at Mixtral-8x7B shape).
     const int64_t H = c.hidden_size, I = c.intermediate_size;
     constexpr int kCopies = 8;
     gpu::Gemm gemm(s);
@@ -67,8 +67,12 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       gpu::SkinnyEpilogue epi;
       int64_t out_cols;
     };
+    const int64_t qkvd = c.q_dim() + 2 * c.kv_dim();
     const Shape shapes[] = {{"w13_swiglu", I, H, gpu::SkinnyEpilogue::kSwiGluBf16, I},
-                            {"w2", H, I, gpu::SkinnyEpilogue::kStoreBf16, H}};
+                            {"w2", H, I, gpu::SkinnyEpilogue::kStoreBf16, H},
+                            {"qkv", qkvd, H, gpu::SkinnyEpilogue::kStoreBf16, qkvd},
+                            {"o_proj", H, c.q_dim(), gpu::SkinnyEpilogue::kStoreBf16, H},
+                            {"lm_head", c.vocab_size, H, gpu::SkinnyEpilogue::kStoreBf16, c.vocab_size}};
     nlohmann::json rows = nlohmann::json::array();
     for (const Shape& sh : shapes) {
       const int64_t wrows = sh.epi == gpu::SkinnyEpilogue::kSwiGluBf16 ? 2 * sh.N : sh.N;
@@ -79,7 +83,7 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       gpu::DeviceBuffer<bf16> x(static_cast<size_t>(kMaxRows * sh.K)), y(static_cast<size_t>(kMaxRows * 2 * sh.N));
       gpu::FillNormal(x.get(), kMaxRows * sh.K, 8, 2, 0.f, 1.f, s);
       const double wbytes = 2.0 * welems;
-      for (int64_t M : {1, 2, 8, 16, 32, 64}) {
+      for (int64_t M : {1, 8, 16, 32, 64}) {
         gpu::SkinnyGroups g;
         g.rows = M;
         const int splits = gpu::SkinnySplits(sh.N, sh.K, sh.epi, 1);
@@ -99,12 +103,12 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
                         {"skinny_gbps", wbytes / (skinny / 1e3) / 1e9},
                         {"cublas_us", blas * 1e3},
                         {"cublas_gbps", wbytes / (blas / 1e3) / 1e9}});
-        std::printf("kernel %-10s rows %2lld: skinny %7.1f us (%6.0f GB/s)  cuBLAS %7.1f us (%6.0f GB/s)\n", sh.name,
+        std::printf("gemm %-10s rows %2lld: skinny %7.1f us (%6.0f GB/s)  cuBLAS %7.1f us (%6.0f GB/s)\n", sh.name,
                     static_cast<long long>(M), skinny * 1e3, wbytes / (skinny / 1e3) / 1e9, blas * 1e3,
                     wbytes / (blas / 1e3) / 1e9);
       }
     }
-    out["expert_gemms"] = rows;
+    out["gemms"] = rows;
   }
   {
     // Attention alone: decode rows at batch 1 and 64 over 128- and 1024-token contexts, and a

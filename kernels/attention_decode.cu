@@ -2,10 +2,13 @@
 // keys. One block of 4 warps per (row, KV head); each warp takes its own 32-key tiles (keys
 // lo + 32 w, lo + 32 (w + 4), ...) with a private online softmax, so the four warps load four
 // tiles at once and never wait for each other; their partial results merge at the end.
-//   scores: lane j holds key j: it reads the key straight from the cache (16-byte loads) and dots
-//           it with the G query vectors (float, pre-scaled, in shared memory);
-//   values: the warp stages its 32 value rows in shared memory; lane l accumulates dimensions
-//           l, l + 32, ... of every query vector, taking each key's weight from lane j by shuffle.
+//   loads:  a warp's 32 keys and 32 values go to its own shared rows with cp.async, all of them in
+//           flight at once (no load waits on another);
+//   scores: lane j takes key j (its row read back as 16-byte chunks; the chunk order is rotated
+//           per key so the lanes of a phase hit different banks) and dots it with the G query
+//           vectors (float, pre-scaled, in shared memory);
+//   values: lane l accumulates dimensions l, l + 32, ... of every query vector, taking each key's
+//           weight from lane j by shuffle.
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/reduce.cuh"
@@ -28,8 +31,18 @@ __device__ __forceinline__ void Dot8(const uint4& u, const float* q, float& acc)
   acc += a.x * k0.x + a.y * k0.y + a.z * k1.x + a.w * k1.y + b.x * k2.x + b.y * k2.y + b.z * k3.x + b.w * k3.y;
 }
 
-// Shared memory: q [G][D] float; values [4 warps][32][D] bf16 (after the loop, the warps' partial
-// accumulators [4][G][D] float reuse it); m, l [4][G].
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void CopyAsync(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void WaitAllAsync() { asm volatile("cp.async.wait_all;\n" ::); }
+
+// Shared memory: q [G][D] float; per warp keys [32][D] and values [32][D] bf16 (after the loop,
+// the warps' partial accumulators [4][G][D] float reuse them); m, l [4][G].
+// Key j's chunk c sits at chunk position (c + j) % chunks, so 8 lanes reading the same logical
+// chunk of 8 different keys touch 8 different 16-byte bank groups.
 __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q, const int32_t* row_seq,
                                                                   const int32_t* row_pos, const int32_t* tiles,
                                                                   int64_t heads, PagedKv kv, int64_t window,
@@ -42,8 +55,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* qs = reinterpret_cast<float*>(smem_raw);                       // [G][D]
-  bf16* vs = reinterpret_cast<bf16*>(qs + kMaxVectors * D);             // [kWarps][32][D]
-  float* pm = reinterpret_cast<float*>(vs + kWarps * 32 * D);           // [kWarps][G]
+  bf16* kvs = reinterpret_cast<bf16*>(qs + kMaxVectors * D);            // [kWarps][2][32][D]
+  float* pm = reinterpret_cast<float*>(kvs + kWarps * 2 * 32 * D);      // [kWarps][G]
   float* pl = pm + kWarps * kMaxVectors;                                // [kWarps][G]
   const bf16* qrow = q + (row * heads + static_cast<int64_t>(kvh) * G) * D;  // G heads, contiguous
   for (int i = tid; i < G * D; i += kThreads) qs[i] = __bfloat162float(qrow[i]) * scale;
@@ -57,32 +70,35 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
 #pragma unroll
     for (int i = 0; i < kMaxDimPerLane; ++i) acc[v][i] = 0.f;
   }
-  bf16* vw = vs + warp * 32 * D;
+  bf16* kw = kvs + warp * 2 * 32 * D;
+  bf16* vw = kw + 32 * D;
   for (int k0 = lo + 32 * warp; k0 <= pos; k0 += 32 * kWarps) {
-    const int key = k0 + lane;
-    const bool valid = key <= pos;
+    // This tile's keys and values into the warp's rows, every copy in flight at once; rows past
+    // the last key are zeros.
+    const int keys = min(32, pos - k0 + 1);
+    for (int i = lane; i < 32 * chunks; i += 32) {
+      const int j = i / chunks, c = i - j * chunks;
+      const bool ok = j < keys;
+      const int64_t off = ok ? CacheOffset(kv, seq, k0 + j, kvh) + 8 * c : 0;
+      const int slot = j * D + 8 * ((c + j) % chunks);
+      CopyAsync(SharedAddress(kw + slot), kv.keys + off, ok ? 16 : 0);
+      CopyAsync(SharedAddress(vw + j * D + 8 * c), kv.values + off, ok ? 16 : 0);
+    }
+    WaitAllAsync();
+    __syncwarp();
+
     // Scores of this lane's key.
+    const bool valid = lane < keys;
     float sc[kMaxVectors];
 #pragma unroll
     for (int v = 0; v < kMaxVectors; ++v) sc[v] = 0.f;
-    if (valid) {
-      const uint4* krow = reinterpret_cast<const uint4*>(kv.keys + CacheOffset(kv, seq, key, kvh));
-#pragma unroll 4
-      for (int c = 0; c < chunks; ++c) {
-        const uint4 kk = krow[c];
+    for (int c = 0; c < chunks; ++c) {
+      const uint4 kk = *reinterpret_cast<const uint4*>(kw + lane * D + 8 * ((c + lane) % chunks));
 #pragma unroll
-        for (int v = 0; v < kMaxVectors; ++v) {
-          if (v >= G) break;
-          Dot8(kk, qs + v * D + 8 * c, sc[v]);
-        }
+      for (int v = 0; v < kMaxVectors; ++v) {
+        if (v >= G) break;
+        Dot8(kk, qs + v * D + 8 * c, sc[v]);
       }
-    }
-    // The tile's values into this warp's shared rows (zeros past the last key).
-    for (int i = lane; i < 32 * chunks; i += 32) {
-      const int j = i / chunks, c = i - j * chunks;
-      uint4 vv = make_uint4(0, 0, 0, 0);
-      if (k0 + j <= pos) vv = *reinterpret_cast<const uint4*>(kv.values + CacheOffset(kv, seq, k0 + j, kvh) + 8 * c);
-      *reinterpret_cast<uint4*>(vw + j * D + 8 * c) = vv;
     }
     // Online softmax per query vector over this tile (lane 0's key k0 is always visible).
     float p[kMaxVectors];
@@ -98,8 +114,6 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
 #pragma unroll
       for (int i = 0; i < kMaxDimPerLane; ++i) acc[v][i] *= c;
     }
-    __syncwarp();
-    const int keys = min(32, pos - k0 + 1);
     for (int j = 0; j < keys; ++j) {
       float vd[kMaxDimPerLane];
 #pragma unroll
@@ -115,12 +129,12 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
         for (int i = 0; i < kMaxDimPerLane; ++i) acc[v][i] += pj * vd[i];
       }
     }
-    __syncwarp();  // the next tile overwrites vw
+    __syncwarp();  // the next tile overwrites the warp's rows
   }
 
   // Merge the warps: acc of warp w, vector v, dimension d at pacc[(w * G + v) * D + d].
-  __syncthreads();  // every warp is done with its value rows
-  float* pacc = reinterpret_cast<float*>(vs);
+  __syncthreads();  // every warp is done with its rows
+  float* pacc = reinterpret_cast<float*>(kvs);
 #pragma unroll
   for (int v = 0; v < kMaxVectors; ++v) {
     if (v >= G) break;
@@ -152,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
 }
 
 size_t DecodeSharedBytes(int64_t D) {
-  return sizeof(float) * kMaxVectors * D + sizeof(bf16) * kWarps * 32 * D + sizeof(float) * 2 * kWarps * kMaxVectors;
+  return sizeof(float) * kMaxVectors * D + sizeof(bf16) * kWarps * 2 * 32 * D + sizeof(float) * 2 * kWarps * kMaxVectors;
 }
 
 }  // namespace
@@ -160,7 +174,7 @@ size_t DecodeSharedBytes(int64_t D) {
 void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                            int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
                            cudaStream_t s) {
-  // The merge area [4][G][D] float must fit in the value rows [4][32][D] bf16: G <= 16. Raised once
+  // The merge area [4][G][D] float fits in the key and value rows [4][2][32][D] bf16. Raised once
   // to what head_dim 256 needs (not per launch: launches may be captured into a CUDA graph).
   static const bool raised = [] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(DecodeAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -33,7 +33,7 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   // Rows up to which dense products take the skinny kernel (0: always cuBLAS).
-  static constexpr int64_t kDefaultSkinnyMaxRows = 64;
+  static constexpr int64_t kDefaultSkinnyMaxRows = 16;
   void set_skinny_max_rows(int64_t rows) { skinny_max_rows_ = rows; }
   int64_t skinny_max_rows() const { return skinny_max_rows_; }
   // Sizes the split-K workspace for a product of M rows, so that the product allocates nothing

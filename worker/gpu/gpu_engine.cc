@@ -158,13 +158,23 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelC
 }
 
 absl::StatusOr<StepOutput> GpuEngine::Step(const std::vector<SequenceChunk>& chunks) {
+  host_clock_ = HostClock::now();
   StepOutput out;
   MOE_ASSIGN_OR_RETURN(out.global_rows, BeginStep(config_, comm_, kv_, chunks));
   if (out.global_rows == 0) return out;
   Forward(chunks, out);
   AdvanceLengths(kv_, chunks);
   if (opts_.collect_load_stats) stats_.FinishStep(comm_);
+  host_times_.finish_ms += LapMs();
+  ++host_times_.steps;
   return out;
+}
+
+double GpuEngine::LapMs() {
+  const HostClock::time_point now = HostClock::now();
+  const double ms = std::chrono::duration<double, std::milli>(now - host_clock_).count();
+  host_clock_ = now;
+  return ms;
 }
 
 namespace {
@@ -255,6 +265,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   const bool local = comm_.size() == 1 && !opts_.force_host_staging;
   const bool count_experts = opts_.collect_load_stats && local;
   const bool graph = opts_.cuda_graphs && moe_->DeviceOnly(T) && !profiler_.enabled() && !opts_.record_routing;
+  host_times_.prepare_ms += LapMs();
   if (graph) {
     auto it = graphs_.find(sh.key());
     if (it == graphs_.end()) {
@@ -281,7 +292,9 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   } else {
     Enqueue(sh, count_experts);
   }
+  host_times_.enqueue_ms += LapMs();
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
+  host_times_.wait_ms += LapMs();
 
   if (count_experts) {
     std::vector<int64_t> counts(static_cast<size_t>(E));

@@ -30,6 +30,7 @@
 
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -115,8 +116,20 @@ class GpuEngine final : public StepEngine {
 
   // Tuning, between steps (benchmarks compare the choices; the defaults are the measured best).
   void set_cuda_graphs(bool on);
-  void set_dense_skinny_max_rows(int64_t rows) { gemm_.set_skinny_max_rows(rows); }
+  void set_dense_skinny_max_rows(int64_t rows) {
+    gemm_.set_skinny_max_rows(rows);
+    DropGraphs();  // the captured steps hold the old choice
+  }
   void set_expert_tuning(const ExpertGemmTuning& t);
+  // Where a step's wall-clock time goes on the host, summed over steps: validation, KV
+  // reservation and input assembly; enqueueing (or launching the graph); waiting for the device;
+  // after it (logits into the output, load statistics, KV lengths).
+  struct HostTimes {
+    double prepare_ms = 0, enqueue_ms = 0, wait_ms = 0, finish_ms = 0;
+    int64_t steps = 0;
+  };
+  const HostTimes& host_times() const { return host_times_; }
+  void reset_host_times() { host_times_ = HostTimes{}; }
   // Graphs captured so far (tests check that decode replays them).
   int64_t graphs_captured() const { return graphs_captured_; }
   int64_t graph_launches() const { return graph_launches_; }
@@ -143,6 +156,8 @@ class GpuEngine final : public StepEngine {
   // Enqueues the step's device work: input upload, forward, logits (and expert counts) download.
   void Enqueue(const StepShape& shape, bool count_experts);
   void DropGraphs();
+  using HostClock = std::chrono::steady_clock;
+  double LapMs();  // ms since the last lap (or the step's start), and starts the next
 
   ModelConfig config_;
   Communicator& comm_;
@@ -175,6 +190,8 @@ class GpuEngine final : public StepEngine {
   // Captured steps by shape.
   std::map<std::vector<int64_t>, cudaGraphExec_t> graphs_;
   int64_t graphs_captured_ = 0, graph_launches_ = 0;
+  HostTimes host_times_;
+  HostClock::time_point host_clock_;
 };
 
 }  // namespace moe::gpu

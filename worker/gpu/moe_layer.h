@@ -60,7 +60,7 @@ namespace moe::gpu {
 struct ExpertGemmTuning {
   // The skinny grouped kernel while the routed rows per local expert average at most this (the
   // decode regime); above it cuBLAS. 0: always cuBLAS.
-  int64_t skinny_max_rows_per_expert = 64;
+  int64_t skinny_max_rows_per_expert = 48;
   // Above it, how cuBLAS runs the experts (with many rows per expert: prefill):
   enum class Blas {
     kConcurrent,  // one GEMM per expert, the experts on separate streams so their grids overlap
