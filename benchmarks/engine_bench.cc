@@ -251,7 +251,7 @@ int main(int argc, char** argv) {
 
   int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
   for (int64_t b : a.profile_batches) max_batch = std::max(max_batch, b);
-  const int runs_per_batch = a.variants ? 5 : 1;
+  const int runs_per_batch = a.variants ? 6 : 1;
   const int64_t max_len = a.context + runs_per_batch * (a.warmup + a.steps) + 2;
   gpu::GpuEngineOptions opts;
   opts.kv_tokens = std::max<int64_t>(max_batch * ((max_len + 15) / 16 * 16), a.prefill_tokens + 16);
@@ -384,6 +384,9 @@ int main(int argc, char** argv) {
       e->set_dense_skinny_max_rows(64);
       variants.push_back(measure("dense GEMMs through skinny up to 64 rows"));
       e->set_dense_skinny_max_rows(gpu::Gemm::kDefaultSkinnyMaxRows);
+      e->set_programmatic_launch(false);
+      variants.push_back(measure("no programmatic dependent launch"));
+      e->set_programmatic_launch(true);
     }
     bench.Free(ids);
   }

@@ -4,6 +4,7 @@
 // other head dims, to the CUDA-core tiled kernel below.
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/kernels.h"
 #include "kernels/reduce.cuh"
 
@@ -25,6 +26,7 @@ constexpr int kWideVectors = 64, kWideSlots = 32;
 
 __global__ void WriteKvKernel(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t* row_pos,
                               PagedKv kv) {
+  PdlGate();
   const int64_t r = blockIdx.x, width = kv.kv_heads * kv.head_dim;
   const int64_t dst = CacheOffset(kv, row_seq[r], row_pos[r], 0);
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
@@ -39,6 +41,7 @@ __global__ void WriteKvKernel(const bf16* k, const bf16* v, const int32_t* row_s
 // every head.
 __global__ void QkvRopeKvKernel(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t heads,
                                 const double* inv_freq, PagedKv kv, bf16* q_out) {
+  PdlGate();
   const int64_t t = blockIdx.x, D = kv.head_dim, half = D / 2, kvh = kv.kv_heads;
   const bf16* src = qkv + t * (heads + 2 * kvh) * D;
   const int pos = row_pos[t];
@@ -83,6 +86,7 @@ __global__ void __launch_bounds__(kThreads) AttentionKernel(const bf16* q, const
                                                             const int32_t* row_pos, const int32_t* tiles,
                                                             int64_t heads, PagedKv kv, int64_t window, float scale,
                                                             bf16* out) {
+  PdlGate();
   constexpr int kScoreSlots = kVectors / kWarps;
   const int64_t first = tiles[2 * blockIdx.x], rows = tiles[2 * blockIdx.x + 1];
   const int64_t kvh = blockIdx.y, D = kv.head_dim, G = heads / kv.kv_heads;
@@ -238,7 +242,7 @@ void LaunchAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_p
   (void)raised;
   if (shared > kMaxAttentionSharedBytes) throw std::invalid_argument("PagedAttention: tile too large");
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
-  AttentionKernel<kVectors, kSlots><<<grid, kThreads, shared, s>>>(q, row_seq, row_pos, tiles, heads, kv, window,
+  Launch(AttentionKernel<kVectors, kSlots>, grid, kThreads, shared, s, q, row_seq, row_pos, tiles, heads, kv, window,
                                                                    scale, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
@@ -253,7 +257,7 @@ int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim) {
 void WriteKv(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t* row_pos, int64_t rows,
              const PagedKv& kv, cudaStream_t s) {
   if (rows == 0) return;
-  WriteKvKernel<<<static_cast<unsigned>(rows), 128, 0, s>>>(k, v, row_seq, row_pos, kv);
+  Launch(WriteKvKernel, static_cast<unsigned>(rows), 128, 0, s, k, v, row_seq, row_pos, kv);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -261,7 +265,7 @@ void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, 
                const double* inv_freq, const PagedKv& kv, bf16* q_out, cudaStream_t s) {
   if (T == 0) return;
   const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, kv.head_dim / 2)));
-  QkvRopeKvKernel<<<static_cast<unsigned>(T), threads, 0, s>>>(qkv, row_seq, row_pos, heads, inv_freq, kv, q_out);
+  Launch(QkvRopeKvKernel, static_cast<unsigned>(T), threads, 0, s, qkv, row_seq, row_pos, heads, inv_freq, kv, q_out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -11,6 +11,7 @@
 //           weight from lane j by shuffle.
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/reduce.cuh"
 
 #include <algorithm>
@@ -47,6 +48,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
                                                                   const int32_t* row_pos, const int32_t* tiles,
                                                                   int64_t heads, PagedKv kv, int64_t window,
                                                                   float scale, bf16* out) {
+  PdlGate();
   const int64_t row = tiles[2 * blockIdx.x];
   const int kvh = blockIdx.y, D = static_cast<int>(kv.head_dim), G = static_cast<int>(heads / kv.kv_heads);
   const int seq = row_seq[row], pos = row_pos[row];
@@ -76,10 +78,12 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
     // This tile's keys and values into the warp's rows, every copy in flight at once; rows past
     // the last key are zeros.
     const int keys = min(32, pos - k0 + 1);
+    // Lane j looks its key up in the block table (32 lookups at once), the copies take it by shuffle.
+    const long long key_off = lane < keys ? CacheOffset(kv, seq, k0 + lane, kvh) : 0;
     for (int i = lane; i < 32 * chunks; i += 32) {
       const int j = i / chunks, c = i - j * chunks;
       const bool ok = j < keys;
-      const int64_t off = ok ? CacheOffset(kv, seq, k0 + j, kvh) + 8 * c : 0;
+      const int64_t off = __shfl_sync(0xffffffffu, key_off, j) + (ok ? 8 * c : 0);
       const int slot = j * D + 8 * ((c + j) % chunks);
       CopyAsync(SharedAddress(kw + slot), kv.keys + off, ok ? 16 : 0);
       CopyAsync(SharedAddress(vw + j * D + 8 * c), kv.values + off, ok ? 16 : 0);
@@ -183,7 +187,7 @@ void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t*
   }();
   (void)raised;
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
-  DecodeAttentionKernel<<<grid, kThreads, DecodeSharedBytes(kv.head_dim), s>>>(q, row_seq, row_pos, tiles, heads, kv,
+  Launch(DecodeAttentionKernel, grid, kThreads, DecodeSharedBytes(kv.head_dim), s, q, row_seq, row_pos, tiles, heads, kv,
                                                                                 window, scale, out);
   MOE_CUDA_CHECK_LAUNCH();
 }

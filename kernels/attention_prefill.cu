@@ -8,6 +8,7 @@
 // the A operand. Shared tiles are XOR-swizzled so every ldmatrix phase hits 8 bank groups.
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 
 namespace moe::gpu {
 namespace {
@@ -60,6 +61,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
                                                                    const int32_t* row_pos, const int32_t* tiles,
                                                                    int64_t heads, PagedKv kv, int64_t window,
                                                                    float scale_log2, bf16* out) {
+  PdlGate();
   constexpr int kChunks = D / 8;                     // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kChunks;   // rows one pass of the block's loads covers
   const int64_t first = tiles[2 * blockIdx.x];
@@ -84,12 +86,19 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   }
   CommitAsync();
   auto load_keys = [&](int buf, int k0) {
-    for (int r = lr; r < kKeys; r += kRowsPerPass) {
-      const int key = k0 + r;
-      const bool ok = key <= pos_last;
-      const int64_t off = ok ? CacheOffset(kv, seq, key, kvh) + 8 * lc : 0;
-      CopyAsync(SharedAddress(ks + buf * kKeys * D + Swizzle<D>(r, lc)), kv.keys + off, ok ? 16 : 0);
-      CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + off, ok ? 16 : 0);
+    constexpr int kPasses = kKeys / kRowsPerPass;
+    int64_t off[kPasses];  // the block-table lookups first, all in flight together
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int key = k0 + lr + kRowsPerPass * i;
+      off[i] = key <= pos_last ? CacheOffset(kv, seq, key, kvh) + 8 * lc : -1;
+    }
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = lr + kRowsPerPass * i;
+      const bool ok = off[i] >= 0;
+      CopyAsync(SharedAddress(ks + buf * kKeys * D + Swizzle<D>(r, lc)), kv.keys + (ok ? off[i] : 0), ok ? 16 : 0);
+      CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + (ok ? off[i] : 0), ok ? 16 : 0);
     }
   };
   load_keys(0, lo);
@@ -223,7 +232,7 @@ constexpr size_t SharedBytes() {
 }
 
 template <int D>
-void Launch(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles, int64_t num_tiles,
+void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles, int64_t num_tiles,
             int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
   static const bool raised = [] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(PrefillAttentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -232,7 +241,7 @@ void Launch(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const
   }();
   (void)raised;
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
-  PrefillAttentionKernel<D><<<grid, kThreads, SharedBytes<D>(), s>>>(q, row_seq, row_pos, tiles, heads, kv, window,
+  Launch(PrefillAttentionKernel<D>, grid, kThreads, SharedBytes<D>(), s, q, row_seq, row_pos, tiles, heads, kv, window,
                                                                      scale * 1.4426950408889634f, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
@@ -245,11 +254,11 @@ bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int3
   const int64_t G = heads / kv.kv_heads;
   if (max_rows * G > kVectors) return false;
   if (kv.head_dim == 128) {
-    Launch<128>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
     return true;
   }
   if (kv.head_dim == 64) {
-    Launch<64>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
     return true;
   }
   return false;

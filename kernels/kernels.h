@@ -14,6 +14,10 @@ namespace moe::gpu {
 
 using bf16 = __nv_bfloat16;
 
+// Whether kernels launch with programmatic dependent launch (kernels/launch.cuh; default on).
+bool ProgrammaticLaunch();
+void SetProgrammaticLaunch(bool on);
+
 // out[t, :] = float(table[ids[t], :]). table: [V, H].
 void EmbeddingGather(const bf16* table, const int32_t* ids, int64_t T, int64_t H, float* out, cudaStream_t s);
 

@@ -1,4 +1,5 @@
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/kernels.h"
 
 namespace moe::gpu {
@@ -6,6 +7,7 @@ namespace {
 
 // 16-byte copies when rows allow it (H a multiple of 8 bf16 and aligned buffers).
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t H, bf16* out) {
+  PdlGate();
   const int64_t r = blockIdx.x;
   const bf16* from = x + static_cast<int64_t>(src_row[r]) * H;
   bf16* to = out + r * H;
@@ -22,6 +24,7 @@ __global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t 
 // which rank computed which slot), added into the float residual.
 __global__ void CombineAddKernel(const bf16* y, const int32_t* position, const float* weight, int64_t k,
                                  int64_t H, float* residual) {
+  PdlGate();
   const int64_t t = blockIdx.x;
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
     float acc = 0.f;
@@ -37,6 +40,7 @@ __global__ void CombineAddKernel(const bf16* y, const int32_t* position, const f
 __global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x,
                                     int64_t x_ld, bf16* y, int64_t y_ld, const bf16** w_out, const bf16** x_out,
                                     bf16** y_out) {
+  PdlGate();
   const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (g >= G || offsets[g + 1] == offsets[g]) return;
   int64_t idx = 0;
@@ -51,21 +55,21 @@ __global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf1
 void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x, int64_t x_ld, bf16* y,
                    int64_t y_ld, const bf16** w_out, const bf16** x_out, bf16** y_out, cudaStream_t s) {
   if (G == 0) return;
-  GroupPointersKernel<<<static_cast<unsigned>((G + 255) / 256), 256, 0, s>>>(offsets, G, weights, x, x_ld, y, y_ld,
+  Launch(GroupPointersKernel, static_cast<unsigned>((G + 255) / 256), 256, 0, s, offsets, G, weights, x, x_ld, y, y_ld,
                                                                              w_out, x_out, y_out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s) {
   if (R == 0) return;
-  GatherRowsKernel<<<static_cast<unsigned>(R), 128, 0, s>>>(x, src_row, H, out);
+  Launch(GatherRowsKernel, static_cast<unsigned>(R), 128, 0, s, x, src_row, H, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
                 float* residual, cudaStream_t s) {
   if (T == 0) return;
-  CombineAddKernel<<<static_cast<unsigned>(T), 256, 0, s>>>(y, position, weight, k, H, residual);
+  Launch(CombineAddKernel, static_cast<unsigned>(T), 256, 0, s, y, position, weight, k, H, residual);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,4 +1,5 @@
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/kernels.h"
 #include "kernels/reduce.cuh"
 
@@ -8,6 +9,7 @@ namespace {
 // One block per row: add the delta into the float residual, then normalise it into bf16.
 __global__ void AddRmsNormKernel(float* residual, const float* delta, const bf16* weight, int64_t H, float eps,
                                  bf16* out) {
+  PdlGate();
   const int64_t t = blockIdx.x;
   float* x = residual + t * H;
   float ss = 0.f;
@@ -30,7 +32,7 @@ __global__ void AddRmsNormKernel(float* residual, const float* delta, const bf16
 void AddRmsNorm(float* residual, const float* delta, const bf16* weight, int64_t T, int64_t H, float eps, bf16* out,
                 cudaStream_t s) {
   if (T == 0) return;
-  AddRmsNormKernel<<<static_cast<unsigned>(T), 256, 0, s>>>(residual, delta, weight, H, eps, out);
+  Launch(AddRmsNormKernel, static_cast<unsigned>(T), 256, 0, s, residual, delta, weight, H, eps, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

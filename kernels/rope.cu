@@ -1,4 +1,5 @@
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/kernels.h"
 
 namespace moe::gpu {
@@ -8,6 +9,7 @@ namespace {
 // long contexts a float angle loses the low frequencies) and rotates that pair in every head.
 __global__ void RopeKernel(bf16* x, const int32_t* positions, int64_t heads, int64_t head_dim,
                            const double* inv_freq) {
+  PdlGate();
   const int64_t t = blockIdx.x, half = head_dim / 2;
   const double pos = static_cast<double>(positions[t]);
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
@@ -28,7 +30,7 @@ __global__ void RopeKernel(bf16* x, const int32_t* positions, int64_t heads, int
 void Rope(bf16* x, const int32_t* positions, int64_t T, int64_t heads, int64_t head_dim, const double* inv_freq,
           cudaStream_t s) {
   if (T == 0) return;
-  RopeKernel<<<static_cast<unsigned>(T), 64, 0, s>>>(x, positions, heads, head_dim, inv_freq);
+  Launch(RopeKernel, static_cast<unsigned>(T), 64, 0, s, x, positions, heads, head_dim, inv_freq);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

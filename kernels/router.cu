@@ -1,4 +1,5 @@
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/kernels.h"
 
 #include <stdexcept>
@@ -36,6 +37,7 @@ __device__ void TopKOne(const float* z, int64_t E, int64_t k, int32_t* experts, 
 
 __global__ void RouterTopKKernel(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
                                  float* weights) {
+  PdlGate();
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= T) return;
   TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
@@ -49,6 +51,7 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float
                                                                      int64_t k, int32_t* experts, float* weights,
                                                                      int32_t* src_row, int32_t* position,
                                                                      int32_t* offsets, int32_t* count_accum) {
+  PdlGate();
   extern __shared__ int32_t smem[];
   int32_t* warp_count = smem;                    // [kGroupWarps][E]
   int32_t* running = warp_count + kGroupWarps * E;  // [E]
@@ -105,7 +108,7 @@ void RouterTopK(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* e
                 cudaStream_t s) {
   if (T == 0) return;
   if (E > kMaxExperts || k > E) throw std::invalid_argument("RouterTopK: need k <= E <= 256");
-  RouterTopKKernel<<<static_cast<unsigned>((T + 127) / 128), 128, 0, s>>>(logits, T, E, k, experts, weights);
+  Launch(RouterTopKKernel, static_cast<unsigned>((T + 127) / 128), 128, 0, s, logits, T, E, k, experts, weights);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -115,7 +118,7 @@ void RouteAndGroup(const float* logits, int64_t T, int64_t E, int64_t k, int32_t
   if (T * k > (int64_t{1} << 30)) throw std::invalid_argument("RouteAndGroup: too many rows");
   const size_t shared = sizeof(int32_t) * static_cast<size_t>(kGroupWarps * E + 2 * E + 1);
   // T = 0 still runs: the offsets (all zero) are read by the grouped GEMMs.
-  RouteAndGroupKernel<<<1, kGroupThreads, shared, s>>>(logits, T, E, k, experts, weights, src_row, position,
+  Launch(RouteAndGroupKernel, 1, kGroupThreads, shared, s, logits, T, E, k, experts, weights, src_row, position,
                                                        offsets, count_accum);
   MOE_CUDA_CHECK_LAUNCH();
 }

@@ -20,6 +20,7 @@
 // A group with more rows than the 8 * NT one pass holds takes several passes over its weights
 // (the later ones mostly from L2); the host picks NT from the expected rows per group.
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/kernels.h"
 
 #include <algorithm>
@@ -89,6 +90,10 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
   constexpr int kTokens = 8 * NT;
   constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
   const int g = blockIdx.y;
+  // Programmatic launch: a grouped product reads its row split (made on the device) at once, so it
+  // waits for the previous kernel first; a dense one streams its first weight tiles before waiting.
+  bool gated = groups.offsets != nullptr;
+  if (gated) PdlGate();
   int row0 = 0, rows = static_cast<int>(groups.rows);
   if (groups.offsets != nullptr) {
     row0 = groups.offsets[g];
@@ -132,6 +137,26 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
 
   for (int c0 = 0; c0 < rows; c0 += kTokens) {
     const int crows = min(kTokens, rows - c0);
+    auto load_weights = [&](int slot, int step) {
+      if (step >= s_end) return;
+      const int k = step * kBk + 8 * chunk;
+      const bool kin = k < K;
+      bf16* sws = sw + slot * kRows * kBk;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int r = (tid >> 3) + 16 * j;
+        const bool ok = kin && wrow[j] >= 0;
+        const bf16* src = ok ? w + static_cast<int64_t>(wrow[j]) * K + k : w;
+        CopyAsync(SharedAddress(sws + Swizzle(r, chunk)), src, ok ? 16 : 0);
+      }
+    };
+    __syncthreads();  // the previous pass's readers are done with every slot
+    if (!gated) {
+      // The first weight tiles are static: in flight before the wait (they join stage 0's group).
+#pragma unroll
+      for (int s = 0; s < kStages - 1; ++s) load_weights(s, s_begin + s);
+      PdlGate();
+    }
     const bf16* xrow[kXLoads];
     int xtok[kXLoads];
 #pragma unroll
@@ -142,18 +167,10 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
       const int src = groups.row_index != nullptr ? groups.row_index[r] : r;
       xrow[j] = x + static_cast<int64_t>(src) * K;
     }
-    auto load_stage = [&](int slot, int step) {
+    auto load_tokens = [&](int slot, int step) {
       if (step < s_end) {
         const int k = step * kBk + 8 * chunk;
         const bool kin = k < K;
-        bf16* sws = sw + slot * kRows * kBk;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const int r = (tid >> 3) + 16 * j;
-          const bool ok = kin && wrow[j] >= 0;
-          const bf16* src = ok ? w + static_cast<int64_t>(wrow[j]) * K + k : w;
-          CopyAsync(SharedAddress(sws + Swizzle(r, chunk)), src, ok ? 16 : 0);
-        }
         bf16* sxs = sx + slot * kTokens * kBk;
 #pragma unroll
         for (int j = 0; j < kXLoads; ++j) {
@@ -164,6 +181,10 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
       }
       CommitAsync();  // always, so the group count stays in step
     };
+    auto load_stage = [&](int slot, int step) {
+      load_weights(slot, step);
+      load_tokens(slot, step);
+    };
 
     float acc[2][NT][4];
 #pragma unroll
@@ -173,9 +194,15 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[t][n][j] = 0.f;
 
-    __syncthreads();  // the previous pass's readers are done with every slot
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) load_stage(s, s_begin + s);
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (gated) {
+        load_stage(s, s_begin + s);
+      } else {
+        load_tokens(s, s_begin + s);  // the weights of these stages are already on their way
+      }
+    }
+    gated = true;
     for (int it = 0; it < steps; ++it) {
       WaitAsync<kStages - 2>();
       __syncthreads();  // stage `it` is in for everyone; slot (it - 1) % kStages is free
@@ -243,6 +270,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
 template <int EPI>
 __global__ void SkinnyReduceKernel(const float* partial, int splits, int64_t partial_rows, int64_t total_rows,
                                    const int32_t* offsets, int groups, int N, void* out) {
+  PdlGate();
   constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
   const int64_t rows = offsets != nullptr ? offsets[groups] : total_rows;
   const int n_rows = kSwiGlu ? 2 * N : N;
@@ -277,8 +305,7 @@ void LaunchKernel(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, i
     return true;
   }();
   (void)raised;
-  SkinnyGemmKernel<NT, EPI, kPartialOut>
-      <<<grid, kThreads, SharedBytes(NT), s>>>(x, K, groups, N, out, partial, partial_rows);
+  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, grid, kThreads, SharedBytes(NT), s, x, K, groups, N, out, partial, partial_rows);
 }
 
 template <int NT, int EPI>
@@ -388,19 +415,19 @@ void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N,
     const int G = static_cast<int>(groups.offsets != nullptr ? groups.count : 0);
     switch (epi) {
       case SkinnyEpilogue::kStoreBf16:
-        SkinnyReduceKernel<0><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+        Launch(SkinnyReduceKernel<0>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
                                                      n, out);
         break;
       case SkinnyEpilogue::kStoreF32:
-        SkinnyReduceKernel<1><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+        Launch(SkinnyReduceKernel<1>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
                                                      n, out);
         break;
       case SkinnyEpilogue::kAddF32:
-        SkinnyReduceKernel<2><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+        Launch(SkinnyReduceKernel<2>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
                                                      n, out);
         break;
       case SkinnyEpilogue::kSwiGluBf16:
-        SkinnyReduceKernel<3><<<blocks, 256, 0, s>>>(workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
+        Launch(SkinnyReduceKernel<3>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
                                                      n, out);
         break;
     }

@@ -1,10 +1,12 @@
 #include "kernels/cuda_check.h"
+#include "kernels/launch.cuh"
 #include "kernels/kernels.h"
 
 namespace moe::gpu {
 namespace {
 
 __global__ void SwiGluKernel(const bf16* gate_up, int64_t I, bf16* out) {
+  PdlGate();
   const int64_t m = blockIdx.x;
   const bf16* g = gate_up + m * 2 * I;
   for (int64_t i = threadIdx.x; i < I; i += blockDim.x) {
@@ -17,7 +19,7 @@ __global__ void SwiGluKernel(const bf16* gate_up, int64_t I, bf16* out) {
 
 void SwiGlu(const bf16* gate_up, int64_t M, int64_t I, bf16* out, cudaStream_t s) {
   if (M == 0) return;
-  SwiGluKernel<<<static_cast<unsigned>(M), 256, 0, s>>>(gate_up, I, out);
+  Launch(SwiGluKernel, static_cast<unsigned>(M), 256, 0, s, gate_up, I, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

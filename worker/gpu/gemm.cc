@@ -13,14 +13,61 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
 }  // namespace
 
+// One column-major matrix layout, destroyed with the scope.
+class Layout {
+ public:
+  Layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld) {
+    MOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l_, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
+  }
+  ~Layout() { cublasLtMatrixLayoutDestroy(l_); }
+  Layout(const Layout&) = delete;
+  Layout& operator=(const Layout&) = delete;
+  cublasLtMatrixLayout_t get() const { return l_; }
+
+ private:
+  cublasLtMatrixLayout_t l_ = nullptr;
+};
+
+int64_t Bucket(int64_t m) {
+  int64_t b = 16;
+  while (b < m) b *= 2;
+  return b;
+}
+
 Gemm::Gemm(cudaStream_t stream) : stream_(stream), workspace_(kWorkspaceBytes) {
   MOE_CUBLAS_CHECK(cublasCreate(&handle_));
   MOE_CUBLAS_CHECK(cublasSetStream(handle_, stream));
   MOE_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.get(), kWorkspaceBytes));
+  MOE_CUBLAS_CHECK(cublasLtCreate(&lt_));
+  MOE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
 }
 
 Gemm::~Gemm() {
+  if (desc_) cublasLtMatmulDescDestroy(desc_);
+  if (lt_) cublasLtDestroy(lt_);
   if (handle_) cublasDestroy(handle_);
+}
+
+const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type, float beta) {
+  (void)beta;
+  auto it = algos_.find(key);
+  if (it != algos_.end()) return &it->second;
+  const int64_t N = std::get<0>(key), K = std::get<1>(key);
+  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+  cublasLtMatmulPreference_t pref = nullptr;
+  MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kWorkspaceBytes;
+  MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(lt_, desc_, a.get(), b.get(), c.get(), c.get(), pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
+  return &algos_.emplace(key, result.algo).first->second;
 }
 
 bool Gemm::Reserve(int64_t M, int64_t K, int64_t N, SkinnyEpilogue epi) {
@@ -60,9 +107,23 @@ void Gemm::Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, vo
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   if (M > kMax || N > kMax || K > kMax) throw std::invalid_argument("Gemm: a dimension exceeds INT_MAX");
   const float alpha = 1.f;
-  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
-  MOE_CUBLAS_CHECK(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, w, CUDA_R_16BF, k, x,
-                                CUDA_R_16BF, k, &beta, y, y_type, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+  // The algorithm chosen for this shape's M bucket; if it cannot run this M, one chosen for M itself.
+  const AlgoKey key{N, K, static_cast<int>(y_type), beta != 0.f, Bucket(M)};
+  const cublasLtMatmulAlgo_t* algo = FindAlgo(key, Bucket(M), y_type, beta);
+  cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
+  if (algo != nullptr) {
+    st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
+                        workspace_.get(), kWorkspaceBytes, stream_);
+  }
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+    const AlgoKey exact{N, K, static_cast<int>(y_type), beta != 0.f, -M};
+    algo = FindAlgo(exact, M, y_type, beta);
+    if (algo == nullptr) throw std::runtime_error("Gemm: cuBLASLt has no algorithm for this product");
+    st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
+                        workspace_.get(), kWorkspaceBytes, stream_);
+  }
+  MOE_CUBLAS_CHECK(st);
 }
 
 void Gemm::LinearGrouped(const bf16* const* x, const int* m, int groups, int64_t K, const bf16* const* w, int64_t N,

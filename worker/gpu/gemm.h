@@ -7,16 +7,22 @@
 //   - few rows (M <= skinny_max_rows, K a multiple of 8): the skinny tensor-core kernel
 //     (kernels.h SkinnyGemm), which streams each weight once at close to the copy bandwidth, the
 //     decode case;
-//   - otherwise cuBLAS (cublasGemmEx; in cuBLAS's column-major terms y^T (N x M) = W (K x N,
-//     transposed) * x^T (K x M), so no copy or transpose is ever made).
-// Both are capturable in a CUDA graph (cuBLAS gets a fixed workspace, so it never allocates).
+//   - otherwise cuBLASLt (in its column-major terms y^T (N x M) = W (K x N, transposed) * x^T
+//     (K x M), so no copy or transpose is ever made), with the algorithm chosen once per (N, K,
+//     output, M rounded up to a power of two) and reused: cuBLAS's own per-call heuristics cost
+//     tens of microseconds of host time for every new M, which a prefill's varying per-expert row
+//     counts hit on every call.
+// Both are capturable in a CUDA graph (cuBLASLt gets a fixed workspace, so it never allocates).
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -65,8 +71,15 @@ class Gemm {
   bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
   void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
 
+  // The cached cuBLASLt algorithm for (N, K, output type, accumulate, M bucket).
+  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t>;
+  const cublasLtMatmulAlgo_t* FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type, float beta);
+
   cudaStream_t stream_;
   cublasHandle_t handle_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  cublasLtMatmulDesc_t desc_ = nullptr;
+  std::map<AlgoKey, cublasLtMatmulAlgo_t> algos_;
   DeviceBuffer<unsigned char> workspace_;  // cuBLAS's
   DeviceBuffer<float> split_;              // the skinny kernel's split-K partial sums
   int64_t skinny_max_rows_ = kDefaultSkinnyMaxRows;

@@ -292,6 +292,12 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   } else {
     Enqueue(sh, count_experts);
   }
+  // The output rows are allocated while the device works: first touching fresh pages costs more
+  // than copying into them (about 3 ms for the 8 MB of a batch of 64).
+  for (int64_t ci = 0; ci < S; ++ci) {
+    out.chunks.push_back(WantedRows(chunks[ci], starts[ci]));
+    out.chunks.back().logits.resize(static_cast<size_t>(out.chunks.back().rows * V));
+  }
   host_times_.enqueue_ms += LapMs();
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
   host_times_.wait_ms += LapMs();
@@ -305,11 +311,9 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     }
   }
   w = 0;
-  for (int64_t ci = 0; ci < S; ++ci) {
-    ChunkLogits cl = WantedRows(chunks[ci], starts[ci]);
-    cl.logits.assign(h_logits_.get() + w * V, h_logits_.get() + (w + cl.rows) * V);
+  for (ChunkLogits& cl : out.chunks) {
+    std::copy(h_logits_.get() + w * V, h_logits_.get() + (w + cl.rows) * V, cl.logits.begin());
     w += cl.rows;
-    out.chunks.push_back(std::move(cl));
   }
 }
 

@@ -121,6 +121,11 @@ class GpuEngine final : public StepEngine {
     DropGraphs();  // the captured steps hold the old choice
   }
   void set_expert_tuning(const ExpertGemmTuning& t);
+  // Programmatic dependent launches (kernels/launch.cuh) for every kernel of the process.
+  void set_programmatic_launch(bool on) {
+    SetProgrammaticLaunch(on);
+    DropGraphs();
+  }
   // Where a step's wall-clock time goes on the host, summed over steps: validation, KV
   // reservation and input assembly; enqueueing (or launching the graph); waiting for the device;
   // after it (logits into the output, load statistics, KV lengths).
