@@ -88,9 +88,11 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
         g.rows = M;
         const int splits = gpu::SkinnySplits(sh.N, sh.K, sh.epi, 1);
         gpu::DeviceBuffer<float> ws(std::max<size_t>(1, gpu::SkinnyWorkspaceFloats(M, sh.N, sh.epi, splits)));
+        gpu::DeviceBuffer<int32_t> counters(gpu::SkinnyCounters(sh.N, sh.epi, 1));
+        MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));
         const double skinny = MedianMs(s, 3, 16, [&](int i) {
           g.weight = w.get() + (i % kCopies) * welems;
-          gpu::SkinnyGemm(x.get(), sh.K, g, sh.N, sh.epi, y.get(), M, splits, ws.get(), M, s);
+          gpu::SkinnyGemm(x.get(), sh.K, g, sh.N, sh.epi, y.get(), M, splits, ws.get(), M, counters.get(), s);
         });
         const double blas = MedianMs(s, 3, 16, [&](int i) {
           gemm.LinearBlas(x.get(), M, sh.K, w.get() + (i % kCopies) * welems, wrows, y.get());

@@ -60,6 +60,25 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
   bf16* kvs = reinterpret_cast<bf16*>(qs + kMaxVectors * D);            // [kWarps][2][32][D]
   float* pm = reinterpret_cast<float*>(kvs + kWarps * 2 * 32 * D);      // [kWarps][G]
   float* pl = pm + kWarps * kMaxVectors;                                // [kWarps][G]
+  bf16* kw = kvs + warp * 2 * 32 * D;
+  bf16* vw = kw + 32 * D;
+  // A tile's keys and values into the warp's rows, every copy in flight at once; rows past the
+  // last key are zeros. Lane j looks its key up in the block table (32 lookups at once), the
+  // copies take it by shuffle.
+  auto issue = [&](int k0) {
+    const int keys = min(32, pos - k0 + 1);
+    const long long key_off = lane < keys ? CacheOffset(kv, seq, k0 + lane, kvh) : 0;
+    for (int i = lane; i < 32 * chunks; i += 32) {
+      const int j = i / chunks, c = i - j * chunks;
+      const bool ok = j < keys;
+      const int64_t off = __shfl_sync(0xffffffffu, key_off, j) + (ok ? 8 * c : 0);
+      const int slot = j * D + 8 * ((c + j) % chunks);
+      CopyAsync(SharedAddress(kw + slot), kv.keys + off, ok ? 16 : 0);
+      CopyAsync(SharedAddress(vw + j * D + 8 * c), kv.values + off, ok ? 16 : 0);
+    }
+  };
+  // The first tile's loads go out before the queries are staged.
+  if (lo + 32 * warp <= pos) issue(lo + 32 * warp);
   const bf16* qrow = q + (row * heads + static_cast<int64_t>(kvh) * G) * D;  // G heads, contiguous
   for (int i = tid; i < G * D; i += kThreads) qs[i] = __bfloat162float(qrow[i]) * scale;
   __syncthreads();
@@ -72,22 +91,8 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
 #pragma unroll
     for (int i = 0; i < kMaxDimPerLane; ++i) acc[v][i] = 0.f;
   }
-  bf16* kw = kvs + warp * 2 * 32 * D;
-  bf16* vw = kw + 32 * D;
   for (int k0 = lo + 32 * warp; k0 <= pos; k0 += 32 * kWarps) {
-    // This tile's keys and values into the warp's rows, every copy in flight at once; rows past
-    // the last key are zeros.
     const int keys = min(32, pos - k0 + 1);
-    // Lane j looks its key up in the block table (32 lookups at once), the copies take it by shuffle.
-    const long long key_off = lane < keys ? CacheOffset(kv, seq, k0 + lane, kvh) : 0;
-    for (int i = lane; i < 32 * chunks; i += 32) {
-      const int j = i / chunks, c = i - j * chunks;
-      const bool ok = j < keys;
-      const int64_t off = __shfl_sync(0xffffffffu, key_off, j) + (ok ? 8 * c : 0);
-      const int slot = j * D + 8 * ((c + j) % chunks);
-      CopyAsync(SharedAddress(kw + slot), kv.keys + off, ok ? 16 : 0);
-      CopyAsync(SharedAddress(vw + j * D + 8 * c), kv.values + off, ok ? 16 : 0);
-    }
     WaitAllAsync();
     __syncwarp();
 
@@ -134,6 +139,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
       }
     }
     __syncwarp();  // the next tile overwrites the warp's rows
+    if (k0 + 32 * kWarps <= pos) issue(k0 + 32 * kWarps);
   }
 
   // Merge the warps: acc of warp w, vector v, dimension d at pacc[(w * G + v) * D + d].

@@ -42,13 +42,23 @@ void RouterTopK(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* e
 // RouterTopK fused with the dispatch layout of a rank that holds every expert, in one block with
 // no host round trip: the T*k routed slots (slot t*k + s) are grouped by expert, stably (expert,
 // then slot index: the CPU's BuildDispatchLayout order for one rank).
+//   in: when in.x is given, the router logits are computed here first (x [T, hidden] bf16 times
+//       the router weight [E, hidden]^T, float32 accumulation) and written to `logits`; else
+//       `logits` [T, E] is the input (for few tokens the fused product saves two launches);
 //   experts, weights [T*k]: the routing, as RouterTopK;
 //   offsets [E+1]: expert e owns grouped rows [offsets[e], offsets[e+1]);
+//   active (optional) [E]: the experts with rows, ascending, then -1 (SkinnyGroups::active);
 //   src_row [T*k]: the token row of each grouped row; position [T*k]: the grouped row of each slot;
 //   count_accum (optional) [E]: += the rows of each expert (load statistics).
 // T may be 0 (the offsets are then all zero).
-void RouteAndGroup(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
-                   int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* count_accum, cudaStream_t s);
+struct RouterInputs {
+  const bf16* x = nullptr;
+  const bf16* weight = nullptr;
+  int64_t hidden = 0;  // a multiple of 8
+};
+void RouteAndGroup(const RouterInputs& in, float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
+                   float* weights, int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* active,
+                   int32_t* count_accum, cudaStream_t s);
 
 // The grouped skinny GEMM: for each group g, y[r, :] = epilogue(x[src(r), :] W_g^T) for the rows r
 // of the group, with W_g [N, K] row-major bf16 (as in the checkpoint), x [*, K] bf16, float32
@@ -63,6 +73,11 @@ struct SkinnyGroups {
   const bf16* weight = nullptr;       // the weight of every group, or
   const bf16* const* weights = nullptr;  // device [count]: each group's (null: the group must be empty)
   const int32_t* row_index = nullptr;    // device: x row of output row r (null: r)
+  // Optional, device [slots]: the groups to run, one per launch slot (-1: none), e.g. the experts
+  // that received rows (RouteAndGroup's `active`), so that a decode step with 2 of 8 experts busy
+  // launches 2 groups' CTAs, not 8. Without it every group gets a slot.
+  const int32_t* active = nullptr;
+  int64_t slots = 0;
 };
 enum class SkinnyEpilogue {
   kStoreBf16,   // y [rows, N] = bf16(acc)
@@ -74,9 +89,14 @@ enum class SkinnyEpilogue {
 // caller expects) sizes the register tiles: groups with more rows take several passes over their
 // weights. `splits` > 1 splits K over that many CTAs (when the weights alone would leave SMs
 // idle, see SkinnySplits): partial sums go to `workspace` (SkinnyWorkspaceFloats floats for
-// `workspace_rows` >= the rows of all groups) and a second launch adds them in a fixed order.
+// `workspace_rows` >= the rows of all groups) and are added in split order, either by the last
+// CTA of each output tile (with `counters`: SkinnyCounters zeroed ints, left zeroed; only when no
+// group has more rows than one pass holds, 8 * SkinnyTileCount(expected_rows)) or by a second
+// launch (counters null).
 void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, void* out,
-                int64_t expected_rows, int splits, float* workspace, int64_t workspace_rows, cudaStream_t s);
+                int64_t expected_rows, int splits, float* workspace, int64_t workspace_rows, int32_t* counters,
+                cudaStream_t s);
+size_t SkinnyCounters(int64_t N, SkinnyEpilogue epi, int64_t slots);
 // The 8-row tiles one pass of SkinnyGemm holds for `expected_rows` (1, 2, 4 or 8).
 int SkinnyTileCount(int64_t expected_rows);
 // The split count that fills the current device (about two CTAs per SM) when `active_groups`

@@ -1,5 +1,6 @@
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
+#include "kernels/reduce.cuh"
 #include "kernels/kernels.h"
 
 #include <stdexcept>
@@ -43,14 +44,28 @@ __global__ void RouterTopKKernel(const float* logits, int64_t T, int64_t E, int6
   TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
 }
 
-// One block. Phase 1: every token's top-k. Phase 2: each slot's rank among the earlier slots of its
+__device__ __forceinline__ float Dot8Bf16(const uint4& a, const uint4& b) {
+  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 u = __bfloat1622float2(x[i]), v = __bfloat1622float2(y[i]);
+    s += u.x * v.x + u.y * v.y;
+  }
+  return s;
+}
+
+// One block. Phase 0 (when the router inputs are given): the router logits, one warp per (token,
+// expert) dot product. Phase 1: every token's top-k. Phase 2: each slot's rank among the earlier slots of its
 // expert, 1024 slots per round: inside a warp by __match_any_sync, across the warps by a scan of
 // per-warp counts in shared memory, across rounds by a running count per expert. Phase 3: the
-// offsets, then every slot's grouped row and the token row of every grouped row.
-__global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float* logits, int64_t T, int64_t E,
-                                                                     int64_t k, int32_t* experts, float* weights,
-                                                                     int32_t* src_row, int32_t* position,
-                                                                     int32_t* offsets, int32_t* count_accum) {
+// offsets, the experts with rows, then every slot's grouped row and the token row of every grouped row.
+__global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInputs in, float* logits, int64_t T,
+                                                                     int64_t E, int64_t k, int32_t* experts,
+                                                                     float* weights, int32_t* src_row,
+                                                                     int32_t* position, int32_t* offsets,
+                                                                     int32_t* active, int32_t* count_accum) {
   PdlGate();
   extern __shared__ int32_t smem[];
   int32_t* warp_count = smem;                    // [kGroupWarps][E]
@@ -58,6 +73,18 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float
   int32_t* start = running + E;                   // [E + 1]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t n = T * k;
+  if (in.x != nullptr) {
+    for (int64_t q = warp; q < T * E; q += kGroupWarps) {
+      const int64_t t = q / E, e = q % E;
+      const uint4* xr = reinterpret_cast<const uint4*>(in.x + t * in.hidden);
+      const uint4* wr = reinterpret_cast<const uint4*>(in.weight + e * in.hidden);
+      float acc = 0.f;
+      for (int64_t c = lane; c < in.hidden / 8; c += 32) acc += Dot8Bf16(xr[c], wr[c]);
+      acc = WarpSum(acc);
+      if (lane == 0) logits[q] = acc;
+    }
+    __syncthreads();
+  }
   for (int64_t t = tid; t < T; t += kGroupThreads) TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
   for (int64_t e = tid; e < E; e += kGroupThreads) running[e] = 0;
   __syncthreads();  // the block's global writes are visible to the block after the barrier
@@ -92,6 +119,13 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float
   }
   __syncthreads();
   for (int64_t e = tid; e <= E; e += kGroupThreads) offsets[e] = start[e];
+  if (active != nullptr && tid == 0) {
+    int64_t a = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      if (running[e] > 0) active[a++] = static_cast<int32_t>(e);
+    }
+    for (; a < E; ++a) active[a] = -1;
+  }
   if (count_accum != nullptr) {
     for (int64_t e = tid; e < E; e += kGroupThreads) count_accum[e] += running[e];
   }
@@ -112,14 +146,16 @@ void RouterTopK(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* e
   MOE_CUDA_CHECK_LAUNCH();
 }
 
-void RouteAndGroup(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
-                   int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* count_accum, cudaStream_t s) {
+void RouteAndGroup(const RouterInputs& in, float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
+                   float* weights, int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* active,
+                   int32_t* count_accum, cudaStream_t s) {
+  if (in.x != nullptr && in.hidden % 8 != 0) throw std::invalid_argument("RouteAndGroup: hidden must be a multiple of 8");
   if (E > kMaxExperts || k > E || k <= 0) throw std::invalid_argument("RouteAndGroup: need 0 < k <= E <= 256");
   if (T * k > (int64_t{1} << 30)) throw std::invalid_argument("RouteAndGroup: too many rows");
   const size_t shared = sizeof(int32_t) * static_cast<size_t>(kGroupWarps * E + 2 * E + 1);
   // T = 0 still runs: the offsets (all zero) are read by the grouped GEMMs.
-  Launch(RouteAndGroupKernel, 1, kGroupThreads, shared, s, logits, T, E, k, experts, weights, src_row, position,
-                                                       offsets, count_accum);
+  Launch(RouteAndGroupKernel, 1, kGroupThreads, shared, s, in, logits, T, E, k, experts, weights, src_row, position,
+         offsets, active, count_accum);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -86,14 +86,16 @@ __device__ __forceinline__ void Store(void* out, int64_t index, float v) {
 // Grid (CTAs over N, groups, splits), 128 threads, dynamic shared memory kStages x (weights + x).
 template <int NT, int EPI, bool kPartialOut>
 __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restrict__ x, int K, SkinnyGroups groups,
-                                                              int N, void* out, float* partial, int64_t partial_rows) {
+                                                              int N, void* out, float* partial, int64_t partial_rows,
+                                                              int32_t* counters) {
   constexpr int kTokens = 8 * NT;
   constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
-  const int g = blockIdx.y;
   // Programmatic launch: a grouped product reads its row split (made on the device) at once, so it
   // waits for the previous kernel first; a dense one streams its first weight tiles before waiting.
-  bool gated = groups.offsets != nullptr;
+  bool gated = groups.offsets != nullptr || groups.active != nullptr;
   if (gated) PdlGate();
+  const int g = groups.active != nullptr ? groups.active[blockIdx.y] : static_cast<int>(blockIdx.y);
+  if (g < 0) return;
   int row0 = 0, rows = static_cast<int>(groups.rows);
   if (groups.offsets != nullptr) {
     row0 = groups.offsets[g];
@@ -264,6 +266,45 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
       }
     }
   }
+
+  // Split-K with counters (one pass guaranteed by the host): the last CTA of this output tile to
+  // finish adds the splits' partial sums in split order and applies the epilogue, as
+  // SkinnyReduceKernel would, without a second launch.
+  if constexpr (kPartialOut) {
+    if (counters == nullptr) return;
+    __shared__ int last;
+    __threadfence();  // this CTA's partial sums are visible before it is counted
+    __syncthreads();
+    int32_t* counter = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    if (tid == 0) last = atomicAdd(counter, 1) == static_cast<int>(gridDim.z) - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const int S = gridDim.z;
+    if constexpr (kSwiGlu) {
+      for (int idx = tid; idx < rows * (kRows / 2); idx += kThreads) {
+        const int i = idx / (kRows / 2), f = f0 + idx % (kRows / 2);
+        if (f >= N) continue;
+        float gate = 0.f, up = 0.f;
+        for (int z = 0; z < S; ++z) {
+          const float* p = partial + (static_cast<int64_t>(z) * partial_rows + row0 + i) * n_rows;
+          gate += __ldcg(p + f);
+          up += __ldcg(p + N + f);
+        }
+        static_cast<bf16*>(out)[(row0 + i) * static_cast<int64_t>(N) + f] =
+            __float2bfloat16(Silu(RoundBf16(gate)) * RoundBf16(up));
+      }
+    } else {
+      for (int idx = tid; idx < rows * kRows; idx += kThreads) {
+        const int i = idx / kRows, f = f0 + idx % kRows;
+        if (f >= N) continue;
+        float v = 0.f;
+        for (int z = 0; z < S; ++z) v += __ldcg(partial + (static_cast<int64_t>(z) * partial_rows + row0 + i) * n_rows + f);
+        Store<EPI>(out, (row0 + i) * static_cast<int64_t>(N) + f, v);
+      }
+    }
+    if (tid == 0) *counter = 0;  // ready for the next launch
+  }
 }
 
 // out[r, f] = epilogue(sum over s of partial[s, r, :]) in split order, for the rows of the groups.
@@ -296,7 +337,7 @@ constexpr size_t SharedBytes(int nt) { return sizeof(bf16) * kStages * (kRows + 
 
 template <int NT, int EPI, bool kPartialOut>
 void LaunchKernel(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
-                  int64_t partial_rows, cudaStream_t s) {
+                  int64_t partial_rows, int32_t* counters, cudaStream_t s) {
   // Raised once (not per launch: launches may be captured into a CUDA graph).
   static const bool raised = [] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(SkinnyGemmKernel<NT, EPI, kPartialOut>,
@@ -305,34 +346,35 @@ void LaunchKernel(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, i
     return true;
   }();
   (void)raised;
-  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, grid, kThreads, SharedBytes(NT), s, x, K, groups, N, out, partial, partial_rows);
+  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, grid, kThreads, SharedBytes(NT), s, x, K, groups, N, out, partial,
+         partial_rows, counters);
 }
 
 template <int NT, int EPI>
 void LaunchEpilogue(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
-                    int64_t partial_rows, cudaStream_t s) {
+                    int64_t partial_rows, int32_t* counters, cudaStream_t s) {
   if (grid.z > 1) {
-    LaunchKernel<NT, EPI, true>(grid, x, K, groups, N, out, partial, partial_rows, s);
+    LaunchKernel<NT, EPI, true>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
   } else {
-    LaunchKernel<NT, EPI, false>(grid, x, K, groups, N, out, nullptr, 0, s);
+    LaunchKernel<NT, EPI, false>(grid, x, K, groups, N, out, nullptr, 0, nullptr, s);
   }
 }
 
 template <int NT>
 void LaunchTiles(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, SkinnyEpilogue epi, void* out,
-                 float* partial, int64_t partial_rows, cudaStream_t s) {
+                 float* partial, int64_t partial_rows, int32_t* counters, cudaStream_t s) {
   switch (epi) {
     case SkinnyEpilogue::kStoreBf16:
-      LaunchEpilogue<NT, 0>(grid, x, K, groups, N, out, partial, partial_rows, s);
+      LaunchEpilogue<NT, 0>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
       break;
     case SkinnyEpilogue::kStoreF32:
-      LaunchEpilogue<NT, 1>(grid, x, K, groups, N, out, partial, partial_rows, s);
+      LaunchEpilogue<NT, 1>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
       break;
     case SkinnyEpilogue::kAddF32:
-      LaunchEpilogue<NT, 2>(grid, x, K, groups, N, out, partial, partial_rows, s);
+      LaunchEpilogue<NT, 2>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
       break;
     case SkinnyEpilogue::kSwiGluBf16:
-      LaunchEpilogue<NT, 3>(grid, x, K, groups, N, out, partial, partial_rows, s);
+      LaunchEpilogue<NT, 3>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
       break;
   }
 }
@@ -381,8 +423,13 @@ size_t SkinnyWorkspaceFloats(int64_t rows, int64_t N, SkinnyEpilogue epi, int sp
          static_cast<size_t>(epi == SkinnyEpilogue::kSwiGluBf16 ? 2 * N : N);
 }
 
+size_t SkinnyCounters(int64_t N, SkinnyEpilogue epi, int64_t slots) {
+  return static_cast<size_t>(SkinnyCtasPerGroup(N, epi) * std::max<int64_t>(1, slots));
+}
+
 void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, void* out,
-                int64_t expected_rows, int splits, float* workspace, int64_t workspace_rows, cudaStream_t s) {
+                int64_t expected_rows, int splits, float* workspace, int64_t workspace_rows, int32_t* counters,
+                cudaStream_t s) {
   if (N == 0 || groups.count == 0 || (groups.offsets == nullptr && groups.rows == 0)) return;
   if (K % 8 != 0 || K <= 0) throw std::invalid_argument("SkinnyGemm: K must be a positive multiple of 8");
   if (groups.count > 65535) throw std::invalid_argument("SkinnyGemm: at most 65535 groups");
@@ -391,44 +438,46 @@ void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N,
   }
   splits = std::max(1, std::min(splits, 64));
   if (splits > 1 && workspace == nullptr) throw std::invalid_argument("SkinnyGemm: split-K needs a workspace");
-  const dim3 grid(static_cast<unsigned>(SkinnyCtasPerGroup(N, epi)), static_cast<unsigned>(groups.count),
+  const int64_t slots = groups.active != nullptr ? groups.slots : groups.count;
+  if (slots <= 0) return;
+  const dim3 grid(static_cast<unsigned>(SkinnyCtasPerGroup(N, epi)), static_cast<unsigned>(slots),
                   static_cast<unsigned>(splits));
   const int k = static_cast<int>(K), n = static_cast<int>(N);
   switch (SkinnyTileCount(expected_rows)) {
     case 1:
-      LaunchTiles<1>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
+      LaunchTiles<1>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
       break;
     case 2:
-      LaunchTiles<2>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
+      LaunchTiles<2>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
       break;
     case 4:
-      LaunchTiles<4>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
+      LaunchTiles<4>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
       break;
     default:
-      LaunchTiles<8>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, s);
+      LaunchTiles<8>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
       break;
   }
   MOE_CUDA_CHECK_LAUNCH();
-  if (splits > 1) {
+  if (splits > 1 && counters == nullptr) {
     const int64_t total = workspace_rows * N;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 4096));
     const int G = static_cast<int>(groups.offsets != nullptr ? groups.count : 0);
     switch (epi) {
       case SkinnyEpilogue::kStoreBf16:
-        Launch(SkinnyReduceKernel<0>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
-                                                     n, out);
+        Launch(SkinnyReduceKernel<0>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
+               G, n, out);
         break;
       case SkinnyEpilogue::kStoreF32:
-        Launch(SkinnyReduceKernel<1>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
-                                                     n, out);
+        Launch(SkinnyReduceKernel<1>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
+               G, n, out);
         break;
       case SkinnyEpilogue::kAddF32:
-        Launch(SkinnyReduceKernel<2>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
-                                                     n, out);
+        Launch(SkinnyReduceKernel<2>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
+               G, n, out);
         break;
       case SkinnyEpilogue::kSwiGluBf16:
-        Launch(SkinnyReduceKernel<3>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G,
-                                                     n, out);
+        Launch(SkinnyReduceKernel<3>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
+               G, n, out);
         break;
     }
     MOE_CUDA_CHECK_LAUNCH();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -325,8 +326,9 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
     Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(c.E + 1);
     std::vector<int32_t> accum(c.E, 3);
     Buffer<int32_t> d_accum(accum);
-    RouteAndGroup(d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(), d_off.get(),
-                  d_accum.get(), nullptr);
+    Buffer<int32_t> d_active(c.E);
+    RouteAndGroup(RouterInputs{}, d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
+                  d_off.get(), d_active.get(), d_accum.get(), nullptr);
     const Routing ref = RouteTopK(logits.data(), c.T, c.E, c.k);
     ASSERT_EQ(d_e.Download(), ref.expert) << "T " << c.T << " E " << c.E;
     EXPECT_LT(RelErr(d_w.Download(), ref.weight), 1e-6);
@@ -343,6 +345,12 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
     EXPECT_EQ(d_pos.Download(), want_pos) << "T " << c.T << " E " << c.E;
     EXPECT_EQ(d_off.Download(), want_off) << "T " << c.T << " E " << c.E;
     EXPECT_EQ(d_accum.Download(), want_accum) << "T " << c.T << " E " << c.E;
+    std::vector<int32_t> want_active;
+    for (int64_t e = 0; e < c.E; ++e) {
+      if (layout.send_counts[e] > 0) want_active.push_back(static_cast<int32_t>(e));
+    }
+    want_active.resize(c.E, -1);
+    EXPECT_EQ(d_active.Download(), want_active) << "T " << c.T << " E " << c.E;
   }
 }
 
@@ -389,6 +397,12 @@ TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
     SkinnyGroups g;
     g.rows = c.M;
     g.weight = d_w.get();
+    // Split-K sums added by the last CTA of each tile where one pass holds every row, else by a
+    // second launch; the counters must come back zeroed.
+    Buffer<int32_t> d_counters(std::vector<int32_t>(SkinnyCounters(c.N, SkinnyEpilogue::kStoreBf16, 1), 0));
+    auto counters = [&](int64_t expected, int64_t rows) {
+      return rows <= 8 * SkinnyTileCount(expected) ? d_counters.get() : nullptr;
+    };
     for (int splits : {1, 3}) {
       Buffer<float> ws(std::max<size_t>(1, SkinnyWorkspaceFloats(c.M, c.N, SkinnyEpilogue::kStoreF32, splits)));
       const std::string what = "M " + std::to_string(c.M) + " N " + std::to_string(c.N) + " K " +
@@ -396,13 +410,13 @@ TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
       {
         Buffer<bf16> y(ToBf16Host(std::vector<float>(c.M * c.N, NAN)));
         SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreBf16, y.get(), c.expected, splits, ws.get(), c.M,
-                   nullptr);
+                   counters(c.expected, c.M), nullptr);
         EXPECT_LT(RelErrD(ToF32Host(y.Download()), ref), kBf16Tol) << what;
       }
       {
         Buffer<float> y(std::vector<float>(c.M * c.N, NAN));
         SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kStoreF32, y.get(), c.expected, splits, ws.get(), c.M,
-                   nullptr);
+                   counters(c.expected, c.M), nullptr);
         EXPECT_LT(RelErrD(y.Download(), ref), 1e-5) << what;
       }
       {
@@ -411,10 +425,11 @@ TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
         for (size_t i = 0; i < want.size(); ++i) want[i] += base[i];
         Buffer<float> y(base);
         SkinnyGemm(d_x.get(), c.K, g, c.N, SkinnyEpilogue::kAddF32, y.get(), c.expected, splits, ws.get(), c.M,
-                   nullptr);
+                   counters(c.expected, c.M), nullptr);
         EXPECT_LT(RelErrD(y.Download(), want), 1e-5) << what;
       }
     }
+    for (int32_t v : d_counters.Download()) ASSERT_EQ(v, 0);
   }
 }
 
@@ -462,12 +477,12 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   up.weights = d_p13.get();
   up.row_index = d_idx.get();
   Buffer<float> ws(SkinnyWorkspaceFloats(R, std::max(I, K), SkinnyEpilogue::kSwiGluBf16, 2));
-  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), 4, 1, nullptr, R, nullptr);
+  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), 4, 1, nullptr, R, nullptr, nullptr);
   const std::vector<float> act = ToF32Host(d_act.Download());
   EXPECT_LT(RelErrD(act, act_ref), kBf16Tol);
   // The same with split-K: the same bf16 results up to float summation order.
   Buffer<bf16> d_act2(ToBf16Host(std::vector<float>(R * I, NAN)));
-  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act2.get(), 4, 2, ws.get(), R, nullptr);
+  SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act2.get(), 4, 2, ws.get(), R, nullptr, nullptr);
   EXPECT_LT(RelErrD(ToF32Host(d_act2.Download()), act_ref), kBf16Tol);
   // Down projection of the GPU's act, plain rows.
   std::vector<double> y_ref(R * K);
@@ -483,7 +498,7 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   down.count = G;
   down.offsets = d_off.get();
   down.weights = d_p2.get();
-  SkinnyGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y.get(), 16, 2, ws.get(), R, nullptr);
+  SkinnyGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y.get(), 16, 2, ws.get(), R, nullptr, nullptr);
   const std::vector<bf16> y_all = d_y.Download();
   EXPECT_LT(RelErrD(ToF32Host(y_all), y_ref), kBf16Tol);
   // Row offsets[6] + 3 alone (group 6, one row) gives the same bits as in the batch.
@@ -494,12 +509,32 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   Buffer<bf16> d_act1(ToBf16Host(std::vector<float>(act.begin() + r * I, act.begin() + (r + 1) * I)));
   Buffer<bf16> d_y1(K);
   down.offsets = d_one_off.get();
-  SkinnyGemm(d_act1.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y1.get(), 1, 2, ws.get(), 1, nullptr);
+  SkinnyGemm(d_act1.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y1.get(), 1, 2, ws.get(), 1, nullptr, nullptr);
   const std::vector<bf16> y1 = d_y1.Download();
   for (int64_t k = 0; k < K; ++k) {
     ASSERT_EQ(static_cast<__nv_bfloat16_raw>(y1[k]).x, static_cast<__nv_bfloat16_raw>(y_all[r * K + k]).x) << k;
   }
   for (Buffer<bf16>* b : owned) delete b;
+}
+
+// The routing kernel computing the router logits itself (decode's few tokens) gives the logits of
+// a float64 product within float32 rounding, and the routing of RouteTopK on them.
+TEST(GpuKernelsTest, RouteAndGroupComputesRouterLogits) {
+  SKIP_WITHOUT_GPU();
+  for (const auto& [T, E, k, H] : std::vector<std::array<int64_t, 4>>{{1, 8, 2, 4096}, {64, 8, 2, 128}, {5, 3, 1, 40}}) {
+    std::vector<float> x = RandomBf16Values(T * H, 91), w = RandomBf16Values(E * H, 92, 0.1f);
+    std::vector<int32_t> rows(T);
+    std::iota(rows.begin(), rows.end(), 0);
+    const std::vector<double> ref = ReferenceLinear(x, rows, w, E, H);
+    Buffer<bf16> d_x(ToBf16Host(x)), d_w(ToBf16Host(w));
+    Buffer<float> d_logits(T * E), d_weights(T * k);
+    Buffer<int32_t> d_e(T * k), d_src(T * k), d_pos(T * k), d_off(E + 1);
+    RouteAndGroup(RouterInputs{d_x.get(), d_w.get(), H}, d_logits.get(), T, E, k, d_e.get(), d_weights.get(),
+                  d_src.get(), d_pos.get(), d_off.get(), nullptr, nullptr, nullptr);
+    const std::vector<float> logits = d_logits.Download();
+    EXPECT_LT(RelErrD(logits, ref), 1e-5) << "T " << T << " H " << H;
+    EXPECT_EQ(d_e.Download(), RouteTopK(logits.data(), T, E, k).expert);
+  }
 }
 
 }  // namespace

@@ -28,8 +28,14 @@ class Layout {
   cublasLtMatrixLayout_t l_ = nullptr;
 };
 
+// The M an algorithm is chosen for: M rounded up to a multiple of 16 up to 512, of 64 up to 2048,
+// then to a power of two. Fine enough that a tile shape picked for the bucket fits M well (prefill
+// expert GEMMs are partly arithmetic-bound: a 256-row tile for 130 rows wastes half), coarse enough
+// that the heuristic runs a bounded number of times.
 int64_t Bucket(int64_t m) {
-  int64_t b = 16;
+  if (m <= 512) return (m + 15) / 16 * 16;
+  if (m <= 2048) return (m + 63) / 64 * 64;
+  int64_t b = 4096;
   while (b < m) b *= 2;
   return b;
 }
@@ -72,7 +78,12 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDa
 
 bool Gemm::Reserve(int64_t M, int64_t K, int64_t N, SkinnyEpilogue epi) {
   if (!Skinny(M, K) || M == 0) return false;
-  return split_.EnsureSize(SkinnyWorkspaceFloats(M, N, epi, SkinnySplits(N, K, epi, 1)));
+  bool grew = split_.EnsureSize(SkinnyWorkspaceFloats(M, N, epi, SkinnySplits(N, K, epi, 1)));
+  if (counters_.EnsureSize(SkinnyCounters(N, epi, 1))) {
+    MOE_CUDA_CHECK(cudaMemsetAsync(counters_.get(), 0, sizeof(int32_t) * counters_.size(), stream_));
+    grew = true;
+  }
+  return grew;
 }
 
 void Gemm::RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y) {
@@ -81,8 +92,10 @@ void Gemm::RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t
   g.rows = M;
   g.weight = w;
   const int splits = SkinnySplits(N, K, epi, 1);
-  split_.EnsureSize(SkinnyWorkspaceFloats(M, N, epi, splits));
-  SkinnyGemm(x, K, g, N, epi, y, M, splits, split_.get(), M, stream_);
+  Reserve(M, K, N, epi);
+  // A dense product of M <= 64 rows is one pass (the tiles are sized from M): the split-K sums are
+  // added by the last CTA of each tile, no second launch.
+  SkinnyGemm(x, K, g, N, epi, y, M, splits, split_.get(), M, counters_.get(), stream_);
 }
 
 void Gemm::Linear(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y) {

@@ -9,7 +9,7 @@
 //     decode case;
 //   - otherwise cuBLASLt (in its column-major terms y^T (N x M) = W (K x N, transposed) * x^T
 //     (K x M), so no copy or transpose is ever made), with the algorithm chosen once per (N, K,
-//     output, M rounded up to a power of two) and reused: cuBLAS's own per-call heuristics cost
+//     output, M bucket) and reused: cuBLAS's own per-call heuristics cost
 //     tens of microseconds of host time for every new M, which a prefill's varying per-expert row
 //     counts hit on every call.
 // Both are capturable in a CUDA graph (cuBLASLt gets a fixed workspace, so it never allocates).
@@ -82,6 +82,7 @@ class Gemm {
   std::map<AlgoKey, cublasLtMatmulAlgo_t> algos_;
   DeviceBuffer<unsigned char> workspace_;  // cuBLAS's
   DeviceBuffer<float> split_;              // the skinny kernel's split-K partial sums
+  DeviceBuffer<int32_t> counters_;         // and its per-tile arrival counters (kept zeroed)
   int64_t skinny_max_rows_ = kDefaultSkinnyMaxRows;
 };
 

@@ -44,6 +44,11 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
   MOE_CUDA_CHECK(cudaMemcpy(w2_.get(), w2.data(), sizeof(const bf16*) * w2.size(), cudaMemcpyHostToDevice));
   group_ptrs_ = DeviceBuffer<void*>(static_cast<size_t>(6 * E));
   offsets_ = DeviceBuffer<int32_t>(static_cast<size_t>(E + 1));
+  active_ = DeviceBuffer<int32_t>(static_cast<size_t>(E));
+  const size_t counters = std::max(SkinnyCounters(c.intermediate_size, SkinnyEpilogue::kSwiGluBf16, E),
+                                   SkinnyCounters(c.hidden_size, SkinnyEpilogue::kStoreBf16, E));
+  counters_ = DeviceBuffer<int32_t>(counters);
+  MOE_CUDA_CHECK(cudaMemset(counters_.get(), 0, sizeof(int32_t) * counters));
   h_offsets_.EnsureSize(static_cast<size_t>(E + 1));
 }
 
@@ -85,24 +90,29 @@ bool GpuMoeLayer::Reserve(int64_t T) {
 void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                           StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts) {
   if (Local()) {
-    // Route: the router GEMM (float32 logits) here, top-k and grouping in ForwardLocal.
-    logits_.EnsureSize(static_cast<size_t>(T * c_.num_experts));
-    gemm_.LinearF32(h, T, c_.hidden_size, w.router, c_.num_experts, logits_.get());
-    ForwardLocal(layer, h, T, residual, prof, record, expert_counts);
+    ForwardLocal(layer, w, h, T, residual, prof, record, expert_counts);
   } else {
     ForwardExchange(layer, w, h, T, residual, prof, record);
   }
 }
 
-void GpuMoeLayer::ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* residual, StageProfiler& prof,
-                               MoeLayer::Record* record, int32_t* expert_counts) {
+void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+                               StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
   const int64_t n = T * k;
   Reserve(T);
   int32_t* src_row = index_.get();  // grouped row -> token row
   int32_t* position = src_row + n;  // slot -> grouped row
-  RouteAndGroup(logits_.get(), T, E, k, experts_.get(), weights_.get(), src_row, position, offsets_.get(),
-                expert_counts, stream_);
+  // Route: the router product (float32 logits), top-k and grouping. For few tokens the routing
+  // kernel computes the logits itself (two launches fewer per layer of a decode step).
+  RouterInputs fused;
+  if (T <= kFusedRouterTokens && H % 8 == 0) {
+    fused = RouterInputs{h, w.router, H};
+  } else {
+    gemm_.LinearF32(h, T, H, w.router, E, logits_.get());
+  }
+  RouteAndGroup(fused, logits_.get(), T, E, k, experts_.get(), weights_.get(), src_row, position, offsets_.get(),
+                active_.get(), expert_counts, stream_);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
   if (record != nullptr) RecordRouting(T, *record, nullptr);
   const int32_t* h_offsets = nullptr;
@@ -114,7 +124,7 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* r
     h_offsets = h_offsets_.get();
   }
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
-  Experts(layer, h, src_row, n, offsets_.get(), h_offsets, result_.get());
+  Experts(layer, h, src_row, n, offsets_.get(), h_offsets, result_.get(), active_.get());
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
   CombineAdd(result_.get(), position, weights_.get(), T, k, H, residual, stream_);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
@@ -140,7 +150,7 @@ void GpuMoeLayer::RecordRouting(int64_t T, MoeLayer::Record& record, std::vector
 }
 
 void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
-                          const int32_t* h_offsets, bf16* out) {
+                          const int32_t* h_offsets, bf16* out, const int32_t* active) {
   if (R == 0) return;
   const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
@@ -148,19 +158,28 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   if (SkinnyExperts(R, local)) {
     const SkinnyPlan p = PlanSkinny(R, local);
     split_.EnsureSize(p.workspace);
+    // Every expert gets at most one row per token, so with all the tokens fitting one pass (the
+    // local path, T <= the tile rows) the split-K sums can be added by the last CTA of each tile.
+    const int64_t T = R / c_.experts_per_token;
+    const bool one_pass = active != nullptr && T <= 8 * SkinnyTileCount(p.expected);
+    int32_t* counters = one_pass ? counters_.get() : nullptr;
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
     up.weights = w13_.get() + layer * E;
     up.row_index = row_index;
+    up.active = active;
+    up.slots = std::min(E, R);  // at most R experts have rows
     SkinnyGemm(x, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), p.expected, p.splits_up, split_.get(), R,
-               stream_);
+               counters, stream_);
     SkinnyGroups down;
     down.count = E;
     down.offsets = d_offsets;
     down.weights = w2_.get() + layer * E;
+    down.active = active;
+    down.slots = std::min(E, R);
     SkinnyGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, p.expected, p.splits_down, split_.get(), R,
-               stream_);
+               counters, stream_);
     return;
   }
 

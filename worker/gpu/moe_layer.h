@@ -111,8 +111,10 @@ class GpuMoeLayer {
     size_t workspace = 0;  // floats of split-K partial sums
   };
   SkinnyPlan PlanSkinny(int64_t R, int64_t local) const;
-  void ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* residual, StageProfiler& prof,
-                    MoeLayer::Record* record, int32_t* expert_counts);
+  void ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+                    StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts);
+  // Tokens up to which the routing kernel computes the router logits itself.
+  static constexpr int64_t kFusedRouterTokens = 64;
   void ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                        StageProfiler& prof, MoeLayer::Record* record);
   // Copies the router logits and the routing of T rows to `record` (synchronises; tests only).
@@ -120,9 +122,10 @@ class GpuMoeLayer {
   // The experts of `layer` on R rows grouped by expert: row r of the output is expert e's result
   // for input row row_index[r] (null: r) of x, for r in [offsets[e], offsets[e+1]). d_offsets [E+1]
   // on the device; h_offsets [E+1] on the host or null (then the skinny path is required, or the
-  // offsets are fetched). out: [R, H] bf16.
+  // offsets are fetched). out: [R, H] bf16. `active` (device, optional): the experts with rows,
+  // then -1 (RouteAndGroup's list), so the skinny GEMMs launch CTAs for those alone.
   void Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
-               const int32_t* h_offsets, bf16* out);
+               const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr);
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
@@ -145,7 +148,8 @@ class GpuMoeLayer {
   DeviceBuffer<void*> group_ptrs_;
   std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step  // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
   DeviceBuffer<float> logits_, weights_, stage_, split_;
-  DeviceBuffer<int32_t> experts_, index_, offsets_;
+  DeviceBuffer<int32_t> experts_, index_, offsets_, active_;
+  DeviceBuffer<int32_t> counters_;  // the skinny GEMMs' split-K arrival counters (kept zeroed)
   DeviceBuffer<bf16> send_, recv_, grouped_, gate_up_, act_, result_, computed_, returned_;
   PinnedBuffer<int32_t> h_experts_, h_index_, h_offsets_;
   PinnedBuffer<float> h_send_, h_recv_;
