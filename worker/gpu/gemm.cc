@@ -93,9 +93,9 @@ void Gemm::RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t
   g.weight = w;
   const int splits = SkinnySplits(N, K, epi, 1);
   Reserve(M, K, N, epi);
-  // A dense product of M <= 64 rows is one pass (the tiles are sized from M): the split-K sums are
-  // added by the last CTA of each tile, no second launch.
-  SkinnyGemm(x, K, g, N, epi, y, M, splits, split_.get(), M, counters_.get(), stream_);
+  // Up to 8 rows (one pass of the smallest tile) the split-K sums are added by the last CTA of each
+  // tile, with no second launch; with more rows that serial sum costs more than the launch.
+  SkinnyGemm(x, K, g, N, epi, y, M, splits, split_.get(), M, M <= 8 ? counters_.get() : nullptr, stream_);
 }
 
 void Gemm::Linear(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y) {

@@ -158,10 +158,11 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   if (SkinnyExperts(R, local)) {
     const SkinnyPlan p = PlanSkinny(R, local);
     split_.EnsureSize(p.workspace);
-    // Every expert gets at most one row per token, so with all the tokens fitting one pass (the
-    // local path, T <= the tile rows) the split-K sums can be added by the last CTA of each tile.
+    // Every expert gets at most one row per token, so with at most 8 tokens (the local path) every
+    // expert's rows fit one pass of the smallest tile and the last CTA of each tile can add the
+    // split-K sums. With more rows that serial sum in one CTA costs more than a reduction launch.
     const int64_t T = R / c_.experts_per_token;
-    const bool one_pass = active != nullptr && T <= 8 * SkinnyTileCount(p.expected);
+    const bool one_pass = active != nullptr && T <= 8 && SkinnyTileCount(p.expected) == 1;
     int32_t* counters = one_pass ? counters_.get() : nullptr;
     SkinnyGroups up;
     up.count = E;
