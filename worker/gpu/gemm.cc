@@ -1,6 +1,7 @@
 #include "worker/gpu/gemm.h"
 
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <vector>
 
@@ -10,8 +11,6 @@ namespace {
 // cuBLAS's own recommendation for Hopper is 32 MiB; a fixed workspace also keeps it from
 // allocating inside a CUDA graph capture.
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
-
-}  // namespace
 
 // One column-major matrix layout, destroyed with the scope.
 class Layout {
@@ -40,6 +39,8 @@ int64_t Bucket(int64_t m) {
   return b;
 }
 
+}  // namespace
+
 Gemm::Gemm(cudaStream_t stream) : stream_(stream), workspace_(kWorkspaceBytes) {
   MOE_CUBLAS_CHECK(cublasCreate(&handle_));
   MOE_CUBLAS_CHECK(cublasSetStream(handle_, stream));
@@ -57,10 +58,26 @@ Gemm::~Gemm() {
   if (handle_) cublasDestroy(handle_);
 }
 
+namespace {
+
+// Chosen algorithms are shared by every Gemm of the process (the engine's and its side streams'),
+// keyed with the device as well: a choice depends on the shapes and the device, not on the handle.
+std::mutex algo_mutex;
+std::map<std::pair<int, Gemm::AlgoKey>, cublasLtMatmulAlgo_t> algo_cache;
+
+}  // namespace
+
 const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type, float beta) {
   (void)beta;
   auto it = algos_.find(key);
   if (it != algos_.end()) return &it->second;
+  int device = 0;
+  MOE_CUDA_CHECK(cudaGetDevice(&device));
+  {
+    std::lock_guard<std::mutex> lock(algo_mutex);
+    auto shared = algo_cache.find({device, key});
+    if (shared != algo_cache.end()) return &algos_.emplace(key, shared->second).first->second;
+  }
   const int64_t N = std::get<0>(key), K = std::get<1>(key);
   const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
   cublasLtMatmulPreference_t pref = nullptr;
@@ -73,6 +90,10 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDa
       cublasLtMatmulAlgoGetHeuristic(lt_, desc_, a.get(), b.get(), c.get(), c.get(), pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
+  {
+    std::lock_guard<std::mutex> lock(algo_mutex);
+    algo_cache.emplace(std::make_pair(device, key), result.algo);
+  }
   return &algos_.emplace(key, result.algo).first->second;
 }
 

@@ -72,7 +72,10 @@ class Gemm {
   void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
 
   // The cached cuBLASLt algorithm for (N, K, output type, accumulate, M bucket).
+ public:
   using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t>;
+
+ private:
   const cublasLtMatmulAlgo_t* FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type, float beta);
 
   cudaStream_t stream_;
