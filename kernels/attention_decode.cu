@@ -12,6 +12,7 @@
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
+#include "kernels/ptx.cuh"
 #include "kernels/reduce.cuh"
 
 #include <algorithm>
@@ -31,14 +32,6 @@ __device__ __forceinline__ void Dot8(const uint4& u, const float* q, float& acc)
                k3 = __bfloat1622float2(p[3]);
   acc += a.x * k0.x + a.y * k0.y + a.z * k1.x + a.w * k1.y + b.x * k2.x + b.y * k2.y + b.z * k3.x + b.w * k3.y;
 }
-
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void CopyAsync(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void WaitAllAsync() { asm volatile("cp.async.wait_all;\n" ::); }
 
 // Shared memory: q [G][D] float; per warp keys [32][D] and values [32][D] bf16 (after the loop,
 // the warps' partial accumulators [4][G][D] float reuse them); m, l [4][G].

@@ -21,6 +21,7 @@
 // (the later ones mostly from L2); the host picks NT from the expected rows per group.
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
+#include "kernels/ptx.cuh"
 #include "kernels/kernels.h"
 
 #include <algorithm>
@@ -33,37 +34,6 @@ constexpr int kThreads = 128;
 constexpr int kRows = 128;   // weight rows per CTA
 constexpr int kBk = 64;      // k per stage
 constexpr int kStages = 4;
-
-__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, bypassing L1; src_bytes 0 writes zeros (rows or k past the end).
-__device__ __forceinline__ void CopyAsync(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void WaitAsync() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void LoadMatrixX4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void LoadMatrixX2(uint32_t& r0, uint32_t& r1, uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
-}
 
 // Element offset of (row, 16-byte chunk) in a swizzled [rows][64] bf16 tile: chunk c of row r sits
 // at chunk position c ^ (r % 8), so the 8 rows an ldmatrix phase reads hit 8 different bank groups.
@@ -379,6 +349,11 @@ void LaunchTiles(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, in
   }
 }
 
+int64_t SkinnyCtasPerGroup(int64_t N, SkinnyEpilogue epi) {
+  const int64_t per = epi == SkinnyEpilogue::kSwiGluBf16 ? kRows / 2 : kRows;
+  return (N + per - 1) / per;
+}
+
 }  // namespace
 
 static_assert(static_cast<int>(SkinnyEpilogue::kStoreBf16) == 0 && static_cast<int>(SkinnyEpilogue::kStoreF32) == 1 &&
@@ -389,11 +364,6 @@ int SkinnyTileCount(int64_t expected_rows) {
   if (expected_rows <= 16) return 2;
   if (expected_rows <= 32) return 4;
   return 8;
-}
-
-int64_t SkinnyCtasPerGroup(int64_t N, SkinnyEpilogue epi) {
-  const int64_t per = epi == SkinnyEpilogue::kSwiGluBf16 ? kRows / 2 : kRows;
-  return (N + per - 1) / per;
 }
 
 int DeviceSmCount() {
@@ -462,22 +432,21 @@ void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N,
     const int64_t total = workspace_rows * N;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 4096));
     const int G = static_cast<int>(groups.offsets != nullptr ? groups.count : 0);
+    auto reduce = [&](auto kernel) {
+      Launch(kernel, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets, G, n, out);
+    };
     switch (epi) {
       case SkinnyEpilogue::kStoreBf16:
-        Launch(SkinnyReduceKernel<0>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
-               G, n, out);
+        reduce(SkinnyReduceKernel<0>);
         break;
       case SkinnyEpilogue::kStoreF32:
-        Launch(SkinnyReduceKernel<1>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
-               G, n, out);
+        reduce(SkinnyReduceKernel<1>);
         break;
       case SkinnyEpilogue::kAddF32:
-        Launch(SkinnyReduceKernel<2>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
-               G, n, out);
+        reduce(SkinnyReduceKernel<2>);
         break;
       case SkinnyEpilogue::kSwiGluBf16:
-        Launch(SkinnyReduceKernel<3>, blocks, 256, 0, s, workspace, splits, workspace_rows, groups.rows, groups.offsets,
-               G, n, out);
+        reduce(SkinnyReduceKernel<3>);
         break;
     }
     MOE_CUDA_CHECK_LAUNCH();

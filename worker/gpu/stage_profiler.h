@@ -17,9 +17,10 @@ namespace moe::gpu {
 enum class Boundary : int {
   kLayerStart = 0,
   kAttentionEnd,  // input norm, QKV GEMM, RoPE, KV write, paged attention, output GEMM + residual
-  kRouterEnd,     // post-attention norm, router GEMM, softmax top-k
-  kDispatchEnd,   // routing to the host, dispatch plan, row permutation, counts and rows all-to-all
-  kExpertsEnd,    // regroup per expert, w13 GEMMs, SwiGLU, w2 GEMMs, back to received order
+  kRouterEnd,     // post-attention norm, router GEMM, softmax top-k (one rank: with the grouping)
+  kDispatchEnd,   // several ranks: routing to the host, dispatch plan, row permutation, counts and
+                  // rows all-to-all; one rank: the per-expert counts to the host when cuBLAS needs them
+  kExpertsEnd,    // w13 GEMMs with SwiGLU, w2 GEMMs (several ranks: regrouped, back in received order)
   kCombineEnd,    // return all-to-all, weighted k-way combine into the residual
   kCount
 };
