@@ -215,6 +215,18 @@ nlohmann::json PerLayer(const gpu::StageTimes& t) {
           {"steps", t.steps}};
 }
 
+// The engine's host time per step since its last reset, printed and as JSON.
+nlohmann::json HostPerStep(const gpu::GpuEngine& e) {
+  const gpu::GpuEngine::HostTimes& ht = e.host_times();
+  const double n = static_cast<double>(std::max<int64_t>(1, ht.steps));
+  std::printf("    host per step: prepare %.3f  enqueue %.3f  wait %.3f  finish %.3f ms\n", ht.prepare_ms / n,
+              ht.enqueue_ms / n, ht.wait_ms / n, ht.finish_ms / n);
+  return {{"prepare_ms", ht.prepare_ms / n},
+          {"enqueue_ms", ht.enqueue_ms / n},
+          {"wait_ms", ht.wait_ms / n},
+          {"finish_ms", ht.finish_ms / n}};
+}
+
 }  // namespace
 }  // namespace moe
 
@@ -294,24 +306,18 @@ int main(int argc, char** argv) {
     std::vector<double> runs;
     e->reset_host_times();
     for (int r = 0; r < a.prefill_runs; ++r) runs.push_back(bench.Prefill(a.prefill_tokens));
-    const gpu::GpuEngine::HostTimes ht = e->host_times();
-    const double hn = static_cast<double>(std::max<int64_t>(1, ht.steps));
     std::sort(runs.begin(), runs.end());
     const double ms = runs[runs.size() / 2];
     std::printf("prefill 1 x %lld (%s): %.2f ms (%.0f tokens/s)\n", static_cast<long long>(a.prefill_tokens), what,
                 ms, a.prefill_tokens / (ms / 1e3));
-    std::printf("    host per step: prepare %.3f  enqueue %.3f  wait %.3f  finish %.3f ms\n", ht.prepare_ms / hn,
-                ht.enqueue_ms / hn, ht.wait_ms / hn, ht.finish_ms / hn);
+    const nlohmann::json host = HostPerStep(*e);
     std::fflush(stdout);
     return nlohmann::json{{"batch", 1},
                           {"tokens", a.prefill_tokens},
                           {"experts", what},
                           {"ms", ms},
                           {"runs_ms", runs},
-                          {"host_per_step", {{"prepare_ms", ht.prepare_ms / hn},
-                                             {"enqueue_ms", ht.enqueue_ms / hn},
-                                             {"wait_ms", ht.wait_ms / hn},
-                                             {"finish_ms", ht.finish_ms / hn}}},
+                          {"host_per_step", host},
                           {"tokens_per_s", a.prefill_tokens / (ms / 1e3)}};
   };
   const gpu::ExpertGemmTuning tuned;
@@ -347,17 +353,10 @@ int main(int argc, char** argv) {
       e->reset_host_times();
       const double ms = bench.Decode(ids, a.steps);
       const double per_step = ms / a.steps;
-      const gpu::GpuEngine::HostTimes ht = e->host_times();
-      const double n = static_cast<double>(std::max<int64_t>(1, ht.steps));
-      const nlohmann::json host = {{"prepare_ms", ht.prepare_ms / n},
-                                   {"enqueue_ms", ht.enqueue_ms / n},
-                                   {"wait_ms", ht.wait_ms / n},
-                                   {"finish_ms", ht.finish_ms / n}};
       std::printf("decode batch %4lld, context %lld (%s): %8.2f ms/step, %9.1f tokens/s (byte floor %.1f GB, %.2f ms)\n",
                   static_cast<long long>(B), static_cast<long long>(a.context), what, per_step,
                   B * a.steps / (ms / 1e3), floor_bytes / 1e9, floor_ms);
-      std::printf("    host per step: prepare %.3f  enqueue %.3f  wait %.3f  finish %.3f ms\n", ht.prepare_ms / n,
-                  ht.enqueue_ms / n, ht.wait_ms / n, ht.finish_ms / n);
+      const nlohmann::json host = HostPerStep(*e);
       std::fflush(stdout);
       return nlohmann::json{{"host_per_step", host},
                             {"batch", B},

@@ -67,8 +67,7 @@ std::map<std::pair<int, Gemm::AlgoKey>, cublasLtMatmulAlgo_t> algo_cache;
 
 }  // namespace
 
-const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type, float beta) {
-  (void)beta;
+const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type) {
   auto it = algos_.find(key);
   if (it != algos_.end()) return &it->second;
   int device = 0;
@@ -144,7 +143,7 @@ void Gemm::Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, vo
   const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
   // The algorithm chosen for this shape's M bucket; if it cannot run this M, one chosen for M itself.
   const AlgoKey key{N, K, static_cast<int>(y_type), beta != 0.f, Bucket(M)};
-  const cublasLtMatmulAlgo_t* algo = FindAlgo(key, Bucket(M), y_type, beta);
+  const cublasLtMatmulAlgo_t* algo = FindAlgo(key, Bucket(M), y_type);
   cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
   if (algo != nullptr) {
     st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
@@ -152,7 +151,7 @@ void Gemm::Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, vo
   }
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
     const AlgoKey exact{N, K, static_cast<int>(y_type), beta != 0.f, -M};
-    algo = FindAlgo(exact, M, y_type, beta);
+    algo = FindAlgo(exact, M, y_type);
     if (algo == nullptr) throw std::runtime_error("Gemm: cuBLASLt has no algorithm for this product");
     st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
                         workspace_.get(), kWorkspaceBytes, stream_);

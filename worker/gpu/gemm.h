@@ -65,18 +65,17 @@ class Gemm {
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }
 
+  // A cached cuBLASLt algorithm's key: (N, K, output type, accumulate, M bucket).
+  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t>;
+
  private:
   void Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, void* y, cudaDataType_t y_type,
            float beta);
   bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
   void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
 
-  // The cached cuBLASLt algorithm for (N, K, output type, accumulate, M bucket).
- public:
-  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t>;
-
- private:
-  const cublasLtMatmulAlgo_t* FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type, float beta);
+  // The algorithm for `key`, chosen by cuBLASLt's heuristic for M rows the first time (null if none).
+  const cublasLtMatmulAlgo_t* FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type);
 
   cudaStream_t stream_;
   cublasHandle_t handle_ = nullptr;

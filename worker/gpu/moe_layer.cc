@@ -99,8 +99,7 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
 void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                                StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
-  const int64_t n = T * k;
-  Reserve(T);
+  const int64_t n = T * k;  // the buffers for T rows were sized by Reserve before the step
   int32_t* src_row = index_.get();  // grouped row -> token row
   int32_t* position = src_row + n;  // slot -> grouped row
   // Route: the router product (float32 logits), top-k and grouping. For few tokens the routing

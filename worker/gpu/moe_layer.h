@@ -17,7 +17,8 @@
 //   GEMMs that read the per-expert row ranges on the device, the first gathering its rows through
 //   the grouping and applying SwiGLU in its epilogue: the whole layer is host-free and a step can be
 //   captured in a CUDA graph. With many rows (prefill) the per-expert row counts come to the host
-//   (one synchronisation per layer) and the experts run as cuBLAS grouped GEMMs.
+//   (one synchronisation per layer) and the experts run through cuBLAS (ExpertGemmTuning::Blas:
+//   one GEMM per expert on concurrent streams by default).
 //
 // EXCHANGE (several ranks, or forced host staging on one): the routing comes to the host once per
 //   layer and the CPU BuildDispatchLayout plans the dispatch (replicas are chosen by
@@ -85,8 +86,9 @@ class GpuMoeLayer {
   // True when a step with T local rows runs the layer with no host synchronisation (and so can be
   // captured in a CUDA graph): the local path with skinny experts.
   bool DeviceOnly(int64_t T) const;
-  // Sizes the buffers of a DeviceOnly step with T rows, so that the step allocates nothing (a
-  // graph capture may not). Returns true when a buffer was reallocated.
+  // Sizes the buffers of a step with T rows, so that a DeviceOnly step allocates nothing (a graph
+  // capture may not). The engine calls it before every step. Returns true when a buffer was
+  // reallocated.
   bool Reserve(int64_t T);
 
   // A collective: every rank calls it for every layer, with T = 0 when it has no rows.
@@ -146,8 +148,8 @@ class GpuMoeLayer {
 
   std::vector<const bf16*> host_w13_, host_w2_;  // [L, E] expert weight pointers (null where not held)
   DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
-  DeviceBuffer<void*> group_ptrs_;
-  std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step  // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
+  DeviceBuffer<void*> group_ptrs_;      // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
+  std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step
   DeviceBuffer<float> logits_, weights_, stage_, split_;
   DeviceBuffer<int32_t> experts_, index_, offsets_, active_;
   DeviceBuffer<int32_t> counters_;  // the skinny GEMMs' split-K arrival counters (kept zeroed)
