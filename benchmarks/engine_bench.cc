@@ -37,6 +37,7 @@
 #include <nlohmann/json.hpp>
 
 #include "benchmarks/kernel_bench.h"
+#include "benchmarks/kernel_trace.h"
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
 #include "worker/gpu/gpu_engine.h"
@@ -56,6 +57,7 @@ struct Args {
   int warmup = 3;
   int steps = 16;
   std::vector<int64_t> profile_batches = {1, 64};
+  std::vector<int64_t> trace_batches = {1, 64};  // kernel timelines (measurement builds only)
   bool variants = true;   // decode and prefill also without graphs / with cuBLAS experts
   bool kernels = true;    // kernel figures
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
@@ -65,7 +67,8 @@ void Usage() {
   std::fprintf(stderr,
                "usage: moe-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N] [--prefill-tokens N]\n"
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
-               "                 [--profile-batches 1,64 (0: no profiling)] [--no-variants] [--no-kernels]\n"
+               "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
+               "                 [--no-variants] [--no-kernels]\n"
                "The commit defaults to $MOE_COMMIT.\n");
 }
 
@@ -109,6 +112,7 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--steps") a.steps = std::atoi(v);
     else if (k == "--batches") a.batches = ParseList(v);
     else if (k == "--profile-batches") a.profile_batches = ParseList(v);
+    else if (k == "--trace-batches") a.trace_batches = ParseList(v);
     else {
       std::fprintf(stderr, "moe-bench: unknown flag %s\n", k.c_str());
       return false;
@@ -263,6 +267,7 @@ int main(int argc, char** argv) {
 
   int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
   for (int64_t b : a.profile_batches) max_batch = std::max(max_batch, b);
+  for (int64_t b : a.trace_batches) max_batch = std::max(max_batch, b);
   const int runs_per_batch = a.variants ? 6 : 1;
   const int64_t max_len = a.context + runs_per_batch * (a.warmup + a.steps) + 2;
   gpu::GpuEngineOptions opts;
@@ -425,6 +430,36 @@ int main(int argc, char** argv) {
     p["tokens"] = a.prefill_tokens;
     print("prefill", p);
     result["profile"] = {{"decode", profiles}, {"prefill", p}, {"unit", "ms per layer per step (CUDA events, no graphs)"}};
+  }
+  // Kernel timelines of decode steps (graph replays), in a build with -DMOE_KERNEL_TRACE=ON.
+  if (gpu::KernelTraceAvailable() && !a.trace_batches.empty()) {
+    nlohmann::json traces = nlohmann::json::array();
+    const int steps = std::min(a.steps, 8);
+    for (int64_t B : a.trace_batches) {
+      std::vector<int64_t> ids = bench.AddContexts(B);
+      bench.Decode(ids, a.warmup);
+      e->set_cuda_graphs(false);  // drops the graphs: the traced steps capture theirs again
+      e->set_cuda_graphs(true);
+      gpu::StartKernelTrace(static_cast<size_t>(steps) * 4096);
+      bench.Decode(ids, steps);
+      nlohmann::json tr = SummariseDecodeTrace(gpu::StopKernelTrace(), c.num_layers, steps);
+      bench.Free(ids);
+      tr["batch"] = B;
+      tr["context"] = a.context;
+      if (tr.contains("error")) {
+        std::printf("trace decode b%lld: %s\n", static_cast<long long>(B), tr["error"].get<std::string>().c_str());
+      } else {
+        std::printf("trace decode b%lld: span %.1f us/step, layer %.1f us:", static_cast<long long>(B),
+                    tr["span_us"].get<double>(), tr["layer_us"].get<double>());
+        for (const auto& k : tr["layer"]) std::printf(" %s %.1f;", k["kernel"].get<std::string>().c_str(), k["us"].get<double>());
+        std::printf("\n");
+      }
+      std::fflush(stdout);
+      traces.push_back(tr);
+    }
+    result["trace"] = {{"decode", traces},
+                       {"unit", "us per layer (layer) and per step (outside_layers): the time from a kernel passing "
+                                "its wait for the previous kernel to the next kernel doing so"}};
   }
   result["notes"] =
       "decode: CUDA graphs, skinny grouped expert GEMMs, device-side routing layout; prefill: cuBLAS expert GEMMs on "

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -17,6 +18,20 @@ using bf16 = __nv_bfloat16;
 // Whether kernels launch with programmatic dependent launch (kernels/launch.cuh; default on).
 bool ProgrammaticLaunch();
 void SetProgrammaticLaunch(bool on);
+
+// Kernel timeline, for measurements: in a build configured with -DMOE_KERNEL_TRACE=ON every kernel
+// records the global timer (ns) when it passes its wait for the kernel before it, and every launch
+// through kernels/launch.cuh notes the kernel's name on the host (launches captured into a CUDA
+// graph are noted at capture, once; its replays record times). Elsewhere KernelTraceAvailable() is
+// false and Start/Stop throw.
+struct KernelTrace {
+  std::vector<std::string> names;   // launches noted since StartKernelTrace, in order
+  std::vector<uint64_t> times_ns;   // records since StartKernelTrace, in order (up to the capacity)
+  uint64_t dropped = 0;             // records beyond the capacity
+};
+bool KernelTraceAvailable();
+void StartKernelTrace(size_t capacity);
+KernelTrace StopKernelTrace();  // synchronises the device
 
 // out[t, :] = float(table[ids[t], :]). table: [V, H].
 void EmbeddingGather(const bf16* table, const int32_t* ids, int64_t T, int64_t H, float* out, cudaStream_t s);

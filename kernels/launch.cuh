@@ -19,7 +19,37 @@
 
 namespace moe::gpu {
 
-__device__ __forceinline__ void PdlWait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+#ifdef MOE_KERNEL_TRACE
+// Kernel timeline (measurement builds only, -DMOE_KERNEL_TRACE=ON): thread 0 of block 0 of every
+// kernel records the global timer as it passes PdlWait, that is when the kernel before it has
+// completed. The gaps between consecutive records are each kernel's share of the step's critical
+// path, captured graphs and programmatic launch included (kernels.h: StartKernelTrace).
+// Without relocatable device code each translation unit has its own copy of the buffer pointer;
+// every copy registers a setter here at static initialisation.
+namespace trace_detail {
+static __device__ unsigned long long* g_trace = nullptr;  // [0] next, [1] capacity, [2..] times
+void RegisterSetter(void (*set)(unsigned long long*));
+static void SetThisUnit(unsigned long long* p) { MOE_CUDA_CHECK(cudaMemcpyToSymbol(g_trace, &p, sizeof p)); }
+[[maybe_unused]] static const bool registered = (RegisterSetter(&SetThisUnit), true);
+}  // namespace trace_detail
+void NoteTracedLaunch(const void* kernel);  // host: the kernel's name, in launch order
+#endif
+
+__device__ __forceinline__ void PdlWait() {
+#ifdef MOE_KERNEL_TRACE
+  unsigned long long* trace = trace_detail::g_trace;  // loaded before the wait, behind it
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  if (trace != nullptr && threadIdx.x == 0 && threadIdx.y == 0 && blockIdx.x == 0 && blockIdx.y == 0 &&
+      blockIdx.z == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    const unsigned long long i = atomicAdd(trace, 1ull);
+    if (i < trace[1]) trace[2 + i] = t;
+  }
+#else
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void PdlTrigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 // Both, at the top of a kernel that reads produced data from the start.
 __device__ __forceinline__ void PdlGate() {
@@ -39,6 +69,9 @@ void Launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t shared,
   cfg.stream = s;
   cfg.attrs = &attr;
   cfg.numAttrs = ProgrammaticLaunch() ? 1 : 0;
+#ifdef MOE_KERNEL_TRACE
+  NoteTracedLaunch(reinterpret_cast<const void*>(kernel));
+#endif
   MOE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 

@@ -11,6 +11,8 @@
 #   6. copy the logs, the JSON and a summary into $OUT when OUT is set.
 # Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
 # GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
+# GPU_RUN_TRACE=1 also builds moe-bench with kernel timelines (build-gpu-trace, -DMOE_KERNEL_TRACE=ON)
+# and records decode traces (MOE_TRACE_ARGS, default batches 1 and 64) -> moe-bench-trace.json.
 # MOE_COMMIT names the commit in moe-bench.json; without it `git rev-parse HEAD` is tried (the copy
 # of the tree on a device machine may have no .git: then pass MOE_COMMIT=$(git rev-parse HEAD)).
 set -uo pipefail
@@ -72,6 +74,19 @@ export MOE_COMMIT="${MOE_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null ||
 # shellcheck disable=SC2086
 step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" ${MOE_BENCH_ARGS:-} || status=1
 tail -n 40 "$LOGS/bench.log" | tee -a "$SUMMARY"
+
+if [ "${GPU_RUN_TRACE:-0}" = 1 ]; then
+  T=build-gpu-trace
+  if step configure-trace cmake -S . -B "$T" -G Ninja -DMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DCMAKE_BUILD_TYPE=Release -DMOE_KERNEL_TRACE=ON && step build-trace cmake --build "$T" --target moe-bench -j "$JOBS"; then
+    # shellcheck disable=SC2086
+    step trace timeout 600 "$T/benchmarks/moe-bench" --out "$LOGS/moe-bench-trace.json" --no-kernels --no-variants \
+      --profile-batches 0 ${MOE_TRACE_ARGS:---batches 1,64 --trace-batches 1,64} || status=1
+    grep -E "^trace|^decode" "$LOGS/trace.log" | tee -a "$SUMMARY"
+  else
+    status=1
+  fi
+fi
 
 if [ "${GPU_RUN_PEER:-0}" = 1 ]; then
   step peer timeout 900 env PYTHONUNBUFFERED=1 python3 benchmarks/transformers_peer.py \

@@ -1,0 +1,90 @@
+#include "benchmarks/kernel_trace.h"
+
+#include <cxxabi.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace moe {
+namespace {
+
+// "moe::gpu::(anonymous namespace)::SkinnyGemmKernel<1, 3, true>(...)" -> "SkinnyGemmKernel<1, 3, true>".
+std::string ShortName(const std::string& mangled) {
+  int status = 0;
+  char* d = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
+  std::string s = status == 0 && d != nullptr ? d : mangled;
+  std::free(d);
+  // Cut the parameter list: the last '(' at template depth 0.
+  int depth = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '<') ++depth;
+    if (s[i] == '>') --depth;
+    if (s[i] == '(' && depth == 0 && s.compare(i, 21, "(anonymous namespace)") != 0) {
+      s.resize(i);
+      break;
+    }
+  }
+  const size_t colon = s.rfind("::", s.find('<'));
+  if (colon != std::string::npos) s = s.substr(colon + 2);
+  return s;
+}
+
+}  // namespace
+
+nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps) {
+  const int64_t n = static_cast<int64_t>(t.names.size());
+  if (steps <= 0 || layers <= 0 || n == 0 || t.dropped != 0 ||
+      static_cast<int64_t>(t.times_ns.size()) != n * steps) {
+    return {{"error", "trace of " + std::to_string(t.times_ns.size()) + " records for " + std::to_string(n) +
+                          " launches x " + std::to_string(steps) + " steps (" + std::to_string(t.dropped) +
+                          " dropped)"}};
+  }
+  // The layer period P: names[1 + l P + j] == names[1 + j] for every layer l.
+  int64_t period = 0;
+  for (int64_t p = 1; 1 + layers * p <= n && period == 0; ++p) {
+    bool ok = true;
+    for (int64_t l = 1; l < layers && ok; ++l) {
+      for (int64_t j = 0; j < p && ok; ++j) ok = t.names[1 + l * p + j] == t.names[1 + j];
+    }
+    if (ok) period = p;
+  }
+  if (period == 0) return {{"error", "no repeating layer sequence in the trace"}};
+
+  std::vector<double> layer_us(static_cast<size_t>(period), 0.0), outside_us(static_cast<size_t>(n), 0.0);
+  double span_us = 0;
+  for (int s = 0; s < steps; ++s) {
+    const uint64_t* r = t.times_ns.data() + s * n;
+    span_us += (r[n - 1] - r[0]) / 1e3;
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      const double gap = (r[i + 1] - r[i]) / 1e3;
+      if (i >= 1 && i < 1 + layers * period) {
+        layer_us[static_cast<size_t>((i - 1) % period)] += gap;
+      } else {
+        outside_us[static_cast<size_t>(i)] += gap;
+      }
+    }
+  }
+  nlohmann::json per_layer = nlohmann::json::array(), outside = nlohmann::json::array();
+  double layer_total = 0;
+  for (int64_t j = 0; j < period; ++j) {
+    const double us = layer_us[static_cast<size_t>(j)] / (steps * layers);
+    layer_total += us;
+    per_layer.push_back({{"kernel", ShortName(t.names[1 + j])}, {"us", us}});
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (i >= 1 && i < 1 + layers * period) continue;
+    // The last kernel's time runs to the next step's first record (host time included): not given.
+    nlohmann::json k = {{"kernel", ShortName(t.names[i])}};
+    if (i + 1 < n) k["us"] = outside_us[static_cast<size_t>(i)] / steps;
+    outside.push_back(k);
+  }
+  return {{"layer", per_layer},
+          {"layer_us", layer_total},
+          {"outside_layers", outside},
+          {"span_us", span_us / steps},
+          {"launches_per_step", n},
+          {"steps", steps}};
+}
+
+}  // namespace moe

@@ -1,0 +1,21 @@
+// The kernel timeline of decode steps (kernels.h: KernelTrace, measurement builds only), summed
+// per kernel of a layer: each kernel's share of the critical path is the time from its record (it
+// passed its wait for the kernel before it) to the next kernel's record. Steps are CUDA graph
+// replays, so this is the time the default decode path spends, programmatic launch included.
+#pragma once
+
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/kernels.h"
+
+namespace moe {
+
+// t: a trace of `steps` identical steps (one graph), each an embedding kernel, `layers` layers of
+// the same kernel sequence, and a tail. Returns per-layer kernels (name, us per layer), the kernels
+// outside the layers (us per step), and the step's span from its first record to its last; or an
+// "error" entry when the trace does not have that shape.
+nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps);
+
+}  // namespace moe
