@@ -161,14 +161,21 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       gpu::FillNormal(qb.get(), R * heads * D, 9, 5, 0.f, 1.f, s);
       const gpu::PagedKv kv{keys.get(), values.get(), d_tables, blocks_per_seq, kBlock, kvh, D};
       const float scale = 1.f / std::sqrt(static_cast<float>(D));
+      // Decode rows split over the keys as the engine splits them.
+      const int64_t n_narrow = static_cast<int64_t>(narrow.size() / 2), max_keys = blocks_per_seq * kBlock;
+      const int splits = gpu::DecodeSplitCount(n_narrow, kvh, max_keys, 0);
+      gpu::DeviceBuffer<float> partial(std::max<size_t>(1, gpu::DecodeSplitFloats(n_narrow, heads, D, splits)));
+      gpu::DeviceBuffer<int32_t> counters(std::max<int64_t>(1, n_narrow * kvh));
+      MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));
+      const gpu::DecodeSplit split{splits, max_keys, partial.get(), counters.get()};
       const double ms = MedianMs(s, 3, 20, [&](int) {
-        gpu::PagedAttention(qb.get(), d_seq, d_pos, d_narrow, narrow.size() / 2, 1, heads, kv, 0, scale, ob.get(), s);
+        gpu::PagedAttention(qb.get(), d_seq, d_pos, d_narrow, n_narrow, 1, heads, kv, 0, scale, ob.get(), s, &split);
         gpu::PagedAttention(qb.get(), d_seq, d_pos, d_wide, wide.size() / 2, tile_rows, heads, kv, 0, scale, ob.get(),
                             s);
       });
       const double kv_bytes = 2.0 * 2.0 * k.batch * k.context * kvh * D;
       rows.push_back({{"kind", k.name}, {"batch", k.batch}, {"context", k.context}, {"us", ms * 1e3},
-                      {"kv_gbps", kv_bytes / (ms / 1e3) / 1e9}});
+                      {"kv_gbps", kv_bytes / (ms / 1e3) / 1e9}, {"decode_splits", splits}});
       std::printf("attention %-7s batch %3lld context %5lld: %8.1f us (KV %6.0f GB/s)\n", k.name,
                   static_cast<long long>(k.batch), static_cast<long long>(k.context), ms * 1e3,
                   kv_bytes / (ms / 1e3) / 1e9);

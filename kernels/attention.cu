@@ -36,11 +36,70 @@ __global__ void WriteKvKernel(const bf16* k, const bf16* v, const int32_t* row_s
 }
 
 // One block per token: RoPE on the q heads (to q_out) and on the k heads, which go with the v
-// heads straight into the paged cache. Thread i of the half-dimension computes its angle once (in
-// double: a float angle loses the low frequencies at long contexts) and rotates that pair in
-// every head.
-__global__ void QkvRopeKvKernel(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t heads,
-                                const double* inv_freq, PagedKv kv, bf16* q_out) {
+// heads straight into the paged cache. The angles (in double: a float angle loses the low
+// frequencies at long contexts) and the cache address depend on the step's inputs alone, so they
+// are computed before the wait for the QKV product; then every thread loads all its pairs before
+// rotating any (a decode step is one token: latency, not bandwidth). Pairs go as bf16x2 (the
+// rotate-half partners i, i + half and i + 1, i + 1 + half together): head_dim % 4 == 0.
+constexpr int kRopeThreads = 256;
+constexpr int kRopeUnroll = 8;
+constexpr int kRopeMaxHalf = 256;
+
+__global__ void __launch_bounds__(kRopeThreads) QkvRopeKvKernel(const bf16* qkv, const int32_t* row_seq,
+                                                                 const int32_t* row_pos, int heads,
+                                                                 const double* inv_freq, PagedKv kv, bf16* q_out) {
+  __shared__ float cos_s[kRopeMaxHalf], sin_s[kRopeMaxHalf];
+  const int64_t t = blockIdx.x;
+  const int D = static_cast<int>(kv.head_dim), half = D / 2, kvh = static_cast<int>(kv.kv_heads);
+  const int pos = row_pos[t];
+  const int64_t dst = CacheOffset(kv, row_seq[t], pos, 0);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double sn, cs;
+    sincos(static_cast<double>(pos) * inv_freq[i], &sn, &cs);
+    cos_s[i] = static_cast<float>(cs);
+    sin_s[i] = static_cast<float>(sn);
+  }
+  __syncthreads();
+  PdlGate();
+  const int half2 = half / 2, rope_items = (heads + kvh) * half2, total = rope_items + kvh * half;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(qkv + t * (heads + 2 * kvh) * D);
+  const uint32_t* vsrc = src + (heads + kvh) * half;
+  for (int base = threadIdx.x; base < total; base += kRopeThreads * kRopeUnroll) {
+    uint32_t a[kRopeUnroll], b[kRopeUnroll];
+#pragma unroll
+    for (int u = 0; u < kRopeUnroll; ++u) {
+      const int item = base + kRopeThreads * u;
+      if (item < rope_items) {
+        const int h = item / half2, j = item - h * half2;
+        a[u] = src[h * half + j];
+        b[u] = src[h * half + half2 + j];
+      } else if (item < total) {
+        a[u] = vsrc[item - rope_items];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRopeUnroll; ++u) {
+      const int item = base + kRopeThreads * u;
+      if (item < rope_items) {
+        const int h = item / half2, j = item - h * half2, i = 2 * j;
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[u]));
+        const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b[u]));
+        const float c0 = cos_s[i], s0 = sin_s[i], c1 = cos_s[i + 1], s1 = sin_s[i + 1];
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x * c0 - y.x * s0, x.y * c1 - y.y * s1);
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(y.x * c0 + x.x * s0, y.y * c1 + x.y * s1);
+        bf16* to = h < heads ? q_out + (t * heads + h) * D : kv.keys + dst + static_cast<int64_t>(h - heads) * D;
+        *reinterpret_cast<__nv_bfloat162*>(to + i) = lo;
+        *reinterpret_cast<__nv_bfloat162*>(to + i + half) = hi;
+      } else if (item < total) {
+        reinterpret_cast<uint32_t*>(kv.values + dst)[item - rope_items] = a[u];
+      }
+    }
+  }
+}
+
+// Any even head_dim: one pair per thread and iteration.
+__global__ void QkvRopeKvLoopKernel(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t heads,
+                                    const double* inv_freq, PagedKv kv, bf16* q_out) {
   PdlGate();
   const int64_t t = blockIdx.x, D = kv.head_dim, half = D / 2, kvh = kv.kv_heads;
   const bf16* src = qkv + t * (heads + 2 * kvh) * D;
@@ -264,14 +323,20 @@ void WriteKv(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t
 void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t T, int64_t heads,
                const double* inv_freq, const PagedKv& kv, bf16* q_out, cudaStream_t s) {
   if (T == 0) return;
-  const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, kv.head_dim / 2)));
-  Launch(QkvRopeKvKernel, static_cast<unsigned>(T), threads, 0, s, qkv, row_seq, row_pos, heads, inv_freq, kv, q_out);
+  if (kv.head_dim % 4 == 0 && kv.head_dim / 2 <= kRopeMaxHalf) {
+    Launch(QkvRopeKvKernel, static_cast<unsigned>(T), kRopeThreads, 0, s, qkv, row_seq, row_pos,
+           static_cast<int>(heads), inv_freq, kv, q_out);
+  } else {
+    const int threads = static_cast<int>(std::min<int64_t>(128, std::max<int64_t>(32, kv.head_dim / 2)));
+    Launch(QkvRopeKvLoopKernel, static_cast<unsigned>(T), threads, 0, s, qkv, row_seq, row_pos, heads, inv_freq, kv,
+           q_out);
+  }
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                     int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
-                    float scale, bf16* out, cudaStream_t s) {
+                    float scale, bf16* out, cudaStream_t s, const DecodeSplit* split) {
   if (num_tiles == 0) return;
   const int64_t G = heads / kv.kv_heads, D = kv.head_dim;
   if (heads % kv.kv_heads != 0 || G > kMaxGroup || D % 8 != 0 || D > 256) {
@@ -279,7 +344,7 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
         "PagedAttention: need heads % kv_heads == 0, heads/kv_heads <= 8, head_dim a multiple of 8 <= 256");
   }
   if (max_rows <= 1) {
-    LaunchDecodeAttention(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    LaunchDecodeAttention(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, split, s);
     return;
   }
   if (max_rows > AttentionTileRows(G, D)) {

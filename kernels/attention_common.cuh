@@ -13,10 +13,10 @@ __device__ __forceinline__ int64_t CacheOffset(const PagedKv& kv, int seq, int p
   return ((block * bs + pos % bs) * kv.kv_heads + kv_head) * kv.head_dim;
 }
 
-// Single-row tiles (decode): one block per (row, KV head), its four warps on different keys.
+// Single-row tiles (decode): blocks per (row, KV head[, split of the keys]), four warps on different keys.
 void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                            int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
-                           cudaStream_t s);
+                           const DecodeSplit* split, cudaStream_t s);
 
 // Multi-row tiles on the tensor cores (flash-attention style), for head_dim 64 or 128 and tiles of
 // at most 64 query vectors. Returns false (launching nothing) for other head dims.

@@ -93,6 +93,10 @@ struct SkinnyGroups {
   // launches 2 groups' CTAs, not 8. Without it every group gets a slot.
   const int32_t* active = nullptr;
   int64_t slots = 0;
+  // The offsets, weights table and active list were written before the previous kernel on the
+  // stream started (e.g. the down projection after the gate/up product): the kernel may read them,
+  // and start streaming its weights, before it waits for that kernel (kernels/launch.cuh).
+  bool ready = false;
 };
 enum class SkinnyEpilogue {
   kStoreBf16,   // y [rows, N] = bf16(acc)
@@ -132,6 +136,10 @@ void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
 void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
                 float* residual, cudaStream_t s);
+// CombineAdd, then out = RMSNorm(residual) as AddRmsNorm: the next layer's (or the final) norm in
+// the same kernel.
+void CombineAddRmsNorm(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
+                       float* residual, const bf16* norm_weight, float eps, bf16* out, cudaStream_t s);
 
 // The paged KV cache of one layer: [num_blocks, block_size, kv_heads, head_dim] for keys and values.
 struct PagedKv {
@@ -154,6 +162,21 @@ void WriteKv(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t
 void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t T, int64_t heads,
                const double* inv_freq, const PagedKv& kv, bf16* q_out, cudaStream_t s);
 
+// Decode attention split over the keys (flash-decoding), for when there are too few (row, KV head)
+// blocks to fill the GPU: each row's keys are spread over `splits` blocks, whose partial results the
+// last of them to finish merges in split order (deterministic). The keys any row attends to must be
+// at most max_keys (e.g. the block tables' width in positions).
+struct DecodeSplit {
+  int splits = 1;
+  int64_t max_keys = 0;
+  float* partial = nullptr;    // DecodeSplitFloats floats
+  int32_t* counters = nullptr; // num_tiles * kv_heads, zero before the first launch (left zero)
+};
+// The splits worth making for num_tiles decode rows over at most max_keys keys (window: the
+// sliding window, 0 for none), and the partials' floats they need.
+int DecodeSplitCount(int64_t num_tiles, int64_t kv_heads, int64_t max_keys, int64_t window);
+size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int splits);
+
 // Attention of query rows over their sequences' cached keys: row r (of sequence row_seq[r] at
 // position row_pos[r]) sees keys j <= row_pos[r], and j > row_pos[r] - window when window > 0.
 // q, out: [rows, heads, head_dim]; head_dim a multiple of 8, <= 256; heads / kv_heads <= 8.
@@ -161,9 +184,12 @@ void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, 
 // one sequence at consecutive positions, and one block per (tile, KV head) serves all of them and
 // the query heads of that KV head (GQA), so keys and values are read once per tile. `max_rows`:
 // the most rows in any of the tiles; 1 selects the decode kernel, else at most AttentionTileRows.
+// The tiles, rows, positions and block tables are step inputs copied from the host: kernels read
+// them before waiting for the kernel before them (kernels/launch.cuh), so no kernel may write them.
+// `split` (decode tiles only, optional): see DecodeSplit.
 void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                     int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
-                    float scale, bf16* out, cudaStream_t s);
+                    float scale, bf16* out, cudaStream_t s, const DecodeSplit* split = nullptr);
 // The most rows a multi-row attention tile may hold.
 int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim);
 // Host side: the tiles of a step whose chunks have chunk_rows[c] rows each, laid out one after the

@@ -7,7 +7,10 @@
 //
 // The rule every kernel here follows: PdlWait() before the first read of data produced on the
 // device, on every path (so the wait chain stays transitive: a kernel completes only after the one
-// before it completed), then PdlTrigger() to let the next kernel launch.
+// before it completed), then PdlTrigger() to let the next kernel launch. Before the wait a kernel
+// may read static data (weights) and a step's inputs copied from the host before its first kernel
+// (positions, block tables, attention tiles: the decode attention and RoPE kernels do their
+// address arithmetic there).
 #pragma once
 
 #include <cuda_runtime.h>

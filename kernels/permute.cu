@@ -20,21 +20,6 @@ __global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t 
   }
 }
 
-// The weighted sum over a token's k slots in slot order (fixed, so results do not depend on
-// which rank computed which slot), added into the float residual.
-__global__ void CombineAddKernel(const bf16* y, const int32_t* position, const float* weight, int64_t k,
-                                 int64_t H, float* residual) {
-  PdlGate();
-  const int64_t t = blockIdx.x;
-  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
-    float acc = 0.f;
-    for (int64_t s = 0; s < k; ++s) {
-      acc += weight[t * k + s] * __bfloat162float(y[static_cast<int64_t>(position[t * k + s]) * H + h]);
-    }
-    residual[t * H + h] += acc;
-  }
-}
-
 // One thread per group: the compacted index of each non-empty group (its rank among them, in
 // group order) and its three pointers.
 __global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x,
@@ -63,13 +48,6 @@ void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s) {
   if (R == 0) return;
   Launch(GatherRowsKernel, static_cast<unsigned>(R), 128, 0, s, x, src_row, H, out);
-  MOE_CUDA_CHECK_LAUNCH();
-}
-
-void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
-                float* residual, cudaStream_t s) {
-  if (T == 0) return;
-  Launch(CombineAddKernel, static_cast<unsigned>(T), 256, 0, s, y, position, weight, k, H, residual);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

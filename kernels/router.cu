@@ -56,8 +56,8 @@ __device__ __forceinline__ float Dot8Bf16(const uint4& a, const uint4& b) {
   return s;
 }
 
-// One block. Phase 0 (when the router inputs are given): the router logits, one warp per (token,
-// expert) dot product. Phase 1: every token's top-k. Phase 2: each slot's rank among the earlier slots of its
+// One block. Phase 0 (when the router inputs are given): the router logits, one or more warps per
+// (token, expert) dot product. Phase 1: every token's top-k. Phase 2: each slot's rank among the earlier slots of its
 // expert, 1024 slots per round: inside a warp by __match_any_sync, across the warps by a scan of
 // per-warp counts in shared memory, across rounds by a running count per expert. Phase 3: the
 // offsets, the experts with rows, then every slot's grouped row and the token row of every grouped row.
@@ -74,16 +74,43 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t n = T * k;
   if (in.x != nullptr) {
-    for (int64_t q = warp; q < T * E; q += kGroupWarps) {
-      const int64_t t = q / E, e = q % E;
-      const uint4* xr = reinterpret_cast<const uint4*>(in.x + t * in.hidden);
-      const uint4* wr = reinterpret_cast<const uint4*>(in.weight + e * in.hidden);
+    // `per` warps share each (token, expert) dot product, so that with few tokens every warp
+    // works; each lane issues kUnroll chunk loads of both vectors before using any.
+    constexpr int kUnroll = 4;
+    __shared__ float partial[kGroupWarps];
+    const int64_t Q = T * E, chunks = in.hidden / 8;
+    const int per = Q >= kGroupWarps ? 1 : static_cast<int>(kGroupWarps / Q), slots = kGroupWarps / per;
+    const int sub = warp % per;
+    const int64_t stride = 32 * static_cast<int64_t>(per);
+    for (int64_t q0 = 0; q0 < Q; q0 += slots) {
+      const int64_t q = q0 + warp / per;
       float acc = 0.f;
-      for (int64_t c = lane; c < in.hidden / 8; c += 32) acc += Dot8Bf16(xr[c], wr[c]);
+      if (warp / per < slots && q < Q) {
+        const int64_t t = q / E, e = q % E;
+        const uint4* xr = reinterpret_cast<const uint4*>(in.x + t * in.hidden);
+        const uint4* wr = reinterpret_cast<const uint4*>(in.weight + e * in.hidden);
+        for (int64_t c0 = 32 * sub + lane; c0 < chunks; c0 += kUnroll * stride) {
+          uint4 xa[kUnroll], wa[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) {
+            const int64_t c = c0 + u * stride;
+            xa[u] = c < chunks ? xr[c] : make_uint4(0, 0, 0, 0);
+            wa[u] = c < chunks ? wr[c] : make_uint4(0, 0, 0, 0);
+          }
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) acc += Dot8Bf16(xa[u], wa[u]);
+        }
+      }
       acc = WarpSum(acc);
-      if (lane == 0) logits[q] = acc;
+      if (lane == 0) partial[warp] = acc;
+      __syncthreads();
+      if (sub == 0 && lane == 0 && warp / per < slots && q < Q) {
+        float sum = 0.f;
+        for (int i = 0; i < per; ++i) sum += partial[warp + i];
+        logits[q] = sum;
+      }
+      __syncthreads();
     }
-    __syncthreads();
   }
   for (int64_t t = tid; t < T; t += kGroupThreads) TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
   for (int64_t e = tid; e < E; e += kGroupThreads) running[e] = 0;

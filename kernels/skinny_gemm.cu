@@ -60,20 +60,22 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
                                                               int32_t* counters) {
   constexpr int kTokens = 8 * NT;
   constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
-  // Programmatic launch: a grouped product reads its row split (made on the device) at once, so it
-  // waits for the previous kernel first; a dense one streams its first weight tiles before waiting.
-  bool gated = groups.offsets != nullptr || groups.active != nullptr;
-  if (gated) PdlGate();
+  // Programmatic launch: a product whose weights are known without waiting (dense, or grouped with
+  // ready groups) streams its first weight tiles before waiting for the previous kernel; a grouped
+  // one whose row split was just made on the device waits first. Every CTA waits, on every path.
+  bool prefetch = (groups.offsets == nullptr && groups.active == nullptr) || groups.ready;
+  if (!prefetch) PdlGate();
   const int g = groups.active != nullptr ? groups.active[blockIdx.y] : static_cast<int>(blockIdx.y);
-  if (g < 0) return;
-  int row0 = 0, rows = static_cast<int>(groups.rows);
-  if (groups.offsets != nullptr) {
+  int row0 = 0, rows = g < 0 ? 0 : static_cast<int>(groups.rows);
+  if (g >= 0 && groups.offsets != nullptr) {
     row0 = groups.offsets[g];
     rows = groups.offsets[g + 1] - row0;
   }
-  if (rows <= 0) return;
-  const bf16* __restrict__ w = groups.weights != nullptr ? groups.weights[g] : groups.weight;
-  if (w == nullptr) return;  // the host never sends rows to a group without weights
+  const bf16* __restrict__ w = g < 0 ? nullptr : groups.weights != nullptr ? groups.weights[g] : groups.weight;
+  if (rows <= 0 || w == nullptr) {  // the host never sends rows to a group without weights
+    if (prefetch) PdlGate();
+    return;
+  }
 
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* sw = reinterpret_cast<bf16*>(smem);       // [kStages][kRows][kBk]
@@ -123,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
       }
     };
     __syncthreads();  // the previous pass's readers are done with every slot
-    if (!gated) {
+    if (prefetch) {
       // The first weight tiles are static: in flight before the wait (they join stage 0's group).
 #pragma unroll
       for (int s = 0; s < kStages - 1; ++s) load_weights(s, s_begin + s);
@@ -168,13 +170,13 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
 
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-      if (gated) {
-        load_stage(s, s_begin + s);
-      } else {
+      if (prefetch) {
         load_tokens(s, s_begin + s);  // the weights of these stages are already on their way
+      } else {
+        load_stage(s, s_begin + s);
       }
     }
-    gated = true;
+    prefetch = false;
     for (int it = 0; it < steps; ++it) {
       WaitAsync<kStages - 2>();
       __syncthreads();  // stage `it` is in for everyone; slot (it - 1) % kStages is free

@@ -195,6 +195,17 @@ TEST(GpuKernelsTest, GatherAndCombineMatchCpu) {
     Buffer<float> d_w(w), d_res(residual);
     CombineAdd(d_g.get(), d_pos.get(), d_w.get(), T, k, H, d_res.get(), nullptr);
     EXPECT_LT(RelErr(d_res.Download(), ref), 1e-6);
+    // The combine with the next norm fused: the same residual bit for bit, and its RMSNorm.
+    std::vector<float> nw = RandomBf16Values(H, 12, 0.1f);
+    for (auto& v : nw) v = Bf16ToF32(F32ToBf16(1.f + v));
+    Buffer<float> d_res2(residual);
+    Buffer<bf16> d_nw(ToBf16Host(nw)), d_normed(T * H);
+    CombineAddRmsNorm(d_g.get(), d_pos.get(), d_w.get(), T, k, H, d_res2.get(), d_nw.get(), 1e-5f, d_normed.get(),
+                      nullptr);
+    EXPECT_EQ(d_res2.Download(), d_res.Download());
+    std::vector<float> normed(T * H);
+    cpu::RmsNorm(ref.data(), T, H, nw.data(), 1e-5, normed.data());
+    EXPECT_LT(RelErr(ToF32Host(d_normed.Download()), normed), kBf16Tol);
   }
 }
 
@@ -272,11 +283,85 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
   }
 }
 
+// Decode attention split over the keys (DecodeSplit): long contexts in a shuffled block pool,
+// every split count the launcher accepts, against cpu::AttendOne; the counters are left zero.
+TEST(GpuKernelsTest, DecodeAttentionSplitMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const AttnCase& c : {AttnCase{32, 8, 128, 16, 0}, AttnCase{8, 1, 128, 16, 200}, AttnCase{8, 2, 64, 8, 0}}) {
+    SCOPED_TRACE(testing::Message() << "heads " << c.heads << " kv " << c.kv_heads << " D " << c.D << " window "
+                                    << c.window);
+    const std::vector<int64_t> lens = {1000, 300, 5, 129};
+    const int64_t S = static_cast<int64_t>(lens.size()), width = c.kv_heads * c.D;
+    const int64_t max_blocks = (1000 + c.block_size - 1) / c.block_size, pool = S * max_blocks;
+    std::vector<int32_t> blocks(pool);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(21));
+    // The cache holds every position; the query rows are the last position of each sequence.
+    std::vector<int32_t> row_seq, row_pos;
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t p = 0; p < lens[s]; ++p) {
+        row_seq.push_back(static_cast<int32_t>(s));
+        row_pos.push_back(static_cast<int32_t>(p));
+      }
+    const int64_t rows = static_cast<int64_t>(row_seq.size());
+    std::vector<float> k = RandomBf16Values(rows * width, 22), v = RandomBf16Values(rows * width, 23);
+    Buffer<bf16> d_k(ToBf16Host(k)), d_v(ToBf16Host(v));
+    Buffer<bf16> d_keys(pool * c.block_size * width), d_values(pool * c.block_size * width);
+    Buffer<int32_t> d_tables(blocks), d_seq(row_seq), d_pos(row_pos);
+    PagedKv kv{d_keys.get(), d_values.get(), d_tables.get(), max_blocks, c.block_size, c.kv_heads, c.D};
+    WriteKv(d_k.get(), d_v.get(), d_seq.get(), d_pos.get(), rows, kv, nullptr);
+    std::vector<int32_t> tiles;
+    std::vector<int64_t> first_row(S, 0);
+    for (int64_t s = 1; s < S; ++s) first_row[s] = first_row[s - 1] + lens[s - 1];
+    for (int64_t s = 0; s < S; ++s) tiles.insert(tiles.end(), {static_cast<int32_t>(first_row[s] + lens[s] - 1), 1});
+    // Queries: one per tile row, placed at that row's index of a [rows, heads, D] buffer.
+    std::vector<float> q = RandomBf16Values(rows * c.heads * c.D, 24);
+    Buffer<bf16> d_q(ToBf16Host(q));
+    Buffer<int32_t> d_tiles(tiles);
+    const float scale = 1.f / std::sqrt(static_cast<float>(c.D));
+    std::vector<float> ref(static_cast<size_t>(S * c.heads * c.D)), scratch(1000);
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t r = first_row[s] + lens[s] - 1, p = lens[s] - 1;
+      const int64_t lo = c.window > 0 ? std::max<int64_t>(0, p - c.window + 1) : 0;
+      for (int64_t h = 0; h < c.heads; ++h) {
+        const int64_t g = h / (c.heads / c.kv_heads);
+        cpu::AttendOne(
+            q.data() + (r * c.heads + h) * c.D, c.D, p - lo + 1,
+            [&](int64_t j) { return k.data() + (first_row[s] + lo + j) * width + g * c.D; },
+            [&](int64_t j) { return v.data() + (first_row[s] + lo + j) * width + g * c.D; }, scale, scratch.data(),
+            ref.data() + (s * c.heads + h) * c.D);
+      }
+    }
+    const int64_t max_keys = max_blocks * c.block_size;
+    for (int splits : {1, 2, 3, 8, 64, DecodeSplitCount(S, c.kv_heads, max_keys, c.window)}) {
+      Buffer<float> d_partial(std::max<size_t>(1, DecodeSplitFloats(S, c.heads, c.D, splits)));
+      std::vector<int32_t> zeros(S * c.kv_heads, 0);
+      Buffer<int32_t> d_counters(zeros);
+      Buffer<bf16> d_out(rows * c.heads * c.D);
+      const DecodeSplit split{splits, max_keys, d_partial.get(), d_counters.get()};
+      for (int pass = 0; pass < 2; ++pass) {  // the second pass reuses the counters
+        PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, 1, c.heads, kv, c.window, scale,
+                       d_out.get(), nullptr, &split);
+      }
+      const std::vector<float> all = ToF32Host(d_out.Download());
+      std::vector<float> out;
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t r = first_row[s] + lens[s] - 1;
+        out.insert(out.end(), all.begin() + r * c.heads * c.D, all.begin() + (r + 1) * c.heads * c.D);
+      }
+      EXPECT_LT(RelErr(out, ref), kBf16Tol) << "splits " << splits;
+      EXPECT_EQ(d_counters.Download(), zeros) << "splits " << splits;
+    }
+  }
+}
+
 // The fused QKV step: q roped into its own buffer, k roped and v copied into the paged cache, equal
 // to RoPE on the CPU and to WriteKv of the CPU-roped keys.
 TEST(GpuKernelsTest, QkvRopeKvMatchesRopeAndWriteKv) {
   SKIP_WITHOUT_GPU();
-  const int64_t T = 6, heads = 8, kvh = 2, D = 64, block = 4, width = (heads + 2 * kvh) * D;
+  for (const int64_t D : {64, 6}) {  // pairs as bf16x2 (head_dim % 4 == 0), and one at a time
+  SCOPED_TRACE(D);
+  const int64_t T = 6, heads = 8, kvh = 2, block = 4, width = (heads + 2 * kvh) * D;
   std::vector<float> qkv = RandomBf16Values(T * width, 31);
   std::vector<int32_t> seq = {0, 0, 0, 1, 1, 0}, pos = {0, 1, 2, 0, 1, 9};
   std::vector<int32_t> tables = {3, 0, 2, 1, 5, 4};  // [2 seqs, 3 blocks]
@@ -308,6 +393,7 @@ TEST(GpuKernelsTest, QkvRopeKvMatchesRopeAndWriteKv) {
   }
   EXPECT_LT(RelErr(got_k, k), kBf16Tol);
   EXPECT_EQ(got_v, v);  // copied bit for bit
+  }
 }
 
 // RouteAndGroup against the CPU: the same routing as RouteTopK, the same stable layout as

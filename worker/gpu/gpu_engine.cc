@@ -202,6 +202,11 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
   grew |= h_logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
   grew |= moe_->Reserve(T);
+  grew |= attn_partial_.EnsureSize(DecodeSplitFloats(sh.narrow, c.num_heads, c.head_dim, sh.decode_splits));
+  if (attn_counters_.EnsureSize(static_cast<size_t>(sh.narrow * c.num_kv_heads))) {
+    MOE_CUDA_CHECK(cudaMemset(attn_counters_.get(), 0, sizeof(int32_t) * attn_counters_.size()));
+    grew = true;
+  }
   // The dense products' split-K workspace (one buffer for all: they run one after another).
   grew |= gemm_.Reserve(T, H, qkvd, SkinnyEpilogue::kStoreBf16);
   grew |= gemm_.Reserve(T, qd, H, SkinnyEpilogue::kAddF32);
@@ -230,6 +235,8 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   PlanAttentionTiles(chunk_rows.data(), sh.S, tile_rows_, narrow_tiles_, wide_tiles_);
   sh.narrow = static_cast<int64_t>(narrow_tiles_.size() / 2);
   sh.wide = static_cast<int64_t>(wide_tiles_.size() / 2);
+  sh.decode_splits = DecodeSplitCount(sh.narrow, c.num_kv_heads, sh.pitch * kv_.block_size(),
+                                      c.sliding_window ? *c.sliding_window : 0);
   if (Reserve(sh)) DropGraphs();
 
   // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
@@ -339,28 +346,34 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
   const int64_t window = c.sliding_window ? *c.sliding_window : 0;
   const float eps = static_cast<float>(c.rms_norm_eps);
+  // The attention norm of layer 0 here; every later one, and the final norm, in the combine kernel
+  // of the MoE layer before it.
+  AddRmsNorm(x_.get(), nullptr, weights_->attention[0].norm, T, H, eps, hn_.get(), s);
   for (int64_t l = 0; l < L; ++l) {
     const DeviceAttentionWeights& a = weights_->attention[l];
     profiler_.Mark(l, Boundary::kLayerStart, s);
-    AddRmsNorm(x_.get(), nullptr, a.norm, T, H, eps, hn_.get(), s);
     gemm_.Linear(hn_.get(), T, H, a.wqkv, qkvd, qkv_.get());
     PagedKv kv{keys_.get() + l * layer_elems, values_.get() + l * layer_elems, d_tables, sh.pitch,
                kv_.block_size(), c.num_kv_heads, c.head_dim};
     // This step's keys and values go into the cache first: its queries attend to them.
     QkvRopeKv(qkv_.get(), d_row_seq, d_pos, T, c.num_heads, inv_freq_.get(), kv, q_.get(), s);
-    PagedAttention(q_.get(), d_row_seq, d_pos, d_narrow, sh.narrow, 1, c.num_heads, kv, window, scale, attn_.get(), s);
+    const DecodeSplit split{sh.decode_splits, sh.pitch * kv_.block_size(), attn_partial_.get(), attn_counters_.get()};
+    PagedAttention(q_.get(), d_row_seq, d_pos, d_narrow, sh.narrow, 1, c.num_heads, kv, window, scale, attn_.get(), s,
+                   &split);
     PagedAttention(q_.get(), d_row_seq, d_pos, d_wide, sh.wide, tile_rows_, c.num_heads, kv, window, scale,
                    attn_.get(), s);
     gemm_.LinearF32(attn_.get(), T, qd, a.wo, H, x_.get(), /*accumulate=*/true);
     profiler_.Mark(l, Boundary::kAttentionEnd, s);
 
     AddRmsNorm(x_.get(), nullptr, weights_->moe[l].norm, T, H, eps, hn_.get(), s);
+    const NextNorm next{l + 1 < L ? weights_->attention[l + 1].norm : weights_->final_norm, eps, hn_.get()};
     moe_->Forward(l, weights_->moe[l], hn_.get(), T, x_.get(), profiler_,
-                  opts_.record_routing ? &routing_[l] : nullptr, count_experts ? step_counts_.get() + l * E : nullptr);
+                  opts_.record_routing ? &routing_[l] : nullptr, count_experts ? step_counts_.get() + l * E : nullptr,
+                  next);
   }
 
-  // Final norm (all rows: cheap next to the LM head) and the LM head on the wanted rows.
-  AddRmsNorm(x_.get(), nullptr, weights_->final_norm, T, H, eps, hn_.get(), s);
+  // The final norm ran on all rows with the last combine (cheap next to the LM head); the LM head
+  // on the wanted rows.
   GatherRows(hn_.get(), d_wanted, sh.wanted, H, wanted_.get(), s);
   gemm_.LinearF32(wanted_.get(), sh.wanted, H, weights_->lm_head, V, logits_.get());
   if (sh.wanted > 0) {

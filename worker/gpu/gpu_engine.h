@@ -154,6 +154,7 @@ class GpuEngine final : public StepEngine {
   struct StepShape {
     int64_t T = 0, S = 0, pitch = 0, wanted = 0, narrow = 0, wide = 0;
     int64_t inputs() const { return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide; }
+    int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
     auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide}; }
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
@@ -188,6 +189,10 @@ class GpuEngine final : public StepEngine {
   // Activations, grown as steps need.
   DeviceBuffer<float> x_, logits_;  // residual stream [T, H]; final logits [rows wanted, V]
   DeviceBuffer<bf16> hn_, qkv_, q_, attn_, wanted_;
+  // Decode attention split over the keys (DecodeSplit): partial results and per-(row, KV head)
+  // counters (zeroed when allocated; the kernel leaves them zero).
+  DeviceBuffer<float> attn_partial_;
+  DeviceBuffer<int32_t> attn_counters_;
   PinnedBuffer<float> h_logits_;
   // Rows routed to each expert of each layer in this step (local path), for the load statistics.
   DeviceBuffer<int32_t> step_counts_;

@@ -88,16 +88,27 @@ bool GpuMoeLayer::Reserve(int64_t T) {
 }
 
 void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-                          StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts) {
+                          StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts,
+                          const NextNorm& next) {
   if (Local()) {
-    ForwardLocal(layer, w, h, T, residual, prof, record, expert_counts);
+    ForwardLocal(layer, w, h, T, residual, prof, record, expert_counts, next);
   } else {
-    ForwardExchange(layer, w, h, T, residual, prof, record);
+    ForwardExchange(layer, w, h, T, residual, prof, record, next);
+  }
+}
+
+void GpuMoeLayer::Combine(const bf16* y, const int32_t* position, int64_t T, float* residual, const NextNorm& next) {
+  const int64_t H = c_.hidden_size, k = c_.experts_per_token;
+  if (next.weight != nullptr) {
+    CombineAddRmsNorm(y, position, weights_.get(), T, k, H, residual, next.weight, next.eps, next.out, stream_);
+  } else {
+    CombineAdd(y, position, weights_.get(), T, k, H, residual, stream_);
   }
 }
 
 void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-                               StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts) {
+                               StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts,
+                               const NextNorm& next) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
   const int64_t n = T * k;  // the buffers for T rows were sized by Reserve before the step
   int32_t* src_row = index_.get();  // grouped row -> token row
@@ -125,7 +136,7 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const b
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
   Experts(layer, h, src_row, n, offsets_.get(), h_offsets, result_.get(), active_.get());
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
-  CombineAdd(result_.get(), position, weights_.get(), T, k, H, residual, stream_);
+  Combine(result_.get(), position, T, residual, next);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
 }
 
@@ -178,6 +189,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     down.weights = w2_.get() + layer * E;
     down.active = active;
     down.slots = std::min(E, R);
+    down.ready = true;  // made before the gate/up product started: its weights stream while that one ends
     SkinnyGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, p.expected, p.splits_down, split_.get(), R,
                counters, stream_);
     return;
@@ -237,7 +249,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
 }
 
 void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-                                  StageProfiler& prof, MoeLayer::Record* record) {
+                                  StageProfiler& prof, MoeLayer::Record* record, const NextNorm& next) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
   const int W = comm_.size();
   const int64_t n = T * k;  // routed rows this rank sends
@@ -349,7 +361,7 @@ void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, cons
   } else {
     ExchangeRows(computed, recv_rows_, returned_.get(), layout.send_rows);
   }
-  CombineAdd(returned_.get(), d_position, weights_.get(), T, k, H, residual, stream_);
+  Combine(returned_.get(), d_position, T, residual, next);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
 }
 

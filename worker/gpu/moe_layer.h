@@ -7,7 +7,8 @@
 //             as grouped GEMMs over all the rank's experts (one launch per matrix, never a host
 //             loop of one GEMM per expert)
 //   return    the reverse exchange brings the results back in send order
-//   combine   residual += sum over the k slots, in slot order, of weight x result  (CombineAdd)
+//   combine   residual += sum over the k slots, in slot order, of weight x result  (CombineAdd;
+//             with the norm that follows the layer in the same kernel: CombineAddRmsNorm)
 //
 // Two ways through it:
 //
@@ -71,6 +72,14 @@ struct ExpertGemmTuning {
   Blas blas = Blas::kConcurrent;
 };
 
+// The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
+// combine kernel applies it to the updated residual, one launch instead of two.
+struct NextNorm {
+  const bf16* weight = nullptr;  // null: no norm
+  float eps = 0.f;
+  bf16* out = nullptr;           // [T, H] bf16
+};
+
 class GpuMoeLayer {
  public:
   // `weights`: the rank's device weights (the experts' pointer tables are built from them once).
@@ -97,8 +106,10 @@ class GpuMoeLayer {
   // Load statistics: on the local path the rows routed to each expert are added on the device to
   // `expert_counts` [E] when it is given (the engine folds them into the LoadStats after the step,
   // with no synchronisation here); the exchange path adds its counts to the LoadStats itself.
+  // `next`: normalise the updated residual into next.out (it may be h's buffer).
   void Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-               StageProfiler& prof, MoeLayer::Record* record = nullptr, int32_t* expert_counts = nullptr);
+               StageProfiler& prof, MoeLayer::Record* record = nullptr, int32_t* expert_counts = nullptr,
+               const NextNorm& next = {});
 
  private:
   bool Local() const { return comm_.size() == 1 && !staging_; }
@@ -114,12 +125,14 @@ class GpuMoeLayer {
   };
   SkinnyPlan PlanSkinny(int64_t R, int64_t local) const;
   void ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-                    StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts);
+                    StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts, const NextNorm& next);
   // Tokens up to which the routing kernel computes the router logits itself (one block: past a few
   // tokens the router GEMM over many SMs is faster; at 64 tokens the fused block took 0.16 ms).
   static constexpr int64_t kFusedRouterTokens = 8;
   void ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-                       StageProfiler& prof, MoeLayer::Record* record);
+                       StageProfiler& prof, MoeLayer::Record* record, const NextNorm& next);
+  // residual += the weighted slots of y; then the next norm when given.
+  void Combine(const bf16* y, const int32_t* position, int64_t T, float* residual, const NextNorm& next);
   // Copies the router logits and the routing of T rows to `record` (synchronises; tests only).
   void RecordRouting(int64_t T, MoeLayer::Record& record, std::vector<int32_t>* experts_out);
   // The experts of `layer` on R rows grouped by expert: row r of the output is expert e's result
