@@ -86,8 +86,18 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
   PdlGate();
   // The first tile's loads go out before the queries are staged.
   if (begin + 32 * warp < end) issue(begin + 32 * warp, first_off);
-  const bf16* qrow = q + (row * heads + static_cast<int64_t>(kvh) * G) * D;  // G heads, contiguous
-  for (int i = tid; i < G * D; i += kThreads) qs[i] = __bfloat162float(qrow[i]) * scale;
+  // The G query heads are contiguous: 16-byte loads, one per thread for G * D <= 1024.
+  const uint4* qrow = reinterpret_cast<const uint4*>(q + (row * heads + static_cast<int64_t>(kvh) * G) * D);
+  for (int c = tid; c < G * D / 8; c += kThreads) {
+    const uint4 u = qrow[c];
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(h[i]);
+      qs[8 * c + 2 * i] = f.x * scale;
+      qs[8 * c + 2 * i + 1] = f.y * scale;
+    }
+  }
   __syncthreads();
 
   float m[kMaxVectors], l[kMaxVectors], acc[kMaxVectors][kDims];
@@ -208,20 +218,50 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int i = tid; i < G * D; i += kThreads) {
-    const int v = i / D;
-    float M = -INFINITY;
-    for (int z = 0; z < S; ++z) M = fmaxf(M, __ldcg(part + z * part_stride + G * D + v));
-    float L = 0.f, o = 0.f;
-    for (int z = 0; z < S; ++z) {
-      const float* p = part + z * part_stride;
-      const float mz = __ldcg(p + G * D + v);
-      if (mz == -INFINITY) continue;  // a split past the row's last key
-      const float f = __expf(mz - M);
-      L += __ldcg(p + G * D + G + v) * f;
-      o += __ldcg(p + i) * f;
+  // Online over the splits in order. A thread's kMergeElems outputs and kMergeBatch splits have
+  // their loads in flight together: the merge is a chain of L2 round trips otherwise (11 us of a
+  // 19 us kernel with two splits).
+  constexpr int kMergeElems = 4, kMergeBatch = 4;
+  for (int i0 = tid; i0 < G * D; i0 += kThreads * kMergeElems) {
+    float M[kMergeElems], L[kMergeElems], o[kMergeElems];
+#pragma unroll
+    for (int e = 0; e < kMergeElems; ++e) {
+      M[e] = -INFINITY;
+      L[e] = 0.f;
+      o[e] = 0.f;
     }
-    out[out_base + i] = __float2bfloat16(o / L);
+    for (int z0 = 0; z0 < S; z0 += kMergeBatch) {
+      float mz[kMergeElems][kMergeBatch], lz[kMergeElems][kMergeBatch], oz[kMergeElems][kMergeBatch];
+#pragma unroll
+      for (int e = 0; e < kMergeElems; ++e) {
+        const int i = i0 + kThreads * e, v = i / D;
+#pragma unroll
+        for (int u = 0; u < kMergeBatch; ++u) {
+          const float* p = part + (z0 + u) * part_stride;
+          const bool in = z0 + u < S && i < G * D;
+          mz[e][u] = in ? __ldcg(p + G * D + v) : -INFINITY;
+          lz[e][u] = in ? __ldcg(p + G * D + G + v) : 0.f;
+          oz[e][u] = in ? __ldcg(p + i) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < kMergeElems; ++e) {
+#pragma unroll
+        for (int u = 0; u < kMergeBatch; ++u) {
+          if (mz[e][u] == -INFINITY) continue;  // a split past the row's last key
+          const float m_new = fmaxf(M[e], mz[e][u]);
+          const float f_old = __expf(M[e] - m_new), f = __expf(mz[e][u] - m_new);
+          L[e] = L[e] * f_old + lz[e][u] * f;
+          o[e] = o[e] * f_old + oz[e][u] * f;
+          M[e] = m_new;
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < kMergeElems; ++e) {
+      const int i = i0 + kThreads * e;
+      if (i < G * D) out[out_base + i] = __float2bfloat16(o[e] / L[e]);
+    }
   }
   if (tid == 0) *counter = 0;  // ready for the next launch
 }
