@@ -24,18 +24,16 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "benchmarks/engine_driver.h"
 #include "benchmarks/kernel_bench.h"
 #include "benchmarks/kernel_trace.h"
 #include "coordinator/placement.h"
@@ -70,17 +68,6 @@ void Usage() {
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
                "                 [--no-variants] [--no-kernels]\n"
                "The commit defaults to $MOE_COMMIT.\n");
-}
-
-std::vector<int64_t> ParseList(const char* v) {
-  std::vector<int64_t> out;
-  std::stringstream ss(v);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    const int64_t x = std::atoll(item.c_str());
-    if (x > 0) out.push_back(x);
-  }
-  return out;
 }
 
 bool ParseArgs(int argc, char** argv, Args& a) {
@@ -123,100 +110,6 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     if (b <= 0) return false;
   }
   return true;
-}
-
-double NowMs() {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Dies with the error: a benchmark has no way around a failed step.
-template <typename T>
-T Check(absl::StatusOr<T> v, const char* what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "moe-bench: %s: %s\n", what, v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(v).value();
-}
-void Check(const absl::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "moe-bench: %s: %s\n", what, s.ToString().c_str());
-    std::exit(1);
-  }
-}
-
-class Bench {
- public:
-  Bench(gpu::GpuEngine& e, const Args& a) : e_(e), a_(a), rng_(a.seed) {}
-
-  std::vector<int32_t> Tokens(int64_t n) {
-    std::vector<int32_t> t(static_cast<size_t>(n));
-    for (auto& x : t) x = static_cast<int32_t>(rng_() % static_cast<uint64_t>(e_.config().vocab_size));
-    return t;
-  }
-
-  // One prefill of n tokens on a fresh sequence, ms.
-  double Prefill(int64_t n) {
-    Check(e_.AddSequence(next_id_), "AddSequence");
-    const std::vector<int32_t> t = Tokens(n);
-    MOE_CUDA_CHECK(cudaDeviceSynchronize());
-    const double t0 = NowMs();
-    Check(e_.Step({{next_id_, t, false}}), "prefill step");
-    const double ms = NowMs() - t0;
-    e_.FreeSequence(next_id_++);
-    return ms;
-  }
-
-  // B sequences with `context` tokens each, prefilled in steps of about prefill_chunk tokens.
-  std::vector<int64_t> AddContexts(int64_t B) {
-    std::vector<int64_t> ids;
-    for (int64_t i = 0; i < B; ++i) {
-      Check(e_.AddSequence(next_id_), "AddSequence");
-      ids.push_back(next_id_++);
-    }
-    const int64_t per_step = std::max<int64_t>(1, a_.prefill_chunk / a_.context);
-    for (int64_t i = 0; i < B; i += per_step) {
-      std::vector<SequenceChunk> chunks;
-      for (int64_t j = i; j < std::min(B, i + per_step); ++j) chunks.push_back({ids[j], Tokens(a_.context), false});
-      Check(e_.Step(chunks), "context prefill step");
-    }
-    return ids;
-  }
-
-  // `steps` decode steps of every sequence in `ids`, ms in all.
-  double Decode(const std::vector<int64_t>& ids, int steps) {
-    MOE_CUDA_CHECK(cudaDeviceSynchronize());
-    const double t0 = NowMs();
-    for (int s = 0; s < steps; ++s) {
-      std::vector<SequenceChunk> chunks;
-      for (int64_t id : ids) chunks.push_back({id, Tokens(1), false});
-      Check(e_.Step(chunks), "decode step");
-    }
-    return NowMs() - t0;
-  }
-
-  void Free(const std::vector<int64_t>& ids) {
-    for (int64_t id : ids) e_.FreeSequence(id);
-  }
-
- private:
-  gpu::GpuEngine& e_;
-  const Args& a_;
-  std::mt19937_64 rng_;
-  int64_t next_id_ = 1;
-};
-
-// Per-layer stage split of what the profiler collected, in ms per layer and step.
-nlohmann::json PerLayer(const gpu::StageTimes& t) {
-  const double n = std::max<int64_t>(1, t.layer_steps), steps = std::max<int64_t>(1, t.steps);
-  return {{"attention_ms", t.attention_ms / n},
-          {"router_ms", t.router_ms / n},
-          {"dispatch_ms", t.dispatch_ms / n},
-          {"experts_ms", t.experts_ms / n},
-          {"combine_ms", t.combine_ms / n},
-          {"outside_layers_ms_per_step", t.other_ms / steps},
-          {"step_ms", t.total_ms / steps},
-          {"steps", t.steps}};
 }
 
 // The engine's host time per step since its last reset, printed and as JSON.
@@ -283,7 +176,7 @@ int main(int argc, char** argv) {
               static_cast<long long>(opts.kv_tokens), load_ms);
   std::fflush(stdout);
 
-  Bench bench(*e, a);
+  EngineDriver bench(*e, a.seed, a.context, a.prefill_chunk);
   nlohmann::json result;
   result["machine"] = {{"gpu", prop.name},
                        {"memory_gb", prop.totalGlobalMem / 1e9},

@@ -6,9 +6,11 @@
 #      (a failure in an unrelated target is reported but does not stop the GPU run);
 #   3. run `ctest -L gpu` (verbose: the tests print their measured errors);
 #   4. run moe-bench (Mixtral-8x7B, synthetic weights) -> moe-bench.json;
-#   5. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
+#   5. with two GPUs or more, moe-ep-bench under mpirun, one rank per GPU (expert parallel over
+#      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json;
+#   6. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
 #      in the same call -> transformers-peer.json;
-#   6. copy the logs, the JSON and a summary into $OUT when OUT is set.
+#   7. copy the logs, the JSON and a summary into $OUT when OUT is set.
 # Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
 # GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
 # GPU_RUN_TRACE=1 also builds moe-bench with kernel timelines (build-gpu-trace, -DMOE_KERNEL_TRACE=ON)
@@ -22,7 +24,7 @@ LOGS=$B/gpu-run
 mkdir -p "$LOGS"
 rm -f "$LOGS"/*
 JOBS=$(nproc)
-GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_nccl_test moe-bench)
+GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_nccl_test moe-bench moe-ep-bench)
 SUMMARY=$LOGS/summary.txt
 status=0
 
@@ -74,6 +76,14 @@ export MOE_COMMIT="${MOE_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null ||
 # shellcheck disable=SC2086
 step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" ${MOE_BENCH_ARGS:-} || status=1
 tail -n 40 "$LOGS/bench.log" | tee -a "$SUMMARY"
+
+GPUS=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
+if [ "$GPUS" -ge 2 ]; then
+  # shellcheck disable=SC2086
+  step ep-bench timeout 900 mpirun -np "$GPUS" --bind-to none "$B/benchmarks/moe-ep-bench" \
+    --out "$LOGS/moe-ep-bench.json" ${MOE_EP_ARGS:-} || status=1
+  grep -vE "^\s*$" "$LOGS/ep-bench.log" | tail -n 30 | tee -a "$SUMMARY"
+fi
 
 if [ "${GPU_RUN_TRACE:-0}" = 1 ]; then
   T=build-gpu-trace
