@@ -12,8 +12,9 @@
 //     contexts: ms per step (the slowest rank's wall clock), tokens/s over all ranks;
 //   - in the profiling mode (CUDA events at the stage boundaries; no graphs), the per-layer split
 //     of every rank (attention, router, dispatch, experts, combine): dispatch runs from the router's
-//     end through the expert ids to the host, the count exchange and the rows' all-to-all; combine
-//     is the rows' return all-to-all and the weighted sum.
+//     end through the packing, the count exchange and the rows' all-to-all (on the host-count path
+//     also the expert ids' trip to the host); combine is the rows' return all-to-all and the
+//     weighted sum.
 // Rank 0 writes one JSON object (machine, ranks, commit, command line, config, every figure).
 #include <mpi.h>
 
@@ -320,8 +321,10 @@ int Run(int argc, char** argv) {
                          {"unit", "ms per layer per step (CUDA events, no graphs), every rank"}};
   }
   result["notes"] =
-      "expert parallel over NCCL, one rank per GPU; decode with per-layer host synchronisations (expert ids and "
-      "counts to the host) and no CUDA graphs; times are the slowest rank's";
+      "expert parallel over NCCL, one rank per GPU; up to 48 routed rows per expert on average (decode at small "
+      "batches) the device exchange (fixed-capacity blocks, no host synchronisation, CUDA graphs), above it the "
+      "exchange with the counts on the host (one synchronisation per layer for the routing, one for the counts); "
+      "times are the slowest rank's";
   e.reset();  // the engine before the exchange it uses
 
   if (rank == 0) {

@@ -264,8 +264,9 @@ TEST_F(GpuNcclTest, PrefillLogitsMatchSingleGpuEngine) {
   }
 }
 
-// Greedy generation (batched prefill, then decode steps in which ranks finish at different times:
-// the idle ones keep joining the NCCL exchanges with zero rows) equals the single-GPU tokens.
+// Greedy generation (batched prefill through the exchange with host-known counts, then decode
+// steps through the device exchange in CUDA graphs, in which ranks finish at different times: the
+// idle ones keep joining the NCCL exchanges with zero rows) equals the single-GPU tokens.
 TEST_F(GpuNcclTest, GreedyGenerationMatchesSingleGpuEngine) {
   const std::vector<size_t> mine = Mine();
   auto request = [](const std::vector<int32_t>& prompt, int64_t n) {
@@ -279,12 +280,14 @@ TEST_F(GpuNcclTest, GreedyGenerationMatchesSingleGpuEngine) {
   std::vector<GenerateRequest> reqs, all;
   for (size_t i : mine) reqs.push_back(request((*prompts_)[i], 8 + 4 * static_cast<int64_t>(i)));
   for (size_t i = 0; i < prompts_->size(); ++i) all.push_back(request((*prompts_)[i], 8 + 4 * static_cast<int64_t>(i)));
-  const int64_t before = nccl_->row_exchanges();
+  const int64_t before = nccl_->row_exchanges(), graphs_before = engine_->graphs_captured();
   auto ours = GenerateAll(*engine_, reqs);
   auto want = GenerateAll(*local_, all);
   ASSERT_TRUE(ours.ok()) << ours.status();
   ASSERT_TRUE(want.ok()) << want.status();
   EXPECT_GT(nccl_->row_exchanges(), before);
+  // The decode steps ran the device exchange (fixed-capacity blocks), captured in CUDA graphs.
+  EXPECT_GT(engine_->graphs_captured(), graphs_before);
   for (size_t j = 0; j < mine.size(); ++j) {
     EXPECT_EQ((*ours)[j].tokens, (*want)[mine[j]].tokens) << "prompt " << mine[j] << " on rank " << World().rank();
   }

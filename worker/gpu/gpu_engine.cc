@@ -201,7 +201,7 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= wanted_.EnsureSize(static_cast<size_t>(sh.wanted * H));
   grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
   grew |= h_logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
-  grew |= moe_->Reserve(T);
+  grew |= moe_->Reserve(sh.rows());
   grew |= attn_partial_.EnsureSize(DecodeSplitFloats(sh.narrow, c.num_heads, c.head_dim, sh.decode_splits));
   if (attn_counters_.EnsureSize(static_cast<size_t>(sh.narrow * c.num_kv_heads))) {
     MOE_CUDA_CHECK(cudaMemset(attn_counters_.get(), 0, sizeof(int32_t) * attn_counters_.size()));
@@ -237,6 +237,15 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   sh.wide = static_cast<int64_t>(wide_tiles_.size() / 2);
   sh.decode_splits = DecodeSplitCount(sh.narrow, c.num_kv_heads, sh.pitch * kv_.block_size(),
                                       c.sliding_window ? *c.sliding_window : 0);
+  sh.peak = sh.total = sh.T;
+  if (comm_.size() > 1) {
+    sh.total = out.global_rows;
+    if (moe_->ExchangesOnDevice()) {  // the device exchange's blocks hold the largest rank's rows
+      std::vector<int64_t> peak = {sh.T};
+      comm_.AllReduceMax(peak);
+      sh.peak = peak[0];
+    }
+  }
   if (Reserve(sh)) DropGraphs();
 
   // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
@@ -270,8 +279,10 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
 
   routing_.assign(opts_.record_routing ? static_cast<size_t>(L) : 0, {});
   const bool local = comm_.size() == 1 && !opts_.force_host_staging;
-  const bool count_experts = opts_.collect_load_stats && local;
-  const bool graph = opts_.cuda_graphs && moe_->DeviceOnly(T) && !profiler_.enabled() && !opts_.record_routing;
+  const bool device_only = moe_->DeviceOnly(sh.rows()) && !opts_.record_routing;
+  // The local path and the device exchange count the routed rows on the device.
+  const bool count_experts = opts_.collect_load_stats && (local || device_only);
+  const bool graph = opts_.cuda_graphs && device_only && !profiler_.enabled();
   host_times_.prepare_ms += LapMs();
   if (graph) {
     auto it = graphs_.find(sh.key());
@@ -311,9 +322,13 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
 
   if (count_experts) {
     std::vector<int64_t> counts(static_cast<size_t>(E));
-    const std::vector<int64_t> rank_rows = {T * c.experts_per_token};
+    std::vector<int64_t> rank_rows(static_cast<size_t>(comm_.size()));
     for (int64_t l = 0; l < L; ++l) {
-      for (int64_t e = 0; e < E; ++e) counts[e] = h_step_counts_.get()[l * E + e];
+      std::fill(rank_rows.begin(), rank_rows.end(), 0);
+      for (int64_t e = 0; e < E; ++e) {
+        counts[e] = h_step_counts_.get()[l * E + e];
+        rank_rows[plan_.replicas(l, e)[0]] += counts[e];  // one rank per expert on these paths
+      }
       stats_.AddLocalCounts(l, counts, rank_rows);
     }
   }

@@ -149,13 +149,15 @@ class GpuEngine final : public StepEngine {
   // Checks the config against the kernels' limits, selects the device, allocates the KV cache.
   static absl::StatusOr<std::unique_ptr<GpuEngine>> Create(const ModelConfig& c, Communicator& comm,
                                                            const PlacementPlan& plan, const GpuEngineOptions& opts);
-  void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);
+  void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);  // out.global_rows set
   // The shape of one step's device work: what a captured graph is specialised to.
   struct StepShape {
     int64_t T = 0, S = 0, pitch = 0, wanted = 0, narrow = 0, wide = 0;
+    int64_t peak = 0, total = 0;  // the job's rows (StepRows): they size the device exchange
     int64_t inputs() const { return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide; }
     int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
-    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide}; }
+    StepRows rows() const { return StepRows{T, peak, total}; }
+    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total}; }
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
   bool Reserve(const StepShape& shape);

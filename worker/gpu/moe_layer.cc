@@ -50,22 +50,44 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
   counters_ = DeviceBuffer<int32_t>(counters);
   MOE_CUDA_CHECK(cudaMemset(counters_.get(), 0, sizeof(int32_t) * counters));
   h_offsets_.EnsureSize(static_cast<size_t>(E + 1));
+
+  // The device exchange needs one rank per expert (PlacementPlan::route is then the owner).
+  const int W = comm.size();
+  single_owner_ = W > 1 && W <= E && E <= 256;
+  int64_t most = 1;
+  std::vector<int32_t> owner(static_cast<size_t>(L * E), 0);
+  for (int64_t l = 0; l < L && single_owner_; ++l) {
+    for (int64_t e = 0; e < E; ++e) {
+      const std::vector<int>& r = plan.replicas(l, e);
+      single_owner_ = single_owner_ && r.size() == 1;
+      owner[l * E + e] = r[0];
+    }
+    for (int d = 0; d < W; ++d) most = std::max<int64_t>(most, plan.experts_on_rank(l, d).size());
+  }
+  exchange_rows_per_token_ = std::min<int64_t>(c.experts_per_token, most);
+  if (single_owner_) {
+    owner_ = DeviceBuffer<int32_t>(owner.size());
+    MOE_CUDA_CHECK(cudaMemcpy(owner_.get(), owner.data(), sizeof(int32_t) * owner.size(), cudaMemcpyHostToDevice));
+    recv_offsets_ = DeviceBuffer<int32_t>(static_cast<size_t>(E + 1));
+  }
 }
 
-bool GpuMoeLayer::DeviceOnly(int64_t T) const {
-  return Local() && SkinnyExperts(T * c_.experts_per_token, c_.num_experts);
+bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
+  if (Local()) return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts);
+  return DeviceExchange(rows);
 }
 
-GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local) const {
+GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local, int64_t plan_rows) const {
   const int64_t H = c_.hidden_size, I = c_.intermediate_size;
   SkinnyPlan p;
+  if (plan_rows <= 0) plan_rows = R;
   // Rows per expert the register tiles are sized for: the mean plus three standard deviations of a
   // binomial spread, so an expert rarely needs a second pass over its weights.
-  const double mean = static_cast<double>(R) / static_cast<double>(local);
+  const double mean = static_cast<double>(plan_rows) / static_cast<double>(local);
   p.expected = static_cast<int64_t>(std::ceil(mean + 3.0 * std::sqrt(mean) + 1.0));
   // Experts with rows: about local * (1 - (1 - 1/local)^R) when rows pick experts independently.
   const double active = static_cast<double>(local) * (1.0 - std::pow(1.0 - 1.0 / static_cast<double>(local),
-                                                                     static_cast<double>(R)));
+                                                                     static_cast<double>(plan_rows)));
   const int64_t groups = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(active - 1e-9)), 1, local);
   p.splits_up = SkinnySplits(I, H, SkinnyEpilogue::kSwiGluBf16, groups);
   p.splits_down = SkinnySplits(H, I, SkinnyEpilogue::kStoreBf16, groups);
@@ -74,9 +96,32 @@ GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local) const 
   return p;
 }
 
-bool GpuMoeLayer::Reserve(int64_t T) {
-  const int64_t E = c_.num_experts, n = T * c_.experts_per_token;
+bool GpuMoeLayer::Reserve(const StepRows& rows) {
+  step_ = rows;
+  const int64_t T = rows.local, E = c_.num_experts, n = T * c_.experts_per_token;
   bool grew = false;
+  if (!Local() && DeviceExchange(rows)) {
+    const int64_t H = c_.hidden_size, I = c_.intermediate_size, W = comm_.size();
+    const int64_t blocks = W * ExchangeCap(rows), bound = ReceiveBound(rows);
+    grew |= logits_.EnsureSize(static_cast<size_t>(T * E));
+    grew |= experts_.EnsureSize(static_cast<size_t>(n));
+    grew |= weights_.EnsureSize(static_cast<size_t>(n));
+    grew |= index_.EnsureSize(static_cast<size_t>(3 * n + bound));
+    grew |= d_counts_.EnsureSize(static_cast<size_t>(2 * W * E));
+    grew |= send_.EnsureSize(static_cast<size_t>(blocks * H));
+    grew |= recv_.EnsureSize(static_cast<size_t>(blocks * H));
+    grew |= computed_.EnsureSize(static_cast<size_t>(blocks * H));
+    grew |= returned_.EnsureSize(static_cast<size_t>(blocks * H));
+    grew |= act_.EnsureSize(static_cast<size_t>(bound * I));
+    grew |= result_.EnsureSize(static_cast<size_t>(bound * H));
+    size_t workspace = 0;  // the largest any layer's share of experts needs
+    for (int64_t l = 0; l < c_.num_layers; ++l) {
+      const int64_t local = std::max<int64_t>(1, local_experts_[l]);
+      workspace = std::max(workspace, PlanSkinny(bound, local, ExpectedRows(rows, local)).workspace);
+    }
+    grew |= split_.EnsureSize(workspace);
+    return grew;
+  }
   grew |= logits_.EnsureSize(static_cast<size_t>(T * E));
   grew |= experts_.EnsureSize(static_cast<size_t>(n));
   grew |= weights_.EnsureSize(static_cast<size_t>(n));
@@ -92,6 +137,9 @@ void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* 
                           const NextNorm& next) {
   if (Local()) {
     ForwardLocal(layer, w, h, T, residual, prof, record, expert_counts, next);
+  } else if (record == nullptr && DeviceExchange(step_)) {
+    MOE_CHECK(T == step_.local, "MoE layer: ", T, " rows but the step reserved ", step_.local);
+    ForwardDeviceExchange(layer, w, h, T, residual, prof, expert_counts, next);
   } else {
     ForwardExchange(layer, w, h, T, residual, prof, record, next);
   }
@@ -140,6 +188,52 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const b
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
 }
 
+void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T,
+                                        float* residual, StageProfiler& prof, int32_t* expert_counts,
+                                        const NextNorm& next) {
+  const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
+  const int W = comm_.size();
+  const int64_t n = T * k, cap = ExchangeCap(step_), bound = ReceiveBound(step_);
+  int32_t* src_row = index_.get();         // grouped row -> token row (RouteAndGroup)
+  int32_t* position = src_row + n;         // slot -> grouped row (RouteAndGroup)
+  int32_t* combine_pos = position + n;     // slot -> send row, where its result returns
+  int32_t* group_src = combine_pos + n;    // received grouped row -> received row
+  int64_t* send_counts = d_counts_.get();  // [W, E]
+  int64_t* recv_counts = send_counts + W * E;
+
+  // Route and group by expert, as on the local path.
+  RouterInputs fused;
+  if (T <= kFusedRouterTokens && H % 8 == 0) {
+    fused = RouterInputs{h, w.router, H};
+  } else {
+    gemm_.LinearF32(h, T, H, w.router, E, logits_.get());
+  }
+  RouteAndGroup(fused, logits_.get(), T, E, k, experts_.get(), weights_.get(), src_row, position, offsets_.get(),
+                nullptr, expert_counts, stream_);
+  prof.Mark(layer, Boundary::kRouterEnd, stream_);
+
+  // Dispatch: fixed-size blocks, so no host needs the counts.
+  PackForExchange(h, src_row, position, offsets_.get(), owner_.get() + layer * E, E, W, n, cap, H, send_.get(),
+                  send_counts, combine_pos, stream_);
+  nccl_->AllToAllCounts(send_counts, recv_counts, E, stream_);
+  const std::vector<int64_t> blocks(static_cast<size_t>(W), cap);
+  nccl_->AllToAllRows(send_.get(), blocks, recv_.get(), blocks, H, stream_);
+  GroupReceived(recv_counts, W, E, cap, recv_offsets_.get(), group_src, active_.get(), stream_);
+  prof.Mark(layer, Boundary::kDispatchEnd, stream_);
+
+  // Experts on the received rows (how many is known on the device only: `bound` sizes the work).
+  const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
+  Experts(layer, recv_.get(), group_src, bound, recv_offsets_.get(), nullptr, result_.get(), active_.get(),
+          ExpectedRows(step_, local));
+  ScatterRows(result_.get(), group_src, recv_offsets_.get() + E, bound, H, computed_.get(), stream_);
+  prof.Mark(layer, Boundary::kExpertsEnd, stream_);
+
+  // Return the same blocks; combine.
+  nccl_->AllToAllRows(computed_.get(), blocks, returned_.get(), blocks, H, stream_);
+  Combine(returned_.get(), combine_pos, T, residual, next);
+  prof.Mark(layer, Boundary::kCombineEnd, stream_);
+}
+
 void GpuMoeLayer::RecordRouting(int64_t T, MoeLayer::Record& record, std::vector<int32_t>* experts_out) {
   const int64_t E = c_.num_experts, k = c_.experts_per_token, n = T * k;
   record.router_logits.resize(static_cast<size_t>(T * E));
@@ -160,19 +254,19 @@ void GpuMoeLayer::RecordRouting(int64_t T, MoeLayer::Record& record, std::vector
 }
 
 void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
-                          const int32_t* h_offsets, bf16* out, const int32_t* active) {
+                          const int32_t* h_offsets, bf16* out, const int32_t* active, int64_t plan_rows) {
   if (R == 0) return;
   const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
   act_.EnsureSize(static_cast<size_t>(R * I));
-  if (SkinnyExperts(R, local)) {
-    const SkinnyPlan p = PlanSkinny(R, local);
+  if (SkinnyExperts(plan_rows > 0 ? plan_rows : R, local)) {
+    const SkinnyPlan p = PlanSkinny(R, local, plan_rows);
     split_.EnsureSize(p.workspace);
     // Every expert gets at most one row per token, so with at most 8 tokens (the local path) every
     // expert's rows fit one pass of the smallest tile and the last CTA of each tile can add the
     // split-K sums. With more rows that serial sum in one CTA costs more than a reduction launch.
     const int64_t T = R / c_.experts_per_token;
-    const bool one_pass = active != nullptr && T <= 8 && SkinnyTileCount(p.expected) == 1;
+    const bool one_pass = active != nullptr && plan_rows <= 0 && T <= 8 && SkinnyTileCount(p.expected) == 1;
     int32_t* counters = one_pass ? counters_.get() : nullptr;
     SkinnyGroups up;
     up.count = E;
@@ -180,7 +274,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     up.weights = w13_.get() + layer * E;
     up.row_index = row_index;
     up.active = active;
-    up.slots = std::min(E, R);  // at most R experts have rows
+    up.slots = std::min(local, R);  // at most R of the rank's experts have rows
     SkinnyGemm(x, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), p.expected, p.splits_up, split_.get(), R,
                counters, stream_);
     SkinnyGroups down;
@@ -188,7 +282,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     down.offsets = d_offsets;
     down.weights = w2_.get() + layer * E;
     down.active = active;
-    down.slots = std::min(E, R);
+    down.slots = std::min(local, R);
     down.ready = true;  // made before the gate/up product started: its weights stream while that one ends
     SkinnyGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, p.expected, p.splits_down, split_.get(), R,
                counters, stream_);

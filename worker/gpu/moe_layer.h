@@ -32,6 +32,17 @@
 //   Received rows come one block per (source, expert); the experts' grouped GEMMs read them in
 //   expert order through an index, and the results are put back in received order.
 //
+// DEVICE EXCHANGE (several ranks over NCCL, each expert on one rank, skinny experts: decode). No
+//   host synchronisation, so a step can be captured in a CUDA graph: RouteAndGroup groups the
+//   rows by expert as on the local path; PackForExchange lays them out in fixed-capacity blocks,
+//   one per destination (cap = the most rows any rank has this step x min(k, the most experts one
+//   rank holds): no destination can get more), with the (destination, expert) counts beside them;
+//   the counts and the blocks cross by NCCL (the blocks' sizes do not depend on the routing, so the
+//   host never needs the counts); GroupReceived orders the received rows by expert on the device;
+//   the skinny GEMMs run; ScatterRows puts the results back where the rows arrived, and the same
+//   blocks return. Padding rows cross too: the price of a host-free step (at 64 tokens per rank on
+//   two ranks the blocks are 1 MB each way per peer instead of about 0.5 MB).
+//
 // Either way each expert sees the same rows, a row's expert output does not depend on the other
 // rows (the skinny GEMM's sum order is fixed), and CombineAdd sums the k slots in slot order, so
 // results do not depend on the path or on the number of ranks (bf16 rows cross ranks exactly).
@@ -39,6 +50,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -80,6 +92,14 @@ struct NextNorm {
   bf16* out = nullptr;           // [T, H] bf16
 };
 
+// The rows of one step over the job, from the step header: every rank knows them alike, so every
+// rank picks the same exchange (the transfers must agree).
+struct StepRows {
+  int64_t local = 0;  // this rank's rows (T)
+  int64_t peak = 0;   // the most rows any rank has
+  int64_t total = 0;  // the rows of all ranks
+};
+
 class GpuMoeLayer {
  public:
   // `weights`: the rank's device weights (the experts' pointer tables are built from them once).
@@ -92,13 +112,16 @@ class GpuMoeLayer {
   void set_tuning(const ExpertGemmTuning& t) { tuning_ = t; }
   const ExpertGemmTuning& tuning() const { return tuning_; }
 
-  // True when a step with T local rows runs the layer with no host synchronisation (and so can be
-  // captured in a CUDA graph): the local path with skinny experts.
-  bool DeviceOnly(int64_t T) const;
-  // Sizes the buffers of a step with T rows, so that a DeviceOnly step allocates nothing (a graph
-  // capture may not). The engine calls it before every step. Returns true when a buffer was
-  // reallocated.
-  bool Reserve(int64_t T);
+  // True when the device exchange can serve this plan (NCCL, no host staging, one rank per expert):
+  // the engine then finds the step's peak rows (StepRows::peak) for it.
+  bool ExchangesOnDevice() const { return nccl_ != nullptr && !staging_ && single_owner_; }
+  // True when a step runs the layer with no host synchronisation (and so can be captured in a CUDA
+  // graph): the local path or the device exchange, with skinny experts.
+  bool DeviceOnly(const StepRows& rows) const;
+  // Sizes the buffers of a step, so that a DeviceOnly step allocates nothing (a graph capture may
+  // not), and keeps `rows` for the step's Forward calls. The engine calls it before every step.
+  // Returns true when a buffer was reallocated.
+  bool Reserve(const StepRows& rows);
 
   // A collective: every rank calls it for every layer, with T = 0 when it has no rows.
   // h: the normalised hidden states [T, H] (bf16); residual [T, H] (float32) gets the layer's output added.
@@ -117,13 +140,28 @@ class GpuMoeLayer {
     return c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
            rows <= tuning_.skinny_max_rows_per_expert * std::max<int64_t>(1, experts);
   }
-  // How the skinny expert GEMMs run for R rows over `local` experts.
+  bool DeviceExchange(const StepRows& rows) const {
+    return ExchangesOnDevice() && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts);
+  }
+  // The fixed-capacity exchange: rows per (source, destination) block, and the bound on the rows
+  // a rank receives.
+  int64_t ExchangeCap(const StepRows& rows) const { return rows.peak * exchange_rows_per_token_; }
+  int64_t ReceiveBound(const StepRows& rows) const {
+    return std::min(comm_.size() * ExchangeCap(rows), rows.total * c_.experts_per_token);
+  }
+  // The rows `local` experts expect on average: the job's routed rows times their share.
+  int64_t ExpectedRows(const StepRows& rows, int64_t local) const {
+    const int64_t routed = rows.total * c_.experts_per_token;
+    return std::max<int64_t>(1, (routed * local + c_.num_experts - 1) / c_.num_experts);
+  }
+  // How the skinny expert GEMMs run for R rows (buffers, workspace) sized for plan_rows (0: R) over
+  // `local` experts.
   struct SkinnyPlan {
     int64_t expected = 1;  // rows per expert the register tiles hold
     int splits_up = 1, splits_down = 1;
     size_t workspace = 0;  // floats of split-K partial sums
   };
-  SkinnyPlan PlanSkinny(int64_t R, int64_t local) const;
+  SkinnyPlan PlanSkinny(int64_t R, int64_t local, int64_t plan_rows = 0) const;
   void ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                     StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts, const NextNorm& next);
   // Tokens up to which the routing kernel computes the router logits itself (one block: past a few
@@ -131,6 +169,8 @@ class GpuMoeLayer {
   static constexpr int64_t kFusedRouterTokens = 8;
   void ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                        StageProfiler& prof, MoeLayer::Record* record, const NextNorm& next);
+  void ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+                             StageProfiler& prof, int32_t* expert_counts, const NextNorm& next);
   // residual += the weighted slots of y; then the next norm when given.
   void Combine(const bf16* y, const int32_t* position, int64_t T, float* residual, const NextNorm& next);
   // Copies the router logits and the routing of T rows to `record` (synchronises; tests only).
@@ -140,8 +180,10 @@ class GpuMoeLayer {
   // on the device; h_offsets [E+1] on the host or null (then the skinny path is required, or the
   // offsets are fetched). out: [R, H] bf16. `active` (device, optional): the experts with rows,
   // then -1 (RouteAndGroup's list), so the skinny GEMMs launch CTAs for those alone.
+  // plan_rows (0: R): when R is only a bound on the rows (the device exchange, where the rows are
+  // known on the device alone), the rows the skinny kernels are sized for (the expected rows).
   void Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
-               const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr);
+               const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr, int64_t plan_rows = 0);
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
@@ -158,13 +200,17 @@ class GpuMoeLayer {
   NcclExchange* nccl_;  // null: no NCCL (host staging between ranks)
   ExpertGemmTuning tuning_;
   std::vector<int64_t> local_experts_;  // per layer: experts this rank holds
+  bool single_owner_ = false;           // every expert of every layer on one rank (and E <= 256)
+  int64_t exchange_rows_per_token_ = 1;  // min(k, the most experts of a layer one rank holds)
+  DeviceBuffer<int32_t> owner_;          // [L, E]: the rank of each expert (single_owner_ only)
+  StepRows step_;                        // the current step's (Reserve)
 
   std::vector<const bf16*> host_w13_, host_w2_;  // [L, E] expert weight pointers (null where not held)
   DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
   DeviceBuffer<void*> group_ptrs_;      // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
   std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step
   DeviceBuffer<float> logits_, weights_, stage_, split_;
-  DeviceBuffer<int32_t> experts_, index_, offsets_, active_;
+  DeviceBuffer<int32_t> experts_, index_, offsets_, active_, recv_offsets_;
   DeviceBuffer<int32_t> counters_;  // the skinny GEMMs' split-K arrival counters (kept zeroed)
   DeviceBuffer<bf16> send_, recv_, grouped_, gate_up_, act_, result_, computed_, returned_;
   PinnedBuffer<int32_t> h_experts_, h_index_, h_offsets_;
