@@ -10,7 +10,7 @@
 #      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json;
 #   6. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
 #      in the same call -> transformers-peer.json;
-#   7. copy the logs, the JSON and a summary into $OUT when OUT is set.
+#   7. copy the summary, the JSON and the logs (logs.tar.gz) into $OUT when OUT is set.
 # Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
 # GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
 # GPU_RUN_TRACE=1 also builds moe-bench with kernel timelines (build-gpu-trace, -DMOE_KERNEL_TRACE=ON)
@@ -28,12 +28,16 @@ GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_te
 SUMMARY=$LOGS/summary.txt
 status=0
 
+# The device tool brings back a few files only: the summary and the JSON results as they are, the
+# logs in one archive (tar xzf logs.tar.gz).
 copy_out() {
   if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-    for f in "$LOGS"/*; do
+    for f in "$LOGS"/summary.txt "$LOGS"/*.json; do
+      [ -f "$f" ] || continue
       # $OUT takes files up to 16 MiB: keep the end of anything larger.
       tail -c 15000000 "$f" > "$OUT/$(basename "$f")"
     done
+    (cd "$LOGS" && tar czf "$OUT/logs.tar.gz" ./*.log 2>/dev/null)
   fi
 }
 trap copy_out EXIT
