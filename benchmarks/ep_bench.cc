@@ -231,7 +231,7 @@ int Run(int argc, char** argv) {
                        {"sms", prop.multiProcessorCount}};
   result["ranks"] = W;
   result["commit"] = a.commit.empty() ? "unknown" : a.commit;
-  result["command"] = command;
+  result["command"] = "mpirun -np " + std::to_string(W) + " " + command;  // one rank per GPU
   result["config"] = config_name;
   result["weights"] = {{"synthetic_seed", a.seed},
                        {"bytes_rank0", e->weight_bytes()},

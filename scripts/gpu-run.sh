@@ -24,7 +24,8 @@ LOGS=$B/gpu-run
 mkdir -p "$LOGS"
 rm -f "$LOGS"/*
 JOBS=$(nproc)
-GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_nccl_test moe-bench moe-ep-bench)
+GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_nccl_test e2e_gpu_cluster_test
+  moe-bench moe-ep-bench)
 SUMMARY=$LOGS/summary.txt
 status=0
 

@@ -49,11 +49,12 @@ class Engine final : public StepEngine {
 
   const ModelConfig& config() const override { return config_; }
   const PlacementPlan& plan() const { return plan_; }
-  Communicator& comm() { return comm_; }
+  Communicator& comm() override { return comm_; }
   const KvCache& kv_cache() const { return *kv_; }
-  const LoadStats& load_stats() const { return stats_; }
+  const KvBlockAllocator& kv_blocks() const override { return kv_->allocator(); }
+  const LoadStats& load_stats() const override { return stats_; }
   LoadStats& load_stats() { return stats_; }
-  int64_t weight_bytes() const { return weights_.bytes(); }
+  int64_t weight_bytes() const override { return weights_.bytes(); }
   // Per layer, for the last step's local rows (only with record_routing).
   const std::vector<MoeLayer::Record>& last_routing() const { return routing_; }
 

@@ -11,6 +11,7 @@
 #include "worker/comm/communicator.h"
 #include "worker/kv_blocks.h"
 #include "worker/model/config.h"
+#include "worker/moe/load_stats.h"
 
 namespace moe {
 
@@ -46,6 +47,12 @@ class StepEngine {
   // The collective forward step: every rank calls it in lock step, each with its own sequences
   // (possibly none). On error nothing is changed on any rank.
   virtual absl::StatusOr<StepOutput> Step(const std::vector<SequenceChunk>& chunks) = 0;
+
+  // What the serving side reports and plans with.
+  virtual Communicator& comm() = 0;
+  virtual const KvBlockAllocator& kv_blocks() const = 0;
+  virtual const LoadStats& load_stats() const = 0;
+  virtual int64_t weight_bytes() const = 0;  // this rank's weights in memory (host or device)
 };
 
 // The checks every engine's Load makes before loading anything: the plan is for this model's layers

@@ -102,11 +102,11 @@ class GpuEngine final : public StepEngine {
 
   const ModelConfig& config() const override { return config_; }
   const PlacementPlan& plan() const { return plan_; }
-  Communicator& comm() { return comm_; }
-  const KvBlockAllocator& kv_blocks() const { return kv_; }
-  const LoadStats& load_stats() const { return stats_; }
+  Communicator& comm() override { return comm_; }
+  const KvBlockAllocator& kv_blocks() const override { return kv_; }
+  const LoadStats& load_stats() const override { return stats_; }
   LoadStats& load_stats() { return stats_; }
-  int64_t weight_bytes() const { return weights_->bytes(); }
+  int64_t weight_bytes() const override { return weights_->bytes(); }
   int64_t expert_weight_bytes() const { return weights_->expert_bytes(); }
   int64_t kv_cache_bytes() const { return static_cast<int64_t>(2 * keys_.size() * sizeof(bf16)); }
   cudaStream_t stream() const { return stream_.get(); }

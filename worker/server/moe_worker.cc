@@ -22,6 +22,7 @@
 #include "worker/comm/mpi_communicator.h"
 #include "worker/comm/mpi_launch.h"
 #include "worker/engine.h"
+#include "worker/server/worker_engine.h"
 #include "worker/server/coordinator_link.h"
 #include "worker/server/keep_alive_outbox.h"
 #include "worker/server/inbox.h"
@@ -71,14 +72,22 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     return 0;
   }
 
+  if (flags->device == "gpu" && !WorkerEngine::GpuBuilt()) {
+    if (rank == 0) std::fprintf(stderr, "moe-worker: --device gpu: this moe-worker was built without CUDA\n");
+    return 2;
+  }
+
   absl::StatusOr<std::unique_ptr<CoordinatorLink>> link = CoordinatorLink::Connect(flags->coordinator, kConnectTimeout);
   if (AnyRankFailed(comm, link.status())) return 1;
   moe::v1::RegisterRequest req;
   req.set_rank(rank);
   req.set_world_size(comm.size());
   req.set_host(HostName());
-  req.set_device("cpu");
-  req.set_memory_bytes(PhysicalMemoryBytes());
+  std::string device = "cpu";
+  int64_t memory = PhysicalMemoryBytes();
+  if (flags->device == "gpu" && !WorkerEngine::DescribeGpu(rank, &device, &memory)) device = "gpu (none visible)";
+  req.set_device(device);
+  req.set_memory_bytes(memory);
   req.set_model_dir(flags->model_dir);
   absl::StatusOr<moe::v1::RegisterResponse> reg = (*link)->Register(req);
   if (AnyRankFailed(comm, reg.status())) return 1;
@@ -88,29 +97,29 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   absl::StatusOr<ModelConfig> config =
       plan.ok() ? ModelConfig::FromModelDir(model_dir) : absl::StatusOr<ModelConfig>(plan.status());
   if (AnyRankFailed(comm, config.status())) return 1;
-  EngineOptions eo;
-  eo.kv_block_size = flags->kv_block_size;
-  eo.kv_tokens = flags->kv_tokens > 0 ? flags->kv_tokens : DefaultKvTokens(*config);
-  eo.verbose = true;  // "[rank r] loading DIR: layer i/N"
-  absl::StatusOr<std::unique_ptr<Engine>> engine = Engine::Load(model_dir, comm, *plan, eo);
-  if (AnyRankFailed(comm, engine.status())) return 1;
+  const int64_t kv_tokens = flags->kv_tokens > 0 ? flags->kv_tokens : DefaultKvTokens(*config);
+  absl::StatusOr<std::unique_ptr<WorkerEngine>> loaded_engine =
+      WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens);
+  if (AnyRankFailed(comm, loaded_engine.status())) return 1;
+  StepEngine* engine = &(*loaded_engine)->engine();
 
   Inbox inbox;
   if (AnyRankFailed(comm, (*link)->OpenStream(inbox))) return 1;
   moe::v1::WorkerMessage loaded;
   loaded.mutable_loaded()->set_rank(rank);
-  loaded.mutable_loaded()->set_weight_bytes((*engine)->weight_bytes());
-  loaded.mutable_loaded()->set_kv_blocks_total((*engine)->kv_cache().total_blocks());
+  loaded.mutable_loaded()->set_weight_bytes(engine->weight_bytes());
+  loaded.mutable_loaded()->set_kv_blocks_total(engine->kv_blocks().total_blocks());
   (*link)->Send(std::move(loaded));
-  std::fprintf(stderr, "[rank %d] loaded %.1f MB of weights, %lld KV blocks of %lld positions; serving\n", rank,
-               (*engine)->weight_bytes() / 1e6, static_cast<long long>((*engine)->kv_cache().total_blocks()),
-               static_cast<long long>(eo.kv_block_size));
+  std::fprintf(stderr, "[rank %d] loaded %.1f MB of weights on %s, %lld KV blocks of %lld positions; serving\n", rank,
+               engine->weight_bytes() / 1e6, (*loaded_engine)->device().c_str(),
+               static_cast<long long>(engine->kv_blocks().total_blocks()),
+               static_cast<long long>(flags->kv_block_size));
 
   ServingLoopOptions lo;
   lo.max_batch_tokens = flags->max_batch_tokens;
   // Heartbeats keep flowing during steps longer than the coordinator's timeout.
   KeepAliveOutbox outbox(**link, lo.heartbeat_interval);
-  ServingLoop loop(**engine, inbox, outbox, lo);
+  ServingLoop loop(*engine, inbox, outbox, lo);
   const StopReason why = loop.Run();
   (*link)->Close();
   if (why == StopReason::kCoordinatorLost) {

@@ -22,12 +22,12 @@ int64_t EngineId(uint64_t seq_id) { return static_cast<int64_t>(seq_id); }
 
 }  // namespace
 
-ServingLoop::ServingLoop(Engine& engine, Inbox& inbox, Outbox& outbox, ServingLoopOptions opts)
+ServingLoop::ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, ServingLoopOptions opts)
     : engine_(engine),
       inbox_(inbox),
       outbox_(outbox),
       opts_(opts),
-      planner_(engine.kv_cache().total_blocks(), engine.kv_cache().block_size()),
+      planner_(engine.kv_blocks().total_blocks(), engine.kv_blocks().block_size()),
       // "Due now" without overflow: a fresh rank heartbeats on its first iteration, so an idle new
       // cluster is not declared lost (time_point::min() overflowed now - last_heartbeat_).
       last_heartbeat_(std::chrono::steady_clock::now() - opts.heartbeat_interval),
@@ -37,8 +37,8 @@ moe::v1::WorkerStats ServingLoop::Stats() const {
   moe::v1::WorkerStats st;
   st.set_rank(engine_.comm().rank());
   st.set_running_sequences(num_sequences());
-  st.set_kv_blocks_used(engine_.kv_cache().used_blocks());
-  st.set_kv_blocks_total(engine_.kv_cache().total_blocks());
+  st.set_kv_blocks_used(engine_.kv_blocks().used_blocks());
+  st.set_kv_blocks_total(engine_.kv_blocks().total_blocks());
   st.set_steps(steps_);
   st.set_load_stats_json(engine_.load_stats().ToJson().dump());
   return st;
@@ -84,7 +84,7 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
   if (!planner_.EverFits(worst)) {
     Finish(id, Finished::REASON_ERROR,
            absl::StrCat("the sequence needs ", planner_.BlocksFor(worst), " KV blocks (", worst,
-                        " positions), this rank's cache holds ", engine_.kv_cache().total_blocks()));
+                        " positions), this rank's cache holds ", engine_.kv_blocks().total_blocks()));
     return;
   }
   if (a.kind() == moe::v1::Assign::KIND_GENERATE && a.max_tokens() == 0) {

@@ -1,6 +1,7 @@
 // The lock-step serving loop of one worker rank: takes the coordinator's Assign / Cancel / Shutdown
-// from an Inbox at step boundaries, runs the rank's sequences on the Engine with iteration-level
-// batching, and sends Tokens / Scored / Finished / Heartbeat to an Outbox.
+// from an Inbox at step boundaries, runs the rank's sequences on its engine (the CPU Engine or the
+// GpuEngine: any StepEngine) with iteration-level batching, and sends Tokens / Scored / Finished /
+// Heartbeat to an Outbox.
 //
 // RunOnce() is a COLLECTIVE over the engine's Communicator, like Engine::Step: every rank calls it
 // the same number of times. Each iteration:
@@ -25,7 +26,7 @@
 #include <string>
 
 #include "moe/v1/cluster.pb.h"
-#include "worker/engine.h"
+#include "worker/step_engine.h"
 #include "worker/server/batch_planner.h"
 #include "worker/server/inbox.h"
 #include "worker/server/outbox.h"
@@ -48,7 +49,7 @@ enum class StopReason : int64_t { kNone = 0, kShutdown = 1, kCoordinatorLost = 2
 class ServingLoop {
  public:
   // `engine`, `inbox` and `outbox` must outlive the loop.
-  ServingLoop(Engine& engine, Inbox& inbox, Outbox& outbox, ServingLoopOptions opts = {});
+  ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, ServingLoopOptions opts = {});
 
   // One iteration (collective). Returns false once the ranks have agreed to stop; the remaining
   // sequences are then freed (after Shutdown each gets Finished(CANCELLED)) and later calls return
@@ -76,7 +77,7 @@ class ServingLoop {
   void SendHeartbeat();
   void StopAll();
 
-  Engine& engine_;
+  StepEngine& engine_;
   Inbox& inbox_;
   Outbox& outbox_;
   ServingLoopOptions opts_;

@@ -22,10 +22,12 @@ absl::StatusOr<int64_t> ParsePositive(const std::string& flag, const std::string
 
 std::string WorkerUsage() {
   return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
-         "                  [--kv-block-size 16] [--max-batch-tokens 2048]\n"
+         "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
-         "--kv-tokens defaults to 64 sequences of the full context, at most 262144 positions.\n";
+         "--kv-tokens defaults to 64 sequences of the full context, at most 262144 positions.\n"
+         "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
+         "cross ranks over NCCL, else through the host); it needs a build with CUDA.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
@@ -47,7 +49,7 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       continue;
     }
     if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&
-        flag != "--max-batch-tokens") {
+        flag != "--max-batch-tokens" && flag != "--device") {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
     }
     if (!has_inline) {
@@ -60,6 +62,9 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     } else if (flag == "--model") {
       if (val.empty()) return FlagError(flag, "empty path");
       f.model_dir = val;
+    } else if (flag == "--device") {
+      if (val != "cpu" && val != "gpu") return FlagError(flag, "expected cpu or gpu, got '" + val + "'");
+      f.device = val;
     } else if (flag == "--kv-tokens") {
       MOE_ASSIGN_OR_RETURN(f.kv_tokens, ParsePositive(flag, val));
     } else if (flag == "--kv-block-size") {

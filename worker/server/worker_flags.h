@@ -16,6 +16,7 @@ struct WorkerFlags {
   int64_t kv_tokens = 0;    // KV cache positions per rank; 0: DefaultKvTokens(config)
   int64_t kv_block_size = 16;
   int64_t max_batch_tokens = 2048;
+  std::string device = "cpu";  // "cpu" or "gpu" (one GPU per rank: the node-local rank's)
   bool help = false;
 };
 

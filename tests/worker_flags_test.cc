@@ -1,0 +1,42 @@
+// moe-worker's flags: every malformed flag is an error naming the flag, --device takes cpu or gpu.
+#include <gtest/gtest.h>
+
+#include "worker/server/worker_flags.h"
+
+namespace moe {
+namespace {
+
+TEST(WorkerFlagsTest, DefaultsAndValues) {
+  auto f = ParseWorkerFlags({"--coordinator", "127.0.0.1:5000"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->device, "cpu");
+  EXPECT_EQ(f->kv_block_size, 16);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--device", "gpu", "--kv-tokens=4096", "--max-batch-tokens", "512"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->device, "gpu");
+  EXPECT_EQ(f->kv_tokens, 4096);
+  EXPECT_EQ(f->max_batch_tokens, 512);
+}
+
+TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"--coordinator", "h:1", "--device", "tpu"}, "--device: expected cpu or gpu, got 'tpu'"},
+           {{"--coordinator", "h:1", "--device"}, "--device: missing value"},
+           {{"--coordinator", "nohostport"}, "--coordinator: expected HOST:PORT"},
+           {{"--coordinator", "h:1", "--kv-tokens", "0"}, "--kv-tokens: must be positive"},
+           {{"--coordinator", "h:1", "--bogus", "1"}, "unknown flag '--bogus'"},
+           {{"--device", "gpu"}, "--coordinator: required"},
+       }) {
+    auto f = ParseWorkerFlags(c.args);
+    ASSERT_FALSE(f.ok()) << c.message;
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(std::string(f.status().message()).find(c.message), std::string::npos) << f.status();
+  }
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,112 @@
+#include "worker/server/worker_engine.h"
+
+#include <cstdlib>
+
+#include "worker/comm/mpi_launch.h"
+#include "worker/engine.h"
+
+#ifdef MOE_WORKER_GPU
+#include <cuda_runtime.h>
+#include <mpi.h>
+
+#include "worker/gpu/gpu_engine.h"
+#include "worker/gpu/nccl_exchange.h"
+#endif
+
+namespace moe {
+
+bool WorkerEngine::GpuBuilt() {
+#ifdef MOE_WORKER_GPU
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool WorkerEngine::DescribeGpu(int rank, std::string* name, int64_t* memory_bytes) {
+#ifdef MOE_WORKER_GPU
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  const int d = (local != nullptr && *local != '\0' ? std::atoi(local) : rank) % devices;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, d) != cudaSuccess) return false;
+  *name = std::string(prop.name) + " (cuda:" + std::to_string(d) + ")";
+  *memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
+  return true;
+#else
+  (void)rank, (void)name, (void)memory_bytes;
+  return false;
+#endif
+}
+
+WorkerEngine::~WorkerEngine() {
+  engine_.reset();
+  nccl_.reset();
+}
+
+namespace {
+
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFlags& flags,
+                                                                 const std::string& model_dir, Communicator& comm,
+                                                                 const PlacementPlan& plan, int64_t kv_tokens) {
+  std::unique_ptr<WorkerEngine> w(new WorkerEngine);
+  if (flags.device == "cpu") {
+    EngineOptions eo;
+    eo.kv_block_size = flags.kv_block_size;
+    eo.kv_tokens = kv_tokens;
+    eo.verbose = true;  // "[rank r] loading DIR: layer i/N"
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> e, Engine::Load(model_dir, comm, plan, eo));
+    w->engine_ = std::move(e);
+    return w;
+  }
+#ifndef MOE_WORKER_GPU
+  (void)model_dir, (void)comm, (void)plan, (void)kv_tokens;
+  return absl::FailedPreconditionError("--device gpu: this moe-worker was built without CUDA");
+#else
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
+    (void)cudaGetLastError();
+    devices = 0;
+  }
+  // Every rank must take the same exchange: NCCL only when each has a GPU of its own.
+  const int local_rank = EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", comm.rank());
+  const int local_size = EnvInt("OMPI_COMM_WORLD_LOCAL_SIZE", comm.size());
+  std::vector<int64_t> shared = {devices >= local_size ? 0 : 1};
+  comm.AllReduceSum(shared);
+  if (devices == 0) return absl::FailedPreconditionError("--device gpu: no CUDA device is visible to this rank");
+  gpu::GpuEngineOptions go;
+  go.kv_block_size = flags.kv_block_size;
+  go.kv_tokens = kv_tokens;
+  go.verbose = true;
+  if (comm.size() > 1 && shared[0] == 0 && LaunchedByMpirun()) {
+    try {
+      auto x = std::make_shared<gpu::NcclExchange>(MPI_COMM_WORLD);
+      go.nccl = x.get();
+      w->nccl_ = x;
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("--device gpu: NCCL: ", e.what()));
+    }
+  } else {
+    go.device = local_rank % devices;
+  }
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<gpu::GpuEngine> e, gpu::GpuEngine::Load(model_dir, comm, plan, go));
+  int device = 0;
+  cudaGetDevice(&device);
+  w->device_ = "cuda:" + std::to_string(device);
+  w->engine_ = std::move(e);
+  return w;
+#endif
+}
+
+}  // namespace moe
