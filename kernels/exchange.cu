@@ -1,7 +1,8 @@
 // The device side of the fixed-capacity MoE exchange (kernels.h: PackForExchange, GroupReceived,
-// ScatterRows): every rank sends each rank a block of `cap` rows whatever the routing, so the
-// transfer sizes are known on the host without looking at the routing and the layer runs with no
-// host synchronisation.
+// ScatterRows): every rank sends each rank a block of a header row (the block's per-expert counts)
+// and `cap` rows whatever the routing, so the transfer sizes are known on the host without looking
+// at the routing, the counts travel with the rows, and the layer runs with no host
+// synchronisation.
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
 #include "kernels/kernels.h"
@@ -40,8 +41,7 @@ __device__ int ExpertOf(const int32_t* offsets, int E, int32_t g) {
 // buffer (E <= 256: one pass of thread 0); block 0 also writes the counts.
 __global__ void PackForExchangeKernel(const bf16* h, const int32_t* src_row, const int32_t* position,
                                       const int32_t* offsets, const int32_t* owner, int E, int W, int64_t n,
-                                      int64_t cap, int64_t H, bf16* send, int64_t* send_counts,
-                                      int32_t* combine_pos) {
+                                      int64_t cap, int64_t H, bf16* send, int32_t* combine_pos) {
   __shared__ int32_t base[kMaxExperts];
   __shared__ int32_t offs[kMaxExperts + 1];
   PdlGate();
@@ -53,7 +53,7 @@ __global__ void PackForExchangeKernel(const bf16* h, const int32_t* src_row, con
     for (int d = 0; d < W; ++d) fill[d] = 0;
     for (int e = 0; e < E; ++e) {
       const int d = owner[e];
-      base[e] = static_cast<int32_t>(d * cap) + fill[d];
+      base[e] = static_cast<int32_t>(d * (cap + 1) + 1) + fill[d];  // after the block's header row
       fill[d] += offs[e + 1] - offs[e];
     }
   }
@@ -61,7 +61,8 @@ __global__ void PackForExchangeKernel(const bf16* h, const int32_t* src_row, con
   if (blockIdx.x == 0) {
     for (int i = threadIdx.x; i < W * E; i += blockDim.x) {
       const int d = i / E, e = i % E;
-      send_counts[i] = owner[e] == d ? offs[e + 1] - offs[e] : 0;
+      int64_t* header = reinterpret_cast<int64_t*>(send + d * (cap + 1) * H);
+      header[e] = owner[e] == d ? offs[e + 1] - offs[e] : 0;
     }
   }
   const int64_t g = blockIdx.x;
@@ -77,18 +78,31 @@ __global__ void PackForExchangeKernel(const bf16* h, const int32_t* src_row, con
   }
 }
 
-// One block. Received block s (rows [s*cap, s*cap + cap)) holds source s's rows for this rank's
-// experts in expert order; grouped rows go expert-major, then source.
-__global__ void GroupReceivedKernel(const int64_t* recv_counts, int W, int E, int64_t cap, int32_t* offsets,
+// One block. Received block s (rows [s*(cap+1), (s+1)*(cap+1))) holds source s's counts in its
+// header row, then its rows for this rank's experts in expert order; grouped rows go
+// expert-major, then source.
+__global__ void GroupReceivedKernel(const bf16* recv, int W, int E, int64_t cap, int64_t H, int32_t* offsets,
                                     int32_t* group_src, int32_t* active) {
   __shared__ int32_t start[kMaxExperts + 1];
+  __shared__ int32_t counts[kMaxExperts * 8];  // [W][E], W <= E; larger jobs read the headers directly
   PdlGate();
+  const bool cached = W * E <= kMaxExperts * 8;
+  auto count = [&](int s, int e) -> int32_t {
+    return cached ? counts[s * E + e]
+                  : static_cast<int32_t>(reinterpret_cast<const int64_t*>(recv + s * (cap + 1) * H)[e]);
+  };
+  if (cached) {
+    for (int i = threadIdx.x; i < W * E; i += blockDim.x) {
+      counts[i] = static_cast<int32_t>(reinterpret_cast<const int64_t*>(recv + (i / E) * (cap + 1) * H)[i % E]);
+    }
+    __syncthreads();
+  }
   if (threadIdx.x == 0) {
     int32_t g = 0, a = 0;
     for (int e = 0; e < E; ++e) {
       start[e] = g;
       int32_t rows = 0;
-      for (int s = 0; s < W; ++s) rows += static_cast<int32_t>(recv_counts[s * E + e]);
+      for (int s = 0; s < W; ++s) rows += count(s, e);
       g += rows;
       if (active != nullptr && rows > 0) active[a++] = e;
     }
@@ -105,10 +119,10 @@ __global__ void GroupReceivedKernel(const int64_t* recv_counts, int W, int E, in
   for (int pair = warp; pair < E * W; pair += warps) {
     const int e = pair / W, s = pair % W;
     int32_t before = 0, in_block = 0;  // rows of source s for experts < e; of expert e before source s
-    for (int x = 0; x < e; ++x) before += static_cast<int32_t>(recv_counts[s * E + x]);
-    for (int x = 0; x < s; ++x) in_block += static_cast<int32_t>(recv_counts[x * E + e]);
-    const int32_t rows = static_cast<int32_t>(recv_counts[s * E + e]);
-    const int32_t from = static_cast<int32_t>(s * cap) + before, to = start[e] + in_block;
+    for (int x = 0; x < e; ++x) before += count(s, x);
+    for (int x = 0; x < s; ++x) in_block += count(x, e);
+    const int32_t rows = count(s, e);
+    const int32_t from = static_cast<int32_t>(s * (cap + 1) + 1) + before, to = start[e] + in_block;
     for (int32_t i = lane; i < rows; i += 32) group_src[to + i] = from + i;
   }
 }
@@ -123,19 +137,23 @@ __global__ void ScatterRowsKernel(const bf16* x, const int32_t* dst_row, const i
 
 }  // namespace
 
+bool ExchangeHeaderFits(int64_t E, int64_t H) { return H % 4 == 0 && 2 * H >= 8 * E; }
+
 void PackForExchange(const bf16* h, const int32_t* src_row, const int32_t* position, const int32_t* offsets,
                      const int32_t* owner, int64_t E, int W, int64_t n, int64_t cap, int64_t H, bf16* send,
-                     int64_t* send_counts, int32_t* combine_pos, cudaStream_t s) {
+                     int32_t* combine_pos, cudaStream_t s) {
   if (E > kMaxExperts || W > E || W < 1) throw std::invalid_argument("PackForExchange: needs 1 <= ranks <= experts <= 256");
+  if (!ExchangeHeaderFits(E, H)) throw std::invalid_argument("PackForExchange: the counts do not fit a header row");
   Launch(PackForExchangeKernel, static_cast<unsigned>(std::max<int64_t>(n, 1)), 128, 0, s, h, src_row, position,
-         offsets, owner, static_cast<int>(E), W, n, cap, H, send, send_counts, combine_pos);
+         offsets, owner, static_cast<int>(E), W, n, cap, H, send, combine_pos);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
-void GroupReceived(const int64_t* recv_counts, int W, int64_t E, int64_t cap, int32_t* offsets, int32_t* group_src,
+void GroupReceived(const bf16* recv, int W, int64_t E, int64_t cap, int64_t H, int32_t* offsets, int32_t* group_src,
                    int32_t* active, cudaStream_t s) {
-  if (E > kMaxExperts) throw std::invalid_argument("GroupReceived: at most 256 experts");
-  Launch(GroupReceivedKernel, 1, 256, 0, s, recv_counts, W, static_cast<int>(E), cap, offsets, group_src, active);
+  if (E > kMaxExperts || W > E) throw std::invalid_argument("GroupReceived: needs ranks <= experts <= 256");
+  if (!ExchangeHeaderFits(E, H)) throw std::invalid_argument("GroupReceived: the counts do not fit a header row");
+  Launch(GroupReceivedKernel, 1, 256, 0, s, recv, W, static_cast<int>(E), cap, H, offsets, group_src, active);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

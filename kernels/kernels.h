@@ -129,20 +129,23 @@ int DeviceSmCount();
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);
 
 // The fixed-capacity MoE exchange between W ranks (kernels/exchange.cu): every rank sends every
-// rank (itself included) one block of `cap` rows, whatever the routing, so the transfers' sizes are
-// known without the host seeing the routing. Each expert lives on one rank: owner [E].
+// rank (itself included) one block of cap + 1 rows, whatever the routing, so the transfers' sizes
+// are known without the host seeing the routing: a header row whose first E int64 are the block's
+// rows per expert, then `cap` rows. Each expert lives on one rank: owner [E].
 // PackForExchange, after RouteAndGroup (its src_row, position, offsets for the n = T*k slots):
-//   send [W*cap, H]: destination d's rows in rows [d*cap, ...), in expert order (grouped order);
-//   send_counts [W*E] int64: rows for (d, e) (zero unless d owns e), for NcclExchange::AllToAllCounts;
+//   send [W*(cap+1), H]: destination d's block at row d*(cap+1): header, then its rows in expert
+//     order (grouped order);
 //   combine_pos [n]: the send row of each slot, where its result comes back (CombineAdd's position).
-// Needs 1 <= W <= E <= 256 and cap >= the rows any destination gets.
+// Needs 1 <= W <= E <= 256, ExchangeHeaderFits(E, H), and cap >= the rows any destination gets.
+bool ExchangeHeaderFits(int64_t E, int64_t H);  // E int64 counts fit a row of H bf16, aligned
 void PackForExchange(const bf16* h, const int32_t* src_row, const int32_t* position, const int32_t* offsets,
                      const int32_t* owner, int64_t E, int W, int64_t n, int64_t cap, int64_t H, bf16* send,
-                     int64_t* send_counts, int32_t* combine_pos, cudaStream_t s);
-// On the receiving rank, from the received counts [W*E] (source-major): the grouped order of the
-// received rows (expert-major, then source): offsets [E+1], group_src [rows]: the received row
-// (s*cap + i) of each grouped row, active (optional) [E]: the experts with rows, then -1.
-void GroupReceived(const int64_t* recv_counts, int W, int64_t E, int64_t cap, int32_t* offsets, int32_t* group_src,
+                     int32_t* combine_pos, cudaStream_t s);
+// On the receiving rank, from the received blocks recv [W*(cap+1), H] (source s's at s*(cap+1)):
+// the grouped order of the received rows (expert-major, then source): offsets [E+1], group_src
+// [rows]: the received row of each grouped row, active (optional) [E]: the experts with rows,
+// then -1.
+void GroupReceived(const bf16* recv, int W, int64_t E, int64_t cap, int64_t H, int32_t* offsets, int32_t* group_src,
                    int32_t* active, cudaStream_t s);
 // out[dst_row[r], :] = x[r, :] for r < *count (device), max_rows >= *count.
 void ScatterRows(const bf16* x, const int32_t* dst_row, const int32_t* count, int64_t max_rows, int64_t H, bf16* out,

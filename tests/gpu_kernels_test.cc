@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -441,11 +442,12 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
 }
 
 // The fixed-capacity exchange's kernels against the CPU, W ranks simulated on one GPU: each source
-// routes and groups its rows (RouteAndGroup) and packs them (PackForExchange); the host moves block
-// d of every source to destination d (what NcclExchange::AllToAllRows does); GroupReceived must
-// give the CPU's order (the destination's experts ascending, then sources, then slots); the rows
-// return through ScatterRows and the mirrored blocks, and every slot must find its own row at
-// combine_pos. Rows are bit patterns naming (source, token, column); the experts are the identity.
+// routes and groups its rows (RouteAndGroup) and packs them (PackForExchange), each block's header
+// row holding the right counts; the host moves block d of every source to destination d (what
+// NcclExchange::AllToAllRows does); GroupReceived must give the CPU's order (the destination's
+// experts ascending, then sources, then slots); the rows return through ScatterRows and the
+// mirrored blocks, and every slot must find its own row at combine_pos. Rows are bit patterns
+// naming (source, token, column); the experts are the identity.
 TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -453,7 +455,7 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
     int64_t E, k;
     std::vector<int64_t> T;  // rows per source
   };
-  const int64_t H = 16;
+  const int64_t H = 32;  // the smallest row the counts of 8 experts fit (ExchangeHeaderFits)
   for (const Case& c : {Case{2, 8, 2, {5, 3}}, Case{2, 8, 2, {64, 0}}, Case{3, 8, 2, {7, 1, 12}},
                         Case{4, 8, 2, {1, 9, 4, 0}}, Case{8, 8, 2, {3, 3, 3, 3, 3, 3, 3, 3}}}) {
     const int W = c.W;
@@ -463,11 +465,10 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
     for (int64_t e = 0; e < c.E; ++e) owner[e] = plan.replicas(0, e)[0];
     for (int d = 0; d < W; ++d) most = std::max<int64_t>(most, plan.experts_on_rank(0, d).size());
     const int64_t peak = *std::max_element(c.T.begin(), c.T.end());
-    const int64_t cap = peak * std::min(c.k, most);
-    auto encode = [](int s, int64_t t, int64_t col) { return static_cast<uint16_t>(((s * 64 + t) << 4) | col); };
+    const int64_t cap = peak * std::min(c.k, most), block = cap + 1;  // + the header row
+    auto encode = [](int s, int64_t t, int64_t col) { return static_cast<uint16_t>(((s * 64 + t) << 5) | col); };
     Buffer<int32_t> d_owner(owner);
     std::vector<std::vector<uint16_t>> sent(W);
-    std::vector<std::vector<int64_t>> counts(W);
     std::vector<std::vector<int32_t>> combine(W), experts(W);
     for (int s = 0; s < W; ++s) {
       const int64_t T = c.T[s], n = T * c.k;
@@ -477,30 +478,28 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
       Buffer<uint16_t> d_x(x);
       Buffer<float> d_logits(RandomBf16Values(T * c.E, static_cast<uint32_t>(70 + s))), d_w(n);
       Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(c.E + 1), d_comb(n);
-      Buffer<uint16_t> d_send(W * cap * H);
-      Buffer<int64_t> d_counts(W * c.E);
+      Buffer<uint16_t> d_send(W * block * H);
       RouteAndGroup(RouterInputs{}, d_logits.get(), T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
                     d_off.get(), nullptr, nullptr, nullptr);
       PackForExchange(reinterpret_cast<const bf16*>(d_x.get()), d_src.get(), d_pos.get(), d_off.get(), d_owner.get(),
-                      c.E, W, n, cap, H, reinterpret_cast<bf16*>(d_send.get()), d_counts.get(), d_comb.get(), nullptr);
+                      c.E, W, n, cap, H, reinterpret_cast<bf16*>(d_send.get()), d_comb.get(), nullptr);
       sent[s] = d_send.Download();
-      counts[s] = d_counts.Download();
       combine[s] = d_comb.Download();
       experts[s] = d_e.Download();
       for (int d = 0; d < W; ++d)
         for (int64_t e = 0; e < c.E; ++e) {
           int64_t want = 0;
           for (int64_t i = 0; i < n; ++i) want += experts[s][i] == e && owner[e] == d;
-          ASSERT_EQ(counts[s][d * c.E + e], want) << "source " << s << " dest " << d << " expert " << e;
+          int64_t header = 0;
+          std::memcpy(&header, sent[s].data() + d * block * H + 4 * e, sizeof header);
+          ASSERT_EQ(header, want) << "source " << s << " dest " << d << " expert " << e;
         }
     }
-    std::vector<std::vector<uint16_t>> back(W, std::vector<uint16_t>(W * cap * H));
+    std::vector<std::vector<uint16_t>> back(W, std::vector<uint16_t>(W * block * H));
     for (int d = 0; d < W; ++d) {
-      std::vector<uint16_t> recv(W * cap * H);
-      std::vector<int64_t> recv_counts(W * c.E);
+      std::vector<uint16_t> recv(W * block * H);
       for (int s = 0; s < W; ++s) {
-        std::copy(sent[s].begin() + d * cap * H, sent[s].begin() + (d + 1) * cap * H, recv.begin() + s * cap * H);
-        std::copy(counts[s].begin() + d * c.E, counts[s].begin() + (d + 1) * c.E, recv_counts.begin() + s * c.E);
+        std::copy(sent[s].begin() + d * block * H, sent[s].begin() + (d + 1) * block * H, recv.begin() + s * block * H);
       }
       // The CPU's order: (source, token) of each grouped row.
       std::vector<std::pair<int, int64_t>> want;
@@ -514,10 +513,10 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
       }
       want_active.resize(c.E, -1);
       const int64_t bound = W * cap;
-      Buffer<uint16_t> d_recv(recv), d_result(bound * H), d_computed(bound * H);
-      Buffer<int64_t> d_rc(recv_counts);
+      Buffer<uint16_t> d_recv(recv), d_result(bound * H), d_computed(W * block * H);
       Buffer<int32_t> d_off(c.E + 1), d_gsrc(bound), d_active(c.E);
-      GroupReceived(d_rc.get(), W, c.E, cap, d_off.get(), d_gsrc.get(), d_active.get(), nullptr);
+      GroupReceived(reinterpret_cast<const bf16*>(d_recv.get()), W, c.E, cap, H, d_off.get(), d_gsrc.get(),
+                    d_active.get(), nullptr);
       ASSERT_EQ(d_off.Download(), want_off) << "dest " << d;
       EXPECT_EQ(d_active.Download(), want_active) << "dest " << d;
       const std::vector<int32_t> gsrc = d_gsrc.Download();
@@ -531,7 +530,8 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
                   reinterpret_cast<bf16*>(d_computed.get()), nullptr);
       const std::vector<uint16_t> computed = d_computed.Download();
       for (int s = 0; s < W; ++s) {
-        std::copy(computed.begin() + s * cap * H, computed.begin() + (s + 1) * cap * H, back[s].begin() + d * cap * H);
+        std::copy(computed.begin() + s * block * H, computed.begin() + (s + 1) * block * H,
+                  back[s].begin() + d * block * H);
       }
     }
     for (int s = 0; s < W; ++s)

@@ -53,7 +53,7 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
 
   // The device exchange needs one rank per expert (PlacementPlan::route is then the owner).
   const int W = comm.size();
-  single_owner_ = W > 1 && W <= E && E <= 256;
+  single_owner_ = W > 1 && W <= E && E <= 256 && ExchangeHeaderFits(E, c.hidden_size);
   int64_t most = 1;
   std::vector<int32_t> owner(static_cast<size_t>(L * E), 0);
   for (int64_t l = 0; l < L && single_owner_; ++l) {
@@ -102,12 +102,11 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   bool grew = false;
   if (!Local() && DeviceExchange(rows)) {
     const int64_t H = c_.hidden_size, I = c_.intermediate_size, W = comm_.size();
-    const int64_t blocks = W * ExchangeCap(rows), bound = ReceiveBound(rows);
+    const int64_t blocks = W * (ExchangeCap(rows) + 1), bound = ReceiveBound(rows);  // + the header rows
     grew |= logits_.EnsureSize(static_cast<size_t>(T * E));
     grew |= experts_.EnsureSize(static_cast<size_t>(n));
     grew |= weights_.EnsureSize(static_cast<size_t>(n));
     grew |= index_.EnsureSize(static_cast<size_t>(3 * n + bound));
-    grew |= d_counts_.EnsureSize(static_cast<size_t>(2 * W * E));
     grew |= send_.EnsureSize(static_cast<size_t>(blocks * H));
     grew |= recv_.EnsureSize(static_cast<size_t>(blocks * H));
     grew |= computed_.EnsureSize(static_cast<size_t>(blocks * H));
@@ -198,8 +197,6 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w
   int32_t* position = src_row + n;         // slot -> grouped row (RouteAndGroup)
   int32_t* combine_pos = position + n;     // slot -> send row, where its result returns
   int32_t* group_src = combine_pos + n;    // received grouped row -> received row
-  int64_t* send_counts = d_counts_.get();  // [W, E]
-  int64_t* recv_counts = send_counts + W * E;
 
   // Route and group by expert, as on the local path.
   RouterInputs fused;
@@ -212,13 +209,12 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w
                 nullptr, expert_counts, stream_);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
 
-  // Dispatch: fixed-size blocks, so no host needs the counts.
+  // Dispatch: fixed-size blocks with their counts in a header row, so no host needs the counts.
   PackForExchange(h, src_row, position, offsets_.get(), owner_.get() + layer * E, E, W, n, cap, H, send_.get(),
-                  send_counts, combine_pos, stream_);
-  nccl_->AllToAllCounts(send_counts, recv_counts, E, stream_);
-  const std::vector<int64_t> blocks(static_cast<size_t>(W), cap);
+                  combine_pos, stream_);
+  const std::vector<int64_t> blocks(static_cast<size_t>(W), cap + 1);
   nccl_->AllToAllRows(send_.get(), blocks, recv_.get(), blocks, H, stream_);
-  GroupReceived(recv_counts, W, E, cap, recv_offsets_.get(), group_src, active_.get(), stream_);
+  GroupReceived(recv_.get(), W, E, cap, H, recv_offsets_.get(), group_src, active_.get(), stream_);
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
 
   // Experts on the received rows (how many is known on the device only: `bound` sizes the work).

@@ -36,9 +36,10 @@
 //   host synchronisation, so a step can be captured in a CUDA graph: RouteAndGroup groups the
 //   rows by expert as on the local path; PackForExchange lays them out in fixed-capacity blocks,
 //   one per destination (cap = the most rows any rank has this step x min(k, the most experts one
-//   rank holds): no destination can get more), with the (destination, expert) counts beside them;
-//   the counts and the blocks cross by NCCL (the blocks' sizes do not depend on the routing, so the
-//   host never needs the counts); GroupReceived orders the received rows by expert on the device;
+//   rank holds): no destination can get more), each block led by a header row with its per-expert
+//   counts; the blocks cross by NCCL in one all-to-all (their sizes do not depend on the routing,
+//   so the host never needs the counts); GroupReceived orders the received rows by expert on the
+//   device;
 //   the skinny GEMMs run; ScatterRows puts the results back where the rows arrived, and the same
 //   blocks return. Padding rows cross too: the price of a host-free step (at 64 tokens per rank on
 //   two ranks the blocks are 1 MB each way per peer instead of about 0.5 MB).
@@ -200,7 +201,7 @@ class GpuMoeLayer {
   NcclExchange* nccl_;  // null: no NCCL (host staging between ranks)
   ExpertGemmTuning tuning_;
   std::vector<int64_t> local_experts_;  // per layer: experts this rank holds
-  bool single_owner_ = false;           // every expert of every layer on one rank (and E <= 256)
+  bool single_owner_ = false;  // every expert of every layer on one rank, E <= 256, the counts fit a row
   int64_t exchange_rows_per_token_ = 1;  // min(k, the most experts of a layer one rank holds)
   DeviceBuffer<int32_t> owner_;          // [L, E]: the rank of each expert (single_owner_ only)
   StepRows step_;                        // the current step's (Reserve)
