@@ -6,6 +6,7 @@
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
 #include "kernels/kernels.h"
+#include "kernels/rows.cuh"
 
 #include <algorithm>
 #include <stdexcept>
@@ -14,17 +15,6 @@ namespace moe::gpu {
 namespace {
 
 constexpr int kMaxExperts = 256;
-
-// 16-byte copies when rows allow it (H a multiple of 8 bf16 and aligned buffers).
-__device__ void CopyRow(const bf16* from, bf16* to, int64_t H) {
-  if (H % 8 == 0) {
-    const int4* f = reinterpret_cast<const int4*>(from);
-    int4* d = reinterpret_cast<int4*>(to);
-    for (int64_t i = threadIdx.x; i < H / 8; i += blockDim.x) d[i] = f[i];
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) to[i] = from[i];
-  }
-}
 
 // The expert of grouped row g: the last e with offsets[e] <= g (offsets ascending, g < offsets[E]).
 __device__ int ExpertOf(const int32_t* offsets, int E, int32_t g) {

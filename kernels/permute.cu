@@ -1,23 +1,15 @@
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
 #include "kernels/kernels.h"
+#include "kernels/rows.cuh"
 
 namespace moe::gpu {
 namespace {
 
-// 16-byte copies when rows allow it (H a multiple of 8 bf16 and aligned buffers).
 __global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t H, bf16* out) {
   PdlGate();
   const int64_t r = blockIdx.x;
-  const bf16* from = x + static_cast<int64_t>(src_row[r]) * H;
-  bf16* to = out + r * H;
-  if (H % 8 == 0) {
-    const int4* f = reinterpret_cast<const int4*>(from);
-    int4* d = reinterpret_cast<int4*>(to);
-    for (int64_t i = threadIdx.x; i < H / 8; i += blockDim.x) d[i] = f[i];
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) to[i] = from[i];
-  }
+  CopyRow(x + static_cast<int64_t>(src_row[r]) * H, out + r * H, H);
 }
 
 // One thread per group: the compacted index of each non-empty group (its rank among them, in

@@ -153,15 +153,11 @@ void GpuMoeLayer::Combine(const bf16* y, const int32_t* position, int64_t T, flo
   }
 }
 
-void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-                               StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts,
-                               const NextNorm& next) {
+void GpuMoeLayer::RouteOnDevice(const DeviceMoeWeights& w, const bf16* h, int64_t T, int32_t* src_row,
+                                int32_t* position, int32_t* active, int32_t* expert_counts) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
-  const int64_t n = T * k;  // the buffers for T rows were sized by Reserve before the step
-  int32_t* src_row = index_.get();  // grouped row -> token row
-  int32_t* position = src_row + n;  // slot -> grouped row
-  // Route: the router product (float32 logits), top-k and grouping. For few tokens the routing
-  // kernel computes the logits itself (two launches fewer per layer of a decode step).
+  // The router product (float32 logits), top-k and grouping. For few tokens the routing kernel
+  // computes the logits itself (two launches fewer per layer of a decode step).
   RouterInputs fused;
   if (T <= kFusedRouterTokens && H % 8 == 0) {
     fused = RouterInputs{h, w.router, H};
@@ -169,7 +165,17 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const b
     gemm_.LinearF32(h, T, H, w.router, E, logits_.get());
   }
   RouteAndGroup(fused, logits_.get(), T, E, k, experts_.get(), weights_.get(), src_row, position, offsets_.get(),
-                active_.get(), expert_counts, stream_);
+                active, expert_counts, stream_);
+}
+
+void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+                               StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts,
+                               const NextNorm& next) {
+  const int64_t E = c_.num_experts, k = c_.experts_per_token;
+  const int64_t n = T * k;  // the buffers for T rows were sized by Reserve before the step
+  int32_t* src_row = index_.get();  // grouped row -> token row
+  int32_t* position = src_row + n;  // slot -> grouped row
+  RouteOnDevice(w, h, T, src_row, position, active_.get(), expert_counts);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
   if (record != nullptr) RecordRouting(T, *record, nullptr);
   const int32_t* h_offsets = nullptr;
@@ -199,14 +205,7 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w
   int32_t* group_src = combine_pos + n;    // received grouped row -> received row
 
   // Route and group by expert, as on the local path.
-  RouterInputs fused;
-  if (T <= kFusedRouterTokens && H % 8 == 0) {
-    fused = RouterInputs{h, w.router, H};
-  } else {
-    gemm_.LinearF32(h, T, H, w.router, E, logits_.get());
-  }
-  RouteAndGroup(fused, logits_.get(), T, E, k, experts_.get(), weights_.get(), src_row, position, offsets_.get(),
-                nullptr, expert_counts, stream_);
+  RouteOnDevice(w, h, T, src_row, position, nullptr, expert_counts);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
 
   // Dispatch: fixed-size blocks with their counts in a header row, so no host needs the counts.

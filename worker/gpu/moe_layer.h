@@ -163,6 +163,10 @@ class GpuMoeLayer {
     size_t workspace = 0;  // floats of split-K partial sums
   };
   SkinnyPlan PlanSkinny(int64_t R, int64_t local, int64_t plan_rows = 0) const;
+  // RouteAndGroup of this rank's T rows into offsets_ (and src_row, position, the optional active
+  // list and load counts).
+  void RouteOnDevice(const DeviceMoeWeights& w, const bf16* h, int64_t T, int32_t* src_row, int32_t* position,
+                     int32_t* active, int32_t* expert_counts);
   void ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                     StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts, const NextNorm& next);
   // Tokens up to which the routing kernel computes the router logits itself (one block: past a few
