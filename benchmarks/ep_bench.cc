@@ -321,10 +321,11 @@ int Run(int argc, char** argv) {
                          {"unit", "ms per layer per step (CUDA events, no graphs), every rank"}};
   }
   result["notes"] =
-      "expert parallel over NCCL, one rank per GPU; up to 48 routed rows per expert on average (decode at small "
-      "batches) the device exchange (fixed-capacity blocks, no host synchronisation, CUDA graphs), above it the "
-      "exchange with the counts on the host (one synchronisation per layer for the routing, one for the counts); "
-      "times are the slowest rank's";
+      "expert parallel over NCCL, one rank per GPU; up to 256 rows per rank the device exchange (fixed-capacity "
+      "blocks carrying their counts; with up to 48 routed rows per expert on average skinny experts and no host "
+      "synchronisation, in CUDA graphs; above that cuBLAS experts after one synchronisation for the received "
+      "counts); above 256 rows per rank the exchange with the counts on the host (one synchronisation per layer "
+      "for the routing, one for the counts); times are the slowest rank's";
   e.reset();  // the engine before the exchange it uses
 
   if (rank == 0) {

@@ -281,7 +281,8 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   const bool local = comm_.size() == 1 && !opts_.force_host_staging;
   const bool device_only = moe_->DeviceOnly(sh.rows()) && !opts_.record_routing;
   // The local path and the device exchange count the routed rows on the device.
-  const bool count_experts = opts_.collect_load_stats && (local || device_only);
+  const bool count_experts =
+      opts_.collect_load_stats && (local || (moe_->DeviceExchange(sh.rows()) && !opts_.record_routing));
   const bool graph = opts_.cuda_graphs && device_only && !profiler_.enabled();
   host_times_.prepare_ms += LapMs();
   if (graph) {

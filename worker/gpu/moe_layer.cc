@@ -74,7 +74,7 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
 
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
   if (Local()) return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts);
-  return DeviceExchange(rows);
+  return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts);
 }
 
 GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local, int64_t plan_rows) const {
@@ -216,10 +216,20 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w
   GroupReceived(recv_.get(), W, E, cap, H, recv_offsets_.get(), group_src, active_.get(), stream_);
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
 
-  // Experts on the received rows (how many is known on the device only: `bound` sizes the work).
+  // Experts on the received rows. Skinny (as DeviceOnly decides): how many rows came is known on
+  // the device only, `bound` sizes the work. cuBLAS: the counts come to the host (synchronises).
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
-  Experts(layer, recv_.get(), group_src, bound, recv_offsets_.get(), nullptr, result_.get(), active_.get(),
-          ExpectedRows(step_, local));
+  if (SkinnyExperts(step_.total * k, E)) {
+    Experts(layer, recv_.get(), group_src, bound, recv_offsets_.get(), nullptr, result_.get(), active_.get(),
+            ExpectedRows(step_, local));
+  } else {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), recv_offsets_.get(), sizeof(int32_t) * (E + 1),
+                                   cudaMemcpyDeviceToHost, stream_));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    const int64_t R = h_offsets_.get()[E];
+    result_.EnsureSize(static_cast<size_t>(R * H));
+    Experts(layer, recv_.get(), group_src, R, recv_offsets_.get(), h_offsets_.get(), result_.get());
+  }
   ScatterRows(result_.get(), group_src, recv_offsets_.get() + E, bound, H, computed_.get(), stream_);
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
 

@@ -32,8 +32,9 @@
 //   Received rows come one block per (source, expert); the experts' grouped GEMMs read them in
 //   expert order through an index, and the results are put back in received order.
 //
-// DEVICE EXCHANGE (several ranks over NCCL, each expert on one rank, skinny experts: decode). No
-//   host synchronisation, so a step can be captured in a CUDA graph: RouteAndGroup groups the
+// DEVICE EXCHANGE (several ranks over NCCL, each expert on one rank, up to 256 rows per rank: decode).
+//   With skinny experts no host synchronisation, so a step can be captured in a CUDA graph (with
+//   cuBLAS experts the received per-expert counts come to the host once): RouteAndGroup groups the
 //   rows by expert as on the local path; PackForExchange lays them out in fixed-capacity blocks,
 //   one per destination (cap = the most rows any rank has this step x min(k, the most experts one
 //   rank holds): no destination can get more), each block led by a header row with its per-expert
@@ -119,6 +120,13 @@ class GpuMoeLayer {
   // True when a step runs the layer with no host synchronisation (and so can be captured in a CUDA
   // graph): the local path or the device exchange, with skinny experts.
   bool DeviceOnly(const StepRows& rows) const;
+  // True when a step's exchange runs on the device (fixed-capacity blocks): with NCCL, one rank per
+  // expert, and at most kDeviceExchangeMaxRows rows on any rank. The expert counts of such a step
+  // are counted on the device as on the local path (the engine folds them into the LoadStats).
+  bool DeviceExchange(const StepRows& rows) const { return ExchangesOnDevice() && rows.peak <= kDeviceExchangeMaxRows; }
+  // Above it (prefill) the padding rows of the fixed blocks (up to k x the rows at two ranks) cost
+  // more than the host round trips the exact-size exchange takes.
+  static constexpr int64_t kDeviceExchangeMaxRows = 256;
   // Sizes the buffers of a step, so that a DeviceOnly step allocates nothing (a graph capture may
   // not), and keeps `rows` for the step's Forward calls. The engine calls it before every step.
   // Returns true when a buffer was reallocated.
@@ -140,9 +148,6 @@ class GpuMoeLayer {
   bool SkinnyExperts(int64_t rows, int64_t experts) const {
     return c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
            rows <= tuning_.skinny_max_rows_per_expert * std::max<int64_t>(1, experts);
-  }
-  bool DeviceExchange(const StepRows& rows) const {
-    return ExchangesOnDevice() && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts);
   }
   // The fixed-capacity exchange: rows per (source, destination) block, and the bound on the rows
   // a rank receives.
