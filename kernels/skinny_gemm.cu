@@ -33,12 +33,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kRows = 128;   // weight rows per CTA
 constexpr int kBk = 64;      // k per stage
-// Pipeline stages: 4 (3 loads in flight). A single-tile launch that overflows one wave at three
-// CTAs per SM (the 4-stage footprint) but fits at four runs 3 stages instead: the gate/up product
-// of two experts at batch 1 (448 CTAs) and the LM head (500) then finish in one wave, without a tail
-// of a few CTAs streaming alone (LaunchEpilogue).
 constexpr int kStages = 4;
-constexpr int kFewStages = 3;
 
 // Element offset of (row, 16-byte chunk) in a swizzled [rows][64] bf16 tile: chunk c of row r sits
 // at chunk position c ^ (r % 8), so the 8 rows an ldmatrix phase reads hit 8 different bank groups.
@@ -58,8 +53,8 @@ __device__ __forceinline__ void Store(void* out, int64_t index, float v) {
   }
 }
 
-// Grid (CTAs over N, groups, splits), 128 threads, dynamic shared memory kSt x (weights + x).
-template <int NT, int EPI, bool kPartialOut, int kSt>
+// Grid (CTAs over N, groups, splits), 128 threads, dynamic shared memory kStages x (weights + x).
+template <int NT, int EPI, bool kPartialOut>
 __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restrict__ x, int K, SkinnyGroups groups,
                                                               int N, void* out, float* partial, int64_t partial_rows,
                                                               int32_t* counters) {
@@ -83,8 +78,8 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
   }
 
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* sw = reinterpret_cast<bf16*>(smem);       // [kSt][kRows][kBk]
-  bf16* sx = sw + kSt * kRows * kBk;          // [kSt][kTokens][kBk]
+  bf16* sw = reinterpret_cast<bf16*>(smem);       // [kStages][kRows][kBk]
+  bf16* sx = sw + kStages * kRows * kBk;          // [kStages][kTokens][kBk]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int fr = lane >> 2, quad = lane & 3;
 
@@ -133,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
     if (prefetch) {
       // The first weight tiles are static: in flight before the wait (they join stage 0's group).
 #pragma unroll
-      for (int s = 0; s < kSt - 1; ++s) load_weights(s, s_begin + s);
+      for (int s = 0; s < kStages - 1; ++s) load_weights(s, s_begin + s);
       PdlGate();
     }
     const bf16* xrow[kXLoads];
@@ -174,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
         for (int j = 0; j < 4; ++j) acc[t][n][j] = 0.f;
 
 #pragma unroll
-    for (int s = 0; s < kSt - 1; ++s) {
+    for (int s = 0; s < kStages - 1; ++s) {
       if (prefetch) {
         load_tokens(s, s_begin + s);  // the weights of these stages are already on their way
       } else {
@@ -183,11 +178,11 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
     }
     prefetch = false;
     for (int it = 0; it < steps; ++it) {
-      WaitAsync<kSt - 2>();
-      __syncthreads();  // stage `it` is in for everyone; slot (it - 1) % kSt is free
-      load_stage((it + kSt - 1) % kSt, s_begin + it + kSt - 1);
-      const bf16* sws = sw + (it % kSt) * kRows * kBk;
-      const bf16* sxs = sx + (it % kSt) * kTokens * kBk;
+      WaitAsync<kStages - 2>();
+      __syncthreads();  // stage `it` is in for everyone; slot (it - 1) % kStages is free
+      load_stage((it + kStages - 1) % kStages, s_begin + it + kStages - 1);
+      const bf16* sws = sw + (it % kStages) * kRows * kBk;
+      const bf16* sxs = sx + (it % kStages) * kTokens * kBk;
 #pragma unroll
       for (int kk = 0; kk < kBk / 16; ++kk) {
         uint32_t a[2][4];
@@ -310,41 +305,30 @@ __global__ void SkinnyReduceKernel(const float* partial, int splits, int64_t par
   }
 }
 
-constexpr size_t SharedBytes(int nt, int stages) { return sizeof(bf16) * stages * (kRows + 8 * nt) * kBk; }
+constexpr size_t SharedBytes(int nt) { return sizeof(bf16) * kStages * (kRows + 8 * nt) * kBk; }
 
-template <int NT, int EPI, bool kPartialOut, int kSt>
+template <int NT, int EPI, bool kPartialOut>
 void LaunchKernel(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
                   int64_t partial_rows, int32_t* counters, cudaStream_t s) {
   // Raised once (not per launch: launches may be captured into a CUDA graph).
   static const bool raised = [] {
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(SkinnyGemmKernel<NT, EPI, kPartialOut, kSt>,
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(SkinnyGemmKernel<NT, EPI, kPartialOut>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(SharedBytes(NT, kSt))));
+                                        static_cast<int>(SharedBytes(NT))));
     return true;
   }();
   (void)raised;
-  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut, kSt>, grid, kThreads, SharedBytes(NT, kSt), s, x, K, groups, N, out,
-         partial, partial_rows, counters);
+  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, grid, kThreads, SharedBytes(NT), s, x, K, groups, N, out, partial,
+         partial_rows, counters);
 }
 
 template <int NT, int EPI>
 void LaunchEpilogue(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
                     int64_t partial_rows, int32_t* counters, cudaStream_t s) {
-  if constexpr (NT == 1) {
-    const int64_t ctas = static_cast<int64_t>(grid.x) * grid.y * grid.z, sms = DeviceSmCount();
-    if (ctas > 3 * sms && ctas <= 4 * sms) {
-      if (grid.z > 1) {
-        LaunchKernel<NT, EPI, true, kFewStages>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
-      } else {
-        LaunchKernel<NT, EPI, false, kFewStages>(grid, x, K, groups, N, out, nullptr, 0, nullptr, s);
-      }
-      return;
-    }
-  }
   if (grid.z > 1) {
-    LaunchKernel<NT, EPI, true, kStages>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
+    LaunchKernel<NT, EPI, true>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
   } else {
-    LaunchKernel<NT, EPI, false, kStages>(grid, x, K, groups, N, out, nullptr, 0, nullptr, s);
+    LaunchKernel<NT, EPI, false>(grid, x, K, groups, N, out, nullptr, 0, nullptr, s);
   }
 }
 

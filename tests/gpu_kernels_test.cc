@@ -625,28 +625,6 @@ TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
 // gathered through an index, the SwiGLU epilogue over [2I, K] weights and the plain one, without
 // and with split-K; and a row's result is the same bits whether it is computed with the others or
 // alone (same split count).
-// The three-stage variant the skinny GEMM takes for a single-tile launch of between 3 and 4 CTAs
-// per SM (one wave at the smaller footprint), without and with split-K, against float64; the grid
-// is sized from the device's SM count so the variant runs on any GPU.
-TEST(GpuKernelsTest, SkinnyGemmOneWaveVariantMatchesFloat64) {
-  SKIP_WITHOUT_GPU();
-  const int64_t sms = DeviceSmCount();
-  for (int splits : {1, 2}) {
-    // 128 output rows per CTA; ctas = N / 128 * splits lands in (3 sms, 4 sms].
-    const int64_t M = 1, K = 512, N = 128 * ((7 * sms / 2) / splits);
-    std::vector<float> x = RandomBf16Values(M * K, 5), w = RandomBf16Values(N * K, 6, 0.05f);
-    const std::vector<double> ref = ReferenceLinear(x, {0}, w, N, K);
-    Buffer<bf16> d_x(ToBf16Host(x)), d_w(ToBf16Host(w));
-    SkinnyGroups g;
-    g.rows = M;
-    g.weight = d_w.get();
-    Buffer<float> ws(std::max<size_t>(1, SkinnyWorkspaceFloats(M, N, SkinnyEpilogue::kStoreF32, splits)));
-    Buffer<float> y(std::vector<float>(M * N, NAN));
-    SkinnyGemm(d_x.get(), K, g, N, SkinnyEpilogue::kStoreF32, y.get(), 1, splits, ws.get(), M, nullptr, nullptr);
-    EXPECT_LT(RelErrD(y.Download(), ref), 1e-5) << "N " << N << " splits " << splits;
-  }
-}
-
 TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t G = 8, I = 72, K = 192, T = 30;
