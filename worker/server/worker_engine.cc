@@ -15,6 +15,17 @@
 
 namespace moe {
 
+#ifdef MOE_WORKER_GPU
+namespace {
+
+int EnvInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
+}
+
+}  // namespace
+#endif
+
 bool WorkerEngine::GpuBuilt() {
 #ifdef MOE_WORKER_GPU
   return true;
@@ -30,8 +41,7 @@ bool WorkerEngine::DescribeGpu(int rank, std::string* name, int64_t* memory_byte
     (void)cudaGetLastError();
     return false;
   }
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-  const int d = (local != nullptr && *local != '\0' ? std::atoi(local) : rank) % devices;
+  const int d = EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", rank) % devices;
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, d) != cudaSuccess) return false;
   *name = std::string(prop.name) + " (cuda:" + std::to_string(d) + ")";
@@ -47,15 +57,6 @@ WorkerEngine::~WorkerEngine() {
   engine_.reset();
   nccl_.reset();
 }
-
-namespace {
-
-int EnvInt(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? std::atoi(v) : fallback;
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFlags& flags,
                                                                  const std::string& model_dir, Communicator& comm,
