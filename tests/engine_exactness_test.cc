@@ -9,6 +9,7 @@
 #include "tests/support/engine_fixture.h"
 #include "tests/support/random_model.h"
 #include "tests/support/reference_forward.h"
+#include "worker/sampler.h"
 
 namespace moe::testing_ref {
 namespace {
@@ -83,6 +84,33 @@ TEST(EngineExactnessTest, MixedPrefillAndDecodeStep) {
   EXPECT_LT(RelativeError(out.chunks[0].logits, fa, V, 0, (a.size() - 1) * V), 1e-5);
   EXPECT_LT(RelativeError(out.chunks[1].logits, fb, fb.size()), 1e-5);
   EXPECT_LT(RelativeError(out.chunks[2].logits, fc, (c.size() - 50) * V, 0, 50 * V), 1e-5);
+}
+
+// A chunk that wants only its greedy next token gets the pick of the logits it would have had
+// (PickGreedy), and no logits; next to chunks that get theirs.
+TEST(EngineExactnessTest, GreedyNextReturnsThePickOfTheLogits) {
+  Golden g = Golden::Load();
+  auto e = LoadLocalEngine(kGoldenDir);
+  for (int64_t id : {1, 2, 3, 4}) ASSERT_TRUE((*e)->AddSequence(id).ok());
+  const std::vector<int32_t> a = g.prompt(3), b = g.prompt(2);
+  StepOutput full = (*e)->Step({{1, a, false}, {2, b, false}}).value();
+  SequenceChunk pa{3, a, false}, pb{4, b, false};
+  pa.greedy_next = true;
+  StepOutput picked = (*e)->Step({pa, pb}).value();
+  ASSERT_EQ(picked.chunks.size(), 2u);
+  const GreedyPick want = PickGreedy(full.chunks[0].logits);
+  EXPECT_EQ(picked.chunks[0].rows, 0);
+  EXPECT_TRUE(picked.chunks[0].logits.empty());
+  EXPECT_EQ(picked.chunks[0].token, want.token);
+  EXPECT_EQ(picked.chunks[0].token_logprob, want.logprob);
+  EXPECT_EQ(picked.chunks[0].first_position, static_cast<int64_t>(a.size()) - 1);
+  EXPECT_EQ(picked.chunks[1].logits, full.chunks[1].logits);
+  EXPECT_EQ((*e)->SequenceLength(3), static_cast<int64_t>(a.size()));
+  SequenceChunk bad{1, {5}, true};
+  bad.greedy_next = true;
+  const absl::Status s = (*e)->Step({bad}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("greedy_next and all_logits"), std::string::npos) << s;
 }
 
 TEST(EngineExactnessTest, StepRejectsBadInputAndChangesNothing) {

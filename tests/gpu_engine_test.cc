@@ -42,6 +42,7 @@
 #include "tests/support/reference_forward.h"
 #include "worker/generation.h"
 #include "worker/gpu/gpu_engine.h"
+#include "worker/sampler.h"
 
 namespace moe::testing_ref {
 namespace {
@@ -425,6 +426,43 @@ TEST_F(GpuGoldenTest, CudaGraphDecodeEqualsDirectLaunches) {
   EXPECT_GE((*graphed)->graphs_captured(), 2);
   EXPECT_GE((*graphed)->graph_launches(), 38);
   EXPECT_EQ((*direct)->graph_launches(), 0);
+}
+
+// Chunks that want only their greedy next token get the pick of the logits they would have had,
+// next to chunks that get their logits, in prefill and in graph-replayed decode steps.
+TEST_F(GpuGoldenTest, GreedyNextReturnsThePickOfTheLogits) {
+  auto e = LoadGpu(kGoldenDir);
+  // Sequences 1-3 return logits; 11-13 are the same sequences returning picks (batch-invariant
+  // kernels: the same logits either way).
+  for (int64_t id : {1, 2, 3, 11, 12, 13}) ASSERT_TRUE((*e)->AddSequence(id).ok());
+  auto chunks = [&](int64_t base, const std::vector<std::vector<int32_t>>& tokens, bool pick) {
+    std::vector<SequenceChunk> out;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      SequenceChunk ch{base + static_cast<int64_t>(i), tokens[i], false};
+      ch.greedy_next = pick && i != 1;  // the middle one keeps its logits
+      out.push_back(ch);
+    }
+    return out;
+  };
+  std::vector<std::vector<int32_t>> tokens = {golden_->prompt(3), golden_->prompt(2), golden_->prompt(4)};
+  const int64_t graphs_before = (*e)->graphs_captured();
+  for (int step = 0; step < 6; ++step) {
+    StepOutput full = (*e)->Step(chunks(1, tokens, false)).value();
+    StepOutput picked = (*e)->Step(chunks(11, tokens, true)).value();
+    ASSERT_EQ(picked.chunks.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      if (i == 1) {
+        EXPECT_EQ(picked.chunks[i].logits, full.chunks[i].logits) << "step " << step;
+        continue;
+      }
+      const GreedyPick want = PickGreedy(full.chunks[i].logits);
+      EXPECT_EQ(picked.chunks[i].rows, 0);
+      EXPECT_EQ(picked.chunks[i].token, want.token) << "step " << step << " chunk " << i;
+      EXPECT_NEAR(picked.chunks[i].token_logprob, want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob)));
+    }
+    for (size_t i = 0; i < 3; ++i) tokens[i] = {PickGreedy(full.chunks[i].logits).token};  // decode next
+  }
+  EXPECT_GT((*e)->graphs_captured(), graphs_before);  // the decode steps replayed graphs
 }
 
 // The experts through the skinny grouped GEMMs (decode's path), through cuBLAS grouped GEMMs and

@@ -145,6 +145,25 @@ TEST(SamplerGreedy, NaNCountsAsNegativeInfinity) {
   EXPECT_EQ(SampleToken(std::vector<float>{kNaN, -kInf, kNaN}, Params(0.0f), 0), 0);
 }
 
+// PickGreedy: SampleToken's greedy token and LogSoftmax's value there, bit for bit.
+TEST(SamplerGreedy, PickGreedyEqualsArgmaxAndLogSoftmax) {
+  std::vector<std::vector<float>> rows = {kSix,
+                                          {1.0f, 3.0f, 0.0f, 3.0f, 3.0f},
+                                          {kNaN, 0.5f, kNaN, 1.0f},
+                                          {kNaN, -kInf, kNaN},
+                                          {-kInf, -kInf},
+                                          {0.5f, kInf, 2.0f, kInf},
+                                          {7.0f}};
+  for (uint64_t seed = 0; seed < 5; ++seed) rows.push_back(RandomLogits(32000, 4.0f, 100 + seed));
+  for (const std::vector<float>& row : rows) {
+    const GreedyPick p = PickGreedy(row);
+    EXPECT_EQ(p.token, SampleToken(row, Params(0.0f), 0));
+    std::vector<float> lsm(row.size());
+    LogSoftmax(row, lsm);
+    EXPECT_EQ(p.logprob, lsm[static_cast<size_t>(p.token)]) << "row of " << row.size();
+  }
+}
+
 TEST(SamplerSample, AllNegativeInfinityReturnsIndexZero) {
   const std::vector<float> dead = {-kInf, kNaN, -kInf};
   for (uint64_t step = 0; step < 10; ++step) {

@@ -6,6 +6,7 @@
 
 #include "worker/cpu/ops.h"
 #include "worker/model/safetensors.h"
+#include "worker/sampler.h"
 
 namespace moe {
 
@@ -130,6 +131,13 @@ void Engine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) 
                  hn_.data());
     cl.logits.resize(static_cast<size_t>(cl.rows * V));
     cpu::Linear(hn_.data(), cl.rows, H, weights_.lm_head_data(), V, cl.logits.data());
+    if (chunks[ci].greedy_next) {  // the pick instead of the row
+      const GreedyPick pick = PickGreedy(cl.logits);
+      cl.token = pick.token;
+      cl.token_logprob = pick.logprob;
+      cl.logits.clear();
+      cl.rows = 0;
+    }
     out.chunks.push_back(std::move(cl));
     row += n;
   }

@@ -212,6 +212,20 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
   return pick.edge[pick.pos].id;
 }
 
+GreedyPick PickGreedy(std::span<const float> logits) {
+  MOE_CHECK(!logits.empty(), "PickGreedy of an empty row");
+  GreedyPick p;
+  p.token = Argmax(logits);
+  const double max_logit = Sanitized(logits[static_cast<size_t>(p.token)]);
+  double sum = 0.0;  // as LogSoftmax
+  for (float l : logits) {
+    const double x = Sanitized(l);
+    sum += x == max_logit ? 1.0 : std::exp(x - max_logit);
+  }
+  p.logprob = static_cast<float>(-std::log(sum));
+  return p;
+}
+
 void LogSoftmax(std::span<const float> logits, std::span<float> out) {
   MOE_CHECK(out.size() == logits.size(), "LogSoftmax output size ", out.size(), " != ",
             logits.size());

@@ -39,6 +39,15 @@ double UniformDraw(uint64_t seed, uint64_t step);
 // Expected O(vocab): selection instead of sorting, even for top-p.
 int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t step);
 
+// The greedy token (SampleToken's argmax rule) and its log-probability (LogSoftmax's value there),
+// without the whole log-softmax row: what an engine returns for a chunk that wants only its greedy
+// next token (SequenceChunk::greedy_next); a GPU kernel computes the same.
+struct GreedyPick {
+  int32_t token = 0;
+  float logprob = 0.f;
+};
+GreedyPick PickGreedy(std::span<const float> logits);
+
 // Natural-log softmax of `logits` into `out` (same size), computed in double. NaN logits count
 // as -inf, like SampleToken; +inf logits share the whole mass; an all -inf row comes out uniform.
 void LogSoftmax(std::span<const float> logits, std::span<float> out);

@@ -32,6 +32,10 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
       return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, " appears twice in one step"));
     }
     if (ch.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": no tokens"));
+    if (ch.greedy_next && ch.all_logits) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", ch.seq_id, ": greedy_next and all_logits exclude each other"));
+    }
     for (size_t i = 0; i < ch.tokens.size(); ++i) {
       if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": token id ", ch.tokens[i],

@@ -20,13 +20,19 @@ struct SequenceChunk {
   int64_t seq_id = 0;
   std::vector<int32_t> tokens;
   bool all_logits = false;  // logits for every token (scoring), else only the last one
+  // Only the greedy next token is wanted (not with all_logits): the engine returns it with its
+  // log-probability (PickGreedy of the last position's logits) instead of the logits, so a GPU
+  // engine copies two numbers to the host instead of a vocabulary-wide row.
+  bool greedy_next = false;
 };
 
 struct ChunkLogits {
   int64_t seq_id = 0;
-  int64_t first_position = 0;  // position of the first row of `logits`
-  int64_t rows = 0;
-  std::vector<float> logits;  // [rows, vocab]
+  int64_t first_position = 0;  // position of the first row of `logits` (greedy_next: of the pick)
+  int64_t rows = 0;            // greedy_next: 0
+  std::vector<float> logits;   // [rows, vocab]
+  int32_t token = -1;          // greedy_next: the greedy next token
+  float token_logprob = 0.f;   // greedy_next: its log-probability
 };
 
 struct StepOutput {

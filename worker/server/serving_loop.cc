@@ -125,19 +125,29 @@ void ServingLoop::HandleInbox() {
   if (closed && !got_shutdown_) local_stop_ = StopReason::kCoordinatorLost;
 }
 
-void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits) {
+bool ServingLoop::GreedyNextOnly(const ServedSequence& s) {
+  return !s.is_score() && s.sampling.greedy() && s.assign.top_logprobs() == 0;
+}
+
+void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits,
+                              const ChunkLogits& pick) {
   const ModelConfig& c = engine_.config();
   const moe::v1::Assign& a = s.assign;
-  const int32_t tok = SampleToken(logits, s.sampling, static_cast<uint64_t>(s.generated.size()));
-  s.generated.push_back(tok);
-
   moe::v1::WorkerMessage m;
   moe::v1::Tokens* t = m.mutable_tokens();
   t->set_seq_id(seq_id);
-  t->add_token_ids(tok);
-  logprobs_.Compute(logits);
-  t->add_logprobs(logprobs_.logprob(tok));
-  if (a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
+  int32_t tok = pick.token;
+  if (logits.empty()) {
+    t->add_token_ids(tok);
+    t->add_logprobs(pick.token_logprob);
+  } else {
+    tok = SampleToken(logits, s.sampling, static_cast<uint64_t>(s.generated.size()));
+    t->add_token_ids(tok);
+    logprobs_.Compute(logits);
+    t->add_logprobs(logprobs_.logprob(tok));
+    if (a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
+  }
+  s.generated.push_back(tok);
   outbox_.Send(std::move(m));
 
   // The same stopping rule as GenerateAll, plus stop token ids.
@@ -174,7 +184,12 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
     return;
   }
   if (s.prompt_remaining() > 0) return;  // a prompt chunk short of the end: its logits are not needed
-  OnGenerated(seq_id, s, std::span<const float>(out.logits.data() + (out.rows - 1) * V, static_cast<size_t>(V)));
+  if (out.rows == 0) {
+    OnGenerated(seq_id, s, {}, out);  // the engine's greedy pick
+  } else {
+    OnGenerated(seq_id, s, std::span<const float>(out.logits.data() + (out.rows - 1) * V, static_cast<size_t>(V)),
+                out);
+  }
 }
 
 void ServingLoop::StopAll() {
@@ -222,6 +237,7 @@ bool ServingLoop::RunOnce() {
     if (counts[i] == 0) continue;
     const ServedSequence& s = seqs_.at(running[i]);
     SequenceChunk ch{EngineId(running[i]), {}, s.is_score()};
+    ch.greedy_next = GreedyNextOnly(s);
     if (s.prompt_remaining() > 0) {
       const auto begin = s.assign.prompt().begin() + s.fed;
       ch.tokens.assign(begin, begin + counts[i]);

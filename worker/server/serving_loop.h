@@ -73,7 +73,11 @@ class ServingLoop {
   void Finish(uint64_t seq_id, moe::v1::Finished::Reason reason, const std::string& error = "");
   // After a step: the outputs of one sequence's chunk of `tokens` tokens.
   void OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out);
-  void OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits);
+  // A generated token: from the logits row (sampled here; the top alternatives when asked), or
+  // the engine's greedy pick when the row stayed on the engine's side (logits empty).
+  void OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits, const ChunkLogits& pick);
+  // Whether a chunk of `s` only needs the engine's greedy pick (SequenceChunk::greedy_next).
+  static bool GreedyNextOnly(const ServedSequence& s);
   void SendHeartbeat();
   void StopAll();
 
