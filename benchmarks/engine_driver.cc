@@ -81,10 +81,7 @@ double EngineDriver::Decode(const std::vector<int64_t>& ids, int steps) {
   const double t0 = NowMs();
   for (int s = 0; s < steps; ++s) {
     std::vector<SequenceChunk> chunks;
-    for (int64_t id : ids) {
-      chunks.push_back({id, Tokens(1), false});
-      chunks.back().greedy_next = greedy_next_;
-    }
+    for (int64_t id : ids) chunks.push_back({id, Tokens(1), false});
     Check(e_.Step(chunks), "decode step");
   }
   return NowMs() - t0;

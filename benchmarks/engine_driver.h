@@ -58,16 +58,11 @@ class EngineDriver {
 
   void Free(const std::vector<int64_t>& ids);
 
-  // Decode steps ask for the greedy next token only (SequenceChunk::greedy_next: no logits rows to
-  // the host), as a server does for greedy requests.
-  void set_greedy_next(bool on) { greedy_next_ = on; }
-
  private:
   gpu::GpuEngine& e_;
   std::mt19937_64 rng_;
   int64_t context_, prefill_chunk_;
   int64_t next_id_ = 1;
-  bool greedy_next_ = false;
 };
 
 }  // namespace moe

@@ -156,12 +156,6 @@ void ScatterRows(const bf16* x, const int32_t* dst_row, const int32_t* count, in
 void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x, int64_t x_ld, bf16* y,
                    int64_t y_ld, const bf16** w_out, const bf16** x_out, bf16** y_out, cudaStream_t s);
 
-// The greedy pick of each of `rows` logits rows [rows, V] (float32): tokens[r] = the argmax (NaN
-// ranked as -inf, ties to the lower index) and logprobs[r] its log-probability, as PickGreedy
-// (worker/sampler.h) computes them on the host (the sum in double; bits may differ in the last
-// place of the float).
-void GreedyRows(const float* logits, int64_t rows, int64_t V, int32_t* tokens, float* logprobs, cudaStream_t s);
-
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
 void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
                 float* residual, cudaStream_t s);

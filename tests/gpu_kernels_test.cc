@@ -18,7 +18,6 @@
 #include "worker/model/safetensors.h"
 #include "worker/moe/dispatch.h"
 #include "worker/moe/router.h"
-#include "worker/sampler.h"
 
 namespace moe::gpu {
 namespace {
@@ -540,39 +539,6 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
         for (int64_t col = 0; col < H; ++col) {
           ASSERT_EQ(back[s][combine[s][i] * H + col], encode(s, i / c.k, col)) << "source " << s << " slot " << i;
         }
-  }
-}
-
-// GreedyRows against PickGreedy on the host: the same token always; the log-probability to the
-// last bits of a float (the double sums run in another order). Rows of the real vocabulary size and
-// small ones, with ties, NaN, -inf everywhere and +inf.
-TEST(GpuKernelsTest, GreedyRowsMatchPickGreedy) {
-  SKIP_WITHOUT_GPU();
-  const float nan = std::nanf(""), inf = INFINITY;
-  for (int64_t V : {int64_t{5}, int64_t{1000}, int64_t{32000}, int64_t{32768}}) {
-    const int64_t rows = 6;
-    std::vector<float> x = RandomBf16Values(rows * V, static_cast<uint32_t>(V), 3.f);
-    // Row 1: a tie for the max (the lower index must win); row 2: NaN at the max's place and
-    // elsewhere; row 3: nothing but -inf and NaN; row 4: two +inf.
-    const auto row = [&](int64_t r) { return x.begin() + r * V; };
-    const float top = *std::max_element(row(1), row(2)) + 1.f;
-    row(1)[V - 1] = top;
-    row(1)[V / 2] = top;
-    row(2)[0] = nan;
-    row(2)[V - 1] = nan;
-    for (int64_t i = 0; i < V; ++i) row(3)[i] = i % 2 ? -inf : nan;
-    row(4)[V / 3] = inf;
-    row(4)[V - 2] = inf;
-    Buffer<float> d_x(x), d_lp(rows);
-    Buffer<int32_t> d_tok(rows);
-    GreedyRows(d_x.get(), rows, V, d_tok.get(), d_lp.get(), nullptr);
-    const std::vector<int32_t> tok = d_tok.Download();
-    const std::vector<float> lp = d_lp.Download();
-    for (int64_t r = 0; r < rows; ++r) {
-      const GreedyPick want = PickGreedy(std::span<const float>(&x[r * V], static_cast<size_t>(V)));
-      EXPECT_EQ(tok[r], want.token) << "V " << V << " row " << r;
-      EXPECT_NEAR(lp[r], want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob))) << "V " << V << " row " << r;
-    }
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include "worker/cpu/ops.h"
 #include "worker/model/safetensors.h"
+#include "worker/sampler.h"
 
 namespace moe::gpu {
 namespace {
@@ -200,11 +201,7 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= attn_.EnsureSize(static_cast<size_t>(T * qd));
   grew |= wanted_.EnsureSize(static_cast<size_t>(sh.wanted * H));
   grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
-  grew |= h_logits_.EnsureSize(static_cast<size_t>((sh.wanted - sh.greedy) * c.vocab_size));
-  grew |= pick_tokens_.EnsureSize(static_cast<size_t>(sh.greedy));
-  grew |= pick_logprobs_.EnsureSize(static_cast<size_t>(sh.greedy));
-  grew |= h_pick_tokens_.EnsureSize(static_cast<size_t>(sh.greedy));
-  grew |= h_pick_logprobs_.EnsureSize(static_cast<size_t>(sh.greedy));
+  grew |= h_logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
   grew |= moe_->Reserve(sh.rows());
   grew |= attn_partial_.EnsureSize(DecodeSplitFloats(sh.narrow, c.num_heads, c.head_dim, sh.decode_splits));
   if (attn_counters_.EnsureSize(static_cast<size_t>(sh.narrow * c.num_kv_heads))) {
@@ -232,7 +229,6 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     chunk_rows.push_back(n);
     sh.T += n;
     sh.wanted += WantedRows(ch, 0).rows;
-    sh.greedy += ch.greedy_next ? 1 : 0;
     max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
   }
   // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows.
@@ -263,7 +259,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   int32_t* wanted_rows = tables + S * sh.pitch;
   int32_t* tiles = wanted_rows + sh.wanted;
   std::vector<int64_t> starts(static_cast<size_t>(S));
-  int64_t row = 0, w = 0, g = sh.wanted - sh.greedy;  // rows for the host first, then the picks
+  int64_t row = 0, w = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
     const SequenceChunk& ch = chunks[ci];
     const int64_t n = static_cast<int64_t>(ch.tokens.size());
@@ -276,11 +272,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     const std::vector<int32_t>& blocks = kv_.blocks(ch.seq_id);
     std::fill(tables + ci * sh.pitch, tables + (ci + 1) * sh.pitch, 0);
     std::copy(blocks.begin(), blocks.end(), tables + ci * sh.pitch);
-    if (ch.greedy_next) {
-      wanted_rows[g++] = static_cast<int32_t>(row + n - 1);
-    } else {
-      for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
-    }
+    for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     row += n;
   }
   std::copy(narrow_tiles_.begin(), narrow_tiles_.end(), tiles);
@@ -324,11 +316,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   // than copying into them (about 3 ms for the 8 MB of a batch of 64).
   for (int64_t ci = 0; ci < S; ++ci) {
     out.chunks.push_back(WantedRows(chunks[ci], starts[ci]));
-    if (chunks[ci].greedy_next) {
-      out.chunks.back().rows = 0;
-    } else {
-      out.chunks.back().logits.resize(static_cast<size_t>(out.chunks.back().rows * V));
-    }
+    if (!chunks[ci].greedy_next) out.chunks.back().logits.resize(static_cast<size_t>(out.chunks.back().rows * V));
   }
   host_times_.enqueue_ms += LapMs();
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -347,17 +335,19 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     }
   }
   w = 0;
-  g = 0;
   for (size_t ci = 0; ci < out.chunks.size(); ++ci) {
     ChunkLogits& cl = out.chunks[ci];
+    const float* rows = h_logits_.get() + w * V;
+    w += cl.rows;
     if (chunks[ci].greedy_next) {
-      cl.token = h_pick_tokens_.get()[g];
-      cl.token_logprob = h_pick_logprobs_.get()[g];
-      ++g;
+      // The pick from the copied row (a device-side pick, which would save the copy, is next).
+      const GreedyPick pick = PickGreedy(std::span<const float>(rows, static_cast<size_t>(V)));
+      cl.token = pick.token;
+      cl.token_logprob = pick.logprob;
+      cl.rows = 0;
       continue;
     }
-    std::copy(h_logits_.get() + w * V, h_logits_.get() + (w + cl.rows) * V, cl.logits.begin());
-    w += cl.rows;
+    std::copy(rows, rows + cl.rows * V, cl.logits.begin());
   }
 }
 
@@ -413,17 +403,8 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   // on the wanted rows.
   GatherRows(hn_.get(), d_wanted, sh.wanted, H, wanted_.get(), s);
   gemm_.LinearF32(wanted_.get(), sh.wanted, H, weights_->lm_head, V, logits_.get());
-  // The rows the host wants whole, then only the greedy picks of the others.
-  const int64_t whole = sh.wanted - sh.greedy;
-  if (sh.greedy > 0) {
-    GreedyRows(logits_.get() + whole * V, sh.greedy, V, pick_tokens_.get(), pick_logprobs_.get(), s);
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_pick_tokens_.get(), pick_tokens_.get(), sizeof(int32_t) * sh.greedy,
-                                   cudaMemcpyDeviceToHost, s));
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_pick_logprobs_.get(), pick_logprobs_.get(), sizeof(float) * sh.greedy,
-                                   cudaMemcpyDeviceToHost, s));
-  }
-  if (whole > 0) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_logits_.get(), logits_.get(), sizeof(float) * whole * V,
+  if (sh.wanted > 0) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_logits_.get(), logits_.get(), sizeof(float) * sh.wanted * V,
                                    cudaMemcpyDeviceToHost, s));
   }
   if (count_experts) {

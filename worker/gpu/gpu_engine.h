@@ -154,11 +154,10 @@ class GpuEngine final : public StepEngine {
   struct StepShape {
     int64_t T = 0, S = 0, pitch = 0, wanted = 0, narrow = 0, wide = 0;
     int64_t peak = 0, total = 0;  // the job's rows (StepRows): they size the device exchange
-    int64_t greedy = 0;           // wanted rows picked on the device (greedy_next), after the others
     int64_t inputs() const { return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide; }
     int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
     StepRows rows() const { return StepRows{T, peak, total}; }
-    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, greedy}; }
+    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total}; }
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
   bool Reserve(const StepShape& shape);
@@ -184,8 +183,8 @@ class GpuEngine final : public StepEngine {
   DeviceBuffer<bf16> keys_, values_;  // [layers, blocks, block_size, kv_heads, head_dim]
   DeviceBuffer<double> inv_freq_;     // RoPE [head_dim / 2]
   int64_t tile_rows_ = 1;             // query rows per multi-row attention tile
-  // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows (those whose logits
-  // go to the host, then the greedy picks), attention tiles (narrow, then wide), in one int32 buffer.
+  // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows, attention tiles
+  // (narrow, then wide), in one int32 buffer.
   PinnedBuffer<int32_t> h_inputs_;
   DeviceBuffer<int32_t> inputs_;
   std::vector<int32_t> narrow_tiles_, wide_tiles_;
@@ -197,11 +196,6 @@ class GpuEngine final : public StepEngine {
   DeviceBuffer<float> attn_partial_;
   DeviceBuffer<int32_t> attn_counters_;
   PinnedBuffer<float> h_logits_;
-  // The greedy picks of greedy_next chunks: tokens and log-probabilities.
-  DeviceBuffer<int32_t> pick_tokens_;
-  DeviceBuffer<float> pick_logprobs_;
-  PinnedBuffer<int32_t> h_pick_tokens_;
-  PinnedBuffer<float> h_pick_logprobs_;
   // Rows routed to each expert of each layer in this step (local path), for the load statistics.
   DeviceBuffer<int32_t> step_counts_;
   PinnedBuffer<int32_t> h_step_counts_;
