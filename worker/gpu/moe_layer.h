@@ -40,9 +40,8 @@
 //   rank holds): no destination can get more), each block led by a header row with its per-expert
 //   counts; the blocks cross by NCCL in one all-to-all (their sizes do not depend on the routing,
 //   so the host never needs the counts); GroupReceived orders the received rows by expert on the
-//   device;
-//   the skinny GEMMs run; ScatterRows puts the results back where the rows arrived, and the same
-//   blocks return. Padding rows cross too: the price of a host-free step (at 64 tokens per rank on
+//   device; the experts run; ScatterRows puts the results back where the rows arrived, and the
+//   same blocks return. Padding rows cross too: the price of a host-free step (at 64 tokens per rank on
 //   two ranks the blocks are 1 MB each way per peer instead of about 0.5 MB).
 //
 // Either way each expert sees the same rows, a row's expert output does not depend on the other
@@ -123,9 +122,11 @@ class GpuMoeLayer {
   // True when a step's exchange runs on the device (fixed-capacity blocks): with NCCL, one rank per
   // expert, and at most kDeviceExchangeMaxRows rows on any rank. The expert counts of such a step
   // are counted on the device as on the local path (the engine folds them into the LoadStats).
-  bool DeviceExchange(const StepRows& rows) const { return ExchangesOnDevice() && rows.peak <= kDeviceExchangeMaxRows; }
-  // Above it (prefill) the padding rows of the fixed blocks (up to k x the rows at two ranks) cost
-  // more than the host round trips the exact-size exchange takes.
+  bool DeviceExchange(const StepRows& rows) const {
+    return ExchangesOnDevice() && rows.peak <= kDeviceExchangeMaxRows;
+  }
+  // Above it (prefill) the fixed blocks' padding (at two ranks they carry twice the rows) is taken
+  // to cost more than the host round trips of the exact-size exchange (not measured yet).
   static constexpr int64_t kDeviceExchangeMaxRows = 256;
   // Sizes the buffers of a step, so that a DeviceOnly step allocates nothing (a graph capture may
   // not), and keeps `rows` for the step's Forward calls. The engine calls it before every step.
@@ -135,9 +136,10 @@ class GpuMoeLayer {
   // A collective: every rank calls it for every layer, with T = 0 when it has no rows.
   // h: the normalised hidden states [T, H] (bf16); residual [T, H] (float32) gets the layer's output added.
   // When `record` is given, the router logits [T, E] and the routing are copied there (as on the CPU).
-  // Load statistics: on the local path the rows routed to each expert are added on the device to
-  // `expert_counts` [E] when it is given (the engine folds them into the LoadStats after the step,
-  // with no synchronisation here); the exchange path adds its counts to the LoadStats itself.
+  // Load statistics: on the local path and the device exchange the rows routed to each expert are
+  // added on the device to `expert_counts` [E] when it is given (the engine folds them into the
+  // LoadStats after the step, with no synchronisation here); the host-count exchange adds its
+  // counts to the LoadStats itself.
   // `next`: normalise the updated residual into next.out (it may be h's buffer).
   void Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                StageProfiler& prof, MoeLayer::Record* record = nullptr, int32_t* expert_counts = nullptr,
