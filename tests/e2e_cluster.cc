@@ -18,12 +18,14 @@
 #include <sstream>
 #include <thread>
 
+#include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "clients/cpp/grpc_status.h"
 #include "clients/cpp/health_check.h"
 
 #ifndef MOE_MPIRUN
@@ -316,6 +318,24 @@ std::optional<double> MetricSum(const std::string& exposition, const std::string
     sum = sum.value_or(0) + v;
   }
   return sum;
+}
+
+std::chrono::system_clock::time_point Deadline(double s) {
+  return std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+}
+
+StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, double timeout_s) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(timeout_s));
+  StreamOutcome out;
+  auto reader = stub.Generate(&ctx, req);
+  moe::v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    out.result.Add(msg);
+    ++out.messages;
+  }
+  out.status = client::FromGrpc(reader->Finish());
+  return out;
 }
 
 }  // namespace moe::e2e

@@ -13,6 +13,9 @@
 
 #include <grpcpp/channel.h>
 
+#include "clients/cpp/generation_result.h"
+#include "moe/v1/inference.grpc.pb.h"
+
 #include "common/status.h"
 
 namespace moe::e2e {
@@ -98,6 +101,17 @@ class Cluster {
   std::unique_ptr<ChildProcess> mpirun_;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+// A deadline `s` seconds from now, for RPCs.
+std::chrono::system_clock::time_point Deadline(double s);
+
+// One Generate stream read to its end.
+struct StreamOutcome {
+  client::GenerationResult result;
+  absl::Status status;
+  int messages = 0;
+};
+StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, double timeout_s);
 
 // HTTP/1.0 GET of `path` from 127.0.0.1:port through a plain socket; the body, or an error.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path, Seconds timeout);

@@ -57,10 +57,6 @@ const std::vector<std::string> kPrompts = {
     "MENENIUS:\nWhat", "Second Citizen:\nWould you", "QUEEN ELIZABETH:\n", "To be, or not to be",
 };
 
-std::chrono::system_clock::time_point Deadline(double s) {
-  return std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
-}
-
 struct Expected {
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> tokens;
@@ -145,27 +141,6 @@ struct Reference {
     return *r;
   }
 };
-
-// One Generate stream read to its end.
-struct StreamOutcome {
-  client::GenerationResult result;
-  absl::Status status;
-  int messages = 0;
-};
-
-StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, double timeout_s) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(Deadline(timeout_s));
-  StreamOutcome out;
-  auto reader = stub.Generate(&ctx, req);
-  moe::v1::GenerateResponse msg;
-  while (reader->Read(&msg)) {
-    out.result.Add(msg);
-    ++out.messages;
-  }
-  out.status = client::FromGrpc(reader->Finish());
-  return out;
-}
 
 moe::v1::GenerateRequest GreedyRequest(const std::string& prompt, uint32_t max_tokens) {
   moe::v1::GenerateRequest req;

@@ -29,7 +29,6 @@
 #include <nlohmann/json.hpp>
 
 #include "clients/cpp/generation_result.h"
-#include "clients/cpp/grpc_status.h"
 #include "common/json_util.h"
 #include "coordinator/placement.h"
 #include "moe/v1/inference.grpc.pb.h"
@@ -143,7 +142,7 @@ class E2eGpuCluster : public ::testing::Test {
 TEST_F(E2eGpuCluster, RanksRegisterTheirGpus) {
   auto stub = moe::v1::Inference::NewStub(cluster_->channel());
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  ctx.set_deadline(Deadline(5));
   moe::v1::ClusterInfo info;
   ASSERT_TRUE(stub->GetClusterInfo(&ctx, moe::v1::GetClusterInfoRequest(), &info).ok());
   ASSERT_EQ(info.ranks_size(), 2);
@@ -158,8 +157,7 @@ TEST_F(E2eGpuCluster, ConcurrentGreedyStreamsMatchSingleGpuEngine) {
   // wide: gpu_mixtral_test checks them against bf16 error).
   for (const Sample& s : samples_) EXPECT_EQ(s.engine_ids, s.transformers_ids) << json(s.prompt).dump();
 
-  std::vector<client::GenerationResult> results(kStreams);
-  std::vector<absl::Status> statuses(kStreams);
+  std::vector<StreamOutcome> outcomes(kStreams);
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
     threads.emplace_back([&, i] {
@@ -170,20 +168,16 @@ TEST_F(E2eGpuCluster, ConcurrentGreedyStreamsMatchSingleGpuEngine) {
       req.mutable_sampling()->set_max_tokens(kGreedyTokens);
       req.mutable_sampling()->set_temperature(0);
       req.mutable_sampling()->set_ignore_eos(true);
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-      auto reader = stub->Generate(&ctx, req);
-      moe::v1::GenerateResponse msg;
-      while (reader->Read(&msg)) results[i].Add(msg);
-      statuses[i] = client::FromGrpc(reader->Finish());
+      outcomes[i] = RunGenerate(*stub, req, 120);
     });
   }
   for (auto& t : threads) t.join();
   for (int i = 0; i < kStreams; ++i) {
     const Sample& s = samples_[i % samples_.size()];
-    ASSERT_TRUE(statuses[i].ok()) << "stream " << i << ": " << statuses[i];
-    EXPECT_EQ(results[i].token_ids, s.engine_ids) << "stream " << i << " prompt " << json(s.prompt).dump();
-    EXPECT_EQ(results[i].usage.prompt_tokens(), s.prompt_ids.size()) << "stream " << i;
+    const client::GenerationResult& r = outcomes[i].result;
+    ASSERT_TRUE(outcomes[i].status.ok()) << "stream " << i << ": " << outcomes[i].status;
+    EXPECT_EQ(r.token_ids, s.engine_ids) << "stream " << i << " prompt " << json(s.prompt).dump();
+    EXPECT_EQ(r.usage.prompt_tokens(), s.prompt_ids.size()) << "stream " << i;
   }
 }
 

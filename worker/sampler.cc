@@ -38,6 +38,17 @@ int32_t Argmax(std::span<const float> logits) {
   return best;
 }
 
+// log of the sum over the row of exp(x - max_logit), in double. The max token(s) count as
+// exp(0) = 1 explicitly, so an infinite max gives no inf - inf.
+double LogSumShiftedExp(std::span<const float> logits, double max_logit) {
+  double sum = 0.0;
+  for (float l : logits) {
+    const double x = Sanitized(l);
+    sum += x == max_logit ? 1.0 : std::exp(x - max_logit);
+  }
+  return std::log(sum);
+}
+
 // A token still in the running. `weight` holds its scaled logit until the softmax turns it into
 // an unnormalised probability; both orders rank tokens the same way.
 struct Candidate {
@@ -216,13 +227,8 @@ GreedyPick PickGreedy(std::span<const float> logits) {
   MOE_CHECK(!logits.empty(), "PickGreedy of an empty row");
   GreedyPick p;
   p.token = Argmax(logits);
-  const double max_logit = Sanitized(logits[static_cast<size_t>(p.token)]);
-  double sum = 0.0;  // as LogSoftmax
-  for (float l : logits) {
-    const double x = Sanitized(l);
-    sum += x == max_logit ? 1.0 : std::exp(x - max_logit);
-  }
-  p.logprob = static_cast<float>(-std::log(sum));
+  // LogSoftmax's value at the argmax: 0 - log_sum.
+  p.logprob = static_cast<float>(-LogSumShiftedExp(logits, Sanitized(logits[static_cast<size_t>(p.token)])));
   return p;
 }
 
@@ -232,13 +238,7 @@ void LogSoftmax(std::span<const float> logits, std::span<float> out) {
   if (logits.empty()) return;
   double max_logit = kNegInf;
   for (float l : logits) max_logit = std::max(max_logit, Sanitized(l));
-  // The max token(s) count as exp(0) = 1 explicitly, so an infinite max gives no inf - inf.
-  double sum = 0.0;
-  for (float l : logits) {
-    const double x = Sanitized(l);
-    sum += x == max_logit ? 1.0 : std::exp(x - max_logit);
-  }
-  const double log_sum = std::log(sum);
+  const double log_sum = LogSumShiftedExp(logits, max_logit);
   for (size_t i = 0; i < logits.size(); ++i) {
     const double x = Sanitized(logits[i]);
     out[i] = static_cast<float>((x == max_logit ? 0.0 : x - max_logit) - log_sum);

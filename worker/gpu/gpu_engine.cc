@@ -280,10 +280,11 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
 
   routing_.assign(opts_.record_routing ? static_cast<size_t>(L) : 0, {});
   const bool local = comm_.size() == 1 && !opts_.force_host_staging;
+  // Recording the routing takes the host-count exchange (and syncs on every path).
   const bool device_only = moe_->DeviceOnly(sh.rows()) && !opts_.record_routing;
+  const bool device_exchange = moe_->DeviceExchange(sh.rows()) && !opts_.record_routing;
   // The local path and the device exchange count the routed rows on the device.
-  const bool count_experts =
-      opts_.collect_load_stats && (local || (moe_->DeviceExchange(sh.rows()) && !opts_.record_routing));
+  const bool count_experts = opts_.collect_load_stats && (local || device_exchange);
   const bool graph = opts_.cuda_graphs && device_only && !profiler_.enabled();
   host_times_.prepare_ms += LapMs();
   if (graph) {

@@ -100,12 +100,12 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   step_ = rows;
   const int64_t T = rows.local, E = c_.num_experts, n = T * c_.experts_per_token;
   bool grew = false;
-  if (!Local() && DeviceExchange(rows)) {
+  grew |= logits_.EnsureSize(static_cast<size_t>(T * E));
+  grew |= experts_.EnsureSize(static_cast<size_t>(n));
+  grew |= weights_.EnsureSize(static_cast<size_t>(n));
+  if (DeviceExchange(rows)) {  // never on the local path: it needs several ranks
     const int64_t H = c_.hidden_size, I = c_.intermediate_size, W = comm_.size();
     const int64_t blocks = W * (ExchangeCap(rows) + 1), bound = ReceiveBound(rows);  // + the header rows
-    grew |= logits_.EnsureSize(static_cast<size_t>(T * E));
-    grew |= experts_.EnsureSize(static_cast<size_t>(n));
-    grew |= weights_.EnsureSize(static_cast<size_t>(n));
     grew |= index_.EnsureSize(static_cast<size_t>(3 * n + bound));
     grew |= send_.EnsureSize(static_cast<size_t>(blocks * H));
     grew |= recv_.EnsureSize(static_cast<size_t>(blocks * H));
@@ -121,9 +121,6 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     grew |= split_.EnsureSize(workspace);
     return grew;
   }
-  grew |= logits_.EnsureSize(static_cast<size_t>(T * E));
-  grew |= experts_.EnsureSize(static_cast<size_t>(n));
-  grew |= weights_.EnsureSize(static_cast<size_t>(n));
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
@@ -226,8 +223,7 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), recv_offsets_.get(), sizeof(int32_t) * (E + 1),
                                    cudaMemcpyDeviceToHost, stream_));
     MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    const int64_t R = h_offsets_.get()[E];
-    result_.EnsureSize(static_cast<size_t>(R * H));
+    const int64_t R = h_offsets_.get()[E];  // <= bound: result_ is sized
     Experts(layer, recv_.get(), group_src, R, recv_offsets_.get(), h_offsets_.get(), result_.get());
   }
   ScatterRows(result_.get(), group_src, recv_offsets_.get() + E, bound, H, computed_.get(), stream_);

@@ -137,16 +137,15 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   moe::v1::Tokens* t = m.mutable_tokens();
   t->set_seq_id(seq_id);
   int32_t tok = pick.token;
-  if (logits.empty()) {
-    t->add_token_ids(tok);
-    t->add_logprobs(pick.token_logprob);
-  } else {
+  float logprob = pick.token_logprob;
+  if (!logits.empty()) {
     tok = SampleToken(logits, s.sampling, static_cast<uint64_t>(s.generated.size()));
-    t->add_token_ids(tok);
     logprobs_.Compute(logits);
-    t->add_logprobs(logprobs_.logprob(tok));
-    if (a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
+    logprob = logprobs_.logprob(tok);
   }
+  t->add_token_ids(tok);
+  t->add_logprobs(logprob);
+  if (!logits.empty() && a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
   s.generated.push_back(tok);
   outbox_.Send(std::move(m));
 
