@@ -6,8 +6,10 @@
 //     experts as cuBLAS grouped GEMMs (the default) and as one cuBLAS GEMM per expert;
 //   - decode throughput at batch 1, 16, 64, 256 with 128-token contexts: the contexts are
 //     prefilled first, then a few warm-up decode steps, then timed steps (wall clock around
-//     Step, which returns after the device has finished and the logits are on the host); then the
-//     same sequences again without CUDA graphs and with the experts through cuBLAS, for comparison;
+//     Step, which returns after the device has finished and the greedy picks are on the host, as
+//     moe-worker asks for them); then the same sequences again without CUDA graphs, with the experts
+//     through cuBLAS, ..., with the logits rows copied to the host instead, and sampled with
+//     temperature, top-k and top-p on the device, for comparison;
 //   - in a profiling mode (CUDA events at the stage boundaries of every layer; no graphs), the
 //     per-layer time split: attention, router, dispatch, experts, combine (and what lies outside
 //     the layers);
@@ -161,7 +163,7 @@ int main(int argc, char** argv) {
   int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
   for (int64_t b : a.profile_batches) max_batch = std::max(max_batch, b);
   for (int64_t b : a.trace_batches) max_batch = std::max(max_batch, b);
-  const int runs_per_batch = a.variants ? 6 : 1;
+  const int runs_per_batch = a.variants ? 9 : 1;
   const int64_t max_len = a.context + runs_per_batch * (a.warmup + a.steps) + 2;
   gpu::GpuEngineOptions opts;
   opts.kv_tokens = std::max<int64_t>(max_batch * ((max_len + 15) / 16 * 16), a.prefill_tokens + 16);
@@ -285,6 +287,13 @@ int main(int argc, char** argv) {
       e->set_programmatic_launch(false);
       variants.push_back(measure("no programmatic dependent launch"));
       e->set_programmatic_launch(true);
+      bench.set_sample_next(std::nullopt);
+      variants.push_back(measure("logits rows to the host (no pick on the device)"));
+      bench.set_sample_next(SamplingParams{.temperature = 0.8f, .top_k = 50, .top_p = 0.95f, .seed = 1});
+      variants.push_back(measure("sampled on the device: temperature 0.8, top-k 50, top-p 0.95"));
+      bench.set_sample_next(SamplingParams{.temperature = 1.0f, .top_p = 0.9f, .seed = 1});
+      variants.push_back(measure("sampled on the device: temperature 1, top-p 0.9 (no top-k)"));
+      bench.set_sample_next(SamplingParams{.temperature = 0.f});
     }
     bench.Free(ids);
   }

@@ -81,7 +81,10 @@ double EngineDriver::Decode(const std::vector<int64_t>& ids, int steps) {
   const double t0 = NowMs();
   for (int s = 0; s < steps; ++s) {
     std::vector<SequenceChunk> chunks;
-    for (int64_t id : ids) chunks.push_back({id, Tokens(1), false});
+    for (int64_t id : ids) {
+      chunks.push_back({id, Tokens(1), false});
+      if (sample_next_) chunks.back().sample_next = SampleNext{*sample_next_, static_cast<uint64_t>(s)};
+    }
     Check(e_.Step(chunks), "decode step");
   }
   return NowMs() - t0;

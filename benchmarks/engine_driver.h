@@ -1,6 +1,6 @@
 // What the GPU benchmarks do to an engine: prefill a sequence, give a batch 128-token contexts,
 // run decode steps, all with seeded random tokens, timed by the host wall clock around Step (which
-// returns after the device has finished and the logits are on the host). moe-bench drives one
+// returns after the device has finished and the picks, or logits, are on the host). moe-bench drives one
 // engine; moe-ep-bench drives one per rank, every rank stepping together (the steps are
 // collectives: a rank with nothing to do takes an empty step).
 #pragma once
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -58,11 +59,17 @@ class EngineDriver {
 
   void Free(const std::vector<int64_t>& ids);
 
+  // What decode steps ask of the engine for each sequence: by default its greedy next token
+  // sampled on the device (SequenceChunk::sample_next), as moe-worker asks for requests without
+  // top alternatives; other parameters, or nullopt for the whole logits row on the host.
+  void set_sample_next(std::optional<SamplingParams> p) { sample_next_ = p; }
+
  private:
   gpu::GpuEngine& e_;
   std::mt19937_64 rng_;
   int64_t context_, prefill_chunk_;
   int64_t next_id_ = 1;
+  std::optional<SamplingParams> sample_next_ = SamplingParams{.temperature = 0.f};
 };
 
 }  // namespace moe

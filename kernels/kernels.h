@@ -156,6 +156,24 @@ void ScatterRows(const bf16* x, const int32_t* dst_row, const int32_t* count, in
 void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x, int64_t x_ld, bf16* y,
                    int64_t y_ld, const bf16** w_out, const bf16** x_out, bf16** y_out, cudaStream_t s);
 
+// One row's sampling parameters (worker/sampler.h: SamplingParams and the step), in 32-bit words so
+// that they travel in a step's int32 input buffer.
+struct SampleRowParams {
+  float temperature;  // 0: greedy
+  int32_t top_k;      // 0: no limit
+  float top_p;        // 1: no nucleus
+  uint32_t seed_lo, seed_hi, step_lo, step_hi;
+};
+static_assert(sizeof(SampleRowParams) == 7 * sizeof(int32_t));
+
+// The next token of each of `rows` logits rows [rows, V] (float32), by SampleToken's rule
+// (worker/sampler.h) with params[r], and its log-probability under the raw logits (PickToken's):
+// the same tokens as the host (the masses are summed in fixed point, which moves the boundaries
+// between tokens by about 1e-14 of the mass; kernels/sample.cu) and log-probabilities to the last
+// bits of a float. Deterministic: a row's pick depends on the row and its parameters only.
+void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, int32_t* tokens,
+                float* logprobs, cudaStream_t s);
+
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
 void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
                 float* residual, cudaStream_t s);

@@ -86,31 +86,44 @@ TEST(EngineExactnessTest, MixedPrefillAndDecodeStep) {
   EXPECT_LT(RelativeError(out.chunks[2].logits, fc, (c.size() - 50) * V, 0, 50 * V), 1e-5);
 }
 
-// A chunk that wants only its greedy next token gets the pick of the logits it would have had
-// (PickGreedy), and no logits; next to chunks that get theirs.
-TEST(EngineExactnessTest, GreedyNextReturnsThePickOfTheLogits) {
+// A chunk that wants only its next token gets the pick of the logits it would have had
+// (PickToken, greedy or sampled), and no logits; next to chunks that get theirs. Bad sampling
+// parameters and sample_next with all_logits are refused, naming what is wrong.
+TEST(EngineExactnessTest, SampleNextReturnsThePickOfTheLogits) {
   Golden g = Golden::Load();
   auto e = LoadLocalEngine(kGoldenDir);
-  for (int64_t id : {1, 2, 3, 4}) ASSERT_TRUE((*e)->AddSequence(id).ok());
-  const std::vector<int32_t> a = g.prompt(3), b = g.prompt(2);
-  StepOutput full = (*e)->Step({{1, a, false}, {2, b, false}}).value();
-  SequenceChunk pa{3, a, false}, pb{4, b, false};
-  pa.greedy_next = true;
-  StepOutput picked = (*e)->Step({pa, pb}).value();
-  ASSERT_EQ(picked.chunks.size(), 2u);
-  const GreedyPick want = PickGreedy(full.chunks[0].logits);
-  EXPECT_EQ(picked.chunks[0].rows, 0);
-  EXPECT_TRUE(picked.chunks[0].logits.empty());
-  EXPECT_EQ(picked.chunks[0].token, want.token);
-  EXPECT_EQ(picked.chunks[0].token_logprob, want.logprob);
-  EXPECT_EQ(picked.chunks[0].first_position, static_cast<int64_t>(a.size()) - 1);
-  EXPECT_EQ(picked.chunks[1].logits, full.chunks[1].logits);
-  EXPECT_EQ((*e)->SequenceLength(3), static_cast<int64_t>(a.size()));
+  const SamplingParams greedy{.temperature = 0.f};
+  const SamplingParams sampled{.temperature = 0.9f, .top_k = 20, .top_p = 0.9f, .seed = 3};
+  int64_t id = 1;
+  for (const SamplingParams& sp : {greedy, sampled}) {
+    const int64_t full_a = id++, full_b = id++, pick_a = id++, pick_b = id++;
+    for (int64_t s : {full_a, full_b, pick_a, pick_b}) ASSERT_TRUE((*e)->AddSequence(s).ok());
+    const std::vector<int32_t> a = g.prompt(3), b = g.prompt(2);
+    StepOutput full = (*e)->Step({{full_a, a, false}, {full_b, b, false}}).value();
+    SequenceChunk pa{pick_a, a, false}, pb{pick_b, b, false};
+    pa.sample_next = SampleNext{sp, 4};
+    StepOutput picked = (*e)->Step({pa, pb}).value();
+    ASSERT_EQ(picked.chunks.size(), 2u);
+    const TokenPick want = PickToken(full.chunks[0].logits, sp, 4);
+    EXPECT_EQ(picked.chunks[0].rows, 0);
+    EXPECT_TRUE(picked.chunks[0].logits.empty());
+    EXPECT_EQ(picked.chunks[0].token, want.token);
+    EXPECT_EQ(picked.chunks[0].token_logprob, want.logprob);
+    EXPECT_EQ(picked.chunks[0].first_position, static_cast<int64_t>(a.size()) - 1);
+    EXPECT_EQ(picked.chunks[1].logits, full.chunks[1].logits);
+    EXPECT_EQ((*e)->SequenceLength(pick_a), static_cast<int64_t>(a.size()));
+  }
   SequenceChunk bad{1, {5}, true};
-  bad.greedy_next = true;
-  const absl::Status s = (*e)->Step({bad}).status();
+  bad.sample_next = SampleNext{greedy, 0};
+  absl::Status s = (*e)->Step({bad}).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(s.message()).find("greedy_next and all_logits"), std::string::npos) << s;
+  EXPECT_NE(std::string(s.message()).find("sample_next and all_logits"), std::string::npos) << s;
+  bad.all_logits = false;
+  bad.sample_next->params.top_p = 1.5f;
+  s = (*e)->Step({bad}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("top_p"), std::string::npos) << s;
+  EXPECT_EQ((*e)->SequenceLength(1), static_cast<int64_t>(g.prompt(3).size()));  // nothing changed
 }
 
 TEST(EngineExactnessTest, StepRejectsBadInputAndChangesNothing) {

@@ -428,18 +428,20 @@ TEST_F(GpuGoldenTest, CudaGraphDecodeEqualsDirectLaunches) {
   EXPECT_EQ((*direct)->graph_launches(), 0);
 }
 
-// Chunks that want only their greedy next token get the pick of the logits they would have had,
-// next to chunks that get their logits, in prefill and in graph-replayed decode steps.
-TEST_F(GpuGoldenTest, GreedyNextReturnsThePickOfTheLogits) {
+// Chunks that want only their next token get the pick (greedy or sampled) of the logits they would
+// have had, next to chunks that get their logits, in prefill and in graph-replayed decode steps.
+TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   auto e = LoadGpu(kGoldenDir);
   // Sequences 1-3 return logits; 11-13 are the same sequences returning picks (batch-invariant
-  // kernels: the same logits either way).
+  // kernels: the same logits either way). Chunk 0 is greedy, chunk 2 sampled, chunk 1 keeps its
+  // logits.
   for (int64_t id : {1, 2, 3, 11, 12, 13}) ASSERT_TRUE((*e)->AddSequence(id).ok());
-  auto chunks = [&](int64_t base, const std::vector<std::vector<int32_t>>& tokens, bool pick) {
+  const SamplingParams params[3] = {{.temperature = 0.f}, {}, {.temperature = 1.2f, .top_k = 40, .top_p = 0.9f, .seed = 5}};
+  auto chunks = [&](int64_t base, const std::vector<std::vector<int32_t>>& tokens, bool pick, uint64_t step) {
     std::vector<SequenceChunk> out;
     for (size_t i = 0; i < tokens.size(); ++i) {
       SequenceChunk ch{base + static_cast<int64_t>(i), tokens[i], false};
-      ch.greedy_next = pick && i != 1;  // the middle one keeps its logits
+      if (pick && i != 1) ch.sample_next = SampleNext{params[i], step};
       out.push_back(ch);
     }
     return out;
@@ -447,20 +449,20 @@ TEST_F(GpuGoldenTest, GreedyNextReturnsThePickOfTheLogits) {
   std::vector<std::vector<int32_t>> tokens = {golden_->prompt(3), golden_->prompt(2), golden_->prompt(4)};
   const int64_t graphs_before = (*e)->graphs_captured();
   for (int step = 0; step < 6; ++step) {
-    StepOutput full = (*e)->Step(chunks(1, tokens, false)).value();
-    StepOutput picked = (*e)->Step(chunks(11, tokens, true)).value();
+    StepOutput full = (*e)->Step(chunks(1, tokens, false, step)).value();
+    StepOutput picked = (*e)->Step(chunks(11, tokens, true, step)).value();
     ASSERT_EQ(picked.chunks.size(), 3u);
     for (size_t i = 0; i < 3; ++i) {
       if (i == 1) {
         EXPECT_EQ(picked.chunks[i].logits, full.chunks[i].logits) << "step " << step;
         continue;
       }
-      const GreedyPick want = PickGreedy(full.chunks[i].logits);
+      const TokenPick want = PickToken(full.chunks[i].logits, params[i], step);
       EXPECT_EQ(picked.chunks[i].rows, 0);
       EXPECT_EQ(picked.chunks[i].token, want.token) << "step " << step << " chunk " << i;
       EXPECT_NEAR(picked.chunks[i].token_logprob, want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob)));
     }
-    for (size_t i = 0; i < 3; ++i) tokens[i] = {PickGreedy(full.chunks[i].logits).token};  // decode next
+    for (size_t i = 0; i < 3; ++i) tokens[i] = {PickToken(full.chunks[i].logits, params[0], 0).token};  // decode next
   }
   EXPECT_GT((*e)->graphs_captured(), graphs_before);  // the decode steps replayed graphs
 }

@@ -18,6 +18,7 @@
 #include "worker/model/safetensors.h"
 #include "worker/moe/dispatch.h"
 #include "worker/moe/router.h"
+#include "worker/sampler.h"
 
 namespace moe::gpu {
 namespace {
@@ -539,6 +540,90 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
         for (int64_t col = 0; col < H; ++col) {
           ASSERT_EQ(back[s][combine[s][i] * H + col], encode(s, i / c.k, col)) << "source " << s << " slot " << i;
         }
+  }
+}
+
+// SampleRows against SampleToken and LogSoftmax on the host (PickToken): the same token always; the
+// log-probability to the last bits of a float (the double sums run in another order). Greedy and
+// sampled (temperature, top-k, top-p and their mixes, many seeds and steps) over rows of bf16 values
+// (thousands of exact ties in a 32000-token row: the tie rules run), rows of the real vocabulary
+// sizes and small ones, with ties for the max, NaN, -inf everywhere, +inf and one flat row.
+TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
+  SKIP_WITHOUT_GPU();
+  const float nan = std::nanf(""), inf = INFINITY;
+  const std::vector<SamplingParams> params = {
+      {.temperature = 0.f},
+      {.temperature = 1.f},
+      {.temperature = 0.7f, .top_k = 1},
+      {.temperature = 0.7f, .top_k = 7},
+      {.temperature = 1.3f, .top_k = 50},
+      {.temperature = 1.f, .top_p = 0.5f},
+      {.temperature = 0.8f, .top_p = 0.95f},
+      {.temperature = 0.8f, .top_k = 50, .top_p = 0.9f},
+      {.temperature = 2.f, .top_k = 1000, .top_p = 0.3f},
+      {.temperature = 0.05f, .top_p = 0.99f},
+      {.temperature = 1.f, .top_p = 1e-6f},
+  };
+  for (int64_t V : {int64_t{5}, int64_t{1000}, int64_t{32000}, int64_t{32768}}) {
+    const int64_t special = 6, random_rows = 24, rows = special + random_rows;
+    std::vector<float> x = RandomBf16Values(rows * V, static_cast<uint32_t>(V), 3.f);
+    // Row 1: a tie for the max (the lower index must win); row 2: NaN at the max's place and
+    // elsewhere; row 3: nothing but -inf and NaN; row 4: two +inf; row 5: flat (every token ties).
+    const auto row = [&](int64_t r) { return x.begin() + r * V; };
+    const float top = *std::max_element(row(1), row(2)) + 1.f;
+    row(1)[V - 1] = top;
+    row(1)[V / 2] = top;
+    row(2)[0] = nan;
+    row(2)[V - 1] = nan;
+    for (int64_t i = 0; i < V; ++i) row(3)[i] = i % 2 ? -inf : nan;
+    row(4)[V / 3] = inf;
+    row(4)[V - 2] = inf;
+    std::fill(row(5), row(6), 0.25f);
+    // Every row under every parameter set, at a few steps each.
+    struct Case {
+      int64_t row;
+      SamplingParams p;
+      uint64_t step;
+    };
+    std::vector<Case> cases;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (size_t k = 0; k < params.size(); ++k) {
+        for (uint64_t step = 0; step < (r < special ? 3u : 2u); ++step) {
+          SamplingParams p = params[k];
+          p.seed = 1000 * static_cast<uint64_t>(r) + k;
+          cases.push_back({r, p, step + (uint64_t{1} << 33) * k});  // steps past 2^32 too
+        }
+      }
+    }
+    const int64_t n = static_cast<int64_t>(cases.size());
+    std::vector<float> in(static_cast<size_t>(n * V));
+    std::vector<SampleRowParams> pp(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const Case& c = cases[i];
+      std::copy(row(c.row), row(c.row) + V, in.begin() + i * V);
+      pp[i] = {c.p.temperature,
+               c.p.top_k,
+               c.p.top_p,
+               static_cast<uint32_t>(c.p.seed),
+               static_cast<uint32_t>(c.p.seed >> 32),
+               static_cast<uint32_t>(c.step),
+               static_cast<uint32_t>(c.step >> 32)};
+    }
+    std::vector<int32_t> words(pp.size() * 7);
+    std::memcpy(words.data(), pp.data(), sizeof(SampleRowParams) * pp.size());
+    Buffer<float> d_x(in), d_lp(n);
+    Buffer<int32_t> d_params(words), d_tok(n);
+    SampleRows(d_x.get(), n, V, reinterpret_cast<const SampleRowParams*>(d_params.get()), d_tok.get(), d_lp.get(),
+               nullptr);
+    const std::vector<int32_t> tok = d_tok.Download();
+    const std::vector<float> lp = d_lp.Download();
+    for (int64_t i = 0; i < n; ++i) {
+      const Case& c = cases[i];
+      const TokenPick want = PickToken(std::span<const float>(&x[c.row * V], static_cast<size_t>(V)), c.p, c.step);
+      EXPECT_EQ(tok[i], want.token) << "V " << V << " row " << c.row << " T " << c.p.temperature << " top_k "
+                                    << c.p.top_k << " top_p " << c.p.top_p << " step " << c.step;
+      EXPECT_NEAR(lp[i], want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob))) << "V " << V << " row " << c.row;
+    }
   }
 }
 

@@ -145,8 +145,8 @@ TEST(SamplerGreedy, NaNCountsAsNegativeInfinity) {
   EXPECT_EQ(SampleToken(std::vector<float>{kNaN, -kInf, kNaN}, Params(0.0f), 0), 0);
 }
 
-// PickGreedy: SampleToken's greedy token and LogSoftmax's value there, bit for bit.
-TEST(SamplerGreedy, PickGreedyEqualsArgmaxAndLogSoftmax) {
+// PickToken: SampleToken's token and LogSoftmax's value there, bit for bit, greedy or sampled.
+TEST(SamplerPick, PickTokenEqualsSampleTokenAndLogSoftmax) {
   std::vector<std::vector<float>> rows = {kSix,
                                           {1.0f, 3.0f, 0.0f, 3.0f, 3.0f},
                                           {kNaN, 0.5f, kNaN, 1.0f},
@@ -155,12 +155,18 @@ TEST(SamplerGreedy, PickGreedyEqualsArgmaxAndLogSoftmax) {
                                           {0.5f, kInf, 2.0f, kInf},
                                           {7.0f}};
   for (uint64_t seed = 0; seed < 5; ++seed) rows.push_back(RandomLogits(32000, 4.0f, 100 + seed));
+  std::vector<SamplingParams> params = {Params(0.0f), Params(1.0f), Params(0.7f, 5), Params(1.3f, 0, 0.8f)};
+  for (SamplingParams& p : params) p.seed = 9;
   for (const std::vector<float>& row : rows) {
-    const GreedyPick p = PickGreedy(row);
-    EXPECT_EQ(p.token, SampleToken(row, Params(0.0f), 0));
     std::vector<float> lsm(row.size());
     LogSoftmax(row, lsm);
-    EXPECT_EQ(p.logprob, lsm[static_cast<size_t>(p.token)]) << "row of " << row.size();
+    for (const SamplingParams& sp : params) {
+      for (uint64_t step = 0; step < 3; ++step) {
+        const TokenPick p = PickToken(row, sp, step);
+        EXPECT_EQ(p.token, SampleToken(row, sp, step));
+        EXPECT_EQ(p.logprob, lsm[static_cast<size_t>(p.token)]) << "row of " << row.size();
+      }
+    }
   }
 }
 

@@ -131,8 +131,8 @@ void Engine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) 
                  hn_.data());
     cl.logits.resize(static_cast<size_t>(cl.rows * V));
     cpu::Linear(hn_.data(), cl.rows, H, weights_.lm_head_data(), V, cl.logits.data());
-    if (chunks[ci].greedy_next) {  // the pick instead of the row
-      const GreedyPick pick = PickGreedy(cl.logits);
+    if (const auto& next = chunks[ci].sample_next) {  // the pick instead of the row
+      const TokenPick pick = PickToken(cl.logits, next->params, next->step);
       cl.token = pick.token;
       cl.token_logprob = pick.logprob;
       cl.logits.clear();

@@ -46,7 +46,8 @@ absl::StatusOr<std::vector<GenerateResult>> GenerateAll(StepEngine& engine, cons
         if (!active[i]) continue;
         const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
         SequenceChunk ch{id, {}, false};
-        ch.greedy_next = requests[i].sampling.greedy();  // the engine picks: no logits to the host
+        // The engine samples: no logits to the host.
+        ch.sample_next = SampleNext{requests[i].sampling, static_cast<uint64_t>(results[i].tokens.size())};
         if (engine.SequenceLength(id) == 0) {
           ch.tokens = requests[i].prompt;
         } else {
@@ -67,9 +68,7 @@ absl::StatusOr<std::vector<GenerateResult>> GenerateAll(StepEngine& engine, cons
       const GenerateRequest& req = requests[i];
       GenerateResult& res = results[i];
       const ChunkLogits& cl = step->chunks[j];
-      const int32_t tok = req.sampling.greedy()
-                              ? cl.token
-                              : SampleToken(cl.logits, req.sampling, static_cast<uint64_t>(res.tokens.size()));
+      const int32_t tok = cl.token;
       res.tokens.push_back(tok);
       if (on_token) on_token(i, tok);
       const int64_t id = kFirstSeqId + static_cast<int64_t>(i);

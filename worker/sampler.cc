@@ -12,16 +12,6 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-// SplitMix64's increment (the golden ratio in 64 bits) and its output mix (Steele, Lea and
-// Flood 2014): a bijection with full avalanche, cheap enough to run per token on any device.
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
-
-uint64_t Mix64(uint64_t x) {
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 // NaN is a broken logit, not a token to pick: it ranks below everything, like -inf.
 double Sanitized(float logit) { return std::isnan(logit) ? kNegInf : static_cast<double>(logit); }
 
@@ -197,13 +187,6 @@ absl::Status SamplingParams::Validate() const {
   return absl::OkStatus();
 }
 
-double UniformDraw(uint64_t seed, uint64_t step) {
-  // Output `step` of the SplitMix64 stream that starts from the hashed seed: hashing the seed
-  // first keeps nearby seeds (0, 1, 2...) from giving shifted copies of one stream.
-  const uint64_t state = Mix64(seed + kGolden) + (step + 1) * kGolden;
-  return static_cast<double>(Mix64(state) >> 11) * 0x1.0p-53;  // top 53 bits -> [0, 1)
-}
-
 int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t step) {
   MOE_CHECK(!logits.empty(), "SampleToken needs at least one logit");
   MOE_CHECK(p.Validate().ok(), "sampling params must be validated where the request enters");
@@ -223,13 +206,15 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
   return pick.edge[pick.pos].id;
 }
 
-GreedyPick PickGreedy(std::span<const float> logits) {
-  MOE_CHECK(!logits.empty(), "PickGreedy of an empty row");
-  GreedyPick p;
-  p.token = Argmax(logits);
-  // LogSoftmax's value at the argmax: 0 - log_sum.
-  p.logprob = static_cast<float>(-LogSumShiftedExp(logits, Sanitized(logits[static_cast<size_t>(p.token)])));
-  return p;
+TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step) {
+  TokenPick pick;
+  pick.token = SampleToken(logits, p, step);
+  double max_logit = kNegInf;
+  for (float l : logits) max_logit = std::max(max_logit, Sanitized(l));
+  // LogSoftmax's value at the token.
+  const double x = Sanitized(logits[static_cast<size_t>(pick.token)]);
+  pick.logprob = static_cast<float>((x == max_logit ? 0.0 : x - max_logit) - LogSumShiftedExp(logits, max_logit));
+  return pick;
 }
 
 void LogSoftmax(std::span<const float> logits, std::span<float> out) {

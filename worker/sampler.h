@@ -7,6 +7,7 @@
 #include <span>
 
 #include "common/status.h"
+#include "common/uniform_draw.h"  // UniformDraw: the draw of a step, shared with the GPU kernel
 
 namespace moe {
 
@@ -23,11 +24,6 @@ struct SamplingParams {
   absl::Status Validate() const;
 };
 
-// The uniform draw in [0, 1) for step `step` of the request seeded `seed`: a pure hash of
-// (seed, step) (the SplitMix64 stream of the hashed seed, 53-bit mantissa), so it can be
-// recomputed anywhere, including by a GPU kernel, without carrying generator state.
-double UniformDraw(uint64_t seed, uint64_t step);
-
 // Samples one token id from `logits` (size = vocab, must be non-empty).
 // Greedy: argmax, the first index winning ties (as torch.argmax).
 // Otherwise, in the order Hugging Face applies them: divide by temperature; keep the top_k
@@ -39,14 +35,15 @@ double UniformDraw(uint64_t seed, uint64_t step);
 // Expected O(vocab): selection instead of sorting, even for top-p.
 int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t step);
 
-// The greedy token (SampleToken's argmax rule) and its log-probability (LogSoftmax's value there),
-// without the whole log-softmax row: what an engine returns for a chunk that wants only its greedy
-// next token (SequenceChunk::greedy_next); a GPU kernel computes the same.
-struct GreedyPick {
+// The token SampleToken picks and its log-probability (LogSoftmax's value there, of the raw
+// logits: what a client sees as the token's logprob whatever the sampling parameters), without the
+// whole log-softmax row: what an engine returns for a chunk that wants only its next token
+// (SequenceChunk::sample_next); the GPU's sampling kernel computes the same.
+struct TokenPick {
   int32_t token = 0;
   float logprob = 0.f;
 };
-GreedyPick PickGreedy(std::span<const float> logits);
+TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step);
 
 // Natural-log softmax of `logits` into `out` (same size), computed in double. NaN logits count
 // as -inf, like SampleToken; +inf logits share the whole mass; an all -inf row comes out uniform.

@@ -32,9 +32,14 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
       return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, " appears twice in one step"));
     }
     if (ch.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": no tokens"));
-    if (ch.greedy_next && ch.all_logits) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", ch.seq_id, ": greedy_next and all_logits exclude each other"));
+    if (ch.sample_next) {
+      if (ch.all_logits) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", ch.seq_id, ": sample_next and all_logits exclude each other"));
+      }
+      if (const absl::Status s = ch.sample_next->params.Validate(); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": ", s.message()));
+      }
     }
     for (size_t i = 0; i < ch.tokens.size(); ++i) {
       if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {

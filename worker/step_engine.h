@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "common/status.h"
@@ -12,27 +13,35 @@
 #include "worker/kv_blocks.h"
 #include "worker/model/config.h"
 #include "worker/moe/load_stats.h"
+#include "worker/sampler.h"
 
 namespace moe {
+
+// The next token of a sequence, sampled by the engine: SampleToken's rule with these parameters at
+// this step (the request's tokens generated so far).
+struct SampleNext {
+  SamplingParams params;
+  uint64_t step = 0;
+};
 
 // Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
 struct SequenceChunk {
   int64_t seq_id = 0;
   std::vector<int32_t> tokens;
   bool all_logits = false;  // logits for every token (scoring), else only the last one
-  // Only the greedy next token is wanted (not with all_logits): the engine returns it with its
-  // log-probability (PickGreedy of the last position's logits) instead of the logits, so a GPU
-  // engine copies two numbers to the host instead of a vocabulary-wide row.
-  bool greedy_next = false;
+  // Only the next token is wanted (not with all_logits): the engine samples it from the last
+  // position's logits and returns it with its log-probability (PickToken) instead of the logits,
+  // so a GPU engine copies two numbers to the host instead of a vocabulary-wide row.
+  std::optional<SampleNext> sample_next = std::nullopt;
 };
 
 struct ChunkLogits {
   int64_t seq_id = 0;
-  int64_t first_position = 0;  // position of the first row of `logits` (greedy_next: of the pick)
-  int64_t rows = 0;            // greedy_next: 0
+  int64_t first_position = 0;  // position of the first row of `logits` (sample_next: of the pick)
+  int64_t rows = 0;            // sample_next: 0
   std::vector<float> logits;   // [rows, vocab]
-  int32_t token = -1;          // greedy_next: the greedy next token
-  float token_logprob = 0.f;   // greedy_next: its log-probability
+  int32_t token = -1;          // sample_next: the sampled next token
+  float token_logprob = 0.f;   // sample_next: its log-probability
 };
 
 struct StepOutput {
@@ -67,8 +76,8 @@ absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, c
                               int64_t kv_block_size, int64_t kv_tokens);
 
 // Checks a step's chunks against the config and the KV cache without changing anything: every
-// sequence known and at most once, tokens present and inside the vocabulary, positions within
-// max_position_embeddings, enough free KV blocks for the whole step.
+// sequence known and at most once, tokens present and inside the vocabulary, sampling parameters
+// valid, positions within max_position_embeddings, enough free KV blocks for the whole step.
 absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
                                 const std::vector<SequenceChunk>& chunks);
 

@@ -1,6 +1,7 @@
 #include "worker/gpu/gpu_engine.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -201,7 +202,9 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= attn_.EnsureSize(static_cast<size_t>(T * qd));
   grew |= wanted_.EnsureSize(static_cast<size_t>(sh.wanted * H));
   grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
-  grew |= h_logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
+  grew |= h_logits_.EnsureSize(static_cast<size_t>((sh.wanted - sh.picks) * c.vocab_size));
+  grew |= picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
+  grew |= h_picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
   grew |= moe_->Reserve(sh.rows());
   grew |= attn_partial_.EnsureSize(DecodeSplitFloats(sh.narrow, c.num_heads, c.head_dim, sh.decode_splits));
   if (attn_counters_.EnsureSize(static_cast<size_t>(sh.narrow * c.num_kv_heads))) {
@@ -229,6 +232,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     chunk_rows.push_back(n);
     sh.T += n;
     sh.wanted += WantedRows(ch, 0).rows;
+    sh.picks += ch.sample_next ? 1 : 0;
     max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
   }
   // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows.
@@ -250,7 +254,8 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   if (Reserve(sh)) DropGraphs();
 
   // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
-  // block tables [S, pitch], wanted rows [wanted], attention tiles (narrow, wide) [2 each].
+  // block tables [S, pitch], wanted rows [wanted] (the host's, then the sampled ones), attention
+  // tiles (narrow, wide) [2 each], sampling parameters [picks].
   const int64_t T = sh.T, S = sh.S;
   int32_t* ids = h_inputs_.get();
   int32_t* pos = ids + T;
@@ -258,8 +263,9 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   int32_t* tables = row_seq + T;
   int32_t* wanted_rows = tables + S * sh.pitch;
   int32_t* tiles = wanted_rows + sh.wanted;
+  auto* pick_params = reinterpret_cast<SampleRowParams*>(tiles + 2 * sh.narrow + 2 * sh.wide);
   std::vector<int64_t> starts(static_cast<size_t>(S));
-  int64_t row = 0, w = 0;
+  int64_t row = 0, w = 0, p = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
     const SequenceChunk& ch = chunks[ci];
     const int64_t n = static_cast<int64_t>(ch.tokens.size());
@@ -272,7 +278,18 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     const std::vector<int32_t>& blocks = kv_.blocks(ch.seq_id);
     std::fill(tables + ci * sh.pitch, tables + (ci + 1) * sh.pitch, 0);
     std::copy(blocks.begin(), blocks.end(), tables + ci * sh.pitch);
-    for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
+    if (const auto& next = ch.sample_next) {
+      wanted_rows[sh.wanted - sh.picks + p] = static_cast<int32_t>(row + n - 1);
+      pick_params[p++] = SampleRowParams{next->params.temperature,
+                                         next->params.top_k,
+                                         next->params.top_p,
+                                         static_cast<uint32_t>(next->params.seed),
+                                         static_cast<uint32_t>(next->params.seed >> 32),
+                                         static_cast<uint32_t>(next->step),
+                                         static_cast<uint32_t>(next->step >> 32)};
+    } else {
+      for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
+    }
     row += n;
   }
   std::copy(narrow_tiles_.begin(), narrow_tiles_.end(), tiles);
@@ -317,7 +334,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   // than copying into them (about 3 ms for the 8 MB of a batch of 64).
   for (int64_t ci = 0; ci < S; ++ci) {
     out.chunks.push_back(WantedRows(chunks[ci], starts[ci]));
-    if (!chunks[ci].greedy_next) out.chunks.back().logits.resize(static_cast<size_t>(out.chunks.back().rows * V));
+    if (!chunks[ci].sample_next) out.chunks.back().logits.resize(static_cast<size_t>(out.chunks.back().rows * V));
   }
   host_times_.enqueue_ms += LapMs();
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -336,19 +353,18 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     }
   }
   w = 0;
+  p = 0;
   for (size_t ci = 0; ci < out.chunks.size(); ++ci) {
     ChunkLogits& cl = out.chunks[ci];
-    const float* rows = h_logits_.get() + w * V;
-    w += cl.rows;
-    if (chunks[ci].greedy_next) {
-      // The pick from the copied row (a device-side pick, which would save the copy, is next).
-      const GreedyPick pick = PickGreedy(std::span<const float>(rows, static_cast<size_t>(V)));
-      cl.token = pick.token;
-      cl.token_logprob = pick.logprob;
+    if (chunks[ci].sample_next) {
+      cl.token = h_picks_.get()[p];
+      cl.token_logprob = std::bit_cast<float>(h_picks_.get()[sh.picks + p]);
       cl.rows = 0;
+      ++p;
       continue;
     }
-    std::copy(rows, rows + cl.rows * V, cl.logits.begin());
+    std::copy(h_logits_.get() + w * V, h_logits_.get() + (w + cl.rows) * V, cl.logits.begin());
+    w += cl.rows;
   }
 }
 
@@ -366,6 +382,7 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   const int32_t* d_wanted = d_tables + sh.S * sh.pitch;
   const int32_t* d_narrow = d_wanted + sh.wanted;
   const int32_t* d_wide = d_narrow + 2 * sh.narrow;
+  const auto* d_pick_params = reinterpret_cast<const SampleRowParams*>(d_wide + 2 * sh.wide);
   if (count_experts) MOE_CUDA_CHECK(cudaMemsetAsync(step_counts_.get(), 0, sizeof(int32_t) * L * E, s));
   profiler_.StepStart(s);
 
@@ -404,8 +421,16 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   // on the wanted rows.
   GatherRows(hn_.get(), d_wanted, sh.wanted, H, wanted_.get(), s);
   gemm_.LinearF32(wanted_.get(), sh.wanted, H, weights_->lm_head, V, logits_.get());
-  if (sh.wanted > 0) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_logits_.get(), logits_.get(), sizeof(float) * sh.wanted * V,
+  // The rows the host wants whole, then only the picks of the sampled ones.
+  const int64_t whole = sh.wanted - sh.picks;
+  if (whole > 0) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_logits_.get(), logits_.get(), sizeof(float) * whole * V,
+                                   cudaMemcpyDeviceToHost, s));
+  }
+  if (sh.picks > 0) {
+    SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, picks_.get(),
+               reinterpret_cast<float*>(picks_.get() + sh.picks), s);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * 2 * sh.picks,
                                    cudaMemcpyDeviceToHost, s));
   }
   if (count_experts) {

@@ -150,14 +150,19 @@ class GpuEngine final : public StepEngine {
   static absl::StatusOr<std::unique_ptr<GpuEngine>> Create(const ModelConfig& c, Communicator& comm,
                                                            const PlacementPlan& plan, const GpuEngineOptions& opts);
   void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);  // out.global_rows set
+  // A sampled row's parameters in the step's input buffer.
+  static constexpr int64_t kPickParamWords = sizeof(SampleRowParams) / sizeof(int32_t);
   // The shape of one step's device work: what a captured graph is specialised to.
   struct StepShape {
     int64_t T = 0, S = 0, pitch = 0, wanted = 0, narrow = 0, wide = 0;
     int64_t peak = 0, total = 0;  // the job's rows (StepRows): they size the device exchange
-    int64_t inputs() const { return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide; }
+    int64_t picks = 0;            // wanted rows sampled on the device (sample_next), after the others
+    int64_t inputs() const {
+      return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide + picks * kPickParamWords;
+    }
     int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
     StepRows rows() const { return StepRows{T, peak, total}; }
-    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total}; }
+    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks}; }
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
   bool Reserve(const StepShape& shape);
@@ -183,8 +188,9 @@ class GpuEngine final : public StepEngine {
   DeviceBuffer<bf16> keys_, values_;  // [layers, blocks, block_size, kv_heads, head_dim]
   DeviceBuffer<double> inv_freq_;     // RoPE [head_dim / 2]
   int64_t tile_rows_ = 1;             // query rows per multi-row attention tile
-  // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows, attention tiles
-  // (narrow, then wide), in one int32 buffer.
+  // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows (those whose logits
+  // go to the host, then those sampled here), attention tiles (narrow, then wide), the sampling
+  // parameters of the sampled rows, in one int32 buffer.
   PinnedBuffer<int32_t> h_inputs_;
   DeviceBuffer<int32_t> inputs_;
   std::vector<int32_t> narrow_tiles_, wide_tiles_;
@@ -196,6 +202,9 @@ class GpuEngine final : public StepEngine {
   DeviceBuffer<float> attn_partial_;
   DeviceBuffer<int32_t> attn_counters_;
   PinnedBuffer<float> h_logits_;
+  // The rows sampled on the device: tokens [picks], then their log-probabilities' bits [picks].
+  DeviceBuffer<int32_t> picks_;
+  PinnedBuffer<int32_t> h_picks_;
   // Rows routed to each expert of each layer in this step (local path), for the load statistics.
   DeviceBuffer<int32_t> step_counts_;
   PinnedBuffer<int32_t> h_step_counts_;

@@ -125,8 +125,9 @@ void ServingLoop::HandleInbox() {
   if (closed && !got_shutdown_) local_stop_ = StopReason::kCoordinatorLost;
 }
 
-bool ServingLoop::GreedyNextOnly(const ServedSequence& s) {
-  return !s.is_score() && s.sampling.greedy() && s.assign.top_logprobs() == 0;
+std::optional<SampleNext> ServingLoop::EngineSamples(const ServedSequence& s) {
+  if (s.is_score() || s.assign.top_logprobs() > 0) return std::nullopt;  // those need the whole row
+  return SampleNext{s.sampling, static_cast<uint64_t>(s.generated.size())};
 }
 
 void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits,
@@ -184,7 +185,7 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
   }
   if (s.prompt_remaining() > 0) return;  // a prompt chunk short of the end: its logits are not needed
   if (out.rows == 0) {
-    OnGenerated(seq_id, s, {}, out);  // the engine's greedy pick
+    OnGenerated(seq_id, s, {}, out);  // the engine's pick
   } else {
     OnGenerated(seq_id, s, std::span<const float>(out.logits.data() + (out.rows - 1) * V, static_cast<size_t>(V)),
                 out);
@@ -236,7 +237,7 @@ bool ServingLoop::RunOnce() {
     if (counts[i] == 0) continue;
     const ServedSequence& s = seqs_.at(running[i]);
     SequenceChunk ch{EngineId(running[i]), {}, s.is_score()};
-    ch.greedy_next = GreedyNextOnly(s);
+    ch.sample_next = EngineSamples(s);
     if (s.prompt_remaining() > 0) {
       const auto begin = s.assign.prompt().begin() + s.fed;
       ch.tokens.assign(begin, begin + counts[i]);

@@ -12,7 +12,7 @@
 //   4. one Engine::Step with each running sequence's next chunk (prefill chunks within
 //      max_batch_tokens, then one token a step);
 //   5. sample (SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
-//      equal moe-cli's), send results, finish sequences (EOS unless ignore_eos, a stop token id,
+//      equal moe-cli's; the engine samples unless the request wants top alternatives), send results, finish sequences (EOS unless ignore_eos, a stop token id,
 //      max_tokens, the context end), free their KV blocks;
 //   6. a Heartbeat when one is due (every heartbeat_interval) or a sequence finished;
 //   7. when every rank was idle (global_rows == 0), wait on the inbox for a short, growing time
@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -74,10 +75,11 @@ class ServingLoop {
   // After a step: the outputs of one sequence's chunk of `tokens` tokens.
   void OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out);
   // A generated token: from the logits row (sampled here; the top alternatives when asked), or
-  // the engine's greedy pick when the row stayed on the engine's side (logits empty).
+  // the engine's pick when the row stayed on the engine's side (logits empty).
   void OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits, const ChunkLogits& pick);
-  // Whether a chunk of `s` only needs the engine's greedy pick (SequenceChunk::greedy_next).
-  static bool GreedyNextOnly(const ServedSequence& s);
+  // What the engine samples for a chunk of `s` (SequenceChunk::sample_next): its next token, unless
+  // the request needs the whole row (scoring, top alternatives).
+  static std::optional<SampleNext> EngineSamples(const ServedSequence& s);
   void SendHeartbeat();
   void StopAll();
 

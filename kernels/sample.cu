@@ -1,0 +1,324 @@
+// Token sampling on the device (kernels.h: SampleRows): SampleToken's rule (worker/sampler.h) for
+// one logits row per block, so a decode step copies a token and its log-probability to the host
+// instead of a vocabulary-wide row.
+//
+// The host sorts nothing either: every "first position, in the order heavier first (ties to the
+// lower id), at which a running total reaches a target" is found here by a radix descent over the
+// tokens' 32-bit order keys (four passes, one byte each, a histogram of the amount per digit), then
+// a walk over the tokens that share the last key, in index order. Top-k counts tokens; top-p and
+// the draw sum probability masses. The masses are fixed-point integers (the weight exp(s - max) in
+// (0, 1] times 2^(63 - ceil(log2 V)), so no sum can overflow): integer sums do not depend on their
+// order, so the pick is a deterministic function of the row, whatever the scheduling of atomics.
+// Against the host's double sums this moves each boundary by at most ~V * 2^-48 of the mass, and
+// tokens whose weight is under 2^-48 of the top token's (probability under ~4e-15) are never drawn.
+#include <climits>
+#include <cmath>
+#include <stdexcept>
+
+#include "common/uniform_draw.h"
+#include "kernels/cuda_check.h"
+#include "kernels/kernels.h"
+#include "kernels/launch.cuh"
+
+namespace moe::gpu {
+namespace {
+
+constexpr int kThreads = 1024;
+constexpr int kWarps = kThreads / 32;
+constexpr int kDigits = 256;
+// Histograms per block: warps share them in groups, so one heavy digit (most tokens of a row often
+// share the top key byte) is not one address for all 1024 threads.
+constexpr int kHistograms = 8;
+
+// NaN ranks as -inf; -0 as +0 (equal logits must have equal keys).
+__device__ __forceinline__ float Clean(float v) { return isnan(v) ? -INFINITY : (v == 0.f ? 0.f : v); }
+
+// A key that orders floats as their values: flip all bits of negatives, the sign bit of the rest.
+__device__ __forceinline__ uint32_t Key(float v) {
+  const uint32_t b = __float_as_uint(v);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float FromKey(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k);
+}
+
+// The tokens at or above a position in the order heavier first: key above `key`, or equal to it
+// with an index up to `idx`.
+struct Cut {
+  uint32_t key;
+  int idx;
+};
+__device__ __forceinline__ bool Within(uint32_t key, int i, Cut c) { return key > c.key || (key == c.key && i <= c.idx); }
+constexpr Cut kEverything{0u, INT_MAX};  // every key is above 0: -inf's is 0x007FFFFF
+
+// (value, index) ordered as the host's argmax: the larger value, then the lower index.
+__device__ __forceinline__ bool Better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
+
+struct Shared {
+  unsigned long long hist[kHistograms][kDigits];
+  unsigned long long u64[kWarps];
+  double f64[kWarps];
+  float best_v[kWarps];
+  int best_i[kWarps];
+  int warp_count[kWarps];
+  int digit;
+  unsigned long long above;
+  int found;
+};
+
+// Block-wide sums and minima, in a fixed tree (deterministic); every thread gets the result.
+__device__ double BlockSum(double v, Shared& sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // the scratch may still be read by a previous call
+  if (lane == 0) sh.f64[warp] = v;
+  __syncthreads();
+  v = lane < kWarps ? sh.f64[lane] : 0.0;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ unsigned long long BlockSum(unsigned long long v, Shared& sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) sh.u64[warp] = v;
+  __syncthreads();
+  v = lane < kWarps ? sh.u64[lane] : 0ull;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ int BlockMin(int v, Shared& sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if (lane == 0) sh.best_i[warp] = v;
+  __syncthreads();
+  v = lane < kWarps ? sh.best_i[lane] : INT_MAX;
+  for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// One row and its sampling parameters.
+struct Row {
+  const float* x;
+  int V;
+  double temperature;
+  double max_scaled;  // the largest logit over the temperature: its tokens have weight exactly 1
+  int shift;          // fixed-point scale of the weights
+
+  __device__ float Value(int i) const { return Clean(x[i]); }
+  // exp(v / T - max / T) as SampleToken computes it (in double), in fixed point; 0: never drawn.
+  __device__ unsigned long long Mass(float v) const {
+    const double s = static_cast<double>(v) / temperature;
+    const double w = s == max_scaled ? 1.0 : exp(s - max_scaled);
+    return __double2ull_rd(ldexp(w, shift));
+  }
+};
+
+// The index of the n-th token (n >= 1, in index order) with key `key` that `keep` keeps.
+template <class Keep>
+__device__ int NthWithKey(const Row& r, uint32_t key, unsigned long long n, Keep keep, Shared& sh) {
+  if (n == 1) {  // the usual case (keys rarely tie): the first one
+    int first = INT_MAX;
+    for (int i = threadIdx.x; i < r.V; i += kThreads) {
+      const float v = r.Value(i);
+      if (Key(v) == key && keep(key, i)) first = min(first, i);
+    }
+    return BlockMin(first, sh);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned long long before = 0;  // matching tokens in the tiles already passed
+  if (threadIdx.x == 0) sh.found = INT_MAX;
+  for (int tile = 0; tile < r.V; tile += kThreads) {
+    const int i = tile + static_cast<int>(threadIdx.x);
+    const bool match = i < r.V && Key(r.Value(i)) == key && keep(key, i);
+    const unsigned ballot = __ballot_sync(0xffffffffu, match);
+    __syncthreads();  // warp_count of the last tile has been read
+    if (lane == 0) sh.warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    unsigned long long rank = before + __popc(ballot & ((1u << lane) - 1u));
+    int tile_total = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const int c = sh.warp_count[w];
+      if (w < warp) rank += c;
+      tile_total += c;
+    }
+    if (match && rank + 1 == n) sh.found = i;
+    __syncthreads();
+    if (sh.found != INT_MAX) return sh.found;
+    before += tile_total;
+  }
+  return sh.found;  // not reached when n is at most the number of matching tokens
+}
+
+struct Crossing {
+  Cut cut;
+  unsigned long long total;  // the amount of the kept tokens up to and including the cut
+};
+
+// The first position, in the order heavier first, at which the running amount of the tokens that
+// `keep` keeps reaches `target` (1 <= target <= their whole amount). Amount: the fixed-point mass,
+// or 1 per token (counting) when `count` is set.
+template <class Keep>
+__device__ Crossing Descend(const Row& r, unsigned long long target, bool count, Keep keep, Shared& sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint32_t prefix = 0, mask = 0;
+  unsigned long long above = 0;  // the amount of kept tokens whose key is above the prefix's range
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int j = threadIdx.x; j < kHistograms * kDigits; j += kThreads) (&sh.hist[0][0])[j] = 0;
+    __syncthreads();
+    unsigned long long* hist = sh.hist[warp % kHistograms];
+    for (int i = threadIdx.x; i < r.V; i += kThreads) {
+      const float v = r.Value(i);
+      const uint32_t k = Key(v);
+      if ((k & mask) != prefix || !keep(k, i)) continue;
+      const unsigned long long a = count ? 1ull : r.Mass(v);
+      if (a != 0) atomicAdd(&hist[(k >> shift) & 0xFFu], a);
+    }
+    __syncthreads();
+    if (warp == 0) {
+      // Lane l holds digits 255 - 8l down to 248 - 8l: lanes in order walk the digits downwards.
+      unsigned long long d[8], mine = 0;
+      for (int j = 0; j < 8; ++j) {
+        const int digit = 255 - 8 * lane - j;
+        d[j] = 0;
+        for (int h = 0; h < kHistograms; ++h) d[j] += sh.hist[h][digit];
+        mine += d[j];
+      }
+      unsigned long long incl = mine;
+      for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+      }
+      const unsigned reach = __ballot_sync(0xffffffffu, above + incl >= target);
+      // With the target within the whole amount some lane reaches it; otherwise (a broken caller)
+      // the lightest digit with any amount ends the walk.
+      const int first = reach != 0 ? __ffs(reach) - 1 : 31;
+      if (lane == first) {
+        unsigned long long run = above + incl - mine;
+        int pick = -1, last = -1;
+        for (int j = 0; j < 8 && pick < 0; ++j) {
+          if (d[j] != 0) last = j;
+          if (run + d[j] >= target && d[j] != 0) {
+            pick = j;
+          } else {
+            run += d[j];
+          }
+        }
+        if (pick < 0) pick = last < 0 ? 7 : last;
+        sh.digit = 255 - 8 * lane - pick;
+        sh.above = run;
+      }
+    }
+    __syncthreads();
+    prefix |= static_cast<uint32_t>(sh.digit) << shift;
+    mask |= 0xFFu << shift;
+    above = sh.above;
+  }
+  // Every token with the key `prefix` has the same amount: the crossing is the n-th of them.
+  const unsigned long long each = count ? 1ull : r.Mass(FromKey(prefix));
+  unsigned long long n = each == 0 ? 1 : (target - above + each - 1) / each;
+  if (n == 0) n = 1;
+  const int idx = NthWithKey(r, prefix, n, keep, sh);
+  return Crossing{Cut{prefix, idx}, above + n * each};
+}
+
+// The first sample of SampleToken's rule for a row with a finite or +inf maximum and T > 0.
+__device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh) {
+  Cut top_k = kEverything;
+  if (p.top_k > 0 && p.top_k < r.V) {
+    top_k = Descend(r, static_cast<unsigned long long>(p.top_k), true, [](uint32_t, int) { return true; }, sh).cut;
+  }
+  const auto in_top_k = [top_k](uint32_t k, int i) { return Within(k, i, top_k); };
+  unsigned long long mass = 0;
+  for (int i = threadIdx.x; i < r.V; i += kThreads) {
+    const float v = r.Value(i);
+    if (in_top_k(Key(v), i)) mass += r.Mass(v);
+  }
+  mass = BlockSum(mass, sh);
+
+  Cut nucleus = kEverything;
+  if (p.top_p < 1.f) {
+    // The smallest prefix whose mass reaches top_p of the whole (at least one token).
+    const double want = ceil(static_cast<double>(p.top_p) * static_cast<double>(mass));
+    const unsigned long long target = want < 1.0 ? 1ull : (want >= static_cast<double>(mass) ? mass
+                                                             : static_cast<unsigned long long>(want));
+    const Crossing c = Descend(r, target, false, in_top_k, sh);
+    nucleus = c.cut;
+    mass = c.total;
+  }
+  const auto kept = [top_k, nucleus](uint32_t k, int i) { return Within(k, i, top_k) && Within(k, i, nucleus); };
+  // Inverse CDF: the first kept token whose running mass reaches u times the kept mass.
+  const uint64_t seed = (static_cast<uint64_t>(p.seed_hi) << 32) | p.seed_lo;
+  const uint64_t step = (static_cast<uint64_t>(p.step_hi) << 32) | p.step_lo;
+  const double want = ceil(UniformDraw(seed, step) * static_cast<double>(mass));
+  const unsigned long long target = want < 1.0 ? 1ull : (want >= static_cast<double>(mass) ? mass
+                                                           : static_cast<unsigned long long>(want));
+  return Descend(r, target, false, kept, sh).cut.idx;
+}
+
+__global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits, int V, const SampleRowParams* params,
+                                                             int32_t* tokens, float* logprobs) {
+  PdlGate();
+  __shared__ Shared sh;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float* x = logits + static_cast<int64_t>(blockIdx.x) * V;
+  const SampleRowParams p = params[blockIdx.x];
+  Row r{x, V, static_cast<double>(p.temperature), 0.0, 0};
+
+  // The argmax (SampleToken's greedy rule) and the maximum.
+  float bv = -INFINITY;
+  int bi = INT_MAX;  // past the end: any real index wins a tie with it
+  for (int i = threadIdx.x; i < V; i += kThreads) {
+    const float v = r.Value(i);
+    if (Better(v, i, bv, bi)) bv = v, bi = i;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (Better(ov, oi, bv, bi)) bv = ov, bi = oi;
+  }
+  if (lane == 0) sh.best_v[warp] = bv, sh.best_i[warp] = bi;
+  __syncthreads();
+  bv = lane < kWarps ? sh.best_v[lane] : -INFINITY;
+  bi = lane < kWarps ? sh.best_i[lane] : INT_MAX;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (Better(ov, oi, bv, bi)) bv = ov, bi = oi;
+  }
+  const double max_logit = bv;
+
+  // log of the sum of exp(x - max) over the raw logits (the max token(s) count exactly 1).
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < V; i += kThreads) {
+    const double v = r.Value(i);
+    sum += v == max_logit ? 1.0 : exp(v - max_logit);
+  }
+  const double log_sum = log(BlockSum(sum, sh));
+
+  int token = bi < V ? bi : 0;
+  if (p.temperature > 0.f && max_logit > -INFINITY) {  // else the argmax rule, as on the host
+    r.max_scaled = max_logit / r.temperature;
+    r.shift = 63 - (V > 1 ? 32 - __clz(V - 1) : 0);  // V * 2^shift <= 2^63
+    token = SampleRow(r, p, sh);
+  }
+  if (threadIdx.x == 0) {
+    const double v = r.Value(token);
+    tokens[blockIdx.x] = token;
+    logprobs[blockIdx.x] = static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
+  }
+}
+
+}  // namespace
+
+void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, int32_t* tokens,
+                float* logprobs, cudaStream_t s) {
+  if (rows == 0) return;
+  if (V <= 0 || V >= (int64_t{1} << 31)) throw std::invalid_argument("SampleRows: vocabulary size out of range");
+  Launch(SampleRowsKernel, static_cast<unsigned>(rows), kThreads, 0, s, logits, static_cast<int>(V), params, tokens,
+         logprobs);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moe::gpu
