@@ -231,6 +231,10 @@ int main(int argc, char** argv) {
     t.blas = gpu::ExpertGemmTuning::Blas::kSequential;
     e->set_expert_tuning(t);
     pv.push_back(prefill("cuBLAS one GEMM per expert, sequential"));
+    t = tuned;
+    t.skinny_max_rows_per_expert = 1 << 20;  // decode's kernel, several passes per expert
+    e->set_expert_tuning(t);
+    pv.push_back(prefill("skinny grouped kernel (no host synchronisation)"));
     e->set_expert_tuning(tuned);
     result["prefill_variants"] = pv;
   }

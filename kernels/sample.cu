@@ -2,15 +2,17 @@
 // one logits row per block, so a decode step copies a token and its log-probability to the host
 // instead of a vocabulary-wide row.
 //
-// The host sorts nothing either: every "first position, in the order heavier first (ties to the
-// lower id), at which a running total reaches a target" is found here by a radix descent over the
-// tokens' 32-bit order keys (four passes, one byte each, a histogram of the amount per digit), then
-// a walk over the tokens that share the last key, in index order. Top-k counts tokens; top-p and
-// the draw sum probability masses. The masses are fixed-point integers (the weight exp(s - max) in
-// (0, 1] times 2^(63 - ceil(log2 V)), so no sum can overflow): integer sums do not depend on their
-// order, so the pick is a deterministic function of the row, whatever the scheduling of atomics.
-// Against the host's double sums this moves each boundary by at most ~V * 2^-48 of the mass, and
-// tokens whose weight is under 2^-48 of the top token's (probability under ~4e-15) are never drawn.
+// Nothing is sorted: every "first position, in the order heavier first (ties to the lower id), at
+// which a running total reaches a target" is found by a radix descent over the tokens' 32-bit
+// order keys (four passes, one byte each, a histogram of the amount per digit), then a walk over
+// the tokens that share the last key, in index order. Top-k counts tokens; top-p and the draw sum
+// probability masses. The masses are fixed-point integers (the weight exp(s - max) in (0, 1] times
+// 2^(63 - ceil(log2 V)), so no sum can overflow): integer sums do not depend on their order, so the
+// pick is a deterministic function of the row, whatever the scheduling of atomics. Against the
+// host's double sums this moves each boundary by at most ~V * 2^-48 of the mass, and tokens whose
+// weight is under 2^-48 of the top token's (probability under ~4e-15) are never drawn. (The host
+// ranks the masses by weight, the device by logit: they differ only where two different logits
+// round to the same double weight.)
 #include <climits>
 #include <cmath>
 #include <stdexcept>
@@ -26,9 +28,6 @@ namespace {
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int kDigits = 256;
-// Histograms per block: warps share them in groups, so one heavy digit (most tokens of a row often
-// share the top key byte) is not one address for all 1024 threads.
-constexpr int kHistograms = 8;
 
 // NaN ranks as -inf; -0 as +0 (equal logits must have equal keys).
 __device__ __forceinline__ float Clean(float v) { return isnan(v) ? -INFINITY : (v == 0.f ? 0.f : v); }
@@ -55,16 +54,17 @@ constexpr Cut kEverything{0u, INT_MAX};  // every key is above 0: -inf's is 0x00
 __device__ __forceinline__ bool Better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
 
 struct Shared {
-  unsigned long long hist[kHistograms][kDigits];
-  unsigned long long u64[kWarps];
   double f64[kWarps];
   float best_v[kWarps];
   int best_i[kWarps];
   int warp_count[kWarps];
   int digit;
-  unsigned long long above;
+  unsigned long long above, target;
   int found;
 };
+
+// Per-warp digit histograms, in dynamic shared memory: [kWarps][kDigits].
+constexpr size_t kHistogramBytes = sizeof(unsigned long long) * kWarps * kDigits;
 
 // Block-wide sums and minima, in a fixed tree (deterministic); every thread gets the result.
 __device__ double BlockSum(double v, Shared& sh) {
@@ -74,16 +74,6 @@ __device__ double BlockSum(double v, Shared& sh) {
   if (lane == 0) sh.f64[warp] = v;
   __syncthreads();
   v = lane < kWarps ? sh.f64[lane] : 0.0;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ unsigned long long BlockSum(unsigned long long v, Shared& sh) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();
-  if (lane == 0) sh.u64[warp] = v;
-  __syncthreads();
-  v = lane < kWarps ? sh.u64[lane] : 0ull;
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -151,55 +141,87 @@ __device__ int NthWithKey(const Row& r, uint32_t key, unsigned long long n, Keep
   return sh.found;  // not reached when n is at most the number of matching tokens
 }
 
-struct Crossing {
-  Cut cut;
-  unsigned long long total;  // the amount of the kept tokens up to and including the cut
+// What a descent looks for, in the order heavier first among the tokens it keeps: the k-th token
+// (count), or the first token at which the running mass reaches `fraction` of their whole mass
+// (at least the first token; the whole mass comes from the descent's first pass).
+struct Goal {
+  bool count;
+  unsigned long long k;
+  double fraction;
 };
 
-// The first position, in the order heavier first, at which the running amount of the tokens that
-// `keep` keeps reaches `target` (1 <= target <= their whole amount). Amount: the fixed-point mass,
-// or 1 per token (counting) when `count` is set.
+// The position of `goal` as a cut: the tokens up to and including it. Four passes over the row,
+// one key byte each from the top: a histogram of the amount (1 per token, or its mass) of the kept
+// tokens under the prefix so far, per digit, and the digit where the running amount crosses the
+// target; then the crossing among the tokens of that exact key, in index order.
 template <class Keep>
-__device__ Crossing Descend(const Row& r, unsigned long long target, bool count, Keep keep, Shared& sh) {
+__device__ Cut Descend(const Row& r, Goal goal, Keep keep, Shared& sh, unsigned long long* hist) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint32_t prefix = 0, mask = 0;
   unsigned long long above = 0;  // the amount of kept tokens whose key is above the prefix's range
+  unsigned long long target = goal.k;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int j = threadIdx.x; j < kHistograms * kDigits; j += kThreads) (&sh.hist[0][0])[j] = 0;
+    for (int j = threadIdx.x; j < kWarps * kDigits; j += kThreads) hist[j] = 0;
     __syncthreads();
-    unsigned long long* hist = sh.hist[warp % kHistograms];
-    for (int i = threadIdx.x; i < r.V; i += kThreads) {
-      const float v = r.Value(i);
-      const uint32_t k = Key(v);
-      if ((k & mask) != prefix || !keep(k, i)) continue;
-      const unsigned long long a = count ? 1ull : r.Mass(v);
-      if (a != 0) atomicAdd(&hist[(k >> shift) & 0xFFu], a);
+    // Each warp fills its own histogram: a heavy digit (most tokens of a row share the top key
+    // byte) is contended inside a warp only. Counting needs no atomics at all: one lane per digit
+    // adds its warp's tokens.
+    unsigned long long* mine = hist + warp * kDigits;
+    for (int base = 0; base < r.V; base += kThreads) {  // uniform in the warp, for the match
+      const int i = base + static_cast<int>(threadIdx.x);
+      bool in = false;
+      uint32_t digit = kDigits;  // none
+      unsigned long long a = 0;
+      if (i < r.V) {
+        const float v = r.Value(i);
+        const uint32_t k = Key(v);
+        if ((k & mask) == prefix && keep(k, i)) {
+          a = goal.count ? 1ull : r.Mass(v);
+          in = a != 0;
+          digit = (k >> shift) & 0xFFu;
+        }
+      }
+      if (goal.count) {
+        const unsigned peers = __match_any_sync(0xffffffffu, in ? digit : kDigits);
+        if (in && lane == __ffs(peers) - 1) mine[digit] += __popc(peers);
+      } else if (in) {
+        atomicAdd(&mine[digit], a);
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < kDigits) {  // column sums into warp 0's histogram
+      unsigned long long sum = 0;
+      for (int w = 0; w < kWarps; ++w) sum += hist[w * kDigits + threadIdx.x];
+      hist[threadIdx.x] = sum;
     }
     __syncthreads();
     if (warp == 0) {
       // Lane l holds digits 255 - 8l down to 248 - 8l: lanes in order walk the digits downwards.
-      unsigned long long d[8], mine = 0;
+      unsigned long long d[8], mine_sum = 0;
       for (int j = 0; j < 8; ++j) {
-        const int digit = 255 - 8 * lane - j;
-        d[j] = 0;
-        for (int h = 0; h < kHistograms; ++h) d[j] += sh.hist[h][digit];
-        mine += d[j];
+        d[j] = hist[255 - 8 * lane - j];
+        mine_sum += d[j];
       }
-      unsigned long long incl = mine;
+      unsigned long long incl = mine_sum;
       for (int o = 1; o < 32; o <<= 1) {
         const unsigned long long t = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += t;
+      }
+      if (shift == 24 && !goal.count) {  // the whole mass is known now
+        const unsigned long long total = __shfl_sync(0xffffffffu, incl, 31);
+        const double want = ceil(goal.fraction * static_cast<double>(total));
+        target = want < 1.0 ? 1ull : (want >= static_cast<double>(total) ? total : static_cast<unsigned long long>(want));
       }
       const unsigned reach = __ballot_sync(0xffffffffu, above + incl >= target);
       // With the target within the whole amount some lane reaches it; otherwise (a broken caller)
       // the lightest digit with any amount ends the walk.
       const int first = reach != 0 ? __ffs(reach) - 1 : 31;
       if (lane == first) {
-        unsigned long long run = above + incl - mine;
+        unsigned long long run = above + incl - mine_sum;
         int pick = -1, last = -1;
         for (int j = 0; j < 8 && pick < 0; ++j) {
           if (d[j] != 0) last = j;
-          if (run + d[j] >= target && d[j] != 0) {
+          if (d[j] != 0 && run + d[j] >= target) {
             pick = j;
           } else {
             run += d[j];
@@ -208,59 +230,45 @@ __device__ Crossing Descend(const Row& r, unsigned long long target, bool count,
         if (pick < 0) pick = last < 0 ? 7 : last;
         sh.digit = 255 - 8 * lane - pick;
         sh.above = run;
+        sh.target = target;
       }
     }
     __syncthreads();
     prefix |= static_cast<uint32_t>(sh.digit) << shift;
     mask |= 0xFFu << shift;
     above = sh.above;
+    target = sh.target;
   }
   // Every token with the key `prefix` has the same amount: the crossing is the n-th of them.
-  const unsigned long long each = count ? 1ull : r.Mass(FromKey(prefix));
+  const unsigned long long each = goal.count ? 1ull : r.Mass(FromKey(prefix));
   unsigned long long n = each == 0 ? 1 : (target - above + each - 1) / each;
   if (n == 0) n = 1;
-  const int idx = NthWithKey(r, prefix, n, keep, sh);
-  return Crossing{Cut{prefix, idx}, above + n * each};
+  return Cut{prefix, NthWithKey(r, prefix, n, keep, sh)};
 }
 
-// The first sample of SampleToken's rule for a row with a finite or +inf maximum and T > 0.
-__device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh) {
+// SampleToken's pick for a row with a finite or +inf maximum and T > 0.
+__device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh, unsigned long long* hist) {
   Cut top_k = kEverything;
   if (p.top_k > 0 && p.top_k < r.V) {
-    top_k = Descend(r, static_cast<unsigned long long>(p.top_k), true, [](uint32_t, int) { return true; }, sh).cut;
+    const Goal goal{true, static_cast<unsigned long long>(p.top_k), 0.0};
+    top_k = Descend(r, goal, [](uint32_t, int) { return true; }, sh, hist);
   }
-  const auto in_top_k = [top_k](uint32_t k, int i) { return Within(k, i, top_k); };
-  unsigned long long mass = 0;
-  for (int i = threadIdx.x; i < r.V; i += kThreads) {
-    const float v = r.Value(i);
-    if (in_top_k(Key(v), i)) mass += r.Mass(v);
-  }
-  mass = BlockSum(mass, sh);
-
   Cut nucleus = kEverything;
-  if (p.top_p < 1.f) {
-    // The smallest prefix whose mass reaches top_p of the whole (at least one token).
-    const double want = ceil(static_cast<double>(p.top_p) * static_cast<double>(mass));
-    const unsigned long long target = want < 1.0 ? 1ull : (want >= static_cast<double>(mass) ? mass
-                                                             : static_cast<unsigned long long>(want));
-    const Crossing c = Descend(r, target, false, in_top_k, sh);
-    nucleus = c.cut;
-    mass = c.total;
+  if (p.top_p < 1.f) {  // the smallest prefix whose mass reaches top_p of the whole
+    nucleus = Descend(r, Goal{false, 0, p.top_p}, [top_k](uint32_t k, int i) { return Within(k, i, top_k); }, sh, hist);
   }
-  const auto kept = [top_k, nucleus](uint32_t k, int i) { return Within(k, i, top_k) && Within(k, i, nucleus); };
   // Inverse CDF: the first kept token whose running mass reaches u times the kept mass.
   const uint64_t seed = (static_cast<uint64_t>(p.seed_hi) << 32) | p.seed_lo;
   const uint64_t step = (static_cast<uint64_t>(p.step_hi) << 32) | p.step_lo;
-  const double want = ceil(UniformDraw(seed, step) * static_cast<double>(mass));
-  const unsigned long long target = want < 1.0 ? 1ull : (want >= static_cast<double>(mass) ? mass
-                                                           : static_cast<unsigned long long>(want));
-  return Descend(r, target, false, kept, sh).cut.idx;
+  const auto kept = [top_k, nucleus](uint32_t k, int i) { return Within(k, i, top_k) && Within(k, i, nucleus); };
+  return Descend(r, Goal{false, 0, UniformDraw(seed, step)}, kept, sh, hist).idx;
 }
 
 __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits, int V, const SampleRowParams* params,
                                                              int32_t* tokens, float* logprobs) {
   PdlGate();
   __shared__ Shared sh;
+  extern __shared__ unsigned long long hist[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float* x = logits + static_cast<int64_t>(blockIdx.x) * V;
   const SampleRowParams p = params[blockIdx.x];
@@ -301,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
   if (p.temperature > 0.f && max_logit > -INFINITY) {  // else the argmax rule, as on the host
     r.max_scaled = max_logit / r.temperature;
     r.shift = 63 - (V > 1 ? 32 - __clz(V - 1) : 0);  // V * 2^shift <= 2^63
-    token = SampleRow(r, p, sh);
+    token = SampleRow(r, p, sh, hist);
   }
   if (threadIdx.x == 0) {
     const double v = r.Value(token);
@@ -316,8 +324,15 @@ void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowPar
                 float* logprobs, cudaStream_t s) {
   if (rows == 0) return;
   if (V <= 0 || V >= (int64_t{1} << 31)) throw std::invalid_argument("SampleRows: vocabulary size out of range");
-  Launch(SampleRowsKernel, static_cast<unsigned>(rows), kThreads, 0, s, logits, static_cast<int>(V), params, tokens,
-         logprobs);
+  // Raised once (not per launch: launches may be captured into a CUDA graph).
+  static const bool raised = [] {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(SampleRowsKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kHistogramBytes)));
+    return true;
+  }();
+  (void)raised;
+  Launch(SampleRowsKernel, static_cast<unsigned>(rows), kThreads, kHistogramBytes, s, logits, static_cast<int>(V),
+         params, tokens, logprobs);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
