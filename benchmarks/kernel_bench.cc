@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gemm.h"
 #include "worker/gpu/random_fill.h"
@@ -181,6 +182,52 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
                   kv_bytes / (ms / 1e3) / 1e9);
     }
     out["attention"] = rows;
+  }
+  {
+    // Sampling the next token of logits rows on the device (SampleRows): greedy, a plain draw, and
+    // with top-k and top-p, at the decode batches; rows of normal(0, 3) logits.
+    const int64_t V = c.vocab_size;
+    constexpr int64_t kMaxRows = 256;
+    std::vector<float> host(static_cast<size_t>(kMaxRows * V));
+    uint64_t state = 12345;
+    for (float& x : host) {  // a Box-Muller pair from a SplitMix-style stream, one value kept
+      auto uniform = [&state] {
+        state += 0x9E3779B97F4A7C15ull;
+        uint64_t z = state;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return (static_cast<double>((z ^ (z >> 31)) >> 11) + 0.5) * 0x1.0p-53;
+      };
+      x = static_cast<float>(3.0 * std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()));
+    }
+    gpu::DeviceBuffer<float> logits(host.size()), logprobs(kMaxRows);
+    gpu::DeviceBuffer<int32_t> tokens(kMaxRows), params(kMaxRows * 7);
+    MOE_CUDA_CHECK(cudaMemcpy(logits.get(), host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice));
+    struct Case {
+      const char* name;
+      gpu::SampleRowParams p;
+    };
+    const Case cases[] = {{"greedy", {0.f, 0, 1.f, 1, 0, 0, 0}},
+                          {"temperature 1", {1.f, 0, 1.f, 1, 0, 0, 0}},
+                          {"top-k 50", {0.8f, 50, 1.f, 1, 0, 0, 0}},
+                          {"top-p 0.9", {1.f, 0, 0.9f, 1, 0, 0, 0}},
+                          {"top-k 50 top-p 0.95", {0.8f, 50, 0.95f, 1, 0, 0, 0}}};
+    nlohmann::json rows = nlohmann::json::array();
+    for (const Case& k : cases) {
+      std::vector<gpu::SampleRowParams> pp(kMaxRows, k.p);
+      for (int64_t r = 0; r < kMaxRows; ++r) pp[r].seed_lo = static_cast<uint32_t>(r);
+      MOE_CUDA_CHECK(cudaMemcpy(params.get(), pp.data(), sizeof(gpu::SampleRowParams) * pp.size(),
+                                cudaMemcpyHostToDevice));
+      for (int64_t B : {1, 64, 256}) {
+        const double ms = MedianMs(s, 3, 20, [&](int) {
+          gpu::SampleRows(logits.get(), B, V, reinterpret_cast<const gpu::SampleRowParams*>(params.get()),
+                          tokens.get(), logprobs.get(), s);
+        });
+        rows.push_back({{"sampling", k.name}, {"rows", B}, {"us", ms * 1e3}});
+        std::printf("sample %-20s rows %3lld: %8.1f us\n", k.name, static_cast<long long>(B), ms * 1e3);
+      }
+    }
+    out["sampling"] = rows;
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
   cudaStreamDestroy(s);
