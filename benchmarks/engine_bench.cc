@@ -230,6 +230,13 @@ int main(int argc, char** argv) {
     t.blas = gpu::ExpertGemmTuning::Blas::kSequential;
     e->set_expert_tuning(t);
     pv.push_back(prefill("cuBLAS one GEMM per expert, sequential"));
+    for (int streams : {2, 4}) {
+      t = tuned;
+      t.concurrent_streams = streams;
+      e->set_expert_tuning(t);
+      pv.push_back(prefill(streams == 2 ? "cuBLAS, experts on 2 concurrent streams"
+                                        : "cuBLAS, experts on 4 concurrent streams"));
+    }
     t = tuned;
     t.skinny_max_rows_per_expert = 1 << 20;  // decode's kernel, several passes per expert
     e->set_expert_tuning(t);

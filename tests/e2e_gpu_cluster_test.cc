@@ -2,7 +2,7 @@
 // loopback serving the default model, driven through the public gRPC API. Concurrent greedy
 // streams must carry exactly the tokens of a single-GPU GpuEngine run in this process
 // (GenerateAll), and those are anchored to transformers: the greedy continuations of the model's
-// samples.json. With two GPUs or more each rank has its own and the MoE rows cross over NCCL (the
+// samples.json; sampled streams carry the single-GPU engine's sampled tokens for the same seeds. With two GPUs or more each rank has its own and the MoE rows cross over NCCL (the
 // device exchange in decode); with one both ranks share it and the rows go through the host.
 // Skips without a CUDA device.
 //
@@ -47,6 +47,12 @@ using nlohmann::json;
 const std::string kModelDir = testing_ref::kDefaultModelDir;
 constexpr int kGreedyTokens = 48;  // as samples.json
 constexpr int kStreams = 12;
+constexpr int kSampledTokens = 32;
+
+// The sampled streams' parameters: stream i has seed 100 + i.
+SamplingParams Sampled(int i) {
+  return SamplingParams{.temperature = 0.8f, .top_k = 40, .top_p = 0.9f, .seed = 100 + static_cast<uint64_t>(i)};
+}
 
 int CudaDevices() {
   int n = 0;
@@ -60,6 +66,7 @@ int CudaDevices() {
 struct Sample {
   std::string prompt;
   std::vector<int32_t> prompt_ids, transformers_ids, engine_ids;
+  std::vector<int32_t> engine_sampled_ids;  // with Sampled(i) for sample i
 };
 
 class E2eGpuCluster : public ::testing::Test {
@@ -130,6 +137,12 @@ class E2eGpuCluster : public ::testing::Test {
     }
     MOE_ASSIGN_OR_RETURN(auto res, GenerateAll(*engine, reqs));
     for (size_t i = 0; i < samples_.size(); ++i) samples_[i].engine_ids = res[i].tokens;
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      reqs[i].sampling = Sampled(static_cast<int>(i));
+      reqs[i].max_tokens = kSampledTokens;
+    }
+    MOE_ASSIGN_OR_RETURN(res, GenerateAll(*engine, reqs));
+    for (size_t i = 0; i < samples_.size(); ++i) samples_[i].engine_sampled_ids = res[i].tokens;
     return absl::OkStatus();
   }
 
@@ -179,6 +192,39 @@ TEST_F(E2eGpuCluster, ConcurrentGreedyStreamsMatchSingleGpuEngine) {
     EXPECT_EQ(r.token_ids, s.engine_ids) << "stream " << i << " prompt " << json(s.prompt).dump();
     EXPECT_EQ(r.usage.prompt_tokens(), s.prompt_ids.size()) << "stream " << i;
   }
+}
+
+// Sampled streams (temperature, top-k, top-p, a seed each), sampled on the workers' GPU: the tokens
+// of the single-GPU engine with the same parameters, whatever the batch they share.
+TEST_F(E2eGpuCluster, ConcurrentSampledStreamsMatchSingleGpuEngine) {
+  const int n = static_cast<int>(samples_.size());
+  std::vector<StreamOutcome> outcomes(n);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      auto stub = moe::v1::Inference::NewStub(
+          grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
+      moe::v1::GenerateRequest req;
+      for (int32_t id : samples_[i].prompt_ids) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
+      const SamplingParams p = Sampled(i);
+      req.mutable_sampling()->set_max_tokens(kSampledTokens);
+      req.mutable_sampling()->set_temperature(p.temperature);
+      req.mutable_sampling()->set_top_k(p.top_k);
+      req.mutable_sampling()->set_top_p(p.top_p);
+      req.mutable_sampling()->set_seed(p.seed);
+      req.mutable_sampling()->set_ignore_eos(true);
+      outcomes[i] = RunGenerate(*stub, req, 120);
+    });
+  }
+  for (auto& t : threads) t.join();
+  int differ_from_greedy = 0;
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << "stream " << i << ": " << outcomes[i].status;
+    EXPECT_EQ(outcomes[i].result.token_ids, samples_[i].engine_sampled_ids) << "stream " << i;
+    const std::vector<int32_t>& g = samples_[i].engine_ids;
+    differ_from_greedy += outcomes[i].result.token_ids != std::vector<int32_t>(g.begin(), g.begin() + kSampledTokens);
+  }
+  EXPECT_GT(differ_from_greedy, 0) << "no stream left the greedy path: were the parameters applied?";
 }
 
 TEST_F(E2eGpuCluster, ShutsDownCleanly) {

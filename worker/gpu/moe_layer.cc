@@ -328,7 +328,10 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   // either back to back on the main stream or, concurrent, each expert on a side stream.
   const bool concurrent = tuning_.blas == ExpertGemmTuning::Blas::kConcurrent;
   if (concurrent) {
-    if (fanout_ == nullptr) fanout_ = std::make_unique<GemmFanout>(stream_, static_cast<int>(std::min<int64_t>(E, 8)));
+    if (fanout_ == nullptr) {
+      const int64_t width = std::min<int64_t>(E, tuning_.concurrent_streams);
+      fanout_ = std::make_unique<GemmFanout>(stream_, static_cast<int>(std::max<int64_t>(1, width)));
+    }
     fanout_->Fork();
   }
   int next = 0;

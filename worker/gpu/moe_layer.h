@@ -83,6 +83,7 @@ struct ExpertGemmTuning {
     kSequential,  // one GEMM per expert, back to back on the main stream
   };
   Blas blas = Blas::kConcurrent;
+  int concurrent_streams = 8;  // kConcurrent: side streams the experts take turns on
 };
 
 // The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
@@ -110,7 +111,10 @@ class GpuMoeLayer {
   GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Communicator& comm, LoadStats& stats, Gemm& gemm,
               cudaStream_t stream, const DeviceWeights& weights, bool force_host_staging, NcclExchange* nccl = nullptr);
 
-  void set_tuning(const ExpertGemmTuning& t) { tuning_ = t; }
+  void set_tuning(const ExpertGemmTuning& t) {
+    if (t.concurrent_streams != tuning_.concurrent_streams) fanout_.reset();  // made again at its next use
+    tuning_ = t;
+  }
   const ExpertGemmTuning& tuning() const { return tuning_; }
 
   // True when the device exchange can serve this plan (NCCL, no host staging, one rank per expert):
