@@ -289,8 +289,13 @@ int main(int argc, char** argv) {
       e->set_cuda_graphs(true);
       gpu::ExpertGemmTuning blas = tuned;
       blas.skinny_max_rows_per_expert = 0;
+      blas.device_exchange_skinny_max_rows_per_expert = 0;
       e->set_expert_tuning(blas);
       variants.push_back(measure("experts through cuBLAS (host sync per layer)"));
+      gpu::ExpertGemmTuning skinny = tuned;
+      skinny.skinny_max_rows_per_expert = 1 << 20;
+      e->set_expert_tuning(skinny);
+      variants.push_back(measure("experts through the skinny kernel (no host sync, CUDA graph)"));
       e->set_expert_tuning(tuned);
       e->set_dense_skinny_max_rows(0);
       variants.push_back(measure("dense GEMMs all through cuBLAS"));

@@ -476,7 +476,7 @@ TEST_F(GpuGoldenTest, ExpertGemmPathsAgree) {
   using Blas = gpu::ExpertGemmTuning::Blas;
   for (int variant = 0; variant < 4; ++variant) {
     gpu::ExpertGemmTuning t;
-    t.skinny_max_rows_per_expert = variant == 0 ? 1 << 20 : 0;
+    t.skinny_max_rows_per_expert = t.device_exchange_skinny_max_rows_per_expert = variant == 0 ? 1 << 20 : 0;
     t.blas = variant == 1 ? Blas::kGrouped : variant == 2 ? Blas::kSequential : Blas::kConcurrent;
     (*e)->set_expert_tuning(t);
     out.push_back(FullForward(**e, golden_->prompt(2)));  // 17 tokens, no routing near ties

@@ -73,8 +73,8 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
 }
 
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
-  if (Local()) return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts);
-  return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts);
+  if (Local()) return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts, false);
+  return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts, true);
 }
 
 GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local, int64_t plan_rows) const {
@@ -124,7 +124,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
-  if (n > 0 && SkinnyExperts(n, c_.num_experts)) grew |= split_.EnsureSize(PlanSkinny(n, c_.num_experts).workspace);
+  if (n > 0 && SkinnyExperts(n, c_.num_experts, false)) grew |= split_.EnsureSize(PlanSkinny(n, c_.num_experts).workspace);
   return grew;
 }
 
@@ -176,7 +176,7 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const b
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
   if (record != nullptr) RecordRouting(T, *record, nullptr);
   const int32_t* h_offsets = nullptr;
-  if (!SkinnyExperts(n, E)) {
+  if (!SkinnyExperts(n, E, false)) {
     // The cuBLAS GEMMs need the per-expert row counts on the host: one synchronisation.
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), offsets_.get(), sizeof(int32_t) * (E + 1),
                                    cudaMemcpyDeviceToHost, stream_));
@@ -216,7 +216,7 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w
   // Experts on the received rows. Skinny (as DeviceOnly decides): how many rows came is known on
   // the device only, `bound` sizes the work. cuBLAS: the counts come to the host (synchronises).
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
-  if (SkinnyExperts(step_.total * k, E)) {
+  if (SkinnyExperts(step_.total * k, E, true)) {
     Experts(layer, recv_.get(), group_src, bound, recv_offsets_.get(), nullptr, result_.get(), active_.get(),
             ExpectedRows(step_, local));
   } else {
@@ -260,7 +260,8 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
   act_.EnsureSize(static_cast<size_t>(R * I));
-  if (SkinnyExperts(plan_rows > 0 ? plan_rows : R, local)) {
+  // plan_rows: the device exchange's skinny call (its rows are known on the device only).
+  if (SkinnyExperts(plan_rows > 0 ? plan_rows : R, local, plan_rows > 0)) {
     const SkinnyPlan p = PlanSkinny(R, local, plan_rows);
     split_.EnsureSize(p.workspace);
     // Every expert gets at most one row per token, so with at most 8 tokens (the local path) every

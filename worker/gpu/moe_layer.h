@@ -73,9 +73,16 @@ namespace moe::gpu {
 
 // How the experts' GEMMs are chosen (benchmarks compare the choices).
 struct ExpertGemmTuning {
-  // The skinny grouped kernel while the routed rows per local expert average at most this (the
-  // decode regime); above it cuBLAS. 0: always cuBLAS.
-  int64_t skinny_max_rows_per_expert = 48;
+  // The skinny grouped kernel while the routed rows per local expert average at most this; above
+  // it cuBLAS. 0: always cuBLAS. The skinny kernel needs no host synchronisation (the step can be a
+  // CUDA graph) but streams the weights slower than cuBLAS from a few rows per expert on: on one
+  // H200 at Mixtral-8x7B shape cuBLAS, with its one synchronisation per layer, wins from batch 8-16
+  // on (2 rows per expert; benchmarks/NOTES.md).
+  int64_t skinny_max_rows_per_expert = 2;
+  // The same choice on the device exchange (expert-parallel decode), where cuBLAS also costs the
+  // CUDA graph and one synchronisation per layer: kept at the limit measured when the exchange was
+  // built, against the host-count exchange; cuBLAS behind the device exchange is not measured yet.
+  int64_t device_exchange_skinny_max_rows_per_expert = 48;
   // Above it, how cuBLAS runs the experts (with many rows per expert: prefill):
   enum class Blas {
     kConcurrent,  // one GEMM per expert, the experts on separate streams so their grids overlap
@@ -151,9 +158,13 @@ class GpuMoeLayer {
 
  private:
   bool Local() const { return comm_.size() == 1 && !staging_; }
-  bool SkinnyExperts(int64_t rows, int64_t experts) const {
+  // Whether `rows` routed rows over `experts` experts take the skinny kernel (ExpertGemmTuning), on
+  // the device exchange or on another path.
+  bool SkinnyExperts(int64_t rows, int64_t experts, bool device_exchange) const {
+    const int64_t limit = device_exchange ? tuning_.device_exchange_skinny_max_rows_per_expert
+                                          : tuning_.skinny_max_rows_per_expert;
     return c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
-           rows <= tuning_.skinny_max_rows_per_expert * std::max<int64_t>(1, experts);
+           rows <= limit * std::max<int64_t>(1, experts);
   }
   // The fixed-capacity exchange: rows per (source, destination) block, and the bound on the rows
   // a rank receives.
