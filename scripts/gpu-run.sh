@@ -7,7 +7,8 @@
 #   3. run `ctest -L gpu` (verbose: the tests print their measured errors);
 #   4. run moe-bench (Mixtral-8x7B, synthetic weights) -> moe-bench.json;
 #   5. with two GPUs or more, moe-ep-bench under mpirun, one rank per GPU (expert parallel over
-#      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json;
+#      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json, and its speed-up over moe-bench at equal
+#      total batches (scripts/ep-scaling.py) -> ep-scaling.json;
 #   6. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
 #      in the same call -> transformers-peer.json;
 #   7. copy the summary, the JSON and the logs (logs.tar.gz) into $OUT when OUT is set.
@@ -88,6 +89,9 @@ if [ "$GPUS" -ge 2 ]; then
   step ep-bench timeout 900 mpirun -np "$GPUS" --bind-to none "$B/benchmarks/moe-ep-bench" \
     --out "$LOGS/moe-ep-bench.json" ${MOE_EP_ARGS:-} || status=1
   grep -vE "^\s*$" "$LOGS/ep-bench.log" | tail -n 30 | tee -a "$SUMMARY"
+  # The scaling over one GPU at equal total batches, and dispatch + combine per layer (issue #5's bar).
+  python3 scripts/ep-scaling.py "$LOGS/moe-bench.json" "$LOGS/moe-ep-bench.json" --json "$LOGS/ep-scaling.json" \
+    | tee -a "$SUMMARY"
 fi
 
 if [ "${GPU_RUN_TRACE:-0}" = 1 ]; then
