@@ -263,8 +263,8 @@ int Run(int argc, char** argv) {
   };
   result["prefill"] = {prefill(true), prefill(false)};
 
-  nlohmann::json decode = nlohmann::json::array();
-  for (int64_t B : a.batches) {
+  nlohmann::json decode = nlohmann::json::array(), variants = nlohmann::json::array();
+  auto measure = [&](int64_t B, const char* what) {
     const std::vector<int64_t> ids = bench.AddContexts(B / W);
     bench.Decode(ids, a.warmup);
     MPI_Barrier(MPI_COMM_WORLD);
@@ -272,19 +272,32 @@ int Run(int argc, char** argv) {
     bench.Free(ids);
     const double per_step = ms / a.steps;
     if (rank == 0) {
-      std::printf("decode batch %4lld (%lld per rank), context %lld: %8.2f ms/step, %9.1f tokens/s\n",
-                  static_cast<long long>(B), static_cast<long long>(B / W), static_cast<long long>(a.context),
+      std::printf("decode batch %4lld (%lld per rank), context %lld (%s): %8.2f ms/step, %9.1f tokens/s\n",
+                  static_cast<long long>(B), static_cast<long long>(B / W), static_cast<long long>(a.context), what,
                   per_step, B * a.steps / (ms / 1e3));
       std::fflush(stdout);
     }
-    decode.push_back({{"batch", B},
-                      {"batch_per_rank", B / W},
-                      {"context", a.context},
-                      {"steps", a.steps},
-                      {"ms_per_step", per_step},
-                      {"tokens_per_s", B * a.steps / (ms / 1e3)}});
+    return nlohmann::json{{"batch", B},
+                          {"batch_per_rank", B / W},
+                          {"context", a.context},
+                          {"variant", what},
+                          {"steps", a.steps},
+                          {"ms_per_step", per_step},
+                          {"tokens_per_s", B * a.steps / (ms / 1e3)}};
+  };
+  const gpu::ExpertGemmTuning tuned;
+  for (int64_t B : a.batches) {
+    decode.push_back(measure(B, "default"));
+    // Behind the device exchange the skinny kernel runs up to 48 rows per expert; one GPU switches
+    // to cuBLAS from 2 (ExpertGemmTuning). The same switch here, for the comparison.
+    gpu::ExpertGemmTuning blas = tuned;
+    blas.device_exchange_skinny_max_rows_per_expert = blas.skinny_max_rows_per_expert;
+    e->set_expert_tuning(blas);
+    variants.push_back(measure(B, "experts through cuBLAS from 2 rows per expert"));
+    e->set_expert_tuning(tuned);
   }
   result["decode"] = decode;
+  result["decode_variants"] = variants;
 
   if (!a.profile_batches.empty()) {
     e->set_profile_stages(true);
