@@ -111,6 +111,34 @@ class E2eGpuCluster : public ::testing::Test {
     if (HasFailure() && cluster_) std::fprintf(stderr, "%s", cluster_->LogTail().c_str());
   }
 
+  // Stream i generates from sample i % samples with `sampling(i)` (max_tokens, ignore_eos set),
+  // all n at once, each on its own channel.
+  static std::vector<StreamOutcome> RunStreams(int n, int max_tokens, SamplingParams (*sampling)(int)) {
+    std::vector<StreamOutcome> outcomes(static_cast<size_t>(n));
+    std::vector<std::thread> threads;
+    for (int i = 0; i < n; ++i) {
+      threads.emplace_back([&outcomes, i, max_tokens, sampling] {
+        auto stub = moe::v1::Inference::NewStub(
+            grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
+        moe::v1::GenerateRequest req;
+        for (int32_t id : samples_[i % samples_.size()].prompt_ids) {
+          req.mutable_prompt()->mutable_token_ids()->add_ids(id);
+        }
+        const SamplingParams p = sampling(i);
+        moe::v1::SamplingParams* sp = req.mutable_sampling();
+        sp->set_max_tokens(max_tokens);
+        sp->set_temperature(p.temperature);
+        sp->set_top_k(p.top_k);
+        sp->set_top_p(p.top_p);
+        sp->set_seed(p.seed);
+        sp->set_ignore_eos(true);
+        outcomes[i] = RunGenerate(*stub, req, 120);
+      });
+    }
+    for (auto& t : threads) t.join();
+    return outcomes;
+  }
+
   // The samples' greedy continuations by a single-GPU engine in this process.
   static absl::Status Reference() {
     MOE_ASSIGN_OR_RETURN(json samples, ReadJsonFile(kModelDir + "/samples.json"));
@@ -170,21 +198,8 @@ TEST_F(E2eGpuCluster, ConcurrentGreedyStreamsMatchSingleGpuEngine) {
   // wide: gpu_mixtral_test checks them against bf16 error).
   for (const Sample& s : samples_) EXPECT_EQ(s.engine_ids, s.transformers_ids) << json(s.prompt).dump();
 
-  std::vector<StreamOutcome> outcomes(kStreams);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      auto stub = moe::v1::Inference::NewStub(
-          grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
-      moe::v1::GenerateRequest req;
-      for (int32_t id : samples_[i % samples_.size()].prompt_ids) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
-      req.mutable_sampling()->set_max_tokens(kGreedyTokens);
-      req.mutable_sampling()->set_temperature(0);
-      req.mutable_sampling()->set_ignore_eos(true);
-      outcomes[i] = RunGenerate(*stub, req, 120);
-    });
-  }
-  for (auto& t : threads) t.join();
+  const std::vector<StreamOutcome> outcomes =
+      RunStreams(kStreams, kGreedyTokens, [](int) { return SamplingParams{.temperature = 0.f}; });
   for (int i = 0; i < kStreams; ++i) {
     const Sample& s = samples_[i % samples_.size()];
     const client::GenerationResult& r = outcomes[i].result;
@@ -198,25 +213,7 @@ TEST_F(E2eGpuCluster, ConcurrentGreedyStreamsMatchSingleGpuEngine) {
 // of the single-GPU engine with the same parameters, whatever the batch they share.
 TEST_F(E2eGpuCluster, ConcurrentSampledStreamsMatchSingleGpuEngine) {
   const int n = static_cast<int>(samples_.size());
-  std::vector<StreamOutcome> outcomes(n);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      auto stub = moe::v1::Inference::NewStub(
-          grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
-      moe::v1::GenerateRequest req;
-      for (int32_t id : samples_[i].prompt_ids) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
-      const SamplingParams p = Sampled(i);
-      req.mutable_sampling()->set_max_tokens(kSampledTokens);
-      req.mutable_sampling()->set_temperature(p.temperature);
-      req.mutable_sampling()->set_top_k(p.top_k);
-      req.mutable_sampling()->set_top_p(p.top_p);
-      req.mutable_sampling()->set_seed(p.seed);
-      req.mutable_sampling()->set_ignore_eos(true);
-      outcomes[i] = RunGenerate(*stub, req, 120);
-    });
-  }
-  for (auto& t : threads) t.join();
+  const std::vector<StreamOutcome> outcomes = RunStreams(n, kSampledTokens, Sampled);
   int differ_from_greedy = 0;
   for (int i = 0; i < n; ++i) {
     ASSERT_TRUE(outcomes[i].status.ok()) << "stream " << i << ": " << outcomes[i].status;
