@@ -114,8 +114,10 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
     out["gemms"] = rows;
   }
   {
-    // Attention alone: decode rows at batch 1 and 64 over 128- and 1024-token contexts, and a
-    // 512-token prefill (one sequence), on a paged cache filled with random keys and values.
+    // Attention alone: decode rows at batch 1 and 64 over 128- and 1024-token contexts, and prefills
+    // of 128 to 1024 tokens (one sequence; how the time grows with the length tells a chain of
+    // dependent key tiles from a shortage of throughput), on a paged cache filled with random keys
+    // and values.
     const int64_t heads = c.num_heads, kvh = c.num_kv_heads, D = c.head_dim, G = c.heads_per_kv();
     constexpr int64_t kBlock = 16;
     nlohmann::json rows = nlohmann::json::array();
@@ -125,7 +127,8 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       bool prefill;
     };
     for (const Case& k : {Case{"decode", 1, 128, false}, Case{"decode", 64, 128, false}, Case{"decode", 1, 1024, false},
-                          Case{"decode", 64, 1024, false}, Case{"prefill", 1, 512, true}}) {
+                          Case{"decode", 64, 1024, false}, Case{"prefill", 1, 128, true}, Case{"prefill", 1, 256, true},
+                          Case{"prefill", 1, 512, true}, Case{"prefill", 1, 1024, true}}) {
       const int64_t blocks_per_seq = (k.context + kBlock - 1) / kBlock, blocks = k.batch * blocks_per_seq;
       const int64_t kv_elems = blocks * kBlock * kvh * D;
       gpu::DeviceBuffer<bf16> keys(kv_elems), values(kv_elems);

@@ -78,7 +78,9 @@ class E2eGpuCluster : public ::testing::Test {
     if (!setup_.ok()) return;
     setup_ = MakeModelWithoutTokenizer();
     if (!setup_.ok()) return;
-    cluster_ = std::make_unique<Cluster>(ClusterOptions{2, model_dir_, {}, {"--device", "gpu"}});
+    // No --kv-tokens: each rank's KV cache takes what is left of its share of the memory fraction.
+    cluster_ = std::make_unique<Cluster>(
+        ClusterOptions{2, model_dir_, {}, {"--device", "gpu", "--gpu-memory-utilization", "0.2"}});
     setup_ = cluster_->StartCoordinator(Seconds(30));
     if (setup_.ok()) setup_ = cluster_->StartWorkers();
     if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(120));
@@ -180,7 +182,7 @@ class E2eGpuCluster : public ::testing::Test {
   static inline std::vector<Sample> samples_;
 };
 
-TEST_F(E2eGpuCluster, RanksRegisterTheirGpus) {
+TEST_F(E2eGpuCluster, RanksRegisterTheirGpusAndSizeTheirKvCaches) {
   auto stub = moe::v1::Inference::NewStub(cluster_->channel());
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(5));
@@ -191,6 +193,14 @@ TEST_F(E2eGpuCluster, RanksRegisterTheirGpus) {
     EXPECT_NE(r.device().find("cuda:"), std::string::npos) << "rank " << r.rank() << ": " << r.device();
     EXPECT_GT(r.weight_bytes(), 0) << "rank " << r.rank();
   }
+  // The KV caches were sized from the memory fraction: far more than the CPU default of 64 full
+  // contexts (4,096 positions each, blocks of 16).
+  grpc::ClientContext stats_ctx;
+  stats_ctx.set_deadline(Deadline(5));
+  moe::v1::Stats stats;
+  ASSERT_TRUE(stub->GetStats(&stats_ctx, moe::v1::GetStatsRequest(), &stats).ok());
+  ASSERT_EQ(stats.ranks_size(), 2);
+  for (const auto& r : stats.ranks()) EXPECT_GT(r.kv_blocks_total(), 64 * 4096 / 16) << "rank " << r.rank();
 }
 
 TEST_F(E2eGpuCluster, ConcurrentGreedyStreamsMatchSingleGpuEngine) {

@@ -42,6 +42,7 @@
 #include "tests/support/reference_forward.h"
 #include "worker/generation.h"
 #include "worker/gpu/gpu_engine.h"
+#include "worker/kv_budget.h"
 #include "worker/sampler.h"
 
 namespace moe::testing_ref {
@@ -465,6 +466,37 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
     for (size_t i = 0; i < 3; ++i) tokens[i] = {PickToken(full.chunks[i].logits, params[0], 0).token};  // decode next
   }
   EXPECT_GT((*e)->graphs_captured(), graphs_before);  // the decode steps replayed graphs
+}
+
+// Without a KV size the cache takes what the memory fraction of the device leaves after the weights
+// and the step buffers (worker/kv_budget.h with the device's own total), and the engine runs; a
+// fraction too small for one block is an error that says so.
+TEST(GpuEngineTest, KvCacheSizedFromTheMemoryFraction) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c = ModelConfig::FromModelDir(kGoldenDir).value();
+  const PlacementPlan plan = PlacementPlan::Make(c.num_layers, c.num_experts, 1).value();
+  GpuEngineOptions opts;
+  opts.kv_tokens = 0;
+  opts.memory_fraction = 0.02;
+  opts.max_step_tokens = 256;
+  auto e = LoadGpu(kGoldenDir, opts);
+  size_t free = 0, total = 0;
+  MOE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  const int64_t want = KvTokensForMemory(c, static_cast<int64_t>(total), 0.02, RankWeightBytes(c, plan, 0),
+                                         StepBufferBytes(c, 256), opts.kv_block_size)
+                           .value();
+  EXPECT_EQ((*e)->kv_blocks().total_blocks() * opts.kv_block_size, want);
+  EXPECT_EQ((*e)->kv_cache_bytes(), want * KvBytesPerPosition(c));
+  EXPECT_LE((*e)->kv_cache_bytes() + (*e)->weight_bytes(), 0.02 * static_cast<double>(total));
+  ASSERT_TRUE((*e)->AddSequence(1).ok());
+  EXPECT_TRUE((*e)->Step({{1, {1, 2, 3}, false}}).ok());
+
+  LocalCommunicator comm;
+  opts.memory_fraction = 1e-9;
+  const auto tiny = GpuEngine::Load(kGoldenDir, comm, plan, opts);
+  ASSERT_EQ(tiny.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(std::string(tiny.status().message()).find("no GPU memory left for the KV cache"), std::string::npos)
+      << tiny.status();
 }
 
 // The experts through the skinny grouped GEMMs (decode's path), through cuBLAS grouped GEMMs and

@@ -11,6 +11,10 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->device, "cpu");
   EXPECT_EQ(f->kv_block_size, 16);
+  EXPECT_EQ(f->gpu_memory_utilization, 0.9);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--gpu-memory-utilization=0.5"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->gpu_memory_utilization, 0.5);
   f = ParseWorkerFlags({"--coordinator=h:1", "--device", "gpu", "--kv-tokens=4096", "--max-batch-tokens", "512"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->device, "gpu");
@@ -28,6 +32,10 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--coordinator", "h:1", "--device"}, "--device: missing value"},
            {{"--coordinator", "nohostport"}, "--coordinator: expected HOST:PORT"},
            {{"--coordinator", "h:1", "--kv-tokens", "0"}, "--kv-tokens: must be positive"},
+           {{"--coordinator", "h:1", "--gpu-memory-utilization", "0"}, "--gpu-memory-utilization: must be in (0, 1]"},
+           {{"--coordinator", "h:1", "--gpu-memory-utilization=1.5"}, "--gpu-memory-utilization: must be in (0, 1]"},
+           {{"--coordinator", "h:1", "--gpu-memory-utilization", "most"},
+            "--gpu-memory-utilization: expected a number, got 'most'"},
            {{"--coordinator", "h:1", "--bogus", "1"}, "unknown flag '--bogus'"},
            {{"--device", "gpu"}, "--coordinator: required"},
        }) {

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "worker/cpu/ops.h"
+#include "worker/kv_budget.h"
 #include "worker/model/safetensors.h"
 #include "worker/sampler.h"
 
@@ -92,7 +93,16 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& 
   try {
     if (opts.device >= 0) MOE_CUDA_CHECK(cudaSetDevice(opts.device));
     if (opts.nccl != nullptr) MOE_CUDA_CHECK(cudaSetDevice(opts.nccl->device()));
-    std::unique_ptr<GpuEngine> e(new GpuEngine(c, comm, plan, opts));
+    GpuEngineOptions sized = opts;
+    if (opts.kv_tokens == 0 && opts.memory_fraction > 0) {  // the KV cache takes what memory is left
+      size_t free = 0, total = 0;
+      MOE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+      MOE_ASSIGN_OR_RETURN(sized.kv_tokens, KvTokensForMemory(c, static_cast<int64_t>(total), opts.memory_fraction,
+                                                              RankWeightBytes(c, plan, comm.rank()),
+                                                              StepBufferBytes(c, opts.max_step_tokens),
+                                                              opts.kv_block_size));
+    }
+    std::unique_ptr<GpuEngine> e(new GpuEngine(c, comm, plan, sized));
     const size_t kv_elems = static_cast<size_t>(c.num_layers * e->kv_.total_blocks() * opts.kv_block_size * c.kv_dim());
     try {
       e->keys_ = DeviceBuffer<bf16>(kv_elems);
@@ -100,7 +110,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& 
     } catch (const CudaError& err) {
       (void)cudaGetLastError();
       return absl::ResourceExhaustedError(absl::StrCat("GPU engine: cannot allocate the KV cache (",
-                                                       2 * kv_elems * sizeof(bf16), " bytes for ", opts.kv_tokens,
+                                                       2 * kv_elems * sizeof(bf16), " bytes for ", sized.kv_tokens,
                                                        " positions): ", err.what()));
     }
     std::vector<double> inv(static_cast<size_t>(c.head_dim / 2));

@@ -54,6 +54,10 @@ namespace moe::gpu {
 struct GpuEngineOptions {
   int64_t kv_block_size = 16;
   int64_t kv_tokens = 16384;  // KV cache capacity in token positions (rounded up to whole blocks)
+  // With kv_tokens 0: the capacity is what this fraction of the device's memory holds besides the
+  // weights and the buffers of steps of up to max_step_tokens (worker/kv_budget.h).
+  double memory_fraction = 0.0;
+  int64_t max_step_tokens = 2048;
   bool collect_load_stats = true;
   bool verbose = false;     // print load progress to stderr
   int device = -1;          // CUDA device to use; -1: the current one

@@ -97,7 +97,9 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   absl::StatusOr<ModelConfig> config =
       plan.ok() ? ModelConfig::FromModelDir(model_dir) : absl::StatusOr<ModelConfig>(plan.status());
   if (AnyRankFailed(comm, config.status())) return 1;
-  const int64_t kv_tokens = flags->kv_tokens > 0 ? flags->kv_tokens : DefaultKvTokens(*config);
+  // Without --kv-tokens a GPU rank sizes its cache from the memory left (WorkerEngine::Load).
+  const int64_t kv_tokens =
+      flags->kv_tokens > 0 ? flags->kv_tokens : (flags->device == "gpu" ? 0 : DefaultKvTokens(*config));
   absl::StatusOr<std::unique_ptr<WorkerEngine>> loaded_engine =
       WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens);
   if (AnyRankFailed(comm, loaded_engine.status())) return 1;

@@ -1,5 +1,6 @@
 #include "worker/server/worker_engine.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "worker/comm/mpi_launch.h"
@@ -89,6 +90,12 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
   gpu::GpuEngineOptions go;
   go.kv_block_size = flags.kv_block_size;
   go.kv_tokens = kv_tokens;
+  // Without a KV size the cache takes what is left of the rank's share of the GPU's memory: the
+  // node's ranks on one GPU (local rank r on GPU r % devices) split the fraction.
+  const int gpu = local_rank % devices;
+  const int ranks_on_gpu = std::max(1, (local_size - gpu + devices - 1) / devices);
+  go.memory_fraction = flags.gpu_memory_utilization / ranks_on_gpu;
+  go.max_step_tokens = flags.max_batch_tokens;
   go.verbose = true;
   if (comm.size() > 1 && shared[0] == 0 && LaunchedByMpirun()) {
     try {
@@ -99,7 +106,7 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
       return absl::InternalError(absl::StrCat("--device gpu: NCCL: ", e.what()));
     }
   } else {
-    go.device = local_rank % devices;
+    go.device = gpu;
   }
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<gpu::GpuEngine> e, gpu::GpuEngine::Load(model_dir, comm, plan, go));
   int device = 0;

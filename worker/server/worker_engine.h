@@ -18,7 +18,8 @@ namespace moe {
 class WorkerEngine {
  public:
   // A collective: every rank calls it; on error this rank's message says what is wrong (the
-  // caller keeps the ranks together). kv_tokens > 0.
+  // caller keeps the ranks together). kv_tokens: the KV cache's positions; 0 (GPU only): what is
+  // left of the rank's share of flags.gpu_memory_utilization of its GPU (worker/kv_budget.h).
   static absl::StatusOr<std::unique_ptr<WorkerEngine>> Load(const WorkerFlags& flags, const std::string& model_dir,
                                                             Communicator& comm, const PlacementPlan& plan,
                                                             int64_t kv_tokens);

@@ -18,16 +18,27 @@ absl::StatusOr<int64_t> ParsePositive(const std::string& flag, const std::string
   return v;
 }
 
+absl::StatusOr<double> ParseFraction(const std::string& flag, const std::string& s) {
+  double v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return FlagError(flag, "expected a number, got '" + s + "'");
+  if (!(v > 0.0 && v <= 1.0)) return FlagError(flag, "must be in (0, 1], got " + s);
+  return v;
+}
+
 }  // namespace
 
 std::string WorkerUsage() {
   return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
+         "                  [--gpu-memory-utilization 0.9]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
-         "--kv-tokens defaults to 64 sequences of the full context, at most 262144 positions.\n"
          "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
-         "cross ranks over NCCL, else through the host); it needs a build with CUDA.\n";
+         "cross ranks over NCCL, else through the host); it needs a build with CUDA.\n"
+         "--kv-tokens: the KV cache's positions per rank. Without it a GPU rank's cache takes what is left\n"
+         "of --gpu-memory-utilization of the GPU's memory after what is in use, its weights and its step\n"
+         "buffers; a CPU rank's holds 64 sequences of the full context, at most 262144 positions.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
@@ -49,7 +60,7 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       continue;
     }
     if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&
-        flag != "--max-batch-tokens" && flag != "--device") {
+        flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization") {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
     }
     if (!has_inline) {
@@ -69,6 +80,8 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       MOE_ASSIGN_OR_RETURN(f.kv_tokens, ParsePositive(flag, val));
     } else if (flag == "--kv-block-size") {
       MOE_ASSIGN_OR_RETURN(f.kv_block_size, ParsePositive(flag, val));
+    } else if (flag == "--gpu-memory-utilization") {
+      MOE_ASSIGN_OR_RETURN(f.gpu_memory_utilization, ParseFraction(flag, val));
     } else {
       MOE_ASSIGN_OR_RETURN(f.max_batch_tokens, ParsePositive(flag, val));
     }

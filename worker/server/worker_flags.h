@@ -13,7 +13,8 @@ namespace moe {
 struct WorkerFlags {
   std::string coordinator;  // HOST:PORT of the coordinator's cluster service (required)
   std::string model_dir;    // empty: the coordinator's RegisterResponse.model_dir
-  int64_t kv_tokens = 0;    // KV cache positions per rank; 0: DefaultKvTokens(config)
+  int64_t kv_tokens = 0;    // KV cache positions per rank; 0: the GPU's memory budget, or DefaultKvTokens
+  double gpu_memory_utilization = 0.9;  // the fraction of a GPU's memory this rank may use
   int64_t kv_block_size = 16;
   int64_t max_batch_tokens = 2048;
   std::string device = "cpu";  // "cpu" or "gpu" (one GPU per rank: the node-local rank's)
@@ -24,7 +25,7 @@ struct WorkerFlags {
 absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& args);
 std::string WorkerUsage();
 
-// Enough positions for 64 sequences of the full context, capped at 262144.
+// A CPU rank's KV positions without --kv-tokens: 64 sequences of the full context, at most 262144.
 int64_t DefaultKvTokens(const ModelConfig& c);
 
 }  // namespace moe
