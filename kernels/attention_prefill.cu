@@ -20,7 +20,6 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kVectors = 64;  // query vectors per block
 constexpr int kKeys = 64;     // keys per shared tile
-constexpr int kMaxParts = 8;  // blocks a tile's keys may be split over (PrefillSplitCount)
 
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -240,45 +239,20 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   __syncthreads();
   if (!last) return;
   __threadfence();
-  // Each part's weight per vector, exp2(m_z - M) / L, first; then every output element is a sum of
-  // independent loads (four elements a thread at a time, all parts in flight): a chain of dependent
-  // L2 round trips per element would cost more than the split saves.
-  __shared__ float weight[kMaxParts][kVectors];
-  if (tid < kVectors) {
-    const int v = tid;
-    float M = -INFINITY;
-    for (int z = 0; z < parts; ++z) M = fmaxf(M, __ldcg(base + z * kPartStride + kVectors * D + v));
-    float L = 0.f;
+  for (int i = tid; i < NQ * D; i += kThreads) {
+    const int v = i / D, d = i - v * D;
+    float M = -INFINITY, L = 0.f, O = 0.f;
     for (int z = 0; z < parts; ++z) {
       const float* p = base + z * kPartStride;
       const float mz = __ldcg(p + kVectors * D + v);
-      const float f = mz == -INFINITY ? 0.f : exp2f(mz - M);  // no key of this part visible: nothing
-      weight[z][v] = f;
-      L += __ldcg(p + kVectors * D + kVectors + v) * f;
+      if (mz == -INFINITY) continue;  // no key of this part is visible to the vector
+      const float m_new = fmaxf(M, mz);
+      const float f_old = exp2f(M - m_new), f = exp2f(mz - m_new);
+      L = L * f_old + __ldcg(p + kVectors * D + kVectors + v) * f;
+      O = O * f_old + __ldcg(p + v * D + d) * f;
+      M = m_new;
     }
-    const float inv = M == -INFINITY ? 0.f : 1.f / L;  // vectors past the tile's rows: unused
-    for (int z = 0; z < parts; ++z) weight[z][v] *= inv;
-  }
-  __syncthreads();
-  constexpr int kQuads = D / 4;  // float4 groups per vector
-  for (int i = tid; i < NQ * kQuads; i += kThreads) {
-    const int v = i / kQuads, d = 4 * (i - v * kQuads);
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    float4 oz[kMaxParts];
-#pragma unroll
-    for (int z = 0; z < kMaxParts; ++z) {
-      if (z < parts) oz[z] = __ldcg(reinterpret_cast<const float4*>(base + z * kPartStride + v * D + d));
-    }
-#pragma unroll
-    for (int z = 0; z < kMaxParts; ++z) {
-      if (z < parts) {
-        const float w = weight[z][v];
-        acc.x += w * oz[z].x, acc.y += w * oz[z].y, acc.z += w * oz[z].z, acc.w += w * oz[z].w;
-      }
-    }
-    bf16* dst = out + ((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d;
-    reinterpret_cast<__nv_bfloat162*>(dst)[0] = __floats2bfloat162_rn(acc.x, acc.y);
-    reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(acc.z, acc.w);
+    out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(O / L);
   }
   if (tid == 0) *counter = 0;  // ready for the next launch
 }
@@ -308,7 +282,6 @@ void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos
     // Key tiles a tile can span (its first key need not sit on a tile boundary of the cache).
     const int64_t keys = window > 0 ? std::min(sp.max_keys, window + kVectors) : sp.max_keys;
     const int64_t most = (keys + kKeys - 1) / kKeys + 1;
-    sp.splits = std::min(sp.splits, kMaxParts);
     split_tiles = static_cast<int>((most + sp.splits - 1) / sp.splits);
     sp.splits = static_cast<int>((most + split_tiles - 1) / split_tiles);  // no block left without keys
   }
@@ -334,7 +307,7 @@ int PrefillSplitCount(int64_t num_tiles, int64_t max_rows, int64_t heads, int64_
   const int64_t blocks = std::max<int64_t>(1, num_tiles * kv_heads), slots = 2 * int64_t{DeviceSmCount()};
   const int64_t by_sms = (2 * slots + blocks - 1) / blocks;
   const int64_t by_keys = ((max_keys + kKeys - 1) / kKeys + 1) / 2;
-  return static_cast<int>(std::clamp<int64_t>(std::min(by_sms, by_keys), 1, kMaxParts));
+  return static_cast<int>(std::clamp<int64_t>(std::min(by_sms, by_keys), 1, 8));
 }
 
 size_t PrefillSplitFloats(int64_t num_tiles, int64_t kv_heads, int64_t head_dim, int splits) {
