@@ -171,26 +171,18 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       gpu::DeviceBuffer<float> partial(std::max<size_t>(1, gpu::DecodeSplitFloats(n_narrow, heads, D, splits)));
       gpu::DeviceBuffer<int32_t> counters(std::max<int64_t>(1, n_narrow * kvh));
       MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));
-      const gpu::KeySplit split{splits, max_keys, partial.get(), counters.get()};
-      // Multi-row tiles split over the keys as the engine splits them.
-      const int64_t n_wide = static_cast<int64_t>(wide.size() / 2);
-      const int wide_splits = gpu::PrefillSplitCount(n_wide, tile_rows, heads, kvh, D, max_keys, 0);
-      gpu::DeviceBuffer<float> wide_partial(std::max<size_t>(1, gpu::PrefillSplitFloats(n_wide, kvh, D, wide_splits)));
-      gpu::DeviceBuffer<int32_t> wide_counters(std::max<int64_t>(1, n_wide * kvh));
-      MOE_CUDA_CHECK(cudaMemset(wide_counters.get(), 0, sizeof(int32_t) * wide_counters.size()));
-      const gpu::KeySplit wsplit{wide_splits, max_keys, wide_partial.get(), wide_counters.get()};
+      const gpu::DecodeSplit split{splits, max_keys, partial.get(), counters.get()};
       const double ms = MedianMs(s, 3, 20, [&](int) {
         gpu::PagedAttention(qb.get(), d_seq, d_pos, d_narrow, n_narrow, 1, heads, kv, 0, scale, ob.get(), s, &split);
-        gpu::PagedAttention(qb.get(), d_seq, d_pos, d_wide, n_wide, tile_rows, heads, kv, 0, scale, ob.get(), s,
-                            &wsplit);
+        gpu::PagedAttention(qb.get(), d_seq, d_pos, d_wide, wide.size() / 2, tile_rows, heads, kv, 0, scale, ob.get(),
+                            s);
       });
       const double kv_bytes = 2.0 * 2.0 * k.batch * k.context * kvh * D;
       rows.push_back({{"kind", k.name}, {"batch", k.batch}, {"context", k.context}, {"us", ms * 1e3},
-                      {"kv_gbps", kv_bytes / (ms / 1e3) / 1e9}, {"decode_splits", splits},
-                      {"prefill_splits", wide_splits}});
-      std::printf("attention %-7s batch %3lld context %5lld: %8.1f us (KV %6.0f GB/s; key splits %d / %d)\n", k.name,
+                      {"kv_gbps", kv_bytes / (ms / 1e3) / 1e9}, {"decode_splits", splits}});
+      std::printf("attention %-7s batch %3lld context %5lld: %8.1f us (KV %6.0f GB/s)\n", k.name,
                   static_cast<long long>(k.batch), static_cast<long long>(k.context), ms * 1e3,
-                  kv_bytes / (ms / 1e3) / 1e9, splits, wide_splits);
+                  kv_bytes / (ms / 1e3) / 1e9);
     }
     out["attention"] = rows;
   }

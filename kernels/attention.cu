@@ -336,7 +336,7 @@ void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, 
 
 void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                     int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
-                    float scale, bf16* out, cudaStream_t s, const KeySplit* split) {
+                    float scale, bf16* out, cudaStream_t s, const DecodeSplit* split) {
   if (num_tiles == 0) return;
   const int64_t G = heads / kv.kv_heads, D = kv.head_dim;
   if (heads % kv.kv_heads != 0 || G > kMaxGroup || D % 8 != 0 || D > 256) {
@@ -350,8 +350,7 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
   if (max_rows > AttentionTileRows(G, D)) {
     throw std::invalid_argument("PagedAttention: a tile holds more rows than AttentionTileRows allows");
   }
-  if (LaunchTensorCoreAttention(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, split,
-                                s)) {
+  if (LaunchTensorCoreAttention(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s)) {
     return;
   }
   LaunchAttention<kWideVectors, kWideSlots>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale,

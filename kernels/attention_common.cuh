@@ -16,15 +16,12 @@ __device__ __forceinline__ int64_t CacheOffset(const PagedKv& kv, int seq, int p
 // Single-row tiles (decode): blocks per (row, KV head[, split of the keys]), four warps on different keys.
 void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                            int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
-                           const KeySplit* split, cudaStream_t s);
+                           const DecodeSplit* split, cudaStream_t s);
 
 // Multi-row tiles on the tensor cores (flash-attention style), for head_dim 64 or 128 and tiles of
 // at most 64 query vectors. Returns false (launching nothing) for other head dims.
-// `split` (optional): KeySplit, sized by PrefillSplitCount / PrefillSplitFloats.
 bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                                int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
-                               float scale, bf16* out, const KeySplit* split, cudaStream_t s);
-// Whether it runs tiles of max_rows rows (else the CUDA-core tiled kernel does).
-bool TensorCoreAttentionRuns(int64_t max_rows, int64_t heads, int64_t kv_heads, int64_t head_dim);
+                               float scale, bf16* out, cudaStream_t s);
 
 }  // namespace moe::gpu

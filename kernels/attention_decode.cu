@@ -11,7 +11,7 @@
 //           weight from lane j by shuffle.
 // Split over keys (flash-decoding): with few rows, one block per (row, KV head) walks its keys
 // tile after tile while most of the GPU idles (24 us at batch 1 with 128-token contexts, 98 us
-// with 1,024). KeySplit spreads each row's keys over several blocks; each writes its partial
+// with 1,024). DecodeSplit spreads each row's keys over several blocks; each writes its partial
 // (max, sum, unnormalised output) per query vector, and the last block of a (row, KV head) to
 // finish merges them in split order, so the result does not depend on which block ends last.
 // Everything the addresses need (tile, row, position, block table) is a step input, so the first
@@ -50,7 +50,7 @@ template <int kDims>
 __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q, const int32_t* row_seq,
                                                                   const int32_t* row_pos, const int32_t* tiles,
                                                                   int64_t heads, PagedKv kv, int64_t window,
-                                                                  float scale, bf16* out, KeySplit split,
+                                                                  float scale, bf16* out, DecodeSplit split,
                                                                   int split_keys) {
   const int64_t row = tiles[2 * blockIdx.x];
   const int kvh = blockIdx.y, D = static_cast<int>(kv.head_dim), G = static_cast<int>(heads / kv.kv_heads);
@@ -272,7 +272,7 @@ size_t DecodeSharedBytes(int64_t D) {
 
 template <int kDims>
 void LaunchDims(dim3 grid, const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
-                int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, const KeySplit& split,
+                int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, const DecodeSplit& split,
                 int split_keys, cudaStream_t s) {
   // The merge area [4][G][D] float fits in the key and value rows [4][2][32][D] bf16. Raised once
   // to what head_dim 256 needs (not per launch: launches may be captured into a CUDA graph).
@@ -303,8 +303,8 @@ size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int
 
 void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                            int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
-                           const KeySplit* split, cudaStream_t s) {
-  KeySplit sp;
+                           const DecodeSplit* split, cudaStream_t s) {
+  DecodeSplit sp;
   int64_t split_keys = int64_t{1} << 30;
   if (split != nullptr && split->splits > 1) {
     if (split->partial == nullptr || split->counters == nullptr || split->max_keys <= 0) {

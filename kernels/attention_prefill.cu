@@ -6,9 +6,6 @@
 // accumulate), masks it (causal, sliding window), updates its rows' online softmax (running max and
 // sum, in the exp2 domain), and adds P V with P taken straight from S's accumulator registers as
 // the A operand. Shared tiles are XOR-swizzled so every ldmatrix phase hits 8 bank groups.
-#include <algorithm>
-#include <stdexcept>
-
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
@@ -32,15 +29,11 @@ __device__ __forceinline__ int Swizzle(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
-// With a key split (gridDim.z > 1) block z of a tile takes key tiles [z * split_tiles, (z + 1) *
-// split_tiles) of the tile's range; a tile with fewer key tiles uses fewer blocks (the others return
-// at once) and one whose keys one block covers writes its output itself.
 template <int D>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q, const int32_t* row_seq,
                                                                    const int32_t* row_pos, const int32_t* tiles,
                                                                    int64_t heads, PagedKv kv, int64_t window,
-                                                                   float scale_log2, bf16* out, KeySplit split,
-                                                                   int split_tiles) {
+                                                                   float scale_log2, bf16* out) {
   PdlGate();
   constexpr int kChunks = D / 8;                     // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kChunks;   // rows one pass of the block's loads covers
@@ -50,12 +43,6 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   const int seq = row_seq[first], pos0 = row_pos[first], pos_last = pos0 + rows - 1;
   const int lo = window > 0 ? max(0, pos0 - static_cast<int>(window) + 1) : 0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, fr = lane >> 2, quad = lane & 3;
-  // This block's keys [k_begin, k_end) and the blocks that share the tile's keys.
-  const int key_tiles = (pos_last - lo) / kKeys + 1;
-  const int parts = gridDim.z > 1 ? (key_tiles + split_tiles - 1) / split_tiles : 1;
-  if (static_cast<int>(blockIdx.z) >= parts) return;
-  const int k_begin = gridDim.z > 1 ? lo + static_cast<int>(blockIdx.z) * split_tiles * kKeys : lo;
-  const int k_end = gridDim.z > 1 ? min(pos_last + 1, k_begin + split_tiles * kKeys) : pos_last + 1;
 
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][D]
@@ -87,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + (ok ? off[i] : 0), ok ? 16 : 0);
     }
   };
-  load_keys(0, k_begin);
+  load_keys(0, lo);
   CommitAsync();
   WaitAsync<1>();  // the queries
   __syncthreads();
@@ -114,8 +101,8 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
 
   int buf = 0;
-  for (int k0 = k_begin; k0 < k_end; k0 += kKeys, buf ^= 1) {
-    if (k0 + kKeys < k_end) load_keys(buf ^ 1, k0 + kKeys);
+  for (int k0 = lo; k0 <= pos_last; k0 += kKeys, buf ^= 1) {
+    if (k0 + kKeys <= pos_last) load_keys(buf ^ 1, k0 + kKeys);
     CommitAsync();
     WaitAsync<1>();
     __syncthreads();
@@ -198,63 +185,18 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
   }
-  if (parts == 1) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (!vok[h]) continue;
-      const int v = 16 * warp + fr + 8 * h;
-      const float inv = 1.f / l[h];
-      bf16* dst = out + ((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<__nv_bfloat162*>(dst + 8 * n + 2 * quad) =
-            __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
-      }
-    }
-    return;
-  }
-
-  // Partials [tile][kvh][split] x (o [64][D] unnormalised, m [64] (exp2 domain), l [64]).
-  constexpr int64_t kPartStride = static_cast<int64_t>(kVectors) * (D + 2);
-  float* const base = split.partial + (static_cast<int64_t>(blockIdx.x) * gridDim.y + kvh) * gridDim.z * kPartStride;
-  float* const part = base + blockIdx.z * kPartStride;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
+    if (!vok[h]) continue;
     const int v = 16 * warp + fr + 8 * h;
+    const float inv = 1.f / l[h];
+    bf16* dst = out + ((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<float2*>(part + v * D + 8 * n + 2 * quad) = make_float2(o[n][2 * h], o[n][2 * h + 1]);
-    }
-    if (quad == 0) {
-      part[kVectors * D + v] = m[h];
-      part[kVectors * D + kVectors + v] = l[h];
+      *reinterpret_cast<__nv_bfloat162*>(dst + 8 * n + 2 * quad) =
+          __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
     }
   }
-  // The last block of the tile to finish merges the parts in order.
-  __shared__ int last;
-  __threadfence();  // this block's partials are visible before it is counted
-  __syncthreads();
-  int32_t* counter = split.counters + static_cast<int64_t>(blockIdx.x) * gridDim.y + kvh;
-  if (tid == 0) last = atomicAdd(counter, 1) == parts - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = tid; i < NQ * D; i += kThreads) {
-    const int v = i / D, d = i - v * D;
-    float M = -INFINITY, L = 0.f, O = 0.f;
-    for (int z = 0; z < parts; ++z) {
-      const float* p = base + z * kPartStride;
-      const float mz = __ldcg(p + kVectors * D + v);
-      if (mz == -INFINITY) continue;  // no key of this part is visible to the vector
-      const float m_new = fmaxf(M, mz);
-      const float f_old = exp2f(M - m_new), f = exp2f(mz - m_new);
-      L = L * f_old + __ldcg(p + kVectors * D + kVectors + v) * f;
-      O = O * f_old + __ldcg(p + v * D + d) * f;
-      M = m_new;
-    }
-    out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(O / L);
-  }
-  if (tid == 0) *counter = 0;  // ready for the next launch
 }
 
 template <int D>
@@ -264,66 +206,35 @@ constexpr size_t SharedBytes() {
 
 template <int D>
 void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles, int64_t num_tiles,
-                   int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, const KeySplit* split,
-                   cudaStream_t s) {
+            int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
   static const bool raised = [] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(PrefillAttentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(SharedBytes<D>())));
     return true;
   }();
   (void)raised;
-  KeySplit sp;
-  int split_tiles = 1 << 20;
-  if (split != nullptr && split->splits > 1) {
-    if (split->partial == nullptr || split->counters == nullptr || split->max_keys <= 0) {
-      throw std::invalid_argument("PagedAttention: a key split needs partials, counters and max_keys");
-    }
-    sp = *split;
-    // Key tiles a tile can span (its first key need not sit on a tile boundary of the cache).
-    const int64_t keys = window > 0 ? std::min(sp.max_keys, window + kVectors) : sp.max_keys;
-    const int64_t most = (keys + kKeys - 1) / kKeys + 1;
-    split_tiles = static_cast<int>((most + sp.splits - 1) / sp.splits);
-    sp.splits = static_cast<int>((most + split_tiles - 1) / split_tiles);  // no block left without keys
-  }
-  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads),
-                  static_cast<unsigned>(std::max(1, sp.splits)));
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
   Launch(PrefillAttentionKernel<D>, grid, kThreads, SharedBytes<D>(), s, q, row_seq, row_pos, tiles, heads, kv, window,
-         scale * 1.4426950408889634f, out, sp, split_tiles);
+                                                                     scale * 1.4426950408889634f, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-bool TensorCoreAttentionRuns(int64_t max_rows, int64_t heads, int64_t kv_heads, int64_t head_dim) {
-  return max_rows * (heads / kv_heads) <= kVectors && (head_dim == 128 || head_dim == 64);
-}
-
-int PrefillSplitCount(int64_t num_tiles, int64_t max_rows, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                      int64_t max_keys, int64_t window) {
-  if (!TensorCoreAttentionRuns(max_rows, heads, kv_heads, head_dim)) return 1;
-  if (window > 0) max_keys = std::min(max_keys, window + kVectors);
-  // Two blocks fit a multiprocessor (shared memory): aim at about two rounds of them, each block
-  // with at least two key tiles.
-  const int64_t blocks = std::max<int64_t>(1, num_tiles * kv_heads), slots = 2 * int64_t{DeviceSmCount()};
-  const int64_t by_sms = (2 * slots + blocks - 1) / blocks;
-  const int64_t by_keys = ((max_keys + kKeys - 1) / kKeys + 1) / 2;
-  return static_cast<int>(std::clamp<int64_t>(std::min(by_sms, by_keys), 1, 8));
-}
-
-size_t PrefillSplitFloats(int64_t num_tiles, int64_t kv_heads, int64_t head_dim, int splits) {
-  return splits <= 1 ? 0 : static_cast<size_t>(num_tiles * kv_heads * splits * kVectors * (head_dim + 2));
-}
-
 bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                                int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
-                               float scale, bf16* out, const KeySplit* split, cudaStream_t s) {
-  if (!TensorCoreAttentionRuns(max_rows, heads, kv.kv_heads, kv.head_dim)) return false;
+                               float scale, bf16* out, cudaStream_t s) {
+  const int64_t G = heads / kv.kv_heads;
+  if (max_rows * G > kVectors) return false;
   if (kv.head_dim == 128) {
-    LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, split, s);
-  } else {
-    LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, split, s);
+    LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    return true;
   }
-  return true;
+  if (kv.head_dim == 64) {
+    LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    return true;
+  }
+  return false;
 }
 
 }  // namespace moe::gpu

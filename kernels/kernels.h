@@ -203,28 +203,20 @@ void WriteKv(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t
 void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, int64_t T, int64_t heads,
                const double* inv_freq, const PagedKv& kv, bf16* q_out, cudaStream_t s);
 
-// Attention split over the keys (flash-decoding), for when there are too few (tile, KV head)
-// blocks to fill the GPU, or a few of them have far more keys than the rest (the last tiles of a
-// causal prefill): each tile's keys are spread over up to `splits` blocks, whose partial results the
+// Decode attention split over the keys (flash-decoding), for when there are too few (row, KV head)
+// blocks to fill the GPU: each row's keys are spread over `splits` blocks, whose partial results the
 // last of them to finish merges in split order (deterministic). The keys any row attends to must be
-// at most max_keys (e.g. the block tables' width in positions). Decode tiles (DecodeSplitCount,
-// DecodeSplitFloats) and multi-row tiles on the tensor-core kernel (PrefillSplitCount,
-// PrefillSplitFloats) size theirs differently.
-struct KeySplit {
+// at most max_keys (e.g. the block tables' width in positions).
+struct DecodeSplit {
   int splits = 1;
   int64_t max_keys = 0;
-  float* partial = nullptr;    // DecodeSplitFloats / PrefillSplitFloats floats
+  float* partial = nullptr;    // DecodeSplitFloats floats
   int32_t* counters = nullptr; // num_tiles * kv_heads, zero before the first launch (left zero)
 };
 // The splits worth making for num_tiles decode rows over at most max_keys keys (window: the
 // sliding window, 0 for none), and the partials' floats they need.
 int DecodeSplitCount(int64_t num_tiles, int64_t kv_heads, int64_t max_keys, int64_t window);
 size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int splits);
-// The same for num_tiles multi-row tiles (1 where the tensor-core kernel does not run them: other
-// head dims, or tiles of more rows than it holds).
-int PrefillSplitCount(int64_t num_tiles, int64_t max_rows, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                      int64_t max_keys, int64_t window);
-size_t PrefillSplitFloats(int64_t num_tiles, int64_t kv_heads, int64_t head_dim, int splits);
 
 // Attention of query rows over their sequences' cached keys: row r (of sequence row_seq[r] at
 // position row_pos[r]) sees keys j <= row_pos[r], and j > row_pos[r] - window when window > 0.
@@ -235,10 +227,10 @@ size_t PrefillSplitFloats(int64_t num_tiles, int64_t kv_heads, int64_t head_dim,
 // the most rows in any of the tiles; 1 selects the decode kernel, else at most AttentionTileRows.
 // The tiles, rows, positions and block tables are step inputs copied from the host: kernels read
 // them before waiting for the kernel before them (kernels/launch.cuh), so no kernel may write them.
-// `split` (optional): see KeySplit; multi-row tiles that the tensor-core kernel cannot run ignore it.
+// `split` (decode tiles only, optional): see DecodeSplit.
 void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                     int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
-                    float scale, bf16* out, cudaStream_t s, const KeySplit* split = nullptr);
+                    float scale, bf16* out, cudaStream_t s, const DecodeSplit* split = nullptr);
 // The most rows a multi-row attention tile may hold.
 int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim);
 // Host side: the tiles of a step whose chunks have chunk_rows[c] rows each, laid out one after the

@@ -221,11 +221,6 @@ bool GpuEngine::Reserve(const StepShape& sh) {
     MOE_CUDA_CHECK(cudaMemset(attn_counters_.get(), 0, sizeof(int32_t) * attn_counters_.size()));
     grew = true;
   }
-  grew |= wide_partial_.EnsureSize(PrefillSplitFloats(sh.wide, c.num_kv_heads, c.head_dim, sh.prefill_splits));
-  if (wide_counters_.EnsureSize(static_cast<size_t>(sh.wide * c.num_kv_heads))) {
-    MOE_CUDA_CHECK(cudaMemset(wide_counters_.get(), 0, sizeof(int32_t) * wide_counters_.size()));
-    grew = true;
-  }
   // The dense products' split-K workspace (one buffer for all: they run one after another).
   grew |= gemm_.Reserve(T, H, qkvd, SkinnyEpilogue::kStoreBf16);
   grew |= gemm_.Reserve(T, qd, H, SkinnyEpilogue::kAddF32);
@@ -257,8 +252,6 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   sh.wide = static_cast<int64_t>(wide_tiles_.size() / 2);
   sh.decode_splits = DecodeSplitCount(sh.narrow, c.num_kv_heads, sh.pitch * kv_.block_size(),
                                       c.sliding_window ? *c.sliding_window : 0);
-  sh.prefill_splits = PrefillSplitCount(sh.wide, tile_rows_, c.num_heads, c.num_kv_heads, c.head_dim,
-                                        sh.pitch * kv_.block_size(), c.sliding_window ? *c.sliding_window : 0);
   sh.peak = sh.total = sh.T;
   if (comm_.size() > 1) {
     sh.total = out.global_rows;
@@ -419,13 +412,11 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
                kv_.block_size(), c.num_kv_heads, c.head_dim};
     // This step's keys and values go into the cache first: its queries attend to them.
     QkvRopeKv(qkv_.get(), d_row_seq, d_pos, T, c.num_heads, inv_freq_.get(), kv, q_.get(), s);
-    const KeySplit split{sh.decode_splits, sh.pitch * kv_.block_size(), attn_partial_.get(), attn_counters_.get()};
+    const DecodeSplit split{sh.decode_splits, sh.pitch * kv_.block_size(), attn_partial_.get(), attn_counters_.get()};
     PagedAttention(q_.get(), d_row_seq, d_pos, d_narrow, sh.narrow, 1, c.num_heads, kv, window, scale, attn_.get(), s,
                    &split);
-    const KeySplit wide_split{sh.prefill_splits, sh.pitch * kv_.block_size(), wide_partial_.get(),
-                              wide_counters_.get()};
     PagedAttention(q_.get(), d_row_seq, d_pos, d_wide, sh.wide, tile_rows_, c.num_heads, kv, window, scale,
-                   attn_.get(), s, &wide_split);
+                   attn_.get(), s);
     gemm_.LinearF32(attn_.get(), T, qd, a.wo, H, x_.get(), /*accumulate=*/true);
     profiler_.Mark(l, Boundary::kAttentionEnd, s);
 

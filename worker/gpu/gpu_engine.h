@@ -164,8 +164,7 @@ class GpuEngine final : public StepEngine {
     int64_t inputs() const {
       return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide + picks * kPickParamWords;
     }
-    int decode_splits = 1;   // of the decode attention (a function of narrow and pitch)
-    int prefill_splits = 1;  // of the multi-row attention tiles (a function of wide and pitch)
+    int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
     StepRows rows() const { return StepRows{T, peak, total}; }
     auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks}; }
   };
@@ -202,13 +201,10 @@ class GpuEngine final : public StepEngine {
   // Activations, grown as steps need.
   DeviceBuffer<float> x_, logits_;  // residual stream [T, H]; final logits [rows wanted, V]
   DeviceBuffer<bf16> hn_, qkv_, q_, attn_, wanted_;
-  // Decode attention split over the keys (KeySplit): partial results and per-(row, KV head)
+  // Decode attention split over the keys (DecodeSplit): partial results and per-(row, KV head)
   // counters (zeroed when allocated; the kernel leaves them zero).
   DeviceBuffer<float> attn_partial_;
   DeviceBuffer<int32_t> attn_counters_;
-  // The same for the multi-row (prefill) tiles' split (KeySplit).
-  DeviceBuffer<float> wide_partial_;
-  DeviceBuffer<int32_t> wide_counters_;
   PinnedBuffer<float> h_logits_;
   // The rows sampled on the device: tokens [picks], then their log-probabilities' bits [picks].
   DeviceBuffer<int32_t> picks_;
