@@ -7,10 +7,12 @@
 #include <cstdio>
 #include <vector>
 
+#include "common/uniform_draw.h"
 #include "kernels/kernels.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gemm.h"
 #include "worker/gpu/random_fill.h"
+#include "worker/gpu/sample_row_params.h"
 
 namespace moe {
 namespace {
@@ -192,33 +194,30 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
     const int64_t V = c.vocab_size;
     constexpr int64_t kMaxRows = 256;
     std::vector<float> host(static_cast<size_t>(kMaxRows * V));
-    uint64_t state = 12345;
-    for (float& x : host) {  // a Box-Muller pair from a SplitMix-style stream, one value kept
-      auto uniform = [&state] {
-        state += 0x9E3779B97F4A7C15ull;
-        uint64_t z = state;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        return (static_cast<double>((z ^ (z >> 31)) >> 11) + 0.5) * 0x1.0p-53;
-      };
-      x = static_cast<float>(3.0 * std::sqrt(-2.0 * std::log(uniform())) * std::cos(6.283185307179586 * uniform()));
+    for (size_t i = 0; i < host.size(); ++i) {  // Box-Muller from two seeded draws, one value kept
+      const double u1 = 1.0 - UniformDraw(12345, 2 * i), u2 = UniformDraw(12345, 2 * i + 1);  // u1 in (0, 1]
+      host[i] = static_cast<float>(3.0 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
     }
     gpu::DeviceBuffer<float> logits(host.size()), logprobs(kMaxRows);
     gpu::DeviceBuffer<int32_t> tokens(kMaxRows), params(kMaxRows * 7);
     MOE_CUDA_CHECK(cudaMemcpy(logits.get(), host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice));
     struct Case {
       const char* name;
-      gpu::SampleRowParams p;
+      SamplingParams p;
     };
-    const Case cases[] = {{"greedy", {0.f, 0, 1.f, 1, 0, 0, 0}},
-                          {"temperature 1", {1.f, 0, 1.f, 1, 0, 0, 0}},
-                          {"top-k 50", {0.8f, 50, 1.f, 1, 0, 0, 0}},
-                          {"top-p 0.9", {1.f, 0, 0.9f, 1, 0, 0, 0}},
-                          {"top-k 50 top-p 0.95", {0.8f, 50, 0.95f, 1, 0, 0, 0}}};
+    const Case cases[] = {{"greedy", {.temperature = 0.f}},
+                          {"temperature 1", {.temperature = 1.f}},
+                          {"top-k 50", {.temperature = 0.8f, .top_k = 50}},
+                          {"top-p 0.9", {.temperature = 1.f, .top_p = 0.9f}},
+                          {"top-k 50 top-p 0.95", {.temperature = 0.8f, .top_k = 50, .top_p = 0.95f}}};
     nlohmann::json rows = nlohmann::json::array();
     for (const Case& k : cases) {
-      std::vector<gpu::SampleRowParams> pp(kMaxRows, k.p);
-      for (int64_t r = 0; r < kMaxRows; ++r) pp[r].seed_lo = static_cast<uint32_t>(r);
+      std::vector<gpu::SampleRowParams> pp;
+      for (int64_t r = 0; r < kMaxRows; ++r) {  // a seed per row
+        SamplingParams p = k.p;
+        p.seed = static_cast<uint64_t>(r);
+        pp.push_back(gpu::ToSampleRowParams(p, 0));
+      }
       MOE_CUDA_CHECK(cudaMemcpy(params.get(), pp.data(), sizeof(gpu::SampleRowParams) * pp.size(),
                                 cudaMemcpyHostToDevice));
       for (int64_t B : {1, 64, 256}) {

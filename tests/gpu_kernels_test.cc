@@ -18,6 +18,7 @@
 #include "worker/model/safetensors.h"
 #include "worker/moe/dispatch.h"
 #include "worker/moe/router.h"
+#include "worker/gpu/sample_row_params.h"
 #include "worker/sampler.h"
 
 namespace moe::gpu {
@@ -601,13 +602,7 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     for (int64_t i = 0; i < n; ++i) {
       const Case& c = cases[i];
       std::copy(row(c.row), row(c.row) + V, in.begin() + i * V);
-      pp[i] = {c.p.temperature,
-               c.p.top_k,
-               c.p.top_p,
-               static_cast<uint32_t>(c.p.seed),
-               static_cast<uint32_t>(c.p.seed >> 32),
-               static_cast<uint32_t>(c.step),
-               static_cast<uint32_t>(c.step >> 32)};
+      pp[i] = ToSampleRowParams(c.p, c.step);
     }
     std::vector<int32_t> words(pp.size() * 7);
     std::memcpy(words.data(), pp.data(), sizeof(SampleRowParams) * pp.size());

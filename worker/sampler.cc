@@ -28,6 +28,17 @@ int32_t Argmax(std::span<const float> logits) {
   return best;
 }
 
+double MaxLogit(std::span<const float> logits) {
+  double max_logit = kNegInf;
+  for (float l : logits) max_logit = std::max(max_logit, Sanitized(l));
+  return max_logit;
+}
+
+// The log-softmax value of a (sanitized) logit x: the max token(s) get exactly -log_sum.
+float LogProb(double x, double max_logit, double log_sum) {
+  return static_cast<float>((x == max_logit ? 0.0 : x - max_logit) - log_sum);
+}
+
 // log of the sum over the row of exp(x - max_logit), in double. The max token(s) count as
 // exp(0) = 1 explicitly, so an infinite max gives no inf - inf.
 double LogSumShiftedExp(std::span<const float> logits, double max_logit) {
@@ -209,11 +220,9 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
 TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step) {
   TokenPick pick;
   pick.token = SampleToken(logits, p, step);
-  double max_logit = kNegInf;
-  for (float l : logits) max_logit = std::max(max_logit, Sanitized(l));
-  // LogSoftmax's value at the token.
-  const double x = Sanitized(logits[static_cast<size_t>(pick.token)]);
-  pick.logprob = static_cast<float>((x == max_logit ? 0.0 : x - max_logit) - LogSumShiftedExp(logits, max_logit));
+  const double max_logit = MaxLogit(logits);  // LogSoftmax's value at the token:
+  pick.logprob = LogProb(Sanitized(logits[static_cast<size_t>(pick.token)]), max_logit,
+                         LogSumShiftedExp(logits, max_logit));
   return pick;
 }
 
@@ -221,13 +230,9 @@ void LogSoftmax(std::span<const float> logits, std::span<float> out) {
   MOE_CHECK(out.size() == logits.size(), "LogSoftmax output size ", out.size(), " != ",
             logits.size());
   if (logits.empty()) return;
-  double max_logit = kNegInf;
-  for (float l : logits) max_logit = std::max(max_logit, Sanitized(l));
+  const double max_logit = MaxLogit(logits);
   const double log_sum = LogSumShiftedExp(logits, max_logit);
-  for (size_t i = 0; i < logits.size(); ++i) {
-    const double x = Sanitized(logits[i]);
-    out[i] = static_cast<float>((x == max_logit ? 0.0 : x - max_logit) - log_sum);
-  }
+  for (size_t i = 0; i < logits.size(); ++i) out[i] = LogProb(Sanitized(logits[i]), max_logit, log_sum);
 }
 
 }  // namespace moe

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "worker/cpu/ops.h"
+#include "worker/gpu/sample_row_params.h"
 #include "worker/kv_budget.h"
 #include "worker/model/safetensors.h"
 #include "worker/sampler.h"
@@ -290,13 +291,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     std::copy(blocks.begin(), blocks.end(), tables + ci * sh.pitch);
     if (const auto& next = ch.sample_next) {
       wanted_rows[sh.wanted - sh.picks + p] = static_cast<int32_t>(row + n - 1);
-      pick_params[p++] = SampleRowParams{next->params.temperature,
-                                         next->params.top_k,
-                                         next->params.top_p,
-                                         static_cast<uint32_t>(next->params.seed),
-                                         static_cast<uint32_t>(next->params.seed >> 32),
-                                         static_cast<uint32_t>(next->step),
-                                         static_cast<uint32_t>(next->step >> 32)};
+      pick_params[p++] = ToSampleRowParams(next->params, next->step);
     } else {
       for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     }

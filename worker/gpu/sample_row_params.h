@@ -1,0 +1,22 @@
+// A request's sampling parameters at a step, as the sampling kernel reads them (kernels.h:
+// SampleRowParams, 32-bit words that travel in a step's int32 input buffer).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kernels.h"
+#include "worker/sampler.h"
+
+namespace moe::gpu {
+
+inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step) {
+  return SampleRowParams{p.temperature,
+                         p.top_k,
+                         p.top_p,
+                         static_cast<uint32_t>(p.seed),
+                         static_cast<uint32_t>(p.seed >> 32),
+                         static_cast<uint32_t>(step),
+                         static_cast<uint32_t>(step >> 32)};
+}
+
+}  // namespace moe::gpu
