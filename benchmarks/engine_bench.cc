@@ -60,6 +60,7 @@ struct Args {
   std::vector<int64_t> trace_batches = {1, 64};  // kernel timelines (measurement builds only)
   bool variants = true;   // decode and prefill also without graphs / with cuBLAS experts
   bool kernels = true;    // kernel figures
+  bool kernels_only = false;  // the kernel figures and nothing else (no engine: quick, and for profilers)
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
 };
 
@@ -68,7 +69,7 @@ void Usage() {
                "usage: moe-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N] [--prefill-tokens N]\n"
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
-               "                 [--no-variants] [--no-kernels]\n"
+               "                 [--no-variants] [--no-kernels | --kernels-only]\n"
                "The commit defaults to $MOE_COMMIT.\n");
 }
 
@@ -85,6 +86,10 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     }
     if (k == "--no-kernels") {
       a.kernels = false;
+      continue;
+    }
+    if (k == "--kernels-only") {
+      a.kernels_only = true;
       continue;
     }
     if (!(v = value())) {
@@ -112,6 +117,18 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     if (b <= 0) return false;
   }
   return true;
+}
+
+// Writes `result` to `path`; the exit status of moe-bench.
+int WriteJson(const std::string& path, const nlohmann::json& result) {
+  std::ofstream out(path);
+  out << result.dump(2) << "\n";
+  if (!out) {
+    std::fprintf(stderr, "moe-bench: cannot write %s\n", path.c_str());
+    return 1;
+  }
+  std::printf("wrote %s\n", path.c_str());
+  return 0;
 }
 
 // The engine's host time per step since its last reset, printed and as JSON.
@@ -157,7 +174,16 @@ int main(int argc, char** argv) {
   const double peak_bw = 2.0 * mem_clock_khz * 1e3 * bus_bits / 8.0;  // bytes/s
 
   nlohmann::json kernels;
-  if (a.kernels) kernels = KernelFigures(c);  // before the engine: it takes a few GB for a moment
+  if (a.kernels || a.kernels_only) {  // before the engine: they take a few GB for a moment
+    kernels = KernelFigures(c);
+    kernels["blas_candidates"] = BlasCandidateFigures(c);
+  }
+  if (a.kernels_only) {
+    return WriteJson(a.out, {{"commit", a.commit.empty() ? "unknown" : a.commit},
+                             {"command", command},
+                             {"config", config_name},
+                             {"kernels", kernels}});
+  }
   const double copy_bw = a.kernels ? kernels["copy_bandwidth_gbps"].get<double>() * 1e9 : 0.0;
 
   int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
@@ -385,12 +411,5 @@ int main(int argc, char** argv) {
       "concurrent streams; byte_floor_* = weights a decode step must read at the measured copy bandwidth (see "
       "engine_bench.cc)";
 
-  std::ofstream out(a.out);
-  out << result.dump(2) << "\n";
-  if (!out) {
-    std::fprintf(stderr, "moe-bench: cannot write %s\n", a.out.c_str());
-    return 1;
-  }
-  std::printf("wrote %s\n", a.out.c_str());
-  return 0;
+  return WriteJson(a.out, result);
 }

@@ -12,4 +12,9 @@ namespace moe {
 // Allocates a few GB of scratch on the current device (freed before it returns).
 nlohmann::json KernelFigures(const ModelConfig& c);
 
+// cuBLASLt's candidate algorithms (up to 16) for the prefill products (the experts' two matrices
+// at 64-256 rows, the attention projections at 512), each timed alone and, for the experts, as all
+// experts at once on concurrent streams (blas_candidates.cc).
+nlohmann::json BlasCandidateFigures(const ModelConfig& c);
+
 }  // namespace moe

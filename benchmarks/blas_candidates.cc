@@ -1,0 +1,188 @@
+// cuBLASLt's candidate algorithms for the prefill products, each timed: whether the heuristic's
+// first choice (what Gemm takes) leaves speed behind. Two timings per candidate: the product
+// alone, and the experts' product as the engine runs it in a prefill (one GEMM per expert, the
+// experts on separate streams at once).
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include "benchmarks/kernel_bench.h"
+#include "worker/gpu/device_buffer.h"
+#include "worker/gpu/random_fill.h"
+
+namespace moe {
+namespace {
+
+using gpu::bf16;
+
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // as Gemm's
+constexpr int kCandidates = 16;
+
+// Median ms of `reps` runs of fn(i) between events on `s` (fn may fork onto other streams and
+// join back).
+template <typename Fn>
+double Median(cudaStream_t s, int warmup, int reps, Fn fn) {
+  for (int i = 0; i < warmup; ++i) fn(i);
+  cudaEvent_t a, b;
+  MOE_CUDA_CHECK(cudaEventCreate(&a));
+  MOE_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < reps; ++i) {
+    MOE_CUDA_CHECK(cudaEventRecord(a, s));
+    fn(warmup + i);
+    MOE_CUDA_CHECK(cudaEventRecord(b, s));
+    MOE_CUDA_CHECK(cudaEventSynchronize(b));
+    float t = 0;
+    MOE_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+template <typename T>
+T ConfigAttribute(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
+  T v{};
+  size_t written = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written) != CUBLAS_STATUS_SUCCESS) return T{};
+  return v;
+}
+
+class Layout {
+ public:
+  Layout(int64_t rows, int64_t cols, int64_t ld) {
+    MOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l_, CUDA_R_16BF, static_cast<uint64_t>(rows),
+                                                static_cast<uint64_t>(cols), ld));
+  }
+  ~Layout() { cublasLtMatrixLayoutDestroy(l_); }
+  Layout(const Layout&) = delete;
+  Layout& operator=(const Layout&) = delete;
+  cublasLtMatrixLayout_t get() const { return l_; }
+
+ private:
+  cublasLtMatrixLayout_t l_ = nullptr;
+};
+
+}  // namespace
+
+nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
+  const int streams_n = static_cast<int>(std::min<int64_t>(E, 8));
+  cudaStream_t main;
+  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&main, cudaStreamNonBlocking));
+  std::vector<cudaStream_t> side(static_cast<size_t>(streams_n));
+  for (cudaStream_t& st : side) MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  std::vector<cudaEvent_t> events(static_cast<size_t>(streams_n) + 1);
+  for (cudaEvent_t& ev : events) MOE_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  gpu::DeviceBuffer<unsigned char> workspace(kWorkspaceBytes * static_cast<size_t>(streams_n));
+
+  cublasLtHandle_t lt = nullptr;
+  MOE_CUBLAS_CHECK(cublasLtCreate(&lt));
+  cublasLtMatmulDesc_t desc = nullptr;
+  MOE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+
+  struct Shape {
+    const char* name;
+    int64_t N, K;
+    std::vector<int64_t> rows;
+    bool experts;  // one weight per expert, run on concurrent streams as the engine does
+  };
+  const Shape shapes[] = {{"w13", 2 * I, H, {64, 128, 256}, true},
+                          {"w2", H, I, {64, 128, 256}, true},
+                          {"qkv", c.q_dim() + 2 * c.kv_dim(), H, {512}, false},
+                          {"o_proj", H, c.q_dim(), {512}, false}};
+  nlohmann::json out = nlohmann::json::array();
+  for (const Shape& sh : shapes) {
+    // One weight per expert (E of them: successive runs read memory, not L2).
+    const int64_t welems = sh.N * sh.K, copies = E;
+    gpu::DeviceBuffer<bf16> w(static_cast<size_t>(welems * copies));
+    gpu::FillNormal(w.get(), welems * copies, 11, 1, 0.f, 0.02f, main);
+    const int64_t max_rows = *std::max_element(sh.rows.begin(), sh.rows.end());
+    gpu::DeviceBuffer<bf16> x(static_cast<size_t>(max_rows * sh.K * copies)),
+        y(static_cast<size_t>(max_rows * sh.N * copies));
+    gpu::FillNormal(x.get(), max_rows * sh.K * copies, 11, 2, 0.f, 1.f, main);
+    for (int64_t M : sh.rows) {
+      const Layout a(sh.K, sh.N, sh.K), b(sh.K, M, sh.K), cl(sh.N, M, sh.N);
+      cublasLtMatmulPreference_t pref = nullptr;
+      MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      const uint64_t ws = kWorkspaceBytes;
+      MOE_CUBLAS_CHECK(
+          cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+      std::vector<cublasLtMatmulHeuristicResult_t> found(kCandidates);
+      int n = 0;
+      cublasLtMatmulAlgoGetHeuristic(lt, desc, a.get(), b.get(), cl.get(), cl.get(), pref, kCandidates, found.data(),
+                                     &n);
+      cublasLtMatmulPreferenceDestroy(pref);
+      const float alpha = 1.f, beta = 0.f;
+      auto run = [&](const cublasLtMatmulAlgo_t& algo, int64_t i, cudaStream_t st, int slot) {
+        return cublasLtMatmul(lt, desc, &alpha, w.get() + (i % copies) * welems, a.get(),
+                              x.get() + (i % copies) * M * sh.K, b.get(), &beta, y.get() + (i % copies) * M * sh.N,
+                              cl.get(), y.get() + (i % copies) * M * sh.N, cl.get(), &algo,
+                              workspace.get() + kWorkspaceBytes * static_cast<size_t>(slot), kWorkspaceBytes, st);
+      };
+      nlohmann::json cands = nlohmann::json::array();
+      for (int ci = 0; ci < n; ++ci) {
+        const cublasLtMatmulAlgo_t& algo = found[static_cast<size_t>(ci)].algo;
+        if (run(algo, 0, main, 0) != CUBLAS_STATUS_SUCCESS) continue;
+        const double alone = Median(main, 2, 10, [&](int i) { MOE_CUBLAS_CHECK(run(algo, i, main, 0)); });
+        double together = 0;
+        if (sh.experts) {
+          // All E experts, each on a side stream in turn (GemmFanout's pattern).
+          together = Median(main, 2, 8, [&](int) {
+            MOE_CUDA_CHECK(cudaEventRecord(events[0], main));
+            for (cudaStream_t st : side) MOE_CUDA_CHECK(cudaStreamWaitEvent(st, events[0], 0));
+            for (int64_t e = 0; e < E; ++e) {
+              const int slot = static_cast<int>(e % streams_n);
+              MOE_CUBLAS_CHECK(run(algo, e, side[static_cast<size_t>(slot)], slot));
+            }
+            for (int i = 0; i < streams_n; ++i) {
+              MOE_CUDA_CHECK(cudaEventRecord(events[static_cast<size_t>(i) + 1], side[static_cast<size_t>(i)]));
+              MOE_CUDA_CHECK(cudaStreamWaitEvent(main, events[static_cast<size_t>(i) + 1], 0));
+            }
+          });
+        }
+        const int tile = ConfigAttribute<int>(algo, CUBLASLT_ALGO_CONFIG_TILE_ID);
+        const int stages = ConfigAttribute<int>(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID);
+        const int splitk = ConfigAttribute<int>(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM);
+        const int cluster = ConfigAttribute<int>(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
+        const int id = ConfigAttribute<int>(algo, CUBLASLT_ALGO_CONFIG_ID);
+        const double gbps = 2.0 * welems / (alone / 1e3) / 1e9;
+        const double tflops = 2.0 * M * welems / (alone / 1e3) / 1e12;
+        cands.push_back({{"rank", ci},
+                         {"algo_id", id},
+                         {"tile_id", tile},
+                         {"stages_id", stages},
+                         {"split_k", splitk},
+                         {"cluster_shape_id", cluster},
+                         {"us", alone * 1e3},
+                         {"weight_gbps", gbps},
+                         {"tflops", tflops},
+                         {"experts_concurrent_us", together * 1e3}});
+        std::printf("blas %-6s rows %3lld cand %2d (algo %2d tile %3d stages %3d splitK %2d cluster %2d): %7.1f us "
+                    "(%5.0f GB/s, %4.0f TFLOP/s)",
+                    sh.name, static_cast<long long>(M), ci, id, tile, stages, splitk, cluster, alone * 1e3, gbps,
+                    tflops);
+        if (sh.experts) std::printf("  %lld experts at once %7.1f us", static_cast<long long>(E), together * 1e3);
+        std::printf("\n");
+      }
+      out.push_back({{"matrix", sh.name}, {"rows", M}, {"N", sh.N}, {"K", sh.K}, {"candidates", cands}});
+      std::fflush(stdout);
+    }
+  }
+  cublasLtMatmulDescDestroy(desc);
+  cublasLtDestroy(lt);
+  for (cudaEvent_t ev : events) cudaEventDestroy(ev);
+  for (cudaStream_t st : side) cudaStreamDestroy(st);
+  cudaStreamDestroy(main);
+  return out;
+}
+
+}  // namespace moe
