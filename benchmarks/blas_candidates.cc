@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <vector>
 
@@ -129,9 +130,17 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
                               workspace.get() + kWorkspaceBytes * static_cast<size_t>(slot), kWorkspaceBytes, st);
       };
       nlohmann::json cands = nlohmann::json::array();
+      // The first runnable candidate's output, which every other candidate's is compared with bit
+      // for bit (Gemm's timed choice relies on those that do not split K agreeing).
+      std::vector<uint16_t> first_bits, bits(static_cast<size_t>(M * sh.N));
       for (int ci = 0; ci < n; ++ci) {
         const cublasLtMatmulAlgo_t& algo = found[static_cast<size_t>(ci)].algo;
+        MOE_CUDA_CHECK(cudaMemsetAsync(y.get(), 0xff, sizeof(bf16) * bits.size(), main));
         if (run(algo, 0, main, 0) != CUBLAS_STATUS_SUCCESS) continue;
+        MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), y.get(), sizeof(bf16) * bits.size(), cudaMemcpyDeviceToHost, main));
+        MOE_CUDA_CHECK(cudaStreamSynchronize(main));
+        if (first_bits.empty()) first_bits = bits;
+        const bool same_bits = bits == first_bits;
         const double alone = Median(main, 2, 10, [&](int i) { MOE_CUBLAS_CHECK(run(algo, i, main, 0)); });
         double together = 0;
         if (sh.experts) {
@@ -165,13 +174,14 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
                          {"us", alone * 1e3},
                          {"weight_gbps", gbps},
                          {"tflops", tflops},
-                         {"experts_concurrent_us", together * 1e3}});
+                         {"experts_concurrent_us", together * 1e3},
+                         {"same_bits_as_first", same_bits}});
         std::printf("blas %-6s rows %3lld cand %2d (algo %2d tile %3d stages %3d splitK %2d cluster %2d): %7.1f us "
                     "(%5.0f GB/s, %4.0f TFLOP/s)",
                     sh.name, static_cast<long long>(M), ci, id, tile, stages, splitk, cluster, alone * 1e3, gbps,
                     tflops);
         if (sh.experts) std::printf("  %lld experts at once %7.1f us", static_cast<long long>(E), together * 1e3);
-        std::printf("\n");
+        std::printf("  %s\n", same_bits ? "bits = first" : "bits differ");
       }
       out.push_back({{"matrix", sh.name}, {"rows", M}, {"N", sh.N}, {"K", sh.K}, {"candidates", cands}});
       std::fflush(stdout);

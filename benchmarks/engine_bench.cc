@@ -268,6 +268,9 @@ int main(int argc, char** argv) {
     e->set_expert_tuning(t);
     pv.push_back(prefill("skinny grouped kernel (no host synchronisation)"));
     e->set_expert_tuning(tuned);
+    gpu::Gemm::set_algo_choice(gpu::Gemm::AlgoChoice::kHeuristic);
+    pv.push_back(prefill("cuBLAS with cuBLASLt's first algorithm (not timed)"));
+    gpu::Gemm::set_algo_choice(gpu::Gemm::AlgoChoice::kTimed);
     result["prefill_variants"] = pv;
   }
 
@@ -318,6 +321,9 @@ int main(int argc, char** argv) {
       blas.device_exchange_skinny_max_rows_per_expert = 0;
       e->set_expert_tuning(blas);
       variants.push_back(measure("experts through cuBLAS (host sync per layer)"));
+      gpu::Gemm::set_algo_choice(gpu::Gemm::AlgoChoice::kHeuristic);
+      variants.push_back(measure("cuBLAS with cuBLASLt's first algorithm (not timed)"));
+      gpu::Gemm::set_algo_choice(gpu::Gemm::AlgoChoice::kTimed);
       gpu::ExpertGemmTuning skinny = tuned;
       skinny.skinny_max_rows_per_expert = 1 << 20;
       e->set_expert_tuning(skinny);

@@ -41,7 +41,9 @@
 #include "tests/support/random_model.h"
 #include "tests/support/reference_forward.h"
 #include "worker/generation.h"
+#include "worker/gpu/gemm.h"
 #include "worker/gpu/gpu_engine.h"
+#include "worker/model/safetensors.h"
 #include "worker/kv_budget.h"
 #include "worker/sampler.h"
 
@@ -721,6 +723,52 @@ TEST(GpuSyntheticTest, SmallConfigRunsAndIsSeeded) {
   }
   std::printf("synthetic small: %.2f MB of weights, logit rms %.3f, %d of %lld experts used in layer 0\n",
               (*a)->weight_bytes() / 1e6, rms, used, static_cast<long long>(c.num_experts));
+}
+
+// cuBLASLt products with the algorithm timed among the candidates (the default) and with the
+// heuristic's first: both within bf16 rounding of a float64 product, and the same bits (the timed
+// choice only picks among candidates that sum over K in the same order).
+TEST(GpuGemmTest, TimedAlgorithmsMatchFloat64AndTheHeuristicBits) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t M, N, K;
+  };
+  for (const Case& c : {Case{96, 4096, 1024}, Case{130, 2048, 2048}, Case{512, 1536, 512}}) {
+    std::mt19937 rng(static_cast<uint32_t>(c.M));
+    std::normal_distribution<float> d(0.f, 1.f);
+    std::vector<uint16_t> x(c.M * c.K), w(c.N * c.K);
+    for (auto& v : x) v = F32ToBf16(d(rng));
+    for (auto& v : w) v = F32ToBf16(0.05f * d(rng));
+    gpu::DeviceBuffer<gpu::bf16> dx(x.size()), dw(w.size()), dy(c.M * c.N);
+    MOE_CUDA_CHECK(cudaMemcpy(dx.get(), x.data(), 2 * x.size(), cudaMemcpyHostToDevice));
+    MOE_CUDA_CHECK(cudaMemcpy(dw.get(), w.data(), 2 * w.size(), cudaMemcpyHostToDevice));
+    gpu::Gemm gemm(nullptr);
+    std::vector<std::vector<uint16_t>> out;
+    for (auto choice : {gpu::Gemm::AlgoChoice::kHeuristic, gpu::Gemm::AlgoChoice::kTimed}) {
+      gpu::Gemm::set_algo_choice(choice);
+      MOE_CUDA_CHECK(cudaMemset(dy.get(), 0xff, 2 * c.M * c.N));
+      gemm.LinearBlas(dx.get(), c.M, c.K, dw.get(), c.N, dy.get());
+      std::vector<uint16_t> y(c.M * c.N);
+      MOE_CUDA_CHECK(cudaMemcpy(y.data(), dy.get(), 2 * y.size(), cudaMemcpyDeviceToHost));
+      out.push_back(std::move(y));
+    }
+    gpu::Gemm::set_algo_choice(gpu::Gemm::AlgoChoice::kTimed);
+    double num = 0, den = 0;
+    for (int64_t m = 0; m < c.M; ++m) {
+      for (int64_t n = 0; n < c.N; ++n) {
+        double ref = 0;
+        for (int64_t k = 0; k < c.K; ++k) {
+          ref += static_cast<double>(Bf16ToF32(x[m * c.K + k])) * Bf16ToF32(w[n * c.K + k]);
+        }
+        const double got = Bf16ToF32(out[1][m * c.N + n]);
+        num += (got - ref) * (got - ref);
+        den += ref * ref;
+      }
+    }
+    const std::string what = "M " + std::to_string(c.M) + " N " + std::to_string(c.N) + " K " + std::to_string(c.K);
+    EXPECT_LT(std::sqrt(num / den), 8e-3) << what;
+    EXPECT_TRUE(out[0] == out[1]) << what << ": the timed algorithm's bits differ from the heuristic's";
+  }
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "worker/gpu/gemm.h"
 
+#include <atomic>
 #include <limits>
 #include <mutex>
 #include <stdexcept>
@@ -39,7 +40,25 @@ int64_t Bucket(int64_t m) {
   return b;
 }
 
+// Candidates asked of the heuristic when the choice is timed.
+constexpr int kTimedCandidates = 8;
+
+int SplitK(const cublasLtMatmulAlgo_t& algo) {
+  int splits = 1;
+  size_t written = 0;
+  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits, sizeof(splits),
+                                           &written) != CUBLAS_STATUS_SUCCESS) {
+    return 0;  // unknown: never timed against the others
+  }
+  return splits;
+}
+
+std::atomic<int> process_algo_choice{static_cast<int>(Gemm::AlgoChoice::kTimed)};
+
 }  // namespace
+
+void Gemm::set_algo_choice(AlgoChoice choice) { process_algo_choice = static_cast<int>(choice); }
+Gemm::AlgoChoice Gemm::algo_choice() { return static_cast<AlgoChoice>(process_algo_choice.load()); }
 
 Gemm::Gemm(cudaStream_t stream) : stream_(stream), workspace_(kWorkspaceBytes) {
   MOE_CUBLAS_CHECK(cublasCreate(&handle_));
@@ -67,7 +86,8 @@ std::map<std::pair<int, Gemm::AlgoKey>, cublasLtMatmulAlgo_t> algo_cache;
 
 }  // namespace
 
-const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type) {
+const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic_m, cudaDataType_t y_type,
+                                           const Operands& op) {
   auto it = algos_.find(key);
   if (it != algos_.end()) return &it->second;
   int device = 0;
@@ -78,22 +98,88 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t M, cudaDa
     if (shared != algo_cache.end()) return &algos_.emplace(key, shared->second).first->second;
   }
   const int64_t N = std::get<0>(key), K = std::get<1>(key);
-  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+  const bool accumulate = std::get<3>(key);
+  const bool timed = static_cast<AlgoChoice>(std::get<5>(key)) == AlgoChoice::kTimed;
+  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, heuristic_m, K), c(y_type, N, heuristic_m, N);
   cublasLtMatmulPreference_t pref = nullptr;
   MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kWorkspaceBytes;
   MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(timed ? kTimedCandidates : 1);
   int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(lt_, desc_, a.get(), b.get(), c.get(), c.get(), pref, 1, &result, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_, desc_, a.get(), b.get(), c.get(), c.get(), pref,
+                                                           static_cast<int>(results.size()), results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
+  cublasLtMatmulAlgo_t chosen = results[0].algo;
+  // Timing runs the product in place, so not for an accumulating one (y += ...), and a timed
+  // choice keeps the first candidate's order of sums: only when that one does not split K either.
+  if (timed && !accumulate && SplitK(chosen) == 1) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    MOE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    if (capture != cudaStreamCaptureStatusNone) {
+      // No timing inside a graph capture; nothing cached, so a product of this key outside one
+      // times the candidates (with the same result bits either way).
+      uncached_algo_ = chosen;
+      return &uncached_algo_;
+    }
+    std::vector<cublasLtMatmulAlgo_t> same_order;
+    for (int i = 0; i < found; ++i) {
+      if (results[static_cast<size_t>(i)].state == CUBLAS_STATUS_SUCCESS && SplitK(results[static_cast<size_t>(i)].algo) == 1) {
+        same_order.push_back(results[static_cast<size_t>(i)].algo);
+      }
+    }
+    if (same_order.size() > 1) chosen = FastestOf(same_order, N, K, y_type, op);
+  }
   {
     std::lock_guard<std::mutex> lock(algo_mutex);
-    algo_cache.emplace(std::make_pair(device, key), result.algo);
+    algo_cache.emplace(std::make_pair(device, key), chosen);
   }
-  return &algos_.emplace(key, result.algo).first->second;
+  return &algos_.emplace(key, chosen).first->second;
+}
+
+cublasLtMatmulAlgo_t Gemm::FastestOf(const std::vector<cublasLtMatmulAlgo_t>& candidates, int64_t N, int64_t K,
+                                     cudaDataType_t y_type, const Operands& op) {
+  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, op.M, K), c(y_type, N, op.M, N);
+  const float alpha = 1.f, beta = 0.f;
+  // Rounds over all candidates in turn, so that whatever else runs on the device meanwhile (the
+  // other experts' streams) slows them alike; the first round warms up, the fastest run counts.
+  constexpr int kRounds = 4;
+  const size_t n = candidates.size();
+  std::vector<cudaEvent_t> events(2 * n * kRounds);
+  for (cudaEvent_t& e : events) MOE_CUDA_CHECK(cudaEventCreate(&e));
+  std::vector<bool> runs(n, true);
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (int r = 0; r < kRounds; ++r) {
+    for (size_t i = 0; i < n; ++i) {
+      cudaEvent_t* ev = &events[2 * (static_cast<size_t>(r) * n + i)];
+      MOE_CUDA_CHECK(cudaEventRecord(ev[0], stream_));
+      if (runs[i] && cublasLtMatmul(lt_, desc_, &alpha, op.w, a.get(), op.x, b.get(), &beta, op.y, c.get(), op.y,
+                                    c.get(), &candidates[i], workspace_.get(), kWorkspaceBytes,
+                                    stream_) != CUBLAS_STATUS_SUCCESS) {
+        runs[i] = false;  // e.g. a candidate for the bucket that cannot take these rows
+      }
+      MOE_CUDA_CHECK(cudaEventRecord(ev[1], stream_));
+    }
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::vector<float> best(n, std::numeric_limits<float>::infinity());
+  for (int r = 1; r < kRounds; ++r) {
+    for (size_t i = 0; i < n; ++i) {
+      const cudaEvent_t* ev = &events[2 * (static_cast<size_t>(r) * n + i)];
+      float ms = 0.f;
+      MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+      best[i] = std::min(best[i], ms);
+    }
+  }
+  for (cudaEvent_t e : events) cudaEventDestroy(e);
+  // The heuristic's first unless another is at least 1% faster (timing noise is not a reason to
+  // differ between runs).
+  size_t pick = 0;
+  for (size_t i = 1; i < n; ++i) {
+    if (runs[i] && (!runs[pick] || best[i] < 0.99f * best[pick]) && best[i] < best[pick]) pick = i;
+  }
+  return candidates[pick];
 }
 
 bool Gemm::Reserve(int64_t M, int64_t K, int64_t N, SkinnyEpilogue epi) {
@@ -142,16 +228,18 @@ void Gemm::Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, vo
   const float alpha = 1.f;
   const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
   // The algorithm chosen for this shape's M bucket; if it cannot run this M, one chosen for M itself.
-  const AlgoKey key{N, K, static_cast<int>(y_type), beta != 0.f, Bucket(M)};
-  const cublasLtMatmulAlgo_t* algo = FindAlgo(key, Bucket(M), y_type);
+  const int choice = static_cast<int>(algo_choice());
+  const Operands op{x, M, w, y};
+  const AlgoKey key{N, K, static_cast<int>(y_type), beta != 0.f, Bucket(M), choice};
+  const cublasLtMatmulAlgo_t* algo = FindAlgo(key, Bucket(M), y_type, op);
   cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
   if (algo != nullptr) {
     st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
                         workspace_.get(), kWorkspaceBytes, stream_);
   }
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
-    const AlgoKey exact{N, K, static_cast<int>(y_type), beta != 0.f, -M};
-    algo = FindAlgo(exact, M, y_type);
+    const AlgoKey exact{N, K, static_cast<int>(y_type), beta != 0.f, -M, choice};
+    algo = FindAlgo(exact, M, y_type, op);
     if (algo == nullptr) throw std::runtime_error("Gemm: cuBLASLt has no algorithm for this product");
     st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
                         workspace_.get(), kWorkspaceBytes, stream_);

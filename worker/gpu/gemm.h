@@ -11,7 +11,11 @@
 //     (K x M), so no copy or transpose is ever made), with the algorithm chosen once per (N, K,
 //     output, M bucket) and reused: cuBLAS's own per-call heuristics cost
 //     tens of microseconds of host time for every new M, which a prefill's varying per-expert row
-//     counts hit on every call.
+//     counts hit on every call. The choice (AlgoChoice) is the heuristic's first candidate, or by
+//     default the fastest of its candidates timed on the first product of the key; timing only
+//     chooses among candidates that do not split K (when the first one does not either), whose
+//     sums all run over K in one order, so the choice never changes a result's bits (checked by
+//     moe-bench's candidate figures) and ranks or runs that time differently still agree.
 // Both are capturable in a CUDA graph (cuBLASLt gets a fixed workspace, so it never allocates).
 #pragma once
 
@@ -62,11 +66,20 @@ class Gemm {
   void LinearGrouped(const bf16* const* x, const int* m, int groups, int64_t K, const bf16* const* w, int64_t N,
                      bf16* const* y);
 
+  // How cuBLASLt algorithms are chosen, for every Gemm of the process from the next new key on
+  // (choices already made are kept, per choice: benchmarks switch between them).
+  enum class AlgoChoice {
+    kHeuristic,  // cuBLASLt's first candidate
+    kTimed,      // the fastest candidate that does not split K, timed once on the real operands
+  };
+  static void set_algo_choice(AlgoChoice choice);
+  static AlgoChoice algo_choice();
+
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }
 
-  // A cached cuBLASLt algorithm's key: (N, K, output type, accumulate, M bucket).
-  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t>;
+  // A cached cuBLASLt algorithm's key: (N, K, output type, accumulate, M bucket, AlgoChoice).
+  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t, int>;
 
  private:
   void Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, void* y, cudaDataType_t y_type,
@@ -74,14 +87,28 @@ class Gemm {
   bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
   void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
 
-  // The algorithm for `key`, chosen by cuBLASLt's heuristic for M rows the first time (null if none).
-  const cublasLtMatmulAlgo_t* FindAlgo(const AlgoKey& key, int64_t M, cudaDataType_t y_type);
+  // The operands of the product an algorithm is being chosen for (timing runs it on them).
+  struct Operands {
+    const bf16* x;
+    int64_t M;  // the product's rows (the key's bucket may be larger)
+    const bf16* w;
+    void* y;
+  };
+  // The algorithm for `key`, chosen the first time among cuBLASLt's candidates for `heuristic_m`
+  // rows (null if none), by the process's AlgoChoice.
+  const cublasLtMatmulAlgo_t* FindAlgo(const AlgoKey& key, int64_t heuristic_m, cudaDataType_t y_type,
+                                       const Operands& op);
+  // The fastest of `candidates` on `op` (each run a few times, interleaved; the minimum counts).
+  // The product writes y (with beta 0, the values the real call writes again).
+  cublasLtMatmulAlgo_t FastestOf(const std::vector<cublasLtMatmulAlgo_t>& candidates, int64_t N, int64_t K,
+                                 cudaDataType_t y_type, const Operands& op);
 
   cudaStream_t stream_;
   cublasHandle_t handle_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   cublasLtMatmulDesc_t desc_ = nullptr;
   std::map<AlgoKey, cublasLtMatmulAlgo_t> algos_;
+  cublasLtMatmulAlgo_t uncached_algo_{};  // FindAlgo's answer inside a graph capture
   DeviceBuffer<unsigned char> workspace_;  // cuBLAS's
   DeviceBuffer<float> split_;              // the skinny kernel's split-K partial sums
   DeviceBuffer<int32_t> counters_;         // and its per-tile arrival counters (kept zeroed)
