@@ -9,6 +9,7 @@
 #include "kernels/reduce.cuh"
 
 #include <algorithm>
+#include <numeric>
 #include <stdexcept>
 #include <vector>
 
@@ -379,6 +380,36 @@ void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t m
     }
     row += n;
   }
+}
+
+void BalanceWideTiles(std::vector<int32_t>& wide, const int32_t* row_pos, int64_t window, int64_t kv_heads,
+                      int64_t head_dim) {
+  const size_t n = wide.size() / 2;
+  const AttentionResidency r = TensorCoreAttentionResidency(head_dim);
+  if (n < 2 || r.sms == 0 || kv_heads <= 0) return;
+  std::vector<int64_t> work(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t first = wide[2 * i], rows = wide[2 * i + 1];
+    const int64_t pos0 = row_pos[first], last = row_pos[first + rows - 1];
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, pos0 - window + 1) : 0;
+    work[i] = (last - lo) / kTensorCoreKeyTile + 1;
+  }
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return work[a] > work[b]; });
+  // Tiles per round (one block on every SM) and tiles resident at once, kv_heads blocks a tile.
+  const size_t round = static_cast<size_t>(std::max<int64_t>(1, r.sms / kv_heads));
+  const size_t resident =
+      std::min(n, static_cast<size_t>(std::max<int64_t>(1, int64_t{r.sms} * r.blocks_per_sm / kv_heads)));
+  for (size_t start = round, k = 1; start < resident; start += round, ++k) {
+    if (k % 2 == 1) std::reverse(order.begin() + start, order.begin() + std::min(start + round, resident));
+  }
+  std::vector<int32_t> sorted(wide.size());
+  for (size_t i = 0; i < n; ++i) {
+    sorted[2 * i] = wide[2 * order[i]];
+    sorted[2 * i + 1] = wide[2 * order[i] + 1];
+  }
+  wide.swap(sorted);
 }
 
 }  // namespace moe::gpu

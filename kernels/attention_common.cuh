@@ -18,6 +18,16 @@ void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t*
                            int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
                            const DecodeSplit* split, cudaStream_t s);
 
+// How many blocks of the tensor-core kernel the device runs at once: SMs x blocks per SM (zeros
+// for a head_dim it does not serve).
+struct AttentionResidency {
+  int sms = 0;
+  int blocks_per_sm = 0;
+};
+AttentionResidency TensorCoreAttentionResidency(int64_t head_dim);
+// The key tile the tensor-core kernel walks its keys in.
+constexpr int kTensorCoreKeyTile = 64;
+
 // Multi-row tiles on the tensor cores (flash-attention style), for head_dim 64 or 128 and tiles of
 // at most 64 query vectors. Returns false (launching nothing) for other head dims.
 bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,

@@ -1,11 +1,15 @@
 // Prefill attention on the tensor cores (flash-attention 2 style), for head_dim 64 or 128: one
-// block of 4 warps per (tile, KV head). A tile's rows x the G query heads of the KV head make up to
+// block of 4 warps per (KV head, tile) (the KV head varies fastest over the blocks, so that
+// BalanceWideTiles's tile order is the order in which the blocks start). A tile's rows x the G query heads of the KV head make up to
 // 64 query vectors; warp w owns vectors 16 w .. 16 w + 15 (one m16 MMA tile) for the whole key
 // range. Keys and values stream through shared memory 64 at a time, double-buffered with
 // cp.async; per key tile each warp computes S = Q K^T (mma.sync m16n8k16, bf16 in, float32
-// accumulate), masks it (causal, sliding window), updates its rows' online softmax (running max and
+// accumulate), masks it (causal, sliding window; only key tiles not wholly visible to every row), updates its rows' online softmax (running max and
 // sum, in the exp2 domain), and adds P V with P taken straight from S's accumulator registers as
 // the A operand. Shared tiles are XOR-swizzled so every ldmatrix phase hits 8 bank groups.
+#include <algorithm>
+#include <stdexcept>
+
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
@@ -16,7 +20,7 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kVectors = 64;  // query vectors per block
-constexpr int kKeys = 64;     // keys per shared tile
+constexpr int kKeys = kTensorCoreKeyTile;  // keys per shared tile
 
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -37,9 +41,9 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   PdlGate();
   constexpr int kChunks = D / 8;                     // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kChunks;   // rows one pass of the block's loads covers
-  const int64_t first = tiles[2 * blockIdx.x];
-  const int rows = tiles[2 * blockIdx.x + 1];
-  const int kvh = blockIdx.y, G = static_cast<int>(heads / kv.kv_heads), NQ = rows * G;
+  const int64_t first = tiles[2 * blockIdx.y];
+  const int rows = tiles[2 * blockIdx.y + 1];
+  const int kvh = blockIdx.x, G = static_cast<int>(heads / kv.kv_heads), NQ = rows * G;
   const int seq = row_seq[first], pos0 = row_pos[first], pos_last = pos0 + rows - 1;
   const int lo = window > 0 ? max(0, pos0 - static_cast<int>(window) + 1) : 0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, fr = lane >> 2, quad = lane & 3;
@@ -126,30 +130,38 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       }
     }
 
-    // Mask, scale into the exp2 domain, online softmax of this lane's two rows.
+    // Mask where the tile is not wholly visible: a key past a row's position (causal, or past the
+    // tile's last row), outside its sliding window, or a vector past the tile's rows.
+    const bool whole = k0 + kKeys - 1 <= pos0 && (window <= 0 || k0 > pos_last - window);
+    if (!whole) {
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1, key = k0 + 8 * n + 2 * quad + (e & 1);
+          const bool visible = vok[h] && key <= vpos[h] && (window <= 0 || key > vpos[h] - window);
+          if (!visible) s[n][e] = -INFINITY;
+        }
+    }
+    // Online softmax of this lane's two rows in the exp2 domain (the scale folded into the
+    // exponent's FMA). A row that has seen no visible key yet keeps m = -inf: exponents are then
+    // taken against 0, so its weights and its rescale factor are 0.
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float mx = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-        for (int e = 2 * h; e < 2 * h + 2; ++e) {
-          const int key = k0 + 8 * n + 2 * quad + (e & 1);
-          const bool visible = vok[h] && key <= vpos[h] && (window <= 0 || key > vpos[h] - window);
-          s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
-          mx = fmaxf(mx, s[n][e]);
-        }
+      for (int n = 0; n < kKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[h], mx);
-      // A row that has seen no visible key yet keeps m = -inf: its weights are 0, nothing to rescale.
-      const float c = m_new == -INFINITY ? 1.f : exp2f(m[h] - m_new);
+      const float m_new = fmaxf(m[h], mx * scale_log2);
+      const float base = m_new == -INFINITY ? 0.f : m_new;
+      const float c = Exp2(m[h] - base);
       float sum = 0.f;
 #pragma unroll
       for (int n = 0; n < kKeys / 8; ++n)
 #pragma unroll
         for (int e = 2 * h; e < 2 * h + 2; ++e) {
-          s[n][e] = m_new == -INFINITY ? 0.f : exp2f(s[n][e] - m_new);
+          s[n][e] = Exp2(fmaf(s[n][e], scale_log2, -base));
           sum += s[n][e];
         }
       l[h] = l[h] * c + sum;  // this lane's share; the quad's shares are added at the end
@@ -204,22 +216,41 @@ constexpr size_t SharedBytes() {
   return sizeof(bf16) * (kVectors + 4 * kKeys) * D;
 }
 
+// Raises the kernel's shared memory limit (once) and returns how many of its blocks the device
+// holds at once.
+template <int D>
+AttentionResidency PreparePrefill() {
+  static const AttentionResidency r = [] {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(PrefillAttentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(SharedBytes<D>())));
+    int device = 0, sms = 0, per_sm = 0;
+    MOE_CUDA_CHECK(cudaGetDevice(&device));
+    MOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    MOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, PrefillAttentionKernel<D>, kThreads,
+                                                                 SharedBytes<D>()));
+    return AttentionResidency{sms, std::max(1, per_sm)};
+  }();
+  return r;
+}
+
 template <int D>
 void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles, int64_t num_tiles,
             int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
-  static const bool raised = [] {
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(PrefillAttentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(SharedBytes<D>())));
-    return true;
-  }();
-  (void)raised;
-  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads));
+  PreparePrefill<D>();
+  if (num_tiles > 65535) throw std::invalid_argument("PagedAttention: more than 65535 multi-row tiles in one step");
+  const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles));
   Launch(PrefillAttentionKernel<D>, grid, kThreads, SharedBytes<D>(), s, q, row_seq, row_pos, tiles, heads, kv, window,
                                                                      scale * 1.4426950408889634f, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
+
+AttentionResidency TensorCoreAttentionResidency(int64_t head_dim) {
+  if (head_dim == 128) return PreparePrefill<128>();
+  if (head_dim == 64) return PreparePrefill<64>();
+  return {};
+}
 
 bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                                int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,

@@ -238,6 +238,15 @@ int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim);
 // (the decode kernel), the others, up to max_rows rows each, to `wide`.
 void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t max_rows, std::vector<int32_t>& narrow,
                         std::vector<int32_t>& wide);
+// Host side: reorders the wide tiles (PlanAttentionTiles) so that the tensor-core kernel's blocks,
+// which start in tile order, spread their work evenly over the SMs. A tile's work is its number of
+// key tiles (from the first key its window reaches to its last row's position, at `row_pos`).
+// The heaviest tiles go first, and while every block fits on the device at once the rounds of
+// blocks the SMs take alternate in direction, so the SM that takes one of the heaviest blocks in
+// the first round takes one of the lightest in the second (a causal prefill in tile order paired
+// heavy with heavy). The results do not depend on the order. No-op for other head dims.
+void BalanceWideTiles(std::vector<int32_t>& wide, const int32_t* row_pos, int64_t window, int64_t kv_heads,
+                      int64_t head_dim);
 
 // float32 <-> bf16 conversions of n values.
 void ToBf16(const float* in, int64_t n, bf16* out, cudaStream_t s);

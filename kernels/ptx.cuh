@@ -35,6 +35,13 @@ __device__ __forceinline__ void LoadMatrixX2(uint32_t& r0, uint32_t& r1, uint32_
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
 
+// 2^x, one MUFU instruction (subnormal results flush to zero; 2^-inf = 0).
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // c += a b: a 16x16 bf16 (row), b 16x8 bf16 (col), c 16x8 float32, in the usual fragment layouts.
 __device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(

@@ -257,6 +257,18 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
     PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_wide.get(), wide.size() / 2, max_rows, c.heads, kv,
                    c.window, scale, d_out.get(), nullptr);
     std::vector<float> out = ToF32Host(d_out.Download()), ref(out.size());
+    {
+      // The tiles in the engine's order (BalanceWideTiles, heaviest first): the same bits.
+      std::vector<int32_t> balanced = wide;
+      BalanceWideTiles(balanced, row_pos.data(), c.window, c.kv_heads, c.D);
+      Buffer<int32_t> d_balanced(balanced);
+      Buffer<bf16> d_out_b(rows * c.heads * c.D);
+      PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_narrow.get(), narrow.size() / 2, 1, c.heads, kv,
+                     c.window, scale, d_out_b.get(), nullptr);
+      PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_balanced.get(), balanced.size() / 2, max_rows, c.heads,
+                     kv, c.window, scale, d_out_b.get(), nullptr);
+      EXPECT_TRUE(ToF32Host(d_out_b.Download()) == out) << "balanced tile order: heads " << c.heads << " D " << c.D;
+    }
     std::vector<int32_t> singles;
     for (int64_t r = 0; r < rows; ++r) singles.insert(singles.end(), {static_cast<int32_t>(r), 1});
     Buffer<int32_t> d_singles(singles);

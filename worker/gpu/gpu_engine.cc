@@ -297,6 +297,8 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     }
     row += n;
   }
+  // Causal prefill tiles in their natural order put heavy blocks together on the same SMs.
+  BalanceWideTiles(wide_tiles_, pos, c.sliding_window ? *c.sliding_window : 0, c.num_kv_heads, c.head_dim);
   std::copy(narrow_tiles_.begin(), narrow_tiles_.end(), tiles);
   std::copy(wide_tiles_.begin(), wide_tiles_.end(), tiles + narrow_tiles_.size());
 
