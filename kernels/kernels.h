@@ -224,7 +224,9 @@ size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int
 // The rows come in TILES, pairs (first row, row count) in device memory: a tile's rows belong to
 // one sequence at consecutive positions, and one block per (tile, KV head) serves all of them and
 // the query heads of that KV head (GQA), so keys and values are read once per tile. `max_rows`:
-// the most rows in any of the tiles; 1 selects the decode kernel, else at most AttentionTileRows.
+// the most rows in any of the tiles, at most AttentionTileRows; single rows (1) take the decode
+// kernel when `split` spreads their keys over several blocks, else (head_dim 64 or 128) the
+// tensor-core kernel as one-row tiles.
 // The tiles, rows, positions and block tables are step inputs copied from the host: kernels read
 // them before waiting for the kernel before them (kernels/launch.cuh), so no kernel may write them.
 // `split` (decode tiles only, optional): see DecodeSplit.
@@ -235,7 +237,7 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
 int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim);
 // Host side: the tiles of a step whose chunks have chunk_rows[c] rows each, laid out one after the
 // other (rows of a chunk: one sequence, consecutive positions). Single-row tiles go to `narrow`
-// (the decode kernel), the others, up to max_rows rows each, to `wide`.
+// (max_rows 1), the others, up to max_rows rows each, to `wide`.
 void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t max_rows, std::vector<int32_t>& narrow,
                         std::vector<int32_t>& wide);
 // Host side: reorders the wide tiles (PlanAttentionTiles) so that the tensor-core kernel's blocks,
