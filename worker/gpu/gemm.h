@@ -12,7 +12,8 @@
 //     output, M bucket) and reused: cuBLAS's own per-call heuristics cost
 //     tens of microseconds of host time for every new M, which a prefill's varying per-expert row
 //     counts hit on every call. The choice (AlgoChoice) is the heuristic's first candidate, or by
-//     default the fastest of its candidates timed on the first product of the key; timing only
+//     default, from 64 rows on, the fastest of its candidates timed on the first product of the
+//     key (fewer rows keep the first: decode measured no better timed); timing only
 //     chooses among candidates that do not split K (when the first one does not either), whose
 //     sums all run over K in one order, so the choice never changes a result's bits (checked by
 //     moe-bench's candidate figures) and ranks or runs that time differently still agree.
@@ -70,7 +71,7 @@ class Gemm {
   // (choices already made are kept, per choice: benchmarks switch between them).
   enum class AlgoChoice {
     kHeuristic,  // cuBLASLt's first candidate
-    kTimed,      // the fastest candidate that does not split K, timed once on the real operands
+    kTimed,      // from 64 rows: the fastest candidate that does not split K, timed once on the real operands
   };
   static void set_algo_choice(AlgoChoice choice);
   static AlgoChoice algo_choice();
