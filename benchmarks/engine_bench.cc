@@ -231,8 +231,9 @@ int main(int argc, char** argv) {
     std::vector<double> runs;
     e->reset_host_times();
     for (int r = 0; r < a.prefill_runs; ++r) runs.push_back(bench.Prefill(a.prefill_tokens));
-    std::sort(runs.begin(), runs.end());
-    const double ms = runs[runs.size() / 2];
+    std::vector<double> sorted = runs;  // runs_ms keeps the order they ran in
+    std::sort(sorted.begin(), sorted.end());
+    const double ms = sorted[sorted.size() / 2];
     std::printf("prefill 1 x %lld (%s): %.2f ms (%.0f tokens/s)\n", static_cast<long long>(a.prefill_tokens), what,
                 ms, a.prefill_tokens / (ms / 1e3));
     const nlohmann::json host = HostPerStep(*e);
