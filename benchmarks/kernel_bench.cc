@@ -129,7 +129,7 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       bool prefill;
     };
     for (const Case& k : {Case{"decode", 1, 128, false}, Case{"decode", 64, 128, false}, Case{"decode", 256, 128, false},
-                          Case{"decode", 1, 1024, false}, Case{"decode", 64, 1024, false}, Case{"prefill", 1, 128, true}, Case{"prefill", 1, 256, true},
+                          Case{"decode", 1, 256, false}, Case{"decode", 1, 512, false}, Case{"decode", 1, 1024, false}, Case{"decode", 64, 1024, false}, Case{"prefill", 1, 128, true}, Case{"prefill", 1, 256, true},
                           Case{"prefill", 1, 512, true}, Case{"prefill", 1, 1024, true}}) {
       const int64_t blocks_per_seq = (k.context + kBlock - 1) / kBlock, blocks = k.batch * blocks_per_seq;
       const int64_t kv_elems = blocks * kBlock * kvh * D;
