@@ -66,7 +66,7 @@ struct Args {
 
 void Usage() {
   std::fprintf(stderr,
-               "usage: moe-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N] [--prefill-tokens N]\n"
+               "usage: moe-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N] [--prefill-tokens N] [--prefill-runs 9]\n"
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
                "                 [--no-variants] [--no-kernels | --kernels-only]\n"
@@ -101,6 +101,7 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--commit") a.commit = v;
     else if (k == "--seed") a.seed = std::strtoull(v, nullptr, 10);
     else if (k == "--prefill-tokens") a.prefill_tokens = std::atoll(v);
+    else if (k == "--prefill-runs") a.prefill_runs = std::atoi(v);
     else if (k == "--context") a.context = std::atoll(v);
     else if (k == "--warmup") a.warmup = std::atoi(v);
     else if (k == "--steps") a.steps = std::atoi(v);
@@ -112,7 +113,7 @@ bool ParseArgs(int argc, char** argv, Args& a) {
       return false;
     }
   }
-  if (a.prefill_tokens <= 0 || a.context <= 0 || a.steps <= 0 || a.warmup < 0 || a.batches.empty()) return false;
+  if (a.prefill_tokens <= 0 || a.prefill_runs <= 0 || a.context <= 0 || a.steps <= 0 || a.warmup < 0 || a.batches.empty()) return false;
   for (int64_t b : a.batches) {
     if (b <= 0) return false;
   }
