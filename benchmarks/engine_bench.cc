@@ -231,7 +231,12 @@ int main(int argc, char** argv) {
     for (int r = 0; r < 2; ++r) bench.Prefill(a.prefill_tokens);
     std::vector<double> runs;
     e->reset_host_times();
-    for (int r = 0; r < a.prefill_runs; ++r) runs.push_back(bench.Prefill(a.prefill_tokens));
+    std::vector<int64_t> new_algos;  // cuBLASLt algorithms chosen during each run (new keys)
+    for (int r = 0; r < a.prefill_runs; ++r) {
+      const int64_t before = gpu::Gemm::algo_counts().chosen;
+      runs.push_back(bench.Prefill(a.prefill_tokens));
+      new_algos.push_back(gpu::Gemm::algo_counts().chosen - before);
+    }
     std::vector<double> sorted = runs;  // runs_ms keeps the order they ran in
     std::sort(sorted.begin(), sorted.end());
     const double ms = sorted[sorted.size() / 2];
@@ -244,6 +249,7 @@ int main(int argc, char** argv) {
                           {"experts", what},
                           {"ms", ms},
                           {"runs_ms", runs},
+                          {"new_algorithms_per_run", new_algos},
                           {"host_per_step", host},
                           {"tokens_per_s", a.prefill_tokens / (ms / 1e3)}};
   };
@@ -352,6 +358,8 @@ int main(int argc, char** argv) {
   if (a.variants) result["decode_variants"] = variants;
   result["byte_floor_bandwidth_gbps"] = floor_bw / 1e9;
   result["graphs"] = {{"captured", e->graphs_captured()}, {"launches", e->graph_launches()}};
+  const gpu::Gemm::AlgoCounts algos = gpu::Gemm::algo_counts();
+  result["cublaslt_algorithms"] = {{"chosen", algos.chosen}, {"timed", algos.timed}, {"exact_rows", algos.exact}};
 
   // Profiling mode: the per-layer stage split of decode at each profile batch size and of the prefill.
   if (!a.profile_batches.empty()) {

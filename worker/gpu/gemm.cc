@@ -61,11 +61,13 @@ int SplitK(const cublasLtMatmulAlgo_t& algo) {
 constexpr int64_t kTimedMinRows = 64;
 
 std::atomic<int> process_algo_choice{static_cast<int>(Gemm::AlgoChoice::kTimed)};
+std::atomic<int64_t> algos_chosen{0}, algos_timed{0}, algos_exact{0};
 
 }  // namespace
 
 void Gemm::set_algo_choice(AlgoChoice choice) { process_algo_choice = static_cast<int>(choice); }
 Gemm::AlgoChoice Gemm::algo_choice() { return static_cast<AlgoChoice>(process_algo_choice.load()); }
+Gemm::AlgoCounts Gemm::algo_counts() { return {algos_chosen.load(), algos_timed.load(), algos_exact.load()}; }
 
 Gemm::Gemm(cudaStream_t stream) : stream_(stream), workspace_(kWorkspaceBytes) {
   MOE_CUBLAS_CHECK(cublasCreate(&handle_));
@@ -136,8 +138,13 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
         same_order.push_back(results[static_cast<size_t>(i)].algo);
       }
     }
-    if (same_order.size() > 1) chosen = FastestOf(same_order, N, K, y_type, op);
+    if (same_order.size() > 1) {
+      chosen = FastestOf(same_order, N, K, y_type, op);
+      ++algos_timed;
+    }
   }
+  ++algos_chosen;
+  if (std::get<4>(key) < 0) ++algos_exact;
   {
     std::lock_guard<std::mutex> lock(algo_mutex);
     algo_cache.emplace(std::make_pair(device, key), chosen);

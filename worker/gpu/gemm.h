@@ -75,6 +75,12 @@ class Gemm {
   };
   static void set_algo_choice(AlgoChoice choice);
   static AlgoChoice algo_choice();
+  // Algorithm choices the process has made so far (every new key), and of those the timed ones
+  // and those for one exact row count (a bucket's algorithm that could not run its rows).
+  struct AlgoCounts {
+    int64_t chosen = 0, timed = 0, exact = 0;
+  };
+  static AlgoCounts algo_counts();
 
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }
