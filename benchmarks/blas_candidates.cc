@@ -11,7 +11,9 @@
 #include <vector>
 
 #include "benchmarks/kernel_bench.h"
+#include "benchmarks/median_time.h"
 #include "worker/gpu/device_buffer.h"
+#include "worker/gpu/lt_layout.h"
 #include "worker/gpu/random_fill.h"
 
 namespace moe {
@@ -22,30 +24,6 @@ using gpu::bf16;
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // as Gemm's
 constexpr int kCandidates = 16;
 
-// Median ms of `reps` runs of fn(i) between events on `s` (fn may fork onto other streams and
-// join back).
-template <typename Fn>
-double Median(cudaStream_t s, int warmup, int reps, Fn fn) {
-  for (int i = 0; i < warmup; ++i) fn(i);
-  cudaEvent_t a, b;
-  MOE_CUDA_CHECK(cudaEventCreate(&a));
-  MOE_CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    MOE_CUDA_CHECK(cudaEventRecord(a, s));
-    fn(warmup + i);
-    MOE_CUDA_CHECK(cudaEventRecord(b, s));
-    MOE_CUDA_CHECK(cudaEventSynchronize(b));
-    float t = 0;
-    MOE_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 template <typename T>
 T ConfigAttribute(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
   T v{};
@@ -53,21 +31,6 @@ T ConfigAttribute(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttr
   if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &v, sizeof(v), &written) != CUBLAS_STATUS_SUCCESS) return T{};
   return v;
 }
-
-class Layout {
- public:
-  Layout(int64_t rows, int64_t cols, int64_t ld) {
-    MOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l_, CUDA_R_16BF, static_cast<uint64_t>(rows),
-                                                static_cast<uint64_t>(cols), ld));
-  }
-  ~Layout() { cublasLtMatrixLayoutDestroy(l_); }
-  Layout(const Layout&) = delete;
-  Layout& operator=(const Layout&) = delete;
-  cublasLtMatrixLayout_t get() const { return l_; }
-
- private:
-  cublasLtMatrixLayout_t l_ = nullptr;
-};
 
 }  // namespace
 
@@ -111,7 +74,8 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
         y(static_cast<size_t>(max_rows * sh.N * copies));
     gpu::FillNormal(x.get(), max_rows * sh.K * copies, 11, 2, 0.f, 1.f, main);
     for (int64_t M : sh.rows) {
-      const Layout a(sh.K, sh.N, sh.K), b(sh.K, M, sh.K), cl(sh.N, M, sh.N);
+      const gpu::LtLayout a(CUDA_R_16BF, sh.K, sh.N, sh.K), b(CUDA_R_16BF, sh.K, M, sh.K),
+          cl(CUDA_R_16BF, sh.N, M, sh.N);
       cublasLtMatmulPreference_t pref = nullptr;
       MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
       const uint64_t ws = kWorkspaceBytes;
@@ -141,11 +105,11 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
         MOE_CUDA_CHECK(cudaStreamSynchronize(main));
         if (first_bits.empty()) first_bits = bits;
         const bool same_bits = bits == first_bits;
-        const double alone = Median(main, 2, 10, [&](int i) { MOE_CUBLAS_CHECK(run(algo, i, main, 0)); });
+        const double alone = MedianMs(main, 2, 10, [&](int i) { MOE_CUBLAS_CHECK(run(algo, i, main, 0)); });
         double together = 0;
         if (sh.experts) {
           // All E experts, each on a side stream in turn (GemmFanout's pattern).
-          together = Median(main, 2, 8, [&](int) {
+          together = MedianMs(main, 2, 8, [&](int) {
             MOE_CUDA_CHECK(cudaEventRecord(events[0], main));
             for (cudaStream_t st : side) MOE_CUDA_CHECK(cudaStreamWaitEvent(st, events[0], 0));
             for (int64_t e = 0; e < E; ++e) {

@@ -6,27 +6,14 @@
 #include <stdexcept>
 #include <vector>
 
+#include "worker/gpu/lt_layout.h"
+
 namespace moe::gpu {
 namespace {
 
 // cuBLAS's own recommendation for Hopper is 32 MiB; a fixed workspace also keeps it from
 // allocating inside a CUDA graph capture.
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
-
-// One column-major matrix layout, destroyed with the scope.
-class Layout {
- public:
-  Layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld) {
-    MOE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l_, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
-  }
-  ~Layout() { cublasLtMatrixLayoutDestroy(l_); }
-  Layout(const Layout&) = delete;
-  Layout& operator=(const Layout&) = delete;
-  cublasLtMatrixLayout_t get() const { return l_; }
-
- private:
-  cublasLtMatrixLayout_t l_ = nullptr;
-};
 
 // The M an algorithm is chosen for: M rounded up to a multiple of 16 up to 512, of 64 up to 2048,
 // then to a power of two. Fine enough that a tile shape picked for the bucket fits M well (prefill
@@ -109,7 +96,7 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
   const int64_t N = std::get<0>(key), K = std::get<1>(key);
   const bool accumulate = std::get<3>(key);
   const bool timed = static_cast<AlgoChoice>(std::get<5>(key)) == AlgoChoice::kTimed;
-  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, heuristic_m, K), c(y_type, N, heuristic_m, N);
+  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, heuristic_m, K), c(y_type, N, heuristic_m, N);
   cublasLtMatmulPreference_t pref = nullptr;
   MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kWorkspaceBytes;
@@ -154,7 +141,7 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
 
 cublasLtMatmulAlgo_t Gemm::FastestOf(const std::vector<cublasLtMatmulAlgo_t>& candidates, int64_t N, int64_t K,
                                      cudaDataType_t y_type, const Operands& op) {
-  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, op.M, K), c(y_type, N, op.M, N);
+  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, op.M, K), c(y_type, N, op.M, N);
   const float alpha = 1.f, beta = 0.f;
   // Rounds over all candidates in turn, so that whatever else runs on the device meanwhile (the
   // other experts' streams) slows them alike; the first round warms up, the fastest run counts.
@@ -240,7 +227,7 @@ void Gemm::Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, vo
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   if (M > kMax || N > kMax || K > kMax) throw std::invalid_argument("Gemm: a dimension exceeds INT_MAX");
   const float alpha = 1.f;
-  const Layout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
   // The algorithm chosen for this shape's M bucket; if it cannot run this M, one chosen for M itself.
   const int choice = static_cast<int>(algo_choice());
   const Operands op{x, M, w, y};
