@@ -771,5 +771,45 @@ TEST(GpuGemmTest, TimedAlgorithmsMatchFloat64AndTheHeuristicBits) {
   }
 }
 
+// The cuBLASLt algorithms the products of a step need are chosen at load (gemm_warmup.h): steps
+// of up to max_step_tokens rows (a long prefill, a mixed batch, a decode batch taking cuBLAS) make
+// no new choice. Without the warm-up (another shape, so nothing is chosen yet) the first steps do.
+TEST(GpuSyntheticTest, GemmAlgorithmsAreChosenAtLoad) {
+  SKIP_WITHOUT_GPU();
+  auto run_steps = [](GpuEngine& e, int64_t vocab) {
+    std::mt19937 rng(5);
+    auto tokens = [&](int64_t n) {
+      std::vector<int32_t> t(static_cast<size_t>(n));
+      for (auto& x : t) x = static_cast<int32_t>(rng() % vocab);
+      return t;
+    };
+    for (int64_t id = 1; id <= 24; ++id) ASSERT_TRUE(e.AddSequence(id).ok());
+    ASSERT_TRUE(e.Step({{1, tokens(300), false}}).ok());
+    ASSERT_TRUE(e.Step({{2, tokens(100), false}, {3, tokens(57), false}, {1, tokens(1), false}}).ok());
+    std::vector<SequenceChunk> batch;
+    for (int64_t id = 4; id <= 24; ++id) batch.push_back({id, tokens(1), false});
+    ASSERT_TRUE(e.Step(batch).ok());
+  };
+  GpuEngineOptions opts;
+  opts.max_step_tokens = 300;
+  {
+    const ModelConfig c =
+        MakeConfig(DtypeCase{"warm-up", DType::kBF16, 1000, 192, 320, 2, 6, 2, 32, 8, 2, std::nullopt, false});
+    auto e = SyntheticGpu(c, 1, opts);
+    const int64_t before = gpu::Gemm::algo_counts().chosen;
+    run_steps(**e, c.vocab_size);
+    EXPECT_EQ(gpu::Gemm::algo_counts().chosen, before) << "a step chose a cuBLASLt algorithm the load did not";
+  }
+  {
+    const ModelConfig c =
+        MakeConfig(DtypeCase{"no warm-up", DType::kBF16, 1000, 160, 288, 2, 5, 1, 32, 8, 2, std::nullopt, false});
+    opts.prepare_gemm_algorithms = false;
+    auto e = SyntheticGpu(c, 1, opts);
+    const int64_t before = gpu::Gemm::algo_counts().chosen;
+    run_steps(**e, c.vocab_size);
+    EXPECT_GT(gpu::Gemm::algo_counts().chosen, before);
+  }
+}
+
 }  // namespace
 }  // namespace moe::testing_ref

@@ -1,5 +1,6 @@
 #include "worker/gpu/gemm.h"
 
+#include <algorithm>
 #include <atomic>
 #include <limits>
 #include <mutex>
@@ -54,6 +55,12 @@ std::atomic<int64_t> algos_chosen{0}, algos_timed{0}, algos_exact{0};
 
 void Gemm::set_algo_choice(AlgoChoice choice) { process_algo_choice = static_cast<int>(choice); }
 Gemm::AlgoChoice Gemm::algo_choice() { return static_cast<AlgoChoice>(process_algo_choice.load()); }
+std::vector<int64_t> Gemm::RowBuckets(int64_t max_rows) {
+  std::vector<int64_t> out;
+  for (int64_t b = Bucket(1); b <= Bucket(std::max<int64_t>(1, max_rows)); b = Bucket(b + 1)) out.push_back(b);
+  return out;
+}
+
 Gemm::AlgoCounts Gemm::algo_counts() { return {algos_chosen.load(), algos_timed.load(), algos_exact.load()}; }
 
 Gemm::Gemm(cudaStream_t stream) : stream_(stream), workspace_(kWorkspaceBytes) {

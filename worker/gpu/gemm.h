@@ -81,6 +81,9 @@ class Gemm {
     int64_t chosen = 0, timed = 0, exact = 0;
   };
   static AlgoCounts algo_counts();
+  // The row counts algorithms are chosen for (each key's M bucket), from the smallest up to the
+  // bucket of max_rows: multiples of 16 up to 512, of 64 up to 2048, then powers of two.
+  static std::vector<int64_t> RowBuckets(int64_t max_rows);
 
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }

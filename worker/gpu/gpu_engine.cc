@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "worker/cpu/ops.h"
+#include "worker/gpu/gemm_warmup.h"
 #include "worker/gpu/sample_row_params.h"
 #include "worker/kv_budget.h"
 #include "worker/model/safetensors.h"
@@ -144,6 +145,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Load(const std::string& mo
                                                progress));
     e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
                                             *e->weights_, opts.force_host_staging, opts.nccl);
+    e->PrepareGemms();
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: loading ", model_dir, ": ", err.what()));
   }
@@ -160,6 +162,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelC
                                           c, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); }, seed));
     e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
                                             *e->weights_, opts.force_host_staging, opts.nccl);
+    e->PrepareGemms();
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: synthetic weights: ", err.what()));
   }
@@ -168,6 +171,17 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelC
                  static_cast<unsigned long long>(seed), static_cast<double>(e->weights_->bytes()) / 1e9);
   }
   return e;
+}
+
+void GpuEngine::PrepareGemms() {
+  if (!opts_.prepare_gemm_algorithms) return;
+  const auto t0 = HostClock::now();
+  const int64_t chosen = PrepareGemmAlgorithms(config_, *weights_, opts_.max_step_tokens, gemm_);
+  if (opts_.verbose) {
+    std::fprintf(stderr, "[rank %d] %lld cuBLASLt algorithms chosen in %.0f ms\n", comm_.rank(),
+                 static_cast<long long>(chosen),
+                 std::chrono::duration<double, std::milli>(HostClock::now() - t0).count());
+  }
 }
 
 absl::StatusOr<StepOutput> GpuEngine::Step(const std::vector<SequenceChunk>& chunks) {

@@ -65,6 +65,9 @@ struct GpuEngineOptions {
   bool profile_stages = false;      // per-stage CUDA event timings (see stage_profiler.h)
   bool record_routing = false;      // keep the last step's router logits and routing per layer (tests)
   bool cuda_graphs = true;          // capture and replay host-free steps (see above)
+  // Choose the cuBLASLt algorithms of every product up to max_step_tokens at load (gemm_warmup.h)
+  // rather than on the first steps that need them.
+  bool prepare_gemm_algorithms = true;
   // The MoE token exchange over NCCL (not owned; must outlive the engine; its ranks must be the
   // Communicator's). With device -1 the engine runs on the exchange's GPU; a different device is
   // an error. Null, or force_host_staging: rows go through the host and the Communicator.
@@ -173,6 +176,8 @@ class GpuEngine final : public StepEngine {
   // Enqueues the step's device work: input upload, forward, logits (and expert counts) download.
   void Enqueue(const StepShape& shape, bool count_experts);
   void DropGraphs();
+  // PrepareGemmAlgorithms (gemm_warmup.h) at load, unless the options say not to.
+  void PrepareGemms();
   using HostClock = std::chrono::steady_clock;
   double LapMs();  // ms since the last lap (or the step's start), and starts the next
 
