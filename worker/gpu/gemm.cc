@@ -128,9 +128,8 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
     }
     std::vector<cublasLtMatmulAlgo_t> same_order;
     for (int i = 0; i < found; ++i) {
-      if (results[static_cast<size_t>(i)].state == CUBLAS_STATUS_SUCCESS && SplitK(results[static_cast<size_t>(i)].algo) == 1) {
-        same_order.push_back(results[static_cast<size_t>(i)].algo);
-      }
+      const cublasLtMatmulHeuristicResult_t& r = results[static_cast<size_t>(i)];
+      if (r.state == CUBLAS_STATUS_SUCCESS && SplitK(r.algo) == 1) same_order.push_back(r.algo);
     }
     if (same_order.size() > 1) {
       chosen = FastestOf(same_order, N, K, y_type, op);
@@ -181,13 +180,16 @@ cublasLtMatmulAlgo_t Gemm::FastestOf(const std::vector<cublasLtMatmulAlgo_t>& ca
     }
   }
   for (cudaEvent_t e : events) cudaEventDestroy(e);
-  // The heuristic's first unless another is at least 1% faster (timing noise is not a reason to
-  // differ between runs).
-  size_t pick = 0;
-  for (size_t i = 1; i < n; ++i) {
-    if (runs[i] && (!runs[pick] || best[i] < 0.99f * best[pick]) && best[i] < best[pick]) pick = i;
+  // The fastest that ran; the first of those (the heuristic's preference) unless the fastest is at
+  // least 1% faster (timing noise is not a reason to differ between runs).
+  size_t first = 0;
+  while (first < n && !runs[first]) ++first;
+  if (first == n) return candidates[0];  // none ran these rows: Run falls back to an exact choice
+  size_t pick = first;
+  for (size_t i = first + 1; i < n; ++i) {
+    if (runs[i] && best[i] < best[pick]) pick = i;
   }
-  return candidates[pick];
+  return best[pick] < 0.99f * best[first] ? candidates[pick] : candidates[first];
 }
 
 bool Gemm::Reserve(int64_t M, int64_t K, int64_t N, SkinnyEpilogue epi) {
