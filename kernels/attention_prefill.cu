@@ -1,14 +1,15 @@
 // Prefill attention on the tensor cores (flash-attention 2 style), for head_dim 64 or 128: one
-// block of 4 warps per (KV head, tile) (the KV head varies fastest over the blocks, so that
-// BalanceWideTiles's tile order is the order in which the blocks start). A tile's rows x the G query heads of the KV head make up to
-// 64 query vectors; warp w owns vectors 16 w .. 16 w + 15 (one m16 MMA tile) for the whole key
-// range. Keys and values stream through shared memory 64 at a time, double-buffered with
-// cp.async; per key tile each warp computes S = Q K^T (mma.sync m16n8k16, bf16 in, float32
-// accumulate), masks it (causal, sliding window; only key tiles not wholly visible to every row), updates its rows' online softmax (running max and
-// sum, in the exp2 domain), and adds P V with P taken straight from S's accumulator registers as
-// the A operand. Shared tiles are XOR-swizzled so every ldmatrix phase hits 8 bank groups.
+// block of 4 warps per (KV head, tile), the KV head varying fastest over the blocks (so that
+// BalanceWideTiles's tile order is the order in which the blocks start). A tile's rows x the G
+// query heads of the KV head make up to 64 query vectors; warp w owns vectors 16 w .. 16 w + 15
+// (one m16 MMA tile) for the whole key range. Keys and values stream through shared memory 64 at a
+// time, double-buffered with cp.async; per key tile each warp computes S = Q K^T (mma.sync
+// m16n8k16, bf16 in, float32 accumulate), masks it (causal, sliding window; only key tiles not
+// wholly visible to every row), updates its rows' online softmax (running max and sum, in the exp2
+// domain), and adds P V with P taken straight from S's accumulator registers as the A operand.
+// Shared tiles are XOR-swizzled so every ldmatrix phase hits 8 bank groups. Decode rows come here
+// too, as one-row tiles (kernels.h, PagedAttention).
 #include <algorithm>
-#include <stdexcept>
 
 #include "kernels/attention_common.cuh"
 #include "kernels/cuda_check.h"
@@ -237,7 +238,6 @@ template <int D>
 void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles, int64_t num_tiles,
             int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
   PreparePrefill<D>();
-  if (num_tiles > 65535) throw std::invalid_argument("PagedAttention: more than 65535 multi-row tiles in one step");
   const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles));
   Launch(PrefillAttentionKernel<D>, grid, kThreads, SharedBytes<D>(), s, q, row_seq, row_pos, tiles, heads, kv, window,
                                                                      scale * 1.4426950408889634f, out);
@@ -256,7 +256,8 @@ bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int3
                                int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
                                float scale, bf16* out, cudaStream_t s) {
   const int64_t G = heads / kv.kv_heads;
-  if (max_rows * G > kVectors) return false;
+  // The tiles are the grid's y dimension (at most 65535): a larger step takes the other kernels.
+  if (max_rows * G > kVectors || num_tiles > 65535) return false;
   if (kv.head_dim == 128) {
     LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
     return true;

@@ -6,7 +6,8 @@
 // Per step: the step's inputs (token ids, positions, block tables, the rows whose logits are
 // wanted, the attention tiles) go to the device in one copy; per layer: fused RMSNorm, one QKV
 // GEMM, RoPE with the keys and values written into the paged bf16 KV cache (one kernel), paged
-// attention (a decode kernel for single rows, a tiled one for prefill chunks), the output GEMM
+// attention (tensor-core tiles for prefill chunks and for single rows, single rows with long
+// contexts at small batches split over blocks by a decode kernel: kernels.h), the output GEMM
 // accumulated into the residual, RMSNorm, the MoE layer (worker/gpu/moe_layer.h); at the end the
 // final norm, the LM head on the wanted rows and one copy of their logits to the host. Dense GEMMs
 // with few rows take the skinny weight-streaming kernel, the others cuBLAS (gemm.h).
