@@ -22,8 +22,16 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
   const int64_t y_elems = std::max(dense.back() * qkvd, experts.back() * std::max(2 * I, H));
   const int64_t yf_elems = std::max({dense.back() * H, dense.back() * E, lm.back() * V});
   const int64_t before = Gemm::algo_counts().chosen;
-  DeviceBuffer<bf16> x(static_cast<size_t>(x_elems)), y(static_cast<size_t>(y_elems));
-  DeviceBuffer<float> yf(static_cast<size_t>(yf_elems));
+  DeviceBuffer<bf16> x, y;
+  DeviceBuffer<float> yf;
+  try {
+    x = DeviceBuffer<bf16>(static_cast<size_t>(x_elems));
+    y = DeviceBuffer<bf16>(static_cast<size_t>(y_elems));
+    yf = DeviceBuffer<float>(static_cast<size_t>(yf_elems));
+  } catch (const CudaError&) {
+    (void)cudaGetLastError();  // no room for the scratch rows: the choices are made on first use
+    return -1;
+  }
   FillNormal(x.get(), x_elems, 1, TensorKey("gemm warm-up rows"), 0.f, 1.f, gemm.stream());
   MOE_CUDA_CHECK(cudaMemsetAsync(yf.get(), 0, sizeof(float) * static_cast<size_t>(yf_elems), gemm.stream()));
 

@@ -23,7 +23,8 @@ namespace moe::gpu {
 //   LM head      LinearF32, up to min(max_step_tokens, 512) rows (more: chosen on first use)
 //   w13, w2      LinearBlas per expert, up to max_step_tokens x experts_per_token rows
 // Allocates its scratch rows for the call (a few hundred MB at Mixtral-8x7B shape) and frees them.
-// Returns the number of algorithms it chose.
+// Returns the number of algorithms it chose, or -1 when the scratch rows did not fit (the choices
+// are then made on first use, as without it).
 int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int64_t max_step_tokens, Gemm& gemm);
 
 }  // namespace moe::gpu

@@ -177,7 +177,10 @@ void GpuEngine::PrepareGemms() {
   if (!opts_.prepare_gemm_algorithms) return;
   const auto t0 = HostClock::now();
   const int64_t chosen = PrepareGemmAlgorithms(config_, *weights_, opts_.max_step_tokens, gemm_);
-  if (opts_.verbose) {
+  if (chosen < 0) {
+    std::fprintf(stderr, "[rank %d] no GPU memory for choosing the cuBLASLt algorithms at load: the first steps "
+                 "that need them choose them\n", comm_.rank());
+  } else if (opts_.verbose) {
     std::fprintf(stderr, "[rank %d] %lld cuBLASLt algorithms chosen in %.0f ms\n", comm_.rank(),
                  static_cast<long long>(chosen),
                  std::chrono::duration<double, std::milli>(HostClock::now() - t0).count());
