@@ -13,7 +13,8 @@
 #include "benchmarks/kernel_bench.h"
 #include "benchmarks/median_time.h"
 #include "worker/gpu/device_buffer.h"
-#include "worker/gpu/lt_layout.h"
+#include "worker/gpu/gemm.h"
+#include "worker/gpu/gpu_engine.h"
 #include "worker/gpu/random_fill.h"
 
 namespace moe {
@@ -21,7 +22,6 @@ namespace {
 
 using gpu::bf16;
 
-constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // as Gemm's
 constexpr int kCandidates = 16;
 
 template <typename T>
@@ -36,22 +36,12 @@ T ConfigAttribute(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttr
 
 nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
-  const int streams_n = static_cast<int>(std::min<int64_t>(E, 8));
-  cudaStream_t main;
-  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&main, cudaStreamNonBlocking));
-  std::vector<cudaStream_t> side(static_cast<size_t>(streams_n));
-  for (cudaStream_t& st : side) MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  std::vector<cudaEvent_t> events(static_cast<size_t>(streams_n) + 1);
-  for (cudaEvent_t& ev : events) MOE_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-  gpu::DeviceBuffer<unsigned char> workspace(kWorkspaceBytes * static_cast<size_t>(streams_n));
-
-  cublasLtHandle_t lt = nullptr;
-  MOE_CUBLAS_CHECK(cublasLtCreate(&lt));
-  cublasLtMatmulDesc_t desc = nullptr;
-  MOE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  const gpu::CudaStream stream;  // destroyed after the Gemms bound to it
+  const cudaStream_t main = stream.get();
+  // The products through Gemm's own cuBLASLt descriptor and workspace: alone on `main`, and, as the
+  // engine runs the experts, on the side streams of a GemmFanout.
+  gpu::Gemm alone_gemm(main);
+  gpu::GemmFanout fanout(main, static_cast<int>(std::min<int64_t>(E, 8)));
 
   struct Shape {
     const char* name;
@@ -74,24 +64,12 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
         y(static_cast<size_t>(max_rows * sh.N * copies));
     gpu::FillNormal(x.get(), max_rows * sh.K * copies, 11, 2, 0.f, 1.f, main);
     for (int64_t M : sh.rows) {
-      const gpu::LtLayout a(CUDA_R_16BF, sh.K, sh.N, sh.K), b(CUDA_R_16BF, sh.K, M, sh.K),
-          cl(CUDA_R_16BF, sh.N, M, sh.N);
-      cublasLtMatmulPreference_t pref = nullptr;
-      MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-      const uint64_t ws = kWorkspaceBytes;
-      MOE_CUBLAS_CHECK(
-          cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-      std::vector<cublasLtMatmulHeuristicResult_t> found(kCandidates);
-      int n = 0;
-      cublasLtMatmulAlgoGetHeuristic(lt, desc, a.get(), b.get(), cl.get(), cl.get(), pref, kCandidates, found.data(),
-                                     &n);
-      cublasLtMatmulPreferenceDestroy(pref);
-      const float alpha = 1.f, beta = 0.f;
-      auto run = [&](const cublasLtMatmulAlgo_t& algo, int64_t i, cudaStream_t st, int slot) {
-        return cublasLtMatmul(lt, desc, &alpha, w.get() + (i % copies) * welems, a.get(),
-                              x.get() + (i % copies) * M * sh.K, b.get(), &beta, y.get() + (i % copies) * M * sh.N,
-                              cl.get(), y.get() + (i % copies) * M * sh.N, cl.get(), &algo,
-                              workspace.get() + kWorkspaceBytes * static_cast<size_t>(slot), kWorkspaceBytes, st);
+      const std::vector<cublasLtMatmulHeuristicResult_t> found = alone_gemm.Candidates(sh.N, sh.K, M, CUDA_R_16BF,
+                                                                                        kCandidates);
+      const int n = static_cast<int>(found.size());
+      auto run = [&](gpu::Gemm& g, const cublasLtMatmulAlgo_t& algo, int64_t i) {
+        return g.RunWith(algo, x.get() + (i % copies) * M * sh.K, M, sh.K, w.get() + (i % copies) * welems, sh.N,
+                         y.get() + (i % copies) * M * sh.N, CUDA_R_16BF, 0.f);
       };
       nlohmann::json cands = nlohmann::json::array();
       // The first runnable candidate's output, which every other candidate's is compared with bit
@@ -100,26 +78,21 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
       for (int ci = 0; ci < n; ++ci) {
         const cublasLtMatmulAlgo_t& algo = found[static_cast<size_t>(ci)].algo;
         MOE_CUDA_CHECK(cudaMemsetAsync(y.get(), 0xff, sizeof(bf16) * bits.size(), main));
-        if (run(algo, 0, main, 0) != CUBLAS_STATUS_SUCCESS) continue;
+        if (run(alone_gemm, algo, 0) != CUBLAS_STATUS_SUCCESS) continue;
         MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), y.get(), sizeof(bf16) * bits.size(), cudaMemcpyDeviceToHost, main));
         MOE_CUDA_CHECK(cudaStreamSynchronize(main));
         if (first_bits.empty()) first_bits = bits;
         const bool same_bits = bits == first_bits;
-        const double alone = MedianMs(main, 2, 10, [&](int i) { MOE_CUBLAS_CHECK(run(algo, i, main, 0)); });
+        const double alone = MedianMs(main, 2, 10, [&](int i) { MOE_CUBLAS_CHECK(run(alone_gemm, algo, i)); });
         double together = 0;
         if (sh.experts) {
-          // All E experts, each on a side stream in turn (GemmFanout's pattern).
+          // All E experts, each on a side stream in turn.
           together = MedianMs(main, 2, 8, [&](int) {
-            MOE_CUDA_CHECK(cudaEventRecord(events[0], main));
-            for (cudaStream_t st : side) MOE_CUDA_CHECK(cudaStreamWaitEvent(st, events[0], 0));
+            fanout.Fork();
             for (int64_t e = 0; e < E; ++e) {
-              const int slot = static_cast<int>(e % streams_n);
-              MOE_CUBLAS_CHECK(run(algo, e, side[static_cast<size_t>(slot)], slot));
+              MOE_CUBLAS_CHECK(run(fanout[static_cast<int>(e % fanout.width())], algo, e));
             }
-            for (int i = 0; i < streams_n; ++i) {
-              MOE_CUDA_CHECK(cudaEventRecord(events[static_cast<size_t>(i) + 1], side[static_cast<size_t>(i)]));
-              MOE_CUDA_CHECK(cudaStreamWaitEvent(main, events[static_cast<size_t>(i) + 1], 0));
-            }
+            fanout.Join();
           });
         }
         const int tile = ConfigAttribute<int>(algo, CUBLASLT_ALGO_CONFIG_TILE_ID);
@@ -151,11 +124,7 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
       std::fflush(stdout);
     }
   }
-  cublasLtMatmulDescDestroy(desc);
-  cublasLtDestroy(lt);
-  for (cudaEvent_t ev : events) cudaEventDestroy(ev);
-  for (cudaStream_t st : side) cudaStreamDestroy(st);
-  cudaStreamDestroy(main);
+  MOE_CUDA_CHECK(cudaStreamSynchronize(main));
   return out;
 }
 

@@ -395,8 +395,9 @@ void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t m
 void BalanceWideTiles(std::vector<int32_t>& wide, const int32_t* row_pos, int64_t window, int64_t kv_heads,
                       int64_t head_dim) {
   const size_t n = wide.size() / 2;
+  if (n < 2 || kv_heads <= 0) return;  // decode steps: nothing to order
   const AttentionResidency r = TensorCoreAttentionResidency(head_dim);
-  if (n < 2 || r.sms == 0 || kv_heads <= 0) return;
+  if (r.sms == 0) return;
   std::vector<int64_t> work(n);
   for (size_t i = 0; i < n; ++i) {
     const int64_t first = wide[2 * i], rows = wide[2 * i + 1];

@@ -103,17 +103,9 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
   const int64_t N = std::get<0>(key), K = std::get<1>(key);
   const bool accumulate = std::get<3>(key);
   const bool timed = static_cast<AlgoChoice>(std::get<5>(key)) == AlgoChoice::kTimed;
-  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, heuristic_m, K), c(y_type, N, heuristic_m, N);
-  cublasLtMatmulPreference_t pref = nullptr;
-  MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws = kWorkspaceBytes;
-  MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  std::vector<cublasLtMatmulHeuristicResult_t> results(timed ? kTimedCandidates : 1);
-  int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_, desc_, a.get(), b.get(), c.get(), c.get(), pref,
-                                                           static_cast<int>(results.size()), results.data(), &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) return nullptr;
+  const std::vector<cublasLtMatmulHeuristicResult_t> results =
+      Candidates(N, K, heuristic_m, y_type, timed ? kTimedCandidates : 1);
+  if (results.empty()) return nullptr;
   cublasLtMatmulAlgo_t chosen = results[0].algo;
   // Timing runs the product in place, so not for an accumulating one (y += ...), and a timed
   // choice keeps the first candidate's order of sums: only when that one does not split K either.
@@ -127,8 +119,7 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
       return &uncached_algo_;
     }
     std::vector<cublasLtMatmulAlgo_t> same_order;
-    for (int i = 0; i < found; ++i) {
-      const cublasLtMatmulHeuristicResult_t& r = results[static_cast<size_t>(i)];
+    for (const cublasLtMatmulHeuristicResult_t& r : results) {
       if (r.state == CUBLAS_STATUS_SUCCESS && SplitK(r.algo) == 1) same_order.push_back(r.algo);
     }
     if (same_order.size() > 1) {
@@ -145,10 +136,32 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
   return &algos_.emplace(key, chosen).first->second;
 }
 
+std::vector<cublasLtMatmulHeuristicResult_t> Gemm::Candidates(int64_t N, int64_t K, int64_t M, cudaDataType_t y_type,
+                                                              int count) const {
+  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+  cublasLtMatmulPreference_t pref = nullptr;
+  MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kWorkspaceBytes;
+  MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(std::max(1, count)));
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_, desc_, a.get(), b.get(), c.get(), c.get(), pref,
+                                                           static_cast<int>(results.size()), results.data(), &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  results.resize(st == CUBLAS_STATUS_SUCCESS ? static_cast<size_t>(found) : 0);
+  return results;
+}
+
+cublasStatus_t Gemm::RunWith(const cublasLtMatmulAlgo_t& algo, const bf16* x, int64_t M, int64_t K, const bf16* w,
+                             int64_t N, void* y, cudaDataType_t y_type, float beta) {
+  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+  const float alpha = 1.f;
+  return cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), &algo,
+                        workspace_.get(), kWorkspaceBytes, stream_);
+}
+
 cublasLtMatmulAlgo_t Gemm::FastestOf(const std::vector<cublasLtMatmulAlgo_t>& candidates, int64_t N, int64_t K,
                                      cudaDataType_t y_type, const Operands& op) {
-  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, op.M, K), c(y_type, N, op.M, N);
-  const float alpha = 1.f, beta = 0.f;
   // Rounds over all candidates in turn, so that whatever else runs on the device meanwhile (the
   // other experts' streams) slows them alike; the first round warms up, the fastest run counts.
   constexpr int kRounds = 3;
@@ -161,9 +174,7 @@ cublasLtMatmulAlgo_t Gemm::FastestOf(const std::vector<cublasLtMatmulAlgo_t>& ca
     for (size_t i = 0; i < n; ++i) {
       cudaEvent_t* ev = &events[2 * (static_cast<size_t>(r) * n + i)];
       MOE_CUDA_CHECK(cudaEventRecord(ev[0], stream_));
-      if (runs[i] && cublasLtMatmul(lt_, desc_, &alpha, op.w, a.get(), op.x, b.get(), &beta, op.y, c.get(), op.y,
-                                    c.get(), &candidates[i], workspace_.get(), kWorkspaceBytes,
-                                    stream_) != CUBLAS_STATUS_SUCCESS) {
+      if (runs[i] && RunWith(candidates[i], op.x, op.M, K, op.w, N, op.y, y_type, 0.f) != CUBLAS_STATUS_SUCCESS) {
         runs[i] = false;  // e.g. a candidate for the bucket that cannot take these rows
       }
       MOE_CUDA_CHECK(cudaEventRecord(ev[1], stream_));
@@ -235,24 +246,17 @@ void Gemm::Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, vo
   if (M == 0 || N == 0) return;
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   if (M > kMax || N > kMax || K > kMax) throw std::invalid_argument("Gemm: a dimension exceeds INT_MAX");
-  const float alpha = 1.f;
-  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
   // The algorithm chosen for this shape's M bucket; if it cannot run this M, one chosen for M itself.
   const int choice = static_cast<int>(algo_choice());
   const Operands op{x, M, w, y};
   const AlgoKey key{N, K, static_cast<int>(y_type), beta != 0.f, Bucket(M), choice};
   const cublasLtMatmulAlgo_t* algo = FindAlgo(key, Bucket(M), y_type, op);
-  cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
-  if (algo != nullptr) {
-    st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
-                        workspace_.get(), kWorkspaceBytes, stream_);
-  }
+  cublasStatus_t st = algo != nullptr ? RunWith(*algo, x, M, K, w, N, y, y_type, beta) : CUBLAS_STATUS_NOT_SUPPORTED;
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
     const AlgoKey exact{N, K, static_cast<int>(y_type), beta != 0.f, -M, choice};
     algo = FindAlgo(exact, M, y_type, op);
     if (algo == nullptr) throw std::runtime_error("Gemm: cuBLASLt has no algorithm for this product");
-    st = cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), algo,
-                        workspace_.get(), kWorkspaceBytes, stream_);
+    st = RunWith(*algo, x, M, K, w, N, y, y_type, beta);
   }
   MOE_CUBLAS_CHECK(st);
 }

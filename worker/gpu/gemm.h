@@ -85,6 +85,15 @@ class Gemm {
   // bucket of max_rows: multiples of 16 up to 512, of 64 up to 2048, then powers of two.
   static std::vector<int64_t> RowBuckets(int64_t max_rows);
 
+  // cuBLASLt's candidate algorithms for y[M, N] = x W^T with this Gemm's descriptor and workspace
+  // (up to `count`, best first by its heuristic; empty when it has none).
+  std::vector<cublasLtMatmulHeuristicResult_t> Candidates(int64_t N, int64_t K, int64_t M, cudaDataType_t y_type,
+                                                          int count) const;
+  // y = x W^T (+ beta y) with `algo`, on this Gemm's stream; cuBLAS's status (NOT_SUPPORTED when
+  // the algorithm cannot take these rows).
+  cublasStatus_t RunWith(const cublasLtMatmulAlgo_t& algo, const bf16* x, int64_t M, int64_t K, const bf16* w,
+                         int64_t N, void* y, cudaDataType_t y_type, float beta);
+
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }
 

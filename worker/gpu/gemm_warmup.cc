@@ -7,6 +7,20 @@
 #include "worker/gpu/random_fill.h"
 
 namespace moe::gpu {
+namespace {
+
+// The experts' shapes are the same in every layer: the first expert this rank holds serves (none:
+// a rank without experts).
+const DeviceExpertWeights* FirstHeldExpert(const DeviceWeights& w) {
+  for (const DeviceMoeWeights& layer : w.moe) {
+    for (const DeviceExpertWeights& e : layer.experts) {
+      if (e.w13 != nullptr) return &e;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
 
 int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int64_t max_step_tokens, Gemm& gemm) {
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
@@ -37,13 +51,7 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
 
   const DeviceAttentionWeights& a = w.attention.front();
   const DeviceMoeWeights& m = w.moe.front();
-  // The experts' shapes are the same in every layer: the first expert this rank holds serves.
-  const DeviceExpertWeights* ex = nullptr;
-  for (const DeviceMoeWeights& layer : w.moe) {
-    for (const DeviceExpertWeights& e : layer.experts) {
-      if (ex == nullptr && e.w13 != nullptr) ex = &e;
-    }
-  }
+  const DeviceExpertWeights* ex = FirstHeldExpert(w);
   for (int64_t M : dense) {
     if (M <= gemm.skinny_max_rows()) continue;  // the skinny kernel's
     gemm.Linear(x.get(), M, H, a.wqkv, qkvd, y.get());
@@ -54,7 +62,7 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
     if (M > gemm.skinny_max_rows()) gemm.LinearF32(x.get(), M, H, w.lm_head, V, yf.get());
   }
   for (int64_t M : experts) {
-    if (ex == nullptr) break;
+    if (ex == nullptr) break;  // a rank without experts
     gemm.LinearBlas(x.get(), M, H, ex->w13, 2 * I, y.get());
     gemm.LinearBlas(x.get(), M, I, ex->w2, H, y.get());
   }
