@@ -178,6 +178,7 @@ int main(int argc, char** argv) {
   if (a.kernels || a.kernels_only) {  // before the engine: they take a few GB for a moment
     kernels = KernelFigures(c);
     kernels["blas_candidates"] = BlasCandidateFigures(c);
+    kernels["skinny_splits"] = SkinnySplitFigures(c);
   }
   if (a.kernels_only) {
     return WriteJson(a.out, {{"commit", a.commit.empty() ? "unknown" : a.commit},

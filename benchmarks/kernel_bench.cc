@@ -67,7 +67,7 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       for (int64_t M : {1, 8, 16, 32, 64}) {
         gpu::SkinnyGroups g;
         g.rows = M;
-        const int splits = gpu::SkinnySplits(sh.N, sh.K, sh.epi, 1);
+        const int splits = gpu::SkinnySplits(sh.N, sh.K, sh.epi, 1, M);
         gpu::DeviceBuffer<float> ws(std::max<size_t>(1, gpu::SkinnyWorkspaceFloats(M, sh.N, sh.epi, splits)));
         gpu::DeviceBuffer<int32_t> counters(gpu::SkinnyCounters(sh.N, sh.epi, 1));
         MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));

@@ -17,4 +17,8 @@ nlohmann::json KernelFigures(const ModelConfig& c);
 // experts at once on concurrent streams (blas_candidates.cc).
 nlohmann::json BlasCandidateFigures(const ModelConfig& c);
 
+// The experts' skinny GEMMs of a decode step (a layer's experts, top-k routing, only experts with
+// rows launched) and the dense products at one row, for every split count (skinny_splits.cc).
+nlohmann::json SkinnySplitFigures(const ModelConfig& c);
+
 }  // namespace moe

@@ -118,9 +118,12 @@ void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N,
 size_t SkinnyCounters(int64_t N, SkinnyEpilogue epi, int64_t slots);
 // The 8-row tiles one pass of SkinnyGemm holds for `expected_rows` (1, 2, 4 or 8).
 int SkinnyTileCount(int64_t expected_rows);
-// The split count that fills the current device (about two CTAs per SM) when `active_groups`
-// groups have rows; 1 when the output tiles alone do.
-int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups);
+// The split count that streams the weights fastest on the current device when `active_groups`
+// groups have rows, about `expected_rows` each: enough CTAs in flight, and no short last wave
+// of CTAs (skinny_gemm.cu has the model); 1 when the output tiles alone do.
+int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups, int64_t expected_rows);
+// SkinnyGemm's CTAs for `expected_rows` that one SM of the current device holds at once.
+int SkinnyResidentPerSm(int64_t expected_rows);
 size_t SkinnyWorkspaceFloats(int64_t rows, int64_t N, SkinnyEpilogue epi, int splits);
 // The multiprocessors of the current device (cached).
 int DeviceSmCount();

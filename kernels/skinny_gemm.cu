@@ -307,9 +307,22 @@ __global__ void SkinnyReduceKernel(const float* partial, int splits, int64_t par
 
 constexpr size_t SharedBytes(int nt) { return sizeof(bf16) * kStages * (kRows + 8 * nt) * kBk; }
 
+// One SkinnyGemm launch's arguments, as the templates below pick its kernel instance.
+struct SkinnyLaunch {
+  dim3 grid;
+  const bf16* x;
+  int K;
+  SkinnyGroups groups;
+  int N;
+  void* out;
+  float* partial;
+  int64_t partial_rows;
+  int32_t* counters;
+  cudaStream_t stream;
+};
+
 template <int NT, int EPI, bool kPartialOut>
-void LaunchKernel(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
-                  int64_t partial_rows, int32_t* counters, cudaStream_t s) {
+void LaunchKernel(const SkinnyLaunch& a) {
   // Raised once (not per launch: launches may be captured into a CUDA graph).
   static const bool raised = [] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(SkinnyGemmKernel<NT, EPI, kPartialOut>,
@@ -318,35 +331,34 @@ void LaunchKernel(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, i
     return true;
   }();
   (void)raised;
-  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, grid, kThreads, SharedBytes(NT), s, x, K, groups, N, out, partial,
-         partial_rows, counters);
+  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, a.grid, kThreads, SharedBytes(NT), a.stream, a.x, a.K, a.groups, a.N,
+         a.out, kPartialOut ? a.partial : nullptr, kPartialOut ? a.partial_rows : 0,
+         kPartialOut ? a.counters : nullptr);
 }
 
 template <int NT, int EPI>
-void LaunchEpilogue(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, void* out, float* partial,
-                    int64_t partial_rows, int32_t* counters, cudaStream_t s) {
-  if (grid.z > 1) {
-    LaunchKernel<NT, EPI, true>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
+void LaunchEpilogue(const SkinnyLaunch& a) {
+  if (a.grid.z > 1) {
+    LaunchKernel<NT, EPI, true>(a);
   } else {
-    LaunchKernel<NT, EPI, false>(grid, x, K, groups, N, out, nullptr, 0, nullptr, s);
+    LaunchKernel<NT, EPI, false>(a);
   }
 }
 
 template <int NT>
-void LaunchTiles(dim3 grid, const bf16* x, int K, const SkinnyGroups& groups, int N, SkinnyEpilogue epi, void* out,
-                 float* partial, int64_t partial_rows, int32_t* counters, cudaStream_t s) {
+void LaunchTiles(const SkinnyLaunch& a, SkinnyEpilogue epi) {
   switch (epi) {
     case SkinnyEpilogue::kStoreBf16:
-      LaunchEpilogue<NT, 0>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
+      LaunchEpilogue<NT, 0>(a);
       break;
     case SkinnyEpilogue::kStoreF32:
-      LaunchEpilogue<NT, 1>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
+      LaunchEpilogue<NT, 1>(a);
       break;
     case SkinnyEpilogue::kAddF32:
-      LaunchEpilogue<NT, 2>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
+      LaunchEpilogue<NT, 2>(a);
       break;
     case SkinnyEpilogue::kSwiGluBf16:
-      LaunchEpilogue<NT, 3>(grid, x, K, groups, N, out, partial, partial_rows, counters, s);
+      LaunchEpilogue<NT, 3>(a);
       break;
   }
 }
@@ -379,14 +391,65 @@ int DeviceSmCount() {
   return cached[device];
 }
 
-int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups) {
+namespace {
+
+// CTAs of the kernel for NT tiles that one SM holds at once (shared memory bounds it: 3 with one
+// or two tiles, 2 with four or eight, on an H100/H200).
+template <int NT>
+int ResidentPerSm() {
+  static const int blocks = [] {
+    auto kernel = SkinnyGemmKernel<NT, 0, false>;
+    const int bytes = static_cast<int>(SharedBytes(NT));
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    int b = 0;
+    MOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, bytes));
+    return std::max(1, b);
+  }();
+  return blocks;
+}
+
+}  // namespace
+
+int SkinnyResidentPerSm(int64_t expected_rows) {
+  switch (SkinnyTileCount(expected_rows)) {
+    case 1:
+      return ResidentPerSm<1>();
+    case 2:
+      return ResidentPerSm<2>();
+    case 4:
+      return ResidentPerSm<4>();
+    default:
+      return ResidentPerSm<8>();
+  }
+}
+
+int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups, int64_t expected_rows) {
   const int sms = DeviceSmCount();
   const int64_t ctas = SkinnyCtasPerGroup(N, epi) * std::max<int64_t>(1, active_groups);
+  const int64_t wave = static_cast<int64_t>(SkinnyResidentPerSm(expected_rows)) * sms;
+  // The weights stream at the full bandwidth while about 1.5 CTAs per SM are in flight (each keeps
+  // three 16 KB stages coming); fewer stream proportionally slower. A launch of n equal CTAs runs
+  // its full waves at the full rate and the last, partial wave at the rate of the CTAs in it: time
+  // (in units of all the weights at the full rate) = full / n + tail / n * max(1, saturating / tail).
+  // Each further split costs about 1% (one more pipeline fill per output tile, the partial sums),
+  // so of two near-equal choices the one with fewer splits wins. Measured: the skinny_splits figure
+  // of moe-bench (benchmarks/results/README.md).
+  const double saturating = 1.5 * sms;
   const int64_t steps = (K + kBk - 1) / kBk;
-  // About two CTAs per SM, each with at least 4 pipeline steps of K.
-  int64_t splits = (2 * sms + ctas - 1) / ctas;
-  splits = std::min<int64_t>(splits, std::max<int64_t>(1, steps / 4));
-  return static_cast<int>(std::clamp<int64_t>(splits, 1, 64));
+  const int64_t most = std::clamp<int64_t>(steps / 4, 1, 64);  // at least 4 pipeline steps of K each
+  int best = 1;
+  double best_cost = 0.0;
+  for (int64_t s = 1; s <= most; ++s) {
+    const int64_t n = ctas * s, full = n / wave * wave, tail = n - full;
+    double cost = static_cast<double>(full) / static_cast<double>(n);
+    if (tail > 0) cost += static_cast<double>(tail) / static_cast<double>(n) * std::max(1.0, saturating / tail);
+    cost *= 1.0 + 0.01 * static_cast<double>(s - 1);
+    if (s == 1 || cost < best_cost) {
+      best = static_cast<int>(s);
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 size_t SkinnyWorkspaceFloats(int64_t rows, int64_t N, SkinnyEpilogue epi, int splits) {
@@ -414,19 +477,20 @@ void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N,
   if (slots <= 0) return;
   const dim3 grid(static_cast<unsigned>(SkinnyCtasPerGroup(N, epi)), static_cast<unsigned>(slots),
                   static_cast<unsigned>(splits));
-  const int k = static_cast<int>(K), n = static_cast<int>(N);
+  const int n = static_cast<int>(N);
+  const SkinnyLaunch launch{grid, x, static_cast<int>(K), groups, n, out, workspace, workspace_rows, counters, s};
   switch (SkinnyTileCount(expected_rows)) {
     case 1:
-      LaunchTiles<1>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
+      LaunchTiles<1>(launch, epi);
       break;
     case 2:
-      LaunchTiles<2>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
+      LaunchTiles<2>(launch, epi);
       break;
     case 4:
-      LaunchTiles<4>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
+      LaunchTiles<4>(launch, epi);
       break;
     default:
-      LaunchTiles<8>(grid, x, k, groups, n, epi, out, workspace, workspace_rows, counters, s);
+      LaunchTiles<8>(launch, epi);
       break;
   }
   MOE_CUDA_CHECK_LAUNCH();

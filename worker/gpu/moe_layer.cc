@@ -89,8 +89,8 @@ GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local, int64_
   const double active = static_cast<double>(local) * (1.0 - std::pow(1.0 - 1.0 / static_cast<double>(local),
                                                                      static_cast<double>(plan_rows)));
   const int64_t groups = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(active - 1e-9)), 1, local);
-  p.splits_up = SkinnySplits(I, H, SkinnyEpilogue::kSwiGluBf16, groups);
-  p.splits_down = SkinnySplits(H, I, SkinnyEpilogue::kStoreBf16, groups);
+  p.splits_up = SkinnySplits(I, H, SkinnyEpilogue::kSwiGluBf16, groups, p.expected);
+  p.splits_down = SkinnySplits(H, I, SkinnyEpilogue::kStoreBf16, groups, p.expected);
   p.workspace = std::max(SkinnyWorkspaceFloats(R, I, SkinnyEpilogue::kSwiGluBf16, p.splits_up),
                          SkinnyWorkspaceFloats(R, H, SkinnyEpilogue::kStoreBf16, p.splits_down));
   return p;
