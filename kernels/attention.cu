@@ -345,12 +345,13 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
         "PagedAttention: need heads % kv_heads == 0, heads/kv_heads <= 8, head_dim a multiple of 8 <= 256");
   }
   if (max_rows <= 1) {
-    // Single rows: the tensor-core kernel (one-row tiles) unless their keys are split over
-    // blocks. Although three of its four warps idle on a row's G <= 16 query vectors, it beats the
-    // CUDA-core decode kernel whenever that one would not split (nvidia-h200, 128-token contexts:
-    // 12.9 / 22.5 / 71.8 us at batch 1 / 64 / 256 against 18.9 / 40.0 / 103.3; 1,024 tokens at
-    // batch 64: 116 against 219); split (few rows, long contexts) the decode kernel wins (batch 1
-    // over 1,024 tokens: 24.0 against 48.4 unsplit).
+    // Single rows: the tensor-core kernel (one-row tiles, its split-keys instance: the four warps
+    // share a row's G <= 16 query vectors and divide the keys) unless their keys are split over
+    // blocks. It beats the CUDA-core decode kernel whenever that one would not split (nvidia-h200,
+    // 128-token contexts: 12.9 / 22.5 / 71.8 us at batch 1 / 64 / 256 against 18.9 / 40.0 /
+    // 103.3, and 62.5 at batch 256 with the split keys; 1,024 tokens at batch 64: 116 against
+    // 219); split (few rows, long contexts) the decode kernel wins (batch 1 over 1,024 tokens:
+    // 24.0 against 48.4 unsplit).
     const bool splits = split != nullptr && split->splits > 1;
     if (splits || !LaunchTensorCoreAttention(q, row_seq, row_pos, tiles, num_tiles, 1, heads, kv, window, scale, out,
                                              s)) {

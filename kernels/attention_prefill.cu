@@ -8,7 +8,10 @@
 // wholly visible to every row), updates its rows' online softmax (running max and sum, in the exp2
 // domain), and adds P V with P taken straight from S's accumulator registers as the A operand.
 // Shared tiles are XOR-swizzled so every ldmatrix phase hits 8 bank groups. Decode rows come here
-// too, as one-row tiles (kernels.h, PagedAttention).
+// too, as one-row tiles (kernels.h, PagedAttention): tiles of at most 16 query vectors take the
+// split-keys instance, where the four warps share one m16 tile of vectors and each takes a quarter
+// of every key tile, with a smaller block (16 query rows in shared memory: 3 blocks per SM instead
+// of 2 at head_dim 128).
 #include <algorithm>
 
 #include "kernels/attention_common.cuh"
@@ -21,6 +24,9 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kVectors = 64;  // query vectors per block
+// Query rows in shared memory: with split keys only the one m16 tile every warp shares (a smaller
+// block, so that more of them fit an SM).
+constexpr int QueryRows(bool split_keys) { return split_keys ? 16 : kVectors; }
 constexpr int kKeys = kTensorCoreKeyTile;  // keys per shared tile
 
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
@@ -34,7 +40,10 @@ __device__ __forceinline__ int Swizzle(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
-template <int D>
+// kSplitKeys (decode rows: a tile's vectors fit one m16 tile): every warp takes the same 16 query
+// vectors and its own quarter of each key tile; the four partial softmax states are merged at the
+// end, in warp order, so no warp idles.
+template <int D, bool kSplitKeys>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q, const int32_t* row_seq,
                                                                    const int32_t* row_pos, const int32_t* tiles,
                                                                    int64_t heads, PagedKv kv, int64_t window,
@@ -48,16 +57,20 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   const int seq = row_seq[first], pos0 = row_pos[first], pos_last = pos0 + rows - 1;
   const int lo = window > 0 ? max(0, pos0 - static_cast<int>(window) + 1) : 0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, fr = lane >> 2, quad = lane & 3;
+  // This warp's query vectors and its keys of each tile.
+  constexpr int kWarpKeys = kSplitKeys ? kKeys / 4 : kKeys;
+  const int vec0 = kSplitKeys ? 0 : 16 * warp, key0 = kSplitKeys ? kWarpKeys * warp : 0;
+  constexpr int kQueryRows = QueryRows(kSplitKeys);
 
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* qs = reinterpret_cast<bf16*>(smem);  // [64][D]
-  bf16* ks = qs + kVectors * D;              // [2][64][D]
+  bf16* qs = reinterpret_cast<bf16*>(smem);  // [kQueryRows][D]
+  bf16* ks = qs + kQueryRows * D;            // [2][64][D]
   bf16* vs = ks + 2 * kKeys * D;             // [2][64][D]
 
   // This thread's chunk column and first row in every load pass.
   const int lc = tid % kChunks, lr = tid / kChunks;
   // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
-  for (int r = lr; r < kVectors; r += kRowsPerPass) {
+  for (int r = lr; r < kQueryRows; r += kRowsPerPass) {
     const bool ok = r < NQ;
     const bf16* src = ok ? q + ((first + r / G) * heads + static_cast<int64_t>(kvh) * G + r % G) * D + 8 * lc : q;
     CopyAsync(SharedAddress(qs + Swizzle<D>(r, lc)), src, ok ? 16 : 0);
@@ -87,14 +100,14 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   uint32_t qf[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    LoadMatrixX4(qf[kk], SharedAddress(qs + Swizzle<D>(16 * warp + (lane & 15), 2 * kk + (lane >> 4))));
+    LoadMatrixX4(qf[kk], SharedAddress(qs + Swizzle<D>(vec0 + (lane & 15), 2 * kk + (lane >> 4))));
   }
   // The positions of this lane's two query rows (fr and fr + 8 of the warp's 16 vectors).
   int vpos[2];
   bool vok[2];
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int v = 16 * warp + fr + 8 * h;
+    const int v = vec0 + fr + 8 * h;
     vok[h] = v < NQ;
     vpos[h] = pos0 + v / G;
   }
@@ -114,17 +127,17 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     const bf16* kb = ks + buf * kKeys * D;
     const bf16* vb = vs + buf * kKeys * D;
 
-    float s[kKeys / 8][4];
+    float s[kWarpKeys / 8][4];
 #pragma unroll
-    for (int n = 0; n < kKeys / 8; ++n)
+    for (int n = 0; n < kWarpKeys / 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; n += 2) {
+      for (int n = 0; n < kWarpKeys / 8; n += 2) {
         uint32_t b[4];
-        const int key = 8 * n + 8 * (lane >> 4) + (lane & 7);
+        const int key = key0 + 8 * n + 8 * (lane >> 4) + (lane & 7);
         LoadMatrixX4(b, SharedAddress(kb + Swizzle<D>(key, 2 * kk + ((lane >> 3) & 1))));
         Mma(s[n], qf[kk], b[0], b[1]);
         Mma(s[n + 1], qf[kk], b[2], b[3]);
@@ -136,10 +149,10 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     const bool whole = k0 + kKeys - 1 <= pos0 && (window <= 0 || k0 > pos_last - window);
     if (!whole) {
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
+      for (int n = 0; n < kWarpKeys / 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int h = e >> 1, key = k0 + 8 * n + 2 * quad + (e & 1);
+          const int h = e >> 1, key = k0 + key0 + 8 * n + 2 * quad + (e & 1);
           const bool visible = vok[h] && key <= vpos[h] && (window <= 0 || key > vpos[h] - window);
           if (!visible) s[n][e] = -INFINITY;
         }
@@ -151,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     for (int h = 0; h < 2; ++h) {
       float mx = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+      for (int n = 0; n < kWarpKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[h], mx * scale_log2);
@@ -159,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       const float c = Exp2(m[h] - base);
       float sum = 0.f;
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
+      for (int n = 0; n < kWarpKeys / 8; ++n)
 #pragma unroll
         for (int e = 2 * h; e < 2 * h + 2; ++e) {
           s[n][e] = Exp2(fmaf(s[n][e], scale_log2, -base));
@@ -176,14 +189,14 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
 
     // O += P V: P's accumulator layout is the A operand's, 16 keys at a time.
 #pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
+    for (int kk = 0; kk < kWarpKeys / 16; ++kk) {
       const uint32_t pa[4] = {PackBf16(s[2 * kk][0], s[2 * kk][1]), PackBf16(s[2 * kk][2], s[2 * kk][3]),
                               PackBf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                               PackBf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
       for (int n = 0; n < D / 8; n += 2) {
         uint32_t b[4];
-        const int key = 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
+        const int key = key0 + 16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1);
         LoadMatrixX4Trans(b, SharedAddress(vb + Swizzle<D>(key, n + (lane >> 4))));
         Mma(o[n], pa, b[0], b[1]);
         Mma(o[n + 1], pa, b[2], b[3]);
@@ -197,6 +210,43 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   for (int h = 0; h < 2; ++h) {
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+  if constexpr (kSplitKeys) {
+    // Merge the warps' states of vector v: M = max over warps of m_w, L = sum of l_w 2^(m_w - M),
+    // O = sum of o_w 2^(m_w - M), in warp order. The key tiles are done with: the state goes
+    // where they were ([4 warps][16 vectors][D] floats, then m and l).
+    __syncthreads();
+    float* so = reinterpret_cast<float*>(ks);
+    float* sm = so + 4 * 16 * D;
+    float* sl = sm + 4 * 16;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int v = fr + 8 * h;
+      if (quad == 0) {
+        sm[warp * 16 + v] = m[h];
+        sl[warp * 16 + v] = l[h];
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        so[(warp * 16 + v) * D + 8 * n + 2 * quad] = o[n][2 * h];
+        so[(warp * 16 + v) * D + 8 * n + 2 * quad + 1] = o[n][2 * h + 1];
+      }
+    }
+    __syncthreads();
+    for (int i = tid; i < NQ * D; i += kThreads) {
+      const int v = i / D, d = i % D;
+      float mx = -INFINITY;
+      for (int w = 0; w < 4; ++w) mx = fmaxf(mx, sm[w * 16 + v]);
+      float num = 0.f, den = 0.f;
+      for (int w = 0; w < 4; ++w) {
+        const float mw = sm[w * 16 + v];
+        const float c = mw == -INFINITY ? 0.f : Exp2(mw - mx);
+        num += so[(w * 16 + v) * D + d] * c;
+        den += sl[w * 16 + v] * c;
+      }
+      out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(num / den);
+    }
+    return;
   }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -212,43 +262,56 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   }
 }
 
-template <int D>
+template <int D, bool kSplitKeys>
 constexpr size_t SharedBytes() {
-  return sizeof(bf16) * (kVectors + 4 * kKeys) * D;
+  return sizeof(bf16) * (QueryRows(kSplitKeys) + 4 * kKeys) * D;
 }
 
 // Raises the kernel's shared memory limit (once) and returns how many of its blocks the device
 // holds at once.
-template <int D>
+template <int D, bool kSplitKeys>
 AttentionResidency PreparePrefill() {
   static const AttentionResidency r = [] {
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(PrefillAttentionKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(SharedBytes<D>())));
+    auto kernel = PrefillAttentionKernel<D, kSplitKeys>;
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(SharedBytes<D, kSplitKeys>())));
     int device = 0, sms = 0, per_sm = 0;
     MOE_CUDA_CHECK(cudaGetDevice(&device));
     MOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    MOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, PrefillAttentionKernel<D>, kThreads,
-                                                                 SharedBytes<D>()));
+    MOE_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, SharedBytes<D, kSplitKeys>()));
     return AttentionResidency{sms, std::max(1, per_sm)};
   }();
   return r;
 }
 
-template <int D>
-void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles, int64_t num_tiles,
-            int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
-  PreparePrefill<D>();
+template <int D, bool kSplitKeys>
+void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                   int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
+                   cudaStream_t s) {
+  PreparePrefill<D, kSplitKeys>();
   const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles));
-  Launch(PrefillAttentionKernel<D>, grid, kThreads, SharedBytes<D>(), s, q, row_seq, row_pos, tiles, heads, kv, window,
-                                                                     scale * 1.4426950408889634f, out);
+  Launch(PrefillAttentionKernel<D, kSplitKeys>, grid, kThreads, SharedBytes<D, kSplitKeys>(), s, q, row_seq, row_pos,
+         tiles, heads, kv, window, scale * 1.4426950408889634f, out);
   MOE_CUDA_CHECK_LAUNCH();
+}
+
+template <int D>
+void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                   int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window, float scale,
+                   bf16* out, cudaStream_t s) {
+  if (max_rows * (heads / kv.kv_heads) <= 16) {
+    LaunchPrefill<D, true>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+  } else {
+    LaunchPrefill<D, false>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+  }
 }
 
 }  // namespace
 
 AttentionResidency TensorCoreAttentionResidency(int64_t head_dim) {
-  if (head_dim == 128) return PreparePrefill<128>();
-  if (head_dim == 64) return PreparePrefill<64>();
+  if (head_dim == 128) return PreparePrefill<128, false>();
+  if (head_dim == 64) return PreparePrefill<64, false>();
   return {};
 }
 
@@ -259,11 +322,11 @@ bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int3
   // The tiles are the grid's y dimension (at most 65535): a larger step takes the other kernels.
   if (max_rows * G > kVectors || num_tiles > 65535) return false;
   if (kv.head_dim == 128) {
-    LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s);
     return true;
   }
   if (kv.head_dim == 64) {
-    LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s);
     return true;
   }
   return false;
