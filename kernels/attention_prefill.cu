@@ -23,10 +23,13 @@ namespace moe::gpu {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
 constexpr int kVectors = 64;  // query vectors per block
-// Query rows in shared memory: with split keys only the one m16 tile every warp shares (a smaller
-// block, so that more of them fit an SM).
-constexpr int QueryRows(bool split_keys) { return split_keys ? 16 : kVectors; }
+// Query vectors of a split-keys block: the one m16 tile every warp shares.
+constexpr int kSplitKeyVectors = 16;
+// Query rows in shared memory: with split keys only that tile (a smaller block, so that more of
+// them fit an SM).
+constexpr int QueryRows(bool split_keys) { return split_keys ? kSplitKeyVectors : kVectors; }
 constexpr int kKeys = kTensorCoreKeyTile;  // keys per shared tile
 
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
@@ -58,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   const int lo = window > 0 ? max(0, pos0 - static_cast<int>(window) + 1) : 0;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, fr = lane >> 2, quad = lane & 3;
   // This warp's query vectors and its keys of each tile.
-  constexpr int kWarpKeys = kSplitKeys ? kKeys / 4 : kKeys;
+  constexpr int kWarpKeys = kSplitKeys ? kKeys / kWarps : kKeys;
   const int vec0 = kSplitKeys ? 0 : 16 * warp, key0 = kSplitKeys ? kWarpKeys * warp : 0;
   constexpr int kQueryRows = QueryRows(kSplitKeys);
 
@@ -214,35 +217,37 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   if constexpr (kSplitKeys) {
     // Merge the warps' states of vector v: M = max over warps of m_w, L = sum of l_w 2^(m_w - M),
     // O = sum of o_w 2^(m_w - M), in warp order. The key tiles are done with: the state goes
-    // where they were ([4 warps][16 vectors][D] floats, then m and l).
+    // where they were ([kWarps][kSplitKeyVectors][D] floats, then m and l).
+    constexpr int V = kSplitKeyVectors;
+    static_assert(sizeof(float) * kWarps * V * (D + 2) <= sizeof(bf16) * 4 * kKeys * D);
     __syncthreads();
     float* so = reinterpret_cast<float*>(ks);
-    float* sm = so + 4 * 16 * D;
-    float* sl = sm + 4 * 16;
+    float* sm = so + kWarps * V * D;
+    float* sl = sm + kWarps * V;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int v = fr + 8 * h;
       if (quad == 0) {
-        sm[warp * 16 + v] = m[h];
-        sl[warp * 16 + v] = l[h];
+        sm[warp * V + v] = m[h];
+        sl[warp * V + v] = l[h];
       }
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        so[(warp * 16 + v) * D + 8 * n + 2 * quad] = o[n][2 * h];
-        so[(warp * 16 + v) * D + 8 * n + 2 * quad + 1] = o[n][2 * h + 1];
+        so[(warp * V + v) * D + 8 * n + 2 * quad] = o[n][2 * h];
+        so[(warp * V + v) * D + 8 * n + 2 * quad + 1] = o[n][2 * h + 1];
       }
     }
     __syncthreads();
     for (int i = tid; i < NQ * D; i += kThreads) {
       const int v = i / D, d = i % D;
       float mx = -INFINITY;
-      for (int w = 0; w < 4; ++w) mx = fmaxf(mx, sm[w * 16 + v]);
+      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm[w * V + v]);
       float num = 0.f, den = 0.f;
-      for (int w = 0; w < 4; ++w) {
-        const float mw = sm[w * 16 + v];
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = sm[w * V + v];
         const float c = mw == -INFINITY ? 0.f : Exp2(mw - mx);
-        num += so[(w * 16 + v) * D + d] * c;
-        den += sl[w * 16 + v] * c;
+        num += so[(w * V + v) * D + d] * c;
+        den += sl[w * V + v] * c;
       }
       out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(num / den);
     }
@@ -300,7 +305,7 @@ template <int D>
 void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                    int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window, float scale,
                    bf16* out, cudaStream_t s) {
-  if (max_rows * (heads / kv.kv_heads) <= 16) {
+  if (max_rows * (heads / kv.kv_heads) <= kSplitKeyVectors) {
     LaunchPrefill<D, true>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
   } else {
     LaunchPrefill<D, false>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);

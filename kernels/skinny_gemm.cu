@@ -25,6 +25,7 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <stdexcept>
 
 namespace moe::gpu {
@@ -321,9 +322,10 @@ struct SkinnyLaunch {
   cudaStream_t stream;
 };
 
+// Raises the kernel instance's shared memory limit, once (not per launch: launches may be captured
+// into a CUDA graph).
 template <int NT, int EPI, bool kPartialOut>
-void LaunchKernel(const SkinnyLaunch& a) {
-  // Raised once (not per launch: launches may be captured into a CUDA graph).
+void RaiseSharedLimit() {
   static const bool raised = [] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(SkinnyGemmKernel<NT, EPI, kPartialOut>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -331,6 +333,11 @@ void LaunchKernel(const SkinnyLaunch& a) {
     return true;
   }();
   (void)raised;
+}
+
+template <int NT, int EPI, bool kPartialOut>
+void LaunchKernel(const SkinnyLaunch& a) {
+  RaiseSharedLimit<NT, EPI, kPartialOut>();
   Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, a.grid, kThreads, SharedBytes(NT), a.stream, a.x, a.K, a.groups, a.N,
          a.out, kPartialOut ? a.partial : nullptr, kPartialOut ? a.partial_rows : 0,
          kPartialOut ? a.counters : nullptr);
@@ -363,6 +370,35 @@ void LaunchTiles(const SkinnyLaunch& a, SkinnyEpilogue epi) {
   }
 }
 
+// CTAs of the kernel for NT tiles that one SM holds at once (shared memory bounds it: 3 with one
+// or two tiles, 2 with four or eight, on an H100/H200).
+template <int NT>
+int ResidentPerSm() {
+  static const int blocks = [] {
+    RaiseSharedLimit<NT, 0, false>();
+    int b = 0;
+    MOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, SkinnyGemmKernel<NT, 0, false>, kThreads,
+                                                                 SharedBytes(NT)));
+    return std::max(1, b);
+  }();
+  return blocks;
+}
+
+// f(std::integral_constant<int, NT>) with NT the 8-row tiles of SkinnyTileCount(expected_rows).
+template <typename F>
+auto WithTileCount(int64_t expected_rows, F&& f) {
+  switch (SkinnyTileCount(expected_rows)) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    default:
+      return f(std::integral_constant<int, 8>{});
+  }
+}
+
 int64_t SkinnyCtasPerGroup(int64_t N, SkinnyEpilogue epi) {
   const int64_t per = epi == SkinnyEpilogue::kSwiGluBf16 ? kRows / 2 : kRows;
   return (N + per - 1) / per;
@@ -391,36 +427,8 @@ int DeviceSmCount() {
   return cached[device];
 }
 
-namespace {
-
-// CTAs of the kernel for NT tiles that one SM holds at once (shared memory bounds it: 3 with one
-// or two tiles, 2 with four or eight, on an H100/H200).
-template <int NT>
-int ResidentPerSm() {
-  static const int blocks = [] {
-    auto kernel = SkinnyGemmKernel<NT, 0, false>;
-    const int bytes = static_cast<int>(SharedBytes(NT));
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    int b = 0;
-    MOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, kernel, kThreads, bytes));
-    return std::max(1, b);
-  }();
-  return blocks;
-}
-
-}  // namespace
-
 int SkinnyResidentPerSm(int64_t expected_rows) {
-  switch (SkinnyTileCount(expected_rows)) {
-    case 1:
-      return ResidentPerSm<1>();
-    case 2:
-      return ResidentPerSm<2>();
-    case 4:
-      return ResidentPerSm<4>();
-    default:
-      return ResidentPerSm<8>();
-  }
+  return WithTileCount(expected_rows, [](auto nt) { return ResidentPerSm<decltype(nt)::value>(); });
 }
 
 int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups, int64_t expected_rows) {
@@ -479,20 +487,7 @@ void SkinnyGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N,
                   static_cast<unsigned>(splits));
   const int n = static_cast<int>(N);
   const SkinnyLaunch launch{grid, x, static_cast<int>(K), groups, n, out, workspace, workspace_rows, counters, s};
-  switch (SkinnyTileCount(expected_rows)) {
-    case 1:
-      LaunchTiles<1>(launch, epi);
-      break;
-    case 2:
-      LaunchTiles<2>(launch, epi);
-      break;
-    case 4:
-      LaunchTiles<4>(launch, epi);
-      break;
-    default:
-      LaunchTiles<8>(launch, epi);
-      break;
-  }
+  WithTileCount(expected_rows, [&](auto nt) { LaunchTiles<decltype(nt)::value>(launch, epi); });
   MOE_CUDA_CHECK_LAUNCH();
   if (splits > 1 && counters == nullptr) {
     const int64_t total = workspace_rows * N;
