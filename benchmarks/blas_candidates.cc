@@ -12,9 +12,9 @@
 
 #include "benchmarks/kernel_bench.h"
 #include "benchmarks/median_time.h"
+#include "worker/gpu/cuda_stream.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gemm.h"
-#include "worker/gpu/gpu_engine.h"
 #include "worker/gpu/random_fill.h"
 
 namespace moe {

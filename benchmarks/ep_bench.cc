@@ -33,6 +33,7 @@
 #include "benchmarks/engine_driver.h"
 #include "coordinator/placement.h"
 #include "worker/comm/mpi_communicator.h"
+#include "worker/gpu/cuda_stream.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gpu_engine.h"
 #include "worker/gpu/nccl_exchange.h"
@@ -108,8 +109,8 @@ std::vector<std::vector<double>> AllRanks(const std::vector<double>& mine, int W
 nlohmann::json ExchangeFigures(gpu::NcclExchange& x, const ModelConfig& c, const std::vector<int64_t>& tokens) {
   const int W = x.size();
   const int64_t H = c.hidden_size, k = c.experts_per_token;
-  cudaStream_t s = nullptr;
-  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  gpu::CudaStream stream;
+  const cudaStream_t s = stream.get();
   cudaEvent_t a = nullptr, b = nullptr;
   MOE_CUDA_CHECK(cudaEventCreate(&a));
   MOE_CUDA_CHECK(cudaEventCreate(&b));
@@ -153,7 +154,6 @@ nlohmann::json ExchangeFigures(gpu::NcclExchange& x, const ModelConfig& c, const
   }
   MOE_CUDA_CHECK(cudaEventDestroy(a));
   MOE_CUDA_CHECK(cudaEventDestroy(b));
-  MOE_CUDA_CHECK(cudaStreamDestroy(s));
   return out;
 }
 

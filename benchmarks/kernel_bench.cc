@@ -10,6 +10,7 @@
 #include "benchmarks/median_time.h"
 #include "common/uniform_draw.h"
 #include "kernels/kernels.h"
+#include "worker/gpu/cuda_stream.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gemm.h"
 #include "worker/gpu/random_fill.h"
@@ -24,8 +25,8 @@ using gpu::bf16;
 
 nlohmann::json KernelFigures(const ModelConfig& c) {
   nlohmann::json out;
-  cudaStream_t s;
-  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  gpu::CudaStream stream;
+  const cudaStream_t s = stream.get();
   {
     // Copy bandwidth: 1 GiB device to device, bytes read plus written.
     const size_t bytes = size_t{1} << 30;
@@ -232,7 +233,6 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
     out["sampling"] = rows;
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
-  cudaStreamDestroy(s);
   std::printf("copy bandwidth: %.0f GB/s\n", out["copy_bandwidth_gbps"].get<double>());
   std::fflush(stdout);
   return out;

@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -14,7 +13,9 @@
 #include "benchmarks/kernel_bench.h"
 #include "benchmarks/median_time.h"
 #include "kernels/kernels.h"
+#include "worker/gpu/cuda_stream.h"
 #include "worker/gpu/device_buffer.h"
+#include "worker/gpu/moe_layer.h"
 #include "worker/gpu/random_fill.h"
 
 namespace moe {
@@ -22,14 +23,16 @@ namespace {
 
 using gpu::bf16;
 
+constexpr int kMostSplits = 16;  // the largest split count timed
+
 // One routing of T tokens: rows grouped by expert (offsets), the token behind each row, and the
 // experts with rows (then -1 up to `slots`).
-struct Routing {
+struct DrawnRouting {
   gpu::DeviceBuffer<int32_t> offsets, row_index, active;
   int64_t active_count = 0;
 };
 
-Routing Route(int64_t T, int64_t E, int64_t k, int64_t slots, std::mt19937& rng) {
+DrawnRouting Route(int64_t T, int64_t E, int64_t k, int64_t slots, std::mt19937& rng) {
   std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
   std::vector<int32_t> order(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {
@@ -43,7 +46,7 @@ Routing Route(int64_t T, int64_t E, int64_t k, int64_t slots, std::mt19937& rng)
     offsets.push_back(static_cast<int32_t>(row_index.size()));
     if (!rows[e].empty()) active.push_back(static_cast<int32_t>(e));
   }
-  Routing r;
+  DrawnRouting r;
   r.active_count = static_cast<int64_t>(active.size());
   active.resize(static_cast<size_t>(slots), -1);
   auto upload = [](gpu::DeviceBuffer<int32_t>& d, const std::vector<int32_t>& h) {
@@ -60,8 +63,8 @@ Routing Route(int64_t T, int64_t E, int64_t k, int64_t slots, std::mt19937& rng)
 
 nlohmann::json SkinnySplitFigures(const ModelConfig& c) {
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, k = c.experts_per_token;
-  cudaStream_t s;
-  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  gpu::CudaStream stream;
+  const cudaStream_t s = stream.get();
   // One layer's experts: [E][2I][H] and [E][H][I].
   gpu::DeviceBuffer<bf16> w13(static_cast<size_t>(E * 2 * I * H)), w2(static_cast<size_t>(E * H * I));
   gpu::FillNormal(w13.get(), E * 2 * I * H, 11, 1, 0.f, 0.02f, s);
@@ -80,14 +83,14 @@ nlohmann::json SkinnySplitFigures(const ModelConfig& c) {
   for (int64_t T : {1, 4, 8, 64}) {
     const int64_t R = T * k, slots = std::min(E, R);
     // Four routings, used in turn, so that successive runs read other experts' weights.
-    std::vector<Routing> routes;
+    std::vector<DrawnRouting> routes;
     for (int i = 0; i < 4; ++i) routes.push_back(Route(T, E, k, slots, rng));
-    const double mean = static_cast<double>(R) / static_cast<double>(E);
-    const int64_t expected = static_cast<int64_t>(std::ceil(mean + 3.0 * std::sqrt(mean) + 1.0));
+    // The engine's plan for these rows (its tile size and split counts: the figure's choice).
+    const gpu::SkinnyPlan plan = gpu::PlanSkinny(c, R, E);
+    const int64_t expected = plan.expected;
     const double active_mean = std::accumulate(routes.begin(), routes.end(), 0.0,
-                                               [](double a, const Routing& r) { return a + r.active_count; }) /
+                                               [](double a, const DrawnRouting& r) { return a + r.active_count; }) /
                                routes.size();
-    const int64_t groups = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(active_mean - 1e-9)));
     gpu::DeviceBuffer<bf16> x(static_cast<size_t>(T * H)), act(static_cast<size_t>(R * I)),
         y(static_cast<size_t>(R * H));
     gpu::FillNormal(x.get(), T * H, 12, 1, 0.f, 1.f, s);
@@ -97,14 +100,14 @@ nlohmann::json SkinnySplitFigures(const ModelConfig& c) {
       const bool up = m == 0;
       const int64_t N = up ? I : H, K = up ? H : I;
       const gpu::SkinnyEpilogue epi = up ? gpu::SkinnyEpilogue::kSwiGluBf16 : gpu::SkinnyEpilogue::kStoreBf16;
-      const int chosen = gpu::SkinnySplits(N, K, epi, groups, expected);
+      const int chosen = up ? plan.splits_up : plan.splits_down;
       const double bytes = 2.0 * (up ? 2 * I : I) * H * active_mean;
-      gpu::DeviceBuffer<float> ws(std::max<size_t>(1, gpu::SkinnyWorkspaceFloats(R, N, epi, 16)));
+      gpu::DeviceBuffer<float> ws(std::max<size_t>(1, gpu::SkinnyWorkspaceFloats(R, N, epi, kMostSplits)));
       gpu::DeviceBuffer<int32_t> counters(gpu::SkinnyCounters(N, epi, slots));
       MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));
-      for (int splits : {1, 2, 3, 4, 5, 6, 8, 12, 16}) {
+      for (int splits : {1, 2, 3, 4, 5, 6, 8, 12, kMostSplits}) {
         const double ms = MedianMs(s, 3, 16, [&](int i) {
-          const Routing& r = routes[i % routes.size()];
+          const DrawnRouting& r = routes[i % routes.size()];
           gpu::SkinnyGroups g;
           g.count = E;
           g.offsets = r.offsets.get();
@@ -144,10 +147,10 @@ nlohmann::json SkinnySplitFigures(const ModelConfig& c) {
     gpu::FillNormal(x.get(), d.K, 13, 2, 0.f, 1.f, s);
     const gpu::SkinnyEpilogue epi = gpu::SkinnyEpilogue::kStoreBf16;
     const int chosen = gpu::SkinnySplits(d.N, d.K, epi, 1, 1);
-    gpu::DeviceBuffer<float> ws(gpu::SkinnyWorkspaceFloats(1, d.N, epi, 64));
+    gpu::DeviceBuffer<float> ws(gpu::SkinnyWorkspaceFloats(1, d.N, epi, kMostSplits));
     gpu::DeviceBuffer<int32_t> counters(gpu::SkinnyCounters(d.N, epi, 1));
     MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));
-    for (int splits : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16}) {
+    for (int splits : {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, kMostSplits}) {
       const double ms = MedianMs(s, 3, 16, [&](int i) {
         gpu::SkinnyGroups g;
         g.rows = 1;
@@ -168,7 +171,6 @@ nlohmann::json SkinnySplitFigures(const ModelConfig& c) {
   std::printf("skinny CTAs per SM: %d (1-8 rows), %d (9-16), %d (17-32), %d (more)\n", gpu::SkinnyResidentPerSm(1),
               gpu::SkinnyResidentPerSm(16), gpu::SkinnyResidentPerSm(32), gpu::SkinnyResidentPerSm(64));
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
-  cudaStreamDestroy(s);
   std::fflush(stdout);
   return rows;
 }

@@ -24,6 +24,7 @@
 #include "worker/comm/local_communicator.h"
 #include "worker/comm/mpi_communicator.h"
 #include "worker/generation.h"
+#include "worker/gpu/cuda_stream.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gpu_engine.h"
 #include "worker/gpu/nccl_exchange.h"
@@ -129,17 +130,6 @@ class GpuNcclTest : public ::testing::Test {
   static inline bool any_failed_ = false;
 };
 
-// A stream of the test's own, on the exchange's device.
-class TestStream {
- public:
-  TestStream() { MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~TestStream() { cudaStreamDestroy(s_); }
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 // The 16 bits of element (src, dst, row, col): unique for W <= 8, rows < 16, cols < 64 (and never
 // 0xFFFF, the "not written" mark, with the counts below).
 uint16_t Encode(int src, int dst, int64_t row, int64_t col) {
@@ -167,7 +157,7 @@ void CheckRowExchange(gpu::NcclExchange& x, int64_t (*rows)(int s, int d), int64
   gpu::DeviceBuffer<gpu::bf16> d_send(send.size() + 1), d_recv(static_cast<size_t>(nr * width) + 1);
   MOE_CUDA_CHECK(cudaMemcpy(d_send.get(), send.data(), send.size() * sizeof(uint16_t), cudaMemcpyHostToDevice));
   MOE_CUDA_CHECK(cudaMemset(d_recv.get(), 0xFF, d_recv.size() * sizeof(gpu::bf16)));  // 0xFFFF: never sent
-  TestStream stream;
+  gpu::CudaStream stream;  // the test's own, on the exchange's device
   x.AllToAllRows(d_send.get(), send_rows, d_recv.get(), recv_rows, width, stream.get());
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   std::vector<uint16_t> got(d_recv.size());
@@ -214,7 +204,7 @@ TEST_F(GpuNcclTest, AllToAllCounts) {
   }
   gpu::DeviceBuffer<int64_t> d(2 * send.size());
   MOE_CUDA_CHECK(cudaMemcpy(d.get(), send.data(), sizeof(int64_t) * send.size(), cudaMemcpyHostToDevice));
-  TestStream stream;
+  gpu::CudaStream stream;  // the test's own, on the exchange's device
   nccl_->AllToAllCounts(d.get(), d.get() + send.size(), E, stream.get());
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
   MOE_CUDA_CHECK(cudaMemcpy(got.data(), d.get() + send.size(), sizeof(int64_t) * got.size(), cudaMemcpyDeviceToHost));

@@ -205,7 +205,11 @@ cublasLtMatmulAlgo_t Gemm::FastestOf(const std::vector<cublasLtMatmulAlgo_t>& ca
 
 bool Gemm::Reserve(int64_t M, int64_t K, int64_t N, SkinnyEpilogue epi) {
   if (!Skinny(M, K) || M == 0) return false;
-  bool grew = split_.EnsureSize(SkinnyWorkspaceFloats(M, N, epi, SkinnySplits(N, K, epi, 1, M)));
+  return ReserveSplits(M, N, epi, SkinnySplits(N, K, epi, 1, M));
+}
+
+bool Gemm::ReserveSplits(int64_t M, int64_t N, SkinnyEpilogue epi, int splits) {
+  bool grew = split_.EnsureSize(SkinnyWorkspaceFloats(M, N, epi, splits));
   if (counters_.EnsureSize(SkinnyCounters(N, epi, 1))) {
     MOE_CUDA_CHECK(cudaMemsetAsync(counters_.get(), 0, sizeof(int32_t) * counters_.size(), stream_));
     grew = true;
@@ -219,7 +223,7 @@ void Gemm::RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t
   g.rows = M;
   g.weight = w;
   const int splits = SkinnySplits(N, K, epi, 1, M);
-  Reserve(M, K, N, epi);
+  ReserveSplits(M, N, epi, splits);
   // Up to 8 rows (one pass of the smallest tile) the split-K sums are added by the last CTA of each
   // tile, with no second launch; with more rows that serial sum costs more than the launch.
   SkinnyGemm(x, K, g, N, epi, y, M, splits, split_.get(), M, M <= 8 ? counters_.get() : nullptr, stream_);

@@ -105,6 +105,8 @@ class Gemm {
            float beta);
   bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
   void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
+  // Reserve's work once the split count is known (RunSkinny needs it too: computed once).
+  bool ReserveSplits(int64_t M, int64_t N, SkinnyEpilogue epi, int splits);
 
   // The operands of the product an algorithm is being chosen for (timing runs it on them).
   struct Operands {

@@ -40,6 +40,7 @@
 
 #include "coordinator/placement.h"
 #include "worker/comm/communicator.h"
+#include "worker/gpu/cuda_stream.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/device_weights.h"
 #include "worker/gpu/gemm.h"
@@ -73,19 +74,6 @@ struct GpuEngineOptions {
   // Communicator's). With device -1 the engine runs on the exchange's GPU; a different device is
   // an error. Null, or force_host_staging: rows go through the host and the Communicator.
   NcclExchange* nccl = nullptr;
-};
-
-// The engine's stream, destroyed last.
-class CudaStream {
- public:
-  CudaStream() { MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking)); }
-  ~CudaStream() { cudaStreamDestroy(s_); }
-  CudaStream(const CudaStream&) = delete;
-  CudaStream& operator=(const CudaStream&) = delete;
-  cudaStream_t get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
 };
 
 class GpuEngine final : public StepEngine {

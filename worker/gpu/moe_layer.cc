@@ -77,8 +77,8 @@ bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
   return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts, true);
 }
 
-GpuMoeLayer::SkinnyPlan GpuMoeLayer::PlanSkinny(int64_t R, int64_t local, int64_t plan_rows) const {
-  const int64_t H = c_.hidden_size, I = c_.intermediate_size;
+SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t plan_rows) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
   SkinnyPlan p;
   if (plan_rows <= 0) plan_rows = R;
   // Rows per expert the register tiles are sized for: the mean plus three standard deviations of a
@@ -116,7 +116,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     size_t workspace = 0;  // the largest any layer's share of experts needs
     for (int64_t l = 0; l < c_.num_layers; ++l) {
       const int64_t local = std::max<int64_t>(1, local_experts_[l]);
-      workspace = std::max(workspace, PlanSkinny(bound, local, ExpectedRows(rows, local)).workspace);
+      workspace = std::max(workspace, PlanSkinny(c_, bound, local, ExpectedRows(rows, local)).workspace);
     }
     grew |= split_.EnsureSize(workspace);
     return grew;
@@ -124,7 +124,9 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
-  if (n > 0 && SkinnyExperts(n, c_.num_experts, false)) grew |= split_.EnsureSize(PlanSkinny(n, c_.num_experts).workspace);
+  if (n > 0 && SkinnyExperts(n, c_.num_experts, false)) {
+    grew |= split_.EnsureSize(PlanSkinny(c_, n, c_.num_experts).workspace);
+  }
   return grew;
 }
 
@@ -262,7 +264,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   act_.EnsureSize(static_cast<size_t>(R * I));
   // plan_rows: the device exchange's skinny call (its rows are known on the device only).
   if (SkinnyExperts(plan_rows > 0 ? plan_rows : R, local, plan_rows > 0)) {
-    const SkinnyPlan p = PlanSkinny(R, local, plan_rows);
+    const SkinnyPlan p = PlanSkinny(c_, R, local, plan_rows);
     split_.EnsureSize(p.workspace);
     // Every expert gets at most one row per token, so with at most 8 tokens (the local path) every
     // expert's rows fit one pass of the smallest tile and the last CTA of each tile can add the

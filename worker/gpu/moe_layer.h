@@ -109,6 +109,16 @@ struct StepRows {
   int64_t total = 0;  // the rows of all ranks
 };
 
+// How the skinny expert GEMMs run for R rows (buffers, workspace) sized for plan_rows (0: R) over
+// `local` experts (GpuMoeLayer's plan; also the skinny_splits kernel figure's, so that it marks the
+// engine's choice).
+struct SkinnyPlan {
+  int64_t expected = 1;  // rows per expert the register tiles hold
+  int splits_up = 1, splits_down = 1;
+  size_t workspace = 0;  // floats of split-K partial sums
+};
+SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t plan_rows = 0);
+
 class GpuMoeLayer {
  public:
   // `weights`: the rank's device weights (the experts' pointer tables are built from them once).
@@ -177,14 +187,6 @@ class GpuMoeLayer {
     const int64_t routed = rows.total * c_.experts_per_token;
     return std::max<int64_t>(1, (routed * local + c_.num_experts - 1) / c_.num_experts);
   }
-  // How the skinny expert GEMMs run for R rows (buffers, workspace) sized for plan_rows (0: R) over
-  // `local` experts.
-  struct SkinnyPlan {
-    int64_t expected = 1;  // rows per expert the register tiles hold
-    int splits_up = 1, splits_down = 1;
-    size_t workspace = 0;  // floats of split-K partial sums
-  };
-  SkinnyPlan PlanSkinny(int64_t R, int64_t local, int64_t plan_rows = 0) const;
   // RouteAndGroup of this rank's T rows into offsets_ (and src_row, position, the optional active
   // list and load counts).
   void RouteOnDevice(const DeviceMoeWeights& w, const bf16* h, int64_t T, int32_t* src_row, int32_t* position,
