@@ -13,6 +13,9 @@
 //   - in a profiling mode (CUDA events at the stage boundaries of every layer; no graphs), the
 //     per-layer time split: attention, router, dispatch, experts, combine (and what lies outside
 //     the layers);
+//   - with --timeline-out (builds with CUPTI), the activity timeline of one prefill and of decode
+//     steps (activity_timeline.h): every kernel on every stream, every copy and CUDA call; the
+//     device's idle stretches are summarised in the JSON, the records go to the file;
 // and writes one JSON object (machine, commit, command line, config, every figure) to --out.
 //
 // The byte floor, for comparing later versions: a decode step must read every weight it uses
@@ -35,6 +38,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "benchmarks/activity_timeline.h"
 #include "benchmarks/engine_driver.h"
 #include "benchmarks/kernel_bench.h"
 #include "benchmarks/kernel_trace.h"
@@ -61,6 +65,8 @@ struct Args {
   bool variants = true;   // decode and prefill also without graphs / with cuBLAS experts
   bool kernels = true;    // kernel figures
   bool kernels_only = false;  // the kernel figures and nothing else (no engine: quick, and for profilers)
+  std::string timeline_out;   // CUPTI timelines of one prefill and a decode step per timeline batch
+  std::vector<int64_t> timeline_batches = {64};
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
 };
 
@@ -70,6 +76,8 @@ void Usage() {
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
                "                 [--no-variants] [--no-kernels | --kernels-only]\n"
+               "                 [--timeline-out FILE [--timeline-batches 64]] (CUPTI builds: every kernel, copy and\n"
+               "                 CUDA call of one prefill and of decode steps, summarised in --out, records in FILE)\n"
                "The commit defaults to $MOE_COMMIT.\n");
 }
 
@@ -108,6 +116,8 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--batches") a.batches = ParseList(v);
     else if (k == "--profile-batches") a.profile_batches = ParseList(v);
     else if (k == "--trace-batches") a.trace_batches = ParseList(v);
+    else if (k == "--timeline-out") a.timeline_out = v;
+    else if (k == "--timeline-batches") a.timeline_batches = ParseList(v);
     else {
       std::fprintf(stderr, "moe-bench: unknown flag %s\n", k.c_str());
       return false;
@@ -191,6 +201,9 @@ int main(int argc, char** argv) {
   int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
   for (int64_t b : a.profile_batches) max_batch = std::max(max_batch, b);
   for (int64_t b : a.trace_batches) max_batch = std::max(max_batch, b);
+  if (!a.timeline_out.empty()) {
+    for (int64_t b : a.timeline_batches) max_batch = std::max(max_batch, b);
+  }
   const int64_t max_len = a.context + a.warmup + a.steps + 2;
   gpu::GpuEngineOptions opts;
   opts.kv_tokens = std::max<int64_t>(max_batch * ((max_len + 15) / 16 * 16), a.prefill_tokens + 16);
@@ -422,6 +435,41 @@ int main(int argc, char** argv) {
     result["trace"] = {{"decode", traces},
                        {"unit", "us per layer (layer) and per step (outside_layers): the time from a kernel passing "
                                 "its wait for the previous kernel to the next kernel doing so"}};
+  }
+  // Activity timelines (CUPTI): one prefill, and decode steps at each timeline batch.
+  if (!a.timeline_out.empty()) {
+    nlohmann::json summaries, records;
+    auto record = [&](const std::string& name, auto&& work) {
+      ActivityTimeline timeline;
+      std::string error;
+      if (!timeline.Start(error)) {
+        std::printf("timeline %s: %s\n", name.c_str(), error.c_str());
+        summaries[name] = {{"error", error}};
+        return;
+      }
+      work();
+      const std::vector<ActivityRecord> recs = timeline.Stop();
+      nlohmann::json s = SummariseTimeline(recs);
+      if (s.contains("span_us")) {
+        std::printf("timeline %s: span %.1f us, device busy %.1f us, idle %.1f us in %lld stretches\n", name.c_str(),
+                    s["span_us"].get<double>(), s["busy_us"].get<double>(), s["idle_us"].get<double>(),
+                    static_cast<long long>(s["idle_stretches"].get<size_t>()));
+      }
+      std::fflush(stdout);
+      summaries[name] = s;
+      records[name] = TimelineRecords(recs);
+    };
+    bench.Prefill(a.prefill_tokens);
+    record("prefill", [&] { bench.Prefill(a.prefill_tokens); });
+    for (int64_t B : a.timeline_batches) {
+      std::vector<int64_t> ids = bench.AddContexts(B);
+      bench.Decode(ids, a.warmup);
+      record("decode_b" + std::to_string(B), [&] { bench.Decode(ids, 2); });
+      bench.Free(ids);
+    }
+    result["timeline"] = summaries;
+    result["timeline"]["records_file"] = a.timeline_out;
+    if (int rc = WriteJson(a.timeline_out, records); rc != 0) return rc;
   }
   result["notes"] =
       "decode: CUDA graphs, skinny grouped expert GEMMs, device-side routing layout; prefill: cuBLAS expert GEMMs on "

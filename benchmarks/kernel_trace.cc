@@ -7,10 +7,8 @@
 #include <vector>
 
 namespace moe {
-namespace {
 
-// "moe::gpu::(anonymous namespace)::SkinnyGemmKernel<1, 3, true>(...)" -> "SkinnyGemmKernel<1, 3, true>".
-std::string ShortName(const std::string& mangled) {
+std::string ShortKernelName(const std::string& mangled) {
   int status = 0;
   char* d = abi::__cxa_demangle(mangled.c_str(), nullptr, nullptr, &status);
   std::string s = status == 0 && d != nullptr ? d : mangled;
@@ -29,8 +27,6 @@ std::string ShortName(const std::string& mangled) {
   if (colon != std::string::npos) s = s.substr(colon + 2);
   return s;
 }
-
-}  // namespace
 
 nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps) {
   const int64_t n = static_cast<int64_t>(t.names.size());
@@ -70,12 +66,12 @@ nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, i
   for (int64_t j = 0; j < period; ++j) {
     const double us = layer_us[static_cast<size_t>(j)] / (steps * layers);
     layer_total += us;
-    per_layer.push_back({{"kernel", ShortName(t.names[1 + j])}, {"us", us}});
+    per_layer.push_back({{"kernel", ShortKernelName(t.names[1 + j])}, {"us", us}});
   }
   for (int64_t i = 0; i < n; ++i) {
     if (i >= 1 && i < 1 + layers * period) continue;
     // The last kernel's time runs to the next step's first record (host time included): not given.
-    nlohmann::json k = {{"kernel", ShortName(t.names[i])}};
+    nlohmann::json k = {{"kernel", ShortKernelName(t.names[i])}};
     if (i + 1 < n) k["us"] = outside_us[static_cast<size_t>(i)] / steps;
     outside.push_back(k);
   }

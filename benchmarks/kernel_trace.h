@@ -5,12 +5,17 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "kernels/kernels.h"
 
 namespace moe {
+
+// A kernel's name as a reader wants it: "moe::gpu::(anonymous namespace)::SkinnyGemmKernel<1, 3,
+// true>(...)" (mangled or not) -> "SkinnyGemmKernel<1, 3, true>".
+std::string ShortKernelName(const std::string& name);
 
 // t: a trace of `steps` identical steps (one graph), each an embedding kernel, `layers` layers of
 // the same kernel sequence, and a tail. Returns per-layer kernels (name, us per layer), the kernels

@@ -5,7 +5,8 @@
 #   2. build the GPU targets first (GPU tests, moe-bench), then everything else with all cores
 #      (a failure in an unrelated target is reported but does not stop the GPU run);
 #   3. run `ctest -L gpu` (verbose: the tests print their measured errors);
-#   4. run moe-bench (Mixtral-8x7B, synthetic weights) -> moe-bench.json;
+#   4. run moe-bench (Mixtral-8x7B, synthetic weights) -> moe-bench.json, with the CUPTI activity
+#      records of one prefill and two batch-64 decode steps -> moe-bench-timeline.json;
 #   5. with two GPUs or more, moe-ep-bench under mpirun, one rank per GPU (expert parallel over
 #      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json, and its speed-up over moe-bench at equal
 #      total batches (scripts/ep-scaling.py) -> ep-scaling.json;
@@ -80,7 +81,8 @@ grep -E "tests passed|tests failed|\*\*\*|Failed|SKIPPED|Passed|\[  (FAILED|SKIP
 
 export MOE_COMMIT="${MOE_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
 # shellcheck disable=SC2086
-step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" ${MOE_BENCH_ARGS:-} || status=1
+step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" \
+  --timeline-out "$LOGS/moe-bench-timeline.json" ${MOE_BENCH_ARGS:-} || status=1
 tail -n 40 "$LOGS/bench.log" | tee -a "$SUMMARY"
 
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
