@@ -1,5 +1,5 @@
 // A non-blocking CUDA stream that destroys itself (the engine's stream; the benchmarks' and tests'
-// own streams).
+// own streams), and an event (no timing) likewise.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,6 +18,18 @@ class CudaStream {
 
  private:
   cudaStream_t s_ = nullptr;
+};
+
+class CudaEvent {
+ public:
+  CudaEvent() { MOE_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
+  ~CudaEvent() { cudaEventDestroy(e_); }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
 };
 
 }  // namespace moe::gpu

@@ -21,7 +21,9 @@ namespace moe::gpu {
 //   O            LinearF32 accumulating into the residual, the same rows
 //   router       LinearF32, the same rows
 //   LM head      LinearF32, up to min(max_step_tokens, 512) rows (more: chosen on first use)
-//   w13, w2      LinearBlas per expert, up to max_step_tokens x experts_per_token rows
+//   w13, w2      LinearBlas per expert, up to max_step_tokens x experts_per_token rows; and
+//                LinearStridedBatched over the layer's experts (when their weights allow it), every
+//                expert up to its share of those rows plus the batched path's padding bound
 // Allocates its scratch rows for the call (a few hundred MB at Mixtral-8x7B shape) and frees them.
 // Returns the number of algorithms it chose, or -1 when the scratch rows did not fit (the choices
 // are then made on first use, as without it).

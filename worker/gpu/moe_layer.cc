@@ -38,6 +38,7 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
   }
   host_w13_ = w13;
   host_w2_ = w2;
+  for (int64_t l = 0; l < L; ++l) strided_.push_back(StridedExperts(weights.moe[l]));
   w13_ = DeviceBuffer<const bf16*>(w13.size());
   w2_ = DeviceBuffer<const bf16*>(w2.size());
   MOE_CUDA_CHECK(cudaMemcpy(w13_.get(), w13.data(), sizeof(const bf16*) * w13.size(), cudaMemcpyHostToDevice));
@@ -70,6 +71,24 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
     MOE_CUDA_CHECK(cudaMemcpy(owner_.get(), owner.data(), sizeof(int32_t) * owner.size(), cudaMemcpyHostToDevice));
     recv_offsets_ = DeviceBuffer<int32_t>(static_cast<size_t>(E + 1));
   }
+}
+
+ExpertStride StridedExperts(const DeviceMoeWeights& layer) {
+  const int64_t E = static_cast<int64_t>(layer.experts.size());
+  int64_t first = 0;
+  while (first < E && !layer.holds(first)) ++first;
+  int64_t end = first;
+  while (end < E && layer.holds(end)) ++end;
+  for (int64_t e = end; e < E; ++e) {
+    if (layer.holds(e)) return {};  // not one range of ids
+  }
+  if (end - first < 2) return {};
+  const auto& x = layer.experts;
+  const int64_t w13 = x[first + 1].w13 - x[first].w13, w2 = x[first + 1].w2 - x[first].w2;
+  for (int64_t e = first + 1; e < end; ++e) {
+    if (x[e].w13 - x[e - 1].w13 != w13 || x[e].w2 - x[e - 1].w2 != w2) return {};
+  }
+  return {first, end - first, w13, w2};
 }
 
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
@@ -170,23 +189,16 @@ void GpuMoeLayer::RouteOnDevice(const DeviceMoeWeights& w, const bf16* h, int64_
 void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                                StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts,
                                const NextNorm& next) {
-  const int64_t E = c_.num_experts, k = c_.experts_per_token;
+  const int64_t k = c_.experts_per_token;
   const int64_t n = T * k;  // the buffers for T rows were sized by Reserve before the step
   int32_t* src_row = index_.get();  // grouped row -> token row
   int32_t* position = src_row + n;  // slot -> grouped row
   RouteOnDevice(w, h, T, src_row, position, active_.get(), expert_counts);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
   if (record != nullptr) RecordRouting(T, *record, nullptr);
-  const int32_t* h_offsets = nullptr;
-  if (!SkinnyExperts(n, E, false)) {
-    // The cuBLAS GEMMs need the per-expert row counts on the host: one synchronisation.
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), offsets_.get(), sizeof(int32_t) * (E + 1),
-                                   cudaMemcpyDeviceToHost, stream_));
-    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    h_offsets = h_offsets_.get();
-  }
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
-  Experts(layer, h, src_row, n, offsets_.get(), h_offsets, result_.get(), active_.get());
+  // With cuBLAS experts, Experts fetches the per-expert row counts to the host (one synchronisation).
+  Experts(layer, h, src_row, n, offsets_.get(), nullptr, result_.get(), active_.get());
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
   Combine(result_.get(), position, T, residual, next);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
@@ -293,18 +305,35 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     return;
   }
 
-  // cuBLAS: the sizes must be on the host.
-  if (h_offsets == nullptr) {
+  // cuBLAS: the sizes must be on the host (one synchronisation). The host waits for their copy
+  // alone: the gather of the rows in expert order needs no sizes, so it runs on the device while
+  // the host wakes up and issues the products.
+  const bool fetch_sizes = h_offsets == nullptr;
+  if (fetch_sizes) {
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), d_offsets, sizeof(int32_t) * (E + 1), cudaMemcpyDeviceToHost,
                                    stream_));
-    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    h_offsets = h_offsets_.get();
+    MOE_CUDA_CHECK(cudaEventRecord(sizes_copied_.get(), stream_));
   }
   const bf16* in = x;
   if (row_index != nullptr) {
     grouped_.EnsureSize(static_cast<size_t>(R * H));
     GatherRows(x, row_index, R, H, grouped_.get(), stream_);
     in = grouped_.get();
+  }
+  if (fetch_sizes) {
+    MOE_CUDA_CHECK(cudaEventSynchronize(sizes_copied_.get()));
+    h_offsets = h_offsets_.get();
+  }
+  if (tuning_.blas == ExpertGemmTuning::Blas::kConcurrent && tuning_.batched_max_padding > 0) {
+    // Every expert in the batch gets `most` rows, those without rows too: the padding bound counts them.
+    const ExpertStride& b = strided_[static_cast<size_t>(layer)];
+    int64_t most = 0;
+    for (int64_t e = b.first; e < b.first + b.count; ++e) most = std::max<int64_t>(most, h_offsets[e + 1] - h_offsets[e]);
+    if (b.count > 0 && h_offsets[b.first + b.count] - h_offsets[b.first] == R &&
+        static_cast<double>(b.count * most) <= (1.0 + tuning_.batched_max_padding) * static_cast<double>(R)) {
+      BatchedExperts(layer, in, R, d_offsets, most, out);
+      return;
+    }
   }
   gate_up_.EnsureSize(static_cast<size_t>(R * 2 * I));
   if (tuning_.blas == ExpertGemmTuning::Blas::kGrouped) {
@@ -347,6 +376,24 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     g.LinearBlas(act_.get() + start * I, rows, I, host_w2_[layer * E + e], H, out + start * H);
   }
   if (concurrent) fanout_->Join();
+}
+
+void GpuMoeLayer::BatchedExperts(int64_t layer, const bf16* in, int64_t R, const int32_t* d_offsets, int64_t padded,
+                                 bf16* out) {
+  const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
+  const ExpertStride& b = strided_[static_cast<size_t>(layer)];
+  const int64_t rows = b.count * padded;
+  padded_.EnsureSize(static_cast<size_t>(rows * H));
+  gate_up_.EnsureSize(static_cast<size_t>(rows * 2 * I));
+  act_.EnsureSize(static_cast<size_t>(rows * I));
+  GatherRowsPadded(in, nullptr, d_offsets, b.first, b.count, padded, H, padded_.get(), stream_);
+  const int n = static_cast<int>(b.count);
+  gemm_.LinearStridedBatched(padded_.get(), padded, H, host_w13_[layer * E + b.first], b.w13, 2 * I, gate_up_.get(), n);
+  SwiGlu(gate_up_.get(), rows, I, act_.get(), stream_);
+  // The outputs reuse the input rows' buffer (both [rows, H]).
+  gemm_.LinearStridedBatched(act_.get(), padded, I, host_w2_[layer * E + b.first], b.w2, H, padded_.get(), n);
+  UnpadRows(padded_.get(), d_offsets, b.first, b.count, padded, R, H, out, stream_);
+  ++batched_layers_;
 }
 
 void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,

@@ -19,8 +19,9 @@ enum class Boundary : int {
   kAttentionEnd,  // input norm, QKV GEMM, RoPE, KV write, paged attention, output GEMM + residual
   kRouterEnd,     // post-attention norm, router GEMM, softmax top-k (one rank: with the grouping)
   kDispatchEnd,   // several ranks: routing to the host, dispatch plan, row permutation, counts and
-                  // rows all-to-all; one rank: the per-expert counts to the host when cuBLAS needs them
-  kExpertsEnd,    // w13 GEMMs with SwiGLU, w2 GEMMs (several ranks: regrouped, back in received order)
+                  // rows all-to-all; one rank: nothing
+  kExpertsEnd,    // w13 GEMMs with SwiGLU, w2 GEMMs (several ranks: regrouped, back in received order;
+                  // one rank with cuBLAS experts: the per-expert counts to the host first)
   kCombineEnd,    // return all-to-all, weighted k-way combine into the residual
   kCount
 };
