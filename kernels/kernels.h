@@ -131,14 +131,10 @@ int DeviceSmCount();
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);
 
-// The rows of experts first .. first + count - 1 (grouped by `offsets` [E+1], device) laid out for
-// a strided batch, every expert `padded` rows (>= its own): out [count * padded, H], row j of
-// expert e at (e - first) * padded + j is x[src_row[offsets[e] + j]] (src_row null: the identity)
-// for j below the expert's rows, zeros after.
-void GatherRowsPadded(const bf16* x, const int32_t* src_row, const int32_t* offsets, int64_t first, int64_t count,
-                      int64_t padded, int64_t H, bf16* out, cudaStream_t s);
-// The reverse for the results: out[r, :] for the `rows` grouped rows from offsets[first] on, from
-// padded_rows [count * padded, H] laid out as above.
+// The results of a strided batch over experts first .. first + count - 1, each given `padded`
+// rows (padded_rows [count * padded, H]: row j of expert e at (e - first) * padded + j) back in
+// grouped order: out[r, :] for the `rows` rows r from offsets[first] on (`offsets` [E+1], device,
+// groups the rows by expert; expert e's own rows come first in its padded block).
 void UnpadRows(const bf16* padded_rows, const int32_t* offsets, int64_t first, int64_t count, int64_t padded,
                int64_t rows, int64_t H, bf16* out, cudaStream_t s);
 

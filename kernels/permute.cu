@@ -12,21 +12,6 @@ __global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t 
   CopyRow(x + static_cast<int64_t>(src_row[r]) * H, out + r * H, H);
 }
 
-// Block p: padded row j = p % padded of expert e = first + p / padded.
-__global__ void GatherRowsPaddedKernel(const bf16* x, const int32_t* src_row, const int32_t* offsets, int64_t first,
-                                       int64_t padded, int64_t H, bf16* out) {
-  PdlGate();
-  const int64_t p = blockIdx.x, e = first + p / padded, j = p % padded;
-  const int64_t start = offsets[e], rows = offsets[e + 1] - start;
-  bf16* to = out + p * H;
-  if (j < rows) {
-    const int64_t r = start + j;
-    CopyRow(x + (src_row != nullptr ? static_cast<int64_t>(src_row[r]) : r) * H, to, H);
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) to[i] = __float2bfloat16(0.f);
-  }
-}
-
 // Block b: output row r = offsets[first] + b, of the expert whose range holds it.
 __global__ void UnpadRowsKernel(const bf16* padded_rows, const int32_t* offsets, int64_t first, int64_t count,
                                 int64_t padded, int64_t H, bf16* out) {
@@ -53,14 +38,6 @@ __global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf1
 }
 
 }  // namespace
-
-void GatherRowsPadded(const bf16* x, const int32_t* src_row, const int32_t* offsets, int64_t first, int64_t count,
-                      int64_t padded, int64_t H, bf16* out, cudaStream_t s) {
-  if (count == 0 || padded == 0) return;
-  Launch(GatherRowsPaddedKernel, static_cast<unsigned>(count * padded), 128, 0, s, x, src_row, offsets, first, padded,
-         H, out);
-  MOE_CUDA_CHECK_LAUNCH();
-}
 
 void UnpadRows(const bf16* padded_rows, const int32_t* offsets, int64_t first, int64_t count, int64_t padded,
                int64_t rows, int64_t H, bf16* out, cudaStream_t s) {

@@ -502,8 +502,8 @@ TEST(GpuEngineTest, KvCacheSizedFromTheMemoryFraction) {
 }
 
 // The experts through the skinny grouped GEMMs (decode's path), through cuBLAS grouped GEMMs,
-// through one cuBLAS GEMM per expert (sequential or on concurrent streams) and as two cuBLAS
-// strided-batched products (every expert padded to the most rows) give the same logits up to bf16
+// through one cuBLAS GEMM per expert (sequential or on concurrent streams, the down products
+// also as one strided batch, every expert padded to the most rows) give the same logits up to bf16
 // rounding.
 TEST_F(GpuGoldenTest, ExpertGemmPathsAgree) {
   auto e = LoadGpu(kGoldenDir);

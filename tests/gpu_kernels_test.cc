@@ -158,35 +158,25 @@ TEST(GpuKernelsTest, SwiGluMatchesCpu) {
   }
 }
 
-// The strided batch's layout: rows of experts 1..3 (of 5; expert 2 without rows) padded to 4 rows
-// each, zeros after an expert's own; and back.
-TEST(GpuKernelsTest, GatherRowsPaddedAndUnpadRoundTrip) {
+// A strided batch's results back in grouped order: experts 1..3 (of 5; expert 2 without rows),
+// each given 4 padded rows of which its own come first.
+TEST(GpuKernelsTest, UnpadRowsPutsBatchedResultsInGroupedOrder) {
   SKIP_WITHOUT_GPU();
   const int64_t H = 24, first = 1, count = 3, padded = 4;
   const std::vector<int32_t> offsets = {0, 2, 6, 6, 9, 10};  // rows per expert: 2, 4, 0, 3, 1
-  const int64_t X = 12;                                      // rows of x
-  const std::vector<int32_t> src = {3, 0, 11, 7, 5, 1, 2, 9, 4, 10};
-  std::vector<float> x = RandomBf16Values(X * H, 8);
-  Buffer<bf16> d_x(ToBf16Host(x)), d_pad(count * padded * H), d_back(10 * H);
-  Buffer<int32_t> d_off(offsets), d_src(src);
-  GatherRowsPadded(d_x.get(), d_src.get(), d_off.get(), first, count, padded, H, d_pad.get(), nullptr);
-  const std::vector<float> pad = ToF32Host(d_pad.Download());
-  for (int64_t b = 0; b < count; ++b) {
-    const int64_t e = first + b, rows = offsets[e + 1] - offsets[e];
-    for (int64_t j = 0; j < padded; ++j) {
-      for (int64_t h = 0; h < H; ++h) {
-        const float want = j < rows ? x[src[offsets[e] + j] * H + h] : 0.f;
-        ASSERT_EQ(pad[(b * padded + j) * H + h], want) << "expert " << e << " row " << j;
-      }
-    }
-  }
-  // The grouped rows of experts 1..3 are rows 2..8: UnpadRows writes exactly those.
+  std::vector<float> pad = RandomBf16Values(count * padded * H, 8);
+  Buffer<bf16> d_pad(ToBf16Host(pad)), d_back(10 * H);
+  Buffer<int32_t> d_off(offsets);
   MOE_CUDA_CHECK(cudaMemset(d_back.get(), 0, sizeof(bf16) * 10 * H));
+  // The grouped rows of experts 1..3 are rows 2..8: UnpadRows writes exactly those.
   UnpadRows(d_pad.get(), d_off.get(), first, count, padded, 7, H, d_back.get(), nullptr);
   const std::vector<float> back = ToF32Host(d_back.Download());
   for (int64_t r = 0; r < 10; ++r) {
+    int64_t e = 0;
+    while (offsets[e + 1] <= r) ++e;
     for (int64_t h = 0; h < H; ++h) {
-      const float want = r >= 2 && r < 9 ? x[src[r] * H + h] : 0.f;
+      const bool batched = e >= first && e < first + count;
+      const float want = batched ? pad[((e - first) * padded + r - offsets[e]) * H + h] : 0.f;
       ASSERT_EQ(back[r * H + h], want) << "row " << r;
     }
   }

@@ -33,8 +33,8 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
   const int64_t lm_rows = std::min(dense_rows, kMaxLmHeadRows);
   const std::vector<int64_t> dense = Gemm::RowBuckets(dense_rows), experts = Gemm::RowBuckets(expert_rows),
                              lm = Gemm::RowBuckets(lm_rows);
-  // The experts as one strided batch (GpuMoeLayer::BatchedExperts): every expert padded to the
-  // most rows one has, which a batched step keeps within its padding bound of an even share.
+  // The experts' down products as one strided batch (GpuMoeLayer::Experts): every expert padded to
+  // the most rows one has, which a batched step keeps within its padding bound of an even share.
   const ExpertStride strided = StridedExperts(w.moe.front());
   const double padding = ExpertGemmTuning{}.batched_max_padding;
   const std::vector<int64_t> batched =
@@ -45,7 +45,7 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
   // Scratch: inputs up to the widest K, outputs up to the widest product of each type.
   const int64_t x_elems = std::max({dense.back() * std::max(H, qd), experts.back() * std::max(H, I),
                                     batched_rows * std::max(H, I)});
-  const int64_t y_elems = std::max({dense.back() * qkvd, experts.back() * std::max(2 * I, H), batched_rows * 2 * I});
+  const int64_t y_elems = std::max({dense.back() * qkvd, experts.back() * std::max(2 * I, H), batched_rows * H});
   const int64_t yf_elems = std::max({dense.back() * H, dense.back() * E, lm.back() * V});
   const int64_t before = Gemm::algo_counts().chosen;
   DeviceBuffer<bf16> x, y;
@@ -81,7 +81,6 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
   for (int64_t M : batched) {
     const DeviceExpertWeights& first = w.moe.front().experts[static_cast<size_t>(strided.first)];
     const int n = static_cast<int>(strided.count);
-    gemm.LinearStridedBatched(x.get(), M, H, first.w13, strided.w13, 2 * I, y.get(), n);
     gemm.LinearStridedBatched(x.get(), M, I, first.w2, strided.w2, H, y.get(), n);
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(gemm.stream()));

@@ -324,17 +324,6 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     MOE_CUDA_CHECK(cudaEventSynchronize(sizes_copied_.get()));
     h_offsets = h_offsets_.get();
   }
-  if (tuning_.blas == ExpertGemmTuning::Blas::kConcurrent && tuning_.batched_max_padding > 0) {
-    // Every expert in the batch gets `most` rows, those without rows too: the padding bound counts them.
-    const ExpertStride& b = strided_[static_cast<size_t>(layer)];
-    int64_t most = 0;
-    for (int64_t e = b.first; e < b.first + b.count; ++e) most = std::max<int64_t>(most, h_offsets[e + 1] - h_offsets[e]);
-    if (b.count > 0 && h_offsets[b.first + b.count] - h_offsets[b.first] == R &&
-        static_cast<double>(b.count * most) <= (1.0 + tuning_.batched_max_padding) * static_cast<double>(R)) {
-      BatchedExperts(layer, in, R, d_offsets, most, out);
-      return;
-    }
-  }
   gate_up_.EnsureSize(static_cast<size_t>(R * 2 * I));
   if (tuning_.blas == ExpertGemmTuning::Blas::kGrouped) {
     std::vector<int> rows;
@@ -359,6 +348,23 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   // One cuBLAS GEMM per expert: gate_up, SwiGLU and down projection of expert e on its own rows,
   // either back to back on the main stream or, concurrent, each expert on a side stream.
   const bool concurrent = tuning_.blas == ExpertGemmTuning::Blas::kConcurrent;
+  // Concurrent, with the down products as one strided batch (ExpertGemmTuning::batched_max_padding)
+  // when every expert padded to the most rows one has (those without rows too) stays within the
+  // bound: then SwiGLU writes each expert's rows at its padded place.
+  const ExpertStride& batch = strided_[static_cast<size_t>(layer)];
+  int64_t padded = 0;
+  if (concurrent && tuning_.batched_max_padding > 0 && batch.count > 0 &&
+      h_offsets[batch.first + batch.count] - h_offsets[batch.first] == R) {
+    int64_t most = 0;
+    for (int64_t e = batch.first; e < batch.first + batch.count; ++e) {
+      most = std::max<int64_t>(most, h_offsets[e + 1] - h_offsets[e]);
+    }
+    if (static_cast<double>(batch.count * most) <= (1.0 + tuning_.batched_max_padding) * static_cast<double>(R)) {
+      padded = most;
+      act_.EnsureSize(static_cast<size_t>(batch.count * padded * I));
+      padded_.EnsureSize(static_cast<size_t>(batch.count * padded * H));
+    }
+  }
   if (concurrent) {
     if (fanout_ == nullptr) {
       const int64_t width = std::min<int64_t>(E, tuning_.concurrent_streams);
@@ -372,28 +378,18 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     if (rows == 0) continue;
     Gemm& g = concurrent ? (*fanout_)[next++ % fanout_->width()] : gemm_;
     g.LinearBlas(in + start * H, rows, H, host_w13_[layer * E + e], 2 * I, gate_up_.get() + start * 2 * I);
-    SwiGlu(gate_up_.get() + start * 2 * I, rows, I, act_.get() + start * I, g.stream());
-    g.LinearBlas(act_.get() + start * I, rows, I, host_w2_[layer * E + e], H, out + start * H);
+    bf16* act = act_.get() + (padded > 0 ? (e - batch.first) * padded : start) * I;
+    SwiGlu(gate_up_.get() + start * 2 * I, rows, I, act, g.stream());
+    if (padded == 0) g.LinearBlas(act, rows, I, host_w2_[layer * E + e], H, out + start * H);
   }
   if (concurrent) fanout_->Join();
-}
-
-void GpuMoeLayer::BatchedExperts(int64_t layer, const bf16* in, int64_t R, const int32_t* d_offsets, int64_t padded,
-                                 bf16* out) {
-  const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
-  const ExpertStride& b = strided_[static_cast<size_t>(layer)];
-  const int64_t rows = b.count * padded;
-  padded_.EnsureSize(static_cast<size_t>(rows * H));
-  gate_up_.EnsureSize(static_cast<size_t>(rows * 2 * I));
-  act_.EnsureSize(static_cast<size_t>(rows * I));
-  GatherRowsPadded(in, nullptr, d_offsets, b.first, b.count, padded, H, padded_.get(), stream_);
-  const int n = static_cast<int>(b.count);
-  gemm_.LinearStridedBatched(padded_.get(), padded, H, host_w13_[layer * E + b.first], b.w13, 2 * I, gate_up_.get(), n);
-  SwiGlu(gate_up_.get(), rows, I, act_.get(), stream_);
-  // The outputs reuse the input rows' buffer (both [rows, H]).
-  gemm_.LinearStridedBatched(act_.get(), padded, I, host_w2_[layer * E + b.first], b.w2, H, padded_.get(), n);
-  UnpadRows(padded_.get(), d_offsets, b.first, b.count, padded, R, H, out, stream_);
-  ++batched_layers_;
+  if (padded > 0) {
+    // The padding rows of act_ hold whatever was there: their results are never read.
+    gemm_.LinearStridedBatched(act_.get(), padded, I, host_w2_[layer * E + batch.first], batch.w2, H, padded_.get(),
+                               static_cast<int>(batch.count));
+    UnpadRows(padded_.get(), d_offsets, batch.first, batch.count, padded, R, H, out, stream_);
+    ++batched_layers_;
+  }
 }
 
 void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,

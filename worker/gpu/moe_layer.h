@@ -94,10 +94,12 @@ struct ExpertGemmTuning {
   int concurrent_streams = 8;  // kConcurrent: side streams the experts take turns on
   // kConcurrent: when the experts the rank holds in the layer lie a fixed distance apart
   // (ExpertStride) and padding every one of them to the most rows any has adds at most this
-  // fraction of rows, they run as two strided-batched products instead (one launch per matrix, no
-  // side streams; cuBLAS streams the weights faster that way: at 128 rows per expert the 8 down
-  // products took 248 us batched against 299 on 8 streams). 0: never.
-  double batched_max_padding = 0.25;
+  // fraction of rows, their down products run as one strided-batched product after the gate/up
+  // products (cuBLAS streams the weights faster that way: at 128 rows per expert the 8 down
+  // products took 248 us batched against 299 on 8 streams, 345 at 256 rows each). 0: never. The
+  // gate/up products stay one per expert: batched they gain little (493 against 498 us) and
+  // padding costs them more (694 us at 256 rows).
+  double batched_max_padding = 0.5;
 };
 
 // The experts a rank holds in one layer as a strided batch: ids first .. first + count - 1, each
@@ -148,7 +150,7 @@ class GpuMoeLayer {
     tuning_ = t;
   }
   const ExpertGemmTuning& tuning() const { return tuning_; }
-  // Layers whose experts ran as strided-batched products so far (BatchedExperts).
+  // Layers whose experts' down products ran as one strided batch so far.
   int64_t batched_layers() const { return batched_layers_; }
 
   // True when the device exchange can serve this plan (NCCL, no host staging, one rank per expert):
@@ -230,9 +232,7 @@ class GpuMoeLayer {
   // known on the device alone), the rows the skinny kernels are sized for (the expected rows).
   void Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
                const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr, int64_t plan_rows = 0);
-  // Experts' strided-batched form (ExpertGemmTuning::batched_max_padding): the rows `in` [R, H]
-  // grouped by d_offsets, every expert padded to `padded` rows.
-  void BatchedExperts(int64_t layer, const bf16* in, int64_t R, const int32_t* d_offsets, int64_t padded, bf16* out);
+
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
@@ -259,7 +259,7 @@ class GpuMoeLayer {
   DeviceBuffer<void*> group_ptrs_;      // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
   std::vector<ExpertStride> strided_;    // per layer
   int64_t batched_layers_ = 0;
-  DeviceBuffer<bf16> padded_;           // the batched experts' padded input rows, then their outputs
+  DeviceBuffer<bf16> padded_;           // the batched down products' padded outputs
   std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step
   CudaEvent sizes_copied_;              // the cuBLAS experts' row counts reached the host (Experts)
   DeviceBuffer<float> logits_, weights_, stage_, split_;
