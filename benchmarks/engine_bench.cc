@@ -246,7 +246,6 @@ int main(int argc, char** argv) {
     std::vector<double> runs;
     e->reset_host_times();
     std::vector<int64_t> new_algos;  // cuBLASLt algorithms chosen during each run (new keys)
-    const int64_t batched_before = e->batched_expert_layers();
     for (int r = 0; r < a.prefill_runs; ++r) {
       const int64_t before = gpu::Gemm::algo_counts().chosen;
       runs.push_back(bench.Prefill(a.prefill_tokens));
@@ -255,9 +254,8 @@ int main(int argc, char** argv) {
     std::vector<double> sorted = runs;  // runs_ms keeps the order they ran in
     std::sort(sorted.begin(), sorted.end());
     const double ms = sorted[sorted.size() / 2];
-    const double batched = static_cast<double>(e->batched_expert_layers() - batched_before) / a.prefill_runs;
-    std::printf("prefill 1 x %lld (%s): %.2f ms (%.0f tokens/s; %.0f layers' experts batched)\n",
-                static_cast<long long>(a.prefill_tokens), what, ms, a.prefill_tokens / (ms / 1e3), batched);
+    std::printf("prefill 1 x %lld (%s): %.2f ms (%.0f tokens/s)\n", static_cast<long long>(a.prefill_tokens), what,
+                ms, a.prefill_tokens / (ms / 1e3));
     const nlohmann::json host = HostPerStep(*e);
     std::fflush(stdout);
     return nlohmann::json{{"batch", 1},
@@ -266,19 +264,14 @@ int main(int argc, char** argv) {
                           {"ms", ms},
                           {"runs_ms", runs},
                           {"new_algorithms_per_run", new_algos},
-                          {"batched_expert_layers_per_run", batched},
                           {"host_per_step", host},
                           {"tokens_per_s", a.prefill_tokens / (ms / 1e3)}};
   };
   const gpu::ExpertGemmTuning tuned;
-  result["prefill"] = prefill("cuBLAS, experts on concurrent streams, down products strided-batched where balanced");
+  result["prefill"] = prefill("cuBLAS, experts on concurrent streams");
   if (a.variants) {
     nlohmann::json pv = nlohmann::json::array();
     gpu::ExpertGemmTuning t = tuned;
-    t.batched_max_padding = 0;
-    e->set_expert_tuning(t);
-    pv.push_back(prefill("cuBLAS, experts on concurrent streams (never batched)"));
-    t = tuned;
     t.blas = gpu::ExpertGemmTuning::Blas::kGrouped;
     e->set_expert_tuning(t);
     pv.push_back(prefill("cuBLAS grouped"));
@@ -288,7 +281,6 @@ int main(int argc, char** argv) {
     for (int streams : {2, 4}) {
       t = tuned;
       t.concurrent_streams = streams;
-      t.batched_max_padding = 0;
       e->set_expert_tuning(t);
       pv.push_back(prefill(streams == 2 ? "cuBLAS, experts on 2 concurrent streams"
                                         : "cuBLAS, experts on 4 concurrent streams"));

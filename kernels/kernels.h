@@ -131,13 +131,6 @@ int DeviceSmCount();
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);
 
-// The results of a strided batch over experts first .. first + count - 1, each given `padded`
-// rows (padded_rows [count * padded, H]: row j of expert e at (e - first) * padded + j) back in
-// grouped order: out[r, :] for the `rows` rows r from offsets[first] on (`offsets` [E+1], device,
-// groups the rows by expert; expert e's own rows come first in its padded block).
-void UnpadRows(const bf16* padded_rows, const int32_t* offsets, int64_t first, int64_t count, int64_t padded,
-               int64_t rows, int64_t H, bf16* out, cudaStream_t s);
-
 // The fixed-capacity MoE exchange between W ranks (kernels/exchange.cu): every rank sends every
 // rank (itself included) one block of cap + 1 rows, whatever the routing, so the transfers' sizes
 // are known without the host seeing the routing: a header row whose first E int64 are the block's

@@ -12,16 +12,6 @@ __global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t 
   CopyRow(x + static_cast<int64_t>(src_row[r]) * H, out + r * H, H);
 }
 
-// Block b: output row r = offsets[first] + b, of the expert whose range holds it.
-__global__ void UnpadRowsKernel(const bf16* padded_rows, const int32_t* offsets, int64_t first, int64_t count,
-                                int64_t padded, int64_t H, bf16* out) {
-  PdlGate();
-  const int64_t r = offsets[first] + blockIdx.x;
-  int64_t e = first;
-  while (e + 1 < first + count && offsets[e + 1] <= r) ++e;
-  CopyRow(padded_rows + ((e - first) * padded + (r - offsets[e])) * H, out + r * H, H);
-}
-
 // One thread per group: the compacted index of each non-empty group (its rank among them, in
 // group order) and its three pointers.
 __global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x,
@@ -38,13 +28,6 @@ __global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf1
 }
 
 }  // namespace
-
-void UnpadRows(const bf16* padded_rows, const int32_t* offsets, int64_t first, int64_t count, int64_t padded,
-               int64_t rows, int64_t H, bf16* out, cudaStream_t s) {
-  if (count == 0 || rows == 0) return;
-  Launch(UnpadRowsKernel, static_cast<unsigned>(rows), 128, 0, s, padded_rows, offsets, first, count, padded, H, out);
-  MOE_CUDA_CHECK_LAUNCH();
-}
 
 void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights, const bf16* x, int64_t x_ld, bf16* y,
                    int64_t y_ld, const bf16** w_out, const bf16** x_out, bf16** y_out, cudaStream_t s) {

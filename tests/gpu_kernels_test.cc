@@ -158,30 +158,6 @@ TEST(GpuKernelsTest, SwiGluMatchesCpu) {
   }
 }
 
-// A strided batch's results back in grouped order: experts 1..3 (of 5; expert 2 without rows),
-// each given 4 padded rows of which its own come first.
-TEST(GpuKernelsTest, UnpadRowsPutsBatchedResultsInGroupedOrder) {
-  SKIP_WITHOUT_GPU();
-  const int64_t H = 24, first = 1, count = 3, padded = 4;
-  const std::vector<int32_t> offsets = {0, 2, 6, 6, 9, 10};  // rows per expert: 2, 4, 0, 3, 1
-  std::vector<float> pad = RandomBf16Values(count * padded * H, 8);
-  Buffer<bf16> d_pad(ToBf16Host(pad)), d_back(10 * H);
-  Buffer<int32_t> d_off(offsets);
-  MOE_CUDA_CHECK(cudaMemset(d_back.get(), 0, sizeof(bf16) * 10 * H));
-  // The grouped rows of experts 1..3 are rows 2..8: UnpadRows writes exactly those.
-  UnpadRows(d_pad.get(), d_off.get(), first, count, padded, 7, H, d_back.get(), nullptr);
-  const std::vector<float> back = ToF32Host(d_back.Download());
-  for (int64_t r = 0; r < 10; ++r) {
-    int64_t e = 0;
-    while (offsets[e + 1] <= r) ++e;
-    for (int64_t h = 0; h < H; ++h) {
-      const bool batched = e >= first && e < first + count;
-      const float want = batched ? pad[((e - first) * padded + r - offsets[e]) * H + h] : 0.f;
-      ASSERT_EQ(back[r * H + h], want) << "row " << r;
-    }
-  }
-}
-
 TEST(GpuKernelsTest, RouterTopKMatchesCpu) {
   SKIP_WITHOUT_GPU();
   for (auto [E, k] : std::vector<std::pair<int64_t, int64_t>>{{8, 2}, {16, 4}, {3, 1}, {64, 6}}) {

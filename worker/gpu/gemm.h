@@ -35,13 +35,6 @@
 
 namespace moe::gpu {
 
-// A strided batch of products (Gemm::LinearStridedBatched): `count` products, the weights
-// `w_stride` elements apart.
-struct GemmBatch {
-  int count = 1;
-  int64_t w_stride = 0;
-};
-
 class Gemm {
  public:
   // A cuBLAS handle bound to `stream`: every product is enqueued there and returns at once.
@@ -67,12 +60,6 @@ class Gemm {
   void LinearBlas(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y) {
     Run(x, M, K, w, N, y, CUDA_R_16BF, 0.f);
   }
-
-  // `batch` products in one cuBLASLt call, each with the same rows M: y_b [M, N] = bf16(x_b W_b^T)
-  // for b < batch, x_b = x + b M K, y_b = y + b M N, W_b = w + b w_stride (the experts of a layer,
-  // a fixed distance apart in the weight arena). Algorithms are chosen as for Linear, per batch.
-  void LinearStridedBatched(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t w_stride, int64_t N, bf16* y,
-                            int batch);
 
   // Grouped products through cuBLAS in one call (cublasGemmGroupedBatchedEx): for each of
   // `groups` problems i, y_i [m[i], N] = bf16(x_i W_i^T); the pointer arrays are in DEVICE memory,
@@ -100,23 +87,22 @@ class Gemm {
 
   // cuBLASLt's candidate algorithms for y[M, N] = x W^T with this Gemm's descriptor and workspace
   // (up to `count`, best first by its heuristic; empty when it has none).
-  using Batch = GemmBatch;
   std::vector<cublasLtMatmulHeuristicResult_t> Candidates(int64_t N, int64_t K, int64_t M, cudaDataType_t y_type,
-                                                          int count, Batch batch = {}) const;
+                                                          int count) const;
   // y = x W^T (+ beta y) with `algo`, on this Gemm's stream; cuBLAS's status (NOT_SUPPORTED when
   // the algorithm cannot take these rows).
   cublasStatus_t RunWith(const cublasLtMatmulAlgo_t& algo, const bf16* x, int64_t M, int64_t K, const bf16* w,
-                         int64_t N, void* y, cudaDataType_t y_type, float beta, Batch batch = {});
+                         int64_t N, void* y, cudaDataType_t y_type, float beta);
 
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }
 
-  // A cached cuBLASLt algorithm's key: (N, K, output type, accumulate, M bucket, AlgoChoice, batch count).
-  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t, int, int>;
+  // A cached cuBLASLt algorithm's key: (N, K, output type, accumulate, M bucket, AlgoChoice).
+  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t, int>;
 
  private:
   void Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, void* y, cudaDataType_t y_type,
-           float beta, Batch batch = {});
+           float beta);
   bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
   void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
   // Reserve's work once the split count is known (RunSkinny needs it too: computed once).
@@ -128,7 +114,6 @@ class Gemm {
     int64_t M;  // the product's rows (the key's bucket may be larger)
     const bf16* w;
     void* y;
-    Batch batch;
   };
   // The algorithm for `key`, chosen the first time among cuBLASLt's candidates for `heuristic_m`
   // rows (null if none), by the process's AlgoChoice.

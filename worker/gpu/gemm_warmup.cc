@@ -1,11 +1,9 @@
 #include "worker/gpu/gemm_warmup.h"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "worker/gpu/device_buffer.h"
-#include "worker/gpu/moe_layer.h"
 #include "worker/gpu/random_fill.h"
 
 namespace moe::gpu {
@@ -33,19 +31,9 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
   const int64_t lm_rows = std::min(dense_rows, kMaxLmHeadRows);
   const std::vector<int64_t> dense = Gemm::RowBuckets(dense_rows), experts = Gemm::RowBuckets(expert_rows),
                              lm = Gemm::RowBuckets(lm_rows);
-  // The experts' down products as one strided batch (GpuMoeLayer::Experts): every expert padded to
-  // the most rows one has, which a batched step keeps within its padding bound of an even share.
-  const ExpertStride strided = StridedExperts(w.moe.front());
-  const double padding = ExpertGemmTuning{}.batched_max_padding;
-  const std::vector<int64_t> batched =
-      strided.count > 0 && padding > 0
-          ? Gemm::RowBuckets(static_cast<int64_t>(std::ceil((1.0 + padding) * expert_rows / strided.count)))
-          : std::vector<int64_t>{};
-  const int64_t batched_rows = batched.empty() ? 0 : strided.count * batched.back();
   // Scratch: inputs up to the widest K, outputs up to the widest product of each type.
-  const int64_t x_elems = std::max({dense.back() * std::max(H, qd), experts.back() * std::max(H, I),
-                                    batched_rows * std::max(H, I)});
-  const int64_t y_elems = std::max({dense.back() * qkvd, experts.back() * std::max(2 * I, H), batched_rows * H});
+  const int64_t x_elems = std::max(dense.back() * std::max(H, qd), experts.back() * std::max(H, I));
+  const int64_t y_elems = std::max(dense.back() * qkvd, experts.back() * std::max(2 * I, H));
   const int64_t yf_elems = std::max({dense.back() * H, dense.back() * E, lm.back() * V});
   const int64_t before = Gemm::algo_counts().chosen;
   DeviceBuffer<bf16> x, y;
@@ -77,11 +65,6 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
     if (ex == nullptr) break;  // a rank without experts
     gemm.LinearBlas(x.get(), M, H, ex->w13, 2 * I, y.get());
     gemm.LinearBlas(x.get(), M, I, ex->w2, H, y.get());
-  }
-  for (int64_t M : batched) {
-    const DeviceExpertWeights& first = w.moe.front().experts[static_cast<size_t>(strided.first)];
-    const int n = static_cast<int>(strided.count);
-    gemm.LinearStridedBatched(x.get(), M, I, first.w2, strided.w2, H, y.get(), n);
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(gemm.stream()));
   return Gemm::algo_counts().chosen - before;

@@ -21,9 +21,7 @@ namespace moe::gpu {
 //   O            LinearF32 accumulating into the residual, the same rows
 //   router       LinearF32, the same rows
 //   LM head      LinearF32, up to min(max_step_tokens, 512) rows (more: chosen on first use)
-//   w13, w2      LinearBlas per expert, up to max_step_tokens x experts_per_token rows; and w2 as
-//                LinearStridedBatched over the layer's experts (when their weights allow it), every
-//                expert up to its share of those rows plus the batched path's padding bound
+//   w13, w2      LinearBlas per expert, up to max_step_tokens x experts_per_token rows
 // Allocates its scratch rows for the call (a few hundred MB at Mixtral-8x7B shape) and frees them.
 // Returns the number of algorithms it chose, or -1 when the scratch rows did not fit (the choices
 // are then made on first use, as without it).

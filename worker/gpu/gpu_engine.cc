@@ -63,8 +63,6 @@ void GpuEngine::set_cuda_graphs(bool on) {
   if (!on) DropGraphs();
 }
 
-int64_t GpuEngine::batched_expert_layers() const { return moe_->batched_layers(); }
-
 void GpuEngine::set_expert_tuning(const ExpertGemmTuning& t) {
   moe_->set_tuning(t);
   DropGraphs();  // which steps may be captured has changed

@@ -134,9 +134,6 @@ class GpuEngine final : public StepEngine {
   // Graphs captured so far (tests check that decode replays them).
   int64_t graphs_captured() const { return graphs_captured_; }
   int64_t graph_launches() const { return graph_launches_; }
-  // Layers whose experts' down products ran as one strided batch so far
-  // (ExpertGemmTuning::batched_max_padding).
-  int64_t batched_expert_layers() const;
 
   // Stage timings (profiling mode): switched on and off between steps.
   void set_profile_stages(bool on) { profiler_.Enable(on, config_.num_layers); }

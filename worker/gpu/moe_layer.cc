@@ -38,7 +38,6 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
   }
   host_w13_ = w13;
   host_w2_ = w2;
-  for (int64_t l = 0; l < L; ++l) strided_.push_back(StridedExperts(weights.moe[l]));
   w13_ = DeviceBuffer<const bf16*>(w13.size());
   w2_ = DeviceBuffer<const bf16*>(w2.size());
   MOE_CUDA_CHECK(cudaMemcpy(w13_.get(), w13.data(), sizeof(const bf16*) * w13.size(), cudaMemcpyHostToDevice));
@@ -71,24 +70,6 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
     MOE_CUDA_CHECK(cudaMemcpy(owner_.get(), owner.data(), sizeof(int32_t) * owner.size(), cudaMemcpyHostToDevice));
     recv_offsets_ = DeviceBuffer<int32_t>(static_cast<size_t>(E + 1));
   }
-}
-
-ExpertStride StridedExperts(const DeviceMoeWeights& layer) {
-  const int64_t E = static_cast<int64_t>(layer.experts.size());
-  int64_t first = 0;
-  while (first < E && !layer.holds(first)) ++first;
-  int64_t end = first;
-  while (end < E && layer.holds(end)) ++end;
-  for (int64_t e = end; e < E; ++e) {
-    if (layer.holds(e)) return {};  // not one range of ids
-  }
-  if (end - first < 2) return {};
-  const auto& x = layer.experts;
-  const int64_t w13 = x[first + 1].w13 - x[first].w13, w2 = x[first + 1].w2 - x[first].w2;
-  for (int64_t e = first + 1; e < end; ++e) {
-    if (x[e].w13 - x[e - 1].w13 != w13 || x[e].w2 - x[e - 1].w2 != w2) return {};
-  }
-  return {first, end - first, w13, w2};
 }
 
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
@@ -348,23 +329,6 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   // One cuBLAS GEMM per expert: gate_up, SwiGLU and down projection of expert e on its own rows,
   // either back to back on the main stream or, concurrent, each expert on a side stream.
   const bool concurrent = tuning_.blas == ExpertGemmTuning::Blas::kConcurrent;
-  // Concurrent, with the down products as one strided batch (ExpertGemmTuning::batched_max_padding)
-  // when every expert padded to the most rows one has (those without rows too) stays within the
-  // bound: then SwiGLU writes each expert's rows at its padded place.
-  const ExpertStride& batch = strided_[static_cast<size_t>(layer)];
-  int64_t padded = 0;
-  if (concurrent && tuning_.batched_max_padding > 0 && batch.count > 0 &&
-      h_offsets[batch.first + batch.count] - h_offsets[batch.first] == R) {
-    int64_t most = 0;
-    for (int64_t e = batch.first; e < batch.first + batch.count; ++e) {
-      most = std::max<int64_t>(most, h_offsets[e + 1] - h_offsets[e]);
-    }
-    if (static_cast<double>(batch.count * most) <= (1.0 + tuning_.batched_max_padding) * static_cast<double>(R)) {
-      padded = most;
-      act_.EnsureSize(static_cast<size_t>(batch.count * padded * I));
-      padded_.EnsureSize(static_cast<size_t>(batch.count * padded * H));
-    }
-  }
   if (concurrent) {
     if (fanout_ == nullptr) {
       const int64_t width = std::min<int64_t>(E, tuning_.concurrent_streams);
@@ -378,18 +342,10 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     if (rows == 0) continue;
     Gemm& g = concurrent ? (*fanout_)[next++ % fanout_->width()] : gemm_;
     g.LinearBlas(in + start * H, rows, H, host_w13_[layer * E + e], 2 * I, gate_up_.get() + start * 2 * I);
-    bf16* act = act_.get() + (padded > 0 ? (e - batch.first) * padded : start) * I;
-    SwiGlu(gate_up_.get() + start * 2 * I, rows, I, act, g.stream());
-    if (padded == 0) g.LinearBlas(act, rows, I, host_w2_[layer * E + e], H, out + start * H);
+    SwiGlu(gate_up_.get() + start * 2 * I, rows, I, act_.get() + start * I, g.stream());
+    g.LinearBlas(act_.get() + start * I, rows, I, host_w2_[layer * E + e], H, out + start * H);
   }
   if (concurrent) fanout_->Join();
-  if (padded > 0) {
-    // The padding rows of act_ hold whatever was there: their results are never read.
-    gemm_.LinearStridedBatched(act_.get(), padded, I, host_w2_[layer * E + batch.first], batch.w2, H, padded_.get(),
-                               static_cast<int>(batch.count));
-    UnpadRows(padded_.get(), d_offsets, batch.first, batch.count, padded, R, H, out, stream_);
-    ++batched_layers_;
-  }
 }
 
 void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,

@@ -92,23 +92,7 @@ struct ExpertGemmTuning {
   };
   Blas blas = Blas::kConcurrent;
   int concurrent_streams = 8;  // kConcurrent: side streams the experts take turns on
-  // kConcurrent: when the experts the rank holds in the layer lie a fixed distance apart
-  // (ExpertStride) and padding every one of them to the most rows any has adds at most this
-  // fraction of rows, their down products run as one strided-batched product after the gate/up
-  // products (cuBLAS streams the weights faster that way: at 128 rows per expert the 8 down
-  // products took 248 us batched against 299 on 8 streams, 345 at 256 rows each). 0: never. The
-  // gate/up products stay one per expert: batched they gain little (493 against 498 us) and
-  // padding costs them more (694 us at 256 rows).
-  double batched_max_padding = 0.5;
 };
-
-// The experts a rank holds in one layer as a strided batch: ids first .. first + count - 1, each
-// matrix `stride` elements after the previous expert's (count 0: they are not).
-struct ExpertStride {
-  int64_t first = 0, count = 0;
-  int64_t w13 = 0, w2 = 0;
-};
-ExpertStride StridedExperts(const DeviceMoeWeights& layer);
 
 // The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
 // combine kernel applies it to the updated residual, one launch instead of two.
@@ -150,8 +134,6 @@ class GpuMoeLayer {
     tuning_ = t;
   }
   const ExpertGemmTuning& tuning() const { return tuning_; }
-  // Layers whose experts' down products ran as one strided batch so far.
-  int64_t batched_layers() const { return batched_layers_; }
 
   // True when the device exchange can serve this plan (NCCL, no host staging, one rank per expert):
   // the engine then finds the step's peak rows (StepRows::peak) for it.
@@ -232,7 +214,6 @@ class GpuMoeLayer {
   // known on the device alone), the rows the skinny kernels are sized for (the expected rows).
   void Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
                const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr, int64_t plan_rows = 0);
-
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
@@ -257,9 +238,6 @@ class GpuMoeLayer {
   std::vector<const bf16*> host_w13_, host_w2_;  // [L, E] expert weight pointers (null where not held)
   DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
   DeviceBuffer<void*> group_ptrs_;      // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
-  std::vector<ExpertStride> strided_;    // per layer
-  int64_t batched_layers_ = 0;
-  DeviceBuffer<bf16> padded_;           // the batched down products' padded outputs
   std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step
   CudaEvent sizes_copied_;              // the cuBLAS experts' row counts reached the host (Experts)
   DeviceBuffer<float> logits_, weights_, stage_, split_;
