@@ -251,18 +251,18 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       }
       out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(num / den);
     }
-    return;
-  }
+  } else {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    if (!vok[h]) continue;
-    const int v = 16 * warp + fr + 8 * h;
-    const float inv = 1.f / l[h];
-    bf16* dst = out + ((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D;
+    for (int h = 0; h < 2; ++h) {
+      if (!vok[h]) continue;
+      const int v = 16 * warp + fr + 8 * h;
+      const float inv = 1.f / l[h];
+      bf16* dst = out + ((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + 8 * n + 2 * quad) =
-          __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + 8 * n + 2 * quad) =
+            __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+      }
     }
   }
 }

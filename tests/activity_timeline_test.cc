@@ -1,0 +1,83 @@
+// moe-bench's activity timeline summary (benchmarks/activity_timeline.h) on records whose idle
+// stretches, busy time and per-name sums are worked out by hand: overlapping kernels on two
+// streams, a copy, host calls inside and outside the gaps.
+#include "benchmarks/activity_timeline.h"
+
+#include <gtest/gtest.h>
+
+#include "benchmarks/kernel_trace.h"
+
+namespace moe {
+namespace {
+
+ActivityRecord Device(const char* name, uint32_t stream, uint64_t start_us, uint64_t end_us,
+                      ActivityRecord::Kind kind = ActivityRecord::Kind::kKernel) {
+  return {kind, name, stream, start_us * 1000, end_us * 1000};
+}
+
+ActivityRecord Host(const char* name, uint64_t start_us, uint64_t end_us) {
+  return {ActivityRecord::Kind::kHostCall, name, 0, start_us * 1000, end_us * 1000};
+}
+
+TEST(ActivityTimelineTest, SummaryFindsIdleStretchesAndSumsPerName) {
+  // Device: A [100, 110) s1; B [105, 130) s2 overlapping A, ending later; copy [150, 152);
+  // A again [160, 200) s1 and C [170, 180) s2 inside it. Idle: [130, 150) 20 us, [152, 160) 8 us.
+  // Host calls: a synchronisation [120, 148) overlapping the first gap by 18 us, a launch
+  // [153, 156) inside the second, one at [10, 20) before everything.
+  const std::vector<ActivityRecord> records = {
+      Host("cudaLaunchKernel", 10, 20),
+      Device("A", 1, 100, 110),
+      Device("B", 2, 105, 130),
+      Host("cudaStreamSynchronize", 120, 148),
+      Device("memcpy DtoH", 1, 150, 152, ActivityRecord::Kind::kMemcpy),
+      Host("cudaLaunchKernel", 153, 156),
+      Device("A", 1, 160, 200),
+      Device("C", 2, 170, 180),
+  };
+  const nlohmann::json s = SummariseTimeline(records, 5);
+  EXPECT_DOUBLE_EQ(s["span_us"].get<double>(), 100.0);
+  EXPECT_DOUBLE_EQ(s["busy_us"].get<double>(), 72.0);
+  EXPECT_DOUBLE_EQ(s["idle_us"].get<double>(), 28.0);
+  EXPECT_EQ(s["idle_stretches"].get<size_t>(), 2u);
+  const nlohmann::json& gaps = s["largest_idle"];
+  ASSERT_EQ(gaps.size(), 2u);
+  EXPECT_DOUBLE_EQ(gaps[0]["us"].get<double>(), 20.0);  // largest first
+  EXPECT_DOUBLE_EQ(gaps[0]["at_us"].get<double>(), 30.0);
+  EXPECT_EQ(gaps[0]["after"], "B");  // the record that ended last before it, not the last to start
+  EXPECT_EQ(gaps[0]["before"], "memcpy DtoH");
+  EXPECT_DOUBLE_EQ(gaps[0]["host_calls_us"]["cudaStreamSynchronize"].get<double>(), 18.0);
+  EXPECT_FALSE(gaps[0]["host_calls_us"].contains("cudaLaunchKernel"));
+  EXPECT_DOUBLE_EQ(gaps[1]["us"].get<double>(), 8.0);
+  EXPECT_EQ(gaps[1]["after"], "memcpy DtoH");
+  EXPECT_EQ(gaps[1]["before"], "A");
+  EXPECT_DOUBLE_EQ(gaps[1]["host_calls_us"]["cudaLaunchKernel"].get<double>(), 3.0);
+  // Per name, by summed duration: A 10 + 40, B 25, C 10, the copy 2.
+  const nlohmann::json& names = s["device_time_by_name"];
+  ASSERT_EQ(names.size(), 4u);
+  EXPECT_EQ(names[0]["name"], "A");
+  EXPECT_EQ(names[0]["count"].get<int64_t>(), 2);
+  EXPECT_DOUBLE_EQ(names[0]["us"].get<double>(), 50.0);
+  EXPECT_EQ(names[1]["name"], "B");
+  EXPECT_EQ(names[3]["name"], "memcpy DtoH");
+}
+
+TEST(ActivityTimelineTest, RecordsAreTimedFromTheFirstAndHostOnlyHasNoSummary) {
+  const std::vector<ActivityRecord> host_only = {Host("cudaGetDevice", 5, 6)};
+  EXPECT_TRUE(SummariseTimeline(host_only).contains("error"));
+  const nlohmann::json r = TimelineRecords({Host("cudaLaunchKernel", 10, 14), Device("K", 7, 12, 30)});
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0]["kind"], "host");
+  EXPECT_DOUBLE_EQ(r[1]["start_us"].get<double>(), 2.0);
+  EXPECT_DOUBLE_EQ(r[1]["end_us"].get<double>(), 20.0);
+  EXPECT_EQ(r[1]["stream"].get<uint32_t>(), 7u);
+  EXPECT_EQ(r[1]["kind"], "kernel");
+}
+
+TEST(ActivityTimelineTest, ShortKernelNamesDropNamespacesAndParameters) {
+  EXPECT_EQ(ShortKernelName("moe::gpu::(anonymous namespace)::SkinnyGemmKernel<1, 3, true>(const float*, int)"),
+            "SkinnyGemmKernel<1, 3, true>");
+  EXPECT_EQ(ShortKernelName("nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT"), "nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT");
+}
+
+}  // namespace
+}  // namespace moe
