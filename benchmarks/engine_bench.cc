@@ -68,6 +68,8 @@ struct Args {
   std::string timeline_out;   // CUPTI timelines of one prefill and a decode step per timeline batch
   std::vector<int64_t> timeline_batches = {64};
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
+  bool wgmma = false;            // --experts wgmma[-SHAPE]: the grouped wgmma kernel above the skinny limit
+  gpu::GroupedTile wgmma_tile = gpu::GroupedTile::kAuto;
 };
 
 void Usage() {
@@ -75,10 +77,35 @@ void Usage() {
                "usage: moe-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N] [--prefill-tokens N] [--prefill-runs 9]\n"
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
-               "                 [--no-variants] [--no-kernels | --kernels-only]\n"
+               "                 [--no-variants] [--no-kernels | --kernels-only] [--experts cublas|wgmma[-SHAPE]]\n"
                "                 [--timeline-out FILE [--timeline-batches 64]] (CUPTI builds: every kernel, copy and\n"
                "                 CUDA call of one prefill and of decode steps, summarised in --out, records in FILE)\n"
                "The commit defaults to $MOE_COMMIT.\n");
+}
+
+// --experts cublas | wgmma | wgmma-128x128 | wgmma-128x256 | wgmma-192x128 | wgmma-tma-128x128 |
+// wgmma-tma-128x256 | wgmma-tma-256x128.
+bool ExpertsChoice(const std::string& v, Args& a) {
+  static const std::pair<const char*, gpu::GroupedTile> kShapes[] = {
+      {"wgmma", gpu::GroupedTile::kAuto},
+      {"wgmma-128x128", gpu::GroupedTile::k128x128},
+      {"wgmma-128x256", gpu::GroupedTile::k128x256},
+      {"wgmma-192x128", gpu::GroupedTile::k192x128},
+      {"wgmma-tma-128x128", gpu::GroupedTile::kTma128x128},
+      {"wgmma-tma-128x256", gpu::GroupedTile::kTma128x256},
+      {"wgmma-tma-256x128", gpu::GroupedTile::kTma256x128}};
+  if (v == "cublas") {
+    a.wgmma = false;
+    return true;
+  }
+  for (const auto& [name, tile] : kShapes) {
+    if (v == name) {
+      a.wgmma = true;
+      a.wgmma_tile = tile;
+      return true;
+    }
+  }
+  return false;
 }
 
 bool ParseArgs(int argc, char** argv, Args& a) {
@@ -118,6 +145,7 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--trace-batches") a.trace_batches = ParseList(v);
     else if (k == "--timeline-out") a.timeline_out = v;
     else if (k == "--timeline-batches") a.timeline_batches = ParseList(v);
+    else if (k == "--experts" && ExpertsChoice(v, a)) continue;
     else {
       std::fprintf(stderr, "moe-bench: unknown flag %s\n", k.c_str());
       return false;
@@ -189,6 +217,7 @@ int main(int argc, char** argv) {
     kernels = KernelFigures(c);
     kernels["blas_candidates"] = BlasCandidateFigures(c);
     kernels["skinny_splits"] = SkinnySplitFigures(c);
+    kernels["grouped_wgmma"] = GroupedGemmFigures(c);
   }
   if (a.kernels_only) {
     return WriteJson(a.out, {{"commit", a.commit.empty() ? "unknown" : a.commit},
@@ -267,8 +296,12 @@ int main(int argc, char** argv) {
                           {"host_per_step", host},
                           {"tokens_per_s", a.prefill_tokens / (ms / 1e3)}};
   };
-  const gpu::ExpertGemmTuning tuned;
-  result["prefill"] = prefill("cuBLAS, experts on concurrent streams");
+  gpu::ExpertGemmTuning tuned;
+  tuned.wgmma_grouped = a.wgmma;
+  tuned.wgmma_tile = a.wgmma_tile;
+  e->set_expert_tuning(tuned);
+  result["experts"] = a.wgmma ? "grouped wgmma kernel above the skinny limit" : "cuBLAS above the skinny limit";
+  result["prefill"] = prefill(a.wgmma ? "grouped wgmma kernel" : "cuBLAS, experts on concurrent streams");
   if (a.variants) {
     nlohmann::json pv = nlohmann::json::array();
     gpu::ExpertGemmTuning t = tuned;
@@ -285,6 +318,10 @@ int main(int argc, char** argv) {
       pv.push_back(prefill(streams == 2 ? "cuBLAS, experts on 2 concurrent streams"
                                         : "cuBLAS, experts on 4 concurrent streams"));
     }
+    t = tuned;
+    t.wgmma_grouped = true;
+    e->set_expert_tuning(t);
+    pv.push_back(prefill("grouped wgmma kernel (no host synchronisation)"));
     t = tuned;
     t.skinny_max_rows_per_expert = 1 << 20;  // decode's kernel, several passes per expert
     e->set_expert_tuning(t);
@@ -350,6 +387,10 @@ int main(int argc, char** argv) {
       skinny.skinny_max_rows_per_expert = 1 << 20;
       e->set_expert_tuning(skinny);
       variants.push_back(measure("experts through the skinny kernel (no host sync, CUDA graph)"));
+      gpu::ExpertGemmTuning wgmma = tuned;
+      wgmma.wgmma_grouped = true;
+      e->set_expert_tuning(wgmma);
+      variants.push_back(measure("experts through the grouped wgmma kernel above skinny (no host sync, CUDA graph)"));
       e->set_expert_tuning(tuned);
       e->set_dense_skinny_max_rows(0);
       variants.push_back(measure("dense GEMMs all through cuBLAS"));

@@ -21,4 +21,8 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c);
 // rows launched) and the dense products at one row, for every split count (skinny_splits.cc).
 nlohmann::json SkinnySplitFigures(const ModelConfig& c);
 
+// The grouped wgmma kernel on a layer's experts at prefill row counts, even and drawn routings
+// (grouped_gemm_figures.cc); empty where the device does not run it.
+nlohmann::json GroupedGemmFigures(const ModelConfig& c);
+
 }  // namespace moe

@@ -81,6 +81,7 @@ void RouteAndGroup(const RouterInputs& in, float* logits, int64_t T, int64_t E, 
 // 16-byte loads, the rows ride along in tensor-core MMAs. Rows and their groups are read on the
 // device, so a launch needs no host knowledge of the split and can be captured in a CUDA graph.
 // A row's result never depends on the other rows or the grouping (the sum order is fixed).
+struct WeightTensorMap;  // GroupedGemm's TMA descriptor of a weight (below)
 struct SkinnyGroups {
   int64_t count = 1;                  // groups
   const int32_t* offsets = nullptr;   // device [count + 1]: group g owns rows [offsets[g], offsets[g+1])
@@ -93,6 +94,9 @@ struct SkinnyGroups {
   // launches 2 groups' CTAs, not 8. Without it every group gets a slot.
   const int32_t* active = nullptr;
   int64_t slots = 0;
+  // Optional, device [count]: TMA descriptors of the weights (BuildWeightTensorMaps): GroupedGemm
+  // then streams them through the tensor-memory accelerator. Not used by SkinnyGemm.
+  const WeightTensorMap* weight_maps = nullptr;
   // The offsets, weights table and active list were written before the previous kernel on the
   // stream started (e.g. the down projection after the gate/up product): the kernel may read them,
   // and start streaming its weights, before it waits for that kernel (kernels/launch.cuh).
@@ -127,6 +131,29 @@ int SkinnyResidentPerSm(int64_t expected_rows);
 size_t SkinnyWorkspaceFloats(int64_t rows, int64_t N, SkinnyEpilogue epi, int splits);
 // The multiprocessors of the current device (cached).
 int DeviceSmCount();
+// The grouped GEMM on Hopper's warpgroup MMA (grouped_gemm.cu) for many rows per group (prefill,
+// wide decode batches), where SkinnyGemm's register tiles fall behind cuBLAS: SkinnyGroups's
+// offsets and weights table (and the optional row_index; not `rows`/`weight`/`active`/`ready`),
+// with the kStoreBf16 or kSwiGluBf16 epilogue, every group in one launch whose tiles are planned
+// on the device, so no host synchronisation. K and N multiples of 8, at most 256 groups;
+// max_rows: a bound on the rows of all groups (it sizes the grid). Compute capability 9.0 only:
+// GroupedGemmSupported says whether the current device runs it.
+// `tile` (benchmarks compare them): rows x columns of a CTA's output tile (with SwiGLU the columns
+// are half gate, half up rows of W_g); kAuto: k128x128.
+// The kTma shapes are warp-specialised on the TMA (x rows too: they need weight_maps and
+// contiguous rows, no row_index).
+enum class GroupedTile { kAuto, k128x128, k128x256, k192x128, kTma128x128, kTma128x256, kTma256x128 };
+void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
+                 int64_t max_rows, cudaStream_t s, GroupedTile tile = GroupedTile::kAuto);
+bool GroupedGemmSupported();
+// A CUtensorMap (opaque here): how the TMA reads one weight matrix.
+struct alignas(64) WeightTensorMap {
+  unsigned char bytes[128];
+};
+// The TMA descriptors of `count` row-major bf16 weights [rows, K] (host pointers to device memory;
+// null: a zeroed descriptor, for a group that must stay empty) into host `out`, for
+// SkinnyGroups::weight_maps (copied to the device). K a multiple of 8.
+void BuildWeightTensorMaps(const bf16* const* weights, int64_t count, int64_t rows, int64_t K, WeightTensorMap* out);
 
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);

@@ -501,21 +501,27 @@ TEST(GpuEngineTest, KvCacheSizedFromTheMemoryFraction) {
       << tiny.status();
 }
 
-// The experts through the skinny grouped GEMMs (decode's path), through cuBLAS grouped GEMMs and
-// through one cuBLAS GEMM per expert (sequential or on concurrent streams) give the same logits up
-// to bf16 rounding.
+// The experts through the skinny grouped GEMMs (decode's path), through cuBLAS grouped GEMMs,
+// through one cuBLAS GEMM per expert (sequential or on concurrent streams) and (compute capability
+// 9.0) through the grouped wgmma kernel in three of its shapes give the same logits up to bf16
+// rounding.
 TEST_F(GpuGoldenTest, ExpertGemmPathsAgree) {
   auto e = LoadGpu(kGoldenDir);
   std::vector<std::vector<float>> out;
   using Blas = gpu::ExpertGemmTuning::Blas;
-  for (int variant = 0; variant < 4; ++variant) {
+  const int variants = gpu::GroupedGemmSupported() ? 7 : 4;
+  const gpu::GroupedTile wgmma_tiles[] = {gpu::GroupedTile::k128x128, gpu::GroupedTile::kTma128x128,
+                                          gpu::GroupedTile::kTma256x128};
+  for (int variant = 0; variant < variants; ++variant) {
     gpu::ExpertGemmTuning t;
     t.skinny_max_rows_per_expert = t.device_exchange_skinny_max_rows_per_expert = variant == 0 ? 1 << 20 : 0;
     t.blas = variant == 1 ? Blas::kGrouped : variant == 2 ? Blas::kSequential : Blas::kConcurrent;
+    t.wgmma_grouped = variant >= 4;
+    if (variant >= 4) t.wgmma_tile = wgmma_tiles[variant - 4];
     (*e)->set_expert_tuning(t);
     out.push_back(FullForward(**e, golden_->prompt(2)));  // 17 tokens, no routing near ties
   }
-  for (int variant = 1; variant < 4; ++variant) {
+  for (int variant = 1; variant < variants; ++variant) {
     const double err = RelativeError(out[variant], out[0], out[0].size());
     EXPECT_LT(err, 1e-2) << "variant " << variant;
     std::printf("experts: cuBLAS variant %d vs skinny relative error %.3e\n", variant, err);

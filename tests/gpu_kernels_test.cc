@@ -7,6 +7,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -797,6 +798,123 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
     ASSERT_EQ(static_cast<__nv_bfloat16_raw>(y1[k]).x, static_cast<__nv_bfloat16_raw>(y_all[r * K + k]).x) << k;
   }
   for (Buffer<bf16>* b : owned) delete b;
+}
+
+// The grouped wgmma kernel (Hopper only): groups of several 128-row m-tiles, a partial one, an
+// empty group with a null weight pointer, rows gathered through an index; N and K not multiples
+// of the kernel's tiles (the SwiGLU epilogue over [2I, K] weights, then the plain one). Every
+// output is poisoned first. A row's result has the same bits alone as among the others.
+TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
+  SKIP_WITHOUT_GPU();
+  if (!GroupedGemmSupported()) GTEST_SKIP() << "the grouped wgmma kernel needs compute capability 9.0";
+  const int64_t I = 136, K = 200, T = 300;
+  const std::vector<int32_t> counts = {130, 0, 7, 257, 64};
+  const int64_t G = static_cast<int64_t>(counts.size());
+  std::vector<int32_t> offsets(G + 1, 0);
+  for (int64_t g = 0; g < G; ++g) offsets[g + 1] = offsets[g] + counts[g];
+  const int64_t R = offsets[G];
+  std::vector<int32_t> row_index(R);
+  for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 7 + 5) % T);
+  std::vector<float> x = RandomBf16Values(T * K, 81);
+  std::vector<std::vector<float>> w13(G), w2(G);
+  std::vector<std::unique_ptr<Buffer<bf16>>> owned;
+  std::vector<const bf16*> p13(G, nullptr), p2(G, nullptr);
+  for (int64_t g = 0; g < G; ++g) {
+    w13[g] = RandomBf16Values(2 * I * K, static_cast<uint32_t>(90 + g), 0.08f);
+    w2[g] = RandomBf16Values(K * I, static_cast<uint32_t>(95 + g), 0.1f);
+    if (counts[g] == 0) continue;
+    owned.push_back(std::make_unique<Buffer<bf16>>(ToBf16Host(w13[g])));
+    p13[g] = owned.back()->get();
+    owned.push_back(std::make_unique<Buffer<bf16>>(ToBf16Host(w2[g])));
+    p2[g] = owned.back()->get();
+  }
+  Buffer<bf16> d_x(ToBf16Host(x));
+  Buffer<int32_t> d_off(offsets), d_idx(row_index);
+  Buffer<const bf16*> d_p13(p13), d_p2(p2);
+  std::vector<double> act_ref(R * I);
+  for (int64_t g = 0; g < G; ++g)
+    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
+      const std::vector<double> gu = ReferenceLinear(x, {row_index[r]}, w13[g], 2 * I, K);
+      for (int64_t i = 0; i < I; ++i) act_ref[r * I + i] = gu[i] / (1 + std::exp(-gu[i])) * gu[I + i];
+    }
+  Buffer<bf16> d_act(ToBf16Host(std::vector<float>(R * I, NAN)));
+  SkinnyGroups up;
+  up.count = G;
+  up.offsets = d_off.get();
+  up.weights = d_p13.get();
+  up.row_index = d_idx.get();
+  // The weights' TMA descriptors (the other way the kernel reads them).
+  std::vector<WeightTensorMap> m13(G), m2(G);
+  BuildWeightTensorMaps(p13.data(), G, 2 * I, K, m13.data());
+  BuildWeightTensorMaps(p2.data(), G, K, I, m2.data());
+  Buffer<WeightTensorMap> d_m13(m13), d_m2(m2);
+  const GroupedTile tiles[] = {GroupedTile::k128x128, GroupedTile::k128x256, GroupedTile::k192x128};
+  for (bool tma : {false, true}) {
+    for (GroupedTile tile : tiles) {  // every tile shape, each output poisoned again
+      Buffer<bf16> d_act_t(ToBf16Host(std::vector<float>(R * I, NAN)));
+      up.weight_maps = tma ? d_m13.get() : nullptr;
+      GroupedGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act_t.get(), R, nullptr, tile);
+      EXPECT_LT(RelErrD(ToF32Host(d_act_t.Download()), act_ref), kBf16Tol) << static_cast<int>(tile) << " " << tma;
+    }
+  }
+  // The TMA shapes read x rows contiguously: the rows gathered first.
+  std::vector<float> xg(R * K);
+  for (int64_t r = 0; r < R; ++r) std::copy(x.begin() + row_index[r] * K, x.begin() + (row_index[r] + 1) * K, xg.begin() + r * K);
+  Buffer<bf16> d_xg(ToBf16Host(xg));
+  for (GroupedTile tile : {GroupedTile::kTma128x128, GroupedTile::kTma128x256, GroupedTile::kTma256x128}) {
+    SkinnyGroups contiguous = up;
+    contiguous.row_index = nullptr;
+    contiguous.weight_maps = d_m13.get();
+    Buffer<bf16> d_act_t(ToBf16Host(std::vector<float>(R * I, NAN)));
+    GroupedGemm(d_xg.get(), K, contiguous, I, SkinnyEpilogue::kSwiGluBf16, d_act_t.get(), R, nullptr, tile);
+    EXPECT_LT(RelErrD(ToF32Host(d_act_t.Download()), act_ref), kBf16Tol) << static_cast<int>(tile);
+  }
+  up.weight_maps = nullptr;
+  GroupedGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), R, nullptr);
+  const std::vector<float> act = ToF32Host(d_act.Download());
+  EXPECT_LT(RelErrD(act, act_ref), kBf16Tol);
+  std::vector<double> y_ref(R * K);
+  for (int64_t g = 0; g < G; ++g)
+    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
+      const std::vector<double> y = ReferenceLinear(act, {r}, w2[g], K, I);
+      std::copy(y.begin(), y.end(), y_ref.begin() + r * K);
+    }
+  Buffer<bf16> d_y(ToBf16Host(std::vector<float>(R * K, NAN)));
+  SkinnyGroups down;
+  down.count = G;
+  down.offsets = d_off.get();
+  down.weights = d_p2.get();
+  for (bool tma : {false, true}) {
+    for (GroupedTile tile : tiles) {
+      Buffer<bf16> d_y_t(ToBf16Host(std::vector<float>(R * K, NAN)));
+      down.weight_maps = tma ? d_m2.get() : nullptr;
+      GroupedGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y_t.get(), R, nullptr, tile);
+      EXPECT_LT(RelErrD(ToF32Host(d_y_t.Download()), y_ref), kBf16Tol) << static_cast<int>(tile) << " " << tma;
+    }
+  }
+  for (GroupedTile tile : {GroupedTile::kTma128x128, GroupedTile::kTma128x256, GroupedTile::kTma256x128}) {
+    Buffer<bf16> d_y_t(ToBf16Host(std::vector<float>(R * K, NAN)));
+    down.weight_maps = d_m2.get();
+    GroupedGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y_t.get(), R, nullptr, tile);
+    EXPECT_LT(RelErrD(ToF32Host(d_y_t.Download()), y_ref), kBf16Tol) << static_cast<int>(tile);
+  }
+  down.weight_maps = nullptr;
+  GroupedGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y.get(), R, nullptr);
+  const std::vector<bf16> y_all = d_y.Download();
+  EXPECT_LT(RelErrD(ToF32Host(y_all), y_ref), kBf16Tol);
+  // Row offsets[3] + 200 (group 3's second m-tile) alone.
+  const int32_t r = offsets[3] + 200;
+  std::vector<int32_t> one_off(G + 1, 0);
+  for (int64_t g = 0; g < G; ++g) one_off[g + 1] = one_off[g] + (g == 3 ? 1 : 0);
+  Buffer<int32_t> d_one_off(one_off);
+  Buffer<bf16> d_act1(ToBf16Host(std::vector<float>(act.begin() + r * I, act.begin() + (r + 1) * I)));
+  Buffer<bf16> d_y1(K);
+  down.offsets = d_one_off.get();
+  GroupedGemm(d_act1.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y1.get(), 1, nullptr);
+  const std::vector<bf16> y1 = d_y1.Download();
+  for (int64_t k = 0; k < K; ++k) {
+    ASSERT_EQ(static_cast<__nv_bfloat16_raw>(y1[k]).x, static_cast<__nv_bfloat16_raw>(y_all[r * K + k]).x) << k;
+  }
 }
 
 // The routing kernel computing the router logits itself (decode's few tokens) gives the logits of

@@ -72,8 +72,19 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
   }
 }
 
+void GpuMoeLayer::BuildTensorMaps() {
+  const int64_t H = c_.hidden_size, I = c_.intermediate_size;
+  std::vector<WeightTensorMap> m13(host_w13_.size()), m2(host_w2_.size());
+  BuildWeightTensorMaps(host_w13_.data(), static_cast<int64_t>(host_w13_.size()), 2 * I, H, m13.data());
+  BuildWeightTensorMaps(host_w2_.data(), static_cast<int64_t>(host_w2_.size()), H, I, m2.data());
+  maps13_ = DeviceBuffer<WeightTensorMap>(m13.size());
+  maps2_ = DeviceBuffer<WeightTensorMap>(m2.size());
+  MOE_CUDA_CHECK(cudaMemcpy(maps13_.get(), m13.data(), sizeof(WeightTensorMap) * m13.size(), cudaMemcpyHostToDevice));
+  MOE_CUDA_CHECK(cudaMemcpy(maps2_.get(), m2.data(), sizeof(WeightTensorMap) * m2.size(), cudaMemcpyHostToDevice));
+}
+
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
-  if (Local()) return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts, false);
+  if (Local()) return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts, false) || WgmmaExperts();
   return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts, true);
 }
 
@@ -123,6 +134,10 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   }
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
+  if (WgmmaExperts()) {
+    grew |= grouped_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
+    if (maps13_.size() == 0) BuildTensorMaps();  // once, before any step that may be captured
+  }
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
   if (n > 0 && SkinnyExperts(n, c_.num_experts, false)) {
     grew |= split_.EnsureSize(PlanSkinny(c_, n, c_.num_experts).workspace);
@@ -286,6 +301,33 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     return;
   }
 
+  // The grouped wgmma kernel (local path): the tiles are planned from the offsets on the device.
+  // Its TMA shapes read the rows in expert order, gathered first.
+  if (WgmmaExperts()) {
+    const GroupedTile tile = tuning_.wgmma_tile;
+    const bool tma = tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 ||
+                     tile == GroupedTile::kTma256x128;
+    SkinnyGroups up;
+    up.count = E;
+    up.offsets = d_offsets;
+    up.weights = w13_.get() + layer * E;
+    up.weight_maps = maps13_.size() > 0 ? maps13_.get() + layer * E : nullptr;
+    up.row_index = row_index;
+    const bf16* in = x;
+    if (tma && row_index != nullptr) {
+      GatherRows(x, row_index, R, H, grouped_.get(), stream_);  // sized by Reserve
+      in = grouped_.get();
+      up.row_index = nullptr;
+    }
+    GroupedGemm(in, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), R, stream_, tile);
+    SkinnyGroups down;
+    down.count = E;
+    down.offsets = d_offsets;
+    down.weights = w2_.get() + layer * E;
+    down.weight_maps = maps2_.size() > 0 ? maps2_.get() + layer * E : nullptr;
+    GroupedGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, R, stream_, tile);
+    return;
+  }
   // cuBLAS: the sizes must be on the host (one synchronisation). The host waits for their copy
   // alone: the gather of the rows in expert order needs no sizes, so it runs on the device while
   // the host wakes up and issues the products.

@@ -92,6 +92,12 @@ struct ExpertGemmTuning {
   };
   Blas blas = Blas::kConcurrent;
   int concurrent_streams = 8;  // kConcurrent: side streams the experts take turns on
+  // Above the skinny limit on the local path, the grouped wgmma kernel (GroupedGemm, compute
+  // capability 9.0 only; elsewhere cuBLAS as above) instead of cuBLAS: no host synchronisation, so
+  // such steps can be CUDA graphs too. Off by default: on one H200 it is slower than cuBLAS at
+  // prefill and from batch 64 (benchmarks/NOTES.md, session 15).
+  bool wgmma_grouped = false;
+  GroupedTile wgmma_tile = GroupedTile::kAuto;  // its tile shape (kTma shapes: the rows gathered first)
 };
 
 // The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
@@ -177,6 +183,13 @@ class GpuMoeLayer {
     return c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
            rows <= limit * std::max<int64_t>(1, experts);
   }
+  // The weights' TMA descriptors (maps13_, maps2_) for the grouped wgmma kernel.
+  void BuildTensorMaps();
+  // Whether the local path runs its experts through the grouped wgmma kernel (when not skinny).
+  bool WgmmaExperts() const {
+    return tuning_.wgmma_grouped && Local() && c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
+           c_.num_experts <= 256 && GroupedGemmSupported();
+  }
   // The fixed-capacity exchange: rows per (source, destination) block, and the bound on the rows
   // a rank receives.
   int64_t ExchangeCap(const StepRows& rows) const { return rows.peak * exchange_rows_per_token_; }
@@ -237,6 +250,7 @@ class GpuMoeLayer {
 
   std::vector<const bf16*> host_w13_, host_w2_;  // [L, E] expert weight pointers (null where not held)
   DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
+  DeviceBuffer<WeightTensorMap> maps13_, maps2_;  // their TMA descriptors (grouped wgmma kernel; built at its first use)
   DeviceBuffer<void*> group_ptrs_;      // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
   std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step
   CudaEvent sizes_copied_;              // the cuBLAS experts' row counts reached the host (Experts)
