@@ -476,10 +476,10 @@ __global__ void __launch_bounds__(128 * WG + 32, 1)
 // The TMA descriptor of x [rows, K] (boxes of 64 k x 64 rows, 128-byte swizzle).
 CUtensorMap RowsTensorMap(const bf16* x, int64_t rows, int64_t K);
 
-template <int WG, int BN, bool kSwiGlu>
-void LaunchGroupedTma(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, bf16* out, int64_t max_rows,
-                      cudaStream_t s) {
-  auto kernel = GroupedGemmTmaKernel<WG, BN, kSwiGlu>;
+// The grid of a launch (one CTA per SM, at most one per tile there can be), after raising the
+// kernel's shared-memory limit once (a static per instance: the template parameters name it).
+template <int WG, int BN, bool kSwiGlu, bool kTma, typename Kernel>
+int64_t PrepareGrid(Kernel kernel, const SkinnyGroups& groups, int64_t N, int64_t max_rows) {
   static const bool prepared = [&] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(SharedBytes<WG, BN>())));
@@ -489,7 +489,14 @@ void LaunchGroupedTma(const bf16* x, int64_t K, const SkinnyGroups& groups, int6
   const int64_t cols = kSwiGlu ? BN / 2 : BN, bm = 64 * WG;
   const int64_t n_tiles = (N + cols - 1) / cols;
   const int64_t most_tiles = n_tiles * ((max_rows + bm - 1) / bm + groups.count);
-  const int64_t grid = std::min<int64_t>(DeviceSmCount(), most_tiles);
+  return std::min<int64_t>(DeviceSmCount(), most_tiles);
+}
+
+template <int WG, int BN, bool kSwiGlu>
+void LaunchGroupedTma(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, bf16* out, int64_t max_rows,
+                      cudaStream_t s) {
+  auto kernel = GroupedGemmTmaKernel<WG, BN, kSwiGlu>;
+  const int64_t grid = PrepareGrid<WG, BN, kSwiGlu, true>(kernel, groups, N, max_rows);
   const CUtensorMap x_map = RowsTensorMap(x, max_rows, K);
   Launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(128 * WG + 32), SharedBytes<WG, BN>(), s,
          static_cast<int>(K), groups, static_cast<int>(N), out, x_map);
@@ -500,16 +507,7 @@ template <int WG, int BN, bool kSwiGlu>
 void LaunchGrouped(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, bf16* out, int64_t max_rows,
                    cudaStream_t s) {
   auto kernel = GroupedGemmKernel<WG, BN, kSwiGlu>;
-  static const bool prepared = [&] {
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(SharedBytes<WG, BN>())));
-    return true;
-  }();
-  (void)prepared;
-  const int64_t cols = kSwiGlu ? BN / 2 : BN, bm = 64 * WG;
-  const int64_t n_tiles = (N + cols - 1) / cols;
-  const int64_t most_tiles = n_tiles * ((max_rows + bm - 1) / bm + groups.count);
-  const int64_t grid = std::min<int64_t>(DeviceSmCount(), most_tiles);
+  const int64_t grid = PrepareGrid<WG, BN, kSwiGlu, false>(kernel, groups, N, max_rows);
   Launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(128 * WG), SharedBytes<WG, BN>(), s, x,
          static_cast<int>(K), groups, static_cast<int>(N), out);
   MOE_CUDA_CHECK_LAUNCH();
