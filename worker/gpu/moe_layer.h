@@ -95,7 +95,7 @@ struct ExpertGemmTuning {
   // Above the skinny limit on the local path, the grouped wgmma kernel (GroupedGemm, compute
   // capability 9.0 only; elsewhere cuBLAS as above) instead of cuBLAS: no host synchronisation, so
   // such steps can be CUDA graphs too. Off by default: on one H200 it is slower than cuBLAS at
-  // prefill and from batch 64 (benchmarks/NOTES.md, session 15).
+  // prefill and from batch 16 (benchmarks/NOTES.md, session 15).
   bool wgmma_grouped = false;
   GroupedTile wgmma_tile = GroupedTile::kAuto;  // its tile shape (kTma shapes: the rows gathered first)
 };
