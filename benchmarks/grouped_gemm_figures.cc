@@ -105,8 +105,7 @@ nlohmann::json GroupedGemmFigures(const ModelConfig& c) {
                             Shape{"tma-ws 256x128", gpu::GroupedTile::kTma256x128, true}}) {
       up.weight_maps = sh.tma ? dm13.get() : nullptr;
       down.weight_maps = sh.tma ? dm2.get() : nullptr;
-      const bool ws = sh.tile == gpu::GroupedTile::kTma128x128 || sh.tile == gpu::GroupedTile::kTma128x256 ||
-                      sh.tile == gpu::GroupedTile::kTma256x128;
+      const bool ws = gpu::GroupedTileReadsRowsInOrder(sh.tile);
       up.row_index = ws ? nullptr : d_idx.get();
       const gpu::bf16* up_in = ws ? gathered.get() : x.get();
       const double up_ms = MedianMs(s, 3, 15, [&](int) {

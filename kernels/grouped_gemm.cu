@@ -163,6 +163,18 @@ struct TilePlan {
   }
 };
 
+// The TMA loads of a stage's BN weight rows (64-row boxes, counted on `bar`): the tile's columns
+// from col0, or with SwiGLU its BN / 2 gate rows then the matching up rows (W_g is [2N, K]).
+template <int BN, bool kSwiGlu>
+__device__ __forceinline__ void LoadWeightBoxes(uint32_t b_base, const WeightTensorMap* map, int k, int col0, int N,
+                                                uint32_t bar) {
+#pragma unroll
+  for (int h = 0; h < BN / 64; ++h) {
+    const int row = kSwiGlu ? (h < BN / 128 ? col0 + 64 * h : N + col0 + 64 * (h - BN / 128)) : col0 + 64 * h;
+    TmaLoadBox(b_base + h * 64 * kRowBytes, map, k, row, bar);
+  }
+}
+
 // One thread's share of a stage's loads: x rows r0 + kPass j of the m-tile (gathered), weight rows
 // r0 + kPass j of the tile's B, 16-byte column `chunk`.
 template <int kBm, int BN, int kPass, bool kSwiGlu>
@@ -210,15 +222,8 @@ struct StageLoader {
     }
     if (groups.weight_maps != nullptr) {
       if (threadIdx.x == 0) {
-        const WeightTensorMap* map = groups.weight_maps + tl.group;
         BarrierArriveExpectTx(bar, BN * kRowBytes);
-#pragma unroll
-        for (int h = 0; h < BN / 64; ++h) {
-          // SwiGLU: the first BN / 128 boxes are gate rows, the others the matching up rows.
-          const int row = kSwiGlu ? (h < BN / 128 ? tl.col0 + 64 * h : N + tl.col0 + 64 * (h - BN / 128))
-                                  : tl.col0 + 64 * h;
-          TmaLoadBox(b_base + h * 64 * kRowBytes, map, step * kBk, row, bar);
-        }
+        LoadWeightBoxes<BN, kSwiGlu>(b_base, groups.weight_maps + tl.group, step * kBk, tl.col0, N, bar);
       }
       return;
     }
@@ -429,12 +434,7 @@ __global__ void __launch_bounds__(128 * WG + 32, 1)
           TmaLoadBox(a_base + h * 64 * kRowBytes, reinterpret_cast<const WeightTensorMap*>(&x_map), kt * kBk,
                      tl.row0 + 64 * h, bar);
         }
-#pragma unroll
-        for (int h = 0; h < BN / 64; ++h) {
-          const int row = kSwiGlu ? (h < BN / 128 ? tl.col0 + 64 * h : N + tl.col0 + 64 * (h - BN / 128))
-                                  : tl.col0 + 64 * h;
-          TmaLoadBox(b_base + h * 64 * kRowBytes, map, kt * kBk, row, bar);
-        }
+        LoadWeightBoxes<BN, kSwiGlu>(b_base, map, kt * kBk, tl.col0, N, bar);
       }
     }
     return;
@@ -583,18 +583,17 @@ void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N
     throw std::invalid_argument("GroupedGemm: only the bf16 and SwiGLU epilogues");
   }
   if (tile == GroupedTile::kAuto) tile = GroupedTile::k128x128;
-  const bool tma_rows = groups.weight_maps != nullptr && groups.row_index == nullptr;
+  if (GroupedTileReadsRowsInOrder(tile) && (groups.weight_maps == nullptr || groups.row_index != nullptr)) {
+    throw std::invalid_argument("GroupedGemm: the TMA shapes need weight_maps and no row_index");
+  }
   switch (tile) {
     case GroupedTile::kTma128x256:
-      if (!tma_rows) throw std::invalid_argument("GroupedGemm: the TMA shapes need weight_maps and no row_index");
       return swiglu ? LaunchGroupedTma<2, 256, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGroupedTma<2, 256, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::kTma256x128:
-      if (!tma_rows) throw std::invalid_argument("GroupedGemm: the TMA shapes need weight_maps and no row_index");
       return swiglu ? LaunchGroupedTma<4, 128, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGroupedTma<4, 128, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::kTma128x128:
-      if (!tma_rows) throw std::invalid_argument("GroupedGemm: the TMA shapes need weight_maps and no row_index");
       return swiglu ? LaunchGroupedTma<2, 128, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGroupedTma<2, 128, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::k128x256:

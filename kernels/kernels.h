@@ -143,6 +143,10 @@ int DeviceSmCount();
 // The kTma shapes are warp-specialised on the TMA (x rows too: they need weight_maps and
 // contiguous rows, no row_index).
 enum class GroupedTile { kAuto, k128x128, k128x256, k192x128, kTma128x128, kTma128x256, kTma256x128 };
+// Whether `tile` is one of the kTma shapes (its x rows must be contiguous, in group order).
+inline bool GroupedTileReadsRowsInOrder(GroupedTile tile) {
+  return tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 || tile == GroupedTile::kTma256x128;
+}
 void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
                  int64_t max_rows, cudaStream_t s, GroupedTile tile = GroupedTile::kAuto);
 bool GroupedGemmSupported();

@@ -305,8 +305,6 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   // Its TMA shapes read the rows in expert order, gathered first.
   if (WgmmaExperts()) {
     const GroupedTile tile = tuning_.wgmma_tile;
-    const bool tma = tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 ||
-                     tile == GroupedTile::kTma256x128;
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
@@ -314,7 +312,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     up.weight_maps = maps13_.size() > 0 ? maps13_.get() + layer * E : nullptr;
     up.row_index = row_index;
     const bf16* in = x;
-    if (tma && row_index != nullptr) {
+    if (GroupedTileReadsRowsInOrder(tile) && row_index != nullptr) {
       GatherRows(x, row_index, R, H, grouped_.get(), stream_);  // sized by Reserve
       in = grouped_.get();
       up.row_index = nullptr;
