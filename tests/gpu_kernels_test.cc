@@ -650,6 +650,31 @@ std::vector<double> ReferenceLinear(const std::vector<float>& x, const std::vect
   return y;
 }
 
+// The grouped experts in float64: SwiGLU of each grouped row's x row (row_index) through its
+// group's w13 ([2I, K]: w1 rows, then w3 rows), and each grouped row of act through its group's w2
+// ([K, I]); group g owns grouped rows [offsets[g], offsets[g + 1]).
+std::vector<double> ReferenceSwiGlu(const std::vector<float>& x, const std::vector<int32_t>& row_index,
+                                    const std::vector<int32_t>& offsets, const std::vector<std::vector<float>>& w13,
+                                    int64_t I, int64_t K) {
+  std::vector<double> act(static_cast<size_t>(offsets.back()) * I);
+  for (size_t g = 0; g + 1 < offsets.size(); ++g)
+    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
+      const std::vector<double> gu = ReferenceLinear(x, {row_index[r]}, w13[g], 2 * I, K);
+      for (int64_t i = 0; i < I; ++i) act[r * I + i] = gu[i] / (1 + std::exp(-gu[i])) * gu[I + i];
+    }
+  return act;
+}
+std::vector<double> ReferenceDown(const std::vector<float>& act, const std::vector<int32_t>& offsets,
+                                  const std::vector<std::vector<float>>& w2, int64_t K, int64_t I) {
+  std::vector<double> y(static_cast<size_t>(offsets.back()) * K);
+  for (size_t g = 0; g + 1 < offsets.size(); ++g)
+    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
+      const std::vector<double> row = ReferenceLinear(act, {r}, w2[g], K, I);
+      std::copy(row.begin(), row.end(), y.begin() + r * K);
+    }
+  return y;
+}
+
 double RelErrD(const std::vector<float>& a, const std::vector<double>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -746,13 +771,7 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   Buffer<int32_t> d_off(offsets), d_idx(row_index);
   Buffer<const bf16*> d_p13(p13), d_p2(p2);
   // SwiGLU: act[r] = silu(x w1^T) * (x w3^T), w1 = rows [0, I), w3 = rows [I, 2I) of w13.
-  std::vector<double> act_ref(R * I);
-  std::vector<float> act_in(R * I);  // the bf16 act the second GEMM reads, from the reference
-  for (int64_t g = 0; g < G; ++g)
-    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
-      const std::vector<double> gu = ReferenceLinear(x, {row_index[r]}, w13[g], 2 * I, K);
-      for (int64_t i = 0; i < I; ++i) act_ref[r * I + i] = gu[i] / (1 + std::exp(-gu[i])) * gu[I + i];
-    }
+  const std::vector<double> act_ref = ReferenceSwiGlu(x, row_index, offsets, w13, I, K);
   Buffer<bf16> d_act(ToBf16Host(std::vector<float>(R * I, NAN)));
   SkinnyGroups up;
   up.count = G;
@@ -768,14 +787,7 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   SkinnyGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act2.get(), 4, 2, ws.get(), R, nullptr, nullptr);
   EXPECT_LT(RelErrD(ToF32Host(d_act2.Download()), act_ref), kBf16Tol);
   // Down projection of the GPU's act, plain rows.
-  std::vector<double> y_ref(R * K);
-  std::vector<int32_t> identity(R);
-  std::iota(identity.begin(), identity.end(), 0);
-  for (int64_t g = 0; g < G; ++g)
-    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
-      const std::vector<double> y = ReferenceLinear(act, {r}, w2[g], K, I);
-      std::copy(y.begin(), y.end(), y_ref.begin() + r * K);
-    }
+  const std::vector<double> y_ref = ReferenceDown(act, offsets, w2, K, I);
   Buffer<bf16> d_y(ToBf16Host(std::vector<float>(R * K, NAN)));
   SkinnyGroups down;
   down.count = G;
@@ -831,12 +843,7 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   Buffer<bf16> d_x(ToBf16Host(x));
   Buffer<int32_t> d_off(offsets), d_idx(row_index);
   Buffer<const bf16*> d_p13(p13), d_p2(p2);
-  std::vector<double> act_ref(R * I);
-  for (int64_t g = 0; g < G; ++g)
-    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
-      const std::vector<double> gu = ReferenceLinear(x, {row_index[r]}, w13[g], 2 * I, K);
-      for (int64_t i = 0; i < I; ++i) act_ref[r * I + i] = gu[i] / (1 + std::exp(-gu[i])) * gu[I + i];
-    }
+  const std::vector<double> act_ref = ReferenceSwiGlu(x, row_index, offsets, w13, I, K);
   Buffer<bf16> d_act(ToBf16Host(std::vector<float>(R * I, NAN)));
   SkinnyGroups up;
   up.count = G;
@@ -873,12 +880,7 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   GroupedGemm(d_x.get(), K, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), R, nullptr);
   const std::vector<float> act = ToF32Host(d_act.Download());
   EXPECT_LT(RelErrD(act, act_ref), kBf16Tol);
-  std::vector<double> y_ref(R * K);
-  for (int64_t g = 0; g < G; ++g)
-    for (int32_t r = offsets[g]; r < offsets[g + 1]; ++r) {
-      const std::vector<double> y = ReferenceLinear(act, {r}, w2[g], K, I);
-      std::copy(y.begin(), y.end(), y_ref.begin() + r * K);
-    }
+  const std::vector<double> y_ref = ReferenceDown(act, offsets, w2, K, I);
   Buffer<bf16> d_y(ToBf16Host(std::vector<float>(R * K, NAN)));
   SkinnyGroups down;
   down.count = G;
