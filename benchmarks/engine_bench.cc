@@ -68,6 +68,7 @@ struct Args {
   std::string timeline_out;   // CUPTI timelines of one prefill and a decode step per timeline batch
   std::vector<int64_t> timeline_batches = {64};
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
+  int64_t padded_max_tokens = -1;  // --padded-max-tokens N: ExpertGemmTuning's (-1: its default)
   bool wgmma = false;            // --experts wgmma[-SHAPE]: the grouped wgmma kernel above the skinny limit
   gpu::GroupedTile wgmma_tile = gpu::GroupedTile::kAuto;
 };
@@ -78,6 +79,7 @@ void Usage() {
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
                "                 [--no-variants] [--no-kernels | --kernels-only] [--experts cublas|wgmma[-SHAPE]]\n"
+               "                 [--padded-max-tokens N (experts padded to the step's tokens up to N; 0: never)]\n"
                "                 [--timeline-out FILE [--timeline-batches 64]] (CUPTI builds: every kernel, copy and\n"
                "                 CUDA call of one prefill and of decode steps, summarised in --out, records in FILE)\n"
                "The commit defaults to $MOE_COMMIT.\n");
@@ -146,6 +148,7 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--timeline-out") a.timeline_out = v;
     else if (k == "--timeline-batches") a.timeline_batches = ParseList(v);
     else if (k == "--experts" && ExpertsChoice(v, a)) continue;
+    else if (k == "--padded-max-tokens") a.padded_max_tokens = std::atoll(v);
     else {
       std::fprintf(stderr, "moe-bench: unknown flag %s\n", k.c_str());
       return false;
@@ -299,8 +302,11 @@ int main(int argc, char** argv) {
   gpu::ExpertGemmTuning tuned;
   tuned.wgmma_grouped = a.wgmma;
   tuned.wgmma_tile = a.wgmma_tile;
+  if (a.padded_max_tokens >= 0) tuned.padded_max_tokens = a.padded_max_tokens;
   e->set_expert_tuning(tuned);
-  result["experts"] = a.wgmma ? "grouped wgmma kernel above the skinny limit" : "cuBLAS above the skinny limit";
+  result["padded_max_tokens"] = tuned.padded_max_tokens;
+  result["experts"] = a.wgmma ? "grouped wgmma kernel above the skinny limit"
+                              : "cuBLAS above the skinny limit (padded to the batch up to padded_max_tokens tokens)";
   result["prefill"] = prefill(a.wgmma ? "grouped wgmma kernel" : "cuBLAS, experts on concurrent streams");
   if (a.variants) {
     nlohmann::json pv = nlohmann::json::array();
@@ -378,8 +384,14 @@ int main(int argc, char** argv) {
       gpu::ExpertGemmTuning blas = tuned;
       blas.skinny_max_rows_per_expert = 0;
       blas.device_exchange_skinny_max_rows_per_expert = 0;
+      blas.padded_max_tokens = 0;
       e->set_expert_tuning(blas);
-      variants.push_back(measure("experts through cuBLAS (host sync per layer)"));
+      variants.push_back(measure("experts through cuBLAS per expert (host sync per layer)"));
+      blas.padded_max_tokens = std::max<int64_t>(B, tuned.padded_max_tokens);
+      e->set_expert_tuning(blas);
+      variants.push_back(measure("experts through cuBLAS padded to the batch (strided-batched, CUDA graph)"));
+      blas.padded_max_tokens = 0;
+      e->set_expert_tuning(blas);
       gpu::Gemm::set_algo_choice(gpu::Gemm::AlgoChoice::kHeuristic);
       variants.push_back(measure("cuBLAS with cuBLASLt's first algorithm (not timed)"));
       gpu::Gemm::set_algo_choice(gpu::Gemm::AlgoChoice::kTimed);
@@ -513,8 +525,9 @@ int main(int argc, char** argv) {
     if (int rc = WriteJson(a.timeline_out, records); rc != 0) return rc;
   }
   result["notes"] =
-      "decode: CUDA graphs, skinny grouped expert GEMMs, device-side routing layout; prefill: cuBLAS expert GEMMs on "
-      "concurrent streams; byte_floor_* = weights a decode step must read at the measured copy bandwidth (see "
+      "decode: CUDA graphs, skinny grouped expert GEMMs up to 2 rows per expert, then cuBLAS strided-batched over "
+      "the experts padded to the batch up to padded_max_tokens, device-side routing layout; prefill: cuBLAS expert "
+      "GEMMs on concurrent streams; byte_floor_* = weights a decode step must read at the measured copy bandwidth (see "
       "engine_bench.cc)";
 
   return WriteJson(a.out, result);

@@ -162,6 +162,16 @@ void BuildWeightTensorMaps(const bf16* const* weights, int64_t count, int64_t ro
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
 void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);
 
+// The rows grouped by expert into fixed-capacity blocks of P rows (the padded experts: one
+// strided-batched product per matrix, sizes known without the host). For the layout of
+// RouteAndGroup (offsets [E + 1], src_row: grouped row -> token row, experts and position: slot ->
+// expert and grouped row, n slots), with every expert's rows <= P:
+//   out[e * P + j, :] = x[src_row[offsets[e] + j], :] for j < offsets[e + 1] - offsets[e], else 0;
+//   padded_position[i] = experts[i] * P + position[i] - offsets[experts[i]] (the slot's padded row).
+void GatherPadded(const bf16* x, const int32_t* src_row, const int32_t* offsets, const int32_t* experts,
+                  const int32_t* position, int64_t n, int64_t E, int64_t P, int64_t H, bf16* out,
+                  int32_t* padded_position, cudaStream_t s);
+
 // The fixed-capacity MoE exchange between W ranks (kernels/exchange.cu): every rank sends every
 // rank (itself included) one block of cap + 1 rows, whatever the routing, so the transfers' sizes
 // are known without the host seeing the routing: a header row whose first E int64 are the block's

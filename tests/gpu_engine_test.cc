@@ -501,32 +501,34 @@ TEST(GpuEngineTest, KvCacheSizedFromTheMemoryFraction) {
       << tiny.status();
 }
 
-// The experts through the skinny grouped GEMMs (decode's path), through cuBLAS grouped GEMMs,
-// through one cuBLAS GEMM per expert (sequential or on concurrent streams) and (compute capability
-// 9.0) through the grouped wgmma kernel in three of its shapes give the same logits up to bf16
-// rounding.
+// The experts through the skinny grouped GEMMs (decode's path), padded to the step's tokens in
+// strided-batched cuBLAS products, through cuBLAS grouped GEMMs, through one cuBLAS GEMM per expert
+// (sequential or on concurrent streams) and (compute capability 9.0) through the grouped wgmma
+// kernel in three of its shapes give the same logits up to bf16 rounding.
 TEST_F(GpuGoldenTest, ExpertGemmPathsAgree) {
   auto e = LoadGpu(kGoldenDir);
   std::vector<std::vector<float>> out;
   using Blas = gpu::ExpertGemmTuning::Blas;
-  const int variants = gpu::GroupedGemmSupported() ? 7 : 4;
+  enum Variant { kSkinny, kPadded, kGrouped, kSequential, kConcurrent, kWgmma };
+  const int variants = gpu::GroupedGemmSupported() ? kWgmma + 3 : kWgmma;
   const gpu::GroupedTile wgmma_tiles[] = {gpu::GroupedTile::k128x128, gpu::GroupedTile::kTma128x128,
                                           gpu::GroupedTile::kTma256x128};
   for (int variant = 0; variant < variants; ++variant) {
     gpu::ExpertGemmTuning t;
-    t.skinny_max_rows_per_expert = t.device_exchange_skinny_max_rows_per_expert = variant == 0 ? 1 << 20 : 0;
-    t.blas = variant == 1 ? Blas::kGrouped : variant == 2 ? Blas::kSequential : Blas::kConcurrent;
-    t.wgmma_grouped = variant >= 4;
-    if (variant >= 4) t.wgmma_tile = wgmma_tiles[variant - 4];
+    t.skinny_max_rows_per_expert = t.device_exchange_skinny_max_rows_per_expert = variant == kSkinny ? 1 << 20 : 0;
+    t.padded_max_tokens = variant == kPadded ? 1 << 20 : 0;
+    t.blas = variant == kGrouped ? Blas::kGrouped : variant == kSequential ? Blas::kSequential : Blas::kConcurrent;
+    t.wgmma_grouped = variant >= kWgmma;
+    if (variant >= kWgmma) t.wgmma_tile = wgmma_tiles[variant - kWgmma];
     (*e)->set_expert_tuning(t);
     out.push_back(FullForward(**e, golden_->prompt(2)));  // 17 tokens, no routing near ties
   }
   for (int variant = 1; variant < variants; ++variant) {
-    const double err = RelativeError(out[variant], out[0], out[0].size());
+    const double err = RelativeError(out[variant], out[kSkinny], out[kSkinny].size());
     EXPECT_LT(err, 1e-2) << "variant " << variant;
-    std::printf("experts: cuBLAS variant %d vs skinny relative error %.3e\n", variant, err);
+    std::printf("experts: variant %d vs skinny relative error %.3e\n", variant, err);
   }
-  EXPECT_EQ(out[2], out[3]) << "the same cuBLAS GEMMs, sequential or concurrent";
+  EXPECT_EQ(out[kSequential], out[kConcurrent]) << "the same cuBLAS GEMMs, sequential or concurrent";
 }
 
 // Validation and KV accounting follow the CPU engine: errors change nothing.

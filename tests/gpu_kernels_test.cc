@@ -458,6 +458,45 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
   }
 }
 
+// The padded experts' layout against the CPU's: expert e's rows, in slot order, fill block e of P
+// rows from its start and zeros the rest of it; every slot finds its own token's row at its padded
+// position. Rows are copied, so bit for bit.
+TEST(GpuKernelsTest, GatherPaddedFillsEachExpertsBlockInSlotOrder) {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    int64_t T, E, k, H;
+  };
+  for (const Case& c : {Case{1, 8, 2, 64}, Case{16, 8, 2, 4096}, Case{64, 8, 2, 200}, Case{33, 16, 4, 72},
+                        Case{9, 3, 1, 8}}) {
+    const int64_t n = c.T * c.k, P = c.T;  // a token picks an expert once: no expert gets more than T rows
+    std::vector<float> logits = RandomBf16Values(c.T * c.E, static_cast<uint32_t>(7 + c.T + c.E));
+    const std::vector<bf16> x = ToBf16Host(RandomBf16Values(c.T * c.H, static_cast<uint32_t>(3 + c.H)));
+    Buffer<float> d_logits(logits), d_w(n);
+    Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(c.E + 1), d_padded_pos(n);
+    Buffer<bf16> d_x(x), d_out(c.E * P * c.H);
+    MOE_CUDA_CHECK(cudaMemset(d_out.get(), 0xff, sizeof(bf16) * c.E * P * c.H));  // NaN: every row must be written
+    RouteAndGroup(RouterInputs{}, d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
+                  d_off.get(), nullptr, nullptr, nullptr);
+    GatherPadded(d_x.get(), d_src.get(), d_off.get(), d_e.get(), d_pos.get(), n, c.E, P, c.H, d_out.get(),
+                 d_padded_pos.get(), nullptr);
+    const Routing ref = RouteTopK(logits.data(), c.T, c.E, c.k);
+    std::vector<uint16_t> want(static_cast<size_t>(c.E * P * c.H), 0);
+    std::vector<int32_t> want_pos(n), filled(c.E, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t e = ref.expert[i], row = e * P + filled[e]++;
+      want_pos[i] = static_cast<int32_t>(row);
+      for (int64_t h = 0; h < c.H; ++h) {
+        want[row * c.H + h] = static_cast<__nv_bfloat16_raw>(x[(i / c.k) * c.H + h]).x;
+      }
+    }
+    const std::vector<bf16> out = d_out.Download();
+    std::vector<uint16_t> got(out.size());
+    for (size_t i = 0; i < out.size(); ++i) got[i] = static_cast<__nv_bfloat16_raw>(out[i]).x;
+    EXPECT_EQ(got, want) << "T " << c.T << " E " << c.E << " k " << c.k << " H " << c.H;
+    EXPECT_EQ(d_padded_pos.Download(), want_pos) << "T " << c.T << " E " << c.E;
+  }
+}
+
 // The fixed-capacity exchange's kernels against the CPU, W ranks simulated on one GPU: each source
 // routes and groups its rows (RouteAndGroup) and packs them (PackForExchange), each block's header
 // row holding the right counts; the host moves block d of every source to destination d (what

@@ -10,6 +10,7 @@ namespace {
 
 // Tensors start on 256-byte boundaries in the arena.
 constexpr int64_t kAlign = 128;  // bf16 elements
+int64_t Aligned(int64_t elements) { return (elements + kAlign - 1) / kAlign * kAlign; }
 
 std::string ShapeString(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -87,8 +88,9 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelCo
     for (const Part& p : s.parts) n += p.numel();
     w->bytes_ += 2 * n;
     if (s.expert) w->expert_bytes_ += 2 * n;
-    total += (n + kAlign - 1) / kAlign * kAlign;
+    total += Aligned(n);
   }
+  w->expert_stride_ = Aligned(2 * I * H) + Aligned(H * I);  // an expert's slots: w13, then w2
   try {
     w->arena_ = DeviceBuffer<bf16>(static_cast<size_t>(total));
   } catch (const CudaError& err) {

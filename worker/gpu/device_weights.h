@@ -63,6 +63,10 @@ class DeviceWeights {
   // bf16 bytes of the tensors held (the arena adds at most 256 bytes of alignment per tensor).
   int64_t bytes() const { return bytes_; }
   int64_t expert_bytes() const { return expert_bytes_; }
+  // Elements from one held expert's w13 to the next held expert's of the same layer (and w2 to
+  // w2): each expert's two tensors lie together in the arena, so a layer's experts are evenly
+  // spaced and one strided-batched product can take them all.
+  int64_t expert_stride() const { return expert_stride_; }
 
  private:
   struct Part;
@@ -72,7 +76,7 @@ class DeviceWeights {
                                                              std::vector<Slot>& slots);
 
   DeviceBuffer<bf16> arena_;
-  int64_t bytes_ = 0, expert_bytes_ = 0;
+  int64_t bytes_ = 0, expert_bytes_ = 0, expert_stride_ = 0;
 };
 
 }  // namespace moe::gpu

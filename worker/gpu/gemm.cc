@@ -104,7 +104,7 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
   const bool accumulate = std::get<3>(key);
   const bool timed = static_cast<AlgoChoice>(std::get<5>(key)) == AlgoChoice::kTimed;
   const std::vector<cublasLtMatmulHeuristicResult_t> results =
-      Candidates(N, K, heuristic_m, y_type, timed ? kTimedCandidates : 1);
+      Candidates(N, K, heuristic_m, y_type, timed ? kTimedCandidates : 1, op.batch);
   if (results.empty()) return nullptr;
   cublasLtMatmulAlgo_t chosen = results[0].algo;
   // Timing runs the product in place, so not for an accumulating one (y += ...), and a timed
@@ -136,16 +136,31 @@ const cublasLtMatmulAlgo_t* Gemm::FindAlgo(const AlgoKey& key, int64_t heuristic
   return &algos_.emplace(key, chosen).first->second;
 }
 
+namespace {
+
+// The three layouts of y^T (N x M) = W (K x N, transposed) * x^T (K x M), column-major, batched.
+struct ProductLayouts {
+  ProductLayouts(int64_t N, int64_t K, int64_t M, cudaDataType_t y_type, const StridedBatch& batch)
+      : a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N) {
+    a.SetBatch(batch.count, batch.w_stride);
+    b.SetBatch(batch.count, M * K);
+    c.SetBatch(batch.count, M * N);
+  }
+  LtLayout a, b, c;
+};
+
+}  // namespace
+
 std::vector<cublasLtMatmulHeuristicResult_t> Gemm::Candidates(int64_t N, int64_t K, int64_t M, cudaDataType_t y_type,
-                                                              int count) const {
-  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+                                                              int count, const StridedBatch& batch) const {
+  const ProductLayouts l(N, K, M, y_type, batch);
   cublasLtMatmulPreference_t pref = nullptr;
   MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kWorkspaceBytes;
   MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(std::max(1, count)));
   int found = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_, desc_, a.get(), b.get(), c.get(), c.get(), pref,
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_, desc_, l.a.get(), l.b.get(), l.c.get(), l.c.get(), pref,
                                                            static_cast<int>(results.size()), results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
   results.resize(st == CUBLAS_STATUS_SUCCESS ? static_cast<size_t>(found) : 0);
@@ -153,10 +168,10 @@ std::vector<cublasLtMatmulHeuristicResult_t> Gemm::Candidates(int64_t N, int64_t
 }
 
 cublasStatus_t Gemm::RunWith(const cublasLtMatmulAlgo_t& algo, const bf16* x, int64_t M, int64_t K, const bf16* w,
-                             int64_t N, void* y, cudaDataType_t y_type, float beta) {
-  const LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(y_type, N, M, N);
+                             int64_t N, void* y, cudaDataType_t y_type, float beta, const StridedBatch& batch) {
+  const ProductLayouts l(N, K, M, y_type, batch);
   const float alpha = 1.f;
-  return cublasLtMatmul(lt_, desc_, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), &algo,
+  return cublasLtMatmul(lt_, desc_, &alpha, w, l.a.get(), x, l.b.get(), &beta, y, l.c.get(), y, l.c.get(), &algo,
                         workspace_.get(), kWorkspaceBytes, stream_);
 }
 
@@ -174,7 +189,8 @@ cublasLtMatmulAlgo_t Gemm::FastestOf(const std::vector<cublasLtMatmulAlgo_t>& ca
     for (size_t i = 0; i < n; ++i) {
       cudaEvent_t* ev = &events[2 * (static_cast<size_t>(r) * n + i)];
       MOE_CUDA_CHECK(cudaEventRecord(ev[0], stream_));
-      if (runs[i] && RunWith(candidates[i], op.x, op.M, K, op.w, N, op.y, y_type, 0.f) != CUBLAS_STATUS_SUCCESS) {
+      if (runs[i] &&
+          RunWith(candidates[i], op.x, op.M, K, op.w, N, op.y, y_type, 0.f, op.batch) != CUBLAS_STATUS_SUCCESS) {
         runs[i] = false;  // e.g. a candidate for the bucket that cannot take these rows
       }
       MOE_CUDA_CHECK(cudaEventRecord(ev[1], stream_));
@@ -246,21 +262,24 @@ void Gemm::LinearF32(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t
 }
 
 void Gemm::Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, void* y, cudaDataType_t y_type,
-               float beta) {
-  if (M == 0 || N == 0) return;
+               float beta, const StridedBatch& batch) {
+  if (M == 0 || N == 0 || batch.count == 0) return;
   constexpr int64_t kMax = std::numeric_limits<int>::max();
-  if (M > kMax || N > kMax || K > kMax) throw std::invalid_argument("Gemm: a dimension exceeds INT_MAX");
+  if (M > kMax || N > kMax || K > kMax || batch.count > kMax) {
+    throw std::invalid_argument("Gemm: a dimension exceeds INT_MAX");
+  }
   // The algorithm chosen for this shape's M bucket; if it cannot run this M, one chosen for M itself.
   const int choice = static_cast<int>(algo_choice());
-  const Operands op{x, M, w, y};
-  const AlgoKey key{N, K, static_cast<int>(y_type), beta != 0.f, Bucket(M), choice};
+  const Operands op{x, M, w, y, batch};
+  const AlgoKey key{N, K, static_cast<int>(y_type), beta != 0.f, Bucket(M), choice, batch.count, batch.w_stride};
   const cublasLtMatmulAlgo_t* algo = FindAlgo(key, Bucket(M), y_type, op);
-  cublasStatus_t st = algo != nullptr ? RunWith(*algo, x, M, K, w, N, y, y_type, beta) : CUBLAS_STATUS_NOT_SUPPORTED;
+  cublasStatus_t st =
+      algo != nullptr ? RunWith(*algo, x, M, K, w, N, y, y_type, beta, batch) : CUBLAS_STATUS_NOT_SUPPORTED;
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
-    const AlgoKey exact{N, K, static_cast<int>(y_type), beta != 0.f, -M, choice};
+    const AlgoKey exact{N, K, static_cast<int>(y_type), beta != 0.f, -M, choice, batch.count, batch.w_stride};
     algo = FindAlgo(exact, M, y_type, op);
     if (algo == nullptr) throw std::runtime_error("Gemm: cuBLASLt has no algorithm for this product");
-    st = RunWith(*algo, x, M, K, w, N, y, y_type, beta);
+    st = RunWith(*algo, x, M, K, w, N, y, y_type, beta, batch);
   }
   MOE_CUBLAS_CHECK(st);
 }

@@ -35,6 +35,13 @@
 
 namespace moe::gpu {
 
+// A strided batch of products of one shape: product b reads x + b * M * K and the weight
+// w + b * w_stride, and writes y + b * M * N. Count 1: a single product.
+struct StridedBatch {
+  int64_t count = 1;
+  int64_t w_stride = 0;
+};
+
 class Gemm {
  public:
   // A cuBLAS handle bound to `stream`: every product is enqueued there and returns at once.
@@ -59,6 +66,13 @@ class Gemm {
   // y[M, N] = bf16(x W^T) through cuBLAS whatever M is (per-expert GEMMs, for comparison).
   void LinearBlas(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, bf16* y) {
     Run(x, M, K, w, N, y, CUDA_R_16BF, 0.f);
+  }
+
+  // y_b[M, N] = bf16(x_b W_b^T) for every b < batch.count, in one cuBLASLt call (the padded experts:
+  // every expert the same rows, the weights of a layer's experts evenly spaced in the arena).
+  void LinearBatched(const bf16* x, int64_t M, int64_t K, const bf16* w, const StridedBatch& batch, int64_t N,
+                     bf16* y) {
+    Run(x, M, K, w, N, y, CUDA_R_16BF, 0.f, batch);
   }
 
   // Grouped products through cuBLAS in one call (cublasGemmGroupedBatchedEx): for each of
@@ -88,21 +102,22 @@ class Gemm {
   // cuBLASLt's candidate algorithms for y[M, N] = x W^T with this Gemm's descriptor and workspace
   // (up to `count`, best first by its heuristic; empty when it has none).
   std::vector<cublasLtMatmulHeuristicResult_t> Candidates(int64_t N, int64_t K, int64_t M, cudaDataType_t y_type,
-                                                          int count) const;
+                                                          int count, const StridedBatch& batch = {}) const;
   // y = x W^T (+ beta y) with `algo`, on this Gemm's stream; cuBLAS's status (NOT_SUPPORTED when
   // the algorithm cannot take these rows).
   cublasStatus_t RunWith(const cublasLtMatmulAlgo_t& algo, const bf16* x, int64_t M, int64_t K, const bf16* w,
-                         int64_t N, void* y, cudaDataType_t y_type, float beta);
+                         int64_t N, void* y, cudaDataType_t y_type, float beta, const StridedBatch& batch = {});
 
   cublasHandle_t handle() const { return handle_; }
   cudaStream_t stream() const { return stream_; }
 
-  // A cached cuBLASLt algorithm's key: (N, K, output type, accumulate, M bucket, AlgoChoice).
-  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t, int>;
+  // A cached cuBLASLt algorithm's key: (N, K, output type, accumulate, M bucket, AlgoChoice, batch
+  // count, weight stride).
+  using AlgoKey = std::tuple<int64_t, int64_t, int, bool, int64_t, int, int64_t, int64_t>;
 
  private:
   void Run(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, void* y, cudaDataType_t y_type,
-           float beta);
+           float beta, const StridedBatch& batch = {});
   bool Skinny(int64_t M, int64_t K) const { return M <= skinny_max_rows_ && K % 8 == 0; }
   void RunSkinny(const bf16* x, int64_t M, int64_t K, const bf16* w, int64_t N, SkinnyEpilogue epi, void* y);
   // Reserve's work once the split count is known (RunSkinny needs it too: computed once).
@@ -114,6 +129,7 @@ class Gemm {
     int64_t M;  // the product's rows (the key's bucket may be larger)
     const bf16* w;
     void* y;
+    StridedBatch batch;
   };
   // The algorithm for `key`, chosen the first time among cuBLASLt's candidates for `heuristic_m`
   // rows (null if none), by the process's AlgoChoice.

@@ -22,7 +22,8 @@ const DeviceExpertWeights* FirstHeldExpert(const DeviceWeights& w) {
 
 }  // namespace
 
-int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int64_t max_step_tokens, Gemm& gemm) {
+int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int64_t max_step_tokens,
+                              int64_t padded_max_tokens, Gemm& gemm) {
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
   const int64_t qd = c.q_dim(), qkvd = c.q_dim() + 2 * c.kv_dim();
   constexpr int64_t kMaxLmHeadRows = 512;
@@ -31,9 +32,14 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
   const int64_t lm_rows = std::min(dense_rows, kMaxLmHeadRows);
   const std::vector<int64_t> dense = Gemm::RowBuckets(dense_rows), experts = Gemm::RowBuckets(expert_rows),
                              lm = Gemm::RowBuckets(lm_rows);
+  const int64_t padded_rows = std::min(dense_rows, padded_max_tokens);
+  const std::vector<int64_t> padded = padded_rows > 0 ? Gemm::RowBuckets(padded_rows) : std::vector<int64_t>{};
+  const int64_t padded_elems = padded.empty() ? 0 : E * padded.back();  // rows of a batched call
   // Scratch: inputs up to the widest K, outputs up to the widest product of each type.
-  const int64_t x_elems = std::max(dense.back() * std::max(H, qd), experts.back() * std::max(H, I));
-  const int64_t y_elems = std::max(dense.back() * qkvd, experts.back() * std::max(2 * I, H));
+  const int64_t x_elems =
+      std::max({dense.back() * std::max(H, qd), experts.back() * std::max(H, I), padded_elems * std::max(H, I)});
+  const int64_t y_elems =
+      std::max({dense.back() * qkvd, experts.back() * std::max(2 * I, H), padded_elems * std::max(2 * I, H)});
   const int64_t yf_elems = std::max({dense.back() * H, dense.back() * E, lm.back() * V});
   const int64_t before = Gemm::algo_counts().chosen;
   DeviceBuffer<bf16> x, y;
@@ -65,6 +71,13 @@ int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int6
     if (ex == nullptr) break;  // a rank without experts
     gemm.LinearBlas(x.get(), M, H, ex->w13, 2 * I, y.get());
     gemm.LinearBlas(x.get(), M, I, ex->w2, H, y.get());
+  }
+  const DeviceExpertWeights& first = w.moe.front().experts.front();  // the batch starts at expert 0
+  const StridedBatch all{E, w.expert_stride()};
+  for (int64_t M : padded) {
+    if (first.w13 == nullptr) break;
+    gemm.LinearBatched(x.get(), M, H, first.w13, all, 2 * I, y.get());
+    gemm.LinearBatched(x.get(), M, I, first.w2, all, H, y.get());
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(gemm.stream()));
   return Gemm::algo_counts().chosen - before;

@@ -21,10 +21,13 @@ namespace moe::gpu {
 //   O            LinearF32 accumulating into the residual, the same rows
 //   router       LinearF32, the same rows
 //   LM head      LinearF32, up to min(max_step_tokens, 512) rows (more: chosen on first use)
-//   w13, w2      LinearBlas per expert, up to max_step_tokens x experts_per_token rows
+//   w13, w2      LinearBlas per expert, up to max_step_tokens x experts_per_token rows; and
+//                LinearBatched over all E experts (the padded experts), up to
+//                min(max_step_tokens, padded_max_tokens) rows each (0: none)
 // Allocates its scratch rows for the call (a few hundred MB at Mixtral-8x7B shape) and frees them.
 // Returns the number of algorithms it chose, or -1 when the scratch rows did not fit (the choices
 // are then made on first use, as without it).
-int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int64_t max_step_tokens, Gemm& gemm);
+int64_t PrepareGemmAlgorithms(const ModelConfig& c, const DeviceWeights& w, int64_t max_step_tokens,
+                              int64_t padded_max_tokens, Gemm& gemm);
 
 }  // namespace moe::gpu

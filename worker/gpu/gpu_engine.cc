@@ -66,6 +66,9 @@ void GpuEngine::set_cuda_graphs(bool on) {
 void GpuEngine::set_expert_tuning(const ExpertGemmTuning& t) {
   moe_->set_tuning(t);
   DropGraphs();  // which steps may be captured has changed
+  // Padded experts beyond what the load prepared: their choices now, not inside a step's capture
+  // (which takes the heuristic's first, untimed). The choices already made are kept.
+  if (moe_->PaddedMaxTokens() > prepared_padded_tokens_) PrepareGemms();
 }
 
 absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& c, Communicator& comm,
@@ -175,8 +178,10 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelC
 
 void GpuEngine::PrepareGemms() {
   if (!opts_.prepare_gemm_algorithms) return;
+  prepared_padded_tokens_ = moe_->PaddedMaxTokens();
   const auto t0 = HostClock::now();
-  const int64_t chosen = PrepareGemmAlgorithms(config_, *weights_, opts_.max_step_tokens, gemm_);
+  const int64_t chosen =
+      PrepareGemmAlgorithms(config_, *weights_, opts_.max_step_tokens, moe_->PaddedMaxTokens(), gemm_);
   if (chosen < 0) {
     std::fprintf(stderr, "[rank %d] no GPU memory for choosing the cuBLASLt algorithms at load: the first steps "
                  "that need them choose them\n", comm_.rank());

@@ -167,6 +167,7 @@ class GpuEngine final : public StepEngine {
   void DropGraphs();
   // PrepareGemmAlgorithms (gemm_warmup.h) at load, unless the options say not to.
   void PrepareGemms();
+  int64_t prepared_padded_tokens_ = 0;  // the padded experts' tokens PrepareGemms chose algorithms up to
   using HostClock = std::chrono::steady_clock;
   double LapMs();  // ms since the last lap (or the step's start), and starts the next
 

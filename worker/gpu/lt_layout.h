@@ -21,6 +21,14 @@ class LtLayout {
   LtLayout(const LtLayout&) = delete;
   LtLayout& operator=(const LtLayout&) = delete;
   cublasLtMatrixLayout_t get() const { return l_; }
+  // `count` matrices `stride` elements apart (a strided-batched product); count 1 changes nothing.
+  void SetBatch(int64_t count, int64_t stride) {
+    if (count <= 1) return;
+    const int32_t n = static_cast<int32_t>(count);
+    MOE_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l_, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &n, sizeof(n)));
+    MOE_CUBLAS_CHECK(
+        cublasLtMatrixLayoutSetAttribute(l_, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+  }
 
  private:
   cublasLtMatrixLayout_t l_ = nullptr;

@@ -38,6 +38,15 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
   }
   host_w13_ = w13;
   host_w2_ = w2;
+  expert_stride_ = weights.expert_stride();
+  evenly_spaced_ = expert_stride_ > 0;
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t i = l * E + e;
+      evenly_spaced_ = evenly_spaced_ && w13[i] != nullptr && w13[i] == w13[l * E] + e * expert_stride_ &&
+                       w2[i] == w2[l * E] + e * expert_stride_;
+    }
+  }
   w13_ = DeviceBuffer<const bf16*>(w13.size());
   w2_ = DeviceBuffer<const bf16*>(w2.size());
   MOE_CUDA_CHECK(cudaMemcpy(w13_.get(), w13.data(), sizeof(const bf16*) * w13.size(), cudaMemcpyHostToDevice));
@@ -84,7 +93,10 @@ void GpuMoeLayer::BuildTensorMaps() {
 }
 
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
-  if (Local()) return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts, false) || WgmmaExperts();
+  if (Local()) {
+    return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts, false) || WgmmaExperts() ||
+           PaddedExperts(rows.local);
+  }
   return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts, true);
 }
 
@@ -133,6 +145,15 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     return grew;
   }
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
+  if (PaddedExperts(T)) {
+    const int64_t padded = E * T, H = c_.hidden_size, I = c_.intermediate_size;
+    grew |= padded_position_.EnsureSize(static_cast<size_t>(n));
+    grew |= grouped_.EnsureSize(static_cast<size_t>(padded * H));
+    grew |= gate_up_.EnsureSize(static_cast<size_t>(padded * 2 * I));
+    grew |= act_.EnsureSize(static_cast<size_t>(padded * I));
+    grew |= result_.EnsureSize(static_cast<size_t>(padded * H));
+    return grew;
+  }
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
   if (WgmmaExperts()) {
     grew |= grouped_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
@@ -193,6 +214,13 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const b
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
   if (record != nullptr) RecordRouting(T, *record, nullptr);
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
+  if (PaddedExperts(T)) {
+    ExpertsPadded(layer, h, T, src_row, position);
+    prof.Mark(layer, Boundary::kExpertsEnd, stream_);
+    Combine(result_.get(), padded_position_.get(), T, residual, next);
+    prof.Mark(layer, Boundary::kCombineEnd, stream_);
+    return;
+  }
   // With cuBLAS experts, Experts fetches the per-expert row counts to the host (one synchronisation).
   Experts(layer, h, src_row, n, offsets_.get(), nullptr, result_.get(), active_.get());
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
@@ -386,6 +414,17 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     g.LinearBlas(act_.get() + start * I, rows, I, host_w2_[layer * E + e], H, out + start * H);
   }
   if (concurrent) fanout_->Join();
+}
+
+void GpuMoeLayer::ExpertsPadded(int64_t layer, const bf16* h, int64_t T, const int32_t* src_row,
+                                const int32_t* position) {
+  const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size, n = T * c_.experts_per_token;
+  GatherPadded(h, src_row, offsets_.get(), experts_.get(), position, n, E, T, H, grouped_.get(),
+               padded_position_.get(), stream_);  // the buffers were sized by Reserve
+  const StridedBatch experts{E, expert_stride_};
+  gemm_.LinearBatched(grouped_.get(), T, H, host_w13_[layer * E], experts, 2 * I, gate_up_.get());
+  SwiGlu(gate_up_.get(), E * T, I, act_.get(), stream_);
+  gemm_.LinearBatched(act_.get(), T, I, host_w2_[layer * E], experts, H, result_.get());
 }
 
 void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,

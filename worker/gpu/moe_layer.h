@@ -17,9 +17,11 @@
 //   waits. With few rows per expert (decode; DeviceOnly) the experts run as two skinny grouped
 //   GEMMs that read the per-expert row ranges on the device, the first gathering its rows through
 //   the grouping and applying SwiGLU in its epilogue: the whole layer is host-free and a step can be
-//   captured in a CUDA graph. With many rows (prefill) the per-expert row counts come to the host
-//   (one synchronisation per layer) and the experts run through cuBLAS (ExpertGemmTuning::Blas:
-//   one GEMM per expert on concurrent streams by default).
+//   captured in a CUDA graph. With a few tokens more (decode batches up to
+//   ExpertGemmTuning::padded_max_tokens) every expert runs on T rows, its own then zeros, as one
+//   strided-batched cuBLAS product per matrix: host-free too. With many rows (prefill) the
+//   per-expert row counts come to the host (one synchronisation per layer) and the experts run
+//   through cuBLAS (ExpertGemmTuning::Blas: one GEMM per expert on concurrent streams by default).
 //
 // EXCHANGE (several ranks, or forced host staging on one): the routing comes to the host once per
 //   layer and the CPU BuildDispatchLayout plans the dispatch (replicas are chosen by
@@ -98,6 +100,12 @@ struct ExpertGemmTuning {
   // prefill and from batch 16 (benchmarks/NOTES.md, session 15).
   bool wgmma_grouped = false;
   GroupedTile wgmma_tile = GroupedTile::kAuto;  // its tile shape (kTma shapes: the rows gathered first)
+  // Above the skinny limit on the local path, up to this many tokens a step: every expert runs on T
+  // rows (no expert can get more: a token picks an expert once), its own first and zeros after, as
+  // one strided-batched cuBLAS product per matrix. The sizes need no host, so such steps are CUDA
+  // graphs with no synchronisation; the padding costs arithmetic that the weights' streaming hides
+  // while T is small. Above it (prefill) the per-expert products of `blas`. 0: never.
+  int64_t padded_max_tokens = 64;
 };
 
 // The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
@@ -156,6 +164,8 @@ class GpuMoeLayer {
   // Above it (prefill) the fixed blocks' padding (at two ranks they carry twice the rows) is taken
   // to cost more than the host round trips of the exact-size exchange (not measured yet).
   static constexpr int64_t kDeviceExchangeMaxRows = 256;
+  // The most tokens a step may have for its experts to run padded (0: this rank never does).
+  int64_t PaddedMaxTokens() const { return Local() && evenly_spaced_ ? tuning_.padded_max_tokens : 0; }
   // Sizes the buffers of a step, so that a DeviceOnly step allocates nothing (a graph capture may
   // not), and keeps `rows` for the step's Forward calls. The engine calls it before every step.
   // Returns true when a buffer was reallocated.
@@ -189,6 +199,12 @@ class GpuMoeLayer {
   bool WgmmaExperts() const {
     return tuning_.wgmma_grouped && Local() && c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
            c_.num_experts <= 256 && GroupedGemmSupported();
+  }
+  // Whether the local path runs the experts of a T-token step on padded rows (when neither skinny
+  // nor wgmma): ExpertGemmTuning::padded_max_tokens, every expert held and evenly spaced.
+  bool PaddedExperts(int64_t T) const {
+    return Local() && evenly_spaced_ && T > 0 && T <= tuning_.padded_max_tokens &&
+           !SkinnyExperts(T * c_.experts_per_token, c_.num_experts, false) && !WgmmaExperts();
   }
   // The fixed-capacity exchange: rows per (source, destination) block, and the bound on the rows
   // a rank receives.
@@ -227,6 +243,10 @@ class GpuMoeLayer {
   // known on the device alone), the rows the skinny kernels are sized for (the expected rows).
   void Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
                const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr, int64_t plan_rows = 0);
+  // The experts of `layer` on the local path's T tokens, padded (PaddedExperts): every expert's rows
+  // gathered into a block of T rows, one strided-batched product per matrix. Leaves the results in
+  // result_ [E * T, H] and each slot's row there in padded_position_ [T * k].
+  void ExpertsPadded(int64_t layer, const bf16* h, int64_t T, const int32_t* src_row, const int32_t* position);
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
@@ -249,13 +269,15 @@ class GpuMoeLayer {
   StepRows step_;                        // the current step's (Reserve)
 
   std::vector<const bf16*> host_w13_, host_w2_;  // [L, E] expert weight pointers (null where not held)
+  int64_t expert_stride_ = 0;  // elements between consecutive experts' weights (DeviceWeights::expert_stride)
+  bool evenly_spaced_ = false;  // every expert of every layer held, expert_stride_ apart (padded experts)
   DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
   DeviceBuffer<WeightTensorMap> maps13_, maps2_;  // their TMA descriptors (grouped wgmma kernel; built at its first use)
   DeviceBuffer<void*> group_ptrs_;      // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
   std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step
   CudaEvent sizes_copied_;              // the cuBLAS experts' row counts reached the host (Experts)
   DeviceBuffer<float> logits_, weights_, stage_, split_;
-  DeviceBuffer<int32_t> experts_, index_, offsets_, active_, recv_offsets_;
+  DeviceBuffer<int32_t> experts_, index_, offsets_, active_, recv_offsets_, padded_position_;
   DeviceBuffer<int32_t> counters_;  // the skinny GEMMs' split-K arrival counters (kept zeroed)
   DeviceBuffer<bf16> send_, recv_, grouped_, gate_up_, act_, result_, computed_, returned_;
   PinnedBuffer<int32_t> h_experts_, h_index_, h_offsets_;
