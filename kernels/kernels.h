@@ -48,6 +48,10 @@ void Rope(bf16* x, const int32_t* positions, int64_t T, int64_t heads, int64_t h
 
 // out[m, i] = silu(gate_up[m, i]) * gate_up[m, I + i]. gate_up: [M, 2I] (w1 x | w3 x).
 void SwiGlu(const bf16* gate_up, int64_t M, int64_t I, bf16* out, cudaStream_t s);
+// The same on the padded experts' rows (GatherPadded): E blocks of P rows, of which expert e's
+// first offsets[e + 1] - offsets[e] are computed; the others keep what they held.
+void SwiGluPadded(const bf16* gate_up, const int32_t* offsets, int64_t E, int64_t P, int64_t I, bf16* out,
+                  cudaStream_t s);
 
 // Mixtral routing per token: softmax over E experts, top-k (ties to the lower id), renormalised.
 // logits: [T, E] float32; experts/weights: [T, k]. E <= 256.
@@ -164,13 +168,13 @@ void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf1
 
 // The rows grouped by expert into fixed-capacity blocks of P rows (the padded experts: one
 // strided-batched product per matrix, sizes known without the host). For the layout of
-// RouteAndGroup (offsets [E + 1], src_row: grouped row -> token row, experts and position: slot ->
-// expert and grouped row, n slots), with every expert's rows <= P:
-//   out[e * P + j, :] = x[src_row[offsets[e] + j], :] for j < offsets[e + 1] - offsets[e], else 0;
-//   padded_position[i] = experts[i] * P + position[i] - offsets[experts[i]] (the slot's padded row).
-void GatherPadded(const bf16* x, const int32_t* src_row, const int32_t* offsets, const int32_t* experts,
-                  const int32_t* position, int64_t n, int64_t E, int64_t P, int64_t H, bf16* out,
-                  int32_t* padded_position, cudaStream_t s);
+// RouteAndGroup (offsets [E + 1], experts and position: slot -> expert and grouped row, n slots),
+// with every expert's rows <= P, the slot i of token t = i / k goes to its padded row
+//   padded_position[i] = experts[i] * P + position[i] - offsets[experts[i]],  out[that row, :] = x[t, :].
+// Rows past an expert's count are not written: they keep what they held (the products of such a
+// row are never read, and rows do not mix in a product).
+void GatherPadded(const bf16* x, const int32_t* offsets, const int32_t* experts, const int32_t* position, int64_t n,
+                  int64_t k, int64_t P, int64_t H, bf16* out, int32_t* padded_position, cudaStream_t s);
 
 // The fixed-capacity MoE exchange between W ranks (kernels/exchange.cu): every rank sends every
 // rank (itself included) one block of cap + 1 rows, whatever the routing, so the transfers' sizes

@@ -29,36 +29,26 @@ __global__ void GroupPointersKernel(const int32_t* offsets, int64_t G, const bf1
   y_out[idx] = y + static_cast<int64_t>(offsets[g]) * y_ld;
 }
 
-// One block per padded row: row j of expert e (block e * P + j) is x's row src_row[offsets[e] + j]
-// while the expert has that many rows, zeros after. Block 0 also maps every slot to its padded row.
-__global__ void GatherPaddedKernel(const bf16* x, const int32_t* src_row, const int32_t* offsets,
-                                   const int32_t* experts, const int32_t* position, int64_t n, int64_t P, int64_t H,
-                                   bf16* out, int32_t* padded_position) {
+// One block per slot: its padded row, and the token's row copied there.
+__global__ void GatherPaddedKernel(const bf16* x, const int32_t* offsets, const int32_t* experts,
+                                   const int32_t* position, int64_t k, int64_t P, int64_t H, bf16* out,
+                                   int32_t* padded_position) {
   PdlGate();
-  const int64_t e = blockIdx.x / P, j = blockIdx.x % P;
-  const int64_t g = offsets[e] + j;
-  bf16* row = out + static_cast<int64_t>(blockIdx.x) * H;
-  if (g < offsets[e + 1]) {
-    CopyRow(x + static_cast<int64_t>(src_row[g]) * H, row, H);
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) row[i] = __float2bfloat16(0.f);
-  }
-  if (blockIdx.x != 0) return;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int32_t x_e = experts[i];
-    padded_position[i] = static_cast<int32_t>(x_e * P + (position[i] - offsets[x_e]));
-  }
+  const int64_t i = blockIdx.x;
+  const int32_t e = experts[i];
+  const int64_t row = e * P + (position[i] - offsets[e]);
+  if (threadIdx.x == 0) padded_position[i] = static_cast<int32_t>(row);
+  CopyRow(x + (i / k) * H, out + row * H, H);
 }
 
 }  // namespace
 
-void GatherPadded(const bf16* x, const int32_t* src_row, const int32_t* offsets, const int32_t* experts,
-                  const int32_t* position, int64_t n, int64_t E, int64_t P, int64_t H, bf16* out,
-                  int32_t* padded_position, cudaStream_t s) {
-  if (E * P == 0) return;
-  if (E * P > (int64_t{1} << 31) - 1) throw std::invalid_argument("GatherPadded: too many padded rows");
-  Launch(GatherPaddedKernel, static_cast<unsigned>(E * P), 128, 0, s, x, src_row, offsets, experts, position, n, P, H,
-         out, padded_position);
+void GatherPadded(const bf16* x, const int32_t* offsets, const int32_t* experts, const int32_t* position, int64_t n,
+                  int64_t k, int64_t P, int64_t H, bf16* out, int32_t* padded_position, cudaStream_t s) {
+  if (n == 0) return;
+  if (n > (int64_t{1} << 31) - 1) throw std::invalid_argument("GatherPadded: too many slots");
+  Launch(GatherPaddedKernel, static_cast<unsigned>(n), 128, 0, s, x, offsets, experts, position, k, P, H, out,
+         padded_position);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -149,13 +149,40 @@ TEST(GpuKernelsTest, RopeMatchesCpu) {
 
 TEST(GpuKernelsTest, SwiGluMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  for (const int64_t I : {1000, 1001}) {  // 16-byte vectors, and element by element
+  // 16-byte vectors (within one round of a thread's loads, and over two rounds), element by element.
+  for (const int64_t I : {1000, 1001, 14336, 20488}) {
     const int64_t M = 6;
     std::vector<float> gu = RandomBf16Values(M * 2 * I, 6, 2.f), ref(M * I);
     Buffer<bf16> d_gu(ToBf16Host(gu)), d_out(M * I);
     SwiGlu(d_gu.get(), M, I, d_out.get(), nullptr);
     cpu::SwiGlu(gu.data(), M, I, ref.data());
     EXPECT_LT(RelErr(ToF32Host(d_out.Download()), ref), kBf16Tol) << "I " << I;
+  }
+}
+
+// On the padded experts' rows: each expert's first rows computed, the padding left as it was.
+TEST(GpuKernelsTest, SwiGluPaddedComputesOnlyTheExpertsRows) {
+  SKIP_WITHOUT_GPU();
+  const int64_t E = 3, P = 4, I = 1024, M = E * P;
+  const std::vector<int32_t> offsets = {0, 2, 2, 6};  // 2, 0 and 4 rows
+  std::vector<float> gu = RandomBf16Values(M * 2 * I, 8, 2.f), ref(M * I);
+  const std::vector<float> before = RandomBf16Values(M * I, 9);
+  Buffer<bf16> d_gu(ToBf16Host(gu)), d_out(ToBf16Host(before));
+  Buffer<int32_t> d_offsets(offsets);
+  SwiGluPadded(d_gu.get(), d_offsets.get(), E, P, I, d_out.get(), nullptr);
+  cpu::SwiGlu(gu.data(), M, I, ref.data());
+  const std::vector<float> got = ToF32Host(d_out.Download());
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t e = m / P;
+    const bool real = m % P < offsets[e + 1] - offsets[e];
+    const std::vector<float> row(got.begin() + m * I, got.begin() + (m + 1) * I);
+    const std::vector<float> want(real ? ref.begin() + m * I : before.begin() + m * I,
+                                  real ? ref.begin() + (m + 1) * I : before.begin() + (m + 1) * I);
+    if (real) {
+      EXPECT_LT(RelErr(row, want), kBf16Tol) << "row " << m;
+    } else {
+      EXPECT_EQ(row, want) << "padding row " << m;
+    }
   }
 }
 
@@ -459,8 +486,8 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
 }
 
 // The padded experts' layout against the CPU's: expert e's rows, in slot order, fill block e of P
-// rows from its start and zeros the rest of it; every slot finds its own token's row at its padded
-// position. Rows are copied, so bit for bit.
+// rows from its start; the rest of the block is left as it was; every slot finds its own token's
+// row at its padded position. Rows are copied, so bit for bit.
 TEST(GpuKernelsTest, GatherPaddedFillsEachExpertsBlockInSlotOrder) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -471,16 +498,18 @@ TEST(GpuKernelsTest, GatherPaddedFillsEachExpertsBlockInSlotOrder) {
     const int64_t n = c.T * c.k, P = c.T;  // a token picks an expert once: no expert gets more than T rows
     std::vector<float> logits = RandomBf16Values(c.T * c.E, static_cast<uint32_t>(7 + c.T + c.E));
     const std::vector<bf16> x = ToBf16Host(RandomBf16Values(c.T * c.H, static_cast<uint32_t>(3 + c.H)));
+    constexpr uint16_t kUntouched = 0x7f7f;
+    std::vector<uint16_t> want(static_cast<size_t>(c.E * P * c.H), kUntouched);
+    std::vector<bf16> before(want.size());
+    for (bf16& v : before) v = __nv_bfloat16_raw{kUntouched};
     Buffer<float> d_logits(logits), d_w(n);
     Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(c.E + 1), d_padded_pos(n);
-    Buffer<bf16> d_x(x), d_out(c.E * P * c.H);
-    MOE_CUDA_CHECK(cudaMemset(d_out.get(), 0xff, sizeof(bf16) * c.E * P * c.H));  // NaN: every row must be written
+    Buffer<bf16> d_x(x), d_out(before);
     RouteAndGroup(RouterInputs{}, d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
                   d_off.get(), nullptr, nullptr, nullptr);
-    GatherPadded(d_x.get(), d_src.get(), d_off.get(), d_e.get(), d_pos.get(), n, c.E, P, c.H, d_out.get(),
-                 d_padded_pos.get(), nullptr);
+    GatherPadded(d_x.get(), d_off.get(), d_e.get(), d_pos.get(), n, c.k, P, c.H, d_out.get(), d_padded_pos.get(),
+                 nullptr);
     const Routing ref = RouteTopK(logits.data(), c.T, c.E, c.k);
-    std::vector<uint16_t> want(static_cast<size_t>(c.E * P * c.H), 0);
     std::vector<int32_t> want_pos(n), filled(c.E, 0);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t e = ref.expert[i], row = e * P + filled[e]++;

@@ -148,10 +148,17 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   if (PaddedExperts(T)) {
     const int64_t padded = E * T, H = c_.hidden_size, I = c_.intermediate_size;
     grew |= padded_position_.EnsureSize(static_cast<size_t>(n));
-    grew |= grouped_.EnsureSize(static_cast<size_t>(padded * H));
     grew |= gate_up_.EnsureSize(static_cast<size_t>(padded * 2 * I));
-    grew |= act_.EnsureSize(static_cast<size_t>(padded * I));
     grew |= result_.EnsureSize(static_cast<size_t>(padded * H));
+    // The padding rows are never written (GatherPadded, SwiGluPadded); rows do not mix in a
+    // product, so what they hold never reaches a real row. Zeroed when allocated here all the same.
+    for (DeviceBuffer<bf16>* b : {&grouped_, &act_}) {
+      const size_t want = static_cast<size_t>(padded * (b == &grouped_ ? H : I));
+      if (b->EnsureSize(want)) {
+        MOE_CUDA_CHECK(cudaMemsetAsync(b->get(), 0, sizeof(bf16) * b->size(), stream_));
+        grew = true;
+      }
+    }
     return grew;
   }
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
@@ -215,7 +222,7 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const b
   if (record != nullptr) RecordRouting(T, *record, nullptr);
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
   if (PaddedExperts(T)) {
-    ExpertsPadded(layer, h, T, src_row, position);
+    ExpertsPadded(layer, h, T, position);
     prof.Mark(layer, Boundary::kExpertsEnd, stream_);
     Combine(result_.get(), padded_position_.get(), T, residual, next);
     prof.Mark(layer, Boundary::kCombineEnd, stream_);
@@ -416,14 +423,13 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   if (concurrent) fanout_->Join();
 }
 
-void GpuMoeLayer::ExpertsPadded(int64_t layer, const bf16* h, int64_t T, const int32_t* src_row,
-                                const int32_t* position) {
+void GpuMoeLayer::ExpertsPadded(int64_t layer, const bf16* h, int64_t T, const int32_t* position) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size, n = T * c_.experts_per_token;
-  GatherPadded(h, src_row, offsets_.get(), experts_.get(), position, n, E, T, H, grouped_.get(),
-               padded_position_.get(), stream_);  // the buffers were sized by Reserve
+  GatherPadded(h, offsets_.get(), experts_.get(), position, n, c_.experts_per_token, T, H, grouped_.get(),
+               padded_position_.get(), stream_);  // the buffers were sized (and zeroed) by Reserve
   const StridedBatch experts{E, expert_stride_};
   gemm_.LinearBatched(grouped_.get(), T, H, host_w13_[layer * E], experts, 2 * I, gate_up_.get());
-  SwiGlu(gate_up_.get(), E * T, I, act_.get(), stream_);
+  SwiGluPadded(gate_up_.get(), offsets_.get(), E, T, I, act_.get(), stream_);
   gemm_.LinearBatched(act_.get(), T, I, host_w2_[layer * E], experts, H, result_.get());
 }
 

@@ -246,7 +246,7 @@ class GpuMoeLayer {
   // The experts of `layer` on the local path's T tokens, padded (PaddedExperts): every expert's rows
   // gathered into a block of T rows, one strided-batched product per matrix. Leaves the results in
   // result_ [E * T, H] and each slot's row there in padded_position_ [T * k].
-  void ExpertsPadded(int64_t layer, const bf16* h, int64_t T, const int32_t* src_row, const int32_t* position);
+  void ExpertsPadded(int64_t layer, const bf16* h, int64_t T, const int32_t* position);
   // Rows exchange through the host: bf16 rows -> float32 -> host -> AllToAllRows -> device -> bf16.
   void ExchangeRows(const bf16* send, std::span<const int64_t> send_rows, bf16* recv,
                     std::span<const int64_t> recv_rows);
