@@ -306,7 +306,8 @@ int main(int argc, char** argv) {
   e->set_expert_tuning(tuned);
   result["padded_max_tokens"] = tuned.padded_max_tokens;
   result["experts"] = a.wgmma ? "grouped wgmma kernel above the skinny limit"
-                              : "cuBLAS above the skinny limit (padded to the batch up to padded_max_tokens tokens)";
+                              : "cuBLAS above the skinny limit (padded to the batch up to padded_max_tokens tokens, "
+                                "then per expert on streams)";
   result["prefill"] = prefill(a.wgmma ? "grouped wgmma kernel" : "cuBLAS, experts on concurrent streams");
   if (a.variants) {
     nlohmann::json pv = nlohmann::json::array();
@@ -525,9 +526,10 @@ int main(int argc, char** argv) {
     if (int rc = WriteJson(a.timeline_out, records); rc != 0) return rc;
   }
   result["notes"] =
-      "decode: CUDA graphs, skinny grouped expert GEMMs up to 2 rows per expert, then cuBLAS strided-batched over "
-      "the experts padded to the batch up to padded_max_tokens, device-side routing layout; prefill: cuBLAS expert "
-      "GEMMs on concurrent streams; byte_floor_* = weights a decode step must read at the measured copy bandwidth (see "
+      "decode: CUDA graphs, skinny grouped expert GEMMs up to 2 rows per expert, then cuBLAS per expert on "
+      "concurrent streams (one strided-batched product over the experts padded to the batch up to "
+      "padded_max_tokens tokens, when set), device-side routing layout; prefill: cuBLAS expert GEMMs on concurrent "
+      "streams; byte_floor_* = weights a decode step must read at the measured copy bandwidth (see "
       "engine_bench.cc)";
 
   return WriteJson(a.out, result);

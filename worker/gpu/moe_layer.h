@@ -17,11 +17,11 @@
 //   waits. With few rows per expert (decode; DeviceOnly) the experts run as two skinny grouped
 //   GEMMs that read the per-expert row ranges on the device, the first gathering its rows through
 //   the grouping and applying SwiGLU in its epilogue: the whole layer is host-free and a step can be
-//   captured in a CUDA graph. With a few tokens more (decode batches up to
-//   ExpertGemmTuning::padded_max_tokens) every expert runs on T rows, its own then zeros, as one
-//   strided-batched cuBLAS product per matrix: host-free too. With many rows (prefill) the
-//   per-expert row counts come to the host (one synchronisation per layer) and the experts run
-//   through cuBLAS (ExpertGemmTuning::Blas: one GEMM per expert on concurrent streams by default).
+//   captured in a CUDA graph. With more rows the per-expert row counts come to the host (one
+//   synchronisation per layer) and the experts run through cuBLAS (ExpertGemmTuning::Blas: one
+//   GEMM per expert on concurrent streams by default). Opt-in, host-free alternatives for those
+//   batches: ExpertGemmTuning::padded_max_tokens (every expert padded to the step's T rows, one
+//   strided-batched cuBLAS product per matrix) and ExpertGemmTuning::wgmma_grouped.
 //
 // EXCHANGE (several ranks, or forced host staging on one): the routing comes to the host once per
 //   layer and the CPU BuildDispatchLayout plans the dispatch (replicas are chosen by
@@ -101,11 +101,13 @@ struct ExpertGemmTuning {
   bool wgmma_grouped = false;
   GroupedTile wgmma_tile = GroupedTile::kAuto;  // its tile shape (kTma shapes: the rows gathered first)
   // Above the skinny limit on the local path, up to this many tokens a step: every expert runs on T
-  // rows (no expert can get more: a token picks an expert once), its own first and zeros after, as
-  // one strided-batched cuBLAS product per matrix. The sizes need no host, so such steps are CUDA
-  // graphs with no synchronisation; the padding costs arithmetic that the weights' streaming hides
-  // while T is small. Above it (prefill) the per-expert products of `blas`. 0: never.
-  int64_t padded_max_tokens = 64;
+  // rows (no expert can get more: a token picks an expert once), its own first and padding after,
+  // as one strided-batched cuBLAS product per matrix. The sizes need no host, so such steps are
+  // CUDA graphs with no synchronisation. Above it the per-expert products of `blas`. 0 (the
+  // default): never. On one H200 at Mixtral-8x7B shape it lost 1-2% at batch 16-64 to the
+  // per-expert products on streams with their host synchronisation (benchmarks/NOTES.md,
+  // session 16): the strided product on T rows an expert streams the weights a little slower.
+  int64_t padded_max_tokens = 0;
 };
 
 // The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
