@@ -16,7 +16,6 @@
 #include "worker/gpu/cuda_stream.h"
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gemm.h"
-#include "worker/gpu/lt_layout.h"
 #include "worker/gpu/random_fill.h"
 
 namespace moe {
@@ -34,54 +33,21 @@ T ConfigAttribute(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttr
   return v;
 }
 
-// All E experts' products as one strided-batched cuBLASLt call: every expert the same rows M (a
-// prefill's per-expert rows padded to their maximum), the weights E copies `welems` apart, as the
-// engine's arena lays out the experts of a layer. Times the heuristic's candidates, each alone.
-nlohmann::json StridedBatchedFigure(const char* name, int64_t N, int64_t K, int64_t M, int64_t E, const bf16* w,
-                                    int64_t welems, const bf16* x, bf16* y, cudaStream_t s) {
-  cublasLtHandle_t lt = nullptr;
-  MOE_CUBLAS_CHECK(cublasLtCreate(&lt));
-  cublasLtMatmulDesc_t desc = nullptr;
-  MOE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-  MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  // Column-major, as Gemm: y^T (N x M) = W (K x N, transposed) * x^T (K x M), batch stride per matrix.
-  const gpu::LtLayout a(CUDA_R_16BF, K, N, K), b(CUDA_R_16BF, K, M, K), c(CUDA_R_16BF, N, M, N);
-  const int32_t batch = static_cast<int32_t>(E);
-  const int64_t strides[3] = {welems, M * K, M * N};
-  const cublasLtMatrixLayout_t layouts[3] = {a.get(), b.get(), c.get()};
-  for (int i = 0; i < 3; ++i) {
-    MOE_CUBLAS_CHECK(
-        cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof(batch)));
-    MOE_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                                                      &strides[i], sizeof(strides[i])));
-  }
-  constexpr size_t kWorkspace = size_t{64} << 20;
-  gpu::DeviceBuffer<unsigned char> ws(kWorkspace);
-  cublasLtMatmulPreference_t pref = nullptr;
-  MOE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws_bytes = kWorkspace;
-  MOE_CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
-  std::vector<cublasLtMatmulHeuristicResult_t> found(kCandidates);
-  int n = 0;
-  if (cublasLtMatmulAlgoGetHeuristic(lt, desc, a.get(), b.get(), c.get(), c.get(), pref, kCandidates, found.data(),
-                                     &n) != CUBLAS_STATUS_SUCCESS) {
-    n = 0;
-  }
-  cublasLtMatmulPreferenceDestroy(pref);
+// All E experts' products as one strided-batched cuBLASLt call (Gemm::LinearBatched, the padded
+// experts): every expert the same rows M, the weights E copies `welems` apart, as the engine's
+// arena lays out the experts of a layer. Times the heuristic's candidates, each alone.
+nlohmann::json StridedBatchedFigure(gpu::Gemm& gemm, const char* name, int64_t N, int64_t K, int64_t M, int64_t E,
+                                    const bf16* w, int64_t welems, const bf16* x, bf16* y) {
+  const gpu::StridedBatch batch{E, welems};
+  const std::vector<cublasLtMatmulHeuristicResult_t> found =
+      gemm.Candidates(N, K, M, CUDA_R_16BF, kCandidates, batch);
   nlohmann::json cands = nlohmann::json::array();
   double best = 0;
-  const float alpha = 1.f, beta = 0.f;
-  for (int ci = 0; ci < n; ++ci) {
-    const cublasLtMatmulAlgo_t& algo = found[static_cast<size_t>(ci)].algo;
-    auto run = [&] {
-      return cublasLtMatmul(lt, desc, &alpha, w, a.get(), x, b.get(), &beta, y, c.get(), y, c.get(), &algo, ws.get(),
-                            kWorkspace, s);
-    };
+  for (size_t ci = 0; ci < found.size(); ++ci) {
+    const cublasLtMatmulAlgo_t& algo = found[ci].algo;
+    auto run = [&] { return gemm.RunWith(algo, x, M, K, w, N, y, CUDA_R_16BF, 0.f, batch); };
     if (run() != CUBLAS_STATUS_SUCCESS) continue;
-    const double ms = MedianMs(s, 2, 8, [&](int) { MOE_CUBLAS_CHECK(run()); });
+    const double ms = MedianMs(gemm.stream(), 2, 8, [&](int) { MOE_CUBLAS_CHECK(run()); });
     best = best == 0 ? ms : std::min(best, ms);
     const double gbps = 2.0 * welems * E / (ms / 1e3) / 1e9;
     cands.push_back({{"rank", ci},
@@ -90,12 +56,10 @@ nlohmann::json StridedBatchedFigure(const char* name, int64_t N, int64_t K, int6
                      {"us", ms * 1e3},
                      {"weight_gbps", gbps}});
   }
-  std::printf("blas %-6s rows %3lld x %lld experts, one strided-batched call: best %7.1f us (%lld candidates)\n", name,
-              static_cast<long long>(M), static_cast<long long>(E), best * 1e3, static_cast<long long>(n));
+  std::printf("blas %-6s rows %3lld x %lld experts, one strided-batched call: best %7.1f us (%zu candidates)\n", name,
+              static_cast<long long>(M), static_cast<long long>(E), best * 1e3, found.size());
   std::fflush(stdout);
-  MOE_CUDA_CHECK(cudaStreamSynchronize(s));
-  cublasLtMatmulDescDestroy(desc);
-  cublasLtDestroy(lt);
+  MOE_CUDA_CHECK(cudaStreamSynchronize(gemm.stream()));
   return {{"matrix", name}, {"rows_per_expert", M}, {"experts", E}, {"best_us", best * 1e3}, {"candidates", cands}};
 }
 
@@ -189,8 +153,8 @@ nlohmann::json BlasCandidateFigures(const ModelConfig& c) {
       }
       nlohmann::json entry = {{"matrix", sh.name}, {"rows", M}, {"N", sh.N}, {"K", sh.K}, {"candidates", cands}};
       if (sh.experts) {
-        entry["strided_batched"] = StridedBatchedFigure(sh.name, sh.N, sh.K, M, E, w.get(), welems, x.get(), y.get(),
-                                                        main);
+        entry["strided_batched"] =
+            StridedBatchedFigure(alone_gemm, sh.name, sh.N, sh.K, M, E, w.get(), welems, x.get(), y.get());
       }
       out.push_back(entry);
       std::fflush(stdout);
