@@ -49,10 +49,6 @@ constexpr int kRopeMaxHalf = 256;
 __global__ void __launch_bounds__(kRopeThreads) QkvRopeKvKernel(const bf16* qkv, const int32_t* row_seq,
                                                                  const int32_t* row_pos, int heads,
                                                                  const double* inv_freq, PagedKv kv, bf16* q_out) {
-  // The attention kernel after this one reads the keys cached by earlier steps before its wait:
-  // letting it start now hides that latency under this kernel (it still waits for this one to
-  // complete, and this one for the QKV product, before reading what they write).
-  PdlTrigger();
   __shared__ float cos_s[kRopeMaxHalf], sin_s[kRopeMaxHalf];
   const int64_t t = blockIdx.x;
   const int D = static_cast<int>(kv.head_dim), half = D / 2, kvh = static_cast<int>(kv.kv_heads);
@@ -65,7 +61,7 @@ __global__ void __launch_bounds__(kRopeThreads) QkvRopeKvKernel(const bf16* qkv,
     sin_s[i] = static_cast<float>(sn);
   }
   __syncthreads();
-  PdlWait();
+  PdlGate();
   const int half2 = half / 2, rope_items = (heads + kvh) * half2, total = rope_items + kvh * half;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(qkv + t * (heads + 2 * kvh) * D);
   const uint32_t* vsrc = src + (heads + kvh) * half;

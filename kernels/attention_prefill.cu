@@ -51,6 +51,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
                                                                    const int32_t* row_pos, const int32_t* tiles,
                                                                    int64_t heads, PagedKv kv, int64_t window,
                                                                    float scale_log2, bf16* out) {
+  PdlGate();
   constexpr int kChunks = D / 8;                     // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kChunks;   // rows one pass of the block's loads covers
   const int64_t first = tiles[2 * blockIdx.y];
@@ -71,38 +72,6 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
 
   // This thread's chunk column and first row in every load pass.
   const int lc = tid % kChunks, lr = tid / kChunks;
-  // Rows of key tile k0 whose keys lie in [from, until) into buffer `buf` (keys past the tile's
-  // last row as zeros).
-  auto load_keys = [&](int buf, int k0, int from, int until) {
-    constexpr int kPasses = kKeys / kRowsPerPass;
-    int64_t off[kPasses];  // the block-table lookups first, all in flight together
-#pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const int key = k0 + lr + kRowsPerPass * i;
-      off[i] = key <= pos_last && key >= from && key < until ? CacheOffset(kv, seq, key, kvh) + 8 * lc : -1;
-    }
-#pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const int r = lr + kRowsPerPass * i, key = k0 + r;
-      if (key < from || key >= until) continue;
-      const bool ok = off[i] >= 0;
-      CopyAsync(SharedAddress(ks + buf * kKeys * D + Swizzle<D>(r, lc)), kv.keys + (ok ? off[i] : 0), ok ? 16 : 0);
-      CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + (ok ? off[i] : 0), ok ? 16 : 0);
-    }
-  };
-  // The keys before this step's chunk of the sequence were cached by earlier steps: the first
-  // kCachedTiles tiles' share of them goes out before the wait for the kernel before (the RoPE
-  // kernel lets this one start while it runs), so that their latency hides under it. The chunk's
-  // own keys and the queries come after the wait. A tile that does not start its chunk (the row
-  // before it is the same sequence's) takes every key after the wait.
-  constexpr int kCachedTiles = 2;
-  const int fresh = first == 0 || row_seq[first - 1] != seq ? pos0 : lo;  // keys >= fresh: this step's
-  for (int t = 0; t < kCachedTiles; ++t) {
-    const int k0 = lo + kKeys * t;
-    if (k0 <= pos_last && k0 < fresh) load_keys(t, k0, lo, fresh);
-  }
-  CommitAsync();
-  PdlGate();
   // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
   for (int r = lr; r < kQueryRows; r += kRowsPerPass) {
     const bool ok = r < NQ;
@@ -110,10 +79,25 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     CopyAsync(SharedAddress(qs + Swizzle<D>(r, lc)), src, ok ? 16 : 0);
   }
   CommitAsync();
-  constexpr int kAll = 1 << 30;
-  load_keys(0, lo, fresh, kAll);
+  auto load_keys = [&](int buf, int k0) {
+    constexpr int kPasses = kKeys / kRowsPerPass;
+    int64_t off[kPasses];  // the block-table lookups first, all in flight together
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int key = k0 + lr + kRowsPerPass * i;
+      off[i] = key <= pos_last ? CacheOffset(kv, seq, key, kvh) + 8 * lc : -1;
+    }
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = lr + kRowsPerPass * i;
+      const bool ok = off[i] >= 0;
+      CopyAsync(SharedAddress(ks + buf * kKeys * D + Swizzle<D>(r, lc)), kv.keys + (ok ? off[i] : 0), ok ? 16 : 0);
+      CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + (ok ? off[i] : 0), ok ? 16 : 0);
+    }
+  };
+  load_keys(0, lo);
   CommitAsync();
-  WaitAsync<1>();  // the cached keys and the queries
+  WaitAsync<1>();  // the queries
   __syncthreads();
 
   uint32_t qf[D / 16][4];
@@ -139,8 +123,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
 
   int buf = 0;
   for (int k0 = lo; k0 <= pos_last; k0 += kKeys, buf ^= 1) {
-    const int next = k0 + kKeys;  // the next tile: of the first kCachedTiles, what came before the wait is there
-    if (next <= pos_last) load_keys(buf ^ 1, next, next < lo + kKeys * kCachedTiles ? fresh : lo, kAll);
+    if (k0 + kKeys <= pos_last) load_keys(buf ^ 1, k0 + kKeys);
     CommitAsync();
     WaitAsync<1>();
     __syncthreads();

@@ -8,13 +8,9 @@
 // The rule every kernel here follows: PdlWait() before the first read of data produced on the
 // device, on every path (so the wait chain stays transitive: a kernel completes only after the one
 // before it completed), then PdlTrigger() to let the next kernel launch. Before the wait a kernel
-// may read static data (weights), a step's inputs copied from the host before its first kernel
+// may read static data (weights) and a step's inputs copied from the host before its first kernel
 // (positions, block tables, attention tiles: the decode attention and RoPE kernels do their
-// address arithmetic there) and the keys and values earlier steps cached (the tensor-core
-// attention loads them there). One exception to the order: the RoPE kernel triggers before its
-// wait, so the attention kernel after it can start its cached-key loads while the QKV product
-// still runs; the chain stays transitive (every kernel still waits before it completes), and the
-// kernel after RoPE reads nothing produced this step before its own wait.
+// address arithmetic there).
 #pragma once
 
 #include <cuda_runtime.h>
