@@ -66,23 +66,40 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
     }
   } else if (add.y != nullptr) {
     // The weighted sum over the k slots in slot order, then added: as CombineAdd always did, so
-    // results do not depend on which rank computed which slot.
+    // results do not depend on which rank computed which slot. kSlots slots at a time: their
+    // weights and row positions in one memory round trip, then their rows' loads all in flight
+    // (one slot at a time cost two round trips a slot).
+    constexpr int kSlots = 2;
     float4 acc[kChunks];
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int s = 0; s < add.k; ++s) {
-      const float w = add.weight[t * add.k + s];
-      const uint2* y = reinterpret_cast<const uint2*>(add.y + static_cast<int64_t>(add.position[t * add.k + s]) * H);
-      uint2 raw[kChunks];
+    for (int s0 = 0; s0 < add.k; s0 += kSlots) {
+      float w[kSlots];
+      const uint2* y[kSlots];
 #pragma unroll
-      for (int i = 0; i < kChunks; ++i) {
-        const int c = threadIdx.x + blockDim.x * i;
-        raw[i] = c < n4 ? y[c] : make_uint2(0, 0);
+      for (int j = 0; j < kSlots; ++j) {
+        const bool ok = s0 + j < add.k;
+        w[j] = ok ? add.weight[t * add.k + s0 + j] : 0.f;
+        y[j] = ok ? reinterpret_cast<const uint2*>(add.y + static_cast<int64_t>(add.position[t * add.k + s0 + j]) * H)
+                  : nullptr;
       }
+      uint2 raw[kSlots][kChunks];
 #pragma unroll
-      for (int i = 0; i < kChunks; ++i) {
-        const float4 f = Bf16x4(raw[i]);
-        acc[i] = make_float4(acc[i].x + w * f.x, acc[i].y + w * f.y, acc[i].z + w * f.z, acc[i].w + w * f.w);
+      for (int j = 0; j < kSlots; ++j)
+#pragma unroll
+        for (int i = 0; i < kChunks; ++i) {
+          const int c = threadIdx.x + blockDim.x * i;
+          raw[j][i] = y[j] != nullptr && c < n4 ? y[j][c] : make_uint2(0, 0);
+        }
+#pragma unroll
+      for (int j = 0; j < kSlots; ++j) {
+        if (y[j] == nullptr) break;
+#pragma unroll
+        for (int i = 0; i < kChunks; ++i) {
+          const float4 f = Bf16x4(raw[j][i]);
+          const float wj = w[j];
+          acc[i] = make_float4(acc[i].x + wj * f.x, acc[i].y + wj * f.y, acc[i].z + wj * f.z, acc[i].w + wj * f.w);
+        }
       }
     }
 #pragma unroll
