@@ -4,10 +4,10 @@
 // Work. A CTA of 4 warps owns 128 weight rows of one group (with the SwiGLU epilogue: 64 gate rows
 // f0.. and the 64 up rows I + f0.., so that each warp holds the gate and the up value of the same
 // 16 features) and a range of K (split-K across CTAs when a launch would otherwise leave SMs idle).
-// It walks its K range 64 at a time through a 4-stage cp.async pipeline: each stage brings the
-// 128 x 64 weight tile (16 KB) and the matching 64 k of up to 8 * NT token rows (gathered through
-// row_index) into XOR-swizzled shared memory, so three stages (48 KB of weights) are always in
-// flight while the tensor cores work on the fourth. Warp w multiplies its 32 weight rows (two
+// It walks its K range kBk at a time through a cp.async pipeline (Stages: 128 k and 3 stages for
+// up to 16 token rows, else 64 k and 4): each stage brings the 128 x kBk weight tile (32 or 16 KB)
+// and the matching k of up to 8 * NT token rows (gathered through row_index) into XOR-swizzled
+// shared memory, and all stages but the one the tensor cores work on are in flight. Warp w multiplies its 32 weight rows (two
 // 16-row tiles, loaded with ldmatrix) by the token rows (8 per tile, ldmatrix too) with
 // mma.sync m16n8k16: the weights are the A operand and the tokens the narrow N side ("swap AB").
 //
@@ -33,12 +33,28 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kRows = 128;   // weight rows per CTA
-constexpr int kBk = 64;      // k per stage
-constexpr int kStages = 4;
+// The pipeline's stages for NT token tiles. With one or two tiles (decode's dense products and
+// small batches' experts) 128 k a stage, three stages: each weight row is read 256 contiguous
+// bytes at a time; with 128 bytes (64 k, four stages) those products streamed at ~3.9 TB/s and
+// batch-1 decode ran 4-5% slower (benchmarks/NOTES.md, session 16): the memory serves longer runs
+// of a row better. With four or eight tiles (the device exchange's experts) the token rows would
+// leave one such CTA an SM: they keep 64 k and four stages (not measured against 128 k).
+template <int NT>
+struct Stages {
+  static constexpr int kBk = NT <= 2 ? 128 : 64;  // k per stage
+  static constexpr int kCount = NT <= 2 ? 3 : 4;  // stages: all but one in flight
+  static constexpr int kRowChunks = kBk / 8;      // 16-byte chunks of a tile row
+  static constexpr int kRowsPerPass = kThreads / kRowChunks;  // tile rows one pass of the CTA's loads covers
+  static_assert(kBk % 64 == 0 && kThreads % kRowChunks == 0 && kRows % kRowsPerPass == 0);
+};
 
-// Element offset of (row, 16-byte chunk) in a swizzled [rows][64] bf16 tile: chunk c of row r sits
-// at chunk position c ^ (r % 8), so the 8 rows an ldmatrix phase reads hit 8 different bank groups.
-__device__ __forceinline__ int Swizzle(int row, int chunk) { return row * kBk + ((chunk ^ (row & 7)) << 3); }
+// Element offset of (row, 16-byte chunk) in a swizzled [rows][kBk] bf16 tile: chunk c of row r
+// sits at chunk position c ^ (r % 8), so the 8 rows an ldmatrix phase reads (the same chunk c)
+// hit 8 different bank groups.
+template <int kBk>
+__device__ __forceinline__ int Swizzle(int row, int chunk) {
+  return row * kBk + ((chunk ^ (row & 7)) << 3);
+}
 
 __device__ __forceinline__ float Silu(float a) { return a / (1.f + __expf(-a)); }
 __device__ __forceinline__ float RoundBf16(float v) { return __bfloat162float(__float2bfloat16(v)); }
@@ -60,6 +76,8 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
                                                               int N, void* out, float* partial, int64_t partial_rows,
                                                               int32_t* counters) {
   constexpr int kTokens = 8 * NT;
+  constexpr int kBk = Stages<NT>::kBk, kStages = Stages<NT>::kCount;
+  constexpr int kRowChunks = Stages<NT>::kRowChunks, kRowsPerPass = Stages<NT>::kRowsPerPass;
   constexpr bool kSwiGlu = EPI == static_cast<int>(SkinnyEpilogue::kSwiGluBf16);
   // Programmatic launch: a product whose weights are known without waiting (dense, or grouped with
   // ready groups) streams its first weight tiles before waiting for the previous kernel; a grouped
@@ -96,13 +114,14 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
     }
     return f0 + r < N ? f0 + r : -1;
   };
-  // This thread's loads of a stage: 8 weight chunks (rows tid/8 + 16j, chunk tid % 8) and up to
-  // kTokens * 8 / 128 token chunks.
-  const int chunk = tid & 7;
-  int wrow[8];
+  // This thread's loads of a stage: kRows / kRowsPerPass weight chunks (rows tid / kRowChunks +
+  // kRowsPerPass j, chunk tid % kRowChunks) and up to kTokens * kRowChunks / kThreads token chunks.
+  constexpr int kPasses = kRows / kRowsPerPass;
+  const int chunk = tid % kRowChunks;
+  int wrow[kPasses];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) wrow[j] = weight_row((tid >> 3) + 16 * j);
-  constexpr int kXLoads = (kTokens * 8 + kThreads - 1) / kThreads;
+  for (int j = 0; j < kPasses; ++j) wrow[j] = weight_row(tid / kRowChunks + kRowsPerPass * j);
+  constexpr int kXLoads = (kTokens * kRowChunks + kThreads - 1) / kThreads;
 
   // K range of this split, in kBk steps.
   const int steps_total = (K + kBk - 1) / kBk;
@@ -118,11 +137,11 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
       const bool kin = k < K;
       bf16* sws = sw + slot * kRows * kBk;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int r = (tid >> 3) + 16 * j;
+      for (int j = 0; j < kPasses; ++j) {
+        const int r = tid / kRowChunks + kRowsPerPass * j;
         const bool ok = kin && wrow[j] >= 0;
         const bf16* src = ok ? w + static_cast<int64_t>(wrow[j]) * K + k : w;
-        CopyAsync(SharedAddress(sws + Swizzle(r, chunk)), src, ok ? 16 : 0);
+        CopyAsync(SharedAddress(sws + Swizzle<kBk>(r, chunk)), src, ok ? 16 : 0);
       }
     };
     __syncthreads();  // the previous pass's readers are done with every slot
@@ -136,8 +155,8 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
     int xtok[kXLoads];
 #pragma unroll
     for (int j = 0; j < kXLoads; ++j) {
-      const int q = tid + kThreads * j, i = q >> 3;
-      xtok[j] = q < kTokens * 8 ? i : kTokens;  // kTokens: this thread has no token chunk j
+      const int q = tid + kThreads * j, i = q / kRowChunks;
+      xtok[j] = q < kTokens * kRowChunks ? i : kTokens;  // kTokens: this thread has no token chunk j
       const int r = row0 + c0 + (i < crows ? i : 0);
       const int src = groups.row_index != nullptr ? groups.row_index[r] : r;
       xrow[j] = x + static_cast<int64_t>(src) * K;
@@ -151,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
         for (int j = 0; j < kXLoads; ++j) {
           if (xtok[j] >= kTokens) continue;
           const bool ok = kin && xtok[j] < crows;
-          CopyAsync(SharedAddress(sxs + Swizzle(xtok[j], chunk)), ok ? xrow[j] + k : x, ok ? 16 : 0);
+          CopyAsync(SharedAddress(sxs + Swizzle<kBk>(xtok[j], chunk)), ok ? xrow[j] + k : x, ok ? 16 : 0);
         }
       }
       CommitAsync();  // always, so the group count stays in step
@@ -190,14 +209,14 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
 #pragma unroll
         for (int t = 0; t < 2; ++t) {
           const int r = 32 * warp + 16 * t + (lane & 15);
-          LoadMatrixX4(a[t], SharedAddress(sws + Swizzle(r, 2 * kk + (lane >> 4))));
+          LoadMatrixX4(a[t], SharedAddress(sws + Swizzle<kBk>(r, 2 * kk + (lane >> 4))));
         }
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
           if (8 * n >= crows) break;  // the same for the whole CTA
           uint32_t b0, b1;
           const int tok = 8 * n + (lane & 7);
-          LoadMatrixX2(b0, b1, SharedAddress(sxs + Swizzle(tok, 2 * kk + ((lane >> 3) & 1))));
+          LoadMatrixX2(b0, b1, SharedAddress(sxs + Swizzle<kBk>(tok, 2 * kk + ((lane >> 3) & 1))));
           Mma(acc[0][n], a[0], b0, b1);
           Mma(acc[1][n], a[1], b0, b1);
         }
@@ -306,7 +325,10 @@ __global__ void SkinnyReduceKernel(const float* partial, int splits, int64_t par
   }
 }
 
-constexpr size_t SharedBytes(int nt) { return sizeof(bf16) * kStages * (kRows + 8 * nt) * kBk; }
+template <int NT>
+constexpr size_t SharedBytes() {
+  return sizeof(bf16) * Stages<NT>::kCount * (kRows + 8 * NT) * Stages<NT>::kBk;
+}
 
 // One SkinnyGemm launch's arguments, as the templates below pick its kernel instance.
 struct SkinnyLaunch {
@@ -329,7 +351,7 @@ void RaiseSharedLimit() {
   static const bool raised = [] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(SkinnyGemmKernel<NT, EPI, kPartialOut>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(SharedBytes(NT))));
+                                        static_cast<int>(SharedBytes<NT>())));
     return true;
   }();
   (void)raised;
@@ -338,7 +360,7 @@ void RaiseSharedLimit() {
 template <int NT, int EPI, bool kPartialOut>
 void LaunchKernel(const SkinnyLaunch& a) {
   RaiseSharedLimit<NT, EPI, kPartialOut>();
-  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, a.grid, kThreads, SharedBytes(NT), a.stream, a.x, a.K, a.groups, a.N,
+  Launch(SkinnyGemmKernel<NT, EPI, kPartialOut>, a.grid, kThreads, SharedBytes<NT>(), a.stream, a.x, a.K, a.groups, a.N,
          a.out, kPartialOut ? a.partial : nullptr, kPartialOut ? a.partial_rows : 0,
          kPartialOut ? a.counters : nullptr);
 }
@@ -370,15 +392,15 @@ void LaunchTiles(const SkinnyLaunch& a, SkinnyEpilogue epi) {
   }
 }
 
-// CTAs of the kernel for NT tiles that one SM holds at once (shared memory bounds it: 3 with one
-// or two tiles, 2 with four or eight, on an H100/H200).
+// CTAs of the kernel for NT tiles that one SM holds at once (shared memory bounds it: 2 for every
+// NT on an H100/H200).
 template <int NT>
 int ResidentPerSm() {
   static const int blocks = [] {
     RaiseSharedLimit<NT, 0, false>();
     int b = 0;
     MOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, SkinnyGemmKernel<NT, 0, false>, kThreads,
-                                                                 SharedBytes(NT)));
+                                                                 SharedBytes<NT>()));
     return std::max(1, b);
   }();
   return blocks;
@@ -436,14 +458,15 @@ int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups
   const int64_t ctas = SkinnyCtasPerGroup(N, epi) * std::max<int64_t>(1, active_groups);
   const int64_t wave = static_cast<int64_t>(SkinnyResidentPerSm(expected_rows)) * sms;
   // The weights stream at the full bandwidth while about 1.5 CTAs per SM are in flight (each keeps
-  // three 16 KB stages coming); fewer stream proportionally slower. A launch of n equal CTAs runs
+  // 48-64 KB of stages coming; measured with 48); fewer stream proportionally slower. A launch of n equal CTAs runs
   // its full waves at the full rate and the last, partial wave at the rate of the CTAs in it: time
   // (in units of all the weights at the full rate) = full / n + tail / n * max(1, saturating / tail).
   // Each further split costs about 1% (one more pipeline fill per output tile, the partial sums),
   // so of two near-equal choices the one with fewer splits wins. Measured: the skinny_splits figure
   // of moe-bench (benchmarks/results/README.md).
   const double saturating = 1.5 * sms;
-  const int64_t steps = (K + kBk - 1) / kBk;
+  const int bk = WithTileCount(expected_rows, [](auto nt) { return Stages<decltype(nt)::value>::kBk; });
+  const int64_t steps = (K + bk - 1) / bk;
   const int64_t most = std::clamp<int64_t>(steps / 4, 1, 64);  // at least 4 pipeline steps of K each
   int best = 1;
   double best_cost = 0.0;
