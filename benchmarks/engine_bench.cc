@@ -148,8 +148,13 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--timeline-out") a.timeline_out = v;
     else if (k == "--timeline-batches") a.timeline_batches = ParseList(v);
     else if (k == "--experts" && ExpertsChoice(v, a)) continue;
-    else if (k == "--padded-max-tokens") a.padded_max_tokens = std::atoll(v);
-    else {
+    else if (k == "--padded-max-tokens") {
+      a.padded_max_tokens = std::atoll(v);
+      if (a.padded_max_tokens < 0) {
+        std::fprintf(stderr, "moe-bench: --padded-max-tokens needs a token count >= 0, got %s\n", v);
+        return false;
+      }
+    } else {
       std::fprintf(stderr, "moe-bench: unknown flag %s\n", k.c_str());
       return false;
     }
