@@ -5,7 +5,7 @@
 // f0.. and the 64 up rows I + f0.., so that each warp holds the gate and the up value of the same
 // 16 features) and a range of K (split-K across CTAs when a launch would otherwise leave SMs idle).
 // It walks its K range kBk at a time through a cp.async pipeline (Stages: 128 k and 3 stages for
-// up to 16 token rows, else 64 k and 4): each stage brings the 128 x kBk weight tile (32 or 16 KB)
+// up to 8 token rows, else 64 k and 4): each stage brings the 128 x kBk weight tile (32 or 16 KB)
 // and the matching k of up to 8 * NT token rows (gathered through row_index) into XOR-swizzled
 // shared memory, and all stages but the one the tensor cores work on are in flight. Warp w multiplies its 32 weight rows (two
 // 16-row tiles, loaded with ldmatrix) by the token rows (8 per tile, ldmatrix too) with
@@ -33,16 +33,17 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kRows = 128;   // weight rows per CTA
-// The pipeline's stages for NT token tiles. With one or two tiles (decode's dense products and
-// small batches' experts) 128 k a stage, three stages: each weight row is read 256 contiguous
+// The pipeline's stages for NT token tiles. With one tile (up to 8 rows: decode's dense products
+// and small batches' experts) 128 k a stage, three stages: each weight row is read 256 contiguous
 // bytes at a time; with 128 bytes (64 k, four stages) those products streamed at ~3.9 TB/s and
 // batch-1 decode ran 4-5% slower (benchmarks/NOTES.md, session 16): the memory serves longer runs
-// of a row better. With four or eight tiles (the device exchange's experts) the token rows would
-// leave one such CTA an SM: they keep 64 k and four stages (not measured against 128 k).
+// of a row better. Two tiles (batch 9-16's dense products) measured 0-3% faster at batch 12 and
+// 16 with 64 k and four stages; four or eight tiles (the device exchange's experts) would leave
+// one 128 k CTA an SM: they keep 64 k and four stages too.
 template <int NT>
 struct Stages {
-  static constexpr int kBk = NT <= 2 ? 128 : 64;  // k per stage
-  static constexpr int kCount = NT <= 2 ? 3 : 4;  // stages: all but one in flight
+  static constexpr int kBk = NT <= 1 ? 128 : 64;  // k per stage
+  static constexpr int kCount = NT <= 1 ? 3 : 4;  // stages: all but one in flight
   static constexpr int kRowChunks = kBk / 8;      // 16-byte chunks of a tile row
   static constexpr int kRowsPerPass = kThreads / kRowChunks;  // tile rows one pass of the CTA's loads covers
   static_assert(kBk % 64 == 0 && kThreads % kRowChunks == 0 && kRows % kRowsPerPass == 0);
@@ -392,8 +393,8 @@ void LaunchTiles(const SkinnyLaunch& a, SkinnyEpilogue epi) {
   }
 }
 
-// CTAs of the kernel for NT tiles that one SM holds at once (shared memory bounds it: 2 for every
-// NT on an H100/H200).
+// CTAs of the kernel for NT tiles that one SM holds at once (shared memory bounds it: 2 with one
+// tile, 3 with two, 2 with four or eight, on an H100/H200).
 template <int NT>
 int ResidentPerSm() {
   static const int blocks = [] {
