@@ -69,6 +69,7 @@ struct Args {
   std::vector<int64_t> timeline_batches = {64};
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
   int64_t padded_max_tokens = -1;  // --padded-max-tokens N: ExpertGemmTuning's (-1: its default)
+  std::vector<int64_t> skinny_splits = {0, 0};  // --skinny-splits UP,DOWN: the skinny experts' (0: the model's)
   bool wgmma = false;            // --experts wgmma[-SHAPE]: the grouped wgmma kernel above the skinny limit
   gpu::GroupedTile wgmma_tile = gpu::GroupedTile::kAuto;
 };
@@ -80,6 +81,7 @@ void Usage() {
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
                "                 [--no-variants] [--no-kernels | --kernels-only] [--experts cublas|wgmma[-SHAPE]]\n"
                "                 [--padded-max-tokens N (experts padded to the step's tokens up to N; 0: never)]\n"
+               "                 [--skinny-splits UP,DOWN (the skinny experts' split-K counts; 0: the model's)]\n"
                "                 [--timeline-out FILE [--timeline-batches 64]] (CUPTI builds: every kernel, copy and\n"
                "                 CUDA call of one prefill and of decode steps, summarised in --out, records in FILE)\n"
                "The commit defaults to $MOE_COMMIT.\n");
@@ -152,6 +154,13 @@ bool ParseArgs(int argc, char** argv, Args& a) {
       a.padded_max_tokens = std::atoll(v);
       if (a.padded_max_tokens < 0) {
         std::fprintf(stderr, "moe-bench: --padded-max-tokens needs a token count >= 0, got %s\n", v);
+        return false;
+      }
+    } else if (k == "--skinny-splits") {
+      long long up = -1, down = -1;
+      a.skinny_splits = {std::sscanf(v, "%lld,%lld", &up, &down) == 2 ? up : -1, down};
+      if (a.skinny_splits[0] < 0 || a.skinny_splits[1] < 0) {
+        std::fprintf(stderr, "moe-bench: --skinny-splits needs two counts >= 0 (gate/up,down), got %s\n", v);
         return false;
       }
     } else {
@@ -308,8 +317,11 @@ int main(int argc, char** argv) {
   tuned.wgmma_grouped = a.wgmma;
   tuned.wgmma_tile = a.wgmma_tile;
   if (a.padded_max_tokens >= 0) tuned.padded_max_tokens = a.padded_max_tokens;
+  tuned.skinny_splits_up = static_cast<int>(a.skinny_splits[0]);
+  tuned.skinny_splits_down = static_cast<int>(a.skinny_splits[1]);
   e->set_expert_tuning(tuned);
   result["padded_max_tokens"] = tuned.padded_max_tokens;
+  result["skinny_splits_forced"] = a.skinny_splits;
   result["experts"] = a.wgmma ? "grouped wgmma kernel above the skinny limit"
                               : "cuBLAS above the skinny limit (padded to the batch up to padded_max_tokens tokens, "
                                 "then per expert on streams)";

@@ -100,7 +100,8 @@ bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
   return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts, true);
 }
 
-SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t plan_rows) {
+SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t plan_rows, int forced_up,
+                      int forced_down) {
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   SkinnyPlan p;
   if (plan_rows <= 0) plan_rows = R;
@@ -112,8 +113,8 @@ SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t pl
   const double active = static_cast<double>(local) * (1.0 - std::pow(1.0 - 1.0 / static_cast<double>(local),
                                                                      static_cast<double>(plan_rows)));
   const int64_t groups = std::clamp<int64_t>(static_cast<int64_t>(std::ceil(active - 1e-9)), 1, local);
-  p.splits_up = SkinnySplits(I, H, SkinnyEpilogue::kSwiGluBf16, groups, p.expected);
-  p.splits_down = SkinnySplits(H, I, SkinnyEpilogue::kStoreBf16, groups, p.expected);
+  p.splits_up = forced_up > 0 ? forced_up : SkinnySplits(I, H, SkinnyEpilogue::kSwiGluBf16, groups, p.expected);
+  p.splits_down = forced_down > 0 ? forced_down : SkinnySplits(H, I, SkinnyEpilogue::kStoreBf16, groups, p.expected);
   p.workspace = std::max(SkinnyWorkspaceFloats(R, I, SkinnyEpilogue::kSwiGluBf16, p.splits_up),
                          SkinnyWorkspaceFloats(R, H, SkinnyEpilogue::kStoreBf16, p.splits_down));
   return p;
@@ -139,7 +140,9 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     size_t workspace = 0;  // the largest any layer's share of experts needs
     for (int64_t l = 0; l < c_.num_layers; ++l) {
       const int64_t local = std::max<int64_t>(1, local_experts_[l]);
-      workspace = std::max(workspace, PlanSkinny(c_, bound, local, ExpectedRows(rows, local)).workspace);
+      workspace = std::max(workspace, PlanSkinny(c_, bound, local, ExpectedRows(rows, local), tuning_.skinny_splits_up,
+                                                 tuning_.skinny_splits_down)
+                                          .workspace);
     }
     grew |= split_.EnsureSize(workspace);
     return grew;
@@ -168,7 +171,8 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   }
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
   if (n > 0 && SkinnyExperts(n, c_.num_experts, false)) {
-    grew |= split_.EnsureSize(PlanSkinny(c_, n, c_.num_experts).workspace);
+    grew |= split_.EnsureSize(
+        PlanSkinny(c_, n, c_.num_experts, 0, tuning_.skinny_splits_up, tuning_.skinny_splits_down).workspace);
   }
   return grew;
 }
@@ -307,7 +311,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   act_.EnsureSize(static_cast<size_t>(R * I));
   // plan_rows: the device exchange's skinny call (its rows are known on the device only).
   if (SkinnyExperts(plan_rows > 0 ? plan_rows : R, local, plan_rows > 0)) {
-    const SkinnyPlan p = PlanSkinny(c_, R, local, plan_rows);
+    const SkinnyPlan p = PlanSkinny(c_, R, local, plan_rows, tuning_.skinny_splits_up, tuning_.skinny_splits_down);
     split_.EnsureSize(p.workspace);
     // Every expert gets at most one row per token, so with at most 8 tokens (the local path) every
     // expert's rows fit one pass of the smallest tile and the last CTA of each tile can add the

@@ -108,6 +108,10 @@ struct ExpertGemmTuning {
   // per-expert products on streams with their host synchronisation (benchmarks/NOTES.md,
   // session 16): the strided product on T rows an expert streams the weights a little slower.
   int64_t padded_max_tokens = 0;
+  // The skinny experts' split-K counts (gate/up, down); 0: SkinnySplits' wave model. For benchmarks
+  // that time split counts inside decode steps, where the next product's prefetch changes what
+  // pays (the isolated skinny_splits figure ranks them differently: benchmarks/NOTES.md, session 16).
+  int skinny_splits_up = 0, skinny_splits_down = 0;
 };
 
 // The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
@@ -134,7 +138,10 @@ struct SkinnyPlan {
   int splits_up = 1, splits_down = 1;
   size_t workspace = 0;  // floats of split-K partial sums
 };
-SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t plan_rows = 0);
+// forced_up / forced_down (> 0): those split counts instead of SkinnySplits' model
+// (ExpertGemmTuning::skinny_splits_up / _down).
+SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t plan_rows = 0, int forced_up = 0,
+                      int forced_down = 0);
 
 class GpuMoeLayer {
  public:
