@@ -181,7 +181,7 @@ void GpuEngine::PrepareGemms() {
   prepared_padded_tokens_ = moe_->PaddedMaxTokens();
   const auto t0 = HostClock::now();
   const int64_t chosen =
-      PrepareGemmAlgorithms(config_, *weights_, opts_.max_step_tokens, moe_->PaddedMaxTokens(), gemm_);
+      PrepareGemmAlgorithms(config_, *weights_, opts_.max_step_tokens, prepared_padded_tokens_, gemm_);
   if (chosen < 0) {
     std::fprintf(stderr, "[rank %d] no GPU memory for choosing the cuBLASLt algorithms at load: the first steps "
                  "that need them choose them\n", comm_.rank());

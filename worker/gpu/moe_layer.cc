@@ -140,9 +140,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     size_t workspace = 0;  // the largest any layer's share of experts needs
     for (int64_t l = 0; l < c_.num_layers; ++l) {
       const int64_t local = std::max<int64_t>(1, local_experts_[l]);
-      workspace = std::max(workspace, PlanSkinny(c_, bound, local, ExpectedRows(rows, local), tuning_.skinny_splits_up,
-                                                 tuning_.skinny_splits_down)
-                                          .workspace);
+      workspace = std::max(workspace, PlanExperts(bound, local, ExpectedRows(rows, local)).workspace);
     }
     grew |= split_.EnsureSize(workspace);
     return grew;
@@ -150,18 +148,18 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
   if (PaddedExperts(T)) {
     const int64_t padded = E * T, H = c_.hidden_size, I = c_.intermediate_size;
-    grew |= padded_position_.EnsureSize(static_cast<size_t>(n));
-    grew |= gate_up_.EnsureSize(static_cast<size_t>(padded * 2 * I));
-    grew |= result_.EnsureSize(static_cast<size_t>(padded * H));
     // The padding rows are never written (GatherPadded, SwiGluPadded); rows do not mix in a
     // product, so what they hold never reaches a real row. Zeroed when allocated here all the same.
-    for (DeviceBuffer<bf16>* b : {&grouped_, &act_}) {
-      const size_t want = static_cast<size_t>(padded * (b == &grouped_ ? H : I));
-      if (b->EnsureSize(want)) {
-        MOE_CUDA_CHECK(cudaMemsetAsync(b->get(), 0, sizeof(bf16) * b->size(), stream_));
-        grew = true;
-      }
-    }
+    auto ensure_zeroed = [&](DeviceBuffer<bf16>& b, int64_t elems) {
+      if (!b.EnsureSize(static_cast<size_t>(elems))) return false;
+      MOE_CUDA_CHECK(cudaMemsetAsync(b.get(), 0, sizeof(bf16) * b.size(), stream_));
+      return true;
+    };
+    grew |= padded_position_.EnsureSize(static_cast<size_t>(n));
+    grew |= ensure_zeroed(grouped_, padded * H);
+    grew |= gate_up_.EnsureSize(static_cast<size_t>(padded * 2 * I));
+    grew |= ensure_zeroed(act_, padded * I);
+    grew |= result_.EnsureSize(static_cast<size_t>(padded * H));
     return grew;
   }
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
@@ -171,8 +169,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   }
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
   if (n > 0 && SkinnyExperts(n, c_.num_experts, false)) {
-    grew |= split_.EnsureSize(
-        PlanSkinny(c_, n, c_.num_experts, 0, tuning_.skinny_splits_up, tuning_.skinny_splits_down).workspace);
+    grew |= split_.EnsureSize(PlanExperts(n, c_.num_experts).workspace);
   }
   return grew;
 }
@@ -311,7 +308,7 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
   act_.EnsureSize(static_cast<size_t>(R * I));
   // plan_rows: the device exchange's skinny call (its rows are known on the device only).
   if (SkinnyExperts(plan_rows > 0 ? plan_rows : R, local, plan_rows > 0)) {
-    const SkinnyPlan p = PlanSkinny(c_, R, local, plan_rows, tuning_.skinny_splits_up, tuning_.skinny_splits_down);
+    const SkinnyPlan p = PlanExperts(R, local, plan_rows);
     split_.EnsureSize(p.workspace);
     // Every expert gets at most one row per token, so with at most 8 tokens (the local path) every
     // expert's rows fit one pass of the smallest tile and the last CTA of each tile can add the

@@ -226,6 +226,10 @@ class GpuMoeLayer {
     const int64_t routed = rows.total * c_.experts_per_token;
     return std::max<int64_t>(1, (routed * local + c_.num_experts - 1) / c_.num_experts);
   }
+  // PlanSkinny for the rank's experts, with the tuning's forced split counts.
+  SkinnyPlan PlanExperts(int64_t R, int64_t local, int64_t plan_rows = 0) const {
+    return PlanSkinny(c_, R, local, plan_rows, tuning_.skinny_splits_up, tuning_.skinny_splits_down);
+  }
   // RouteAndGroup of this rank's T rows into offsets_ (and src_row, position, the optional active
   // list and load counts).
   void RouteOnDevice(const DeviceMoeWeights& w, const bf16* h, int64_t T, int32_t* src_row, int32_t* position,
