@@ -743,6 +743,31 @@ std::vector<double> ReferenceDown(const std::vector<float>& act, const std::vect
   return y;
 }
 
+// Random experts for the grouped tests: each group's gate/up weight w13 [2I, K] (seed seed13 + g)
+// and down weight w2 [K, I] (seed seed2 + g) on the host, and on the device for the groups with
+// rows; an empty group's pointers stay null (as for an expert held elsewhere).
+struct RandomExperts {
+  RandomExperts(const std::vector<int32_t>& counts, int64_t I, int64_t K, uint32_t seed13, uint32_t seed2) {
+    const size_t G = counts.size();
+    w13.resize(G);
+    w2.resize(G);
+    p13.assign(G, nullptr);
+    p2.assign(G, nullptr);
+    for (size_t g = 0; g < G; ++g) {
+      w13[g] = RandomBf16Values(2 * I * K, seed13 + static_cast<uint32_t>(g), 0.08f);
+      w2[g] = RandomBf16Values(K * I, seed2 + static_cast<uint32_t>(g), 0.1f);
+      if (counts[g] == 0) continue;
+      owned.push_back(std::make_unique<Buffer<bf16>>(ToBf16Host(w13[g])));
+      p13[g] = owned.back()->get();
+      owned.push_back(std::make_unique<Buffer<bf16>>(ToBf16Host(w2[g])));
+      p2[g] = owned.back()->get();
+    }
+  }
+  std::vector<std::vector<float>> w13, w2;
+  std::vector<std::unique_ptr<Buffer<bf16>>> owned;
+  std::vector<const bf16*> p13, p2;  // device pointers
+};
+
 double RelErrD(const std::vector<float>& a, const std::vector<double>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -755,7 +780,7 @@ double RelErrD(const std::vector<float>& a, const std::vector<double>& b) {
 // The dense skinny GEMM in its four epilogues against float64, over row counts that fill one, several
 // and partial 8-row tiles, with expected_rows both right and too small (several passes), N not a
 // multiple of the 128-row CTA tile (and below 16, the router's shape), K not a multiple of the
-// 64-element pipeline step, each without and with split-K. Every output element is poisoned
+// pipeline step (64 or 128 elements), each without and with split-K. Every output element is poisoned
 // first, so an unwritten one fails.
 TEST(GpuKernelsTest, SkinnyGemmMatchesFloat64) {
   SKIP_WITHOUT_GPU();
@@ -823,18 +848,11 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   std::vector<int32_t> row_index(R);
   for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 11 + 3) % T);
   std::vector<float> x = RandomBf16Values(T * K, 51);
-  std::vector<std::vector<float>> w13(G), w2(G);
-  std::vector<Buffer<bf16>*> owned;
-  std::vector<const bf16*> p13(G, nullptr), p2(G, nullptr);
-  for (int64_t g = 0; g < G; ++g) {
-    w13[g] = RandomBf16Values(2 * I * K, static_cast<uint32_t>(60 + g), 0.08f);
-    w2[g] = RandomBf16Values(K * I, static_cast<uint32_t>(70 + g), 0.1f);
-    if (counts[g] == 0) continue;
-    owned.push_back(new Buffer<bf16>(ToBf16Host(w13[g])));
-    p13[g] = owned.back()->get();
-    owned.push_back(new Buffer<bf16>(ToBf16Host(w2[g])));
-    p2[g] = owned.back()->get();
-  }
+  const RandomExperts experts(counts, I, K, 60, 70);
+  const auto& w13 = experts.w13;
+  const auto& w2 = experts.w2;
+  const auto& p13 = experts.p13;
+  const auto& p2 = experts.p2;
   Buffer<bf16> d_x(ToBf16Host(x));
   Buffer<int32_t> d_off(offsets), d_idx(row_index);
   Buffer<const bf16*> d_p13(p13), d_p2(p2);
@@ -877,7 +895,6 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   for (int64_t k = 0; k < K; ++k) {
     ASSERT_EQ(static_cast<__nv_bfloat16_raw>(y1[k]).x, static_cast<__nv_bfloat16_raw>(y_all[r * K + k]).x) << k;
   }
-  for (Buffer<bf16>* b : owned) delete b;
 }
 
 // The grouped wgmma kernel (Hopper only): groups of several 128-row m-tiles, a partial one, an
@@ -896,18 +913,11 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   std::vector<int32_t> row_index(R);
   for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 7 + 5) % T);
   std::vector<float> x = RandomBf16Values(T * K, 81);
-  std::vector<std::vector<float>> w13(G), w2(G);
-  std::vector<std::unique_ptr<Buffer<bf16>>> owned;
-  std::vector<const bf16*> p13(G, nullptr), p2(G, nullptr);
-  for (int64_t g = 0; g < G; ++g) {
-    w13[g] = RandomBf16Values(2 * I * K, static_cast<uint32_t>(90 + g), 0.08f);
-    w2[g] = RandomBf16Values(K * I, static_cast<uint32_t>(95 + g), 0.1f);
-    if (counts[g] == 0) continue;
-    owned.push_back(std::make_unique<Buffer<bf16>>(ToBf16Host(w13[g])));
-    p13[g] = owned.back()->get();
-    owned.push_back(std::make_unique<Buffer<bf16>>(ToBf16Host(w2[g])));
-    p2[g] = owned.back()->get();
-  }
+  const RandomExperts experts(counts, I, K, 90, 95);
+  const auto& w13 = experts.w13;
+  const auto& w2 = experts.w2;
+  const auto& p13 = experts.p13;
+  const auto& p2 = experts.p2;
   Buffer<bf16> d_x(ToBf16Host(x));
   Buffer<int32_t> d_off(offsets), d_idx(row_index);
   Buffer<const bf16*> d_p13(p13), d_p2(p2);
