@@ -458,24 +458,25 @@ int SkinnySplits(int64_t N, int64_t K, SkinnyEpilogue epi, int64_t active_groups
   const int sms = DeviceSmCount();
   const int64_t ctas = SkinnyCtasPerGroup(N, epi) * std::max<int64_t>(1, active_groups);
   const int64_t wave = static_cast<int64_t>(SkinnyResidentPerSm(expected_rows)) * sms;
-  // The weights stream at the full bandwidth while about 1.5 CTAs per SM are in flight (each keeps
-  // 48-64 KB of stages coming; measured with 48); fewer stream proportionally slower. A launch of n equal CTAs runs
-  // its full waves at the full rate and the last, partial wave at the rate of the CTAs in it: time
-  // (in units of all the weights at the full rate) = full / n + tail / n * max(1, saturating / tail).
-  // Each further split costs about 1% (one more pipeline fill per output tile, the partial sums),
-  // so of two near-equal choices the one with fewer splits wins. Measured: the skinny_splits figure
-  // of moe-bench (benchmarks/results/README.md).
-  const double saturating = 1.5 * sms;
+  // The weights stream at the full rate only while every CTA slot of the SMs holds a CTA (each keeps
+  // its stages coming), and a CTA's rate does not grow when slots are idle: n equal CTAs take
+  // ceil(n / wave) waves, a partial one as long as a full one. Each CTA also fills its pipeline:
+  // about two stages' time in which its slot streams nothing, so s splits of steps / s stages each
+  // take (1 + 2 s / steps) times their bytes' time. Of two equal costs the one with fewer splits wins.
+  // Fit on the skinny_splits figure of moe-bench and on split counts forced inside decode steps
+  // (`moe-bench --skinny-splits`; benchmarks/NOTES.md, session 17): batch 1's gate/up product (K
+  // 4096, 448 tiles) runs fastest unsplit (112 us; 117 at the 4 splits that the former constants,
+  // 1.5 CTAs an SM saturating and 1% a split, picked), its down product at 4 splits (256 CTAs: one
+  // wave), QKV at 5 (240) and o_proj at 8 (256).
   const int bk = WithTileCount(expected_rows, [](auto nt) { return Stages<decltype(nt)::value>::kBk; });
   const int64_t steps = (K + bk - 1) / bk;
   const int64_t most = std::clamp<int64_t>(steps / 4, 1, 64);  // at least 4 pipeline steps of K each
   int best = 1;
   double best_cost = 0.0;
   for (int64_t s = 1; s <= most; ++s) {
-    const int64_t n = ctas * s, full = n / wave * wave, tail = n - full;
-    double cost = static_cast<double>(full) / static_cast<double>(n);
-    if (tail > 0) cost += static_cast<double>(tail) / static_cast<double>(n) * std::max(1.0, saturating / tail);
-    cost *= 1.0 + 0.01 * static_cast<double>(s - 1);
+    const int64_t n = ctas * s, waves = (n + wave - 1) / wave;
+    const double cost = static_cast<double>(waves * wave) / static_cast<double>(n) *
+                        (1.0 + 2.0 * static_cast<double>(s) / static_cast<double>(steps));
     if (s == 1 || cost < best_cost) {
       best = static_cast<int>(s);
       best_cost = cost;

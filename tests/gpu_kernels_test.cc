@@ -897,6 +897,89 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   }
 }
 
+// Split-K over more CTAs than two waves hold. Dense: the float epilogues against float64 with the
+// splits' sums added by the last CTA of each tile and by a second launch, the bf16 one too, and a
+// tile's bits the same as when it is the only tile (the same split count); 5 splits of 8 K steps
+// (2 steps each) leave the fifth empty. Grouped: the SwiGLU epilogue through an active-groups list
+// (3 of 8 slots busy, the others -1), as RouteAndGroup leaves it for a decode step.
+TEST(GpuKernelsTest, SkinnyGemmSplitOverSeveralWaves) {
+  SKIP_WITHOUT_GPU();
+  const int64_t M = 5, K = 1000;  // 8 steps of 128 k, the last partial
+  const int64_t wave = static_cast<int64_t>(SkinnyResidentPerSm(M)) * DeviceSmCount();
+  const int64_t N = (2 * wave / 3 + 1) * 128 + 37;  // in 3 splits: over two waves of CTAs
+  std::vector<float> x = RandomBf16Values(M * K, 81), w = RandomBf16Values(N * K, 82, 0.05f);
+  std::vector<int32_t> rows(M);
+  std::iota(rows.begin(), rows.end(), 0);
+  const std::vector<double> ref = ReferenceLinear(x, rows, w, N, K);
+  Buffer<bf16> d_x(ToBf16Host(x)), d_w(ToBf16Host(w));
+  SkinnyGroups g;
+  g.rows = M;
+  g.weight = d_w.get();
+  Buffer<int32_t> d_counters(std::vector<int32_t>(SkinnyCounters(N, SkinnyEpilogue::kStoreBf16, 1), 0));
+  for (int splits : {3, 5}) {
+    Buffer<float> ws(SkinnyWorkspaceFloats(M, N, SkinnyEpilogue::kStoreF32, splits));
+    for (int32_t* counters : {d_counters.get(), static_cast<int32_t*>(nullptr)}) {
+      const std::string what = "splits " + std::to_string(splits) + (counters ? " counters" : " second launch");
+      Buffer<float> y(std::vector<float>(M * N, NAN));
+      SkinnyGemm(d_x.get(), K, g, N, SkinnyEpilogue::kStoreF32, y.get(), M, splits, ws.get(), M, counters, nullptr);
+      EXPECT_LT(RelErrD(y.Download(), ref), 1e-5) << what;
+      std::vector<float> base = RandomBf16Values(M * N, 83);
+      std::vector<double> want(ref);
+      for (size_t i = 0; i < want.size(); ++i) want[i] += base[i];
+      Buffer<float> acc(base);
+      SkinnyGemm(d_x.get(), K, g, N, SkinnyEpilogue::kAddF32, acc.get(), M, splits, ws.get(), M, counters, nullptr);
+      EXPECT_LT(RelErrD(acc.Download(), want), 1e-5) << what;
+    }
+    Buffer<bf16> y(ToBf16Host(std::vector<float>(M * N, NAN)));
+    SkinnyGemm(d_x.get(), K, g, N, SkinnyEpilogue::kStoreBf16, y.get(), M, splits, ws.get(), M, d_counters.get(),
+               nullptr);
+    const std::vector<bf16> all = y.Download();
+    EXPECT_LT(RelErrD(ToF32Host(all), ref), kBf16Tol) << "splits " << splits;
+    // The first tile alone: 128 outputs.
+    const int64_t n1 = 128;
+    Buffer<bf16> y1(ToBf16Host(std::vector<float>(M * n1, NAN)));
+    SkinnyGemm(d_x.get(), K, g, n1, SkinnyEpilogue::kStoreBf16, y1.get(), M, splits, ws.get(), M, d_counters.get(),
+               nullptr);
+    const std::vector<bf16> one = y1.Download();
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t n = 0; n < n1; ++n) {
+        ASSERT_EQ(static_cast<__nv_bfloat16_raw>(one[r * n1 + n]).x, static_cast<__nv_bfloat16_raw>(all[r * N + n]).x)
+            << "splits " << splits << " row " << r << " output " << n;
+      }
+  }
+  for (int32_t v : d_counters.Download()) ASSERT_EQ(v, 0);
+
+  // Grouped: groups 2, 5 and 6 of 8 have rows; the active list names them, then -1.
+  const int64_t G = 8, I = 64 * (wave / 3) + 40, KG = 512, T = 6;  // 2 splits: over two waves
+  const std::vector<int32_t> counts = {0, 0, 3, 0, 0, 1, 2, 0};
+  std::vector<int32_t> offsets(G + 1, 0);
+  for (int64_t e = 0; e < G; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  const int64_t R = offsets[G];
+  std::vector<int32_t> row_index(R);
+  for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 5 + 1) % T);
+  const std::vector<float> xg = RandomBf16Values(T * KG, 84);
+  const RandomExperts experts(counts, I, KG, 90, 100);
+  const std::vector<double> act_ref = ReferenceSwiGlu(xg, row_index, offsets, experts.w13, I, KG);
+  Buffer<bf16> d_xg(ToBf16Host(xg));
+  Buffer<int32_t> d_off(offsets), d_idx(row_index), d_active(std::vector<int32_t>{2, 5, 6, -1, -1, -1, -1, -1});
+  Buffer<const bf16*> d_p13(experts.p13);
+  SkinnyGroups up;
+  up.count = G;
+  up.offsets = d_off.get();
+  up.weights = d_p13.get();
+  up.row_index = d_idx.get();
+  up.active = d_active.get();
+  up.slots = G;
+  Buffer<int32_t> d_up_counters(std::vector<int32_t>(SkinnyCounters(I, SkinnyEpilogue::kSwiGluBf16, G), 0));
+  Buffer<float> ws(SkinnyWorkspaceFloats(R, I, SkinnyEpilogue::kSwiGluBf16, 2));
+  for (int32_t* counters : {d_up_counters.get(), static_cast<int32_t*>(nullptr)}) {
+    Buffer<bf16> d_act(ToBf16Host(std::vector<float>(R * I, NAN)));
+    SkinnyGemm(d_xg.get(), KG, up, I, SkinnyEpilogue::kSwiGluBf16, d_act.get(), 3, 2, ws.get(), R, counters, nullptr);
+    EXPECT_LT(RelErrD(ToF32Host(d_act.Download()), act_ref), kBf16Tol) << (counters ? "counters" : "second launch");
+  }
+  for (int32_t v : d_up_counters.Download()) ASSERT_EQ(v, 0);
+}
+
 // The grouped wgmma kernel (Hopper only): groups of several 128-row m-tiles, a partial one, an
 // empty group with a null weight pointer, rows gathered through an index; N and K not multiples
 // of the kernel's tiles (the SwiGLU epilogue over [2I, K] weights, then the plain one). Every
