@@ -66,34 +66,22 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
                                                                      float* weights, int32_t* src_row,
                                                                      int32_t* position, int32_t* offsets,
                                                                      int32_t* active, int32_t* count_accum) {
+  PdlGate();
   extern __shared__ int32_t smem[];
   int32_t* warp_count = smem;                    // [kGroupWarps][E]
   int32_t* running = warp_count + kGroupWarps * E;  // [E]
   int32_t* start = running + E;                   // [E + 1]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t n = T * k;
-  // Phase 0's shape: `per` warps share each (token, expert) dot product, so that with few tokens
-  // every warp works; each lane issues kUnroll chunk loads of both vectors before using any.
-  constexpr int kUnroll = 4;
-  const int64_t Q = T * E, chunks = in.hidden / 8;
-  const int per = Q >= kGroupWarps ? 1 : static_cast<int>(kGroupWarps / Q), slots = kGroupWarps / per;
-  const int sub = warp % per;
-  const int64_t stride = 32 * static_cast<int64_t>(per);
-  // The router weights are static: this lane's chunks of the first round's first pass load before
-  // the wait for the kernel that wrote the inputs (at batch 1 that is the whole weight, 8 x 8 KB
-  // for Mixtral), so their memory latency overlaps that kernel's end.
-  uint4 w_first[kUnroll];
-  if (in.x != nullptr && warp / per < slots && warp / per < Q) {
-    const uint4* wr = reinterpret_cast<const uint4*>(in.weight + (warp / per) % E * in.hidden);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = 32 * sub + lane + u * stride;
-      w_first[u] = c < chunks ? wr[c] : make_uint4(0, 0, 0, 0);
-    }
-  }
-  PdlGate();
   if (in.x != nullptr) {
+    // `per` warps share each (token, expert) dot product, so that with few tokens every warp
+    // works; each lane issues kUnroll chunk loads of both vectors before using any.
+    constexpr int kUnroll = 4;
     __shared__ float partial[kGroupWarps];
+    const int64_t Q = T * E, chunks = in.hidden / 8;
+    const int per = Q >= kGroupWarps ? 1 : static_cast<int>(kGroupWarps / Q), slots = kGroupWarps / per;
+    const int sub = warp % per;
+    const int64_t stride = 32 * static_cast<int64_t>(per);
     for (int64_t q0 = 0; q0 < Q; q0 += slots) {
       const int64_t q = q0 + warp / per;
       float acc = 0.f;
@@ -102,13 +90,12 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
         const uint4* xr = reinterpret_cast<const uint4*>(in.x + t * in.hidden);
         const uint4* wr = reinterpret_cast<const uint4*>(in.weight + e * in.hidden);
         for (int64_t c0 = 32 * sub + lane; c0 < chunks; c0 += kUnroll * stride) {
-          const bool first = q0 == 0 && c0 == 32 * sub + lane;  // loaded before the wait
           uint4 xa[kUnroll], wa[kUnroll];
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) {
             const int64_t c = c0 + u * stride;
             xa[u] = c < chunks ? xr[c] : make_uint4(0, 0, 0, 0);
-            wa[u] = first ? w_first[u] : c < chunks ? wr[c] : make_uint4(0, 0, 0, 0);
+            wa[u] = c < chunks ? wr[c] : make_uint4(0, 0, 0, 0);
           }
 #pragma unroll
           for (int u = 0; u < kUnroll; ++u) acc += Dot8Bf16(xa[u], wa[u]);
