@@ -743,6 +743,13 @@ std::vector<double> ReferenceDown(const std::vector<float>& act, const std::vect
   return y;
 }
 
+// Each group's first row when group g owns counts[g] consecutive rows: [G + 1], the last the total.
+std::vector<int32_t> GroupOffsets(const std::vector<int32_t>& counts) {
+  std::vector<int32_t> offsets(counts.size() + 1, 0);
+  for (size_t g = 0; g < counts.size(); ++g) offsets[g + 1] = offsets[g] + counts[g];
+  return offsets;
+}
+
 // Random experts for the grouped tests: each group's gate/up weight w13 [2I, K] (seed seed13 + g)
 // and down weight w2 [K, I] (seed seed2 + g) on the host, and on the device for the groups with
 // rows; an empty group's pointers stay null (as for an expert held elsewhere).
@@ -842,8 +849,7 @@ TEST(GpuKernelsTest, SkinnyGemmGroupedMatchesFloat64) {
   SKIP_WITHOUT_GPU();
   const int64_t G = 8, I = 72, K = 192, T = 30;
   const std::vector<int32_t> counts = {5, 0, 12, 1, 9, 2, 17, 4};
-  std::vector<int32_t> offsets(G + 1, 0);
-  for (int64_t g = 0; g < G; ++g) offsets[g + 1] = offsets[g] + counts[g];
+  const std::vector<int32_t> offsets = GroupOffsets(counts);
   const int64_t R = offsets[G];
   std::vector<int32_t> row_index(R);
   for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 11 + 3) % T);
@@ -952,8 +958,7 @@ TEST(GpuKernelsTest, SkinnyGemmSplitOverSeveralWaves) {
   // Grouped: groups 2, 5 and 6 of 8 have rows; the active list names them, then -1.
   const int64_t G = 8, I = 64 * (wave / 3) + 40, KG = 512, T = 6;  // 2 splits: over two waves
   const std::vector<int32_t> counts = {0, 0, 3, 0, 0, 1, 2, 0};
-  std::vector<int32_t> offsets(G + 1, 0);
-  for (int64_t e = 0; e < G; ++e) offsets[e + 1] = offsets[e] + counts[e];
+  const std::vector<int32_t> offsets = GroupOffsets(counts);
   const int64_t R = offsets[G];
   std::vector<int32_t> row_index(R);
   for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 5 + 1) % T);
@@ -990,8 +995,7 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   const int64_t I = 136, K = 200, T = 300;
   const std::vector<int32_t> counts = {130, 0, 7, 257, 64};
   const int64_t G = static_cast<int64_t>(counts.size());
-  std::vector<int32_t> offsets(G + 1, 0);
-  for (int64_t g = 0; g < G; ++g) offsets[g + 1] = offsets[g] + counts[g];
+  const std::vector<int32_t> offsets = GroupOffsets(counts);
   const int64_t R = offsets[G];
   std::vector<int32_t> row_index(R);
   for (int64_t r = 0; r < R; ++r) row_index[r] = static_cast<int32_t>((r * 7 + 5) % T);
