@@ -56,69 +56,11 @@ __device__ __forceinline__ float Dot8Bf16(const uint4& a, const uint4& b) {
   return s;
 }
 
-// Phases 1-3 for at most 32 slots (decode steps of up to 32 / k tokens), by one warp: the slots'
-// experts stay in registers and shared memory, ranks come from __match_any_sync, the per-expert
-// counts' scan from shuffles: no block barrier and no global round trip between the phases. The
-// same results as the block's path. Shared: slot_expert [32], count [E], start [E].
-__device__ void GroupSlotsOneWarp(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
-                                  float* weights, int32_t* src_row, int32_t* position, int32_t* offsets,
-                                  int32_t* active, int32_t* count_accum, int32_t* slot_expert, int32_t* count,
-                                  int32_t* start) {
-  const int lane = threadIdx.x & 31;
-  const int n = static_cast<int>(T * k);
-  for (int64_t t = lane; t < T; t += 32) TopKOne(logits + t * E, E, k, slot_expert + t * k, weights + t * k);
-  for (int64_t x = lane; x < E; x += 32) count[x] = 0;
-  __syncwarp();
-  const bool slot = lane < n;
-  const int e = slot ? slot_expert[lane] : -1;
-  if (slot) experts[lane] = e;
-  const unsigned peers = __match_any_sync(0xffffffffu, e);
-  const int rank = __popc(peers & ((1u << lane) - 1u));  // earlier slots of the same expert
-  if (slot && rank == 0) count[e] = __popc(peers);
-  __syncwarp();
-  // Lane l owns experts [l per, (l + 1) per): their rows and how many have any, scanned over lanes.
-  const int per = static_cast<int>((E + 31) / 32);
-  const int lo = min(static_cast<int>(E), lane * per), hi = min(static_cast<int>(E), lo + per);
-  int rows = 0, busy = 0;
-  for (int x = lo; x < hi; ++x) {
-    rows += count[x];
-    busy += count[x] > 0;
-  }
-  int rows_incl = rows, busy_incl = busy;
-  for (int d = 1; d < 32; d <<= 1) {
-    const int r = __shfl_up_sync(0xffffffffu, rows_incl, d), b = __shfl_up_sync(0xffffffffu, busy_incl, d);
-    if (lane >= d) {
-      rows_incl += r;
-      busy_incl += b;
-    }
-  }
-  int run = rows_incl - rows, a = busy_incl - busy;
-  for (int x = lo; x < hi; ++x) {
-    const int c = count[x];
-    start[x] = run;
-    offsets[x] = run;
-    if (count_accum != nullptr) count_accum[x] += c;
-    if (active != nullptr && c > 0) active[a++] = x;
-    run += c;
-  }
-  if (lane == 31) offsets[E] = rows_incl;
-  if (active != nullptr) {
-    for (int64_t x = __shfl_sync(0xffffffffu, busy_incl, 31) + lane; x < E; x += 32) active[x] = -1;
-  }
-  __syncwarp();
-  if (slot) {
-    const int p = start[e] + rank;
-    position[lane] = p;
-    src_row[p] = static_cast<int32_t>(lane / k);
-  }
-}
-
 // One block. Phase 0 (when the router inputs are given): the router logits, one or more warps per
 // (token, expert) dot product. Phase 1: every token's top-k. Phase 2: each slot's rank among the earlier slots of its
 // expert, 1024 slots per round: inside a warp by __match_any_sync, across the warps by a scan of
 // per-warp counts in shared memory, across rounds by a running count per expert. Phase 3: the
 // offsets, the experts with rows, then every slot's grouped row and the token row of every grouped row.
-// Up to 32 slots, phases 1-3 run in one warp (GroupSlotsOneWarp).
 __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInputs in, float* logits, int64_t T,
                                                                      int64_t E, int64_t k, int32_t* experts,
                                                                      float* weights, int32_t* src_row,
@@ -169,13 +111,6 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
       }
       __syncthreads();
     }
-  }
-  if (n <= 32) {
-    if (warp == 0) {
-      GroupSlotsOneWarp(logits, T, E, k, experts, weights, src_row, position, offsets, active, count_accum,
-                        warp_count, running, start);
-    }
-    return;
   }
   for (int64_t t = tid; t < T; t += kGroupThreads) TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
   for (int64_t e = tid; e < E; e += kGroupThreads) running[e] = 0;
