@@ -488,7 +488,9 @@ int main(int argc, char** argv) {
       e->set_cuda_graphs(true);
       gpu::StartKernelTrace(static_cast<size_t>(steps) * 4096);
       bench.Decode(ids, steps);
-      nlohmann::json tr = SummariseDecodeTrace(gpu::StopKernelTrace(), c.num_layers, steps);
+      const gpu::KernelTrace trace = gpu::StopKernelTrace();
+      nlohmann::json tr = SummariseDecodeTrace(trace, c.num_layers, steps);
+      tr["marks"] = SummariseTraceMarks(trace);
       bench.Free(ids);
       tr["batch"] = B;
       tr["context"] = a.context;
@@ -498,6 +500,14 @@ int main(int argc, char** argv) {
         std::printf("trace decode b%lld: span %.1f us/step, layer %.1f us:", static_cast<long long>(B),
                     tr["span_us"].get<double>(), tr["layer_us"].get<double>());
         for (const auto& k : tr["layer"]) std::printf(" %s %.1f;", k["kernel"].get<std::string>().c_str(), k["us"].get<double>());
+        std::printf("\n");
+      }
+      if (!tr["marks"].empty()) {
+        std::printf("trace marks b%lld (us after the kernel's wait):", static_cast<long long>(B));
+        for (const auto& m : tr["marks"]) {
+          std::printf(" %s #%d %.2f;", m["kernel"].get<std::string>().c_str(), m["mark"].get<int>(),
+                      m["us_after_wait"].get<double>());
+        }
         std::printf("\n");
       }
       std::fflush(stdout);

@@ -2,8 +2,11 @@
 
 #include <cxxabi.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moe {
@@ -81,6 +84,32 @@ nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, i
           {"span_us", span_us / steps},
           {"launches_per_step", n},
           {"steps", steps}};
+}
+
+nlohmann::json SummariseTraceMarks(const gpu::KernelTrace& t) {
+  nlohmann::json out = nlohmann::json::array();
+  const size_t n = t.names.size();
+  if (n == 0 || t.times_ns.empty() || t.marks.empty()) return out;
+  // Records in time order, each with its launch (records repeat the launches step after step).
+  std::vector<std::pair<uint64_t, size_t>> records;
+  for (size_t i = 0; i < t.times_ns.size(); ++i) records.push_back({t.times_ns[i], i % n});
+  std::sort(records.begin(), records.end());
+  std::map<std::pair<std::string, int>, std::pair<double, int64_t>> sums;  // (kernel, id) -> (us, count)
+  for (const gpu::KernelTrace::Mark& m : t.marks) {
+    auto after = std::upper_bound(records.begin(), records.end(), std::make_pair(m.time_ns, n));
+    if (after == records.begin()) continue;  // before any record
+    const auto& [time, launch] = *(after - 1);
+    auto& [us, count] = sums[{ShortKernelName(t.names[launch]), m.id}];
+    us += (m.time_ns - time) / 1e3;
+    ++count;
+  }
+  for (const auto& [key, value] : sums) {
+    out.push_back({{"kernel", key.first},
+                   {"mark", key.second},
+                   {"us_after_wait", value.first / static_cast<double>(value.second)},
+                   {"count", value.second}});
+  }
+  return out;
 }
 
 }  // namespace moe

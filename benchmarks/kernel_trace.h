@@ -23,4 +23,10 @@ std::string ShortKernelName(const std::string& name);
 // "error" entry when the trace does not have that shape.
 nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps);
 
+// The trace's phase marks (launch.cuh: TraceMark), each against the kernel whose record comes last
+// before it (the kernel it was taken in, when taken after that kernel's wait): per (kernel, mark id)
+// the mean time from the kernel's record, us, and how many marks. A kernel that appears several
+// times a layer (the residual kernels) has its marks averaged over its appearances.
+nlohmann::json SummariseTraceMarks(const gpu::KernelTrace& t);
+
 }  // namespace moe

@@ -99,6 +99,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   CommitAsync();
   WaitAsync<1>();  // the queries
   __syncthreads();
+  TraceMark(1);  // the queries are in (measurement builds)
 
   uint32_t qf[D / 16][4];
 #pragma unroll
@@ -208,6 +209,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     __syncthreads();  // everyone is done with this buffer before the next iteration refills it
   }
   WaitAsync<0>();
+  TraceMark(2);  // the keys are done
 
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -265,6 +267,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       }
     }
   }
+  TraceMark(3);  // the outputs are written
 }
 
 template <int D, bool kSplitKeys>

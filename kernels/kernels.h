@@ -22,12 +22,19 @@ void SetProgrammaticLaunch(bool on);
 // Kernel timeline, for measurements: in a build configured with -DMOE_KERNEL_TRACE=ON every kernel
 // records the global timer (ns) when it passes its wait for the kernel before it, and every launch
 // through kernels/launch.cuh notes the kernel's name on the host (launches captured into a CUDA
-// graph are noted at capture, once; its replays record times). Elsewhere KernelTraceAvailable() is
-// false and Start/Stop throw.
+// graph are noted at capture, once; its replays record times). Kernels may add phase marks
+// (launch.cuh: TraceMark(id), recorded as thread 0 of block 0 passes them). Elsewhere
+// KernelTraceAvailable() is false and Start/Stop throw.
 struct KernelTrace {
+  struct Mark {
+    int id;
+    uint64_t time_ns;
+  };
   std::vector<std::string> names;   // launches noted since StartKernelTrace, in order
   std::vector<uint64_t> times_ns;   // records since StartKernelTrace, in order (up to the capacity)
   uint64_t dropped = 0;             // records beyond the capacity
+  std::vector<Mark> marks;          // phase marks, in the order they were taken (up to the capacity)
+  uint64_t marks_dropped = 0;
 };
 bool KernelTraceAvailable();
 void StartKernelTrace(size_t capacity);

@@ -27,12 +27,17 @@ namespace moe::gpu {
 // kernel records the global timer as it passes PdlWait, that is when the kernel before it has
 // completed. The gaps between consecutive records are each kernel's share of the step's critical
 // path, captured graphs and programmatic launch included (kernels.h: StartKernelTrace).
-// Without relocatable device code each translation unit has its own copy of the buffer pointer;
-// every copy registers a setter here at static initialisation.
+// TraceMark(id) adds a phase mark inside a kernel: (id, global timer) as thread 0 of block 0
+// passes it. Without relocatable device code each translation unit has its own copy of the buffer
+// pointers; every copy registers a setter here at static initialisation.
 namespace trace_detail {
 static __device__ unsigned long long* g_trace = nullptr;  // [0] next, [1] capacity, [2..] times
-void RegisterSetter(void (*set)(unsigned long long*));
-static void SetThisUnit(unsigned long long* p) { MOE_CUDA_CHECK(cudaMemcpyToSymbol(g_trace, &p, sizeof p)); }
+static __device__ unsigned long long* g_marks = nullptr;  // [0] next, [1] capacity, [2..] (id, time) pairs
+void RegisterSetter(void (*set)(unsigned long long* times, unsigned long long* marks));
+static void SetThisUnit(unsigned long long* times, unsigned long long* marks) {
+  MOE_CUDA_CHECK(cudaMemcpyToSymbol(g_trace, &times, sizeof times));
+  MOE_CUDA_CHECK(cudaMemcpyToSymbol(g_marks, &marks, sizeof marks));
+}
 [[maybe_unused]] static const bool registered = (RegisterSetter(&SetThisUnit), true);
 }  // namespace trace_detail
 void NoteTracedLaunch(const void* kernel);  // host: the kernel's name, in launch order
@@ -51,6 +56,24 @@ __device__ __forceinline__ void PdlWait() {
   }
 #else
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+// A phase mark of a kernel (measurement builds; nothing elsewhere): kernels.h, KernelTrace::marks.
+__device__ __forceinline__ void TraceMark(int id) {
+#ifdef MOE_KERNEL_TRACE
+  unsigned long long* marks = trace_detail::g_marks;
+  if (marks != nullptr && threadIdx.x == 0 && threadIdx.y == 0 && blockIdx.x == 0 && blockIdx.y == 0 &&
+      blockIdx.z == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    const unsigned long long i = atomicAdd(marks, 1ull);
+    if (i < marks[1]) {
+      marks[2 + 2 * i] = static_cast<unsigned long long>(id);
+      marks[3 + 2 * i] = t;
+    }
+  }
+#else
+  (void)id;
 #endif
 }
 __device__ __forceinline__ void PdlTrigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }

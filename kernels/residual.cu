@@ -114,6 +114,7 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
       if (c < n4) x[c] = v[i];
     }
   }
+  TraceMark(1);  // the row and its addends are in (measurement builds)
   if (norm.weight == nullptr) return;
   uint2 wraw[kChunks];  // the norm weights' loads go out before the reduction
   float ss = 0.f;
@@ -124,6 +125,7 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
     ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;  // zero past the row
   }
   const float inv = rsqrtf(BlockSum(ss) / static_cast<float>(H) + norm.eps);
+  TraceMark(2);  // the norm's sum
   uint2* out = reinterpret_cast<uint2*>(norm.out + t * H);
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
@@ -138,6 +140,7 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
       out[c] = o;
     }
   }
+  TraceMark(3);  // the normed row is written
 }
 
 // Any H (and unaligned rows): one element per thread and iteration.

@@ -112,9 +112,11 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
       __syncthreads();
     }
   }
+  TraceMark(1);  // phase 0 done (measurement builds)
   for (int64_t t = tid; t < T; t += kGroupThreads) TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
   for (int64_t e = tid; e < E; e += kGroupThreads) running[e] = 0;
   __syncthreads();  // the block's global writes are visible to the block after the barrier
+  TraceMark(2);  // phase 1
 
   for (int64_t r0 = 0; r0 < n; r0 += kGroupThreads) {
     for (int64_t i = tid; i < kGroupWarps * E; i += kGroupThreads) warp_count[i] = 0;
@@ -140,6 +142,7 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
     __syncthreads();
   }
 
+  TraceMark(3);  // phase 2
   if (tid == 0) {
     start[0] = 0;
     for (int64_t e = 0; e < E; ++e) start[e + 1] = start[e] + running[e];
@@ -161,6 +164,7 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
     position[i] = p;
     src_row[p] = static_cast<int32_t>(i / k);
   }
+  TraceMark(4);  // phase 3
 }
 
 }  // namespace

@@ -79,5 +79,27 @@ TEST(ActivityTimelineTest, ShortKernelNamesDropNamespacesAndParameters) {
   EXPECT_EQ(ShortKernelName("nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT"), "nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT");
 }
 
+// The kernel trace's phase marks against hand-worked records: two steps of launches A, B (records at
+// 100, 110 us and 200, 210 us); marks taken inside A at +3 us both steps, inside B at +5 and +4 us,
+// one before any record (dropped from the summary); A's marks under A whatever the order they were
+// taken in.
+TEST(ActivityTimelineTest, TraceMarksAreTimedFromTheirKernelsRecord) {
+  gpu::KernelTrace t;
+  t.names = {"moe::gpu::(anonymous namespace)::A(int)", "B"};
+  t.times_ns = {100000, 110000, 200000, 210000};
+  t.marks = {{1, 50000}, {2, 115000}, {1, 203000}, {1, 103000}, {2, 214000}};
+  const nlohmann::json m = SummariseTraceMarks(t);
+  ASSERT_EQ(m.size(), 2u) << m.dump();
+  EXPECT_EQ(m[0]["kernel"], "A");
+  EXPECT_EQ(m[0]["mark"], 1);
+  EXPECT_DOUBLE_EQ(m[0]["us_after_wait"].get<double>(), 3.0);
+  EXPECT_EQ(m[0]["count"], 2);
+  EXPECT_EQ(m[1]["kernel"], "B");
+  EXPECT_EQ(m[1]["mark"], 2);
+  EXPECT_DOUBLE_EQ(m[1]["us_after_wait"].get<double>(), 4.5);
+  EXPECT_EQ(m[1]["count"], 2);
+  EXPECT_TRUE(SummariseTraceMarks(gpu::KernelTrace{}).empty());
+}
+
 }  // namespace
 }  // namespace moe
