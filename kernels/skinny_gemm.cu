@@ -7,9 +7,10 @@
 // It walks its K range kBk at a time through a cp.async pipeline (Stages: 128 k and 3 stages for
 // up to 8 token rows, else 64 k and 4): each stage brings the 128 x kBk weight tile (32 or 16 KB)
 // and the matching k of up to 8 * NT token rows (gathered through row_index) into XOR-swizzled
-// shared memory, and all stages but the one the tensor cores work on are in flight. Warp w multiplies its 32 weight rows (two
-// 16-row tiles, loaded with ldmatrix) by the token rows (8 per tile, ldmatrix too) with
-// mma.sync m16n8k16: the weights are the A operand and the tokens the narrow N side ("swap AB").
+// shared memory, and all stages but the one the tensor cores work on are in flight. Warp w
+// multiplies its 32 weight rows (two 16-row tiles, loaded with ldmatrix) by the token rows (8 per
+// tile, ldmatrix too) with mma.sync m16n8k16: the weights are the A operand and the tokens the
+// narrow N side ("swap AB").
 //
 // Output. Without split-K the warps write their results (and SwiGLU) straight from registers. With
 // S splits every CTA writes float32 partial sums to a workspace and SkinnyReduce adds the S parts

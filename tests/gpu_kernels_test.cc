@@ -449,8 +449,8 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
   struct Case {
     int64_t T, E, k;
   };
-  // Up to 32 slots one warp groups them (1 x 2 ... 16 x 2, 4 x 6 of 64 experts, 3 x 8 of 256,
-  // 7 x 1 of 3); more take the block's rounds.
+  // Decode-sized steps (1 x 2 ... 17 x 2, 4 x 6 of 64 experts, 3 x 8 of 256, 7 x 1 of 3) and
+  // steps over several 1024-slot rounds.
   for (const Case& c : {Case{1, 8, 2}, Case{5, 8, 2}, Case{16, 8, 2}, Case{4, 64, 6}, Case{3, 256, 8}, Case{7, 3, 1},
                         Case{17, 8, 2}, Case{300, 8, 2}, Case{1500, 8, 2}, Case{700, 16, 4}, Case{64, 3, 1},
                         Case{400, 64, 6}, Case{90, 256, 8}}) {
