@@ -491,6 +491,7 @@ int main(int argc, char** argv) {
       const gpu::KernelTrace trace = gpu::StopKernelTrace();
       nlohmann::json tr = SummariseDecodeTrace(trace, c.num_layers, steps);
       tr["marks"] = SummariseTraceMarks(trace);
+      tr["marks_dropped"] = trace.marks_dropped;  // past the capacity: the marks' means leave them out
       bench.Free(ids);
       tr["batch"] = B;
       tr["context"] = a.context;

@@ -90,6 +90,8 @@ nlohmann::json SummariseTraceMarks(const gpu::KernelTrace& t) {
   nlohmann::json out = nlohmann::json::array();
   const size_t n = t.names.size();
   if (n == 0 || t.times_ns.empty() || t.marks.empty()) return out;
+  std::vector<std::string> kernel(n);  // each launch's short name, demangled once
+  for (size_t i = 0; i < n; ++i) kernel[i] = ShortKernelName(t.names[i]);
   // Records in time order, each with its launch (records repeat the launches step after step).
   std::vector<std::pair<uint64_t, size_t>> records;
   for (size_t i = 0; i < t.times_ns.size(); ++i) records.push_back({t.times_ns[i], i % n});
@@ -99,7 +101,7 @@ nlohmann::json SummariseTraceMarks(const gpu::KernelTrace& t) {
     auto after = std::upper_bound(records.begin(), records.end(), std::make_pair(m.time_ns, n));
     if (after == records.begin()) continue;  // before any record
     const auto& [time, launch] = *(after - 1);
-    auto& [us, count] = sums[{ShortKernelName(t.names[launch]), m.id}];
+    auto& [us, count] = sums[{kernel[launch], m.id}];
     us += (m.time_ns - time) / 1e3;
     ++count;
   }

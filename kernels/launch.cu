@@ -4,6 +4,7 @@
 #include <atomic>
 #include <mutex>
 #include <stdexcept>
+#include <vector>
 
 namespace moe::gpu {
 namespace {
@@ -21,6 +22,27 @@ struct TraceState {
 TraceState& State() {
   static TraceState* s = new TraceState;  // used from static initialisers of other units
   return *s;
+}
+
+// A device record buffer: [0] next record, [1] capacity, then `capacity` records of `words` words.
+unsigned long long* NewRecords(size_t capacity, size_t words) {
+  unsigned long long* b = nullptr;
+  MOE_CUDA_CHECK(cudaMalloc(&b, sizeof(unsigned long long) * (words * capacity + 2)));
+  const unsigned long long head[2] = {0, capacity};
+  MOE_CUDA_CHECK(cudaMemcpy(b, head, sizeof head, cudaMemcpyHostToDevice));
+  return b;
+}
+
+// The records taken (their words, in order), how many did not fit in `dropped`; frees the buffer.
+std::vector<unsigned long long> TakeRecords(unsigned long long* b, size_t words, uint64_t& dropped) {
+  unsigned long long head[2];
+  MOE_CUDA_CHECK(cudaMemcpy(head, b, sizeof head, cudaMemcpyDeviceToHost));
+  const unsigned long long n = std::min(head[0], head[1]);
+  dropped = head[0] - n;
+  std::vector<unsigned long long> out(words * n);
+  if (n > 0) MOE_CUDA_CHECK(cudaMemcpy(out.data(), b + 2, sizeof(unsigned long long) * out.size(), cudaMemcpyDeviceToHost));
+  MOE_CUDA_CHECK(cudaFree(b));
+  return out;
 }
 #endif
 
@@ -49,11 +71,8 @@ void StartKernelTrace(size_t capacity) {
   TraceState& s = State();
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.buffer != nullptr) throw std::logic_error("StartKernelTrace: a trace is running");
-  MOE_CUDA_CHECK(cudaMalloc(&s.buffer, sizeof(unsigned long long) * (capacity + 2)));
-  MOE_CUDA_CHECK(cudaMalloc(&s.marks, sizeof(unsigned long long) * (2 * capacity + 2)));
-  const unsigned long long head[2] = {0, capacity};
-  MOE_CUDA_CHECK(cudaMemcpy(s.buffer, head, sizeof head, cudaMemcpyHostToDevice));
-  MOE_CUDA_CHECK(cudaMemcpy(s.marks, head, sizeof head, cudaMemcpyHostToDevice));
+  s.buffer = NewRecords(capacity, 1);
+  s.marks = NewRecords(capacity, 2);
   for (auto set : s.setters) set(s.buffer, s.marks);
   s.names.clear();
 }
@@ -64,21 +83,11 @@ KernelTrace StopKernelTrace() {
   if (s.buffer == nullptr) throw std::logic_error("StopKernelTrace: no trace is running");
   MOE_CUDA_CHECK(cudaDeviceSynchronize());
   for (auto set : s.setters) set(nullptr, nullptr);
-  unsigned long long head[2];
-  MOE_CUDA_CHECK(cudaMemcpy(head, s.buffer, sizeof head, cudaMemcpyDeviceToHost));
   KernelTrace t;
-  const unsigned long long n = std::min(head[0], head[1]);
-  t.dropped = head[0] - n;
-  t.times_ns.resize(n);
-  if (n > 0) MOE_CUDA_CHECK(cudaMemcpy(t.times_ns.data(), s.buffer + 2, sizeof(uint64_t) * n, cudaMemcpyDeviceToHost));
-  MOE_CUDA_CHECK(cudaMemcpy(head, s.marks, sizeof head, cudaMemcpyDeviceToHost));
-  const unsigned long long m = std::min(head[0], head[1]);
-  t.marks_dropped = head[0] - m;
-  std::vector<unsigned long long> pairs(2 * m);
-  if (m > 0) MOE_CUDA_CHECK(cudaMemcpy(pairs.data(), s.marks + 2, sizeof(uint64_t) * 2 * m, cudaMemcpyDeviceToHost));
-  for (unsigned long long i = 0; i < m; ++i) t.marks.push_back({static_cast<int>(pairs[2 * i]), pairs[2 * i + 1]});
-  MOE_CUDA_CHECK(cudaFree(s.buffer));
-  MOE_CUDA_CHECK(cudaFree(s.marks));
+  const std::vector<unsigned long long> times = TakeRecords(s.buffer, 1, t.dropped);
+  t.times_ns.assign(times.begin(), times.end());
+  const std::vector<unsigned long long> marks = TakeRecords(s.marks, 2, t.marks_dropped);
+  for (size_t i = 0; i + 1 < marks.size(); i += 2) t.marks.push_back({static_cast<int>(marks[i]), marks[i + 1]});
   s.buffer = nullptr;
   s.marks = nullptr;
   t.names = std::move(s.names);
