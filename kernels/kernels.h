@@ -47,6 +47,11 @@ void EmbeddingGather(const bf16* table, const int32_t* ids, int64_t T, int64_t H
 // out[t] = bf16(residual[t] / rms(residual[t]) * weight). One pass fuses the add and the norm.
 void AddRmsNorm(float* residual, const float* delta, const bf16* weight, int64_t T, int64_t H, float eps,
                 bf16* out, cudaStream_t s);
+// The norm before a MoE layer: out = AddRmsNorm's (no delta), and in the same kernel the router
+// logits of the normed rows, logits[t, e] = out[t, :] . router[e, :] (router [E, H] bf16, float32
+// sums in a fixed order). 0 < E <= 256.
+void RmsNormRouter(float* residual, const bf16* weight, int64_t T, int64_t H, float eps, bf16* out,
+                   const bf16* router, int64_t E, float* logits, cudaStream_t s);
 
 // Rotary embedding (rotate-half form) in place on x[T, heads, head_dim] at positions[t];
 // inv_freq: [head_dim / 2]. Angles are computed in double (long contexts).
@@ -68,23 +73,16 @@ void RouterTopK(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* e
 // RouterTopK fused with the dispatch layout of a rank that holds every expert, in one block with
 // no host round trip: the T*k routed slots (slot t*k + s) are grouped by expert, stably (expert,
 // then slot index: the CPU's BuildDispatchLayout order for one rank).
-//   in: when in.x is given, the router logits are computed here first (x [T, hidden] bf16 times
-//       the router weight [E, hidden]^T, float32 accumulation) and written to `logits`; else
-//       `logits` [T, E] is the input (for few tokens the fused product saves two launches);
+//   logits [T, E]: the router logits (RmsNormRouter computes them with the norm before the layer);
 //   experts, weights [T*k]: the routing, as RouterTopK;
 //   offsets [E+1]: expert e owns grouped rows [offsets[e], offsets[e+1]);
 //   active (optional) [E]: the experts with rows, ascending, then -1 (SkinnyGroups::active);
 //   src_row [T*k]: the token row of each grouped row; position [T*k]: the grouped row of each slot;
 //   count_accum (optional) [E]: += the rows of each expert (load statistics).
 // T may be 0 (the offsets are then all zero).
-struct RouterInputs {
-  const bf16* x = nullptr;
-  const bf16* weight = nullptr;
-  int64_t hidden = 0;  // a multiple of 8
-};
-void RouteAndGroup(const RouterInputs& in, float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
-                   float* weights, int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* active,
-                   int32_t* count_accum, cudaStream_t s);
+void RouteAndGroup(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
+                   int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* active, int32_t* count_accum,
+                   cudaStream_t s);
 
 // The grouped skinny GEMM: for each group g, y[r, :] = epilogue(x[src(r), :] W_g^T) for the rows r
 // of the group, with W_g [N, K] row-major bf16 (as in the checkpoint), x [*, K] bf16, float32

@@ -3,6 +3,7 @@
 #include "kernels/reduce.cuh"
 #include "kernels/kernels.h"
 
+#include <climits>
 #include <stdexcept>
 
 namespace moe::gpu {
@@ -11,122 +12,145 @@ namespace {
 constexpr int kMaxExperts = 256;
 constexpr int kGroupThreads = 1024;
 constexpr int kGroupWarps = kGroupThreads / 32;
+constexpr int kTopKThreads = 128;  // RouterTopK's blocks
 
-// One token's routing: softmax over E logits, the k largest (ties to the lower expert id, as on
-// the CPU), renormalised over the k. E is small (8 for Mixtral), so serial passes beat cooperation.
-__device__ void TopKOne(const float* z, int64_t E, int64_t k, int32_t* experts, float* weights) {
-  float mx = z[0];
-  for (int64_t e = 1; e < E; ++e) mx = fmaxf(mx, z[e]);
-  float sum = 0.f;
-  for (int64_t e = 0; e < E; ++e) sum += __expf(z[e] - mx);
-  unsigned taken[kMaxExperts / 32] = {};
-  float kept = 0.f;
-  for (int64_t s = 0; s < k; ++s) {
-    int64_t best = -1;
-    for (int64_t e = 0; e < E; ++e) {
-      if ((taken[e >> 5] >> (e & 31)) & 1u) continue;
-      if (best < 0 || z[e] > z[best]) best = e;
-    }
-    taken[best >> 5] |= 1u << (best & 31);
-    const float p = __expf(z[best] - mx) / sum;
-    experts[s] = static_cast<int32_t>(best);
-    weights[s] = p;
-    kept += p;
-  }
-  for (int64_t s = 0; s < k; ++s) weights[s] /= kept;
+// Lanes that route one token together: E rounded up to a power of two, at most a warp.
+__host__ __device__ inline int SegmentLanes(int64_t E) {
+  int g = 1;
+  while (g < E && g < 32) g <<= 1;
+  return g;
 }
 
-__global__ void RouterTopKKernel(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
-                                 float* weights) {
-  PdlGate();
-  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (t >= T) return;
-  TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
-}
-
-__device__ __forceinline__ float Dot8Bf16(const uint4& a, const uint4& b) {
-  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
-  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
-  float s = 0.f;
+// One token's routing by a segment of G lanes (SegmentLanes(E), aligned in the warp): softmax over
+// its E logits, the k largest (ties to the lower expert id, as on the CPU; NaN ranks as -inf),
+// renormalised over the k. Lane j of the segment holds logits j, j + G, ... in registers, so the
+// logits cost one memory round trip and the picks are shuffles (a thread reading them one by one
+// took 2.4 us a layer at batch 1, measured with trace marks). Every lane of the warp calls it (the
+// shuffles span the warp); `valid` is false past the last token. `cache` (shared memory, optional):
+// the token's experts also go to cache[s] for its slots s below cache_slots.
+__device__ void TopKSegment(const float* z, int E, int k, int G, bool valid, int32_t* experts, float* weights,
+                            int32_t* cache, int cache_slots) {
+  constexpr int kPer = kMaxExperts / 32;
+  const int sl = threadIdx.x & (G - 1);
+  float v[kPer];
+  float mx = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 u = __bfloat1622float2(x[i]), v = __bfloat1622float2(y[i]);
-    s += u.x * v.x + u.y * v.y;
+  for (int j = 0; j < kPer; ++j) {
+    const int e = sl + G * j;
+    v[j] = valid && e < E ? z[e] : -INFINITY;
+    if (isnan(v[j])) v[j] = -INFINITY;
+    mx = fmaxf(mx, v[j]);
   }
-  return s;
+  for (int o = G / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    if (sl + G * j < E) sum += __expf(v[j] - mx);
+  }
+  for (int o = G / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  unsigned taken = 0;  // bit j: expert sl + G * j is picked
+  int32_t picked[kPer];  // slot s is held by segment lane s % G at s / G
+  float prob[kPer];
+  float kept = 0.f;
+  for (int s = 0; s < k; ++s) {
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const int e = sl + G * j;
+      if (e < E && !((taken >> j) & 1u) && (bi == INT_MAX || v[j] > bv)) {
+        bv = v[j];
+        bi = e;
+      }
+    }
+    for (int o = G / 2; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > bv || (ov == bv && oi < bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if ((bi & (G - 1)) == sl) taken |= 1u << (bi / G);
+    const float p = __expf(bv - mx) / sum;
+    kept += p;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      if (j == s / G && sl == s % G) {
+        picked[j] = bi;
+        prob[j] = p;
+      }
+    }
+  }
+  if (!valid) return;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    const int s = sl + G * j;
+    if (s < k) {
+      experts[s] = picked[j];
+      weights[s] = prob[j] / kept;
+      if (s < cache_slots) cache[s] = picked[j];
+    }
+  }
 }
 
-// One block. Phase 0 (when the router inputs are given): the router logits, one or more warps per
-// (token, expert) dot product. Phase 1: every token's top-k. Phase 2: each slot's rank among the earlier slots of its
-// expert, 1024 slots per round: inside a warp by __match_any_sync, across the warps by a scan of
-// per-warp counts in shared memory, across rounds by a running count per expert. Phase 3: the
-// offsets, the experts with rows, then every slot's grouped row and the token row of every grouped row.
-__global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInputs in, float* logits, int64_t T,
-                                                                     int64_t E, int64_t k, int32_t* experts,
-                                                                     float* weights, int32_t* src_row,
-                                                                     int32_t* position, int32_t* offsets,
-                                                                     int32_t* active, int32_t* count_accum) {
+__global__ void __launch_bounds__(kTopKThreads) RouterTopKKernel(const float* logits, int64_t T, int64_t E, int64_t k,
+                                                                 int32_t* experts, float* weights) {
+  PdlGate();
+  const int G = SegmentLanes(E);
+  const int64_t t = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / G;
+  const bool valid = t < T;
+  const int64_t row = valid ? t : 0;
+  TopKSegment(logits + row * E, static_cast<int>(E), static_cast<int>(k), G, valid, experts + row * k,
+              weights + row * k, nullptr, 0);
+}
+
+// One block. Phase 1: every token's top-k (TopKSegment, a segment of lanes per token). Phase 2:
+// each slot's rank among the earlier slots of its expert, 1024 slots per round: inside a warp by
+// __match_any_sync, across the warps by a scan of per-warp counts in shared memory, across rounds
+// by a running count per expert. Phase 3: the offsets, the experts with rows, then every slot's
+// grouped row and the token row of every grouped row. The first round's slots (all of a decode
+// step's) keep their experts and ranks in shared memory between the phases, not in global memory
+// (a round trip each).
+__global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float* logits, int64_t T, int64_t E,
+                                                                     int64_t k, int32_t* experts, float* weights,
+                                                                     int32_t* src_row, int32_t* position,
+                                                                     int32_t* offsets, int32_t* active,
+                                                                     int32_t* count_accum) {
   PdlGate();
   extern __shared__ int32_t smem[];
-  int32_t* warp_count = smem;                    // [kGroupWarps][E]
+  int32_t* warp_count = smem;                       // [kGroupWarps][E]
   int32_t* running = warp_count + kGroupWarps * E;  // [E]
-  int32_t* start = running + E;                   // [E + 1]
+  int32_t* start = running + E;                     // [E + 1]
+  __shared__ int32_t first_expert[kGroupThreads];   // slot i < kGroupThreads: its expert,
+  __shared__ int32_t first_rank[kGroupThreads];     // and its rank within the expert
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t n = T * k;
-  if (in.x != nullptr) {
-    // `per` warps share each (token, expert) dot product, so that with few tokens every warp
-    // works; each lane issues kUnroll chunk loads of both vectors before using any.
-    constexpr int kUnroll = 4;
-    __shared__ float partial[kGroupWarps];
-    const int64_t Q = T * E, chunks = in.hidden / 8;
-    const int per = Q >= kGroupWarps ? 1 : static_cast<int>(kGroupWarps / Q), slots = kGroupWarps / per;
-    const int sub = warp % per;
-    const int64_t stride = 32 * static_cast<int64_t>(per);
-    for (int64_t q0 = 0; q0 < Q; q0 += slots) {
-      const int64_t q = q0 + warp / per;
-      float acc = 0.f;
-      if (warp / per < slots && q < Q) {
-        const int64_t t = q / E, e = q % E;
-        const uint4* xr = reinterpret_cast<const uint4*>(in.x + t * in.hidden);
-        const uint4* wr = reinterpret_cast<const uint4*>(in.weight + e * in.hidden);
-        for (int64_t c0 = 32 * sub + lane; c0 < chunks; c0 += kUnroll * stride) {
-          uint4 xa[kUnroll], wa[kUnroll];
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) {
-            const int64_t c = c0 + u * stride;
-            xa[u] = c < chunks ? xr[c] : make_uint4(0, 0, 0, 0);
-            wa[u] = c < chunks ? wr[c] : make_uint4(0, 0, 0, 0);
-          }
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) acc += Dot8Bf16(xa[u], wa[u]);
-        }
-      }
-      acc = WarpSum(acc);
-      if (lane == 0) partial[warp] = acc;
-      __syncthreads();
-      if (sub == 0 && lane == 0 && warp / per < slots && q < Q) {
-        float sum = 0.f;
-        for (int i = 0; i < per; ++i) sum += partial[warp + i];
-        logits[q] = sum;
-      }
-      __syncthreads();
-    }
+  const int G = SegmentLanes(E);
+  const int64_t per_pass = kGroupThreads / G;
+  for (int64_t t0 = 0; t0 < T; t0 += per_pass) {
+    const int64_t t = t0 + tid / G;
+    const bool valid = t < T;
+    const int64_t row = valid ? t : 0;
+    const int64_t first = row * k;  // the token's first slot
+    const bool cached = first < kGroupThreads;
+    TopKSegment(logits + row * E, static_cast<int>(E), static_cast<int>(k), G, valid, experts + first,
+                weights + first, cached ? first_expert + first : nullptr,
+                cached ? static_cast<int>(kGroupThreads - first) : 0);
   }
-  TraceMark(1);  // phase 0 done (measurement builds)
-  for (int64_t t = tid; t < T; t += kGroupThreads) TopKOne(logits + t * E, E, k, experts + t * k, weights + t * k);
   for (int64_t e = tid; e < E; e += kGroupThreads) running[e] = 0;
   __syncthreads();  // the block's global writes are visible to the block after the barrier
-  TraceMark(2);  // phase 1
+  TraceMark(1);  // phase 1 done (measurement builds)
 
   for (int64_t r0 = 0; r0 < n; r0 += kGroupThreads) {
     for (int64_t i = tid; i < kGroupWarps * E; i += kGroupThreads) warp_count[i] = 0;
     __syncthreads();
     const int64_t i = r0 + tid;
-    const bool active = i < n;
-    const int e = active ? experts[i] : -1;
+    const bool in_range = i < n;
+    const int e = !in_range ? -1 : r0 == 0 ? first_expert[i] : experts[i];
     const unsigned peers = __match_any_sync(0xffffffffu, e);
     const int rank = __popc(peers & ((1u << lane) - 1u));
-    if (active && rank == 0) warp_count[warp * E + e] = __popc(peers);
+    if (in_range && rank == 0) warp_count[warp * E + e] = __popc(peers);
     __syncthreads();
     for (int64_t x = tid; x < E; x += kGroupThreads) {
       int32_t run = running[x];
@@ -138,11 +162,18 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
       running[x] = run;
     }
     __syncthreads();
-    if (active) position[i] = warp_count[warp * E + e] + rank;  // rank within the expert, for now
+    if (in_range) {
+      const int32_t r = warp_count[warp * E + e] + rank;  // rank within the expert, for now
+      if (r0 == 0) {
+        first_rank[i] = r;
+      } else {
+        position[i] = r;
+      }
+    }
     __syncthreads();
   }
 
-  TraceMark(3);  // phase 2
+  TraceMark(2);  // phase 2
   if (tid == 0) {
     start[0] = 0;
     for (int64_t e = 0; e < E; ++e) start[e + 1] = start[e] + running[e];
@@ -160,11 +191,12 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
     for (int64_t e = tid; e < E; e += kGroupThreads) count_accum[e] += running[e];
   }
   for (int64_t i = tid; i < n; i += kGroupThreads) {
-    const int32_t p = start[experts[i]] + position[i];
+    const bool first = i < kGroupThreads;
+    const int32_t p = start[first ? first_expert[i] : experts[i]] + (first ? first_rank[i] : position[i]);
     position[i] = p;
     src_row[p] = static_cast<int32_t>(i / k);
   }
-  TraceMark(4);  // phase 3
+  TraceMark(3);  // phase 3
 }
 
 }  // namespace
@@ -172,20 +204,21 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(RouterInput
 void RouterTopK(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
                 cudaStream_t s) {
   if (T == 0) return;
-  if (E > kMaxExperts || k > E) throw std::invalid_argument("RouterTopK: need k <= E <= 256");
-  Launch(RouterTopKKernel, static_cast<unsigned>((T + 127) / 128), 128, 0, s, logits, T, E, k, experts, weights);
+  if (E > kMaxExperts || k > E || k <= 0) throw std::invalid_argument("RouterTopK: need 0 < k <= E <= 256");
+  const int64_t per_block = kTopKThreads / SegmentLanes(E);
+  Launch(RouterTopKKernel, static_cast<unsigned>((T + per_block - 1) / per_block), kTopKThreads, 0, s, logits, T, E, k,
+         experts, weights);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
-void RouteAndGroup(const RouterInputs& in, float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts,
-                   float* weights, int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* active,
-                   int32_t* count_accum, cudaStream_t s) {
-  if (in.x != nullptr && in.hidden % 8 != 0) throw std::invalid_argument("RouteAndGroup: hidden must be a multiple of 8");
+void RouteAndGroup(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* experts, float* weights,
+                   int32_t* src_row, int32_t* position, int32_t* offsets, int32_t* active, int32_t* count_accum,
+                   cudaStream_t s) {
   if (E > kMaxExperts || k > E || k <= 0) throw std::invalid_argument("RouteAndGroup: need 0 < k <= E <= 256");
   if (T * k > (int64_t{1} << 30)) throw std::invalid_argument("RouteAndGroup: too many rows");
   const size_t shared = sizeof(int32_t) * static_cast<size_t>(kGroupWarps * E + 2 * E + 1);
   // T = 0 still runs: the offsets (all zero) are read by the grouped GEMMs.
-  Launch(RouteAndGroupKernel, 1, kGroupThreads, shared, s, in, logits, T, E, k, experts, weights, src_row, position,
+  Launch(RouteAndGroupKernel, 1, kGroupThreads, shared, s, logits, T, E, k, experts, weights, src_row, position,
          offsets, active, count_accum);
   MOE_CUDA_CHECK_LAUNCH();
 }

@@ -461,7 +461,7 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
     std::vector<int32_t> accum(c.E, 3);
     Buffer<int32_t> d_accum(accum);
     Buffer<int32_t> d_active(c.E);
-    RouteAndGroup(RouterInputs{}, d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
+    RouteAndGroup(d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
                   d_off.get(), d_active.get(), d_accum.get(), nullptr);
     const Routing ref = RouteTopK(logits.data(), c.T, c.E, c.k);
     ASSERT_EQ(d_e.Download(), ref.expert) << "T " << c.T << " E " << c.E;
@@ -508,7 +508,7 @@ TEST(GpuKernelsTest, GatherPaddedFillsEachExpertsBlockInSlotOrder) {
     Buffer<float> d_logits(logits), d_w(n);
     Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(c.E + 1), d_padded_pos(n);
     Buffer<bf16> d_x(x), d_out(before);
-    RouteAndGroup(RouterInputs{}, d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
+    RouteAndGroup(d_logits.get(), c.T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
                   d_off.get(), nullptr, nullptr, nullptr);
     GatherPadded(d_x.get(), d_off.get(), d_e.get(), d_pos.get(), n, c.k, P, c.H, d_out.get(), d_padded_pos.get(),
                  nullptr);
@@ -567,7 +567,7 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
       Buffer<float> d_logits(RandomBf16Values(T * c.E, static_cast<uint32_t>(70 + s))), d_w(n);
       Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(c.E + 1), d_comb(n);
       Buffer<uint16_t> d_send(W * block * H);
-      RouteAndGroup(RouterInputs{}, d_logits.get(), T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
+      RouteAndGroup(d_logits.get(), T, c.E, c.k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(),
                     d_off.get(), nullptr, nullptr, nullptr);
       PackForExchange(reinterpret_cast<const bf16*>(d_x.get()), d_src.get(), d_pos.get(), d_off.get(), d_owner.get(),
                       c.E, W, n, cap, H, reinterpret_cast<bf16*>(d_send.get()), d_comb.get(), nullptr);
@@ -1087,23 +1087,36 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   }
 }
 
-// The routing kernel computing the router logits itself (decode's few tokens) gives the logits of
-// a float64 product within float32 rounding, and the routing of RouteTopK on them.
-TEST(GpuKernelsTest, RouteAndGroupComputesRouterLogits) {
+// The norm before a MoE layer with the router product fused (RmsNormRouter): the normed row is
+// AddRmsNorm's, bit for bit; the logits are the float64 product of that bf16 row with the router
+// weight within float32 rounding; RouteAndGroup on them routes as RouteTopK. H covers the fast
+// kernel's 1, 4 and 8 chunks a thread (8 experts in one group and in two), experts past one group,
+// and the loop kernel (H not a multiple of 4).
+TEST(GpuKernelsTest, RmsNormRouterMatchesFloat64Product) {
   SKIP_WITHOUT_GPU();
-  for (const auto& [T, E, k, H] : std::vector<std::array<int64_t, 4>>{{1, 8, 2, 4096}, {64, 8, 2, 128}, {5, 3, 1, 40}}) {
+  for (const auto& [T, E, k, H] : std::vector<std::array<int64_t, 4>>{
+           {1, 8, 2, 4096}, {4, 8, 2, 6144}, {3, 8, 2, 16384}, {64, 8, 2, 128}, {5, 3, 1, 40}, {2, 64, 6, 520},
+           {3, 256, 8, 64}, {2, 8, 2, 66}}) {
     std::vector<float> x = RandomBf16Values(T * H, 91), w = RandomBf16Values(E * H, 92, 0.1f);
+    std::vector<float> nw = RandomBf16Values(H, 93, 0.1f);
+    for (auto& v : nw) v = Bf16ToF32(F32ToBf16(1.f + v));
+    Buffer<float> d_x(x), d_x2(x), d_logits(T * E), d_weights(T * k);
+    Buffer<bf16> d_w(ToBf16Host(w)), d_nw(ToBf16Host(nw)), d_out(T * H), d_out2(T * H);
+    Buffer<int32_t> d_e(T * k), d_src(T * k), d_pos(T * k), d_off(E + 1);
+    RmsNormRouter(d_x.get(), d_nw.get(), T, H, 1e-5f, d_out.get(), d_w.get(), E, d_logits.get(), nullptr);
+    AddRmsNorm(d_x2.get(), nullptr, d_nw.get(), T, H, 1e-5f, d_out2.get(), nullptr);
+    const std::vector<bf16> out = d_out.Download(), out2 = d_out2.Download();
+    for (int64_t i = 0; i < T * H; ++i) {
+      ASSERT_EQ(static_cast<__nv_bfloat16_raw>(out[i]).x, static_cast<__nv_bfloat16_raw>(out2[i]).x) << "H " << H;
+    }
     std::vector<int32_t> rows(T);
     std::iota(rows.begin(), rows.end(), 0);
-    const std::vector<double> ref = ReferenceLinear(x, rows, w, E, H);
-    Buffer<bf16> d_x(ToBf16Host(x)), d_w(ToBf16Host(w));
-    Buffer<float> d_logits(T * E), d_weights(T * k);
-    Buffer<int32_t> d_e(T * k), d_src(T * k), d_pos(T * k), d_off(E + 1);
-    RouteAndGroup(RouterInputs{d_x.get(), d_w.get(), H}, d_logits.get(), T, E, k, d_e.get(), d_weights.get(),
-                  d_src.get(), d_pos.get(), d_off.get(), nullptr, nullptr, nullptr);
+    const std::vector<double> ref = ReferenceLinear(ToF32Host(out), rows, w, E, H);
+    RouteAndGroup(d_logits.get(), T, E, k, d_e.get(), d_weights.get(), d_src.get(), d_pos.get(), d_off.get(), nullptr,
+                  nullptr, nullptr);
     const std::vector<float> logits = d_logits.Download();
-    EXPECT_LT(RelErrD(logits, ref), 1e-5) << "T " << T << " H " << H;
-    EXPECT_EQ(d_e.Download(), RouteTopK(logits.data(), T, E, k).expert);
+    EXPECT_LT(RelErrD(logits, ref), 1e-5) << "T " << T << " E " << E << " H " << H;
+    EXPECT_EQ(d_e.Download(), RouteTopK(logits.data(), T, E, k).expert) << "H " << H;
   }
 }
 

@@ -421,7 +421,7 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   const int64_t window = c.sliding_window ? *c.sliding_window : 0;
   const float eps = static_cast<float>(c.rms_norm_eps);
   // The attention norm of layer 0 here; every later one, and the final norm, in the combine kernel
-  // of the MoE layer before it.
+  // of the MoE layer before it. Each MoE layer's own norm runs inside it (with its router logits).
   AddRmsNorm(x_.get(), nullptr, weights_->attention[0].norm, T, H, eps, hn_.get(), s);
   for (int64_t l = 0; l < L; ++l) {
     const DeviceAttentionWeights& a = weights_->attention[l];
@@ -439,9 +439,8 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
     gemm_.LinearF32(attn_.get(), T, qd, a.wo, H, x_.get(), /*accumulate=*/true);
     profiler_.Mark(l, Boundary::kAttentionEnd, s);
 
-    AddRmsNorm(x_.get(), nullptr, weights_->moe[l].norm, T, H, eps, hn_.get(), s);
     const NextNorm next{l + 1 < L ? weights_->attention[l + 1].norm : weights_->final_norm, eps, hn_.get()};
-    moe_->Forward(l, weights_->moe[l], hn_.get(), T, x_.get(), profiler_,
+    moe_->Forward(l, weights_->moe[l], x_.get(), hn_.get(), T, profiler_,
                   opts_.record_routing ? &routing_[l] : nullptr, count_experts ? step_counts_.get() + l * E : nullptr,
                   next);
   }

@@ -174,14 +174,18 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   return grew;
 }
 
-void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+void GpuMoeLayer::Forward(int64_t layer, const DeviceMoeWeights& w, float* residual, bf16* h, int64_t T,
                           StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts,
                           const NextNorm& next) {
+  // The layer's norm and the router logits, one kernel: every path routes from logits_.
+  logits_.EnsureSize(static_cast<size_t>(T * c_.num_experts));
+  RmsNormRouter(residual, w.norm, T, c_.hidden_size, static_cast<float>(c_.rms_norm_eps), h, w.router,
+                c_.num_experts, logits_.get(), stream_);
   if (Local()) {
-    ForwardLocal(layer, w, h, T, residual, prof, record, expert_counts, next);
+    ForwardLocal(layer, h, T, residual, prof, record, expert_counts, next);
   } else if (record == nullptr && DeviceExchange(step_)) {
     MOE_CHECK(T == step_.local, "MoE layer: ", T, " rows but the step reserved ", step_.local);
-    ForwardDeviceExchange(layer, w, h, T, residual, prof, expert_counts, next);
+    ForwardDeviceExchange(layer, h, T, residual, prof, expert_counts, next);
   } else {
     ForwardExchange(layer, w, h, T, residual, prof, record, next);
   }
@@ -196,29 +200,20 @@ void GpuMoeLayer::Combine(const bf16* y, const int32_t* position, int64_t T, flo
   }
 }
 
-void GpuMoeLayer::RouteOnDevice(const DeviceMoeWeights& w, const bf16* h, int64_t T, int32_t* src_row,
-                                int32_t* position, int32_t* active, int32_t* expert_counts) {
-  const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
-  // The router product (float32 logits), top-k and grouping. For few tokens the routing kernel
-  // computes the logits itself (two launches fewer per layer of a decode step).
-  RouterInputs fused;
-  if (T <= kFusedRouterTokens && H % 8 == 0) {
-    fused = RouterInputs{h, w.router, H};
-  } else {
-    gemm_.LinearF32(h, T, H, w.router, E, logits_.get());
-  }
-  RouteAndGroup(fused, logits_.get(), T, E, k, experts_.get(), weights_.get(), src_row, position, offsets_.get(),
-                active, expert_counts, stream_);
+void GpuMoeLayer::RouteOnDevice(int64_t T, int32_t* src_row, int32_t* position, int32_t* active,
+                                int32_t* expert_counts) {
+  RouteAndGroup(logits_.get(), T, c_.num_experts, c_.experts_per_token, experts_.get(), weights_.get(), src_row,
+                position, offsets_.get(), active, expert_counts, stream_);
 }
 
-void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+void GpuMoeLayer::ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* residual,
                                StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts,
                                const NextNorm& next) {
   const int64_t k = c_.experts_per_token;
   const int64_t n = T * k;  // the buffers for T rows were sized by Reserve before the step
   int32_t* src_row = index_.get();  // grouped row -> token row
   int32_t* position = src_row + n;  // slot -> grouped row
-  RouteOnDevice(w, h, T, src_row, position, active_.get(), expert_counts);
+  RouteOnDevice(T, src_row, position, active_.get(), expert_counts);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
   if (record != nullptr) RecordRouting(T, *record, nullptr);
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
@@ -236,7 +231,7 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const b
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
 }
 
-void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T,
+void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const bf16* h, int64_t T,
                                         float* residual, StageProfiler& prof, int32_t* expert_counts,
                                         const NextNorm& next) {
   const int64_t H = c_.hidden_size, E = c_.num_experts, k = c_.experts_per_token;
@@ -248,7 +243,7 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w
   int32_t* group_src = combine_pos + n;    // received grouped row -> received row
 
   // Route and group by expert, as on the local path.
-  RouteOnDevice(w, h, T, src_row, position, nullptr, expert_counts);
+  RouteOnDevice(T, src_row, position, nullptr, expert_counts);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
 
   // Dispatch: fixed-size blocks with their counts in a header row, so no host needs the counts.
@@ -442,10 +437,8 @@ void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, cons
   const bool use_nccl = !staging_ && nccl_ != nullptr;  // rows device to device
 
   // Route.
-  logits_.EnsureSize(static_cast<size_t>(T * E));
   experts_.EnsureSize(static_cast<size_t>(n));
   weights_.EnsureSize(static_cast<size_t>(n));
-  gemm_.LinearF32(h, T, H, w.router, E, logits_.get());
   RouterTopK(logits_.get(), T, E, k, experts_.get(), weights_.get(), stream_);
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
 

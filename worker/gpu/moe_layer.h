@@ -1,6 +1,6 @@
 // The MoE layer of one rank on the GPU, the same stages as the CPU layer (worker/moe/):
 //
-//   route     router GEMM (float32 logits) -> softmax top-k
+//   route     the layer's norm computes the router logits too (RmsNormRouter) -> softmax top-k
 //   dispatch  rows grouped by (destination rank, expert), stably in slot order
 //   exchange  counts all-to-all, then rows (several ranks only)
 //   experts   each expert's rows contiguous: gate_up = x W13^T, act = silu(gate) * up, y = act W2^T,
@@ -181,15 +181,16 @@ class GpuMoeLayer {
   bool Reserve(const StepRows& rows);
 
   // A collective: every rank calls it for every layer, with T = 0 when it has no rows.
-  // h: the normalised hidden states [T, H] (bf16); residual [T, H] (float32) gets the layer's output added.
+  // residual [T, H] (float32): the layer's input, normalised (w.norm) into h [T, H] (bf16) in the
+  // kernel that also computes the router logits (RmsNormRouter); then the layer's output is added.
   // When `record` is given, the router logits [T, E] and the routing are copied there (as on the CPU).
   // Load statistics: on the local path and the device exchange the rows routed to each expert are
   // added on the device to `expert_counts` [E] when it is given (the engine folds them into the
   // LoadStats after the step, with no synchronisation here); the host-count exchange adds its
   // counts to the LoadStats itself.
   // `next`: normalise the updated residual into next.out (it may be h's buffer).
-  void Forward(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
-               StageProfiler& prof, MoeLayer::Record* record = nullptr, int32_t* expert_counts = nullptr,
+  void Forward(int64_t layer, const DeviceMoeWeights& w, float* residual, bf16* h, int64_t T, StageProfiler& prof,
+               MoeLayer::Record* record = nullptr, int32_t* expert_counts = nullptr,
                const NextNorm& next = {});
 
  private:
@@ -230,18 +231,14 @@ class GpuMoeLayer {
   SkinnyPlan PlanExperts(int64_t R, int64_t local, int64_t plan_rows = 0) const {
     return PlanSkinny(c_, R, local, plan_rows, tuning_.skinny_splits_up, tuning_.skinny_splits_down);
   }
-  // RouteAndGroup of this rank's T rows into offsets_ (and src_row, position, the optional active
-  // list and load counts).
-  void RouteOnDevice(const DeviceMoeWeights& w, const bf16* h, int64_t T, int32_t* src_row, int32_t* position,
-                     int32_t* active, int32_t* expert_counts);
-  void ForwardLocal(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+  // RouteAndGroup of this rank's T rows (from logits_) into offsets_ (and src_row, position, the
+  // optional active list and load counts).
+  void RouteOnDevice(int64_t T, int32_t* src_row, int32_t* position, int32_t* active, int32_t* expert_counts);
+  void ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* residual,
                     StageProfiler& prof, MoeLayer::Record* record, int32_t* expert_counts, const NextNorm& next);
-  // Tokens up to which the routing kernel computes the router logits itself (one block: past a few
-  // tokens the router GEMM over many SMs is faster; at 64 tokens the fused block took 0.16 ms).
-  static constexpr int64_t kFusedRouterTokens = 8;
   void ForwardExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
                        StageProfiler& prof, MoeLayer::Record* record, const NextNorm& next);
-  void ForwardDeviceExchange(int64_t layer, const DeviceMoeWeights& w, const bf16* h, int64_t T, float* residual,
+  void ForwardDeviceExchange(int64_t layer, const bf16* h, int64_t T, float* residual,
                              StageProfiler& prof, int32_t* expert_counts, const NextNorm& next);
   // residual += the weighted slots of y; then the next norm when given.
   void Combine(const bf16* y, const int32_t* position, int64_t T, float* residual, const NextNorm& next);
