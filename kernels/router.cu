@@ -23,20 +23,21 @@ __host__ __device__ inline int SegmentLanes(int64_t E) {
 
 // One token's routing by a segment of G lanes (SegmentLanes(E), aligned in the warp): softmax over
 // its E logits, the k largest (ties to the lower expert id, as on the CPU; NaN ranks as -inf),
-// renormalised over the k. Lane j of the segment holds logits j, j + G, ... in registers, so the
-// logits cost one memory round trip and the picks are shuffles (a thread reading them one by one
-// took 2.4 us a layer at batch 1, measured with trace marks). Every lane of the warp calls it (the
-// shuffles span the warp); `valid` is false past the last token. `cache` (shared memory, optional):
-// the token's experts also go to cache[s] for its slots s below cache_slots.
+// renormalised over the k. Lane j of the segment holds logits j, j + G, ... (kPer of them: 1 when
+// E <= 32) in registers, so the logits cost one memory round trip and the picks are shuffles.
+// Every lane of the warp calls it (the shuffles span the warp); `valid` is false past the last
+// token. `cache` (shared memory, optional): the token's experts also go to cache[s] for its slots s
+// below cache_slots.
+template <int kPer>
 __device__ void TopKSegment(const float* z, int E, int k, int G, bool valid, int32_t* experts, float* weights,
                             int32_t* cache, int cache_slots) {
-  constexpr int kPer = kMaxExperts / 32;
   const int sl = threadIdx.x & (G - 1);
+  const int shift = __ffs(G) - 1;  // log2 G
   float v[kPer];
   float mx = -INFINITY;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    const int e = sl + G * j;
+    const int e = sl + (j << shift);
     v[j] = valid && e < E ? z[e] : -INFINITY;
     if (isnan(v[j])) v[j] = -INFINITY;
     mx = fmaxf(mx, v[j]);
@@ -45,10 +46,10 @@ __device__ void TopKSegment(const float* z, int E, int k, int G, bool valid, int
   float sum = 0.f;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    if (sl + G * j < E) sum += __expf(v[j] - mx);
+    if (sl + (j << shift) < E) sum += __expf(v[j] - mx);
   }
   for (int o = G / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  unsigned taken = 0;  // bit j: expert sl + G * j is picked
+  unsigned taken = 0;    // bit j: expert sl + G * j is picked
   int32_t picked[kPer];  // slot s is held by segment lane s % G at s / G
   float prob[kPer];
   float kept = 0.f;
@@ -57,7 +58,7 @@ __device__ void TopKSegment(const float* z, int E, int k, int G, bool valid, int
     int bi = INT_MAX;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
-      const int e = sl + G * j;
+      const int e = sl + (j << shift);
       if (e < E && !((taken >> j) & 1u) && (bi == INT_MAX || v[j] > bv)) {
         bv = v[j];
         bi = e;
@@ -71,12 +72,12 @@ __device__ void TopKSegment(const float* z, int E, int k, int G, bool valid, int
         bi = oi;
       }
     }
-    if ((bi & (G - 1)) == sl) taken |= 1u << (bi / G);
+    if ((bi & (G - 1)) == sl) taken |= 1u << (bi >> shift);
     const float p = __expf(bv - mx) / sum;
     kept += p;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
-      if (j == s / G && sl == s % G) {
+      if (j == (s >> shift) && sl == (s & (G - 1))) {
         picked[j] = bi;
         prob[j] = p;
       }
@@ -85,12 +86,23 @@ __device__ void TopKSegment(const float* z, int E, int k, int G, bool valid, int
   if (!valid) return;
 #pragma unroll
   for (int j = 0; j < kPer; ++j) {
-    const int s = sl + G * j;
+    const int s = sl + (j << shift);
     if (s < k) {
       experts[s] = picked[j];
       weights[s] = prob[j] / kept;
       if (s < cache_slots) cache[s] = picked[j];
     }
+  }
+}
+
+// TopKSegment with the logits a lane holds fixed at compile time: one for up to 32 experts (the
+// common case: a small kernel, whose code is fetched every layer), eight up to 256.
+__device__ __forceinline__ void TopKToken(const float* z, int E, int k, int G, bool valid, int32_t* experts,
+                                          float* weights, int32_t* cache, int cache_slots) {
+  if (E <= 32) {
+    TopKSegment<1>(z, E, k, G, valid, experts, weights, cache, cache_slots);
+  } else {
+    TopKSegment<kMaxExperts / 32>(z, E, k, G, valid, experts, weights, cache, cache_slots);
   }
 }
 
@@ -101,11 +113,11 @@ __global__ void __launch_bounds__(kTopKThreads) RouterTopKKernel(const float* lo
   const int64_t t = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / G;
   const bool valid = t < T;
   const int64_t row = valid ? t : 0;
-  TopKSegment(logits + row * E, static_cast<int>(E), static_cast<int>(k), G, valid, experts + row * k,
-              weights + row * k, nullptr, 0);
+  TopKToken(logits + row * E, static_cast<int>(E), static_cast<int>(k), G, valid, experts + row * k,
+            weights + row * k, nullptr, 0);
 }
 
-// One block. Phase 1: every token's top-k (TopKSegment, a segment of lanes per token). Phase 2:
+// One block. Phase 1: every token's top-k (TopKToken, a segment of lanes per token). Phase 2:
 // each slot's rank among the earlier slots of its expert, 1024 slots per round: inside a warp by
 // __match_any_sync, across the warps by a scan of per-warp counts in shared memory, across rounds
 // by a running count per expert. Phase 3: the offsets, the experts with rows, then every slot's
@@ -134,16 +146,19 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float
     const int64_t row = valid ? t : 0;
     const int64_t first = row * k;  // the token's first slot
     const bool cached = first < kGroupThreads;
-    TopKSegment(logits + row * E, static_cast<int>(E), static_cast<int>(k), G, valid, experts + first,
-                weights + first, cached ? first_expert + first : nullptr,
-                cached ? static_cast<int>(kGroupThreads - first) : 0);
+    TopKToken(logits + row * E, static_cast<int>(E), static_cast<int>(k), G, valid, experts + first,
+              weights + first, cached ? first_expert + first : nullptr,
+              cached ? static_cast<int>(kGroupThreads - first) : 0);
   }
   for (int64_t e = tid; e < E; e += kGroupThreads) running[e] = 0;
   __syncthreads();  // the block's global writes are visible to the block after the barrier
   TraceMark(1);  // phase 1 done (measurement builds)
 
   for (int64_t r0 = 0; r0 < n; r0 += kGroupThreads) {
-    for (int64_t i = tid; i < kGroupWarps * E; i += kGroupThreads) warp_count[i] = 0;
+    // The warps holding slots this round (a decode step's few slots: one), so the scan below is as
+    // short as they are.
+    const int warps = static_cast<int>(n - r0 >= kGroupThreads ? kGroupWarps : (n - r0 + 31) / 32);
+    for (int64_t i = tid; i < warps * E; i += kGroupThreads) warp_count[i] = 0;
     __syncthreads();
     const int64_t i = r0 + tid;
     const bool in_range = i < n;
@@ -154,7 +169,7 @@ __global__ void __launch_bounds__(kGroupThreads) RouteAndGroupKernel(const float
     __syncthreads();
     for (int64_t x = tid; x < E; x += kGroupThreads) {
       int32_t run = running[x];
-      for (int w = 0; w < kGroupWarps; ++w) {
+      for (int w = 0; w < warps; ++w) {
         const int32_t c = warp_count[w * E + x];
         warp_count[w * E + x] = run;
         run += c;
