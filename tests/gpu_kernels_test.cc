@@ -442,8 +442,9 @@ TEST(GpuKernelsTest, QkvRopeKvMatchesRopeAndWriteKv) {
 }
 
 // RouteAndGroup against the CPU: the same routing as RouteTopK, the same stable layout as
-// BuildDispatchLayout for one rank holding every expert, and the counts accumulated. Sizes cross
-// the kernel's 1024-slot rounds and reach 256 experts.
+// BuildDispatchLayout for one rank holding every expert, and the counts accumulated. Sizes take
+// both blocks (256 threads up to 256 slots, 1024 above), cross the large block's 1024-slot rounds
+// and reach 256 experts.
 TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
   SKIP_WITHOUT_GPU();
   struct Case {
@@ -452,8 +453,8 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
   // Decode-sized steps (1 x 2 ... 17 x 2, 4 x 6 of 64 experts, 3 x 8 of 256, 7 x 1 of 3) and
   // steps over several 1024-slot rounds.
   for (const Case& c : {Case{1, 8, 2}, Case{5, 8, 2}, Case{16, 8, 2}, Case{4, 64, 6}, Case{3, 256, 8}, Case{7, 3, 1},
-                        Case{17, 8, 2}, Case{300, 8, 2}, Case{1500, 8, 2}, Case{700, 16, 4}, Case{64, 3, 1},
-                        Case{400, 64, 6}, Case{90, 256, 8}}) {
+                        Case{17, 8, 2}, Case{128, 8, 2}, Case{257, 3, 1}, Case{300, 8, 2}, Case{1500, 8, 2},
+                        Case{700, 16, 4}, Case{64, 3, 1}, Case{400, 64, 6}, Case{90, 256, 8}}) {
     const int64_t n = c.T * c.k;
     std::vector<float> logits = RandomBf16Values(c.T * c.E, static_cast<uint32_t>(40 + c.T + c.E));
     Buffer<float> d_logits(logits), d_w(n);

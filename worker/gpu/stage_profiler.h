@@ -17,7 +17,7 @@ namespace moe::gpu {
 enum class Boundary : int {
   kLayerStart = 0,
   kAttentionEnd,  // input norm, QKV GEMM, RoPE, KV write, paged attention, output GEMM + residual
-  kRouterEnd,     // post-attention norm, router GEMM, softmax top-k (one rank: with the grouping)
+  kRouterEnd,     // post-attention norm with the router logits, softmax top-k (one rank: with the grouping)
   kDispatchEnd,   // several ranks: routing to the host, dispatch plan, row permutation, counts and
                   // rows all-to-all; one rank: nothing
   kExpertsEnd,    // w13 GEMMs with SwiGLU, w2 GEMMs (several ranks: regrouped, back in received order;
