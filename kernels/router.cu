@@ -99,7 +99,8 @@ __device__ void TopKSegment(const float* z, int E, int k, int G, bool valid, int
 }
 
 // TopKSegment with the logits a lane holds fixed at compile time: one for up to 32 experts (the
-// common case: a small kernel, whose code is fetched every layer), eight up to 256.
+// common case; the eight-way instance, a fifth of the code and its picks in a local array, took
+// 5.6 us for batch 1's top-k against 2.8), eight up to 256.
 __device__ __forceinline__ void TopKToken(const float* z, int E, int k, int G, bool valid, int32_t* experts,
                                           float* weights, int32_t* cache, int cache_slots) {
   if (E <= 32) {
