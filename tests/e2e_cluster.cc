@@ -327,6 +327,11 @@ std::chrono::system_clock::time_point Deadline(double s) {
 StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, double timeout_s) {
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(timeout_s));
+  // Every call here goes to a live coordinator, often on a fresh connection (32 at once in the
+  // concurrency test): a connection attempt that fails on a loaded machine is retried until the
+  // deadline, as a client of a running server would, instead of failing the call (CI once saw
+  // UNAVAILABLE "failed to connect to all addresses" for one of 32 streams, on 2 busy cores).
+  ctx.set_wait_for_ready(true);
   StreamOutcome out;
   auto reader = stub.Generate(&ctx, req);
   moe::v1::GenerateResponse msg;
