@@ -57,6 +57,20 @@ constexpr int RouterGroup() {
   return 32 / kChunks < 8 ? 32 / kChunks : 8;
 }
 
+// The router weights of experts e0 .. e0 + kGroup - 1 at this thread's chunks of the row (zero past
+// the experts and the row).
+template <int kChunks, int kGroup>
+__device__ __forceinline__ void LoadRouterGroup(const Router& router, int e0, int n4, uint2 (&rw)[kGroup][kChunks]) {
+  const uint2* w = reinterpret_cast<const uint2*>(router.weight);
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g)
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) {
+      const int c = threadIdx.x + blockDim.x * i;
+      rw[g][i] = e0 + g < router.experts && c < n4 ? w[static_cast<int64_t>(e0 + g) * n4 + c] : make_uint2(0, 0);
+    }
+}
+
 __device__ __forceinline__ float Dot4Bf16(const uint2& a, const uint2& b) {
   const float2 a0 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a.x));
   const float2 a1 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a.y));
@@ -81,16 +95,7 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
   const int n4 = H / 4;
   // The first group of router weights before the wait: static data.
   uint2 rw[kGroup][kChunks];
-  if (router.weight != nullptr) {
-    const uint2* w = reinterpret_cast<const uint2*>(router.weight);
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g)
-#pragma unroll
-      for (int i = 0; i < kChunks; ++i) {
-        const int c = threadIdx.x + blockDim.x * i;
-        rw[g][i] = g < router.experts && c < n4 ? w[static_cast<int64_t>(g) * n4 + c] : make_uint2(0, 0);
-      }
-  }
+  if (router.weight != nullptr) LoadRouterGroup(router, 0, n4, rw);
   PdlGate();
   float4* x = reinterpret_cast<float4*>(residual + t * H);
   float4 v[kChunks];
@@ -193,17 +198,8 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
   // in warp order (a fixed order: the logits do not depend on the other rows).
   extern __shared__ float warp_logit[];  // [warps][E]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, E = router.experts;
-  const uint2* w = reinterpret_cast<const uint2*>(router.weight);
   for (int e0 = 0; e0 < E; e0 += kGroup) {
-    if (e0 > 0) {
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g)
-#pragma unroll
-        for (int i = 0; i < kChunks; ++i) {
-          const int c = threadIdx.x + blockDim.x * i;
-          rw[g][i] = e0 + g < E && c < n4 ? w[static_cast<int64_t>(e0 + g) * n4 + c] : make_uint2(0, 0);
-        }
-    }
+    if (e0 > 0) LoadRouterGroup(router, e0, n4, rw);
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
       float acc = 0.f;

@@ -450,8 +450,9 @@ TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
   struct Case {
     int64_t T, E, k;
   };
-  // Decode-sized steps (1 x 2 ... 17 x 2, 4 x 6 of 64 experts, 3 x 8 of 256, 7 x 1 of 3) and
-  // steps over several 1024-slot rounds.
+  // Decode-sized steps (1 x 2 ... 17 x 2, 4 x 6 of 64 experts, 3 x 8 of 256, 7 x 1 of 3), the small
+  // block full (128 x 2), the large block's smallest step (257 x 1) and steps over several of its
+  // 1024-slot rounds.
   for (const Case& c : {Case{1, 8, 2}, Case{5, 8, 2}, Case{16, 8, 2}, Case{4, 64, 6}, Case{3, 256, 8}, Case{7, 3, 1},
                         Case{17, 8, 2}, Case{128, 8, 2}, Case{257, 3, 1}, Case{300, 8, 2}, Case{1500, 8, 2},
                         Case{700, 16, 4}, Case{64, 3, 1}, Case{400, 64, 6}, Case{90, 256, 8}}) {
