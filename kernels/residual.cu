@@ -50,11 +50,16 @@ struct Router {
   float* logits = nullptr;       // [T, E]
 };
 
-// Router weights a thread holds at once: kChunks uint2 per expert, at most 32 uint2 (64
-// registers), so Mixtral's 8 experts at H = 4096 (4 chunks a thread) load in one round trip.
+// Router weights a thread holds at once, in experts of kChunks uint2 (2 registers each), at most 8:
+// what the row's own registers leave of the 128 that 512 threads may use (about 14 a chunk: the
+// row, the combine's sums and slot loads, the norm weights, the normed row). The weights are
+// loaded before the PDL wait and held through the whole kernel, so with more they spill: at 8
+// chunks (H over 8192) 4 experts spilled 576 bytes and 2 still 192, in the combine and norm
+// launches too. Mixtral's 8 experts at H = 4096 or 6144 (4 chunks a thread) load in one round trip.
 template <int kChunks>
 constexpr int RouterGroup() {
-  return 32 / kChunks < 8 ? 32 / kChunks : 8;
+  constexpr int kFree = 128 - 14 * kChunks;
+  return kFree / (2 * kChunks) < 8 ? kFree / (2 * kChunks) : 8;
 }
 
 // The router weights of experts e0 .. e0 + kGroup - 1 at this thread's chunks of the row (zero past
