@@ -51,7 +51,9 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
                                                                    const int32_t* row_pos, const int32_t* tiles,
                                                                    int64_t heads, PagedKv kv, int64_t window,
                                                                    float scale_log2, bf16* out) {
-  PdlGate();
+  // Before the wait: the step's inputs (tiles, positions, block tables: copied from the host) and
+  // the keys and values of earlier steps; after it: the queries and the keys the QKV/RoPE kernel
+  // before this one just wrote (this step's rows of every sequence).
   constexpr int kChunks = D / 8;                     // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kChunks;   // rows one pass of the block's loads covers
   const int64_t first = tiles[2 * blockIdx.y];
@@ -72,13 +74,6 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
 
   // This thread's chunk column and first row in every load pass.
   const int lc = tid % kChunks, lr = tid / kChunks;
-  // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
-  for (int r = lr; r < kQueryRows; r += kRowsPerPass) {
-    const bool ok = r < NQ;
-    const bf16* src = ok ? q + ((first + r / G) * heads + static_cast<int64_t>(kvh) * G + r % G) * D + 8 * lc : q;
-    CopyAsync(SharedAddress(qs + Swizzle<D>(r, lc)), src, ok ? 16 : 0);
-  }
-  CommitAsync();
   auto load_keys = [&](int buf, int k0) {
     constexpr int kPasses = kKeys / kRowsPerPass;
     int64_t off[kPasses];  // the block-table lookups first, all in flight together
@@ -95,9 +90,31 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + (ok ? off[i] : 0), ok ? 16 : 0);
     }
   };
-  load_keys(0, lo);
+  // The keys before the first row of the tile's chunk were written by earlier steps (a step holds
+  // one chunk of a sequence, its rows together: StepEngine refuses a sequence twice), so a tile
+  // that starts its chunk streams its leading key tiles that end before pos0 while the kernel
+  // before it still runs: up to both buffers' worth (a decode row at 128-191 keys: 2 of its 3).
+  const bool chunk_start = first == 0 || row_seq[first - 1] != seq;
+  const int earlier_end = chunk_start ? pos0 : lo;  // keys [lo, earlier_end) are of earlier steps
+  int preloaded = 0;
+  while (preloaded < 2) {
+    const int k0 = lo + kKeys * preloaded;
+    if (k0 > pos_last || min(k0 + kKeys - 1, pos_last) >= earlier_end) break;
+    load_keys(preloaded, k0);
+    CommitAsync();
+    ++preloaded;
+  }
+  PdlGate();
+  // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
+  for (int r = lr; r < kQueryRows; r += kRowsPerPass) {
+    const bool ok = r < NQ;
+    const bf16* src = ok ? q + ((first + r / G) * heads + static_cast<int64_t>(kvh) * G + r % G) * D + 8 * lc : q;
+    CopyAsync(SharedAddress(qs + Swizzle<D>(r, lc)), src, ok ? 16 : 0);
+  }
   CommitAsync();
-  WaitAsync<1>();  // the queries
+  if (preloaded == 0) load_keys(0, lo);
+  CommitAsync();
+  WaitAsync<1>();  // the queries (and the key tiles loaded before the wait)
   __syncthreads();
   TraceMark(1);  // the queries are in (measurement builds)
 
@@ -123,8 +140,8 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
 
   int buf = 0;
-  for (int k0 = lo; k0 <= pos_last; k0 += kKeys, buf ^= 1) {
-    if (k0 + kKeys <= pos_last) load_keys(buf ^ 1, k0 + kKeys);
+  for (int k0 = lo, tile = 0; k0 <= pos_last; k0 += kKeys, ++tile, buf ^= 1) {
+    if (k0 + kKeys <= pos_last && tile + 1 >= preloaded) load_keys(buf ^ 1, k0 + kKeys);
     CommitAsync();
     WaitAsync<1>();
     __syncthreads();

@@ -228,6 +228,9 @@ void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowPar
                 float* logprobs, cudaStream_t s);
 
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
+// The residual, positions and weights are read before waiting for the kernel before this one (the
+// experts' last, which writes y): they must have been written before that kernel started, as the
+// routing and the residual's last update are in a MoE layer (kernels/launch.cuh).
 void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
                 float* residual, cudaStream_t s);
 // CombineAdd, then out = RMSNorm(residual) as AddRmsNorm: the next layer's (or the final) norm in
@@ -282,6 +285,8 @@ size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int
 // tensor-core kernel as one-row tiles.
 // The tiles, rows, positions and block tables are step inputs copied from the host: kernels read
 // them before waiting for the kernel before them (kernels/launch.cuh), so no kernel may write them.
+// The keys and values before a chunk's first row (of earlier steps) may be read before that wait
+// too: only the step's own rows may be written by the kernel before (one chunk per sequence).
 // `split` (decode tiles only, optional): see DecodeSplit.
 void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                     int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,

@@ -34,6 +34,9 @@ struct Addend {
   const int32_t* position = nullptr;  // y row of (token t, slot s) at [t * k + s]
   const float* weight = nullptr;      // [t * k + s]
   int k = 0;
+  // The residual, positions and weights were written before the kernel before this one started
+  // (kernels/launch.cuh): they load before the wait, and only the experts' rows after it.
+  bool ready = false;
 };
 
 struct Norm {
@@ -101,14 +104,32 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
   // The first group of router weights before the wait: static data.
   uint2 rw[kGroup][kChunks];
   if (router.weight != nullptr) LoadRouterGroup(router, 0, n4, rw);
-  PdlGate();
+  if (!add.ready) PdlGate();
   float4* x = reinterpret_cast<float4*>(residual + t * H);
   float4 v[kChunks];
 #pragma unroll
   for (int i = 0; i < kChunks; ++i) {
     const int c = threadIdx.x + blockDim.x * i;
-    v[i] = c < n4 ? x[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    v[i] = c < n4 ? __ldcg(x + c) : make_float4(0.f, 0.f, 0.f, 0.f);  // L2: written by another kernel
   }
+  // The weighted sum over the k slots in slot order, then added: as CombineAdd always did, so
+  // results do not depend on which rank computed which slot. kSlots slots at a time: their weights
+  // and row positions in one memory round trip (the first ones before the wait when `ready`), then
+  // their rows' loads all in flight (one slot at a time cost two round trips a slot).
+  constexpr int kSlots = 2;
+  float w[kSlots];
+  const uint2* y[kSlots];
+  auto load_slots = [&](int s0) {
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      const bool ok = s0 + j < add.k;
+      w[j] = ok ? __ldcg(add.weight + t * add.k + s0 + j) : 0.f;
+      y[j] = ok ? reinterpret_cast<const uint2*>(add.y + static_cast<int64_t>(__ldcg(add.position + t * add.k + s0 + j)) * H)
+                : nullptr;
+    }
+  };
+  if (add.y != nullptr) load_slots(0);
+  if (add.ready) PdlGate();
   const bool adds = add.delta != nullptr || add.y != nullptr;
   if (add.delta != nullptr) {
     const float4* d = reinterpret_cast<const float4*>(add.delta + t * H);
@@ -121,24 +142,11 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
       }
     }
   } else if (add.y != nullptr) {
-    // The weighted sum over the k slots in slot order, then added: as CombineAdd always did, so
-    // results do not depend on which rank computed which slot. kSlots slots at a time: their
-    // weights and row positions in one memory round trip, then their rows' loads all in flight
-    // (one slot at a time cost two round trips a slot).
-    constexpr int kSlots = 2;
     float4 acc[kChunks];
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int s0 = 0; s0 < add.k; s0 += kSlots) {
-      float w[kSlots];
-      const uint2* y[kSlots];
-#pragma unroll
-      for (int j = 0; j < kSlots; ++j) {
-        const bool ok = s0 + j < add.k;
-        w[j] = ok ? add.weight[t * add.k + s0 + j] : 0.f;
-        y[j] = ok ? reinterpret_cast<const uint2*>(add.y + static_cast<int64_t>(add.position[t * add.k + s0 + j]) * H)
-                  : nullptr;
-      }
+      if (s0 > 0) load_slots(s0);
       uint2 raw[kSlots][kChunks];
 #pragma unroll
       for (int j = 0; j < kSlots; ++j)
@@ -314,12 +322,12 @@ void RmsNormRouter(float* residual, const bf16* weight, int64_t T, int64_t H, fl
 
 void CombineAdd(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
                 float* residual, cudaStream_t s) {
-  LaunchResidual(residual, Addend{nullptr, y, position, weight, static_cast<int>(k)}, Norm{}, Router{}, T, H, s);
+  LaunchResidual(residual, Addend{nullptr, y, position, weight, static_cast<int>(k), true}, Norm{}, Router{}, T, H, s);
 }
 
 void CombineAddRmsNorm(const bf16* y, const int32_t* position, const float* weight, int64_t T, int64_t k, int64_t H,
                        float* residual, const bf16* norm_weight, float eps, bf16* out, cudaStream_t s) {
-  LaunchResidual(residual, Addend{nullptr, y, position, weight, static_cast<int>(k)}, Norm{norm_weight, eps, out},
+  LaunchResidual(residual, Addend{nullptr, y, position, weight, static_cast<int>(k), true}, Norm{norm_weight, eps, out},
                  Router{}, T, H, s);
 }
 

@@ -325,6 +325,37 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
                                           << " window " << c.window;
     EXPECT_LT(RelErr(out1, ref), kBf16Tol) << "decode: heads " << c.heads << " kv " << c.kv_heads << " D " << c.D
                                            << " window " << c.window;
+    // Steps whose rows follow earlier ones (the last chunk_rows[s] positions of sequence s): decode
+    // rows, and chunks continuing their sequence over one or two tiles. The tensor-core kernel
+    // loads the key tiles of earlier steps before its wait: none at position 16 or 63, both buffers
+    // at the decode row 129 (then the third tile), one for the chunk 100..129 (its second tile, if
+    // any, none: it does not start the chunk).
+    for (const std::vector<int64_t>& chunk_rows : {std::vector<int64_t>{1, 1, 1, 24}, std::vector<int64_t>{1, 1, 30, 1}}) {
+      std::vector<int32_t> step_seq, step_pos;
+      std::vector<float> step_q, step_ref;
+      for (int64_t s = 0; s < S; ++s)
+        for (int64_t p = lens[s] - chunk_rows[s]; p < lens[s]; ++p) {
+          step_seq.push_back(static_cast<int32_t>(s));
+          step_pos.push_back(static_cast<int32_t>(p));
+          const int64_t r = first_row[s] + p, n = c.heads * c.D;
+          step_q.insert(step_q.end(), q.begin() + r * n, q.begin() + (r + 1) * n);
+          step_ref.insert(step_ref.end(), ref.begin() + r * n, ref.begin() + (r + 1) * n);
+        }
+      std::vector<int32_t> step_narrow, step_wide;
+      PlanAttentionTiles(chunk_rows.data(), S, max_rows, step_narrow, step_wide);
+      Buffer<bf16> d_step_q(ToBf16Host(step_q)), d_step_out(static_cast<int64_t>(step_q.size()));
+      Buffer<int32_t> d_step_seq(step_seq), d_step_pos(step_pos), d_step_narrow(step_narrow);
+      PagedAttention(d_step_q.get(), d_step_seq.get(), d_step_pos.get(), d_step_narrow.get(), step_narrow.size() / 2, 1,
+                     c.heads, kv, c.window, scale, d_step_out.get(), nullptr);
+      if (!step_wide.empty()) {
+        Buffer<int32_t> d_step_wide(step_wide);
+        PagedAttention(d_step_q.get(), d_step_seq.get(), d_step_pos.get(), d_step_wide.get(), step_wide.size() / 2,
+                       max_rows, c.heads, kv, c.window, scale, d_step_out.get(), nullptr);
+      }
+      EXPECT_LT(RelErr(ToF32Host(d_step_out.Download()), step_ref), kBf16Tol)
+          << "later rows: heads " << c.heads << " D " << c.D << " window " << c.window << " chunk of seq 3 "
+          << chunk_rows[3];
+    }
   }
 }
 
