@@ -54,12 +54,7 @@ __global__ void __launch_bounds__(kRopeThreads) QkvRopeKvKernel(const bf16* qkv,
   const int D = static_cast<int>(kv.head_dim), half = D / 2, kvh = static_cast<int>(kv.kv_heads);
   const int pos = row_pos[t];
   const int64_t dst = CacheOffset(kv, row_seq[t], pos, 0);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    double sn, cs;
-    sincos(static_cast<double>(pos) * inv_freq[i], &sn, &cs);
-    cos_s[i] = static_cast<float>(cs);
-    sin_s[i] = static_cast<float>(sn);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x) RopeAngle(pos, inv_freq[i], cos_s[i], sin_s[i]);
   __syncthreads();
   PdlGate();
   const int half2 = half / 2, rope_items = (heads + kvh) * half2, total = rope_items + kvh * half;
@@ -83,11 +78,8 @@ __global__ void __launch_bounds__(kRopeThreads) QkvRopeKvKernel(const bf16* qkv,
       const int item = base + kRopeThreads * u;
       if (item < rope_items) {
         const int h = item / half2, j = item - h * half2, i = 2 * j;
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[u]));
-        const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b[u]));
-        const float c0 = cos_s[i], s0 = sin_s[i], c1 = cos_s[i + 1], s1 = sin_s[i + 1];
-        const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x * c0 - y.x * s0, x.y * c1 - y.y * s1);
-        const __nv_bfloat162 hi = __floats2bfloat162_rn(y.x * c0 + x.x * s0, y.y * c1 + x.y * s1);
+        __nv_bfloat162 lo, hi;
+        RopeRotate(a[u], b[u], cos_s[i], sin_s[i], cos_s[i + 1], sin_s[i + 1], lo, hi);
         bf16* to = h < heads ? q_out + (t * heads + h) * D : kv.keys + dst + static_cast<int64_t>(h - heads) * D;
         *reinterpret_cast<__nv_bfloat162*>(to + i) = lo;
         *reinterpret_cast<__nv_bfloat162*>(to + i + half) = hi;
@@ -107,9 +99,8 @@ __global__ void QkvRopeKvLoopKernel(const bf16* qkv, const int32_t* row_seq, con
   const int pos = row_pos[t];
   const int64_t dst = CacheOffset(kv, row_seq[t], pos, 0);
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    double sn, cs;
-    sincos(static_cast<double>(pos) * inv_freq[i], &sn, &cs);
-    const float c = static_cast<float>(cs), s = static_cast<float>(sn);
+    float c, s;
+    RopeAngle(pos, inv_freq[i], c, s);
     for (int64_t h = 0; h < heads + kvh; ++h) {
       const float a = __bfloat162float(src[h * D + i]), b = __bfloat162float(src[h * D + i + half]);
       bf16* to = h < heads ? q_out + (t * heads + h) * D : kv.keys + dst + (h - heads) * D;
@@ -367,6 +358,15 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
   }
   LaunchAttention<kWideVectors, kWideSlots>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale,
                                             out, s);
+}
+
+bool DecodeRopeAttention(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                         int64_t num_tiles, int64_t heads, const double* inv_freq, const PagedKv& kv, int64_t window,
+                         float scale, bf16* out, cudaStream_t s, const DecodeSplit* split) {
+  if (num_tiles == 0 || (split != nullptr && split->splits > 1)) return false;
+  if (heads % kv.kv_heads != 0 || heads / kv.kv_heads > kMaxGroup) return false;
+  return LaunchTensorCoreRopeAttention(qkv, row_seq, row_pos, tiles, num_tiles, heads, inv_freq, kv, window, scale,
+                                       out, s);
 }
 
 void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t max_rows, std::vector<int32_t>& narrow,

@@ -43,17 +43,71 @@ __device__ __forceinline__ int Swizzle(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
+// kRope's first step after the wait, for one row and KV head kvh: the G query heads kvh * G ..
+// of the row's QKV product output (src) rotated into query vectors 0 .. G - 1 of qs (swizzled),
+// its key rotated and its value copied into the cache at (seq, pos). Pairs as in QkvRopeKv
+// (bf16x2, partners i and i + half), all of a thread's loads before any rotation.
+template <int D>
+__device__ __forceinline__ void RopeRowIntoCache(const bf16* src_row, int64_t heads, const PagedKv& kv, int seq,
+                                                 int pos, int kvh, int G, const float* cos_s, const float* sin_s,
+                                                 bf16* qs) {
+  constexpr int kHalf = D / 2, kHalf2 = D / 4;   // elements, bf16x2 pairs of a half head
+  constexpr int kMaxItems = (8 + 1) * kHalf2 + kHalf;  // G <= 8: rotated pairs, then the value's words
+  constexpr int kRounds = (kMaxItems + kThreads - 1) / kThreads;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(src_row);
+  const int q_word = kvh * G * kHalf, k_word = (static_cast<int>(heads) + kvh) * kHalf;
+  const int v_word = (static_cast<int>(heads + kv.kv_heads) + kvh) * kHalf;
+  const int rope_items = (G + 1) * kHalf2, items = rope_items + kHalf;
+  const int64_t dst = CacheOffset(kv, seq, pos, kvh);
+  uint32_t a[kRounds], b[kRounds];
+#pragma unroll
+  for (int u = 0; u < kRounds; ++u) {
+    const int item = threadIdx.x + kThreads * u;
+    if (item < rope_items) {
+      const int h = item / kHalf2, j = item - h * kHalf2;
+      const int w = (h < G ? q_word + h * kHalf : k_word) + j;
+      a[u] = src[w];
+      b[u] = src[w + kHalf2];
+    } else if (item < items) {
+      a[u] = src[v_word + item - rope_items];
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kRounds; ++u) {
+    const int item = threadIdx.x + kThreads * u;
+    if (item < rope_items) {
+      const int h = item / kHalf2, j = item - h * kHalf2, i = 2 * j;
+      __nv_bfloat162 lo, hi;
+      RopeRotate(a[u], b[u], cos_s[i], sin_s[i], cos_s[i + 1], sin_s[i + 1], lo, hi);
+      bf16* to = h < G ? qs + Swizzle<D>(h, i / 8) + i % 8 : kv.keys + dst + i;
+      bf16* to_hi = h < G ? qs + Swizzle<D>(h, (i + kHalf) / 8) + (i + kHalf) % 8 : kv.keys + dst + i + kHalf;
+      *reinterpret_cast<__nv_bfloat162*>(to) = lo;
+      *reinterpret_cast<__nv_bfloat162*>(to_hi) = hi;
+    } else if (item < items) {
+      reinterpret_cast<uint32_t*>(kv.values + dst)[item - rope_items] = a[u];
+    }
+  }
+}
+
 // kSplitKeys (decode rows: a tile's vectors fit one m16 tile): every warp takes the same 16 query
 // vectors and its own quarter of each key tile; the four partial softmax states are merged at the
 // end, in warp order, so no warp idles.
-template <int D, bool kSplitKeys>
+// kRope (with kSplitKeys; one-row tiles, each its sequence's only row in the step): the block also
+// does QkvRopeKv's work for its row and KV head, straight after the QKV product: RoPE on the G
+// query heads (into shared memory, not through q) and on the key, the key and value into the
+// cache, then the attention, which reads the new key back from the cache like the others. The
+// same bits as QkvRopeKv then this kernel; one launch and one round trip fewer, and the keys of
+// earlier steps load while the QKV product still streams (its wait is this kernel's).
+template <int D, bool kSplitKeys, bool kRope>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q, const int32_t* row_seq,
                                                                    const int32_t* row_pos, const int32_t* tiles,
                                                                    int64_t heads, PagedKv kv, int64_t window,
-                                                                   float scale_log2, bf16* out) {
+                                                                   float scale_log2, bf16* out, const bf16* qkv,
+                                                                   const double* inv_freq) {
+  static_assert(!kRope || kSplitKeys, "RoPE is fused for one-row tiles only");
   // Before the wait: the step's inputs (tiles, positions, block tables: copied from the host) and
-  // the keys and values of earlier steps; after it: the queries and the keys the QKV/RoPE kernel
-  // before this one just wrote (this step's rows of every sequence).
+  // the keys and values of earlier steps; after it: the queries and the keys the kernel before
+  // this one just wrote (QkvRopeKv; with kRope the QKV product's rows).
   constexpr int kChunks = D / 8;                     // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kChunks;   // rows one pass of the block's loads covers
   const int64_t first = tiles[2 * blockIdx.y];
@@ -94,6 +148,14 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   // one chunk of a sequence, its rows together: StepEngine refuses a sequence twice), so a tile
   // that starts its chunk streams its leading key tiles that end before pos0 while the kernel
   // before it still runs: up to both buffers' worth (a decode row at 128-191 keys: 2 of its 3).
+  // The row's RoPE angles, and zero query vectors past the row's G (this block writes the others).
+  __shared__ float rope_cos[kRope ? D / 2 : 1], rope_sin[kRope ? D / 2 : 1];
+  if constexpr (kRope) {
+    for (int i = tid; i < D / 2; i += kThreads) RopeAngle(pos0, inv_freq[i], rope_cos[i], rope_sin[i]);
+    for (int r = NQ + lr; r < kQueryRows; r += kRowsPerPass) {
+      *reinterpret_cast<uint4*>(qs + Swizzle<D>(r, lc)) = make_uint4(0, 0, 0, 0);
+    }
+  }
   const bool chunk_start = first == 0 || row_seq[first - 1] != seq;
   const int earlier_end = chunk_start ? pos0 : lo;  // keys [lo, earlier_end) are of earlier steps
   int preloaded = 0;
@@ -105,11 +167,17 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     ++preloaded;
   }
   PdlGate();
-  // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
-  for (int r = lr; r < kQueryRows; r += kRowsPerPass) {
-    const bool ok = r < NQ;
-    const bf16* src = ok ? q + ((first + r / G) * heads + static_cast<int64_t>(kvh) * G + r % G) * D + 8 * lc : q;
-    CopyAsync(SharedAddress(qs + Swizzle<D>(r, lc)), src, ok ? 16 : 0);
+  if constexpr (kRope) {
+    RopeRowIntoCache<D>(qkv + first * (heads + 2 * kv.kv_heads) * D, heads, kv, seq, pos0, kvh, G, rope_cos, rope_sin,
+                     qs);
+    __syncthreads();  // the queries are in shared memory, the key and value in the cache
+  } else {
+    // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
+    for (int r = lr; r < kQueryRows; r += kRowsPerPass) {
+      const bool ok = r < NQ;
+      const bf16* src = ok ? q + ((first + r / G) * heads + static_cast<int64_t>(kvh) * G + r % G) * D + 8 * lc : q;
+      CopyAsync(SharedAddress(qs + Swizzle<D>(r, lc)), src, ok ? 16 : 0);
+    }
   }
   CommitAsync();
   if (preloaded == 0) load_keys(0, lo);
@@ -294,10 +362,10 @@ constexpr size_t SharedBytes() {
 
 // Raises the kernel's shared memory limit (once) and returns how many of its blocks the device
 // holds at once.
-template <int D, bool kSplitKeys>
+template <int D, bool kSplitKeys, bool kRope = false>
 AttentionResidency PreparePrefill() {
   static const AttentionResidency r = [] {
-    auto kernel = PrefillAttentionKernel<D, kSplitKeys>;
+    auto kernel = PrefillAttentionKernel<D, kSplitKeys, kRope>;
     MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(SharedBytes<D, kSplitKeys>())));
     int device = 0, sms = 0, per_sm = 0;
@@ -310,14 +378,14 @@ AttentionResidency PreparePrefill() {
   return r;
 }
 
-template <int D, bool kSplitKeys>
+template <int D, bool kSplitKeys, bool kRope = false>
 void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                    int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
-                   cudaStream_t s) {
-  PreparePrefill<D, kSplitKeys>();
+                   cudaStream_t s, const bf16* qkv = nullptr, const double* inv_freq = nullptr) {
+  PreparePrefill<D, kSplitKeys, kRope>();
   const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles));
-  Launch(PrefillAttentionKernel<D, kSplitKeys>, grid, kThreads, SharedBytes<D, kSplitKeys>(), s, q, row_seq, row_pos,
-         tiles, heads, kv, window, scale * 1.4426950408889634f, out);
+  Launch(PrefillAttentionKernel<D, kSplitKeys, kRope>, grid, kThreads, SharedBytes<D, kSplitKeys>(), s, q, row_seq,
+         row_pos, tiles, heads, kv, window, scale * 1.4426950408889634f, out, qkv, inv_freq);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -352,6 +420,24 @@ bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int3
   }
   if (kv.head_dim == 64) {
     LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s);
+    return true;
+  }
+  return false;
+}
+
+bool LaunchTensorCoreRopeAttention(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos,
+                                   const int32_t* tiles, int64_t num_tiles, int64_t heads, const double* inv_freq,
+                                   const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
+  const int64_t G = heads / kv.kv_heads;
+  if (G > 8 || num_tiles > 65535) return false;
+  if (kv.head_dim == 128) {
+    LaunchPrefill<128, true, true>(nullptr, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s, qkv,
+                                   inv_freq);
+    return true;
+  }
+  if (kv.head_dim == 64) {
+    LaunchPrefill<64, true, true>(nullptr, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s, qkv,
+                                  inv_freq);
     return true;
   }
   return false;

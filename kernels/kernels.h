@@ -291,6 +291,13 @@ size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int
 void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                     int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
                     float scale, bf16* out, cudaStream_t s, const DecodeSplit* split = nullptr);
+// QkvRopeKv then PagedAttention of one-row tiles in one kernel, where it can: a decode step's
+// rows, each its sequence's only row in the step (tiles as PagedAttention's with max_rows 1), head
+// dim 64 or 128, no split of the keys (`split` absent or 1). The same bits as the two (the queries
+// do not go through memory; q_out is not written). Returns false, launching nothing, otherwise.
+bool DecodeRopeAttention(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
+                         int64_t num_tiles, int64_t heads, const double* inv_freq, const PagedKv& kv, int64_t window,
+                         float scale, bf16* out, cudaStream_t s, const DecodeSplit* split = nullptr);
 // The most rows a multi-row attention tile may hold.
 int64_t AttentionTileRows(int64_t heads_per_kv, int64_t head_dim);
 // Host side: the tiles of a step whose chunks have chunk_rows[c] rows each, laid out one after the

@@ -476,6 +476,63 @@ TEST(GpuKernelsTest, QkvRopeKvMatchesRopeAndWriteKv) {
 // BuildDispatchLayout for one rank holding every expert, and the counts accumulated. Sizes take
 // both blocks (256 threads up to 256 slots, 1024 above), cross the large block's 1024-slot rounds
 // and reach 256 experts.
+// The fused decode step (DecodeRopeAttention) against the two kernels it replaces, QkvRopeKv then
+// PagedAttention of one-row tiles (each tested against the CPU above): the same output and cache
+// bits. The caches start with random values everywhere, so a stale key at the row's own slot
+// would show; contexts from 1 to 200 keys (no, one, two and three key tiles of earlier steps).
+TEST(GpuKernelsTest, DecodeRopeAttentionMatchesQkvRopeKvThenPagedAttention) {
+  SKIP_WITHOUT_GPU();
+  for (const AttnCase& c : {AttnCase{32, 8, 128, 16, 0}, AttnCase{8, 1, 128, 16, 70}, AttnCase{16, 2, 64, 8, 0},
+                            AttnCase{8, 4, 64, 4, 0}}) {
+    SCOPED_TRACE(testing::Message() << "heads " << c.heads << " kv " << c.kv_heads << " D " << c.D << " window "
+                                    << c.window);
+    const std::vector<int32_t> lens = {1, 17, 64, 65, 129, 200};
+    const int64_t S = static_cast<int64_t>(lens.size()), width = c.kv_heads * c.D;
+    const int64_t qkv_width = (c.heads + 2 * c.kv_heads) * c.D;
+    const int64_t max_blocks = (200 + c.block_size - 1) / c.block_size, pool = S * max_blocks;
+    std::vector<int32_t> blocks(pool);
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(41));
+    std::vector<int32_t> row_seq(S), row_pos(S), tiles;
+    for (int64_t s = 0; s < S; ++s) {
+      row_seq[s] = static_cast<int32_t>(s);
+      row_pos[s] = lens[s] - 1;
+      tiles.insert(tiles.end(), {static_cast<int32_t>(s), 1});
+    }
+    std::vector<double> inv(c.D / 2);
+    cpu::RopeInvFreq(c.D, 1e6, inv);
+    const std::vector<bf16> cache_keys = ToBf16Host(RandomBf16Values(pool * c.block_size * width, 42));
+    const std::vector<bf16> cache_values = ToBf16Host(RandomBf16Values(pool * c.block_size * width, 43));
+    Buffer<bf16> d_qkv(ToBf16Host(RandomBf16Values(S * qkv_width, 44))), d_q(S * c.heads * c.D);
+    Buffer<bf16> keys_a(cache_keys), values_a(cache_values), keys_b(cache_keys), values_b(cache_values);
+    Buffer<bf16> out_a(S * c.heads * c.D), out_b(S * c.heads * c.D);
+    Buffer<int32_t> d_tables(blocks), d_seq(row_seq), d_pos(row_pos), d_tiles(tiles);
+    Buffer<double> d_inv(inv);
+    const float scale = 1.f / std::sqrt(static_cast<float>(c.D));
+    PagedKv kv_a{keys_a.get(), values_a.get(), d_tables.get(), max_blocks, c.block_size, c.kv_heads, c.D};
+    PagedKv kv_b{keys_b.get(), values_b.get(), d_tables.get(), max_blocks, c.block_size, c.kv_heads, c.D};
+    QkvRopeKv(d_qkv.get(), d_seq.get(), d_pos.get(), S, c.heads, d_inv.get(), kv_a, d_q.get(), nullptr);
+    PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, 1, c.heads, kv_a, c.window, scale,
+                   out_a.get(), nullptr);
+    ASSERT_TRUE(DecodeRopeAttention(d_qkv.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, c.heads, d_inv.get(), kv_b,
+                                    c.window, scale, out_b.get(), nullptr));
+    auto same_bits = [](const Buffer<bf16>& a, const Buffer<bf16>& b) {
+      const std::vector<bf16> x = a.Download(), y = b.Download();
+      return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(bf16)) == 0;
+    };
+    EXPECT_TRUE(same_bits(out_a, out_b)) << "attention output";
+    EXPECT_TRUE(same_bits(keys_a, keys_b)) << "key cache";
+    EXPECT_TRUE(same_bits(values_a, values_b)) << "value cache";
+    // Where it does not apply it launches nothing: keys split over blocks.
+    const DecodeSplit split{2, max_blocks * c.block_size, nullptr, nullptr};
+    EXPECT_FALSE(DecodeRopeAttention(d_qkv.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, c.heads, d_inv.get(),
+                                     kv_b, c.window, scale, out_b.get(), nullptr, &split));
+  }
+  // A head dim the tensor-core kernel does not take.
+  PagedKv kv96{nullptr, nullptr, nullptr, 1, 16, 2, 96};
+  EXPECT_FALSE(DecodeRopeAttention(nullptr, nullptr, nullptr, nullptr, 1, 8, nullptr, kv96, 0, 1.f, nullptr, nullptr));
+}
+
 TEST(GpuKernelsTest, RouteAndGroupMatchesCpuLayout) {
   SKIP_WITHOUT_GPU();
   struct Case {
