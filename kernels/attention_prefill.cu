@@ -31,6 +31,11 @@ constexpr int kSplitKeyVectors = 16;
 // them fit an SM).
 constexpr int QueryRows(bool split_keys) { return split_keys ? kSplitKeyVectors : kVectors; }
 constexpr int kKeys = kTensorCoreKeyTile;  // keys per shared tile
+// Key (and value) tiles in shared memory: two (double-buffered); three with the fused RoPE, which
+// runs for few rows (at most 64 blocks) and loads all its earlier keys before its wait: a context
+// of up to 192 keys at 100 KB a block (head_dim 128), which still fits beside a CTA of the QKV
+// product.
+constexpr int KeyBuffers(bool rope) { return rope ? 3 : 2; }
 
 __device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -45,12 +50,14 @@ __device__ __forceinline__ int Swizzle(int r, int c) {
 
 // kRope's first step after the wait, for one row and KV head kvh: the G query heads kvh * G ..
 // of the row's QKV product output (src) rotated into query vectors 0 .. G - 1 of qs (swizzled),
-// its key rotated and its value copied into the cache at (seq, pos). Pairs as in QkvRopeKv
-// (bf16x2, partners i and i + half), all of a thread's loads before any rotation.
+// its key rotated and its value copied into the cache at (seq, pos), and into row `row` of the
+// shared key and value tiles ks / vs when those are given (the tile loaded before the wait, that
+// row left out). Pairs as in QkvRopeKv (bf16x2, partners i and i + half), all of a thread's loads
+// before any rotation.
 template <int D>
 __device__ __forceinline__ void RopeRowIntoCache(const bf16* src_row, int64_t heads, const PagedKv& kv, int seq,
                                                  int pos, int kvh, int G, const float* cos_s, const float* sin_s,
-                                                 bf16* qs) {
+                                                 bf16* qs, bf16* ks, bf16* vs, int row) {
   constexpr int kHalf = D / 2, kHalf2 = D / 4;   // elements, bf16x2 pairs of a half head
   constexpr int kMaxItems = (8 + 1) * kHalf2 + kHalf;  // G <= 8: rotated pairs, then the value's words
   constexpr int kRounds = (kMaxItems + kThreads - 1) / kThreads;
@@ -79,12 +86,21 @@ __device__ __forceinline__ void RopeRowIntoCache(const bf16* src_row, int64_t he
       const int h = item / kHalf2, j = item - h * kHalf2, i = 2 * j;
       __nv_bfloat162 lo, hi;
       RopeRotate(a[u], b[u], cos_s[i], sin_s[i], cos_s[i + 1], sin_s[i + 1], lo, hi);
-      bf16* to = h < G ? qs + Swizzle<D>(h, i / 8) + i % 8 : kv.keys + dst + i;
-      bf16* to_hi = h < G ? qs + Swizzle<D>(h, (i + kHalf) / 8) + (i + kHalf) % 8 : kv.keys + dst + i + kHalf;
-      *reinterpret_cast<__nv_bfloat162*>(to) = lo;
-      *reinterpret_cast<__nv_bfloat162*>(to_hi) = hi;
+      if (h < G) {
+        *reinterpret_cast<__nv_bfloat162*>(qs + Swizzle<D>(h, i / 8) + i % 8) = lo;
+        *reinterpret_cast<__nv_bfloat162*>(qs + Swizzle<D>(h, (i + kHalf) / 8) + (i + kHalf) % 8) = hi;
+      } else {
+        *reinterpret_cast<__nv_bfloat162*>(kv.keys + dst + i) = lo;
+        *reinterpret_cast<__nv_bfloat162*>(kv.keys + dst + i + kHalf) = hi;
+        if (ks != nullptr) {
+          *reinterpret_cast<__nv_bfloat162*>(ks + Swizzle<D>(row, i / 8) + i % 8) = lo;
+          *reinterpret_cast<__nv_bfloat162*>(ks + Swizzle<D>(row, (i + kHalf) / 8) + (i + kHalf) % 8) = hi;
+        }
+      }
     } else if (item < items) {
-      reinterpret_cast<uint32_t*>(kv.values + dst)[item - rope_items] = a[u];
+      const int w = item - rope_items, e = 2 * w;
+      reinterpret_cast<uint32_t*>(kv.values + dst)[w] = a[u];
+      if (vs != nullptr) *reinterpret_cast<uint32_t*>(vs + Swizzle<D>(row, e / 8) + e % 8) = a[u];
     }
   }
 }
@@ -95,9 +111,11 @@ __device__ __forceinline__ void RopeRowIntoCache(const bf16* src_row, int64_t he
 // kRope (with kSplitKeys; one-row tiles, each its sequence's only row in the step): the block also
 // does QkvRopeKv's work for its row and KV head, straight after the QKV product: RoPE on the G
 // query heads (into shared memory, not through q) and on the key, the key and value into the
-// cache, then the attention, which reads the new key back from the cache like the others. The
-// same bits as QkvRopeKv then this kernel; one launch and one round trip fewer, and the keys of
-// earlier steps load while the QKV product still streams (its wait is this kernel's).
+// cache, then the attention. The same bits as QkvRopeKv then this kernel, one launch fewer, and
+// the keys of earlier steps load while the QKV product still streams (its wait is this kernel's),
+// into three key buffers (192 keys): the tile of the row's own key too, that key and value put
+// into it from registers after the wait, so that a context of up to 192 keys needs no load from
+// memory after the wait but the row's QKV output.
 template <int D, bool kSplitKeys, bool kRope>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q, const int32_t* row_seq,
                                                                    const int32_t* row_pos, const int32_t* tiles,
@@ -105,6 +123,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
                                                                    float scale_log2, bf16* out, const bf16* qkv,
                                                                    const double* inv_freq) {
   static_assert(!kRope || kSplitKeys, "RoPE is fused for one-row tiles only");
+  constexpr int kBuffers = KeyBuffers(kRope);
   // Before the wait: the step's inputs (tiles, positions, block tables: copied from the host) and
   // the keys and values of earlier steps; after it: the queries and the keys the kernel before
   // this one just wrote (QkvRopeKv; with kRope the QKV product's rows).
@@ -123,31 +142,30 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
 
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);  // [kQueryRows][D]
-  bf16* ks = qs + kQueryRows * D;            // [2][64][D]
-  bf16* vs = ks + 2 * kKeys * D;             // [2][64][D]
+  bf16* ks = qs + kQueryRows * D;            // [kBuffers][64][D]
+  bf16* vs = ks + kBuffers * kKeys * D;      // [kBuffers][64][D]
 
   // This thread's chunk column and first row in every load pass.
   const int lc = tid % kChunks, lr = tid / kChunks;
-  auto load_keys = [&](int buf, int k0) {
+  // Keys k0 .. k0 + 63 into buffer buf, those past `last` zero but key `own`, left alone (kRope
+  // writes it after the wait; a zero fill in flight could land after it).
+  auto load_keys = [&](int buf, int k0, int last, int own) {
     constexpr int kPasses = kKeys / kRowsPerPass;
     int64_t off[kPasses];  // the block-table lookups first, all in flight together
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const int key = k0 + lr + kRowsPerPass * i;
-      off[i] = key <= pos_last ? CacheOffset(kv, seq, key, kvh) + 8 * lc : -1;
+      off[i] = key <= last ? CacheOffset(kv, seq, key, kvh) + 8 * lc : kRope && key == own ? -2 : -1;
     }
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
+      if (kRope && off[i] == -2) continue;
       const int r = lr + kRowsPerPass * i;
       const bool ok = off[i] >= 0;
       CopyAsync(SharedAddress(ks + buf * kKeys * D + Swizzle<D>(r, lc)), kv.keys + (ok ? off[i] : 0), ok ? 16 : 0);
       CopyAsync(SharedAddress(vs + buf * kKeys * D + Swizzle<D>(r, lc)), kv.values + (ok ? off[i] : 0), ok ? 16 : 0);
     }
   };
-  // The keys before the first row of the tile's chunk were written by earlier steps (a step holds
-  // one chunk of a sequence, its rows together: StepEngine refuses a sequence twice), so a tile
-  // that starts its chunk streams its leading key tiles that end before pos0 while the kernel
-  // before it still runs: up to both buffers' worth (a decode row at 128-191 keys: 2 of its 3).
   // The row's RoPE angles, and zero query vectors past the row's G (this block writes the others).
   __shared__ float rope_cos[kRope ? D / 2 : 1], rope_sin[kRope ? D / 2 : 1];
   if constexpr (kRope) {
@@ -156,21 +174,30 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       *reinterpret_cast<uint4*>(qs + Swizzle<D>(r, lc)) = make_uint4(0, 0, 0, 0);
     }
   }
-  const bool chunk_start = first == 0 || row_seq[first - 1] != seq;
+  // The keys before the first row of the tile's chunk were written by earlier steps (a step holds
+  // one chunk of a sequence, its rows together: StepEngine refuses a sequence twice), so a tile
+  // that starts its chunk streams its leading key tiles that end before pos0 while the kernel
+  // before it still runs, as many as it has buffers (a decode row at 128-191 keys: 2 of its 3).
+  // With kRope the tile of the row's own key too (past the others: the block writes that key).
+  const bool chunk_start = kRope || first == 0 || row_seq[first - 1] != seq;
   const int earlier_end = chunk_start ? pos0 : lo;  // keys [lo, earlier_end) are of earlier steps
+  const int preload_end = kRope ? pos0 + 1 : earlier_end;
   int preloaded = 0;
-  while (preloaded < 2) {
+  while (preloaded < kBuffers) {
     const int k0 = lo + kKeys * preloaded;
-    if (k0 > pos_last || min(k0 + kKeys - 1, pos_last) >= earlier_end) break;
-    load_keys(preloaded, k0);
+    if (k0 > pos_last || min(k0 + kKeys - 1, pos_last) >= preload_end) break;
+    load_keys(preloaded, k0, earlier_end - 1, kRope ? pos0 : -1);
     CommitAsync();
     ++preloaded;
   }
   PdlGate();
   if constexpr (kRope) {
+    const int own = (pos0 - lo) / kKeys;  // the tile of the row's own key
+    const bool own_in = own < preloaded;
     RopeRowIntoCache<D>(qkv + first * (heads + 2 * kv.kv_heads) * D, heads, kv, seq, pos0, kvh, G, rope_cos, rope_sin,
-                     qs);
-    __syncthreads();  // the queries are in shared memory, the key and value in the cache
+                        qs, own_in ? ks + own * kKeys * D : nullptr, own_in ? vs + own * kKeys * D : nullptr,
+                        pos0 - lo - own * kKeys);
+    __syncthreads();  // the queries are in shared memory, the key and value in the cache (and tile)
   } else {
     // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
     for (int r = lr; r < kQueryRows; r += kRowsPerPass) {
@@ -180,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     }
   }
   CommitAsync();
-  if (preloaded == 0) load_keys(0, lo);
+  if (preloaded == 0) load_keys(0, lo, pos_last, -1);
   CommitAsync();
   WaitAsync<1>();  // the queries (and the key tiles loaded before the wait)
   __syncthreads();
@@ -207,9 +234,10 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
 
-  int buf = 0;
-  for (int k0 = lo, tile = 0; k0 <= pos_last; k0 += kKeys, ++tile, buf ^= 1) {
-    if (k0 + kKeys <= pos_last && tile + 1 >= preloaded) load_keys(buf ^ 1, k0 + kKeys);
+  for (int k0 = lo, tile = 0; k0 <= pos_last; k0 += kKeys, ++tile) {
+    const int buf = tile % kBuffers;
+    // The next tile into the buffer whose tile the iteration before this one finished.
+    if (k0 + kKeys <= pos_last && tile + 1 >= preloaded) load_keys((tile + 1) % kBuffers, k0 + kKeys, pos_last, -1);
     CommitAsync();
     WaitAsync<1>();
     __syncthreads();
@@ -306,7 +334,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     // O = sum of o_w 2^(m_w - M), in warp order. The key tiles are done with: the state goes
     // where they were ([kWarps][kSplitKeyVectors][D] floats, then m and l).
     constexpr int V = kSplitKeyVectors;
-    static_assert(sizeof(float) * kWarps * V * (D + 2) <= sizeof(bf16) * 4 * kKeys * D);
+    static_assert(sizeof(float) * kWarps * V * (D + 2) <= sizeof(bf16) * 2 * kBuffers * kKeys * D);
     __syncthreads();
     float* so = reinterpret_cast<float*>(ks);
     float* sm = so + kWarps * V * D;
@@ -355,9 +383,9 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   TraceMark(3);  // the outputs are written
 }
 
-template <int D, bool kSplitKeys>
+template <int D, bool kSplitKeys, bool kRope = false>
 constexpr size_t SharedBytes() {
-  return sizeof(bf16) * (QueryRows(kSplitKeys) + 4 * kKeys) * D;
+  return sizeof(bf16) * (QueryRows(kSplitKeys) + 2 * KeyBuffers(kRope) * kKeys) * D;
 }
 
 // Raises the kernel's shared memory limit (once) and returns how many of its blocks the device
@@ -367,12 +395,12 @@ AttentionResidency PreparePrefill() {
   static const AttentionResidency r = [] {
     auto kernel = PrefillAttentionKernel<D, kSplitKeys, kRope>;
     MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(SharedBytes<D, kSplitKeys>())));
+                                        static_cast<int>(SharedBytes<D, kSplitKeys, kRope>())));
     int device = 0, sms = 0, per_sm = 0;
     MOE_CUDA_CHECK(cudaGetDevice(&device));
     MOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     MOE_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, SharedBytes<D, kSplitKeys>()));
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, SharedBytes<D, kSplitKeys, kRope>()));
     return AttentionResidency{sms, std::max(1, per_sm)};
   }();
   return r;
@@ -384,7 +412,7 @@ void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos
                    cudaStream_t s, const bf16* qkv = nullptr, const double* inv_freq = nullptr) {
   PreparePrefill<D, kSplitKeys, kRope>();
   const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles));
-  Launch(PrefillAttentionKernel<D, kSplitKeys, kRope>, grid, kThreads, SharedBytes<D, kSplitKeys>(), s, q, row_seq,
+  Launch(PrefillAttentionKernel<D, kSplitKeys, kRope>, grid, kThreads, SharedBytes<D, kSplitKeys, kRope>(), s, q, row_seq,
          row_pos, tiles, heads, kv, window, scale * 1.4426950408889634f, out, qkv, inv_freq);
   MOE_CUDA_CHECK_LAUNCH();
 }
