@@ -333,11 +333,14 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     // Merge the warps' states of vector v: M = max over warps of m_w, L = sum of l_w 2^(m_w - M),
     // O = sum of o_w 2^(m_w - M), in warp order. The key tiles are done with: the state goes
     // where they were ([kWarps][kSplitKeyVectors][D] floats, then m and l).
-    constexpr int V = kSplitKeyVectors;
-    static_assert(sizeof(float) * kWarps * V * (D + 2) <= sizeof(bf16) * 2 * kBuffers * kKeys * D);
+    // A vector's row of o is D + 8 floats apart, so that the float2 stores of a warp's eight rows
+    // (lanes fr) land on distinct bank pairs: two wavefronts a store (a D-float row stride put all
+    // eight rows on the same banks, eight-way conflicts: the merge 0.2-0.3 us slower at batch 1).
+    constexpr int V = kSplitKeyVectors, kRow = D + 8;
+    static_assert(sizeof(float) * kWarps * V * (kRow + 2) <= sizeof(bf16) * 2 * kBuffers * kKeys * D);
     __syncthreads();
     float* so = reinterpret_cast<float*>(ks);
-    float* sm = so + kWarps * V * D;
+    float* sm = so + kWarps * V * kRow;
     float* sl = sm + kWarps * V;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -348,8 +351,8 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       }
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        so[(warp * V + v) * D + 8 * n + 2 * quad] = o[n][2 * h];
-        so[(warp * V + v) * D + 8 * n + 2 * quad + 1] = o[n][2 * h + 1];
+        *reinterpret_cast<float2*>(so + (warp * V + v) * kRow + 8 * n + 2 * quad) =
+            make_float2(o[n][2 * h], o[n][2 * h + 1]);
       }
     }
     __syncthreads();
@@ -361,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       for (int w = 0; w < kWarps; ++w) {
         const float mw = sm[w * V + v];
         const float c = mw == -INFINITY ? 0.f : Exp2(mw - mx);
-        num += so[(w * V + v) * D + d] * c;
+        num += so[(w * V + v) * kRow + d] * c;
         den += sl[w * V + v] * c;
       }
       out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(num / den);
