@@ -415,8 +415,8 @@ void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos
                    cudaStream_t s, const bf16* qkv = nullptr, const double* inv_freq = nullptr) {
   PreparePrefill<D, kSplitKeys, kRope>();
   const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles));
-  Launch(PrefillAttentionKernel<D, kSplitKeys, kRope>, grid, kThreads, SharedBytes<D, kSplitKeys, kRope>(), s, q, row_seq,
-         row_pos, tiles, heads, kv, window, scale * 1.4426950408889634f, out, qkv, inv_freq);
+  Launch(PrefillAttentionKernel<D, kSplitKeys, kRope>, grid, kThreads, SharedBytes<D, kSplitKeys, kRope>(), s, q,
+         row_seq, row_pos, tiles, heads, kv, window, scale * 1.4426950408889634f, out, qkv, inv_freq);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -124,8 +124,8 @@ __global__ void __launch_bounds__(kMaxThreads) ResidualRowKernel(float* residual
     for (int j = 0; j < kSlots; ++j) {
       const bool ok = s0 + j < add.k;
       w[j] = ok ? __ldcg(add.weight + t * add.k + s0 + j) : 0.f;
-      y[j] = ok ? reinterpret_cast<const uint2*>(add.y + static_cast<int64_t>(__ldcg(add.position + t * add.k + s0 + j)) * H)
-                : nullptr;
+      const int64_t row = ok ? __ldcg(add.position + t * add.k + s0 + j) : 0;
+      y[j] = ok ? reinterpret_cast<const uint2*>(add.y + row * H) : nullptr;
     }
   };
   if (add.y != nullptr) load_slots(0);

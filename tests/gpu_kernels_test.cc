@@ -330,7 +330,8 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
     // loads the key tiles of earlier steps before its wait: none at position 16 or 63, both buffers
     // at the decode row 129 (then the third tile), one for the chunk 100..129 (its second tile, if
     // any, none: it does not start the chunk).
-    for (const std::vector<int64_t>& chunk_rows : {std::vector<int64_t>{1, 1, 1, 24}, std::vector<int64_t>{1, 1, 30, 1}}) {
+    for (const std::vector<int64_t>& chunk_rows :
+         {std::vector<int64_t>{1, 1, 1, 24}, std::vector<int64_t>{1, 1, 30, 1}}) {
       std::vector<int32_t> step_seq, step_pos;
       std::vector<float> step_q, step_ref;
       for (int64_t s = 0; s < S; ++s)
