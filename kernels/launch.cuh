@@ -10,7 +10,10 @@
 // before it completed), then PdlTrigger() to let the next kernel launch. Before the wait a kernel
 // may read static data (weights) and a step's inputs copied from the host before its first kernel
 // (positions, block tables, attention tiles: the decode attention and RoPE kernels do their
-// address arithmetic there).
+// address arithmetic there). More generally it may read whatever was written before the kernel
+// ahead of it started: since that kernel waited before it triggered this launch, the one before it
+// has completed (the keys of earlier steps in the attention, a MoE layer's routing and residual in
+// its combine); such loads go through L2 (cp.async.cg, __ldcg), not a possibly stale L1.
 #pragma once
 
 #include <cuda_runtime.h>
