@@ -11,7 +11,10 @@
 // too, as one-row tiles (kernels.h, PagedAttention): tiles of at most 16 query vectors take the
 // split-keys instance, where the four warps share one m16 tile of vectors and each takes a quarter
 // of every key tile, with a smaller block (16 query rows in shared memory: 3 blocks per SM instead
-// of 2 at head_dim 128).
+// of 2 at head_dim 128). A small decode step comes with its QKV product's output instead of queries
+// (kernels.h, DecodeRopeAttention): that instance does the RoPE and the cache write too, with three
+// key tiles loaded before its PDL wait. The keys of earlier steps load before the wait in every
+// instance where they can (a tile that starts its chunk).
 #include <algorithm>
 
 #include "kernels/attention_common.cuh"
