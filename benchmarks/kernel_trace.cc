@@ -31,7 +31,51 @@ std::string ShortKernelName(const std::string& mangled) {
   return s;
 }
 
+namespace {
+
+// Steps that are not CUDA graph replays (a decode step whose experts go through cuBLAS) note their
+// launches step by step, one name a record. Cut them into steps where the first launch's name
+// comes again, and keep the steps of the most common launch sequence (first seen wins a tie) as
+// one graph-like trace: that sequence's names once, those steps' records in order.
+gpu::KernelTrace CommonSteps(const gpu::KernelTrace& t, int& steps) {
+  std::vector<size_t> starts;
+  for (size_t i = 0; i < t.names.size(); ++i) {
+    if (t.names[i] == t.names[0]) starts.push_back(i);
+  }
+  starts.push_back(t.names.size());
+  std::map<std::vector<std::string>, std::vector<size_t>> by_sequence;  // sequence -> its steps' starts
+  std::vector<std::string> common;
+  size_t common_count = 0;
+  for (size_t k = 0; k + 1 < starts.size(); ++k) {
+    std::vector<std::string> seq(t.names.begin() + static_cast<std::ptrdiff_t>(starts[k]),
+                                 t.names.begin() + static_cast<std::ptrdiff_t>(starts[k + 1]));
+    std::vector<size_t>& at = by_sequence[seq];
+    at.push_back(starts[k]);
+    if (at.size() > common_count) {
+      common_count = at.size();
+      common = std::move(seq);
+    }
+  }
+  gpu::KernelTrace u;
+  u.names = common;
+  for (size_t start : by_sequence[common]) {
+    u.times_ns.insert(u.times_ns.end(), t.times_ns.begin() + static_cast<std::ptrdiff_t>(start),
+                      t.times_ns.begin() + static_cast<std::ptrdiff_t>(start + common.size()));
+  }
+  steps = static_cast<int>(common_count);
+  return u;
+}
+
+}  // namespace
+
 nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps) {
+  if (steps > 1 && t.dropped == 0 && !t.names.empty() && t.times_ns.size() == t.names.size()) {
+    int kept = 0;
+    const gpu::KernelTrace common = CommonSteps(t, kept);
+    nlohmann::json s = SummariseDecodeTrace(common, layers, kept);
+    s["steps_left_out"] = steps - kept;  // steps of another launch sequence (or past `steps`)
+    return s;
+  }
   const int64_t n = static_cast<int64_t>(t.names.size());
   if (steps <= 0 || layers <= 0 || n == 0 || t.dropped != 0 ||
       static_cast<int64_t>(t.times_ns.size()) != n * steps) {

@@ -79,6 +79,52 @@ TEST(ActivityTimelineTest, ShortKernelNamesDropNamespacesAndParameters) {
   EXPECT_EQ(ShortKernelName("nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT"), "nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT");
 }
 
+// The decode trace's per-layer split on hand-worked records: a step is E, two layers of A B C, H, S,
+// with gaps E->A 1, A->B 3, B->C 4, C->A 5, C->H 7, H->S 2 us (steps 1000 us apart): A 3, B 4 and
+// C (5 + 7) / 2 us a layer. Noted once (a graph replayed three times) or step by step (no graph),
+// with a fourth step whose launches differ (an extra X), left out: the same summary.
+TEST(ActivityTimelineTest, DecodeTraceSplitsLayersWithAndWithoutGraphs) {
+  const std::vector<std::string> step = {"E", "A", "B", "C", "A", "B", "C", "H", "S"};
+  const std::vector<uint64_t> offsets_us = {0, 1, 4, 8, 13, 16, 20, 27, 29};
+  auto times = [&](int s) {
+    std::vector<uint64_t> t;
+    for (uint64_t o : offsets_us) t.push_back((1000 * s + o) * 1000);
+    return t;
+  };
+  gpu::KernelTrace graph;
+  graph.names = step;
+  for (int s = 0; s < 3; ++s) {
+    const std::vector<uint64_t> t = times(s);
+    graph.times_ns.insert(graph.times_ns.end(), t.begin(), t.end());
+  }
+  gpu::KernelTrace noted;  // steps 0, 1, then the odd one, then step 2
+  for (int s : {0, 1, -1, 2}) {
+    if (s < 0) {
+      const std::vector<std::string> odd = {"E", "A", "B", "X", "C", "A", "B", "C", "H", "S"};
+      noted.names.insert(noted.names.end(), odd.begin(), odd.end());
+      for (size_t i = 0; i < odd.size(); ++i) noted.times_ns.push_back((1500 + i) * 1000);
+      continue;
+    }
+    noted.names.insert(noted.names.end(), step.begin(), step.end());
+    const std::vector<uint64_t> t = times(s);
+    noted.times_ns.insert(noted.times_ns.end(), t.begin(), t.end());
+  }
+  const nlohmann::json g = SummariseDecodeTrace(graph, 2, 3);
+  const nlohmann::json n = SummariseDecodeTrace(noted, 2, 4);
+  for (const nlohmann::json* s : {&g, &n}) {
+    ASSERT_FALSE(s->contains("error")) << s->dump();
+    ASSERT_EQ((*s)["layer"].size(), 3u);
+    EXPECT_EQ((*s)["layer"][0]["kernel"], "A");
+    EXPECT_DOUBLE_EQ((*s)["layer"][0]["us"].get<double>(), 3.0);
+    EXPECT_DOUBLE_EQ((*s)["layer"][1]["us"].get<double>(), 4.0);
+    EXPECT_DOUBLE_EQ((*s)["layer"][2]["us"].get<double>(), 6.0);
+    EXPECT_DOUBLE_EQ((*s)["layer_us"].get<double>(), 13.0);
+    EXPECT_DOUBLE_EQ((*s)["span_us"].get<double>(), 29.0);
+    EXPECT_EQ((*s)["steps"].get<int>(), 3);
+  }
+  EXPECT_EQ(n["steps_left_out"].get<int>(), 1);
+}
+
 // The kernel trace's phase marks against hand-worked records: two steps of launches A, B (records at
 // 100, 110 us and 200, 210 us); marks taken inside A at +3 us both steps, inside B at +5 and +4 us,
 // one before any record (dropped from the summary); A's marks under A whatever the order they were
