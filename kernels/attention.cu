@@ -3,6 +3,7 @@
 // multi-row tiles to the tensor-core kernel (attention_prefill.cu, head_dim 64 or 128) or, for
 // other head dims, to the CUDA-core tiled kernel below.
 #include "kernels/attention_common.cuh"
+#include "kernels/rope.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
 #include "kernels/kernels.h"

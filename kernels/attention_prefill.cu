@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "kernels/attention_common.cuh"
+#include "kernels/rope.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
 #include "kernels/ptx.cuh"

@@ -1,6 +1,7 @@
 #include "kernels/cuda_check.h"
 #include "kernels/launch.cuh"
 #include "kernels/kernels.h"
+#include "kernels/rope.cuh"
 
 namespace moe::gpu {
 namespace {
@@ -11,11 +12,10 @@ __global__ void RopeKernel(bf16* x, const int32_t* positions, int64_t heads, int
                            const double* inv_freq) {
   PdlGate();
   const int64_t t = blockIdx.x, half = head_dim / 2;
-  const double pos = static_cast<double>(positions[t]);
+  const int pos = positions[t];
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    double sn, cs;
-    sincos(pos * inv_freq[i], &sn, &cs);
-    const float c = static_cast<float>(cs), s = static_cast<float>(sn);
+    float c, s;
+    RopeAngle(pos, inv_freq[i], c, s);
     for (int64_t h = 0; h < heads; ++h) {
       bf16* v = x + (t * heads + h) * head_dim;
       const float a = __bfloat162float(v[i]), b = __bfloat162float(v[i + half]);
