@@ -10,22 +10,15 @@
 // contiguous read, about 4.2 TB/s on the lent H200s.)
 #include <cuda_runtime.h>
 
+#include "kernels/cuda_check.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
+#include <exception>
 #include <vector>
 
 namespace {
-
-#define PROBE_CHECK(call)                                                                         \
-  do {                                                                                            \
-    const cudaError_t e = (call);                                                                 \
-    if (e != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "read-probe: %s: %s\n", #call, cudaGetErrorString(e));                 \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
 
 __device__ __forceinline__ void CopyAsync16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
@@ -80,20 +73,20 @@ __global__ void ContiguousRead(const uint4* w, int64_t n, float* sink) {
 template <typename Launch>
 float MedianMs(Launch launch) {
   cudaEvent_t a, b;
-  PROBE_CHECK(cudaEventCreate(&a));
-  PROBE_CHECK(cudaEventCreate(&b));
+  MOE_CUDA_CHECK(cudaEventCreate(&a));
+  MOE_CUDA_CHECK(cudaEventCreate(&b));
   std::vector<float> t;
   for (int i = 0; i < 25; ++i) {
-    PROBE_CHECK(cudaEventRecord(a));
+    MOE_CUDA_CHECK(cudaEventRecord(a));
     launch();
-    PROBE_CHECK(cudaEventRecord(b));
-    PROBE_CHECK(cudaEventSynchronize(b));
+    MOE_CUDA_CHECK(cudaEventRecord(b));
+    MOE_CUDA_CHECK(cudaEventSynchronize(b));
     float ms = 0;
-    PROBE_CHECK(cudaEventElapsedTime(&ms, a, b));
+    MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
     t.push_back(ms);
   }
-  PROBE_CHECK(cudaEventDestroy(a));
-  PROBE_CHECK(cudaEventDestroy(b));
+  MOE_CUDA_CHECK(cudaEventDestroy(a));
+  MOE_CUDA_CHECK(cudaEventDestroy(b));
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
@@ -102,27 +95,25 @@ template <int ROWS, int BK, int STAGES>
 void Pattern(const char* shape, const uint16_t* w, int64_t rows, int K, int splits, float* sink) {
   const size_t shared = static_cast<size_t>(STAGES) * ROWS * BK * 2;
   auto kernel = PatternRead<ROWS, BK, STAGES>;
-  PROBE_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
   int per_sm = 0;
-  PROBE_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, shared));
+  MOE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 128, shared));
   const dim3 grid(static_cast<unsigned>(rows / ROWS), static_cast<unsigned>(splits));
   const float ms = MedianMs([&] { kernel<<<grid, 128, shared>>>(w, K, splits, sink); });
-  PROBE_CHECK(cudaGetLastError());
+  MOE_CUDA_CHECK(cudaGetLastError());
   std::printf("%-7s %4d bytes a row a stage, %3d rows a CTA, %d stages, %5u CTAs (%d an SM): %7.1f us  %.3f TB/s\n",
               shape, BK * 2, ROWS, STAGES, grid.x * grid.y, per_sm, ms * 1e3, 2.0 * rows * K / (ms * 1e-3) / 1e12);
 }
 
-}  // namespace
-
-int main() {
+int Probe() {
   const int K = 4096, I = 14336, H = 4096;
   const int64_t rows = 2 * 2 * static_cast<int64_t>(I);  // two experts' gate and up rows of H
   const size_t bytes = sizeof(uint16_t) * rows * K;
   uint16_t* w = nullptr;
   float* sink = nullptr;
-  PROBE_CHECK(cudaMalloc(&w, bytes));
-  PROBE_CHECK(cudaMalloc(&sink, sizeof(float)));
-  PROBE_CHECK(cudaMemset(w, 1, bytes));
+  MOE_CUDA_CHECK(cudaMalloc(&w, bytes));
+  MOE_CUDA_CHECK(cudaMalloc(&sink, sizeof(float)));
+  MOE_CUDA_CHECK(cudaMemset(w, 1, bytes));
   Pattern<128, 128, 3>("warm-up", w, rows, K, 1, sink);
   Pattern<256, 64, 3>("gate/up", w, rows, K, 1, sink);
   Pattern<128, 128, 3>("gate/up", w, rows, K, 1, sink);  // SkinnyGemmKernel's one-tile shape
@@ -136,9 +127,20 @@ int main() {
   const float ms = MedianMs([&] {
     ContiguousRead<<<132 * 8, 512>>>(reinterpret_cast<const uint4*>(w), static_cast<int64_t>(bytes / 16), sink);
   });
-  PROBE_CHECK(cudaGetLastError());
+  MOE_CUDA_CHECK(cudaGetLastError());
   std::printf("contiguous read of %.0f MB: %7.1f us  %.3f TB/s\n", bytes / 1e6, ms * 1e3, bytes / (ms * 1e-3) / 1e12);
-  PROBE_CHECK(cudaFree(w));
-  PROBE_CHECK(cudaFree(sink));
+  MOE_CUDA_CHECK(cudaFree(w));
+  MOE_CUDA_CHECK(cudaFree(sink));
   return 0;
+}
+
+}  // namespace
+
+int main() {
+  try {
+    return Probe();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "read-probe: %s\n", e.what());
+    return 1;
+  }
 }

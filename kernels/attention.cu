@@ -364,8 +364,7 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
 bool DecodeRopeAttention(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                          int64_t num_tiles, int64_t heads, const double* inv_freq, const PagedKv& kv, int64_t window,
                          float scale, bf16* out, cudaStream_t s, const DecodeSplit* split) {
-  if (num_tiles == 0 || (split != nullptr && split->splits > 1)) return false;
-  if (heads % kv.kv_heads != 0 || heads / kv.kv_heads > kMaxGroup) return false;
+  if (num_tiles == 0 || (split != nullptr && split->splits > 1) || heads % kv.kv_heads != 0) return false;
   return LaunchTensorCoreRopeAttention(qkv, row_seq, row_pos, tiles, num_tiles, heads, inv_freq, kv, window, scale,
                                        out, s);
 }
