@@ -498,8 +498,9 @@ int main(int argc, char** argv) {
       if (tr.contains("error")) {
         std::printf("trace decode b%lld: %s\n", static_cast<long long>(B), tr["error"].get<std::string>().c_str());
       } else {
-        std::printf("trace decode b%lld: span %.1f us/step, layer %.1f us:", static_cast<long long>(B),
-                    tr["span_us"].get<double>(), tr["layer_us"].get<double>());
+        std::printf("trace decode b%lld: span %.1f us/step, layer %.1f us%s:", static_cast<long long>(B),
+                    tr["span_us"].get<double>(), tr["layer_us"].get<double>(),
+                    tr.contains("layers_averaged") ? " (all layers but the last)" : "");
         for (const auto& k : tr["layer"]) std::printf(" %s %.1f;", k["kernel"].get<std::string>().c_str(), k["us"].get<double>());
         std::printf("\n");
       }

@@ -66,16 +66,89 @@ gpu::KernelTrace CommonSteps(const gpu::KernelTrace& t, int& steps) {
   return u;
 }
 
-}  // namespace
+// One step's launches and their records.
+struct Step {
+  std::vector<std::string> names;
+  std::vector<uint64_t> times_ns;
+};
 
-nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps) {
-  if (steps > 1 && t.dropped == 0 && !t.names.empty() && t.times_ns.size() == t.names.size()) {
-    int kept = 0;
-    const gpu::KernelTrace common = CommonSteps(t, kept);
-    nlohmann::json s = SummariseDecodeTrace(common, layers, kept);
-    s["steps_left_out"] = steps - kept;  // steps of another launch sequence (or past `steps`)
-    return s;
+// The trace's steps: slices of the records when the launches are noted once (a graph), else the
+// noted launches cut where the first one comes again.
+std::vector<Step> SplitSteps(const gpu::KernelTrace& t, int steps) {
+  std::vector<Step> out;
+  const size_t n = t.names.size();
+  if (t.times_ns.size() == n * static_cast<size_t>(steps)) {
+    for (int s = 0; s < steps; ++s) {
+      out.push_back({t.names, std::vector<uint64_t>(t.times_ns.begin() + static_cast<std::ptrdiff_t>(s * n),
+                                                    t.times_ns.begin() + static_cast<std::ptrdiff_t>((s + 1) * n))});
+    }
+    return out;
   }
+  if (t.times_ns.size() != n) return out;
+  for (size_t i = 0; i < n; ++i) {
+    if (i == 0 || t.names[i] == t.names[0]) out.emplace_back();
+    out.back().names.push_back(t.names[i]);
+    out.back().times_ns.push_back(t.times_ns[i]);
+  }
+  return out;
+}
+
+// Steps whose layers launch different kernels (no graph, the experts' launches follow the routing:
+// batch 9-16 through cuBLAS): each step's layers start where its second launch (the first of layer
+// 0) comes again, `layers` times; a layer runs to the next one's start, so the last layer has no
+// end of its own and goes with the step's tail. Per kernel name, in order of first appearance,
+// the mean time a layer over the first layers - 1 layers of the steps with `layers` starts.
+nlohmann::json SummariseByLayerStarts(const std::vector<Step>& steps, int64_t layers) {
+  std::vector<std::string> order, outside_order;
+  std::map<std::string, double> layer_us, outside_us;
+  double span_us = 0;
+  int used = 0;
+  for (const Step& st : steps) {
+    const size_t n = st.names.size();
+    if (n < 2) continue;
+    std::vector<size_t> starts;
+    for (size_t i = 1; i < n; ++i) {
+      if (st.names[i] == st.names[1]) starts.push_back(i);
+    }
+    if (static_cast<int64_t>(starts.size()) != layers) continue;
+    ++used;
+    span_us += (st.times_ns[n - 1] - st.times_ns[0]) / 1e3;
+    for (size_t i = 0; i + 1 < n; ++i) {
+      const double gap = (st.times_ns[i + 1] - st.times_ns[i]) / 1e3;
+      const bool in_layer = i >= starts.front() && i < starts.back();
+      auto& sums = in_layer ? layer_us : outside_us;
+      auto& names = in_layer ? order : outside_order;
+      if (sums.find(st.names[i]) == sums.end()) names.push_back(st.names[i]);
+      sums[st.names[i]] += gap;
+    }
+  }
+  if (used == 0 || layers < 2) {
+    return {{"error", "no step with " + std::to_string(layers) + " layer starts in the trace"}};
+  }
+  nlohmann::json per_layer = nlohmann::json::array(), outside = nlohmann::json::array();
+  double layer_total = 0;
+  for (const std::string& name : order) {
+    const double us = layer_us[name] / (used * static_cast<double>(layers - 1));
+    layer_total += us;
+    per_layer.push_back({{"kernel", ShortKernelName(name)}, {"us", us}});
+  }
+  for (const std::string& name : outside_order) {
+    outside.push_back({{"kernel", ShortKernelName(name)}, {"us", outside_us[name] / used}});
+  }
+  return {{"layer", per_layer},
+          {"layer_us", layer_total},
+          {"layers_averaged", layers - 1},
+          {"outside_layers", outside},
+          {"outside_note", "the last layer is with the step's tail"},
+          {"span_us", span_us / used},
+          {"steps", used},
+          {"steps_left_out", static_cast<int>(steps.size()) - used}};
+}
+
+// Steps of one launch sequence in which every layer launches the same kernels: the layer period P
+// (names[1 + l P + j] == names[1 + j] for every layer l) splits every step, the last layer too. An
+// empty result when there is no such period, an "error" when the trace is not `steps` such steps.
+nlohmann::json SummariseByPeriod(const gpu::KernelTrace& t, int64_t layers, int steps) {
   const int64_t n = static_cast<int64_t>(t.names.size());
   if (steps <= 0 || layers <= 0 || n == 0 || t.dropped != 0 ||
       static_cast<int64_t>(t.times_ns.size()) != n * steps) {
@@ -92,7 +165,7 @@ nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, i
     }
     if (ok) period = p;
   }
-  if (period == 0) return {{"error", "no repeating layer sequence in the trace"}};
+  if (period == 0) return nlohmann::json::object();
 
   std::vector<double> layer_us(static_cast<size_t>(period), 0.0), outside_us(static_cast<size_t>(n), 0.0);
   double span_us = 0;
@@ -128,6 +201,23 @@ nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, i
           {"span_us", span_us / steps},
           {"launches_per_step", n},
           {"steps", steps}};
+}
+
+}  // namespace
+
+nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps) {
+  if (steps > 1 && t.dropped == 0 && !t.names.empty() && t.times_ns.size() == t.names.size()) {
+    // Launches noted step by step (no graph): the steps of the most common launch sequence when its
+    // layers repeat, else every step split at its layers' starts.
+    int kept = 0;
+    const gpu::KernelTrace common = CommonSteps(t, kept);  // sets kept: not in the call below
+    nlohmann::json s = SummariseByPeriod(common, layers, kept);
+    if (s.empty() || s.contains("error")) return SummariseByLayerStarts(SplitSteps(t, steps), layers);
+    s["steps_left_out"] = steps - kept;  // steps of another launch sequence (or past `steps`)
+    return s;
+  }
+  nlohmann::json s = SummariseByPeriod(t, layers, steps);
+  return s.empty() ? SummariseByLayerStarts(SplitSteps(t, steps), layers) : s;
 }
 
 nlohmann::json SummariseTraceMarks(const gpu::KernelTrace& t) {

@@ -1,8 +1,8 @@
 // The kernel timeline of decode steps (kernels.h: KernelTrace, measurement builds only), summed
 // per kernel of a layer: each kernel's share of the critical path is the time from its record (it
 // passed its wait for the kernel before it) to the next kernel's record. Steps are CUDA graph
-// replays (or, for steps run without a graph, those of their most common launch sequence), so this
-// is the time the default decode path spends, programmatic launch included.
+// replays (or, for steps run without a graph, their launches step by step), so this is the time the
+// default decode path spends, programmatic launch included.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,9 @@ std::string ShortKernelName(const std::string& name);
 // outside the layers (us per step), and the step's span from its first record to its last; or an
 // "error" entry when the trace does not have that shape. Steps run without a graph note their
 // launches every step: then the steps of the most common launch sequence are summarised, and
-// "steps_left_out" counts the others.
+// "steps_left_out" counts the others. Where layers launch different kernels (the experts' launches
+// follow the routing), each step is split where its first layer's first kernel comes again: the
+// per-kernel means of all layers but the last ("layers_averaged"), which goes with the tail.
 nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, int steps);
 
 // The trace's phase marks (launch.cuh: TraceMark), each against the kernel whose record comes last
