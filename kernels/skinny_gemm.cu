@@ -133,17 +133,25 @@ __global__ void __launch_bounds__(kThreads) SkinnyGemmKernel(const bf16* __restr
 
   for (int c0 = 0; c0 < rows; c0 += kTokens) {
     const int crows = min(kTokens, rows - c0);
+    // The last pass over the weights reads them for the last time in this launch: L2 may drop them
+    // first (earlier passes leave them for the next pass).
+    const bool last_pass = c0 + kTokens >= rows;
     auto load_weights = [&](int slot, int step) {
       if (step >= s_end) return;
       const int k = step * kBk + 8 * chunk;
       const bool kin = k < K;
       bf16* sws = sw + slot * kRows * kBk;
+      const uint64_t evict_first = last_pass ? EvictFirstPolicy() : 0;
 #pragma unroll
       for (int j = 0; j < kPasses; ++j) {
         const int r = tid / kRowChunks + kRowsPerPass * j;
         const bool ok = kin && wrow[j] >= 0;
         const bf16* src = ok ? w + static_cast<int64_t>(wrow[j]) * K + k : w;
-        CopyAsync(SharedAddress(sws + Swizzle<kBk>(r, chunk)), src, ok ? 16 : 0);
+        if (last_pass) {
+          CopyAsyncEvictFirst(SharedAddress(sws + Swizzle<kBk>(r, chunk)), src, ok ? 16 : 0, evict_first);
+        } else {
+          CopyAsync(SharedAddress(sws + Swizzle<kBk>(r, chunk)), src, ok ? 16 : 0);
+        }
       }
     };
     __syncthreads();  // the previous pass's readers are done with every slot
