@@ -94,23 +94,40 @@ std::vector<Step> SplitSteps(const gpu::KernelTrace& t, int steps) {
 }
 
 // Steps whose layers launch different kernels (no graph, the experts' launches follow the routing:
-// batch 9-16 through cuBLAS): each step's layers start where its second launch (the first of layer
-// 0) comes again, `layers` times; a layer runs to the next one's start, so the last layer has no
-// end of its own and goes with the step's tail. Per kernel name, in order of first appearance,
-// the mean time a layer over the first layers - 1 layers of the steps with `layers` starts.
+// batch 9-16 through cuBLAS): each step's layers start at a kernel launched once a layer (the
+// first, in launch order, that most steps launch exactly `layers` times: the attention, where the
+// residual kernel runs twice a layer); a layer runs to the next one's start, so the last layer has
+// no end of its own and goes with the step's tail, as do the launches before the first start. Per
+// kernel name, in order of first appearance, the mean time a layer over the first layers - 1
+// layers of the steps with `layers` starts.
 nlohmann::json SummariseByLayerStarts(const std::vector<Step>& steps, int64_t layers) {
+  std::string anchor;
+  int anchor_steps = 0;
+  std::vector<std::map<std::string, int64_t>> counts(steps.size());
+  for (size_t k = 0; k < steps.size(); ++k) {
+    for (const std::string& name : steps[k].names) ++counts[k][name];
+  }
+  if (!steps.empty()) {
+    for (const std::string& name : steps.front().names) {
+      int with = 0;
+      for (const auto& c : counts) with += c.count(name) != 0 && c.at(name) == layers ? 1 : 0;
+      if (with > anchor_steps) {
+        anchor = name;
+        anchor_steps = with;
+      }
+    }
+  }
   std::vector<std::string> order, outside_order;
   std::map<std::string, double> layer_us, outside_us;
   double span_us = 0;
   int used = 0;
   for (const Step& st : steps) {
     const size_t n = st.names.size();
-    if (n < 2) continue;
     std::vector<size_t> starts;
-    for (size_t i = 1; i < n; ++i) {
-      if (st.names[i] == st.names[1]) starts.push_back(i);
+    for (size_t i = 0; i < n; ++i) {
+      if (st.names[i] == anchor) starts.push_back(i);
     }
-    if (static_cast<int64_t>(starts.size()) != layers) continue;
+    if (anchor_steps == 0 || static_cast<int64_t>(starts.size()) != layers) continue;
     ++used;
     span_us += (st.times_ns[n - 1] - st.times_ns[0]) / 1e3;
     for (size_t i = 0; i + 1 < n; ++i) {
@@ -123,7 +140,12 @@ nlohmann::json SummariseByLayerStarts(const std::vector<Step>& steps, int64_t la
     }
   }
   if (used == 0 || layers < 2) {
-    return {{"error", "no step with " + std::to_string(layers) + " layer starts in the trace"}};
+    nlohmann::json first = nlohmann::json::array();  // what the first step launched, to see why
+    if (!steps.empty()) {
+      for (const std::string& name : steps.front().names) first.push_back(ShortKernelName(name));
+    }
+    return {{"error", "no kernel launched once a layer (" + std::to_string(layers) + " times a step)"},
+            {"first_step", first}};
   }
   nlohmann::json per_layer = nlohmann::json::array(), outside = nlohmann::json::array();
   double layer_total = 0;

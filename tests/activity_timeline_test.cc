@@ -126,11 +126,12 @@ TEST(ActivityTimelineTest, DecodeTraceSplitsLayersWithAndWithoutGraphs) {
 }
 
 // Steps whose layers launch different kernels (no graph; the experts' launches follow the
-// routing), three layers starting at A: step 0 is E, A B C, A B X C, A B C, H, S at 0 1 4 8 13 16
-// 18 20 25 28 32 39 41 us; step 1 (1000 us on) has the X in its first layer instead (E0 A1 B4 X6 C8
-// A13 B16 C20 A25 B28 C32 H39 S41); step 2 has two layers only, left out. The first two layers
-// of each step: A 3, B (4 + 2 + 2 + 4) / 4 = 3, C 5, X (2 + 2) / 4 = 1 us a layer; the last layer
-// goes with the tail: E 1, A 3, B 4, C 7, H 2 us a step.
+// routing): three layers, each R A B (X) C, R also ending the step (as the residual kernel, twice
+// a layer, so not once a layer as A is). Step 0: E0 R1 A2 B5 C9 R12 A14 B17 X19 C21 R24 A26 B29 C33
+// R36 H40 S42 us; step 1 (1000 us on) has the X in its first layer instead (... A2 B5 X7 C9 R12 A14
+// B17 C21 ...); step 2 has two layers only (A twice), left out. Layers run from A to A: A 3, B (4 +
+// 2 + 2 + 4) / 4 = 3, C 3, R 2, X (2 + 2) / 4 = 1 us a layer over the first two; the rest a step:
+// E 1, R 1 + 4, A 3, B 4, C 3, H 2 us.
 TEST(ActivityTimelineTest, DecodeTraceSplitsLayersThatLaunchDifferentKernels) {
   gpu::KernelTrace t;
   auto add = [&](const std::vector<std::string>& names, const std::vector<uint64_t>& us, uint64_t at) {
@@ -138,29 +139,31 @@ TEST(ActivityTimelineTest, DecodeTraceSplitsLayersThatLaunchDifferentKernels) {
     t.names.insert(t.names.end(), names.begin(), names.end());
     for (uint64_t u : us) t.times_ns.push_back((at + u) * 1000);
   };
-  add({"E", "A", "B", "C", "A", "B", "X", "C", "A", "B", "C", "H", "S"},
-      {0, 1, 4, 8, 13, 16, 18, 20, 25, 28, 32, 39, 41}, 0);
-  add({"E", "A", "B", "X", "C", "A", "B", "C", "A", "B", "C", "H", "S"},
-      {0, 1, 4, 6, 8, 13, 16, 20, 25, 28, 32, 39, 41}, 1000);
-  add({"E", "A", "B", "C", "A", "B", "C", "H", "S"}, {0, 1, 4, 8, 13, 16, 20, 27, 29}, 2000);
+  add({"E", "R", "A", "B", "C", "R", "A", "B", "X", "C", "R", "A", "B", "C", "R", "H", "S"},
+      {0, 1, 2, 5, 9, 12, 14, 17, 19, 21, 24, 26, 29, 33, 36, 40, 42}, 0);
+  add({"E", "R", "A", "B", "X", "C", "R", "A", "B", "C", "R", "A", "B", "C", "R", "H", "S"},
+      {0, 1, 2, 5, 7, 9, 12, 14, 17, 21, 24, 26, 29, 33, 36, 40, 42}, 1000);
+  add({"E", "R", "A", "B", "C", "R", "A", "B", "C", "R", "H", "S"}, {0, 1, 2, 5, 9, 12, 14, 17, 21, 24, 28, 30},
+      2000);
   const nlohmann::json s = SummariseDecodeTrace(t, 3, 3);
   ASSERT_FALSE(s.contains("error")) << s.dump();
-  ASSERT_EQ(s["layer"].size(), 4u) << s.dump();
-  const std::vector<std::pair<std::string, double>> layer = {{"A", 3.0}, {"B", 3.0}, {"C", 5.0}, {"X", 1.0}};
+  const std::vector<std::pair<std::string, double>> layer = {{"A", 3.0}, {"B", 3.0}, {"C", 3.0}, {"R", 2.0},
+                                                             {"X", 1.0}};
+  ASSERT_EQ(s["layer"].size(), layer.size()) << s.dump();
   for (size_t i = 0; i < layer.size(); ++i) {
     EXPECT_EQ(s["layer"][i]["kernel"], layer[i].first);
     EXPECT_DOUBLE_EQ(s["layer"][i]["us"].get<double>(), layer[i].second) << layer[i].first;
   }
   EXPECT_DOUBLE_EQ(s["layer_us"].get<double>(), 12.0);
   EXPECT_EQ(s["layers_averaged"].get<int>(), 2);
-  const std::vector<std::pair<std::string, double>> outside = {{"E", 1.0}, {"A", 3.0}, {"B", 4.0}, {"C", 7.0},
-                                                               {"H", 2.0}};
+  const std::vector<std::pair<std::string, double>> outside = {{"E", 1.0}, {"R", 5.0}, {"A", 3.0},
+                                                               {"B", 4.0}, {"C", 3.0}, {"H", 2.0}};
   ASSERT_EQ(s["outside_layers"].size(), outside.size()) << s.dump();
   for (size_t i = 0; i < outside.size(); ++i) {
     EXPECT_EQ(s["outside_layers"][i]["kernel"], outside[i].first);
     EXPECT_DOUBLE_EQ(s["outside_layers"][i]["us"].get<double>(), outside[i].second) << outside[i].first;
   }
-  EXPECT_DOUBLE_EQ(s["span_us"].get<double>(), 41.0);
+  EXPECT_DOUBLE_EQ(s["span_us"].get<double>(), 42.0);
   EXPECT_EQ(s["steps"].get<int>(), 2);
   EXPECT_EQ(s["steps_left_out"].get<int>(), 1);
 }
