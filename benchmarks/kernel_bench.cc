@@ -107,9 +107,16 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       int64_t batch, context;
       bool prefill;
     };
-    for (const Case& k : {Case{"decode", 1, 128, false}, Case{"decode", 64, 128, false}, Case{"decode", 256, 128, false},
-                          Case{"decode", 1, 256, false}, Case{"decode", 1, 512, false}, Case{"decode", 1, 1024, false}, Case{"decode", 64, 1024, false}, Case{"prefill", 1, 128, true}, Case{"prefill", 1, 256, true},
-                          Case{"prefill", 1, 512, true}, Case{"prefill", 1, 1024, true}}) {
+    // Decode at 128-token contexts (the engine figures' shape) and longer ones, where few rows leave
+    // the GPU to a few blocks unless their keys are split (each decode case also times every split
+    // count, for DecodeSplitCount's rule).
+    const Case cases[] = {{"decode", 1, 128, false},   {"decode", 64, 128, false},  {"decode", 256, 128, false},
+                          {"decode", 1, 256, false},   {"decode", 1, 512, false},   {"decode", 1, 1024, false},
+                          {"decode", 1, 4096, false},  {"decode", 1, 16384, false}, {"decode", 4, 1024, false},
+                          {"decode", 4, 4096, false},  {"decode", 16, 1024, false}, {"decode", 16, 4096, false},
+                          {"decode", 64, 1024, false}, {"decode", 64, 4096, false}, {"prefill", 1, 128, true},
+                          {"prefill", 1, 256, true},   {"prefill", 1, 512, true},   {"prefill", 1, 1024, true}};
+    for (const Case& k : cases) {
       const int64_t blocks_per_seq = (k.context + kBlock - 1) / kBlock, blocks = k.batch * blocks_per_seq;
       const int64_t kv_elems = blocks * kBlock * kvh * D;
       gpu::DeviceBuffer<bf16> keys(kv_elems), values(kv_elems);
@@ -152,8 +159,9 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       const float scale = 1.f / std::sqrt(static_cast<float>(D));
       // Decode rows split over the keys as the engine splits them.
       const int64_t n_narrow = static_cast<int64_t>(narrow.size() / 2), max_keys = blocks_per_seq * kBlock;
-      const int splits = gpu::DecodeSplitCount(n_narrow, kvh, max_keys, 0);
-      gpu::DeviceBuffer<float> partial(std::max<size_t>(1, gpu::DecodeSplitFloats(n_narrow, heads, D, splits)));
+      const int splits = gpu::DecodeSplitCount(n_narrow, kvh, D, max_keys, 0);
+      constexpr int kMaxSplits = 64;  // DecodeSplit's bound
+      gpu::DeviceBuffer<float> partial(std::max<size_t>(1, gpu::DecodeSplitFloats(n_narrow, heads, D, kMaxSplits)));
       gpu::DeviceBuffer<int32_t> counters(std::max<int64_t>(1, n_narrow * kvh));
       MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));
       const gpu::DecodeSplit split{splits, max_keys, partial.get(), counters.get()};
@@ -183,6 +191,19 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
         });
         row["tensor_core_us"] = tc * 1e3;
         std::printf("  as one-row tensor-core tiles %8.1f us", tc * 1e3);
+        nlohmann::json by_splits = nlohmann::json::object();  // at each split count over blocks
+        std::printf("\n    split over blocks:");
+        // Splits of at least one 64-key tile of the tensor-core kernel.
+        for (int n = 2; n <= kMaxSplits && 64 * n <= max_keys; n *= 2) {
+          const gpu::DecodeSplit forced{n, max_keys, partial.get(), counters.get()};
+          const double us = 1e3 * MedianMs(s, 3, 20, [&](int) {
+            gpu::PagedAttention(qb.get(), d_seq, d_pos, d_narrow, n_narrow, 1, heads, kv, 0, scale, ob.get(), s,
+                                &forced);
+          });
+          by_splits[std::to_string(n)] = us;
+          std::printf(" %d: %.1f", n, us);
+        }
+        row["us_by_splits"] = by_splits;
       }
       std::printf("\n");
       rows.push_back(row);

@@ -24,6 +24,11 @@ constexpr int kKeyTile = 32;  // keys per shared-memory tile: one per lane in th
 // Query vectors (query rows x the query heads of one KV head) per block of the CUDA-core tiled
 // kernel, and the output slots (pairs of dimensions x query vectors) each thread accumulates.
 constexpr int kMaxGroup = 8;
+constexpr int64_t kMaxKeySplits = 64;  // DecodeSplit's bound
+// The tensor-core kernel's decode splits: at most kMaxDecodeSplits (the merge's cost grows with
+// them: batch 1 over 16,384 keys 41 us in 32, 53 in 64), of at least kMinSplitKeys of the step's
+// max_keys to fill the device once, and kMinWaveSplitKeys to fill a last wave better.
+constexpr int64_t kMaxDecodeSplits = 32, kMinSplitKeys = 256, kMinWaveSplitKeys = 1024;
 constexpr int kWideVectors = 64, kWideSlots = 32;
 
 __global__ void WriteKvKernel(const bf16* k, const bf16* v, const int32_t* row_seq, const int32_t* row_pos,
@@ -338,15 +343,12 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
   }
   if (max_rows <= 1) {
     // Single rows: the tensor-core kernel (one-row tiles, its split-keys instance: the four warps
-    // share a row's G <= 16 query vectors and divide the keys) unless their keys are split over
-    // blocks. It beats the CUDA-core decode kernel whenever that one would not split (nvidia-h200,
-    // 128-token contexts: 12.9 / 22.5 / 71.8 us at batch 1 / 64 / 256 against 18.9 / 40.0 /
-    // 103.3, and 62.5 at batch 256 with the split keys; 1,024 tokens at batch 64: 116 against
-    // 219); split (few rows, long contexts) the decode kernel wins (batch 1 over 1,024 tokens:
-    // 24.0 against 48.4 unsplit).
-    const bool splits = split != nullptr && split->splits > 1;
-    if (splits || !LaunchTensorCoreAttention(q, row_seq, row_pos, tiles, num_tiles, 1, heads, kv, window, scale, out,
-                                             s)) {
+    // share a row's G <= 16 query vectors and divide the keys), split over blocks too. It reads
+    // keys about twice as fast as the CUDA-core decode kernel at every batch and split count
+    // (nvidia-h200, head_dim 128: batch 64 over 4,096 keys 342 us against 614-725 split; batch 16
+    // 155 unsplit against 182-217), which serves the other head dims.
+    if (!LaunchTensorCoreAttention(q, row_seq, row_pos, tiles, num_tiles, 1, heads, kv, window, scale, out, s,
+                                   split)) {
       LaunchDecodeAttention(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, split, s);
     }
     return;
@@ -364,9 +366,56 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
 bool DecodeRopeAttention(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                          int64_t num_tiles, int64_t heads, const double* inv_freq, const PagedKv& kv, int64_t window,
                          float scale, bf16* out, cudaStream_t s, const DecodeSplit* split) {
-  if (num_tiles == 0 || (split != nullptr && split->splits > 1) || heads % kv.kv_heads != 0) return false;
+  if (num_tiles == 0 || heads % kv.kv_heads != 0) return false;
   return LaunchTensorCoreRopeAttention(qkv, row_seq, row_pos, tiles, num_tiles, heads, inv_freq, kv, window, scale,
-                                       out, s);
+                                       out, s, split);
+}
+
+KeySplits PlanKeySplits(const DecodeSplit* split, int64_t window, int round) {
+  KeySplits ks;
+  if (split == nullptr || split->splits <= 1) return ks;
+  if (split->partial == nullptr || split->counters == nullptr || split->max_keys <= 0) {
+    throw std::invalid_argument("PagedAttention: a decode split needs partials, counters and max_keys");
+  }
+  const int64_t splits = std::min<int64_t>(split->splits, kMaxKeySplits);
+  const int64_t keys = window > 0 ? std::min(split->max_keys, window) : split->max_keys;
+  const int64_t per = ((keys + splits - 1) / splits + round - 1) / round * round;
+  ks.keys = static_cast<int>(per);
+  ks.count = static_cast<int>((keys + per - 1) / per);  // no split left without keys
+  return ks;
+}
+
+int DecodeSplitCount(int64_t num_tiles, int64_t kv_heads, int64_t head_dim, int64_t max_keys, int64_t window) {
+  if (window > 0) max_keys = std::min(max_keys, window);
+  max_keys = std::max<int64_t>(1, max_keys);
+  const int64_t blocks = std::max<int64_t>(1, num_tiles * kv_heads);
+  const AttentionResidency r = TensorCoreAttentionResidency(head_dim, /*one_row=*/true);
+  if (r.sms == 0) {
+    // The decode kernel: about one block per multiprocessor, each with at least two rounds of its
+    // warps' 32-key tiles (batch 1 over 512 keys: 27.3 us unsplit against 21.9 split in four).
+    const int64_t by_sms = (DeviceSmCount() + blocks - 1) / blocks;
+    const int64_t by_keys = (max_keys + 255) / 256;
+    return static_cast<int>(std::clamp<int64_t>(std::min(by_sms, by_keys), 1, kMaxKeySplits));
+  }
+  // The tensor-core kernel (nvidia-h200, head_dim 128, 8 KV heads; benchmarks/NOTES.md, session
+  // 20): a block's time is mostly fixed costs and a chain of key tiles, so split until the blocks
+  // fill the device once, each keeping kMinSplitKeys of max_keys (a power-of-two bound of the
+  // step's longest row: its rows have at least half that); batch 1 over 4,096 keys 146 us unsplit,
+  // 23 split in 16 or 32; batch 4 over 4,096 best at 8 (256 blocks, 35.5 us); batch 16 at 2
+  // (34.7 us over 1,024 keys against 46.4). Past one wave, split in two where that fills the last
+  // wave better (batch 64 over 4,096 keys: 512 blocks, 342 us; 1,024 blocks 298 us).
+  const int64_t resident = int64_t{r.sms} * r.blocks_per_sm;
+  int64_t S = 1;
+  while (2 * S <= kMaxDecodeSplits && blocks * 2 * S <= resident && max_keys / (2 * S) >= kMinSplitKeys) S *= 2;
+  auto wave_fill = [&](int64_t n) {  // the share of the waves' block slots that n blocks use
+    const int64_t waves = (n + resident - 1) / resident;
+    return static_cast<double>(n) / static_cast<double>(waves * resident);
+  };
+  if (blocks * S > resident && max_keys / (2 * S) >= kMinWaveSplitKeys &&
+      wave_fill(blocks * 2 * S) > wave_fill(blocks * S) + 0.1) {
+    S *= 2;
+  }
+  return static_cast<int>(S);
 }
 
 void PlanAttentionTiles(const int64_t* chunk_rows, int64_t num_chunks, int64_t max_rows, std::vector<int32_t>& narrow,

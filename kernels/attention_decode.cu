@@ -180,10 +180,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
   // The block's (M, L, unnormalised O) per query vector; a block (or warp) with no keys has M = -inf.
   const int64_t out_base = (row * heads + static_cast<int64_t>(kvh) * G) * D;
   const int S = gridDim.z;
-  // Split partials: [tile][kvh][split] x (o [G][D], m [G], l [G]).
-  const int64_t part_stride = static_cast<int64_t>(G) * (D + 2);
-  float* part =
-      S > 1 ? split.partial + ((static_cast<int64_t>(blockIdx.x) * gridDim.y + kvh) * S) * part_stride : nullptr;
+  float* part = S > 1 ? SplitPartial(split, blockIdx.x, gridDim.y, kvh, S, 0, G, D) : nullptr;
   for (int i = tid; i < G * D; i += kThreads) {
     const int v = i / D, d = i - v * D;
     float M = -INFINITY;
@@ -199,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
     if (S == 1) {
       out[out_base + i] = __float2bfloat16(o / L);
     } else {
-      float* p = part + blockIdx.z * part_stride;
+      float* p = part + blockIdx.z * static_cast<int64_t>(G) * (D + 2);
       p[i] = o;
       if (d == 0) {
         p[G * D + v] = M;
@@ -208,62 +205,9 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
     }
   }
   if (S == 1) return;
-
-  // The last block of this (row, KV head) merges the splits in order.
-  __shared__ int last;
-  __threadfence();  // this block's partials are visible before it is counted
-  __syncthreads();
-  int32_t* counter = split.counters + static_cast<int64_t>(blockIdx.x) * gridDim.y + kvh;
-  if (tid == 0) last = atomicAdd(counter, 1) == S - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  // Online over the splits in order. A thread's kMergeElems outputs and kMergeBatch splits have
-  // their loads in flight together: the merge is a chain of L2 round trips otherwise (11 us of a
-  // 19 us kernel with two splits).
-  constexpr int kMergeElems = 4, kMergeBatch = 4;
-  for (int i0 = tid; i0 < G * D; i0 += kThreads * kMergeElems) {
-    float M[kMergeElems], L[kMergeElems], o[kMergeElems];
-#pragma unroll
-    for (int e = 0; e < kMergeElems; ++e) {
-      M[e] = -INFINITY;
-      L[e] = 0.f;
-      o[e] = 0.f;
-    }
-    for (int z0 = 0; z0 < S; z0 += kMergeBatch) {
-      float mz[kMergeElems][kMergeBatch], lz[kMergeElems][kMergeBatch], oz[kMergeElems][kMergeBatch];
-#pragma unroll
-      for (int e = 0; e < kMergeElems; ++e) {
-        const int i = i0 + kThreads * e, v = i / D;
-#pragma unroll
-        for (int u = 0; u < kMergeBatch; ++u) {
-          const float* p = part + (z0 + u) * part_stride;
-          const bool in = z0 + u < S && i < G * D;
-          mz[e][u] = in ? __ldcg(p + G * D + v) : -INFINITY;
-          lz[e][u] = in ? __ldcg(p + G * D + G + v) : 0.f;
-          oz[e][u] = in ? __ldcg(p + i) : 0.f;
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < kMergeElems; ++e) {
-#pragma unroll
-        for (int u = 0; u < kMergeBatch; ++u) {
-          if (mz[e][u] == -INFINITY) continue;  // a split past the row's last key
-          const float m_new = fmaxf(M[e], mz[e][u]);
-          const float f_old = __expf(M[e] - m_new), f = __expf(mz[e][u] - m_new);
-          L[e] = L[e] * f_old + lz[e][u] * f;
-          o[e] = o[e] * f_old + oz[e][u] * f;
-          M[e] = m_new;
-        }
-      }
-    }
-#pragma unroll
-    for (int e = 0; e < kMergeElems; ++e) {
-      const int i = i0 + kThreads * e;
-      if (i < G * D) out[out_base + i] = __float2bfloat16(o[e] / L[e]);
-    }
+  if (LastSplitBlock(split.counters + static_cast<int64_t>(blockIdx.x) * gridDim.y + kvh, S)) {
+    MergeKeySplits<false>(part, S, G, D, out + out_base, pacc);
   }
-  if (tid == 0) *counter = 0;  // ready for the next launch
 }
 
 size_t DecodeSharedBytes(int64_t D) {
@@ -288,18 +232,6 @@ void LaunchDims(dim3 grid, const bf16* q, const int32_t* row_seq, const int32_t*
 
 }  // namespace
 
-int DecodeSplitCount(int64_t num_tiles, int64_t kv_heads, int64_t max_keys, int64_t window) {
-  if (window > 0) max_keys = std::min(max_keys, window);
-  const int64_t blocks = std::max<int64_t>(1, num_tiles * kv_heads);
-  // About one block per multiprocessor, each with at least two rounds of its warps' tiles: rows
-  // of up to 256 keys are not split, and so take the tensor-core kernel, which is faster there
-  // (batch 1 over 256 keys: 18.0 us against 21.3 split in two; over 512: 27.3 unsplit against 21.9
-  // split in four; nvidia-h200).
-  const int64_t by_sms = (DeviceSmCount() + blocks - 1) / blocks;
-  const int64_t by_keys = (std::max<int64_t>(1, max_keys) + 2 * kSplitKeys - 1) / (2 * kSplitKeys);
-  return static_cast<int>(std::clamp<int64_t>(std::min(by_sms, by_keys), 1, 64));
-}
-
 size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int splits) {
   return splits <= 1 ? 0 : static_cast<size_t>(num_tiles * heads * (head_dim + 2) * splits);
 }
@@ -307,21 +239,11 @@ size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int
 void LaunchDecodeAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                            int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
                            const DecodeSplit* split, cudaStream_t s) {
-  DecodeSplit sp;
-  int64_t split_keys = int64_t{1} << 30;
-  if (split != nullptr && split->splits > 1) {
-    if (split->partial == nullptr || split->counters == nullptr || split->max_keys <= 0) {
-      throw std::invalid_argument("PagedAttention: a decode split needs partials, counters and max_keys");
-    }
-    sp = *split;
-    sp.splits = std::min(sp.splits, 64);
-    const int64_t keys = window > 0 ? std::min(sp.max_keys, window) : sp.max_keys;
-    split_keys = ((keys + sp.splits - 1) / sp.splits + kSplitKeys - 1) / kSplitKeys * kSplitKeys;
-    sp.splits = static_cast<int>((keys + split_keys - 1) / split_keys);  // no split left without keys
-  }
+  const KeySplits ks = PlanKeySplits(split, window, kSplitKeys);
+  const DecodeSplit sp = ks.count > 1 ? *split : DecodeSplit{};
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv.kv_heads),
-                  static_cast<unsigned>(std::max(1, sp.splits)));
-  const int sk = static_cast<int>(split_keys);
+                  static_cast<unsigned>(ks.count));
+  const int sk = ks.keys;
   if (kv.head_dim <= 64) {
     LaunchDims<2>(grid, q, row_seq, row_pos, tiles, heads, kv, window, scale, out, sp, sk, s);
   } else if (kv.head_dim <= 128) {

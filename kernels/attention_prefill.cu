@@ -54,21 +54,21 @@ __device__ __forceinline__ int Swizzle(int r, int c) {
 
 // kRope's first step after the wait, for one row and KV head kvh: the G query heads kvh * G ..
 // of the row's QKV product output (src) rotated into query vectors 0 .. G - 1 of qs (swizzled),
-// its key rotated and its value copied into the cache at (seq, pos), and into row `row` of the
-// shared key and value tiles ks / vs when those are given (the tile loaded before the wait, that
-// row left out). Pairs as in QkvRopeKv (bf16x2, partners i and i + half), all of a thread's loads
-// before any rotation.
+// and with write_kv (the block whose keys hold the row's own) its key rotated and its value copied
+// into the cache at (seq, pos), and into row `row` of the shared key and value tiles ks / vs when
+// those are given (the tile loaded before the wait, that row left out). Pairs as in QkvRopeKv
+// (bf16x2, partners i and i + half), all of a thread's loads before any rotation.
 template <int D>
 __device__ __forceinline__ void RopeRowIntoCache(const bf16* src_row, int64_t heads, const PagedKv& kv, int seq,
                                                  int pos, int kvh, int G, const float* cos_s, const float* sin_s,
-                                                 bf16* qs, bf16* ks, bf16* vs, int row) {
+                                                 bool write_kv, bf16* qs, bf16* ks, bf16* vs, int row) {
   constexpr int kHalf = D / 2, kHalf2 = D / 4;   // elements, bf16x2 pairs of a half head
   constexpr int kMaxItems = (8 + 1) * kHalf2 + kHalf;  // G <= 8: rotated pairs, then the value's words
   constexpr int kRounds = (kMaxItems + kThreads - 1) / kThreads;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(src_row);
   const int q_word = kvh * G * kHalf, k_word = (static_cast<int>(heads) + kvh) * kHalf;
   const int v_word = (static_cast<int>(heads + kv.kv_heads) + kvh) * kHalf;
-  const int rope_items = (G + 1) * kHalf2, items = rope_items + kHalf;
+  const int rope_items = (write_kv ? G + 1 : G) * kHalf2, items = rope_items + (write_kv ? kHalf : 0);
   const int64_t dst = CacheOffset(kv, seq, pos, kvh);
   uint32_t a[kRounds], b[kRounds];
 #pragma unroll
@@ -120,13 +120,20 @@ __device__ __forceinline__ void RopeRowIntoCache(const bf16* src_row, int64_t he
 // into three key buffers (192 keys): the tile of the row's own key too, that key and value put
 // into it from registers after the wait, so that a context of up to 192 keys needs no load from
 // memory after the wait but the row's QKV output.
-template <int D, bool kSplitKeys, bool kRope>
+// Split over blocks (kBlocks, with kSplitKeys: one-row tiles; grid z = S > 1: DecodeSplit,
+// attention_common.cuh; its own instances, so that the unsplit ones run the code they ran before):
+// the row's visible keys in S runs of whole key tiles, as equal as that allows (so rows shorter
+// than the step's longest split evenly too, and a block past the row's keys has none); block z
+// takes run z and writes its partial state, the last block of the (tile, KV head) merges them.
+// With kRope every block rotates the queries, and the one whose keys hold the row's own writes it.
+template <int D, bool kSplitKeys, bool kRope, bool kBlocks>
 __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q, const int32_t* row_seq,
                                                                    const int32_t* row_pos, const int32_t* tiles,
                                                                    int64_t heads, PagedKv kv, int64_t window,
                                                                    float scale_log2, bf16* out, const bf16* qkv,
-                                                                   const double* inv_freq) {
+                                                                   const double* inv_freq, DecodeSplit split) {
   static_assert(!kRope || kSplitKeys, "RoPE is fused for one-row tiles only");
+  static_assert(!kBlocks || kSplitKeys, "keys split over blocks for one-row tiles only");
   constexpr int kBuffers = KeyBuffers(kRope);
   // Before the wait: the step's inputs (tiles, positions, block tables: copied from the host) and
   // the keys and values of earlier steps; after it: the queries and the keys the kernel before
@@ -138,6 +145,11 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   const int kvh = blockIdx.x, G = static_cast<int>(heads / kv.kv_heads), NQ = rows * G;
   const int seq = row_seq[first], pos0 = row_pos[first], pos_last = pos0 + rows - 1;
   const int lo = window > 0 ? max(0, pos0 - static_cast<int>(window) + 1) : 0;
+  // This block's keys [begin, key_last] (all the tile's visible keys unless split).
+  const int S = kBlocks ? static_cast<int>(gridDim.z) : 1;
+  const int run = S > 1 ? ((pos_last - lo + S) / S + kKeys - 1) / kKeys * kKeys : 0;  // keys a split
+  const int begin = S > 1 ? lo + static_cast<int>(blockIdx.z) * run : lo;
+  const int key_last = S > 1 ? min(pos_last, begin + run - 1) : pos_last;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, fr = lane >> 2, quad = lane & 3;
   // This warp's query vectors and its keys of each tile.
   constexpr int kWarpKeys = kSplitKeys ? kKeys / kWarps : kKeys;
@@ -188,19 +200,23 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
   const int preload_end = kRope ? pos0 + 1 : earlier_end;
   int preloaded = 0;
   while (preloaded < kBuffers) {
-    const int k0 = lo + kKeys * preloaded;
-    if (k0 > pos_last || min(k0 + kKeys - 1, pos_last) >= preload_end) break;
+    const int k0 = begin + kKeys * preloaded;
+    if (k0 > key_last || min(k0 + kKeys - 1, key_last) >= preload_end) break;
+    // (A split's runs are whole key tiles, so its tiles hold no key past its last but in the last
+    // split, whose last key is the row's own: earlier_end - 1 bounds the tile's keys in either case.)
     load_keys(preloaded, k0, earlier_end - 1, kRope ? pos0 : -1);
     CommitAsync();
     ++preloaded;
   }
   PdlGate();
   if constexpr (kRope) {
-    const int own = (pos0 - lo) / kKeys;  // the tile of the row's own key
-    const bool own_in = own < preloaded;
+    // This block's keys hold the row's own (so it writes it), and its tile.
+    const bool owns = !kBlocks || (begin <= pos0 && pos0 <= key_last);
+    const int own = (pos0 - begin) / kKeys;
+    const bool own_in = owns && own < preloaded;
     RopeRowIntoCache<D>(qkv + first * (heads + 2 * kv.kv_heads) * D, heads, kv, seq, pos0, kvh, G, rope_cos, rope_sin,
-                        qs, own_in ? ks + own * kKeys * D : nullptr, own_in ? vs + own * kKeys * D : nullptr,
-                        pos0 - lo - own * kKeys);
+                        owns, qs, own_in ? ks + own * kKeys * D : nullptr, own_in ? vs + own * kKeys * D : nullptr,
+                        pos0 - begin - own * kKeys);
     __syncthreads();  // the queries are in shared memory, the key and value in the cache (and tile)
   } else {
     // Query vectors (vector v: row v / G, head kvh * G + v % G; the G heads of a row are contiguous).
@@ -211,7 +227,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
     }
   }
   CommitAsync();
-  if (preloaded == 0) load_keys(0, lo, pos_last, -1);
+  if (preloaded == 0) load_keys(0, begin, key_last, -1);
   CommitAsync();
   WaitAsync<1>();  // the queries (and the key tiles loaded before the wait)
   __syncthreads();
@@ -238,10 +254,10 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
 
-  for (int k0 = lo, tile = 0; k0 <= pos_last; k0 += kKeys, ++tile) {
+  for (int k0 = begin, tile = 0; k0 <= key_last; k0 += kKeys, ++tile) {
     const int buf = tile % kBuffers;
     // The next tile into the buffer whose tile the iteration before this one finished.
-    if (k0 + kKeys <= pos_last && tile + 1 >= preloaded) load_keys((tile + 1) % kBuffers, k0 + kKeys, pos_last, -1);
+    if (k0 + kKeys <= key_last && tile + 1 >= preloaded) load_keys((tile + 1) % kBuffers, k0 + kKeys, key_last, -1);
     CommitAsync();
     WaitAsync<1>();
     __syncthreads();
@@ -360,6 +376,9 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       }
     }
     __syncthreads();
+    // Split: this block's (M, L, unnormalised O) per query vector (one row: NQ = G) into its
+    // partial; a block with no keys has M = -inf.
+    float* part = S > 1 ? SplitPartial(split, blockIdx.y, kv.kv_heads, kvh, S, 0, G, D) : nullptr;
     for (int i = tid; i < NQ * D; i += kThreads) {
       const int v = i / D, d = i % D;
       float mx = -INFINITY;
@@ -371,7 +390,19 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
         num += so[(w * V + v) * kRow + d] * c;
         den += sl[w * V + v] * c;
       }
-      out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(num / den);
+      if (S == 1) {
+        out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(num / den);
+      } else {
+        float* p = part + blockIdx.z * static_cast<int64_t>(G) * (D + 2);
+        p[i] = num;
+        if (d == 0) {
+          p[G * D + v] = mx;
+          p[G * D + G + v] = den;
+        }
+      }
+    }
+    if (S > 1 && LastSplitBlock(split.counters + static_cast<int64_t>(blockIdx.y) * kv.kv_heads + kvh, S)) {
+      MergeKeySplits<true>(part, S, G, D, out + (first * heads + static_cast<int64_t>(kvh) * G) * D, so);
     }
   } else {
 #pragma unroll
@@ -397,10 +428,10 @@ constexpr size_t SharedBytes() {
 
 // Raises the kernel's shared memory limit (once) and returns how many of its blocks the device
 // holds at once.
-template <int D, bool kSplitKeys, bool kRope = false>
+template <int D, bool kSplitKeys, bool kRope = false, bool kBlocks = false>
 AttentionResidency PreparePrefill() {
   static const AttentionResidency r = [] {
-    auto kernel = PrefillAttentionKernel<D, kSplitKeys, kRope>;
+    auto kernel = PrefillAttentionKernel<D, kSplitKeys, kRope, kBlocks>;
     MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(SharedBytes<D, kSplitKeys, kRope>())));
     int device = 0, sms = 0, per_sm = 0;
@@ -413,48 +444,63 @@ AttentionResidency PreparePrefill() {
   return r;
 }
 
+// split: one-row tiles only (kSplitKeys), optional.
 template <int D, bool kSplitKeys, bool kRope = false>
 void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                    int64_t num_tiles, int64_t heads, const PagedKv& kv, int64_t window, float scale, bf16* out,
-                   cudaStream_t s, const bf16* qkv = nullptr, const double* inv_freq = nullptr) {
+                   cudaStream_t s, const DecodeSplit* split, const bf16* qkv = nullptr,
+                   const double* inv_freq = nullptr) {
+  const KeySplits ks = kSplitKeys ? PlanKeySplits(split, window, kKeys) : KeySplits{};
+  const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles),
+                  static_cast<unsigned>(ks.count));
+  const float scale_log2 = scale * 1.4426950408889634f;
+  if constexpr (kSplitKeys) {
+    if (ks.count > 1) {
+      PreparePrefill<D, true, kRope, true>();
+      Launch(PrefillAttentionKernel<D, true, kRope, true>, grid, kThreads, SharedBytes<D, true, kRope>(), s, q,
+             row_seq, row_pos, tiles, heads, kv, window, scale_log2, out, qkv, inv_freq, *split);
+      MOE_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
   PreparePrefill<D, kSplitKeys, kRope>();
-  const dim3 grid(static_cast<unsigned>(kv.kv_heads), static_cast<unsigned>(num_tiles));
-  Launch(PrefillAttentionKernel<D, kSplitKeys, kRope>, grid, kThreads, SharedBytes<D, kSplitKeys, kRope>(), s, q,
-         row_seq, row_pos, tiles, heads, kv, window, scale * 1.4426950408889634f, out, qkv, inv_freq);
+  Launch(PrefillAttentionKernel<D, kSplitKeys, kRope, false>, grid, kThreads, SharedBytes<D, kSplitKeys, kRope>(), s,
+         q, row_seq, row_pos, tiles, heads, kv, window, scale_log2, out, qkv, inv_freq, DecodeSplit{});
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 template <int D>
 void LaunchPrefill(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                    int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window, float scale,
-                   bf16* out, cudaStream_t s) {
+                   bf16* out, cudaStream_t s, const DecodeSplit* split) {
   if (max_rows * (heads / kv.kv_heads) <= kSplitKeyVectors) {
-    LaunchPrefill<D, true>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    LaunchPrefill<D, true>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s,
+                           max_rows == 1 ? split : nullptr);
   } else {
-    LaunchPrefill<D, false>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s);
+    LaunchPrefill<D, false>(q, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s, nullptr);
   }
 }
 
 }  // namespace
 
-AttentionResidency TensorCoreAttentionResidency(int64_t head_dim) {
-  if (head_dim == 128) return PreparePrefill<128, false>();
-  if (head_dim == 64) return PreparePrefill<64, false>();
+AttentionResidency TensorCoreAttentionResidency(int64_t head_dim, bool one_row) {
+  if (head_dim == 128) return one_row ? PreparePrefill<128, true>() : PreparePrefill<128, false>();
+  if (head_dim == 64) return one_row ? PreparePrefill<64, true>() : PreparePrefill<64, false>();
   return {};
 }
 
 bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                                int64_t num_tiles, int64_t max_rows, int64_t heads, const PagedKv& kv, int64_t window,
-                               float scale, bf16* out, cudaStream_t s) {
+                               float scale, bf16* out, cudaStream_t s, const DecodeSplit* split) {
   const int64_t G = heads / kv.kv_heads;
   // The tiles are the grid's y dimension (at most 65535): a larger step takes the other kernels.
   if (max_rows * G > kVectors || num_tiles > 65535) return false;
   if (kv.head_dim == 128) {
-    LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s);
+    LaunchPrefill<128>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s, split);
     return true;
   }
   if (kv.head_dim == 64) {
-    LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s);
+    LaunchPrefill<64>(q, row_seq, row_pos, tiles, num_tiles, max_rows, heads, kv, window, scale, out, s, split);
     return true;
   }
   return false;
@@ -462,17 +508,18 @@ bool LaunchTensorCoreAttention(const bf16* q, const int32_t* row_seq, const int3
 
 bool LaunchTensorCoreRopeAttention(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos,
                                    const int32_t* tiles, int64_t num_tiles, int64_t heads, const double* inv_freq,
-                                   const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s) {
+                                   const PagedKv& kv, int64_t window, float scale, bf16* out, cudaStream_t s,
+                                   const DecodeSplit* split) {
   const int64_t G = heads / kv.kv_heads;
   if (G > 8 || num_tiles > 65535) return false;
   if (kv.head_dim == 128) {
-    LaunchPrefill<128, true, true>(nullptr, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s, qkv,
-                                   inv_freq);
+    LaunchPrefill<128, true, true>(nullptr, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s, split,
+                                   qkv, inv_freq);
     return true;
   }
   if (kv.head_dim == 64) {
-    LaunchPrefill<64, true, true>(nullptr, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s, qkv,
-                                  inv_freq);
+    LaunchPrefill<64, true, true>(nullptr, row_seq, row_pos, tiles, num_tiles, heads, kv, window, scale, out, s, split,
+                                  qkv, inv_freq);
     return true;
   }
   return false;

@@ -270,8 +270,8 @@ struct DecodeSplit {
   int32_t* counters = nullptr; // num_tiles * kv_heads, zero before the first launch (left zero)
 };
 // The splits worth making for num_tiles decode rows over at most max_keys keys (window: the
-// sliding window, 0 for none), and the partials' floats they need.
-int DecodeSplitCount(int64_t num_tiles, int64_t kv_heads, int64_t max_keys, int64_t window);
+// sliding window, 0 for none) of head_dim, and the partials' floats they need.
+int DecodeSplitCount(int64_t num_tiles, int64_t kv_heads, int64_t head_dim, int64_t max_keys, int64_t window);
 size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int splits);
 
 // Attention of query rows over their sequences' cached keys: row r (of sequence row_seq[r] at
@@ -280,9 +280,9 @@ size_t DecodeSplitFloats(int64_t num_tiles, int64_t heads, int64_t head_dim, int
 // The rows come in TILES, pairs (first row, row count) in device memory: a tile's rows belong to
 // one sequence at consecutive positions, and one block per (tile, KV head) serves all of them and
 // the query heads of that KV head (GQA), so keys and values are read once per tile. `max_rows`:
-// the most rows in any of the tiles, at most AttentionTileRows; single rows (1) take the decode
-// kernel when `split` spreads their keys over several blocks, else (head_dim 64 or 128) the
-// tensor-core kernel as one-row tiles.
+// the most rows in any of the tiles, at most AttentionTileRows; single rows (1) take the
+// tensor-core kernel as one-row tiles (head_dim 64 or 128; the decode kernel for others), their
+// keys split over blocks when `split` says so.
 // The tiles, rows, positions and block tables are step inputs copied from the host: kernels read
 // them before waiting for the kernel before them (kernels/launch.cuh), so no kernel may write them.
 // The keys and values before a chunk's first row (of earlier steps) may be read before that wait
@@ -293,7 +293,7 @@ void PagedAttention(const bf16* q, const int32_t* row_seq, const int32_t* row_po
                     float scale, bf16* out, cudaStream_t s, const DecodeSplit* split = nullptr);
 // QkvRopeKv then PagedAttention of one-row tiles in one kernel, where it can: a decode step's
 // rows, each its sequence's only row in the step (tiles as PagedAttention's with max_rows 1), head
-// dim 64 or 128, no split of the keys (`split` absent or 1). The same bits as the two (the queries
+// dim 64 or 128, the keys split over blocks as `split` says. The same bits as the two (the queries
 // do not go through memory; q_out is not written). Returns false, launching nothing, otherwise.
 bool DecodeRopeAttention(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, const int32_t* tiles,
                          int64_t num_tiles, int64_t heads, const double* inv_freq, const PagedKv& kv, int64_t window,

@@ -37,6 +37,7 @@
 #include <cuda_runtime.h>
 
 #include "common/json_util.h"
+#include "kernels/kernels.h"
 #include "tests/support/engine_fixture.h"
 #include "tests/support/random_model.h"
 #include "tests/support/reference_forward.h"
@@ -735,6 +736,53 @@ TEST(GpuSyntheticTest, SmallConfigRunsAndIsSeeded) {
   }
   std::printf("synthetic small: %.2f MB of weights, logit rms %.3f, %d of %lld experts used in layer 0\n",
               (*a)->weight_bytes() / 1e6, rms, used, static_cast<long long>(c.num_experts));
+}
+
+// Decode at long contexts, where the attention splits each row's keys over several blocks
+// (DecodeSplit): one sequence (its step fused with the QKV RoPE) and ten together (the separate
+// RoPE kernel), each decode step's logits against the full forward of the same tokens (the
+// prefill's attention path, not split).
+TEST(GpuSyntheticTest, LongContextDecodeWithSplitKeysMatchesFullForward) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig c = MakeConfig(
+      DtypeCase{"long", DType::kBF16, 512, 256, 384, 2, 8, 2, 128, 4, 2, std::nullopt, false});
+  c.max_position_embeddings = 4096;
+  const int64_t V = c.vocab_size;
+  auto e = SyntheticGpu(c, 7);
+  std::mt19937 rng(11);
+  auto random_tokens = [&](int64_t n) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = static_cast<int32_t>(rng() % V);
+    return t;
+  };
+  for (const int64_t batch : {1, 10}) {
+    SCOPED_TRACE(testing::Message() << "batch " << batch);
+    constexpr int64_t kSteps = 3;
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<std::vector<float>> full;
+    for (int64_t b = 0; b < batch; ++b) {
+      tokens.push_back(random_tokens(700 + 20 * b));
+      full.push_back(FullForward(**e, tokens.back()));
+    }
+    // The steps' keys are split (contexts of 700-880: block tables of 1,024 positions).
+    const int64_t max_keys = 1024;
+    ASSERT_GT(gpu::DecodeSplitCount(batch, c.num_kv_heads, c.head_dim, max_keys, 0), 1);
+    for (int64_t b = 0; b < batch; ++b) {
+      ASSERT_TRUE((*e)->AddSequence(b + 1).ok());
+      const std::vector<int32_t> prompt(tokens[b].begin(), tokens[b].end() - kSteps);
+      ASSERT_TRUE((*e)->Step({{b + 1, prompt, false}}).ok());
+    }
+    for (int64_t k = kSteps; k > 0; --k) {
+      std::vector<SequenceChunk> step;
+      for (int64_t b = 0; b < batch; ++b) step.push_back({b + 1, {tokens[b][tokens[b].size() - k]}, false});
+      StepOutput out = (*e)->Step(step).value();
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t t = static_cast<int64_t>(tokens[b].size()) - k;
+        EXPECT_LT(RelativeError(out.chunks[b].logits, full[b], V, 0, t * V), kRelTol) << "sequence " << b << " t=" << t;
+      }
+    }
+    for (int64_t b = 0; b < batch; ++b) (*e)->FreeSequence(b + 1);
+  }
 }
 
 // cuBLASLt products with the algorithm timed among the candidates (the default) and with the

@@ -362,9 +362,11 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
 
 // Decode attention split over the keys (DecodeSplit): long contexts in a shuffled block pool,
 // every split count the launcher accepts, against cpu::AttendOne; the counters are left zero.
+// Head dims 128 and 64 take the tensor-core kernel, 96 the decode kernel.
 TEST(GpuKernelsTest, DecodeAttentionSplitMatchesCpu) {
   SKIP_WITHOUT_GPU();
-  for (const AttnCase& c : {AttnCase{32, 8, 128, 16, 0}, AttnCase{8, 1, 128, 16, 200}, AttnCase{8, 2, 64, 8, 0}}) {
+  for (const AttnCase& c : {AttnCase{32, 8, 128, 16, 0}, AttnCase{8, 1, 128, 16, 200}, AttnCase{8, 2, 64, 8, 0},
+                            AttnCase{16, 2, 96, 16, 0}}) {
     SCOPED_TRACE(testing::Message() << "heads " << c.heads << " kv " << c.kv_heads << " D " << c.D << " window "
                                     << c.window);
     const std::vector<int64_t> lens = {1000, 300, 5, 129};
@@ -410,7 +412,7 @@ TEST(GpuKernelsTest, DecodeAttentionSplitMatchesCpu) {
       }
     }
     const int64_t max_keys = max_blocks * c.block_size;
-    for (int splits : {1, 2, 3, 8, 64, DecodeSplitCount(S, c.kv_heads, max_keys, c.window)}) {
+    for (int splits : {1, 2, 3, 8, 16, 64, DecodeSplitCount(S, c.kv_heads, c.D, max_keys, c.window)}) {
       Buffer<float> d_partial(std::max<size_t>(1, DecodeSplitFloats(S, c.heads, c.D, splits)));
       std::vector<int32_t> zeros(S * c.kv_heads, 0);
       Buffer<int32_t> d_counters(zeros);
@@ -512,22 +514,29 @@ TEST(GpuKernelsTest, DecodeRopeAttentionMatchesQkvRopeKvThenPagedAttention) {
     const float scale = 1.f / std::sqrt(static_cast<float>(c.D));
     PagedKv kv_a{keys_a.get(), values_a.get(), d_tables.get(), max_blocks, c.block_size, c.kv_heads, c.D};
     PagedKv kv_b{keys_b.get(), values_b.get(), d_tables.get(), max_blocks, c.block_size, c.kv_heads, c.D};
-    QkvRopeKv(d_qkv.get(), d_seq.get(), d_pos.get(), S, c.heads, d_inv.get(), kv_a, d_q.get(), nullptr);
-    PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, 1, c.heads, kv_a, c.window, scale,
-                   out_a.get(), nullptr);
-    ASSERT_TRUE(DecodeRopeAttention(d_qkv.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, c.heads, d_inv.get(), kv_b,
-                                    c.window, scale, out_b.get(), nullptr));
     auto same_bits = [](const Buffer<bf16>& a, const Buffer<bf16>& b) {
       const std::vector<bf16> x = a.Download(), y = b.Download();
       return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(bf16)) == 0;
     };
-    EXPECT_TRUE(same_bits(out_a, out_b)) << "attention output";
-    EXPECT_TRUE(same_bits(keys_a, keys_b)) << "key cache";
-    EXPECT_TRUE(same_bits(values_a, values_b)) << "value cache";
-    // Where it does not apply it launches nothing: keys split over blocks.
-    const DecodeSplit split{2, max_blocks * c.block_size, nullptr, nullptr};
-    EXPECT_FALSE(DecodeRopeAttention(d_qkv.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, c.heads, d_inv.get(),
-                                     kv_b, c.window, scale, out_b.get(), nullptr, &split));
+    // Unsplit, and split over blocks (the own key's block writes it; the others rotate the queries
+    // only): the same bits as the two kernels with the same split.
+    const int64_t max_keys = max_blocks * c.block_size;
+    for (int splits : {1, 2, 3, 4, DecodeSplitCount(S, c.kv_heads, c.D, max_keys, c.window)}) {
+      SCOPED_TRACE(testing::Message() << "splits " << splits);
+      Buffer<float> d_partial(std::max<size_t>(1, DecodeSplitFloats(S, c.heads, c.D, splits)));
+      const std::vector<int32_t> zeros(S * c.kv_heads, 0);
+      Buffer<int32_t> d_counters(zeros);
+      const DecodeSplit split{splits, max_keys, d_partial.get(), d_counters.get()};
+      QkvRopeKv(d_qkv.get(), d_seq.get(), d_pos.get(), S, c.heads, d_inv.get(), kv_a, d_q.get(), nullptr);
+      PagedAttention(d_q.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, 1, c.heads, kv_a, c.window, scale,
+                     out_a.get(), nullptr, &split);
+      ASSERT_TRUE(DecodeRopeAttention(d_qkv.get(), d_seq.get(), d_pos.get(), d_tiles.get(), S, c.heads, d_inv.get(),
+                                      kv_b, c.window, scale, out_b.get(), nullptr, &split));
+      EXPECT_TRUE(same_bits(out_a, out_b)) << "attention output";
+      EXPECT_TRUE(same_bits(keys_a, keys_b)) << "key cache";
+      EXPECT_TRUE(same_bits(values_a, values_b)) << "value cache";
+      EXPECT_EQ(d_counters.Download(), zeros);
+    }
   }
   // A head dim the tensor-core kernel does not take.
   PagedKv kv96{nullptr, nullptr, nullptr, 1, 16, 2, 96};

@@ -278,7 +278,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   PlanAttentionTiles(chunk_rows.data(), sh.S, tile_rows_, narrow_tiles_, wide_tiles_);
   sh.narrow = static_cast<int64_t>(narrow_tiles_.size() / 2);
   sh.wide = static_cast<int64_t>(wide_tiles_.size() / 2);
-  sh.decode_splits = DecodeSplitCount(sh.narrow, c.num_kv_heads, sh.pitch * kv_.block_size(),
+  sh.decode_splits = DecodeSplitCount(sh.narrow, c.num_kv_heads, c.head_dim, sh.pitch * kv_.block_size(),
                                       c.sliding_window ? *c.sliding_window : 0);
   sh.peak = sh.total = sh.T;
   if (comm_.size() > 1) {
