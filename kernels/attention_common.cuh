@@ -37,6 +37,18 @@ __device__ __forceinline__ float* SplitPartial(const DecodeSplit& split, int64_t
   return split.partial + ((tile * kv_heads + kvh) * S + z) * static_cast<int64_t>(G) * (D + 2);
 }
 
+// Element i = v D + d of split z's partial at `part` (SplitPartial of split 0): the unnormalised
+// output o of query vector v, with that vector's m and l where d == 0.
+__device__ __forceinline__ void StoreSplitPartial(float* part, unsigned z, int G, int D, int i, int v, int d, float o,
+                                                  float m, float l) {
+  float* p = part + z * static_cast<int64_t>(G) * (D + 2);
+  p[i] = o;
+  if (d == 0) {
+    p[G * D + v] = m;
+    p[G * D + G + v] = l;
+  }
+}
+
 // Called by every thread once its block's partials are written: true in the last of the S blocks
 // of the (tile, KV head) whose counter this is, with every other block's partials visible; that
 // block leaves the counter zero for the next launch.

@@ -196,12 +196,7 @@ __global__ void __launch_bounds__(kThreads) DecodeAttentionKernel(const bf16* q,
     if (S == 1) {
       out[out_base + i] = __float2bfloat16(o / L);
     } else {
-      float* p = part + blockIdx.z * static_cast<int64_t>(G) * (D + 2);
-      p[i] = o;
-      if (d == 0) {
-        p[G * D + v] = M;
-        p[G * D + G + v] = L;
-      }
+      StoreSplitPartial(part, blockIdx.z, G, D, i, v, d, o, M, L);
     }
   }
   if (S == 1) return;

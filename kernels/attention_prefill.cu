@@ -393,12 +393,7 @@ __global__ void __launch_bounds__(kThreads) PrefillAttentionKernel(const bf16* q
       if (S == 1) {
         out[((first + v / G) * heads + static_cast<int64_t>(kvh) * G + v % G) * D + d] = __float2bfloat16(num / den);
       } else {
-        float* p = part + blockIdx.z * static_cast<int64_t>(G) * (D + 2);
-        p[i] = num;
-        if (d == 0) {
-          p[G * D + v] = mx;
-          p[G * D + G + v] = den;
-        }
+        StoreSplitPartial(part, blockIdx.z, G, D, i, v, d, num, mx, den);
       }
     }
     if (S > 1 && LastSplitBlock(split.counters + static_cast<int64_t>(blockIdx.y) * kv.kv_heads + kvh, S)) {

@@ -147,22 +147,18 @@ TEST(ActivityTimelineTest, DecodeTraceSplitsLayersThatLaunchDifferentKernels) {
       2000);
   const nlohmann::json s = SummariseDecodeTrace(t, 3, 3);
   ASSERT_FALSE(s.contains("error")) << s.dump();
-  const std::vector<std::pair<std::string, double>> layer = {{"A", 3.0}, {"B", 3.0}, {"C", 3.0}, {"R", 2.0},
-                                                             {"X", 1.0}};
-  ASSERT_EQ(s["layer"].size(), layer.size()) << s.dump();
-  for (size_t i = 0; i < layer.size(); ++i) {
-    EXPECT_EQ(s["layer"][i]["kernel"], layer[i].first);
-    EXPECT_DOUBLE_EQ(s["layer"][i]["us"].get<double>(), layer[i].second) << layer[i].first;
-  }
+  // The summary's list `key` holds these kernels with these times, in this order.
+  auto expect_kernels = [&](const char* key, const std::vector<std::pair<std::string, double>>& want) {
+    ASSERT_EQ(s[key].size(), want.size()) << s.dump();
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(s[key][i]["kernel"], want[i].first) << key;
+      EXPECT_DOUBLE_EQ(s[key][i]["us"].get<double>(), want[i].second) << key << " " << want[i].first;
+    }
+  };
+  expect_kernels("layer", {{"A", 3.0}, {"B", 3.0}, {"C", 3.0}, {"R", 2.0}, {"X", 1.0}});
   EXPECT_DOUBLE_EQ(s["layer_us"].get<double>(), 12.0);
   EXPECT_EQ(s["layers_averaged"].get<int>(), 2);
-  const std::vector<std::pair<std::string, double>> outside = {{"E", 1.0}, {"R", 5.0}, {"A", 3.0},
-                                                               {"B", 4.0}, {"C", 3.0}, {"H", 2.0}};
-  ASSERT_EQ(s["outside_layers"].size(), outside.size()) << s.dump();
-  for (size_t i = 0; i < outside.size(); ++i) {
-    EXPECT_EQ(s["outside_layers"][i]["kernel"], outside[i].first);
-    EXPECT_DOUBLE_EQ(s["outside_layers"][i]["us"].get<double>(), outside[i].second) << outside[i].first;
-  }
+  expect_kernels("outside_layers", {{"E", 1.0}, {"R", 5.0}, {"A", 3.0}, {"B", 4.0}, {"C", 3.0}, {"H", 2.0}});
   EXPECT_DOUBLE_EQ(s["span_us"].get<double>(), 42.0);
   EXPECT_EQ(s["steps"].get<int>(), 2);
   EXPECT_EQ(s["steps_left_out"].get<int>(), 1);
