@@ -160,8 +160,8 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       // Decode rows split over the keys as the engine splits them.
       const int64_t n_narrow = static_cast<int64_t>(narrow.size() / 2), max_keys = blocks_per_seq * kBlock;
       const int splits = gpu::DecodeSplitCount(n_narrow, kvh, D, max_keys, 0);
-      constexpr int kMaxSplits = 64;  // DecodeSplit's bound
-      gpu::DeviceBuffer<float> partial(std::max<size_t>(1, gpu::DecodeSplitFloats(n_narrow, heads, D, kMaxSplits)));
+      gpu::DeviceBuffer<float> partial(
+          std::max<size_t>(1, gpu::DecodeSplitFloats(n_narrow, heads, D, gpu::kMaxKeySplits)));
       gpu::DeviceBuffer<int32_t> counters(std::max<int64_t>(1, n_narrow * kvh));
       MOE_CUDA_CHECK(cudaMemset(counters.get(), 0, sizeof(int32_t) * counters.size()));
       const gpu::DecodeSplit split{splits, max_keys, partial.get(), counters.get()};
@@ -194,7 +194,7 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
         nlohmann::json by_splits = nlohmann::json::object();  // at each split count over blocks
         std::printf("\n    split over blocks:");
         // Splits of at least one 64-key tile of the tensor-core kernel.
-        for (int n = 2; n <= kMaxSplits && 64 * n <= max_keys; n *= 2) {
+        for (int n = 2; n <= gpu::kMaxKeySplits && 64 * n <= max_keys; n *= 2) {
           const gpu::DecodeSplit forced{n, max_keys, partial.get(), counters.get()};
           const double us = 1e3 * MedianMs(s, 3, 20, [&](int) {
             gpu::PagedAttention(qb.get(), d_seq, d_pos, d_narrow, n_narrow, 1, heads, kv, 0, scale, ob.get(), s,

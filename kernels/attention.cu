@@ -24,7 +24,6 @@ constexpr int kKeyTile = 32;  // keys per shared-memory tile: one per lane in th
 // Query vectors (query rows x the query heads of one KV head) per block of the CUDA-core tiled
 // kernel, and the output slots (pairs of dimensions x query vectors) each thread accumulates.
 constexpr int kMaxGroup = 8;
-constexpr int64_t kMaxKeySplits = 64;  // DecodeSplit's bound
 // The tensor-core kernel's decode splits: at most kMaxDecodeSplits (the merge's cost grows with
 // them: batch 1 over 16,384 keys 41 us in 32, 53 in 64), of at least kMinSplitKeys of the step's
 // max_keys to fill the device once, and kMinWaveSplitKeys to fill a last wave better.
@@ -377,7 +376,7 @@ KeySplits PlanKeySplits(const DecodeSplit* split, int64_t window, int round) {
   if (split->partial == nullptr || split->counters == nullptr || split->max_keys <= 0) {
     throw std::invalid_argument("PagedAttention: a decode split needs partials, counters and max_keys");
   }
-  const int64_t splits = std::min<int64_t>(split->splits, kMaxKeySplits);
+  const int64_t splits = std::min(split->splits, kMaxKeySplits);
   const int64_t keys = window > 0 ? std::min(split->max_keys, window) : split->max_keys;
   const int64_t per = ((keys + splits - 1) / splits + round - 1) / round * round;
   ks.keys = static_cast<int>(per);
@@ -395,7 +394,7 @@ int DecodeSplitCount(int64_t num_tiles, int64_t kv_heads, int64_t head_dim, int6
     // warps' 32-key tiles (batch 1 over 512 keys: 27.3 us unsplit against 21.9 split in four).
     const int64_t by_sms = (DeviceSmCount() + blocks - 1) / blocks;
     const int64_t by_keys = (max_keys + 255) / 256;
-    return static_cast<int>(std::clamp<int64_t>(std::min(by_sms, by_keys), 1, kMaxKeySplits));
+    return static_cast<int>(std::clamp<int64_t>(std::min(by_sms, by_keys), 1, int64_t{kMaxKeySplits}));
   }
   // The tensor-core kernel (nvidia-h200, head_dim 128, 8 KV heads; benchmarks/NOTES.md, session
   // 20): a block's time is mostly fixed costs and a chain of key tiles, so split until the blocks

@@ -16,9 +16,10 @@ __device__ __forceinline__ int64_t CacheOffset(const PagedKv& kv, int seq, int p
 
 // Decode attention split over the keys (DecodeSplit), for both kernels that split (the tensor-core
 // kernel for head_dim 64 / 128, the decode kernel for others): each of a (tile, KV head)'s S blocks
-// takes split_keys keys from the row's first visible key on and writes its partial result, the
-// last of them to finish merges the S partials in split order (so the result does not depend on
-// which block ends last).
+// takes its share of the row's keys (the decode kernel: KeySplits::keys of them from the first
+// visible key on; the tensor-core kernel: one of S runs of whole key tiles of the row's own keys)
+// and writes its partial result, the last of them to finish merges the S partials in split order
+// (so the result does not depend on which block ends last).
 
 // The split count that leaves no split without keys, and the keys of a split (a multiple of
 // `round`, the kernel's key tile: the decode kernel's splits; the tensor-core kernel splits each
@@ -65,10 +66,10 @@ __device__ __forceinline__ bool LastSplitBlock(int32_t* counter, int S) {
   return last;
 }
 
-// The last block's merge of the S <= 64 partials at `part` (SplitPartial of split 0) into out[i]
-// for i < G D (the G query vectors of a row and KV head): per vector M = max m_z, L = sum l_z e_z
-// and weights e_z / L with e_z = exp(m_z - M) (a warp per vector, into `scratch`, G x 64 floats of
-// shared memory the block no longer uses), then out[i] = sum over z in order of o_z[i] e_z / L,
+// The last block's merge of the S <= kMaxKeySplits partials at `part` (SplitPartial of split 0)
+// into out[i] for i < G D (the G query vectors of a row and KV head): per vector M = max m_z, L =
+// sum l_z e_z and weights e_z / L with e_z = exp(m_z - M) (a warp per vector, into `scratch`, G x
+// kMaxKeySplits floats of shared memory the block no longer uses), then out[i] = sum over z in order of o_z[i] e_z / L,
 // eight splits' loads in flight at a time: two dependent rounds of loads, not one per split. A
 // partial's m is in the exponent domain of its kernel: natural (kLog2 false) or base 2 (the
 // tensor-core kernel's, the scale folded in). A split with no keys (past its row's last key) has
@@ -76,6 +77,7 @@ __device__ __forceinline__ bool LastSplitBlock(int32_t* counter, int S) {
 template <bool kLog2>
 __device__ __forceinline__ void MergeKeySplits(const float* part, int S, int G, int D, bf16* out, float* scratch) {
   constexpr int kBatch = 8;
+  static_assert(kMaxKeySplits <= 64, "a lane takes two splits' m and l");
   const int64_t stride = static_cast<int64_t>(G) * (D + 2);
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   auto exp = [](float x) {
@@ -104,12 +106,12 @@ __device__ __forceinline__ void MergeKeySplits(const float* part, int S, int G, 
     for (int o = 16; o > 0; o >>= 1) L += __shfl_xor_sync(0xffffffffu, L, o);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if (lane + 32 * h < S) scratch[v * 64 + lane + 32 * h] = e[h] / L;
+      if (lane + 32 * h < S) scratch[v * kMaxKeySplits + lane + 32 * h] = e[h] / L;
     }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
-    const float* w = scratch + (i / D) * 64;
+    const float* w = scratch + (i / D) * kMaxKeySplits;
     float acc = 0.f;
     for (int z0 = 0; z0 < S; z0 += kBatch) {
       float oz[kBatch];

@@ -262,7 +262,9 @@ void QkvRopeKv(const bf16* qkv, const int32_t* row_seq, const int32_t* row_pos, 
 // Decode attention split over the keys (flash-decoding), for when there are too few (row, KV head)
 // blocks to fill the GPU: each row's keys are spread over `splits` blocks, whose partial results the
 // last of them to finish merges in split order (deterministic). The keys any row attends to must be
-// at most max_keys (e.g. the block tables' width in positions).
+// at most max_keys (e.g. the block tables' width in positions). Splits past kMaxKeySplits are
+// made kMaxKeySplits.
+constexpr int kMaxKeySplits = 64;
 struct DecodeSplit {
   int splits = 1;
   int64_t max_keys = 0;

@@ -10,6 +10,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda_check.h"
@@ -245,6 +246,19 @@ TEST(GpuKernelsTest, GatherAndCombineMatchCpu) {
 struct AttnCase {
   int64_t heads, kv_heads, D, block_size, window;
 };
+std::string Describe(const AttnCase& c) {
+  return "heads " + std::to_string(c.heads) + " kv " + std::to_string(c.kv_heads) + " D " + std::to_string(c.D) +
+         " window " + std::to_string(c.window);
+}
+
+// The ids 0 .. pool - 1 of a KV block pool in a seeded random order, so that block tables do not
+// follow the positions.
+std::vector<int32_t> ShuffledBlocks(int64_t pool, uint32_t seed) {
+  std::vector<int32_t> blocks(pool);
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), std::mt19937(seed));
+  return blocks;
+}
 
 // Several sequences of different lengths in a shuffled block pool; query rows include whole
 // prefills and single decode positions. Reference: cpu::AttendOne over the same bf16 values.
@@ -255,9 +269,7 @@ TEST(GpuKernelsTest, PagedAttentionMatchesCpu) {
     const std::vector<int64_t> lens = {1, 17, 130, 64};
     const int64_t S = static_cast<int64_t>(lens.size()), width = c.kv_heads * c.D;
     const int64_t max_blocks = (130 + c.block_size - 1) / c.block_size, pool = S * max_blocks;
-    std::vector<int32_t> blocks(pool);
-    std::iota(blocks.begin(), blocks.end(), 0);
-    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(12));
+    const std::vector<int32_t> blocks = ShuffledBlocks(pool, 12);
     // Rows: every position of every sequence.
     std::vector<int32_t> row_seq, row_pos;
     for (int64_t s = 0; s < S; ++s)
@@ -367,14 +379,11 @@ TEST(GpuKernelsTest, DecodeAttentionSplitMatchesCpu) {
   SKIP_WITHOUT_GPU();
   for (const AttnCase& c : {AttnCase{32, 8, 128, 16, 0}, AttnCase{8, 1, 128, 16, 200}, AttnCase{8, 2, 64, 8, 0},
                             AttnCase{16, 2, 96, 16, 0}}) {
-    SCOPED_TRACE(testing::Message() << "heads " << c.heads << " kv " << c.kv_heads << " D " << c.D << " window "
-                                    << c.window);
+    SCOPED_TRACE(Describe(c));
     const std::vector<int64_t> lens = {1000, 300, 5, 129};
     const int64_t S = static_cast<int64_t>(lens.size()), width = c.kv_heads * c.D;
     const int64_t max_blocks = (1000 + c.block_size - 1) / c.block_size, pool = S * max_blocks;
-    std::vector<int32_t> blocks(pool);
-    std::iota(blocks.begin(), blocks.end(), 0);
-    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(21));
+    const std::vector<int32_t> blocks = ShuffledBlocks(pool, 21);
     // The cache holds every position; the query rows are the last position of each sequence.
     std::vector<int32_t> row_seq, row_pos;
     for (int64_t s = 0; s < S; ++s)
@@ -487,15 +496,12 @@ TEST(GpuKernelsTest, DecodeRopeAttentionMatchesQkvRopeKvThenPagedAttention) {
   SKIP_WITHOUT_GPU();
   for (const AttnCase& c : {AttnCase{32, 8, 128, 16, 0}, AttnCase{8, 1, 128, 16, 70}, AttnCase{16, 2, 64, 8, 0},
                             AttnCase{8, 4, 64, 4, 0}}) {
-    SCOPED_TRACE(testing::Message() << "heads " << c.heads << " kv " << c.kv_heads << " D " << c.D << " window "
-                                    << c.window);
+    SCOPED_TRACE(Describe(c));
     const std::vector<int32_t> lens = {1, 17, 64, 65, 129, 200};
     const int64_t S = static_cast<int64_t>(lens.size()), width = c.kv_heads * c.D;
     const int64_t qkv_width = (c.heads + 2 * c.kv_heads) * c.D;
     const int64_t max_blocks = (200 + c.block_size - 1) / c.block_size, pool = S * max_blocks;
-    std::vector<int32_t> blocks(pool);
-    std::iota(blocks.begin(), blocks.end(), 0);
-    std::shuffle(blocks.begin(), blocks.end(), std::mt19937(41));
+    const std::vector<int32_t> blocks = ShuffledBlocks(pool, 41);
     std::vector<int32_t> row_seq(S), row_pos(S), tiles;
     for (int64_t s = 0; s < S; ++s) {
       row_seq[s] = static_cast<int32_t>(s);
