@@ -12,7 +12,10 @@
 #      total batches (scripts/ep-scaling.py) -> ep-scaling.json;
 #   6. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
 #      in the same call -> transformers-peer.json;
-#   7. copy the summary, the JSON and the logs (logs.tar.gz) into $OUT when OUT is set.
+#   7. with GPU_RUN_SERVE=1, a serving sweep (benchmarks/serving/sweep.sh: moe-coordinator, one
+#      moe-worker rank per GPU on synthetic Mixtral-8x7B weights, moe-serve-bench at each
+#      concurrency of SERVE_SWEEP) -> serve-c*.json;
+#   8. copy the summary, the JSON and the logs (logs.tar.gz) into $OUT when OUT is set.
 # Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
 # GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
 # GPU_RUN_TRACE=1 also builds moe-bench with kernel timelines (build-gpu-trace, -DMOE_KERNEL_TRACE=ON)
@@ -27,7 +30,7 @@ mkdir -p "$LOGS"
 rm -f "$LOGS"/*
 JOBS=$(nproc)
 GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_nccl_test e2e_gpu_cluster_test
-  moe-bench moe-ep-bench)
+  moe-bench moe-ep-bench moe-serve-bench)
 SUMMARY=$LOGS/summary.txt
 status=0
 
@@ -113,6 +116,20 @@ if [ "${GPU_RUN_PEER:-0}" = 1 ]; then
   step peer timeout 900 env PYTHONUNBUFFERED=1 python3 benchmarks/transformers_peer.py \
     --out "$LOGS/transformers-peer.json" || status=1
   tail -n 8 "$LOGS/peer.log" | tee -a "$SUMMARY"
+fi
+
+if [ "${GPU_RUN_SERVE:-0}" = 1 ]; then
+  # A model folder holding only the config: the workers build seeded random weights on their GPUs.
+  SERVE_MODEL=$(mktemp -d)
+  cp benchmarks/configs/mixtral-8x7b-v0.1.json "$SERVE_MODEL/config.json"
+  SERVE_DIR=$LOGS/serve
+  step serve timeout 900 env BUILD="$B" COMMIT="$MOE_COMMIT" SWEEP="${SERVE_SWEEP:-1:16 16:64 64:256 256:512}" \
+    benchmarks/serving/sweep.sh "$SERVE_DIR" --np "$GPUS" --model "$SERVE_MODEL" --ready-timeout 600 \
+    --worker-arg=--device=gpu --worker-arg=--synthetic-weights=1 \
+    --coordinator-arg=--max-running-per-rank=256 --coordinator-arg=--max-waiting=1024 || status=1
+  grep -E "^==|^completed|^requests/s|^time|^inter|^end|^error" "$LOGS/serve.log" | tee -a "$SUMMARY"
+  for f in "$SERVE_DIR"/serve-c*.json; do [ -f "$f" ] && cp "$f" "$LOGS/"; done
+  cp "$SERVE_DIR/cluster.log" "$LOGS/serve-cluster.log" 2>/dev/null
 fi
 
 echo "gpu-run: exit $status" | tee -a "$SUMMARY"

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <cstdio>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -239,6 +240,118 @@ TEST_F(E2eGpuCluster, ShutsDownCleanly) {
   EXPECT_EQ(st.coordinator, 0) << cluster_->LogTail();
   EXPECT_EQ(st.mpirun, 0) << cluster_->LogTail();
   EXPECT_TRUE(cluster_->LeftoverProcesses().empty());
+}
+
+// --- a cluster on synthetic weights -----------------------------------------------------------------
+
+// moe-worker --synthetic-weights: a folder holding only config.json (the default model's), the
+// weights built on the GPU from the seed. The streams must carry the greedy tokens of a GpuEngine
+// built in this process by LoadSynthetic with the same config and seed: the flag reached the engine
+// and nothing was read from a checkpoint (there is none).
+class E2eGpuSyntheticCluster : public ::testing::Test {
+ protected:
+  static constexpr uint64_t kSeed = 7;
+  static constexpr int kTokens = 16;
+  static constexpr int kPromptLen = 9;
+  static constexpr int kRequests = 6;
+
+  static std::vector<int32_t> Prompt(int i) {
+    std::vector<int32_t> p;
+    for (int k = 0; k < kPromptLen + i; ++k) p.push_back((37 * i + 101 * k + 5) % 2048);
+    return p;
+  }
+
+  static void SetUpTestSuite() {
+    if (CudaDevices() == 0) return;
+    testing_ref::SetMpiTestEnvironment();
+    char tmpl[] = "/tmp/moe_e2e_synthetic_XXXXXX";
+    if (mkdtemp(tmpl) == nullptr) {
+      setup_ = absl::InternalError("cannot create a temporary directory");
+      return;
+    }
+    model_dir_ = tmpl;
+    std::error_code ec;
+    std::filesystem::copy_file(kModelDir + "/config.json", model_dir_ + "/config.json", ec);
+    if (ec) {
+      setup_ = absl::InternalError("cannot copy config.json: " + ec.message());
+      return;
+    }
+    setup_ = Reference();
+    if (!setup_.ok()) return;
+    cluster_ = std::make_unique<Cluster>(ClusterOptions{
+        1, model_dir_, {}, {"--device", "gpu", "--synthetic-weights", std::to_string(kSeed), "--kv-tokens", "8192"}});
+    setup_ = cluster_->StartCoordinator(Seconds(30));
+    if (setup_.ok()) setup_ = cluster_->StartWorkers();
+    if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(120));
+  }
+  static void TearDownTestSuite() {
+    if (cluster_) cluster_->Stop(Seconds(20));
+    cluster_.reset();
+    if (!model_dir_.empty()) std::filesystem::remove_all(model_dir_);
+  }
+  void SetUp() override {
+    if (CudaDevices() == 0) GTEST_SKIP() << "no CUDA device";
+    ASSERT_TRUE(setup_.ok()) << setup_ << "\n" << (cluster_ ? cluster_->LogTail() : "");
+  }
+  void TearDown() override {
+    if (HasFailure() && cluster_) std::fprintf(stderr, "%s", cluster_->LogTail().c_str());
+  }
+
+  static absl::Status Reference() {
+    MOE_ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromModelDir(model_dir_));
+    MOE_ASSIGN_OR_RETURN(PlacementPlan plan, PlacementPlan::Make(c.num_layers, c.num_experts, 1));
+    LocalCommunicator comm;
+    gpu::GpuEngineOptions opts;
+    opts.kv_tokens = 4096;
+    opts.device = 0;
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<gpu::GpuEngine> engine,
+                         gpu::GpuEngine::LoadSynthetic(c, comm, plan, opts, kSeed));
+    std::vector<GenerateRequest> reqs;
+    for (int i = 0; i < kRequests; ++i) {
+      GenerateRequest r;
+      r.prompt = Prompt(i);
+      r.max_tokens = kTokens;
+      r.sampling.temperature = 0;
+      r.ignore_eos = true;
+      reqs.push_back(r);
+    }
+    MOE_ASSIGN_OR_RETURN(auto res, GenerateAll(*engine, reqs));
+    for (const auto& r : res) expected_.push_back(r.tokens);
+    return absl::OkStatus();
+  }
+
+  static inline std::unique_ptr<Cluster> cluster_;
+  static inline std::string model_dir_;
+  static inline absl::Status setup_;
+  static inline std::vector<std::vector<int32_t>> expected_;
+};
+
+TEST_F(E2eGpuSyntheticCluster, StreamsCarryTheTokensOfTheSameSeededWeights) {
+  std::vector<StreamOutcome> outcomes(kRequests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&outcomes, i] {
+      auto stub = moe::v1::Inference::NewStub(
+          grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
+      moe::v1::GenerateRequest req;
+      for (int32_t id : Prompt(i)) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
+      req.mutable_sampling()->set_max_tokens(kTokens);
+      req.mutable_sampling()->set_temperature(0);
+      req.mutable_sampling()->set_ignore_eos(true);
+      outcomes[i] = RunGenerate(*stub, req, 120);
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<std::vector<int32_t>> distinct;
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << "stream " << i << ": " << outcomes[i].status;
+    EXPECT_EQ(outcomes[i].result.token_ids, expected_[i]) << "stream " << i;
+    distinct.insert(expected_[i]);
+  }
+  EXPECT_GT(distinct.size(), 1u) << "every prompt gave the same tokens: are the weights degenerate?";
+  const Cluster::ExitStatus st = cluster_->Stop(Seconds(20));
+  EXPECT_EQ(st.coordinator, 0) << cluster_->LogTail();
+  EXPECT_EQ(st.mpirun, 0) << cluster_->LogTail();
 }
 
 }  // namespace

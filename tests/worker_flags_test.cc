@@ -20,6 +20,13 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   EXPECT_EQ(f->device, "gpu");
   EXPECT_EQ(f->kv_tokens, 4096);
   EXPECT_EQ(f->max_batch_tokens, 512);
+  EXPECT_FALSE(f->synthetic_seed.has_value());
+  f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--synthetic-weights", "0"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->synthetic_seed, 0u);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--synthetic-weights=18446744073709551615", "--device", "gpu"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->synthetic_seed, 18446744073709551615ull);
 }
 
 TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
@@ -38,6 +45,11 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
             "--gpu-memory-utilization: expected a number, got 'most'"},
            {{"--coordinator", "h:1", "--bogus", "1"}, "unknown flag '--bogus'"},
            {{"--device", "gpu"}, "--coordinator: required"},
+           {{"--coordinator", "h:1", "--synthetic-weights", "1"}, "--synthetic-weights: needs --device gpu"},
+           {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights", "-1"},
+            "--synthetic-weights: expected a non-negative integer seed, got '-1'"},
+           {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights="},
+            "--synthetic-weights: expected a non-negative integer seed, got ''"},
        }) {
     auto f = ParseWorkerFlags(c.args);
     ASSERT_FALSE(f.ok()) << c.message;

@@ -47,11 +47,14 @@ CliRun RunCli(int ranks, const std::vector<std::string>& args) {
   }
   argv.push_back(kCliPath);
   argv.insert(argv.end(), args.begin(), args.end());
+  return RunProgram(argv);
+}
 
+CliRun RunProgram(const std::vector<std::string>& argv) {
   CliRun run;
   for (const std::string& a : argv) run.command += (run.command.empty() ? "" : " ") + ShellQuote(a);
   const std::filesystem::path err_path =
-      std::filesystem::temp_directory_path() / ("moe_cli_stderr_" + std::to_string(getpid()) + ".txt");
+      std::filesystem::temp_directory_path() / ("moe_test_stderr_" + std::to_string(getpid()) + ".txt");
   FILE* pipe = popen((run.command + " 2>" + ShellQuote(err_path.string())).c_str(), "r");
   if (!pipe) {
     run.err = "popen failed";

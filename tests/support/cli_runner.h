@@ -30,6 +30,9 @@ void SetMpiTestEnvironment();
 // pipe; stderr goes to its own file, so diagnostics cannot corrupt the JSON line.
 CliRun RunCli(int ranks, const std::vector<std::string>& args);
 
+// Runs any program (argv[0] its path) the same way.
+CliRun RunProgram(const std::vector<std::string>& argv);
+
 std::string JoinIds(const std::vector<int32_t>& ids);
 
 }  // namespace moe::testing_ref

@@ -1,6 +1,7 @@
 #include "worker/server/worker_engine.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 
 #include "worker/comm/mpi_launch.h"
@@ -108,7 +109,17 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
   } else {
     go.device = gpu;
   }
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<gpu::GpuEngine> e, gpu::GpuEngine::Load(model_dir, comm, plan, go));
+  std::unique_ptr<gpu::GpuEngine> e;
+  if (flags.synthetic_seed) {
+    MOE_ASSIGN_OR_RETURN(const ModelConfig config, ModelConfig::FromModelDir(model_dir));
+    if (comm.rank() == 0) {
+      std::fprintf(stderr, "moe-worker: synthetic weights (seed %llu) for %s/config.json; no checkpoint is read\n",
+                   static_cast<unsigned long long>(*flags.synthetic_seed), model_dir.c_str());
+    }
+    MOE_ASSIGN_OR_RETURN(e, gpu::GpuEngine::LoadSynthetic(config, comm, plan, go, *flags.synthetic_seed));
+  } else {
+    MOE_ASSIGN_OR_RETURN(e, gpu::GpuEngine::Load(model_dir, comm, plan, go));
+  }
   int device = 0;
   cudaGetDevice(&device);
   w->device_ = "cuda:" + std::to_string(device);

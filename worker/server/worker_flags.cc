@@ -26,19 +26,30 @@ absl::StatusOr<double> ParseFraction(const std::string& flag, const std::string&
   return v;
 }
 
+absl::StatusOr<uint64_t> ParseSeed(const std::string& flag, const std::string& s) {
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) {
+    return FlagError(flag, "expected a non-negative integer seed, got '" + s + "'");
+  }
+  return v;
+}
+
 }  // namespace
 
 std::string WorkerUsage() {
   return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
-         "                  [--gpu-memory-utilization 0.9]\n"
+         "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
          "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
          "cross ranks over NCCL, else through the host); it needs a build with CUDA.\n"
          "--kv-tokens: the KV cache's positions per rank. Without it a GPU rank's cache takes what is left\n"
          "of --gpu-memory-utilization of the GPU's memory after what is in use, its weights and its step\n"
-         "buffers; a CPU rank's holds 64 sequences of the full context, at most 262144 positions.\n";
+         "buffers; a CPU rank's holds 64 sequences of the full context, at most 262144 positions.\n"
+         "--synthetic-weights SEED (--device gpu): seeded random weights built on the GPU for the model's\n"
+         "config.json, no checkpoint read: full-size serving benchmarks from a folder holding only config.json.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
@@ -60,7 +71,8 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       continue;
     }
     if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&
-        flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization") {
+        flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization" &&
+        flag != "--synthetic-weights") {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
     }
     if (!has_inline) {
@@ -80,6 +92,8 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       MOE_ASSIGN_OR_RETURN(f.kv_tokens, ParsePositive(flag, val));
     } else if (flag == "--kv-block-size") {
       MOE_ASSIGN_OR_RETURN(f.kv_block_size, ParsePositive(flag, val));
+    } else if (flag == "--synthetic-weights") {
+      MOE_ASSIGN_OR_RETURN(f.synthetic_seed, ParseSeed(flag, val));
     } else if (flag == "--gpu-memory-utilization") {
       MOE_ASSIGN_OR_RETURN(f.gpu_memory_utilization, ParseFraction(flag, val));
     } else {
@@ -87,6 +101,9 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     }
   }
   if (!f.help && f.coordinator.empty()) return FlagError("--coordinator", "required (HOST:PORT of the coordinator)");
+  if (f.synthetic_seed && f.device != "gpu") {
+    return FlagError("--synthetic-weights", "needs --device gpu (the weights are generated on the GPU)");
+  }
   return f;
 }
 

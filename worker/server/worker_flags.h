@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@ struct WorkerFlags {
   int64_t kv_block_size = 16;
   int64_t max_batch_tokens = 2048;
   std::string device = "cpu";  // "cpu" or "gpu" (one GPU per rank: the node-local rank's)
+  // Seeded random weights generated on the GPU for the model's config.json instead of reading a
+  // checkpoint (full-size serving benchmarks without one); GPU ranks only.
+  std::optional<uint64_t> synthetic_seed;
   bool help = false;
 };
 

@@ -1,0 +1,281 @@
+// moe-serve-bench: a load generator for the coordinator's public API, what vLLM's
+// benchmark_serving is to an OpenAI server. It sends random token-id prompts as streaming Generate
+// calls on a Poisson schedule (or all at once), at most --max-concurrency in flight, each for
+// exactly --output-len tokens (ignore_eos), and reports throughput and the latencies users feel:
+// time to first token, time per output token, inter-token latency, end to end. See BenchUsage().
+//
+// Every request runs on its own thread over one of --connections channels (each its own TCP
+// connection, so that a server's per-connection stream limit does not queue requests in the
+// client). Times are the client's: from the call's start to each streamed message carrying tokens.
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
+#include <nlohmann/json.hpp>
+
+#include "benchmarks/serving/serve_bench_args.h"
+#include "benchmarks/serving/serve_load.h"
+#include "clients/cpp/generation_result.h"
+#include "clients/cpp/grpc_status.h"
+#include "clients/cpp/health_check.h"
+#include "moe/v1/inference.grpc.pb.h"
+
+namespace moe::serve_bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+double SecondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::chrono::system_clock::time_point Deadline(double s) {
+  return std::chrono::system_clock::now() + std::chrono::microseconds(static_cast<int64_t>(s * 1e6));
+}
+
+// Counts requests in flight; Acquire blocks while `limit` (> 0) are.
+class InFlight {
+ public:
+  explicit InFlight(int64_t limit) : limit_(limit) {}
+  void Acquire() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return limit_ <= 0 || n_ < limit_; });
+    ++n_;
+  }
+  void Release() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --n_;
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  const int64_t limit_;
+  int64_t n_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vector<int32_t>& prompt,
+            Clock::time_point t0, RequestRecord& rec) {
+  moe::v1::GenerateRequest req;
+  req.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
+  auto* s = req.mutable_sampling();
+  s->set_max_tokens(static_cast<uint32_t>(a.output_len));
+  s->set_temperature(a.temperature);
+  s->set_seed(a.seed + static_cast<uint64_t>(rec.index));
+  s->set_ignore_eos(true);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(a.timeout_s));
+  rec.prompt_tokens = static_cast<int64_t>(prompt.size());
+  rec.sent_s = SecondsSince(t0);
+  auto reader = stub.Generate(&ctx, req);
+  client::GenerationResult result;
+  moe::v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.token_ids_size() > 0) {
+      rec.token_message_s.push_back(SecondsSince(t0));
+      rec.message_tokens.push_back(msg.token_ids_size());
+    }
+    result.Add(msg);
+  }
+  const absl::Status status = client::FromGrpc(reader->Finish());
+  rec.end_s = SecondsSince(t0);
+  rec.output_tokens = static_cast<int64_t>(result.token_ids.size());
+  if (!status.ok()) {
+    rec.error = client::DescribeStatus(status);
+  } else if (!result.finished()) {
+    rec.error = "the stream ended without a finish reason";
+  } else {
+    rec.finish_reason = client::FinishReasonName(result.finish_reason);
+  }
+}
+
+// Runs `prompts` on the schedule `arrivals`; one record each, in order.
+std::vector<RequestRecord> RunLoad(const std::vector<std::unique_ptr<moe::v1::Inference::Stub>>& stubs,
+                                   const BenchArgs& a, const std::vector<std::vector<int32_t>>& prompts,
+                                   const std::vector<double>& arrivals) {
+  std::vector<RequestRecord> records(prompts.size());
+  InFlight in_flight(a.max_concurrency);
+  std::vector<std::thread> threads;
+  threads.reserve(prompts.size());
+  const Clock::time_point t0 = Clock::now();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::this_thread::sleep_until(t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(arrivals[i])));
+    in_flight.Acquire();
+    records[i].index = static_cast<int64_t>(i);
+    threads.emplace_back([&, i] {
+      RunOne(*stubs[i % stubs.size()], a, prompts[i], t0, records[i]);
+      in_flight.Release();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return records;
+}
+
+absl::Status WaitServing(const std::shared_ptr<grpc::Channel>& channel, const BenchArgs& a) {
+  const Clock::time_point t0 = Clock::now();
+  std::string last = "no answer";
+  while (true) {
+    absl::StatusOr<client::ServingStatus> s = client::CheckHealth(channel, "", std::chrono::milliseconds(2000));
+    if (s.ok() && *s == grpc::health::v1::HealthCheckResponse::SERVING) return absl::OkStatus();
+    last = s.ok() ? client::ServingStatusName(*s) : client::DescribeStatus(s.status());
+    if (SecondsSince(t0) >= a.wait_serving_s) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("the server at ", a.server, " was not SERVING within ", a.wait_serving_s, " s (last: ", last, ")"));
+}
+
+void PrintSummary(const json& s) {
+  const auto dist = [&](const char* name, const char* key) {
+    const json& d = s[key];
+    if (d["count"].get<int64_t>() == 0) return;
+    std::printf("%-26s mean %9.2f  median %9.2f  p90 %9.2f  p99 %9.2f\n", name, d["mean"].get<double>(),
+                d["median"].get<double>(), d["p90"].get<double>(), d["p99"].get<double>());
+  };
+  std::printf("completed %lld, failed %lld in %.2f s (at most %lld in flight)\n",
+              static_cast<long long>(s["completed"].get<int64_t>()), static_cast<long long>(s["failed"].get<int64_t>()),
+              s["duration_s"].get<double>(), static_cast<long long>(s["max_in_flight"].get<int64_t>()));
+  std::printf("requests/s %.2f, output tokens/s %.1f, total tokens/s %.1f\n", s["request_throughput"].get<double>(),
+              s["output_throughput"].get<double>(), s["total_token_throughput"].get<double>());
+  dist("time to first token (ms)", "ttft_ms");
+  dist("time per output token (ms)", "tpot_ms");
+  dist("inter-token latency (ms)", "itl_ms");
+  dist("end to end (ms)", "e2el_ms");
+  for (const auto& [error, n] : s["errors"].items()) std::printf("error x%lld: %s\n", static_cast<long long>(n.get<int64_t>()), error.c_str());
+}
+
+std::string HostName() {
+  char buf[256] = {};
+  return gethostname(buf, sizeof(buf) - 1) == 0 ? buf : "unknown";
+}
+
+int Run(const std::vector<std::string>& argv) {
+  absl::StatusOr<BenchArgs> parsed = ParseBenchArgs(argv);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "moe-serve-bench: %s\n%s", std::string(parsed.status().message()).c_str(), BenchUsage().c_str());
+    return 2;
+  }
+  const BenchArgs& a = *parsed;
+  if (a.help) {
+    std::fputs(BenchUsage().c_str(), stdout);
+    return 0;
+  }
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  std::vector<std::unique_ptr<moe::v1::Inference::Stub>> stubs;
+  for (int64_t c = 0; c < a.connections; ++c) {
+    grpc::ChannelArguments ch_args;
+    ch_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
+    channels.push_back(grpc::CreateCustomChannel(a.server, grpc::InsecureChannelCredentials(), ch_args));
+    stubs.push_back(moe::v1::Inference::NewStub(channels.back()));
+  }
+  if (a.wait_serving_s > 0) {
+    if (absl::Status s = WaitServing(channels[0], a); !s.ok()) {
+      std::fprintf(stderr, "moe-serve-bench: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
+  moe::v1::ModelInfo model;
+  moe::v1::ClusterInfo cluster;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(10));
+    absl::Status s = client::FromGrpc(stubs[0]->GetModelInfo(&ctx, moe::v1::GetModelInfoRequest(), &model));
+    if (s.ok()) {
+      grpc::ClientContext ctx2;
+      ctx2.set_deadline(Deadline(10));
+      s = client::FromGrpc(stubs[0]->GetClusterInfo(&ctx2, moe::v1::GetClusterInfoRequest(), &cluster));
+    }
+    if (!s.ok()) {
+      std::fprintf(stderr, "moe-serve-bench: cannot reach the server at %s: %s\n", a.server.c_str(),
+                   client::DescribeStatus(s).c_str());
+      return 1;
+    }
+  }
+  if (a.input_len + a.output_len > model.max_context()) {
+    std::fprintf(stderr, "moe-serve-bench: --input-len %lld + --output-len %lld exceed the model's context of %lld tokens\n",
+                 static_cast<long long>(a.input_len), static_cast<long long>(a.output_len),
+                 static_cast<long long>(model.max_context()));
+    return 2;
+  }
+  std::printf("moe-serve-bench: %lld requests of %lld + %lld tokens to %s (%s, %d ranks), rate %s, concurrency %s\n",
+              static_cast<long long>(a.requests), static_cast<long long>(a.input_len),
+              static_cast<long long>(a.output_len), a.server.c_str(), model.model_dir().c_str(), cluster.world_size(),
+              std::isinf(a.rate) ? "inf" : std::to_string(a.rate).c_str(),
+              a.max_concurrency > 0 ? std::to_string(a.max_concurrency).c_str() : "unlimited");
+  std::fflush(stdout);
+
+  json warmup_summary = nullptr;
+  if (a.warmup > 0) {
+    const auto prompts = RandomPrompts(a.warmup, a.input_len, model.vocab_size(), a.seed ^ 0x9e3779b97f4a7c15ull);
+    warmup_summary = Summarise(RunLoad(stubs, a, prompts, ArrivalTimes(a.warmup, a.rate, a.seed + 1)));
+  }
+  const auto prompts = RandomPrompts(a.requests, a.input_len, model.vocab_size(), a.seed);
+  const std::vector<RequestRecord> records = RunLoad(stubs, a, prompts, ArrivalTimes(a.requests, a.rate, a.seed));
+  const json summary = Summarise(records);
+  PrintSummary(summary);
+
+  if (!a.out.empty()) {
+    moe::v1::Stats stats;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(10));
+    const absl::Status stats_status = client::FromGrpc(stubs[0]->GetStats(&ctx, moe::v1::GetStatsRequest(), &stats));
+    std::string command = "moe-serve-bench";
+    for (const std::string& s : argv) command += " " + s;
+    json model_json = client::ProtoToJson(model);
+    model_json.erase("config_json");
+    json result = {{"benchmark", "moe-serve-bench"},
+                   {"commit", a.commit.empty() ? "unknown" : a.commit},
+                   {"command", command},
+                   {"client_host", HostName()},
+                   {"args",
+                    {{"server", a.server},
+                     {"requests", a.requests},
+                     {"rate", std::isinf(a.rate) ? json("inf") : json(a.rate)},
+                     {"max_concurrency", a.max_concurrency},
+                     {"input_len", a.input_len},
+                     {"output_len", a.output_len},
+                     {"temperature", a.temperature},
+                     {"seed", a.seed},
+                     {"warmup", a.warmup},
+                     {"connections", a.connections}}},
+                   {"model", model_json},
+                   {"model_config", json::parse(model.config_json(), nullptr, false)},
+                   {"cluster", client::ProtoToJson(cluster)},
+                   {"warmup_summary", warmup_summary},
+                   {"summary", summary},
+                   {"server_stats_after", stats_status.ok() ? client::ProtoToJson(stats) : json(client::DescribeStatus(stats_status))}};
+    if (a.save_records) {
+      json recs = json::array();
+      for (const RequestRecord& r : records) recs.push_back(RecordJson(r));
+      result["records"] = std::move(recs);
+    }
+    std::ofstream f(a.out);
+    f << result.dump(1) << "\n";
+    if (!f) {
+      std::fprintf(stderr, "moe-serve-bench: cannot write %s\n", a.out.c_str());
+      return 1;
+    }
+  }
+  return summary["failed"].get<int64_t>() == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace moe::serve_bench
+
+int main(int argc, char** argv) { return moe::serve_bench::Run(std::vector<std::string>(argv + 1, argv + argc)); }

@@ -1,0 +1,146 @@
+#include "benchmarks/serving/serve_bench_args.h"
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <map>
+
+#include "absl/strings/numbers.h"
+
+namespace moe::serve_bench {
+namespace {
+
+absl::Status FlagError(const std::string& flag, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(flag, ": ", what));
+}
+
+absl::StatusOr<int64_t> Int(const std::string& flag, const std::string& v, int64_t lo) {
+  int64_t x = 0;
+  if (!absl::SimpleAtoi(v, &x)) return FlagError(flag, absl::StrCat("expected an integer, got '", v, "'"));
+  if (x < lo) return FlagError(flag, absl::StrCat("must be at least ", lo, ", got ", x));
+  return x;
+}
+
+absl::StatusOr<double> NonNegative(const std::string& flag, const std::string& v) {
+  double x = 0;
+  if (!absl::SimpleAtod(v, &x) || std::isnan(x)) return FlagError(flag, absl::StrCat("expected a number, got '", v, "'"));
+  if (x < 0) return FlagError(flag, absl::StrCat("must be >= 0, got ", v));
+  return x;
+}
+
+}  // namespace
+
+std::string BenchUsage() {
+  return "usage: moe-serve-bench [--server 127.0.0.1:50051] [--requests 100] [--rate inf] [--max-concurrency 0]\n"
+         "         [--input-len 128] [--output-len 128] [--temperature 0] [--seed 0] [--warmup 0]\n"
+         "         [--connections 4] [--timeout 600] [--wait-serving 0] [--out FILE] [--commit SHA]\n"
+         "         [--no-records]\n"
+         "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
+         "vocabulary) for exactly --output-len tokens each (ignore_eos) to a moe-coordinator, at --rate\n"
+         "requests a second (Poisson arrivals; inf: all at once), at most --max-concurrency in flight\n"
+         "(0: no limit), and reports what serving benchmarks report (vLLM benchmark_serving's names):\n"
+         "request and token throughput, time to first token (TTFT), time per output token after the\n"
+         "first (TPOT), inter-token latency (ITL) and end-to-end latency (mean, median, p90, p99).\n"
+         "--warmup N runs N requests the same way first and leaves them out. --out writes the JSON\n"
+         "(arguments, the server's model and cluster, the summary and, unless --no-records, every\n"
+         "request's timeline). Exit status: 0 every request completed, 1 some failed or the server\n"
+         "could not be reached, 2 bad command line or a request the model cannot take.\n";
+}
+
+absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
+  BenchArgs a;
+  a.rate = std::numeric_limits<double>::infinity();
+  using Setter = std::function<absl::Status(const std::string& flag, const std::string& v)>;
+  const auto int_flag = [](int64_t* dst, int64_t lo) -> Setter {
+    return [dst, lo](const std::string& flag, const std::string& v) -> absl::Status {
+      MOE_ASSIGN_OR_RETURN(*dst, Int(flag, v, lo));
+      return absl::OkStatus();
+    };
+  };
+  const std::map<std::string, Setter> with_value = {
+      {"--server",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         if (v.empty() || v.find(':') == std::string::npos) return FlagError(flag, "expected HOST:PORT, got '" + v + "'");
+         a.server = v;
+         return absl::OkStatus();
+       }},
+      {"--requests", int_flag(&a.requests, 1)},
+      {"--max-concurrency", int_flag(&a.max_concurrency, 0)},
+      {"--input-len", int_flag(&a.input_len, 1)},
+      {"--output-len", int_flag(&a.output_len, 1)},
+      {"--warmup", int_flag(&a.warmup, 0)},
+      {"--connections", int_flag(&a.connections, 1)},
+      {"--rate",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         if (v == "inf") {
+           a.rate = std::numeric_limits<double>::infinity();
+           return absl::OkStatus();
+         }
+         MOE_ASSIGN_OR_RETURN(a.rate, NonNegative(flag, v));
+         if (a.rate == 0) return FlagError(flag, "must be positive (requests a second) or inf");
+         return absl::OkStatus();
+       }},
+      {"--temperature",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(double t, NonNegative(flag, v));
+         if (std::isinf(t)) return FlagError(flag, "must be finite");
+         a.temperature = static_cast<float>(t);
+         return absl::OkStatus();
+       }},
+      {"--seed",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         if (!absl::SimpleAtoi(v, &a.seed)) return FlagError(flag, "expected an unsigned integer, got '" + v + "'");
+         return absl::OkStatus();
+       }},
+      {"--timeout",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(a.timeout_s, NonNegative(flag, v));
+         if (a.timeout_s == 0 || std::isinf(a.timeout_s)) return FlagError(flag, "must be a positive number of seconds");
+         return absl::OkStatus();
+       }},
+      {"--wait-serving",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(a.wait_serving_s, NonNegative(flag, v));
+         if (std::isinf(a.wait_serving_s)) return FlagError(flag, "must be finite");
+         return absl::OkStatus();
+       }},
+      {"--out",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         if (v.empty()) return FlagError(flag, "empty path");
+         a.out = v;
+         return absl::OkStatus();
+       }},
+      {"--commit",
+       [&](const std::string&, const std::string& v) -> absl::Status {
+         a.commit = v;
+         return absl::OkStatus();
+       }},
+  };
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string flag = args[i], val;
+    bool has_inline = false;
+    if (const size_t eq = flag.find('='); flag.rfind("--", 0) == 0 && eq != std::string::npos) {
+      val = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+      has_inline = true;
+    }
+    if ((flag == "--help" || flag == "-h") && !has_inline) {
+      a.help = true;
+      continue;
+    }
+    if (flag == "--no-records" && !has_inline) {
+      a.save_records = false;
+      continue;
+    }
+    const auto it = with_value.find(flag);
+    if (it == with_value.end()) return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
+    if (!has_inline) {
+      if (i + 1 >= args.size()) return FlagError(flag, "missing value");
+      val = args[++i];
+    }
+    MOE_RETURN_IF_ERROR(it->second(flag, val));
+  }
+  return a;
+}
+
+}  // namespace moe::serve_bench

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A serving sweep in one command: starts a cluster with deploy/launch-cluster.sh, runs
+# moe-serve-bench at each concurrency of SWEEP (every point warmed up first), writes one JSON per
+# point into OUT_DIR, and shuts the cluster down.
+#
+#   benchmarks/serving/sweep.sh OUT_DIR [launch-cluster options ...]
+#
+# Environment (defaults in brackets):
+#   SWEEP        "CONCURRENCY:REQUESTS ..." points ["1:16 16:64 64:256 256:512"]
+#   INPUT_LEN    prompt tokens [128];  OUTPUT_LEN  generated tokens [128];  RATE  requests/s [inf]
+#   BUILD        the build folder with moe-serve-bench (and, unless --build-dir says otherwise, the
+#                cluster's programs) [build]
+#   COMMIT       recorded in the JSON [git rev-parse HEAD, or unknown]
+# Full-size runs without a checkpoint: a --model folder holding only config.json and
+#   --worker-arg=--device=gpu --worker-arg=--synthetic-weights=1 (see scripts/gpu-run.sh).
+# Exit status: 0 when every point's requests all completed.
+set -uo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+[[ $# -ge 1 ]] || { sed -n '2,16p' "$0"; exit 2; }
+OUT_DIR="$1"
+shift
+mkdir -p "$OUT_DIR" || exit 2
+SWEEP="${SWEEP:-1:16 16:64 64:256 256:512}"
+BUILD="${BUILD:-$REPO/build}"
+BENCH="$BUILD/benchmarks/serving/moe-serve-bench"
+COMMIT="${COMMIT:-$(git -C "$REPO" rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
+[[ -x "$BENCH" ]] || { echo "sweep: $BENCH is not built" >&2; exit 2; }
+for point in $SWEEP; do
+  [[ "$point" =~ ^[1-9][0-9]*:[1-9][0-9]*$ ]] || { echo "sweep: SWEEP: expected CONCURRENCY:REQUESTS, got '$point'" >&2; exit 2; }
+done
+
+LAUNCH_OUT="$OUT_DIR/launch-cluster.out"
+# The launcher runs in the foreground of its own process group until it is sent SIGTERM.
+"$REPO/deploy/launch-cluster.sh" --build-dir "$BUILD" --listen 127.0.0.1:0 --metrics-listen none "$@" \
+  > "$LAUNCH_OUT" 2> "$OUT_DIR/cluster.log" &
+LAUNCH_PID=$!
+stop_cluster() {
+  kill -TERM "$LAUNCH_PID" 2>/dev/null
+  wait "$LAUNCH_PID" 2>/dev/null
+}
+trap stop_cluster EXIT
+
+ADDR=""
+while kill -0 "$LAUNCH_PID" 2>/dev/null; do
+  ADDR="$(sed -n 's/^launch-cluster: serving on //p' "$LAUNCH_OUT")"
+  [[ -z "$ADDR" ]] || break
+  sleep 1
+done
+if [[ -z "$ADDR" ]]; then
+  echo "sweep: the cluster did not start; the end of its log:" >&2
+  tail -n 30 "$OUT_DIR/cluster.log" >&2
+  exit 1
+fi
+echo "sweep: cluster serving on $ADDR"
+
+status=0
+for point in $SWEEP; do
+  c="${point%%:*}"
+  n="${point##*:}"
+  echo "== concurrency $c, $n requests of ${INPUT_LEN:-128} + ${OUTPUT_LEN:-128} tokens"
+  "$BENCH" --server "$ADDR" --requests "$n" --max-concurrency "$c" --warmup "$c" --rate "${RATE:-inf}" \
+    --input-len "${INPUT_LEN:-128}" --output-len "${OUTPUT_LEN:-128}" --connections 8 --commit "$COMMIT" \
+    --out "$OUT_DIR/serve-c$c.json" || status=1
+done
+exit $status

@@ -1,0 +1,199 @@
+// moe-serve-bench against a real cluster on loopback (moe-coordinator + `mpirun -np 2 moe-worker`,
+// the default model): the load it reports is the load the coordinator counted (requests, prompt
+// and generated tokens from GetStats before and after), every request's timeline is consistent,
+// the summary's latencies are those of its own records (recomputed here), an overload comes back as
+// counted RESOURCE_EXHAUSTED failures with the cluster still serving, and bad arguments or an
+// unreachable server give an exit status and a message that names the problem.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/client_context.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "moe/v1/inference.grpc.pb.h"
+#include "tests/e2e_cluster.h"
+#include "tests/support/cli_runner.h"
+#include "tests/support/engine_fixture.h"
+
+namespace moe::e2e {
+namespace {
+
+using nlohmann::json;
+
+const std::string kBench = std::string(MOE_BINARY_DIR) + "/benchmarks/serving/moe-serve-bench";
+constexpr int kRunningPerRank = 4;
+constexpr int kMaxWaiting = 8;
+
+json ReadJson(const std::string& path) {
+  std::ifstream f(path);
+  return json::parse(f, nullptr, /*allow_exceptions=*/false);
+}
+
+std::string TempPath(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()) + ".json")).string();
+}
+
+class ServeBenchE2e : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    testing_ref::SetMpiTestEnvironment();
+    cluster_ = std::make_unique<Cluster>(ClusterOptions{
+        2, testing_ref::kDefaultModelDir,
+        {"--max-running-per-rank", std::to_string(kRunningPerRank), "--max-waiting", std::to_string(kMaxWaiting)},
+        {}});
+    setup_ = cluster_->StartCoordinator(Seconds(30));
+    if (setup_.ok()) setup_ = cluster_->StartWorkers();
+    if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(90));
+  }
+  static void TearDownTestSuite() {
+    if (cluster_) cluster_->Stop(Seconds(10));
+    cluster_.reset();
+  }
+  void SetUp() override { ASSERT_TRUE(setup_.ok()) << setup_; }
+  void TearDown() override {
+    if (HasFailure() && cluster_) std::fprintf(stderr, "%s", cluster_->LogTail().c_str());
+  }
+
+  static moe::v1::Stats Stats() {
+    auto stub = moe::v1::Inference::NewStub(cluster_->channel());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(10));
+    moe::v1::Stats s;
+    EXPECT_TRUE(stub->GetStats(&ctx, moe::v1::GetStatsRequest(), &s).ok());
+    return s;
+  }
+
+  static testing_ref::CliRun Bench(std::vector<std::string> args) {
+    args.insert(args.begin(), {kBench, "--server", cluster_->public_address()});
+    return testing_ref::RunProgram(args);
+  }
+
+  static inline std::unique_ptr<Cluster> cluster_;
+  static inline absl::Status setup_;
+};
+
+// The median of `v` the plain way (the middle one, or the mean of the middle two).
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+TEST_F(ServeBenchE2e, ReportsTheLoadTheCoordinatorCounted) {
+  constexpr int kRequests = 24, kWarmup = 2, kInput = 12, kOutput = 6, kConcurrency = 8;
+  const moe::v1::Stats before = Stats();
+  const std::string out = TempPath("serve_bench");
+  const testing_ref::CliRun run =
+      Bench({"--requests", std::to_string(kRequests), "--rate", "100", "--max-concurrency",
+             std::to_string(kConcurrency), "--input-len", std::to_string(kInput), "--output-len",
+             std::to_string(kOutput), "--seed", "5", "--warmup", std::to_string(kWarmup), "--connections", "2",
+             "--out", out, "--commit", "test"});
+  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
+  const moe::v1::Stats after = Stats();
+  const json r = ReadJson(out);
+  std::filesystem::remove(out);
+  ASSERT_TRUE(r.is_object());
+
+  // What the coordinator counted is what the benchmark says it sent and received.
+  constexpr int kAll = kRequests + kWarmup;
+  EXPECT_EQ(after.requests_finished() - before.requests_finished(), static_cast<uint64_t>(kAll));
+  EXPECT_EQ(after.prompt_tokens_total() - before.prompt_tokens_total(), static_cast<uint64_t>(kAll * kInput));
+  EXPECT_EQ(after.generation_tokens_total() - before.generation_tokens_total(), static_cast<uint64_t>(kAll * kOutput));
+  EXPECT_EQ(r["server_stats_after"]["generation_tokens_total"].get<std::string>(),
+            std::to_string(after.generation_tokens_total()));  // uint64 in proto3 JSON: a string
+
+  const json& s = r["summary"];
+  EXPECT_EQ(s["completed"], kRequests);
+  EXPECT_EQ(s["failed"], 0);
+  EXPECT_EQ(s["total_input_tokens"], kRequests * kInput);
+  EXPECT_EQ(s["total_output_tokens"], kRequests * kOutput);
+  EXPECT_GE(s["max_in_flight"].get<int>(), 1);
+  EXPECT_LE(s["max_in_flight"].get<int>(), kConcurrency);
+  EXPECT_EQ(r["warmup_summary"]["completed"], kWarmup);
+  EXPECT_EQ(r["cluster"]["world_size"], 2);
+  EXPECT_EQ(r["model"]["vocab_size"], "2048");  // int64 in proto3 JSON: a string
+  EXPECT_EQ(r["commit"], "test");
+
+  // Every request's timeline, and the summary recomputed from the records.
+  ASSERT_EQ(r["records"].size(), static_cast<size_t>(kRequests));
+  std::vector<double> ttft, e2el;
+  double first_sent = 1e300, last_end = 0;
+  for (const json& rec : r["records"]) {
+    EXPECT_EQ(rec["finish_reason"], "length") << rec.dump();
+    EXPECT_EQ(rec["prompt_tokens"], kInput);
+    EXPECT_EQ(rec["output_tokens"], kOutput);
+    int64_t tokens = 0;
+    for (const json& t : rec["message_tokens"]) tokens += t.get<int64_t>();
+    EXPECT_EQ(tokens, kOutput);
+    const std::vector<double> msgs = rec["token_message_ms"].get<std::vector<double>>();
+    ASSERT_FALSE(msgs.empty());
+    EXPECT_TRUE(std::is_sorted(msgs.begin(), msgs.end()));
+    const double sent = rec["sent_ms"].get<double>(), end = rec["end_ms"].get<double>();
+    EXPECT_LE(sent, msgs.front());
+    EXPECT_LE(msgs.back(), end);
+    ttft.push_back(msgs.front() - sent);
+    e2el.push_back(end - sent);
+    first_sent = std::min(first_sent, sent);
+    last_end = std::max(last_end, end);
+  }
+  EXPECT_NEAR(s["ttft_ms"]["median"].get<double>(), Median(ttft), 1e-6);
+  EXPECT_NEAR(s["e2el_ms"]["median"].get<double>(), Median(e2el), 1e-6);
+  EXPECT_NEAR(s["duration_s"].get<double>() * 1e3, last_end - first_sent, 1e-6);
+  EXPECT_NEAR(s["output_throughput"].get<double>(), kRequests * kOutput / s["duration_s"].get<double>(), 1e-6);
+  EXPECT_NE(run.out.find("completed 24, failed 0"), std::string::npos) << run.out;
+}
+
+TEST_F(ServeBenchE2e, OverloadIsCountedAsRejectedRequestsAndTheClusterKeepsServing) {
+  // 40 requests at once against 2 x 4 running + 8 waiting: the coordinator refuses the excess.
+  constexpr int kRequests = 40;
+  const std::string out = TempPath("serve_bench_overload");
+  const testing_ref::CliRun run = Bench({"--requests", std::to_string(kRequests), "--input-len", "8", "--output-len",
+                                         "64", "--out", out, "--no-records"});
+  EXPECT_EQ(run.exit_code, 1) << run.Describe() << run.out;
+  const json r = ReadJson(out);
+  std::filesystem::remove(out);
+  ASSERT_TRUE(r.is_object()) << run.Describe();
+  const json& s = r["summary"];
+  EXPECT_GT(s["failed"].get<int>(), 0);
+  EXPECT_GE(s["completed"].get<int>(), 2 * kRunningPerRank);
+  EXPECT_EQ(s["completed"].get<int>() + s["failed"].get<int>(), kRequests);
+  EXPECT_EQ(s["total_output_tokens"].get<int>(), s["completed"].get<int>() * 64);
+  for (const auto& [error, n] : s["errors"].items()) {
+    EXPECT_EQ(error.rfind("RESOURCE_EXHAUSTED", 0), 0u) << error;
+  }
+  EXPECT_FALSE(r.contains("records"));
+  EXPECT_NE(run.out.find("error x"), std::string::npos) << run.out;
+
+  const testing_ref::CliRun again = Bench({"--requests", "2", "--input-len", "4", "--output-len", "3"});
+  EXPECT_EQ(again.exit_code, 0) << again.Describe() << again.out;
+}
+
+TEST_F(ServeBenchE2e, RequestsBeyondTheContextExit2NamingTheFlags) {
+  const testing_ref::CliRun run = Bench({"--input-len", "4000", "--output-len", "200", "--requests", "1"});
+  EXPECT_EQ(run.exit_code, 2) << run.Describe();
+  EXPECT_NE(run.err.find("--input-len 4000 + --output-len 200 exceed the model's context of 4096 tokens"),
+            std::string::npos)
+      << run.err;
+}
+
+TEST(ServeBenchCli, BadFlagsExit2AndAnUnreachableServerExits1) {
+  testing_ref::CliRun run = testing_ref::RunProgram({kBench, "--rate", "0"});
+  EXPECT_EQ(run.exit_code, 2) << run.Describe();
+  EXPECT_NE(run.err.find("--rate: must be positive (requests a second) or inf"), std::string::npos) << run.err;
+  run = testing_ref::RunProgram({kBench, "--server", "127.0.0.1:1", "--requests", "1"});
+  EXPECT_EQ(run.exit_code, 1) << run.Describe();
+  EXPECT_NE(run.err.find("cannot reach the server at 127.0.0.1:1"), std::string::npos) << run.err;
+  run = testing_ref::RunProgram({kBench, "--server", "127.0.0.1:1", "--wait-serving", "0.5"});
+  EXPECT_EQ(run.exit_code, 1) << run.Describe();
+  EXPECT_NE(run.err.find("was not SERVING within 0.5 s"), std::string::npos) << run.err;
+}
+
+}  // namespace
+}  // namespace moe::e2e
