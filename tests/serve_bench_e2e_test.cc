@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -150,6 +151,40 @@ TEST_F(ServeBenchE2e, ReportsTheLoadTheCoordinatorCounted) {
   EXPECT_NE(run.out.find("completed 24, failed 0"), std::string::npos) << run.out;
 }
 
+TEST_F(ServeBenchE2e, VariedLengthsAreWhatEachRequestSentAndGot) {
+  // --range-ratio 0.5: prompts of 6-18 tokens, 4-12 generated; a Poisson schedule, no limit.
+  constexpr int kRequests = 16;
+  const moe::v1::Stats before = Stats();
+  const std::string out = TempPath("serve_bench_ranges");
+  const testing_ref::CliRun run = Bench({"--requests", std::to_string(kRequests), "--rate", "200", "--input-len", "12",
+                                         "--output-len", "8", "--range-ratio", "0.5", "--seed", "3", "--out", out});
+  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
+  const moe::v1::Stats after = Stats();
+  const json r = ReadJson(out);
+  std::filesystem::remove(out);
+  ASSERT_TRUE(r.is_object());
+  int64_t prompt_tokens = 0, output_tokens = 0;
+  std::set<int64_t> prompt_lengths, output_lengths;
+  for (const json& rec : r["records"]) {
+    const int64_t p = rec["prompt_tokens"].get<int64_t>(), o = rec["output_tokens"].get<int64_t>();
+    EXPECT_GE(p, 6);
+    EXPECT_LE(p, 18);
+    EXPECT_GE(o, 4);
+    EXPECT_LE(o, 12);
+    EXPECT_EQ(rec["finish_reason"], "length");
+    prompt_tokens += p;
+    output_tokens += o;
+    prompt_lengths.insert(p);
+    output_lengths.insert(o);
+  }
+  EXPECT_GT(prompt_lengths.size(), 1u);
+  EXPECT_GT(output_lengths.size(), 1u);
+  EXPECT_EQ(r["summary"]["total_input_tokens"], prompt_tokens);
+  EXPECT_EQ(r["summary"]["total_output_tokens"], output_tokens);
+  EXPECT_EQ(after.prompt_tokens_total() - before.prompt_tokens_total(), static_cast<uint64_t>(prompt_tokens));
+  EXPECT_EQ(after.generation_tokens_total() - before.generation_tokens_total(), static_cast<uint64_t>(output_tokens));
+}
+
 TEST_F(ServeBenchE2e, OverloadIsCountedAsRejectedRequestsAndTheClusterKeepsServing) {
   // 40 requests at once against 2 x 4 running + 8 waiting: the coordinator refuses the excess.
   constexpr int kRequests = 40;
@@ -178,9 +213,15 @@ TEST_F(ServeBenchE2e, OverloadIsCountedAsRejectedRequestsAndTheClusterKeepsServi
 TEST_F(ServeBenchE2e, RequestsBeyondTheContextExit2NamingTheFlags) {
   const testing_ref::CliRun run = Bench({"--input-len", "4000", "--output-len", "200", "--requests", "1"});
   EXPECT_EQ(run.exit_code, 2) << run.Describe();
-  EXPECT_NE(run.err.find("--input-len 4000 + --output-len 200 exceed the model's context of 4096 tokens"),
+  EXPECT_NE(run.err.find("--input-len 4000 + --output-len 200 (at most 4000 + 200 with --range-ratio 0) exceed the "
+                         "model's context of 4096 tokens"),
             std::string::npos)
       << run.err;
+  // Within the context at their middle lengths, beyond it at their longest.
+  const testing_ref::CliRun ranged =
+      Bench({"--input-len", "3000", "--output-len", "100", "--range-ratio", "0.5", "--requests", "1"});
+  EXPECT_EQ(ranged.exit_code, 2) << ranged.Describe();
+  EXPECT_NE(ranged.err.find("(at most 4500 + 150 with --range-ratio 0.5)"), std::string::npos) << ranged.err;
 }
 
 TEST(ServeBenchCli, BadFlagsExit2AndAnUnreachableServerExits1) {

@@ -104,7 +104,8 @@ TEST(ServeBenchSchedule, PoissonArrivalsHaveTheAskedMeanGap) {
 }
 
 TEST(ServeBenchSchedule, PromptsCoverTheVocabularyAndFollowTheSeed) {
-  const auto p = RandomPrompts(50, 40, 7, 9);
+  const std::vector<int64_t> forty(50, 40);
+  const auto p = RandomPrompts(forty, 7, 9);
   ASSERT_EQ(p.size(), 50u);
   std::set<int32_t> seen;
   for (const auto& prompt : p) {
@@ -116,8 +117,23 @@ TEST(ServeBenchSchedule, PromptsCoverTheVocabularyAndFollowTheSeed) {
     }
   }
   EXPECT_EQ(seen.size(), 7u);
-  EXPECT_EQ(RandomPrompts(50, 40, 7, 9), p);
-  EXPECT_NE(RandomPrompts(50, 40, 7, 10), p);
+  EXPECT_EQ(RandomPrompts(forty, 7, 9), p);
+  EXPECT_NE(RandomPrompts(forty, 7, 10), p);
+  const auto varied = RandomPrompts({3, 1, 5}, 7, 9);
+  EXPECT_EQ(varied[0].size(), 3u);
+  EXPECT_EQ(varied[1].size(), 1u);
+  EXPECT_EQ(varied[2].size(), 5u);
+}
+
+TEST(ServeBenchSchedule, LengthsSpanTheRangeRatio) {
+  EXPECT_EQ(RandomLengths(4, 128, 0, 1), std::vector<int64_t>(4, 128));
+  using Range = std::pair<int64_t, int64_t>;
+  EXPECT_EQ(LengthRange(128, 0.5), Range(64, 192));
+  EXPECT_EQ(LengthRange(3, 0.9), Range(1, 5));  // ceil(0.3), floor(5.7)
+  const std::vector<int64_t> l = RandomLengths(4000, 10, 0.5, 2);
+  std::set<int64_t> seen(l.begin(), l.end());
+  EXPECT_EQ(seen, (std::set<int64_t>{5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}));
+  EXPECT_EQ(RandomLengths(4000, 10, 0.5, 2), l);
 }
 
 TEST(ServeBenchArgs, DefaultsAndValues) {
@@ -142,9 +158,11 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   EXPECT_FALSE(a->save_records);
   EXPECT_EQ(a->out, "/tmp/x.json");
   EXPECT_EQ(a->commit, "abc");
-  a = ParseBenchArgs({"--rate", "inf"});
+  EXPECT_EQ(a->range_ratio, 0);
+  a = ParseBenchArgs({"--rate", "inf", "--range-ratio", "0.25"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_TRUE(std::isinf(a->rate));
+  EXPECT_DOUBLE_EQ(a->range_ratio, 0.25);
 }
 
 TEST(ServeBenchArgs, ErrorsNameTheFlag) {
@@ -164,6 +182,8 @@ TEST(ServeBenchArgs, ErrorsNameTheFlag) {
            {{"--connections", "0"}, "--connections: must be at least 1"},
            {{"--out="}, "--out: empty path"},
            {{"--bogus"}, "unknown flag '--bogus'"},
+           {{"--range-ratio", "1"}, "--range-ratio: must be in [0, 1), got 1"},
+           {{"--range-ratio", "-0.1"}, "--range-ratio: must be >= 0"},
        }) {
     auto a = ParseBenchArgs(args);
     ASSERT_FALSE(a.ok()) << message;

@@ -70,12 +70,25 @@ class InFlight {
   std::condition_variable cv_;
 };
 
+// One request's prompt and how many tokens it asks for.
+struct Work {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int64_t> output_lens;
+};
+
+Work RandomWork(const BenchArgs& a, int64_t n, int64_t vocab, uint64_t seed) {
+  Work w;
+  w.prompts = RandomPrompts(RandomLengths(n, a.input_len, a.range_ratio, seed), vocab, seed + 1);
+  w.output_lens = RandomLengths(n, a.output_len, a.range_ratio, seed + 2);
+  return w;
+}
+
 void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vector<int32_t>& prompt,
-            Clock::time_point t0, RequestRecord& rec) {
+            int64_t output_len, Clock::time_point t0, RequestRecord& rec) {
   moe::v1::GenerateRequest req;
   req.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
   auto* s = req.mutable_sampling();
-  s->set_max_tokens(static_cast<uint32_t>(a.output_len));
+  s->set_max_tokens(static_cast<uint32_t>(output_len));
   s->set_temperature(a.temperature);
   s->set_seed(a.seed + static_cast<uint64_t>(rec.index));
   s->set_ignore_eos(true);
@@ -105,10 +118,10 @@ void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vecto
   }
 }
 
-// Runs `prompts` on the schedule `arrivals`; one record each, in order.
+// Runs `work` on the schedule `arrivals`; one record per request, in order.
 std::vector<RequestRecord> RunLoad(const std::vector<std::unique_ptr<moe::v1::Inference::Stub>>& stubs,
-                                   const BenchArgs& a, const std::vector<std::vector<int32_t>>& prompts,
-                                   const std::vector<double>& arrivals) {
+                                   const BenchArgs& a, const Work& work, const std::vector<double>& arrivals) {
+  const std::vector<std::vector<int32_t>>& prompts = work.prompts;
   std::vector<RequestRecord> records(prompts.size());
   InFlight in_flight(a.max_concurrency);
   std::vector<std::thread> threads;
@@ -119,7 +132,7 @@ std::vector<RequestRecord> RunLoad(const std::vector<std::unique_ptr<moe::v1::In
     in_flight.Acquire();
     records[i].index = static_cast<int64_t>(i);
     threads.emplace_back([&, i] {
-      RunOne(*stubs[i % stubs.size()], a, prompts[i], t0, records[i]);
+      RunOne(*stubs[i % stubs.size()], a, prompts[i], work.output_lens[i], t0, records[i]);
       in_flight.Release();
     });
   }
@@ -207,9 +220,15 @@ int Run(const std::vector<std::string>& argv) {
       return 1;
     }
   }
-  if (a.input_len + a.output_len > model.max_context()) {
-    std::fprintf(stderr, "moe-serve-bench: --input-len %lld + --output-len %lld exceed the model's context of %lld tokens\n",
+  // The longest lengths --range-ratio can draw.
+  const int64_t max_input = LengthRange(a.input_len, a.range_ratio).second;
+  const int64_t max_output = LengthRange(a.output_len, a.range_ratio).second;
+  if (max_input + max_output > model.max_context()) {
+    std::fprintf(stderr,
+                 "moe-serve-bench: --input-len %lld + --output-len %lld (at most %lld + %lld with --range-ratio %g) exceed "
+                 "the model's context of %lld tokens\n",
                  static_cast<long long>(a.input_len), static_cast<long long>(a.output_len),
+                 static_cast<long long>(max_input), static_cast<long long>(max_output), a.range_ratio,
                  static_cast<long long>(model.max_context()));
     return 2;
   }
@@ -222,11 +241,11 @@ int Run(const std::vector<std::string>& argv) {
 
   json warmup_summary = nullptr;
   if (a.warmup > 0) {
-    const auto prompts = RandomPrompts(a.warmup, a.input_len, model.vocab_size(), a.seed ^ 0x9e3779b97f4a7c15ull);
-    warmup_summary = Summarise(RunLoad(stubs, a, prompts, ArrivalTimes(a.warmup, a.rate, a.seed + 1)));
+    const Work warmup = RandomWork(a, a.warmup, model.vocab_size(), a.seed ^ 0x9e3779b97f4a7c15ull);
+    warmup_summary = Summarise(RunLoad(stubs, a, warmup, ArrivalTimes(a.warmup, a.rate, a.seed + 1)));
   }
-  const auto prompts = RandomPrompts(a.requests, a.input_len, model.vocab_size(), a.seed);
-  const std::vector<RequestRecord> records = RunLoad(stubs, a, prompts, ArrivalTimes(a.requests, a.rate, a.seed));
+  const Work work = RandomWork(a, a.requests, model.vocab_size(), a.seed);
+  const std::vector<RequestRecord> records = RunLoad(stubs, a, work, ArrivalTimes(a.requests, a.rate, a.seed));
   const json summary = Summarise(records);
   PrintSummary(summary);
 
@@ -250,6 +269,7 @@ int Run(const std::vector<std::string>& argv) {
                      {"max_concurrency", a.max_concurrency},
                      {"input_len", a.input_len},
                      {"output_len", a.output_len},
+                     {"range_ratio", a.range_ratio},
                      {"temperature", a.temperature},
                      {"seed", a.seed},
                      {"warmup", a.warmup},

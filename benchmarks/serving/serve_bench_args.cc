@@ -32,19 +32,20 @@ absl::StatusOr<double> NonNegative(const std::string& flag, const std::string& v
 
 std::string BenchUsage() {
   return "usage: moe-serve-bench [--server 127.0.0.1:50051] [--requests 100] [--rate inf] [--max-concurrency 0]\n"
-         "         [--input-len 128] [--output-len 128] [--temperature 0] [--seed 0] [--warmup 0]\n"
-         "         [--connections 4] [--timeout 600] [--wait-serving 0] [--out FILE] [--commit SHA]\n"
-         "         [--no-records]\n"
+         "         [--input-len 128] [--output-len 128] [--range-ratio 0] [--temperature 0] [--seed 0]\n"
+         "         [--warmup 0] [--connections 4] [--timeout 600] [--wait-serving 0] [--out FILE]\n"
+         "         [--commit SHA] [--no-records]\n"
          "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
          "vocabulary) for exactly --output-len tokens each (ignore_eos) to a moe-coordinator, at --rate\n"
          "requests a second (Poisson arrivals; inf: all at once), at most --max-concurrency in flight\n"
-         "(0: no limit), and reports what serving benchmarks report (vLLM benchmark_serving's names):\n"
-         "request and token throughput, time to first token (TTFT), time per output token after the\n"
-         "first (TPOT), inter-token latency (ITL) and end-to-end latency (mean, median, p90, p99).\n"
-         "--warmup N runs N requests the same way first and leaves them out. --out writes the JSON\n"
-         "(arguments, the server's model and cluster, the summary and, unless --no-records, every\n"
-         "request's timeline). Exit status: 0 every request completed, 1 some failed or the server\n"
-         "could not be reached, 2 bad command line or a request the model cannot take.\n";
+         "(0: no limit). --range-ratio R draws each request's lengths uniformly from [len * (1 - R),\n"
+         "len * (1 + R)] (vLLM's --random-range-ratio). It reports what serving benchmarks report, under\n"
+         "vLLM benchmark_serving's names: request and token throughput, time to first token (TTFT), time\n"
+         "per output token after the first (TPOT), inter-token latency (ITL) and end-to-end latency\n"
+         "(mean, median, p90, p99). --warmup N runs N requests the same way first and leaves them out.\n"
+         "--out writes the JSON (arguments, the server's model and cluster, the summary and, unless\n"
+         "--no-records, every request's timeline). Exit status: 0 every request completed, 1 some failed\n"
+         "or the server could not be reached, 2 bad command line or a request the model cannot take.\n";
 }
 
 absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
@@ -78,6 +79,12 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
          }
          MOE_ASSIGN_OR_RETURN(a.rate, NonNegative(flag, v));
          if (a.rate == 0) return FlagError(flag, "must be positive (requests a second) or inf");
+         return absl::OkStatus();
+       }},
+      {"--range-ratio",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(a.range_ratio, NonNegative(flag, v));
+         if (a.range_ratio >= 1) return FlagError(flag, "must be in [0, 1), got " + v);
          return absl::OkStatus();
        }},
       {"--temperature",

@@ -22,13 +22,28 @@ std::vector<double> ArrivalTimes(int64_t n, double rate, uint64_t seed) {
   return t;
 }
 
-std::vector<std::vector<int32_t>> RandomPrompts(int64_t n, int64_t len, int64_t vocab, uint64_t seed) {
+std::pair<int64_t, int64_t> LengthRange(int64_t len, double ratio) {
+  const int64_t lo = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(static_cast<double>(len) * (1 - ratio))));
+  const int64_t hi = std::max(lo, static_cast<int64_t>(std::floor(static_cast<double>(len) * (1 + ratio))));
+  return {lo, hi};
+}
+
+std::vector<int64_t> RandomLengths(int64_t n, int64_t len, double ratio, uint64_t seed) {
+  const auto [lo, hi] = LengthRange(len, ratio);
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<int64_t> pick(lo, hi);
+  std::vector<int64_t> lengths(static_cast<size_t>(n));
+  for (int64_t& l : lengths) l = pick(gen);
+  return lengths;
+}
+
+std::vector<std::vector<int32_t>> RandomPrompts(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
   std::mt19937_64 gen(seed);
   std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(vocab - 1));
-  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(n));
-  for (auto& p : prompts) {
-    p.resize(static_cast<size_t>(len));
-    for (int32_t& x : p) x = id(gen);
+  std::vector<std::vector<int32_t>> prompts(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    prompts[i].resize(static_cast<size_t>(lengths[i]));
+    for (int32_t& x : prompts[i]) x = id(gen);
   }
   return prompts;
 }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -16,8 +17,14 @@ namespace moe::serve_bench {
 // requests a second (exponential gaps from a seeded generator), or all at 0 when rate is +inf.
 std::vector<double> ArrivalTimes(int64_t n, double rate, uint64_t seed);
 
-// `n` prompts of `len` token ids, each drawn uniformly from [0, vocab) by a seeded generator.
-std::vector<std::vector<int32_t>> RandomPrompts(int64_t n, int64_t len, int64_t vocab, uint64_t seed);
+// `n` lengths drawn uniformly from the integers in [len * (1 - ratio), len * (1 + ratio)] (at least
+// 1; all `len` when ratio is 0), as vLLM's random dataset draws with --random-range-ratio.
+std::vector<int64_t> RandomLengths(int64_t n, int64_t len, double ratio, uint64_t seed);
+// The shortest and longest of those lengths.
+std::pair<int64_t, int64_t> LengthRange(int64_t len, double ratio);
+
+// One prompt per length, of token ids drawn uniformly from [0, vocab) by a seeded generator.
+std::vector<std::vector<int32_t>> RandomPrompts(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed);
 
 // One request as the client saw it; times in seconds from the run's start.
 struct RequestRecord {
