@@ -6,6 +6,7 @@
 #include <map>
 
 #include "absl/strings/numbers.h"
+#include "common/flag_arg.h"
 
 namespace moe {
 namespace {
@@ -103,13 +104,10 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
        }},
   };
   for (size_t i = 0; i < args.size(); ++i) {
-    std::string name = args[i], value;
-    const size_t eq = name.find('=');
-    const bool inline_value = name.rfind("--", 0) == 0 && eq != std::string::npos;
-    if (inline_value) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-    }
+    const FlagArg arg = SplitFlagArg(args[i]);
+    const std::string& name = arg.name;
+    const bool inline_value = arg.value.has_value();
+    std::string value = arg.value.value_or("");
     auto it = flags.find(name);
     if (it == flags.end()) return absl::InvalidArgumentError(absl::StrCat("unknown argument '", args[i], "'"));
     if (!inline_value) {

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "absl/strings/numbers.h"
+#include "common/flag_arg.h"
 
 namespace moe::serve_bench {
 namespace {
@@ -124,13 +125,10 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
        }},
   };
   for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i], val;
-    bool has_inline = false;
-    if (const size_t eq = flag.find('='); flag.rfind("--", 0) == 0 && eq != std::string::npos) {
-      val = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-      has_inline = true;
-    }
+    const FlagArg arg = SplitFlagArg(args[i]);
+    const std::string& flag = arg.name;
+    const bool has_inline = arg.value.has_value();
+    std::string val = arg.value.value_or("");
     if ((flag == "--help" || flag == "-h") && !has_inline) {
       a.help = true;
       continue;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/flag_arg.h"
 
 namespace moe::client {
 namespace {
@@ -185,13 +186,10 @@ absl::StatusOr<ClientOptions> ParseClientArgs(const std::vector<std::string>& ar
       o.command = a;
       continue;
     }
-    std::string name = a, value;
-    bool inline_value = false;
-    if (const size_t eq = a.find('='); eq != std::string::npos) {
-      name = a.substr(0, eq);
-      value = a.substr(eq + 1);
-      inline_value = true;
-    }
+    const FlagArg arg = SplitFlagArg(a);
+    const std::string& name = arg.name;
+    const bool inline_value = arg.value.has_value();
+    std::string value = arg.value.value_or("");
     auto it = Flags().find(name);
     if (it == Flags().end()) return absl::InvalidArgumentError(absl::StrCat("unknown flag ", name));
     if (it->second.takes_value && !inline_value) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <charconv>
 
+#include "common/flag_arg.h"
+
 namespace moe {
 namespace {
 
@@ -59,13 +61,10 @@ int64_t DefaultKvTokens(const ModelConfig& c) {
 absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& args) {
   WorkerFlags f;
   for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i], val;
-    bool has_inline = false;
-    if (const size_t eq = flag.find('='); flag.rfind("--", 0) == 0 && eq != std::string::npos) {
-      val = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-      has_inline = true;
-    }
+    const FlagArg arg = SplitFlagArg(args[i]);
+    const std::string& flag = arg.name;
+    const bool has_inline = arg.value.has_value();
+    std::string val = arg.value.value_or("");
     if (flag == "--help" || flag == "-h") {
       f.help = true;
       continue;
