@@ -212,7 +212,10 @@ absl::Status Cluster::StartWorkers() {
       }
     }
   }
-  MOE_ASSIGN_OR_RETURN(mpirun_, ChildProcess::Start(argv, dir_ + "/workers.log"));
+  // A job started after another (a rank was lost) logs beside the first: workers.log, workers-2.log, ...
+  ++worker_jobs_;
+  const std::string log = worker_jobs_ == 1 ? "/workers.log" : "/workers-" + std::to_string(worker_jobs_) + ".log";
+  MOE_ASSIGN_OR_RETURN(mpirun_, ChildProcess::Start(argv, dir_ + log));
   return absl::OkStatus();
 }
 
@@ -256,6 +259,14 @@ std::vector<pid_t> Cluster::LeftoverProcesses() const {
     for (pid_t m : p->SessionMembers()) pids.push_back(m);
   }
   return pids;
+}
+
+std::vector<pid_t> Cluster::WorkerProcesses() const {
+  return mpirun_ ? mpirun_->SessionMembers() : std::vector<pid_t>{};
+}
+
+std::optional<int> Cluster::WaitWorkersExit(Seconds timeout) {
+  return mpirun_ ? mpirun_->WaitExit(timeout) : std::nullopt;
 }
 
 std::string Cluster::LogTail(size_t max_bytes) const {

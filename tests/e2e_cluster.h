@@ -86,6 +86,10 @@ class Cluster {
   ExitStatus Stop(Seconds timeout);
   // Live processes of the cluster's sessions (empty after a clean Stop).
   std::vector<pid_t> LeftoverProcesses() const;
+  // Live processes of the workers' session: mpirun and the ranks it started.
+  std::vector<pid_t> WorkerProcesses() const;
+  // mpirun's exit status once it ended within `timeout` (nullopt: still running).
+  std::optional<int> WaitWorkersExit(Seconds timeout);
 
   const ClusterPorts& ports() const { return ports_; }
   std::string public_address() const { return "127.0.0.1:" + std::to_string(ports_.public_port); }
@@ -99,6 +103,7 @@ class Cluster {
   ClusterPorts ports_;
   std::unique_ptr<ChildProcess> coordinator_;
   std::unique_ptr<ChildProcess> mpirun_;
+  int worker_jobs_ = 0;  // StartWorkers calls so far
   std::shared_ptr<grpc::Channel> channel_;
 };
 
