@@ -1,8 +1,9 @@
-// End-to-end: a worker rank dies (SIGKILL to rank 1 of a real `mpirun -np 2 moe-worker` job) while
-// a stream is being generated. The cluster must fail that stream with UNAVAILABLE naming the lost
-// rank, report NOT_SERVING, refuse new requests at once rather than hang, keep the coordinator up,
-// and serve again, with the single-process engine's tokens (samples.json: transformers' greedy
-// continuation), once a new worker job has joined. Then it shuts down cleanly.
+// End-to-end: a worker rank of a real `mpirun -np 2 moe-worker` job is lost while a stream is being
+// generated, killed (SIGKILL: its Serve stream closes) or hung (SIGSTOP: its heartbeats stop). The
+// cluster must fail that stream with UNAVAILABLE naming the lost rank, report NOT_SERVING, refuse new
+// requests at once rather than hang, keep the coordinator up, let the old job leave (a hung rank
+// that resumes obeys the Shutdown it was sent), and serve again, with transformers' greedy tokens
+// (samples.json), once a new worker job has joined. Then it shuts down cleanly.
 #include <signal.h>
 
 #include <atomic>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -67,82 +69,130 @@ moe::v1::GenerateRequest Greedy(const std::vector<int32_t>& prompt, uint32_t max
   return req;
 }
 
-TEST(E2eRankLoss, AKilledRankFailsItsStreamsThenANewJobServesAgain) {
-  testing_ref::SetMpiTestEnvironment();
-  const std::string model = testing_ref::kDefaultModelDir;
-  absl::StatusOr<json> samples = ReadJsonFile(model + "/samples.json");
-  ASSERT_TRUE(samples.ok()) << samples.status();
-  const json& sample = (*samples)["greedy_samples"][0];
-  const std::vector<int32_t> prompt = sample["prompt_ids"].get<std::vector<int32_t>>();
-  const std::vector<int32_t> greedy = sample["greedy_ids"].get<std::vector<int32_t>>();
-  ASSERT_GE(greedy.size(), 16u);
-
-  Cluster cluster(ClusterOptions{2, model, {"--heartbeat-timeout-s", std::to_string(kHeartbeatTimeoutS)}, {}});
-  ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok());
-  ASSERT_TRUE(cluster.StartWorkers().ok());
-  absl::Status serving = cluster.WaitServing(Seconds(90));
-  ASSERT_TRUE(serving.ok()) << serving;
-  auto stub = moe::v1::Inference::NewStub(cluster.channel());
-
-  // A long stream, read on a thread that counts its tokens.
-  std::atomic<int> tokens{0};
-  grpc::Status stream_status;
-  std::thread reader([&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(120));
-    auto r = stub->Generate(&ctx, Greedy(prompt, 3500));
-    moe::v1::GenerateResponse msg;
-    while (r->Read(&msg)) tokens += msg.token_ids_size();
-    stream_status = r->Finish();
-  });
-  const auto t0 = Clock::now();
-  while (tokens < 8 && Clock::now() - t0 < std::chrono::seconds(30)) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  ASSERT_GE(tokens.load(), 8) << cluster.LogTail();
-
-  pid_t victim = -1;
-  for (pid_t p : cluster.WorkerProcesses()) {
-    if (ExecutableOf(p).find("moe-worker") != std::string::npos && MpiRankOf(p) == 1) victim = p;
+// A cluster of two ranks serving the default model, and transformers' greedy continuation of its
+// first sample.
+class E2eRankLoss : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing_ref::SetMpiTestEnvironment();
+    absl::StatusOr<json> samples = ReadJsonFile(testing_ref::kDefaultModelDir + "/samples.json");
+    ASSERT_TRUE(samples.ok()) << samples.status();
+    const json& sample = (*samples)["greedy_samples"][0];
+    prompt_ = sample["prompt_ids"].get<std::vector<int32_t>>();
+    greedy_ = sample["greedy_ids"].get<std::vector<int32_t>>();
+    ASSERT_GE(greedy_.size(), 16u);
+    cluster_ = std::make_unique<Cluster>(ClusterOptions{
+        2, testing_ref::kDefaultModelDir, {"--heartbeat-timeout-s", std::to_string(kHeartbeatTimeoutS)}, {}});
+    ASSERT_TRUE(cluster_->StartCoordinator(Seconds(30)).ok());
+    ASSERT_TRUE(cluster_->StartWorkers().ok());
+    const absl::Status serving = cluster_->WaitServing(Seconds(90));
+    ASSERT_TRUE(serving.ok()) << serving;
+    stub_ = moe::v1::Inference::NewStub(cluster_->channel());
   }
+  void TearDown() override {
+    if (HasFailure() && cluster_) std::fprintf(stderr, "%s", cluster_->LogTail().c_str());
+  }
+
+  // Starts a long greedy stream on a thread and returns once it has delivered a few tokens.
+  void StartLongStream() {
+    reader_ = std::thread([this] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline(120));
+      auto r = stub_->Generate(&ctx, Greedy(prompt_, kLongTokens));
+      moe::v1::GenerateResponse msg;
+      while (r->Read(&msg)) tokens_ += msg.token_ids_size();
+      stream_status_ = r->Finish();
+    });
+    const auto t0 = Clock::now();
+    while (tokens_ < 8 && Clock::now() - t0 < std::chrono::seconds(30)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_GE(tokens_.load(), 8) << cluster_->LogTail();
+  }
+
+  // The moe-worker process of `rank` in the current job.
+  pid_t WorkerPid(int rank) const {
+    for (pid_t p : cluster_->WorkerProcesses()) {
+      if (ExecutableOf(p).find("moe-worker") != std::string::npos && MpiRankOf(p) == rank) return p;
+    }
+    return -1;
+  }
+
+  // The stream fails UNAVAILABLE with `reason` within `within_s` of `since`; health says
+  // NOT_SERVING and a new request is refused at once.
+  void ExpectStreamFailedAndServingStopped(const std::string& reason, Clock::time_point since, double within_s) {
+    reader_.join();
+    const double fail_s = std::chrono::duration<double>(Clock::now() - since).count();
+    EXPECT_EQ(stream_status_.error_code(), grpc::StatusCode::UNAVAILABLE) << stream_status_.error_message();
+    EXPECT_NE(stream_status_.error_message().find(reason), std::string::npos) << stream_status_.error_message();
+    EXPECT_LT(fail_s, within_s) << "the stream took " << fail_s << " s to fail";
+    EXPECT_LT(tokens_.load(), kLongTokens);
+    std::string health = "?";
+    for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
+      auto h = client::CheckHealth(cluster_->channel(), "", std::chrono::milliseconds(2000));
+      health = h.ok() ? client::ServingStatusName(*h) : h.status().ToString();
+      if (health == "NOT_SERVING") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_EQ(health, "NOT_SERVING");
+    const auto refused_at = Clock::now();
+    const StreamOutcome refused = RunGenerate(*stub_, Greedy(prompt_, 4), 20);
+    EXPECT_EQ(refused.status.code(), absl::StatusCode::kUnavailable) << refused.status;
+    EXPECT_NE(std::string(refused.status.message()).find(reason), std::string::npos) << refused.status;
+    EXPECT_LT(std::chrono::duration<double>(Clock::now() - refused_at).count(), 5.0);
+  }
+
+  // A new job joins and serves transformers' tokens; then everything shuts down cleanly.
+  void ExpectANewJobServesThenCleanShutdown() {
+    ASSERT_TRUE(cluster_->StartWorkers().ok());
+    const absl::Status serving = cluster_->WaitServing(Seconds(90));
+    ASSERT_TRUE(serving.ok()) << serving;
+    const StreamOutcome again = RunGenerate(*stub_, Greedy(prompt_, 16), 60);
+    ASSERT_TRUE(again.status.ok()) << again.status;
+    EXPECT_EQ(again.result.token_ids, std::vector<int32_t>(greedy_.begin(), greedy_.begin() + 16));
+    const Cluster::ExitStatus st = cluster_->Stop(Seconds(30));
+    EXPECT_EQ(st.coordinator, 0);
+    EXPECT_EQ(st.mpirun, 0);
+    EXPECT_TRUE(cluster_->LeftoverProcesses().empty());
+  }
+
+  static constexpr int kLongTokens = 3500;
+  std::vector<int32_t> prompt_, greedy_;
+  std::unique_ptr<Cluster> cluster_;
+  std::unique_ptr<moe::v1::Inference::Stub> stub_;
+  std::thread reader_;
+  std::atomic<int> tokens_{0};
+  grpc::Status stream_status_;
+};
+
+// The rank's process dies: its Serve stream closes, and mpirun takes the job down.
+TEST_F(E2eRankLoss, AKilledRankFailsItsStreamsThenANewJobServesAgain) {
+  StartLongStream();
+  const pid_t victim = WorkerPid(1);
   ASSERT_GT(victim, 0) << "no moe-worker process of rank 1 found";
   ASSERT_EQ(kill(victim, SIGKILL), 0);
-  const auto killed_at = Clock::now();
-  reader.join();
-  const double fail_s = std::chrono::duration<double>(Clock::now() - killed_at).count();
-  EXPECT_EQ(stream_status.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << stream_status.error_message() << "\n" << cluster.LogTail();
-  EXPECT_NE(stream_status.error_message().find(" lost"), std::string::npos) << stream_status.error_message();
-  EXPECT_LT(fail_s, 2.0 * kHeartbeatTimeoutS + 5) << "the stream took " << fail_s << " s to fail";
-  EXPECT_LT(tokens.load(), 3500);
-
-  // NOT_SERVING, and a new request is refused at once, naming why.
-  std::string health = "?";
-  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
-    auto h = client::CheckHealth(cluster.channel(), "", std::chrono::milliseconds(2000));
-    health = h.ok() ? client::ServingStatusName(*h) : h.status().ToString();
-    if (health == "NOT_SERVING") break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  EXPECT_EQ(health, "NOT_SERVING");
-  const auto refused_at = Clock::now();
-  const StreamOutcome refused = RunGenerate(*stub, Greedy(prompt, 4), 20);
-  EXPECT_EQ(refused.status.code(), absl::StatusCode::kUnavailable) << refused.status;
-  EXPECT_LT(std::chrono::duration<double>(Clock::now() - refused_at).count(), 5.0);
-
+  ExpectStreamFailedAndServingStopped("rank 1 lost", Clock::now(), 2.0 * kHeartbeatTimeoutS + 5);
   // The job ends (mpirun takes the other rank down); the coordinator stays.
-  EXPECT_TRUE(cluster.WaitWorkersExit(Seconds(60)).has_value()) << "mpirun still running";
+  EXPECT_TRUE(cluster_->WaitWorkersExit(Seconds(60)).has_value()) << "mpirun still running";
+  ExpectANewJobServesThenCleanShutdown();
+}
 
-  // A new job joins and serves the engine's tokens.
-  ASSERT_TRUE(cluster.StartWorkers().ok());
-  serving = cluster.WaitServing(Seconds(90));
-  ASSERT_TRUE(serving.ok()) << serving;
-  const StreamOutcome again = RunGenerate(*stub, Greedy(prompt, 16), 60);
-  ASSERT_TRUE(again.status.ok()) << again.status << "\n" << cluster.LogTail();
-  EXPECT_EQ(again.result.token_ids, std::vector<int32_t>(greedy.begin(), greedy.begin() + 16));
-
-  const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
-  EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
-  EXPECT_EQ(st.mpirun, 0) << cluster.LogTail();
-  EXPECT_TRUE(cluster.LeftoverProcesses().empty());
+// The rank hangs (SIGSTOP): its stream stays open but its heartbeats stop, so it is lost after the
+// heartbeat timeout. Once it resumes, the Shutdown the coordinator sent it ends the old job
+// cleanly, and a new one serves.
+TEST_F(E2eRankLoss, AHungRankIsLostAfterTheHeartbeatTimeoutAndItsJobLeavesWhenItResumes) {
+  StartLongStream();
+  const pid_t victim = WorkerPid(1);
+  ASSERT_GT(victim, 0) << "no moe-worker process of rank 1 found";
+  ASSERT_EQ(kill(victim, SIGSTOP), 0);
+  const auto stopped_at = Clock::now();
+  ExpectStreamFailedAndServingStopped("rank 1 lost: no heartbeat", stopped_at, kHeartbeatTimeoutS + 10);
+  EXPECT_GE(std::chrono::duration<double>(Clock::now() - stopped_at).count(), kHeartbeatTimeoutS - 0.5);
+  ASSERT_EQ(kill(victim, SIGCONT), 0);
+  const std::optional<int> old_job = cluster_->WaitWorkersExit(Seconds(60));
+  ASSERT_TRUE(old_job.has_value()) << "the resumed job did not leave";
+  EXPECT_EQ(*old_job, 0) << "the resumed job did not leave through Shutdown";
+  ExpectANewJobServesThenCleanShutdown();
 }
 
 }  // namespace
