@@ -7,11 +7,17 @@
 #   deploy/launch-cluster.sh [--np N] [--model DIR] [--hostfile FILE] [--listen ADDR]
 #                            [--build-dir DIR] [other options] [-- extra mpirun args]
 #
+# A worker job that ends on its own (a rank died) or stops serving while mpirun still runs (a rank
+# hung: the coordinator lost its heartbeats) is killed and, with --restart-workers N, started again
+# up to N times; without restarts left the script stops everything and exits 1.
+#
 # Lines on stdout (stable, for scripts; everything the processes print goes to stderr):
 #   launch-cluster: coordinator pid P
 #   launch-cluster: ports public=P cluster=C metrics=M
 #   launch-cluster: mpirun pid P
 #   launch-cluster: serving on HOST:PORT
+#   launch-cluster: mpirun exited unexpectedly (status S) | the workers have not served for S s ...
+#   launch-cluster: restarting the worker job (K of N)      (then mpirun pid P, serving on HOST:PORT)
 #   launch-cluster: stopped (coordinator status S, mpirun status S)
 set -uo pipefail
 
@@ -35,6 +41,10 @@ usage: $0 [options] [-- extra mpirun args]
   --stop-timeout S       on shutdown, wait this long for each process before killing it (default 20)
   --coordinator-arg ARG  extra moe-coordinator flag (repeatable), e.g. --coordinator-arg=--max-waiting=64
   --worker-arg ARG       extra moe-worker flag (repeatable), e.g. --worker-arg=--kv-tokens=65536
+  --restart-workers N    start the worker job again, up to N times, when it ends on its own or hangs
+                         (default 0: stop everything and exit 1)
+  --hung-timeout S       a job whose cluster has not been SERVING for S seconds while mpirun still
+                         runs (a rank hung, its heartbeats lost) is killed (default 60)
 EOF
 }
 
@@ -52,6 +62,8 @@ ADVERTISE=""
 PORTS_FILE=""
 READY_TIMEOUT=180
 STOP_TIMEOUT=20
+RESTARTS=0
+HUNG_TIMEOUT=60
 COORD_ARGS=()
 WORKER_ARGS=()
 MPI_EXTRA=()
@@ -67,7 +79,7 @@ while [[ $# -gt 0 ]]; do
     --) shift; MPI_EXTRA=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     --np|--model|--hostfile|--listen|--build-dir|--cluster-port|--metrics-listen|--advertise|--ports-file|\
-    --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg)
+    --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg|--restart-workers|--hung-timeout)
       [[ $# -ge 2 ]] || die "$arg needs a value"
       val="$2"; shift 2
       case "$arg" in
@@ -84,6 +96,8 @@ while [[ $# -gt 0 ]]; do
         --stop-timeout) STOP_TIMEOUT="$val" ;;
         --coordinator-arg) COORD_ARGS+=("$val") ;;
         --worker-arg) WORKER_ARGS+=("$val") ;;
+        --restart-workers) RESTARTS="$val" ;;
+        --hung-timeout) HUNG_TIMEOUT="$val" ;;
       esac ;;
     *) usage >&2; die "unknown argument '$arg'" ;;
   esac
@@ -93,6 +107,8 @@ done
 [[ "$CLUSTER_PORT" =~ ^[0-9]+$ ]] || die "--cluster-port: expected a port number, got '$CLUSTER_PORT'"
 [[ "$READY_TIMEOUT" =~ ^[0-9]+$ ]] || die "--ready-timeout: expected seconds, got '$READY_TIMEOUT'"
 [[ "$STOP_TIMEOUT" =~ ^[0-9]+$ ]] || die "--stop-timeout: expected seconds, got '$STOP_TIMEOUT'"
+[[ "$RESTARTS" =~ ^[0-9]+$ ]] || die "--restart-workers: expected a count, got '$RESTARTS'"
+[[ "$HUNG_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--hung-timeout: expected a positive number of seconds, got '$HUNG_TIMEOUT'"
 [[ "$LISTEN" == *:* ]] || die "--listen: expected HOST:PORT, got '$LISTEN'"
 [[ -f "$MODEL/config.json" ]] || die "--model: $MODEL has no config.json"
 MODEL="$(cd "$MODEL" && pwd)"
@@ -265,28 +281,66 @@ else
   mpi_cmd+=(--oversubscribe)
 fi
 mpi_cmd+=("${MPI_EXTRA[@]}" "$WORKER_BIN" --coordinator "$ADVERTISE:$CLUSTER_PORT_BOUND" "${WORKER_ARGS[@]}")
-setsid "${mpi_cmd[@]}" </dev/null >&2 &
-MPI_PID=$!
-say "mpirun pid $MPI_PID"
+start_workers() {
+  setsid "${mpi_cmd[@]}" </dev/null >&2 &
+  MPI_PID=$!
+  say "mpirun pid $MPI_PID"
+}
 
-# --- wait until SERVING -----------------------------------------------------------------------
-until "$CLIENT_BIN" --server "$PROBE_HOST:$PUBLIC_PORT" --timeout 2 health >/dev/null 2>&1; do
-  alive "$COORD_PID" || { reap "$COORD_PID"; say "the coordinator exited while starting (status ${STATUS[$COORD_PID]})"; exit 1; }
-  alive "$MPI_PID" || { reap "$MPI_PID"; say "mpirun exited while starting (status ${STATUS[$MPI_PID]})"; exit 1; }
-  ((SECONDS < deadline)) || { say "not SERVING after ${READY_TIMEOUT}s"; exit 1; }
-  nap 0.2
-done
-say "serving on $PUBLIC_HOST:$PUBLIC_PORT"
+serving() { "$CLIENT_BIN" --server "$PROBE_HOST:$PUBLIC_PORT" --timeout 2 health >/dev/null 2>&1; }
 
-# --- run until told to stop or until a part dies ----------------------------------------------
-while alive "$COORD_PID" && alive "$MPI_PID"; do
-  nap 0.5
-done
-if ! alive "$COORD_PID"; then
-  reap "$COORD_PID"
-  say "the coordinator exited unexpectedly (status ${STATUS[$COORD_PID]})"
-else
+# Until SERVING (false when a part died or READY_TIMEOUT passed, with a line saying which).
+wait_serving() {
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until serving; do
+    alive "$COORD_PID" || { reap "$COORD_PID"; say "the coordinator exited while starting (status ${STATUS[$COORD_PID]})"; return 1; }
+    alive "$MPI_PID" || { reap "$MPI_PID"; say "mpirun exited while starting (status ${STATUS[$MPI_PID]})"; return 1; }
+    ((SECONDS < deadline)) || { say "not SERVING after ${READY_TIMEOUT}s"; return 1; }
+    nap 0.2
+  done
+  say "serving on $PUBLIC_HOST:$PUBLIC_PORT"
+}
+
+# While both run: returns when a part ended, or after killing a job whose cluster has not served
+# for HUNG_TIMEOUT seconds (the coordinator lost a rank that did not exit, e.g. a hung one).
+watch_job() {
+  local not_serving_since="" next_probe=$SECONDS
+  while alive "$COORD_PID" && alive "$MPI_PID"; do
+    nap 0.5
+    ((SECONDS >= next_probe)) || continue
+    next_probe=$((SECONDS + 1))
+    if serving; then
+      not_serving_since=""
+      continue
+    fi
+    [[ -n "$not_serving_since" ]] || not_serving_since=$SECONDS
+    if ((SECONDS - not_serving_since >= HUNG_TIMEOUT)) && alive "$COORD_PID"; then
+      say "the workers have not served for ${HUNG_TIMEOUT}s while mpirun runs: killing the job (pid $MPI_PID)"
+      kill_session "$MPI_PID"
+      wait_exit "$MPI_PID" 10
+      return
+    fi
+  done
+}
+
+start_workers
+wait_serving || exit 1
+
+# --- run until told to stop, or until a part dies and no restart is left ------------------------
+restarts_done=0
+while true; do
+  watch_job
+  if ! alive "$COORD_PID"; then
+    reap "$COORD_PID"
+    say "the coordinator exited unexpectedly (status ${STATUS[$COORD_PID]})"
+    exit 1
+  fi
   reap "$MPI_PID"
   say "mpirun exited unexpectedly (status ${STATUS[$MPI_PID]})"
-fi
-exit 1
+  kill_session "$MPI_PID"  # ranks mpirun left behind
+  ((restarts_done < RESTARTS)) || exit 1
+  restarts_done=$((restarts_done + 1))
+  say "restarting the worker job ($restarts_done of $RESTARTS)"
+  start_workers
+  wait_serving || exit 1
+done

@@ -1,0 +1,84 @@
+#!/usr/bin/python3
+"""End-to-end test of deploy/launch-cluster.sh --restart-workers: a 2-rank cluster loses a rank,
+first killed (SIGKILL: mpirun ends), then hung (SIGSTOP: mpirun keeps running while the coordinator
+has lost its heartbeats). Each time the launcher notices, kills what is left of the job, starts a
+new one and serves again, with transformers' greedy tokens (samples.json). With no restart left a
+third loss stops everything: exit 1, the coordinator stopped cleanly, no process left behind.
+
+Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
+Runs with /usr/bin/python3 (python3-grpcio).
+"""
+
+import os
+import signal
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
+
+from launched_cluster import (BUILD_DIR, SOURCE_DIR, START_TIMEOUT_S, LaunchedCluster,  # noqa: E402
+                              load_samples, process_alive, worker_pid)
+
+os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
+
+from moe_client import MoeClient  # noqa: E402
+
+HUNG_TIMEOUT_S = 4
+HEARTBEAT_TIMEOUT_S = 2
+
+
+class LauncherRestartsLostWorkers(unittest.TestCase):
+    def test_killed_then_hung_rank_restart_the_job_until_no_restart_is_left(self):
+        sample = load_samples()["ROMEO:"]
+        c = LaunchedCluster(["--restart-workers", "2", "--hung-timeout", str(HUNG_TIMEOUT_S),
+                             f"--coordinator-arg=--heartbeat-timeout-s={HEARTBEAT_TIMEOUT_S}"])
+        try:
+            c.start()
+            client = MoeClient(c.address, timeout=60)
+
+            def serves_the_sample():
+                full = client.generate_full(token_ids=sample["prompt_ids"], max_tokens=16, temperature=0)
+                self.assertEqual(full.token_ids, sample["greedy_ids"][:16], c.log_text())
+
+            def rank1():
+                pid = worker_pid(c.cluster_port, 1)
+                self.assertIsNotNone(pid, "no moe-worker process of rank 1\n" + c.log_text())
+                return pid
+
+            def restarted(k):
+                c.wait_for(rf"restarting the worker job \({k} of 2\)", 30)
+                c.mpirun_pid = int(c.wait_for(r"mpirun pid (\d+)", 10).group(1))
+                c.wait_for(r"serving on ", START_TIMEOUT_S)
+
+            serves_the_sample()
+
+            # A rank dies: mpirun ends, the launcher starts a new job.
+            os.kill(rank1(), signal.SIGKILL)
+            c.wait_for(r"mpirun exited unexpectedly", 30)
+            restarted(1)
+            serves_the_sample()
+
+            # A rank hangs: mpirun keeps running, the coordinator stops serving; the launcher kills
+            # the job after --hung-timeout and starts another.
+            hung = rank1()
+            os.kill(hung, signal.SIGSTOP)
+            c.wait_for(rf"have not served for {HUNG_TIMEOUT_S}s while mpirun runs: killing the job", 60)
+            restarted(2)
+            self.assertFalse(process_alive(hung), "the hung rank was left running")
+            serves_the_sample()
+
+            # No restart left: the launcher stops everything and exits 1.
+            os.kill(rank1(), signal.SIGKILL)
+            c.wait_for(r"mpirun exited unexpectedly", 30)
+            stopped = c.wait_for(r"stopped \(coordinator status (\S+), mpirun status (\S+)\)", 60)
+            self.assertEqual(stopped.group(1), "0", c.log_text())
+            self.assertEqual(c.proc.wait(timeout=30), 1)
+            self.assertEqual(c.leftovers(), [], "processes left behind")
+            client.close()
+        finally:
+            c.kill_everything()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
