@@ -236,6 +236,9 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       const v1::WorkerStats& s = m.heartbeat().stats();
       r.running_sequences = s.running_sequences();
       r.kv_blocks_used = s.kv_blocks_used();
+      r.prefix_cache_queried_tokens = s.prefix_cache_queried_tokens();
+      r.prefix_cache_hit_tokens = s.prefix_cache_hit_tokens();
+      r.kv_blocks_cached = s.kv_blocks_cached();
       if (s.kv_blocks_total() > 0) r.kv_blocks_total = s.kv_blocks_total();
       r.steps = s.steps();
       if (!s.load_stats_json().empty()) r.load_stats_json = s.load_stats_json();
@@ -403,7 +406,8 @@ ClusterSnapshot ClusterState::Snapshot() const {
   int64_t used = 0, total = 0;
   for (int rank = 0; rank < world_size(); ++rank) {
     const RankRecord& r = ranks_[rank];
-    s.ranks.push_back({rank, r.running_sequences, r.kv_blocks_used, r.kv_blocks_total});
+    s.ranks.push_back({rank, r.running_sequences, r.kv_blocks_used, r.kv_blocks_total, r.prefix_cache_queried_tokens,
+                       r.prefix_cache_hit_tokens, r.kv_blocks_cached});
     if (r.loaded) {
       used += r.kv_blocks_used;
       total += r.kv_blocks_total;

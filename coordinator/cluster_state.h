@@ -62,6 +62,9 @@ struct RankStatsView {
   int64_t running_sequences = 0;
   int64_t kv_blocks_used = 0;
   int64_t kv_blocks_total = 0;
+  int64_t prefix_cache_queried_tokens = 0;
+  int64_t prefix_cache_hit_tokens = 0;
+  int64_t kv_blocks_cached = 0;
 };
 
 struct ClusterSnapshot {
@@ -137,6 +140,9 @@ class ClusterState {
     int64_t kv_blocks_total = 0;
     int64_t kv_blocks_used = 0;
     int64_t running_sequences = 0;
+    int64_t prefix_cache_queried_tokens = 0;
+    int64_t prefix_cache_hit_tokens = 0;
+    int64_t kv_blocks_cached = 0;
     uint64_t steps = 0;
     std::string load_stats_json;
     Clock::time_point last_seen;

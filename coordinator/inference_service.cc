@@ -347,6 +347,9 @@ grpc::Status InferenceService::GetStats(grpc::ServerContext*, const v1::GetStats
     rs->set_running_sequences(r.running_sequences);
     rs->set_kv_blocks_used(r.kv_blocks_used);
     rs->set_kv_blocks_total(r.kv_blocks_total);
+    rs->set_prefix_cache_queried_tokens(r.prefix_cache_queried_tokens);
+    rs->set_prefix_cache_hit_tokens(r.prefix_cache_hit_tokens);
+    rs->set_kv_blocks_cached(r.kv_blocks_cached);
   }
   FillLayers(c.load_stats_json, response);
   response->set_engine_steps(c.engine_steps);

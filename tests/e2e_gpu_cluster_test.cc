@@ -247,7 +247,8 @@ TEST_F(E2eGpuCluster, ShutsDownCleanly) {
 // moe-worker --synthetic-weights: a folder holding only config.json (the default model's), the
 // weights built on the GPU from the seed. The streams must carry the greedy tokens of a GpuEngine
 // built in this process by LoadSynthetic with the same config and seed: the flag reached the engine
-// and nothing was read from a checkpoint (there is none).
+// and nothing was read from a checkpoint (there is none). The worker also caches prompt prefixes
+// (--enable-prefix-caching), which the second test uses.
 class E2eGpuSyntheticCluster : public ::testing::Test {
  protected:
   static constexpr uint64_t kSeed = 7;
@@ -279,7 +280,8 @@ class E2eGpuSyntheticCluster : public ::testing::Test {
     setup_ = Reference();
     if (!setup_.ok()) return;
     cluster_ = std::make_unique<Cluster>(ClusterOptions{
-        1, model_dir_, {}, {"--device", "gpu", "--synthetic-weights", std::to_string(kSeed), "--kv-tokens", "8192"}});
+        1, model_dir_, {},
+        {"--device", "gpu", "--synthetic-weights", std::to_string(kSeed), "--kv-tokens", "8192", "--enable-prefix-caching"}});
     setup_ = cluster_->StartCoordinator(Seconds(30));
     if (setup_.ok()) setup_ = cluster_->StartWorkers();
     if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(120));
@@ -317,31 +319,47 @@ class E2eGpuSyntheticCluster : public ::testing::Test {
     }
     MOE_ASSIGN_OR_RETURN(auto res, GenerateAll(*engine, reqs));
     for (const auto& r : res) expected_.push_back(r.tokens);
+    // The same prompts followed by what they generated, on the engine without prefix caching.
+    for (int i = 0; i < kRequests; ++i) reqs[i].prompt = Extended(i);
+    MOE_ASSIGN_OR_RETURN(res, GenerateAll(*engine, reqs));
+    for (const auto& r : res) expected_extended_.push_back(r.tokens);
     return absl::OkStatus();
+  }
+
+  static std::vector<int32_t> Extended(int i) {
+    std::vector<int32_t> p = Prompt(i);
+    p.insert(p.end(), expected_[i].begin(), expected_[i].end());
+    return p;
+  }
+
+  // All requests at once; their outcomes in order.
+  static std::vector<StreamOutcome> RunAll(std::vector<int32_t> (*prompt)(int)) {
+    std::vector<StreamOutcome> outcomes(kRequests);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kRequests; ++i) {
+      threads.emplace_back([&outcomes, prompt, i] {
+        auto stub = moe::v1::Inference::NewStub(
+            grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
+        moe::v1::GenerateRequest req;
+        for (int32_t id : prompt(i)) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
+        req.mutable_sampling()->set_max_tokens(kTokens);
+        req.mutable_sampling()->set_temperature(0);
+        req.mutable_sampling()->set_ignore_eos(true);
+        outcomes[i] = RunGenerate(*stub, req, 120);
+      });
+    }
+    for (auto& t : threads) t.join();
+    return outcomes;
   }
 
   static inline std::unique_ptr<Cluster> cluster_;
   static inline std::string model_dir_;
   static inline absl::Status setup_;
-  static inline std::vector<std::vector<int32_t>> expected_;
+  static inline std::vector<std::vector<int32_t>> expected_, expected_extended_;
 };
 
 TEST_F(E2eGpuSyntheticCluster, StreamsCarryTheTokensOfTheSameSeededWeights) {
-  std::vector<StreamOutcome> outcomes(kRequests);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kRequests; ++i) {
-    threads.emplace_back([&outcomes, i] {
-      auto stub = moe::v1::Inference::NewStub(
-          grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
-      moe::v1::GenerateRequest req;
-      for (int32_t id : Prompt(i)) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
-      req.mutable_sampling()->set_max_tokens(kTokens);
-      req.mutable_sampling()->set_temperature(0);
-      req.mutable_sampling()->set_ignore_eos(true);
-      outcomes[i] = RunGenerate(*stub, req, 120);
-    });
-  }
-  for (auto& t : threads) t.join();
+  const std::vector<StreamOutcome> outcomes = RunAll(Prompt);
   std::set<std::vector<int32_t>> distinct;
   for (int i = 0; i < kRequests; ++i) {
     ASSERT_TRUE(outcomes[i].status.ok()) << "stream " << i << ": " << outcomes[i].status;
@@ -349,6 +367,33 @@ TEST_F(E2eGpuSyntheticCluster, StreamsCarryTheTokensOfTheSameSeededWeights) {
     distinct.insert(expected_[i]);
   }
   EXPECT_GT(distinct.size(), 1u) << "every prompt gave the same tokens: are the weights degenerate?";
+}
+
+// The worker runs with --enable-prefix-caching: each prompt followed by what it generated starts
+// with a whole block the first test's request left cached (16 of its 25-30 tokens), so the GPU
+// engine computes only the rest, from attached blocks, and must give the engine's tokens without
+// caching.
+TEST_F(E2eGpuSyntheticCluster, PromptsStartingWithCachedBlocksCarryTheUncachedEnginesTokens) {
+  const std::vector<StreamOutcome> outcomes = RunAll(Extended);
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << "stream " << i << ": " << outcomes[i].status;
+    EXPECT_EQ(outcomes[i].result.token_ids, expected_extended_[i]) << "stream " << i;
+  }
+  int64_t hits = 0;
+  for (int attempt = 0; attempt < 100 && hits < 16 * kRequests; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the stats come with heartbeats
+    auto stub = moe::v1::Inference::NewStub(cluster_->channel());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(5));
+    moe::v1::Stats stats;
+    if (!stub->GetStats(&ctx, moe::v1::GetStatsRequest(), &stats).ok()) continue;
+    hits = 0;
+    for (const auto& r : stats.ranks()) hits += r.prefix_cache_hit_tokens();
+  }
+  EXPECT_EQ(hits, 16 * kRequests) << "one whole block of every extended prompt";
+}
+
+TEST_F(E2eGpuSyntheticCluster, ShutsDownCleanly) {
   const Cluster::ExitStatus st = cluster_->Stop(Seconds(20));
   EXPECT_EQ(st.coordinator, 0) << cluster_->LogTail();
   EXPECT_EQ(st.mpirun, 0) << cluster_->LogTail();

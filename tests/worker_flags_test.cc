@@ -21,6 +21,10 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   EXPECT_EQ(f->kv_tokens, 4096);
   EXPECT_EQ(f->max_batch_tokens, 512);
   EXPECT_FALSE(f->synthetic_seed.has_value());
+  EXPECT_FALSE(f->enable_prefix_caching);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--enable-prefix-caching"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_TRUE(f->enable_prefix_caching);
   f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--synthetic-weights", "0"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->synthetic_seed, 0u);
@@ -46,6 +50,7 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--coordinator", "h:1", "--bogus", "1"}, "unknown flag '--bogus'"},
            {{"--device", "gpu"}, "--coordinator: required"},
            {{"--coordinator", "h:1", "--synthetic-weights", "1"}, "--synthetic-weights: needs --device gpu"},
+           {{"--coordinator", "h:1", "--enable-prefix-caching=yes"}, "--enable-prefix-caching: takes no value"},
            {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights", "-1"},
             "--synthetic-weights: expected a non-negative integer seed, got '-1'"},
            {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights="},

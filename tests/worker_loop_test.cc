@@ -429,6 +429,67 @@ TEST_F(WorkerLoopTest, ChunkedScoreMatchesScoreAll) {
 }
 
 // ----------------------------------------------------------------------------------------------
+// Prefix caching.
+
+// A generation whose prompt starts with a finished one's whole KV blocks attaches them and computes
+// only the rest: the same tokens as without caching, logprobs within the engine's chunking error of
+// ScoreAll's, and the statistics count the prompt tokens found. Scoring computes every position.
+TEST_F(WorkerLoopTest, PrefixCachingReusesAFinishedPromptsBlocksWithTheSameTokens) {
+  EngineOptions eo;
+  eo.kv_block_size = 8;
+  std::vector<int32_t> shared = Prompt(0);  // the golden prompt and its greedy continuation
+  for (int32_t t : Greedy24(0)) shared.push_back(t);
+  std::vector<int32_t> longer = shared, branch(shared.begin(), shared.begin() + 20);
+  for (int32_t t : Prompt(1)) longer.push_back(t);
+  for (int32_t t : Prompt(2)) branch.push_back(t);
+  const std::vector<std::vector<int32_t>> prompts = {shared, longer, branch};
+
+  std::map<uint64_t, RecordingOutbox::Sequence> with, without;
+  for (bool cache : {true, false}) {
+    LoopHarness h(eo);
+    if (cache) (*h.engine)->EnablePrefixCache();
+    h.Push(Greedy(1, shared, 8));
+    h.RunUntilDone();
+    h.Push(Greedy(2, longer, 8));
+    h.Push(Greedy(3, branch, 8));
+    h.Push(Score(4, shared));
+    h.RunUntilDone();
+    (cache ? with : without) = h.out.BySequence();
+    const std::optional<moe::v1::WorkerStats> st = h.out.LastStats();
+    ASSERT_TRUE(st.has_value());
+    if (!cache) {
+      EXPECT_EQ(st->prefix_cache_hit_tokens(), 0);
+      continue;
+    }
+    // Sequence 1 cached its whole blocks (prompt and generated tokens); 2 finds all of the shared
+    // prompt's whole blocks, 3 the two whole blocks of its first 20 tokens; scoring looks up nothing.
+    const int64_t whole = static_cast<int64_t>(shared.size()) / 8 * 8;
+    EXPECT_EQ(st->prefix_cache_queried_tokens(), static_cast<int64_t>(shared.size() + longer.size() + branch.size()));
+    EXPECT_EQ(st->prefix_cache_hit_tokens(), whole + 16);
+    EXPECT_GT(st->kv_blocks_cached(), 0);
+    EXPECT_EQ(st->kv_blocks_used(), 0);
+  }
+  auto ref = LoadLocalEngine(kGoldenDir);
+  for (uint64_t id : {1, 2, 3}) {
+    const std::vector<int32_t>& prompt = prompts[id - 1];
+    EXPECT_EQ(with[id].tokens, without[id].tokens) << "sequence " << id;
+    ASSERT_EQ(with[id].logprobs.size(), 8u);
+    std::vector<int32_t> full = prompt;
+    full.insert(full.end(), with[id].tokens.begin(), with[id].tokens.end());
+    const auto want = ScoreAll(**ref, {full}).value();
+    for (size_t t = 0; t < 8; ++t) {
+      EXPECT_NEAR(with[id].logprobs[t], want[0].logprobs[prompt.size() + t], 1e-4) << "sequence " << id << " token " << t;
+    }
+  }
+  ASSERT_TRUE(with[4].scored.has_value());
+  ASSERT_TRUE(without[4].scored.has_value());
+  ASSERT_EQ(with[4].scored->logprobs_size(), without[4].scored->logprobs_size());
+  for (int i = 0; i < with[4].scored->logprobs_size(); ++i) {
+    EXPECT_NEAR(with[4].scored->logprobs(i), without[4].scored->logprobs(i), 1e-5) << "scored token " << i;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
 // Stopping.
 
 TEST_F(WorkerLoopTest, ShutdownStopsTheLoopAndCancelsWhatRuns) {

@@ -1,13 +1,20 @@
 #include "worker/kv_blocks.h"
 
+#include <algorithm>
+
 namespace moe {
 
 KvBlockAllocator::KvBlockAllocator(int64_t block_size, int64_t num_blocks)
-    : block_size_(block_size), num_blocks_(num_blocks) {
+    : block_size_(block_size), num_blocks_(num_blocks), info_(static_cast<size_t>(std::max<int64_t>(num_blocks, 0))) {
   MOE_CHECK(block_size > 0 && num_blocks >= 0);
   free_.reserve(static_cast<size_t>(num_blocks));
   // Highest id at the bottom, so blocks are handed out in ascending order.
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_.push_back(static_cast<int32_t>(b));
+}
+
+void KvBlockAllocator::EnablePrefixCache() {
+  MOE_CHECK(seqs_.empty(), "enable prefix caching before adding sequences");
+  prefix_cache_ = true;
 }
 
 absl::Status KvBlockAllocator::AddSequence(int64_t seq_id) {
@@ -16,10 +23,39 @@ absl::Status KvBlockAllocator::AddSequence(int64_t seq_id) {
   return absl::OkStatus();
 }
 
+int32_t KvBlockAllocator::TakeBlock() {
+  int32_t b;
+  if (!free_.empty()) {
+    b = free_.back();
+    free_.pop_back();
+  } else {  // reclaim the least recently released cached block
+    MOE_CHECK(!lru_.empty());
+    b = lru_.front();
+    lru_.pop_front();
+    Block& info = info_[static_cast<size_t>(b)];
+    registered_.erase(info.hash);
+    info.registered = false;
+    info.tokens.clear();
+  }
+  info_[static_cast<size_t>(b)].refs = 1;
+  return b;
+}
+
+void KvBlockAllocator::Release(int32_t b) {
+  Block& info = info_[static_cast<size_t>(b)];
+  MOE_CHECK(info.refs > 0, "block ", b, " released more often than taken");
+  if (--info.refs > 0) return;
+  if (info.registered) {
+    info.lru = lru_.insert(lru_.end(), b);
+  } else {
+    free_.push_back(b);
+  }
+}
+
 void KvBlockAllocator::FreeSequence(int64_t seq_id) {
   auto it = seqs_.find(seq_id);
   if (it == seqs_.end()) return;
-  for (auto b = it->second.blocks.rbegin(); b != it->second.blocks.rend(); ++b) free_.push_back(*b);
+  for (auto b = it->second.blocks.rbegin(); b != it->second.blocks.rend(); ++b) Release(*b);
   seqs_.erase(it);
 }
 
@@ -34,11 +70,73 @@ absl::Status KvBlockAllocator::Reserve(int64_t seq_id, int64_t new_length) {
                                                      " more blocks of ", block_size_, " positions, ",
                                                      free_blocks(), " of ", num_blocks_, " are free"));
   }
-  for (int64_t i = 0; i < need; ++i) {
-    s.blocks.push_back(free_.back());
-    free_.pop_back();
-  }
+  for (int64_t i = 0; i < need; ++i) s.blocks.push_back(TakeBlock());
   return absl::OkStatus();
+}
+
+uint64_t KvBlockAllocator::ChainHash(uint64_t parent, std::span<const int32_t> tokens) {
+  // FNV-1a over the parent's hash and the token ids, then a SplitMix64 finish.
+  uint64_t h = 0xcbf29ce484222325ull ^ parent;
+  for (int32_t t : tokens) {
+    h ^= static_cast<uint32_t>(t);
+    h *= 0x100000001b3ull;
+  }
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
+}
+
+void KvBlockAllocator::Append(int64_t seq_id, std::span<const int32_t> tokens) {
+  Sequence& s = seqs_.at(seq_id);
+  s.length += static_cast<int64_t>(tokens.size());
+  MOE_CHECK(BlocksFor(s.length) <= static_cast<int64_t>(s.blocks.size()), "positions appended beyond the reserved blocks");
+  if (!prefix_cache_) return;
+  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+  while ((s.hashed_blocks + 1) * block_size_ <= s.length) {
+    const std::span<const int32_t> own(s.tokens.data() + s.hashed_blocks * block_size_, static_cast<size_t>(block_size_));
+    const uint64_t h = ChainHash(s.prefix_hash, own);
+    const int32_t b = s.blocks[static_cast<size_t>(s.hashed_blocks)];
+    Block& info = info_[static_cast<size_t>(b)];
+    // Another block may already hold the same prefix (computed by a sequence that ran alongside):
+    // that one stays the cached copy and this one is freed as usual.
+    if (!info.registered && registered_.emplace(h, b).second) {
+      info.registered = true;
+      info.hash = h;
+      info.parent_hash = s.prefix_hash;
+      info.tokens.assign(own.begin(), own.end());
+    }
+    s.prefix_hash = h;
+    ++s.hashed_blocks;
+  }
+}
+
+int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) {
+  Sequence& s = seqs_.at(seq_id);
+  MOE_CHECK(s.length == 0 && s.blocks.empty(), "a cached prefix attaches to a new sequence only");
+  if (!prefix_cache_ || prompt.empty()) return 0;
+  queried_tokens_ += static_cast<int64_t>(prompt.size());
+  const int64_t whole = (static_cast<int64_t>(prompt.size()) - 1) / block_size_;
+  for (int64_t i = 0; i < whole; ++i) {
+    const std::span<const int32_t> own = prompt.subspan(static_cast<size_t>(i * block_size_), static_cast<size_t>(block_size_));
+    const uint64_t h = ChainHash(s.prefix_hash, own);
+    const auto it = registered_.find(h);
+    if (it == registered_.end()) break;
+    const int32_t b = it->second;
+    Block& info = info_[static_cast<size_t>(b)];
+    if (info.parent_hash != s.prefix_hash || !std::equal(own.begin(), own.end(), info.tokens.begin(), info.tokens.end())) {
+      break;  // a hash collision: not the same prefix
+    }
+    if (info.refs++ == 0) lru_.erase(info.lru);
+    s.blocks.push_back(b);
+    s.prefix_hash = h;
+    ++s.hashed_blocks;
+  }
+  s.length = s.hashed_blocks * block_size_;
+  s.tokens.assign(prompt.begin(), prompt.begin() + s.length);
+  hit_tokens_ += s.length;
+  return s.length;
 }
 
 }  // namespace moe

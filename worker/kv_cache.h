@@ -28,7 +28,6 @@ class KvCache {
   absl::Status Reserve(int64_t seq_id, int64_t new_length) { return blocks_.Reserve(seq_id, new_length); }
   // The number of positions whose keys and values are written.
   int64_t length(int64_t seq_id) const { return blocks_.length(seq_id); }
-  void set_length(int64_t seq_id, int64_t length) { blocks_.set_length(seq_id, length); }
 
   // Key / value row [kv_heads * head_dim] of a position (which must be reserved).
   float* key(int64_t layer, int64_t seq_id, int64_t pos) { return Row(keys_, layer, seq_id, pos); }

@@ -99,7 +99,7 @@ ChunkLogits WantedRows(const SequenceChunk& ch, int64_t start) {
 
 void AdvanceLengths(KvBlockAllocator& kv, const std::vector<SequenceChunk>& chunks) {
   for (const SequenceChunk& ch : chunks) {
-    kv.set_length(ch.seq_id, kv.length(ch.seq_id) + static_cast<int64_t>(ch.tokens.size()));
+    kv.Append(ch.seq_id, ch.tokens);
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "common/status.h"
@@ -58,6 +59,12 @@ class StepEngine {
   virtual void FreeSequence(int64_t seq_id) = 0;
   virtual bool HasSequence(int64_t seq_id) const = 0;
   virtual int64_t SequenceLength(int64_t seq_id) const = 0;
+
+  // Prefix caching (KvBlockAllocator): enable before adding sequences; then a new sequence may
+  // start from the cached blocks of its prompt's first whole blocks, and only the rest of the prompt
+  // is stepped (from the returned position on).
+  virtual void EnablePrefixCache() = 0;
+  virtual int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) = 0;
 
   // The collective forward step: every rank calls it in lock step, each with its own sequences
   // (possibly none). On error nothing is changed on any rank.

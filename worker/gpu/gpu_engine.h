@@ -92,6 +92,10 @@ class GpuEngine final : public StepEngine {
   void FreeSequence(int64_t seq_id) override { kv_.FreeSequence(seq_id); }
   bool HasSequence(int64_t seq_id) const override { return kv_.HasSequence(seq_id); }
   int64_t SequenceLength(int64_t seq_id) const override { return kv_.length(seq_id); }
+  void EnablePrefixCache() override { kv_.EnablePrefixCache(); }
+  int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) override {
+    return kv_.AttachCachedPrefix(seq_id, prompt);
+  }
 
   // The collective forward step. On error nothing is changed on any rank.
   absl::StatusOr<StepOutput> Step(const std::vector<SequenceChunk>& chunks) override;

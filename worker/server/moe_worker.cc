@@ -104,6 +104,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
       WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens);
   if (AnyRankFailed(comm, loaded_engine.status())) return 1;
   StepEngine* engine = &(*loaded_engine)->engine();
+  if (flags->enable_prefix_caching) engine->EnablePrefixCache();
 
   Inbox inbox;
   if (AnyRankFailed(comm, (*link)->OpenStream(inbox))) return 1;
@@ -112,10 +113,10 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   loaded.mutable_loaded()->set_weight_bytes(engine->weight_bytes());
   loaded.mutable_loaded()->set_kv_blocks_total(engine->kv_blocks().total_blocks());
   (*link)->Send(std::move(loaded));
-  std::fprintf(stderr, "[rank %d] loaded %.1f MB of weights on %s, %lld KV blocks of %lld positions; serving\n", rank,
+  std::fprintf(stderr, "[rank %d] loaded %.1f MB of weights on %s, %lld KV blocks of %lld positions%s; serving\n", rank,
                engine->weight_bytes() / 1e6, (*loaded_engine)->device().c_str(),
                static_cast<long long>(engine->kv_blocks().total_blocks()),
-               static_cast<long long>(flags->kv_block_size));
+               static_cast<long long>(flags->kv_block_size), flags->enable_prefix_caching ? ", prefix caching" : "");
 
   ServingLoopOptions lo;
   lo.max_batch_tokens = flags->max_batch_tokens;

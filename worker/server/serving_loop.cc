@@ -39,6 +39,9 @@ moe::v1::WorkerStats ServingLoop::Stats() const {
   st.set_running_sequences(num_sequences());
   st.set_kv_blocks_used(engine_.kv_blocks().used_blocks());
   st.set_kv_blocks_total(engine_.kv_blocks().total_blocks());
+  st.set_prefix_cache_queried_tokens(engine_.kv_blocks().prefix_queried_tokens());
+  st.set_prefix_cache_hit_tokens(engine_.kv_blocks().prefix_hit_tokens());
+  st.set_kv_blocks_cached(engine_.kv_blocks().cached_free_blocks());
   st.set_steps(steps_);
   st.set_load_stats_json(engine_.load_stats().ToJson().dump());
   return st;
@@ -221,8 +224,15 @@ bool ServingLoop::RunOnce() {
   }
 
   for (uint64_t id : planner_.Admit()) {
-    const absl::Status s = engine_.AddSequence(EngineId(id));
-    MOE_CHECK(s.ok(), s.ToString());  // ids are unique among live sequences
+    const absl::Status added = engine_.AddSequence(EngineId(id));
+    MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
+    // With prefix caching a generation's prompt may start with blocks computed before: it is fed
+    // from there. Scoring wants the logits of every prompt position, so it computes them all.
+    ServedSequence& s = seqs_.at(id);
+    if (!s.is_score()) {
+      s.fed = engine_.AttachCachedPrefix(EngineId(id), std::span<const int32_t>(s.assign.prompt().data(),
+                                                                                static_cast<size_t>(s.prompt_size())));
+    }
   }
 
   // This step's chunks.

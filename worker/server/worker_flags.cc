@@ -42,7 +42,7 @@ absl::StatusOr<uint64_t> ParseSeed(const std::string& flag, const std::string& s
 std::string WorkerUsage() {
   return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
-         "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED]\n"
+         "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--enable-prefix-caching]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
          "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
@@ -51,7 +51,9 @@ std::string WorkerUsage() {
          "of --gpu-memory-utilization of the GPU's memory after what is in use, its weights and its step\n"
          "buffers; a CPU rank's holds 64 sequences of the full context, at most 262144 positions.\n"
          "--synthetic-weights SEED (--device gpu): seeded random weights built on the GPU for the model's\n"
-         "config.json, no checkpoint read: full-size serving benchmarks from a folder holding only config.json.\n";
+         "config.json, no checkpoint read: full-size serving benchmarks from a folder holding only config.json.\n"
+         "--enable-prefix-caching: filled KV blocks stay cached after their sequence ends; a later prompt\n"
+         "that starts with the same whole blocks attaches them instead of computing them again.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
@@ -67,6 +69,11 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     std::string val = arg.value.value_or("");
     if (flag == "--help" || flag == "-h") {
       f.help = true;
+      continue;
+    }
+    if (flag == "--enable-prefix-caching") {
+      if (has_inline) return FlagError(flag, "takes no value");
+      f.enable_prefix_caching = true;
       continue;
     }
     if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&

@@ -22,6 +22,8 @@ struct WorkerFlags {
   // Seeded random weights generated on the GPU for the model's config.json instead of reading a
   // checkpoint (full-size serving benchmarks without one); GPU ranks only.
   std::optional<uint64_t> synthetic_seed;
+  // Keep filled KV blocks for later prompts that start with the same tokens (KvBlockAllocator).
+  bool enable_prefix_caching = false;
   bool help = false;
 };
 
