@@ -1,9 +1,10 @@
-// moe-serve-bench against a real cluster on loopback (moe-coordinator + `mpirun -np 2 moe-worker`,
-// the default model): the load it reports is the load the coordinator counted (requests, prompt
-// and generated tokens from GetStats before and after), every request's timeline is consistent,
-// the summary's latencies are those of its own records (recomputed here), an overload comes back as
-// counted RESOURCE_EXHAUSTED failures with the cluster still serving, and bad arguments or an
-// unreachable server give an exit status and a message that names the problem.
+// moe-serve-bench against a real cluster on loopback (moe-coordinator + `mpirun -np 2 moe-worker
+// --enable-prefix-caching`, the default model): the load it reports is the load the coordinator
+// counted (requests, prompt and generated tokens from GetStats before and after), every request's
+// timeline is consistent, the summary's latencies are those of its own records (recomputed here), a
+// shared prompt prefix is found in the ranks' prefix caches, an overload comes back as counted
+// RESOURCE_EXHAUSTED failures with the cluster still serving, and bad arguments or an unreachable
+// server give an exit status and a message that names the problem.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/client_context.h>
@@ -48,7 +50,7 @@ class ServeBenchE2e : public ::testing::Test {
     cluster_ = std::make_unique<Cluster>(ClusterOptions{
         2, testing_ref::kDefaultModelDir,
         {"--max-running-per-rank", std::to_string(kRunningPerRank), "--max-waiting", std::to_string(kMaxWaiting)},
-        {}});
+        {"--enable-prefix-caching"}});
     setup_ = cluster_->StartCoordinator(Seconds(30));
     if (setup_.ok()) setup_ = cluster_->StartWorkers();
     if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(90));
@@ -185,6 +187,40 @@ TEST_F(ServeBenchE2e, VariedLengthsAreWhatEachRequestSentAndGot) {
   EXPECT_EQ(after.generation_tokens_total() - before.generation_tokens_total(), static_cast<uint64_t>(output_tokens));
 }
 
+TEST_F(ServeBenchE2e, ASharedPrefixIsServedFromTheRanksPrefixCaches) {
+  // One at a time, every prompt the same 48 tokens (three whole blocks of 16) and then 8 of its own:
+  // after the first request on each rank, the other requests find those three blocks cached.
+  constexpr int kRequests = 8, kShared = 48, kOwn = 8;
+  auto totals = [](const moe::v1::Stats& s) {
+    std::pair<int64_t, int64_t> t{0, 0};  // queried, hits
+    for (const auto& r : s.ranks()) {
+      t.first += r.prefix_cache_queried_tokens();
+      t.second += r.prefix_cache_hit_tokens();
+    }
+    return t;
+  };
+  const auto before = totals(Stats());
+  const std::string out = TempPath("serve_bench_prefix");
+  const testing_ref::CliRun run =
+      Bench({"--requests", std::to_string(kRequests), "--max-concurrency", "1", "--input-len", std::to_string(kOwn),
+             "--output-len", "4", "--shared-prefix-len", std::to_string(kShared), "--seed", "9", "--out", out});
+  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
+  const json r = ReadJson(out);
+  std::filesystem::remove(out);
+  ASSERT_TRUE(r.is_object());
+  EXPECT_EQ(r["args"]["shared_prefix_len"], kShared);
+  for (const json& rec : r["records"]) EXPECT_EQ(rec["prompt_tokens"], kShared + kOwn);
+  std::pair<int64_t, int64_t> after = before;
+  for (int attempt = 0; attempt < 100 && after.first - before.first < kRequests * (kShared + kOwn); ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the ranks report with heartbeats
+    after = totals(Stats());
+  }
+  EXPECT_EQ(after.first - before.first, kRequests * (kShared + kOwn));
+  const int64_t hits = after.second - before.second;
+  EXPECT_GE(hits, (kRequests - 2) * kShared) << "at most one miss per rank";
+  EXPECT_EQ(hits % kShared, 0) << "the shared blocks only";
+}
+
 TEST_F(ServeBenchE2e, OverloadIsCountedAsRejectedRequestsAndTheClusterKeepsServing) {
   // 40 requests at once against 2 x 4 running + 8 waiting: the coordinator refuses the excess.
   constexpr int kRequests = 40;
@@ -213,8 +249,8 @@ TEST_F(ServeBenchE2e, OverloadIsCountedAsRejectedRequestsAndTheClusterKeepsServi
 TEST_F(ServeBenchE2e, RequestsBeyondTheContextExit2NamingTheFlags) {
   const testing_ref::CliRun run = Bench({"--input-len", "4000", "--output-len", "200", "--requests", "1"});
   EXPECT_EQ(run.exit_code, 2) << run.Describe();
-  EXPECT_NE(run.err.find("--input-len 4000 + --output-len 200 (at most 4000 + 200 with --range-ratio 0) exceed the "
-                         "model's context of 4096 tokens"),
+  EXPECT_NE(run.err.find("--shared-prefix-len 0 + --input-len 4000 + --output-len 200 (at most 4000 + 200 with "
+                         "--range-ratio 0) exceed the model's context of 4096 tokens"),
             std::string::npos)
       << run.err;
   // Within the context at their middle lengths, beyond it at their longest.

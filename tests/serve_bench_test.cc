@@ -163,6 +163,10 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_TRUE(std::isinf(a->rate));
   EXPECT_DOUBLE_EQ(a->range_ratio, 0.25);
+  EXPECT_EQ(a->shared_prefix_len, 0);
+  a = ParseBenchArgs({"--shared-prefix-len=64"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->shared_prefix_len, 64);
 }
 
 TEST(ServeBenchArgs, ErrorsNameTheFlag) {
@@ -183,6 +187,7 @@ TEST(ServeBenchArgs, ErrorsNameTheFlag) {
            {{"--out="}, "--out: empty path"},
            {{"--bogus"}, "unknown flag '--bogus'"},
            {{"--range-ratio", "1"}, "--range-ratio: must be in [0, 1), got 1"},
+           {{"--shared-prefix-len", "-4"}, "--shared-prefix-len: must be at least 0"},
            {{"--range-ratio", "-0.1"}, "--range-ratio: must be >= 0"},
        }) {
     auto a = ParseBenchArgs(args);

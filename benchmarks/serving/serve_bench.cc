@@ -76,10 +76,15 @@ struct Work {
   std::vector<int64_t> output_lens;
 };
 
+// `n` requests; the shared prefix is the same for every call with the same --seed.
 Work RandomWork(const BenchArgs& a, int64_t n, int64_t vocab, uint64_t seed) {
   Work w;
   w.prompts = RandomPrompts(RandomLengths(n, a.input_len, a.range_ratio, seed), vocab, seed + 1);
   w.output_lens = RandomLengths(n, a.output_len, a.range_ratio, seed + 2);
+  if (a.shared_prefix_len > 0) {
+    const std::vector<int32_t> prefix = RandomPrompts({a.shared_prefix_len}, vocab, a.seed + 3)[0];
+    for (auto& p : w.prompts) p.insert(p.begin(), prefix.begin(), prefix.end());
+  }
   return w;
 }
 
@@ -221,13 +226,14 @@ int Run(const std::vector<std::string>& argv) {
     }
   }
   // The longest lengths --range-ratio can draw.
-  const int64_t max_input = LengthRange(a.input_len, a.range_ratio).second;
+  const int64_t max_input = a.shared_prefix_len + LengthRange(a.input_len, a.range_ratio).second;
   const int64_t max_output = LengthRange(a.output_len, a.range_ratio).second;
   if (max_input + max_output > model.max_context()) {
     std::fprintf(stderr,
-                 "moe-serve-bench: --input-len %lld + --output-len %lld (at most %lld + %lld with --range-ratio %g) exceed "
-                 "the model's context of %lld tokens\n",
-                 static_cast<long long>(a.input_len), static_cast<long long>(a.output_len),
+                 "moe-serve-bench: --shared-prefix-len %lld + --input-len %lld + --output-len %lld (at most %lld + %lld "
+                 "with --range-ratio %g) exceed the model's context of %lld tokens\n",
+                 static_cast<long long>(a.shared_prefix_len), static_cast<long long>(a.input_len),
+                 static_cast<long long>(a.output_len),
                  static_cast<long long>(max_input), static_cast<long long>(max_output), a.range_ratio,
                  static_cast<long long>(model.max_context()));
     return 2;
@@ -270,6 +276,7 @@ int Run(const std::vector<std::string>& argv) {
                      {"input_len", a.input_len},
                      {"output_len", a.output_len},
                      {"range_ratio", a.range_ratio},
+                     {"shared_prefix_len", a.shared_prefix_len},
                      {"temperature", a.temperature},
                      {"seed", a.seed},
                      {"warmup", a.warmup},

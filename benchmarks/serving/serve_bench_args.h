@@ -17,6 +17,7 @@ struct BenchArgs {
   int64_t input_len = 128;      // prompt tokens
   int64_t output_len = 128;     // generated tokens (max_tokens with ignore_eos)
   double range_ratio = 0;       // lengths uniform in [len * (1 - r), len * (1 + r)]; r in [0, 1)
+  int64_t shared_prefix_len = 0;  // tokens every prompt starts with (before its own --input-len)
   float temperature = 0;        // 0: greedy
   uint64_t seed = 0;            // prompts and arrivals
   int64_t warmup = 0;           // requests run (and left out) before the measured ones
