@@ -12,4 +12,16 @@ bash ../shared/device/fetch-deps.sh >/dev/null
   nlohmann-json3-dev \
   prometheus-cpp-dev libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 \
   libcivetweb1 libcivetweb-dev civetweb 2>&1 | grep -v 'Download is performed unsandboxed' || true)
+# The shared setup.sh unpacks only when /opt/moe-deps is missing, so a warm GPU machine that
+# unpacked an earlier, smaller .deps never sees packages added since: unpack each .deb once, by
+# its own stamp, before the exports.
+if ! grep -q "moe-deps stamps" .deps/setup.sh; then
+  {
+    echo '# moe-deps stamps: every carried .deb unpacked once, even on a machine that unpacked others before.'
+    echo 'for _deb in "$_deps_dir"/*.deb; do'
+    echo '  _stamp="/opt/moe-deps/.unpacked-$(basename "$_deb")"'
+    echo '  [ -e "$_stamp" ] || { mkdir -p /opt/moe-deps && dpkg -x "$_deb" /opt/moe-deps && touch "$_stamp"; }'
+    echo 'done'
+  } >> .deps/setup.sh
+fi
 du -sh .deps
