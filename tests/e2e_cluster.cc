@@ -335,6 +335,15 @@ std::chrono::system_clock::time_point Deadline(double s) {
   return std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
 }
 
+moe::v1::GenerateRequest GreedyTokenRequest(const std::vector<int32_t>& prompt, uint32_t max_tokens) {
+  moe::v1::GenerateRequest req;
+  for (int32_t id : prompt) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
+  req.mutable_sampling()->set_max_tokens(max_tokens);
+  req.mutable_sampling()->set_temperature(0);
+  req.mutable_sampling()->set_ignore_eos(true);
+  return req;
+}
+
 StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, double timeout_s) {
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(timeout_s));

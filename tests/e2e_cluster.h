@@ -118,6 +118,9 @@ struct StreamOutcome {
 };
 StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, double timeout_s);
 
+// A greedy request for exactly `max_tokens` tokens (ignore_eos) after a token-id prompt.
+moe::v1::GenerateRequest GreedyTokenRequest(const std::vector<int32_t>& prompt, uint32_t max_tokens);
+
 // HTTP/1.0 GET of `path` from 127.0.0.1:port through a plain socket; the body, or an error.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path, Seconds timeout);
 

@@ -340,12 +340,7 @@ class E2eGpuSyntheticCluster : public ::testing::Test {
       threads.emplace_back([&outcomes, prompt, i] {
         auto stub = moe::v1::Inference::NewStub(
             grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
-        moe::v1::GenerateRequest req;
-        for (int32_t id : prompt(i)) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
-        req.mutable_sampling()->set_max_tokens(kTokens);
-        req.mutable_sampling()->set_temperature(0);
-        req.mutable_sampling()->set_ignore_eos(true);
-        outcomes[i] = RunGenerate(*stub, req, 120);
+        outcomes[i] = RunGenerate(*stub, GreedyTokenRequest(prompt(i), kTokens), 120);
       });
     }
     for (auto& t : threads) t.join();

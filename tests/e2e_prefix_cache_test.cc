@@ -30,15 +30,6 @@ constexpr int kPrefixTokens = 40;  // of the greedy continuation, after the samp
 constexpr int kNewTokens = 8;
 constexpr int kConcurrent = 6;
 
-moe::v1::GenerateRequest Greedy(const std::vector<int32_t>& prompt, uint32_t max_tokens) {
-  moe::v1::GenerateRequest req;
-  for (int32_t id : prompt) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
-  req.mutable_sampling()->set_max_tokens(max_tokens);
-  req.mutable_sampling()->set_temperature(0);
-  req.mutable_sampling()->set_ignore_eos(true);
-  return req;
-}
-
 struct CacheTotals {
   int64_t queried = 0, hits = 0, cached = 0, used = 0;
 };
@@ -86,7 +77,7 @@ TEST(E2ePrefixCache, RepeatedPromptsAreServedFromCachedBlocksWithTransformersTok
   // prompt's whole blocks (blocks of 16 positions: 2 of its 42 tokens' 2 whole blocks; the last
   // token is always computed).
   for (int i = 0; i < 3; ++i) {
-    const StreamOutcome r = RunGenerate(*stub, Greedy(prompt, kNewTokens), 60);
+    const StreamOutcome r = RunGenerate(*stub, GreedyTokenRequest(prompt, kNewTokens), 60);
     ASSERT_TRUE(r.status.ok()) << r.status << cluster.LogTail();
     EXPECT_EQ(r.result.token_ids, expected) << "request " << i;
   }
@@ -103,7 +94,7 @@ TEST(E2ePrefixCache, RepeatedPromptsAreServedFromCachedBlocksWithTransformersTok
     threads.emplace_back([&, i] {
       auto s = moe::v1::Inference::NewStub(
           grpc::CreateChannel(cluster.public_address(), grpc::InsecureChannelCredentials()));
-      outcomes[i] = RunGenerate(*s, Greedy(prompt, kNewTokens), 60);
+      outcomes[i] = RunGenerate(*s, GreedyTokenRequest(prompt, kNewTokens), 60);
     });
   }
   for (auto& t : threads) t.join();

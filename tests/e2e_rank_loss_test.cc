@@ -60,15 +60,6 @@ std::string ExecutableOf(pid_t pid) {
   return argv0;
 }
 
-moe::v1::GenerateRequest Greedy(const std::vector<int32_t>& prompt, uint32_t max_tokens) {
-  moe::v1::GenerateRequest req;
-  for (int32_t id : prompt) req.mutable_prompt()->mutable_token_ids()->add_ids(id);
-  req.mutable_sampling()->set_max_tokens(max_tokens);
-  req.mutable_sampling()->set_temperature(0);
-  req.mutable_sampling()->set_ignore_eos(true);
-  return req;
-}
-
 // A cluster of two ranks serving the default model, and transformers' greedy continuation of its
 // first sample.
 class E2eRankLoss : public ::testing::Test {
@@ -98,7 +89,7 @@ class E2eRankLoss : public ::testing::Test {
     reader_ = std::thread([this] {
       grpc::ClientContext ctx;
       ctx.set_deadline(Deadline(120));
-      auto r = stub_->Generate(&ctx, Greedy(prompt_, kLongTokens));
+      auto r = stub_->Generate(&ctx, GreedyTokenRequest(prompt_, kLongTokens));
       moe::v1::GenerateResponse msg;
       while (r->Read(&msg)) tokens_ += msg.token_ids_size();
       stream_status_ = r->Finish();
@@ -136,7 +127,7 @@ class E2eRankLoss : public ::testing::Test {
     }
     EXPECT_EQ(health, "NOT_SERVING");
     const auto refused_at = Clock::now();
-    const StreamOutcome refused = RunGenerate(*stub_, Greedy(prompt_, 4), 20);
+    const StreamOutcome refused = RunGenerate(*stub_, GreedyTokenRequest(prompt_, 4), 20);
     EXPECT_EQ(refused.status.code(), absl::StatusCode::kUnavailable) << refused.status;
     EXPECT_NE(std::string(refused.status.message()).find(reason), std::string::npos) << refused.status;
     EXPECT_LT(std::chrono::duration<double>(Clock::now() - refused_at).count(), 5.0);
@@ -147,7 +138,7 @@ class E2eRankLoss : public ::testing::Test {
     ASSERT_TRUE(cluster_->StartWorkers().ok());
     const absl::Status serving = cluster_->WaitServing(Seconds(90));
     ASSERT_TRUE(serving.ok()) << serving;
-    const StreamOutcome again = RunGenerate(*stub_, Greedy(prompt_, 16), 60);
+    const StreamOutcome again = RunGenerate(*stub_, GreedyTokenRequest(prompt_, 16), 60);
     ASSERT_TRUE(again.status.ok()) << again.status;
     EXPECT_EQ(again.result.token_ids, std::vector<int32_t>(greedy_.begin(), greedy_.begin() + 16));
     const Cluster::ExitStatus st = cluster_->Stop(Seconds(30));
