@@ -206,12 +206,17 @@ absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded,
   r.alive = r.loaded = true;
   r.weight_bytes = loaded.weight_bytes();
   r.kv_blocks_total = loaded.kv_blocks_total();
+  r.prefix_caching = loaded.prefix_caching();
   r.last_seen = Clock::now();
   bool all = true;
   for (const RankRecord& x : ranks_) all = all && x.loaded;
   if (all) {
     phase_ = Phase::kServing;
     scheduler_.Reset(world_size());
+    // Placement follows prompt prefixes only where every rank caches them.
+    bool caching = true;
+    for (const RankRecord& x : ranks_) caching = caching && x.prefix_caching;
+    scheduler_.SetPrefixAffinity(caching);
     // Silence while other ranks were still loading does not count against anyone.
     for (RankRecord& x : ranks_) x.last_seen = Clock::now();
     std::fprintf(stderr, "moe-coordinator: all %d ranks loaded, serving\n", world_size());
@@ -246,7 +251,10 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       break;
     }
     case v1::WorkerMessage::kTokens:
-      if (SeqEntry* e = find_own(m.tokens().seq_id()); e && e->mailbox) e->mailbox->Post({m.tokens().seq_id(), m, {}});
+      if (SeqEntry* e = find_own(m.tokens().seq_id())) {
+        if (!e->tokens.empty()) e->tokens.insert(e->tokens.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
+        if (e->mailbox) e->mailbox->Post({m.tokens().seq_id(), m, {}});
+      }
       break;
     case v1::WorkerMessage::kScored:
       if (SeqEntry* e = find_own(m.scored().seq_id()); e && e->mailbox) e->mailbox->Post({m.scored().seq_id(), m, {}});
@@ -256,6 +264,11 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       SeqEntry* e = find_own(seq);
       if (!e) break;
       if (e->mailbox) e->mailbox->Post({seq, m, {}});
+      // Its rank holds the prompt and all generated tokens but the last (never fed back).
+      if (e->tokens.size() > 1) {
+        e->tokens.pop_back();
+        scheduler_.NoteCached(b.rank, PrefixKeys(e->tokens));
+      }
       seqs_.erase(seq);
       scheduler_.Finish(seq);
       DispatchLocked();
@@ -312,14 +325,23 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
   if (!ServingLocked()) return absl::UnavailableError(NotServingReasonLocked());
   std::vector<SequenceDemand> demands;
   std::vector<uint64_t> ids;
+  const bool affinity = scheduler_.prefix_affinity();
+  std::vector<std::vector<int32_t>> prompts(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) {
     const uint64_t id = next_seq_id_ + i;
-    demands.push_back({id, seqs[i].reserve_positions});
+    SequenceDemand d{id, seqs[i].reserve_positions, {}};
+    if (affinity && seqs[i].assign.kind() == v1::Assign::KIND_GENERATE) {
+      prompts[i].assign(seqs[i].assign.prompt().begin(), seqs[i].assign.prompt().end());
+      d.prefix_keys = PrefixKeys(prompts[i]);
+    }
+    demands.push_back(std::move(d));
     ids.push_back(id);
   }
   MOE_RETURN_IF_ERROR(scheduler_.Enqueue(demands));
   next_seq_id_ += seqs.size();
-  for (size_t i = 0; i < seqs.size(); ++i) seqs_[ids[i]] = SeqEntry{mailbox, std::move(seqs[i].assign), -1};
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    seqs_[ids[i]] = SeqEntry{mailbox, std::move(seqs[i].assign), -1, std::move(prompts[i])};
+  }
   DispatchLocked();
   PublishLocked();
   return ids;

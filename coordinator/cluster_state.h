@@ -143,6 +143,7 @@ class ClusterState {
     int64_t prefix_cache_queried_tokens = 0;
     int64_t prefix_cache_hit_tokens = 0;
     int64_t kv_blocks_cached = 0;
+    bool prefix_caching = false;
     uint64_t steps = 0;
     std::string load_stats_json;
     Clock::time_point last_seen;
@@ -152,6 +153,9 @@ class ClusterState {
     std::shared_ptr<Mailbox> mailbox;  // null once the request stopped listening
     v1::Assign assign;                 // kept until dispatched
     int rank = -1;                     // -1: waiting in the queue
+    // With prefix affinity, a generation's prompt and then its tokens as they come: on Finished,
+    // what its rank now holds cached (Scheduler::NoteCached).
+    std::vector<int32_t> tokens;
   };
 
   int world_size() const { return setup_.plan.world_size(); }

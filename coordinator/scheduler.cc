@@ -14,31 +14,78 @@ absl::Status Scheduler::Enqueue(const std::vector<SequenceDemand>& seqs) {
   return absl::OkStatus();
 }
 
-int Scheduler::PickRank() const {
-  int best = -1;
-  for (int r = 0; r < static_cast<int>(ranks_.size()); ++r) {
-    const RankLoad& c = ranks_[r];
-    if (c.running >= limits_.max_running_per_rank) continue;
-    if (best < 0) {
-      best = r;
-      continue;
+std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens) {
+  std::vector<uint64_t> keys;
+  uint64_t h = 0x6a09e667f3bcc909ull;
+  for (size_t end = kPrefixKeyTokens; end <= tokens.size(); end += kPrefixKeyTokens) {
+    for (size_t i = end - kPrefixKeyTokens; i < end; ++i) {  // FNV-1a, then a SplitMix64 finish
+      h ^= static_cast<uint32_t>(tokens[i]);
+      h *= 0x100000001b3ull;
     }
-    const RankLoad& b = ranks_[best];
-    if (c.reserved_positions < b.reserved_positions ||
-        (c.reserved_positions == b.reserved_positions && c.running < b.running)) {
-      best = r;
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    keys.push_back(h);
+  }
+  return keys;
+}
+
+bool Scheduler::LessLoaded(int a, int b) const {
+  const RankLoad& x = ranks_[a];
+  const RankLoad& y = ranks_[b];
+  return x.reserved_positions < y.reserved_positions ||
+         (x.reserved_positions == y.reserved_positions && x.running < y.running);
+}
+
+int64_t Scheduler::CachedRun(int rank, const std::vector<uint64_t>& keys) const {
+  const SeenKeys& seen = seen_[rank];
+  int64_t run = 0;
+  while (run < static_cast<int64_t>(keys.size()) && seen.where.count(keys[run])) ++run;
+  return run;
+}
+
+void Scheduler::NoteCached(int rank, const std::vector<uint64_t>& keys) {
+  if (rank < 0 || rank >= static_cast<int>(seen_.size())) return;
+  SeenKeys& seen = seen_[rank];
+  for (uint64_t k : keys) {
+    if (auto it = seen.where.find(k); it != seen.where.end()) seen.order.erase(it->second);
+    seen.where[k] = seen.order.insert(seen.order.end(), k);
+    if (seen.order.size() > kMaxKeysPerRank) {
+      seen.where.erase(seen.order.front());
+      seen.order.pop_front();
     }
   }
-  return best;
+}
+
+int Scheduler::PickRank(const SequenceDemand& d) const {
+  int least = -1;
+  for (int r = 0; r < static_cast<int>(ranks_.size()); ++r) {
+    if (ranks_[r].running >= limits_.max_running_per_rank) continue;
+    if (least < 0 || LessLoaded(r, least)) least = r;
+  }
+  if (least < 0 || !affinity_ || d.prefix_keys.empty()) return least;
+  int best = -1;
+  int64_t best_run = 0;
+  for (int r = 0; r < static_cast<int>(ranks_.size()); ++r) {
+    if (ranks_[r].running >= limits_.max_running_per_rank) continue;
+    if (ranks_[r].reserved_positions > ranks_[least].reserved_positions + limits_.prefix_affinity_slack) continue;
+    const int64_t run = CachedRun(r, d.prefix_keys);
+    if (run > best_run || (run == best_run && run > 0 && LessLoaded(r, best))) {
+      best = r;
+      best_run = run;
+    }
+  }
+  return best >= 0 ? best : least;
 }
 
 std::vector<SequencePlacement> Scheduler::Dispatch() {
   std::vector<SequencePlacement> placed;
   while (!waiting_.empty()) {
-    const int rank = PickRank();
+    const int rank = PickRank(waiting_.front());
     if (rank < 0) break;
-    const SequenceDemand d = waiting_.front();
+    const SequenceDemand d = std::move(waiting_.front());
     waiting_.pop_front();
+    if (affinity_) NoteCached(rank, d.prefix_keys);
     ranks_[rank].running += 1;
     ranks_[rank].reserved_positions += d.reserve_positions;
     running_[d.seq_id] = {d.seq_id, rank};
@@ -68,6 +115,8 @@ void Scheduler::Finish(uint64_t seq_id) {
 
 void Scheduler::Reset(int world_size) {
   ranks_.assign(static_cast<size_t>(std::max(world_size, 0)), RankLoad{});
+  seen_.assign(static_cast<size_t>(std::max(world_size, 0)), SeenKeys{});
+  affinity_ = false;
   waiting_.clear();
   running_.clear();
   reserve_of_.clear();

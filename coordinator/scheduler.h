@@ -5,10 +5,19 @@
 // positions (prompt + max_tokens of every sequence it runs, the worst case the worker reserves),
 // ties to the rank running fewer sequences, then to the lower rank. Finish() frees the slot and the
 // next Dispatch() refills it. Pure bookkeeping: no threads, no I/O; the caller serialises access.
+//
+// Prefix affinity (when the ranks cache prompt prefixes): a sequence carries keys of its prompt's
+// leading 16-token chunks (PrefixKeys), and the scheduler remembers which keys each rank has seen
+// (NoteCached: the prompts it was given, and what they became once finished). A sequence goes to
+// the rank holding the longest run of its keys, ties to the least loaded, unless that rank
+// reserves more than `prefix_affinity_slack` positions beyond the least loaded one; then the plain
+// rule decides. Its keys count as seen on the rank it goes to.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <list>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -19,11 +28,21 @@ namespace moe {
 struct SchedulerLimits {
   int64_t max_waiting = 256;          // sequences queued in the coordinator
   int64_t max_running_per_rank = 64;  // sequences a rank runs (or queues locally) at once
+  // Positions beyond the least loaded rank that a rank holding a sequence's prefix may reserve and
+  // still take it (with SetPrefixAffinity(true)); 0: no affinity.
+  int64_t prefix_affinity_slack = 4096;
 };
+
+// Tokens a prefix key covers.
+inline constexpr int64_t kPrefixKeyTokens = 16;
+// One key per whole chunk of kPrefixKeyTokens at the start of `tokens`, each a hash of everything
+// up to the chunk's end (so a key stands for the whole prefix before it too).
+std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens);
 
 struct SequenceDemand {
   uint64_t seq_id = 0;
-  int64_t reserve_positions = 0;  // KV positions the worker reserves: prompt + max_tokens
+  int64_t reserve_positions = 0;    // KV positions the worker reserves: prompt + max_tokens
+  std::vector<uint64_t> prefix_keys = {};  // PrefixKeys of its prompt (generation; empty for scoring)
 };
 
 struct SequencePlacement {
@@ -50,6 +69,14 @@ class Scheduler {
   // Forgets everything (the cluster was lost or re-formed) and takes `world_size` ranks.
   void Reset(int world_size);
 
+  // Whether placement follows prefixes (the ranks cache them); off after construction and Reset.
+  void SetPrefixAffinity(bool on) { affinity_ = on && limits_.prefix_affinity_slack > 0; }
+  bool prefix_affinity() const { return affinity_; }
+  // `keys` are (probably) cached on `rank` now: a finished sequence's prompt and generated tokens.
+  void NoteCached(int rank, const std::vector<uint64_t>& keys);
+  // How many leading `keys` the scheduler believes `rank` holds.
+  int64_t CachedRun(int rank, const std::vector<uint64_t>& keys) const;
+
   int64_t waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t running() const { return static_cast<int64_t>(running_.size()); }
   int64_t running_on(int rank) const { return ranks_[rank].running; }
@@ -61,14 +88,24 @@ class Scheduler {
     int64_t running = 0;
     int64_t reserved_positions = 0;
   };
-  // The rank for the next sequence, or -1 when every rank is full.
-  int PickRank() const;
+  // Prefix keys a rank has seen, least recently used first, at most kMaxKeysPerRank.
+  struct SeenKeys {
+    std::list<uint64_t> order;
+    std::unordered_map<uint64_t, std::list<uint64_t>::iterator> where;
+  };
+  static constexpr size_t kMaxKeysPerRank = 1 << 16;
+  // The rank for `d`, or -1 when every rank is full.
+  int PickRank(const SequenceDemand& d) const;
+  // Whether rank a is less loaded than rank b (reserved positions, then running sequences).
+  bool LessLoaded(int a, int b) const;
 
   SchedulerLimits limits_;
   std::vector<RankLoad> ranks_;
   std::deque<SequenceDemand> waiting_;
   std::unordered_map<uint64_t, SequencePlacement> running_;
   std::unordered_map<uint64_t, int64_t> reserve_of_;  // running seq -> its reserved positions
+  bool affinity_ = false;
+  std::vector<SeenKeys> seen_;  // per rank
 };
 
 }  // namespace moe

@@ -107,5 +107,97 @@ TEST(SchedulerTest, RemoveWaitingFinishUnknownAndReset) {
   EXPECT_EQ(s.reserved_on(1), 0);
 }
 
+// --- prefix affinity -------------------------------------------------------------------------------
+
+std::vector<int32_t> Tokens(int32_t from, int32_t n) {
+  std::vector<int32_t> v;
+  for (int32_t i = 0; i < n; ++i) v.push_back(from + i);
+  return v;
+}
+
+TEST(PrefixKeysTest, OneKeyPerWholeChunkStandingForTheWholePrefix) {
+  EXPECT_TRUE(PrefixKeys(Tokens(0, 15)).empty());
+  const std::vector<uint64_t> a = PrefixKeys(Tokens(0, 40));  // two whole chunks of 16
+  ASSERT_EQ(a.size(), 2u);
+  EXPECT_NE(a[0], a[1]);
+  EXPECT_EQ(PrefixKeys(Tokens(0, 32)), a);
+  // The same second chunk after a different first one: a different second key.
+  std::vector<int32_t> b = Tokens(100, 16);
+  const std::vector<int32_t> tail = Tokens(16, 16);
+  b.insert(b.end(), tail.begin(), tail.end());
+  const std::vector<uint64_t> kb = PrefixKeys(b);
+  EXPECT_NE(kb[0], a[0]);
+  EXPECT_NE(kb[1], a[1]);
+}
+
+SequenceDemand WithPrefix(uint64_t id, int64_t reserve, const std::vector<int32_t>& prompt) {
+  return SequenceDemand{id, reserve, PrefixKeys(prompt)};
+}
+
+TEST(SchedulerTest, PrefixAffinitySendsAPromptToTheRankThatSawItsStartWithinTheSlack) {
+  Scheduler s({16, 8, /*prefix_affinity_slack=*/100}, 2);
+  s.SetPrefixAffinity(true);
+  ASSERT_TRUE(s.prefix_affinity());
+  const std::vector<int32_t> system = Tokens(0, 48);
+  ASSERT_TRUE(s.Enqueue({WithPrefix(1, 60, system)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0}));  // nobody has it: the least loaded, rank 0
+  // Rank 0 now reserves 60 more than rank 1, within the slack: the same start goes there again,
+  // while a prompt with another start goes by load.
+  ASSERT_TRUE(s.Enqueue({WithPrefix(2, 30, system), WithPrefix(3, 10, Tokens(500, 48))}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0, 1}));
+  EXPECT_EQ(s.CachedRun(0, PrefixKeys(system)), 3);
+  EXPECT_EQ(s.CachedRun(1, PrefixKeys(system)), 0);
+  // Rank 0 reserves 90, rank 1 10: 80 beyond, still within 100.
+  ASSERT_TRUE(s.Enqueue({WithPrefix(4, 40, system)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0}));
+  // Now 130 against 10: beyond the slack, so by load, and rank 1 has seen it from then on.
+  ASSERT_TRUE(s.Enqueue({WithPrefix(5, 5, system), WithPrefix(6, 5, system)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({1, 1}));
+  EXPECT_EQ(s.CachedRun(1, PrefixKeys(system)), 3);
+}
+
+TEST(SchedulerTest, TheLongestCachedRunWinsAndTiesGoByLoad) {
+  Scheduler s({16, 8, 1000}, 3);
+  s.SetPrefixAffinity(true);
+  const std::vector<int32_t> prompt = Tokens(0, 64);
+  s.NoteCached(1, PrefixKeys(Tokens(0, 16)));  // one chunk of it
+  s.NoteCached(2, PrefixKeys(Tokens(0, 48)));  // three
+  ASSERT_TRUE(s.Enqueue({WithPrefix(1, 10, prompt)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({2}));
+  s.NoteCached(0, PrefixKeys(Tokens(0, 48)));  // rank 0 as far as rank 2, and less loaded
+  ASSERT_TRUE(s.Enqueue({WithPrefix(2, 10, Tokens(0, 40))}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0}));
+  // A finished conversation's generated tokens count too: its next turn follows it.
+  std::vector<int32_t> turn = Tokens(900, 40);
+  s.NoteCached(1, PrefixKeys(turn));
+  turn.insert(turn.end(), {1, 2, 3, 4, 5, 6, 7, 8});
+  ASSERT_TRUE(s.Enqueue({WithPrefix(3, 10, turn)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({1}));
+}
+
+TEST(SchedulerTest, WithoutAffinityOrWithZeroSlackPlacementIsByLoadOnly) {
+  for (int64_t slack : {int64_t{0}, int64_t{1000}}) {
+    Scheduler s({16, 8, slack}, 2);
+    s.SetPrefixAffinity(slack > 0 ? false : true);  // off either way
+    EXPECT_FALSE(s.prefix_affinity());
+    s.NoteCached(1, PrefixKeys(Tokens(0, 48)));
+    ASSERT_TRUE(s.Enqueue({WithPrefix(1, 10, Tokens(0, 48))}).ok());
+    EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0})) << "slack " << slack;
+  }
+  // Reset turns it off again.
+  Scheduler s({16, 8, 1000}, 2);
+  s.SetPrefixAffinity(true);
+  s.Reset(2);
+  EXPECT_FALSE(s.prefix_affinity());
+}
+
+TEST(SchedulerTest, AFullRankIsNotChosenForItsCache) {
+  Scheduler s({16, 1, 1000}, 2);
+  s.SetPrefixAffinity(true);
+  s.NoteCached(0, PrefixKeys(Tokens(0, 48)));
+  ASSERT_TRUE(s.Enqueue({WithPrefix(1, 10, Tokens(0, 48)), WithPrefix(2, 10, Tokens(0, 48))}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0, 1}));
+}
+
 }  // namespace
 }  // namespace moe

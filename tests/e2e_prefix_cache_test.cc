@@ -1,8 +1,10 @@
 // End-to-end prefix caching: a real moe-coordinator and `mpirun -np 2 moe-worker
-// --enable-prefix-caching` on the default model. A prompt made of a sample's prompt and the first 40
-// tokens of transformers' greedy continuation must continue with the next greedy tokens of that
-// continuation (samples.json) every time it is sent, once alone, again, and six times at once,
-// while the ranks' statistics show the repeats were served from cached KV blocks.
+// --enable-prefix-caching` on the default model. Prompts are a sample's prompt followed by the
+// start of transformers' greedy continuation (samples.json), so each must continue with the next
+// tokens of that continuation: a first turn sent three times, then the conversation's next turn
+// (the first turn's prompt and answer, and more), alone and six times at once. Every rank caches,
+// so the coordinator places by prefix: everything goes to the rank that served the first turn,
+// and the ranks' counters show exactly which prompt tokens came from cached blocks.
 #include <chrono>
 #include <memory>
 #include <string>
@@ -26,45 +28,53 @@ namespace {
 
 using nlohmann::json;
 
-constexpr int kPrefixTokens = 40;  // of the greedy continuation, after the sample's prompt
 constexpr int kNewTokens = 8;
 constexpr int kConcurrent = 6;
+constexpr int kBlock = 16;  // moe-worker's default KV block size
 
-struct CacheTotals {
-  int64_t queried = 0, hits = 0, cached = 0, used = 0;
+struct RankCache {
+  int64_t queried = 0, hits = 0, used = 0;
 };
 
-// The ranks' prefix-cache counters once they account for `queried` prompt tokens and no block is in
-// use: the ranks report them with their heartbeats, which may trail the streams' ends a little.
-CacheTotals WaitForTotals(moe::v1::Inference::Stub& stub, int64_t queried) {
-  CacheTotals t{.used = 1};
-  for (int attempt = 0; attempt < 200 && (t.queried < queried || t.used > 0); ++attempt) {
+// Per rank, once they account for `queried` prompt tokens in all and no block is in use: the ranks
+// report their counters with their heartbeats, which may trail the streams' ends a little.
+std::vector<RankCache> WaitForCounters(moe::v1::Inference::Stub& stub, int64_t queried) {
+  std::vector<RankCache> ranks;
+  for (int attempt = 0; attempt < 200; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(10));
     moe::v1::Stats s;
     if (!stub.GetStats(&ctx, moe::v1::GetStatsRequest(), &s).ok()) continue;
-    t = CacheTotals{};
-    for (const auto& rank : s.ranks()) {
-      t.queried += rank.prefix_cache_queried_tokens();
-      t.hits += rank.prefix_cache_hit_tokens();
-      t.cached += rank.kv_blocks_cached();
-      t.used += rank.kv_blocks_used();
+    ranks.clear();
+    int64_t total = 0, used = 0;
+    for (const auto& r : s.ranks()) {
+      ranks.push_back({r.prefix_cache_queried_tokens(), r.prefix_cache_hit_tokens(), r.kv_blocks_used()});
+      total += r.prefix_cache_queried_tokens();
+      used += r.kv_blocks_used();
     }
+    if (total >= queried && used == 0) break;
   }
-  return t;
+  return ranks;
 }
 
-TEST(E2ePrefixCache, RepeatedPromptsAreServedFromCachedBlocksWithTransformersTokens) {
+TEST(E2ePrefixCache, ATurnAndItsContinuationAreServedFromOneRanksCacheWithTransformersTokens) {
   testing_ref::SetMpiTestEnvironment();
   absl::StatusOr<json> samples = ReadJsonFile(testing_ref::kDefaultModelDir + "/samples.json");
   ASSERT_TRUE(samples.ok()) << samples.status();
   const json& sample = (*samples)["greedy_samples"][0];
-  std::vector<int32_t> prompt = sample["prompt_ids"].get<std::vector<int32_t>>();
+  const std::vector<int32_t> start = sample["prompt_ids"].get<std::vector<int32_t>>();
   const std::vector<int32_t> greedy = sample["greedy_ids"].get<std::vector<int32_t>>();
-  ASSERT_GE(greedy.size(), static_cast<size_t>(kPrefixTokens + kNewTokens));
-  prompt.insert(prompt.end(), greedy.begin(), greedy.begin() + kPrefixTokens);
-  const std::vector<int32_t> expected(greedy.begin() + kPrefixTokens, greedy.begin() + kPrefixTokens + kNewTokens);
+  ASSERT_EQ(start.size(), 2u);
+  ASSERT_GE(greedy.size(), 48u);
+  // The sample's prompt and the first n greedy tokens, and the greedy tokens that follow them.
+  const auto prompt = [&](int n) {
+    std::vector<int32_t> p = start;
+    p.insert(p.end(), greedy.begin(), greedy.begin() + n);
+    return p;
+  };
+  const auto next = [&](int n) { return std::vector<int32_t>(greedy.begin() + n, greedy.begin() + n + kNewTokens); };
+  const std::vector<int32_t> turn1 = prompt(24), turn2 = prompt(40);  // 26 and 42 tokens
 
   Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {"--enable-prefix-caching"}});
   ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok());
@@ -73,39 +83,45 @@ TEST(E2ePrefixCache, RepeatedPromptsAreServedFromCachedBlocksWithTransformersTok
   ASSERT_TRUE(serving.ok()) << serving;
   auto stub = moe::v1::Inference::NewStub(cluster.channel());
 
-  // One at a time, three times: two of them run on the same rank, so at least one finds the
-  // prompt's whole blocks (blocks of 16 positions: 2 of its 42 tokens' 2 whole blocks; the last
-  // token is always computed).
+  // The first turn, three times one after another: the first computes everything (rank 0, both
+  // idle); the others find its whole block of 16 (the last prompt token is always computed).
   for (int i = 0; i < 3; ++i) {
-    const StreamOutcome r = RunGenerate(*stub, GreedyTokenRequest(prompt, kNewTokens), 60);
+    const StreamOutcome r = RunGenerate(*stub, GreedyTokenRequest(turn1, kNewTokens), 60);
     ASSERT_TRUE(r.status.ok()) << r.status << cluster.LogTail();
-    EXPECT_EQ(r.result.token_ids, expected) << "request " << i;
+    EXPECT_EQ(r.result.token_ids, next(24)) << "turn 1, request " << i;
   }
-  const CacheTotals repeats = WaitForTotals(*stub, 3 * static_cast<int64_t>(prompt.size()));
-  EXPECT_EQ(repeats.queried, 3 * static_cast<int64_t>(prompt.size()));
-  EXPECT_GE(repeats.hits, 32);
-  EXPECT_EQ(repeats.hits % 32, 0) << "whole blocks of the shared prompt only";
-  EXPECT_GT(repeats.cached, 0);
+  // The next turn starts with the first turn's prompt and answer: 32 of its tokens are in rank 0's
+  // blocks (the first turn's 26 + 7 fed-back tokens fill two blocks).
+  const StreamOutcome r2 = RunGenerate(*stub, GreedyTokenRequest(turn2, kNewTokens), 60);
+  ASSERT_TRUE(r2.status.ok()) << r2.status;
+  EXPECT_EQ(r2.result.token_ids, next(40));
+  std::vector<RankCache> ranks = WaitForCounters(*stub, 3 * 26 + 42);
+  ASSERT_EQ(ranks.size(), 2u);
+  EXPECT_EQ(ranks[0].queried, 3 * 26 + 42);
+  EXPECT_EQ(ranks[0].hits, 2 * kBlock + 2 * kBlock);
+  EXPECT_EQ(ranks[1].queried, 0) << "rank 1 got a prompt rank 0 had cached";
 
-  // Six at once, sharing the cached blocks while they run.
+  // Six at once, sharing rank 0's cached blocks while they run.
   std::vector<StreamOutcome> outcomes(kConcurrent);
   std::vector<std::thread> threads;
   for (int i = 0; i < kConcurrent; ++i) {
     threads.emplace_back([&, i] {
       auto s = moe::v1::Inference::NewStub(
           grpc::CreateChannel(cluster.public_address(), grpc::InsecureChannelCredentials()));
-      outcomes[i] = RunGenerate(*s, GreedyTokenRequest(prompt, kNewTokens), 60);
+      outcomes[i] = RunGenerate(*s, GreedyTokenRequest(turn2, kNewTokens), 60);
     });
   }
   for (auto& t : threads) t.join();
   for (int i = 0; i < kConcurrent; ++i) {
     ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status;
-    EXPECT_EQ(outcomes[i].result.token_ids, expected) << "concurrent stream " << i;
+    EXPECT_EQ(outcomes[i].result.token_ids, next(40)) << "concurrent stream " << i;
   }
-  const CacheTotals all = WaitForTotals(*stub, (3 + kConcurrent) * static_cast<int64_t>(prompt.size()));
-  EXPECT_EQ(all.queried, (3 + kConcurrent) * static_cast<int64_t>(prompt.size()));
-  EXPECT_GE(all.hits - repeats.hits, 2 * 32) << "both ranks hold the prompt's blocks by now";
-  EXPECT_EQ(all.used, 0) << "cached blocks are not in use";
+  ranks = WaitForCounters(*stub, 3 * 26 + (1 + kConcurrent) * 42);
+  ASSERT_EQ(ranks.size(), 2u);
+  EXPECT_EQ(ranks[0].queried, 3 * 26 + (1 + kConcurrent) * 42);
+  EXPECT_EQ(ranks[0].hits, 4 * kBlock + kConcurrent * 2 * kBlock);
+  EXPECT_EQ(ranks[1].queried, 0);
+  EXPECT_EQ(ranks[0].used + ranks[1].used, 0) << "cached blocks are not in use";
 
   const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
   EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
