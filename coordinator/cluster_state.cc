@@ -76,13 +76,16 @@ void ClusterState::UpdateServingLocked() {
 
 void ClusterState::PublishLocked() {
   stats_.SetQueue(scheduler_.waiting(), scheduler_.running());
-  int64_t used = 0, total = 0;
+  int64_t used = 0, total = 0, queried = 0, hits = 0;
   for (const RankRecord& r : ranks_) {
     if (!r.loaded) continue;
     used += r.kv_blocks_used;
     total += r.kv_blocks_total;
+    queried += r.prefix_cache_queried_tokens;
+    hits += r.prefix_cache_hit_tokens;
   }
   stats_.SetKvCacheUsage(total > 0 ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
+  stats_.SetPrefixCache(queried, hits);
 }
 
 absl::Status ClusterState::CheckModelDir(const std::string& worker_dir) const {

@@ -70,6 +70,17 @@ ServingStats::ServingStats()
                    .Help("KV cache blocks in use over all ranks, as a fraction of all blocks")
                    .Register(r)
                    .Add({});
+  // Gauges, not counters: the ranks' own counts, which start again with a new worker job.
+  prefix_queried_ = &prometheus::BuildGauge()
+                         .Name("moe_prefix_cache_queried_tokens")
+                         .Help("Prompt tokens the ranks looked up in their prefix caches since they started")
+                         .Register(r)
+                         .Add({});
+  prefix_hits_ = &prometheus::BuildGauge()
+                      .Name("moe_prefix_cache_hit_tokens")
+                      .Help("Prompt tokens found in the ranks' prefix caches (not computed again) since they started")
+                      .Register(r)
+                      .Add({});
   prompt_tokens_ = &prometheus::BuildCounter()
                         .Name("moe_prompt_tokens_total")
                         .Help("Prompt tokens of admitted requests (generation and scoring)")
@@ -135,6 +146,11 @@ void ServingStats::SetQueue(int64_t waiting, int64_t running) {
 }
 
 void ServingStats::SetKvCacheUsage(double ratio) { kv_usage_->Set(ratio); }
+
+void ServingStats::SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens) {
+  prefix_queried_->Set(static_cast<double>(queried_tokens));
+  prefix_hits_->Set(static_cast<double>(hit_tokens));
+}
 
 ServingSnapshot ServingStats::Snapshot(Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);

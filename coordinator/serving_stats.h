@@ -49,6 +49,8 @@ class ServingStats {
   // Sequences waiting in the coordinator and running on the ranks; KV use over all ranks.
   void SetQueue(int64_t waiting, int64_t running);
   void SetKvCacheUsage(double ratio);
+  // Prompt tokens the ranks looked up in their prefix caches and found, since they started.
+  void SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens);
 
   ServingSnapshot Snapshot(Clock::time_point now);
 
@@ -60,6 +62,8 @@ class ServingStats {
   prometheus::Gauge* waiting_;
   prometheus::Gauge* running_;
   prometheus::Gauge* kv_usage_;
+  prometheus::Gauge* prefix_queried_;
+  prometheus::Gauge* prefix_hits_;
   prometheus::Counter* prompt_tokens_;
   prometheus::Counter* generation_tokens_;
   prometheus::Family<prometheus::Counter>* success_;

@@ -122,6 +122,11 @@ TEST(E2ePrefixCache, ATurnAndItsContinuationAreServedFromOneRanksCacheWithTransf
   EXPECT_EQ(ranks[0].hits, 4 * kBlock + kConcurrent * 2 * kBlock);
   EXPECT_EQ(ranks[1].queried, 0);
   EXPECT_EQ(ranks[0].used + ranks[1].used, 0) << "cached blocks are not in use";
+  // The same counts on the Prometheus endpoint.
+  absl::StatusOr<std::string> metrics = HttpGet(cluster.ports().metrics_port, "/metrics", Seconds(10));
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(MetricSum(*metrics, "moe_prefix_cache_queried_tokens"), ranks[0].queried);
+  EXPECT_EQ(MetricSum(*metrics, "moe_prefix_cache_hit_tokens"), ranks[0].hits);
 
   const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
   EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
