@@ -219,6 +219,10 @@ TEST_F(ServeBenchE2e, ASharedPrefixIsServedFromTheRanksPrefixCaches) {
   const int64_t hits = after.second - before.second;
   EXPECT_GE(hits, (kRequests - 2) * kShared) << "at most one miss per rank";
   EXPECT_EQ(hits % kShared, 0) << "the shared blocks only";
+  // The bench reports the same counts, read once the ranks had settled.
+  EXPECT_EQ(r["summary"]["prefix_cache"]["queried_tokens"], kRequests * (kShared + kOwn));
+  EXPECT_EQ(r["summary"]["prefix_cache"]["hit_tokens"], hits);
+  EXPECT_NE(run.out.find("prefix cache: "), std::string::npos) << run.out;
 }
 
 TEST_F(ServeBenchE2e, OverloadIsCountedAsRejectedRequestsAndTheClusterKeepsServing) {

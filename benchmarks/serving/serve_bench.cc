@@ -17,6 +17,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -175,7 +176,43 @@ void PrintSummary(const json& s) {
   dist("time per output token (ms)", "tpot_ms");
   dist("inter-token latency (ms)", "itl_ms");
   dist("end to end (ms)", "e2el_ms");
+  if (s.contains("prefix_cache") && s["prefix_cache"]["queried_tokens"].get<int64_t>() > 0) {
+    const json& pc = s["prefix_cache"];
+    std::printf("prefix cache: %lld of %lld prompt tokens found (%.1f%%)\n",
+                static_cast<long long>(pc["hit_tokens"].get<int64_t>()),
+                static_cast<long long>(pc["queried_tokens"].get<int64_t>()), 100.0 * pc["hit_ratio"].get<double>());
+  }
   for (const auto& [error, n] : s["errors"].items()) std::printf("error x%lld: %s\n", static_cast<long long>(n.get<int64_t>()), error.c_str());
+}
+
+// The ranks' prefix-cache counters (summed), read once they are settled: every rank's last
+// heartbeat reports no KV block in use, so it came after the last sequence finished (the ranks
+// report with heartbeats, which trail the streams' ends a little). Gives up after 5 s (other
+// clients keep the ranks busy) and returns what it read; nullopt when the server cannot be read.
+struct CacheCounters {
+  int64_t queried = 0, hits = 0;
+};
+std::optional<CacheCounters> SettledCacheCounters(moe::v1::Inference::Stub& stub) {
+  std::optional<CacheCounters> last;
+  const Clock::time_point t0 = Clock::now();
+  while (true) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(5));
+    moe::v1::Stats s;
+    if (stub.GetStats(&ctx, moe::v1::GetStatsRequest(), &s).ok()) {
+      CacheCounters c;
+      int64_t used = 0;
+      for (const auto& r : s.ranks()) {
+        c.queried += r.prefix_cache_queried_tokens();
+        c.hits += r.prefix_cache_hit_tokens();
+        used += r.kv_blocks_used();
+      }
+      last = c;
+      if (used == 0 && s.requests_running() == 0) return last;
+    }
+    if (SecondsSince(t0) > 5) return last;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 std::string HostName() {
@@ -250,9 +287,17 @@ int Run(const std::vector<std::string>& argv) {
     const Work warmup = RandomWork(a, a.warmup, model.vocab_size(), a.seed ^ 0x9e3779b97f4a7c15ull);
     warmup_summary = Summarise(RunLoad(stubs, a, warmup, ArrivalTimes(a.warmup, a.rate, a.seed + 1)));
   }
+  const std::optional<CacheCounters> cache_before = SettledCacheCounters(*stubs[0]);
   const Work work = RandomWork(a, a.requests, model.vocab_size(), a.seed);
   const std::vector<RequestRecord> records = RunLoad(stubs, a, work, ArrivalTimes(a.requests, a.rate, a.seed));
-  const json summary = Summarise(records);
+  json summary = Summarise(records);
+  // What the ranks' prefix caches served of this run's prompts (0 of 0 when they do not cache).
+  if (const std::optional<CacheCounters> after = SettledCacheCounters(*stubs[0]); after && cache_before) {
+    const int64_t queried = after->queried - cache_before->queried, hits = after->hits - cache_before->hits;
+    summary["prefix_cache"] = {{"queried_tokens", queried},
+                               {"hit_tokens", hits},
+                               {"hit_ratio", queried > 0 ? json(static_cast<double>(hits) / queried) : json(nullptr)}};
+  }
   PrintSummary(summary);
 
   if (!a.out.empty()) {

@@ -34,22 +34,22 @@ absl::StatusOr<double> NonNegative(const std::string& flag, const std::string& v
 std::string BenchUsage() {
   return "usage: moe-serve-bench [--server 127.0.0.1:50051] [--requests 100] [--rate inf] [--max-concurrency 0]\n"
          "         [--input-len 128] [--output-len 128] [--range-ratio 0] [--shared-prefix-len 0]\n"
-         "         [--temperature 0] [--seed 0]\n"
-         "         [--warmup 0] [--connections 4] [--timeout 600] [--wait-serving 0] [--out FILE]\n"
-         "         [--commit SHA] [--no-records]\n"
+         "         [--temperature 0] [--seed 0] [--warmup 0] [--connections 4] [--timeout 600]\n"
+         "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records]\n"
          "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
          "vocabulary) for exactly --output-len tokens each (ignore_eos) to a moe-coordinator, at --rate\n"
          "requests a second (Poisson arrivals; inf: all at once), at most --max-concurrency in flight\n"
          "(0: no limit). --range-ratio R draws each request's lengths uniformly from [len * (1 - R),\n"
-         "len * (1 + R)] (vLLM's --random-range-ratio). --shared-prefix-len P starts every prompt with the\n"
-         "same P random tokens (a shared system prompt: what prefix caching serves from cache).\n"
-         "It reports what serving benchmarks report, under\n"
-         "vLLM benchmark_serving's names: request and token throughput, time to first token (TTFT), time\n"
-         "per output token after the first (TPOT), inter-token latency (ITL) and end-to-end latency\n"
-         "(mean, median, p90, p99). --warmup N runs N requests the same way first and leaves them out.\n"
-         "--out writes the JSON (arguments, the server's model and cluster, the summary and, unless\n"
-         "--no-records, every request's timeline). Exit status: 0 every request completed, 1 some failed\n"
-         "or the server could not be reached, 2 bad command line or a request the model cannot take.\n";
+         "len * (1 + R)] (vLLM's --random-range-ratio). --shared-prefix-len P starts every prompt with\n"
+         "the same P random tokens (a shared system prompt, what prefix caching serves from cache).\n"
+         "It reports what serving benchmarks report, under vLLM benchmark_serving's names: request and\n"
+         "token throughput, time to first token (TTFT), time per output token after the first (TPOT),\n"
+         "inter-token latency (ITL) and end-to-end latency (mean, median, p90, p99); and how many of the\n"
+         "run's prompt tokens the ranks' prefix caches served. --warmup N runs N requests the same way\n"
+         "first and leaves them out. --out writes the JSON (arguments, the server's model and cluster,\n"
+         "the summary and, unless --no-records, every request's timeline). Exit status: 0 every request\n"
+         "completed, 1 some failed or the server could not be reached, 2 bad command line or a request\n"
+         "the model cannot take.\n";
 }
 
 absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
