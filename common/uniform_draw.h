@@ -12,17 +12,19 @@
 #endif
 
 namespace moe {
-namespace uniform_draw_detail {
 
-// SplitMix64's increment (the golden ratio in 64 bits) and its output mix (Steele, Lea and
-// Flood 2014): a bijection with full avalanche, cheap enough to run per token on any device.
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
-
+// SplitMix64's output mix (Steele, Lea and Flood 2014): a bijection with full avalanche, cheap
+// enough to run per token on any device. Also the finish of PrefixChainHash (common/prefix_hash.h).
 MOE_HOST_DEVICE inline uint64_t Mix64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
+
+namespace uniform_draw_detail {
+
+// SplitMix64's increment (the golden ratio in 64 bits).
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 
 }  // namespace uniform_draw_detail
 

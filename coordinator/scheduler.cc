@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/prefix_hash.h"
+
 namespace moe {
 
 Scheduler::Scheduler(SchedulerLimits limits, int world_size) : limits_(limits) { Reset(world_size); }
@@ -16,15 +18,9 @@ absl::Status Scheduler::Enqueue(const std::vector<SequenceDemand>& seqs) {
 
 std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens) {
   std::vector<uint64_t> keys;
-  uint64_t h = 0x6a09e667f3bcc909ull;
+  uint64_t h = 0;
   for (size_t end = kPrefixKeyTokens; end <= tokens.size(); end += kPrefixKeyTokens) {
-    for (size_t i = end - kPrefixKeyTokens; i < end; ++i) {  // FNV-1a, then a SplitMix64 finish
-      h ^= static_cast<uint32_t>(tokens[i]);
-      h *= 0x100000001b3ull;
-    }
-    h ^= h >> 30;
-    h *= 0xbf58476d1ce4e5b9ull;
-    h ^= h >> 27;
+    h = PrefixChainHash(h, tokens.subspan(end - kPrefixKeyTokens, kPrefixKeyTokens));
     keys.push_back(h);
   }
   return keys;

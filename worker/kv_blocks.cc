@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/prefix_hash.h"
+
 namespace moe {
 
 KvBlockAllocator::KvBlockAllocator(int64_t block_size, int64_t num_blocks)
@@ -74,30 +76,19 @@ absl::Status KvBlockAllocator::Reserve(int64_t seq_id, int64_t new_length) {
   return absl::OkStatus();
 }
 
-uint64_t KvBlockAllocator::ChainHash(uint64_t parent, std::span<const int32_t> tokens) {
-  // FNV-1a over the parent's hash and the token ids, then a SplitMix64 finish.
-  uint64_t h = 0xcbf29ce484222325ull ^ parent;
-  for (int32_t t : tokens) {
-    h ^= static_cast<uint32_t>(t);
-    h *= 0x100000001b3ull;
-  }
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ull;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebull;
-  return h ^ (h >> 31);
-}
-
 void KvBlockAllocator::Append(int64_t seq_id, std::span<const int32_t> tokens) {
   Sequence& s = seqs_.at(seq_id);
   s.length += static_cast<int64_t>(tokens.size());
   MOE_CHECK(BlocksFor(s.length) <= static_cast<int64_t>(s.blocks.size()), "positions appended beyond the reserved blocks");
   if (!prefix_cache_) return;
-  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
-  while ((s.hashed_blocks + 1) * block_size_ <= s.length) {
-    const std::span<const int32_t> own(s.tokens.data() + s.hashed_blocks * block_size_, static_cast<size_t>(block_size_));
-    const uint64_t h = ChainHash(s.prefix_hash, own);
-    const int32_t b = s.blocks[static_cast<size_t>(s.hashed_blocks)];
+  s.pending.insert(s.pending.end(), tokens.begin(), tokens.end());
+  // The block the oldest pending token is in, and each one the pending tokens fill.
+  size_t block = static_cast<size_t>((s.length - static_cast<int64_t>(s.pending.size())) / block_size_);
+  size_t used = 0;
+  for (; s.pending.size() - used >= static_cast<size_t>(block_size_); used += static_cast<size_t>(block_size_), ++block) {
+    const std::span<const int32_t> own(s.pending.data() + used, static_cast<size_t>(block_size_));
+    const uint64_t h = PrefixChainHash(s.prefix_hash, own);
+    const int32_t b = s.blocks[block];
     Block& info = info_[static_cast<size_t>(b)];
     // Another block may already hold the same prefix (computed by a sequence that ran alongside):
     // that one stays the cached copy and this one is freed as usual.
@@ -108,8 +99,8 @@ void KvBlockAllocator::Append(int64_t seq_id, std::span<const int32_t> tokens) {
       info.tokens.assign(own.begin(), own.end());
     }
     s.prefix_hash = h;
-    ++s.hashed_blocks;
   }
+  s.pending.erase(s.pending.begin(), s.pending.begin() + static_cast<std::ptrdiff_t>(used));
 }
 
 int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) {
@@ -120,7 +111,7 @@ int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int
   const int64_t whole = (static_cast<int64_t>(prompt.size()) - 1) / block_size_;
   for (int64_t i = 0; i < whole; ++i) {
     const std::span<const int32_t> own = prompt.subspan(static_cast<size_t>(i * block_size_), static_cast<size_t>(block_size_));
-    const uint64_t h = ChainHash(s.prefix_hash, own);
+    const uint64_t h = PrefixChainHash(s.prefix_hash, own);
     const auto it = registered_.find(h);
     if (it == registered_.end()) break;
     const int32_t b = it->second;
@@ -131,10 +122,8 @@ int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int
     if (info.refs++ == 0) lru_.erase(info.lru);
     s.blocks.push_back(b);
     s.prefix_hash = h;
-    ++s.hashed_blocks;
   }
-  s.length = s.hashed_blocks * block_size_;
-  s.tokens.assign(prompt.begin(), prompt.begin() + s.length);
+  s.length = static_cast<int64_t>(s.blocks.size()) * block_size_;
   hit_tokens_ += s.length;
   return s.length;
 }

@@ -69,10 +69,9 @@ class KvBlockAllocator {
   struct Sequence {
     std::vector<int32_t> blocks;
     int64_t length = 0;
-    // Prefix caching: every token written, the leading whole blocks hashed so far, and the hash
-    // of the prefix they hold.
-    std::vector<int32_t> tokens;
-    int64_t hashed_blocks = 0;
+    // Prefix caching: the tokens written after the last whole block (those not hashed yet), and
+    // the hash of the prefix the whole blocks hold.
+    std::vector<int32_t> pending;
     uint64_t prefix_hash = 0;
   };
   struct Block {
@@ -86,7 +85,6 @@ class KvBlockAllocator {
 
   int32_t TakeBlock();
   void Release(int32_t b);
-  static uint64_t ChainHash(uint64_t parent, std::span<const int32_t> tokens);
 
   int64_t block_size_, num_blocks_;
   std::vector<int32_t> free_;  // free unregistered block ids, used as a stack
