@@ -238,6 +238,12 @@ absl::Status Cluster::WaitServing(Seconds timeout) {
   return absl::DeadlineExceededError("not SERVING in time (last: " + last + ")\n" + LogTail());
 }
 
+absl::Status Cluster::Start(Seconds serving_timeout) {
+  MOE_RETURN_IF_ERROR(StartCoordinator(Seconds(30)));
+  MOE_RETURN_IF_ERROR(StartWorkers());
+  return WaitServing(serving_timeout);
+}
+
 Cluster::ExitStatus Cluster::Stop(Seconds timeout) {
   ExitStatus out;
   const auto deadline = Clock::now() + timeout;

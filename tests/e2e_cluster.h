@@ -76,6 +76,8 @@ class Cluster {
   absl::Status StartWorkers();
   // Polls grpc.health.v1 until SERVING; fails early when a process died.
   absl::Status WaitServing(Seconds timeout);
+  // All three in order (the coordinator given 30 s), the first error returned.
+  absl::Status Start(Seconds serving_timeout);
 
   struct ExitStatus {
     std::optional<int> coordinator;  // nullopt: still running at the deadline (then killed)

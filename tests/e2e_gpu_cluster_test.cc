@@ -82,9 +82,7 @@ class E2eGpuCluster : public ::testing::Test {
     // No --kv-tokens: each rank's KV cache takes what is left of its share of the memory fraction.
     cluster_ = std::make_unique<Cluster>(
         ClusterOptions{2, model_dir_, {}, {"--device", "gpu", "--gpu-memory-utilization", "0.2"}});
-    setup_ = cluster_->StartCoordinator(Seconds(30));
-    if (setup_.ok()) setup_ = cluster_->StartWorkers();
-    if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(120));
+    setup_ = cluster_->Start(Seconds(120));
   }
   static void TearDownTestSuite() {
     if (cluster_) cluster_->Stop(Seconds(20));
@@ -282,9 +280,7 @@ class E2eGpuSyntheticCluster : public ::testing::Test {
     cluster_ = std::make_unique<Cluster>(ClusterOptions{
         1, model_dir_, {},
         {"--device", "gpu", "--synthetic-weights", std::to_string(kSeed), "--kv-tokens", "8192", "--enable-prefix-caching"}});
-    setup_ = cluster_->StartCoordinator(Seconds(30));
-    if (setup_.ok()) setup_ = cluster_->StartWorkers();
-    if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(120));
+    setup_ = cluster_->Start(Seconds(120));
   }
   static void TearDownTestSuite() {
     if (cluster_) cluster_->Stop(Seconds(20));

@@ -77,10 +77,8 @@ TEST(E2ePrefixCache, ATurnAndItsContinuationAreServedFromOneRanksCacheWithTransf
   const std::vector<int32_t> turn1 = prompt(24), turn2 = prompt(40);  // 26 and 42 tokens
 
   Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {"--enable-prefix-caching"}});
-  ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok());
-  ASSERT_TRUE(cluster.StartWorkers().ok());
-  const absl::Status serving = cluster.WaitServing(Seconds(90));
-  ASSERT_TRUE(serving.ok()) << serving;
+  const absl::Status started = cluster.Start(Seconds(90));
+  ASSERT_TRUE(started.ok()) << started;
   auto stub = moe::v1::Inference::NewStub(cluster.channel());
 
   // The first turn, three times one after another: the first computes everything (rank 0, both

@@ -74,10 +74,8 @@ class E2eRankLoss : public ::testing::Test {
     ASSERT_GE(greedy_.size(), 16u);
     cluster_ = std::make_unique<Cluster>(ClusterOptions{
         2, testing_ref::kDefaultModelDir, {"--heartbeat-timeout-s", std::to_string(kHeartbeatTimeoutS)}, {}});
-    ASSERT_TRUE(cluster_->StartCoordinator(Seconds(30)).ok());
-    ASSERT_TRUE(cluster_->StartWorkers().ok());
-    const absl::Status serving = cluster_->WaitServing(Seconds(90));
-    ASSERT_TRUE(serving.ok()) << serving;
+    const absl::Status started = cluster_->Start(Seconds(90));
+    ASSERT_TRUE(started.ok()) << started;
     stub_ = moe::v1::Inference::NewStub(cluster_->channel());
   }
   void TearDown() override {

@@ -51,9 +51,7 @@ class ServeBenchE2e : public ::testing::Test {
         2, testing_ref::kDefaultModelDir,
         {"--max-running-per-rank", std::to_string(kRunningPerRank), "--max-waiting", std::to_string(kMaxWaiting)},
         {"--enable-prefix-caching"}});
-    setup_ = cluster_->StartCoordinator(Seconds(30));
-    if (setup_.ok()) setup_ = cluster_->StartWorkers();
-    if (setup_.ok()) setup_ = cluster_->WaitServing(Seconds(90));
+    setup_ = cluster_->Start(Seconds(90));
   }
   static void TearDownTestSuite() {
     if (cluster_) cluster_->Stop(Seconds(10));
