@@ -185,34 +185,46 @@ void PrintSummary(const json& s) {
   for (const auto& [error, n] : s["errors"].items()) std::printf("error x%lld: %s\n", static_cast<long long>(n.get<int64_t>()), error.c_str());
 }
 
-// The ranks' prefix-cache counters (summed), read once they are settled: every rank's last
-// heartbeat reports no KV block in use, so it came after the last sequence finished (the ranks
-// report with heartbeats, which trail the streams' ends a little). Gives up after 5 s (other
-// clients keep the ranks busy) and returns what it read; nullopt when the server cannot be read.
+// The ranks' prefix-cache counters, summed over the ranks; nullopt when the server cannot be read.
 struct CacheCounters {
   int64_t queried = 0, hits = 0;
 };
-std::optional<CacheCounters> SettledCacheCounters(moe::v1::Inference::Stub& stub) {
-  std::optional<CacheCounters> last;
+std::optional<CacheCounters> ReadCacheCounters(moe::v1::Inference::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(5));
+  moe::v1::Stats s;
+  if (!stub.GetStats(&ctx, moe::v1::GetStatsRequest(), &s).ok()) return std::nullopt;
+  CacheCounters c;
+  for (const auto& r : s.ranks()) {
+    c.queried += r.prefix_cache_queried_tokens();
+    c.hits += r.prefix_cache_hit_tokens();
+  }
+  return c;
+}
+
+// The counters once they account for `prompt_tokens` more prompt tokens than `since` (every
+// generation a rank admits is looked up once; the ranks report with heartbeats, which trail the
+// streams' ends a little), or as they stand when the ranks look nothing up after 0.5 s (they do
+// not cache) or after 5 s (other clients' requests); nullopt when the server cannot be read.
+std::optional<CacheCounters> SettledCacheCounters(moe::v1::Inference::Stub& stub, const CacheCounters& since,
+                                                  int64_t prompt_tokens) {
   const Clock::time_point t0 = Clock::now();
   while (true) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(5));
-    moe::v1::Stats s;
-    if (stub.GetStats(&ctx, moe::v1::GetStatsRequest(), &s).ok()) {
-      CacheCounters c;
-      int64_t used = 0;
-      for (const auto& r : s.ranks()) {
-        c.queried += r.prefix_cache_queried_tokens();
-        c.hits += r.prefix_cache_hit_tokens();
-        used += r.kv_blocks_used();
-      }
-      last = c;
-      if (used == 0 && s.requests_running() == 0) return last;
+    const std::optional<CacheCounters> c = ReadCacheCounters(stub);
+    const double waited = SecondsSince(t0);
+    if (!c || c->queried - since.queried >= prompt_tokens || (c->queried == since.queried && waited >= 0.5) ||
+        waited >= 5) {
+      return c;
     }
-    if (SecondsSince(t0) > 5) return last;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// Prompt tokens of the requests that completed.
+int64_t CompletedPromptTokens(const std::vector<RequestRecord>& records) {
+  int64_t n = 0;
+  for (const RequestRecord& r : records) n += r.ok() ? r.prompt_tokens : 0;
+  return n;
 }
 
 std::string HostName() {
@@ -282,17 +294,23 @@ int Run(const std::vector<std::string>& argv) {
               a.max_concurrency > 0 ? std::to_string(a.max_concurrency).c_str() : "unlimited");
   std::fflush(stdout);
 
+  // The prefix-cache counters before the measured run (the server is taken to be idle at the start).
+  std::optional<CacheCounters> cache_before = ReadCacheCounters(*stubs[0]);
   json warmup_summary = nullptr;
   if (a.warmup > 0) {
     const Work warmup = RandomWork(a, a.warmup, model.vocab_size(), a.seed ^ 0x9e3779b97f4a7c15ull);
-    warmup_summary = Summarise(RunLoad(stubs, a, warmup, ArrivalTimes(a.warmup, a.rate, a.seed + 1)));
+    const std::vector<RequestRecord> warmup_records =
+        RunLoad(stubs, a, warmup, ArrivalTimes(a.warmup, a.rate, a.seed + 1));
+    warmup_summary = Summarise(warmup_records);
+    if (cache_before) cache_before = SettledCacheCounters(*stubs[0], *cache_before, CompletedPromptTokens(warmup_records));
   }
-  const std::optional<CacheCounters> cache_before = SettledCacheCounters(*stubs[0]);
   const Work work = RandomWork(a, a.requests, model.vocab_size(), a.seed);
   const std::vector<RequestRecord> records = RunLoad(stubs, a, work, ArrivalTimes(a.requests, a.rate, a.seed));
   json summary = Summarise(records);
   // What the ranks' prefix caches served of this run's prompts (0 of 0 when they do not cache).
-  if (const std::optional<CacheCounters> after = SettledCacheCounters(*stubs[0]); after && cache_before) {
+  const std::optional<CacheCounters> after =
+      cache_before ? SettledCacheCounters(*stubs[0], *cache_before, CompletedPromptTokens(records)) : std::nullopt;
+  if (after) {
     const int64_t queried = after->queried - cache_before->queried, hits = after->hits - cache_before->hits;
     summary["prefix_cache"] = {{"queried_tokens", queried},
                                {"hit_tokens", hits},
