@@ -94,7 +94,11 @@ TEST(KvBlockAllocatorTest, MatchingStopsAtTheFirstDifferentBlockAndFollowsTheWho
 TEST(KvBlockAllocatorTest, BlocksAreSharedWhileTheirFirstSequenceRunsAndCachedAfterTheLast) {
   KvBlockAllocator kv(kBlock, 8);
   kv.EnablePrefixCache();
+  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 9)), 0);
   RunPrompt(kv, 1, Range(0, 9));  // 3 blocks, 2 full
+  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 9)), 2) << "sequence 1 holds both";
+  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 8)), 1) << "the last token is computed: one to attach";
+  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Concat(Range(0, 4), Range(50, 5))), 1);
   EXPECT_EQ(RunPrompt(kv, 2, Range(0, 9)), 8) << "attaches while sequence 1 still runs";
   EXPECT_EQ(kv.used_blocks(), 4) << "two shared, one partial each";
   kv.FreeSequence(1);
@@ -103,6 +107,7 @@ TEST(KvBlockAllocatorTest, BlocksAreSharedWhileTheirFirstSequenceRunsAndCachedAf
   kv.FreeSequence(2);
   EXPECT_EQ(kv.used_blocks(), 0);
   EXPECT_EQ(kv.cached_free_blocks(), 2);
+  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 9)), 0) << "cached, but attaching them takes them from the free pool";
 }
 
 TEST(KvBlockAllocatorTest, AppendedDecodeTokensFillBlocksThatCacheToo) {

@@ -9,12 +9,15 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "tests/support/engine_fixture.h"
 #include "worker/generation.h"
+#include "worker/kv_blocks.h"
 #include "worker/sampler.h"
 #include "worker/server/batch_planner.h"
 #include "worker/server/inbox.h"
@@ -105,25 +108,90 @@ Golden* WorkerLoopTest::golden_ = nullptr;
 // ----------------------------------------------------------------------------------------------
 // Admission and batch shape, as plain bookkeeping.
 
+// Admits waiting sequences as the serving loop does: each admitted one joins the allocator (with
+// its cached prefix attached when `prompts` has one for it) before the next is considered.
+std::vector<uint64_t> AdmitAll(BatchPlanner& p, KvBlockAllocator& kv,
+                               const std::map<uint64_t, std::vector<int32_t>>& prompts = {}) {
+  std::vector<uint64_t> admitted;
+  while (const std::optional<uint64_t> id = p.next_waiting()) {
+    const auto prompt = prompts.find(*id);
+    const std::span<const int32_t> tokens = prompt == prompts.end() ? std::span<const int32_t>() : prompt->second;
+    if (!p.AdmitNext(kv.CachedPrefixBlocksInUse(tokens))) break;
+    EXPECT_TRUE(kv.AddSequence(static_cast<int64_t>(*id)).ok());
+    kv.AttachCachedPrefix(static_cast<int64_t>(*id), tokens);
+    admitted.push_back(*id);
+  }
+  return admitted;
+}
+
+void Forget(BatchPlanner& p, KvBlockAllocator& kv, uint64_t id) {
+  p.Remove(id);
+  kv.FreeSequence(static_cast<int64_t>(id));
+}
+
 TEST(BatchPlannerTest, AdmitsInOrderWhileTheWorstCaseFits) {
-  BatchPlanner p(/*kv_blocks_total=*/8, /*kv_block_size=*/16);
+  KvBlockAllocator kv(/*block_size=*/16, /*num_blocks=*/8);
+  BatchPlanner p(kv);
   p.Enqueue(1, 88);  // 6 blocks
   p.Enqueue(2, 29);  // 2 blocks
   p.Enqueue(3, 41);  // 3 blocks: must wait
   p.Enqueue(4, 1);   // 1 block: fits, but does not overtake 3
-  EXPECT_EQ(p.Admit(), (std::vector<uint64_t>{1, 2}));
-  EXPECT_EQ(p.reserved_blocks(), 8);
+  EXPECT_EQ(AdmitAll(p, kv), (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(p.committed_blocks(), 8);
   EXPECT_EQ(p.num_waiting(), 2u);
-  p.Remove(2);
-  EXPECT_TRUE(p.Admit().empty()) << "3 needs 3 blocks, 2 are free";
-  p.Remove(1);
-  EXPECT_EQ(p.Admit(), (std::vector<uint64_t>{3, 4}));
-  p.Remove(4);
+  // Blocks taken by a step move from "to come" to "in use": the commitment does not change.
+  ASSERT_TRUE(kv.Reserve(1, 40).ok());
+  EXPECT_EQ(kv.used_blocks(), 3);
+  EXPECT_EQ(p.committed_blocks(), 8);
+  Forget(p, kv, 2);
+  EXPECT_TRUE(AdmitAll(p, kv).empty()) << "3 needs 3 blocks, 2 are free";
+  Forget(p, kv, 1);
+  EXPECT_EQ(AdmitAll(p, kv), (std::vector<uint64_t>{3, 4}));
+  Forget(p, kv, 4);
   p.Remove(99);  // unknown: ignored
   EXPECT_EQ(p.running(), (std::vector<uint64_t>{3}));
-  EXPECT_EQ(p.reserved_blocks(), 3);
+  EXPECT_EQ(p.committed_blocks(), 3);
   EXPECT_FALSE(p.EverFits(8 * 16 + 1));
   EXPECT_TRUE(p.EverFits(8 * 16));
+}
+
+// Prefix caching: blocks that running sequences share count once, so sequences starting with the
+// same prompt run together where separate copies would not fit, and the shared blocks stay counted
+// while any sequence holds them (here after the sequence that computed them has left).
+TEST(BatchPlannerTest, BlocksSharedThroughThePrefixCacheCountOnce) {
+  KvBlockAllocator kv(/*block_size=*/4, /*num_blocks=*/10);
+  kv.EnablePrefixCache();
+  BatchPlanner p(kv);
+  std::vector<int32_t> shared(13);  // 3 whole blocks attachable (the last token is computed)
+  for (size_t i = 0; i < shared.size(); ++i) shared[i] = static_cast<int32_t>(100 + i);
+  const std::vector<int32_t> other = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
+  const std::map<uint64_t, std::vector<int32_t>> prompts = {{1, shared}, {2, shared}, {3, shared}, {4, other}, {5, other}};
+  const int64_t worst = 16;  // 13 + 3 generated: 4 blocks each
+
+  p.Enqueue(1, worst);
+  EXPECT_EQ(AdmitAll(p, kv, prompts), (std::vector<uint64_t>{1}));
+  ASSERT_TRUE(kv.Reserve(1, 13).ok());  // its prompt is computed: 3 whole blocks registered
+  kv.Append(1, shared);
+  EXPECT_EQ(p.committed_blocks(), 4);
+
+  for (uint64_t id : {2, 3, 4, 5}) p.Enqueue(id, worst);
+  // 2 and 3 share 1's three blocks and need one more each (4 + 1 + 1); 4 needs all four of its own
+  // (10); 5 would make 14. Without sharing 3 would not have fitted (4 + 4 + 4 > 10).
+  EXPECT_EQ(AdmitAll(p, kv, prompts), (std::vector<uint64_t>{2, 3, 4}));
+  EXPECT_EQ(kv.blocks(2).size(), 3u);
+  EXPECT_EQ(p.committed_blocks(), 10);
+
+  // 1 leaves: only its fourth block is freed, the shared three are still held by 2 and 3.
+  Forget(p, kv, 1);
+  EXPECT_EQ(p.committed_blocks(), 9);
+  EXPECT_TRUE(AdmitAll(p, kv, prompts).empty()) << "5 needs 4 blocks, 1 is uncommitted";
+  // Once 2 and 3 leave too, the shared blocks stay cached but count as free.
+  Forget(p, kv, 2);
+  Forget(p, kv, 3);
+  EXPECT_EQ(kv.cached_free_blocks(), 3);
+  EXPECT_EQ(p.committed_blocks(), 4);
+  EXPECT_EQ(AdmitAll(p, kv, prompts), (std::vector<uint64_t>{5}));
+  EXPECT_EQ(p.committed_blocks(), 8);
 }
 
 TEST(BatchPlannerTest, DecodesFirstThenPromptChunksWithinTheBudget) {
@@ -486,6 +554,44 @@ TEST_F(WorkerLoopTest, PrefixCachingReusesAFinishedPromptsBlocksWithTheSameToken
   ASSERT_EQ(with[4].scored->logprobs_size(), without[4].scored->logprobs_size());
   for (int i = 0; i < with[4].scored->logprobs_size(); ++i) {
     EXPECT_NEAR(with[4].scored->logprobs(i), without[4].scored->logprobs(i), 1e-5) << "scored token " << i;
+  }
+}
+
+// Sequences whose prompts start with the same cached blocks share them, so they run at once where
+// a KV cache holding two separate copies would make them take turns; and they carry the tokens of
+// the run without caching.
+TEST_F(WorkerLoopTest, PrefixCachingRunsMoreSequencesAtOnceThatShareTheirPromptsStart) {
+  EngineOptions eo;
+  eo.kv_block_size = 8;
+  eo.kv_tokens = 40 * 8;
+  const std::vector<int32_t> shared = Prompt(4);  // 130 tokens: 16 whole blocks to share
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::vector<int32_t>& tail : {Prompt(0), Prompt(1), Prompt(2), Prompt(3)}) {
+    prompts.push_back(shared);
+    prompts.back().insert(prompts.back().end(), tail.begin(), tail.begin() + std::min<size_t>(tail.size(), 12));
+  }
+  // Worst cases 18, 18, 20 and 20 blocks: two fit 40 blocks. Shared, the first takes 18 (it attaches
+  // the cached blocks) and the others 2, 4 and 4.
+  std::map<uint64_t, RecordingOutbox::Sequence> with, without;
+  for (bool cache : {true, false}) {
+    LoopHarness h(eo);
+    if (cache) (*h.engine)->EnablePrefixCache();
+    h.Push(Greedy(1, shared, 8));
+    h.RunUntilDone();
+    for (size_t i = 0; i < prompts.size(); ++i) h.Push(Greedy(2 + i, prompts[i], 8));
+    int64_t most_running = 0;
+    for (int i = 0; i < kMaxIterations && (i == 0 || h.loop->num_sequences() > 0); ++i) {
+      ASSERT_TRUE(h.loop->RunOnce());
+      most_running = std::max(most_running, h.loop->num_running());
+    }
+    ASSERT_EQ(h.loop->num_sequences(), 0);
+    EXPECT_EQ(most_running, cache ? 4 : 2) << (cache ? "with" : "without") << " prefix caching";
+    (cache ? with : without) = h.out.BySequence();
+    EXPECT_EQ(h.out.LastStats()->kv_blocks_used(), 0);
+  }
+  for (uint64_t id = 1; id <= 5; ++id) {
+    EXPECT_EQ(with[id].tokens.size(), 8u) << "sequence " << id;
+    EXPECT_EQ(with[id].tokens, without[id].tokens) << "sequence " << id;
   }
 }
 

@@ -103,25 +103,40 @@ void KvBlockAllocator::Append(int64_t seq_id, std::span<const int32_t> tokens) {
   s.pending.erase(s.pending.begin(), s.pending.begin() + static_cast<std::ptrdiff_t>(used));
 }
 
+std::vector<int32_t> KvBlockAllocator::MatchCachedPrefix(std::span<const int32_t> prompt, uint64_t* prefix_hash) const {
+  std::vector<int32_t> match;
+  uint64_t h = 0;
+  const int64_t whole = prefix_cache_ && !prompt.empty() ? (static_cast<int64_t>(prompt.size()) - 1) / block_size_ : 0;
+  for (int64_t i = 0; i < whole; ++i) {
+    const std::span<const int32_t> own = prompt.subspan(static_cast<size_t>(i * block_size_), static_cast<size_t>(block_size_));
+    const uint64_t next = PrefixChainHash(h, own);
+    const auto it = registered_.find(next);
+    if (it == registered_.end()) break;
+    const Block& info = info_[static_cast<size_t>(it->second)];
+    if (info.parent_hash != h || !std::equal(own.begin(), own.end(), info.tokens.begin(), info.tokens.end())) {
+      break;  // a hash collision: not the same prefix
+    }
+    match.push_back(it->second);
+    h = next;
+  }
+  if (prefix_hash != nullptr) *prefix_hash = h;
+  return match;
+}
+
+int64_t KvBlockAllocator::CachedPrefixBlocksInUse(std::span<const int32_t> prompt) const {
+  const std::vector<int32_t> match = MatchCachedPrefix(prompt, nullptr);
+  return std::count_if(match.begin(), match.end(), [&](int32_t b) { return info_[static_cast<size_t>(b)].refs > 0; });
+}
+
 int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) {
   Sequence& s = seqs_.at(seq_id);
   MOE_CHECK(s.length == 0 && s.blocks.empty(), "a cached prefix attaches to a new sequence only");
   if (!prefix_cache_ || prompt.empty()) return 0;
   queried_tokens_ += static_cast<int64_t>(prompt.size());
-  const int64_t whole = (static_cast<int64_t>(prompt.size()) - 1) / block_size_;
-  for (int64_t i = 0; i < whole; ++i) {
-    const std::span<const int32_t> own = prompt.subspan(static_cast<size_t>(i * block_size_), static_cast<size_t>(block_size_));
-    const uint64_t h = PrefixChainHash(s.prefix_hash, own);
-    const auto it = registered_.find(h);
-    if (it == registered_.end()) break;
-    const int32_t b = it->second;
+  s.blocks = MatchCachedPrefix(prompt, &s.prefix_hash);
+  for (int32_t b : s.blocks) {
     Block& info = info_[static_cast<size_t>(b)];
-    if (info.parent_hash != s.prefix_hash || !std::equal(own.begin(), own.end(), info.tokens.begin(), info.tokens.end())) {
-      break;  // a hash collision: not the same prefix
-    }
     if (info.refs++ == 0) lru_.erase(info.lru);
-    s.blocks.push_back(b);
-    s.prefix_hash = h;
   }
   s.length = static_cast<int64_t>(s.blocks.size()) * block_size_;
   hit_tokens_ += s.length;

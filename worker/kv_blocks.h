@@ -50,6 +50,9 @@ class KvBlockAllocator {
   // blocks at the start of `prompt`, leaving at least its last token to compute (its logits are
   // wanted), and returns the positions attached (the sequence's length now). 0 when caching is off.
   int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt);
+  // How many of the blocks AttachCachedPrefix would attach for `prompt` some sequence holds now:
+  // sharing them takes nothing from the free pool (the cached free ones it attaches do).
+  int64_t CachedPrefixBlocksInUse(std::span<const int32_t> prompt) const;
   // Prompt tokens looked up and found by AttachCachedPrefix so far.
   int64_t prefix_queried_tokens() const { return queried_tokens_; }
   int64_t prefix_hit_tokens() const { return hit_tokens_; }
@@ -83,6 +86,10 @@ class KvBlockAllocator {
     std::list<int32_t>::iterator lru;  // its place in lru_ while free and registered
   };
 
+  // The registered blocks holding the longest run of whole blocks at the start of `prompt`, at most
+  // (size - 1) / block_size of them (the last token is always computed), with the hash of the
+  // prefix they hold. Empty when caching is off.
+  std::vector<int32_t> MatchCachedPrefix(std::span<const int32_t> prompt, uint64_t* prefix_hash) const;
   int32_t TakeBlock();
   void Release(int32_t b);
 

@@ -6,11 +6,6 @@
 
 namespace moe {
 
-BatchPlanner::BatchPlanner(int64_t kv_blocks_total, int64_t kv_block_size)
-    : total_blocks_(kv_blocks_total), block_size_(kv_block_size) {
-  MOE_CHECK(kv_block_size > 0);
-}
-
 void BatchPlanner::Enqueue(uint64_t seq_id, int64_t worst_case_positions) {
   MOE_CHECK(blocks_.count(seq_id) == 0, "sequence ", seq_id, " enqueued twice");
   MOE_CHECK(EverFits(worst_case_positions), "sequence ", seq_id, " can never fit the KV cache");
@@ -18,18 +13,29 @@ void BatchPlanner::Enqueue(uint64_t seq_id, int64_t worst_case_positions) {
   waiting_.push_back(seq_id);
 }
 
-std::vector<uint64_t> BatchPlanner::Admit() {
-  std::vector<uint64_t> admitted;
-  while (!waiting_.empty()) {
-    const uint64_t id = waiting_.front();
-    const int64_t need = blocks_.at(id);
-    if (reserved_ + need > total_blocks_) break;
-    reserved_ += need;
-    waiting_.pop_front();
-    running_.push_back(id);
-    admitted.push_back(id);
+std::optional<uint64_t> BatchPlanner::next_waiting() const {
+  if (waiting_.empty()) return std::nullopt;
+  return waiting_.front();
+}
+
+int64_t BatchPlanner::committed_blocks() const {
+  int64_t committed = kv_.used_blocks();
+  for (uint64_t id : running_) {
+    const int64_t engine_id = static_cast<int64_t>(id);
+    const int64_t held = kv_.HasSequence(engine_id) ? static_cast<int64_t>(kv_.blocks(engine_id).size()) : 0;
+    committed += std::max<int64_t>(0, blocks_.at(id) - held);
   }
-  return admitted;
+  return committed;
+}
+
+bool BatchPlanner::AdmitNext(int64_t shared_blocks_in_use) {
+  if (waiting_.empty()) return false;
+  const uint64_t id = waiting_.front();
+  const int64_t need = blocks_.at(id) - std::max<int64_t>(0, shared_blocks_in_use);
+  if (committed_blocks() + need > kv_.total_blocks()) return false;
+  waiting_.pop_front();
+  running_.push_back(id);
+  return true;
 }
 
 void BatchPlanner::Remove(uint64_t seq_id) {
@@ -37,7 +43,6 @@ void BatchPlanner::Remove(uint64_t seq_id) {
   if (it == blocks_.end()) return;
   if (auto r = std::find(running_.begin(), running_.end(), seq_id); r != running_.end()) {
     running_.erase(r);
-    reserved_ -= it->second;
   } else {
     waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq_id));
   }

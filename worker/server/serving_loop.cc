@@ -27,7 +27,7 @@ ServingLoop::ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, Servi
       inbox_(inbox),
       outbox_(outbox),
       opts_(opts),
-      planner_(engine.kv_blocks().total_blocks(), engine.kv_blocks().block_size()),
+      planner_(engine.kv_blocks()),
       // "Due now" without overflow: a fresh rank heartbeats on its first iteration, so an idle new
       // cluster is not declared lost (time_point::min() overflowed now - last_heartbeat_).
       last_heartbeat_(std::chrono::steady_clock::now() - opts.heartbeat_interval),
@@ -223,16 +223,17 @@ bool ServingLoop::RunOnce() {
     return false;
   }
 
-  for (uint64_t id : planner_.Admit()) {
-    const absl::Status added = engine_.AddSequence(EngineId(id));
+  // Admission, oldest first. With prefix caching a generation's prompt may start with blocks
+  // computed before: it shares them (blocks other sequences hold cost it nothing) and is fed from
+  // there. Scoring wants the logits of every prompt position, so it computes them all.
+  while (const std::optional<uint64_t> next = planner_.next_waiting()) {
+    ServedSequence& s = seqs_.at(*next);
+    const std::span<const int32_t> prompt(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
+    const int64_t shared = s.is_score() ? 0 : engine_.kv_blocks().CachedPrefixBlocksInUse(prompt);
+    if (!planner_.AdmitNext(shared)) break;
+    const absl::Status added = engine_.AddSequence(EngineId(*next));
     MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
-    // With prefix caching a generation's prompt may start with blocks computed before: it is fed
-    // from there. Scoring wants the logits of every prompt position, so it computes them all.
-    ServedSequence& s = seqs_.at(id);
-    if (!s.is_score()) {
-      s.fed = engine_.AttachCachedPrefix(EngineId(id), std::span<const int32_t>(s.assign.prompt().data(),
-                                                                                static_cast<size_t>(s.prompt_size())));
-    }
+    if (!s.is_score()) s.fed = engine_.AttachCachedPrefix(EngineId(*next), prompt);
   }
 
   // This step's chunks.

@@ -8,7 +8,8 @@
 //   1. handle the inbox (Cancel frees the sequence's KV blocks and sends Finished(CANCELLED) at once);
 //   2. all-reduce (MAX) of the stop flag (Shutdown received, or the coordinator stream lost), so that
 //      every rank leaves the loop in the same iteration;
-//   3. admit waiting sequences whose worst case fits the KV cache (see BatchPlanner);
+//   3. admit waiting sequences whose worst case fits the KV cache, blocks shared through prefix
+//      caching counted once (see BatchPlanner);
 //   4. one Engine::Step with each running sequence's next chunk (prefill chunks within
 //      max_batch_tokens, then one token a step);
 //   5. sample (SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
@@ -64,6 +65,7 @@ class ServingLoop {
   int64_t iterations() const { return iterations_; }        // RunOnce calls that took part in the loop
   uint64_t steps() const { return steps_; }                 // engine steps that carried tokens (any rank)
   int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }  // assigned, not finished
+  int64_t num_running() const { return static_cast<int64_t>(planner_.running().size()); }  // admitted to the KV cache
   moe::v1::WorkerStats Stats() const;
 
  private:
