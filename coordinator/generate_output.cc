@@ -10,6 +10,7 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
       request_id_(std::move(request_id)),
       want_logprobs_(job.want_logprobs),
       prompt_tokens_(static_cast<uint32_t>(job.assign.prompt_size())),
+      min_tokens_(job.assign.min_tokens()),
       stop_(job.stop) {
   if (model.tokenizer != nullptr) {
     const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
@@ -56,6 +57,10 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
       }
     }
     if (detok_ == nullptr) continue;
+    if (completion_tokens_ <= min_tokens_) {  // a stop string cannot end the output yet
+      out.mutable_text()->append(detok_->Push(id));
+      continue;
+    }
     StopMatcher::Output text = stop_.Push(detok_->Push(id));
     out.mutable_text()->append(text.text);
     if (text.stopped) {
@@ -68,7 +73,9 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
 
 void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) {
   out.set_request_id(request_id_);
-  if (!stopped_ && detok_ != nullptr) {
+  if (!stopped_ && detok_ != nullptr && completion_tokens_ <= min_tokens_) {
+    out.mutable_text()->append(detok_->Flush());  // the text of tokens a stop string cannot end
+  } else if (!stopped_ && detok_ != nullptr) {
     // The detokenizer's held-back bytes can still complete a stop string.
     StopMatcher::Output text = stop_.Push(detok_->Flush());
     out.mutable_text()->append(text.text);

@@ -1,6 +1,6 @@
 // Turns one sequence's worker results (Tokens, then Finished) into the public stream's messages:
 // UTF-8 safe text deltas (StreamingDetokenizer), stop sequences cut out of the text
-// (StopMatcher), log-probabilities with the text of each alternative, usage and finish reason.
+// (StopMatcher; not in the text of the first min_tokens tokens, as vLLM), log-probabilities with the text of each alternative, usage and finish reason.
 // No I/O: the Generate handler feeds it and writes what it fills in.
 #pragma once
 
@@ -44,6 +44,7 @@ class GenerateOutput {
   bool want_logprobs_;
   uint32_t prompt_tokens_;
   uint32_t completion_tokens_ = 0;
+  uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these
   std::unique_ptr<TextStream> detok_;  // null without a tokenizer
   StopMatcher stop_;
   bool stopped_ = false;

@@ -113,6 +113,28 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   if (s.has_logprobs() && s.logprobs() > vocab) {
     return FieldError("sampling.logprobs", absl::StrCat("exceeds the vocabulary size ", vocab));
   }
+  const float min_p = s.has_min_p() ? s.min_p() : 0.0f;
+  if (!(min_p >= 0.0f && min_p <= 1.0f)) {
+    return FieldError("sampling.min_p", absl::StrCat("must be in [0, 1] (0 = off), got ", min_p));
+  }
+  const float repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
+  if (!(std::isfinite(repetition_penalty) && repetition_penalty > 0.0f)) {
+    return FieldError("sampling.repetition_penalty",
+                      absl::StrCat("must be finite and > 0 (1 = off), got ", repetition_penalty));
+  }
+  const float presence_penalty = s.has_presence_penalty() ? s.presence_penalty() : 0.0f;
+  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f)) {
+    return FieldError("sampling.presence_penalty", absl::StrCat("must be in [-2, 2], got ", presence_penalty));
+  }
+  const float frequency_penalty = s.has_frequency_penalty() ? s.frequency_penalty() : 0.0f;
+  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) {
+    return FieldError("sampling.frequency_penalty", absl::StrCat("must be in [-2, 2], got ", frequency_penalty));
+  }
+  const uint32_t min_tokens = s.has_min_tokens() ? s.min_tokens() : 0;
+  if (min_tokens > max_tokens) {
+    return FieldError("sampling.min_tokens",
+                      absl::StrCat("(", min_tokens, ") exceeds max_tokens (", max_tokens, ")"));
+  }
   MOE_RETURN_IF_ERROR(CheckTokenIds({s.stop_token_ids().data(), static_cast<size_t>(s.stop_token_ids_size())}, vocab,
                                     "sampling.stop_token_ids"));
   GenerateJob job;
@@ -141,6 +163,11 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_ignore_eos(s.ignore_eos());
   *a.mutable_stop_token_ids() = s.stop_token_ids();
   a.set_top_logprobs(s.has_logprobs() ? s.logprobs() : 0);
+  a.set_min_p(min_p);
+  if (repetition_penalty != 1.0f) a.set_repetition_penalty(repetition_penalty);
+  a.set_presence_penalty(presence_penalty);
+  a.set_frequency_penalty(frequency_penalty);
+  a.set_min_tokens(min_tokens);
   job.want_logprobs = s.has_logprobs();
   return job;
 }

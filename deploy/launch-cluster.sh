@@ -166,13 +166,21 @@ wait_exit() {
   return 0
 }
 
-# Collects the exit status of an ended child into STATUS[pid] (bash keeps it for one `wait`;
-# not in a $(...) subshell, which cannot wait for its parent's children).
+# Collects the exit status of an ended child into STATUS[pid] (not in a $(...) subshell, which
+# cannot wait for its parent's children). A trapped signal arriving during `wait` makes it return
+# 128 + the signal at once instead of the child's status (POSIX); bash remembers a reaped child's
+# status, so a second `wait` gives the real one, or the same value when the child did die of a signal.
 declare -A STATUS
 reap() {
   [[ -n "$1" && -z "${STATUS[$1]:-}" ]] || return 0
+  local st
   wait "$1" 2>/dev/null
-  STATUS[$1]=$?
+  st=$?
+  if ((st > 128)); then
+    wait "$1" 2>/dev/null
+    st=$?
+  fi
+  STATUS[$1]=$st
 }
 
 # Kills what is left of a session we created with setsid (its leader's pid is the session id):

@@ -121,6 +121,40 @@ TEST_F(GenerateOutputTest, StopStringIsCutOutWhereverTheTokensSplitIt) {
   }
 }
 
+// min_tokens (as vLLM): a stop string is looked for only in the text after the first min_tokens
+// tokens, so an occurrence completed by one of those tokens does not end the output; the next one
+// (found by plain find() in the rest of the recorded text) does.
+TEST_F(GenerateOutputTest, StopStringsAreLookedForOnlyAfterTheFirstMinTokens) {
+  const Sample& s = samples_[0];
+  const std::string generated = s.greedy_text.substr(s.prompt.size());
+  int checked = 0;
+  for (const std::string& stop : {std::string("\n"), std::string("e"), std::string("RICHARD")}) {
+    const size_t first = generated.find(stop);
+    ASSERT_NE(first, std::string::npos) << stop;
+    // The number of tokens whose text covers the first occurrence: min_tokens skips it.
+    Sample head = s;
+    size_t m = 0;
+    std::string head_text;
+    do {
+      head.greedy_ids.assign(s.greedy_ids.begin(), s.greedy_ids.begin() + static_cast<std::ptrdiff_t>(++m));
+      head_text = Stream(head, Job(head), 1).text;
+    } while (head_text.size() < first + stop.size());
+    const std::string rest = generated.substr(head_text.size());
+    const size_t next = rest.find(stop);
+    const std::string want = next == std::string::npos ? generated : head_text + rest.substr(0, next);
+    GenerateJob job = Job(s, {stop});
+    job.assign.set_min_tokens(static_cast<uint32_t>(m));
+    for (size_t group : {1, 3}) {
+      Streamed r = Stream(s, job, group);
+      EXPECT_EQ(r.text, want) << "stop '" << stop << "' min_tokens " << m << " group " << group;
+      EXPECT_EQ(r.last.finish_reason(), next == std::string::npos ? v1::FINISH_REASON_LENGTH : v1::FINISH_REASON_STOP_SEQUENCE);
+      EXPECT_GT(r.text.size(), first) << "the first occurrence did not end it";
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 3);
+}
+
 TEST_F(GenerateOutputTest, LogprobsCarryTheAlternativesText) {
   const Sample& s = samples_[0];
   RequestModel model{config_, codec_.get()};

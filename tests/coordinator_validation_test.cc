@@ -75,6 +75,11 @@ TEST_F(ValidationTest, TextPromptUsesTheModelTokenizerAndProtoDefaults) {
   EXPECT_EQ(job->assign.top_logprobs(), 0u);
   EXPECT_FALSE(job->want_logprobs);
   EXPECT_EQ(job->reserve_positions(), 2 + 16);
+  EXPECT_FALSE(job->assign.has_repetition_penalty()) << "absent: off";
+  EXPECT_EQ(job->assign.presence_penalty(), 0.0f);
+  EXPECT_EQ(job->assign.frequency_penalty(), 0.0f);
+  EXPECT_EQ(job->assign.min_tokens(), 0u);
+  EXPECT_EQ(job->assign.min_p(), 0.0f);
 }
 
 TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
@@ -89,8 +94,18 @@ TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   s->add_stop_token_ids(2);
   s->set_logprobs(0);  // set to 0: the sampled token's logprob only
   s->set_ignore_eos(true);
+  s->set_min_p(0.1f);
+  s->set_repetition_penalty(1.2f);
+  s->set_presence_penalty(-0.5f);
+  s->set_frequency_penalty(2.0f);
+  s->set_min_tokens(40);
   absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
   ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->assign.min_p(), 0.1f);
+  EXPECT_EQ(job->assign.repetition_penalty(), 1.2f);
+  EXPECT_EQ(job->assign.presence_penalty(), -0.5f);
+  EXPECT_EQ(job->assign.frequency_penalty(), 2.0f);
+  EXPECT_EQ(job->assign.min_tokens(), 40u);
   EXPECT_EQ(job->assign.max_tokens(), 40u);
   EXPECT_EQ(job->assign.temperature(), 0.0f);
   EXPECT_EQ(job->assign.top_k(), 5);
@@ -154,6 +169,18 @@ TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {
   EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop_token_ids(4096); }), "sampling.stop_token_ids[0]"));
   EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop(std::string(2000, 'a')); }), "sampling.stop[0]"));
   EXPECT_TRUE(NamesField(with([](auto& s) { for (int i = 0; i < 65; ++i) s.add_stop("x"); }), "sampling.stop"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_min_p(-0.1f); }), "sampling.min_p"));
+  EXPECT_TRUE(NamesField(with([&](auto& s) { s.set_min_p(nan); }), "sampling.min_p"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_min_p(1.01f); }), "sampling.min_p"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_repetition_penalty(0.0f); }), "sampling.repetition_penalty"));
+  EXPECT_TRUE(NamesField(with([&](auto& s) { s.set_repetition_penalty(inf); }), "sampling.repetition_penalty"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_presence_penalty(2.5f); }), "sampling.presence_penalty"));
+  EXPECT_TRUE(NamesField(with([&](auto& s) { s.set_frequency_penalty(nan); }), "sampling.frequency_penalty"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_frequency_penalty(-3.0f); }), "sampling.frequency_penalty"));
+  const absl::Status min_tokens = with([](auto& s) { s.set_max_tokens(4); s.set_min_tokens(5); });
+  EXPECT_TRUE(NamesField(min_tokens, "sampling.min_tokens"));
+  EXPECT_NE(min_tokens.message().find("exceeds max_tokens (4)"), std::string::npos) << min_tokens;
+  EXPECT_TRUE(with([](auto& s) { s.set_max_tokens(5); s.set_min_tokens(5); s.set_min_p(1.0f); }).ok());
 }
 
 TEST_F(ValidationTest, PromptAndMaxTokensMustFitTheContext) {

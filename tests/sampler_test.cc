@@ -90,7 +90,24 @@ ReferenceKept ReferenceNucleus(const std::vector<float>& logits, const SamplingP
     cum += kept.weights.back() / total;
     if (p.top_p < 1.0f && cum >= p.top_p) break;
   }
+  if (p.min_p > 0.0f) {  // Hugging Face's MinPLogitsWarper: probabilities of what is left, against the top one
+    const double left = std::accumulate(kept.weights.begin(), kept.weights.end(), 0.0);
+    const double top = kept.weights[0] / left;
+    ReferenceKept above;
+    for (size_t i = 0; i < kept.ids.size(); ++i) {
+      if (kept.weights[i] / left >= p.min_p * top) {
+        above.ids.push_back(kept.ids[i]);
+        above.weights.push_back(kept.weights[i]);
+      }
+    }
+    return above;
+  }
   return kept;
+}
+
+SamplingParams WithMinP(SamplingParams p, float min_p) {
+  p.min_p = min_p;
+  return p;
 }
 
 int32_t ReferencePick(const ReferenceKept& kept, double u) {
@@ -321,6 +338,22 @@ TEST(SamplerDistribution, TemperatureTopKTopPCombined) {
   }
 }
 
+TEST(SamplerDistribution, MinPKeepsTokensWithinItsFactorOfTheTopRenormalised) {
+  // kSix at temperature 1: probabilities relative to the top (2.5) are e^(l - 2.5); min_p 0.5
+  // keeps 2.5 and 2.0 (e^-0.5 = 0.61) but not 1.7 (e^-0.8 = 0.45): tokens {1, 3}.
+  const std::vector<double> probs = Softmax(kSix);
+  std::set<int32_t> kept;
+  for (size_t i = 0; i < probs.size(); ++i) {
+    if (probs[i] >= 0.5 * probs[1]) kept.insert(static_cast<int32_t>(i));
+  }
+  ASSERT_EQ(kept, (std::set<int32_t>{1, 3}));
+  const double z = probs[1] + probs[3];
+  const std::vector<double> got = Frequencies(kSix, WithMinP(Params(1.0f), 0.5f), kSteps);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], kept.count(static_cast<int32_t>(i)) ? probs[i] / z : 0.0, kTol) << "token " << i;
+  }
+}
+
 TEST(SamplerDistribution, LargeVocabMatchesSoftmax) {
   // Enough candidates that the selection path (not just the final small sort) is exercised.
   const std::vector<float> logits = RandomLogits(2000, 2.5f, 5);
@@ -350,7 +383,9 @@ TEST(SamplerDistribution, MatchesReferenceTokenForToken) {
   const std::vector<float> logits = RandomLogits(5000, 2.0f, 13);
   const SamplingParams cases[] = {
       Params(1.0f), Params(0.6f, 0, 0.9f, 3), Params(1.5f, 50, 1.0f, 4),
-      Params(0.9f, 400, 0.8f, 5), Params(1.0f, 5000, 0.5f, 6), Params(2.0f, 7, 0.3f, 7)};
+      Params(0.9f, 400, 0.8f, 5), Params(1.0f, 5000, 0.5f, 6), Params(2.0f, 7, 0.3f, 7),
+      WithMinP(Params(1.0f, 0, 1.0f, 8), 0.05f), WithMinP(Params(0.7f, 100, 0.95f, 9), 0.2f),
+      WithMinP(Params(1.2f, 0, 1.0f, 10), 1.0f)};
   for (const SamplingParams& p : cases) {
     const ReferenceKept kept = ReferenceNucleus(logits, p);
     int mismatches = 0;
@@ -359,7 +394,7 @@ TEST(SamplerDistribution, MatchesReferenceTokenForToken) {
     }
     // Summation order differs, so a draw within rounding of a boundary could flip; that is
     // ~1e-12 likely per step, so any mismatch here is a real ordering bug.
-    EXPECT_EQ(mismatches, 0) << "T=" << p.temperature << " k=" << p.top_k << " p=" << p.top_p;
+    EXPECT_EQ(mismatches, 0) << "T=" << p.temperature << " k=" << p.top_k << " p=" << p.top_p << " min_p=" << p.min_p;
   }
 }
 
@@ -444,6 +479,9 @@ TEST(SamplerValidate, RejectsEachBadField) {
   ExpectInvalid(Params(1.0f, 0, -0.5f), "top_p");
   ExpectInvalid(Params(1.0f, 0, 1.01f), "top_p");
   ExpectInvalid(Params(1.0f, 0, kNaN), "top_p");
+  ExpectInvalid(WithMinP(Params(1.0f), -0.1f), "min_p");
+  ExpectInvalid(WithMinP(Params(1.0f), 1.5f), "min_p");
+  ExpectInvalid(WithMinP(Params(1.0f), kNaN), "min_p");
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -593,6 +594,59 @@ TEST_F(WorkerLoopTest, PrefixCachingRunsMoreSequencesAtOnceThatShareTheirPrompts
     EXPECT_EQ(with[id].tokens.size(), 8u) << "sequence " << id;
     EXPECT_EQ(with[id].tokens, without[id].tokens) << "sequence " << id;
   }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Penalties and min_tokens.
+
+// transformers' greedy continuations under penalties (tests/data/golden/make_penalties_golden.py:
+// generate() with repetition_penalty, and min_new_tokens with an extra end id; a torch loop for
+// vLLM's frequency and presence rule), all served at once by one loop: each carries the reference
+// tokens while the reference's margin stays above float32 noise (all of them, at these margins),
+// and a sequence that reached its extra end id after min_tokens ends there with REASON_STOP.
+TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
+  std::ifstream f(kGoldenDir + "/penalties.json");
+  ASSERT_TRUE(f.good()) << "missing " << kGoldenDir << "/penalties.json";
+  const nlohmann::json ref = nlohmann::json::parse(f);
+  const Golden golden = Golden::Load();
+  const uint32_t max_tokens = ref["max_tokens"];
+  LoopHarness h;
+  const nlohmann::json& cases = ref["cases"];
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const nlohmann::json& c = cases[i];
+    Assign a = Greedy(100 + i, golden.prompt(c["prompt"]), max_tokens);
+    if (c.contains("repetition_penalty")) a.set_repetition_penalty(c["repetition_penalty"]);
+    if (c.contains("frequency_penalty")) a.set_frequency_penalty(c["frequency_penalty"]);
+    if (c.contains("presence_penalty")) a.set_presence_penalty(c["presence_penalty"]);
+    if (c.contains("min_tokens")) a.set_min_tokens(c["min_tokens"]);
+    if (c.contains("stop_token_ids")) {
+      for (int32_t id : c["stop_token_ids"]) a.add_stop_token_ids(id);
+    }
+    h.Push(a);
+  }
+  h.RunUntilDone();
+  const auto got = h.out.BySequence();
+  constexpr double kMarginTol = 1e-3;  // float32 engines agree to ~1e-5 on these logits
+  int64_t compared = 0, ended_early = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const nlohmann::json& c = cases[i];
+    const std::string what = std::string(c["case"]) + ", prompt " + std::to_string(int(c["prompt"]));
+    const std::vector<int32_t> want = c["tokens"];
+    const std::vector<double> margins = c["margins"];
+    const RecordingOutbox::Sequence& s = got.at(100 + i);
+    size_t n = 0;
+    while (n < margins.size() && margins[n] >= kMarginTol) ++n;
+    ASSERT_EQ(n, want.size()) << what << ": a reference margin below " << kMarginTol;
+    EXPECT_EQ(s.tokens, want) << what;
+    compared += static_cast<int64_t>(n);
+    ASSERT_TRUE(s.finished.has_value()) << what;
+    if (want.size() < max_tokens) {
+      ++ended_early;
+      EXPECT_EQ(s.finished->reason(), Finished::REASON_STOP) << what;
+    }
+  }
+  EXPECT_GE(ended_early, 1) << "no case reached an end id after min_tokens";
+  EXPECT_GT(compared, 400);
 }
 
 // ----------------------------------------------------------------------------------------------

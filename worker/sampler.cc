@@ -195,6 +195,9 @@ absl::Status SamplingParams::Validate() const {
   if (!(top_p > 0.0f && top_p <= 1.0f)) {  // written so NaN fails too
     return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
   }
+  if (!(min_p >= 0.0f && min_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", min_p));
+  }
   return absl::OkStatus();
 }
 
@@ -212,6 +215,12 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
   if (p.top_p < 1.0f) {
     // Weights are unnormalised, so the threshold scales with their total instead.
     c = Nucleus(c, static_cast<double>(p.top_p) * Mass(c));
+  }
+  if (p.min_p > 0.0f) {
+    // The most probable token has weight exactly 1 (Exponentiate), and top_p keeps it, so the
+    // threshold min_p x its probability is min_p in unnormalised weights.
+    const double floor = p.min_p;
+    std::erase_if(c, [floor](const Candidate& x) { return x.weight < floor; });
   }
   Crossing pick = Locate(c, UniformDraw(p.seed, step) * Mass(c));
   return pick.edge[pick.pos].id;

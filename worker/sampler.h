@@ -15,12 +15,13 @@ struct SamplingParams {
   float temperature = 1.0f;  // 0 => greedy (argmax)
   int32_t top_k = 0;         // 0 => no top-k limit
   float top_p = 1.0f;        // nucleus, in (0, 1]
+  float min_p = 0.0f;        // in [0, 1]: after top_p, drop tokens below min_p x the top probability
   uint64_t seed = 0;
 
   bool greedy() const { return temperature == 0.0f; }
 
   // InvalidArgument naming the offending field: temperature < 0 or not finite, top_k < 0,
-  // top_p not in (0, 1]. Check once where a request enters; SampleToken assumes valid params.
+  // top_p not in (0, 1], min_p not in [0, 1]. Check once where a request enters; SampleToken assumes valid params.
   absl::Status Validate() const;
 };
 
@@ -29,7 +30,8 @@ struct SamplingParams {
 // Otherwise, in the order Hugging Face applies them: divide by temperature; keep the top_k
 // largest (ties to the lower index); softmax in double; keep the smallest prefix of the kept
 // tokens, sorted by probability descending (ties to the lower index), whose cumulative
-// probability reaches top_p (at least one token); renormalise; and pick by inverse CDF with
+// probability reaches top_p (at least one token); drop the tokens whose probability is below
+// min_p times the largest (Hugging Face's MinPLogitsWarper); renormalise; and pick by inverse CDF with
 // u = UniformDraw(seed, step), walking the kept tokens in that sorted order.
 // NaN logits count as -inf; when every logit is -inf the result is the argmax rule's index 0.
 // Expected O(vocab): selection instead of sorting, even for top-p.

@@ -31,6 +31,11 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--temperature", {true, {"generate"}}},
       {"--top-k", {true, {"generate"}}},
       {"--top-p", {true, {"generate"}}},
+      {"--min-p", {true, {"generate"}}},
+      {"--repetition-penalty", {true, {"generate"}}},
+      {"--presence-penalty", {true, {"generate"}}},
+      {"--frequency-penalty", {true, {"generate"}}},
+      {"--min-tokens", {true, {"generate"}}},
       {"--seed", {true, {"generate"}}},
       {"--stop", {true, {"generate"}}},
       {"--stop-token-ids", {true, {"generate"}}},
@@ -110,6 +115,21 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
   } else if (flag == "--top-p") {
     MOE_ASSIGN_OR_RETURN(float x, ParseFloat(flag, v));
     s->set_top_p(x);
+  } else if (flag == "--min-p") {
+    MOE_ASSIGN_OR_RETURN(float x, ParseFloat(flag, v));
+    s->set_min_p(x);
+  } else if (flag == "--repetition-penalty") {
+    MOE_ASSIGN_OR_RETURN(float x, ParseFloat(flag, v));
+    s->set_repetition_penalty(x);
+  } else if (flag == "--presence-penalty") {
+    MOE_ASSIGN_OR_RETURN(float x, ParseFloat(flag, v));
+    s->set_presence_penalty(x);
+  } else if (flag == "--frequency-penalty") {
+    MOE_ASSIGN_OR_RETURN(float x, ParseFloat(flag, v));
+    s->set_frequency_penalty(x);
+  } else if (flag == "--min-tokens") {
+    MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, 0, UINT32_MAX));
+    s->set_min_tokens(static_cast<uint32_t>(x));
   } else if (flag == "--seed") {
     uint64_t x;
     if (!absl::SimpleAtoi(v, &x)) return absl::InvalidArgumentError(absl::StrCat("--seed: expected an unsigned integer, got '", v, "'"));
@@ -216,8 +236,9 @@ std::string ClientUsage() {
   return R"(usage: moe-client [--server HOST:PORT (default 127.0.0.1:50051)] [--timeout S] COMMAND [flags]
 commands:
   generate (--prompt TEXT | --token-ids 1,2,3) [--max-tokens N] [--temperature T] [--top-k K]
-           [--top-p P] [--seed S] [--stop STR]... [--stop-token-ids IDS] [--logprobs N]
-           [--ignore-eos] [--request-id ID] [--json]
+           [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
+           [--frequency-penalty F] [--min-tokens N] [--seed S] [--stop STR]...
+           [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--request-id ID] [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
   score (--context TEXT | --context-ids IDS) (--continuation TEXT | --continuation-ids IDS) [--json]
   score-rolling (--text TEXT | --token-ids IDS) [--json]

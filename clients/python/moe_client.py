@@ -53,8 +53,9 @@ FINISH_REASONS = {
     inference_pb2.FINISH_REASON_ERROR: "error",
 }
 
-_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stop_token_ids", "logprobs",
-                    "ignore_eos")
+_SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
+                    "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
+                    "min_tokens")
 
 
 @dataclasses.dataclass
@@ -126,7 +127,8 @@ class MoeClient:
                  **sampling) -> Iterator["inference_pb2.GenerateResponse"]:
         """Streams GenerateResponse chunks (token_ids, text delta; the last has finish_reason and
         usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
-        top_k, top_p, seed, stop, stop_token_ids, logprobs, ignore_eos. Closing the iterator early
+        top_k, top_p, min_p, seed, stop, stop_token_ids, logprobs, ignore_eos, repetition_penalty,
+        presence_penalty, frequency_penalty, min_tokens. Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")

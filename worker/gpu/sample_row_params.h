@@ -9,7 +9,9 @@
 
 namespace moe::gpu {
 
+// The kernel has no min_p: the serving loop samples such rows on the host (ServingLoop::EngineSamples).
 inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step) {
+  MOE_CHECK(p.min_p == 0.0f, "the GPU sampling kernel has no min_p: sample such rows on the host");
   return SampleRowParams{p.temperature,
                          p.top_k,
                          p.top_p,

@@ -15,8 +15,24 @@ SamplingParams SamplingOf(const moe::v1::Assign& a) {
   p.temperature = a.temperature();
   p.top_k = a.top_k();
   p.top_p = a.top_p();
+  p.min_p = a.min_p();
   p.seed = a.seed();
   return p;
+}
+
+PenaltyParams PenaltiesOf(const moe::v1::Assign& a) {
+  PenaltyParams p;
+  if (a.has_repetition_penalty()) p.repetition_penalty = a.repetition_penalty();
+  p.presence_penalty = a.presence_penalty();
+  p.frequency_penalty = a.frequency_penalty();
+  p.min_tokens = a.min_tokens();
+  return p;
+}
+
+std::vector<int32_t> EndIds(const moe::v1::Assign& a, const ModelConfig& c) {
+  std::vector<int32_t> ids(a.stop_token_ids().begin(), a.stop_token_ids().end());
+  if (!a.ignore_eos()) ids.insert(ids.end(), c.eos_token_ids.begin(), c.eos_token_ids.end());
+  return ids;
 }
 
 absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
@@ -35,7 +51,10 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("prompt: ", a.prompt_size(), " tokens exceed the context of ",
                                                    c.max_position_embeddings));
   }
-  if (a.kind() == moe::v1::Assign::KIND_GENERATE) MOE_RETURN_IF_ERROR(SamplingOf(a).Validate());
+  if (a.kind() == moe::v1::Assign::KIND_GENERATE) {
+    MOE_RETURN_IF_ERROR(SamplingOf(a).Validate());
+    MOE_RETURN_IF_ERROR(PenaltiesOf(a).Validate());
+  }
   return absl::OkStatus();
 }
 

@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "common/status.h"
 #include "moe/v1/cluster.pb.h"
+#include "worker/logits_penalties.h"
 #include "worker/model/config.h"
 #include "worker/sampler.h"
 
@@ -15,6 +17,7 @@ namespace moe {
 struct ServedSequence {
   moe::v1::Assign assign;
   SamplingParams sampling;         // generation only
+  std::optional<LogitsPenalties> penalties;  // generation with penalties or min_tokens
   int64_t fed = 0;                 // positions handed to the engine (prompt chunks, then decode tokens)
   std::vector<int32_t> generated;  // sampled token ids
   moe::v1::Scored scored;          // scoring: logprobs (and is_argmax) gathered chunk by chunk
@@ -35,5 +38,9 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c);
 
 // The sampling parameters of a generation Assign (temperature 0 = greedy).
 SamplingParams SamplingOf(const moe::v1::Assign& a);
+// Its penalties and min_tokens (an absent repetition_penalty is 1, off).
+PenaltyParams PenaltiesOf(const moe::v1::Assign& a);
+// The ids min_tokens holds back: the model's EOS ids unless ignore_eos, and the stop token ids.
+std::vector<int32_t> EndIds(const moe::v1::Assign& a, const ModelConfig& c);
 
 }  // namespace moe

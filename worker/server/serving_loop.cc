@@ -95,7 +95,13 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
     return;
   }
   ServedSequence& s = seqs_[id];
-  if (!s.is_score()) s.sampling = SamplingOf(a);
+  if (!s.is_score()) {
+    s.sampling = SamplingOf(a);
+    if (const PenaltyParams pen = PenaltiesOf(a); pen.any()) {
+      s.penalties.emplace(pen, std::span<const int32_t>(a.prompt().data(), static_cast<size_t>(a.prompt_size())),
+                          EndIds(a, c));
+    }
+  }
   s.scored.set_seq_id(id);
   planner_.Enqueue(id, worst);
 }
@@ -129,7 +135,8 @@ void ServingLoop::HandleInbox() {
 }
 
 std::optional<SampleNext> ServingLoop::EngineSamples(const ServedSequence& s) {
-  if (s.is_score() || s.assign.top_logprobs() > 0) return std::nullopt;  // those need the whole row
+  // Those need the whole row: scoring, top alternatives, penalties, and min_p (not in the GPU's kernel).
+  if (s.is_score() || s.assign.top_logprobs() > 0 || s.penalties || s.sampling.min_p > 0.0f) return std::nullopt;
   return SampleNext{s.sampling, static_cast<uint64_t>(s.generated.size())};
 }
 
@@ -143,7 +150,13 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   int32_t tok = pick.token;
   float logprob = pick.token_logprob;
   if (!logits.empty()) {
-    tok = SampleToken(logits, s.sampling, static_cast<uint64_t>(s.generated.size()));
+    if (s.penalties) {  // sampled from the adjusted row; the logprob stays the model's
+      adjusted_.assign(logits.begin(), logits.end());
+      s.penalties->Apply(adjusted_);
+      tok = SampleToken(adjusted_, s.sampling, static_cast<uint64_t>(s.generated.size()));
+    } else {
+      tok = SampleToken(logits, s.sampling, static_cast<uint64_t>(s.generated.size()));
+    }
     logprobs_.Compute(logits);
     logprob = logprobs_.logprob(tok);
   }
@@ -151,6 +164,7 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   t->add_logprobs(logprob);
   if (!logits.empty() && a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
   s.generated.push_back(tok);
+  if (s.penalties) s.penalties->Add(tok);
   outbox_.Send(std::move(m));
 
   // The same stopping rule as GenerateAll, plus stop token ids.

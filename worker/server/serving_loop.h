@@ -26,6 +26,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "moe/v1/cluster.pb.h"
 #include "worker/step_engine.h"
@@ -92,6 +93,7 @@ class ServingLoop {
   BatchPlanner planner_;
   std::map<uint64_t, ServedSequence> seqs_;
   TokenLogprobs logprobs_;
+  std::vector<float> adjusted_;  // a logits row after a sequence's penalties
 
   StopReason local_stop_ = StopReason::kNone;
   StopReason stop_ = StopReason::kNone;

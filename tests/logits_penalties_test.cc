@@ -1,0 +1,107 @@
+// LogitsPenalties worked by hand on small rows: the values each rule gives (float arithmetic as
+// Hugging Face's RepetitionPenaltyLogitsProcessor and vLLM's frequency / presence rule compute
+// them), which ids each touches, and min_tokens' end ids.
+#include "worker/logits_penalties.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace moe {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+TEST(LogitsPenaltiesTest, RepetitionDividesPositiveAndMultipliesNegativeLogitsOfPromptAndOutputIdsOnce) {
+  PenaltyParams p;
+  p.repetition_penalty = 2.0f;
+  // Prompt ids 1 and 3 (3 twice: it still counts once), output id 4 later.
+  LogitsPenalties pen(p, std::vector<int32_t>{1, 3, 3}, {});
+  std::vector<float> row = {1.0f, 3.0f, -2.0f, -1.5f, 0.5f, 0.0f};
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{1.0f, 1.5f, -2.0f, -3.0f, 0.5f, 0.0f}));
+  pen.Add(4);
+  pen.Add(5);  // a zero logit stays zero
+  row = {1.0f, 3.0f, -2.0f, -1.5f, 0.5f, 0.0f};
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{1.0f, 1.5f, -2.0f, -3.0f, 0.25f, 0.0f}));
+}
+
+TEST(LogitsPenaltiesTest, FrequencyCountsOutputOccurrencesAndPresenceCountsOnceNotThePrompt) {
+  PenaltyParams p;
+  p.frequency_penalty = 0.5f;
+  p.presence_penalty = 0.25f;
+  LogitsPenalties pen(p, std::vector<int32_t>{0, 1}, {});
+  std::vector<float> row = {1.0f, 1.0f, 1.0f, 1.0f};
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{1.0f, 1.0f, 1.0f, 1.0f})) << "nothing generated yet; the prompt does not count";
+  for (int32_t t : {2, 3, 2, 2}) pen.Add(t);
+  row = {1.0f, 1.0f, 1.0f, 1.0f};
+  pen.Apply(row);
+  // id 2: 1 - 0.5 * 3 - 0.25 = -0.75; id 3: 1 - 0.5 - 0.25 = 0.25.
+  EXPECT_EQ(row, (std::vector<float>{1.0f, 1.0f, -0.75f, 0.25f}));
+}
+
+TEST(LogitsPenaltiesTest, NegativePenaltiesRewardRepeats) {
+  PenaltyParams p;
+  p.frequency_penalty = -1.0f;
+  p.presence_penalty = -2.0f;
+  LogitsPenalties pen(p, {}, {});
+  pen.Add(1);
+  std::vector<float> row = {0.0f, 0.0f};
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{0.0f, 3.0f}));
+}
+
+TEST(LogitsPenaltiesTest, MinTokensHoldsBackTheEndIdsUntilThatManyWereGenerated) {
+  PenaltyParams p;
+  p.min_tokens = 2;
+  LogitsPenalties pen(p, std::vector<int32_t>{5}, {2, 7, 99});  // 99 outside this row: ignored
+  const std::vector<float> fresh = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
+  for (int generated = 0; generated < 3; ++generated) {
+    std::vector<float> row = fresh;
+    pen.Apply(row);
+    for (size_t i = 0; i < row.size(); ++i) {
+      const bool held = generated < 2 && (i == 2 || i == 7);
+      EXPECT_EQ(row[i], held ? kNegInf : fresh[i]) << "id " << i << " after " << generated << " tokens";
+    }
+    pen.Add(4);
+  }
+}
+
+TEST(LogitsPenaltiesTest, RulesApplyInVllmsOrderRepetitionThenFrequencyThenPresence) {
+  PenaltyParams p;
+  p.repetition_penalty = 2.0f;
+  p.frequency_penalty = 1.0f;
+  p.presence_penalty = 0.5f;
+  LogitsPenalties pen(p, {}, {});
+  pen.Add(0);
+  std::vector<float> row = {3.0f, -1.0f};
+  pen.Apply(row);
+  EXPECT_EQ(row[0], 3.0f / 2.0f - 1.0f - 0.5f);  // 0; the other order would give (3 - 1.5) / 2
+  EXPECT_EQ(row[1], -1.0f);
+}
+
+TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
+  EXPECT_TRUE(PenaltyParams{}.Validate().ok());
+  EXPECT_FALSE(PenaltyParams{}.any());
+  const auto bad = [](PenaltyParams p, const std::string& field) {
+    const absl::Status s = p.Validate();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_NE(std::string(s.message()).find(field), std::string::npos) << s.message();
+  };
+  bad({.repetition_penalty = 0.0f}, "repetition_penalty");
+  bad({.repetition_penalty = -1.0f}, "repetition_penalty");
+  bad({.repetition_penalty = std::nanf("")}, "repetition_penalty");
+  bad({.presence_penalty = 2.5f}, "presence_penalty");
+  bad({.frequency_penalty = -2.01f}, "frequency_penalty");
+  bad({.frequency_penalty = std::nanf("")}, "frequency_penalty");
+  EXPECT_TRUE((PenaltyParams{.presence_penalty = -2.0f, .frequency_penalty = 2.0f}).Validate().ok());
+  EXPECT_TRUE((PenaltyParams{.min_tokens = 1}).any());
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,60 @@
+#include "worker/logits_penalties.h"
+
+#include <cmath>
+#include <limits>
+#include <utility>
+
+namespace moe {
+namespace {
+
+bool InPenaltyRange(float x) { return x >= -2.0f && x <= 2.0f; }  // false for NaN
+
+}  // namespace
+
+absl::Status PenaltyParams::Validate() const {
+  if (!(std::isfinite(repetition_penalty) && repetition_penalty > 0.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("repetition_penalty must be finite and > 0 (1 = off), got ", repetition_penalty));
+  }
+  if (!InPenaltyRange(presence_penalty)) {
+    return absl::InvalidArgumentError(absl::StrCat("presence_penalty must be in [-2, 2], got ", presence_penalty));
+  }
+  if (!InPenaltyRange(frequency_penalty)) {
+    return absl::InvalidArgumentError(absl::StrCat("frequency_penalty must be in [-2, 2], got ", frequency_penalty));
+  }
+  return absl::OkStatus();
+}
+
+LogitsPenalties::LogitsPenalties(const PenaltyParams& p, std::span<const int32_t> prompt, std::vector<int32_t> end_ids)
+    : p_(p), end_ids_(std::move(end_ids)) {
+  if (p_.repetition_penalty != 1.0f) seen_.insert(prompt.begin(), prompt.end());
+}
+
+void LogitsPenalties::Add(int32_t token) {
+  ++generated_;
+  if (p_.repetition_penalty != 1.0f) seen_.insert(token);
+  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) ++in_output_[token];
+}
+
+void LogitsPenalties::Apply(std::span<float> logits) const {
+  const auto in_vocab = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < logits.size(); };
+  if (generated_ < p_.min_tokens) {
+    for (int32_t id : end_ids_) {
+      if (in_vocab(id)) logits[static_cast<size_t>(id)] = -std::numeric_limits<float>::infinity();
+    }
+  }
+  const float r = p_.repetition_penalty;
+  for (int32_t id : seen_) {
+    if (!in_vocab(id)) continue;
+    float& l = logits[static_cast<size_t>(id)];
+    l = l < 0.0f ? l * r : l / r;
+  }
+  for (const auto& [id, n] : in_output_) {
+    if (!in_vocab(id)) continue;
+    float& l = logits[static_cast<size_t>(id)];
+    l -= p_.frequency_penalty * static_cast<float>(n);  // two steps, in float, as vLLM's
+    l -= p_.presence_penalty;
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,60 @@
+// Adjustments of a generation's raw logits before sampling, as vLLM applies them (and, for the two
+// Hugging Face has, as its logits processors do): min_tokens, then the repetition penalty, then the
+// frequency and presence penalties. Temperature, top-k, top-p and min-p follow in SampleToken.
+//
+// - min_tokens: while fewer tokens than this were generated, the end ids (EOS unless ignore_eos,
+//   and the request's stop token ids) get -inf (MinNewTokensLengthLogitsProcessor).
+// - repetition_penalty r: each distinct id of the prompt and the output so far has its logit
+//   divided by r when positive, multiplied by r when negative (RepetitionPenaltyLogitsProcessor,
+//   in float as there).
+// - frequency_penalty f and presence_penalty p (OpenAI's): an id that occurs n > 0 times in the
+//   output loses f * n + p.
+//
+// The state is per sequence and grows with its output, so a step costs O(distinct ids seen), not
+// O(prompt + output).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "common/status.h"
+
+namespace moe {
+
+struct PenaltyParams {
+  float repetition_penalty = 1.0f;  // > 0; 1 = off
+  float presence_penalty = 0.0f;    // [-2, 2]
+  float frequency_penalty = 0.0f;   // [-2, 2]
+  uint32_t min_tokens = 0;
+
+  // Whether any of them changes a logit.
+  bool any() const {
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f || min_tokens > 0;
+  }
+  // InvalidArgument naming the field: repetition_penalty not finite and > 0; a presence or
+  // frequency penalty outside [-2, 2] (or NaN).
+  absl::Status Validate() const;
+};
+
+class LogitsPenalties {
+ public:
+  // `end_ids`: the ids min_tokens holds back. Params must be valid.
+  LogitsPenalties(const PenaltyParams& p, std::span<const int32_t> prompt, std::vector<int32_t> end_ids);
+
+  // Adjusts `logits` (one row over the vocabulary, ids outside it ignored) for the next token.
+  void Apply(std::span<float> logits) const;
+  // The token just generated.
+  void Add(int32_t token);
+
+ private:
+  PenaltyParams p_;
+  std::vector<int32_t> end_ids_;
+  std::unordered_set<int32_t> seen_;               // distinct ids of the prompt and the output
+  std::unordered_map<int32_t, int32_t> in_output_;  // id -> occurrences in the output
+  uint32_t generated_ = 0;
+};
+
+}  // namespace moe
