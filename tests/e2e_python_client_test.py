@@ -102,6 +102,15 @@ class PythonClientEndToEnd(unittest.TestCase):
             self.client.generate_text("ROMEO:", top_p=1.5)
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("top_p", e.exception.details())
+        with self.assertRaises(grpc.RpcError) as e:
+            self.client.generate_text("ROMEO:", repetition_penalty=0.0)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("sampling.repetition_penalty", e.exception.details())
+        # The penalty keywords reach the server: min_tokens past the EOS-free length still ends at max_tokens.
+        full = self.client.generate_full("ROMEO:", max_tokens=6, min_tokens=6, temperature=0, repetition_penalty=1.3,
+                                         presence_penalty=0.5, frequency_penalty=0.5, min_p=0.1)
+        self.assertEqual(len(full.token_ids), 6)
+        self.assertEqual(full.finish_reason, "length")
 
         # Leaving the stream early cancels the request; its KV blocks come back.
         stream = self.client.generate("ROMEO:", max_tokens=3000, ignore_eos=True, temperature=0)
@@ -149,6 +158,14 @@ class PythonClientEndToEnd(unittest.TestCase):
         self.assertIn("top_p", r.stderr)
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--top-p", "high")
         self.assertEqual(r.returncode, 2, r.stderr)
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "2", "--min-tokens", "5")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sampling.min_tokens", r.stderr)
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "5", "--min-tokens", "5",
+                            "--temperature", "0", "--repetition-penalty", "1.3", "--presence-penalty", "0.2",
+                            "--frequency-penalty", "0.2", "--min-p", "0.05", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(json.loads(r.stdout.strip().splitlines()[-1])["token_ids"]), 5)
 
     def test_z_sigint_shuts_down_cleanly(self):
         c = self.cluster
