@@ -1,5 +1,7 @@
 #include "coordinator/inference_service.h"
 
+#include <map>
+#include <memory>
 #include <optional>
 #include <unordered_map>
 
@@ -72,53 +74,79 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   const Clock::time_point arrival = Clock::now();
   absl::StatusOr<GenerateJob> job = ValidateGenerate(*request, model_);
   if (!job.ok()) return ToGrpcStatus(job.status());
+  const uint32_t n = job->n;
+  const absl::Status fits = CheckQueueCapacity(n, state_.setup().limits.max_waiting, "sampling.n");
+  if (!fits.ok()) return ToGrpcStatus(fits);
+  std::vector<SeqSubmission> seqs;
+  for (uint32_t i = 0; i < n; ++i) seqs.push_back({job->CompletionAssign(i), job->reserve_positions()});
   auto mailbox = std::make_shared<Mailbox>();
-  absl::StatusOr<std::vector<uint64_t>> ids = state_.Submit({{job->assign, job->reserve_positions()}}, mailbox);
+  absl::StatusOr<std::vector<uint64_t>> ids = state_.Submit(std::move(seqs), mailbox);
   if (!ids.ok()) return ToGrpcStatus(ids.status());
-  const uint64_t seq = ids->front();
-  stats_.AddPromptTokens(job->assign.prompt_size());
-  GenerateOutput out(*job, model_, request->request_id().empty() ? absl::StrCat("req-", seq) : request->request_id());
+  stats_.AddPromptTokens(static_cast<int64_t>(job->assign.prompt_size()) * n);
+  const std::string request_id = request->request_id().empty() ? absl::StrCat("req-", ids->front()) : request->request_id();
 
-  auto end = [&](v1::FinishReason reason, grpc::Status status) {
-    stats_.CountFinished(reason);
+  // One output per completion; a completion is done once its finish reason is known.
+  std::vector<std::unique_ptr<GenerateOutput>> outs;
+  std::unordered_map<uint64_t, uint32_t> index_of;
+  for (uint32_t i = 0; i < n; ++i) {
+    outs.push_back(std::make_unique<GenerateOutput>(*job, model_, request_id));
+    index_of[(*ids)[i]] = i;
+  }
+  std::vector<std::optional<v1::FinishReason>> finished(n);
+  uint32_t remaining = n;
+  auto cancel_rest = [&] {
+    for (uint32_t i = 0; i < n; ++i) {
+      if (!finished[i]) state_.Cancel((*ids)[i]);
+    }
+  };
+  // Counts every completion's finish reason (`unfinished` for those cut short) and the latency.
+  auto end = [&](v1::FinishReason unfinished, grpc::Status status) {
+    for (const std::optional<v1::FinishReason>& r : finished) stats_.CountFinished(r.value_or(unfinished));
     stats_.ObserveRequestLatency(SecondsSince(arrival));
     return status;
   };
   std::optional<Clock::time_point> last_tokens_at;
-  while (true) {
+  while (remaining > 0) {
     std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);
     if (context->IsCancelled()) {  // the client cancelled or its deadline passed
-      state_.Cancel(seq);
+      cancel_rest();
       return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled"));
     }
-    v1::GenerateResponse response;
-    std::optional<v1::FinishReason> done;
+    std::map<uint32_t, v1::GenerateResponse> responses;  // this round's message per completion
+    auto finish = [&](uint32_t i, v1::FinishReason reason) {
+      outs[i]->Finish(reason, responses[i]);
+      finished[i] = reason;
+      --remaining;
+    };
     for (const SeqEvent& e : events) {
-      if (!e.failure.ok()) return end(v1::FINISH_REASON_ERROR, ToGrpcStatus(e.failure));
+      if (!e.failure.ok()) {
+        cancel_rest();
+        return end(v1::FINISH_REASON_ERROR, ToGrpcStatus(e.failure));
+      }
+      const uint32_t i = index_of.at(e.seq_id);
+      if (finished[i]) continue;  // what a stopped completion's worker sent before its cancel
       if (e.message.has_tokens()) {
-        absl::StatusOr<bool> stopped = out.AddTokens(e.message.tokens(), response);
+        absl::StatusOr<bool> stopped = outs[i]->AddTokens(e.message.tokens(), responses[i]);
         if (!stopped.ok()) {
-          state_.Cancel(seq);
+          cancel_rest();
           return end(v1::FINISH_REASON_ERROR, ToGrpcStatus(stopped.status()));
         }
         if (*stopped) {
-          state_.Cancel(seq);  // the worker would otherwise go on to max_tokens
-          done = v1::FINISH_REASON_STOP_SEQUENCE;
-          break;
+          state_.Cancel(e.seq_id);  // the worker would otherwise go on to max_tokens
+          finish(i, v1::FINISH_REASON_STOP_SEQUENCE);
         }
       } else if (e.message.has_finished()) {
         const v1::Finished& f = e.message.finished();
         if (f.reason() == v1::Finished::REASON_ERROR) {
+          cancel_rest();
           return end(v1::FINISH_REASON_ERROR,
                      grpc::Status(grpc::StatusCode::INTERNAL, absl::StrCat("worker error: ", f.error())));
         }
-        done = PublicFinishReason(f.reason());
-        break;
+        finish(i, PublicFinishReason(f.reason()));
       }
     }
-    const int new_tokens = response.token_ids_size();
-    if (done) out.Finish(*done, response);
-    if (new_tokens == 0 && !done) continue;
+    int new_tokens = 0;
+    for (const auto& [i, response] : responses) new_tokens += response.token_ids_size();
     if (new_tokens > 0) {
       const Clock::time_point now = Clock::now();
       if (!last_tokens_at) {
@@ -131,12 +159,16 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
       last_tokens_at = now;
       stats_.AddGenerationTokens(new_tokens, now);
     }
-    if (!writer->Write(response)) {
-      state_.Cancel(seq);
-      return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+    for (auto& [i, response] : responses) {
+      if (response.token_ids_size() == 0 && response.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
+      response.set_index(i);
+      if (!writer->Write(response)) {
+        cancel_rest();
+        return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      }
     }
-    if (done) return end(*done, grpc::Status::OK);
   }
+  return end(v1::FINISH_REASON_UNSPECIFIED, grpc::Status::OK);
 }
 
 absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::ServerContext* context,

@@ -135,9 +135,14 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
     return FieldError("sampling.min_tokens",
                       absl::StrCat("(", min_tokens, ") exceeds max_tokens (", max_tokens, ")"));
   }
+  const uint32_t n = s.has_n() ? s.n() : 1;
+  if (n < 1 || n > kMaxCompletions) {
+    return FieldError("sampling.n", absl::StrCat("must be in [1, ", kMaxCompletions, "], got ", n));
+  }
   MOE_RETURN_IF_ERROR(CheckTokenIds({s.stop_token_ids().data(), static_cast<size_t>(s.stop_token_ids_size())}, vocab,
                                     "sampling.stop_token_ids"));
   GenerateJob job;
+  job.n = n;
   if (s.stop_size() > kMaxStopStrings) {
     return FieldError("sampling.stop", absl::StrCat("at most ", kMaxStopStrings, " stop strings, got ", s.stop_size()));
   }

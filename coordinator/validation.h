@@ -25,6 +25,7 @@ struct RequestModel {
 
 inline constexpr uint32_t kDefaultMaxTokens = 16;
 inline constexpr uint32_t kMaxLogprobs = 20;
+inline constexpr uint32_t kMaxCompletions = 64;  // SamplingParams.n
 inline constexpr size_t kMaxRequestIdLength = 256;
 // Stop strings are matched on every text delta: bounded so that matching stays cheap.
 inline constexpr int kMaxStopStrings = 64;
@@ -51,7 +52,14 @@ struct GenerateJob {
   v1::Assign assign;              // kind, prompt and sampling filled; seq_id is the scheduler's
   std::vector<std::string> stop;  // stop strings, matched on the generated text
   bool want_logprobs = false;     // SamplingParams.logprobs was set
+  uint32_t n = 1;                 // completions; completion i runs `assign` with seed + i
   int64_t reserve_positions() const { return assign.prompt_size() + assign.max_tokens(); }
+  // The assignment of completion i.
+  v1::Assign CompletionAssign(uint32_t i) const {
+    v1::Assign a = assign;
+    a.set_seed(assign.seed() + i);
+    return a;
+  }
 };
 
 absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request, const RequestModel& model);

@@ -80,6 +80,7 @@ TEST_F(ValidationTest, TextPromptUsesTheModelTokenizerAndProtoDefaults) {
   EXPECT_EQ(job->assign.frequency_penalty(), 0.0f);
   EXPECT_EQ(job->assign.min_tokens(), 0u);
   EXPECT_EQ(job->assign.min_p(), 0.0f);
+  EXPECT_EQ(job->n, 1u);
 }
 
 TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
@@ -106,6 +107,7 @@ TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   EXPECT_EQ(job->assign.presence_penalty(), -0.5f);
   EXPECT_EQ(job->assign.frequency_penalty(), 2.0f);
   EXPECT_EQ(job->assign.min_tokens(), 40u);
+  EXPECT_EQ(job->n, 1u);
   EXPECT_EQ(job->assign.max_tokens(), 40u);
   EXPECT_EQ(job->assign.temperature(), 0.0f);
   EXPECT_EQ(job->assign.top_k(), 5);
@@ -181,6 +183,25 @@ TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {
   EXPECT_TRUE(NamesField(min_tokens, "sampling.min_tokens"));
   EXPECT_NE(min_tokens.message().find("exceeds max_tokens (4)"), std::string::npos) << min_tokens;
   EXPECT_TRUE(with([](auto& s) { s.set_max_tokens(5); s.set_min_tokens(5); s.set_min_p(1.0f); }).ok());
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_n(0); }), "sampling.n"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_n(65); }), "sampling.n"));
+  EXPECT_TRUE(with([](auto& s) { s.set_n(64); }).ok());
+}
+
+TEST_F(ValidationTest, CompletionIOfNSamplesWithSeedPlusI) {
+  v1::GenerateRequest r = Ids({5, 6});
+  r.mutable_sampling()->set_n(3);
+  r.mutable_sampling()->set_seed(40);
+  r.mutable_sampling()->set_temperature(0.7f);
+  absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->n, 3u);
+  for (uint32_t i = 0; i < 3; ++i) {
+    const v1::Assign a = job->CompletionAssign(i);
+    EXPECT_EQ(a.seed(), 40u + i);
+    EXPECT_EQ(a.temperature(), 0.7f);
+    EXPECT_EQ(a.prompt_size(), 2);
+  }
 }
 
 TEST_F(ValidationTest, PromptAndMaxTokensMustFitTheContext) {

@@ -111,6 +111,14 @@ class PythonClientEndToEnd(unittest.TestCase):
                                          presence_penalty=0.5, frequency_penalty=0.5, min_p=0.1)
         self.assertEqual(len(full.token_ids), 6)
         self.assertEqual(full.finish_reason, "length")
+        # n completions, in index order: greedy ones are all the greedy continuation.
+        one = self.client.generate_full("ROMEO:", max_tokens=8, temperature=0)
+        choices = self.client.generate_choices("ROMEO:", max_tokens=8, temperature=0, n=3)
+        self.assertEqual([c.index for c in choices], [0, 1, 2])
+        for c in choices:
+            self.assertEqual((c.token_ids, c.text, c.finish_reason), (one.token_ids, one.text, one.finish_reason))
+        with self.assertRaises(TypeError):
+            self.client.generate_full("ROMEO:", n=2)
 
         # Leaving the stream early cancels the request; its KV blocks come back.
         stream = self.client.generate("ROMEO:", max_tokens=3000, ignore_eos=True, temperature=0)
@@ -166,6 +174,15 @@ class PythonClientEndToEnd(unittest.TestCase):
                             "--frequency-penalty", "0.2", "--min-p", "0.05", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(len(json.loads(r.stdout.strip().splitlines()[-1])["token_ids"]), 5)
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "4", "--temperature", "0.8",
+                            "--seed", "3", "--n", "2", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual([c["index"] for c in out["choices"]], [0, 1])
+        self.assertTrue(all(len(c["token_ids"]) == 4 or c["finish_reason"] == "stop" for c in out["choices"]))
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--n", "0")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sampling.n", r.stderr)
 
     def test_z_sigint_shuts_down_cleanly(self):
         c = self.cluster

@@ -3,8 +3,10 @@
 // transformers' greedy tokens under the same penalties (tests/data/golden/tiny/penalties.json, from
 // make_penalties_golden.py), ending where transformers ended (an extra end id after min_tokens);
 // min_p = 1 at temperature 1 keeps only the most probable token, so it samples transformers' plain
-// greedy continuation (expected.json); bad values are refused naming the field.
+// greedy continuation (expected.json); bad values are refused naming the field; n completions are
+// each what a single request with seed + i gives.
 #include <fstream>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +24,35 @@ namespace moe::e2e {
 namespace {
 
 using nlohmann::json;
+
+// A Generate stream of `n` completions, read to its end, folded per index.
+struct ChoicesOutcome {
+  std::vector<client::GenerationResult> choices;
+  absl::Status status;
+};
+ChoicesOutcome RunChoices(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, uint32_t n) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(120));
+  ChoicesOutcome o;
+  o.choices.resize(n);
+  auto reader = stub.Generate(&ctx, req);
+  moe::v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.index() >= n) {
+      o.status = absl::InternalError(absl::StrCat("completion index ", msg.index(), " of ", n));
+      ctx.TryCancel();
+      reader->Finish();
+      return o;
+    }
+    o.choices[msg.index()].Add(msg);
+  }
+  const grpc::Status s = reader->Finish();
+  if (!s.ok()) o.status = absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+  for (uint32_t i = 0; i < n && o.status.ok(); ++i) {
+    if (!o.choices[i].finished()) o.status = absl::InternalError(absl::StrCat("completion ", i, " never finished"));
+  }
+  return o;
+}
 
 TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersTokens) {
   testing_ref::SetMpiTestEnvironment();
@@ -97,6 +128,38 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
   ASSERT_TRUE(after.status.ok()) << after.status;
   const std::vector<int32_t> greedy1 = golden.greedy(1);
   EXPECT_EQ(after.result.token_ids, std::vector<int32_t>(greedy1.begin(), greedy1.begin() + 4));
+
+  // n completions: greedy ones all carry transformers' tokens; sampled ones, completion i, the
+  // tokens of a single request with seed + i.
+  {
+    moe::v1::GenerateRequest r = GreedyTokenRequest(golden.prompt(2), max_tokens);
+    r.mutable_sampling()->set_n(3);
+    const ChoicesOutcome o = RunChoices(*stub, r, 3);
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(o.choices[i].token_ids, golden.greedy(2)) << "completion " << i;
+  }
+  {
+    moe::v1::GenerateRequest r = GreedyTokenRequest(golden.prompt(3), 12);
+    r.mutable_sampling()->set_temperature(1.0f);
+    r.mutable_sampling()->set_top_k(20);
+    r.mutable_sampling()->set_seed(11);
+    r.mutable_sampling()->set_n(4);
+    const ChoicesOutcome o = RunChoices(*stub, r, 4);
+    ASSERT_TRUE(o.status.ok()) << o.status;
+    std::set<std::vector<int32_t>> distinct;
+    for (uint32_t i = 0; i < 4; ++i) {
+      moe::v1::GenerateRequest single = r;
+      single.mutable_sampling()->clear_n();
+      single.mutable_sampling()->set_seed(11 + i);
+      const StreamOutcome one = RunGenerate(*stub, single, 60);
+      ASSERT_TRUE(one.status.ok()) << one.status;
+      EXPECT_EQ(o.choices[i].token_ids, one.result.token_ids) << "completion " << i;
+      EXPECT_EQ(o.choices[i].token_ids.size(), 12u);
+      EXPECT_EQ(o.choices[i].usage.completion_tokens(), 12u);
+      distinct.insert(o.choices[i].token_ids);
+    }
+    EXPECT_GT(distinct.size(), 1u) << "different seeds, the same tokens every time";
+  }
 
   const Cluster::ExitStatus stopped = cluster.Stop(Seconds(30));
   EXPECT_EQ(stopped.coordinator, 0);

@@ -36,6 +36,7 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--presence-penalty", {true, {"generate"}}},
       {"--frequency-penalty", {true, {"generate"}}},
       {"--min-tokens", {true, {"generate"}}},
+      {"--n", {true, {"generate"}}},
       {"--seed", {true, {"generate"}}},
       {"--stop", {true, {"generate"}}},
       {"--stop-token-ids", {true, {"generate"}}},
@@ -130,6 +131,9 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
   } else if (flag == "--min-tokens") {
     MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, 0, UINT32_MAX));
     s->set_min_tokens(static_cast<uint32_t>(x));
+  } else if (flag == "--n") {
+    MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, 0, UINT32_MAX));
+    s->set_n(static_cast<uint32_t>(x));
   } else if (flag == "--seed") {
     uint64_t x;
     if (!absl::SimpleAtoi(v, &x)) return absl::InvalidArgumentError(absl::StrCat("--seed: expected an unsigned integer, got '", v, "'"));
@@ -237,9 +241,11 @@ std::string ClientUsage() {
 commands:
   generate (--prompt TEXT | --token-ids 1,2,3) [--max-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
-           [--frequency-penalty F] [--min-tokens N] [--seed S] [--stop STR]...
+           [--frequency-penalty F] [--min-tokens N] [--n N] [--seed S] [--stop STR]...
            [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--request-id ID] [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
+      (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;
+      JSON {"request_id", "choices": [... each with "index"]})
   score (--context TEXT | --context-ids IDS) (--continuation TEXT | --continuation-ids IDS) [--json]
   score-rolling (--text TEXT | --token-ids IDS) [--json]
   tokenize --text TEXT [--add-bos | --no-bos] [--json]

@@ -45,20 +45,34 @@ absl::Status Generate(Stub& stub, const ClientOptions& o) {
   grpc::ClientContext ctx;
   SetDeadline(ctx, o.timeout_s);
   auto reader = stub.Generate(&ctx, req);
-  GenerationResult result;
+  const uint32_t n = o.sampling.has_n() ? o.sampling.n() : 1;
+  std::vector<GenerationResult> results(n);  // per completion (index)
   moe::v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
-    result.Add(msg);
-    if (!msg.text().empty()) {
+    if (msg.index() >= n) return absl::InternalError(absl::StrCat("the server sent completion ", msg.index(), " of ", n));
+    results[msg.index()].Add(msg);
+    if (n == 1 && !msg.text().empty()) {  // one completion streams; several print once done
       std::fwrite(msg.text().data(), 1, msg.text().size(), stdout);
       std::fflush(stdout);
     }
   }
   const absl::Status status = FromGrpc(reader->Finish());
+  if (n > 1 && status.ok() && !o.json) {
+    for (uint32_t i = 0; i < n; ++i) std::printf("--- completion %u ---\n%s\n", i, results[i].text.c_str());
+  }
   // End the streamed text with a newline so a JSON line or the shell prompt starts a line.
-  if (!result.text.empty() && result.text.back() != '\n') std::fputc('\n', stdout);
+  if (n == 1 && !results[0].text.empty() && results[0].text.back() != '\n') std::fputc('\n', stdout);
   MOE_RETURN_IF_ERROR(status);
-  if (o.json) std::cout << result.ToJson(o.sampling.has_logprobs() && o.sampling.logprobs() > 0).dump() << "\n";
+  const bool with_logprobs = o.sampling.has_logprobs() && o.sampling.logprobs() > 0;
+  if (o.json && n == 1) std::cout << results[0].ToJson(with_logprobs).dump() << "\n";
+  if (o.json && n > 1) {
+    nlohmann::json choices = nlohmann::json::array();
+    for (uint32_t i = 0; i < n; ++i) {
+      choices.push_back(results[i].ToJson(with_logprobs));
+      choices.back()["index"] = i;
+    }
+    std::cout << nlohmann::json{{"request_id", results[0].request_id}, {"choices", choices}}.dump() << "\n";
+  }
   return absl::OkStatus();
 }
 

@@ -55,7 +55,7 @@ FINISH_REASONS = {
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                    "min_tokens")
+                    "min_tokens", "n")
 
 
 @dataclasses.dataclass
@@ -68,6 +68,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list = dataclasses.field(default_factory=list)  # inference_pb2.TokenLogprob, when asked
+    index: int = 0  # which of the request's n completions
 
 
 def make_prompt(value: TextOrIds, field: str = "prompt") -> "inference_pb2.Prompt":
@@ -128,7 +129,8 @@ class MoeClient:
         """Streams GenerateResponse chunks (token_ids, text delta; the last has finish_reason and
         usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
         top_k, top_p, min_p, seed, stop, stop_token_ids, logprobs, ignore_eos, repetition_penalty,
-        presence_penalty, frequency_penalty, min_tokens. Closing the iterator early
+        presence_penalty, frequency_penalty, min_tokens, n (each message's `index` says which
+        completion it carries). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")
@@ -150,8 +152,18 @@ class MoeClient:
     def generate_full(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None,
                       **kwargs) -> Completion:
         """The whole completion: ids, text, finish reason, usage and (when asked) logprobs."""
-        c = Completion()
+        if kwargs.get("n", 1) not in (None, 1):
+            raise TypeError("generate_full returns one completion: use generate_choices for n > 1")
+        return self.generate_choices(prompt, token_ids, **kwargs)[0]
+
+    def generate_choices(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None,
+                         **kwargs) -> List[Completion]:
+        """All n completions of one request (sampling keyword n, default 1; completion i samples with
+        seed + i), in index order."""
+        n = kwargs.get("n") or 1
+        completions = [Completion(index=i) for i in range(n)]
         for chunk in self.generate(prompt, token_ids, **kwargs):
+            c = completions[chunk.index]
             if chunk.request_id:
                 c.request_id = chunk.request_id
             c.token_ids.extend(chunk.token_ids)
@@ -162,7 +174,7 @@ class MoeClient:
             if chunk.HasField("usage"):
                 c.prompt_tokens = chunk.usage.prompt_tokens
                 c.completion_tokens = chunk.usage.completion_tokens
-        return c
+        return completions
 
     def generate_text(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None,
                       **kwargs) -> str:
