@@ -135,6 +135,16 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
     return FieldError("sampling.min_tokens",
                       absl::StrCat("(", min_tokens, ") exceeds max_tokens (", max_tokens, ")"));
   }
+  if (s.logit_bias_size() > kMaxLogitBias) {
+    return FieldError("sampling.logit_bias", absl::StrCat("at most ", kMaxLogitBias, " token ids, got ", s.logit_bias_size()));
+  }
+  for (const auto& [id, bias] : s.logit_bias()) {
+    const std::string field = absl::StrCat("sampling.logit_bias[", id, "]");
+    if (id < 0 || id >= vocab) {
+      return FieldError(field, absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+    if (!(bias >= -100.0f && bias <= 100.0f)) return FieldError(field, absl::StrCat("must be in [-100, 100], got ", bias));
+  }
   const uint32_t n = s.has_n() ? s.n() : 1;
   if (n < 1 || n > kMaxCompletions) {
     return FieldError("sampling.n", absl::StrCat("must be in [1, ", kMaxCompletions, "], got ", n));
@@ -173,6 +183,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_presence_penalty(presence_penalty);
   a.set_frequency_penalty(frequency_penalty);
   a.set_min_tokens(min_tokens);
+  *a.mutable_logit_bias() = s.logit_bias();
   job.want_logprobs = s.has_logprobs();
   return job;
 }

@@ -26,6 +26,7 @@ struct RequestModel {
 inline constexpr uint32_t kDefaultMaxTokens = 16;
 inline constexpr uint32_t kMaxLogprobs = 20;
 inline constexpr uint32_t kMaxCompletions = 64;  // SamplingParams.n
+inline constexpr int kMaxLogitBias = 1024;         // SamplingParams.logit_bias entries
 inline constexpr size_t kMaxRequestIdLength = 256;
 // Stop strings are matched on every text delta: bounded so that matching stays cheap.
 inline constexpr int kMaxStopStrings = 64;

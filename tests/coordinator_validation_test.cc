@@ -100,6 +100,7 @@ TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   s->set_presence_penalty(-0.5f);
   s->set_frequency_penalty(2.0f);
   s->set_min_tokens(40);
+  (*s->mutable_logit_bias())[7] = -3.5f;
   absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->assign.min_p(), 0.1f);
@@ -108,6 +109,8 @@ TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   EXPECT_EQ(job->assign.frequency_penalty(), 2.0f);
   EXPECT_EQ(job->assign.min_tokens(), 40u);
   EXPECT_EQ(job->n, 1u);
+  ASSERT_EQ(job->assign.logit_bias_size(), 1);
+  EXPECT_EQ(job->assign.logit_bias().at(7), -3.5f);
   EXPECT_EQ(job->assign.max_tokens(), 40u);
   EXPECT_EQ(job->assign.temperature(), 0.0f);
   EXPECT_EQ(job->assign.top_k(), 5);
@@ -186,6 +189,13 @@ TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {
   EXPECT_TRUE(NamesField(with([](auto& s) { s.set_n(0); }), "sampling.n"));
   EXPECT_TRUE(NamesField(with([](auto& s) { s.set_n(65); }), "sampling.n"));
   EXPECT_TRUE(with([](auto& s) { s.set_n(64); }).ok());
+  EXPECT_TRUE(NamesField(with([](auto& s) { (*s.mutable_logit_bias())[2048] = 1.0f; }), "sampling.logit_bias[2048]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { (*s.mutable_logit_bias())[-1] = 1.0f; }), "sampling.logit_bias[-1]"));
+  EXPECT_TRUE(NamesField(with([&](auto& s) { (*s.mutable_logit_bias())[3] = nan; }), "sampling.logit_bias[3]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { (*s.mutable_logit_bias())[3] = -100.5f; }), "sampling.logit_bias[3]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { for (int i = 0; i < 1025; ++i) (*s.mutable_logit_bias())[i] = 1.0f; }),
+                         "sampling.logit_bias"));
+  EXPECT_TRUE(with([](auto& s) { (*s.mutable_logit_bias())[3] = 100.0f; }).ok());
 }
 
 TEST_F(ValidationTest, CompletionIOfNSamplesWithSeedPlusI) {

@@ -119,6 +119,9 @@ class PythonClientEndToEnd(unittest.TestCase):
             self.assertEqual((c.token_ids, c.text, c.finish_reason), (one.token_ids, one.text, one.finish_reason))
         with self.assertRaises(TypeError):
             self.client.generate_full("ROMEO:", n=2)
+        # logit_bias: +100 makes a token the greedy pick at every step.
+        self.assertEqual(self.client.generate_full("ROMEO:", max_tokens=3, temperature=0, logit_bias={7: 100}).token_ids,
+                         [7, 7, 7])
 
         # Leaving the stream early cancels the request; its KV blocks come back.
         stream = self.client.generate("ROMEO:", max_tokens=3000, ignore_eos=True, temperature=0)
@@ -180,6 +183,13 @@ class PythonClientEndToEnd(unittest.TestCase):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         self.assertEqual([c["index"] for c in out["choices"]], [0, 1])
         self.assertTrue(all(len(c["token_ids"]) == 4 or c["finish_reason"] == "stop" for c in out["choices"]))
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "3", "--temperature", "0",
+                            "--logit-bias", "9:100,5:-100", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1])["token_ids"], [9, 9, 9])
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--logit-bias", "9=100")
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--logit-bias", r.stderr)
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--n", "0")
         self.assertEqual(r.returncode, 1)
         self.assertIn("sampling.n", r.stderr)

@@ -75,6 +75,9 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
     if (c.contains("stop_token_ids")) {
       for (int32_t id : c["stop_token_ids"]) s->add_stop_token_ids(id);
     }
+    if (c.contains("logit_bias")) {
+      for (const json& b : c["logit_bias"]) (*s->mutable_logit_bias())[b[0].get<int32_t>()] = b[1].get<float>();
+    }
     requests.push_back(r);
     want.push_back(c["tokens"].get<std::vector<int32_t>>());
   }
@@ -117,7 +120,9 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
            {"sampling.repetition_penalty", [](moe::v1::SamplingParams& s) { s.set_repetition_penalty(0.0f); }},
            {"sampling.frequency_penalty", [](moe::v1::SamplingParams& s) { s.set_frequency_penalty(2.5f); }},
            {"sampling.min_tokens", [](moe::v1::SamplingParams& s) { s.set_min_tokens(100); }},
-           {"sampling.min_p", [](moe::v1::SamplingParams& s) { s.set_min_p(-1.0f); }}}) {
+           {"sampling.min_p", [](moe::v1::SamplingParams& s) { s.set_min_p(-1.0f); }},
+           {"sampling.logit_bias[1024]", [](moe::v1::SamplingParams& s) { (*s.mutable_logit_bias())[1024] = 1.0f; }},
+           {"sampling.logit_bias[7]", [](moe::v1::SamplingParams& s) { (*s.mutable_logit_bias())[7] = 101.0f; }}}) {
     moe::v1::GenerateRequest r = GreedyTokenRequest(golden.prompt(1), 4);
     set(*r.mutable_sampling());
     const StreamOutcome o = RunGenerate(*stub, r, 30);

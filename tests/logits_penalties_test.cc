@@ -85,6 +85,21 @@ TEST(LogitsPenaltiesTest, RulesApplyInVllmsOrderRepetitionThenFrequencyThenPrese
   EXPECT_EQ(row[1], -1.0f);
 }
 
+TEST(LogitsPenaltiesTest, LogitBiasAddsToItsIdsEveryStepBeforeTheRepetitionPenalty) {
+  PenaltyParams p;
+  p.logit_bias = {{0, 2.0f}, {2, -100.0f}, {9, 5.0f}};  // 9 outside this row: ignored
+  p.repetition_penalty = 2.0f;
+  LogitsPenalties pen(p, std::vector<int32_t>{0}, {});
+  std::vector<float> row = {-1.0f, 0.5f, 3.0f};
+  pen.Apply(row);
+  // id 0: -1 + 2 = 1, then halved (a prompt id); id 2: 3 - 100 = -97, a negative logit of an id not seen.
+  EXPECT_EQ(row, (std::vector<float>{0.5f, 0.5f, -97.0f}));
+  pen.Add(1);
+  row = {-1.0f, 0.5f, 3.0f};
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{0.5f, 0.25f, -97.0f})) << "the bias again; 1 now penalised as output";
+}
+
 TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   EXPECT_TRUE(PenaltyParams{}.Validate().ok());
   EXPECT_FALSE(PenaltyParams{}.any());
@@ -101,6 +116,10 @@ TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   bad({.frequency_penalty = std::nanf("")}, "frequency_penalty");
   EXPECT_TRUE((PenaltyParams{.presence_penalty = -2.0f, .frequency_penalty = 2.0f}).Validate().ok());
   EXPECT_TRUE((PenaltyParams{.min_tokens = 1}).any());
+  EXPECT_TRUE((PenaltyParams{.logit_bias = {{3, 0.5f}}}).any());
+  bad({.logit_bias = {{3, 100.5f}}}, "logit_bias[3]");
+  bad({.logit_bias = {{-1, 1.0f}}}, "logit_bias");
+  EXPECT_TRUE((PenaltyParams{.logit_bias = {{3, -100.0f}}}).Validate().ok());
 }
 
 }  // namespace

@@ -600,8 +600,8 @@ TEST_F(WorkerLoopTest, PrefixCachingRunsMoreSequencesAtOnceThatShareTheirPrompts
 // Penalties and min_tokens.
 
 // transformers' greedy continuations under penalties (tests/data/golden/make_penalties_golden.py:
-// generate() with repetition_penalty, and min_new_tokens with an extra end id; a torch loop for
-// vLLM's frequency and presence rule), all served at once by one loop: each carries the reference
+// generate() with repetition_penalty, with min_new_tokens and an extra end id, and with
+// sequence_bias as logit_bias; a torch loop for vLLM's frequency and presence rule), all served at once by one loop: each carries the reference
 // tokens while the reference's margin stays above float32 noise (all of them, at these margins),
 // and a sequence that reached its extra end id after min_tokens ends there with REASON_STOP.
 TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
@@ -621,6 +621,9 @@ TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
     if (c.contains("min_tokens")) a.set_min_tokens(c["min_tokens"]);
     if (c.contains("stop_token_ids")) {
       for (int32_t id : c["stop_token_ids"]) a.add_stop_token_ids(id);
+    }
+    if (c.contains("logit_bias")) {
+      for (const nlohmann::json& b : c["logit_bias"]) (*a.mutable_logit_bias())[b[0].get<int32_t>()] = b[1].get<float>();
     }
     h.Push(a);
   }

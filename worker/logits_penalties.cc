@@ -22,6 +22,12 @@ absl::Status PenaltyParams::Validate() const {
   if (!InPenaltyRange(frequency_penalty)) {
     return absl::InvalidArgumentError(absl::StrCat("frequency_penalty must be in [-2, 2], got ", frequency_penalty));
   }
+  for (const auto& [id, bias] : logit_bias) {
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("logit_bias: negative token id ", id));
+    if (!(bias >= -100.0f && bias <= 100.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat("logit_bias[", id, "] must be in [-100, 100], got ", bias));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -42,6 +48,9 @@ void LogitsPenalties::Apply(std::span<float> logits) const {
     for (int32_t id : end_ids_) {
       if (in_vocab(id)) logits[static_cast<size_t>(id)] = -std::numeric_limits<float>::infinity();
     }
+  }
+  for (const auto& [id, bias] : p_.logit_bias) {
+    if (in_vocab(id)) logits[static_cast<size_t>(id)] += bias;
   }
   const float r = p_.repetition_penalty;
   for (int32_t id : seen_) {

@@ -1,7 +1,10 @@
-// Adjustments of a generation's raw logits before sampling, as vLLM applies them (and, for the two
-// Hugging Face has, as its logits processors do): min_tokens, then the repetition penalty, then the
-// frequency and presence penalties. Temperature, top-k, top-p and min-p follow in SampleToken.
+// Adjustments of a generation's raw logits before sampling, as vLLM applies them (and, for those
+// Hugging Face has, as its logits processors do): min_tokens and the logit bias, then the
+// repetition penalty, then the frequency and presence penalties. Temperature, top-k, top-p and
+// min-p follow in SampleToken.
 //
+// - logit_bias (OpenAI's): a fixed amount added to chosen ids' logits at every step
+//   (SequenceBiasLogitsProcessor with one-token sequences).
 // - min_tokens: while fewer tokens than this were generated, the end ids (EOS unless ignore_eos,
 //   and the request's stop token ids) get -inf (MinNewTokensLengthLogitsProcessor).
 // - repetition_penalty r: each distinct id of the prompt and the output so far has its logit
@@ -18,6 +21,7 @@
 #include <span>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -29,13 +33,16 @@ struct PenaltyParams {
   float presence_penalty = 0.0f;    // [-2, 2]
   float frequency_penalty = 0.0f;   // [-2, 2]
   uint32_t min_tokens = 0;
+  std::vector<std::pair<int32_t, float>> logit_bias = {};  // (id, bias), ids in the vocabulary
 
   // Whether any of them changes a logit.
   bool any() const {
-    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f || min_tokens > 0;
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f || min_tokens > 0 ||
+           !logit_bias.empty();
   }
   // InvalidArgument naming the field: repetition_penalty not finite and > 0; a presence or
-  // frequency penalty outside [-2, 2] (or NaN).
+  // frequency penalty outside [-2, 2] (or NaN); a negative logit_bias id or a bias outside
+  // [-100, 100]. (Ids beyond the vocabulary are the caller's to refuse: Apply ignores them.)
   absl::Status Validate() const;
 };
 

@@ -37,6 +37,7 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--frequency-penalty", {true, {"generate"}}},
       {"--min-tokens", {true, {"generate"}}},
       {"--n", {true, {"generate"}}},
+      {"--logit-bias", {true, {"generate"}}},
       {"--seed", {true, {"generate"}}},
       {"--stop", {true, {"generate"}}},
       {"--stop-token-ids", {true, {"generate"}}},
@@ -131,6 +132,16 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
   } else if (flag == "--min-tokens") {
     MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, 0, UINT32_MAX));
     s->set_min_tokens(static_cast<uint32_t>(x));
+  } else if (flag == "--logit-bias") {  // ID:BIAS[,ID:BIAS...], repeatable
+    for (absl::string_view item : absl::StrSplit(v, ',')) {
+      const std::pair<std::string, std::string> kv = absl::StrSplit(item, absl::MaxSplits(':', 1));
+      int32_t id;
+      float bias;
+      if (!absl::SimpleAtoi(kv.first, &id) || !absl::SimpleAtof(kv.second, &bias)) {
+        return absl::InvalidArgumentError(absl::StrCat("--logit-bias: expected ID:BIAS[,ID:BIAS...], got '", v, "'"));
+      }
+      (*s->mutable_logit_bias())[id] = bias;
+    }
   } else if (flag == "--n") {
     MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, 0, UINT32_MAX));
     s->set_n(static_cast<uint32_t>(x));
@@ -241,8 +252,9 @@ std::string ClientUsage() {
 commands:
   generate (--prompt TEXT | --token-ids 1,2,3) [--max-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
-           [--frequency-penalty F] [--min-tokens N] [--n N] [--seed S] [--stop STR]...
-           [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--request-id ID] [--json]
+           [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
+           [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--request-id ID]
+           [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
       (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;
       JSON {"request_id", "choices": [... each with "index"]})

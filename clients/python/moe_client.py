@@ -55,7 +55,7 @@ FINISH_REASONS = {
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                    "min_tokens", "n")
+                    "min_tokens", "n", "logit_bias")
 
 
 @dataclasses.dataclass
@@ -93,6 +93,9 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
             p.stop.extend([value] if isinstance(value, str) else list(value))
         elif name == "stop_token_ids":
             p.stop_token_ids.extend(int(i) for i in value)
+        elif name == "logit_bias":  # {token id: bias}, as OpenAI's
+            for token, bias in dict(value).items():
+                p.logit_bias[int(token)] = float(bias)
         else:
             setattr(p, name, value)
     return p
@@ -129,7 +132,7 @@ class MoeClient:
         """Streams GenerateResponse chunks (token_ids, text delta; the last has finish_reason and
         usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
         top_k, top_p, min_p, seed, stop, stop_token_ids, logprobs, ignore_eos, repetition_penalty,
-        presence_penalty, frequency_penalty, min_tokens, n (each message's `index` says which
+        presence_penalty, frequency_penalty, min_tokens, logit_bias ({id: bias}), n (each message's `index` says which
         completion it carries). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):

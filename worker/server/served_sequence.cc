@@ -26,6 +26,8 @@ PenaltyParams PenaltiesOf(const moe::v1::Assign& a) {
   p.presence_penalty = a.presence_penalty();
   p.frequency_penalty = a.frequency_penalty();
   p.min_tokens = a.min_tokens();
+  for (const auto& [id, bias] : a.logit_bias()) p.logit_bias.emplace_back(id, bias);
+  std::sort(p.logit_bias.begin(), p.logit_bias.end());  // a map's order is unspecified; keep it fixed
   return p;
 }
 
@@ -54,6 +56,12 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
   if (a.kind() == moe::v1::Assign::KIND_GENERATE) {
     MOE_RETURN_IF_ERROR(SamplingOf(a).Validate());
     MOE_RETURN_IF_ERROR(PenaltiesOf(a).Validate());
+    for (const auto& [id, bias] : a.logit_bias()) {
+      if (id >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("logit_bias: token id ", id, " is outside the vocabulary [0, ",
+                                                       c.vocab_size, ")"));
+      }
+    }
   }
   return absl::OkStatus();
 }

@@ -10,6 +10,9 @@ margin is clearly above float32 noise). Cases:
   min_tokens_6                    generate(min_new_tokens=6, eos_token_id=[EOS, X]): X is an extra
                                   end id (the request's stop_token_ids), held back with EOS for 6
                                   tokens, then ending the output when it comes
+  logit_bias                      generate(sequence_bias={(id,): bias}, repetition_penalty=1.1):
+                                  SequenceBiasLogitsProcessor, applied before the repetition penalty
+                                  (as vLLM applies logit_bias before its penalties)
   frequency_presence,             no transformers processor exists for OpenAI's frequency and presence
   penalties_combined              penalties: a torch loop applies vLLM's rule to transformers' raw
                                   logits (the repetition penalty over prompt and output, then
@@ -90,6 +93,13 @@ def main():
         extra = max(plain, key=plain.count)
         tokens, margins = via_generate(model, prompt, eos + [extra], min_new_tokens=6)
         cases.append({"case": "min_tokens_6", "prompt": p, "min_tokens": 6, "stop_token_ids": [extra],
+                      "tokens": tokens, "margins": margins})
+        # logit_bias: the plain greedy's first token pushed down, a token of its 3rd..8th pushed up.
+        plain = golden["greedy"][p]
+        bias = [[plain[0], -4.0], [plain[2 + p], 2.5]]
+        tokens, margins = via_generate(model, prompt, eos, sequence_bias={(t,): b for t, b in bias},
+                                       repetition_penalty=1.1)
+        cases.append({"case": "logit_bias", "prompt": p, "logit_bias": bias, "repetition_penalty": 1.1,
                       "tokens": tokens, "margins": margins})
         tokens, margins = via_vllm_rule(model, prompt, eos, 1.0, 1.5, 0.8)
         cases.append({"case": "frequency_presence", "prompt": p, "frequency_penalty": 1.5, "presence_penalty": 0.8,
