@@ -29,3 +29,5 @@ find_program(MOE_PROTOC NAMES protoc REQUIRED)
 find_program(MOE_GRPC_CPP_PLUGIN NAMES grpc_cpp_plugin REQUIRED)
 find_program(MOE_GRPC_PYTHON_PLUGIN NAMES grpc_python_plugin REQUIRED)
 find_package(prometheus-cpp CONFIG REQUIRED)
+# civetweb (Debian: libcivetweb-dev; prometheus-cpp's exposer is built on it): moe-openai-server's HTTP.
+find_package(civetweb CONFIG REQUIRED)

@@ -16,8 +16,10 @@
 #   launch-cluster: ports public=P cluster=C metrics=M
 #   launch-cluster: mpirun pid P
 #   launch-cluster: serving on HOST:PORT
+#   launch-cluster: openai pid P / openai on HOST:PORT   (with --openai-listen)
 #   launch-cluster: mpirun exited unexpectedly (status S) | the workers have not served for S s ...
 #   launch-cluster: restarting the worker job (K of N)      (then mpirun pid P, serving on HOST:PORT)
+#   launch-cluster: openai server stopped (status S)      (with --openai-listen)
 #   launch-cluster: stopped (coordinator status S, mpirun status S)
 set -uo pipefail
 
@@ -45,6 +47,8 @@ usage: $0 [options] [-- extra mpirun args]
                          (default 0: stop everything and exit 1)
   --hung-timeout S       a job whose cluster has not been SERVING for S seconds while mpirun still
                          runs (a rank hung, its heartbeats lost) is killed (default 60)
+  --openai-listen ADDR   also start moe-openai-server (OpenAI's /v1/completions over the public
+                         API) on ADDR once the cluster serves, e.g. 0.0.0.0:8000 (port 0: any free)
 EOF
 }
 
@@ -64,6 +68,7 @@ READY_TIMEOUT=180
 STOP_TIMEOUT=20
 RESTARTS=0
 HUNG_TIMEOUT=60
+OPENAI_LISTEN=""
 COORD_ARGS=()
 WORKER_ARGS=()
 MPI_EXTRA=()
@@ -79,7 +84,7 @@ while [[ $# -gt 0 ]]; do
     --) shift; MPI_EXTRA=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     --np|--model|--hostfile|--listen|--build-dir|--cluster-port|--metrics-listen|--advertise|--ports-file|\
-    --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg|--restart-workers|--hung-timeout)
+    --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg|--restart-workers|--hung-timeout|--openai-listen)
       [[ $# -ge 2 ]] || die "$arg needs a value"
       val="$2"; shift 2
       case "$arg" in
@@ -98,6 +103,7 @@ while [[ $# -gt 0 ]]; do
         --worker-arg) WORKER_ARGS+=("$val") ;;
         --restart-workers) RESTARTS="$val" ;;
         --hung-timeout) HUNG_TIMEOUT="$val" ;;
+        --openai-listen) OPENAI_LISTEN="$val" ;;
       esac ;;
     *) usage >&2; die "unknown argument '$arg'" ;;
   esac
@@ -121,6 +127,11 @@ CLIENT_BIN="$BUILD/clients/moe-client"
 for b in "$COORDINATOR_BIN" "$WORKER_BIN" "$CLIENT_BIN"; do
   [[ -x "$b" ]] || die "$b is not built (cmake --build $BUILD --target moe-coordinator moe-worker moe-client)"
 done
+OPENAI_BIN="$BUILD/coordinator/openai/moe-openai-server"
+if [[ -n "$OPENAI_LISTEN" ]]; then
+  [[ "$OPENAI_LISTEN" == *:* ]] || die "--openai-listen: expected HOST:PORT, got '$OPENAI_LISTEN'"
+  [[ -x "$OPENAI_BIN" ]] || die "$OPENAI_BIN is not built (cmake --build $BUILD --target moe-openai-server)"
+fi
 command -v mpirun >/dev/null || die "mpirun not found (Open MPI)"
 command -v setsid >/dev/null || die "setsid not found (util-linux)"
 
@@ -151,8 +162,10 @@ fi
 
 COORD_PID=""
 MPI_PID=""
+OPENAI_PID=""
 COORD_STATUS="-"
 MPI_STATUS="-"
+OPENAI_STATUS="0"
 
 alive() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; }
 
@@ -197,6 +210,13 @@ shutdown_cluster() {
   SHUTTING_DOWN=1
   trap '' INT TERM
   [[ -z "$NAP_PID" ]] || kill "$NAP_PID" 2>/dev/null
+  if [[ -n "$OPENAI_PID" ]]; then  # the HTTP front first: no new requests while the cluster drains
+    kill -TERM "$OPENAI_PID" 2>/dev/null
+    wait_exit "$OPENAI_PID" "$STOP_TIMEOUT" || { kill -KILL "$OPENAI_PID" 2>/dev/null; wait_exit "$OPENAI_PID" 5; }
+    reap "$OPENAI_PID"
+    OPENAI_STATUS="${STATUS[$OPENAI_PID]}"
+    say "openai server stopped (status $OPENAI_STATUS)"
+  fi
   if alive "$COORD_PID"; then
     say "stopping the coordinator (SIGTERM to pid $COORD_PID)"
     kill -TERM "$COORD_PID" 2>/dev/null
@@ -234,7 +254,7 @@ shutdown_cluster() {
 on_signal() {
   say "caught $1"
   shutdown_cluster
-  [[ "$COORD_STATUS" == 0 && "$MPI_STATUS" == 0 ]] && exit 0
+  [[ "$COORD_STATUS" == 0 && "$MPI_STATUS" == 0 && "$OPENAI_STATUS" == 0 ]] && exit 0
   exit 1
 }
 trap 'on_signal SIGINT' INT
@@ -333,6 +353,25 @@ watch_job() {
 
 start_workers
 wait_serving || exit 1
+
+# --- the OpenAI-compatible HTTP front (optional) ------------------------------------------------
+if [[ -n "$OPENAI_LISTEN" ]]; then
+  setsid "$OPENAI_BIN" --coordinator "$PROBE_HOST:$PUBLIC_PORT" --listen "$OPENAI_LISTEN" </dev/null \
+    >"$TMP_DIR/openai.out" &
+  OPENAI_PID=$!
+  say "openai pid $OPENAI_PID"
+  deadline=$((SECONDS + 30))
+  until grep -q "listening on port" "$TMP_DIR/openai.out" 2>/dev/null; do
+    alive "$OPENAI_PID" || { reap "$OPENAI_PID"; OPENAI_STATUS="${STATUS[$OPENAI_PID]}"; OPENAI_PID="";
+                             say "moe-openai-server exited while starting (status $OPENAI_STATUS)"; exit 1; }
+    ((SECONDS < deadline)) || { say "moe-openai-server did not listen within 30s"; exit 1; }
+    nap 0.1
+  done
+  OPENAI_PORT="$(sed -n 's/.*listening on port \([0-9][0-9]*\).*/\1/p' "$TMP_DIR/openai.out" | head -n1)"
+  OPENAI_HOST="${OPENAI_LISTEN%:*}"
+  case "$OPENAI_HOST" in ""|0.0.0.0|"[::]"|"*") OPENAI_HOST="$PUBLIC_HOST" ;; esac
+  say "openai on $OPENAI_HOST:$OPENAI_PORT"
+fi
 
 # --- run until told to stop, or until a part dies and no restart is left ------------------------
 restarts_done=0

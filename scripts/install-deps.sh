@@ -12,6 +12,7 @@ PACKAGES=(
   libsentencepiece-dev nlohmann-json3-dev
   libopenblas-dev
   prometheus-cpp-dev
+  libcivetweb-dev
   python3-grpcio python3-protobuf
 )
 

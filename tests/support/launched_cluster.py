@@ -98,6 +98,9 @@ class LaunchedCluster:
     """deploy/launch-cluster.sh as a child process, its stdout lines read by a thread."""
 
     def __init__(self, extra_args=()):
+        self.openai = any(a.startswith("--openai-listen") for a in extra_args)
+        self.openai_pid = None
+        self.openai_address = None
         self.log = tempfile.NamedTemporaryFile(prefix="moe_launch_", suffix=".log", delete=False)
         env = dict(os.environ)
         env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
@@ -143,6 +146,9 @@ class LaunchedCluster:
         self.cluster_port = int(self.wait_for(r"ports public=\d+ cluster=(\d+)", 30).group(1))
         self.mpirun_pid = int(self.wait_for(r"mpirun pid (\d+)", 30).group(1))
         self.address = self.wait_for(r"serving on (\S+)", START_TIMEOUT_S).group(1)
+        if self.openai:
+            self.openai_pid = int(self.wait_for(r"openai pid (\d+)", 30).group(1))
+            self.openai_address = self.wait_for(r"openai on (\S+)", 30).group(1)
 
     def log_text(self):
         try:
@@ -153,7 +159,7 @@ class LaunchedCluster:
 
     def leftovers(self):
         pids = set()
-        for sid in (self.coordinator_pid, self.mpirun_pid):
+        for sid in (self.coordinator_pid, self.mpirun_pid, self.openai_pid):
             if sid:
                 pids.update(session_members(sid))
         if self.cluster_port:

@@ -1,0 +1,84 @@
+// moe-openai-server: an OpenAI-compatible HTTP server in front of a coordinator (openai_server.h).
+//
+//   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
+//                     [--model-name NAME] [--threads N]
+//
+// Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
+// use), 2 for a bad command line.
+#include <csignal>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "common/flag_arg.h"
+#include "coordinator/openai/openai_server.h"
+
+namespace {
+
+const char kUsage[] =
+    "usage: moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000; port 0 picks one)]\n"
+    "                         [--model-name NAME (default: the model folder's name)] [--threads N (default 64)]\n"
+    "Serves POST /v1/completions (stream or whole), GET /v1/models and GET /health over the\n"
+    "coordinator's gRPC API.\n";
+
+int BadFlag(const std::string& message) {
+  std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // taken by sigwait below; every thread inherits the mask
+  std::signal(SIGPIPE, SIG_IGN);
+
+  moe::openai::ServerOptions opts;
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  for (size_t i = 0; i < args.size(); ++i) {
+    const moe::FlagArg f = moe::SplitFlagArg(args[i]);
+    if (f.name == "--help" || f.name == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads") {
+      return BadFlag("unknown flag '" + args[i] + "'");
+    }
+    std::string value;
+    if (f.value) {
+      value = *f.value;
+    } else if (i + 1 < args.size()) {
+      value = args[++i];
+    } else {
+      return BadFlag(f.name + ": needs a value");
+    }
+    if (f.name == "--coordinator") {
+      opts.coordinator = value;
+    } else if (f.name == "--listen") {
+      opts.listen = value;
+    } else if (f.name == "--model-name") {
+      opts.model_name = value;
+    } else if (!absl::SimpleAtoi(value, &opts.threads) || opts.threads < 1) {
+      return BadFlag("--threads: expected a positive integer, got '" + value + "'");
+    }
+  }
+  if (opts.coordinator.empty()) return BadFlag("--coordinator: required (HOST:PORT of the coordinator's public API)");
+
+  absl::StatusOr<std::unique_ptr<moe::openai::OpenAiServer>> server = moe::openai::OpenAiServer::Start(opts);
+  if (!server.ok()) {
+    std::fprintf(stderr, "moe-openai-server: %s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  std::printf("moe-openai-server: listening on port %d, model %s, coordinator %s\n", (*server)->port(),
+              (*server)->model_name().c_str(), opts.coordinator.c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "moe-openai-server: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  server->reset();
+  return 0;
+}

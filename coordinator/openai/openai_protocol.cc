@@ -1,0 +1,274 @@
+#include "coordinator/openai/openai_protocol.h"
+
+#include <algorithm>
+#include <exception>
+#include <string>
+
+namespace moe::openai {
+namespace {
+
+using nlohmann::json;
+
+HttpError BadParam(const std::string& param, const std::string& message) {
+  return HttpError{400, param + ": " + message, "invalid_request_error", param};
+}
+
+// A number field (null or absent: not set).
+std::optional<HttpError> Number(const json& body, const std::string& key, std::optional<double>& out) {
+  if (!body.contains(key) || body[key].is_null()) return std::nullopt;
+  if (!body[key].is_number()) return BadParam(key, "expected a number");
+  out = body[key].get<double>();
+  return std::nullopt;
+}
+
+// An integer field within [lo, hi] (null or absent: not set).
+std::optional<HttpError> Integer(const json& body, const std::string& key, int64_t lo, int64_t hi,
+                                 std::optional<int64_t>& out) {
+  if (!body.contains(key) || body[key].is_null()) return std::nullopt;
+  const json& v = body[key];
+  if (!v.is_number_integer()) return BadParam(key, "expected an integer");
+  const int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
+                        ? INT64_MAX
+                        : v.get<int64_t>();
+  if (x < lo || x > hi) return BadParam(key, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  out = x;
+  return std::nullopt;
+}
+
+std::optional<HttpError> ParsePrompt(const json& body, v1::Prompt& prompt) {
+  if (!body.contains("prompt") || body["prompt"].is_null()) return BadParam("prompt", "required");
+  json p = body["prompt"];
+  // A batch of one prompt is that prompt; several are not served by one request yet.
+  if (p.is_array() && p.size() == 1 && (p[0].is_string() || p[0].is_array())) p = p[0];
+  if (p.is_string()) {
+    prompt.set_text(p.get<std::string>());
+    return std::nullopt;
+  }
+  if (p.is_array() && !p.empty() && std::all_of(p.begin(), p.end(), [](const json& x) { return x.is_number_integer(); })) {
+    for (const json& x : p) {
+      const int64_t id = x.get<int64_t>();
+      if (id < INT32_MIN || id > INT32_MAX) return BadParam("prompt", "token id " + std::to_string(id) + " out of range");
+      prompt.mutable_token_ids()->add_ids(static_cast<int32_t>(id));
+    }
+    return std::nullopt;
+  }
+  if (p.is_array() && !p.empty() && (p[0].is_string() || p[0].is_array())) {
+    return BadParam("prompt", "a batch of prompts is not served in one request yet: send one request per prompt");
+  }
+  return BadParam("prompt", "expected a string or an array of token ids");
+}
+
+}  // namespace
+
+json HttpError::ToJson() const {
+  return {{"error", {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}, {"code", status}}}};
+}
+
+std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body_text, const std::string& model_name) {
+  const json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return HttpError{400, "the request body is not valid JSON", "invalid_request_error", {}};
+  if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
+  if (body.contains("model") && !body["model"].is_null()) {
+    if (!body["model"].is_string()) return BadParam("model", "expected a string");
+    if (body["model"].get<std::string>() != model_name) {
+      return HttpError{404, "The model `" + body["model"].get<std::string>() + "` does not exist (this server serves `" +
+                                model_name + "`).",
+                       "NotFoundError", std::string("model")};
+    }
+  }
+  for (const char* unsupported : {"suffix", "logprobs"}) {
+    if (body.contains(unsupported) && !body[unsupported].is_null()) {
+      return BadParam(unsupported, "not supported by this server yet (the gRPC API's Generate has logprobs)");
+    }
+  }
+  if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
+    return BadParam("echo", "not supported by this server yet (the gRPC API's Score gives prompt logprobs)");
+  }
+
+  CompletionCall call;
+  v1::GenerateRequest& r = call.request;
+  if (std::optional<HttpError> e = ParsePrompt(body, *r.mutable_prompt())) return *e;
+  v1::SamplingParams& s = *r.mutable_sampling();
+
+  std::optional<int64_t> max_tokens, top_k, seed, n, best_of, min_tokens;
+  std::optional<double> temperature, top_p, min_p, presence, frequency, repetition;
+  for (auto e : {Integer(body, "max_tokens", 0, UINT32_MAX, max_tokens), Integer(body, "top_k", -1, INT32_MAX, top_k),
+                 Integer(body, "seed", 0, INT64_MAX, seed), Integer(body, "n", 0, UINT32_MAX, n),
+                 Integer(body, "best_of", 0, UINT32_MAX, best_of), Integer(body, "min_tokens", 0, UINT32_MAX, min_tokens),
+                 Number(body, "temperature", temperature), Number(body, "top_p", top_p), Number(body, "min_p", min_p),
+                 Number(body, "presence_penalty", presence), Number(body, "frequency_penalty", frequency),
+                 Number(body, "repetition_penalty", repetition)}) {
+    if (e) return *e;
+  }
+  if (max_tokens) s.set_max_tokens(static_cast<uint32_t>(*max_tokens));
+  if (top_k) s.set_top_k(*top_k < 0 ? 0 : static_cast<int32_t>(*top_k));  // vLLM: -1 = off
+  if (seed) s.set_seed(static_cast<uint64_t>(*seed));
+  if (n) s.set_n(static_cast<uint32_t>(*n));
+  call.n = n ? static_cast<uint32_t>(*n) : 1;
+  if (best_of && *best_of != call.n) return BadParam("best_of", "only best_of = n is served (no ranking of completions)");
+  if (min_tokens) s.set_min_tokens(static_cast<uint32_t>(*min_tokens));
+  if (temperature) s.set_temperature(static_cast<float>(*temperature));
+  if (top_p) s.set_top_p(static_cast<float>(*top_p));
+  if (min_p) s.set_min_p(static_cast<float>(*min_p));
+  if (presence) s.set_presence_penalty(static_cast<float>(*presence));
+  if (frequency) s.set_frequency_penalty(static_cast<float>(*frequency));
+  if (repetition) s.set_repetition_penalty(static_cast<float>(*repetition));
+
+  if (body.contains("stop") && !body["stop"].is_null()) {
+    const json& stop = body["stop"];
+    if (stop.is_string()) {
+      s.add_stop(stop.get<std::string>());
+    } else if (stop.is_array() && std::all_of(stop.begin(), stop.end(), [](const json& x) { return x.is_string(); })) {
+      for (const json& x : stop) s.add_stop(x.get<std::string>());
+    } else {
+      return BadParam("stop", "expected a string or an array of strings");
+    }
+  }
+  if (body.contains("stop_token_ids") && !body["stop_token_ids"].is_null()) {
+    const json& ids = body["stop_token_ids"];
+    if (!ids.is_array() || !std::all_of(ids.begin(), ids.end(), [](const json& x) { return x.is_number_integer(); })) {
+      return BadParam("stop_token_ids", "expected an array of token ids");
+    }
+    for (const json& x : ids) s.add_stop_token_ids(x.get<int32_t>());
+  }
+  if (body.contains("logit_bias") && !body["logit_bias"].is_null()) {
+    const json& bias = body["logit_bias"];
+    if (!bias.is_object()) return BadParam("logit_bias", "expected an object {token id: bias}");
+    for (const auto& [key, value] : bias.items()) {
+      int32_t id = 0;
+      size_t used = 0;
+      try {
+        id = std::stoi(key, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != key.size() || !value.is_number()) {
+        return BadParam("logit_bias", "expected token ids (as strings) mapped to numbers, got \"" + key + "\"");
+      }
+      (*s.mutable_logit_bias())[id] = value.get<float>();
+    }
+  }
+  if (body.contains("ignore_eos") && !body["ignore_eos"].is_null()) {
+    if (!body["ignore_eos"].is_boolean()) return BadParam("ignore_eos", "expected true or false");
+    s.set_ignore_eos(body["ignore_eos"].get<bool>());
+  }
+  if (body.contains("stream") && !body["stream"].is_null()) {
+    if (!body["stream"].is_boolean()) return BadParam("stream", "expected true or false");
+    call.stream = body["stream"].get<bool>();
+  }
+  if (body.contains("stream_options") && !body["stream_options"].is_null()) {
+    const json& o = body["stream_options"];
+    if (!o.is_object()) return BadParam("stream_options", "expected an object");
+    if (!call.stream) return BadParam("stream_options", "only allowed with stream: true");
+    call.include_usage = o.value("include_usage", false);
+  }
+  return call;
+}
+
+HttpError FromGrpcError(int grpc_code, const std::string& message) {
+  HttpError e;
+  e.message = message;
+  switch (grpc_code) {
+    case 3: {  // INVALID_ARGUMENT: "sampling.top_p: ..." -> param "top_p"
+      e.status = 400;
+      const size_t colon = message.find(": ");
+      if (colon != std::string::npos && message.find(' ') >= colon) {
+        std::string field = message.substr(0, colon);
+        if (field.rfind("sampling.", 0) == 0) field = field.substr(9);
+        e.param = field;
+      }
+      return e;
+    }
+    case 5: e.status = 404; e.type = "NotFoundError"; return e;
+    case 8: e.status = 429; e.type = "rate_limit_error"; return e;
+    case 14: e.status = 503; e.type = "server_error"; return e;
+    case 4: e.status = 504; e.type = "server_error"; return e;
+    case 12: e.status = 501; e.type = "server_error"; return e;
+    default: e.status = 500; e.type = "server_error"; return e;
+  }
+}
+
+std::string FinishReasonName(v1::FinishReason r) {
+  switch (r) {
+    case v1::FINISH_REASON_STOP:
+    case v1::FINISH_REASON_STOP_SEQUENCE:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_CANCELLED:
+      return "abort";
+    default:
+      return "error";
+  }
+}
+
+bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
+  if (r.index() >= choices_.size()) return false;
+  if (!r.request_id().empty()) request_id_ = r.request_id();
+  Choice& c = choices_[r.index()];
+  c.text += r.text();
+  if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) c.finish_reason = FinishReasonName(r.finish_reason());
+  if (r.has_usage()) {
+    prompt_tokens_ = r.usage().prompt_tokens();
+    c.completion_tokens = r.usage().completion_tokens();
+  }
+  return true;
+}
+
+json CompletionAccumulator::ToJson(const std::string& model_name, int64_t created) const {
+  json choices = json::array();
+  uint32_t completion_tokens = 0;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    choices.push_back({{"index", i},
+                       {"text", choices_[i].text},
+                       {"logprobs", nullptr},
+                       {"finish_reason", choices_[i].finish_reason.empty() ? json(nullptr) : json(choices_[i].finish_reason)}});
+    completion_tokens += choices_[i].completion_tokens;
+  }
+  return {{"id", "cmpl-" + request_id_},
+          {"object", "text_completion"},
+          {"created", created},
+          {"model", model_name},
+          {"choices", choices},
+          {"usage",
+           {{"prompt_tokens", prompt_tokens_},
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens_ + completion_tokens}}}};
+}
+
+json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created) {
+  const bool last = r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
+  return {{"id", "cmpl-" + r.request_id()},
+          {"object", "text_completion"},
+          {"created", created},
+          {"model", model_name},
+          {"choices",
+           json::array({{{"index", r.index()},
+                         {"text", r.text()},
+                         {"logprobs", nullptr},
+                         {"finish_reason", last ? json(FinishReasonName(r.finish_reason())) : json(nullptr)}}})}};
+}
+
+json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
+                     uint32_t prompt_tokens, uint32_t completion_tokens) {
+  return {{"id", "cmpl-" + request_id},
+          {"object", "text_completion"},
+          {"created", created},
+          {"model", model_name},
+          {"choices", json::array()},
+          {"usage",
+           {{"prompt_tokens", prompt_tokens},
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens + completion_tokens}}}};
+}
+
+json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created) {
+  return {{"object", "list"},
+          {"data", json::array({{{"id", model_name},
+                                 {"object", "model"},
+                                 {"created", created},
+                                 {"owned_by", "moe"},
+                                 {"max_model_len", max_model_len}}})}};
+}
+
+}  // namespace moe::openai

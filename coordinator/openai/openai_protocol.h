@@ -1,0 +1,81 @@
+// OpenAI's text-completions protocol (POST /v1/completions, GET /v1/models) translated to and from
+// the public gRPC API, as plain functions on JSON and protos (no I/O), so the rules are tested
+// without a server. Field names and defaults are OpenAI's, with vLLM's extensions (top_k, min_p,
+// repetition_penalty, min_tokens, ignore_eos, stop_token_ids); what the gRPC API cannot do yet
+// (logprobs, echo, suffix, best_of other than n, several prompts in one request) is refused with a
+// 400 naming the parameter rather than ignored.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "moe/v1/inference.pb.h"
+
+namespace moe::openai {
+
+// An HTTP error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+struct HttpError {
+  int status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::optional<std::string> param;
+
+  nlohmann::json ToJson() const;
+};
+
+struct CompletionCall {
+  v1::GenerateRequest request;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
+  uint32_t n = 1;
+};
+
+// The request body of POST /v1/completions; `model_name` is the one model served (a request naming
+// another gets 404, as vLLM answers).
+std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body, const std::string& model_name);
+
+// The HTTP error for a failed gRPC call: INVALID_ARGUMENT 400 (param: the field the message starts
+// with, "sampling." dropped, so a client sees "top_p"), NOT_FOUND 404, RESOURCE_EXHAUSTED 429,
+// UNAVAILABLE 503, DEADLINE_EXCEEDED 504, UNIMPLEMENTED 501, anything else 500.
+HttpError FromGrpcError(int grpc_code, const std::string& message);
+
+// "stop" (EOS, a stop token id or a stop string) or "length"; "abort" for a cancelled completion.
+std::string FinishReasonName(v1::FinishReason r);
+
+// Accumulates a stream's messages into the non-streaming answer.
+class CompletionAccumulator {
+ public:
+  explicit CompletionAccumulator(uint32_t n) : choices_(n) {}
+  // False when the message names a completion index outside [0, n).
+  bool Add(const v1::GenerateResponse& r);
+  // {"id", "object": "text_completion", "created", "model", "choices", "usage"}.
+  nlohmann::json ToJson(const std::string& model_name, int64_t created) const;
+
+ private:
+  struct Choice {
+    std::string text;
+    std::string finish_reason;
+    uint32_t completion_tokens = 0;
+  };
+  std::string request_id_;
+  uint32_t prompt_tokens_ = 0;
+  std::vector<Choice> choices_;
+};
+
+// One server-sent event's JSON for a streamed message: its completion's text delta and, on its last
+// message, the finish reason.
+nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created);
+// The last event with include_usage: no choices, the request's usage.
+nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
+                               uint32_t prompt_tokens, uint32_t completion_tokens);
+
+// GET /v1/models: the one model, with its context length.
+nlohmann::json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created);
+
+}  // namespace moe::openai

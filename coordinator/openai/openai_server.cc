@@ -1,0 +1,199 @@
+#include "coordinator/openai/openai_server.h"
+
+#include <chrono>
+#include <ctime>
+#include <string>
+#include <vector>
+
+#include <civetweb.h>
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include "clients/cpp/health_check.h"
+#include "coordinator/openai/openai_protocol.h"
+
+namespace moe::openai {
+namespace {
+
+using nlohmann::json;
+
+constexpr long long kMaxBodyBytes = 16 << 20;
+
+int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
+
+void SendJson(mg_connection* conn, int status, const json& j) {
+  const std::string body = j.dump();
+  mg_printf(conn,
+            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+            status, mg_get_response_code_text(conn, status), body.size());
+  mg_write(conn, body.data(), body.size());
+}
+
+int SendError(mg_connection* conn, const HttpError& e) {
+  SendJson(conn, e.status, e.ToJson());
+  return e.status;
+}
+
+// One server-sent event; false when the client has gone.
+bool SendEvent(mg_connection* conn, const std::string& data) {
+  const std::string event = "data: " + data + "\n\n";
+  return mg_write(conn, event.data(), event.size()) == static_cast<int>(event.size());
+}
+
+bool IsMethod(mg_connection* conn, const char* method) {
+  return std::string(mg_get_request_info(conn)->request_method) == method;
+}
+
+int MethodNotAllowed(mg_connection* conn, const char* allowed) {
+  return SendError(conn, HttpError{405, std::string("use ") + allowed, "invalid_request_error", {}});
+}
+
+absl::StatusOr<std::string> ReadBody(mg_connection* conn) {
+  const long long length = mg_get_request_info(conn)->content_length;
+  if (length > kMaxBodyBytes) return absl::InvalidArgumentError("the request body exceeds 16 MiB");
+  std::string body;
+  char buf[8192];
+  while (static_cast<long long>(body.size()) <= kMaxBodyBytes) {
+    const int n = mg_read(conn, buf, sizeof(buf));
+    if (n <= 0) break;
+    body.append(buf, static_cast<size_t>(n));
+  }
+  if (static_cast<long long>(body.size()) > kMaxBodyBytes) return absl::InvalidArgumentError("the request body exceeds 16 MiB");
+  return body;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOptions& opts) {
+  std::unique_ptr<OpenAiServer> s(new OpenAiServer());
+  s->channel_ = grpc::CreateChannel(opts.coordinator, grpc::InsecureChannelCredentials());
+  s->stub_ = v1::Inference::NewStub(s->channel_);
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(opts.connect_timeout_s * 1000));
+  if (!s->channel_->WaitForConnected(deadline)) {
+    return absl::UnavailableError(absl::StrCat("the coordinator at ", opts.coordinator, " did not answer within ",
+                                               opts.connect_timeout_s, " s"));
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline);
+  v1::ModelInfo info;
+  const grpc::Status got = s->stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
+  if (!got.ok()) return absl::UnavailableError(absl::StrCat("GetModelInfo from ", opts.coordinator, ": ", got.error_message()));
+  s->model_name_ = opts.model_name;
+  if (s->model_name_.empty()) {
+    std::string dir = info.model_dir();
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    s->model_name_ = dir.substr(dir.find_last_of('/') + 1);
+  }
+  s->max_model_len_ = info.max_context();
+  s->created_ = UnixNow();
+
+  mg_init_library(0);
+  const std::string threads = std::to_string(opts.threads);
+  const char* options[] = {"listening_ports", opts.listen.c_str(), "num_threads", threads.c_str(),
+                           "request_timeout_ms", "600000", nullptr};
+  mg_callbacks callbacks{};
+  s->ctx_ = mg_start(&callbacks, s.get(), options);
+  if (s->ctx_ == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", opts.listen, " (bad address or port in use)"));
+  }
+  mg_server_port ports[4];
+  const int n = mg_get_server_ports(s->ctx_, 4, ports);
+  s->port_ = n > 0 ? ports[0].port : 0;
+  mg_set_request_handler(s->ctx_, "/v1/completions$", &OpenAiServer::HandleCompletions, s.get());
+  mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
+  mg_set_request_handler(s->ctx_, "/health$", &OpenAiServer::HandleHealth, s.get());
+  mg_set_request_handler(s->ctx_, "/", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
+  return s;
+}
+
+OpenAiServer::~OpenAiServer() {
+  if (ctx_ != nullptr) mg_stop(ctx_);
+}
+
+int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
+  if (!IsMethod(conn, "GET")) return MethodNotAllowed(conn, "GET");
+  auto* s = static_cast<OpenAiServer*>(self);
+  SendJson(conn, 200, ModelsJson(s->model_name_, s->max_model_len_, s->created_));
+  return 200;
+}
+
+int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
+  const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/models, /health)",
+                                   "NotFoundError", {}});
+}
+
+int OpenAiServer::HandleHealth(mg_connection* conn, void* self) {
+  auto* s = static_cast<OpenAiServer*>(self);
+  const absl::StatusOr<client::ServingStatus> h = client::CheckHealth(s->channel_, "", std::chrono::milliseconds(2000));
+  const bool serving = h.ok() && *h == grpc::health::v1::HealthCheckResponse::SERVING;
+  SendJson(conn, serving ? 200 : 503,
+           {{"status", h.ok() ? client::ServingStatusName(*h) : std::string(h.status().message())}});
+  return serving ? 200 : 503;
+}
+
+int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->Completions(conn);
+}
+
+int OpenAiServer::Completions(mg_connection* conn) {
+  if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
+  absl::StatusOr<std::string> body = ReadBody(conn);
+  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
+  std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(*body, model_name_);
+  if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
+  const CompletionCall& call = std::get<CompletionCall>(parsed);
+  const int64_t created = UnixNow();
+
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
+  v1::GenerateResponse msg;
+  // The coordinator checks the request before it sends anything: a stream that ends without a
+  // message is an error the client gets as an HTTP status, not as an event.
+  if (!reader->Read(&msg)) {
+    const grpc::Status st = reader->Finish();
+    if (st.ok()) return SendError(conn, HttpError{500, "the coordinator sent no completion", "server_error", {}});
+    return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+  }
+
+  if (!call.stream) {
+    CompletionAccumulator acc(call.n);
+    do {
+      if (!acc.Add(msg)) ctx.TryCancel();
+    } while (reader->Read(&msg));
+    const grpc::Status st = reader->Finish();
+    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+    SendJson(conn, 200, acc.ToJson(model_name_, created));
+    return 200;
+  }
+
+  mg_printf(conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+  std::string request_id;
+  uint32_t prompt_tokens = 0, completion_tokens = 0;
+  bool client_gone = false;
+  do {
+    request_id = msg.request_id();
+    if (msg.has_usage()) {
+      prompt_tokens = msg.usage().prompt_tokens();
+      completion_tokens += msg.usage().completion_tokens();
+    }
+    if (!client_gone && !SendEvent(conn, StreamChunkJson(msg, model_name_, created).dump())) {
+      client_gone = true;
+      ctx.TryCancel();  // the coordinator cancels the sequences and frees their KV blocks
+    }
+  } while (reader->Read(&msg));
+  const grpc::Status st = reader->Finish();
+  if (client_gone) return 200;
+  if (!st.ok()) {
+    SendEvent(conn, FromGrpcError(st.error_code(), st.error_message()).ToJson().dump());
+  } else if (call.include_usage) {
+    SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_tokens, completion_tokens).dump());
+  }
+  SendEvent(conn, "[DONE]");
+  return 200;
+}
+
+}  // namespace moe::openai

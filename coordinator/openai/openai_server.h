@@ -1,0 +1,57 @@
+// moe-openai-server: an OpenAI-compatible HTTP front end (POST /v1/completions, streamed as
+// server-sent events or whole; GET /v1/models; GET /health) over the coordinator's public gRPC
+// API, so OpenAI clients and tools built for vLLM's server (benchmark_serving, lm-evaluation-harness's
+// local-completions without logprobs) talk to the cluster unchanged. A separate process and a plain
+// gRPC client: it adds no state, and the coordinator stays the one place where requests are checked
+// and scheduled. The translation rules are in openai_protocol.h.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/channel.h>
+
+#include "common/status.h"
+#include "moe/v1/inference.grpc.pb.h"
+
+struct mg_connection;
+struct mg_context;
+
+namespace moe::openai {
+
+struct ServerOptions {
+  std::string coordinator;            // HOST:PORT of the coordinator's public API
+  std::string listen = "0.0.0.0:8000";
+  std::string model_name;             // empty: the model folder's name, from GetModelInfo
+  int threads = 64;                   // HTTP connections served at once
+  double connect_timeout_s = 30;      // to reach the coordinator at start
+};
+
+class OpenAiServer {
+ public:
+  // Reads the model's name and context from the coordinator, then listens. Unavailable when the
+  // coordinator does not answer in time; InvalidArgument for a bad --listen or a port in use.
+  static absl::StatusOr<std::unique_ptr<OpenAiServer>> Start(const ServerOptions& opts);
+  ~OpenAiServer();
+
+  int port() const { return port_; }
+  const std::string& model_name() const { return model_name_; }
+
+ private:
+  OpenAiServer() = default;
+  static int HandleCompletions(mg_connection* conn, void* self);
+  static int HandleModels(mg_connection* conn, void* self);
+  static int HandleHealth(mg_connection* conn, void* self);
+  static int HandleUnknown(mg_connection* conn, void* self);
+  int Completions(mg_connection* conn);
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+  std::string model_name_;
+  int64_t max_model_len_ = 0;
+  int64_t created_ = 0;
+  mg_context* ctx_ = nullptr;
+  int port_ = 0;
+};
+
+}  // namespace moe::openai

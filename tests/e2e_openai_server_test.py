@@ -1,0 +1,193 @@
+#!/usr/bin/python3
+"""End-to-end test of moe-openai-server, started by deploy/launch-cluster.sh --openai-listen.
+
+A 2-rank cluster on the default model with its OpenAI-compatible HTTP front, driven with plain HTTP
+(urllib, as any OpenAI client would send it): greedy completions carry samples.json's text
+(transformers' greedy continuations), whole or streamed as server-sent events; sampled and n > 1
+completions equal what the gRPC API gives for the same request; every error is OpenAI's JSON shape
+with the right HTTP status and the offending parameter; a client that leaves a stream cancels its
+request (the KV blocks come back); and SIGTERM stops the front and the cluster cleanly.
+
+Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
+"""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
+
+from launched_cluster import (BUILD_DIR, SOURCE_DIR, STOP_TIMEOUT_S, LaunchedCluster, load_samples,  # noqa: E402
+                              pid_exists)
+
+os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
+
+from moe_client import MoeClient  # noqa: E402
+
+MODEL = "shakespeare-moe"
+
+
+class OpenAiServerEndToEnd(unittest.TestCase):
+    cluster = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.samples = load_samples()
+        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0"])
+        try:
+            cls.cluster.start()
+        except Exception:
+            cls.cluster.kill_everything()
+            raise
+        cls.base = "http://" + cls.cluster.openai_address
+        cls.grpc = MoeClient(cls.cluster.address, timeout=60)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.grpc.close()
+        cls.cluster.kill_everything()
+
+    def call(self, path, body=None, raw=None, method=None):
+        """(HTTP status, parsed JSON body) of one request."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stream(self, body):
+        """The JSON events of a streamed completion, up to [DONE] (which must come last)."""
+        req = urllib.request.Request(self.base + "/v1/completions", data=json.dumps(dict(body, stream=True)).encode(),
+                                     headers={"Content-Type": "application/json"})
+        events = []
+        with urllib.request.urlopen(req, timeout=60) as r:
+            self.assertEqual(r.headers["Content-Type"], "text/event-stream")
+            for line in r:
+                line = line.decode().rstrip("\n")
+                if not line:
+                    continue
+                self.assertTrue(line.startswith("data: "), line)
+                if line == "data: [DONE]":
+                    self.assertEqual(r.read(), b"\n", "[DONE] ends the stream (its event's blank line only)")
+                    return events
+                events.append(json.loads(line[len("data: "):]))
+        self.fail("the stream ended without [DONE]")
+
+    def test_a_models_and_health(self):
+        status, body = self.call("/v1/models")
+        self.assertEqual(status, 200)
+        self.assertEqual([m["id"] for m in body["data"]], [MODEL])
+        self.assertEqual(body["data"][0]["max_model_len"], 4096)
+        status, body = self.call("/health")
+        self.assertEqual((status, body["status"]), (200, "SERVING"))
+
+    def test_b_greedy_completions_carry_the_samples_text(self):
+        for prompt, s in self.samples.items():
+            n = len(s["greedy_ids"])
+            status, body = self.call("/v1/completions", {"model": MODEL, "prompt": prompt, "max_tokens": n,
+                                                         "temperature": 0})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["object"], "text_completion")
+            self.assertEqual(body["choices"][0]["text"], s["greedy_text"][len(prompt):])
+            self.assertEqual(body["usage"], {"prompt_tokens": len(s["prompt_ids"]), "completion_tokens": n,
+                                             "total_tokens": len(s["prompt_ids"]) + n})
+            # The same as token ids, streamed: the deltas add up to the text, the last names the reason.
+            events = self.stream({"prompt": s["prompt_ids"], "max_tokens": n, "temperature": 0,
+                                  "stream_options": {"include_usage": True}})
+            text = "".join(c["text"] for e in events for c in e["choices"])
+            self.assertEqual(text, s["greedy_text"][len(prompt):])
+            self.assertEqual([c["finish_reason"] for e in events for c in e["choices"]][-1], "length")
+            self.assertEqual(events[-1]["choices"], [])
+            self.assertEqual(events[-1]["usage"]["completion_tokens"], n)
+            self.assertEqual(len({e["id"] for e in events}), 1)
+
+    def test_c_sampling_parameters_mean_what_the_grpc_api_does(self):
+        params = dict(max_tokens=12, temperature=0.9, top_p=0.95, top_k=40, seed=5, presence_penalty=0.3,
+                      frequency_penalty=0.2, repetition_penalty=1.1, min_tokens=3, logit_bias={"9": -5})
+        status, body = self.call("/v1/completions", dict(params, prompt="JULIET:", n=3))
+        self.assertEqual(status, 200, body)
+        want = self.grpc.generate_choices("JULIET:", **dict(params, logit_bias={9: -5}, n=3))
+        self.assertEqual([c["index"] for c in body["choices"]], [0, 1, 2])
+        self.assertEqual([c["text"] for c in body["choices"]], [w.text for w in want])
+        self.assertEqual(body["usage"]["completion_tokens"], sum(len(w.token_ids) for w in want))
+        # A stop string ends the text before it, finish_reason "stop".
+        full = self.samples["ROMEO:"]["greedy_text"][len("ROMEO:"):]
+        stop = full[5:9]
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0,
+                                                     "stop": [stop]})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["text"], full[:full.find(stop)])
+        self.assertEqual(body["choices"][0]["finish_reason"], "stop")
+
+    def test_d_errors_are_openai_shaped(self):
+        cases = [
+            ({"prompt": "x", "top_p": 1.5}, None, 400, "top_p"),
+            ({"prompt": "x", "max_tokens": 5000}, None, 400, "max_tokens"),
+            ({"prompt": "x", "temperature": "hot"}, None, 400, "temperature"),
+            ({"prompt": "x", "model": "gpt-4"}, None, 404, "model"),
+            ({"prompt": ["a", "b"]}, None, 400, "prompt"),
+            ({"max_tokens": 3}, None, 400, "prompt"),
+            ({"prompt": "x", "logprobs": 2}, None, 400, "logprobs"),
+            ({"prompt": "x", "echo": True}, None, 400, "echo"),
+            ({"prompt": "x", "best_of": 3}, None, 400, "best_of"),
+            ({"prompt": "x", "logit_bias": {"a": 1}}, None, 400, "logit_bias"),
+            (None, b"{not json", 400, None),
+            (None, b"[1, 2]", 400, None),
+        ]
+        for body, raw, want_status, param in cases:
+            status, answer = self.call("/v1/completions", body, raw=raw)
+            self.assertEqual(status, want_status, (body, raw, answer))
+            self.assertEqual(answer["error"]["param"], param, answer)
+            self.assertTrue(answer["error"]["message"], answer)
+        status, answer = self.call("/v1/completions", method="GET")
+        self.assertEqual(status, 405, answer)
+        status, answer = self.call("/v1/chat/nothing", {"prompt": "x"})
+        self.assertEqual(status, 404, answer)
+        self.assertIn("/v1/completions", answer["error"]["message"])
+
+    def test_e_leaving_a_stream_cancels_the_request(self):
+        host, port = self.cluster.openai_address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "ROMEO:", "max_tokens": 3000, "temperature": 0,
+                                                             "ignore_eos": True, "stream": True}),
+                     {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.readline().startswith(b"data: "))
+        conn.close()  # the server notices at its next write and cancels the gRPC call
+        deadline = time.monotonic() + 20
+        while True:
+            st = self.grpc.stats()
+            if st.requests_running == 0 and sum(r.kv_blocks_used for r in st.ranks) == 0:
+                break
+            self.assertLess(time.monotonic(), deadline, f"the request still runs after the client left: {st}")
+            time.sleep(0.1)
+
+    def test_z_sigterm_stops_everything(self):
+        c = self.cluster
+        c.proc.send_signal(signal.SIGTERM)
+        try:
+            status = c.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.fail("the launcher did not exit after SIGTERM\n" + c.log_text())
+        c.wait_for(r"openai server stopped \(status 0\)", 5)
+        stopped = c.wait_for(r"stopped \(coordinator status (\S+), mpirun status (\S+)\)", 5)
+        self.assertEqual(stopped.groups(), ("0", "0"), c.log_text())
+        self.assertEqual(status, 0, c.log_text())
+        self.assertFalse(pid_exists(c.openai_pid))
+        self.assertEqual(c.leftovers(), [], "processes left behind")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,171 @@
+// OpenAI's completions protocol against the gRPC API, rule by rule: which request fields become
+// which SamplingParams (OpenAI's names and defaults, vLLM's extensions), what is refused with which
+// HTTP status and parameter, and the response JSON built from a stream of GenerateResponses.
+#include "coordinator/openai/openai_protocol.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace moe::openai {
+namespace {
+
+using nlohmann::json;
+
+CompletionCall Ok(const json& body) {
+  auto r = ParseCompletionRequest(body.dump(), "m");
+  if (auto* e = std::get_if<HttpError>(&r)) ADD_FAILURE() << body.dump() << " -> " << e->message;
+  return std::get_if<CompletionCall>(&r) ? std::get<CompletionCall>(r) : CompletionCall{};
+}
+
+HttpError Err(const std::string& body) {
+  auto r = ParseCompletionRequest(body, "m");
+  if (std::get_if<CompletionCall>(&r)) ADD_FAILURE() << body << " was accepted";
+  return std::get_if<HttpError>(&r) ? std::get<HttpError>(r) : HttpError{};
+}
+
+TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
+  CompletionCall c = Ok({{"prompt", "hi"}});
+  EXPECT_EQ(c.request.prompt().text(), "hi");
+  EXPECT_FALSE(c.request.sampling().has_max_tokens()) << "the coordinator's default (16, as OpenAI's)";
+  EXPECT_FALSE(c.request.sampling().has_temperature());
+  EXPECT_FALSE(c.stream);
+  EXPECT_EQ(c.n, 1u);
+
+  c = Ok({{"prompt", {1, 2, 3}}, {"model", "m"}, {"max_tokens", 7}, {"temperature", 0.5}, {"top_p", 0.9},
+          {"top_k", -1}, {"min_p", 0.1}, {"seed", 9}, {"n", 2}, {"best_of", 2}, {"stop", "END"},
+          {"stop_token_ids", {5}}, {"presence_penalty", 0.5}, {"frequency_penalty", -0.5},
+          {"repetition_penalty", 1.2}, {"min_tokens", 2}, {"ignore_eos", true}, {"logit_bias", {{"17", -3}}},
+          {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"user", "ignored"}});
+  const v1::SamplingParams& s = c.request.sampling();
+  EXPECT_EQ(std::vector<int32_t>(c.request.prompt().token_ids().ids().begin(), c.request.prompt().token_ids().ids().end()),
+            (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(s.max_tokens(), 7u);
+  EXPECT_EQ(s.temperature(), 0.5f);
+  EXPECT_EQ(s.top_p(), 0.9f);
+  EXPECT_EQ(s.top_k(), 0) << "vLLM's -1 is off";
+  EXPECT_EQ(s.min_p(), 0.1f);
+  EXPECT_EQ(s.seed(), 9u);
+  EXPECT_EQ(s.n(), 2u);
+  EXPECT_EQ(c.n, 2u);
+  EXPECT_EQ(std::vector<std::string>(s.stop().begin(), s.stop().end()), (std::vector<std::string>{"END"}));
+  EXPECT_EQ(s.stop_token_ids(0), 5);
+  EXPECT_EQ(s.presence_penalty(), 0.5f);
+  EXPECT_EQ(s.frequency_penalty(), -0.5f);
+  EXPECT_EQ(s.repetition_penalty(), 1.2f);
+  EXPECT_EQ(s.min_tokens(), 2u);
+  EXPECT_TRUE(s.ignore_eos());
+  EXPECT_EQ(s.logit_bias().at(17), -3.0f);
+  EXPECT_TRUE(c.stream);
+  EXPECT_TRUE(c.include_usage);
+
+  EXPECT_EQ(Ok({{"prompt", {"one"}}}).request.prompt().text(), "one") << "a batch of one prompt";
+  EXPECT_EQ(Ok({{"prompt", {{4, 5}}}}).request.prompt().token_ids().ids_size(), 2);
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"stop", {"a", "b"}}}).request.sampling().stop_size(), 2);
+  EXPECT_FALSE(Ok({{"prompt", "x"}, {"temperature", nullptr}}).request.sampling().has_temperature()) << "null: unset";
+}
+
+TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
+  struct Case {
+    std::string body;
+    int status;
+    std::optional<std::string> param;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"{not json", 400, std::nullopt},
+           {"[1]", 400, std::nullopt},
+           {R"({"max_tokens": 3})", 400, "prompt"},
+           {R"({"prompt": 5})", 400, "prompt"},
+           {R"({"prompt": []})", 400, "prompt"},
+           {R"({"prompt": ["a", "b"]})", 400, "prompt"},
+           {R"({"prompt": [1, "a"]})", 400, "prompt"},
+           {R"({"prompt": "x", "model": "other"})", 404, "model"},
+           {R"({"prompt": "x", "model": 3})", 400, "model"},
+           {R"({"prompt": "x", "max_tokens": -1})", 400, "max_tokens"},
+           {R"({"prompt": "x", "max_tokens": 1.5})", 400, "max_tokens"},
+           {R"({"prompt": "x", "top_k": -2})", 400, "top_k"},
+           {R"({"prompt": "x", "seed": -1})", 400, "seed"},
+           {R"({"prompt": "x", "temperature": "warm"})", 400, "temperature"},
+           {R"({"prompt": "x", "stop": 3})", 400, "stop"},
+           {R"({"prompt": "x", "stop_token_ids": "2"})", 400, "stop_token_ids"},
+           {R"({"prompt": "x", "logit_bias": {"12x": 1}})", 400, "logit_bias"},
+           {R"({"prompt": "x", "logit_bias": {"12": "up"}})", 400, "logit_bias"},
+           {R"({"prompt": "x", "logit_bias": [1]})", 400, "logit_bias"},
+           {R"({"prompt": "x", "ignore_eos": 1})", 400, "ignore_eos"},
+           {R"({"prompt": "x", "stream": "yes"})", 400, "stream"},
+           {R"({"prompt": "x", "stream_options": {"include_usage": true}})", 400, "stream_options"},
+           {R"({"prompt": "x", "logprobs": 1})", 400, "logprobs"},
+           {R"({"prompt": "x", "echo": true})", 400, "echo"},
+           {R"({"prompt": "x", "suffix": "y"})", 400, "suffix"},
+           {R"({"prompt": "x", "n": 2, "best_of": 3})", 400, "best_of"},
+       }) {
+    const HttpError e = Err(c.body);
+    EXPECT_EQ(e.status, c.status) << c.body;
+    EXPECT_EQ(e.param, c.param) << c.body << " -> " << e.message;
+    EXPECT_FALSE(e.message.empty());
+    const json j = e.ToJson();
+    EXPECT_EQ(j["error"]["code"], c.status);
+    EXPECT_EQ(j["error"]["message"], e.message);
+  }
+  // Accepted as OpenAI allows: logprobs and echo switched off explicitly.
+  Ok({{"prompt", "x"}, {"logprobs", nullptr}, {"echo", false}});
+}
+
+TEST(OpenAiProtocolTest, GrpcErrorsBecomeHttpStatusesWithTheFieldAsParam) {
+  HttpError e = FromGrpcError(3, "sampling.top_p: must be in (0, 1], got 1.5");
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "top_p");
+  EXPECT_EQ(e.message, "sampling.top_p: must be in (0, 1], got 1.5");
+  EXPECT_EQ(FromGrpcError(3, "prompt.token_ids.ids[1]: token id 9999 is outside").param, "prompt.token_ids.ids[1]");
+  EXPECT_EQ(FromGrpcError(3, "the request has no prompt: set it").param, std::nullopt) << "no field path first";
+  EXPECT_EQ(FromGrpcError(8, "queue full (256 waiting)").status, 429);
+  EXPECT_EQ(FromGrpcError(14, "no workers").status, 503);
+  EXPECT_EQ(FromGrpcError(4, "deadline").status, 504);
+  EXPECT_EQ(FromGrpcError(13, "worker error: x").status, 500);
+}
+
+v1::GenerateResponse Msg(uint32_t index, const std::string& text, v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED,
+                         uint32_t completion_tokens = 0) {
+  v1::GenerateResponse r;
+  r.set_request_id("req-7");
+  r.set_index(index);
+  r.set_text(text);
+  if (reason != v1::FINISH_REASON_UNSPECIFIED) {
+    r.set_finish_reason(reason);
+    r.mutable_usage()->set_prompt_tokens(4);
+    r.mutable_usage()->set_completion_tokens(completion_tokens);
+  }
+  return r;
+}
+
+TEST(OpenAiProtocolTest, ResponsesFoldTheStreamPerCompletion) {
+  CompletionAccumulator acc(2);
+  EXPECT_TRUE(acc.Add(Msg(1, "b")));
+  EXPECT_TRUE(acc.Add(Msg(0, "a")));
+  EXPECT_TRUE(acc.Add(Msg(0, "c", v1::FINISH_REASON_STOP_SEQUENCE, 2)));
+  EXPECT_TRUE(acc.Add(Msg(1, "d", v1::FINISH_REASON_LENGTH, 3)));
+  EXPECT_FALSE(acc.Add(Msg(2, "x")));
+  const json j = acc.ToJson("m", 1000);
+  EXPECT_EQ(j["id"], "cmpl-req-7");
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["created"], 1000);
+  EXPECT_EQ(j["model"], "m");
+  ASSERT_EQ(j["choices"].size(), 2u);
+  EXPECT_EQ(j["choices"][0]["text"], "ac");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(j["choices"][1]["text"], "bd");
+  EXPECT_EQ(j["choices"][1]["finish_reason"], "length");
+  EXPECT_EQ(j["usage"], (json{{"prompt_tokens", 4}, {"completion_tokens", 5}, {"total_tokens", 9}}));
+
+  const json chunk = StreamChunkJson(Msg(1, "z"), "m", 5);
+  EXPECT_EQ(chunk["choices"][0]["index"], 1);
+  EXPECT_EQ(chunk["choices"][0]["text"], "z");
+  EXPECT_TRUE(chunk["choices"][0]["finish_reason"].is_null());
+  EXPECT_EQ(StreamChunkJson(Msg(0, "", v1::FINISH_REASON_STOP, 1), "m", 5)["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(StreamUsageJson("req-7", "m", 5, 4, 6)["usage"]["total_tokens"], 10);
+  EXPECT_EQ(ModelsJson("m", 4096, 5)["data"][0]["max_model_len"], 4096);
+  EXPECT_EQ(FinishReasonName(v1::FINISH_REASON_CANCELLED), "abort");
+}
+
+}  // namespace
+}  // namespace moe::openai
