@@ -42,10 +42,12 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
     const int32_t id = tokens.token_ids(i);
     ++completion_tokens_;
     out.add_token_ids(id);
+    const std::string delta = detok_ != nullptr ? detok_->Push(id) : std::string();
     if (want_logprobs_) {
       v1::TokenLogprob* lp = out.add_logprobs();
       lp->set_token_id(id);
       lp->set_logprob(tokens.logprobs(i));
+      lp->set_text(delta);
       if (i < tokens.top_size()) {
         for (const v1::WorkerTopLogprob& alt : tokens.top(i).alternatives()) {
           if (alt.token_id() < 0 || alt.token_id() >= vocab) continue;
@@ -58,10 +60,10 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
     }
     if (detok_ == nullptr) continue;
     if (completion_tokens_ <= min_tokens_) {  // a stop string cannot end the output yet
-      out.mutable_text()->append(detok_->Push(id));
+      out.mutable_text()->append(delta);
       continue;
     }
-    StopMatcher::Output text = stop_.Push(detok_->Push(id));
+    StopMatcher::Output text = stop_.Push(delta);
     out.mutable_text()->append(text.text);
     if (text.stopped) {
       stopped_ = true;

@@ -179,6 +179,31 @@ TEST_F(GenerateOutputTest, LogprobsCarryTheAlternativesText) {
   EXPECT_EQ(resp.logprobs(0).top(1).logprob(), -3.0f);
 }
 
+// Each token's logprob entry carries the text it added, so they add up to the recorded text
+// however the tokens are grouped.
+TEST_F(GenerateOutputTest, TokenTextsAddUpToTheCompletionText) {
+  for (const Sample& s : samples_) {
+    const std::string generated = s.greedy_text.substr(s.prompt.size());
+    for (size_t group : {1, 4}) {
+      RequestModel model{config_, codec_.get()};
+      GenerateOutput out(Job(s, {}, /*logprobs=*/true), model, "r3");
+      std::string joined;
+      for (size_t i = 0; i < s.greedy_ids.size(); i += group) {
+        v1::Tokens t;
+        for (size_t k = i; k < std::min(i + group, s.greedy_ids.size()); ++k) {
+          t.add_token_ids(s.greedy_ids[k]);
+          t.add_logprobs(-1.0f);
+        }
+        v1::GenerateResponse resp;
+        ASSERT_TRUE(out.AddTokens(t, resp).ok());
+        ASSERT_EQ(resp.logprobs_size(), resp.token_ids_size());
+        for (const v1::TokenLogprob& lp : resp.logprobs()) joined += lp.text();
+      }
+      EXPECT_EQ(joined, generated) << "group " << group;
+    }
+  }
+}
+
 TEST_F(GenerateOutputTest, WorkerIdsOutsideTheVocabularyAreAnError) {
   RequestModel model{config_, codec_.get()};
   GenerateOutput out(Job(samples_[0]), model, "r3");

@@ -130,6 +130,25 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(body["choices"][0]["text"], full[:full.find(stop)])
         self.assertEqual(body["choices"][0]["finish_reason"], "stop")
 
+    def test_c2_logprobs_in_openais_shape_match_the_grpc_api(self):
+        body = {"prompt": "ROMEO:", "max_tokens": 16, "temperature": 0, "logprobs": 3}
+        status, answer = self.call("/v1/completions", body)
+        self.assertEqual(status, 200, answer)
+        choice = answer["choices"][0]
+        lp = choice["logprobs"]
+        want = self.grpc.generate_full("ROMEO:", max_tokens=16, temperature=0, logprobs=3)
+        self.assertEqual("".join(lp["tokens"]), choice["text"])
+        self.assertEqual(lp["token_logprobs"], [x.logprob for x in want.logprobs])
+        self.assertEqual(lp["text_offset"], [len("".join(lp["tokens"][:i])) for i in range(len(lp["tokens"]))])
+        for top, w in zip(lp["top_logprobs"], want.logprobs):
+            self.assertEqual(top, {t.text: t.logprob for t in reversed(w.top)})
+            self.assertLessEqual(len(top), 3)
+        events = self.stream(body)
+        streamed = [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["tokens"]]
+        self.assertEqual(streamed, lp["tokens"])
+        offsets = [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+        self.assertEqual(offsets, lp["text_offset"])
+
     def test_d_errors_are_openai_shaped(self):
         cases = [
             ({"prompt": "x", "top_p": 1.5}, None, 400, "top_p"),
@@ -138,7 +157,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             ({"prompt": "x", "model": "gpt-4"}, None, 404, "model"),
             ({"prompt": ["a", "b"]}, None, 400, "prompt"),
             ({"max_tokens": 3}, None, 400, "prompt"),
-            ({"prompt": "x", "logprobs": 2}, None, 400, "logprobs"),
+            ({"prompt": "x", "logprobs": 21}, None, 400, "logprobs"),
             ({"prompt": "x", "echo": True}, None, 400, "echo"),
             ({"prompt": "x", "best_of": 3}, None, 400, "best_of"),
             ({"prompt": "x", "logit_bias": {"a": 1}}, None, 400, "logit_bias"),

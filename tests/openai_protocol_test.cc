@@ -94,7 +94,7 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "ignore_eos": 1})", 400, "ignore_eos"},
            {R"({"prompt": "x", "stream": "yes"})", 400, "stream"},
            {R"({"prompt": "x", "stream_options": {"include_usage": true}})", 400, "stream_options"},
-           {R"({"prompt": "x", "logprobs": 1})", 400, "logprobs"},
+           {R"({"prompt": "x", "logprobs": 21})", 400, "logprobs"},
            {R"({"prompt": "x", "echo": true})", 400, "echo"},
            {R"({"prompt": "x", "suffix": "y"})", 400, "suffix"},
            {R"({"prompt": "x", "n": 2, "best_of": 3})", 400, "best_of"},
@@ -107,6 +107,8 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
     EXPECT_EQ(j["error"]["code"], c.status);
     EXPECT_EQ(j["error"]["message"], e.message);
   }
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"logprobs", 3}}).request.sampling().logprobs(), 3u);
+  EXPECT_TRUE(Ok({{"prompt", "x"}, {"logprobs", 0}}).logprobs);
   // Accepted as OpenAI allows: logprobs and echo switched off explicitly.
   Ok({{"prompt", "x"}, {"logprobs", nullptr}, {"echo", false}});
 }
@@ -139,7 +141,7 @@ v1::GenerateResponse Msg(uint32_t index, const std::string& text, v1::FinishReas
 }
 
 TEST(OpenAiProtocolTest, ResponsesFoldTheStreamPerCompletion) {
-  CompletionAccumulator acc(2);
+  CompletionAccumulator acc(2, false);
   EXPECT_TRUE(acc.Add(Msg(1, "b")));
   EXPECT_TRUE(acc.Add(Msg(0, "a")));
   EXPECT_TRUE(acc.Add(Msg(0, "c", v1::FINISH_REASON_STOP_SEQUENCE, 2)));
@@ -157,14 +159,52 @@ TEST(OpenAiProtocolTest, ResponsesFoldTheStreamPerCompletion) {
   EXPECT_EQ(j["choices"][1]["finish_reason"], "length");
   EXPECT_EQ(j["usage"], (json{{"prompt_tokens", 4}, {"completion_tokens", 5}, {"total_tokens", 9}}));
 
-  const json chunk = StreamChunkJson(Msg(1, "z"), "m", 5);
+  size_t offset = 0;
+  const json chunk = StreamChunkJson(Msg(1, "z"), "m", 5, false, offset);
+  EXPECT_TRUE(chunk["choices"][0]["logprobs"].is_null());
   EXPECT_EQ(chunk["choices"][0]["index"], 1);
   EXPECT_EQ(chunk["choices"][0]["text"], "z");
   EXPECT_TRUE(chunk["choices"][0]["finish_reason"].is_null());
-  EXPECT_EQ(StreamChunkJson(Msg(0, "", v1::FINISH_REASON_STOP, 1), "m", 5)["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(StreamChunkJson(Msg(0, "", v1::FINISH_REASON_STOP, 1), "m", 5, false, offset)["choices"][0]["finish_reason"],
+            "stop");
   EXPECT_EQ(StreamUsageJson("req-7", "m", 5, 4, 6)["usage"]["total_tokens"], 10);
   EXPECT_EQ(ModelsJson("m", 4096, 5)["data"][0]["max_model_len"], 4096);
   EXPECT_EQ(FinishReasonName(v1::FINISH_REASON_CANCELLED), "abort");
+}
+
+// A token with its text (what it added), logprob and top alternatives.
+void AddToken(v1::GenerateResponse& r, int32_t id, const std::string& text, float logprob,
+              std::vector<std::pair<std::string, float>> top) {
+  r.add_token_ids(id);
+  r.set_text(r.text() + text);
+  v1::TokenLogprob* lp = r.add_logprobs();
+  lp->set_token_id(id);
+  lp->set_text(text);
+  lp->set_logprob(logprob);
+  for (const auto& [t, l] : top) {
+    v1::TopLogprob* x = lp->add_top();
+    x->set_text(t);
+    x->set_logprob(l);
+  }
+}
+
+TEST(OpenAiProtocolTest, LogprobsTakeOpenAisCompletionsShapeWithOffsetsAcrossMessages) {
+  v1::GenerateResponse a = Msg(0, ""), b = Msg(0, "", v1::FINISH_REASON_LENGTH, 3);
+  AddToken(a, 5, "He", -0.5f, {{"He", -0.5f}, {"She", -1.5f}});
+  AddToken(a, 6, "llo", -0.25f, {{"llo", -0.25f}, {"llo", -3.0f}});  // two ids with one text: the first kept
+  AddToken(b, 7, " you", -2.0f, {});
+  CompletionAccumulator acc(1, true);
+  ASSERT_TRUE(acc.Add(a));
+  ASSERT_TRUE(acc.Add(b));
+  const json lp = acc.ToJson("m", 1)["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"], (json{"He", "llo", " you"}));
+  EXPECT_EQ(lp["token_logprobs"], (json{-0.5, -0.25, -2.0}));
+  EXPECT_EQ(lp["top_logprobs"], (json{{{"He", -0.5}, {"She", -1.5}}, {{"llo", -0.25}}, json::object()}));
+  EXPECT_EQ(lp["text_offset"], (json{0, 2, 5}));
+  size_t offset = 0;
+  EXPECT_EQ(StreamChunkJson(a, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{0, 2}));
+  EXPECT_EQ(StreamChunkJson(b, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{5}));
+  EXPECT_EQ(offset, 9u);
 }
 
 }  // namespace

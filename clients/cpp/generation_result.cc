@@ -37,7 +37,7 @@ json GenerationResult::ToJson(bool with_logprobs) const {
     for (const auto& lp : logprobs) {
       json top = json::array();
       for (const auto& t : lp.top()) top.push_back({{"token_id", t.token_id()}, {"logprob", t.logprob()}, {"text", t.text()}});
-      lps.push_back({{"token_id", lp.token_id()}, {"logprob", lp.logprob()}, {"top", top}});
+      lps.push_back({{"token_id", lp.token_id()}, {"text", lp.text()}, {"logprob", lp.logprob()}, {"top", top}});
     }
     j["logprobs"] = lps;
   }

@@ -76,11 +76,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
                        "NotFoundError", std::string("model")};
     }
   }
-  for (const char* unsupported : {"suffix", "logprobs"}) {
-    if (body.contains(unsupported) && !body[unsupported].is_null()) {
-      return BadParam(unsupported, "not supported by this server yet (the gRPC API's Generate has logprobs)");
-    }
-  }
+  if (body.contains("suffix") && !body["suffix"].is_null()) return BadParam("suffix", "not supported by this server");
   if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
     return BadParam("echo", "not supported by this server yet (the gRPC API's Score gives prompt logprobs)");
   }
@@ -90,11 +86,12 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   if (std::optional<HttpError> e = ParsePrompt(body, *r.mutable_prompt())) return *e;
   v1::SamplingParams& s = *r.mutable_sampling();
 
-  std::optional<int64_t> max_tokens, top_k, seed, n, best_of, min_tokens;
+  std::optional<int64_t> max_tokens, top_k, seed, n, best_of, min_tokens, logprobs;
   std::optional<double> temperature, top_p, min_p, presence, frequency, repetition;
   for (auto e : {Integer(body, "max_tokens", 0, UINT32_MAX, max_tokens), Integer(body, "top_k", -1, INT32_MAX, top_k),
                  Integer(body, "seed", 0, INT64_MAX, seed), Integer(body, "n", 0, UINT32_MAX, n),
                  Integer(body, "best_of", 0, UINT32_MAX, best_of), Integer(body, "min_tokens", 0, UINT32_MAX, min_tokens),
+                 Integer(body, "logprobs", 0, 20, logprobs),
                  Number(body, "temperature", temperature), Number(body, "top_p", top_p), Number(body, "min_p", min_p),
                  Number(body, "presence_penalty", presence), Number(body, "frequency_penalty", frequency),
                  Number(body, "repetition_penalty", repetition)}) {
@@ -107,6 +104,8 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   call.n = n ? static_cast<uint32_t>(*n) : 1;
   if (best_of && *best_of != call.n) return BadParam("best_of", "only best_of = n is served (no ranking of completions)");
   if (min_tokens) s.set_min_tokens(static_cast<uint32_t>(*min_tokens));
+  if (logprobs) s.set_logprobs(static_cast<uint32_t>(*logprobs));
+  call.logprobs = logprobs.has_value();
   if (temperature) s.set_temperature(static_cast<float>(*temperature));
   if (top_p) s.set_top_p(static_cast<float>(*top_p));
   if (min_p) s.set_min_p(static_cast<float>(*min_p));
@@ -202,11 +201,38 @@ std::string FinishReasonName(v1::FinishReason r) {
   }
 }
 
+json LogprobsJson(const v1::GenerateResponse& r, size_t& offset) {
+  json j = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+            {"text_offset", json::array()}};
+  for (const v1::TokenLogprob& lp : r.logprobs()) {
+    j["tokens"].push_back(lp.text());
+    j["token_logprobs"].push_back(lp.logprob());
+    json top = json::object();
+    for (const v1::TopLogprob& t : lp.top()) {
+      if (!top.contains(t.text())) top[t.text()] = t.logprob();  // the most probable of ids sharing a text
+    }
+    j["top_logprobs"].push_back(top);
+    j["text_offset"].push_back(offset);
+    offset += lp.text().size();
+  }
+  return j;
+}
+
 bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   if (r.index() >= choices_.size()) return false;
   if (!r.request_id().empty()) request_id_ = r.request_id();
   Choice& c = choices_[r.index()];
   c.text += r.text();
+  if (logprobs_) {
+    const json part = LogprobsJson(r, c.offset);
+    if (c.logprobs.is_null()) {
+      c.logprobs = part;
+    } else {
+      for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"}) {
+        for (const json& x : part[key]) c.logprobs[key].push_back(x);
+      }
+    }
+  }
   if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) c.finish_reason = FinishReasonName(r.finish_reason());
   if (r.has_usage()) {
     prompt_tokens_ = r.usage().prompt_tokens();
@@ -221,7 +247,7 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
   for (size_t i = 0; i < choices_.size(); ++i) {
     choices.push_back({{"index", i},
                        {"text", choices_[i].text},
-                       {"logprobs", nullptr},
+                       {"logprobs", logprobs_ ? choices_[i].logprobs : json(nullptr)},
                        {"finish_reason", choices_[i].finish_reason.empty() ? json(nullptr) : json(choices_[i].finish_reason)}});
     completion_tokens += choices_[i].completion_tokens;
   }
@@ -236,7 +262,8 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
             {"total_tokens", prompt_tokens_ + completion_tokens}}}};
 }
 
-json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created) {
+json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created, bool logprobs,
+                     size_t& offset) {
   const bool last = r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
   return {{"id", "cmpl-" + r.request_id()},
           {"object", "text_completion"},
@@ -245,7 +272,7 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
           {"choices",
            json::array({{{"index", r.index()},
                          {"text", r.text()},
-                         {"logprobs", nullptr},
+                         {"logprobs", logprobs ? LogprobsJson(r, offset) : json(nullptr)},
                          {"finish_reason", last ? json(FinishReasonName(r.finish_reason())) : json(nullptr)}}})}};
 }
 

@@ -2,8 +2,10 @@
 // the public gRPC API, as plain functions on JSON and protos (no I/O), so the rules are tested
 // without a server. Field names and defaults are OpenAI's, with vLLM's extensions (top_k, min_p,
 // repetition_penalty, min_tokens, ignore_eos, stop_token_ids); what the gRPC API cannot do yet
-// (logprobs, echo, suffix, best_of other than n, several prompts in one request) is refused with a
-// 400 naming the parameter rather than ignored.
+// (echo, suffix, best_of other than n, several prompts in one request) is refused with a 400 naming
+// the parameter rather than ignored. logprobs (at most 20 alternatives) come in OpenAI's
+// completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
+// top_logprobs ({text: logprob}) and text_offset.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +36,7 @@ struct CompletionCall {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
   uint32_t n = 1;
+  bool logprobs = false;       // the answer carries a logprobs object per choice
 };
 
 // The request body of POST /v1/completions; `model_name` is the one model served (a request naming
@@ -51,7 +54,7 @@ std::string FinishReasonName(v1::FinishReason r);
 // Accumulates a stream's messages into the non-streaming answer.
 class CompletionAccumulator {
  public:
-  explicit CompletionAccumulator(uint32_t n) : choices_(n) {}
+  CompletionAccumulator(uint32_t n, bool logprobs) : logprobs_(logprobs), choices_(n) {}
   // False when the message names a completion index outside [0, n).
   bool Add(const v1::GenerateResponse& r);
   // {"id", "object": "text_completion", "created", "model", "choices", "usage"}.
@@ -62,15 +65,24 @@ class CompletionAccumulator {
     std::string text;
     std::string finish_reason;
     uint32_t completion_tokens = 0;
+    nlohmann::json logprobs;  // OpenAI's object, grown message by message
+    size_t offset = 0;        // text_offset of the next token
   };
+  bool logprobs_;
   std::string request_id_;
   uint32_t prompt_tokens_ = 0;
   std::vector<Choice> choices_;
 };
 
-// One server-sent event's JSON for a streamed message: its completion's text delta and, on its last
-// message, the finish reason.
-nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created);
+// The logprobs object of a message's tokens; `offset` is the text_offset of its first token and
+// moves past the last.
+nlohmann::json LogprobsJson(const v1::GenerateResponse& r, size_t& offset);
+
+// One server-sent event's JSON for a streamed message: its completion's text delta, its logprobs
+// when asked (`offset` as LogprobsJson's, one per completion) and, on its last message, the finish
+// reason.
+nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created,
+                               bool logprobs, size_t& offset);
 // The last event with include_usage: no choices, the request's usage.
 nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
                                uint32_t prompt_tokens, uint32_t completion_tokens);

@@ -159,7 +159,7 @@ int OpenAiServer::Completions(mg_connection* conn) {
   }
 
   if (!call.stream) {
-    CompletionAccumulator acc(call.n);
+    CompletionAccumulator acc(call.n, call.logprobs);
     do {
       if (!acc.Add(msg)) ctx.TryCancel();
     } while (reader->Read(&msg));
@@ -173,6 +173,7 @@ int OpenAiServer::Completions(mg_connection* conn) {
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
   std::string request_id;
   uint32_t prompt_tokens = 0, completion_tokens = 0;
+  std::vector<size_t> offsets(call.n, 0);  // text_offset per completion
   bool client_gone = false;
   do {
     request_id = msg.request_id();
@@ -180,7 +181,9 @@ int OpenAiServer::Completions(mg_connection* conn) {
       prompt_tokens = msg.usage().prompt_tokens();
       completion_tokens += msg.usage().completion_tokens();
     }
-    if (!client_gone && !SendEvent(conn, StreamChunkJson(msg, model_name_, created).dump())) {
+    size_t scratch = 0;
+    size_t& offset = msg.index() < offsets.size() ? offsets[msg.index()] : scratch;
+    if (!client_gone && !SendEvent(conn, StreamChunkJson(msg, model_name_, created, call.logprobs, offset).dump())) {
       client_gone = true;
       ctx.TryCancel();  // the coordinator cancels the sequences and frees their KV blocks
     }

@@ -1,7 +1,7 @@
 // moe-openai-server: an OpenAI-compatible HTTP front end (POST /v1/completions, streamed as
 // server-sent events or whole; GET /v1/models; GET /health) over the coordinator's public gRPC
 // API, so OpenAI clients and tools built for vLLM's server (benchmark_serving, lm-evaluation-harness's
-// local-completions without logprobs) talk to the cluster unchanged. A separate process and a plain
+// generation tasks through local-completions) talk to the cluster unchanged. A separate process and a plain
 // gRPC client: it adds no state, and the coordinator stays the one place where requests are checked
 // and scheduled. The translation rules are in openai_protocol.h.
 #pragma once
