@@ -203,7 +203,8 @@ absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::Serve
       const size_t i = index.at(e.seq_id);
       if (e.message.has_scored()) {
         const v1::Scored& s = e.message.scored();
-        if (s.logprobs_size() != expected[i] || s.is_argmax_size() != expected[i]) {
+        if (s.logprobs_size() != expected[i] || s.is_argmax_size() != expected[i] ||
+            s.argmax_ids_size() != expected[i] || s.argmax_logprobs_size() != expected[i]) {
           cancel_rest();
           return absl::InternalError(absl::StrCat("worker sent ", s.logprobs_size(), " logprobs and ",
                                                   s.is_argmax_size(), " argmax flags for ", expected[i],
@@ -300,10 +301,18 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
     for (const ScoreWindow& w : windows[i]) {
       const v1::Scored& s = scored[next++];
       for (int64_t t = w.first_target; t < w.end; ++t) {
-        const float lp = s.logprobs(static_cast<int>(t - w.begin - 1));
-        r->add_logprobs(lp);
-        sum += lp;
+        const int k = static_cast<int>(t - w.begin - 1);
+        r->add_logprobs(s.logprobs(k));
+        r->add_argmax_ids(s.argmax_ids(k));
+        r->add_argmax_logprobs(s.argmax_logprobs(k));
+        sum += s.logprobs(k);
       }
+    }
+    if (model_.tokenizer != nullptr) {
+      std::unique_ptr<TextStream> detok = model_.tokenizer->NewStream({});
+      for (int32_t id : ids) r->add_token_texts(detok->Push(id));
+      if (!ids.empty()) r->mutable_token_texts()->rbegin()->append(detok->Flush());
+      for (int32_t id : r->argmax_ids()) r->add_argmax_texts(model_.tokenizer->Decode(std::vector<int32_t>{id}));
     }
     r->set_sum_logprob(sum);
     r->set_num_scored_tokens(static_cast<uint32_t>(r->logprobs_size()));

@@ -382,6 +382,12 @@ TEST_F(FakeClusterTest, ScoreAndScoreRollingAssembleTheWorkersLogprobs) {
   ASSERT_EQ(rr.results_size(), 2);
   EXPECT_EQ(rr.results(0).num_scored_tokens(), 4u);
   EXPECT_NEAR(rr.results(0).sum_logprob(), -(0.1 + 0.2 + 0.3 + 0.4), 1e-6);
+  // The most probable token per position (the fake's: the even id at or below the token).
+  EXPECT_EQ(std::vector<int32_t>(rr.results(0).argmax_ids().begin(), rr.results(0).argmax_ids().end()),
+            (std::vector<int32_t>{2, 2, 4, 4}));
+  ASSERT_EQ(rr.results(0).argmax_logprobs_size(), 4);
+  EXPECT_FLOAT_EQ(rr.results(0).argmax_logprobs(3), -0.2f);
+  EXPECT_EQ(rr.results(0).token_texts_size(), 0) << "the tiny model has no tokenizer";
   EXPECT_EQ(rr.results(1).num_scored_tokens(), 0u);
 
   // Longer than the 4096-token context: windows [0, 4096) and [904, 5000) (score_windows.h); the

@@ -75,7 +75,11 @@ void FakeWorker::Respond(const v1::Assign& a, int tokens) {
     s->set_seq_id(a.seq_id());
     for (int t = 1; t < a.prompt_size(); ++t) {
       s->add_logprobs(-0.1f * static_cast<float>(t));
-      if (a.want_greedy()) s->add_is_argmax(a.prompt(t) % 2 == 0);
+      if (a.want_greedy()) {  // even ids are the argmax; an odd one's argmax is the id below it
+        s->add_is_argmax(a.prompt(t) % 2 == 0);
+        s->add_argmax_ids(a.prompt(t) - a.prompt(t) % 2);
+        s->add_argmax_logprobs(-0.05f * static_cast<float>(t));
+      }
     }
     Send(m);
   } else {

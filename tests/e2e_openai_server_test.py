@@ -149,6 +149,40 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         offsets = [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]]
         self.assertEqual(offsets, lp["text_offset"])
 
+    def test_c3_echo_scores_the_prompt_as_lm_evaluation_harness_reads_it(self):
+        s = self.samples["ROMEO:"]
+        context, continuation = s["prompt_ids"], s["greedy_ids"][:10]
+        # local-completions' loglikelihood request: the whole text as ids, echo, 1 token, logprobs 1.
+        status, answer = self.call("/v1/completions", {"prompt": context + continuation, "max_tokens": 1,
+                                                       "temperature": 0, "logprobs": 1, "echo": True})
+        self.assertEqual(status, 200, answer)
+        lp = answer["choices"][0]["logprobs"]
+        ctxlen = len(context)
+        self.assertEqual(len(lp["token_logprobs"]), ctxlen + len(continuation) + 1)
+        self.assertIsNone(lp["token_logprobs"][0])
+        got = lp["token_logprobs"][ctxlen:-1]
+        want = self.grpc.score(context, continuation)
+        self.assertEqual(len(got), len(want.logprobs))
+        for g, w in zip(got, want.logprobs):
+            self.assertAlmostEqual(g, w, delta=1e-5)
+        # transformers' greedy continuation is the most probable token at every position: is_greedy
+        # as the harness computes it.
+        for tok, top in zip(got, lp["top_logprobs"][ctxlen:-1]):
+            self.assertEqual(tok, max(top.values()))
+        self.assertTrue(want.is_greedy)
+        self.assertEqual(answer["usage"]["completion_tokens"], 1)
+        # The prompt alone (max_tokens 0): its text, no completion.
+        status, answer = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 0, "echo": True})
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(answer["choices"][0]["text"], "ROMEO:")
+        self.assertEqual(answer["choices"][0]["finish_reason"], "length")
+        self.assertEqual(answer["usage"]["completion_tokens"], 0)
+        # echo with a completion: the prompt's text, then the greedy continuation's.
+        status, answer = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": len(s["greedy_ids"]),
+                                                       "temperature": 0, "echo": True})
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(answer["choices"][0]["text"], s["greedy_text"])
+
     def test_d_errors_are_openai_shaped(self):
         cases = [
             ({"prompt": "x", "top_p": 1.5}, None, 400, "top_p"),
@@ -158,7 +192,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             ({"prompt": ["a", "b"]}, None, 400, "prompt"),
             ({"max_tokens": 3}, None, 400, "prompt"),
             ({"prompt": "x", "logprobs": 21}, None, 400, "logprobs"),
-            ({"prompt": "x", "echo": True}, None, 400, "echo"),
+            ({"prompt": "x", "echo": True, "stream": True}, None, 400, "echo"),
+            ({"prompt": "x", "max_tokens": 0}, None, 400, "max_tokens"),
             ({"prompt": "x", "best_of": 3}, None, 400, "best_of"),
             ({"prompt": "x", "logit_bias": {"a": 1}}, None, 400, "logit_bias"),
             (None, b"{not json", 400, None),

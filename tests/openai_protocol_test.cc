@@ -95,7 +95,10 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "stream": "yes"})", 400, "stream"},
            {R"({"prompt": "x", "stream_options": {"include_usage": true}})", 400, "stream_options"},
            {R"({"prompt": "x", "logprobs": 21})", 400, "logprobs"},
-           {R"({"prompt": "x", "echo": true})", 400, "echo"},
+           {R"({"prompt": "x", "echo": true, "stream": true})", 400, "echo"},
+           {R"({"prompt": "x", "echo": true, "n": 2})", 400, "echo"},
+           {R"({"prompt": "x", "echo": 1})", 400, "echo"},
+           {R"({"prompt": "x", "max_tokens": 0})", 400, "max_tokens"},
            {R"({"prompt": "x", "suffix": "y"})", 400, "suffix"},
            {R"({"prompt": "x", "n": 2, "best_of": 3})", 400, "best_of"},
        }) {
@@ -109,6 +112,10 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   }
   EXPECT_EQ(Ok({{"prompt", "x"}, {"logprobs", 3}}).request.sampling().logprobs(), 3u);
   EXPECT_TRUE(Ok({{"prompt", "x"}, {"logprobs", 0}}).logprobs);
+  const CompletionCall echo = Ok({{"prompt", "x"}, {"echo", true}, {"max_tokens", 0}, {"logprobs", 1}});
+  EXPECT_TRUE(echo.echo);
+  EXPECT_EQ(echo.max_tokens, 0u);
+  EXPECT_EQ(Ok({{"prompt", "x"}}).max_tokens, 16u) << "OpenAI's default";
   // Accepted as OpenAI allows: logprobs and echo switched off explicitly.
   Ok({{"prompt", "x"}, {"logprobs", nullptr}, {"echo", false}});
 }
@@ -205,6 +212,39 @@ TEST(OpenAiProtocolTest, LogprobsTakeOpenAisCompletionsShapeWithOffsetsAcrossMes
   EXPECT_EQ(StreamChunkJson(a, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{0, 2}));
   EXPECT_EQ(StreamChunkJson(b, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{5}));
   EXPECT_EQ(offset, 9u);
+}
+
+// echo, as lm-evaluation-harness's local-completions reads it: token_logprobs[ctxlen:] are the
+// prompt's (null first), top_logprobs hold the most probable token's logprob, then the completion.
+TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
+  v1::ScoreRollingResult prompt;
+  for (int32_t id : {1, 20, 21}) prompt.add_token_ids(id);
+  for (const char* t : {"", "To", " be"}) prompt.add_token_texts(t);
+  prompt.add_logprobs(-1.5f);
+  prompt.add_logprobs(-0.5f);
+  prompt.add_argmax_ids(30);
+  prompt.add_argmax_ids(21);
+  prompt.add_argmax_logprobs(-0.75f);
+  prompt.add_argmax_logprobs(-0.5f);
+  prompt.add_argmax_texts("So");
+  prompt.add_argmax_texts(" be");
+  v1::GenerateResponse done = Msg(0, "", v1::FINISH_REASON_LENGTH, 1);
+  AddToken(done, 40, ",", -0.25f, {{",", -0.25f}});
+  CompletionAccumulator acc(1, true);
+  ASSERT_TRUE(acc.Add(done));
+  json answer = acc.ToJson("m", 1);
+  PrependEcho(answer, prompt, "To be", true);
+  const json& c = answer["choices"][0];
+  EXPECT_EQ(c["text"], "To be,");
+  EXPECT_EQ(c["logprobs"]["tokens"], (json{"", "To", " be", ","}));
+  EXPECT_EQ(c["logprobs"]["token_logprobs"], (json{nullptr, -1.5, -0.5, -0.25}));
+  EXPECT_EQ(c["logprobs"]["top_logprobs"], (json{nullptr, {{"So", -0.75}}, {{" be", -0.5}}, {{",", -0.25}}}));
+  EXPECT_EQ(c["logprobs"]["text_offset"], (json{0, 0, 2, 5}));
+
+  json plain = CompletionAccumulator(1, false).ToJson("m", 1);
+  PrependEcho(plain, prompt, "To be", false);
+  EXPECT_EQ(plain["choices"][0]["text"], "To be");
+  EXPECT_TRUE(plain["choices"][0]["logprobs"].is_null());
 }
 
 }  // namespace

@@ -429,7 +429,8 @@ TEST_F(WorkerLoopTest, InvalidAssignsEndWithAnErrorAndOthersRun) {
 // ----------------------------------------------------------------------------------------------
 // Scoring.
 
-// Per token: ScoreAll's logprob, and is_argmax exactly where the token is the greedy choice. The
+// Per token: ScoreAll's logprob, is_argmax exactly where the token is the greedy choice, and the
+// argmax with its log-softmax value computed here in double from the reference's logits. The
 // golden prompt + its greedy continuation is greedy at every continuation position.
 void CheckScores(const std::vector<std::vector<int32_t>>& seqs, const std::map<uint64_t, RecordingOutbox::Sequence>& got,
                  double tol) {
@@ -445,6 +446,8 @@ void CheckScores(const std::vector<std::vector<int32_t>>& seqs, const std::map<u
     const size_t n = seqs[i].size();
     ASSERT_EQ(static_cast<size_t>(s.scored->logprobs_size()), n - 1);
     ASSERT_EQ(static_cast<size_t>(s.scored->is_argmax_size()), n - 1);
+    ASSERT_EQ(static_cast<size_t>(s.scored->argmax_ids_size()), n - 1);
+    ASSERT_EQ(static_cast<size_t>(s.scored->argmax_logprobs_size()), n - 1);
     // The reference argmax, from the reference engine's logits.
     ASSERT_TRUE((*ref)->AddSequence(99).ok());
     StepOutput out = (*ref)->Step({{99, seqs[i], true}}).value();
@@ -454,6 +457,12 @@ void CheckScores(const std::vector<std::vector<int32_t>>& seqs, const std::map<u
       const float* row = out.chunks[0].logits.data() + (t - 1) * V;
       const int32_t argmax = static_cast<int32_t>(std::max_element(row, row + V) - row);
       EXPECT_EQ(s.scored->is_argmax(static_cast<int>(t - 1)), argmax == seqs[i][t]) << "sequence " << i << " token " << t;
+      EXPECT_EQ(s.scored->argmax_ids(static_cast<int>(t - 1)), argmax) << "sequence " << i << " token " << t;
+      double sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(static_cast<double>(row[v]) - row[argmax]);
+      // Within float32 rounding of logits from a step of another shape (one chunk here).
+      EXPECT_NEAR(s.scored->argmax_logprobs(static_cast<int>(t - 1)), -std::log(sum), std::max(tol, 1e-5))
+          << "sequence " << i << " token " << t;
     }
   }
 }

@@ -77,9 +77,6 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
     }
   }
   if (body.contains("suffix") && !body["suffix"].is_null()) return BadParam("suffix", "not supported by this server");
-  if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
-    return BadParam("echo", "not supported by this server yet (the gRPC API's Score gives prompt logprobs)");
-  }
 
   CompletionCall call;
   v1::GenerateRequest& r = call.request;
@@ -98,6 +95,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
     if (e) return *e;
   }
   if (max_tokens) s.set_max_tokens(static_cast<uint32_t>(*max_tokens));
+  call.max_tokens = max_tokens ? static_cast<uint32_t>(*max_tokens) : 16;
   if (top_k) s.set_top_k(*top_k < 0 ? 0 : static_cast<int32_t>(*top_k));  // vLLM: -1 = off
   if (seed) s.set_seed(static_cast<uint64_t>(*seed));
   if (n) s.set_n(static_cast<uint32_t>(*n));
@@ -155,6 +153,13 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
     if (!body["stream"].is_boolean()) return BadParam("stream", "expected true or false");
     call.stream = body["stream"].get<bool>();
   }
+  if (body.contains("echo") && !body["echo"].is_null()) {
+    if (!body["echo"].is_boolean()) return BadParam("echo", "expected true or false");
+    call.echo = body["echo"].get<bool>();
+    if (call.echo && call.stream) return BadParam("echo", "not served with stream: true");
+    if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
+  }
+  if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   if (body.contains("stream_options") && !body["stream_options"].is_null()) {
     const json& o = body["stream_options"];
     if (!o.is_object()) return BadParam("stream_options", "expected an object");
@@ -287,6 +292,38 @@ json StreamUsageJson(const std::string& request_id, const std::string& model_nam
            {{"prompt_tokens", prompt_tokens},
             {"completion_tokens", completion_tokens},
             {"total_tokens", prompt_tokens + completion_tokens}}}};
+}
+
+void PrependEcho(json& answer, const v1::ScoreRollingResult& prompt, const std::string& prompt_text, bool logprobs) {
+  json& choice = answer["choices"][0];
+  choice["text"] = prompt_text + choice["text"].get<std::string>();
+  if (!logprobs) return;
+  json lp = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
+             {"text_offset", json::array()}};
+  size_t offset = 0;
+  for (int i = 0; i < prompt.token_ids_size(); ++i) {
+    const std::string text = i < prompt.token_texts_size() ? prompt.token_texts(i) : std::string();
+    lp["tokens"].push_back(text);
+    lp["text_offset"].push_back(offset);
+    offset += text.size();
+    if (i == 0 || i - 1 >= prompt.logprobs_size()) {  // nothing predicts the first token
+      lp["token_logprobs"].push_back(nullptr);
+      lp["top_logprobs"].push_back(nullptr);
+      continue;
+    }
+    lp["token_logprobs"].push_back(prompt.logprobs(i - 1));
+    const std::string top = i - 1 < prompt.argmax_texts_size() ? prompt.argmax_texts(i - 1)
+                                                               : std::to_string(prompt.argmax_ids(i - 1));
+    lp["top_logprobs"].push_back({{top, prompt.argmax_logprobs(i - 1)}});
+  }
+  const json& completion = choice["logprobs"];
+  if (completion.is_object()) {
+    for (const char* key : {"tokens", "token_logprobs", "top_logprobs"}) {
+      for (const json& x : completion[key]) lp[key].push_back(x);
+    }
+    for (const json& x : completion["text_offset"]) lp["text_offset"].push_back(prompt_text.size() + x.get<size_t>());
+  }
+  choice["logprobs"] = lp;
 }
 
 json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created) {

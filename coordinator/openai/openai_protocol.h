@@ -5,7 +5,9 @@
 // (echo, suffix, best_of other than n, several prompts in one request) is refused with a 400 naming
 // the parameter rather than ignored. logprobs (at most 20 alternatives) come in OpenAI's
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
-// top_logprobs ({text: logprob}) and text_offset.
+// top_logprobs ({text: logprob}) and text_offset. echo (not streamed, n = 1) puts the prompt before
+// the completion, its logprobs from ScoreRolling (the first token's null, one alternative each: the
+// most probable token), which is what lm-evaluation-harness's local-completions asks for.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +39,8 @@ struct CompletionCall {
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
   uint32_t n = 1;
   bool logprobs = false;       // the answer carries a logprobs object per choice
+  bool echo = false;           // the prompt (and its logprobs) before the completion
+  uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
 };
 
 // The request body of POST /v1/completions; `model_name` is the one model served (a request naming
@@ -86,6 +90,13 @@ nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string&
 // The last event with include_usage: no choices, the request's usage.
 nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
                                uint32_t prompt_tokens, uint32_t completion_tokens);
+
+// echo: `answer` (a whole response of one choice) with the prompt first: its text (`prompt_text`)
+// before the completion's, and with `logprobs` its tokens (ScoreRolling's token_texts), their
+// logprobs (null for the first) and the most probable token at each position as top_logprobs; the
+// completion's text_offset values move past the prompt.
+void PrependEcho(nlohmann::json& answer, const v1::ScoreRollingResult& prompt, const std::string& prompt_text,
+                 bool logprobs);
 
 // GET /v1/models: the one model, with its context length.
 nlohmann::json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created);

@@ -146,6 +146,7 @@ int OpenAiServer::Completions(mg_connection* conn) {
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   const CompletionCall& call = std::get<CompletionCall>(parsed);
   const int64_t created = UnixNow();
+  if (call.echo) return EchoCompletion(conn, call, created);
 
   grpc::ClientContext ctx;
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
@@ -196,6 +197,45 @@ int OpenAiServer::Completions(mg_connection* conn) {
     SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_tokens, completion_tokens).dump());
   }
   SendEvent(conn, "[DONE]");
+  return 200;
+}
+
+int OpenAiServer::EchoCompletion(mg_connection* conn, const CompletionCall& call, int64_t created) {
+  // The prompt's logprobs (and its most probable tokens) first: ScoreRolling, as lm-evaluation-harness
+  // scores a text.
+  v1::ScoreRollingRequest score;
+  *score.add_texts() = call.request.prompt();
+  v1::ScoreRollingResponse scored;
+  {
+    grpc::ClientContext ctx;
+    const grpc::Status st = stub_->ScoreRolling(&ctx, score, &scored);
+    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+  }
+  if (scored.results_size() != 1) return SendError(conn, HttpError{500, "ScoreRolling answered no result", "server_error", {}});
+  const v1::ScoreRollingResult& prompt = scored.results(0);
+  std::string prompt_text = call.request.prompt().text();
+  if (call.request.prompt().has_token_ids()) {
+    prompt_text.clear();
+    for (const std::string& t : prompt.token_texts()) prompt_text += t;
+  }
+
+  CompletionAccumulator acc(1, call.logprobs);
+  if (call.max_tokens > 0) {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) acc.Add(msg);
+    const grpc::Status st = reader->Finish();
+    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+  } else {  // the prompt alone: no completion, "length" as max_tokens 0 says
+    v1::GenerateResponse none;
+    none.set_finish_reason(v1::FINISH_REASON_LENGTH);
+    none.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.token_ids_size()));
+    acc.Add(none);
+  }
+  nlohmann::json answer = acc.ToJson(model_name_, created);
+  PrependEcho(answer, prompt, prompt_text, call.logprobs);
+  SendJson(conn, 200, answer);
   return 200;
 }
 

@@ -12,6 +12,7 @@
 #include <grpcpp/channel.h>
 
 #include "common/status.h"
+#include "coordinator/openai/openai_protocol.h"
 #include "moe/v1/inference.grpc.pb.h"
 
 struct mg_connection;
@@ -44,6 +45,7 @@ class OpenAiServer {
   static int HandleHealth(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
   int Completions(mg_connection* conn);
+  int EchoCompletion(mg_connection* conn, const CompletionCall& call, int64_t created);
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;

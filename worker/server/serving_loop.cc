@@ -190,7 +190,12 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
       const int32_t next = s.assign.prompt(static_cast<int>(first + r + 1));
       logprobs_.Compute(row);
       s.scored.add_logprobs(logprobs_.logprob(next));
-      if (s.assign.want_greedy()) s.scored.add_is_argmax(SampleToken(row, kGreedy, 0) == next);
+      if (s.assign.want_greedy()) {
+        const int32_t argmax = SampleToken(row, kGreedy, 0);
+        s.scored.add_is_argmax(argmax == next);
+        s.scored.add_argmax_ids(argmax);
+        s.scored.add_argmax_logprobs(logprobs_.logprob(argmax));
+      }
     }
     if (s.prompt_remaining() == 0) {
       moe::v1::WorkerMessage m;
