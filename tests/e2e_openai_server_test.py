@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unittest
 import urllib.error
@@ -230,7 +231,27 @@ class OpenAiServerEndToEnd(unittest.TestCase):
 
     def test_z_sigterm_stops_everything(self):
         c = self.cluster
+        # A long stream in flight: stopping the server cancels it (the client sees the stream end)
+        # instead of waiting it out.
+        host, port = c.openai_address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "ROMEO:", "max_tokens": 4000, "temperature": 0,
+                                                             "ignore_eos": True, "stream": True}),
+                     {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        self.assertTrue(r.readline().startswith(b"data: "))
+        rest = []
+        reader = threading.Thread(target=lambda: rest.append(r.read().decode()))  # a client reading on
+        reader.start()
+        t0 = time.monotonic()
         c.proc.send_signal(signal.SIGTERM)
+        reader.join(timeout=15)
+        ended = time.monotonic() - t0
+        self.assertFalse(reader.is_alive(), "the stream still runs 15 s after SIGTERM")
+        print(f"[ info ] the stream ended {ended:.2f} s after SIGTERM", file=sys.stderr)
+        self.assertTrue(rest[0].rstrip().endswith("data: [DONE]"), rest[0][-300:])
+        self.assertIn("the server is stopping", rest[0], "the cancelled stream says so before [DONE]")
+        conn.close()
         try:
             status = c.proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:

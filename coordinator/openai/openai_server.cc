@@ -108,7 +108,41 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   return s;
 }
 
+OpenAiServer::HandlerScope::HandlerScope(OpenAiServer& s) : s_(s) {
+  std::lock_guard<std::mutex> lock(s_.mu_);
+  admitted_ = !s_.stopping_;
+  if (admitted_) ++s_.handlers_;
+}
+
+OpenAiServer::HandlerScope::~HandlerScope() {
+  if (!admitted_) return;
+  std::lock_guard<std::mutex> lock(s_.mu_);
+  if (--s_.handlers_ == 0) s_.handlers_done_.notify_all();
+}
+
+OpenAiServer::CallScope::CallScope(OpenAiServer& s, grpc::ClientContext& ctx) : s_(s), ctx_(ctx) {
+  std::lock_guard<std::mutex> lock(s_.mu_);
+  s_.calls_.insert(&ctx_);
+  if (s_.stopping_) ctx_.TryCancel();  // admitted before the stop began, called after
+}
+
+OpenAiServer::CallScope::~CallScope() {
+  std::lock_guard<std::mutex> lock(s_.mu_);
+  s_.calls_.erase(&ctx_);
+}
+
+bool OpenAiServer::Stopping() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopping_;
+}
+
 OpenAiServer::~OpenAiServer() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (grpc::ClientContext* c : calls_) c->TryCancel();
+    handlers_done_.wait_for(lock, std::chrono::seconds(10), [&] { return handlers_ == 0; });
+  }
   if (ctx_ != nullptr) mg_stop(ctx_);
 }
 
@@ -140,6 +174,8 @@ int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
 
 int OpenAiServer::Completions(mg_connection* conn) {
   if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
+  const HandlerScope handler(*this);
+  if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
   absl::StatusOr<std::string> body = ReadBody(conn);
   if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
   std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(*body, model_name_);
@@ -149,6 +185,7 @@ int OpenAiServer::Completions(mg_connection* conn) {
   if (call.echo) return EchoCompletion(conn, call, created);
 
   grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
   v1::GenerateResponse msg;
   // The coordinator checks the request before it sends anything: a stream that ends without a
@@ -192,7 +229,9 @@ int OpenAiServer::Completions(mg_connection* conn) {
   const grpc::Status st = reader->Finish();
   if (client_gone) return 200;
   if (!st.ok()) {
-    SendEvent(conn, FromGrpcError(st.error_code(), st.error_message()).ToJson().dump());
+    const HttpError e = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
+                                   : FromGrpcError(st.error_code(), st.error_message());
+    SendEvent(conn, e.ToJson().dump());
   } else if (call.include_usage) {
     SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_tokens, completion_tokens).dump());
   }
@@ -208,6 +247,7 @@ int OpenAiServer::EchoCompletion(mg_connection* conn, const CompletionCall& call
   v1::ScoreRollingResponse scored;
   {
     grpc::ClientContext ctx;
+    const CallScope scope(*this, ctx);
     const grpc::Status st = stub_->ScoreRolling(&ctx, score, &scored);
     if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
   }
@@ -222,6 +262,7 @@ int OpenAiServer::EchoCompletion(mg_connection* conn, const CompletionCall& call
   CompletionAccumulator acc(1, call.logprobs);
   if (call.max_tokens > 0) {
     grpc::ClientContext ctx;
+    const CallScope scope(*this, ctx);
     std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) acc.Add(msg);

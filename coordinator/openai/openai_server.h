@@ -6,7 +6,10 @@
 // and scheduled. The translation rules are in openai_protocol.h.
 #pragma once
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include <grpcpp/channel.h>
@@ -33,6 +36,9 @@ class OpenAiServer {
   // Reads the model's name and context from the coordinator, then listens. Unavailable when the
   // coordinator does not answer in time; InvalidArgument for a bad --listen or a port in use.
   static absl::StatusOr<std::unique_ptr<OpenAiServer>> Start(const ServerOptions& opts);
+  // Cancels the gRPC calls in flight and waits (up to 10 s) for their handlers to finish their
+  // answers (an error event and [DONE], or an error status), then stops listening: civetweb refuses
+  // writes once it is stopping, so the handlers must be done first.
   ~OpenAiServer();
 
   int port() const { return port_; }
@@ -45,7 +51,36 @@ class OpenAiServer {
   static int HandleHealth(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
   int Completions(mg_connection* conn);
+  bool Stopping();
   int EchoCompletion(mg_connection* conn, const CompletionCall& call, int64_t created);
+
+  // A completions handler at work: counted until it has written its answer; not admitted once the
+  // server is stopping.
+  class HandlerScope {
+   public:
+    explicit HandlerScope(OpenAiServer& s);
+    ~HandlerScope();
+    bool admitted() const { return admitted_; }
+
+   private:
+    OpenAiServer& s_;
+    bool admitted_;
+  };
+  // A gRPC call registered for cancellation at shutdown while it is in flight.
+  class CallScope {
+   public:
+    CallScope(OpenAiServer& s, grpc::ClientContext& ctx);
+    ~CallScope();
+
+   private:
+    OpenAiServer& s_;
+    grpc::ClientContext& ctx_;
+  };
+  std::mutex mu_;
+  std::condition_variable handlers_done_;
+  int handlers_ = 0;                      // HandlerScopes alive
+  std::set<grpc::ClientContext*> calls_;  // in flight
+  bool stopping_ = false;
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
