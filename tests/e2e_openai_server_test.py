@@ -184,13 +184,38 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 200, answer)
         self.assertEqual(answer["choices"][0]["text"], s["greedy_text"])
 
+    def test_c4_a_batch_of_prompts_answers_each_as_alone(self):
+        prompts = list(self.samples)
+        status, answer = self.call("/v1/completions", {"prompt": prompts, "max_tokens": 12, "temperature": 0.7,
+                                                       "seed": 3, "n": 2})
+        self.assertEqual(status, 200, answer)
+        self.assertEqual([c["index"] for c in answer["choices"]], list(range(2 * len(prompts))))
+        for i, p in enumerate(prompts):
+            alone = self.grpc.generate_choices(p, max_tokens=12, temperature=0.7, seed=3, n=2)
+            self.assertEqual([c["text"] for c in answer["choices"][2 * i:2 * i + 2]], [a.text for a in alone], p)
+        # lm-evaluation-harness's batched loglikelihood: token-id prompts, echo, logprobs.
+        ids = [self.samples[p]["prompt_ids"] + self.samples[p]["greedy_ids"][:6] for p in prompts]
+        status, answer = self.call("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0,
+                                                       "logprobs": 1, "echo": True})
+        self.assertEqual(status, 200, answer)
+        for i, p in enumerate(prompts):
+            ctxlen = len(self.samples[p]["prompt_ids"])
+            lp = answer["choices"][i]["logprobs"]
+            want = self.grpc.score(self.samples[p]["prompt_ids"], self.samples[p]["greedy_ids"][:6])
+            for g, w in zip(lp["token_logprobs"][ctxlen:-1], want.logprobs):
+                self.assertAlmostEqual(g, w, delta=1e-5)
+            self.assertEqual(len(lp["token_logprobs"][ctxlen:-1]), 6)
+        # One bad prompt fails the batch with its error.
+        status, answer = self.call("/v1/completions", {"prompt": [[5, 6], [5, 99999]], "max_tokens": 2})
+        self.assertEqual(status, 400, answer)
+
     def test_d_errors_are_openai_shaped(self):
         cases = [
             ({"prompt": "x", "top_p": 1.5}, None, 400, "top_p"),
             ({"prompt": "x", "max_tokens": 5000}, None, 400, "max_tokens"),
             ({"prompt": "x", "temperature": "hot"}, None, 400, "temperature"),
             ({"prompt": "x", "model": "gpt-4"}, None, 404, "model"),
-            ({"prompt": ["a", "b"]}, None, 400, "prompt"),
+            ({"prompt": ["a", "b"], "stream": True}, None, 400, "prompt"),
             ({"max_tokens": 3}, None, 400, "prompt"),
             ({"prompt": "x", "logprobs": 21}, None, 400, "logprobs"),
             ({"prompt": "x", "echo": True, "stream": True}, None, 400, "echo"),

@@ -60,6 +60,12 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_TRUE(c.include_usage);
 
   EXPECT_EQ(Ok({{"prompt", {"one"}}}).request.prompt().text(), "one") << "a batch of one prompt";
+  const CompletionCall batch = Ok({{"prompt", {{1, 2}, {3}}}});
+  ASSERT_EQ(batch.prompts.size(), 2u);
+  EXPECT_EQ(batch.prompts[1].token_ids().ids(0), 3);
+  EXPECT_EQ(batch.request.prompt().token_ids().ids_size(), 2) << "the request carries the first";
+  EXPECT_EQ(Ok({{"prompt", {"a", "b", "c"}}}).prompts[2].text(), "c");
+  EXPECT_EQ(Err(json{{"prompt", std::vector<std::string>(65, "p")}}.dump()).param, "prompt") << "at most 64";
   EXPECT_EQ(Ok({{"prompt", {{4, 5}}}}).request.prompt().token_ids().ids_size(), 2);
   EXPECT_EQ(Ok({{"prompt", "x"}, {"stop", {"a", "b"}}}).request.sampling().stop_size(), 2);
   EXPECT_FALSE(Ok({{"prompt", "x"}, {"temperature", nullptr}}).request.sampling().has_temperature()) << "null: unset";
@@ -77,7 +83,9 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"max_tokens": 3})", 400, "prompt"},
            {R"({"prompt": 5})", 400, "prompt"},
            {R"({"prompt": []})", 400, "prompt"},
-           {R"({"prompt": ["a", "b"]})", 400, "prompt"},
+           {R"({"prompt": ["a", "b"], "stream": true})", 400, "prompt"},
+           {R"({"prompt": ["a", 5]})", 400, "prompt"},
+           {R"({"prompt": [[1, 2], [3, "x"]]})", 400, "prompt"},
            {R"({"prompt": [1, "a"]})", 400, "prompt"},
            {R"({"prompt": "x", "model": "other"})", 404, "model"},
            {R"({"prompt": "x", "model": 3})", 400, "model"},
@@ -245,6 +253,21 @@ TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
   PrependEcho(plain, prompt, "To be", false);
   EXPECT_EQ(plain["choices"][0]["text"], "To be");
   EXPECT_TRUE(plain["choices"][0]["logprobs"].is_null());
+}
+
+TEST(OpenAiProtocolTest, ABatchsAnswersMergeWithChoicesNumberedPromptByPrompt) {
+  const auto answer = [](const std::string& id, std::vector<std::string> texts, int prompt_tokens, int completion) {
+    json choices = json::array();
+    for (size_t i = 0; i < texts.size(); ++i) choices.push_back({{"index", i}, {"text", texts[i]}});
+    return json{{"id", id}, {"choices", choices},
+                {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion}, {"total_tokens", 0}}}};
+  };
+  const json merged = MergeAnswers({answer("cmpl-a", {"x", "y"}, 3, 4), answer("cmpl-b", {"z", "w"}, 5, 6)}, 2);
+  EXPECT_EQ(merged["id"], "cmpl-a");
+  ASSERT_EQ(merged["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(merged["choices"][i]["index"], i);
+  EXPECT_EQ(merged["choices"][2]["text"], "z");
+  EXPECT_EQ(merged["usage"], (json{{"prompt_tokens", 8}, {"completion_tokens", 10}, {"total_tokens", 18}}));
 }
 
 }  // namespace

@@ -35,11 +35,7 @@ std::optional<HttpError> Integer(const json& body, const std::string& key, int64
   return std::nullopt;
 }
 
-std::optional<HttpError> ParsePrompt(const json& body, v1::Prompt& prompt) {
-  if (!body.contains("prompt") || body["prompt"].is_null()) return BadParam("prompt", "required");
-  json p = body["prompt"];
-  // A batch of one prompt is that prompt; several are not served by one request yet.
-  if (p.is_array() && p.size() == 1 && (p[0].is_string() || p[0].is_array())) p = p[0];
+std::optional<HttpError> ParseOnePrompt(const json& p, v1::Prompt& prompt) {
   if (p.is_string()) {
     prompt.set_text(p.get<std::string>());
     return std::nullopt;
@@ -52,10 +48,28 @@ std::optional<HttpError> ParsePrompt(const json& body, v1::Prompt& prompt) {
     }
     return std::nullopt;
   }
-  if (p.is_array() && !p.empty() && (p[0].is_string() || p[0].is_array())) {
-    return BadParam("prompt", "a batch of prompts is not served in one request yet: send one request per prompt");
+  return BadParam("prompt", "expected a string, an array of token ids, or an array of those (a batch)");
+}
+
+// A prompt, or a batch of them (an array of strings or of token-id arrays).
+std::optional<HttpError> ParsePrompts(const json& body, std::vector<v1::Prompt>& prompts) {
+  if (!body.contains("prompt") || body["prompt"].is_null()) return BadParam("prompt", "required");
+  const json& p = body["prompt"];
+  const bool batch = p.is_array() && !p.empty() && (p[0].is_string() || p[0].is_array());
+  if (!batch) {
+    prompts.emplace_back();
+    return ParseOnePrompt(p, prompts.back());
   }
-  return BadParam("prompt", "expected a string or an array of token ids");
+  if (p.size() > kMaxPromptBatch) {
+    return BadParam("prompt", "a batch of " + std::to_string(p.size()) + " prompts; at most " +
+                                  std::to_string(kMaxPromptBatch) + " in one request");
+  }
+  for (const json& one : p) {
+    prompts.emplace_back();
+    if (!one.is_string() && !one.is_array()) return BadParam("prompt", "a batch mixes prompts with other values");
+    if (std::optional<HttpError> e = ParseOnePrompt(one, prompts.back())) return e;
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -80,7 +94,8 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
 
   CompletionCall call;
   v1::GenerateRequest& r = call.request;
-  if (std::optional<HttpError> e = ParsePrompt(body, *r.mutable_prompt())) return *e;
+  if (std::optional<HttpError> e = ParsePrompts(body, call.prompts)) return *e;
+  *r.mutable_prompt() = call.prompts.front();
   v1::SamplingParams& s = *r.mutable_sampling();
 
   std::optional<int64_t> max_tokens, top_k, seed, n, best_of, min_tokens, logprobs;
@@ -159,6 +174,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
     if (call.echo && call.stream) return BadParam("echo", "not served with stream: true");
     if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
   }
+  if (call.stream && call.prompts.size() > 1) return BadParam("prompt", "a batch of prompts is served without stream");
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   if (body.contains("stream_options") && !body["stream_options"].is_null()) {
     const json& o = body["stream_options"];
@@ -324,6 +340,24 @@ void PrependEcho(json& answer, const v1::ScoreRollingResult& prompt, const std::
     for (const json& x : completion["text_offset"]) lp["text_offset"].push_back(prompt_text.size() + x.get<size_t>());
   }
   choice["logprobs"] = lp;
+}
+
+json MergeAnswers(const std::vector<json>& answers, uint32_t n) {
+  json merged = answers.front();
+  merged["choices"] = json::array();
+  uint64_t prompt_tokens = 0, completion_tokens = 0;
+  for (size_t i = 0; i < answers.size(); ++i) {
+    for (json c : answers[i]["choices"]) {
+      c["index"] = i * n + c["index"].get<uint64_t>();
+      merged["choices"].push_back(c);
+    }
+    prompt_tokens += answers[i]["usage"]["prompt_tokens"].get<uint64_t>();
+    completion_tokens += answers[i]["usage"]["completion_tokens"].get<uint64_t>();
+  }
+  merged["usage"] = {{"prompt_tokens", prompt_tokens},
+                     {"completion_tokens", completion_tokens},
+                     {"total_tokens", prompt_tokens + completion_tokens}};
+  return merged;
 }
 
 json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created) {

@@ -1,9 +1,10 @@
 // OpenAI's text-completions protocol (POST /v1/completions, GET /v1/models) translated to and from
 // the public gRPC API, as plain functions on JSON and protos (no I/O), so the rules are tested
 // without a server. Field names and defaults are OpenAI's, with vLLM's extensions (top_k, min_p,
-// repetition_penalty, min_tokens, ignore_eos, stop_token_ids); what the gRPC API cannot do yet
-// (echo, suffix, best_of other than n, several prompts in one request) is refused with a 400 naming
-// the parameter rather than ignored. logprobs (at most 20 alternatives) come in OpenAI's
+// repetition_penalty, min_tokens, ignore_eos, stop_token_ids); what is not served (suffix, best_of
+// other than n, a batch of prompts streamed) is refused with a 400 naming the parameter rather than
+// ignored. A batch of prompts (at most 64) answers with n choices per prompt, prompt i's at indices
+// i * n .. i * n + n - 1, as OpenAI's API does. logprobs (at most 20 alternatives) come in OpenAI's
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
 // top_logprobs ({text: logprob}) and text_offset. echo (not streamed, n = 1) puts the prompt before
 // the completion, its logprobs from ScoreRolling (the first token's null, one alternative each: the
@@ -33,8 +34,11 @@ struct HttpError {
   nlohmann::json ToJson() const;
 };
 
+inline constexpr size_t kMaxPromptBatch = 64;
+
 struct CompletionCall {
-  v1::GenerateRequest request;
+  v1::GenerateRequest request;          // with the first prompt
+  std::vector<v1::Prompt> prompts;      // every prompt of the batch (one unless the request sent a list)
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
   uint32_t n = 1;
@@ -97,6 +101,10 @@ nlohmann::json StreamUsageJson(const std::string& request_id, const std::string&
 // completion's text_offset values move past the prompt.
 void PrependEcho(nlohmann::json& answer, const v1::ScoreRollingResult& prompt, const std::string& prompt_text,
                  bool logprobs);
+
+// The answers of a batch's prompts as one: their choices in prompt order, indices renumbered
+// (prompt i's choice j at i * n + j), usage summed, the first answer's id.
+nlohmann::json MergeAnswers(const std::vector<nlohmann::json>& answers, uint32_t n);
 
 // GET /v1/models: the one model, with its context length.
 nlohmann::json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created);

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <ctime>
 #include <string>
+#include <thread>
+#include <variant>
 #include <vector>
 
 #include <civetweb.h>
@@ -182,8 +184,30 @@ int OpenAiServer::Completions(mg_connection* conn) {
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   const CompletionCall& call = std::get<CompletionCall>(parsed);
   const int64_t created = UnixNow();
-  if (call.echo) return EchoCompletion(conn, call, created);
+  if (call.stream) return StreamCompletion(conn, call, created);
 
+  // Whole answers, the prompts of a batch at once (each its own gRPC call, so the cluster batches
+  // them as it batches separate requests); the first error, in prompt order, is the answer.
+  std::vector<std::variant<nlohmann::json, HttpError>> answers(call.prompts.size());
+  if (call.prompts.size() == 1) {
+    answers[0] = WholeAnswer(call, call.prompts[0], created);
+  } else {
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < call.prompts.size(); ++i) {
+      threads.emplace_back([&, i] { answers[i] = WholeAnswer(call, call.prompts[i], created); });
+    }
+    for (std::thread& t : threads) t.join();
+  }
+  std::vector<nlohmann::json> whole;
+  for (auto& a : answers) {
+    if (auto* e = std::get_if<HttpError>(&a)) return SendError(conn, *e);
+    whole.push_back(std::move(std::get<nlohmann::json>(a)));
+  }
+  SendJson(conn, 200, whole.size() == 1 ? whole[0] : MergeAnswers(whole, call.n));
+  return 200;
+}
+
+int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created) {
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
@@ -195,18 +219,6 @@ int OpenAiServer::Completions(mg_connection* conn) {
     if (st.ok()) return SendError(conn, HttpError{500, "the coordinator sent no completion", "server_error", {}});
     return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
   }
-
-  if (!call.stream) {
-    CompletionAccumulator acc(call.n, call.logprobs);
-    do {
-      if (!acc.Add(msg)) ctx.TryCancel();
-    } while (reader->Read(&msg));
-    const grpc::Status st = reader->Finish();
-    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
-    SendJson(conn, 200, acc.ToJson(model_name_, created));
-    return 200;
-  }
-
   mg_printf(conn,
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
   std::string request_id;
@@ -239,45 +251,51 @@ int OpenAiServer::Completions(mg_connection* conn) {
   return 200;
 }
 
-int OpenAiServer::EchoCompletion(mg_connection* conn, const CompletionCall& call, int64_t created) {
-  // The prompt's logprobs (and its most probable tokens) first: ScoreRolling, as lm-evaluation-harness
-  // scores a text.
-  v1::ScoreRollingRequest score;
-  *score.add_texts() = call.request.prompt();
+std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
+                                                                  int64_t created) {
+  v1::GenerateRequest request = call.request;
+  *request.mutable_prompt() = prompt_in;
+  // echo: the prompt's logprobs (and its most probable tokens) first, from ScoreRolling, as
+  // lm-evaluation-harness scores a text.
   v1::ScoreRollingResponse scored;
-  {
+  if (call.echo) {
+    v1::ScoreRollingRequest score;
+    *score.add_texts() = prompt_in;
     grpc::ClientContext ctx;
     const CallScope scope(*this, ctx);
     const grpc::Status st = stub_->ScoreRolling(&ctx, score, &scored);
-    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
-  }
-  if (scored.results_size() != 1) return SendError(conn, HttpError{500, "ScoreRolling answered no result", "server_error", {}});
-  const v1::ScoreRollingResult& prompt = scored.results(0);
-  std::string prompt_text = call.request.prompt().text();
-  if (call.request.prompt().has_token_ids()) {
-    prompt_text.clear();
-    for (const std::string& t : prompt.token_texts()) prompt_text += t;
+    if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+    if (scored.results_size() != 1) return HttpError{500, "ScoreRolling answered no result", "server_error", {}};
   }
 
-  CompletionAccumulator acc(1, call.logprobs);
+  CompletionAccumulator acc(call.n, call.logprobs);
   if (call.max_tokens > 0) {
     grpc::ClientContext ctx;
     const CallScope scope(*this, ctx);
-    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
+    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, request);
     v1::GenerateResponse msg;
-    while (reader->Read(&msg)) acc.Add(msg);
+    while (reader->Read(&msg)) {
+      if (!acc.Add(msg)) ctx.TryCancel();
+    }
     const grpc::Status st = reader->Finish();
-    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
-  } else {  // the prompt alone: no completion, "length" as max_tokens 0 says
+    if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+  } else {  // echo of the prompt alone: no completion, "length" as max_tokens 0 says
     v1::GenerateResponse none;
     none.set_finish_reason(v1::FINISH_REASON_LENGTH);
-    none.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.token_ids_size()));
+    none.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(scored.results(0).token_ids_size()));
     acc.Add(none);
   }
   nlohmann::json answer = acc.ToJson(model_name_, created);
-  PrependEcho(answer, prompt, prompt_text, call.logprobs);
-  SendJson(conn, 200, answer);
-  return 200;
+  if (call.echo) {
+    const v1::ScoreRollingResult& prompt = scored.results(0);
+    std::string prompt_text = prompt_in.text();
+    if (prompt_in.has_token_ids()) {
+      prompt_text.clear();
+      for (const std::string& t : prompt.token_texts()) prompt_text += t;
+    }
+    PrependEcho(answer, prompt, prompt_text, call.logprobs);
+  }
+  return answer;
 }
 
 }  // namespace moe::openai

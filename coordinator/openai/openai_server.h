@@ -52,7 +52,10 @@ class OpenAiServer {
   static int HandleUnknown(mg_connection* conn, void* self);
   int Completions(mg_connection* conn);
   bool Stopping();
-  int EchoCompletion(mg_connection* conn, const CompletionCall& call, int64_t created);
+  int StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created);
+  // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
+  std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
+                                                      int64_t created);
 
   // A completions handler at work: counted until it has written its answer; not admitted once the
   // server is stopping.
