@@ -605,6 +605,40 @@ TEST_F(WorkerLoopTest, PrefixCachingRunsMoreSequencesAtOnceThatShareTheirPrompts
   }
 }
 
+// Sequences that arrive together with the same long prompt start (n completions, a burst with one
+// system prompt): the first computes the shared blocks, the others wait for them and attach them
+// instead of computing them too. The tokens are the uncached run's.
+TEST_F(WorkerLoopTest, PrefixCachingComputesAPromptStartSharedByConcurrentArrivalsOnce) {
+  EngineOptions eo;
+  eo.kv_block_size = 8;
+  const std::vector<int32_t> shared = Prompt(4);  // 130 tokens: 16 whole blocks
+  std::vector<std::vector<int32_t>> prompts;
+  for (const std::vector<int32_t>& tail : {Prompt(0), Prompt(1), Prompt(2)}) {
+    prompts.push_back(shared);
+    prompts.back().insert(prompts.back().end(), tail.begin(), tail.begin() + std::min<size_t>(tail.size(), 5));
+  }
+  prompts.push_back(shared);  // the same prompt again, as n completions of it
+  std::map<uint64_t, RecordingOutbox::Sequence> with, without;
+  for (bool cache : {true, false}) {
+    ServingLoopOptions lo;
+    lo.max_batch_tokens = 48;  // prefill in several steps, while the others wait
+    LoopHarness h(eo, lo);
+    if (cache) (*h.engine)->EnablePrefixCache();
+    for (size_t i = 0; i < prompts.size(); ++i) h.Push(Greedy(1 + i, prompts[i], 6));
+    h.RunUntilDone();
+    (cache ? with : without) = h.out.BySequence();
+    if (!cache) continue;
+    const std::optional<moe::v1::WorkerStats> st = h.out.LastStats();
+    ASSERT_TRUE(st.has_value());
+    // The first computes all 130; the other three find its 16 whole blocks (128 tokens) each.
+    EXPECT_EQ(st->prefix_cache_hit_tokens(), 3 * 128);
+  }
+  for (uint64_t id = 1; id <= prompts.size(); ++id) {
+    EXPECT_EQ(with[id].tokens.size(), 6u) << "sequence " << id;
+    EXPECT_EQ(with[id].tokens, without[id].tokens) << "sequence " << id;
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Penalties and min_tokens.
 

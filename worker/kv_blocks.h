@@ -53,6 +53,10 @@ class KvBlockAllocator {
   // How many of the blocks AttachCachedPrefix would attach for `prompt` some sequence holds now:
   // sharing them takes nothing from the free pool (the cached free ones it attaches do).
   int64_t CachedPrefixBlocksInUse(std::span<const int32_t> prompt) const;
+  // How many blocks AttachCachedPrefix would attach for `prompt` now.
+  int64_t CachedPrefixBlocks(std::span<const int32_t> prompt) const {
+    return static_cast<int64_t>(MatchCachedPrefix(prompt, nullptr).size());
+  }
   // Prompt tokens looked up and found by AttachCachedPrefix so far.
   int64_t prefix_queried_tokens() const { return queried_tokens_; }
   int64_t prefix_hit_tokens() const { return hit_tokens_; }

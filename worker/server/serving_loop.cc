@@ -106,6 +106,22 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
   planner_.Enqueue(id, worst);
 }
 
+bool ServingLoop::PrefixBeingComputed(const ServedSequence& s) const {
+  const KvBlockAllocator& kv = engine_.kv_blocks();
+  if (!kv.prefix_cache_enabled()) return false;
+  const std::span<const int32_t> prompt(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
+  // The block after the cached ones; it must be one AttachCachedPrefix could take (the prompt's
+  // last token is always computed).
+  const int64_t end = (kv.CachedPrefixBlocks(prompt) + 1) * kv.block_size();
+  if (end > s.prompt_size() - 1) return false;
+  for (uint64_t id : planner_.running()) {
+    const ServedSequence& r = seqs_.at(id);
+    if (r.prompt_size() < end || r.fed >= end) continue;  // (scoring's filled blocks are cached too)
+    if (std::equal(prompt.begin(), prompt.begin() + end, r.assign.prompt().begin())) return true;
+  }
+  return false;
+}
+
 void ServingLoop::OnCancel(uint64_t seq_id) {
   if (seqs_.count(seq_id) == 0) return;  // unknown or already finished
   Finish(seq_id, Finished::REASON_CANCELLED);
@@ -248,6 +264,7 @@ bool ServingLoop::RunOnce() {
   while (const std::optional<uint64_t> next = planner_.next_waiting()) {
     ServedSequence& s = seqs_.at(*next);
     const std::span<const int32_t> prompt(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
+    if (!s.is_score() && PrefixBeingComputed(s)) break;  // the FIFO waits with it (at most a prefill)
     const int64_t shared = s.is_score() ? 0 : engine_.kv_blocks().CachedPrefixBlocksInUse(prompt);
     if (!planner_.AdmitNext(shared)) break;
     const absl::Status added = engine_.AddSequence(EngineId(*next));

@@ -9,7 +9,10 @@
 //   2. all-reduce (MAX) of the stop flag (Shutdown received, or the coordinator stream lost), so that
 //      every rank leaves the loop in the same iteration;
 //   3. admit waiting sequences whose worst case fits the KV cache, blocks shared through prefix
-//      caching counted once (see BatchPlanner);
+//      caching counted once (see BatchPlanner); with prefix caching, a generation whose prompt's
+//      next uncached block a running sequence is still prefilling waits until that block is
+//      cached and attaches it, instead of computing the same prefix again (n completions of one
+//      prompt, a burst of requests with one system prompt);
 //   4. one Engine::Step with each running sequence's next chunk (prefill chunks within
 //      max_batch_tokens, then one token a step);
 //   5. sample (SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
@@ -72,6 +75,9 @@ class ServingLoop {
  private:
   void HandleInbox();
   void OnAssign(const moe::v1::Assign& a);
+  // Whether a running generation is prefilling the first block of `s`'s prompt that the prefix
+  // cache does not hold yet (the same tokens up to that block's end), so `s` should wait for it.
+  bool PrefixBeingComputed(const ServedSequence& s) const;
   void OnCancel(uint64_t seq_id);
   // Sends Finished, frees the sequence's KV blocks and forgets it.
   void Finish(uint64_t seq_id, moe::v1::Finished::Reason reason, const std::string& error = "");
