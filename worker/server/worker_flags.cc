@@ -53,7 +53,9 @@ std::string WorkerUsage() {
          "--synthetic-weights SEED (--device gpu): seeded random weights built on the GPU for the model's\n"
          "config.json, no checkpoint read: full-size serving benchmarks from a folder holding only config.json.\n"
          "--enable-prefix-caching: filled KV blocks stay cached after their sequence ends; a later prompt\n"
-         "that starts with the same whole blocks attaches them instead of computing them again.\n";
+         "that starts with the same whole blocks attaches them instead of computing them again (one that\n"
+         "arrives while another sequence is still prefilling them waits for them), and shared blocks count\n"
+         "once when sequences are admitted to the KV cache.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
