@@ -94,11 +94,12 @@ TEST(KvBlockAllocatorTest, MatchingStopsAtTheFirstDifferentBlockAndFollowsTheWho
 TEST(KvBlockAllocatorTest, BlocksAreSharedWhileTheirFirstSequenceRunsAndCachedAfterTheLast) {
   KvBlockAllocator kv(kBlock, 8);
   kv.EnablePrefixCache();
-  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 9)), 0);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9)).blocks, 0);
   RunPrompt(kv, 1, Range(0, 9));  // 3 blocks, 2 full
-  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 9)), 2) << "sequence 1 holds both";
-  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 8)), 1) << "the last token is computed: one to attach";
-  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Concat(Range(0, 4), Range(50, 5))), 1);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9)).blocks, 2);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9)).in_use, 2) << "sequence 1 holds both";
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 8)).in_use, 1) << "the last token is computed: one to attach";
+  EXPECT_EQ(kv.LookupCachedPrefix(Concat(Range(0, 4), Range(50, 5))).in_use, 1);
   EXPECT_EQ(RunPrompt(kv, 2, Range(0, 9)), 8) << "attaches while sequence 1 still runs";
   EXPECT_EQ(kv.used_blocks(), 4) << "two shared, one partial each";
   kv.FreeSequence(1);
@@ -107,7 +108,8 @@ TEST(KvBlockAllocatorTest, BlocksAreSharedWhileTheirFirstSequenceRunsAndCachedAf
   kv.FreeSequence(2);
   EXPECT_EQ(kv.used_blocks(), 0);
   EXPECT_EQ(kv.cached_free_blocks(), 2);
-  EXPECT_EQ(kv.CachedPrefixBlocksInUse(Range(0, 9)), 0) << "cached, but attaching them takes them from the free pool";
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9)).blocks, 2);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9)).in_use, 0) << "cached, but attaching them takes them from the free pool";
 }
 
 TEST(KvBlockAllocatorTest, AppendedDecodeTokensFillBlocksThatCacheToo) {

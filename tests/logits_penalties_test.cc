@@ -14,6 +14,7 @@ namespace moe {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int32_t kVocab = 16;  // for Validate
 
 TEST(LogitsPenaltiesTest, RepetitionDividesPositiveAndMultipliesNegativeLogitsOfPromptAndOutputIdsOnce) {
   PenaltyParams p;
@@ -101,10 +102,10 @@ TEST(LogitsPenaltiesTest, LogitBiasAddsToItsIdsEveryStepBeforeTheRepetitionPenal
 }
 
 TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
-  EXPECT_TRUE(PenaltyParams{}.Validate().ok());
+  EXPECT_TRUE(PenaltyParams{}.Validate(kVocab).ok());
   EXPECT_FALSE(PenaltyParams{}.any());
   const auto bad = [](PenaltyParams p, const std::string& field) {
-    const absl::Status s = p.Validate();
+    const absl::Status s = p.Validate(kVocab);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << field;
     EXPECT_NE(std::string(s.message()).find(field), std::string::npos) << s.message();
   };
@@ -114,12 +115,13 @@ TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   bad({.presence_penalty = 2.5f}, "presence_penalty");
   bad({.frequency_penalty = -2.01f}, "frequency_penalty");
   bad({.frequency_penalty = std::nanf("")}, "frequency_penalty");
-  EXPECT_TRUE((PenaltyParams{.presence_penalty = -2.0f, .frequency_penalty = 2.0f}).Validate().ok());
+  EXPECT_TRUE((PenaltyParams{.presence_penalty = -2.0f, .frequency_penalty = 2.0f}).Validate(kVocab).ok());
   EXPECT_TRUE((PenaltyParams{.min_tokens = 1}).any());
   EXPECT_TRUE((PenaltyParams{.logit_bias = {{3, 0.5f}}}).any());
   bad({.logit_bias = {{3, 100.5f}}}, "logit_bias[3]");
   bad({.logit_bias = {{-1, 1.0f}}}, "logit_bias");
-  EXPECT_TRUE((PenaltyParams{.logit_bias = {{3, -100.0f}}}).Validate().ok());
+  bad({.logit_bias = {{kVocab, 1.0f}}}, "outside the vocabulary [0, 16)");
+  EXPECT_TRUE((PenaltyParams{.logit_bias = {{3, -100.0f}}}).Validate(kVocab).ok());
 }
 
 }  // namespace

@@ -117,7 +117,7 @@ std::vector<uint64_t> AdmitAll(BatchPlanner& p, KvBlockAllocator& kv,
   while (const std::optional<uint64_t> id = p.next_waiting()) {
     const auto prompt = prompts.find(*id);
     const std::span<const int32_t> tokens = prompt == prompts.end() ? std::span<const int32_t>() : prompt->second;
-    if (!p.AdmitNext(kv.CachedPrefixBlocksInUse(tokens))) break;
+    if (!p.AdmitNext(kv.LookupCachedPrefix(tokens).in_use)) break;
     EXPECT_TRUE(kv.AddSequence(static_cast<int64_t>(*id)).ok());
     kv.AttachCachedPrefix(static_cast<int64_t>(*id), tokens);
     admitted.push_back(*id);

@@ -123,9 +123,10 @@ std::vector<int32_t> KvBlockAllocator::MatchCachedPrefix(std::span<const int32_t
   return match;
 }
 
-int64_t KvBlockAllocator::CachedPrefixBlocksInUse(std::span<const int32_t> prompt) const {
+KvBlockAllocator::CachedPrefix KvBlockAllocator::LookupCachedPrefix(std::span<const int32_t> prompt) const {
   const std::vector<int32_t> match = MatchCachedPrefix(prompt, nullptr);
-  return std::count_if(match.begin(), match.end(), [&](int32_t b) { return info_[static_cast<size_t>(b)].refs > 0; });
+  return {static_cast<int64_t>(match.size()),
+          std::count_if(match.begin(), match.end(), [&](int32_t b) { return info_[static_cast<size_t>(b)].refs > 0; })};
 }
 
 int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) {

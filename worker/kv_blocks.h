@@ -50,13 +50,13 @@ class KvBlockAllocator {
   // blocks at the start of `prompt`, leaving at least its last token to compute (its logits are
   // wanted), and returns the positions attached (the sequence's length now). 0 when caching is off.
   int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt);
-  // How many of the blocks AttachCachedPrefix would attach for `prompt` some sequence holds now:
-  // sharing them takes nothing from the free pool (the cached free ones it attaches do).
-  int64_t CachedPrefixBlocksInUse(std::span<const int32_t> prompt) const;
-  // How many blocks AttachCachedPrefix would attach for `prompt` now.
-  int64_t CachedPrefixBlocks(std::span<const int32_t> prompt) const {
-    return static_cast<int64_t>(MatchCachedPrefix(prompt, nullptr).size());
-  }
+  // What AttachCachedPrefix would attach for `prompt` now: how many blocks, and how many of them
+  // some sequence holds (sharing those takes nothing from the free pool; the cached free ones do).
+  struct CachedPrefix {
+    int64_t blocks = 0;
+    int64_t in_use = 0;
+  };
+  CachedPrefix LookupCachedPrefix(std::span<const int32_t> prompt) const;
   // Prompt tokens looked up and found by AttachCachedPrefix so far.
   int64_t prefix_queried_tokens() const { return queried_tokens_; }
   int64_t prefix_hit_tokens() const { return hit_tokens_; }

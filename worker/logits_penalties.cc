@@ -11,7 +11,7 @@ bool InPenaltyRange(float x) { return x >= -2.0f && x <= 2.0f; }  // false for N
 
 }  // namespace
 
-absl::Status PenaltyParams::Validate() const {
+absl::Status PenaltyParams::Validate(int64_t vocab_size) const {
   if (!(std::isfinite(repetition_penalty) && repetition_penalty > 0.0f)) {
     return absl::InvalidArgumentError(
         absl::StrCat("repetition_penalty must be finite and > 0 (1 = off), got ", repetition_penalty));
@@ -23,7 +23,10 @@ absl::Status PenaltyParams::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat("frequency_penalty must be in [-2, 2], got ", frequency_penalty));
   }
   for (const auto& [id, bias] : logit_bias) {
-    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("logit_bias: negative token id ", id));
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("logit_bias: token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
+    }
     if (!(bias >= -100.0f && bias <= 100.0f)) {
       return absl::InvalidArgumentError(absl::StrCat("logit_bias[", id, "] must be in [-100, 100], got ", bias));
     }

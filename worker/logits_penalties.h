@@ -41,9 +41,9 @@ struct PenaltyParams {
            !logit_bias.empty();
   }
   // InvalidArgument naming the field: repetition_penalty not finite and > 0; a presence or
-  // frequency penalty outside [-2, 2] (or NaN); a negative logit_bias id or a bias outside
-  // [-100, 100]. (Ids beyond the vocabulary are the caller's to refuse: Apply ignores them.)
-  absl::Status Validate() const;
+  // frequency penalty outside [-2, 2] (or NaN); a logit_bias id outside [0, vocab_size) or a bias
+  // outside [-100, 100].
+  absl::Status Validate(int64_t vocab_size) const;
 };
 
 class LogitsPenalties {

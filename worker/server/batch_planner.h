@@ -42,7 +42,7 @@ class BatchPlanner {
   std::optional<uint64_t> next_waiting() const;
   // Moves the oldest waiting sequence into the running batch when the committed blocks plus its
   // worst case, less `shared_blocks_in_use` (blocks of its cached prefix that running sequences
-  // hold: KvBlockAllocator::CachedPrefixBlocksInUse), fit the cache. The caller adds it to the
+  // hold: KvBlockAllocator::LookupCachedPrefix's in_use), fit the cache. The caller adds it to the
   // allocator, and attaches that prefix, before the next call. False when it must wait or none does.
   bool AdmitNext(int64_t shared_blocks_in_use);
   // Forgets a waiting or running sequence; unknown ids are ignored. Its blocks count as long as the

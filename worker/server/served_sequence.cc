@@ -55,13 +55,7 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
   }
   if (a.kind() == moe::v1::Assign::KIND_GENERATE) {
     MOE_RETURN_IF_ERROR(SamplingOf(a).Validate());
-    MOE_RETURN_IF_ERROR(PenaltiesOf(a).Validate());
-    for (const auto& [id, bias] : a.logit_bias()) {
-      if (id >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("logit_bias: token id ", id, " is outside the vocabulary [0, ",
-                                                       c.vocab_size, ")"));
-      }
-    }
+    MOE_RETURN_IF_ERROR(PenaltiesOf(a).Validate(c.vocab_size));
   }
   return absl::OkStatus();
 }

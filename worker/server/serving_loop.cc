@@ -106,18 +106,17 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
   planner_.Enqueue(id, worst);
 }
 
-bool ServingLoop::PrefixBeingComputed(const ServedSequence& s) const {
+bool ServingLoop::PrefixBeingComputed(const ServedSequence& s, int64_t cached_blocks) const {
   const KvBlockAllocator& kv = engine_.kv_blocks();
   if (!kv.prefix_cache_enabled()) return false;
-  const std::span<const int32_t> prompt(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
   // The block after the cached ones; it must be one AttachCachedPrefix could take (the prompt's
   // last token is always computed).
-  const int64_t end = (kv.CachedPrefixBlocks(prompt) + 1) * kv.block_size();
+  const int64_t end = (cached_blocks + 1) * kv.block_size();
   if (end > s.prompt_size() - 1) return false;
   for (uint64_t id : planner_.running()) {
     const ServedSequence& r = seqs_.at(id);
     if (r.prompt_size() < end || r.fed >= end) continue;  // (scoring's filled blocks are cached too)
-    if (std::equal(prompt.begin(), prompt.begin() + end, r.assign.prompt().begin())) return true;
+    if (std::equal(s.assign.prompt().begin(), s.assign.prompt().begin() + end, r.assign.prompt().begin())) return true;
   }
   return false;
 }
@@ -166,13 +165,13 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   int32_t tok = pick.token;
   float logprob = pick.token_logprob;
   if (!logits.empty()) {
+    std::span<const float> sampled = logits;
     if (s.penalties) {  // sampled from the adjusted row; the logprob stays the model's
       adjusted_.assign(logits.begin(), logits.end());
       s.penalties->Apply(adjusted_);
-      tok = SampleToken(adjusted_, s.sampling, static_cast<uint64_t>(s.generated.size()));
-    } else {
-      tok = SampleToken(logits, s.sampling, static_cast<uint64_t>(s.generated.size()));
+      sampled = adjusted_;
     }
+    tok = SampleToken(sampled, s.sampling, static_cast<uint64_t>(s.generated.size()));
     logprobs_.Compute(logits);
     logprob = logprobs_.logprob(tok);
   }
@@ -264,9 +263,11 @@ bool ServingLoop::RunOnce() {
   while (const std::optional<uint64_t> next = planner_.next_waiting()) {
     ServedSequence& s = seqs_.at(*next);
     const std::span<const int32_t> prompt(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
-    if (!s.is_score() && PrefixBeingComputed(s)) break;  // the FIFO waits with it (at most a prefill)
-    const int64_t shared = s.is_score() ? 0 : engine_.kv_blocks().CachedPrefixBlocksInUse(prompt);
-    if (!planner_.AdmitNext(shared)) break;
+    const KvBlockAllocator::CachedPrefix cached =
+        s.is_score() ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(prompt);
+    // The FIFO waits with it (at most a prefill).
+    if (!s.is_score() && PrefixBeingComputed(s, cached.blocks)) break;
+    if (!planner_.AdmitNext(cached.in_use)) break;
     const absl::Status added = engine_.AddSequence(EngineId(*next));
     MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
     if (!s.is_score()) s.fed = engine_.AttachCachedPrefix(EngineId(*next), prompt);

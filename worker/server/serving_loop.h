@@ -75,9 +75,10 @@ class ServingLoop {
  private:
   void HandleInbox();
   void OnAssign(const moe::v1::Assign& a);
-  // Whether a running generation is prefilling the first block of `s`'s prompt that the prefix
-  // cache does not hold yet (the same tokens up to that block's end), so `s` should wait for it.
-  bool PrefixBeingComputed(const ServedSequence& s) const;
+  // Whether a running sequence is prefilling the first block of `s`'s prompt that the prefix cache
+  // does not hold yet (it holds `cached_blocks`; the same tokens up to that block's end), so `s`
+  // should wait for it.
+  bool PrefixBeingComputed(const ServedSequence& s, int64_t cached_blocks) const;
   void OnCancel(uint64_t seq_id);
   // Sends Finished, frees the sequence's KV blocks and forgets it.
   void Finish(uint64_t seq_id, moe::v1::Finished::Reason reason, const std::string& error = "");
