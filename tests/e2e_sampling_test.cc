@@ -19,6 +19,7 @@
 #include "tests/e2e_cluster.h"
 #include "tests/support/cli_runner.h"
 #include "tests/support/engine_fixture.h"
+#include "tests/support/penalty_cases.h"
 
 namespace moe::e2e {
 namespace {
@@ -68,16 +69,7 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
     moe::v1::GenerateRequest r = GreedyTokenRequest(golden.prompt(c["prompt"]), max_tokens);
     moe::v1::SamplingParams* s = r.mutable_sampling();
     s->set_ignore_eos(false);  // as transformers ran
-    if (c.contains("repetition_penalty")) s->set_repetition_penalty(c["repetition_penalty"]);
-    if (c.contains("frequency_penalty")) s->set_frequency_penalty(c["frequency_penalty"]);
-    if (c.contains("presence_penalty")) s->set_presence_penalty(c["presence_penalty"]);
-    if (c.contains("min_tokens")) s->set_min_tokens(c["min_tokens"]);
-    if (c.contains("stop_token_ids")) {
-      for (int32_t id : c["stop_token_ids"]) s->add_stop_token_ids(id);
-    }
-    if (c.contains("logit_bias")) {
-      for (const json& b : c["logit_bias"]) (*s->mutable_logit_bias())[b[0].get<int32_t>()] = b[1].get<float>();
-    }
+    testing_ref::SetPenaltyCaseFields(c, *s);
     requests.push_back(r);
     want.push_back(c["tokens"].get<std::vector<int32_t>>());
   }

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "tests/support/engine_fixture.h"
+#include "tests/support/penalty_cases.h"
 #include "worker/generation.h"
 #include "worker/kv_blocks.h"
 #include "worker/sampler.h"
@@ -102,6 +104,18 @@ class WorkerLoopTest : public ::testing::Test {
   static void TearDownTestSuite() { delete golden_; }
   static std::vector<int32_t> Prompt(size_t p) { return golden_->prompt(p); }
   static std::vector<int32_t> Greedy24(size_t p) { return golden_->greedy(p); }
+  // Prompts that start alike: golden prompt `shared`, then the first `tail_tokens` of golden prompt
+  // t, for each t of `tails`.
+  static std::vector<std::vector<int32_t>> SharedStartPrompts(size_t shared, std::initializer_list<size_t> tails,
+                                                              size_t tail_tokens) {
+    std::vector<std::vector<int32_t>> prompts;
+    for (size_t t : tails) {
+      prompts.push_back(Prompt(shared));
+      const std::vector<int32_t> tail = Prompt(t);
+      prompts.back().insert(prompts.back().end(), tail.begin(), tail.begin() + std::min(tail.size(), tail_tokens));
+    }
+    return prompts;
+  }
   static Golden* golden_;
 };
 Golden* WorkerLoopTest::golden_ = nullptr;
@@ -575,11 +589,7 @@ TEST_F(WorkerLoopTest, PrefixCachingRunsMoreSequencesAtOnceThatShareTheirPrompts
   eo.kv_block_size = 8;
   eo.kv_tokens = 40 * 8;
   const std::vector<int32_t> shared = Prompt(4);  // 130 tokens: 16 whole blocks to share
-  std::vector<std::vector<int32_t>> prompts;
-  for (const std::vector<int32_t>& tail : {Prompt(0), Prompt(1), Prompt(2), Prompt(3)}) {
-    prompts.push_back(shared);
-    prompts.back().insert(prompts.back().end(), tail.begin(), tail.begin() + std::min<size_t>(tail.size(), 12));
-  }
+  const std::vector<std::vector<int32_t>> prompts = SharedStartPrompts(4, {0, 1, 2, 3}, 12);
   // Worst cases 18, 18, 20 and 20 blocks: two fit 40 blocks. Shared, the first takes 18 (it attaches
   // the cached blocks) and the others 2, 4 and 4.
   std::map<uint64_t, RecordingOutbox::Sequence> with, without;
@@ -612,11 +622,7 @@ TEST_F(WorkerLoopTest, PrefixCachingComputesAPromptStartSharedByConcurrentArriva
   EngineOptions eo;
   eo.kv_block_size = 8;
   const std::vector<int32_t> shared = Prompt(4);  // 130 tokens: 16 whole blocks
-  std::vector<std::vector<int32_t>> prompts;
-  for (const std::vector<int32_t>& tail : {Prompt(0), Prompt(1), Prompt(2)}) {
-    prompts.push_back(shared);
-    prompts.back().insert(prompts.back().end(), tail.begin(), tail.begin() + std::min<size_t>(tail.size(), 5));
-  }
+  std::vector<std::vector<int32_t>> prompts = SharedStartPrompts(4, {0, 1, 2}, 5);
   prompts.push_back(shared);  // the same prompt again, as n completions of it
   std::map<uint64_t, RecordingOutbox::Sequence> with, without;
   for (bool cache : {true, false}) {
@@ -658,16 +664,7 @@ TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
   for (size_t i = 0; i < cases.size(); ++i) {
     const nlohmann::json& c = cases[i];
     Assign a = Greedy(100 + i, golden.prompt(c["prompt"]), max_tokens);
-    if (c.contains("repetition_penalty")) a.set_repetition_penalty(c["repetition_penalty"]);
-    if (c.contains("frequency_penalty")) a.set_frequency_penalty(c["frequency_penalty"]);
-    if (c.contains("presence_penalty")) a.set_presence_penalty(c["presence_penalty"]);
-    if (c.contains("min_tokens")) a.set_min_tokens(c["min_tokens"]);
-    if (c.contains("stop_token_ids")) {
-      for (int32_t id : c["stop_token_ids"]) a.add_stop_token_ids(id);
-    }
-    if (c.contains("logit_bias")) {
-      for (const nlohmann::json& b : c["logit_bias"]) (*a.mutable_logit_bias())[b[0].get<int32_t>()] = b[1].get<float>();
-    }
+    SetPenaltyCaseFields(c, a);
     h.Push(a);
   }
   h.RunUntilDone();
