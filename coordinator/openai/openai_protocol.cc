@@ -188,8 +188,9 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
 HttpError FromGrpcError(int grpc_code, const std::string& message) {
   HttpError e;
   e.message = message;
-  switch (grpc_code) {
-    case 3: {  // INVALID_ARGUMENT: "sampling.top_p: ..." -> param "top_p"
+  // gRPC's status codes are absl's, number for number.
+  switch (static_cast<absl::StatusCode>(grpc_code)) {
+    case absl::StatusCode::kInvalidArgument: {  // "sampling.top_p: ..." -> param "top_p"
       e.status = 400;
       const size_t colon = message.find(": ");
       if (colon != std::string::npos && message.find(' ') >= colon) {
@@ -199,12 +200,18 @@ HttpError FromGrpcError(int grpc_code, const std::string& message) {
       }
       return e;
     }
-    case 5: e.status = 404; e.type = "NotFoundError"; return e;
-    case 8: e.status = 429; e.type = "rate_limit_error"; return e;
-    case 14: e.status = 503; e.type = "server_error"; return e;
-    case 4: e.status = 504; e.type = "server_error"; return e;
-    case 12: e.status = 501; e.type = "server_error"; return e;
-    default: e.status = 500; e.type = "server_error"; return e;
+    case absl::StatusCode::kNotFound:
+      return {404, message, "NotFoundError", {}};
+    case absl::StatusCode::kResourceExhausted:
+      return {429, message, "rate_limit_error", {}};
+    case absl::StatusCode::kUnavailable:
+      return {503, message, "server_error", {}};
+    case absl::StatusCode::kDeadlineExceeded:
+      return {504, message, "server_error", {}};
+    case absl::StatusCode::kUnimplemented:
+      return {501, message, "server_error", {}};
+    default:
+      return {500, message, "server_error", {}};
   }
 }
 
