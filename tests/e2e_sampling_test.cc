@@ -5,6 +5,15 @@
 // min_p = 1 at temperature 1 keeps only the most probable token, so it samples transformers' plain
 // greedy continuation (expected.json); bad values are refused naming the field; n completions are
 // each what a single request with seed + i gives.
+//
+// Built a second time with MOE_E2E_GPU_WORKERS (e2e_gpu_sampling_test, label gpu): the same
+// requests on GPU ranks (`moe-worker --device gpu`; both ranks share the device when there is one),
+// where rows with penalties, logit_bias, min_tokens or min_p take the logits-row path to the host.
+// The bf16 engine moves a logit by ~1e-2, so there a token is compared only up to the first step whose
+// reference margin (gap between the two best adjusted logits) is below 0.05, as gpu_engine_test
+// compares the golden greedy tokens; it skips without a CUDA device.
+#include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <set>
 #include <string>
@@ -12,6 +21,9 @@
 #include <vector>
 
 #include <grpcpp/client_context.h>
+#ifdef MOE_E2E_GPU_WORKERS
+#include <cuda_runtime.h>
+#endif
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -25,6 +37,44 @@ namespace moe::e2e {
 namespace {
 
 using nlohmann::json;
+
+#ifdef MOE_E2E_GPU_WORKERS
+constexpr double kMarginTol = 0.05;
+const std::vector<std::string> kWorkerArgs = {"--device", "gpu", "--gpu-memory-utilization", "0.2"};
+bool HaveDevice() {
+  int n = 0;
+  const bool ok = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  (void)cudaGetLastError();
+  return ok;
+}
+#else
+constexpr double kMarginTol = 0;  // the float32 CPU engine: every token
+const std::vector<std::string> kWorkerArgs = {};
+bool HaveDevice() { return true; }
+#endif
+
+// The number of leading steps whose reference margin is at least kMarginTol.
+size_t ComparableSteps(const std::vector<double>& margins) {
+  size_t i = 0;
+  while (i < margins.size() && margins[i] >= kMarginTol) ++i;
+  return i;
+}
+
+// `got` carries `want` up to its first step below the margin tolerance; returns how many tokens were
+// compared. When every step is comparable, `got` must be `want` exactly (length included).
+size_t ExpectTokensUpToLowMargin(const std::vector<int32_t>& got, const std::vector<int32_t>& want,
+                                 const std::vector<double>& margins) {
+  const size_t n = ComparableSteps(margins);
+  if (n == want.size()) {
+    EXPECT_EQ(got, want);
+  } else {
+    EXPECT_GE(got.size(), n);
+    EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + std::min(n, got.size())),
+              std::vector<int32_t>(want.begin(), want.begin() + n))
+        << "the first " << n << " steps have reference margin >= " << kMarginTol;
+  }
+  return n;
+}
 
 // A Generate stream of `n` completions, read to its end, folded per index.
 struct ChoicesOutcome {
@@ -56,6 +106,7 @@ ChoicesOutcome RunChoices(moe::v1::Inference::Stub& stub, const moe::v1::Generat
 }
 
 TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersTokens) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
   testing_ref::SetMpiTestEnvironment();
   std::ifstream f(testing_ref::kGoldenDir + "/penalties.json");
   ASSERT_TRUE(f.good());
@@ -65,6 +116,7 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
 
   std::vector<moe::v1::GenerateRequest> requests;
   std::vector<std::vector<int32_t>> want;
+  std::vector<std::vector<double>> margins;  // the reference's, per step
   for (const json& c : ref["cases"]) {
     moe::v1::GenerateRequest r = GreedyTokenRequest(golden.prompt(c["prompt"]), max_tokens);
     moe::v1::SamplingParams* s = r.mutable_sampling();
@@ -72,6 +124,7 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
     testing_ref::SetPenaltyCaseFields(c, *s);
     requests.push_back(r);
     want.push_back(c["tokens"].get<std::vector<int32_t>>());
+    margins.push_back(c["margins"].get<std::vector<double>>());
   }
   const size_t penalty_requests = requests.size();
   for (size_t p = 0; p < golden.num_prompts(); ++p) {
@@ -81,9 +134,10 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
     r.mutable_sampling()->set_seed(p);
     requests.push_back(r);
     want.push_back(golden.greedy(p));
+    margins.push_back(golden.GreedyMargins(p));
   }
 
-  Cluster cluster(ClusterOptions{2, testing_ref::kGoldenDir, {}, {}});
+  Cluster cluster(ClusterOptions{2, testing_ref::kGoldenDir, {}, kWorkerArgs});
   const absl::Status started = cluster.Start(Seconds(90));
   ASSERT_TRUE(started.ok()) << started << cluster.LogTail();
   auto stub = moe::v1::Inference::NewStub(cluster.channel());
@@ -95,16 +149,25 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
   }
   for (std::thread& t : threads) t.join();
   int ended_by_stop_id = 0;
+  size_t compared = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     SCOPED_TRACE(i < penalty_requests ? ref["cases"][i]["case"].get<std::string>() + " prompt " +
                                             std::to_string(ref["cases"][i]["prompt"].get<int>())
                                       : "min_p 1, prompt " + std::to_string(i - penalty_requests));
     ASSERT_TRUE(got[i].status.ok()) << got[i].status << cluster.LogTail();
-    EXPECT_EQ(got[i].result.token_ids, want[i]);
+    const size_t n = ExpectTokensUpToLowMargin(got[i].result.token_ids, want[i], margins[i]);
+    compared += n;
+    if (n < want[i].size()) continue;
     const bool early = want[i].size() < max_tokens;
     ended_by_stop_id += early;
     EXPECT_EQ(got[i].result.finish_reason, early ? moe::v1::FINISH_REASON_STOP : moe::v1::FINISH_REASON_LENGTH);
   }
+  // With the current golden data: all 823 tokens on CPU ranks; 231 of the penalty cases' and 61 of the
+  // greedy continuations' above the bf16 margin on GPU ranks, the min_tokens case that ends with an
+  // extra end id among them.
+  std::printf("%zu tokens compared, %d requests ended by a stop id where transformers' did\n", compared,
+              ended_by_stop_id);
+  EXPECT_GE(compared, kMarginTol > 0 ? 250u : 800u);
   EXPECT_GE(ended_by_stop_id, 1);
 
   // Bad values: INVALID_ARGUMENT naming the field, the cluster still serving afterwards.
@@ -124,7 +187,10 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
   const StreamOutcome after = RunGenerate(*stub, GreedyTokenRequest(golden.prompt(1), 4), 30);
   ASSERT_TRUE(after.status.ok()) << after.status;
   const std::vector<int32_t> greedy1 = golden.greedy(1);
-  EXPECT_EQ(after.result.token_ids, std::vector<int32_t>(greedy1.begin(), greedy1.begin() + 4));
+  std::vector<double> margins1 = golden.GreedyMargins(1);
+  margins1.resize(4);
+  ExpectTokensUpToLowMargin(after.result.token_ids, std::vector<int32_t>(greedy1.begin(), greedy1.begin() + 4),
+                            margins1);
 
   // n completions: greedy ones all carry transformers' tokens; sampled ones, completion i, the
   // tokens of a single request with seed + i.
@@ -133,7 +199,10 @@ TEST(E2eSampling, PenaltiesMinTokensAndMinPThroughTheClusterGiveTransformersToke
     r.mutable_sampling()->set_n(3);
     const ChoicesOutcome o = RunChoices(*stub, r, 3);
     ASSERT_TRUE(o.status.ok()) << o.status;
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(o.choices[i].token_ids, golden.greedy(2)) << "completion " << i;
+    for (int i = 0; i < 3; ++i) {
+      SCOPED_TRACE("completion " + std::to_string(i));
+      ExpectTokensUpToLowMargin(o.choices[i].token_ids, golden.greedy(2), golden.GreedyMargins(2));
+    }
   }
   {
     moe::v1::GenerateRequest r = GreedyTokenRequest(golden.prompt(3), 12);

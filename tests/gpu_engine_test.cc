@@ -242,7 +242,6 @@ TEST_F(GpuGoldenTest, PromptLogitsWithin2e2WhereRoutingAgrees) {
 // KV cache, GenerateAll), and every token before the first low-margin step equals transformers'.
 TEST_F(GpuGoldenTest, GreedyContinuationsUpToFirstLowMargin) {
   auto e = LoadGpu(kGoldenDir);
-  const int64_t V = (*e)->config().vocab_size;
   std::vector<GenerateRequest> reqs;
   for (size_t p = 0; p < golden_->num_prompts(); ++p) {
     GenerateRequest r;
@@ -256,10 +255,7 @@ TEST_F(GpuGoldenTest, GreedyContinuationsUpToFirstLowMargin) {
   size_t compared = 0;
   for (size_t p = 0; p < reqs.size(); ++p) {
     const std::vector<int32_t> want = golden_->greedy(p);
-    const std::vector<float> ref = golden_->F32("greedy_logits." + std::to_string(p));
-    std::vector<double> margins;
-    for (size_t i = 0; i < want.size(); ++i) margins.push_back(Margin(ref, V, static_cast<int64_t>(i)));
-    const size_t n = ComparableSteps(margins);
+    const size_t n = ComparableSteps(golden_->GreedyMargins(p));
     ASSERT_EQ(res[p].tokens.size(), want.size());
     EXPECT_EQ(std::vector<int32_t>(res[p].tokens.begin(), res[p].tokens.begin() + n),
               std::vector<int32_t>(want.begin(), want.begin() + n))

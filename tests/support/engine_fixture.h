@@ -72,6 +72,9 @@ struct Golden {
   std::vector<int32_t> prompt(size_t p) const { return expected["prompts"][p].get<std::vector<int32_t>>(); }
   std::vector<int32_t> greedy(size_t p) const { return expected["greedy"][p].get<std::vector<int32_t>>(); }
   size_t num_prompts() const { return expected["prompts"].size(); }
+  // At each of prompt p's greedy steps, the gap between transformers' two best logits
+  // (greedy_logits.p): how far a token is from a tie, for comparing engines with larger errors.
+  std::vector<double> GreedyMargins(size_t p) const;
   // A float32 tensor of expected.safetensors, e.g. "logits.3".
   std::vector<float> F32(const std::string& name) const;
 };
