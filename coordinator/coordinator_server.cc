@@ -49,7 +49,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   }
   MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
                        PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));
-  s->request_model_ = std::make_unique<RequestModel>(RequestModel{s->config_, s->tokenizer_.get()});
+  MOE_ASSIGN_OR_RETURN(ChatTemplateInfo chat, LoadChatTemplateInfo(options.model_dir, s->tokenizer_.get()));
+  s->request_model_ = std::make_unique<RequestModel>(RequestModel{s->config_, s->tokenizer_.get(), std::move(chat)});
   s->stats_ = std::make_unique<ServingStats>();
 
   ClusterSetup setup{options.model_dir, s->config_, std::move(plan),

@@ -327,7 +327,8 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::Tokenize
   }
   absl::StatusOr<std::vector<int32_t>> ids =
       moe::Tokenize(*model_.tokenizer, request->text(),
-                    request->has_add_bos() ? std::optional<bool>(request->add_bos()) : std::nullopt);
+                    request->has_add_bos() ? std::optional<bool>(request->add_bos()) : std::nullopt,
+                    request->parse_special_tokens());
   if (!ids.ok()) return ToGrpcStatus(ids.status());
   response->mutable_token_ids()->Assign(ids->begin(), ids->end());
   return grpc::Status::OK;
@@ -360,6 +361,9 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const v1::GetM
   response->set_active_parameters(c.replicated_params() + c.num_layers * c.experts_per_token * c.expert_params());
   response->set_bos_token_id(static_cast<int32_t>(c.bos_token_id));
   for (int64_t e : c.eos_token_ids) response->add_eos_token_ids(static_cast<int32_t>(e));
+  response->set_chat_template(model_.chat.chat_template);
+  response->set_bos_token(model_.chat.bos_token);
+  response->set_eos_token(model_.chat.eos_token);
   return grpc::Status::OK;
 }
 

@@ -22,6 +22,10 @@ class SentencePieceCodec final : public TextCodec {
  public:
   explicit SentencePieceCodec(std::unique_ptr<Tokenizer> tok) : tok_(std::move(tok)) {}
   std::vector<int32_t> Encode(std::string_view text) const override { return tok_->Encode(text); }
+  std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const override {
+    return tok_->EncodeWithSpecialTokens(text);
+  }
+  std::string Piece(int32_t id) const override { return tok_->Piece(id); }
   std::string Decode(std::span<const int32_t> ids) const override { return tok_->Decode(ids); }
   int32_t bos_id() const override { return tok_->bos_id(); }
   int32_t eos_id() const override { return tok_->eos_id(); }

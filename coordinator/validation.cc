@@ -67,8 +67,8 @@ absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, con
 }
 
 absl::StatusOr<std::vector<int32_t>> Tokenize(const TextCodec& tok, const std::string& text,
-                                              std::optional<bool> add_bos) {
-  std::vector<int32_t> ids = EncodeBare(tok, text);
+                                              std::optional<bool> add_bos, bool parse_special_tokens) {
+  std::vector<int32_t> ids = parse_special_tokens ? tok.EncodeWithSpecialTokens(text) : EncodeBare(tok, text);
   if (add_bos.value_or(tok.add_bos())) ids.insert(ids.begin(), tok.bos_id());
   if (tok.add_eos()) ids.push_back(tok.eos_id());
   return ids;

@@ -12,8 +12,9 @@
 #include "common/status.h"
 #include "moe/v1/cluster.pb.h"
 #include "moe/v1/inference.pb.h"
-#include "worker/model/config.h"
+#include "coordinator/chat_template_info.h"
 #include "coordinator/text_codec.h"
+#include "worker/model/config.h"
 
 namespace moe {
 
@@ -21,6 +22,7 @@ namespace moe {
 struct RequestModel {
   const ModelConfig& config;
   const TextCodec* tokenizer = nullptr;  // null: the model folder has no tokenizer.model
+  ChatTemplateInfo chat{};
 };
 
 inline constexpr uint32_t kDefaultMaxTokens = 16;
@@ -45,9 +47,10 @@ absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, con
                                                    const std::string& field, BosPolicy bos,
                                                    bool allow_empty = false);
 
-// Tokenize's text -> ids, BOS as asked (default: the tokenizer config).
+// Tokenize's text -> ids, BOS as asked (default: the tokenizer config); with `parse_special_tokens`
+// special tokens written in the text become their ids (TextCodec::EncodeWithSpecialTokens).
 absl::StatusOr<std::vector<int32_t>> Tokenize(const TextCodec& tok, const std::string& text,
-                                              std::optional<bool> add_bos);
+                                              std::optional<bool> add_bos, bool parse_special_tokens = false);
 
 struct GenerateJob {
   v1::Assign assign;              // kind, prompt and sampling filled; seq_id is the scheduler's

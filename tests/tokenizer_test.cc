@@ -1,11 +1,13 @@
 // Tokenizer and StreamingDetokenizer against outside references: the ids and texts that the
 // Python tooling produced for the shakespeare-moe model (samples.json), and the ids the
-// SentencePiece Python binding gives for Mixtral's tokenizer (tests/data/tokenizers/README.md).
+// SentencePiece Python binding gives for Mixtral's tokenizer (tests/data/tokenizers/README.md), and
+// transformers' ids for texts with special tokens written out (special_tokens.json).
 
 #include "worker/tokenizer.h"
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -25,6 +27,7 @@ namespace fs = std::filesystem;
 const std::string kShakespeareDir = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
 const std::string kMistralV1 =
     std::string(MOE_SOURCE_DIR) + "/tests/data/tokenizers/mistral-v1.model";
+const std::string kTokenizerData = std::string(MOE_SOURCE_DIR) + "/tests/data/tokenizers";
 constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";
 
 std::unique_ptr<Tokenizer> LoadOrDie(absl::StatusOr<std::unique_ptr<Tokenizer>> tok) {
@@ -269,6 +272,34 @@ TEST_F(MistralTest, CheckIds) {
   EXPECT_NE(too_big.message().find("32000"), std::string_view::npos) << too_big;
   EXPECT_NE(too_big.message().find("index 0"), std::string_view::npos) << too_big;
   EXPECT_THROW(tok_->Decode(std::vector<int32_t>{32000}), InternalError);
+}
+
+// ---- Special tokens written in the text: transformers' ids (make_special_tokens_golden.py) ----
+
+TEST(SpecialTokensTest, EncodeWithSpecialTokensMatchesTransformers) {
+  std::ifstream f(kTokenizerData + "/special_tokens.json");
+  ASSERT_TRUE(f.good());
+  const nlohmann::json golden = nlohmann::json::parse(f);
+  int cases = 0, with_special = 0;
+  for (const auto& [model, texts] : golden["models"].items()) {
+    // BOS and EOS configured on: EncodeWithSpecialTokens adds neither.
+    auto tok = LoadOrDie(Tokenizer::FromFile(kTokenizerData + "/" + model, /*add_bos=*/true, /*add_eos=*/true));
+    for (const nlohmann::json& c : texts) {
+      const std::string text = c["text"];
+      const std::vector<int32_t> want = c["ids"];
+      EXPECT_EQ(tok->EncodeWithSpecialTokens(text), want) << model << ": \"" << text << "\"";
+      ++cases;
+      with_special += std::count(want.begin(), want.end(), tok->bos_id()) > 0;
+    }
+  }
+  EXPECT_EQ(cases, 11);
+  EXPECT_GE(with_special, 6);
+}
+
+TEST_F(MistralTest, PieceNamesTheSpecialTokens) {
+  EXPECT_EQ(tok_->Piece(tok_->bos_id()), "<s>");
+  EXPECT_EQ(tok_->Piece(tok_->eos_id()), "</s>");
+  EXPECT_EQ(tok_->Piece(0), "<unk>");
 }
 
 // ---- Load: file discovery and tokenizer_config.json defaults ----

@@ -64,7 +64,15 @@ std::string Delta(std::string_view prefix, std::string_view full) {
 
 Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp, bool add_bos,
                      bool add_eos)
-    : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos) {}
+    : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos) {
+  for (int id = 0; id < sp_->GetPieceSize(); ++id) {
+    if (sp_->IsControl(id) || sp_->IsUnknown(id)) special_pieces_.emplace_back(sp_->IdToPiece(id), id);
+  }
+  std::erase_if(special_pieces_, [](const auto& p) { return p.first.empty(); });
+  for (const auto& p : special_pieces_) starts_special_piece_[static_cast<unsigned char>(p.first[0])] = true;
+  std::stable_sort(special_pieces_.begin(), special_pieces_.end(),
+                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+}
 
 Tokenizer::~Tokenizer() = default;
 
@@ -109,6 +117,36 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
   return ids;
 }
 
+std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) const {
+  std::vector<int32_t> ids;
+  auto encode_part = [&](std::string_view part) {
+    if (part.empty()) return;
+    std::vector<int> pieces;
+    const auto status = sp_->Encode(part, &pieces);
+    MOE_CHECK(status.ok(), status.ToString());
+    ids.insert(ids.end(), pieces.begin(), pieces.end());
+  };
+  size_t part_start = 0, i = 0;
+  while (i < text.size()) {
+    if (!starts_special_piece_[static_cast<unsigned char>(text[i])]) {
+      ++i;
+      continue;
+    }
+    const auto special = std::find_if(special_pieces_.begin(), special_pieces_.end(),
+                                      [&](const auto& p) { return text.substr(i, p.first.size()) == p.first; });
+    if (special == special_pieces_.end()) {
+      ++i;
+      continue;
+    }
+    encode_part(text.substr(part_start, i - part_start));
+    ids.push_back(special->second);
+    i += special->first.size();
+    part_start = i;
+  }
+  encode_part(text.substr(part_start));
+  return ids;
+}
+
 std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
   const absl::Status valid = CheckIds(ids);
   MOE_CHECK(valid.ok(), valid.message());
@@ -130,6 +168,7 @@ absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
   return absl::OkStatus();
 }
 
+std::string Tokenizer::Piece(int32_t id) const { return sp_->IdToPiece(id); }
 int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
 int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
 int32_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }

@@ -2,12 +2,14 @@
 // generated ids into UTF-8 text deltas for streaming.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -40,6 +42,14 @@ class Tokenizer {
   // when add_eos().
   std::vector<int32_t> Encode(std::string_view text) const;
 
+  // Text in which special tokens may be written out (a rendered chat template: "<s>[INST] Hi
+  // [/INST]"), to ids as Hugging Face tokenizers encode it: every control piece of the model (`<s>`,
+  // `</s>`, and e.g. `[INST]` in Mistral's v3 vocabulary) and `<unk>` written in the text becomes its
+  // id, longest first; the text between them is encoded as Encode encodes a text (SentencePiece's
+  // leading space included, as the Llama and Mistral tokenizers of transformers normalise each part)
+  // but without adding BOS or EOS.
+  std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const;
+
   // Ids to text; control tokens (BOS/EOS) produce no text and incomplete byte-fallback
   // sequences become U+FFFD. Precondition: CheckIds(ids).ok(); throws InternalError otherwise.
   std::string Decode(std::span<const int32_t> ids) const;
@@ -47,6 +57,8 @@ class Tokenizer {
   // InvalidArgument naming the first id outside [0, vocab_size()) and its index.
   absl::Status CheckIds(std::span<const int32_t> ids) const;
 
+  // The vocabulary's text of `id` ("<s>", "▁the"). Precondition: CheckIds({id}).ok().
+  std::string Piece(int32_t id) const;
   int32_t bos_id() const;
   int32_t eos_id() const;
   int32_t vocab_size() const;
@@ -58,6 +70,9 @@ class Tokenizer {
             bool add_eos);
 
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  // The control and unknown pieces' texts with their ids, longest text first.
+  std::vector<std::pair<std::string, int32_t>> special_pieces_;
+  std::array<bool, 256> starts_special_piece_{};  // by the first byte, to skip most positions at once
   bool add_bos_;
   bool add_eos_;
 };
