@@ -1,6 +1,7 @@
-// OpenAI's completions protocol against the gRPC API, rule by rule: which request fields become
-// which SamplingParams (OpenAI's names and defaults, vLLM's extensions), what is refused with which
-// HTTP status and parameter, and the response JSON built from a stream of GenerateResponses.
+// OpenAI's completions and chat-completions protocols against the gRPC API, rule by rule: which
+// request fields become which SamplingParams (OpenAI's names and defaults, vLLM's extensions), what
+// is refused with which HTTP status and parameter, and the response JSON built from a stream of
+// GenerateResponses.
 #include "coordinator/openai/openai_protocol.h"
 
 #include <gtest/gtest.h>
@@ -268,6 +269,123 @@ TEST(OpenAiProtocolTest, ABatchsAnswersMergeWithChoicesNumberedPromptByPrompt) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(merged["choices"][i]["index"], i);
   EXPECT_EQ(merged["choices"][2]["text"], "z");
   EXPECT_EQ(merged["usage"], (json{{"prompt_tokens", 8}, {"completion_tokens", 10}, {"total_tokens", 18}}));
+}
+
+// --- chat completions ---------------------------------------------------------------------------
+
+ChatCall ChatOk(const json& body) {
+  auto r = ParseChatRequest(body.dump(), "m");
+  if (auto* e = std::get_if<HttpError>(&r)) ADD_FAILURE() << body.dump() << " -> " << e->message;
+  return std::get_if<ChatCall>(&r) ? std::get<ChatCall>(r) : ChatCall{};
+}
+
+HttpError ChatErr(const json& body) {
+  auto r = ParseChatRequest(body.dump(), "m");
+  if (std::get_if<ChatCall>(&r)) ADD_FAILURE() << body.dump() << " was accepted";
+  return std::get_if<HttpError>(&r) ? std::get<HttpError>(r) : HttpError{};
+}
+
+TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFields) {
+  const json user = {{"role", "user"}, {"content", "hi"}};
+  ChatCall c = ChatOk({{"messages", {user}}});
+  EXPECT_TRUE(c.add_generation_prompt);
+  EXPECT_FALSE(c.max_tokens_given) << "the server fills in what the context leaves";
+  EXPECT_TRUE(c.tools.is_null());
+  EXPECT_FALSE(c.completion.logprobs);
+
+  // Key order survives (templates print messages with tojson); text parts are joined by newlines.
+  c = ChatOk({{"messages", {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}}}},
+              {"max_completion_tokens", 9}, {"max_tokens", 3}, {"temperature", 0.5}, {"top_k", 5}, {"seed", 2},
+              {"n", 2}, {"stop", {"x"}}, {"logprobs", true}, {"top_logprobs", 3}, {"repetition_penalty", 1.1},
+              {"chat_template_kwargs", {{"add_system", true}}}, {"stream", true},
+              {"stream_options", {{"include_usage", true}}}});
+  EXPECT_EQ(c.messages[0]["content"], "a\nb");
+  auto raw = ParseChatRequest(R"({"messages": [{"role": "user", "name": "x", "content": "hi"}]})", "m");
+  ASSERT_TRUE(std::get_if<ChatCall>(&raw));
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : std::get<ChatCall>(raw).messages[0].items()) keys.push_back(key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"role", "name", "content"}));
+  EXPECT_TRUE(c.max_tokens_given);
+  EXPECT_EQ(c.completion.request.sampling().max_tokens(), 9u) << "max_completion_tokens, OpenAI's newer name, wins";
+  EXPECT_EQ(c.completion.request.sampling().temperature(), 0.5f);
+  EXPECT_EQ(c.completion.request.sampling().top_k(), 5);
+  EXPECT_EQ(c.completion.request.sampling().logprobs(), 3u);
+  EXPECT_EQ(c.completion.request.sampling().n(), 2u);
+  EXPECT_FLOAT_EQ(c.completion.request.sampling().repetition_penalty(), 1.1f);
+  EXPECT_TRUE(c.completion.logprobs && c.completion.stream && c.completion.include_usage);
+  EXPECT_EQ(c.template_kwargs["add_system"], true);
+
+  c = ChatOk({{"messages", {user, {{"role", "assistant"}, {"content", "he"}}}}, {"continue_final_message", true},
+              {"tools", json::array({{{"type", "function"}}})}, {"tool_choice", "none"}});
+  EXPECT_FALSE(c.add_generation_prompt);
+  EXPECT_TRUE(c.continue_final_message);
+  EXPECT_EQ(c.tools.size(), 1u);
+
+  for (const auto& [body, param] : std::vector<std::pair<json, std::string>>{
+           {{{"max_tokens", 3}}, "messages"},
+           {{{"messages", json::array()}}, "messages"},
+           {{{"messages", {"hi"}}}, "messages[0]"},
+           {{{"messages", {{{"content", "x"}}}}}, "messages[0].role"},
+           {{{"messages", {{{"role", "user"}, {"content", 5}}}}}, "messages[0].content"},
+           {{{"messages", {{{"role", "user"}, {"content", {{{"type", "image_url"}}}}}}}}, "messages[0].content"},
+           {{{"messages", {user}}, {"max_tokens", 0}}, "max_tokens"},
+           {{{"messages", {user}}, {"top_logprobs", 2}}, "top_logprobs"},
+           {{{"messages", {user}}, {"logprobs", true}, {"top_logprobs", 21}}, "top_logprobs"},
+           {{{"messages", {user}}, {"tools", json::array()}, {"tool_choice", "auto"}}, "tool_choice"},
+           {{{"messages", {user}}, {"response_format", {{"type", "json_object"}}}}, "response_format"},
+           {{{"messages", {user}}, {"echo", true}}, "echo"},
+           {{{"messages", {user}}, {"continue_final_message", true}, {"add_generation_prompt", true}}, "continue_final_message"},
+           {{{"messages", {user}}, {"chat_template", 3}}, "chat_template"},
+           {{{"messages", {user}}, {"temperature", "hot"}}, "temperature"}}) {
+    const HttpError e = ChatErr(body);
+    EXPECT_EQ(e.status, 400) << body.dump();
+    EXPECT_EQ(e.param, param) << body.dump() << " -> " << e.message;
+  }
+  EXPECT_EQ(ChatErr({{"messages", {user}}, {"model", "other"}}).status, 404);
+}
+
+TEST(OpenAiProtocolTest, ChatAnswersTakeOpenAisChatShape) {
+  CompletionAccumulator acc(1, /*logprobs=*/true, Api::kChat);
+  v1::GenerateResponse a;
+  a.set_request_id("r1");
+  a.set_text("Hel");
+  v1::TokenLogprob* lp = a.add_logprobs();
+  lp->set_text("Hel");
+  lp->set_logprob(-0.5f);
+  v1::TopLogprob* top = lp->add_top();
+  top->set_text("Hel");
+  top->set_logprob(-0.5f);
+  v1::GenerateResponse b;
+  b.set_text("lo");
+  b.add_logprobs()->set_text("lo");
+  b.set_finish_reason(v1::FINISH_REASON_LENGTH);
+  b.mutable_usage()->set_prompt_tokens(4);
+  b.mutable_usage()->set_completion_tokens(2);
+  ASSERT_TRUE(acc.Add(a));
+  ASSERT_TRUE(acc.Add(b));
+  const json j = acc.ToJson("m", 7);
+  EXPECT_EQ(j["id"], "chatcmpl-r1");
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"], json({{"role", "assistant"}, {"content", "Hello"}}));
+  EXPECT_FALSE(j["choices"][0].contains("text"));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+  const json& content = j["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 2u);
+  EXPECT_EQ(content[0]["token"], "Hel");
+  EXPECT_EQ(content[0]["bytes"], json({72, 101, 108}));
+  EXPECT_EQ(content[0]["top_logprobs"][0]["token"], "Hel");
+  EXPECT_EQ(content[1]["top_logprobs"], json::array());
+  EXPECT_EQ(j["usage"]["total_tokens"], 6);
+
+  size_t offset = 0;
+  const json chunk = StreamChunkJson(b, "m", 7, /*logprobs=*/false, offset, Api::kChat);
+  EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+  EXPECT_EQ(chunk["choices"][0]["delta"], json({{"content", "lo"}}));
+  EXPECT_EQ(chunk["choices"][0]["finish_reason"], "length");
+  const json role = ChatRoleChunkJson("r1", 0, "m", 7);
+  EXPECT_EQ(role["choices"][0]["delta"], json({{"role", "assistant"}, {"content", ""}}));
+  EXPECT_EQ(role["id"], "chatcmpl-r1");
+  EXPECT_EQ(StreamUsageJson("r1", "m", 7, 4, 2, Api::kChat)["object"], "chat.completion.chunk");
 }
 
 }  // namespace

@@ -78,8 +78,11 @@ json HttpError::ToJson() const {
   return {{"error", {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}, {"code", status}}}};
 }
 
-std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body_text, const std::string& model_name) {
-  const json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
+namespace {
+
+// The body as a JSON object naming the served model (or none), or the error to answer.
+std::variant<json, HttpError> ParseBody(const std::string& body_text, const std::string& model_name) {
+  json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return HttpError{400, "the request body is not valid JSON", "invalid_request_error", {}};
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
   if (body.contains("model") && !body["model"].is_null()) {
@@ -90,35 +93,33 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
                        "NotFoundError", std::string("model")};
     }
   }
-  if (body.contains("suffix") && !body["suffix"].is_null()) return BadParam("suffix", "not supported by this server");
+  return body;
+}
 
-  CompletionCall call;
-  v1::GenerateRequest& r = call.request;
-  if (std::optional<HttpError> e = ParsePrompts(body, call.prompts)) return *e;
-  *r.mutable_prompt() = call.prompts.front();
-  v1::SamplingParams& s = *r.mutable_sampling();
+std::optional<HttpError> Bool(const json& body, const std::string& key, bool& out) {
+  if (!body.contains(key) || body[key].is_null()) return std::nullopt;
+  if (!body[key].is_boolean()) return BadParam(key, "expected true or false");
+  out = body[key].get<bool>();
+  return std::nullopt;
+}
 
-  std::optional<int64_t> max_tokens, top_k, seed, n, best_of, min_tokens, logprobs;
+// The sampling and streaming fields both APIs share (OpenAI's, and vLLM's extensions).
+std::optional<HttpError> ParseSampling(const json& body, CompletionCall& call) {
+  v1::SamplingParams& s = *call.request.mutable_sampling();
+  std::optional<int64_t> top_k, seed, n, min_tokens;
   std::optional<double> temperature, top_p, min_p, presence, frequency, repetition;
-  for (auto e : {Integer(body, "max_tokens", 0, UINT32_MAX, max_tokens), Integer(body, "top_k", -1, INT32_MAX, top_k),
-                 Integer(body, "seed", 0, INT64_MAX, seed), Integer(body, "n", 0, UINT32_MAX, n),
-                 Integer(body, "best_of", 0, UINT32_MAX, best_of), Integer(body, "min_tokens", 0, UINT32_MAX, min_tokens),
-                 Integer(body, "logprobs", 0, 20, logprobs),
+  for (auto e : {Integer(body, "top_k", -1, INT32_MAX, top_k), Integer(body, "seed", 0, INT64_MAX, seed),
+                 Integer(body, "n", 0, UINT32_MAX, n), Integer(body, "min_tokens", 0, UINT32_MAX, min_tokens),
                  Number(body, "temperature", temperature), Number(body, "top_p", top_p), Number(body, "min_p", min_p),
                  Number(body, "presence_penalty", presence), Number(body, "frequency_penalty", frequency),
                  Number(body, "repetition_penalty", repetition)}) {
-    if (e) return *e;
+    if (e) return e;
   }
-  if (max_tokens) s.set_max_tokens(static_cast<uint32_t>(*max_tokens));
-  call.max_tokens = max_tokens ? static_cast<uint32_t>(*max_tokens) : 16;
   if (top_k) s.set_top_k(*top_k < 0 ? 0 : static_cast<int32_t>(*top_k));  // vLLM: -1 = off
   if (seed) s.set_seed(static_cast<uint64_t>(*seed));
   if (n) s.set_n(static_cast<uint32_t>(*n));
   call.n = n ? static_cast<uint32_t>(*n) : 1;
-  if (best_of && *best_of != call.n) return BadParam("best_of", "only best_of = n is served (no ranking of completions)");
   if (min_tokens) s.set_min_tokens(static_cast<uint32_t>(*min_tokens));
-  if (logprobs) s.set_logprobs(static_cast<uint32_t>(*logprobs));
-  call.logprobs = logprobs.has_value();
   if (temperature) s.set_temperature(static_cast<float>(*temperature));
   if (top_p) s.set_top_p(static_cast<float>(*top_p));
   if (min_p) s.set_min_p(static_cast<float>(*min_p));
@@ -160,29 +161,157 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
       (*s.mutable_logit_bias())[id] = value.get<float>();
     }
   }
-  if (body.contains("ignore_eos") && !body["ignore_eos"].is_null()) {
-    if (!body["ignore_eos"].is_boolean()) return BadParam("ignore_eos", "expected true or false");
-    s.set_ignore_eos(body["ignore_eos"].get<bool>());
-  }
-  if (body.contains("stream") && !body["stream"].is_null()) {
-    if (!body["stream"].is_boolean()) return BadParam("stream", "expected true or false");
-    call.stream = body["stream"].get<bool>();
-  }
-  if (body.contains("echo") && !body["echo"].is_null()) {
-    if (!body["echo"].is_boolean()) return BadParam("echo", "expected true or false");
-    call.echo = body["echo"].get<bool>();
-    if (call.echo && call.stream) return BadParam("echo", "not served with stream: true");
-    if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
-  }
-  if (call.stream && call.prompts.size() > 1) return BadParam("prompt", "a batch of prompts is served without stream");
-  if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
+  bool ignore_eos = false;
+  if (std::optional<HttpError> e = Bool(body, "ignore_eos", ignore_eos)) return e;
+  if (ignore_eos) s.set_ignore_eos(true);
+  if (std::optional<HttpError> e = Bool(body, "stream", call.stream)) return e;
   if (body.contains("stream_options") && !body["stream_options"].is_null()) {
     const json& o = body["stream_options"];
     if (!o.is_object()) return BadParam("stream_options", "expected an object");
     if (!call.stream) return BadParam("stream_options", "only allowed with stream: true");
     call.include_usage = o.value("include_usage", false);
   }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body_text, const std::string& model_name) {
+  std::variant<json, HttpError> parsed = ParseBody(body_text, model_name);
+  if (auto* e = std::get_if<HttpError>(&parsed)) return *e;
+  const json& body = std::get<json>(parsed);
+  if (body.contains("suffix") && !body["suffix"].is_null()) return BadParam("suffix", "not supported by this server");
+
+  CompletionCall call;
+  v1::GenerateRequest& r = call.request;
+  if (std::optional<HttpError> e = ParsePrompts(body, call.prompts)) return *e;
+  *r.mutable_prompt() = call.prompts.front();
+  if (std::optional<HttpError> e = ParseSampling(body, call)) return *e;
+  v1::SamplingParams& s = *r.mutable_sampling();
+
+  std::optional<int64_t> max_tokens, best_of, logprobs;
+  for (auto e : {Integer(body, "max_tokens", 0, UINT32_MAX, max_tokens), Integer(body, "best_of", 0, UINT32_MAX, best_of),
+                 Integer(body, "logprobs", 0, 20, logprobs)}) {
+    if (e) return *e;
+  }
+  if (max_tokens) s.set_max_tokens(static_cast<uint32_t>(*max_tokens));
+  call.max_tokens = max_tokens ? static_cast<uint32_t>(*max_tokens) : 16;
+  if (best_of && *best_of != call.n) return BadParam("best_of", "only best_of = n is served (no ranking of completions)");
+  if (logprobs) s.set_logprobs(static_cast<uint32_t>(*logprobs));
+  call.logprobs = logprobs.has_value();
+
+  if (std::optional<HttpError> e = Bool(body, "echo", call.echo)) return *e;
+  if (call.echo && call.stream) return BadParam("echo", "not served with stream: true");
+  if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
+  if (call.stream && call.prompts.size() > 1) return BadParam("prompt", "a batch of prompts is served without stream");
+  if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   return call;
+}
+
+namespace {
+
+// A message's content as the chat template sees it: a string, null (an assistant turn that only calls
+// tools), or OpenAI's parts [{"type": "text", "text"}], whose texts are joined with newlines as vLLM
+// joins them.
+std::optional<HttpError> NormaliseContent(nlohmann::ordered_json& message, size_t i) {
+  const std::string param = "messages[" + std::to_string(i) + "].content";
+  if (!message.contains("content")) return std::nullopt;
+  nlohmann::ordered_json& content = message["content"];
+  if (content.is_string() || content.is_null()) return std::nullopt;
+  if (!content.is_array()) return BadParam(param, "expected a string or an array of content parts");
+  std::string text;
+  for (size_t k = 0; k < content.size(); ++k) {
+    const nlohmann::ordered_json& part = content[k];
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string()) {
+      return BadParam(param, "part " + std::to_string(k) + " has no \"type\"");
+    }
+    if (part["type"] != "text") {
+      return BadParam(param, "part type \"" + part["type"].get<std::string>() + "\" is not served (text only)");
+    }
+    if (!part.contains("text") || !part["text"].is_string()) return BadParam(param, "text part without a string \"text\"");
+    if (k > 0) text += "\n";
+    text += part["text"].get<std::string>();
+  }
+  content = text;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text, const std::string& model_name) {
+  std::variant<json, HttpError> parsed = ParseBody(body_text, model_name);
+  if (auto* e = std::get_if<HttpError>(&parsed)) return *e;
+  const json& body = std::get<json>(parsed);
+  // Parsed again keeping key order: the template may print messages and tools with tojson.
+  nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(body_text);
+
+  ChatCall chat;
+  CompletionCall& call = chat.completion;
+  if (std::optional<HttpError> e = ParseSampling(body, call)) return *e;
+  v1::SamplingParams& s = *call.request.mutable_sampling();
+
+  if (!ordered.contains("messages") || !ordered["messages"].is_array() || ordered["messages"].empty()) {
+    return BadParam("messages", "required: a non-empty array of {\"role\", \"content\"}");
+  }
+  chat.messages = ordered["messages"];
+  for (size_t i = 0; i < chat.messages.size(); ++i) {
+    nlohmann::ordered_json& m = chat.messages[i];
+    const std::string param = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) return BadParam(param, "expected an object");
+    if (!m.contains("role") || !m["role"].is_string()) return BadParam(param + ".role", "required: a string");
+    if (std::optional<HttpError> e = NormaliseContent(m, i)) return *e;
+  }
+
+  std::optional<int64_t> max_tokens, max_completion_tokens, top_logprobs;
+  for (auto e : {Integer(body, "max_tokens", 1, UINT32_MAX, max_tokens),
+                 Integer(body, "max_completion_tokens", 1, UINT32_MAX, max_completion_tokens),
+                 Integer(body, "top_logprobs", 0, 20, top_logprobs)}) {
+    if (e) return *e;
+  }
+  if (max_completion_tokens) max_tokens = max_completion_tokens;  // OpenAI's newer name wins
+  if (max_tokens) {
+    s.set_max_tokens(static_cast<uint32_t>(*max_tokens));
+    call.max_tokens = static_cast<uint32_t>(*max_tokens);
+    chat.max_tokens_given = true;
+  }
+  if (std::optional<HttpError> e = Bool(body, "logprobs", call.logprobs)) return *e;
+  if (top_logprobs && !call.logprobs) return BadParam("top_logprobs", "only allowed with logprobs: true");
+  if (call.logprobs) s.set_logprobs(top_logprobs ? static_cast<uint32_t>(*top_logprobs) : 0);
+
+  if (std::optional<HttpError> e = Bool(body, "add_generation_prompt", chat.add_generation_prompt)) return *e;
+  if (std::optional<HttpError> e = Bool(body, "continue_final_message", chat.continue_final_message)) return *e;
+  if (chat.continue_final_message && chat.add_generation_prompt && body.contains("add_generation_prompt") &&
+      body["add_generation_prompt"].is_boolean()) {
+    return BadParam("continue_final_message", "cannot be combined with add_generation_prompt: true");
+  }
+  if (chat.continue_final_message) chat.add_generation_prompt = false;
+  if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
+    return BadParam("echo", "not served for chat completions");
+  }
+  if (body.contains("response_format") && !body["response_format"].is_null()) {
+    const json& f = body["response_format"];
+    if (!f.is_object() || f.value("type", "") != "text") {
+      return BadParam("response_format", "only {\"type\": \"text\"} is served (no guided decoding)");
+    }
+  }
+  if (ordered.contains("tools") && !ordered["tools"].is_null()) {
+    if (!ordered["tools"].is_array()) return BadParam("tools", "expected an array");
+    const json tool_choice = body.value("tool_choice", json("none"));
+    if (tool_choice != "none") {
+      return BadParam("tool_choice", "only \"none\" is served: tools reach the chat template, but tool calls are "
+                                     "not parsed from the completion");
+    }
+    chat.tools = ordered["tools"];
+  }
+  if (ordered.contains("chat_template") && !ordered["chat_template"].is_null()) {
+    if (!ordered["chat_template"].is_string()) return BadParam("chat_template", "expected a string");
+    chat.chat_template = ordered["chat_template"].get<std::string>();
+  }
+  if (ordered.contains("chat_template_kwargs") && !ordered["chat_template_kwargs"].is_null()) {
+    if (!ordered["chat_template_kwargs"].is_object()) return BadParam("chat_template_kwargs", "expected an object");
+    chat.template_kwargs = ordered["chat_template_kwargs"];
+  }
+  return chat;
 }
 
 HttpError FromGrpcError(int grpc_code, const std::string& message) {
@@ -246,12 +375,32 @@ json LogprobsJson(const v1::GenerateResponse& r, size_t& offset) {
   return j;
 }
 
+json ChatLogprobsJson(const v1::GenerateResponse& r) {
+  auto bytes = [](const std::string& text) {
+    json b = json::array();
+    for (unsigned char ch : text) b.push_back(static_cast<int>(ch));
+    return b;
+  };
+  json content = json::array();
+  for (const v1::TokenLogprob& lp : r.logprobs()) {
+    json top = json::array();
+    for (const v1::TopLogprob& t : lp.top()) {
+      top.push_back({{"token", t.text()}, {"logprob", t.logprob()}, {"bytes", bytes(t.text())}});
+    }
+    content.push_back({{"token", lp.text()}, {"logprob", lp.logprob()}, {"bytes", bytes(lp.text())}, {"top_logprobs", top}});
+  }
+  return content;
+}
+
 bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   if (r.index() >= choices_.size()) return false;
   if (!r.request_id().empty()) request_id_ = r.request_id();
   Choice& c = choices_[r.index()];
   c.text += r.text();
-  if (logprobs_) {
+  if (logprobs_ && api_ == Api::kChat) {
+    if (c.logprobs.is_null()) c.logprobs = {{"content", json::array()}};
+    for (const json& x : ChatLogprobsJson(r)) c.logprobs["content"].push_back(x);
+  } else if (logprobs_) {
     const json part = LogprobsJson(r, c.offset);
     if (c.logprobs.is_null()) {
       c.logprobs = part;
@@ -272,15 +421,23 @@ bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
 json CompletionAccumulator::ToJson(const std::string& model_name, int64_t created) const {
   json choices = json::array();
   uint32_t completion_tokens = 0;
+  const bool chat = api_ == Api::kChat;
   for (size_t i = 0; i < choices_.size(); ++i) {
-    choices.push_back({{"index", i},
-                       {"text", choices_[i].text},
-                       {"logprobs", logprobs_ ? choices_[i].logprobs : json(nullptr)},
-                       {"finish_reason", choices_[i].finish_reason.empty() ? json(nullptr) : json(choices_[i].finish_reason)}});
+    json logprobs = logprobs_ ? choices_[i].logprobs : json(nullptr);
+    if (logprobs_ && chat && logprobs.is_null()) logprobs = {{"content", json::array()}};
+    json choice = {{"index", i}};
+    if (chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", choices_[i].text}};
+    } else {
+      choice["text"] = choices_[i].text;
+    }
+    choice["logprobs"] = logprobs;
+    choice["finish_reason"] = choices_[i].finish_reason.empty() ? json(nullptr) : json(choices_[i].finish_reason);
+    choices.push_back(choice);
     completion_tokens += choices_[i].completion_tokens;
   }
-  return {{"id", "cmpl-" + request_id_},
-          {"object", "text_completion"},
+  return {{"id", (chat ? "chatcmpl-" : "cmpl-") + request_id_},
+          {"object", chat ? "chat.completion" : "text_completion"},
           {"created", created},
           {"model", model_name},
           {"choices", choices},
@@ -290,9 +447,31 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
             {"total_tokens", prompt_tokens_ + completion_tokens}}}};
 }
 
+json ChatRoleChunkJson(const std::string& request_id, uint32_t index, const std::string& model_name, int64_t created) {
+  return {{"id", "chatcmpl-" + request_id},
+          {"object", "chat.completion.chunk"},
+          {"created", created},
+          {"model", model_name},
+          {"choices", json::array({{{"index", index},
+                                    {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                    {"logprobs", nullptr},
+                                    {"finish_reason", nullptr}}})}};
+}
+
 json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created, bool logprobs,
-                     size_t& offset) {
+                     size_t& offset, Api api) {
   const bool last = r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
+  const json finish = last ? json(FinishReasonName(r.finish_reason())) : json(nullptr);
+  if (api == Api::kChat) {
+    return {{"id", "chatcmpl-" + r.request_id()},
+            {"object", "chat.completion.chunk"},
+            {"created", created},
+            {"model", model_name},
+            {"choices", json::array({{{"index", r.index()},
+                                      {"delta", {{"content", r.text()}}},
+                                      {"logprobs", logprobs ? json{{"content", ChatLogprobsJson(r)}} : json(nullptr)},
+                                      {"finish_reason", finish}}})}};
+  }
   return {{"id", "cmpl-" + r.request_id()},
           {"object", "text_completion"},
           {"created", created},
@@ -301,13 +480,14 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
            json::array({{{"index", r.index()},
                          {"text", r.text()},
                          {"logprobs", logprobs ? LogprobsJson(r, offset) : json(nullptr)},
-                         {"finish_reason", last ? json(FinishReasonName(r.finish_reason())) : json(nullptr)}}})}};
+                         {"finish_reason", finish}}})}};
 }
 
 json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
-                     uint32_t prompt_tokens, uint32_t completion_tokens) {
-  return {{"id", "cmpl-" + request_id},
-          {"object", "text_completion"},
+                     uint32_t prompt_tokens, uint32_t completion_tokens, Api api) {
+  const bool chat = api == Api::kChat;
+  return {{"id", (chat ? "chatcmpl-" : "cmpl-") + request_id},
+          {"object", chat ? "chat.completion.chunk" : "text_completion"},
           {"created", created},
           {"model", model_name},
           {"choices", json::array()},

@@ -47,6 +47,25 @@ struct CompletionCall {
   uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
 };
 
+// Which of OpenAI's APIs an answer is shaped for: text completions ("text_completion", choices with
+// "text") or chat completions ("chat.completion", choices with a "message"; streamed chunks with a
+// "delta"; logprobs as {"content": [{token, logprob, bytes, top_logprobs}]}).
+enum class Api { kCompletions, kChat };
+
+// POST /v1/chat/completions: the conversation for the chat template, and the generation as a
+// CompletionCall whose prompt the server fills with the rendered conversation's token ids.
+struct ChatCall {
+  CompletionCall completion;
+  nlohmann::ordered_json messages;  // each {"role", "content": string, ...} (text parts joined)
+  nlohmann::ordered_json tools;     // null unless given
+  nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();  // chat_template_kwargs
+  std::optional<std::string> chat_template;  // the request's own template (vLLM's chat_template)
+  bool add_generation_prompt = true;
+  bool continue_final_message = false;
+  bool max_tokens_given = false;  // else: what the context leaves after the prompt, as vLLM does
+};
+std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body, const std::string& model_name);
+
 // The request body of POST /v1/completions; `model_name` is the one model served (a request naming
 // another gets 404, as vLLM answers).
 std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body, const std::string& model_name);
@@ -62,10 +81,11 @@ std::string FinishReasonName(v1::FinishReason r);
 // Accumulates a stream's messages into the non-streaming answer.
 class CompletionAccumulator {
  public:
-  CompletionAccumulator(uint32_t n, bool logprobs) : logprobs_(logprobs), choices_(n) {}
+  CompletionAccumulator(uint32_t n, bool logprobs, Api api = Api::kCompletions)
+      : api_(api), logprobs_(logprobs), choices_(n) {}
   // False when the message names a completion index outside [0, n).
   bool Add(const v1::GenerateResponse& r);
-  // {"id", "object": "text_completion", "created", "model", "choices", "usage"}.
+  // {"id", "object": "text_completion" or "chat.completion", "created", "model", "choices", "usage"}.
   nlohmann::json ToJson(const std::string& model_name, int64_t created) const;
 
  private:
@@ -76,6 +96,7 @@ class CompletionAccumulator {
     nlohmann::json logprobs;  // OpenAI's object, grown message by message
     size_t offset = 0;        // text_offset of the next token
   };
+  Api api_;
   bool logprobs_;
   std::string request_id_;
   uint32_t prompt_tokens_ = 0;
@@ -86,14 +107,22 @@ class CompletionAccumulator {
 // moves past the last.
 nlohmann::json LogprobsJson(const v1::GenerateResponse& r, size_t& offset);
 
+// The chat API's logprobs of a message's tokens: [{"token", "logprob", "bytes", "top_logprobs": [...]}].
+nlohmann::json ChatLogprobsJson(const v1::GenerateResponse& r);
+
+// A streamed chat completion's first event for completion `index`: the delta {"role": "assistant",
+// "content": ""}, as OpenAI's and vLLM's servers send it before the text.
+nlohmann::json ChatRoleChunkJson(const std::string& request_id, uint32_t index, const std::string& model_name,
+                                 int64_t created);
+
 // One server-sent event's JSON for a streamed message: its completion's text delta, its logprobs
 // when asked (`offset` as LogprobsJson's, one per completion) and, on its last message, the finish
 // reason.
 nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created,
-                               bool logprobs, size_t& offset);
+                               bool logprobs, size_t& offset, Api api = Api::kCompletions);
 // The last event with include_usage: no choices, the request's usage.
 nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
-                               uint32_t prompt_tokens, uint32_t completion_tokens);
+                               uint32_t prompt_tokens, uint32_t completion_tokens, Api api = Api::kCompletions);
 
 // echo: `answer` (a whole response of one choice) with the prompt first: its text (`prompt_text`)
 // before the completion's, and with `logprobs` its tokens (ScoreRolling's token_texts), their
