@@ -47,8 +47,10 @@ usage: $0 [options] [-- extra mpirun args]
                          (default 0: stop everything and exit 1)
   --hung-timeout S       a job whose cluster has not been SERVING for S seconds while mpirun still
                          runs (a rank hung, its heartbeats lost) is killed (default 60)
-  --openai-listen ADDR   also start moe-openai-server (OpenAI's /v1/completions over the public
-                         API) on ADDR once the cluster serves, e.g. 0.0.0.0:8000 (port 0: any free)
+  --openai-listen ADDR   also start moe-openai-server (OpenAI's /v1/completions and /v1/chat/completions
+                         over the public API) on ADDR once the cluster serves, e.g. 0.0.0.0:8000
+                         (port 0: any free)
+  --openai-arg ARG       extra moe-openai-server flag (repeatable), e.g. --openai-arg=--chat-template=FILE
 EOF
 }
 
@@ -71,6 +73,7 @@ HUNG_TIMEOUT=60
 OPENAI_LISTEN=""
 COORD_ARGS=()
 WORKER_ARGS=()
+OPENAI_ARGS=()
 MPI_EXTRA=()
 
 while [[ $# -gt 0 ]]; do
@@ -84,7 +87,8 @@ while [[ $# -gt 0 ]]; do
     --) shift; MPI_EXTRA=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     --np|--model|--hostfile|--listen|--build-dir|--cluster-port|--metrics-listen|--advertise|--ports-file|\
-    --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg|--restart-workers|--hung-timeout|--openai-listen)
+    --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg|--restart-workers|--hung-timeout|--openai-listen|\
+    --openai-arg)
       [[ $# -ge 2 ]] || die "$arg needs a value"
       val="$2"; shift 2
       case "$arg" in
@@ -104,6 +108,7 @@ while [[ $# -gt 0 ]]; do
         --restart-workers) RESTARTS="$val" ;;
         --hung-timeout) HUNG_TIMEOUT="$val" ;;
         --openai-listen) OPENAI_LISTEN="$val" ;;
+        --openai-arg) OPENAI_ARGS+=("$val") ;;
       esac ;;
     *) usage >&2; die "unknown argument '$arg'" ;;
   esac
@@ -356,7 +361,7 @@ wait_serving || exit 1
 
 # --- the OpenAI-compatible HTTP front (optional) ------------------------------------------------
 if [[ -n "$OPENAI_LISTEN" ]]; then
-  setsid "$OPENAI_BIN" --coordinator "$PROBE_HOST:$PUBLIC_PORT" --listen "$OPENAI_LISTEN" </dev/null \
+  setsid "$OPENAI_BIN" --coordinator "$PROBE_HOST:$PUBLIC_PORT" --listen "$OPENAI_LISTEN" "${OPENAI_ARGS[@]}" </dev/null \
     >"$TMP_DIR/openai.out" &
   OPENAI_PID=$!
   say "openai pid $OPENAI_PID"

@@ -6,7 +6,11 @@ A 2-rank cluster on the default model with its OpenAI-compatible HTTP front, dri
 (transformers' greedy continuations), whole or streamed as server-sent events; sampled and n > 1
 completions equal what the gRPC API gives for the same request; every error is OpenAI's JSON shape
 with the right HTTP status and the offending parameter; a client that leaves a stream cancels its
-request (the KV blocks come back); and SIGTERM stops the front and the cluster cleanly.
+request (the KV blocks come back); and SIGTERM stops the front and the cluster cleanly. Chat
+completions (the front started with Mixtral-8x7B-Instruct's chat template): the conversation's
+prompt ids are transformers' (apply_chat_template, then its tokenizer: tests/data/openai/
+chat_golden.json), and the answer is the greedy continuation of those ids, whole or streamed in
+OpenAI's chunk shape.
 
 Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
 """
@@ -34,6 +38,9 @@ sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
 from moe_client import MoeClient  # noqa: E402
 
 MODEL = "shakespeare-moe"
+CHAT_TEMPLATE = os.path.join(SOURCE_DIR, "tests", "data", "chat_templates", "mistralai-Mixtral-8x7B-Instruct-v0.1.jinja")
+with open(os.path.join(SOURCE_DIR, "tests", "data", "openai", "chat_golden.json")) as f:
+    CHAT_GOLDEN = json.load(f)
 
 
 class OpenAiServerEndToEnd(unittest.TestCase):
@@ -42,7 +49,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.samples = load_samples()
-        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0"])
+        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--openai-arg", "--chat-template=" + CHAT_TEMPLATE])
         try:
             cls.cluster.start()
         except Exception:
@@ -67,9 +74,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
-    def stream(self, body):
+    def stream(self, body, path="/v1/completions"):
         """The JSON events of a streamed completion, up to [DONE] (which must come last)."""
-        req = urllib.request.Request(self.base + "/v1/completions", data=json.dumps(dict(body, stream=True)).encode(),
+        req = urllib.request.Request(self.base + path, data=json.dumps(dict(body, stream=True)).encode(),
                                      headers={"Content-Type": "application/json"})
         events = []
         with urllib.request.urlopen(req, timeout=60) as r:
@@ -205,9 +212,24 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             for g, w in zip(lp["token_logprobs"][ctxlen:-1], want.logprobs):
                 self.assertAlmostEqual(g, w, delta=1e-5)
             self.assertEqual(len(lp["token_logprobs"][ctxlen:-1]), 6)
-        # One bad prompt fails the batch with its error.
+        # One bad prompt fails the batch with its error, streamed or not.
         status, answer = self.call("/v1/completions", {"prompt": [[5, 6], [5, 99999]], "max_tokens": 2})
         self.assertEqual(status, 400, answer)
+        status, answer = self.call("/v1/completions", {"prompt": [[5, 6], [5, 99999]], "max_tokens": 2, "stream": True})
+        self.assertEqual(status, 400, answer)
+        # Streamed: the events of every prompt's choices, numbered as in the whole answer, one id.
+        events = self.stream({"prompt": prompts, "max_tokens": 12, "temperature": 0.7, "seed": 3, "n": 2,
+                              "stream_options": {"include_usage": True}})
+        texts = {}
+        for e in events[:-1]:
+            for c in e["choices"]:
+                texts[c["index"]] = texts.get(c["index"], "") + c["text"]
+        self.assertEqual(len({e["id"] for e in events}), 1)
+        self.assertEqual(sorted(texts), list(range(2 * len(prompts))))
+        status, whole = self.call("/v1/completions", {"prompt": prompts, "max_tokens": 12, "temperature": 0.7,
+                                                      "seed": 3, "n": 2})
+        self.assertEqual([texts[i] for i in range(2 * len(prompts))], [c["text"] for c in whole["choices"]])
+        self.assertEqual(events[-1]["usage"], whole["usage"])
 
     def test_d_errors_are_openai_shaped(self):
         cases = [
@@ -215,7 +237,6 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             ({"prompt": "x", "max_tokens": 5000}, None, 400, "max_tokens"),
             ({"prompt": "x", "temperature": "hot"}, None, 400, "temperature"),
             ({"prompt": "x", "model": "gpt-4"}, None, 404, "model"),
-            ({"prompt": ["a", "b"], "stream": True}, None, 400, "prompt"),
             ({"max_tokens": 3}, None, 400, "prompt"),
             ({"prompt": "x", "logprobs": 21}, None, 400, "logprobs"),
             ({"prompt": "x", "echo": True, "stream": True}, None, 400, "echo"),
@@ -235,6 +256,120 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         status, answer = self.call("/v1/chat/nothing", {"prompt": "x"})
         self.assertEqual(status, 404, answer)
         self.assertIn("/v1/completions", answer["error"]["message"])
+
+    def test_f_chat_prompts_are_transformers_and_answers_their_greedy_continuation(self):
+        n = CHAT_GOLDEN["max_tokens"]
+        for case in CHAT_GOLDEN["cases"]:
+            messages = case["messages"]
+            status, body = self.call("/tokenize", {"model": MODEL, "messages": messages})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["tokens"], case["prompt_ids"], case["prompt_text"])
+            self.assertEqual((body["count"], body["max_model_len"]), (len(case["prompt_ids"]), 4096))
+            # The model's greedy continuation of those ids is transformers' (through the gRPC API).
+            want = self.grpc.generate_choices(token_ids=case["prompt_ids"], max_tokens=n, temperature=0,
+                                              ignore_eos=True)[0]
+            self.assertEqual(want.token_ids, case["greedy_ids"])
+            status, body = self.call("/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": n,
+                                                              "temperature": 0, "ignore_eos": True})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["object"], "chat.completion")
+            self.assertTrue(body["id"].startswith("chatcmpl-"), body["id"])
+            choice = body["choices"][0]
+            self.assertEqual(choice["message"], {"role": "assistant", "content": want.text})
+            self.assertEqual(choice["finish_reason"], "length")
+            self.assertIsNone(choice["logprobs"])
+            self.assertEqual(body["usage"], {"prompt_tokens": len(case["prompt_ids"]), "completion_tokens": n,
+                                             "total_tokens": len(case["prompt_ids"]) + n})
+            # Streamed: a role chunk, then content deltas adding up to the same text.
+            events = self.stream({"messages": messages, "max_tokens": n, "temperature": 0, "ignore_eos": True,
+                                  "stream_options": {"include_usage": True}}, path="/v1/chat/completions")
+            self.assertEqual(events[0]["object"], "chat.completion.chunk")
+            self.assertEqual(events[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+            deltas = [c["delta"] for e in events[1:] for c in e["choices"]]
+            self.assertEqual("".join(d["content"] for d in deltas), want.text)
+            self.assertEqual([c["finish_reason"] for e in events for c in e["choices"]][-1], "length")
+            self.assertEqual(events[-1]["usage"]["prompt_tokens"], len(case["prompt_ids"]))
+        # Without max_tokens a chat completion may run to the end of the context (vLLM's default): it
+        # stops at the model's end of sequence or there, so just check it is accepted.
+        status, body = self.call("/v1/chat/completions", {"messages": CHAT_GOLDEN["cases"][0]["messages"],
+                                                          "temperature": 0, "stop": ["\n"]})
+        self.assertEqual(status, 200, body)
+        self.assertIn(body["choices"][0]["finish_reason"], ("stop", "length"))
+
+    def test_f2_chat_logprobs_templates_and_refusals(self):
+        messages = CHAT_GOLDEN["cases"][0]["messages"]
+        status, body = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 8, "temperature": 0,
+                                                          "logprobs": True, "top_logprobs": 2})
+        self.assertEqual(status, 200, body)
+        content = body["choices"][0]["logprobs"]["content"]
+        self.assertEqual(len(content), 8)
+        self.assertEqual("".join(t["token"] for t in content), body["choices"][0]["message"]["content"])
+        for t in content:
+            self.assertEqual(len(t["top_logprobs"]), 2)
+            self.assertEqual(t["bytes"], list(t["token"].encode()))
+            self.assertEqual(t["top_logprobs"][0]["logprob"], t["logprob"])  # greedy: the best one
+        # A request's own template; continue_final_message leaves the last turn open.
+        status, body = self.call("/tokenize", {"messages": messages,
+                                               "chat_template": "{% for m in messages %}{{ m['content'] }}|{% endfor %}"})
+        self.assertEqual(status, 200, body)
+        status, plain = self.call("/tokenize", {"prompt": messages[0]["content"] + "|", "add_special_tokens": False})
+        self.assertEqual(body["tokens"], plain["tokens"])
+        turn = [{"role": "user", "content": "What says the king?"}, {"role": "assistant", "content": "He bids"}]
+        status, body = self.call("/tokenize", {"messages": turn, "continue_final_message": True,
+                                               "add_generation_prompt": False})
+        self.assertEqual(status, 200, body)
+        status, text = self.call("/detokenize", {"tokens": body["tokens"]})
+        self.assertEqual(status, 200, text)
+        self.assertTrue(text["prompt"].endswith("[/INST]He bids"), text)
+        cases = [
+            ({"max_tokens": 3}, 400, "messages"),
+            ({"messages": []}, 400, "messages"),
+            ({"messages": [{"content": "x"}]}, 400, "messages[0].role"),
+            ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400,
+             "messages[0].content"),
+            ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 400, "messages"),
+            ({"messages": messages, "tools": [], "tool_choice": "auto"}, 400, "tool_choice"),
+            ({"messages": messages, "response_format": {"type": "json_object"}}, 400, "response_format"),
+            ({"messages": messages, "top_logprobs": 2}, 400, "top_logprobs"),
+            ({"messages": messages, "chat_template": "{% if %}"}, 400, "chat_template"),
+            ({"messages": messages, "max_tokens": 5000}, 400, "max_tokens"),
+        ]
+        for body, want_status, param in cases:
+            status, answer = self.call("/v1/chat/completions", body)
+            self.assertEqual(status, want_status, (body, answer))
+            self.assertEqual(answer["error"]["param"], param, answer)
+        status, answer = self.call("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"},
+                                                                         {"role": "user", "content": "b"}]})
+        self.assertIn("Conversation roles must alternate", answer["error"]["message"])
+        # Parts of text are joined, as OpenAI's content arrays carry them.
+        status, parts = self.call("/tokenize", {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "ROMEO: speak,"}, {"type": "text", "text": "good nurse"}]}]})
+        status, joined = self.call("/tokenize", {"messages": [{"role": "user", "content": "ROMEO: speak,\ngood nurse"}]})
+        self.assertEqual(parts["tokens"], joined["tokens"])
+
+    def test_f3_a_server_without_a_chat_template_refuses_chat_naming_the_fix(self):
+        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
+        proc = subprocess.Popen([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            port = None
+            for line in proc.stdout:
+                if "listening on port" in line:
+                    port = int(line.split("listening on port")[1].split(",")[0])
+                    break
+            self.assertIsNotNone(port)
+            req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port,
+                                         data=json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with self.assertRaises(urllib.error.HTTPError) as ctx:
+                urllib.request.urlopen(req, timeout=30)
+            self.assertEqual(ctx.exception.code, 400)
+            error = json.loads(ctx.exception.read())["error"]
+            self.assertIn("--chat-template", error["message"])
+            self.assertEqual(error["param"], "chat_template")
+        finally:
+            proc.terminate()
+            self.assertEqual(proc.wait(timeout=30), 0)
 
     def test_e_leaving_a_stream_cancels_the_request(self):
         host, port = self.cluster.openai_address.rsplit(":", 1)

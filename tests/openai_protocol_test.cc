@@ -84,7 +84,6 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"max_tokens": 3})", 400, "prompt"},
            {R"({"prompt": 5})", 400, "prompt"},
            {R"({"prompt": []})", 400, "prompt"},
-           {R"({"prompt": ["a", "b"], "stream": true})", 400, "prompt"},
            {R"({"prompt": ["a", 5]})", 400, "prompt"},
            {R"({"prompt": [[1, 2], [3, "x"]]})", 400, "prompt"},
            {R"({"prompt": [1, "a"]})", 400, "prompt"},

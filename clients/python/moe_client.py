@@ -208,8 +208,11 @@ class MoeClient:
 
     # --- tokenizer, model and cluster ------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: Optional[bool] = None, *, timeout: Optional[float] = None) -> List[int]:
-        request = inference_pb2.TokenizeRequest(text=text)
+    def tokenize(self, text: str, add_bos: Optional[bool] = None, *, parse_special_tokens: bool = False,
+                 timeout: Optional[float] = None) -> List[int]:
+        """Text to ids. parse_special_tokens: special tokens written in the text ("<s>", "</s>") become
+        their ids, as Hugging Face tokenizers encode a rendered chat template."""
+        request = inference_pb2.TokenizeRequest(text=text, parse_special_tokens=parse_special_tokens)
         if add_bos is not None:
             request.add_bos = add_bos
         return list(self._inference.Tokenize(request, timeout=self._deadline(timeout)).token_ids)

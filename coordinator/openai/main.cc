@@ -1,7 +1,7 @@
 // moe-openai-server: an OpenAI-compatible HTTP server in front of a coordinator (openai_server.h).
 //
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
-//                     [--model-name NAME] [--threads N]
+//                     [--model-name NAME] [--threads N] [--chat-template FILE]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
 // use), 2 for a bad command line.
@@ -19,8 +19,9 @@ namespace {
 const char kUsage[] =
     "usage: moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000; port 0 picks one)]\n"
     "                         [--model-name NAME (default: the model folder's name)] [--threads N (default 64)]\n"
-    "Serves POST /v1/completions (stream or whole), GET /v1/models and GET /health over the\n"
-    "coordinator's gRPC API.\n";
+    "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
+    "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
+    "/detokenize, GET /v1/models and GET /health over the coordinator's gRPC API.\n";
 
 int BadFlag(const std::string& message) {
   std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);
@@ -45,7 +46,8 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return 0;
     }
-    if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads") {
+    if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
+        f.name != "--chat-template") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
     std::string value;
@@ -62,6 +64,8 @@ int main(int argc, char** argv) {
       opts.listen = value;
     } else if (f.name == "--model-name") {
       opts.model_name = value;
+    } else if (f.name == "--chat-template") {
+      opts.chat_template_file = value;
     } else if (!absl::SimpleAtoi(value, &opts.threads) || opts.threads < 1) {
       return BadFlag("--threads: expected a positive integer, got '" + value + "'");
     }
@@ -72,6 +76,10 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     std::fprintf(stderr, "moe-openai-server: %s\n", std::string(server.status().message()).c_str());
     return 1;
+  }
+  if (!(*server)->chat_template_status().ok()) {
+    std::fprintf(stderr, "moe-openai-server: warning: chat completions are refused: %s\n",
+                 std::string((*server)->chat_template_status().message()).c_str());
   }
   std::printf("moe-openai-server: listening on port %d, model %s, coordinator %s\n", (*server)->port(),
               (*server)->model_name().c_str(), opts.coordinator.c_str());

@@ -203,7 +203,6 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   if (std::optional<HttpError> e = Bool(body, "echo", call.echo)) return *e;
   if (call.echo && call.stream) return BadParam("echo", "not served with stream: true");
   if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
-  if (call.stream && call.prompts.size() > 1) return BadParam("prompt", "a batch of prompts is served without stream");
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   return call;
 }

@@ -1,10 +1,11 @@
-// OpenAI's text-completions protocol (POST /v1/completions, GET /v1/models) translated to and from
-// the public gRPC API, as plain functions on JSON and protos (no I/O), so the rules are tested
-// without a server. Field names and defaults are OpenAI's, with vLLM's extensions (top_k, min_p,
-// repetition_penalty, min_tokens, ignore_eos, stop_token_ids); what is not served (suffix, best_of
-// other than n, a batch of prompts streamed) is refused with a 400 naming the parameter rather than
-// ignored. A batch of prompts (at most 64) answers with n choices per prompt, prompt i's at indices
-// i * n .. i * n + n - 1, as OpenAI's API does. logprobs (at most 20 alternatives) come in OpenAI's
+// OpenAI's text-completions and chat-completions protocols (POST /v1/completions,
+// /v1/chat/completions, GET /v1/models) translated to and from the public gRPC API, as plain
+// functions on JSON and protos (no I/O), so the rules are tested without a server. Field names and
+// defaults are OpenAI's, with vLLM's extensions (top_k, min_p, repetition_penalty, min_tokens,
+// ignore_eos, stop_token_ids); what is not served (suffix, best_of other than n, tool calls, guided
+// decoding) is refused with a 400 naming the parameter rather than ignored. A batch of prompts (at
+// most 64) answers with n choices per prompt, prompt i's at indices i * n .. i * n + n - 1, as
+// OpenAI's API does, whole or streamed. logprobs (at most 20 alternatives) come in OpenAI's
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
 // top_logprobs ({text: logprob}) and text_offset. echo (not streamed, n = 1) puts the prompt before
 // the completion, its logprobs from ScoreRolling (the first token's null, one alternative each: the

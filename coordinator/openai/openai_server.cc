@@ -1,7 +1,12 @@
 #include "coordinator/openai/openai_server.h"
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
+#include <deque>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <variant>
@@ -90,6 +95,31 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   }
   s->max_model_len_ = info.max_context();
   s->created_ = UnixNow();
+  s->bos_token_ = info.bos_token();
+  s->eos_token_ = info.eos_token();
+  std::string chat_template = info.chat_template();
+  if (!opts.chat_template_file.empty()) {
+    std::ifstream in(opts.chat_template_file, std::ios::binary);
+    if (!in) return absl::InvalidArgumentError(absl::StrCat("--chat-template: cannot read ", opts.chat_template_file));
+    std::stringstream text;
+    text << in.rdbuf();
+    chat_template = text.str();
+    absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(chat_template, s->bos_token_, s->eos_token_);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--chat-template ", opts.chat_template_file, ": ", parsed.status().message()));
+    }
+  }
+  if (chat_template.empty()) {
+    s->chat_template_status_ = absl::FailedPreconditionError(
+        "the model has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json): start "
+        "moe-openai-server with --chat-template FILE, or send chat_template in the request");
+  } else if (absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(chat_template, s->bos_token_, s->eos_token_); parsed.ok()) {
+    s->chat_prompt_ = std::move(*parsed);
+  } else {
+    s->chat_template_status_ = absl::FailedPreconditionError(
+        absl::StrCat("the model's chat template cannot be used here: ", parsed.status().message(),
+                     " (start moe-openai-server with --chat-template FILE)"));
+  }
 
   mg_init_library(0);
   const std::string threads = std::to_string(opts.threads);
@@ -104,6 +134,9 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   const int n = mg_get_server_ports(s->ctx_, 4, ports);
   s->port_ = n > 0 ? ports[0].port : 0;
   mg_set_request_handler(s->ctx_, "/v1/completions$", &OpenAiServer::HandleCompletions, s.get());
+  mg_set_request_handler(s->ctx_, "/v1/chat/completions$", &OpenAiServer::HandleChat, s.get());
+  mg_set_request_handler(s->ctx_, "/tokenize$", &OpenAiServer::HandleTokenize, s.get());
+  mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
   mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
   mg_set_request_handler(s->ctx_, "/health$", &OpenAiServer::HandleHealth, s.get());
   mg_set_request_handler(s->ctx_, "/", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
@@ -157,7 +190,7 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/models, /health)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health)",
                                    "NotFoundError", {}});
 }
 
@@ -174,6 +207,16 @@ int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->Completions(conn);
 }
 
+int OpenAiServer::HandleChat(mg_connection* conn, void* self) { return static_cast<OpenAiServer*>(self)->Chat(conn); }
+
+int OpenAiServer::HandleTokenize(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->Tokenize(conn);
+}
+
+int OpenAiServer::HandleDetokenize(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->Detokenize(conn);
+}
+
 int OpenAiServer::Completions(mg_connection* conn) {
   if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
   const HandlerScope handler(*this);
@@ -184,17 +227,17 @@ int OpenAiServer::Completions(mg_connection* conn) {
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   const CompletionCall& call = std::get<CompletionCall>(parsed);
   const int64_t created = UnixNow();
-  if (call.stream) return StreamCompletion(conn, call, created);
+  if (call.stream) return StreamCompletion(conn, call, created, Api::kCompletions);
 
   // Whole answers, the prompts of a batch at once (each its own gRPC call, so the cluster batches
   // them as it batches separate requests); the first error, in prompt order, is the answer.
   std::vector<std::variant<nlohmann::json, HttpError>> answers(call.prompts.size());
   if (call.prompts.size() == 1) {
-    answers[0] = WholeAnswer(call, call.prompts[0], created);
+    answers[0] = WholeAnswer(call, call.prompts[0], created, Api::kCompletions);
   } else {
     std::vector<std::thread> threads;
     for (size_t i = 0; i < call.prompts.size(); ++i) {
-      threads.emplace_back([&, i] { answers[i] = WholeAnswer(call, call.prompts[i], created); });
+      threads.emplace_back([&, i] { answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions); });
     }
     for (std::thread& t : threads) t.join();
   }
@@ -207,52 +250,262 @@ int OpenAiServer::Completions(mg_connection* conn) {
   return 200;
 }
 
-int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created) {
+std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const ChatCall& chat) {
+  std::optional<ChatPrompt> own;
+  if (chat.chat_template) {
+    absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(*chat.chat_template, bos_token_, eos_token_);
+    if (!parsed.ok()) return HttpError{400, "chat_template: " + std::string(parsed.status().message()), "invalid_request_error", "chat_template"};
+    own = std::move(*parsed);
+  } else if (!chat_prompt_) {
+    return HttpError{400, std::string(chat_template_status_.message()), "invalid_request_error", "chat_template"};
+  }
+  const ChatPrompt& prompt = own ? *own : *chat_prompt_;
+  absl::StatusOr<std::string> text = prompt.Render(chat);
+  if (!text.ok()) return HttpError{400, "messages: " + std::string(text.status().message()), "invalid_request_error", "messages"};
+
+  v1::TokenizeRequest request;
+  request.set_text(*text);
+  request.set_add_bos(false);  // the template writes BOS where the model wants it
+  request.set_parse_special_tokens(true);
+  v1::TokenizeResponse ids;
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, call.request);
-  v1::GenerateResponse msg;
-  // The coordinator checks the request before it sends anything: a stream that ends without a
-  // message is an error the client gets as an HTTP status, not as an event.
-  if (!reader->Read(&msg)) {
-    const grpc::Status st = reader->Finish();
-    if (st.ok()) return SendError(conn, HttpError{500, "the coordinator sent no completion", "server_error", {}});
-    return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+  const grpc::Status st = stub_->Tokenize(&ctx, request, &ids);
+  if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+  return std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end());
+}
+
+int OpenAiServer::Chat(mg_connection* conn) {
+  if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
+  const HandlerScope handler(*this);
+  if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
+  absl::StatusOr<std::string> body = ReadBody(conn);
+  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(*body, model_name_);
+  if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
+  ChatCall& chat = std::get<ChatCall>(parsed);
+  std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(chat);
+  if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
+  const std::vector<int32_t>& prompt = std::get<std::vector<int32_t>>(ids);
+
+  CompletionCall& call = chat.completion;
+  v1::Prompt& p = *call.request.mutable_prompt();
+  p.mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
+  call.prompts = {p};
+  if (!chat.max_tokens_given) {  // what the context leaves; a prompt that fills it is refused by the coordinator
+    const int64_t room = max_model_len_ - static_cast<int64_t>(prompt.size());
+    call.max_tokens = static_cast<uint32_t>(std::clamp<int64_t>(room, 1, UINT32_MAX));
+    call.request.mutable_sampling()->set_max_tokens(call.max_tokens);
+  }
+  const int64_t created = UnixNow();
+  if (call.stream) return StreamCompletion(conn, call, created, Api::kChat);
+  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, p, created, Api::kChat);
+  if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, *e);
+  SendJson(conn, 200, std::get<nlohmann::json>(answer));
+  return 200;
+}
+
+// vLLM's POST /tokenize: {"prompt": text, "add_special_tokens": true} as /v1/completions encodes a
+// text prompt, or {"messages": [...], ...} as /v1/chat/completions encodes a conversation; answers
+// {"count", "max_model_len", "tokens"}.
+int OpenAiServer::Tokenize(mg_connection* conn) {
+  if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
+  const HandlerScope handler(*this);
+  if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
+  absl::StatusOr<std::string> body = ReadBody(conn);
+  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
+  const nlohmann::json j = nlohmann::json::parse(*body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return SendError(conn, HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}});
+  std::vector<int32_t> tokens;
+  if (j.contains("messages")) {
+    std::variant<ChatCall, HttpError> parsed = ParseChatRequest(*body, model_name_);
+    if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
+    std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(std::get<ChatCall>(parsed));
+    if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
+    tokens = std::move(std::get<std::vector<int32_t>>(ids));
+  } else {
+    if (!j.contains("prompt") || !j["prompt"].is_string()) {
+      return SendError(conn, HttpError{400, "prompt: required: a string (or send messages)", "invalid_request_error", "prompt"});
+    }
+    v1::TokenizeRequest request;
+    request.set_text(j["prompt"].get<std::string>());
+    if (j.contains("add_special_tokens") && j["add_special_tokens"].is_boolean() && !j["add_special_tokens"].get<bool>()) {
+      request.set_add_bos(false);
+    }
+    v1::TokenizeResponse ids;
+    grpc::ClientContext ctx;
+    const CallScope scope(*this, ctx);
+    const grpc::Status st = stub_->Tokenize(&ctx, request, &ids);
+    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+    tokens.assign(ids.token_ids().begin(), ids.token_ids().end());
+  }
+  SendJson(conn, 200, {{"count", tokens.size()}, {"max_model_len", max_model_len_}, {"tokens", tokens}});
+  return 200;
+}
+
+// vLLM's POST /detokenize: {"tokens": [ids]} -> {"prompt": text}.
+int OpenAiServer::Detokenize(mg_connection* conn) {
+  if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
+  const HandlerScope handler(*this);
+  if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
+  absl::StatusOr<std::string> body = ReadBody(conn);
+  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
+  const nlohmann::json j = nlohmann::json::parse(*body, nullptr, /*allow_exceptions=*/false);
+  v1::DetokenizeRequest request;
+  if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array() ||
+      !std::all_of(j["tokens"].begin(), j["tokens"].end(),
+                   [](const nlohmann::json& x) { return x.is_number_integer() && x.get<int64_t>() >= INT32_MIN && x.get<int64_t>() <= INT32_MAX; })) {
+    return SendError(conn, HttpError{400, "tokens: required: an array of token ids", "invalid_request_error", "tokens"});
+  }
+  for (const nlohmann::json& x : j["tokens"]) request.add_token_ids(x.get<int32_t>());
+  v1::DetokenizeResponse text;
+  grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
+  const grpc::Status st = stub_->Detokenize(&ctx, request, &text);
+  if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+  SendJson(conn, 200, {{"prompt", text.text()}});
+  return 200;
+}
+
+int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api) {
+  // One Generate stream per prompt, each read on its own thread into one queue; prompt i's completion
+  // j is choice i * n + j of the answer, as in a whole answer.
+  struct Item {
+    size_t prompt = 0;
+    std::optional<v1::GenerateResponse> msg;  // absent: the stream ended with `end`
+    grpc::Status end;
+  };
+  const size_t prompts = call.prompts.size();
+  std::mutex mu;
+  std::condition_variable ready;
+  std::deque<Item> queue;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<CallScope>> scopes;
+  for (size_t i = 0; i < prompts; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    scopes.push_back(std::make_unique<CallScope>(*this, *contexts.back()));
+  }
+  auto cancel_all = [&] {
+    for (auto& c : contexts) c->TryCancel();
+  };
+  std::vector<std::thread> readers;
+  for (size_t i = 0; i < prompts; ++i) {
+    readers.emplace_back([&, i] {
+      v1::GenerateRequest request = call.request;
+      *request.mutable_prompt() = call.prompts[i];
+      std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(contexts[i].get(), request);
+      v1::GenerateResponse msg;
+      while (reader->Read(&msg)) {
+        std::lock_guard<std::mutex> lock(mu);
+        queue.push_back(Item{i, msg, {}});
+        ready.notify_one();
+      }
+      grpc::Status end = reader->Finish();
+      std::lock_guard<std::mutex> lock(mu);
+      queue.push_back(Item{i, std::nullopt, std::move(end)});
+      ready.notify_one();
+    });
+  }
+  auto next = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    ready.wait(lock, [&] { return !queue.empty(); });
+    Item item = std::move(queue.front());
+    queue.pop_front();
+    return item;
+  };
+  auto join = [&] {
+    for (std::thread& t : readers) t.join();
+  };
+
+  // The coordinator checks a request before it sends anything: until every prompt's stream has sent
+  // a message, an error is the client's HTTP status (the others cancelled), not an event.
+  std::vector<Item> held;
+  std::vector<bool> started(prompts, false), ended(prompts, false);
+  size_t started_count = 0, ended_count = 0;
+  while (started_count < prompts) {
+    Item item = next();
+    if (!item.msg) {
+      ended[item.prompt] = true;
+      ++ended_count;
+      const grpc::Status& st = item.end;
+      if (!started[item.prompt]) {
+        cancel_all();
+        join();
+        if (st.ok()) return SendError(conn, HttpError{500, "the coordinator sent no completion", "server_error", {}});
+        return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+      }
+    } else if (!started[item.prompt]) {
+      started[item.prompt] = true;
+      ++started_count;
+    }
+    held.push_back(std::move(item));
   }
   mg_printf(conn,
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
-  std::string request_id;
-  uint32_t prompt_tokens = 0, completion_tokens = 0;
-  std::vector<size_t> offsets(call.n, 0);  // text_offset per completion
+
+  std::string request_id;  // the first prompt's, for every event of the answer
+  for (const Item& item : held) {
+    if (item.msg && item.prompt == 0) {
+      request_id = item.msg->request_id();
+      break;
+    }
+  }
+  std::vector<uint32_t> prompt_tokens(prompts, 0);
+  uint32_t completion_tokens = 0;
+  const size_t choices = prompts * call.n;
+  std::vector<size_t> offsets(choices, 0);     // text_offset per choice
+  std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
   bool client_gone = false;
-  do {
-    request_id = msg.request_id();
+  std::optional<HttpError> failure;
+  size_t held_next = 0;
+  while (held_next < held.size() || ended_count < prompts) {
+    const bool from_held = held_next < held.size();  // already counted when it was held
+    Item item = from_held ? std::move(held[held_next++]) : next();
+    if (!item.msg) {
+      if (!from_held) {
+        ended[item.prompt] = true;
+        ++ended_count;
+      }
+      if (!item.end.ok() && !failure && !client_gone) {
+        failure = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
+                             : FromGrpcError(item.end.error_code(), item.end.error_message());
+        cancel_all();  // one prompt failed: the answer is that error
+      }
+      continue;
+    }
+    v1::GenerateResponse& msg = *item.msg;
     if (msg.has_usage()) {
-      prompt_tokens = msg.usage().prompt_tokens();
+      prompt_tokens[item.prompt] = msg.usage().prompt_tokens();
       completion_tokens += msg.usage().completion_tokens();
     }
-    size_t scratch = 0;
-    size_t& offset = msg.index() < offsets.size() ? offsets[msg.index()] : scratch;
-    if (!client_gone && !SendEvent(conn, StreamChunkJson(msg, model_name_, created, call.logprobs, offset).dump())) {
-      client_gone = true;
-      ctx.TryCancel();  // the coordinator cancels the sequences and frees their KV blocks
+    if (client_gone || failure || msg.index() >= call.n) continue;
+    const uint32_t choice = static_cast<uint32_t>(item.prompt * call.n + msg.index());
+    msg.set_index(choice);
+    msg.set_request_id(request_id);
+    if (api == Api::kChat && !role_sent[choice]) {
+      role_sent[choice] = true;
+      client_gone = !SendEvent(conn, ChatRoleChunkJson(request_id, choice, model_name_, created).dump());
     }
-  } while (reader->Read(&msg));
-  const grpc::Status st = reader->Finish();
+    if (!client_gone && !SendEvent(conn, StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api).dump())) {
+      client_gone = true;
+    }
+    if (client_gone) cancel_all();  // the coordinator cancels the sequences and frees their KV blocks
+  }
+  join();
   if (client_gone) return 200;
-  if (!st.ok()) {
-    const HttpError e = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
-                                   : FromGrpcError(st.error_code(), st.error_message());
-    SendEvent(conn, e.ToJson().dump());
+  if (failure) {
+    SendEvent(conn, failure->ToJson().dump());
   } else if (call.include_usage) {
-    SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_tokens, completion_tokens).dump());
+    uint32_t prompt_total = 0;
+    for (uint32_t t : prompt_tokens) prompt_total += t;
+    SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_total, completion_tokens, api).dump());
   }
   SendEvent(conn, "[DONE]");
   return 200;
 }
 
 std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
-                                                                  int64_t created) {
+                                                                  int64_t created, Api api) {
   v1::GenerateRequest request = call.request;
   *request.mutable_prompt() = prompt_in;
   // echo: the prompt's logprobs (and its most probable tokens) first, from ScoreRolling, as
@@ -268,7 +521,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     if (scored.results_size() != 1) return HttpError{500, "ScoreRolling answered no result", "server_error", {}};
   }
 
-  CompletionAccumulator acc(call.n, call.logprobs);
+  CompletionAccumulator acc(call.n, call.logprobs, api);
   if (call.max_tokens > 0) {
     grpc::ClientContext ctx;
     const CallScope scope(*this, ctx);

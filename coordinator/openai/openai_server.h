@@ -1,5 +1,6 @@
-// moe-openai-server: an OpenAI-compatible HTTP front end (POST /v1/completions, streamed as
-// server-sent events or whole; GET /v1/models; GET /health) over the coordinator's public gRPC
+// moe-openai-server: an OpenAI-compatible HTTP front end (POST /v1/completions and
+// /v1/chat/completions, streamed as server-sent events or whole; vLLM's POST /tokenize and
+// /detokenize; GET /v1/models; GET /health) over the coordinator's public gRPC
 // API, so OpenAI clients and tools built for vLLM's server (benchmark_serving, lm-evaluation-harness's
 // generation tasks through local-completions) talk to the cluster unchanged. A separate process and a plain
 // gRPC client: it adds no state, and the coordinator stays the one place where requests are checked
@@ -9,12 +10,14 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 
 #include <grpcpp/channel.h>
 
 #include "common/status.h"
+#include "coordinator/openai/chat_prompt.h"
 #include "coordinator/openai/openai_protocol.h"
 #include "moe/v1/inference.grpc.pb.h"
 
@@ -29,12 +32,16 @@ struct ServerOptions {
   std::string model_name;             // empty: the model folder's name, from GetModelInfo
   int threads = 64;                   // HTTP connections served at once
   double connect_timeout_s = 30;      // to reach the coordinator at start
+  std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
 };
 
 class OpenAiServer {
  public:
-  // Reads the model's name and context from the coordinator, then listens. Unavailable when the
-  // coordinator does not answer in time; InvalidArgument for a bad --listen or a port in use.
+  // Reads the model's name, context and chat template from the coordinator, then listens.
+  // Unavailable when the coordinator does not answer in time; InvalidArgument for a bad --listen or
+  // a port in use, or a chat_template_file that cannot be read or parsed. A model without a chat
+  // template (or with one this server cannot parse) is served without chat completions: they are
+  // refused with chat_template_status()'s message.
   static absl::StatusOr<std::unique_ptr<OpenAiServer>> Start(const ServerOptions& opts);
   // Cancels the gRPC calls in flight and waits (up to 10 s) for their handlers to finish their
   // answers (an error event and [DONE], or an error status), then stops listening: civetweb refuses
@@ -43,19 +50,29 @@ class OpenAiServer {
 
   int port() const { return port_; }
   const std::string& model_name() const { return model_name_; }
+  const absl::Status& chat_template_status() const { return chat_template_status_; }
 
  private:
   OpenAiServer() = default;
   static int HandleCompletions(mg_connection* conn, void* self);
+  static int HandleChat(mg_connection* conn, void* self);
+  static int HandleTokenize(mg_connection* conn, void* self);
+  static int HandleDetokenize(mg_connection* conn, void* self);
   static int HandleModels(mg_connection* conn, void* self);
   static int HandleHealth(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
   int Completions(mg_connection* conn);
+  int Chat(mg_connection* conn);
+  int Tokenize(mg_connection* conn);
+  int Detokenize(mg_connection* conn);
   bool Stopping();
-  int StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created);
+  // The token ids of a conversation through the chat template (the request's own, else the
+  // server's) and the coordinator's tokenizer, special tokens written by the template parsed.
+  std::variant<std::vector<int32_t>, HttpError> ChatPromptIds(const ChatCall& chat);
+  int StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api);
   // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
   std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
-                                                      int64_t created);
+                                                      int64_t created, Api api);
 
   // A completions handler at work: counted until it has written its answer; not admitted once the
   // server is stopping.
@@ -89,6 +106,9 @@ class OpenAiServer {
   std::unique_ptr<v1::Inference::Stub> stub_;
   std::string model_name_;
   int64_t max_model_len_ = 0;
+  std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why
+  absl::Status chat_template_status_;
+  std::string bos_token_, eos_token_;      // for a request's own chat_template
   int64_t created_ = 0;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
