@@ -96,20 +96,6 @@ std::vector<float> FullForward(StepEngine& e, const std::vector<int32_t>& tokens
   return out.chunks[0].logits;
 }
 
-// The gap between the two largest logits of row `row` of [rows, V].
-double Margin(const std::vector<float>& logits, int64_t V, int64_t row) {
-  const float* z = logits.data() + row * V;
-  float a = -INFINITY, b = -INFINITY;
-  for (int64_t i = 0; i < V; ++i) {
-    if (z[i] > a) {
-      b = a;
-      a = z[i];
-    } else if (z[i] > b) {
-      b = z[i];
-    }
-  }
-  return double(a) - double(b);
-}
 
 // The number of leading steps whose reference margin is at least kMarginTol.
 size_t ComparableSteps(const std::vector<double>& margins) {
@@ -582,7 +568,7 @@ TEST(GpuDefaultModelTest, SamplesContinueUpToFirstLowMargin) {
     std::vector<int32_t> next = prompt;
     for (size_t i = 0; i < want.size(); ++i) {
       StepOutput out = (*cpu)->Step({{1, next, false}}).value();
-      margins.push_back(Margin(out.chunks[0].logits, V, 0));
+      margins.push_back(TopTwoGap(out.chunks[0].logits.data(), V));
       next = {want[i]};
     }
     (*cpu)->FreeSequence(1);

@@ -203,27 +203,33 @@ int OpenAiServer::HandleHealth(mg_connection* conn, void* self) {
   return serving ? 200 : 503;
 }
 
-int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
-  return static_cast<OpenAiServer*>(self)->Completions(conn);
-}
-
-int OpenAiServer::HandleChat(mg_connection* conn, void* self) { return static_cast<OpenAiServer*>(self)->Chat(conn); }
-
-int OpenAiServer::HandleTokenize(mg_connection* conn, void* self) {
-  return static_cast<OpenAiServer*>(self)->Tokenize(conn);
-}
-
-int OpenAiServer::HandleDetokenize(mg_connection* conn, void* self) {
-  return static_cast<OpenAiServer*>(self)->Detokenize(conn);
-}
-
-int OpenAiServer::Completions(mg_connection* conn) {
+int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string&)) {
   if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
   const HandlerScope handler(*this);
   if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
   absl::StatusOr<std::string> body = ReadBody(conn);
   if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
-  std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(*body, model_name_);
+  return (this->*handle)(conn, *body);
+}
+
+int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Completions);
+}
+
+int OpenAiServer::HandleChat(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Chat);
+}
+
+int OpenAiServer::HandleTokenize(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Tokenize);
+}
+
+int OpenAiServer::HandleDetokenize(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Detokenize);
+}
+
+int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
+  std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(body, model_name_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   const CompletionCall& call = std::get<CompletionCall>(parsed);
   const int64_t created = UnixNow();
@@ -275,13 +281,8 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const 
   return std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end());
 }
 
-int OpenAiServer::Chat(mg_connection* conn) {
-  if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
-  const HandlerScope handler(*this);
-  if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
-  absl::StatusOr<std::string> body = ReadBody(conn);
-  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
-  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(*body, model_name_);
+int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   ChatCall& chat = std::get<ChatCall>(parsed);
   std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(chat);
@@ -308,17 +309,12 @@ int OpenAiServer::Chat(mg_connection* conn) {
 // vLLM's POST /tokenize: {"prompt": text, "add_special_tokens": true} as /v1/completions encodes a
 // text prompt, or {"messages": [...], ...} as /v1/chat/completions encodes a conversation; answers
 // {"count", "max_model_len", "tokens"}.
-int OpenAiServer::Tokenize(mg_connection* conn) {
-  if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
-  const HandlerScope handler(*this);
-  if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
-  absl::StatusOr<std::string> body = ReadBody(conn);
-  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
-  const nlohmann::json j = nlohmann::json::parse(*body, nullptr, /*allow_exceptions=*/false);
+int OpenAiServer::Tokenize(mg_connection* conn, const std::string& body) {
+  const nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return SendError(conn, HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}});
   std::vector<int32_t> tokens;
   if (j.contains("messages")) {
-    std::variant<ChatCall, HttpError> parsed = ParseChatRequest(*body, model_name_);
+    std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_);
     if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
     std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(std::get<ChatCall>(parsed));
     if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
@@ -344,13 +340,8 @@ int OpenAiServer::Tokenize(mg_connection* conn) {
 }
 
 // vLLM's POST /detokenize: {"tokens": [ids]} -> {"prompt": text}.
-int OpenAiServer::Detokenize(mg_connection* conn) {
-  if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
-  const HandlerScope handler(*this);
-  if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
-  absl::StatusOr<std::string> body = ReadBody(conn);
-  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
-  const nlohmann::json j = nlohmann::json::parse(*body, nullptr, /*allow_exceptions=*/false);
+int OpenAiServer::Detokenize(mg_connection* conn, const std::string& body) {
+  const nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   v1::DetokenizeRequest request;
   if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array() ||
       !std::all_of(j["tokens"].begin(), j["tokens"].end(),

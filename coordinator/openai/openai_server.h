@@ -61,10 +61,13 @@ class OpenAiServer {
   static int HandleModels(mg_connection* conn, void* self);
   static int HandleHealth(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
-  int Completions(mg_connection* conn);
-  int Chat(mg_connection* conn);
-  int Tokenize(mg_connection* conn);
-  int Detokenize(mg_connection* conn);
+  // A POST admitted while the server runs (counted by a HandlerScope until it has answered), its
+  // body read, handed to `handle`; otherwise the refusal (405, 503 while stopping, 413).
+  int ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string& body));
+  int Completions(mg_connection* conn, const std::string& body);
+  int Chat(mg_connection* conn, const std::string& body);
+  int Tokenize(mg_connection* conn, const std::string& body);
+  int Detokenize(mg_connection* conn, const std::string& body);
   bool Stopping();
   // The token ids of a conversation through the chat template (the request's own, else the
   // server's) and the coordinator's tokenizer, special tokens written by the template parsed.

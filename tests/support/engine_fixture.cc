@@ -22,24 +22,25 @@ std::vector<float> Golden::F32(const std::string& name) const {
   return out;
 }
 
+double TopTwoGap(const float* row, int64_t V) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int64_t i = 0; i < V; ++i) {
+    if (row[i] > a) {
+      b = a;
+      a = row[i];
+    } else if (row[i] > b) {
+      b = row[i];
+    }
+  }
+  return static_cast<double>(a) - b;
+}
+
 std::vector<double> Golden::GreedyMargins(size_t p) const {
   const std::string name = "greedy_logits." + std::to_string(p);
   const std::vector<float> logits = F32(name);
   const int64_t V = tensors->tensors().at(name).shape.back();
   std::vector<double> margins;
-  for (size_t row = 0; row * V < logits.size(); ++row) {
-    const float* z = logits.data() + row * V;
-    float a = -INFINITY, b = -INFINITY;
-    for (int64_t i = 0; i < V; ++i) {
-      if (z[i] > a) {
-        b = a;
-        a = z[i];
-      } else if (z[i] > b) {
-        b = z[i];
-      }
-    }
-    margins.push_back(static_cast<double>(a) - b);
-  }
+  for (size_t row = 0; row * V < logits.size(); ++row) margins.push_back(TopTwoGap(logits.data() + row * V, V));
   return margins;
 }
 

@@ -63,6 +63,9 @@ inline double RelativeError(const std::vector<float>& ours, const std::vector<fl
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// The gap between the two largest of `row`'s V logits: how far a greedy choice is from a tie.
+double TopTwoGap(const float* row, int64_t V);
+
 // expected.json and expected.safetensors of the golden folder.
 struct Golden {
   nlohmann::json expected;
