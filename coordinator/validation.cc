@@ -1,7 +1,11 @@
 #include "coordinator/validation.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
+
+#include "worker/logits_penalties.h"
+#include "worker/sampler.h"
 
 namespace moe {
 namespace {
@@ -97,53 +101,35 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
                       absl::StrCat("prompt (", prompt_len, " tokens) + max_tokens (", max_tokens, ") = ",
                                    prompt_len + max_tokens, " exceeds the model context of ", context, " positions"));
   }
-  const float temperature = s.has_temperature() ? s.temperature() : 1.0f;
-  if (!std::isfinite(temperature) || temperature < 0.0f) {
-    return FieldError("sampling.temperature", absl::StrCat("must be finite and >= 0, got ", temperature));
+  // The ranges are the sampler's own (SamplingParams / PenaltyParams::Validate, which the worker
+  // checks again), named with the request's field path.
+  SamplingParams sampling;
+  sampling.temperature = s.has_temperature() ? s.temperature() : 1.0f;
+  sampling.top_p = s.has_top_p() ? s.top_p() : 1.0f;
+  sampling.top_k = s.has_top_k() ? s.top_k() : 0;
+  sampling.min_p = s.has_min_p() ? s.min_p() : 0.0f;
+  PenaltyParams penalties;
+  penalties.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
+  penalties.presence_penalty = s.has_presence_penalty() ? s.presence_penalty() : 0.0f;
+  penalties.frequency_penalty = s.has_frequency_penalty() ? s.frequency_penalty() : 0.0f;
+  if (s.logit_bias_size() > kMaxLogitBias) {
+    return FieldError("sampling.logit_bias", absl::StrCat("at most ", kMaxLogitBias, " token ids, got ", s.logit_bias_size()));
   }
-  const float top_p = s.has_top_p() ? s.top_p() : 1.0f;
-  if (!(top_p > 0.0f && top_p <= 1.0f)) {  // written so that NaN fails too
-    return FieldError("sampling.top_p", absl::StrCat("must be in (0, 1], got ", top_p));
+  penalties.logit_bias.assign(s.logit_bias().begin(), s.logit_bias().end());
+  std::sort(penalties.logit_bias.begin(), penalties.logit_bias.end());  // the first bad id named is the lowest
+  for (const absl::Status& st : {sampling.Validate(), penalties.Validate(vocab)}) {
+    if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("sampling.", st.message()));
   }
-  const int32_t top_k = s.has_top_k() ? s.top_k() : 0;
-  if (top_k < 0) return FieldError("sampling.top_k", absl::StrCat("must be >= 0 (0 = off), got ", top_k));
   if (s.has_logprobs() && s.logprobs() > kMaxLogprobs) {
     return FieldError("sampling.logprobs", absl::StrCat("at most ", kMaxLogprobs, ", got ", s.logprobs()));
   }
   if (s.has_logprobs() && s.logprobs() > vocab) {
     return FieldError("sampling.logprobs", absl::StrCat("exceeds the vocabulary size ", vocab));
   }
-  const float min_p = s.has_min_p() ? s.min_p() : 0.0f;
-  if (!(min_p >= 0.0f && min_p <= 1.0f)) {
-    return FieldError("sampling.min_p", absl::StrCat("must be in [0, 1] (0 = off), got ", min_p));
-  }
-  const float repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
-  if (!(std::isfinite(repetition_penalty) && repetition_penalty > 0.0f)) {
-    return FieldError("sampling.repetition_penalty",
-                      absl::StrCat("must be finite and > 0 (1 = off), got ", repetition_penalty));
-  }
-  const float presence_penalty = s.has_presence_penalty() ? s.presence_penalty() : 0.0f;
-  if (!(presence_penalty >= -2.0f && presence_penalty <= 2.0f)) {
-    return FieldError("sampling.presence_penalty", absl::StrCat("must be in [-2, 2], got ", presence_penalty));
-  }
-  const float frequency_penalty = s.has_frequency_penalty() ? s.frequency_penalty() : 0.0f;
-  if (!(frequency_penalty >= -2.0f && frequency_penalty <= 2.0f)) {
-    return FieldError("sampling.frequency_penalty", absl::StrCat("must be in [-2, 2], got ", frequency_penalty));
-  }
   const uint32_t min_tokens = s.has_min_tokens() ? s.min_tokens() : 0;
   if (min_tokens > max_tokens) {
     return FieldError("sampling.min_tokens",
                       absl::StrCat("(", min_tokens, ") exceeds max_tokens (", max_tokens, ")"));
-  }
-  if (s.logit_bias_size() > kMaxLogitBias) {
-    return FieldError("sampling.logit_bias", absl::StrCat("at most ", kMaxLogitBias, " token ids, got ", s.logit_bias_size()));
-  }
-  for (const auto& [id, bias] : s.logit_bias()) {
-    const std::string field = absl::StrCat("sampling.logit_bias[", id, "]");
-    if (id < 0 || id >= vocab) {
-      return FieldError(field, absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
-    }
-    if (!(bias >= -100.0f && bias <= 100.0f)) return FieldError(field, absl::StrCat("must be in [-100, 100], got ", bias));
   }
   const uint32_t n = s.has_n() ? s.n() : 1;
   if (n < 1 || n > kMaxCompletions) {
@@ -171,17 +157,17 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_kind(v1::Assign::KIND_GENERATE);
   a.mutable_prompt()->Assign(prompt.begin(), prompt.end());
   a.set_max_tokens(max_tokens);
-  a.set_temperature(temperature);
-  a.set_top_k(top_k);
-  a.set_top_p(top_p);
+  a.set_temperature(sampling.temperature);
+  a.set_top_k(sampling.top_k);
+  a.set_top_p(sampling.top_p);
   a.set_seed(s.has_seed() ? s.seed() : 0);
   a.set_ignore_eos(s.ignore_eos());
   *a.mutable_stop_token_ids() = s.stop_token_ids();
   a.set_top_logprobs(s.has_logprobs() ? s.logprobs() : 0);
-  a.set_min_p(min_p);
-  if (repetition_penalty != 1.0f) a.set_repetition_penalty(repetition_penalty);
-  a.set_presence_penalty(presence_penalty);
-  a.set_frequency_penalty(frequency_penalty);
+  a.set_min_p(sampling.min_p);
+  if (penalties.repetition_penalty != 1.0f) a.set_repetition_penalty(penalties.repetition_penalty);
+  a.set_presence_penalty(penalties.presence_penalty);
+  a.set_frequency_penalty(penalties.frequency_penalty);
   a.set_min_tokens(min_tokens);
   *a.mutable_logit_bias() = s.logit_bias();
   job.want_logprobs = s.has_logprobs();

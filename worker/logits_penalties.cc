@@ -14,21 +14,21 @@ bool InPenaltyRange(float x) { return x >= -2.0f && x <= 2.0f; }  // false for N
 absl::Status PenaltyParams::Validate(int64_t vocab_size) const {
   if (!(std::isfinite(repetition_penalty) && repetition_penalty > 0.0f)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("repetition_penalty must be finite and > 0 (1 = off), got ", repetition_penalty));
+        absl::StrCat("repetition_penalty: must be finite and > 0 (1 = off), got ", repetition_penalty));
   }
   if (!InPenaltyRange(presence_penalty)) {
-    return absl::InvalidArgumentError(absl::StrCat("presence_penalty must be in [-2, 2], got ", presence_penalty));
+    return absl::InvalidArgumentError(absl::StrCat("presence_penalty: must be in [-2, 2], got ", presence_penalty));
   }
   if (!InPenaltyRange(frequency_penalty)) {
-    return absl::InvalidArgumentError(absl::StrCat("frequency_penalty must be in [-2, 2], got ", frequency_penalty));
+    return absl::InvalidArgumentError(absl::StrCat("frequency_penalty: must be in [-2, 2], got ", frequency_penalty));
   }
   for (const auto& [id, bias] : logit_bias) {
     if (id < 0 || id >= vocab_size) {
       return absl::InvalidArgumentError(
-          absl::StrCat("logit_bias: token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
+          absl::StrCat("logit_bias[", id, "]: token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
     }
     if (!(bias >= -100.0f && bias <= 100.0f)) {
-      return absl::InvalidArgumentError(absl::StrCat("logit_bias[", id, "] must be in [-100, 100], got ", bias));
+      return absl::InvalidArgumentError(absl::StrCat("logit_bias[", id, "]: must be in [-100, 100], got ", bias));
     }
   }
   return absl::OkStatus();

@@ -40,9 +40,9 @@ struct PenaltyParams {
     return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f || min_tokens > 0 ||
            !logit_bias.empty();
   }
-  // InvalidArgument naming the field: repetition_penalty not finite and > 0; a presence or
-  // frequency penalty outside [-2, 2] (or NaN); a logit_bias id outside [0, vocab_size) or a bias
-  // outside [-100, 100].
+  // InvalidArgument "<field>: <what>" for the first bad field: repetition_penalty not finite and
+  // > 0; a presence or frequency penalty outside [-2, 2] (or NaN); a logit_bias id outside
+  // [0, vocab_size) or a bias outside [-100, 100] ("logit_bias[id]: ...").
   absl::Status Validate(int64_t vocab_size) const;
 };
 

@@ -186,17 +186,14 @@ void Exponentiate(std::vector<Candidate>& c, double max_logit) {
 
 absl::Status SamplingParams::Validate() const {
   if (!std::isfinite(temperature) || temperature < 0.0f) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("temperature must be finite and >= 0, got ", temperature));
+    return absl::InvalidArgumentError(absl::StrCat("temperature: must be finite and >= 0, got ", temperature));
   }
-  if (top_k < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
-  }
+  if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k: must be >= 0 (0 = off), got ", top_k));
   if (!(top_p > 0.0f && top_p <= 1.0f)) {  // written so NaN fails too
-    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
+    return absl::InvalidArgumentError(absl::StrCat("top_p: must be in (0, 1], got ", top_p));
   }
   if (!(min_p >= 0.0f && min_p <= 1.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", min_p));
+    return absl::InvalidArgumentError(absl::StrCat("min_p: must be in [0, 1] (0 = off), got ", min_p));
   }
   return absl::OkStatus();
 }

@@ -20,8 +20,9 @@ struct SamplingParams {
 
   bool greedy() const { return temperature == 0.0f; }
 
-  // InvalidArgument naming the offending field: temperature < 0 or not finite, top_k < 0,
-  // top_p not in (0, 1], min_p not in [0, 1]. Check once where a request enters; SampleToken assumes valid params.
+  // InvalidArgument "<field>: <what>" for the first bad field: temperature < 0 or not finite,
+  // top_k < 0, top_p not in (0, 1], min_p not in [0, 1]. Checked where a request enters (the
+  // coordinator prefixes the request's field path); SampleToken assumes valid params.
   absl::Status Validate() const;
 };
 
