@@ -270,7 +270,8 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       // Its rank holds the prompt and all generated tokens but the last (never fed back).
       if (e->tokens.size() > 1) {
         e->tokens.pop_back();
-        scheduler_.NoteCached(b.rank, PrefixKeys(e->tokens));
+        ExtendPrefixKeys(e->keys, e->tokens);
+        scheduler_.NoteCached(b.rank, e->keys);
       }
       seqs_.erase(seq);
       scheduler_.Finish(seq);
@@ -343,7 +344,7 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
   MOE_RETURN_IF_ERROR(scheduler_.Enqueue(demands));
   next_seq_id_ += seqs.size();
   for (size_t i = 0; i < seqs.size(); ++i) {
-    seqs_[ids[i]] = SeqEntry{mailbox, std::move(seqs[i].assign), -1, std::move(prompts[i])};
+    seqs_[ids[i]] = SeqEntry{mailbox, std::move(seqs[i].assign), -1, std::move(prompts[i]), demands[i].prefix_keys};
   }
   DispatchLocked();
   PublishLocked();

@@ -154,8 +154,10 @@ class ClusterState {
     v1::Assign assign;                 // kept until dispatched
     int rank = -1;                     // -1: waiting in the queue
     // With prefix affinity, a generation's prompt and then its tokens as they come: on Finished,
-    // what its rank now holds cached (Scheduler::NoteCached).
+    // what its rank now holds cached (Scheduler::NoteCached); `keys` are the prompt's PrefixKeys,
+    // extended then over the answer.
     std::vector<int32_t> tokens;
+    std::vector<uint64_t> keys;
   };
 
   int world_size() const { return setup_.plan.world_size(); }

@@ -18,12 +18,16 @@ absl::Status Scheduler::Enqueue(const std::vector<SequenceDemand>& seqs) {
 
 std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens) {
   std::vector<uint64_t> keys;
-  uint64_t h = 0;
-  for (size_t end = kPrefixKeyTokens; end <= tokens.size(); end += kPrefixKeyTokens) {
+  ExtendPrefixKeys(keys, tokens);
+  return keys;
+}
+
+void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> tokens) {
+  uint64_t h = keys.empty() ? 0 : keys.back();
+  for (size_t end = (keys.size() + 1) * kPrefixKeyTokens; end <= tokens.size(); end += kPrefixKeyTokens) {
     h = PrefixChainHash(h, tokens.subspan(end - kPrefixKeyTokens, kPrefixKeyTokens));
     keys.push_back(h);
   }
-  return keys;
 }
 
 bool Scheduler::LessLoaded(int a, int b) const {

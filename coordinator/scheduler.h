@@ -38,6 +38,9 @@ inline constexpr int64_t kPrefixKeyTokens = 16;
 // One key per whole chunk of kPrefixKeyTokens at the start of `tokens`, each a hash of everything
 // up to the chunk's end (so a key stands for the whole prefix before it too).
 std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens);
+// Extends `keys`, the PrefixKeys of the first keys.size() chunks of `tokens`, to all of `tokens`'
+// whole chunks, hashing only the chunks after them (a finished sequence's prompt + answer).
+void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> tokens);
 
 struct SequenceDemand {
   uint64_t seq_id = 0;

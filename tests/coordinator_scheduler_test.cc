@@ -130,6 +130,17 @@ TEST(PrefixKeysTest, OneKeyPerWholeChunkStandingForTheWholePrefix) {
   EXPECT_NE(kb[1], a[1]);
 }
 
+// A prompt's keys extended over prompt + answer are the keys of the whole, whatever the prompt's
+// length (a partial last chunk of the prompt is hashed again with the answer's first tokens).
+TEST(PrefixKeysTest, ExtendingThePromptsKeysGivesTheKeysOfTheWhole) {
+  const std::vector<int32_t> whole = Tokens(7, 100);
+  for (size_t prompt : {0, 5, 16, 31, 32, 100}) {
+    std::vector<uint64_t> keys = PrefixKeys(std::vector<int32_t>(whole.begin(), whole.begin() + prompt));
+    ExtendPrefixKeys(keys, whole);
+    EXPECT_EQ(keys, PrefixKeys(whole)) << "prompt of " << prompt;
+  }
+}
+
 SequenceDemand WithPrefix(uint64_t id, int64_t reserve, const std::vector<int32_t>& prompt) {
   return SequenceDemand{id, reserve, PrefixKeys(prompt)};
 }
