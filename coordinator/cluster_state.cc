@@ -210,6 +210,7 @@ absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded,
   r.weight_bytes = loaded.weight_bytes();
   r.kv_blocks_total = loaded.kv_blocks_total();
   r.prefix_caching = loaded.prefix_caching();
+  r.kv_block_size = loaded.kv_block_size();
   r.last_seen = Clock::now();
   bool all = true;
   for (const RankRecord& x : ranks_) all = all && x.loaded;
@@ -250,6 +251,11 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       if (s.kv_blocks_total() > 0) r.kv_blocks_total = s.kv_blocks_total();
       r.steps = s.steps();
       if (!s.load_stats_json().empty()) r.load_stats_json = s.load_stats_json();
+      // A rank's block hashes are the scheduler's prefix keys when its blocks are as long as a key's chunk.
+      if (r.kv_block_size == kPrefixKeyTokens) {
+        scheduler_.Forget(b.rank, {m.heartbeat().evicted_prefix_keys().data(),
+                                   static_cast<size_t>(m.heartbeat().evicted_prefix_keys_size())});
+      }
       PublishLocked();
       break;
     }

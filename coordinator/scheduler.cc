@@ -57,6 +57,17 @@ void Scheduler::NoteCached(int rank, const std::vector<uint64_t>& keys) {
   }
 }
 
+void Scheduler::Forget(int rank, std::span<const uint64_t> keys) {
+  if (rank < 0 || rank >= static_cast<int>(seen_.size())) return;
+  SeenKeys& seen = seen_[rank];
+  for (uint64_t k : keys) {
+    if (auto it = seen.where.find(k); it != seen.where.end()) {
+      seen.order.erase(it->second);
+      seen.where.erase(it);
+    }
+  }
+}
+
 int Scheduler::PickRank(const SequenceDemand& d) const {
   int least = -1;
   for (int r = 0; r < static_cast<int>(ranks_.size()); ++r) {

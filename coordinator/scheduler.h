@@ -11,7 +11,8 @@
 // (NoteCached: the prompts it was given, and what they became once finished). A sequence goes to
 // the rank holding the longest run of its keys, ties to the least loaded, unless that rank
 // reserves more than `prefix_affinity_slack` positions beyond the least loaded one; then the plain
-// rule decides. Its keys count as seen on the rank it goes to.
+// rule decides. Its keys count as seen on the rank it goes to; keys a rank reports evicted
+// (Forget) no longer count there.
 #pragma once
 
 #include <cstdint>
@@ -77,6 +78,8 @@ class Scheduler {
   bool prefix_affinity() const { return affinity_; }
   // `keys` are (probably) cached on `rank` now: a finished sequence's prompt and generated tokens.
   void NoteCached(int rank, const std::vector<uint64_t>& keys);
+  // `keys` are no longer cached on `rank` (its prefix cache reclaimed their blocks).
+  void Forget(int rank, std::span<const uint64_t> keys);
   // How many leading `keys` the scheduler believes `rank` holds.
   int64_t CachedRun(int rank, const std::vector<uint64_t>& keys) const;
 

@@ -186,6 +186,22 @@ TEST(SchedulerTest, TheLongestCachedRunWinsAndTiesGoByLoad) {
   EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({1}));
 }
 
+// Keys a rank reports evicted stop counting there: a prompt whose second block was reclaimed on rank
+// 1 holds a run of one key there, so rank 2's run of two wins.
+TEST(SchedulerTest, KeysARankEvictedNoLongerDrawItsPrompts) {
+  Scheduler s({16, 8, 1000}, 3);
+  s.SetPrefixAffinity(true);
+  const std::vector<int32_t> prompt = Tokens(0, 48);
+  const std::vector<uint64_t> keys = PrefixKeys(prompt);
+  s.NoteCached(1, keys);
+  s.NoteCached(2, {keys[0], keys[1]});
+  s.Forget(1, std::vector<uint64_t>{keys[1], 12345});  // an unknown key is ignored
+  EXPECT_EQ(s.CachedRun(1, keys), 1);
+  ASSERT_TRUE(s.Enqueue({WithPrefix(1, 10, prompt)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({2}));
+  s.Forget(7, keys);  // no such rank: nothing happens
+}
+
 TEST(SchedulerTest, WithoutAffinityOrWithZeroSlackPlacementIsByLoadOnly) {
   for (int64_t slack : {int64_t{0}, int64_t{1000}}) {
     Scheduler s({16, 8, slack}, 2);

@@ -4,9 +4,11 @@
 // cached after their last sequence ends and reclaimed least recently released first.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
 #include <vector>
 
+#include "common/prefix_hash.h"
 #include "worker/kv_blocks.h"
 
 namespace moe {
@@ -164,6 +166,31 @@ TEST(KvBlockAllocatorTest, CachedBlocksAreReclaimedLeastRecentlyReleasedFirstAnd
   EXPECT_TRUE(kv.Reserve(6, 16).ok());
   EXPECT_EQ(kv.cached_free_blocks(), 0);
   EXPECT_FALSE(kv.Reserve(6, 17).ok());
+}
+
+// What a reclaimed block was cached under is reported once, as the hash chain names the prefix (so
+// the coordinator, which keys prompts with the same chain, can stop counting on it).
+TEST(KvBlockAllocatorTest, ReclaimedBlocksReportTheirPrefixHashOnce) {
+  KvBlockAllocator kv(kBlock, 2);
+  kv.EnablePrefixCache();
+  RunPrompt(kv, 1, Range(0, 8));  // blocks [0-3], [4-7], both registered
+  kv.FreeSequence(1);
+  EXPECT_TRUE(kv.TakeEvictedHashes().empty()) << "nothing reclaimed yet";
+  RunPrompt(kv, 2, Range(50, 4));  // reclaims the least recently released of the two
+  const std::vector<uint64_t> evicted = kv.TakeEvictedHashes();
+  const uint64_t a = PrefixChainHash(0, Range(0, 4));
+  const uint64_t ab = PrefixChainHash(a, Range(4, 4));
+  ASSERT_EQ(evicted.size(), 1u);
+  EXPECT_TRUE(evicted[0] == a || evicted[0] == ab) << "one of the two cached prefixes";
+  EXPECT_TRUE(kv.TakeEvictedHashes().empty()) << "reported once";
+  kv.FreeSequence(2);
+  RunPrompt(kv, 3, Range(90, 8));  // both blocks: the other cached one goes too (and [50-53])
+  std::vector<uint64_t> rest = kv.TakeEvictedHashes();
+  rest.push_back(evicted[0]);
+  std::sort(rest.begin(), rest.end());
+  std::vector<uint64_t> want = {a, ab, PrefixChainHash(0, Range(50, 4))};
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(rest, want);
 }
 
 }  // namespace

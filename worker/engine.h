@@ -56,6 +56,7 @@ class Engine final : public StepEngine {
   Communicator& comm() override { return comm_; }
   const KvCache& kv_cache() const { return *kv_; }
   const KvBlockAllocator& kv_blocks() const override { return kv_->allocator(); }
+  std::vector<uint64_t> TakeEvictedPrefixHashes() override { return kv_->allocator().TakeEvictedHashes(); }
   const LoadStats& load_stats() const override { return stats_; }
   LoadStats& load_stats() { return stats_; }
   int64_t weight_bytes() const override { return weights_.bytes(); }

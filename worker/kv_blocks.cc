@@ -36,11 +36,19 @@ int32_t KvBlockAllocator::TakeBlock() {
     lru_.pop_front();
     Block& info = info_[static_cast<size_t>(b)];
     registered_.erase(info.hash);
+    evicted_.push_back(info.hash);
+    if (evicted_.size() > kMaxEvictedHashes) evicted_.pop_front();
     info.registered = false;
     info.tokens.clear();
   }
   info_[static_cast<size_t>(b)].refs = 1;
   return b;
+}
+
+std::vector<uint64_t> KvBlockAllocator::TakeEvictedHashes() {
+  std::vector<uint64_t> out(evicted_.begin(), evicted_.end());
+  evicted_.clear();
+  return out;
 }
 
 void KvBlockAllocator::Release(int32_t b) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <list>
 #include <span>
 #include <unordered_map>
@@ -62,6 +63,10 @@ class KvBlockAllocator {
   int64_t prefix_hit_tokens() const { return hit_tokens_; }
   // Free blocks that still hold a registered prefix.
   int64_t cached_free_blocks() const { return static_cast<int64_t>(lru_.size()); }
+  // The prefix hashes of the cached blocks reclaimed for new use since the last call (at most the
+  // latest kMaxEvictedHashes), oldest first.
+  std::vector<uint64_t> TakeEvictedHashes();
+  static constexpr size_t kMaxEvictedHashes = 1 << 16;
 
   int64_t block_size() const { return block_size_; }
   int64_t total_blocks() const { return num_blocks_; }
@@ -103,6 +108,7 @@ class KvBlockAllocator {
   std::vector<Block> info_;  // per block
   bool prefix_cache_ = false;
   std::unordered_map<uint64_t, int32_t> registered_;  // prefix hash -> block
+  std::deque<uint64_t> evicted_;                      // TakeEvictedHashes' next answer
   std::list<int32_t> lru_;  // free registered blocks, least recently released first
   int64_t queried_tokens_ = 0, hit_tokens_ = 0;
 };

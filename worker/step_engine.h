@@ -73,6 +73,8 @@ class StepEngine {
   // What the serving side reports and plans with.
   virtual Communicator& comm() = 0;
   virtual const KvBlockAllocator& kv_blocks() const = 0;
+  // The prefix hashes of cached KV blocks reclaimed since the last call (KvBlockAllocator's).
+  virtual std::vector<uint64_t> TakeEvictedPrefixHashes() = 0;
   virtual const LoadStats& load_stats() const = 0;
   virtual int64_t weight_bytes() const = 0;  // this rank's weights in memory (host or device)
 };

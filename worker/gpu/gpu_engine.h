@@ -104,6 +104,7 @@ class GpuEngine final : public StepEngine {
   const PlacementPlan& plan() const { return plan_; }
   Communicator& comm() override { return comm_; }
   const KvBlockAllocator& kv_blocks() const override { return kv_; }
+  std::vector<uint64_t> TakeEvictedPrefixHashes() override { return kv_.TakeEvictedHashes(); }
   const LoadStats& load_stats() const override { return stats_; }
   LoadStats& load_stats() { return stats_; }
   int64_t weight_bytes() const override { return weights_->bytes(); }

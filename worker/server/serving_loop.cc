@@ -50,6 +50,7 @@ moe::v1::WorkerStats ServingLoop::Stats() const {
 void ServingLoop::SendHeartbeat() {
   moe::v1::WorkerMessage m;
   *m.mutable_heartbeat()->mutable_stats() = Stats();
+  for (uint64_t h : engine_.TakeEvictedPrefixHashes()) m.mutable_heartbeat()->add_evicted_prefix_keys(h);
   outbox_.Send(std::move(m));
   last_heartbeat_ = std::chrono::steady_clock::now();
   finished_since_heartbeat_ = false;
