@@ -17,6 +17,7 @@
 
 #include "coordinator/coordinator_server.h"
 #include "coordinator/placement.h"
+#include "coordinator/scheduler.h"
 #include "coordinator_fake_worker.h"
 #include "worker/moe/load_stats.h"
 
@@ -54,12 +55,12 @@ class FakeClusterTest : public ::testing::Test {
   }
 
   // Registers and loads `world` fake ranks; returns once the coordinator is SERVING.
-  std::vector<std::unique_ptr<FakeWorker>> FormCluster(int world) {
+  std::vector<std::unique_ptr<FakeWorker>> FormCluster(int world, bool prefix_caching = false) {
     std::vector<std::unique_ptr<FakeWorker>> w;
     for (int r = 0; r < world; ++r) w.push_back(std::make_unique<FakeWorker>(server_->ports().cluster_port, r, world));
     for (auto& x : w) x->StartRegister();
     for (auto& x : w) EXPECT_TRUE(x->FinishRegister().ok());
-    for (auto& x : w) x->Connect();
+    for (auto& x : w) x->Connect(1000, prefix_caching);
     EXPECT_TRUE(PollUntil([&] { return Health() == kServing; }, seconds(10)));
     return w;
   }
@@ -167,6 +168,38 @@ TEST_F(FakeClusterTest, InFlightRequestEndsUnavailableWhenARankIsLost) {
   GenerateCall done = call.get();
   EXPECT_EQ(done.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(done.status.error_message().find("rank 1 lost"), std::string::npos) << done.status.error_message();
+}
+
+// With every rank caching prefixes, a prompt goes back to the rank that ran it (within the slack),
+// until that rank's heartbeat reports the prompt's blocks evicted: then it goes by load.
+TEST_F(FakeClusterTest, PrefixPlacementFollowsTheCacheUntilTheRankReportsItEvicted) {
+  Start(Options(kTiny, 2));
+  auto w = FormCluster(2, /*prefix_caching=*/true);
+  std::vector<int32_t> prompt(48), other(48);
+  for (int i = 0; i < 48; ++i) {
+    prompt[i] = 1 + i;
+    other[i] = 500 + i;
+  }
+  // Runs `ids` for one token on the rank expected to get it, and answers it there.
+  auto run_one = [&](const std::vector<int32_t>& ids, int want_rank) {
+    std::future<GenerateCall> call = GenerateAsync(IdsRequest(ids, 1));
+    std::optional<v1::CoordinatorMessage> a = w[want_rank]->WaitFor(Kind::kAssign, Millis(10000));
+    ASSERT_TRUE(a.has_value()) << "rank " << want_rank << " got no Assign";
+    w[want_rank]->SendTokens(a->assign().seq_id(), {100});
+    w[want_rank]->SendFinished(a->assign().seq_id(), v1::Finished::REASON_LENGTH);
+    EXPECT_TRUE(call.get().status.ok());
+  };
+  run_one(prompt, 0);  // both idle: rank 0
+  // A long request keeps rank 0 busier than rank 1 (within the slack).
+  std::future<GenerateCall> busy = GenerateAsync(IdsRequest(other, 40));
+  std::optional<v1::CoordinatorMessage> b = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(b.has_value());
+  run_one(prompt, 0);  // its prefix is on rank 0
+  w[0]->SendHeartbeat(7, 1000, "", 0, PrefixKeys(prompt));
+  ASSERT_TRUE(PollUntil([&] { return Stats().ranks(0).kv_blocks_used() == 7; }, seconds(10)));
+  run_one(prompt, 1);  // evicted there: by load
+  w[0]->SendFinished(b->assign().seq_id(), v1::Finished::REASON_LENGTH);
+  EXPECT_TRUE(busy.get().status.ok());
 }
 
 TEST_F(FakeClusterTest, ANewWorkerJobIsPickedUpAfterALoss) {

@@ -40,7 +40,7 @@ grpc::Status FakeWorker::FinishRegister(v1::RegisterResponse* response) {
   return status;
 }
 
-void FakeWorker::Connect(int64_t kv_blocks_total) {
+void FakeWorker::Connect(int64_t kv_blocks_total, bool prefix_caching, int64_t kv_block_size) {
   context_ = std::make_unique<grpc::ClientContext>();
   stream_ = stub_->Serve(context_.get());
   reader_ = std::thread([this] { ReadLoop(); });
@@ -48,6 +48,8 @@ void FakeWorker::Connect(int64_t kv_blocks_total) {
   m.mutable_loaded()->set_rank(rank_);
   m.mutable_loaded()->set_kv_blocks_total(kv_blocks_total);
   m.mutable_loaded()->set_weight_bytes(12345);
+  m.mutable_loaded()->set_prefix_caching(prefix_caching);
+  m.mutable_loaded()->set_kv_block_size(kv_block_size);
   Send(m);
 }
 
@@ -129,7 +131,7 @@ void FakeWorker::SendFinished(uint64_t seq_id, v1::Finished::Reason reason, cons
 }
 
 void FakeWorker::SendHeartbeat(int64_t kv_used, int64_t kv_total, const std::string& load_stats_json,
-                               uint64_t steps) {
+                               uint64_t steps, const std::vector<uint64_t>& evicted_prefix_keys) {
   v1::WorkerMessage m;
   v1::WorkerStats* s = m.mutable_heartbeat()->mutable_stats();
   s->set_rank(rank_);
@@ -137,6 +139,7 @@ void FakeWorker::SendHeartbeat(int64_t kv_used, int64_t kv_total, const std::str
   s->set_kv_blocks_total(kv_total);
   s->set_load_stats_json(load_stats_json);
   s->set_steps(steps);
+  for (uint64_t k : evicted_prefix_keys) m.mutable_heartbeat()->add_evicted_prefix_keys(k);
   Send(m);
 }
 

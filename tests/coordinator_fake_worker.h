@@ -35,12 +35,14 @@ class FakeWorker {
   void StartRegister(const std::string& model_dir = "");
   grpc::Status FinishRegister(v1::RegisterResponse* response = nullptr);
 
-  // Opens the Serve stream and sends Loaded.
-  void Connect(int64_t kv_blocks_total = 1000);
+  // Opens the Serve stream and sends Loaded (with prefix caching: the rank caches prompt prefixes
+  // in KV blocks of `kv_block_size` tokens).
+  void Connect(int64_t kv_blocks_total = 1000, bool prefix_caching = false, int64_t kv_block_size = 16);
   bool Send(const v1::WorkerMessage& m);
   void SendTokens(uint64_t seq_id, const std::vector<int32_t>& ids);
   void SendFinished(uint64_t seq_id, v1::Finished::Reason reason, const std::string& error = "");
-  void SendHeartbeat(int64_t kv_used, int64_t kv_total, const std::string& load_stats_json = "", uint64_t steps = 0);
+  void SendHeartbeat(int64_t kv_used, int64_t kv_total, const std::string& load_stats_json = "", uint64_t steps = 0,
+                     const std::vector<uint64_t>& evicted_prefix_keys = {});
   // Heartbeats from a background thread until StopHeartbeats().
   void StartHeartbeats(Millis period);
   void StopHeartbeats();
