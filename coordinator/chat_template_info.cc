@@ -1,8 +1,7 @@
 #include "coordinator/chat_template_info.h"
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/json_util.h"
@@ -50,11 +49,9 @@ absl::StatusOr<ChatTemplateInfo> LoadChatTemplateInfo(const std::string& model_d
   }
   const std::filesystem::path jinja = dir / "chat_template.jinja";
   if (std::filesystem::exists(jinja)) {
-    std::ifstream in(jinja, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
-    if (!in.good() && !in.eof()) return absl::InvalidArgumentError(absl::StrCat("cannot read ", jinja.string()));
-    info.chat_template = text.str();
+    absl::StatusOr<std::string> text = ReadTextFile(jinja.string());
+    if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("cannot read ", jinja.string()));
+    info.chat_template = std::move(*text);
   }
   if (tokenizer != nullptr) {
     if (info.bos_token.empty()) info.bos_token = tokenizer->Piece(tokenizer->bos_id());

@@ -31,6 +31,16 @@ std::vector<Sample> LoadSamples() {
   return out;
 }
 
+// The Tokens message carrying ids[i, i + group) (fewer at the end), each with logprob `logprob`.
+v1::Tokens TokensAt(const std::vector<int32_t>& ids, size_t i, size_t group, float logprob) {
+  v1::Tokens t;
+  for (size_t k = i; k < std::min(i + group, ids.size()); ++k) {
+    t.add_token_ids(ids[k]);
+    t.add_logprobs(logprob);
+  }
+  return t;
+}
+
 class GenerateOutputTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -61,11 +71,7 @@ class GenerateOutputTest : public ::testing::Test {
     GenerateOutput out(job, model, "r1");
     Streamed r;
     for (size_t i = 0; i < s.greedy_ids.size(); i += group) {
-      v1::Tokens t;
-      for (size_t k = i; k < std::min(i + group, s.greedy_ids.size()); ++k) {
-        t.add_token_ids(s.greedy_ids[k]);
-        t.add_logprobs(-0.5f);
-      }
+      const v1::Tokens t = TokensAt(s.greedy_ids, i, group, -0.5f);
       v1::GenerateResponse resp;
       absl::StatusOr<bool> stopped = out.AddTokens(t, resp);
       EXPECT_TRUE(stopped.ok()) << stopped.status();
@@ -189,11 +195,7 @@ TEST_F(GenerateOutputTest, TokenTextsAddUpToTheCompletionText) {
       GenerateOutput out(Job(s, {}, /*logprobs=*/true), model, "r3");
       std::string joined;
       for (size_t i = 0; i < s.greedy_ids.size(); i += group) {
-        v1::Tokens t;
-        for (size_t k = i; k < std::min(i + group, s.greedy_ids.size()); ++k) {
-          t.add_token_ids(s.greedy_ids[k]);
-          t.add_logprobs(-1.0f);
-        }
+        const v1::Tokens t = TokensAt(s.greedy_ids, i, group, -1.0f);
         v1::GenerateResponse resp;
         ASSERT_TRUE(out.AddTokens(t, resp).ok());
         ASSERT_EQ(resp.logprobs_size(), resp.token_ids_size());

@@ -30,7 +30,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 from launched_cluster import (BUILD_DIR, SOURCE_DIR, STOP_TIMEOUT_S, LaunchedCluster, load_samples,  # noqa: E402
-                              pid_exists)
+                              pid_exists, wait_until_idle)
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -381,13 +381,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(r.status, 200)
         self.assertTrue(r.readline().startswith(b"data: "))
         conn.close()  # the server notices at its next write and cancels the gRPC call
-        deadline = time.monotonic() + 20
-        while True:
-            st = self.grpc.stats()
-            if st.requests_running == 0 and sum(r.kv_blocks_used for r in st.ranks) == 0:
-                break
-            self.assertLess(time.monotonic(), deadline, f"the request still runs after the client left: {st}")
-            time.sleep(0.1)
+        wait_until_idle(self.grpc, 20, "the request still runs after the client left")
 
     def test_z_sigterm_stops_everything(self):
         c = self.cluster

@@ -21,7 +21,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 from launched_cluster import (BUILD_DIR, CLIENT_BIN, RANKS, SOURCE_DIR, STOP_TIMEOUT_S,  # noqa: E402
-                              LaunchedCluster, load_samples, pid_exists)
+                              LaunchedCluster, load_samples, pid_exists, wait_until_idle)
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -129,13 +129,7 @@ class PythonClientEndToEnd(unittest.TestCase):
             if i == 3:
                 break
         stream.close()
-        deadline = time.monotonic() + 15
-        while True:
-            st = self.client.stats()
-            if st.requests_running == 0 and sum(r.kv_blocks_used for r in st.ranks) == 0:
-                break
-            self.assertLess(time.monotonic(), deadline, f"KV blocks not freed after cancellation: {st}")
-            time.sleep(0.05)
+        wait_until_idle(self.client, 15, "KV blocks not freed after cancellation")
 
     def test_e_moe_client_binary(self):
         r = self.moe_client("health")

@@ -104,28 +104,24 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   return FromFile((dir / "tokenizer.model").string(), add_bos, add_eos);
 }
 
-std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
+void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids) const {
   std::vector<int> pieces;
   // Encoding only fails on an unloaded model, which the factories rule out.
   const auto status = sp_->Encode(text, &pieces);
   MOE_CHECK(status.ok(), status.ToString());
-  std::vector<int32_t> ids;
-  ids.reserve(pieces.size() + 2);
-  if (add_bos_) ids.push_back(bos_id());
   ids.insert(ids.end(), pieces.begin(), pieces.end());
+}
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
+  std::vector<int32_t> ids;
+  if (add_bos_) ids.push_back(bos_id());
+  AppendPieces(text, ids);
   if (add_eos_) ids.push_back(eos_id());
   return ids;
 }
 
 std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) const {
   std::vector<int32_t> ids;
-  auto encode_part = [&](std::string_view part) {
-    if (part.empty()) return;
-    std::vector<int> pieces;
-    const auto status = sp_->Encode(part, &pieces);
-    MOE_CHECK(status.ok(), status.ToString());
-    ids.insert(ids.end(), pieces.begin(), pieces.end());
-  };
   size_t part_start = 0, i = 0;
   while (i < text.size()) {
     if (!starts_special_piece_[static_cast<unsigned char>(text[i])]) {
@@ -138,12 +134,12 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) c
       ++i;
       continue;
     }
-    encode_part(text.substr(part_start, i - part_start));
+    AppendPieces(text.substr(part_start, i - part_start), ids);
     ids.push_back(special->second);
     i += special->first.size();
     part_start = i;
   }
-  encode_part(text.substr(part_start));
+  AppendPieces(text.substr(part_start), ids);
   return ids;
 }
 

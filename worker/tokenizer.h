@@ -69,6 +69,9 @@ class Tokenizer {
   Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp, bool add_bos,
             bool add_eos);
 
+  // Appends the SentencePiece pieces of `text` (none for an empty text), no BOS or EOS.
+  void AppendPieces(std::string_view text, std::vector<int32_t>& ids) const;
+
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   // The control and unknown pieces' texts with their ids, longest text first.
   std::vector<std::pair<std::string, int32_t>> special_pieces_;

@@ -5,8 +5,6 @@
 #include <condition_variable>
 #include <ctime>
 #include <deque>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <variant>
@@ -18,6 +16,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include "clients/cpp/health_check.h"
+#include "common/json_util.h"
 #include "coordinator/openai/openai_protocol.h"
 
 namespace moe::openai {
@@ -97,23 +96,20 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   s->created_ = UnixNow();
   s->bos_token_ = info.bos_token();
   s->eos_token_ = info.eos_token();
-  std::string chat_template = info.chat_template();
-  if (!opts.chat_template_file.empty()) {
-    std::ifstream in(opts.chat_template_file, std::ios::binary);
-    if (!in) return absl::InvalidArgumentError(absl::StrCat("--chat-template: cannot read ", opts.chat_template_file));
-    std::stringstream text;
-    text << in.rdbuf();
-    chat_template = text.str();
-    absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(chat_template, s->bos_token_, s->eos_token_);
+  if (!opts.chat_template_file.empty()) {  // the operator's template: unusable is a start-up error
+    absl::StatusOr<std::string> text = ReadTextFile(opts.chat_template_file);
+    if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("--chat-template: cannot read ", opts.chat_template_file));
+    absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(*text, s->bos_token_, s->eos_token_);
     if (!parsed.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("--chat-template ", opts.chat_template_file, ": ", parsed.status().message()));
     }
-  }
-  if (chat_template.empty()) {
+    s->chat_prompt_ = std::move(*parsed);
+  } else if (info.chat_template().empty()) {
     s->chat_template_status_ = absl::FailedPreconditionError(
         "the model has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json): start "
         "moe-openai-server with --chat-template FILE, or send chat_template in the request");
-  } else if (absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(chat_template, s->bos_token_, s->eos_token_); parsed.ok()) {
+  } else if (absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(info.chat_template(), s->bos_token_, s->eos_token_);
+             parsed.ok()) {
     s->chat_prompt_ = std::move(*parsed);
   } else {
     s->chat_template_status_ = absl::FailedPreconditionError(
@@ -411,13 +407,11 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   // The coordinator checks a request before it sends anything: until every prompt's stream has sent
   // a message, an error is the client's HTTP status (the others cancelled), not an event.
   std::vector<Item> held;
-  std::vector<bool> started(prompts, false), ended(prompts, false);
-  size_t started_count = 0, ended_count = 0;
+  std::vector<bool> started(prompts, false);
+  size_t started_count = 0;
   while (started_count < prompts) {
     Item item = next();
     if (!item.msg) {
-      ended[item.prompt] = true;
-      ++ended_count;
       const grpc::Status& st = item.end;
       if (!started[item.prompt]) {
         cancel_all();
@@ -448,15 +442,11 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
   bool client_gone = false;
   std::optional<HttpError> failure;
-  size_t held_next = 0;
+  size_t held_next = 0, ended_count = 0;
   while (held_next < held.size() || ended_count < prompts) {
-    const bool from_held = held_next < held.size();  // already counted when it was held
-    Item item = from_held ? std::move(held[held_next++]) : next();
+    Item item = held_next < held.size() ? std::move(held[held_next++]) : next();
     if (!item.msg) {
-      if (!from_held) {
-        ended[item.prompt] = true;
-        ++ended_count;
-      }
+      ++ended_count;
       if (!item.end.ok() && !failure && !client_gone) {
         failure = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
                              : FromGrpcError(item.end.error_code(), item.end.error_message());

@@ -26,6 +26,19 @@ START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
 
 
+def wait_until_idle(client, timeout, what):
+    """Polls the cluster's stats (a MoeClient) until no request runs and no KV block is used; raises
+    AssertionError naming `what` and the last stats after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = client.stats()
+        if st.requests_running == 0 and sum(r.kv_blocks_used for r in st.ranks) == 0:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: {st}")
+        time.sleep(0.05)
+
+
 def load_samples():
     with open(os.path.join(MODEL_DIR, "samples.json")) as f:
         return {s["prompt"]: s for s in json.load(f)["greedy_samples"]}
