@@ -33,39 +33,6 @@ std::string ShortKernelName(const std::string& mangled) {
 
 namespace {
 
-// Steps that are not CUDA graph replays (a decode step whose experts go through cuBLAS) note their
-// launches step by step, one name a record. Cut them into steps where the first launch's name
-// comes again, and keep the steps of the most common launch sequence (first seen wins a tie) as
-// one graph-like trace: that sequence's names once, those steps' records in order.
-gpu::KernelTrace CommonSteps(const gpu::KernelTrace& t, int& steps) {
-  std::vector<size_t> starts;
-  for (size_t i = 0; i < t.names.size(); ++i) {
-    if (t.names[i] == t.names[0]) starts.push_back(i);
-  }
-  starts.push_back(t.names.size());
-  std::map<std::vector<std::string>, std::vector<size_t>> by_sequence;  // sequence -> its steps' starts
-  std::vector<std::string> common;
-  size_t common_count = 0;
-  for (size_t k = 0; k + 1 < starts.size(); ++k) {
-    std::vector<std::string> seq(t.names.begin() + static_cast<std::ptrdiff_t>(starts[k]),
-                                 t.names.begin() + static_cast<std::ptrdiff_t>(starts[k + 1]));
-    std::vector<size_t>& at = by_sequence[seq];
-    at.push_back(starts[k]);
-    if (at.size() > common_count) {
-      common_count = at.size();
-      common = std::move(seq);
-    }
-  }
-  gpu::KernelTrace u;
-  u.names = common;
-  for (size_t start : by_sequence[common]) {
-    u.times_ns.insert(u.times_ns.end(), t.times_ns.begin() + static_cast<std::ptrdiff_t>(start),
-                      t.times_ns.begin() + static_cast<std::ptrdiff_t>(start + common.size()));
-  }
-  steps = static_cast<int>(common_count);
-  return u;
-}
-
 // One step's launches and their records.
 struct Step {
   std::vector<std::string> names;
@@ -73,7 +40,10 @@ struct Step {
 };
 
 // The trace's steps: slices of the records when the launches are noted once (a graph), else the
-// noted launches cut where the first one comes again.
+// noted launches cut where the first one comes again. A step's records are put in time order: the
+// launches of a step without a graph go to several streams (the cuBLAS experts' SwiGLU runs on each
+// expert's stream), so a later launch can pass its wait first; in time order each gap is the time
+// until the next kernel on any stream started (it was never negative, which wrapped to ~2^64 ns).
 std::vector<Step> SplitSteps(const gpu::KernelTrace& t, int steps) {
   std::vector<Step> out;
   const size_t n = t.names.size();
@@ -82,15 +52,48 @@ std::vector<Step> SplitSteps(const gpu::KernelTrace& t, int steps) {
       out.push_back({t.names, std::vector<uint64_t>(t.times_ns.begin() + static_cast<std::ptrdiff_t>(s * n),
                                                     t.times_ns.begin() + static_cast<std::ptrdiff_t>((s + 1) * n))});
     }
-    return out;
+  } else if (t.times_ns.size() == n) {
+    for (size_t i = 0; i < n; ++i) {
+      if (i == 0 || t.names[i] == t.names[0]) out.emplace_back();
+      out.back().names.push_back(t.names[i]);
+      out.back().times_ns.push_back(t.times_ns[i]);
+    }
   }
-  if (t.times_ns.size() != n) return out;
-  for (size_t i = 0; i < n; ++i) {
-    if (i == 0 || t.names[i] == t.names[0]) out.emplace_back();
-    out.back().names.push_back(t.names[i]);
-    out.back().times_ns.push_back(t.times_ns[i]);
+  for (Step& st : out) {
+    std::vector<size_t> order(st.names.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return st.times_ns[a] < st.times_ns[b]; });
+    Step sorted;
+    for (size_t i : order) {
+      sorted.names.push_back(st.names[i]);
+      sorted.times_ns.push_back(st.times_ns[i]);
+    }
+    st = std::move(sorted);
   }
   return out;
+}
+
+// Steps noted one by one (no graph): the steps of the most common launch sequence (first seen wins
+// a tie) as one graph-like trace, that sequence's names once and those steps' records in order;
+// `steps` becomes how many.
+gpu::KernelTrace CommonSteps(const std::vector<Step>& all, int& steps) {
+  std::map<std::vector<std::string>, std::vector<const Step*>> by_sequence;
+  const std::vector<std::string>* common = nullptr;
+  size_t common_count = 0;
+  for (const Step& st : all) {
+    std::vector<const Step*>& with = by_sequence[st.names];
+    with.push_back(&st);
+    if (with.size() > common_count) {
+      common_count = with.size();
+      common = &st.names;
+    }
+  }
+  gpu::KernelTrace u;
+  if (common == nullptr) return u;
+  u.names = *common;
+  for (const Step* st : by_sequence[*common]) u.times_ns.insert(u.times_ns.end(), st->times_ns.begin(), st->times_ns.end());
+  steps = static_cast<int>(common_count);
+  return u;
 }
 
 // Steps whose layers launch different kernels (no graph, the experts' launches follow the routing:
@@ -188,6 +191,11 @@ nlohmann::json SummariseByPeriod(const gpu::KernelTrace& t, int64_t layers, int 
     if (ok) period = p;
   }
   if (period == 0) return nlohmann::json::object();
+  // Launches that pass their waits out of launch order (several streams) have no per-launch gaps:
+  // the caller then splits the steps in time order.
+  for (int64_t i = 0; i + 1 < n * steps; ++i) {
+    if ((i + 1) % n != 0 && t.times_ns[i + 1] < t.times_ns[i]) return nlohmann::json::object();
+  }
 
   std::vector<double> layer_us(static_cast<size_t>(period), 0.0), outside_us(static_cast<size_t>(n), 0.0);
   double span_us = 0;
@@ -231,10 +239,11 @@ nlohmann::json SummariseDecodeTrace(const gpu::KernelTrace& t, int64_t layers, i
   if (steps > 1 && t.dropped == 0 && !t.names.empty() && t.times_ns.size() == t.names.size()) {
     // Launches noted step by step (no graph): the steps of the most common launch sequence when its
     // layers repeat, else every step split at its layers' starts.
+    const std::vector<Step> split = SplitSteps(t, steps);
     int kept = 0;
-    const gpu::KernelTrace common = CommonSteps(t, kept);  // sets kept: not in the call below
+    const gpu::KernelTrace common = CommonSteps(split, kept);  // sets kept: not in the call below
     nlohmann::json s = SummariseByPeriod(common, layers, kept);
-    if (s.empty() || s.contains("error")) return SummariseByLayerStarts(SplitSteps(t, steps), layers);
+    if (s.empty() || s.contains("error")) return SummariseByLayerStarts(split, layers);
     s["steps_left_out"] = steps - kept;  // steps of another launch sequence (or past `steps`)
     return s;
   }

@@ -1,6 +1,8 @@
 // The kernel timeline of decode steps (kernels.h: KernelTrace, measurement builds only), summed
 // per kernel of a layer: each kernel's share of the critical path is the time from its record (it
-// passed its wait for the kernel before it) to the next kernel's record. Steps are CUDA graph
+// passed its wait for the kernel before it) to the next kernel's record in time (launches on several
+// streams can pass their waits out of launch order; cuBLAS's own kernels leave no record, so their
+// time goes to the traced kernel before them). Steps are CUDA graph
 // replays (or, for steps run without a graph, their launches step by step), so this is the time the
 // default decode path spends, programmatic launch included.
 #pragma once

@@ -164,6 +164,35 @@ TEST(ActivityTimelineTest, DecodeTraceSplitsLayersThatLaunchDifferentKernels) {
   EXPECT_EQ(s["steps_left_out"].get<int>(), 1);
 }
 
+// Steps without a graph launch a layer's expert kernels on several streams (the cuBLAS experts'
+// SwiGLU on each expert's stream), so a later launch can pass its wait first. Launches E A X Y C A X
+// Y C H T, two identical steps 1000 us apart, records E0 A1 Y3 X4 C8 A10 X12 Y13 C15 H20 T22 us (Y
+// before X in the first layer): in time order the first layer is A 2, Y 1, X 4, C 2 us; the second
+// goes with the tail, E 1, A 2, X 1, Y 2, C 5, H 2 us. Gaps taken in launch order would be negative.
+TEST(ActivityTimelineTest, DecodeTraceTakesRecordsInTimeOrderAcrossStreams) {
+  gpu::KernelTrace t;
+  for (uint64_t at : {0, 1000}) {
+    const std::vector<std::string> names = {"E", "A", "X", "Y", "C", "A", "X", "Y", "C", "H", "T"};
+    const std::vector<uint64_t> us = {0, 1, 4, 3, 8, 10, 12, 13, 15, 20, 22};
+    t.names.insert(t.names.end(), names.begin(), names.end());
+    for (uint64_t u : us) t.times_ns.push_back((at + u) * 1000);
+  }
+  const nlohmann::json s = SummariseDecodeTrace(t, 2, 2);
+  ASSERT_FALSE(s.contains("error")) << s.dump();
+  auto expect_kernels = [&](const char* key, const std::vector<std::pair<std::string, double>>& want) {
+    ASSERT_EQ(s[key].size(), want.size()) << s.dump();
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(s[key][i]["kernel"], want[i].first) << key;
+      EXPECT_DOUBLE_EQ(s[key][i]["us"].get<double>(), want[i].second) << key << " " << want[i].first;
+    }
+  };
+  expect_kernels("layer", {{"A", 2.0}, {"Y", 1.0}, {"X", 4.0}, {"C", 2.0}});
+  EXPECT_DOUBLE_EQ(s["layer_us"].get<double>(), 9.0);
+  expect_kernels("outside_layers", {{"E", 1.0}, {"A", 2.0}, {"X", 1.0}, {"Y", 2.0}, {"C", 5.0}, {"H", 2.0}});
+  EXPECT_DOUBLE_EQ(s["span_us"].get<double>(), 22.0);
+  EXPECT_EQ(s["steps"].get<int>(), 2);
+}
+
 // The kernel trace's phase marks against hand-worked records: two steps of launches A, B (records at
 // 100, 110 us and 200, 210 us); marks taken inside A at +3 us both steps, inside B at +5 and +4 us,
 // one before any record (dropped from the summary); A's marks under A whatever the order they were
