@@ -34,6 +34,8 @@ class TextCodec {
   virtual std::vector<int32_t> Encode(std::string_view text) const = 0;  // BOS/EOS per config
   virtual std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const = 0;  // no BOS/EOS added
   virtual std::string Piece(int32_t id) const = 0;  // the vocabulary's text of `id`, e.g. "<s>"
+  virtual std::vector<std::string> TokenTexts() const = 0;  // per id, the bytes it adds to a text
+                                                            // (Tokenizer::TokenTexts)
   virtual std::string Decode(std::span<const int32_t> ids) const = 0;
   virtual int32_t bos_id() const = 0;
   virtual int32_t eos_id() const = 0;

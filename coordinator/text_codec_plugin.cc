@@ -26,6 +26,7 @@ class SentencePieceCodec final : public TextCodec {
     return tok_->EncodeWithSpecialTokens(text);
   }
   std::string Piece(int32_t id) const override { return tok_->Piece(id); }
+  std::vector<std::string> TokenTexts() const override { return tok_->TokenTexts(); }
   std::string Decode(std::span<const int32_t> ids) const override { return tok_->Decode(ids); }
   int32_t bos_id() const override { return tok_->bos_id(); }
   int32_t eos_id() const override { return tok_->eos_id(); }

@@ -302,6 +302,39 @@ TEST_F(MistralTest, PieceNamesTheSpecialTokens) {
   EXPECT_EQ(tok_->Piece(0), "<unk>");
 }
 
+// TokenTexts against SentencePiece's own decoding: after a word, every id with a text adds exactly
+// that text (ASCII byte pieces included); byte pieces of a multi-byte character add its bytes; the
+// control and unknown pieces have none.
+TEST_F(MistralTest, TokenTextsAreWhatDecodingAppends) {
+  const std::vector<std::string> texts = tok_->TokenTexts();
+  ASSERT_EQ(static_cast<int32_t>(texts.size()), tok_->vocab_size());
+  EXPECT_EQ(texts[static_cast<size_t>(tok_->bos_id())], "");
+  EXPECT_EQ(texts[static_cast<size_t>(tok_->eos_id())], "");
+  EXPECT_EQ(texts[0], "");
+  const std::vector<int32_t> word = tok_->EncodeWithSpecialTokens("word");  // "▁word"
+  const std::string before = tok_->Decode(word);
+  int checked = 0;
+  for (int32_t id = 0; id < tok_->vocab_size(); ++id) {
+    const std::string& t = texts[static_cast<size_t>(id)];
+    if (t.empty() || (t.size() == 1 && static_cast<unsigned char>(t[0]) >= 0x80)) continue;
+    std::vector<int32_t> ids = word;
+    ids.push_back(id);
+    ASSERT_EQ(tok_->Decode(ids), before + t) << "id " << id << " piece " << tok_->Piece(id);
+    ++checked;
+  }
+  EXPECT_GT(checked, 31000);
+  // "é" as its two byte pieces.
+  int32_t c3 = -1, a9 = -1;
+  for (int32_t id = 0; id < tok_->vocab_size(); ++id) {
+    if (tok_->Piece(id) == "<0xC3>") c3 = id;
+    if (tok_->Piece(id) == "<0xA9>") a9 = id;
+  }
+  ASSERT_GE(c3, 0);
+  ASSERT_GE(a9, 0);
+  EXPECT_EQ(texts[static_cast<size_t>(c3)] + texts[static_cast<size_t>(a9)], "\xc3\xa9");
+  EXPECT_EQ(tok_->Decode(std::vector<int32_t>{c3, a9}), "\xc3\xa9");
+}
+
 // ---- Load: file discovery and tokenizer_config.json defaults ----
 
 class LoadTest : public ::testing::Test {

@@ -59,6 +59,10 @@ class Tokenizer {
 
   // The vocabulary's text of `id` ("<s>", "▁the"). Precondition: CheckIds({id}).ok().
   std::string Piece(int32_t id) const;
+  // Per id, the bytes it adds to a decoded text after other text: "▁" as a space, a byte-fallback
+  // piece ("<0x0A>") as its byte, and nothing for control, unknown and unused pieces (constrained
+  // generation masks tokens by these).
+  std::vector<std::string> TokenTexts() const;
   int32_t bos_id() const;
   int32_t eos_id() const;
   int32_t vocab_size() const;

@@ -1,0 +1,218 @@
+// The JSON-object grammar and the vocabulary mask of constrained generation, against an outside
+// parser (nlohmann::json): every prefix of a valid object is accepted and only a whole one is
+// complete; on mutated texts the grammar's verdict is the parser's; and every prefix the grammar
+// accepts can still be completed into a text the parser accepts (no dead states).
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "worker/json_constraint.h"
+#include "worker/json_grammar.h"
+
+namespace moe {
+namespace {
+
+// nlohmann refuses numbers past double's range ("number overflow"), which JSON's grammar allows
+// (Python's json reads them as inf): every exponent's digits become zeros first, digit for digit,
+// which changes no text's validity (in a string or a \u escape too).
+bool ParserAcceptsObject(std::string s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != 'e' && s[i] != 'E') continue;
+    size_t j = i + 1;
+    if (j < s.size() && (s[j] == '+' || s[j] == '-')) ++j;
+    for (; j < s.size() && s[j] >= '0' && s[j] <= '9'; ++j) s[j] = '0';
+  }
+  if (!nlohmann::json::accept(s)) return false;
+  return nlohmann::json::parse(s).is_object();
+}
+
+// A random JSON value: nested objects and arrays, strings with escapes, multi-byte UTF-8 and
+// characters past the BMP, numbers in every form, literals.
+nlohmann::json RandomValue(std::mt19937& rng, int depth) {
+  const int kind = static_cast<int>(rng() % (depth > 3 ? 5 : 7));
+  switch (kind) {
+    case 0: return nullptr;
+    case 1: return rng() % 2 == 0;
+    case 2: return static_cast<int64_t>(rng() % 2000) - 1000;
+    case 3: return std::ldexp(static_cast<double>(rng() % 100000) - 50000, static_cast<int>(rng() % 80) - 40);
+    case 4: {
+      static const char* const kParts[] = {"a", "key", " ", "\"", "\\", "/", "\n", "\t", "\x01", "\xc3\xa9",
+                                           "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xed\x9f\xbf", "\xef\xbf\xbd", "0"};
+      std::string s;
+      for (int i = static_cast<int>(rng() % 6); i > 0; --i) s += kParts[rng() % std::size(kParts)];
+      return s;
+    }
+    case 5: {
+      nlohmann::json a = nlohmann::json::array();
+      for (int i = static_cast<int>(rng() % 4); i > 0; --i) a.push_back(RandomValue(rng, depth + 1));
+      return a;
+    }
+    default: {
+      nlohmann::json o = nlohmann::json::object();
+      for (int i = static_cast<int>(rng() % 4); i > 0; --i) {
+        o[RandomValue(rng, 99).is_string() ? "k" + std::to_string(rng() % 50) : "x"] = RandomValue(rng, depth + 1);
+      }
+      return o;
+    }
+  }
+}
+
+std::string RandomObjectText(std::mt19937& rng) {
+  nlohmann::json o = nlohmann::json::object();
+  for (int i = static_cast<int>(rng() % 4); i > 0; --i) o["f" + std::to_string(i)] = RandomValue(rng, 1);
+  const int style = static_cast<int>(rng() % 3);
+  // Compact, indented, or ASCII-only with \u escapes (surrogate pairs for characters past the BMP).
+  return style == 0 ? o.dump() : style == 1 ? o.dump(2) : o.dump(-1, ' ', true);
+}
+
+// Extends an accepted prefix byte by byte (a fixed preference order that closes strings, numbers,
+// literals and containers) until the grammar says complete.
+std::string CompleteWithGrammar(JsonObjectGrammar g) {
+  static const std::string kPreference = std::string("\"}]:DC\\u0eralsn") + "\x80\x90\xa0{";
+  std::string out;
+  for (int i = 0; i < 2000 && !g.Complete(); ++i) {
+    bool fed = false;
+    for (char c : kPreference) {
+      if (g.Feed(static_cast<uint8_t>(c))) {
+        out += c;
+        fed = true;
+        break;
+      }
+    }
+    if (!fed) return out + "<dead>";
+  }
+  return out;
+}
+
+TEST(JsonObjectGrammarTest, EveryPrefixOfAnObjectIsAcceptedAndOnlyTheWholeIsComplete) {
+  std::mt19937 rng(7);
+  for (int n = 0; n < 400; ++n) {
+    const std::string text = RandomObjectText(rng) + (n % 3 == 0 ? " \n" : "");
+    ASSERT_TRUE(ParserAcceptsObject(text)) << text;
+    JsonObjectGrammar g;
+    const size_t end = text.find_last_of('}');
+    for (size_t i = 0; i < text.size(); ++i) {
+      ASSERT_FALSE(g.Complete()) << "complete before byte " << i << " of " << text;
+      ASSERT_TRUE(g.Feed(static_cast<uint8_t>(text[i]))) << "byte " << i << " of " << text;
+      if (i == end) break;
+    }
+    EXPECT_TRUE(g.Complete()) << text;
+    EXPECT_TRUE(g.Feed(std::string_view(text).substr(end + 1))) << "trailing whitespace of " << text;
+    EXPECT_TRUE(g.Complete());
+  }
+}
+
+TEST(JsonObjectGrammarTest, AgreesWithTheParserOnMutatedTextsAndNeverDeadEnds) {
+  std::mt19937 rng(11);
+  static const std::string kBytes = std::string("{}[]\":,\\/ -+.0123456789eEtrufalsn\tbxu\x01\x7f") +
+                                    "\xc3\xa9\xe0\xed\xf0\xf4\xf5\x80\xa0\xbf\xc0";
+  int refused = 0, complete = 0;
+  for (int n = 0; n < 3000; ++n) {
+    std::string text = RandomObjectText(rng);
+    for (int m = 1 + static_cast<int>(rng() % 3); m > 0 && !text.empty(); --m) {
+      const size_t at = rng() % text.size();
+      const char b = kBytes[rng() % kBytes.size()];
+      switch (rng() % 4) {
+        case 0: text[at] = b; break;
+        case 1: text.insert(text.begin() + static_cast<std::ptrdiff_t>(at), b); break;
+        case 2: text.erase(at, 1); break;
+        default: text.resize(at); break;
+      }
+    }
+    JsonObjectGrammar g;
+    size_t taken = 0;
+    while (taken < text.size() && g.Feed(static_cast<uint8_t>(text[taken]))) ++taken;
+    const bool whole = taken == text.size();
+    // The grammar's verdict on the whole text is the parser's.
+    EXPECT_EQ(whole && g.Complete(), ParserAcceptsObject(text)) << "text: " << text;
+    refused += whole ? 0 : 1;
+    complete += whole && g.Complete() ? 1 : 0;
+    // What it accepted can still become an object the parser accepts.
+    const std::string prefix = text.substr(0, taken);
+    const std::string completed = prefix + CompleteWithGrammar(g);
+    EXPECT_TRUE(ParserAcceptsObject(completed)) << "prefix: " << prefix << "\ncompleted: " << completed;
+  }
+  // The mutations exercise both verdicts.
+  EXPECT_GT(refused, 500);
+  EXPECT_GT(complete, 150);
+}
+
+TEST(JsonObjectGrammarTest, HandWorkedCases) {
+  auto whole = [](const std::string& s) {
+    JsonObjectGrammar g;
+    return g.Feed(s) && g.Complete();
+  };
+  auto refused_at = [](const std::string& s) {
+    JsonObjectGrammar g;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (!g.Feed(static_cast<uint8_t>(s[i]))) return static_cast<int>(i);
+    }
+    return -1;
+  };
+  EXPECT_TRUE(whole("{}"));
+  EXPECT_TRUE(whole(" {\"a\": [1, -0.5e+3, true, null, {\"b\": \"\\ud83d\\ude00\"}]} "));
+  EXPECT_EQ(refused_at("[1]"), 0);             // the top level is an object
+  EXPECT_EQ(refused_at("{\"a\":01}"), 6);      // no leading zeros
+  EXPECT_EQ(refused_at("{\"a\":1.}"), 7);      // a fraction needs a digit
+  EXPECT_EQ(refused_at("{\"a\":\"\\udc00\"}"), 9);  // a low surrogate alone, refused at its 2nd digit
+  EXPECT_EQ(refused_at("{\"a\":\"\\ud800x\"}"), 12);  // a high surrogate needs its low one
+  EXPECT_EQ(refused_at("{\"a\":\"\xc0\xaf\"}"), 6);  // an overlong form
+  EXPECT_EQ(refused_at("{\"a\":\"\xed\xa0\x80\"}"), 7);  // a surrogate in UTF-8
+  EXPECT_EQ(refused_at("{\"a\":tru }"), 8);
+  EXPECT_EQ(refused_at("{}x"), 2);             // nothing but whitespace after the object
+  std::string deep = "{\"a\":";
+  for (int i = 0; i < JsonObjectGrammar::kMaxDepth - 1; ++i) deep += "[";
+  EXPECT_EQ(refused_at(deep + "["), static_cast<int>(deep.size()));
+}
+
+// The trie's mask is exactly the tokens whose whole text the grammar accepts (checked one token at
+// a time), at every step of a text fed token by token.
+TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
+  std::vector<std::string> texts = {"", "", "", " ", "{", "}", "\"", ":", ",", "[", "]", "{\"", "\":", "\"}",
+                                    " {", "a", "ab", "abc", "\"a\"", "1", "12", "-", ".", "e", "true", "tr", "ue",
+                                    "null", "\\", "u", "d83d", "\xc3", "\xa9", "\xc3\xa9", "\n", "}}", "]}", "\":\"", "de00"};
+  for (int b = 0; b < 256; ++b) texts.push_back(std::string(1, static_cast<char>(b)));  // byte fallback
+  const TokenTextTrie trie(texts);
+  const std::vector<int32_t> end_ids = {2};
+  JsonObjectConstraint c(trie, end_ids);
+  JsonObjectGrammar g;  // the reference state, fed the same tokens
+  // ` {"ab": [1,true,"\ud83d\ude00é"]}`
+  const std::vector<int32_t> path = {14, 6, 16, 12, 3, 9, 19, 8, 24, 8, 6, 28, 29, 30, 28, 29, 38, 33, 6, 10, 5};
+  std::string text;
+  for (size_t step = 0; step <= path.size(); ++step) {
+    std::vector<float> logits(texts.size() + 3, 0.0f);  // rows wider than the vocabulary
+    ASSERT_TRUE(c.Apply(logits));
+    for (size_t id = 0; id < logits.size(); ++id) {
+      bool expect = false;
+      if (id < texts.size() && !texts[id].empty()) {
+        JsonObjectGrammar probe = g;
+        expect = probe.Feed(texts[id]);
+      }
+      if (id == 2) expect = g.Complete();
+      EXPECT_EQ(logits[id] == 0.0f, expect) << "step " << step << " id " << id;
+    }
+    if (step == path.size()) break;
+    const int32_t tok = path[step];
+    ASSERT_EQ(logits[static_cast<size_t>(tok)], 0.0f) << "step " << step;
+    c.Add(tok);
+    ASSERT_TRUE(g.Feed(texts[static_cast<size_t>(tok)]));
+    text += texts[static_cast<size_t>(tok)];
+  }
+  EXPECT_TRUE(c.Complete());
+  EXPECT_TRUE(ParserAcceptsObject(text)) << text;
+}
+
+TEST(JsonObjectConstraintTest, NoTokenForTheNeededBytes) {
+  const TokenTextTrie trie({"", "a", "b"});  // no '{' in the vocabulary
+  JsonObjectConstraint c(trie, {0});
+  std::vector<float> logits = {1.0f, 2.0f, 3.0f};
+  EXPECT_FALSE(c.Apply(logits));
+  EXPECT_EQ(logits, (std::vector<float>{1.0f, 2.0f, 3.0f}));
+}
+
+}  // namespace
+}  // namespace moe
