@@ -189,6 +189,7 @@ absl::StatusOr<v1::RegisterResponse> ClusterState::Register(const v1::RegisterRe
   v1::RegisterResponse response;
   response.set_placement_json(placement_json_);
   response.set_model_dir(setup_.model_dir);
+  for (const std::string& t : setup_.token_texts) response.add_token_texts(t);
   return response;
 }
 

@@ -44,6 +44,7 @@ struct ClusterSetup {
   PlacementPlan plan;  // its world_size is the job's
   SchedulerLimits limits;
   std::chrono::duration<double> heartbeat_timeout{10.0};
+  std::vector<std::string> token_texts = {};  // TextCodec::TokenTexts, sent at registration; empty without a tokenizer
 };
 
 // Which rank of which epoch a Serve stream belongs to (known after its Loaded).

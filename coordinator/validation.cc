@@ -137,6 +137,14 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   }
   MOE_RETURN_IF_ERROR(CheckTokenIds({s.stop_token_ids().data(), static_cast<size_t>(s.stop_token_ids_size())}, vocab,
                                     "sampling.stop_token_ids"));
+  const bool json_object = s.response_format().type() == v1::ResponseFormat::TYPE_JSON_OBJECT;
+  if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT && !json_object) {
+    return FieldError("sampling.response_format.type", absl::StrCat("unknown type ", s.response_format().type()));
+  }
+  if (json_object && model.tokenizer == nullptr) {
+    return FieldError("sampling.response_format",
+                      "json_object needs the model's tokenizer (the bytes of each token), and the model has none");
+  }
   GenerateJob job;
   job.n = n;
   if (s.stop_size() > kMaxStopStrings) {
@@ -170,6 +178,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_frequency_penalty(penalties.frequency_penalty);
   a.set_min_tokens(min_tokens);
   *a.mutable_logit_bias() = s.logit_bias();
+  a.set_json_object(json_object);
   job.want_logprobs = s.has_logprobs();
   return job;
 }

@@ -101,6 +101,7 @@ TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   s->set_frequency_penalty(2.0f);
   s->set_min_tokens(40);
   (*s->mutable_logit_bias())[7] = -3.5f;
+  s->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
   absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->assign.min_p(), 0.1f);
@@ -111,6 +112,8 @@ TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   EXPECT_EQ(job->n, 1u);
   ASSERT_EQ(job->assign.logit_bias_size(), 1);
   EXPECT_EQ(job->assign.logit_bias().at(7), -3.5f);
+  EXPECT_TRUE(job->assign.json_object());
+  EXPECT_FALSE(ValidateGenerate(Ids({5, 6, 7}), shakespeare())->assign.json_object());
   EXPECT_EQ(job->assign.max_tokens(), 40u);
   EXPECT_EQ(job->assign.temperature(), 0.0f);
   EXPECT_EQ(job->assign.top_k(), 5);
@@ -150,6 +153,12 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   v1::GenerateRequest stop = Ids({3, 4});
   stop.mutable_sampling()->add_stop("x");
   EXPECT_TRUE(NamesField(ValidateGenerate(stop, tiny()).status(), "sampling.stop"));
+  // A JSON object's mask needs the bytes of each token.
+  v1::GenerateRequest json_object = Ids({3, 4});
+  json_object.mutable_sampling()->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
+  EXPECT_TRUE(NamesField(ValidateGenerate(json_object, tiny()).status(), "sampling.response_format"));
+  json_object.mutable_sampling()->mutable_response_format()->set_type(static_cast<v1::ResponseFormat::Type>(7));
+  EXPECT_TRUE(NamesField(ValidateGenerate(json_object, shakespeare()).status(), "sampling.response_format.type"));
 }
 
 TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {

@@ -329,7 +329,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
              "messages[0].content"),
             ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 400, "messages"),
             ({"messages": messages, "tools": [], "tool_choice": "auto"}, 400, "tool_choice"),
-            ({"messages": messages, "response_format": {"type": "json_object"}}, 400, "response_format"),
+            ({"messages": messages, "response_format": {"type": "json_schema", "json_schema": {}}}, 400,
+             "response_format"),
             ({"messages": messages, "top_logprobs": 2}, 400, "top_logprobs"),
             ({"messages": messages, "chat_template": "{% if %}"}, 400, "chat_template"),
             ({"messages": messages, "max_tokens": 5000}, 400, "max_tokens"),
@@ -370,6 +371,37 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         finally:
             proc.terminate()
             self.assertEqual(proc.wait(timeout=30), 0)
+
+    def test_f4_json_object_answers_are_json_objects(self):
+        """response_format json_object: Python's json reads every finished answer as an object, greedy
+        and sampled, whole and streamed, chat and completions; the gRPC API gives the same tokens."""
+        messages = CHAT_GOLDEN["cases"][1]["messages"]
+        fmt = {"type": "json_object"}
+        answers = []
+        for prompt in ("ROMEO:", "First Citizen:", "JULIET:"):
+            for params in ({"temperature": 0}, {"temperature": 1.0, "seed": 3}, {"temperature": 0.8, "top_p": 0.9, "seed": 9}):
+                status, body = self.call("/v1/completions", dict(params, prompt=prompt, max_tokens=200,
+                                                                 response_format=fmt))
+                self.assertEqual(status, 200, body)
+                answers.append((body["choices"][0]["text"], body["choices"][0]["finish_reason"]))
+                if params["temperature"] == 0:
+                    plain = self.call("/v1/completions", dict(params, prompt=prompt, max_tokens=40))[1]
+                    with self.assertRaises(ValueError, msg="without the format the model writes verse"):
+                        json.loads(plain["choices"][0]["text"])
+                    want = self.grpc.generate_choices(prompt, max_tokens=200, temperature=0,
+                                                      response_format="json_object")[0]
+                    self.assertEqual(want.text, body["choices"][0]["text"])
+        status, body = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 200, "temperature": 0,
+                                                          "response_format": fmt})
+        self.assertEqual(status, 200, body)
+        answers.append((body["choices"][0]["message"]["content"], body["choices"][0]["finish_reason"]))
+        events = self.stream({"messages": messages, "max_tokens": 200, "temperature": 0, "response_format": fmt},
+                             path="/v1/chat/completions")
+        streamed = "".join(c["delta"].get("content", "") for e in events for c in e["choices"])
+        self.assertEqual(streamed, body["choices"][0]["message"]["content"])
+        for text, reason in answers:
+            self.assertEqual(reason, "stop", text)
+            self.assertIsInstance(json.loads(text), dict, text)
 
     def test_e_leaving_a_stream_cancels_the_request(self):
         host, port = self.cluster.openai_address.rsplit(":", 1)

@@ -181,6 +181,12 @@ class PythonClientEndToEnd(unittest.TestCase):
                             "--logit-bias", "9:100,5:-100", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1])["token_ids"], [9, 9, 9])
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "100", "--temperature", "0",
+                            "--json-object", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(out["finish_reason"], "stop", out)
+        self.assertIsInstance(json.loads(out["text"]), dict, out["text"])
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--logit-bias", "9=100")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--logit-bias", r.stderr)

@@ -2,6 +2,7 @@
 // parser (nlohmann::json): every prefix of a valid object is accepted and only a whole one is
 // complete; on mutated texts the grammar's verdict is the parser's; and every prefix the grammar
 // accepts can still be completed into a text the parser accepts (no dead states).
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -164,6 +165,11 @@ TEST(JsonObjectGrammarTest, HandWorkedCases) {
   EXPECT_EQ(refused_at("{\"a\":\"\xed\xa0\x80\"}"), 7);  // a surrogate in UTF-8
   EXPECT_EQ(refused_at("{\"a\":tru }"), 8);
   EXPECT_EQ(refused_at("{}x"), 2);             // nothing but whitespace after the object
+  const std::string run(JsonObjectGrammar::kMaxWhitespaceRun, '\n');
+  EXPECT_TRUE(whole(run + "{" + run + "\"a\"" + run + ":" + run + "1" + run + "}" + run));
+  EXPECT_TRUE(whole("{\"a\": \"" + std::string(2 * JsonObjectGrammar::kMaxWhitespaceRun, ' ') + "\"}"));  // text
+  EXPECT_EQ(refused_at(run + " {}"), JsonObjectGrammar::kMaxWhitespaceRun);
+  EXPECT_EQ(refused_at("{\"a\":1" + run + "\t}"), 6 + JsonObjectGrammar::kMaxWhitespaceRun);
   std::string deep = "{\"a\":";
   for (int i = 0; i < JsonObjectGrammar::kMaxDepth - 1; ++i) deep += "[";
   EXPECT_EQ(refused_at(deep + "["), static_cast<int>(deep.size()));
@@ -188,11 +194,12 @@ TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
     ASSERT_TRUE(c.Apply(logits));
     for (size_t id = 0; id < logits.size(); ++id) {
       bool expect = false;
-      if (id < texts.size() && !texts[id].empty()) {
+      if (g.Complete()) {
+        expect = id == 2;  // a closed object ends the output
+      } else if (id < texts.size() && !texts[id].empty()) {
         JsonObjectGrammar probe = g;
         expect = probe.Feed(texts[id]);
       }
-      if (id == 2) expect = g.Complete();
       EXPECT_EQ(logits[id] == 0.0f, expect) << "step " << step << " id " << id;
     }
     if (step == path.size()) break;
@@ -204,6 +211,25 @@ TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
   }
   EXPECT_TRUE(c.Complete());
   EXPECT_TRUE(ParserAcceptsObject(text)) << text;
+}
+
+// Without end ids (ignore_eos) a closed object may be followed by whitespace, up to the run limit.
+TEST(JsonObjectConstraintTest, WithoutEndIdsWhitespaceFollowsUpToTheLimit) {
+  const TokenTextTrie trie({"", "{}", " ", "x"});
+  JsonObjectConstraint c(trie, {});
+  std::vector<float> logits(4, 0.0f);
+  ASSERT_TRUE(c.Apply(logits));
+  EXPECT_EQ(logits[1], 0.0f);
+  c.Add(1);
+  ASSERT_TRUE(c.Complete());
+  for (int i = 0; i < JsonObjectGrammar::kMaxWhitespaceRun; ++i) {
+    logits.assign(4, 0.0f);
+    ASSERT_TRUE(c.Apply(logits)) << i;
+    EXPECT_EQ(logits, (std::vector<float>{-INFINITY, -INFINITY, 0.0f, -INFINITY}));
+    c.Add(2);
+  }
+  logits.assign(4, 0.0f);
+  EXPECT_FALSE(c.Apply(logits));
 }
 
 TEST(JsonObjectConstraintTest, NoTokenForTheNeededBytes) {

@@ -70,6 +70,11 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(Ok({{"prompt", {{4, 5}}}}).request.prompt().token_ids().ids_size(), 2);
   EXPECT_EQ(Ok({{"prompt", "x"}, {"stop", {"a", "b"}}}).request.sampling().stop_size(), 2);
   EXPECT_FALSE(Ok({{"prompt", "x"}, {"temperature", nullptr}}).request.sampling().has_temperature()) << "null: unset";
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"response_format", {{"type", "json_object"}}}}).request.sampling().response_format().type(),
+            v1::ResponseFormat::TYPE_JSON_OBJECT);
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"response_format", {{"type", "text"}}}}).request.sampling().response_format().type(),
+            v1::ResponseFormat::TYPE_TEXT);
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}}.dump()).param, "response_format");
 }
 
 TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
@@ -331,7 +336,8 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
            {{{"messages", {user}}, {"top_logprobs", 2}}, "top_logprobs"},
            {{{"messages", {user}}, {"logprobs", true}, {"top_logprobs", 21}}, "top_logprobs"},
            {{{"messages", {user}}, {"tools", json::array()}, {"tool_choice", "auto"}}, "tool_choice"},
-           {{{"messages", {user}}, {"response_format", {{"type", "json_object"}}}}, "response_format"},
+           {{{"messages", {user}}, {"response_format", {{"type", "json_schema"}}}}, "response_format"},
+           {{{"messages", {user}}, {"response_format", "json_object"}}, "response_format"},
            {{{"messages", {user}}, {"echo", true}}, "echo"},
            {{{"messages", {user}}, {"continue_final_message", true}, {"add_generation_prompt", true}}, "continue_final_message"},
            {{{"messages", {user}}, {"chat_template", 3}}, "chat_template"},

@@ -17,9 +17,12 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "tests/support/engine_fixture.h"
 #include "tests/support/penalty_cases.h"
 #include "worker/generation.h"
+#include "worker/json_grammar.h"
 #include "worker/kv_blocks.h"
 #include "worker/sampler.h"
 #include "worker/server/batch_planner.h"
@@ -316,6 +319,102 @@ TEST_F(WorkerLoopTest, StopTokenIdsAndMaxTokens) {
   EXPECT_EQ(seqs[2].finished->reason(), Finished::REASON_LENGTH);
   EXPECT_EQ(seqs[3].tokens, g);
   EXPECT_EQ(seqs[3].finished->reason(), Finished::REASON_LENGTH);
+}
+
+// A vocabulary for the tiny model (1,024 ids, EOS 2): ids 0-2 without text, 3-258 the 256 bytes,
+// the rest JSON-ish fragments and words in turn.
+std::vector<std::string> TinyJsonVocabulary() {
+  static const char* const kFragments[] = {"{", "}", "\"", "\":", " ", "\n", "ab", "true", "1", ",", "{\"",
+                                           "\"}", "[", "]", "null", "x", " the", "\": \"", "-2.5", "e"};
+  std::vector<std::string> texts(1024);
+  for (int b = 0; b < 256; ++b) texts[static_cast<size_t>(3 + b)] = std::string(1, static_cast<char>(b));
+  for (size_t id = 259; id < texts.size(); ++id) texts[id] = kFragments[(id - 259) % std::size(kFragments)];
+  return texts;
+}
+
+// response_format json_object through the loop: greedy, each token is the argmax of the reference
+// engine's row over the tokens whose whole text the grammar accepts (checked one by one, no trie),
+// EOS only once the object is closed; the text then parses as an object (nlohmann). Greedy and
+// sampled requests also run beside plain ones, which keep the golden tokens. Without the
+// vocabulary (a model with no tokenizer) such a request ends with an error naming json_object.
+TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
+  const std::vector<std::string> texts = TinyJsonVocabulary();
+  ServingLoopOptions lo;
+  lo.vocabulary = std::make_shared<const TokenTextTrie>(texts);
+  LoopHarness h({}, lo);
+  const uint32_t kMax = 60;
+  for (uint64_t p = 0; p < 3; ++p) {
+    Assign a = Greedy(p + 1, Prompt(p), kMax);
+    a.set_json_object(true);
+    h.Push(a);
+    Assign sampled = a;
+    sampled.set_seq_id(p + 11);
+    sampled.set_temperature(1.0f);
+    sampled.set_seed(p);
+    h.Push(sampled);
+  }
+  h.Push(Greedy(21, Prompt(1), 24));
+  h.RunUntilDone();
+  auto seqs = h.out.BySequence();
+  EXPECT_EQ(seqs[21].tokens, Greedy24(1));
+
+  auto ref = LoadLocalEngine(kGoldenDir);
+  const int64_t V = (*ref)->config().vocab_size;
+  int closed = 0;
+  for (uint64_t p = 0; p < 3; ++p) {
+    SCOPED_TRACE("prompt " + std::to_string(p));
+    std::vector<int32_t> want;
+    JsonObjectGrammar g;
+    ASSERT_TRUE((*ref)->AddSequence(99).ok());
+    std::vector<int32_t> feed = Prompt(p);
+    while (want.size() < kMax) {
+      StepOutput out = (*ref)->Step({{99, feed, true}}).value();
+      const float* row = out.chunks[0].logits.data() + (out.chunks[0].rows - 1) * V;
+      int32_t best = -1;
+      for (int32_t id = 0; id < V; ++id) {
+        bool ok = false;
+        if (g.Complete()) {
+          ok = id == 2;
+        } else if (!texts[static_cast<size_t>(id)].empty()) {
+          JsonObjectGrammar probe = g;
+          ok = probe.Feed(texts[static_cast<size_t>(id)]);
+        }
+        if (ok && (best < 0 || row[id] > row[best])) best = id;
+      }
+      ASSERT_GE(best, 0);
+      want.push_back(best);
+      if (best == 2) break;
+      ASSERT_TRUE(g.Feed(texts[static_cast<size_t>(best)]));
+      feed = {best};
+    }
+    (*ref)->FreeSequence(99);
+    EXPECT_EQ(seqs[p + 1].tokens, want);
+    for (uint64_t id : {p + 1, p + 11}) {
+      const RecordingOutbox::Sequence& s = seqs[id];
+      ASSERT_TRUE(s.finished.has_value());
+      std::string text;
+      for (int32_t t : s.tokens) text += texts[static_cast<size_t>(t)];
+      if (s.finished->reason() == Finished::REASON_STOP) {
+        ++closed;
+        EXPECT_EQ(s.tokens.back(), 2);
+        EXPECT_TRUE(nlohmann::json::accept(text) && nlohmann::json::parse(text).is_object()) << text;
+      } else {
+        EXPECT_EQ(s.finished->reason(), Finished::REASON_LENGTH) << s.finished->error();
+        EXPECT_EQ(s.tokens.size(), kMax);
+      }
+    }
+  }
+  EXPECT_GE(closed, 1) << "no request closed its object: the check of the parsed text never ran";
+
+  LoopHarness no_vocabulary;
+  Assign a = Greedy(1, Prompt(0), 8);
+  a.set_json_object(true);
+  no_vocabulary.Push(a);
+  no_vocabulary.RunUntilDone();
+  auto got = no_vocabulary.out.BySequence();
+  ASSERT_TRUE(got[1].finished.has_value());
+  EXPECT_EQ(got[1].finished->reason(), Finished::REASON_ERROR);
+  EXPECT_NE(got[1].finished->error().find("json_object"), std::string::npos) << got[1].finished->error();
 }
 
 // A long prompt fed in 16-token chunks (over 9 steps) gives the same tokens; so does a mix of

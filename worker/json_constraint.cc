@@ -75,12 +75,14 @@ JsonObjectConstraint::JsonObjectConstraint(const TokenTextTrie& vocab, std::vect
 
 bool JsonObjectConstraint::Apply(std::span<float> logits) {
   allowed_.assign(static_cast<size_t>(vocab_.vocab_size()), 0);
-  vocab_.MarkAccepted(grammar_, allowed_);
+  bool ends = false;
   if (grammar_.Complete()) {
     for (int32_t id : end_ids_) {
-      if (id >= 0 && id < vocab_.vocab_size()) allowed_[static_cast<size_t>(id)] = 1;
+      if (id >= 0 && id < vocab_.vocab_size()) allowed_[static_cast<size_t>(id)] = ends = true;
     }
   }
+  // A closed object ends the output; only without an end id (ignore_eos) may whitespace follow.
+  if (!ends) vocab_.MarkAccepted(grammar_, allowed_);
   // The model's rows may be wider than the tokenizer's vocabulary (padded embeddings): ids past it
   // have no text and are never allowed.
   const size_t n = std::min(logits.size(), allowed_.size());

@@ -1,6 +1,7 @@
 // Constrained generation of one JSON object (OpenAI's response_format {"type": "json_object"}):
 // at every step the tokens whose text would make the output something no JSON object starts with
-// are masked out (-inf), and the end ids only become possible once the object is closed.
+// are masked out (-inf); once the object is closed only the end ids remain (whitespace too when
+// there are none: ignore_eos without stop token ids).
 //
 // The vocabulary's texts are the coordinator's (TextCodec::TokenTexts, sent to every rank at
 // registration): the bytes each id adds to the output. A trie of them is walked once a step with
@@ -44,8 +45,9 @@ class JsonObjectConstraint {
   // request's stop token ids).
   JsonObjectConstraint(const TokenTextTrie& vocab, std::vector<int32_t> end_ids);
 
-  // Sets every token that cannot come next to -inf. Returns false when none can (the vocabulary
-  // has no token for the bytes the object needs): the row is then left as it was.
+  // Sets every token that cannot come next to -inf. Returns false when none can: the vocabulary has
+  // no token for the bytes the object needs, or (Complete(), no end ids) the whitespace allowed
+  // after it is used up. The row is then left as it was.
   bool Apply(std::span<float> logits);
   // The token just generated (one Apply allowed).
   void Add(int32_t token);

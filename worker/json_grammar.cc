@@ -55,6 +55,11 @@ bool JsonObjectGrammar::Feed(std::string_view bytes) {
 }
 
 bool JsonObjectGrammar::Feed(uint8_t c) {
+  // Whitespace outside a string, a literal or an escape separates tokens (it also ends a number).
+  const bool separator = IsSpace(c) && mode_ != Mode::kString && mode_ != Mode::kEscape && mode_ != Mode::kHex &&
+                         mode_ != Mode::kUtf8 && mode_ != Mode::kLowSurrogateBackslash &&
+                         mode_ != Mode::kLowSurrogateU && mode_ != Mode::kLiteral;
+  if (separator && whitespace_run_ >= kMaxWhitespaceRun) return false;
   const JsonObjectGrammar saved = *this;
   bool ok = false;
   // A number has no end mark: a byte that cannot continue it ends it and is read after it.
@@ -281,8 +286,12 @@ bool JsonObjectGrammar::Feed(uint8_t c) {
       break;
     }
   }
-  if (!ok) *this = saved;
-  return ok;
+  if (!ok) {
+    *this = saved;
+    return false;
+  }
+  whitespace_run_ = separator ? static_cast<uint8_t>(saved.whitespace_run_ + 1) : 0;
+  return true;
 }
 
 }  // namespace moe

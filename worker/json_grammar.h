@@ -5,6 +5,11 @@
 // \u escape of a high surrogate must be followed by the escape of a low one: what a strict parser
 // (nlohmann::json, Python's json with surrogate checks) accepts.
 //
+// Whitespace between tokens is bounded: a run of more than kMaxWhitespaceRun whitespace bytes
+// outside strings is refused. JSON allows any amount, but a model that prefers newlines would
+// otherwise spend its whole budget on them (pretty-printed JSON needs 1 + indent x depth: 2-space
+// indents fit to depth 9).
+//
 // The state is a small value (no allocation): the engine copies it once per vocabulary-trie node
 // when it masks a step's logits.
 #pragma once
@@ -19,6 +24,7 @@ class JsonObjectGrammar {
  public:
   // Nesting deeper than this is refused (an opening bracket past it is not accepted).
   static constexpr int kMaxDepth = 64;
+  static constexpr int kMaxWhitespaceRun = 20;
 
   // Feeds one byte; false (and the state unchanged) when no completion could follow it.
   bool Feed(uint8_t c);
@@ -68,6 +74,7 @@ class JsonObjectGrammar {
   uint8_t utf8_min_ = 0x80, utf8_max_ = 0xBF;  // the range of the next continuation byte
   uint8_t literal_ = 0, literal_pos_ = 0;
   uint8_t depth_ = 0;
+  uint8_t whitespace_run_ = 0;    // whitespace bytes just taken outside strings
   std::array<bool, kMaxDepth> is_object_{};  // per open container: object (true) or array
 };
 

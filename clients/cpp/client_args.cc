@@ -43,6 +43,7 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--stop-token-ids", {true, {"generate"}}},
       {"--logprobs", {true, {"generate"}}},
       {"--ignore-eos", {false, {"generate"}}},
+      {"--json-object", {false, {"generate"}}},
       {"--request-id", {true, {"generate"}}},
       {"--context", {true, {"score"}}},
       {"--context-ids", {true, {"score"}}},
@@ -159,6 +160,8 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
     s->set_logprobs(static_cast<uint32_t>(x));
   } else if (flag == "--ignore-eos") {
     s->set_ignore_eos(true);
+  } else if (flag == "--json-object") {
+    s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_JSON_OBJECT);
   } else if (flag == "--request-id") {
     o.request_id = v;
   } else if (flag == "--context" || flag == "--context-ids") {
@@ -253,7 +256,7 @@ commands:
   generate (--prompt TEXT | --token-ids 1,2,3) [--max-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
            [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
-           [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--request-id ID]
+           [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--request-id ID]
            [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
       (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;

@@ -55,7 +55,7 @@ FINISH_REASONS = {
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                    "min_tokens", "n", "logit_bias")
+                    "min_tokens", "n", "logit_bias", "response_format")
 
 
 @dataclasses.dataclass
@@ -96,6 +96,13 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
         elif name == "logit_bias":  # {token id: bias}, as OpenAI's
             for token, bias in dict(value).items():
                 p.logit_bias[int(token)] = float(bias)
+        elif name == "response_format":  # "text" or "json_object" (or OpenAI's {"type": ...})
+            kind = value.get("type") if isinstance(value, dict) else value
+            types = {"text": inference_pb2.ResponseFormat.TYPE_TEXT,
+                     "json_object": inference_pb2.ResponseFormat.TYPE_JSON_OBJECT}
+            if kind not in types:
+                raise ValueError(f"response_format: expected 'text' or 'json_object', got {value!r}")
+            p.response_format.type = types[kind]
         else:
             setattr(p, name, value)
     return p
@@ -133,7 +140,7 @@ class MoeClient:
         usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
         top_k, top_p, min_p, seed, stop, stop_token_ids, logprobs, ignore_eos, repetition_penalty,
         presence_penalty, frequency_penalty, min_tokens, logit_bias ({id: bias}), n (each message's `index` says which
-        completion it carries). Closing the iterator early
+        completion it carries), response_format ("json_object": the output is one JSON object). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")

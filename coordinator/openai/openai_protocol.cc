@@ -161,6 +161,17 @@ std::optional<HttpError> ParseSampling(const json& body, CompletionCall& call) {
       (*s.mutable_logit_bias())[id] = value.get<float>();
     }
   }
+  if (body.contains("response_format") && !body["response_format"].is_null()) {
+    const json& f = body["response_format"];
+    const json type = f.is_object() ? f.value("type", json()) : json();
+    if (type == "json_object") {
+      s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
+    } else if (type == "json_schema") {
+      return BadParam("response_format", "json_schema is not served; {\"type\": \"json_object\"} is (any JSON object)");
+    } else if (type != "text") {
+      return BadParam("response_format", "expected {\"type\": \"text\"} or {\"type\": \"json_object\"}");
+    }
+  }
   bool ignore_eos = false;
   if (std::optional<HttpError> e = Bool(body, "ignore_eos", ignore_eos)) return e;
   if (ignore_eos) s.set_ignore_eos(true);
@@ -286,12 +297,6 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
   if (chat.continue_final_message) chat.add_generation_prompt = false;
   if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
     return BadParam("echo", "not served for chat completions");
-  }
-  if (body.contains("response_format") && !body["response_format"].is_null()) {
-    const json& f = body["response_format"];
-    if (!f.is_object() || f.value("type", "") != "text") {
-      return BadParam("response_format", "only {\"type\": \"text\"} is served (no guided decoding)");
-    }
   }
   if (ordered.contains("tools") && !ordered["tools"].is_null()) {
     if (!ordered["tools"].is_array()) return BadParam("tools", "expected an array");

@@ -122,6 +122,10 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
 
   ServingLoopOptions lo;
   lo.max_batch_tokens = flags->max_batch_tokens;
+  if (reg->token_texts_size() > 0) {
+    lo.vocabulary = std::make_shared<const TokenTextTrie>(
+        std::vector<std::string>(reg->token_texts().begin(), reg->token_texts().end()));
+  }
   // Heartbeats keep flowing during steps longer than the coordinator's timeout.
   KeepAliveOutbox outbox(**link, lo.heartbeat_interval);
   ServingLoop loop(*engine, inbox, outbox, lo);

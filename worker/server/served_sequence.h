@@ -8,6 +8,7 @@
 
 #include "common/status.h"
 #include "moe/v1/cluster.pb.h"
+#include "worker/json_constraint.h"
 #include "worker/logits_penalties.h"
 #include "worker/model/config.h"
 #include "worker/sampler.h"
@@ -18,6 +19,7 @@ struct ServedSequence {
   moe::v1::Assign assign;
   SamplingParams sampling;         // generation only
   std::optional<LogitsPenalties> penalties;  // generation with penalties or min_tokens
+  std::optional<JsonObjectConstraint> json;  // generation of one JSON object (Assign.json_object)
   int64_t fed = 0;                 // positions handed to the engine (prompt chunks, then decode tokens)
   std::vector<int32_t> generated;  // sampled token ids
   moe::v1::Scored scored;          // scoring: logprobs (and is_argmax) gathered chunk by chunk

@@ -102,6 +102,13 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
       s.penalties.emplace(pen, std::span<const int32_t>(a.prompt().data(), static_cast<size_t>(a.prompt_size())),
                           EndIds(a, c));
     }
+    if (a.json_object()) {
+      if (opts_.vocabulary == nullptr) {
+        Finish(id, Finished::REASON_ERROR, "json_object: this rank has no vocabulary texts (the model has no tokenizer)");
+        return;
+      }
+      s.json.emplace(*opts_.vocabulary, EndIds(a, c));
+    }
   }
   s.scored.set_seq_id(id);
   planner_.Enqueue(id, worst);
@@ -151,8 +158,11 @@ void ServingLoop::HandleInbox() {
 }
 
 std::optional<SampleNext> ServingLoop::EngineSamples(const ServedSequence& s) {
-  // Those need the whole row: scoring, top alternatives, penalties, and min_p (not in the GPU's kernel).
-  if (s.is_score() || s.assign.top_logprobs() > 0 || s.penalties || s.sampling.min_p > 0.0f) return std::nullopt;
+  // Those need the whole row: scoring, top alternatives, penalties, a JSON object's mask, and min_p
+  // (not in the GPU's kernel).
+  if (s.is_score() || s.assign.top_logprobs() > 0 || s.penalties || s.json || s.sampling.min_p > 0.0f) {
+    return std::nullopt;
+  }
   return SampleNext{s.sampling, static_cast<uint64_t>(s.generated.size())};
 }
 
@@ -167,9 +177,18 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   float logprob = pick.token_logprob;
   if (!logits.empty()) {
     std::span<const float> sampled = logits;
-    if (s.penalties) {  // sampled from the adjusted row; the logprob stays the model's
+    if (s.penalties || s.json) {  // sampled from the adjusted row; the logprob stays the model's
       adjusted_.assign(logits.begin(), logits.end());
-      s.penalties->Apply(adjusted_);
+      if (s.penalties) s.penalties->Apply(adjusted_);
+      if (s.json && !s.json->Apply(adjusted_)) {
+        if (s.json->Complete()) {  // closed, and nothing may follow (ignore_eos)
+          Finish(seq_id, Finished::REASON_STOP);
+        } else {
+          Finish(seq_id, Finished::REASON_ERROR,
+                 "json_object: no token of the vocabulary continues the JSON object (the vocabulary lacks its bytes)");
+        }
+        return;
+      }
       sampled = adjusted_;
     }
     tok = SampleToken(sampled, s.sampling, static_cast<uint64_t>(s.generated.size()));
@@ -181,6 +200,7 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   if (!logits.empty() && a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
   s.generated.push_back(tok);
   if (s.penalties) s.penalties->Add(tok);
+  if (s.json) s.json->Add(tok);
   outbox_.Send(std::move(m));
 
   // The same stopping rule as GenerateAll, plus stop token ids.

@@ -15,7 +15,7 @@
 //      prompt, a burst of requests with one system prompt);
 //   4. one Engine::Step with each running sequence's next chunk (prefill chunks within
 //      max_batch_tokens, then one token a step);
-//   5. sample (SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
+//   5. sample (penalties, then a JSON object's mask when asked, then SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
 //      equal moe-cli's; the engine samples unless the request wants top alternatives), send results, finish sequences (EOS unless ignore_eos, a stop token id,
 //      max_tokens, the context end), free their KV blocks;
 //   6. a Heartbeat when one is due (every heartbeat_interval) or a sequence finished;
@@ -26,6 +26,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -47,6 +48,9 @@ struct ServingLoopOptions {
   // Idle wait on the inbox after an all-idle step: starts at idle_wait_min, doubles up to idle_wait_max.
   std::chrono::milliseconds idle_wait_min{2};
   std::chrono::milliseconds idle_wait_max{20};
+  // The vocabulary's texts (RegisterResponse.token_texts) for JSON-object generation; null when the
+  // coordinator sent none (a model without a tokenizer), and then such requests finish with an error.
+  std::shared_ptr<const TokenTextTrie> vocabulary = nullptr;
 };
 
 // Why the loop stopped. Ordered by severity: the ranks agree on the MAX.
