@@ -182,41 +182,51 @@ TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
                                     " {", "a", "ab", "abc", "\"a\"", "1", "12", "-", ".", "e", "true", "tr", "ue",
                                     "null", "\\", "u", "d83d", "\xc3", "\xa9", "\xc3\xa9", "\n", "}}", "]}", "\":\"", "de00"};
   for (int b = 0; b < 256; ++b) texts.push_back(std::string(1, static_cast<char>(b)));  // byte fallback
-  const TokenTextTrie trie(texts);
-  const std::vector<int32_t> end_ids = {2};
-  JsonObjectConstraint c(trie, end_ids);
-  JsonObjectGrammar g;  // the reference state, fed the same tokens
+  const auto trie = std::make_shared<const TokenTextTrie>(texts);
   // ` {"ab": [1,true,"\ud83d\ude00é"]}`
   const std::vector<int32_t> path = {14, 6, 16, 12, 3, 9, 19, 8, 24, 8, 6, 28, 29, 30, 28, 29, 38, 33, 6, 10, 5};
-  std::string text;
-  for (size_t step = 0; step <= path.size(); ++step) {
-    std::vector<float> logits(texts.size() + 3, 0.0f);  // rows wider than the vocabulary
-    ASSERT_TRUE(c.Apply(logits));
-    for (size_t id = 0; id < logits.size(); ++id) {
-      bool expect = false;
-      if (g.Complete()) {
-        expect = id == 2;  // a closed object ends the output
-      } else if (id < texts.size() && !texts[id].empty()) {
-        JsonObjectGrammar probe = g;
-        expect = probe.Feed(texts[id]);
+  // One text fed token by token; at every step the mask must be the reference's.
+  auto follow_path = [&](JsonMaskCache& masks) {
+    JsonObjectConstraint c(masks, {2});
+    JsonObjectGrammar g;  // the reference state, fed the same tokens
+    std::string text;
+    for (size_t step = 0; step <= path.size(); ++step) {
+      std::vector<float> logits(texts.size() + 3, 0.0f);  // rows wider than the vocabulary
+      ASSERT_TRUE(c.Apply(logits));
+      for (size_t id = 0; id < logits.size(); ++id) {
+        bool expect = false;
+        if (g.Complete()) {
+          expect = id == 2;  // a closed object ends the output
+        } else if (id < texts.size() && !texts[id].empty()) {
+          JsonObjectGrammar probe = g;
+          expect = probe.Feed(texts[id]);
+        }
+        EXPECT_EQ(logits[id] == 0.0f, expect) << "step " << step << " id " << id;
       }
-      EXPECT_EQ(logits[id] == 0.0f, expect) << "step " << step << " id " << id;
+      if (step == path.size()) break;
+      const int32_t tok = path[step];
+      ASSERT_EQ(logits[static_cast<size_t>(tok)], 0.0f) << "step " << step;
+      c.Add(tok);
+      ASSERT_TRUE(g.Feed(texts[static_cast<size_t>(tok)]));
+      text += texts[static_cast<size_t>(tok)];
     }
-    if (step == path.size()) break;
-    const int32_t tok = path[step];
-    ASSERT_EQ(logits[static_cast<size_t>(tok)], 0.0f) << "step " << step;
-    c.Add(tok);
-    ASSERT_TRUE(g.Feed(texts[static_cast<size_t>(tok)]));
-    text += texts[static_cast<size_t>(tok)];
-  }
-  EXPECT_TRUE(c.Complete());
-  EXPECT_TRUE(ParserAcceptsObject(text)) << text;
+    EXPECT_TRUE(c.Complete());
+    EXPECT_TRUE(ParserAcceptsObject(text)) << text;
+  };
+  JsonMaskCache small(trie, /*max_states=*/4);  // starts over several times on the way
+  follow_path(small);
+  JsonMaskCache shared(trie);
+  follow_path(shared);
+  const int64_t first_misses = shared.misses();
+  follow_path(shared);  // a second sequence meets the same states: every mask from the cache
+  EXPECT_EQ(shared.misses(), first_misses);
+  EXPECT_GT(shared.hits(), 0);
 }
 
 // Without end ids (ignore_eos) a closed object may be followed by whitespace, up to the run limit.
 TEST(JsonObjectConstraintTest, WithoutEndIdsWhitespaceFollowsUpToTheLimit) {
-  const TokenTextTrie trie({"", "{}", " ", "x"});
-  JsonObjectConstraint c(trie, {});
+  JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "{}", " ", "x"}));
+  JsonObjectConstraint c(masks, {});
   std::vector<float> logits(4, 0.0f);
   ASSERT_TRUE(c.Apply(logits));
   EXPECT_EQ(logits[1], 0.0f);
@@ -233,8 +243,8 @@ TEST(JsonObjectConstraintTest, WithoutEndIdsWhitespaceFollowsUpToTheLimit) {
 }
 
 TEST(JsonObjectConstraintTest, NoTokenForTheNeededBytes) {
-  const TokenTextTrie trie({"", "a", "b"});  // no '{' in the vocabulary
-  JsonObjectConstraint c(trie, {0});
+  JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "a", "b"}));  // no '{'
+  JsonObjectConstraint c(masks, {0});
   std::vector<float> logits = {1.0f, 2.0f, 3.0f};
   EXPECT_FALSE(c.Apply(logits));
   EXPECT_EQ(logits, (std::vector<float>{1.0f, 2.0f, 3.0f}));

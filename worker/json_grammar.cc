@@ -47,6 +47,41 @@ bool JsonObjectGrammar::StartValue(uint8_t c) {
   }
 }
 
+void JsonObjectGrammar::AppendStateKey(std::string& key) const {
+  key.push_back(static_cast<char>(mode_));
+  key.push_back(static_cast<char>(whitespace_run_));
+  key.push_back(static_cast<char>(depth_));
+  for (int d = 0; d < depth_; ++d) key.push_back(is_object_[static_cast<size_t>(d)] ? 'o' : 'a');
+  // Only the fields the mode reads; the others keep stale values from earlier modes.
+  switch (mode_) {
+    case Mode::kString:
+    case Mode::kEscape:
+    case Mode::kLowSurrogateBackslash:
+    case Mode::kLowSurrogateU:
+      key.push_back(key_ ? 'k' : 'v');
+      break;
+    case Mode::kHex:
+      key.push_back(key_ ? 'k' : 'v');
+      key.push_back(static_cast<char>(hex_left_));
+      key.push_back(static_cast<char>(hex_value_ & 0xFF));
+      key.push_back(static_cast<char>(hex_value_ >> 8));
+      key.push_back(low_surrogate_ ? 'l' : 'h');
+      break;
+    case Mode::kUtf8:
+      key.push_back(key_ ? 'k' : 'v');
+      key.push_back(static_cast<char>(utf8_left_));
+      key.push_back(static_cast<char>(utf8_min_));
+      key.push_back(static_cast<char>(utf8_max_));
+      break;
+    case Mode::kLiteral:
+      key.push_back(static_cast<char>(literal_));
+      key.push_back(static_cast<char>(literal_pos_));
+      break;
+    default:
+      break;
+  }
+}
+
 bool JsonObjectGrammar::Feed(std::string_view bytes) {
   for (char ch : bytes) {
     if (!Feed(static_cast<uint8_t>(ch))) return false;

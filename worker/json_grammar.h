@@ -16,6 +16,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace moe {
@@ -32,6 +33,10 @@ class JsonObjectGrammar {
   bool Feed(std::string_view bytes);
   // The top-level object is closed: the text is complete (only whitespace may follow).
   bool Complete() const { return mode_ == Mode::kDone; }
+  // Appends to `key` bytes that differ between any two states that could accept different byte
+  // strings (the mode and what it reads, the open containers, the whitespace run): masks are cached
+  // by it.
+  void AppendStateKey(std::string& key) const;
 
  private:
   enum class Mode : uint8_t {

@@ -28,6 +28,7 @@ ServingLoop::ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, Servi
       outbox_(outbox),
       opts_(opts),
       planner_(engine.kv_blocks()),
+      json_masks_(opts.vocabulary != nullptr ? std::make_unique<JsonMaskCache>(opts.vocabulary) : nullptr),
       // "Due now" without overflow: a fresh rank heartbeats on its first iteration, so an idle new
       // cluster is not declared lost (time_point::min() overflowed now - last_heartbeat_).
       last_heartbeat_(std::chrono::steady_clock::now() - opts.heartbeat_interval),
@@ -103,11 +104,11 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
                           EndIds(a, c));
     }
     if (a.json_object()) {
-      if (opts_.vocabulary == nullptr) {
+      if (json_masks_ == nullptr) {
         Finish(id, Finished::REASON_ERROR, "json_object: this rank has no vocabulary texts (the model has no tokenizer)");
         return;
       }
-      s.json.emplace(*opts_.vocabulary, EndIds(a, c));
+      s.json.emplace(*json_masks_, EndIds(a, c));
     }
   }
   s.scored.set_seq_id(id);

@@ -102,6 +102,7 @@ class ServingLoop {
   Outbox& outbox_;
   ServingLoopOptions opts_;
   BatchPlanner planner_;
+  std::unique_ptr<JsonMaskCache> json_masks_;  // with opts.vocabulary; before seqs_, whose constraints use it
   std::map<uint64_t, ServedSequence> seqs_;
   TokenLogprobs logprobs_;
   std::vector<float> adjusted_;  // a logits row after a sequence's penalties
