@@ -1,7 +1,7 @@
 // moe-json-mask-bench: what response_format json_object costs a step on the host. A JSON document
 // (nested objects and arrays, prose strings, numbers, non-ASCII text) is tokenised with a real
-// vocabulary and fed token by token to a JsonObjectConstraint; at every position the mask of the
-// next step (JsonObjectConstraint::Apply over a vocabulary-wide row) is timed, on a cold mask cache
+// vocabulary and fed token by token to a JsonConstraint; at every position the mask of the
+// next step (JsonConstraint::Apply over a vocabulary-wide row) is timed, on a cold mask cache
 // (the first pass) and a warm one (later passes, as later requests find it). Writes the per-step
 // figures (mean, median, p90, max; split by whether the position is inside a string) and the trie's
 // build time as JSON with the machine, the commit and the command.
@@ -128,10 +128,10 @@ int main(int argc, char** argv) {
     }
   }
   // One pass over the document with a new constraint on `masks`: each position's median Apply time.
-  moe::JsonMaskCache masks(trie);
+  moe::JsonMaskCache masks(trie, std::make_shared<const moe::JsonSchema>(moe::JsonSchema::AnyObject()));
   std::vector<float> row(texts.size());
   auto pass = [&](std::vector<double>& us) -> bool {
-    moe::JsonObjectConstraint constraint(masks, {(*tok)->eos_id()});
+    moe::JsonConstraint constraint(masks, {(*tok)->eos_id()});
     for (size_t i = 0; i <= ids.size(); ++i) {
       std::vector<double> runs;
       for (int r = 0; r < 1; ++r) {

@@ -4,6 +4,9 @@
 #include <cctype>
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
+#include "worker/json_schema.h"
 #include "worker/logits_penalties.h"
 #include "worker/sampler.h"
 
@@ -137,13 +140,26 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   }
   MOE_RETURN_IF_ERROR(CheckTokenIds({s.stop_token_ids().data(), static_cast<size_t>(s.stop_token_ids_size())}, vocab,
                                     "sampling.stop_token_ids"));
-  const bool json_object = s.response_format().type() == v1::ResponseFormat::TYPE_JSON_OBJECT;
-  if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT && !json_object) {
-    return FieldError("sampling.response_format.type", absl::StrCat("unknown type ", s.response_format().type()));
+  const v1::ResponseFormat& format = s.response_format();
+  const bool json_object = format.type() == v1::ResponseFormat::TYPE_JSON_OBJECT;
+  const bool json_schema = format.type() == v1::ResponseFormat::TYPE_JSON_SCHEMA;
+  if (format.type() != v1::ResponseFormat::TYPE_TEXT && !json_object && !json_schema) {
+    return FieldError("sampling.response_format.type", absl::StrCat("unknown type ", format.type()));
   }
-  if (json_object && model.tokenizer == nullptr) {
+  if ((json_object || json_schema) && model.tokenizer == nullptr) {
     return FieldError("sampling.response_format",
-                      "json_object needs the model's tokenizer (the bytes of each token), and the model has none");
+                      "JSON output needs the model's tokenizer (the bytes of each token), and the model has none");
+  }
+  std::string schema_text;  // compact, properties in their order: one text per schema for the ranks' mask caches
+  if (json_schema) {
+    const nlohmann::ordered_json schema = nlohmann::ordered_json::parse(format.json_schema(), nullptr, false);
+    if (schema.is_discarded()) return FieldError("sampling.response_format.json_schema", "not valid JSON");
+    if (absl::StatusOr<JsonSchema> compiled = JsonSchema::Compile(schema); !compiled.ok()) {
+      return FieldError("sampling.response_format.json_schema", std::string(compiled.status().message()));
+    }
+    schema_text = schema.dump();
+  } else if (!format.json_schema().empty()) {
+    return FieldError("sampling.response_format.json_schema", "only with type JSON_SCHEMA");
   }
   GenerateJob job;
   job.n = n;
@@ -179,6 +195,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_min_tokens(min_tokens);
   *a.mutable_logit_bias() = s.logit_bias();
   a.set_json_object(json_object);
+  a.set_json_schema(schema_text);
   job.want_logprobs = s.has_logprobs();
   return job;
 }

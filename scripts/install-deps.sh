@@ -13,7 +13,7 @@ PACKAGES=(
   libopenblas-dev
   prometheus-cpp-dev
   libcivetweb-dev
-  python3-grpcio python3-protobuf
+  python3-grpcio python3-protobuf python3-jsonschema
 )
 
 missing=()

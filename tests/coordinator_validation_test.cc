@@ -159,6 +159,23 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   EXPECT_TRUE(NamesField(ValidateGenerate(json_object, tiny()).status(), "sampling.response_format"));
   json_object.mutable_sampling()->mutable_response_format()->set_type(static_cast<v1::ResponseFormat::Type>(7));
   EXPECT_TRUE(NamesField(ValidateGenerate(json_object, shakespeare()).status(), "sampling.response_format.type"));
+  // A schema is compiled here: what it cannot enforce is refused with its path; a good one reaches
+  // the assignment as compact text with its properties' order kept.
+  v1::GenerateRequest schema = Ids({3, 4});
+  v1::ResponseFormat* f = schema.mutable_sampling()->mutable_response_format();
+  f->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  f->set_json_schema(R"({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}})");
+  const absl::Status bad = ValidateGenerate(schema, shakespeare()).status();
+  EXPECT_TRUE(NamesField(bad, "sampling.response_format.json_schema")) << bad;
+  EXPECT_NE(bad.message().find("properties.n.minimum: not supported"), std::string::npos) << bad;
+  f->set_json_schema("{not json");
+  EXPECT_TRUE(NamesField(ValidateGenerate(schema, shakespeare()).status(), "sampling.response_format.json_schema"));
+  f->set_json_schema(R"({"type": "object", "properties": {"z": {"type": "integer"}, "a": {"enum": [1, "b"]}}})");
+  absl::StatusOr<GenerateJob> ok = ValidateGenerate(schema, shakespeare());
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->assign.json_schema(), R"({"type":"object","properties":{"z":{"type":"integer"},"a":{"enum":[1,"b"]}}})");
+  EXPECT_FALSE(ok->assign.json_object());
+  EXPECT_TRUE(NamesField(ValidateGenerate(schema, tiny()).status(), "sampling.response_format"));
 }
 
 TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {

@@ -331,6 +331,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             ({"messages": messages, "tools": [], "tool_choice": "auto"}, 400, "tool_choice"),
             ({"messages": messages, "response_format": {"type": "json_schema", "json_schema": {}}}, 400,
              "response_format"),
+            ({"messages": messages, "response_format": {"type": "json_schema", "json_schema": {
+                "name": "x", "schema": {"type": "integer", "minimum": 0}}}}, 400, "response_format.json_schema"),
             ({"messages": messages, "top_logprobs": 2}, 400, "top_logprobs"),
             ({"messages": messages, "chat_template": "{% if %}"}, 400, "chat_template"),
             ({"messages": messages, "max_tokens": 5000}, 400, "max_tokens"),
@@ -402,6 +404,43 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         for text, reason in answers:
             self.assertEqual(reason, "stop", text)
             self.assertIsInstance(json.loads(text), dict, text)
+
+    def test_f5_json_schema_answers_are_what_the_schema_admits(self):
+        """response_format json_schema (and vLLM's guided_json): Python's jsonschema finds every finished
+        answer valid, greedy and sampled, for schemas with required and optional properties, enums,
+        bounded strings and arrays, unions and a recursive definition."""
+        import jsonschema
+        schemas = [
+            {"type": "object", "properties": {
+                "speaker": {"enum": ["ROMEO", "JULIET", "NURSE"]},
+                "line": {"type": "string", "minLength": 5, "maxLength": 40},
+                "act": {"type": "integer"},
+                "mood": {"type": ["string", "null"], "maxLength": 8},
+                "cues": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 3}},
+             "required": ["speaker", "line", "act", "cues"]},
+            {"$defs": {"scene": {"type": "object", "properties": {
+                "place": {"type": "string", "maxLength": 20},
+                "next": {"anyOf": [{"$ref": "#/$defs/scene"}, {"type": "null"}]}},
+                "required": ["place", "next"]}},
+             "type": "object", "properties": {"play": {"const": "Romeo and Juliet"}, "scene": {"$ref": "#/$defs/scene"}},
+             "required": ["play", "scene"]},
+        ]
+        for i, schema in enumerate(schemas):
+            fmt = {"type": "json_schema", "json_schema": {"name": "s%d" % i, "schema": schema, "strict": True}}
+            for prompt in ("ROMEO:", "JULIET:"):
+                for params in ({"temperature": 0}, {"temperature": 1.0, "seed": 11}):
+                    status, body = self.call("/v1/completions", dict(params, prompt=prompt, max_tokens=300,
+                                                                     response_format=fmt))
+                    self.assertEqual(status, 200, body)
+                    text, reason = body["choices"][0]["text"], body["choices"][0]["finish_reason"]
+                    self.assertEqual(reason, "stop", text)
+                    jsonschema.validate(json.loads(text), schema)
+            status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 300, "temperature": 0,
+                                                         "guided_json": schema})
+            self.assertEqual(status, 200, body)
+            jsonschema.validate(json.loads(body["choices"][0]["text"]), schema)
+            want = self.grpc.generate_choices("ROMEO:", max_tokens=300, temperature=0, response_format=fmt)[0]
+            self.assertEqual(want.text, body["choices"][0]["text"])
 
     def test_e_leaving_a_stream_cancels_the_request(self):
         host, port = self.cluster.openai_address.rsplit(":", 1)

@@ -187,6 +187,16 @@ class PythonClientEndToEnd(unittest.TestCase):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         self.assertEqual(out["finish_reason"], "stop", out)
         self.assertIsInstance(json.loads(out["text"]), dict, out["text"])
+        schema = '{"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 3}'
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "200", "--temperature", "0",
+                            "--json-schema", schema, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        value = json.loads(out["text"])
+        self.assertTrue(isinstance(value, list) and len(value) >= 2 and all(type(v) is int for v in value), out["text"])
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--json-schema", '{"type": "string", "format": "date"}')
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("format: not supported", r.stderr)
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--logit-bias", "9=100")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--logit-bias", r.stderr)

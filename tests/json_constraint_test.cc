@@ -13,6 +13,7 @@
 
 #include "worker/json_constraint.h"
 #include "worker/json_grammar.h"
+#include "worker/json_schema.h"
 
 namespace moe {
 namespace {
@@ -20,6 +21,12 @@ namespace {
 // nlohmann refuses numbers past double's range ("number overflow"), which JSON's grammar allows
 // (Python's json reads them as inf): every exponent's digits become zeros first, digit for digit,
 // which changes no text's validity (in a string or a \u escape too).
+std::shared_ptr<const JsonSchema> AnyObjectPtr() {
+  static const auto* schema = new std::shared_ptr<const JsonSchema>(std::make_shared<const JsonSchema>(JsonSchema::AnyObject()));
+  return *schema;
+}
+const JsonSchema& AnyObject() { return *AnyObjectPtr(); }
+
 bool ParserAcceptsObject(std::string s) {
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] != 'e' && s[i] != 'E') continue;
@@ -72,7 +79,7 @@ std::string RandomObjectText(std::mt19937& rng) {
 
 // Extends an accepted prefix byte by byte (a fixed preference order that closes strings, numbers,
 // literals and containers) until the grammar says complete.
-std::string CompleteWithGrammar(JsonObjectGrammar g) {
+std::string CompleteWithGrammar(JsonGrammar g) {
   static const std::string kPreference = std::string("\"}]:DC\\u0eralsn") + "\x80\x90\xa0{";
   std::string out;
   for (int i = 0; i < 2000 && !g.Complete(); ++i) {
@@ -89,12 +96,12 @@ std::string CompleteWithGrammar(JsonObjectGrammar g) {
   return out;
 }
 
-TEST(JsonObjectGrammarTest, EveryPrefixOfAnObjectIsAcceptedAndOnlyTheWholeIsComplete) {
+TEST(JsonGrammarTest, EveryPrefixOfAnObjectIsAcceptedAndOnlyTheWholeIsComplete) {
   std::mt19937 rng(7);
   for (int n = 0; n < 400; ++n) {
     const std::string text = RandomObjectText(rng) + (n % 3 == 0 ? " \n" : "");
     ASSERT_TRUE(ParserAcceptsObject(text)) << text;
-    JsonObjectGrammar g;
+    JsonGrammar g(AnyObject());
     const size_t end = text.find_last_of('}');
     for (size_t i = 0; i < text.size(); ++i) {
       ASSERT_FALSE(g.Complete()) << "complete before byte " << i << " of " << text;
@@ -107,7 +114,7 @@ TEST(JsonObjectGrammarTest, EveryPrefixOfAnObjectIsAcceptedAndOnlyTheWholeIsComp
   }
 }
 
-TEST(JsonObjectGrammarTest, AgreesWithTheParserOnMutatedTextsAndNeverDeadEnds) {
+TEST(JsonGrammarTest, AgreesWithTheParserOnMutatedTextsAndNeverDeadEnds) {
   std::mt19937 rng(11);
   static const std::string kBytes = std::string("{}[]\":,\\/ -+.0123456789eEtrufalsn\tbxu\x01\x7f") +
                                     "\xc3\xa9\xe0\xed\xf0\xf4\xf5\x80\xa0\xbf\xc0";
@@ -124,7 +131,7 @@ TEST(JsonObjectGrammarTest, AgreesWithTheParserOnMutatedTextsAndNeverDeadEnds) {
         default: text.resize(at); break;
       }
     }
-    JsonObjectGrammar g;
+    JsonGrammar g(AnyObject());
     size_t taken = 0;
     while (taken < text.size() && g.Feed(static_cast<uint8_t>(text[taken]))) ++taken;
     const bool whole = taken == text.size();
@@ -142,13 +149,13 @@ TEST(JsonObjectGrammarTest, AgreesWithTheParserOnMutatedTextsAndNeverDeadEnds) {
   EXPECT_GT(complete, 150);
 }
 
-TEST(JsonObjectGrammarTest, HandWorkedCases) {
+TEST(JsonGrammarTest, HandWorkedCases) {
   auto whole = [](const std::string& s) {
-    JsonObjectGrammar g;
+    JsonGrammar g(AnyObject());
     return g.Feed(s) && g.Complete();
   };
   auto refused_at = [](const std::string& s) {
-    JsonObjectGrammar g;
+    JsonGrammar g(AnyObject());
     for (size_t i = 0; i < s.size(); ++i) {
       if (!g.Feed(static_cast<uint8_t>(s[i]))) return static_cast<int>(i);
     }
@@ -165,19 +172,19 @@ TEST(JsonObjectGrammarTest, HandWorkedCases) {
   EXPECT_EQ(refused_at("{\"a\":\"\xed\xa0\x80\"}"), 7);  // a surrogate in UTF-8
   EXPECT_EQ(refused_at("{\"a\":tru }"), 8);
   EXPECT_EQ(refused_at("{}x"), 2);             // nothing but whitespace after the object
-  const std::string run(JsonObjectGrammar::kMaxWhitespaceRun, '\n');
+  const std::string run(JsonGrammar::kMaxWhitespaceRun, '\n');
   EXPECT_TRUE(whole(run + "{" + run + "\"a\"" + run + ":" + run + "1" + run + "}" + run));
-  EXPECT_TRUE(whole("{\"a\": \"" + std::string(2 * JsonObjectGrammar::kMaxWhitespaceRun, ' ') + "\"}"));  // text
-  EXPECT_EQ(refused_at(run + " {}"), JsonObjectGrammar::kMaxWhitespaceRun);
-  EXPECT_EQ(refused_at("{\"a\":1" + run + "\t}"), 6 + JsonObjectGrammar::kMaxWhitespaceRun);
+  EXPECT_TRUE(whole("{\"a\": \"" + std::string(2 * JsonGrammar::kMaxWhitespaceRun, ' ') + "\"}"));  // text
+  EXPECT_EQ(refused_at(run + " {}"), JsonGrammar::kMaxWhitespaceRun);
+  EXPECT_EQ(refused_at("{\"a\":1" + run + "\t}"), 6 + JsonGrammar::kMaxWhitespaceRun);
   std::string deep = "{\"a\":";
-  for (int i = 0; i < JsonObjectGrammar::kMaxDepth - 1; ++i) deep += "[";
+  for (int i = 0; i < JsonGrammar::kMaxDepth - 1; ++i) deep += "[";
   EXPECT_EQ(refused_at(deep + "["), static_cast<int>(deep.size()));
 }
 
 // The trie's mask is exactly the tokens whose whole text the grammar accepts (checked one token at
 // a time), at every step of a text fed token by token.
-TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
+TEST(JsonConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
   std::vector<std::string> texts = {"", "", "", " ", "{", "}", "\"", ":", ",", "[", "]", "{\"", "\":", "\"}",
                                     " {", "a", "ab", "abc", "\"a\"", "1", "12", "-", ".", "e", "true", "tr", "ue",
                                     "null", "\\", "u", "d83d", "\xc3", "\xa9", "\xc3\xa9", "\n", "}}", "]}", "\":\"", "de00"};
@@ -187,8 +194,8 @@ TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
   const std::vector<int32_t> path = {14, 6, 16, 12, 3, 9, 19, 8, 24, 8, 6, 28, 29, 30, 28, 29, 38, 33, 6, 10, 5};
   // One text fed token by token; at every step the mask must be the reference's.
   auto follow_path = [&](JsonMaskCache& masks) {
-    JsonObjectConstraint c(masks, {2});
-    JsonObjectGrammar g;  // the reference state, fed the same tokens
+    JsonConstraint c(masks, {2});
+    JsonGrammar g(AnyObject());  // the reference state, fed the same tokens
     std::string text;
     for (size_t step = 0; step <= path.size(); ++step) {
       std::vector<float> logits(texts.size() + 3, 0.0f);  // rows wider than the vocabulary
@@ -198,7 +205,7 @@ TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
         if (g.Complete()) {
           expect = id == 2;  // a closed object ends the output
         } else if (id < texts.size() && !texts[id].empty()) {
-          JsonObjectGrammar probe = g;
+          JsonGrammar probe = g;
           expect = probe.Feed(texts[id]);
         }
         EXPECT_EQ(logits[id] == 0.0f, expect) << "step " << step << " id " << id;
@@ -213,9 +220,9 @@ TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
     EXPECT_TRUE(c.Complete());
     EXPECT_TRUE(ParserAcceptsObject(text)) << text;
   };
-  JsonMaskCache small(trie, /*max_states=*/4);  // starts over several times on the way
+  JsonMaskCache small(trie, AnyObjectPtr(), /*max_states=*/4);  // starts over several times on the way
   follow_path(small);
-  JsonMaskCache shared(trie);
+  JsonMaskCache shared(trie, AnyObjectPtr());
   follow_path(shared);
   const int64_t first_misses = shared.misses();
   follow_path(shared);  // a second sequence meets the same states: every mask from the cache
@@ -224,15 +231,15 @@ TEST(JsonObjectConstraintTest, MaskIsTheTokensTheGrammarAccepts) {
 }
 
 // Without end ids (ignore_eos) a closed object may be followed by whitespace, up to the run limit.
-TEST(JsonObjectConstraintTest, WithoutEndIdsWhitespaceFollowsUpToTheLimit) {
-  JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "{}", " ", "x"}));
-  JsonObjectConstraint c(masks, {});
+TEST(JsonConstraintTest, WithoutEndIdsWhitespaceFollowsUpToTheLimit) {
+  JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "{}", " ", "x"}), AnyObjectPtr());
+  JsonConstraint c(masks, {});
   std::vector<float> logits(4, 0.0f);
   ASSERT_TRUE(c.Apply(logits));
   EXPECT_EQ(logits[1], 0.0f);
   c.Add(1);
   ASSERT_TRUE(c.Complete());
-  for (int i = 0; i < JsonObjectGrammar::kMaxWhitespaceRun; ++i) {
+  for (int i = 0; i < JsonGrammar::kMaxWhitespaceRun; ++i) {
     logits.assign(4, 0.0f);
     ASSERT_TRUE(c.Apply(logits)) << i;
     EXPECT_EQ(logits, (std::vector<float>{-INFINITY, -INFINITY, 0.0f, -INFINITY}));
@@ -242,9 +249,10 @@ TEST(JsonObjectConstraintTest, WithoutEndIdsWhitespaceFollowsUpToTheLimit) {
   EXPECT_FALSE(c.Apply(logits));
 }
 
-TEST(JsonObjectConstraintTest, NoTokenForTheNeededBytes) {
-  JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "a", "b"}));  // no '{'
-  JsonObjectConstraint c(masks, {0});
+TEST(JsonConstraintTest, NoTokenForTheNeededBytes) {
+  JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "a", "b"}),  // no '{'
+                      AnyObjectPtr());
+  JsonConstraint c(masks, {0});
   std::vector<float> logits = {1.0f, 2.0f, 3.0f};
   EXPECT_FALSE(c.Apply(logits));
   EXPECT_EQ(logits, (std::vector<float>{1.0f, 2.0f, 3.0f}));

@@ -75,6 +75,19 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(Ok({{"prompt", "x"}, {"response_format", {{"type", "text"}}}}).request.sampling().response_format().type(),
             v1::ResponseFormat::TYPE_TEXT);
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}}.dump()).param, "response_format");
+  // A schema keeps its properties' order (the order the output writes them in), as OpenAI's field
+  // or vLLM's guided_json.
+  const std::string body = R"({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "n",
+      "schema": {"type": "object", "properties": {"z": {"type": "integer"}, "a": {"type": "string"}}}}}})";
+  std::variant<CompletionCall, HttpError> got = ParseCompletionRequest(body, "m");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
+  const v1::ResponseFormat& f = std::get<CompletionCall>(got).request.sampling().response_format();
+  EXPECT_EQ(f.type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  EXPECT_EQ(f.json_schema(), R"({"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"}}})");
+  got = ParseCompletionRequest(R"({"prompt": "x", "guided_json": {"type": "object", "properties": {"z": {}, "a": {}}}})", "m");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().json_schema(),
+            R"({"type":"object","properties":{"z":{},"a":{}}})");
 }
 
 TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
@@ -337,6 +350,8 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
            {{{"messages", {user}}, {"logprobs", true}, {"top_logprobs", 21}}, "top_logprobs"},
            {{{"messages", {user}}, {"tools", json::array()}, {"tool_choice", "auto"}}, "tool_choice"},
            {{{"messages", {user}}, {"response_format", {{"type", "json_schema"}}}}, "response_format"},
+           {{{"messages", {user}}, {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "x"}}}}}},
+            "response_format"},
            {{{"messages", {user}}, {"response_format", "json_object"}}, "response_format"},
            {{{"messages", {user}}, {"echo", true}}, "echo"},
            {{{"messages", {user}}, {"continue_final_message", true}, {"add_generation_prompt", true}}, "continue_final_message"},

@@ -23,6 +23,7 @@
 #include "tests/support/penalty_cases.h"
 #include "worker/generation.h"
 #include "worker/json_grammar.h"
+#include "worker/json_schema.h"
 #include "worker/kv_blocks.h"
 #include "worker/sampler.h"
 #include "worker/server/batch_planner.h"
@@ -364,7 +365,8 @@ TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
   for (uint64_t p = 0; p < 3; ++p) {
     SCOPED_TRACE("prompt " + std::to_string(p));
     std::vector<int32_t> want;
-    JsonObjectGrammar g;
+    const JsonSchema any_object = JsonSchema::AnyObject();
+    JsonGrammar g(any_object);
     ASSERT_TRUE((*ref)->AddSequence(99).ok());
     std::vector<int32_t> feed = Prompt(p);
     while (want.size() < kMax) {
@@ -376,7 +378,7 @@ TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
         if (g.Complete()) {
           ok = id == 2;
         } else if (!texts[static_cast<size_t>(id)].empty()) {
-          JsonObjectGrammar probe = g;
+          JsonGrammar probe = g;
           ok = probe.Feed(texts[static_cast<size_t>(id)]);
         }
         if (ok && (best < 0 || row[id] > row[best])) best = id;

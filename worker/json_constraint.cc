@@ -54,13 +54,13 @@ TokenTextTrie::TokenTextTrie(const std::vector<std::string>& texts)
   id_begin_[n] = static_cast<int32_t>(ids_.size());
 }
 
-void TokenTextTrie::MarkAccepted(const JsonObjectGrammar& start, std::vector<uint64_t>& accepted) const {
-  std::vector<std::pair<int32_t, JsonObjectGrammar>> stack = {{0, start}};
+void TokenTextTrie::MarkAccepted(const JsonGrammar& start, std::vector<uint64_t>& accepted) const {
+  std::vector<std::pair<int32_t, JsonGrammar>> stack = {{0, start}};
   while (!stack.empty()) {
     const auto [node, state] = stack.back();
     stack.pop_back();
     for (int32_t c = child_begin_[static_cast<size_t>(node)]; c < child_begin_[static_cast<size_t>(node) + 1]; ++c) {
-      JsonObjectGrammar next = state;
+      JsonGrammar next = state;
       if (!next.Feed(byte_[static_cast<size_t>(c)])) continue;
       for (int32_t k = id_begin_[static_cast<size_t>(c)]; k < id_begin_[static_cast<size_t>(c) + 1]; ++k) {
         const auto id = static_cast<size_t>(ids_[static_cast<size_t>(k)]);
@@ -71,10 +71,11 @@ void TokenTextTrie::MarkAccepted(const JsonObjectGrammar& start, std::vector<uin
   }
 }
 
-JsonMaskCache::JsonMaskCache(std::shared_ptr<const TokenTextTrie> vocab, size_t max_states)
-    : vocab_(std::move(vocab)), max_states_(std::max<size_t>(1, max_states)) {}
+JsonMaskCache::JsonMaskCache(std::shared_ptr<const TokenTextTrie> vocab, std::shared_ptr<const JsonSchema> schema,
+                             size_t max_states)
+    : vocab_(std::move(vocab)), schema_(std::move(schema)), max_states_(std::max<size_t>(1, max_states)) {}
 
-const std::vector<uint64_t>& JsonMaskCache::Accepted(const JsonObjectGrammar& state) {
+const std::vector<uint64_t>& JsonMaskCache::Accepted(const JsonGrammar& state) {
   key_.clear();
   state.AppendStateKey(key_);
   auto it = masks_.find(key_);
@@ -89,56 +90,62 @@ const std::vector<uint64_t>& JsonMaskCache::Accepted(const JsonObjectGrammar& st
   return masks_.emplace(key_, std::move(mask)).first->second;
 }
 
-JsonObjectConstraint::JsonObjectConstraint(JsonMaskCache& masks, std::vector<int32_t> end_ids)
-    : masks_(masks), end_ids_(std::move(end_ids)) {}
+JsonConstraint::JsonConstraint(JsonMaskCache& masks, std::vector<int32_t> end_ids)
+    : masks_(masks), end_ids_(std::move(end_ids)), grammar_(masks.schema()) {}
 
-bool JsonObjectConstraint::Apply(std::span<float> logits) {
+bool JsonConstraint::Apply(std::span<float> logits) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t vocab = masks_.vocab().vocab_size();
   // The model's rows may be wider than the tokenizer's vocabulary (padded embeddings): ids past it
   // have no text and are never allowed.
   const size_t n = std::min(logits.size(), static_cast<size_t>(vocab));
+  std::vector<int32_t> ends;  // the end ids allowed now: once the value is complete
   if (grammar_.Complete()) {
-    // A closed object ends the output; only without an end id (ignore_eos) may whitespace follow.
-    std::vector<int32_t> ends;
     for (int32_t id : end_ids_) {
       if (id >= 0 && static_cast<size_t>(id) < n) ends.push_back(id);
     }
-    if (!ends.empty()) {
-      std::vector<float> kept;
-      for (int32_t id : ends) kept.push_back(logits[static_cast<size_t>(id)]);
-      std::fill(logits.begin(), logits.end(), kNegInf);
-      for (size_t k = 0; k < ends.size(); ++k) logits[static_cast<size_t>(ends[k])] = kept[k];
-      return true;
+  }
+  std::vector<float> kept;
+  for (int32_t id : ends) kept.push_back(logits[static_cast<size_t>(id)]);
+  if (grammar_.Closed() && !ends.empty()) {
+    // A closed value ends the output; only without an end id (ignore_eos) may whitespace follow.
+    std::fill(logits.begin(), logits.end(), kNegInf);
+  } else {
+    const std::vector<uint64_t>& mask = masks_.Accepted(grammar_);
+    bool any = !ends.empty();
+    for (size_t w = 0; w < (n + 63) / 64 && !any; ++w) {
+      const uint64_t valid = (w + 1) * 64 <= n ? ~uint64_t{0} : (uint64_t{1} << (n % 64)) - 1;
+      any = (mask[w] & valid) != 0;
+    }
+    if (!any) return false;
+    // A word at a time: inside a string nearly every word is all ones, between tokens nearly all zeros.
+    for (size_t w = 0; w * 64 < n; ++w) {
+      const size_t begin = w * 64, end = std::min(n, begin + 64);
+      if (mask[w] == ~uint64_t{0} && end == begin + 64) continue;
+      if (mask[w] == 0) {
+        std::fill(logits.begin() + static_cast<std::ptrdiff_t>(begin), logits.begin() + static_cast<std::ptrdiff_t>(end),
+                  kNegInf);
+        continue;
+      }
+      for (size_t i = begin; i < end; ++i) {
+        if (((mask[w] >> (i - begin)) & 1) == 0) logits[i] = kNegInf;
+      }
+    }
+    std::fill(logits.begin() + static_cast<std::ptrdiff_t>(n), logits.end(), kNegInf);
+  }
+  if (ends.empty()) {
+    // A stop token id with text ("\n") would end the output with the value unfinished.
+    for (int32_t id : end_ids_) {
+      if (id >= 0 && static_cast<size_t>(id) < logits.size()) logits[static_cast<size_t>(id)] = kNegInf;
     }
   }
-  const std::vector<uint64_t>& mask = masks_.Accepted(grammar_);
-  bool any = false;
-  for (size_t w = 0; w < (n + 63) / 64 && !any; ++w) {
-    const uint64_t valid = (w + 1) * 64 <= n ? ~uint64_t{0} : (uint64_t{1} << (n % 64)) - 1;
-    any = (mask[w] & valid) != 0;
-  }
-  if (!any) return false;
-  // A word at a time: inside a string nearly every word is all ones, between tokens nearly all zeros.
-  for (size_t w = 0; w * 64 < n; ++w) {
-    const size_t begin = w * 64, end = std::min(n, begin + 64);
-    if (mask[w] == ~uint64_t{0} && end == begin + 64) continue;
-    if (mask[w] == 0) {
-      std::fill(logits.begin() + static_cast<std::ptrdiff_t>(begin), logits.begin() + static_cast<std::ptrdiff_t>(end),
-                kNegInf);
-      continue;
-    }
-    for (size_t i = begin; i < end; ++i) {
-      if (((mask[w] >> (i - begin)) & 1) == 0) logits[i] = kNegInf;
-    }
-  }
-  std::fill(logits.begin() + static_cast<std::ptrdiff_t>(n), logits.end(), kNegInf);
+  for (size_t k = 0; k < ends.size(); ++k) logits[static_cast<size_t>(ends[k])] = kept[k];
   return true;
 }
 
-void JsonObjectConstraint::Add(int32_t token) {
+void JsonConstraint::Add(int32_t token) {
   if (token < 0 || token >= masks_.vocab().vocab_size()) return;
-  JsonObjectGrammar next = grammar_;
+  JsonGrammar next = grammar_;
   // A token Apply allowed is always accepted; an end id (no text) leaves the state as it is.
   if (next.Feed(masks_.vocab().text(token))) grammar_ = next;
 }

@@ -1,7 +1,8 @@
-// Constrained generation of one JSON object (OpenAI's response_format {"type": "json_object"}):
-// at every step the tokens whose text would make the output something no JSON object starts with
-// are masked out (-inf); once the object is closed only the end ids remain (whitespace too when
-// there are none: ignore_eos without stop token ids).
+// Constrained generation of one JSON value (OpenAI's response_format: {"type": "json_object"}, or
+// {"type": "json_schema"} with a schema): at every step the tokens whose text would make the output
+// something no admitted value starts with are masked out (-inf); the end ids are allowed once the
+// value is complete, and once it is closed only they remain (whitespace too when there are none:
+// ignore_eos without stop token ids).
 //
 // The vocabulary's texts are the coordinator's (TextCodec::TokenTexts, sent to every rank at
 // registration): the bytes each id adds to the output. A trie of them is walked with the grammar
@@ -33,7 +34,7 @@ class TokenTextTrie {
 
   // Sets bit id of `accepted` (vocab_size() bits) for every token whose whole text `start` accepts;
   // others left as they are.
-  void MarkAccepted(const JsonObjectGrammar& start, std::vector<uint64_t>& accepted) const;
+  void MarkAccepted(const JsonGrammar& start, std::vector<uint64_t>& accepted) const;
 
  private:
   // Node n's children are nodes child_begin_[n] .. child_begin_[n + 1] - 1 (each reached by byte_[],
@@ -44,33 +45,36 @@ class TokenTextTrie {
   int64_t vocab_size_ = 0;
 };
 
-// The accepted-token masks of the grammar states met so far (one bit per id), each computed once.
-// At most `max_states` are kept (then the cache starts over: 4 KB each for 32,000 ids). Not
-// thread-safe: one per serving loop, shared by its sequences.
+// One schema's accepted-token masks for the grammar states met so far (one bit per id), each
+// computed once. At most `max_states` are kept (then the cache starts over: 4 KB each for 32,000
+// ids). Not thread-safe: a serving loop keeps one per schema, shared by its sequences.
 class JsonMaskCache {
  public:
-  explicit JsonMaskCache(std::shared_ptr<const TokenTextTrie> vocab, size_t max_states = 1024);
+  JsonMaskCache(std::shared_ptr<const TokenTextTrie> vocab, std::shared_ptr<const JsonSchema> schema,
+                size_t max_states = 1024);
   const TokenTextTrie& vocab() const { return *vocab_; }
-  const std::vector<uint64_t>& Accepted(const JsonObjectGrammar& state);
+  const JsonSchema& schema() const { return *schema_; }
+  const std::vector<uint64_t>& Accepted(const JsonGrammar& state);
   int64_t hits() const { return hits_; }
   int64_t misses() const { return misses_; }
 
  private:
   std::shared_ptr<const TokenTextTrie> vocab_;
+  std::shared_ptr<const JsonSchema> schema_;
   size_t max_states_;
   std::unordered_map<std::string, std::vector<uint64_t>> masks_;
   std::string key_;  // scratch
   int64_t hits_ = 0, misses_ = 0;
 };
 
-class JsonObjectConstraint {
+class JsonConstraint {
  public:
   // `masks` must outlive this object; `end_ids` end the output (EOS unless ignore_eos, and the
   // request's stop token ids).
-  JsonObjectConstraint(JsonMaskCache& masks, std::vector<int32_t> end_ids);
+  JsonConstraint(JsonMaskCache& masks, std::vector<int32_t> end_ids);
 
   // Sets every token that cannot come next to -inf. Returns false when none can: the vocabulary has
-  // no token for the bytes the object needs, or (Complete(), no end ids) the whitespace allowed
+  // no token for the bytes the value needs, or (Complete(), no end ids) the whitespace allowed
   // after it is used up. The row is then left as it was.
   bool Apply(std::span<float> logits);
   // The token just generated (one Apply allowed).
@@ -80,7 +84,7 @@ class JsonObjectConstraint {
  private:
   JsonMaskCache& masks_;
   std::vector<int32_t> end_ids_;
-  JsonObjectGrammar grammar_;
+  JsonGrammar grammar_;
 };
 
 }  // namespace moe

@@ -1,9 +1,9 @@
-// JSON (RFC 8259) as a byte-at-a-time recogniser, for constrained generation: a state accepts a
-// byte only when the bytes so far can still be completed into one JSON text whose top-level value
-// is an object (OpenAI's response_format {"type": "json_object"}). Strings must be valid UTF-8
-// (no overlong forms, surrogates or code points past U+10FFFF) with no raw control character, and a
-// \u escape of a high surrogate must be followed by the escape of a low one: what a strict parser
-// (nlohmann::json, Python's json with surrogate checks) accepts.
+// JSON (RFC 8259) as a byte-at-a-time recogniser for constrained generation: a state accepts a byte
+// only when the bytes so far can still be completed into one JSON value that the schema admits
+// (json_schema.h; JsonSchema::AnyObject() for response_format json_object). Strings must be valid
+// UTF-8 (no overlong forms, surrogates or code points past U+10FFFF) with no raw control character,
+// and a \u escape of a high surrogate must be followed by the escape of a low one: what a strict
+// parser (nlohmann::json, Python's json with surrogate checks) accepts.
 //
 // Whitespace between tokens is bounded: a run of more than kMaxWhitespaceRun whitespace bytes
 // outside strings is refused. JSON allows any amount, but a model that prefers newlines would
@@ -19,20 +19,27 @@
 #include <string>
 #include <string_view>
 
+#include "worker/json_schema.h"
+
 namespace moe {
 
-class JsonObjectGrammar {
+class JsonGrammar {
  public:
   // Nesting deeper than this is refused (an opening bracket past it is not accepted).
-  static constexpr int kMaxDepth = 64;
+  static constexpr int kMaxDepth = 32;
   static constexpr int kMaxWhitespaceRun = 20;
+
+  // `schema` must outlive the grammar (and its copies).
+  explicit JsonGrammar(const JsonSchema& schema);
 
   // Feeds one byte; false (and the state unchanged) when no completion could follow it.
   bool Feed(uint8_t c);
   // Feeds every byte; false at the first refused one (the state then holds the bytes before it).
   bool Feed(std::string_view bytes);
-  // The top-level object is closed: the text is complete (only whitespace may follow).
-  bool Complete() const { return mode_ == Mode::kDone; }
+  // The bytes so far are a whole value the schema admits. Closed() says whether anything but
+  // whitespace may still follow: a top-level number or enum value may go on ("4" -> "42").
+  bool Complete() const;
+  bool Closed() const { return mode_ == Mode::kDone; }
   // Appends to `key` bytes that differ between any two states that could accept different byte
   // strings (the mode and what it reads, the open containers, the whitespace run): masks are cached
   // by it.
@@ -40,12 +47,11 @@ class JsonObjectGrammar {
 
  private:
   enum class Mode : uint8_t {
-    kStart,         // before the top-level object: whitespace or '{'
-    kValue,         // a value must start (after ':' or ',' in an array)
+    kValue,         // a value of value_node_ must start (whitespace first)
     kArrayFirst,    // after '[': a value or ']'
     kKeyFirst,      // after '{': '"' or '}'
     kKey,           // after ',' in an object: '"'
-    kColon,         // after a key: ':'
+    kColon,         // after a key: ':' (value_node_ is the key's)
     kAfterValue,    // ',' or the closing bracket of the container
     kString,        // inside a string (key_ says which)
     kEscape,        // after '\'
@@ -62,16 +68,39 @@ class JsonObjectGrammar {
     kExpSign,       // number: after the exponent's sign
     kExpDigits,     // number: exponent digits
     kLiteral,       // true / false / null (literal_ and literal_pos_)
-    kDone,          // the top-level object is closed
+    kEnum,          // one of an enum's texts (enum_candidates_, enum_matched_)
+    kDone,          // the top-level value is closed
+  };
+  // An open object or array.
+  struct Frame {
+    uint16_t node;          // its schema node (kObject or kArray)
+    uint8_t next_property;  // objects: the first property that may still come
+    uint32_t count;         // arrays: the items so far
   };
 
-  // Whether the current value ends the container's element: pops nothing; the value just ended.
-  void ValueEnded() { mode_ = depth_ == 0 ? Mode::kDone : Mode::kAfterValue; }
-  bool StartValue(uint8_t c);  // c starts a value (in kValue / kArrayFirst)
-  bool Push(bool object);
+  bool Step(uint8_t c);  // Feed without the whitespace bound and the restore
+  bool StartValue(uint8_t c);
+  bool StartKey();
+  bool Push(uint16_t node);
+  void ValueEnded();
+  bool CanCloseObject() const;
+  bool MoreKeysPossible() const;
+  bool StringChar();  // a character of a string value: within maxLength?
+  uint32_t KeyedCount(uint32_t count, uint32_t min, uint32_t max) const;
 
-  Mode mode_ = Mode::kStart;
+  const JsonSchema* schema_;
+  Mode mode_ = Mode::kValue;
+  uint16_t value_node_;           // the value that starts next (kValue, kColon)
   bool key_ = false;              // the string being read is an object key
+  bool key_free_ = false;         // ... of an object that takes any key
+  uint64_t key_candidates_ = 0;   // ... else the properties it can still be (bits over the frame's)
+  uint16_t key_matched_ = 0;      // its bytes read so far
+  uint16_t string_node_ = 0;      // a string value's node (its length bounds)
+  uint32_t string_chars_ = 0;     // its code points so far
+  bool integer_only_ = false;     // the number being read is an integer
+  uint16_t enum_node_ = 0;
+  uint64_t enum_candidates_ = 0;  // the enum texts the bytes so far begin
+  uint16_t enum_matched_ = 0;
   uint8_t hex_left_ = 0;
   uint16_t hex_value_ = 0;
   bool low_surrogate_ = false;    // the \u escape being read must be a low surrogate
@@ -80,7 +109,7 @@ class JsonObjectGrammar {
   uint8_t literal_ = 0, literal_pos_ = 0;
   uint8_t depth_ = 0;
   uint8_t whitespace_run_ = 0;    // whitespace bytes just taken outside strings
-  std::array<bool, kMaxDepth> is_object_{};  // per open container: object (true) or array
+  std::array<Frame, kMaxDepth> frames_{};
 };
 
 }  // namespace moe

@@ -14,6 +14,7 @@ Errors surface as grpc.RpcError (e.code() == grpc.StatusCode.INVALID_ARGUMENT, .
 """
 
 import dataclasses
+import json
 import os
 import sys
 from typing import Iterator, List, Optional, Sequence, Union
@@ -96,13 +97,21 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
         elif name == "logit_bias":  # {token id: bias}, as OpenAI's
             for token, bias in dict(value).items():
                 p.logit_bias[int(token)] = float(bias)
-        elif name == "response_format":  # "text" or "json_object" (or OpenAI's {"type": ...})
+        elif name == "response_format":
+            # "text", "json_object", or OpenAI's {"type": ...} ({"type": "json_schema", "json_schema":
+            # {"schema": {...}}}: the output is a value the schema admits)
             kind = value.get("type") if isinstance(value, dict) else value
             types = {"text": inference_pb2.ResponseFormat.TYPE_TEXT,
-                     "json_object": inference_pb2.ResponseFormat.TYPE_JSON_OBJECT}
+                     "json_object": inference_pb2.ResponseFormat.TYPE_JSON_OBJECT,
+                     "json_schema": inference_pb2.ResponseFormat.TYPE_JSON_SCHEMA}
             if kind not in types:
-                raise ValueError(f"response_format: expected 'text' or 'json_object', got {value!r}")
+                raise ValueError(f"response_format: expected 'text', 'json_object' or a json_schema, got {value!r}")
             p.response_format.type = types[kind]
+            if kind == "json_schema":
+                if not isinstance(value, dict) or not isinstance(value.get("json_schema"), dict) \
+                        or "schema" not in value["json_schema"]:
+                    raise ValueError("response_format: json_schema needs {'json_schema': {'schema': {...}}}")
+                p.response_format.json_schema = json.dumps(value["json_schema"]["schema"])
         else:
             setattr(p, name, value)
     return p
@@ -140,7 +149,8 @@ class MoeClient:
         usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
         top_k, top_p, min_p, seed, stop, stop_token_ids, logprobs, ignore_eos, repetition_penalty,
         presence_penalty, frequency_penalty, min_tokens, logit_bias ({id: bias}), n (each message's `index` says which
-        completion it carries), response_format ("json_object": the output is one JSON object). Closing the iterator early
+        completion it carries), response_format ("json_object": the output is one JSON object; OpenAI's
+        {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")

@@ -103,8 +103,27 @@ std::optional<HttpError> Bool(const json& body, const std::string& key, bool& ou
   return std::nullopt;
 }
 
+// response_format's json_schema (OpenAI's {"type": "json_schema", "json_schema": {"name", "schema",
+// ...}}) or vLLM's guided_json, as JSON text with the properties in the request's order (the order
+// the output writes them in): read from the body's text, since `json` sorts object keys.
+std::variant<std::string, HttpError> SchemaText(const std::string& body_text, bool guided_json) {
+  const nlohmann::ordered_json body = nlohmann::ordered_json::parse(body_text, nullptr, false);
+  if (guided_json) {
+    const nlohmann::ordered_json& g = body["guided_json"];
+    if (g.is_string()) return g.get<std::string>();
+    if (!g.is_object()) return BadParam("guided_json", "expected a JSON schema (an object or its text)");
+    return g.dump();
+  }
+  const nlohmann::ordered_json& f = body["response_format"];
+  if (!f.contains("json_schema") || !f["json_schema"].is_object() || !f["json_schema"].contains("schema") ||
+      !f["json_schema"]["schema"].is_object()) {
+    return BadParam("response_format", "json_schema: expected {\"name\": ..., \"schema\": {...}}");
+  }
+  return f["json_schema"]["schema"].dump();
+}
+
 // The sampling and streaming fields both APIs share (OpenAI's, and vLLM's extensions).
-std::optional<HttpError> ParseSampling(const json& body, CompletionCall& call) {
+std::optional<HttpError> ParseSampling(const json& body, const std::string& body_text, CompletionCall& call) {
   v1::SamplingParams& s = *call.request.mutable_sampling();
   std::optional<int64_t> top_k, seed, n, min_tokens;
   std::optional<double> temperature, top_p, min_p, presence, frequency, repetition;
@@ -167,10 +186,23 @@ std::optional<HttpError> ParseSampling(const json& body, CompletionCall& call) {
     if (type == "json_object") {
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
     } else if (type == "json_schema") {
-      return BadParam("response_format", "json_schema is not served; {\"type\": \"json_object\"} is (any JSON object)");
+      std::variant<std::string, HttpError> schema = SchemaText(body_text, false);
+      if (auto* e = std::get_if<HttpError>(&schema)) return *e;
+      s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+      s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
     } else if (type != "text") {
-      return BadParam("response_format", "expected {\"type\": \"text\"} or {\"type\": \"json_object\"}");
+      return BadParam("response_format", "expected {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                                         "{\"type\": \"json_schema\", \"json_schema\": {...}}");
     }
+  }
+  if (body.contains("guided_json") && !body["guided_json"].is_null()) {  // vLLM's name for the same
+    if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
+      return BadParam("guided_json", "cannot be combined with a JSON response_format");
+    }
+    std::variant<std::string, HttpError> schema = SchemaText(body_text, true);
+    if (auto* e = std::get_if<HttpError>(&schema)) return *e;
+    s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+    s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
   }
   bool ignore_eos = false;
   if (std::optional<HttpError> e = Bool(body, "ignore_eos", ignore_eos)) return e;
@@ -197,7 +229,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   v1::GenerateRequest& r = call.request;
   if (std::optional<HttpError> e = ParsePrompts(body, call.prompts)) return *e;
   *r.mutable_prompt() = call.prompts.front();
-  if (std::optional<HttpError> e = ParseSampling(body, call)) return *e;
+  if (std::optional<HttpError> e = ParseSampling(body, body_text, call)) return *e;
   v1::SamplingParams& s = *r.mutable_sampling();
 
   std::optional<int64_t> max_tokens, best_of, logprobs;
@@ -257,7 +289,7 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
 
   ChatCall chat;
   CompletionCall& call = chat.completion;
-  if (std::optional<HttpError> e = ParseSampling(body, call)) return *e;
+  if (std::optional<HttpError> e = ParseSampling(body, body_text, call)) return *e;
   v1::SamplingParams& s = *call.request.mutable_sampling();
 
   if (!ordered.contains("messages") || !ordered["messages"].is_array() || ordered["messages"].empty()) {

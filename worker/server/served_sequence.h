@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -19,7 +20,8 @@ struct ServedSequence {
   moe::v1::Assign assign;
   SamplingParams sampling;         // generation only
   std::optional<LogitsPenalties> penalties;  // generation with penalties or min_tokens
-  std::optional<JsonObjectConstraint> json;  // generation of one JSON object (Assign.json_object)
+  std::shared_ptr<JsonMaskCache> json_masks;  // its schema's masks, kept while the sequence uses them
+  std::optional<JsonConstraint> json;        // generation of one JSON value (Assign.json_object / json_schema)
   int64_t fed = 0;                 // positions handed to the engine (prompt chunks, then decode tokens)
   std::vector<int32_t> generated;  // sampled token ids
   moe::v1::Scored scored;          // scoring: logprobs (and is_argmax) gathered chunk by chunk

@@ -28,7 +28,6 @@ ServingLoop::ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, Servi
       outbox_(outbox),
       opts_(opts),
       planner_(engine.kv_blocks()),
-      json_masks_(opts.vocabulary != nullptr ? std::make_unique<JsonMaskCache>(opts.vocabulary) : nullptr),
       // "Due now" without overflow: a fresh rank heartbeats on its first iteration, so an idle new
       // cluster is not declared lost (time_point::min() overflowed now - last_heartbeat_).
       last_heartbeat_(std::chrono::steady_clock::now() - opts.heartbeat_interval),
@@ -103,16 +102,40 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
       s.penalties.emplace(pen, std::span<const int32_t>(a.prompt().data(), static_cast<size_t>(a.prompt_size())),
                           EndIds(a, c));
     }
-    if (a.json_object()) {
-      if (json_masks_ == nullptr) {
-        Finish(id, Finished::REASON_ERROR, "json_object: this rank has no vocabulary texts (the model has no tokenizer)");
+    if (a.json_object() || !a.json_schema().empty()) {
+      absl::StatusOr<std::shared_ptr<JsonMaskCache>> masks = JsonMasksFor(a);
+      if (!masks.ok()) {
+        Finish(id, Finished::REASON_ERROR, std::string(masks.status().message()));
         return;
       }
-      s.json.emplace(*json_masks_, EndIds(a, c));
+      s.json_masks = *masks;
+      s.json.emplace(*s.json_masks, EndIds(a, c));
     }
   }
   s.scored.set_seq_id(id);
   planner_.Enqueue(id, worst);
+}
+
+absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const moe::v1::Assign& a) {
+  const char* field = a.json_object() ? "json_object" : "json_schema";
+  if (opts_.vocabulary == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(field, ": this rank has no vocabulary texts (the model has no tokenizer)"));
+  }
+  const std::string key = a.json_object() ? std::string() : a.json_schema();
+  if (auto it = json_masks_.find(key); it != json_masks_.end()) return it->second;
+  std::shared_ptr<const JsonSchema> schema;
+  if (a.json_object()) {
+    schema = std::make_shared<const JsonSchema>(JsonSchema::AnyObject());
+  } else {
+    absl::StatusOr<JsonSchema> compiled = JsonSchema::CompileText(a.json_schema());
+    if (!compiled.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", compiled.status().message()));
+    schema = std::make_shared<const JsonSchema>(*std::move(compiled));
+  }
+  if (json_masks_.size() >= kMaxSchemas) json_masks_.clear();
+  auto masks = std::make_shared<JsonMaskCache>(opts_.vocabulary, std::move(schema));
+  json_masks_[key] = masks;
+  return masks;
 }
 
 bool ServingLoop::PrefixBeingComputed(const ServedSequence& s, int64_t cached_blocks) const {
@@ -186,7 +209,7 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
           Finish(seq_id, Finished::REASON_STOP);
         } else {
           Finish(seq_id, Finished::REASON_ERROR,
-                 "json_object: no token of the vocabulary continues the JSON object (the vocabulary lacks its bytes)");
+                 "response_format: no token of the vocabulary continues the JSON value (the vocabulary lacks its bytes)");
         }
         return;
       }

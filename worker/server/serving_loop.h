@@ -84,6 +84,9 @@ class ServingLoop {
   // should wait for it.
   bool PrefixBeingComputed(const ServedSequence& s, int64_t cached_blocks) const;
   void OnCancel(uint64_t seq_id);
+  // The mask cache of the Assign's JSON format (json_object, or its json_schema compiled); an error
+  // when the rank has no vocabulary or the schema does not compile.
+  absl::StatusOr<std::shared_ptr<JsonMaskCache>> JsonMasksFor(const moe::v1::Assign& a);
   // Sends Finished, frees the sequence's KV blocks and forgets it.
   void Finish(uint64_t seq_id, moe::v1::Finished::Reason reason, const std::string& error = "");
   // After a step: the outputs of one sequence's chunk of `tokens` tokens.
@@ -102,7 +105,10 @@ class ServingLoop {
   Outbox& outbox_;
   ServingLoopOptions opts_;
   BatchPlanner planner_;
-  std::unique_ptr<JsonMaskCache> json_masks_;  // with opts.vocabulary; before seqs_, whose constraints use it
+  // The mask caches of the JSON schemas requested lately (json_object's under ""), shared by their
+  // sequences; at most kMaxSchemas (then the map starts over; running sequences keep theirs).
+  static constexpr size_t kMaxSchemas = 64;
+  std::map<std::string, std::shared_ptr<JsonMaskCache>> json_masks_;
   std::map<uint64_t, ServedSequence> seqs_;
   TokenLogprobs logprobs_;
   std::vector<float> adjusted_;  // a logits row after a sequence's penalties

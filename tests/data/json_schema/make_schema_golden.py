@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Writes schema_golden.json: JSON texts judged against JSON schemas by Python's jsonschema
+(Draft 2020-12), the outside reference for tests/json_schema_test.cc.
+
+For each schema: canonical instances (drawn from the schema: properties in the schema's order,
+optional ones sometimes left out, compact or indented, ASCII-escaped or not), instances changed
+structurally (a property dropped or added, an item dropped, a member of another type), then texts
+mutated from them (a byte replaced, inserted or dropped; properties reordered; a truncation). Each text
+gets `valid` (Python's json reads it, with no NaN/Infinity, and the schema admits the value) and
+`canonical` (a drawn instance, or a valid one changed structurally with its properties still in
+the schema's order: the grammar must accept it).
+
+  /usr/bin/python3 tests/data/json_schema/make_schema_golden.py   (python3-jsonschema)
+"""
+import importlib.metadata
+import json
+import os
+import random
+
+import jsonschema
+
+SCHEMAS = [
+    {"name": "person", "schema": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 12},
+            "age": {"type": "integer"},
+            "email": {"type": ["string", "null"]},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3},
+            "role": {"enum": ["admin", "user", 3, None]},
+            "score": {"type": "number"},
+        },
+        "required": ["name", "age"],
+        "additionalProperties": False}},
+    {"name": "tree", "schema": {
+        "$defs": {"node": {"type": "object", "properties": {
+            "value": {"type": "number"},
+            "children": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}},
+            "required": ["value"]}},
+        "$ref": "#/$defs/node"}},
+    {"name": "flags", "schema": {"type": "array", "items": {"type": "boolean"}, "minItems": 1, "maxItems": 4}},
+    {"name": "enums", "schema": {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "reddish", "blue"]}, "n": {"const": 42}, "ok": {"type": "boolean"}},
+        "required": ["color", "n"]}},
+    {"name": "union", "schema": {
+        "type": "object",
+        "properties": {"v": {"anyOf": [
+            {"type": "string", "maxLength": 3},
+            {"type": "integer"},
+            {"type": "object", "properties": {"a": {"type": "null"}}, "required": ["a"]}]}},
+        "required": ["v"]}},
+    {"name": "integer", "schema": {"type": "integer"}},
+    {"name": "numbers_enum", "schema": {"enum": [1, 12, 123, "x"]}},
+    {"name": "free_object", "schema": {"type": "object", "title": "anything"}},
+]
+
+WORDS = ["a", "ab", "Ro", "é", "日本", "x\"y", "b\\c", "t\ta", "😀", ""]
+
+
+def draw(schema, defs, rng, depth=0):
+    """A value the schema admits (None when none drawn), in the shape the grammar writes."""
+    if "$ref" in schema:
+        return draw(defs[schema["$ref"].split("/")[-1]], defs, rng, depth + 1)
+    if "anyOf" in schema:
+        return draw(rng.choice(schema["anyOf"]), defs, rng, depth)
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if "const" in schema:
+        return schema["const"]
+    t = schema.get("type")
+    if isinstance(t, list):
+        return draw(dict(schema, type=rng.choice(t)), defs, rng, depth)
+    if t == "object":
+        out = {}
+        required = schema.get("required", [])
+        props = schema.get("properties", {})
+        if not props:
+            for k in range(rng.randint(0, 3)):
+                out["k%d" % k] = rng.choice([1, "v", None, [True], {"z": 0.5}])
+            return out
+        for name, sub in props.items():
+            if name in required or (depth < 3 and rng.random() < 0.6):
+                out[name] = draw(sub, defs, rng, depth + 1)
+        return out
+    if t == "array":
+        lo, hi = schema.get("minItems", 0), min(schema.get("maxItems", 3), 3)
+        return [draw(schema.get("items", {}), defs, rng, depth + 1) for _ in range(rng.randint(lo, max(lo, hi)))]
+    if t == "string":
+        lo, hi = schema.get("minLength", 0), schema.get("maxLength", 8)
+        while True:
+            s = "".join(rng.choice(WORDS) for _ in range(rng.randint(0, 3)))
+            if lo <= len(s) <= hi:
+                return s
+    if t == "integer":
+        return rng.randint(-300, 300)
+    if t == "number":
+        return rng.choice([0, -1, 2.5, 1e-3, 123456.75, -0.0])
+    if t == "boolean":
+        return rng.random() < 0.5
+    if t == "null":
+        return None
+    return rng.choice([1, "v", None, {"q": [1, 2]}])
+
+
+def dump(value, rng):
+    style = rng.randint(0, 2)
+    if style == 0:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if style == 1:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=True)
+
+
+def mutate(text, rng):
+    b = bytearray(text.encode())
+    for _ in range(rng.randint(1, 2)):
+        if not b:
+            break
+        at = rng.randrange(len(b))
+        op = rng.randrange(5)
+        ch = rng.choice(b'{}[]":,0129-.etrufalsnxy \\\n')
+        if op == 0:
+            b[at] = ch
+        elif op == 1:
+            b.insert(at, ch)
+        elif op == 2:
+            del b[at]
+        elif op == 3:
+            del b[at:]
+        else:
+            return None
+    return bytes(b).decode("utf-8", errors="surrogateescape")
+
+
+def containers(value, out):
+    """Every dict and list in value, value itself first."""
+    if isinstance(value, (dict, list)):
+        out.append(value)
+        for v in (value.values() if isinstance(value, dict) else value):
+            containers(v, out)
+    return out
+
+
+def mutate_value(value, rng):
+    """The value with one structural change (a property dropped or added, an item dropped, a member
+    replaced by a value of another type), properties still in their order, and whether a valid result
+    must be accepted; None when none applies."""
+    value = json.loads(json.dumps(value))
+    targets = containers(value, [])
+    if not targets:
+        return None
+    c = rng.choice(targets)
+    if isinstance(c, dict):
+        op = rng.randrange(3)
+        if op == 0 and c:
+            del c[rng.choice(list(c))]
+        elif op == 1:
+            # Valid where additionalProperties is absent, which the grammar reads strictly (only
+            # the listed properties): not a text it must accept.
+            c["zz"] = 1
+            return value, False
+        elif c:
+            c[rng.choice(list(c))] = rng.choice([7, "s", None, True, [1], {"q": 1}, 2.5])
+        else:
+            return None
+    else:
+        if c and rng.random() < 0.5:
+            del c[rng.randrange(len(c))]
+        elif c:
+            c[rng.randrange(len(c))] = rng.choice([7, "s", None, True, [1], {"q": 1}, 2.5])
+        else:
+            c.append(rng.choice([7, "s", None, True]))
+    return value, True
+
+
+def reject_constant(name):
+    raise ValueError(name)
+
+
+def judge(schema, text):
+    try:
+        value = json.loads(text, parse_constant=reject_constant)
+    except (ValueError, UnicodeError):
+        return False
+    return jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def main():
+    rng = random.Random(5)
+    cases = []
+    for entry in SCHEMAS:
+        schema = entry["schema"]
+        defs = schema.get("$defs", {})
+        texts = {}
+        canonical = []
+        for _ in range(60):
+            value = draw(schema, defs, rng)
+            text = dump(value, rng)
+            assert judge(schema, text), (entry["name"], text)
+            canonical.append(text)
+            texts[text] = True
+        values = [json.loads(t) for t in canonical]
+        for _ in range(150):
+            # Structural changes keep the schema's order: what is valid must be accepted.
+            m = mutate_value(rng.choice(values), rng)
+            if m is None:
+                continue
+            text = dump(m[0], rng)
+            if text not in texts:
+                texts[text] = m[1] and judge(schema, text)
+        for _ in range(400):
+            base = rng.choice(canonical)
+            m = mutate(base, rng)
+            if m is None:  # reorder an object's properties: valid, but not in the schema's order
+                try:
+                    value = json.loads(base)
+                except ValueError:
+                    continue
+                if isinstance(value, dict) and len(value) > 1:
+                    items = list(value.items())
+                    rng.shuffle(items)
+                    m = json.dumps(dict(items))
+                else:
+                    continue
+            if "\udc80" <= m <= "\udcff" or any("\udc80" <= ch <= "\udcff" for ch in m):
+                continue  # not UTF-8 after the mutation: Python's json cannot read it as text
+            texts.setdefault(m, False)
+        cases.append({"name": entry["name"], "schema": schema,
+                      "texts": [{"text": t, "canonical": c, "valid": judge(schema, t)} for t, c in texts.items()]})
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema_golden.json")
+    with open(out, "w") as f:
+        json.dump({"generator": "make_schema_golden.py", "jsonschema": importlib.metadata.version("jsonschema"),
+                   "cases": cases}, f, indent=1, ensure_ascii=False)
+    for c in cases:
+        print(c["name"], len(c["texts"]), "texts,", sum(t["valid"] for t in c["texts"]), "valid")
+
+
+if __name__ == "__main__":
+    main()

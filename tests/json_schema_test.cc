@@ -1,0 +1,158 @@
+// JSON schemas for constrained generation, against Python's jsonschema (tests/data/json_schema/
+// schema_golden.json, from make_schema_golden.py): for every text, whatever the grammar accepts as
+// a whole value the schema admits is valid there (nothing invalid is ever generated), and every
+// canonical instance (properties in the schema's order) is accepted. Every prefix the grammar takes
+// can still be completed (no dead state: a search over bytes finds a whole value, which nlohmann
+// parses). Unsupported keywords are refused naming their path.
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "worker/json_grammar.h"
+#include "worker/json_schema.h"
+
+namespace moe {
+namespace {
+
+using ordered = nlohmann::ordered_json;
+
+const std::string kGolden = std::string(MOE_SOURCE_DIR) + "/tests/data/json_schema/schema_golden.json";
+
+// Bytes that complete any value the schemas here admit: structure, digits, the letters of their
+// literals, names and enums, and continuation bytes for a multi-byte character already begun.
+const std::string& Alphabet() {
+  static const std::string a = std::string("\"}]:,{[0123456789-.eEtrufalsnbdhxyvgcoipmwkAR \\") + "\x80\x90\xa0\xbf";
+  return a;
+}
+
+// nlohmann refuses numbers past double's range, which JSON's grammar allows: exponent digits become
+// zeros (digit for digit) before the syntax check.
+bool SyntaxAccepts(std::string s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != 'e' && s[i] != 'E') continue;
+    size_t j = i + 1;
+    if (j < s.size() && (s[j] == '+' || s[j] == '-')) ++j;
+    for (; j < s.size() && s[j] >= '0' && s[j] <= '9'; ++j) s[j] = '0';
+  }
+  return nlohmann::json::accept(s);
+}
+
+// Depth-first search over bytes for a completion of `g` to a whole value (state keys seen are not
+// searched again); empty optional when none is found within the budget.
+bool FindCompletion(const JsonGrammar& g, std::string& out, std::set<std::string>& seen, int depth) {
+  if (g.Complete()) return true;
+  if (depth > 300 || seen.size() > 200000) return false;
+  std::string key;
+  g.AppendStateKey(key);
+  if (!seen.insert(key).second) return false;
+  for (char c : Alphabet()) {
+    JsonGrammar next = g;
+    if (!next.Feed(static_cast<uint8_t>(c))) continue;
+    out.push_back(c);
+    if (FindCompletion(next, out, seen, depth + 1)) return true;
+    out.pop_back();
+  }
+  return false;
+}
+
+TEST(JsonSchemaTest, GrammarAgreesWithPythonsJsonschema) {
+  std::ifstream f(kGolden);
+  ASSERT_TRUE(f.good()) << kGolden;
+  const ordered golden = ordered::parse(f);
+  int texts = 0, accepted = 0, canonical = 0, prefixes = 0;
+  for (const ordered& c : golden["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    absl::StatusOr<JsonSchema> schema = JsonSchema::Compile(c["schema"]);
+    ASSERT_TRUE(schema.ok()) << schema.status();
+    for (const ordered& t : c["texts"]) {
+      const std::string text = t["text"];
+      const bool valid = t["valid"], is_canonical = t["canonical"];
+      JsonGrammar g(*schema);
+      size_t taken = 0;
+      while (taken < text.size() && g.Feed(static_cast<uint8_t>(text[taken]))) ++taken;
+      const bool whole = taken == text.size() && g.Complete();
+      ++texts;
+      accepted += whole;
+      canonical += is_canonical;
+      if (whole) EXPECT_TRUE(valid) << "the grammar took a text jsonschema refuses: " << text;
+      if (is_canonical) EXPECT_TRUE(whole) << "a canonical instance refused at byte " << taken << ": " << text;
+      // What it took can still become a whole value.
+      std::string completion;
+      std::set<std::string> seen;
+      ASSERT_TRUE(FindCompletion(g, completion, seen, 0)) << "dead state after " << text.substr(0, taken);
+      EXPECT_TRUE(SyntaxAccepts(text.substr(0, taken) + completion)) << text.substr(0, taken) << completion;
+      ++prefixes;
+    }
+  }
+  EXPECT_GT(texts, 2000);
+  EXPECT_GT(canonical, 250);
+  EXPECT_GT(accepted, canonical);  // mutations that stay valid in the schema's order too
+  EXPECT_EQ(prefixes, texts);
+}
+
+TEST(JsonSchemaTest, ObjectsFollowTheSchemasOrderAndItsRequiredProperties) {
+  const ordered s = ordered::parse(R"({"type": "object", "properties": {"b": {"type": "integer"},
+      "a": {"type": "string"}, "c": {"type": "boolean"}}, "required": ["a"]})");
+  absl::StatusOr<JsonSchema> schema = JsonSchema::Compile(s);
+  ASSERT_TRUE(schema.ok()) << schema.status();
+  auto whole = [&](const std::string& text) {
+    JsonGrammar g(*schema);
+    return g.Feed(text) && g.Complete();
+  };
+  EXPECT_TRUE(whole(R"({"b": 1, "a": "x", "c": true})"));
+  EXPECT_TRUE(whole(R"({"a": "x"})"));  // b is optional
+  EXPECT_FALSE(whole(R"({"a": "x", "b": 1})"));  // out of the schema's order
+  EXPECT_FALSE(whole(R"({"b": 1})"));  // a is required
+  EXPECT_FALSE(whole(R"({"c": true})"));  // c cannot skip the required a
+  EXPECT_FALSE(whole(R"({"b": 1.5, "a": "x"})"));  // an integer
+  EXPECT_FALSE(whole(R"({"a": "x", "d": 1})"));  // no other keys
+}
+
+TEST(JsonSchemaTest, TopLevelNumbersAndEnumsStayOpenUntilTheyCannotGrow) {
+  absl::StatusOr<JsonSchema> schema = JsonSchema::Compile(ordered::parse(R"({"enum": [1, 12, "x"]})"));
+  ASSERT_TRUE(schema.ok()) << schema.status();
+  JsonGrammar g(*schema);
+  ASSERT_TRUE(g.Feed("1"));
+  EXPECT_TRUE(g.Complete());
+  EXPECT_FALSE(g.Closed()) << "12 may still come";
+  ASSERT_TRUE(g.Feed("2"));
+  EXPECT_TRUE(g.Complete());
+  EXPECT_FALSE(g.Feed("3"));
+  ASSERT_TRUE(g.Feed(" "));
+  EXPECT_TRUE(g.Closed());
+}
+
+TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {
+  auto error = [](const std::string& text) {
+    absl::StatusOr<JsonSchema> s = JsonSchema::Compile(ordered::parse(text));
+    return s.ok() ? std::string("ok") : std::string(s.status().message());
+  };
+  EXPECT_EQ(error(R"({"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}})").rfind(
+                "properties.age.minimum: not supported", 0),
+            0u);
+  EXPECT_EQ(error(R"({"type": "string", "pattern": "a+"})").rfind("pattern: not supported", 0), 0u);
+  EXPECT_EQ(error(R"({"type": "string", "format": "date"})").rfind("format: not supported", 0), 0u);
+  EXPECT_EQ(error(R"({"type": "object", "additionalProperties": {"type": "string"}})")
+                .rfind("additionalProperties: only true or false", 0),
+            0u);
+  EXPECT_EQ(error(R"({"anyOf": [{"type": "integer"}, {"type": "number"}]})").rfind("anyOf: alternatives", 0), 0u);
+  EXPECT_EQ(error(R"({"$ref": "#/$defs/missing"})").rfind("$ref: \"#/$defs/missing\" names no definition", 0), 0u);
+  EXPECT_EQ(error(R"({"$ref": "http://example.com/s.json"})").rfind("$ref: only", 0), 0u);
+  EXPECT_EQ(error(R"({"type": "object", "properties": {"a": {}}, "required": ["b"]})")
+                .rfind("required: \"b\" is not among the properties", 0),
+            0u);
+  EXPECT_EQ(error(R"({"type": "strin"})").rfind("type: unknown type", 0), 0u);
+  EXPECT_EQ(error(R"({"type": "string", "items": {}})").rfind("items: only for type array", 0), 0u);
+  EXPECT_EQ(error(R"({"type": "array", "minItems": 3, "maxItems": 2})").rfind("minItems: exceeds maxItems", 0), 0u);
+  EXPECT_EQ(error("false").rfind("schema: false admits no value", 0), 0u);
+  EXPECT_EQ(error(R"({"type": "object", "properties": {"a\"b": {}}})").rfind("properties.a\"b: property names", 0), 0u);
+  EXPECT_EQ(error(R"({"type": ["string", "null"], "maxLength": 3})"), "ok");
+  EXPECT_EQ(error("{}"), "ok");
+}
+
+}  // namespace
+}  // namespace moe

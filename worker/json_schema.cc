@@ -1,0 +1,359 @@
+#include "worker/json_schema.h"
+
+#include <map>
+#include <set>
+#include <utility>
+
+namespace moe {
+namespace {
+
+// Ordered: an object's properties come in the order the schema's text lists them.
+using json = nlohmann::ordered_json;
+
+constexpr const char* kSupported =
+    "supported: type, properties, required, additionalProperties (true without properties, or false), items, minItems, "
+    "maxItems, minLength, maxLength, enum, const, anyOf/oneOf (alternatives starting with different bytes), "
+    "$ref to #/$defs or #/definitions, and annotations";
+
+const std::set<std::string>& Annotations() {
+  static const std::set<std::string> k = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
+                                          "$defs", "definitions"};
+  return k;
+}
+
+// The type each type-specific keyword belongs to.
+const std::map<std::string, std::string>& Owners() {
+  static const std::map<std::string, std::string> k = {
+      {"properties", "object"}, {"required", "object"}, {"additionalProperties", "object"}, {"items", "array"},
+      {"minItems", "array"},    {"maxItems", "array"},  {"minLength", "string"},           {"maxLength", "string"}};
+  return k;
+}
+
+std::bitset<256> ValueStartBytes() {
+  std::bitset<256> b;
+  for (unsigned char c : std::string("{[\"-0123456789tfn")) b.set(c);
+  return b;
+}
+
+std::string Join(const std::string& path, const std::string& key) { return path.empty() ? key : path + "." + key; }
+
+absl::Status Error(const std::string& path, const std::string& what) {
+  return absl::InvalidArgumentError((path.empty() ? std::string("schema") : path) + ": " + what);
+}
+
+}  // namespace
+
+JsonSchema::JsonSchema() {
+  nodes_.resize(3);
+  nodes_[kAnyNode].kind = JsonSchemaNode::Kind::kAny;
+  nodes_[kAnyNode].first_bytes = ValueStartBytes();
+  nodes_[kAnyObjectNode].kind = JsonSchemaNode::Kind::kObject;
+  nodes_[kAnyObjectNode].additional = true;
+  nodes_[kAnyObjectNode].first_bytes.set('{');
+  nodes_[kAnyArrayNode].kind = JsonSchemaNode::Kind::kArray;
+  nodes_[kAnyArrayNode].items = kAnyNode;
+  nodes_[kAnyArrayNode].first_bytes.set('[');
+}
+
+JsonSchema JsonSchema::AnyObject() {
+  JsonSchema s;
+  s.root_ = kAnyObjectNode;
+  return s;
+}
+
+class JsonSchemaCompiler {
+ public:
+  explicit JsonSchemaCompiler(const json& document) : doc_(document) {}
+
+  absl::StatusOr<uint16_t> Compile(const json& s, const std::string& path) {
+    if (s.is_boolean()) {
+      if (s.get<bool>()) return JsonSchema::kAnyNode;
+      return Error(path, "false admits no value");
+    }
+    if (!s.is_object()) return Error(path, "a schema must be an object or a boolean");
+    for (const auto& [key, value] : s.items()) {
+      static const std::set<std::string> kKeys = {"type", "properties", "required", "additionalProperties", "items",
+                                                  "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
+                                                  "anyOf", "oneOf", "$ref"};
+      if (kKeys.count(key) == 0 && Annotations().count(key) == 0) {
+        return Error(Join(path, key), std::string("not supported (") + kSupported + ")");
+      }
+    }
+    if (s.contains("$ref")) return Ref(s, path);
+    if (s.contains("anyOf") || s.contains("oneOf")) return AnyOf(s, path);
+    if (s.contains("enum") || s.contains("const")) return Enum(s, path);
+    if (s.contains("type") && s["type"].is_array()) {
+      // ["string", "null"]: anyOf of the types, each with the keywords of its type.
+      json alternatives = json::array();
+      for (const json& t : s["type"]) {
+        json one = json::object();
+        for (const auto& [key, value] : s.items()) {
+          const auto owner = Owners().find(key);
+          if (owner == Owners().end() || (t.is_string() && owner->second == t.get<std::string>())) one[key] = value;
+        }
+        one["type"] = t;
+        alternatives.push_back(one);
+      }
+      return AnyOfList(alternatives, Join(path, "type"));
+    }
+    std::string type;
+    if (s.contains("type")) {
+      if (!s["type"].is_string()) return Error(Join(path, "type"), "expected a string or an array of strings");
+      type = s["type"].get<std::string>();
+    } else if (s.contains("properties") || s.contains("required") || s.contains("additionalProperties")) {
+      type = "object";
+    } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
+      type = "array";
+    } else if (s.contains("minLength") || s.contains("maxLength")) {
+      type = "string";
+    } else {
+      return JsonSchema::kAnyNode;
+    }
+    // Keywords that belong to another type are an error, not silently ignored.
+    for (const auto& [key, owner] : Owners()) {
+      if (s.contains(key) && owner != type) return Error(Join(path, key), "only for type " + owner + ", not " + type);
+    }
+    MOE_ASSIGN_OR_RETURN(const uint16_t id, NewNode(path));
+    JsonSchemaNode n;
+    using K = JsonSchemaNode::Kind;
+    if (type == "object") {
+      n.kind = K::kObject;
+      n.first_bytes.set('{');
+      MOE_RETURN_IF_ERROR(Object(s, path, n));
+    } else if (type == "array") {
+      n.kind = K::kArray;
+      n.first_bytes.set('[');
+      n.items = JsonSchema::kAnyNode;
+      if (s.contains("items")) {
+        MOE_ASSIGN_OR_RETURN(n.items, Compile(s["items"], Join(path, "items")));
+      }
+      MOE_RETURN_IF_ERROR(Bound(s, "minItems", path, n.min_items));
+      MOE_RETURN_IF_ERROR(Bound(s, "maxItems", path, n.max_items));
+      if (n.min_items > n.max_items) return Error(Join(path, "minItems"), "exceeds maxItems");
+    } else if (type == "string") {
+      n.kind = K::kString;
+      n.first_bytes.set('"');
+      MOE_RETURN_IF_ERROR(Bound(s, "minLength", path, n.min_length));
+      MOE_RETURN_IF_ERROR(Bound(s, "maxLength", path, n.max_length));
+      if (n.min_length > n.max_length) return Error(Join(path, "minLength"), "exceeds maxLength");
+    } else if (type == "integer" || type == "number") {
+      n.kind = type == "integer" ? K::kInteger : K::kNumber;
+      for (unsigned char c : std::string("-0123456789")) n.first_bytes.set(c);
+    } else if (type == "boolean") {
+      n.kind = K::kBoolean;
+      n.first_bytes.set('t');
+      n.first_bytes.set('f');
+    } else if (type == "null") {
+      n.kind = K::kNull;
+      n.first_bytes.set('n');
+    } else {
+      return Error(Join(path, "type"), "unknown type \"" + type + "\"");
+    }
+    nodes_[id] = std::move(n);
+    return id;
+  }
+
+  absl::StatusOr<JsonSchema> Finish(uint16_t root) {
+    // anyOf's first bytes are its alternatives', which a $ref cycle may reach before they are known:
+    // take the union until nothing changes, then check that alternatives do not overlap.
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (JsonSchemaNode& n : nodes_) {
+        if (n.kind != JsonSchemaNode::Kind::kAnyOf) continue;
+        std::bitset<256> b;
+        for (uint16_t a : n.alternatives) b |= nodes_[a].first_bytes;
+        if (b != n.first_bytes) {
+          n.first_bytes = b;
+          changed = true;
+        }
+      }
+    }
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      const JsonSchemaNode& n = nodes_[i];
+      if (n.kind != JsonSchemaNode::Kind::kAnyOf) continue;
+      std::bitset<256> seen;
+      for (uint16_t a : n.alternatives) {
+        if ((seen & nodes_[a].first_bytes).any()) {
+          return Error(paths_[i], "alternatives that can start with the same byte are not supported (each must be of "
+                                  "another JSON type, e.g. a string or null)");
+        }
+        seen |= nodes_[a].first_bytes;
+      }
+    }
+    JsonSchema schema;
+    schema.nodes_ = std::move(nodes_);
+    schema.root_ = root;
+    return schema;
+  }
+
+ private:
+  absl::StatusOr<uint16_t> NewNode(const std::string& path) {
+    if (nodes_.size() >= JsonSchema::kMaxNodes) {
+      return Error(path, "the schema has more than " + std::to_string(JsonSchema::kMaxNodes) + " parts");
+    }
+    nodes_.emplace_back();
+    paths_.push_back(path);
+    return static_cast<uint16_t>(nodes_.size() - 1);
+  }
+
+  static absl::Status Bound(const json& s, const char* key, const std::string& path, uint32_t& out) {
+    if (!s.contains(key)) return absl::OkStatus();
+    const json& v = s[key];
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > UINT32_MAX - 1) {
+      return Error(Join(path, key), "expected a non-negative integer");
+    }
+    out = static_cast<uint32_t>(v.get<int64_t>());
+    return absl::OkStatus();
+  }
+
+  absl::Status Object(const json& s, const std::string& path, JsonSchemaNode& n) {
+    // Absent: any keys when none are listed ({"type": "object"}), else only the listed ones.
+    n.additional = !s.contains("properties") || s["properties"].empty();
+    if (s.contains("additionalProperties")) {
+      const json& a = s["additionalProperties"];
+      if (a.is_boolean()) {
+        n.additional = a.get<bool>();
+      } else if (a.is_object() && a.empty()) {
+        n.additional = true;
+      } else {
+        return Error(Join(path, "additionalProperties"), "only true or false is supported");
+      }
+    }
+    if (s.contains("properties")) {
+      const json& props = s["properties"];
+      if (!props.is_object()) return Error(Join(path, "properties"), "expected an object");
+      if (props.size() > JsonSchema::kMaxProperties) {
+        return Error(Join(path, "properties"), "more than " + std::to_string(JsonSchema::kMaxProperties));
+      }
+      if (!props.empty() && n.additional) {
+        return Error(Join(path, "additionalProperties"), "true is supported only for an object without properties");
+      }
+      for (const auto& [name, sub] : props.items()) {
+        for (unsigned char c : name) {
+          if (c == '"' || c == '\\' || c < 0x20) {
+            return Error(Join(Join(path, "properties"), name), "property names with quotes, backslashes or control "
+                                                               "characters are not supported");
+          }
+        }
+        n.property_names.push_back(name);
+        MOE_ASSIGN_OR_RETURN(const uint16_t v, Compile(sub, Join(Join(path, "properties"), name)));
+        n.property_nodes.push_back(v);
+      }
+    }
+    n.required.assign(n.property_names.size(), false);
+    if (s.contains("required")) {
+      const json& req = s["required"];
+      if (!req.is_array()) return Error(Join(path, "required"), "expected an array of property names");
+      for (const json& r : req) {
+        bool found = false;
+        for (size_t i = 0; r.is_string() && i < n.property_names.size(); ++i) {
+          if (n.property_names[i] == r.get<std::string>()) n.required[i] = found = true;
+        }
+        if (!found) return Error(Join(path, "required"), r.dump() + " is not among the properties");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint16_t> Ref(const json& s, const std::string& path) {
+    for (const auto& [key, value] : s.items()) {
+      if (key != "$ref" && Annotations().count(key) == 0) {
+        return Error(Join(path, key), "not supported beside $ref");
+      }
+    }
+    if (!s["$ref"].is_string()) return Error(Join(path, "$ref"), "expected a string");
+    const std::string ref = s["$ref"].get<std::string>();
+    if (auto it = refs_.find(ref); it != refs_.end()) return it->second;
+    std::string name;
+    const json* defs = nullptr;
+    for (const char* prefix : {"#/$defs/", "#/definitions/"}) {
+      if (ref.rfind(prefix, 0) == 0) {
+        name = ref.substr(std::string(prefix).size());
+        const std::string section = std::string(prefix).substr(2, std::string(prefix).size() - 3);
+        if (doc_.is_object() && doc_.contains(section)) defs = &doc_[section];
+      }
+    }
+    if (name.empty() || name.find('/') != std::string::npos) {
+      return Error(Join(path, "$ref"), "only \"#/$defs/NAME\" and \"#/definitions/NAME\" are supported, got \"" + ref + "\"");
+    }
+    if (defs == nullptr || !defs->is_object() || !defs->contains(name)) {
+      return Error(Join(path, "$ref"), "\"" + ref + "\" names no definition");
+    }
+    // A placeholder first, so that a definition that refers to itself finds its node.
+    MOE_ASSIGN_OR_RETURN(const uint16_t id, NewNode(Join(path, "$ref")));
+    refs_[ref] = id;
+    nodes_[id].kind = JsonSchemaNode::Kind::kAnyOf;  // one alternative: the definition
+    MOE_ASSIGN_OR_RETURN(const uint16_t target, Compile((*defs)[name], ref.substr(2)));
+    nodes_[id].alternatives = {target};
+    return id;
+  }
+
+  absl::StatusOr<uint16_t> AnyOf(const json& s, const std::string& path) {
+    const char* key = s.contains("anyOf") ? "anyOf" : "oneOf";
+    for (const auto& [k, value] : s.items()) {
+      if (k != key && Annotations().count(k) == 0) return Error(Join(path, k), std::string("not supported beside ") + key);
+    }
+    if (!s[key].is_array() || s[key].empty()) return Error(Join(path, key), "expected a non-empty array of schemas");
+    return AnyOfList(s[key], Join(path, key));
+  }
+
+  absl::StatusOr<uint16_t> AnyOfList(const json& alternatives, const std::string& path) {
+    MOE_ASSIGN_OR_RETURN(const uint16_t id, NewNode(path));
+    std::vector<uint16_t> alts;
+    for (size_t i = 0; i < alternatives.size(); ++i) {
+      MOE_ASSIGN_OR_RETURN(const uint16_t a, Compile(alternatives[i], path + "[" + std::to_string(i) + "]"));
+      alts.push_back(a);
+    }
+    nodes_[id].kind = JsonSchemaNode::Kind::kAnyOf;
+    nodes_[id].alternatives = std::move(alts);
+    return id;
+  }
+
+  absl::StatusOr<uint16_t> Enum(const json& s, const std::string& path) {
+    std::vector<json> values;
+    if (s.contains("const")) values.push_back(s["const"]);
+    if (s.contains("enum")) {
+      if (!s["enum"].is_array() || s["enum"].empty()) return Error(Join(path, "enum"), "expected a non-empty array");
+      if (s.contains("const")) return Error(Join(path, "const"), "not supported beside enum");
+      values.assign(s["enum"].begin(), s["enum"].end());
+    }
+    if (values.size() > JsonSchema::kMaxEnum) {
+      return Error(Join(path, "enum"), "more than " + std::to_string(JsonSchema::kMaxEnum) + " values");
+    }
+    for (const auto& [key, value] : s.items()) {
+      if (key != "enum" && key != "const" && key != "type" && Annotations().count(key) == 0) {
+        return Error(Join(path, key), "not supported beside enum or const");
+      }
+    }
+    MOE_ASSIGN_OR_RETURN(const uint16_t id, NewNode(path));
+    JsonSchemaNode n;
+    n.kind = JsonSchemaNode::Kind::kEnum;
+    std::set<std::string> seen;
+    for (const json& v : values) {
+      const std::string text = v.dump();  // compact, with \u escapes only where JSON needs them
+      if (seen.insert(text).second) n.texts.push_back(text);
+      n.first_bytes.set(static_cast<unsigned char>(text[0]));
+    }
+    nodes_[id] = std::move(n);
+    return id;
+  }
+
+  const json& doc_;
+  std::vector<JsonSchemaNode> nodes_ = JsonSchema::AnyObject().nodes_;
+  std::vector<std::string> paths_ = std::vector<std::string>(3);
+  std::map<std::string, uint16_t> refs_;
+};
+
+absl::StatusOr<JsonSchema> JsonSchema::Compile(const nlohmann::ordered_json& schema) {
+  JsonSchemaCompiler c(schema);
+  MOE_ASSIGN_OR_RETURN(const uint16_t root, c.Compile(schema, ""));
+  return c.Finish(root);
+}
+
+absl::StatusOr<JsonSchema> JsonSchema::CompileText(std::string_view text) {
+  nlohmann::ordered_json schema = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (schema.is_discarded()) return absl::InvalidArgumentError("schema: not valid JSON");
+  return Compile(schema);
+}
+
+}  // namespace moe

@@ -1,0 +1,78 @@
+// A JSON Schema compiled for constrained generation (response_format json_schema): a graph of
+// nodes the byte grammar (json_grammar.h) walks while it reads a value. The subset is what a
+// deterministic byte-at-a-time reader can enforce exactly; anything else is refused at compile
+// time with the schema path and the keyword, never ignored:
+//   - "type": one of object, array, string, integer, number, boolean, null (a list of types is
+//     read as anyOf of each);
+//   - object: "properties", "required", "additionalProperties" (false, or absent with properties
+//     listed: only those, as OpenAI's strict structured outputs; true, or absent with none listed:
+//     any keys and values). Properties come in the schema's order (as xgrammar and OpenAI's
+//     structured outputs write them); optional ones may be left out;
+//   - array: "items", "minItems", "maxItems";
+//   - string: "minLength", "maxLength" (in code points);
+//   - "enum" and "const" of any JSON values (written as their compact JSON text);
+//   - "anyOf" / "oneOf" whose alternatives start with different bytes (a string or null; an object
+//     or an array), so that a value's first byte chooses the alternative;
+//   - "$ref" to "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed);
+//   - annotations that constrain nothing: title, description, default, examples, $schema, $id,
+//     $comment. Everything else (format, pattern, minimum, ...) is refused: a promise not kept.
+// An empty schema ({} or true) is any JSON value.
+#pragma once
+
+#include <bitset>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace moe {
+
+struct JsonSchemaNode {
+  enum class Kind : uint8_t { kAny, kObject, kArray, kString, kInteger, kNumber, kBoolean, kNull, kEnum, kAnyOf };
+  Kind kind = Kind::kAny;
+  // kObject: the properties in order, their value nodes, which are required.
+  std::vector<std::string> property_names;
+  std::vector<uint16_t> property_nodes;
+  std::vector<bool> required;
+  bool additional = false;  // other keys (any values) may follow the listed properties
+  // kArray
+  uint16_t items = 0;
+  uint32_t min_items = 0, max_items = UINT32_MAX;
+  // kString
+  uint32_t min_length = 0, max_length = UINT32_MAX;
+  // kEnum: the allowed values' compact JSON texts.
+  std::vector<std::string> texts;
+  // kAnyOf: the alternatives, whose first bytes do not overlap.
+  std::vector<uint16_t> alternatives;
+  std::bitset<256> first_bytes;  // the bytes a value of this node can start with
+};
+
+class JsonSchema {
+ public:
+  static constexpr size_t kMaxNodes = 4096;
+  static constexpr size_t kMaxProperties = 64;  // per object
+  static constexpr size_t kMaxEnum = 64;        // values per enum
+
+  // InvalidArgument "<schema path>: <what>" (e.g. "properties.age.minimum: not supported ...").
+  static absl::StatusOr<JsonSchema> Compile(const nlohmann::ordered_json& schema);
+  static absl::StatusOr<JsonSchema> CompileText(std::string_view text);  // the schema as JSON text
+  // response_format json_object: an object with any keys and values.
+  static JsonSchema AnyObject();
+
+  const JsonSchemaNode& node(uint16_t id) const { return nodes_[id]; }
+  uint16_t root() const { return root_; }
+  // Nodes every schema has: any value, an object and an array of any values (free-form JSON).
+  static constexpr uint16_t kAnyNode = 0, kAnyObjectNode = 1, kAnyArrayNode = 2;
+
+ private:
+  JsonSchema();
+  std::vector<JsonSchemaNode> nodes_;
+  uint16_t root_ = kAnyNode;
+  friend class JsonSchemaCompiler;
+};
+
+}  // namespace moe
