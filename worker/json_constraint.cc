@@ -55,19 +55,19 @@ TokenTextTrie::TokenTextTrie(const std::vector<std::string>& texts)
 }
 
 void TokenTextTrie::MarkAccepted(const JsonGrammar& start, std::vector<uint64_t>& accepted) const {
-  std::vector<std::pair<int32_t, JsonGrammar>> stack = {{0, start}};
-  while (!stack.empty()) {
-    const auto [node, state] = stack.back();
-    stack.pop_back();
-    for (int32_t c = child_begin_[static_cast<size_t>(node)]; c < child_begin_[static_cast<size_t>(node) + 1]; ++c) {
-      JsonGrammar next = state;
-      if (!next.Feed(byte_[static_cast<size_t>(c)])) continue;
-      for (int32_t k = id_begin_[static_cast<size_t>(c)]; k < id_begin_[static_cast<size_t>(c) + 1]; ++k) {
-        const auto id = static_cast<size_t>(ids_[static_cast<size_t>(k)]);
-        accepted[id / 64] |= uint64_t{1} << (id % 64);
-      }
-      if (child_begin_[static_cast<size_t>(c)] < child_begin_[static_cast<size_t>(c) + 1]) stack.push_back({c, next});
+  MarkFrom(0, start, accepted);
+}
+
+void TokenTextTrie::MarkFrom(int32_t node, const JsonGrammar& state, std::vector<uint64_t>& accepted) const {
+  // Depth first on the call stack (a token's bytes deep): one copy of the state per edge taken.
+  for (int32_t c = child_begin_[static_cast<size_t>(node)]; c < child_begin_[static_cast<size_t>(node) + 1]; ++c) {
+    JsonGrammar next = state;
+    if (!next.Advance(byte_[static_cast<size_t>(c)])) continue;
+    for (int32_t k = id_begin_[static_cast<size_t>(c)]; k < id_begin_[static_cast<size_t>(c) + 1]; ++k) {
+      const auto id = static_cast<size_t>(ids_[static_cast<size_t>(k)]);
+      accepted[id / 64] |= uint64_t{1} << (id % 64);
     }
+    if (child_begin_[static_cast<size_t>(c)] < child_begin_[static_cast<size_t>(c) + 1]) MarkFrom(c, next, accepted);
   }
 }
 

@@ -39,6 +39,8 @@ class TokenTextTrie {
  private:
   // Node n's children are nodes child_begin_[n] .. child_begin_[n + 1] - 1 (each reached by byte_[],
   // in increasing byte order); the tokens that end at n are ids_[id_begin_[n] .. id_begin_[n + 1]).
+  void MarkFrom(int32_t node, const JsonGrammar& state, std::vector<uint64_t>& accepted) const;
+
   std::vector<int32_t> child_begin_, id_begin_, ids_;
   std::vector<uint8_t> byte_;
   std::vector<std::string> texts_;

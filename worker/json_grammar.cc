@@ -35,6 +35,15 @@ bool JsonGrammar::Feed(std::string_view bytes) {
 }
 
 bool JsonGrammar::Feed(uint8_t c) {
+  const JsonGrammar saved = *this;
+  if (!Advance(c)) {
+    *this = saved;
+    return false;
+  }
+  return true;
+}
+
+bool JsonGrammar::Advance(uint8_t c) {
   // Whitespace outside a string, a literal or an escape separates tokens (it also ends a number or
   // an enum value; the enums' texts are compact, so whitespace that continues one is in a string).
   const bool in_text = mode_ == Mode::kString || mode_ == Mode::kEscape || mode_ == Mode::kHex ||
@@ -51,12 +60,9 @@ bool JsonGrammar::Feed(uint8_t c) {
     }
   }
   if (separator && whitespace_run_ >= kMaxWhitespaceRun) return false;
-  const JsonGrammar saved = *this;
-  if (!Step(c)) {
-    *this = saved;
-    return false;
-  }
-  whitespace_run_ = separator ? static_cast<uint8_t>(saved.whitespace_run_ + 1) : 0;
+  const uint8_t run = whitespace_run_;
+  if (!Step(c)) return false;
+  whitespace_run_ = separator ? static_cast<uint8_t>(run + 1) : 0;
   return true;
 }
 

@@ -36,6 +36,9 @@ class JsonGrammar {
   bool Feed(uint8_t c);
   // Feeds every byte; false at the first refused one (the state then holds the bytes before it).
   bool Feed(std::string_view bytes);
+  // Feed for a caller that drops the state when the byte is refused (the vocabulary walk): the
+  // state is then unspecified, and no copy is taken to restore it.
+  bool Advance(uint8_t c);
   // The bytes so far are a whole value the schema admits. Closed() says whether anything but
   // whitespace may still follow: a top-level number or enum value may go on ("4" -> "42").
   bool Complete() const;
