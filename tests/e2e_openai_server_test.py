@@ -442,6 +442,56 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             want = self.grpc.generate_choices("ROMEO:", max_tokens=300, temperature=0, response_format=fmt)[0]
             self.assertEqual(want.text, body["choices"][0]["text"])
 
+    def test_f6_tool_choice_answers_with_tool_calls_the_tools_schemas_admit(self):
+        """A named function and tool_choice "required": the answer's tool_calls name the tools and
+        their arguments are what the tools' parameters schemas admit (Python's jsonschema); streamed,
+        the same calls arrive in the last delta."""
+        import jsonschema
+        weather = {"type": "object", "properties": {
+            "city": {"type": "string", "minLength": 2, "maxLength": 20},
+            "days": {"type": "integer"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"]}
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "the forecast",
+                                                   "parameters": weather}},
+                 {"type": "function", "function": {"name": "get_time", "parameters": {
+                     "type": "object", "properties": {"zone": {"type": "string", "maxLength": 10}}, "required": ["zone"]}}}]
+        messages = CHAT_GOLDEN["cases"][0]["messages"]
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        for params in ({"temperature": 0}, {"temperature": 1.0, "seed": 2}):
+            status, body = self.call("/v1/chat/completions", dict(params, messages=messages, tools=tools,
+                                                                  tool_choice=named, max_tokens=300))
+            self.assertEqual(status, 200, body)
+            choice = body["choices"][0]
+            self.assertEqual(choice["finish_reason"], "stop", choice)
+            self.assertEqual(choice["message"]["content"], "")
+            [call] = choice["message"]["tool_calls"]
+            self.assertEqual((call["type"], call["function"]["name"]), ("function", "get_weather"))
+            self.assertTrue(call["id"].startswith("chatcmpl-tool-"), call["id"])
+            jsonschema.validate(json.loads(call["function"]["arguments"]), weather)
+        # "required": the default model pads JSON with whitespace and goes on adding calls, so the
+        # whitespace tokens are held back and "]" favoured (logit_bias) for the list to end in 300.
+        # Its byte-fallback ids are 3 + the byte; "▁" is 1984.
+        bias = {"1984": -100, "35": -100, "13": -100, "12": -100, "16": -100, "96": 50}
+        status, text = self.call("/detokenize", {"tokens": [1984, 35, 13, 12, 16, 96]})
+        self.assertEqual(text["prompt"], " \n\t\r]", text)  # (a text's leading "\u2581" decodes to nothing)
+        required = {"messages": messages, "tools": tools, "tool_choice": "required", "max_tokens": 300,
+                    "temperature": 0, "logit_bias": bias}
+        status, body = self.call("/v1/chat/completions", required)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["finish_reason"], "stop", body)
+        calls = body["choices"][0]["message"]["tool_calls"]
+        self.assertGreaterEqual(len(calls), 1, body)
+        for call in calls:
+            self.assertIn(call["function"]["name"], ("get_weather", "get_time"))
+            self.assertIsInstance(json.loads(call["function"]["arguments"]), dict)
+        status, body = self.call("/v1/chat/completions", dict(required, tool_choice="auto"))
+        self.assertEqual((status, body["error"]["param"]), (400, "tool_choice"), body)
+        events = self.stream(required, path="/v1/chat/completions")
+        deltas = [c["delta"] for e in events[1:] for c in e["choices"]]
+        self.assertEqual(len(deltas), 1, deltas)  # the text is held back: the calls come whole at the end
+        self.assertEqual([(c["index"], c["function"]) for c in deltas[0]["tool_calls"]],
+                         [(i, c["function"]) for i, c in enumerate(calls)])
+
     def test_e_leaving_a_stream_cancels_the_request(self):
         host, port = self.cluster.openai_address.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=30)

@@ -364,6 +364,71 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
   EXPECT_EQ(ChatErr({{"messages", {user}}, {"model", "other"}}).status, 404);
 }
 
+// tool_choice: a named function constrains the output to its parameters' schema, "required" to a
+// list of {"name", "parameters"}; the text then becomes the message's tool_calls.
+TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
+  const json weather = {{"type", "function"},
+                        {"function", {{"name", "weather"}, {"parameters", {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}, {"required", {"city"}}}}}}};
+  const json clock = {{"type", "function"}, {"function", {{"name", "clock"}}}};
+  const json user = {{"role", "user"}, {"content", "hi"}};
+  auto chat = [&](const json& extra) {
+    json body = {{"messages", {user}}, {"tools", {weather, clock}}};
+    body.update(extra);
+    return ParseChatRequest(body.dump(), "m");
+  };
+  auto ok = [&](const json& extra) {
+    auto r = chat(extra);
+    EXPECT_TRUE(std::holds_alternative<ChatCall>(r)) << (std::holds_alternative<HttpError>(r) ? std::get<HttpError>(r).message : "");
+    return std::holds_alternative<ChatCall>(r) ? std::get<ChatCall>(r) : ChatCall{};
+  };
+  ChatCall named = ok({{"tool_choice", {{"type", "function"}, {"function", {{"name", "weather"}}}}}});
+  EXPECT_EQ(named.completion.tool_choice.kind, ToolChoice::Kind::kNamed);
+  EXPECT_EQ(named.completion.tool_choice.name, "weather");
+  EXPECT_EQ(named.completion.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  EXPECT_EQ(json::parse(named.completion.request.sampling().response_format().json_schema()), weather["function"]["parameters"]);
+  EXPECT_EQ(named.tools.size(), 2u) << "the tools still reach the template";
+  ChatCall required = ok({{"tool_choice", "required"}});
+  EXPECT_EQ(required.completion.tool_choice.kind, ToolChoice::Kind::kRequired);
+  const json schema = json::parse(required.completion.request.sampling().response_format().json_schema());
+  EXPECT_EQ(schema["type"], "array");
+  EXPECT_EQ(schema["items"]["properties"]["name"]["enum"], json({"weather", "clock"}));
+  EXPECT_EQ(ok({{"tool_choice", "none"}}).completion.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_TEXT);
+  for (const auto& [extra, param] : std::vector<std::pair<json, std::string>>{
+           {{{"tool_choice", "auto"}}, "tool_choice"},
+           {{{"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}}, "tool_choice"},
+           {{{"tool_choice", "required"}, {"tools", {{{"type", "function"}}}}}, "tools[0]"},
+           {{{"tool_choice", "required"}, {"tools", json::array()}}, "tool_choice"},
+           {{{"tool_choice", "required"}, {"response_format", {{"type", "json_object"}}}}, "tool_choice"},
+           {{{"tool_choice", "required"},
+             {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", {{"type", "integer"}, {"minimum", 0}}}}}}}}},
+            "tools"}}) {
+    auto r = chat(extra);
+    ASSERT_TRUE(std::holds_alternative<HttpError>(r)) << extra.dump();
+    EXPECT_EQ(std::get<HttpError>(r).param, param) << extra.dump() << " -> " << std::get<HttpError>(r).message;
+  }
+
+  // Answers: the text becomes tool calls (content ""), or stays content when it does not read as them.
+  json answer = {{"choices", {{{"message", {{"role", "assistant"}, {"content", R"({"city": "Verona"})"}}}}}}};
+  ApplyToolCalls(named.completion.tool_choice, answer);
+  const json& call = answer["choices"][0]["message"]["tool_calls"][0];
+  EXPECT_EQ(answer["choices"][0]["message"]["content"], "");
+  EXPECT_EQ(call["type"], "function");
+  EXPECT_EQ(call["function"]["name"], "weather");
+  EXPECT_EQ(call["function"]["arguments"], R"({"city": "Verona"})");
+  EXPECT_EQ(call["id"].get<std::string>().rfind("chatcmpl-tool-", 0), 0u);
+  EXPECT_EQ(call["id"].get<std::string>().size(), 14u + 32u);
+  const json calls = ToolCallsJson(required.completion.tool_choice,
+                                   R"([{"name": "clock", "parameters": {}}, {"name": "weather", "parameters": {"city": "Rome"}}])");
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1]["function"]["name"], "weather");
+  EXPECT_EQ(calls[1]["function"]["arguments"], R"({"city":"Rome"})");
+  EXPECT_NE(calls[0]["id"], calls[1]["id"]);
+  EXPECT_TRUE(ToolCallsJson(required.completion.tool_choice, R"([{"name": "clock", "param)").is_null()) << "cut short";
+  const json delta = ToolCallsDelta(required.completion.tool_choice, R"([{"name": "clock", "parameters": {}}])");
+  EXPECT_EQ(delta["tool_calls"][0]["index"], 0);
+  EXPECT_EQ(ToolCallsDelta(required.completion.tool_choice, "[{"), json({{"content", "[{"}}));
+}
+
 TEST(OpenAiProtocolTest, ChatAnswersTakeOpenAisChatShape) {
   CompletionAccumulator acc(1, /*logprobs=*/true, Api::kChat);
   v1::GenerateResponse a;

@@ -330,15 +330,9 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
   if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
     return BadParam("echo", "not served for chat completions");
   }
-  if (ordered.contains("tools") && !ordered["tools"].is_null()) {
-    if (!ordered["tools"].is_array()) return BadParam("tools", "expected an array");
-    const json tool_choice = body.value("tool_choice", json("none"));
-    if (tool_choice != "none") {
-      return BadParam("tool_choice", "only \"none\" is served: tools reach the chat template, but tool calls are "
-                                     "not parsed from the completion");
-    }
-    chat.tools = ordered["tools"];
-  }
+  // The tools reach the template; a named function or "required" also constrains the output.
+  if (std::optional<HttpError> e = ParseToolChoice(ordered, call.tool_choice, s)) return *e;
+  if (ordered.contains("tools") && !ordered["tools"].is_null()) chat.tools = ordered["tools"];
   if (ordered.contains("chat_template") && !ordered["chat_template"].is_null()) {
     if (!ordered["chat_template"].is_string()) return BadParam("chat_template", "expected a string");
     chat.chat_template = ordered["chat_template"].get<std::string>();

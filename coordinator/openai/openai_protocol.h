@@ -2,8 +2,8 @@
 // /v1/chat/completions, GET /v1/models) translated to and from the public gRPC API, as plain
 // functions on JSON and protos (no I/O), so the rules are tested without a server. Field names and
 // defaults are OpenAI's, with vLLM's extensions (top_k, min_p, repetition_penalty, min_tokens,
-// ignore_eos, stop_token_ids); what is not served (suffix, best_of other than n, tool calls, guided
-// decoding) is refused with a 400 naming the parameter rather than ignored. A batch of prompts (at
+// ignore_eos, stop_token_ids, guided_json); what is not served (suffix, best_of other than n,
+// tool_choice "auto") is refused with a 400 naming the parameter rather than ignored. A batch of prompts (at
 // most 64) answers with n choices per prompt, prompt i's at indices i * n .. i * n + n - 1, as
 // OpenAI's API does, whole or streamed. logprobs (at most 20 alternatives) come in OpenAI's
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "coordinator/openai/tool_calls.h"
 #include "moe/v1/inference.pb.h"
 
 namespace moe::openai {
@@ -46,6 +47,7 @@ struct CompletionCall {
   bool logprobs = false;       // the answer carries a logprobs object per choice
   bool echo = false;           // the prompt (and its logprobs) before the completion
   uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
+  ToolChoice tool_choice;      // chat: a named function or "required" answers with tool_calls
 };
 
 // Which of OpenAI's APIs an answer is shaped for: text completions ("text_completion", choices with

@@ -298,6 +298,7 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
   if (call.stream) return StreamCompletion(conn, call, created, Api::kChat);
   std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, p, created, Api::kChat);
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, *e);
+  ApplyToolCalls(call.tool_choice, std::get<nlohmann::json>(answer));
   SendJson(conn, 200, std::get<nlohmann::json>(answer));
   return 200;
 }
@@ -440,6 +441,9 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
+  // A named function or "required": a choice's text is held back and sent as its tool calls at its end.
+  const bool tool_calls = api == Api::kChat && call.tool_choice.kind != ToolChoice::Kind::kNone;
+  std::vector<std::string> held_text(tool_calls ? choices : 0);
   bool client_gone = false;
   std::optional<HttpError> failure;
   size_t held_next = 0, ended_count = 0;
@@ -467,9 +471,13 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       role_sent[choice] = true;
       client_gone = !SendEvent(conn, ChatRoleChunkJson(request_id, choice, model_name_, created).dump());
     }
-    if (!client_gone && !SendEvent(conn, StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api).dump())) {
-      client_gone = true;
+    nlohmann::json chunk = StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api);
+    if (tool_calls) {
+      held_text[choice] += msg.text();
+      if (msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
+      chunk["choices"][0]["delta"] = ToolCallsDelta(call.tool_choice, held_text[choice]);
     }
+    if (!client_gone && !SendEvent(conn, chunk.dump())) client_gone = true;
     if (client_gone) cancel_all();  // the coordinator cancels the sequences and frees their KV blocks
   }
   join();

@@ -1,0 +1,130 @@
+#include "coordinator/openai/tool_calls.h"
+
+#include <cstdio>
+#include <random>
+
+#include "coordinator/openai/openai_protocol.h"
+#include "worker/json_schema.h"
+
+namespace moe::openai {
+namespace {
+
+using ordered = nlohmann::ordered_json;
+
+HttpError Bad(const std::string& param, const std::string& message) {
+  return HttpError{400, param + ": " + message, "invalid_request_error", param};
+}
+
+// vLLM's tool call ids: "chatcmpl-tool-" and 32 random hex digits.
+std::string NewToolCallId() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  char hex[33];
+  std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(rng()));
+  return std::string("chatcmpl-tool-") + hex;
+}
+
+nlohmann::json Call(const std::string& name, const std::string& arguments) {
+  return {{"id", NewToolCallId()}, {"type", "function"}, {"function", {{"name", name}, {"arguments", arguments}}}};
+}
+
+}  // namespace
+
+std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice, v1::SamplingParams& sampling) {
+  const ordered none;
+  const ordered& tools = body.contains("tools") ? body["tools"] : none;
+  const ordered& tool_choice = body.contains("tool_choice") ? body["tool_choice"] : none;
+  if (!tools.is_null() && !tools.is_array()) return Bad("tools", "expected an array");
+  if (tool_choice.is_null() || tool_choice == "none") return std::nullopt;  // tools reach the template only
+  if (tool_choice == "auto") {
+    return Bad("tool_choice", "\"auto\" is not served: tool calls are not parsed from free text; use \"required\" "
+                              "or a named function ({\"type\": \"function\", \"function\": {\"name\": ...}})");
+  }
+  if (tools.is_null() || tools.empty()) return Bad("tool_choice", "needs tools");
+  // Each tool's name and parameters schema, checked as the coordinator will compile it.
+  std::vector<std::string> names;
+  std::vector<ordered> parameters;
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const std::string param = "tools[" + std::to_string(i) + "]";
+    const ordered& t = tools[i];
+    if (!t.is_object() || t.value("type", std::string()) != "function" || !t.contains("function") ||
+        !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
+      return Bad(param, "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}");
+    }
+    names.push_back(t["function"]["name"].get<std::string>());
+    const ordered p = t["function"].contains("parameters") && !t["function"]["parameters"].is_null()
+                          ? t["function"]["parameters"]
+                          : ordered{{"type", "object"}};
+    if (absl::StatusOr<JsonSchema> s = JsonSchema::Compile(p); !s.ok()) {
+      return Bad("tools", param + ".function.parameters: " + std::string(s.status().message()));
+    }
+    parameters.push_back(p);
+  }
+  ordered schema;
+  if (tool_choice == "required") {
+    choice.kind = ToolChoice::Kind::kRequired;
+    ordered items = {{"type", "object"}, {"properties", ordered::object()}, {"required", {"name", "parameters"}}};
+    if (names.size() == 1) {
+      items["properties"]["name"] = {{"const", names[0]}};
+      items["properties"]["parameters"] = parameters[0];
+    } else {
+      items["properties"]["name"] = {{"enum", names}};
+      items["properties"]["parameters"] = {{"type", "object"}};
+    }
+    schema = {{"type", "array"}, {"items", items}, {"minItems", 1}};
+  } else if (tool_choice.is_object() && tool_choice.value("type", std::string()) == "function" &&
+             tool_choice.contains("function") && tool_choice["function"].is_object() &&
+             tool_choice["function"].contains("name") && tool_choice["function"]["name"].is_string()) {
+    choice.kind = ToolChoice::Kind::kNamed;
+    choice.name = tool_choice["function"]["name"].get<std::string>();
+    size_t i = 0;
+    while (i < names.size() && names[i] != choice.name) ++i;
+    if (i == names.size()) return Bad("tool_choice", "names the function \"" + choice.name + "\", which is not among the tools");
+    schema = parameters[i];
+  } else {
+    return Bad("tool_choice", "expected \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+  }
+  if (sampling.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
+    return Bad("tool_choice", "cannot be combined with a JSON response_format or guided_json");
+  }
+  sampling.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  sampling.mutable_response_format()->set_json_schema(schema.dump());
+  return std::nullopt;
+}
+
+nlohmann::json ToolCallsJson(const ToolChoice& choice, const std::string& text) {
+  const ordered value = ordered::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) return nullptr;
+  nlohmann::json calls = nlohmann::json::array();
+  if (choice.kind == ToolChoice::Kind::kNamed) {
+    calls.push_back(Call(choice.name, text));
+    return calls;
+  }
+  if (choice.kind != ToolChoice::Kind::kRequired || !value.is_array()) return nullptr;
+  for (const ordered& c : value) {
+    if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains("parameters")) return nullptr;
+    calls.push_back(Call(c["name"].get<std::string>(), c["parameters"].dump()));
+  }
+  return calls;
+}
+
+void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer) {
+  if (choice.kind == ToolChoice::Kind::kNone || !answer.contains("choices")) return;
+  for (nlohmann::json& c : answer["choices"]) {
+    nlohmann::json& message = c["message"];
+    if (!message.contains("content") || !message["content"].is_string()) continue;
+    nlohmann::json calls = ToolCallsJson(choice, message["content"].get<std::string>());
+    if (calls.is_null()) continue;
+    message["content"] = "";
+    message["tool_calls"] = std::move(calls);
+  }
+}
+
+nlohmann::json ToolCallsDelta(const ToolChoice& choice, const std::string& text) {
+  nlohmann::json calls = ToolCallsJson(choice, text);
+  if (calls.is_null()) return {{"content", text}};
+  for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
+  return {{"tool_calls", calls}};
+}
+
+}  // namespace moe::openai
