@@ -17,7 +17,6 @@ function(moe_find_library target header library)
                                              INTERFACE_INCLUDE_DIRECTORIES ${${var}_INCLUDE_DIR})
   message(STATUS "${target}: ${${var}_LIBRARY}")
 endfunction()
-moe_find_library(moe_sentencepiece sentencepiece_processor.h sentencepiece)
 moe_find_library(moe_openblas cblas.h openblas)
 
 find_program(MPIRUN_EXECUTABLE NAMES mpirun REQUIRED)

@@ -1,11 +1,6 @@
-// The model's tokenizer, as the coordinator uses it, behind an interface that is loaded from a
-// plugin (libmoe_text_codec.so) in isolation.
-//
-// Why a plugin: libsentencepiece.so (Debian 0.1.97) carries its own copy of protobuf-lite 3.14
-// and exports those symbols, while gRPC needs libprotobuf 3.21. In one symbol namespace one copy
-// serves both: sentencepiece first crashes libprotobuf's start-up, libprotobuf first fails
-// sentencepiece's version check. Loaded with RTLD_LOCAL | RTLD_DEEPBIND, the plugin and its
-// libsentencepiece resolve protobuf to sentencepiece's copy and stay invisible to libprotobuf.
+// The model's tokenizer as the coordinator uses it: encoding, decoding, incremental detokenisation
+// and the vocabulary's texts (worker/tokenizer.h behind an interface, so the coordinator's code
+// depends on what it needs of a tokenizer only).
 #pragma once
 
 #include <cstdint>
@@ -46,12 +41,8 @@ class TextCodec {
   virtual std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids) const = 0;
 };
 
-// Loads DIR's tokenizer (Tokenizer::Load) through the plugin. NotFound when DIR has no
-// tokenizer.model; other errors name the plugin or the tokenizer file.
+// Loads DIR's tokenizer (Tokenizer::Load). NotFound when DIR has no tokenizer.model; other errors
+// name the tokenizer file.
 absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string& model_dir);
 
 }  // namespace moe
-
-// The plugin's entry point: Tokenizer::Load(model_dir), wrapped. On error returns null and
-// writes the status into *error.
-extern "C" moe::TextCodec* moe_text_codec_load(const char* model_dir, absl::Status* error);

@@ -9,7 +9,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libabsl-dev
   libopenmpi-dev openmpi-bin
   libgtest-dev libgmock-dev
-  libsentencepiece-dev nlohmann-json3-dev
+  nlohmann-json3-dev
   libopenblas-dev
   prometheus-cpp-dev
   libcivetweb-dev

@@ -66,9 +66,8 @@ struct Expected {
 
 // Everything computed outside the cluster, once: the single-process engine's answers. Token ids
 // and logprobs come from moe::Engine in this process (GenerateAll / ScoreAll on a
-// LocalCommunicator). Text goes through moe-cli in one process: the tokenizer's library
-// (sentencepiece with its own protobuf 3.14) cannot share a process with gRPC's libprotobuf 3.21
-// (coordinator/text_codec.h explains), so this test links no tokenizer.
+// LocalCommunicator). Text goes through moe-cli, a separate process, so this test's reference
+// texts do not come from the code under test's tokenizer in the same process.
 struct Reference {
   std::unique_ptr<testing_ref::LocalEngine> engine;
   json samples;                              // samples.json "greedy_samples"

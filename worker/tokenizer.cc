@@ -1,20 +1,11 @@
 #include "worker/tokenizer.h"
 
-// <sentencepiece_processor.h> (0.1.97) declares `namespace absl { using std::string_view; }`,
-// which is ambiguous with the system Abseil's own absl::string_view class. Renaming its `absl`
-// to a private namespace keeps both usable in this file; the alias is still std::string_view,
-// so the mangled names match libsentencepiece. The standard headers it includes come first so
-// that the macro cannot reach them.
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-#define absl moe_sentencepiece_absl
-#include <sentencepiece_processor.h>
-#undef absl
-
-#include <algorithm>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -29,12 +20,6 @@ constexpr size_t kInitialContextIds = 5;
 
 // The UTF-8 encoding of U+FFFD, which SentencePiece produces for incomplete byte sequences.
 constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";
-
-absl::Status FromSentencePiece(const sentencepiece::util::Status& s, const std::string& what) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.code()),
-                      absl::StrCat(what, ": ", s.ToString()));
-}
 
 // Reads an optional boolean field of tokenizer_config.json.
 absl::StatusOr<bool> OptionalBool(const nlohmann::json& config, const char* key, bool fallback,
@@ -62,11 +47,13 @@ std::string Delta(std::string_view prefix, std::string_view full) {
 
 }  // namespace
 
-Tokenizer::Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp, bool add_bos,
-                     bool add_eos)
+Tokenizer::Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos)
     : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos) {
-  for (int id = 0; id < sp_->GetPieceSize(); ++id) {
-    if (sp_->IsControl(id) || sp_->IsUnknown(id)) special_pieces_.emplace_back(sp_->IdToPiece(id), id);
+  for (int32_t id = 0; id < sp_->size(); ++id) {
+    const SentencePieceBpe::Type t = sp_->type(id);
+    if (t == SentencePieceBpe::Type::kControl || t == SentencePieceBpe::Type::kUnknown) {
+      special_pieces_.emplace_back(sp_->piece(id), id);
+    }
   }
   std::erase_if(special_pieces_, [](const auto& p) { return p.first.empty(); });
   for (const auto& p : special_pieces_) starts_special_piece_[static_cast<unsigned char>(p.first[0])] = true;
@@ -78,12 +65,10 @@ Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& model_path,
                                                                bool add_bos, bool add_eos) {
-  // Checked here because SentencePiece's own message for a missing file is less specific.
   if (!std::filesystem::is_regular_file(model_path)) {
     return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", model_path));
   }
-  auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
-  MOE_RETURN_IF_ERROR(FromSentencePiece(sp->Load(model_path), model_path));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp, SentencePieceBpe::Load(model_path));
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp), add_bos, add_eos));
 }
 
@@ -105,10 +90,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
 }
 
 void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids) const {
-  std::vector<int> pieces;
-  // Encoding only fails on an unloaded model, which the factories rule out.
-  const auto status = sp_->Encode(text, &pieces);
-  MOE_CHECK(status.ok(), status.ToString());
+  const std::vector<int32_t> pieces = sp_->Encode(text);
   ids.insert(ids.end(), pieces.begin(), pieces.end());
 }
 
@@ -146,11 +128,7 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) c
 std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
   const absl::Status valid = CheckIds(ids);
   MOE_CHECK(valid.ok(), valid.message());
-  const std::vector<int> pieces(ids.begin(), ids.end());
-  std::string text;
-  const auto status = sp_->Decode(pieces, &text);
-  MOE_CHECK(status.ok(), status.ToString());
-  return text;
+  return sp_->Decode(ids);
 }
 
 absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
@@ -164,16 +142,18 @@ absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
   return absl::OkStatus();
 }
 
-std::string Tokenizer::Piece(int32_t id) const { return sp_->IdToPiece(id); }
+std::string Tokenizer::Piece(int32_t id) const { return sp_->piece(id); }
 
 std::vector<std::string> Tokenizer::TokenTexts() const {
   static constexpr std::string_view kSpace = "\xe2\x96\x81";  // "▁", SentencePiece's space
   std::vector<std::string> texts(static_cast<size_t>(vocab_size()));
   for (int32_t id = 0; id < vocab_size(); ++id) {
-    if (sp_->IsControl(id) || sp_->IsUnknown(id) || sp_->IsUnused(id)) continue;
-    const std::string piece = sp_->IdToPiece(id);
+    using Type = SentencePieceBpe::Type;
+    const Type t = sp_->type(id);
+    if (t == Type::kControl || t == Type::kUnknown || t == Type::kUnused) continue;
+    const std::string& piece = sp_->piece(id);
     std::string& text = texts[static_cast<size_t>(id)];
-    if (sp_->IsByte(id)) {  // "<0xNN>"
+    if (t == Type::kByte) {  // "<0xNN>"
       text.push_back(static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
       continue;
     }
@@ -190,7 +170,7 @@ std::vector<std::string> Tokenizer::TokenTexts() const {
 }
 int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
 int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
-int32_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+int32_t Tokenizer::vocab_size() const { return sp_->size(); }
 
 StreamingDetokenizer::StreamingDetokenizer(const Tokenizer& tok,
                                            std::span<const int32_t> prompt_ids)

@@ -13,13 +13,8 @@
 #include <vector>
 
 #include "common/status.h"
+#include "worker/sentencepiece_bpe.h"
 
-// Forward declared so that users of this header never see <sentencepiece_processor.h>: that
-// header declares `absl::string_view` as std::string_view, which clashes with the system
-// Abseil's own absl::string_view class (tokenizer.cc works around it in one place).
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
 
 namespace moe {
 
@@ -70,13 +65,12 @@ class Tokenizer {
   bool add_eos() const { return add_eos_; }
 
  private:
-  Tokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp, bool add_bos,
-            bool add_eos);
+  Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos);
 
   // Appends the SentencePiece pieces of `text` (none for an empty text), no BOS or EOS.
   void AppendPieces(std::string_view text, std::vector<int32_t>& ids) const;
 
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<SentencePieceBpe> sp_;
   // The control and unknown pieces' texts with their ids, longest text first.
   std::vector<std::pair<std::string, int32_t>> special_pieces_;
   std::array<bool, 256> starts_special_piece_{};  // by the first byte, to skip most positions at once

@@ -1,8 +1,8 @@
-// libmoe_text_codec.so: moe::Tokenizer behind the TextCodec interface (see text_codec.h for why
-// this is a separately loaded plugin).
+#include "coordinator/text_codec.h"
+
+#include <filesystem>
 #include <memory>
 
-#include "coordinator/text_codec.h"
 #include "worker/tokenizer.h"
 
 namespace moe {
@@ -42,14 +42,14 @@ class SentencePieceCodec final : public TextCodec {
 };
 
 }  // namespace
-}  // namespace moe
 
-extern "C" __attribute__((visibility("default"))) moe::TextCodec* moe_text_codec_load(const char* model_dir,
-                                                                                      absl::Status* error) {
-  absl::StatusOr<std::unique_ptr<moe::Tokenizer>> tok = moe::Tokenizer::Load(model_dir);
-  if (!tok.ok()) {
-    *error = tok.status();
-    return nullptr;
+absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string& model_dir) {
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.model", ec)) {
+    return absl::NotFoundError(absl::StrCat(model_dir, " has no tokenizer.model"));
   }
-  return new moe::SentencePieceCodec(std::move(*tok));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::Load(model_dir));
+  return std::shared_ptr<const TextCodec>(std::make_shared<SentencePieceCodec>(std::move(tok)));
 }
+
+}  // namespace moe

@@ -1,0 +1,387 @@
+#include "worker/sentencepiece_bpe.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <queue>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe {
+namespace {
+
+constexpr std::string_view kSpace = "\xE2\x96\x81";  // "▁"
+constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+
+// --- the protobuf wire format, as far as ModelProto needs it ---
+
+struct Reader {
+  std::string_view data;
+  size_t pos = 0;
+  bool ok = true;
+
+  bool done() const { return pos >= data.size() || !ok; }
+  uint64_t Varint() {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (pos >= data.size()) {
+        ok = false;
+        return 0;
+      }
+      const uint8_t b = static_cast<uint8_t>(data[pos++]);
+      v |= static_cast<uint64_t>(b & 0x7F) << shift;
+      if ((b & 0x80) == 0) return v;
+    }
+    ok = false;
+    return 0;
+  }
+  std::string_view Bytes() {
+    const uint64_t n = Varint();
+    if (!ok || n > data.size() - pos) {
+      ok = false;
+      return {};
+    }
+    std::string_view s = data.substr(pos, n);
+    pos += n;
+    return s;
+  }
+  uint32_t Fixed32() {
+    if (data.size() - pos < 4) {
+      ok = false;
+      return 0;
+    }
+    uint32_t v;
+    std::memcpy(&v, data.data() + pos, 4);
+    pos += 4;
+    return v;
+  }
+  // Skips a field of `wire` type.
+  void Skip(int wire) {
+    switch (wire) {
+      case 0: Varint(); break;
+      case 1: pos = data.size() - pos >= 8 ? pos + 8 : (ok = false, pos); break;
+      case 2: Bytes(); break;
+      case 5: Fixed32(); break;
+      default: ok = false;
+    }
+  }
+};
+
+// SentencePiece's DecodeUTF8: the length of the character at `s` and whether it is valid (a
+// structurally valid encoding of U+0080.. without surrogates or values past U+10FFFF; U+FFFD itself
+// counts as valid).
+bool ValidUtf8Char(std::string_view s, size_t& len) {
+  const auto b = [&](size_t i) { return static_cast<uint8_t>(s[i]); };
+  const auto trail = [&](size_t i) { return (b(i) & 0xC0) == 0x80; };
+  const auto valid_cp = [](uint32_t c) { return c < 0xD800 || (c >= 0xE000 && c <= 0x10FFFF); };
+  len = 1;
+  if (b(0) < 0x80) return true;
+  if (s.size() >= 2 && (b(0) & 0xE0) == 0xC0) {
+    const uint32_t cp = (b(0) & 0x1Fu) << 6 | (b(1) & 0x3Fu);
+    if (trail(1) && cp >= 0x80 && valid_cp(cp)) return len = 2, true;
+  } else if (s.size() >= 3 && (b(0) & 0xF0) == 0xE0) {
+    const uint32_t cp = (b(0) & 0x0Fu) << 12 | (b(1) & 0x3Fu) << 6 | (b(2) & 0x3Fu);
+    if (trail(1) && trail(2) && cp >= 0x800 && valid_cp(cp)) return len = 3, true;
+  } else if (s.size() >= 4 && (b(0) & 0xF8) == 0xF0) {
+    const uint32_t cp = (b(0) & 0x07u) << 18 | (b(1) & 0x3Fu) << 12 | (b(2) & 0x3Fu) << 6 | (b(3) & 0x3Fu);
+    if (trail(1) && trail(2) && trail(3) && cp >= 0x10000 && valid_cp(cp)) return len = 4, true;
+  }
+  return false;
+}
+
+// SentencePiece's OneCharLen: the length its splitter gives the character at `s` (by the lead byte
+// alone, at most what is left).
+size_t OneCharLen(std::string_view s) {
+  static constexpr uint8_t kLen[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+  return std::min<size_t>(s.size(), kLen[static_cast<uint8_t>(s[0]) >> 4]);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::Load(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", path));
+  std::stringstream buffer;
+  buffer << f.rdbuf();
+  if (!f.good() && !f.eof()) return absl::DataLossError(absl::StrCat(path, ": cannot be read"));
+  return Parse(buffer.str(), path);
+}
+
+absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::Parse(std::string_view bytes,
+                                                                          const std::string& name) {
+  std::unique_ptr<SentencePieceBpe> m(new SentencePieceBpe());
+  int64_t model_type = 1;  // UNIGRAM unless the trainer spec says otherwise
+  bool whitespace_as_suffix = false;
+  std::string normalizer = "nmt_nfkc";
+  bool charsmap = false;
+  const auto bad = [&](const std::string& what) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": not a SentencePiece model (", what, ")"));
+  };
+  Reader model{bytes};
+  while (!model.done()) {
+    const uint64_t tag = model.Varint();
+    const int field = static_cast<int>(tag >> 3), wire = static_cast<int>(tag & 7);
+    if (wire != 2 || (field != 1 && field != 2 && field != 3)) {
+      model.Skip(wire);
+      continue;
+    }
+    Reader sub{model.Bytes()};
+    if (!model.ok) break;
+    if (field == 1) m->pieces_.emplace_back();  // a SentencePiece: piece 1, score 2, type 3
+    while (!sub.done()) {
+      const uint64_t t = sub.Varint();
+      const int f = static_cast<int>(t >> 3), w = static_cast<int>(t & 7);
+      if (field == 1 && f == 1 && w == 2) {
+        m->pieces_.back().text = std::string(sub.Bytes());
+      } else if (field == 1 && f == 2 && w == 5) {
+        const uint32_t v = sub.Fixed32();
+        std::memcpy(&m->pieces_.back().score, &v, 4);
+      } else if (field == 1 && f == 3 && w == 0) {
+        const uint64_t type = sub.Varint();
+        if (type < 1 || type > 6) return bad(absl::StrCat("piece type ", type));
+        m->pieces_.back().type = static_cast<Type>(type);
+      } else if (field == 2 && w == 0 && (f == 3 || f == 24 || f == 35 || (f >= 40 && f <= 43))) {
+        const int64_t v = static_cast<int64_t>(sub.Varint());
+        if (f == 3) model_type = v;
+        if (f == 24) whitespace_as_suffix = v != 0;
+        if (f == 35) m->byte_fallback_ = v != 0;
+        if (f == 40) m->unk_id_ = static_cast<int32_t>(v);
+        if (f == 41) m->bos_id_ = static_cast<int32_t>(v);
+        if (f == 42) m->eos_id_ = static_cast<int32_t>(v);
+      } else if (field == 2 && f == 44 && w == 2) {
+        m->unk_surface_ = std::string(sub.Bytes());
+      } else if (field == 3 && f == 1 && w == 2) {
+        normalizer = std::string(sub.Bytes());
+      } else if (field == 3 && f == 2 && w == 2) {
+        charsmap = !sub.Bytes().empty();
+      } else if (field == 3 && w == 0 && (f == 3 || f == 4 || f == 5)) {
+        const bool v = sub.Varint() != 0;
+        if (f == 3) m->add_dummy_prefix_ = v;
+        if (f == 4) m->remove_extra_whitespaces_ = v;
+        if (f == 5 && !v) return absl::InvalidArgumentError(absl::StrCat(name, ": escape_whitespaces off is not supported"));
+      } else {
+        sub.Skip(w);
+      }
+    }
+    if (!sub.ok) return bad("a truncated field");
+  }
+  if (!model.ok) return bad("a truncated field");
+  if (m->pieces_.empty()) return bad("no pieces");
+  if (model_type != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": only BPE models are supported (model_type ", model_type, ")"));
+  }
+  if (charsmap || (normalizer != "identity" && !normalizer.empty())) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": the normaliser \"", normalizer,
+                                                   "\" is not supported (only identity)"));
+  }
+  if (whitespace_as_suffix) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": treat_whitespace_as_suffix is not supported"));
+  }
+  MOE_RETURN_IF_ERROR(m->Init(name));
+  return m;
+}
+
+absl::Status SentencePieceBpe::Init(const std::string& name) {
+  std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const Piece& p = pieces_[i];
+    const auto id = static_cast<int32_t>(i);
+    switch (p.type) {
+      case Type::kNormal:
+      case Type::kUserDefined:
+        mergeable_.emplace(p.text, id);
+        if (p.type == Type::kUserDefined) user_defined_.push_back(p.text);
+        break;
+      case Type::kUnused:
+        return absl::InvalidArgumentError(absl::StrCat(name, ": unused pieces are not supported (\"", p.text, "\")"));
+      case Type::kByte: {
+        unsigned value = 0;
+        if (p.text.size() != 6 || p.text.compare(0, 3, "<0x") != 0 || p.text[5] != '>' ||
+            std::sscanf(p.text.c_str() + 3, "%2X", &value) != 1) {
+          return absl::InvalidArgumentError(absl::StrCat(name, ": byte piece \"", p.text, "\" is not <0xNN>"));
+        }
+        byte_ids_[value] = id;
+        pieces_[i].byte = static_cast<int16_t>(value);
+        reserved_.emplace(p.text, id);
+        break;
+      }
+      default:
+        reserved_.emplace(p.text, id);
+    }
+  }
+  for (int32_t id : {unk_id_, bos_id_, eos_id_}) {
+    if (id >= size()) return absl::InvalidArgumentError(absl::StrCat(name, ": special id ", id, " is outside the vocabulary"));
+  }
+  if (unk_id_ < 0 || type(unk_id_) != Type::kUnknown) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": unk_id ", unk_id_, " is not an unknown piece"));
+  }
+  if (byte_fallback_ && std::count(std::begin(byte_ids_), std::end(byte_ids_), -1) > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": byte fallback without all 256 byte pieces"));
+  }
+  std::stable_sort(user_defined_.begin(), user_defined_.end(),
+                   [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  return absl::OkStatus();
+}
+
+size_t SentencePieceBpe::UserDefinedPrefix(std::string_view s) const {
+  for (const std::string& u : user_defined_) {
+    if (s.substr(0, u.size()) == u) return u.size();
+  }
+  return 0;
+}
+
+std::string SentencePieceBpe::Normalize(std::string_view text) const {
+  // Invalid UTF-8 becomes U+FFFD, one per byte SentencePiece cannot read as a character.
+  std::string s;
+  s.reserve(text.size() + 3);
+  for (size_t i = 0; i < text.size();) {
+    size_t len;
+    if (ValidUtf8Char(text.substr(i), len)) {
+      s.append(text.substr(i, len));
+    } else {
+      s.append(kReplacement);
+    }
+    i += len;
+  }
+  if (remove_extra_whitespaces_) {
+    std::string t;
+    for (char c : s) {
+      if (c == ' ' && (t.empty() || t.back() == ' ')) continue;
+      t.push_back(c);
+    }
+    while (!t.empty() && t.back() == ' ') t.pop_back();
+    s = std::move(t);
+  }
+  if (s.empty()) return s;
+  std::string out = add_dummy_prefix_ ? std::string(kSpace) : std::string();
+  for (char c : s) {
+    if (c == ' ') {
+      out.append(kSpace);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text) const {
+  const std::string normalized = Normalize(text);
+  struct Symbol {
+    size_t begin, len;
+    int prev, next;
+    bool freeze;
+  };
+  std::vector<Symbol> symbols;
+  for (size_t pos = 0; pos < normalized.size();) {
+    const std::string_view rest = std::string_view(normalized).substr(pos);
+    const size_t user = UserDefinedPrefix(rest);
+    const size_t len = user > 0 ? user : OneCharLen(rest);
+    const int index = static_cast<int>(symbols.size());
+    symbols.push_back({pos, len, index - 1, pos + len < normalized.size() ? index + 1 : -1, user > 0});
+    pos += len;
+  }
+  // The merge agenda: the highest-scoring piece first, the leftmost among equals.
+  struct Pair {
+    float score;
+    int left, right;
+    size_t size;
+  };
+  const auto lower = [](const Pair& a, const Pair& b) {
+    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  };
+  std::priority_queue<Pair, std::vector<Pair>, decltype(lower)> agenda(lower);
+  const auto maybe_add = [&](int left, int right) {
+    if (left < 0 || right < 0 || symbols[static_cast<size_t>(left)].freeze || symbols[static_cast<size_t>(right)].freeze) return;
+    const Symbol& l = symbols[static_cast<size_t>(left)];
+    const size_t size = l.len + symbols[static_cast<size_t>(right)].len;
+    const auto it = mergeable_.find(normalized.substr(l.begin, size));
+    if (it == mergeable_.end()) return;
+    agenda.push({pieces_[static_cast<size_t>(it->second)].score, left, right, size});
+  };
+  for (size_t i = 1; i < symbols.size(); ++i) maybe_add(static_cast<int>(i - 1), static_cast<int>(i));
+  while (!agenda.empty()) {
+    const Pair top = agenda.top();
+    agenda.pop();
+    Symbol& l = symbols[static_cast<size_t>(top.left)];
+    Symbol& r = symbols[static_cast<size_t>(top.right)];
+    if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;  // stale
+    l.len += r.len;
+    l.next = r.next;
+    if (r.next >= 0) symbols[static_cast<size_t>(r.next)].prev = top.left;
+    r.len = 0;
+    maybe_add(l.prev, top.left);
+    maybe_add(top.left, l.next);
+  }
+  std::vector<int32_t> ids;
+  for (int i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
+    const std::string piece = normalized.substr(symbols[static_cast<size_t>(i)].begin, symbols[static_cast<size_t>(i)].len);
+    int32_t id = -1;
+    if (const auto a = mergeable_.find(piece); a != mergeable_.end()) {
+      id = a->second;
+    } else if (const auto b = reserved_.find(piece); b != reserved_.end()) {
+      id = b->second;
+    }
+    if (id >= 0 && type(id) != Type::kUnknown) {
+      ids.push_back(id);
+    } else if (byte_fallback_) {
+      for (char b : piece) ids.push_back(byte_ids_[static_cast<uint8_t>(b)]);
+    } else {
+      ids.push_back(unk_id_);
+    }
+  }
+  return ids;
+}
+
+std::string SentencePieceBpe::Decode(std::span<const int32_t> ids) const {
+  std::string text, bytes;
+  // A run of byte pieces: each valid UTF-8 character as itself, each other byte as U+FFFD.
+  const auto flush_bytes = [&] {
+    for (size_t i = 0; i < bytes.size();) {
+      size_t len;
+      if (ValidUtf8Char(std::string_view(bytes).substr(i), len)) {
+        text.append(bytes, i, len);
+      } else {
+        text.append(kReplacement);
+      }
+      i += len;
+    }
+    bytes.clear();
+  };
+  // Only the first piece that is not a control piece may lose the dummy prefix's "▁".
+  bool at_start = true;
+  for (int32_t id : ids) {
+    const Piece& p = pieces_[static_cast<size_t>(id)];
+    if (p.type == Type::kControl) {  // no text, but it ends a run of bytes
+      flush_bytes();
+      continue;
+    }
+    const bool first = std::exchange(at_start, false);
+    if (p.type == Type::kByte) {
+      bytes.push_back(static_cast<char>(p.byte));
+      continue;
+    }
+    flush_bytes();
+    if (p.type == Type::kUnknown) {
+      text.append(unk_surface_);
+      continue;
+    }
+    std::string_view piece = p.text;
+    if (first && (add_dummy_prefix_ || remove_extra_whitespaces_) && piece.substr(0, kSpace.size()) == kSpace) {
+      piece.remove_prefix(kSpace.size());
+    }
+    for (size_t i = 0; i < piece.size();) {
+      if (piece.substr(i, kSpace.size()) == kSpace) {
+        text.push_back(' ');
+        i += kSpace.size();
+      } else {
+        text.push_back(piece[i++]);
+      }
+    }
+  }
+  flush_bytes();
+  return text;
+}
+
+}  // namespace moe
