@@ -144,7 +144,7 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   EXPECT_EQ(a->max_concurrency, 0);
   a = ParseBenchArgs({"--server=h:9", "--requests", "7", "--rate", "2.5", "--max-concurrency=3", "--input-len", "5",
                       "--output-len", "6", "--temperature", "0.7", "--seed", "11", "--warmup", "2", "--no-records",
-                      "--out", "/tmp/x.json", "--commit", "abc"});
+                      "--out", "/tmp/x.json", "--commit", "abc", "--json-object"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->server, "h:9");
   EXPECT_EQ(a->requests, 7);
@@ -156,6 +156,7 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   EXPECT_EQ(a->seed, 11u);
   EXPECT_EQ(a->warmup, 2);
   EXPECT_FALSE(a->save_records);
+  EXPECT_TRUE(a->json_object);
   EXPECT_EQ(a->out, "/tmp/x.json");
   EXPECT_EQ(a->commit, "abc");
   EXPECT_EQ(a->range_ratio, 0);

@@ -98,6 +98,7 @@ void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vecto
   s->set_temperature(a.temperature);
   s->set_seed(a.seed + static_cast<uint64_t>(rec.index));
   s->set_ignore_eos(true);
+  if (a.json_object) s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_JSON_OBJECT);
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(a.timeout_s));
   rec.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -340,6 +341,7 @@ int Run(const std::vector<std::string>& argv) {
                      {"output_len", a.output_len},
                      {"range_ratio", a.range_ratio},
                      {"shared_prefix_len", a.shared_prefix_len},
+                     {"json_object", a.json_object},
                      {"temperature", a.temperature},
                      {"seed", a.seed},
                      {"warmup", a.warmup},

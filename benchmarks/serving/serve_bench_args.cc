@@ -35,7 +35,7 @@ std::string BenchUsage() {
   return "usage: moe-serve-bench [--server 127.0.0.1:50051] [--requests 100] [--rate inf] [--max-concurrency 0]\n"
          "         [--input-len 128] [--output-len 128] [--range-ratio 0] [--shared-prefix-len 0]\n"
          "         [--temperature 0] [--seed 0] [--warmup 0] [--connections 4] [--timeout 600]\n"
-         "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records]\n"
+         "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records] [--json-object]\n"
          "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
          "vocabulary) for exactly --output-len tokens each (ignore_eos) to a moe-coordinator, at --rate\n"
          "requests a second (Poisson arrivals; inf: all at once), at most --max-concurrency in flight\n"
@@ -49,7 +49,10 @@ std::string BenchUsage() {
          "first and leaves them out. --out writes the JSON (arguments, the server's model and cluster,\n"
          "the summary and, unless --no-records, every request's timeline). Exit status: 0 every request\n"
          "completed, 1 some failed or the server could not be reached, 2 bad command line or a request\n"
-         "the model cannot take.\n";
+         "the model cannot take. --json-object asks every request for response_format json_object (the\n"
+         "ranks mask each step's row on the host; a request then ends when its object has closed and\n"
+         "the whitespace after it runs out, which can be before --output-len; the model needs a\n"
+         "tokenizer).\n";
 }
 
 absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
@@ -139,6 +142,10 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
     }
     if (flag == "--no-records" && !has_inline) {
       a.save_records = false;
+      continue;
+    }
+    if (flag == "--json-object" && !has_inline) {
+      a.json_object = true;
       continue;
     }
     const auto it = with_value.find(flag);

@@ -27,6 +27,7 @@ struct BenchArgs {
   std::string out;              // JSON results (optional)
   std::string commit;           // recorded in the JSON
   bool save_records = true;     // per-request records in the JSON
+  bool json_object = false;     // response_format json_object (a request may end when its object does)
   bool help = false;
 };
 
