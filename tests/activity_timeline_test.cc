@@ -79,6 +79,15 @@ TEST(ActivityTimelineTest, ShortKernelNamesDropNamespacesAndParameters) {
   EXPECT_EQ(ShortKernelName("nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT"), "nvjet_sm90_tst_128x16_64x11_2x1_v_bz_TNT");
 }
 
+// The summary's list `key` holds these kernels with these times, in this order.
+void ExpectKernels(const nlohmann::json& s, const char* key, const std::vector<std::pair<std::string, double>>& want) {
+  ASSERT_EQ(s[key].size(), want.size()) << s.dump();
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(s[key][i]["kernel"], want[i].first) << key;
+    EXPECT_DOUBLE_EQ(s[key][i]["us"].get<double>(), want[i].second) << key << " " << want[i].first;
+  }
+}
+
 // The decode trace's per-layer split on hand-worked records: a step is E, two layers of A B C, H, S,
 // with gaps E->A 1, A->B 3, B->C 4, C->A 5, C->H 7, H->S 2 us (steps 1000 us apart): A 3, B 4 and
 // C (5 + 7) / 2 us a layer. Noted once (a graph replayed three times) or step by step (no graph),
@@ -147,18 +156,10 @@ TEST(ActivityTimelineTest, DecodeTraceSplitsLayersThatLaunchDifferentKernels) {
       2000);
   const nlohmann::json s = SummariseDecodeTrace(t, 3, 3);
   ASSERT_FALSE(s.contains("error")) << s.dump();
-  // The summary's list `key` holds these kernels with these times, in this order.
-  auto expect_kernels = [&](const char* key, const std::vector<std::pair<std::string, double>>& want) {
-    ASSERT_EQ(s[key].size(), want.size()) << s.dump();
-    for (size_t i = 0; i < want.size(); ++i) {
-      EXPECT_EQ(s[key][i]["kernel"], want[i].first) << key;
-      EXPECT_DOUBLE_EQ(s[key][i]["us"].get<double>(), want[i].second) << key << " " << want[i].first;
-    }
-  };
-  expect_kernels("layer", {{"A", 3.0}, {"B", 3.0}, {"C", 3.0}, {"R", 2.0}, {"X", 1.0}});
+  ExpectKernels(s, "layer", {{"A", 3.0}, {"B", 3.0}, {"C", 3.0}, {"R", 2.0}, {"X", 1.0}});
   EXPECT_DOUBLE_EQ(s["layer_us"].get<double>(), 12.0);
   EXPECT_EQ(s["layers_averaged"].get<int>(), 2);
-  expect_kernels("outside_layers", {{"E", 1.0}, {"R", 5.0}, {"A", 3.0}, {"B", 4.0}, {"C", 3.0}, {"H", 2.0}});
+  ExpectKernels(s, "outside_layers", {{"E", 1.0}, {"R", 5.0}, {"A", 3.0}, {"B", 4.0}, {"C", 3.0}, {"H", 2.0}});
   EXPECT_DOUBLE_EQ(s["span_us"].get<double>(), 42.0);
   EXPECT_EQ(s["steps"].get<int>(), 2);
   EXPECT_EQ(s["steps_left_out"].get<int>(), 1);
@@ -179,16 +180,9 @@ TEST(ActivityTimelineTest, DecodeTraceTakesRecordsInTimeOrderAcrossStreams) {
   }
   const nlohmann::json s = SummariseDecodeTrace(t, 2, 2);
   ASSERT_FALSE(s.contains("error")) << s.dump();
-  auto expect_kernels = [&](const char* key, const std::vector<std::pair<std::string, double>>& want) {
-    ASSERT_EQ(s[key].size(), want.size()) << s.dump();
-    for (size_t i = 0; i < want.size(); ++i) {
-      EXPECT_EQ(s[key][i]["kernel"], want[i].first) << key;
-      EXPECT_DOUBLE_EQ(s[key][i]["us"].get<double>(), want[i].second) << key << " " << want[i].first;
-    }
-  };
-  expect_kernels("layer", {{"A", 2.0}, {"Y", 1.0}, {"X", 4.0}, {"C", 2.0}});
+  ExpectKernels(s, "layer", {{"A", 2.0}, {"Y", 1.0}, {"X", 4.0}, {"C", 2.0}});
   EXPECT_DOUBLE_EQ(s["layer_us"].get<double>(), 9.0);
-  expect_kernels("outside_layers", {{"E", 1.0}, {"A", 2.0}, {"X", 1.0}, {"Y", 2.0}, {"C", 5.0}, {"H", 2.0}});
+  ExpectKernels(s, "outside_layers", {{"E", 1.0}, {"A", 2.0}, {"X", 1.0}, {"Y", 2.0}, {"C", 5.0}, {"H", 2.0}});
   EXPECT_DOUBLE_EQ(s["span_us"].get<double>(), 22.0);
   EXPECT_EQ(s["steps"].get<int>(), 2);
 }

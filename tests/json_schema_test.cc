@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/support/json_syntax.h"
 #include "worker/json_grammar.h"
 #include "worker/json_schema.h"
 
@@ -27,18 +28,6 @@ const std::string kGolden = std::string(MOE_SOURCE_DIR) + "/tests/data/json_sche
 const std::string& Alphabet() {
   static const std::string a = std::string("\"}]:,{[0123456789-.eEtrufalsnbdhxyvgcoipmwkAR \\") + "\x80\x90\xa0\xbf";
   return a;
-}
-
-// nlohmann refuses numbers past double's range, which JSON's grammar allows: exponent digits become
-// zeros (digit for digit) before the syntax check.
-bool SyntaxAccepts(std::string s) {
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != 'e' && s[i] != 'E') continue;
-    size_t j = i + 1;
-    if (j < s.size() && (s[j] == '+' || s[j] == '-')) ++j;
-    for (; j < s.size() && s[j] >= '0' && s[j] <= '9'; ++j) s[j] = '0';
-  }
-  return nlohmann::json::accept(s);
 }
 
 // Depth-first search over bytes for a completion of `g` to a whole value (state keys seen are not
@@ -84,7 +73,7 @@ TEST(JsonSchemaTest, GrammarAgreesWithPythonsJsonschema) {
       std::string completion;
       std::set<std::string> seen;
       ASSERT_TRUE(FindCompletion(g, completion, seen, 0)) << "dead state after " << text.substr(0, taken);
-      EXPECT_TRUE(SyntaxAccepts(text.substr(0, taken) + completion)) << text.substr(0, taken) << completion;
+      EXPECT_TRUE(testing_ref::JsonSyntaxAccepts(text.substr(0, taken) + completion)) << text.substr(0, taken) << completion;
       ++prefixes;
     }
   }
