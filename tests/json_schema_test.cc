@@ -138,6 +138,7 @@ TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {
   EXPECT_EQ(error(R"({"type": "string", "items": {}})").rfind("items: only for type array", 0), 0u);
   EXPECT_EQ(error(R"({"type": "array", "minItems": 3, "maxItems": 2})").rfind("minItems: exceeds maxItems", 0), 0u);
   EXPECT_EQ(error("false").rfind("schema: false admits no value", 0), 0u);
+  EXPECT_EQ(error(R"({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})").rfind("$ref: admits no value", 0), 0u);
   EXPECT_EQ(error(R"({"type": "object", "properties": {"a\"b": {}}})").rfind("properties.a\"b: property names", 0), 0u);
   EXPECT_EQ(error(R"({"type": ["string", "null"], "maxLength": 3})"), "ok");
   EXPECT_EQ(error("{}"), "ok");

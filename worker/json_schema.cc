@@ -170,6 +170,9 @@ class JsonSchemaCompiler {
     }
     for (size_t i = 0; i < nodes_.size(); ++i) {
       const JsonSchemaNode& n = nodes_[i];
+      if (n.first_bytes.none()) {
+        return Error(paths_[i], "admits no value (a $ref that leads only back to itself)");
+      }
       if (n.kind != JsonSchemaNode::Kind::kAnyOf) continue;
       std::bitset<256> seen;
       for (uint16_t a : n.alternatives) {
