@@ -374,6 +374,16 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             proc.terminate()
             self.assertEqual(proc.wait(timeout=30), 0)
 
+    def test_f3b_a_tool_call_parser_needs_its_marker_in_the_vocabulary(self):
+        """--tool-call-parser mistral reads [TOOL_CALLS]; the default model's vocabulary has none, so
+        the server refuses to start, saying so; an unknown parser is refused too."""
+        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
+        for parser, says in (("mistral", "no [TOOL_CALLS] control token"), ("hermes", "is not known")):
+            r = subprocess.run([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0",
+                                "--tool-call-parser", parser], capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(says, r.stderr)
+
     def test_f4_json_object_answers_are_json_objects(self):
         """response_format json_object: Python's json reads every finished answer as an object, greedy
         and sampled, whole and streamed, chat and completions; the gRPC API gives the same tokens."""
@@ -486,6 +496,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertIsInstance(json.loads(call["function"]["arguments"]), dict)
         status, body = self.call("/v1/chat/completions", dict(required, tool_choice="auto"))
         self.assertEqual((status, body["error"]["param"]), (400, "tool_choice"), body)
+        self.assertIn("--tool-call-parser", body["error"]["message"])
         events = self.stream(required, path="/v1/chat/completions")
         deltas = [c["delta"] for e in events[1:] for c in e["choices"]]
         self.assertEqual(len(deltas), 1, deltas)  # the text is held back: the calls come whole at the end

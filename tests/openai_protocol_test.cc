@@ -409,7 +409,7 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
 
   // Answers: the text becomes tool calls (content ""), or stays content when it does not read as them.
   json answer = {{"choices", {{{"message", {{"role", "assistant"}, {"content", R"({"city": "Verona"})"}}}}}}};
-  ApplyToolCalls(named.completion.tool_choice, answer);
+  ApplyToolCalls(named.completion.tool_choice, answer, {-1});
   const json& call = answer["choices"][0]["message"]["tool_calls"][0];
   EXPECT_EQ(answer["choices"][0]["message"]["content"], "");
   EXPECT_EQ(call["type"], "function");
@@ -427,6 +427,60 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   const json delta = ToolCallsDelta(required.completion.tool_choice, R"([{"name": "clock", "parameters": {}}])");
   EXPECT_EQ(delta["tool_calls"][0]["index"], 0);
   EXPECT_EQ(ToolCallsDelta(required.completion.tool_choice, "[{"), json({{"content", "[{"}}));
+}
+
+// tool_choice "auto" with a server that reads Mistral's [TOOL_CALLS] (here id 5): an answer whose
+// first token is the marker becomes tool_calls (content null, finish_reason "tool_calls"); one that
+// does not stays text. Without the parser "auto" is refused naming the server flag.
+TEST(OpenAiProtocolTest, AutoToolChoiceReadsMistralsToolCalls) {
+  const json tools = {{{"type", "function"}, {"function", {{"name", "weather"}}}}};
+  const json user = {{"role", "user"}, {"content", "hi"}};
+  const std::string body = json{{"messages", {user}}, {"tools", tools}, {"tool_choice", "auto"}}.dump();
+  auto refused = ParseChatRequest(body, "m");
+  ASSERT_TRUE(std::holds_alternative<HttpError>(refused));
+  EXPECT_EQ(std::get<HttpError>(refused).param, "tool_choice");
+  EXPECT_NE(std::get<HttpError>(refused).message.find("--tool-call-parser"), std::string::npos);
+  // Without a tool_choice, tools alone only reach the template unless the server reads calls.
+  const std::string implicit = json{{"messages", {user}}, {"tools", tools}}.dump();
+  EXPECT_EQ(std::get<ChatCall>(ParseChatRequest(implicit, "m")).completion.tool_choice.kind, ToolChoice::Kind::kNone);
+  for (const std::string& b : {body, implicit}) {
+    auto parsed = ParseChatRequest(b, "m", /*auto_marker_id=*/5);
+    ASSERT_TRUE(std::holds_alternative<ChatCall>(parsed));
+    const ChatCall& call = std::get<ChatCall>(parsed);
+    EXPECT_EQ(call.completion.tool_choice.kind, ToolChoice::Kind::kAuto);
+    EXPECT_EQ(call.completion.tool_choice.marker_id, 5);
+    EXPECT_EQ(call.completion.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_TEXT) << "free text";
+  }
+  const ToolChoice choice = std::get<ChatCall>(ParseChatRequest(body, "m", 5)).completion.tool_choice;
+
+  // Two choices of one answer, accumulated from the stream: the first starts with [TOOL_CALLS].
+  CompletionAccumulator acc(2, /*logprobs=*/false, Api::kChat);
+  v1::GenerateResponse calls, text;
+  calls.set_index(0);
+  calls.add_token_ids(5);
+  calls.add_token_ids(77);
+  calls.set_text(R"([{"name": "weather", "arguments": {"city": "Rome"}}])");
+  calls.set_finish_reason(v1::FINISH_REASON_STOP);
+  text.set_index(1);
+  text.add_token_ids(9);
+  text.set_text("Fair Verona");
+  text.set_finish_reason(v1::FINISH_REASON_STOP);
+  ASSERT_TRUE(acc.Add(calls));
+  ASSERT_TRUE(acc.Add(text));
+  EXPECT_EQ(acc.FirstTokens(), (std::vector<int32_t>{5, 9}));
+  json answer = acc.ToJson("m", 0);
+  ApplyToolCalls(choice, answer, acc.FirstTokens());
+  const json& first = answer["choices"][0];
+  EXPECT_TRUE(first["message"]["content"].is_null());
+  EXPECT_EQ(first["finish_reason"], "tool_calls");
+  EXPECT_EQ(first["message"]["tool_calls"][0]["function"]["name"], "weather");
+  EXPECT_EQ(first["message"]["tool_calls"][0]["function"]["arguments"], R"({"city":"Rome"})");
+  EXPECT_EQ(answer["choices"][1]["message"]["content"], "Fair Verona");
+  EXPECT_FALSE(answer["choices"][1]["message"].contains("tool_calls"));
+  EXPECT_EQ(answer["choices"][1]["finish_reason"], "stop");
+  EXPECT_TRUE(AnswersWithCalls(choice, 5));
+  EXPECT_FALSE(AnswersWithCalls(choice, 9));
+  EXPECT_FALSE(AnswersWithCalls(choice, -1));
 }
 
 TEST(OpenAiProtocolTest, ChatAnswersTakeOpenAisChatShape) {

@@ -2,6 +2,7 @@
 //
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
 //                     [--model-name NAME] [--threads N] [--chat-template FILE]
+//                     [--tool-call-parser mistral]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
 // use), 2 for a bad command line.
@@ -20,6 +21,8 @@ const char kUsage[] =
     "usage: moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000; port 0 picks one)]\n"
     "                         [--model-name NAME (default: the model folder's name)] [--threads N (default 64)]\n"
     "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
+    "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
+    "                          [TOOL_CALLS] become tool_calls)]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
     "/detokenize, GET /v1/models and GET /health over the coordinator's gRPC API.\n";
 
@@ -47,7 +50,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
-        f.name != "--chat-template") {
+        f.name != "--chat-template" && f.name != "--tool-call-parser") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
     std::string value;
@@ -66,6 +69,8 @@ int main(int argc, char** argv) {
       opts.model_name = value;
     } else if (f.name == "--chat-template") {
       opts.chat_template_file = value;
+    } else if (f.name == "--tool-call-parser") {
+      opts.tool_call_parser = value;
     } else if (!absl::SimpleAtoi(value, &opts.threads) || opts.threads < 1) {
       return BadFlag("--threads: expected a positive integer, got '" + value + "'");
     }

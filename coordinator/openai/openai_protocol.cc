@@ -280,7 +280,8 @@ std::optional<HttpError> NormaliseContent(nlohmann::ordered_json& message, size_
 
 }  // namespace
 
-std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text, const std::string& model_name) {
+std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text, const std::string& model_name,
+                                                   int32_t auto_marker_id) {
   std::variant<json, HttpError> parsed = ParseBody(body_text, model_name);
   if (auto* e = std::get_if<HttpError>(&parsed)) return *e;
   const json& body = std::get<json>(parsed);
@@ -331,7 +332,7 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
     return BadParam("echo", "not served for chat completions");
   }
   // The tools reach the template; a named function or "required" also constrains the output.
-  if (std::optional<HttpError> e = ParseToolChoice(ordered, call.tool_choice, s)) return *e;
+  if (std::optional<HttpError> e = ParseToolChoice(ordered, call.tool_choice, s, auto_marker_id)) return *e;
   if (ordered.contains("tools") && !ordered["tools"].is_null()) chat.tools = ordered["tools"];
   if (ordered.contains("chat_template") && !ordered["chat_template"].is_null()) {
     if (!ordered["chat_template"].is_string()) return BadParam("chat_template", "expected a string");
@@ -422,11 +423,18 @@ json ChatLogprobsJson(const v1::GenerateResponse& r) {
   return content;
 }
 
+std::vector<int32_t> CompletionAccumulator::FirstTokens() const {
+  std::vector<int32_t> first;
+  for (const Choice& c : choices_) first.push_back(c.first_token);
+  return first;
+}
+
 bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   if (r.index() >= choices_.size()) return false;
   if (!r.request_id().empty()) request_id_ = r.request_id();
   Choice& c = choices_[r.index()];
   c.text += r.text();
+  if (c.first_token < 0 && r.token_ids_size() > 0) c.first_token = r.token_ids(0);
   if (logprobs_ && api_ == Api::kChat) {
     if (c.logprobs.is_null()) c.logprobs = {{"content", json::array()}};
     for (const json& x : ChatLogprobsJson(r)) c.logprobs["content"].push_back(x);

@@ -67,7 +67,10 @@ struct ChatCall {
   bool continue_final_message = false;
   bool max_tokens_given = false;  // else: what the context leaves after the prompt, as vLLM does
 };
-std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body, const std::string& model_name);
+// `auto_marker_id` >= 0: the server reads tool_choice "auto" answers that start with this token
+// (ParseToolChoice).
+std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body, const std::string& model_name,
+                                                   int32_t auto_marker_id = -1);
 
 // The request body of POST /v1/completions; `model_name` is the one model served (a request naming
 // another gets 404, as vLLM answers).
@@ -90,6 +93,8 @@ class CompletionAccumulator {
   bool Add(const v1::GenerateResponse& r);
   // {"id", "object": "text_completion" or "chat.completion", "created", "model", "choices", "usage"}.
   nlohmann::json ToJson(const std::string& model_name, int64_t created) const;
+  // Each choice's first generated token (-1 when it has none).
+  std::vector<int32_t> FirstTokens() const;
 
  private:
   struct Choice {
@@ -98,6 +103,7 @@ class CompletionAccumulator {
     uint32_t completion_tokens = 0;
     nlohmann::json logprobs;  // OpenAI's object, grown message by message
     size_t offset = 0;        // text_offset of the next token
+    int32_t first_token = -1;
   };
   Api api_;
   bool logprobs_;

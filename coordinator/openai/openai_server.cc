@@ -117,6 +117,29 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
                      " (start moe-openai-server with --chat-template FILE)"));
   }
 
+  if (!opts.tool_call_parser.empty()) {
+    // Mistral's parser: an answer of calls starts with the vocabulary's [TOOL_CALLS] control token.
+    if (opts.tool_call_parser != "mistral") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tool-call-parser: \"", opts.tool_call_parser, "\" is not known (mistral is)"));
+    }
+    v1::TokenizeRequest request;
+    request.set_text("[TOOL_CALLS]");
+    request.set_add_bos(false);
+    request.set_parse_special_tokens(true);
+    v1::TokenizeResponse ids;
+    grpc::ClientContext tctx;
+    tctx.set_deadline(deadline);
+    const grpc::Status st = s->stub_->Tokenize(&tctx, request, &ids);
+    if (!st.ok()) return absl::UnavailableError(absl::StrCat("Tokenize from ", opts.coordinator, ": ", st.error_message()));
+    if (ids.token_ids_size() != 1) {
+      return absl::InvalidArgumentError(
+          "--tool-call-parser mistral: the model's vocabulary has no [TOOL_CALLS] control token (Mistral's v3 "
+          "tokenizer and later have it)");
+    }
+    s->tool_calls_id_ = ids.token_ids(0);
+  }
+
   mg_init_library(0);
   const std::string threads = std::to_string(opts.threads);
   const char* options[] = {"listening_ports", opts.listen.c_str(), "num_threads", threads.c_str(),
@@ -278,7 +301,7 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const 
 }
 
 int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
-  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_);
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_, tool_calls_id_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   ChatCall& chat = std::get<ChatCall>(parsed);
   std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(chat);
@@ -298,7 +321,6 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
   if (call.stream) return StreamCompletion(conn, call, created, Api::kChat);
   std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, p, created, Api::kChat);
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, *e);
-  ApplyToolCalls(call.tool_choice, std::get<nlohmann::json>(answer));
   SendJson(conn, 200, std::get<nlohmann::json>(answer));
   return 200;
 }
@@ -311,7 +333,7 @@ int OpenAiServer::Tokenize(mg_connection* conn, const std::string& body) {
   if (!j.is_object()) return SendError(conn, HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}});
   std::vector<int32_t> tokens;
   if (j.contains("messages")) {
-    std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_);
+    std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_, tool_calls_id_);
     if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
     std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(std::get<ChatCall>(parsed));
     if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
@@ -441,9 +463,11 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
-  // A named function or "required": a choice's text is held back and sent as its tool calls at its end.
+  // A choice answering with tool calls (a named function, "required", or "auto" whose first token
+  // is [TOOL_CALLS]): its text is held back and sent as its tool calls at its end.
   const bool tool_calls = api == Api::kChat && call.tool_choice.kind != ToolChoice::Kind::kNone;
   std::vector<std::string> held_text(tool_calls ? choices : 0);
+  std::vector<int8_t> holds(tool_calls ? choices : 0, -1);  // -1: not known before its first token
   bool client_gone = false;
   std::optional<HttpError> failure;
   size_t held_next = 0, ended_count = 0;
@@ -472,10 +496,16 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       client_gone = !SendEvent(conn, ChatRoleChunkJson(request_id, choice, model_name_, created).dump());
     }
     nlohmann::json chunk = StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api);
-    if (tool_calls) {
+    if (tool_calls && holds[choice] < 0 && (msg.token_ids_size() > 0 || msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)) {
+      holds[choice] = AnswersWithCalls(call.tool_choice, msg.token_ids_size() > 0 ? msg.token_ids(0) : -1) ? 1 : 0;
+    }
+    if (tool_calls && holds[choice] == 1) {
       held_text[choice] += msg.text();
       if (msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
       chunk["choices"][0]["delta"] = ToolCallsDelta(call.tool_choice, held_text[choice]);
+      if (call.tool_choice.kind == ToolChoice::Kind::kAuto && chunk["choices"][0]["delta"].contains("tool_calls")) {
+        chunk["choices"][0]["finish_reason"] = "tool_calls";
+      }
     }
     if (!client_gone && !SendEvent(conn, chunk.dump())) client_gone = true;
     if (client_gone) cancel_all();  // the coordinator cancels the sequences and frees their KV blocks
@@ -528,6 +558,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     acc.Add(none);
   }
   nlohmann::json answer = acc.ToJson(model_name_, created);
+  if (api == Api::kChat) ApplyToolCalls(call.tool_choice, answer, acc.FirstTokens());
   if (call.echo) {
     const v1::ScoreRollingResult& prompt = scored.results(0);
     std::string prompt_text = prompt_in.text();

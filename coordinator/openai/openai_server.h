@@ -33,6 +33,7 @@ struct ServerOptions {
   int threads = 64;                   // HTTP connections served at once
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
+  std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
 };
 
 class OpenAiServer {
@@ -109,6 +110,7 @@ class OpenAiServer {
   std::unique_ptr<v1::Inference::Stub> stub_;
   std::string model_name_;
   int64_t max_model_len_ = 0;
+  int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
   std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why
   absl::Status chat_template_status_;
   std::string bos_token_, eos_token_;      // for a request's own chat_template

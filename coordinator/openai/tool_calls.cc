@@ -30,16 +30,26 @@ nlohmann::json Call(const std::string& name, const std::string& arguments) {
 
 }  // namespace
 
-std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice, v1::SamplingParams& sampling) {
+std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice, v1::SamplingParams& sampling,
+                                         int32_t auto_marker_id) {
   const ordered none;
   const ordered& tools = body.contains("tools") ? body["tools"] : none;
   const ordered& tool_choice = body.contains("tool_choice") ? body["tool_choice"] : none;
   if (!tools.is_null() && !tools.is_array()) return Bad("tools", "expected an array");
-  if (tool_choice.is_null() || tool_choice == "none") return std::nullopt;  // tools reach the template only
-  if (tool_choice == "auto") {
-    return Bad("tool_choice", "\"auto\" is not served: tool calls are not parsed from free text; use \"required\" "
-                              "or a named function ({\"type\": \"function\", \"function\": {\"name\": ...}})");
+  const bool has_tools = tools.is_array() && !tools.empty();
+  if (tool_choice == "auto" || (tool_choice.is_null() && has_tools && auto_marker_id >= 0)) {
+    if (auto_marker_id < 0) {
+      return Bad("tool_choice", "\"auto\" is served when moe-openai-server reads the model's tool calls "
+                                "(--tool-call-parser mistral); use \"required\" or a named function ({\"type\": "
+                                "\"function\", \"function\": {\"name\": ...}})");
+    }
+    if (has_tools) {
+      choice.kind = ToolChoice::Kind::kAuto;
+      choice.marker_id = auto_marker_id;
+    }
+    return std::nullopt;
   }
+  if (tool_choice.is_null() || tool_choice == "none") return std::nullopt;  // tools reach the template only
   if (tools.is_null() || tools.empty()) return Bad("tool_choice", "needs tools");
   // Each tool's name and parameters schema, checked as the coordinator will compile it.
   std::vector<std::string> names;
@@ -100,23 +110,38 @@ nlohmann::json ToolCallsJson(const ToolChoice& choice, const std::string& text) 
     calls.push_back(Call(choice.name, text));
     return calls;
   }
-  if (choice.kind != ToolChoice::Kind::kRequired || !value.is_array()) return nullptr;
+  if (choice.kind == ToolChoice::Kind::kNone || !value.is_array()) return nullptr;
+  // "required": our schema's {"name", "parameters"}; "auto": Mistral's {"name", "arguments"}.
+  const char* args = choice.kind == ToolChoice::Kind::kRequired ? "parameters" : "arguments";
   for (const ordered& c : value) {
-    if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains("parameters")) return nullptr;
-    calls.push_back(Call(c["name"].get<std::string>(), c["parameters"].dump()));
+    if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains(args)) return nullptr;
+    const ordered& a = c[args];
+    calls.push_back(Call(c["name"].get<std::string>(), a.is_string() ? a.get<std::string>() : a.dump()));
   }
   return calls;
 }
 
-void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer) {
+bool AnswersWithCalls(const ToolChoice& choice, int32_t first_token) {
+  if (choice.kind == ToolChoice::Kind::kAuto) return first_token >= 0 && first_token == choice.marker_id;
+  return choice.kind != ToolChoice::Kind::kNone;
+}
+
+void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer, const std::vector<int32_t>& first_tokens) {
   if (choice.kind == ToolChoice::Kind::kNone || !answer.contains("choices")) return;
-  for (nlohmann::json& c : answer["choices"]) {
+  for (size_t i = 0; i < answer["choices"].size(); ++i) {
+    nlohmann::json& c = answer["choices"][i];
+    if (!AnswersWithCalls(choice, i < first_tokens.size() ? first_tokens[i] : -1)) continue;
     nlohmann::json& message = c["message"];
     if (!message.contains("content") || !message["content"].is_string()) continue;
     nlohmann::json calls = ToolCallsJson(choice, message["content"].get<std::string>());
     if (calls.is_null()) continue;
-    message["content"] = "";
     message["tool_calls"] = std::move(calls);
+    if (choice.kind == ToolChoice::Kind::kAuto) {
+      message["content"] = nullptr;
+      c["finish_reason"] = "tool_calls";
+    } else {
+      message["content"] = "";
+    }
   }
 }
 

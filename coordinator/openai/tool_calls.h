@@ -7,11 +7,17 @@
 //     its parameters follow the tool's schema, with several the name is one of theirs and the
 //     parameters any object (the schema subset cannot choose between alternatives that all start
 //     with "{": worker/json_schema.h).
-// "auto" (free text that may hold calls in a model's own syntax) is refused: no parser reads them.
+//   - "auto" (or tools without a tool_choice), when the server reads a model's own syntax
+//     (moe-openai-server --tool-call-parser mistral): the output is free; one that starts with the
+//     [TOOL_CALLS] control token is read as Mistral's JSON list of {"name", "arguments"} and answered
+//     as tool_calls with finish_reason "tool_calls" (as vLLM's mistral parser). Without the parser
+//     "auto" is refused, and tools without a tool_choice only reach the template.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -22,25 +28,32 @@ namespace moe::openai {
 struct HttpError;
 
 struct ToolChoice {
-  enum class Kind { kNone, kNamed, kRequired };
+  enum class Kind { kNone, kNamed, kRequired, kAuto };
   Kind kind = Kind::kNone;
-  std::string name;  // kNamed: the function
+  std::string name;         // kNamed: the function
+  int32_t marker_id = -1;   // kAuto: the [TOOL_CALLS] token that starts an answer of calls
 };
 
 // Reads tools / tool_choice of a chat request (`ordered`: the body with its key order) into
 // `choice`, and for a named or required choice sets `sampling`'s response_format to the calls'
-// schema. Errors name "tools" or "tool_choice".
+// schema. `auto_marker_id` >= 0: the server reads "auto" answers that start with that token.
+// Errors name "tools" or "tool_choice".
 std::optional<HttpError> ParseToolChoice(const nlohmann::ordered_json& ordered, ToolChoice& choice,
-                                         v1::SamplingParams& sampling);
+                                         v1::SamplingParams& sampling, int32_t auto_marker_id = -1);
 
 // The tool_calls of a completion's text ([{"id", "type": "function", "function": {"name",
 // "arguments"}}]); null when the text is not what the choice constrained it to (cut short by
-// max_tokens).
+// max_tokens), or for "auto" not Mistral's list of calls.
 nlohmann::json ToolCallsJson(const ToolChoice& choice, const std::string& text);
 
+// Whether a choice's answer holds calls: always for a named function or "required"; for "auto"
+// when its first token is the [TOOL_CALLS] marker.
+bool AnswersWithCalls(const ToolChoice& choice, int32_t first_token);
+
 // A chat answer (CompletionAccumulator::ToJson) with each choice's content turned into its tool
-// calls (content "", as vLLM answers), where it reads as such.
-void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer);
+// calls (content "", as vLLM answers; for "auto" content null and finish_reason "tool_calls"),
+// where it reads as such. first_tokens[i]: choice i's first generated token (-1: none).
+void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer, const std::vector<int32_t>& first_tokens);
 
 // A streamed choice's last delta: its tool calls, each with its "index", or, when the text does not
 // read as calls, the text as content.
