@@ -296,7 +296,7 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text) const {
     if (left < 0 || right < 0 || symbols[static_cast<size_t>(left)].freeze || symbols[static_cast<size_t>(right)].freeze) return;
     const Symbol& l = symbols[static_cast<size_t>(left)];
     const size_t size = l.len + symbols[static_cast<size_t>(right)].len;
-    const auto it = mergeable_.find(normalized.substr(l.begin, size));
+    const auto it = mergeable_.find(std::string_view(normalized).substr(l.begin, size));
     if (it == mergeable_.end()) return;
     agenda.push({pieces_[static_cast<size_t>(it->second)].score, left, right, size});
   };
@@ -316,7 +316,8 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text) const {
   }
   std::vector<int32_t> ids;
   for (int i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
-    const std::string piece = normalized.substr(symbols[static_cast<size_t>(i)].begin, symbols[static_cast<size_t>(i)].len);
+    const std::string_view piece =
+        std::string_view(normalized).substr(symbols[static_cast<size_t>(i)].begin, symbols[static_cast<size_t>(i)].len);
     int32_t id = -1;
     if (const auto a = mergeable_.find(piece); a != mergeable_.end()) {
       id = a->second;

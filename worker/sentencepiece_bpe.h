@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -65,9 +66,16 @@ class SentencePieceBpe {
   // Length of the user-defined piece `s` starts with (longest), or 0.
   size_t UserDefinedPrefix(std::string_view s) const;
 
+  // Looked up by string_view without building a string (the merge loop asks for every pair).
+  struct TextHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using PieceMap = std::unordered_map<std::string, int32_t, TextHash, std::equal_to<>>;
+
   std::vector<Piece> pieces_;
-  std::unordered_map<std::string, int32_t> mergeable_;  // normal and user-defined pieces by text
-  std::unordered_map<std::string, int32_t> reserved_;   // the others (control, unknown, byte)
+  PieceMap mergeable_;  // normal and user-defined pieces by text
+  PieceMap reserved_;   // the others (control, unknown, byte)
   std::vector<std::string> user_defined_;               // longest first
   int32_t byte_ids_[256];                               // byte fallback: "<0xNN>"'s id, or -1
   bool byte_fallback_ = false;
