@@ -143,12 +143,23 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   const v1::ResponseFormat& format = s.response_format();
   const bool json_object = format.type() == v1::ResponseFormat::TYPE_JSON_OBJECT;
   const bool json_schema = format.type() == v1::ResponseFormat::TYPE_JSON_SCHEMA;
-  if (format.type() != v1::ResponseFormat::TYPE_TEXT && !json_object && !json_schema) {
+  const bool choice = format.type() == v1::ResponseFormat::TYPE_CHOICE;
+  if (format.type() != v1::ResponseFormat::TYPE_TEXT && !json_object && !json_schema && !choice) {
     return FieldError("sampling.response_format.type", absl::StrCat("unknown type ", format.type()));
   }
-  if ((json_object || json_schema) && model.tokenizer == nullptr) {
+  if ((json_object || json_schema || choice) && model.tokenizer == nullptr) {
     return FieldError("sampling.response_format",
-                      "JSON output needs the model's tokenizer (the bytes of each token), and the model has none");
+                      "constrained output needs the model's tokenizer (the bytes of each token), and the model has none");
+  }
+  if (choice) {
+    const std::vector<std::string> choices(format.choices().begin(), format.choices().end());
+    if (absl::StatusOr<JsonSchema> c = JsonSchema::Choice(choices); !c.ok()) {
+      const std::string message(c.status().message());  // "choices[i]: what"
+      const size_t colon = message.find(": ");
+      return FieldError("sampling.response_format." + message.substr(0, colon), message.substr(colon + 2));
+    }
+  } else if (format.choices_size() > 0) {
+    return FieldError("sampling.response_format.choices", "only with type CHOICE");
   }
   std::string schema_text;  // compact, properties in their order: one text per schema for the ranks' mask caches
   if (json_schema) {
@@ -196,6 +207,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   *a.mutable_logit_bias() = s.logit_bias();
   a.set_json_object(json_object);
   a.set_json_schema(schema_text);
+  if (choice) *a.mutable_choices() = format.choices();
   job.want_logprobs = s.has_logprobs();
   return job;
 }

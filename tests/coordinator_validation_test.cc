@@ -176,6 +176,19 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   EXPECT_EQ(ok->assign.json_schema(), R"({"type":"object","properties":{"z":{"type":"integer"},"a":{"enum":[1,"b"]}}})");
   EXPECT_FALSE(ok->assign.json_object());
   EXPECT_TRUE(NamesField(ValidateGenerate(schema, tiny()).status(), "sampling.response_format"));
+  // guided_choice: the choices reach the assignment; none, or an empty one, is refused by index.
+  v1::GenerateRequest choice = Ids({3, 4});
+  v1::ResponseFormat* c = choice.mutable_sampling()->mutable_response_format();
+  c->set_type(v1::ResponseFormat::TYPE_CHOICE);
+  EXPECT_TRUE(NamesField(ValidateGenerate(choice, shakespeare()).status(), "sampling.response_format.choices"));
+  c->add_choices("yes");
+  c->add_choices("");
+  EXPECT_TRUE(NamesField(ValidateGenerate(choice, shakespeare()).status(), "sampling.response_format.choices[1]"));
+  c->set_choices(1, "no");
+  absl::StatusOr<GenerateJob> chosen = ValidateGenerate(choice, shakespeare());
+  ASSERT_TRUE(chosen.ok()) << chosen.status();
+  EXPECT_EQ(std::vector<std::string>(chosen->assign.choices().begin(), chosen->assign.choices().end()),
+            (std::vector<std::string>{"yes", "no"}));
 }
 
 TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {

@@ -452,6 +452,27 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             want = self.grpc.generate_choices("ROMEO:", max_tokens=300, temperature=0, response_format=fmt)[0]
             self.assertEqual(want.text, body["choices"][0]["text"])
 
+    def test_f5b_guided_choice_answers_one_of_the_choices(self):
+        """vLLM's guided_choice: every answer is exactly one of the texts, greedy and sampled, chat
+        and completions; the gRPC API's TYPE_CHOICE gives the same."""
+        choices = ["ROMEO", "JULIET", "the Nurse", "Friar Laurence"]
+        seen = set()
+        for prompt in ("Who speaks?", "ROMEO:", "O"):
+            for params in ({"temperature": 0}, {"temperature": 1.5, "seed": 4}):
+                status, body = self.call("/v1/completions", dict(params, prompt=prompt, max_tokens=20,
+                                                                 guided_choice=choices))
+                self.assertEqual(status, 200, body)
+                self.assertIn(body["choices"][0]["text"], choices)
+                self.assertEqual(body["choices"][0]["finish_reason"], "stop")
+                seen.add(body["choices"][0]["text"])
+        status, body = self.call("/v1/chat/completions", {"messages": CHAT_GOLDEN["cases"][0]["messages"],
+                                                          "max_tokens": 20, "temperature": 0, "guided_choice": choices})
+        self.assertEqual(status, 200, body)
+        self.assertIn(body["choices"][0]["message"]["content"], choices)
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 20, "temperature": 0,
+                                                     "guided_choice": ["yes", ""]})
+        self.assertEqual((status, body["error"]["param"]), (400, "response_format.choices[1]"), body)
+
     def test_f6_tool_choice_answers_with_tool_calls_the_tools_schemas_admit(self):
         """A named function and tool_choice "required": the answer's tool_calls name the tools and
         their arguments are what the tools' parameters schemas admit (Python's jsonschema); streamed,

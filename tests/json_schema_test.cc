@@ -115,6 +115,28 @@ TEST(JsonSchemaTest, TopLevelNumbersAndEnumsStayOpenUntilTheyCannotGrow) {
   EXPECT_TRUE(g.Closed());
 }
 
+// guided_choice: exactly one of the texts, byte for byte, nothing around it; a choice that is the
+// start of another stays open (complete, not closed) until it cannot grow.
+TEST(JsonSchemaTest, ChoicesAreTheirTextsExactly) {
+  absl::StatusOr<JsonSchema> schema = JsonSchema::Choice({"yes", "no", "no way", "{\"a\"}", "yes"});
+  ASSERT_TRUE(schema.ok()) << schema.status();
+  auto whole = [&](const std::string& text) {
+    JsonGrammar g(*schema);
+    return g.Feed(text) && g.Complete();
+  };
+  for (const char* ok : {"yes", "no", "no way", "{\"a\"}"}) EXPECT_TRUE(whole(ok)) << ok;
+  for (const char* bad : {" yes", "yes ", "ye", "No", "no w", "maybe", "\"yes\"", ""}) EXPECT_FALSE(whole(bad)) << bad;
+  JsonGrammar g(*schema);
+  ASSERT_TRUE(g.Feed("no"));
+  EXPECT_TRUE(g.Complete());
+  EXPECT_FALSE(g.Closed());
+  EXPECT_TRUE(g.Feed(" way")) << "the space continues \"no way\"";
+  EXPECT_FALSE(g.Feed(" "));
+  EXPECT_EQ(JsonSchema::Choice({}).status().message(), "choices: empty");
+  EXPECT_EQ(JsonSchema::Choice({"a", ""}).status().message(), "choices[1]: empty");
+  EXPECT_EQ(JsonSchema::Choice(std::vector<std::string>(65, "x")).status().message(), "choices: at most 64, got 65");
+}
+
 TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {
   auto error = [](const std::string& text) {
     absl::StatusOr<JsonSchema> s = JsonSchema::Compile(ordered::parse(text));

@@ -84,6 +84,13 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   const v1::ResponseFormat& f = std::get<CompletionCall>(got).request.sampling().response_format();
   EXPECT_EQ(f.type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
   EXPECT_EQ(f.json_schema(), R"({"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"}}})");
+  got = ParseCompletionRequest(R"({"prompt": "x", "guided_choice": ["yes", "no"]})", "m");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().type(), v1::ResponseFormat::TYPE_CHOICE);
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().choices_size(), 2);
+  EXPECT_EQ(Err(R"({"prompt": "x", "guided_choice": "yes"})").param, "guided_choice");
+  EXPECT_EQ(Err(R"({"prompt": "x", "guided_choice": ["a"], "response_format": {"type": "json_object"}})").param,
+            "guided_choice");
   got = ParseCompletionRequest(R"({"prompt": "x", "guided_json": {"type": "object", "properties": {"z": {}, "a": {}}}})", "m");
   ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
   EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().json_schema(),

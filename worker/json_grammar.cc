@@ -210,9 +210,9 @@ bool JsonGrammar::StartValue(uint8_t c) {
 bool JsonGrammar::Step(uint8_t c) {
   switch (mode_) {
     case Mode::kDone:
-      return IsSpace(c);
+      return IsSpace(c) && !schema_->exact();
     case Mode::kValue:
-      return IsSpace(c) || StartValue(c);
+      return (IsSpace(c) && !(schema_->exact() && depth_ == 0)) || StartValue(c);
     case Mode::kArrayFirst: {
       if (IsSpace(c)) return true;
       const JsonSchemaNode& a = schema_->node(frames_[depth_ - 1].node);

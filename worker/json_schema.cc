@@ -1,8 +1,11 @@
 #include "worker/json_schema.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <utility>
+
+#include "absl/strings/str_cat.h"
 
 namespace moe {
 namespace {
@@ -58,6 +61,25 @@ JsonSchema::JsonSchema() {
 JsonSchema JsonSchema::AnyObject() {
   JsonSchema s;
   s.root_ = kAnyObjectNode;
+  return s;
+}
+
+absl::StatusOr<JsonSchema> JsonSchema::Choice(const std::vector<std::string>& choices) {
+  if (choices.empty()) return absl::InvalidArgumentError("choices: empty");
+  if (choices.size() > kMaxEnum) {
+    return absl::InvalidArgumentError(absl::StrCat("choices: at most ", kMaxEnum, ", got ", choices.size()));
+  }
+  JsonSchemaNode n;
+  n.kind = JsonSchemaNode::Kind::kEnum;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (choices[i].empty()) return absl::InvalidArgumentError(absl::StrCat("choices[", i, "]: empty"));
+    if (std::find(n.texts.begin(), n.texts.end(), choices[i]) == n.texts.end()) n.texts.push_back(choices[i]);
+    n.first_bytes.set(static_cast<unsigned char>(choices[i][0]));
+  }
+  JsonSchema s;
+  s.nodes_.push_back(std::move(n));
+  s.root_ = static_cast<uint16_t>(s.nodes_.size() - 1);
+  s.exact_ = true;
   return s;
 }
 

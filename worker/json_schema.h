@@ -62,9 +62,14 @@ class JsonSchema {
   static absl::StatusOr<JsonSchema> CompileText(std::string_view text);  // the schema as JSON text
   // response_format json_object: an object with any keys and values.
   static JsonSchema AnyObject();
+  // guided_choice: exactly one of `choices` (raw texts, not JSON), no whitespace around it.
+  // InvalidArgument "choices: ..." when there are none, more than kMaxEnum, or an empty one.
+  static absl::StatusOr<JsonSchema> Choice(const std::vector<std::string>& choices);
 
   const JsonSchemaNode& node(uint16_t id) const { return nodes_[id]; }
   uint16_t root() const { return root_; }
+  // The value stands alone: no whitespace before or after it (guided_choice).
+  bool exact() const { return exact_; }
   // Nodes every schema has: any value, an object and an array of any values (free-form JSON).
   static constexpr uint16_t kAnyNode = 0, kAnyObjectNode = 1, kAnyArrayNode = 2;
 
@@ -72,6 +77,7 @@ class JsonSchema {
   JsonSchema();
   std::vector<JsonSchemaNode> nodes_;
   uint16_t root_ = kAnyNode;
+  bool exact_ = false;
   friend class JsonSchemaCompiler;
 };
 

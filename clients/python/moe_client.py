@@ -56,7 +56,7 @@ FINISH_REASONS = {
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                    "min_tokens", "n", "logit_bias", "response_format")
+                    "min_tokens", "n", "logit_bias", "response_format", "guided_choice")
 
 
 @dataclasses.dataclass
@@ -112,6 +112,9 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
                         or "schema" not in value["json_schema"]:
                     raise ValueError("response_format: json_schema needs {'json_schema': {'schema': {...}}}")
                 p.response_format.json_schema = json.dumps(value["json_schema"]["schema"])
+        elif name == "guided_choice":  # vLLM's: the output is exactly one of these texts
+            p.response_format.type = inference_pb2.ResponseFormat.TYPE_CHOICE
+            p.response_format.choices.extend(str(c) for c in value)
         else:
             setattr(p, name, value)
     return p
@@ -150,7 +153,8 @@ class MoeClient:
         top_k, top_p, min_p, seed, stop, stop_token_ids, logprobs, ignore_eos, repetition_penalty,
         presence_penalty, frequency_penalty, min_tokens, logit_bias ({id: bias}), n (each message's `index` says which
         completion it carries), response_format ("json_object": the output is one JSON object; OpenAI's
-        {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits). Closing the iterator early
+        {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits), guided_choice
+        (a list of texts: the output is exactly one of them). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")

@@ -195,6 +195,18 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
                                          "{\"type\": \"json_schema\", \"json_schema\": {...}}");
     }
   }
+  if (body.contains("guided_choice") && !body["guided_choice"].is_null()) {  // vLLM's: one of these texts
+    const json& choices = body["guided_choice"];
+    if (!choices.is_array() || choices.empty() ||
+        !std::all_of(choices.begin(), choices.end(), [](const json& c) { return c.is_string(); })) {
+      return BadParam("guided_choice", "expected a non-empty array of strings");
+    }
+    if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT || body.contains("guided_json")) {
+      return BadParam("guided_choice", "cannot be combined with a JSON response_format or guided_json");
+    }
+    s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_CHOICE);
+    for (const json& c : choices) s.mutable_response_format()->add_choices(c.get<std::string>());
+  }
   if (body.contains("guided_json") && !body["guided_json"].is_null()) {  // vLLM's name for the same
     if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
       return BadParam("guided_json", "cannot be combined with a JSON response_format");
