@@ -367,6 +367,27 @@ TEST(SentencePieceBpeTest, EncodeAndDecodeAreTheLibrarys) {
   EXPECT_GT(decoded, 600);
 }
 
+// A non-legacy tokenizer (Mistral's v3 Instruct models: tokenizer_config.json "legacy": false)
+// encodes the text the Hugging Face v3 chat template renders as mistral-common encodes the
+// conversation (v3_chat_golden.json): no extra "▁" after [INST] or [/INST]; the legacy rule gives
+// one there, so it differs.
+TEST(SpecialTokensTest, NonLegacyV3EncodingIsMistralCommons) {
+  std::ifstream f(kTokenizerData + "/v3_chat_golden.json");
+  ASSERT_TRUE(f.good());
+  const nlohmann::json golden = nlohmann::json::parse(f);
+  auto v3 = LoadOrDie(Tokenizer::FromFile(kTokenizerData + "/mistral-v3.model", /*add_bos=*/true, false,
+                                          /*legacy=*/false));
+  auto legacy = LoadOrDie(Tokenizer::FromFile(kTokenizerData + "/mistral-v3.model", /*add_bos=*/true));
+  int differ = 0;
+  for (const nlohmann::json& c : golden["cases"]) {
+    const std::string text = c["text"];
+    const std::vector<int32_t> want = c["ids"];
+    EXPECT_EQ(v3->EncodeWithSpecialTokens(text), want) << nlohmann::json(text).dump();
+    differ += legacy->EncodeWithSpecialTokens(text) != want;
+  }
+  EXPECT_EQ(differ, static_cast<int>(golden["cases"].size()));
+}
+
 // Models outside the supported set are refused naming the file and what is missing.
 TEST(SentencePieceBpeTest, WhatIsNotABpeModelIsRefused) {
   EXPECT_TRUE(absl::IsNotFound(SentencePieceBpe::Load("/nonexistent/tokenizer.model").status()));
@@ -431,6 +452,22 @@ TEST_F(LoadTest, BadConfigNamesTheFile) {
   EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(tok.status().message().find("tokenizer_config.json"), std::string_view::npos)
       << tok.status();
+}
+
+// "legacy": false reaches the encoder: the text after a special token gets no "▁" of its own.
+TEST_F(LoadTest, LegacyFalseDropsTheSpaceAfterSpecialTokens) {
+  CopyModel();
+  auto legacy = LoadOrDie(Tokenizer::Load(dir_.string()));
+  WriteConfig(R"({"legacy": false})");
+  auto modern = LoadOrDie(Tokenizer::Load(dir_.string()));
+  EXPECT_EQ(modern->EncodeWithSpecialTokens("Hi"), legacy->EncodeWithSpecialTokens("Hi")) << "the text's start keeps it";
+  // After </s>: the legacy rule writes "▁Hi" for "Hi"; the other gives that only for " Hi".
+  EXPECT_EQ(modern->EncodeWithSpecialTokens("</s> Hi"), legacy->EncodeWithSpecialTokens("</s>Hi"));
+  EXPECT_NE(modern->EncodeWithSpecialTokens("</s>Hi"), legacy->EncodeWithSpecialTokens("</s>Hi"));
+  WriteConfig(R"({"legacy": "no"})");
+  auto bad = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("legacy"), std::string_view::npos) << bad.status();
 }
 
 TEST_F(LoadTest, CorruptModelNamesTheFile) {

@@ -232,7 +232,7 @@ size_t SentencePieceBpe::UserDefinedPrefix(std::string_view s) const {
   return 0;
 }
 
-std::string SentencePieceBpe::Normalize(std::string_view text) const {
+std::string SentencePieceBpe::Normalize(std::string_view text, bool dummy_prefix) const {
   // Invalid UTF-8 becomes U+FFFD, one per byte SentencePiece cannot read as a character.
   std::string s;
   s.reserve(text.size() + 3);
@@ -255,7 +255,7 @@ std::string SentencePieceBpe::Normalize(std::string_view text) const {
     s = std::move(t);
   }
   if (s.empty()) return s;
-  std::string out = add_dummy_prefix_ ? std::string(kSpace) : std::string();
+  std::string out = add_dummy_prefix_ && dummy_prefix ? std::string(kSpace) : std::string();
   for (char c : s) {
     if (c == ' ') {
       out.append(kSpace);
@@ -266,8 +266,8 @@ std::string SentencePieceBpe::Normalize(std::string_view text) const {
   return out;
 }
 
-std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text) const {
-  const std::string normalized = Normalize(text);
+std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_prefix) const {
+  const std::string normalized = Normalize(text, dummy_prefix);
   struct Symbol {
     size_t begin, len;
     int prev, next;

@@ -40,7 +40,9 @@ class SentencePieceBpe {
   // Text to ids (no BOS/EOS): normalised (spaces as "▁", a "▁" before the text), split into
   // characters (user-defined pieces whole), merged pairwise by piece score, pieces outside the
   // vocabulary as their bytes (byte fallback) or unknown.
-  std::vector<int32_t> Encode(std::string_view text) const;
+  // `dummy_prefix` false: no "▁" before the text even where the model adds one (a part of a text
+  // after a special token, as non-legacy Hugging Face tokenizers encode it).
+  std::vector<int32_t> Encode(std::string_view text, bool dummy_prefix = true) const;
   // Ids to text: control pieces add nothing, byte pieces their bytes (a byte that does not complete
   // a valid UTF-8 character becomes U+FFFD), "▁" a space; the text's first "▁" is dropped (the
   // dummy prefix). Ids must be in [0, size()).
@@ -62,7 +64,7 @@ class SentencePieceBpe {
   };
   SentencePieceBpe() = default;
   absl::Status Init(const std::string& name);
-  std::string Normalize(std::string_view text) const;
+  std::string Normalize(std::string_view text, bool dummy_prefix) const;
   // Length of the user-defined piece `s` starts with (longest), or 0.
   size_t UserDefinedPrefix(std::string_view s) const;
 

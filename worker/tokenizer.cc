@@ -47,8 +47,8 @@ std::string Delta(std::string_view prefix, std::string_view full) {
 
 }  // namespace
 
-Tokenizer::Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos)
-    : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos) {
+Tokenizer::Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos, bool legacy)
+    : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos), legacy_(legacy) {
   for (int32_t id = 0; id < sp_->size(); ++id) {
     const SentencePieceBpe::Type t = sp_->type(id);
     if (t == SentencePieceBpe::Type::kControl || t == SentencePieceBpe::Type::kUnknown) {
@@ -64,12 +64,12 @@ Tokenizer::Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool ad
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& model_path,
-                                                               bool add_bos, bool add_eos) {
+                                                               bool add_bos, bool add_eos, bool legacy) {
   if (!std::filesystem::is_regular_file(model_path)) {
     return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", model_path));
   }
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp, SentencePieceBpe::Load(model_path));
-  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp), add_bos, add_eos));
+  return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp), add_bos, add_eos, legacy));
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
@@ -78,6 +78,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   // Mistral's tokenizers prepend BOS; a config only needs to say so when it differs.
   bool add_bos = true;
   bool add_eos = false;
+  bool legacy = true;
   if (std::filesystem::exists(config_path)) {
     MOE_ASSIGN_OR_RETURN(nlohmann::json config, ReadJsonFile(config_path));
     if (!config.is_object()) {
@@ -85,12 +86,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     }
     MOE_ASSIGN_OR_RETURN(add_bos, OptionalBool(config, "add_bos_token", true, config_path));
     MOE_ASSIGN_OR_RETURN(add_eos, OptionalBool(config, "add_eos_token", false, config_path));
+    MOE_ASSIGN_OR_RETURN(legacy, OptionalBool(config, "legacy", true, config_path));
   }
-  return FromFile((dir / "tokenizer.model").string(), add_bos, add_eos);
+  return FromFile((dir / "tokenizer.model").string(), add_bos, add_eos, legacy);
 }
 
-void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids) const {
-  const std::vector<int32_t> pieces = sp_->Encode(text);
+void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix) const {
+  const std::vector<int32_t> pieces = sp_->Encode(text, dummy_prefix);
   ids.insert(ids.end(), pieces.begin(), pieces.end());
 }
 
@@ -116,12 +118,12 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) c
       ++i;
       continue;
     }
-    AppendPieces(text.substr(part_start, i - part_start), ids);
+    AppendPieces(text.substr(part_start, i - part_start), ids, legacy_ || part_start == 0);
     ids.push_back(special->second);
     i += special->first.size();
     part_start = i;
   }
-  AppendPieces(text.substr(part_start), ids);
+  AppendPieces(text.substr(part_start), ids, legacy_ || part_start == 0);
   return ids;
 }
 

@@ -21,13 +21,14 @@ namespace moe {
 class Tokenizer {
  public:
   // Loads DIR/tokenizer.model and, when present, DIR/tokenizer_config.json for add_bos_token
-  // (default true, as for Mistral models) and add_eos_token (default false).
+  // (default true, as for Mistral models), add_eos_token (default false) and legacy (default true;
+  // see EncodeWithSpecialTokens).
   // Errors name the offending file; a missing tokenizer.model is NotFound.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
 
   // Loads a SentencePiece model file directly with explicit BOS/EOS behaviour.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& model_path,
-                                                           bool add_bos, bool add_eos = false);
+                                                           bool add_bos, bool add_eos = false, bool legacy = true);
 
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
@@ -40,9 +41,10 @@ class Tokenizer {
   // Text in which special tokens may be written out (a rendered chat template: "<s>[INST] Hi
   // [/INST]"), to ids as Hugging Face tokenizers encode it: every control piece of the model (`<s>`,
   // `</s>`, and e.g. `[INST]` in Mistral's v3 vocabulary) and `<unk>` written in the text becomes its
-  // id, longest first; the text between them is encoded as Encode encodes a text (SentencePiece's
-  // leading space included, as the Llama and Mistral tokenizers of transformers normalise each part)
-  // but without adding BOS or EOS.
+  // id, longest first; the text between them is encoded as Encode encodes a text but without adding
+  // BOS or EOS. Legacy tokenizers (Mixtral 8x7B's tokenizer.json) give every part SentencePiece's
+  // leading "▁"; non-legacy ones (tokenizer_config.json "legacy": false, Mistral's v3 Instruct
+  // models) only the text's start, so "[INST] Hi" is [INST] "▁Hi", what mistral-common encodes.
   std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const;
 
   // Ids to text; control tokens (BOS/EOS) produce no text and incomplete byte-fallback
@@ -65,10 +67,10 @@ class Tokenizer {
   bool add_eos() const { return add_eos_; }
 
  private:
-  Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos);
+  Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos, bool legacy);
 
   // Appends the SentencePiece pieces of `text` (none for an empty text), no BOS or EOS.
-  void AppendPieces(std::string_view text, std::vector<int32_t>& ids) const;
+  void AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix = true) const;
 
   std::unique_ptr<SentencePieceBpe> sp_;
   // The control and unknown pieces' texts with their ids, longest text first.
@@ -76,6 +78,7 @@ class Tokenizer {
   std::array<bool, 256> starts_special_piece_{};  // by the first byte, to skip most positions at once
   bool add_bos_;
   bool add_eos_;
+  bool legacy_;
 };
 
 // Turns a stream of generated ids into text deltas with the prefix-offset / read-offset scheme

@@ -1,9 +1,9 @@
 """Writes special_tokens.json: how transformers encodes texts with special tokens written out (what a
 rendered chat template looks like) with Mistral's v1 SentencePiece model (Mixtral 8x7B), for
 tests/tokenizer_test.cc (Tokenizer::EncodeWithSpecialTokens must give the same ids). The v3 model is
-left out: its Hub tokenizers are not legacy (no "▁" after a special token), which
-EncodeWithSpecialTokens does not follow yet, and the legacy normaliser over its converted BPE splits
-runs of spaces differently from SentencePiece.
+left out here: its Hub tokenizers are not legacy (no "▁" after a special token), and the legacy
+normaliser over its converted BPE splits runs of spaces differently from SentencePiece; its
+non-legacy encoding is checked against mistral-common instead (make_v3_chat_golden.py).
 
 Run with transformers (5.x), tokenizers and sentencepiece installed:
     python3 tests/data/tokenizers/make_special_tokens_golden.py
