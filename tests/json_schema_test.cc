@@ -162,6 +162,9 @@ TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {
   EXPECT_EQ(error("false").rfind("schema: false admits no value", 0), 0u);
   EXPECT_EQ(error(R"({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"})").rfind("$ref: admits no value", 0), 0u);
   EXPECT_EQ(error(R"({"type": "object", "properties": {"a\"b": {}}})").rfind("properties.a\"b: property names", 0), 0u);
+  std::string deep = R"({"type": "integer"})";
+  for (int i = 0; i < 100; ++i) deep = R"({"type": "array", "items": )" + deep + "}";
+  EXPECT_NE(error(deep).find("nested deeper than 64 schemas"), std::string::npos) << error(deep).substr(0, 80);
   EXPECT_EQ(error(R"({"type": ["string", "null"], "maxLength": 3})"), "ok");
   EXPECT_EQ(error("{}"), "ok");
 }

@@ -87,7 +87,19 @@ class JsonSchemaCompiler {
  public:
   explicit JsonSchemaCompiler(const json& document) : doc_(document) {}
 
+  // Schemas nest through properties, items, anyOf and type lists; past this the request is refused
+  // (the grammar takes 32 levels of containers, and the compiler recurses once a level).
+  static constexpr int kMaxNesting = 64;
+
   absl::StatusOr<uint16_t> Compile(const json& s, const std::string& path) {
+    if (nesting_ == kMaxNesting) return Error(path, "nested deeper than " + std::to_string(kMaxNesting) + " schemas");
+    ++nesting_;
+    absl::StatusOr<uint16_t> id = CompileAt(s, path);
+    --nesting_;
+    return id;
+  }
+
+  absl::StatusOr<uint16_t> CompileAt(const json& s, const std::string& path) {
     if (s.is_boolean()) {
       if (s.get<bool>()) return JsonSchema::kAnyNode;
       return Error(path, "false admits no value");
@@ -367,6 +379,7 @@ class JsonSchemaCompiler {
   std::vector<JsonSchemaNode> nodes_ = JsonSchema::AnyObject().nodes_;
   std::vector<std::string> paths_ = std::vector<std::string>(3);
   std::map<std::string, uint16_t> refs_;
+  int nesting_ = 0;
 };
 
 absl::StatusOr<JsonSchema> JsonSchema::Compile(const nlohmann::ordered_json& schema) {
