@@ -499,6 +499,16 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertEqual((call["type"], call["function"]["name"]), ("function", "get_weather"))
             self.assertTrue(call["id"].startswith("chatcmpl-tool-"), call["id"])
             jsonschema.validate(json.loads(call["function"]["arguments"]), weather)
+            # Streamed, the arguments arrive as deltas: the call's id and name first, then text that
+            # adds up to the whole answer's arguments.
+            events = self.stream(dict(params, messages=messages, tools=tools, tool_choice=named, max_tokens=300),
+                                 path="/v1/chat/completions")
+            calls = [tc for e in events[1:] for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
+            self.assertGreater(len(calls), 1, calls)
+            self.assertEqual((calls[0]["function"]["name"], calls[0]["type"]), ("get_weather", "function"))
+            self.assertTrue(calls[0]["id"].startswith("chatcmpl-tool-"))
+            self.assertTrue(all("id" not in tc and tc["index"] == 0 for tc in calls[1:]), calls)
+            self.assertEqual("".join(tc["function"]["arguments"] for tc in calls), call["function"]["arguments"])
         # "required": the default model pads JSON with whitespace and goes on adding calls, so the
         # whitespace tokens are held back and "]" favoured (logit_bias) for the list to end in 300.
         # Its byte-fallback ids are 3 + the byte; "▁" is 1984.

@@ -434,6 +434,12 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   const json delta = ToolCallsDelta(required.completion.tool_choice, R"([{"name": "clock", "parameters": {}}])");
   EXPECT_EQ(delta["tool_calls"][0]["index"], 0);
   EXPECT_EQ(ToolCallsDelta(required.completion.tool_choice, "[{"), json({{"content", "[{"}}));
+  const json start = NamedToolCallDelta(named.completion.tool_choice, "{\"ci", true);
+  EXPECT_EQ(start["tool_calls"][0]["function"]["name"], "weather");
+  EXPECT_EQ(start["tool_calls"][0]["function"]["arguments"], "{\"ci");
+  EXPECT_TRUE(start["tool_calls"][0].contains("id"));
+  EXPECT_EQ(NamedToolCallDelta(named.completion.tool_choice, "ty", false),
+            json({{"tool_calls", {{{"index", 0}, {"function", {{"arguments", "ty"}}}}}}}));
 }
 
 // tool_choice "auto" with a server that reads Mistral's [TOOL_CALLS] (here id 5): an answer whose

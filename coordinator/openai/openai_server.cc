@@ -463,11 +463,14 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
-  // A choice answering with tool calls (a named function, "required", or "auto" whose first token
-  // is [TOOL_CALLS]): its text is held back and sent as its tool calls at its end.
+  // A choice answering with tool calls: a named function's arguments stream as they come (OpenAI's
+  // deltas: the call's id and name first, then arguments text); "required" or "auto" whose first
+  // token is [TOOL_CALLS] holds its text back and sends its calls, read whole, at its end.
   const bool tool_calls = api == Api::kChat && call.tool_choice.kind != ToolChoice::Kind::kNone;
+  const bool named = call.tool_choice.kind == ToolChoice::Kind::kNamed;
   std::vector<std::string> held_text(tool_calls ? choices : 0);
   std::vector<int8_t> holds(tool_calls ? choices : 0, -1);  // -1: not known before its first token
+  std::vector<bool> call_started(named ? choices : 0, false);  // a named call's first delta was sent
   bool client_gone = false;
   std::optional<HttpError> failure;
   size_t held_next = 0, ended_count = 0;
@@ -499,7 +502,10 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     if (tool_calls && holds[choice] < 0 && (msg.token_ids_size() > 0 || msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)) {
       holds[choice] = AnswersWithCalls(call.tool_choice, msg.token_ids_size() > 0 ? msg.token_ids(0) : -1) ? 1 : 0;
     }
-    if (tool_calls && holds[choice] == 1) {
+    if (named) {
+      chunk["choices"][0]["delta"] = NamedToolCallDelta(call.tool_choice, msg.text(), !call_started[choice]);
+      call_started[choice] = true;
+    } else if (tool_calls && holds[choice] == 1) {
       held_text[choice] += msg.text();
       if (msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
       chunk["choices"][0]["delta"] = ToolCallsDelta(call.tool_choice, held_text[choice]);

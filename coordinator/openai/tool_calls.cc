@@ -145,6 +145,16 @@ void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer, const std:
   }
 }
 
+nlohmann::json NamedToolCallDelta(const ToolChoice& choice, const std::string& text, bool first) {
+  nlohmann::json call = {{"index", 0}, {"function", {{"arguments", text}}}};
+  if (first) {
+    call["id"] = NewToolCallId();
+    call["type"] = "function";
+    call["function"]["name"] = choice.name;
+  }
+  return {{"tool_calls", {call}}};
+}
+
 nlohmann::json ToolCallsDelta(const ToolChoice& choice, const std::string& text) {
   nlohmann::json calls = ToolCallsJson(choice, text);
   if (calls.is_null()) return {{"content", text}};

@@ -59,4 +59,8 @@ void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer, const std:
 // read as calls, the text as content.
 nlohmann::json ToolCallsDelta(const ToolChoice& choice, const std::string& text);
 
+// A named function's streamed delta: {"tool_calls": [{"index": 0, "function": {"arguments": text}}]},
+// the first with the call's "id", "type" and the function's "name" too.
+nlohmann::json NamedToolCallDelta(const ToolChoice& choice, const std::string& text, bool first);
+
 }  // namespace moe::openai
