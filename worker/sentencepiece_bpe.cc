@@ -61,7 +61,13 @@ struct Reader {
   void Skip(int wire) {
     switch (wire) {
       case 0: Varint(); break;
-      case 1: pos = data.size() - pos >= 8 ? pos + 8 : (ok = false, pos); break;
+      case 1:  // fixed64
+        if (data.size() - pos < 8) {
+          ok = false;
+        } else {
+          pos += 8;
+        }
+        break;
       case 2: Bytes(); break;
       case 5: Fixed32(); break;
       default: ok = false;
@@ -335,6 +341,28 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_
   return ids;
 }
 
+void SentencePieceBpe::AppendSurface(std::string_view piece, std::string& out) {
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.substr(i, kSpace.size()) == kSpace) {
+      out.push_back(' ');
+      i += kSpace.size();
+    } else {
+      out.push_back(piece[i++]);
+    }
+  }
+}
+
+std::string SentencePieceBpe::TokenText(int32_t id) const {
+  const Piece& p = pieces_[static_cast<size_t>(id)];
+  std::string text;
+  if (p.type == Type::kByte) {
+    text.push_back(static_cast<char>(p.byte));
+  } else if (p.type == Type::kNormal || p.type == Type::kUserDefined) {
+    AppendSurface(p.text, text);
+  }
+  return text;
+}
+
 std::string SentencePieceBpe::Decode(std::span<const int32_t> ids) const {
   std::string text, bytes;
   // A run of byte pieces: each valid UTF-8 character as itself, each other byte as U+FFFD.
@@ -372,14 +400,7 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids) const {
     if (first && (add_dummy_prefix_ || remove_extra_whitespaces_) && piece.substr(0, kSpace.size()) == kSpace) {
       piece.remove_prefix(kSpace.size());
     }
-    for (size_t i = 0; i < piece.size();) {
-      if (piece.substr(i, kSpace.size()) == kSpace) {
-        text.push_back(' ');
-        i += kSpace.size();
-      } else {
-        text.push_back(piece[i++]);
-      }
-    }
+    AppendSurface(piece, text);
   }
   flush_bytes();
   return text;

@@ -48,6 +48,10 @@ class SentencePieceBpe {
   // dummy prefix). Ids must be in [0, size()).
   std::string Decode(std::span<const int32_t> ids) const;
 
+  // The bytes `id` adds to a text after other text: "▁" as a space, a byte piece as its byte,
+  // nothing for control, unknown and unused pieces.
+  std::string TokenText(int32_t id) const;
+
   int32_t size() const { return static_cast<int32_t>(pieces_.size()); }
   const std::string& piece(int32_t id) const { return pieces_[static_cast<size_t>(id)].text; }
   Type type(int32_t id) const { return pieces_[static_cast<size_t>(id)].type; }
@@ -65,6 +69,8 @@ class SentencePieceBpe {
   SentencePieceBpe() = default;
   absl::Status Init(const std::string& name);
   std::string Normalize(std::string_view text, bool dummy_prefix) const;
+  // Appends `piece` with each "▁" as a space.
+  static void AppendSurface(std::string_view piece, std::string& out);
   // Length of the user-defined piece `s` starts with (longest), or 0.
   size_t UserDefinedPrefix(std::string_view s) const;
 

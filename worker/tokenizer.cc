@@ -147,27 +147,9 @@ absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
 std::string Tokenizer::Piece(int32_t id) const { return sp_->piece(id); }
 
 std::vector<std::string> Tokenizer::TokenTexts() const {
-  static constexpr std::string_view kSpace = "\xe2\x96\x81";  // "▁", SentencePiece's space
-  std::vector<std::string> texts(static_cast<size_t>(vocab_size()));
-  for (int32_t id = 0; id < vocab_size(); ++id) {
-    using Type = SentencePieceBpe::Type;
-    const Type t = sp_->type(id);
-    if (t == Type::kControl || t == Type::kUnknown || t == Type::kUnused) continue;
-    const std::string& piece = sp_->piece(id);
-    std::string& text = texts[static_cast<size_t>(id)];
-    if (t == Type::kByte) {  // "<0xNN>"
-      text.push_back(static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
-      continue;
-    }
-    for (size_t i = 0; i < piece.size();) {
-      if (piece.compare(i, kSpace.size(), kSpace) == 0) {
-        text.push_back(' ');
-        i += kSpace.size();
-      } else {
-        text.push_back(piece[i++]);
-      }
-    }
-  }
+  std::vector<std::string> texts;
+  texts.reserve(static_cast<size_t>(vocab_size()));
+  for (int32_t id = 0; id < vocab_size(); ++id) texts.push_back(sp_->TokenText(id));
   return texts;
 }
 int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }

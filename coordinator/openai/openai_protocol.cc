@@ -5,13 +5,14 @@
 #include <string>
 
 namespace moe::openai {
-namespace {
-
-using nlohmann::json;
 
 HttpError BadParam(const std::string& param, const std::string& message) {
   return HttpError{400, param + ": " + message, "invalid_request_error", param};
 }
+
+namespace {
+
+using nlohmann::json;
 
 // A number field (null or absent: not set).
 std::optional<HttpError> Number(const json& body, const std::string& key, std::optional<double>& out) {

@@ -36,6 +36,9 @@ struct HttpError {
   nlohmann::json ToJson() const;
 };
 
+// 400 "<param>: <message>" naming `param`: a request field the server refuses.
+HttpError BadParam(const std::string& param, const std::string& message);
+
 inline constexpr size_t kMaxPromptBatch = 64;
 
 struct CompletionCall {

@@ -11,10 +11,6 @@ namespace {
 
 using ordered = nlohmann::ordered_json;
 
-HttpError Bad(const std::string& param, const std::string& message) {
-  return HttpError{400, param + ": " + message, "invalid_request_error", param};
-}
-
 // vLLM's tool call ids: "chatcmpl-tool-" and 32 random hex digits.
 std::string NewToolCallId() {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -35,11 +31,11 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
   const ordered none;
   const ordered& tools = body.contains("tools") ? body["tools"] : none;
   const ordered& tool_choice = body.contains("tool_choice") ? body["tool_choice"] : none;
-  if (!tools.is_null() && !tools.is_array()) return Bad("tools", "expected an array");
+  if (!tools.is_null() && !tools.is_array()) return BadParam("tools", "expected an array");
   const bool has_tools = tools.is_array() && !tools.empty();
   if (tool_choice == "auto" || (tool_choice.is_null() && has_tools && auto_marker_id >= 0)) {
     if (auto_marker_id < 0) {
-      return Bad("tool_choice", "\"auto\" is served when moe-openai-server reads the model's tool calls "
+      return BadParam("tool_choice", "\"auto\" is served when moe-openai-server reads the model's tool calls "
                                 "(--tool-call-parser mistral); use \"required\" or a named function ({\"type\": "
                                 "\"function\", \"function\": {\"name\": ...}})");
     }
@@ -50,7 +46,7 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
     return std::nullopt;
   }
   if (tool_choice.is_null() || tool_choice == "none") return std::nullopt;  // tools reach the template only
-  if (tools.is_null() || tools.empty()) return Bad("tool_choice", "needs tools");
+  if (tools.is_null() || tools.empty()) return BadParam("tool_choice", "needs tools");
   // Each tool's name and parameters schema, checked as the coordinator will compile it.
   std::vector<std::string> names;
   std::vector<ordered> parameters;
@@ -59,14 +55,14 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
     const ordered& t = tools[i];
     if (!t.is_object() || t.value("type", std::string()) != "function" || !t.contains("function") ||
         !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
-      return Bad(param, "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}");
+      return BadParam(param, "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}");
     }
     names.push_back(t["function"]["name"].get<std::string>());
     const ordered p = t["function"].contains("parameters") && !t["function"]["parameters"].is_null()
                           ? t["function"]["parameters"]
                           : ordered{{"type", "object"}};
     if (absl::StatusOr<JsonSchema> s = JsonSchema::Compile(p); !s.ok()) {
-      return Bad("tools", param + ".function.parameters: " + std::string(s.status().message()));
+      return BadParam("tools", param + ".function.parameters: " + std::string(s.status().message()));
     }
     parameters.push_back(p);
   }
@@ -89,13 +85,13 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
     choice.name = tool_choice["function"]["name"].get<std::string>();
     size_t i = 0;
     while (i < names.size() && names[i] != choice.name) ++i;
-    if (i == names.size()) return Bad("tool_choice", "names the function \"" + choice.name + "\", which is not among the tools");
+    if (i == names.size()) return BadParam("tool_choice", "names the function \"" + choice.name + "\", which is not among the tools");
     schema = parameters[i];
   } else {
-    return Bad("tool_choice", "expected \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+    return BadParam("tool_choice", "expected \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}");
   }
   if (sampling.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
-    return Bad("tool_choice", "cannot be combined with a JSON response_format or guided_json");
+    return BadParam("tool_choice", "cannot be combined with a JSON response_format or guided_json");
   }
   sampling.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
   sampling.mutable_response_format()->set_json_schema(schema.dump());
