@@ -49,7 +49,8 @@ bool JsonGrammar::Advance(uint8_t c) {
   const bool in_text = mode_ == Mode::kString || mode_ == Mode::kEscape || mode_ == Mode::kHex ||
                        mode_ == Mode::kUtf8 || mode_ == Mode::kLowSurrogateBackslash ||
                        mode_ == Mode::kLowSurrogateU || mode_ == Mode::kLiteral;
-  bool separator = IsSpace(c) && !in_text;
+  // Nothing surrounds an exact value (guided_choice, guided_regex): its whitespace is its own.
+  bool separator = IsSpace(c) && !in_text && !schema_->exact();
   if (separator && mode_ == Mode::kEnum) {
     const JsonSchemaNode& e = schema_->node(enum_node_);
     for (size_t i = 0; i < e.texts.size(); ++i) {
@@ -58,6 +59,10 @@ bool JsonGrammar::Advance(uint8_t c) {
         separator = false;
       }
     }
+  }
+  if (separator && mode_ == Mode::kToken &&
+      schema_->dfa(schema_->node(token_node_).dfa).Next(dfa_state_, c) != ByteDfa::kDead) {
+    separator = false;
   }
   if (separator && whitespace_run_ >= kMaxWhitespaceRun) return false;
   const uint8_t run = whitespace_run_;
@@ -70,6 +75,12 @@ bool JsonGrammar::Complete() const {
   if (mode_ == Mode::kDone) return true;
   if (depth_ != 0) return false;
   switch (mode_) {
+    case Mode::kValue: {  // nothing yet: complete only where a token may be empty (guided_regex "a*")
+      const JsonSchemaNode& n = schema_->node(value_node_);
+      return n.kind == Kind::kToken && schema_->dfa(n.dfa).Accepting(ByteDfa::start());
+    }
+    case Mode::kToken:
+      return schema_->dfa(schema_->node(token_node_).dfa).Accepting(dfa_state_);
     case Mode::kZero:
     case Mode::kInt:
     case Mode::kFrac:
@@ -145,6 +156,21 @@ bool JsonGrammar::StringChar() {
   return true;
 }
 
+const ByteDfa* JsonGrammar::StringDfa() const {
+  if (key_) return nullptr;
+  const int32_t d = schema_->node(string_node_).dfa;
+  return d < 0 ? nullptr : &schema_->dfa(d);
+}
+
+bool JsonGrammar::StringDfaTakes(uint8_t c) {
+  const ByteDfa* dfa = StringDfa();
+  if (dfa == nullptr) return true;
+  const int32_t next = dfa->Next(dfa_state_, c);
+  if (next == ByteDfa::kDead) return false;
+  dfa_state_ = next;
+  return true;
+}
+
 bool JsonGrammar::StartValue(uint8_t c) {
   uint16_t n = value_node_;
   while (schema_->node(n).kind == Kind::kAnyOf) {  // the alternative whose values start with c
@@ -171,6 +197,7 @@ bool JsonGrammar::StartValue(uint8_t c) {
     key_ = key_free_ = false;
     string_node_ = string_node;
     string_chars_ = 0;
+    dfa_state_ = ByteDfa::start();
     mode_ = Mode::kString;
     return true;
   };
@@ -200,6 +227,11 @@ bool JsonGrammar::StartValue(uint8_t c) {
       }
       enum_matched_ = 1;
       mode_ = Mode::kEnum;
+      return true;
+    case Kind::kToken:
+      token_node_ = n;
+      dfa_state_ = schema_->dfa(node.dfa).Next(ByteDfa::start(), c);  // not dead: c is a first byte
+      mode_ = Mode::kToken;
       return true;
     case Kind::kAnyOf:
       return false;  // resolved above
@@ -300,15 +332,22 @@ bool JsonGrammar::Step(uint8_t c) {
           return true;
         }
         if (string_chars_ < schema_->node(string_node_).min_length) return false;
+        if (StringDfa() != nullptr && !StringDfa()->Accepting(dfa_state_)) return false;
         ValueEnded();
         return true;
       }
       if (c == '\\') {
         if (!StringChar()) return false;
+        if (const ByteDfa* dfa = StringDfa()) {  // some escape must lead on
+          bool any = false;
+          for (char e : std::string_view("\"\\/\b\f\n\r\t")) any |= dfa->Next(dfa_state_, static_cast<uint8_t>(e)) != ByteDfa::kDead;
+          if (!any) return false;
+        }
         mode_ = Mode::kEscape;
         return true;
       }
       if (c < 0x20) return false;
+      if (!StringDfaTakes(c)) return false;
       if (c < 0x80) return StringChar();
       // The lead byte of a multi-byte character: how many continuation bytes, and the range of the
       // first (RFC 3629's table: no overlong forms, no surrogates, nothing past U+10FFFF).
@@ -340,16 +379,21 @@ bool JsonGrammar::Step(uint8_t c) {
       return true;
     case Mode::kUtf8:
       if (c < utf8_min_ || c > utf8_max_) return false;
+      if (!StringDfaTakes(c)) return false;
       utf8_min_ = 0x80;
       utf8_max_ = 0xBF;
       if (--utf8_left_ == 0) mode_ = Mode::kString;
       return true;
     case Mode::kEscape:
       switch (c) {
-        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': {
+          static constexpr std::string_view kLetters = "\"\\/bfnrt", kBytes = "\"\\/\b\f\n\r\t";
+          if (!StringDfaTakes(static_cast<uint8_t>(kBytes[kLetters.find(static_cast<char>(c))]))) return false;
           mode_ = Mode::kString;
           return true;
+        }
         case 'u':
+          if (StringDfa() != nullptr) return false;  // a pattern's string takes its characters raw
           mode_ = Mode::kHex;
           hex_left_ = 4;
           hex_value_ = 0;
@@ -444,6 +488,17 @@ bool JsonGrammar::Step(uint8_t c) {
       if (++literal_pos_ == lit.size()) ValueEnded();
       return true;
     }
+    case Mode::kToken: {
+      const ByteDfa& dfa = schema_->dfa(schema_->node(token_node_).dfa);
+      const int32_t next = dfa.Next(dfa_state_, c);
+      if (next != ByteDfa::kDead) {
+        dfa_state_ = next;
+        return true;
+      }
+      if (!dfa.Accepting(dfa_state_)) return false;
+      ValueEnded();  // as a number: a byte that cannot continue it comes after it
+      return Step(c);
+    }
     case Mode::kEnum: {
       const JsonSchemaNode& e = schema_->node(enum_node_);
       uint64_t next = 0;
@@ -506,6 +561,7 @@ void JsonGrammar::AppendStateKey(std::string& key) const {
         const JsonSchemaNode& s = schema_->node(string_node_);
         Append(key, string_node_);
         Append(key, KeyedCount(string_chars_, s.min_length, s.max_length));
+        if (s.dfa >= 0) Append(key, dfa_state_);
       }
       if (mode_ == Mode::kHex) {
         Append(key, hex_left_);
@@ -531,6 +587,10 @@ void JsonGrammar::AppendStateKey(std::string& key) const {
     case Mode::kLiteral:
       Append(key, literal_);
       Append(key, literal_pos_);
+      break;
+    case Mode::kToken:
+      Append(key, token_node_);
+      Append(key, dfa_state_);
       break;
     case Mode::kEnum:
       Append(key, enum_node_);

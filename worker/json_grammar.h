@@ -72,6 +72,7 @@ class JsonGrammar {
     kExpDigits,     // number: exponent digits
     kLiteral,       // true / false / null (literal_ and literal_pos_)
     kEnum,          // one of an enum's texts (enum_candidates_, enum_matched_)
+    kToken,         // a value read by its node's automaton (token_node_, dfa_state_)
     kDone,          // the top-level value is closed
   };
   // An open object or array.
@@ -89,6 +90,9 @@ class JsonGrammar {
   bool CanCloseObject() const;
   bool MoreKeysPossible() const;
   bool StringChar();  // a character of a string value: within maxLength?
+  // The automaton a string value's characters must match (pattern, format), or null.
+  const ByteDfa* StringDfa() const;
+  bool StringDfaTakes(uint8_t c);  // advances dfa_state_ by a byte of the string's text
   uint32_t KeyedCount(uint32_t count, uint32_t min, uint32_t max) const;
 
   const JsonSchema* schema_;
@@ -98,9 +102,11 @@ class JsonGrammar {
   bool key_free_ = false;         // ... of an object that takes any key
   uint64_t key_candidates_ = 0;   // ... else the properties it can still be (bits over the frame's)
   uint16_t key_matched_ = 0;      // its bytes read so far
-  uint16_t string_node_ = 0;      // a string value's node (its length bounds)
+  uint16_t string_node_ = 0;      // a string value's node (its length bounds, its automaton)
   uint32_t string_chars_ = 0;     // its code points so far
   bool integer_only_ = false;     // the number being read is an integer
+  uint16_t token_node_ = 0;
+  int32_t dfa_state_ = 0;         // the string's or token's automaton state
   uint16_t enum_node_ = 0;
   uint64_t enum_candidates_ = 0;  // the enum texts the bytes so far begin
   uint16_t enum_matched_ = 0;

@@ -1,7 +1,9 @@
 #include "worker/json_schema.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
+#include <optional>
 #include <set>
 #include <utility>
 
@@ -15,8 +17,9 @@ using json = nlohmann::ordered_json;
 
 constexpr const char* kSupported =
     "supported: type, properties, required, additionalProperties (true without properties, or false), items, minItems, "
-    "maxItems, minLength, maxLength, enum, const, anyOf/oneOf (alternatives starting with different bytes), "
-    "$ref to #/$defs or #/definitions, and annotations";
+    "maxItems, minLength, maxLength, pattern, format (date, time, date-time, uuid, ipv4, email), minimum, maximum, "
+    "exclusiveMinimum, exclusiveMaximum (integers; minimum and maximum for numbers), enum, const, anyOf/oneOf "
+    "(alternatives starting with different bytes), $ref to #/$defs or #/definitions, and annotations";
 
 const std::set<std::string>& Annotations() {
   static const std::set<std::string> k = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
@@ -27,9 +30,124 @@ const std::set<std::string>& Annotations() {
 // The type each type-specific keyword belongs to.
 const std::map<std::string, std::string>& Owners() {
   static const std::map<std::string, std::string> k = {
-      {"properties", "object"}, {"required", "object"}, {"additionalProperties", "object"}, {"items", "array"},
-      {"minItems", "array"},    {"maxItems", "array"},  {"minLength", "string"},           {"maxLength", "string"}};
+      {"properties", "object"},    {"required", "object"},     {"additionalProperties", "object"},
+      {"items", "array"},          {"minItems", "array"},      {"maxItems", "array"},
+      {"minLength", "string"},     {"maxLength", "string"},    {"pattern", "string"},
+      {"format", "string"},        {"minimum", "number"},      {"maximum", "number"},
+      {"exclusiveMinimum", "number"}, {"exclusiveMaximum", "number"}};
   return k;
+}
+
+// A keyword of `owner` applies to values of `type` (integers are numbers).
+bool Owns(const std::string& owner, const std::string& type) {
+  return owner == type || (owner == "number" && type == "integer");
+}
+
+// The formats served, as patterns a strict checker accepts (Python jsonschema's FormatChecker with
+// rfc3339-validator): days past the 28th only in months that have them, never the 29th of February
+// (leap years are beyond a small automaton's reach), years 0001 to 9999.
+const std::map<std::string, std::string>& Formats() {
+  static const std::string kDate =
+      "(?:[0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})-"
+      "(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)";
+  static const std::string kTime =
+      "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
+  static const std::string kOctet = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+  static const std::map<std::string, std::string> k = {
+      {"date", kDate},
+      {"time", kTime},
+      {"date-time", kDate + "T" + kTime},
+      {"uuid", "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"},
+      {"ipv4", kOctet + "(?:\\." + kOctet + "){3}"},
+      {"email", "[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\\.[A-Za-z0-9-]+)*"}};
+  return k;
+}
+
+std::string Alternatives(const std::vector<std::string>& parts) {
+  if (parts.size() == 1) return parts[0];
+  std::string out = "(?:";
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? "|" : "") + parts[i];
+  return out + ")";
+}
+
+// The digit strings from a to b, both of the same length (leading zeros are digits here).
+std::string SameLength(const std::string& a, const std::string& b) {
+  const size_t n = a.size();
+  if (a == b) return a;
+  if (a.find_first_not_of('0') == std::string::npos && b.find_first_not_of('9') == std::string::npos) {
+    return "[0-9]{" + std::to_string(n) + "}";
+  }
+  if (n == 1) return std::string("[") + a + "-" + b + "]";
+  if (a[0] == b[0]) return a.substr(0, 1) + SameLength(a.substr(1), b.substr(1));
+  std::vector<std::string> parts = {a.substr(0, 1) + SameLength(a.substr(1), std::string(n - 1, '9'))};
+  if (b[0] - a[0] > 1) {
+    parts.push_back(std::string("[") + static_cast<char>(a[0] + 1) + "-" + static_cast<char>(b[0] - 1) + "][0-9]{" +
+                    std::to_string(n - 1) + "}");
+  }
+  parts.push_back(b.substr(0, 1) + SameLength(std::string(n - 1, '0'), b.substr(1)));
+  return Alternatives(parts);
+}
+
+// JSON's decimal texts (no leading zeros) of the integers lo..hi; no hi: no upper bound. lo <= hi <= 1e18.
+std::string NaturalRange(uint64_t lo, std::optional<uint64_t> hi) {
+  const size_t lo_len = std::to_string(lo).size();
+  const size_t hi_len = hi ? std::to_string(*hi).size() : lo_len;
+  std::vector<std::string> parts;
+  uint64_t power = 1;  // 10^(len - 1)
+  for (size_t len = 1; len < lo_len; ++len) power *= 10;
+  for (size_t len = lo_len; len <= hi_len; ++len, power *= 10) {
+    const uint64_t first = len == 1 ? 0 : power, last = power * 10 - 1;
+    const uint64_t a = std::max(lo, first), b = hi ? std::min(*hi, last) : last;
+    if (a <= b) parts.push_back(SameLength(std::to_string(a), std::to_string(b)));
+  }
+  if (!hi) parts.push_back("[1-9][0-9]{" + std::to_string(lo_len) + ",}");
+  return Alternatives(parts);
+}
+
+uint64_t Magnitude(int64_t v) { return static_cast<uint64_t>(v < 0 ? -v : v); }
+
+// JSON integers in lo..hi (either may be absent), "-0" left out.
+std::string IntegerRange(std::optional<int64_t> lo, std::optional<int64_t> hi) {
+  std::vector<std::string> parts;
+  if (!hi || *hi >= 0) {
+    parts.push_back(NaturalRange(lo && *lo > 0 ? static_cast<uint64_t>(*lo) : 0,
+                                 hi ? std::optional<uint64_t>(*hi) : std::nullopt));
+  }
+  if (!lo || *lo < 0) {
+    const uint64_t from = hi && *hi < 0 ? Magnitude(*hi) : 1;
+    parts.push_back("-" + NaturalRange(from, lo ? std::optional<uint64_t>(Magnitude(*lo)) : std::nullopt));
+  }
+  return Alternatives(parts);
+}
+
+// JSON numbers without an exponent in lo..hi (integral bounds, either may be absent): the integer
+// part decides, except at a bound, which only a zero fraction may follow. No negative zero.
+std::string NumberRange(std::optional<int64_t> lo, std::optional<int64_t> hi) {
+  const std::string fraction = "(?:\\.[0-9]+)?", zeros = "(?:\\.0+)?";
+  std::vector<std::string> parts;
+  if (!hi || *hi >= 0) {
+    const uint64_t from = lo && *lo > 0 ? static_cast<uint64_t>(*lo) : 0;
+    if (!hi) {
+      parts.push_back(NaturalRange(from, std::nullopt) + fraction);
+    } else {
+      if (static_cast<uint64_t>(*hi) > from) parts.push_back(NaturalRange(from, static_cast<uint64_t>(*hi) - 1) + fraction);
+      parts.push_back(std::to_string(*hi) + zeros);
+    }
+  }
+  if (!lo || *lo < 0) {  // the magnitude m of a negative value: m >= -hi, m <= -lo, m > 0
+    const uint64_t q = hi && *hi < 0 ? Magnitude(*hi) : 0, from = std::max<uint64_t>(q, 1);
+    std::vector<std::string> negative;
+    if (!lo) {
+      negative.push_back(NaturalRange(from, std::nullopt) + fraction);
+    } else {
+      const uint64_t m = Magnitude(*lo);
+      if (m > from) negative.push_back(NaturalRange(from, m - 1) + fraction);
+      if (m >= from) negative.push_back(std::to_string(m) + zeros);
+    }
+    if (q == 0) negative.push_back("0\\.[0-9]*[1-9][0-9]*");
+    parts.push_back("-" + Alternatives(negative));
+  }
+  return Alternatives(parts);
 }
 
 std::bitset<256> ValueStartBytes() {
@@ -83,6 +201,21 @@ absl::StatusOr<JsonSchema> JsonSchema::Choice(const std::vector<std::string>& ch
   return s;
 }
 
+absl::StatusOr<JsonSchema> JsonSchema::Regex(std::string_view pattern) {
+  absl::StatusOr<ByteDfa> dfa = ByteDfa::FromRegex(pattern, ByteDfa::Match::kWhole);
+  if (!dfa.ok()) return absl::InvalidArgumentError("regex: " + std::string(dfa.status().message()));
+  JsonSchemaNode n;
+  n.kind = JsonSchemaNode::Kind::kToken;
+  n.first_bytes = dfa->FirstBytes();
+  n.dfa = 0;
+  JsonSchema s;
+  s.dfas_.push_back(std::move(*dfa));
+  s.nodes_.push_back(std::move(n));
+  s.root_ = static_cast<uint16_t>(s.nodes_.size() - 1);
+  s.exact_ = true;
+  return s;
+}
+
 class JsonSchemaCompiler {
  public:
   explicit JsonSchemaCompiler(const json& document) : doc_(document) {}
@@ -108,7 +241,8 @@ class JsonSchemaCompiler {
     for (const auto& [key, value] : s.items()) {
       static const std::set<std::string> kKeys = {"type", "properties", "required", "additionalProperties", "items",
                                                   "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
-                                                  "anyOf", "oneOf", "$ref"};
+                                                  "anyOf", "oneOf", "$ref", "pattern", "format", "minimum",
+                                                  "maximum", "exclusiveMinimum", "exclusiveMaximum"};
       if (kKeys.count(key) == 0 && Annotations().count(key) == 0) {
         return Error(Join(path, key), std::string("not supported (") + kSupported + ")");
       }
@@ -123,7 +257,7 @@ class JsonSchemaCompiler {
         json one = json::object();
         for (const auto& [key, value] : s.items()) {
           const auto owner = Owners().find(key);
-          if (owner == Owners().end() || (t.is_string() && owner->second == t.get<std::string>())) one[key] = value;
+          if (owner == Owners().end() || (t.is_string() && Owns(owner->second, t.get<std::string>()))) one[key] = value;
         }
         one["type"] = t;
         alternatives.push_back(one);
@@ -138,14 +272,17 @@ class JsonSchemaCompiler {
       type = "object";
     } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
       type = "array";
-    } else if (s.contains("minLength") || s.contains("maxLength")) {
+    } else if (s.contains("minLength") || s.contains("maxLength") || s.contains("pattern") || s.contains("format")) {
       type = "string";
+    } else if (s.contains("minimum") || s.contains("maximum") || s.contains("exclusiveMinimum") ||
+               s.contains("exclusiveMaximum")) {
+      type = "number";
     } else {
       return JsonSchema::kAnyNode;
     }
     // Keywords that belong to another type are an error, not silently ignored.
     for (const auto& [key, owner] : Owners()) {
-      if (s.contains(key) && owner != type) return Error(Join(path, key), "only for type " + owner + ", not " + type);
+      if (s.contains(key) && !Owns(owner, type)) return Error(Join(path, key), "only for type " + owner + ", not " + type);
     }
     MOE_ASSIGN_OR_RETURN(const uint16_t id, NewNode(path));
     JsonSchemaNode n;
@@ -170,9 +307,11 @@ class JsonSchemaCompiler {
       MOE_RETURN_IF_ERROR(Bound(s, "minLength", path, n.min_length));
       MOE_RETURN_IF_ERROR(Bound(s, "maxLength", path, n.max_length));
       if (n.min_length > n.max_length) return Error(Join(path, "minLength"), "exceeds maxLength");
+      MOE_RETURN_IF_ERROR(StringPattern(s, path, n));
     } else if (type == "integer" || type == "number") {
       n.kind = type == "integer" ? K::kInteger : K::kNumber;
       for (unsigned char c : std::string("-0123456789")) n.first_bytes.set(c);
+      MOE_RETURN_IF_ERROR(NumberBounds(s, path, type, n));
     } else if (type == "boolean") {
       n.kind = K::kBoolean;
       n.first_bytes.set('t');
@@ -219,6 +358,7 @@ class JsonSchemaCompiler {
     }
     JsonSchema schema;
     schema.nodes_ = std::move(nodes_);
+    schema.dfas_ = std::move(dfas_);
     schema.root_ = root;
     return schema;
   }
@@ -240,6 +380,90 @@ class JsonSchemaCompiler {
       return Error(Join(path, key), "expected a non-negative integer");
     }
     out = static_cast<uint32_t>(v.get<int64_t>());
+    return absl::OkStatus();
+  }
+
+  int32_t AddDfa(ByteDfa dfa) {
+    dfas_.push_back(std::move(dfa));
+    return static_cast<int32_t>(dfas_.size() - 1);
+  }
+
+  // "pattern" or "format": an automaton over the string's characters (its length bounds folded in).
+  absl::Status StringPattern(const json& s, const std::string& path, JsonSchemaNode& n) {
+    if (!s.contains("pattern") && !s.contains("format")) return absl::OkStatus();
+    if (s.contains("pattern") && s.contains("format")) return Error(Join(path, "format"), "not supported beside pattern");
+    const std::string key = s.contains("pattern") ? "pattern" : "format";
+    if (!s[key].is_string()) return Error(Join(path, key), "expected a string");
+    const std::string value = s[key].get<std::string>();
+    absl::StatusOr<ByteDfa> dfa = absl::InternalError("unset");
+    if (key == "pattern") {
+      dfa = ByteDfa::FromRegex(value, ByteDfa::Match::kSearch);
+    } else {
+      const auto format = Formats().find(value);
+      if (format == Formats().end()) {
+        return Error(Join(path, key), "\"" + value + "\" is not supported (supported: date, time, date-time, uuid, ipv4, email)");
+      }
+      dfa = ByteDfa::FromRegex(format->second, ByteDfa::Match::kWhole);
+    }
+    // Characters are raw or escaped as \" \\ \/ \b \f \n \r \t (the grammar takes no \u escape in
+    // such a string): other control characters cannot be written.
+    std::bitset<256> unwritable;
+    for (int c = 0; c < 0x20; ++c) {
+      if (c != '\b' && c != '\f' && c != '\n' && c != '\r' && c != '\t') unwritable.set(static_cast<size_t>(c));
+    }
+    if (dfa.ok()) dfa = dfa->WithoutBytes(unwritable);
+    if (dfa.ok() && (n.min_length > 0 || n.max_length != UINT32_MAX)) dfa = dfa->WithLength(n.min_length, n.max_length);
+    if (!dfa.ok()) return Error(Join(path, key), std::string(dfa.status().message()));
+    n.dfa = AddDfa(std::move(*dfa));
+    return absl::OkStatus();
+  }
+
+  // One of minimum, maximum and their exclusive forms, folded into [lo, hi].
+  static absl::Status NumberBound(const json& s, const std::string& path, const std::string& type, const char* key,
+                                  std::optional<int64_t>& lo, std::optional<int64_t>& hi) {
+    if (!s.contains(key)) return absl::OkStatus();
+    const std::string k = key;
+    const json& v = s[key];
+    const bool exclusive = k.rfind("exclusive", 0) == 0;
+    const bool lower = k == "minimum" || k == "exclusiveMinimum";
+    if (!v.is_number()) return Error(Join(path, k), "expected a number");
+    constexpr double kLimit = 1e18, kExactDouble = 9007199254740992.0;  // 2^53
+    const double x = v.get<double>();
+    if (type == "number" && (exclusive || x != std::floor(x) || std::fabs(x) > kExactDouble)) {
+      return Error(Join(path, k), "for type number only minimum and maximum with integral values up to 2^53 are supported");
+    }
+    if (!(std::fabs(x) <= kLimit)) return Error(Join(path, k), "bounds beyond 1e18 are not supported");
+    // Integers exactly as written; others rounded inwards (an integer above 2.5 is at least 3).
+    int64_t b;
+    if (v.is_number_integer()) {
+      b = v.get<int64_t>();
+      if (exclusive) b += lower ? 1 : -1;
+    } else {
+      b = static_cast<int64_t>(lower ? (exclusive ? std::floor(x) + 1 : std::ceil(x))
+                                     : (exclusive ? std::ceil(x) - 1 : std::floor(x)));
+    }
+    if (lower) {
+      lo = lo ? std::max(*lo, b) : b;
+    } else {
+      hi = hi ? std::min(*hi, b) : b;
+    }
+    return absl::OkStatus();
+  }
+
+  // Bounds make the number a token read by an automaton of the texts within them.
+  absl::Status NumberBounds(const json& s, const std::string& path, const std::string& type, JsonSchemaNode& n) {
+    std::optional<int64_t> lo, hi;
+    for (const char* key : {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"}) {
+      MOE_RETURN_IF_ERROR(NumberBound(s, path, type, key, lo, hi));
+    }
+    if (!lo && !hi) return absl::OkStatus();
+    if (lo && hi && *lo > *hi) return Error(Join(path, "minimum"), "admits no " + type + " up to the maximum");
+    absl::StatusOr<ByteDfa> dfa =
+        ByteDfa::FromRegex(type == "integer" ? IntegerRange(lo, hi) : NumberRange(lo, hi), ByteDfa::Match::kWhole);
+    if (!dfa.ok()) return Error(path, "bounds: " + std::string(dfa.status().message()));
+    n.kind = JsonSchemaNode::Kind::kToken;
+    n.first_bytes = dfa->FirstBytes();
+    n.dfa = AddDfa(std::move(*dfa));
     return absl::OkStatus();
   }
 
@@ -378,6 +602,7 @@ class JsonSchemaCompiler {
   const json& doc_;
   std::vector<JsonSchemaNode> nodes_ = JsonSchema::AnyObject().nodes_;
   std::vector<std::string> paths_ = std::vector<std::string>(3);
+  std::vector<ByteDfa> dfas_;
   std::map<std::string, uint16_t> refs_;
   int nesting_ = 0;
 };

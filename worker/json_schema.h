@@ -9,13 +9,20 @@
 //     any keys and values). Properties come in the schema's order (as xgrammar and OpenAI's
 //     structured outputs write them); optional ones may be left out;
 //   - array: "items", "minItems", "maxItems";
-//   - string: "minLength", "maxLength" (in code points);
+//   - string: "minLength", "maxLength" (in code points), "pattern" (byte_dfa.h's regex subset, found
+//     anywhere in the string unless anchored, as re.search and ECMA-262 read it; the string's
+//     characters must then be raw or one of the escapes \" \\ \/ \b \f \n \r \t, not \u), "format"
+//     (date, time, date-time, uuid, ipv4, email: a pattern a strict checker accepts, RFC 3339's with
+//     an upper-case T and Z, the 29th of February left out);
+//   - integer: "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" (magnitudes up to 1e18);
+//     number: "minimum" and "maximum" with integral values up to 2^53, read without an exponent
+//     (rounding to a float cannot take such a value past them);
 //   - "enum" and "const" of any JSON values (written as their compact JSON text);
 //   - "anyOf" / "oneOf" whose alternatives start with different bytes (a string or null; an object
 //     or an array), so that a value's first byte chooses the alternative;
 //   - "$ref" to "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed);
 //   - annotations that constrain nothing: title, description, default, examples, $schema, $id,
-//     $comment. Everything else (format, pattern, minimum, ...) is refused: a promise not kept.
+//     $comment. Everything else (multipleOf, other formats, ...) is refused: a promise not kept.
 // An empty schema ({} or true) is any JSON value.
 #pragma once
 
@@ -28,11 +35,14 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "worker/byte_dfa.h"
 
 namespace moe {
 
 struct JsonSchemaNode {
-  enum class Kind : uint8_t { kAny, kObject, kArray, kString, kInteger, kNumber, kBoolean, kNull, kEnum, kAnyOf };
+  // kToken: a value read by an automaton over its bytes, with nothing around it (bounded numbers;
+  // guided_regex's whole output).
+  enum class Kind : uint8_t { kAny, kObject, kArray, kString, kInteger, kNumber, kBoolean, kNull, kEnum, kAnyOf, kToken };
   Kind kind = Kind::kAny;
   // kObject: the properties in order, their value nodes, which are required.
   std::vector<std::string> property_names;
@@ -44,6 +54,8 @@ struct JsonSchemaNode {
   uint32_t min_items = 0, max_items = UINT32_MAX;
   // kString
   uint32_t min_length = 0, max_length = UINT32_MAX;
+  // kString: the automaton its characters must match (pattern, format); kToken: its bytes'. -1: none.
+  int32_t dfa = -1;
   // kEnum: the allowed values' compact JSON texts.
   std::vector<std::string> texts;
   // kAnyOf: the alternatives, whose first bytes do not overlap.
@@ -65,8 +77,12 @@ class JsonSchema {
   // guided_choice: exactly one of `choices` (raw texts, not JSON), no whitespace around it.
   // InvalidArgument "choices: ..." when there are none, more than kMaxEnum, or an empty one.
   static absl::StatusOr<JsonSchema> Choice(const std::vector<std::string>& choices);
+  // guided_regex: a text the whole of which matches `pattern` (byte_dfa.h), nothing around it.
+  // InvalidArgument "regex: ..." naming what is wrong.
+  static absl::StatusOr<JsonSchema> Regex(std::string_view pattern);
 
   const JsonSchemaNode& node(uint16_t id) const { return nodes_[id]; }
+  const ByteDfa& dfa(int32_t id) const { return dfas_[static_cast<size_t>(id)]; }
   uint16_t root() const { return root_; }
   // The value stands alone: no whitespace before or after it (guided_choice).
   bool exact() const { return exact_; }
@@ -76,6 +92,7 @@ class JsonSchema {
  private:
   JsonSchema();
   std::vector<JsonSchemaNode> nodes_;
+  std::vector<ByteDfa> dfas_;
   uint16_t root_ = kAnyNode;
   bool exact_ = false;
   friend class JsonSchemaCompiler;

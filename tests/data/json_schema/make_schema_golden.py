@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes schema_golden.json: JSON texts judged against JSON schemas by Python's jsonschema
-(Draft 2020-12), the outside reference for tests/json_schema_test.cc.
+(Draft 2020-12, formats checked), the outside reference for tests/json_schema_test.cc.
 
 For each schema: canonical instances (drawn from the schema: properties in the schema's order,
 optional ones sometimes left out, compact or indented, ASCII-escaped or not), instances changed
@@ -53,7 +53,53 @@ SCHEMAS = [
     {"name": "integer", "schema": {"type": "integer"}},
     {"name": "numbers_enum", "schema": {"enum": [1, 12, 123, "x"]}},
     {"name": "free_object", "schema": {"type": "object", "title": "anything"}},
+    {"name": "formats", "schema": {
+        "type": "object",
+        "properties": {
+            "day": {"type": "string", "format": "date"},
+            "at": {"type": "string", "format": "date-time"},
+            "id": {"type": "string", "format": "uuid"},
+            "ip": {"type": "string", "format": "ipv4"},
+            "mail": {"type": "string", "format": "email"},
+            "t": {"type": "string", "format": "time"}},
+        "required": ["day", "id"],
+        "additionalProperties": False}},
+    {"name": "patterns", "schema": {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+            "has_x": {"type": "string", "pattern": "x", "maxLength": 5},
+            "word": {"type": "string", "pattern": "^\\w+$", "minLength": 2},
+            "path": {"type": "string", "pattern": "^/[a-z/]*\"?$"}},
+        "required": ["code"]}},
+    {"name": "bounds", "schema": {
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "minimum": 0, "maximum": 130},
+            "delta": {"type": "integer", "exclusiveMinimum": -5, "exclusiveMaximum": 250},
+            "big": {"type": "integer", "minimum": 1000},
+            "neg": {"type": "integer", "maximum": -7},
+            "p": {"type": "number", "minimum": 0, "maximum": 1},
+            "t": {"type": "number", "minimum": -40, "maximum": 60},
+            "above": {"type": "number", "minimum": 3},
+            "below": {"type": "number", "maximum": -2}},
+        "required": ["age", "p"]}},
+    {"name": "bounded_top", "schema": {"type": "integer", "minimum": -20, "maximum": 300}},
 ]
+
+# Strings the "pattern" and "format" schemas above admit (ASCII: written raw by every dump style).
+EXAMPLES = {
+    "date": ["2024-02-28", "1999-12-31", "0001-01-01", "2023-04-30"],
+    "date-time": ["2024-02-28T13:05:59Z", "2000-01-31T00:00:00.125+05:30"],
+    "uuid": ["123e4567-e89b-12d3-a456-426614174000", "ABCDEF01-2345-6789-abcd-ef0123456789"],
+    "ipv4": ["192.168.0.1", "8.8.8.8", "255.255.255.255", "0.0.0.0"],
+    "email": ["a.b@example.com", "x@y"],
+    "time": ["23:59:59Z", "00:00:00.5-08:00"],
+    "^[A-Z]{2}-\\d{3}$": ["AB-123", "ZZ-000"],
+    "x": ["x", "axb", "xxxxx"],
+    "^\\w+$": ["ab", "a_9"],
+    "^/[a-z/]*\"?$": ["/", "/usr/bin", "/a\""],
+}
 
 WORDS = ["a", "ab", "Ro", "é", "日本", "x\"y", "b\\c", "t\ta", "😀", ""]
 
@@ -86,6 +132,8 @@ def draw(schema, defs, rng, depth=0):
     if t == "array":
         lo, hi = schema.get("minItems", 0), min(schema.get("maxItems", 3), 3)
         return [draw(schema.get("items", {}), defs, rng, depth + 1) for _ in range(rng.randint(lo, max(lo, hi)))]
+    if t == "string" and ("pattern" in schema or "format" in schema):
+        return rng.choice(EXAMPLES[schema.get("pattern", schema.get("format"))])
     if t == "string":
         lo, hi = schema.get("minLength", 0), schema.get("maxLength", 8)
         while True:
@@ -93,7 +141,13 @@ def draw(schema, defs, rng, depth=0):
             if lo <= len(s) <= hi:
                 return s
     if t == "integer":
-        return rng.randint(-300, 300)
+        lo = schema.get("minimum", schema.get("exclusiveMinimum", -301) + 1)
+        hi = schema.get("maximum", schema.get("exclusiveMaximum", lo + 601) - 1)
+        return rng.choice([lo, hi, rng.randint(lo, hi)])
+    if t == "number" and ("minimum" in schema or "maximum" in schema):
+        lo = schema.get("minimum", schema.get("maximum", 0) - 1000)
+        hi = schema.get("maximum", lo + 1000)
+        return rng.choice([lo, hi, float(lo), float(hi), round(rng.uniform(lo, hi), 3)])
     if t == "number":
         return rng.choice([0, -1, 2.5, 1e-3, 123456.75, -0.0])
     if t == "boolean":
@@ -183,7 +237,7 @@ def judge(schema, text):
         value = json.loads(text, parse_constant=reject_constant)
     except (ValueError, UnicodeError):
         return False
-    return jsonschema.Draft202012Validator(schema).is_valid(value)
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER).is_valid(value)
 
 
 def main():
