@@ -144,10 +144,11 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   const bool json_object = format.type() == v1::ResponseFormat::TYPE_JSON_OBJECT;
   const bool json_schema = format.type() == v1::ResponseFormat::TYPE_JSON_SCHEMA;
   const bool choice = format.type() == v1::ResponseFormat::TYPE_CHOICE;
-  if (format.type() != v1::ResponseFormat::TYPE_TEXT && !json_object && !json_schema && !choice) {
+  const bool regex = format.type() == v1::ResponseFormat::TYPE_REGEX;
+  if (format.type() != v1::ResponseFormat::TYPE_TEXT && !json_object && !json_schema && !choice && !regex) {
     return FieldError("sampling.response_format.type", absl::StrCat("unknown type ", format.type()));
   }
-  if ((json_object || json_schema || choice) && model.tokenizer == nullptr) {
+  if ((json_object || json_schema || choice || regex) && model.tokenizer == nullptr) {
     return FieldError("sampling.response_format",
                       "constrained output needs the model's tokenizer (the bytes of each token), and the model has none");
   }
@@ -160,6 +161,15 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
     }
   } else if (format.choices_size() > 0) {
     return FieldError("sampling.response_format.choices", "only with type CHOICE");
+  }
+  if (regex) {
+    if (format.regex().empty()) return FieldError("sampling.response_format.regex", "empty");
+    if (absl::StatusOr<JsonSchema> r = JsonSchema::Regex(format.regex()); !r.ok()) {
+      const std::string message(r.status().message());  // "regex: what"
+      return FieldError("sampling.response_format.regex", message.substr(message.find(": ") + 2));
+    }
+  } else if (!format.regex().empty()) {
+    return FieldError("sampling.response_format.regex", "only with type REGEX");
   }
   std::string schema_text;  // compact, properties in their order: one text per schema for the ranks' mask caches
   if (json_schema) {
@@ -208,6 +218,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_json_object(json_object);
   a.set_json_schema(schema_text);
   if (choice) *a.mutable_choices() = format.choices();
+  if (regex) a.set_regex(format.regex());
   job.want_logprobs = s.has_logprobs();
   return job;
 }

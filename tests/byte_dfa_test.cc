@@ -148,6 +148,8 @@ TEST(ByteDfaTest, UnsupportedSyntaxIsRefusedWithItsOffset) {
   EXPECT_EQ(error("\\q"), "unsupported escape \\q at offset 1");
   EXPECT_EQ(error("\xff"), "invalid UTF-8 at offset 0");
   EXPECT_EQ(error("(a|b)*a(a|b){12}"), "the pattern needs more than 4096 automaton states");
+  EXPECT_EQ(error(std::string(5000, '(') + "a" + std::string(5000, ')')), "groups nested deeper than 100 at offset 100");
+  EXPECT_EQ(error("(?:a{1000}){1000}"), "the pattern needs more than 4096 automaton states");
   EXPECT_EQ(error("[a-c]{2}(x|y)?"), "ok");
   EXPECT_EQ(error("\\d+\\.\\d{2}$"), "ok");
 }

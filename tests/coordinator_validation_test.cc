@@ -164,10 +164,10 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   v1::GenerateRequest schema = Ids({3, 4});
   v1::ResponseFormat* f = schema.mutable_sampling()->mutable_response_format();
   f->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
-  f->set_json_schema(R"({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}})");
+  f->set_json_schema(R"({"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 2}}})");
   const absl::Status bad = ValidateGenerate(schema, shakespeare()).status();
   EXPECT_TRUE(NamesField(bad, "sampling.response_format.json_schema")) << bad;
-  EXPECT_NE(bad.message().find("properties.n.minimum: not supported"), std::string::npos) << bad;
+  EXPECT_NE(bad.message().find("properties.n.multipleOf: not supported"), std::string::npos) << bad;
   f->set_json_schema("{not json");
   EXPECT_TRUE(NamesField(ValidateGenerate(schema, shakespeare()).status(), "sampling.response_format.json_schema"));
   f->set_json_schema(R"({"type": "object", "properties": {"z": {"type": "integer"}, "a": {"enum": [1, "b"]}}})");
@@ -189,6 +189,23 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   ASSERT_TRUE(chosen.ok()) << chosen.status();
   EXPECT_EQ(std::vector<std::string>(chosen->assign.choices().begin(), chosen->assign.choices().end()),
             (std::vector<std::string>{"yes", "no"}));
+  // guided_regex: compiled before admission, its error and offset in the message; a regex without
+  // TYPE_REGEX is refused rather than ignored.
+  v1::GenerateRequest regex = Ids({3, 4});
+  v1::ResponseFormat* rf = regex.mutable_sampling()->mutable_response_format();
+  rf->set_type(v1::ResponseFormat::TYPE_REGEX);
+  EXPECT_TRUE(NamesField(ValidateGenerate(regex, shakespeare()).status(), "sampling.response_format.regex"));
+  rf->set_regex("(?=x)a");
+  const absl::Status lookahead = ValidateGenerate(regex, shakespeare()).status();
+  EXPECT_TRUE(NamesField(lookahead, "sampling.response_format.regex"));
+  EXPECT_NE(lookahead.message().find("lookaround"), std::string::npos) << lookahead;
+  rf->set_regex("[0-9]{3}-[a-z]+");
+  absl::StatusOr<GenerateJob> matched = ValidateGenerate(regex, shakespeare());
+  ASSERT_TRUE(matched.ok()) << matched.status();
+  EXPECT_EQ(matched->assign.regex(), "[0-9]{3}-[a-z]+");
+  EXPECT_TRUE(NamesField(ValidateGenerate(regex, tiny()).status(), "sampling.response_format"));  // no tokenizer
+  rf->set_type(v1::ResponseFormat::TYPE_TEXT);
+  EXPECT_TRUE(NamesField(ValidateGenerate(regex, shakespeare()).status(), "sampling.response_format.regex"));
 }
 
 TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {

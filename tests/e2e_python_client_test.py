@@ -11,6 +11,7 @@ Environment (CTest sets them): MOE_BUILD_DIR (the build folder), MOE_PYTHON_PROT
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -194,9 +195,18 @@ class PythonClientEndToEnd(unittest.TestCase):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         value = json.loads(out["text"])
         self.assertTrue(isinstance(value, list) and len(value) >= 2 and all(type(v) is int for v in value), out["text"])
-        r = self.moe_client("generate", "--prompt", "ROMEO:", "--json-schema", '{"type": "string", "format": "date"}')
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--json-schema", '{"type": "string", "format": "uri"}')
         self.assertEqual(r.returncode, 1)
-        self.assertIn("format: not supported", r.stderr)
+        self.assertIn('format: "uri" is not supported', r.stderr)
+        regex = "[A-Z][a-z]{1,8}(, [a-z]{1,8}){1,3}!"
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "60", "--temperature", "0",
+                            "--regex", regex, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertIsNotNone(re.fullmatch(regex, out["text"]), out["text"])
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--regex", "a(?=b)")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sampling.response_format.regex", r.stderr)
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--logit-bias", "9=100")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--logit-bias", r.stderr)

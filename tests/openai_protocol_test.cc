@@ -91,6 +91,13 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_choice": "yes"})").param, "guided_choice");
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_choice": ["a"], "response_format": {"type": "json_object"}})").param,
             "guided_choice");
+  got = ParseCompletionRequest(R"({"prompt": "x", "guided_regex": "[a-z]+\\d"})", "m");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().type(), v1::ResponseFormat::TYPE_REGEX);
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().regex(), "[a-z]+\\d");
+  EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": ""})").param, "guided_regex");
+  EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": ["a"]})").param, "guided_regex");
+  EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": "a", "guided_choice": ["a"]})").param, "guided_regex");
   got = ParseCompletionRequest(R"({"prompt": "x", "guided_json": {"type": "object", "properties": {"z": {}, "a": {}}}})", "m");
   ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
   EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().json_schema(),
@@ -407,7 +414,7 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
            {{{"tool_choice", "required"}, {"tools", json::array()}}, "tool_choice"},
            {{{"tool_choice", "required"}, {"response_format", {{"type", "json_object"}}}}, "tool_choice"},
            {{{"tool_choice", "required"},
-             {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", {{"type", "integer"}, {"minimum", 0}}}}}}}}},
+             {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", {{"type", "integer"}, {"multipleOf", 2}}}}}}}}},
             "tools"}}) {
     auto r = chat(extra);
     ASSERT_TRUE(std::holds_alternative<HttpError>(r)) << extra.dump();

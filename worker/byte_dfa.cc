@@ -13,6 +13,9 @@ namespace {
 constexpr uint32_t kMaxCodePoint = 0x10FFFF;
 constexpr uint32_t kMaxRepeat = 1000;
 constexpr size_t kMaxNfaStates = 200000;
+// Groups nest at most this deep: the parser and the automaton's construction recurse once a level,
+// and a request must not be able to exhaust a server thread's stack.
+constexpr int kMaxGroupDepth = 100;
 
 // Sorted, disjoint, non-adjacent code point ranges.
 using Ranges = std::vector<std::pair<uint32_t, uint32_t>>;
@@ -286,6 +289,7 @@ class RegexParser {
     const char c = p_[pos_];
     switch (c) {
       case '(': {
+        if (group_depth_ == kMaxGroupDepth) return Fail(absl::StrCat("groups nested deeper than ", kMaxGroupDepth));
         ++pos_;
         if (Peek('?')) {
           ++pos_;
@@ -301,10 +305,13 @@ class RegexParser {
             return Fail("lookaround, inline flags and other (? groups are not supported");
           }
         }
-        MOE_ASSIGN_OR_RETURN(const int inner, Alternation());
+        ++group_depth_;
+        absl::StatusOr<int> inner = Alternation();
+        --group_depth_;
+        if (!inner.ok()) return inner.status();
         if (!Peek(')')) return Fail("missing )");
         ++pos_;
-        return inner;
+        return *inner;
       }
       case '[':
         return Class();
@@ -448,6 +455,7 @@ class RegexParser {
   std::string_view p_;
   bool search_;
   size_t pos_ = 0;
+  int group_depth_ = 0;
   std::vector<Ast> nodes_;
 };
 
@@ -568,10 +576,30 @@ absl::StatusOr<ByteDfa> ByteDfa::FromRegex(std::string_view pattern, Match match
   if (!nfa.Compile(root)) return TooLarge();
   const std::vector<Nfa::State>& ns = nfa.states();
 
-  // Subset construction; each set is the sorted epsilon closure.
+  // Subset construction. A DFA state is the set of NFA states, after epsilon moves, that read a byte
+  // or accept (the others add nothing), sorted. Bytes are taken in classes no NFA edge splits.
+  std::array<uint8_t, 256> class_of{};
+  std::vector<uint8_t> class_first;  // each class's first byte
+  {
+    std::bitset<257> boundary;
+    boundary.set(0);
+    for (const Nfa::State& st : ns) {
+      for (const auto& [lo, hi, to] : st.edges) {
+        boundary.set(lo);
+        boundary.set(static_cast<size_t>(hi) + 1);
+      }
+    }
+    for (int b = 0; b < 256; ++b) {
+      if (boundary[static_cast<size_t>(b)]) class_first.push_back(static_cast<uint8_t>(b));
+      class_of[static_cast<size_t>(b)] = static_cast<uint8_t>(class_first.size() - 1);
+    }
+  }
+  // Work (NFA states visited) is bounded too: a short pattern can still make large sets.
+  constexpr int64_t kMaxWork = 20'000'000;
+  int64_t work = 0;
   std::vector<char> mark(ns.size(), 0);
-  auto closure = [&](std::vector<int> seeds) {
-    std::vector<int> out;
+  auto closure = [&](const std::vector<int>& seeds) {
+    std::vector<int> out, kept;
     for (int s : seeds) {
       if (!mark[static_cast<size_t>(s)]) {
         mark[static_cast<size_t>(s)] = 1;
@@ -579,16 +607,19 @@ absl::StatusOr<ByteDfa> ByteDfa::FromRegex(std::string_view pattern, Match match
       }
     }
     for (size_t i = 0; i < out.size(); ++i) {
-      for (int t : ns[static_cast<size_t>(out[i])].eps) {
+      const Nfa::State& st = ns[static_cast<size_t>(out[i])];
+      if (!st.edges.empty() || out[i] == nfa.accept()) kept.push_back(out[i]);
+      for (int t : st.eps) {
         if (!mark[static_cast<size_t>(t)]) {
           mark[static_cast<size_t>(t)] = 1;
           out.push_back(t);
         }
       }
     }
+    work += static_cast<int64_t>(out.size());
     for (int s : out) mark[static_cast<size_t>(s)] = 0;
-    std::sort(out.begin(), out.end());
-    return out;
+    std::sort(kept.begin(), kept.end());
+    return kept;
   };
   std::map<std::vector<int>, int32_t> ids;
   std::vector<std::vector<int>> sets;
@@ -605,20 +636,23 @@ absl::StatusOr<ByteDfa> ByteDfa::FromRegex(std::string_view pattern, Match match
   };
   intern(closure({nfa.start()}));
   for (size_t d = 0; d < sets.size(); ++d) {
-    if (sets.size() > kMaxStates) return TooLarge();
-    std::array<std::vector<int>, 256> moves;
+    if (sets.size() > kMaxStates || work > kMaxWork) return TooLarge();
+    std::vector<std::vector<int>> moves(class_first.size());
     for (int s : sets[d]) {
       for (const auto& [lo, hi, to] : ns[static_cast<size_t>(s)].edges) {
-        for (int b = lo; b <= hi; ++b) moves[static_cast<size_t>(b)].push_back(to);
+        for (int k = class_of[lo]; k <= class_of[hi]; ++k) moves[static_cast<size_t>(k)].push_back(to);
+        work += 1 + class_of[hi] - class_of[lo];
       }
     }
-    std::array<int32_t, 256> row;
-    std::map<std::vector<int>, int32_t> seen;  // bytes with the same moves share a closure
-    for (int b = 0; b < 256; ++b) {
-      auto [it, fresh] = seen.emplace(moves[static_cast<size_t>(b)], kDead);
-      if (fresh) it->second = intern(closure(moves[static_cast<size_t>(b)]));
-      row[static_cast<size_t>(b)] = it->second;
+    std::vector<int32_t> target(class_first.size());
+    std::map<std::vector<int>, int32_t> seen;  // classes with the same moves share a closure
+    for (size_t k = 0; k < class_first.size(); ++k) {
+      auto [it, fresh] = seen.emplace(moves[k], kDead);
+      if (fresh) it->second = intern(closure(moves[k]));
+      target[k] = it->second;
     }
+    std::array<int32_t, 256> row;
+    for (int b = 0; b < 256; ++b) row[static_cast<size_t>(b)] = target[class_of[static_cast<size_t>(b)]];
     next.push_back(row);
   }
   return Build(next, accepting);

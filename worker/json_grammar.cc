@@ -64,10 +64,18 @@ bool JsonGrammar::Advance(uint8_t c) {
       schema_->dfa(schema_->node(token_node_).dfa).Next(dfa_state_, c) != ByteDfa::kDead) {
     separator = false;
   }
-  if (separator && whitespace_run_ >= kMaxWhitespaceRun) return false;
-  const uint8_t run = whitespace_run_;
+  uint8_t whitespace = 0;
+  if (separator) {
+    if (whitespace_ == 0 && (c == ' ' || c == '\n')) {
+      whitespace = c == ' ' ? 1 : 2;
+    } else if (whitespace_ >= 2 && whitespace_ < 2 + kIndentPerLevel * depth_ && (c == ' ' || c == '\t')) {
+      whitespace = static_cast<uint8_t>(whitespace_ + 1);
+    } else {
+      return false;
+    }
+  }
   if (!Step(c)) return false;
-  whitespace_run_ = separator ? static_cast<uint8_t>(run + 1) : 0;
+  whitespace_ = whitespace;
   return true;
 }
 
@@ -531,7 +539,7 @@ uint32_t JsonGrammar::KeyedCount(uint32_t count, uint32_t min, uint32_t max) con
 
 void JsonGrammar::AppendStateKey(std::string& key) const {
   Append(key, mode_);
-  Append(key, whitespace_run_);
+  Append(key, whitespace_);
   Append(key, depth_);
   for (int d = 0; d < depth_; ++d) {
     const Frame& f = frames_[static_cast<size_t>(d)];

@@ -5,10 +5,13 @@
 // and a \u escape of a high surrogate must be followed by the escape of a low one: what a strict
 // parser (nlohmann::json, Python's json with surrogate checks) accepts.
 //
-// Whitespace between tokens is bounded: a run of more than kMaxWhitespaceRun whitespace bytes
-// outside strings is refused. JSON allows any amount, but a model that prefers newlines would
-// otherwise spend its whole budget on them (pretty-printed JSON needs 1 + indent x depth: 2-space
-// indents fit to depth 9).
+// Whitespace between tokens is bounded: nothing, one space, or a newline and an indent of at most
+// kIndentPerLevel spaces or tabs for each container open there (llama.cpp's JSON grammar allows 20
+// at any depth). JSON allows any amount, but a model that likes whitespace would otherwise spend its
+// budget padding: the small default model wrote 20 newlines between every two tokens under session
+// 24's bound (20 bytes of any whitespace), and a newline and 20 spaces under llama.cpp's. Compact
+// JSON, Python's default ", " and ": ", and JSON pretty-printed with indents of up to 4 spaces or
+// tabs all fit.
 //
 // The state is a small value (no allocation): the engine copies it once per vocabulary-trie node
 // when it masks a step's logits.
@@ -27,7 +30,7 @@ class JsonGrammar {
  public:
   // Nesting deeper than this is refused (an opening bracket past it is not accepted).
   static constexpr int kMaxDepth = 32;
-  static constexpr int kMaxWhitespaceRun = 20;
+  static constexpr int kIndentPerLevel = 4;
 
   // `schema` must outlive the grammar (and its copies).
   explicit JsonGrammar(const JsonSchema& schema);
@@ -44,7 +47,7 @@ class JsonGrammar {
   bool Complete() const;
   bool Closed() const { return mode_ == Mode::kDone; }
   // Appends to `key` bytes that differ between any two states that could accept different byte
-  // strings (the mode and what it reads, the open containers, the whitespace run): masks are cached
+  // strings (the mode and what it reads, the open containers, the whitespace so far): masks are cached
   // by it.
   void AppendStateKey(std::string& key) const;
 
@@ -117,7 +120,9 @@ class JsonGrammar {
   uint8_t utf8_min_ = 0x80, utf8_max_ = 0xBF;  // the range of the next continuation byte
   uint8_t literal_ = 0, literal_pos_ = 0;
   uint8_t depth_ = 0;
-  uint8_t whitespace_run_ = 0;    // whitespace bytes just taken outside strings
+  // Whitespace just taken outside strings: 0 none, 1 a space (nothing more), 2 + k a newline and k
+  // indent bytes.
+  uint8_t whitespace_ = 0;
   std::array<Frame, kMaxDepth> frames_{};
 };
 

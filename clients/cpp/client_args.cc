@@ -45,6 +45,7 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--ignore-eos", {false, {"generate"}}},
       {"--json-object", {false, {"generate"}}},
       {"--json-schema", {true, {"generate"}}},
+      {"--regex", {true, {"generate"}}},
       {"--request-id", {true, {"generate"}}},
       {"--context", {true, {"score"}}},
       {"--context-ids", {true, {"score"}}},
@@ -166,6 +167,9 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
   } else if (flag == "--json-schema") {  // the schema's JSON text (the coordinator checks it)
     s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_JSON_SCHEMA);
     s->mutable_response_format()->set_json_schema(v);
+  } else if (flag == "--regex") {  // the whole output matches it (the coordinator checks it)
+    s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_REGEX);
+    s->mutable_response_format()->set_regex(v);
   } else if (flag == "--request-id") {
     o.request_id = v;
   } else if (flag == "--context" || flag == "--context-ids") {
@@ -260,7 +264,8 @@ commands:
   generate (--prompt TEXT | --token-ids 1,2,3) [--max-tokens N] [--temperature T] [--top-k K]
            [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
            [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
-           [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--json-schema JSON] [--request-id ID]
+           [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--json-schema JSON] [--regex RE]
+           [--request-id ID]
            [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
       (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;

@@ -56,7 +56,8 @@ FINISH_REASONS = {
 
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                    "min_tokens", "n", "logit_bias", "response_format", "guided_choice")
+                    "min_tokens", "n", "logit_bias", "response_format", "guided_choice",
+                    "guided_regex")
 
 
 @dataclasses.dataclass
@@ -115,6 +116,9 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
         elif name == "guided_choice":  # vLLM's: the output is exactly one of these texts
             p.response_format.type = inference_pb2.ResponseFormat.TYPE_CHOICE
             p.response_format.choices.extend(str(c) for c in value)
+        elif name == "guided_regex":  # vLLM's: the whole output matches this regular expression
+            p.response_format.type = inference_pb2.ResponseFormat.TYPE_REGEX
+            p.response_format.regex = str(value)
         else:
             setattr(p, name, value)
     return p
@@ -154,7 +158,8 @@ class MoeClient:
         presence_penalty, frequency_penalty, min_tokens, logit_bias ({id: bias}), n (each message's `index` says which
         completion it carries), response_format ("json_object": the output is one JSON object; OpenAI's
         {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits), guided_choice
-        (a list of texts: the output is exactly one of them). Closing the iterator early
+        (a list of texts: the output is exactly one of them), guided_regex (the whole output matches this
+        regular expression). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")

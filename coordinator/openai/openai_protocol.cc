@@ -217,6 +217,15 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
     s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
   }
+  if (body.contains("guided_regex") && !body["guided_regex"].is_null()) {  // vLLM's: the whole output matches
+    const json& regex = body["guided_regex"];
+    if (!regex.is_string() || regex.get<std::string>().empty()) return BadParam("guided_regex", "expected a non-empty string");
+    if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
+      return BadParam("guided_regex", "cannot be combined with a JSON response_format, guided_json or guided_choice");
+    }
+    s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_REGEX);
+    s.mutable_response_format()->set_regex(regex.get<std::string>());
+  }
   bool ignore_eos = false;
   if (std::optional<HttpError> e = Bool(body, "ignore_eos", ignore_eos)) return e;
   if (ignore_eos) s.set_ignore_eos(true);

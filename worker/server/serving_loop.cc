@@ -102,7 +102,7 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
       s.penalties.emplace(pen, std::span<const int32_t>(a.prompt().data(), static_cast<size_t>(a.prompt_size())),
                           EndIds(a, c));
     }
-    if (a.json_object() || !a.json_schema().empty() || a.choices_size() > 0) {
+    if (a.json_object() || !a.json_schema().empty() || a.choices_size() > 0 || !a.regex().empty()) {
       absl::StatusOr<std::shared_ptr<JsonMaskCache>> masks = JsonMasksFor(a);
       if (!masks.ok()) {
         Finish(id, Finished::REASON_ERROR, std::string(masks.status().message()));
@@ -117,17 +117,22 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
 }
 
 absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const moe::v1::Assign& a) {
-  const char* field = a.json_object() ? "json_object" : a.choices_size() > 0 ? "choices" : "json_schema";
+  const char* field = a.json_object()        ? "json_object"
+                      : a.choices_size() > 0 ? "choices"
+                      : !a.regex().empty()   ? "regex"
+                                             : "json_schema";
   if (opts_.vocabulary == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat(field, ": this rank has no vocabulary texts (the model has no tokenizer)"));
   }
-  // Cache keys: "" for json_object, the schema's text (a JSON value: never starts with \x01), or
-  // \x01 and the choices, each ended by \0.
+  // Cache keys: "" for json_object, the schema's text (a JSON value: never starts with \x01 or
+  // \x02), \x01 and the choices, each ended by \0, or \x02 and the regex.
   std::string key = a.json_object() ? std::string() : a.json_schema();
   if (a.choices_size() > 0) {
     key = "\x01";
     for (const std::string& c : a.choices()) key.append(c).push_back('\0');
+  } else if (!a.regex().empty()) {
+    key = "\x02" + a.regex();
   }
   if (auto it = json_masks_.find(key); it != json_masks_.end()) return it->second;
   std::shared_ptr<const JsonSchema> schema;
@@ -137,6 +142,10 @@ absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const m
     absl::StatusOr<JsonSchema> choice = JsonSchema::Choice({a.choices().begin(), a.choices().end()});
     if (!choice.ok()) return choice.status();
     schema = std::make_shared<const JsonSchema>(*std::move(choice));
+  } else if (!a.regex().empty()) {
+    absl::StatusOr<JsonSchema> regex = JsonSchema::Regex(a.regex());
+    if (!regex.ok()) return regex.status();
+    schema = std::make_shared<const JsonSchema>(*std::move(regex));
   } else {
     absl::StatusOr<JsonSchema> compiled = JsonSchema::CompileText(a.json_schema());
     if (!compiled.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", compiled.status().message()));
