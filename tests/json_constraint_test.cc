@@ -281,6 +281,29 @@ TEST(JsonConstraintTest, WithoutEndIdsWhitespaceFollowsUpToTheLimit) {
   EXPECT_FALSE(c.Apply(logits));
 }
 
+// guided_regex: a token is allowed when its whole text keeps the output a prefix of a match; the
+// end id once the output matches; only the end id once nothing can follow.
+TEST(JsonConstraintTest, RegexMasksFollowTheAutomaton) {
+  absl::StatusOr<JsonSchema> regex = JsonSchema::Regex("ab+c");
+  ASSERT_TRUE(regex.ok()) << regex.status();
+  JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "a", "b", "ab", "ba", "abc", "c"}),
+                      std::make_shared<const JsonSchema>(*std::move(regex)));
+  JsonConstraint c(masks, {0});
+  constexpr float kOut = -INFINITY;
+  std::vector<float> logits(7, 0.0f);
+  ASSERT_TRUE(c.Apply(logits));
+  EXPECT_EQ(logits, (std::vector<float>{kOut, 0.0f, kOut, 0.0f, kOut, 0.0f, kOut}));
+  c.Add(3);  // "ab"
+  logits.assign(7, 0.0f);
+  ASSERT_TRUE(c.Apply(logits));
+  EXPECT_EQ(logits, (std::vector<float>{kOut, kOut, 0.0f, kOut, kOut, kOut, 0.0f}));
+  c.Add(6);  // "c": a match, and nothing may follow
+  EXPECT_TRUE(c.Complete());
+  logits.assign(7, 0.0f);
+  ASSERT_TRUE(c.Apply(logits));
+  EXPECT_EQ(logits, (std::vector<float>{0.0f, kOut, kOut, kOut, kOut, kOut, kOut}));
+}
+
 TEST(JsonConstraintTest, NoTokenForTheNeededBytes) {
   JsonMaskCache masks(std::make_shared<const TokenTextTrie>(std::vector<std::string>{"", "a", "b"}),  // no '{'
                       AnyObjectPtr());
