@@ -27,7 +27,7 @@ const std::string kGolden = std::string(MOE_SOURCE_DIR) + "/tests/data/json_sche
 // literals, names and enums, and continuation bytes for a multi-byte character already begun.
 const std::string& Alphabet() {
   static const std::string a =
-      std::string("\"}]:,{[0123456789-.eEtrufalsnbdhxyvgcoipmwkARTZ+@/_ \\") + "\x80\x90\xa0\xbf";
+      std::string("\"}]:,{[0123456789-.eEtrufalsnbdhxyvgcoipmwkqARTZ+@/_ \\") + "\x80\x90\xa0\xbf";
   return a;
 }
 
@@ -261,6 +261,20 @@ TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {
                 .rfind("additionalProperties: only true or false", 0),
             0u);
   EXPECT_EQ(error(R"({"anyOf": [{"type": "integer"}, {"type": "number"}]})").rfind("anyOf: alternatives", 0), 0u);
+  // Objects in an anyOf need a first property, required in each, whose values tell them apart.
+  EXPECT_EQ(error(R"({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]})")
+                .rfind("anyOf: alternatives", 0),
+            0u);
+  EXPECT_EQ(error(R"({"anyOf": [{"properties": {"k": {"const": 1}}, "required": ["k"]},
+                                {"properties": {"k": {"const": 2}}}]})")
+                .rfind("anyOf: alternatives", 0),
+            0u);
+  EXPECT_EQ(error(R"({"anyOf": [{"properties": {"k": {"enum": [1, 2]}}, "required": ["k"]},
+                                {"properties": {"k": {"const": 2}}, "required": ["k"]}]})"),
+            "anyOf: objects told apart by \"k\" share its value 2");
+  EXPECT_EQ(error(R"({"anyOf": [{"properties": {"k": {"const": 1}, "a": {}}, "required": ["k"]},
+                                {"properties": {"k": {"const": 2}, "b": {}}, "required": ["k"]}, {"type": "null"}]})"),
+            "ok");
   EXPECT_EQ(error(R"({"$ref": "#/$defs/missing"})").rfind("$ref: \"#/$defs/missing\" names no definition", 0), 0u);
   EXPECT_EQ(error(R"({"$ref": "http://example.com/s.json"})").rfind("$ref: only", 0), 0u);
   EXPECT_EQ(error(R"({"type": "object", "properties": {"a": {}}, "required": ["b"]})")

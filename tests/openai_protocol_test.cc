@@ -3,6 +3,7 @@
 // is refused with which HTTP status and parameter, and the response JSON built from a stream of
 // GenerateResponses.
 #include "coordinator/openai/openai_protocol.h"
+#include "worker/json_schema.h"
 
 #include <gtest/gtest.h>
 
@@ -405,13 +406,27 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   EXPECT_EQ(required.completion.tool_choice.kind, ToolChoice::Kind::kRequired);
   const json schema = json::parse(required.completion.request.sampling().response_format().json_schema());
   EXPECT_EQ(schema["type"], "array");
-  EXPECT_EQ(schema["items"]["properties"]["name"]["enum"], json({"weather", "clock"}));
+  ASSERT_EQ(schema["items"]["anyOf"].size(), 2u) << schema.dump();
+  EXPECT_EQ(schema["items"]["anyOf"][0]["properties"]["name"]["const"], "weather");
+  EXPECT_EQ(schema["items"]["anyOf"][0]["properties"]["parameters"], weather["function"]["parameters"]);
+  EXPECT_EQ(schema["items"]["anyOf"][1]["properties"]["name"]["const"], "clock");
+  EXPECT_TRUE(JsonSchema::Compile(nlohmann::ordered_json::parse(schema.dump())).ok()) << "each call's parameters constrained";
+  // Tools' definitions move to the root, where their references point.
+  const json with_defs = {{"type", "function"}, {"function", {{"name", "pick"}, {"parameters", {
+      {"$defs", {{"color", {{"enum", {"red", "blue"}}}}}}, {"type", "object"},
+      {"properties", {{"c", {{"$ref", "#/$defs/color"}}}}}}}}}};
+  ChatCall hoisted = ok({{"tool_choice", "required"}, {"tools", {weather, with_defs}}});
+  const json hoisted_schema = json::parse(hoisted.completion.request.sampling().response_format().json_schema());
+  EXPECT_EQ(hoisted_schema["$defs"]["color"]["enum"], json({"red", "blue"}));
+  EXPECT_FALSE(hoisted_schema["items"]["anyOf"][1]["properties"]["parameters"].contains("$defs"));
+  EXPECT_TRUE(JsonSchema::Compile(nlohmann::ordered_json::parse(hoisted_schema.dump())).ok());
   EXPECT_EQ(ok({{"tool_choice", "none"}}).completion.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_TEXT);
   for (const auto& [extra, param] : std::vector<std::pair<json, std::string>>{
            {{{"tool_choice", "auto"}}, "tool_choice"},
            {{{"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}}, "tool_choice"},
            {{{"tool_choice", "required"}, {"tools", {{{"type", "function"}}}}}, "tools[0]"},
            {{{"tool_choice", "required"}, {"tools", json::array()}}, "tool_choice"},
+           {{{"tool_choice", "required"}, {"tools", {weather, weather}}}, "tools[1]"},
            {{{"tool_choice", "required"}, {"response_format", {{"type", "json_object"}}}}, "tool_choice"},
            {{{"tool_choice", "required"},
              {"tools", {{{"type", "function"}, {"function", {{"name", "f"}, {"parameters", {{"type", "integer"}, {"multipleOf", 2}}}}}}}}},

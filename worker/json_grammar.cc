@@ -109,7 +109,7 @@ bool JsonGrammar::Complete() const {
 bool JsonGrammar::Push(uint16_t node) {
   if (depth_ == kMaxDepth) return false;
   frames_[depth_++] = Frame{node, 0, 0};
-  mode_ = schema_->node(node).kind == Kind::kObject ? Mode::kKeyFirst : Mode::kArrayFirst;
+  mode_ = schema_->node(node).kind == Kind::kArray ? Mode::kArrayFirst : Mode::kKeyFirst;
   return true;
 }
 
@@ -218,6 +218,7 @@ bool JsonGrammar::StartValue(uint8_t c) {
       return number(false);
     case Kind::kObject:
     case Kind::kArray:
+    case Kind::kUnion:
       return Push(n);
     case Kind::kString:
       return string(n);
@@ -285,7 +286,7 @@ bool JsonGrammar::Step(uint8_t c) {
       if (IsSpace(c)) return true;
       const Frame& f = frames_[depth_ - 1];
       const JsonSchemaNode& node = schema_->node(f.node);
-      const bool object = node.kind == Kind::kObject;
+      const bool object = node.kind != Kind::kArray;
       if (c == ',') {
         if (object) {
           if (!MoreKeysPossible()) return false;
@@ -524,7 +525,17 @@ bool JsonGrammar::Step(uint8_t c) {
         return true;
       }
       if (!complete) return false;
-      // A whole value, and c does not continue a longer one: it comes after the value.
+      // A whole value, and c does not continue a longer one: it comes after the value. A tagged
+      // union's tag chooses the object that the rest of the container follows.
+      if (depth_ > 0) {
+        Frame& f = frames_[depth_ - 1];
+        const JsonSchemaNode& u = schema_->node(f.node);
+        if (u.kind == Kind::kUnion) {
+          for (size_t i = 0; i < e.texts.size(); ++i) {
+            if ((enum_candidates_ >> i & 1) && e.texts[i].size() == enum_matched_) f.node = u.alternatives[i];
+          }
+        }
+      }
       ValueEnded();
       return Step(c);
     }

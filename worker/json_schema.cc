@@ -342,17 +342,27 @@ class JsonSchemaCompiler {
       }
     }
     for (size_t i = 0; i < nodes_.size(); ++i) {
-      const JsonSchemaNode& n = nodes_[i];
-      if (n.first_bytes.none()) {
+      if (nodes_[i].first_bytes.none()) {
         return Error(paths_[i], "admits no value (a $ref that leads only back to itself)");
       }
+    }
+    // Objects among an anyOf's alternatives become one tagged union (or the schema is refused).
+    const size_t compiled = nodes_.size();
+    for (size_t i = 0; i < compiled; ++i) {
+      if (nodes_[i].kind != JsonSchemaNode::Kind::kAnyOf || nodes_[i].alternatives.size() < 2) continue;
+      std::vector<uint16_t> objects, others;
+      for (uint16_t a : nodes_[i].alternatives) (nodes_[a].first_bytes['{'] ? objects : others).push_back(a);
+      if (objects.size() < 2) continue;
+      MOE_ASSIGN_OR_RETURN(const uint16_t u, TaggedUnion(objects, paths_[i]));
+      others.insert(others.begin(), u);
+      nodes_[i].alternatives = std::move(others);
+    }
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      const JsonSchemaNode& n = nodes_[i];
       if (n.kind != JsonSchemaNode::Kind::kAnyOf) continue;
       std::bitset<256> seen;
       for (uint16_t a : n.alternatives) {
-        if ((seen & nodes_[a].first_bytes).any()) {
-          return Error(paths_[i], "alternatives that can start with the same byte are not supported (each must be of "
-                                  "another JSON type, e.g. a string or null)");
-        }
+        if ((seen & nodes_[a].first_bytes).any()) return Error(paths_[i], kOverlapping);
         seen |= nodes_[a].first_bytes;
       }
     }
@@ -381,6 +391,60 @@ class JsonSchemaCompiler {
     }
     out = static_cast<uint32_t>(v.get<int64_t>());
     return absl::OkStatus();
+  }
+
+  static constexpr const char* kOverlapping =
+      "alternatives that can start with the same byte are not supported (each must be of another JSON type, e.g. "
+      "a string or null, or objects whose first property, required in each, has different enum or const values)";
+
+  // Through $ref placeholders (an anyOf of one alternative) to the node they stand for.
+  uint16_t Resolve(uint16_t n) const {
+    for (int hops = 0; hops < 1000 && nodes_[n].kind == JsonSchemaNode::Kind::kAnyOf && nodes_[n].alternatives.size() == 1;
+         ++hops) {
+      n = nodes_[n].alternatives[0];
+    }
+    return n;
+  }
+
+  // One node for objects told apart by the value of their first property: a kUnion whose only
+  // property is that tag, read as an enum of every alternative's values, each choosing its object.
+  absl::StatusOr<uint16_t> TaggedUnion(const std::vector<uint16_t>& alternatives, const std::string& path) {
+    std::string tag;
+    std::vector<std::string> texts;
+    std::vector<uint16_t> chosen;
+    for (size_t k = 0; k < alternatives.size(); ++k) {
+      const uint16_t o = Resolve(alternatives[k]);
+      const JsonSchemaNode& object = nodes_[o];
+      if (object.kind != JsonSchemaNode::Kind::kObject || object.property_names.empty() || !object.required[0]) {
+        return Error(path, kOverlapping);
+      }
+      if (k == 0) tag = object.property_names[0];
+      const uint16_t e = Resolve(object.property_nodes[0]);
+      if (object.property_names[0] != tag || nodes_[e].kind != JsonSchemaNode::Kind::kEnum) return Error(path, kOverlapping);
+      for (const std::string& text : nodes_[e].texts) {
+        if (std::find(texts.begin(), texts.end(), text) != texts.end()) {
+          return Error(path, "objects told apart by \"" + tag + "\" share its value " + text);
+        }
+        texts.push_back(text);
+        chosen.push_back(o);
+      }
+    }
+    if (texts.size() > JsonSchema::kMaxEnum) {
+      return Error(path, "more than " + std::to_string(JsonSchema::kMaxEnum) + " values of \"" + tag + "\" in all");
+    }
+    MOE_ASSIGN_OR_RETURN(const uint16_t e, NewNode(path + "." + tag));
+    nodes_[e].kind = JsonSchemaNode::Kind::kEnum;
+    for (const std::string& text : texts) nodes_[e].first_bytes.set(static_cast<unsigned char>(text[0]));
+    nodes_[e].texts = std::move(texts);
+    MOE_ASSIGN_OR_RETURN(const uint16_t u, NewNode(path));
+    JsonSchemaNode& n = nodes_[u];
+    n.kind = JsonSchemaNode::Kind::kUnion;
+    n.first_bytes.set('{');
+    n.property_names = {tag};
+    n.property_nodes = {e};
+    n.required = {true};
+    n.alternatives = std::move(chosen);
+    return u;
   }
 
   int32_t AddDfa(ByteDfa dfa) {

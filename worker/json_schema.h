@@ -19,7 +19,10 @@
 //     (rounding to a float cannot take such a value past them);
 //   - "enum" and "const" of any JSON values (written as their compact JSON text);
 //   - "anyOf" / "oneOf" whose alternatives start with different bytes (a string or null; an object
-//     or an array), so that a value's first byte chooses the alternative;
+//     or an array), so that a value's first byte chooses the alternative; and among them objects
+//     told apart by their first property, required in each, whose enum or const values differ
+//     ({"name": {"const": "get_weather"}, ...}: a tagged union, as tool_choice "required" writes its
+//     calls), so that its value chooses the object;
 //   - "$ref" to "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed);
 //   - annotations that constrain nothing: title, description, default, examples, $schema, $id,
 //     $comment. Everything else (multipleOf, other formats, ...) is refused: a promise not kept.
@@ -41,10 +44,13 @@ namespace moe {
 
 struct JsonSchemaNode {
   // kToken: a value read by an automaton over its bytes, with nothing around it (bounded numbers;
-  // guided_regex's whole output).
-  enum class Kind : uint8_t { kAny, kObject, kArray, kString, kInteger, kNumber, kBoolean, kNull, kEnum, kAnyOf, kToken };
+  // guided_regex's whole output). kUnion: objects told apart by their first property's value.
+  enum class Kind : uint8_t {
+    kAny, kObject, kArray, kString, kInteger, kNumber, kBoolean, kNull, kEnum, kAnyOf, kToken, kUnion
+  };
   Kind kind = Kind::kAny;
-  // kObject: the properties in order, their value nodes, which are required.
+  // kObject: the properties in order, their value nodes, which are required. kUnion: one, the tag,
+  // whose node is a kEnum of every alternative's tag values.
   std::vector<std::string> property_names;
   std::vector<uint16_t> property_nodes;
   std::vector<bool> required;
@@ -58,7 +64,8 @@ struct JsonSchemaNode {
   int32_t dfa = -1;
   // kEnum: the allowed values' compact JSON texts.
   std::vector<std::string> texts;
-  // kAnyOf: the alternatives, whose first bytes do not overlap.
+  // kAnyOf: the alternatives, whose first bytes do not overlap. kUnion: the object each of the tag
+  // enum's texts chooses.
   std::vector<uint16_t> alternatives;
   std::bitset<256> first_bytes;  // the bytes a value of this node can start with
 };

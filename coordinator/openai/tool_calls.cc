@@ -1,5 +1,6 @@
 #include "coordinator/openai/tool_calls.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 
@@ -58,6 +59,9 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
       return BadParam(param, "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}");
     }
     names.push_back(t["function"]["name"].get<std::string>());
+    if (std::find(names.begin(), names.end() - 1, names.back()) != names.end() - 1) {
+      return BadParam(param, "the function name \"" + names.back() + "\" is given to an earlier tool too");
+    }
     const ordered p = t["function"].contains("parameters") && !t["function"]["parameters"].is_null()
                           ? t["function"]["parameters"]
                           : ordered{{"type", "object"}};
@@ -69,15 +73,30 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
   ordered schema;
   if (tool_choice == "required") {
     choice.kind = ToolChoice::Kind::kRequired;
-    ordered items = {{"type", "object"}, {"properties", ordered::object()}, {"required", {"name", "parameters"}}};
-    if (names.size() == 1) {
-      items["properties"]["name"] = {{"const", names[0]}};
-      items["properties"]["parameters"] = parameters[0];
-    } else {
-      items["properties"]["name"] = {{"enum", names}};
-      items["properties"]["parameters"] = {{"type", "object"}};
+    // A list of calls, each one tool's {"name", "parameters"}: a tagged union told apart by the name
+    // (JsonSchema's anyOf of objects). The tools' definitions move to the root, where their
+    // "#/$defs/..." references point.
+    ordered calls = ordered::array(), hoisted = ordered::object();
+    for (size_t i = 0; i < names.size(); ++i) {
+      ordered p = parameters[i];
+      for (const char* section : {"$defs", "definitions"}) {
+        if (!p.is_object() || !p.contains(section) || !p[section].is_object()) continue;
+        for (const auto& [name, definition] : p[section].items()) {
+          ordered& slot = hoisted[section][name];
+          if (!slot.is_null() && slot != definition) {
+            return BadParam("tools", "tools[" + std::to_string(i) + "].function.parameters." + section + "." + name +
+                                         ": an earlier tool defines it differently");
+          }
+          slot = definition;
+        }
+        p.erase(section);
+      }
+      calls.push_back({{"type", "object"},
+                       {"properties", {{"name", {{"const", names[i]}}}, {"parameters", p}}},
+                       {"required", {"name", "parameters"}}});
     }
-    schema = {{"type", "array"}, {"items", items}, {"minItems", 1}};
+    schema = {{"type", "array"}, {"items", calls.size() == 1 ? calls[0] : ordered{{"anyOf", calls}}}, {"minItems", 1}};
+    for (const auto& [section, definitions] : hoisted.items()) schema[section] = definitions;
   } else if (tool_choice.is_object() && tool_choice.value("type", std::string()) == "function" &&
              tool_choice.contains("function") && tool_choice["function"].is_object() &&
              tool_choice["function"].contains("name") && tool_choice["function"]["name"].is_string()) {

@@ -3,10 +3,10 @@
 // the message's tool_calls instead of its content.
 //   - {"type": "function", "function": {"name": N}}: the output is N's arguments, a value of its
 //     "parameters" schema; one call.
-//   - "required": the output is a JSON array of at least one {"name", "parameters"}; with one tool
-//     its parameters follow the tool's schema, with several the name is one of theirs and the
-//     parameters any object (the schema subset cannot choose between alternatives that all start
-//     with "{": worker/json_schema.h).
+//   - "required": the output is a JSON array of at least one {"name", "parameters"}, each call's
+//     parameters following its named tool's schema (an anyOf of one object per tool, told apart by
+//     the name: worker/json_schema.h's tagged union); the tools' $defs move to the root. Two tools
+//     of one name are refused.
 //   - "auto" (or tools without a tool_choice), when the server reads a model's own syntax
 //     (moe-openai-server --tool-call-parser mistral): the output is free; one that starts with the
 //     [TOOL_CALLS] control token is read as Mistral's JSON list of {"name", "arguments"} and answered

@@ -85,6 +85,24 @@ SCHEMAS = [
             "below": {"type": "number", "maximum": -2}},
         "required": ["age", "p"]}},
     {"name": "bounded_top", "schema": {"type": "integer", "minimum": -20, "maximum": 300}},
+    {"name": "tagged_union", "schema": {
+        "$defs": {"search": {"type": "object", "properties": {
+            "name": {"const": "search"},
+            "parameters": {"type": "object", "properties": {"q": {"type": "string", "maxLength": 6}},
+                           "required": ["q"]}},
+            "required": ["name", "parameters"]}},
+        "type": "array", "minItems": 1, "maxItems": 3,
+        "items": {"anyOf": [
+            {"type": "object", "properties": {
+                "name": {"const": "weather"},
+                "parameters": {"type": "object", "properties": {
+                    "city": {"type": "string", "maxLength": 8}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+                    "required": ["city"]}},
+             "required": ["name", "parameters"]},
+            {"$ref": "#/$defs/search"},
+            {"type": "object", "properties": {"name": {"enum": ["stop", "wait"]}, "parameters": {"type": "null"}},
+             "required": ["name"]},
+            {"type": "null"}]}}},
 ]
 
 # Strings the "pattern" and "format" schemas above admit (ASCII: written raw by every dump style).
