@@ -264,7 +264,7 @@ bool JsonGrammar::Step(uint8_t c) {
         return true;
       }
       if (a.max_items == 0) return false;
-      value_node_ = a.items;
+      value_node_ = ItemNode(a, 0);
       return StartValue(c);
     }
     case Mode::kKeyFirst:
@@ -293,7 +293,7 @@ bool JsonGrammar::Step(uint8_t c) {
           mode_ = Mode::kKey;
         } else {
           if (f.count >= node.max_items) return false;
-          value_node_ = node.items;
+          value_node_ = ItemNode(node, f.count);
           mode_ = Mode::kValue;
         }
         return true;
@@ -335,8 +335,8 @@ bool JsonGrammar::Step(uint8_t c) {
         return true;
       }
       if (c == '"') {
-        if (key_) {  // a key of an object that takes any: its value is any value
-          value_node_ = JsonSchema::kAnyNode;
+        if (key_) {  // a key of an object that takes any: its value follows additionalProperties
+          value_node_ = schema_->node(frames_[depth_ - 1].node).additional_node;
           mode_ = Mode::kColon;
           return true;
         }
@@ -543,6 +543,10 @@ bool JsonGrammar::Step(uint8_t c) {
   return false;
 }
 
+uint16_t JsonGrammar::ItemNode(const JsonSchemaNode& array, uint32_t index) {
+  return index < array.prefix_items.size() ? array.prefix_items[index] : array.items;
+}
+
 uint32_t JsonGrammar::KeyedCount(uint32_t count, uint32_t min, uint32_t max) const {
   // Past its minimum, a count matters only when there is a maximum to reach.
   return max == UINT32_MAX ? std::min(count, min) : count;
@@ -557,7 +561,8 @@ void JsonGrammar::AppendStateKey(std::string& key) const {
     const JsonSchemaNode& n = schema_->node(f.node);
     Append(key, f.node);
     Append(key, f.next_property);
-    Append(key, KeyedCount(f.count, n.min_items, n.max_items));
+    // Within a tuple's prefix the count says which item comes next.
+    Append(key, KeyedCount(f.count, std::max<uint32_t>(n.min_items, static_cast<uint32_t>(n.prefix_items.size())), n.max_items));
   }
   // Only the fields the mode reads; the others keep stale values from earlier modes.
   switch (mode_) {

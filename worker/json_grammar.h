@@ -97,6 +97,7 @@ class JsonGrammar {
   const ByteDfa* StringDfa() const;
   bool StringDfaTakes(uint8_t c);  // advances dfa_state_ by a byte of the string's text
   uint32_t KeyedCount(uint32_t count, uint32_t min, uint32_t max) const;
+  static uint16_t ItemNode(const JsonSchemaNode& array, uint32_t index);  // the node item `index` follows
 
   const JsonSchema* schema_;
   Mode mode_ = Mode::kValue;

@@ -16,7 +16,8 @@ namespace {
 using json = nlohmann::ordered_json;
 
 constexpr const char* kSupported =
-    "supported: type, properties, required, additionalProperties (true without properties, or false), items, minItems, "
+    "supported: type, properties, required, additionalProperties (false, or true or a schema without properties), "
+    "items, prefixItems, minItems, "
     "maxItems, minLength, maxLength, pattern, format (date, time, date-time, uuid, ipv4, email), minimum, maximum, "
     "exclusiveMinimum, exclusiveMaximum (integers; minimum and maximum for numbers), enum, const, anyOf/oneOf "
     "(alternatives starting with different bytes), $ref to #/$defs or #/definitions, and annotations";
@@ -32,6 +33,7 @@ const std::map<std::string, std::string>& Owners() {
   static const std::map<std::string, std::string> k = {
       {"properties", "object"},    {"required", "object"},     {"additionalProperties", "object"},
       {"items", "array"},          {"minItems", "array"},      {"maxItems", "array"},
+      {"prefixItems", "array"},
       {"minLength", "string"},     {"maxLength", "string"},    {"pattern", "string"},
       {"format", "string"},        {"minimum", "number"},      {"maximum", "number"},
       {"exclusiveMinimum", "number"}, {"exclusiveMaximum", "number"}};
@@ -239,7 +241,7 @@ class JsonSchemaCompiler {
     }
     if (!s.is_object()) return Error(path, "a schema must be an object or a boolean");
     for (const auto& [key, value] : s.items()) {
-      static const std::set<std::string> kKeys = {"type", "properties", "required", "additionalProperties", "items",
+      static const std::set<std::string> kKeys = {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
                                                   "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
                                                   "anyOf", "oneOf", "$ref", "pattern", "format", "minimum",
                                                   "maximum", "exclusiveMinimum", "exclusiveMaximum"};
@@ -270,7 +272,7 @@ class JsonSchemaCompiler {
       type = s["type"].get<std::string>();
     } else if (s.contains("properties") || s.contains("required") || s.contains("additionalProperties")) {
       type = "object";
-    } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
+    } else if (s.contains("items") || s.contains("prefixItems") || s.contains("minItems") || s.contains("maxItems")) {
       type = "array";
     } else if (s.contains("minLength") || s.contains("maxLength") || s.contains("pattern") || s.contains("format")) {
       type = "string";
@@ -295,11 +297,24 @@ class JsonSchemaCompiler {
       n.kind = K::kArray;
       n.first_bytes.set('[');
       n.items = JsonSchema::kAnyNode;
-      if (s.contains("items")) {
-        MOE_ASSIGN_OR_RETURN(n.items, Compile(s["items"], Join(path, "items")));
-      }
       MOE_RETURN_IF_ERROR(Bound(s, "minItems", path, n.min_items));
       MOE_RETURN_IF_ERROR(Bound(s, "maxItems", path, n.max_items));
+      if (s.contains("prefixItems")) {  // a tuple: item i follows prefixItems[i], later ones `items`
+        const json& prefix = s["prefixItems"];
+        if (!prefix.is_array()) return Error(Join(path, "prefixItems"), "expected an array of schemas");
+        if (prefix.size() > JsonSchema::kMaxProperties) {
+          return Error(Join(path, "prefixItems"), "more than " + std::to_string(JsonSchema::kMaxProperties));
+        }
+        for (size_t i = 0; i < prefix.size(); ++i) {
+          MOE_ASSIGN_OR_RETURN(const uint16_t item, Compile(prefix[i], Join(path, "prefixItems") + "[" + std::to_string(i) + "]"));
+          n.prefix_items.push_back(item);
+        }
+      }
+      if (s.contains("items") && s["items"].is_boolean() && !s["items"].get<bool>()) {
+        n.max_items = std::min<uint32_t>(n.max_items, static_cast<uint32_t>(n.prefix_items.size()));  // no more items
+      } else if (s.contains("items")) {
+        MOE_ASSIGN_OR_RETURN(n.items, Compile(s["items"], Join(path, "items")));
+      }
       if (n.min_items > n.max_items) return Error(Join(path, "minItems"), "exceeds maxItems");
     } else if (type == "string") {
       n.kind = K::kString;
@@ -538,10 +553,16 @@ class JsonSchemaCompiler {
       const json& a = s["additionalProperties"];
       if (a.is_boolean()) {
         n.additional = a.get<bool>();
-      } else if (a.is_object() && a.empty()) {
+      } else if (a.is_object()) {  // {}: any values; a schema: values it admits, under any keys
         n.additional = true;
+        if (!a.empty() && s.contains("properties") && !s["properties"].empty()) {
+          return Error(Join(path, "additionalProperties"), "a schema is supported only for an object without properties");
+        }
+        if (!a.empty()) {
+          MOE_ASSIGN_OR_RETURN(n.additional_node, Compile(a, Join(path, "additionalProperties")));
+        }
       } else {
-        return Error(Join(path, "additionalProperties"), "only true or false is supported");
+        return Error(Join(path, "additionalProperties"), "expected a boolean or a schema");
       }
     }
     if (s.contains("properties")) {

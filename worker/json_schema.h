@@ -6,9 +6,11 @@
 //     read as anyOf of each);
 //   - object: "properties", "required", "additionalProperties" (false, or absent with properties
 //     listed: only those, as OpenAI's strict structured outputs; true, or absent with none listed:
-//     any keys and values). Properties come in the schema's order (as xgrammar and OpenAI's
+//     any keys and values; a schema, with no properties listed: any keys, values it admits, as
+//     Pydantic writes dict[str, T]). Properties come in the schema's order (as xgrammar and OpenAI's
 //     structured outputs write them); optional ones may be left out;
-//   - array: "items", "minItems", "maxItems";
+//   - array: "items" (a schema, or false after prefixItems), "prefixItems" (tuples), "minItems",
+//     "maxItems";
 //   - string: "minLength", "maxLength" (in code points), "pattern" (byte_dfa.h's regex subset, found
 //     anywhere in the string unless anchored, as re.search and ECMA-262 read it; the string's
 //     characters must then be raw or one of the escapes \" \\ \/ \b \f \n \r \t, not \u), "format"
@@ -54,8 +56,10 @@ struct JsonSchemaNode {
   std::vector<std::string> property_names;
   std::vector<uint16_t> property_nodes;
   std::vector<bool> required;
-  bool additional = false;  // other keys (any values) may follow the listed properties
-  // kArray
+  bool additional = false;  // other keys may follow the listed properties (there are none then) ...
+  uint16_t additional_node = 0;  // ... with values of this node (kAnyNode: any)
+  // kArray: item i follows prefix_items[i] (a tuple's), later ones `items`.
+  std::vector<uint16_t> prefix_items;
   uint16_t items = 0;
   uint32_t min_items = 0, max_items = UINT32_MAX;
   // kString

@@ -103,6 +103,14 @@ SCHEMAS = [
             {"type": "object", "properties": {"name": {"enum": ["stop", "wait"]}, "parameters": {"type": "null"}},
              "required": ["name"]},
             {"type": "null"}]}}},
+    {"name": "dict_and_tuple", "schema": {
+        "type": "object",
+        "properties": {
+            "counts": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+            "pair": {"type": "array", "prefixItems": [{"type": "string", "maxLength": 3}, {"type": "integer"},
+                                                      {"type": "boolean"}], "items": False, "minItems": 2},
+            "head": {"type": "array", "prefixItems": [{"type": "null"}], "items": {"type": "number"}, "maxItems": 3}},
+        "required": ["counts", "pair"]}},
 ]
 
 # Strings the "pattern" and "format" schemas above admit (ASCII: written raw by every dump style).
@@ -140,13 +148,21 @@ def draw(schema, defs, rng, depth=0):
         required = schema.get("required", [])
         props = schema.get("properties", {})
         if not props:
+            extra = schema.get("additionalProperties")
             for k in range(rng.randint(0, 3)):
-                out["k%d" % k] = rng.choice([1, "v", None, [True], {"z": 0.5}])
+                out["k%d" % k] = draw(extra, defs, rng, depth + 1) if isinstance(extra, dict) and extra else \
+                    rng.choice([1, "v", None, [True], {"z": 0.5}])
             return out
         for name, sub in props.items():
             if name in required or (depth < 3 and rng.random() < 0.6):
                 out[name] = draw(sub, defs, rng, depth + 1)
         return out
+    if t == "array" and "prefixItems" in schema:
+        prefix = schema["prefixItems"]
+        lo = schema.get("minItems", 0)
+        hi = min(schema.get("maxItems", len(prefix) + 2), len(prefix) + (0 if schema.get("items") is False else 2))
+        n = rng.randint(lo, max(lo, hi))
+        return [draw(prefix[i] if i < len(prefix) else schema.get("items", {}), defs, rng, depth + 1) for i in range(n)]
     if t == "array":
         lo, hi = schema.get("minItems", 0), min(schema.get("maxItems", 3), 3)
         return [draw(schema.get("items", {}), defs, rng, depth + 1) for _ in range(rng.randint(lo, max(lo, hi)))]
