@@ -6,6 +6,7 @@
 // they should.
 #include <deque>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -152,6 +153,47 @@ TEST(ByteDfaTest, UnsupportedSyntaxIsRefusedWithItsOffset) {
   EXPECT_EQ(error("(?:a{1000}){1000}"), "the pattern needs more than 4096 automaton states");
   EXPECT_EQ(error("[a-c]{2}(x|y)?"), "ok");
   EXPECT_EQ(error("\\d+\\.\\d{2}$"), "ok");
+}
+
+// Requests carry patterns: random ones (fragments of regex syntax, stray bytes) are compiled or
+// refused with a message, never a crash or a hang, and whatever compiles has only live states and
+// matches consistently with its own transitions.
+TEST(ByteDfaTest, RandomPatternsCompileOrAreRefused) {
+  static const char* const kParts[] = {"a", "b", "\\d", "\\w", "\\s", "\\D", ".", "[", "]", "[^", "-", "(", ")", "(?:",
+                                       "|", "*", "+", "?", "{", "}", "{2}", "{1,3}", "{2,}", ",", "^", "$", "\\", "\\x4",
+                                       "\\u00e9", "é", "日", "\xff", "\\1", "(?P<n>", "(?=", "\\b", "0", "9", "z-a"};
+  std::mt19937 rng(3);
+  int compiled = 0;
+  for (int n = 0; n < 3000; ++n) {
+    std::string p;
+    for (int k = 1 + static_cast<int>(rng() % 8); k > 0; --k) p += kParts[rng() % std::size(kParts)];
+    for (auto match : {ByteDfa::Match::kWhole, ByteDfa::Match::kSearch}) {
+      absl::StatusOr<ByteDfa> dfa = ByteDfa::FromRegex(p, match);
+      if (!dfa.ok()) {
+        EXPECT_EQ(dfa.status().code(), absl::StatusCode::kInvalidArgument) << p;
+        EXPECT_FALSE(dfa.status().message().empty()) << p;
+        continue;
+      }
+      ++compiled;
+      ASSERT_TRUE(AllStatesLive(*dfa)) << p;
+      // A walk that follows exits ends in a match.
+      int32_t s = ByteDfa::start();
+      std::string text;
+      for (int step = 0; step < 50 && dfa->HasExits(s) && !(dfa->Accepting(s) && rng() % 4 == 0); ++step) {
+        std::vector<uint8_t> exits;
+        for (int b = 0; b < 256; ++b) {
+          if (dfa->Next(s, static_cast<uint8_t>(b)) != ByteDfa::kDead) exits.push_back(static_cast<uint8_t>(b));
+        }
+        const uint8_t b = exits[rng() % exits.size()];
+        text.push_back(static_cast<char>(b));
+        s = dfa->Next(s, b);
+      }
+      if (dfa->Accepting(s)) {
+        EXPECT_TRUE(dfa->Matches(text)) << p;
+      }
+    }
+  }
+  EXPECT_GT(compiled, 500);
 }
 
 }  // namespace

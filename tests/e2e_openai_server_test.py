@@ -524,7 +524,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
     def test_f6_tool_choice_answers_with_tool_calls_the_tools_schemas_admit(self):
         """A named function and tool_choice "required": the answer's tool_calls name the tools and
         their arguments are what the named tools' parameters schemas admit (Python's jsonschema);
-        streamed, the same calls arrive in the last delta."""
+        streamed, the same calls arrive as deltas."""
         import jsonschema
         weather = {"type": "object", "properties": {
             "city": {"type": "string", "minLength": 2, "maxLength": 20},
@@ -578,11 +578,22 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         status, body = self.call("/v1/chat/completions", dict(required, tool_choice="auto"))
         self.assertEqual((status, body["error"]["param"]), (400, "tool_choice"), body)
         self.assertIn("--tool-call-parser", body["error"]["message"])
+        # Streamed, each call's id and name come first, then its arguments as they are written; they add
+        # up to the whole answer's calls.
         events = self.stream(required, path="/v1/chat/completions")
-        deltas = [c["delta"] for e in events[1:] for c in e["choices"]]
-        self.assertEqual(len(deltas), 1, deltas)  # the text is held back: the calls come whole at the end
-        self.assertEqual([(c["index"], c["function"]) for c in deltas[0]["tool_calls"]],
-                         [(i, c["function"]) for i, c in enumerate(calls)])
+        entries = [tc for e in events[1:] for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
+        self.assertGreater(len(entries), len(calls), entries)
+        streamed = []
+        for tc in entries:
+            if "id" in tc:
+                self.assertEqual((tc["index"], tc["type"]), (len(streamed), "function"), tc)
+                self.assertTrue(tc["id"].startswith("chatcmpl-tool-"))
+                streamed.append(dict(tc["function"]))
+            else:
+                self.assertNotIn("name", tc["function"])
+                streamed[tc["index"]]["arguments"] += tc["function"]["arguments"]
+        self.assertEqual(streamed, [c["function"] for c in calls])
+        self.assertEqual(events[-1]["choices"][0]["finish_reason"], "stop")
 
     def test_e_leaving_a_stream_cancels_the_request(self):
         host, port = self.cluster.openai_address.rsplit(":", 1)

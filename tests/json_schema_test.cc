@@ -5,6 +5,7 @@
 // can still be completed (no dead state: a search over bytes finds a whole value, which nlohmann
 // parses). Unsupported keywords are refused naming their path.
 #include <fstream>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -33,17 +34,18 @@ const std::string& Alphabet() {
 
 // Depth-first search over bytes for a completion of `g` to a whole value (state keys seen are not
 // searched again); empty optional when none is found within the budget.
-bool FindCompletion(const JsonGrammar& g, std::string& out, std::set<std::string>& seen, int depth) {
+bool FindCompletion(const JsonGrammar& g, std::string& out, std::set<std::string>& seen, int depth,
+                    const std::string& alphabet = Alphabet()) {
   if (g.Complete()) return true;
   if (depth > 300 || seen.size() > 200000) return false;
   std::string key;
   g.AppendStateKey(key);
   if (!seen.insert(key).second) return false;
-  for (char c : Alphabet()) {
+  for (char c : alphabet) {
     JsonGrammar next = g;
     if (!next.Feed(static_cast<uint8_t>(c))) continue;
     out.push_back(c);
-    if (FindCompletion(next, out, seen, depth + 1)) return true;
+    if (FindCompletion(next, out, seen, depth + 1, alphabet)) return true;
     out.pop_back();
   }
   return false;
@@ -231,6 +233,65 @@ TEST(JsonSchemaTest, RegexOutputsMatchWhole) {
   EXPECT_TRUE(g.Complete());
   EXPECT_FALSE(g.Feed('4'));
   EXPECT_EQ(JsonSchema::Regex("*a").status().message(), "regex: nothing to repeat at offset 0");
+}
+
+// Requests carry schemas: random ones (keywords with values of every type, nested) compile or are
+// refused naming a path, never crash; what compiles reads random bytes without crashing and keeps
+// every prefix it takes completable.
+ordered RandomSchema(std::mt19937& rng, int depth) {
+  static const char* const kKeys[] = {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
+                                      "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "minimum",
+                                      "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "const", "anyOf",
+                                      "$ref", "$defs", "title"};
+  static const char* const kTypes[] = {"object", "array", "string", "integer", "number", "boolean", "null", "nope"};
+  ordered s = ordered::object();
+  for (int k = static_cast<int>(rng() % 4); k > 0; --k) {
+    const std::string key = kKeys[rng() % std::size(kKeys)];
+    const int pick = static_cast<int>(rng() % 6);
+    ordered v;
+    if (pick == 0) v = kTypes[rng() % std::size(kTypes)];
+    if (pick == 1) v = static_cast<int64_t>(rng() % 12) - 2;
+    if (pick == 2) v = std::vector<std::string>{"a", "b"};
+    if (pick == 3) v = depth < 3 ? RandomSchema(rng, depth + 1) : ordered::object();
+    if (pick == 4) v = ordered::array({depth < 3 ? RandomSchema(rng, depth + 1) : ordered::object(), ordered{{"type", "null"}}});
+    if (pick == 5) v = key == "pattern" ? ordered("^[a-c]{1,3}$") : key == "$ref" ? ordered("#/$defs/x") : ordered(true);
+    if (key == "properties" && v.is_object()) v = ordered{{"a", v}, {"b", ordered::object()}};
+    if (key == "$defs" && v.is_object()) v = ordered{{"x", v}};
+    s[key] = v;
+  }
+  return s;
+}
+
+TEST(JsonSchemaTest, RandomSchemasCompileOrAreRefused) {
+  std::mt19937 rng(5);
+  int compiled = 0;
+  for (int n = 0; n < 2000; ++n) {
+    const ordered s = RandomSchema(rng, 0);
+    absl::StatusOr<JsonSchema> schema = JsonSchema::Compile(s);
+    if (!schema.ok()) {
+      EXPECT_EQ(schema.status().code(), absl::StatusCode::kInvalidArgument) << s.dump();
+      EXPECT_NE(schema.status().message().find(": "), std::string::npos) << schema.status();
+      continue;
+    }
+    ++compiled;
+    JsonGrammar g(*schema);
+    std::string taken;
+    for (int i = 0; i < 40; ++i) {
+      const char c = Alphabet()[rng() % Alphabet().size()];
+      if (g.Feed(static_cast<uint8_t>(c))) taken.push_back(c);
+    }
+    std::string key;
+    g.AppendStateKey(key);
+    std::string completion;
+    std::set<std::string> seen;
+    // The schema's own bytes too: enum and const texts may need letters the alphabet lacks.
+    std::string alphabet = Alphabet();
+    for (char c : s.dump()) {
+      if (alphabet.find(c) == std::string::npos) alphabet.push_back(c);
+    }
+    EXPECT_TRUE(FindCompletion(g, completion, seen, 0, alphabet)) << s.dump() << " after " << taken;
+  }
+  EXPECT_GT(compiled, 300);
 }
 
 TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {

@@ -450,7 +450,7 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
                                    R"([{"name": "clock", "parameters": {}}, {"name": "weather", "parameters": {"city": "Rome"}}])");
   ASSERT_EQ(calls.size(), 2u);
   EXPECT_EQ(calls[1]["function"]["name"], "weather");
-  EXPECT_EQ(calls[1]["function"]["arguments"], R"({"city":"Rome"})");
+  EXPECT_EQ(calls[1]["function"]["arguments"], R"({"city": "Rome"})") << "as written, as the stream sends it";
   EXPECT_NE(calls[0]["id"], calls[1]["id"]);
   EXPECT_TRUE(ToolCallsJson(required.completion.tool_choice, R"([{"name": "clock", "param)").is_null()) << "cut short";
   const json delta = ToolCallsDelta(required.completion.tool_choice, R"([{"name": "clock", "parameters": {}}])");
@@ -467,6 +467,53 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
 // tool_choice "auto" with a server that reads Mistral's [TOOL_CALLS] (here id 5): an answer whose
 // first token is the marker becomes tool_calls (content null, finish_reason "tool_calls"); one that
 // does not stays text. Without the parser "auto" is refused naming the server flag.
+// "required" streamed: a call's id and name once its name is read, then its parameters' text as
+// written; however the text is split, the entries add up to the whole answer's calls.
+TEST(OpenAiProtocolTest, RequiredCallsStreamAsTheyAreWritten) {
+  const std::string text =
+      "[{\"name\": \"weather\", \"parameters\": {\"city\": \"Ve\\\"rona\", \"n\": [1, {\"a\": 2}]}},\n"
+      " {\"name\": \"cl\\u006fck\", \"parameters\": 5}, {\"name\":\"x\",\"parameters\":\"s,}\"}]";
+  ToolChoice required;
+  required.kind = ToolChoice::Kind::kRequired;
+  const json whole = ToolCallsJson(required, text);
+  ASSERT_EQ(whole.size(), 3u) << whole.dump();
+  EXPECT_EQ(whole[0]["function"]["name"], "weather");
+  EXPECT_EQ(whole[0]["function"]["arguments"], "{\"city\": \"Ve\\\"rona\", \"n\": [1, {\"a\": 2}]}");
+  EXPECT_EQ(whole[1]["function"]["name"], "clock");
+  EXPECT_EQ(whole[1]["function"]["arguments"], "5");
+  EXPECT_EQ(whole[2]["function"]["arguments"], "\"s,}\"");
+  for (size_t piece = 1; piece <= 9; ++piece) {
+    RequiredCallsStream stream;
+    json calls = json::array();
+    int deltas = 0;
+    for (size_t at = 0; at < text.size(); at += piece) {
+      const json entries = stream.Feed(std::string_view(text).substr(at, piece));
+      deltas += entries.empty() ? 0 : 1;
+      for (const json& e : entries) {
+        const size_t i = e["index"].get<size_t>();
+        if (e.contains("id")) {
+          ASSERT_EQ(i, calls.size()) << "calls begin in order, once";
+          EXPECT_EQ(e["type"], "function");
+          calls.push_back({{"name", e["function"]["name"]}, {"arguments", e["function"]["arguments"]}});
+        } else {
+          ASSERT_LT(i, calls.size()) << "arguments after the call's name";
+          calls[i]["arguments"] = calls[i]["arguments"].get<std::string>() + e["function"]["arguments"].get<std::string>();
+        }
+      }
+    }
+    ASSERT_EQ(calls.size(), whole.size()) << piece;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      EXPECT_EQ(calls[i]["name"], whole[i]["function"]["name"]) << piece;
+      EXPECT_EQ(calls[i]["arguments"], whole[i]["function"]["arguments"]) << piece;
+    }
+    EXPECT_EQ(stream.complete_calls(), 3);
+    if (piece == 1) {
+      EXPECT_GT(deltas, 20) << "arguments stream byte by byte";
+    }
+  }
+  EXPECT_TRUE(ToolCallsJson(required, text.substr(0, 60)).is_null()) << "cut short";
+}
+
 TEST(OpenAiProtocolTest, AutoToolChoiceReadsMistralsToolCalls) {
   const json tools = {{{"type", "function"}, {"function", {{"name", "weather"}}}}};
   const json user = {{"role", "user"}, {"content", "hi"}};

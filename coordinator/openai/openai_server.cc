@@ -463,11 +463,14 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
-  // A choice answering with tool calls: a named function's arguments stream as they come (OpenAI's
-  // deltas: the call's id and name first, then arguments text); "required" or "auto" whose first
-  // token is [TOOL_CALLS] holds its text back and sends its calls, read whole, at its end.
+  // A choice answering with tool calls: a named function's arguments, and "required"'s calls, stream
+  // as they come (OpenAI's deltas: a call's id and name first, then arguments text); "auto" whose
+  // first token is [TOOL_CALLS] (free text, which may not read as calls) holds its text back and
+  // sends its calls, read whole, at its end.
   const bool tool_calls = api == Api::kChat && call.tool_choice.kind != ToolChoice::Kind::kNone;
   const bool named = call.tool_choice.kind == ToolChoice::Kind::kNamed;
+  const bool required = api == Api::kChat && call.tool_choice.kind == ToolChoice::Kind::kRequired;
+  std::vector<RequiredCallsStream> required_calls(required ? choices : 0);
   std::vector<std::string> held_text(tool_calls ? choices : 0);
   std::vector<int8_t> holds(tool_calls ? choices : 0, -1);  // -1: not known before its first token
   std::vector<bool> call_started(named ? choices : 0, false);  // a named call's first delta was sent
@@ -505,6 +508,10 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     if (named) {
       chunk["choices"][0]["delta"] = NamedToolCallDelta(call.tool_choice, msg.text(), !call_started[choice]);
       call_started[choice] = true;
+    } else if (required) {
+      nlohmann::json entries = required_calls[choice].Feed(msg.text());
+      if (entries.empty() && msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
+      chunk["choices"][0]["delta"] = entries.empty() ? nlohmann::json::object() : nlohmann::json{{"tool_calls", entries}};
     } else if (tool_calls && holds[choice] == 1) {
       held_text[choice] += msg.text();
       if (msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;

@@ -126,11 +126,26 @@ nlohmann::json ToolCallsJson(const ToolChoice& choice, const std::string& text) 
     return calls;
   }
   if (choice.kind == ToolChoice::Kind::kNone || !value.is_array()) return nullptr;
-  // "required": our schema's {"name", "parameters"}; "auto": Mistral's {"name", "arguments"}.
-  const char* args = choice.kind == ToolChoice::Kind::kRequired ? "parameters" : "arguments";
+  if (choice.kind == ToolChoice::Kind::kRequired) {
+    // Our schema's {"name", "parameters"}: read as the stream reads it, so that the whole answer's
+    // arguments are the streamed ones (the parameters' text as written).
+    RequiredCallsStream stream;
+    const nlohmann::json entries = stream.Feed(text);
+    if (stream.calls() != static_cast<int>(value.size()) || stream.complete_calls() != stream.calls()) return nullptr;
+    for (const nlohmann::json& e : entries) {
+      if (e.contains("id")) {
+        calls.push_back({{"id", e["id"]}, {"type", "function"}, {"function", e["function"]}});
+      } else {
+        calls[e["index"].get<size_t>()]["function"]["arguments"] =
+            calls[e["index"].get<size_t>()]["function"]["arguments"].get<std::string>() + e["function"]["arguments"].get<std::string>();
+      }
+    }
+    return calls;
+  }
+  // "auto": Mistral's {"name", "arguments"}.
   for (const ordered& c : value) {
-    if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains(args)) return nullptr;
-    const ordered& a = c[args];
+    if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains("arguments")) return nullptr;
+    const ordered& a = c["arguments"];
     calls.push_back(Call(c["name"].get<std::string>(), a.is_string() ? a.get<std::string>() : a.dump()));
   }
   return calls;
@@ -175,6 +190,103 @@ nlohmann::json ToolCallsDelta(const ToolChoice& choice, const std::string& text)
   if (calls.is_null()) return {{"content", text}};
   for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
   return {{"tool_calls", calls}};
+}
+
+nlohmann::json RequiredCallsStream::Feed(std::string_view text) {
+  out_ = nlohmann::json::array();
+  for (char c : text) Step(c);
+  if (part_ == Part::kArguments && !arguments_.empty()) Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
+  arguments_.clear();
+  return std::move(out_);
+}
+
+void RequiredCallsStream::Emit(nlohmann::json entry) {
+  // Pieces of the call the last entry holds join it: its arguments grow.
+  if (!out_.empty() && out_.back()["index"] == entry["index"] && !entry.contains("id")) {
+    nlohmann::json& args = out_.back()["function"]["arguments"];
+    args = args.get<std::string>() + entry["function"]["arguments"].get<std::string>();
+    return;
+  }
+  out_.push_back(std::move(entry));
+}
+
+void RequiredCallsStream::EndArguments() {
+  if (!arguments_.empty()) Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
+  arguments_.clear();
+  ++complete_;
+  part_ = Part::kOther;
+}
+
+void RequiredCallsStream::Step(char c) {
+  const bool was_in_string = in_string_;
+  const int depth_before = depth_;
+  if (in_string_) {
+    if (escaped_) {
+      escaped_ = false;
+    } else if (c == '\\') {
+      escaped_ = true;
+    } else if (c == '"') {
+      in_string_ = false;
+    }
+  } else if (c == '"') {
+    in_string_ = true;
+  } else if (c == '{' || c == '[') {
+    ++depth_;
+  } else if (c == '}' || c == ']') {
+    --depth_;
+  }
+  const bool space = !was_in_string && (c == ' ' || c == '\n' || c == '\t' || c == '\r');
+  if (part_ == Part::kArguments) {
+    if (!arguments_started_) {
+      if (space) return;
+      arguments_started_ = true;
+      arguments_kind_ = c == '{' || c == '[' ? Value::kContainer : c == '"' ? Value::kString : Value::kScalar;
+    } else if (arguments_kind_ == Value::kScalar && depth_before == 2 && (space || c == ',' || c == '}')) {
+      EndArguments();  // a number or literal ends before the byte after it, which is structure
+    }
+    if (part_ == Part::kArguments) {
+      arguments_ += c;
+      if (depth_ == 2 && !in_string_ && (arguments_kind_ == Value::kContainer || (arguments_kind_ == Value::kString && was_in_string))) {
+        EndArguments();
+      }
+      return;
+    }
+  }
+  if (part_ == Part::kKey || part_ == Part::kName) {  // a key, or the name's value, inside its quotes
+    token_ += c;
+    if (in_string_) return;
+    const nlohmann::json s = nlohmann::json::parse(token_, nullptr, /*allow_exceptions=*/false);
+    const std::string value = s.is_string() ? s.get<std::string>() : std::string();
+    if (part_ == Part::kKey) {
+      key_ = value;
+      part_ = Part::kOther;
+    } else {
+      Emit({{"index", index_}, {"id", NewToolCallId()}, {"type", "function"},
+            {"function", {{"name", value}, {"arguments", ""}}}});
+      part_ = Part::kOther;
+    }
+    return;
+  }
+  if (was_in_string) return;
+  if (c == '{' && depth_before == 1) {  // a call begins
+    ++index_;
+    key_.clear();
+    part_ = Part::kExpectKey;
+    return;
+  }
+  if (depth_before != 2) return;  // inside another key's value
+  if (c == '"' && part_ == Part::kExpectKey) {
+    part_ = Part::kKey;
+    token_ = "\"";
+  } else if (c == '"' && part_ == Part::kExpectValue && key_ == "name") {
+    part_ = Part::kName;
+    token_ = "\"";
+  } else if (c == ':') {
+    part_ = key_ == "parameters" ? Part::kArguments : Part::kExpectValue;
+    arguments_started_ = false;
+  } else if (c == ',') {
+    part_ = Part::kExpectKey;
+  }
 }
 
 }  // namespace moe::openai

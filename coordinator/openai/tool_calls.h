@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <string_view>
+
 #include <nlohmann/json.hpp>
 
 #include "moe/v1/inference.pb.h"
@@ -58,6 +60,36 @@ void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer, const std:
 // A streamed choice's last delta: its tool calls, each with its "index", or, when the text does not
 // read as calls, the text as content.
 nlohmann::json ToolCallsDelta(const ToolChoice& choice, const std::string& text);
+
+// tool_choice "required" streamed: reads the constrained text ([{"name": N, "parameters": P}, ...])
+// as it arrives and gives OpenAI's tool_calls delta entries: a call's "index", "id", "type" and
+// name once its name is read, then the text of its parameters, as written, as "arguments" while it
+// comes. A JSON lexer over the bytes, so text may be split anywhere.
+class RequiredCallsStream {
+ public:
+  // The entries the text adds (an array, maybe empty); pieces of one call within it are merged.
+  nlohmann::json Feed(std::string_view text);
+  int calls() const { return index_ + 1; }        // calls begun
+  int complete_calls() const { return complete_; }  // calls whose parameters were read whole
+
+ private:
+  enum class Part : uint8_t { kOther, kExpectKey, kKey, kExpectValue, kName, kArguments };
+  void Step(char c);
+  void Emit(nlohmann::json entry);
+  void EndArguments();
+
+  int depth_ = 0;  // brackets open outside strings
+  bool in_string_ = false, escaped_ = false;
+  int index_ = -1;  // the call being read
+  Part part_ = Part::kOther;
+  std::string key_, token_;  // the call's last key; the key or name string being read (raw JSON)
+  enum class Value : uint8_t { kContainer, kString, kScalar };
+  Value arguments_kind_ = Value::kScalar;
+  bool arguments_started_ = false;
+  std::string arguments_;  // read and not yet given
+  int complete_ = 0;
+  nlohmann::json out_;
+};
 
 // A named function's streamed delta: {"tool_calls": [{"index": 0, "function": {"arguments": text}}]},
 // the first with the call's "id", "type" and the function's "name" too.
