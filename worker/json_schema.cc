@@ -423,7 +423,8 @@ class JsonSchemaCompiler {
 
   // One node for objects told apart by the value of their first property: a kUnion whose only
   // property is that tag, read as an enum of every alternative's values, each choosing its object.
-  absl::StatusOr<uint16_t> TaggedUnion(const std::vector<uint16_t>& alternatives, const std::string& path) {
+  // `path` by value: NewNode grows paths_, where the caller's path lives.
+  absl::StatusOr<uint16_t> TaggedUnion(const std::vector<uint16_t>& alternatives, const std::string path) {
     std::string tag;
     std::vector<std::string> texts;
     std::vector<uint16_t> chosen;
