@@ -1,12 +1,15 @@
-// moe-json-mask-bench: what response_format json_object costs a step on the host. A JSON document
-// (nested objects and arrays, prose strings, numbers, non-ASCII text) is tokenised with a real
-// vocabulary and fed token by token to a JsonConstraint; at every position the mask of the
+// moe-json-mask-bench: what response_format json_object (or a json_schema) costs a step on the
+// host. A JSON document (--document object: nested objects and arrays, prose strings, numbers,
+// non-ASCII text under json_object; --document records: a list of records under a schema with a
+// pattern, formats and numeric bounds, whose automata multiply the grammar states) is tokenised
+// with a real vocabulary and fed token by token to a JsonConstraint; at every position the mask of the
 // next step (JsonConstraint::Apply over a vocabulary-wide row) is timed, on a cold mask cache
 // (the first pass) and a warm one (later passes, as later requests find it). Writes the per-step
 // figures (mean, median, p90, max; split by whether the position is inside a string) and the trie's
 // build time as JSON with the machine, the commit and the command.
 //
-//   moe-json-mask-bench [--tokenizer FILE] [--repeats N] [--out FILE] [--commit SHA]
+//   moe-json-mask-bench [--document object|records] [--tokenizer FILE] [--repeats N] [--out FILE]
+//                       [--commit SHA]
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,6 +50,21 @@ const char* const kDocument = R"({
   "notes": "Quoted \"lines\" keep their escapes\n and\ttabs; the prologue is a sonnet (14 lines, 3.5e-1 of a page)."
 })";
 
+// Records as a schema with automata describes them (the e2e test's schema, in a list).
+const char* const kRecordsSchema = R"({"type": "array", "items": {"type": "object", "properties": {
+  "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+  "day": {"type": "string", "format": "date"},
+  "id": {"type": "string", "format": "uuid"},
+  "age": {"type": "integer", "minimum": 18, "maximum": 99},
+  "p": {"type": "number", "minimum": 0, "maximum": 1}},
+  "required": ["code", "day", "id", "age", "p"], "additionalProperties": false}})";
+const char* const kRecords = R"([
+  {"code": "VR-001", "day": "1597-07-16", "id": "3f2b8c1e-9a4d-4e7f-b6a1-2c5d8e9f0a1b", "age": 19, "p": 0.25},
+  {"code": "MN-114", "day": "2024-02-28", "id": "a0b1c2d3-e4f5-4678-9abc-def012345678", "age": 42, "p": 1},
+  {"code": "CP-777", "day": "1999-12-31", "id": "ffffffff-0000-4000-8000-123456789abc", "age": 99, "p": 0.999},
+  {"code": "MT-530", "day": "2023-04-30", "id": "0123abcd-4567-89ef-0123-456789abcdef", "age": 18, "p": 0}
+])";
+
 double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -79,11 +97,14 @@ int main(int argc, char** argv) {
   std::string out;
   std::string commit = std::getenv("MOE_COMMIT") != nullptr ? std::getenv("MOE_COMMIT") : "unknown";
   int repeats = 5;
+  std::string document = "object";
   std::string command = argv[0];
   for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--tokenizer") {
+    if (k == "--document") {
+      document = v;
+    } else if (k == "--tokenizer") {
       tokenizer = v;
     } else if (k == "--repeats") {
       repeats = std::max(1, std::atoi(v.c_str()));
@@ -92,9 +113,21 @@ int main(int argc, char** argv) {
     } else if (k == "--commit") {
       commit = v;
     } else {
-      std::fprintf(stderr, "usage: moe-json-mask-bench [--tokenizer FILE] [--repeats N] [--out FILE] [--commit SHA]\n");
+      std::fprintf(stderr, "usage: moe-json-mask-bench [--document object|records] [--tokenizer FILE] [--repeats N] "
+                           "[--out FILE] [--commit SHA]\n");
       return 2;
     }
+  }
+  if (document != "object" && document != "records") {
+    std::fprintf(stderr, "moe-json-mask-bench: --document: expected object or records, got %s\n", document.c_str());
+    return 2;
+  }
+  const bool records = document == "records";
+  absl::StatusOr<moe::JsonSchema> schema =
+      records ? moe::JsonSchema::CompileText(kRecordsSchema) : absl::StatusOr<moe::JsonSchema>(moe::JsonSchema::AnyObject());
+  if (!schema.ok()) {
+    std::fprintf(stderr, "moe-json-mask-bench: %s\n", std::string(schema.status().message()).c_str());
+    return 1;
   }
   if (argc % 2 == 0) {
     std::fprintf(stderr, "moe-json-mask-bench: %s needs a value\n", argv[argc - 1]);
@@ -110,7 +143,7 @@ int main(int argc, char** argv) {
   auto trie = std::make_shared<const moe::TokenTextTrie>(texts);
   const double build_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 
-  const std::vector<int32_t> ids = (*tok)->Encode(kDocument);
+  const std::vector<int32_t> ids = (*tok)->Encode(records ? kRecords : kDocument);
   std::vector<bool> in_string(ids.size() + 1, false);  // position i: the text before it is inside a string
   {
     std::string so_far;
@@ -128,7 +161,7 @@ int main(int argc, char** argv) {
     }
   }
   // One pass over the document with a new constraint on `masks`: each position's median Apply time.
-  moe::JsonMaskCache masks(trie, std::make_shared<const moe::JsonSchema>(moe::JsonSchema::AnyObject()));
+  moe::JsonMaskCache masks(trie, std::make_shared<const moe::JsonSchema>(*std::move(schema)));
   std::vector<float> row(texts.size());
   auto pass = [&](std::vector<double>& us) -> bool {
     moe::JsonConstraint constraint(masks, {(*tok)->eos_id()});
@@ -152,7 +185,7 @@ int main(int argc, char** argv) {
       if (i < ids.size()) constraint.Add(ids[i]);
     }
     if (!constraint.Complete()) {
-      std::fprintf(stderr, "moe-json-mask-bench: the document did not close its object\n");
+      std::fprintf(stderr, "moe-json-mask-bench: the document did not close its value\n");
       return false;
     }
     return true;
@@ -187,6 +220,7 @@ int main(int argc, char** argv) {
       {"commit", commit},
       {"command", command},
       {"machine", {{"host", host}, {"cpu", CpuModel()}, {"threads", std::thread::hardware_concurrency()}}},
+      {"document", document},
       {"tokenizer", tokenizer},
       {"vocab_size", texts.size()},
       {"document_tokens", ids.size()},
