@@ -329,6 +329,11 @@ class OpenAiServerEndToEnd(unittest.TestCase):
              "messages[0].content"),
             ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}, 400, "messages"),
             ({"messages": messages, "tools": [], "tool_choice": "auto"}, 400, "tool_choice"),
+            # Fields of an unexpected type are refused, not thrown (an exception there ended the server).
+            ({"messages": messages, "tools": [{"type": {}}], "tool_choice": "required"}, 400, "tools[0]"),
+            ({"messages": messages, "tool_choice": {"type": 7}, "tools": [{"type": "function", "function": {"name": "f"}}]},
+             400, "tool_choice"),
+            ({"messages": messages, "stream": True, "stream_options": {"include_usage": "yes"}}, 400, "stream_options"),
             ({"messages": messages, "response_format": {"type": "json_schema", "json_schema": {}}}, 400,
              "response_format"),
             ({"messages": messages, "response_format": {"type": "json_schema", "json_schema": {

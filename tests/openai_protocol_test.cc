@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 
 namespace moe::openai {
@@ -103,6 +104,71 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
   EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().json_schema(),
             R"({"type":"object","properties":{"z":{},"a":{}}})");
+}
+
+// Bodies with any field of any type, at any depth: parsed, or refused with a 400 (404 for another
+// model) and a message; never a crash (this test also runs under AddressSanitizer and UBSan).
+TEST(OpenAiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
+  const json tool = {{"type", "function"}, {"function", {{"name", "f"}, {"parameters", {{"type", "object"},
+      {"properties", {{"a", {{"type", "string"}, {"pattern", "^x+$"}}}}}}}}}};
+  const std::vector<json> bodies = {
+      {{"prompt", "x"}, {"max_tokens", 5}, {"temperature", 0.5}, {"logprobs", 2}, {"echo", true}, {"stop", {"a"}},
+       {"logit_bias", {{"5", 1}}}, {"n", 2}, {"best_of", 2}, {"stream", true}, {"stream_options", {{"include_usage", true}}}},
+      {{"prompt", {1, 2, 3}}, {"guided_regex", "[a-z]+"}, {"min_tokens", 1}, {"seed", 3}},
+      {{"prompt", "x"}, {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "s"}, {"schema", {{"type", "integer"}}}}}}}},
+      {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"tools", {tool}}, {"tool_choice", "required"},
+       {"max_completion_tokens", 9}, {"top_logprobs", 1}, {"logprobs", true}},
+      {{"messages", {{{"role", "system"}, {"content", {{{"type", "text"}, {"text", "be"}}}}}, {{"role", "user"}, {"content", "q"}}}},
+       {"guided_choice", {"a", "b"}}, {"chat_template", "{{ messages[0].content }}"}}};
+  const std::vector<json> values = {nullptr, 0, -1, 1e300, -1e300, "", "x", json::array(), json::object(), true,
+                                    json::array({1, "a", nullptr}), json{{"type", 7}}, 4294967296LL, "{{ x }}"};
+  std::mt19937 rng(9);
+  int parsed = 0, refused = 0;
+  for (int n = 0; n < 3000; ++n) {
+    json body = bodies[rng() % bodies.size()];
+    for (int m = 1 + static_cast<int>(rng() % 3); m > 0; --m) {
+      // A field somewhere in the body, replaced or added.
+      json* at = &body;
+      while ((at->is_object() || at->is_array()) && !at->empty() && rng() % 3 != 0) {
+        auto it = at->begin();
+        std::advance(it, static_cast<long>(rng() % at->size()));
+        if (!it->is_object() && !it->is_array()) break;
+        at = &*it;
+      }
+      const json v = values[rng() % values.size()];
+      if (at->is_object()) {
+        static const char* const kKeys[] = {"prompt", "messages", "tools", "tool_choice", "response_format", "n",
+                                            "max_tokens", "content", "role", "type", "schema", "guided_json", "stop"};
+        (*at)[kKeys[rng() % std::size(kKeys)]] = v;
+      } else if (at->is_array() && !at->empty()) {
+        (*at)[rng() % at->size()] = v;
+      }
+    }
+    const std::string text = body.dump();
+    const bool chat = body.contains("messages");
+    std::optional<HttpError> error;
+    try {
+      if (chat) {
+        auto r = ParseChatRequest(text, "m");
+        if (auto* e = std::get_if<HttpError>(&r)) error = *e;
+      } else {
+        auto r = ParseCompletionRequest(text, "m");
+        if (auto* e = std::get_if<HttpError>(&r)) error = *e;
+      }
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "threw " << e.what() << " on " << text;
+      continue;
+    }
+    if (!error) {
+      ++parsed;
+      continue;
+    }
+    ++refused;
+    EXPECT_TRUE(error->status == 400 || error->status == 404) << error->status << " " << text;
+    EXPECT_FALSE(error->message.empty()) << text;
+  }
+  EXPECT_GT(parsed, 300);
+  EXPECT_GT(refused, 300);
 }
 
 TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {

@@ -234,7 +234,10 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     const json& o = body["stream_options"];
     if (!o.is_object()) return BadParam("stream_options", "expected an object");
     if (!call.stream) return BadParam("stream_options", "only allowed with stream: true");
-    call.include_usage = o.value("include_usage", false);
+    if (o.contains("include_usage") && !o["include_usage"].is_null()) {
+      if (!o["include_usage"].is_boolean()) return BadParam("stream_options", "include_usage: expected true or false");
+      call.include_usage = o["include_usage"].get<bool>();
+    }
   }
   return std::nullopt;
 }

@@ -1,5 +1,6 @@
 #include "coordinator/openai/openai_server.h"
 
+#include <cstdio>
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -228,7 +229,15 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
   if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
   absl::StatusOr<std::string> body = ReadBody(conn);
   if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
-  return (this->*handle)(conn, *body);
+  // The parsers check every field and answer 400s; should one still throw (nlohmann's accessors do
+  // on a type they do not expect), the request fails, not the server (civetweb's thread would end
+  // the process).
+  try {
+    return (this->*handle)(conn, *body);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
+    return SendError(conn, HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
+  }
 }
 
 int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {

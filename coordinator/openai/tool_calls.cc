@@ -21,6 +21,11 @@ std::string NewToolCallId() {
   return std::string("chatcmpl-tool-") + hex;
 }
 
+// o[key] when it is a string, else "" (nlohmann's value() throws on another type: a request must not).
+std::string StringField(const ordered& o, const char* key) {
+  return o.is_object() && o.contains(key) && o[key].is_string() ? o[key].get<std::string>() : std::string();
+}
+
 nlohmann::json Call(const std::string& name, const std::string& arguments) {
   return {{"id", NewToolCallId()}, {"type", "function"}, {"function", {{"name", name}, {"arguments", arguments}}}};
 }
@@ -54,7 +59,7 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
   for (size_t i = 0; i < tools.size(); ++i) {
     const std::string param = "tools[" + std::to_string(i) + "]";
     const ordered& t = tools[i];
-    if (!t.is_object() || t.value("type", std::string()) != "function" || !t.contains("function") ||
+    if (!t.is_object() || StringField(t, "type") != "function" || !t.contains("function") ||
         !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
       return BadParam(param, "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}");
     }
@@ -97,7 +102,7 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
     }
     schema = {{"type", "array"}, {"items", calls.size() == 1 ? calls[0] : ordered{{"anyOf", calls}}}, {"minItems", 1}};
     for (const auto& [section, definitions] : hoisted.items()) schema[section] = definitions;
-  } else if (tool_choice.is_object() && tool_choice.value("type", std::string()) == "function" &&
+  } else if (tool_choice.is_object() && StringField(tool_choice, "type") == "function" &&
              tool_choice.contains("function") && tool_choice["function"].is_object() &&
              tool_choice["function"].contains("name") && tool_choice["function"]["name"].is_string()) {
     choice.kind = ToolChoice::Kind::kNamed;
