@@ -405,6 +405,13 @@ class RegexParser {
     return Ranges{{cp, cp}};
   }
 
+  // One item of a class: an escape (`is_class` for \d \w \s and their negations) or a code point.
+  absl::StatusOr<Ranges> ClassItem(bool& is_class) {
+    if (p_[pos_] == '\\') return Escape(/*in_class=*/true, is_class);
+    MOE_ASSIGN_OR_RETURN(const uint32_t cp, CodePoint());
+    return Ranges{{cp, cp}};
+  }
+
   absl::StatusOr<int> Class() {
     const size_t open = pos_++;
     const bool negated = Peek('^');
@@ -422,24 +429,12 @@ class RegexParser {
         break;
       }
       bool is_class = false;
-      Ranges lo;
-      if (p_[pos_] == '\\') {
-        MOE_ASSIGN_OR_RETURN(lo, Escape(/*in_class=*/true, is_class));
-      } else {
-        MOE_ASSIGN_OR_RETURN(const uint32_t cp, CodePoint());
-        lo = {{cp, cp}};
-      }
+      MOE_ASSIGN_OR_RETURN(const Ranges lo, ClassItem(is_class));
       had_class_escape |= is_class;
       if (Peek('-') && pos_ + 1 < p_.size() && p_[pos_ + 1] != ']') {
         ++pos_;
         bool hi_is_class = false;
-        Ranges hi;
-        if (p_[pos_] == '\\') {
-          MOE_ASSIGN_OR_RETURN(hi, Escape(/*in_class=*/true, hi_is_class));
-        } else {
-          MOE_ASSIGN_OR_RETURN(const uint32_t cp, CodePoint());
-          hi = {{cp, cp}};
-        }
+        MOE_ASSIGN_OR_RETURN(const Ranges hi, ClassItem(hi_is_class));
         if (is_class || hi_is_class) return Fail("a class escape cannot bound a range");
         if (hi[0].first < lo[0].first) return Fail("a range out of order");
         r.emplace_back(lo[0].first, hi[0].first);
