@@ -195,9 +195,9 @@ class PythonClientEndToEnd(unittest.TestCase):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         value = json.loads(out["text"])
         self.assertTrue(isinstance(value, list) and len(value) >= 2 and all(type(v) is int for v in value), out["text"])
-        r = self.moe_client("generate", "--prompt", "ROMEO:", "--json-schema", '{"type": "string", "format": "uri"}')
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--json-schema", '{"type": "string", "format": "hostname"}')
         self.assertEqual(r.returncode, 1)
-        self.assertIn('format: "uri" is not supported', r.stderr)
+        self.assertIn('format: "hostname" is not supported', r.stderr)
         regex = "[A-Z][a-z]{1,8}(, [a-z]{1,8}){1,3}!"
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "60", "--temperature", "0",
                             "--regex", regex, "--json")

@@ -724,6 +724,38 @@ absl::StatusOr<ByteDfa> ByteDfa::Build(const std::vector<std::array<int32_t, 256
       if (mapped != kDead) dfa.exits_[i] = true;
     }
   }
+  // The fewest code points to a match from each state: a 0-1 breadth-first search backwards from
+  // the accepting states (a byte that begins a code point weighs 1, a continuation byte 0).
+  std::vector<std::vector<std::pair<int32_t, uint8_t>>> into(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    for (int b = 0; b < 256; ++b) {
+      const int32_t t = dfa.Next(static_cast<int32_t>(i), static_cast<uint8_t>(b));
+      if (t != kDead) into[static_cast<size_t>(t)].emplace_back(static_cast<int32_t>(i), b < 0x80 || b >= 0xC0 ? 1 : 0);
+    }
+  }
+  dfa.shortest_.assign(order.size(), UINT32_MAX);
+  std::deque<int32_t> frontier;
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (dfa.accepting_[i]) {
+      dfa.shortest_[i] = 0;
+      frontier.push_back(static_cast<int32_t>(i));
+    }
+  }
+  while (!frontier.empty()) {
+    const int32_t t = frontier.front();
+    frontier.pop_front();
+    for (const auto& [s, w] : into[static_cast<size_t>(t)]) {
+      const uint32_t d = dfa.shortest_[static_cast<size_t>(t)] + w;
+      if (d < dfa.shortest_[static_cast<size_t>(s)]) {
+        dfa.shortest_[static_cast<size_t>(s)] = d;
+        if (w == 0) {
+          frontier.push_front(s);
+        } else {
+          frontier.push_back(s);
+        }
+      }
+    }
+  }
   return dfa;
 }
 
@@ -739,7 +771,7 @@ absl::StatusOr<ByteDfa> ByteDfa::WithLength(uint32_t min, uint32_t max) const {
   // States (s, k): k code points read (counted at their lead bytes), saturating at min when there is
   // no maximum.
   const uint32_t cap = max == UINT32_MAX ? min : max;
-  if (static_cast<uint64_t>(cap + 1) * states() > 4 * kMaxStates) return TooLarge();
+  if (static_cast<uint64_t>(cap + 1) * states() > kMaxLengthProduct) return TooLarge();
   std::map<std::pair<int32_t, uint32_t>, int32_t> ids;
   std::vector<std::pair<int32_t, uint32_t>> pairs;
   std::vector<std::array<int32_t, 256>> next;

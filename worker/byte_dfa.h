@@ -35,6 +35,8 @@ class ByteDfa {
  public:
   static constexpr int32_t kDead = -1;
   static constexpr size_t kMaxStates = 4096;
+  // WithLength's product may have this many states before trimming (states x counts).
+  static constexpr size_t kMaxLengthProduct = 4 * kMaxStates;
 
   enum class Match : uint8_t {
     kWhole,   // the text is one match (guided_regex): ^ and $ change nothing
@@ -56,6 +58,9 @@ class ByteDfa {
   bool Accepting(int32_t state) const { return accepting_[static_cast<size_t>(state)]; }
   // Some byte continues from the state.
   bool HasExits(int32_t state) const { return exits_[static_cast<size_t>(state)]; }
+  // The fewest code points that lead from the state to a match (0 when it accepts): a maximum
+  // length too large to fold into the automaton is kept by refusing what cannot end within it.
+  uint32_t ShortestToAccept(int32_t state) const { return shortest_[static_cast<size_t>(state)]; }
   size_t states() const { return accepting_.size(); }
   // The bytes a non-empty match can start with.
   std::bitset<256> FirstBytes() const;
@@ -75,6 +80,7 @@ class ByteDfa {
   size_t classes_ = 1;
   std::vector<int32_t> table_;  // states x classes
   std::vector<bool> accepting_, exits_;
+  std::vector<uint32_t> shortest_;
 };
 
 }  // namespace moe

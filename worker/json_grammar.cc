@@ -170,11 +170,18 @@ const ByteDfa* JsonGrammar::StringDfa() const {
   return d < 0 ? nullptr : &schema_->dfa(d);
 }
 
-bool JsonGrammar::StringDfaTakes(uint8_t c) {
+bool JsonGrammar::StringDfaFits(int32_t next, bool new_char) const {
+  if (next == ByteDfa::kDead) return false;
+  const uint32_t max = schema_->node(string_node_).max_length;
+  return max == UINT32_MAX ||
+         static_cast<uint64_t>(string_chars_) + (new_char ? 1 : 0) + StringDfa()->ShortestToAccept(next) <= max;
+}
+
+bool JsonGrammar::StringDfaTakes(uint8_t c, bool new_char) {
   const ByteDfa* dfa = StringDfa();
   if (dfa == nullptr) return true;
   const int32_t next = dfa->Next(dfa_state_, c);
-  if (next == ByteDfa::kDead) return false;
+  if (!StringDfaFits(next, new_char)) return false;
   dfa_state_ = next;
   return true;
 }
@@ -349,14 +356,16 @@ bool JsonGrammar::Step(uint8_t c) {
         if (!StringChar()) return false;
         if (const ByteDfa* dfa = StringDfa()) {  // some escape must lead on
           bool any = false;
-          for (char e : std::string_view("\"\\/\b\f\n\r\t")) any |= dfa->Next(dfa_state_, static_cast<uint8_t>(e)) != ByteDfa::kDead;
+          for (char e : std::string_view("\"\\/\b\f\n\r\t")) {
+            any |= StringDfaFits(dfa->Next(dfa_state_, static_cast<uint8_t>(e)), /*new_char=*/false);  // counted above
+          }
           if (!any) return false;
         }
         mode_ = Mode::kEscape;
         return true;
       }
       if (c < 0x20) return false;
-      if (!StringDfaTakes(c)) return false;
+      if (!StringDfaTakes(c, /*new_char=*/true)) return false;
       if (c < 0x80) return StringChar();
       // The lead byte of a multi-byte character: how many continuation bytes, and the range of the
       // first (RFC 3629's table: no overlong forms, no surrogates, nothing past U+10FFFF).
@@ -388,7 +397,7 @@ bool JsonGrammar::Step(uint8_t c) {
       return true;
     case Mode::kUtf8:
       if (c < utf8_min_ || c > utf8_max_) return false;
-      if (!StringDfaTakes(c)) return false;
+      if (!StringDfaTakes(c, /*new_char=*/false)) return false;
       utf8_min_ = 0x80;
       utf8_max_ = 0xBF;
       if (--utf8_left_ == 0) mode_ = Mode::kString;
@@ -397,7 +406,8 @@ bool JsonGrammar::Step(uint8_t c) {
       switch (c) {
         case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': {
           static constexpr std::string_view kLetters = "\"\\/bfnrt", kBytes = "\"\\/\b\f\n\r\t";
-          if (!StringDfaTakes(static_cast<uint8_t>(kBytes[kLetters.find(static_cast<char>(c))]))) return false;
+          // The character was counted at its backslash.
+          if (!StringDfaTakes(static_cast<uint8_t>(kBytes[kLetters.find(static_cast<char>(c))]), false)) return false;
           mode_ = Mode::kString;
           return true;
         }

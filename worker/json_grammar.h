@@ -95,7 +95,10 @@ class JsonGrammar {
   bool StringChar();  // a character of a string value: within maxLength?
   // The automaton a string value's characters must match (pattern, format), or null.
   const ByteDfa* StringDfa() const;
-  bool StringDfaTakes(uint8_t c);  // advances dfa_state_ by a byte of the string's text
+  // Advances dfa_state_ by a byte of the string's text, if a match within maxLength can still
+  // follow; `new_char`: the byte begins a character not counted in string_chars_ yet.
+  bool StringDfaTakes(uint8_t c, bool new_char);
+  bool StringDfaFits(int32_t next, bool new_char) const;
   uint32_t KeyedCount(uint32_t count, uint32_t min, uint32_t max) const;
   static uint16_t ItemNode(const JsonSchemaNode& array, uint32_t index);  // the node item `index` follows
 

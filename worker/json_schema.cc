@@ -20,11 +20,16 @@ constexpr const char* kSupported =
     "items, prefixItems, minItems, "
     "maxItems, minLength, maxLength, pattern, format (date, time, date-time, uuid, ipv4, email), minimum, maximum, "
     "exclusiveMinimum, exclusiveMaximum (integers; minimum and maximum for numbers), enum, const, anyOf/oneOf "
-    "(alternatives starting with different bytes), $ref to #/$defs or #/definitions, and annotations";
+    "(alternatives starting with different bytes, or objects told apart by their first property), allOf of one "
+    "schema, $ref to #/$defs or #/definitions, and annotations";
 
 const std::set<std::string>& Annotations() {
-  static const std::set<std::string> k = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
-                                          "$defs", "definitions"};
+  // Also OpenAPI's "discriminator" (a hint naming a union's tag; JSON Schema validators ignore it)
+  // and 2020-12's content and meta-data keywords, which validate nothing.
+  static const std::set<std::string> k = {"title",         "description",     "default",          "examples",
+                                          "$schema",       "$id",             "$comment",         "$defs",
+                                          "definitions",   "discriminator",   "readOnly",         "writeOnly",
+                                          "deprecated",    "contentEncoding", "contentMediaType"};
   return k;
 }
 
@@ -55,13 +60,23 @@ const std::map<std::string, std::string>& Formats() {
   static const std::string kTime =
       "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
   static const std::string kOctet = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+  static const std::string kPathChar = "(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})";
+  static const std::string kLabel = "[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?";
+  static const std::string kPort = "(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
   static const std::map<std::string, std::string> k = {
       {"date", kDate},
       {"time", kTime},
       {"date-time", kDate + "T" + kTime},
       {"uuid", "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"},
       {"ipv4", kOctet + "(?:\\." + kOctet + "){3}"},
-      {"email", "[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\\.[A-Za-z0-9-]+)*"}};
+      {"email", "[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\\.[A-Za-z0-9-]+)*"},
+      // RFC 3986 absolute URIs with a host: scheme://host[:port][/path][?query][#fragment], their
+      // characters unreserved, sub-delims, ':' '@', or percent-encoded (as rfc3987 checks "uri");
+      // the host a dotted IPv4 address or DNS labels whose last one starts with a letter, the port
+      // at most 65535 (what a WHATWG URL parser, Pydantic's, also takes).
+      {"uri", "[A-Za-z][A-Za-z0-9+.-]*://(?:" + kOctet + "(?:\\." + kOctet + "){3}|(?:" + kLabel + "\\.)*[A-Za-z]" +
+                  "(?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?::" + kPort + ")?(?:/" + kPathChar + "*)*(?:\\?(?:" + kPathChar +
+                  "|[/?])*)?(?:#(?:" + kPathChar + "|[/?])*)?"}};
   return k;
 }
 
@@ -243,12 +258,13 @@ class JsonSchemaCompiler {
     for (const auto& [key, value] : s.items()) {
       static const std::set<std::string> kKeys = {"type", "properties", "required", "additionalProperties", "items", "prefixItems",
                                                   "minItems", "maxItems", "minLength", "maxLength", "enum", "const",
-                                                  "anyOf", "oneOf", "$ref", "pattern", "format", "minimum",
+                                                  "anyOf", "oneOf", "allOf", "$ref", "pattern", "format", "minimum",
                                                   "maximum", "exclusiveMinimum", "exclusiveMaximum"};
       if (kKeys.count(key) == 0 && Annotations().count(key) == 0) {
         return Error(Join(path, key), std::string("not supported (") + kSupported + ")");
       }
     }
+    if (s.contains("allOf")) return AllOf(s, path);
     if (s.contains("$ref")) return Ref(s, path);
     if (s.contains("anyOf") || s.contains("oneOf")) return AnyOf(s, path);
     if (s.contains("enum") || s.contains("const")) return Enum(s, path);
@@ -481,7 +497,8 @@ class JsonSchemaCompiler {
     } else {
       const auto format = Formats().find(value);
       if (format == Formats().end()) {
-        return Error(Join(path, key), "\"" + value + "\" is not supported (supported: date, time, date-time, uuid, ipv4, email)");
+        return Error(Join(path, key),
+                     "\"" + value + "\" is not supported (supported: date, time, date-time, uuid, ipv4, email, uri)");
       }
       dfa = ByteDfa::FromRegex(format->second, ByteDfa::Match::kWhole);
     }
@@ -492,8 +509,17 @@ class JsonSchemaCompiler {
       if (c != '\b' && c != '\f' && c != '\n' && c != '\r' && c != '\t') unwritable.set(static_cast<size_t>(c));
     }
     if (dfa.ok()) dfa = dfa->WithoutBytes(unwritable);
-    if (dfa.ok() && (n.min_length > 0 || n.max_length != UINT32_MAX)) dfa = dfa->WithLength(n.min_length, n.max_length);
+    // Length bounds folded in; a maximum too large for that (a URL's 2,083) is kept by the grammar,
+    // which refuses a character after which no match fits (ByteDfa::ShortestToAccept).
+    const bool fold_max = n.max_length == UINT32_MAX ||
+                          (dfa.ok() && static_cast<uint64_t>(n.max_length) + 1 <= ByteDfa::kMaxLengthProduct / dfa->states());
+    if (dfa.ok() && (n.min_length > 0 || n.max_length != UINT32_MAX)) {
+      dfa = dfa->WithLength(n.min_length, fold_max ? n.max_length : UINT32_MAX);
+    }
     if (!dfa.ok()) return Error(Join(path, key), std::string(dfa.status().message()));
+    if (dfa->ShortestToAccept(ByteDfa::start()) > n.max_length) {
+      return Error(Join(path, key), "no match fits within maxLength " + std::to_string(n.max_length));
+    }
     n.dfa = AddDfa(std::move(*dfa));
     return absl::OkStatus();
   }
@@ -633,6 +659,19 @@ class JsonSchemaCompiler {
     MOE_ASSIGN_OR_RETURN(const uint16_t target, Compile((*defs)[name], ref.substr(2)));
     nodes_[id].alternatives = {target};
     return id;
+  }
+
+  // allOf of one schema (as Pydantic writes a field that refers to a model and has a description or
+  // a default): that schema. Several would need their intersection: refused.
+  absl::StatusOr<uint16_t> AllOf(const json& s, const std::string& path) {
+    for (const auto& [k, value] : s.items()) {
+      if (k != "allOf" && Annotations().count(k) == 0) return Error(Join(path, k), "not supported beside allOf");
+    }
+    const json& all = s["allOf"];
+    if (!all.is_array() || all.size() != 1) {
+      return Error(Join(path, "allOf"), "only an allOf of one schema is supported (its intersection is not computed)");
+    }
+    return Compile(all[0], Join(path, "allOf") + "[0]");
   }
 
   absl::StatusOr<uint16_t> AnyOf(const json& s, const std::string& path) {

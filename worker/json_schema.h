@@ -14,8 +14,9 @@
 //   - string: "minLength", "maxLength" (in code points), "pattern" (byte_dfa.h's regex subset, found
 //     anywhere in the string unless anchored, as re.search and ECMA-262 read it; the string's
 //     characters must then be raw or one of the escapes \" \\ \/ \b \f \n \r \t, not \u), "format"
-//     (date, time, date-time, uuid, ipv4, email: a pattern a strict checker accepts, RFC 3339's with
-//     an upper-case T and Z, the 29th of February left out);
+//     (date, time, date-time, uuid, ipv4, email, uri: a pattern a strict checker accepts, RFC 3339's
+//     with an upper-case T and Z, the 29th of February left out, URIs with a host); a maxLength too
+//     large to fold into the automaton is kept by refusing characters after which no match fits;
 //   - integer: "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum" (magnitudes up to 1e18);
 //     number: "minimum" and "maximum" with integral values up to 2^53, read without an exponent
 //     (rounding to a float cannot take such a value past them);
@@ -25,9 +26,10 @@
 //     told apart by their first property, required in each, whose enum or const values differ
 //     ({"name": {"const": "get_weather"}, ...}: a tagged union, as tool_choice "required" writes its
 //     calls), so that its value chooses the object;
-//   - "$ref" to "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed);
+//   - "$ref" to "#/$defs/NAME" or "#/definitions/NAME" (recursion allowed); "allOf" of one schema;
 //   - annotations that constrain nothing: title, description, default, examples, $schema, $id,
-//     $comment. Everything else (multipleOf, other formats, ...) is refused: a promise not kept.
+//     $comment, OpenAPI's discriminator, readOnly, writeOnly, deprecated, contentEncoding,
+//     contentMediaType. Everything else (multipleOf, other formats, ...) is refused: a promise not kept.
 // An empty schema ({} or true) is any JSON value.
 #pragma once
 
