@@ -219,6 +219,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_json_schema(schema_text);
   if (choice) *a.mutable_choices() = format.choices();
   if (regex) a.set_regex(format.regex());
+  a.set_compact_json(format.compact() && (json_object || json_schema));
   job.want_logprobs = s.has_logprobs();
   return job;
 }

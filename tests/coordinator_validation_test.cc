@@ -204,6 +204,13 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   ASSERT_TRUE(matched.ok()) << matched.status();
   EXPECT_EQ(matched->assign.regex(), "[0-9]{3}-[a-z]+");
   EXPECT_TRUE(NamesField(ValidateGenerate(regex, tiny()).status(), "sampling.response_format"));  // no tokenizer
+  rf->set_compact(true);
+  EXPECT_FALSE(ValidateGenerate(regex, shakespeare())->assign.compact_json()) << "a regex has no whitespace of JSON's";
+  v1::GenerateRequest compact = Ids({3, 4});
+  compact.mutable_sampling()->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
+  compact.mutable_sampling()->mutable_response_format()->set_compact(true);
+  EXPECT_TRUE(ValidateGenerate(compact, shakespeare())->assign.compact_json());
+  rf->set_compact(false);
   rf->set_type(v1::ResponseFormat::TYPE_TEXT);
   EXPECT_TRUE(NamesField(ValidateGenerate(regex, shakespeare()).status(), "sampling.response_format.regex"));
 }

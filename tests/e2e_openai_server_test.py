@@ -489,7 +489,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         """vLLM's guided_regex: every answer matches the whole regex (Python's re.fullmatch), greedy
         and sampled, streamed or not, and the gRPC API's TYPE_REGEX gives the same; a JSON schema with
         a pattern, formats and numeric bounds gets answers that Python's jsonschema, checking formats,
-        accepts. A regex outside the subset is a 400 naming it."""
+        accepts; vLLM's structured_outputs asks the same, disable_any_whitespace honoured. A regex
+        outside the subset is a 400 naming it."""
         import re
         import jsonschema
         regex = r"(ROMEO|JULIET): [A-Z][a-z]{1,10}( [a-z]{1,10}){0,4}[.!?]"
@@ -522,6 +523,29 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertEqual(status, 200, body)
             self.assertEqual(body["choices"][0]["finish_reason"], "stop", body)
             checker.validate(json.loads(body["choices"][0]["text"]))
+        # vLLM's structured_outputs (its name since v0.12): the same constraints, and with
+        # disable_any_whitespace no whitespace between tokens (the small model's padding has nowhere to go).
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 300, "temperature": 0,
+                                                     "structured_outputs": {"json": schema, "disable_any_whitespace": True}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["finish_reason"], "stop", body)
+        text = body["choices"][0]["text"]
+        checker.validate(json.loads(text))
+        in_string, escaped = False, False
+        for ch in text:
+            if in_string:
+                in_string = escaped or ch != '"'
+                escaped = not escaped and ch == "\\"
+            else:
+                self.assertNotIn(ch, " \n\t\r", text)
+                in_string = ch == '"'
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 80, "temperature": 0,
+                                                     "structured_outputs": {"regex": regex}})
+        self.assertEqual(status, 200, body)
+        self.assertIsNotNone(re.fullmatch(regex, body["choices"][0]["text"]), body)
+        status, body = self.call("/v1/completions", {"prompt": "x", "max_tokens": 5,
+                                                     "structured_outputs": {"grammar": "root ::= \"a\""}})
+        self.assertEqual((status, body["error"]["param"]), (400, "structured_outputs.grammar"), body)
         status, body = self.call("/v1/completions", {"prompt": "x", "max_tokens": 5, "guided_regex": "a(?!b)"})
         self.assertEqual((status, body["error"]["param"]), (400, "response_format.regex"), body)
         self.assertIn("lookaround", body["error"]["message"])
@@ -556,8 +580,10 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             # adds up to the whole answer's arguments.
             events = self.stream(dict(params, messages=messages, tools=tools, tool_choice=named, max_tokens=300),
                                  path="/v1/chat/completions")
+            # (How many deltas depends on timing: the coordinator sends the tokens it has in one message.
+            # The split into deltas is tested byte by byte in openai_protocol_test.)
             calls = [tc for e in events[1:] for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
-            self.assertGreater(len(calls), 1, calls)
+            self.assertGreaterEqual(len(calls), 1, calls)
             self.assertEqual((calls[0]["function"]["name"], calls[0]["type"]), ("get_weather", "function"))
             self.assertTrue(calls[0]["id"].startswith("chatcmpl-tool-"))
             self.assertTrue(all("id" not in tc and tc["index"] == 0 for tc in calls[1:]), calls)
@@ -587,7 +613,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         # up to the whole answer's calls.
         events = self.stream(required, path="/v1/chat/completions")
         entries = [tc for e in events[1:] for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
-        self.assertGreater(len(entries), len(calls), entries)
+        self.assertGreaterEqual(len(entries), len(calls), entries)
         streamed = []
         for tc in entries:
             if "id" in tc:

@@ -249,6 +249,23 @@ TEST(JsonSchemaTest, LargeMaximumLengthsLeaveRoomForAMatch) {
   EXPECT_EQ(tiny.status().message(), "format: the pattern matches no text");
 }
 
+// vLLM's disable_any_whitespace: no whitespace between tokens at all; inside strings as ever.
+TEST(JsonSchemaTest, CompactSchemasTakeNoWhitespaceBetweenTokens) {
+  absl::StatusOr<JsonSchema> s = JsonSchema::Compile(ordered::parse(R"({"type": "object", "properties": {
+      "a": {"type": "array", "items": {"type": "integer"}}, "b": {"type": "string"}}})"));
+  ASSERT_TRUE(s.ok()) << s.status();
+  s->set_compact(true);
+  auto whole = [&](const std::string& text) {
+    JsonGrammar g(*s);
+    return g.Feed(text) && g.Complete();
+  };
+  EXPECT_TRUE(whole(R"({"a":[1,2],"b":"x y"})"));
+  for (const char* spaced : {R"({"a": [1,2],"b":"x"})", R"({"a":[1, 2],"b":"x"})", R"( {"a":[1]})", "{\n\"a\":[1]}",
+                             R"({"a":[1],"b":"x"} )"}) {
+    EXPECT_FALSE(whole(spaced)) << spaced;
+  }
+}
+
 // guided_regex: the whole output matches, nothing around it; a regex that admits the empty text is
 // complete before anything is written.
 TEST(JsonSchemaTest, RegexOutputsMatchWhole) {

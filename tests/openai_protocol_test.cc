@@ -100,6 +100,42 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": ""})").param, "guided_regex");
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": ["a"]})").param, "guided_regex");
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": "a", "guided_choice": ["a"]})").param, "guided_regex");
+  // vLLM's structured_outputs (its name since v0.12): the same constraints, disable_any_whitespace
+  // and disable_additional_properties honoured, what is not served refused naming it.
+  auto format_of = [](const std::string& body) {
+    auto r = ParseCompletionRequest(body, "m");
+    EXPECT_TRUE(std::holds_alternative<CompletionCall>(r)) << (std::holds_alternative<HttpError>(r) ? std::get<HttpError>(r).message : "");
+    return std::holds_alternative<CompletionCall>(r) ? std::get<CompletionCall>(r).request.sampling().response_format()
+                                                      : v1::ResponseFormat();
+  };
+  v1::ResponseFormat so = format_of(
+      R"({"prompt": "x", "structured_outputs": {"json": {"type": "object", "properties": {"z": {"type": "object"}, "a": {}}},
+          "disable_any_whitespace": true, "disable_additional_properties": true}})");
+  EXPECT_EQ(so.type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  EXPECT_TRUE(so.compact());
+  EXPECT_EQ(so.json_schema(),
+            R"({"type":"object","properties":{"z":{"type":"object","additionalProperties":false},"a":{}},"additionalProperties":false})");
+  so = format_of(R"({"prompt": "x", "structured_outputs": {"regex": "[0-9]+", "disable_fallback": true}})");
+  EXPECT_EQ(so.type(), v1::ResponseFormat::TYPE_REGEX);
+  EXPECT_EQ(so.regex(), "[0-9]+");
+  EXPECT_FALSE(so.compact());
+  so = format_of(R"({"prompt": "x", "structured_outputs": {"choice": ["a", "b"]}})");
+  EXPECT_EQ(so.type(), v1::ResponseFormat::TYPE_CHOICE);
+  EXPECT_EQ(so.choices_size(), 2);
+  EXPECT_EQ(format_of(R"({"prompt": "x", "structured_outputs": {"json_object": true}})").type(), v1::ResponseFormat::TYPE_JSON_OBJECT);
+  EXPECT_EQ(format_of(R"({"prompt": "x", "structured_outputs": {"json": "{\"type\": \"integer\"}"}})").json_schema(),
+            R"({"type": "integer"})");
+  EXPECT_EQ(format_of(R"({"prompt": "x", "structured_outputs": {}})").type(), v1::ResponseFormat::TYPE_TEXT);
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"grammar": "root ::= \"a\""}})").param, "structured_outputs.grammar");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"whitespace_pattern": " ?"}})").param,
+            "structured_outputs.whitespace_pattern");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"regex": "a", "choice": ["a"]}})").param, "structured_outputs");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"regx": "a"}})").param, "structured_outputs.regx");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"json": 3}})").param, "structured_outputs.json");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"choice": "a"}})").param, "structured_outputs.choice");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"json_object": 1}})").param, "structured_outputs.json_object");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": ["a"]})").param, "structured_outputs");
+  EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": "a", "structured_outputs": {"regex": "b"}})").param, "structured_outputs");
   got = ParseCompletionRequest(R"({"prompt": "x", "guided_json": {"type": "object", "properties": {"z": {}, "a": {}}}})", "m");
   ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
   EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().json_schema(),

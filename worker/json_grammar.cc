@@ -66,6 +66,7 @@ bool JsonGrammar::Advance(uint8_t c) {
   }
   uint8_t whitespace = 0;
   if (separator) {
+    if (schema_->compact()) return false;
     if (whitespace_ == 0 && (c == ' ' || c == '\n')) {
       whitespace = c == ' ' ? 1 : 2;
     } else if (whitespace_ >= 2 && whitespace_ < 2 + kIndentPerLevel * depth_ && (c == ' ' || c == '\t')) {

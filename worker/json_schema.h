@@ -99,6 +99,9 @@ class JsonSchema {
   uint16_t root() const { return root_; }
   // The value stands alone: no whitespace before or after it (guided_choice).
   bool exact() const { return exact_; }
+  // No whitespace between tokens either (vLLM's disable_any_whitespace).
+  bool compact() const { return compact_; }
+  void set_compact(bool compact) { compact_ = compact; }
   // Nodes every schema has: any value, an object and an array of any values (free-form JSON).
   static constexpr uint16_t kAnyNode = 0, kAnyObjectNode = 1, kAnyArrayNode = 2;
 
@@ -108,6 +111,7 @@ class JsonSchema {
   std::vector<ByteDfa> dfas_;
   uint16_t root_ = kAnyNode;
   bool exact_ = false;
+  bool compact_ = false;
   friend class JsonSchemaCompiler;
 };
 

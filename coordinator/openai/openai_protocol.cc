@@ -104,15 +104,22 @@ std::optional<HttpError> Bool(const json& body, const std::string& key, bool& ou
   return std::nullopt;
 }
 
+// Where a request's JSON schema is.
+enum class SchemaAt { kResponseFormat, kGuidedJson, kStructuredOutputs };
+
 // response_format's json_schema (OpenAI's {"type": "json_schema", "json_schema": {"name", "schema",
-// ...}}) or vLLM's guided_json, as JSON text with the properties in the request's order (the order
-// the output writes them in): read from the body's text, since `json` sorts object keys.
-std::variant<std::string, HttpError> SchemaText(const std::string& body_text, bool guided_json) {
+// ...}}), vLLM's guided_json or structured_outputs.json, as JSON text with the properties in the
+// request's order (the order the output writes them in): read from the body's text, since `json`
+// sorts object keys.
+std::variant<std::string, HttpError> SchemaText(const std::string& body_text, SchemaAt at) {
   const nlohmann::ordered_json body = nlohmann::ordered_json::parse(body_text, nullptr, false);
-  if (guided_json) {
-    const nlohmann::ordered_json& g = body["guided_json"];
+  if (at != SchemaAt::kResponseFormat) {
+    const bool guided = at == SchemaAt::kGuidedJson;
+    const nlohmann::ordered_json& g = guided ? body.at("guided_json") : body.at("structured_outputs").at("json");
     if (g.is_string()) return g.get<std::string>();
-    if (!g.is_object()) return BadParam("guided_json", "expected a JSON schema (an object or its text)");
+    if (!g.is_object()) {
+      return BadParam(guided ? "guided_json" : "structured_outputs.json", "expected a JSON schema (an object or its text)");
+    }
     return g.dump();
   }
   const nlohmann::ordered_json& f = body["response_format"];
@@ -121,6 +128,96 @@ std::variant<std::string, HttpError> SchemaText(const std::string& body_text, bo
     return BadParam("response_format", "json_schema: expected {\"name\": ..., \"schema\": {...}}");
   }
   return f["json_schema"]["schema"].dump();
+}
+
+// vLLM's disable_additional_properties: every object schema that does not say otherwise takes only
+// its listed properties (none when it lists none).
+void CloseObjects(nlohmann::ordered_json& schema) {
+  if (!schema.is_object()) return;
+  const bool object = schema.contains("properties") || (schema.contains("type") && schema["type"] == "object");
+  if (object && !schema.contains("additionalProperties")) schema["additionalProperties"] = false;
+  for (const char* map : {"properties", "$defs", "definitions"}) {
+    if (schema.contains(map) && schema[map].is_object()) {
+      for (auto& [name, sub] : schema[map].items()) CloseObjects(sub);
+    }
+  }
+  for (const char* list : {"anyOf", "oneOf", "allOf", "prefixItems"}) {
+    if (schema.contains(list) && schema[list].is_array()) {
+      for (auto& sub : schema[list]) CloseObjects(sub);
+    }
+  }
+  for (const char* one : {"items", "additionalProperties"}) {
+    if (schema.contains(one)) CloseObjects(schema[one]);
+  }
+}
+
+// vLLM's structured_outputs (its name for the guided_* fields since v0.12): one of json, regex,
+// choice, json_object; disable_any_whitespace and disable_additional_properties honoured; what this
+// server cannot enforce (grammar, structural_tag, whitespace_pattern) refused naming it.
+std::optional<HttpError> StructuredOutputs(const json& body, const std::string& body_text, v1::SamplingParams& s) {
+  if (!body.contains("structured_outputs") || body["structured_outputs"].is_null()) return std::nullopt;
+  const json& so = body["structured_outputs"];
+  if (!so.is_object()) return BadParam("structured_outputs", "expected an object with one of json, regex, choice, json_object");
+  int constraints = 0;
+  for (const auto& [key, value] : so.items()) {
+    const std::string param = "structured_outputs." + key;
+    if (key == "grammar" || key == "structural_tag" || key == "whitespace_pattern") {
+      if (value.is_null()) continue;
+      return BadParam(param, key == "whitespace_pattern"
+                                 ? "not supported: JSON takes nothing, one space, or a newline and an indent between "
+                                   "tokens here, or no whitespace with disable_any_whitespace"
+                                 : "not supported (json, regex, choice and json_object are)");
+    }
+    if (key == "json" || key == "regex" || key == "choice") {
+      constraints += value.is_null() ? 0 : 1;
+    } else if (key == "json_object") {
+      if (!value.is_null() && !value.is_boolean()) return BadParam(param, "expected true or false");
+      constraints += value == true ? 1 : 0;
+    } else if (key == "disable_fallback" || key == "disable_any_whitespace" || key == "disable_additional_properties") {
+      if (!value.is_null() && !value.is_boolean()) return BadParam(param, "expected true or false");
+    } else {
+      return BadParam(param, "not known (json, regex, choice, json_object, disable_any_whitespace, "
+                             "disable_additional_properties, disable_fallback are)");
+    }
+  }
+  if (constraints == 0) return std::nullopt;
+  if (constraints > 1) return BadParam("structured_outputs", "only one of json, regex, choice and json_object");
+  if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
+    return BadParam("structured_outputs", "cannot be combined with response_format or the guided_* fields");
+  }
+  v1::ResponseFormat& f = *s.mutable_response_format();
+  const auto flag = [&](const char* key) { return so.contains(key) && so[key] == true; };
+  f.set_compact(flag("disable_any_whitespace"));
+  if (so.contains("json") && !so["json"].is_null()) {
+    std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kStructuredOutputs);
+    if (auto* e = std::get_if<HttpError>(&schema)) return *e;
+    std::string text = std::get<std::string>(schema);
+    if (flag("disable_additional_properties")) {
+      nlohmann::ordered_json parsed = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+      if (parsed.is_discarded()) return BadParam("structured_outputs.json", "not valid JSON");
+      CloseObjects(parsed);
+      text = parsed.dump();
+    }
+    f.set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+    f.set_json_schema(text);
+  } else if (so.contains("regex") && !so["regex"].is_null()) {
+    if (!so["regex"].is_string() || so["regex"].get<std::string>().empty()) {
+      return BadParam("structured_outputs.regex", "expected a non-empty string");
+    }
+    f.set_type(v1::ResponseFormat::TYPE_REGEX);
+    f.set_regex(so["regex"].get<std::string>());
+  } else if (so.contains("choice") && !so["choice"].is_null()) {
+    const json& choices = so["choice"];
+    if (!choices.is_array() || choices.empty() ||
+        !std::all_of(choices.begin(), choices.end(), [](const json& c) { return c.is_string(); })) {
+      return BadParam("structured_outputs.choice", "expected a non-empty array of strings");
+    }
+    f.set_type(v1::ResponseFormat::TYPE_CHOICE);
+    for (const json& c : choices) f.add_choices(c.get<std::string>());
+  } else {
+    f.set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
+  }
+  return std::nullopt;
 }
 
 // The sampling and streaming fields both APIs share (OpenAI's, and vLLM's extensions).
@@ -187,7 +284,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     if (type == "json_object") {
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
     } else if (type == "json_schema") {
-      std::variant<std::string, HttpError> schema = SchemaText(body_text, false);
+      std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kResponseFormat);
       if (auto* e = std::get_if<HttpError>(&schema)) return *e;
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
       s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
@@ -212,7 +309,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
       return BadParam("guided_json", "cannot be combined with a JSON response_format");
     }
-    std::variant<std::string, HttpError> schema = SchemaText(body_text, true);
+    std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kGuidedJson);
     if (auto* e = std::get_if<HttpError>(&schema)) return *e;
     s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
     s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
@@ -226,6 +323,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_REGEX);
     s.mutable_response_format()->set_regex(regex.get<std::string>());
   }
+  if (std::optional<HttpError> e = StructuredOutputs(body, body_text, s)) return e;
   bool ignore_eos = false;
   if (std::optional<HttpError> e = Bool(body, "ignore_eos", ignore_eos)) return e;
   if (ignore_eos) s.set_ignore_eos(true);

@@ -125,14 +125,17 @@ absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const m
     return absl::FailedPreconditionError(
         absl::StrCat(field, ": this rank has no vocabulary texts (the model has no tokenizer)"));
   }
-  // Cache keys: "" for json_object, the schema's text (a JSON value: never starts with \x01 or
-  // \x02), \x01 and the choices, each ended by \0, or \x02 and the regex.
+  // Cache keys: "" for json_object, the schema's text (a JSON value: never starts with \x01,
+  // \x02 or \x03), \x01 and the choices, each ended by \0, \x02 and the regex; \x03 before
+  // either JSON key for its compact form.
   std::string key = a.json_object() ? std::string() : a.json_schema();
   if (a.choices_size() > 0) {
     key = "\x01";
     for (const std::string& c : a.choices()) key.append(c).push_back('\0');
   } else if (!a.regex().empty()) {
     key = "\x02" + a.regex();
+  } else if (a.compact_json()) {
+    key = "\x03" + key;  // the same schema without whitespace is another grammar
   }
   if (auto it = json_masks_.find(key); it != json_masks_.end()) return it->second;
   std::shared_ptr<const JsonSchema> schema;
@@ -150,6 +153,11 @@ absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const m
     absl::StatusOr<JsonSchema> compiled = JsonSchema::CompileText(a.json_schema());
     if (!compiled.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", compiled.status().message()));
     schema = std::make_shared<const JsonSchema>(*std::move(compiled));
+  }
+  if (a.compact_json()) {
+    JsonSchema compact = *schema;
+    compact.set_compact(true);
+    schema = std::make_shared<const JsonSchema>(std::move(compact));
   }
   if (json_masks_.size() >= kMaxSchemas) json_masks_.clear();
   auto masks = std::make_shared<JsonMaskCache>(opts_.vocabulary, std::move(schema));
