@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <random>
 
 #include "coordinator/score_windows.h"
 
@@ -213,6 +214,65 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   rf->set_compact(false);
   rf->set_type(v1::ResponseFormat::TYPE_TEXT);
   EXPECT_TRUE(NamesField(ValidateGenerate(regex, shakespeare()).status(), "sampling.response_format.regex"));
+}
+
+// Requests with every sampling field set at random (extreme numbers, NaN, any ids, garbage and
+// valid schemas, regexes and choices, texts with invalid UTF-8): accepted, or INVALID_ARGUMENT naming
+// a field; never a crash (this test also runs under AddressSanitizer and UBSan).
+TEST_F(ValidationTest, RandomRequestsAreAcceptedOrNameAField) {
+  std::mt19937 rng(17);
+  const float floats[] = {0.0f, -1.0f, 0.5f, 1.0f, 2.0f, 1e30f, -1e30f, std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity()};
+  const std::string texts[] = {"", "ROMEO:", "\xff\xfe", std::string(5000, 'a'), "{\"type\": \"integer\"}",
+                               "{\"type\": \"object\", \"properties\": {\"a\": {\"pattern\": \"^x+$\"}}}", "[a-z]{2,",
+                               "(?=x)", "\\d+", "{\"$ref\": \"#/$defs/x\"}", "{\"anyOf\": [{}, {}]}", "null"};
+  int ok = 0, refused = 0;
+  for (int n = 0; n < 3000; ++n) {
+    v1::GenerateRequest r;
+    if (rng() % 2 == 0) {
+      r.mutable_prompt()->set_text(texts[rng() % std::size(texts)]);
+    } else {
+      for (int k = static_cast<int>(rng() % 6); k > 0; --k) {
+        r.mutable_prompt()->mutable_token_ids()->add_ids(static_cast<int32_t>(rng() % 70000) - 1000);
+      }
+    }
+    v1::SamplingParams& s = *r.mutable_sampling();
+    auto f = [&] { return floats[rng() % std::size(floats)]; };
+    if (rng() % 2) s.set_max_tokens(static_cast<uint32_t>(rng() % 10000));
+    if (rng() % 2) s.set_temperature(f());
+    if (rng() % 2) s.set_top_p(f());
+    if (rng() % 2) s.set_top_k(static_cast<int32_t>(rng() % 100) - 10);
+    if (rng() % 2) s.set_min_p(f());
+    if (rng() % 3 == 0) s.set_repetition_penalty(f());
+    if (rng() % 3 == 0) s.set_presence_penalty(f());
+    if (rng() % 3 == 0) s.set_frequency_penalty(f());
+    if (rng() % 3 == 0) s.set_min_tokens(static_cast<uint32_t>(rng() % 100));
+    if (rng() % 3 == 0) s.set_n(static_cast<uint32_t>(rng() % 200));
+    if (rng() % 3 == 0) s.set_logprobs(static_cast<uint32_t>(rng() % 30));
+    if (rng() % 3 == 0) s.add_stop(texts[rng() % std::size(texts)]);
+    if (rng() % 3 == 0) s.add_stop_token_ids(static_cast<int32_t>(rng() % 70000) - 1000);
+    if (rng() % 3 == 0) (*s.mutable_logit_bias())[static_cast<int32_t>(rng() % 70000) - 1000] = f();
+    if (rng() % 2) {
+      v1::ResponseFormat& fmt = *s.mutable_response_format();
+      fmt.set_type(static_cast<v1::ResponseFormat::Type>(rng() % 6));
+      if (rng() % 2) fmt.set_json_schema(texts[rng() % std::size(texts)]);
+      if (rng() % 2) fmt.set_regex(texts[rng() % std::size(texts)]);
+      if (rng() % 2) fmt.add_choices(texts[rng() % std::size(texts)]);
+      fmt.set_compact(rng() % 2);
+    }
+    const RequestModel model = rng() % 4 == 0 ? tiny() : shakespeare();
+    absl::StatusOr<GenerateJob> job = ValidateGenerate(r, model);
+    if (job.ok()) {
+      ++ok;
+      continue;
+    }
+    ++refused;
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument) << job.status();
+    const std::string message(job.status().message());
+    EXPECT_TRUE(message.rfind("prompt", 0) == 0 || message.rfind("sampling", 0) == 0) << message;
+  }
+  EXPECT_GT(ok, 10);  // most random requests have some field wrong
+  EXPECT_GT(refused, 1000);
 }
 
 TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {
