@@ -185,6 +185,27 @@ TEST_F(ServeBenchE2e, VariedLengthsAreWhatEachRequestSentAndGot) {
   EXPECT_EQ(after.generation_tokens_total() - before.generation_tokens_total(), static_cast<uint64_t>(output_tokens));
 }
 
+// --regex: every request is constrained; a regex that never ends keeps each to --output-len.
+TEST_F(ServeBenchE2e, RegexRequestsRunToTheirLength) {
+  const std::string out = TempPath("serve_bench_regex");
+  const testing_ref::CliRun run =
+      Bench({"--requests", "4", "--input-len", "6", "--output-len", "10", "--regex", "[a-z ,.]+", "--out", out});
+  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
+  const json r = ReadJson(out);
+  std::filesystem::remove(out);
+  ASSERT_TRUE(r.is_object());
+  EXPECT_EQ(r["args"]["regex"], "[a-z ,.]+");
+  ASSERT_EQ(r["records"].size(), 4u);
+  for (const json& rec : r["records"]) {
+    EXPECT_EQ(rec["output_tokens"], 10);
+    EXPECT_EQ(rec["finish_reason"], "length");
+  }
+  // A regex the server refuses fails the requests, counted with the server's reason.
+  const testing_ref::CliRun bad = Bench({"--requests", "1", "--regex", "(?=a)"});
+  EXPECT_EQ(bad.exit_code, 1) << bad.Describe();
+  EXPECT_NE(bad.out.find("sampling.response_format.regex"), std::string::npos) << bad.out;
+}
+
 TEST_F(ServeBenchE2e, ASharedPrefixIsServedFromTheRanksPrefixCaches) {
   // One at a time, every prompt the same 48 tokens (three whole blocks of 16) and then 8 of its own:
   // after the first request on each rank, the other requests find those three blocks cached.

@@ -160,6 +160,11 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   EXPECT_EQ(a->out, "/tmp/x.json");
   EXPECT_EQ(a->commit, "abc");
   EXPECT_EQ(a->range_ratio, 0);
+  a = ParseBenchArgs({"--regex", "[a-z ]+"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->regex, "[a-z ]+");
+  EXPECT_FALSE(ParseBenchArgs({"--regex", ""}).ok());
+  EXPECT_FALSE(ParseBenchArgs({"--regex", "a", "--json-object"}).ok());
   a = ParseBenchArgs({"--rate", "inf", "--range-ratio", "0.25"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_TRUE(std::isinf(a->rate));

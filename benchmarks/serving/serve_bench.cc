@@ -99,6 +99,10 @@ void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vecto
   s->set_seed(a.seed + static_cast<uint64_t>(rec.index));
   s->set_ignore_eos(true);
   if (a.json_object) s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_JSON_OBJECT);
+  if (!a.regex.empty()) {
+    s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_REGEX);
+    s->mutable_response_format()->set_regex(a.regex);
+  }
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(a.timeout_s));
   rec.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -342,6 +346,7 @@ int Run(const std::vector<std::string>& argv) {
                      {"range_ratio", a.range_ratio},
                      {"shared_prefix_len", a.shared_prefix_len},
                      {"json_object", a.json_object},
+                     {"regex", a.regex},
                      {"temperature", a.temperature},
                      {"seed", a.seed},
                      {"warmup", a.warmup},

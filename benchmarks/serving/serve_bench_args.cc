@@ -35,7 +35,7 @@ std::string BenchUsage() {
   return "usage: moe-serve-bench [--server 127.0.0.1:50051] [--requests 100] [--rate inf] [--max-concurrency 0]\n"
          "         [--input-len 128] [--output-len 128] [--range-ratio 0] [--shared-prefix-len 0]\n"
          "         [--temperature 0] [--seed 0] [--warmup 0] [--connections 4] [--timeout 600]\n"
-         "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records] [--json-object]\n"
+         "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records] [--json-object | --regex RE]\n"
          "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
          "vocabulary) for exactly --output-len tokens each (ignore_eos) to a moe-coordinator, at --rate\n"
          "requests a second (Poisson arrivals; inf: all at once), at most --max-concurrency in flight\n"
@@ -52,7 +52,8 @@ std::string BenchUsage() {
          "the model cannot take. --json-object asks every request for response_format json_object (the\n"
          "ranks mask each step's row on the host; a request then ends when its object has closed and\n"
          "the whitespace after it runs out, which can be before --output-len; the model needs a\n"
-         "tokenizer).\n";
+         "tokenizer). --regex RE asks every request for guided_regex RE the same way (one that never\n"
+         "ends, \"[a-z ,.]+\", keeps every request to --output-len).\n";
 }
 
 absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
@@ -125,6 +126,12 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
          a.out = v;
          return absl::OkStatus();
        }},
+      {"--regex",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         if (v.empty()) return FlagError(flag, "empty regex");
+         a.regex = v;
+         return absl::OkStatus();
+       }},
       {"--commit",
        [&](const std::string&, const std::string& v) -> absl::Status {
          a.commit = v;
@@ -156,6 +163,7 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
     }
     MOE_RETURN_IF_ERROR(it->second(flag, val));
   }
+  if (a.json_object && !a.regex.empty()) return absl::InvalidArgumentError("--json-object and --regex: one of them");
   return a;
 }
 

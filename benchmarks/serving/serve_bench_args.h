@@ -28,6 +28,7 @@ struct BenchArgs {
   std::string commit;           // recorded in the JSON
   bool save_records = true;     // per-request records in the JSON
   bool json_object = false;     // response_format json_object (a request may end when its object does)
+  std::string regex;            // guided_regex for every request (empty: none)
   bool help = false;
 };
 

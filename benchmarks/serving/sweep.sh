@@ -12,6 +12,7 @@
 #   WARMUP       requests run before each point's measured ones [the point's concurrency]
 #   SHARED_PREFIX_LEN  tokens every prompt starts with, before its own INPUT_LEN [0]
 #   JSON_OBJECT  non-empty: every request asks for response_format json_object (moe-serve-bench --json-object)
+#   REGEX        non-empty: every request asks for guided_regex REGEX (moe-serve-bench --regex)
 #   BUILD        the build folder with moe-serve-bench (and, unless --build-dir says otherwise, the
 #                cluster's programs) [build]
 #   COMMIT       recorded in the JSON [git rev-parse HEAD, or unknown]
@@ -64,7 +65,7 @@ for point in $SWEEP; do
   echo "== concurrency $c, $n requests of ${INPUT_LEN:-128} + ${OUTPUT_LEN:-128} tokens"
   "$BENCH" --server "$ADDR" --requests "$n" --max-concurrency "$c" --warmup "${WARMUP:-$c}" --rate "${RATE:-inf}" \
     --input-len "${INPUT_LEN:-128}" --output-len "${OUTPUT_LEN:-128}" --range-ratio "${RANGE_RATIO:-0}" \
-    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} \
+    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} \
     --out "$OUT_DIR/serve-c$c.json" || status=1
 done
 exit $status
