@@ -555,9 +555,6 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   EXPECT_EQ(calls[1]["function"]["arguments"], R"({"city": "Rome"})") << "as written, as the stream sends it";
   EXPECT_NE(calls[0]["id"], calls[1]["id"]);
   EXPECT_TRUE(ToolCallsJson(required.completion.tool_choice, R"([{"name": "clock", "param)").is_null()) << "cut short";
-  const json delta = ToolCallsDelta(required.completion.tool_choice, R"([{"name": "clock", "parameters": {}}])");
-  EXPECT_EQ(delta["tool_calls"][0]["index"], 0);
-  EXPECT_EQ(ToolCallsDelta(required.completion.tool_choice, "[{"), json({{"content", "[{"}}));
   const json start = NamedToolCallDelta(named.completion.tool_choice, "{\"ci", true);
   EXPECT_EQ(start["tool_calls"][0]["function"]["name"], "weather");
   EXPECT_EQ(start["tool_calls"][0]["function"]["arguments"], "{\"ci");
@@ -571,7 +568,7 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
 // does not stays text. Without the parser "auto" is refused naming the server flag.
 // "required" streamed: a call's id and name once its name is read, then its parameters' text as
 // written; however the text is split, the entries add up to the whole answer's calls.
-TEST(OpenAiProtocolTest, RequiredCallsStreamAsTheyAreWritten) {
+TEST(OpenAiProtocolTest, ToolCallsStreamAsTheyAreWritten) {
   const std::string text =
       "[{\"name\": \"weather\", \"parameters\": {\"city\": \"Ve\\\"rona\", \"n\": [1, {\"a\": 2}]}},\n"
       " {\"name\": \"cl\\u006fck\", \"parameters\": 5}, {\"name\":\"x\",\"parameters\":\"s,}\"}]";
@@ -583,9 +580,9 @@ TEST(OpenAiProtocolTest, RequiredCallsStreamAsTheyAreWritten) {
   EXPECT_EQ(whole[0]["function"]["arguments"], "{\"city\": \"Ve\\\"rona\", \"n\": [1, {\"a\": 2}]}");
   EXPECT_EQ(whole[1]["function"]["name"], "clock");
   EXPECT_EQ(whole[1]["function"]["arguments"], "5");
-  EXPECT_EQ(whole[2]["function"]["arguments"], "\"s,}\"");
+  EXPECT_EQ(whole[2]["function"]["arguments"], "s,}") << "arguments written as a JSON string: its value";
   for (size_t piece = 1; piece <= 9; ++piece) {
-    RequiredCallsStream stream;
+    ToolCallsStream stream;
     json calls = json::array();
     int deltas = 0;
     for (size_t at = 0; at < text.size(); at += piece) {
@@ -614,6 +611,25 @@ TEST(OpenAiProtocolTest, RequiredCallsStreamAsTheyAreWritten) {
     }
   }
   EXPECT_TRUE(ToolCallsJson(required, text.substr(0, 60)).is_null()) << "cut short";
+  // "auto": Mistral's "arguments", streamed the same way.
+  ToolChoice automatic;
+  automatic.kind = ToolChoice::Kind::kAuto;
+  const std::string mistral = R"([{"name": "f", "arguments": {"a": [1, 2]}}, {"name": "g", "arguments": "{\"b\": 3}"}])";
+  ToolCallsStream stream("arguments");
+  json entries = json::array();
+  for (char c : mistral) {
+    for (const json& e : stream.Feed(std::string(1, c))) entries.push_back(e);
+  }
+  const json calls = ToolCallsJson(automatic, mistral);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0]["function"]["arguments"], R"({"a": [1, 2]})");
+  EXPECT_EQ(calls[1]["function"]["arguments"], R"({"b": 3})");
+  std::string streamed_g;
+  for (const json& e : entries) {
+    if (e["index"] == 1 && !e.contains("id")) streamed_g += e["function"]["arguments"].get<std::string>();
+  }
+  EXPECT_EQ(streamed_g, R"({"b": 3})") << "a string's value, once whole";
+  EXPECT_TRUE(ToolCallsJson(automatic, R"([{"name": "f", "parameters": {}}])").is_null()) << "Mistral's key is arguments";
 }
 
 TEST(OpenAiProtocolTest, AutoToolChoiceReadsMistralsToolCalls) {
@@ -658,7 +674,7 @@ TEST(OpenAiProtocolTest, AutoToolChoiceReadsMistralsToolCalls) {
   EXPECT_TRUE(first["message"]["content"].is_null());
   EXPECT_EQ(first["finish_reason"], "tool_calls");
   EXPECT_EQ(first["message"]["tool_calls"][0]["function"]["name"], "weather");
-  EXPECT_EQ(first["message"]["tool_calls"][0]["function"]["arguments"], R"({"city":"Rome"})");
+  EXPECT_EQ(first["message"]["tool_calls"][0]["function"]["arguments"], R"({"city": "Rome"})") << "as written";
   EXPECT_EQ(answer["choices"][1]["message"]["content"], "Fair Verona");
   EXPECT_FALSE(answer["choices"][1]["message"].contains("tool_calls"));
   EXPECT_EQ(answer["choices"][1]["finish_reason"], "stop");

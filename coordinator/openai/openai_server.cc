@@ -472,14 +472,16 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
-  // A choice answering with tool calls: a named function's arguments, and "required"'s calls, stream
-  // as they come (OpenAI's deltas: a call's id and name first, then arguments text); "auto" whose
-  // first token is [TOOL_CALLS] (free text, which may not read as calls) holds its text back and
-  // sends its calls, read whole, at its end.
+  // A choice answering with tool calls: a named function's arguments, "required"'s calls, and
+  // "auto"'s once its first token is [TOOL_CALLS], stream as they come (OpenAI's deltas: a call's id
+  // and name first, then arguments text). "auto"'s text is free: when it does not read as calls
+  // after all, its last delta carries it as content, and the finish reason is not "tool_calls".
   const bool tool_calls = api == Api::kChat && call.tool_choice.kind != ToolChoice::Kind::kNone;
   const bool named = call.tool_choice.kind == ToolChoice::Kind::kNamed;
   const bool required = api == Api::kChat && call.tool_choice.kind == ToolChoice::Kind::kRequired;
-  std::vector<RequiredCallsStream> required_calls(required ? choices : 0);
+  const bool automatic = api == Api::kChat && call.tool_choice.kind == ToolChoice::Kind::kAuto;
+  std::vector<ToolCallsStream> call_streams(
+      required || automatic ? choices : 0, ToolCallsStream(required ? "parameters" : "arguments"));
   std::vector<std::string> held_text(tool_calls ? choices : 0);
   std::vector<int8_t> holds(tool_calls ? choices : 0, -1);  // -1: not known before its first token
   std::vector<bool> call_started(named ? choices : 0, false);  // a named call's first delta was sent
@@ -517,17 +519,20 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     if (named) {
       chunk["choices"][0]["delta"] = NamedToolCallDelta(call.tool_choice, msg.text(), !call_started[choice]);
       call_started[choice] = true;
-    } else if (required) {
-      nlohmann::json entries = required_calls[choice].Feed(msg.text());
-      if (entries.empty() && msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
-      chunk["choices"][0]["delta"] = entries.empty() ? nlohmann::json::object() : nlohmann::json{{"tool_calls", entries}};
     } else if (tool_calls && holds[choice] == 1) {
       held_text[choice] += msg.text();
-      if (msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
-      chunk["choices"][0]["delta"] = ToolCallsDelta(call.tool_choice, held_text[choice]);
-      if (call.tool_choice.kind == ToolChoice::Kind::kAuto && chunk["choices"][0]["delta"].contains("tool_calls")) {
-        chunk["choices"][0]["finish_reason"] = "tool_calls";
+      nlohmann::json entries = call_streams[choice].Feed(msg.text());
+      const bool last = msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
+      if (entries.empty() && !last) continue;
+      nlohmann::json delta = entries.empty() ? nlohmann::json::object() : nlohmann::json{{"tool_calls", entries}};
+      if (last && automatic) {
+        if (ToolCallsJson(call.tool_choice, held_text[choice]).is_null()) {
+          delta["content"] = held_text[choice];  // not calls after all: the text, as "auto" answers it whole
+        } else {
+          chunk["choices"][0]["finish_reason"] = "tool_calls";
+        }
       }
+      chunk["choices"][0]["delta"] = std::move(delta);
     }
     if (!client_gone && !SendEvent(conn, chunk.dump())) client_gone = true;
     if (client_gone) cancel_all();  // the coordinator cancels the sequences and frees their KV blocks

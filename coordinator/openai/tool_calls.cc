@@ -131,27 +131,22 @@ nlohmann::json ToolCallsJson(const ToolChoice& choice, const std::string& text) 
     return calls;
   }
   if (choice.kind == ToolChoice::Kind::kNone || !value.is_array()) return nullptr;
-  if (choice.kind == ToolChoice::Kind::kRequired) {
-    // Our schema's {"name", "parameters"}: read as the stream reads it, so that the whole answer's
-    // arguments are the streamed ones (the parameters' text as written).
-    RequiredCallsStream stream;
-    const nlohmann::json entries = stream.Feed(text);
-    if (stream.calls() != static_cast<int>(value.size()) || stream.complete_calls() != stream.calls()) return nullptr;
-    for (const nlohmann::json& e : entries) {
-      if (e.contains("id")) {
-        calls.push_back({{"id", e["id"]}, {"type", "function"}, {"function", e["function"]}});
-      } else {
-        calls[e["index"].get<size_t>()]["function"]["arguments"] =
-            calls[e["index"].get<size_t>()]["function"]["arguments"].get<std::string>() + e["function"]["arguments"].get<std::string>();
-      }
-    }
-    return calls;
-  }
-  // "auto": Mistral's {"name", "arguments"}.
+  // "required": our schema's {"name", "parameters"}; "auto": Mistral's {"name", "arguments"}. Read as
+  // the stream reads them, so that the whole answer's arguments are the streamed ones (as written).
+  const std::string key = choice.kind == ToolChoice::Kind::kRequired ? "parameters" : "arguments";
   for (const ordered& c : value) {
-    if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains("arguments")) return nullptr;
-    const ordered& a = c["arguments"];
-    calls.push_back(Call(c["name"].get<std::string>(), a.is_string() ? a.get<std::string>() : a.dump()));
+    if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains(key)) return nullptr;
+  }
+  ToolCallsStream stream(key);
+  const nlohmann::json entries = stream.Feed(text);
+  if (stream.calls() != static_cast<int>(value.size()) || stream.complete_calls() != stream.calls()) return nullptr;
+  for (const nlohmann::json& e : entries) {
+    if (e.contains("id")) {
+      calls.push_back({{"id", e["id"]}, {"type", "function"}, {"function", e["function"]}});
+    } else {
+      nlohmann::json& args = calls[e["index"].get<size_t>()]["function"]["arguments"];
+      args = args.get<std::string>() + e["function"]["arguments"].get<std::string>();
+    }
   }
   return calls;
 }
@@ -190,22 +185,18 @@ nlohmann::json NamedToolCallDelta(const ToolChoice& choice, const std::string& t
   return {{"tool_calls", {call}}};
 }
 
-nlohmann::json ToolCallsDelta(const ToolChoice& choice, const std::string& text) {
-  nlohmann::json calls = ToolCallsJson(choice, text);
-  if (calls.is_null()) return {{"content", text}};
-  for (size_t i = 0; i < calls.size(); ++i) calls[i]["index"] = i;
-  return {{"tool_calls", calls}};
-}
-
-nlohmann::json RequiredCallsStream::Feed(std::string_view text) {
+nlohmann::json ToolCallsStream::Feed(std::string_view text) {
   out_ = nlohmann::json::array();
   for (char c : text) Step(c);
-  if (part_ == Part::kArguments && !arguments_.empty()) Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
-  arguments_.clear();
+  // What arrived of a call's arguments goes out now; a JSON string's only once whole (its value).
+  if (part_ == Part::kArguments && !arguments_.empty() && arguments_kind_ != Value::kString) {
+    Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
+    arguments_.clear();
+  }
   return std::move(out_);
 }
 
-void RequiredCallsStream::Emit(nlohmann::json entry) {
+void ToolCallsStream::Emit(nlohmann::json entry) {
   // Pieces of the call the last entry holds join it: its arguments grow.
   if (!out_.empty() && out_.back()["index"] == entry["index"] && !entry.contains("id")) {
     nlohmann::json& args = out_.back()["function"]["arguments"];
@@ -215,14 +206,18 @@ void RequiredCallsStream::Emit(nlohmann::json entry) {
   out_.push_back(std::move(entry));
 }
 
-void RequiredCallsStream::EndArguments() {
+void ToolCallsStream::EndArguments() {
+  if (arguments_kind_ == Value::kString) {  // arguments written as a JSON string: its value
+    const nlohmann::json s = nlohmann::json::parse(arguments_, nullptr, /*allow_exceptions=*/false);
+    arguments_ = s.is_string() ? s.get<std::string>() : arguments_;
+  }
   if (!arguments_.empty()) Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
   arguments_.clear();
   ++complete_;
   part_ = Part::kOther;
 }
 
-void RequiredCallsStream::Step(char c) {
+void ToolCallsStream::Step(char c) {
   const bool was_in_string = in_string_;
   const int depth_before = depth_;
   if (in_string_) {
@@ -287,7 +282,7 @@ void RequiredCallsStream::Step(char c) {
     part_ = Part::kName;
     token_ = "\"";
   } else if (c == ':') {
-    part_ = key_ == "parameters" ? Part::kArguments : Part::kExpectValue;
+    part_ = key_ == arguments_key_ ? Part::kArguments : Part::kExpectValue;
     arguments_started_ = false;
   } else if (c == ',') {
     part_ = Part::kExpectKey;

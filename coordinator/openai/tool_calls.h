@@ -57,16 +57,16 @@ bool AnswersWithCalls(const ToolChoice& choice, int32_t first_token);
 // where it reads as such. first_tokens[i]: choice i's first generated token (-1: none).
 void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer, const std::vector<int32_t>& first_tokens);
 
-// A streamed choice's last delta: its tool calls, each with its "index", or, when the text does not
-// read as calls, the text as content.
-nlohmann::json ToolCallsDelta(const ToolChoice& choice, const std::string& text);
-
-// tool_choice "required" streamed: reads the constrained text ([{"name": N, "parameters": P}, ...])
-// as it arrives and gives OpenAI's tool_calls delta entries: a call's "index", "id", "type" and
-// name once its name is read, then the text of its parameters, as written, as "arguments" while it
-// comes. A JSON lexer over the bytes, so text may be split anywhere.
-class RequiredCallsStream {
+// A list of calls streamed ("required"'s [{"name": N, "parameters": P}, ...], constrained; "auto"'s
+// Mistral [{"name": N, "arguments": A}, ...] after [TOOL_CALLS]): reads the text as it arrives and
+// gives OpenAI's tool_calls delta entries: a call's "index", "id", "type" and name once its name is
+// read, then the text of its arguments, as written, while it comes (arguments written as a JSON
+// string: its decoded value, once whole). A JSON lexer over the bytes, so text may be split anywhere.
+class ToolCallsStream {
  public:
+  // `arguments_key`: "parameters" ("required"), "arguments" ("auto").
+  explicit ToolCallsStream(std::string arguments_key = "parameters") : arguments_key_(std::move(arguments_key)) {}
+
   // The entries the text adds (an array, maybe empty); pieces of one call within it are merged.
   nlohmann::json Feed(std::string_view text);
   int calls() const { return index_ + 1; }        // calls begun
@@ -89,6 +89,7 @@ class RequiredCallsStream {
   std::string arguments_;  // read and not yet given
   int complete_ = 0;
   nlohmann::json out_;
+  std::string arguments_key_;
 };
 
 // A named function's streamed delta: {"tool_calls": [{"index": 0, "function": {"arguments": text}}]},
