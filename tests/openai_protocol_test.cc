@@ -630,6 +630,17 @@ TEST(OpenAiProtocolTest, ToolCallsStreamAsTheyAreWritten) {
   }
   EXPECT_EQ(streamed_g, R"({"b": 3})") << "a string's value, once whole";
   EXPECT_TRUE(ToolCallsJson(automatic, R"([{"name": "f", "parameters": {}}])").is_null()) << "Mistral's key is arguments";
+  // Free text may write the arguments before the name: they follow the name's entry.
+  const json reordered = ToolCallsJson(automatic, R"([{"arguments": {"x": 1}, "name": "h"}])");
+  ASSERT_EQ(reordered.size(), 1u) << reordered.dump();
+  EXPECT_EQ(reordered[0]["function"]["name"], "h");
+  EXPECT_EQ(reordered[0]["function"]["arguments"], R"({"x": 1})");
+  ToolCallsStream early("arguments");
+  const json first = early.Feed(R"([{"arguments": {"x": 1}, )");
+  EXPECT_TRUE(first.empty()) << first.dump();
+  const json named_entries = early.Feed(R"("name": "h"}])");
+  ASSERT_EQ(named_entries.size(), 1u);
+  EXPECT_EQ(named_entries[0]["function"]["arguments"], R"({"x": 1})");
 }
 
 TEST(OpenAiProtocolTest, AutoToolChoiceReadsMistralsToolCalls) {

@@ -143,6 +143,8 @@ nlohmann::json ToolCallsJson(const ToolChoice& choice, const std::string& text) 
   for (const nlohmann::json& e : entries) {
     if (e.contains("id")) {
       calls.push_back({{"id", e["id"]}, {"type", "function"}, {"function", e["function"]}});
+    } else if (e["index"].get<size_t>() >= calls.size()) {
+      return nullptr;  // arguments of a call without a name
     } else {
       nlohmann::json& args = calls[e["index"].get<size_t>()]["function"]["arguments"];
       args = args.get<std::string>() + e["function"]["arguments"].get<std::string>();
@@ -189,11 +191,17 @@ nlohmann::json ToolCallsStream::Feed(std::string_view text) {
   out_ = nlohmann::json::array();
   for (char c : text) Step(c);
   // What arrived of a call's arguments goes out now; a JSON string's only once whole (its value).
-  if (part_ == Part::kArguments && !arguments_.empty() && arguments_kind_ != Value::kString) {
-    Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
-    arguments_.clear();
-  }
+  if (part_ == Part::kArguments && arguments_kind_ != Value::kString) EmitArguments();
   return std::move(out_);
+}
+
+void ToolCallsStream::EmitArguments() {
+  if (!named_) {  // arguments before the name (free text may put them first): held until it comes
+    held_arguments_ += arguments_;
+  } else if (!arguments_.empty()) {
+    Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
+  }
+  arguments_.clear();
 }
 
 void ToolCallsStream::Emit(nlohmann::json entry) {
@@ -211,8 +219,7 @@ void ToolCallsStream::EndArguments() {
     const nlohmann::json s = nlohmann::json::parse(arguments_, nullptr, /*allow_exceptions=*/false);
     arguments_ = s.is_string() ? s.get<std::string>() : arguments_;
   }
-  if (!arguments_.empty()) Emit({{"index", index_}, {"function", {{"arguments", arguments_}}}});
-  arguments_.clear();
+  EmitArguments();
   ++complete_;
   part_ = Part::kOther;
 }
@@ -262,7 +269,9 @@ void ToolCallsStream::Step(char c) {
       part_ = Part::kOther;
     } else {
       Emit({{"index", index_}, {"id", NewToolCallId()}, {"type", "function"},
-            {"function", {{"name", value}, {"arguments", ""}}}});
+            {"function", {{"name", value}, {"arguments", held_arguments_}}}});
+      held_arguments_.clear();
+      named_ = true;
       part_ = Part::kOther;
     }
     return;
@@ -271,6 +280,8 @@ void ToolCallsStream::Step(char c) {
   if (c == '{' && depth_before == 1) {  // a call begins
     ++index_;
     key_.clear();
+    named_ = false;
+    held_arguments_.clear();
     part_ = Part::kExpectKey;
     return;
   }

@@ -76,6 +76,7 @@ class ToolCallsStream {
   enum class Part : uint8_t { kOther, kExpectKey, kKey, kExpectValue, kName, kArguments };
   void Step(char c);
   void Emit(nlohmann::json entry);
+  void EmitArguments();  // arguments_ out (or held, before the call's name)
   void EndArguments();
 
   int depth_ = 0;  // brackets open outside strings
@@ -87,6 +88,8 @@ class ToolCallsStream {
   Value arguments_kind_ = Value::kScalar;
   bool arguments_started_ = false;
   std::string arguments_;  // read and not yet given
+  bool named_ = false;           // the current call's name went out
+  std::string held_arguments_;   // its arguments read before its name
   int complete_ = 0;
   nlohmann::json out_;
   std::string arguments_key_;
