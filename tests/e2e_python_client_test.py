@@ -204,6 +204,17 @@ class PythonClientEndToEnd(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         out = json.loads(r.stdout.strip().splitlines()[-1])
         self.assertIsNotNone(re.fullmatch(regex, out["text"]), out["text"])
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "20", "--temperature", "0",
+                            "--choice", "yes", "--choice", "no way", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(json.loads(r.stdout.strip().splitlines()[-1])["text"], ("yes", "no way"))
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "200", "--temperature", "0",
+                            "--json-schema", '{"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, '
+                            '"minItems": 2, "maxItems": 5}',
+                            "--compact-json", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        text = json.loads(r.stdout.strip().splitlines()[-1])["text"]
+        self.assertEqual(text, json.dumps(json.loads(text), separators=(",", ":")), "no whitespace between tokens")
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--regex", "a(?=b)")
         self.assertEqual(r.returncode, 1)
         self.assertIn("sampling.response_format.regex", r.stderr)

@@ -46,6 +46,8 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--json-object", {false, {"generate"}}},
       {"--json-schema", {true, {"generate"}}},
       {"--regex", {true, {"generate"}}},
+      {"--choice", {true, {"generate"}}},
+      {"--compact-json", {false, {"generate"}}},
       {"--request-id", {true, {"generate"}}},
       {"--context", {true, {"score"}}},
       {"--context-ids", {true, {"score"}}},
@@ -167,6 +169,11 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
   } else if (flag == "--json-schema") {  // the schema's JSON text (the coordinator checks it)
     s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_JSON_SCHEMA);
     s->mutable_response_format()->set_json_schema(v);
+  } else if (flag == "--choice") {  // repeated: the output is exactly one of them
+    s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_CHOICE);
+    s->mutable_response_format()->add_choices(v);
+  } else if (flag == "--compact-json") {  // no whitespace between the JSON's tokens
+    s->mutable_response_format()->set_compact(true);
   } else if (flag == "--regex") {  // the whole output matches it (the coordinator checks it)
     s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_REGEX);
     s->mutable_response_format()->set_regex(v);
@@ -265,7 +272,7 @@ commands:
            [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
            [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
            [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--json-schema JSON] [--regex RE]
-           [--request-id ID]
+           [--choice TEXT]... [--compact-json] [--request-id ID]
            [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
       (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;
