@@ -130,6 +130,25 @@ std::variant<std::string, HttpError> SchemaText(const std::string& body_text, Sc
   return f["json_schema"]["schema"].dump();
 }
 
+// vLLM's choice (guided_choice, structured_outputs.choice): the output is exactly one of the texts.
+std::optional<HttpError> SetChoices(const json& choices, const std::string& param, v1::ResponseFormat& f) {
+  if (!choices.is_array() || choices.empty() ||
+      !std::all_of(choices.begin(), choices.end(), [](const json& c) { return c.is_string(); })) {
+    return BadParam(param, "expected a non-empty array of strings");
+  }
+  f.set_type(v1::ResponseFormat::TYPE_CHOICE);
+  for (const json& c : choices) f.add_choices(c.get<std::string>());
+  return std::nullopt;
+}
+
+// vLLM's regex (guided_regex, structured_outputs.regex): the whole output matches it.
+std::optional<HttpError> SetRegex(const json& regex, const std::string& param, v1::ResponseFormat& f) {
+  if (!regex.is_string() || regex.get<std::string>().empty()) return BadParam(param, "expected a non-empty string");
+  f.set_type(v1::ResponseFormat::TYPE_REGEX);
+  f.set_regex(regex.get<std::string>());
+  return std::nullopt;
+}
+
 // vLLM's disable_additional_properties: every object schema that does not say otherwise takes only
 // its listed properties (none when it lists none).
 void CloseObjects(nlohmann::ordered_json& schema) {
@@ -201,19 +220,9 @@ std::optional<HttpError> StructuredOutputs(const json& body, const std::string& 
     f.set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
     f.set_json_schema(text);
   } else if (so.contains("regex") && !so["regex"].is_null()) {
-    if (!so["regex"].is_string() || so["regex"].get<std::string>().empty()) {
-      return BadParam("structured_outputs.regex", "expected a non-empty string");
-    }
-    f.set_type(v1::ResponseFormat::TYPE_REGEX);
-    f.set_regex(so["regex"].get<std::string>());
+    return SetRegex(so["regex"], "structured_outputs.regex", f);
   } else if (so.contains("choice") && !so["choice"].is_null()) {
-    const json& choices = so["choice"];
-    if (!choices.is_array() || choices.empty() ||
-        !std::all_of(choices.begin(), choices.end(), [](const json& c) { return c.is_string(); })) {
-      return BadParam("structured_outputs.choice", "expected a non-empty array of strings");
-    }
-    f.set_type(v1::ResponseFormat::TYPE_CHOICE);
-    for (const json& c : choices) f.add_choices(c.get<std::string>());
+    return SetChoices(so["choice"], "structured_outputs.choice", f);
   } else {
     f.set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
   }
@@ -294,16 +303,11 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     }
   }
   if (body.contains("guided_choice") && !body["guided_choice"].is_null()) {  // vLLM's: one of these texts
-    const json& choices = body["guided_choice"];
-    if (!choices.is_array() || choices.empty() ||
-        !std::all_of(choices.begin(), choices.end(), [](const json& c) { return c.is_string(); })) {
-      return BadParam("guided_choice", "expected a non-empty array of strings");
-    }
-    if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT || body.contains("guided_json")) {
-      return BadParam("guided_choice", "cannot be combined with a JSON response_format or guided_json");
-    }
-    s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_CHOICE);
-    for (const json& c : choices) s.mutable_response_format()->add_choices(c.get<std::string>());
+    const bool combined = s.response_format().type() != v1::ResponseFormat::TYPE_TEXT || body.contains("guided_json");
+    v1::ResponseFormat choice;
+    if (std::optional<HttpError> e = SetChoices(body["guided_choice"], "guided_choice", choice)) return e;
+    if (combined) return BadParam("guided_choice", "cannot be combined with a JSON response_format or guided_json");
+    *s.mutable_response_format() = std::move(choice);
   }
   if (body.contains("guided_json") && !body["guided_json"].is_null()) {  // vLLM's name for the same
     if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
@@ -315,13 +319,13 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
   }
   if (body.contains("guided_regex") && !body["guided_regex"].is_null()) {  // vLLM's: the whole output matches
-    const json& regex = body["guided_regex"];
-    if (!regex.is_string() || regex.get<std::string>().empty()) return BadParam("guided_regex", "expected a non-empty string");
-    if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
+    const bool combined = s.response_format().type() != v1::ResponseFormat::TYPE_TEXT;
+    v1::ResponseFormat regex;
+    if (std::optional<HttpError> e = SetRegex(body["guided_regex"], "guided_regex", regex)) return e;
+    if (combined) {
       return BadParam("guided_regex", "cannot be combined with a JSON response_format, guided_json or guided_choice");
     }
-    s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_REGEX);
-    s.mutable_response_format()->set_regex(regex.get<std::string>());
+    *s.mutable_response_format() = std::move(regex);
   }
   if (std::optional<HttpError> e = StructuredOutputs(body, body_text, s)) return e;
   bool ignore_eos = false;

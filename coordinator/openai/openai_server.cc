@@ -1,9 +1,9 @@
 #include "coordinator/openai/openai_server.h"
 
-#include <cstdio>
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <ctime>
 #include <deque>
 #include <string>
@@ -482,7 +482,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const bool automatic = api == Api::kChat && call.tool_choice.kind == ToolChoice::Kind::kAuto;
   std::vector<ToolCallsStream> call_streams(
       required || automatic ? choices : 0, ToolCallsStream(required ? "parameters" : "arguments"));
-  std::vector<std::string> held_text(tool_calls ? choices : 0);
+  std::vector<std::string> held_text(automatic ? choices : 0);  // "auto": read whole once it ends
   std::vector<int8_t> holds(tool_calls ? choices : 0, -1);  // -1: not known before its first token
   std::vector<bool> call_started(named ? choices : 0, false);  // a named call's first delta was sent
   bool client_gone = false;
@@ -520,7 +520,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       chunk["choices"][0]["delta"] = NamedToolCallDelta(call.tool_choice, msg.text(), !call_started[choice]);
       call_started[choice] = true;
     } else if (tool_calls && holds[choice] == 1) {
-      held_text[choice] += msg.text();
+      if (automatic) held_text[choice] += msg.text();
       nlohmann::json entries = call_streams[choice].Feed(msg.text());
       const bool last = msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
       if (entries.empty() && !last) continue;

@@ -17,9 +17,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <vector>
-
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 

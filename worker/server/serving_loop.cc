@@ -138,29 +138,18 @@ absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const m
     key = "\x03" + key;  // the same schema without whitespace is another grammar
   }
   if (auto it = json_masks_.find(key); it != json_masks_.end()) return it->second;
-  std::shared_ptr<const JsonSchema> schema;
-  if (a.json_object()) {
-    schema = std::make_shared<const JsonSchema>(JsonSchema::AnyObject());
-  } else if (a.choices_size() > 0) {
-    absl::StatusOr<JsonSchema> choice = JsonSchema::Choice({a.choices().begin(), a.choices().end()});
-    if (!choice.ok()) return choice.status();
-    schema = std::make_shared<const JsonSchema>(*std::move(choice));
-  } else if (!a.regex().empty()) {
-    absl::StatusOr<JsonSchema> regex = JsonSchema::Regex(a.regex());
-    if (!regex.ok()) return regex.status();
-    schema = std::make_shared<const JsonSchema>(*std::move(regex));
-  } else {
-    absl::StatusOr<JsonSchema> compiled = JsonSchema::CompileText(a.json_schema());
-    if (!compiled.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", compiled.status().message()));
-    schema = std::make_shared<const JsonSchema>(*std::move(compiled));
+  // (Choice's and Regex's errors name their field already.)
+  absl::StatusOr<JsonSchema> schema = a.json_object()        ? absl::StatusOr<JsonSchema>(JsonSchema::AnyObject())
+                                      : a.choices_size() > 0 ? JsonSchema::Choice({a.choices().begin(), a.choices().end()})
+                                      : !a.regex().empty()   ? JsonSchema::Regex(a.regex())
+                                                             : JsonSchema::CompileText(a.json_schema());
+  if (!schema.ok()) {
+    if (a.choices_size() > 0 || !a.regex().empty()) return schema.status();
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", schema.status().message()));
   }
-  if (a.compact_json()) {
-    JsonSchema compact = *schema;
-    compact.set_compact(true);
-    schema = std::make_shared<const JsonSchema>(std::move(compact));
-  }
+  schema->set_compact(a.compact_json());
   if (json_masks_.size() >= kMaxSchemas) json_masks_.clear();
-  auto masks = std::make_shared<JsonMaskCache>(opts_.vocabulary, std::move(schema));
+  auto masks = std::make_shared<JsonMaskCache>(opts_.vocabulary, std::make_shared<const JsonSchema>(*std::move(schema)));
   json_masks_[key] = masks;
   return masks;
 }
