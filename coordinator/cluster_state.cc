@@ -77,15 +77,18 @@ void ClusterState::UpdateServingLocked() {
 void ClusterState::PublishLocked() {
   stats_.SetQueue(scheduler_.waiting(), scheduler_.running());
   int64_t used = 0, total = 0, queried = 0, hits = 0;
+  uint64_t preemptions = 0;
   for (const RankRecord& r : ranks_) {
     if (!r.loaded) continue;
     used += r.kv_blocks_used;
     total += r.kv_blocks_total;
     queried += r.prefix_cache_queried_tokens;
     hits += r.prefix_cache_hit_tokens;
+    preemptions += r.preemptions;
   }
   stats_.SetKvCacheUsage(total > 0 ? static_cast<double>(used) / static_cast<double>(total) : 0.0);
   stats_.SetPrefixCache(queried, hits);
+  stats_.SetPreemptions(preemptions);
 }
 
 absl::Status ClusterState::CheckModelDir(const std::string& worker_dir) const {
@@ -249,6 +252,7 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       r.prefix_cache_queried_tokens = s.prefix_cache_queried_tokens();
       r.prefix_cache_hit_tokens = s.prefix_cache_hit_tokens();
       r.kv_blocks_cached = s.kv_blocks_cached();
+      r.preemptions = s.preemptions();
       if (s.kv_blocks_total() > 0) r.kv_blocks_total = s.kv_blocks_total();
       r.steps = s.steps();
       if (!s.load_stats_json().empty()) r.load_stats_json = s.load_stats_json();
@@ -440,7 +444,7 @@ ClusterSnapshot ClusterState::Snapshot() const {
   for (int rank = 0; rank < world_size(); ++rank) {
     const RankRecord& r = ranks_[rank];
     s.ranks.push_back({rank, r.running_sequences, r.kv_blocks_used, r.kv_blocks_total, r.prefix_cache_queried_tokens,
-                       r.prefix_cache_hit_tokens, r.kv_blocks_cached});
+                       r.prefix_cache_hit_tokens, r.kv_blocks_cached, r.preemptions});
     if (r.loaded) {
       used += r.kv_blocks_used;
       total += r.kv_blocks_total;

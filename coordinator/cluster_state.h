@@ -66,6 +66,7 @@ struct RankStatsView {
   int64_t prefix_cache_queried_tokens = 0;
   int64_t prefix_cache_hit_tokens = 0;
   int64_t kv_blocks_cached = 0;
+  uint64_t preemptions = 0;
 };
 
 struct ClusterSnapshot {
@@ -144,6 +145,7 @@ class ClusterState {
     int64_t prefix_cache_queried_tokens = 0;
     int64_t prefix_cache_hit_tokens = 0;
     int64_t kv_blocks_cached = 0;
+    uint64_t preemptions = 0;
     bool prefix_caching = false;
     int64_t kv_block_size = 0;  // 0: not reported (then its evictions are not matched to prefix keys)
     uint64_t steps = 0;

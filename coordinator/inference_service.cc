@@ -395,6 +395,7 @@ grpc::Status InferenceService::GetStats(grpc::ServerContext*, const v1::GetStats
     rs->set_prefix_cache_queried_tokens(r.prefix_cache_queried_tokens);
     rs->set_prefix_cache_hit_tokens(r.prefix_cache_hit_tokens);
     rs->set_kv_blocks_cached(r.kv_blocks_cached);
+    rs->set_preemptions(r.preemptions);
   }
   FillLayers(c.load_stats_json, response);
   response->set_engine_steps(c.engine_steps);

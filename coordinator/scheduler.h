@@ -2,7 +2,7 @@
 //
 // Sequences enter a bounded FIFO; Dispatch() moves them, in arrival order, to ranks that have a
 // free slot (at most max_running_per_rank each), choosing the rank with the least reserved KV
-// positions (prompt + max_tokens of every sequence it runs, the worst case the worker reserves),
+// positions (prompt + max_tokens of every sequence it runs: their worst case, a load measure),
 // ties to the rank running fewer sequences, then to the lower rank. Finish() frees the slot and the
 // next Dispatch() refills it. Pure bookkeeping: no threads, no I/O; the caller serialises access.
 //
@@ -45,7 +45,7 @@ void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> toke
 
 struct SequenceDemand {
   uint64_t seq_id = 0;
-  int64_t reserve_positions = 0;    // KV positions the worker reserves: prompt + max_tokens
+  int64_t reserve_positions = 0;    // its worst-case KV positions: prompt + max_tokens
   std::vector<uint64_t> prefix_keys = {};  // PrefixKeys of its prompt (generation; empty for scoring)
 };
 

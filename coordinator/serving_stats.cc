@@ -81,6 +81,11 @@ ServingStats::ServingStats()
                       .Help("Prompt tokens found in the ranks' prefix caches (not computed again) since they started")
                       .Register(r)
                       .Add({});
+  preemptions_ = &prometheus::BuildGauge()
+                     .Name("moe_num_preemptions")
+                     .Help("Sequences the ranks preempted for KV cache room (computed again later) since they started")
+                     .Register(r)
+                     .Add({});
   prompt_tokens_ = &prometheus::BuildCounter()
                         .Name("moe_prompt_tokens_total")
                         .Help("Prompt tokens of admitted requests (generation and scoring)")
@@ -146,6 +151,8 @@ void ServingStats::SetQueue(int64_t waiting, int64_t running) {
 }
 
 void ServingStats::SetKvCacheUsage(double ratio) { kv_usage_->Set(ratio); }
+
+void ServingStats::SetPreemptions(uint64_t n) { preemptions_->Set(static_cast<double>(n)); }
 
 void ServingStats::SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens) {
   prefix_queried_->Set(static_cast<double>(queried_tokens));

@@ -51,6 +51,8 @@ class ServingStats {
   void SetKvCacheUsage(double ratio);
   // Prompt tokens the ranks looked up in their prefix caches and found, since they started.
   void SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens);
+  // Sequences the ranks preempted for KV room since they started.
+  void SetPreemptions(uint64_t n);
 
   ServingSnapshot Snapshot(Clock::time_point now);
 
@@ -64,6 +66,7 @@ class ServingStats {
   prometheus::Gauge* kv_usage_;
   prometheus::Gauge* prefix_queried_;
   prometheus::Gauge* prefix_hits_;
+  prometheus::Gauge* preemptions_;
   prometheus::Counter* prompt_tokens_;
   prometheus::Counter* generation_tokens_;
   prometheus::Family<prometheus::Counter>* success_;

@@ -1,10 +1,17 @@
-// End-to-end prefix caching: a real moe-coordinator and `mpirun -np 2 moe-worker
-// --enable-prefix-caching` on the default model. Prompts are a sample's prompt followed by the
-// start of transformers' greedy continuation (samples.json), so each must continue with the next
-// tokens of that continuation: a first turn sent three times, then the conversation's next turn
-// (the first turn's prompt and answer, and more), alone and six times at once. Every rank caches,
-// so the coordinator places by prefix: everything goes to the rank that served the first turn,
-// and the ranks' counters show exactly which prompt tokens came from cached blocks.
+// End-to-end KV cache management on the default model, with a real moe-coordinator and mpirun'd
+// moe-workers.
+//
+// Prefix caching: `mpirun -np 2 moe-worker --enable-prefix-caching`. Prompts are a sample's prompt
+// followed by the start of transformers' greedy continuation (samples.json), so each must continue
+// with the next tokens of that continuation: a first turn sent three times, then the
+// conversation's next turn (the first turn's prompt and answer, and more), alone and six times at
+// once. Every rank caches, so the coordinator places by prefix: everything goes to the rank that
+// served the first turn, and the ranks' counters show exactly which prompt tokens came from
+// cached blocks.
+//
+// Preemption: one rank whose KV cache holds 8 blocks runs 9 streams that need 4 blocks each at
+// worst. Admitted on demand, they outgrow the cache, the newest are preempted and computed again,
+// and every stream still gets transformers' greedy tokens.
 #include <chrono>
 #include <memory>
 #include <string>
@@ -125,6 +132,59 @@ TEST(E2ePrefixCache, ATurnAndItsContinuationAreServedFromOneRanksCacheWithTransf
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_EQ(MetricSum(*metrics, "moe_prefix_cache_queried_tokens"), ranks[0].queried);
   EXPECT_EQ(MetricSum(*metrics, "moe_prefix_cache_hit_tokens"), ranks[0].hits);
+
+  const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
+  EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
+  EXPECT_EQ(st.mpirun, 0) << cluster.LogTail();
+}
+
+TEST(E2eKvPreemption, StreamsThatOutgrowTheCacheArePreemptedAndStillGetTransformersTokens) {
+  testing_ref::SetMpiTestEnvironment();
+  absl::StatusOr<json> samples = ReadJsonFile(testing_ref::kDefaultModelDir + "/samples.json");
+  ASSERT_TRUE(samples.ok()) << samples.status();
+  const json& greedy_samples = (*samples)["greedy_samples"];
+  ASSERT_EQ(greedy_samples.size(), 3u);
+  constexpr int kStreams = 9;
+  constexpr uint32_t kTokens = 48;  // prompts of 2, 4 and 9 tokens: 4 blocks of 16 each at worst
+
+  Cluster cluster(ClusterOptions{1, testing_ref::kDefaultModelDir, {}, {"--kv-tokens", "128"}});
+  const absl::Status started = cluster.Start(Seconds(90));
+  ASSERT_TRUE(started.ok()) << started;
+
+  std::vector<StreamOutcome> outcomes(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      auto s = moe::v1::Inference::NewStub(
+          grpc::CreateChannel(cluster.public_address(), grpc::InsecureChannelCredentials()));
+      const std::vector<int32_t> prompt = greedy_samples[i % 3]["prompt_ids"].get<std::vector<int32_t>>();
+      outcomes[i] = RunGenerate(*s, GreedyTokenRequest(prompt, kTokens), 120);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status << cluster.LogTail();
+    EXPECT_EQ(outcomes[i].result.token_ids, greedy_samples[i % 3]["greedy_ids"].get<std::vector<int32_t>>())
+        << "stream " << i;
+  }
+
+  // The rank reports its preemptions with its heartbeats, which may trail the streams' ends.
+  auto stub = moe::v1::Inference::NewStub(cluster.channel());
+  uint64_t preemptions = 0;
+  for (int attempt = 0; attempt < 100 && preemptions == 0; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(10));
+    moe::v1::Stats s;
+    ASSERT_TRUE(stub->GetStats(&ctx, moe::v1::GetStatsRequest(), &s).ok());
+    ASSERT_EQ(s.ranks_size(), 1);
+    EXPECT_EQ(s.ranks(0).kv_blocks_total(), 8);
+    preemptions = s.ranks(0).preemptions();
+  }
+  EXPECT_GT(preemptions, 0u) << "9 streams of up to 4 blocks each in 8 blocks";
+  absl::StatusOr<std::string> metrics = HttpGet(cluster.ports().metrics_port, "/metrics", Seconds(10));
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(MetricSum(*metrics, "moe_num_preemptions"), static_cast<double>(preemptions));
 
   const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
   EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();

@@ -25,6 +25,13 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   f = ParseWorkerFlags({"--coordinator=h:1", "--enable-prefix-caching"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_TRUE(f->enable_prefix_caching);
+  EXPECT_EQ(f->kv_admission, KvAdmission::kOnDemand);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--kv-admission", "reserve"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->kv_admission, KvAdmission::kReserve);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--kv-admission=on-demand"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->kv_admission, KvAdmission::kOnDemand);
   f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--synthetic-weights", "0"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->synthetic_seed, 0u);
@@ -51,6 +58,7 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--device", "gpu"}, "--coordinator: required"},
            {{"--coordinator", "h:1", "--synthetic-weights", "1"}, "--synthetic-weights: needs --device gpu"},
            {{"--coordinator", "h:1", "--enable-prefix-caching=yes"}, "--enable-prefix-caching: takes no value"},
+           {{"--coordinator", "h:1", "--kv-admission", "lazy"}, "--kv-admission: expected on-demand or reserve, got 'lazy'"},
            {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights", "-1"},
             "--synthetic-weights: expected a non-negative integer seed, got '-1'"},
            {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights="},

@@ -148,13 +148,13 @@ void Forget(BatchPlanner& p, KvBlockAllocator& kv, uint64_t id) {
   kv.FreeSequence(static_cast<int64_t>(id));
 }
 
-TEST(BatchPlannerTest, AdmitsInOrderWhileTheWorstCaseFits) {
+TEST(BatchPlannerTest, ReserveAdmitsInOrderWhileTheWorstCaseFits) {
   KvBlockAllocator kv(/*block_size=*/16, /*num_blocks=*/8);
-  BatchPlanner p(kv);
-  p.Enqueue(1, 88);  // 6 blocks
-  p.Enqueue(2, 29);  // 2 blocks
-  p.Enqueue(3, 41);  // 3 blocks: must wait
-  p.Enqueue(4, 1);   // 1 block: fits, but does not overtake 3
+  BatchPlanner p(kv, KvAdmission::kReserve);
+  p.Enqueue(1, 88, 64);  // 6 blocks
+  p.Enqueue(2, 29, 5);   // 2 blocks
+  p.Enqueue(3, 41, 17);  // 3 blocks: must wait
+  p.Enqueue(4, 1, 1);    // 1 block: fits, but does not overtake 3
   EXPECT_EQ(AdmitAll(p, kv), (std::vector<uint64_t>{1, 2}));
   EXPECT_EQ(p.committed_blocks(), 8);
   EXPECT_EQ(p.num_waiting(), 2u);
@@ -180,20 +180,20 @@ TEST(BatchPlannerTest, AdmitsInOrderWhileTheWorstCaseFits) {
 TEST(BatchPlannerTest, BlocksSharedThroughThePrefixCacheCountOnce) {
   KvBlockAllocator kv(/*block_size=*/4, /*num_blocks=*/10);
   kv.EnablePrefixCache();
-  BatchPlanner p(kv);
+  BatchPlanner p(kv, KvAdmission::kReserve);
   std::vector<int32_t> shared(13);  // 3 whole blocks attachable (the last token is computed)
   for (size_t i = 0; i < shared.size(); ++i) shared[i] = static_cast<int32_t>(100 + i);
   const std::vector<int32_t> other = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
   const std::map<uint64_t, std::vector<int32_t>> prompts = {{1, shared}, {2, shared}, {3, shared}, {4, other}, {5, other}};
   const int64_t worst = 16;  // 13 + 3 generated: 4 blocks each
 
-  p.Enqueue(1, worst);
+  p.Enqueue(1, worst, 13);
   EXPECT_EQ(AdmitAll(p, kv, prompts), (std::vector<uint64_t>{1}));
   ASSERT_TRUE(kv.Reserve(1, 13).ok());  // its prompt is computed: 3 whole blocks registered
   kv.Append(1, shared);
   EXPECT_EQ(p.committed_blocks(), 4);
 
-  for (uint64_t id : {2, 3, 4, 5}) p.Enqueue(id, worst);
+  for (uint64_t id : {2, 3, 4, 5}) p.Enqueue(id, worst, 13);
   // 2 and 3 share 1's three blocks and need one more each (4 + 1 + 1); 4 needs all four of its own
   // (10); 5 would make 14. Without sharing 3 would not have fitted (4 + 4 + 4 > 10).
   EXPECT_EQ(AdmitAll(p, kv, prompts), (std::vector<uint64_t>{2, 3, 4}));
@@ -211,6 +211,58 @@ TEST(BatchPlannerTest, BlocksSharedThroughThePrefixCacheCountOnce) {
   EXPECT_EQ(p.committed_blocks(), 4);
   EXPECT_EQ(AdmitAll(p, kv, prompts), (std::vector<uint64_t>{5}));
   EXPECT_EQ(p.committed_blocks(), 8);
+}
+
+// On demand: a sequence enters once what it computes now (+ one position) fits with a watermark
+// beside what the running ones need now; when a step's blocks do not fit, the newest running one
+// goes back to the front of the FIFO, and readmitted it needs its whole context again.
+TEST(BatchPlannerTest, OnDemandAdmitsWhatFitsNowAndPreemptsTheNewest) {
+  KvBlockAllocator kv(/*block_size=*/16, /*num_blocks=*/8);
+  BatchPlanner p(kv);
+  EXPECT_EQ(p.mode(), KvAdmission::kOnDemand);
+  EXPECT_EQ(p.watermark_blocks(), 1);
+  p.Enqueue(1, 88, 64);   // 5 blocks now (65 positions), 6 at worst
+  p.Enqueue(2, 29, 5);    // 1 now
+  p.Enqueue(3, 120, 1);   // 1 now, 8 at worst: no worst-case reservation would run it beside 1
+  p.Enqueue(4, 20, 20);   // 2 now: 5 + 1 + 1 + 2 + the watermark > 8, waits
+  p.Enqueue(5, 1, 1);     // 1: fits, but does not overtake 4
+  EXPECT_EQ(AdmitAll(p, kv), (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(p.committed_blocks(), 7);
+  EXPECT_EQ(p.num_waiting(), 2u);
+
+  // Their prompts computed, and a step of one token each needs one more block (1's fifth).
+  const std::vector<int32_t> tokens(64, 7);
+  auto write = [&](int64_t id, int64_t n) {
+    ASSERT_TRUE(kv.Reserve(id, kv.length(id) + n).ok());
+    kv.Append(id, std::span<const int32_t>(tokens.data(), static_cast<size_t>(n)));
+  };
+  write(1, 64);
+  write(2, 5);
+  write(3, 1);
+  EXPECT_EQ(kv.used_blocks(), 6);
+  EXPECT_EQ(p.committed_blocks(), 7);
+  EXPECT_EQ(p.StepBlocks({1, 1, 1}), 1);
+  EXPECT_EQ(p.StepBlocks({0, 1, 1}), 0);
+  // 3 grows to 32 positions: the cache is full, and 3's next token needs a third block.
+  write(1, 1);
+  write(3, 31);
+  EXPECT_EQ(kv.free_blocks(), 0);
+  EXPECT_EQ(p.StepBlocks({1, 1, 1}), 1);
+  EXPECT_EQ(p.PreemptNewest(33), 3u);  // 32 positions written + its last token
+  kv.FreeSequence(3);
+  EXPECT_EQ(p.running(), (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(p.StepBlocks({1, 1}), 0);
+  EXPECT_EQ(p.next_waiting(), std::optional<uint64_t>(3));
+  // Readmitting 3 takes 3 blocks (34 positions): 6 committed + 3 + the watermark > 8.
+  EXPECT_TRUE(AdmitAll(p, kv).empty());
+  Forget(p, kv, 1);
+  EXPECT_EQ(AdmitAll(p, kv), (std::vector<uint64_t>{3, 4, 5}));
+  EXPECT_EQ(p.committed_blocks(), 1 + 3 + 2 + 1);
+  // Alone, a sequence is admitted whenever it fits at all, the watermark aside.
+  KvBlockAllocator small(/*block_size=*/16, /*num_blocks=*/2);
+  BatchPlanner q(small);
+  q.Enqueue(9, 32, 31);
+  EXPECT_EQ(AdmitAll(q, small), (std::vector<uint64_t>{9}));
 }
 
 TEST(BatchPlannerTest, DecodesFirstThenPromptChunksWithinTheBudget) {
@@ -444,7 +496,7 @@ TEST_F(WorkerLoopTest, SequenceWaitsForKvRoomThenRuns) {
   EngineOptions eo;
   eo.kv_block_size = 16;
   eo.kv_tokens = 128;  // 8 blocks
-  LoopHarness h(eo);
+  LoopHarness h(eo, {.kv_admission = KvAdmission::kReserve});
   h.Push(Greedy(1, Prompt(3), 24));  // 64 + 24 -> 6 blocks
   h.Push(Greedy(2, Prompt(1), 24));  // 5 + 24 -> 2 blocks
   h.Push(Greedy(3, Prompt(2), 24));  // 17 + 24 -> 3 blocks: waits
@@ -464,6 +516,78 @@ TEST_F(WorkerLoopTest, SequenceWaitsForKvRoomThenRuns) {
   for (const auto& m : h.out.messages()) {
     if (m.has_heartbeat()) {
       EXPECT_LE(m.heartbeat().stats().kv_blocks_used(), 8);
+    }
+  }
+}
+
+// On demand (the default), a cache far smaller than the sequences' worst cases runs them together:
+// each is admitted at its prompt and, as they grow, the newest are preempted and later compute
+// prompt + tokens again. Every greedy token is still the golden one with the model's logprob,
+// sampled tokens still GenerateAll's (same seed, same step numbers), and a score still ScoreAll's
+// (a preempted score starts again). With prefix caching a readmitted sequence attaches the blocks
+// it had filled instead of computing them again. Reserving worst cases instead runs one at a time,
+// never preempting, with the same outputs.
+TEST_F(WorkerLoopTest, PreemptedSequencesGiveTheSameOutputs) {
+  auto ref = LoadLocalEngine(kGoldenDir);
+  GenerateRequest req;
+  req.prompt = Prompt(1);
+  req.max_tokens = 20;
+  req.sampling = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = 99};
+  const std::vector<int32_t> want_sampled = GenerateAll(**ref, {req}).value()[0].tokens;
+  const std::vector<int32_t> scored = Prompt(2);  // 17 tokens: 5 blocks
+  const std::vector<float> want_score = ScoreAll(**ref, {scored}).value()[0].logprobs;  // [0] is NaN
+
+  for (const auto& [mode, cache] : {std::pair{KvAdmission::kOnDemand, false}, std::pair{KvAdmission::kOnDemand, true},
+                                    std::pair{KvAdmission::kReserve, false}}) {
+    SCOPED_TRACE(std::string(mode == KvAdmission::kOnDemand ? "on demand" : "reserve") + (cache ? ", prefix cache" : ""));
+    EngineOptions eo;
+    eo.kv_block_size = 4;
+    eo.kv_tokens = 48;  // 12 blocks; prompt 1 (5 tokens) + 24 needs 8 at worst, prompt 0 (1) + 24 needs 7
+    LoopHarness h(eo, {.kv_admission = mode});
+    if (cache) (*h.engine)->EnablePrefixCache();
+    for (uint64_t id = 1; id <= 4; ++id) h.Push(Greedy(id, Prompt(id % 2), 24));
+    Assign sampled = Greedy(5, Prompt(1), 20);
+    sampled.set_temperature(0.9f);
+    sampled.set_top_k(50);
+    sampled.set_top_p(0.95f);
+    sampled.set_seed(99);
+    h.Push(sampled);
+    h.Push(Score(6, scored));
+    int64_t most_running = 0;
+    for (int i = 0; i < kMaxIterations && (h.loop->num_sequences() > 0 || i == 0); ++i) {
+      ASSERT_TRUE(h.loop->RunOnce());
+      most_running = std::max(most_running, h.loop->num_running());
+    }
+    ASSERT_EQ(h.loop->num_sequences(), 0);
+
+    auto seqs = h.out.BySequence();
+    for (uint64_t id = 1; id <= 4; ++id) {
+      EXPECT_EQ(seqs[id].tokens, Greedy24(id % 2)) << id;
+      EXPECT_EQ(seqs[id].finished->reason(), Finished::REASON_LENGTH) << id;
+      std::vector<int32_t> full = Prompt(id % 2);
+      full.insert(full.end(), seqs[id].tokens.begin(), seqs[id].tokens.end());
+      const std::vector<float> want = ScoreAll(**ref, {full}).value()[0].logprobs;
+      ASSERT_EQ(seqs[id].logprobs.size(), seqs[id].tokens.size());
+      for (size_t t = 0; t < seqs[id].logprobs.size(); ++t) {
+        EXPECT_NEAR(seqs[id].logprobs[t], want[Prompt(id % 2).size() + t], 1e-4) << id << " token " << t;
+      }
+    }
+    EXPECT_EQ(seqs[5].tokens, want_sampled);
+    ASSERT_TRUE(seqs[6].scored.has_value());
+    ASSERT_EQ(seqs[6].scored->logprobs_size(), static_cast<int>(scored.size()) - 1);
+    for (int k = 0; k < seqs[6].scored->logprobs_size(); ++k) {
+      EXPECT_NEAR(seqs[6].scored->logprobs(k), want_score[static_cast<size_t>(k) + 1], 1e-4) << "score token " << k;
+    }
+    EXPECT_EQ((*h.engine)->kv_cache().used_blocks(), 0);
+    if (mode == KvAdmission::kOnDemand) {
+      EXPECT_GT(h.loop->preemptions(), 0u);
+      EXPECT_GE(most_running, 4);
+      EXPECT_EQ(h.out.LastStats()->preemptions(), h.loop->preemptions());
+      // Readmitted, preempted generations attach the blocks they had filled.
+      if (cache) EXPECT_GE(h.out.LastStats()->prefix_cache_hit_tokens(), 4 * static_cast<int64_t>(h.loop->preemptions()));
+    } else {
+      EXPECT_EQ(h.loop->preemptions(), 0u);
+      EXPECT_EQ(most_running, 1);
     }
   }
 }
@@ -503,7 +627,7 @@ TEST_F(WorkerLoopTest, CancelFreesKvBlocksAndFinishesCancelled) {
 TEST_F(WorkerLoopTest, CancelOfAWaitingSequence) {
   EngineOptions eo;
   eo.kv_tokens = 128;
-  LoopHarness h(eo);
+  LoopHarness h(eo, {.kv_admission = KvAdmission::kReserve});
   h.Push(Greedy(1, Prompt(3), 24));  // 6 of 8 blocks
   h.Push(Greedy(2, Prompt(2), 24));  // 3 blocks: waits
   h.Run(2);

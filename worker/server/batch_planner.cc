@@ -6,10 +6,10 @@
 
 namespace moe {
 
-void BatchPlanner::Enqueue(uint64_t seq_id, int64_t worst_case_positions) {
-  MOE_CHECK(blocks_.count(seq_id) == 0, "sequence ", seq_id, " enqueued twice");
+void BatchPlanner::Enqueue(uint64_t seq_id, int64_t worst_case_positions, int64_t positions_now) {
+  MOE_CHECK(demand_.count(seq_id) == 0, "sequence ", seq_id, " enqueued twice");
   MOE_CHECK(EverFits(worst_case_positions), "sequence ", seq_id, " can never fit the KV cache");
-  blocks_[seq_id] = BlocksFor(worst_case_positions);
+  demand_[seq_id] = Demand{BlocksFor(worst_case_positions), positions_now};
   waiting_.push_back(seq_id);
 }
 
@@ -18,12 +18,19 @@ std::optional<uint64_t> BatchPlanner::next_waiting() const {
   return waiting_.front();
 }
 
+int64_t BatchPlanner::CommittedBlocks(const Demand& d) const {
+  if (mode_ == KvAdmission::kReserve) return d.worst_blocks;
+  return std::min(d.worst_blocks, BlocksFor(d.positions_now + 1));
+}
+
+int64_t BatchPlanner::watermark_blocks() const { return std::max<int64_t>(1, kv_.total_blocks() / 100); }
+
 int64_t BatchPlanner::committed_blocks() const {
   int64_t committed = kv_.used_blocks();
   for (uint64_t id : running_) {
     const int64_t engine_id = static_cast<int64_t>(id);
     const int64_t held = kv_.HasSequence(engine_id) ? static_cast<int64_t>(kv_.blocks(engine_id).size()) : 0;
-    committed += std::max<int64_t>(0, blocks_.at(id) - held);
+    committed += std::max<int64_t>(0, CommittedBlocks(demand_.at(id)) - held);
   }
   return committed;
 }
@@ -31,22 +38,49 @@ int64_t BatchPlanner::committed_blocks() const {
 bool BatchPlanner::AdmitNext(int64_t shared_blocks_in_use) {
   if (waiting_.empty()) return false;
   const uint64_t id = waiting_.front();
-  const int64_t need = blocks_.at(id) - std::max<int64_t>(0, shared_blocks_in_use);
-  if (committed_blocks() + need > kv_.total_blocks()) return false;
+  const int64_t need = CommittedBlocks(demand_.at(id)) - std::max<int64_t>(0, shared_blocks_in_use);
+  const int64_t committed = committed_blocks();
+  const bool fits = mode_ == KvAdmission::kReserve
+                        ? committed + need <= kv_.total_blocks()
+                        : committed + need + (running_.empty() ? 0 : watermark_blocks()) <= kv_.total_blocks();
+  if (!fits) return false;
   waiting_.pop_front();
   running_.push_back(id);
   return true;
 }
 
+uint64_t BatchPlanner::PreemptNewest(int64_t positions_now) {
+  MOE_CHECK(!running_.empty(), "no running sequence to preempt");
+  const uint64_t id = running_.back();
+  running_.pop_back();
+  demand_.at(id).positions_now = positions_now;
+  waiting_.push_front(id);
+  return id;
+}
+
+int64_t BatchPlanner::StepBlocks(const std::vector<int64_t>& tokens) const {
+  MOE_CHECK(tokens.size() == running_.size(), "StepBlocks: ", tokens.size(), " counts for ", running_.size(),
+            " running sequences");
+  int64_t blocks = 0;
+  for (size_t i = 0; i < running_.size(); ++i) {
+    if (tokens[i] == 0) continue;
+    const int64_t id = static_cast<int64_t>(running_[i]);
+    const int64_t held = kv_.HasSequence(id) ? static_cast<int64_t>(kv_.blocks(id).size()) : 0;
+    const int64_t length = kv_.HasSequence(id) ? kv_.length(id) : 0;
+    blocks += std::max<int64_t>(0, BlocksFor(length + tokens[i]) - held);
+  }
+  return blocks;
+}
+
 void BatchPlanner::Remove(uint64_t seq_id) {
-  auto it = blocks_.find(seq_id);
-  if (it == blocks_.end()) return;
+  auto it = demand_.find(seq_id);
+  if (it == demand_.end()) return;
   if (auto r = std::find(running_.begin(), running_.end(), seq_id); r != running_.end()) {
     running_.erase(r);
   } else {
     waiting_.erase(std::find(waiting_.begin(), waiting_.end(), seq_id));
   }
-  blocks_.erase(it);
+  demand_.erase(it);
 }
 
 std::vector<int64_t> PlanStepTokens(const std::vector<int64_t>& prompt_remaining, int64_t max_batch_tokens) {

@@ -122,6 +122,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
 
   ServingLoopOptions lo;
   lo.max_batch_tokens = flags->max_batch_tokens;
+  lo.kv_admission = flags->kv_admission;
   if (reg->token_texts_size() > 0) {
     lo.vocabulary = std::make_shared<const TokenTextTrie>(
         std::vector<std::string>(reg->token_texts().begin(), reg->token_texts().end()));

@@ -4,6 +4,24 @@
 
 namespace moe {
 
+std::vector<int32_t> ServedSequence::ContextTokens(int64_t begin, int64_t n) const {
+  std::vector<int32_t> out;
+  out.reserve(static_cast<size_t>(n));
+  for (int64_t i = begin; i < begin + n; ++i) {
+    out.push_back(i < prompt_size() ? assign.prompt(static_cast<int>(i)) : generated[static_cast<size_t>(i - prompt_size())]);
+  }
+  return out;
+}
+
+void ServedSequence::Restart() {
+  fed = 0;
+  if (is_score()) {
+    const uint64_t id = scored.seq_id();
+    scored.Clear();
+    scored.set_seq_id(id);
+  }
+}
+
 int64_t WorstCasePositions(const moe::v1::Assign& a, const ModelConfig& c) {
   const int64_t prompt = a.prompt_size();
   if (a.kind() == moe::v1::Assign::KIND_SCORE) return prompt;

@@ -22,14 +22,25 @@ struct ServedSequence {
   std::optional<LogitsPenalties> penalties;  // generation with penalties or min_tokens
   std::shared_ptr<JsonMaskCache> json_masks;  // its schema's masks, kept while the sequence uses them
   std::optional<JsonConstraint> json;        // generation of one JSON value (Assign.json_object / json_schema)
-  int64_t fed = 0;                 // positions handed to the engine (prompt chunks, then decode tokens)
+  // Its context is the prompt, then the generated tokens; the engine has been handed the first
+  // `fed` of them (prompt chunks, then one generated token a step; from 0 again after a preemption).
+  int64_t fed = 0;
   std::vector<int32_t> generated;  // sampled token ids
   moe::v1::Scored scored;          // scoring: logprobs (and is_argmax) gathered chunk by chunk
 
   bool is_score() const { return assign.kind() == moe::v1::Assign::KIND_SCORE; }
   int64_t prompt_size() const { return assign.prompt_size(); }
-  // Prompt tokens not yet handed to the engine; 0 once the sequence decodes.
-  int64_t prompt_remaining() const { return fed < prompt_size() ? prompt_size() - fed : 0; }
+  int64_t context_size() const { return prompt_size() + static_cast<int64_t>(generated.size()); }
+  // Context tokens [begin, begin + n).
+  std::vector<int32_t> ContextTokens(int64_t begin, int64_t n) const;
+  // Context tokens not yet handed to the engine: the rest of the prompt, the last generated token
+  // while it decodes, or after a preemption the whole context. The chunk that hands over the last
+  // of them gives the next token.
+  int64_t feed_remaining() const { return context_size() - fed; }
+  // Whether it decodes: only its last generated token is left to hand over.
+  bool decoding() const { return !generated.empty() && feed_remaining() == 1; }
+  // Back to nothing handed over (a preemption): its generated tokens stay, scoring starts again.
+  void Restart();
 };
 
 // The most token positions a sequence can occupy: prompt + max_tokens, capped at the context

@@ -27,7 +27,7 @@ ServingLoop::ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, Servi
       inbox_(inbox),
       outbox_(outbox),
       opts_(opts),
-      planner_(engine.kv_blocks()),
+      planner_(engine.kv_blocks(), opts.kv_admission),
       // "Due now" without overflow: a fresh rank heartbeats on its first iteration, so an idle new
       // cluster is not declared lost (time_point::min() overflowed now - last_heartbeat_).
       last_heartbeat_(std::chrono::steady_clock::now() - opts.heartbeat_interval),
@@ -43,6 +43,7 @@ moe::v1::WorkerStats ServingLoop::Stats() const {
   st.set_prefix_cache_hit_tokens(engine_.kv_blocks().prefix_hit_tokens());
   st.set_kv_blocks_cached(engine_.kv_blocks().cached_free_blocks());
   st.set_steps(steps_);
+  st.set_preemptions(preemptions_);
   st.set_load_stats_json(engine_.load_stats().ToJson().dump());
   return st;
 }
@@ -113,7 +114,7 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
     }
   }
   s.scored.set_seq_id(id);
-  planner_.Enqueue(id, worst);
+  planner_.Enqueue(id, worst, s.prompt_size());
 }
 
 absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const moe::v1::Assign& a) {
@@ -167,6 +168,25 @@ bool ServingLoop::PrefixBeingComputed(const ServedSequence& s, int64_t cached_bl
     if (std::equal(s.assign.prompt().begin(), s.assign.prompt().begin() + end, r.assign.prompt().begin())) return true;
   }
   return false;
+}
+
+std::vector<int64_t> ServingLoop::PlanChunks() const {
+  std::vector<int64_t> remaining;  // context tokens to hand over before it decodes; 0 once it does
+  remaining.reserve(planner_.running().size());
+  for (uint64_t id : planner_.running()) {
+    const ServedSequence& s = seqs_.at(id);
+    remaining.push_back(s.decoding() ? 0 : s.feed_remaining());
+  }
+  return PlanStepTokens(remaining, opts_.max_batch_tokens);
+}
+
+void ServingLoop::PreemptNewest() {
+  const uint64_t id = planner_.running().back();
+  ServedSequence& s = seqs_.at(id);
+  s.Restart();
+  planner_.PreemptNewest(s.context_size());
+  engine_.FreeSequence(EngineId(id));
+  ++preemptions_;
 }
 
 void ServingLoop::OnCancel(uint64_t seq_id) {
@@ -273,7 +293,7 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
         s.scored.add_argmax_logprobs(logprobs_.logprob(argmax));
       }
     }
-    if (s.prompt_remaining() == 0) {
+    if (s.feed_remaining() == 0) {
       moe::v1::WorkerMessage m;
       *m.mutable_scored() = std::move(s.scored);
       outbox_.Send(std::move(m));
@@ -281,7 +301,7 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
     }
     return;
   }
-  if (s.prompt_remaining() > 0) return;  // a prompt chunk short of the end: its logits are not needed
+  if (s.feed_remaining() > 0) return;  // a chunk short of the context's end: its logits are not needed
   if (out.rows == 0) {
     OnGenerated(seq_id, s, {}, out);  // the engine's pick
   } else {
@@ -318,28 +338,35 @@ bool ServingLoop::RunOnce() {
     return false;
   }
 
-  // Admission, oldest first. With prefix caching a generation's prompt may start with blocks
-  // computed before: it shares them (blocks other sequences hold cost it nothing) and is fed from
-  // there. Scoring wants the logits of every prompt position, so it computes them all.
+  // Admission, oldest first. With prefix caching a generation's context (its prompt, and after a
+  // preemption its generated tokens) may start with blocks computed before: it shares them (blocks
+  // other sequences hold cost it nothing) and is fed from there. Scoring wants the logits of every
+  // prompt position, so it computes them all.
   while (const std::optional<uint64_t> next = planner_.next_waiting()) {
     ServedSequence& s = seqs_.at(*next);
-    const std::span<const int32_t> prompt(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
+    std::vector<int32_t> resumed;  // a preempted generation's prompt + generated tokens
+    std::span<const int32_t> context(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
+    if (!s.generated.empty()) {
+      resumed = s.ContextTokens(0, s.context_size());
+      context = resumed;
+    }
     const KvBlockAllocator::CachedPrefix cached =
-        s.is_score() ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(prompt);
+        s.is_score() ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(context);
     // The FIFO waits with it (at most a prefill).
     if (!s.is_score() && PrefixBeingComputed(s, cached.blocks)) break;
     if (!planner_.AdmitNext(cached.in_use)) break;
     const absl::Status added = engine_.AddSequence(EngineId(*next));
     MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
-    if (!s.is_score()) s.fed = engine_.AttachCachedPrefix(EngineId(*next), prompt);
+    if (!s.is_score()) s.fed = engine_.AttachCachedPrefix(EngineId(*next), context);
   }
 
-  // This step's chunks.
+  // This step's chunks, within the free KV blocks: on demand, the newest sequences make room.
+  std::vector<int64_t> counts = PlanChunks();
+  while (!planner_.running().empty() && planner_.StepBlocks(counts) > engine_.kv_blocks().free_blocks()) {
+    PreemptNewest();
+    counts = PlanChunks();
+  }
   const std::vector<uint64_t>& running = planner_.running();
-  std::vector<int64_t> remaining;
-  remaining.reserve(running.size());
-  for (uint64_t id : running) remaining.push_back(seqs_.at(id).prompt_remaining());
-  const std::vector<int64_t> counts = PlanStepTokens(remaining, opts_.max_batch_tokens);
   std::vector<SequenceChunk> chunks;
   std::vector<std::pair<uint64_t, int64_t>> owners;  // (seq id, tokens) per chunk
   for (size_t i = 0; i < running.size(); ++i) {
@@ -347,12 +374,7 @@ bool ServingLoop::RunOnce() {
     const ServedSequence& s = seqs_.at(running[i]);
     SequenceChunk ch{EngineId(running[i]), {}, s.is_score()};
     ch.sample_next = EngineSamples(s);
-    if (s.prompt_remaining() > 0) {
-      const auto begin = s.assign.prompt().begin() + s.fed;
-      ch.tokens.assign(begin, begin + counts[i]);
-    } else {
-      ch.tokens = {s.generated.back()};
-    }
+    ch.tokens = s.ContextTokens(s.fed, counts[i]);
     chunks.push_back(std::move(ch));
     owners.emplace_back(running[i], counts[i]);
   }

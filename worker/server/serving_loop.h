@@ -8,13 +8,17 @@
 //   1. handle the inbox (Cancel frees the sequence's KV blocks and sends Finished(CANCELLED) at once);
 //   2. all-reduce (MAX) of the stop flag (Shutdown received, or the coordinator stream lost), so that
 //      every rank leaves the loop in the same iteration;
-//   3. admit waiting sequences whose worst case fits the KV cache, blocks shared through prefix
-//      caching counted once (see BatchPlanner); with prefix caching, a generation whose prompt's
-//      next uncached block a running sequence is still prefilling waits until that block is
-//      cached and attaches it, instead of computing the same prefix again (n completions of one
-//      prompt, a burst of requests with one system prompt);
-//   4. one Engine::Step with each running sequence's next chunk (prefill chunks within
-//      max_batch_tokens, then one token a step);
+//   3. admit waiting sequences as the KV cache allows (BatchPlanner: on demand, or their worst
+//      case reserved), blocks shared through prefix caching counted once; with prefix caching, a
+//      generation whose prompt's next uncached block a running sequence is still prefilling waits
+//      until that block is cached and attaches it, instead of computing the same prefix again (n
+//      completions of one prompt, a burst of requests with one system prompt);
+//   4. plan each running sequence's next chunk (prefill chunks within max_batch_tokens, then one
+//      token a step); while the step's new KV blocks do not fit, preempt the newest sequence (its
+//      blocks freed, its generated tokens kept: readmitted, it computes prompt + tokens again,
+//      attaching what the prefix cache still holds, and goes on as if never stopped: its tokens
+//      are sampled with the same step numbers);
+//      one Engine::Step with the chunks;
 //   5. sample (penalties, then a JSON object's mask when asked, then SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
 //      equal moe-cli's; the engine samples unless the request wants top alternatives), send results, finish sequences (EOS unless ignore_eos, a stop token id,
 //      max_tokens, the context end), free their KV blocks;
@@ -51,6 +55,7 @@ struct ServingLoopOptions {
   // The vocabulary's texts (RegisterResponse.token_texts) for JSON-object generation; null when the
   // coordinator sent none (a model without a tokenizer), and then such requests finish with an error.
   std::shared_ptr<const TokenTextTrie> vocabulary = nullptr;
+  KvAdmission kv_admission = KvAdmission::kOnDemand;
 };
 
 // Why the loop stopped. Ordered by severity: the ranks agree on the MAX.
@@ -74,6 +79,7 @@ class ServingLoop {
   uint64_t steps() const { return steps_; }                 // engine steps that carried tokens (any rank)
   int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }  // assigned, not finished
   int64_t num_running() const { return static_cast<int64_t>(planner_.running().size()); }  // admitted to the KV cache
+  uint64_t preemptions() const { return preemptions_; }  // sequences preempted for KV room since start
   moe::v1::WorkerStats Stats() const;
 
  private:
@@ -84,6 +90,10 @@ class ServingLoop {
   // should wait for it.
   bool PrefixBeingComputed(const ServedSequence& s, int64_t cached_blocks) const;
   void OnCancel(uint64_t seq_id);
+  // Each running sequence's tokens for the next step (PlanStepTokens over planner_.running()).
+  std::vector<int64_t> PlanChunks() const;
+  // Preempts the newest running sequence: frees its KV blocks; it waits to compute its context again.
+  void PreemptNewest();
   // The mask cache of the Assign's JSON format (json_object, or its json_schema compiled); an error
   // when the rank has no vocabulary or the schema does not compile.
   absl::StatusOr<std::shared_ptr<JsonMaskCache>> JsonMasksFor(const moe::v1::Assign& a);
@@ -119,6 +129,7 @@ class ServingLoop {
   bool stopped_ = false;
   int64_t iterations_ = 0;
   uint64_t steps_ = 0;
+  uint64_t preemptions_ = 0;
   bool finished_since_heartbeat_ = false;
   std::chrono::steady_clock::time_point last_heartbeat_;
   std::chrono::milliseconds idle_wait_;

@@ -43,6 +43,7 @@ std::string WorkerUsage() {
   return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
          "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--enable-prefix-caching]\n"
+         "                  [--kv-admission on-demand|reserve]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
          "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
@@ -55,7 +56,11 @@ std::string WorkerUsage() {
          "--enable-prefix-caching: filled KV blocks stay cached after their sequence ends; a later prompt\n"
          "that starts with the same whole blocks attaches them instead of computing them again (one that\n"
          "arrives while another sequence is still prefilling them waits for them), and shared blocks count\n"
-         "once when sequences are admitted to the KV cache.\n";
+         "once when sequences are admitted to the KV cache.\n"
+         "--kv-admission: on-demand (the default, as vLLM) admits a sequence once its prompt fits and takes\n"
+         "KV blocks as it grows; when a step cannot get its blocks the newest sequence is preempted and later\n"
+         "computes its prompt and tokens again (the same tokens). reserve (as TGI) admits a sequence only\n"
+         "once prompt + max_tokens fit beside every running sequence's: never preempts, runs fewer at once.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
@@ -80,7 +85,7 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     }
     if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&
         flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization" &&
-        flag != "--synthetic-weights") {
+        flag != "--synthetic-weights" && flag != "--kv-admission") {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
     }
     if (!has_inline) {
@@ -96,6 +101,14 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     } else if (flag == "--device") {
       if (val != "cpu" && val != "gpu") return FlagError(flag, "expected cpu or gpu, got '" + val + "'");
       f.device = val;
+    } else if (flag == "--kv-admission") {
+      if (val == "on-demand") {
+        f.kv_admission = KvAdmission::kOnDemand;
+      } else if (val == "reserve") {
+        f.kv_admission = KvAdmission::kReserve;
+      } else {
+        return FlagError(flag, "expected on-demand or reserve, got '" + val + "'");
+      }
     } else if (flag == "--kv-tokens") {
       MOE_ASSIGN_OR_RETURN(f.kv_tokens, ParsePositive(flag, val));
     } else if (flag == "--kv-block-size") {

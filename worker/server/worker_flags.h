@@ -8,6 +8,7 @@
 
 #include "common/status.h"
 #include "worker/model/config.h"
+#include "worker/server/batch_planner.h"
 
 namespace moe {
 
@@ -24,6 +25,9 @@ struct WorkerFlags {
   std::optional<uint64_t> synthetic_seed;
   // Keep filled KV blocks for later prompts that start with the same tokens (KvBlockAllocator).
   bool enable_prefix_caching = false;
+  // How sequences are admitted to the KV cache (BatchPlanner): on demand with preemption, or with
+  // their worst case reserved.
+  KvAdmission kv_admission = KvAdmission::kOnDemand;
   bool help = false;
 };
 
