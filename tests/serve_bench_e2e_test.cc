@@ -206,6 +206,38 @@ TEST_F(ServeBenchE2e, RegexRequestsRunToTheirLength) {
   EXPECT_NE(bad.out.find("sampling.response_format.regex"), std::string::npos) << bad.out;
 }
 
+// --max-tokens above --output-len: every request asks for that many tokens and the client ends its
+// stream once it has its output length; the cluster frees the sequences (no KV block left in use).
+TEST_F(ServeBenchE2e, ClientStopsEndRequestsAskingForMoreTokens) {
+  const std::string out = TempPath("serve_bench_max_tokens");
+  const testing_ref::CliRun run =
+      Bench({"--requests", "4", "--input-len", "6", "--output-len", "10", "--max-tokens", "400", "--out", out});
+  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
+  const json r = ReadJson(out);
+  std::filesystem::remove(out);
+  ASSERT_TRUE(r.is_object());
+  EXPECT_EQ(r["args"]["max_tokens"], 400);
+  EXPECT_EQ(r["summary"]["completed"], 4);
+  ASSERT_EQ(r["records"].size(), 4u);
+  for (const json& rec : r["records"]) {
+    EXPECT_GE(rec["output_tokens"].get<int>(), 10);
+    EXPECT_LT(rec["output_tokens"].get<int>(), 400);
+    EXPECT_EQ(rec["finish_reason"], "client_stop");
+  }
+  int64_t used = -1;
+  for (int attempt = 0; attempt < 100 && used != 0; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    used = 0;
+    const moe::v1::Stats stats = Stats();
+    for (const auto& rank : stats.ranks()) used += rank.kv_blocks_used();
+  }
+  EXPECT_EQ(used, 0) << "the cancelled sequences' KV blocks are freed";
+  // A max_tokens the context cannot take is refused before anything is sent.
+  const testing_ref::CliRun bad = Bench({"--requests", "1", "--input-len", "6", "--max-tokens", "5000"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.Describe();
+  EXPECT_NE(bad.err.find("--max-tokens"), std::string::npos) << bad.err;
+}
+
 TEST_F(ServeBenchE2e, ASharedPrefixIsServedFromTheRanksPrefixCaches) {
   // One at a time, every prompt the same 48 tokens (three whole blocks of 16) and then 8 of its own:
   // after the first request on each rank, the other requests find those three blocks cached.

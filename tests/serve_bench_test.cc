@@ -173,6 +173,10 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   a = ParseBenchArgs({"--shared-prefix-len=64"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->shared_prefix_len, 64);
+  EXPECT_EQ(a->max_tokens, 0);
+  a = ParseBenchArgs({"--max-tokens", "4096"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->max_tokens, 4096);
 }
 
 TEST(ServeBenchArgs, ErrorsNameTheFlag) {
@@ -194,6 +198,7 @@ TEST(ServeBenchArgs, ErrorsNameTheFlag) {
            {{"--bogus"}, "unknown flag '--bogus'"},
            {{"--range-ratio", "1"}, "--range-ratio: must be in [0, 1), got 1"},
            {{"--shared-prefix-len", "-4"}, "--shared-prefix-len: must be at least 0"},
+           {{"--max-tokens", "-1"}, "--max-tokens: must be at least 0"},
            {{"--range-ratio", "-0.1"}, "--range-ratio: must be >= 0"},
        }) {
     auto a = ParseBenchArgs(args);

@@ -9,6 +9,7 @@
 // client). Times are the client's: from the call's start to each streamed message carrying tokens.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -94,7 +95,9 @@ void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vecto
   moe::v1::GenerateRequest req;
   req.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
   auto* s = req.mutable_sampling();
-  s->set_max_tokens(static_cast<uint32_t>(output_len));
+  // With --max-tokens above the output length, the stream is ended here once it has output_len tokens.
+  const bool client_stops = a.max_tokens > output_len;
+  s->set_max_tokens(static_cast<uint32_t>(client_stops ? a.max_tokens : output_len));
   s->set_temperature(a.temperature);
   s->set_seed(a.seed + static_cast<uint64_t>(rec.index));
   s->set_ignore_eos(true);
@@ -116,11 +119,17 @@ void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vecto
       rec.message_tokens.push_back(msg.token_ids_size());
     }
     result.Add(msg);
+    if (client_stops && static_cast<int64_t>(result.token_ids.size()) >= output_len) {
+      ctx.TryCancel();
+      break;
+    }
   }
   const absl::Status status = client::FromGrpc(reader->Finish());
   rec.end_s = SecondsSince(t0);
   rec.output_tokens = static_cast<int64_t>(result.token_ids.size());
-  if (!status.ok()) {
+  if (client_stops && rec.output_tokens >= output_len) {
+    rec.finish_reason = "client_stop";
+  } else if (!status.ok()) {
     rec.error = client::DescribeStatus(status);
   } else if (!result.finished()) {
     rec.error = "the stream ended without a finish reason";
@@ -281,10 +290,10 @@ int Run(const std::vector<std::string>& argv) {
   }
   // The longest lengths --range-ratio can draw.
   const int64_t max_input = a.shared_prefix_len + LengthRange(a.input_len, a.range_ratio).second;
-  const int64_t max_output = LengthRange(a.output_len, a.range_ratio).second;
+  const int64_t max_output = std::max(a.max_tokens, LengthRange(a.output_len, a.range_ratio).second);
   if (max_input + max_output > model.max_context()) {
     std::fprintf(stderr,
-                 "moe-serve-bench: --shared-prefix-len %lld + --input-len %lld + --output-len %lld (at most %lld + %lld "
+                 "moe-serve-bench: --shared-prefix-len %lld + --input-len %lld + --output-len %lld or --max-tokens (at most %lld + %lld "
                  "with --range-ratio %g) exceed the model's context of %lld tokens\n",
                  static_cast<long long>(a.shared_prefix_len), static_cast<long long>(a.input_len),
                  static_cast<long long>(a.output_len),
@@ -343,6 +352,7 @@ int Run(const std::vector<std::string>& argv) {
                      {"max_concurrency", a.max_concurrency},
                      {"input_len", a.input_len},
                      {"output_len", a.output_len},
+                     {"max_tokens", a.max_tokens},
                      {"range_ratio", a.range_ratio},
                      {"shared_prefix_len", a.shared_prefix_len},
                      {"json_object", a.json_object},

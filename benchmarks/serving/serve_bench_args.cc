@@ -33,7 +33,7 @@ absl::StatusOr<double> NonNegative(const std::string& flag, const std::string& v
 
 std::string BenchUsage() {
   return "usage: moe-serve-bench [--server 127.0.0.1:50051] [--requests 100] [--rate inf] [--max-concurrency 0]\n"
-         "         [--input-len 128] [--output-len 128] [--range-ratio 0] [--shared-prefix-len 0]\n"
+         "         [--input-len 128] [--output-len 128] [--max-tokens 0] [--range-ratio 0] [--shared-prefix-len 0]\n"
          "         [--temperature 0] [--seed 0] [--warmup 0] [--connections 4] [--timeout 600]\n"
          "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records] [--json-object | --regex RE]\n"
          "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
@@ -53,7 +53,10 @@ std::string BenchUsage() {
          "ranks mask each step's row on the host; a request then ends when its object has closed and\n"
          "the whitespace after it runs out, which can be before --output-len; the model needs a\n"
          "tokenizer). --regex RE asks every request for guided_regex RE the same way (one that never\n"
-         "ends, \"[a-z ,.]+\", keeps every request to --output-len).\n";
+         "ends, \"[a-z ,.]+\", keeps every request to --output-len). --max-tokens N (above --output-len)\n"
+         "asks every request for max_tokens N and ends its stream once it has its output length (the\n"
+         "client cancels it, as an answer that stops early: what a large max_tokens, or none in OpenAI's\n"
+         "chat API, costs the server's KV admission).\n";
 }
 
 absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
@@ -77,6 +80,7 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
       {"--max-concurrency", int_flag(&a.max_concurrency, 0)},
       {"--input-len", int_flag(&a.input_len, 1)},
       {"--output-len", int_flag(&a.output_len, 1)},
+      {"--max-tokens", int_flag(&a.max_tokens, 0)},
       {"--warmup", int_flag(&a.warmup, 0)},
       {"--shared-prefix-len", int_flag(&a.shared_prefix_len, 0)},
       {"--connections", int_flag(&a.connections, 1)},

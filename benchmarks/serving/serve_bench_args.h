@@ -16,6 +16,9 @@ struct BenchArgs {
   int64_t max_concurrency = 0;  // requests in flight at most; 0: no limit
   int64_t input_len = 128;      // prompt tokens
   int64_t output_len = 128;     // generated tokens (max_tokens with ignore_eos)
+  // When above a request's output length: its max_tokens, the client ending the stream once it has
+  // its output length (an answer that stops early under a large max_tokens); 0: off.
+  int64_t max_tokens = 0;
   double range_ratio = 0;       // lengths uniform in [len * (1 - r), len * (1 + r)]; r in [0, 1)
   int64_t shared_prefix_len = 0;  // tokens every prompt starts with (before its own --input-len)
   float temperature = 0;        // 0: greedy

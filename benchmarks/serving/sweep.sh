@@ -13,6 +13,8 @@
 #   SHARED_PREFIX_LEN  tokens every prompt starts with, before its own INPUT_LEN [0]
 #   JSON_OBJECT  non-empty: every request asks for response_format json_object (moe-serve-bench --json-object)
 #   REGEX        non-empty: every request asks for guided_regex REGEX (moe-serve-bench --regex)
+#   MAX_TOKENS   above OUTPUT_LEN: every request asks for max_tokens MAX_TOKENS and the client ends it
+#                after OUTPUT_LEN tokens (moe-serve-bench --max-tokens) [0: off]
 #   BUILD        the build folder with moe-serve-bench (and, unless --build-dir says otherwise, the
 #                cluster's programs) [build]
 #   COMMIT       recorded in the JSON [git rev-parse HEAD, or unknown]
@@ -65,7 +67,7 @@ for point in $SWEEP; do
   echo "== concurrency $c, $n requests of ${INPUT_LEN:-128} + ${OUTPUT_LEN:-128} tokens"
   "$BENCH" --server "$ADDR" --requests "$n" --max-concurrency "$c" --warmup "${WARMUP:-$c}" --rate "${RATE:-inf}" \
     --input-len "${INPUT_LEN:-128}" --output-len "${OUTPUT_LEN:-128}" --range-ratio "${RANGE_RATIO:-0}" \
-    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} \
+    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} --max-tokens "${MAX_TOKENS:-0}" \
     --out "$OUT_DIR/serve-c$c.json" || status=1
 done
 exit $status
