@@ -1,5 +1,6 @@
 #include "coordinator/generate_output.h"
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -11,7 +12,13 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
       want_logprobs_(job.want_logprobs),
       prompt_tokens_(static_cast<uint32_t>(job.assign.prompt_size())),
       min_tokens_(job.assign.min_tokens()),
-      stop_(job.stop) {
+      stop_(job.stop, job.include_stop) {
+  if (!job.include_stop) {
+    end_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
+    if (!job.assign.ignore_eos()) {
+      end_ids_.insert(end_ids_.end(), model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
+    }
+  }
   if (model.tokenizer != nullptr) {
     const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
     detok_ = model.tokenizer->NewStream(prompt);
@@ -22,6 +29,10 @@ std::string GenerateOutput::TokenText(int32_t id) const {
   if (model_.tokenizer == nullptr) return {};
   const int32_t ids[1] = {id};
   return model_.tokenizer->Decode(ids);
+}
+
+bool GenerateOutput::EndsOutput(int32_t id) const {
+  return std::find(end_ids_.begin(), end_ids_.end(), id) != end_ids_.end();
 }
 
 absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::GenerateResponse& out) {
@@ -42,12 +53,14 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
     const int32_t id = tokens.token_ids(i);
     ++completion_tokens_;
     out.add_token_ids(id);
-    const std::string delta = detok_ != nullptr ? detok_->Push(id) : std::string();
+    // The token that ends the output adds no text (the worker sends nothing after it).
+    const bool silent = EndsOutput(id);
+    const std::string delta = detok_ != nullptr && !silent ? detok_->Push(id) : std::string();
     if (want_logprobs_) {
       v1::TokenLogprob* lp = out.add_logprobs();
       lp->set_token_id(id);
       lp->set_logprob(tokens.logprobs(i));
-      lp->set_text(delta);
+      lp->set_text(silent ? TokenText(id) : delta);
       if (i < tokens.top_size()) {
         for (const v1::WorkerTopLogprob& alt : tokens.top(i).alternatives()) {
           if (alt.token_id() < 0 || alt.token_id() >= vocab) continue;

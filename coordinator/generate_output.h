@@ -1,6 +1,9 @@
 // Turns one sequence's worker results (Tokens, then Finished) into the public stream's messages:
 // UTF-8 safe text deltas (StreamingDetokenizer), stop sequences cut out of the text
-// (StopMatcher; not in the text of the first min_tokens tokens, as vLLM), log-probabilities with the text of each alternative, usage and finish reason.
+// (StopMatcher; not in the text of the first min_tokens tokens, as vLLM), the text of the stop
+// token id or EOS that ended the output left out too (as vLLM; both kept with
+// include_stop_str_in_output), log-probabilities with the text of each alternative, usage and
+// finish reason.
 // No I/O: the Generate handler feeds it and writes what it fills in.
 #pragma once
 
@@ -38,6 +41,8 @@ class GenerateOutput {
 
  private:
   std::string TokenText(int32_t id) const;
+  // Whether `id` ends the output on the worker (a stop token id, or EOS unless ignore_eos).
+  bool EndsOutput(int32_t id) const;
 
   const RequestModel& model_;
   std::string request_id_;
@@ -45,6 +50,7 @@ class GenerateOutput {
   uint32_t prompt_tokens_;
   uint32_t completion_tokens_ = 0;
   uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these
+  std::vector<int32_t> end_ids_;  // EndsOutput's ids; empty with include_stop_str_in_output
   std::unique_ptr<TextStream> detok_;  // null without a tokenizer
   StopMatcher stop_;
   bool stopped_ = false;

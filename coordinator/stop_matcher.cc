@@ -5,7 +5,7 @@
 
 namespace moe {
 
-StopMatcher::StopMatcher(std::vector<std::string> stops) {
+StopMatcher::StopMatcher(std::vector<std::string> stops, bool include_stop) : include_stop_(include_stop) {
   for (std::string& s : stops) {
     if (!s.empty()) stops_.push_back(std::move(s));
   }
@@ -33,11 +33,18 @@ StopMatcher::Output StopMatcher::Push(std::string_view delta) {
     return out;
   }
   pending_.append(delta);
-  // The earliest stop string wins: text before it is all the client should see.
-  size_t first = std::string::npos;
-  for (const std::string& stop : stops_) first = std::min(first, pending_.find(stop));
+  // The earliest stop string wins (the first listed of those starting there): text before it is
+  // all the client should see, or with include_stop up to its end.
+  size_t first = std::string::npos, end = 0;
+  for (const std::string& stop : stops_) {
+    const size_t at = pending_.find(stop);
+    if (at < first) {
+      first = at;
+      end = at + stop.size();
+    }
+  }
   if (first != std::string::npos) {
-    out.text = pending_.substr(0, first);
+    out.text = pending_.substr(0, include_stop_ ? end : first);
     out.stopped = stopped_ = true;
     pending_.clear();
     return out;

@@ -3,8 +3,8 @@
 // Text arrives in deltas (one per token or so) and a stop string may be split across several of
 // them, so text is released only once it can no longer be part of a stop string: the longest
 // suffix of the unreleased text that is a prefix of some stop string is held back. When a stop
-// string completes, the text before it is released and the rest (the stop string and anything
-// after it) is dropped.
+// string completes, the text before it is released (with the stop string itself when asked, as
+// vLLM's include_stop_str_in_output) and the rest is dropped.
 #pragma once
 
 #include <string>
@@ -16,7 +16,7 @@ namespace moe {
 class StopMatcher {
  public:
   // Empty strings are ignored (validation refuses them where requests enter).
-  explicit StopMatcher(std::vector<std::string> stops);
+  explicit StopMatcher(std::vector<std::string> stops, bool include_stop = false);
 
   struct Output {
     std::string text;      // safe to send now
@@ -35,6 +35,7 @@ class StopMatcher {
   size_t HeldBackLength() const;
 
   std::vector<std::string> stops_;
+  bool include_stop_;
   std::string pending_;  // received but not yet released
   bool stopped_ = false;
 };

@@ -90,6 +90,10 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
                        ResolvePrompt(request.prompt(), model, "prompt", BosPolicy::kTokenizerConfig));
 
   const v1::SamplingParams& s = request.sampling();
+  if (s.has_truncate_prompt_tokens()) {  // vLLM's: the prompt's last this many tokens
+    if (s.truncate_prompt_tokens() == 0) return FieldError("sampling.truncate_prompt_tokens", "must be at least 1");
+    if (prompt.size() > s.truncate_prompt_tokens()) prompt.erase(prompt.begin(), prompt.end() - s.truncate_prompt_tokens());
+  }
   const int64_t context = model.config.max_position_embeddings;
   const int64_t vocab = model.config.vocab_size;
   const uint32_t max_tokens = s.has_max_tokens() ? s.max_tokens() : kDefaultMaxTokens;
@@ -120,6 +124,12 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   }
   penalties.logit_bias.assign(s.logit_bias().begin(), s.logit_bias().end());
   std::sort(penalties.logit_bias.begin(), penalties.logit_bias.end());  // the first bad id named is the lowest
+  MOE_RETURN_IF_ERROR(CheckTokenIds({s.allowed_token_ids().data(), static_cast<size_t>(s.allowed_token_ids_size())},
+                                    vocab, "sampling.allowed_token_ids"));
+  penalties.allowed_token_ids.assign(s.allowed_token_ids().begin(), s.allowed_token_ids().end());
+  std::sort(penalties.allowed_token_ids.begin(), penalties.allowed_token_ids.end());
+  penalties.allowed_token_ids.erase(std::unique(penalties.allowed_token_ids.begin(), penalties.allowed_token_ids.end()),
+                                    penalties.allowed_token_ids.end());
   for (const absl::Status& st : {sampling.Validate(), penalties.Validate(vocab)}) {
     if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("sampling.", st.message()));
   }
@@ -184,6 +194,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   }
   GenerateJob job;
   job.n = n;
+  job.include_stop = s.include_stop_str_in_output();
   if (s.stop_size() > kMaxStopStrings) {
     return FieldError("sampling.stop", absl::StrCat("at most ", kMaxStopStrings, " stop strings, got ", s.stop_size()));
   }
@@ -215,6 +226,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_frequency_penalty(penalties.frequency_penalty);
   a.set_min_tokens(min_tokens);
   *a.mutable_logit_bias() = s.logit_bias();
+  a.mutable_allowed_token_ids()->Assign(penalties.allowed_token_ids.begin(), penalties.allowed_token_ids.end());
   a.set_json_object(json_object);
   a.set_json_schema(schema_text);
   if (choice) *a.mutable_choices() = format.choices();

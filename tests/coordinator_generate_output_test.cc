@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -125,6 +126,55 @@ TEST_F(GenerateOutputTest, StopStringIsCutOutWhereverTheTokensSplitIt) {
       EXPECT_EQ(r.last.usage().completion_tokens(), r.ids.size());
     }
   }
+}
+
+// include_stop_str_in_output (vLLM's): the text runs to the end of the stop string.
+TEST_F(GenerateOutputTest, IncludeStopStrKeepsTheStopString) {
+  const Sample& s = samples_[0];
+  const std::string generated = s.greedy_text.substr(s.prompt.size());
+  for (const std::string& stop : {std::string("not so"), std::string("I,\nTo")}) {
+    const size_t at = generated.find(stop);
+    ASSERT_NE(at, std::string::npos) << stop;
+    GenerateJob job = Job(s, {stop});
+    job.include_stop = true;
+    for (size_t group : {1, 4}) {
+      Streamed r = Stream(s, job, group);
+      EXPECT_EQ(r.text, generated.substr(0, at + stop.size())) << "stop '" << stop << "' group " << group;
+      EXPECT_EQ(r.last.finish_reason(), v1::FINISH_REASON_STOP_SEQUENCE);
+    }
+  }
+}
+
+// The stop token id that ends the output (the worker sends nothing after it) adds no text, as
+// vLLM leaves it out; its id is in token_ids, and with include_stop_str_in_output its text is kept.
+// References: the text of the tokens before it, and of those and it.
+TEST_F(GenerateOutputTest, TheStopTokenIdsTextIsLeftOutUnlessIncluded) {
+  const Sample& s = samples_[0];
+  int checked = 0;
+  for (size_t k : {5, 17, 30}) {
+    const int32_t stop_id = s.greedy_ids[k];
+    if (std::find(s.greedy_ids.begin(), s.greedy_ids.begin() + static_cast<std::ptrdiff_t>(k), stop_id) !=
+        s.greedy_ids.begin() + static_cast<std::ptrdiff_t>(k)) {
+      continue;  // not its first occurrence: the worker would have stopped earlier
+    }
+    Sample upto = s, with = s;
+    upto.greedy_ids.resize(k);
+    with.greedy_ids.resize(k + 1);
+    const std::string before = Stream(upto, Job(upto), 1).text, through = Stream(with, Job(with), 1).text;
+    ASSERT_NE(before, through) << "token " << k << " has text";
+    for (bool include : {false, true}) {
+      GenerateJob job = Job(with);
+      job.assign.add_stop_token_ids(stop_id);
+      job.include_stop = include;
+      for (size_t group : {1, 3}) {
+        Streamed r = Stream(with, job, group);
+        EXPECT_EQ(r.text, include ? through : before) << "token " << k << " group " << group;
+        EXPECT_EQ(r.ids, with.greedy_ids);
+      }
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);
 }
 
 // min_tokens (as vLLM): a stop string is looked for only in the text after the first min_tokens

@@ -33,6 +33,19 @@ TEST(StopMatcherTest, StopStringSplitAcrossDeltasIsCutAndNeverReleased) {
   EXPECT_EQ(m.Flush(), "");
 }
 
+// include_stop: the released text runs to the end of the earliest stop string (the first listed
+// of those starting there), whatever the deltas.
+TEST(StopMatcherTest, IncludeStopReleasesTheStopStringToo) {
+  StopMatcher m({"END", "EN"}, /*include_stop=*/true);
+  EXPECT_EQ(m.Push("Hello E").text, "Hello ");
+  StopMatcher::Output out = m.Push("ND more");
+  EXPECT_TRUE(out.stopped);
+  EXPECT_EQ(out.text, "END");
+  StopMatcher first({"ab", "b"}, true);
+  out = first.Push("xab");
+  EXPECT_EQ(out.text, "xab") << "\"ab\" starts first";
+}
+
 TEST(StopMatcherTest, HeldBackTextIsReleasedWhenItStopsMatching) {
   StopMatcher m({"END"});
   EXPECT_EQ(m.Push("xE").text, "x");

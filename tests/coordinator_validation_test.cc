@@ -125,6 +125,36 @@ TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   EXPECT_EQ(job->assign.stop_token_ids(0), 2);
   EXPECT_TRUE(job->want_logprobs);
   EXPECT_EQ(job->stop, std::vector<std::string>({"\n\n"}));
+  EXPECT_FALSE(job->include_stop);
+  EXPECT_EQ(job->assign.allowed_token_ids_size(), 0);
+}
+
+// vLLM's extras: include_stop_str_in_output reaches the output's job, allowed_token_ids the
+// worker (sorted, each once), and truncate_prompt_tokens keeps the prompt's last tokens before the
+// context check.
+TEST_F(ValidationTest, VllmExtrasAreCarried) {
+  v1::GenerateRequest r = Ids({5, 6, 7, 8, 9});
+  v1::SamplingParams* s = r.mutable_sampling();
+  s->set_include_stop_str_in_output(true);
+  for (int32_t id : {40, 7, 40, 3}) s->add_allowed_token_ids(id);
+  s->set_truncate_prompt_tokens(2);
+  absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_TRUE(job->include_stop);
+  EXPECT_EQ(std::vector<int32_t>(job->assign.allowed_token_ids().begin(), job->assign.allowed_token_ids().end()),
+            (std::vector<int32_t>{3, 7, 40}));
+  EXPECT_EQ(std::vector<int32_t>(job->assign.prompt().begin(), job->assign.prompt().end()), (std::vector<int32_t>{8, 9}));
+  s->set_truncate_prompt_tokens(9);  // longer than the prompt: all of it
+  EXPECT_EQ(ValidateGenerate(r, shakespeare())->assign.prompt_size(), 5);
+  // A prompt longer than the context fits once truncated.
+  const int64_t context = shakespeare().config.max_position_embeddings;
+  v1::GenerateRequest long_prompt = Ids(std::vector<int32_t>(static_cast<size_t>(context) + 10, 5));
+  EXPECT_TRUE(NamesField(ValidateGenerate(long_prompt, shakespeare()).status(), "prompt"));
+  long_prompt.mutable_sampling()->set_truncate_prompt_tokens(100);
+  job = ValidateGenerate(long_prompt, shakespeare());
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->assign.prompt_size(), 100);
+  EXPECT_EQ(job->assign.max_tokens(), kDefaultMaxTokens);
 }
 
 TEST_F(ValidationTest, EveryBadPromptFieldIsNamed) {
@@ -295,6 +325,9 @@ TEST_F(ValidationTest, EveryBadSamplingFieldIsNamed) {
   EXPECT_TRUE(with([](auto& s) { s.set_logprobs(20); }).ok());
   EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop("ok"); s.add_stop(""); }), "sampling.stop[1]"));
   EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop_token_ids(4096); }), "sampling.stop_token_ids[0]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.add_allowed_token_ids(1); s.add_allowed_token_ids(-1); }),
+                         "sampling.allowed_token_ids[1]"));
+  EXPECT_TRUE(NamesField(with([](auto& s) { s.set_truncate_prompt_tokens(0); }), "sampling.truncate_prompt_tokens"));
   EXPECT_TRUE(NamesField(with([](auto& s) { s.add_stop(std::string(2000, 'a')); }), "sampling.stop[0]"));
   EXPECT_TRUE(NamesField(with([](auto& s) { for (int i = 0; i < 65; ++i) s.add_stop("x"); }), "sampling.stop"));
   EXPECT_TRUE(NamesField(with([](auto& s) { s.set_min_p(-0.1f); }), "sampling.min_p"));

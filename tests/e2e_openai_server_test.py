@@ -138,6 +138,49 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(body["choices"][0]["text"], full[:full.find(stop)])
         self.assertEqual(body["choices"][0]["finish_reason"], "stop")
 
+    def test_c1_vllms_stop_truncation_and_allowed_ids(self):
+        """include_stop_str_in_output keeps the stop string; a stop token id's text is left out unless
+        it is included (as vLLM); truncate_prompt_tokens answers as the prompt's last tokens alone;
+        allowed_token_ids answers only with those ids (through the gRPC API: the same text)."""
+        s = self.samples["ROMEO:"]
+        full = s["greedy_text"][len("ROMEO:"):]
+        stop = full[5:9]
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0,
+                                                     "stop": [stop], "include_stop_str_in_output": True})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["text"], full[:full.find(stop) + len(stop)])
+        ids = s["greedy_ids"]
+        k = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])
+
+        def greedy_text(**extra):
+            status, body = self.call("/v1/completions", dict({"prompt": "ROMEO:", "temperature": 0}, **extra))
+            self.assertEqual(status, 200, body)
+            return body["choices"][0]
+        before, through = greedy_text(max_tokens=k)["text"], greedy_text(max_tokens=k + 1)["text"]
+        self.assertNotEqual(before, through)
+        stopped = greedy_text(max_tokens=40, stop_token_ids=[ids[k]])
+        self.assertEqual((stopped["text"], stopped["finish_reason"]), (before, "stop"))
+        self.assertEqual(greedy_text(max_tokens=40, stop_token_ids=[ids[k]], include_stop_str_in_output=True)["text"],
+                         through)
+        # truncate_prompt_tokens: the last 2 of a longer prompt's ids.
+        long_prompt = s["prompt_ids"] + ids[:10]
+        status, body = self.call("/v1/completions", {"prompt": long_prompt, "max_tokens": 8, "temperature": 0,
+                                                     "truncate_prompt_tokens": 2})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["usage"]["prompt_tokens"], 2)
+        status, alone = self.call("/v1/completions", {"prompt": long_prompt[-2:], "max_tokens": 8, "temperature": 0})
+        self.assertEqual(body["choices"][0]["text"], alone["choices"][0]["text"])
+        # allowed_token_ids.
+        allowed = sorted(set(ids[:6]))[:4]
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 10, "temperature": 0,
+                                                     "allowed_token_ids": allowed})
+        self.assertEqual(status, 200, body)
+        want = self.grpc.generate_full("ROMEO:", max_tokens=10, temperature=0, allowed_token_ids=allowed)
+        self.assertTrue(set(want.token_ids) <= set(allowed), want.token_ids)
+        self.assertEqual(body["choices"][0]["text"], want.text)
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "allowed_token_ids": [99999]})
+        self.assertEqual((status, body["error"]["param"]), (400, "allowed_token_ids[0]"), body)
+
     def test_c2_logprobs_in_openais_shape_match_the_grpc_api(self):
         body = {"prompt": "ROMEO:", "max_tokens": 16, "temperature": 0, "logprobs": 3}
         status, answer = self.call("/v1/completions", body)
@@ -606,6 +649,10 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         for call in calls:
             self.assertIn(call["function"]["name"], schemas)
             jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
+        # parallel_tool_calls: false: exactly one call.
+        status, body = self.call("/v1/chat/completions", dict(required, parallel_tool_calls=False))
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(body["choices"][0]["message"]["tool_calls"]), 1, body)
         status, body = self.call("/v1/chat/completions", dict(required, tool_choice="auto"))
         self.assertEqual((status, body["error"]["param"]), (400, "tool_choice"), body)
         self.assertIn("--tool-call-parser", body["error"]["message"])

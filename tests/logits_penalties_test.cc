@@ -101,6 +101,19 @@ TEST(LogitsPenaltiesTest, LogitBiasAddsToItsIdsEveryStepBeforeTheRepetitionPenal
   EXPECT_EQ(row, (std::vector<float>{0.5f, 0.25f, -97.0f})) << "the bias again; 1 now penalised as output";
 }
 
+// allowed_token_ids: every other id gets -inf before the rest applies (here the bias of an allowed id).
+TEST(LogitsPenaltiesTest, AllowedTokenIdsMaskEveryOtherId) {
+  PenaltyParams p;
+  p.allowed_token_ids = {1, 3};
+  p.logit_bias = {{3, 1.0f}, {2, 50.0f}};
+  EXPECT_TRUE(p.any());
+  LogitsPenalties pen(p, {}, {});
+  std::vector<float> row = {4.0f, 0.5f, 3.0f, -2.0f};
+  pen.Apply(row);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(row, (std::vector<float>{ninf, 0.5f, ninf, -1.0f}));
+}
+
 TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   EXPECT_TRUE(PenaltyParams{}.Validate(kVocab).ok());
   EXPECT_FALSE(PenaltyParams{}.any());
@@ -122,6 +135,10 @@ TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   bad({.logit_bias = {{-1, 1.0f}}}, "logit_bias");
   bad({.logit_bias = {{kVocab, 1.0f}}}, "outside the vocabulary [0, 16)");
   EXPECT_TRUE((PenaltyParams{.logit_bias = {{3, -100.0f}}}).Validate(kVocab).ok());
+  bad({.allowed_token_ids = {2, kVocab}}, "allowed_token_ids[1]: token id 16 is outside the vocabulary");
+  bad({.allowed_token_ids = {4, 2}}, "allowed_token_ids[1]: 2 is repeated or out of order");
+  bad({.allowed_token_ids = {4, 4}}, "allowed_token_ids[1]");
+  EXPECT_TRUE((PenaltyParams{.allowed_token_ids = {0, kVocab - 1}}).Validate(kVocab).ok());
 }
 
 }  // namespace

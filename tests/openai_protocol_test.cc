@@ -39,7 +39,8 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
           {"top_k", -1}, {"min_p", 0.1}, {"seed", 9}, {"n", 2}, {"best_of", 2}, {"stop", "END"},
           {"stop_token_ids", {5}}, {"presence_penalty", 0.5}, {"frequency_penalty", -0.5},
           {"repetition_penalty", 1.2}, {"min_tokens", 2}, {"ignore_eos", true}, {"logit_bias", {{"17", -3}}},
-          {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"user", "ignored"}});
+          {"stream", true}, {"stream_options", {{"include_usage", true}}}, {"user", "ignored"},
+          {"include_stop_str_in_output", true}, {"truncate_prompt_tokens", 2}, {"allowed_token_ids", {9, 4}}});
   const v1::SamplingParams& s = c.request.sampling();
   EXPECT_EQ(std::vector<int32_t>(c.request.prompt().token_ids().ids().begin(), c.request.prompt().token_ids().ids().end()),
             (std::vector<int32_t>{1, 2, 3}));
@@ -61,6 +62,17 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(s.logit_bias().at(17), -3.0f);
   EXPECT_TRUE(c.stream);
   EXPECT_TRUE(c.include_usage);
+  EXPECT_TRUE(s.include_stop_str_in_output());
+  EXPECT_EQ(s.truncate_prompt_tokens(), 2u);
+  EXPECT_EQ(std::vector<int32_t>(s.allowed_token_ids().begin(), s.allowed_token_ids().end()), (std::vector<int32_t>{9, 4}));
+  EXPECT_FALSE(Ok({{"prompt", "x"}, {"truncate_prompt_tokens", -1}}).request.sampling().has_truncate_prompt_tokens())
+      << "vLLM's -1: no truncation";
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"truncate_prompt_tokens", 0}}.dump()).param, "truncate_prompt_tokens");
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", json::array()}}.dump()).param, "allowed_token_ids");
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", {1, "2"}}}.dump()).param, "allowed_token_ids");
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", {-3}}}.dump()).param, "allowed_token_ids");
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"include_stop_str_in_output", "yes"}}.dump()).param, "include_stop_str_in_output");
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"echo", true}, {"logprobs", 1}, {"truncate_prompt_tokens", 5}}.dump()).param, "echo");
 
   EXPECT_EQ(Ok({{"prompt", {"one"}}}).request.prompt().text(), "one") << "a batch of one prompt";
   const CompletionCall batch = Ok({{"prompt", {{1, 2}, {3}}}});
@@ -513,6 +525,14 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   EXPECT_EQ(schema["items"]["anyOf"][0]["properties"]["parameters"], weather["function"]["parameters"]);
   EXPECT_EQ(schema["items"]["anyOf"][1]["properties"]["name"]["const"], "clock");
   EXPECT_TRUE(JsonSchema::Compile(nlohmann::ordered_json::parse(schema.dump())).ok()) << "each call's parameters constrained";
+  EXPECT_FALSE(schema.contains("maxItems"));
+  // parallel_tool_calls: false allows one call.
+  ChatCall single = ok({{"tool_choice", "required"}, {"parallel_tool_calls", false}});
+  EXPECT_TRUE(single.completion.tool_choice.single_call);
+  EXPECT_EQ(json::parse(single.completion.request.sampling().response_format().json_schema())["maxItems"], 1);
+  EXPECT_FALSE(ok({{"tool_choice", "required"}, {"parallel_tool_calls", true}}).completion.tool_choice.single_call);
+  ASSERT_TRUE(std::holds_alternative<HttpError>(chat({{"tool_choice", "required"}, {"parallel_tool_calls", "no"}})));
+  EXPECT_EQ(std::get<HttpError>(chat({{"tool_choice", "required"}, {"parallel_tool_calls", "no"}})).param, "parallel_tool_calls");
   // Tools' definitions move to the root, where their references point.
   const json with_defs = {{"type", "function"}, {"function", {{"name", "pick"}, {"parameters", {
       {"$defs", {{"color", {{"enum", {"red", "blue"}}}}}}, {"type", "object"},
@@ -692,6 +712,24 @@ TEST(OpenAiProtocolTest, AutoToolChoiceReadsMistralsToolCalls) {
   EXPECT_TRUE(AnswersWithCalls(choice, 5));
   EXPECT_FALSE(AnswersWithCalls(choice, 9));
   EXPECT_FALSE(AnswersWithCalls(choice, -1));
+
+  // parallel_tool_calls: false: of two calls only the first is answered, whole or streamed.
+  const std::string single_body =
+      json{{"messages", {user}}, {"tools", tools}, {"tool_choice", "auto"}, {"parallel_tool_calls", false}}.dump();
+  const ToolChoice single = std::get<ChatCall>(ParseChatRequest(single_body, "m", 5)).completion.tool_choice;
+  EXPECT_TRUE(single.single_call);
+  const std::string two = R"([{"name": "weather", "arguments": {"city": "Rome"}}, {"name": "weather", "arguments": {"city": "Oslo"}}])";
+  const json whole = ToolCallsJson(single, two);
+  ASSERT_EQ(whole.size(), 1u) << whole.dump();
+  EXPECT_EQ(whole[0]["function"]["arguments"], R"({"city": "Rome"})");
+  EXPECT_EQ(ToolCallsJson(choice, two).size(), 2u);
+  ToolCallsStream stream("arguments", 1);
+  json entries = json::array();
+  for (char c : two) {
+    for (json& e : stream.Feed(std::string(1, c))) entries.push_back(std::move(e));
+  }
+  for (const json& e : entries) EXPECT_EQ(e["index"], 0) << e.dump();
+  EXPECT_EQ(stream.calls(), 2);
 }
 
 TEST(OpenAiProtocolTest, ChatAnswersTakeOpenAisChatShape) {

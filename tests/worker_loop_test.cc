@@ -21,6 +21,7 @@
 
 #include "tests/support/engine_fixture.h"
 #include "tests/support/penalty_cases.h"
+#include "tests/support/reference_forward.h"
 #include "worker/generation.h"
 #include "worker/json_grammar.h"
 #include "worker/json_schema.h"
@@ -590,6 +591,43 @@ TEST_F(WorkerLoopTest, PreemptedSequencesGiveTheSameOutputs) {
       EXPECT_EQ(most_running, 1);
     }
   }
+}
+
+// allowed_token_ids (vLLM's): every greedy token is the argmax over the allowed ids of the float64
+// reference's logits, its logprob still the model's over the whole vocabulary; the unconstrained
+// greedy continuation is not what comes out.
+TEST_F(WorkerLoopTest, AllowedTokenIdsGreedyIsTheArgmaxAmongThem) {
+  const std::vector<int32_t> prompt = Prompt(2);
+  const std::vector<int32_t> allowed = {3, 17, 100, 511, 700, 1000};
+  Assign a = Greedy(1, prompt, 12);
+  a.mutable_allowed_token_ids()->Add(allowed.begin(), allowed.end());
+  LoopHarness h;
+  h.Push(a);
+  h.RunUntilDone();
+  const RecordingOutbox::Sequence s = h.out.BySequence()[1];
+  ASSERT_EQ(s.tokens.size(), 12u);
+  const std::vector<int32_t> free_greedy = Greedy24(2);
+  EXPECT_NE(s.tokens, std::vector<int32_t>(free_greedy.begin(), free_greedy.begin() + 12));
+
+  std::vector<int32_t> full = prompt;
+  full.insert(full.end(), s.tokens.begin(), s.tokens.end());
+  auto ckpt = Checkpoint::Open(kGoldenDir).value();
+  const ReferenceOutput ref = ReferenceForward((*h.engine)->config(), *ckpt, full).value();
+  int checked = 0;
+  for (size_t t = 0; t < s.tokens.size(); ++t) {
+    const int64_t row = static_cast<int64_t>(prompt.size() + t) - 1;
+    EXPECT_TRUE(std::binary_search(allowed.begin(), allowed.end(), s.tokens[t])) << "token " << t;
+    std::vector<std::pair<double, int32_t>> ranked;
+    for (int32_t id : allowed) ranked.emplace_back(ref.logit(row, id), id);
+    std::sort(ranked.rbegin(), ranked.rend());
+    if (ranked[0].first - ranked[1].first < 1e-3) continue;  // too close to call in float32
+    EXPECT_EQ(s.tokens[t], ranked[0].second) << "token " << t;
+    double sum = 0;  // the logprob over the whole vocabulary
+    for (int64_t v = 0; v < ref.vocab; ++v) sum += std::exp(ref.logit(row, v) - ranked[0].first);
+    EXPECT_NEAR(s.logprobs[t], -std::log(sum), 1e-3) << "token " << t;
+    ++checked;
+  }
+  EXPECT_GE(checked, 10);
 }
 
 TEST_F(WorkerLoopTest, CancelFreesKvBlocksAndFinishesCancelled) {

@@ -1,5 +1,6 @@
 #include "worker/logits_penalties.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -31,6 +32,16 @@ absl::Status PenaltyParams::Validate(int64_t vocab_size) const {
       return absl::InvalidArgumentError(absl::StrCat("logit_bias[", id, "]: must be in [-100, 100], got ", bias));
     }
   }
+  for (size_t i = 0; i < allowed_token_ids.size(); ++i) {
+    const int32_t id = allowed_token_ids[i];
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("allowed_token_ids[", i, "]: token id ", id,
+                                                     " is outside the vocabulary [0, ", vocab_size, ")"));
+    }
+    if (i > 0 && allowed_token_ids[i - 1] >= id) {
+      return absl::InvalidArgumentError(absl::StrCat("allowed_token_ids[", i, "]: ", id, " is repeated or out of order"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -47,6 +58,14 @@ void LogitsPenalties::Add(int32_t token) {
 
 void LogitsPenalties::Apply(std::span<float> logits) const {
   const auto in_vocab = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < logits.size(); };
+  if (!p_.allowed_token_ids.empty()) {
+    kept_.clear();
+    for (int32_t id : p_.allowed_token_ids) kept_.push_back(in_vocab(id) ? logits[static_cast<size_t>(id)] : 0.0f);
+    std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
+    for (size_t i = 0; i < kept_.size(); ++i) {
+      if (in_vocab(p_.allowed_token_ids[i])) logits[static_cast<size_t>(p_.allowed_token_ids[i])] = kept_[i];
+    }
+  }
   if (generated_ < p_.min_tokens) {
     for (int32_t id : end_ids_) {
       if (in_vocab(id)) logits[static_cast<size_t>(id)] = -std::numeric_limits<float>::infinity();

@@ -270,6 +270,26 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     }
     for (const json& x : ids) s.add_stop_token_ids(x.get<int32_t>());
   }
+  bool include_stop = false;  // vLLM's
+  if (std::optional<HttpError> e = Bool(body, "include_stop_str_in_output", include_stop)) return e;
+  if (include_stop) s.set_include_stop_str_in_output(true);
+  std::optional<int64_t> truncate;  // vLLM's: the prompt's last k tokens; -1: no truncation
+  if (std::optional<HttpError> e = Integer(body, "truncate_prompt_tokens", -1, UINT32_MAX, truncate)) return e;
+  if (truncate && *truncate == 0) return BadParam("truncate_prompt_tokens", "must be at least 1 (or -1: no truncation)");
+  if (truncate && *truncate > 0) s.set_truncate_prompt_tokens(static_cast<uint32_t>(*truncate));
+  if (body.contains("allowed_token_ids") && !body["allowed_token_ids"].is_null()) {  // vLLM's
+    const json& ids = body["allowed_token_ids"];
+    if (!ids.is_array() || ids.empty() ||
+        !std::all_of(ids.begin(), ids.end(), [](const json& x) { return x.is_number_integer(); })) {
+      return BadParam("allowed_token_ids", "expected a non-empty array of token ids");
+    }
+    for (const json& x : ids) {
+      const int64_t id = x.is_number_unsigned() && x.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX
+                                                                                                        : x.get<int64_t>();
+      if (id < 0 || id > INT32_MAX) return BadParam("allowed_token_ids", "token id " + std::to_string(id) + " out of range");
+      s.add_allowed_token_ids(static_cast<int32_t>(id));
+    }
+  }
   if (body.contains("logit_bias") && !body["logit_bias"].is_null()) {
     const json& bias = body["logit_bias"];
     if (!bias.is_object()) return BadParam("logit_bias", "expected an object {token id: bias}");
@@ -372,6 +392,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
 
   if (std::optional<HttpError> e = Bool(body, "echo", call.echo)) return *e;
   if (call.echo && call.stream) return BadParam("echo", "not served with stream: true");
+  if (call.echo && s.has_truncate_prompt_tokens()) return BadParam("echo", "not served with truncate_prompt_tokens");
   if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   return call;

@@ -481,7 +481,8 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const bool required = api == Api::kChat && call.tool_choice.kind == ToolChoice::Kind::kRequired;
   const bool automatic = api == Api::kChat && call.tool_choice.kind == ToolChoice::Kind::kAuto;
   std::vector<ToolCallsStream> call_streams(
-      required || automatic ? choices : 0, ToolCallsStream(required ? "parameters" : "arguments"));
+      required || automatic ? choices : 0,
+      ToolCallsStream(required ? "parameters" : "arguments", call.tool_choice.single_call ? 1 : 0));
   std::vector<std::string> held_text(automatic ? choices : 0);  // "auto": read whole once it ends
   std::vector<int8_t> holds(tool_calls ? choices : 0, -1);  // -1: not known before its first token
   std::vector<bool> call_started(named ? choices : 0, false);  // a named call's first delta was sent

@@ -38,6 +38,10 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
   const ordered& tools = body.contains("tools") ? body["tools"] : none;
   const ordered& tool_choice = body.contains("tool_choice") ? body["tool_choice"] : none;
   if (!tools.is_null() && !tools.is_array()) return BadParam("tools", "expected an array");
+  if (body.contains("parallel_tool_calls") && !body["parallel_tool_calls"].is_null()) {
+    if (!body["parallel_tool_calls"].is_boolean()) return BadParam("parallel_tool_calls", "expected true or false");
+    choice.single_call = !body["parallel_tool_calls"].get<bool>();
+  }
   const bool has_tools = tools.is_array() && !tools.empty();
   if (tool_choice == "auto" || (tool_choice.is_null() && has_tools && auto_marker_id >= 0)) {
     if (auto_marker_id < 0) {
@@ -101,6 +105,7 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
                        {"required", {"name", "parameters"}}});
     }
     schema = {{"type", "array"}, {"items", calls.size() == 1 ? calls[0] : ordered{{"anyOf", calls}}}, {"minItems", 1}};
+    if (choice.single_call) schema["maxItems"] = 1;
     for (const auto& [section, definitions] : hoisted.items()) schema[section] = definitions;
   } else if (tool_choice.is_object() && StringField(tool_choice, "type") == "function" &&
              tool_choice.contains("function") && tool_choice["function"].is_object() &&
@@ -137,7 +142,7 @@ nlohmann::json ToolCallsJson(const ToolChoice& choice, const std::string& text) 
   for (const ordered& c : value) {
     if (!c.is_object() || !c.contains("name") || !c["name"].is_string() || !c.contains(key)) return nullptr;
   }
-  ToolCallsStream stream(key);
+  ToolCallsStream stream(key, choice.single_call ? 1 : 0);
   const nlohmann::json entries = stream.Feed(text);
   if (stream.calls() != static_cast<int>(value.size()) || stream.complete_calls() != stream.calls()) return nullptr;
   for (const nlohmann::json& e : entries) {
@@ -205,6 +210,7 @@ void ToolCallsStream::EmitArguments() {
 }
 
 void ToolCallsStream::Emit(nlohmann::json entry) {
+  if (max_calls_ > 0 && entry["index"].get<int>() >= max_calls_) return;
   // Pieces of the call the last entry holds join it: its arguments grow.
   if (!out_.empty() && out_.back()["index"] == entry["index"] && !entry.contains("id")) {
     nlohmann::json& args = out_.back()["function"]["arguments"];

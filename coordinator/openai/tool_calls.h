@@ -12,6 +12,8 @@
 //     [TOOL_CALLS] control token is read as Mistral's JSON list of {"name", "arguments"} and answered
 //     as tool_calls with finish_reason "tool_calls" (as vLLM's mistral parser). Without the parser
 //     "auto" is refused, and tools without a tool_choice only reach the template.
+// parallel_tool_calls: false allows one call: "required"'s list holds exactly one (the schema's
+// maxItems), and of an "auto" answer's calls only the first is answered.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +35,7 @@ struct ToolChoice {
   Kind kind = Kind::kNone;
   std::string name;         // kNamed: the function
   int32_t marker_id = -1;   // kAuto: the [TOOL_CALLS] token that starts an answer of calls
+  bool single_call = false;  // parallel_tool_calls: false
 };
 
 // Reads tools / tool_choice of a chat request (`ordered`: the body with its key order) into
@@ -63,8 +66,10 @@ void ApplyToolCalls(const ToolChoice& choice, nlohmann::json& answer, const std:
 // string: its decoded value, once whole). A JSON lexer over the bytes, so text may be split anywhere.
 class ToolCallsStream {
  public:
-  // `arguments_key`: "parameters" ("required"), "arguments" ("auto").
-  explicit ToolCallsStream(std::string arguments_key = "parameters") : arguments_key_(std::move(arguments_key)) {}
+  // `arguments_key`: "parameters" ("required"), "arguments" ("auto"). `max_calls` > 0: the entries
+  // of later calls are left out.
+  explicit ToolCallsStream(std::string arguments_key = "parameters", int max_calls = 0)
+      : arguments_key_(std::move(arguments_key)), max_calls_(max_calls) {}
 
   // The entries the text adds (an array, maybe empty); pieces of one call within it are merged.
   nlohmann::json Feed(std::string_view text);
@@ -92,6 +97,7 @@ class ToolCallsStream {
   int complete_ = 0;
   nlohmann::json out_;
   std::string arguments_key_;
+  int max_calls_;
 };
 
 // A named function's streamed delta: {"tool_calls": [{"index": 0, "function": {"arguments": text}}]},
