@@ -281,6 +281,9 @@ TEST_F(ValidationTest, RandomRequestsAreAcceptedOrNameAField) {
     if (rng() % 3 == 0) s.set_logprobs(static_cast<uint32_t>(rng() % 30));
     if (rng() % 3 == 0) s.add_stop(texts[rng() % std::size(texts)]);
     if (rng() % 3 == 0) s.add_stop_token_ids(static_cast<int32_t>(rng() % 70000) - 1000);
+    if (rng() % 4 == 0) s.add_allowed_token_ids(static_cast<int32_t>(rng() % 2100) - 20);
+    if (rng() % 5 == 0) s.set_truncate_prompt_tokens(static_cast<uint32_t>(rng() % 40));
+    if (rng() % 4 == 0) s.set_include_stop_str_in_output(true);
     if (rng() % 3 == 0) (*s.mutable_logit_bias())[static_cast<int32_t>(rng() % 70000) - 1000] = f();
     if (rng() % 2) {
       v1::ResponseFormat& fmt = *s.mutable_response_format();

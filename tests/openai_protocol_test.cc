@@ -162,10 +162,11 @@ TEST(OpenAiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
   const std::vector<json> bodies = {
       {{"prompt", "x"}, {"max_tokens", 5}, {"temperature", 0.5}, {"logprobs", 2}, {"echo", true}, {"stop", {"a"}},
        {"logit_bias", {{"5", 1}}}, {"n", 2}, {"best_of", 2}, {"stream", true}, {"stream_options", {{"include_usage", true}}}},
-      {{"prompt", {1, 2, 3}}, {"guided_regex", "[a-z]+"}, {"min_tokens", 1}, {"seed", 3}},
+      {{"prompt", {1, 2, 3}}, {"guided_regex", "[a-z]+"}, {"min_tokens", 1}, {"seed", 3},
+       {"include_stop_str_in_output", true}, {"truncate_prompt_tokens", 2}, {"allowed_token_ids", {1, 2}}},
       {{"prompt", "x"}, {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "s"}, {"schema", {{"type", "integer"}}}}}}}},
       {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"tools", {tool}}, {"tool_choice", "required"},
-       {"max_completion_tokens", 9}, {"top_logprobs", 1}, {"logprobs", true}},
+       {"max_completion_tokens", 9}, {"top_logprobs", 1}, {"logprobs", true}, {"parallel_tool_calls", false}},
       {{"messages", {{{"role", "system"}, {"content", {{{"type", "text"}, {"text", "be"}}}}}, {{"role", "user"}, {"content", "q"}}}},
        {"guided_choice", {"a", "b"}}, {"chat_template", "{{ messages[0].content }}"}}};
   const std::vector<json> values = {nullptr, 0, -1, 1e300, -1e300, "", "x", json::array(), json::object(), true,
