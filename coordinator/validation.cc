@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 
+#include <absl/strings/ascii.h>
 #include <nlohmann/json.hpp>
 
 #include "worker/json_schema.h"
@@ -130,6 +131,22 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   std::sort(penalties.allowed_token_ids.begin(), penalties.allowed_token_ids.end());
   penalties.allowed_token_ids.erase(std::unique(penalties.allowed_token_ids.begin(), penalties.allowed_token_ids.end()),
                                     penalties.allowed_token_ids.end());
+  // bad_words, as vLLM encodes them: each left-trimmed, as written and after a space.
+  if (s.bad_words_size() > kMaxBadWords) {
+    return FieldError("sampling.bad_words", absl::StrCat("at most ", kMaxBadWords, " words, got ", s.bad_words_size()));
+  }
+  for (int i = 0; i < s.bad_words_size(); ++i) {
+    if (model.tokenizer == nullptr) return FieldError("sampling.bad_words", "the model has no tokenizer to encode them");
+    const std::string word(absl::StripLeadingAsciiWhitespace(s.bad_words(i)));
+    if (word.empty()) return FieldError(Indexed("sampling.bad_words", i), "empty");
+    if (word.size() > kMaxStopLength) {
+      return FieldError(Indexed("sampling.bad_words", i), absl::StrCat("longer than ", kMaxStopLength, " bytes"));
+    }
+    for (const std::string& text : {word, " " + word}) {
+      std::vector<int32_t> ids = EncodeBare(*model.tokenizer, text);
+      if (!ids.empty()) penalties.bad_words.push_back(std::move(ids));
+    }
+  }
   for (const absl::Status& st : {sampling.Validate(), penalties.Validate(vocab)}) {
     if (!st.ok()) return absl::InvalidArgumentError(absl::StrCat("sampling.", st.message()));
   }
@@ -227,6 +244,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_min_tokens(min_tokens);
   *a.mutable_logit_bias() = s.logit_bias();
   a.mutable_allowed_token_ids()->Assign(penalties.allowed_token_ids.begin(), penalties.allowed_token_ids.end());
+  for (const std::vector<int32_t>& w : penalties.bad_words) a.add_bad_words()->mutable_ids()->Assign(w.begin(), w.end());
   a.set_json_object(json_object);
   a.set_json_schema(schema_text);
   if (choice) *a.mutable_choices() = format.choices();

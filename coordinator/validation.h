@@ -32,6 +32,7 @@ inline constexpr int kMaxLogitBias = 1024;         // SamplingParams.logit_bias 
 inline constexpr size_t kMaxRequestIdLength = 256;
 // Stop strings are matched on every text delta: bounded so that matching stays cheap.
 inline constexpr int kMaxStopStrings = 64;
+inline constexpr int kMaxBadWords = 64;  // SamplingParams.bad_words
 inline constexpr size_t kMaxStopLength = 1024;
 
 // How text becomes ids: prompts and score contexts get BOS as the tokenizer config says;

@@ -157,6 +157,30 @@ TEST_F(ValidationTest, VllmExtrasAreCarried) {
   EXPECT_EQ(job->assign.max_tokens(), kDefaultMaxTokens);
 }
 
+// bad_words: each left-trimmed word becomes its encodings as written and after a space (the
+// tokenizer's own, without BOS), in order.
+TEST_F(ValidationTest, BadWordsAreEncodedAsWrittenAndAfterASpace) {
+  v1::GenerateRequest r = Ids({5, 6});
+  r.mutable_sampling()->add_bad_words("  thee");
+  r.mutable_sampling()->add_bad_words("good lord");
+  absl::StatusOr<GenerateJob> job = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(job.ok()) << job.status();
+  const TextCodec& codec = *shakespeare().tokenizer;
+  std::vector<std::vector<int32_t>> want;
+  for (const char* text : {"thee", " thee", "good lord", " good lord"}) {
+    std::vector<int32_t> ids = codec.Encode(text);
+    if (codec.add_bos()) ids.erase(ids.begin());
+    want.push_back(ids);
+  }
+  ASSERT_EQ(job->assign.bad_words_size(), 4);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(std::vector<int32_t>(job->assign.bad_words(i).ids().begin(), job->assign.bad_words(i).ids().end()), want[i]) << i;
+  }
+  v1::GenerateRequest empty = Ids({5, 6});
+  empty.mutable_sampling()->add_bad_words(" ");
+  EXPECT_TRUE(NamesField(ValidateGenerate(empty, shakespeare()).status(), "sampling.bad_words[0]"));
+}
+
 TEST_F(ValidationTest, EveryBadPromptFieldIsNamed) {
   v1::GenerateRequest none;
   EXPECT_TRUE(NamesField(ValidateGenerate(none, shakespeare()).status(), "prompt"));
@@ -284,6 +308,7 @@ TEST_F(ValidationTest, RandomRequestsAreAcceptedOrNameAField) {
     if (rng() % 4 == 0) s.add_allowed_token_ids(static_cast<int32_t>(rng() % 2100) - 20);
     if (rng() % 5 == 0) s.set_truncate_prompt_tokens(static_cast<uint32_t>(rng() % 40));
     if (rng() % 4 == 0) s.set_include_stop_str_in_output(true);
+    if (rng() % 4 == 0) s.add_bad_words(texts[rng() % std::size(texts)]);
     if (rng() % 3 == 0) (*s.mutable_logit_bias())[static_cast<int32_t>(rng() % 70000) - 1000] = f();
     if (rng() % 2) {
       v1::ResponseFormat& fmt = *s.mutable_response_format();

@@ -180,6 +180,22 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(body["choices"][0]["text"], want.text)
         status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "allowed_token_ids": [99999]})
         self.assertEqual((status, body["error"]["param"]), (400, "allowed_token_ids[0]"), body)
+        # bad_words: a word of the greedy answer, encoded as written and after a space, never appears
+        # in the ids; the answer is the same up to where it would have.
+        word = [w for w in full.split() if w.isalpha() and len(w) > 3 and " " + w in full][0]
+        encodings = [self.grpc.tokenize(text, add_bos=False) for text in (word, " " + word)]
+
+        def contains(ids, seq):
+            return any(ids[i:i + len(seq)] == seq for i in range(len(ids) - len(seq) + 1))
+        self.assertTrue(any(contains(ids, e) for e in encodings), (word, encodings))
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 40, "temperature": 0,
+                                                     "bad_words": [word]})
+        self.assertEqual(status, 200, body)
+        want = self.grpc.generate_full("ROMEO:", max_tokens=40, temperature=0, bad_words=[word])
+        self.assertEqual(body["choices"][0]["text"], want.text)
+        self.assertFalse(any(contains(want.token_ids, e) for e in encodings), (word, encodings, want.token_ids))
+        first = next(i for i in range(len(ids)) if any(contains(ids[:i + 1], e) for e in encodings))
+        self.assertEqual(want.token_ids[:first], ids[:first])
 
     def test_c2_logprobs_in_openais_shape_match_the_grpc_api(self):
         body = {"prompt": "ROMEO:", "max_tokens": 16, "temperature": 0, "logprobs": 3}

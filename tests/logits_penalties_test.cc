@@ -114,6 +114,27 @@ TEST(LogitsPenaltiesTest, AllowedTokenIdsMaskEveryOtherId) {
   EXPECT_EQ(row, (std::vector<float>{ninf, 0.5f, ninf, -1.0f}));
 }
 
+// bad_words: a word's last id is masked once the output ends with the ids before it; a word of one
+// id always; the prompt does not count.
+TEST(LogitsPenaltiesTest, BadWordsMaskTheIdThatWouldCompleteThem) {
+  PenaltyParams p;
+  p.bad_words = {{2, 3}, {5}, {1, 2, 4}};
+  LogitsPenalties pen(p, std::vector<int32_t>{2}, {});
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> row(6, 1.0f);
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{1, 1, 1, 1, 1, ninf})) << "the prompt's 2 does not start a word";
+  pen.Add(2);
+  row.assign(6, 1.0f);
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{1, 1, 1, ninf, 1, ninf}));
+  pen.Add(1);
+  pen.Add(2);
+  row.assign(6, 1.0f);
+  pen.Apply(row);
+  EXPECT_EQ(row, (std::vector<float>{1, 1, 1, ninf, ninf, ninf})) << "1 2 -> 4 and 2 -> 3";
+}
+
 TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   EXPECT_TRUE(PenaltyParams{}.Validate(kVocab).ok());
   EXPECT_FALSE(PenaltyParams{}.any());
@@ -139,6 +160,9 @@ TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   bad({.allowed_token_ids = {4, 2}}, "allowed_token_ids[1]: 2 is repeated or out of order");
   bad({.allowed_token_ids = {4, 4}}, "allowed_token_ids[1]");
   EXPECT_TRUE((PenaltyParams{.allowed_token_ids = {0, kVocab - 1}}).Validate(kVocab).ok());
+  bad({.bad_words = {{1}, {}}}, "bad_words[1]: no token ids");
+  bad({.bad_words = {{1, kVocab}}}, "bad_words[0]: token id 16");
+  EXPECT_TRUE((PenaltyParams{.bad_words = {{1, 2}}}).any());
 }
 
 }  // namespace

@@ -42,6 +42,15 @@ absl::Status PenaltyParams::Validate(int64_t vocab_size) const {
       return absl::InvalidArgumentError(absl::StrCat("allowed_token_ids[", i, "]: ", id, " is repeated or out of order"));
     }
   }
+  for (size_t i = 0; i < bad_words.size(); ++i) {
+    if (bad_words[i].empty()) return absl::InvalidArgumentError(absl::StrCat("bad_words[", i, "]: no token ids"));
+    for (int32_t id : bad_words[i]) {
+      if (id < 0 || id >= vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("bad_words[", i, "]: token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -52,6 +61,7 @@ LogitsPenalties::LogitsPenalties(const PenaltyParams& p, std::span<const int32_t
 
 void LogitsPenalties::Add(int32_t token) {
   ++generated_;
+  if (!p_.bad_words.empty()) output_.push_back(token);
   if (p_.repetition_penalty != 1.0f) seen_.insert(token);
   if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) ++in_output_[token];
 }
@@ -70,6 +80,13 @@ void LogitsPenalties::Apply(std::span<float> logits) const {
     for (int32_t id : end_ids_) {
       if (in_vocab(id)) logits[static_cast<size_t>(id)] = -std::numeric_limits<float>::infinity();
     }
+  }
+  for (const std::vector<int32_t>& word : p_.bad_words) {
+    const size_t before = word.size() - 1;  // the ids that must end the output
+    if (output_.size() < before || !std::equal(word.begin(), word.end() - 1, output_.end() - static_cast<std::ptrdiff_t>(before))) {
+      continue;
+    }
+    if (in_vocab(word.back())) logits[static_cast<size_t>(word.back())] = -std::numeric_limits<float>::infinity();
   }
   for (const auto& [id, bias] : p_.logit_bias) {
     if (in_vocab(id)) logits[static_cast<size_t>(id)] += bias;

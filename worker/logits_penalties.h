@@ -4,6 +4,8 @@
 // top-p and min-p follow in SampleToken.
 //
 // - allowed_token_ids (vLLM's): when non-empty, every other id gets -inf.
+// - bad_words (vLLM's, as token sequences): the last id of a sequence gets -inf when the output
+//   ends with the ids before it (always, for a sequence of one id).
 // - logit_bias (OpenAI's): a fixed amount added to chosen ids' logits at every step
 //   (SequenceBiasLogitsProcessor with one-token sequences).
 // - min_tokens: while fewer tokens than this were generated, the end ids (EOS unless ignore_eos,
@@ -36,16 +38,18 @@ struct PenaltyParams {
   uint32_t min_tokens = 0;
   std::vector<std::pair<int32_t, float>> logit_bias = {};  // (id, bias), ids in the vocabulary
   std::vector<int32_t> allowed_token_ids = {};  // empty: all; else sorted, distinct, in the vocabulary
+  std::vector<std::vector<int32_t>> bad_words = {};  // non-empty id sequences in the vocabulary
 
   // Whether any of them changes a logit.
   bool any() const {
     return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f || min_tokens > 0 ||
-           !logit_bias.empty() || !allowed_token_ids.empty();
+           !logit_bias.empty() || !allowed_token_ids.empty() || !bad_words.empty();
   }
   // InvalidArgument "<field>: <what>" for the first bad field: repetition_penalty not finite and
   // > 0; a presence or frequency penalty outside [-2, 2] (or NaN); a logit_bias id outside
   // [0, vocab_size) or a bias outside [-100, 100] ("logit_bias[id]: ..."); an allowed id outside
-  // the vocabulary ("allowed_token_ids[i]: ...", i its index in the sorted list) or repeated.
+  // the vocabulary ("allowed_token_ids[i]: ...", i its index in the sorted list) or repeated; an
+  // empty bad word or one with an id outside the vocabulary ("bad_words[i]: ...").
   absl::Status Validate(int64_t vocab_size) const;
 };
 
@@ -65,6 +69,7 @@ class LogitsPenalties {
   std::unordered_set<int32_t> seen_;               // distinct ids of the prompt and the output
   std::unordered_map<int32_t, int32_t> in_output_;  // id -> occurrences in the output
   uint32_t generated_ = 0;
+  std::vector<int32_t> output_;  // the generated ids, kept only for bad_words
   mutable std::vector<float> kept_;  // Apply's copy of the allowed ids' logits
 };
 

@@ -57,7 +57,8 @@ FINISH_REASONS = {
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
                     "min_tokens", "n", "logit_bias", "response_format", "guided_choice",
-                    "guided_regex", "include_stop_str_in_output", "truncate_prompt_tokens", "allowed_token_ids")
+                    "guided_regex", "include_stop_str_in_output", "truncate_prompt_tokens", "allowed_token_ids",
+                    "bad_words")
 
 
 @dataclasses.dataclass
@@ -97,6 +98,8 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
             p.stop_token_ids.extend(int(i) for i in value)
         elif name == "allowed_token_ids":
             p.allowed_token_ids.extend(int(i) for i in value)
+        elif name == "bad_words":
+            p.bad_words.extend([value] if isinstance(value, str) else list(value))
         elif name == "logit_bias":  # {token id: bias}, as OpenAI's
             for token, bias in dict(value).items():
                 p.logit_bias[int(token)] = float(bias)
@@ -161,8 +164,8 @@ class MoeClient:
         completion it carries), response_format ("json_object": the output is one JSON object; OpenAI's
         {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits), guided_choice
         (a list of texts: the output is exactly one of them), guided_regex (the whole output matches this
-        regular expression); vLLM's include_stop_str_in_output, truncate_prompt_tokens and
-        allowed_token_ids. Closing the iterator early
+        regular expression); vLLM's include_stop_str_in_output, truncate_prompt_tokens,
+        allowed_token_ids and bad_words. Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")

@@ -277,6 +277,13 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   if (std::optional<HttpError> e = Integer(body, "truncate_prompt_tokens", -1, UINT32_MAX, truncate)) return e;
   if (truncate && *truncate == 0) return BadParam("truncate_prompt_tokens", "must be at least 1 (or -1: no truncation)");
   if (truncate && *truncate > 0) s.set_truncate_prompt_tokens(static_cast<uint32_t>(*truncate));
+  if (body.contains("bad_words") && !body["bad_words"].is_null()) {  // vLLM's
+    const json& words = body["bad_words"];
+    if (!words.is_array() || !std::all_of(words.begin(), words.end(), [](const json& x) { return x.is_string(); })) {
+      return BadParam("bad_words", "expected an array of strings");
+    }
+    for (const json& w : words) s.add_bad_words(w.get<std::string>());
+  }
   if (body.contains("allowed_token_ids") && !body["allowed_token_ids"].is_null()) {  // vLLM's
     const json& ids = body["allowed_token_ids"];
     if (!ids.is_array() || ids.empty() ||

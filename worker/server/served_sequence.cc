@@ -47,6 +47,7 @@ PenaltyParams PenaltiesOf(const moe::v1::Assign& a) {
   for (const auto& [id, bias] : a.logit_bias()) p.logit_bias.emplace_back(id, bias);
   std::sort(p.logit_bias.begin(), p.logit_bias.end());  // a map's order is unspecified; keep it fixed
   p.allowed_token_ids.assign(a.allowed_token_ids().begin(), a.allowed_token_ids().end());  // Validate checks the order
+  for (const moe::v1::TokenSequence& w : a.bad_words()) p.bad_words.emplace_back(w.ids().begin(), w.ids().end());
   return p;
 }
 
