@@ -13,11 +13,11 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
       prompt_tokens_(static_cast<uint32_t>(job.assign.prompt_size())),
       min_tokens_(job.assign.min_tokens()),
       stop_(job.stop, job.include_stop) {
+  stop_token_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
+  if (!job.assign.ignore_eos()) eos_ids_.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
   if (!job.include_stop) {
-    end_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
-    if (!job.assign.ignore_eos()) {
-      end_ids_.insert(end_ids_.end(), model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
-    }
+    end_ids_ = stop_token_ids_;
+    end_ids_.insert(end_ids_.end(), eos_ids_.begin(), eos_ids_.end());
   }
   if (model.tokenizer != nullptr) {
     const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
@@ -51,6 +51,7 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
   }
   for (int i = 0; i < n; ++i) {
     const int32_t id = tokens.token_ids(i);
+    last_token_ = id;
     ++completion_tokens_;
     out.add_token_ids(id);
     // The token that ends the output adds no text (the worker sends nothing after it).
@@ -102,6 +103,12 @@ void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) 
     }
   }
   out.set_finish_reason(reason);
+  const auto has = [](const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); };
+  if (reason == v1::FINISH_REASON_STOP_SEQUENCE && stop_.stopped()) {
+    out.set_stop_string(stop_.matched());
+  } else if (reason == v1::FINISH_REASON_STOP && !has(eos_ids_, last_token_) && has(stop_token_ids_, last_token_)) {
+    out.set_stop_token_id(last_token_);  // (the end-of-sequence token has no stop reason, as in vLLM)
+  }
   out.mutable_usage()->set_prompt_tokens(prompt_tokens_);
   out.mutable_usage()->set_completion_tokens(completion_tokens_);
 }

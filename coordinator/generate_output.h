@@ -32,7 +32,7 @@ class GenerateOutput {
   absl::StatusOr<bool> AddTokens(const v1::Tokens& tokens, v1::GenerateResponse& out);
 
   // The last message's extras: text still held back (unless a stop sequence ended it), finish
-  // reason and usage.
+  // reason, the stop string or stop token id that ended it (vLLM's stop_reason), and usage.
   void Finish(v1::FinishReason reason, v1::GenerateResponse& out);
 
   uint32_t prompt_tokens() const { return prompt_tokens_; }
@@ -51,6 +51,8 @@ class GenerateOutput {
   uint32_t completion_tokens_ = 0;
   uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these
   std::vector<int32_t> end_ids_;  // EndsOutput's ids; empty with include_stop_str_in_output
+  std::vector<int32_t> stop_token_ids_, eos_ids_;  // for the stop reason (eos_ids_ empty with ignore_eos)
+  int32_t last_token_ = -1;
   std::unique_ptr<TextStream> detok_;  // null without a tokenizer
   StopMatcher stop_;
   bool stopped_ = false;

@@ -41,6 +41,7 @@ StopMatcher::Output StopMatcher::Push(std::string_view delta) {
     if (at < first) {
       first = at;
       end = at + stop.size();
+      matched_ = stop;
     }
   }
   if (first != std::string::npos) {

@@ -29,6 +29,8 @@ class StopMatcher {
   std::string Flush();
 
   bool stopped() const { return stopped_; }
+  // The stop string that stopped it (empty before).
+  const std::string& matched() const { return matched_; }
 
  private:
   // Length of the longest suffix of pending_ that is a proper prefix of some stop string.
@@ -38,6 +40,7 @@ class StopMatcher {
   bool include_stop_;
   std::string pending_;  // received but not yet released
   bool stopped_ = false;
+  std::string matched_;
 };
 
 }  // namespace moe

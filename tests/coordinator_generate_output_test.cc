@@ -67,7 +67,8 @@ class GenerateOutputTest : public ::testing::Test {
     std::vector<int32_t> ids;
     v1::GenerateResponse last;
   };
-  Streamed Stream(const Sample& s, const GenerateJob& job, size_t group) {
+  // `end`: the worker's finish reason when no stop string ended it.
+  Streamed Stream(const Sample& s, const GenerateJob& job, size_t group, v1::FinishReason end = v1::FINISH_REASON_LENGTH) {
     RequestModel model{config_, codec_.get()};
     GenerateOutput out(job, model, "r1");
     Streamed r;
@@ -85,7 +86,7 @@ class GenerateOutputTest : public ::testing::Test {
         return r;
       }
     }
-    out.Finish(v1::FINISH_REASON_LENGTH, r.last);
+    out.Finish(end, r.last);
     r.text += r.last.text();
     return r;
   }
@@ -121,6 +122,7 @@ TEST_F(GenerateOutputTest, StopStringIsCutOutWhereverTheTokensSplitIt) {
       Streamed r = Stream(s, Job(s, {stop, "never appears"}), group);
       EXPECT_EQ(r.text, generated.substr(0, at)) << "stop '" << stop << "' group " << group;
       EXPECT_EQ(r.last.finish_reason(), v1::FINISH_REASON_STOP_SEQUENCE);
+      EXPECT_EQ(r.last.stop_string(), stop) << "vLLM's stop_reason";
       // The tokens up to the one that completed the stop string were sent, none after it.
       EXPECT_LT(r.ids.size(), s.greedy_ids.size());
       EXPECT_EQ(r.last.usage().completion_tokens(), r.ids.size());
@@ -167,10 +169,23 @@ TEST_F(GenerateOutputTest, TheStopTokenIdsTextIsLeftOutUnlessIncluded) {
       job.assign.add_stop_token_ids(stop_id);
       job.include_stop = include;
       for (size_t group : {1, 3}) {
-        Streamed r = Stream(with, job, group);
+        Streamed r = Stream(with, job, group, v1::FINISH_REASON_STOP);
         EXPECT_EQ(r.text, include ? through : before) << "token " << k << " group " << group;
         EXPECT_EQ(r.ids, with.greedy_ids);
+        EXPECT_EQ(r.last.stop_token_id(), stop_id) << "vLLM's stop_reason";
       }
+      // The same token as the end-of-sequence id: no stop reason (as vLLM), its text still left out.
+      ModelConfig eos_config = config_;
+      eos_config.eos_token_ids = {stop_id};
+      RequestModel model{eos_config, codec_.get()};
+      GenerateJob eos_job = Job(with);
+      eos_job.include_stop = include;
+      GenerateOutput out(eos_job, model, "r");
+      v1::GenerateResponse resp, last;
+      ASSERT_TRUE(out.AddTokens(TokensAt(with.greedy_ids, 0, with.greedy_ids.size(), -1.0f), resp).ok());
+      out.Finish(v1::FINISH_REASON_STOP, last);
+      EXPECT_EQ(resp.text() + last.text(), include ? through : before);
+      EXPECT_EQ(last.stop_reason_case(), v1::GenerateResponse::STOP_REASON_NOT_SET);
     }
     ++checked;
   }

@@ -41,6 +41,7 @@ TEST(StopMatcherTest, IncludeStopReleasesTheStopStringToo) {
   StopMatcher::Output out = m.Push("ND more");
   EXPECT_TRUE(out.stopped);
   EXPECT_EQ(out.text, "END");
+  EXPECT_EQ(m.matched(), "END");
   StopMatcher first({"ab", "b"}, true);
   out = first.Push("xab");
   EXPECT_EQ(out.text, "xab") << "\"ab\" starts first";

@@ -149,6 +149,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                                                      "stop": [stop], "include_stop_str_in_output": True})
         self.assertEqual(status, 200, body)
         self.assertEqual(body["choices"][0]["text"], full[:full.find(stop) + len(stop)])
+        self.assertEqual(body["choices"][0]["stop_reason"], stop)
         ids = s["greedy_ids"]
         k = next(i for i in range(3, len(ids)) if ids[i] not in ids[:i])
 
@@ -159,7 +160,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         before, through = greedy_text(max_tokens=k)["text"], greedy_text(max_tokens=k + 1)["text"]
         self.assertNotEqual(before, through)
         stopped = greedy_text(max_tokens=40, stop_token_ids=[ids[k]])
-        self.assertEqual((stopped["text"], stopped["finish_reason"]), (before, "stop"))
+        self.assertEqual((stopped["text"], stopped["finish_reason"], stopped["stop_reason"]), (before, "stop", ids[k]))
+        self.assertIsNone(greedy_text(max_tokens=5)["stop_reason"])
         self.assertEqual(greedy_text(max_tokens=40, stop_token_ids=[ids[k]], include_stop_str_in_output=True)["text"],
                          through)
         # truncate_prompt_tokens: the last 2 of a longer prompt's ids.

@@ -307,7 +307,9 @@ TEST(OpenAiProtocolTest, ResponsesFoldTheStreamPerCompletion) {
   CompletionAccumulator acc(2, false);
   EXPECT_TRUE(acc.Add(Msg(1, "b")));
   EXPECT_TRUE(acc.Add(Msg(0, "a")));
-  EXPECT_TRUE(acc.Add(Msg(0, "c", v1::FINISH_REASON_STOP_SEQUENCE, 2)));
+  v1::GenerateResponse stopped = Msg(0, "c", v1::FINISH_REASON_STOP_SEQUENCE, 2);
+  stopped.set_stop_string("END");
+  EXPECT_TRUE(acc.Add(stopped));
   EXPECT_TRUE(acc.Add(Msg(1, "d", v1::FINISH_REASON_LENGTH, 3)));
   EXPECT_FALSE(acc.Add(Msg(2, "x")));
   const json j = acc.ToJson("m", 1000);
@@ -320,6 +322,8 @@ TEST(OpenAiProtocolTest, ResponsesFoldTheStreamPerCompletion) {
   EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
   EXPECT_EQ(j["choices"][1]["text"], "bd");
   EXPECT_EQ(j["choices"][1]["finish_reason"], "length");
+  EXPECT_EQ(j["choices"][0]["stop_reason"], "END") << "vLLM's";
+  EXPECT_TRUE(j["choices"][1]["stop_reason"].is_null());
   EXPECT_EQ(j["usage"], (json{{"prompt_tokens", 4}, {"completion_tokens", 5}, {"total_tokens", 9}}));
 
   size_t offset = 0;
@@ -328,6 +332,11 @@ TEST(OpenAiProtocolTest, ResponsesFoldTheStreamPerCompletion) {
   EXPECT_EQ(chunk["choices"][0]["index"], 1);
   EXPECT_EQ(chunk["choices"][0]["text"], "z");
   EXPECT_TRUE(chunk["choices"][0]["finish_reason"].is_null());
+  EXPECT_TRUE(chunk["choices"][0]["stop_reason"].is_null());
+  v1::GenerateResponse by_id = Msg(0, "", v1::FINISH_REASON_STOP, 1);
+  by_id.set_stop_token_id(13);
+  EXPECT_EQ(StreamChunkJson(by_id, "m", 5, false, offset)["choices"][0]["stop_reason"], 13);
+  EXPECT_EQ(StreamChunkJson(by_id, "m", 5, false, offset, Api::kChat)["choices"][0]["stop_reason"], 13);
   EXPECT_EQ(StreamChunkJson(Msg(0, "", v1::FINISH_REASON_STOP, 1), "m", 5, false, offset)["choices"][0]["finish_reason"],
             "stop");
   EXPECT_EQ(StreamUsageJson("req-7", "m", 5, 4, 6)["usage"]["total_tokens"], 10);

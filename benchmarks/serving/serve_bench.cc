@@ -290,13 +290,15 @@ int Run(const std::vector<std::string>& argv) {
   }
   // The longest lengths --range-ratio can draw.
   const int64_t max_input = a.shared_prefix_len + LengthRange(a.input_len, a.range_ratio).second;
-  const int64_t max_output = std::max(a.max_tokens, LengthRange(a.output_len, a.range_ratio).second);
+  const int64_t longest_output = LengthRange(a.output_len, a.range_ratio).second;
+  const bool asks_more = a.max_tokens > longest_output;  // --max-tokens is what each request asks for
+  const int64_t max_output = asks_more ? a.max_tokens : longest_output;
   if (max_input + max_output > model.max_context()) {
     std::fprintf(stderr,
-                 "moe-serve-bench: --shared-prefix-len %lld + --input-len %lld + --output-len %lld or --max-tokens (at most %lld + %lld "
+                 "moe-serve-bench: --shared-prefix-len %lld + --input-len %lld + %s %lld (at most %lld + %lld "
                  "with --range-ratio %g) exceed the model's context of %lld tokens\n",
                  static_cast<long long>(a.shared_prefix_len), static_cast<long long>(a.input_len),
-                 static_cast<long long>(a.output_len),
+                 asks_more ? "--max-tokens" : "--output-len", static_cast<long long>(asks_more ? a.max_tokens : a.output_len),
                  static_cast<long long>(max_input), static_cast<long long>(max_output), a.range_ratio,
                  static_cast<long long>(model.max_context()));
     return 2;

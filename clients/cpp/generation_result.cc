@@ -24,6 +24,8 @@ void GenerationResult::Add(const moe::v1::GenerateResponse& r) {
   logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
   if (r.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) finish_reason = r.finish_reason();
   if (r.has_usage()) usage = r.usage();
+  if (r.has_stop_string()) stop_reason = r.stop_string();
+  if (r.has_stop_token_id()) stop_reason = r.stop_token_id();
 }
 
 json GenerationResult::ToJson(bool with_logprobs) const {
@@ -31,6 +33,7 @@ json GenerationResult::ToJson(bool with_logprobs) const {
             {"token_ids", token_ids},
             {"text", text},
             {"finish_reason", FinishReasonName(finish_reason)},
+            {"stop_reason", stop_reason},
             {"usage", {{"prompt_tokens", usage.prompt_tokens()}, {"completion_tokens", usage.completion_tokens()}}}};
   if (with_logprobs) {
     json lps = json::array();

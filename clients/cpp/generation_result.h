@@ -22,12 +22,13 @@ struct GenerationResult {
   moe::v1::FinishReason finish_reason = moe::v1::FINISH_REASON_UNSPECIFIED;
   moe::v1::Usage usage;
   std::vector<moe::v1::TokenLogprob> logprobs;
+  nlohmann::json stop_reason;  // the stop string or stop token id that ended it (null: neither)
 
   // Appends one streamed message.
   void Add(const moe::v1::GenerateResponse& r);
   bool finished() const { return finish_reason != moe::v1::FINISH_REASON_UNSPECIFIED; }
 
-  // {"request_id", "token_ids", "text", "finish_reason", "usage", "logprobs" (with_logprobs)}.
+  // {"request_id", "token_ids", "text", "finish_reason", "stop_reason", "usage", "logprobs" (with_logprobs)}.
   nlohmann::json ToJson(bool with_logprobs) const;
 };
 

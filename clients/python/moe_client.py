@@ -68,6 +68,7 @@ class Completion:
     token_ids: List[int] = dataclasses.field(default_factory=list)
     text: str = ""
     finish_reason: str = ""
+    stop_reason: Union[str, int, None] = None  # the stop string or stop token id that ended it
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list = dataclasses.field(default_factory=list)  # inference_pb2.TokenLogprob, when asked
@@ -206,6 +207,8 @@ class MoeClient:
             c.logprobs.extend(chunk.logprobs)
             if chunk.finish_reason != inference_pb2.FINISH_REASON_UNSPECIFIED:
                 c.finish_reason = FINISH_REASONS[chunk.finish_reason]
+                which = chunk.WhichOneof("stop_reason")
+                c.stop_reason = getattr(chunk, which) if which else None
             if chunk.HasField("usage"):
                 c.prompt_tokens = chunk.usage.prompt_tokens
                 c.completion_tokens = chunk.usage.completion_tokens

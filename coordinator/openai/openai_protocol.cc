@@ -544,6 +544,17 @@ std::string FinishReasonName(v1::FinishReason r) {
   }
 }
 
+json StopReasonJson(const v1::GenerateResponse& r) {
+  switch (r.stop_reason_case()) {
+    case v1::GenerateResponse::kStopString:
+      return r.stop_string();
+    case v1::GenerateResponse::kStopTokenId:
+      return r.stop_token_id();
+    default:
+      return nullptr;
+  }
+}
+
 json LogprobsJson(const v1::GenerateResponse& r, size_t& offset) {
   json j = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
             {"text_offset", json::array()}};
@@ -603,7 +614,10 @@ bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
       }
     }
   }
-  if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) c.finish_reason = FinishReasonName(r.finish_reason());
+  if (r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    c.finish_reason = FinishReasonName(r.finish_reason());
+    c.stop_reason = StopReasonJson(r);
+  }
   if (r.has_usage()) {
     prompt_tokens_ = r.usage().prompt_tokens();
     c.completion_tokens = r.usage().completion_tokens();
@@ -626,6 +640,7 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
     }
     choice["logprobs"] = logprobs;
     choice["finish_reason"] = choices_[i].finish_reason.empty() ? json(nullptr) : json(choices_[i].finish_reason);
+    choice["stop_reason"] = choices_[i].stop_reason;
     choices.push_back(choice);
     completion_tokens += choices_[i].completion_tokens;
   }
@@ -663,7 +678,8 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
             {"choices", json::array({{{"index", r.index()},
                                       {"delta", {{"content", r.text()}}},
                                       {"logprobs", logprobs ? json{{"content", ChatLogprobsJson(r)}} : json(nullptr)},
-                                      {"finish_reason", finish}}})}};
+                                      {"finish_reason", finish},
+                                      {"stop_reason", StopReasonJson(r)}}})}};
   }
   return {{"id", "cmpl-" + r.request_id()},
           {"object", "text_completion"},
@@ -673,7 +689,8 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
            json::array({{{"index", r.index()},
                          {"text", r.text()},
                          {"logprobs", logprobs ? LogprobsJson(r, offset) : json(nullptr)},
-                         {"finish_reason", finish}}})}};
+                         {"finish_reason", finish},
+                         {"stop_reason", StopReasonJson(r)}}})}};
 }
 
 json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,

@@ -86,6 +86,8 @@ HttpError FromGrpcError(int grpc_code, const std::string& message);
 
 // "stop" (EOS, a stop token id or a stop string) or "length"; "abort" for a cancelled completion.
 std::string FinishReasonName(v1::FinishReason r);
+// vLLM's stop_reason of a message: the stop string or stop token id that ended it, else null.
+nlohmann::json StopReasonJson(const v1::GenerateResponse& r);
 
 // Accumulates a stream's messages into the non-streaming answer.
 class CompletionAccumulator {
@@ -103,6 +105,7 @@ class CompletionAccumulator {
   struct Choice {
     std::string text;
     std::string finish_reason;
+    nlohmann::json stop_reason;  // vLLM's: the stop string or stop token id that ended it, else null
     uint32_t completion_tokens = 0;
     nlohmann::json logprobs;  // OpenAI's object, grown message by message
     size_t offset = 0;        // text_offset of the next token
