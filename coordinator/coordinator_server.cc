@@ -50,7 +50,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
                        PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));
   MOE_ASSIGN_OR_RETURN(ChatTemplateInfo chat, LoadChatTemplateInfo(options.model_dir, s->tokenizer_.get()));
-  s->request_model_ = std::make_unique<RequestModel>(RequestModel{s->config_, s->tokenizer_.get(), std::move(chat)});
+  if (options.max_model_len > s->config_.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-model-len: ", options.max_model_len,
+                                                   " exceeds the model's max_position_embeddings of ",
+                                                   s->config_.max_position_embeddings));
+  }
+  s->request_model_ = std::make_unique<RequestModel>(
+      RequestModel{s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len});
   s->stats_ = std::make_unique<ServingStats>();
 
   ClusterSetup setup{options.model_dir, s->config_, std::move(plan),

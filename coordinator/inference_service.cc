@@ -270,7 +270,7 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
                                             v1::ScoreRollingResponse* response) {
   absl::StatusOr<std::vector<std::vector<int32_t>>> texts = ValidateScoreRolling(*request, model_);
   if (!texts.ok()) return ToGrpcStatus(texts.status());
-  const int64_t context_len = model_.config.max_position_embeddings;
+  const int64_t context_len = model_.context();
   std::vector<std::vector<ScoreWindow>> windows;
   std::vector<SeqSubmission> seqs;
   for (const std::vector<int32_t>& ids : *texts) {
@@ -353,7 +353,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const v1::GetM
   response->set_architecture("MixtralForCausalLM");
   response->set_config_json(c.ToJson().dump());
   response->set_vocab_size(c.vocab_size);
-  response->set_max_context(c.max_position_embeddings);
+  response->set_max_context(model_.context());
   response->set_num_layers(c.num_layers);
   response->set_num_experts(c.num_experts);
   response->set_experts_per_token(c.experts_per_token);

@@ -29,7 +29,7 @@ std::vector<int32_t> EncodeBare(const TextCodec& tok, const std::string& text) {
 }
 
 absl::Status CheckFits(int64_t tokens, const RequestModel& model, const std::string& field) {
-  const int64_t context = model.config.max_position_embeddings;
+  const int64_t context = model.context();
   if (tokens > context) {
     return FieldError(field, absl::StrCat(tokens, " tokens exceed the model context of ", context, " positions"));
   }
@@ -95,7 +95,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
     if (s.truncate_prompt_tokens() == 0) return FieldError("sampling.truncate_prompt_tokens", "must be at least 1");
     if (prompt.size() > s.truncate_prompt_tokens()) prompt.erase(prompt.begin(), prompt.end() - s.truncate_prompt_tokens());
   }
-  const int64_t context = model.config.max_position_embeddings;
+  const int64_t context = model.context();
   const int64_t vocab = model.config.vocab_size;
   const uint32_t max_tokens = s.has_max_tokens() ? s.max_tokens() : kDefaultMaxTokens;
   if (max_tokens == 0) return FieldError("sampling.max_tokens", "must be at least 1");

@@ -3,6 +3,7 @@
 // offending field's path (e.g. "sampling.top_p: ..."), so a client can tell what to fix.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -23,6 +24,11 @@ struct RequestModel {
   const ModelConfig& config;
   const TextCodec* tokenizer = nullptr;  // null: the model folder has no tokenizer.model
   ChatTemplateInfo chat{};
+  int64_t max_model_len = 0;  // moe-coordinator --max-model-len; 0: the config's max_position_embeddings
+  // The positions a request may use: prompt + max_tokens, a scoring window.
+  int64_t context() const {
+    return max_model_len > 0 ? std::min(max_model_len, config.max_position_embeddings) : config.max_position_embeddings;
+  }
 };
 
 inline constexpr uint32_t kDefaultMaxTokens = 16;

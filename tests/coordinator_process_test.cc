@@ -91,6 +91,20 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
     EXPECT_NE(ReadFile(err).find("--max-waiting"), std::string::npos) << ReadFile(err);
   }
   {
+    Process p({"--model", kTiny, "--world-size", "1", "--max-model-len", "1"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--max-model-len: must be at least 2"), std::string::npos) << ReadFile(err);
+  }
+  {
+    Process p({"--model", kTiny, "--world-size", "1", "--max-model-len", "5000", "--listen", "0", "--cluster-listen", "0",
+               "--metrics-listen", "none"},
+              err);
+    EXPECT_EQ(p.Wait(seconds(20)), 1);
+    EXPECT_NE(ReadFile(err).find("--max-model-len: 5000 exceeds the model's max_position_embeddings of 4096"),
+              std::string::npos)
+        << ReadFile(err);
+  }
+  {
     Process p({"--model", "/nonexistent/model", "--world-size", "1", "--listen", "0", "--cluster-listen", "0",
                "--metrics-listen", "none"},
               err);
@@ -105,7 +119,7 @@ TEST(CoordinatorProcessTest, PortsFileThenDrainAndCleanExitOnSigterm) {
   const std::string err = TempPath("coord_err2");
   std::filesystem::remove(ports_file);
   Process p({"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
-             "--metrics-listen", "127.0.0.1:0", "--ports-file", ports_file},
+             "--metrics-listen", "127.0.0.1:0", "--ports-file", ports_file, "--max-model-len", "100"},
             err);
   ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file); }, seconds(30))) << ReadFile(err);
   const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
@@ -124,6 +138,17 @@ TEST(CoordinatorProcessTest, PortsFileThenDrainAndCleanExitOnSigterm) {
   ASSERT_TRUE(w.FinishRegister().ok());
   w.Connect();
   ASSERT_TRUE(PollUntil([&] { return HealthStatus(channel) == kServing; }, seconds(10)));
+  // --max-model-len: the context a request may use, as GetModelInfo reports it.
+  {
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    ASSERT_TRUE(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok());
+    EXPECT_EQ(info.max_context(), 100);
+    const GenerateCall refused = RunGenerate(*stub, IdsRequest({1, 2}, 99), Millis(10000));
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(refused.status.error_message().find("exceeds the model context of 100 positions"), std::string::npos)
+        << refused.status.error_message();
+  }
 
   // One request in flight that the worker never finishes.
   auto call = std::async(std::launch::async, [&] { return RunGenerate(*stub, IdsRequest({1, 2}, 8), Millis(30000)); });
