@@ -344,7 +344,7 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
   std::vector<std::vector<int32_t>> prompts(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) {
     const uint64_t id = next_seq_id_ + i;
-    SequenceDemand d{id, seqs[i].reserve_positions, {}};
+    SequenceDemand d{id, seqs[i].reserve_positions, {}, seqs[i].assign.priority()};
     if (affinity && seqs[i].assign.kind() == v1::Assign::KIND_GENERATE) {
       prompts[i].assign(seqs[i].assign.prompt().begin(), seqs[i].assign.prompt().end());
       d.prefix_keys = PrefixKeys(prompts[i]);

@@ -56,7 +56,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
                                                    s->config_.max_position_embeddings));
   }
   s->request_model_ = std::make_unique<RequestModel>(
-      RequestModel{s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len});
+      RequestModel{s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling});
   s->stats_ = std::make_unique<ServingStats>();
 
   ClusterSetup setup{options.model_dir, s->config_, std::move(plan),

@@ -51,12 +51,15 @@ std::string CoordinatorUsage() {
          "         [--cluster-listen 127.0.0.1:50052] [--metrics-listen 127.0.0.1:9400 | none]\n"
          "         [--ports-file FILE] [--max-waiting 256] [--max-running-per-rank 64]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
+         "         [--scheduling-policy fcfs|priority]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
          "When every worker caches prompt prefixes (moe-worker --enable-prefix-caching), a generation goes\n"
          "to the rank that holds the longest start of its prompt, unless that rank reserves more than\n"
          "--prefix-affinity-slack KV positions beyond the least loaded one (0: place by load only).\n"
          "--max-model-len N: a request's prompt + max_tokens (a scoring window) may take at most N positions,\n"
-         "at most the model's max_position_embeddings (as vLLM's); GetModelInfo's max_context says N.\n";
+         "at most the model's max_position_embeddings (as vLLM's); GetModelInfo's max_context says N.\n"
+         "--scheduling-policy priority (vLLM's): requests with a lower GenerateRequest.priority wait less, are\n"
+         "admitted to a rank's KV cache first and preempted last; fcfs (the default) refuses priorities other than 0.\n";
 }
 
 absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
@@ -100,6 +103,14 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
       {"--max-running-per-rank",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(o.max_running_per_rank, ParseInt("--max-running-per-rank", v, 1));
+         return absl::OkStatus();
+       }},
+      {"--scheduling-policy",
+       [&](const std::string& v) {
+         if (v != "fcfs" && v != "priority") {
+           return FlagError("--scheduling-policy", absl::StrCat("expected fcfs or priority, got '", v, "'"));
+         }
+         o.priority_scheduling = v == "priority";
          return absl::OkStatus();
        }},
       {"--max-model-len",

@@ -20,6 +20,7 @@ struct CoordinatorOptions {
   int64_t max_running_per_rank = 64;
   int64_t prefix_affinity_slack = 4096;  // SchedulerLimits::prefix_affinity_slack
   int64_t max_model_len = 0;  // positions a request may use (vLLM's --max-model-len); 0: the model's context
+  bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's); fcfs otherwise
   double heartbeat_timeout_s = 10.0;
   // Shutdown: how long in-flight requests may take to finish before they are cancelled.
   double drain_timeout_s = 3.0;

@@ -47,6 +47,7 @@ struct SequenceDemand {
   uint64_t seq_id = 0;
   int64_t reserve_positions = 0;    // its worst-case KV positions: prompt + max_tokens
   std::vector<uint64_t> prefix_keys = {};  // PrefixKeys of its prompt (generation; empty for scoring)
+  int32_t priority = 0;  // lower goes first; equal ones in arrival order
 };
 
 struct SequencePlacement {
@@ -58,12 +59,13 @@ class Scheduler {
  public:
   Scheduler(SchedulerLimits limits, int world_size);
 
-  // Adds all `seqs` to the end of the FIFO, or none: RESOURCE_EXHAUSTED "queue full (N waiting)"
-  // when they do not all fit. Several sequences come from one request (Score items), which should
-  // not be half admitted.
+  // Adds all `seqs` to the queue, or none: RESOURCE_EXHAUSTED "queue full (N waiting)" when they do
+  // not all fit. Several sequences come from one request (Score items), which should not be half
+  // admitted. The queue is ordered by priority, then arrival: each goes after those of its priority
+  // or a lower one (a FIFO when every priority is 0).
   absl::Status Enqueue(const std::vector<SequenceDemand>& seqs);
 
-  // Moves waiting sequences, FIFO, onto ranks with free slots; returns the placements made.
+  // Moves waiting sequences, in queue order, onto ranks with free slots; returns the placements made.
   std::vector<SequencePlacement> Dispatch();
 
   // Removes a sequence still waiting (a cancelled request); false when it is not waiting.

@@ -87,6 +87,10 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
     return FieldError("request_id", absl::StrCat("longer than ", kMaxRequestIdLength, " characters"));
   }
   if (!request.has_prompt()) return FieldError("prompt", "empty: set text or token_ids");
+  if (request.priority() != 0 && !model.priority_scheduling) {
+    return FieldError("priority", "not 0, and this server schedules first come, first served (moe-coordinator "
+                                  "--scheduling-policy priority takes priorities)");
+  }
   MOE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
                        ResolvePrompt(request.prompt(), model, "prompt", BosPolicy::kTokenizerConfig));
 
@@ -228,6 +232,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
 
   v1::Assign& a = job.assign;
   a.set_kind(v1::Assign::KIND_GENERATE);
+  a.set_priority(request.priority());
   a.mutable_prompt()->Assign(prompt.begin(), prompt.end());
   a.set_max_tokens(max_tokens);
   a.set_temperature(sampling.temperature);

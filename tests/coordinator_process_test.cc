@@ -91,6 +91,12 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
     EXPECT_NE(ReadFile(err).find("--max-waiting"), std::string::npos) << ReadFile(err);
   }
   {
+    Process p({"--model", kTiny, "--world-size", "1", "--scheduling-policy", "lottery"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--scheduling-policy: expected fcfs or priority, got 'lottery'"), std::string::npos)
+        << ReadFile(err);
+  }
+  {
     Process p({"--model", kTiny, "--world-size", "1", "--max-model-len", "1"}, err);
     EXPECT_EQ(p.Wait(seconds(20)), 2);
     EXPECT_NE(ReadFile(err).find("--max-model-len: must be at least 2"), std::string::npos) << ReadFile(err);

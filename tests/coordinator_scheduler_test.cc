@@ -90,6 +90,24 @@ TEST(SchedulerTest, FreedSlotsAreRefilledInArrivalOrder) {
   EXPECT_EQ(s.waiting(), 1);
 }
 
+// Priorities (--scheduling-policy priority): the queue is ordered by priority, lower first, and by
+// arrival within one priority.
+TEST(SchedulerTest, LowerPriorityValuesAreDispatchedFirstArrivalOrderWithin) {
+  Scheduler s({16, /*max_running_per_rank=*/1}, 1);
+  ASSERT_TRUE(s.Enqueue({{1, 10}}).ok());
+  EXPECT_EQ(Ids(s.Dispatch()), std::vector<uint64_t>({1}));  // the rank is now full
+  ASSERT_TRUE(s.Enqueue({{2, 10, {}, 0}, {3, 10, {}, 5}, {4, 10, {}, -1}, {5, 10, {}, 0}, {6, 10, {}, -1}}).ok());
+  std::vector<uint64_t> order;
+  for (uint64_t running = 1; s.waiting() > 0;) {
+    s.Finish(running);
+    const std::vector<uint64_t> placed = Ids(s.Dispatch());
+    ASSERT_EQ(placed.size(), 1u);
+    running = placed[0];
+    order.push_back(running);
+  }
+  EXPECT_EQ(order, std::vector<uint64_t>({4, 6, 2, 5, 3}));
+}
+
 TEST(SchedulerTest, RemoveWaitingFinishUnknownAndReset) {
   Scheduler s({16, 1}, 1);
   ASSERT_TRUE(s.Enqueue({{1, 5}, {2, 5}, {3, 5}}).ok());

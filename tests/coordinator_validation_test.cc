@@ -157,6 +157,20 @@ TEST_F(ValidationTest, VllmExtrasAreCarried) {
   EXPECT_EQ(job->assign.max_tokens(), kDefaultMaxTokens);
 }
 
+// priority: 0 under first come, first served; any value under --scheduling-policy priority, carried
+// to the worker.
+TEST_F(ValidationTest, PriorityNeedsThePriorityPolicy) {
+  v1::GenerateRequest r = Ids({5, 6});
+  r.set_priority(-3);
+  EXPECT_TRUE(NamesField(ValidateGenerate(r, shakespeare()).status(), "priority"));
+  RequestModel by_priority = shakespeare();
+  by_priority.priority_scheduling = true;
+  absl::StatusOr<GenerateJob> job = ValidateGenerate(r, by_priority);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->assign.priority(), -3);
+  EXPECT_EQ(job->CompletionAssign(0).priority(), -3);
+}
+
 // bad_words: each left-trimmed word becomes its encodings as written and after a space (the
 // tokenizer's own, without BOS), in order.
 TEST_F(ValidationTest, BadWordsAreEncodedAsWrittenAndAfterASpace) {

@@ -180,6 +180,10 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         want = self.grpc.generate_full("ROMEO:", max_tokens=10, temperature=0, allowed_token_ids=allowed)
         self.assertTrue(set(want.token_ids) <= set(allowed), want.token_ids)
         self.assertEqual(body["choices"][0]["text"], want.text)
+        # priority: this server schedules first come, first served.
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "priority": 2})
+        self.assertEqual((status, body["error"]["param"]), (400, "priority"), body)
+        self.assertIn("--scheduling-policy priority", body["error"]["message"])
         status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "allowed_token_ids": [99999]})
         self.assertEqual((status, body["error"]["param"]), (400, "allowed_token_ids[0]"), body)
         # bad_words: a word of the greedy answer, encoded as written and after a space, never appears

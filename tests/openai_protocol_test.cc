@@ -63,6 +63,8 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_TRUE(c.stream);
   EXPECT_TRUE(c.include_usage);
   EXPECT_TRUE(s.include_stop_str_in_output());
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"priority", -4}}).request.priority(), -4);
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"priority", 1.5}}.dump()).param, "priority");
   EXPECT_EQ(s.truncate_prompt_tokens(), 2u);
   EXPECT_EQ(std::vector<int32_t>(s.allowed_token_ids().begin(), s.allowed_token_ids().end()), (std::vector<int32_t>{9, 4}));
   EXPECT_FALSE(Ok({{"prompt", "x"}, {"truncate_prompt_tokens", -1}}).request.sampling().has_truncate_prompt_tokens())

@@ -249,7 +249,8 @@ TEST(BatchPlannerTest, OnDemandAdmitsWhatFitsNowAndPreemptsTheNewest) {
   write(3, 31);
   EXPECT_EQ(kv.free_blocks(), 0);
   EXPECT_EQ(p.StepBlocks({1, 1, 1}), 1);
-  EXPECT_EQ(p.PreemptNewest(33), 3u);  // 32 positions written + its last token
+  ASSERT_EQ(p.Victim(), 3u);
+  p.Preempt(3, 33);  // 32 positions written + its last token
   kv.FreeSequence(3);
   EXPECT_EQ(p.running(), (std::vector<uint64_t>{1, 2}));
   EXPECT_EQ(p.StepBlocks({1, 1}), 0);
@@ -264,6 +265,31 @@ TEST(BatchPlannerTest, OnDemandAdmitsWhatFitsNowAndPreemptsTheNewest) {
   BatchPlanner q(small);
   q.Enqueue(9, 32, 31);
   EXPECT_EQ(AdmitAll(q, small), (std::vector<uint64_t>{9}));
+}
+
+// Priorities: the queue is ordered by priority, then arrival; the victim is the highest value, the
+// last admitted of those; a preempted sequence waits ahead of the others of its priority.
+TEST(BatchPlannerTest, PrioritiesOrderTheQueueAndChooseTheVictim) {
+  KvBlockAllocator kv(/*block_size=*/16, /*num_blocks=*/64);
+  BatchPlanner p(kv);
+  p.Enqueue(1, 16, 8, /*priority=*/0);
+  p.Enqueue(2, 16, 8, 3);
+  p.Enqueue(3, 16, 8, -2);
+  p.Enqueue(4, 16, 8, 3);
+  p.Enqueue(5, 16, 8, 0);
+  EXPECT_EQ(AdmitAll(p, kv), (std::vector<uint64_t>{3, 1, 5, 2, 4}));
+  EXPECT_EQ(p.Victim(), 4u) << "priority 3, admitted after 2";
+  p.Preempt(4, 8);
+  kv.FreeSequence(4);
+  EXPECT_EQ(p.Victim(), 2u);
+  p.Preempt(2, 8);
+  kv.FreeSequence(2);
+  EXPECT_EQ(p.Victim(), 5u) << "priority 0, admitted after 1";
+  p.Enqueue(6, 16, 8, 3);
+  EXPECT_EQ(p.next_waiting(), std::optional<uint64_t>(2)) << "2 was admitted before 4: it goes first again";
+  EXPECT_EQ(AdmitAll(p, kv), (std::vector<uint64_t>{2, 4, 6}));
+  Forget(p, kv, 3);
+  EXPECT_EQ(p.Victim(), 6u);
 }
 
 TEST(BatchPlannerTest, DecodesFirstThenPromptChunksWithinTheBudget) {
@@ -628,6 +654,26 @@ TEST_F(WorkerLoopTest, AllowedTokenIdsGreedyIsTheArgmaxAmongThem) {
     ++checked;
   }
   EXPECT_GE(checked, 10);
+}
+
+// Priorities on one rank: a request of a lower priority value that arrives with others is admitted
+// first and, when the cache runs short, others are preempted instead; it finishes first, and every
+// sequence still gives the golden tokens.
+TEST_F(WorkerLoopTest, ALowerPriorityValueRunsFirstAndIsNotPreempted) {
+  EngineOptions eo;
+  eo.kv_block_size = 4;
+  eo.kv_tokens = 48;  // 12 blocks; prompt 1 (5 tokens) + 24 needs 8
+  LoopHarness h(eo);
+  for (uint64_t id = 1; id <= 4; ++id) {
+    Assign a = Greedy(id, Prompt(1), 24);
+    a.set_priority(id == 3 ? -1 : 0);
+    h.Push(a);
+  }
+  h.RunUntilDone();
+  auto seqs = h.out.BySequence();
+  for (uint64_t id = 1; id <= 4; ++id) EXPECT_EQ(seqs[id].tokens, Greedy24(1)) << id;
+  for (uint64_t id : {1, 2, 4}) EXPECT_LT(seqs[3].finished_index, seqs[id].finished_index) << id;
+  EXPECT_GT(h.loop->preemptions(), 0u);
 }
 
 TEST_F(WorkerLoopTest, CancelFreesKvBlocksAndFinishesCancelled) {

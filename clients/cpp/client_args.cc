@@ -49,6 +49,10 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--choice", {true, {"generate"}}},
       {"--compact-json", {false, {"generate"}}},
       {"--request-id", {true, {"generate"}}},
+      {"--priority", {true, {"generate"}}},
+      {"--include-stop-str", {false, {"generate"}}},
+      {"--allowed-token-ids", {true, {"generate"}}},
+      {"--bad-word", {true, {"generate"}}},
       {"--context", {true, {"score"}}},
       {"--context-ids", {true, {"score"}}},
       {"--continuation", {true, {"score"}}},
@@ -156,6 +160,16 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
     s->set_seed(x);
   } else if (flag == "--stop") {
     s->add_stop(v);
+  } else if (flag == "--priority") {
+    MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, INT32_MIN, INT32_MAX));
+    o.priority = static_cast<int32_t>(x);
+  } else if (flag == "--include-stop-str") {
+    s->set_include_stop_str_in_output(true);
+  } else if (flag == "--allowed-token-ids") {
+    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(flag, v));
+    for (int32_t id : ids) s->add_allowed_token_ids(id);
+  } else if (flag == "--bad-word") {
+    s->add_bad_words(v);
   } else if (flag == "--stop-token-ids") {
     MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(flag, v));
     for (int32_t id : ids) s->add_stop_token_ids(id);
@@ -272,7 +286,8 @@ commands:
            [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
            [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
            [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--json-schema JSON] [--regex RE]
-           [--choice TEXT]... [--compact-json] [--request-id ID]
+           [--choice TEXT]... [--compact-json] [--request-id ID] [--priority N] [--include-stop-str]
+           [--allowed-token-ids IDS] [--bad-word WORD]...
            [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
       (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;

@@ -22,6 +22,7 @@ struct ClientOptions {
   moe::v1::Prompt prompt;
   moe::v1::SamplingParams sampling;
   std::string request_id;
+  int32_t priority = 0;  // GenerateRequest.priority (a coordinator scheduling by priority)
 
   // score
   moe::v1::Prompt context;

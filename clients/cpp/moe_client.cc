@@ -40,6 +40,7 @@ void SetDeadline(grpc::ClientContext& ctx, double timeout_s) {
 absl::Status Generate(Stub& stub, const ClientOptions& o) {
   moe::v1::GenerateRequest req;
   req.set_request_id(o.request_id);
+  req.set_priority(o.priority);
   *req.mutable_prompt() = o.prompt;
   *req.mutable_sampling() = o.sampling;
   grpc::ClientContext ctx;

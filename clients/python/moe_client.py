@@ -156,7 +156,7 @@ class MoeClient:
     # --- generation -------------------------------------------------------------------------
 
     def generate(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None, *,
-                 request_id: str = "", timeout: Optional[float] = None,
+                 request_id: str = "", timeout: Optional[float] = None, priority: int = 0,
                  **sampling) -> Iterator["inference_pb2.GenerateResponse"]:
         """Streams GenerateResponse chunks (token_ids, text delta; the last has finish_reason and
         usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
@@ -166,12 +166,13 @@ class MoeClient:
         {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits), guided_choice
         (a list of texts: the output is exactly one of them), guided_regex (the whole output matches this
         regular expression); vLLM's include_stop_str_in_output, truncate_prompt_tokens,
-        allowed_token_ids and bad_words. Closing the iterator early
+        allowed_token_ids and bad_words. priority: lower is scheduled first (a coordinator started with
+        --scheduling-policy priority; others refuse any but 0). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")
         request = inference_pb2.GenerateRequest(
-            request_id=request_id,
+            request_id=request_id, priority=priority,
             prompt=make_prompt(prompt if prompt is not None else token_ids),
             sampling=make_sampling(**sampling))
         call = self._inference.Generate(request, timeout=self._deadline(timeout))

@@ -270,6 +270,9 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     }
     for (const json& x : ids) s.add_stop_token_ids(x.get<int32_t>());
   }
+  std::optional<int64_t> priority;  // vLLM's: lower first (the coordinator's --scheduling-policy priority)
+  if (std::optional<HttpError> e = Integer(body, "priority", INT32_MIN, INT32_MAX, priority)) return e;
+  if (priority) call.request.set_priority(static_cast<int32_t>(*priority));
   bool include_stop = false;  // vLLM's
   if (std::optional<HttpError> e = Bool(body, "include_stop_str_in_output", include_stop)) return e;
   if (include_stop) s.set_include_stop_str_in_output(true);

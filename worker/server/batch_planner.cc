@@ -6,11 +6,13 @@
 
 namespace moe {
 
-void BatchPlanner::Enqueue(uint64_t seq_id, int64_t worst_case_positions, int64_t positions_now) {
+void BatchPlanner::Enqueue(uint64_t seq_id, int64_t worst_case_positions, int64_t positions_now, int32_t priority) {
   MOE_CHECK(demand_.count(seq_id) == 0, "sequence ", seq_id, " enqueued twice");
   MOE_CHECK(EverFits(worst_case_positions), "sequence ", seq_id, " can never fit the KV cache");
-  demand_[seq_id] = Demand{BlocksFor(worst_case_positions), positions_now};
-  waiting_.push_back(seq_id);
+  demand_[seq_id] = Demand{BlocksFor(worst_case_positions), positions_now, priority};
+  const auto after = std::upper_bound(waiting_.begin(), waiting_.end(), priority,
+                                      [&](int32_t p, uint64_t w) { return p < demand_.at(w).priority; });
+  waiting_.insert(after, seq_id);
 }
 
 std::optional<uint64_t> BatchPlanner::next_waiting() const {
@@ -49,13 +51,24 @@ bool BatchPlanner::AdmitNext(int64_t shared_blocks_in_use) {
   return true;
 }
 
-uint64_t BatchPlanner::PreemptNewest(int64_t positions_now) {
+uint64_t BatchPlanner::Victim() const {
   MOE_CHECK(!running_.empty(), "no running sequence to preempt");
-  const uint64_t id = running_.back();
-  running_.pop_back();
-  demand_.at(id).positions_now = positions_now;
-  waiting_.push_front(id);
-  return id;
+  size_t victim = running_.size() - 1;
+  for (size_t i = running_.size() - 1; i-- > 0;) {
+    if (demand_.at(running_[i]).priority > demand_.at(running_[victim]).priority) victim = i;
+  }
+  return running_[victim];
+}
+
+void BatchPlanner::Preempt(uint64_t seq_id, int64_t positions_now) {
+  const auto r = std::find(running_.begin(), running_.end(), seq_id);
+  MOE_CHECK(r != running_.end(), "sequence ", seq_id, " is not running");
+  running_.erase(r);
+  Demand& d = demand_.at(seq_id);
+  d.positions_now = positions_now;
+  const auto before = std::lower_bound(waiting_.begin(), waiting_.end(), d.priority,
+                                       [&](uint64_t w, int32_t p) { return demand_.at(w).priority < p; });
+  waiting_.insert(before, seq_id);
 }
 
 int64_t BatchPlanner::StepBlocks(const std::vector<int64_t>& tokens) const {

@@ -1,19 +1,21 @@
 // Admission and batch shape of the serving loop, as plain bookkeeping over the KV block allocator
 // (no engine, no messages).
 //
-// Admission, in one of two modes (KvAdmission). Both keep a FIFO of waiting sequences whose oldest
-// goes first and is not overtaken, so a large request cannot starve behind a stream of small ones,
-// and both count blocks shared through prefix caching once: a prompt that starts with blocks
+// Admission, in one of two modes (KvAdmission). Both keep a queue of waiting sequences ordered by
+// priority (Assign.priority: lower first; all 0 unless the coordinator schedules by priority), then
+// arrival, whose head goes first and is not overtaken, so a large request cannot starve behind a
+// stream of small ones of its priority, and both count blocks shared through prefix caching once: a prompt that starts with blocks
 // another running sequence holds needs only the rest, and sequences sharing a long prefix run
 // together where their separate copies would not fit.
 //   - kOnDemand (the default, vLLM's rule): a sequence enters once what it must compute now (its
 //     prompt; after a preemption its prompt and the tokens it had generated) plus one position
 //     fits beside what the running sequences need now (their own computed positions plus one),
 //     keeping a watermark of 1% of the blocks free. Blocks are taken as sequences grow; when a step
-//     cannot get its blocks, the newest running sequence is preempted (PreemptNewest): the caller
-//     frees its blocks and it waits at the front of the FIFO, to compute its whole context again
-//     when readmitted. The oldest running sequence is never preempted for a younger one, and a
-//     sequence alone always fits (EverFits), so every sequence finishes.
+//     cannot get its blocks, a running sequence is preempted (Victim: the lowest priority, the
+//     newest of those): the caller frees its blocks and it waits at the head of its priority in the
+//     queue, to compute its whole context again when readmitted. The first in queue order is never
+//     preempted for a later one, and a sequence alone always fits (EverFits), so every sequence
+//     finishes (those of a lower priority once the higher ones let them).
 //   - kReserve (TGI's rule): a sequence enters only once the cache can hold its worst case (prompt
 //     + max_tokens positions, in whole blocks) beside every running sequence's worst case, so a
 //     step never runs out of blocks and nothing is preempted, at the price of running fewer
@@ -48,9 +50,10 @@ class BatchPlanner {
   // Whether a sequence of `positions` worst-case positions could ever run (on an empty cache).
   bool EverFits(int64_t positions) const { return BlocksFor(positions) <= kv_.total_blocks(); }
 
-  // A new sequence joins the end of the waiting FIFO with the positions it must compute when
-  // admitted (its prompt). Its worst case must satisfy EverFits.
-  void Enqueue(uint64_t seq_id, int64_t worst_case_positions, int64_t positions_now);
+  // A new sequence joins the waiting queue, after every sequence of its priority or a lower value,
+  // with the positions it must compute when admitted (its prompt). Its worst case must satisfy
+  // EverFits.
+  void Enqueue(uint64_t seq_id, int64_t worst_case_positions, int64_t positions_now, int32_t priority = 0);
   // The oldest waiting sequence, if any.
   std::optional<uint64_t> next_waiting() const;
   // Moves the oldest waiting sequence into the running batch when the committed blocks plus its
@@ -60,10 +63,12 @@ class BatchPlanner {
   // admitted into an empty batch whenever it fits at all. The caller adds it to the allocator, and
   // attaches that prefix, before the next call. False when it must wait or none does.
   bool AdmitNext(int64_t shared_blocks_in_use);
-  // Moves the newest running sequence to the front of the waiting FIFO, to compute `positions_now`
-  // positions when readmitted, and returns its id; the caller frees its blocks. The batch must not
-  // be empty.
-  uint64_t PreemptNewest(int64_t positions_now);
+  // The running sequence to preempt first: of the highest priority value, the last admitted. The
+  // batch must not be empty.
+  uint64_t Victim() const;
+  // Moves running `seq_id` back to the waiting queue, ahead of the waiting sequences of its
+  // priority, to compute `positions_now` positions when readmitted; the caller frees its blocks.
+  void Preempt(uint64_t seq_id, int64_t positions_now);
   // Blocks the running sequences must take for a step in which running()[i] writes tokens[i] more
   // positions (beyond the blocks each holds).
   int64_t StepBlocks(const std::vector<int64_t>& tokens) const;
@@ -84,6 +89,7 @@ class BatchPlanner {
   struct Demand {
     int64_t worst_blocks = 0;   // its worst case
     int64_t positions_now = 0;  // what it computes when admitted
+    int32_t priority = 0;
   };
   // The blocks a sequence commits to: its worst case, or on demand its positions now plus one.
   int64_t CommittedBlocks(const Demand& d) const;

@@ -114,7 +114,7 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
     }
   }
   s.scored.set_seq_id(id);
-  planner_.Enqueue(id, worst, s.prompt_size());
+  planner_.Enqueue(id, worst, s.prompt_size(), a.priority());
 }
 
 absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const moe::v1::Assign& a) {
@@ -180,11 +180,11 @@ std::vector<int64_t> ServingLoop::PlanChunks() const {
   return PlanStepTokens(remaining, opts_.max_batch_tokens);
 }
 
-void ServingLoop::PreemptNewest() {
-  const uint64_t id = planner_.running().back();
+void ServingLoop::PreemptOne() {
+  const uint64_t id = planner_.Victim();
   ServedSequence& s = seqs_.at(id);
   s.Restart();
-  planner_.PreemptNewest(s.context_size());
+  planner_.Preempt(id, s.context_size());
   engine_.FreeSequence(EngineId(id));
   ++preemptions_;
 }
@@ -360,10 +360,11 @@ bool ServingLoop::RunOnce() {
     if (!s.is_score()) s.fed = engine_.AttachCachedPrefix(EngineId(*next), context);
   }
 
-  // This step's chunks, within the free KV blocks: on demand, the newest sequences make room.
+  // This step's chunks, within the free KV blocks: on demand, the last in priority and admission
+  // order make room.
   std::vector<int64_t> counts = PlanChunks();
   while (!planner_.running().empty() && planner_.StepBlocks(counts) > engine_.kv_blocks().free_blocks()) {
-    PreemptNewest();
+    PreemptOne();
     counts = PlanChunks();
   }
   const std::vector<uint64_t>& running = planner_.running();

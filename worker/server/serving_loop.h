@@ -14,7 +14,8 @@
 //      until that block is cached and attaches it, instead of computing the same prefix again (n
 //      completions of one prompt, a burst of requests with one system prompt);
 //   4. plan each running sequence's next chunk (prefill chunks within max_batch_tokens, then one
-//      token a step); while the step's new KV blocks do not fit, preempt the newest sequence (its
+//      token a step); while the step's new KV blocks do not fit, preempt a sequence (the last in
+//      priority and admission order, BatchPlanner::Victim; its
 //      blocks freed, its generated tokens kept: readmitted, it computes prompt + tokens again,
 //      attaching what the prefix cache still holds, and goes on as if never stopped: its tokens
 //      are sampled with the same step numbers);
@@ -92,8 +93,9 @@ class ServingLoop {
   void OnCancel(uint64_t seq_id);
   // Each running sequence's tokens for the next step (PlanStepTokens over planner_.running()).
   std::vector<int64_t> PlanChunks() const;
-  // Preempts the newest running sequence: frees its KV blocks; it waits to compute its context again.
-  void PreemptNewest();
+  // Preempts a running sequence (BatchPlanner::Victim): frees its KV blocks; it waits to compute its
+  // context again.
+  void PreemptOne();
   // The mask cache of the Assign's JSON format (json_object, or its json_schema compiled); an error
   // when the rank has no vocabulary or the schema does not compile.
   absl::StatusOr<std::shared_ptr<JsonMaskCache>> JsonMasksFor(const moe::v1::Assign& a);
