@@ -676,6 +676,31 @@ TEST_F(WorkerLoopTest, ALowerPriorityValueRunsFirstAndIsNotPreempted) {
   EXPECT_GT(h.loop->preemptions(), 0u);
 }
 
+// A request of a lower priority value that arrives while the cache is full of others takes their
+// blocks at once: they are preempted, it runs, and everything still gives the golden tokens.
+TEST_F(WorkerLoopTest, ALowerPriorityValuePreemptsRunningOnesToGetIn) {
+  EngineOptions eo;
+  eo.kv_block_size = 4;
+  eo.kv_tokens = 48;  // 12 blocks
+  LoopHarness h(eo);
+  for (uint64_t id : {1, 2}) h.Push(Greedy(id, Prompt(2), 24));  // 17 + 24 = 41 positions: 11 blocks at worst
+  h.Run(6);  // both admitted and decoding: 22 positions, 6 blocks each, the cache full
+  ASSERT_EQ(h.loop->num_running(), 2);
+  ASSERT_EQ(h.loop->preemptions(), 0u);
+  Assign urgent = Greedy(3, Prompt(1), 8);
+  urgent.set_priority(-1);
+  h.Push(urgent);
+  h.Run(1);
+  EXPECT_GT(h.loop->preemptions(), 0u) << "the cache could not take it beside both";
+  h.RunUntilDone();
+  auto seqs = h.out.BySequence();
+  for (uint64_t id : {1, 2}) EXPECT_EQ(seqs[id].tokens, Greedy24(2)) << id;
+  const std::vector<int32_t> g = Greedy24(1);
+  EXPECT_EQ(seqs[3].tokens, std::vector<int32_t>(g.begin(), g.begin() + 8));
+  EXPECT_LT(seqs[3].finished_index, seqs[1].finished_index);
+  EXPECT_LT(seqs[3].finished_index, seqs[2].finished_index);
+}
+
 TEST_F(WorkerLoopTest, CancelFreesKvBlocksAndFinishesCancelled) {
   LoopHarness h;
   h.Push(Greedy(1, Prompt(4), 500));

@@ -15,7 +15,8 @@
 //     newest of those): the caller frees its blocks and it waits at the head of its priority in the
 //     queue, to compute its whole context again when readmitted. The first in queue order is never
 //     preempted for a later one, and a sequence alone always fits (EverFits), so every sequence
-//     finishes (those of a lower priority once the higher ones let them).
+//     finishes (those of a lower priority once the higher ones let them). A waiting sequence that
+//     does not fit has running ones of a higher priority value preempted for it (the serving loop).
 //   - kReserve (TGI's rule): a sequence enters only once the cache can hold its worst case (prompt
 //     + max_tokens positions, in whole blocks) beside every running sequence's worst case, so a
 //     step never runs out of blocks and nothing is preempted, at the price of running fewer
@@ -66,6 +67,8 @@ class BatchPlanner {
   // The running sequence to preempt first: of the highest priority value, the last admitted. The
   // batch must not be empty.
   uint64_t Victim() const;
+  // A waiting or running sequence's priority.
+  int32_t priority(uint64_t seq_id) const { return demand_.at(seq_id).priority; }
   // Moves running `seq_id` back to the waiting queue, ahead of the waiting sequences of its
   // priority, to compute `positions_now` positions when readmitted; the caller frees its blocks.
   void Preempt(uint64_t seq_id, int64_t positions_now);

@@ -354,7 +354,16 @@ bool ServingLoop::RunOnce() {
         s.is_score() ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(context);
     // The FIFO waits with it (at most a prefill).
     if (!s.is_score() && PrefixBeingComputed(s, cached.blocks)) break;
-    if (!planner_.AdmitNext(cached.in_use)) break;
+    if (!planner_.AdmitNext(cached.in_use)) {
+      // On demand, a sequence of a higher priority (a lower value) takes the blocks of running ones
+      // of a lower priority (as vLLM's priority policy); they wait behind it.
+      if (planner_.mode() == KvAdmission::kOnDemand && !planner_.running().empty() &&
+          planner_.priority(planner_.Victim()) > planner_.priority(*next)) {
+        PreemptOne();
+        continue;
+      }
+      break;
+    }
     const absl::Status added = engine_.AddSequence(EngineId(*next));
     MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
     if (!s.is_score()) s.fed = engine_.AttachCachedPrefix(EngineId(*next), context);

@@ -9,7 +9,8 @@
 //   2. all-reduce (MAX) of the stop flag (Shutdown received, or the coordinator stream lost), so that
 //      every rank leaves the loop in the same iteration;
 //   3. admit waiting sequences as the KV cache allows (BatchPlanner: on demand, or their worst
-//      case reserved), blocks shared through prefix caching counted once; with prefix caching, a
+//      case reserved; on demand, one that does not fit preempts running ones of a higher priority
+//      value), blocks shared through prefix caching counted once; with prefix caching, a
 //      generation whose prompt's next uncached block a running sequence is still prefilling waits
 //      until that block is cached and attaches it, instead of computing the same prefix again (n
 //      completions of one prompt, a burst of requests with one system prompt);
