@@ -1,6 +1,7 @@
 // Admission and placement of sequences onto worker ranks (continuous batching at iteration level).
 //
-// Sequences enter a bounded FIFO; Dispatch() moves them, in arrival order, to ranks that have a
+// Sequences enter a bounded queue (arrival order, or by priority first: SequenceDemand.priority);
+// Dispatch() moves them, in queue order, to ranks that have a
 // free slot (at most max_running_per_rank each), choosing the rank with the least reserved KV
 // positions (prompt + max_tokens of every sequence it runs: their worst case, a load measure),
 // ties to the rank running fewer sequences, then to the lower rank. Finish() frees the slot and the
