@@ -12,6 +12,9 @@
 // Preemption: one rank whose KV cache holds 8 blocks runs 9 streams that need 4 blocks each at
 // worst. Admitted on demand, they outgrow the cache, the newest are preempted and computed again,
 // and every stream still gets transformers' greedy tokens.
+//
+// Priorities (moe-coordinator --scheduling-policy priority): with one slot on the rank, a request
+// of a lower priority value that arrives last among those waiting is served first.
 #include <chrono>
 #include <memory>
 #include <string>
@@ -185,6 +188,74 @@ TEST(E2eKvPreemption, StreamsThatOutgrowTheCacheArePreemptedAndStillGetTransform
   absl::StatusOr<std::string> metrics = HttpGet(cluster.ports().metrics_port, "/metrics", Seconds(10));
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_EQ(MetricSum(*metrics, "moe_num_preemptions"), static_cast<double>(preemptions));
+
+  const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
+  EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
+  EXPECT_EQ(st.mpirun, 0) << cluster.LogTail();
+}
+
+TEST(E2ePriority, AWaitingRequestOfALowerValueIsServedFirst) {
+  testing_ref::SetMpiTestEnvironment();
+  Cluster cluster(ClusterOptions{
+      1, testing_ref::kDefaultModelDir, {"--scheduling-policy", "priority", "--max-running-per-rank", "1"}, {}});
+  const absl::Status started = cluster.Start(Seconds(90));
+  ASSERT_TRUE(started.ok()) << started;
+  auto stub = moe::v1::Inference::NewStub(cluster.channel());
+  // The coordinator's queue, once it has `waiting` sequences and `running` on the rank.
+  auto wait_for = [&](int64_t waiting, int64_t running) {
+    for (int attempt = 0; attempt < 400; ++attempt) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline(10));
+      moe::v1::Stats s;
+      if (stub->GetStats(&ctx, moe::v1::GetStatsRequest(), &s).ok() && s.requests_waiting() == waiting &&
+          s.requests_running() == running) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  };
+  using Clock = std::chrono::steady_clock;
+  struct Run {
+    StreamOutcome outcome;
+    Clock::time_point done;
+  };
+  std::vector<Run> runs(4);
+  std::vector<std::thread> threads;
+  const auto start = [&](int i, uint32_t max_tokens, int32_t priority) {
+    threads.emplace_back([&, i, max_tokens, priority] {
+      auto s = moe::v1::Inference::NewStub(
+          grpc::CreateChannel(cluster.public_address(), grpc::InsecureChannelCredentials()));
+      moe::v1::GenerateRequest req = GreedyTokenRequest({1, 2, 3}, max_tokens);
+      req.set_priority(priority);
+      runs[i].outcome = RunGenerate(*s, req, 120);
+      runs[i].done = Clock::now();
+    });
+  };
+  start(0, 3000, 0);  // holds the rank's one slot for a while
+  ASSERT_TRUE(wait_for(0, 1));
+  start(1, 4, 0);
+  ASSERT_TRUE(wait_for(1, 1));
+  start(2, 4, 0);
+  ASSERT_TRUE(wait_for(2, 1));
+  start(3, 4, -1);
+  ASSERT_TRUE(wait_for(3, 1));
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(runs[i].outcome.status.ok()) << i << ": " << runs[i].outcome.status;
+  EXPECT_LT(runs[3].done, runs[1].done) << "priority -1 before the earlier 0s";
+  EXPECT_LT(runs[3].done, runs[2].done);
+  EXPECT_LT(runs[1].done, runs[2].done) << "equal priorities in arrival order";
+  // First come, first served refuses a priority.
+  const StreamOutcome refused = [&] {
+    Cluster fcfs(ClusterOptions{1, testing_ref::kDefaultModelDir, {}, {}});
+    EXPECT_TRUE(fcfs.StartCoordinator(Seconds(30)).ok());
+    auto s = moe::v1::Inference::NewStub(fcfs.channel());
+    moe::v1::GenerateRequest req = GreedyTokenRequest({1, 2, 3}, 4);
+    req.set_priority(1);
+    return RunGenerate(*s, req, 30);
+  }();
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kInvalidArgument) << refused.status;
+  EXPECT_NE(refused.status.message().find("priority"), std::string::npos) << refused.status;
 
   const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
   EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
