@@ -12,13 +12,10 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
       want_logprobs_(job.want_logprobs),
       prompt_tokens_(static_cast<uint32_t>(job.assign.prompt_size())),
       min_tokens_(job.assign.min_tokens()),
+      include_stop_(job.include_stop),
       stop_(job.stop, job.include_stop) {
   stop_token_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
   if (!job.assign.ignore_eos()) eos_ids_.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
-  if (!job.include_stop) {
-    end_ids_ = stop_token_ids_;
-    end_ids_.insert(end_ids_.end(), eos_ids_.begin(), eos_ids_.end());
-  }
   if (model.tokenizer != nullptr) {
     const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
     detok_ = model.tokenizer->NewStream(prompt);
@@ -31,9 +28,13 @@ std::string GenerateOutput::TokenText(int32_t id) const {
   return model_.tokenizer->Decode(ids);
 }
 
-bool GenerateOutput::EndsOutput(int32_t id) const {
-  return std::find(end_ids_.begin(), end_ids_.end(), id) != end_ids_.end();
-}
+namespace {
+
+bool Contains(const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+
+}  // namespace
+
+bool GenerateOutput::EndsOutput(int32_t id) const { return Contains(stop_token_ids_, id) || Contains(eos_ids_, id); }
 
 absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::GenerateResponse& out) {
   out.set_request_id(request_id_);
@@ -54,8 +55,8 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
     last_token_ = id;
     ++completion_tokens_;
     out.add_token_ids(id);
-    // The token that ends the output adds no text (the worker sends nothing after it).
-    const bool silent = EndsOutput(id);
+    // The token that ends the output adds no text unless asked (the worker sends nothing after it).
+    const bool silent = !include_stop_ && EndsOutput(id);
     const std::string delta = detok_ != nullptr && !silent ? detok_->Push(id) : std::string();
     if (want_logprobs_) {
       v1::TokenLogprob* lp = out.add_logprobs();
@@ -103,10 +104,9 @@ void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) 
     }
   }
   out.set_finish_reason(reason);
-  const auto has = [](const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); };
   if (reason == v1::FINISH_REASON_STOP_SEQUENCE && stop_.stopped()) {
     out.set_stop_string(stop_.matched());
-  } else if (reason == v1::FINISH_REASON_STOP && !has(eos_ids_, last_token_) && has(stop_token_ids_, last_token_)) {
+  } else if (reason == v1::FINISH_REASON_STOP && !Contains(eos_ids_, last_token_) && Contains(stop_token_ids_, last_token_)) {
     out.set_stop_token_id(last_token_);  // (the end-of-sequence token has no stop reason, as in vLLM)
   }
   out.mutable_usage()->set_prompt_tokens(prompt_tokens_);

@@ -50,8 +50,8 @@ class GenerateOutput {
   uint32_t prompt_tokens_;
   uint32_t completion_tokens_ = 0;
   uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these
-  std::vector<int32_t> end_ids_;  // EndsOutput's ids; empty with include_stop_str_in_output
-  std::vector<int32_t> stop_token_ids_, eos_ids_;  // for the stop reason (eos_ids_ empty with ignore_eos)
+  bool include_stop_;  // include_stop_str_in_output
+  std::vector<int32_t> stop_token_ids_, eos_ids_;  // the ids that end the output (eos_ids_ empty with ignore_eos)
   int32_t last_token_ = -1;
   std::unique_ptr<TextStream> detok_;  // null without a tokenizer
   StopMatcher stop_;

@@ -35,17 +35,16 @@ StopMatcher::Output StopMatcher::Push(std::string_view delta) {
   pending_.append(delta);
   // The earliest stop string wins (the first listed of those starting there): text before it is
   // all the client should see, or with include_stop up to its end.
-  size_t first = std::string::npos, end = 0;
+  size_t first = std::string::npos;
   for (const std::string& stop : stops_) {
     const size_t at = pending_.find(stop);
     if (at < first) {
       first = at;
-      end = at + stop.size();
       matched_ = stop;
     }
   }
   if (first != std::string::npos) {
-    out.text = pending_.substr(0, include_stop_ ? end : first);
+    out.text = pending_.substr(0, include_stop_ ? first + matched_.size() : first);
     out.stopped = stopped_ = true;
     pending_.clear();
     return out;
