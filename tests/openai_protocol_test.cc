@@ -73,6 +73,10 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", json::array()}}.dump()).param, "allowed_token_ids");
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", {1, "2"}}}.dump()).param, "allowed_token_ids");
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", {-3}}}.dump()).param, "allowed_token_ids");
+  // Ids beyond int32 are refused, never wrapped into another id.
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"stop_token_ids", {4294967298LL}}}.dump()).param, "stop_token_ids");
+  EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", {4294967298LL}}}.dump()).param, "allowed_token_ids");
+  EXPECT_EQ(Err(json{{"prompt", {1, 4294967298LL}}}.dump()).param, "prompt");
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"include_stop_str_in_output", "yes"}}.dump()).param, "include_stop_str_in_output");
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"echo", true}, {"logprobs", 1}, {"truncate_prompt_tokens", 5}}.dump()).param, "echo");
 

@@ -22,18 +22,41 @@ std::optional<HttpError> Number(const json& body, const std::string& key, std::o
   return std::nullopt;
 }
 
+// A JSON integer as int64 (unsigned ones beyond it clamped to INT64_MAX, so range checks refuse them).
+int64_t Int64Of(const json& v) {
+  return v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : v.get<int64_t>();
+}
+
 // An integer field within [lo, hi] (null or absent: not set).
 std::optional<HttpError> Integer(const json& body, const std::string& key, int64_t lo, int64_t hi,
                                  std::optional<int64_t>& out) {
   if (!body.contains(key) || body[key].is_null()) return std::nullopt;
   const json& v = body[key];
   if (!v.is_number_integer()) return BadParam(key, "expected an integer");
-  const int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
-                        ? INT64_MAX
-                        : v.get<int64_t>();
+  const int64_t x = Int64Of(v);
   if (x < lo || x > hi) return BadParam(key, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   out = x;
   return std::nullopt;
+}
+
+// Appends the integers of `ids` (an array of them) to `out`, each within [lo, INT32_MAX]; the
+// coordinator checks them against the vocabulary.
+std::optional<HttpError> AppendTokenIds(const json& ids, const std::string& param, int64_t lo,
+                                        google::protobuf::RepeatedField<int32_t>& out) {
+  for (const json& x : ids) {
+    const int64_t id = Int64Of(x);
+    if (id < lo || id > INT32_MAX) return BadParam(param, "token id " + std::to_string(id) + " out of range");
+    out.Add(static_cast<int32_t>(id));
+  }
+  return std::nullopt;
+}
+
+bool AllIntegers(const json& a) {
+  return std::all_of(a.begin(), a.end(), [](const json& x) { return x.is_number_integer(); });
+}
+
+bool AllStrings(const json& a) {
+  return std::all_of(a.begin(), a.end(), [](const json& x) { return x.is_string(); });
 }
 
 std::optional<HttpError> ParseOnePrompt(const json& p, v1::Prompt& prompt) {
@@ -41,13 +64,8 @@ std::optional<HttpError> ParseOnePrompt(const json& p, v1::Prompt& prompt) {
     prompt.set_text(p.get<std::string>());
     return std::nullopt;
   }
-  if (p.is_array() && !p.empty() && std::all_of(p.begin(), p.end(), [](const json& x) { return x.is_number_integer(); })) {
-    for (const json& x : p) {
-      const int64_t id = x.get<int64_t>();
-      if (id < INT32_MIN || id > INT32_MAX) return BadParam("prompt", "token id " + std::to_string(id) + " out of range");
-      prompt.mutable_token_ids()->add_ids(static_cast<int32_t>(id));
-    }
-    return std::nullopt;
+  if (p.is_array() && !p.empty() && AllIntegers(p)) {
+    return AppendTokenIds(p, "prompt", INT32_MIN, *prompt.mutable_token_ids()->mutable_ids());
   }
   return BadParam("prompt", "expected a string, an array of token ids, or an array of those (a batch)");
 }
@@ -132,8 +150,7 @@ std::variant<std::string, HttpError> SchemaText(const std::string& body_text, Sc
 
 // vLLM's choice (guided_choice, structured_outputs.choice): the output is exactly one of the texts.
 std::optional<HttpError> SetChoices(const json& choices, const std::string& param, v1::ResponseFormat& f) {
-  if (!choices.is_array() || choices.empty() ||
-      !std::all_of(choices.begin(), choices.end(), [](const json& c) { return c.is_string(); })) {
+  if (!choices.is_array() || choices.empty() || !AllStrings(choices)) {
     return BadParam(param, "expected a non-empty array of strings");
   }
   f.set_type(v1::ResponseFormat::TYPE_CHOICE);
@@ -257,7 +274,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     const json& stop = body["stop"];
     if (stop.is_string()) {
       s.add_stop(stop.get<std::string>());
-    } else if (stop.is_array() && std::all_of(stop.begin(), stop.end(), [](const json& x) { return x.is_string(); })) {
+    } else if (stop.is_array() && AllStrings(stop)) {
       for (const json& x : stop) s.add_stop(x.get<std::string>());
     } else {
       return BadParam("stop", "expected a string or an array of strings");
@@ -265,10 +282,8 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   }
   if (body.contains("stop_token_ids") && !body["stop_token_ids"].is_null()) {
     const json& ids = body["stop_token_ids"];
-    if (!ids.is_array() || !std::all_of(ids.begin(), ids.end(), [](const json& x) { return x.is_number_integer(); })) {
-      return BadParam("stop_token_ids", "expected an array of token ids");
-    }
-    for (const json& x : ids) s.add_stop_token_ids(x.get<int32_t>());
+    if (!ids.is_array() || !AllIntegers(ids)) return BadParam("stop_token_ids", "expected an array of token ids");
+    if (std::optional<HttpError> e = AppendTokenIds(ids, "stop_token_ids", INT32_MIN, *s.mutable_stop_token_ids())) return e;
   }
   std::optional<int64_t> priority;  // vLLM's: lower first (the coordinator's --scheduling-policy priority)
   if (std::optional<HttpError> e = Integer(body, "priority", INT32_MIN, INT32_MAX, priority)) return e;
@@ -282,23 +297,17 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   if (truncate && *truncate > 0) s.set_truncate_prompt_tokens(static_cast<uint32_t>(*truncate));
   if (body.contains("bad_words") && !body["bad_words"].is_null()) {  // vLLM's
     const json& words = body["bad_words"];
-    if (!words.is_array() || !std::all_of(words.begin(), words.end(), [](const json& x) { return x.is_string(); })) {
+    if (!words.is_array() || !AllStrings(words)) {
       return BadParam("bad_words", "expected an array of strings");
     }
     for (const json& w : words) s.add_bad_words(w.get<std::string>());
   }
   if (body.contains("allowed_token_ids") && !body["allowed_token_ids"].is_null()) {  // vLLM's
     const json& ids = body["allowed_token_ids"];
-    if (!ids.is_array() || ids.empty() ||
-        !std::all_of(ids.begin(), ids.end(), [](const json& x) { return x.is_number_integer(); })) {
+    if (!ids.is_array() || ids.empty() || !AllIntegers(ids)) {
       return BadParam("allowed_token_ids", "expected a non-empty array of token ids");
     }
-    for (const json& x : ids) {
-      const int64_t id = x.is_number_unsigned() && x.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX
-                                                                                                        : x.get<int64_t>();
-      if (id < 0 || id > INT32_MAX) return BadParam("allowed_token_ids", "token id " + std::to_string(id) + " out of range");
-      s.add_allowed_token_ids(static_cast<int32_t>(id));
-    }
+    if (std::optional<HttpError> e = AppendTokenIds(ids, "allowed_token_ids", 0, *s.mutable_allowed_token_ids())) return e;
   }
   if (body.contains("logit_bias") && !body["logit_bias"].is_null()) {
     const json& bias = body["logit_bias"];
