@@ -21,6 +21,7 @@
 #include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/support/channel_arguments.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
@@ -367,6 +368,24 @@ StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::Generat
   }
   out.status = client::FromGrpc(reader->Finish());
   return out;
+}
+
+std::vector<StreamOutcome> RunGenerateConcurrently(const std::string& address,
+                                                   const std::vector<moe::v1::GenerateRequest>& requests,
+                                                   double timeout_s) {
+  std::vector<StreamOutcome> outcomes(requests.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own, not a shared one
+      auto stub =
+          moe::v1::Inference::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      outcomes[i] = RunGenerate(*stub, requests[i], timeout_s);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return outcomes;
 }
 
 }  // namespace moe::e2e

@@ -119,6 +119,11 @@ struct StreamOutcome {
   int messages = 0;
 };
 StreamOutcome RunGenerate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req, double timeout_s);
+// All `requests` at once to the public service at `address`, each from a thread of its own over a
+// connection of its own (as separate client processes would send them); their outcomes in order.
+std::vector<StreamOutcome> RunGenerateConcurrently(const std::string& address,
+                                                   const std::vector<moe::v1::GenerateRequest>& requests,
+                                                   double timeout_s);
 
 // A greedy request for exactly `max_tokens` tokens (ignore_eos) after a token-id prompt.
 moe::v1::GenerateRequest GreedyTokenRequest(const std::vector<int32_t>& prompt, uint32_t max_tokens);

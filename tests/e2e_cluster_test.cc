@@ -308,22 +308,13 @@ TYPED_TEST(E2eCluster, ConcurrentGreedyStreamsMatchSingleProcessEngine) {
     ASSERT_EQ(s["prompt"].get<std::string>() + e.text, s["greedy_text"].get<std::string>());
   }
 
-  std::vector<StreamOutcome> outcomes(kStreams);
-  std::vector<std::thread> threads;
-  const auto t0 = Clock::now();
+  std::vector<moe::v1::GenerateRequest> requests;
   for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      // Each client on a connection of its own, as separate client processes would be.
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      auto stub = moe::v1::Inference::NewStub(grpc::CreateCustomChannel(
-          this->cluster_->public_address(), grpc::InsecureChannelCredentials(), args));
-      moe::v1::GenerateRequest req = GreedyRequest(kPrompts[i % kPrompts.size()], kGreedyTokens);
-      if (i % 4 == 1) req.mutable_sampling()->set_logprobs(3);
-      outcomes[i] = RunGenerate(*stub, req, 120);
-    });
+    requests.push_back(GreedyRequest(kPrompts[i % kPrompts.size()], kGreedyTokens));
+    if (i % 4 == 1) requests.back().mutable_sampling()->set_logprobs(3);
   }
-  for (auto& t : threads) t.join();
+  const auto t0 = Clock::now();
+  const std::vector<StreamOutcome> outcomes = RunGenerateConcurrently(this->cluster_->public_address(), requests, 120);
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   std::fprintf(stderr, "[ info ] %d ranks: %d concurrent streams of %d tokens in %.2f s\n", this->kRanks, kStreams,
                kGreedyTokens, secs);

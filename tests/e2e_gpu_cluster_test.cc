@@ -95,29 +95,22 @@ class E2eGpuCluster : public ::testing::Test {
   // Stream i generates from sample i % samples with `sampling(i)` (max_tokens, ignore_eos set),
   // all n at once, each on its own channel.
   static std::vector<StreamOutcome> RunStreams(int n, int max_tokens, SamplingParams (*sampling)(int)) {
-    std::vector<StreamOutcome> outcomes(static_cast<size_t>(n));
-    std::vector<std::thread> threads;
+    std::vector<moe::v1::GenerateRequest> requests(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) {
-      threads.emplace_back([&outcomes, i, max_tokens, sampling] {
-        auto stub = moe::v1::Inference::NewStub(
-            grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
-        moe::v1::GenerateRequest req;
-        for (int32_t id : samples_[i % samples_.size()].prompt_ids) {
-          req.mutable_prompt()->mutable_token_ids()->add_ids(id);
-        }
-        const SamplingParams p = sampling(i);
-        moe::v1::SamplingParams* sp = req.mutable_sampling();
-        sp->set_max_tokens(max_tokens);
-        sp->set_temperature(p.temperature);
-        sp->set_top_k(p.top_k);
-        sp->set_top_p(p.top_p);
-        sp->set_seed(p.seed);
-        sp->set_ignore_eos(true);
-        outcomes[i] = RunGenerate(*stub, req, 120);
-      });
+      moe::v1::GenerateRequest& req = requests[static_cast<size_t>(i)];
+      for (int32_t id : samples_[i % samples_.size()].prompt_ids) {
+        req.mutable_prompt()->mutable_token_ids()->add_ids(id);
+      }
+      const SamplingParams p = sampling(i);
+      moe::v1::SamplingParams* sp = req.mutable_sampling();
+      sp->set_max_tokens(max_tokens);
+      sp->set_temperature(p.temperature);
+      sp->set_top_k(p.top_k);
+      sp->set_top_p(p.top_p);
+      sp->set_seed(p.seed);
+      sp->set_ignore_eos(true);
     }
-    for (auto& t : threads) t.join();
-    return outcomes;
+    return RunGenerateConcurrently(cluster_->public_address(), requests, 120);
   }
 
   // The samples' greedy continuations by a single-GPU engine in this process.
@@ -343,17 +336,9 @@ class E2eGpuSyntheticCluster : public ::testing::Test {
 
   // All requests at once; their outcomes in order.
   static std::vector<StreamOutcome> RunAll(std::vector<int32_t> (*prompt)(int)) {
-    std::vector<StreamOutcome> outcomes(kRequests);
-    std::vector<std::thread> threads;
-    for (int i = 0; i < kRequests; ++i) {
-      threads.emplace_back([&outcomes, prompt, i] {
-        auto stub = moe::v1::Inference::NewStub(
-            grpc::CreateChannel(cluster_->public_address(), grpc::InsecureChannelCredentials()));
-        outcomes[i] = RunGenerate(*stub, GreedyTokenRequest(prompt(i), kTokens), 120);
-      });
-    }
-    for (auto& t : threads) t.join();
-    return outcomes;
+    std::vector<moe::v1::GenerateRequest> requests;
+    for (int i = 0; i < kRequests; ++i) requests.push_back(GreedyTokenRequest(prompt(i), kTokens));
+    return RunGenerateConcurrently(cluster_->public_address(), requests, 120);
   }
 
   static inline std::unique_ptr<Cluster> cluster_;

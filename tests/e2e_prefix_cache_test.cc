@@ -110,16 +110,9 @@ TEST(E2ePrefixCache, ATurnAndItsContinuationAreServedFromOneRanksCacheWithTransf
   EXPECT_EQ(ranks[1].queried, 0) << "rank 1 got a prompt rank 0 had cached";
 
   // Six at once, sharing rank 0's cached blocks while they run.
-  std::vector<StreamOutcome> outcomes(kConcurrent);
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kConcurrent; ++i) {
-    threads.emplace_back([&, i] {
-      auto s = moe::v1::Inference::NewStub(
-          grpc::CreateChannel(cluster.public_address(), grpc::InsecureChannelCredentials()));
-      outcomes[i] = RunGenerate(*s, GreedyTokenRequest(turn2, kNewTokens), 60);
-    });
-  }
-  for (auto& t : threads) t.join();
+  const std::vector<StreamOutcome> outcomes = RunGenerateConcurrently(
+      cluster.public_address(),
+      std::vector<moe::v1::GenerateRequest>(kConcurrent, GreedyTokenRequest(turn2, kNewTokens)), 60);
   for (int i = 0; i < kConcurrent; ++i) {
     ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status;
     EXPECT_EQ(outcomes[i].result.token_ids, next(40)) << "concurrent stream " << i;
@@ -154,17 +147,11 @@ TEST(E2eKvPreemption, StreamsThatOutgrowTheCacheArePreemptedAndStillGetTransform
   const absl::Status started = cluster.Start(Seconds(90));
   ASSERT_TRUE(started.ok()) << started;
 
-  std::vector<StreamOutcome> outcomes(kStreams);
-  std::vector<std::thread> threads;
+  std::vector<moe::v1::GenerateRequest> requests;
   for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      auto s = moe::v1::Inference::NewStub(
-          grpc::CreateChannel(cluster.public_address(), grpc::InsecureChannelCredentials()));
-      const std::vector<int32_t> prompt = greedy_samples[i % 3]["prompt_ids"].get<std::vector<int32_t>>();
-      outcomes[i] = RunGenerate(*s, GreedyTokenRequest(prompt, kTokens), 120);
-    });
+    requests.push_back(GreedyTokenRequest(greedy_samples[i % 3]["prompt_ids"].get<std::vector<int32_t>>(), kTokens));
   }
-  for (auto& t : threads) t.join();
+  const std::vector<StreamOutcome> outcomes = RunGenerateConcurrently(cluster.public_address(), requests, 120);
   for (int i = 0; i < kStreams; ++i) {
     ASSERT_TRUE(outcomes[i].status.ok()) << outcomes[i].status << cluster.LogTail();
     EXPECT_EQ(outcomes[i].result.token_ids, greedy_samples[i % 3]["greedy_ids"].get<std::vector<int32_t>>())

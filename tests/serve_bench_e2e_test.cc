@@ -76,6 +76,20 @@ class ServeBenchE2e : public ::testing::Test {
     return testing_ref::RunProgram(args);
   }
 
+  // moe-serve-bench with `args` and --out to a temporary file named after `name`: the run, and the
+  // JSON it wrote (discarded when it wrote none).
+  struct BenchRun {
+    testing_ref::CliRun run;
+    json result;
+  };
+  static BenchRun BenchWithJson(const std::string& name, std::vector<std::string> args) {
+    const std::string out = TempPath(name);
+    args.insert(args.end(), {"--out", out});
+    BenchRun b{Bench(std::move(args)), ReadJson(out)};
+    std::filesystem::remove(out);
+    return b;
+  }
+
   static inline std::unique_ptr<Cluster> cluster_;
   static inline absl::Status setup_;
 };
@@ -90,16 +104,13 @@ double Median(std::vector<double> v) {
 TEST_F(ServeBenchE2e, ReportsTheLoadTheCoordinatorCounted) {
   constexpr int kRequests = 24, kWarmup = 2, kInput = 12, kOutput = 6, kConcurrency = 8;
   const moe::v1::Stats before = Stats();
-  const std::string out = TempPath("serve_bench");
-  const testing_ref::CliRun run =
-      Bench({"--requests", std::to_string(kRequests), "--rate", "100", "--max-concurrency",
-             std::to_string(kConcurrency), "--input-len", std::to_string(kInput), "--output-len",
-             std::to_string(kOutput), "--seed", "5", "--warmup", std::to_string(kWarmup), "--connections", "2",
-             "--out", out, "--commit", "test"});
+  const auto [run, r] = BenchWithJson(
+      "serve_bench", {"--requests", std::to_string(kRequests), "--rate", "100", "--max-concurrency",
+                      std::to_string(kConcurrency), "--input-len", std::to_string(kInput), "--output-len",
+                      std::to_string(kOutput), "--seed", "5", "--warmup", std::to_string(kWarmup), "--connections",
+                      "2", "--commit", "test"});
   ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
   const moe::v1::Stats after = Stats();
-  const json r = ReadJson(out);
-  std::filesystem::remove(out);
   ASSERT_TRUE(r.is_object());
 
   // What the coordinator counted is what the benchmark says it sent and received.
@@ -155,13 +166,11 @@ TEST_F(ServeBenchE2e, VariedLengthsAreWhatEachRequestSentAndGot) {
   // --range-ratio 0.5: prompts of 6-18 tokens, 4-12 generated; a Poisson schedule, no limit.
   constexpr int kRequests = 16;
   const moe::v1::Stats before = Stats();
-  const std::string out = TempPath("serve_bench_ranges");
-  const testing_ref::CliRun run = Bench({"--requests", std::to_string(kRequests), "--rate", "200", "--input-len", "12",
-                                         "--output-len", "8", "--range-ratio", "0.5", "--seed", "3", "--out", out});
+  const auto [run, r] =
+      BenchWithJson("serve_bench_ranges", {"--requests", std::to_string(kRequests), "--rate", "200", "--input-len",
+                                           "12", "--output-len", "8", "--range-ratio", "0.5", "--seed", "3"});
   ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
   const moe::v1::Stats after = Stats();
-  const json r = ReadJson(out);
-  std::filesystem::remove(out);
   ASSERT_TRUE(r.is_object());
   int64_t prompt_tokens = 0, output_tokens = 0;
   std::set<int64_t> prompt_lengths, output_lengths;
@@ -187,12 +196,9 @@ TEST_F(ServeBenchE2e, VariedLengthsAreWhatEachRequestSentAndGot) {
 
 // --regex: every request is constrained; a regex that never ends keeps each to --output-len.
 TEST_F(ServeBenchE2e, RegexRequestsRunToTheirLength) {
-  const std::string out = TempPath("serve_bench_regex");
-  const testing_ref::CliRun run =
-      Bench({"--requests", "4", "--input-len", "6", "--output-len", "10", "--regex", "[a-z ,.]+", "--out", out});
+  const auto [run, r] = BenchWithJson(
+      "serve_bench_regex", {"--requests", "4", "--input-len", "6", "--output-len", "10", "--regex", "[a-z ,.]+"});
   ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
-  const json r = ReadJson(out);
-  std::filesystem::remove(out);
   ASSERT_TRUE(r.is_object());
   EXPECT_EQ(r["args"]["regex"], "[a-z ,.]+");
   ASSERT_EQ(r["records"].size(), 4u);
@@ -209,12 +215,9 @@ TEST_F(ServeBenchE2e, RegexRequestsRunToTheirLength) {
 // --max-tokens above --output-len: every request asks for that many tokens and the client ends its
 // stream once it has its output length; the cluster frees the sequences (no KV block left in use).
 TEST_F(ServeBenchE2e, ClientStopsEndRequestsAskingForMoreTokens) {
-  const std::string out = TempPath("serve_bench_max_tokens");
-  const testing_ref::CliRun run =
-      Bench({"--requests", "4", "--input-len", "6", "--output-len", "10", "--max-tokens", "400", "--out", out});
+  const auto [run, r] = BenchWithJson(
+      "serve_bench_max_tokens", {"--requests", "4", "--input-len", "6", "--output-len", "10", "--max-tokens", "400"});
   ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
-  const json r = ReadJson(out);
-  std::filesystem::remove(out);
   ASSERT_TRUE(r.is_object());
   EXPECT_EQ(r["args"]["max_tokens"], 400);
   EXPECT_EQ(r["summary"]["completed"], 4);
@@ -251,13 +254,11 @@ TEST_F(ServeBenchE2e, ASharedPrefixIsServedFromTheRanksPrefixCaches) {
     return t;
   };
   const auto before = totals(Stats());
-  const std::string out = TempPath("serve_bench_prefix");
-  const testing_ref::CliRun run =
-      Bench({"--requests", std::to_string(kRequests), "--max-concurrency", "1", "--input-len", std::to_string(kOwn),
-             "--output-len", "4", "--shared-prefix-len", std::to_string(kShared), "--seed", "9", "--out", out});
+  const auto [run, r] = BenchWithJson(
+      "serve_bench_prefix", {"--requests", std::to_string(kRequests), "--max-concurrency", "1", "--input-len",
+                             std::to_string(kOwn), "--output-len", "4", "--shared-prefix-len", std::to_string(kShared),
+                             "--seed", "9"});
   ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
-  const json r = ReadJson(out);
-  std::filesystem::remove(out);
   ASSERT_TRUE(r.is_object());
   EXPECT_EQ(r["args"]["shared_prefix_len"], kShared);
   for (const json& rec : r["records"]) EXPECT_EQ(rec["prompt_tokens"], kShared + kOwn);
@@ -279,12 +280,9 @@ TEST_F(ServeBenchE2e, ASharedPrefixIsServedFromTheRanksPrefixCaches) {
 TEST_F(ServeBenchE2e, OverloadIsCountedAsRejectedRequestsAndTheClusterKeepsServing) {
   // 40 requests at once against 2 x 4 running + 8 waiting: the coordinator refuses the excess.
   constexpr int kRequests = 40;
-  const std::string out = TempPath("serve_bench_overload");
-  const testing_ref::CliRun run = Bench({"--requests", std::to_string(kRequests), "--input-len", "8", "--output-len",
-                                         "64", "--out", out, "--no-records"});
+  const auto [run, r] = BenchWithJson("serve_bench_overload", {"--requests", std::to_string(kRequests), "--input-len",
+                                                                "8", "--output-len", "64", "--no-records"});
   EXPECT_EQ(run.exit_code, 1) << run.Describe() << run.out;
-  const json r = ReadJson(out);
-  std::filesystem::remove(out);
   ASSERT_TRUE(r.is_object()) << run.Describe();
   const json& s = r["summary"];
   EXPECT_GT(s["failed"].get<int>(), 0);
