@@ -344,9 +344,9 @@ bool ServingLoop::RunOnce() {
   // prompt position, so it computes them all.
   while (const std::optional<uint64_t> next = planner_.next_waiting()) {
     ServedSequence& s = seqs_.at(*next);
-    std::vector<int32_t> resumed;  // a preempted generation's prompt + generated tokens
+    std::vector<int32_t> resumed;  // a preempted generation's prompt + generated tokens (only the cache reads them)
     std::span<const int32_t> context(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
-    if (!s.generated.empty()) {
+    if (!s.generated.empty() && engine_.kv_blocks().prefix_cache_enabled()) {
       resumed = s.ContextTokens(0, s.context_size());
       context = resumed;
     }
