@@ -216,16 +216,24 @@ struct SampleRowParams {
   int32_t top_k;      // 0: no limit
   float top_p;        // 1: no nucleus
   uint32_t seed_lo, seed_hi, step_lo, step_hi;
+  int32_t allowed_row;  // -1: every id may be drawn; else the row of SampleRows' `allowed` bits
 };
-static_assert(sizeof(SampleRowParams) == 7 * sizeof(int32_t));
+static_assert(sizeof(SampleRowParams) == 8 * sizeof(int32_t));
+
+// 32-bit words of one row of allowed-id bits for a vocabulary of V ids (id i: bit i % 32 of word
+// i / 32), rounded up to whole 64-bit words (worker/token_mask.h: TokenMask's layout).
+inline int64_t AllowedRowWords(int64_t V) { return 2 * ((V + 63) / 64); }
 
 // The next token of each of `rows` logits rows [rows, V] (float32), by SampleToken's rule
 // (worker/sampler.h) with params[r], and its log-probability under the raw logits (PickToken's):
 // the same tokens as the host (the masses are summed in fixed point, which moves the boundaries
 // between tokens by about 1e-14 of the mass; kernels/sample.cu) and log-probabilities to the last
-// bits of a float. Deterministic: a row's pick depends on the row and its parameters only.
-void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, int32_t* tokens,
-                float* logprobs, cudaStream_t s);
+// bits of a float. Deterministic: a row's pick depends on the row and its parameters only. A row
+// whose params name an allowed row (`allowed` + allowed_row * AllowedRowWords(V)) draws as if
+// every id with a clear bit had a -inf logit (PickToken with `allowed`); its log-probability stays
+// the raw row's. `allowed` may be null when no row names one.
+void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
+                int32_t* tokens, float* logprobs, cudaStream_t s);
 
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
 // The residual, positions and weights are read before waiting for the kernel before this one (the

@@ -1,6 +1,7 @@
 // Token sampling on the device (kernels.h: SampleRows): SampleToken's rule (worker/sampler.h) for
 // one logits row per block, so a decode step copies a token and its log-probability to the host
-// instead of a vocabulary-wide row.
+// instead of a vocabulary-wide row. A row may come with a bit row of the ids it may draw (a JSON
+// grammar's mask, banned ids): the draw sees the others as -inf, the log-probability the raw row.
 //
 // Nothing is sorted: every "first position, in the order heavier first (ties to the lower id), at
 // which a running total reaches a target" is found by a radix descent over the tokens' 32-bit
@@ -91,12 +92,17 @@ __device__ int BlockMin(int v, Shared& sh) {
 // One row and its sampling parameters.
 struct Row {
   const float* x;
+  const uint32_t* allowed;  // null: every id; else bit i of the row's words
   int V;
   double temperature;
-  double max_scaled;  // the largest logit over the temperature: its tokens have weight exactly 1
+  double max_scaled;  // the largest allowed logit over the temperature: its tokens have weight exactly 1
   int shift;          // fixed-point scale of the weights
 
-  __device__ float Value(int i) const { return Clean(x[i]); }
+  __device__ float Raw(int i) const { return Clean(x[i]); }
+  // The logit the draw sees: -inf for an id the row's mask bans.
+  __device__ float Value(int i) const {
+    return allowed == nullptr || ((allowed[i >> 5] >> (i & 31)) & 1u) != 0 ? Clean(x[i]) : -INFINITY;
+  }
   // exp(v / T - max / T) as SampleToken computes it (in double), in fixed point; 0: never drawn.
   __device__ unsigned long long Mass(float v) const {
     const double s = static_cast<double>(v) / temperature;
@@ -265,6 +271,7 @@ __device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh, uns
 }
 
 __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits, int V, const SampleRowParams* params,
+                                                             const uint32_t* allowed, int allowed_words,
                                                              int32_t* tokens, float* logprobs) {
   PdlGate();
   __shared__ Shared sh;
@@ -272,14 +279,17 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const float* x = logits + static_cast<int64_t>(blockIdx.x) * V;
   const SampleRowParams p = params[blockIdx.x];
-  Row r{x, V, static_cast<double>(p.temperature), 0.0, 0};
+  const uint32_t* mask = p.allowed_row < 0 ? nullptr : allowed + static_cast<int64_t>(p.allowed_row) * allowed_words;
+  Row r{x, mask, V, static_cast<double>(p.temperature), 0.0, 0};
 
-  // The argmax (SampleToken's greedy rule) and the maximum.
-  float bv = -INFINITY;
+  // The argmax of the allowed ids (SampleToken's greedy rule) and their maximum; the raw row's
+  // maximum for the log-probability.
+  float bv = -INFINITY, raw_max = -INFINITY;
   int bi = INT_MAX;  // past the end: any real index wins a tie with it
   for (int i = threadIdx.x; i < V; i += kThreads) {
     const float v = r.Value(i);
     if (Better(v, i, bv, bi)) bv = v, bi = i;
+    raw_max = fmaxf(raw_max, r.Raw(i));
   }
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
@@ -295,24 +305,35 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
     if (Better(ov, oi, bv, bi)) bv = ov, bi = oi;
   }
-  const double max_logit = bv;
+  const double max_allowed = bv;
+  // The raw maximum: the allowed one, unless a mask bans the top (then a second block-wide pass).
+  double max_logit = max_allowed;
+  if (mask != nullptr) {
+    for (int o = 16; o > 0; o >>= 1) raw_max = fmaxf(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, o));
+    __syncthreads();  // best_v has been read
+    if (lane == 0) sh.best_v[warp] = raw_max;
+    __syncthreads();
+    raw_max = lane < kWarps ? sh.best_v[lane] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) raw_max = fmaxf(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, o));
+    max_logit = raw_max;
+  }
 
   // log of the sum of exp(x - max) over the raw logits (the max token(s) count exactly 1).
   double sum = 0.0;
   for (int i = threadIdx.x; i < V; i += kThreads) {
-    const double v = r.Value(i);
+    const double v = r.Raw(i);
     sum += v == max_logit ? 1.0 : exp(v - max_logit);
   }
   const double log_sum = log(BlockSum(sum, sh));
 
   int token = bi < V ? bi : 0;
-  if (p.temperature > 0.f && max_logit > -INFINITY) {  // else the argmax rule, as on the host
-    r.max_scaled = max_logit / r.temperature;
+  if (p.temperature > 0.f && max_allowed > -INFINITY) {  // else the argmax rule, as on the host
+    r.max_scaled = max_allowed / r.temperature;
     r.shift = 63 - (V > 1 ? 32 - __clz(V - 1) : 0);  // V * 2^shift <= 2^63
     token = SampleRow(r, p, sh, hist);
   }
   if (threadIdx.x == 0) {
-    const double v = r.Value(token);
+    const double v = r.Raw(token);
     tokens[blockIdx.x] = token;
     logprobs[blockIdx.x] = static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
   }
@@ -320,8 +341,8 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
 
 }  // namespace
 
-void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, int32_t* tokens,
-                float* logprobs, cudaStream_t s) {
+void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
+                int32_t* tokens, float* logprobs, cudaStream_t s) {
   if (rows == 0) return;
   if (V <= 0 || V >= (int64_t{1} << 31)) throw std::invalid_argument("SampleRows: vocabulary size out of range");
   // Raised once (not per launch: launches may be captured into a CUDA graph).
@@ -332,7 +353,7 @@ void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowPar
   }();
   (void)raised;
   Launch(SampleRowsKernel, static_cast<unsigned>(rows), kThreads, kHistogramBytes, s, logits, static_cast<int>(V),
-         params, tokens, logprobs);
+         params, allowed, static_cast<int>(AllowedRowWords(V)), tokens, logprobs);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -10,6 +10,7 @@
 #include "tests/support/random_model.h"
 #include "tests/support/reference_forward.h"
 #include "worker/sampler.h"
+#include "worker/token_mask.h"
 
 namespace moe::testing_ref {
 namespace {
@@ -112,6 +113,21 @@ TEST(EngineExactnessTest, SampleNextReturnsThePickOfTheLogits) {
     EXPECT_EQ(picked.chunks[0].first_position, static_cast<int64_t>(a.size()) - 1);
     EXPECT_EQ(picked.chunks[1].logits, full.chunks[1].logits);
     EXPECT_EQ((*e)->SequenceLength(pick_a), static_cast<int64_t>(a.size()));
+    // Under allowed ids that ban the unconstrained pick: PickToken's masked pick, the raw logprob.
+    const int64_t masked_id = id++;
+    ASSERT_TRUE((*e)->AddSequence(masked_id).ok());
+    TokenMask allowed((*e)->config().vocab_size);
+    for (int64_t t = 0; t < allowed.size(); t += 3) allowed.Ban(t);
+    allowed.Ban(want.token);
+    SequenceChunk pm{masked_id, a, false};
+    pm.sample_next = SampleNext{sp, 4, {allowed.words().begin(), allowed.words().end()}};
+    const StepOutput masked = (*e)->Step({pm}).value();
+    const TokenPick want_masked = PickToken(full.chunks[0].logits, sp, 4, allowed.words());
+    EXPECT_NE(masked.chunks[0].token, want.token);
+    EXPECT_TRUE(allowed.allowed(masked.chunks[0].token));
+    EXPECT_EQ(masked.chunks[0].token, want_masked.token);
+    // (a step of its own: the row may differ from the two-chunk step's in the last bits)
+    EXPECT_NEAR(masked.chunks[0].token_logprob, want_masked.logprob, 1e-5);
   }
   SequenceChunk bad{1, {5}, true};
   bad.sample_next = SampleNext{greedy, 0};
@@ -123,6 +139,11 @@ TEST(EngineExactnessTest, SampleNextReturnsThePickOfTheLogits) {
   s = (*e)->Step({bad}).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("top_p"), std::string::npos) << s;
+  bad.sample_next->params.top_p = 1.0f;
+  bad.sample_next->allowed = {~uint64_t{0}};  // one word for a vocabulary of more than 64 ids
+  s = (*e)->Step({bad}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("allowed ids' mask has 1 words"), std::string::npos) << s;
   EXPECT_EQ((*e)->SequenceLength(1), static_cast<int64_t>(g.prompt(3).size()));  // nothing changed
 }
 

@@ -47,6 +47,7 @@
 #include "worker/model/safetensors.h"
 #include "worker/kv_budget.h"
 #include "worker/sampler.h"
+#include "worker/token_mask.h"
 
 namespace moe::testing_ref {
 namespace {
@@ -414,8 +415,9 @@ TEST_F(GpuGoldenTest, CudaGraphDecodeEqualsDirectLaunches) {
   EXPECT_EQ((*direct)->graph_launches(), 0);
 }
 
-// Chunks that want only their next token get the pick (greedy or sampled) of the logits they would
-// have had, next to chunks that get their logits, in prefill and in graph-replayed decode steps.
+// Chunks that want only their next token get the pick (greedy or sampled, with and without allowed
+// ids) of the logits they would have had, next to chunks that get their logits, in prefill and in
+// graph-replayed decode steps.
 TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   auto e = LoadGpu(kGoldenDir);
   // Sequences 1-3 return logits; 11-13 are the same sequences returning picks (batch-invariant
@@ -423,11 +425,23 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   // logits.
   for (int64_t id : {1, 2, 3, 11, 12, 13}) ASSERT_TRUE((*e)->AddSequence(id).ok());
   const SamplingParams params[3] = {{.temperature = 0.f}, {}, {.temperature = 1.2f, .top_k = 40, .top_p = 0.9f, .seed = 5}};
+  // From step 2 on the picks are drawn under allowed ids (as constrained requests are): chunk 0's
+  // ban every id below the middle, chunk 2's every third id; from step 4 only chunk 2's.
+  const int64_t V = (*e)->config().vocab_size;
+  TokenMask allowed[3] = {TokenMask(V), TokenMask(V), TokenMask(V)};
+  for (int64_t t = 0; t < V; ++t) {
+    if (t < V / 2) allowed[0].Ban(t);
+    if (t % 3 == 0) allowed[2].Ban(t);
+  }
+  auto mask_of = [&](size_t i, uint64_t step) {
+    return (step >= 2 && i == 2) || (step >= 2 && step < 4 && i == 0) ? allowed[i].words() : std::span<const uint64_t>();
+  };
   auto chunks = [&](int64_t base, const std::vector<std::vector<int32_t>>& tokens, bool pick, uint64_t step) {
     std::vector<SequenceChunk> out;
     for (size_t i = 0; i < tokens.size(); ++i) {
       SequenceChunk ch{base + static_cast<int64_t>(i), tokens[i], false};
-      if (pick && i != 1) ch.sample_next = SampleNext{params[i], step};
+      const std::span<const uint64_t> mask = mask_of(i, step);
+      if (pick && i != 1) ch.sample_next = SampleNext{params[i], step, {mask.begin(), mask.end()}};
       out.push_back(ch);
     }
     return out;
@@ -443,8 +457,11 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
         EXPECT_EQ(picked.chunks[i].logits, full.chunks[i].logits) << "step " << step;
         continue;
       }
-      const TokenPick want = PickToken(full.chunks[i].logits, params[i], step);
+      const TokenPick want = PickToken(full.chunks[i].logits, params[i], step, mask_of(i, step));
       EXPECT_EQ(picked.chunks[i].rows, 0);
+      if (!mask_of(i, step).empty()) {
+        EXPECT_TRUE(allowed[i].allowed(picked.chunks[i].token)) << "step " << step;
+      }
       EXPECT_EQ(picked.chunks[i].token, want.token) << "step " << step << " chunk " << i;
       EXPECT_NEAR(picked.chunks[i].token_logprob, want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob)));
     }

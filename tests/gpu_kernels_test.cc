@@ -22,6 +22,7 @@
 #include "worker/moe/router.h"
 #include "worker/gpu/sample_row_params.h"
 #include "worker/sampler.h"
+#include "worker/token_mask.h"
 
 namespace moe::gpu {
 namespace {
@@ -740,7 +741,8 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
 // log-probability to the last bits of a float (the double sums run in another order). Greedy and
 // sampled (temperature, top-k, top-p and their mixes, many seeds and steps) over rows of bf16 values
 // (thousands of exact ties in a 32000-token row: the tie rules run), rows of the real vocabulary
-// sizes and small ones, with ties for the max, NaN, -inf everywhere, +inf and one flat row.
+// sizes and small ones, with ties for the max, NaN, -inf everywhere, +inf and one flat row; and
+// under allowed-id masks (PickToken's `allowed`).
 TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
   SKIP_WITHOUT_GPU();
   const float nan = std::nanf(""), inf = INFINITY;
@@ -772,20 +774,35 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     row(4)[V / 3] = inf;
     row(4)[V - 2] = inf;
     std::fill(row(5), row(6), 0.25f);
-    // Every row under every parameter set, at a few steps each.
+    // Allowed-id masks: about half the ids at random; the upper half only (whole words of ones and
+    // zeros; row 1's tied maxima both stay); three ids (row 4's two +inf among them); none (the
+    // argmax rule's index 0 over an all -inf row).
+    std::vector<TokenMask> masks(4, TokenMask(V));
+    std::mt19937 bits(static_cast<uint32_t>(V));
+    for (int64_t i = 0; i < V; ++i) {
+      if (bits() % 2) masks[0].Ban(i);
+      if (i < V / 2) masks[1].Ban(i);
+    }
+    masks[2].BanAll();
+    for (int64_t id : {int64_t{1}, V / 3, V - 2}) masks[2].Allow(id);
+    masks[3].BanAll();
+    // Every row under every parameter set, at a few steps each; the special rows and a few others
+    // under every mask too.
     struct Case {
       int64_t row;
       SamplingParams p;
       uint64_t step;
+      int32_t mask = -1;
     };
     std::vector<Case> cases;
     for (int64_t r = 0; r < rows; ++r) {
       for (size_t k = 0; k < params.size(); ++k) {
+        SamplingParams p = params[k];
+        p.seed = 1000 * static_cast<uint64_t>(r) + k;
         for (uint64_t step = 0; step < (r < special ? 3u : 2u); ++step) {
-          SamplingParams p = params[k];
-          p.seed = 1000 * static_cast<uint64_t>(r) + k;
           cases.push_back({r, p, step + (uint64_t{1} << 33) * k});  // steps past 2^32 too
         }
+        for (int32_t m = 0; r < special + 6 && m < static_cast<int32_t>(masks.size()); ++m) cases.push_back({r, p, 7, m});
       }
     }
     const int64_t n = static_cast<int64_t>(cases.size());
@@ -794,21 +811,32 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     for (int64_t i = 0; i < n; ++i) {
       const Case& c = cases[i];
       std::copy(row(c.row), row(c.row) + V, in.begin() + i * V);
-      pp[i] = ToSampleRowParams(c.p, c.step);
+      pp[i] = ToSampleRowParams(c.p, c.step, c.mask);
     }
-    std::vector<int32_t> words(pp.size() * 7);
+    std::vector<int32_t> words(pp.size() * sizeof(SampleRowParams) / sizeof(int32_t));
     std::memcpy(words.data(), pp.data(), sizeof(SampleRowParams) * pp.size());
+    const int64_t mask_words = AllowedRowWords(V);
+    std::vector<int32_t> mask_bits(masks.size() * mask_words);
+    for (size_t m = 0; m < masks.size(); ++m) {
+      ASSERT_EQ(static_cast<int64_t>(masks[m].words().size()) * 2, mask_words);
+      std::memcpy(mask_bits.data() + m * mask_words, masks[m].words().data(), sizeof(int32_t) * mask_words);
+    }
     Buffer<float> d_x(in), d_lp(n);
-    Buffer<int32_t> d_params(words), d_tok(n);
-    SampleRows(d_x.get(), n, V, reinterpret_cast<const SampleRowParams*>(d_params.get()), d_tok.get(), d_lp.get(),
-               nullptr);
+    Buffer<int32_t> d_params(words), d_tok(n), d_masks(mask_bits);
+    SampleRows(d_x.get(), n, V, reinterpret_cast<const SampleRowParams*>(d_params.get()),
+               reinterpret_cast<const uint32_t*>(d_masks.get()), d_tok.get(), d_lp.get(), nullptr);
     const std::vector<int32_t> tok = d_tok.Download();
     const std::vector<float> lp = d_lp.Download();
     for (int64_t i = 0; i < n; ++i) {
       const Case& c = cases[i];
-      const TokenPick want = PickToken(std::span<const float>(&x[c.row * V], static_cast<size_t>(V)), c.p, c.step);
+      const TokenPick want =
+          PickToken(std::span<const float>(&x[c.row * V], static_cast<size_t>(V)), c.p, c.step,
+                    c.mask < 0 ? std::span<const uint64_t>() : masks[static_cast<size_t>(c.mask)].words());
       EXPECT_EQ(tok[i], want.token) << "V " << V << " row " << c.row << " T " << c.p.temperature << " top_k "
-                                    << c.p.top_k << " top_p " << c.p.top_p << " step " << c.step;
+                                    << c.p.top_k << " top_p " << c.p.top_p << " step " << c.step << " mask " << c.mask;
+      if (c.mask >= 0 && c.mask < 3 && c.row != 3) {  // a mask's pick is an id it allows
+        EXPECT_TRUE(masks[static_cast<size_t>(c.mask)].allowed(tok[i])) << "V " << V << " row " << c.row;
+      }
       EXPECT_NEAR(lp[i], want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob))) << "V " << V << " row " << c.row;
     }
   }

@@ -15,6 +15,8 @@
 
 #include <gtest/gtest.h>
 
+#include "worker/token_mask.h"
+
 namespace moe {
 namespace {
 
@@ -185,6 +187,63 @@ TEST(SamplerPick, PickTokenEqualsSampleTokenAndLogSoftmax) {
       }
     }
   }
+}
+
+// With allowed ids: the pick is SampleToken's over the row with every banned id at -inf, written
+// out here element by element; the logprob stays the raw row's.
+TEST(SamplerPick, PickTokenWithAllowedIdsSamplesTheMaskedRow) {
+  const std::vector<float> row = RandomLogits(1000, 4.0f, 7);
+  std::vector<float> lsm(row.size());
+  LogSoftmax(row, lsm);
+  const int64_t argmax = std::max_element(row.begin(), row.end()) - row.begin();
+  TokenMask odd(1000), top_banned(1000), one(1000);
+  for (int64_t i = 0; i < 1000; i += 2) odd.Ban(i);
+  top_banned.Ban(argmax);
+  one.BanAll();
+  one.Allow(998);
+  for (const TokenMask* m : {&odd, &top_banned, &one}) {
+    std::vector<float> masked = row;
+    for (int64_t i = 0; i < 1000; ++i) {
+      if (!m->allowed(i)) masked[static_cast<size_t>(i)] = -kInf;
+    }
+    for (const SamplingParams& sp : {Params(0.0f), Params(1.0f), Params(0.7f, 5), Params(1.3f, 0, 0.8f)}) {
+      for (uint64_t step = 0; step < 4; ++step) {
+        const TokenPick p = PickToken(row, sp, step, m->words());
+        EXPECT_EQ(p.token, SampleToken(masked, sp, step));
+        EXPECT_TRUE(m->allowed(p.token));
+        EXPECT_EQ(p.logprob, lsm[static_cast<size_t>(p.token)]);
+      }
+    }
+  }
+  EXPECT_EQ(PickToken(row, Params(0.0f), 0, one.words()).token, 998);
+  EXPECT_NE(PickToken(row, Params(0.0f), 0, top_banned.words()).token, argmax);
+}
+
+// TokenMask: the bits of ids past its size stay clear; KeepFirst intersects and bans the tail;
+// MaskLogits sets exactly the banned ids to -inf.
+TEST(TokenMaskTest, BitsAndMaskLogits) {
+  TokenMask m(70);
+  EXPECT_EQ(m.words().size(), 2u);
+  EXPECT_EQ(m.words()[1], (uint64_t{1} << 6) - 1);
+  EXPECT_TRUE(m.allowed(69));
+  EXPECT_FALSE(m.allowed(70));
+  EXPECT_FALSE(m.allowed(-1));
+  m.Ban(3);
+  m.Ban(64);
+  m.Allow(100);  // outside: ignored
+  EXPECT_FALSE(m.allowed(3));
+  EXPECT_FALSE(m.allowed(64));
+  std::vector<uint64_t> other = {~uint64_t{0} ^ 1u, ~uint64_t{0}};  // bans id 0
+  m.KeepFirst(other, 66);                                         // and every id from 66 on
+  for (int64_t i = 0; i < 70; ++i) EXPECT_EQ(m.allowed(i), i != 0 && i != 3 && i != 64 && i < 66) << i;
+  std::vector<float> logits(70, 1.0f);
+  MaskLogits(m.words(), logits);
+  for (int64_t i = 0; i < 70; ++i) EXPECT_EQ(logits[static_cast<size_t>(i)] == -kInf, !m.allowed(i)) << i;
+  EXPECT_TRUE(m.any());
+  m.BanAll();
+  EXPECT_FALSE(m.any());
+  EXPECT_EQ(TokenMask::WordsFor(64), 1);
+  EXPECT_EQ(TokenMask::WordsFor(65), 2);
 }
 
 TEST(SamplerSample, AllNegativeInfinityReturnsIndexZero) {

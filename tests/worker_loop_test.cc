@@ -415,7 +415,8 @@ std::vector<std::string> TinyJsonVocabulary() {
 // response_format json_object through the loop: greedy, each token is the argmax of the reference
 // engine's row over the tokens whose whole text the grammar accepts (checked one by one, no trie),
 // EOS only once the object is closed; the text then parses as an object (nlohmann). Greedy and
-// sampled requests also run beside plain ones, which keep the golden tokens. Without the
+// sampled requests also run beside plain ones, which keep the golden tokens; the engine's masked
+// picks equal the loop's own (requests with top alternatives take that path). Without the
 // vocabulary (a model with no tokenizer) such a request ends with an error naming json_object.
 TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
   const std::vector<std::string> texts = TinyJsonVocabulary();
@@ -432,11 +433,26 @@ TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
     sampled.set_temperature(1.0f);
     sampled.set_seed(p);
     h.Push(sampled);
+    // The same two with top alternatives: their rows come to the loop whole and are masked and
+    // sampled there, where the others go to the engine with the grammar's allowed ids.
+    for (const Assign& engine_sampled : {a, sampled}) {
+      Assign host_sampled = engine_sampled;
+      host_sampled.set_seq_id(engine_sampled.seq_id() + 30);
+      host_sampled.set_top_logprobs(1);
+      h.Push(host_sampled);
+    }
   }
   h.Push(Greedy(21, Prompt(1), 24));
   h.RunUntilDone();
   auto seqs = h.out.BySequence();
   EXPECT_EQ(seqs[21].tokens, Greedy24(1));
+  for (uint64_t id : {1, 2, 3, 11, 12, 13}) {
+    SCOPED_TRACE("sequence " + std::to_string(id));
+    EXPECT_EQ(seqs[id].tokens, seqs[id + 30].tokens);
+    EXPECT_EQ(seqs[id].logprobs, seqs[id + 30].logprobs);
+    ASSERT_TRUE(seqs[id].finished.has_value() && seqs[id + 30].finished.has_value());
+    EXPECT_EQ(seqs[id].finished->reason(), seqs[id + 30].finished->reason());
+  }
 
   auto ref = LoadLocalEngine(kGoldenDir);
   const int64_t V = (*ref)->config().vocab_size;
@@ -611,7 +627,9 @@ TEST_F(WorkerLoopTest, PreemptedSequencesGiveTheSameOutputs) {
       EXPECT_GE(most_running, 4);
       EXPECT_EQ(h.out.LastStats()->preemptions(), h.loop->preemptions());
       // Readmitted, preempted generations attach the blocks they had filled.
-      if (cache) EXPECT_GE(h.out.LastStats()->prefix_cache_hit_tokens(), 4 * static_cast<int64_t>(h.loop->preemptions()));
+      if (cache) {
+        EXPECT_GE(h.out.LastStats()->prefix_cache_hit_tokens(), 4 * static_cast<int64_t>(h.loop->preemptions()));
+      }
     } else {
       EXPECT_EQ(h.loop->preemptions(), 0u);
       EXPECT_EQ(most_running, 1);

@@ -93,53 +93,34 @@ const std::vector<uint64_t>& JsonMaskCache::Accepted(const JsonGrammar& state) {
 JsonConstraint::JsonConstraint(JsonMaskCache& masks, std::vector<int32_t> end_ids)
     : masks_(masks), end_ids_(std::move(end_ids)), grammar_(masks.schema()) {}
 
-bool JsonConstraint::Apply(std::span<float> logits) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const int64_t vocab = masks_.vocab().vocab_size();
+bool JsonConstraint::Allowed(TokenMask& out) {
   // The model's rows may be wider than the tokenizer's vocabulary (padded embeddings): ids past it
   // have no text and are never allowed.
-  const size_t n = std::min(logits.size(), static_cast<size_t>(vocab));
+  const int64_t n = std::min(out.size(), masks_.vocab().vocab_size());
   std::vector<int32_t> ends;  // the end ids allowed now: once the value is complete
   if (grammar_.Complete()) {
     for (int32_t id : end_ids_) {
-      if (id >= 0 && static_cast<size_t>(id) < n) ends.push_back(id);
+      if (id >= 0 && id < n) ends.push_back(id);
     }
   }
-  std::vector<float> kept;
-  for (int32_t id : ends) kept.push_back(logits[static_cast<size_t>(id)]);
   if (grammar_.Closed() && !ends.empty()) {
-    // A closed value ends the output; only without an end id (ignore_eos) may whitespace follow.
-    std::fill(logits.begin(), logits.end(), kNegInf);
+    out.BanAll();  // a closed value ends the output; only without an end id (ignore_eos) may whitespace follow
   } else {
-    const std::vector<uint64_t>& mask = masks_.Accepted(grammar_);
-    bool any = !ends.empty();
-    for (size_t w = 0; w < (n + 63) / 64 && !any; ++w) {
-      const uint64_t valid = (w + 1) * 64 <= n ? ~uint64_t{0} : (uint64_t{1} << (n % 64)) - 1;
-      any = (mask[w] & valid) != 0;
-    }
-    if (!any) return false;
-    // A word at a time: inside a string nearly every word is all ones, between tokens nearly all zeros.
-    for (size_t w = 0; w * 64 < n; ++w) {
-      const size_t begin = w * 64, end = std::min(n, begin + 64);
-      if (mask[w] == ~uint64_t{0} && end == begin + 64) continue;
-      if (mask[w] == 0) {
-        std::fill(logits.begin() + static_cast<std::ptrdiff_t>(begin), logits.begin() + static_cast<std::ptrdiff_t>(end),
-                  kNegInf);
-        continue;
-      }
-      for (size_t i = begin; i < end; ++i) {
-        if (((mask[w] >> (i - begin)) & 1) == 0) logits[i] = kNegInf;
-      }
-    }
-    std::fill(logits.begin() + static_cast<std::ptrdiff_t>(n), logits.end(), kNegInf);
+    out.KeepFirst(masks_.Accepted(grammar_), n);
   }
   if (ends.empty()) {
     // A stop token id with text ("\n") would end the output with the value unfinished.
-    for (int32_t id : end_ids_) {
-      if (id >= 0 && static_cast<size_t>(id) < logits.size()) logits[static_cast<size_t>(id)] = kNegInf;
-    }
+    for (int32_t id : end_ids_) out.Ban(id);
+  } else {
+    for (int32_t id : ends) out.Allow(id);
   }
-  for (size_t k = 0; k < ends.size(); ++k) logits[static_cast<size_t>(ends[k])] = kept[k];
+  return out.any();
+}
+
+bool JsonConstraint::Apply(std::span<float> logits) {
+  TokenMask allowed(static_cast<int64_t>(logits.size()));
+  if (!Allowed(allowed)) return false;
+  MaskLogits(allowed.words(), logits);
   return true;
 }
 

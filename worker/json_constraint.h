@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "worker/json_grammar.h"
+#include "worker/token_mask.h"
 
 namespace moe {
 
@@ -75,9 +76,12 @@ class JsonConstraint {
   // request's stop token ids).
   JsonConstraint(JsonMaskCache& masks, std::vector<int32_t> end_ids);
 
-  // Sets every token that cannot come next to -inf. Returns false when none can: the vocabulary has
-  // no token for the bytes the value needs, or (Complete(), no end ids) the whitespace allowed
-  // after it is used up. The row is then left as it was.
+  // Narrows `allowed` (a row's ids: the model's vocabulary, possibly wider than the tokenizer's) to
+  // the tokens that can come next. Returns false when none can: the vocabulary has no token for the
+  // bytes the value needs, or (Complete(), no end ids) the whitespace allowed after it is used up.
+  bool Allowed(TokenMask& allowed);
+  // Allowed over the row's ids, applied: every token that cannot come next set to -inf. Returns
+  // false (the row left as it was) when none can.
   bool Apply(std::span<float> logits);
   // The token just generated (one Apply allowed).
   void Add(int32_t token);

@@ -66,27 +66,31 @@ void LogitsPenalties::Add(int32_t token) {
   if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) ++in_output_[token];
 }
 
-void LogitsPenalties::Apply(std::span<float> logits) const {
-  const auto in_vocab = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < logits.size(); };
+void LogitsPenalties::Restrict(TokenMask& allowed) const {
   if (!p_.allowed_token_ids.empty()) {
-    kept_.clear();
-    for (int32_t id : p_.allowed_token_ids) kept_.push_back(in_vocab(id) ? logits[static_cast<size_t>(id)] : 0.0f);
-    std::fill(logits.begin(), logits.end(), -std::numeric_limits<float>::infinity());
-    for (size_t i = 0; i < kept_.size(); ++i) {
-      if (in_vocab(p_.allowed_token_ids[i])) logits[static_cast<size_t>(p_.allowed_token_ids[i])] = kept_[i];
-    }
+    TokenMask only(allowed.size());
+    only.BanAll();
+    for (int32_t id : p_.allowed_token_ids) only.Allow(id);
+    allowed.KeepFirst(only.words(), allowed.size());
   }
   if (generated_ < p_.min_tokens) {
-    for (int32_t id : end_ids_) {
-      if (in_vocab(id)) logits[static_cast<size_t>(id)] = -std::numeric_limits<float>::infinity();
-    }
+    for (int32_t id : end_ids_) allowed.Ban(id);
   }
   for (const std::vector<int32_t>& word : p_.bad_words) {
     const size_t before = word.size() - 1;  // the ids that must end the output
-    if (output_.size() < before || !std::equal(word.begin(), word.end() - 1, output_.end() - static_cast<std::ptrdiff_t>(before))) {
-      continue;
+    if (output_.size() >= before &&
+        std::equal(word.begin(), word.end() - 1, output_.end() - static_cast<std::ptrdiff_t>(before))) {
+      allowed.Ban(word.back());
     }
-    if (in_vocab(word.back())) logits[static_cast<size_t>(word.back())] = -std::numeric_limits<float>::infinity();
+  }
+}
+
+void LogitsPenalties::Apply(std::span<float> logits) const {
+  const auto in_vocab = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < logits.size(); };
+  if (!p_.allowed_token_ids.empty() || generated_ < p_.min_tokens || !p_.bad_words.empty()) {
+    TokenMask allowed(static_cast<int64_t>(logits.size()));
+    Restrict(allowed);
+    MaskLogits(allowed.words(), logits);
   }
   for (const auto& [id, bias] : p_.logit_bias) {
     if (in_vocab(id)) logits[static_cast<size_t>(id)] += bias;

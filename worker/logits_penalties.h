@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "worker/token_mask.h"
 
 namespace moe {
 
@@ -58,8 +59,17 @@ class LogitsPenalties {
   // `end_ids`: the ids min_tokens holds back. Params must be valid.
   LogitsPenalties(const PenaltyParams& p, std::span<const int32_t> prompt, std::vector<int32_t> end_ids);
 
-  // Adjusts `logits` (one row over the vocabulary, ids outside it ignored) for the next token.
+  // Adjusts `logits` (one row over the vocabulary, ids outside it ignored) for the next token:
+  // Restrict's bans, then the changed values.
   void Apply(std::span<float> logits) const;
+  // Whether Apply only bans ids (allowed_token_ids, bad_words, min_tokens) and changes no logit's
+  // value: then Restrict says all it does, and the row can be sampled where it is computed.
+  bool OnlyBans() const {
+    return p_.logit_bias.empty() && p_.repetition_penalty == 1.0f && p_.frequency_penalty == 0.0f &&
+           p_.presence_penalty == 0.0f;
+  }
+  // Bans in `allowed` the ids Apply sets to -inf for the next token.
+  void Restrict(TokenMask& allowed) const;
   // The token just generated.
   void Add(int32_t token);
 
@@ -70,7 +80,6 @@ class LogitsPenalties {
   std::unordered_map<int32_t, int32_t> in_output_;  // id -> occurrences in the output
   uint32_t generated_ = 0;
   std::vector<int32_t> output_;  // the generated ids, kept only for bad_words
-  mutable std::vector<float> kept_;  // Apply's copy of the allowed ids' logits
 };
 
 }  // namespace moe

@@ -7,6 +7,8 @@
 #include <limits>
 #include <vector>
 
+#include "worker/token_mask.h"
+
 namespace moe {
 namespace {
 
@@ -223,9 +225,17 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
   return pick.edge[pick.pos].id;
 }
 
-TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step) {
+TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step,
+                    std::span<const uint64_t> allowed) {
   TokenPick pick;
-  pick.token = SampleToken(logits, p, step);
+  if (allowed.empty()) {
+    pick.token = SampleToken(logits, p, step);
+  } else {
+    thread_local std::vector<float> masked;
+    masked.assign(logits.begin(), logits.end());
+    MaskLogits(allowed, masked);
+    pick.token = SampleToken(masked, p, step);
+  }
   const double max_logit = MaxLogit(logits);  // LogSoftmax's value at the token:
   pick.logprob = LogProb(Sanitized(logits[static_cast<size_t>(pick.token)]), max_logit,
                          LogSumShiftedExp(logits, max_logit));

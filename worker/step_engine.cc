@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include "worker/token_mask.h"
+
 namespace moe {
 
 absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, const Communicator& comm,
@@ -39,6 +41,12 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
       }
       if (const absl::Status s = ch.sample_next->params.Validate(); !s.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": ", s.message()));
+      }
+      const size_t allowed_words = ch.sample_next->allowed.size();
+      if (allowed_words != 0 && allowed_words != static_cast<size_t>(TokenMask::WordsFor(c.vocab_size))) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": the allowed ids' mask has ",
+                                                       allowed_words, " words, the vocabulary of ", c.vocab_size,
+                                                       " ids needs ", TokenMask::WordsFor(c.vocab_size)));
       }
     }
     for (size_t i = 0; i < ch.tokens.size(); ++i) {

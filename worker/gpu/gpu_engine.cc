@@ -263,6 +263,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   const cudaStream_t s = stream_.get();
   StepShape sh;
   sh.S = static_cast<int64_t>(chunks.size());
+  sh.allowed_words = AllowedRowWords(V);
   int64_t max_blocks = 1;
   std::vector<int64_t> chunk_rows;
   for (const SequenceChunk& ch : chunks) {
@@ -271,6 +272,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     sh.T += n;
     sh.wanted += WantedRows(ch, 0).rows;
     sh.picks += ch.sample_next ? 1 : 0;
+    sh.allowed += ch.sample_next && !ch.sample_next->allowed.empty() ? 1 : 0;
     max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
   }
   // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows.
@@ -293,7 +295,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
 
   // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
   // block tables [S, pitch], wanted rows [wanted] (the host's, then the sampled ones), attention
-  // tiles (narrow, wide) [2 each], sampling parameters [picks].
+  // tiles (narrow, wide) [2 each], sampling parameters [picks], allowed-id bits [allowed, words].
   const int64_t T = sh.T, S = sh.S;
   int32_t* ids = h_inputs_.get();
   int32_t* pos = ids + T;
@@ -302,8 +304,9 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   int32_t* wanted_rows = tables + S * sh.pitch;
   int32_t* tiles = wanted_rows + sh.wanted;
   auto* pick_params = reinterpret_cast<SampleRowParams*>(tiles + 2 * sh.narrow + 2 * sh.wide);
+  int32_t* allowed_bits = reinterpret_cast<int32_t*>(pick_params + sh.picks);
   std::vector<int64_t> starts(static_cast<size_t>(S));
-  int64_t row = 0, w = 0, p = 0;
+  int64_t row = 0, w = 0, p = 0, a = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
     const SequenceChunk& ch = chunks[ci];
     const int64_t n = static_cast<int64_t>(ch.tokens.size());
@@ -318,7 +321,13 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     std::copy(blocks.begin(), blocks.end(), tables + ci * sh.pitch);
     if (const auto& next = ch.sample_next) {
       wanted_rows[sh.wanted - sh.picks + p] = static_cast<int32_t>(row + n - 1);
-      pick_params[p++] = ToSampleRowParams(next->params, next->step);
+      int32_t allowed_row = -1;
+      if (!next->allowed.empty()) {  // TokenMask's 64-bit words are the kernel's 32-bit words in pairs
+        static_assert(std::endian::native == std::endian::little);
+        std::memcpy(allowed_bits + a * sh.allowed_words, next->allowed.data(), sizeof(int32_t) * sh.allowed_words);
+        allowed_row = static_cast<int32_t>(a++);
+      }
+      pick_params[p++] = ToSampleRowParams(next->params, next->step, allowed_row);
     } else {
       for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     }
@@ -417,6 +426,7 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   const int32_t* d_narrow = d_wanted + sh.wanted;
   const int32_t* d_wide = d_narrow + 2 * sh.narrow;
   const auto* d_pick_params = reinterpret_cast<const SampleRowParams*>(d_wide + 2 * sh.wide);
+  const auto* d_allowed = reinterpret_cast<const uint32_t*>(d_pick_params + sh.picks);
   if (count_experts) MOE_CUDA_CHECK(cudaMemsetAsync(step_counts_.get(), 0, sizeof(int32_t) * L * E, s));
   profiler_.StepStart(s);
 
@@ -469,7 +479,7 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
                                    cudaMemcpyDeviceToHost, s));
   }
   if (sh.picks > 0) {
-    SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, picks_.get(),
+    SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, sh.allowed > 0 ? d_allowed : nullptr, picks_.get(),
                reinterpret_cast<float*>(picks_.get() + sh.picks), s);
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * 2 * sh.picks,
                                    cudaMemcpyDeviceToHost, s));

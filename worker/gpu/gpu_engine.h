@@ -158,12 +158,14 @@ class GpuEngine final : public StepEngine {
     int64_t T = 0, S = 0, pitch = 0, wanted = 0, narrow = 0, wide = 0;
     int64_t peak = 0, total = 0;  // the job's rows (StepRows): they size the device exchange
     int64_t picks = 0;            // wanted rows sampled on the device (sample_next), after the others
+    int64_t allowed = 0;          // of those, the ones drawn under allowed-id bits (SampleNext::allowed)
+    int64_t allowed_words = 0;    // 32-bit words of one row of those bits (AllowedRowWords)
     int64_t inputs() const {
-      return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide + picks * kPickParamWords;
+      return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide + picks * kPickParamWords + allowed * allowed_words;
     }
     int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
     StepRows rows() const { return StepRows{T, peak, total}; }
-    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks}; }
+    auto key() const { return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks, allowed}; }
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
   bool Reserve(const StepShape& shape);
@@ -194,7 +196,7 @@ class GpuEngine final : public StepEngine {
   int64_t tile_rows_ = 1;             // query rows per multi-row attention tile
   // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows (those whose logits
   // go to the host, then those sampled here), attention tiles (narrow, then wide), the sampling
-  // parameters of the sampled rows, in one int32 buffer.
+  // parameters of the sampled rows, the allowed-id bits of those that have them, in one int32 buffer.
   PinnedBuffer<int32_t> h_inputs_;
   DeviceBuffer<int32_t> inputs_;
   std::vector<int32_t> narrow_tiles_, wide_tiles_;

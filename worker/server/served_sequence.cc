@@ -22,6 +22,14 @@ void ServedSequence::Restart() {
   }
 }
 
+bool ServedSequence::NextAllowed(TokenMask& allowed) {
+  // The grammar first: it allows the end ids once the value is complete, which min_tokens may still
+  // hold back.
+  if (json) json->Allowed(allowed);
+  if (penalties) penalties->Restrict(allowed);
+  return allowed.any();
+}
+
 int64_t WorstCasePositions(const moe::v1::Assign& a, const ModelConfig& c) {
   const int64_t prompt = a.prompt_size();
   if (a.kind() == moe::v1::Assign::KIND_SCORE) return prompt;

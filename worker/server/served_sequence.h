@@ -26,6 +26,9 @@ struct ServedSequence {
   // `fed` of them (prompt chunks, then one generated token a step; from 0 again after a preemption).
   int64_t fed = 0;
   std::vector<int32_t> generated;  // sampled token ids
+  // The engine samples its next token under a mask that allows no id (NextAllowed was false): the
+  // pick is meaningless, the output ends instead.
+  bool none_allowed = false;
   moe::v1::Scored scored;          // scoring: logprobs (and is_argmax) gathered chunk by chunk
 
   bool is_score() const { return assign.kind() == moe::v1::Assign::KIND_SCORE; }
@@ -41,6 +44,12 @@ struct ServedSequence {
   bool decoding() const { return !generated.empty() && feed_remaining() == 1; }
   // Back to nothing handed over (a preemption): its generated tokens stay, scoring starts again.
   void Restart();
+  // Whether anything restricts which ids its next token may be (a JSON constraint, or penalties
+  // that ban ids).
+  bool constrained() const { return json.has_value() || penalties.has_value(); }
+  // Narrows `allowed` (the model's vocabulary) to the ids its next token may be: its JSON
+  // constraint's, less the ids its penalties ban. False when it leaves none.
+  bool NextAllowed(TokenMask& allowed);
 };
 
 // The most token positions a sequence can occupy: prompt + max_tokens, capped at the context

@@ -217,13 +217,20 @@ void ServingLoop::HandleInbox() {
   if (closed && !got_shutdown_) local_stop_ = StopReason::kCoordinatorLost;
 }
 
-std::optional<SampleNext> ServingLoop::EngineSamples(const ServedSequence& s) {
-  // Those need the whole row: scoring, top alternatives, penalties, a JSON object's mask, and min_p
-  // (not in the GPU's kernel).
-  if (s.is_score() || s.assign.top_logprobs() > 0 || s.penalties || s.json || s.sampling.min_p > 0.0f) {
+std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool last) {
+  // Those need the whole row: scoring, top alternatives, penalties that change values, and min_p
+  // (not in the GPU's kernel). A constraint that only bans ids goes with the step as a bit row.
+  if (s.is_score() || s.assign.top_logprobs() > 0 || (s.penalties && !s.penalties->OnlyBans()) ||
+      s.sampling.min_p > 0.0f) {
     return std::nullopt;
   }
-  return SampleNext{s.sampling, static_cast<uint64_t>(s.generated.size())};
+  SampleNext next{s.sampling, static_cast<uint64_t>(s.generated.size())};
+  if (last && s.constrained()) {  // a chunk short of the context's end: its pick is not used
+    TokenMask allowed(engine_.config().vocab_size);
+    s.none_allowed = !s.NextAllowed(allowed);
+    next.allowed.assign(allowed.words().begin(), allowed.words().end());
+  }
+  return next;
 }
 
 void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits,
@@ -235,20 +242,27 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   t->set_seq_id(seq_id);
   int32_t tok = pick.token;
   float logprob = pick.token_logprob;
+  std::optional<TokenMask> allowed;  // the host's row: what its constraints allow
+  if (!logits.empty() && s.constrained()) {
+    allowed.emplace(static_cast<int64_t>(logits.size()));
+    s.none_allowed = !s.NextAllowed(*allowed);
+  }
+  if (s.json && s.none_allowed) {
+    if (s.json->Complete()) {  // closed, and nothing may follow (ignore_eos)
+      Finish(seq_id, Finished::REASON_STOP);
+    } else {
+      Finish(seq_id, Finished::REASON_ERROR,
+             "response_format: no allowed token of the vocabulary continues the JSON value (the vocabulary lacks "
+             "its bytes, or the request's stop token ids or bad words ban them)");
+    }
+    return;
+  }
   if (!logits.empty()) {
     std::span<const float> sampled = logits;
-    if (s.penalties || s.json) {  // sampled from the adjusted row; the logprob stays the model's
+    if (allowed) {  // sampled from the adjusted row; the logprob stays the model's
       adjusted_.assign(logits.begin(), logits.end());
       if (s.penalties) s.penalties->Apply(adjusted_);
-      if (s.json && !s.json->Apply(adjusted_)) {
-        if (s.json->Complete()) {  // closed, and nothing may follow (ignore_eos)
-          Finish(seq_id, Finished::REASON_STOP);
-        } else {
-          Finish(seq_id, Finished::REASON_ERROR,
-                 "response_format: no token of the vocabulary continues the JSON value (the vocabulary lacks its bytes)");
-        }
-        return;
-      }
+      MaskLogits(allowed->words(), adjusted_);
       sampled = adjusted_;
     }
     tok = SampleToken(sampled, s.sampling, static_cast<uint64_t>(s.generated.size()));
@@ -381,9 +395,9 @@ bool ServingLoop::RunOnce() {
   std::vector<std::pair<uint64_t, int64_t>> owners;  // (seq id, tokens) per chunk
   for (size_t i = 0; i < running.size(); ++i) {
     if (counts[i] == 0) continue;
-    const ServedSequence& s = seqs_.at(running[i]);
+    ServedSequence& s = seqs_.at(running[i]);
     SequenceChunk ch{EngineId(running[i]), {}, s.is_score()};
-    ch.sample_next = EngineSamples(s);
+    ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
     ch.tokens = s.ContextTokens(s.fed, counts[i]);
     chunks.push_back(std::move(ch));
     owners.emplace_back(running[i], counts[i]);
