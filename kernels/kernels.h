@@ -217,8 +217,9 @@ struct SampleRowParams {
   float top_p;        // 1: no nucleus
   uint32_t seed_lo, seed_hi, step_lo, step_hi;
   int32_t allowed_row;  // -1: every id may be drawn; else the row of SampleRows' `allowed` bits
+  float min_p;          // 0: off
 };
-static_assert(sizeof(SampleRowParams) == 8 * sizeof(int32_t));
+static_assert(sizeof(SampleRowParams) == 9 * sizeof(int32_t));
 
 // 32-bit words of one row of allowed-id bits for a vocabulary of V ids (id i: bit i % 32 of word
 // i / 32), rounded up to whole 64-bit words (worker/token_mask.h: TokenMask's layout).

@@ -103,12 +103,13 @@ struct Row {
   __device__ float Value(int i) const {
     return allowed == nullptr || ((allowed[i >> 5] >> (i & 31)) & 1u) != 0 ? Clean(x[i]) : -INFINITY;
   }
-  // exp(v / T - max / T) as SampleToken computes it (in double), in fixed point; 0: never drawn.
-  __device__ unsigned long long Mass(float v) const {
+  // exp(v / T - max / T) as SampleToken computes it (in double): the top token's is exactly 1.
+  __device__ double Weight(float v) const {
     const double s = static_cast<double>(v) / temperature;
-    const double w = s == max_scaled ? 1.0 : exp(s - max_scaled);
-    return __double2ull_rd(ldexp(w, shift));
+    return s == max_scaled ? 1.0 : exp(s - max_scaled);
   }
+  // The weight in fixed point; 0: never drawn.
+  __device__ unsigned long long Mass(float v) const { return __double2ull_rd(ldexp(Weight(v), shift)); }
 };
 
 // The index of the n-th token (n >= 1, in index order) with key `key` that `keep` keeps.
@@ -263,10 +264,15 @@ __device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh, uns
   if (p.top_p < 1.f) {  // the smallest prefix whose mass reaches top_p of the whole
     nucleus = Descend(r, Goal{false, 0, p.top_p}, [top_k](uint32_t k, int i) { return Within(k, i, top_k); }, sh, hist);
   }
-  // Inverse CDF: the first kept token whose running mass reaches u times the kept mass.
+  // Inverse CDF: the first kept token whose running mass reaches u times the kept mass. min_p
+  // (after top_p, as on the host) keeps the tokens whose weight is at least min_p times the top
+  // token's, which is 1.
   const uint64_t seed = (static_cast<uint64_t>(p.seed_hi) << 32) | p.seed_lo;
   const uint64_t step = (static_cast<uint64_t>(p.step_hi) << 32) | p.step_lo;
-  const auto kept = [top_k, nucleus](uint32_t k, int i) { return Within(k, i, top_k) && Within(k, i, nucleus); };
+  const double min_p = p.min_p;
+  const auto kept = [top_k, nucleus, min_p, &r](uint32_t k, int i) {
+    return Within(k, i, top_k) && Within(k, i, nucleus) && (min_p == 0.0 || r.Weight(FromKey(k)) >= min_p);
+  };
   return Descend(r, Goal{false, 0, UniformDraw(seed, step)}, kept, sh, hist).idx;
 }
 

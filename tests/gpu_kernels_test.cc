@@ -739,7 +739,7 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
 
 // SampleRows against SampleToken and LogSoftmax on the host (PickToken): the same token always; the
 // log-probability to the last bits of a float (the double sums run in another order). Greedy and
-// sampled (temperature, top-k, top-p and their mixes, many seeds and steps) over rows of bf16 values
+// sampled (temperature, top-k, top-p, min-p and their mixes, many seeds and steps) over rows of bf16 values
 // (thousands of exact ties in a 32000-token row: the tie rules run), rows of the real vocabulary
 // sizes and small ones, with ties for the max, NaN, -inf everywhere, +inf and one flat row; and
 // under allowed-id masks (PickToken's `allowed`).
@@ -758,6 +758,9 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
       {.temperature = 2.f, .top_k = 1000, .top_p = 0.3f},
       {.temperature = 0.05f, .top_p = 0.99f},
       {.temperature = 1.f, .top_p = 1e-6f},
+      {.temperature = 1.f, .min_p = 0.1f},
+      {.temperature = 0.8f, .top_k = 50, .top_p = 0.9f, .min_p = 0.05f},
+      {.temperature = 1.5f, .top_p = 0.95f, .min_p = 1.f},
   };
   for (int64_t V : {int64_t{5}, int64_t{1000}, int64_t{32000}, int64_t{32768}}) {
     const int64_t special = 6, random_rows = 24, rows = special + random_rows;

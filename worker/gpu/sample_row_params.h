@@ -9,10 +9,8 @@
 
 namespace moe::gpu {
 
-// The kernel has no min_p: the serving loop samples such rows on the host (ServingLoop::EngineSamples).
 // `allowed_row`: the row of the step's allowed-id bits this row draws under, -1 for none.
 inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step, int32_t allowed_row = -1) {
-  MOE_CHECK(p.min_p == 0.0f, "the GPU sampling kernel has no min_p: sample such rows on the host");
   return SampleRowParams{p.temperature,
                          p.top_k,
                          p.top_p,
@@ -20,7 +18,8 @@ inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step,
                          static_cast<uint32_t>(p.seed >> 32),
                          static_cast<uint32_t>(step),
                          static_cast<uint32_t>(step >> 32),
-                         allowed_row};
+                         allowed_row,
+                         p.min_p};
 }
 
 }  // namespace moe::gpu

@@ -218,12 +218,9 @@ void ServingLoop::HandleInbox() {
 }
 
 std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool last) {
-  // Those need the whole row: scoring, top alternatives, penalties that change values, and min_p
-  // (not in the GPU's kernel). A constraint that only bans ids goes with the step as a bit row.
-  if (s.is_score() || s.assign.top_logprobs() > 0 || (s.penalties && !s.penalties->OnlyBans()) ||
-      s.sampling.min_p > 0.0f) {
-    return std::nullopt;
-  }
+  // Those need the whole row: scoring, top alternatives, penalties that change values. A constraint
+  // that only bans ids goes with the step as a bit row.
+  if (s.is_score() || s.assign.top_logprobs() > 0 || (s.penalties && !s.penalties->OnlyBans())) return std::nullopt;
   SampleNext next{s.sampling, static_cast<uint64_t>(s.generated.size())};
   if (last && s.constrained()) {  // a chunk short of the context's end: its pick is not used
     TokenMask allowed(engine_.config().vocab_size);
