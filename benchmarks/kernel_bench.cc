@@ -245,7 +245,7 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       for (int64_t B : {1, 64, 256}) {
         const double ms = MedianMs(s, 3, 20, [&](int) {
           gpu::SampleRows(logits.get(), B, V, reinterpret_cast<const gpu::SampleRowParams*>(params.get()),
-                          nullptr, tokens.get(), logprobs.get(), s);
+                          nullptr, nullptr, tokens.get(), logprobs.get(), s);
         });
         rows.push_back({{"sampling", k.name}, {"rows", B}, {"us", ms * 1e3}});
         std::printf("sample %-20s rows %3lld: %8.1f us\n", k.name, static_cast<long long>(B), ms * 1e3);

@@ -11,6 +11,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "common/logit_adjustment.h"
+
 namespace moe::gpu {
 
 using bf16 = __nv_bfloat16;
@@ -218,8 +220,15 @@ struct SampleRowParams {
   uint32_t seed_lo, seed_hi, step_lo, step_hi;
   int32_t allowed_row;  // -1: every id may be drawn; else the row of SampleRows' `allowed` bits
   float min_p;          // 0: off
+  int32_t adjusted_row;  // -1: drawn from the logits row; else from this row of SampleRows' `adjusted`
 };
-static_assert(sizeof(SampleRowParams) == 9 * sizeof(int32_t));
+static_assert(sizeof(SampleRowParams) == 10 * sizeof(int32_t));
+
+// Penalised copies of logits rows (common/logit_adjustment.h): for r < rows, with adjust_rows[r] =
+// (row, first, count), adjusted[r, :] = logits[row, :] with logits' id of each entry of
+// entries[first, first + count) Adjusted (each id at most once a row).
+void AdjustRows(const float* logits, int64_t V, const int32_t* adjust_rows, int64_t rows,
+                const LogitAdjustment* entries, float* adjusted, cudaStream_t s);
 
 // 32-bit words of one row of allowed-id bits for a vocabulary of V ids (id i: bit i % 32 of word
 // i / 32), rounded up to whole 64-bit words (worker/token_mask.h: TokenMask's layout).
@@ -230,11 +239,12 @@ inline int64_t AllowedRowWords(int64_t V) { return 2 * ((V + 63) / 64); }
 // the same tokens as the host (the masses are summed in fixed point, which moves the boundaries
 // between tokens by about 1e-14 of the mass; kernels/sample.cu) and log-probabilities to the last
 // bits of a float. Deterministic: a row's pick depends on the row and its parameters only. A row
-// whose params name an allowed row (`allowed` + allowed_row * AllowedRowWords(V)) draws as if
-// every id with a clear bit had a -inf logit (PickToken with `allowed`); its log-probability stays
-// the raw row's. `allowed` may be null when no row names one.
+// whose params name an adjusted row (`adjusted` + adjusted_row * V, AdjustRows') draws from it; one
+// that names an allowed row (`allowed` + allowed_row * AllowedRowWords(V)) draws as if every id
+// with a clear bit had a -inf logit (PickToken with `adjust` and `allowed`); its log-probability
+// stays the raw row's. `allowed` and `adjusted` may be null when no row names one.
 void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
-                int32_t* tokens, float* logprobs, cudaStream_t s);
+                const float* adjusted, int32_t* tokens, float* logprobs, cudaStream_t s);
 
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
 // The residual, positions and weights are read before waiting for the kernel before this one (the

@@ -1,7 +1,8 @@
 // Token sampling on the device (kernels.h: SampleRows): SampleToken's rule (worker/sampler.h) for
 // one logits row per block, so a decode step copies a token and its log-probability to the host
 // instead of a vocabulary-wide row. A row may come with a bit row of the ids it may draw (a JSON
-// grammar's mask, banned ids): the draw sees the others as -inf, the log-probability the raw row.
+// grammar's mask, banned ids) and a penalised copy (AdjustRows): the draw sees the copy with the
+// banned ids at -inf, the log-probability the raw row.
 //
 // Nothing is sorted: every "first position, in the order heavier first (ties to the lower id), at
 // which a running total reaches a target" is found by a radix descent over the tokens' 32-bit
@@ -91,7 +92,8 @@ __device__ int BlockMin(int v, Shared& sh) {
 
 // One row and its sampling parameters.
 struct Row {
-  const float* x;
+  const float* x;           // the raw logits (the log-probability's)
+  const float* xa;          // the logits the draw sees (penalised: AdjustRows'; or x)
   const uint32_t* allowed;  // null: every id; else bit i of the row's words
   int V;
   double temperature;
@@ -101,7 +103,7 @@ struct Row {
   __device__ float Raw(int i) const { return Clean(x[i]); }
   // The logit the draw sees: -inf for an id the row's mask bans.
   __device__ float Value(int i) const {
-    return allowed == nullptr || ((allowed[i >> 5] >> (i & 31)) & 1u) != 0 ? Clean(x[i]) : -INFINITY;
+    return allowed == nullptr || ((allowed[i >> 5] >> (i & 31)) & 1u) != 0 ? Clean(xa[i]) : -INFINITY;
   }
   // exp(v / T - max / T) as SampleToken computes it (in double): the top token's is exactly 1.
   __device__ double Weight(float v) const {
@@ -278,7 +280,7 @@ __device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh, uns
 
 __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits, int V, const SampleRowParams* params,
                                                              const uint32_t* allowed, int allowed_words,
-                                                             int32_t* tokens, float* logprobs) {
+                                                             const float* adjusted, int32_t* tokens, float* logprobs) {
   PdlGate();
   __shared__ Shared sh;
   extern __shared__ unsigned long long hist[];
@@ -286,7 +288,8 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
   const float* x = logits + static_cast<int64_t>(blockIdx.x) * V;
   const SampleRowParams p = params[blockIdx.x];
   const uint32_t* mask = p.allowed_row < 0 ? nullptr : allowed + static_cast<int64_t>(p.allowed_row) * allowed_words;
-  Row r{x, mask, V, static_cast<double>(p.temperature), 0.0, 0};
+  const float* xa = p.adjusted_row < 0 ? x : adjusted + static_cast<int64_t>(p.adjusted_row) * V;
+  Row r{x, xa, mask, V, static_cast<double>(p.temperature), 0.0, 0};
 
   // The argmax of the allowed ids (SampleToken's greedy rule) and their maximum; the raw row's
   // maximum for the log-probability.
@@ -312,9 +315,9 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
     if (Better(ov, oi, bv, bi)) bv = ov, bi = oi;
   }
   const double max_allowed = bv;
-  // The raw maximum: the allowed one, unless a mask bans the top (then a second block-wide pass).
+  // The raw maximum: the allowed one, unless a mask or a penalty moved it (then a block-wide pass).
   double max_logit = max_allowed;
-  if (mask != nullptr) {
+  if (mask != nullptr || xa != x) {
     for (int o = 16; o > 0; o >>= 1) raw_max = fmaxf(raw_max, __shfl_xor_sync(0xffffffffu, raw_max, o));
     __syncthreads();  // best_v has been read
     if (lane == 0) sh.best_v[warp] = raw_max;
@@ -345,10 +348,33 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
   }
 }
 
+__global__ void __launch_bounds__(256) AdjustRowsKernel(const float* logits, int V, const int32_t* adjust_rows,
+                                                        const LogitAdjustment* entries, float* adjusted) {
+  PdlGate();
+  const int row = adjust_rows[3 * blockIdx.x], first = adjust_rows[3 * blockIdx.x + 1],
+            count = adjust_rows[3 * blockIdx.x + 2];
+  const float* x = logits + static_cast<int64_t>(row) * V;
+  float* y = adjusted + static_cast<int64_t>(blockIdx.x) * V;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) y[i] = x[i];
+  __syncthreads();  // the copy of an entry's id is written before the entry changes it
+  for (int e = threadIdx.x; e < count; e += blockDim.x) {
+    const LogitAdjustment a = entries[first + e];
+    y[a.id] = Adjusted(y[a.id], a);
+  }
+}
+
 }  // namespace
 
+void AdjustRows(const float* logits, int64_t V, const int32_t* adjust_rows, int64_t rows,
+                const LogitAdjustment* entries, float* adjusted, cudaStream_t s) {
+  if (rows == 0) return;
+  Launch(AdjustRowsKernel, static_cast<unsigned>(rows), 256, 0, s, logits, static_cast<int>(V), adjust_rows, entries,
+         adjusted);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
 void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
-                int32_t* tokens, float* logprobs, cudaStream_t s) {
+                const float* adjusted, int32_t* tokens, float* logprobs, cudaStream_t s) {
   if (rows == 0) return;
   if (V <= 0 || V >= (int64_t{1} << 31)) throw std::invalid_argument("SampleRows: vocabulary size out of range");
   // Raised once (not per launch: launches may be captured into a CUDA graph).
@@ -359,7 +385,7 @@ void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowPar
   }();
   (void)raised;
   Launch(SampleRowsKernel, static_cast<unsigned>(rows), kThreads, kHistogramBytes, s, logits, static_cast<int>(V),
-         params, allowed, static_cast<int>(AllowedRowWords(V)), tokens, logprobs);
+         params, allowed, static_cast<int>(AllowedRowWords(V)), adjusted, tokens, logprobs);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

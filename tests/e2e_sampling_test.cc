@@ -8,8 +8,8 @@
 //
 // Built a second time with MOE_E2E_GPU_WORKERS (e2e_gpu_sampling_test, label gpu): the same
 // requests on GPU ranks (`moe-worker --device gpu`; both ranks share the device when there is one),
-// where rows with penalties or logit_bias take the logits-row path to the host, and min_tokens (a
-// bit row of the ids allowed) and min_p rows are sampled on the device.
+// where rows with penalties, logit_bias, min_tokens and min_p are sampled on the device (the
+// penalties as per-id adjustments, min_tokens as a bit row of the ids allowed).
 // The bf16 engine moves a logit by ~1e-2, so there a token is compared only up to the first step whose
 // reference margin (gap between the two best adjusted logits) is below 0.05, as gpu_engine_test
 // compares the golden greedy tokens; it skips without a CUDA device.

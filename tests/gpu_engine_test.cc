@@ -416,7 +416,7 @@ TEST_F(GpuGoldenTest, CudaGraphDecodeEqualsDirectLaunches) {
 }
 
 // Chunks that want only their next token get the pick (greedy or sampled, with and without allowed
-// ids) of the logits they would have had, next to chunks that get their logits, in prefill and in
+// ids and penalties) of the logits they would have had, next to chunks that get their logits, in prefill and in
 // graph-replayed decode steps.
 TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   auto e = LoadGpu(kGoldenDir);
@@ -436,12 +436,20 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   auto mask_of = [&](size_t i, uint64_t step) {
     return (step >= 2 && i == 2) || (step >= 2 && step < 4 && i == 0) ? allowed[i].words() : std::span<const uint64_t>();
   };
+  // Penalties on chunk 0 from step 1 on, over more ids every step (the room for them grows).
+  auto adjust_of = [&](size_t i, uint64_t step) {
+    std::vector<LogitAdjustment> out;
+    for (int32_t id = 0; i == 0 && id < static_cast<int32_t>(300 * step) && id < V; id += 2) {
+      out.push_back({.id = id, .bias = id % 3 ? 2.f : -1.f, .repetition = 1.3f, .frequency = 0.2f, .presence = 0.1f});
+    }
+    return out;
+  };
   auto chunks = [&](int64_t base, const std::vector<std::vector<int32_t>>& tokens, bool pick, uint64_t step) {
     std::vector<SequenceChunk> out;
     for (size_t i = 0; i < tokens.size(); ++i) {
       SequenceChunk ch{base + static_cast<int64_t>(i), tokens[i], false};
       const std::span<const uint64_t> mask = mask_of(i, step);
-      if (pick && i != 1) ch.sample_next = SampleNext{params[i], step, {mask.begin(), mask.end()}};
+      if (pick && i != 1) ch.sample_next = SampleNext{params[i], step, {mask.begin(), mask.end()}, adjust_of(i, step)};
       out.push_back(ch);
     }
     return out;
@@ -457,7 +465,7 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
         EXPECT_EQ(picked.chunks[i].logits, full.chunks[i].logits) << "step " << step;
         continue;
       }
-      const TokenPick want = PickToken(full.chunks[i].logits, params[i], step, mask_of(i, step));
+      const TokenPick want = PickToken(full.chunks[i].logits, params[i], step, mask_of(i, step), adjust_of(i, step));
       EXPECT_EQ(picked.chunks[i].rows, 0);
       if (!mask_of(i, step).empty()) {
         EXPECT_TRUE(allowed[i].allowed(picked.chunks[i].token)) << "step " << step;

@@ -742,7 +742,7 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
 // sampled (temperature, top-k, top-p, min-p and their mixes, many seeds and steps) over rows of bf16 values
 // (thousands of exact ties in a 32000-token row: the tie rules run), rows of the real vocabulary
 // sizes and small ones, with ties for the max, NaN, -inf everywhere, +inf and one flat row; and
-// under allowed-id masks (PickToken's `allowed`).
+// under allowed-id masks and penalties (PickToken's `allowed` and `adjust`; AdjustRows).
 TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
   SKIP_WITHOUT_GPU();
   const float nan = std::nanf(""), inf = INFINITY;
@@ -789,13 +789,23 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     masks[2].BanAll();
     for (int64_t id : {int64_t{1}, V / 3, V - 2}) masks[2].Allow(id);
     masks[3].BanAll();
+    // Penalties (LogitAdjustment, one entry per id): a large bias on a few ids (the pick moves to
+    // them), the repetition penalty alone on many, and every kind at once on a mix.
+    std::vector<std::vector<LogitAdjustment>> adjust(3);
+    for (int64_t i = 0; i < V; i += std::max<int64_t>(1, V / 7)) adjust[0].push_back({.id = static_cast<int32_t>(i), .bias = 30.f});
+    for (int64_t i = 1; i < V; i += 3) adjust[1].push_back({.id = static_cast<int32_t>(i), .repetition = 1.7f});
+    for (int64_t i = 0; i < V; i += std::max<int64_t>(1, V / 300)) {
+      adjust[2].push_back({.id = static_cast<int32_t>(i), .bias = (i % 5) - 2.f, .repetition = i % 2 ? 1.3f : 1.f,
+                           .frequency = 0.4f * static_cast<float>(i % 4), .presence = i % 3 ? 0.5f : 0.f});
+    }
     // Every row under every parameter set, at a few steps each; the special rows and a few others
-    // under every mask too.
+    // under every mask and every set of penalties too, and under both at once.
     struct Case {
       int64_t row;
       SamplingParams p;
       uint64_t step;
       int32_t mask = -1;
+      int32_t adjust = -1;
     };
     std::vector<Case> cases;
     for (int64_t r = 0; r < rows; ++r) {
@@ -805,7 +815,10 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
         for (uint64_t step = 0; step < (r < special ? 3u : 2u); ++step) {
           cases.push_back({r, p, step + (uint64_t{1} << 33) * k});  // steps past 2^32 too
         }
-        for (int32_t m = 0; r < special + 6 && m < static_cast<int32_t>(masks.size()); ++m) cases.push_back({r, p, 7, m});
+        if (r >= special + 6) continue;
+        for (int32_t m = 0; m < static_cast<int32_t>(masks.size()); ++m) cases.push_back({r, p, 7, m});
+        for (int32_t j = 0; j < static_cast<int32_t>(adjust.size()); ++j) cases.push_back({r, p, 8, -1, j});
+        cases.push_back({r, p, 9, 0, 2});
       }
     }
     const int64_t n = static_cast<int64_t>(cases.size());
@@ -816,6 +829,20 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
       std::copy(row(c.row), row(c.row) + V, in.begin() + i * V);
       pp[i] = ToSampleRowParams(c.p, c.step, c.mask);
     }
+    // The penalised rows: (case, first entry, count) each, their entries one after another.
+    std::vector<int32_t> adjust_rows;
+    std::vector<LogitAdjustment> entries;
+    for (int64_t i = 0; i < n; ++i) {
+      if (cases[i].adjust < 0) continue;
+      const std::vector<LogitAdjustment>& a = adjust[static_cast<size_t>(cases[i].adjust)];
+      pp[i].adjusted_row = static_cast<int32_t>(adjust_rows.size() / 3);
+      adjust_rows.insert(adjust_rows.end(), {static_cast<int32_t>(i), static_cast<int32_t>(entries.size()),
+                                             static_cast<int32_t>(a.size())});
+      entries.insert(entries.end(), a.begin(), a.end());
+    }
+    const int64_t n_adjusted = static_cast<int64_t>(adjust_rows.size() / 3);
+    std::vector<int32_t> entry_words(entries.size() * 5);
+    std::memcpy(entry_words.data(), entries.data(), sizeof(LogitAdjustment) * entries.size());
     std::vector<int32_t> words(pp.size() * sizeof(SampleRowParams) / sizeof(int32_t));
     std::memcpy(words.data(), pp.data(), sizeof(SampleRowParams) * pp.size());
     const int64_t mask_words = AllowedRowWords(V);
@@ -824,19 +851,23 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
       ASSERT_EQ(static_cast<int64_t>(masks[m].words().size()) * 2, mask_words);
       std::memcpy(mask_bits.data() + m * mask_words, masks[m].words().data(), sizeof(int32_t) * mask_words);
     }
-    Buffer<float> d_x(in), d_lp(n);
-    Buffer<int32_t> d_params(words), d_tok(n), d_masks(mask_bits);
+    Buffer<float> d_x(in), d_lp(n), d_adjusted(static_cast<size_t>(n_adjusted * V));
+    Buffer<int32_t> d_params(words), d_tok(n), d_masks(mask_bits), d_adjust_rows(adjust_rows), d_entries(entry_words);
+    AdjustRows(d_x.get(), V, d_adjust_rows.get(), n_adjusted, reinterpret_cast<const LogitAdjustment*>(d_entries.get()),
+               d_adjusted.get(), nullptr);
     SampleRows(d_x.get(), n, V, reinterpret_cast<const SampleRowParams*>(d_params.get()),
-               reinterpret_cast<const uint32_t*>(d_masks.get()), d_tok.get(), d_lp.get(), nullptr);
+               reinterpret_cast<const uint32_t*>(d_masks.get()), d_adjusted.get(), d_tok.get(), d_lp.get(), nullptr);
     const std::vector<int32_t> tok = d_tok.Download();
     const std::vector<float> lp = d_lp.Download();
     for (int64_t i = 0; i < n; ++i) {
       const Case& c = cases[i];
       const TokenPick want =
           PickToken(std::span<const float>(&x[c.row * V], static_cast<size_t>(V)), c.p, c.step,
-                    c.mask < 0 ? std::span<const uint64_t>() : masks[static_cast<size_t>(c.mask)].words());
+                    c.mask < 0 ? std::span<const uint64_t>() : masks[static_cast<size_t>(c.mask)].words(),
+                    c.adjust < 0 ? std::span<const LogitAdjustment>() : adjust[static_cast<size_t>(c.adjust)]);
       EXPECT_EQ(tok[i], want.token) << "V " << V << " row " << c.row << " T " << c.p.temperature << " top_k "
-                                    << c.p.top_k << " top_p " << c.p.top_p << " step " << c.step << " mask " << c.mask;
+                                    << c.p.top_k << " top_p " << c.p.top_p << " min_p " << c.p.min_p << " step "
+                                    << c.step << " mask " << c.mask << " adjust " << c.adjust;
       if (c.mask >= 0 && c.mask < 3 && c.row != 3) {  // a mask's pick is an id it allows
         EXPECT_TRUE(masks[static_cast<size_t>(c.mask)].allowed(tok[i])) << "V " << V << " row " << c.row;
       }

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -101,6 +102,44 @@ TEST(LogitsPenaltiesTest, LogitBiasAddsToItsIdsEveryStepBeforeTheRepetitionPenal
   EXPECT_EQ(row, (std::vector<float>{0.5f, 0.25f, -97.0f})) << "the bias again; 1 now penalised as output";
 }
 
+// What an engine takes instead of the row (SampleNext::adjust): one entry per id, every rule of that
+// id in it; each entry Adjusted gives what Apply gives.
+TEST(LogitsPenaltiesTest, AdjustmentsHoldOneEntryPerIdWithEveryRuleOfIt) {
+  PenaltyParams p;
+  p.logit_bias = {{0, 2.0f}, {3, -1.0f}};
+  p.repetition_penalty = 2.0f;
+  p.frequency_penalty = 1.0f;
+  p.presence_penalty = 0.5f;
+  LogitsPenalties pen(p, std::vector<int32_t>{0, 1}, {});
+  pen.Add(1);
+  pen.Add(1);
+  std::vector<LogitAdjustment> adjust;
+  pen.Adjustments(adjust);
+  std::sort(adjust.begin(), adjust.end(), [](const LogitAdjustment& a, const LogitAdjustment& b) { return a.id < b.id; });
+  ASSERT_EQ(adjust.size(), 3u);
+  EXPECT_EQ(adjust[0].id, 0);
+  EXPECT_EQ(adjust[0].bias, 2.0f);
+  EXPECT_EQ(adjust[0].repetition, 2.0f);
+  EXPECT_EQ(adjust[0].frequency, 0.0f);
+  EXPECT_EQ(adjust[1].id, 1);
+  EXPECT_EQ(adjust[1].bias, 0.0f);
+  EXPECT_EQ(adjust[1].repetition, 2.0f);
+  EXPECT_EQ(adjust[1].frequency, 2.0f);  // twice in the output
+  EXPECT_EQ(adjust[1].presence, 0.5f);
+  EXPECT_EQ(adjust[2].id, 3);
+  EXPECT_EQ(adjust[2].repetition, 1.0f);
+  const std::vector<float> raw = {-1.0f, 3.0f, 0.25f, 7.0f};
+  std::vector<float> applied = raw;
+  pen.Apply(applied);
+  std::vector<float> adjusted = raw;
+  for (const LogitAdjustment& a : adjust) adjusted[static_cast<size_t>(a.id)] = Adjusted(adjusted[static_cast<size_t>(a.id)], a);
+  EXPECT_EQ(adjusted, applied);
+  EXPECT_EQ(applied, (std::vector<float>{0.5f, 3.0f / 2.0f - 2.0f - 0.5f, 0.25f, 6.0f}));
+  LogitsPenalties none(PenaltyParams{.min_tokens = 2}, {}, {2});
+  none.Adjustments(adjust);
+  EXPECT_TRUE(adjust.empty());
+}
+
 // allowed_token_ids: every other id gets -inf before the rest applies (here the bias of an allowed id).
 TEST(LogitsPenaltiesTest, AllowedTokenIdsMaskEveryOtherId) {
   PenaltyParams p;
@@ -155,6 +194,7 @@ TEST(LogitsPenaltiesTest, ValidateNamesTheBadField) {
   bad({.logit_bias = {{3, 100.5f}}}, "logit_bias[3]");
   bad({.logit_bias = {{-1, 1.0f}}}, "logit_bias");
   bad({.logit_bias = {{kVocab, 1.0f}}}, "outside the vocabulary [0, 16)");
+  bad({.logit_bias = {{3, 1.0f}, {3, 2.0f}}}, "logit_bias[3]: repeated");
   EXPECT_TRUE((PenaltyParams{.logit_bias = {{3, -100.0f}}}).Validate(kVocab).ok());
   bad({.allowed_token_ids = {2, kVocab}}, "allowed_token_ids[1]: token id 16 is outside the vocabulary");
   bad({.allowed_token_ids = {4, 2}}, "allowed_token_ids[1]: 2 is repeated or out of order");

@@ -132,7 +132,7 @@ void Engine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) 
     cl.logits.resize(static_cast<size_t>(cl.rows * V));
     cpu::Linear(hn_.data(), cl.rows, H, weights_.lm_head_data(), V, cl.logits.data());
     if (const auto& next = chunks[ci].sample_next) {  // the pick instead of the row
-      const TokenPick pick = PickToken(cl.logits, next->params, next->step, next->allowed);
+      const TokenPick pick = PickToken(cl.logits, next->params, next->step, next->allowed, next->adjust);
       cl.token = pick.token;
       cl.token_logprob = pick.logprob;
       cl.logits.clear();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <unordered_set>
 #include <utility>
 
 namespace moe {
@@ -23,11 +24,13 @@ absl::Status PenaltyParams::Validate(int64_t vocab_size) const {
   if (!InPenaltyRange(frequency_penalty)) {
     return absl::InvalidArgumentError(absl::StrCat("frequency_penalty: must be in [-2, 2], got ", frequency_penalty));
   }
+  std::unordered_set<int32_t> biased;
   for (const auto& [id, bias] : logit_bias) {
     if (id < 0 || id >= vocab_size) {
       return absl::InvalidArgumentError(
           absl::StrCat("logit_bias[", id, "]: token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
     }
+    if (!biased.insert(id).second) return absl::InvalidArgumentError(absl::StrCat("logit_bias[", id, "]: repeated"));
     if (!(bias >= -100.0f && bias <= 100.0f)) {
       return absl::InvalidArgumentError(absl::StrCat("logit_bias[", id, "]: must be in [-100, 100], got ", bias));
     }
@@ -85,27 +88,37 @@ void LogitsPenalties::Restrict(TokenMask& allowed) const {
   }
 }
 
+void LogitsPenalties::Adjustments(std::vector<LogitAdjustment>& out) const {
+  out.clear();
+  entry_of_.clear();
+  const auto entry = [&](int32_t id) -> LogitAdjustment& {
+    const auto [it, fresh] = entry_of_.try_emplace(id, out.size());
+    if (fresh) out.push_back(LogitAdjustment{.id = id});
+    return out[it->second];
+  };
+  for (const auto& [id, bias] : p_.logit_bias) entry(id).bias = bias;  // ids distinct (Validate)
+  if (p_.repetition_penalty != 1.0f) {
+    for (int32_t id : seen_) entry(id).repetition = p_.repetition_penalty;
+  }
+  for (const auto& [id, n] : in_output_) {
+    LogitAdjustment& e = entry(id);
+    e.frequency = p_.frequency_penalty * static_cast<float>(n);
+    e.presence = p_.presence_penalty;
+  }
+}
+
 void LogitsPenalties::Apply(std::span<float> logits) const {
-  const auto in_vocab = [&](int32_t id) { return id >= 0 && static_cast<size_t>(id) < logits.size(); };
-  if (!p_.allowed_token_ids.empty() || generated_ < p_.min_tokens || !p_.bad_words.empty()) {
+  if (Bans()) {
     TokenMask allowed(static_cast<int64_t>(logits.size()));
     Restrict(allowed);
     MaskLogits(allowed.words(), logits);
   }
-  for (const auto& [id, bias] : p_.logit_bias) {
-    if (in_vocab(id)) logits[static_cast<size_t>(id)] += bias;
-  }
-  const float r = p_.repetition_penalty;
-  for (int32_t id : seen_) {
-    if (!in_vocab(id)) continue;
-    float& l = logits[static_cast<size_t>(id)];
-    l = l < 0.0f ? l * r : l / r;
-  }
-  for (const auto& [id, n] : in_output_) {
-    if (!in_vocab(id)) continue;
-    float& l = logits[static_cast<size_t>(id)];
-    l -= p_.frequency_penalty * static_cast<float>(n);  // two steps, in float, as vLLM's
-    l -= p_.presence_penalty;
+  thread_local std::vector<LogitAdjustment> adjust;
+  Adjustments(adjust);
+  for (const LogitAdjustment& a : adjust) {
+    if (a.id < 0 || static_cast<size_t>(a.id) >= logits.size()) continue;
+    float& l = logits[static_cast<size_t>(a.id)];
+    l = Adjusted(l, a);
   }
 }
 

@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/logit_adjustment.h"
 #include "common/status.h"
 #include "worker/token_mask.h"
 
@@ -48,7 +49,7 @@ struct PenaltyParams {
   }
   // InvalidArgument "<field>: <what>" for the first bad field: repetition_penalty not finite and
   // > 0; a presence or frequency penalty outside [-2, 2] (or NaN); a logit_bias id outside
-  // [0, vocab_size) or a bias outside [-100, 100] ("logit_bias[id]: ..."); an allowed id outside
+  // [0, vocab_size) or repeated, or a bias outside [-100, 100] ("logit_bias[id]: ..."); an allowed id outside
   // the vocabulary ("allowed_token_ids[i]: ...", i its index in the sorted list) or repeated; an
   // empty bad word or one with an id outside the vocabulary ("bad_words[i]: ...").
   absl::Status Validate(int64_t vocab_size) const;
@@ -60,16 +61,18 @@ class LogitsPenalties {
   LogitsPenalties(const PenaltyParams& p, std::span<const int32_t> prompt, std::vector<int32_t> end_ids);
 
   // Adjusts `logits` (one row over the vocabulary, ids outside it ignored) for the next token:
-  // Restrict's bans, then the changed values.
+  // Restrict's bans, then Adjustments' changes. An engine that samples the row where it is computed
+  // takes the two instead (SampleNext: allowed, adjust).
   void Apply(std::span<float> logits) const;
-  // Whether Apply only bans ids (allowed_token_ids, bad_words, min_tokens) and changes no logit's
-  // value: then Restrict says all it does, and the row can be sampled where it is computed.
-  bool OnlyBans() const {
-    return p_.logit_bias.empty() && p_.repetition_penalty == 1.0f && p_.frequency_penalty == 0.0f &&
-           p_.presence_penalty == 0.0f;
-  }
-  // Bans in `allowed` the ids Apply sets to -inf for the next token.
+  // Bans in `allowed` the ids Apply sets to -inf for the next token: allowed_token_ids, min_tokens,
+  // bad_words.
   void Restrict(TokenMask& allowed) const;
+  // Whether Restrict may ban anything for the next token.
+  bool Bans() const { return !p_.allowed_token_ids.empty() || generated_ < p_.min_tokens || !p_.bad_words.empty(); }
+  // The changed values for the next token, one entry per id (in no particular order): the logit
+  // bias, the repetition penalty of the ids seen, the frequency and presence penalties of the
+  // output's ids. Empty when none applies.
+  void Adjustments(std::vector<LogitAdjustment>& out) const;
   // The token just generated.
   void Add(int32_t token);
 
@@ -80,6 +83,7 @@ class LogitsPenalties {
   std::unordered_map<int32_t, int32_t> in_output_;  // id -> occurrences in the output
   uint32_t generated_ = 0;
   std::vector<int32_t> output_;  // the generated ids, kept only for bad_words
+  mutable std::unordered_map<int32_t, size_t> entry_of_;  // Adjustments' scratch: id -> its entry
 };
 
 }  // namespace moe

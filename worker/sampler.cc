@@ -226,15 +226,20 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
 }
 
 TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step,
-                    std::span<const uint64_t> allowed) {
+                    std::span<const uint64_t> allowed, std::span<const LogitAdjustment> adjust) {
   TokenPick pick;
-  if (allowed.empty()) {
+  if (allowed.empty() && adjust.empty()) {
     pick.token = SampleToken(logits, p, step);
   } else {
-    thread_local std::vector<float> masked;
-    masked.assign(logits.begin(), logits.end());
-    MaskLogits(allowed, masked);
-    pick.token = SampleToken(masked, p, step);
+    thread_local std::vector<float> adjusted;
+    adjusted.assign(logits.begin(), logits.end());
+    for (const LogitAdjustment& a : adjust) {
+      MOE_CHECK(a.id >= 0 && static_cast<size_t>(a.id) < adjusted.size(), "PickToken: adjusted id ", a.id,
+                " outside the row of ", adjusted.size());
+      adjusted[static_cast<size_t>(a.id)] = Adjusted(adjusted[static_cast<size_t>(a.id)], a);
+    }
+    if (!allowed.empty()) MaskLogits(allowed, adjusted);
+    pick.token = SampleToken(adjusted, p, step);
   }
   const double max_logit = MaxLogit(logits);  // LogSoftmax's value at the token:
   pick.logprob = LogProb(Sanitized(logits[static_cast<size_t>(pick.token)]), max_logit,

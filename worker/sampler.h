@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 
+#include "common/logit_adjustment.h"
 #include "common/status.h"
 #include "common/uniform_draw.h"  // UniformDraw: the draw of a step, shared with the GPU kernel
 
@@ -41,15 +42,16 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
 // The token SampleToken picks and its log-probability (LogSoftmax's value there, of the raw
 // logits: what a client sees as the token's logprob whatever the sampling parameters), without the
 // whole log-softmax row: what an engine returns for a chunk that wants only its next token
-// (SequenceChunk::sample_next); the GPU's sampling kernel computes the same. With `allowed` (bits,
-// TokenMask's words, at least logits.size() of them) the pick is SampleToken's over the row with
-// every id it bans at -inf; the logprob stays the raw row's.
+// (SequenceChunk::sample_next); the GPU's sampling kernel computes the same. With `adjust` (entries
+// with ids in the row, one per id) and `allowed` (bits, TokenMask's words, at least logits.size()
+// of them) the pick is SampleToken's over the row with each entry's id Adjusted and every id
+// `allowed` bans at -inf; the logprob stays the raw row's.
 struct TokenPick {
   int32_t token = 0;
   float logprob = 0.f;
 };
 TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step,
-                    std::span<const uint64_t> allowed = {});
+                    std::span<const uint64_t> allowed = {}, std::span<const LogitAdjustment> adjust = {});
 
 // Natural-log softmax of `logits` into `out` (same size), computed in double. NaN logits count
 // as -inf, like SampleToken; +inf logits share the whole mass; an all -inf row comes out uniform.

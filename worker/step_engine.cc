@@ -48,6 +48,14 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
                                                        allowed_words, " words, the vocabulary of ", c.vocab_size,
                                                        " ids needs ", TokenMask::WordsFor(c.vocab_size)));
       }
+      std::unordered_set<int32_t> adjusted;
+      for (const LogitAdjustment& a : ch.sample_next->adjust) {
+        if (a.id < 0 || a.id >= c.vocab_size || !adjusted.insert(a.id).second) {
+          return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": adjusted token id ", a.id,
+                                                         " is outside the vocabulary [0, ", c.vocab_size,
+                                                         ") or repeated"));
+        }
+      }
     }
     for (size_t i = 0; i < ch.tokens.size(); ++i) {
       if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {

@@ -26,6 +26,9 @@ struct SampleNext {
   // Empty: any id may be drawn. Else the ids that may (TokenMask's words over the model's
   // vocabulary): the pick is PickToken's with them, the logprob the raw row's.
   std::vector<uint64_t> allowed = {};
+  // Penalties: the logits changed before the pick (PickToken's `adjust`; ids in the vocabulary,
+  // each at most once).
+  std::vector<LogitAdjustment> adjust = {};
 };
 
 // Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
@@ -89,7 +92,8 @@ absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, c
 
 // Checks a step's chunks against the config and the KV cache without changing anything: every
 // sequence known and at most once, tokens present and inside the vocabulary, sampling parameters
-// valid, an allowed-ids mask (if any) of the vocabulary's size, positions within
+// valid, an allowed-ids mask (if any) of the vocabulary's size, adjusted ids inside the vocabulary
+// and distinct, positions within
 // max_position_embeddings, enough free KV blocks for the whole step.
 absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
                                 const std::vector<SequenceChunk>& chunks);

@@ -240,6 +240,7 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= attn_.EnsureSize(static_cast<size_t>(T * qd));
   grew |= wanted_.EnsureSize(static_cast<size_t>(sh.wanted * H));
   grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
+  grew |= adjusted_.EnsureSize(static_cast<size_t>(sh.adjusted * c.vocab_size));
   grew |= h_logits_.EnsureSize(static_cast<size_t>((sh.wanted - sh.picks) * c.vocab_size));
   grew |= picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
   grew |= h_picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
@@ -273,10 +274,16 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     sh.wanted += WantedRows(ch, 0).rows;
     sh.picks += ch.sample_next ? 1 : 0;
     sh.allowed += ch.sample_next && !ch.sample_next->allowed.empty() ? 1 : 0;
+    if (ch.sample_next && !ch.sample_next->adjust.empty()) {
+      ++sh.adjusted;
+      sh.adjust_capacity += static_cast<int64_t>(ch.sample_next->adjust.size());
+    }
     max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
   }
-  // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows.
+  // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows;
+  // so does the room for penalties' adjustments as outputs grow.
   sh.pitch = RoundUpPow2(max_blocks);
+  if (sh.adjust_capacity > 0) sh.adjust_capacity = RoundUpPow2(std::max<int64_t>(sh.adjust_capacity, 256));
   PlanAttentionTiles(chunk_rows.data(), sh.S, tile_rows_, narrow_tiles_, wide_tiles_);
   sh.narrow = static_cast<int64_t>(narrow_tiles_.size() / 2);
   sh.wide = static_cast<int64_t>(wide_tiles_.size() / 2);
@@ -295,7 +302,8 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
 
   // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
   // block tables [S, pitch], wanted rows [wanted] (the host's, then the sampled ones), attention
-  // tiles (narrow, wide) [2 each], sampling parameters [picks], allowed-id bits [allowed, words].
+  // tiles (narrow, wide) [2 each], sampling parameters [picks], allowed-id bits [allowed, words],
+  // penalised rows [adjusted, 3] and their adjustments [capacity].
   const int64_t T = sh.T, S = sh.S;
   int32_t* ids = h_inputs_.get();
   int32_t* pos = ids + T;
@@ -305,8 +313,10 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   int32_t* tiles = wanted_rows + sh.wanted;
   auto* pick_params = reinterpret_cast<SampleRowParams*>(tiles + 2 * sh.narrow + 2 * sh.wide);
   int32_t* allowed_bits = reinterpret_cast<int32_t*>(pick_params + sh.picks);
+  int32_t* adjust_rows = allowed_bits + sh.allowed * sh.allowed_words;
+  auto* adjustments = reinterpret_cast<LogitAdjustment*>(adjust_rows + 3 * sh.adjusted);
   std::vector<int64_t> starts(static_cast<size_t>(S));
-  int64_t row = 0, w = 0, p = 0, a = 0;
+  int64_t row = 0, w = 0, p = 0, a = 0, ar = 0, entries = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
     const SequenceChunk& ch = chunks[ci];
     const int64_t n = static_cast<int64_t>(ch.tokens.size());
@@ -327,7 +337,17 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
         std::memcpy(allowed_bits + a * sh.allowed_words, next->allowed.data(), sizeof(int32_t) * sh.allowed_words);
         allowed_row = static_cast<int32_t>(a++);
       }
-      pick_params[p++] = ToSampleRowParams(next->params, next->step, allowed_row);
+      int32_t adjusted_row = -1;
+      if (!next->adjust.empty()) {
+        const int64_t n_adjust = static_cast<int64_t>(next->adjust.size());
+        adjust_rows[3 * ar] = static_cast<int32_t>(p);
+        adjust_rows[3 * ar + 1] = static_cast<int32_t>(entries);
+        adjust_rows[3 * ar + 2] = static_cast<int32_t>(n_adjust);
+        std::copy(next->adjust.begin(), next->adjust.end(), adjustments + entries);
+        entries += n_adjust;
+        adjusted_row = static_cast<int32_t>(ar++);
+      }
+      pick_params[p++] = ToSampleRowParams(next->params, next->step, allowed_row, adjusted_row);
     } else {
       for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     }
@@ -427,6 +447,8 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   const int32_t* d_wide = d_narrow + 2 * sh.narrow;
   const auto* d_pick_params = reinterpret_cast<const SampleRowParams*>(d_wide + 2 * sh.wide);
   const auto* d_allowed = reinterpret_cast<const uint32_t*>(d_pick_params + sh.picks);
+  const auto* d_adjust_rows = reinterpret_cast<const int32_t*>(d_allowed + sh.allowed * sh.allowed_words);
+  const auto* d_adjustments = reinterpret_cast<const LogitAdjustment*>(d_adjust_rows + 3 * sh.adjusted);
   if (count_experts) MOE_CUDA_CHECK(cudaMemsetAsync(step_counts_.get(), 0, sizeof(int32_t) * L * E, s));
   profiler_.StepStart(s);
 
@@ -479,7 +501,9 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
                                    cudaMemcpyDeviceToHost, s));
   }
   if (sh.picks > 0) {
-    SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, sh.allowed > 0 ? d_allowed : nullptr, picks_.get(),
+    AdjustRows(logits_.get() + whole * V, V, d_adjust_rows, sh.adjusted, d_adjustments, adjusted_.get(), s);
+    SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, sh.allowed > 0 ? d_allowed : nullptr,
+               sh.adjusted > 0 ? adjusted_.get() : nullptr, picks_.get(),
                reinterpret_cast<float*>(picks_.get() + sh.picks), s);
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * 2 * sh.picks,
                                    cudaMemcpyDeviceToHost, s));

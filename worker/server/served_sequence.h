@@ -45,8 +45,8 @@ struct ServedSequence {
   // Back to nothing handed over (a preemption): its generated tokens stay, scoring starts again.
   void Restart();
   // Whether anything restricts which ids its next token may be (a JSON constraint, or penalties
-  // that ban ids).
-  bool constrained() const { return json.has_value() || penalties.has_value(); }
+  // that ban ids now).
+  bool constrained() const { return json.has_value() || (penalties.has_value() && penalties->Bans()); }
   // Narrows `allowed` (the model's vocabulary) to the ids its next token may be: its JSON
   // constraint's, less the ids its penalties ban. False when it leaves none.
   bool NextAllowed(TokenMask& allowed);

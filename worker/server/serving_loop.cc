@@ -218,15 +218,17 @@ void ServingLoop::HandleInbox() {
 }
 
 std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool last) {
-  // Those need the whole row: scoring, top alternatives, penalties that change values. A constraint
-  // that only bans ids goes with the step as a bit row.
-  if (s.is_score() || s.assign.top_logprobs() > 0 || (s.penalties && !s.penalties->OnlyBans())) return std::nullopt;
+  // Those need the whole row: scoring and top alternatives. Constraints go with the step: the ids
+  // they allow as a bit row, the penalties' changed logits as entries.
+  if (s.is_score() || s.assign.top_logprobs() > 0) return std::nullopt;
   SampleNext next{s.sampling, static_cast<uint64_t>(s.generated.size())};
-  if (last && s.constrained()) {  // a chunk short of the context's end: its pick is not used
+  if (!last) return next;  // a chunk short of the context's end: its pick is not used
+  if (s.constrained()) {
     TokenMask allowed(engine_.config().vocab_size);
     s.none_allowed = !s.NextAllowed(allowed);
     next.allowed.assign(allowed.words().begin(), allowed.words().end());
   }
+  if (s.penalties) s.penalties->Adjustments(next.adjust);
   return next;
 }
 
@@ -256,10 +258,10 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
   }
   if (!logits.empty()) {
     std::span<const float> sampled = logits;
-    if (allowed) {  // sampled from the adjusted row; the logprob stays the model's
+    if (allowed || s.penalties) {  // sampled from the adjusted row; the logprob stays the model's
       adjusted_.assign(logits.begin(), logits.end());
       if (s.penalties) s.penalties->Apply(adjusted_);
-      MaskLogits(allowed->words(), adjusted_);
+      if (allowed) MaskLogits(allowed->words(), adjusted_);
       sampled = adjusted_;
     }
     tok = SampleToken(sampled, s.sampling, static_cast<uint64_t>(s.generated.size()));
@@ -393,10 +395,11 @@ bool ServingLoop::RunOnce() {
   for (size_t i = 0; i < running.size(); ++i) {
     if (counts[i] == 0) continue;
     ServedSequence& s = seqs_.at(running[i]);
-    SequenceChunk ch{EngineId(running[i]), {}, s.is_score()};
+    SequenceChunk& ch = chunks.emplace_back();
+    ch.seq_id = EngineId(running[i]);
+    ch.all_logits = s.is_score();
     ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
     ch.tokens = s.ContextTokens(s.fed, counts[i]);
-    chunks.push_back(std::move(ch));
     owners.emplace_back(running[i], counts[i]);
   }
 

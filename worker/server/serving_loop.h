@@ -108,8 +108,8 @@ class ServingLoop {
   // the engine's pick when the row stayed on the engine's side (logits empty).
   void OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits, const ChunkLogits& pick);
   // What the engine samples for a chunk of `s` (SequenceChunk::sample_next): its next token, unless
-  // the request needs the whole row (scoring, top alternatives, penalties that change values). The
-  // `last` chunk of its context carries its constraints' allowed ids (and sets s.none_allowed).
+  // the request needs the whole row (scoring, top alternatives). The `last` chunk of its context
+  // carries its constraints' allowed ids (and sets s.none_allowed) and its penalties' adjustments.
   std::optional<SampleNext> EngineSamples(ServedSequence& s, bool last);
   void SendHeartbeat();
   void StopAll();
