@@ -177,6 +177,14 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   a = ParseBenchArgs({"--max-tokens", "4096"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->max_tokens, 4096);
+  EXPECT_EQ(a->repetition_penalty, 1.0f);
+  EXPECT_EQ(a->frequency_penalty, 0.0f);
+  EXPECT_EQ(a->top_logprobs, -1);
+  a = ParseBenchArgs({"--repetition-penalty", "1.2", "--frequency-penalty=-0.5", "--logprobs", "0"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->top_logprobs, 0);
+  EXPECT_FLOAT_EQ(a->repetition_penalty, 1.2f);
+  EXPECT_FLOAT_EQ(a->frequency_penalty, -0.5f);
 }
 
 TEST(ServeBenchArgs, ErrorsNameTheFlag) {
@@ -196,6 +204,9 @@ TEST(ServeBenchArgs, ErrorsNameTheFlag) {
            {{"--connections", "0"}, "--connections: must be at least 1"},
            {{"--out="}, "--out: empty path"},
            {{"--bogus"}, "unknown flag '--bogus'"},
+           {{"--repetition-penalty", "0"}, "--repetition-penalty: must be finite and > 0, got 0"},
+           {{"--frequency-penalty", "3"}, "--frequency-penalty: expected a number in [-2, 2], got '3'"},
+           {{"--logprobs", "21"}, "--logprobs: expected an integer in [0, 20], got '21'"},
            {{"--range-ratio", "1"}, "--range-ratio: must be in [0, 1), got 1"},
            {{"--shared-prefix-len", "-4"}, "--shared-prefix-len: must be at least 0"},
            {{"--max-tokens", "-1"}, "--max-tokens: must be at least 0"},

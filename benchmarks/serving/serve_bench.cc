@@ -101,6 +101,9 @@ void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vecto
   s->set_temperature(a.temperature);
   s->set_seed(a.seed + static_cast<uint64_t>(rec.index));
   s->set_ignore_eos(true);
+  if (a.repetition_penalty != 1) s->set_repetition_penalty(a.repetition_penalty);
+  if (a.frequency_penalty != 0) s->set_frequency_penalty(a.frequency_penalty);
+  if (a.top_logprobs >= 0) s->set_logprobs(static_cast<uint32_t>(a.top_logprobs));
   if (a.json_object) s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_JSON_OBJECT);
   if (!a.regex.empty()) {
     s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_REGEX);
@@ -359,6 +362,9 @@ int Run(const std::vector<std::string>& argv) {
                      {"shared_prefix_len", a.shared_prefix_len},
                      {"json_object", a.json_object},
                      {"regex", a.regex},
+                     {"repetition_penalty", a.repetition_penalty},
+                     {"frequency_penalty", a.frequency_penalty},
+                     {"logprobs", a.top_logprobs},
                      {"temperature", a.temperature},
                      {"seed", a.seed},
                      {"warmup", a.warmup},

@@ -36,6 +36,7 @@ std::string BenchUsage() {
          "         [--input-len 128] [--output-len 128] [--max-tokens 0] [--range-ratio 0] [--shared-prefix-len 0]\n"
          "         [--temperature 0] [--seed 0] [--warmup 0] [--connections 4] [--timeout 600]\n"
          "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records] [--json-object | --regex RE]\n"
+         "         [--repetition-penalty 1] [--frequency-penalty 0] [--logprobs N]\n"
          "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
          "vocabulary) for exactly --output-len tokens each (ignore_eos) to a moe-coordinator, at --rate\n"
          "requests a second (Poisson arrivals; inf: all at once), at most --max-concurrency in flight\n"
@@ -56,7 +57,9 @@ std::string BenchUsage() {
          "ends, \"[a-z ,.]+\", keeps every request to --output-len). --max-tokens N (above --output-len)\n"
          "asks every request for max_tokens N and ends its stream once it has its output length (the\n"
          "client cancels it, as an answer that stops early: what a large max_tokens, or none in OpenAI's\n"
-         "chat API, costs the server's KV admission).\n";
+         "chat API, costs the server's KV admission). --repetition-penalty and --frequency-penalty set\n"
+         "every request's (what penalised rows cost a step); --logprobs N asks every request for its\n"
+         "tokens' logprobs with N top alternatives (0-20; a rank then samples the row on the host).\n";
 }
 
 absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
@@ -134,6 +137,27 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
        [&](const std::string& flag, const std::string& v) -> absl::Status {
          if (v.empty()) return FlagError(flag, "empty regex");
          a.regex = v;
+         return absl::OkStatus();
+       }},
+      {"--repetition-penalty",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(double r, NonNegative(flag, v));
+         if (r == 0 || std::isinf(r)) return FlagError(flag, "must be finite and > 0, got " + v);
+         a.repetition_penalty = static_cast<float>(r);
+         return absl::OkStatus();
+       }},
+      {"--frequency-penalty",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         double f = 0;
+         if (!absl::SimpleAtod(v, &f) || !(f >= -2 && f <= 2)) return FlagError(flag, "expected a number in [-2, 2], got '" + v + "'");
+         a.frequency_penalty = static_cast<float>(f);
+         return absl::OkStatus();
+       }},
+      {"--logprobs",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         if (!absl::SimpleAtoi(v, &a.top_logprobs) || a.top_logprobs < 0 || a.top_logprobs > 20) {
+           return FlagError(flag, "expected an integer in [0, 20], got '" + v + "'");
+         }
          return absl::OkStatus();
        }},
       {"--commit",

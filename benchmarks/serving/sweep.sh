@@ -13,6 +13,7 @@
 #   SHARED_PREFIX_LEN  tokens every prompt starts with, before its own INPUT_LEN [0]
 #   JSON_OBJECT  non-empty: every request asks for response_format json_object (moe-serve-bench --json-object)
 #   REGEX        non-empty: every request asks for guided_regex REGEX (moe-serve-bench --regex)
+#   REPETITION_PENALTY, FREQUENCY_PENALTY, LOGPROBS  every request's (moe-serve-bench's flags) [off]
 #   MAX_TOKENS   above OUTPUT_LEN: every request asks for max_tokens MAX_TOKENS and the client ends it
 #                after OUTPUT_LEN tokens (moe-serve-bench --max-tokens) [0: off]
 #   BUILD        the build folder with moe-serve-bench (and, unless --build-dir says otherwise, the
@@ -23,7 +24,7 @@
 # Exit status: 0 when every point's requests all completed.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-[[ $# -ge 1 ]] || { sed -n '2,16p' "$0"; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,24p' "$0"; exit 2; }
 OUT_DIR="$1"
 shift
 mkdir -p "$OUT_DIR" || exit 2
@@ -67,7 +68,7 @@ for point in $SWEEP; do
   echo "== concurrency $c, $n requests of ${INPUT_LEN:-128} + ${OUTPUT_LEN:-128} tokens"
   "$BENCH" --server "$ADDR" --requests "$n" --max-concurrency "$c" --warmup "${WARMUP:-$c}" --rate "${RATE:-inf}" \
     --input-len "${INPUT_LEN:-128}" --output-len "${OUTPUT_LEN:-128}" --range-ratio "${RANGE_RATIO:-0}" \
-    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} --max-tokens "${MAX_TOKENS:-0}" \
+    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} ${REPETITION_PENALTY:+--repetition-penalty "$REPETITION_PENALTY"} ${FREQUENCY_PENALTY:+--frequency-penalty "$FREQUENCY_PENALTY"} ${LOGPROBS:+--logprobs "$LOGPROBS"} --max-tokens "${MAX_TOKENS:-0}" \
     --out "$OUT_DIR/serve-c$c.json" || status=1
 done
 exit $status
