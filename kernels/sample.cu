@@ -348,14 +348,19 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
   }
 }
 
-__global__ void __launch_bounds__(256) AdjustRowsKernel(const float* logits, int V, const int32_t* adjust_rows,
-                                                        const LogitAdjustment* entries, float* adjusted) {
+constexpr int kAdjustThreads = 1024;
+
+__global__ void __launch_bounds__(kAdjustThreads) AdjustRowsKernel(const float* __restrict__ logits, int V,
+                                                                   const int32_t* __restrict__ adjust_rows,
+                                                                   const LogitAdjustment* __restrict__ entries,
+                                                                   float* __restrict__ adjusted) {
   PdlGate();
   const int row = adjust_rows[3 * blockIdx.x], first = adjust_rows[3 * blockIdx.x + 1],
             count = adjust_rows[3 * blockIdx.x + 2];
-  const float* x = logits + static_cast<int64_t>(row) * V;
-  float* y = adjusted + static_cast<int64_t>(blockIdx.x) * V;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) y[i] = x[i];
+  const float* __restrict__ x = logits + static_cast<int64_t>(row) * V;
+  float* __restrict__ y = adjusted + static_cast<int64_t>(blockIdx.x) * V;
+#pragma unroll 4
+  for (int i = threadIdx.x; i < V; i += kAdjustThreads) y[i] = x[i];
   __syncthreads();  // the copy of an entry's id is written before the entry changes it
   for (int e = threadIdx.x; e < count; e += blockDim.x) {
     const LogitAdjustment a = entries[first + e];
@@ -368,7 +373,7 @@ __global__ void __launch_bounds__(256) AdjustRowsKernel(const float* logits, int
 void AdjustRows(const float* logits, int64_t V, const int32_t* adjust_rows, int64_t rows,
                 const LogitAdjustment* entries, float* adjusted, cudaStream_t s) {
   if (rows == 0) return;
-  Launch(AdjustRowsKernel, static_cast<unsigned>(rows), 256, 0, s, logits, static_cast<int>(V), adjust_rows, entries,
+  Launch(AdjustRowsKernel, static_cast<unsigned>(rows), kAdjustThreads, 0, s, logits, static_cast<int>(V), adjust_rows, entries,
          adjusted);
   MOE_CUDA_CHECK_LAUNCH();
 }

@@ -113,8 +113,7 @@ TEST(LogitsPenaltiesTest, AdjustmentsHoldOneEntryPerIdWithEveryRuleOfIt) {
   LogitsPenalties pen(p, std::vector<int32_t>{0, 1}, {});
   pen.Add(1);
   pen.Add(1);
-  std::vector<LogitAdjustment> adjust;
-  pen.Adjustments(adjust);
+  std::vector<LogitAdjustment> adjust = pen.Adjustments();
   std::sort(adjust.begin(), adjust.end(), [](const LogitAdjustment& a, const LogitAdjustment& b) { return a.id < b.id; });
   ASSERT_EQ(adjust.size(), 3u);
   EXPECT_EQ(adjust[0].id, 0);
@@ -136,8 +135,7 @@ TEST(LogitsPenaltiesTest, AdjustmentsHoldOneEntryPerIdWithEveryRuleOfIt) {
   EXPECT_EQ(adjusted, applied);
   EXPECT_EQ(applied, (std::vector<float>{0.5f, 3.0f / 2.0f - 2.0f - 0.5f, 0.25f, 6.0f}));
   LogitsPenalties none(PenaltyParams{.min_tokens = 2}, {}, {2});
-  none.Adjustments(adjust);
-  EXPECT_TRUE(adjust.empty());
+  EXPECT_TRUE(none.Adjustments().empty());
 }
 
 // allowed_token_ids: every other id gets -inf before the rest applies (here the bias of an allowed id).

@@ -59,14 +59,30 @@ absl::Status PenaltyParams::Validate(int64_t vocab_size) const {
 
 LogitsPenalties::LogitsPenalties(const PenaltyParams& p, std::span<const int32_t> prompt, std::vector<int32_t> end_ids)
     : p_(p), end_ids_(std::move(end_ids)) {
-  if (p_.repetition_penalty != 1.0f) seen_.insert(prompt.begin(), prompt.end());
+  for (const auto& [id, bias] : p_.logit_bias) adjust_[Entry(id)].bias = bias;  // ids distinct (Validate)
+  if (p_.repetition_penalty != 1.0f) {
+    for (int32_t id : prompt) adjust_[Entry(id)].repetition = p_.repetition_penalty;
+  }
+}
+
+size_t LogitsPenalties::Entry(int32_t id) {
+  const auto [it, fresh] = entry_of_.try_emplace(id, adjust_.size());
+  if (fresh) {
+    adjust_.push_back(LogitAdjustment{.id = id});
+    output_count_.push_back(0);
+  }
+  return it->second;
 }
 
 void LogitsPenalties::Add(int32_t token) {
   ++generated_;
   if (!p_.bad_words.empty()) output_.push_back(token);
-  if (p_.repetition_penalty != 1.0f) seen_.insert(token);
-  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) ++in_output_[token];
+  if (p_.repetition_penalty != 1.0f) adjust_[Entry(token)].repetition = p_.repetition_penalty;
+  if (p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f) {
+    const size_t k = Entry(token);
+    adjust_[k].frequency = p_.frequency_penalty * static_cast<float>(++output_count_[k]);
+    adjust_[k].presence = p_.presence_penalty;
+  }
 }
 
 void LogitsPenalties::Restrict(TokenMask& allowed) const {
@@ -88,34 +104,13 @@ void LogitsPenalties::Restrict(TokenMask& allowed) const {
   }
 }
 
-void LogitsPenalties::Adjustments(std::vector<LogitAdjustment>& out) const {
-  out.clear();
-  entry_of_.clear();
-  const auto entry = [&](int32_t id) -> LogitAdjustment& {
-    const auto [it, fresh] = entry_of_.try_emplace(id, out.size());
-    if (fresh) out.push_back(LogitAdjustment{.id = id});
-    return out[it->second];
-  };
-  for (const auto& [id, bias] : p_.logit_bias) entry(id).bias = bias;  // ids distinct (Validate)
-  if (p_.repetition_penalty != 1.0f) {
-    for (int32_t id : seen_) entry(id).repetition = p_.repetition_penalty;
-  }
-  for (const auto& [id, n] : in_output_) {
-    LogitAdjustment& e = entry(id);
-    e.frequency = p_.frequency_penalty * static_cast<float>(n);
-    e.presence = p_.presence_penalty;
-  }
-}
-
 void LogitsPenalties::Apply(std::span<float> logits) const {
   if (Bans()) {
     TokenMask allowed(static_cast<int64_t>(logits.size()));
     Restrict(allowed);
     MaskLogits(allowed.words(), logits);
   }
-  thread_local std::vector<LogitAdjustment> adjust;
-  Adjustments(adjust);
-  for (const LogitAdjustment& a : adjust) {
+  for (const LogitAdjustment& a : adjust_) {
     if (a.id < 0 || static_cast<size_t>(a.id) >= logits.size()) continue;
     float& l = logits[static_cast<size_t>(a.id)];
     l = Adjusted(l, a);

@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <span>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -69,21 +68,23 @@ class LogitsPenalties {
   void Restrict(TokenMask& allowed) const;
   // Whether Restrict may ban anything for the next token.
   bool Bans() const { return !p_.allowed_token_ids.empty() || generated_ < p_.min_tokens || !p_.bad_words.empty(); }
-  // The changed values for the next token, one entry per id (in no particular order): the logit
-  // bias, the repetition penalty of the ids seen, the frequency and presence penalties of the
-  // output's ids. Empty when none applies.
-  void Adjustments(std::vector<LogitAdjustment>& out) const;
+  // The changed values for the next token, one entry per id (in the order the ids were first
+  // met): the logit bias, the repetition penalty of the ids seen, the frequency and presence
+  // penalties of the output's ids. Empty when none applies. Kept up to date by Add, so a step
+  // costs no rebuild.
+  const std::vector<LogitAdjustment>& Adjustments() const { return adjust_; }
   // The token just generated.
   void Add(int32_t token);
 
  private:
   PenaltyParams p_;
   std::vector<int32_t> end_ids_;
-  std::unordered_set<int32_t> seen_;               // distinct ids of the prompt and the output
-  std::unordered_map<int32_t, int32_t> in_output_;  // id -> occurrences in the output
   uint32_t generated_ = 0;
   std::vector<int32_t> output_;  // the generated ids, kept only for bad_words
-  mutable std::unordered_map<int32_t, size_t> entry_of_;  // Adjustments' scratch: id -> its entry
+  std::vector<LogitAdjustment> adjust_;              // one entry per id a value rule touches
+  std::vector<uint32_t> output_count_;               // per entry: the id's occurrences in the output
+  std::unordered_map<int32_t, size_t> entry_of_;     // id -> its entry
+  size_t Entry(int32_t id);                          // the index of the id's entry, added (rules off) if new
 };
 
 }  // namespace moe

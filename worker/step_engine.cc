@@ -27,6 +27,7 @@ absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, c
 absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
                                 const std::vector<SequenceChunk>& chunks) {
   std::unordered_set<int64_t> seen;
+  std::vector<uint64_t> adjusted;  // a chunk's adjusted ids, one bit each
   int64_t blocks_needed = 0;
   for (const SequenceChunk& ch : chunks) {
     if (!kv.HasSequence(ch.seq_id)) return absl::NotFoundError(absl::StrCat("sequence ", ch.seq_id, " not added"));
@@ -48,13 +49,15 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
                                                        allowed_words, " words, the vocabulary of ", c.vocab_size,
                                                        " ids needs ", TokenMask::WordsFor(c.vocab_size)));
       }
-      std::unordered_set<int32_t> adjusted;
+      if (!ch.sample_next->adjust.empty()) adjusted.assign(static_cast<size_t>(TokenMask::WordsFor(c.vocab_size)), 0);
       for (const LogitAdjustment& a : ch.sample_next->adjust) {
-        if (a.id < 0 || a.id >= c.vocab_size || !adjusted.insert(a.id).second) {
+        const uint64_t bit = uint64_t{1} << (a.id & 63);
+        if (a.id < 0 || a.id >= c.vocab_size || (adjusted[static_cast<size_t>(a.id / 64)] & bit) != 0) {
           return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": adjusted token id ", a.id,
                                                          " is outside the vocabulary [0, ", c.vocab_size,
                                                          ") or repeated"));
         }
+        adjusted[static_cast<size_t>(a.id / 64)] |= bit;
       }
     }
     for (size_t i = 0; i < ch.tokens.size(); ++i) {

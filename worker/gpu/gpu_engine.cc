@@ -241,6 +241,11 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= wanted_.EnsureSize(static_cast<size_t>(sh.wanted * H));
   grew |= logits_.EnsureSize(static_cast<size_t>(sh.wanted * c.vocab_size));
   grew |= adjusted_.EnsureSize(static_cast<size_t>(sh.adjusted * c.vocab_size));
+  if (static_cast<size_t>(sh.adjust_entries) > adjustments_.size()) {  // room to grow into: outputs add entries every step
+    const auto room = static_cast<size_t>(RoundUpPow2(std::max<int64_t>(sh.adjust_entries, 4096)));
+    grew |= adjustments_.EnsureSize(room);
+    h_adjustments_.EnsureSize(room);  // not read by a graph
+  }
   grew |= h_logits_.EnsureSize(static_cast<size_t>((sh.wanted - sh.picks) * c.vocab_size));
   grew |= picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
   grew |= h_picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
@@ -276,14 +281,12 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     sh.allowed += ch.sample_next && !ch.sample_next->allowed.empty() ? 1 : 0;
     if (ch.sample_next && !ch.sample_next->adjust.empty()) {
       ++sh.adjusted;
-      sh.adjust_capacity += static_cast<int64_t>(ch.sample_next->adjust.size());
+      sh.adjust_entries += static_cast<int64_t>(ch.sample_next->adjust.size());
     }
     max_blocks = std::max<int64_t>(max_blocks, static_cast<int64_t>(kv_.blocks(ch.seq_id).size()));
   }
-  // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows;
-  // so does the room for penalties' adjustments as outputs grow.
+  // Block tables one power of two wide: a decode batch keeps its graph for many steps as it grows.
   sh.pitch = RoundUpPow2(max_blocks);
-  if (sh.adjust_capacity > 0) sh.adjust_capacity = RoundUpPow2(std::max<int64_t>(sh.adjust_capacity, 256));
   PlanAttentionTiles(chunk_rows.data(), sh.S, tile_rows_, narrow_tiles_, wide_tiles_);
   sh.narrow = static_cast<int64_t>(narrow_tiles_.size() / 2);
   sh.wide = static_cast<int64_t>(wide_tiles_.size() / 2);
@@ -303,7 +306,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   // The step's inputs, one host-to-device copy: ids [T], positions [T], row -> chunk [T],
   // block tables [S, pitch], wanted rows [wanted] (the host's, then the sampled ones), attention
   // tiles (narrow, wide) [2 each], sampling parameters [picks], allowed-id bits [allowed, words],
-  // penalised rows [adjusted, 3] and their adjustments [capacity].
+  // penalised rows [adjusted, 3]; their adjustments in h_adjustments_.
   const int64_t T = sh.T, S = sh.S;
   int32_t* ids = h_inputs_.get();
   int32_t* pos = ids + T;
@@ -314,7 +317,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   auto* pick_params = reinterpret_cast<SampleRowParams*>(tiles + 2 * sh.narrow + 2 * sh.wide);
   int32_t* allowed_bits = reinterpret_cast<int32_t*>(pick_params + sh.picks);
   int32_t* adjust_rows = allowed_bits + sh.allowed * sh.allowed_words;
-  auto* adjustments = reinterpret_cast<LogitAdjustment*>(adjust_rows + 3 * sh.adjusted);
+  LogitAdjustment* adjustments = h_adjustments_.get();
   std::vector<int64_t> starts(static_cast<size_t>(S));
   int64_t row = 0, w = 0, p = 0, a = 0, ar = 0, entries = 0;
   for (int64_t ci = 0; ci < S; ++ci) {
@@ -366,6 +369,10 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   // The local path and the device exchange count the routed rows on the device.
   const bool count_experts = opts_.collect_load_stats && (local || device_exchange);
   const bool graph = opts_.cuda_graphs && device_only && !profiler_.enabled();
+  if (sh.adjust_entries > 0) {  // before the step's work, graph or not
+    MOE_CUDA_CHECK(cudaMemcpyAsync(adjustments_.get(), h_adjustments_.get(), sizeof(LogitAdjustment) * sh.adjust_entries,
+                                   cudaMemcpyHostToDevice, s));
+  }
   host_times_.prepare_ms += LapMs();
   if (graph) {
     auto it = graphs_.find(sh.key());
@@ -448,7 +455,6 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
   const auto* d_pick_params = reinterpret_cast<const SampleRowParams*>(d_wide + 2 * sh.wide);
   const auto* d_allowed = reinterpret_cast<const uint32_t*>(d_pick_params + sh.picks);
   const auto* d_adjust_rows = reinterpret_cast<const int32_t*>(d_allowed + sh.allowed * sh.allowed_words);
-  const auto* d_adjustments = reinterpret_cast<const LogitAdjustment*>(d_adjust_rows + 3 * sh.adjusted);
   if (count_experts) MOE_CUDA_CHECK(cudaMemsetAsync(step_counts_.get(), 0, sizeof(int32_t) * L * E, s));
   profiler_.StepStart(s);
 
@@ -501,7 +507,7 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
                                    cudaMemcpyDeviceToHost, s));
   }
   if (sh.picks > 0) {
-    AdjustRows(logits_.get() + whole * V, V, d_adjust_rows, sh.adjusted, d_adjustments, adjusted_.get(), s);
+    AdjustRows(logits_.get() + whole * V, V, d_adjust_rows, sh.adjusted, adjustments_.get(), adjusted_.get(), s);
     SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, sh.allowed > 0 ? d_allowed : nullptr,
                sh.adjusted > 0 ? adjusted_.get() : nullptr, picks_.get(),
                reinterpret_cast<float*>(picks_.get() + sh.picks), s);

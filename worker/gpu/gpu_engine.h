@@ -153,7 +153,6 @@ class GpuEngine final : public StepEngine {
   void Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out);  // out.global_rows set
   // A sampled row's parameters in the step's input buffer.
   static constexpr int64_t kPickParamWords = sizeof(SampleRowParams) / sizeof(int32_t);
-  static constexpr int64_t kAdjustmentWords = sizeof(LogitAdjustment) / sizeof(int32_t);
   // The shape of one step's device work: what a captured graph is specialised to.
   struct StepShape {
     int64_t T = 0, S = 0, pitch = 0, wanted = 0, narrow = 0, wide = 0;
@@ -162,15 +161,17 @@ class GpuEngine final : public StepEngine {
     int64_t allowed = 0;          // of those, the ones drawn under allowed-id bits (SampleNext::allowed)
     int64_t allowed_words = 0;    // 32-bit words of one row of those bits (AllowedRowWords)
     int64_t adjusted = 0;         // of the picks, the ones with penalties (SampleNext::adjust)
-    int64_t adjust_capacity = 0;  // their adjustments' room: a power of two, so that few shapes arise
+    // Their adjustments, all rows together: uploaded before the step's graph (adjustments_), so a
+    // growing output changes no shape.
+    int64_t adjust_entries = 0;
     int64_t inputs() const {
       return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide + picks * kPickParamWords + allowed * allowed_words +
-             3 * adjusted + adjust_capacity * kAdjustmentWords;
+             3 * adjusted;
     }
     int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
     StepRows rows() const { return StepRows{T, peak, total}; }
     auto key() const {
-      return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks, allowed, adjusted, adjust_capacity};
+      return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks, allowed, adjusted};
     }
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
@@ -203,13 +204,16 @@ class GpuEngine final : public StepEngine {
   // Per-step inputs: ids, positions, row -> chunk, block tables, wanted rows (those whose logits
   // go to the host, then those sampled here), attention tiles (narrow, then wide), the sampling
   // parameters of the sampled rows, the allowed-id bits of those that have them, the penalised ones'
-  // (row, first adjustment, count) and their adjustments, in one int32 buffer.
+  // (row, first adjustment, count), in one int32 buffer. The adjustments themselves are copied on
+  // their own, before the step's work (a graph reads them through a fixed pointer).
   PinnedBuffer<int32_t> h_inputs_;
   DeviceBuffer<int32_t> inputs_;
   std::vector<int32_t> narrow_tiles_, wide_tiles_;
   // Activations, grown as steps need.
   DeviceBuffer<float> x_, logits_;  // residual stream [T, H]; final logits [rows wanted, V]
   DeviceBuffer<float> adjusted_;    // penalised copies of sampled rows [adjusted, V]
+  DeviceBuffer<LogitAdjustment> adjustments_;  // the step's penalties (StepShape::adjust_entries)
+  PinnedBuffer<LogitAdjustment> h_adjustments_;
   DeviceBuffer<bf16> hn_, qkv_, q_, attn_, wanted_;
   // Decode attention split over the keys (DecodeSplit): partial results and per-(row, KV head)
   // counters (zeroed when allocated; the kernel leaves them zero).

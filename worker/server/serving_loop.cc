@@ -228,7 +228,7 @@ std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool las
     s.none_allowed = !s.NextAllowed(allowed);
     next.allowed.assign(allowed.words().begin(), allowed.words().end());
   }
-  if (s.penalties) s.penalties->Adjustments(next.adjust);
+  if (s.penalties) next.adjust = s.penalties->Adjustments();
   return next;
 }
 
