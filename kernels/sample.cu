@@ -63,6 +63,9 @@ struct Shared {
   int digit;
   unsigned long long above, target;
   int found;
+  int top_count;
+  float top_v[kMaxSampleTop];
+  int top_i[kMaxSampleTop];
 };
 
 // Per-warp digit histograms, in dynamic shared memory: [kWarps][kDigits].
@@ -280,7 +283,8 @@ __device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh, uns
 
 __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits, int V, const SampleRowParams* params,
                                                              const uint32_t* allowed, int allowed_words,
-                                                             const float* adjusted, int32_t* tokens, float* logprobs) {
+                                                             const float* adjusted, int32_t* tokens, float* logprobs,
+                                                             int32_t* top_ids, float* top_logprobs, int top_stride) {
   PdlGate();
   __shared__ Shared sh;
   extern __shared__ unsigned long long hist[];
@@ -341,6 +345,44 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
     r.shift = 63 - (V > 1 ? 32 - __clz(V - 1) : 0);  // V * 2^shift <= 2^63
     token = SampleRow(r, p, sh, hist);
   }
+  // The top alternatives: the cut after the n-th largest raw logit, the tokens above it collected
+  // (exactly n), then ordered by one thread.
+  const int n_top = min(p.top_n, V);
+  if (n_top > 0) {
+    const Row raw{x, x, nullptr, V, 1.0, 0.0, 0};
+    __syncthreads();  // the draw's descents are done with the scratch
+    const Cut cut = n_top >= V ? kEverything
+                               : Descend(raw, Goal{true, static_cast<unsigned long long>(n_top), 0.0},
+                                         [](uint32_t, int) { return true; }, sh, hist);
+    if (threadIdx.x == 0) sh.top_count = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < V; i += kThreads) {
+      const float v = raw.Value(i);
+      if (Within(Key(v), i, cut)) {
+        const int slot = atomicAdd(&sh.top_count, 1);
+        if (slot < kMaxSampleTop) sh.top_v[slot] = v, sh.top_i[slot] = i;
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int n = min(sh.top_count, n_top);
+      for (int a = 1; a < n; ++a) {  // insertion sort: larger first, the lower id on ties
+        const float v = sh.top_v[a];
+        const int i = sh.top_i[a];
+        int b = a;
+        for (; b > 0 && Better(v, i, sh.top_v[b - 1], sh.top_i[b - 1]); --b) {
+          sh.top_v[b] = sh.top_v[b - 1], sh.top_i[b] = sh.top_i[b - 1];
+        }
+        sh.top_v[b] = v, sh.top_i[b] = i;
+      }
+      for (int a = 0; a < n; ++a) {
+        const double v = sh.top_v[a];
+        top_ids[static_cast<int64_t>(blockIdx.x) * top_stride + a] = sh.top_i[a];
+        top_logprobs[static_cast<int64_t>(blockIdx.x) * top_stride + a] =
+            static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
+      }
+    }
+  }
   if (threadIdx.x == 0) {
     const double v = r.Raw(token);
     tokens[blockIdx.x] = token;
@@ -379,7 +421,8 @@ void AdjustRows(const float* logits, int64_t V, const int32_t* adjust_rows, int6
 }
 
 void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
-                const float* adjusted, int32_t* tokens, float* logprobs, cudaStream_t s) {
+                const float* adjusted, int32_t* tokens, float* logprobs, cudaStream_t s, int32_t* top_ids,
+                float* top_logprobs, int64_t top_stride) {
   if (rows == 0) return;
   if (V <= 0 || V >= (int64_t{1} << 31)) throw std::invalid_argument("SampleRows: vocabulary size out of range");
   // Raised once (not per launch: launches may be captured into a CUDA graph).
@@ -390,7 +433,8 @@ void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowPar
   }();
   (void)raised;
   Launch(SampleRowsKernel, static_cast<unsigned>(rows), kThreads, kHistogramBytes, s, logits, static_cast<int>(V),
-         params, allowed, static_cast<int>(AllowedRowWords(V)), adjusted, tokens, logprobs);
+         params, allowed, static_cast<int>(AllowedRowWords(V)), adjusted, tokens, logprobs, top_ids, top_logprobs,
+         static_cast<int>(top_stride));
   MOE_CUDA_CHECK_LAUNCH();
 }
 

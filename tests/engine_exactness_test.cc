@@ -103,6 +103,7 @@ TEST(EngineExactnessTest, SampleNextReturnsThePickOfTheLogits) {
     StepOutput full = (*e)->Step({{full_a, a, false}, {full_b, b, false}}).value();
     SequenceChunk pa{pick_a, a, false}, pb{pick_b, b, false};
     pa.sample_next = SampleNext{sp, 4};
+    pa.sample_next->top_logprobs = 3;
     StepOutput picked = (*e)->Step({pa, pb}).value();
     ASSERT_EQ(picked.chunks.size(), 2u);
     const TokenPick want = PickToken(full.chunks[0].logits, sp, 4);
@@ -111,6 +112,13 @@ TEST(EngineExactnessTest, SampleNextReturnsThePickOfTheLogits) {
     EXPECT_EQ(picked.chunks[0].token, want.token);
     EXPECT_EQ(picked.chunks[0].token_logprob, want.logprob);
     EXPECT_EQ(picked.chunks[0].first_position, static_cast<int64_t>(a.size()) - 1);
+    const std::vector<TokenPick> want_top = TopTokens(full.chunks[0].logits, 3);
+    ASSERT_EQ(picked.chunks[0].top.size(), 3u);
+    for (size_t j = 0; j < 3; ++j) {
+      EXPECT_EQ(picked.chunks[0].top[j].token, want_top[j].token);
+      EXPECT_EQ(picked.chunks[0].top[j].logprob, want_top[j].logprob);
+    }
+    EXPECT_TRUE(picked.chunks[1].top.empty());
     EXPECT_EQ(picked.chunks[1].logits, full.chunks[1].logits);
     EXPECT_EQ((*e)->SequenceLength(pick_a), static_cast<int64_t>(a.size()));
     // Under allowed ids that ban the unconstrained pick: PickToken's masked pick, the raw logprob.
@@ -144,6 +152,11 @@ TEST(EngineExactnessTest, SampleNextReturnsThePickOfTheLogits) {
   s = (*e)->Step({bad}).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.message()).find("allowed ids' mask has 1 words"), std::string::npos) << s;
+  bad.sample_next->allowed.clear();
+  bad.sample_next->top_logprobs = kMaxTopLogprobs + 1;
+  s = (*e)->Step({bad}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("top_logprobs 21 above 20"), std::string::npos) << s;
   EXPECT_EQ((*e)->SequenceLength(1), static_cast<int64_t>(g.prompt(3).size()));  // nothing changed
 }
 

@@ -416,7 +416,7 @@ TEST_F(GpuGoldenTest, CudaGraphDecodeEqualsDirectLaunches) {
 }
 
 // Chunks that want only their next token get the pick (greedy or sampled, with and without allowed
-// ids and penalties) of the logits they would have had, next to chunks that get their logits, in prefill and in
+// ids and penalties, with and without top alternatives) of the logits they would have had, next to chunks that get their logits, in prefill and in
 // graph-replayed decode steps.
 TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   auto e = LoadGpu(kGoldenDir);
@@ -444,12 +444,18 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
     }
     return out;
   };
+  // Top alternatives: chunk 2 asks for 5 at even steps, chunk 0 for 20 from step 3 on.
+  const auto TopOf = [](size_t i, uint64_t step) -> uint32_t {
+    return i == 2 && step % 2 == 0 ? 5u : (i == 0 && step >= 3 ? 20u : 0u);
+  };
   auto chunks = [&](int64_t base, const std::vector<std::vector<int32_t>>& tokens, bool pick, uint64_t step) {
     std::vector<SequenceChunk> out;
     for (size_t i = 0; i < tokens.size(); ++i) {
       SequenceChunk ch{base + static_cast<int64_t>(i), tokens[i], false};
       const std::span<const uint64_t> mask = mask_of(i, step);
-      if (pick && i != 1) ch.sample_next = SampleNext{params[i], step, {mask.begin(), mask.end()}, adjust_of(i, step)};
+      if (pick && i != 1) {
+        ch.sample_next = SampleNext{params[i], step, {mask.begin(), mask.end()}, adjust_of(i, step), TopOf(i, step)};
+      }
       out.push_back(ch);
     }
     return out;
@@ -469,6 +475,12 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
       EXPECT_EQ(picked.chunks[i].rows, 0);
       if (!mask_of(i, step).empty()) {
         EXPECT_TRUE(allowed[i].allowed(picked.chunks[i].token)) << "step " << step;
+      }
+      const std::vector<TokenPick> want_top = TopTokens(full.chunks[i].logits, TopOf(i, step));
+      ASSERT_EQ(picked.chunks[i].top.size(), want_top.size()) << "step " << step << " chunk " << i;
+      for (size_t j = 0; j < want_top.size(); ++j) {
+        EXPECT_EQ(picked.chunks[i].top[j].token, want_top[j].token) << "step " << step << " chunk " << i << " top " << j;
+        EXPECT_NEAR(picked.chunks[i].top[j].logprob, want_top[j].logprob, 1e-6 * std::max(1.f, std::fabs(want_top[j].logprob)));
       }
       EXPECT_EQ(picked.chunks[i].token, want.token) << "step " << step << " chunk " << i;
       EXPECT_NEAR(picked.chunks[i].token_logprob, want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob)));

@@ -742,7 +742,8 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
 // sampled (temperature, top-k, top-p, min-p and their mixes, many seeds and steps) over rows of bf16 values
 // (thousands of exact ties in a 32000-token row: the tie rules run), rows of the real vocabulary
 // sizes and small ones, with ties for the max, NaN, -inf everywhere, +inf and one flat row; and
-// under allowed-id masks and penalties (PickToken's `allowed` and `adjust`; AdjustRows).
+// under allowed-id masks and penalties (PickToken's `allowed` and `adjust`; AdjustRows); with the
+// top alternatives TopTokens gives.
 TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
   SKIP_WITHOUT_GPU();
   const float nan = std::nanf(""), inf = INFINITY;
@@ -777,6 +778,8 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     row(4)[V / 3] = inf;
     row(4)[V - 2] = inf;
     std::fill(row(5), row(6), 0.25f);
+    // Top alternatives asked for by the cases in turn.
+    constexpr int32_t kTopN[4] = {0, 1, 5, kMaxSampleTop};
     // Allowed-id masks: about half the ids at random; the upper half only (whole words of ones and
     // zeros; row 1's tied maxima both stay); three ids (row 4's two +inf among them); none (the
     // argmax rule's index 0 over an all -inf row).
@@ -827,7 +830,7 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     for (int64_t i = 0; i < n; ++i) {
       const Case& c = cases[i];
       std::copy(row(c.row), row(c.row) + V, in.begin() + i * V);
-      pp[i] = ToSampleRowParams(c.p, c.step, c.mask);
+      pp[i] = ToSampleRowParams(c.p, c.step, c.mask, -1, kTopN[i % 4]);
     }
     // The penalised rows: (case, first entry, count) each, their entries one after another.
     std::vector<int32_t> adjust_rows;
@@ -851,14 +854,18 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
       ASSERT_EQ(static_cast<int64_t>(masks[m].words().size()) * 2, mask_words);
       std::memcpy(mask_bits.data() + m * mask_words, masks[m].words().data(), sizeof(int32_t) * mask_words);
     }
-    Buffer<float> d_x(in), d_lp(n), d_adjusted(static_cast<size_t>(n_adjusted * V));
+    Buffer<float> d_x(in), d_lp(n), d_adjusted(static_cast<size_t>(n_adjusted * V)), d_top_lp(n * kMaxSampleTop);
+    Buffer<int32_t> d_top_ids(n * kMaxSampleTop);
     Buffer<int32_t> d_params(words), d_tok(n), d_masks(mask_bits), d_adjust_rows(adjust_rows), d_entries(entry_words);
     AdjustRows(d_x.get(), V, d_adjust_rows.get(), n_adjusted, reinterpret_cast<const LogitAdjustment*>(d_entries.get()),
                d_adjusted.get(), nullptr);
     SampleRows(d_x.get(), n, V, reinterpret_cast<const SampleRowParams*>(d_params.get()),
-               reinterpret_cast<const uint32_t*>(d_masks.get()), d_adjusted.get(), d_tok.get(), d_lp.get(), nullptr);
+               reinterpret_cast<const uint32_t*>(d_masks.get()), d_adjusted.get(), d_tok.get(), d_lp.get(), nullptr,
+               d_top_ids.get(), d_top_lp.get(), kMaxSampleTop);
     const std::vector<int32_t> tok = d_tok.Download();
     const std::vector<float> lp = d_lp.Download();
+    const std::vector<int32_t> top_ids = d_top_ids.Download();
+    const std::vector<float> top_lp = d_top_lp.Download();
     for (int64_t i = 0; i < n; ++i) {
       const Case& c = cases[i];
       const TokenPick want =
@@ -870,6 +877,17 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
                                     << c.step << " mask " << c.mask << " adjust " << c.adjust;
       if (c.mask >= 0 && c.mask < 3 && c.row != 3) {  // a mask's pick is an id it allows
         EXPECT_TRUE(masks[static_cast<size_t>(c.mask)].allowed(tok[i])) << "V " << V << " row " << c.row;
+      }
+      const std::vector<TokenPick> want_top =
+          TopTokens(std::span<const float>(&x[c.row * V], static_cast<size_t>(V)), static_cast<uint32_t>(kTopN[i % 4]));
+      for (size_t j = 0; j < want_top.size(); ++j) {
+        EXPECT_EQ(top_ids[i * kMaxSampleTop + j], want_top[j].token) << "V " << V << " row " << c.row << " top " << j;
+        const float got = top_lp[i * kMaxSampleTop + j], w = want_top[j].logprob;
+        if (std::isinf(w)) {
+          EXPECT_EQ(got, w) << "V " << V << " row " << c.row << " top " << j;
+        } else {
+          EXPECT_NEAR(got, w, 1e-6 * std::max(1.f, std::fabs(w))) << "V " << V << " row " << c.row << " top " << j;
+        }
       }
       if (std::isinf(want.logprob)) {  // a masked pick beside a +inf logit (row 4)
         EXPECT_EQ(lp[i], want.logprob) << "V " << V << " row " << c.row;

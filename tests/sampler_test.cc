@@ -219,6 +219,33 @@ TEST(SamplerPick, PickTokenWithAllowedIdsSamplesTheMaskedRow) {
   EXPECT_NE(PickToken(row, Params(0.0f), 0, top_banned.words()).token, argmax);
 }
 
+// TopTokens: the n largest logits (NaN as -inf, ties to the lower id), in that order, with their
+// LogSoftmax values; the whole row when it is shorter.
+TEST(SamplerPick, TopTokensAreTheLargestLogitsWithTheirLogSoftmax) {
+  const std::vector<float> row = {1.0f, kNaN, 3.0f, 3.0f, -kInf, 0.5f, 2.0f};
+  std::vector<float> lsm(row.size());
+  LogSoftmax(row, lsm);
+  const std::vector<TokenPick> top = TopTokens(row, 4);
+  ASSERT_EQ(top.size(), 4u);
+  const int32_t want[4] = {2, 3, 6, 0};
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(top[i].token, want[i]);
+    EXPECT_EQ(top[i].logprob, lsm[static_cast<size_t>(want[i])]);
+  }
+  const std::vector<TokenPick> all = TopTokens(row, 20);
+  ASSERT_EQ(all.size(), row.size());
+  EXPECT_EQ(all[4].token, 5);
+  EXPECT_EQ(all[5].token, 1);  // NaN and -inf rank last, the lower id first
+  EXPECT_EQ(all[6].token, 4);
+  EXPECT_TRUE(TopTokens(row, 0).empty());
+  const std::vector<float> big = RandomLogits(32000, 4.0f, 11);
+  std::vector<int32_t> order(big.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return big[a] > big[b]; });
+  const std::vector<TokenPick> top20 = TopTokens(big, 20);
+  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(top20[i].token, order[i]) << i;
+}
+
 // TokenMask: the bits of ids past its size stay clear; KeepFirst intersects and bans the tail;
 // MaskLogits sets exactly the banned ids to -inf.
 TEST(TokenMaskTest, BitsAndMaskLogits) {

@@ -349,16 +349,44 @@ TEST_F(WorkerLoopTest, StaggeredGreedySequencesGiveTheGoldenTokens) {
       EXPECT_NEAR(seqs[100 + p].logprobs[t], want[0].logprobs[n + t], 1e-4) << "prompt " << p << " token " << t;
     }
   }
-  // Top alternatives of 102: three, most probable first, led by the greedy token itself.
+  // Top alternatives of 102: three, most probable first, led by the greedy token itself; the float64
+  // reference's three most probable tokens and their log-softmax values, wherever its ranks are
+  // apart by more than float32 noise.
   const RecordingOutbox::Sequence& s = seqs[102];
   ASSERT_EQ(s.top.size(), s.tokens.size());
+  std::vector<int32_t> full = Prompt(2);
+  full.insert(full.end(), s.tokens.begin(), s.tokens.end());
+  auto ckpt = Checkpoint::Open(kGoldenDir).value();
+  const ReferenceOutput fwd = ReferenceForward((*h.engine)->config(), *ckpt, full).value();
+  int checked = 0;
   for (size_t t = 0; t < s.top.size(); ++t) {
     ASSERT_EQ(s.top[t].alternatives_size(), 3);
     EXPECT_EQ(s.top[t].alternatives(0).token_id(), s.tokens[t]);
     EXPECT_FLOAT_EQ(s.top[t].alternatives(0).logprob(), s.logprobs[t]);
     EXPECT_GE(s.top[t].alternatives(0).logprob(), s.top[t].alternatives(1).logprob());
     EXPECT_GE(s.top[t].alternatives(1).logprob(), s.top[t].alternatives(2).logprob());
+    const int64_t row = static_cast<int64_t>(Prompt(2).size() + t) - 1;
+    std::vector<std::pair<double, int32_t>> ranked;
+    double max_logit = -1e300;
+    for (int32_t v = 0; v < fwd.vocab; ++v) {
+      ranked.emplace_back(fwd.logit(row, v), v);
+      max_logit = std::max(max_logit, fwd.logit(row, v));
+    }
+    std::partial_sort(ranked.begin(), ranked.begin() + 4, ranked.end(), std::greater<>());
+    if (ranked[0].first - ranked[1].first < 1e-3 || ranked[1].first - ranked[2].first < 1e-3 ||
+        ranked[2].first - ranked[3].first < 1e-3) {
+      continue;
+    }
+    double sum = 0;
+    for (int32_t v = 0; v < fwd.vocab; ++v) sum += std::exp(fwd.logit(row, v) - max_logit);
+    for (int j = 0; j < 3; ++j) {
+      EXPECT_EQ(s.top[t].alternatives(j).token_id(), ranked[j].second) << "token " << t << " alternative " << j;
+      EXPECT_NEAR(s.top[t].alternatives(j).logprob(), ranked[j].first - max_logit - std::log(sum), 1e-3)
+          << "token " << t << " alternative " << j;
+    }
+    ++checked;
   }
+  EXPECT_GE(checked, 12);
   EXPECT_TRUE(seqs[100].top.empty()) << "no alternatives unless asked";
   EXPECT_EQ(h.out.LastStats()->kv_blocks_used(), 0);
   EXPECT_EQ((*h.engine)->kv_cache().used_blocks(), 0);
@@ -422,8 +450,8 @@ std::vector<std::string> TinyJsonVocabulary() {
 // response_format json_object through the loop: greedy, each token is the argmax of the reference
 // engine's row over the tokens whose whole text the grammar accepts (checked one by one, no trie),
 // EOS only once the object is closed; the text then parses as an object (nlohmann). Greedy and
-// sampled requests also run beside plain ones, which keep the golden tokens; the engine's masked
-// picks equal the loop's own (requests with top alternatives take that path). Without the
+// sampled requests also run beside plain ones, which keep the golden tokens; asking for top
+// alternatives changes no token. Without the
 // vocabulary (a model with no tokenizer) such a request ends with an error naming json_object.
 TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
   const std::vector<std::string> texts = TinyJsonVocabulary();
@@ -440,13 +468,12 @@ TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
     sampled.set_temperature(1.0f);
     sampled.set_seed(p);
     h.Push(sampled);
-    // The same two with top alternatives: their rows come to the loop whole and are masked and
-    // sampled there, where the others go to the engine with the grammar's allowed ids.
-    for (const Assign& engine_sampled : {a, sampled}) {
-      Assign host_sampled = engine_sampled;
-      host_sampled.set_seq_id(engine_sampled.seq_id() + 30);
-      host_sampled.set_top_logprobs(1);
-      h.Push(host_sampled);
+    // The same two with top alternatives, which change no token.
+    for (const Assign& plain : {a, sampled}) {
+      Assign with_top = plain;
+      with_top.set_seq_id(plain.seq_id() + 30);
+      with_top.set_top_logprobs(1);
+      h.Push(with_top);
     }
   }
   h.Push(Greedy(21, Prompt(1), 24));
@@ -1011,8 +1038,8 @@ TEST_F(WorkerLoopTest, PrefixCachingComputesAPromptStartSharedByConcurrentArriva
 // generate() with repetition_penalty, with min_new_tokens and an extra end id, and with
 // sequence_bias as logit_bias; a torch loop for vLLM's frequency and presence rule), all served at once by one loop: each carries the reference
 // tokens while the reference's margin stays above float32 noise (all of them, at these margins),
-// and a sequence that reached its extra end id after min_tokens ends there with REASON_STOP. The
-// engine's picks under the penalties equal the loop's own (requests with top alternatives).
+// and a sequence that reached its extra end id after min_tokens ends there with REASON_STOP.
+// Asking for top alternatives changes no token, greedy or sampled.
 TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
   std::ifstream f(kGoldenDir + "/penalties.json");
   ASSERT_TRUE(f.good()) << "missing " << kGoldenDir << "/penalties.json";
@@ -1026,13 +1053,11 @@ TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
     Assign a = Greedy(100 + i, golden.prompt(c["prompt"]), max_tokens);
     SetPenaltyCaseFields(c, a);
     h.Push(a);
-    // The engine picks under the penalties (SampleNext::adjust); the same requests with top
-    // alternatives have their rows adjusted and sampled by the loop: greedy and sampled, the same
-    // tokens and logprobs either way.
-    Assign host = a;
-    host.set_seq_id(200 + i);
-    host.set_top_logprobs(1);
-    h.Push(host);
+    // Sampled too, and both with top alternatives, which change no token.
+    Assign with_top = a;
+    with_top.set_seq_id(200 + i);
+    with_top.set_top_logprobs(1);
+    h.Push(with_top);
     Assign sampled = a;
     sampled.set_seq_id(300 + i);
     sampled.set_temperature(0.9f);
@@ -1045,10 +1070,10 @@ TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
   h.RunUntilDone();
   const auto got = h.out.BySequence();
   for (size_t i = 0; i < cases.size(); ++i) {
-    for (uint64_t engine_id : {100 + i, 300 + i}) {
-      SCOPED_TRACE("sequence " + std::to_string(engine_id));
-      EXPECT_EQ(got.at(engine_id).tokens, got.at(engine_id + 100).tokens);
-      ExpectLogprobsNear(got.at(engine_id).logprobs, got.at(engine_id + 100).logprobs);
+    for (uint64_t id : {100 + i, 300 + i}) {
+      SCOPED_TRACE("sequence " + std::to_string(id));
+      EXPECT_EQ(got.at(id).tokens, got.at(id + 100).tokens);
+      ExpectLogprobsNear(got.at(id).logprobs, got.at(id + 100).logprobs);
     }
   }
   constexpr double kMarginTol = 1e-3;  // float32 engines agree to ~1e-5 on these logits

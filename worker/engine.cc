@@ -135,6 +135,7 @@ void Engine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) 
       const TokenPick pick = PickToken(cl.logits, next->params, next->step, next->allowed, next->adjust);
       cl.token = pick.token;
       cl.token_logprob = pick.logprob;
+      if (next->top_logprobs > 0) cl.top = TopTokens(cl.logits, next->top_logprobs);
       cl.logits.clear();
       cl.rows = 0;
     }

@@ -247,6 +247,24 @@ TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint
   return pick;
 }
 
+std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n) {
+  const size_t k = std::min<size_t>(n, logits.size());
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(), [&](int32_t a, int32_t b) {
+    const double la = Sanitized(logits[static_cast<size_t>(a)]), lb = Sanitized(logits[static_cast<size_t>(b)]);
+    return la > lb || (la == lb && a < b);
+  });
+  std::vector<TokenPick> out;
+  if (k == 0) return out;
+  const double max_logit = MaxLogit(logits);
+  const double log_sum = LogSumShiftedExp(logits, max_logit);
+  for (size_t i = 0; i < k; ++i) {
+    out.push_back({ids[i], LogProb(Sanitized(logits[static_cast<size_t>(ids[i])]), max_logit, log_sum)});
+  }
+  return out;
+}
+
 void LogSoftmax(std::span<const float> logits, std::span<float> out) {
   MOE_CHECK(out.size() == logits.size(), "LogSoftmax output size ", out.size(), " != ",
             logits.size());

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "common/logit_adjustment.h"
 #include "common/status.h"
@@ -52,6 +53,11 @@ struct TokenPick {
 };
 TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint64_t step,
                     std::span<const uint64_t> allowed = {}, std::span<const LogitAdjustment> adjust = {});
+
+// The top alternatives a client may ask for beside each token: the n tokens with the largest raw
+// logits (NaN as -inf; ties to the lower id; all of them when the row is shorter), in that order,
+// each with its LogSoftmax value. The GPU's sampling kernel computes the same (SampleRowParams::top_n).
+std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n);
 
 // Natural-log softmax of `logits` into `out` (same size), computed in double. NaN logits count
 // as -inf, like SampleToken; +inf logits share the whole mass; an all -inf row comes out uniform.

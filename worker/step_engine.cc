@@ -49,6 +49,10 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
                                                        allowed_words, " words, the vocabulary of ", c.vocab_size,
                                                        " ids needs ", TokenMask::WordsFor(c.vocab_size)));
       }
+      if (ch.sample_next->top_logprobs > kMaxTopLogprobs) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": top_logprobs ",
+                                                       ch.sample_next->top_logprobs, " above ", kMaxTopLogprobs));
+      }
       if (!ch.sample_next->adjust.empty()) adjusted.assign(static_cast<size_t>(TokenMask::WordsFor(c.vocab_size)), 0);
       for (const LogitAdjustment& a : ch.sample_next->adjust) {
         const uint64_t bit = uint64_t{1} << (a.id & 63);

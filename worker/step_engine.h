@@ -29,7 +29,10 @@ struct SampleNext {
   // Penalties: the logits changed before the pick (PickToken's `adjust`; ids in the vocabulary,
   // each at most once).
   std::vector<LogitAdjustment> adjust = {};
+  // Also return the row's top_logprobs most probable tokens (TopTokens; at most kMaxTopLogprobs).
+  uint32_t top_logprobs = 0;
 };
+inline constexpr uint32_t kMaxTopLogprobs = 20;
 
 // Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
 struct SequenceChunk {
@@ -49,6 +52,7 @@ struct ChunkLogits {
   std::vector<float> logits;   // [rows, vocab]
   int32_t token = -1;          // sample_next: the sampled next token
   float token_logprob = 0.f;   // sample_next: its log-probability
+  std::vector<TokenPick> top;  // sample_next with top_logprobs: TopTokens of the row
 };
 
 struct StepOutput {
@@ -93,7 +97,7 @@ absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, c
 // Checks a step's chunks against the config and the KV cache without changing anything: every
 // sequence known and at most once, tokens present and inside the vocabulary, sampling parameters
 // valid, an allowed-ids mask (if any) of the vocabulary's size, adjusted ids inside the vocabulary
-// and distinct, positions within
+// and distinct, at most kMaxTopLogprobs top logprobs, positions within
 // max_position_embeddings, enough free KV blocks for the whole step.
 absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
                                 const std::vector<SequenceChunk>& chunks);

@@ -59,7 +59,7 @@ std::string BenchUsage() {
          "client cancels it, as an answer that stops early: what a large max_tokens, or none in OpenAI's\n"
          "chat API, costs the server's KV admission). --repetition-penalty and --frequency-penalty set\n"
          "every request's (what penalised rows cost a step); --logprobs N asks every request for its\n"
-         "tokens' logprobs with N top alternatives (0-20; a rank then samples the row on the host).\n";
+         "tokens' logprobs with N top alternatives (0-20).\n";
 }
 
 absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {

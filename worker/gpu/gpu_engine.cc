@@ -13,6 +13,8 @@
 #include "worker/model/safetensors.h"
 #include "worker/sampler.h"
 
+static_assert(moe::kMaxTopLogprobs == moe::gpu::kMaxSampleTop, "SampleRows keeps room for every top alternative");
+
 namespace moe::gpu {
 namespace {
 
@@ -247,8 +249,8 @@ bool GpuEngine::Reserve(const StepShape& sh) {
     h_adjustments_.EnsureSize(room);  // not read by a graph
   }
   grew |= h_logits_.EnsureSize(static_cast<size_t>((sh.wanted - sh.picks) * c.vocab_size));
-  grew |= picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
-  grew |= h_picks_.EnsureSize(static_cast<size_t>(2 * sh.picks));
+  grew |= picks_.EnsureSize(static_cast<size_t>(2 * sh.picks * (1 + sh.top)));
+  grew |= h_picks_.EnsureSize(static_cast<size_t>(2 * sh.picks * (1 + sh.top)));
   grew |= moe_->Reserve(sh.rows());
   grew |= attn_partial_.EnsureSize(DecodeSplitFloats(sh.narrow, c.num_heads, c.head_dim, sh.decode_splits));
   if (attn_counters_.EnsureSize(static_cast<size_t>(sh.narrow * c.num_kv_heads))) {
@@ -279,6 +281,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     sh.wanted += WantedRows(ch, 0).rows;
     sh.picks += ch.sample_next ? 1 : 0;
     sh.allowed += ch.sample_next && !ch.sample_next->allowed.empty() ? 1 : 0;
+    if (ch.sample_next) sh.top = std::max<int64_t>(sh.top, ch.sample_next->top_logprobs);
     if (ch.sample_next && !ch.sample_next->adjust.empty()) {
       ++sh.adjusted;
       sh.adjust_entries += static_cast<int64_t>(ch.sample_next->adjust.size());
@@ -350,7 +353,8 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
         entries += n_adjust;
         adjusted_row = static_cast<int32_t>(ar++);
       }
-      pick_params[p++] = ToSampleRowParams(next->params, next->step, allowed_row, adjusted_row);
+      pick_params[p++] =
+          ToSampleRowParams(next->params, next->step, allowed_row, adjusted_row, static_cast<int32_t>(next->top_logprobs));
     } else {
       for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     }
@@ -427,8 +431,14 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   for (size_t ci = 0; ci < out.chunks.size(); ++ci) {
     ChunkLogits& cl = out.chunks[ci];
     if (chunks[ci].sample_next) {
-      cl.token = h_picks_.get()[p];
-      cl.token_logprob = std::bit_cast<float>(h_picks_.get()[sh.picks + p]);
+      const int32_t* picks = h_picks_.get();
+      cl.token = picks[p];
+      cl.token_logprob = std::bit_cast<float>(picks[sh.picks + p]);
+      const int64_t n_top = std::min<int64_t>(chunks[ci].sample_next->top_logprobs, V);
+      for (int64_t j = 0; j < n_top; ++j) {
+        cl.top.push_back({picks[2 * sh.picks + p * sh.top + j],
+                          std::bit_cast<float>(picks[2 * sh.picks + sh.picks * sh.top + p * sh.top + j])});
+      }
       cl.rows = 0;
       ++p;
       continue;
@@ -510,8 +520,9 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
     AdjustRows(logits_.get() + whole * V, V, d_adjust_rows, sh.adjusted, adjustments_.get(), adjusted_.get(), s);
     SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, sh.allowed > 0 ? d_allowed : nullptr,
                sh.adjusted > 0 ? adjusted_.get() : nullptr, picks_.get(),
-               reinterpret_cast<float*>(picks_.get() + sh.picks), s);
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * 2 * sh.picks,
+               reinterpret_cast<float*>(picks_.get() + sh.picks), s, picks_.get() + 2 * sh.picks,
+               reinterpret_cast<float*>(picks_.get() + 2 * sh.picks + sh.picks * sh.top), sh.top);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * 2 * sh.picks * (1 + sh.top),
                                    cudaMemcpyDeviceToHost, s));
   }
   if (count_experts) {

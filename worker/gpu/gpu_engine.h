@@ -161,6 +161,7 @@ class GpuEngine final : public StepEngine {
     int64_t allowed = 0;          // of those, the ones drawn under allowed-id bits (SampleNext::allowed)
     int64_t allowed_words = 0;    // 32-bit words of one row of those bits (AllowedRowWords)
     int64_t adjusted = 0;         // of the picks, the ones with penalties (SampleNext::adjust)
+    int64_t top = 0;              // the most top alternatives a pick asks for (each gets room for as many)
     // Their adjustments, all rows together: uploaded before the step's graph (adjustments_), so a
     // growing output changes no shape.
     int64_t adjust_entries = 0;
@@ -171,7 +172,7 @@ class GpuEngine final : public StepEngine {
     int decode_splits = 1;  // of the decode attention (a function of narrow and pitch)
     StepRows rows() const { return StepRows{T, peak, total}; }
     auto key() const {
-      return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks, allowed, adjusted};
+      return std::vector<int64_t>{T, S, pitch, wanted, narrow, wide, peak, total, picks, allowed, adjusted, top};
     }
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
@@ -220,7 +221,8 @@ class GpuEngine final : public StepEngine {
   DeviceBuffer<float> attn_partial_;
   DeviceBuffer<int32_t> attn_counters_;
   PinnedBuffer<float> h_logits_;
-  // The rows sampled on the device: tokens [picks], then their log-probabilities' bits [picks].
+  // The rows sampled on the device: tokens [picks], then their log-probabilities' bits [picks], then
+  // the top alternatives' ids [picks, top] and log-probabilities' bits [picks, top].
   DeviceBuffer<int32_t> picks_;
   PinnedBuffer<int32_t> h_picks_;
   // Rows routed to each expert of each layer in this step (local path), for the load statistics.

@@ -10,9 +10,9 @@
 namespace moe::gpu {
 
 // `allowed_row`: the row of the step's allowed-id bits this row draws under, `adjusted_row` the row
-// of its penalised copy it draws from; -1 for none.
+// of its penalised copy it draws from; -1 for none. `top_n`: the top alternatives it also returns.
 inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step, int32_t allowed_row = -1,
-                                         int32_t adjusted_row = -1) {
+                                         int32_t adjusted_row = -1, int32_t top_n = 0) {
   return SampleRowParams{p.temperature,
                          p.top_k,
                          p.top_p,
@@ -22,7 +22,8 @@ inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step,
                          static_cast<uint32_t>(step >> 32),
                          allowed_row,
                          p.min_p,
-                         adjusted_row};
+                         adjusted_row,
+                         top_n};
 }
 
 }  // namespace moe::gpu

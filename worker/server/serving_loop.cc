@@ -218,9 +218,10 @@ void ServingLoop::HandleInbox() {
 }
 
 std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool last) {
-  // Those need the whole row: scoring and top alternatives. Constraints go with the step: the ids
-  // they allow as a bit row, the penalties' changed logits as entries.
-  if (s.is_score() || s.assign.top_logprobs() > 0) return std::nullopt;
+  // Scoring wants whole rows. A generation's next token is the engine's pick, whatever it asks
+  // for: its constraints go with the step (the ids they allow as a bit row, the penalties' changed
+  // logits as entries), and so does the number of top alternatives.
+  if (s.is_score()) return std::nullopt;
   SampleNext next{s.sampling, static_cast<uint64_t>(s.generated.size())};
   if (!last) return next;  // a chunk short of the context's end: its pick is not used
   if (s.constrained()) {
@@ -229,24 +230,14 @@ std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool las
     next.allowed.assign(allowed.words().begin(), allowed.words().end());
   }
   if (s.penalties) next.adjust = s.penalties->Adjustments();
+  next.top_logprobs = s.assign.top_logprobs();
   return next;
 }
 
-void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits,
-                              const ChunkLogits& pick) {
+void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLogits& pick) {
   const ModelConfig& c = engine_.config();
   const moe::v1::Assign& a = s.assign;
-  moe::v1::WorkerMessage m;
-  moe::v1::Tokens* t = m.mutable_tokens();
-  t->set_seq_id(seq_id);
-  int32_t tok = pick.token;
-  float logprob = pick.token_logprob;
-  std::optional<TokenMask> allowed;  // the host's row: what its constraints allow
-  if (!logits.empty() && s.constrained()) {
-    allowed.emplace(static_cast<int64_t>(logits.size()));
-    s.none_allowed = !s.NextAllowed(*allowed);
-  }
-  if (s.json && s.none_allowed) {
+  if (s.json && s.none_allowed) {  // the engine's pick under a mask that allowed nothing
     if (s.json->Complete()) {  // closed, and nothing may follow (ignore_eos)
       Finish(seq_id, Finished::REASON_STOP);
     } else {
@@ -256,21 +247,20 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<cons
     }
     return;
   }
-  if (!logits.empty()) {
-    std::span<const float> sampled = logits;
-    if (allowed || s.penalties) {  // sampled from the adjusted row; the logprob stays the model's
-      adjusted_.assign(logits.begin(), logits.end());
-      if (s.penalties) s.penalties->Apply(adjusted_);
-      if (allowed) MaskLogits(allowed->words(), adjusted_);
-      sampled = adjusted_;
-    }
-    tok = SampleToken(sampled, s.sampling, static_cast<uint64_t>(s.generated.size()));
-    logprobs_.Compute(logits);
-    logprob = logprobs_.logprob(tok);
-  }
+  const int32_t tok = pick.token;
+  moe::v1::WorkerMessage m;
+  moe::v1::Tokens* t = m.mutable_tokens();
+  t->set_seq_id(seq_id);
   t->add_token_ids(tok);
-  t->add_logprobs(logprob);
-  if (!logits.empty() && a.top_logprobs() > 0) logprobs_.TopAlternatives(a.top_logprobs(), *t->add_top());
+  t->add_logprobs(pick.token_logprob);
+  if (a.top_logprobs() > 0) {
+    moe::v1::TopAlternatives* top = t->add_top();
+    for (const TokenPick& alt : pick.top) {
+      moe::v1::WorkerTopLogprob* w = top->add_alternatives();
+      w->set_token_id(alt.token);
+      w->set_logprob(alt.logprob);
+    }
+  }
   s.generated.push_back(tok);
   if (s.penalties) s.penalties->Add(tok);
   if (s.json) s.json->Add(tok);
@@ -314,13 +304,9 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
     }
     return;
   }
-  if (s.feed_remaining() > 0) return;  // a chunk short of the context's end: its logits are not needed
-  if (out.rows == 0) {
-    OnGenerated(seq_id, s, {}, out);  // the engine's pick
-  } else {
-    OnGenerated(seq_id, s, std::span<const float>(out.logits.data() + (out.rows - 1) * V, static_cast<size_t>(V)),
-                out);
-  }
+  if (s.feed_remaining() > 0) return;  // a chunk short of the context's end: its pick is not used
+  MOE_CHECK(out.rows == 0, "a generation's chunk returned logits instead of the engine's pick");
+  OnGenerated(seq_id, s, out);
 }
 
 void ServingLoop::StopAll() {

@@ -104,12 +104,11 @@ class ServingLoop {
   void Finish(uint64_t seq_id, moe::v1::Finished::Reason reason, const std::string& error = "");
   // After a step: the outputs of one sequence's chunk of `tokens` tokens.
   void OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out);
-  // A generated token: from the logits row (sampled here; the top alternatives when asked), or
-  // the engine's pick when the row stayed on the engine's side (logits empty).
-  void OnGenerated(uint64_t seq_id, ServedSequence& s, std::span<const float> logits, const ChunkLogits& pick);
-  // What the engine samples for a chunk of `s` (SequenceChunk::sample_next): its next token, unless
-  // the request needs the whole row (scoring, top alternatives). The `last` chunk of its context
-  // carries its constraints' allowed ids (and sets s.none_allowed) and its penalties' adjustments.
+  // A generated token: the engine's pick (with the top alternatives when asked).
+  void OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLogits& pick);
+  // What the engine samples for a chunk of `s` (SequenceChunk::sample_next): a generation's next
+  // token (scoring wants whole rows). The `last` chunk of its context carries its constraints'
+  // allowed ids (and sets s.none_allowed), its penalties' adjustments and its top_logprobs.
   std::optional<SampleNext> EngineSamples(ServedSequence& s, bool last);
   void SendHeartbeat();
   void StopAll();
@@ -124,8 +123,7 @@ class ServingLoop {
   static constexpr size_t kMaxSchemas = 64;
   std::map<std::string, std::shared_ptr<JsonMaskCache>> json_masks_;
   std::map<uint64_t, ServedSequence> seqs_;
-  TokenLogprobs logprobs_;
-  std::vector<float> adjusted_;  // a logits row after a sequence's penalties
+  TokenLogprobs logprobs_;  // scoring's
 
   StopReason local_stop_ = StopReason::kNone;
   StopReason stop_ = StopReason::kNone;
