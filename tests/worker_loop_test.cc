@@ -548,6 +548,42 @@ TEST_F(WorkerLoopTest, JsonObjectTokensAreTheArgmaxOverTokensThatKeepAnObject) {
   EXPECT_NE(got[1].finished->error().find("json_object"), std::string::npos) << got[1].finished->error();
 }
 
+// With ignore_eos (no end id) a closed object may be followed only by whitespace, up to its bound;
+// then the grammar allows nothing, and the engine's pick under that empty mask is not sent: the
+// request ends with REASON_STOP, its text an object and whitespace.
+TEST_F(WorkerLoopTest, JsonObjectWithoutEndIdsStopsWhenItsTrailingWhitespaceIsSpent) {
+  const std::vector<std::string> texts = TinyJsonVocabulary();
+  ServingLoopOptions lo;
+  lo.vocabulary = std::make_shared<const TokenTextTrie>(texts);
+  LoopHarness h({}, lo);
+  const uint32_t kMax = 120;
+  for (uint64_t p = 0; p < 4; ++p) {
+    Assign a = Greedy(p + 1, Prompt(p), kMax);
+    a.set_json_object(true);
+    a.set_ignore_eos(true);
+    h.Push(a);
+  }
+  h.RunUntilDone();
+  int stopped = 0;
+  for (const auto& [id, s] : h.out.BySequence()) {
+    ASSERT_TRUE(s.finished.has_value()) << "sequence " << id;
+    if (s.finished->reason() != Finished::REASON_STOP) {
+      EXPECT_EQ(s.finished->reason(), Finished::REASON_LENGTH) << s.finished->error();
+      continue;
+    }
+    ++stopped;
+    std::string text;
+    for (int32_t t : s.tokens) text += texts[static_cast<size_t>(t)];
+    const size_t end = text.find_last_not_of(" \n");
+    ASSERT_NE(end, std::string::npos);
+    EXPECT_LT(end + 1, text.size()) << "no whitespace after the object: " << text;
+    EXPECT_TRUE(nlohmann::json::accept(text.substr(0, end + 1)) && nlohmann::json::parse(text.substr(0, end + 1)).is_object())
+        << text;
+    EXPECT_LT(s.tokens.size(), kMax);
+  }
+  EXPECT_GE(stopped, 1) << "no request closed its object within " << kMax << " tokens";
+}
+
 // A long prompt fed in 16-token chunks (over 9 steps) gives the same tokens; so does a mix of
 // chunked prefills and decodes sharing the budget.
 TEST_F(WorkerLoopTest, MaxBatchTokensChunkingGivesTheSameTokens) {
