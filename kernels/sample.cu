@@ -415,8 +415,8 @@ __global__ void __launch_bounds__(kAdjustThreads) AdjustRowsKernel(const float* 
 void AdjustRows(const float* logits, int64_t V, const int32_t* adjust_rows, int64_t rows,
                 const LogitAdjustment* entries, float* adjusted, cudaStream_t s) {
   if (rows == 0) return;
-  Launch(AdjustRowsKernel, static_cast<unsigned>(rows), kAdjustThreads, 0, s, logits, static_cast<int>(V), adjust_rows, entries,
-         adjusted);
+  Launch(AdjustRowsKernel, static_cast<unsigned>(rows), kAdjustThreads, 0, s, logits, static_cast<int>(V), adjust_rows,
+         entries, adjusted);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -416,8 +416,8 @@ TEST_F(GpuGoldenTest, CudaGraphDecodeEqualsDirectLaunches) {
 }
 
 // Chunks that want only their next token get the pick (greedy or sampled, with and without allowed
-// ids and penalties, with and without top alternatives) of the logits they would have had, next to chunks that get their logits, in prefill and in
-// graph-replayed decode steps.
+// ids and penalties, with and without top alternatives) of the logits they would have had, next to
+// chunks that get their logits, in prefill and in graph-replayed decode steps.
 TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   auto e = LoadGpu(kGoldenDir);
   // Sequences 1-3 return logits; 11-13 are the same sequences returning picks (batch-invariant
@@ -480,7 +480,8 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
       ASSERT_EQ(picked.chunks[i].top.size(), want_top.size()) << "step " << step << " chunk " << i;
       for (size_t j = 0; j < want_top.size(); ++j) {
         EXPECT_EQ(picked.chunks[i].top[j].token, want_top[j].token) << "step " << step << " chunk " << i << " top " << j;
-        EXPECT_NEAR(picked.chunks[i].top[j].logprob, want_top[j].logprob, 1e-6 * std::max(1.f, std::fabs(want_top[j].logprob)));
+        EXPECT_NEAR(picked.chunks[i].top[j].logprob, want_top[j].logprob,
+                    1e-6 * std::max(1.f, std::fabs(want_top[j].logprob)));
       }
       EXPECT_EQ(picked.chunks[i].token, want.token) << "step " << step << " chunk " << i;
       EXPECT_NEAR(picked.chunks[i].token_logprob, want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob)));

@@ -795,7 +795,9 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     // Penalties (LogitAdjustment, one entry per id): a large bias on a few ids (the pick moves to
     // them), the repetition penalty alone on many, and every kind at once on a mix.
     std::vector<std::vector<LogitAdjustment>> adjust(3);
-    for (int64_t i = 0; i < V; i += std::max<int64_t>(1, V / 7)) adjust[0].push_back({.id = static_cast<int32_t>(i), .bias = 30.f});
+    for (int64_t i = 0; i < V; i += std::max<int64_t>(1, V / 7)) {
+      adjust[0].push_back({.id = static_cast<int32_t>(i), .bias = 30.f});
+    }
     for (int64_t i = 1; i < V; i += 3) adjust[1].push_back({.id = static_cast<int32_t>(i), .repetition = 1.7f});
     for (int64_t i = 0; i < V; i += std::max<int64_t>(1, V / 300)) {
       adjust[2].push_back({.id = static_cast<int32_t>(i), .bias = (i % 5) - 2.f, .repetition = i % 2 ? 1.3f : 1.f,

@@ -149,7 +149,9 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
       {"--frequency-penalty",
        [&](const std::string& flag, const std::string& v) -> absl::Status {
          double f = 0;
-         if (!absl::SimpleAtod(v, &f) || !(f >= -2 && f <= 2)) return FlagError(flag, "expected a number in [-2, 2], got '" + v + "'");
+         if (!absl::SimpleAtod(v, &f) || !(f >= -2 && f <= 2)) {
+           return FlagError(flag, "expected a number in [-2, 2], got '" + v + "'");
+         }
          a.frequency_penalty = static_cast<float>(f);
          return absl::OkStatus();
        }},
