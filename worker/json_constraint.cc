@@ -1,7 +1,6 @@
 #include "worker/json_constraint.h"
 
 #include <algorithm>
-#include <limits>
 #include <map>
 #include <utility>
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 #include "worker/token_mask.h"
@@ -250,7 +251,7 @@ TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint
 std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n) {
   const size_t k = std::min<size_t>(n, logits.size());
   std::vector<int32_t> ids(logits.size());
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::iota(ids.begin(), ids.end(), 0);
   std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(), [&](int32_t a, int32_t b) {
     const double la = Sanitized(logits[static_cast<size_t>(a)]), lb = Sanitized(logits[static_cast<size_t>(b)]);
     return la > lb || (la == lb && a < b);
