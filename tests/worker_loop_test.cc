@@ -707,6 +707,71 @@ TEST_F(WorkerLoopTest, PreemptedSequencesGiveTheSameOutputs) {
   }
 }
 
+// A generation resumed with the tokens it had produced on a lost worker job (Assign.resume_tokens)
+// sends only the tokens after them, and they are what it would have sent uninterrupted: the golden
+// greedy tokens, the same seeded draws (its step numbers go on), logprobs within the last bits. One
+// that had already ended (only its Finished was lost) ends at once with the same reason.
+TEST_F(WorkerLoopTest, ResumedGenerationsGoOnAsIfNeverInterrupted) {
+  auto ref = LoadLocalEngine(kGoldenDir);
+  GenerateRequest req;
+  req.prompt = Prompt(1);
+  req.max_tokens = 20;
+  req.sampling = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = 77};
+  const GenerateResult want_sampled = GenerateAll(**ref, {req}).value()[0];
+  const std::vector<int32_t> g0 = Greedy24(0), g1 = Greedy24(1);
+
+  LoopHarness h;
+  Assign plain = Greedy(1, Prompt(1), 24);
+  h.Push(plain);  // uninterrupted, for the logprobs
+  auto resumed = [](Assign a, uint64_t id, const std::vector<int32_t>& tokens, size_t k) {
+    a.set_seq_id(id);
+    a.mutable_resume_tokens()->Add(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(k));
+    return a;
+  };
+  h.Push(resumed(plain, 2, g1, 7));
+  h.Push(resumed(Greedy(3, Prompt(0), 24), 3, g0, 1));
+  h.Push(resumed(plain, 4, g1, 23));
+  Assign sampled = Greedy(5, Prompt(1), 20);
+  sampled.set_temperature(0.9f);
+  sampled.set_top_k(50);
+  sampled.set_top_p(0.95f);
+  sampled.set_seed(77);
+  h.Push(resumed(sampled, 5, want_sampled.tokens, 9));
+  h.Push(resumed(plain, 6, g1, 24));  // every token: it had ended at max_tokens
+  Assign stop = Greedy(7, Prompt(1), 24);
+  stop.add_stop_token_ids(g1[5]);
+  const size_t first_stop = static_cast<size_t>(std::find(g1.begin(), g1.end(), g1[5]) - g1.begin());
+  h.Push(resumed(stop, 7, g1, first_stop + 1));  // it had ended on its stop token
+  Assign bad = resumed(plain, 8, g1, 3);
+  bad.set_resume_tokens(1, (*h.engine)->config().vocab_size);
+  h.Push(bad);
+  h.Push(resumed(Score(10, Prompt(1)), 10, g1, 2));
+  Assign too_many = resumed(Greedy(11, Prompt(1), 4), 11, g1, 5);
+  h.Push(too_many);
+  h.RunUntilDone();
+
+  auto seqs = h.out.BySequence();
+  ASSERT_EQ(seqs[1].tokens, g1);
+  auto tail = [](const std::vector<int32_t>& v, size_t k) { return std::vector<int32_t>(v.begin() + k, v.end()); };
+  EXPECT_EQ(seqs[2].tokens, tail(g1, 7));
+  EXPECT_EQ(seqs[3].tokens, tail(g0, 1));
+  EXPECT_EQ(seqs[4].tokens, tail(g1, 23));
+  for (uint64_t id : {2, 3, 4}) EXPECT_EQ(seqs[id].finished->reason(), Finished::REASON_LENGTH) << id;
+  ExpectLogprobsNear(seqs[2].logprobs, std::vector<float>(seqs[1].logprobs.begin() + 7, seqs[1].logprobs.end()));
+  EXPECT_EQ(seqs[5].tokens, tail(want_sampled.tokens, 9));
+  EXPECT_TRUE(seqs[6].tokens.empty());
+  EXPECT_EQ(seqs[6].finished->reason(), Finished::REASON_LENGTH);
+  EXPECT_TRUE(seqs[7].tokens.empty());
+  EXPECT_EQ(seqs[7].finished->reason(), Finished::REASON_STOP);
+  for (uint64_t id : {8, 10, 11}) {
+    ASSERT_TRUE(seqs[id].finished.has_value()) << id;
+    EXPECT_EQ(seqs[id].finished->reason(), Finished::REASON_ERROR) << id;
+    EXPECT_NE(seqs[id].finished->error().find("resume_tokens"), std::string::npos) << seqs[id].finished->error();
+    EXPECT_TRUE(seqs[id].tokens.empty()) << id;
+  }
+  EXPECT_EQ((*h.engine)->kv_cache().used_blocks(), 0);
+}
+
 // allowed_token_ids (vLLM's): every greedy token is the argmax over the allowed ids of the float64
 // reference's logits, its logprob still the model's over the whole vocabulary; the unconstrained
 // greedy continuation is not what comes out.
@@ -1102,6 +1167,12 @@ TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
     sampled.set_seq_id(400 + i);
     sampled.set_top_logprobs(1);
     h.Push(sampled);
+    // Resumed half way (from a lost worker job): its penalties' counts and min_tokens go on.
+    Assign resumed = a;
+    resumed.set_seq_id(500 + i);
+    const std::vector<int32_t> want = c["tokens"];
+    resumed.mutable_resume_tokens()->Add(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(want.size() / 2));
+    h.Push(resumed);
   }
   h.RunUntilDone();
   const auto got = h.out.BySequence();
@@ -1124,6 +1195,8 @@ TEST(WorkerLoopPenaltiesTest, GreedyTokensEqualTransformersUnderEachPenalty) {
     while (n < margins.size() && margins[n] >= kMarginTol) ++n;
     ASSERT_EQ(n, want.size()) << what << ": a reference margin below " << kMarginTol;
     EXPECT_EQ(s.tokens, want) << what;
+    EXPECT_EQ(got.at(500 + i).tokens, std::vector<int32_t>(want.begin() + static_cast<std::ptrdiff_t>(want.size() / 2), want.end()))
+        << what << ", resumed half way";
     compared += static_cast<int64_t>(n);
     ASSERT_TRUE(s.finished.has_value()) << what;
     if (want.size() < max_tokens) {

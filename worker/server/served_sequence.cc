@@ -30,6 +30,26 @@ bool ServedSequence::NextAllowed(TokenMask& allowed) {
   return allowed.any();
 }
 
+void ServedSequence::Accept(int32_t token) {
+  generated.push_back(token);
+  if (penalties) penalties->Add(token);
+  if (json) json->Add(token);
+}
+
+std::optional<moe::v1::Finished::Reason> ServedSequence::EndReason(const ModelConfig& c) const {
+  if (generated.empty()) return std::nullopt;
+  const int32_t tok = generated.back();
+  const bool eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
+  const bool stop_token =
+      std::find(assign.stop_token_ids().begin(), assign.stop_token_ids().end(), tok) != assign.stop_token_ids().end();
+  if ((eos && !assign.ignore_eos()) || stop_token) return moe::v1::Finished::REASON_STOP;
+  if (static_cast<int64_t>(generated.size()) >= static_cast<int64_t>(assign.max_tokens()) ||
+      context_size() > c.max_position_embeddings) {
+    return moe::v1::Finished::REASON_LENGTH;
+  }
+  return std::nullopt;
+}
+
 int64_t WorstCasePositions(const moe::v1::Assign& a, const ModelConfig& c) {
   const int64_t prompt = a.prompt_size();
   if (a.kind() == moe::v1::Assign::KIND_SCORE) return prompt;
@@ -84,6 +104,19 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
   if (a.kind() == moe::v1::Assign::KIND_GENERATE) {
     MOE_RETURN_IF_ERROR(SamplingOf(a).Validate());
     MOE_RETURN_IF_ERROR(PenaltiesOf(a).Validate(c.vocab_size));
+  } else if (a.resume_tokens_size() > 0) {
+    return absl::InvalidArgumentError("resume_tokens: only a generation resumes");
+  }
+  if (static_cast<int64_t>(a.resume_tokens_size()) > static_cast<int64_t>(a.max_tokens())) {
+    return absl::InvalidArgumentError(absl::StrCat("resume_tokens: ", a.resume_tokens_size(),
+                                                   " tokens, more than max_tokens ", a.max_tokens()));
+  }
+  for (int i = 0; i < a.resume_tokens_size(); ++i) {
+    const int32_t id = a.resume_tokens(i);
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("resume_tokens: token id ", id, " at index ", i,
+                                                     " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
   }
   return absl::OkStatus();
 }

@@ -50,6 +50,12 @@ struct ServedSequence {
   // Narrows `allowed` (the model's vocabulary) to the ids its next token may be: its JSON
   // constraint's, less the ids its penalties ban. False when it leaves none.
   bool NextAllowed(TokenMask& allowed);
+  // Appends a generated token: to its output, its penalties' counts and its constraint's state.
+  void Accept(int32_t token);
+  // Whether its output ends with its last generated token: REASON_STOP for an end id (an EOS unless
+  // ignore_eos, or a stop token id), REASON_LENGTH at max_tokens or once its context passes the
+  // model's (the last token is never fed back); nullopt to go on.
+  std::optional<moe::v1::Finished::Reason> EndReason(const ModelConfig& c) const;
 };
 
 // The most token positions a sequence can occupy: prompt + max_tokens, capped at the context

@@ -13,10 +13,6 @@ namespace {
 
 using moe::v1::Finished;
 
-bool IsEos(const ModelConfig& c, int32_t tok) {
-  return std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
-}
-
 // The engine keys sequences by int64; the coordinator's uint64 ids map one to one.
 int64_t EngineId(uint64_t seq_id) { return static_cast<int64_t>(seq_id); }
 
@@ -113,8 +109,15 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
       s.json.emplace(*s.json_masks, EndIds(a, c));
     }
   }
+  // A generation resumed from a lost worker job: its tokens so far, then its context computed as
+  // a preempted sequence's is (its step numbers go on from there, so a seed draws as before).
+  for (const int32_t tok : a.resume_tokens()) s.Accept(tok);
+  if (const std::optional<Finished::Reason> end = s.EndReason(c)) {
+    Finish(id, *end);  // it had ended; only its Finished was lost
+    return;
+  }
   s.scored.set_seq_id(id);
-  planner_.Enqueue(id, worst, s.prompt_size(), a.priority());
+  planner_.Enqueue(id, worst, s.context_size(), a.priority());
 }
 
 absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const moe::v1::Assign& a) {
@@ -235,7 +238,6 @@ std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool las
 }
 
 void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLogits& pick) {
-  const ModelConfig& c = engine_.config();
   const moe::v1::Assign& a = s.assign;
   if (s.json && s.none_allowed) {  // the engine's pick under a mask that allowed nothing
     if (s.json->Complete()) {  // closed, and nothing may follow (ignore_eos)
@@ -261,19 +263,10 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLog
       w->set_logprob(alt.logprob);
     }
   }
-  s.generated.push_back(tok);
-  if (s.penalties) s.penalties->Add(tok);
-  if (s.json) s.json->Add(tok);
+  s.Accept(tok);
   outbox_.Send(std::move(m));
-
   // The same stopping rule as GenerateAll, plus stop token ids.
-  const bool stop_token = std::find(a.stop_token_ids().begin(), a.stop_token_ids().end(), tok) != a.stop_token_ids().end();
-  if ((!a.ignore_eos() && IsEos(c, tok)) || stop_token) {
-    Finish(seq_id, Finished::REASON_STOP);
-  } else if (static_cast<int64_t>(s.generated.size()) >= static_cast<int64_t>(a.max_tokens()) ||
-             engine_.SequenceLength(EngineId(seq_id)) + 1 > c.max_position_embeddings) {
-    Finish(seq_id, Finished::REASON_LENGTH);
-  }
+  if (const std::optional<Finished::Reason> end = s.EndReason(engine_.config())) Finish(seq_id, *end);
 }
 
 void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out) {
