@@ -1,5 +1,6 @@
 #include "coordinator/cluster_state.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -123,9 +124,60 @@ void ClusterState::FailAllLocked(const absl::Status& why) {
     if (e.mailbox) e.mailbox->Post({id, {}, why});
   }
   seqs_.clear();
+  held_ = 0;
   scheduler_.Reset(world_size());
   PublishLocked();
   cv_.notify_all();
+}
+
+void ClusterState::HoldAllLocked(const std::string& reason) {
+  if (setup_.resume_timeout.count() <= 0) {
+    FailAllLocked(absl::UnavailableError(reason));
+    return;
+  }
+  for (auto it = seqs_.begin(); it != seqs_.end();) {
+    SeqEntry& e = it->second;
+    if (!e.mailbox) {  // cancelled: nobody waits for it
+      it = seqs_.erase(it);
+      continue;
+    }
+    if (!e.held) {
+      e.held = true;
+      e.rank = -1;
+      ++held_;
+    }
+    ++it;
+  }
+  // A loss while sequences were already held (the new job failed too) keeps the first deadline.
+  if (held_ > 0 && held_reason_.empty()) {
+    held_since_ = Clock::now();
+    held_reason_ = reason;
+    std::fprintf(stderr, "moe-coordinator: holding %lld sequences for up to %.0f s (--resume-timeout-s)\n",
+                 static_cast<long long>(held_), setup_.resume_timeout.count());
+  }
+  scheduler_.Reset(world_size());
+  PublishLocked();
+  cv_.notify_all();
+}
+
+void ClusterState::ResumeHeldLocked() {
+  if (held_ == 0) return;
+  std::vector<uint64_t> ids;
+  for (const auto& [id, e] : seqs_) {
+    if (e.held) ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());  // in arrival order
+  std::vector<SequenceDemand> demands;
+  for (uint64_t id : ids) {
+    SeqEntry& e = seqs_.at(id);
+    e.held = false;
+    e.assign.mutable_resume_tokens()->Assign(e.generated.begin(), e.generated.end());
+    demands.push_back({id, e.reserve_positions, e.keys, e.assign.priority()});
+  }
+  scheduler_.Readmit(demands);
+  std::fprintf(stderr, "moe-coordinator: resuming %zu sequences held since %s\n", ids.size(), held_reason_.c_str());
+  held_ = 0;
+  held_reason_.clear();
 }
 
 void ClusterState::BreakLocked(const std::string& reason) {
@@ -133,7 +185,7 @@ void ClusterState::BreakLocked(const std::string& reason) {
   std::fprintf(stderr, "moe-coordinator: %s\n", reason.c_str());
   phase_ = Phase::kBroken;
   broken_reason_ = reason;
-  FailAllLocked(absl::UnavailableError(reason));
+  HoldAllLocked(reason);
   for (RankRecord& r : ranks_) {
     if (r.alive && r.link) r.link->Send(ShutdownMessage());
   }
@@ -228,6 +280,8 @@ absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded,
     // Silence while other ranks were still loading does not count against anyone.
     for (RankRecord& x : ranks_) x.last_seen = Clock::now();
     std::fprintf(stderr, "moe-coordinator: all %d ranks loaded, serving\n", world_size());
+    ResumeHeldLocked();
+    DispatchLocked();
   }
   PublishLocked();
   UpdateServingLocked();
@@ -267,6 +321,7 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
     case v1::WorkerMessage::kTokens:
       if (SeqEntry* e = find_own(m.tokens().seq_id())) {
         if (!e->tokens.empty()) e->tokens.insert(e->tokens.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
+        e->generated.insert(e->generated.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
         if (e->mailbox) e->mailbox->Post({m.tokens().seq_id(), m, {}});
       }
       break;
@@ -310,6 +365,11 @@ void ClusterState::OnStreamClosed(const StreamBinding& b) {
 
 void ClusterState::CheckLiveness(Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (held_ > 0 && now - held_since_ > setup_.resume_timeout) {
+    FailAllLocked(absl::UnavailableError(absl::StrCat(held_reason_, "; no worker job served again within ",
+                                                      setup_.resume_timeout.count(), " s (--resume-timeout-s)")));
+    held_reason_.clear();
+  }
   if (phase_ != Phase::kServing || draining_) return;
   for (int rank = 0; rank < world_size(); ++rank) {
     const RankRecord& r = ranks_[rank];
@@ -327,9 +387,8 @@ void ClusterState::DispatchLocked() {
     SeqEntry& e = seqs_.at(p.seq_id);
     e.rank = p.rank;
     v1::CoordinatorMessage m;
-    *m.mutable_assign() = std::move(e.assign);
+    *m.mutable_assign() = e.assign;
     m.mutable_assign()->set_seq_id(p.seq_id);
-    e.assign.Clear();
     if (const auto& link = ranks_[p.rank].link) link->Send(std::move(m));
   }
 }
@@ -355,7 +414,12 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
   MOE_RETURN_IF_ERROR(scheduler_.Enqueue(demands));
   next_seq_id_ += seqs.size();
   for (size_t i = 0; i < seqs.size(); ++i) {
-    seqs_[ids[i]] = SeqEntry{mailbox, std::move(seqs[i].assign), -1, std::move(prompts[i]), demands[i].prefix_keys};
+    SeqEntry& e = seqs_[ids[i]];
+    e.mailbox = mailbox;
+    e.assign = std::move(seqs[i].assign);
+    e.reserve_positions = seqs[i].reserve_positions;
+    e.tokens = std::move(prompts[i]);
+    e.keys = demands[i].prefix_keys;
   }
   DispatchLocked();
   PublishLocked();
@@ -368,6 +432,7 @@ void ClusterState::Cancel(uint64_t seq_id) {
   if (it == seqs_.end()) return;
   SeqEntry& e = it->second;
   if (e.rank < 0) {
+    if (e.held && --held_ == 0) held_reason_.clear();
     scheduler_.RemoveWaiting(seq_id);
     seqs_.erase(it);
     PublishLocked();

@@ -4,11 +4,14 @@
 //   forming  -- every rank Registers; the calls return together once all world_size have --
 //   loading  -- each rank opens its Serve stream and sends Loaded --
 //   serving  -- requests are admitted and dispatched --
-//   broken   -- a rank was lost (stream closed, or silent for the heartbeat timeout): every
-//               sequence in flight fails with UNAVAILABLE, the surviving ranks get Shutdown (an
-//               MPI job cannot continue without one of its ranks), and the next Register starts
-//               a new epoch, so a restarted worker job is picked up without restarting the
-//               coordinator.
+//   broken   -- a rank was lost (stream closed, or silent for the heartbeat timeout): the
+//               surviving ranks get Shutdown (an MPI job cannot continue without one of its
+//               ranks), and the next Register starts a new epoch, so a restarted worker job is
+//               picked up without restarting the coordinator. The sequences in flight fail with
+//               UNAVAILABLE, or with a resume timeout they are held: once a new job serves within
+//               it they are queued again ahead of anything new, each generation with the tokens
+//               it had streamed (Assign.resume_tokens), so its client's stream goes on where it
+//               stopped; at the timeout they fail.
 // Draining (shutdown) overrides all of these: nothing new is admitted.
 //
 // Sequences: Submit() queues them in the Scheduler and dispatches Assigns to ranks; the worker's
@@ -44,6 +47,9 @@ struct ClusterSetup {
   PlacementPlan plan;  // its world_size is the job's
   SchedulerLimits limits;
   std::chrono::duration<double> heartbeat_timeout{10.0};
+  // How long sequences in flight when a rank is lost wait for a new worker job to serve them
+  // (--resume-timeout-s); 0: they fail at once.
+  std::chrono::duration<double> resume_timeout{0.0};
   std::vector<std::string> token_texts = {};  // TextCodec::TokenTexts, sent at registration; empty without a tokenizer
 };
 
@@ -97,7 +103,8 @@ class ClusterState {
   absl::StatusOr<StreamBinding> BindStream(const v1::Loaded& loaded, std::shared_ptr<WorkerLink> link);
   void OnWorkerMessage(const StreamBinding& binding, const v1::WorkerMessage& message);
   void OnStreamClosed(const StreamBinding& binding);
-  // Declares ranks lost that said nothing for the heartbeat timeout (while serving).
+  // Declares ranks lost that said nothing for the heartbeat timeout (while serving); fails the
+  // sequences held since a loss once the resume timeout has passed.
   void CheckLiveness(Clock::time_point now);
 
   // --- the Inference service ---
@@ -155,8 +162,11 @@ class ClusterState {
 
   struct SeqEntry {
     std::shared_ptr<Mailbox> mailbox;  // null once the request stopped listening
-    v1::Assign assign;                 // kept until dispatched
-    int rank = -1;                     // -1: waiting in the queue
+    v1::Assign assign;                 // as submitted (sent again should its worker job be lost)
+    int rank = -1;                     // -1: waiting in the queue, or held
+    int64_t reserve_positions = 0;
+    bool held = false;                 // its worker job was lost; it waits for the next one
+    std::vector<int32_t> generated;    // tokens it has streamed (generation)
     // With prefix affinity, a generation's prompt and then its tokens as they come: on Finished,
     // what its rank now holds cached (Scheduler::NoteCached); `keys` are the prompt's PrefixKeys,
     // extended then over the answer.
@@ -172,6 +182,10 @@ class ClusterState {
   void StartEpochLocked();
   void BreakLocked(const std::string& reason);
   void FailAllLocked(const absl::Status& why);
+  // The sequences in flight wait for the next worker job (held), or fail without a resume timeout.
+  void HoldAllLocked(const std::string& reason);
+  // Queues the held sequences again, ahead of anything new, generations with their tokens so far.
+  void ResumeHeldLocked();
   void DispatchLocked();
   void PublishLocked();
   absl::Status CheckModelDir(const std::string& worker_dir) const;
@@ -189,6 +203,9 @@ class ClusterState {
   uint64_t epoch_ = 1;
   uint64_t next_registration_ = 1;
   std::string broken_reason_;
+  int64_t held_ = 0;  // sequences held since a loss
+  Clock::time_point held_since_;
+  std::string held_reason_;
   std::vector<RankRecord> ranks_;
   Scheduler scheduler_;
   std::unordered_map<uint64_t, SeqEntry> seqs_;

@@ -22,10 +22,12 @@ absl::StatusOr<int64_t> ParseInt(const std::string& flag, const std::string& v, 
   return x;
 }
 
-absl::StatusOr<double> ParsePositive(const std::string& flag, const std::string& v) {
+absl::StatusOr<double> ParseSeconds(const std::string& flag, const std::string& v, bool zero_ok) {
   double x = 0;
   if (!absl::SimpleAtod(v, &x) || !std::isfinite(x)) return FlagError(flag, absl::StrCat("not a number: '", v, "'"));
-  if (x <= 0) return FlagError(flag, absl::StrCat("must be positive, got ", v));
+  if (x < 0 || (x == 0 && !zero_ok)) {
+    return FlagError(flag, absl::StrCat(zero_ok ? "must not be negative" : "must be positive", ", got ", v));
+  }
   return x;
 }
 
@@ -51,7 +53,7 @@ std::string CoordinatorUsage() {
          "         [--cluster-listen 127.0.0.1:50052] [--metrics-listen 127.0.0.1:9400 | none]\n"
          "         [--ports-file FILE] [--max-waiting 256] [--max-running-per-rank 64]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
-         "         [--scheduling-policy fcfs|priority]\n"
+         "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
          "When every worker caches prompt prefixes (moe-worker --enable-prefix-caching), a generation goes\n"
          "to the rank that holds the longest start of its prompt, unless that rank reserves more than\n"
@@ -59,7 +61,10 @@ std::string CoordinatorUsage() {
          "--max-model-len N: a request's prompt + max_tokens (a scoring window) may take at most N positions,\n"
          "at most the model's max_position_embeddings (as vLLM's); GetModelInfo's max_context says N.\n"
          "--scheduling-policy priority (vLLM's): requests with a lower GenerateRequest.priority wait less, are\n"
-         "admitted to a rank's KV cache first and preempted last; fcfs (the default) refuses priorities other than 0.\n";
+         "admitted to a rank's KV cache first and preempted last; fcfs (the default) refuses priorities other than 0.\n"
+         "--resume-timeout-s S: when a worker rank is lost, the requests in flight wait up to S seconds for a new\n"
+         "worker job (e.g. deploy/launch-cluster.sh --restart-workers) and go on there where their streams stopped;\n"
+         "0 (the default): they fail at once with UNAVAILABLE.\n";
 }
 
 absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
@@ -125,7 +130,12 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
        }},
       {"--heartbeat-timeout-s",
        [&](const std::string& v) -> absl::Status {
-         MOE_ASSIGN_OR_RETURN(o.heartbeat_timeout_s, ParsePositive("--heartbeat-timeout-s", v));
+         MOE_ASSIGN_OR_RETURN(o.heartbeat_timeout_s, ParseSeconds("--heartbeat-timeout-s", v, false));
+         return absl::OkStatus();
+       }},
+      {"--resume-timeout-s",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(o.resume_timeout_s, ParseSeconds("--resume-timeout-s", v, true));
          return absl::OkStatus();
        }},
   };

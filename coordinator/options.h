@@ -22,6 +22,8 @@ struct CoordinatorOptions {
   int64_t max_model_len = 0;  // positions a request may use (vLLM's --max-model-len); 0: the model's context
   bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's); fcfs otherwise
   double heartbeat_timeout_s = 10.0;
+  // How long requests in flight when a rank is lost wait for a new worker job; 0: they fail at once.
+  double resume_timeout_s = 0.0;
   // Shutdown: how long in-flight requests may take to finish before they are cancelled.
   double drain_timeout_s = 3.0;
 };

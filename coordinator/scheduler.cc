@@ -12,12 +12,16 @@ absl::Status Scheduler::Enqueue(const std::vector<SequenceDemand>& seqs) {
   if (waiting() + static_cast<int64_t>(seqs.size()) > limits_.max_waiting) {
     return absl::ResourceExhaustedError(absl::StrCat("queue full (", waiting(), " waiting)"));
   }
+  Readmit(seqs);
+  return absl::OkStatus();
+}
+
+void Scheduler::Readmit(const std::vector<SequenceDemand>& seqs) {
   for (const SequenceDemand& d : seqs) {
     const auto after = std::upper_bound(waiting_.begin(), waiting_.end(), d.priority,
                                         [](int32_t p, const SequenceDemand& w) { return p < w.priority; });
     waiting_.insert(after, d);
   }
-  return absl::OkStatus();
 }
 
 std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens) {

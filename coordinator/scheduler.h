@@ -65,6 +65,9 @@ class Scheduler {
   // admitted. The queue is ordered by priority, then arrival: each goes after those of its priority
   // or a lower one (a FIFO when every priority is 0).
   absl::Status Enqueue(const std::vector<SequenceDemand>& seqs);
+  // Adds sequences admitted before (held through a lost worker job) whatever the queue's bound:
+  // they were within it when they came.
+  void Readmit(const std::vector<SequenceDemand>& seqs);
 
   // Moves waiting sequences, in queue order, onto ranks with free slots; returns the placements made.
   std::vector<SequencePlacement> Dispatch();

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -213,6 +214,105 @@ TEST_F(FakeClusterTest, ANewWorkerJobIsPickedUpAfterALoss) {
   GenerateCall done = RunGenerate(*stub_, IdsRequest({7}, 3), Millis(10000));
   ASSERT_TRUE(done.status.ok()) << done.status.error_message();
   EXPECT_EQ(done.token_ids(), std::vector<int32_t>({100, 101, 102}));
+}
+
+// With --resume-timeout-s, a rank's loss holds the requests in flight: a new one is refused while
+// the cluster is down, the old job's late tokens are dropped, and once a new worker job serves,
+// each held generation is assigned again (same sequence, its streamed tokens as resume_tokens, a
+// request that never reached a rank with none) and its client's stream goes on without a gap or a
+// repeat.
+TEST_F(FakeClusterTest, WithAResumeTimeoutRequestsInFlightGoOnOnTheNextWorkerJob) {
+  CoordinatorOptions o = Options(kTiny, 2);
+  o.resume_timeout_s = 30;
+  o.max_running_per_rank = 1;  // the third request waits in the queue
+  Start(o);
+  auto w = FormCluster(2);
+  std::future<GenerateCall> a_call = GenerateAsync(IdsRequest({4, 5}, 5));
+  std::optional<v1::CoordinatorMessage> a = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(a.has_value());
+  std::future<GenerateCall> b_call = GenerateAsync(IdsRequest({6}, 3));
+  std::optional<v1::CoordinatorMessage> b = w[1]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(b.has_value());
+  std::future<GenerateCall> c_call = GenerateAsync(IdsRequest({7}, 2));
+  ASSERT_TRUE(PollUntil([&] { return Stats().requests_waiting() == 1; }, seconds(10)));
+  w[0]->SendTokens(a->assign().seq_id(), {100});
+  w[0]->SendTokens(a->assign().seq_id(), {101});
+  w[1]->SendTokens(b->assign().seq_id(), {200});
+  // A stream's messages are handled in order: once its heartbeat shows, so have its tokens.
+  w[0]->SendHeartbeat(3, 1000);
+  w[1]->SendHeartbeat(4, 1000);
+  ASSERT_TRUE(PollUntil([&] { return Stats().ranks(0).kv_blocks_used() == 3 && Stats().ranks(1).kv_blocks_used() == 4; },
+                        seconds(10)));
+  w[1]->Drop();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kNotServing; }, seconds(10)));
+  EXPECT_TRUE(w[0]->WaitFor(Kind::kShutdown, Millis(10000)).has_value());
+  w[0]->SendTokens(a->assign().seq_id(), {999});  // the old job's: not the client's any more
+  GenerateCall refused = RunGenerate(*stub_, IdsRequest({8}, 2), Millis(10000));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(refused.status.error_message().find("rank 1 lost"), std::string::npos) << refused.status.error_message();
+  EXPECT_EQ(a_call.wait_for(Millis(200)), std::future_status::timeout) << "a held request ended";
+
+  auto second = FormCluster(2);
+  std::map<uint64_t, v1::Assign> again;
+  for (auto& x : second) {
+    std::optional<v1::CoordinatorMessage> m = x->WaitFor(Kind::kAssign, Millis(10000));
+    ASSERT_TRUE(m.has_value()) << "rank " << x->rank() << " got no Assign";
+    again[m->assign().seq_id()] = m->assign();
+    const std::vector<int32_t> sent(m->assign().resume_tokens().begin(), m->assign().resume_tokens().end());
+    std::vector<int32_t> rest;
+    for (int32_t t = 100 + static_cast<int32_t>(sent.size()); t < 100 + static_cast<int32_t>(m->assign().max_tokens()); ++t) rest.push_back(t);
+    for (int32_t t : rest) x->SendTokens(m->assign().seq_id(), {t});
+    x->SendFinished(m->assign().seq_id(), v1::Finished::REASON_LENGTH);
+  }
+  ASSERT_EQ(again.size(), 2u);
+  ASSERT_EQ(again.count(a->assign().seq_id()), 1u);
+  ASSERT_EQ(again.count(b->assign().seq_id()), 1u);
+  EXPECT_EQ(std::vector<int32_t>(again[a->assign().seq_id()].resume_tokens().begin(), again[a->assign().seq_id()].resume_tokens().end()),
+            std::vector<int32_t>({100, 101}));
+  EXPECT_EQ(again[a->assign().seq_id()].prompt_size(), 2);
+  EXPECT_EQ(again[b->assign().seq_id()].resume_tokens_size(), 1);
+  GenerateCall a_done = a_call.get(), b_done = b_call.get();
+  ASSERT_TRUE(a_done.status.ok()) << a_done.status.error_message();
+  ASSERT_TRUE(b_done.status.ok()) << b_done.status.error_message();
+  // b's first token was 200 (its old rank's), then the new rank went on from index 1.
+  EXPECT_EQ(a_done.token_ids(), std::vector<int32_t>({100, 101, 102, 103, 104}));
+  EXPECT_EQ(b_done.token_ids(), std::vector<int32_t>({200, 101, 102}));
+  // The queued request: a slot frees, and it goes out with nothing to resume.
+  std::optional<v1::CoordinatorMessage> c;
+  FakeWorker* owner = nullptr;
+  for (int i = 0; i < 200 && !c; ++i) {
+    for (auto& x : second) {
+      if (!c && (c = x->WaitFor(Kind::kAssign, Millis(25)))) owner = x.get();
+    }
+  }
+  ASSERT_TRUE(c.has_value());
+  EXPECT_EQ(c->assign().resume_tokens_size(), 0);
+  owner->SendTokens(c->assign().seq_id(), {100});
+  owner->SendTokens(c->assign().seq_id(), {101});
+  owner->SendFinished(c->assign().seq_id(), v1::Finished::REASON_LENGTH);
+  GenerateCall c_done = c_call.get();
+  ASSERT_TRUE(c_done.status.ok()) << c_done.status.error_message();
+  EXPECT_EQ(c_done.token_ids(), std::vector<int32_t>({100, 101}));
+}
+
+// Held requests fail once the resume timeout passes without a new worker job, naming the loss and
+// the flag.
+TEST_F(FakeClusterTest, HeldRequestsFailWhenNoWorkerJobComesWithinTheResumeTimeout) {
+  CoordinatorOptions o = Options(kTiny, 1);
+  o.resume_timeout_s = 1;
+  Start(o);
+  auto w = FormCluster(1);
+  std::future<GenerateCall> call = GenerateAsync(IdsRequest({4, 5}, 8));
+  ASSERT_TRUE(w[0]->WaitFor(Kind::kAssign, Millis(10000)));
+  const auto dropped = std::chrono::steady_clock::now();
+  w[0]->Drop();
+  GenerateCall done = call.get();
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - dropped).count();
+  EXPECT_EQ(done.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(done.status.error_message().find("rank 0 lost"), std::string::npos) << done.status.error_message();
+  EXPECT_NE(done.status.error_message().find("--resume-timeout-s"), std::string::npos) << done.status.error_message();
+  EXPECT_GE(waited, 0.9);
+  EXPECT_LT(waited, 5.0);
 }
 
 TEST_F(FakeClusterTest, FullQueueIsResourceExhaustedAndFreedSlotsRefillInOrder) {
