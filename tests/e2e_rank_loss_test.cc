@@ -72,8 +72,9 @@ class E2eRankLoss : public ::testing::Test {
     prompt_ = sample["prompt_ids"].get<std::vector<int32_t>>();
     greedy_ = sample["greedy_ids"].get<std::vector<int32_t>>();
     ASSERT_GE(greedy_.size(), 16u);
-    cluster_ = std::make_unique<Cluster>(ClusterOptions{
-        2, testing_ref::kDefaultModelDir, {"--heartbeat-timeout-s", std::to_string(kHeartbeatTimeoutS)}, {}});
+    std::vector<std::string> args = {"--heartbeat-timeout-s", std::to_string(kHeartbeatTimeoutS)};
+    for (const std::string& a : ExtraCoordinatorArgs()) args.push_back(a);
+    cluster_ = std::make_unique<Cluster>(ClusterOptions{2, testing_ref::kDefaultModelDir, args, {}});
     const absl::Status started = cluster_->Start(Seconds(90));
     ASSERT_TRUE(started.ok()) << started;
     stub_ = moe::v1::Inference::NewStub(cluster_->channel());
@@ -82,15 +83,22 @@ class E2eRankLoss : public ::testing::Test {
     if (HasFailure() && cluster_) std::fprintf(stderr, "%s", cluster_->LogTail().c_str());
   }
 
-  // Starts a long greedy stream on a thread and returns once it has delivered a few tokens.
-  void StartLongStream() {
-    reader_ = std::thread([this] {
+  virtual std::vector<std::string> ExtraCoordinatorArgs() const { return {}; }
+
+  // Starts a long greedy stream (`request`, by default kLongTokens greedy ones) on a thread and
+  // returns once it has delivered a few tokens.
+  void StartLongStream(std::optional<moe::v1::GenerateRequest> request = std::nullopt) {
+    reader_ = std::thread([this, req = request.value_or(GreedyTokenRequest(prompt_, kLongTokens))] {
       grpc::ClientContext ctx;
       ctx.set_deadline(Deadline(120));
-      auto r = stub_->Generate(&ctx, GreedyTokenRequest(prompt_, kLongTokens));
+      auto r = stub_->Generate(&ctx, req);
       moe::v1::GenerateResponse msg;
-      while (r->Read(&msg)) tokens_ += msg.token_ids_size();
+      while (r->Read(&msg)) {
+        stream_result_.Add(msg);
+        tokens_ += msg.token_ids_size();
+      }
       stream_status_ = r->Finish();
+      stream_ended_ = true;
     });
     const auto t0 = Clock::now();
     while (tokens_ < 8 && Clock::now() - t0 < std::chrono::seconds(30)) {
@@ -151,6 +159,8 @@ class E2eRankLoss : public ::testing::Test {
   std::unique_ptr<moe::v1::Inference::Stub> stub_;
   std::thread reader_;
   std::atomic<int> tokens_{0};
+  std::atomic<bool> stream_ended_{false};
+  client::GenerationResult stream_result_;  // read once reader_ is joined
   grpc::Status stream_status_;
 };
 
@@ -182,6 +192,73 @@ TEST_F(E2eRankLoss, AHungRankIsLostAfterTheHeartbeatTimeoutAndItsJobLeavesWhenIt
   ASSERT_TRUE(old_job.has_value()) << "the resumed job did not leave";
   EXPECT_EQ(*old_job, 0) << "the resumed job did not leave through Shutdown";
   ExpectANewJobServesThenCleanShutdown();
+}
+
+// With --resume-timeout-s the same loss holds the stream instead of failing it: the cluster says
+// NOT_SERVING and refuses new requests, and once a new worker job serves, the stream goes on where
+// it stopped and ends normally, with the tokens the same request gave uninterrupted before the kill
+// (greedy: the resumed rank recomputes prompt + tokens as a prefill, whose float rounding differs
+// from the decode steps', so they are compared up to the first step whose top two the reference
+// had within 1e-4 of each other: the two differ by ~1e-6 on these float32 ranks).
+class E2eRankLossResumed : public E2eRankLoss {
+ protected:
+  std::vector<std::string> ExtraCoordinatorArgs() const override { return {"--resume-timeout-s", "120"}; }
+};
+
+TEST_F(E2eRankLossResumed, AKilledRanksStreamGoesOnOnTheNextWorkerJobWithTheSameTokens) {
+  constexpr uint32_t kTokens = 1500;
+  moe::v1::GenerateRequest req = GreedyTokenRequest(prompt_, kTokens);
+  req.mutable_sampling()->set_logprobs(2);
+  const StreamOutcome want = RunGenerate(*stub_, req, 120);
+  ASSERT_TRUE(want.status.ok()) << want.status;
+  ASSERT_EQ(want.result.token_ids.size(), kTokens);
+  size_t comparable = 0;
+  while (comparable < kTokens) {
+    const moe::v1::TokenLogprob& lp = want.result.logprobs[comparable];
+    if (lp.top_size() < 2 || lp.top(0).logprob() - lp.top(1).logprob() < 1e-4) break;
+    ++comparable;
+  }
+  ASSERT_GE(comparable, 100u) << "the reference has a near tie at step " << comparable;
+  if (comparable < kTokens) {
+    const moe::v1::TokenLogprob& lp = want.result.logprobs[comparable];
+    std::fprintf(stderr, "first near tie at step %zu: %.7f vs %.7f\n", comparable, lp.top(0).logprob(), lp.top(1).logprob());
+  }
+
+  StartLongStream(req);
+  const pid_t victim = WorkerPid(1);
+  ASSERT_GT(victim, 0) << "no moe-worker process of rank 1 found";
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  const int before = tokens_.load();
+  std::string health = "?";
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30) && health != "NOT_SERVING";) {
+    auto h = client::CheckHealth(cluster_->channel(), "", std::chrono::milliseconds(2000));
+    health = h.ok() ? client::ServingStatusName(*h) : h.status().ToString();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(health, "NOT_SERVING");
+  const StreamOutcome refused = RunGenerate(*stub_, GreedyTokenRequest(prompt_, 4), 20);
+  EXPECT_EQ(refused.status.code(), absl::StatusCode::kUnavailable) << refused.status;
+  ASSERT_TRUE(cluster_->WaitWorkersExit(Seconds(60)).has_value()) << "mpirun still running";
+  EXPECT_FALSE(stream_ended_.load()) << "the held stream ended: " << stream_status_.error_message();
+  const int held_at = tokens_.load();
+  ASSERT_LT(held_at, static_cast<int>(comparable)) << "the comparable tokens all came before the rank was lost";
+
+  ASSERT_TRUE(cluster_->StartWorkers().ok());
+  const absl::Status serving = cluster_->WaitServing(Seconds(90));
+  ASSERT_TRUE(serving.ok()) << serving;
+  reader_.join();
+  ASSERT_TRUE(stream_status_.ok()) << stream_status_.error_message() << cluster_->LogTail();
+  std::fprintf(stderr, "resumed after %d tokens (%d when the rank was killed); %zu comparable\n", held_at, before,
+               comparable);
+  const std::vector<int32_t>& got = stream_result_.token_ids;
+  ASSERT_EQ(got.size(), kTokens);
+  EXPECT_EQ(stream_result_.usage.completion_tokens(), kTokens);
+  EXPECT_EQ(stream_result_.finish_reason, moe::v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + static_cast<std::ptrdiff_t>(comparable)),
+            std::vector<int32_t>(want.result.token_ids.begin(), want.result.token_ids.begin() + static_cast<std::ptrdiff_t>(comparable)));
+  const Cluster::ExitStatus st = cluster_->Stop(Seconds(30));
+  EXPECT_EQ(st.coordinator, 0);
+  EXPECT_EQ(st.mpirun, 0);
 }
 
 }  // namespace
