@@ -44,7 +44,9 @@ usage: $0 [options] [-- extra mpirun args]
   --coordinator-arg ARG  extra moe-coordinator flag (repeatable), e.g. --coordinator-arg=--max-waiting=64
   --worker-arg ARG       extra moe-worker flag (repeatable), e.g. --worker-arg=--kv-tokens=65536
   --restart-workers N    start the worker job again, up to N times, when it ends on its own or hangs
-                         (default 0: stop everything and exit 1)
+                         (default 0: stop everything and exit 1); requests in flight then wait for the
+                         new job and go on there (the coordinator's --resume-timeout-s, by default
+                         --hung-timeout + --ready-timeout)
   --hung-timeout S       a job whose cluster has not been SERVING for S seconds while mpirun still
                          runs (a rank hung, its heartbeats lost) is killed (default 60)
   --openai-listen ADDR   also start moe-openai-server (OpenAI's /v1/completions and /v1/chat/completions
@@ -282,6 +284,11 @@ coord_cmd=("$COORDINATOR_BIN" --model "$MODEL" --world-size "$NP" --listen "$LIS
            --cluster-listen "$CLUSTER_LISTEN" --ports-file "$PORTS_FILE")
 [[ -z "$METRICS" ]] || coord_cmd+=(--metrics-listen "$METRICS")
 coord_cmd+=("${COORD_ARGS[@]}")
+# With restarts, requests in flight when a rank is lost wait for the next job (and go on where their
+# streams stopped) for as long as noticing a hung job and starting another may take, unless told.
+if ((RESTARTS > 0)) && [[ " ${COORD_ARGS[*]} " != *" --resume-timeout-s"* ]]; then
+  coord_cmd+=(--resume-timeout-s "$((HUNG_TIMEOUT + READY_TIMEOUT))")
+fi
 setsid "${coord_cmd[@]}" </dev/null >&2 &
 COORD_PID=$!
 say "coordinator pid $COORD_PID"

@@ -2,8 +2,10 @@
 """End-to-end test of deploy/launch-cluster.sh --restart-workers: a 2-rank cluster loses a rank,
 first killed (SIGKILL: mpirun ends), then hung (SIGSTOP: mpirun keeps running while the coordinator
 has lost its heartbeats). Each time the launcher notices, kills what is left of the job, starts a
-new one and serves again, with transformers' greedy tokens (samples.json). With no restart left a
-third loss stops everything: exit 1, the coordinator stopped cleanly, no process left behind.
+new one and serves again, with transformers' greedy tokens (samples.json); a stream in flight at
+the first loss is held (the launcher's default --resume-timeout-s) and ends normally on the new
+job, all its tokens streamed once. With no restart left a third loss stops everything: exit 1, the
+coordinator stopped cleanly, no process left behind.
 
 Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
 Runs with /usr/bin/python3 (python3-grpcio).
@@ -12,6 +14,8 @@ Runs with /usr/bin/python3 (python3-grpcio).
 import os
 import signal
 import sys
+import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
@@ -26,6 +30,7 @@ from moe_client import MoeClient  # noqa: E402
 
 HUNG_TIMEOUT_S = 4
 HEARTBEAT_TIMEOUT_S = 2
+LONG_TOKENS = 1500
 
 
 class LauncherRestartsLostWorkers(unittest.TestCase):
@@ -53,10 +58,37 @@ class LauncherRestartsLostWorkers(unittest.TestCase):
 
             serves_the_sample()
 
-            # A rank dies: mpirun ends, the launcher starts a new job.
+            # A rank dies while a long stream runs: mpirun ends, the launcher starts a new job, and
+            # the stream goes on there.
+            streamed, outcome = [], {}
+
+            def long_stream():
+                try:
+                    with MoeClient(c.address, timeout=START_TIMEOUT_S + 120) as own:
+                        for chunk in own.generate(token_ids=sample["prompt_ids"], max_tokens=LONG_TOKENS,
+                                                  temperature=0, ignore_eos=True):
+                            streamed.extend(chunk.token_ids)
+                            if chunk.finish_reason:
+                                outcome["finish_reason"] = chunk.finish_reason
+                                outcome["completion_tokens"] = chunk.usage.completion_tokens
+                except Exception as e:  # noqa: BLE001 (reported below)
+                    outcome["error"] = e
+
+            reader = threading.Thread(target=long_stream)
+            reader.start()
+            deadline = time.monotonic() + 30
+            while len(streamed) < 8 and time.monotonic() < deadline and reader.is_alive():
+                time.sleep(0.01)
+            self.assertGreaterEqual(len(streamed), 8, f"{outcome}\n{c.log_text()}")
             os.kill(rank1(), signal.SIGKILL)
             c.wait_for(r"mpirun exited unexpectedly", 30)
             restarted(1)
+            reader.join(timeout=START_TIMEOUT_S + 120)
+            self.assertFalse(reader.is_alive(), "the held stream never ended")
+            self.assertNotIn("error", outcome, c.log_text())
+            self.assertEqual(len(streamed), LONG_TOKENS)
+            self.assertEqual(outcome.get("completion_tokens"), LONG_TOKENS)
+            self.assertEqual(streamed[:16], sample["greedy_ids"][:16])
             serves_the_sample()
 
             # A rank hangs: mpirun keeps running, the coordinator stops serving; the launcher kills
