@@ -76,7 +76,7 @@ void ClusterState::UpdateServingLocked() {
 }
 
 void ClusterState::PublishLocked() {
-  stats_.SetQueue(scheduler_.waiting(), scheduler_.running());
+  stats_.SetQueue(scheduler_.waiting() + held_, scheduler_.running());
   int64_t used = 0, total = 0, queried = 0, hits = 0;
   uint64_t preemptions = 0;
   for (const RankRecord& r : ranks_) {
@@ -125,6 +125,7 @@ void ClusterState::FailAllLocked(const absl::Status& why) {
   }
   seqs_.clear();
   held_ = 0;
+  held_reason_.clear();
   scheduler_.Reset(world_size());
   PublishLocked();
   cv_.notify_all();
@@ -141,11 +142,23 @@ void ClusterState::HoldAllLocked(const std::string& reason) {
       it = seqs_.erase(it);
       continue;
     }
-    if (!e.held) {
-      e.held = true;
-      e.rank = -1;
-      ++held_;
+    if (e.held) {
+      ++it;
+      continue;
     }
+    // A sequence running at a second loss may be what brings the workers down: it is not resumed
+    // again, so one bad request cannot use up every restart.
+    if (e.rank >= 0 && e.resumed) {
+      e.mailbox->Post({it->first, {}, absl::UnavailableError(absl::StrCat(
+                                          reason, "; the request was running at an earlier loss too and is not "
+                                                  "resumed again"))});
+      it = seqs_.erase(it);
+      continue;
+    }
+    e.resumed = e.resumed || e.rank >= 0;
+    e.held = true;
+    e.rank = -1;
+    ++held_;
     ++it;
   }
   // A loss while sequences were already held (the new job failed too) keeps the first deadline.
@@ -321,7 +334,9 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
     case v1::WorkerMessage::kTokens:
       if (SeqEntry* e = find_own(m.tokens().seq_id())) {
         if (!e->tokens.empty()) e->tokens.insert(e->tokens.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
-        e->generated.insert(e->generated.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
+        if (setup_.resume_timeout.count() > 0) {
+          e->generated.insert(e->generated.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
+        }
         if (e->mailbox) e->mailbox->Post({m.tokens().seq_id(), m, {}});
       }
       break;
@@ -387,7 +402,13 @@ void ClusterState::DispatchLocked() {
     SeqEntry& e = seqs_.at(p.seq_id);
     e.rank = p.rank;
     v1::CoordinatorMessage m;
-    *m.mutable_assign() = e.assign;
+    // Kept while it may have to be sent again (a scoring batch's prompts can be large).
+    if (setup_.resume_timeout.count() > 0) {
+      *m.mutable_assign() = e.assign;
+    } else {
+      *m.mutable_assign() = std::move(e.assign);
+      e.assign.Clear();
+    }
     m.mutable_assign()->set_seq_id(p.seq_id);
     if (const auto& link = ranks_[p.rank].link) link->Send(std::move(m));
   }
@@ -449,6 +470,8 @@ void ClusterState::Cancel(uint64_t seq_id) {
 void ClusterState::BeginDrain() {
   std::lock_guard<std::mutex> lock(mu_);
   draining_ = true;
+  // Held sequences cannot resume now: they end with the loss that held them.
+  if (held_ > 0) FailAllLocked(absl::UnavailableError(absl::StrCat(held_reason_, "; the coordinator is shutting down")));
   UpdateServingLocked();
 }
 
@@ -503,7 +526,7 @@ v1::ClusterInfo ClusterState::ClusterInfo() const {
 ClusterSnapshot ClusterState::Snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
   ClusterSnapshot s;
-  s.waiting = scheduler_.waiting();
+  s.waiting = scheduler_.waiting() + held_;  // held ones wait for a worker job
   s.running = scheduler_.running();
   int64_t used = 0, total = 0;
   for (int rank = 0; rank < world_size(); ++rank) {

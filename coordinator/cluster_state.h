@@ -9,9 +9,10 @@
 //               ranks), and the next Register starts a new epoch, so a restarted worker job is
 //               picked up without restarting the coordinator. The sequences in flight fail with
 //               UNAVAILABLE, or with a resume timeout they are held: once a new job serves within
-//               it they are queued again ahead of anything new, each generation with the tokens
-//               it had streamed (Assign.resume_tokens), so its client's stream goes on where it
-//               stopped; at the timeout they fail.
+//               it they are queued again (before anything new of their priority), each
+//               generation with the tokens it had streamed (Assign.resume_tokens), so its client's
+//               stream goes on where it stopped; at the timeout they fail, and so does one that
+//               was running at a loss before (it may be what brings the workers down).
 // Draining (shutdown) overrides all of these: nothing new is admitted.
 //
 // Sequences: Submit() queues them in the Scheduler and dispatches Assigns to ranks; the worker's
@@ -166,6 +167,7 @@ class ClusterState {
     int rank = -1;                     // -1: waiting in the queue, or held
     int64_t reserve_positions = 0;
     bool held = false;                 // its worker job was lost; it waits for the next one
+    bool resumed = false;              // it was running at a loss before (then a second one fails it)
     std::vector<int32_t> generated;    // tokens it has streamed (generation)
     // With prefix affinity, a generation's prompt and then its tokens as they come: on Finished,
     // what its rank now holds cached (Scheduler::NoteCached); `keys` are the prompt's PrefixKeys,

@@ -46,7 +46,7 @@ usage: $0 [options] [-- extra mpirun args]
   --restart-workers N    start the worker job again, up to N times, when it ends on its own or hangs
                          (default 0: stop everything and exit 1); requests in flight then wait for the
                          new job and go on there (the coordinator's --resume-timeout-s, by default
-                         --hung-timeout + --ready-timeout)
+                         --hung-timeout + --ready-timeout + 60)
   --hung-timeout S       a job whose cluster has not been SERVING for S seconds while mpirun still
                          runs (a rank hung, its heartbeats lost) is killed (default 60)
   --openai-listen ADDR   also start moe-openai-server (OpenAI's /v1/completions and /v1/chat/completions
@@ -287,7 +287,7 @@ coord_cmd+=("${COORD_ARGS[@]}")
 # With restarts, requests in flight when a rank is lost wait for the next job (and go on where their
 # streams stopped) for as long as noticing a hung job and starting another may take, unless told.
 if ((RESTARTS > 0)) && [[ " ${COORD_ARGS[*]} " != *" --resume-timeout-s"* ]]; then
-  coord_cmd+=(--resume-timeout-s "$((HUNG_TIMEOUT + READY_TIMEOUT))")
+  coord_cmd+=(--resume-timeout-s "$((HUNG_TIMEOUT + READY_TIMEOUT + 60))")
 fi
 setsid "${coord_cmd[@]}" </dev/null >&2 &
 COORD_PID=$!

@@ -295,6 +295,29 @@ TEST_F(FakeClusterTest, WithAResumeTimeoutRequestsInFlightGoOnOnTheNextWorkerJob
   EXPECT_EQ(c_done.token_ids(), std::vector<int32_t>({100, 101}));
 }
 
+// A request running at a second loss is not resumed again (it may be what brings the workers
+// down): it fails at once, naming the loss; the queue is not held back for it.
+TEST_F(FakeClusterTest, ARequestRunningAtASecondLossFailsInsteadOfResumingAgain) {
+  CoordinatorOptions o = Options(kTiny, 1);
+  o.resume_timeout_s = 30;
+  Start(o);
+  auto first = FormCluster(1);
+  std::future<GenerateCall> call = GenerateAsync(IdsRequest({4, 5}, 8));
+  ASSERT_TRUE(first[0]->WaitFor(Kind::kAssign, Millis(10000)));
+  first[0]->Drop();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kNotServing; }, seconds(10)));
+  EXPECT_EQ(Stats().requests_waiting(), 1);  // held
+  auto second = FormCluster(1);
+  ASSERT_TRUE(second[0]->WaitFor(Kind::kAssign, Millis(10000)));
+  const auto dropped = std::chrono::steady_clock::now();
+  second[0]->Drop();
+  GenerateCall done = call.get();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - dropped).count(), 5.0);
+  EXPECT_EQ(done.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(done.status.error_message().find("rank 0 lost"), std::string::npos) << done.status.error_message();
+  EXPECT_NE(done.status.error_message().find("not resumed again"), std::string::npos) << done.status.error_message();
+}
+
 // Held requests fail once the resume timeout passes without a new worker job, naming the loss and
 // the flag.
 TEST_F(FakeClusterTest, HeldRequestsFailWhenNoWorkerJobComesWithinTheResumeTimeout) {
