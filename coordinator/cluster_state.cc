@@ -340,6 +340,12 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
         if (e->mailbox) e->mailbox->Post({m.tokens().seq_id(), m, {}});
       }
       break;
+    case v1::WorkerMessage::kPromptLogprobs:
+      if (SeqEntry* e = find_own(m.prompt_logprobs().seq_id()); e && e->mailbox) {
+        e->assign.clear_prompt_logprobs();  // delivered: a resumed sequence does not send them again
+        e->mailbox->Post({m.prompt_logprobs().seq_id(), m, {}});
+      }
+      break;
     case v1::WorkerMessage::kScored:
       if (SeqEntry* e = find_own(m.scored().seq_id()); e && e->mailbox) e->mailbox->Post({m.scored().seq_id(), m, {}});
       break;

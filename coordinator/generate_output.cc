@@ -16,6 +16,7 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
       stop_(job.stop, job.include_stop) {
   stop_token_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
   if (!job.assign.ignore_eos()) eos_ids_.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
+  if (job.assign.has_prompt_logprobs()) prompt_.assign(job.assign.prompt().begin(), job.assign.prompt().end());
   if (model.tokenizer != nullptr) {
     const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
     detok_ = model.tokenizer->NewStream(prompt);
@@ -86,6 +87,33 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
     }
   }
   return false;
+}
+
+absl::Status GenerateOutput::AddPromptLogprobs(const v1::PromptLogprobs& p, v1::GenerateResponse& out) {
+  out.set_request_id(request_id_);
+  const int n = prompt_.empty() ? 0 : static_cast<int>(prompt_.size()) - 1;
+  if (p.logprobs_size() != n || p.ranks_size() != n || (p.top_size() != 0 && p.top_size() != n)) {
+    return absl::InternalError(absl::StrCat("worker sent ", p.logprobs_size(), " prompt logprobs, ", p.ranks_size(),
+                                            " ranks and ", p.top_size(), " top lists for ", n, " prompt tokens"));
+  }
+  const int64_t vocab = model_.config.vocab_size;
+  for (int i = 0; i < n; ++i) {
+    v1::TokenLogprob* lp = out.add_prompt_logprobs();
+    const int32_t id = prompt_[static_cast<size_t>(i) + 1];
+    lp->set_token_id(id);
+    lp->set_logprob(p.logprobs(i));
+    lp->set_rank(p.ranks(i));
+    lp->set_text(TokenText(id));
+    if (i >= p.top_size()) continue;
+    for (const v1::WorkerTopLogprob& alt : p.top(i).alternatives()) {
+      if (alt.token_id() < 0 || alt.token_id() >= vocab) continue;
+      v1::TopLogprob* t = lp->add_top();
+      t->set_token_id(alt.token_id());
+      t->set_logprob(alt.logprob());
+      t->set_text(TokenText(alt.token_id()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) {

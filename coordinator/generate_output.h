@@ -31,6 +31,10 @@ class GenerateOutput {
   // the worker sent an id outside the vocabulary or mismatched logprob lists.
   absl::StatusOr<bool> AddTokens(const v1::Tokens& tokens, v1::GenerateResponse& out);
 
+  // Fills `out.prompt_logprobs` from the worker's (one per prompt token after the first, each
+  // token's text decoded alone). Internal error when the worker's lists do not fit the prompt.
+  absl::Status AddPromptLogprobs(const v1::PromptLogprobs& p, v1::GenerateResponse& out);
+
   // The last message's extras: text still held back (unless a stop sequence ended it), finish
   // reason, the stop string or stop token id that ended it (vLLM's stop_reason), and usage.
   void Finish(v1::FinishReason reason, v1::GenerateResponse& out);
@@ -47,6 +51,7 @@ class GenerateOutput {
   const RequestModel& model_;
   std::string request_id_;
   bool want_logprobs_;
+  std::vector<int32_t> prompt_;  // with prompt logprobs
   uint32_t prompt_tokens_;
   uint32_t completion_tokens_ = 0;
   uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these

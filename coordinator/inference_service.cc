@@ -135,6 +135,11 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
           state_.Cancel(e.seq_id);  // the worker would otherwise go on to max_tokens
           finish(i, v1::FINISH_REASON_STOP_SEQUENCE);
         }
+      } else if (e.message.has_prompt_logprobs()) {
+        if (absl::Status added = outs[i]->AddPromptLogprobs(e.message.prompt_logprobs(), responses[i]); !added.ok()) {
+          cancel_rest();
+          return end(v1::FINISH_REASON_ERROR, ToGrpcStatus(added));
+        }
       } else if (e.message.has_finished()) {
         const v1::Finished& f = e.message.finished();
         if (f.reason() == v1::Finished::REASON_ERROR) {
@@ -160,7 +165,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
       stats_.AddGenerationTokens(new_tokens, now);
     }
     for (auto& [i, response] : responses) {
-      if (response.token_ids_size() == 0 && response.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
+      if (response.token_ids_size() == 0 && response.prompt_logprobs_size() == 0 &&
+          response.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) {
+        continue;
+      }
       response.set_index(i);
       if (!writer->Write(response)) {
         cancel_rest();

@@ -160,6 +160,12 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   if (s.has_logprobs() && s.logprobs() > vocab) {
     return FieldError("sampling.logprobs", absl::StrCat("exceeds the vocabulary size ", vocab));
   }
+  if (s.has_prompt_logprobs() && s.prompt_logprobs() > kMaxLogprobs) {
+    return FieldError("sampling.prompt_logprobs", absl::StrCat("at most ", kMaxLogprobs, ", got ", s.prompt_logprobs()));
+  }
+  if (s.has_prompt_logprobs() && s.prompt_logprobs() > vocab) {
+    return FieldError("sampling.prompt_logprobs", absl::StrCat("exceeds the vocabulary size ", vocab));
+  }
   const uint32_t min_tokens = s.has_min_tokens() ? s.min_tokens() : 0;
   if (min_tokens > max_tokens) {
     return FieldError("sampling.min_tokens",
@@ -242,6 +248,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_ignore_eos(s.ignore_eos());
   *a.mutable_stop_token_ids() = s.stop_token_ids();
   a.set_top_logprobs(s.has_logprobs() ? s.logprobs() : 0);
+  if (s.has_prompt_logprobs()) a.set_prompt_logprobs(s.prompt_logprobs());
   a.set_min_p(sampling.min_p);
   if (penalties.repetition_penalty != 1.0f) a.set_repetition_penalty(penalties.repetition_penalty);
   a.set_presence_penalty(penalties.presence_penalty);

@@ -67,10 +67,11 @@ struct GenerateJob {
   bool want_logprobs = false;     // SamplingParams.logprobs was set
   uint32_t n = 1;                 // completions; completion i runs `assign` with seed + i
   int64_t reserve_positions() const { return assign.prompt_size() + assign.max_tokens(); }
-  // The assignment of completion i.
+  // The assignment of completion i (the prompt's logprobs are the request's: completion 0 computes them).
   v1::Assign CompletionAssign(uint32_t i) const {
     v1::Assign a = assign;
     a.set_seed(assign.seed() + i);
+    if (i > 0) a.clear_prompt_logprobs();
     return a;
   }
 };

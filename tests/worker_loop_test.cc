@@ -707,6 +707,88 @@ TEST_F(WorkerLoopTest, PreemptedSequencesGiveTheSameOutputs) {
   }
 }
 
+// Assign.prompt_logprobs (vLLM's): before its first token a generation sends, for every prompt
+// token after the first, its log-probability, its rank and the top alternatives: transformers'
+// (the golden prompt logits, log-softmax in double) within 1e-4; ranks exact wherever no other id's
+// logit is within 1e-4 of the token's (the engines differ by ~1e-6); every alternative one of the reference's top n (within
+// 1e-3) with its reference log-probability. Its tokens stay the golden ones. The same with the
+// prompt in chunks of 4 and with the prompt's blocks cached by an earlier request (computed whole
+// all the same); a completion without prompt_logprobs sends none, and a prompt of one token none.
+TEST_F(WorkerLoopTest, PromptLogprobsAreTransformersAndComeBeforeTheFirstToken) {
+  const int64_t V = 1024;
+  constexpr uint32_t kTop = 3;
+  int exact_ranks = 0, positions = 0;
+  for (const bool chunked_and_cached : {false, true}) {
+    SCOPED_TRACE(chunked_and_cached ? "chunks of 4, prompts cached" : "whole prompts");
+    EngineOptions eo;
+    eo.kv_block_size = 4;
+    LoopHarness h(eo, {.max_batch_tokens = chunked_and_cached ? 4 : 4096});
+    if (chunked_and_cached) {
+      (*h.engine)->EnablePrefixCache();
+      for (uint64_t p = 0; p < golden_->num_prompts(); ++p) h.Push(Greedy(50 + p, Prompt(p), 1));
+      h.RunUntilDone();
+    }
+    for (uint64_t p = 0; p < golden_->num_prompts(); ++p) {
+      Assign a = Greedy(1 + p, Prompt(p), 24);
+      a.set_prompt_logprobs(p % 2 == 0 ? kTop : 0);
+      h.Push(a);
+    }
+    h.Push(Greedy(99, Prompt(2), 4));  // no prompt_logprobs
+    h.RunUntilDone();
+    auto seqs = h.out.BySequence();
+    EXPECT_FALSE(seqs[99].prompt_logprobs.has_value());
+    for (uint64_t p = 0; p < golden_->num_prompts(); ++p) {
+      SCOPED_TRACE("prompt " + std::to_string(p));
+      const RecordingOutbox::Sequence& s = seqs[1 + p];
+      EXPECT_EQ(s.tokens, Greedy24(p));
+      const std::vector<int32_t> prompt = Prompt(p);
+      if (prompt.size() == 1) {
+        EXPECT_FALSE(s.prompt_logprobs.has_value());
+        continue;
+      }
+      ASSERT_TRUE(s.prompt_logprobs.has_value());
+      EXPECT_LT(s.prompt_logprobs_index, s.first_token_index);
+      const moe::v1::PromptLogprobs& got = *s.prompt_logprobs;
+      const size_t n = prompt.size() - 1;
+      ASSERT_EQ(got.logprobs_size(), static_cast<int>(n));
+      ASSERT_EQ(got.ranks_size(), static_cast<int>(n));
+      ASSERT_EQ(got.top_size(), p % 2 == 0 ? static_cast<int>(n) : 0);
+      const std::vector<float> logits = golden_->F32("logits." + std::to_string(p));
+      ASSERT_EQ(logits.size(), prompt.size() * static_cast<size_t>(V));
+      positions += static_cast<int>(n);
+      for (size_t r = 0; r < n; ++r) {
+        const float* row = logits.data() + r * V;
+        double mx = row[0], sum = 0;
+        for (int64_t j = 0; j < V; ++j) mx = std::max(mx, static_cast<double>(row[j]));
+        for (int64_t j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
+        auto ref_logprob = [&](int32_t id) { return static_cast<double>(row[id]) - mx - std::log(sum); };
+        const int32_t next = prompt[r + 1];
+        EXPECT_NEAR(got.logprobs(static_cast<int>(r)), ref_logprob(next), 1e-4) << "position " << r;
+        uint32_t rank = 0;
+        bool near_tie = false;
+        for (int64_t j = 0; j < V; ++j) {
+          rank += row[j] >= row[next];
+          near_tie = near_tie || (j != next && std::abs(row[j] - row[next]) < 1e-4);
+        }
+        if (!near_tie) {
+          EXPECT_EQ(got.ranks(static_cast<int>(r)), rank) << "position " << r;
+          ++exact_ranks;
+        }
+        if (got.top_size() == 0) continue;
+        std::vector<float> sorted(row, row + V);
+        std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+        const moe::v1::TopAlternatives& alts = got.top(static_cast<int>(r));
+        ASSERT_EQ(alts.alternatives_size(), static_cast<int>(kTop));
+        for (const moe::v1::WorkerTopLogprob& alt : alts.alternatives()) {
+          EXPECT_GE(row[alt.token_id()], sorted[kTop - 1] - 1e-3) << "position " << r << ": " << alt.token_id();
+          EXPECT_NEAR(alt.logprob(), ref_logprob(alt.token_id()), 1e-4) << "position " << r;
+        }
+      }
+    }
+  }
+  EXPECT_GT(exact_ranks, positions * 3 / 4);
+}
+
 // A generation resumed with the tokens it had produced on a lost worker job (Assign.resume_tokens)
 // sends only the tokens after them, and they are what it would have sent uninterrupted: the golden
 // greedy tokens, the same seeded draws (its step numbers go on), logprobs within the last bits. One

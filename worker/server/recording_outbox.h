@@ -29,6 +29,8 @@ class RecordingOutbox final : public Outbox {
     std::vector<float> logprobs;
     std::vector<moe::v1::TopAlternatives> top;
     std::optional<moe::v1::Scored> scored;
+    std::optional<moe::v1::PromptLogprobs> prompt_logprobs;
+    int64_t prompt_logprobs_index = -1;  // index in messages() of its PromptLogprobs message
     std::optional<moe::v1::Finished> finished;
     int64_t first_token_index = -1;  // index in messages() of its first Tokens message
     int64_t finished_index = -1;     // index in messages() of its Finished message
@@ -46,6 +48,10 @@ class RecordingOutbox final : public Outbox {
         s.top.insert(s.top.end(), m.tokens().top().begin(), m.tokens().top().end());
       } else if (m.has_scored()) {
         out[m.scored().seq_id()].scored = m.scored();
+      } else if (m.has_prompt_logprobs()) {
+        Sequence& s = out[m.prompt_logprobs().seq_id()];
+        s.prompt_logprobs = m.prompt_logprobs();
+        s.prompt_logprobs_index = static_cast<int64_t>(i);
       } else if (m.has_finished()) {
         Sequence& s = out[m.finished().seq_id()];
         s.finished = m.finished();

@@ -20,6 +20,17 @@ void ServedSequence::Restart() {
     scored.Clear();
     scored.set_seq_id(id);
   }
+  if (!prompt_logprobs_sent) {
+    const uint64_t id = prompt_logprobs.seq_id();
+    prompt_logprobs.Clear();
+    prompt_logprobs.set_seq_id(id);
+  }
+}
+
+int64_t ServedSequence::whole_rows_remaining() const {
+  if (is_score()) return feed_remaining();
+  if (wants_prompt_logprobs()) return std::max<int64_t>(0, prompt_size() - 1 - fed);
+  return 0;
 }
 
 bool ServedSequence::NextAllowed(TokenMask& allowed) {

@@ -30,6 +30,10 @@ struct ServedSequence {
   // pick is meaningless, the output ends instead.
   bool none_allowed = false;
   moe::v1::Scored scored;          // scoring: logprobs (and is_argmax) gathered chunk by chunk
+  // Assign.prompt_logprobs: gathered chunk by chunk like scoring's, sent once before the first
+  // token (not again after a preemption).
+  moe::v1::PromptLogprobs prompt_logprobs;
+  bool prompt_logprobs_sent = false;
 
   bool is_score() const { return assign.kind() == moe::v1::Assign::KIND_SCORE; }
   int64_t prompt_size() const { return assign.prompt_size(); }
@@ -42,6 +46,14 @@ struct ServedSequence {
   int64_t feed_remaining() const { return context_size() - fed; }
   // Whether it decodes: only its last generated token is left to hand over.
   bool decoding() const { return !generated.empty() && feed_remaining() == 1; }
+  // Whether it still owes its prompt's logprobs: then the prompt is computed whole (no cached
+  // prefix), its first n-1 tokens in chunks that return every row, the last one alone.
+  bool wants_prompt_logprobs() const {
+    return assign.has_prompt_logprobs() && !prompt_logprobs_sent && prompt_size() > 1;
+  }
+  // Context tokens to hand over in rows that all come back (scoring's prompt, or the prompt
+  // tokens before the last of one that wants its logprobs); 0 when none are left.
+  int64_t whole_rows_remaining() const;
   // Back to nothing handed over (a preemption): its generated tokens stay, scoring starts again.
   void Restart();
   // Whether anything restricts which ids its next token may be (a JSON constraint, or penalties

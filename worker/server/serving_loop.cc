@@ -117,6 +117,7 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
     return;
   }
   s.scored.set_seq_id(id);
+  s.prompt_logprobs.set_seq_id(id);
   planner_.Enqueue(id, worst, s.context_size(), a.priority());
 }
 
@@ -178,7 +179,8 @@ std::vector<int64_t> ServingLoop::PlanChunks() const {
   remaining.reserve(planner_.running().size());
   for (uint64_t id : planner_.running()) {
     const ServedSequence& s = seqs_.at(id);
-    remaining.push_back(s.decoding() ? 0 : s.feed_remaining());
+    const int64_t whole = s.whole_rows_remaining();  // such chunks stop short of a prompt's last token
+    remaining.push_back(s.decoding() ? 0 : whole > 0 ? whole : s.feed_remaining());
   }
   return PlanStepTokens(remaining, opts_.max_batch_tokens);
 }
@@ -297,9 +299,38 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
     }
     return;
   }
+  if (out.rows > 0) {  // rows for the prompt's logprobs (never its last token's)
+    MOE_CHECK(s.wants_prompt_logprobs(), "a generation's chunk returned logits instead of the engine's pick");
+    AddPromptLogprobs(s, first, out);
+    return;
+  }
   if (s.feed_remaining() > 0) return;  // a chunk short of the context's end: its pick is not used
-  MOE_CHECK(out.rows == 0, "a generation's chunk returned logits instead of the engine's pick");
   OnGenerated(seq_id, s, out);
+}
+
+void ServingLoop::AddPromptLogprobs(ServedSequence& s, int64_t first, const ChunkLogits& out) {
+  const int64_t V = engine_.config().vocab_size;
+  const uint32_t top = s.assign.prompt_logprobs();
+  // Row r holds the prediction for prompt token first + r + 1.
+  for (int64_t r = 0; r < out.rows && first + r + 1 < s.prompt_size(); ++r) {
+    std::span<const float> row(out.logits.data() + r * V, static_cast<size_t>(V));
+    const int32_t next = s.assign.prompt(static_cast<int>(first + r + 1));
+    logprobs_.Compute(row);
+    s.prompt_logprobs.add_logprobs(logprobs_.logprob(next));
+    s.prompt_logprobs.add_ranks(logprobs_.rank(next));
+    if (top == 0) continue;
+    moe::v1::TopAlternatives* alts = s.prompt_logprobs.add_top();
+    for (const TokenPick& alt : TopTokens(row, top)) {
+      moe::v1::WorkerTopLogprob* w = alts->add_alternatives();
+      w->set_token_id(alt.token);
+      w->set_logprob(alt.logprob);
+    }
+  }
+  if (s.fed < s.prompt_size() - 1) return;
+  moe::v1::WorkerMessage m;
+  *m.mutable_prompt_logprobs() = std::move(s.prompt_logprobs);
+  outbox_.Send(std::move(m));
+  s.prompt_logprobs_sent = true;
 }
 
 void ServingLoop::StopAll() {
@@ -336,6 +367,8 @@ bool ServingLoop::RunOnce() {
   // prompt position, so it computes them all.
   while (const std::optional<uint64_t> next = planner_.next_waiting()) {
     ServedSequence& s = seqs_.at(*next);
+    // Scoring wants the rows of every prompt position, and so does a prompt's logprobs: computed whole.
+    const bool whole = s.is_score() || s.wants_prompt_logprobs();
     std::vector<int32_t> resumed;  // a preempted generation's prompt + generated tokens (only the cache reads them)
     std::span<const int32_t> context(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size()));
     if (!s.generated.empty() && engine_.kv_blocks().prefix_cache_enabled()) {
@@ -343,9 +376,9 @@ bool ServingLoop::RunOnce() {
       context = resumed;
     }
     const KvBlockAllocator::CachedPrefix cached =
-        s.is_score() ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(context);
+        whole ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(context);
     // The FIFO waits with it (at most a prefill).
-    if (!s.is_score() && PrefixBeingComputed(s, cached.blocks)) break;
+    if (!whole && PrefixBeingComputed(s, cached.blocks)) break;
     if (!planner_.AdmitNext(cached.in_use)) {
       // On demand, a sequence of a higher priority (a lower value) takes the blocks of running ones
       // of a lower priority (as vLLM's priority policy); they wait behind it.
@@ -358,7 +391,7 @@ bool ServingLoop::RunOnce() {
     }
     const absl::Status added = engine_.AddSequence(EngineId(*next));
     MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
-    if (!s.is_score()) s.fed = engine_.AttachCachedPrefix(EngineId(*next), context);
+    if (!whole) s.fed = engine_.AttachCachedPrefix(EngineId(*next), context);
   }
 
   // This step's chunks, within the free KV blocks: on demand, the last in priority and admission
@@ -376,8 +409,8 @@ bool ServingLoop::RunOnce() {
     ServedSequence& s = seqs_.at(running[i]);
     SequenceChunk& ch = chunks.emplace_back();
     ch.seq_id = EngineId(running[i]);
-    ch.all_logits = s.is_score();
-    ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
+    ch.all_logits = s.whole_rows_remaining() > 0;
+    if (!ch.all_logits) ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
     ch.tokens = s.ContextTokens(s.fed, counts[i]);
     owners.emplace_back(running[i], counts[i]);
   }

@@ -106,6 +106,9 @@ class ServingLoop {
   void OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out);
   // A generated token: the engine's pick (with the top alternatives when asked).
   void OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLogits& pick);
+  // Rows of a generation's prompt (Assign.prompt_logprobs) from position `first`: their logprobs,
+  // ranks and top alternatives; sent once the rows reach the prompt's last token.
+  void AddPromptLogprobs(ServedSequence& s, int64_t first, const ChunkLogits& out);
   // What the engine samples for a chunk of `s` (SequenceChunk::sample_next): a generation's next
   // token (scoring wants whole rows). The `last` chunk of its context carries its constraints'
   // allowed ids (and sets s.none_allowed), its penalties' adjustments and its top_logprobs.
