@@ -472,6 +472,73 @@ TYPED_TEST(E2eCluster, ScoreAndScoreRollingMatchEngineLogprobs) {
 
 // (d) Every invalid request gets INVALID_ARGUMENT naming the field; a concurrent generation keeps
 // streaming and ends with exactly the engine's tokens.
+// prompt_logprobs (vLLM's): completion 0's stream carries, before or with its first token, each
+// prompt token after the first with the reference engine's log-probability (ScoreAll), its rank
+// (1 exactly where it is its position's first alternative) and two alternatives, most probable
+// first, each with its text; completion 1 carries none, and the tokens are still the greedy ones.
+TYPED_TEST(E2eCluster, PromptLogprobsAreTheReferencesOnCompletionZero) {
+  Reference& ref = Reference::Get();
+  for (const json& s : ref.samples) {
+    const auto prompt = s["prompt_ids"].get<std::vector<int32_t>>();
+    const auto greedy = s["greedy_ids"].get<std::vector<int32_t>>();
+    SCOPED_TRACE(s["prompt"].get<std::string>());
+    moe::v1::GenerateRequest req;
+    req.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
+    req.mutable_sampling()->set_max_tokens(4);
+    req.mutable_sampling()->set_temperature(0);
+    req.mutable_sampling()->set_n(2);
+    req.mutable_sampling()->set_prompt_logprobs(2);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(60));
+    auto reader = this->stub_->Generate(&ctx, req);
+    moe::v1::GenerateResponse msg;
+    std::vector<moe::v1::TokenLogprob> got;
+    std::vector<int32_t> tokens0, tokens1;
+    bool before_first_token = false;
+    while (reader->Read(&msg)) {
+      if (msg.index() == 0 && msg.prompt_logprobs_size() > 0) before_first_token = tokens0.empty();
+      EXPECT_TRUE(msg.index() == 0 || msg.prompt_logprobs_size() == 0) << "completion " << msg.index();
+      got.insert(got.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
+      (msg.index() == 0 ? tokens0 : tokens1).insert((msg.index() == 0 ? tokens0 : tokens1).end(),
+                                                    msg.token_ids().begin(), msg.token_ids().end());
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_TRUE(before_first_token);
+    EXPECT_EQ(tokens0, std::vector<int32_t>(greedy.begin(), greedy.begin() + 4));
+    EXPECT_EQ(tokens1, tokens0);
+    const std::vector<float> want = ref.Score(prompt);
+    ASSERT_EQ(got.size(), prompt.size() - 1);
+    for (size_t i = 0; i < got.size(); ++i) {
+      const moe::v1::TokenLogprob& lp = got[i];
+      EXPECT_EQ(lp.token_id(), prompt[i + 1]);
+      EXPECT_NEAR(lp.logprob(), want[i], 1e-5) << "prompt token " << i + 1;
+      moe::v1::DetokenizeRequest dreq;
+      dreq.add_token_ids(prompt[i + 1]);
+      moe::v1::DetokenizeResponse dresp;
+      grpc::ClientContext dctx;
+      ASSERT_TRUE(this->stub_->Detokenize(&dctx, dreq, &dresp).ok());
+      EXPECT_EQ(lp.text(), dresp.text()) << "prompt token " << i + 1;
+      ASSERT_EQ(lp.top_size(), 2);
+      EXPECT_GE(lp.top(0).logprob(), lp.top(1).logprob());
+      EXPECT_GE(lp.top(0).logprob(), lp.logprob());
+      EXPECT_EQ(lp.rank() == 1, lp.top(0).token_id() == lp.token_id()) << "prompt token " << i + 1;
+      EXPECT_GE(lp.rank(), 1u);
+    }
+  }
+  // Too many alternatives: refused naming the field.
+  moe::v1::GenerateRequest bad = GreedyRequest("ROMEO:", 2);
+  bad.mutable_sampling()->set_prompt_logprobs(21);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(30));
+  moe::v1::GenerateResponse msg;
+  auto reader = this->stub_->Generate(&ctx, bad);
+  while (reader->Read(&msg)) {
+  }
+  const grpc::Status st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("sampling.prompt_logprobs"), std::string::npos) << st.error_message();
+}
+
 TYPED_TEST(E2eCluster, InvalidRequestsAreRejectedWhileAGenerationStreams) {
   Reference& ref = Reference::Get();
   moe::v1::GenerateRequest long_req = GreedyRequest("First Citizen:\n", 400);

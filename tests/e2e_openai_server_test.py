@@ -222,6 +222,42 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         offsets = [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]]
         self.assertEqual(offsets, lp["text_offset"])
 
+    def test_c2b_prompt_logprobs_in_vllms_shape_match_scoring(self):
+        s = self.samples["ROMEO:"]
+        ids = s["prompt_ids"] + s["greedy_ids"][:6]
+        body = {"prompt": ids, "max_tokens": 2, "temperature": 0, "prompt_logprobs": 2}
+        status, answer = self.call("/v1/completions", body)
+        self.assertEqual(status, 200, answer)
+        plp = answer["choices"][0]["prompt_logprobs"]
+        self.assertEqual(len(plp), len(ids))
+        self.assertIsNone(plp[0])
+        want = self.grpc.score_rolling(ids)
+        for i, (entry, w) in enumerate(zip(plp[1:], want.logprobs)):
+            mine = entry[str(ids[i + 1])]
+            self.assertAlmostEqual(mine["logprob"], w, delta=1e-5)
+            self.assertGreaterEqual(mine["rank"], 1)
+            ranks = sorted(v["rank"] for k, v in entry.items() if k != str(ids[i + 1]))
+            self.assertTrue(set(ranks) <= {1, 2}, entry)
+            best = max(entry.values(), key=lambda v: v["logprob"])
+            self.assertEqual(best["rank"], 1, entry)
+        # The greedy continuation is the most probable token at each of its positions: rank 1.
+        for entry, tok in zip(plp[len(s["prompt_ids"]):], s["greedy_ids"][:6]):
+            self.assertEqual(entry[str(tok)]["rank"], 1, entry)
+        events = self.stream(body)
+        streamed = [c["prompt_logprobs"] for e in events for c in e["choices"] if c.get("prompt_logprobs")]
+        self.assertEqual(streamed, [plp])
+        # Chat: the answer's (vLLM's place for it).
+        messages = CHAT_GOLDEN["cases"][0]["messages"]
+        status, chat = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 2, "temperature": 0,
+                                                          "prompt_logprobs": 0})
+        self.assertEqual(status, 200, chat)
+        self.assertIsNone(chat["prompt_logprobs"][0])
+        self.assertEqual(len(chat["prompt_logprobs"]), chat["usage"]["prompt_tokens"])
+        self.assertTrue(all(len(e) == 1 for e in chat["prompt_logprobs"][1:]))
+        status, err = self.call("/v1/completions", dict(body, prompt_logprobs=21))
+        self.assertEqual(status, 400, err)
+        self.assertEqual(err["error"]["param"], "prompt_logprobs")
+
     def test_c3_echo_scores_the_prompt_as_lm_evaluation_harness_reads_it(self):
         s = self.samples["ROMEO:"]
         context, continuation = s["prompt_ids"], s["greedy_ids"][:10]

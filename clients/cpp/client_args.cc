@@ -42,6 +42,7 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--stop", {true, {"generate"}}},
       {"--stop-token-ids", {true, {"generate"}}},
       {"--logprobs", {true, {"generate"}}},
+      {"--prompt-logprobs", {true, {"generate"}}},
       {"--ignore-eos", {false, {"generate"}}},
       {"--json-object", {false, {"generate"}}},
       {"--json-schema", {true, {"generate"}}},
@@ -176,6 +177,9 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
   } else if (flag == "--logprobs") {
     MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, 0, UINT32_MAX));
     s->set_logprobs(static_cast<uint32_t>(x));
+  } else if (flag == "--prompt-logprobs") {
+    MOE_ASSIGN_OR_RETURN(int64_t x, ParseInt(flag, v, 0, UINT32_MAX));
+    s->set_prompt_logprobs(static_cast<uint32_t>(x));
   } else if (flag == "--ignore-eos") {
     s->set_ignore_eos(true);
   } else if (flag == "--json-object") {
@@ -287,7 +291,7 @@ commands:
            [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
            [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--json-schema JSON] [--regex RE]
            [--choice TEXT]... [--compact-json] [--request-id ID] [--priority N] [--include-stop-str]
-           [--allowed-token-ids IDS] [--bad-word WORD]...
+           [--allowed-token-ids IDS] [--bad-word WORD]... [--prompt-logprobs N]
            [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
       (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;

@@ -22,6 +22,7 @@ void GenerationResult::Add(const moe::v1::GenerateResponse& r) {
   token_ids.insert(token_ids.end(), r.token_ids().begin(), r.token_ids().end());
   text += r.text();
   logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
+  prompt_logprobs.insert(prompt_logprobs.end(), r.prompt_logprobs().begin(), r.prompt_logprobs().end());
   if (r.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) finish_reason = r.finish_reason();
   if (r.has_usage()) usage = r.usage();
   if (r.has_stop_string()) stop_reason = r.stop_string();
@@ -35,15 +36,18 @@ json GenerationResult::ToJson(bool with_logprobs) const {
             {"finish_reason", FinishReasonName(finish_reason)},
             {"stop_reason", stop_reason},
             {"usage", {{"prompt_tokens", usage.prompt_tokens()}, {"completion_tokens", usage.completion_tokens()}}}};
-  if (with_logprobs) {
+  auto list = [](const std::vector<moe::v1::TokenLogprob>& v, bool rank) {
     json lps = json::array();
-    for (const auto& lp : logprobs) {
+    for (const auto& lp : v) {
       json top = json::array();
       for (const auto& t : lp.top()) top.push_back({{"token_id", t.token_id()}, {"logprob", t.logprob()}, {"text", t.text()}});
       lps.push_back({{"token_id", lp.token_id()}, {"text", lp.text()}, {"logprob", lp.logprob()}, {"top", top}});
+      if (rank) lps.back()["rank"] = lp.rank();
     }
-    j["logprobs"] = lps;
-  }
+    return lps;
+  };
+  if (with_logprobs) j["logprobs"] = list(logprobs, false);
+  if (!prompt_logprobs.empty()) j["prompt_logprobs"] = list(prompt_logprobs, true);
   return j;
 }
 

@@ -22,13 +22,15 @@ struct GenerationResult {
   moe::v1::FinishReason finish_reason = moe::v1::FINISH_REASON_UNSPECIFIED;
   moe::v1::Usage usage;
   std::vector<moe::v1::TokenLogprob> logprobs;
+  std::vector<moe::v1::TokenLogprob> prompt_logprobs;  // SamplingParams.prompt_logprobs: prompt tokens 1..n-1
   nlohmann::json stop_reason;  // the stop string or stop token id that ended it (null: neither)
 
   // Appends one streamed message.
   void Add(const moe::v1::GenerateResponse& r);
   bool finished() const { return finish_reason != moe::v1::FINISH_REASON_UNSPECIFIED; }
 
-  // {"request_id", "token_ids", "text", "finish_reason", "stop_reason", "usage", "logprobs" (with_logprobs)}.
+  // {"request_id", "token_ids", "text", "finish_reason", "stop_reason", "usage", "logprobs" (with_logprobs),
+  // "prompt_logprobs" (when there are any)}.
   nlohmann::json ToJson(bool with_logprobs) const;
 };
 

@@ -58,7 +58,7 @@ _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "see
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
                     "min_tokens", "n", "logit_bias", "response_format", "guided_choice",
                     "guided_regex", "include_stop_str_in_output", "truncate_prompt_tokens", "allowed_token_ids",
-                    "bad_words")
+                    "bad_words", "prompt_logprobs")
 
 
 @dataclasses.dataclass
@@ -72,6 +72,8 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list = dataclasses.field(default_factory=list)  # inference_pb2.TokenLogprob, when asked
+    # prompt_logprobs: inference_pb2.TokenLogprob of prompt tokens 1..n-1 (with rank), completion 0's
+    prompt_logprobs: list = dataclasses.field(default_factory=list)
     index: int = 0  # which of the request's n completions
 
 
@@ -166,7 +168,8 @@ class MoeClient:
         {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits), guided_choice
         (a list of texts: the output is exactly one of them), guided_regex (the whole output matches this
         regular expression); vLLM's include_stop_str_in_output, truncate_prompt_tokens,
-        allowed_token_ids and bad_words. priority: lower is scheduled first (a coordinator started with
+        allowed_token_ids, bad_words and prompt_logprobs (each prompt token's logprob, rank and this
+        many top alternatives, on completion 0's first message). priority: lower is scheduled first (a coordinator started with
         --scheduling-policy priority; others refuse any but 0). Closing the iterator early
         (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
@@ -206,6 +209,7 @@ class MoeClient:
             c.token_ids.extend(chunk.token_ids)
             c.text += chunk.text
             c.logprobs.extend(chunk.logprobs)
+            c.prompt_logprobs.extend(chunk.prompt_logprobs)
             if chunk.finish_reason != inference_pb2.FINISH_REASON_UNSPECIFIED:
                 c.finish_reason = FINISH_REASONS[chunk.finish_reason]
                 which = chunk.WhichOneof("stop_reason")

@@ -285,6 +285,10 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     if (!ids.is_array() || !AllIntegers(ids)) return BadParam("stop_token_ids", "expected an array of token ids");
     if (std::optional<HttpError> e = AppendTokenIds(ids, "stop_token_ids", INT32_MIN, *s.mutable_stop_token_ids())) return e;
   }
+  std::optional<int64_t> prompt_logprobs;  // vLLM's
+  if (std::optional<HttpError> e = Integer(body, "prompt_logprobs", 0, 20, prompt_logprobs)) return e;
+  if (prompt_logprobs) s.set_prompt_logprobs(static_cast<uint32_t>(*prompt_logprobs));
+  call.prompt_logprobs = prompt_logprobs.has_value();
   std::optional<int64_t> priority;  // vLLM's: lower first (the coordinator's --scheduling-policy priority)
   if (std::optional<HttpError> e = Integer(body, "priority", INT32_MIN, INT32_MAX, priority)) return e;
   if (priority) call.request.set_priority(static_cast<int32_t>(*priority));
@@ -414,6 +418,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   if (call.echo && s.has_truncate_prompt_tokens()) return BadParam("echo", "not served with truncate_prompt_tokens");
   if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
+  if (call.max_tokens == 0 && call.prompt_logprobs) return BadParam("prompt_logprobs", "needs max_tokens of at least 1");
   return call;
 }
 
@@ -584,6 +589,21 @@ json LogprobsJson(const v1::GenerateResponse& r, size_t& offset) {
   return j;
 }
 
+json PromptLogprobsJson(const v1::GenerateResponse& r) {
+  json list = json::array({nullptr});  // nothing predicts the first prompt token
+  for (const v1::TokenLogprob& lp : r.prompt_logprobs()) {
+    json entry = json::object();
+    entry[std::to_string(lp.token_id())] = {{"logprob", lp.logprob()}, {"rank", lp.rank()}, {"decoded_token", lp.text()}};
+    for (int k = 0; k < lp.top_size(); ++k) {
+      const v1::TopLogprob& t = lp.top(k);
+      const std::string key = std::to_string(t.token_id());
+      if (!entry.contains(key)) entry[key] = {{"logprob", t.logprob()}, {"rank", k + 1}, {"decoded_token", t.text()}};
+    }
+    list.push_back(entry);
+  }
+  return list;
+}
+
 json ChatLogprobsJson(const v1::GenerateResponse& r) {
   auto bytes = [](const std::string& text) {
     json b = json::array();
@@ -613,6 +633,7 @@ bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   Choice& c = choices_[r.index()];
   c.text += r.text();
   if (c.first_token < 0 && r.token_ids_size() > 0) c.first_token = r.token_ids(0);
+  if (r.prompt_logprobs_size() > 0) prompt_logprobs_ = PromptLogprobsJson(r);
   if (logprobs_ && api_ == Api::kChat) {
     if (c.logprobs.is_null()) c.logprobs = {{"content", json::array()}};
     for (const json& x : ChatLogprobsJson(r)) c.logprobs["content"].push_back(x);
@@ -651,20 +672,23 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
       choice["text"] = choices_[i].text;
     }
     choice["logprobs"] = logprobs;
+    if (prompt_logprobs_wanted_ && !chat) choice["prompt_logprobs"] = prompt_logprobs_;
     choice["finish_reason"] = choices_[i].finish_reason.empty() ? json(nullptr) : json(choices_[i].finish_reason);
     choice["stop_reason"] = choices_[i].stop_reason;
     choices.push_back(choice);
     completion_tokens += choices_[i].completion_tokens;
   }
-  return {{"id", (chat ? "chatcmpl-" : "cmpl-") + request_id_},
-          {"object", chat ? "chat.completion" : "text_completion"},
-          {"created", created},
-          {"model", model_name},
-          {"choices", choices},
-          {"usage",
-           {{"prompt_tokens", prompt_tokens_},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens_ + completion_tokens}}}};
+  json answer = {{"id", (chat ? "chatcmpl-" : "cmpl-") + request_id_},
+                 {"object", chat ? "chat.completion" : "text_completion"},
+                 {"created", created},
+                 {"model", model_name},
+                 {"choices", choices},
+                 {"usage",
+                  {{"prompt_tokens", prompt_tokens_},
+                   {"completion_tokens", completion_tokens},
+                   {"total_tokens", prompt_tokens_ + completion_tokens}}}};
+  if (prompt_logprobs_wanted_ && chat) answer["prompt_logprobs"] = prompt_logprobs_;  // vLLM's place for chat
+  return answer;
 }
 
 json ChatRoleChunkJson(const std::string& request_id, uint32_t index, const std::string& model_name, int64_t created) {
@@ -683,26 +707,30 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
   const bool last = r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
   const json finish = last ? json(FinishReasonName(r.finish_reason())) : json(nullptr);
   if (api == Api::kChat) {
-    return {{"id", "chatcmpl-" + r.request_id()},
-            {"object", "chat.completion.chunk"},
-            {"created", created},
-            {"model", model_name},
-            {"choices", json::array({{{"index", r.index()},
-                                      {"delta", {{"content", r.text()}}},
-                                      {"logprobs", logprobs ? json{{"content", ChatLogprobsJson(r)}} : json(nullptr)},
-                                      {"finish_reason", finish},
-                                      {"stop_reason", StopReasonJson(r)}}})}};
+    json chunk = {{"id", "chatcmpl-" + r.request_id()},
+                  {"object", "chat.completion.chunk"},
+                  {"created", created},
+                  {"model", model_name},
+                  {"choices", json::array({{{"index", r.index()},
+                                            {"delta", {{"content", r.text()}}},
+                                            {"logprobs", logprobs ? json{{"content", ChatLogprobsJson(r)}} : json(nullptr)},
+                                            {"finish_reason", finish},
+                                            {"stop_reason", StopReasonJson(r)}}})}};
+    if (r.prompt_logprobs_size() > 0) chunk["prompt_logprobs"] = PromptLogprobsJson(r);
+    return chunk;
   }
-  return {{"id", "cmpl-" + r.request_id()},
-          {"object", "text_completion"},
-          {"created", created},
-          {"model", model_name},
-          {"choices",
-           json::array({{{"index", r.index()},
-                         {"text", r.text()},
-                         {"logprobs", logprobs ? LogprobsJson(r, offset) : json(nullptr)},
-                         {"finish_reason", finish},
-                         {"stop_reason", StopReasonJson(r)}}})}};
+  json chunk = {{"id", "cmpl-" + r.request_id()},
+                {"object", "text_completion"},
+                {"created", created},
+                {"model", model_name},
+                {"choices",
+                 json::array({{{"index", r.index()},
+                               {"text", r.text()},
+                               {"logprobs", logprobs ? LogprobsJson(r, offset) : json(nullptr)},
+                               {"finish_reason", finish},
+                               {"stop_reason", StopReasonJson(r)}}})}};
+  if (r.prompt_logprobs_size() > 0) chunk["choices"][0]["prompt_logprobs"] = PromptLogprobsJson(r);
+  return chunk;
 }
 
 json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,

@@ -49,6 +49,7 @@ struct CompletionCall {
   uint32_t n = 1;
   bool logprobs = false;       // the answer carries a logprobs object per choice
   bool echo = false;           // the prompt (and its logprobs) before the completion
+  bool prompt_logprobs = false;  // vLLM's prompt_logprobs: the answer carries them
   uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
   ToolChoice tool_choice;      // chat: a named function or "required" answers with tool_calls
 };
@@ -92,8 +93,10 @@ nlohmann::json StopReasonJson(const v1::GenerateResponse& r);
 // Accumulates a stream's messages into the non-streaming answer.
 class CompletionAccumulator {
  public:
-  CompletionAccumulator(uint32_t n, bool logprobs, Api api = Api::kCompletions)
-      : api_(api), logprobs_(logprobs), choices_(n) {}
+  // `prompt_logprobs`: the answer carries vLLM's prompt_logprobs (every choice's in the completions
+  // API, the answer's in the chat API), [null, {"id": {logprob, rank, decoded_token}}, ...].
+  CompletionAccumulator(uint32_t n, bool logprobs, Api api = Api::kCompletions, bool prompt_logprobs = false)
+      : api_(api), logprobs_(logprobs), prompt_logprobs_wanted_(prompt_logprobs), choices_(n) {}
   // False when the message names a completion index outside [0, n).
   bool Add(const v1::GenerateResponse& r);
   // {"id", "object": "text_completion" or "chat.completion", "created", "model", "choices", "usage"}.
@@ -113,6 +116,8 @@ class CompletionAccumulator {
   };
   Api api_;
   bool logprobs_;
+  bool prompt_logprobs_wanted_;
+  nlohmann::json prompt_logprobs_ = nlohmann::json::array({nullptr});  // a prompt of one token: [null]
   std::string request_id_;
   uint32_t prompt_tokens_ = 0;
   std::vector<Choice> choices_;
@@ -121,6 +126,10 @@ class CompletionAccumulator {
 // The logprobs object of a message's tokens; `offset` is the text_offset of its first token and
 // moves past the last.
 nlohmann::json LogprobsJson(const v1::GenerateResponse& r, size_t& offset);
+
+// vLLM's prompt_logprobs of a message that carries them: [null, {"<token id>": {"logprob", "rank",
+// "decoded_token"}, ...}, ...], each position the prompt token and its top alternatives.
+nlohmann::json PromptLogprobsJson(const v1::GenerateResponse& r);
 
 // The chat API's logprobs of a message's tokens: [{"token", "logprob", "bytes", "top_logprobs": [...]}].
 nlohmann::json ChatLogprobsJson(const v1::GenerateResponse& r);

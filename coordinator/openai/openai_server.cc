@@ -568,7 +568,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     if (scored.results_size() != 1) return HttpError{500, "ScoreRolling answered no result", "server_error", {}};
   }
 
-  CompletionAccumulator acc(call.n, call.logprobs, api);
+  CompletionAccumulator acc(call.n, call.logprobs, api, call.prompt_logprobs);
   if (call.max_tokens > 0) {
     grpc::ClientContext ctx;
     const CallScope scope(*this, ctx);
