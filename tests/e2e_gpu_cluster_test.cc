@@ -66,6 +66,7 @@ struct Sample {
   std::string prompt;
   std::vector<int32_t> prompt_ids, transformers_ids, engine_ids;
   std::vector<int32_t> engine_sampled_ids;  // with Sampled(i) for sample i
+  std::vector<float> engine_prompt_logprobs;  // ScoreAll of the prompt: tokens 1..n-1
 };
 
 class E2eGpuCluster : public ::testing::Test {
@@ -145,6 +146,10 @@ class E2eGpuCluster : public ::testing::Test {
     }
     MOE_ASSIGN_OR_RETURN(res, GenerateAll(*engine, reqs));
     for (size_t i = 0; i < samples_.size(); ++i) samples_[i].engine_sampled_ids = res[i].tokens;
+    for (Sample& x : samples_) {
+      MOE_ASSIGN_OR_RETURN(auto scored, ScoreAll(*engine, {x.prompt_ids}));
+      x.engine_prompt_logprobs.assign(scored[0].logprobs.begin() + 1, scored[0].logprobs.end());
+    }
     return absl::OkStatus();
   }
 
@@ -237,6 +242,31 @@ TEST_F(E2eGpuCluster, JsonSchemaAnswersFromGpuRanksAreWhatTheSchemaAdmits) {
     }
   }
   EXPECT_EQ(checked, 4);
+}
+
+// prompt_logprobs from GPU ranks: the single-GPU engine's scores of the prompt (bf16: within 0.05;
+// the rows come from other batches), then the greedy tokens.
+TEST_F(E2eGpuCluster, PromptLogprobsFromGpuRanksAreTheSingleGpuEnginesScores) {
+  auto stub = moe::v1::Inference::NewStub(cluster_->channel());
+  for (const Sample& s : samples_) {
+    moe::v1::GenerateRequest r;
+    r.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(s.prompt_ids.begin(), s.prompt_ids.end());
+    r.mutable_sampling()->set_max_tokens(8);
+    r.mutable_sampling()->set_temperature(0);
+    r.mutable_sampling()->set_prompt_logprobs(1);
+    const StreamOutcome o = RunGenerate(*stub, r, 120);
+    ASSERT_TRUE(o.status.ok()) << o.status << cluster_->LogTail();
+    EXPECT_EQ(o.result.token_ids, std::vector<int32_t>(s.engine_ids.begin(), s.engine_ids.begin() + 8));
+    ASSERT_EQ(o.result.prompt_logprobs.size(), s.prompt_ids.size() - 1);
+    for (size_t i = 0; i < o.result.prompt_logprobs.size(); ++i) {
+      const moe::v1::TokenLogprob& lp = o.result.prompt_logprobs[i];
+      EXPECT_EQ(lp.token_id(), s.prompt_ids[i + 1]);
+      EXPECT_NEAR(lp.logprob(), s.engine_prompt_logprobs[i], 0.05) << json(s.prompt).dump() << " token " << i + 1;
+      EXPECT_GE(lp.rank(), 1u);
+      ASSERT_EQ(lp.top_size(), 1);
+      EXPECT_GE(lp.top(0).logprob(), lp.logprob() - 1e-6);
+    }
+  }
 }
 
 TEST_F(E2eGpuCluster, ShutsDownCleanly) {
