@@ -222,8 +222,9 @@ struct SampleRowParams {
   float min_p;          // 0: off
   int32_t adjusted_row;  // -1: drawn from the logits row; else from this row of SampleRows' `adjusted`
   int32_t top_n;         // also the row's top_n most probable tokens (0 to kMaxSampleTop)
+  int32_t target;        // -1: none; else also this id's log-probability and rank (ScoreRow's)
 };
-static_assert(sizeof(SampleRowParams) == 11 * sizeof(int32_t));
+static_assert(sizeof(SampleRowParams) == 12 * sizeof(int32_t));
 constexpr int kMaxSampleTop = 20;
 
 // Penalised copies of logits rows (common/logit_adjustment.h): for r < rows, with adjust_rows[r] =
@@ -246,10 +247,14 @@ inline int64_t AllowedRowWords(int64_t V) { return 2 * ((V + 63) / 64); }
 // with a clear bit had a -inf logit (PickToken with `adjust` and `allowed`); its log-probability
 // stays the raw row's. `allowed` and `adjusted` may be null when no row names one. A row with top_n
 // also writes the min(top_n, V) tokens of the largest raw logits, in that order (ties to the lower
-// id), and their log-probabilities (TopTokens) at top_ids / top_logprobs + r * top_stride.
+// id), and their log-probabilities (TopTokens) at top_ids / top_logprobs + r * top_stride. A row
+// with a target writes its log-probability and rank (ScoreRow: ids whose raw logit is at least the
+// target's, NaN as -inf) at target_logprobs / target_ranks + r (a scored row: greedy params, the
+// pick then the argmax).
 void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
                 const float* adjusted, int32_t* tokens, float* logprobs, cudaStream_t s, int32_t* top_ids = nullptr,
-                float* top_logprobs = nullptr, int64_t top_stride = 0);
+                float* top_logprobs = nullptr, int64_t top_stride = 0, float* target_logprobs = nullptr,
+                int32_t* target_ranks = nullptr);
 
 // residual[t, :] += sum over s = 0..k-1 of weight[t*k+s] * y[position[t*k+s], :], slots in order.
 // The residual, positions and weights are read before waiting for the kernel before this one (the

@@ -284,7 +284,8 @@ __device__ int SampleRow(const Row& r, const SampleRowParams& p, Shared& sh, uns
 __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits, int V, const SampleRowParams* params,
                                                              const uint32_t* allowed, int allowed_words,
                                                              const float* adjusted, int32_t* tokens, float* logprobs,
-                                                             int32_t* top_ids, float* top_logprobs, int top_stride) {
+                                                             int32_t* top_ids, float* top_logprobs, int top_stride,
+                                                             float* target_logprobs, int32_t* target_ranks) {
   PdlGate();
   __shared__ Shared sh;
   extern __shared__ unsigned long long hist[];
@@ -338,6 +339,18 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
     sum += v == max_logit ? 1.0 : exp(v - max_logit);
   }
   const double log_sum = log(BlockSum(sum, sh));
+  // A scored row's target: its log-probability and the ids at least as probable (exact in double).
+  if (p.target >= 0 && p.target < V) {
+    const float t = r.Raw(p.target);
+    double count = 0.0;
+    for (int i = threadIdx.x; i < V; i += kThreads) count += r.Raw(i) >= t ? 1.0 : 0.0;
+    count = BlockSum(count, sh);
+    if (threadIdx.x == 0) {
+      const double v = t;
+      target_logprobs[blockIdx.x] = static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
+      target_ranks[blockIdx.x] = static_cast<int32_t>(count);
+    }
+  }
 
   int token = bi < V ? bi : 0;
   if (p.temperature > 0.f && max_allowed > -INFINITY) {  // else the argmax rule, as on the host
@@ -422,7 +435,7 @@ void AdjustRows(const float* logits, int64_t V, const int32_t* adjust_rows, int6
 
 void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
                 const float* adjusted, int32_t* tokens, float* logprobs, cudaStream_t s, int32_t* top_ids,
-                float* top_logprobs, int64_t top_stride) {
+                float* top_logprobs, int64_t top_stride, float* target_logprobs, int32_t* target_ranks) {
   if (rows == 0) return;
   if (V <= 0 || V >= (int64_t{1} << 31)) throw std::invalid_argument("SampleRows: vocabulary size out of range");
   // Raised once (not per launch: launches may be captured into a CUDA graph).
@@ -434,7 +447,7 @@ void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowPar
   (void)raised;
   Launch(SampleRowsKernel, static_cast<unsigned>(rows), kThreads, kHistogramBytes, s, logits, static_cast<int>(V),
          params, allowed, static_cast<int>(AllowedRowWords(V)), adjusted, tokens, logprobs, top_ids, top_logprobs,
-         static_cast<int>(top_stride));
+         static_cast<int>(top_stride), target_logprobs, target_ranks);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

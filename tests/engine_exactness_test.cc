@@ -160,6 +160,54 @@ TEST(EngineExactnessTest, SampleNextReturnsThePickOfTheLogits) {
   EXPECT_EQ((*e)->SequenceLength(1), static_cast<int64_t>(g.prompt(3).size()));  // nothing changed
 }
 
+// A chunk with score gets each row's ScoreRow over the logits it would have had (its target's
+// LogSoftmax value and rank, the top alternatives) instead of the rows; -1 targets get none. Bad
+// scores are refused naming what is wrong, and change nothing.
+TEST(EngineExactnessTest, ScoreReturnsEachRowsScoresOfTheLogits) {
+  Golden g = Golden::Load();
+  auto e = LoadLocalEngine(kGoldenDir);
+  const int64_t V = (*e)->config().vocab_size;
+  const std::vector<int32_t> a = g.prompt(3);
+  ASSERT_TRUE((*e)->AddSequence(1).ok());
+  ASSERT_TRUE((*e)->AddSequence(2).ok());
+  SequenceChunk scored{2, a, true};
+  scored.score = ScoreTargets{{}, 4};
+  for (size_t i = 0; i < a.size(); ++i) scored.score->targets.push_back(i + 1 < a.size() ? a[i + 1] : -1);
+  const StepOutput out = (*e)->Step({{1, a, true}, scored}).value();
+  const ChunkLogits& full = out.chunks[0];
+  const ChunkLogits& got = out.chunks[1];
+  EXPECT_TRUE(got.logits.empty());
+  EXPECT_EQ(got.rows, static_cast<int64_t>(a.size()));
+  ASSERT_EQ(got.scores.size(), a.size());
+  for (size_t r = 0; r < a.size(); ++r) {
+    const RowScore want = ScoreRow(std::span<const float>(full.logits.data() + r * V, static_cast<size_t>(V)),
+                                   scored.score->targets[r], 4);
+    EXPECT_EQ(got.scores[r].logprob, want.logprob) << r;
+    EXPECT_EQ(got.scores[r].rank, want.rank) << r;
+    ASSERT_EQ(got.scores[r].top.size(), 4u);
+    for (size_t j = 0; j < 4; ++j) EXPECT_EQ(got.scores[r].top[j].token, want.top[j].token) << r;
+  }
+  EXPECT_EQ(got.scores.back().rank, 0u);  // the last row's target is -1
+  ASSERT_TRUE((*e)->AddSequence(3).ok());
+  SequenceChunk bad{3, {5, 6}, false};
+  bad.score = ScoreTargets{{6, -1}, 0};
+  absl::Status st = (*e)->Step({bad}).status();
+  EXPECT_NE(std::string(st.message()).find("score needs all_logits"), std::string::npos) << st;
+  bad.all_logits = true;
+  bad.score->targets = {6};
+  st = (*e)->Step({bad}).status();
+  EXPECT_NE(std::string(st.message()).find("1 score targets for 2 tokens"), std::string::npos) << st;
+  bad.score->targets = {6, static_cast<int32_t>(V)};
+  st = (*e)->Step({bad}).status();
+  EXPECT_NE(std::string(st.message()).find("score target"), std::string::npos) << st;
+  bad.score->targets = {6, -1};
+  bad.score->top = kMaxTopLogprobs + 1;
+  st = (*e)->Step({bad}).status();
+  EXPECT_NE(std::string(st.message()).find("score top 21 above 20"), std::string::npos) << st;
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*e)->SequenceLength(3), 0);
+}
+
 TEST(EngineExactnessTest, StepRejectsBadInputAndChangesNothing) {
   auto e = LoadLocalEngine(kGoldenDir);
   const ModelConfig& c = (*e)->config();

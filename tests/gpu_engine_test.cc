@@ -491,6 +491,57 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
   EXPECT_GT((*e)->graphs_captured(), graphs_before);  // the decode steps replayed graphs
 }
 
+// Chunks with score get each row's ScoreRow over the logits the same chunks return whole (batch-
+// invariant kernels: the same logits either way), computed by the sampling kernel beside a pick in
+// the same step: the targets' log-probabilities to the last bits of a float, ranks and the top
+// alternatives exact; targets of -1 get none.
+TEST_F(GpuGoldenTest, ScoreReturnsEachRowsScoresOfTheLogits) {
+  auto e = LoadGpu(kGoldenDir);
+  const int64_t V = (*e)->config().vocab_size;
+  for (int64_t id : {1, 2, 3, 11, 12, 13}) ASSERT_TRUE((*e)->AddSequence(id).ok());
+  const std::vector<std::vector<int32_t>> tokens = {golden_->prompt(3), golden_->prompt(2), golden_->prompt(4)};
+  std::vector<SequenceChunk> full, scored;
+  const uint32_t tops[3] = {3, 0, 20};
+  for (size_t i = 0; i < 3; ++i) {
+    full.push_back({1 + static_cast<int64_t>(i), tokens[i], i != 1});
+    SequenceChunk ch{11 + static_cast<int64_t>(i), tokens[i], i != 1};
+    if (i == 1) {
+      ch.sample_next = SampleNext{{.temperature = 0.f}, 0};
+      ch.sample_next->top_logprobs = 3;
+    } else {
+      ch.score = ScoreTargets{{}, tops[i]};
+      for (size_t t = 0; t < tokens[i].size(); ++t) {
+        ch.score->targets.push_back(t % 4 == 3 ? -1 : static_cast<int32_t>((tokens[i][t] * 31 + t) % V));
+      }
+    }
+    scored.push_back(ch);
+  }
+  const StepOutput a = (*e)->Step(full).value();
+  const StepOutput b = (*e)->Step(scored).value();
+  EXPECT_EQ(b.chunks[1].token, PickToken(a.chunks[1].logits, {.temperature = 0.f}, 0).token);
+  EXPECT_EQ(b.chunks[1].top.size(), 3u);
+  for (size_t i : {size_t{0}, size_t{2}}) {
+    const ChunkLogits& got = b.chunks[i];
+    ASSERT_EQ(got.rows, static_cast<int64_t>(tokens[i].size()));
+    EXPECT_TRUE(got.logits.empty());
+    ASSERT_EQ(got.scores.size(), tokens[i].size());
+    for (size_t r = 0; r < tokens[i].size(); ++r) {
+      const int32_t target = scored[i].score->targets[r];
+      const RowScore want =
+          ScoreRow(std::span<const float>(a.chunks[i].logits.data() + r * V, static_cast<size_t>(V)), target, tops[i]);
+      EXPECT_EQ(got.scores[r].rank, want.rank) << "chunk " << i << " row " << r;
+      EXPECT_NEAR(got.scores[r].logprob, want.logprob, 1e-6 * std::max(1.f, std::fabs(want.logprob)))
+          << "chunk " << i << " row " << r;
+      ASSERT_EQ(got.scores[r].top.size(), want.top.size()) << "chunk " << i << " row " << r;
+      for (size_t j = 0; j < want.top.size(); ++j) {
+        EXPECT_EQ(got.scores[r].top[j].token, want.top[j].token) << "chunk " << i << " row " << r << " top " << j;
+        EXPECT_NEAR(got.scores[r].top[j].logprob, want.top[j].logprob, 1e-6 * std::max(1.f, std::fabs(want.top[j].logprob)));
+      }
+      if (target < 0) EXPECT_EQ(got.scores[r].rank, 0u);
+    }
+  }
+}
+
 // Without a KV size the cache takes what the memory fraction of the device leaves after the weights
 // and the step buffers (worker/kv_budget.h with the device's own total), and the engine runs; a
 // fraction too small for one block is an error that says so.

@@ -780,6 +780,19 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     std::fill(row(5), row(6), 0.25f);
     // Top alternatives asked for by the cases in turn.
     constexpr int32_t kTopN[4] = {0, 1, 5, kMaxSampleTop};
+    // A target to score (its log-probability and rank) for every case but each fifth: on the special
+    // rows a tied maximum, a NaN, an -inf, a +inf and a flat row's id; elsewhere ids spread over the row.
+    const auto TargetOf = [V](int64_t r, int64_t i) -> int32_t {
+      if (i % 5 == 4) return -1;
+      switch (r) {
+        case 1: return static_cast<int32_t>(V / 2);
+        case 2: return 0;
+        case 3: return static_cast<int32_t>(1 % V);
+        case 4: return static_cast<int32_t>(V / 3);
+        case 5: return static_cast<int32_t>(2 % V);
+        default: return static_cast<int32_t>((i * 7919) % V);
+      }
+    };
     // Allowed-id masks: about half the ids at random; the upper half only (whole words of ones and
     // zeros; row 1's tied maxima both stay); three ids (row 4's two +inf among them); none (the
     // argmax rule's index 0 over an all -inf row).
@@ -832,7 +845,7 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     for (int64_t i = 0; i < n; ++i) {
       const Case& c = cases[i];
       std::copy(row(c.row), row(c.row) + V, in.begin() + i * V);
-      pp[i] = ToSampleRowParams(c.p, c.step, c.mask, -1, kTopN[i % 4]);
+      pp[i] = ToSampleRowParams(c.p, c.step, c.mask, -1, kTopN[i % 4], TargetOf(c.row, i));
     }
     // The penalised rows: (case, first entry, count) each, their entries one after another.
     std::vector<int32_t> adjust_rows;
@@ -858,13 +871,17 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
     }
     Buffer<float> d_x(in), d_lp(n), d_adjusted(static_cast<size_t>(n_adjusted * V)), d_top_lp(n * kMaxSampleTop);
     Buffer<int32_t> d_top_ids(n * kMaxSampleTop);
+    Buffer<float> d_target_lp(n);
+    Buffer<int32_t> d_target_rank(n);
     Buffer<int32_t> d_params(words), d_tok(n), d_masks(mask_bits), d_adjust_rows(adjust_rows), d_entries(entry_words);
     AdjustRows(d_x.get(), V, d_adjust_rows.get(), n_adjusted, reinterpret_cast<const LogitAdjustment*>(d_entries.get()),
                d_adjusted.get(), nullptr);
     SampleRows(d_x.get(), n, V, reinterpret_cast<const SampleRowParams*>(d_params.get()),
                reinterpret_cast<const uint32_t*>(d_masks.get()), d_adjusted.get(), d_tok.get(), d_lp.get(), nullptr,
-               d_top_ids.get(), d_top_lp.get(), kMaxSampleTop);
+               d_top_ids.get(), d_top_lp.get(), kMaxSampleTop, d_target_lp.get(), d_target_rank.get());
     const std::vector<int32_t> tok = d_tok.Download();
+    const std::vector<float> target_lp = d_target_lp.Download();
+    const std::vector<int32_t> target_rank = d_target_rank.Download();
     const std::vector<float> lp = d_lp.Download();
     const std::vector<int32_t> top_ids = d_top_ids.Download();
     const std::vector<float> top_lp = d_top_lp.Download();
@@ -889,6 +906,18 @@ TEST(GpuKernelsTest, SampleRowsMatchSampleToken) {
           EXPECT_EQ(got, w) << "V " << V << " row " << c.row << " top " << j;
         } else {
           EXPECT_NEAR(got, w, 1e-6 * std::max(1.f, std::fabs(w))) << "V " << V << " row " << c.row << " top " << j;
+        }
+      }
+      // The target (ScoreRow): its raw log-probability and rank, whatever the mask or penalties.
+      const int32_t target = TargetOf(c.row, i);
+      if (target >= 0) {
+        const RowScore ws = ScoreRow(std::span<const float>(&x[c.row * V], static_cast<size_t>(V)), target, 0);
+        EXPECT_EQ(target_rank[i], static_cast<int32_t>(ws.rank)) << "V " << V << " row " << c.row << " target " << target;
+        if (std::isinf(ws.logprob)) {
+          EXPECT_EQ(target_lp[i], ws.logprob) << "V " << V << " row " << c.row << " target " << target;
+        } else {
+          EXPECT_NEAR(target_lp[i], ws.logprob, 1e-6 * std::max(1.f, std::fabs(ws.logprob)))
+              << "V " << V << " row " << c.row << " target " << target;
         }
       }
       if (std::isinf(want.logprob)) {  // a masked pick beside a +inf logit (row 4)

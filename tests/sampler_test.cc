@@ -246,6 +246,39 @@ TEST(SamplerPick, TopTokensAreTheLargestLogitsWithTheirLogSoftmax) {
   for (size_t i = 0; i < 20; ++i) EXPECT_EQ(top20[i].token, order[i]) << i;
 }
 
+// ScoreRow: a target's LogSoftmax value and vLLM's rank (ids whose logit is at least the target's,
+// NaN as -inf: tied ids share the larger rank), by hand on a small row and against a count over a
+// large one; the top alternatives are TopTokens'; no target: logprob and rank 0.
+TEST(SamplerPick, ScoreRowIsTheTargetsLogSoftmaxRankAndTheTopTokens) {
+  const std::vector<float> row = {1.0f, kNaN, 3.0f, 3.0f, -kInf, 0.5f, 2.0f};
+  std::vector<float> lsm(row.size());
+  LogSoftmax(row, lsm);
+  const uint32_t want_rank[7] = {4, 7, 2, 2, 7, 5, 3};
+  for (int32_t t = 0; t < 7; ++t) {
+    const RowScore s = ScoreRow(row, t, 2);
+    EXPECT_EQ(s.logprob, lsm[static_cast<size_t>(t)]) << t;
+    EXPECT_EQ(s.rank, want_rank[t]) << t;
+    ASSERT_EQ(s.top.size(), 2u);
+    EXPECT_EQ(s.top[0].token, 2);
+    EXPECT_EQ(s.top[1].token, 3);
+  }
+  const RowScore none = ScoreRow(row, -1, 0);
+  EXPECT_EQ(none.logprob, 0.f);
+  EXPECT_EQ(none.rank, 0u);
+  EXPECT_TRUE(none.top.empty());
+  const std::vector<float> big = RandomLogits(32000, 4.0f, 12);
+  std::vector<float> big_lsm(big.size());
+  LogSoftmax(big, big_lsm);  // (checked against a double reference below)
+  for (int32_t t : {0, 17, 31999, 12345}) {
+    const RowScore s = ScoreRow(big, t, 5);
+    EXPECT_EQ(s.logprob, big_lsm[static_cast<size_t>(t)]);
+    EXPECT_EQ(s.rank, static_cast<uint32_t>(std::count_if(big.begin(), big.end(), [&](float x) { return x >= big[t]; })));
+    const std::vector<TokenPick> top = TopTokens(big, 5);
+    ASSERT_EQ(s.top.size(), top.size());
+    for (size_t i = 0; i < top.size(); ++i) EXPECT_EQ(s.top[i].token, top[i].token);
+  }
+}
+
 // TokenMask: the bits of ids past its size stay clear; KeepFirst intersects and bans the tail;
 // MaskLogits sets exactly the banned ids to -inf.
 TEST(TokenMaskTest, BitsAndMaskLogits) {

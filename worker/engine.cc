@@ -138,6 +138,12 @@ void Engine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) 
       if (next->top_logprobs > 0) cl.top = TopTokens(cl.logits, next->top_logprobs);
       cl.logits.clear();
       cl.rows = 0;
+    } else if (const auto& score = chunks[ci].score) {  // the rows' scores instead of the rows
+      for (int64_t r = 0; r < cl.rows; ++r) {
+        cl.scores.push_back(ScoreRow(std::span<const float>(cl.logits.data() + r * V, static_cast<size_t>(V)),
+                                     score->targets[static_cast<size_t>(first + r)], score->top));
+      }
+      cl.logits.clear();
     }
     out.chunks.push_back(std::move(cl));
     row += n;

@@ -266,6 +266,17 @@ std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n) {
   return out;
 }
 
+RowScore ScoreRow(std::span<const float> logits, int32_t target, uint32_t top) {
+  RowScore s;
+  if (top > 0) s.top = TopTokens(logits, top);
+  if (target < 0 || logits.empty()) return s;
+  const double x = Sanitized(logits[static_cast<size_t>(target)]);
+  const double max_logit = MaxLogit(logits);
+  s.logprob = LogProb(x, max_logit, LogSumShiftedExp(logits, max_logit));
+  for (const float l : logits) s.rank += Sanitized(l) >= x;
+  return s;
+}
+
 void LogSoftmax(std::span<const float> logits, std::span<float> out) {
   MOE_CHECK(out.size() == logits.size(), "LogSoftmax output size ", out.size(), " != ",
             logits.size());

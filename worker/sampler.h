@@ -59,6 +59,17 @@ TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint
 // each with its LogSoftmax value. The GPU's sampling kernel computes the same (SampleRowParams::top_n).
 std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n);
 
+// What a scored row reports (ScoreRow): the log-probability of the token that follows it and vLLM's
+// rank of that token (how many ids have a logit at least its, NaN as -inf: 1 is the most probable),
+// both 0 without one, and the row's top alternatives (TopTokens).
+struct RowScore {
+  float logprob = 0.f;
+  uint32_t rank = 0;
+  std::vector<TokenPick> top;
+};
+// `target` < 0: no target. The GPU's sampling kernel computes the same (SampleRowParams::target).
+RowScore ScoreRow(std::span<const float> logits, int32_t target, uint32_t top);
+
 // Natural-log softmax of `logits` into `out` (same size), computed in double. NaN logits count
 // as -inf, like SampleToken; +inf logits share the whole mass; an all -inf row comes out uniform.
 void LogSoftmax(std::span<const float> logits, std::span<float> out);

@@ -64,6 +64,25 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
         adjusted[static_cast<size_t>(a.id / 64)] |= bit;
       }
     }
+    if (const auto& score = ch.score) {
+      if (!ch.all_logits) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": score needs all_logits"));
+      }
+      if (score->targets.size() != ch.tokens.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": ", score->targets.size(),
+                                                       " score targets for ", ch.tokens.size(), " tokens"));
+      }
+      for (const int32_t t : score->targets) {
+        if (t < -1 || t >= c.vocab_size) {
+          return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": score target ", t,
+                                                         " is outside the vocabulary [0, ", c.vocab_size, ") and not -1"));
+        }
+      }
+      if (score->top > kMaxTopLogprobs) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", ch.seq_id, ": score top ", score->top, " above ", kMaxTopLogprobs));
+      }
+    }
     for (size_t i = 0; i < ch.tokens.size(); ++i) {
       if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": token id ", ch.tokens[i],

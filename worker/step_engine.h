@@ -34,11 +34,21 @@ struct SampleNext {
 };
 inline constexpr uint32_t kMaxTopLogprobs = 20;
 
+// Scores of a chunk's rows instead of the rows (a chunk with all_logits): row r's target (the token
+// that follows it; -1: none) gets its log-probability and rank, and the row its `top` most probable
+// tokens (ScoreRow), so a GPU engine copies a few numbers per row to the host, not the vocabulary.
+struct ScoreTargets {
+  std::vector<int32_t> targets;  // one per token of the chunk, in the vocabulary or -1
+  uint32_t top = 0;              // at most kMaxTopLogprobs
+};
+
 // Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
 struct SequenceChunk {
   int64_t seq_id = 0;
   std::vector<int32_t> tokens;
   bool all_logits = false;  // logits for every token (scoring), else only the last one
+  // With all_logits: each row's scores (ChunkLogits::scores) instead of its logits.
+  std::optional<ScoreTargets> score = std::nullopt;
   // Only the next token is wanted (not with all_logits): the engine samples it from the last
   // position's logits and returns it with its log-probability (PickToken) instead of the logits,
   // so a GPU engine copies two numbers to the host instead of a vocabulary-wide row.
@@ -53,6 +63,7 @@ struct ChunkLogits {
   int32_t token = -1;          // sample_next: the sampled next token
   float token_logprob = 0.f;   // sample_next: its log-probability
   std::vector<TokenPick> top;  // sample_next with top_logprobs: TopTokens of the row
+  std::vector<RowScore> scores;  // score: one per row (`logits` then empty)
 };
 
 struct StepOutput {
@@ -97,7 +108,8 @@ absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, c
 // Checks a step's chunks against the config and the KV cache without changing anything: every
 // sequence known and at most once, tokens present and inside the vocabulary, sampling parameters
 // valid, an allowed-ids mask (if any) of the vocabulary's size, adjusted ids inside the vocabulary
-// and distinct, at most kMaxTopLogprobs top logprobs, positions within
+// and distinct, at most kMaxTopLogprobs top logprobs, scores only with all_logits and with one
+// target in the vocabulary (or -1) per token, positions within
 // max_position_embeddings, enough free KV blocks for the whole step.
 absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
                                 const std::vector<SequenceChunk>& chunks);

@@ -249,8 +249,8 @@ bool GpuEngine::Reserve(const StepShape& sh) {
     h_adjustments_.EnsureSize(room);  // not read by a graph
   }
   grew |= h_logits_.EnsureSize(static_cast<size_t>((sh.wanted - sh.picks) * c.vocab_size));
-  grew |= picks_.EnsureSize(static_cast<size_t>(2 * sh.picks * (1 + sh.top)));
-  grew |= h_picks_.EnsureSize(static_cast<size_t>(2 * sh.picks * (1 + sh.top)));
+  grew |= picks_.EnsureSize(static_cast<size_t>(sh.pick_words()));
+  grew |= h_picks_.EnsureSize(static_cast<size_t>(sh.pick_words()));
   grew |= moe_->Reserve(sh.rows());
   grew |= attn_partial_.EnsureSize(DecodeSplitFloats(sh.narrow, c.num_heads, c.head_dim, sh.decode_splits));
   if (attn_counters_.EnsureSize(static_cast<size_t>(sh.narrow * c.num_kv_heads))) {
@@ -282,6 +282,10 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     sh.picks += ch.sample_next ? 1 : 0;
     sh.allowed += ch.sample_next && !ch.sample_next->allowed.empty() ? 1 : 0;
     if (ch.sample_next) sh.top = std::max<int64_t>(sh.top, ch.sample_next->top_logprobs);
+    if (ch.score) {  // every row scored by the sampling kernel: a greedy pick with a target
+      sh.picks += n;
+      sh.top = std::max<int64_t>(sh.top, ch.score->top);
+    }
     if (ch.sample_next && !ch.sample_next->adjust.empty()) {
       ++sh.adjusted;
       sh.adjust_entries += static_cast<int64_t>(ch.sample_next->adjust.size());
@@ -355,6 +359,12 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
       }
       pick_params[p++] =
           ToSampleRowParams(next->params, next->step, allowed_row, adjusted_row, static_cast<int32_t>(next->top_logprobs));
+    } else if (const auto& score = ch.score) {
+      static const SamplingParams kGreedy{.temperature = 0.0f};
+      for (int64_t i = 0; i < n; ++i) {
+        wanted_rows[sh.wanted - sh.picks + p] = static_cast<int32_t>(row + i);
+        pick_params[p++] = ToSampleRowParams(kGreedy, 0, -1, -1, static_cast<int32_t>(score->top), score->targets[i]);
+      }
     } else {
       for (int64_t i = n - WantedRows(ch, 0).rows; i < n; ++i) wanted_rows[w++] = static_cast<int32_t>(row + i);
     }
@@ -408,7 +418,9 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   // than copying into them (about 3 ms for the 8 MB of a batch of 64).
   for (int64_t ci = 0; ci < S; ++ci) {
     out.chunks.push_back(WantedRows(chunks[ci], starts[ci]));
-    if (!chunks[ci].sample_next) out.chunks.back().logits.resize(static_cast<size_t>(out.chunks.back().rows * V));
+    if (!chunks[ci].sample_next && !chunks[ci].score) {
+      out.chunks.back().logits.resize(static_cast<size_t>(out.chunks.back().rows * V));
+    }
   }
   host_times_.enqueue_ms += LapMs();
   MOE_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -428,19 +440,34 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   }
   w = 0;
   p = 0;
+  // The picks' words: tokens, logprobs, top ids, top logprobs, target logprobs, target ranks.
+  const int32_t* picks = h_picks_.get();
+  const int64_t P = sh.picks;
+  auto top_of = [&](int64_t pick, int64_t n_top) {
+    std::vector<TokenPick> top;
+    for (int64_t j = 0; j < std::min<int64_t>(n_top, V); ++j) {
+      top.push_back({picks[2 * P + pick * sh.top + j], std::bit_cast<float>(picks[2 * P + P * sh.top + pick * sh.top + j])});
+    }
+    return top;
+  };
   for (size_t ci = 0; ci < out.chunks.size(); ++ci) {
     ChunkLogits& cl = out.chunks[ci];
     if (chunks[ci].sample_next) {
-      const int32_t* picks = h_picks_.get();
       cl.token = picks[p];
-      cl.token_logprob = std::bit_cast<float>(picks[sh.picks + p]);
-      const int64_t n_top = std::min<int64_t>(chunks[ci].sample_next->top_logprobs, V);
-      for (int64_t j = 0; j < n_top; ++j) {
-        cl.top.push_back({picks[2 * sh.picks + p * sh.top + j],
-                          std::bit_cast<float>(picks[2 * sh.picks + sh.picks * sh.top + p * sh.top + j])});
-      }
+      cl.token_logprob = std::bit_cast<float>(picks[P + p]);
+      cl.top = top_of(p, chunks[ci].sample_next->top_logprobs);
       cl.rows = 0;
       ++p;
+      continue;
+    }
+    if (const auto& score = chunks[ci].score) {
+      for (int64_t r = 0; r < cl.rows; ++r, ++p) {
+        RowScore& rs = cl.scores.emplace_back();
+        rs.top = top_of(p, score->top);
+        if (score->targets[static_cast<size_t>(r)] < 0) continue;
+        rs.logprob = std::bit_cast<float>(picks[2 * P * (1 + sh.top) + p]);
+        rs.rank = static_cast<uint32_t>(picks[2 * P * (1 + sh.top) + P + p]);
+      }
       continue;
     }
     std::copy(h_logits_.get() + w * V, h_logits_.get() + (w + cl.rows) * V, cl.logits.begin());
@@ -521,8 +548,10 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
     SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, sh.allowed > 0 ? d_allowed : nullptr,
                sh.adjusted > 0 ? adjusted_.get() : nullptr, picks_.get(),
                reinterpret_cast<float*>(picks_.get() + sh.picks), s, picks_.get() + 2 * sh.picks,
-               reinterpret_cast<float*>(picks_.get() + 2 * sh.picks + sh.picks * sh.top), sh.top);
-    MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * 2 * sh.picks * (1 + sh.top),
+               reinterpret_cast<float*>(picks_.get() + 2 * sh.picks + sh.picks * sh.top), sh.top,
+               reinterpret_cast<float*>(picks_.get() + 2 * sh.picks * (1 + sh.top)),
+               picks_.get() + 2 * sh.picks * (1 + sh.top) + sh.picks);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * sh.pick_words(),
                                    cudaMemcpyDeviceToHost, s));
   }
   if (count_experts) {

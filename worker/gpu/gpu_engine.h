@@ -165,6 +165,8 @@ class GpuEngine final : public StepEngine {
     // Their adjustments, all rows together: uploaded before the step's graph (adjustments_), so a
     // growing output changes no shape.
     int64_t adjust_entries = 0;
+    // The picks' results, in 32-bit words: token, logprob, top ids and logprobs, target logprob and rank.
+    int64_t pick_words() const { return 2 * picks * (2 + top); }
     int64_t inputs() const {
       return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide + picks * kPickParamWords + allowed * allowed_words +
              3 * adjusted;

@@ -10,9 +10,10 @@
 namespace moe::gpu {
 
 // `allowed_row`: the row of the step's allowed-id bits this row draws under, `adjusted_row` the row
-// of its penalised copy it draws from; -1 for none. `top_n`: the top alternatives it also returns.
+// of its penalised copy it draws from; -1 for none. `top_n`: the top alternatives it also returns;
+// `target`: the id whose log-probability and rank it also returns (-1: none).
 inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step, int32_t allowed_row = -1,
-                                         int32_t adjusted_row = -1, int32_t top_n = 0) {
+                                         int32_t adjusted_row = -1, int32_t top_n = 0, int32_t target = -1) {
   return SampleRowParams{p.temperature,
                          p.top_k,
                          p.top_p,
@@ -23,7 +24,8 @@ inline SampleRowParams ToSampleRowParams(const SamplingParams& p, uint64_t step,
                          allowed_row,
                          p.min_p,
                          adjusted_row,
-                         top_n};
+                         top_n,
+                         target};
 }
 
 }  // namespace moe::gpu

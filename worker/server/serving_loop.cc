@@ -273,22 +273,20 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLog
 
 void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits& out) {
   ServedSequence& s = seqs_.at(seq_id);
-  const int64_t V = engine_.config().vocab_size;
   const int64_t first = s.fed;
   s.fed += tokens;
   if (s.is_score()) {
-    // Row r holds the prediction for prompt token first + r + 1.
-    static const SamplingParams kGreedy{.temperature = 0.0f};
+    // Row r holds the prediction for prompt token first + r + 1; the engine scored it.
+    MOE_CHECK(out.scores.size() == static_cast<size_t>(out.rows), "a scoring chunk came back without its scores");
     for (int64_t r = 0; r < out.rows && first + r + 1 < s.prompt_size(); ++r) {
-      std::span<const float> row(out.logits.data() + r * V, static_cast<size_t>(V));
+      const RowScore& score = out.scores[static_cast<size_t>(r)];
       const int32_t next = s.assign.prompt(static_cast<int>(first + r + 1));
-      logprobs_.Compute(row);
-      s.scored.add_logprobs(logprobs_.logprob(next));
-      if (s.assign.want_greedy()) {
-        const int32_t argmax = SampleToken(row, kGreedy, 0);
-        s.scored.add_is_argmax(argmax == next);
-        s.scored.add_argmax_ids(argmax);
-        s.scored.add_argmax_logprobs(logprobs_.logprob(argmax));
+      s.scored.add_logprobs(score.logprob);
+      if (s.assign.want_greedy()) {  // the argmax: the most probable token, ties to the lower id
+        const TokenPick& argmax = score.top.at(0);
+        s.scored.add_is_argmax(argmax.token == next);
+        s.scored.add_argmax_ids(argmax.token);
+        s.scored.add_argmax_logprobs(argmax.logprob);
       }
     }
     if (s.feed_remaining() == 0) {
@@ -299,7 +297,7 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
     }
     return;
   }
-  if (out.rows > 0) {  // rows for the prompt's logprobs (never its last token's)
+  if (out.rows > 0) {  // scored rows for the prompt's logprobs (never its last token's)
     MOE_CHECK(s.wants_prompt_logprobs(), "a generation's chunk returned logits instead of the engine's pick");
     AddPromptLogprobs(s, first, out);
     return;
@@ -309,18 +307,15 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
 }
 
 void ServingLoop::AddPromptLogprobs(ServedSequence& s, int64_t first, const ChunkLogits& out) {
-  const int64_t V = engine_.config().vocab_size;
-  const uint32_t top = s.assign.prompt_logprobs();
-  // Row r holds the prediction for prompt token first + r + 1.
+  MOE_CHECK(out.scores.size() == static_cast<size_t>(out.rows), "a prompt's chunk came back without its scores");
+  // Row r holds the prediction for prompt token first + r + 1; the engine scored it.
   for (int64_t r = 0; r < out.rows && first + r + 1 < s.prompt_size(); ++r) {
-    std::span<const float> row(out.logits.data() + r * V, static_cast<size_t>(V));
-    const int32_t next = s.assign.prompt(static_cast<int>(first + r + 1));
-    logprobs_.Compute(row);
-    s.prompt_logprobs.add_logprobs(logprobs_.logprob(next));
-    s.prompt_logprobs.add_ranks(logprobs_.rank(next));
-    if (top == 0) continue;
+    const RowScore& score = out.scores[static_cast<size_t>(r)];
+    s.prompt_logprobs.add_logprobs(score.logprob);
+    s.prompt_logprobs.add_ranks(score.rank);
+    if (s.assign.prompt_logprobs() == 0) continue;
     moe::v1::TopAlternatives* alts = s.prompt_logprobs.add_top();
-    for (const TokenPick& alt : TopTokens(row, top)) {
+    for (const TokenPick& alt : score.top) {
       moe::v1::WorkerTopLogprob* w = alts->add_alternatives();
       w->set_token_id(alt.token);
       w->set_logprob(alt.logprob);
@@ -410,7 +405,14 @@ bool ServingLoop::RunOnce() {
     SequenceChunk& ch = chunks.emplace_back();
     ch.seq_id = EngineId(running[i]);
     ch.all_logits = s.whole_rows_remaining() > 0;
-    if (!ch.all_logits) ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
+    if (ch.all_logits) {  // scored on the engine: each row's next prompt token
+      ch.score = ScoreTargets{{}, s.is_score() ? (s.assign.want_greedy() ? 1u : 0u) : s.assign.prompt_logprobs()};
+      for (int64_t q = s.fed; q < s.fed + counts[i]; ++q) {
+        ch.score->targets.push_back(q + 1 < s.prompt_size() ? s.assign.prompt(static_cast<int>(q + 1)) : -1);
+      }
+    } else {
+      ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
+    }
     ch.tokens = s.ContextTokens(s.fed, counts[i]);
     owners.emplace_back(running[i], counts[i]);
   }

@@ -44,7 +44,6 @@
 #include "worker/server/inbox.h"
 #include "worker/server/outbox.h"
 #include "worker/server/served_sequence.h"
-#include "worker/server/token_logprobs.h"
 
 namespace moe {
 
@@ -126,7 +125,6 @@ class ServingLoop {
   static constexpr size_t kMaxSchemas = 64;
   std::map<std::string, std::shared_ptr<JsonMaskCache>> json_masks_;
   std::map<uint64_t, ServedSequence> seqs_;
-  TokenLogprobs logprobs_;  // scoring's
 
   StopReason local_stop_ = StopReason::kNone;
   StopReason stop_ = StopReason::kNone;
