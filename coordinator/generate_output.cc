@@ -35,6 +35,16 @@ bool Contains(const std::vector<int32_t>& ids, int32_t id) { return std::find(id
 
 }  // namespace
 
+void GenerateOutput::AddTop(const v1::TopAlternatives& alts, v1::TokenLogprob& lp) const {
+  for (const v1::WorkerTopLogprob& alt : alts.alternatives()) {
+    if (alt.token_id() < 0 || alt.token_id() >= model_.config.vocab_size) continue;  // not the worker's to crash us
+    v1::TopLogprob* t = lp.add_top();
+    t->set_token_id(alt.token_id());
+    t->set_logprob(alt.logprob());
+    t->set_text(TokenText(alt.token_id()));
+  }
+}
+
 bool GenerateOutput::EndsOutput(int32_t id) const { return Contains(stop_token_ids_, id) || Contains(eos_ids_, id); }
 
 absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::GenerateResponse& out) {
@@ -64,15 +74,7 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
       lp->set_token_id(id);
       lp->set_logprob(tokens.logprobs(i));
       lp->set_text(silent ? TokenText(id) : delta);
-      if (i < tokens.top_size()) {
-        for (const v1::WorkerTopLogprob& alt : tokens.top(i).alternatives()) {
-          if (alt.token_id() < 0 || alt.token_id() >= vocab) continue;
-          v1::TopLogprob* t = lp->add_top();
-          t->set_token_id(alt.token_id());
-          t->set_logprob(alt.logprob());
-          t->set_text(TokenText(alt.token_id()));
-        }
-      }
+      if (i < tokens.top_size()) AddTop(tokens.top(i), *lp);
     }
     if (detok_ == nullptr) continue;
     if (completion_tokens_ <= min_tokens_) {  // a stop string cannot end the output yet
@@ -96,7 +98,6 @@ absl::Status GenerateOutput::AddPromptLogprobs(const v1::PromptLogprobs& p, v1::
     return absl::InternalError(absl::StrCat("worker sent ", p.logprobs_size(), " prompt logprobs, ", p.ranks_size(),
                                             " ranks and ", p.top_size(), " top lists for ", n, " prompt tokens"));
   }
-  const int64_t vocab = model_.config.vocab_size;
   for (int i = 0; i < n; ++i) {
     v1::TokenLogprob* lp = out.add_prompt_logprobs();
     const int32_t id = prompt_[static_cast<size_t>(i) + 1];
@@ -104,14 +105,7 @@ absl::Status GenerateOutput::AddPromptLogprobs(const v1::PromptLogprobs& p, v1::
     lp->set_logprob(p.logprobs(i));
     lp->set_rank(p.ranks(i));
     lp->set_text(TokenText(id));
-    if (i >= p.top_size()) continue;
-    for (const v1::WorkerTopLogprob& alt : p.top(i).alternatives()) {
-      if (alt.token_id() < 0 || alt.token_id() >= vocab) continue;
-      v1::TopLogprob* t = lp->add_top();
-      t->set_token_id(alt.token_id());
-      t->set_logprob(alt.logprob());
-      t->set_text(TokenText(alt.token_id()));
-    }
+    if (i < p.top_size()) AddTop(p.top(i), *lp);
   }
   return absl::OkStatus();
 }
