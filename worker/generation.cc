@@ -93,24 +93,23 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreAll(StepEngine& engine, const std:
   for (size_t i = 0; i < n && local.ok(); ++i) {
     const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
     local = engine.AddSequence(id);
-    chunks.push_back({id, sequences[i], true});
+    SequenceChunk& ch = chunks.emplace_back(SequenceChunk{id, sequences[i], true});
+    ch.score = ScoreTargets{};  // each row's next token, scored on the engine
+    for (size_t t = 0; t < sequences[i].size(); ++t) {
+      ch.score->targets.push_back(t + 1 < sequences[i].size() ? sequences[i][t + 1] : -1);
+    }
   }
   if (!local.ok()) chunks = {{-1, {}, true}};  // fails the step on every rank (see GenerateAll)
   absl::StatusOr<StepOutput> step = engine.Step(chunks);
   FreeAll(engine, n);
   if (!local.ok()) return local;
   if (!step.ok()) return step.status();
-  const int64_t V = engine.config().vocab_size;
   std::vector<ScoreResult> results(n);
-  std::vector<float> lsm(static_cast<size_t>(V));
   for (size_t i = 0; i < n; ++i) {
     const std::vector<int32_t>& toks = sequences[i];
     const ChunkLogits& cl = step->chunks[i];
     results[i].logprobs.assign(toks.size(), std::numeric_limits<float>::quiet_NaN());
-    for (size_t t = 1; t < toks.size(); ++t) {
-      LogSoftmax(std::span<const float>(cl.logits.data() + (t - 1) * V, static_cast<size_t>(V)), lsm);
-      results[i].logprobs[t] = lsm[toks[t]];
-    }
+    for (size_t t = 1; t < toks.size(); ++t) results[i].logprobs[t] = cl.scores[t - 1].logprob;
   }
   return results;
 }
