@@ -20,6 +20,9 @@
 
 namespace moe {
 
+// Prompt logprobs go out in messages of at most this many positions (GenerateResponse.prompt_logprobs).
+inline constexpr int kPromptLogprobsPerMessage = 1024;
+
 class GenerateOutput {
  public:
   // `tokenizer` may be null (no text then); it must outlive this object.

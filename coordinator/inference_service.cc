@@ -136,9 +136,23 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
           finish(i, v1::FINISH_REASON_STOP_SEQUENCE);
         }
       } else if (e.message.has_prompt_logprobs()) {
-        if (absl::Status added = outs[i]->AddPromptLogprobs(e.message.prompt_logprobs(), responses[i]); !added.ok()) {
+        // Their own messages, before any token, in pieces that stay far below gRPC's default 4 MiB
+        // receive limit (20 alternatives are ~400 bytes a position; a prompt may have 32k).
+        v1::GenerateResponse all;
+        if (absl::Status added = outs[i]->AddPromptLogprobs(e.message.prompt_logprobs(), all); !added.ok()) {
           cancel_rest();
           return end(v1::FINISH_REASON_ERROR, ToGrpcStatus(added));
+        }
+        for (int at = 0; at < all.prompt_logprobs_size(); at += kPromptLogprobsPerMessage) {
+          v1::GenerateResponse piece;
+          piece.set_request_id(all.request_id());
+          piece.set_index(i);
+          const int end_at = std::min(all.prompt_logprobs_size(), at + kPromptLogprobsPerMessage);
+          piece.mutable_prompt_logprobs()->Assign(all.prompt_logprobs().begin() + at, all.prompt_logprobs().begin() + end_at);
+          if (!writer->Write(piece)) {
+            cancel_rest();
+            return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+          }
         }
       } else if (e.message.has_finished()) {
         const v1::Finished& f = e.message.finished();
@@ -165,10 +179,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
       stats_.AddGenerationTokens(new_tokens, now);
     }
     for (auto& [i, response] : responses) {
-      if (response.token_ids_size() == 0 && response.prompt_logprobs_size() == 0 &&
-          response.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) {
-        continue;
-      }
+      if (response.token_ids_size() == 0 && response.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
       response.set_index(i);
       if (!writer->Write(response)) {
         cancel_rest();

@@ -250,7 +250,7 @@ inline int64_t AllowedRowWords(int64_t V) { return 2 * ((V + 63) / 64); }
 // id), and their log-probabilities (TopTokens) at top_ids / top_logprobs + r * top_stride. A row
 // with a target writes its log-probability and rank (ScoreRow: ids whose raw logit is at least the
 // target's, NaN as -inf) at target_logprobs / target_ranks + r (a scored row: greedy params, the
-// pick then the argmax).
+// pick then the argmax); both pointers must be given when any row has a target.
 void SampleRows(const float* logits, int64_t rows, int64_t V, const SampleRowParams* params, const uint32_t* allowed,
                 const float* adjusted, int32_t* tokens, float* logprobs, cudaStream_t s, int32_t* top_ids = nullptr,
                 float* top_logprobs = nullptr, int64_t top_stride = 0, float* target_logprobs = nullptr,

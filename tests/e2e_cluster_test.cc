@@ -525,6 +525,43 @@ TYPED_TEST(E2eCluster, PromptLogprobsAreTheReferencesOnCompletionZero) {
       EXPECT_GE(lp.rank(), 1u);
     }
   }
+  // A prompt of 2,500 tokens: its 2,499 logprobs in messages of at most 1,024 (far below gRPC's
+  // 4 MiB), all before the first token, the reference's.
+  {
+    std::vector<int32_t> prompt;
+    for (size_t i = 0; prompt.size() < 2500; ++i) {
+      const auto ids = ref.samples[i % ref.samples.size()]["greedy_ids"].get<std::vector<int32_t>>();
+      prompt.insert(prompt.end(), ids.begin(), ids.end());
+    }
+    prompt.resize(2500);
+    moe::v1::GenerateRequest req;
+    req.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
+    req.mutable_sampling()->set_max_tokens(2);
+    req.mutable_sampling()->set_temperature(0);
+    req.mutable_sampling()->set_prompt_logprobs(20);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(120));
+    auto reader = this->stub_->Generate(&ctx, req);
+    moe::v1::GenerateResponse msg;
+    std::vector<float> got;
+    int pieces = 0, tokens = 0;
+    while (reader->Read(&msg)) {
+      if (msg.prompt_logprobs_size() > 0) {
+        ++pieces;
+        EXPECT_LE(msg.prompt_logprobs_size(), 1024);
+        EXPECT_EQ(tokens, 0) << "prompt logprobs after a token";
+        EXPECT_EQ(msg.token_ids_size(), 0);
+        for (const auto& lp : msg.prompt_logprobs()) got.push_back(lp.logprob());
+      }
+      tokens += msg.token_ids_size();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(pieces, 3);
+    EXPECT_EQ(tokens, 2);
+    const std::vector<float> want = ref.Score(prompt);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-4) << "prompt token " << i + 1;
+  }
   // Too many alternatives: refused naming the field.
   moe::v1::GenerateRequest bad = GreedyRequest("ROMEO:", 2);
   bad.mutable_sampling()->set_prompt_logprobs(21);

@@ -254,6 +254,17 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertIsNone(chat["prompt_logprobs"][0])
         self.assertEqual(len(chat["prompt_logprobs"]), chat["usage"]["prompt_tokens"])
         self.assertTrue(all(len(e) == 1 for e in chat["prompt_logprobs"][1:]))
+        # A prompt of 1,500 tokens: its logprobs come from the coordinator in pieces; the answer has them
+        # whole, and so does the stream's one chunk that carries them.
+        long_ids = (ids * 200)[:1500]
+        status, answer = self.call("/v1/completions", {"prompt": long_ids, "max_tokens": 1, "prompt_logprobs": 0})
+        self.assertEqual(status, 200, answer)
+        plp = answer["choices"][0]["prompt_logprobs"]
+        self.assertEqual(len(plp), 1500)
+        self.assertEqual([list(e) for e in plp[1:]], [[str(t)] for t in long_ids[1:]])
+        events = self.stream({"prompt": long_ids, "max_tokens": 1, "prompt_logprobs": 0})
+        streamed = [c["prompt_logprobs"] for e in events for c in e["choices"] if c.get("prompt_logprobs")]
+        self.assertEqual(streamed, [plp])
         status, err = self.call("/v1/completions", dict(body, prompt_logprobs=21))
         self.assertEqual(status, 400, err)
         self.assertEqual(err["error"]["param"], "prompt_logprobs")

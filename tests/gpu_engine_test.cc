@@ -492,8 +492,8 @@ TEST_F(GpuGoldenTest, SampleNextReturnsThePickOfTheLogits) {
 }
 
 // Chunks with score get each row's ScoreRow over the logits the same chunks return whole (batch-
-// invariant kernels: the same logits either way), computed by the sampling kernel beside a pick in
-// the same step: the targets' log-probabilities to the last bits of a float, ranks and the top
+// invariant kernels: the same logits either way), computed by the sampling kernel beside a masked,
+// penalised pick in the same step (PickToken's): the targets' log-probabilities to the last bits of a float, ranks and the top
 // alternatives exact; targets of -1 get none.
 TEST_F(GpuGoldenTest, ScoreReturnsEachRowsScoresOfTheLogits) {
   auto e = LoadGpu(kGoldenDir);
@@ -502,12 +502,15 @@ TEST_F(GpuGoldenTest, ScoreReturnsEachRowsScoresOfTheLogits) {
   const std::vector<std::vector<int32_t>> tokens = {golden_->prompt(3), golden_->prompt(2), golden_->prompt(4)};
   std::vector<SequenceChunk> full, scored;
   const uint32_t tops[3] = {3, 0, 20};
+  TokenMask allowed(V);
+  for (int64_t t = 0; t < V; t += 3) allowed.Ban(t);
+  std::vector<LogitAdjustment> adjust;
+  for (int32_t id = 1; id < V; id += 5) adjust.push_back({.id = id, .bias = id % 2 ? 1.5f : -0.5f, .repetition = 1.2f});
   for (size_t i = 0; i < 3; ++i) {
     full.push_back({1 + static_cast<int64_t>(i), tokens[i], i != 1});
     SequenceChunk ch{11 + static_cast<int64_t>(i), tokens[i], i != 1};
-    if (i == 1) {
-      ch.sample_next = SampleNext{{.temperature = 0.f}, 0};
-      ch.sample_next->top_logprobs = 3;
+    if (i == 1) {  // a pick under allowed ids and penalties between the scored chunks
+      ch.sample_next = SampleNext{{.temperature = 0.f}, 0, {allowed.words().begin(), allowed.words().end()}, adjust, 3};
     } else {
       ch.score = ScoreTargets{{}, tops[i]};
       for (size_t t = 0; t < tokens[i].size(); ++t) {
@@ -518,7 +521,9 @@ TEST_F(GpuGoldenTest, ScoreReturnsEachRowsScoresOfTheLogits) {
   }
   const StepOutput a = (*e)->Step(full).value();
   const StepOutput b = (*e)->Step(scored).value();
-  EXPECT_EQ(b.chunks[1].token, PickToken(a.chunks[1].logits, {.temperature = 0.f}, 0).token);
+  const TokenPick want_pick = PickToken(a.chunks[1].logits, {.temperature = 0.f}, 0, allowed.words(), adjust);
+  EXPECT_EQ(b.chunks[1].token, want_pick.token);
+  EXPECT_NEAR(b.chunks[1].token_logprob, want_pick.logprob, 1e-6 * std::max(1.f, std::fabs(want_pick.logprob)));
   EXPECT_EQ(b.chunks[1].top.size(), 3u);
   for (size_t i : {size_t{0}, size_t{2}}) {
     const ChunkLogits& got = b.chunks[i];
@@ -537,7 +542,9 @@ TEST_F(GpuGoldenTest, ScoreReturnsEachRowsScoresOfTheLogits) {
         EXPECT_EQ(got.scores[r].top[j].token, want.top[j].token) << "chunk " << i << " row " << r << " top " << j;
         EXPECT_NEAR(got.scores[r].top[j].logprob, want.top[j].logprob, 1e-6 * std::max(1.f, std::fabs(want.top[j].logprob)));
       }
-      if (target < 0) EXPECT_EQ(got.scores[r].rank, 0u);
+      if (target < 0) {
+        EXPECT_EQ(got.scores[r].rank, 0u);
+      }
     }
   }
 }

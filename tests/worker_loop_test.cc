@@ -995,15 +995,19 @@ TEST_F(WorkerLoopTest, InvalidAssignsEndWithAnErrorAndOthersRun) {
   h.Push(empty);
   h.Push(Greedy(4, Prompt(1), 24));
   h.Push(Greedy(5, Prompt(1), 0));  // nothing to generate
+  Assign many_alternatives = Greedy(6, Prompt(1), 4);
+  many_alternatives.set_prompt_logprobs(kMaxTopLogprobs + 1);  // (the coordinator caps it; a rank checks too)
+  h.Push(many_alternatives);
   h.RunUntilDone();
   auto seqs = h.out.BySequence();
-  for (uint64_t id : {1, 2, 3}) {
+  for (uint64_t id : {1, 2, 3, 6}) {
     ASSERT_TRUE(seqs[id].finished.has_value()) << id;
     EXPECT_EQ(seqs[id].finished->reason(), Finished::REASON_ERROR) << id;
   }
   EXPECT_NE(seqs[1].finished->error().find("vocabulary"), std::string::npos) << seqs[1].finished->error();
   EXPECT_NE(seqs[2].finished->error().find("top_p"), std::string::npos) << seqs[2].finished->error();
   EXPECT_NE(seqs[3].finished->error().find("prompt"), std::string::npos) << seqs[3].finished->error();
+  EXPECT_NE(seqs[6].finished->error().find("prompt_logprobs: 21 above 20"), std::string::npos) << seqs[6].finished->error();
   EXPECT_EQ(seqs[4].tokens, Greedy24(1));
   EXPECT_EQ(seqs[5].finished->reason(), Finished::REASON_LENGTH);
   EXPECT_TRUE(seqs[5].tokens.empty());

@@ -64,6 +64,13 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
         adjusted[static_cast<size_t>(a.id / 64)] |= bit;
       }
     }
+    for (size_t i = 0; i < ch.tokens.size(); ++i) {
+      if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": token id ", ch.tokens[i],
+                                                       " at index ", i, " is outside the vocabulary [0, ",
+                                                       c.vocab_size, ")"));
+      }
+    }
     if (const auto& score = ch.score) {
       if (!ch.all_logits) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": score needs all_logits"));
@@ -81,13 +88,6 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
       if (score->top > kMaxTopLogprobs) {
         return absl::InvalidArgumentError(
             absl::StrCat("sequence ", ch.seq_id, ": score top ", score->top, " above ", kMaxTopLogprobs));
-      }
-    }
-    for (size_t i = 0; i < ch.tokens.size(); ++i) {
-      if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": token id ", ch.tokens[i],
-                                                       " at index ", i, " is outside the vocabulary [0, ",
-                                                       c.vocab_size, ")"));
       }
     }
     const int64_t len = kv.length(ch.seq_id), end = len + static_cast<int64_t>(ch.tokens.size());

@@ -633,7 +633,10 @@ bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   Choice& c = choices_[r.index()];
   c.text += r.text();
   if (c.first_token < 0 && r.token_ids_size() > 0) c.first_token = r.token_ids(0);
-  if (r.prompt_logprobs_size() > 0) prompt_logprobs_ = PromptLogprobsJson(r);
+  if (r.prompt_logprobs_size() > 0) {  // they may come in several messages: each one's after its leading null
+    const json part = PromptLogprobsJson(r);
+    prompt_logprobs_.insert(prompt_logprobs_.end(), part.begin() + 1, part.end());
+  }
   if (logprobs_ && api_ == Api::kChat) {
     if (c.logprobs.is_null()) c.logprobs = {{"content", json::array()}};
     for (const json& x : ChatLogprobsJson(r)) c.logprobs["content"].push_back(x);

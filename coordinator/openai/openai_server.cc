@@ -472,6 +472,9 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
+  // prompt_logprobs arrive in messages of their own (at most 1,024 positions each) before the first
+  // token: they go out whole with the choice's next chunk.
+  std::vector<std::vector<v1::TokenLogprob>> pending_prompt_logprobs(choices);
   // A choice answering with tool calls: a named function's arguments, "required"'s calls, and
   // "auto"'s once its first token is [TOOL_CALLS], stream as they come (OpenAI's deltas: a call's id
   // and name first, then arguments text). "auto"'s text is free: when it does not read as calls
@@ -509,6 +512,13 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     const uint32_t choice = static_cast<uint32_t>(item.prompt * call.n + msg.index());
     msg.set_index(choice);
     msg.set_request_id(request_id);
+    std::vector<v1::TokenLogprob>& pending = pending_prompt_logprobs[choice];
+    if (msg.prompt_logprobs_size() > 0 || !pending.empty()) {
+      pending.insert(pending.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
+      if (msg.token_ids_size() == 0 && msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
+      msg.mutable_prompt_logprobs()->Assign(pending.begin(), pending.end());
+      pending.clear();
+    }
     if (api == Api::kChat && !role_sent[choice]) {
       role_sent[choice] = true;
       client_gone = !SendEvent(conn, ChatRoleChunkJson(request_id, choice, model_name_, created).dump());
@@ -524,7 +534,10 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       if (automatic) held_text[choice] += msg.text();
       nlohmann::json entries = call_streams[choice].Feed(msg.text());
       const bool last = msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
-      if (entries.empty() && !last) continue;
+      if (entries.empty() && !last) {  // nothing to send yet: the prompt's logprobs wait for the next chunk
+        pending.assign(msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
+        continue;
+      }
       nlohmann::json delta = entries.empty() ? nlohmann::json::object() : nlohmann::json{{"tool_calls", entries}};
       if (last && automatic) {
         if (ToolCallsJson(call.tool_choice, held_text[choice]).is_null()) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "worker/step_engine.h"
+
 namespace moe {
 
 std::vector<int32_t> ServedSequence::ContextTokens(int64_t begin, int64_t n) const {
@@ -117,6 +119,12 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
     MOE_RETURN_IF_ERROR(PenaltiesOf(a).Validate(c.vocab_size));
   } else if (a.resume_tokens_size() > 0) {
     return absl::InvalidArgumentError("resume_tokens: only a generation resumes");
+  }
+  if (a.top_logprobs() > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs: ", a.top_logprobs(), " above ", kMaxTopLogprobs));
+  }
+  if (a.prompt_logprobs() > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt_logprobs: ", a.prompt_logprobs(), " above ", kMaxTopLogprobs));
   }
   if (static_cast<int64_t>(a.resume_tokens_size()) > static_cast<int64_t>(a.max_tokens())) {
     return absl::InvalidArgumentError(absl::StrCat("resume_tokens: ", a.resume_tokens_size(),
