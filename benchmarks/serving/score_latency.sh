@@ -54,7 +54,8 @@ if [[ -z "$ADDR" ]]; then
 fi
 echo "score_latency: cluster serving on $ADDR"
 # Ids drawn from the model's own vocabulary (past the usual control ids 0-2).
-VOCAB="$("$CLIENT" --server "$ADDR" info --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["model"]["vocab_size"])')"
+"$CLIENT" --server "$ADDR" info --json > "$WORK/info.json"
+VOCAB="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"]["vocab_size"])' "$WORK/info.json")"
 [[ "$VOCAB" =~ ^[0-9]+$ ]] || { echo "score_latency: could not read the model's vocabulary size" >&2; exit 1; }
 
 status=0
@@ -79,6 +80,10 @@ result = {"benchmark": "ScoreRolling latency through the cluster (moe-client sco
           "commit": commit, "command": "benchmarks/serving/score_latency.sh OUT.json " + args, "unit": "ms",
           "ids": "random.Random(SEED + length).randrange(min(3, vocab - 1), vocab) for each position",
           "seed": int(os.environ["SEED"]), "vocab_size": int(os.environ["VOCAB"]), "lengths": {}}
+info = json.load(open(os.path.join(work, "info.json")))
+result["machine"] = {"client_host": os.uname().nodename,
+                     "ranks": [{"host": r.get("host"), "device": r.get("device")} for r in info["cluster"].get("ranks", [])]}
+result["model"] = {k: info["model"].get(k) for k in ("model_dir", "num_layers", "num_experts", "vocab_size")}
 for n in lengths.split():
     if n not in times:
         continue
