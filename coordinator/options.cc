@@ -55,7 +55,7 @@ std::string CoordinatorUsage() {
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
-         "When every worker caches prompt prefixes (moe-worker --enable-prefix-caching), a generation goes\n"
+         "When every worker caches prompt prefixes (moe-worker's default), a generation goes\n"
          "to the rank that holds the longest start of its prompt, unless that rank reserves more than\n"
          "--prefix-affinity-slack KV positions beyond the least loaded one (0: place by load only).\n"
          "--max-model-len N: a request's prompt + max_tokens (a scoring window) may take at most N positions,\n"

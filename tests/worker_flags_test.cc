@@ -21,8 +21,11 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   EXPECT_EQ(f->kv_tokens, 4096);
   EXPECT_EQ(f->max_batch_tokens, 512);
   EXPECT_FALSE(f->synthetic_seed.has_value());
+  EXPECT_TRUE(f->enable_prefix_caching);  // on by default, as in vLLM and TGI
+  f = ParseWorkerFlags({"--coordinator=h:1", "--no-enable-prefix-caching"});
+  ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_FALSE(f->enable_prefix_caching);
-  f = ParseWorkerFlags({"--coordinator=h:1", "--enable-prefix-caching"});
+  f = ParseWorkerFlags({"--coordinator=h:1", "--no-enable-prefix-caching", "--enable-prefix-caching"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_TRUE(f->enable_prefix_caching);
   EXPECT_EQ(f->kv_admission, KvAdmission::kOnDemand);

@@ -3,7 +3,8 @@
 // storage: the CPU KvCache keeps its float pools beside it, the GPU engine its bf16 device pools,
 // and both index them with the same block ids (one pool per layer, the same ids in every layer).
 //
-// Prefix caching (off unless enabled, as vLLM's --enable-prefix-caching): a block that a sequence
+// Prefix caching (EnablePrefixCache; moe-worker turns it on unless --no-enable-prefix-caching, as
+// vLLM's default): a block that a sequence
 // has filled is registered under the token ids of everything up to its end (a hash chain over the
 // blocks, each block's own tokens and its parent's hash checked on a match). A later sequence whose
 // prompt starts with the same whole blocks attaches them instead of computing them again; a block

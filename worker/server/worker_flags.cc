@@ -42,7 +42,7 @@ absl::StatusOr<uint64_t> ParseSeed(const std::string& flag, const std::string& s
 std::string WorkerUsage() {
   return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
-         "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--enable-prefix-caching]\n"
+         "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--no-enable-prefix-caching]\n"
          "                  [--kv-admission on-demand|reserve]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
@@ -53,10 +53,11 @@ std::string WorkerUsage() {
          "buffers; a CPU rank's holds 64 sequences of the full context, at most 262144 positions.\n"
          "--synthetic-weights SEED (--device gpu): seeded random weights built on the GPU for the model's\n"
          "config.json, no checkpoint read: full-size serving benchmarks from a folder holding only config.json.\n"
-         "--enable-prefix-caching: filled KV blocks stay cached after their sequence ends; a later prompt\n"
-         "that starts with the same whole blocks attaches them instead of computing them again (one that\n"
-         "arrives while another sequence is still prefilling them waits for them), and shared blocks count\n"
-         "once when sequences are admitted to the KV cache.\n"
+         "Prefix caching (on by default, as in vLLM and TGI; --no-enable-prefix-caching turns it off;\n"
+         "--enable-prefix-caching is accepted): filled KV blocks stay cached after their sequence ends; a\n"
+         "later prompt that starts with the same whole blocks attaches them instead of computing them again\n"
+         "(one that arrives while another sequence is still prefilling them waits for them), and shared\n"
+         "blocks count once when sequences are admitted to the KV cache.\n"
          "--kv-admission: on-demand (the default, as vLLM) admits a sequence once its prompt fits and takes\n"
          "KV blocks as it grows; when a step cannot get its blocks the newest sequence is preempted and later\n"
          "computes its prompt and tokens again (the same tokens). reserve (as TGI) admits a sequence only\n"
@@ -78,9 +79,9 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       f.help = true;
       continue;
     }
-    if (flag == "--enable-prefix-caching") {
+    if (flag == "--enable-prefix-caching" || flag == "--no-enable-prefix-caching") {
       if (has_inline) return FlagError(flag, "takes no value");
-      f.enable_prefix_caching = true;
+      f.enable_prefix_caching = flag == "--enable-prefix-caching";
       continue;
     }
     if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&

@@ -24,7 +24,7 @@ struct WorkerFlags {
   // checkpoint (full-size serving benchmarks without one); GPU ranks only.
   std::optional<uint64_t> synthetic_seed;
   // Keep filled KV blocks for later prompts that start with the same tokens (KvBlockAllocator).
-  bool enable_prefix_caching = false;
+  bool enable_prefix_caching = true;  // --no-enable-prefix-caching turns it off (vLLM's names)
   // How sequences are admitted to the KV cache (BatchPlanner): on demand with preemption, or with
   // their worst case reserved.
   KvAdmission kv_admission = KvAdmission::kOnDemand;
