@@ -77,8 +77,10 @@ class E2eGpuCluster : public ::testing::Test {
     setup_ = Reference();
     if (!setup_.ok()) return;
     // No --kv-tokens: each rank's KV cache takes what is left of its share of the memory fraction.
-    cluster_ = std::make_unique<Cluster>(
-        ClusterOptions{2, kModelDir, {}, {"--device", "gpu", "--gpu-memory-utilization", "0.2"}});
+    // Without the prefix cache (on by default): these streams repeat prompts, and what a cached
+    // prefix changes on GPU ranks is E2eGpuSyntheticCluster's to check.
+    cluster_ = std::make_unique<Cluster>(ClusterOptions{
+        2, kModelDir, {}, {"--device", "gpu", "--gpu-memory-utilization", "0.2", "--no-enable-prefix-caching"}});
     setup_ = cluster_->Start(Seconds(120));
   }
   static void TearDownTestSuite() {
