@@ -31,27 +31,9 @@ for n in $LENGTHS $CALLS $WARMUP $SEED; do
   [[ "$n" =~ ^[0-9]+$ ]] || { echo "score_latency: expected whole numbers in LENGTHS, CALLS, WARMUP, SEED, got '$n'" >&2; exit 2; }
 done
 WORK="$(mktemp -d)"
-# The launcher runs in the foreground of its own process group until it is sent SIGTERM.
-"$REPO/deploy/launch-cluster.sh" --build-dir "$BUILD" --listen 127.0.0.1:0 --metrics-listen none "$@" \
-  > "$WORK/launch.out" 2> "$WORK/cluster.log" &
-LAUNCH_PID=$!
-stop_cluster() {
-  kill -TERM "$LAUNCH_PID" 2>/dev/null
-  wait "$LAUNCH_PID" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap stop_cluster EXIT
-ADDR=""
-while kill -0 "$LAUNCH_PID" 2>/dev/null; do
-  ADDR="$(sed -n 's/^launch-cluster: serving on //p' "$WORK/launch.out")"
-  [[ -z "$ADDR" ]] || break
-  sleep 1
-done
-if [[ -z "$ADDR" ]]; then
-  echo "score_latency: the cluster did not start; the end of its log:" >&2
-  tail -n 30 "$WORK/cluster.log" >&2
-  exit 1
-fi
+source "$REPO/benchmarks/serving/cluster_lib.sh"
+trap 'stop_cluster; rm -rf "$WORK"' EXIT
+start_cluster "$WORK/launch.out" "$WORK/cluster.log" "$BUILD" "$@" || exit 1
 echo "score_latency: cluster serving on $ADDR"
 # Ids drawn from the model's own vocabulary (past the usual control ids 0-2).
 "$CLIENT" --server "$ADDR" info --json > "$WORK/info.json"

@@ -37,28 +37,9 @@ for point in $SWEEP; do
   [[ "$point" =~ ^[1-9][0-9]*:[1-9][0-9]*$ ]] || { echo "sweep: SWEEP: expected CONCURRENCY:REQUESTS, got '$point'" >&2; exit 2; }
 done
 
-LAUNCH_OUT="$OUT_DIR/launch-cluster.out"
-# The launcher runs in the foreground of its own process group until it is sent SIGTERM.
-"$REPO/deploy/launch-cluster.sh" --build-dir "$BUILD" --listen 127.0.0.1:0 --metrics-listen none "$@" \
-  > "$LAUNCH_OUT" 2> "$OUT_DIR/cluster.log" &
-LAUNCH_PID=$!
-stop_cluster() {
-  kill -TERM "$LAUNCH_PID" 2>/dev/null
-  wait "$LAUNCH_PID" 2>/dev/null
-}
+source "$REPO/benchmarks/serving/cluster_lib.sh"
 trap stop_cluster EXIT
-
-ADDR=""
-while kill -0 "$LAUNCH_PID" 2>/dev/null; do
-  ADDR="$(sed -n 's/^launch-cluster: serving on //p' "$LAUNCH_OUT")"
-  [[ -z "$ADDR" ]] || break
-  sleep 1
-done
-if [[ -z "$ADDR" ]]; then
-  echo "sweep: the cluster did not start; the end of its log:" >&2
-  tail -n 30 "$OUT_DIR/cluster.log" >&2
-  exit 1
-fi
+start_cluster "$OUT_DIR/launch-cluster.out" "$OUT_DIR/cluster.log" "$BUILD" "$@" || exit 1
 echo "sweep: cluster serving on $ADDR"
 
 status=0
