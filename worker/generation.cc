@@ -1,6 +1,5 @@
 #include "worker/generation.h"
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -9,10 +8,6 @@ namespace {
 
 // Sequence ids local to one call; engines of different ranks keep separate KV caches.
 constexpr int64_t kFirstSeqId = 1;
-
-bool IsEos(const ModelConfig& c, int32_t tok) {
-  return std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
-}
 
 void FreeAll(StepEngine& engine, size_t n) {
   for (size_t i = 0; i < n; ++i) engine.FreeSequence(kFirstSeqId + static_cast<int64_t>(i));
@@ -73,7 +68,7 @@ absl::StatusOr<std::vector<GenerateResult>> GenerateAll(StepEngine& engine, cons
       if (on_token) on_token(i, tok);
       const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
       const bool at_context_end = engine.SequenceLength(id) + 1 > c.max_position_embeddings;
-      if (!req.ignore_eos && IsEos(c, tok)) {
+      if (!req.ignore_eos && c.is_eos(tok)) {
         res.finish = FinishReason::kStop;
       } else if (static_cast<int64_t>(res.tokens.size()) < req.max_tokens && !at_context_end) {
         continue;

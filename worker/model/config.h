@@ -2,6 +2,7 @@
 // from here; nothing else in the code base knows how large a model is.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -34,6 +35,10 @@ struct ModelConfig {
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
   int64_t heads_per_kv() const { return num_heads / num_kv_heads; }
+  // Whether `token` is one of the end-of-sequence ids.
+  bool is_eos(int64_t token) const {
+    return std::find(eos_token_ids.begin(), eos_token_ids.end(), token) != eos_token_ids.end();
+  }
 
   // Parameter counts, used for memory planning and the benchmark's byte floor.
   int64_t expert_params() const { return 3 * hidden_size * intermediate_size; }

@@ -52,10 +52,9 @@ void ServedSequence::Accept(int32_t token) {
 std::optional<moe::v1::Finished::Reason> ServedSequence::EndReason(const ModelConfig& c) const {
   if (generated.empty()) return std::nullopt;
   const int32_t tok = generated.back();
-  const bool eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
   const bool stop_token =
       std::find(assign.stop_token_ids().begin(), assign.stop_token_ids().end(), tok) != assign.stop_token_ids().end();
-  if ((eos && !assign.ignore_eos()) || stop_token) return moe::v1::Finished::REASON_STOP;
+  if ((c.is_eos(tok) && !assign.ignore_eos()) || stop_token) return moe::v1::Finished::REASON_STOP;
   if (static_cast<int64_t>(generated.size()) >= static_cast<int64_t>(assign.max_tokens()) ||
       context_size() > c.max_position_embeddings) {
     return moe::v1::Finished::REASON_LENGTH;
