@@ -97,18 +97,29 @@ std::vector<int32_t> EndIds(const moe::v1::Assign& a, const ModelConfig& c) {
   return ids;
 }
 
+namespace {
+
+// InvalidArgument "<field>: token id X at index i is outside the vocabulary ..." for the first id
+// outside the model's vocabulary.
+absl::Status CheckTokenIds(const char* field, const google::protobuf::RepeatedField<int32_t>& ids,
+                           const ModelConfig& c) {
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": token id ", ids[i], " at index ", i,
+                                                     " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
   if (a.kind() != moe::v1::Assign::KIND_GENERATE && a.kind() != moe::v1::Assign::KIND_SCORE) {
     return absl::InvalidArgumentError(absl::StrCat("kind: unknown value ", static_cast<int>(a.kind())));
   }
   if (a.prompt_size() == 0) return absl::InvalidArgumentError("prompt: empty");
-  for (int i = 0; i < a.prompt_size(); ++i) {
-    const int32_t id = a.prompt(i);
-    if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt: token id ", id, " at index ", i,
-                                                     " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    }
-  }
+  MOE_RETURN_IF_ERROR(CheckTokenIds("prompt", a.prompt(), c));
   if (a.prompt_size() > c.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("prompt: ", a.prompt_size(), " tokens exceed the context of ",
                                                    c.max_position_embeddings));
@@ -129,14 +140,7 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("resume_tokens: ", a.resume_tokens_size(),
                                                    " tokens, more than max_tokens ", a.max_tokens()));
   }
-  for (int i = 0; i < a.resume_tokens_size(); ++i) {
-    const int32_t id = a.resume_tokens(i);
-    if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("resume_tokens: token id ", id, " at index ", i,
-                                                     " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckTokenIds("resume_tokens", a.resume_tokens(), c);
 }
 
 }  // namespace moe
