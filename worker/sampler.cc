@@ -248,7 +248,10 @@ TokenPick PickToken(std::span<const float> logits, const SamplingParams& p, uint
   return pick;
 }
 
-std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n) {
+namespace {
+
+// TopTokens with the row's max and log-sum-exp already known.
+std::vector<TokenPick> TopTokensOf(std::span<const float> logits, uint32_t n, double max_logit, double log_sum) {
   const size_t k = std::min<size_t>(n, logits.size());
   std::vector<int32_t> ids(logits.size());
   std::iota(ids.begin(), ids.end(), 0);
@@ -257,22 +260,29 @@ std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n) {
     return la > lb || (la == lb && a < b);
   });
   std::vector<TokenPick> out;
-  if (k == 0) return out;
-  const double max_logit = MaxLogit(logits);
-  const double log_sum = LogSumShiftedExp(logits, max_logit);
   for (size_t i = 0; i < k; ++i) {
     out.push_back({ids[i], LogProb(Sanitized(logits[static_cast<size_t>(ids[i])]), max_logit, log_sum)});
   }
   return out;
 }
 
+}  // namespace
+
+std::vector<TokenPick> TopTokens(std::span<const float> logits, uint32_t n) {
+  if (n == 0 || logits.empty()) return {};
+  const double max_logit = MaxLogit(logits);
+  return TopTokensOf(logits, n, max_logit, LogSumShiftedExp(logits, max_logit));
+}
+
 RowScore ScoreRow(std::span<const float> logits, int32_t target, uint32_t top) {
   RowScore s;
-  if (top > 0) s.top = TopTokens(logits, top);
-  if (target < 0 || logits.empty()) return s;
+  if (logits.empty() || (top == 0 && target < 0)) return s;
+  const double max_logit = MaxLogit(logits);  // one normaliser for the target and the alternatives
+  const double log_sum = LogSumShiftedExp(logits, max_logit);
+  if (top > 0) s.top = TopTokensOf(logits, top, max_logit, log_sum);
+  if (target < 0) return s;
   const double x = Sanitized(logits[static_cast<size_t>(target)]);
-  const double max_logit = MaxLogit(logits);
-  s.logprob = LogProb(x, max_logit, LogSumShiftedExp(logits, max_logit));
+  s.logprob = LogProb(x, max_logit, log_sum);
   for (const float l : logits) s.rank += Sanitized(l) >= x;
   return s;
 }
