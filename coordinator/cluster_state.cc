@@ -132,7 +132,7 @@ void ClusterState::FailAllLocked(const absl::Status& why) {
 }
 
 void ClusterState::HoldAllLocked(const std::string& reason) {
-  if (setup_.resume_timeout.count() <= 0) {
+  if (!resumes()) {
     FailAllLocked(absl::UnavailableError(reason));
     return;
   }
@@ -334,7 +334,7 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
     case v1::WorkerMessage::kTokens:
       if (SeqEntry* e = find_own(m.tokens().seq_id())) {
         if (!e->tokens.empty()) e->tokens.insert(e->tokens.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
-        if (setup_.resume_timeout.count() > 0) {
+        if (resumes()) {
           e->generated.insert(e->generated.end(), m.tokens().token_ids().begin(), m.tokens().token_ids().end());
         }
         if (e->mailbox) e->mailbox->Post({m.tokens().seq_id(), m, {}});
@@ -389,7 +389,6 @@ void ClusterState::CheckLiveness(Clock::time_point now) {
   if (held_ > 0 && now - held_since_ > setup_.resume_timeout) {
     FailAllLocked(absl::UnavailableError(absl::StrCat(held_reason_, "; no worker job served again within ",
                                                       setup_.resume_timeout.count(), " s (--resume-timeout-s)")));
-    held_reason_.clear();
   }
   if (phase_ != Phase::kServing || draining_) return;
   for (int rank = 0; rank < world_size(); ++rank) {
@@ -409,7 +408,7 @@ void ClusterState::DispatchLocked() {
     e.rank = p.rank;
     v1::CoordinatorMessage m;
     // Kept while it may have to be sent again (a scoring batch's prompts can be large).
-    if (setup_.resume_timeout.count() > 0) {
+    if (resumes()) {
       *m.mutable_assign() = e.assign;
     } else {
       *m.mutable_assign() = std::move(e.assign);

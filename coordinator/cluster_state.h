@@ -177,6 +177,8 @@ class ClusterState {
   };
 
   int world_size() const { return setup_.plan.world_size(); }
+  // Whether sequences in flight outlive a lost worker job (--resume-timeout-s above 0).
+  bool resumes() const { return setup_.resume_timeout.count() > 0; }
   // All *Locked functions expect mu_ held.
   bool ServingLocked() const;
   std::string NotServingReasonLocked() const;
