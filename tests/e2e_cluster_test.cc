@@ -482,10 +482,7 @@ TYPED_TEST(E2eCluster, PromptLogprobsAreTheReferencesOnCompletionZero) {
     const auto prompt = s["prompt_ids"].get<std::vector<int32_t>>();
     const auto greedy = s["greedy_ids"].get<std::vector<int32_t>>();
     SCOPED_TRACE(s["prompt"].get<std::string>());
-    moe::v1::GenerateRequest req;
-    req.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
-    req.mutable_sampling()->set_max_tokens(4);
-    req.mutable_sampling()->set_temperature(0);
+    moe::v1::GenerateRequest req = GreedyTokenRequest(prompt, 4);
     req.mutable_sampling()->set_n(2);
     req.mutable_sampling()->set_prompt_logprobs(2);
     grpc::ClientContext ctx;
@@ -534,10 +531,7 @@ TYPED_TEST(E2eCluster, PromptLogprobsAreTheReferencesOnCompletionZero) {
       prompt.insert(prompt.end(), ids.begin(), ids.end());
     }
     prompt.resize(2500);
-    moe::v1::GenerateRequest req;
-    req.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
-    req.mutable_sampling()->set_max_tokens(2);
-    req.mutable_sampling()->set_temperature(0);
+    moe::v1::GenerateRequest req = GreedyTokenRequest(prompt, 2);
     req.mutable_sampling()->set_prompt_logprobs(20);
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(120));

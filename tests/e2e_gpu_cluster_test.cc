@@ -251,10 +251,7 @@ TEST_F(E2eGpuCluster, JsonSchemaAnswersFromGpuRanksAreWhatTheSchemaAdmits) {
 TEST_F(E2eGpuCluster, PromptLogprobsFromGpuRanksAreTheSingleGpuEnginesScores) {
   auto stub = moe::v1::Inference::NewStub(cluster_->channel());
   for (const Sample& s : samples_) {
-    moe::v1::GenerateRequest r;
-    r.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(s.prompt_ids.begin(), s.prompt_ids.end());
-    r.mutable_sampling()->set_max_tokens(8);
-    r.mutable_sampling()->set_temperature(0);
+    moe::v1::GenerateRequest r = GreedyTokenRequest(s.prompt_ids, 8);
     r.mutable_sampling()->set_prompt_logprobs(1);
     const StreamOutcome o = RunGenerate(*stub, r, 120);
     ASSERT_TRUE(o.status.ok()) << o.status << cluster_->LogTail();
