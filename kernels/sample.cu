@@ -52,6 +52,12 @@ struct Cut {
 __device__ __forceinline__ bool Within(uint32_t key, int i, Cut c) { return key > c.key || (key == c.key && i <= c.idx); }
 constexpr Cut kEverything{0u, INT_MAX};  // every key is above 0: -inf's is 0x007FFFFF
 
+// The log-softmax value of a (clean) logit, as the host's LogProb (worker/sampler.cc): the max
+// token(s) get exactly -log_sum, so an infinite max gives no inf - inf.
+__device__ __forceinline__ float LogProb(double v, double max_logit, double log_sum) {
+  return static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
+}
+
 // (value, index) ordered as the host's argmax: the larger value, then the lower index.
 __device__ __forceinline__ bool Better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
 
@@ -346,8 +352,7 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
     for (int i = threadIdx.x; i < V; i += kThreads) count += r.Raw(i) >= t ? 1.0 : 0.0;
     count = BlockSum(count, sh);
     if (threadIdx.x == 0) {
-      const double v = t;
-      target_logprobs[blockIdx.x] = static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
+      target_logprobs[blockIdx.x] = LogProb(t, max_logit, log_sum);
       target_ranks[blockIdx.x] = static_cast<int32_t>(count);
     }
   }
@@ -389,17 +394,14 @@ __global__ void __launch_bounds__(kThreads) SampleRowsKernel(const float* logits
         sh.top_v[b] = v, sh.top_i[b] = i;
       }
       for (int a = 0; a < n; ++a) {
-        const double v = sh.top_v[a];
         top_ids[static_cast<int64_t>(blockIdx.x) * top_stride + a] = sh.top_i[a];
-        top_logprobs[static_cast<int64_t>(blockIdx.x) * top_stride + a] =
-            static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
+        top_logprobs[static_cast<int64_t>(blockIdx.x) * top_stride + a] = LogProb(sh.top_v[a], max_logit, log_sum);
       }
     }
   }
   if (threadIdx.x == 0) {
-    const double v = r.Raw(token);
     tokens[blockIdx.x] = token;
-    logprobs[blockIdx.x] = static_cast<float>((v == max_logit ? 0.0 : v - max_logit) - log_sum);
+    logprobs[blockIdx.x] = LogProb(r.Raw(token), max_logit, log_sum);
   }
 }
 
