@@ -440,13 +440,12 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
   }
   w = 0;
   p = 0;
-  // The picks' words: tokens, logprobs, top ids, top logprobs, target logprobs, target ranks.
-  const int32_t* picks = h_picks_.get();
-  const int64_t P = sh.picks;
+  const int32_t* picks = h_picks_.get();  // laid out as StepShape's *_at() say
   auto top_of = [&](int64_t pick, int64_t n_top) {
     std::vector<TokenPick> top;
     for (int64_t j = 0; j < std::min<int64_t>(n_top, V); ++j) {
-      top.push_back({picks[2 * P + pick * sh.top + j], std::bit_cast<float>(picks[2 * P + P * sh.top + pick * sh.top + j])});
+      top.push_back({picks[sh.top_ids_at() + pick * sh.top + j],
+                     std::bit_cast<float>(picks[sh.top_logprobs_at() + pick * sh.top + j])});
     }
     return top;
   };
@@ -454,7 +453,7 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
     ChunkLogits& cl = out.chunks[ci];
     if (chunks[ci].sample_next) {
       cl.token = picks[p];
-      cl.token_logprob = std::bit_cast<float>(picks[P + p]);
+      cl.token_logprob = std::bit_cast<float>(picks[sh.pick_logprobs_at() + p]);
       cl.top = top_of(p, chunks[ci].sample_next->top_logprobs);
       cl.rows = 0;
       ++p;
@@ -465,8 +464,8 @@ void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& ou
         RowScore& rs = cl.scores.emplace_back();
         rs.top = top_of(p, score->top);
         if (score->targets[static_cast<size_t>(r)] < 0) continue;
-        rs.logprob = std::bit_cast<float>(picks[2 * P * (1 + sh.top) + p]);
-        rs.rank = static_cast<uint32_t>(picks[2 * P * (1 + sh.top) + P + p]);
+        rs.logprob = std::bit_cast<float>(picks[sh.target_logprobs_at() + p]);
+        rs.rank = static_cast<uint32_t>(picks[sh.target_ranks_at() + p]);
       }
       continue;
     }
@@ -547,10 +546,9 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
     AdjustRows(logits_.get() + whole * V, V, d_adjust_rows, sh.adjusted, adjustments_.get(), adjusted_.get(), s);
     SampleRows(logits_.get() + whole * V, sh.picks, V, d_pick_params, sh.allowed > 0 ? d_allowed : nullptr,
                sh.adjusted > 0 ? adjusted_.get() : nullptr, picks_.get(),
-               reinterpret_cast<float*>(picks_.get() + sh.picks), s, picks_.get() + 2 * sh.picks,
-               reinterpret_cast<float*>(picks_.get() + 2 * sh.picks + sh.picks * sh.top), sh.top,
-               reinterpret_cast<float*>(picks_.get() + 2 * sh.picks * (1 + sh.top)),
-               picks_.get() + 2 * sh.picks * (1 + sh.top) + sh.picks);
+               reinterpret_cast<float*>(picks_.get() + sh.pick_logprobs_at()), s, picks_.get() + sh.top_ids_at(),
+               reinterpret_cast<float*>(picks_.get() + sh.top_logprobs_at()), sh.top,
+               reinterpret_cast<float*>(picks_.get() + sh.target_logprobs_at()), picks_.get() + sh.target_ranks_at());
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_picks_.get(), picks_.get(), sizeof(int32_t) * sh.pick_words(),
                                    cudaMemcpyDeviceToHost, s));
   }

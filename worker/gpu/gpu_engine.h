@@ -165,8 +165,15 @@ class GpuEngine final : public StepEngine {
     // Their adjustments, all rows together: uploaded before the step's graph (adjustments_), so a
     // growing output changes no shape.
     int64_t adjust_entries = 0;
-    // The picks' results, in 32-bit words: token, logprob, top ids and logprobs, target logprob and rank.
-    int64_t pick_words() const { return 2 * picks * (2 + top); }
+    // The picks' results, in 32-bit words, where each part starts: tokens [picks], their logprobs
+    // [picks], top ids [picks, top], top logprobs [picks, top], target logprobs [picks], target
+    // ranks [picks].
+    int64_t pick_logprobs_at() const { return picks; }
+    int64_t top_ids_at() const { return 2 * picks; }
+    int64_t top_logprobs_at() const { return 2 * picks + picks * top; }
+    int64_t target_logprobs_at() const { return 2 * picks * (1 + top); }
+    int64_t target_ranks_at() const { return target_logprobs_at() + picks; }
+    int64_t pick_words() const { return target_ranks_at() + picks; }
     int64_t inputs() const {
       return 3 * T + S * pitch + wanted + 2 * narrow + 2 * wide + picks * kPickParamWords + allowed * allowed_words +
              3 * adjusted;
