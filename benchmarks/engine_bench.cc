@@ -45,6 +45,7 @@
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
 #include "worker/gpu/gpu_engine.h"
+#include "worker/kv_budget.h"
 
 namespace moe {
 namespace {
@@ -259,9 +260,14 @@ int main(int argc, char** argv) {
   const double load_t0 = NowMs();
   std::unique_ptr<gpu::GpuEngine> e = Check(gpu::GpuEngine::LoadSynthetic(c, comm, plan, opts, a.seed), "load");
   const double load_ms = NowMs() - load_t0;
-  std::printf("%s on %s: %.2f GB of bf16 weights, KV cache %.2f GB (%lld positions), loaded in %.0f ms\n",
+  // What the load reserved for steps of up to max_step_tokens, beside kv_budget's estimate of it
+  // (less its fixed 1 GiB for the libraries), which sizes the KV cache under a memory fraction.
+  const int64_t step_estimate = StepBufferBytes(c, opts.max_step_tokens) - (int64_t{1} << 30);
+  std::printf("%s on %s: %.2f GB of bf16 weights, KV cache %.2f GB (%lld positions), step buffers for %lld tokens "
+              "%.2f GB (estimate %.2f GB), loaded in %.0f ms\n",
               config_name.c_str(), prop.name, e->weight_bytes() / 1e9, e->kv_cache_bytes() / 1e9,
-              static_cast<long long>(opts.kv_tokens), load_ms);
+              static_cast<long long>(opts.kv_tokens), static_cast<long long>(opts.max_step_tokens),
+              e->reserved_step_bytes() / 1e9, step_estimate / 1e9, load_ms);
   std::fflush(stdout);
 
   EngineDriver bench(*e, a.seed, a.context, a.prefill_chunk);
@@ -283,6 +289,9 @@ int main(int argc, char** argv) {
                        {"expert_bytes", e->expert_weight_bytes()},
                        {"load_ms", load_ms}};
   result["kv_cache_bytes"] = e->kv_cache_bytes();
+  result["step_buffers"] = {{"max_step_tokens", opts.max_step_tokens},
+                            {"reserved_bytes", e->reserved_step_bytes()},
+                            {"estimate_bytes", step_estimate}};
   if (a.kernels) result["kernels"] = kernels;
 
   // Prefill of 1 x N.

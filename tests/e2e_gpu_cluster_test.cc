@@ -77,10 +77,10 @@ class E2eGpuCluster : public ::testing::Test {
     setup_ = Reference();
     if (!setup_.ok()) return;
     // No --kv-tokens: each rank's KV cache takes what is left of its share of the memory fraction.
-    // Without the prefix cache (on by default): these streams repeat prompts, and what a cached
-    // prefix changes on GPU ranks is E2eGpuSyntheticCluster's to check.
-    cluster_ = std::make_unique<Cluster>(ClusterOptions{
-        2, kModelDir, {}, {"--device", "gpu", "--gpu-memory-utilization", "0.2", "--no-enable-prefix-caching"}});
+    // The prefix cache is on (the default): these streams repeat prompts, so most of them start
+    // from cached blocks and still give the single engine's tokens.
+    cluster_ = std::make_unique<Cluster>(
+        ClusterOptions{2, kModelDir, {}, {"--device", "gpu", "--gpu-memory-utilization", "0.2"}});
     setup_ = cluster_->Start(Seconds(120));
   }
   static void TearDownTestSuite() {

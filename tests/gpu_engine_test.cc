@@ -949,5 +949,55 @@ TEST(GpuSyntheticTest, GemmAlgorithmsAreChosenAtLoad) {
   }
 }
 
+// The load sizes the step buffers for every step of up to max_step_tokens tokens (ReserveSteps), so
+// a decode batch that grows one sequence at a time and then does so again keeps the graphs of the
+// first ramp: before, each new largest batch reallocated buffers and dropped every graph, and the
+// second ramp captured them all again. What the load took stays within kv_budget's StepBufferBytes
+// (which sizes the KV cache under a memory fraction), and a bound the device cannot hold fails the
+// load with ResourceExhausted naming it instead of failing a step later.
+TEST(GpuSyntheticTest, StepBuffersAreReservedAtLoad) {
+  SKIP_WITHOUT_GPU();
+  const ModelConfig c =
+      MakeConfig(DtypeCase{"reserve", DType::kBF16, 1000, 192, 320, 2, 6, 2, 32, 8, 2, std::nullopt, false});
+  GpuEngineOptions opts;
+  opts.max_step_tokens = 64;
+  opts.kv_block_size = 64;  // every sequence stays in one block: the ramps repeat the same shapes
+  auto e = SyntheticGpu(c, 3, opts);
+  EXPECT_GT((*e)->reserved_step_bytes(), 0);
+  EXPECT_LE((*e)->reserved_step_bytes(), StepBufferBytes(c, opts.max_step_tokens));
+  constexpr int64_t kBatch = 10;
+  for (int64_t id = 1; id <= kBatch; ++id) ASSERT_TRUE((*e)->AddSequence(id).ok());
+  std::vector<int32_t> last(kBatch + 1, 1);
+  auto ramp = [&] {  // greedy picks, as the serving loop asks for them
+    for (int64_t b = 1; b <= kBatch; ++b) {
+      std::vector<SequenceChunk> chunks;
+      for (int64_t id = 1; id <= b; ++id) {
+        chunks.push_back({id, {last[id]}, false, std::nullopt, SampleNext{SamplingParams{.temperature = 0.0f}}});
+      }
+      const StepOutput out = (*e)->Step(chunks).value();
+      for (int64_t id = 1; id <= b; ++id) last[id] = out.chunks[id - 1].token;
+    }
+  };
+  ramp();
+  const int64_t captured = (*e)->graphs_captured();
+  EXPECT_GE(captured, kBatch);  // one graph a batch size: the steps were captured
+  ramp();
+  EXPECT_EQ((*e)->graphs_captured(), captured) << "the second ramp captured again what the first had";
+
+  // A bound no device holds: the logits of that many rows alone exceed the device's memory.
+  size_t free = 0, total = 0;
+  MOE_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+  GpuEngineOptions huge;
+  huge.max_step_tokens = static_cast<int64_t>(total) / (4 * c.vocab_size) + 1;
+  huge.prepare_gemm_algorithms = false;  // its warm-up would try products of as many rows
+  LocalCommunicator comm;
+  const PlacementPlan plan = PlacementPlan::Make(c.num_layers, c.num_experts, 1).value();
+  const auto failed = GpuEngine::LoadSynthetic(c, comm, plan, huge, 3);
+  ASSERT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted) << failed.status();
+  EXPECT_NE(std::string(failed.status().message()).find("max_step_tokens"), std::string::npos) << failed.status();
+  // The device is usable after the failed load.
+  ASSERT_TRUE((*e)->Step({{1, {last[1]}, false}}).ok());
+}
+
 }  // namespace
 }  // namespace moe::testing_ref

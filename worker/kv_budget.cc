@@ -18,10 +18,13 @@ int64_t RankWeightBytes(const ModelConfig& c, const PlacementPlan& plan, int ran
 int64_t StepBufferBytes(const ModelConfig& c, int64_t step_tokens) {
   const int64_t T = std::max<int64_t>(step_tokens, 1), H = c.hidden_size, I = c.intermediate_size;
   const int64_t k = c.experts_per_token;
-  // Per token: the float residual and a bf16 copy of it, q/k/v and the attention output (bf16);
-  // per routed row: its input, gate and up, the SwiGLU product and the output (bf16); float logits.
-  const int64_t per_token = 6 * H + 2 * (c.q_dim() + 2 * c.kv_dim()) + 2 * c.q_dim() + 2 * k * (2 * H + 3 * I) +
-                            4 * c.vocab_size + 4 * c.num_experts;
+  // Per token, as the GPU engine's step buffers hold it for a step of one-token rows, all sampled
+  // (GpuEngine::LargestStep): the float residual, its normalised bf16 copy and the LM head's bf16
+  // input row; q/k/v, the queries and the attention output (bf16); per routed row its input, gate
+  // and up, the SwiGLU product and the output (bf16); the router's and the LM head's float logits,
+  // a penalised copy of the latter, a row of allowed-id bits; about 256 bytes of inputs and picks.
+  const int64_t per_token = 8 * H + 2 * (c.q_dim() + 2 * c.kv_dim()) + 4 * c.q_dim() + 2 * k * (2 * H + 3 * I) +
+                            8 * c.vocab_size + c.vocab_size / 8 + 4 * c.num_experts + 256;
   return T * per_token + (int64_t{1} << 30);
 }
 

@@ -154,6 +154,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Load(const std::string& mo
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: loading ", model_dir, ": ", err.what()));
   }
+  MOE_RETURN_IF_ERROR(e->ReserveSteps());
   return e;
 }
 
@@ -171,6 +172,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelC
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: synthetic weights: ", err.what()));
   }
+  MOE_RETURN_IF_ERROR(e->ReserveSteps());
   if (opts.verbose) {
     std::fprintf(stderr, "[rank %d] synthetic weights (seed %llu): %.2f GB on the GPU\n", rank,
                  static_cast<unsigned long long>(seed), static_cast<double>(e->weights_->bytes()) / 1e9);
@@ -233,8 +235,6 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   const ModelConfig& c = config_;
   const int64_t T = sh.T, H = c.hidden_size, qd = c.q_dim(), qkvd = qd + 2 * c.kv_dim();
   bool grew = false;
-  grew |= h_inputs_.EnsureSize(static_cast<size_t>(sh.inputs()));  // the last step ended with a synchronisation
-  grew |= inputs_.EnsureSize(static_cast<size_t>(sh.inputs()));
   grew |= x_.EnsureSize(static_cast<size_t>(T * H));
   grew |= hn_.EnsureSize(static_cast<size_t>(T * H));
   grew |= qkv_.EnsureSize(static_cast<size_t>(T * qkvd));
@@ -262,7 +262,52 @@ bool GpuEngine::Reserve(const StepShape& sh) {
   grew |= gemm_.Reserve(T, qd, H, SkinnyEpilogue::kAddF32);
   grew |= gemm_.Reserve(T, H, c.num_experts, SkinnyEpilogue::kStoreF32);
   grew |= gemm_.Reserve(sh.wanted, H, c.vocab_size, SkinnyEpilogue::kStoreF32);
+  // The inputs grow by powers of two: the block tables widen with the contexts, past what the load
+  // reserved (LargestStep counts one block a sequence).
+  if (static_cast<size_t>(sh.inputs()) > inputs_.size()) {
+    const auto room = static_cast<size_t>(RoundUpPow2(sh.inputs()));
+    grew |= h_inputs_.EnsureSize(room);  // the last step ended with a synchronisation
+    grew |= inputs_.EnsureSize(room);
+  }
   return grew;
+}
+
+GpuEngine::StepShape GpuEngine::LargestStep(int64_t T) const {
+  const ModelConfig& c = config_;
+  StepShape sh;
+  sh.T = sh.S = sh.wanted = sh.picks = sh.allowed = sh.adjusted = sh.narrow = T;
+  sh.pitch = 1;
+  sh.allowed_words = AllowedRowWords(c.vocab_size);
+  sh.adjust_entries = T;  // one at least for each penalised row; more grow their room by powers of two
+  sh.top = kMaxTopLogprobs;
+  sh.decode_splits = DecodeSplitCount(T, c.num_kv_heads, c.head_dim, RoundUpPow2(kv_.total_blocks()) * kv_.block_size(),
+                                      c.sliding_window ? *c.sliding_window : 0);
+  sh.peak = T;
+  sh.total = T * comm_.size();
+  return sh;
+}
+
+absl::Status GpuEngine::ReserveSteps() {
+  const int64_t max_tokens = std::max<int64_t>(1, opts_.max_step_tokens);
+  size_t free_before = 0, free_after = 0, total = 0;
+  try {
+    MOE_CUDA_CHECK(cudaDeviceSynchronize());
+    MOE_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
+    for (int64_t T = max_tokens; T >= 1; --T) Reserve(LargestStep(T));
+    MOE_CUDA_CHECK(cudaDeviceSynchronize());
+    MOE_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+  } catch (const CudaError& err) {
+    (void)cudaGetLastError();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "GPU engine: cannot allocate the buffers of steps of up to ", max_tokens,
+        " tokens (max_step_tokens; moe-worker --max-batch-tokens) beside the weights and the KV cache: ", err.what()));
+  }
+  reserved_step_bytes_ = static_cast<int64_t>(free_before) - static_cast<int64_t>(free_after);
+  if (opts_.verbose) {
+    std::fprintf(stderr, "[rank %d] step buffers for up to %lld tokens: %.2f GB\n", comm_.rank(),
+                 static_cast<long long>(max_tokens), static_cast<double>(reserved_step_bytes_) / 1e9);
+  }
+  return absl::OkStatus();
 }
 
 void GpuEngine::Forward(const std::vector<SequenceChunk>& chunks, StepOutput& out) {

@@ -16,8 +16,9 @@
 // for the skinny expert GEMMs: every decode step up to a batch of a few hundred) the whole step,
 // from the input upload to the logits download, is captured once per shape (rows, sequences,
 // block-table width, wanted rows, attention tiles) and replayed: the host enqueues one graph
-// instead of hundreds of kernels. Buffers never move under a graph: they are sized before the
-// capture, and any reallocation drops the graphs.
+// instead of hundreds of kernels. Buffers never move under a graph: the load sizes them for every
+// step of up to max_step_tokens tokens (ReserveSteps), so such a step allocates nothing and a decode
+// batch that grows keeps the graphs captured so far; a larger step grows them and drops the graphs.
 //
 // Expert parallelism uses the engine's Communicator exactly as the CPU engine does (step header,
 // validation, load statistics). The MoE rows cross ranks device to device through NCCL when a
@@ -59,6 +60,8 @@ struct GpuEngineOptions {
   // With kv_tokens 0: the capacity is what this fraction of the device's memory holds besides the
   // weights and the buffers of steps of up to max_step_tokens (worker/kv_budget.h).
   double memory_fraction = 0.0;
+  // The most tokens a step is expected to have (the serving loop's --max-batch-tokens): the load
+  // allocates every step buffer for steps up to this size, so a failure to allocate comes at load.
   int64_t max_step_tokens = 2048;
   bool collect_load_stats = true;
   bool verbose = false;     // print load progress to stderr
@@ -110,6 +113,9 @@ class GpuEngine final : public StepEngine {
   int64_t weight_bytes() const override { return weights_->bytes(); }
   int64_t expert_weight_bytes() const { return weights_->expert_bytes(); }
   int64_t kv_cache_bytes() const { return static_cast<int64_t>(2 * keys_.size() * sizeof(bf16)); }
+  // Device memory the load's ReserveSteps took (cudaMemGetInfo before and after): what the step
+  // buffers of max_step_tokens tokens hold, to compare with kv_budget's StepBufferBytes.
+  int64_t reserved_step_bytes() const { return reserved_step_bytes_; }
   cudaStream_t stream() const { return stream_.get(); }
 
   // Per layer, for the last step's local rows (only with record_routing).
@@ -186,6 +192,16 @@ class GpuEngine final : public StepEngine {
   };
   // Sizes every per-step buffer for `shape`; true when one was reallocated.
   bool Reserve(const StepShape& shape);
+  // The shape whose buffers bound those of any step of T tokens: T one-token sequences, each row
+  // sampled with everything a pick may ask for (allowed ids, penalties, kMaxTopLogprobs
+  // alternatives), attention split as over the longest context the KV cache holds. A step with
+  // prefill chunks needs no more: fewer picks, and its wide tiles take no more room than narrow ones.
+  StepShape LargestStep(int64_t T) const;
+  // At load: Reserve(LargestStep(T)) for every T up to max_step_tokens (largest first; some
+  // buffers are not monotone in T: split-K workspaces, padded experts), so that no step within the
+  // bound allocates. ResourceExhausted, naming the bound, when the device cannot hold them.
+  absl::Status ReserveSteps();
+  int64_t reserved_step_bytes_ = 0;
   // Enqueues the step's device work: input upload, forward, logits (and expert counts) download.
   void Enqueue(const StepShape& shape, bool count_experts);
   void DropGraphs();
