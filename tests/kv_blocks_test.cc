@@ -49,6 +49,26 @@ TEST(KvBlockAllocatorTest, WithoutPrefixCachingBlocksReturnToThePool) {
   EXPECT_EQ(kv.prefix_queried_tokens(), 0);
 }
 
+// GrowthBlocks says how many free blocks Reserve then takes: for a sequence not added yet, a fresh
+// one, one partway through a block, one at a block's end and one whose cached prefix attached.
+TEST(KvBlockAllocatorTest, GrowthBlocksIsWhatReserveTakes) {
+  KvBlockAllocator kv(kBlock, 16);
+  kv.EnablePrefixCache();
+  EXPECT_EQ(kv.GrowthBlocks(7, 9), 3);  // not added: 9 positions from nothing
+  RunPrompt(kv, 1, Range(0, 8));
+  kv.FreeSequence(1);  // two whole blocks stay cached
+  ASSERT_TRUE(kv.AddSequence(2).ok());
+  ASSERT_EQ(kv.AttachCachedPrefix(2, Range(0, 10)), 8);
+  ASSERT_TRUE(kv.AddSequence(3).ok());
+  RunPrompt(kv, 4, Range(100, 6));  // 6 positions: 2 blocks, the second half full
+  for (const auto& [seq, tokens] : std::vector<std::pair<int64_t, int64_t>>{{2, 2}, {3, 1}, {3, 4}, {4, 2}, {4, 3}}) {
+    const int64_t free = kv.free_blocks(), want = kv.GrowthBlocks(seq, tokens);
+    ASSERT_TRUE(kv.Reserve(seq, kv.length(seq) + tokens).ok());
+    EXPECT_EQ(free - kv.free_blocks(), want) << "sequence " << seq << " growing by " << tokens;
+    kv.Append(seq, Range(200, static_cast<int32_t>(tokens)));
+  }
+}
+
 TEST(KvBlockAllocatorTest, AFinishedPromptsWholeBlocksAttachToTheNextThatStartsWithThem) {
   KvBlockAllocator kv(kBlock, 8);
   kv.EnablePrefixCache();

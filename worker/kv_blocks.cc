@@ -69,6 +69,13 @@ void KvBlockAllocator::FreeSequence(int64_t seq_id) {
   seqs_.erase(it);
 }
 
+int64_t KvBlockAllocator::GrowthBlocks(int64_t seq_id, int64_t tokens) const {
+  auto it = seqs_.find(seq_id);
+  if (it == seqs_.end()) return BlocksFor(tokens);
+  const int64_t held = static_cast<int64_t>(it->second.blocks.size());
+  return std::max<int64_t>(0, BlocksFor(it->second.length + tokens) - held);
+}
+
 absl::Status KvBlockAllocator::Reserve(int64_t seq_id, int64_t new_length) {
   auto it = seqs_.find(seq_id);
   if (it == seqs_.end()) return absl::NotFoundError(absl::StrCat("sequence ", seq_id, " is not in the KV cache"));

@@ -77,6 +77,9 @@ class KvBlockAllocator {
   int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }
   // Blocks needed to hold `length` positions.
   int64_t BlocksFor(int64_t length) const { return (length + block_size_ - 1) / block_size_; }
+  // The free blocks Reserve takes for `seq_id` to grow by `tokens` positions (a sequence not added
+  // yet holds none): what a step's validation and the serving loop's planning count.
+  int64_t GrowthBlocks(int64_t seq_id, int64_t tokens) const;
 
  private:
   struct Sequence {

@@ -96,7 +96,7 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
                                                 " positions exceed max_position_embeddings ",
                                                 c.max_position_embeddings));
     }
-    blocks_needed += std::max<int64_t>(0, kv.BlocksFor(end) - kv.BlocksFor(len));
+    blocks_needed += kv.GrowthBlocks(ch.seq_id, static_cast<int64_t>(ch.tokens.size()));
   }
   if (blocks_needed > kv.free_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache full: the step needs ", blocks_needed,

@@ -77,10 +77,7 @@ int64_t BatchPlanner::StepBlocks(const std::vector<int64_t>& tokens) const {
   int64_t blocks = 0;
   for (size_t i = 0; i < running_.size(); ++i) {
     if (tokens[i] == 0) continue;
-    const int64_t id = static_cast<int64_t>(running_[i]);
-    const int64_t held = kv_.HasSequence(id) ? static_cast<int64_t>(kv_.blocks(id).size()) : 0;
-    const int64_t length = kv_.HasSequence(id) ? kv_.length(id) : 0;
-    blocks += std::max<int64_t>(0, BlocksFor(length + tokens[i]) - held);
+    blocks += kv_.GrowthBlocks(static_cast<int64_t>(running_[i]), tokens[i]);
   }
   return blocks;
 }
