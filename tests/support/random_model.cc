@@ -8,6 +8,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "tests/support/parallel_for.h"
 #include "tests/support/safetensors_writer.h"
 
 namespace moe::testing_ref {
@@ -52,13 +53,8 @@ class TensorMaker {
   TensorMaker(uint64_t seed, DType dtype) : seed_(seed), dtype_(dtype) {}
 
   void Add(const std::string& name, std::vector<int64_t> shape, double mean, double std) {
-    NamedTensor t{name, dtype_, std::move(shape), {}};
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    t.values.resize(static_cast<size_t>(n));
-    NormalStream rng(seed_, name);
-    for (float& v : t.values) v = static_cast<float>(mean + std * rng.Next());
-    tensors_.push_back(std::move(t));
+    tensors_.push_back({name, dtype_, std::move(shape), {}});
+    fills_.push_back({mean, std});
   }
   // A bias-free linear layer [out, in]: std 1/sqrt(in) keeps each output O(1) for O(1) inputs.
   void Linear(const std::string& name, int64_t out, int64_t in, double gain = 1.0) {
@@ -67,12 +63,29 @@ class TensorMaker {
   // An RMSNorm weight: near one, but not exactly, so a dropped norm weight shows in the output.
   void Norm(const std::string& name, int64_t n) { Add(name, {n}, 1.0, 0.1); }
 
-  std::vector<NamedTensor> Take() { return std::move(tensors_); }
+  // Fills every tensor from its own stream (so on as many cores as there are: a full-size layer
+  // has billions of values) and hands them over.
+  std::vector<NamedTensor> Take() {
+    ParallelFor(static_cast<int64_t>(tensors_.size()), [&](int64_t i) {
+      NamedTensor& t = tensors_[static_cast<size_t>(i)];
+      int64_t n = 1;
+      for (int64_t d : t.shape) n *= d;
+      t.values.resize(static_cast<size_t>(n));
+      NormalStream rng(seed_, t.name);
+      const auto [mean, std] = fills_[static_cast<size_t>(i)];
+      for (float& v : t.values) v = static_cast<float>(mean + std * rng.Next());
+    });
+    return std::move(tensors_);
+  }
 
  private:
+  struct Fill {
+    double mean, std;
+  };
   uint64_t seed_;
   DType dtype_;
   std::vector<NamedTensor> tensors_;
+  std::vector<Fill> fills_;
 };
 
 std::vector<NamedTensor> MakeTensors(const ModelConfig& c, uint64_t seed, DType dtype) {

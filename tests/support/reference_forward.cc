@@ -5,6 +5,8 @@
 #include <numeric>
 #include <string>
 
+#include "tests/support/parallel_for.h"
+
 namespace moe::testing_ref {
 namespace {
 
@@ -22,17 +24,24 @@ absl::StatusOr<Vec> ReadWeight(const Checkpoint& ckpt, const std::string& name,
   return Vec(f.begin(), f.end());
 }
 
-// y[T, out] = x[T, in] W^T with W [out, in] (torch.nn.Linear without bias).
+// y[T, out] = x[T, in] W^T with W [out, in] (torch.nn.Linear without bias). Each output is the
+// same plain sum whatever the threads; products of full-size layers spread their outputs over the
+// cores (ParallelFor), small ones stay on one.
 Vec Linear(const Vec& x, int64_t T, int64_t in, const Vec& w, int64_t out) {
   Vec y(static_cast<size_t>(T * out));
-  for (int64_t t = 0; t < T; ++t) {
-    const double* xr = &x[t * in];
-    for (int64_t o = 0; o < out; ++o) {
-      const double* wr = &w[o * in];
+  auto column = [&](int64_t o) {
+    const double* wr = &w[o * in];
+    for (int64_t t = 0; t < T; ++t) {
+      const double* xr = &x[t * in];
       double s = 0;
       for (int64_t i = 0; i < in; ++i) s += wr[i] * xr[i];
       y[t * out + o] = s;
     }
+  };
+  if (T * in * out < (int64_t{1} << 24)) {
+    for (int64_t o = 0; o < out; ++o) column(o);
+  } else {
+    ParallelFor(out, column);
   }
   return y;
 }
