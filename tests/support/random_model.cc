@@ -63,20 +63,39 @@ class TensorMaker {
   // An RMSNorm weight: near one, but not exactly, so a dropped norm weight shows in the output.
   void Norm(const std::string& name, int64_t n) { Add(name, {n}, 1.0, 0.1); }
 
-  // Fills every tensor from its own stream (so on as many cores as there are: a full-size layer
-  // has billions of values) and hands them over.
+  // Fills every tensor and hands them over. A tensor of up to kChunk values comes from one stream
+  // seeded by its name; a larger one (a full-size layer has billions of values) from one stream a
+  // chunk of kChunk, seeded by "name#chunk", so that the chunks fill on as many cores as there are.
   std::vector<NamedTensor> Take() {
-    ParallelFor(static_cast<int64_t>(tensors_.size()), [&](int64_t i) {
-      NamedTensor& t = tensors_[static_cast<size_t>(i)];
+    struct Piece {
+      size_t tensor;
+      int64_t begin, end;
+      std::string stream;
+    };
+    std::vector<Piece> pieces;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      NamedTensor& t = tensors_[i];
       int64_t n = 1;
       for (int64_t d : t.shape) n *= d;
       t.values.resize(static_cast<size_t>(n));
-      NormalStream rng(seed_, t.name);
-      const auto [mean, std] = fills_[static_cast<size_t>(i)];
-      for (float& v : t.values) v = static_cast<float>(mean + std * rng.Next());
+      if (n <= kChunk) {
+        pieces.push_back({i, 0, n, t.name});
+        continue;
+      }
+      for (int64_t b = 0; b < n; b += kChunk) {
+        pieces.push_back({i, b, std::min(n, b + kChunk), t.name + "#" + std::to_string(b / kChunk)});
+      }
+    }
+    ParallelFor(static_cast<int64_t>(pieces.size()), [&](int64_t p) {
+      const Piece& piece = pieces[static_cast<size_t>(p)];
+      NamedTensor& t = tensors_[piece.tensor];
+      NormalStream rng(seed_, piece.stream);
+      const auto [mean, std] = fills_[piece.tensor];
+      for (int64_t j = piece.begin; j < piece.end; ++j) t.values[j] = static_cast<float>(mean + std * rng.Next());
     });
     return std::move(tensors_);
   }
+  static constexpr int64_t kChunk = int64_t{1} << 24;
 
  private:
   struct Fill {

@@ -21,7 +21,12 @@ absl::StatusOr<Vec> ReadWeight(const Checkpoint& ckpt, const std::string& name,
   const int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
   std::vector<float> f(static_cast<size_t>(n));
   MOE_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, f.data()));
-  return Vec(f.begin(), f.end());
+  Vec w(static_cast<size_t>(n));
+  constexpr int64_t kRun = int64_t{1} << 20;  // a full-size expert's 100M values widen on all cores
+  ParallelFor((n + kRun - 1) / kRun, [&](int64_t r) {
+    std::copy(f.begin() + r * kRun, f.begin() + std::min(n, (r + 1) * kRun), w.begin() + r * kRun);
+  });
+  return w;
 }
 
 // y[T, out] = x[T, in] W^T with W [out, in] (torch.nn.Linear without bias). Each output is the
