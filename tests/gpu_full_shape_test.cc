@@ -11,7 +11,7 @@
 //     CUDA-graph replays with the experts on the skinny grouped GEMMs.
 // Rows whose reference routing has a near tie (top-k probability gap < 1e-2) are left out: bf16
 // may route them otherwise. The rest must be within 2e-2 relative error (the golden tests' bound).
-// Writing the checkpoint and the reference take the machine's cores (a few seconds each on 16).
+// Writing the checkpoint (into /dev/shm where it fits) and the reference take the machine's cores.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <cuda_runtime.h>
+#include <stdlib.h>
 
 #include "tests/support/engine_fixture.h"
 #include "tests/support/random_model.h"
@@ -46,6 +47,18 @@ constexpr int64_t kSequences = 10;
 bool HaveDevice() {
   int n = 0;
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+// A folder for a checkpoint of `bytes`: in memory (/dev/shm) where it has room, since the test
+// writes gigabytes and reads them back at once; else the temporary directory.
+std::string CheckpointDir(int64_t bytes) {
+  std::error_code ec;
+  const std::filesystem::space_info shm = std::filesystem::space("/dev/shm", ec);
+  if (!ec && shm.available > static_cast<uintmax_t>(2 * bytes)) {
+    std::string tmpl = "/dev/shm/moe_gpu_full_shape_XXXXXX";
+    if (mkdtemp(tmpl.data()) != nullptr) return tmpl;
+  }
+  return MakeTempDir("moe_gpu_full_shape_");
 }
 
 double Seconds(std::chrono::steady_clock::time_point since) {
@@ -94,7 +107,7 @@ TEST_P(GpuFullShapeTest, OneLayerMatchesFloat64Reference) {
   ModelConfig c =
       ModelConfig::FromFile(std::string(MOE_SOURCE_DIR) + "/benchmarks/configs/" + GetParam() + ".json").value();
   c.num_layers = 1;
-  const std::string dir = MakeTempDir("moe_gpu_full_shape_");
+  const std::string dir = CheckpointDir(2 * (c.replicated_params() + c.num_experts * c.expert_params()));
   auto t0 = std::chrono::steady_clock::now();
   ASSERT_TRUE(WriteRandomModel(dir, c, /*seed=*/29, /*num_shards=*/2, DType::kBF16).ok());
   const double write_s = Seconds(t0);

@@ -14,32 +14,30 @@ namespace {
 // function below states the layout it expects, which is all a reference needs.
 using Vec = std::vector<double>;
 
-// Reads `name` with exactly `shape` through the checkpoint's own converter, then widens to double
-// so all arithmetic after the (unavoidable) bf16 -> f32 step happens in float64.
-absl::StatusOr<Vec> ReadWeight(const Checkpoint& ckpt, const std::string& name,
-                               std::vector<int64_t> shape) {
+// A weight as Checkpoint::ReadF32 gives it: float32 holds every bf16 and f16 value exactly, and
+// each product below promotes it to double, so all arithmetic after the (unavoidable) bf16 -> f32
+// step happens in float64 (a full-size expert widened up front would take twice the memory).
+using Weight = std::vector<float>;
+
+// Reads `name` with exactly `shape` through the checkpoint's own converter.
+absl::StatusOr<Weight> ReadWeight(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t> shape) {
   const int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
-  std::vector<float> f(static_cast<size_t>(n));
-  MOE_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, f.data()));
-  Vec w(static_cast<size_t>(n));
-  constexpr int64_t kRun = int64_t{1} << 20;  // a full-size expert's 100M values widen on all cores
-  ParallelFor((n + kRun - 1) / kRun, [&](int64_t r) {
-    std::copy(f.begin() + r * kRun, f.begin() + std::min(n, (r + 1) * kRun), w.begin() + r * kRun);
-  });
+  Weight w(static_cast<size_t>(n));
+  MOE_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, w.data()));
   return w;
 }
 
 // y[T, out] = x[T, in] W^T with W [out, in] (torch.nn.Linear without bias). Each output is the
 // same plain sum whatever the threads; products of full-size layers spread their outputs over the
 // cores (ParallelFor), small ones stay on one.
-Vec Linear(const Vec& x, int64_t T, int64_t in, const Vec& w, int64_t out) {
+Vec Linear(const Vec& x, int64_t T, int64_t in, const Weight& w, int64_t out) {
   Vec y(static_cast<size_t>(T * out));
   auto column = [&](int64_t o) {
-    const double* wr = &w[o * in];
+    const float* wr = &w[o * in];
     for (int64_t t = 0; t < T; ++t) {
       const double* xr = &x[t * in];
       double s = 0;
-      for (int64_t i = 0; i < in; ++i) s += wr[i] * xr[i];
+      for (int64_t i = 0; i < in; ++i) s += static_cast<double>(wr[i]) * xr[i];
       y[t * out + o] = s;
     }
   };
@@ -52,7 +50,7 @@ Vec Linear(const Vec& x, int64_t T, int64_t in, const Vec& w, int64_t out) {
 }
 
 // MixtralRMSNorm over each row of x [T, H]: x / sqrt(mean(x^2) + eps) * w.
-Vec RmsNorm(const Vec& x, int64_t T, int64_t H, const Vec& w, double eps) {
+Vec RmsNorm(const Vec& x, int64_t T, int64_t H, const Weight& w, double eps) {
   Vec y(x.size());
   for (int64_t t = 0; t < T; ++t) {
     double ss = 0;
@@ -138,10 +136,10 @@ absl::StatusOr<Vec> AttentionBlock(const ModelConfig& c, const Checkpoint& ckpt,
                                    const std::string& prefix, const Vec& x, int64_t T) {
   const int64_t H = c.hidden_size, qd = c.q_dim(), kvd = c.kv_dim();
   const std::string a = prefix + "self_attn.";
-  MOE_ASSIGN_OR_RETURN(Vec wq, ReadWeight(ckpt, a + "q_proj.weight", {qd, H}));
-  MOE_ASSIGN_OR_RETURN(Vec wk, ReadWeight(ckpt, a + "k_proj.weight", {kvd, H}));
-  MOE_ASSIGN_OR_RETURN(Vec wv, ReadWeight(ckpt, a + "v_proj.weight", {kvd, H}));
-  MOE_ASSIGN_OR_RETURN(Vec wo, ReadWeight(ckpt, a + "o_proj.weight", {H, qd}));
+  MOE_ASSIGN_OR_RETURN(Weight wq, ReadWeight(ckpt, a + "q_proj.weight", {qd, H}));
+  MOE_ASSIGN_OR_RETURN(Weight wk, ReadWeight(ckpt, a + "k_proj.weight", {kvd, H}));
+  MOE_ASSIGN_OR_RETURN(Weight wv, ReadWeight(ckpt, a + "v_proj.weight", {kvd, H}));
+  MOE_ASSIGN_OR_RETURN(Weight wo, ReadWeight(ckpt, a + "o_proj.weight", {H, qd}));
   Vec q = Linear(x, T, H, wq, qd);
   Vec k = Linear(x, T, H, wk, kvd);
   Vec v = Linear(x, T, H, wv, kvd);
@@ -158,7 +156,7 @@ absl::StatusOr<Vec> MoeBlock(const ModelConfig& c, const Checkpoint& ckpt, const
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
   const int64_t K = c.experts_per_token;
   const std::string m = prefix + "block_sparse_moe.";
-  MOE_ASSIGN_OR_RETURN(Vec wg, ReadWeight(ckpt, m + "gate.weight", {E, H}));
+  MOE_ASSIGN_OR_RETURN(Weight wg, ReadWeight(ckpt, m + "gate.weight", {E, H}));
   const Vec logits = Linear(x, T, H, wg, E);
   std::copy(logits.begin(), logits.end(), router_logits_out);
 
@@ -189,17 +187,21 @@ absl::StatusOr<Vec> MoeBlock(const ModelConfig& c, const Checkpoint& ckpt, const
     }
     if (rows.empty()) continue;
     const std::string p = m + "experts." + std::to_string(e) + ".";
-    MOE_ASSIGN_OR_RETURN(Vec w1, ReadWeight(ckpt, p + "w1.weight", {I, H}));
-    MOE_ASSIGN_OR_RETURN(Vec w3, ReadWeight(ckpt, p + "w3.weight", {I, H}));
-    MOE_ASSIGN_OR_RETURN(Vec w2, ReadWeight(ckpt, p + "w2.weight", {H, I}));
-    for (int64_t t : rows) {
-      const Vec xt(x.begin() + t * H, x.begin() + (t + 1) * H);
-      const Vec g = Linear(xt, 1, H, w1, I);
-      const Vec u = Linear(xt, 1, H, w3, I);
-      Vec act(static_cast<size_t>(I));
-      for (int64_t i = 0; i < I; ++i) act[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
-      const Vec y = Linear(act, 1, I, w2, H);
-      for (int64_t i = 0; i < H; ++i) out[t * H + i] += weight_of[t][e] * y[i];
+    MOE_ASSIGN_OR_RETURN(Weight w1, ReadWeight(ckpt, p + "w1.weight", {I, H}));
+    MOE_ASSIGN_OR_RETURN(Weight w3, ReadWeight(ckpt, p + "w3.weight", {I, H}));
+    MOE_ASSIGN_OR_RETURN(Weight w2, ReadWeight(ckpt, p + "w2.weight", {H, I}));
+    // Its rows together (each output the same sum as row by row; the weights are read once).
+    const int64_t R = static_cast<int64_t>(rows.size());
+    Vec xr(static_cast<size_t>(R * H));
+    for (int64_t r = 0; r < R; ++r) std::copy_n(x.begin() + rows[r] * H, H, xr.begin() + r * H);
+    const Vec g = Linear(xr, R, H, w1, I);
+    const Vec u = Linear(xr, R, H, w3, I);
+    Vec act(static_cast<size_t>(R * I));
+    for (int64_t i = 0; i < R * I; ++i) act[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+    const Vec y = Linear(act, R, I, w2, H);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t t = rows[r];
+      for (int64_t i = 0; i < H; ++i) out[t * H + i] += weight_of[t][e] * y[r * H + i];
     }
   }
   return out;
@@ -232,7 +234,7 @@ absl::StatusOr<ReferenceOutput> ReferenceForward(const ModelConfig& c, const Che
   r.router_logits.assign(static_cast<size_t>(L * T * E), 0.0);
   r.topk.resize(static_cast<size_t>(L));
 
-  MOE_ASSIGN_OR_RETURN(Vec embed, ReadWeight(ckpt, "model.embed_tokens.weight", {V, H}));
+  MOE_ASSIGN_OR_RETURN(Weight embed, ReadWeight(ckpt, "model.embed_tokens.weight", {V, H}));
   Vec x(static_cast<size_t>(T * H));
   for (int64_t t = 0; t < T; ++t) {
     std::copy_n(embed.begin() + tokens[t] * H, H, x.begin() + t * H);
@@ -240,23 +242,23 @@ absl::StatusOr<ReferenceOutput> ReferenceForward(const ModelConfig& c, const Che
 
   for (int64_t l = 0; l < L; ++l) {
     const std::string prefix = "model.layers." + std::to_string(l) + ".";
-    MOE_ASSIGN_OR_RETURN(Vec in_norm, ReadWeight(ckpt, prefix + "input_layernorm.weight", {H}));
+    MOE_ASSIGN_OR_RETURN(Weight in_norm, ReadWeight(ckpt, prefix + "input_layernorm.weight", {H}));
     MOE_ASSIGN_OR_RETURN(Vec attn,
                          AttentionBlock(c, ckpt, prefix, RmsNorm(x, T, H, in_norm, c.rms_norm_eps), T));
     AddInPlace(x, attn);
 
-    MOE_ASSIGN_OR_RETURN(Vec post_norm, ReadWeight(ckpt, prefix + "post_attention_layernorm.weight", {H}));
+    MOE_ASSIGN_OR_RETURN(Weight post_norm, ReadWeight(ckpt, prefix + "post_attention_layernorm.weight", {H}));
     MOE_ASSIGN_OR_RETURN(Vec moe, MoeBlock(c, ckpt, prefix, RmsNorm(x, T, H, post_norm, c.rms_norm_eps), T,
                                            &r.router_logits[l * T * E], r.topk[l]));
     AddInPlace(x, moe);
   }
 
-  MOE_ASSIGN_OR_RETURN(Vec final_norm, ReadWeight(ckpt, "model.norm.weight", {H}));
+  MOE_ASSIGN_OR_RETURN(Weight final_norm, ReadWeight(ckpt, "model.norm.weight", {H}));
   const Vec h = RmsNorm(x, T, H, final_norm, c.rms_norm_eps);
   if (c.tie_word_embeddings) {
     r.logits = Linear(h, T, H, embed, V);
   } else {
-    MOE_ASSIGN_OR_RETURN(Vec lm_head, ReadWeight(ckpt, "lm_head.weight", {V, H}));
+    MOE_ASSIGN_OR_RETURN(Weight lm_head, ReadWeight(ckpt, "lm_head.weight", {V, H}));
     r.logits = Linear(h, T, H, lm_head, V);
   }
   return r;

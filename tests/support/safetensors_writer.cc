@@ -1,5 +1,6 @@
 #include "tests/support/safetensors_writer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -7,6 +8,8 @@
 #include <fstream>
 
 #include <nlohmann/json.hpp>
+
+#include "tests/support/parallel_for.h"
 
 namespace moe {
 namespace {
@@ -28,56 +31,81 @@ std::string LittleEndian64(uint64_t v) {
   return s;
 }
 
-template <typename T>
-void Append(std::string& out, T v) {
-  char buf[sizeof(T)];
-  std::memcpy(buf, &v, sizeof(T));  // the host is little-endian, like the format
-  out.append(buf, sizeof(T));
-}
 
-// The tensor's bytes in its dtype.
-absl::StatusOr<std::string> Encode(const NamedTensor& t) {
+// The tensor's element count and byte size, checking its shape and (float dtypes) its values.
+absl::StatusOr<uint64_t> TensorBytes(const NamedTensor& t) {
   int64_t numel = 1;
   for (int64_t d : t.shape) {
     if (d < 0) return absl::InvalidArgumentError("tensor '" + t.name + "': negative dimension");
     numel *= d;
   }
   const bool is_float = t.dtype == DType::kF32 || t.dtype == DType::kBF16 || t.dtype == DType::kF16;
-  if (!is_float) return std::string(static_cast<size_t>(numel) * DTypeSize(t.dtype), '\0');
-  if (static_cast<int64_t>(t.values.size()) != numel) {
+  if (is_float && static_cast<int64_t>(t.values.size()) != numel) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "': ", t.values.size(),
                                                    " values for ", numel, " elements"));
   }
-  std::string out;
-  out.reserve(static_cast<size_t>(numel) * DTypeSize(t.dtype));
-  for (float v : t.values) {
-    if (t.dtype == DType::kF32) Append(out, v);
-    if (t.dtype == DType::kBF16) Append(out, F32ToBf16(v));
-    if (t.dtype == DType::kF16) Append(out, F32ToF16(v));
-  }
-  return out;
+  return static_cast<uint64_t>(numel) * DTypeSize(t.dtype);
 }
 
-// Encodes the tensors into one file's bytes; `data_size` receives the data region's size.
-absl::StatusOr<std::string> Serialize(const std::vector<NamedTensor>& tensors,
-                                      const std::map<std::string, std::string>& metadata,
-                                      uint64_t* data_size) {
+// The tensor's bytes in its dtype (zeros for the non-float dtypes), into `out` (its capacity is
+// reused from tensor to tensor: a full-size layer's tensors are gigabytes).
+void Encode(const NamedTensor& t, uint64_t bytes, std::string& out) {
+  out.clear();
+  const bool is_float = t.dtype == DType::kF32 || t.dtype == DType::kBF16 || t.dtype == DType::kF16;
+  if (!is_float) {
+    out.resize(static_cast<size_t>(bytes), '\0');
+    return;
+  }
+  out.resize(static_cast<size_t>(bytes));
+  const size_t width = DTypeSize(t.dtype), n = t.values.size();
+  constexpr size_t kRun = size_t{1} << 20;  // runs of values converted on all cores
+  testing_ref::ParallelFor(static_cast<int64_t>((n + kRun - 1) / kRun), [&](int64_t r) {
+    for (size_t i = static_cast<size_t>(r) * kRun; i < std::min(n, static_cast<size_t>(r + 1) * kRun); ++i) {
+      const float v = t.values[i];
+      char* at = out.data() + i * width;
+      if (t.dtype == DType::kF32) std::memcpy(at, &v, sizeof v);  // the host is little-endian, like the format
+      if (t.dtype == DType::kBF16) {
+        const uint16_t h = F32ToBf16(v);
+        std::memcpy(at, &h, sizeof h);
+      }
+      if (t.dtype == DType::kF16) {
+        const uint16_t h = F32ToF16(v);
+        std::memcpy(at, &h, sizeof h);
+      }
+    }
+  });
+}
+
+// Writes one safetensors file: the header (8-byte length, JSON with each tensor's dtype, shape and
+// data offsets, padded with spaces so the data starts 8-byte aligned, as the reference writer
+// does), then each tensor's bytes in order, one at a time. `data_size` receives the data's size.
+absl::Status WriteTensorsFile(const std::string& path, const std::vector<NamedTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata, uint64_t* data_size) {
   ordered_json header = ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::string data;
+  std::vector<uint64_t> sizes;
+  uint64_t offset = 0;
   for (const NamedTensor& t : tensors) {
-    MOE_ASSIGN_OR_RETURN(std::string bytes, Encode(t));
-    header[t.name] = {{"dtype", DTypeName(t.dtype)},
-                      {"shape", t.shape},
-                      {"data_offsets", {data.size(), data.size() + bytes.size()}}};
-    data += bytes;
+    MOE_ASSIGN_OR_RETURN(const uint64_t bytes, TensorBytes(t));
+    header[t.name] = {{"dtype", DTypeName(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
+    sizes.push_back(bytes);
+    offset += bytes;
   }
   std::string text = header.dump();
-  // Pad with spaces (valid JSON whitespace) so the data region starts 8-byte aligned, as the
-  // reference writer does.
   text.append((8 - text.size() % 8) % 8, ' ');
-  if (data_size != nullptr) *data_size = data.size();
-  return LittleEndian64(text.size()) + text + data;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::PermissionDeniedError("cannot create " + path);
+  const std::string prefix = LittleEndian64(text.size()) + text;
+  out.write(prefix.data(), static_cast<std::streamsize>(prefix.size()));
+  std::string bytes;
+  for (size_t i = 0; i < tensors.size() && out; ++i) {
+    Encode(tensors[i], sizes[i], bytes);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  out.close();
+  if (!out) return absl::InternalError("cannot write " + path);
+  if (data_size != nullptr) *data_size = offset;
+  return absl::OkStatus();
 }
 
 std::string ShardName(size_t i, size_t n) {
@@ -112,8 +140,7 @@ uint16_t F32ToF16(float f) {
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                               const std::map<std::string, std::string>& metadata) {
-  MOE_ASSIGN_OR_RETURN(std::string bytes, Serialize(tensors, metadata, nullptr));
-  return WriteFile(path, bytes);
+  return WriteTensorsFile(path, tensors, metadata, nullptr);
 }
 
 absl::Status WriteShardedCheckpoint(const std::string& dir,
@@ -129,8 +156,7 @@ absl::Status WriteShardedCheckpoint(const std::string& dir,
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string name = ShardName(i, shards.size());
     uint64_t data_size = 0;
-    MOE_ASSIGN_OR_RETURN(std::string bytes, Serialize(shards[i], {{"format", "pt"}}, &data_size));
-    MOE_RETURN_IF_ERROR(WriteFile(dir + "/" + name, bytes));
+    MOE_RETURN_IF_ERROR(WriteTensorsFile(dir + "/" + name, shards[i], {{"format", "pt"}}, &data_size));
     total_size += data_size;
     for (const NamedTensor& t : shards[i]) weight_map[t.name] = name;
   }
