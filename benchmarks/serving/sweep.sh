@@ -19,6 +19,8 @@
 #   BUILD        the build folder with moe-serve-bench (and, unless --build-dir says otherwise, the
 #                cluster's programs) [build]
 #   COMMIT       recorded in the JSON [git rev-parse HEAD, or unknown]
+#   SEED         the first point's moe-serve-bench --seed, the next points' SEED + 1, + 2, ... [0]:
+#                each point's prompts are its own, so no point finds another's in the prefix cache
 # Full-size runs without a checkpoint: a --model folder holding only config.json and
 #   --worker-arg=--device=gpu --worker-arg=--synthetic-weights=1 (see scripts/gpu-run.sh).
 # Exit status: 0 when every point's requests all completed.
@@ -43,13 +45,15 @@ start_cluster "$OUT_DIR/launch-cluster.out" "$OUT_DIR/cluster.log" "$BUILD" "$@"
 echo "sweep: cluster serving on $ADDR"
 
 status=0
+seed="${SEED:-0}"
 for point in $SWEEP; do
   c="${point%%:*}"
   n="${point##*:}"
   echo "== concurrency $c, $n requests of ${INPUT_LEN:-128} + ${OUTPUT_LEN:-128} tokens"
   "$BENCH" --server "$ADDR" --requests "$n" --max-concurrency "$c" --warmup "${WARMUP:-$c}" --rate "${RATE:-inf}" \
     --input-len "${INPUT_LEN:-128}" --output-len "${OUTPUT_LEN:-128}" --range-ratio "${RANGE_RATIO:-0}" \
-    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} ${REPETITION_PENALTY:+--repetition-penalty "$REPETITION_PENALTY"} ${FREQUENCY_PENALTY:+--frequency-penalty "$FREQUENCY_PENALTY"} ${LOGPROBS:+--logprobs "$LOGPROBS"} --max-tokens "${MAX_TOKENS:-0}" \
+    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --seed "$seed" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} ${REPETITION_PENALTY:+--repetition-penalty "$REPETITION_PENALTY"} ${FREQUENCY_PENALTY:+--frequency-penalty "$FREQUENCY_PENALTY"} ${LOGPROBS:+--logprobs "$LOGPROBS"} --max-tokens "${MAX_TOKENS:-0}" \
     --out "$OUT_DIR/serve-c$c.json" || status=1
+  seed=$((seed + 1))
 done
 exit $status
