@@ -301,6 +301,8 @@ absl::Status GpuEngine::ReserveSteps() {
     return absl::ResourceExhaustedError(absl::StrCat(
         "GPU engine: cannot allocate the buffers of steps of up to ", max_tokens,
         " tokens (max_step_tokens; moe-worker --max-batch-tokens) beside the weights and the KV cache: ", err.what()));
+  } catch (const std::exception& err) {
+    return absl::InternalError(absl::StrCat("GPU engine: sizing the step buffers: ", err.what()));
   }
   reserved_step_bytes_ = static_cast<int64_t>(free_before) - static_cast<int64_t>(free_after);
   if (opts_.verbose) {
