@@ -262,7 +262,7 @@ int main(int argc, char** argv) {
   const double load_ms = NowMs() - load_t0;
   // What the load reserved for steps of up to max_step_tokens, beside kv_budget's estimate of it
   // (less its fixed 1 GiB for the libraries), which sizes the KV cache under a memory fraction.
-  const int64_t step_estimate = StepBufferBytes(c, opts.max_step_tokens) - (int64_t{1} << 30);
+  const int64_t step_estimate = StepBufferBytes(c, opts.max_step_tokens) - kLibraryBytes;
   std::printf("%s on %s: %.2f GB of bf16 weights, KV cache %.2f GB (%lld positions), step buffers for %lld tokens "
               "%.2f GB (estimate %.2f GB), loaded in %.0f ms\n",
               config_name.c_str(), prop.name, e->weight_bytes() / 1e9, e->kv_cache_bytes() / 1e9,

@@ -25,7 +25,7 @@ int64_t StepBufferBytes(const ModelConfig& c, int64_t step_tokens) {
   // a penalised copy of the latter, a row of allowed-id bits; about 256 bytes of inputs and picks.
   const int64_t per_token = 8 * H + 2 * (c.q_dim() + 2 * c.kv_dim()) + 4 * c.q_dim() + 2 * k * (2 * H + 3 * I) +
                             8 * c.vocab_size + c.vocab_size / 8 + 4 * c.num_experts + 256;
-  return T * per_token + (int64_t{1} << 30);
+  return T * per_token + kLibraryBytes;
 }
 
 absl::StatusOr<int64_t> KvTokensForMemory(const ModelConfig& c, int64_t total_bytes, double fraction,

@@ -22,9 +22,10 @@ int64_t RankWeightBytes(const ModelConfig& c, const PlacementPlan& plan, int ran
 // An upper estimate of what a step of up to `step_tokens` tokens allocates besides the weights and
 // the KV cache (residual stream, attention and expert buffers, float logits for every row and a
 // penalised copy), plus a fixed 1 GiB for the libraries (cuBLAS workspaces, CUDA graphs, NCCL
-// buffers). The GPU engine allocates these buffers at load (GpuEngine::ReserveSteps; its test
-// checks that they stay under this estimate).
+// buffers: kLibraryBytes). The GPU engine allocates these buffers at load (GpuEngine::ReserveSteps;
+// its test checks that they stay under this estimate less kLibraryBytes).
 int64_t StepBufferBytes(const ModelConfig& c, int64_t step_tokens);
+inline constexpr int64_t kLibraryBytes = int64_t{1} << 30;
 
 // The KV positions, whole blocks of `block_size`, that fit in fraction * total_bytes - weights -
 // buffers. ResourceExhausted, with every figure in the message, when not one block fits;
