@@ -89,10 +89,8 @@ absl::StatusOr<std::vector<ScoreResult>> ScoreAll(StepEngine& engine, const std:
     const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
     local = engine.AddSequence(id);
     SequenceChunk& ch = chunks.emplace_back(SequenceChunk{id, sequences[i], true});
-    ch.score = ScoreTargets{};  // each row's next token, scored on the engine
-    for (size_t t = 0; t < sequences[i].size(); ++t) {
-      ch.score->targets.push_back(t + 1 < sequences[i].size() ? sequences[i][t + 1] : -1);
-    }
+    // Each row's next token, scored on the engine.
+    ch.score = NextTokenTargets(sequences[i], 0, static_cast<int64_t>(sequences[i].size()), 0);
   }
   if (!local.ok()) chunks = {{-1, {}, true}};  // fails the step on every rank (see GenerateAll)
   absl::StatusOr<StepOutput> step = engine.Step(chunks);

@@ -129,6 +129,13 @@ absl::StatusOr<int64_t> BeginStep(const ModelConfig& c, Communicator& comm, KvBl
   return global_rows;
 }
 
+ScoreTargets NextTokenTargets(std::span<const int32_t> tokens, int64_t first, int64_t n, uint32_t top) {
+  ScoreTargets s{{}, top};
+  const int64_t size = static_cast<int64_t>(tokens.size());
+  for (int64_t q = first; q < first + n; ++q) s.targets.push_back(q + 1 < size ? tokens[static_cast<size_t>(q + 1)] : -1);
+  return s;
+}
+
 ChunkLogits WantedRows(const SequenceChunk& ch, int64_t start) {
   const int64_t n = static_cast<int64_t>(ch.tokens.size());
   const int64_t first = ch.all_logits ? 0 : n - 1;

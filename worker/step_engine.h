@@ -41,6 +41,9 @@ struct ScoreTargets {
   std::vector<int32_t> targets;  // one per token of the chunk, in the vocabulary or -1
   uint32_t top = 0;              // at most kMaxTopLogprobs
 };
+// The targets of a chunk of tokens[first, first + n): each position's next token, tokens[q + 1],
+// and -1 for the last position of `tokens` (nothing follows it).
+ScoreTargets NextTokenTargets(std::span<const int32_t> tokens, int64_t first, int64_t n, uint32_t top);
 
 // Tokens appended to a sequence: they take positions length .. length + tokens.size() - 1.
 struct SequenceChunk {

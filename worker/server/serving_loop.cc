@@ -406,10 +406,9 @@ bool ServingLoop::RunOnce() {
     ch.seq_id = EngineId(running[i]);
     ch.all_logits = s.whole_rows_remaining() > 0;
     if (ch.all_logits) {  // scored on the engine: each row's next prompt token
-      ch.score = ScoreTargets{{}, s.is_score() ? (s.assign.want_greedy() ? 1u : 0u) : s.assign.prompt_logprobs()};
-      for (int64_t q = s.fed; q < s.fed + counts[i]; ++q) {
-        ch.score->targets.push_back(q + 1 < s.prompt_size() ? s.assign.prompt(static_cast<int>(q + 1)) : -1);
-      }
+      ch.score = NextTokenTargets(std::span<const int32_t>(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size())),
+                                  s.fed, counts[i],
+                                  s.is_score() ? (s.assign.want_greedy() ? 1u : 0u) : s.assign.prompt_logprobs());
     } else {
       ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
     }
