@@ -71,13 +71,9 @@ std::vector<char> ClearlyRouted(const ReferenceOutput& ref, int64_t k) {
   std::vector<char> clear(static_cast<size_t>(ref.T), 1);
   for (int64_t l = 0; l < ref.layers; ++l) {
     for (int64_t t = 0; t < ref.T; ++t) {
-      std::vector<double> p(static_cast<size_t>(ref.experts));
-      for (int64_t e = 0; e < ref.experts; ++e) p[e] = ref.router_logit(l, t, e);
-      const double mx = *std::max_element(p.begin(), p.end());
-      double sum = 0;
-      for (double& x : p) sum += (x = std::exp(x - mx));
-      std::sort(p.begin(), p.end(), std::greater<>());
-      if (k < ref.experts && (p[k - 1] - p[k]) / sum < kRouterMarginTol) clear[t] = 0;
+      if (ReferenceTopK(&ref.router_logits[(l * ref.T + t) * ref.experts], ref.experts, k).second < kRouterMarginTol) {
+        clear[t] = 0;
+      }
     }
   }
   return clear;

@@ -4,7 +4,10 @@
 // the config and checkpoint readers, and favours obviousness over speed: plain loops, no BLAS.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -29,6 +32,22 @@ struct ReferenceOutput {
     return router_logits[(l * T + t) * experts + e];
   }
 };
+
+// The top-k set (sorted) of E router logits (a reference's, or anything that routes like it) and its margin (gap between the k-th and (k+1)-th
+// routing probability).
+template <typename F>
+std::pair<std::vector<int64_t>, double> ReferenceTopK(const F* z, int64_t E, int64_t k) {
+  std::vector<double> prob(E);
+  double mx = z[0], sum = 0;
+  for (int64_t x = 1; x < E; ++x) mx = std::max<double>(mx, z[x]);
+  for (int64_t x = 0; x < E; ++x) sum += prob[x] = std::exp(double(z[x]) - mx);
+  std::vector<int64_t> order(E);
+  for (int64_t x = 0; x < E; ++x) order[x] = x;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return prob[a] > prob[b]; });
+  std::vector<int64_t> top(order.begin(), order.begin() + k);
+  std::sort(top.begin(), top.end());
+  return {top, k < E ? (prob[order[k - 1]] - prob[order[k]]) / sum : 1.0};
+}
 
 // Runs the whole model over `tokens` (positions 0..T-1, one sequence, no cache). Weights are read
 // with Checkpoint::ReadF32 (so BF16/F16/F32 checkpoints all work) and promoted to double.
