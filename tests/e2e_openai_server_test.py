@@ -491,6 +491,65 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             proc.terminate()
             self.assertEqual(proc.wait(timeout=30), 0)
 
+    def test_f3a_an_api_key_guards_every_endpoint_but_health(self):
+        """--api-key (vLLM's): a request without "Authorization: Bearer <key>", or with another key,
+        gets 401 in OpenAI's error shape and reaches no handler; with the key it is served; GET
+        /health stays open for load balancers. MOE_API_KEY sets the key when no flag does."""
+        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
+        for args, env in ((["--api-key", "k-old", "--api-key", "s3cret"], None),
+                          ([], dict(os.environ, MOE_API_KEY="s3cret"))):
+            proc = subprocess.Popen([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0"] + args,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            try:
+                port = None
+                for line in proc.stdout:
+                    if "listening on port" in line:
+                        port = int(line.split("listening on port")[1].split(",")[0])
+                        self.assertIn("API key required", line)
+                        break
+                self.assertIsNotNone(port)
+
+                def call(path, key, body=None):
+                    headers = {"Content-Type": "application/json"}
+                    if key is not None:
+                        headers["Authorization"] = key
+                    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), headers=headers,
+                                                 data=json.dumps(body).encode() if body is not None else None)
+                    try:
+                        with urllib.request.urlopen(req, timeout=60) as r:
+                            return r.status, json.loads(r.read())
+                    except urllib.error.HTTPError as e:
+                        return e.code, json.loads(e.read())
+
+                completion = {"prompt": "ROMEO:", "max_tokens": 2, "temperature": 0}
+                for path, body in (("/v1/completions", completion), ("/v1/models", None),
+                                   ("/tokenize", {"prompt": "ROMEO:"}), ("/v1/nothing", None)):
+                    for key, says in ((None, "no API key"), ("Bearer wrong", "not one this server accepts"),
+                                      ("s3cret", "not one this server accepts"),
+                                      ("Bearer s3cre", "not one this server accepts"),
+                                      ("Bearer s3cret2", "not one this server accepts")):
+                        status, err = call(path, key, body)
+                        self.assertEqual(status, 401, (path, key, err))
+                        self.assertEqual(err["error"]["type"], "authentication_error")
+                        self.assertIn(says, err["error"]["message"])
+                status, answer = call("/v1/completions", "Bearer s3cret", completion)
+                self.assertEqual(status, 200, answer)
+                self.assertEqual(answer["usage"]["completion_tokens"], 2)
+                self.assertEqual(call("/v1/models", "Bearer s3cret")[0], 200)
+                self.assertEqual(call("/v1/nothing", "Bearer s3cret")[0], 404)
+                if args:
+                    self.assertEqual(call("/v1/models", "Bearer k-old")[0], 200)  # every key given is accepted
+                status, health = call("/health", None)
+                self.assertEqual((status, health["status"]), (200, "SERVING"))
+            finally:
+                proc.terminate()
+                self.assertEqual(proc.wait(timeout=30), 0)
+                proc.stdout.close()
+        r = subprocess.run([binary, "--coordinator", self.cluster.address, "--api-key="], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--api-key: empty", r.stderr)
+
     def test_f3b_a_tool_call_parser_needs_its_marker_in_the_vocabulary(self):
         """--tool-call-parser mistral reads [TOOL_CALLS]; the default model's vocabulary has none, so
         the server refuses to start, saying so; an unknown parser is refused too."""

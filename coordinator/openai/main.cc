@@ -2,12 +2,13 @@
 //
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
 //                     [--model-name NAME] [--threads N] [--chat-template FILE]
-//                     [--tool-call-parser mistral]
+//                     [--tool-call-parser mistral] [--api-key KEY ...]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
 // use), 2 for a bad command line.
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@ const char kUsage[] =
     "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
+    "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
+    "                          GET /health then needs the header \"Authorization: Bearer KEY\", else 401]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
     "/detokenize, GET /v1/models and GET /health over the coordinator's gRPC API.\n";
 
@@ -50,7 +53,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
-        f.name != "--chat-template" && f.name != "--tool-call-parser") {
+        f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
     std::string value;
@@ -71,10 +74,16 @@ int main(int argc, char** argv) {
       opts.chat_template_file = value;
     } else if (f.name == "--tool-call-parser") {
       opts.tool_call_parser = value;
+    } else if (f.name == "--api-key") {
+      if (value.empty()) return BadFlag("--api-key: empty (a key is at least one character)");
+      opts.api_keys.push_back(value);
     } else if (!absl::SimpleAtoi(value, &opts.threads) || opts.threads < 1) {
       return BadFlag("--threads: expected a positive integer, got '" + value + "'");
     }
   }
+  // vLLM reads VLLM_API_KEY the same way: a key kept off the command line (and out of `ps`).
+  const char* env_key = std::getenv("MOE_API_KEY");
+  if (opts.api_keys.empty() && env_key != nullptr && *env_key != '\0') opts.api_keys.push_back(env_key);
   if (opts.coordinator.empty()) return BadFlag("--coordinator: required (HOST:PORT of the coordinator's public API)");
 
   absl::StatusOr<std::unique_ptr<moe::openai::OpenAiServer>> server = moe::openai::OpenAiServer::Start(opts);
@@ -86,8 +95,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-openai-server: warning: chat completions are refused: %s\n",
                  std::string((*server)->chat_template_status().message()).c_str());
   }
-  std::printf("moe-openai-server: listening on port %d, model %s, coordinator %s\n", (*server)->port(),
-              (*server)->model_name().c_str(), opts.coordinator.c_str());
+  std::printf("moe-openai-server: listening on port %d, model %s, coordinator %s%s\n", (*server)->port(),
+              (*server)->model_name().c_str(), opts.coordinator.c_str(),
+              opts.api_keys.empty() ? "" : ", API key required");
   std::fflush(stdout);
   int sig = 0;
   sigwait(&signals, &sig);

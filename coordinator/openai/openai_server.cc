@@ -7,6 +7,7 @@
 #include <ctime>
 #include <deque>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -70,6 +71,24 @@ absl::StatusOr<std::string> ReadBody(mg_connection* conn) {
   return body;
 }
 
+// "Bearer <key>" with one of `keys`. Every key is compared over its whole length whatever the
+// header holds, so the time taken says nothing about how much of a key a guess got right.
+bool BearerKeyMatches(const std::string& header, const std::vector<std::string>& keys) {
+  constexpr std::string_view kScheme = "Bearer ";
+  const std::string_view given = std::string_view(header).substr(0, kScheme.size()) == kScheme
+                                     ? std::string_view(header).substr(kScheme.size())
+                                     : std::string_view();
+  bool match = false;
+  for (const std::string& key : keys) {
+    unsigned char diff = given.size() == key.size() ? 0 : 1;
+    for (size_t i = 0; i < key.size(); ++i) {
+      diff |= static_cast<unsigned char>(key[i] ^ (i < given.size() ? given[i] : 0));
+    }
+    match |= diff == 0;
+  }
+  return match;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOptions& opts) {
@@ -95,6 +114,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   }
   s->max_model_len_ = info.max_context();
   s->created_ = UnixNow();
+  s->api_keys_ = opts.api_keys;
   s->bos_token_ = info.bos_token();
   s->eos_token_ = info.eos_token();
   if (!opts.chat_template_file.empty()) {  // the operator's template: unusable is a start-up error
@@ -153,6 +173,8 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_server_port ports[4];
   const int n = mg_get_server_ports(s->ctx_, 4, ports);
   s->port_ = n > 0 ? ports[0].port : 0;
+  // The key check first: no request may reach a handler before it is in place.
+  if (!s->api_keys_.empty()) mg_set_auth_handler(s->ctx_, "/", &OpenAiServer::CheckApiKey, s.get());
   mg_set_request_handler(s->ctx_, "/v1/completions$", &OpenAiServer::HandleCompletions, s.get());
   mg_set_request_handler(s->ctx_, "/v1/chat/completions$", &OpenAiServer::HandleChat, s.get());
   mg_set_request_handler(s->ctx_, "/tokenize$", &OpenAiServer::HandleTokenize, s.get());
@@ -212,6 +234,19 @@ int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
   return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health)",
                                    "NotFoundError", {}});
+}
+
+int OpenAiServer::CheckApiKey(mg_connection* conn, void* self) {
+  const auto* s = static_cast<const OpenAiServer*>(self);
+  const mg_request_info* info = mg_get_request_info(conn);
+  if (info->local_uri != nullptr && std::string(info->local_uri) == "/health") return 1;  // load balancers' probe
+  const char* header = mg_get_header(conn, "Authorization");
+  if (header != nullptr && BearerKeyMatches(header, s->api_keys_)) return 1;
+  SendError(conn, HttpError{401,
+                            header == nullptr ? "no API key: send the header \"Authorization: Bearer <key>\""
+                                              : "the API key in the Authorization header is not one this server accepts",
+                            "authentication_error", {}});
+  return 0;
 }
 
 int OpenAiServer::HandleHealth(mg_connection* conn, void* self) {

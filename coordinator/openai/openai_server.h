@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <grpcpp/channel.h>
 
@@ -34,6 +35,9 @@ struct ServerOptions {
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
   std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
+  // Not empty: every endpoint but GET /health answers 401 unless the request carries
+  // "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
+  std::vector<std::string> api_keys;
 };
 
 class OpenAiServer {
@@ -62,6 +66,9 @@ class OpenAiServer {
   static int HandleModels(mg_connection* conn, void* self);
   static int HandleHealth(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
+  // civetweb's authorization hook, before every handler: with api_keys, a request without one of
+  // them is answered 401 here and reaches no handler.
+  static int CheckApiKey(mg_connection* conn, void* self);
   // A POST admitted while the server runs (counted by a HandlerScope until it has answered), its
   // body read, handed to `handle`; otherwise the refusal (405, 503 while stopping, 413).
   int ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string& body));
@@ -115,6 +122,7 @@ class OpenAiServer {
   absl::Status chat_template_status_;
   std::string bos_token_, eos_token_;      // for a request's own chat_template
   int64_t created_ = 0;
+  std::vector<std::string> api_keys_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
 };
