@@ -303,6 +303,53 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 200, answer)
         self.assertEqual(answer["choices"][0]["text"], s["greedy_text"])
 
+    def test_c3b_echo_streamed_and_with_n_is_the_whole_answers(self):
+        """vLLM serves echo streamed (the prompt on each choice's first chunk) and with n > 1 (each
+        choice after the prompt): the streamed text and logprobs add up to the whole answer's, and
+        each of n choices starts with the prompt."""
+        s = self.samples["ROMEO:"]
+        n_tokens = len(s["greedy_ids"])
+        for prompt in ("ROMEO:", s["prompt_ids"]):
+            body = {"prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "echo": True, "logprobs": 1}
+            status, whole = self.call("/v1/completions", body)
+            self.assertEqual(status, 200, whole)
+            self.assertEqual(whole["choices"][0]["text"], s["greedy_text"])
+            events = self.stream(dict(body, stream_options={"include_usage": True}))
+            chunks = [c for e in events for c in e["choices"]]
+            self.assertTrue(chunks[0]["text"].startswith("ROMEO:"), chunks[0])
+            self.assertEqual("".join(c["text"] for c in chunks), s["greedy_text"])
+            streamed = {key: [x for c in chunks for x in c["logprobs"][key]]
+                        for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+            self.assertEqual(streamed["tokens"], whole["choices"][0]["logprobs"]["tokens"])
+            self.assertEqual(streamed["text_offset"], whole["choices"][0]["logprobs"]["text_offset"])
+            self.assertIsNone(streamed["token_logprobs"][0])
+            for a, b in zip(streamed["token_logprobs"][1:], whole["choices"][0]["logprobs"]["token_logprobs"][1:]):
+                self.assertAlmostEqual(a, b, delta=1e-5)
+            self.assertEqual(events[-1]["usage"], whole["usage"])
+        # max_tokens 0 streamed: one chunk per choice, the prompt alone; usage counts the prompt.
+        events = self.stream({"prompt": ["ROMEO:", "JULIET:"], "max_tokens": 0, "echo": True, "n": 2,
+                              "stream_options": {"include_usage": True}})
+        chunks = [c for e in events for c in e["choices"]]
+        self.assertEqual([(c["index"], c["text"], c["finish_reason"]) for c in chunks],
+                         [(0, "ROMEO:", "length"), (1, "ROMEO:", "length"), (2, "JULIET:", "length"),
+                          (3, "JULIET:", "length")])
+        self.assertEqual(len({e["id"] for e in events}), 1)
+        self.assertEqual(events[-1]["usage"]["completion_tokens"], 0)
+        self.assertGreater(events[-1]["usage"]["prompt_tokens"], 0)
+        # n > 1, whole: every choice is the prompt and then its own sampled continuation.
+        status, answer = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 1.0,
+                                                       "seed": 5, "n": 3, "echo": True})
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(len(answer["choices"]), 3)
+        status, plain = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 1.0,
+                                                      "seed": 5, "n": 3})
+        self.assertEqual(status, 200, plain)
+        self.assertEqual([c["text"] for c in answer["choices"]], ["ROMEO:" + c["text"] for c in plain["choices"]])
+        status, answer = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 0, "echo": True, "n": 2})
+        self.assertEqual(status, 200, answer)
+        self.assertEqual([(c["text"], c["finish_reason"]) for c in answer["choices"]], [("ROMEO:", "length")] * 2)
+        self.assertTrue(answer["id"].startswith("cmpl-") and len(answer["id"]) > len("cmpl-"), answer["id"])
+
     def test_c4_a_batch_of_prompts_answers_each_as_alone(self):
         prompts = list(self.samples)
         status, answer = self.call("/v1/completions", {"prompt": prompts, "max_tokens": 12, "temperature": 0.7,
@@ -351,7 +398,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             ({"prompt": "x", "model": "gpt-4"}, None, 404, "model"),
             ({"max_tokens": 3}, None, 400, "prompt"),
             ({"prompt": "x", "logprobs": 21}, None, 400, "logprobs"),
-            ({"prompt": "x", "echo": True, "stream": True}, None, 400, "echo"),
+            ({"prompt": "x", "echo": True, "truncate_prompt_tokens": 1}, None, 400, "echo"),
             ({"prompt": "x", "max_tokens": 0}, None, 400, "max_tokens"),
             ({"prompt": "x", "best_of": 3}, None, 400, "best_of"),
             ({"prompt": "x", "logit_bias": {"a": 1}}, None, 400, "logit_bias"),

@@ -257,8 +257,6 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "stream": "yes"})", 400, "stream"},
            {R"({"prompt": "x", "stream_options": {"include_usage": true}})", 400, "stream_options"},
            {R"({"prompt": "x", "logprobs": 21})", 400, "logprobs"},
-           {R"({"prompt": "x", "echo": true, "stream": true})", 400, "echo"},
-           {R"({"prompt": "x", "echo": true, "n": 2})", 400, "echo"},
            {R"({"prompt": "x", "echo": 1})", 400, "echo"},
            {R"({"prompt": "x", "max_tokens": 0})", 400, "max_tokens"},
            {R"({"prompt": "x", "suffix": "y"})", 400, "suffix"},
@@ -277,6 +275,10 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   const CompletionCall echo = Ok({{"prompt", "x"}, {"echo", true}, {"max_tokens", 0}, {"logprobs", 1}});
   EXPECT_TRUE(echo.echo);
   EXPECT_EQ(echo.max_tokens, 0u);
+  // vLLM serves echo streamed and with n > 1 (each choice after the prompt): so do we.
+  const CompletionCall streamed_echo = Ok({{"prompt", "x"}, {"echo", true}, {"stream", true}, {"n", 2}});
+  EXPECT_TRUE(streamed_echo.echo && streamed_echo.stream);
+  EXPECT_EQ(streamed_echo.n, 2u);
   EXPECT_EQ(Ok({{"prompt", "x"}}).max_tokens, 16u) << "OpenAI's default";
   // Accepted as OpenAI allows: logprobs and echo switched off explicitly.
   Ok({{"prompt", "x"}, {"logprobs", nullptr}, {"echo", false}});
@@ -404,7 +406,11 @@ TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
   CompletionAccumulator acc(1, true);
   ASSERT_TRUE(acc.Add(done));
   json answer = acc.ToJson("m", 1);
-  PrependEcho(answer, prompt, "To be", true);
+  v1::Prompt text_prompt;
+  text_prompt.set_text("To be");
+  const Echo echo = EchoOf(text_prompt, prompt, true);
+  EXPECT_EQ(echo.tokens, 3u);
+  PrependEcho(answer["choices"][0], echo, echo.text.size());
   const json& c = answer["choices"][0];
   EXPECT_EQ(c["text"], "To be,");
   EXPECT_EQ(c["logprobs"]["tokens"], (json{"", "To", " be", ","}));
@@ -412,10 +418,32 @@ TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
   EXPECT_EQ(c["logprobs"]["top_logprobs"], (json{nullptr, {{"So", -0.75}}, {{" be", -0.5}}, {{",", -0.25}}}));
   EXPECT_EQ(c["logprobs"]["text_offset"], (json{0, 0, 2, 5}));
 
+  // Streamed: the completion's offsets start past the prompt, and its first chunk carries the echo.
+  size_t offset = echo.text.size();
+  json chunk = StreamChunkJson(done, "m", 1, true, offset);
+  PrependEcho(chunk["choices"][0], echo, 0);
+  EXPECT_EQ(chunk["choices"][0]["text"], c["text"]);
+  EXPECT_EQ(chunk["choices"][0]["logprobs"], c["logprobs"]);
+
+  // A prompt of token ids echoes the detokenizer's texts, which add up to its text.
+  v1::Prompt ids_prompt;
+  for (int32_t id : {1, 20, 21}) ids_prompt.mutable_token_ids()->add_ids(id);
+  EXPECT_EQ(EchoOf(ids_prompt, prompt, false).text, "To be");
+
   json plain = CompletionAccumulator(1, false).ToJson("m", 1);
-  PrependEcho(plain, prompt, "To be", false);
+  const Echo plain_echo = EchoOf(text_prompt, prompt, false);
+  EXPECT_TRUE(plain_echo.logprobs.is_null());
+  PrependEcho(plain["choices"][0], plain_echo, plain_echo.text.size());
   EXPECT_EQ(plain["choices"][0]["text"], "To be");
   EXPECT_TRUE(plain["choices"][0]["logprobs"].is_null());
+
+  // max_tokens 0, streamed: one chunk per choice, the prompt alone.
+  const json only = EchoOnlyChunkJson(echo, "r1", 3, "m", 1);
+  EXPECT_EQ(only["id"], "cmpl-r1");
+  EXPECT_EQ(only["choices"][0]["index"], 3);
+  EXPECT_EQ(only["choices"][0]["text"], "To be");
+  EXPECT_EQ(only["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(only["choices"][0]["logprobs"]["token_logprobs"], (json{nullptr, -1.5, -0.5}));
 }
 
 TEST(OpenAiProtocolTest, ABatchsAnswersMergeWithChoicesNumberedPromptByPrompt) {

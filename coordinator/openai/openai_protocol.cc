@@ -414,9 +414,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   call.logprobs = logprobs.has_value();
 
   if (std::optional<HttpError> e = Bool(body, "echo", call.echo)) return *e;
-  if (call.echo && call.stream) return BadParam("echo", "not served with stream: true");
   if (call.echo && s.has_truncate_prompt_tokens()) return BadParam("echo", "not served with truncate_prompt_tokens");
-  if (call.echo && call.n != 1) return BadParam("echo", "served with n = 1 only");
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   if (call.max_tokens == 0 && call.prompt_logprobs) return BadParam("prompt_logprobs", "needs max_tokens of at least 1");
   return call;
@@ -750,36 +748,61 @@ json StreamUsageJson(const std::string& request_id, const std::string& model_nam
             {"total_tokens", prompt_tokens + completion_tokens}}}};
 }
 
-void PrependEcho(json& answer, const v1::ScoreRollingResult& prompt, const std::string& prompt_text, bool logprobs) {
-  json& choice = answer["choices"][0];
-  choice["text"] = prompt_text + choice["text"].get<std::string>();
-  if (!logprobs) return;
+Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs) {
+  Echo echo;
+  if (prompt.has_token_ids()) {  // ids: the detokenizer's texts, which add up to the prompt's text
+    for (const std::string& t : scored.token_texts()) echo.text += t;
+  } else {
+    echo.text = prompt.text();
+  }
+  echo.tokens = static_cast<uint32_t>(scored.token_ids_size());
+  if (!logprobs) return echo;
   json lp = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
              {"text_offset", json::array()}};
   size_t offset = 0;
-  for (int i = 0; i < prompt.token_ids_size(); ++i) {
-    const std::string text = i < prompt.token_texts_size() ? prompt.token_texts(i) : std::string();
+  for (int i = 0; i < scored.token_ids_size(); ++i) {
+    const std::string text = i < scored.token_texts_size() ? scored.token_texts(i) : std::string();
     lp["tokens"].push_back(text);
     lp["text_offset"].push_back(offset);
     offset += text.size();
-    if (i == 0 || i - 1 >= prompt.logprobs_size()) {  // nothing predicts the first token
+    if (i == 0 || i - 1 >= scored.logprobs_size()) {  // nothing predicts the first token
       lp["token_logprobs"].push_back(nullptr);
       lp["top_logprobs"].push_back(nullptr);
       continue;
     }
-    lp["token_logprobs"].push_back(prompt.logprobs(i - 1));
-    const std::string top = i - 1 < prompt.argmax_texts_size() ? prompt.argmax_texts(i - 1)
-                                                               : std::to_string(prompt.argmax_ids(i - 1));
-    lp["top_logprobs"].push_back({{top, prompt.argmax_logprobs(i - 1)}});
+    lp["token_logprobs"].push_back(scored.logprobs(i - 1));
+    const std::string top = i - 1 < scored.argmax_texts_size() ? scored.argmax_texts(i - 1)
+                                                               : std::to_string(scored.argmax_ids(i - 1));
+    lp["top_logprobs"].push_back({{top, scored.argmax_logprobs(i - 1)}});
   }
+  echo.logprobs = std::move(lp);
+  return echo;
+}
+
+void PrependEcho(json& choice, const Echo& echo, size_t shift) {
+  choice["text"] = echo.text + choice["text"].get<std::string>();
+  if (echo.logprobs.is_null()) return;
+  json lp = echo.logprobs;
   const json& completion = choice["logprobs"];
   if (completion.is_object()) {
     for (const char* key : {"tokens", "token_logprobs", "top_logprobs"}) {
       for (const json& x : completion[key]) lp[key].push_back(x);
     }
-    for (const json& x : completion["text_offset"]) lp["text_offset"].push_back(prompt_text.size() + x.get<size_t>());
+    for (const json& x : completion["text_offset"]) lp["text_offset"].push_back(shift + x.get<size_t>());
   }
-  choice["logprobs"] = lp;
+  choice["logprobs"] = std::move(lp);
+}
+
+json EchoOnlyChunkJson(const Echo& echo, const std::string& request_id, uint32_t index, const std::string& model_name,
+                       int64_t created) {
+  json choice = {{"index", index}, {"text", ""}, {"logprobs", nullptr}, {"finish_reason", "length"},
+                 {"stop_reason", nullptr}};
+  PrependEcho(choice, echo, 0);
+  return {{"id", "cmpl-" + request_id},
+          {"object", "text_completion"},
+          {"created", created},
+          {"model", model_name},
+          {"choices", json::array({choice})}};
 }
 
 json MergeAnswers(const std::vector<json>& answers, uint32_t n) {

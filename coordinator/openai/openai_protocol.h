@@ -7,9 +7,10 @@
 // most 64) answers with n choices per prompt, prompt i's at indices i * n .. i * n + n - 1, as
 // OpenAI's API does, whole or streamed. logprobs (at most 20 alternatives) come in OpenAI's
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
-// top_logprobs ({text: logprob}) and text_offset. echo (not streamed, n = 1) puts the prompt before
-// the completion, its logprobs from ScoreRolling (the first token's null, one alternative each: the
-// most probable token), which is what lm-evaluation-harness's local-completions asks for.
+// top_logprobs ({text: logprob}) and text_offset. echo puts the prompt before each choice (whole, or
+// on each choice's first streamed chunk, as vLLM's server does), its logprobs from ScoreRolling (the
+// first token's null, one alternative each: the most probable token), which is what
+// lm-evaluation-harness's local-completions asks for.
 #pragma once
 
 #include <cstdint>
@@ -48,7 +49,7 @@ struct CompletionCall {
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
   uint32_t n = 1;
   bool logprobs = false;       // the answer carries a logprobs object per choice
-  bool echo = false;           // the prompt (and its logprobs) before the completion
+  bool echo = false;           // the prompt (and its logprobs) before each completion
   bool prompt_logprobs = false;  // vLLM's prompt_logprobs: the answer carries them
   uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
   ToolChoice tool_choice;      // chat: a named function or "required" answers with tool_calls
@@ -148,12 +149,26 @@ nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string&
 nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
                                uint32_t prompt_tokens, uint32_t completion_tokens, Api api = Api::kCompletions);
 
-// echo: `answer` (a whole response of one choice) with the prompt first: its text (`prompt_text`)
-// before the completion's, and with `logprobs` its tokens (ScoreRolling's token_texts), their
-// logprobs (null for the first) and the most probable token at each position as top_logprobs; the
-// completion's text_offset values move past the prompt.
-void PrependEcho(nlohmann::json& answer, const v1::ScoreRollingResult& prompt, const std::string& prompt_text,
-                 bool logprobs);
+// echo: what a prompt puts before each of its choices: its text (the request's, or for token ids
+// the detokenizer's texts of ScoreRolling, which add up to it) and, with logprobs, its tokens
+// (ScoreRolling's token_texts), their logprobs (null for the first) and the most probable token at
+// each position as top_logprobs, text_offset from 0.
+struct Echo {
+  std::string text;
+  nlohmann::json logprobs;  // null without logprobs
+  uint32_t tokens = 0;      // the prompt's length in tokens
+};
+Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs);
+
+// `choice` (a completions choice, of a whole answer or of a streamed chunk) with `echo` before it:
+// its text first, its logprobs' entries first, the choice's own text_offset values moved by `shift`
+// (the echo's text length for a whole answer; 0 for a stream, whose offsets start past the prompt).
+void PrependEcho(nlohmann::json& choice, const Echo& echo, size_t shift);
+
+// A streamed echo with max_tokens 0: the one chunk of completion `index`, the prompt alone,
+// finish_reason "length".
+nlohmann::json EchoOnlyChunkJson(const Echo& echo, const std::string& request_id, uint32_t index,
+                                 const std::string& model_name, int64_t created);
 
 // The answers of a batch's prompts as one: their choices in prompt order, indices renumbered
 // (prompt i's choice j at i * n + j), usage summed, the first answer's id.

@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <ctime>
 #include <deque>
+#include <mutex>
+#include <random>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -87,6 +89,17 @@ bool BearerKeyMatches(const std::string& header, const std::vector<std::string>&
     match |= diff == 0;
   }
   return match;
+}
+
+// An answer's id where no Generate call gave one (echo with max_tokens 0): 24 random hex digits.
+std::string LocalRequestId() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  char id[25];
+  std::snprintf(id, sizeof(id), "%016llx%08llx", static_cast<unsigned long long>(rng()),
+                static_cast<unsigned long long>(rng() & 0xffffffffu));
+  return id;
 }
 
 }  // namespace
@@ -421,7 +434,34 @@ int OpenAiServer::Detokenize(mg_connection* conn, const std::string& body) {
   return 200;
 }
 
+std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const CompletionCall& call,
+                                                                const std::vector<v1::Prompt>& prompts) {
+  v1::ScoreRollingRequest score;
+  for (const v1::Prompt& p : prompts) *score.add_texts() = p;
+  v1::ScoreRollingResponse scored;
+  grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
+  const grpc::Status st = stub_->ScoreRolling(&ctx, score, &scored);
+  if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+  if (scored.results_size() != static_cast<int>(prompts.size())) {
+    return HttpError{500, "ScoreRolling answered " + std::to_string(scored.results_size()) + " results for " +
+                              std::to_string(prompts.size()) + " prompts", "server_error", {}};
+  }
+  std::vector<Echo> echoes;
+  for (size_t i = 0; i < prompts.size(); ++i) echoes.push_back(EchoOf(prompts[i], scored.results(static_cast<int>(i)), call.logprobs));
+  return echoes;
+}
+
 int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api) {
+  // echo: the prompts' texts (and logprobs) before anything streams, so a refusal is still the
+  // client's HTTP status; with max_tokens 0 they are the whole answer.
+  std::vector<Echo> echoes;
+  if (call.echo) {
+    std::variant<std::vector<Echo>, HttpError> got = Echoes(call, call.prompts);
+    if (HttpError* e = std::get_if<HttpError>(&got)) return SendError(conn, *e);
+    echoes = std::move(std::get<std::vector<Echo>>(got));
+    if (call.max_tokens == 0) return StreamEchoOnly(conn, call, echoes, created);
+  }
   // One Generate stream per prompt, each read on its own thread into one queue; prompt i's completion
   // j is choice i * n + j of the answer, as in a whole answer.
   struct Item {
@@ -505,7 +545,9 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   std::vector<uint32_t> prompt_tokens(prompts, 0);
   uint32_t completion_tokens = 0;
   const size_t choices = prompts * call.n;
-  std::vector<size_t> offsets(choices, 0);     // text_offset per choice
+  std::vector<size_t> offsets(choices, 0);     // text_offset per choice (with echo, from past the prompt)
+  std::vector<bool> echo_sent(echoes.empty() ? 0 : choices, false);  // echo: on a choice's first chunk
+  for (size_t c = 0; c < echo_sent.size(); ++c) offsets[c] = echoes[c / call.n].text.size();
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
   // prompt_logprobs arrive in messages of their own (at most 1,024 positions each) before the first
   // token: they go out whole with the choice's next chunk.
@@ -559,6 +601,10 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       client_gone = !SendEvent(conn, ChatRoleChunkJson(request_id, choice, model_name_, created).dump());
     }
     nlohmann::json chunk = StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api);
+    if (!echo_sent.empty() && !echo_sent[choice]) {  // completions only: the parser refuses chat's echo
+      echo_sent[choice] = true;
+      PrependEcho(chunk["choices"][0], echoes[item.prompt], 0);
+    }
     if (tool_calls && holds[choice] < 0 && (msg.token_ids_size() > 0 || msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)) {
       holds[choice] = AnswersWithCalls(call.tool_choice, msg.token_ids_size() > 0 ? msg.token_ids(0) : -1) ? 1 : 0;
     }
@@ -599,21 +645,37 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   return 200;
 }
 
+int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call, const std::vector<Echo>& echoes,
+                                 int64_t created) {
+  mg_printf(conn,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+  const std::string request_id = LocalRequestId();
+  uint32_t prompt_tokens = 0;
+  for (size_t i = 0; i < echoes.size(); ++i) {
+    prompt_tokens += echoes[i].tokens;
+    for (uint32_t j = 0; j < call.n; ++j) {
+      const uint32_t index = static_cast<uint32_t>(i * call.n + j);
+      if (!SendEvent(conn, EchoOnlyChunkJson(echoes[i], request_id, index, model_name_, created).dump())) return 200;
+    }
+  }
+  if (call.include_usage) {
+    SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_tokens, 0).dump());
+  }
+  SendEvent(conn, "[DONE]");
+  return 200;
+}
+
 std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
                                                                   int64_t created, Api api) {
   v1::GenerateRequest request = call.request;
   *request.mutable_prompt() = prompt_in;
   // echo: the prompt's logprobs (and its most probable tokens) first, from ScoreRolling, as
   // lm-evaluation-harness scores a text.
-  v1::ScoreRollingResponse scored;
+  std::optional<Echo> echo;
   if (call.echo) {
-    v1::ScoreRollingRequest score;
-    *score.add_texts() = prompt_in;
-    grpc::ClientContext ctx;
-    const CallScope scope(*this, ctx);
-    const grpc::Status st = stub_->ScoreRolling(&ctx, score, &scored);
-    if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
-    if (scored.results_size() != 1) return HttpError{500, "ScoreRolling answered no result", "server_error", {}};
+    std::variant<std::vector<Echo>, HttpError> echoes = Echoes(call, {prompt_in});
+    if (HttpError* e = std::get_if<HttpError>(&echoes)) return *e;
+    echo = std::move(std::get<std::vector<Echo>>(echoes).front());
   }
 
   CompletionAccumulator acc(call.n, call.logprobs, api, call.prompt_logprobs);
@@ -628,21 +690,20 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     const grpc::Status st = reader->Finish();
     if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
   } else {  // echo of the prompt alone: no completion, "length" as max_tokens 0 says
-    v1::GenerateResponse none;
-    none.set_finish_reason(v1::FINISH_REASON_LENGTH);
-    none.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(scored.results(0).token_ids_size()));
-    acc.Add(none);
+    const std::string request_id = LocalRequestId();
+    for (uint32_t i = 0; i < call.n; ++i) {
+      v1::GenerateResponse none;
+      none.set_index(i);
+      none.set_request_id(request_id);
+      none.set_finish_reason(v1::FINISH_REASON_LENGTH);
+      none.mutable_usage()->set_prompt_tokens(echo->tokens);
+      acc.Add(none);
+    }
   }
   nlohmann::json answer = acc.ToJson(model_name_, created);
   if (api == Api::kChat) ApplyToolCalls(call.tool_choice, answer, acc.FirstTokens());
-  if (call.echo) {
-    const v1::ScoreRollingResult& prompt = scored.results(0);
-    std::string prompt_text = prompt_in.text();
-    if (prompt_in.has_token_ids()) {
-      prompt_text.clear();
-      for (const std::string& t : prompt.token_texts()) prompt_text += t;
-    }
-    PrependEcho(answer, prompt, prompt_text, call.logprobs);
+  if (echo) {
+    for (nlohmann::json& choice : answer["choices"]) PrependEcho(choice, *echo, echo->text.size());
   }
   return answer;
 }

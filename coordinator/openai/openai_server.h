@@ -80,6 +80,10 @@ class OpenAiServer {
   // The token ids of a conversation through the chat template (the request's own, else the
   // server's) and the coordinator's tokenizer, special tokens written by the template parsed.
   std::variant<std::vector<int32_t>, HttpError> ChatPromptIds(const ChatCall& chat);
+  // echo: each prompt's Echo, from one ScoreRolling call, or the HTTP error.
+  std::variant<std::vector<Echo>, HttpError> Echoes(const CompletionCall& call, const std::vector<v1::Prompt>& prompts);
+  // A streamed echo with max_tokens 0: each choice's prompt in one chunk, the usage when asked, [DONE].
+  int StreamEchoOnly(mg_connection* conn, const CompletionCall& call, const std::vector<Echo>& echoes, int64_t created);
   int StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api);
   // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
   std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
