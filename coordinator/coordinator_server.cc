@@ -118,12 +118,25 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
 
 void CoordinatorServer::MonitorLiveness() {
   // A quarter of the timeout keeps detection within 1.25 timeouts, without spinning for short ones.
-  const auto period = std::clamp(Millis(options_.heartbeat_timeout_s / 4), std::chrono::milliseconds(20),
-                                 std::chrono::milliseconds(1000));
+  auto period = std::clamp(Millis(options_.heartbeat_timeout_s / 4), std::chrono::milliseconds(20),
+                           std::chrono::milliseconds(1000));
+  // The stats line rides on the same thread: it wakes at least as often as the line is due.
+  const bool log_stats = options_.log_stats_interval_s > 0;
+  const auto stats_interval = Millis(options_.log_stats_interval_s);
+  if (log_stats) period = std::min(period, std::max(stats_interval, std::chrono::milliseconds(20)));
+  StatsLog stats_log(stats_->Counters(), Clock::now());
+  auto stats_due = Clock::now() + stats_interval;
   std::unique_lock<std::mutex> lock(monitor_mu_);
   while (!monitor_cv_.wait_for(lock, period, [&] { return stopping_; })) {
     lock.unlock();
-    state_->CheckLiveness(Clock::now());
+    const auto now = Clock::now();
+    state_->CheckLiveness(now);
+    if (log_stats && now >= stats_due) {
+      stats_due = now + stats_interval;
+      if (std::optional<std::string> line = stats_log.Tick(stats_->Counters(), now)) {
+        std::fprintf(stderr, "moe-coordinator: %s\n", line->c_str());
+      }
+    }
     lock.lock();
   }
 }

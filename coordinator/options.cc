@@ -53,7 +53,7 @@ std::string CoordinatorUsage() {
          "         [--cluster-listen 127.0.0.1:50052] [--metrics-listen 127.0.0.1:9400 | none]\n"
          "         [--ports-file FILE] [--max-waiting 256] [--max-running-per-rank 64]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
-         "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0]\n"
+         "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
          "When every worker caches prompt prefixes (moe-worker's default), a generation goes\n"
          "to the rank that holds the longest start of its prompt, unless that rank reserves more than\n"
@@ -64,7 +64,10 @@ std::string CoordinatorUsage() {
          "admitted to a rank's KV cache first and preempted last; fcfs (the default) refuses priorities other than 0.\n"
          "--resume-timeout-s S: when a worker rank is lost, the requests in flight wait up to S seconds for a new\n"
          "worker job (e.g. deploy/launch-cluster.sh --restart-workers) and go on there where their streams stopped;\n"
-         "0 (the default): they fail at once with UNAVAILABLE.\n";
+         "0 (the default): they fail at once with UNAVAILABLE.\n"
+         "--log-stats-interval-s S: every S seconds while requests run, a line on stderr with the prompt and\n"
+         "generation throughput, the running and waiting requests, KV cache use and prefix cache hits, as\n"
+         "vLLM logs them; 0 turns it off.\n";
 }
 
 absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
@@ -131,6 +134,11 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
       {"--heartbeat-timeout-s",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(o.heartbeat_timeout_s, ParseSeconds("--heartbeat-timeout-s", v, false));
+         return absl::OkStatus();
+       }},
+      {"--log-stats-interval-s",
+       [&](const std::string& v) -> absl::Status {
+         MOE_ASSIGN_OR_RETURN(o.log_stats_interval_s, ParseSeconds("--log-stats-interval-s", v, true));
          return absl::OkStatus();
        }},
       {"--resume-timeout-s",

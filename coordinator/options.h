@@ -26,6 +26,8 @@ struct CoordinatorOptions {
   double resume_timeout_s = 0.0;
   // Shutdown: how long in-flight requests may take to finish before they are cancelled.
   double drain_timeout_s = 3.0;
+  // Seconds between the stats lines on stderr (throughput, queue, KV use: StatsLog); 0: none.
+  double log_stats_interval_s = 5.0;
 };
 
 // argv without the program name. A bare port ("50051") listens on 127.0.0.1; "none" turns the

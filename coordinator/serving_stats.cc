@@ -148,15 +148,37 @@ void ServingStats::CountFinished(v1::FinishReason reason) {
 void ServingStats::SetQueue(int64_t waiting, int64_t running) {
   waiting_->Set(static_cast<double>(waiting));
   running_->Set(static_cast<double>(running));
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.waiting = waiting;
+  counters_.running = running;
 }
 
-void ServingStats::SetKvCacheUsage(double ratio) { kv_usage_->Set(ratio); }
+void ServingStats::SetKvCacheUsage(double ratio) {
+  kv_usage_->Set(ratio);
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.kv_cache_usage = ratio;
+}
 
-void ServingStats::SetPreemptions(uint64_t n) { preemptions_->Set(static_cast<double>(n)); }
+void ServingStats::SetPreemptions(uint64_t n) {
+  preemptions_->Set(static_cast<double>(n));
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.preemptions = n;
+}
 
 void ServingStats::SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens) {
   prefix_queried_->Set(static_cast<double>(queried_tokens));
   prefix_hits_->Set(static_cast<double>(hit_tokens));
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_.prefix_queried_tokens = queried_tokens;
+  counters_.prefix_hit_tokens = hit_tokens;
+}
+
+StatsCounters ServingStats::Counters() {
+  std::lock_guard<std::mutex> lock(mu_);
+  StatsCounters c = counters_;
+  c.prompt_tokens = prompt_total_;
+  c.generation_tokens = generation_total_;
+  return c;
 }
 
 ServingSnapshot ServingStats::Snapshot(Clock::time_point now) {

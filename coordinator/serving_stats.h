@@ -15,6 +15,7 @@
 #include <prometheus/registry.h>
 
 #include "coordinator/latency_stats.h"
+#include "coordinator/stats_log.h"
 #include "moe/v1/inference.pb.h"
 
 namespace moe {
@@ -55,6 +56,8 @@ class ServingStats {
   void SetPreemptions(uint64_t n);
 
   ServingSnapshot Snapshot(Clock::time_point now);
+  // The totals, queue, KV use and rank counters as last reported: the periodic stats line's input.
+  StatsCounters Counters();
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -73,6 +76,7 @@ class ServingStats {
 
   std::mutex mu_;
   uint64_t finished_ = 0, prompt_total_ = 0, generation_total_ = 0;
+  StatsCounters counters_;  // the gauges' values (the totals above are the counters')
   LatencyWindow ttft_window_, itl_window_, e2e_window_;
   RateWindow generation_rate_;
 };

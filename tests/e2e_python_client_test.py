@@ -39,7 +39,7 @@ class PythonClientEndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.samples = load_samples()
-        cls.cluster = LaunchedCluster()
+        cls.cluster = LaunchedCluster(["--coordinator-arg=--log-stats-interval-s=0.2"])
         try:
             cls.cluster.start()
         except Exception:
@@ -224,6 +224,29 @@ class PythonClientEndToEnd(unittest.TestCase):
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--n", "0")
         self.assertEqual(r.returncode, 1)
         self.assertIn("sampling.n", r.stderr)
+
+    def test_f_the_coordinator_logs_stats_while_it_serves(self):
+        """--log-stats-interval-s: while a generation runs, stats lines (vLLM's wording) show it
+        running with tokens flowing; once it is done, one line of zeros, then quiet."""
+        stats = re.compile(r"moe-coordinator: avg prompt throughput ([0-9.]+) tokens/s, avg generation throughput "
+                           r"([0-9.]+) tokens/s, running (\d+) reqs, waiting (\d+) reqs, KV cache usage ([0-9.]+)%")
+
+        def lines():
+            return [m.groups() for m in stats.finditer(self.cluster.log_text())]
+
+        wait_until_idle(self.client, 30, "the earlier tests' requests")
+        time.sleep(0.6)  # past the line of zeros that follows them
+        before = len(lines())
+        chunks = list(self.client.generate(token_ids=self.samples["ROMEO:"]["prompt_ids"], max_tokens=400,
+                                           temperature=0, ignore_eos=True))
+        self.assertEqual(sum(len(c.token_ids) for c in chunks), 400)
+        time.sleep(0.6)
+        during = lines()[before:]
+        self.assertTrue(any(float(g) > 0 and int(r) == 1 for _, g, r, _, _ in during), during)
+        self.assertEqual(during[-1][1:4], ("0.0", "0", "0"), during)
+        settled = len(lines())
+        time.sleep(0.6)
+        self.assertEqual(len(lines()), settled, "no line while idle")
 
     def test_z_sigint_shuts_down_cleanly(self):
         c = self.cluster
