@@ -416,6 +416,28 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 404, answer)
         self.assertIn("/v1/completions", answer["error"]["message"])
 
+    def test_d2_hostile_bodies_are_refused_and_the_server_lives_on(self):
+        """Requests are served on civetweb's threads, whose stacks are ~100 KB: input that makes a
+        parser recurse (a chat template 100,000 parentheses deep, a body nested 20,000 levels) gets a
+        400 naming what is wrong, not a crash; a long text's token ids come back whole."""
+        template = "{{ " + "(" * 100000 + "1" + ")" * 100000 + " }}"
+        status, err = self.call("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                         "chat_template": template, "max_tokens": 1})
+        self.assertEqual(status, 400, err)
+        self.assertEqual(err["error"]["param"], "chat_template")
+        self.assertIn("nested too deeply", err["error"]["message"])
+        deep = b'{"prompt": "x", "chat_template_kwargs": ' + b"[" * 20000 + b"]" * 20000 + b"}"
+        for path in ("/v1/completions", "/v1/chat/completions", "/tokenize"):
+            status, err = self.call(path, raw=deep)
+            self.assertEqual(status, 400, (path, err))
+            self.assertIn("more than 512 levels deep", err["error"]["message"])
+        status, body = self.call("/tokenize", {"prompt": "ab " * 1000000, "add_special_tokens": False})
+        self.assertEqual(status, 200, str(body)[:300])
+        self.assertEqual(body["count"], len(body["tokens"]))
+        self.assertGreater(body["count"], 1000000)
+        status, body = self.call("/health")
+        self.assertEqual((status, body["status"]), (200, "SERVING"))
+
     def test_f_chat_prompts_are_transformers_and_answers_their_greedy_continuation(self):
         n = CHAT_GOLDEN["max_tokens"]
         for case in CHAT_GOLDEN["cases"]:

@@ -226,6 +226,24 @@ TEST(OpenAiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
   EXPECT_GT(refused, 300);
 }
 
+// Bodies nested past kMaxBodyNesting are refused before any recursive pass over them; brackets
+// inside strings (escaped quotes included) do not count.
+TEST(OpenAiProtocolTest, DeeplyNestedBodiesAreRefusedBeforeParsing) {
+  const auto nested = [](int levels) {
+    return "{\"prompt\": \"x\", \"k\": " + std::string(static_cast<size_t>(levels - 1), '[') +
+           std::string(static_cast<size_t>(levels - 1), ']') + "}";
+  };
+  EXPECT_FALSE(CheckBodyNesting(nested(kMaxBodyNesting)));
+  const std::optional<HttpError> deep = CheckBodyNesting(nested(kMaxBodyNesting + 1));
+  ASSERT_TRUE(deep);
+  EXPECT_EQ(deep->status, 400);
+  EXPECT_NE(deep->message.find("512 levels"), std::string::npos) << deep->message;
+  EXPECT_FALSE(CheckBodyNesting("{\"prompt\": \"" + std::string(100000, '[') + "\\\"{{{\"}"));
+  EXPECT_TRUE(CheckBodyNesting("{\"a\": \"\\\\\", \"b\": " + std::string(600, '{')));
+  // What the parser would take whole: the same body one level less deep is an ordinary request.
+  EXPECT_TRUE(std::holds_alternative<CompletionCall>(ParseCompletionRequest(nested(kMaxBodyNesting), "m")));
+}
+
 TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   struct Case {
     std::string body;

@@ -97,6 +97,33 @@ json HttpError::ToJson() const {
   return {{"error", {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}, {"code", status}}}};
 }
 
+std::optional<HttpError> CheckBodyNesting(const std::string& body) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : body) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxBodyNesting) {
+        return HttpError{400, "the request body nests arrays and objects more than " + std::to_string(kMaxBodyNesting) +
+                                  " levels deep",
+                         "invalid_request_error", {}};
+      }
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return std::nullopt;
+}
+
 namespace {
 
 // The body as a JSON object naming the served model (or none), or the error to answer.

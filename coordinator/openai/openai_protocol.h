@@ -40,6 +40,15 @@ struct HttpError {
 // 400 "<param>: <message>" naming `param`: a request field the server refuses.
 HttpError BadParam(const std::string& param, const std::string& message);
 
+// How deeply a request body's arrays and objects may nest. Each level costs stack in every
+// recursive pass over the body (copies, conversions into template values, schema compilers); no
+// real request comes near it (a JSON schema's nesting counts from about 5).
+inline constexpr int kMaxBodyNesting = 512;
+
+// 400 when `body` (any text; strings are skipped) opens more than kMaxBodyNesting arrays and
+// objects inside one another; checked before any parser sees the body.
+std::optional<HttpError> CheckBodyNesting(const std::string& body);
+
 inline constexpr size_t kMaxPromptBatch = 64;
 
 struct CompletionCall {

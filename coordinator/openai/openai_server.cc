@@ -20,6 +20,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include "clients/cpp/health_check.h"
+#include "common/big_stack_thread.h"
 #include "common/json_util.h"
 #include "coordinator/openai/openai_protocol.h"
 
@@ -106,7 +107,12 @@ std::string LocalRequestId() {
 
 absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOptions& opts) {
   std::unique_ptr<OpenAiServer> s(new OpenAiServer());
-  s->channel_ = grpc::CreateChannel(opts.coordinator, grpc::InsecureChannelCredentials());
+  // The coordinator's limit (256 MiB) rather than gRPC's 4 MiB: a long text's token ids (/tokenize
+  // of a few MB of text) or a batch's answers are bigger than that, and are not the client's error.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetMaxReceiveMessageSize(256 << 20);
+  channel_args.SetMaxSendMessageSize(256 << 20);
+  s->channel_ = grpc::CreateCustomChannel(opts.coordinator, grpc::InsecureChannelCredentials(), channel_args);
   s->stub_ = v1::Inference::NewStub(s->channel_);
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(opts.connect_timeout_s * 1000));
@@ -277,11 +283,16 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
   if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
   absl::StatusOr<std::string> body = ReadBody(conn);
   if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
+  if (std::optional<HttpError> e = CheckBodyNesting(*body)) return SendError(conn, *e);
   // The parsers check every field and answer 400s; should one still throw (nlohmann's accessors do
   // on a type they do not expect), the request fails, not the server (civetweb's thread would end
-  // the process).
+  // the process). The request runs on a thread with a full-size stack: civetweb's have ~100 KB,
+  // which a deeply nested chat template or JSON schema, each bounded to a few hundred levels,
+  // would overflow (a crash, not a 400).
   try {
-    return (this->*handle)(conn, *body);
+    int status = 500;
+    RunWithStack(kBigStackBytes, [&] { status = (this->*handle)(conn, *body); });
+    return status;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
     return SendError(conn, HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
