@@ -347,6 +347,7 @@ watch_job() {
   local not_serving_since="" next_probe=$SECONDS
   while alive "$COORD_PID" && alive "$MPI_PID"; do
     nap 0.5
+    watch_openai
     ((SECONDS >= next_probe)) || continue
     next_probe=$((SECONDS + 1))
     if serving; then
@@ -367,22 +368,38 @@ start_workers
 wait_serving || exit 1
 
 # --- the OpenAI-compatible HTTP front (optional) ------------------------------------------------
-if [[ -n "$OPENAI_LISTEN" ]]; then
+# Started once the cluster serves; it holds no state, so when it exits unexpectedly watch_job starts
+# it again (on the same address; with port 0 the new port is printed as "openai on HOST:PORT").
+start_openai() {
+  : >"$TMP_DIR/openai.out"
   setsid "$OPENAI_BIN" --coordinator "$PROBE_HOST:$PUBLIC_PORT" --listen "$OPENAI_LISTEN" "${OPENAI_ARGS[@]}" </dev/null \
     >"$TMP_DIR/openai.out" &
   OPENAI_PID=$!
   say "openai pid $OPENAI_PID"
-  deadline=$((SECONDS + 30))
+  local deadline=$((SECONDS + 30))
   until grep -q "listening on port" "$TMP_DIR/openai.out" 2>/dev/null; do
     alive "$OPENAI_PID" || { reap "$OPENAI_PID"; OPENAI_STATUS="${STATUS[$OPENAI_PID]}"; OPENAI_PID="";
-                             say "moe-openai-server exited while starting (status $OPENAI_STATUS)"; exit 1; }
-    ((SECONDS < deadline)) || { say "moe-openai-server did not listen within 30s"; exit 1; }
+                             say "moe-openai-server exited while starting (status $OPENAI_STATUS)"; return 1; }
+    ((SECONDS < deadline)) || { say "moe-openai-server did not listen within 30s"; return 1; }
     nap 0.1
   done
   OPENAI_PORT="$(sed -n 's/.*listening on port \([0-9][0-9]*\).*/\1/p' "$TMP_DIR/openai.out" | head -n1)"
   OPENAI_HOST="${OPENAI_LISTEN%:*}"
   case "$OPENAI_HOST" in ""|0.0.0.0|"[::]"|"*") OPENAI_HOST="$PUBLIC_HOST" ;; esac
   say "openai on $OPENAI_HOST:$OPENAI_PORT"
+}
+
+# A front that exited unexpectedly is started again; one that cannot start ends the launcher.
+watch_openai() {
+  [[ -n "$OPENAI_PID" ]] && ! alive "$OPENAI_PID" || return 0
+  reap "$OPENAI_PID"
+  say "moe-openai-server exited unexpectedly (status ${STATUS[$OPENAI_PID]}): starting it again"
+  OPENAI_PID=""
+  start_openai || exit 1
+}
+
+if [[ -n "$OPENAI_LISTEN" ]]; then
+  start_openai || exit 1
 fi
 
 # --- run until told to stop, or until a part dies and no restart is left ------------------------

@@ -882,6 +882,23 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         conn.close()  # the server notices at its next write and cancels the gRPC call
         wait_until_idle(self.grpc, 20, "the request still runs after the client left")
 
+    def test_y_a_front_that_dies_is_started_again(self):
+        """The launcher watches moe-openai-server as it watches the coordinator and mpirun: killed
+        (SIGKILL), it is started again (listening anew; with port 0 on a new port, printed as
+        before) and serves the same greedy text; the gRPC API served throughout."""
+        c = self.cluster
+        os.kill(c.openai_pid, signal.SIGKILL)
+        c.wait_for(r"moe-openai-server exited unexpectedly \(status 137\): starting it again", 30)
+        self.assertEqual(self.grpc.health(), "SERVING")
+        c.openai_pid = int(c.wait_for(r"openai pid (\d+)", 30).group(1))
+        c.openai_address = c.wait_for(r"openai on (\S+)", 30).group(1)
+        type(self).base = "http://" + c.openai_address
+        s = self.samples["ROMEO:"]
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": len(s["greedy_ids"]),
+                                                     "temperature": 0})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["text"], s["greedy_text"][len("ROMEO:"):])
+
     def test_z_sigterm_stops_everything(self):
         c = self.cluster
         # A long stream in flight: stopping the server cancels it (the client sees the stream end)
