@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -29,8 +30,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
-from launched_cluster import (BUILD_DIR, SOURCE_DIR, STOP_TIMEOUT_S, LaunchedCluster, load_samples,  # noqa: E402
-                              pid_exists, wait_until_idle)
+from launched_cluster import (BUILD_DIR, MODEL_DIR, SOURCE_DIR, STOP_TIMEOUT_S, LaunchedCluster,  # noqa: E402
+                              load_samples, pid_exists, wait_until_idle)
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -137,6 +138,43 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 200, body)
         self.assertEqual(body["choices"][0]["text"], full[:full.find(stop)])
         self.assertEqual(body["choices"][0]["finish_reason"], "stop")
+
+    def test_c0_add_special_tokens_false_encodes_without_bos(self):
+        """vLLM's add_special_tokens: false sends a text prompt's ids without BOS. The default model
+        adds none (its tokenizer_config.json), so this runs a 1-rank cluster of the same model whose
+        tokenizer adds BOS, as Mixtral's does: with the flag the answer is the gRPC API's greedy
+        continuation of the ids without BOS (one prompt token fewer), without it of those with BOS."""
+        with tempfile.TemporaryDirectory() as model:
+            for name in os.listdir(MODEL_DIR):
+                if name != "tokenizer_config.json":
+                    os.symlink(os.path.join(MODEL_DIR, name), os.path.join(model, name))
+            with open(os.path.join(MODEL_DIR, "tokenizer_config.json")) as f:
+                config = json.load(f)
+            with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
+                json.dump(dict(config, add_bos_token=True), f)
+            c = LaunchedCluster(["--np", "1", "--model", model, "--openai-listen", "127.0.0.1:0"])
+            try:
+                c.start()
+                grpc_client = MoeClient(c.address, timeout=60)
+                base = "http://" + c.openai_address
+                text = "ROMEO:"
+                ids = grpc_client.tokenize(text, add_bos=False)
+                self.assertEqual(grpc_client.tokenize(text), [1] + ids)
+                for special, prompt_ids in ((False, ids), (True, [1] + ids)):
+                    want = grpc_client.generate_full(token_ids=prompt_ids, max_tokens=8, temperature=0)
+                    req = urllib.request.Request(base + "/v1/completions", headers={"Content-Type": "application/json"},
+                                                 data=json.dumps({"prompt": [text, text], "max_tokens": 8, "temperature": 0,
+                                                                  "add_special_tokens": special}).encode())
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        body = json.loads(r.read())
+                    self.assertEqual([ch["text"] for ch in body["choices"]], [want.text] * 2)
+                    self.assertEqual(body["usage"]["prompt_tokens"], 2 * len(prompt_ids))
+                self.assertNotEqual(grpc_client.generate_full(token_ids=ids, max_tokens=8, temperature=0).text,
+                                    grpc_client.generate_full(token_ids=[1] + ids, max_tokens=8, temperature=0).text,
+                                    "BOS changes this model's answer, so the test can tell the two apart")
+                grpc_client.close()
+            finally:
+                c.kill_everything()
 
     def test_c1_vllms_stop_truncation_and_allowed_ids(self):
         """include_stop_str_in_output keeps the stop string; a stop token id's text is left out unless

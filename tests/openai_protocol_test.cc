@@ -279,6 +279,14 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "max_tokens": 0})", 400, "max_tokens"},
            {R"({"prompt": "x", "suffix": "y"})", 400, "suffix"},
            {R"({"prompt": "x", "n": 2, "best_of": 3})", 400, "best_of"},
+           // vLLM's fields asking for what is not served: refused, not ignored.
+           {R"({"prompt": "x", "use_beam_search": true})", 400, "use_beam_search"},
+           {R"({"prompt": "x", "logits_processors": ["my.module"]})", 400, "logits_processors"},
+           {R"({"prompt": "x", "skip_special_tokens": false})", 400, "skip_special_tokens"},
+           {R"({"prompt": "x", "return_tokens_as_token_ids": true})", 400, "return_tokens_as_token_ids"},
+           {R"({"prompt": "x", "guided_grammar": "root ::= \"a\""})", 400, "guided_grammar"},
+           {R"({"prompt": "x", "guided_whitespace_pattern": " "})", 400, "guided_whitespace_pattern"},
+           {R"({"prompt": "x", "add_special_tokens": "no"})", 400, "add_special_tokens"},
        }) {
     const HttpError e = Err(c.body);
     EXPECT_EQ(e.status, c.status) << c.body;
@@ -300,6 +308,11 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   EXPECT_EQ(Ok({{"prompt", "x"}}).max_tokens, 16u) << "OpenAI's default";
   // Accepted as OpenAI allows: logprobs and echo switched off explicitly.
   Ok({{"prompt", "x"}, {"logprobs", nullptr}, {"echo", false}});
+  // vLLM's fields at their defaults pass; add_special_tokens false is served (no BOS).
+  Ok({{"prompt", "x"}, {"use_beam_search", false}, {"logits_processors", json::array()}, {"skip_special_tokens", true},
+      {"return_tokens_as_token_ids", false}, {"guided_grammar", nullptr}, {"guided_decoding_backend", "xgrammar"}});
+  EXPECT_TRUE(Ok({{"prompt", "x"}}).add_special_tokens);
+  EXPECT_FALSE(Ok({{"prompt", "x"}, {"add_special_tokens", false}}).add_special_tokens);
 }
 
 TEST(OpenAiProtocolTest, GrpcErrorsBecomeHttpStatusesWithTheFieldAsParam) {
@@ -545,6 +558,8 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
             "response_format"},
            {{{"messages", {user}}, {"response_format", "json_object"}}, "response_format"},
            {{{"messages", {user}}, {"echo", true}}, "echo"},
+           {{{"messages", {user}}, {"add_special_tokens", true}}, "add_special_tokens"},
+           {{{"messages", {user}}, {"use_beam_search", true}}, "use_beam_search"},
            {{{"messages", {user}}, {"continue_final_message", true}, {"add_generation_prompt", true}}, "continue_final_message"},
            {{{"messages", {user}}, {"chat_template", 3}}, "chat_template"},
            {{{"messages", {user}}, {"temperature", "hot"}}, "temperature"}}) {

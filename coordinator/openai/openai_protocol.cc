@@ -274,7 +274,28 @@ std::optional<HttpError> StructuredOutputs(const json& body, const std::string& 
 }
 
 // The sampling and streaming fields both APIs share (OpenAI's, and vLLM's extensions).
+// vLLM's request fields this server does not serve, refused with a 400 when they ask for what it
+// cannot do (ignored, they would change the answer without a word); at their defaults they pass.
+std::optional<HttpError> RefuseUnserved(const json& body) {
+  const auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
+  if (given("use_beam_search") && body["use_beam_search"] != false) return BadParam("use_beam_search", "beam search is not served");
+  if (given("logits_processors") && !(body["logits_processors"].is_array() && body["logits_processors"].empty())) {
+    return BadParam("logits_processors", "custom logits processors are not served");
+  }
+  if (given("skip_special_tokens") && body["skip_special_tokens"] != true) {
+    return BadParam("skip_special_tokens", "only true is served (special tokens never appear in the text)");
+  }
+  if (given("return_tokens_as_token_ids") && body["return_tokens_as_token_ids"] != false) {
+    return BadParam("return_tokens_as_token_ids", "not served (logprobs name tokens by their text)");
+  }
+  for (const char* key : {"guided_grammar", "guided_whitespace_pattern"}) {
+    if (given(key)) return BadParam(key, "not served (guided_json, guided_regex and guided_choice are)");
+  }
+  return std::nullopt;
+}
+
 std::optional<HttpError> ParseSampling(const json& body, const std::string& body_text, CompletionCall& call) {
+  if (std::optional<HttpError> e = RefuseUnserved(body)) return e;
   v1::SamplingParams& s = *call.request.mutable_sampling();
   std::optional<int64_t> top_k, seed, n, min_tokens;
   std::optional<double> temperature, top_p, min_p, presence, frequency, repetition;
@@ -441,6 +462,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   call.logprobs = logprobs.has_value();
 
   if (std::optional<HttpError> e = Bool(body, "echo", call.echo)) return *e;
+  if (std::optional<HttpError> e = Bool(body, "add_special_tokens", call.add_special_tokens)) return *e;
   if (call.echo && s.has_truncate_prompt_tokens()) return BadParam("echo", "not served with truncate_prompt_tokens");
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   if (call.max_tokens == 0 && call.prompt_logprobs) return BadParam("prompt_logprobs", "needs max_tokens of at least 1");
@@ -525,6 +547,10 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
     return BadParam("continue_final_message", "cannot be combined with add_generation_prompt: true");
   }
   if (chat.continue_final_message) chat.add_generation_prompt = false;
+  // vLLM's chat default is false: the template writes the special tokens; true would add a second BOS.
+  if (body.contains("add_special_tokens") && body["add_special_tokens"] == true) {
+    return BadParam("add_special_tokens", "only false is served for chat (the chat template writes the special tokens)");
+  }
   if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
     return BadParam("echo", "not served for chat completions");
   }

@@ -2,8 +2,9 @@
 // /v1/chat/completions, GET /v1/models) translated to and from the public gRPC API, as plain
 // functions on JSON and protos (no I/O), so the rules are tested without a server. Field names and
 // defaults are OpenAI's, with vLLM's extensions (top_k, min_p, repetition_penalty, min_tokens,
-// ignore_eos, stop_token_ids, guided_json); what is not served (suffix, best_of other than n,
-// tool_choice "auto") is refused with a 400 naming the parameter rather than ignored. A batch of prompts (at
+// ignore_eos, stop_token_ids, guided_json, add_special_tokens); what is not served (suffix, best_of
+// other than n, beam search, custom logits processors, guided_grammar, skip_special_tokens false,
+// return_tokens_as_token_ids) is refused with a 400 naming the parameter rather than ignored. A batch of prompts (at
 // most 64) answers with n choices per prompt, prompt i's at indices i * n .. i * n + n - 1, as
 // OpenAI's API does, whole or streamed. logprobs (at most 20 alternatives) come in OpenAI's
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
@@ -60,6 +61,8 @@ struct CompletionCall {
   bool logprobs = false;       // the answer carries a logprobs object per choice
   bool echo = false;           // the prompt (and its logprobs) before each completion
   bool prompt_logprobs = false;  // vLLM's prompt_logprobs: the answer carries them
+  // vLLM's add_special_tokens (completions): false encodes a text prompt without the BOS token.
+  bool add_special_tokens = true;
   uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
   ToolChoice tool_choice;      // chat: a named function or "required" answers with tool_calls
 };

@@ -318,7 +318,18 @@ int OpenAiServer::HandleDetokenize(mg_connection* conn, void* self) {
 int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
   std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(body, model_name_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
-  const CompletionCall& call = std::get<CompletionCall>(parsed);
+  CompletionCall& call = std::get<CompletionCall>(parsed);
+  if (!call.add_special_tokens) {  // text prompts go as their token ids without BOS
+    for (v1::Prompt& p : call.prompts) {
+      if (!p.has_token_ids()) {
+        std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(p.text(), /*add_special_tokens=*/false);
+        if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
+        const std::vector<int32_t>& got = std::get<std::vector<int32_t>>(ids);
+        p.mutable_token_ids()->mutable_ids()->Assign(got.begin(), got.end());
+      }
+    }
+    *call.request.mutable_prompt() = call.prompts.front();
+  }
   const int64_t created = UnixNow();
   if (call.stream) return StreamCompletion(conn, call, created, Api::kCompletions);
 
@@ -393,6 +404,18 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
   return 200;
 }
 
+std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const std::string& text, bool add_special_tokens) {
+  v1::TokenizeRequest request;
+  request.set_text(text);
+  if (!add_special_tokens) request.set_add_bos(false);
+  v1::TokenizeResponse ids;
+  grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
+  const grpc::Status st = stub_->Tokenize(&ctx, request, &ids);
+  if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+  return std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end());
+}
+
 // vLLM's POST /tokenize: {"prompt": text, "add_special_tokens": true} as /v1/completions encodes a
 // text prompt, or {"messages": [...], ...} as /v1/chat/completions encodes a conversation; answers
 // {"count", "max_model_len", "tokens"}.
@@ -410,17 +433,10 @@ int OpenAiServer::Tokenize(mg_connection* conn, const std::string& body) {
     if (!j.contains("prompt") || !j["prompt"].is_string()) {
       return SendError(conn, HttpError{400, "prompt: required: a string (or send messages)", "invalid_request_error", "prompt"});
     }
-    v1::TokenizeRequest request;
-    request.set_text(j["prompt"].get<std::string>());
-    if (j.contains("add_special_tokens") && j["add_special_tokens"].is_boolean() && !j["add_special_tokens"].get<bool>()) {
-      request.set_add_bos(false);
-    }
-    v1::TokenizeResponse ids;
-    grpc::ClientContext ctx;
-    const CallScope scope(*this, ctx);
-    const grpc::Status st = stub_->Tokenize(&ctx, request, &ids);
-    if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
-    tokens.assign(ids.token_ids().begin(), ids.token_ids().end());
+    const bool special = !(j.contains("add_special_tokens") && j["add_special_tokens"] == false);
+    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(j["prompt"].get<std::string>(), special);
+    if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
+    tokens = std::move(std::get<std::vector<int32_t>>(ids));
   }
   SendJson(conn, 200, {{"count", tokens.size()}, {"max_model_len", max_model_len_}, {"tokens", tokens}});
   return 200;
