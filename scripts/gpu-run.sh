@@ -30,7 +30,8 @@ LOGS=$B/gpu-run
 mkdir -p "$LOGS"
 rm -f "$LOGS"/*
 JOBS=$(nproc)
-GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_nccl_test e2e_gpu_cluster_test e2e_gpu_sampling_test
+GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_full_shape_test gpu_nccl_test e2e_gpu_cluster_test
+  e2e_gpu_sampling_test
   moe-bench moe-ep-bench moe-serve-bench)
 SUMMARY=$LOGS/summary.txt
 status=0
