@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -656,6 +657,49 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--api-key: empty", r.stderr)
+
+    def test_f3c_idle_connections_neither_block_requests_nor_stay(self):
+        """Connections that send nothing hold a thread each: 200 of them leave requests served (1,024
+        threads by default; before, 64 idle connections stopped the server for 10 minutes), and
+        --request-timeout-s closes them once it has passed without their request headers."""
+        host, port = self.cluster.openai_address.rsplit(":", 1)
+        idle = [socket.create_connection((host, int(port))) for _ in range(200)]
+        try:
+            status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 2})
+            self.assertEqual(status, 200, body)
+        finally:
+            for s in idle:
+                s.close()
+        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
+        proc = subprocess.Popen([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0",
+                                 "--request-timeout-s", "0.5", "--threads", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            port = None
+            for line in proc.stdout:
+                if "listening on port" in line:
+                    port = int(line.split("listening on port")[1].split(",")[0])
+                    break
+            self.assertIsNotNone(port)
+            quiet = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # both threads
+            for s in quiet:
+                s.settimeout(10)
+            t0 = time.monotonic()
+            self.assertEqual([s.recv(1) for s in quiet], [b"", b""], "closed without an answer")
+            self.assertLess(time.monotonic() - t0, 5)
+            for s in quiet:
+                s.close()
+            req = urllib.request.Request("http://127.0.0.1:%d/v1/models" % port)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                self.assertEqual(r.status, 200)
+        finally:
+            proc.terminate()
+            self.assertEqual(proc.wait(timeout=30), 0)
+            proc.stdout.close()
+        r = subprocess.run([binary, "--coordinator", self.cluster.address, "--request-timeout-s", "0"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--request-timeout-s", r.stderr)
 
     def test_f3b_a_tool_call_parser_needs_its_marker_in_the_vocabulary(self):
         """--tool-call-parser mistral reads [TOOL_CALLS]; the default model's vocabulary has none, so

@@ -1,7 +1,7 @@
 // moe-openai-server: an OpenAI-compatible HTTP server in front of a coordinator (openai_server.h).
 //
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
-//                     [--model-name NAME] [--threads N] [--chat-template FILE]
+//                     [--model-name NAME] [--threads N] [--request-timeout-s S] [--chat-template FILE]
 //                     [--tool-call-parser mistral] [--api-key KEY ...]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
@@ -20,7 +20,10 @@ namespace {
 
 const char kUsage[] =
     "usage: moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000; port 0 picks one)]\n"
-    "                         [--model-name NAME (default: the model folder's name)] [--threads N (default 64)]\n"
+    "                         [--model-name NAME (default: the model folder's name)]\n"
+    "                         [--threads N (default 1024: requests in flight; one more waits for a thread)]\n"
+    "                         [--request-timeout-s S (default 30: to send the request headers, and for any one\n"
+    "                          read of the body or write of the answer)]\n"
     "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
@@ -53,6 +56,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
+        f.name != "--request-timeout-s" &&
         f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
@@ -77,6 +81,11 @@ int main(int argc, char** argv) {
     } else if (f.name == "--api-key") {
       if (value.empty()) return BadFlag("--api-key: empty (a key is at least one character)");
       opts.api_keys.push_back(value);
+    } else if (f.name == "--request-timeout-s") {
+      if (!absl::SimpleAtod(value, &opts.request_timeout_s) || !(opts.request_timeout_s >= 0.001) ||
+          opts.request_timeout_s > 86400) {
+        return BadFlag("--request-timeout-s: expected seconds in [0.001, 86400], got '" + value + "'");
+      }
     } else if (!absl::SimpleAtoi(value, &opts.threads) || opts.threads < 1) {
       return BadFlag("--threads: expected a positive integer, got '" + value + "'");
     }

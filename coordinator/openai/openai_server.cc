@@ -182,8 +182,9 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
 
   mg_init_library(0);
   const std::string threads = std::to_string(opts.threads);
+  const std::string timeout_ms = std::to_string(static_cast<int64_t>(opts.request_timeout_s * 1000));
   const char* options[] = {"listening_ports", opts.listen.c_str(), "num_threads", threads.c_str(),
-                           "request_timeout_ms", "600000", nullptr};
+                           "request_timeout_ms", timeout_ms.c_str(), nullptr};
   mg_callbacks callbacks{};
   s->ctx_ = mg_start(&callbacks, s.get(), options);
   if (s->ctx_ == nullptr) {

@@ -31,7 +31,14 @@ struct ServerOptions {
   std::string coordinator;            // HOST:PORT of the coordinator's public API
   std::string listen = "0.0.0.0:8000";
   std::string model_name;             // empty: the model folder's name, from GetModelInfo
-  int threads = 64;                   // HTTP connections served at once
+  // HTTP connections served at once (civetweb's worker threads, made at start). Each holds one
+  // connection from accept to close, streams included, so this bounds the requests in flight, as
+  // vLLM's benchmark drives them at 256 and more; one more connection waits for a free thread.
+  int threads = 1024;
+  // The longest a connection may take to send its request headers, and any one read of its body or
+  // write of the answer (civetweb's request_timeout_ms): a client that connects and sends nothing,
+  // or stops reading a stream, gives its thread back after this.
+  double request_timeout_s = 30;
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
   std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
