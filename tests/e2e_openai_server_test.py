@@ -964,6 +964,30 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         conn.close()  # the server notices at its next write and cancels the gRPC call
         wait_until_idle(self.grpc, 20, "the request still runs after the client left")
 
+    def test_e2_leaving_a_whole_answer_cancels_the_request(self):
+        """A whole (not streamed) answer writes nothing until it is done; a client that gives up
+        before (closes its connection) still cancels the request, as vLLM aborts it: the cluster is
+        idle long before the 3,000 tokens it asked for could have been made, and a client that
+        waits for a shorter request gets its answer."""
+        s = self.samples["ROMEO:"]
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": len(s["greedy_ids"]),
+                                                     "temperature": 0})
+        self.assertEqual((status, body["choices"][0]["text"]), (200, s["greedy_text"][len("ROMEO:"):]))
+        host, port = self.cluster.openai_address.rsplit(":", 1)
+        for body in ({"prompt": "ROMEO:", "max_tokens": 3000, "ignore_eos": True},
+                     {"prompt": ["ROMEO:", "JULIET:"], "max_tokens": 3000, "ignore_eos": True, "n": 2}):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+            deadline = time.monotonic() + 10
+            while self.grpc.stats().requests_running == 0:
+                self.assertLess(time.monotonic(), deadline, "the request never ran")
+                time.sleep(0.02)
+            t0 = time.monotonic()
+            conn.close()
+            wait_until_idle(self.grpc, 20, "the request still runs after its client left")
+            print(f"[ info ] cancelled {time.monotonic() - t0:.2f} s after the client left", file=sys.stderr)
+            self.assertLess(time.monotonic() - t0, 2.0)
+
     def test_y_a_front_that_dies_is_started_again(self):
         """The launcher watches moe-openai-server as it watches the coordinator and mpirun: killed
         (SIGKILL), it is started again (listening anew; with port 0 on a new port, printed as

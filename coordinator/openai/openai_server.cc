@@ -217,13 +217,18 @@ OpenAiServer::HandlerScope::~HandlerScope() {
   if (--s_.handlers_ == 0) s_.handlers_done_.notify_all();
 }
 
-OpenAiServer::CallScope::CallScope(OpenAiServer& s, grpc::ClientContext& ctx) : s_(s), ctx_(ctx) {
-  std::lock_guard<std::mutex> lock(s_.mu_);
-  s_.calls_.insert(&ctx_);
-  if (s_.stopping_) ctx_.TryCancel();  // admitted before the stop began, called after
+OpenAiServer::CallScope::CallScope(OpenAiServer& s, grpc::ClientContext& ctx)
+    : s_(s), ctx_(ctx), watch_(ClientWatch::current()) {
+  {
+    std::lock_guard<std::mutex> lock(s_.mu_);
+    s_.calls_.insert(&ctx_);
+    if (s_.stopping_) ctx_.TryCancel();  // admitted before the stop began, called after
+  }
+  if (watch_ != nullptr) watch_->Add(&ctx_);  // cancelled should the client go
 }
 
 OpenAiServer::CallScope::~CallScope() {
+  if (watch_ != nullptr) watch_->Remove(&ctx_);
   std::lock_guard<std::mutex> lock(s_.mu_);
   s_.calls_.erase(&ctx_);
 }
@@ -292,7 +297,11 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
   // would overflow (a crash, not a 400).
   try {
     int status = 500;
-    RunWithStack(kBigStackBytes, [&] { status = (this->*handle)(conn, *body); });
+    ClientWatch watch(conn);  // a client that leaves cancels the request's gRPC calls
+    RunWithStack(kBigStackBytes, [&] {
+      const ClientWatch::Current current(&watch);
+      status = (this->*handle)(conn, *body);
+    });
     return status;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
@@ -341,8 +350,12 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
     answers[0] = WholeAnswer(call, call.prompts[0], created, Api::kCompletions);
   } else {
     std::vector<std::thread> threads;
+    ClientWatch* watch = ClientWatch::current();
     for (size_t i = 0; i < call.prompts.size(); ++i) {
-      threads.emplace_back([&, i] { answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions); });
+      threads.emplace_back([&, i, watch] {
+        const ClientWatch::Current current(watch);
+        answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions);
+      });
     }
     for (std::thread& t : threads) t.join();
   }

@@ -19,6 +19,7 @@
 
 #include "common/status.h"
 #include "coordinator/openai/chat_prompt.h"
+#include "coordinator/openai/client_watch.h"
 #include "coordinator/openai/openai_protocol.h"
 #include "moe/v1/inference.grpc.pb.h"
 
@@ -111,7 +112,8 @@ class OpenAiServer {
     OpenAiServer& s_;
     bool admitted_;
   };
-  // A gRPC call registered for cancellation at shutdown while it is in flight.
+  // A gRPC call registered for cancellation while it is in flight: at shutdown, and when the client
+  // of the request the calling thread serves leaves (ClientWatch::current()).
   class CallScope {
    public:
     CallScope(OpenAiServer& s, grpc::ClientContext& ctx);
@@ -120,6 +122,7 @@ class OpenAiServer {
    private:
     OpenAiServer& s_;
     grpc::ClientContext& ctx_;
+    ClientWatch* watch_;
   };
   std::mutex mu_;
   std::condition_variable handlers_done_;

@@ -1,0 +1,65 @@
+// Notices that an HTTP client has gone while its request waits on the cluster, and cancels the
+// request's gRPC calls, so the coordinator stops its sequences and frees their KV blocks (as vLLM
+// aborts a request whose client disconnected). A streamed answer also notices at its next write;
+// a whole answer writes nothing until the end, and without this a client that gave up (a timeout,
+// then a retry) would leave its generation running to max_tokens.
+//
+// civetweb does not hand out a connection's socket, so the watch finds it among the process's file
+// descriptors by its two ends (the request's remote address and port, the server's port), then
+// polls it for the peer's hang-up (POLLRDHUP: the client closed or reset its side) on a thread of
+// its own until the request is done.
+#pragma once
+
+#include <grpcpp/client_context.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <set>
+#include <thread>
+
+struct mg_connection;
+
+namespace moe::openai {
+
+class ClientWatch {
+ public:
+  // Starts watching `conn`'s socket; a socket it cannot find (another platform, a unix socket) is
+  // not watched, and the request runs as before.
+  explicit ClientWatch(const mg_connection* conn);
+  ~ClientWatch();
+  ClientWatch(const ClientWatch&) = delete;
+  ClientWatch& operator=(const ClientWatch&) = delete;
+
+  bool watching() const { return fd_ >= 0; }
+  bool gone();
+
+  // The request's gRPC calls, cancelled when the client goes (a call added after that is
+  // cancelled at once).
+  void Add(grpc::ClientContext* ctx);
+  void Remove(grpc::ClientContext* ctx);
+
+  // The watch of the request the calling thread serves (null: none), for the gRPC calls a request
+  // makes (OpenAiServer::CallScope adds them). Set by a Current for the thread's lifetime in the
+  // request; threads a request starts set it again from their parent's.
+  static ClientWatch* current();
+  class Current {
+   public:
+    explicit Current(ClientWatch* watch);
+    ~Current();
+
+   private:
+    ClientWatch* previous_;
+  };
+
+ private:
+  void Watch();
+
+  int fd_ = -1;        // the connection's socket (not ours: civetweb closes it)
+  int wake_[2] = {-1, -1};  // a pipe: the destructor's write ends the watch
+  std::thread thread_;
+  std::mutex mu_;
+  bool gone_ = false;
+  std::set<grpc::ClientContext*> calls_;
+};
+
+}  // namespace moe::openai
