@@ -4,13 +4,28 @@
 #include <optional>
 #include <thread>
 
+#include "common/secret_token.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/worker_link.h"
 
 namespace moe {
 
+grpc::Status ClusterService::CheckToken(const grpc::ServerContext& context) const {
+  if (token_.empty()) return grpc::Status::OK;
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find(kClusterTokenMetadata);
+  const std::string_view given = it == metadata.end() ? std::string_view() : std::string_view(it->second.data(), it->second.size());
+  if (SecretMatches(given, token_)) return grpc::Status::OK;
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      it == metadata.end()
+                          ? "no cluster token: this coordinator was started with MOE_CLUSTER_TOKEN, so every worker rank "
+                            "must have the same MOE_CLUSTER_TOKEN in its environment (mpirun -x MOE_CLUSTER_TOKEN)"
+                          : "wrong cluster token: the worker's MOE_CLUSTER_TOKEN is not the coordinator's");
+}
+
 grpc::Status ClusterService::Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                                       v1::RegisterResponse* response) {
+  if (grpc::Status token = CheckToken(*context); !token.ok()) return token;
   absl::StatusOr<v1::RegisterResponse> r = state_.Register(*request, [context] { return context->IsCancelled(); });
   if (!r.ok()) return ToGrpcStatus(r.status());
   *response = std::move(*r);
@@ -19,6 +34,7 @@ grpc::Status ClusterService::Register(grpc::ServerContext* context, const v1::Re
 
 grpc::Status ClusterService::Serve(grpc::ServerContext* context,
                                    grpc::ServerReaderWriter<v1::CoordinatorMessage, v1::WorkerMessage>* stream) {
+  if (grpc::Status token = CheckToken(*context); !token.ok()) return token;
   auto link = std::make_shared<WorkerLink>();
   std::thread writer([&] {
     while (std::optional<v1::CoordinatorMessage> m = link->Next()) {

@@ -6,6 +6,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <string>
+#include <utility>
+
 #include "coordinator/cluster_state.h"
 #include "moe/v1/cluster.grpc.pb.h"
 
@@ -13,7 +16,8 @@ namespace moe {
 
 class ClusterService final : public v1::Cluster::Service {
  public:
-  explicit ClusterService(ClusterState& state) : state_(state) {}
+  // `token` not empty: every call must carry it as metadata moe-cluster-token.
+  ClusterService(ClusterState& state, std::string token) : state_(state), token_(std::move(token)) {}
 
   grpc::Status Register(grpc::ServerContext* context, const v1::RegisterRequest* request,
                         v1::RegisterResponse* response) override;
@@ -21,7 +25,11 @@ class ClusterService final : public v1::Cluster::Service {
                      grpc::ServerReaderWriter<v1::CoordinatorMessage, v1::WorkerMessage>* stream) override;
 
  private:
+  // OK, or UNAUTHENTICATED when the call lacks the cluster token.
+  grpc::Status CheckToken(const grpc::ServerContext& context) const;
+
   ClusterState& state_;
+  std::string token_;
 };
 
 }  // namespace moe

@@ -4,9 +4,11 @@
 // address in use), 2 for a bad command line.
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "common/secret_token.h"
 #include "coordinator/coordinator_server.h"
 #include "coordinator/options.h"
 #include "coordinator/ports_file.h"
@@ -28,6 +30,7 @@ int main(int argc, char** argv) {
                  moe::CoordinatorUsage().c_str());
     return 2;
   }
+  if (const char* token = std::getenv(moe::kClusterTokenEnv); token != nullptr) options->cluster_token = token;
   absl::StatusOr<std::unique_ptr<moe::CoordinatorServer>> server = moe::CoordinatorServer::Start(*options);
   if (!server.ok()) {
     std::fprintf(stderr, "moe-coordinator: %s\n", std::string(server.status().message()).c_str());

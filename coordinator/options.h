@@ -28,6 +28,10 @@ struct CoordinatorOptions {
   double drain_timeout_s = 3.0;
   // Seconds between the stats lines on stderr (throughput, queue, KV use: StatsLog); 0: none.
   double log_stats_interval_s = 5.0;
+  // Not empty: a worker rank's Register and Serve calls must carry it (metadata
+  // moe-cluster-token), else UNAUTHENTICATED. main() reads it from MOE_CLUSTER_TOKEN, never from
+  // the command line (which `ps` shows).
+  std::string cluster_token;
 };
 
 // argv without the program name. A bare port ("50051") listens on 127.0.0.1; "none" turns the

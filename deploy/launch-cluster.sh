@@ -151,6 +151,13 @@ fi
 # unless the caller decided otherwise (several ranks per machine would otherwise fight for cores).
 export OMPI_MCA_mpi_yield_when_idle="${OMPI_MCA_mpi_yield_when_idle:-1}"
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
+# The cluster port takes only ranks that know this launch's secret (MOE_CLUSTER_TOKEN: the
+# coordinator requires it, mpirun -x hands it to every rank), so nothing else on the network can
+# register as a rank and be sent prompts. A caller's own MOE_CLUSTER_TOKEN is kept.
+if [[ -z "${MOE_CLUSTER_TOKEN:-}" ]]; then
+  MOE_CLUSTER_TOKEN="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+fi
+export MOE_CLUSTER_TOKEN
 
 TMP_DIR="$(mktemp -d -t moe-cluster.XXXXXX)"
 [[ -n "$PORTS_FILE" ]] || PORTS_FILE="$TMP_DIR/ports.json"
@@ -314,7 +321,7 @@ case "$LISTEN_HOST" in
 esac
 
 # --- workers ----------------------------------------------------------------------------------
-mpi_cmd=(mpirun -np "$NP" --bind-to none -x OPENBLAS_NUM_THREADS)
+mpi_cmd=(mpirun -np "$NP" --bind-to none -x OPENBLAS_NUM_THREADS -x MOE_CLUSTER_TOKEN)
 if [[ -n "$HOSTFILE" ]]; then
   mpi_cmd+=(--hostfile "$HOSTFILE")
 else

@@ -248,6 +248,23 @@ class PythonClientEndToEnd(unittest.TestCase):
         time.sleep(0.6)
         self.assertEqual(len(lines()), settled, "no line while idle")
 
+    def test_g_only_ranks_with_the_launchs_cluster_token_may_register(self):
+        """The launcher gives the coordinator and its ranks a secret of its own (MOE_CLUSTER_TOKEN):
+        a moe-worker started by anyone else on the network, without it or with another, is refused
+        (UNAUTHENTICATED, exit 1, saying which), and the cluster serves on."""
+        worker = os.path.join(BUILD_DIR, "worker", "moe-worker")
+        env = {k: v for k, v in os.environ.items() if k != "MOE_CLUSTER_TOKEN"}
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        for token, says in ((None, "no cluster token"), ("guess", "wrong cluster token")):
+            run_env = dict(env, MOE_CLUSTER_TOKEN=token) if token else env
+            r = subprocess.run([worker, "--coordinator", f"127.0.0.1:{self.cluster.cluster_port}"],
+                               capture_output=True, text=True, timeout=60, env=run_env)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(says, r.stderr)
+        self.assertEqual(self.client.health(), "SERVING")
+        text = self.client.generate_text("ROMEO:", max_tokens=8, temperature=0)
+        self.assertTrue(self.samples["ROMEO:"]["greedy_text"].startswith("ROMEO:" + text))
+
     def test_z_sigint_shuts_down_cleanly(self):
         c = self.cluster
         t0 = time.monotonic()

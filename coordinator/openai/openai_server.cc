@@ -21,6 +21,7 @@
 
 #include "clients/cpp/health_check.h"
 #include "common/big_stack_thread.h"
+#include "common/secret_token.h"
 #include "common/json_util.h"
 #include "coordinator/openai/openai_protocol.h"
 
@@ -74,21 +75,14 @@ absl::StatusOr<std::string> ReadBody(mg_connection* conn) {
   return body;
 }
 
-// "Bearer <key>" with one of `keys`. Every key is compared over its whole length whatever the
-// header holds, so the time taken says nothing about how much of a key a guess got right.
+// "Bearer <key>" with one of `keys`, each compared in constant time.
 bool BearerKeyMatches(const std::string& header, const std::vector<std::string>& keys) {
   constexpr std::string_view kScheme = "Bearer ";
   const std::string_view given = std::string_view(header).substr(0, kScheme.size()) == kScheme
                                      ? std::string_view(header).substr(kScheme.size())
                                      : std::string_view();
   bool match = false;
-  for (const std::string& key : keys) {
-    unsigned char diff = given.size() == key.size() ? 0 : 1;
-    for (size_t i = 0; i < key.size(); ++i) {
-      diff |= static_cast<unsigned char>(key[i] ^ (i < given.size() ? given[i] : 0));
-    }
-    match |= diff == 0;
-  }
+  for (const std::string& key : keys) match |= SecretMatches(given, key);
   return match;
 }
 

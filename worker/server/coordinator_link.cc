@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "common/secret_token.h"
+
 namespace moe {
 namespace {
 
@@ -12,11 +14,17 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
 
 }  // namespace
 
-CoordinatorLink::CoordinatorLink(std::string address, std::shared_ptr<grpc::Channel> channel)
-    : address_(std::move(address)), channel_(std::move(channel)), stub_(moe::v1::Cluster::NewStub(channel_)) {}
+CoordinatorLink::CoordinatorLink(std::string address, std::shared_ptr<grpc::Channel> channel, std::string cluster_token)
+    : address_(std::move(address)),
+      cluster_token_(std::move(cluster_token)),
+      channel_(std::move(channel)),
+      stub_(moe::v1::Cluster::NewStub(channel_)) {
+  if (!cluster_token_.empty()) stream_ctx_.AddMetadata(kClusterTokenMetadata, cluster_token_);
+}
 
 absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const std::string& address,
-                                                                          std::chrono::milliseconds connect_timeout) {
+                                                                          std::chrono::milliseconds connect_timeout,
+                                                                          std::string cluster_token) {
   grpc::ChannelArguments args;
   // Reconnect attempts while the coordinator is not listening yet: quick at first, at most 1 s apart.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -29,7 +37,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const 
     return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address, " within ",
                                                connect_timeout.count() / 1000.0, " s"));
   }
-  return std::unique_ptr<CoordinatorLink>(new CoordinatorLink(address, std::move(channel)));
+  return std::unique_ptr<CoordinatorLink>(new CoordinatorLink(address, std::move(channel), std::move(cluster_token)));
 }
 
 CoordinatorLink::~CoordinatorLink() { Close(std::chrono::milliseconds(0)); }
@@ -39,6 +47,7 @@ absl::StatusOr<moe::v1::RegisterResponse> CoordinatorLink::Register(const moe::v
   // No deadline: the answer waits for the slowest rank of the job to register. wait_for_ready
   // rides over a connection that drops and comes back meanwhile.
   ctx.set_wait_for_ready(true);
+  if (!cluster_token_.empty()) ctx.AddMetadata(kClusterTokenMetadata, cluster_token_);
   moe::v1::RegisterResponse resp;
   MOE_RETURN_IF_ERROR(FromGrpc(stub_->Register(&ctx, req, &resp), absl::StrCat("Register with ", address_)));
   return resp;

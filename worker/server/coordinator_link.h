@@ -25,8 +25,11 @@ class CoordinatorLink final : public Outbox {
  public:
   // Connects to `address` (HOST:PORT), retrying for up to `connect_timeout` so that workers may
   // start before the coordinator listens. Unavailable when it cannot be reached in time.
+  // `cluster_token` not empty: sent with every call (metadata moe-cluster-token), as a coordinator
+  // started with MOE_CLUSTER_TOKEN requires.
   static absl::StatusOr<std::unique_ptr<CoordinatorLink>> Connect(const std::string& address,
-                                                                  std::chrono::milliseconds connect_timeout);
+                                                                  std::chrono::milliseconds connect_timeout,
+                                                                  std::string cluster_token = "");
   ~CoordinatorLink() override;
 
   // Blocks until every rank of the job has registered (the coordinator answers then).
@@ -44,11 +47,12 @@ class CoordinatorLink final : public Outbox {
   void Close(std::chrono::milliseconds flush_timeout = std::chrono::seconds(3));
 
  private:
-  CoordinatorLink(std::string address, std::shared_ptr<grpc::Channel> channel);
+  CoordinatorLink(std::string address, std::shared_ptr<grpc::Channel> channel, std::string cluster_token);
   void ReaderMain(Inbox* inbox);
   void WriterMain();
 
   std::string address_;
+  std::string cluster_token_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<moe::v1::Cluster::Stub> stub_;
   grpc::ClientContext stream_ctx_;

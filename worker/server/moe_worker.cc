@@ -16,6 +16,7 @@
 #include <mpi.h>
 #include <nlohmann/json.hpp>
 
+#include "common/secret_token.h"
 #include "common/status.h"
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
@@ -77,7 +78,9 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     return 2;
   }
 
-  absl::StatusOr<std::unique_ptr<CoordinatorLink>> link = CoordinatorLink::Connect(flags->coordinator, kConnectTimeout);
+  const char* cluster_token = std::getenv(kClusterTokenEnv);  // the coordinator's, through mpirun -x
+  absl::StatusOr<std::unique_ptr<CoordinatorLink>> link =
+      CoordinatorLink::Connect(flags->coordinator, kConnectTimeout, cluster_token != nullptr ? cluster_token : "");
   if (AnyRankFailed(comm, link.status())) return 1;
   moe::v1::RegisterRequest req;
   req.set_rank(rank);
