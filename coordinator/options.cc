@@ -51,7 +51,7 @@ absl::StatusOr<std::string> ParseAddress(const std::string& flag, const std::str
 std::string CoordinatorUsage() {
   return "usage: moe-coordinator --model DIR --world-size N [--listen 127.0.0.1:50051]\n"
          "         [--cluster-listen 127.0.0.1:50052] [--metrics-listen 127.0.0.1:9400 | none]\n"
-         "         [--ports-file FILE] [--max-waiting 256] [--max-running-per-rank 64]\n"
+         "         [--ports-file FILE] [--max-waiting 1024] [--max-running-per-rank 256]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"

@@ -16,8 +16,9 @@ struct CoordinatorOptions {
   std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster
   std::string metrics_listen = "127.0.0.1:9400";   // Prometheus /metrics; empty: none
   std::string ports_file;                          // empty: none
-  int64_t max_waiting = 256;
-  int64_t max_running_per_rank = 64;
+  // vLLM's max_num_seqs is 256; its queue is unbounded, this one holds 1,024 (RESOURCE_EXHAUSTED beyond).
+  int64_t max_waiting = 1024;
+  int64_t max_running_per_rank = 256;
   int64_t prefix_affinity_slack = 4096;  // SchedulerLimits::prefix_affinity_slack
   int64_t max_model_len = 0;  // positions a request may use (vLLM's --max-model-len); 0: the model's context
   bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's); fcfs otherwise

@@ -28,8 +28,8 @@
 namespace moe {
 
 struct SchedulerLimits {
-  int64_t max_waiting = 256;          // sequences queued in the coordinator
-  int64_t max_running_per_rank = 64;  // sequences a rank runs (or queues locally) at once
+  int64_t max_waiting = 1024;          // sequences queued in the coordinator
+  int64_t max_running_per_rank = 256;  // sequences a rank runs (or queues locally) at once
   // Positions beyond the least loaded rank that a rank holding a sequence's prefix may reserve and
   // still take it (with SetPrefixAffinity(true)); 0: no affinity.
   int64_t prefix_affinity_slack = 4096;
