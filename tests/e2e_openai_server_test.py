@@ -15,6 +15,7 @@ OpenAI's chunk shape.
 Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -45,6 +46,25 @@ with open(os.path.join(SOURCE_DIR, "tests", "data", "openai", "chat_golden.json"
     CHAT_GOLDEN = json.load(f)
 
 
+OPENAI_BIN = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
+
+
+@contextlib.contextmanager
+def own_front(test, coordinator, *args, env=None):
+    """A moe-openai-server of the test's own on the cluster (port 0), with `args`: yields its port
+    and its "listening" line; at the end SIGTERM, which it must answer with exit status 0."""
+    proc = subprocess.Popen([OPENAI_BIN, "--coordinator", coordinator, "--listen", "127.0.0.1:0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = next((x for x in proc.stdout if "listening on port" in x), None)
+        test.assertIsNotNone(line, "moe-openai-server did not listen")
+        yield int(line.split("listening on port")[1].split(",")[0]), line
+    finally:
+        proc.terminate()
+        test.assertEqual(proc.wait(timeout=30), 0)
+        proc.stdout.close()
+
+
 class OpenAiServerEndToEnd(unittest.TestCase):
     cluster = None
 
@@ -65,11 +85,11 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         cls.grpc.close()
         cls.cluster.kill_everything()
 
-    def call(self, path, body=None, raw=None, method=None):
-        """(HTTP status, parsed JSON body) of one request."""
+    def call(self, path, body=None, raw=None, method=None, base=None, headers=()):
+        """(HTTP status, parsed JSON body) of one request (to `base`, by default the cluster's front)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request((base or self.base) + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **dict(headers)})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, json.loads(r.read())
@@ -576,16 +596,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(parts["tokens"], joined["tokens"])
 
     def test_f3_a_server_without_a_chat_template_refuses_chat_naming_the_fix(self):
-        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
-        proc = subprocess.Popen([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            port = None
-            for line in proc.stdout:
-                if "listening on port" in line:
-                    port = int(line.split("listening on port")[1].split(",")[0])
-                    break
-            self.assertIsNotNone(port)
+        with own_front(self, self.cluster.address) as (port, _):
             req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port,
                                          data=json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -595,39 +606,19 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             error = json.loads(ctx.exception.read())["error"]
             self.assertIn("--chat-template", error["message"])
             self.assertEqual(error["param"], "chat_template")
-        finally:
-            proc.terminate()
-            self.assertEqual(proc.wait(timeout=30), 0)
 
     def test_f3a_an_api_key_guards_every_endpoint_but_health(self):
         """--api-key (vLLM's): a request without "Authorization: Bearer <key>", or with another key,
         gets 401 in OpenAI's error shape and reaches no handler; with the key it is served; GET
         /health stays open for load balancers. MOE_API_KEY sets the key when no flag does."""
-        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
         for args, env in ((["--api-key", "k-old", "--api-key", "s3cret"], None),
                           ([], dict(os.environ, MOE_API_KEY="s3cret"))):
-            proc = subprocess.Popen([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0"] + args,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-            try:
-                port = None
-                for line in proc.stdout:
-                    if "listening on port" in line:
-                        port = int(line.split("listening on port")[1].split(",")[0])
-                        self.assertIn("API key required", line)
-                        break
-                self.assertIsNotNone(port)
+            with own_front(self, self.cluster.address, *args, env=env) as (port, line):
+                self.assertIn("API key required", line)
 
                 def call(path, key, body=None):
-                    headers = {"Content-Type": "application/json"}
-                    if key is not None:
-                        headers["Authorization"] = key
-                    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), headers=headers,
-                                                 data=json.dumps(body).encode() if body is not None else None)
-                    try:
-                        with urllib.request.urlopen(req, timeout=60) as r:
-                            return r.status, json.loads(r.read())
-                    except urllib.error.HTTPError as e:
-                        return e.code, json.loads(e.read())
+                    return self.call(path, body, base="http://127.0.0.1:%d" % port,
+                                     headers={"Authorization": key} if key is not None else {})
 
                 completion = {"prompt": "ROMEO:", "max_tokens": 2, "temperature": 0}
                 for path, body in (("/v1/completions", completion), ("/v1/models", None),
@@ -649,11 +640,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                     self.assertEqual(call("/v1/models", "Bearer k-old")[0], 200)  # every key given is accepted
                 status, health = call("/health", None)
                 self.assertEqual((status, health["status"]), (200, "SERVING"))
-            finally:
-                proc.terminate()
-                self.assertEqual(proc.wait(timeout=30), 0)
-                proc.stdout.close()
-        r = subprocess.run([binary, "--coordinator", self.cluster.address, "--api-key="], capture_output=True,
+        r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--api-key="], capture_output=True,
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--api-key: empty", r.stderr)
@@ -670,17 +657,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         finally:
             for s in idle:
                 s.close()
-        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
-        proc = subprocess.Popen([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0",
-                                 "--request-timeout-s", "0.5", "--threads", "2"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            port = None
-            for line in proc.stdout:
-                if "listening on port" in line:
-                    port = int(line.split("listening on port")[1].split(",")[0])
-                    break
-            self.assertIsNotNone(port)
+        with own_front(self, self.cluster.address, "--request-timeout-s", "0.5", "--threads", "2") as (port, _):
             quiet = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # both threads
             for s in quiet:
                 s.settimeout(10)
@@ -692,11 +669,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             req = urllib.request.Request("http://127.0.0.1:%d/v1/models" % port)
             with urllib.request.urlopen(req, timeout=10) as r:
                 self.assertEqual(r.status, 200)
-        finally:
-            proc.terminate()
-            self.assertEqual(proc.wait(timeout=30), 0)
-            proc.stdout.close()
-        r = subprocess.run([binary, "--coordinator", self.cluster.address, "--request-timeout-s", "0"],
+        r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--request-timeout-s", "0"],
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--request-timeout-s", r.stderr)
@@ -704,9 +677,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
     def test_f3b_a_tool_call_parser_needs_its_marker_in_the_vocabulary(self):
         """--tool-call-parser mistral reads [TOOL_CALLS]; the default model's vocabulary has none, so
         the server refuses to start, saying so; an unknown parser is refused too."""
-        binary = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
         for parser, says in (("mistral", "no [TOOL_CALLS] control token"), ("hermes", "is not known")):
-            r = subprocess.run([binary, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0",
+            r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0",
                                 "--tool-call-parser", parser], capture_output=True, text=True, timeout=60)
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertIn(says, r.stderr)

@@ -379,12 +379,7 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const 
   request.set_text(*text);
   request.set_add_bos(false);  // the template writes BOS where the model wants it
   request.set_parse_special_tokens(true);
-  v1::TokenizeResponse ids;
-  grpc::ClientContext ctx;
-  const CallScope scope(*this, ctx);
-  const grpc::Status st = stub_->Tokenize(&ctx, request, &ids);
-  if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
-  return std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end());
+  return TokenIds(request);
 }
 
 int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
@@ -416,6 +411,10 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const std::
   v1::TokenizeRequest request;
   request.set_text(text);
   if (!add_special_tokens) request.set_add_bos(false);
+  return TokenIds(request);
+}
+
+std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const v1::TokenizeRequest& request) {
   v1::TokenizeResponse ids;
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);

@@ -91,6 +91,7 @@ class OpenAiServer {
   // A text's token ids from the coordinator's tokenizer: as a text prompt is encoded (BOS as the
   // tokenizer config's add_bos_token says), or with add_special_tokens false without BOS.
   std::variant<std::vector<int32_t>, HttpError> TokenIds(const std::string& text, bool add_special_tokens);
+  std::variant<std::vector<int32_t>, HttpError> TokenIds(const v1::TokenizeRequest& request);
   // echo: each prompt's Echo, from one ScoreRolling call, or the HTTP error.
   std::variant<std::vector<Echo>, HttpError> Echoes(const CompletionCall& call, const std::vector<v1::Prompt>& prompts);
   // A streamed echo with max_tokens 0: each choice's prompt in one chunk, the usage when asked, [DONE].
