@@ -19,6 +19,8 @@ import contextlib
 import http.client
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,16 +87,18 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         cls.grpc.close()
         cls.cluster.kill_everything()
 
-    def call(self, path, body=None, raw=None, method=None, base=None, headers=()):
-        """(HTTP status, parsed JSON body) of one request (to `base`, by default the cluster's front)."""
+    def call(self, path, body=None, raw=None, method=None, base=None, headers=(), raw_answer=False):
+        """(HTTP status, parsed JSON body) of one request (to `base`, by default the cluster's front);
+        with raw_answer the body's text instead (a stream's events)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request((base or self.base) + path, data=data, method=method,
                                      headers={"Content-Type": "application/json", **dict(headers)})
+        read = (lambda r: r.read().decode()) if raw_answer else (lambda r: json.loads(r.read()))
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read())
+                return r.status, read(r)
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+            return e.code, read(e)
 
     def stream(self, body, path="/v1/completions"):
         """The JSON events of a streamed completion, up to [DONE] (which must come last)."""
@@ -673,6 +677,54 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--request-timeout-s", r.stderr)
+
+    def test_f3d_out_of_threads_the_front_answers_503_and_lives_on(self):
+        """Each request takes threads (its own 8 MB stack, its client watch, a stream's readers). At
+        the process's thread limit (here RLIMIT_NPROC 40, for an unprivileged user) the requests that
+        get none are answered 503 saying so, and the server serves on (before, a stream's reader that
+        could not start ended the process: std::terminate)."""
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            self.skipTest("no user nobody to run the server as")
+        if os.geteuid() != 0 or not shutil.which("su") or not os.path.exists("/bin/bash"):
+            self.skipTest("needs root, su and bash, to run the server as an unprivileged user with a thread limit")
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o755)
+            binary = os.path.join(tmp, "moe-openai-server")
+            shutil.copy(OPENAI_BIN, binary)
+            os.chmod(binary, 0o755)
+            proc = subprocess.Popen(["su", "nobody", "-s", "/bin/bash", "-c",
+                                     f"ulimit -u 40 && exec {binary} --coordinator {self.cluster.address} "
+                                     f"--listen 127.0.0.1:0 --threads 12"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                line = next((x for x in proc.stdout if "listening on port" in x), None)
+                self.assertIsNotNone(line, "the server did not start under the limit")
+                base = "http://127.0.0.1:%d" % int(line.split("listening on port")[1].split(",")[0])
+                answers = []
+
+                def ask(i):
+                    answers.append(self.call("/v1/completions", {"prompt": ["ROMEO:"] * 8, "max_tokens": 20,
+                                                                 "stream": i % 2 == 0}, base=base, raw_answer=True))
+
+                threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                refused = [a for a in answers if a[0] == 503]
+                self.assertTrue(refused, answers)
+                for status, text in answers:
+                    self.assertIn(status, (200, 503), text)
+                    if status == 503:
+                        self.assertIn("cannot start a thread for this request", text)
+                self.assertIsNone(proc.poll(), "the server died")
+                self.assertEqual(self.call("/health", base=base)[0], 200)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+                proc.stdout.close()
 
     def test_f3b_a_tool_call_parser_needs_its_marker_in_the_vocabulary(self):
         """--tool-call-parser mistral reads [TOOL_CALLS]; the default model's vocabulary has none, so

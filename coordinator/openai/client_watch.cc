@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <system_error>
 
 #include <civetweb.h>
 
@@ -73,7 +74,11 @@ ClientWatch::ClientWatch(const mg_connection* conn) {
     fd_ = -1;
     return;
   }
-  thread_ = std::thread([this] { Watch(); });
+  try {
+    thread_ = std::thread([this] { Watch(); });
+  } catch (const std::system_error&) {  // no thread to spare: the request runs unwatched
+    fd_ = -1;
+  }
 }
 
 ClientWatch::~ClientWatch() {

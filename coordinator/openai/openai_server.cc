@@ -10,6 +10,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -84,6 +85,34 @@ bool BearerKeyMatches(const std::string& header, const std::vector<std::string>&
   bool match = false;
   for (const std::string& key : keys) match |= SecretMatches(given, key);
   return match;
+}
+
+// Threads joined when the group goes: should starting one fail (the process's thread limit), the
+// ones already started are waited for instead of ending the process (a joinable std::thread
+// destroyed calls std::terminate).
+class ThreadGroup {
+ public:
+  ThreadGroup() = default;
+  ThreadGroup(const ThreadGroup&) = delete;
+  ThreadGroup& operator=(const ThreadGroup&) = delete;
+  ~ThreadGroup() { Join(); }
+  template <typename F>
+  void Start(F&& f) {
+    threads_.emplace_back(std::forward<F>(f));
+  }
+  void Join() {
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+ private:
+  std::vector<std::thread> threads_;
+};
+
+HttpError NoThread(const std::system_error& e) {
+  return HttpError{503, std::string("the server cannot start a thread for this request (") + e.what() + "): try again",
+                   "server_error", {}};
 }
 
 // An answer's id where no Generate call gave one (echo with max_tokens 0): 24 random hex digits.
@@ -297,6 +326,8 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
       status = (this->*handle)(conn, *body);
     });
     return status;
+  } catch (const std::system_error& e) {  // no thread for the request (the process's thread limit)
+    return SendError(conn, NoThread(e));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
     return SendError(conn, HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
@@ -343,15 +374,20 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
   if (call.prompts.size() == 1) {
     answers[0] = WholeAnswer(call, call.prompts[0], created, Api::kCompletions);
   } else {
-    std::vector<std::thread> threads;
+    ThreadGroup threads;
     ClientWatch* watch = ClientWatch::current();
-    for (size_t i = 0; i < call.prompts.size(); ++i) {
-      threads.emplace_back([&, i, watch] {
-        const ClientWatch::Current current(watch);
-        answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions);
-      });
+    try {
+      for (size_t i = 0; i < call.prompts.size(); ++i) {
+        threads.Start([&, i, watch] {
+          const ClientWatch::Current current(watch);
+          answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions);
+        });
+      }
+    } catch (const std::system_error& e) {  // the answers already started finish first (the group joins them)
+      threads.Join();
+      return SendError(conn, NoThread(e));
     }
-    for (std::thread& t : threads) t.join();
+    threads.Join();
   }
   std::vector<nlohmann::json> whole;
   for (auto& a : answers) {
@@ -516,23 +552,28 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   auto cancel_all = [&] {
     for (auto& c : contexts) c->TryCancel();
   };
-  std::vector<std::thread> readers;
-  for (size_t i = 0; i < prompts; ++i) {
-    readers.emplace_back([&, i] {
-      v1::GenerateRequest request = call.request;
-      *request.mutable_prompt() = call.prompts[i];
-      std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(contexts[i].get(), request);
-      v1::GenerateResponse msg;
-      while (reader->Read(&msg)) {
-        std::lock_guard<std::mutex> lock(mu);
-        queue.push_back(Item{i, msg, {}});
-        ready.notify_one();
-      }
-      grpc::Status end = reader->Finish();
+  auto read_prompt = [&](size_t i) {  // prompt i's stream into the queue, then how it ended
+    v1::GenerateRequest request = call.request;
+    *request.mutable_prompt() = call.prompts[i];
+    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(contexts[i].get(), request);
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
       std::lock_guard<std::mutex> lock(mu);
-      queue.push_back(Item{i, std::nullopt, std::move(end)});
+      queue.push_back(Item{i, msg, {}});
       ready.notify_one();
-    });
+    }
+    grpc::Status end = reader->Finish();
+    std::lock_guard<std::mutex> lock(mu);
+    queue.push_back(Item{i, std::nullopt, std::move(end)});
+    ready.notify_one();
+  };
+  ThreadGroup readers;
+  try {
+    for (size_t i = 0; i < prompts; ++i) readers.Start([&read_prompt, i] { read_prompt(i); });
+  } catch (const std::system_error& e) {
+    cancel_all();
+    readers.Join();
+    return SendError(conn, NoThread(e));
   }
   auto next = [&] {
     std::unique_lock<std::mutex> lock(mu);
@@ -541,9 +582,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     queue.pop_front();
     return item;
   };
-  auto join = [&] {
-    for (std::thread& t : readers) t.join();
-  };
+  auto join = [&] { readers.Join(); };
 
   // The coordinator checks a request before it sends anything: until every prompt's stream has sent
   // a message, an error is the client's HTTP status (the others cancelled), not an event.
