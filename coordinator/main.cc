@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/open_file_limit.h"
 #include "common/secret_token.h"
 #include "coordinator/coordinator_server.h"
 #include "coordinator/options.h"
@@ -23,6 +24,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
+  moe::RaiseOpenFileLimit();  // a descriptor per client connection
   absl::StatusOr<moe::CoordinatorOptions> options =
       moe::ParseCoordinatorArgs(std::vector<std::string>(argv + 1, argv + argc));
   if (!options.ok()) {

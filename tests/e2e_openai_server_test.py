@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -52,15 +53,16 @@ OPENAI_BIN = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server
 
 
 @contextlib.contextmanager
-def own_front(test, coordinator, *args, env=None):
-    """A moe-openai-server of the test's own on the cluster (port 0), with `args`: yields its port
-    and its "listening" line; at the end SIGTERM, which it must answer with exit status 0."""
+def own_front(test, coordinator, *args, env=None, preexec_fn=None):
+    """A moe-openai-server of the test's own on the cluster (port 0), with `args`: yields its port,
+    its "listening" line and its pid; at the end SIGTERM, which it must answer with exit status 0."""
     proc = subprocess.Popen([OPENAI_BIN, "--coordinator", coordinator, "--listen", "127.0.0.1:0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=preexec_fn)
     try:
         line = next((x for x in proc.stdout if "listening on port" in x), None)
         test.assertIsNotNone(line, "moe-openai-server did not listen")
-        yield int(line.split("listening on port")[1].split(",")[0]), line
+        yield int(line.split("listening on port")[1].split(",")[0]), line, proc.pid
     finally:
         proc.terminate()
         test.assertEqual(proc.wait(timeout=30), 0)
@@ -600,7 +602,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(parts["tokens"], joined["tokens"])
 
     def test_f3_a_server_without_a_chat_template_refuses_chat_naming_the_fix(self):
-        with own_front(self, self.cluster.address) as (port, _):
+        with own_front(self, self.cluster.address) as (port, _, _):
             req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port,
                                          data=json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -617,7 +619,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         /health stays open for load balancers. MOE_API_KEY sets the key when no flag does."""
         for args, env in ((["--api-key", "k-old", "--api-key", "s3cret"], None),
                           ([], dict(os.environ, MOE_API_KEY="s3cret"))):
-            with own_front(self, self.cluster.address, *args, env=env) as (port, line):
+            with own_front(self, self.cluster.address, *args, env=env) as (port, line, _):
                 self.assertIn("API key required", line)
 
                 def call(path, key, body=None):
@@ -661,7 +663,15 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         finally:
             for s in idle:
                 s.close()
-        with own_front(self, self.cluster.address, "--request-timeout-s", "0.5", "--threads", "2") as (port, _):
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        with own_front(self, self.cluster.address, "--request-timeout-s", "0.5", "--threads", "2",
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))) as (port, _, pid):
+            # A descriptor per connection: started with a soft limit of 256 open files, the server
+            # raises it towards the hard limit (as vLLM's does), to 65,536 at most.
+            with open(f"/proc/{pid}/limits") as f:
+                soft = next(line.split()[3] for line in f if line.startswith("Max open files"))
+            want = min(65536, hard) if hard != resource.RLIM_INFINITY else 65536
+            self.assertEqual(int(soft), want)
             quiet = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # both threads
             for s in quiet:
                 s.settimeout(10)

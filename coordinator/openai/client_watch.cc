@@ -4,10 +4,12 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -70,7 +72,8 @@ ClientWatch::ClientWatch(const mg_connection* conn) {
   if (info == nullptr) return;
   fd_ = FindSocket(*info);
   if (fd_ < 0) return;
-  if (pipe(wake_) != 0) {
+  wake_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_ < 0) {
     fd_ = -1;
     return;
   }
@@ -83,18 +86,16 @@ ClientWatch::ClientWatch(const mg_connection* conn) {
 
 ClientWatch::~ClientWatch() {
   if (thread_.joinable()) {
-    const char byte = 0;
-    (void)!write(wake_[1], &byte, 1);
+    const uint64_t one = 1;
+    (void)!write(wake_, &one, sizeof(one));
     thread_.join();
   }
-  for (int p : wake_) {
-    if (p >= 0) close(p);
-  }
+  if (wake_ >= 0) close(wake_);
 }
 
 void ClientWatch::Watch() {
   // Only the hang-up: POLLIN would wake for bytes a client sends after its request.
-  pollfd fds[2] = {{fd_, POLLRDHUP, 0}, {wake_[0], POLLIN, 0}};
+  pollfd fds[2] = {{fd_, POLLRDHUP, 0}, {wake_, POLLIN, 0}};
   while (true) {
     if (poll(fds, 2, -1) < 0) {
       if (errno == EINTR) continue;

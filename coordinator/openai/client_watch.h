@@ -55,7 +55,7 @@ class ClientWatch {
   void Watch();
 
   int fd_ = -1;        // the connection's socket (not ours: civetweb closes it)
-  int wake_[2] = {-1, -1};  // a pipe: the destructor's write ends the watch
+  int wake_ = -1;      // an eventfd: the destructor's write ends the watch
   std::thread thread_;
   std::mutex mu_;
   bool gone_ = false;

@@ -14,6 +14,7 @@
 
 #include "absl/strings/numbers.h"
 #include "common/flag_arg.h"
+#include "common/open_file_limit.h"
 #include "coordinator/openai/openai_server.h"
 
 namespace {
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // taken by sigwait below; every thread inherits the mask
   std::signal(SIGPIPE, SIG_IGN);
 
+  moe::RaiseOpenFileLimit();  // a descriptor per connection, and one per request that waits
   moe::openai::ServerOptions opts;
   const std::vector<std::string> args(argv + 1, argv + argc);
   for (size_t i = 0; i < args.size(); ++i) {
