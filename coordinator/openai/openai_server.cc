@@ -306,7 +306,8 @@ int OpenAiServer::HandleHealth(mg_connection* conn, void* self) {
   return serving ? 200 : 503;
 }
 
-int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string&)) {
+int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string&),
+                            bool watch_client) {
   if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
   const HandlerScope handler(*this);
   if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
@@ -320,9 +321,12 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
   // would overflow (a crash, not a 400).
   try {
     int status = 500;
-    ClientWatch watch(conn);  // a client that leaves cancels the request's gRPC calls
+    // A client that leaves cancels the request's gRPC calls. Finding the connection's socket reads
+    // every open descriptor, so only requests that wait on the cluster are watched.
+    std::optional<ClientWatch> watch;
+    if (watch_client) watch.emplace(conn);
     RunWithStack(kBigStackBytes, [&] {
-      const ClientWatch::Current current(&watch);
+      const ClientWatch::Current current(watch ? &*watch : nullptr);
       status = (this->*handle)(conn, *body);
     });
     return status;
@@ -335,19 +339,19 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
 }
 
 int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
-  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Completions);
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Completions, /*watch_client=*/true);
 }
 
 int OpenAiServer::HandleChat(mg_connection* conn, void* self) {
-  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Chat);
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Chat, /*watch_client=*/true);
 }
 
 int OpenAiServer::HandleTokenize(mg_connection* conn, void* self) {
-  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Tokenize);
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Tokenize, /*watch_client=*/false);
 }
 
 int OpenAiServer::HandleDetokenize(mg_connection* conn, void* self) {
-  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Detokenize);
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Detokenize, /*watch_client=*/false);
 }
 
 int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {

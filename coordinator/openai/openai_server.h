@@ -79,7 +79,10 @@ class OpenAiServer {
   static int CheckApiKey(mg_connection* conn, void* self);
   // A POST admitted while the server runs (counted by a HandlerScope until it has answered), its
   // body read, handed to `handle`; otherwise the refusal (405, 503 while stopping, 413).
-  int ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string& body));
+  // `watch_client`: the request waits on the cluster (completions): a ClientWatch cancels it should
+  // the client leave meanwhile.
+  int ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string& body),
+                bool watch_client);
   int Completions(mg_connection* conn, const std::string& body);
   int Chat(mg_connection* conn, const std::string& body);
   int Tokenize(mg_connection* conn, const std::string& body);
