@@ -602,16 +602,25 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(parts["tokens"], joined["tokens"])
 
     def test_f3_a_server_without_a_chat_template_refuses_chat_naming_the_fix(self):
-        with own_front(self, self.cluster.address) as (port, _, _):
-            req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port,
-                                         data=json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(),
-                                         headers={"Content-Type": "application/json"})
-            with self.assertRaises(urllib.error.HTTPError) as ctx:
-                urllib.request.urlopen(req, timeout=30)
-            self.assertEqual(ctx.exception.code, 400)
-            error = json.loads(ctx.exception.read())["error"]
-            self.assertIn("--chat-template", error["message"])
-            self.assertEqual(error["param"], "chat_template")
+        with tempfile.TemporaryDirectory() as tmp:
+            access_log = os.path.join(tmp, "access.log")
+            with own_front(self, self.cluster.address, "--access-log", access_log) as (port, _, _):
+                req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port,
+                                             data=json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(),
+                                             headers={"Content-Type": "application/json"})
+                with self.assertRaises(urllib.error.HTTPError) as ctx:
+                    urllib.request.urlopen(req, timeout=30)
+                self.assertEqual(ctx.exception.code, 400)
+                error = json.loads(ctx.exception.read())["error"]
+                self.assertIn("--chat-template", error["message"])
+                self.assertEqual(error["param"], "chat_template")
+                self.assertEqual(self.call("/health", base="http://127.0.0.1:%d" % port)[0], 200)
+            # --access-log: a line per request, with its status.
+            with open(access_log) as f:
+                lines = f.read().splitlines()
+            self.assertEqual(len(lines), 2, lines)
+            self.assertIn('"POST /v1/chat/completions HTTP/1.1" 400', lines[0])
+            self.assertIn('"GET /health HTTP/1.1" 200', lines[1])
 
     def test_f3a_an_api_key_guards_every_endpoint_but_health(self):
         """--api-key (vLLM's): a request without "Authorization: Bearer <key>", or with another key,

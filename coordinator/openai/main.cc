@@ -25,6 +25,8 @@ const char kUsage[] =
     "                         [--threads N (default 1024: requests in flight; one more waits for a thread)]\n"
     "                         [--request-timeout-s S (default 30: to send the request headers, and for any one\n"
     "                          read of the body or write of the answer)]\n"
+    "                         [--access-log FILE (a line per request: client, time, request, status, bytes;\n"
+    "                          /dev/stderr for the process's own)]\n"
     "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
@@ -58,7 +60,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
-        f.name != "--request-timeout-s" &&
+        f.name != "--request-timeout-s" && f.name != "--access-log" &&
         f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
@@ -83,6 +85,8 @@ int main(int argc, char** argv) {
     } else if (f.name == "--api-key") {
       if (value.empty()) return BadFlag("--api-key: empty (a key is at least one character)");
       opts.api_keys.push_back(value);
+    } else if (f.name == "--access-log") {
+      opts.access_log = value;
     } else if (f.name == "--request-timeout-s") {
       if (!absl::SimpleAtod(value, &opts.request_timeout_s) || !(opts.request_timeout_s >= 0.001) ||
           opts.request_timeout_s > 86400) {

@@ -206,10 +206,15 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_init_library(0);
   const std::string threads = std::to_string(opts.threads);
   const std::string timeout_ms = std::to_string(static_cast<int64_t>(opts.request_timeout_s * 1000));
-  const char* options[] = {"listening_ports", opts.listen.c_str(), "num_threads", threads.c_str(),
-                           "request_timeout_ms", timeout_ms.c_str(), nullptr};
+  std::vector<const char*> options = {"listening_ports", opts.listen.c_str(), "num_threads", threads.c_str(),
+                                      "request_timeout_ms", timeout_ms.c_str()};
+  if (!opts.access_log.empty()) {
+    options.push_back("access_log_file");
+    options.push_back(opts.access_log.c_str());
+  }
+  options.push_back(nullptr);
   mg_callbacks callbacks{};
-  s->ctx_ = mg_start(&callbacks, s.get(), options);
+  s->ctx_ = mg_start(&callbacks, s.get(), options.data());
   if (s->ctx_ == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", opts.listen, " (bad address or port in use)"));
   }

@@ -40,6 +40,9 @@ struct ServerOptions {
   // write of the answer (civetweb's request_timeout_ms): a client that connects and sends nothing,
   // or stops reading a stream, gives its thread back after this.
   double request_timeout_s = 30;
+  // Not empty: a line per request (civetweb's access log: client, time, request line, status,
+  // bytes) appended to this file ("/dev/stderr" for the process's own).
+  std::string access_log;
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
   std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
