@@ -377,10 +377,19 @@ wait_serving || exit 1
 # --- the OpenAI-compatible HTTP front (optional) ------------------------------------------------
 # Started once the cluster serves; it holds no state, so when it exits unexpectedly watch_job starts
 # it again (on the same address; with port 0 the new port is printed as "openai on HOST:PORT").
+# GET /metrics on the front answers the coordinator's Prometheus endpoint (as vLLM serves its
+# metrics on the API port), unless metrics are off or the caller named a source.
+OPENAI_METRICS=()
+if [[ "${METRICS_PORT:-0}" != 0 && " ${OPENAI_ARGS[*]} " != *" --metrics-url"* ]]; then
+  METRICS_HOST=127.0.0.1  # the coordinator's default (127.0.0.1:9400), or a bare port's host
+  [[ "$METRICS" != *:* ]] || METRICS_HOST="${METRICS%:*}"
+  case "$METRICS_HOST" in ""|0.0.0.0|"[::]"|"*") METRICS_HOST=127.0.0.1 ;; esac
+  OPENAI_METRICS=(--metrics-url "http://$METRICS_HOST:$METRICS_PORT/metrics")
+fi
 start_openai() {
   : >"$TMP_DIR/openai.out"
-  setsid "$OPENAI_BIN" --coordinator "$PROBE_HOST:$PUBLIC_PORT" --listen "$OPENAI_LISTEN" "${OPENAI_ARGS[@]}" </dev/null \
-    >"$TMP_DIR/openai.out" &
+  setsid "$OPENAI_BIN" --coordinator "$PROBE_HOST:$PUBLIC_PORT" --listen "$OPENAI_LISTEN" "${OPENAI_METRICS[@]}" \
+    "${OPENAI_ARGS[@]}" </dev/null >"$TMP_DIR/openai.out" &
   OPENAI_PID=$!
   say "openai pid $OPENAI_PID"
   local deadline=$((SECONDS + 30))

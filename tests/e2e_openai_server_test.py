@@ -75,7 +75,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.samples = load_samples()
-        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--openai-arg", "--chat-template=" + CHAT_TEMPLATE])
+        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--openai-arg", "--chat-template=" + CHAT_TEMPLATE,
+                                       "--metrics-listen", "127.0.0.1:0"])
         try:
             cls.cluster.start()
         except Exception:
@@ -127,6 +128,32 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(body["data"][0]["max_model_len"], 4096)
         status, body = self.call("/health")
         self.assertEqual((status, body["status"]), (200, "SERVING"))
+
+    def test_a2_metrics_on_the_api_port(self):
+        """GET /metrics on the front answers the coordinator's Prometheus endpoint (the launcher
+        passes it), as vLLM serves its metrics on the API port: a completion's tokens show in it."""
+        req = urllib.request.Request(self.base + "/metrics")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            self.assertTrue(r.headers["Content-Type"].startswith("text/plain"), r.headers["Content-Type"])
+            before = r.read().decode()
+        self.assertIn("moe_num_requests_running", before)
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0})
+        self.assertEqual(status, 200, body)
+
+        def generated(text):
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("moe_generation_tokens_total"))
+
+        with urllib.request.urlopen(req, timeout=30) as r:
+            after = r.read().decode()
+        self.assertEqual(generated(after) - generated(before), 5)
+        with own_front(self, self.cluster.address) as (port, _, _):  # no --metrics-url: 404 naming it
+            status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
+            self.assertEqual(status, 404, err)
+            self.assertIn("--metrics-url", err["error"]["message"])
+        with own_front(self, self.cluster.address, "--metrics-url", "http://127.0.0.1:1/metrics") as (port, _, _):
+            status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
+            self.assertEqual(status, 503, err)
 
     def test_b_greedy_completions_carry_the_samples_text(self):
         for prompt, s in self.samples.items():

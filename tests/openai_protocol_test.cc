@@ -244,6 +244,26 @@ TEST(OpenAiProtocolTest, DeeplyNestedBodiesAreRefusedBeforeParsing) {
   EXPECT_TRUE(std::holds_alternative<CompletionCall>(ParseCompletionRequest(nested(kMaxBodyNesting), "m")));
 }
 
+TEST(OpenAiProtocolTest, HttpUrlsSplitIntoHostPortAndPath) {
+  absl::StatusOr<HttpUrl> u = ParseHttpUrl("http://127.0.0.1:9400/metrics");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(u->host, "127.0.0.1");
+  EXPECT_EQ(u->port, 9400);
+  EXPECT_EQ(u->path, "/metrics");
+  u = ParseHttpUrl("http://coordinator");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(u->host, "coordinator");
+  EXPECT_EQ(u->port, 80);
+  EXPECT_EQ(u->path, "/");
+  u = ParseHttpUrl("http://[::1]:9400/m");
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ(u->host, "::1");
+  EXPECT_EQ(u->port, 9400);
+  for (const char* bad : {"https://x/metrics", "127.0.0.1:9400", "http://:9400/", "http://x:0/", "http://x:port/"}) {
+    EXPECT_FALSE(ParseHttpUrl(bad).ok()) << bad;
+  }
+}
+
 TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   struct Case {
     std::string body;

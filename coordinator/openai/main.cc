@@ -27,13 +27,15 @@ const char kUsage[] =
     "                          read of the body or write of the answer)]\n"
     "                         [--access-log FILE (a line per request: client, time, request, status, bytes;\n"
     "                          /dev/stderr for the process's own)]\n"
+    "                         [--metrics-url http://HOST:PORT/metrics (GET /metrics answers what it answers:\n"
+    "                          the coordinator's Prometheus endpoint, on the API port as vLLM serves it)]\n"
     "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
     "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
     "                          GET /health then needs the header \"Authorization: Bearer KEY\", else 401]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
-    "/detokenize, GET /v1/models and GET /health over the coordinator's gRPC API.\n";
+    "/detokenize, GET /v1/models, GET /health and GET /metrics over the coordinator's gRPC API.\n";
 
 int BadFlag(const std::string& message) {
   std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);
@@ -60,7 +62,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
-        f.name != "--request-timeout-s" && f.name != "--access-log" &&
+        f.name != "--request-timeout-s" && f.name != "--access-log" && f.name != "--metrics-url" &&
         f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
@@ -85,6 +87,8 @@ int main(int argc, char** argv) {
     } else if (f.name == "--api-key") {
       if (value.empty()) return BadFlag("--api-key: empty (a key is at least one character)");
       opts.api_keys.push_back(value);
+    } else if (f.name == "--metrics-url") {
+      opts.metrics_url = value;
     } else if (f.name == "--access-log") {
       opts.access_log = value;
     } else if (f.name == "--request-timeout-s") {

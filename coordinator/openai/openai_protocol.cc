@@ -4,6 +4,8 @@
 #include <exception>
 #include <string>
 
+#include "absl/strings/numbers.h"
+
 namespace moe::openai {
 
 HttpError BadParam(const std::string& param, const std::string& message) {
@@ -874,6 +876,31 @@ json MergeAnswers(const std::vector<json>& answers, uint32_t n) {
                      {"completion_tokens", completion_tokens},
                      {"total_tokens", prompt_tokens + completion_tokens}};
   return merged;
+}
+
+absl::StatusOr<HttpUrl> ParseHttpUrl(const std::string& url) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.rfind(kScheme, 0) != 0) return absl::InvalidArgumentError("expected http://HOST[:PORT][/PATH], got '" + url + "'");
+  HttpUrl u;
+  std::string rest = url.substr(kScheme.size());
+  const size_t slash = rest.find('/');
+  if (slash != std::string::npos) {
+    u.path = rest.substr(slash);
+    rest = rest.substr(0, slash);
+  }
+  const size_t colon = rest.rfind(':');
+  if (colon != std::string::npos && rest.find(']', colon) == std::string::npos) {
+    int port = 0;
+    if (!absl::SimpleAtoi(rest.substr(colon + 1), &port) || port < 1 || port > 65535) {
+      return absl::InvalidArgumentError("bad port in '" + url + "'");
+    }
+    u.port = port;
+    rest = rest.substr(0, colon);
+  }
+  if (rest.size() >= 2 && rest.front() == '[' && rest.back() == ']') rest = rest.substr(1, rest.size() - 2);
+  if (rest.empty()) return absl::InvalidArgumentError("no host in '" + url + "'");
+  u.host = rest;
+  return u;
 }
 
 json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created) {

@@ -186,6 +186,15 @@ nlohmann::json EchoOnlyChunkJson(const Echo& echo, const std::string& request_id
 // (prompt i's choice j at i * n + j), usage summed, the first answer's id.
 nlohmann::json MergeAnswers(const std::vector<nlohmann::json>& answers, uint32_t n);
 
+// An http:// URL's parts ("http://127.0.0.1:9400/metrics" -> host 127.0.0.1, port 9400, path
+// /metrics; no port: 80; no path: /), or the reason it is not one.
+struct HttpUrl {
+  std::string host;
+  int port = 80;
+  std::string path = "/";
+};
+absl::StatusOr<HttpUrl> ParseHttpUrl(const std::string& url);
+
 // GET /v1/models: the one model, with its context length.
 nlohmann::json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created);
 

@@ -157,6 +157,11 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   s->max_model_len_ = info.max_context();
   s->created_ = UnixNow();
   s->api_keys_ = opts.api_keys;
+  if (!opts.metrics_url.empty()) {
+    absl::StatusOr<HttpUrl> url = ParseHttpUrl(opts.metrics_url);
+    if (!url.ok()) return absl::InvalidArgumentError(absl::StrCat("--metrics-url: ", url.status().message()));
+    s->metrics_url_ = *url;
+  }
   s->bos_token_ = info.bos_token();
   s->eos_token_ = info.eos_token();
   if (!opts.chat_template_file.empty()) {  // the operator's template: unusable is a start-up error
@@ -229,6 +234,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
   mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
   mg_set_request_handler(s->ctx_, "/health$", &OpenAiServer::HandleHealth, s.get());
+  mg_set_request_handler(s->ctx_, "/metrics$", &OpenAiServer::HandleMetrics, s.get());
   mg_set_request_handler(s->ctx_, "/", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
   return s;
 }
@@ -285,14 +291,17 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics)",
                                    "NotFoundError", {}});
 }
 
 int OpenAiServer::CheckApiKey(mg_connection* conn, void* self) {
   const auto* s = static_cast<const OpenAiServer*>(self);
   const mg_request_info* info = mg_get_request_info(conn);
-  if (info->local_uri != nullptr && std::string(info->local_uri) == "/health") return 1;  // load balancers' probe
+  // Load balancers' probe and Prometheus' scrape come without a key (vLLM guards /v1 only).
+  if (info->local_uri != nullptr && (std::string(info->local_uri) == "/health" || std::string(info->local_uri) == "/metrics")) {
+    return 1;
+  }
   const char* header = mg_get_header(conn, "Authorization");
   if (header != nullptr && BearerKeyMatches(header, s->api_keys_)) return 1;
   SendError(conn, HttpError{401,
@@ -300,6 +309,46 @@ int OpenAiServer::CheckApiKey(mg_connection* conn, void* self) {
                                               : "the API key in the Authorization header is not one this server accepts",
                             "authentication_error", {}});
   return 0;
+}
+
+int OpenAiServer::HandleMetrics(mg_connection* conn, void* self) {
+  if (!IsMethod(conn, "GET")) return MethodNotAllowed(conn, "GET");
+  auto* s = static_cast<OpenAiServer*>(self);
+  if (!s->metrics_url_) {
+    return SendError(conn, HttpError{404, "no metrics here: start moe-openai-server with --metrics-url (the "
+                                          "coordinator's Prometheus endpoint), or scrape the coordinator's",
+                                     "NotFoundError", {}});
+  }
+  const HttpUrl& url = *s->metrics_url_;
+  char error[256] = {0};
+  mg_connection* source = mg_connect_client(url.host.c_str(), url.port, 0, error, sizeof(error));
+  if (source == nullptr) {
+    return SendError(conn, HttpError{503, "the metrics source " + url.host + ":" + std::to_string(url.port) +
+                                              " does not answer: " + error, "server_error", {}});
+  }
+  mg_printf(source, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", url.path.c_str(), url.host.c_str());
+  std::string body;
+  int status = 0;
+  std::string type = "text/plain; version=0.0.4; charset=utf-8";
+  if (mg_get_response(source, error, sizeof(error), 5000) >= 0) {
+    const mg_response_info* info = mg_get_response_info(source);
+    status = info->status_code;
+    for (int i = 0; i < info->num_headers; ++i) {
+      if (mg_strcasecmp(info->http_headers[i].name, "Content-Type") == 0) type = info->http_headers[i].value;
+    }
+    char buf[8192];
+    int n = 0;
+    while ((n = mg_read(source, buf, sizeof(buf))) > 0) body.append(buf, static_cast<size_t>(n));
+  }
+  mg_close_connection(source);
+  if (status != 200) {
+    return SendError(conn, HttpError{503, "the metrics source answered " + (status > 0 ? std::to_string(status) : std::string(error)),
+                                     "server_error", {}});
+  }
+  mg_printf(conn, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+            type.c_str(), body.size());
+  mg_write(conn, body.data(), body.size());
+  return 200;
 }
 
 int OpenAiServer::HandleHealth(mg_connection* conn, void* self) {

@@ -43,6 +43,10 @@ struct ServerOptions {
   // Not empty: a line per request (civetweb's access log: client, time, request line, status,
   // bytes) appended to this file ("/dev/stderr" for the process's own).
   std::string access_log;
+  // Not empty: GET /metrics answers what this URL (http://HOST:PORT/PATH, the coordinator's
+  // Prometheus endpoint) answers, so monitoring that scrapes vLLM's API port finds the cluster's
+  // metrics there too. deploy/launch-cluster.sh passes the coordinator's.
+  std::string metrics_url;
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
   std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
@@ -76,6 +80,7 @@ class OpenAiServer {
   static int HandleDetokenize(mg_connection* conn, void* self);
   static int HandleModels(mg_connection* conn, void* self);
   static int HandleHealth(mg_connection* conn, void* self);
+  static int HandleMetrics(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
   // civetweb's authorization hook, before every handler: with api_keys, a request without one of
   // them is answered 401 here and reaches no handler.
@@ -147,6 +152,7 @@ class OpenAiServer {
   std::string bos_token_, eos_token_;      // for a request's own chat_template
   int64_t created_ = 0;
   std::vector<std::string> api_keys_;
+  std::optional<HttpUrl> metrics_url_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
 };
