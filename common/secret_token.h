@@ -4,6 +4,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace moe {
 
@@ -15,6 +16,24 @@ inline bool SecretMatches(std::string_view given, std::string_view secret) {
   }
   return diff == 0;
 }
+
+// "Bearer <key>" (an HTTP Authorization header, or gRPC's authorization metadata) with one of
+// `keys`, each compared in constant time.
+inline bool BearerMatches(std::string_view header, const std::vector<std::string>& keys) {
+  constexpr std::string_view kScheme = "Bearer ";
+  const std::string_view given = header.substr(0, kScheme.size()) == kScheme ? header.substr(kScheme.size())
+                                                                             : std::string_view();
+  bool match = false;
+  for (const std::string& key : keys) match |= SecretMatches(given, key);
+  return match;
+}
+
+// The API key of the cluster's front doors (vLLM's VLLM_API_KEY): with it in their environment the
+// coordinator's public gRPC API and moe-openai-server require it, and the clients (moe-client,
+// moe-serve-bench, the Python client, moe-openai-server towards the coordinator) send it, as gRPC
+// metadata "authorization: Bearer <key>".
+inline constexpr char kApiKeyEnv[] = "MOE_API_KEY";
+inline constexpr char kAuthorizationMetadata[] = "authorization";
 
 // The gRPC metadata key the worker ranks send the cluster token under (lower case, as gRPC
 // requires), and the environment variable both sides read it from (deploy/launch-cluster.sh makes

@@ -66,7 +66,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   if (s->tokenizer_ != nullptr) setup.token_texts = s->tokenizer_->TokenTexts();
   s->state_ = std::make_unique<ClusterState>(std::move(setup), *s->stats_);
   s->cluster_service_ = std::make_unique<ClusterService>(*s->state_, options.cluster_token);
-  s->inference_service_ = std::make_unique<InferenceService>(*s->request_model_, *s->state_, *s->stats_);
+  s->inference_service_ =
+      std::make_unique<InferenceService>(*s->request_model_, *s->state_, *s->stats_, options.api_keys);
 
   // Both are process-wide switches that apply to servers built afterwards.
   grpc::EnableDefaultHealthCheckService(true);

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/secret_token.h"
 #include "coordinator/generate_output.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/score_windows.h"
@@ -66,11 +67,28 @@ absl::Status CheckQueueCapacity(size_t seqs, int64_t max_waiting, const std::str
 
 }  // namespace
 
-InferenceService::InferenceService(const RequestModel& model, ClusterState& state, ServingStats& stats)
-    : model_(model), state_(state), stats_(stats) {}
+InferenceService::InferenceService(const RequestModel& model, ClusterState& state, ServingStats& stats,
+                                   std::vector<std::string> api_keys)
+    : model_(model), state_(state), stats_(stats), api_keys_(std::move(api_keys)) {}
+
+grpc::Status InferenceService::Authorized(const grpc::ServerContext* context) const {
+  if (api_keys_.empty()) return grpc::Status::OK;
+  const auto& metadata = context->client_metadata();
+  const auto it = metadata.find(kAuthorizationMetadata);
+  if (it != metadata.end() && BearerMatches(std::string_view(it->second.data(), it->second.size()), api_keys_)) {
+    return grpc::Status::OK;
+  }
+  return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                      it == metadata.end()
+                          ? "no API key: this coordinator was started with MOE_API_KEY; send \"authorization: Bearer "
+                            "<key>\" as metadata (moe-client, moe-serve-bench and the Python client send MOE_API_KEY "
+                            "from their environment)"
+                          : "the API key in the authorization metadata is not this coordinator's");
+}
 
 grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   const Clock::time_point arrival = Clock::now();
   absl::StatusOr<GenerateJob> job = ValidateGenerate(*request, model_);
   if (!job.ok()) return ToGrpcStatus(job.status());
@@ -251,6 +269,7 @@ absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::Serve
 
 grpc::Status InferenceService::Score(grpc::ServerContext* context, const v1::ScoreRequest* request,
                                      v1::ScoreResponse* response) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   absl::StatusOr<std::vector<ScoreJob>> jobs = ValidateScore(*request, model_);
   if (!jobs.ok()) return ToGrpcStatus(jobs.status());
   const absl::Status fits = CheckQueueCapacity(jobs->size(), state_.setup().limits.max_waiting, "items");
@@ -287,6 +306,7 @@ grpc::Status InferenceService::Score(grpc::ServerContext* context, const v1::Sco
 
 grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const v1::ScoreRollingRequest* request,
                                             v1::ScoreRollingResponse* response) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   absl::StatusOr<std::vector<std::vector<int32_t>>> texts = ValidateScoreRolling(*request, model_);
   if (!texts.ok()) return ToGrpcStatus(texts.status());
   const int64_t context_len = model_.context();
@@ -339,8 +359,9 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* request,
+grpc::Status InferenceService::Tokenize(grpc::ServerContext* context, const v1::TokenizeRequest* request,
                                         v1::TokenizeResponse* response) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   if (model_.tokenizer == nullptr) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "model has no tokenizer");
   }
@@ -353,8 +374,9 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::Tokenize
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* request,
+grpc::Status InferenceService::Detokenize(grpc::ServerContext* context, const v1::DetokenizeRequest* request,
                                           v1::DetokenizeResponse* response) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   if (model_.tokenizer == nullptr) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "model has no tokenizer");
   }
@@ -365,8 +387,9 @@ grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const v1::Detoke
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context, const v1::GetModelInfoRequest*,
                                             v1::ModelInfo* response) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   const ModelConfig& c = model_.config;
   response->set_model_dir(state_.setup().model_dir);
   response->set_architecture("MixtralForCausalLM");
@@ -386,13 +409,15 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const v1::GetM
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::GetClusterInfo(grpc::ServerContext*, const v1::GetClusterInfoRequest*,
+grpc::Status InferenceService::GetClusterInfo(grpc::ServerContext* context, const v1::GetClusterInfoRequest*,
                                               v1::ClusterInfo* response) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   *response = state_.ClusterInfo();
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::GetStats(grpc::ServerContext*, const v1::GetStatsRequest*, v1::Stats* response) {
+grpc::Status InferenceService::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest*, v1::Stats* response) {
+  if (grpc::Status key = Authorized(context); !key.ok()) return key;
   const ClusterSnapshot c = state_.Snapshot();
   const ServingSnapshot s = stats_.Snapshot(Clock::now());
   response->set_requests_waiting(c.waiting);

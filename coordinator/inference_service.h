@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -18,7 +19,9 @@ namespace moe {
 
 class InferenceService final : public v1::Inference::Service {
  public:
-  InferenceService(const RequestModel& model, ClusterState& state, ServingStats& stats);
+  // `api_keys` not empty: every call must carry "authorization: Bearer <one of them>" as metadata.
+  InferenceService(const RequestModel& model, ClusterState& state, ServingStats& stats,
+                   std::vector<std::string> api_keys = {});
 
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
@@ -42,9 +45,13 @@ class InferenceService final : public v1::Inference::Service {
   absl::StatusOr<std::vector<v1::Scored>> RunScoring(grpc::ServerContext* context,
                                                      std::vector<SeqSubmission> seqs);
 
+  // OK, or UNAUTHENTICATED when api_keys_ is set and the call does not carry one of them.
+  grpc::Status Authorized(const grpc::ServerContext* context) const;
+
   const RequestModel& model_;
   ClusterState& state_;
   ServingStats& stats_;
+  std::vector<std::string> api_keys_;
 };
 
 }  // namespace moe

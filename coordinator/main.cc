@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (const char* token = std::getenv(moe::kClusterTokenEnv); token != nullptr) options->cluster_token = token;
+  if (const char* key = std::getenv(moe::kApiKeyEnv); key != nullptr && *key != '\0') options->api_keys = {key};
   absl::StatusOr<std::unique_ptr<moe::CoordinatorServer>> server = moe::CoordinatorServer::Start(*options);
   if (!server.ok()) {
     std::fprintf(stderr, "moe-coordinator: %s\n", std::string(server.status().message()).c_str());

@@ -33,6 +33,10 @@ struct CoordinatorOptions {
   // moe-cluster-token), else UNAUTHENTICATED. main() reads it from MOE_CLUSTER_TOKEN, never from
   // the command line (which `ps` shows).
   std::string cluster_token;
+  // Not empty: every moe.v1.Inference call must carry "authorization: Bearer <one of these>" as
+  // metadata, else UNAUTHENTICATED (health checking and reflection stay open). main() reads
+  // MOE_API_KEY.
+  std::vector<std::string> api_keys;
 };
 
 // argv without the program name. A bare port ("50051") listens on 127.0.0.1; "none" turns the

@@ -41,6 +41,8 @@ from launched_cluster import (BUILD_DIR, MODEL_DIR, SOURCE_DIR, STOP_TIMEOUT_S, 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
 
+import grpc  # noqa: E402
+
 from moe_client import MoeClient  # noqa: E402
 
 MODEL = "shakespeare-moe"
@@ -1057,6 +1059,46 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             wait_until_idle(self.grpc, 20, "the request still runs after its client left")
             print(f"[ info ] cancelled {time.monotonic() - t0:.2f} s after the client left", file=sys.stderr)
             self.assertLess(time.monotonic() - t0, 2.0)
+
+    def test_g_one_api_key_guards_both_front_doors(self):
+        """MOE_API_KEY in the launcher's environment: the coordinator's public gRPC API answers
+        UNAUTHENTICATED without it (health checking stays open), moe-openai-server answers 401
+        without it and presents it to the coordinator itself, and the clients send it from their
+        environment (moe-client) or their api_key (the Python client)."""
+        c = LaunchedCluster(["--np", "1", "--openai-listen", "127.0.0.1:0"], extra_env={"MOE_API_KEY": "k1"})
+        try:
+            c.start()
+            sample = self.samples["ROMEO:"]
+            with MoeClient(c.address, timeout=60, api_key="") as bare:
+                with self.assertRaises(grpc.RpcError) as ctx:
+                    bare.model_info()
+                self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+                self.assertIn("no API key", ctx.exception.details())
+                self.assertEqual(bare.health(), "SERVING")
+            with MoeClient(c.address, timeout=60, api_key="k2") as wrong:
+                with self.assertRaises(grpc.RpcError) as ctx:
+                    wrong.generate_text("ROMEO:", max_tokens=4)
+                self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            with MoeClient(c.address, timeout=60, api_key="k1") as keyed:
+                text = keyed.generate_text("ROMEO:", max_tokens=8, temperature=0)
+                self.assertTrue(text and sample["greedy_text"].startswith("ROMEO:" + text), text)
+            client = os.path.join(BUILD_DIR, "clients", "moe-client")
+            env = {k: v for k, v in os.environ.items() if k != "MOE_API_KEY"}
+            for key, code in (("k1", 0), (None, 1)):
+                r = subprocess.run([client, "--server", c.address, "generate", "--prompt", "ROMEO:", "--max-tokens", "4"],
+                                   capture_output=True, text=True, timeout=60,
+                                   env=dict(env, MOE_API_KEY=key) if key else env)
+                self.assertEqual(r.returncode, code, r.stderr)
+                if code:
+                    self.assertIn("UNAUTHENTICATED", r.stderr)
+            base = "http://" + c.openai_address
+            body = {"prompt": "ROMEO:", "max_tokens": 8, "temperature": 0}
+            self.assertEqual(self.call("/v1/completions", body, base=base)[0], 401)
+            status, answer = self.call("/v1/completions", body, base=base, headers={"Authorization": "Bearer k1"})
+            self.assertEqual(status, 200, answer)
+            self.assertTrue(sample["greedy_text"].startswith("ROMEO:" + answer["choices"][0]["text"]))
+        finally:
+            c.kill_everything()
 
     def test_y_a_front_that_dies_is_started_again(self):
         """The launcher watches moe-openai-server as it watches the coordinator and mpirun: killed

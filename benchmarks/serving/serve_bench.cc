@@ -31,6 +31,7 @@
 
 #include "benchmarks/serving/serve_bench_args.h"
 #include "benchmarks/serving/serve_load.h"
+#include "clients/cpp/channel.h"
 #include "clients/cpp/generation_result.h"
 #include "clients/cpp/grpc_status.h"
 #include "clients/cpp/health_check.h"
@@ -265,7 +266,7 @@ int Run(const std::vector<std::string>& argv) {
   for (int64_t c = 0; c < a.connections; ++c) {
     grpc::ChannelArguments ch_args;
     ch_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
-    channels.push_back(grpc::CreateCustomChannel(a.server, grpc::InsecureChannelCredentials(), ch_args));
+    channels.push_back(client::NewChannel(a.server, ch_args, client::ApiKeyFromEnv()));  // MOE_API_KEY, when set
     stubs.push_back(moe::v1::Inference::NewStub(channels.back()));
   }
   if (a.wait_serving_s > 0) {

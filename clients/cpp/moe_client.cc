@@ -15,6 +15,7 @@
 #include <grpcpp/security/credentials.h>
 #include <nlohmann/json.hpp>
 
+#include "clients/cpp/channel.h"
 #include "clients/cpp/client_args.h"
 #include "clients/cpp/generation_result.h"
 #include "clients/cpp/grpc_status.h"
@@ -216,7 +217,7 @@ absl::Status ListServicesCommand(const std::shared_ptr<grpc::Channel>& channel, 
 }
 
 absl::StatusOr<int> Run(const ClientOptions& o) {
-  auto channel = grpc::CreateChannel(o.server, grpc::InsecureChannelCredentials());
+  auto channel = NewChannel(o.server, grpc::ChannelArguments(), ApiKeyFromEnv());  // MOE_API_KEY, when set
   if (o.command == "health") return Health(channel, o);
   if (o.command == "list-services") {
     MOE_RETURN_IF_ERROR(ListServicesCommand(channel, o));

@@ -133,11 +133,16 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
 
 
 class MoeClient:
-    """A connection to a coordinator's public address ("host:port")."""
+    """A connection to a coordinator's public address ("host:port"). api_key (default: MOE_API_KEY
+    from the environment) goes with every call as "authorization: Bearer <key>", as a coordinator
+    started with MOE_API_KEY requires."""
 
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: Optional[float] = None):
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: Optional[float] = None,
+                 api_key: Optional[str] = None):
         self.address = address
         self.timeout = timeout  # default deadline (seconds) of each call; None: none
+        key = api_key if api_key is not None else os.environ.get("MOE_API_KEY", "")
+        self._metadata = (("authorization", "Bearer " + key),) if key else None
         self._channel = grpc.insecure_channel(address)
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)
         self._health = health_v1_pb2_grpc.HealthStub(self._channel)
@@ -154,6 +159,10 @@ class MoeClient:
 
     def _deadline(self, timeout: Optional[float]) -> Optional[float]:
         return timeout if timeout is not None else self.timeout
+
+    def _call(self, timeout: Optional[float]) -> dict:
+        """A call's deadline and metadata (the API key)."""
+        return {"timeout": self._deadline(timeout), "metadata": self._metadata}
 
     # --- generation -------------------------------------------------------------------------
 
@@ -178,7 +187,7 @@ class MoeClient:
             request_id=request_id, priority=priority,
             prompt=make_prompt(prompt if prompt is not None else token_ids),
             sampling=make_sampling(**sampling))
-        call = self._inference.Generate(request, timeout=self._deadline(timeout))
+        call = self._inference.Generate(request, **self._call(timeout))
         return self._stream(call)
 
     @staticmethod
@@ -238,13 +247,13 @@ class MoeClient:
             inference_pb2.ScoreItem(context=make_prompt(ctx, "context"), continuation=make_prompt(cont, "continuation"))
             for ctx, cont in items
         ])
-        return list(self._inference.Score(request, timeout=self._deadline(timeout)).results)
+        return list(self._inference.Score(request, **self._call(timeout)).results)
 
     def score_rolling(self, text: TextOrIds, *, timeout: Optional[float] = None) -> "inference_pb2.ScoreRollingResult":
         """loglikelihood_rolling(text): token_ids, logprobs of every token after the first,
         sum_logprob, num_scored_tokens."""
         request = inference_pb2.ScoreRollingRequest(texts=[make_prompt(text, "text")])
-        return self._inference.ScoreRolling(request, timeout=self._deadline(timeout)).results[0]
+        return self._inference.ScoreRolling(request, **self._call(timeout)).results[0]
 
     # --- tokenizer, model and cluster ------------------------------------------------------
 
@@ -255,20 +264,20 @@ class MoeClient:
         request = inference_pb2.TokenizeRequest(text=text, parse_special_tokens=parse_special_tokens)
         if add_bos is not None:
             request.add_bos = add_bos
-        return list(self._inference.Tokenize(request, timeout=self._deadline(timeout)).token_ids)
+        return list(self._inference.Tokenize(request, **self._call(timeout)).token_ids)
 
     def detokenize(self, token_ids: Sequence[int], *, timeout: Optional[float] = None) -> str:
         request = inference_pb2.DetokenizeRequest(token_ids=[int(i) for i in token_ids])
-        return self._inference.Detokenize(request, timeout=self._deadline(timeout)).text
+        return self._inference.Detokenize(request, **self._call(timeout)).text
 
     def model_info(self, *, timeout: Optional[float] = None) -> "inference_pb2.ModelInfo":
-        return self._inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=self._deadline(timeout))
+        return self._inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), **self._call(timeout))
 
     def cluster_info(self, *, timeout: Optional[float] = None) -> "inference_pb2.ClusterInfo":
-        return self._inference.GetClusterInfo(inference_pb2.GetClusterInfoRequest(), timeout=self._deadline(timeout))
+        return self._inference.GetClusterInfo(inference_pb2.GetClusterInfoRequest(), **self._call(timeout))
 
     def stats(self, *, timeout: Optional[float] = None) -> "inference_pb2.Stats":
-        return self._inference.GetStats(inference_pb2.GetStatsRequest(), timeout=self._deadline(timeout))
+        return self._inference.GetStats(inference_pb2.GetStatsRequest(), **self._call(timeout))
 
     # --- standard gRPC services -------------------------------------------------------------
 

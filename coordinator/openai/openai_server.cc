@@ -20,6 +20,7 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include "clients/cpp/channel.h"
 #include "clients/cpp/health_check.h"
 #include "common/big_stack_thread.h"
 #include "common/secret_token.h"
@@ -76,17 +77,6 @@ absl::StatusOr<std::string> ReadBody(mg_connection* conn) {
   return body;
 }
 
-// "Bearer <key>" with one of `keys`, each compared in constant time.
-bool BearerKeyMatches(const std::string& header, const std::vector<std::string>& keys) {
-  constexpr std::string_view kScheme = "Bearer ";
-  const std::string_view given = std::string_view(header).substr(0, kScheme.size()) == kScheme
-                                     ? std::string_view(header).substr(kScheme.size())
-                                     : std::string_view();
-  bool match = false;
-  for (const std::string& key : keys) match |= SecretMatches(given, key);
-  return match;
-}
-
 // Threads joined when the group goes: should starting one fail (the process's thread limit), the
 // ones already started are waited for instead of ending the process (a joinable std::thread
 // destroyed calls std::terminate).
@@ -135,7 +125,8 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(256 << 20);
   channel_args.SetMaxSendMessageSize(256 << 20);
-  s->channel_ = grpc::CreateCustomChannel(opts.coordinator, grpc::InsecureChannelCredentials(), channel_args);
+  // MOE_API_KEY, when set, goes with every call: a coordinator started with it requires it.
+  s->channel_ = client::NewChannel(opts.coordinator, channel_args, client::ApiKeyFromEnv());
   s->stub_ = v1::Inference::NewStub(s->channel_);
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(opts.connect_timeout_s * 1000));
@@ -303,7 +294,7 @@ int OpenAiServer::CheckApiKey(mg_connection* conn, void* self) {
     return 1;
   }
   const char* header = mg_get_header(conn, "Authorization");
-  if (header != nullptr && BearerKeyMatches(header, s->api_keys_)) return 1;
+  if (header != nullptr && BearerMatches(header, s->api_keys_)) return 1;
   SendError(conn, HttpError{401,
                             header == nullptr ? "no API key: send the header \"Authorization: Bearer <key>\""
                                               : "the API key in the Authorization header is not one this server accepts",

@@ -110,12 +110,12 @@ def _default_signals():
 class LaunchedCluster:
     """deploy/launch-cluster.sh as a child process, its stdout lines read by a thread."""
 
-    def __init__(self, extra_args=()):
+    def __init__(self, extra_args=(), extra_env=None):
         self.openai = any(a.startswith("--openai-listen") for a in extra_args)
         self.openai_pid = None
         self.openai_address = None
         self.log = tempfile.NamedTemporaryFile(prefix="moe_launch_", suffix=".log", delete=False)
-        env = dict(os.environ)
+        env = dict(os.environ, **(extra_env or {}))
         env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
         self.proc = subprocess.Popen(
             [LAUNCHER, "--np", str(RANKS), "--model", MODEL_DIR, "--build-dir", BUILD_DIR,
