@@ -774,6 +774,44 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 proc.wait(timeout=30)
                 proc.stdout.close()
 
+    def test_f3e_cors_lets_the_allowed_origins_pages_call(self):
+        """--allowed-origins (CORS): a browser's preflight (OPTIONS, without the API key) is answered
+        204 allowing POST with Authorization; answers, whole and streamed, carry
+        Access-Control-Allow-Origin for an allowed Origin only ("*": any). Without the flag no CORS
+        header is sent and OPTIONS is refused, so browsers keep other sites' pages out."""
+        page = "https://app.example"
+
+        def request(port, method, path, origin, body=None, key=None):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            headers = {"Content-Type": "application/json"}
+            if origin:
+                headers["Origin"] = origin
+            if key:
+                headers["Authorization"] = "Bearer " + key
+            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            return r.status, r.getheader("Access-Control-Allow-Origin"), r
+
+        completion = {"prompt": "ROMEO:", "max_tokens": 2}
+        with own_front(self, self.cluster.address, "--allowed-origins", page, "--api-key", "k") as (port, _, _):
+            status, allow, r = request(port, "OPTIONS", "/v1/completions", page)
+            self.assertEqual((status, allow), (204, page))
+            self.assertIn("POST", r.getheader("Access-Control-Allow-Methods"))
+            self.assertIn("Authorization", r.getheader("Access-Control-Allow-Headers"))
+            self.assertEqual(request(port, "POST", "/v1/completions", page, completion, "k")[:2], (200, page))
+            self.assertEqual(request(port, "POST", "/v1/completions", page, dict(completion, stream=True), "k")[:2],
+                             (200, page))
+            self.assertEqual(request(port, "POST", "/v1/completions", "https://evil.example", completion, "k")[:2],
+                             (200, None))
+            self.assertEqual(request(port, "POST", "/v1/completions", page, completion)[:2], (401, page))
+        with own_front(self, self.cluster.address, "--allowed-origins", "*") as (port, _, _):
+            self.assertEqual(request(port, "GET", "/v1/models", "https://any.example")[:2], (200, "*"))
+        with own_front(self, self.cluster.address) as (port, _, _):
+            self.assertEqual(request(port, "POST", "/v1/completions", page, completion)[:2], (200, None))
+            self.assertEqual(request(port, "OPTIONS", "/v1/completions", page)[:2], (405, None))
+
     def test_f3b_a_tool_call_parser_needs_its_marker_in_the_vocabulary(self):
         """--tool-call-parser mistral reads [TOOL_CALLS]; the default model's vocabulary has none, so
         the server refuses to start, saying so; an unknown parser is refused too."""

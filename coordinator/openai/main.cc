@@ -29,6 +29,8 @@ const char kUsage[] =
     "                          /dev/stderr for the process's own)]\n"
     "                         [--metrics-url http://HOST:PORT/metrics (GET /metrics answers what it answers:\n"
     "                          the coordinator's Prometheus endpoint, on the API port as vLLM serves it)]\n"
+    "                         [--allowed-origins ORIGIN (repeatable; * for any: CORS, so browser pages of\n"
+    "                          these origins may call the API; default none)]\n"
     "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
@@ -63,6 +65,7 @@ int main(int argc, char** argv) {
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
         f.name != "--request-timeout-s" && f.name != "--access-log" && f.name != "--metrics-url" &&
+        f.name != "--allowed-origins" &&
         f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
@@ -87,6 +90,8 @@ int main(int argc, char** argv) {
     } else if (f.name == "--api-key") {
       if (value.empty()) return BadFlag("--api-key: empty (a key is at least one character)");
       opts.api_keys.push_back(value);
+    } else if (f.name == "--allowed-origins") {
+      opts.allowed_origins.push_back(value);
     } else if (f.name == "--metrics-url") {
       opts.metrics_url = value;
     } else if (f.name == "--access-log") {

@@ -36,11 +36,28 @@ constexpr long long kMaxBodyBytes = 16 << 20;
 
 int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
 
+// CORS (--allowed-origins): the header that lets a browser page of the request's Origin read the
+// answer ("*": any page), or nothing.
+std::string CorsHeaders(mg_connection* conn) {
+  const auto* server = static_cast<const OpenAiServer*>(mg_get_user_data(mg_get_context(conn)));
+  const std::vector<std::string>& allowed = server->allowed_origins();
+  if (allowed.empty()) return {};
+  if (std::find(allowed.begin(), allowed.end(), "*") != allowed.end()) return "Access-Control-Allow-Origin: *\r\n";
+  const char* origin = mg_get_header(conn, "Origin");
+  if (origin == nullptr || std::find(allowed.begin(), allowed.end(), origin) == allowed.end()) return {};
+  return std::string("Access-Control-Allow-Origin: ") + origin + "\r\nVary: Origin\r\n";
+}
+
+// The status line and headers of every answer: `length` < 0 for a stream (server-sent events).
+void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length) {
+  const std::string size = length >= 0 ? "Content-Length: " + std::to_string(length) + "\r\n" : "Cache-Control: no-cache\r\n";
+  mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%sConnection: close\r\n\r\n", status,
+            mg_get_response_code_text(conn, status), content_type.c_str(), size.c_str(), CorsHeaders(conn).c_str());
+}
+
 void SendJson(mg_connection* conn, int status, const json& j) {
   const std::string body = j.dump();
-  mg_printf(conn,
-            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-            status, mg_get_response_code_text(conn, status), body.size());
+  SendHead(conn, status, "application/json", static_cast<long long>(body.size()));
   mg_write(conn, body.data(), body.size());
 }
 
@@ -148,6 +165,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   s->max_model_len_ = info.max_context();
   s->created_ = UnixNow();
   s->api_keys_ = opts.api_keys;
+  s->allowed_origins_ = opts.allowed_origins;
   if (!opts.metrics_url.empty()) {
     absl::StatusOr<HttpUrl> url = ParseHttpUrl(opts.metrics_url);
     if (!url.ok()) return absl::InvalidArgumentError(absl::StrCat("--metrics-url: ", url.status().message()));
@@ -218,7 +236,9 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   const int n = mg_get_server_ports(s->ctx_, 4, ports);
   s->port_ = n > 0 ? ports[0].port : 0;
   // The key check first: no request may reach a handler before it is in place.
-  if (!s->api_keys_.empty()) mg_set_auth_handler(s->ctx_, "/", &OpenAiServer::CheckApiKey, s.get());
+  if (!s->api_keys_.empty() || !s->allowed_origins_.empty()) {
+    mg_set_auth_handler(s->ctx_, "/", &OpenAiServer::BeforeHandler, s.get());
+  }
   mg_set_request_handler(s->ctx_, "/v1/completions$", &OpenAiServer::HandleCompletions, s.get());
   mg_set_request_handler(s->ctx_, "/v1/chat/completions$", &OpenAiServer::HandleChat, s.get());
   mg_set_request_handler(s->ctx_, "/tokenize$", &OpenAiServer::HandleTokenize, s.get());
@@ -286,9 +306,20 @@ int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
                                    "NotFoundError", {}});
 }
 
-int OpenAiServer::CheckApiKey(mg_connection* conn, void* self) {
+int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
   const auto* s = static_cast<const OpenAiServer*>(self);
   const mg_request_info* info = mg_get_request_info(conn);
+  // A browser's CORS preflight (no key: browsers send none) is answered here.
+  if (!s->allowed_origins_.empty() && std::string(info->request_method) == "OPTIONS") {
+    const std::string cors = CorsHeaders(conn);
+    mg_printf(conn,
+              "HTTP/1.1 204 No Content\r\n%sAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+              "Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
+              "Content-Length: 0\r\nConnection: close\r\n\r\n",
+              cors.c_str());
+    return 0;
+  }
+  if (s->api_keys_.empty()) return 1;
   // Load balancers' probe and Prometheus' scrape come without a key (vLLM guards /v1 only).
   if (info->local_uri != nullptr && (std::string(info->local_uri) == "/health" || std::string(info->local_uri) == "/metrics")) {
     return 1;
@@ -336,8 +367,7 @@ int OpenAiServer::HandleMetrics(mg_connection* conn, void* self) {
     return SendError(conn, HttpError{503, "the metrics source answered " + (status > 0 ? std::to_string(status) : std::string(error)),
                                      "server_error", {}});
   }
-  mg_printf(conn, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
-            type.c_str(), body.size());
+  SendHead(conn, 200, type, static_cast<long long>(body.size()));
   mg_write(conn, body.data(), body.size());
   return 200;
 }
@@ -654,8 +684,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     }
     held.push_back(std::move(item));
   }
-  mg_printf(conn,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+  SendHead(conn, 200, "text/event-stream", -1);
 
   std::string request_id;  // the first prompt's, for every event of the answer
   for (const Item& item : held) {
@@ -769,8 +798,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
 
 int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call, const std::vector<Echo>& echoes,
                                  int64_t created) {
-  mg_printf(conn,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+  SendHead(conn, 200, "text/event-stream", -1);
   const std::string request_id = LocalRequestId();
   uint32_t prompt_tokens = 0;
   for (size_t i = 0; i < echoes.size(); ++i) {

@@ -47,6 +47,9 @@ struct ServerOptions {
   // Prometheus endpoint) answers, so monitoring that scrapes vLLM's API port finds the cluster's
   // metrics there too. deploy/launch-cluster.sh passes the coordinator's.
   std::string metrics_url;
+  // CORS: browser pages of these origins ("*": any, as vLLM's default) may read the answers;
+  // preflights are answered. Empty (the default): no CORS headers, browsers keep pages out.
+  std::vector<std::string> allowed_origins;
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
   std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
@@ -71,6 +74,7 @@ class OpenAiServer {
   int port() const { return port_; }
   const std::string& model_name() const { return model_name_; }
   const absl::Status& chat_template_status() const { return chat_template_status_; }
+  const std::vector<std::string>& allowed_origins() const { return allowed_origins_; }
 
  private:
   OpenAiServer() = default;
@@ -82,9 +86,10 @@ class OpenAiServer {
   static int HandleHealth(mg_connection* conn, void* self);
   static int HandleMetrics(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
-  // civetweb's authorization hook, before every handler: with api_keys, a request without one of
-  // them is answered 401 here and reaches no handler.
-  static int CheckApiKey(mg_connection* conn, void* self);
+  // civetweb's authorization hook, before every handler: with allowed_origins, a CORS preflight
+  // (OPTIONS) is answered here; with api_keys, a request without one of them is answered 401 here.
+  // Either way it reaches no handler.
+  static int BeforeHandler(mg_connection* conn, void* self);
   // A POST admitted while the server runs (counted by a HandlerScope until it has answered), its
   // body read, handed to `handle`; otherwise the refusal (405, 503 while stopping, 413).
   // `watch_client`: the request waits on the cluster (completions): a ClientWatch cancels it should
@@ -152,6 +157,7 @@ class OpenAiServer {
   std::string bos_token_, eos_token_;      // for a request's own chat_template
   int64_t created_ = 0;
   std::vector<std::string> api_keys_;
+  std::vector<std::string> allowed_origins_;
   std::optional<HttpUrl> metrics_url_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
