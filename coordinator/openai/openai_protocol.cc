@@ -275,7 +275,6 @@ std::optional<HttpError> StructuredOutputs(const json& body, const std::string& 
   return std::nullopt;
 }
 
-// The sampling and streaming fields both APIs share (OpenAI's, and vLLM's extensions).
 // vLLM's request fields this server does not serve, refused with a 400 when they ask for what it
 // cannot do (ignored, they would change the answer without a word); at their defaults they pass.
 std::optional<HttpError> RefuseUnserved(const json& body) {
@@ -296,6 +295,7 @@ std::optional<HttpError> RefuseUnserved(const json& body) {
   return std::nullopt;
 }
 
+// The sampling and streaming fields both APIs share (OpenAI's, and vLLM's extensions).
 std::optional<HttpError> ParseSampling(const json& body, const std::string& body_text, CompletionCall& call) {
   if (std::optional<HttpError> e = RefuseUnserved(body)) return e;
   v1::SamplingParams& s = *call.request.mutable_sampling();
