@@ -148,34 +148,28 @@ void ServingStats::CountFinished(v1::FinishReason reason) {
 void ServingStats::SetQueue(int64_t waiting, int64_t running) {
   waiting_->Set(static_cast<double>(waiting));
   running_->Set(static_cast<double>(running));
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.waiting = waiting;
-  counters_.running = running;
 }
 
-void ServingStats::SetKvCacheUsage(double ratio) {
-  kv_usage_->Set(ratio);
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.kv_cache_usage = ratio;
-}
+void ServingStats::SetKvCacheUsage(double ratio) { kv_usage_->Set(ratio); }
 
-void ServingStats::SetPreemptions(uint64_t n) {
-  preemptions_->Set(static_cast<double>(n));
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.preemptions = n;
-}
+void ServingStats::SetPreemptions(uint64_t n) { preemptions_->Set(static_cast<double>(n)); }
 
 void ServingStats::SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens) {
   prefix_queried_->Set(static_cast<double>(queried_tokens));
   prefix_hits_->Set(static_cast<double>(hit_tokens));
-  std::lock_guard<std::mutex> lock(mu_);
-  counters_.prefix_queried_tokens = queried_tokens;
-  counters_.prefix_hit_tokens = hit_tokens;
 }
 
 StatsCounters ServingStats::Counters() {
+  StatsCounters c;
+  // The gauges hold the queue, KV use and rank counters as last reported (whole numbers, exact in a
+  // double far beyond any count here).
+  c.waiting = static_cast<int64_t>(waiting_->Value());
+  c.running = static_cast<int64_t>(running_->Value());
+  c.kv_cache_usage = kv_usage_->Value();
+  c.preemptions = static_cast<uint64_t>(preemptions_->Value());
+  c.prefix_queried_tokens = static_cast<int64_t>(prefix_queried_->Value());
+  c.prefix_hit_tokens = static_cast<int64_t>(prefix_hits_->Value());
   std::lock_guard<std::mutex> lock(mu_);
-  StatsCounters c = counters_;
   c.prompt_tokens = prompt_total_;
   c.generation_tokens = generation_total_;
   return c;

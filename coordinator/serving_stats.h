@@ -76,7 +76,6 @@ class ServingStats {
 
   std::mutex mu_;
   uint64_t finished_ = 0, prompt_total_ = 0, generation_total_ = 0;
-  StatsCounters counters_;  // the gauges' values (the totals above are the counters')
   LatencyWindow ttft_window_, itl_window_, e2e_window_;
   RateWindow generation_rate_;
 };

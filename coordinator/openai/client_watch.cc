@@ -109,11 +109,6 @@ void ClientWatch::Watch() {
   for (grpc::ClientContext* c : calls_) c->TryCancel();
 }
 
-bool ClientWatch::gone() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return gone_;
-}
-
 void ClientWatch::Add(grpc::ClientContext* ctx) {
   std::lock_guard<std::mutex> lock(mu_);
   calls_.insert(ctx);

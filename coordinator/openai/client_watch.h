@@ -12,7 +12,6 @@
 
 #include <grpcpp/client_context.h>
 
-#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -29,9 +28,6 @@ class ClientWatch {
   ~ClientWatch();
   ClientWatch(const ClientWatch&) = delete;
   ClientWatch& operator=(const ClientWatch&) = delete;
-
-  bool watching() const { return fd_ >= 0; }
-  bool gone();
 
   // The request's gRPC calls, cancelled when the client goes (a call added after that is
   // cancelled at once).

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "common/flag_arg.h"
 #include "common/open_file_limit.h"
+#include "common/secret_token.h"
 #include "coordinator/openai/openai_server.h"
 
 namespace {
@@ -35,7 +36,8 @@ const char kUsage[] =
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
     "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
-    "                          GET /health then needs the header \"Authorization: Bearer KEY\", else 401]\n"
+    "                          GET /health and /metrics then needs the header \"Authorization: Bearer KEY\",\n"
+    "                          else 401]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
     "/detokenize, GET /v1/models, GET /health and GET /metrics over the coordinator's gRPC API.\n";
 
@@ -106,7 +108,7 @@ int main(int argc, char** argv) {
     }
   }
   // vLLM reads VLLM_API_KEY the same way: a key kept off the command line (and out of `ps`).
-  const char* env_key = std::getenv("MOE_API_KEY");
+  const char* env_key = std::getenv(moe::kApiKeyEnv);
   if (opts.api_keys.empty() && env_key != nullptr && *env_key != '\0') opts.api_keys.push_back(env_key);
   if (opts.coordinator.empty()) return BadFlag("--coordinator: required (HOST:PORT of the coordinator's public API)");
 
