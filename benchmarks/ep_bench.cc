@@ -37,6 +37,7 @@
 #include "worker/gpu/device_buffer.h"
 #include "worker/gpu/gpu_engine.h"
 #include "worker/gpu/nccl_exchange.h"
+#include "worker/gpu/peer_exchange.h"
 
 namespace moe {
 namespace {
@@ -55,6 +56,7 @@ struct Args {
   int warmup = 3;
   int steps = 16;
   int64_t prefill_chunk = 2048;
+  std::string exchange = "nccl";  // the device exchange's blocks: nccl, or peer (PeerExchange)
 };
 
 void Usage() {
@@ -62,8 +64,9 @@ void Usage() {
                "usage: mpirun -np W moe-ep-bench [--config FILE] [--out FILE] [--commit SHA] [--seed N]\n"
                "                 [--prefill-tokens N] [--batches 64,256,1024 (total)] [--context N]\n"
                "                 [--warmup N] [--steps N] [--profile-batches LIST (total; 0: none)]\n"
-               "                 [--exchange-tokens 1,16,64,256 (per rank)]\n"
-               "One rank per GPU. The commit defaults to $MOE_COMMIT.\n");
+               "                 [--exchange-tokens 1,16,64,256 (per rank)] [--exchange nccl|peer]\n"
+               "One rank per GPU. The commit defaults to $MOE_COMMIT. --exchange peer: the decode steps' rows are\n"
+               "written straight into the other GPUs' memory (PeerExchange) instead of NCCL's fixed blocks.\n");
 }
 
 bool ParseArgs(int argc, char** argv, Args& a, bool& profile_given) {
@@ -83,9 +86,10 @@ bool ParseArgs(int argc, char** argv, Args& a, bool& profile_given) {
     else if (k == "--batches") a.batches = ParseList(v);
     else if (k == "--profile-batches") a.profile_batches = ParseList(v), profile_given = true;
     else if (k == "--exchange-tokens") a.exchange_tokens = ParseList(v);
+    else if (k == "--exchange") a.exchange = v;
     else return false;
   }
-  return a.prefill_tokens > 0 && a.context > 0 && a.steps > 0 && a.warmup >= 0 && !a.batches.empty();
+  return (a.exchange == "nccl" || a.exchange == "peer") && a.prefill_tokens > 0 && a.context > 0 && a.steps > 0 && a.warmup >= 0 && !a.batches.empty();
 }
 
 double MaxOverRanks(double v) {
@@ -210,6 +214,16 @@ int Run(int argc, char** argv) {
   const PlacementPlan plan = Check(PlacementPlan::Make(c.num_layers, c.num_experts, W), "placement");
   gpu::GpuEngineOptions opts;
   opts.nccl = &nccl;
+  std::unique_ptr<gpu::PeerExchange> peers;
+  if (a.exchange == "peer") {
+    std::string why;
+    peers = gpu::PeerExchange::Make(MPI_COMM_WORLD, gpu::GpuMoeLayer::PeerBlockBytes(c, W), false, &why);
+    if (peers == nullptr) {  // null on every rank alike
+      if (rank == 0) std::fprintf(stderr, "moe-ep-bench: --exchange peer: not available: %s\n", why.c_str());
+      return 1;
+    }
+    opts.peers = peers.get();
+  }
   opts.kv_tokens = std::max<int64_t>(per_rank * ((max_len + 15) / 16 * 16), a.prefill_tokens + 16);
   opts.collect_load_stats = false;
   const double load_t0 = NowMs();
@@ -230,6 +244,7 @@ int Run(int argc, char** argv) {
                        {"memory_gb", prop.totalGlobalMem / 1e9},
                        {"sms", prop.multiProcessorCount}};
   result["ranks"] = W;
+  result["device_exchange"] = a.exchange;  // nccl or peer
   result["commit"] = a.commit.empty() ? "unknown" : a.commit;
   result["command"] = "mpirun -np " + std::to_string(W) + " " + command;  // one rank per GPU
   result["config"] = config_name;
@@ -335,7 +350,7 @@ int Run(int argc, char** argv) {
   }
   result["notes"] =
       "expert parallel over NCCL, one rank per GPU; up to 256 rows per rank the device exchange (fixed-capacity "
-      "blocks carrying their counts; with up to 48 routed rows per expert on average skinny experts and no host "
+      "blocks carrying their counts, through NCCL or with exchange peer written straight into the other GPUs; with up to 48 routed rows per expert on average skinny experts and no host "
       "synchronisation, in CUDA graphs; above that cuBLAS experts after one synchronisation for the received "
       "counts); above 256 rows per rank the exchange with the counts on the host (one synchronisation per layer "
       "for the routing, one for the counts); times are the slowest rank's";

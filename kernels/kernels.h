@@ -187,24 +187,50 @@ void GatherPadded(const bf16* x, const int32_t* offsets, const int32_t* experts,
 // rank (itself included) one block of cap + 1 rows, whatever the routing, so the transfers' sizes
 // are known without the host seeing the routing: a header row whose first E int64 are the block's
 // rows per expert, then `cap` rows. Each expert lives on one rank: owner [E].
+//
+// Two ways to move the blocks. Through NCCL: the kernels fill local buffers (send, computed) and
+// all-to-alls carry whole blocks. Straight into the other ranks' memory (PeerTargets given; CUDA
+// IPC within one node, worker/gpu/peer_exchange.h): the kernels write only the rows that exist
+// into each destination's receiving region, where the all-to-all would have put them, and each of
+// their kPeerCtas CTAs then raises a flag on every rank; WaitPeers on the receiving rank returns
+// once every source's CTAs have raised theirs. Flags and epochs only grow: a phase's flags reach
+// the epoch the waiting rank expects next, so nothing is ever reset.
+constexpr int kPeerCtas = 64;
+struct PeerTargets {
+  bf16* const* blocks = nullptr;     // [W] (device): each rank's receiving region of this direction
+  uint64_t* const* flags = nullptr;  // [W] (device): each rank's flags of this direction [W * kPeerCtas]
+  const uint64_t* epoch = nullptr;   // (device) this rank's completed exchanges in this direction
+  int rank = 0;                      // this rank: its block on rank d is at blocks[d] + rank * block_rows * H
+  int ranks = 0;                     // W
+  int64_t block_rows = 0;            // cap + 1
+  bool on() const { return blocks != nullptr; }
+};
 // PackForExchange, after RouteAndGroup (its src_row, position, offsets for the n = T*k slots):
 //   send [W*(cap+1), H]: destination d's block at row d*(cap+1): header, then its rows in expert
-//     order (grouped order);
+//     order (grouped order); with `peers` those rows go to destination d's region instead, and send
+//     is not used (may be null);
 //   combine_pos [n]: the send row of each slot, where its result comes back (CombineAdd's position).
 // Needs 1 <= W <= E <= 256, ExchangeHeaderFits(E, H), and cap >= the rows any destination gets.
 bool ExchangeHeaderFits(int64_t E, int64_t H);  // E int64 counts fit a row of H bf16, aligned
 void PackForExchange(const bf16* h, const int32_t* src_row, const int32_t* position, const int32_t* offsets,
                      const int32_t* owner, int64_t E, int W, int64_t n, int64_t cap, int64_t H, bf16* send,
-                     int32_t* combine_pos, cudaStream_t s);
+                     int32_t* combine_pos, cudaStream_t s, const PeerTargets& peers = {});
 // On the receiving rank, from the received blocks recv [W*(cap+1), H] (source s's at s*(cap+1)):
 // the grouped order of the received rows (expert-major, then source): offsets [E+1], group_src
 // [rows]: the received row of each grouped row, active (optional) [E]: the experts with rows,
 // then -1.
 void GroupReceived(const bf16* recv, int W, int64_t E, int64_t cap, int64_t H, int32_t* offsets, int32_t* group_src,
                    int32_t* active, cudaStream_t s);
-// out[dst_row[r], :] = x[r, :] for r < *count (device), max_rows >= *count.
+// out[dst_row[r], :] = x[r, :] for r < *count (device), max_rows >= *count. With `peers`, dst_row
+// is a row of the received blocks (source s's block at s * block_rows) and the row goes back to
+// where it came from: s's region, this rank's block, the same row of it (out is not used).
 void ScatterRows(const bf16* x, const int32_t* dst_row, const int32_t* count, int64_t max_rows, int64_t H, bf16* out,
-                 cudaStream_t s);
+                 cudaStream_t s, const PeerTargets& peers = {});
+// Waits (one CTA) until every source's kPeerCtas flags in `flags` [W * kPeerCtas] (this rank's
+// own, of one direction) have reached *epoch + 1, then advances *epoch. A wait that lasts
+// timeout_s seconds (a rank that never came: an error elsewhere) ends the kernel with a trap, so
+// the step fails with a CUDA error instead of hanging.
+void WaitPeers(const uint64_t* flags, int W, uint64_t* epoch, double timeout_s, cudaStream_t s);
 
 // The pointer arrays of a grouped cuBLAS product over the NON-EMPTY groups of `offsets` [G+1]
 // (in group order): weight = weights[g], input = x + offsets[g] * x_ld, output = y + offsets[g] * y_ld.

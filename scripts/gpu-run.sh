@@ -9,7 +9,8 @@
 #      records of one prefill and two batch-64 decode steps -> moe-bench-timeline.json;
 #   5. with two GPUs or more, moe-ep-bench under mpirun, one rank per GPU (expert parallel over
 #      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json, and its speed-up over moe-bench at equal
-#      total batches (scripts/ep-scaling.py) -> ep-scaling.json; where Mixtral-8x22B's weights fit
+#      total batches (scripts/ep-scaling.py) -> ep-scaling.json; the same with the peer exchange
+#      (--exchange peer) -> moe-ep-bench-peer.json, ep-scaling-peer.json; where Mixtral-8x22B's weights fit
 #      over the GPUs (scripts/ep-fits.py), moe-ep-bench on it too -> moe-ep-bench-8x22b.json;
 #   6. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
 #      in the same call -> transformers-peer.json;
@@ -99,6 +100,17 @@ if [ "$GPUS" -ge 2 ]; then
   # The scaling over one GPU at equal total batches, and dispatch + combine per layer (issue #5's bar).
   python3 scripts/ep-scaling.py "$LOGS/moe-bench.json" "$LOGS/moe-ep-bench.json" --json "$LOGS/ep-scaling.json" \
     | tee -a "$SUMMARY"
+  # The same with the decode steps' rows written straight into the other GPUs (PeerExchange) instead
+  # of NCCL's fixed blocks; it says so and stops where the GPUs cannot reach each other.
+  # shellcheck disable=SC2086
+  if step ep-bench-peer timeout 900 mpirun -np "$GPUS" --bind-to none "$B/benchmarks/moe-ep-bench" --exchange peer \
+      --out "$LOGS/moe-ep-bench-peer.json" ${MOE_EP_ARGS:-}; then
+    python3 scripts/ep-scaling.py "$LOGS/moe-bench.json" "$LOGS/moe-ep-bench-peer.json" \
+      --json "$LOGS/ep-scaling-peer.json" | tee -a "$SUMMARY"
+  else
+    status=1
+  fi
+  grep -vE "^\s*$" "$LOGS/ep-bench-peer.log" | tail -n 30 | tee -a "$SUMMARY"
   # Mixtral-8x22B whole (56 layers, 281 GB of bf16 weights) where its experts spread over these
   # GPUs fit (scripts/ep-fits.py: four H200s or eight H100s).
   MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | sort -n | head -n 1)

@@ -1,11 +1,16 @@
 // The GPU engine expert-parallel under mpirun (CTest runs it with 2 and 3 ranks, all sharing one
 // GPU): the placement plan shards the experts, every MoE layer exchanges rows through host staging
 // and MpiCommunicator, received rows are regrouped per expert and put back in received order.
+// The same engine with the peer exchange (worker/gpu/peer_exchange.h: the ranks' kernels write the
+// rows into each other's memory through CUDA IPC; here the "peers" are the other processes on the
+// same GPU, whose kernels take turns on it): the decode steps and the golden prefill take the
+// device exchange (its blocks, flags and waits) instead of the host.
 // Every rank's results must equal a single-rank GPU engine's: each expert sees the same rows in
 // the same bf16 arithmetic, only their order and the batch shapes differ. Without a CUDA device
 // every test skips (on every rank alike, so no collective is left waiting).
 #include <mpi.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -23,6 +28,7 @@
 #include "worker/comm/mpi_communicator.h"
 #include "worker/generation.h"
 #include "worker/gpu/gpu_engine.h"
+#include "worker/gpu/peer_exchange.h"
 
 namespace moe {
 namespace {
@@ -56,6 +62,23 @@ class GpuMpiEngineTest : public ::testing::Test {
         engine_ = engine->release();
         local_ = local->release();
       }
+      // Every rank makes the peer exchange (a collective), whatever happened above.
+      std::string why;
+      try {
+        peers_ = gpu::PeerExchange::Make(MPI_COMM_WORLD, gpu::GpuMoeLayer::PeerBlockBytes(*config, comm.size()),
+                                         /*allow_shared_gpu=*/true, &why)
+                     .release();
+      } catch (const std::exception& e) {
+        why = e.what();
+      }
+      if (s.ok() && peers_ == nullptr) s = absl::InternalError("peer exchange: " + why);
+      if (s.ok()) {
+        gpu::GpuEngineOptions peer_opts = opts;
+        peer_opts.peers = peers_;
+        auto peer_engine = gpu::GpuEngine::Load(kGoldenDir, comm, *plan_, peer_opts);
+        if (peer_engine.ok()) peer_engine_ = peer_engine->release();
+        s = peer_engine.status();
+      }
     }
     load_status_ = new absl::Status(s);
     // Every rank must know whether any rank failed to load, or the tests would hang.
@@ -64,13 +87,16 @@ class GpuMpiEngineTest : public ::testing::Test {
     any_failed_ = failed[0] > 0;
   }
   static void TearDownTestSuite() {
+    delete peer_engine_;
+    delete peers_;
     delete engine_;
     delete local_;
     delete prompts_;
     delete plan_;
     delete local_plan_;
     delete load_status_;
-    engine_ = local_ = nullptr;
+    engine_ = local_ = peer_engine_ = nullptr;
+    peers_ = nullptr;
   }
   void SetUp() override {
     if (!have_device_) GTEST_SKIP() << "no CUDA device";
@@ -91,15 +117,20 @@ class GpuMpiEngineTest : public ::testing::Test {
   static inline LocalCommunicator* local_comm_ = new LocalCommunicator();
   static inline gpu::GpuEngine* engine_ = nullptr;
   static inline gpu::GpuEngine* local_ = nullptr;
+  static inline gpu::PeerExchange* peers_ = nullptr;
+  static inline gpu::GpuEngine* peer_engine_ = nullptr;  // engine_ with the peer exchange
   static inline PlacementPlan* plan_ = nullptr;
   static inline PlacementPlan* local_plan_ = nullptr;
   static inline std::vector<std::vector<int32_t>>* prompts_ = nullptr;
   static inline absl::Status* load_status_ = nullptr;
   static inline bool any_failed_ = false;
+
+  static void CheckPrefillLogits(gpu::GpuEngine* engine_);
+  static void CheckGreedyGeneration(gpu::GpuEngine* engine_);
 };
 
 // One collective step: each rank prefills its own prompts (every position's logits).
-TEST_F(GpuMpiEngineTest, PrefillLogitsMatchSingleRankEngine) {
+void GpuMpiEngineTest::CheckPrefillLogits(gpu::GpuEngine* engine_) {
   const std::vector<size_t> mine = Mine();
   std::vector<SequenceChunk> chunks;
   for (size_t i : mine) {
@@ -138,7 +169,7 @@ TEST_F(GpuMpiEngineTest, PrefillLogitsMatchSingleRankEngine) {
 
 // Greedy generation (batched prefill, then decode steps in which ranks finish at different
 // times: the idle ones keep joining the collectives with zero rows) equals the single-rank tokens.
-TEST_F(GpuMpiEngineTest, GreedyGenerationMatchesSingleRankEngine) {
+void GpuMpiEngineTest::CheckGreedyGeneration(gpu::GpuEngine* engine_) {
   const std::vector<size_t> mine = Mine();
   auto request = [](const std::vector<int32_t>& prompt, int64_t n) {
     GenerateRequest r;
@@ -159,6 +190,27 @@ TEST_F(GpuMpiEngineTest, GreedyGenerationMatchesSingleRankEngine) {
     EXPECT_EQ((*ours)[j].tokens, (*want)[mine[j]].tokens) << "prompt " << mine[j] << " on rank " << World().rank();
   }
   EXPECT_EQ(engine_->kv_blocks().used_blocks(), 0);
+}
+
+TEST_F(GpuMpiEngineTest, PrefillLogitsMatchSingleRankEngine) { CheckPrefillLogits(engine_); }
+TEST_F(GpuMpiEngineTest, GreedyGenerationMatchesSingleRankEngine) { CheckGreedyGeneration(engine_); }
+// The golden prompts' prefill takes the device exchange too (at most 256 rows on a rank).
+TEST_F(GpuMpiEngineTest, PeerExchangePrefillLogitsMatchSingleRankEngine) {
+  const std::array<uint64_t, 2> before = peers_->Completed();
+  CheckPrefillLogits(peer_engine_);
+  const std::array<uint64_t, 2> after = peers_->Completed();
+  const int64_t layers = peer_engine_->config().num_layers;
+  EXPECT_EQ(after[0] - before[0], static_cast<uint64_t>(layers)) << "one dispatch a layer through the peers";
+  EXPECT_EQ(after[1] - before[1], static_cast<uint64_t>(layers)) << "one return a layer through the peers";
+}
+TEST_F(GpuMpiEngineTest, PeerExchangeGreedyGenerationMatchesSingleRankEngine) {
+  const std::array<uint64_t, 2> before = peers_->Completed();
+  CheckGreedyGeneration(peer_engine_);
+  const std::array<uint64_t, 2> after = peers_->Completed();
+  EXPECT_GT(after[0], before[0]);
+  EXPECT_EQ(after[0] - before[0], after[1] - before[1]);
+  std::printf("[rank %d] %llu layers exchanged through the peers\n", World().rank(),
+              static_cast<unsigned long long>(after[0] - before[0]));
 }
 
 }  // namespace

@@ -41,6 +41,13 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   f = ParseWorkerFlags({"--coordinator=h:1", "--synthetic-weights=18446744073709551615", "--device", "gpu"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->synthetic_seed, 18446744073709551615ull);
+  EXPECT_FALSE(f->enable_peer_exchange);  // off until measured on several GPUs
+  f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--enable-peer-exchange"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_TRUE(f->enable_peer_exchange);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--enable-peer-exchange", "--no-enable-peer-exchange"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_FALSE(f->enable_peer_exchange);
 }
 
 TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
@@ -61,6 +68,8 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--device", "gpu"}, "--coordinator: required"},
            {{"--coordinator", "h:1", "--synthetic-weights", "1"}, "--synthetic-weights: needs --device gpu"},
            {{"--coordinator", "h:1", "--enable-prefix-caching=yes"}, "--enable-prefix-caching: takes no value"},
+           {{"--coordinator", "h:1", "--enable-peer-exchange"}, "--enable-peer-exchange: needs --device gpu"},
+           {{"--coordinator", "h:1", "--device=gpu", "--enable-peer-exchange=1"}, "--enable-peer-exchange: takes no value"},
            {{"--coordinator", "h:1", "--kv-admission", "lazy"}, "--kv-admission: expected on-demand or reserve, got 'lazy'"},
            {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights", "-1"},
             "--synthetic-weights: expected a non-negative integer seed, got '-1'"},

@@ -97,9 +97,28 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& 
                                                      " but the NCCL exchange runs on device ", opts.nccl->device()));
     }
   }
+  if (opts.peers != nullptr) {
+    if (opts.peers->size() != comm.size() || opts.peers->rank() != comm.rank()) {
+      return absl::InvalidArgumentError(absl::StrCat("GPU engine: peer exchange rank ", opts.peers->rank(), " of ",
+                                                     opts.peers->size(), " but Communicator rank ", comm.rank(),
+                                                     " of ", comm.size()));
+    }
+    const int device = opts.nccl != nullptr ? opts.nccl->device() : opts.device;
+    if (device >= 0 && device != opts.peers->device()) {
+      return absl::InvalidArgumentError(absl::StrCat("GPU engine: device ", device,
+                                                     " but the peer exchange's memory is on device ",
+                                                     opts.peers->device()));
+    }
+    if (opts.peers->block_bytes() < GpuMoeLayer::PeerBlockBytes(c, comm.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("GPU engine: the peer exchange holds ", opts.peers->block_bytes(),
+                                                     " bytes of blocks; this model needs ",
+                                                     GpuMoeLayer::PeerBlockBytes(c, comm.size())));
+    }
+  }
   try {
     if (opts.device >= 0) MOE_CUDA_CHECK(cudaSetDevice(opts.device));
     if (opts.nccl != nullptr) MOE_CUDA_CHECK(cudaSetDevice(opts.nccl->device()));
+    if (opts.peers != nullptr) MOE_CUDA_CHECK(cudaSetDevice(opts.peers->device()));
     GpuEngineOptions sized = opts;
     if (opts.kv_tokens == 0 && opts.memory_fraction > 0) {  // the KV cache takes what memory is left
       size_t free = 0, total = 0;
@@ -149,7 +168,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Load(const std::string& mo
                          DeviceWeights::Upload(c, *ckpt, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); },
                                                progress));
     e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
-                                            *e->weights_, opts.force_host_staging, opts.nccl);
+                                            *e->weights_, opts.force_host_staging, opts.nccl, opts.peers);
     e->PrepareGemms();
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: loading ", model_dir, ": ", err.what()));
@@ -167,7 +186,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::LoadSynthetic(const ModelC
     MOE_ASSIGN_OR_RETURN(e->weights_, DeviceWeights::Synthetic(
                                           c, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); }, seed));
     e->moe_ = std::make_unique<GpuMoeLayer>(e->config_, e->plan_, comm, e->stats_, e->gemm_, e->stream_.get(),
-                                            *e->weights_, opts.force_host_staging, opts.nccl);
+                                            *e->weights_, opts.force_host_staging, opts.nccl, opts.peers);
     e->PrepareGemms();
   } catch (const std::exception& err) {
     return absl::InternalError(absl::StrCat("GPU engine: synthetic weights: ", err.what()));

@@ -22,9 +22,11 @@
 //
 // Expert parallelism uses the engine's Communicator exactly as the CPU engine does (step header,
 // validation, load statistics). The MoE rows cross ranks device to device through NCCL when a
-// NcclExchange is given (one rank per GPU), else through host staging over the Communicator (the
-// fallback, and the only way when several ranks share one GPU); the routing comes to the host once
-// per layer either way (see moe_layer.h).
+// NcclExchange is given (one rank per GPU): decode-sized steps in fixed-capacity blocks with no host
+// synchronisation (CUDA graphs; with a PeerExchange the blocks' rows are written straight into the
+// other GPUs instead), larger ones with their counts through the host; else through host staging
+// over the Communicator (the fallback, and the only way when several ranks share one GPU). See
+// moe_layer.h.
 //
 // CUDA and cuBLAS failures during a step throw (CudaError / CublasError): the device is then in
 // an unknown state and the process should end. Load reports them as errors.
@@ -77,6 +79,11 @@ struct GpuEngineOptions {
   // Communicator's). With device -1 the engine runs on the exchange's GPU; a different device is
   // an error. Null, or force_host_staging: rows go through the host and the Communicator.
   NcclExchange* nccl = nullptr;
+  // The decode steps' MoE exchange written straight into the other ranks' GPU memory (not owned;
+  // made for these ranks on the engine's GPU with at least GpuMoeLayer::PeerBlockBytes): on one
+  // node with peer access it moves only the rows that exist, where NCCL moves fixed blocks.
+  // Steps too large for the device exchange still take NCCL (or the host without it).
+  PeerExchange* peers = nullptr;
 };
 
 class GpuEngine final : public StepEngine {

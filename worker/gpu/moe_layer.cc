@@ -12,7 +12,7 @@ namespace moe::gpu {
 
 GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Communicator& comm, LoadStats& stats,
                          Gemm& gemm, cudaStream_t stream, const DeviceWeights& weights, bool force_host_staging,
-                         NcclExchange* nccl)
+                         NcclExchange* nccl, PeerExchange* peers)
     : c_(c),
       plan_(plan),
       comm_(comm),
@@ -20,10 +20,15 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
       gemm_(gemm),
       stream_(stream),
       staging_(force_host_staging),
-      nccl_(nccl) {
+      nccl_(nccl),
+      peers_(peers) {
   if (nccl_ != nullptr) {
     MOE_CHECK(nccl_->size() == comm_.size() && nccl_->rank() == comm_.rank(), "NCCL rank ", nccl_->rank(), " of ",
               nccl_->size(), " but Communicator rank ", comm_.rank(), " of ", comm_.size());
+  }
+  if (peers_ != nullptr) {
+    MOE_CHECK(peers_->size() == comm_.size() && peers_->rank() == comm_.rank(), "peer exchange rank ",
+              peers_->rank(), " of ", peers_->size(), " but Communicator rank ", comm_.rank(), " of ", comm_.size());
   }
   const int64_t L = c.num_layers, E = c.num_experts;
   std::vector<const bf16*> w13(static_cast<size_t>(L * E), nullptr), w2(w13.size(), nullptr);
@@ -131,10 +136,15 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     const int64_t H = c_.hidden_size, I = c_.intermediate_size, W = comm_.size();
     const int64_t blocks = W * (ExchangeCap(rows) + 1), bound = ReceiveBound(rows);  // + the header rows
     grew |= index_.EnsureSize(static_cast<size_t>(3 * n + bound));
-    grew |= send_.EnsureSize(static_cast<size_t>(blocks * H));
-    grew |= recv_.EnsureSize(static_cast<size_t>(blocks * H));
-    grew |= computed_.EnsureSize(static_cast<size_t>(blocks * H));
-    grew |= returned_.EnsureSize(static_cast<size_t>(blocks * H));
+    if (peers_ != nullptr) {  // the blocks live in the peer exchange's regions, sized for the largest step
+      MOE_CHECK(sizeof(bf16) * static_cast<size_t>(blocks * H) <= peers_->block_bytes(), "peer exchange: ", blocks,
+                " rows of blocks do not fit its ", peers_->block_bytes(), " bytes");
+    } else {
+      grew |= send_.EnsureSize(static_cast<size_t>(blocks * H));
+      grew |= recv_.EnsureSize(static_cast<size_t>(blocks * H));
+      grew |= computed_.EnsureSize(static_cast<size_t>(blocks * H));
+      grew |= returned_.EnsureSize(static_cast<size_t>(blocks * H));
+    }
     grew |= act_.EnsureSize(static_cast<size_t>(bound * I));
     grew |= result_.EnsureSize(static_cast<size_t>(bound * H));
     size_t workspace = 0;  // the largest any layer's share of experts needs
@@ -247,32 +257,47 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const bf16* h, int64_t T,
   prof.Mark(layer, Boundary::kRouterEnd, stream_);
 
   // Dispatch: fixed-size blocks with their counts in a header row, so no host needs the counts.
+  // Through NCCL whole blocks; into the peers' regions only the rows that exist, then a wait for
+  // every source's.
+  const PeerTargets to_experts = peers_ != nullptr ? peers_->Dispatch(cap + 1) : PeerTargets{};
+  bf16* recv = peers_ != nullptr ? peers_->recv() : recv_.get();
   PackForExchange(h, src_row, position, offsets_.get(), owner_.get() + layer * E, E, W, n, cap, H, send_.get(),
-                  combine_pos, stream_);
+                  combine_pos, stream_, to_experts);
   const std::vector<int64_t> blocks(static_cast<size_t>(W), cap + 1);
-  nccl_->AllToAllRows(send_.get(), blocks, recv_.get(), blocks, H, stream_);
-  GroupReceived(recv_.get(), W, E, cap, H, recv_offsets_.get(), group_src, active_.get(), stream_);
+  if (peers_ != nullptr) {
+    WaitPeers(peers_->own_flags(0), W, peers_->epoch(0), PeerExchange::kWaitTimeoutS, stream_);
+  } else {
+    nccl_->AllToAllRows(send_.get(), blocks, recv, blocks, H, stream_);
+  }
+  GroupReceived(recv, W, E, cap, H, recv_offsets_.get(), group_src, active_.get(), stream_);
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
 
   // Experts on the received rows. Skinny (as DeviceOnly decides): how many rows came is known on
   // the device only, `bound` sizes the work. cuBLAS: the counts come to the host (synchronises).
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
   if (SkinnyExperts(step_.total * k, E, true)) {
-    Experts(layer, recv_.get(), group_src, bound, recv_offsets_.get(), nullptr, result_.get(), active_.get(),
+    Experts(layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(), active_.get(),
             ExpectedRows(step_, local));
   } else {
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), recv_offsets_.get(), sizeof(int32_t) * (E + 1),
                                    cudaMemcpyDeviceToHost, stream_));
     MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     const int64_t R = h_offsets_.get()[E];  // <= bound: result_ is sized
-    Experts(layer, recv_.get(), group_src, R, recv_offsets_.get(), h_offsets_.get(), result_.get());
+    Experts(layer, recv, group_src, R, recv_offsets_.get(), h_offsets_.get(), result_.get());
   }
-  ScatterRows(result_.get(), group_src, recv_offsets_.get() + E, bound, H, computed_.get(), stream_);
+  // The results back to their sources: into the blocks NCCL returns, or straight into the sources'.
+  const PeerTargets to_sources = peers_ != nullptr ? peers_->Return(cap + 1) : PeerTargets{};
+  ScatterRows(result_.get(), group_src, recv_offsets_.get() + E, bound, H, computed_.get(), stream_, to_sources);
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
 
   // Return the same blocks; combine.
-  nccl_->AllToAllRows(computed_.get(), blocks, returned_.get(), blocks, H, stream_);
-  Combine(returned_.get(), combine_pos, T, residual, next);
+  bf16* returned = peers_ != nullptr ? peers_->returned() : returned_.get();
+  if (peers_ != nullptr) {
+    WaitPeers(peers_->own_flags(1), W, peers_->epoch(1), PeerExchange::kWaitTimeoutS, stream_);
+  } else {
+    nccl_->AllToAllRows(computed_.get(), blocks, returned, blocks, H, stream_);
+  }
+  Combine(returned, combine_pos, T, residual, next);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
 }
 

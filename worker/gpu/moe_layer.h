@@ -67,6 +67,7 @@
 #include "worker/gpu/device_weights.h"
 #include "worker/gpu/gemm.h"
 #include "worker/gpu/nccl_exchange.h"
+#include "worker/gpu/peer_exchange.h"
 #include "worker/gpu/stage_profiler.h"
 #include "worker/model/config.h"
 #include "worker/moe/load_stats.h"
@@ -149,8 +150,12 @@ class GpuMoeLayer {
   // `force_host_staging`: exchange rows through the host and the Communicator even with one rank
   // (tests use it to check the staging path on one GPU); it also wins over `nccl`.
   // `nccl` (optional, not owned, same ranks as `comm`): the device-to-device exchange.
+  // `peers` (optional, not owned, same ranks): the device exchange's blocks written straight into the
+  // other ranks' memory instead of through NCCL (the steps above the device exchange's rows still
+  // take NCCL, or the host without it).
   GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Communicator& comm, LoadStats& stats, Gemm& gemm,
-              cudaStream_t stream, const DeviceWeights& weights, bool force_host_staging, NcclExchange* nccl = nullptr);
+              cudaStream_t stream, const DeviceWeights& weights, bool force_host_staging, NcclExchange* nccl = nullptr,
+              PeerExchange* peers = nullptr);
 
   void set_tuning(const ExpertGemmTuning& t) {
     if (t.concurrent_streams != tuning_.concurrent_streams) fanout_.reset();  // made again at its next use
@@ -158,9 +163,9 @@ class GpuMoeLayer {
   }
   const ExpertGemmTuning& tuning() const { return tuning_; }
 
-  // True when the device exchange can serve this plan (NCCL, no host staging, one rank per expert):
-  // the engine then finds the step's peak rows (StepRows::peak) for it.
-  bool ExchangesOnDevice() const { return nccl_ != nullptr && !staging_ && single_owner_; }
+  // True when the device exchange can serve this plan (NCCL or the peer exchange, no host staging,
+  // one rank per expert): the engine then finds the step's peak rows (StepRows::peak) for it.
+  bool ExchangesOnDevice() const { return (nccl_ != nullptr || peers_ != nullptr) && !staging_ && single_owner_; }
   // True when a step runs the layer with no host synchronisation (and so can be captured in a CUDA
   // graph): the local path or the device exchange, with skinny experts.
   bool DeviceOnly(const StepRows& rows) const;
@@ -173,6 +178,12 @@ class GpuMoeLayer {
   // Above it (prefill) the fixed blocks' padding (at two ranks they carry twice the rows) is taken
   // to cost more than the host round trips of the exact-size exchange (not measured yet).
   static constexpr int64_t kDeviceExchangeMaxRows = 256;
+  // The bytes of a rank's receiving blocks per direction the largest device-exchange step of W ranks
+  // needs (PeerExchange::Make's block_bytes).
+  static size_t PeerBlockBytes(const ModelConfig& c, int W) {
+    return sizeof(bf16) * static_cast<size_t>(W) *
+           static_cast<size_t>(kDeviceExchangeMaxRows * c.experts_per_token + 1) * static_cast<size_t>(c.hidden_size);
+  }
   // The most tokens a step may have for its experts to run padded (0: this rank never does).
   int64_t PaddedMaxTokens() const { return Local() && evenly_spaced_ ? tuning_.padded_max_tokens : 0; }
   // Sizes the buffers of a step, so that a DeviceOnly step allocates nothing (a graph capture may
@@ -271,6 +282,7 @@ class GpuMoeLayer {
   cudaStream_t stream_;
   bool staging_;
   NcclExchange* nccl_;  // null: no NCCL (host staging between ranks)
+  PeerExchange* peers_;  // null: the device exchange (if any) through NCCL
   ExpertGemmTuning tuning_;
   std::vector<int64_t> local_experts_;  // per layer: experts this rank holds
   bool single_owner_ = false;  // every expert of every layer on one rank, E <= 256, the counts fit a row

@@ -13,6 +13,7 @@
 
 #include "worker/gpu/gpu_engine.h"
 #include "worker/gpu/nccl_exchange.h"
+#include "worker/gpu/peer_exchange.h"
 #endif
 
 namespace moe {
@@ -57,6 +58,7 @@ bool WorkerEngine::DescribeGpu(int rank, std::string* name, int64_t* memory_byte
 
 WorkerEngine::~WorkerEngine() {
   engine_.reset();
+  peers_.reset();
   nccl_.reset();
 }
 
@@ -106,6 +108,26 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
     } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("--device gpu: NCCL: ", e.what()));
     }
+    if (flags.enable_peer_exchange) {  // every rank has the same flags: all make it or none
+      MOE_ASSIGN_OR_RETURN(const ModelConfig config, ModelConfig::FromModelDir(model_dir));
+      std::string why;
+      try {
+        std::shared_ptr<gpu::PeerExchange> p = gpu::PeerExchange::Make(
+            MPI_COMM_WORLD, gpu::GpuMoeLayer::PeerBlockBytes(config, comm.size()), /*allow_shared_gpu=*/false, &why);
+        go.peers = p.get();
+        w->peers_ = p;
+      } catch (const std::exception& e) {
+        return absl::InternalError(absl::StrCat("--enable-peer-exchange: ", e.what()));
+      }
+      if (comm.rank() == 0) {
+        std::fprintf(stderr, "moe-worker: --enable-peer-exchange: %s\n",
+                     go.peers != nullptr ? "decode steps write the MoE rows into the other GPUs"
+                                         : ("not available (" + why + "); NCCL carries the rows").c_str());
+      }
+    }
+  } else if (flags.enable_peer_exchange && comm.rank() == 0) {
+    std::fprintf(stderr, "moe-worker: --enable-peer-exchange: not available (%s); the rows go through the host\n",
+                 comm.size() == 1 ? "one rank" : "ranks share a GPU");
   } else {
     go.device = gpu;
   }

@@ -36,7 +36,8 @@ class WorkerEngine {
 
  private:
   WorkerEngine() = default;
-  std::shared_ptr<void> nccl_;  // the NcclExchange of a GPU job over NCCL (type-erased: CUDA builds only)
+  std::shared_ptr<void> nccl_;   // the NcclExchange of a GPU job over NCCL (type-erased: CUDA builds only)
+  std::shared_ptr<void> peers_;  // its PeerExchange (--enable-peer-exchange), released before nccl_
   std::unique_ptr<StepEngine> engine_;
   std::string device_ = "cpu";
 };

@@ -43,11 +43,14 @@ std::string WorkerUsage() {
   return "usage: [mpirun -np N] moe-worker --coordinator HOST:PORT [--model DIR] [--kv-tokens N]\n"
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
          "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--no-enable-prefix-caching]\n"
-         "                  [--kv-admission on-demand|reserve]\n"
+         "                  [--kv-admission on-demand|reserve] [--enable-peer-exchange]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
          "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
          "cross ranks over NCCL, else through the host); it needs a build with CUDA.\n"
+         "--enable-peer-exchange (GPU ranks over NCCL, all on one node with peer access between their GPUs):\n"
+         "decode steps write the MoE rows straight into the other GPUs' memory (CUDA IPC) instead of NCCL's\n"
+         "fixed-size blocks; where the GPUs cannot reach each other it says why and NCCL carries them.\n"
          "--kv-tokens: the KV cache's positions per rank. Without it a GPU rank's cache takes what is left\n"
          "of --gpu-memory-utilization of the GPU's memory after what is in use, its weights and its step\n"
          "buffers; a CPU rank's holds 64 sequences of the full context, at most 262144 positions.\n"
@@ -82,6 +85,11 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     if (flag == "--enable-prefix-caching" || flag == "--no-enable-prefix-caching") {
       if (has_inline) return FlagError(flag, "takes no value");
       f.enable_prefix_caching = flag == "--enable-prefix-caching";
+      continue;
+    }
+    if (flag == "--enable-peer-exchange" || flag == "--no-enable-peer-exchange") {
+      if (has_inline) return FlagError(flag, "takes no value");
+      f.enable_peer_exchange = flag == "--enable-peer-exchange";
       continue;
     }
     if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&
@@ -123,6 +131,9 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     }
   }
   if (!f.help && f.coordinator.empty()) return FlagError("--coordinator", "required (HOST:PORT of the coordinator)");
+  if (f.enable_peer_exchange && f.device != "gpu") {
+    return FlagError("--enable-peer-exchange", "needs --device gpu (it moves rows between GPUs)");
+  }
   if (f.synthetic_seed && f.device != "gpu") {
     return FlagError("--synthetic-weights", "needs --device gpu (the weights are generated on the GPU)");
   }

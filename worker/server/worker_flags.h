@@ -28,6 +28,9 @@ struct WorkerFlags {
   // How sequences are admitted to the KV cache (BatchPlanner): on demand with preemption, or with
   // their worst case reserved.
   KvAdmission kv_admission = KvAdmission::kOnDemand;
+  // GPU ranks over NCCL on one node: the decode steps' MoE rows written straight into the other
+  // GPUs' memory (worker/gpu/peer_exchange.h). Off by default until measured on several GPUs.
+  bool enable_peer_exchange = false;
   bool help = false;
 };
 
