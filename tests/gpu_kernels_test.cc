@@ -737,6 +737,124 @@ TEST(GpuKernelsTest, ExchangeKernelsRoundTripRows) {
   }
 }
 
+// The same kernels writing into the ranks' regions themselves (PeerTargets: what PeerExchange gives
+// them, here W regions of one process on one GPU): every source packs straight into each
+// destination's receiving region and raises its flags there; WaitPeers passes once all sources have
+// (and advances its epoch); GroupReceived on a destination's region gives the CPU's order; the rows
+// return through ScatterRows into each source's region, and every slot finds its own row at
+// combine_pos. Every row of a region that no source wrote keeps its fill: only real rows cross.
+// Two rounds, so the second waits on epoch 2 with the flags of the first still there.
+TEST(GpuKernelsTest, ExchangeKernelsWriteIntoPeerRegions) {
+  SKIP_WITHOUT_GPU();
+  const int64_t H = 32, E = 8, k = 2;
+  const uint16_t fill = 0xFFFF;  // a NaN pattern no row carries
+  for (const std::vector<int64_t>& Ts : {std::vector<int64_t>{5, 3}, std::vector<int64_t>{7, 0, 12},
+                                        std::vector<int64_t>{1, 9, 4, 0}}) {
+    const int W = static_cast<int>(Ts.size());
+    const PlacementPlan plan = PlacementPlan::Make(1, E, W).value();
+    std::vector<int32_t> owner(E);
+    for (int64_t e = 0; e < E; ++e) owner[e] = plan.replicas(0, e)[0];
+    int64_t most = 1;
+    for (int d = 0; d < W; ++d) most = std::max<int64_t>(most, plan.experts_on_rank(0, d).size());
+    const int64_t peak = *std::max_element(Ts.begin(), Ts.end());
+    const int64_t cap = peak * std::min(k, most), block = cap + 1;
+    auto encode = [](int s, int64_t t, int64_t col) { return static_cast<uint16_t>(((s * 64 + t) << 5) | col); };
+    Buffer<int32_t> d_owner(owner);
+    // Each rank's regions and flags, and the tables every rank's kernels see.
+    std::vector<std::unique_ptr<Buffer<uint16_t>>> recv, returned;
+    std::vector<std::unique_ptr<Buffer<uint64_t>>> flags;  // [2][W * kPeerCtas] per rank
+    std::vector<bf16*> recv_ptr, ret_ptr;
+    std::vector<uint64_t*> flag_ptr(2 * W);
+    for (int r = 0; r < W; ++r) {
+      recv.push_back(std::make_unique<Buffer<uint16_t>>(std::vector<uint16_t>(W * block * H, fill)));
+      returned.push_back(std::make_unique<Buffer<uint16_t>>(std::vector<uint16_t>(W * block * H, fill)));
+      flags.push_back(std::make_unique<Buffer<uint64_t>>(std::vector<uint64_t>(2 * W * kPeerCtas, 0)));
+      recv_ptr.push_back(reinterpret_cast<bf16*>(recv[r]->get()));
+      ret_ptr.push_back(reinterpret_cast<bf16*>(returned[r]->get()));
+      flag_ptr[r] = flags[r]->get();
+      flag_ptr[W + r] = flags[r]->get() + W * kPeerCtas;
+    }
+    Buffer<bf16*> d_recv_ptr(recv_ptr), d_ret_ptr(ret_ptr);
+    Buffer<uint64_t*> d_flag_ptr(flag_ptr);
+    Buffer<uint64_t> epochs(std::vector<uint64_t>(2 * W, 0));  // [rank][direction]
+    auto targets = [&](int direction, int r) {
+      PeerTargets t;
+      t.blocks = direction == 0 ? d_recv_ptr.get() : d_ret_ptr.get();
+      t.flags = d_flag_ptr.get() + direction * W;
+      t.epoch = epochs.get() + 2 * r + direction;
+      t.rank = r;
+      t.ranks = W;
+      t.block_rows = block;
+      return t;
+    };
+    for (int round = 1; round <= 2; ++round) {
+      std::vector<std::vector<int32_t>> combine(W), experts(W);
+      std::vector<std::unique_ptr<Buffer<uint16_t>>> xs;
+      for (int s = 0; s < W; ++s) {
+        const int64_t T = Ts[s], n = T * k;
+        std::vector<uint16_t> x(T * H);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t col = 0; col < H; ++col) x[t * H + col] = encode(s, t, col);
+        xs.push_back(std::make_unique<Buffer<uint16_t>>(x));
+        Buffer<float> d_logits(RandomBf16Values(T * E, static_cast<uint32_t>(90 * round + s))), d_w(n);
+        Buffer<int32_t> d_e(n), d_src(n), d_pos(n), d_off(E + 1), d_comb(n);
+        RouteAndGroup(d_logits.get(), T, E, k, d_e.get(), d_w.get(), d_src.get(), d_pos.get(), d_off.get(), nullptr,
+                      nullptr, nullptr);
+        PackForExchange(reinterpret_cast<const bf16*>(xs[s]->get()), d_src.get(), d_pos.get(), d_off.get(),
+                        d_owner.get(), E, W, n, cap, H, nullptr, d_comb.get(), nullptr, targets(0, s));
+        combine[s] = d_comb.Download();
+        experts[s] = d_e.Download();
+      }
+      for (int d = 0; d < W; ++d) {
+        WaitPeers(flags[d]->get(), W, epochs.get() + 2 * d, 10.0, nullptr);
+        const std::vector<uint16_t> got = recv[d]->Download();
+        // Rows that exist arrived in each source's block, the rest kept the fill (first round).
+        std::vector<std::pair<int, int64_t>> want;
+        std::vector<int32_t> want_off(E + 1, 0);
+        for (int64_t e = 0; e < E; ++e) {
+          for (int s = 0; s < W; ++s)
+            for (int64_t i = 0; i < Ts[s] * k; ++i)
+              if (experts[s][i] == e && owner[e] == d) want.push_back({s, i / k});
+          want_off[e + 1] = static_cast<int32_t>(want.size());
+        }
+        if (round == 1) {
+          for (int s = 0; s < W; ++s) {
+            int64_t rows = 0;
+            for (int64_t i = 0; i < Ts[s] * k; ++i) rows += owner[experts[s][i]] == d;
+            for (int64_t r = 1 + rows; r < block; ++r) {
+              ASSERT_EQ(got[(s * block + r) * H], fill) << "dest " << d << " source " << s << " row " << r;
+            }
+          }
+        }
+        const int64_t bound = W * cap;
+        Buffer<int32_t> d_off(E + 1), d_gsrc(std::max<int64_t>(bound, 1));
+        Buffer<uint16_t> d_result(std::max<int64_t>(bound, 1) * H);
+        GroupReceived(recv_ptr[d], W, E, cap, H, d_off.get(), d_gsrc.get(), nullptr, nullptr);
+        ASSERT_EQ(d_off.Download(), want_off) << "dest " << d;
+        const std::vector<int32_t> gsrc = d_gsrc.Download();
+        for (size_t g = 0; g < want.size(); ++g) {
+          ASSERT_EQ(got[gsrc[g] * H + 3], encode(want[g].first, want[g].second, 3)) << "dest " << d << " row " << g;
+        }
+        GatherRows(recv_ptr[d], d_gsrc.get(), static_cast<int64_t>(want.size()), H,
+                   reinterpret_cast<bf16*>(d_result.get()), nullptr);
+        ScatterRows(reinterpret_cast<const bf16*>(d_result.get()), d_gsrc.get(), d_off.get() + E, bound, H, nullptr,
+                    nullptr, targets(1, d));
+        MOE_CUDA_CHECK(cudaDeviceSynchronize());
+      }
+      for (int s = 0; s < W; ++s) {
+        WaitPeers(flags[s]->get() + W * kPeerCtas, W, epochs.get() + 2 * s + 1, 10.0, nullptr);
+        const std::vector<uint16_t> back = returned[s]->Download();
+        for (int64_t i = 0; i < Ts[s] * k; ++i)
+          for (int64_t col = 0; col < H; ++col) {
+            ASSERT_EQ(back[combine[s][i] * H + col], encode(s, i / k, col)) << "source " << s << " slot " << i;
+          }
+      }
+      const std::vector<uint64_t> e = epochs.Download();
+      for (uint64_t v : e) EXPECT_EQ(v, static_cast<uint64_t>(round));
+    }
+  }
+}
+
 // SampleRows against SampleToken and LogSoftmax on the host (PickToken): the same token always; the
 // log-probability to the last bits of a float (the double sums run in another order). Greedy and
 // sampled (temperature, top-k, top-p, min-p and their mixes, many seeds and steps) over rows of bf16 values
