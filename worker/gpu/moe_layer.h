@@ -34,7 +34,7 @@
 //   Received rows come one block per (source, expert); the experts' grouped GEMMs read them in
 //   expert order through an index, and the results are put back in received order.
 //
-// DEVICE EXCHANGE (several ranks over NCCL, each expert on one rank, up to 256 rows per rank: decode).
+// DEVICE EXCHANGE (several ranks over NCCL or the peer exchange, each expert on one rank, up to 256 rows per rank: decode).
 //   With skinny experts no host synchronisation, so a step can be captured in a CUDA graph (with
 //   cuBLAS experts the received per-expert counts come to the host once): RouteAndGroup groups the
 //   rows by expert as on the local path; PackForExchange lays them out in fixed-capacity blocks,
@@ -45,6 +45,10 @@
 //   device; the experts run; ScatterRows puts the results back where the rows arrived, and the
 //   same blocks return. Padding rows cross too: the price of a host-free step (at 64 tokens per rank on
 //   two ranks the blocks are 1 MB each way per peer instead of about 0.5 MB).
+//   With a PeerExchange (all ranks on one node, their GPUs peers) the same kernels write the rows
+//   that exist straight into the destination's region instead (the layout the all-to-all would have
+//   delivered), raise flags there, and WaitPeers stands where the NCCL calls stood: no padding
+//   crosses and no NCCL kernel runs between the layer's kernels.
 //
 // Either way each expert sees the same rows, a row's expert output does not depend on the other
 // rows (the skinny GEMM's sum order is fixed), and CombineAdd sums the k slots in slot order, so
