@@ -210,10 +210,11 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
 
 absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::ServerContext* context,
                                                                      std::vector<SeqSubmission> seqs) {
-  std::vector<int> expected(seqs.size());
+  std::vector<int> expected(seqs.size()), expected_top(seqs.size());
   int64_t tokens = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     expected[i] = seqs[i].assign.prompt_size() - 1;
+    expected_top[i] = seqs[i].assign.prompt_logprobs() > 0 ? expected[i] : 0;
     tokens += seqs[i].assign.prompt_size();
   }
   auto mailbox = std::make_shared<Mailbox>();
@@ -241,11 +242,12 @@ absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::Serve
       if (e.message.has_scored()) {
         const v1::Scored& s = e.message.scored();
         if (s.logprobs_size() != expected[i] || s.is_argmax_size() != expected[i] ||
-            s.argmax_ids_size() != expected[i] || s.argmax_logprobs_size() != expected[i]) {
+            s.argmax_ids_size() != expected[i] || s.argmax_logprobs_size() != expected[i] ||
+            s.top_size() != expected_top[i]) {
           cancel_rest();
-          return absl::InternalError(absl::StrCat("worker sent ", s.logprobs_size(), " logprobs and ",
-                                                  s.is_argmax_size(), " argmax flags for ", expected[i],
-                                                  " scored tokens"));
+          return absl::InternalError(absl::StrCat("worker sent ", s.logprobs_size(), " logprobs, ",
+                                                  s.is_argmax_size(), " argmax flags and ", s.top_size(),
+                                                  " top lists for ", expected[i], " scored tokens"));
         }
         results[i] = s;
         scored[i] = 1;
@@ -319,6 +321,7 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
       s.assign.set_kind(v1::Assign::KIND_SCORE);
       s.assign.mutable_prompt()->Assign(ids.begin() + w.begin, ids.begin() + w.end);
       s.assign.set_want_greedy(true);
+      if (request->top_logprobs() > 0) s.assign.set_prompt_logprobs(request->top_logprobs());
       s.reserve_positions = w.end - w.begin;
       seqs.push_back(std::move(s));
     }
@@ -344,6 +347,15 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
         r->add_logprobs(s.logprobs(k));
         r->add_argmax_ids(s.argmax_ids(k));
         r->add_argmax_logprobs(s.argmax_logprobs(k));
+        if (request->top_logprobs() > 0) {
+          v1::TopLogprobs* top = r->add_top();
+          for (const v1::WorkerTopLogprob& a : s.top(k).alternatives()) {
+            v1::TopLogprob* t = top->add_top();
+            t->set_token_id(a.token_id());
+            t->set_logprob(a.logprob());
+            if (model_.tokenizer != nullptr) t->set_text(model_.tokenizer->Decode(std::vector<int32_t>{a.token_id()}));
+          }
+        }
         sum += s.logprobs(k);
       }
     }

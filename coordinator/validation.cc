@@ -319,6 +319,12 @@ absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& requ
 absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
                                                                        const RequestModel& model) {
   if (request.texts().empty()) return FieldError("texts", "empty");
+  if (request.top_logprobs() > kMaxLogprobs) {
+    return FieldError("top_logprobs", absl::StrCat("at most ", kMaxLogprobs, ", got ", request.top_logprobs()));
+  }
+  if (request.top_logprobs() > static_cast<uint32_t>(model.config.vocab_size)) {
+    return FieldError("top_logprobs", absl::StrCat("exceeds the vocabulary size ", model.config.vocab_size));
+  }
   std::vector<std::vector<int32_t>> out;
   for (int i = 0; i < request.texts_size(); ++i) {
     MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids,

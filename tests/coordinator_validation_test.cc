@@ -498,6 +498,10 @@ TEST_F(ValidationTest, ScoreRollingFields) {
   ASSERT_TRUE(ids.ok()) << ids.status();
   EXPECT_EQ((*ids)[0], (*codec_)->Encode("ROMEO:"));
   EXPECT_EQ((*ids)[1], (*codec_)->Encode("JULIET:"));
+  r.set_top_logprobs(20);
+  EXPECT_TRUE(ValidateScoreRolling(r, shakespeare()).ok());
+  r.set_top_logprobs(21);
+  EXPECT_TRUE(NamesField(ValidateScoreRolling(r, shakespeare()).status(), "top_logprobs"));
 }
 
 TEST_F(ValidationTest, TokenizeHonoursAddBos) {

@@ -249,10 +249,12 @@ class MoeClient:
         ])
         return list(self._inference.Score(request, **self._call(timeout)).results)
 
-    def score_rolling(self, text: TextOrIds, *, timeout: Optional[float] = None) -> "inference_pb2.ScoreRollingResult":
+    def score_rolling(self, text: TextOrIds, *, top_logprobs: int = 0,
+                      timeout: Optional[float] = None) -> "inference_pb2.ScoreRollingResult":
         """loglikelihood_rolling(text): token_ids, logprobs of every token after the first,
-        sum_logprob, num_scored_tokens."""
-        request = inference_pb2.ScoreRollingRequest(texts=[make_prompt(text, "text")])
+        sum_logprob, num_scored_tokens; with top_logprobs k (at most 20) also each scored token's
+        k most probable tokens (result.top[i].top)."""
+        request = inference_pb2.ScoreRollingRequest(texts=[make_prompt(text, "text")], top_logprobs=top_logprobs)
         return self._inference.ScoreRolling(request, **self._call(timeout)).results[0]
 
     # --- tokenizer, model and cluster ------------------------------------------------------

@@ -826,6 +826,15 @@ Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool
       continue;
     }
     lp["token_logprobs"].push_back(scored.logprobs(i - 1));
+    if (i - 1 < scored.top_size()) {  // logprobs k > 0: the k most probable, as the completion's own tokens
+      json top = json::object();
+      for (const v1::TopLogprob& t : scored.top(i - 1).top()) {
+        const std::string text = t.text().empty() ? std::to_string(t.token_id()) : t.text();
+        if (!top.contains(text)) top[text] = t.logprob();  // the most probable of ids sharing a text
+      }
+      lp["top_logprobs"].push_back(std::move(top));
+      continue;
+    }
     const std::string top = i - 1 < scored.argmax_texts_size() ? scored.argmax_texts(i - 1)
                                                                : std::to_string(scored.argmax_ids(i - 1));
     lp["top_logprobs"].push_back({{top, scored.argmax_logprobs(i - 1)}});

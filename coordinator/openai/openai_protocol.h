@@ -10,8 +10,8 @@
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
 // top_logprobs ({text: logprob}) and text_offset. echo puts the prompt before each choice (whole, or
 // on each choice's first streamed chunk, as vLLM's server does), its logprobs from ScoreRolling (the
-// first token's null, one alternative each: the most probable token), which is what
-// lm-evaluation-harness's local-completions asks for.
+// first token's null; each other position's k most probable tokens with logprobs k, the most
+// probable alone with logprobs 0), which is what lm-evaluation-harness's local-completions asks for.
 #pragma once
 
 #include <cstdint>

@@ -587,6 +587,9 @@ std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const Completion
                                                                 const std::vector<v1::Prompt>& prompts) {
   v1::ScoreRollingRequest score;
   for (const v1::Prompt& p : prompts) *score.add_texts() = p;
+  // logprobs k: the prompt's positions carry k alternatives, as the completion's tokens do (k = 0:
+  // the most probable token alone, which lm-evaluation-harness reads as is_greedy).
+  if (call.logprobs) score.set_top_logprobs(call.request.sampling().logprobs());
   v1::ScoreRollingResponse scored;
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);

@@ -288,6 +288,14 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
         s.scored.add_argmax_ids(argmax.token);
         s.scored.add_argmax_logprobs(argmax.logprob);
       }
+      if (s.assign.prompt_logprobs() > 0) {  // the top alternatives (ScoreRolling's top_logprobs)
+        moe::v1::TopAlternatives* alts = s.scored.add_top();
+        for (size_t a = 0; a < std::min<size_t>(score.top.size(), s.assign.prompt_logprobs()); ++a) {
+          moe::v1::WorkerTopLogprob* w = alts->add_alternatives();
+          w->set_token_id(score.top[a].token);
+          w->set_logprob(score.top[a].logprob);
+        }
+      }
     }
     if (s.feed_remaining() == 0) {
       moe::v1::WorkerMessage m;
@@ -408,7 +416,8 @@ bool ServingLoop::RunOnce() {
     if (ch.all_logits) {  // scored on the engine: each row's next prompt token
       ch.score = NextTokenTargets(std::span<const int32_t>(s.assign.prompt().data(), static_cast<size_t>(s.prompt_size())),
                                   s.fed, counts[i],
-                                  s.is_score() ? (s.assign.want_greedy() ? 1u : 0u) : s.assign.prompt_logprobs());
+                                  s.is_score() ? std::max(s.assign.want_greedy() ? 1u : 0u, s.assign.prompt_logprobs())
+                                               : s.assign.prompt_logprobs());
     } else {
       ch.sample_next = EngineSamples(s, counts[i] == s.feed_remaining());
     }
