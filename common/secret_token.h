@@ -34,6 +34,10 @@ inline bool BearerMatches(std::string_view header, const std::vector<std::string
 // metadata "authorization: Bearer <key>".
 inline constexpr char kApiKeyEnv[] = "MOE_API_KEY";
 inline constexpr char kAuthorizationMetadata[] = "authorization";
+// The clients' TLS towards the public API (moe-coordinator --tls-cert-file): the PEM root
+// certificates to verify the coordinator against, and optionally the name its certificate carries.
+inline constexpr char kTlsCaFileEnv[] = "MOE_TLS_CA_FILE";
+inline constexpr char kTlsServerNameEnv[] = "MOE_TLS_SERVER_NAME";
 
 // The gRPC metadata key the worker ranks send the cluster token under (lower case, as gRPC
 // requires), and the environment variable both sides read it from (deploy/launch-cluster.sh makes

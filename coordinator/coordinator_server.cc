@@ -7,8 +7,11 @@
 #include <filesystem>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/exposer.h>
+
+#include "common/json_util.h"
 
 namespace moe {
 namespace {
@@ -83,15 +86,36 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
       return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen));
     }
   }
+  std::shared_ptr<grpc::ServerCredentials> public_credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert_file.empty()) {  // the public API over TLS only
+    absl::StatusOr<std::string> cert = ReadTextFile(options.tls_cert_file);
+    absl::StatusOr<std::string> key = ReadTextFile(options.tls_key_file);
+    if (!cert.ok()) return absl::InvalidArgumentError(absl::StrCat("--tls-cert-file: ", cert.status().message()));
+    if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat("--tls-key-file: ", key.status().message()));
+    if (cert->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("--tls-cert-file: ", options.tls_cert_file,
+                                                     " holds no PEM certificate"));
+    }
+    if (key->find("PRIVATE KEY-----") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("--tls-key-file: ", options.tls_key_file,
+                                                     " holds no PEM private key"));
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    public_credentials = grpc::SslServerCredentials(ssl);
+  }
   {
     grpc::ServerBuilder b;
     ConfigureBuilder(b);
-    b.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &s->ports_.public_port);
+    b.AddListeningPort(options.listen, public_credentials, &s->ports_.public_port);
     b.RegisterService(s->inference_service_.get());
     s->public_server_ = b.BuildAndStart();
     if (!s->public_server_ || s->ports_.public_port == 0) {
       s->cluster_server_->Shutdown();
-      return absl::UnavailableError(absl::StrCat("--listen: cannot listen on ", options.listen));
+      return absl::UnavailableError(absl::StrCat("--listen: cannot listen on ", options.listen,
+                                                 options.tls_cert_file.empty()
+                                                     ? ""
+                                                     : " (or --tls-key-file is not the key of --tls-cert-file)"));
     }
   }
   grpc::HealthCheckServiceInterface* health = s->public_server_->GetHealthCheckService();

@@ -54,6 +54,7 @@ std::string CoordinatorUsage() {
          "         [--ports-file FILE] [--max-waiting 1024] [--max-running-per-rank 256]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
+         "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
          "When every worker caches prompt prefixes (moe-worker's default), a generation goes\n"
          "to the rank that holds the longest start of its prompt, unless that rank reserves more than\n"
@@ -67,7 +68,10 @@ std::string CoordinatorUsage() {
          "0 (the default): they fail at once with UNAVAILABLE.\n"
          "--log-stats-interval-s S: every S seconds while requests run, a line on stderr with the prompt and\n"
          "generation throughput, the running and waiting requests, KV cache use and prefix cache hits, as\n"
-         "vLLM logs them; 0 turns it off.\n";
+         "vLLM logs them; 0 turns it off.\n"
+         "--tls-cert-file / --tls-key-file (PEM, both or neither): the public API serves TLS only; clients\n"
+         "verify the certificate against MOE_TLS_CA_FILE (moe-client, moe-serve-bench, moe-openai-server, the\n"
+         "Python client). The cluster port stays plaintext.\n";
 }
 
 absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
@@ -141,6 +145,18 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
          MOE_ASSIGN_OR_RETURN(o.log_stats_interval_s, ParseSeconds("--log-stats-interval-s", v, true));
          return absl::OkStatus();
        }},
+      {"--tls-cert-file",
+       [&](const std::string& v) {
+         if (v.empty()) return FlagError("--tls-cert-file", "empty path");
+         o.tls_cert_file = v;
+         return absl::OkStatus();
+       }},
+      {"--tls-key-file",
+       [&](const std::string& v) {
+         if (v.empty()) return FlagError("--tls-key-file", "empty path");
+         o.tls_key_file = v;
+         return absl::OkStatus();
+       }},
       {"--resume-timeout-s",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(o.resume_timeout_s, ParseSeconds("--resume-timeout-s", v, true));
@@ -162,6 +178,10 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
   }
   if (o.model_dir.empty()) return FlagError("--model", "required");
   if (!have_world) return FlagError("--world-size", "required");
+  if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
+    return o.tls_cert_file.empty() ? FlagError("--tls-cert-file", "required with --tls-key-file")
+                                   : FlagError("--tls-key-file", "required with --tls-cert-file");
+  }
   return o;
 }
 

@@ -37,6 +37,11 @@ struct CoordinatorOptions {
   // metadata, else UNAUTHENTICATED (health checking and reflection stay open). main() reads
   // MOE_API_KEY.
   std::vector<std::string> api_keys;
+  // Both or neither (PEM files): the public API (moe.v1.Inference, health, reflection) serves TLS
+  // only, with this certificate chain and private key (vLLM's --ssl-certfile / --ssl-keyfile).
+  // Clients verify it against MOE_TLS_CA_FILE (clients/cpp/channel.h; the Python client's
+  // tls_ca_file). The cluster port stays plaintext (the cluster token authenticates workers).
+  std::string tls_cert_file, tls_key_file;
 };
 
 // argv without the program name. A bare port ("50051") listens on 127.0.0.1; "none" turns the

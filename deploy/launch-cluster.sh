@@ -53,6 +53,10 @@ usage: $0 [options] [-- extra mpirun args]
                          over the public API) on ADDR once the cluster serves, e.g. 0.0.0.0:8000
                          (port 0: any free)
   --openai-arg ARG       extra moe-openai-server flag (repeatable), e.g. --openai-arg=--chat-template=FILE
+  --tls-cert-file FILE   the public API over TLS only, with this PEM certificate chain (and --tls-key-file
+  --tls-key-file FILE    its key); the launcher's probes and the OpenAI front verify it against
+                         MOE_TLS_CA_FILE, by default this certificate itself (self-signed); it must name
+                         the host they reach (127.0.0.1 when --listen is local), or set MOE_TLS_SERVER_NAME
 EOF
 }
 
@@ -77,6 +81,8 @@ COORD_ARGS=()
 WORKER_ARGS=()
 OPENAI_ARGS=()
 MPI_EXTRA=()
+TLS_CERT=""
+TLS_KEY=""
 
 while [[ $# -gt 0 ]]; do
   arg="$1"
@@ -90,7 +96,7 @@ while [[ $# -gt 0 ]]; do
     -h|--help) usage; exit 0 ;;
     --np|--model|--hostfile|--listen|--build-dir|--cluster-port|--metrics-listen|--advertise|--ports-file|\
     --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg|--restart-workers|--hung-timeout|--openai-listen|\
-    --openai-arg)
+    --openai-arg|--tls-cert-file|--tls-key-file)
       [[ $# -ge 2 ]] || die "$arg needs a value"
       val="$2"; shift 2
       case "$arg" in
@@ -111,6 +117,8 @@ while [[ $# -gt 0 ]]; do
         --hung-timeout) HUNG_TIMEOUT="$val" ;;
         --openai-listen) OPENAI_LISTEN="$val" ;;
         --openai-arg) OPENAI_ARGS+=("$val") ;;
+        --tls-cert-file) TLS_CERT="$val" ;;
+        --tls-key-file) TLS_KEY="$val" ;;
       esac ;;
     *) usage >&2; die "unknown argument '$arg'" ;;
   esac
@@ -124,6 +132,13 @@ done
 [[ "$HUNG_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--hung-timeout: expected a positive number of seconds, got '$HUNG_TIMEOUT'"
 [[ "$LISTEN" == *:* ]] || die "--listen: expected HOST:PORT, got '$LISTEN'"
 [[ -f "$MODEL/config.json" ]] || die "--model: $MODEL has no config.json"
+if [[ -n "$TLS_CERT" || -n "$TLS_KEY" ]]; then
+  [[ -n "$TLS_CERT" && -n "$TLS_KEY" ]] || die "--tls-cert-file and --tls-key-file go together"
+  [[ -r "$TLS_CERT" ]] || die "--tls-cert-file: cannot read $TLS_CERT"
+  [[ -r "$TLS_KEY" ]] || die "--tls-key-file: cannot read $TLS_KEY"
+  # The probes (moe-client) and the OpenAI front reach the public API over TLS too.
+  export MOE_TLS_CA_FILE="${MOE_TLS_CA_FILE:-$TLS_CERT}"
+fi
 MODEL="$(cd "$MODEL" && pwd)"
 if [[ -n "$HOSTFILE" ]]; then
   [[ -r "$HOSTFILE" ]] || die "--hostfile: cannot read $HOSTFILE"
@@ -290,6 +305,7 @@ nap() {
 coord_cmd=("$COORDINATOR_BIN" --model "$MODEL" --world-size "$NP" --listen "$LISTEN"
            --cluster-listen "$CLUSTER_LISTEN" --ports-file "$PORTS_FILE")
 [[ -z "$METRICS" ]] || coord_cmd+=(--metrics-listen "$METRICS")
+[[ -z "$TLS_CERT" ]] || coord_cmd+=(--tls-cert-file "$TLS_CERT" --tls-key-file "$TLS_KEY")
 coord_cmd+=("${COORD_ARGS[@]}")
 # With restarts, requests in flight when a rank is lost wait for the next job (and go on where their
 # streams stopped) for as long as noticing a hung job and starting another may take, unless told.

@@ -261,12 +261,17 @@ int Run(const std::vector<std::string>& argv) {
     std::fputs(BenchUsage().c_str(), stdout);
     return 0;
   }
+  const absl::StatusOr<client::ChannelSecurity> security = client::SecurityFromEnv();  // MOE_API_KEY, MOE_TLS_CA_FILE
+  if (!security.ok()) {
+    std::fprintf(stderr, "moe-serve-bench: %s\n", std::string(security.status().message()).c_str());
+    return 2;
+  }
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   std::vector<std::unique_ptr<moe::v1::Inference::Stub>> stubs;
   for (int64_t c = 0; c < a.connections; ++c) {
     grpc::ChannelArguments ch_args;
     ch_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a connection of its own
-    channels.push_back(client::NewChannel(a.server, ch_args, client::ApiKeyFromEnv()));  // MOE_API_KEY, when set
+    channels.push_back(client::NewChannel(a.server, ch_args, *security));
     stubs.push_back(moe::v1::Inference::NewStub(channels.back()));
   }
   if (a.wait_serving_s > 0) {

@@ -8,6 +8,8 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/client_interceptor.h>
 
+#include "absl/strings/str_cat.h"
+#include "common/json_util.h"
 #include "common/secret_token.h"
 
 namespace moe::client {
@@ -40,12 +42,35 @@ class ApiKeyInterceptorFactory final : public grpc::experimental::ClientIntercep
 
 }  // namespace
 
+absl::StatusOr<ChannelSecurity> SecurityFromEnv() {
+  ChannelSecurity s;
+  s.api_key = ApiKeyFromEnv();
+  if (const char* ca = std::getenv(kTlsCaFileEnv); ca != nullptr && *ca != '\0') {
+    absl::StatusOr<std::string> pem = ReadTextFile(ca);
+    if (!pem.ok()) return absl::InvalidArgumentError(absl::StrCat(kTlsCaFileEnv, ": ", pem.status().message()));
+    if (pem->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(kTlsCaFileEnv, ": ", ca, " holds no PEM certificate"));
+    }
+    s.tls_ca_pem = std::move(*pem);
+  }
+  if (const char* name = std::getenv(kTlsServerNameEnv); name != nullptr) s.tls_server_name = name;
+  return s;
+}
+
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, const grpc::ChannelArguments& args,
-                                          const std::string& api_key) {
-  if (api_key.empty()) return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+                                          const ChannelSecurity& security) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments channel_args = args;
+  if (!security.tls_ca_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = security.tls_ca_pem;
+    credentials = grpc::SslCredentials(ssl);
+    if (!security.tls_server_name.empty()) channel_args.SetSslTargetNameOverride(security.tls_server_name);
+  }
+  if (security.api_key.empty()) return grpc::CreateCustomChannel(target, credentials, channel_args);
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> factories;
-  factories.push_back(std::make_unique<ApiKeyInterceptorFactory>(api_key));
-  return grpc::experimental::CreateCustomChannelWithInterceptors(target, grpc::InsecureChannelCredentials(), args,
+  factories.push_back(std::make_unique<ApiKeyInterceptorFactory>(security.api_key));
+  return grpc::experimental::CreateCustomChannelWithInterceptors(target, credentials, channel_args,
                                                                  std::move(factories));
 }
 

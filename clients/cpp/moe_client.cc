@@ -217,7 +217,8 @@ absl::Status ListServicesCommand(const std::shared_ptr<grpc::Channel>& channel, 
 }
 
 absl::StatusOr<int> Run(const ClientOptions& o) {
-  auto channel = NewChannel(o.server, grpc::ChannelArguments(), ApiKeyFromEnv());  // MOE_API_KEY, when set
+  MOE_ASSIGN_OR_RETURN(const ChannelSecurity security, SecurityFromEnv());  // MOE_API_KEY, MOE_TLS_CA_FILE
+  auto channel = NewChannel(o.server, grpc::ChannelArguments(), security);
   if (o.command == "health") return Health(channel, o);
   if (o.command == "list-services") {
     MOE_RETURN_IF_ERROR(ListServicesCommand(channel, o));

@@ -135,15 +135,28 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
 class MoeClient:
     """A connection to a coordinator's public address ("host:port"). api_key (default: MOE_API_KEY
     from the environment) goes with every call as "authorization: Bearer <key>", as a coordinator
-    started with MOE_API_KEY requires."""
+    started with MOE_API_KEY requires. tls_ca_file (default: MOE_TLS_CA_FILE): PEM root
+    certificates; the connection is then TLS and the coordinator's certificate (moe-coordinator
+    --tls-cert-file) is verified against them, for the address's host or tls_server_name
+    (default: MOE_TLS_SERVER_NAME)."""
 
     def __init__(self, address: str = "127.0.0.1:50051", timeout: Optional[float] = None,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, tls_ca_file: Optional[str] = None,
+                 tls_server_name: Optional[str] = None):
         self.address = address
         self.timeout = timeout  # default deadline (seconds) of each call; None: none
         key = api_key if api_key is not None else os.environ.get("MOE_API_KEY", "")
         self._metadata = (("authorization", "Bearer " + key),) if key else None
-        self._channel = grpc.insecure_channel(address)
+        ca = tls_ca_file if tls_ca_file is not None else os.environ.get("MOE_TLS_CA_FILE", "")
+        if ca:
+            with open(ca, "rb") as f:
+                roots = f.read()
+            name = tls_server_name if tls_server_name is not None else os.environ.get("MOE_TLS_SERVER_NAME", "")
+            options = [("grpc.ssl_target_name_override", name)] if name else None
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots),
+                                                options=options)
+        else:
+            self._channel = grpc.insecure_channel(address)
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)
         self._health = health_v1_pb2_grpc.HealthStub(self._channel)
         self._reflection = reflection_v1alpha_pb2_grpc.ServerReflectionStub(self._channel)

@@ -142,8 +142,10 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   grpc::ChannelArguments channel_args;
   channel_args.SetMaxReceiveMessageSize(256 << 20);
   channel_args.SetMaxSendMessageSize(256 << 20);
-  // MOE_API_KEY, when set, goes with every call: a coordinator started with it requires it.
-  s->channel_ = client::NewChannel(opts.coordinator, channel_args, client::ApiKeyFromEnv());
+  // MOE_API_KEY, when set, goes with every call: a coordinator started with it requires it; with
+  // MOE_TLS_CA_FILE the channel is TLS (a coordinator with --tls-cert-file serves nothing else).
+  MOE_ASSIGN_OR_RETURN(const client::ChannelSecurity security, client::SecurityFromEnv());
+  s->channel_ = client::NewChannel(opts.coordinator, channel_args, security);
   s->stub_ = v1::Inference::NewStub(s->channel_);
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(opts.connect_timeout_s * 1000));

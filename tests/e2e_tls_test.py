@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""The coordinator's public API over TLS (moe-coordinator --tls-cert-file / --tls-key-file, through
+deploy/launch-cluster.sh), end to end.
+
+A self-signed certificate for 127.0.0.1 is made with the openssl command. The cluster serves the
+Python client that trusts it (the greedy text of the model's samples.json), moe-client with
+MOE_TLS_CA_FILE, and the OpenAI front the launcher starts (it trusts the certificate through the
+launcher's MOE_TLS_CA_FILE). A plaintext client, or one that trusts another certificate, gets
+nothing. A coordinator given a key that is not its certificate's, or files that hold no PEM, stops
+at once naming the flag.
+
+Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
+
+from launched_cluster import BUILD_DIR, CLIENT_BIN, MODEL_DIR, SOURCE_DIR, LaunchedCluster, load_samples  # noqa: E402
+
+os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
+sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
+
+import grpc  # noqa: E402
+
+from moe_client import MoeClient  # noqa: E402
+
+COORDINATOR_BIN = os.path.join(BUILD_DIR, "coordinator", "moe-coordinator")
+
+
+def self_signed(folder, name):
+    """A certificate for 127.0.0.1 and localhost and its key: (cert path, key path)."""
+    cert, key = os.path.join(folder, name + ".pem"), os.path.join(folder, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=" + name,
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+class TlsEndToEnd(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.samples = load_samples()
+        cls.dir = tempfile.TemporaryDirectory()
+        cls.cert, cls.key = self_signed(cls.dir.name, "coordinator")
+        cls.other_cert, cls.other_key = self_signed(cls.dir.name, "other")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_TLS_")}
+        cls.cluster = LaunchedCluster(["--tls-cert-file", cls.cert, "--tls-key-file", cls.key,
+                                       "--openai-listen", "127.0.0.1:0"], extra_env=env)
+        try:
+            cls.cluster.start()
+        except Exception:
+            cls.cluster.kill_everything()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.kill_everything()
+        cls.dir.cleanup()
+
+    def test_a_a_client_that_trusts_the_certificate_is_served(self):
+        with MoeClient(self.cluster.address, timeout=60, tls_ca_file=self.cert) as c:
+            self.assertEqual(c.health(), "SERVING")
+            s = self.samples["ROMEO:"]
+            text = c.generate_text("ROMEO:", max_tokens=len(s["greedy_ids"]), temperature=0)
+            self.assertEqual("ROMEO:" + text, s["greedy_text"])
+        r = subprocess.run([CLIENT_BIN, "--server", self.cluster.address, "--timeout", "10", "health"],
+                           capture_output=True, text=True, timeout=60, env=dict(os.environ, MOE_TLS_CA_FILE=self.cert))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("SERVING", r.stdout)
+
+    def test_b_plaintext_and_other_certificates_get_nothing(self):
+        for how, kwargs in (("plaintext", {}), ("another certificate", {"tls_ca_file": self.other_cert})):
+            with MoeClient(self.cluster.address, timeout=5, **kwargs) as c:
+                with self.assertRaises(grpc.RpcError, msg=how) as e:
+                    c.generate_text("ROMEO:", max_tokens=2, temperature=0)
+                self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, how)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_TLS_")}
+        r = subprocess.run([CLIENT_BIN, "--server", self.cluster.address, "--timeout", "3", "health"],
+                           capture_output=True, text=True, timeout=60, env=env)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        # A CA file that is not a certificate: moe-client says which variable and file.
+        r = subprocess.run([CLIENT_BIN, "--server", self.cluster.address, "health"], capture_output=True, text=True,
+                           timeout=60, env=dict(env, MOE_TLS_CA_FILE=self.key))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("MOE_TLS_CA_FILE", r.stderr)
+        self.assertIn("no PEM certificate", r.stderr)
+
+    def test_c_the_openai_front_reaches_the_coordinator_over_tls(self):
+        s = self.samples["ROMEO:"]
+        body = json.dumps({"prompt": "ROMEO:", "max_tokens": len(s["greedy_ids"]), "temperature": 0}).encode()
+        req = urllib.request.Request(f"http://{self.cluster.openai_address}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answer = json.load(resp)
+        self.assertEqual("ROMEO:" + answer["choices"][0]["text"], s["greedy_text"])
+
+    def test_d_a_coordinator_with_a_wrong_key_or_no_pem_stops_naming_the_flag(self):
+        base = [COORDINATOR_BIN, "--model", MODEL_DIR, "--world-size", "1", "--listen", "127.0.0.1:0",
+                "--cluster-listen", "127.0.0.1:0", "--metrics-listen", "none"]
+        for args, says in (
+                (["--tls-cert-file", self.cert, "--tls-key-file", self.other_key], "--tls-key-file is not the key"),
+                (["--tls-cert-file", self.key, "--tls-key-file", self.key], "--tls-cert-file"),
+                (["--tls-cert-file", self.cert, "--tls-key-file", self.cert], "--tls-key-file"),
+                (["--tls-cert-file", self.cert, "--tls-key-file", "/nonexistent.key"], "--tls-key-file"),
+                (["--tls-cert-file", self.cert], "--tls-key-file: required")):
+            r = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(r.returncode, 0, args)
+            self.assertIn(says, r.stderr, args)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
