@@ -14,6 +14,7 @@ PACKAGES=(
   prometheus-cpp-dev
   libcivetweb-dev
   python3-grpcio python3-protobuf python3-jsonschema
+  openssl
 )
 
 missing=()
