@@ -36,7 +36,7 @@ class PeerExchange {
   // on every rank. Null on every rank alike when some rank cannot reach another's memory (ranks on
   // two nodes, GPUs without peer access, or two ranks on one GPU unless `allow_shared_gpu`: tests
   // use it; there the ranks' kernels take turns on the GPU, so the exchange is slow); `why` then
-  // says which. Throws on a CUDA failure.
+  // says which; likewise when a CUDA call of the setup fails on some rank (IPC refused, no memory).
   static std::unique_ptr<PeerExchange> Make(MPI_Comm mpi_comm, size_t block_bytes, bool allow_shared_gpu,
                                             std::string* why);
   ~PeerExchange();
