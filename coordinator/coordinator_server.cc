@@ -76,18 +76,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
-  {
-    grpc::ServerBuilder b;
-    ConfigureBuilder(b);
-    b.AddListeningPort(options.cluster_listen, grpc::InsecureServerCredentials(), &s->ports_.cluster_port);
-    b.RegisterService(s->cluster_service_.get());
-    s->cluster_server_ = b.BuildAndStart();
-    if (!s->cluster_server_ || s->ports_.cluster_port == 0) {
-      return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen));
-    }
-  }
   std::shared_ptr<grpc::ServerCredentials> public_credentials = grpc::InsecureServerCredentials();
-  if (!options.tls_cert_file.empty()) {  // the public API over TLS only
+  if (!options.tls_cert_file.empty()) {  // the public API over TLS only; read before anything listens
     absl::StatusOr<std::string> cert = ReadTextFile(options.tls_cert_file);
     absl::StatusOr<std::string> key = ReadTextFile(options.tls_key_file);
     if (!cert.ok()) return absl::InvalidArgumentError(absl::StrCat("--tls-cert-file: ", cert.status().message()));
@@ -103,6 +93,16 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     public_credentials = grpc::SslServerCredentials(ssl);
+  }
+  {
+    grpc::ServerBuilder b;
+    ConfigureBuilder(b);
+    b.AddListeningPort(options.cluster_listen, grpc::InsecureServerCredentials(), &s->ports_.cluster_port);
+    b.RegisterService(s->cluster_service_.get());
+    s->cluster_server_ = b.BuildAndStart();
+    if (!s->cluster_server_ || s->ports_.cluster_port == 0) {
+      return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen));
+    }
   }
   {
     grpc::ServerBuilder b;
