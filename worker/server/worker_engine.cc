@@ -90,6 +90,8 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
   std::vector<int64_t> shared = {devices >= local_size ? 0 : 1};
   comm.AllReduceSum(shared);
   if (devices == 0) return absl::FailedPreconditionError("--device gpu: no CUDA device is visible to this rank");
+  // The config sizes the peer exchange and the synthetic weights (a few KB; GpuEngine::Load reads it too).
+  MOE_ASSIGN_OR_RETURN(const ModelConfig config, ModelConfig::FromModelDir(model_dir));
   gpu::GpuEngineOptions go;
   go.kv_block_size = flags.kv_block_size;
   go.kv_tokens = kv_tokens;
@@ -109,7 +111,6 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
       return absl::InternalError(absl::StrCat("--device gpu: NCCL: ", e.what()));
     }
     if (flags.enable_peer_exchange) {  // every rank has the same flags: all make it or none
-      MOE_ASSIGN_OR_RETURN(const ModelConfig config, ModelConfig::FromModelDir(model_dir));
       std::string why;
       try {
         std::shared_ptr<gpu::PeerExchange> p = gpu::PeerExchange::Make(
@@ -125,15 +126,15 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
                                          : ("not available (" + why + "); NCCL carries the rows").c_str());
       }
     }
-  } else if (flags.enable_peer_exchange && comm.rank() == 0) {
-    std::fprintf(stderr, "moe-worker: --enable-peer-exchange: not available (%s); the rows go through the host\n",
-                 comm.size() == 1 ? "one rank" : "ranks share a GPU");
   } else {
     go.device = gpu;
+    if (flags.enable_peer_exchange && comm.rank() == 0) {
+      std::fprintf(stderr, "moe-worker: --enable-peer-exchange: not available (%s); the rows go through the host\n",
+                   comm.size() == 1 ? "one rank" : "ranks share a GPU");
+    }
   }
   std::unique_ptr<gpu::GpuEngine> e;
   if (flags.synthetic_seed) {
-    MOE_ASSIGN_OR_RETURN(const ModelConfig config, ModelConfig::FromModelDir(model_dir));
     if (comm.rank() == 0) {
       std::fprintf(stderr, "moe-worker: synthetic weights (seed %llu) for %s/config.json; no checkpoint is read\n",
                    static_cast<unsigned long long>(*flags.synthetic_seed), model_dir.c_str());
