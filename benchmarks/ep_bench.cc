@@ -89,7 +89,8 @@ bool ParseArgs(int argc, char** argv, Args& a, bool& profile_given) {
     else if (k == "--exchange") a.exchange = v;
     else return false;
   }
-  return (a.exchange == "nccl" || a.exchange == "peer") && a.prefill_tokens > 0 && a.context > 0 && a.steps > 0 && a.warmup >= 0 && !a.batches.empty();
+  return (a.exchange == "nccl" || a.exchange == "peer") && a.prefill_tokens > 0 && a.context > 0 && a.steps > 0 &&
+         a.warmup >= 0 && !a.batches.empty();
 }
 
 double MaxOverRanks(double v) {
@@ -350,9 +351,9 @@ int Run(int argc, char** argv) {
   }
   result["notes"] =
       "expert parallel over NCCL, one rank per GPU; up to 256 rows per rank the device exchange (fixed-capacity "
-      "blocks carrying their counts, through NCCL or with exchange peer written straight into the other GPUs; with up to 48 routed rows per expert on average skinny experts and no host "
-      "synchronisation, in CUDA graphs; above that cuBLAS experts after one synchronisation for the received "
-      "counts); above 256 rows per rank the exchange with the counts on the host (one synchronisation per layer "
+      "blocks carrying their counts, through NCCL or with exchange peer written straight into the other GPUs; "
+      "with up to 48 routed rows per expert on average skinny experts and no host synchronisation, in CUDA graphs; "
+      "above that cuBLAS experts after one synchronisation for the received counts); above 256 rows per rank the exchange with the counts on the host (one synchronisation per layer "
       "for the routing, one for the counts); times are the slowest rank's";
   e.reset();  // the engine before the exchange it uses
 
