@@ -353,8 +353,9 @@ int Run(int argc, char** argv) {
       "expert parallel over NCCL, one rank per GPU; up to 256 rows per rank the device exchange (fixed-capacity "
       "blocks carrying their counts, through NCCL or with exchange peer written straight into the other GPUs; "
       "with up to 48 routed rows per expert on average skinny experts and no host synchronisation, in CUDA graphs; "
-      "above that cuBLAS experts after one synchronisation for the received counts); above 256 rows per rank the exchange with the counts on the host (one synchronisation per layer "
-      "for the routing, one for the counts); times are the slowest rank's";
+      "above that cuBLAS experts after one synchronisation for the received counts); above 256 rows per rank the "
+      "exchange with the counts on the host (one synchronisation per layer for the routing, one for the counts); "
+      "times are the slowest rank's";
   e.reset();  // the engine before the exchange it uses
 
   if (rank == 0) {
