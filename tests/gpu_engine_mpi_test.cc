@@ -125,22 +125,22 @@ class GpuMpiEngineTest : public ::testing::Test {
   static inline absl::Status* load_status_ = nullptr;
   static inline bool any_failed_ = false;
 
-  static void CheckPrefillLogits(gpu::GpuEngine* engine_);
-  static void CheckGreedyGeneration(gpu::GpuEngine* engine_);
+  static void CheckPrefillLogits(gpu::GpuEngine* engine);
+  static void CheckGreedyGeneration(gpu::GpuEngine* engine);
 };
 
 // One collective step: each rank prefills its own prompts (every position's logits).
-void GpuMpiEngineTest::CheckPrefillLogits(gpu::GpuEngine* engine_) {
+void GpuMpiEngineTest::CheckPrefillLogits(gpu::GpuEngine* engine) {
   const std::vector<size_t> mine = Mine();
   std::vector<SequenceChunk> chunks;
   for (size_t i : mine) {
-    ASSERT_TRUE(engine_->AddSequence(static_cast<int64_t>(i)).ok());
+    ASSERT_TRUE(engine->AddSequence(static_cast<int64_t>(i)).ok());
     chunks.push_back({static_cast<int64_t>(i), (*prompts_)[i], true});
   }
-  engine_->load_stats().Reset();
+  engine->load_stats().Reset();
   local_->load_stats().Reset();
-  auto out = engine_->Step(chunks);
-  for (size_t i : mine) engine_->FreeSequence(static_cast<int64_t>(i));
+  auto out = engine->Step(chunks);
+  for (size_t i : mine) engine->FreeSequence(static_cast<int64_t>(i));
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->global_rows, 1 + 5 + 17 + 64 + 130);
   // The single-rank engine does all prompts in one step too, so both see the same expert loads.
@@ -158,10 +158,10 @@ void GpuMpiEngineTest::CheckPrefillLogits(gpu::GpuEngine* engine_) {
     std::printf("[rank %d] prompt %zu: relative error against the single-rank GPU engine %.3e\n", World().rank(),
                 mine[j], err);
   }
-  const ModelConfig& c = engine_->config();
+  const ModelConfig& c = engine->config();
   for (int64_t l = 0; l < c.num_layers; ++l) {
     for (int64_t e = 0; e < c.num_experts; ++e) {
-      EXPECT_EQ(engine_->load_stats().expert_tokens(l, e), local_->load_stats().expert_tokens(l, e))
+      EXPECT_EQ(engine->load_stats().expert_tokens(l, e), local_->load_stats().expert_tokens(l, e))
           << "layer " << l << " expert " << e;
     }
   }
@@ -169,7 +169,7 @@ void GpuMpiEngineTest::CheckPrefillLogits(gpu::GpuEngine* engine_) {
 
 // Greedy generation (batched prefill, then decode steps in which ranks finish at different
 // times: the idle ones keep joining the collectives with zero rows) equals the single-rank tokens.
-void GpuMpiEngineTest::CheckGreedyGeneration(gpu::GpuEngine* engine_) {
+void GpuMpiEngineTest::CheckGreedyGeneration(gpu::GpuEngine* engine) {
   const std::vector<size_t> mine = Mine();
   auto request = [](const std::vector<int32_t>& prompt, int64_t n) {
     GenerateRequest r;
@@ -182,14 +182,14 @@ void GpuMpiEngineTest::CheckGreedyGeneration(gpu::GpuEngine* engine_) {
   std::vector<GenerateRequest> reqs, all;
   for (size_t i : mine) reqs.push_back(request((*prompts_)[i], 8 + 4 * static_cast<int64_t>(i)));
   for (size_t i = 0; i < prompts_->size(); ++i) all.push_back(request((*prompts_)[i], 8 + 4 * static_cast<int64_t>(i)));
-  auto ours = GenerateAll(*engine_, reqs);
+  auto ours = GenerateAll(*engine, reqs);
   auto want = GenerateAll(*local_, all);
   ASSERT_TRUE(ours.ok()) << ours.status();
   ASSERT_TRUE(want.ok()) << want.status();
   for (size_t j = 0; j < mine.size(); ++j) {
     EXPECT_EQ((*ours)[j].tokens, (*want)[mine[j]].tokens) << "prompt " << mine[j] << " on rank " << World().rank();
   }
-  EXPECT_EQ(engine_->kv_blocks().used_blocks(), 0);
+  EXPECT_EQ(engine->kv_blocks().used_blocks(), 0);
 }
 
 TEST_F(GpuMpiEngineTest, PrefillLogitsMatchSingleRankEngine) { CheckPrefillLogits(engine_); }
