@@ -50,9 +50,12 @@ class TlsEndToEnd(unittest.TestCase):
         cls.dir = tempfile.TemporaryDirectory()
         cls.cert, cls.key = self_signed(cls.dir.name, "coordinator")
         cls.other_cert, cls.other_key = self_signed(cls.dir.name, "other")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_TLS_")}
+        # The launcher then trusts the certificate itself; a caller's own TLS settings would change that
+        # (LaunchedCluster starts from this process's environment).
+        for k in [k for k in os.environ if k.startswith("MOE_TLS_")]:
+            del os.environ[k]
         cls.cluster = LaunchedCluster(["--tls-cert-file", cls.cert, "--tls-key-file", cls.key,
-                                       "--openai-listen", "127.0.0.1:0"], extra_env=env)
+                                       "--openai-listen", "127.0.0.1:0"])
         try:
             cls.cluster.start()
         except Exception:
@@ -81,7 +84,7 @@ class TlsEndToEnd(unittest.TestCase):
                 with self.assertRaises(grpc.RpcError, msg=how) as e:
                     c.generate_text("ROMEO:", max_tokens=2, temperature=0)
                 self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, how)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOE_TLS_")}
+        env = dict(os.environ)  # no MOE_TLS_CA_FILE (setUpClass): plaintext
         r = subprocess.run([CLIENT_BIN, "--server", self.cluster.address, "--timeout", "3", "health"],
                            capture_output=True, text=True, timeout=60, env=env)
         self.assertNotEqual(r.returncode, 0, r.stdout)
