@@ -56,7 +56,9 @@ usage: $0 [options] [-- extra mpirun args]
   --tls-cert-file FILE   the public API over TLS only, with this PEM certificate chain (and --tls-key-file
   --tls-key-file FILE    its key); the launcher's probes and the OpenAI front verify it against
                          MOE_TLS_CA_FILE, by default this certificate itself (self-signed); it must name
-                         the host they reach (127.0.0.1 when --listen is local), or set MOE_TLS_SERVER_NAME
+                         the host they reach (127.0.0.1 when --listen is local), or set MOE_TLS_SERVER_NAME.
+                         The OpenAI front (--openai-listen) then serves HTTPS only with the same files
+                         (--openai-arg=--ssl-certfile=... and --ssl-keyfile=... give it others)
 EOF
 }
 
@@ -404,8 +406,10 @@ if [[ "${METRICS_PORT:-0}" != 0 && " ${OPENAI_ARGS[*]} " != *" --metrics-url"* ]
 fi
 start_openai() {
   : >"$TMP_DIR/openai.out"
+  local https=()
+  [[ -z "$TLS_CERT" ]] || https=(--ssl-certfile "$TLS_CERT" --ssl-keyfile "$TLS_KEY")  # OPENAI_ARGS' own win
   setsid "$OPENAI_BIN" --coordinator "$PROBE_HOST:$PUBLIC_PORT" --listen "$OPENAI_LISTEN" "${OPENAI_METRICS[@]}" \
-    "${OPENAI_ARGS[@]}" </dev/null >"$TMP_DIR/openai.out" &
+    "${https[@]}" "${OPENAI_ARGS[@]}" </dev/null >"$TMP_DIR/openai.out" &
   OPENAI_PID=$!
   say "openai pid $OPENAI_PID"
   local deadline=$((SECONDS + 30))

@@ -5,19 +5,24 @@ deploy/launch-cluster.sh), end to end.
 A self-signed certificate for 127.0.0.1 is made with the openssl command. The cluster serves the
 Python client that trusts it (the greedy text of the model's samples.json), moe-client with
 MOE_TLS_CA_FILE, and the OpenAI front the launcher starts (it trusts the certificate through the
-launcher's MOE_TLS_CA_FILE). A plaintext client, or one that trusts another certificate, gets
-nothing. A coordinator given a key that is not its certificate's, or files that hold no PEM, stops
-at once naming the flag.
+launcher's MOE_TLS_CA_FILE), and itself serves HTTPS only with the same files (moe-openai-server
+--ssl-certfile / --ssl-keyfile), whole and streamed answers over several connections. A plaintext
+client, or one that trusts another certificate, gets nothing, from either. A coordinator or an OpenAI
+front given a key that is not its certificate's, or files that hold no PEM, stops at once naming
+the flag.
 
 Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
 """
 
+import http.client
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
@@ -32,6 +37,7 @@ import grpc  # noqa: E402
 from moe_client import MoeClient  # noqa: E402
 
 COORDINATOR_BIN = os.path.join(BUILD_DIR, "coordinator", "moe-coordinator")
+OPENAI_BIN = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
 
 
 def self_signed(folder, name):
@@ -95,14 +101,37 @@ class TlsEndToEnd(unittest.TestCase):
         self.assertIn("MOE_TLS_CA_FILE", r.stderr)
         self.assertIn("no PEM certificate", r.stderr)
 
-    def test_c_the_openai_front_reaches_the_coordinator_over_tls(self):
+    def test_c_the_openai_front_serves_https_and_reaches_the_coordinator_over_tls(self):
         s = self.samples["ROMEO:"]
         body = json.dumps({"prompt": "ROMEO:", "max_tokens": len(s["greedy_ids"]), "temperature": 0}).encode()
-        req = urllib.request.Request(f"http://{self.cluster.openai_address}/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            answer = json.load(resp)
-        self.assertEqual("ROMEO:" + answer["choices"][0]["text"], s["greedy_text"])
+
+        def complete(scheme, context):
+            req = urllib.request.Request(f"{scheme}://{self.cluster.openai_address}/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60, context=context) as resp:
+                return json.load(resp)
+
+        # The launcher gave the front the coordinator's certificate and key: HTTPS only.
+        trusted = ssl.create_default_context(cafile=self.cert)
+        for _ in range(2):  # a second connection too: the first handshake is where it used to die
+            self.assertEqual("ROMEO:" + complete("https", trusted)["choices"][0]["text"], s["greedy_text"])
+        req = urllib.request.Request(
+            f"https://{self.cluster.openai_address}/v1/completions", headers={"Content-Type": "application/json"},
+            data=json.dumps({"prompt": "ROMEO:", "max_tokens": len(s["greedy_ids"]), "temperature": 0,
+                             "stream": True}).encode())
+        with urllib.request.urlopen(req, timeout=60, context=trusted) as resp:
+            events = [line.decode().strip() for line in resp if line.startswith(b"data: ")]
+        self.assertEqual(events[-1], "data: [DONE]")
+        chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+        self.assertEqual("ROMEO:" + "".join(c["choices"][0]["text"] for c in chunks), s["greedy_text"])
+        # A client that trusts another certificate, or speaks plain HTTP, gets no answer.
+        with self.assertRaises(urllib.error.URLError) as refused:
+            complete("https", ssl.create_default_context(cafile=self.other_cert))
+        self.assertIsInstance(refused.exception.reason, ssl.SSLCertVerificationError)
+        with self.assertRaises((ConnectionError, http.client.HTTPException, urllib.error.URLError)):
+            complete("http", None)
+        # The front still serves after those.
+        self.assertEqual("ROMEO:" + complete("https", trusted)["choices"][0]["text"], s["greedy_text"])
 
     def test_d_a_coordinator_with_a_wrong_key_or_no_pem_stops_naming_the_flag(self):
         base = [COORDINATOR_BIN, "--model", MODEL_DIR, "--world-size", "1", "--listen", "127.0.0.1:0",
@@ -115,6 +144,22 @@ class TlsEndToEnd(unittest.TestCase):
                 (["--tls-cert-file", self.cert], "--tls-key-file: required")):
             r = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
             self.assertNotEqual(r.returncode, 0, args)
+            self.assertIn(says, r.stderr, args)
+
+    def test_e_an_openai_front_with_unusable_tls_files_stops_naming_the_flag(self):
+        # The files are checked before the front dials its coordinator (none answers at this address).
+        base = [OPENAI_BIN, "--coordinator", "127.0.0.1:1", "--listen", "127.0.0.1:0"]
+        for args, status, says in (
+                (["--ssl-certfile", self.cert, "--ssl-keyfile", self.other_key], 1,
+                 "--ssl-keyfile: %s is not the key of --ssl-certfile's certificate" % self.other_key),
+                (["--ssl-certfile", self.key, "--ssl-keyfile", self.key], 1, "--ssl-certfile: %s holds no PEM" % self.key),
+                (["--ssl-certfile", self.cert, "--ssl-keyfile", self.cert], 1,
+                 "--ssl-keyfile: %s holds no unencrypted PEM private key" % self.cert),
+                (["--ssl-certfile", "/nonexistent.pem", "--ssl-keyfile", self.key], 1,
+                 "--ssl-certfile: cannot read /nonexistent.pem"),
+                (["--ssl-certfile", self.cert], 2, "--ssl-keyfile: required with --ssl-certfile")):
+            r = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, status, (args, r.stderr))
             self.assertIn(says, r.stderr, args)
 
 

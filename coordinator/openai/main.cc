@@ -3,9 +3,10 @@
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
 //                     [--model-name NAME] [--threads N] [--request-timeout-s S] [--chat-template FILE]
 //                     [--tool-call-parser mistral] [--api-key KEY ...]
+//                     [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
-// use), 2 for a bad command line.
+// use, TLS files that cannot be used), 2 for a bad command line.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -38,6 +39,8 @@ const char kUsage[] =
     "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
     "                          GET /health and /metrics then needs the header \"Authorization: Bearer KEY\",\n"
     "                          else 401]\n"
+    "                         [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem (both or neither: HTTPS only;\n"
+    "                          the certificate chain, the server's first, and its unencrypted private key)]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
     "/detokenize, GET /v1/models, GET /health and GET /metrics over the coordinator's gRPC API.\n";
 
@@ -68,7 +71,8 @@ int main(int argc, char** argv) {
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
         f.name != "--request-timeout-s" && f.name != "--access-log" && f.name != "--metrics-url" &&
         f.name != "--allowed-origins" &&
-        f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key") {
+        f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key" &&
+        f.name != "--ssl-certfile" && f.name != "--ssl-keyfile") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
     std::string value;
@@ -92,6 +96,9 @@ int main(int argc, char** argv) {
     } else if (f.name == "--api-key") {
       if (value.empty()) return BadFlag("--api-key: empty (a key is at least one character)");
       opts.api_keys.push_back(value);
+    } else if (f.name == "--ssl-certfile" || f.name == "--ssl-keyfile") {
+      if (value.empty()) return BadFlag(f.name + ": empty path");
+      (f.name == "--ssl-certfile" ? opts.ssl_certfile : opts.ssl_keyfile) = value;
     } else if (f.name == "--allowed-origins") {
       opts.allowed_origins.push_back(value);
     } else if (f.name == "--metrics-url") {
@@ -111,6 +118,10 @@ int main(int argc, char** argv) {
   const char* env_key = std::getenv(moe::kApiKeyEnv);
   if (opts.api_keys.empty() && env_key != nullptr && *env_key != '\0') opts.api_keys.push_back(env_key);
   if (opts.coordinator.empty()) return BadFlag("--coordinator: required (HOST:PORT of the coordinator's public API)");
+  if (opts.ssl_certfile.empty() != opts.ssl_keyfile.empty()) {
+    return BadFlag(opts.ssl_certfile.empty() ? "--ssl-certfile: required with --ssl-keyfile"
+                                             : "--ssl-keyfile: required with --ssl-certfile");
+  }
 
   absl::StatusOr<std::unique_ptr<moe::openai::OpenAiServer>> server = moe::openai::OpenAiServer::Start(opts);
   if (!server.ok()) {
@@ -121,8 +132,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-openai-server: warning: chat completions are refused: %s\n",
                  std::string((*server)->chat_template_status().message()).c_str());
   }
-  std::printf("moe-openai-server: listening on port %d, model %s, coordinator %s%s\n", (*server)->port(),
-              (*server)->model_name().c_str(), opts.coordinator.c_str(),
+  std::printf("moe-openai-server: listening on port %d, model %s, coordinator %s%s%s\n", (*server)->port(),
+              (*server)->model_name().c_str(), opts.coordinator.c_str(), (*server)->https() ? ", HTTPS only" : "",
               opts.api_keys.empty() ? "" : ", API key required");
   std::fflush(stdout);
   int sig = 0;

@@ -25,6 +25,8 @@
 #include "common/big_stack_thread.h"
 #include "common/secret_token.h"
 #include "common/json_util.h"
+#include "common/status.h"
+#include "coordinator/openai/civetweb_tls.h"
 #include "coordinator/openai/openai_protocol.h"
 
 namespace moe::openai {
@@ -137,6 +139,16 @@ std::string LocalRequestId() {
 
 absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOptions& opts) {
   std::unique_ptr<OpenAiServer> s(new OpenAiServer());
+  if (opts.ssl_certfile.empty() != opts.ssl_keyfile.empty()) {
+    return absl::InvalidArgumentError(opts.ssl_certfile.empty() ? "--ssl-certfile: required with --ssl-keyfile"
+                                                                : "--ssl-keyfile: required with --ssl-certfile");
+  }
+  if (!opts.ssl_certfile.empty()) {  // before anything else: a bad file stops the server at once
+    MOE_RETURN_IF_ERROR(CheckTlsFiles(opts.ssl_certfile, opts.ssl_keyfile));
+    MOE_RETURN_IF_ERROR(PrepareCivetwebTls());
+    s->ssl_certfile_ = opts.ssl_certfile;
+    s->ssl_keyfile_ = opts.ssl_keyfile;
+  }
   // The coordinator's limit (256 MiB) rather than gRPC's 4 MiB: a long text's token ids (/tokenize
   // of a few MB of text) or a batch's answers are bigger than that, and are not the client's error.
   grpc::ChannelArguments channel_args;
@@ -219,10 +231,11 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
     s->tool_calls_id_ = ids.token_ids(0);
   }
 
-  mg_init_library(0);
+  if (!s->https()) mg_init_library(0);  // with TLS, PrepareCivetwebTls did
   const std::string threads = std::to_string(opts.threads);
   const std::string timeout_ms = std::to_string(static_cast<int64_t>(opts.request_timeout_s * 1000));
-  std::vector<const char*> options = {"listening_ports", opts.listen.c_str(), "num_threads", threads.c_str(),
+  const std::string listening = s->https() ? opts.listen + "s" : opts.listen;  // civetweb: "s" marks a TLS port
+  std::vector<const char*> options = {"listening_ports", listening.c_str(), "num_threads", threads.c_str(),
                                       "request_timeout_ms", timeout_ms.c_str()};
   if (!opts.access_log.empty()) {
     options.push_back("access_log_file");
@@ -230,9 +243,26 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   }
   options.push_back(nullptr);
   mg_callbacks callbacks{};
-  s->ctx_ = mg_start(&callbacks, s.get(), options.data());
+  if (s->https()) {
+    // The certificate and key go into the TLS context civetweb made (its own option wants both in
+    // one file); checked above, so this fails only if the files changed meanwhile.
+    callbacks.init_ssl = [](void* ssl_ctx, void* self) {
+      const auto* server = static_cast<const OpenAiServer*>(self);
+      return LoadTlsFiles(ssl_ctx, server->ssl_certfile_, server->ssl_keyfile_);
+    };
+  }
+  mg_init_data init{};
+  init.callbacks = &callbacks;
+  init.user_data = s.get();
+  init.configuration_options = options.data();
+  char error_text[256] = "";
+  mg_error_data error{};
+  error.text = error_text;
+  error.text_buffer_size = sizeof(error_text);
+  s->ctx_ = mg_start2(&init, &error);
   if (s->ctx_ == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", opts.listen, " (bad address or port in use)"));
+    return absl::InvalidArgumentError(absl::StrCat("cannot listen on ", opts.listen, " (bad address or port in use",
+                                                   error_text[0] != '\0' ? absl::StrCat(": ", error_text) : "", ")"));
   }
   mg_server_port ports[4];
   const int n = mg_get_server_ports(s->ctx_, 4, ports);

@@ -56,13 +56,18 @@ struct ServerOptions {
   // Not empty: every endpoint but GET /health answers 401 unless the request carries
   // "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
   std::vector<std::string> api_keys;
+  // Both set: the API is served over HTTPS only (vLLM's --ssl-certfile / --ssl-keyfile): the
+  // certificate chain (PEM, the server's certificate first) and its unencrypted PEM private key.
+  std::string ssl_certfile, ssl_keyfile;
 };
 
 class OpenAiServer {
  public:
-  // Reads the model's name, context and chat template from the coordinator, then listens.
-  // Unavailable when the coordinator does not answer in time; InvalidArgument for a bad --listen or
-  // a port in use, or a chat_template_file that cannot be read or parsed. A model without a chat
+  // Checks the TLS files (when given), reads the model's name, context and chat template from the
+  // coordinator, then listens. Unavailable when the coordinator does not answer in time;
+  // InvalidArgument for a bad --listen or a port in use, a chat_template_file that cannot be read or
+  // parsed, or TLS files that cannot be used (naming --ssl-certfile or --ssl-keyfile);
+  // FailedPrecondition when HTTPS is asked of a build or system that cannot serve it. A model without a chat
   // template (or with one this server cannot parse) is served without chat completions: they are
   // refused with chat_template_status()'s message.
   static absl::StatusOr<std::unique_ptr<OpenAiServer>> Start(const ServerOptions& opts);
@@ -72,6 +77,7 @@ class OpenAiServer {
   ~OpenAiServer();
 
   int port() const { return port_; }
+  bool https() const { return !ssl_certfile_.empty(); }
   const std::string& model_name() const { return model_name_; }
   const absl::Status& chat_template_status() const { return chat_template_status_; }
   const std::vector<std::string>& allowed_origins() const { return allowed_origins_; }
@@ -161,6 +167,7 @@ class OpenAiServer {
   std::optional<HttpUrl> metrics_url_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
+  std::string ssl_certfile_, ssl_keyfile_;  // set: HTTPS (civetweb's init_ssl callback loads them)
 };
 
 }  // namespace moe::openai
