@@ -123,6 +123,15 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
     stats_.ObserveRequestLatency(SecondsSince(arrival));
     return status;
   };
+  if (request->return_prompt_token_ids()) {  // before anything else, as the field promises
+    v1::GenerateResponse first;
+    first.set_request_id(request_id);
+    first.mutable_prompt_token_ids()->Assign(job->assign.prompt().begin(), job->assign.prompt().end());
+    if (!writer->Write(first)) {
+      cancel_rest();
+      return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+    }
+  }
   std::optional<Clock::time_point> last_tokens_at;
   while (remaining > 0) {
     std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);

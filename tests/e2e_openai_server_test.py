@@ -316,6 +316,63 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         offsets = [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]]
         self.assertEqual(offsets, lp["text_offset"])
 
+    def test_c2a_return_token_ids_and_tokens_as_ids_as_vllm_returns_them(self):
+        """vLLM's return_token_ids: the prompt's and each choice's token ids beside the text (the
+        samples' transformers ids); return_tokens_as_token_ids names logprobs' tokens by id."""
+        s = self.samples["ROMEO:"]
+        n = 12
+        want = s["greedy_ids"][:n]
+        body = {"prompt": "ROMEO:", "max_tokens": n, "temperature": 0, "return_token_ids": True}
+        status, answer = self.call("/v1/completions", dict(body, n=2))
+        self.assertEqual(status, 200, answer)
+        for choice in answer["choices"]:
+            self.assertEqual(choice["token_ids"], want)
+            self.assertEqual(choice["prompt_token_ids"], s["prompt_ids"])
+        # Streamed: the prompt's ids on each choice's first chunk, every chunk its own ids.
+        events = self.stream(dict(body, n=2))
+        for index in (0, 1):
+            chunks = [c for e in events for c in e["choices"] if c["index"] == index]
+            self.assertEqual(chunks[0]["prompt_token_ids"], s["prompt_ids"])
+            self.assertFalse(any("prompt_token_ids" in c for c in chunks[1:]))
+            self.assertEqual([t for c in chunks for t in c["token_ids"]], want)
+        # A batch of prompts (text and ids): each choice its own prompt's ids.
+        other = self.samples["First Citizen:\n"]
+        status, answer = self.call("/v1/completions", dict(body, prompt=["ROMEO:", other["prompt_ids"]]))
+        self.assertEqual(status, 200, answer)
+        self.assertEqual([c["prompt_token_ids"] for c in answer["choices"]], [s["prompt_ids"], other["prompt_ids"]])
+        self.assertEqual(answer["choices"][1]["token_ids"], other["greedy_ids"][:n])
+        # echo with max_tokens 0: the prompt's ids, none generated.
+        status, answer = self.call("/v1/completions", dict(body, echo=True, max_tokens=0))
+        self.assertEqual(status, 200, answer)
+        self.assertEqual((answer["choices"][0]["prompt_token_ids"], answer["choices"][0]["token_ids"]),
+                         (s["prompt_ids"], []))
+        # Without it the answer has neither field.
+        status, answer = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 2})
+        self.assertNotIn("token_ids", answer["choices"][0])
+        self.assertNotIn("prompt_token_ids", answer["choices"][0])
+        # Logprobs' tokens named by id: the generated ids, top alternatives likewise.
+        status, answer = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": n, "temperature": 0,
+                                                       "logprobs": 2, "return_tokens_as_token_ids": True})
+        self.assertEqual(status, 200, answer)
+        lp = answer["choices"][0]["logprobs"]
+        self.assertEqual(lp["tokens"], ["token_id:%d" % t for t in want])
+        self.assertTrue(all(k.startswith("token_id:") for top in lp["top_logprobs"] for k in top), lp["top_logprobs"])
+        self.assertEqual(answer["choices"][0]["text"], s["greedy_text"][len("ROMEO:"):][:len(answer["choices"][0]["text"])])
+        # Chat: the rendered prompt's ids at the answer's top level (the /tokenize of the messages).
+        case = CHAT_GOLDEN["cases"][0]
+        chat = {"messages": case["messages"], "max_tokens": 6, "temperature": 0, "ignore_eos": True,
+                "return_token_ids": True, "logprobs": True, "return_tokens_as_token_ids": True}
+        status, answer = self.call("/v1/chat/completions", chat)
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(answer["prompt_token_ids"], case["prompt_ids"])
+        self.assertEqual(answer["choices"][0]["token_ids"], case["greedy_ids"][:6])
+        self.assertEqual([c["token"] for c in answer["choices"][0]["logprobs"]["content"]],
+                         ["token_id:%d" % t for t in case["greedy_ids"][:6]])
+        events = self.stream(chat, path="/v1/chat/completions")
+        self.assertEqual(events[0]["prompt_token_ids"], case["prompt_ids"])
+        self.assertEqual([t for e in events[1:] for c in e["choices"] for t in c.get("token_ids", [])],
+                         case["greedy_ids"][:6])
+
     def test_c2b_prompt_logprobs_in_vllms_shape_match_scoring(self):
         s = self.samples["ROMEO:"]
         ids = s["prompt_ids"] + s["greedy_ids"][:6]

@@ -303,7 +303,8 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "use_beam_search": true})", 400, "use_beam_search"},
            {R"({"prompt": "x", "logits_processors": ["my.module"]})", 400, "logits_processors"},
            {R"({"prompt": "x", "skip_special_tokens": false})", 400, "skip_special_tokens"},
-           {R"({"prompt": "x", "return_tokens_as_token_ids": true})", 400, "return_tokens_as_token_ids"},
+           {R"({"prompt": "x", "return_tokens_as_token_ids": 1})", 400, "return_tokens_as_token_ids"},
+           {R"({"prompt": "x", "return_token_ids": "yes"})", 400, "return_token_ids"},
            {R"({"prompt": "x", "guided_grammar": "root ::= \"a\""})", 400, "guided_grammar"},
            {R"({"prompt": "x", "guided_whitespace_pattern": " "})", 400, "guided_whitespace_pattern"},
            {R"({"prompt": "x", "add_special_tokens": "no"})", 400, "add_special_tokens"},
@@ -436,6 +437,79 @@ TEST(OpenAiProtocolTest, LogprobsTakeOpenAisCompletionsShapeWithOffsetsAcrossMes
   EXPECT_EQ(StreamChunkJson(a, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{0, 2}));
   EXPECT_EQ(StreamChunkJson(b, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{5}));
   EXPECT_EQ(offset, 9u);
+}
+
+// vLLM's return_token_ids and return_tokens_as_token_ids: the ids beside the text, and logprobs
+// naming tokens "token_id:<id>" (offsets still into the text; chat's bytes those of the name).
+TEST(OpenAiProtocolTest, TokenIdsAndTokensNamedByIdAsVllmReturnsThem) {
+  const CompletionCall call =
+      std::get<CompletionCall>(ParseCompletionRequest(R"({"prompt": "x", "return_token_ids": true,
+          "return_tokens_as_token_ids": true, "logprobs": 1})", "m"));
+  EXPECT_TRUE(call.request.return_prompt_token_ids()) << "the coordinator is asked for the prompt's ids";
+  const CompletionCall plain = std::get<CompletionCall>(ParseCompletionRequest(R"({"prompt": "x"})", "m"));
+  EXPECT_FALSE(plain.request.return_prompt_token_ids());
+  EXPECT_FALSE(plain.return_token_ids || plain.tokens_as_ids);
+
+  v1::GenerateResponse first;  // what the coordinator sends first when asked
+  first.set_request_id("r");
+  for (int32_t id : {1, 870, 2007}) first.add_prompt_token_ids(id);
+  v1::GenerateResponse a = Msg(0, ""), b = Msg(0, "", v1::FINISH_REASON_LENGTH, 2);
+  AddToken(a, 13, "\n", -0.5f, {});
+  v1::TopLogprob* alt = a.mutable_logprobs(0)->add_top();
+  alt->set_token_id(14);
+  alt->set_text("!");
+  alt->set_logprob(-1.0f);
+  AddToken(b, 2012, "Then", -0.25f, {});
+  for (const Api api : {Api::kCompletions, Api::kChat}) {
+    CompletionAccumulator acc(1, /*logprobs=*/true, api, false, TokenReportOf(call));
+    for (const v1::GenerateResponse* m : {&first, &a, &b}) ASSERT_TRUE(acc.Add(*m));
+    const json j = acc.ToJson("m", 1);
+    EXPECT_EQ(j["choices"][0]["token_ids"], (json{13, 2012}));
+    const json& prompt_ids = api == Api::kChat ? j["prompt_token_ids"] : j["choices"][0]["prompt_token_ids"];
+    EXPECT_EQ(prompt_ids, (json{1, 870, 2007})) << "vLLM's place for each API";
+    EXPECT_EQ(api == Api::kChat ? j["choices"][0].contains("prompt_token_ids") : j.contains("prompt_token_ids"), false);
+    if (api == Api::kChat) {
+      const json& content = j["choices"][0]["logprobs"]["content"];
+      EXPECT_EQ(content[0]["token"], "token_id:13");
+      EXPECT_EQ(content[0]["bytes"], json({116, 111, 107, 101, 110, 95, 105, 100, 58, 49, 51}));
+      EXPECT_EQ(content[0]["top_logprobs"][0]["token"], "token_id:14");
+      EXPECT_EQ(content[1]["token"], "token_id:2012");
+    } else {
+      const json& lp = j["choices"][0]["logprobs"];
+      EXPECT_EQ(lp["tokens"], (json{"token_id:13", "token_id:2012"}));
+      EXPECT_EQ(lp["top_logprobs"][0], (json{{"token_id:14", -1.0}}));
+      EXPECT_EQ(lp["text_offset"], (json{0, 1})) << "offsets into the text, not into the names";
+    }
+  }
+  // Without them: no ids, tokens by their text.
+  CompletionAccumulator off(1, /*logprobs=*/true);
+  for (const v1::GenerateResponse* m : {&first, &a, &b}) ASSERT_TRUE(off.Add(*m));
+  const json j = off.ToJson("m", 1);
+  EXPECT_FALSE(j["choices"][0].contains("token_ids"));
+  EXPECT_FALSE(j["choices"][0].contains("prompt_token_ids"));
+  EXPECT_EQ(j["choices"][0]["logprobs"]["tokens"], (json{"\n", "Then"}));
+  // A streamed chunk carries its own ids (the prompt's the server adds to a choice's first chunk).
+  size_t offset = 0;
+  EXPECT_EQ(StreamChunkJson(a, "m", 1, false, offset, Api::kCompletions, TokenReportOf(call))["choices"][0]["token_ids"],
+            (json{13}));
+  EXPECT_EQ(StreamChunkJson(b, "m", 1, false, offset, Api::kChat, TokenReportOf(call))["choices"][0]["token_ids"],
+            (json{2012}));
+  EXPECT_FALSE(StreamChunkJson(b, "m", 1, false, offset)["choices"][0].contains("token_ids"));
+  // echo's prompt tokens are named the same way.
+  v1::ScoreRollingResult scored;
+  for (int32_t id : {870, 2007}) scored.add_token_ids(id);
+  scored.add_token_texts("RO");
+  scored.add_token_texts("MEO:");
+  scored.add_logprobs(-3.0f);
+  scored.add_argmax_ids(5);
+  scored.add_argmax_texts("x");
+  scored.add_argmax_logprobs(-1.0f);
+  v1::Prompt text_prompt;
+  text_prompt.set_text("ROMEO:");
+  const Echo echo = EchoOf(text_prompt, scored, true, /*tokens_as_ids=*/true);
+  EXPECT_EQ(echo.logprobs["tokens"], (json{"token_id:870", "token_id:2007"}));
+  EXPECT_EQ(echo.logprobs["top_logprobs"][1], (json{{"token_id:5", -1.0}}));
+  EXPECT_EQ(echo.token_ids, (std::vector<int32_t>{870, 2007}));
 }
 
 // echo, as lm-evaluation-harness's local-completions reads it: token_logprobs[ctxlen:] are the

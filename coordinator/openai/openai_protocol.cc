@@ -286,9 +286,6 @@ std::optional<HttpError> RefuseUnserved(const json& body) {
   if (given("skip_special_tokens") && body["skip_special_tokens"] != true) {
     return BadParam("skip_special_tokens", "only true is served (special tokens never appear in the text)");
   }
-  if (given("return_tokens_as_token_ids") && body["return_tokens_as_token_ids"] != false) {
-    return BadParam("return_tokens_as_token_ids", "not served (logprobs name tokens by their text)");
-  }
   for (const char* key : {"guided_grammar", "guided_whitespace_pattern"}) {
     if (given(key)) return BadParam(key, "not served (guided_json, guided_regex and guided_choice are)");
   }
@@ -425,6 +422,9 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   if (std::optional<HttpError> e = Bool(body, "ignore_eos", ignore_eos)) return e;
   if (ignore_eos) s.set_ignore_eos(true);
   if (std::optional<HttpError> e = Bool(body, "stream", call.stream)) return e;
+  if (std::optional<HttpError> e = Bool(body, "return_token_ids", call.return_token_ids)) return e;
+  if (std::optional<HttpError> e = Bool(body, "return_tokens_as_token_ids", call.tokens_as_ids)) return e;
+  call.request.set_return_prompt_token_ids(call.return_token_ids);
   if (body.contains("stream_options") && !body["stream_options"].is_null()) {
     const json& o = body["stream_options"];
     if (!o.is_object()) return BadParam("stream_options", "expected an object");
@@ -625,15 +625,20 @@ json StopReasonJson(const v1::GenerateResponse& r) {
   }
 }
 
-json LogprobsJson(const v1::GenerateResponse& r, size_t& offset) {
+std::string TokenName(int32_t id, const std::string& text, bool as_ids) {
+  return as_ids ? "token_id:" + std::to_string(id) : text;
+}
+
+json LogprobsJson(const v1::GenerateResponse& r, size_t& offset, bool tokens_as_ids) {
   json j = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
             {"text_offset", json::array()}};
   for (const v1::TokenLogprob& lp : r.logprobs()) {
-    j["tokens"].push_back(lp.text());
+    j["tokens"].push_back(TokenName(lp.token_id(), lp.text(), tokens_as_ids));
     j["token_logprobs"].push_back(lp.logprob());
     json top = json::object();
     for (const v1::TopLogprob& t : lp.top()) {
-      if (!top.contains(t.text())) top[t.text()] = t.logprob();  // the most probable of ids sharing a text
+      const std::string name = TokenName(t.token_id(), t.text(), tokens_as_ids);
+      if (!top.contains(name)) top[name] = t.logprob();  // the most probable of ids sharing a text
     }
     j["top_logprobs"].push_back(top);
     j["text_offset"].push_back(offset);
@@ -657,7 +662,7 @@ json PromptLogprobsJson(const v1::GenerateResponse& r) {
   return list;
 }
 
-json ChatLogprobsJson(const v1::GenerateResponse& r) {
+json ChatLogprobsJson(const v1::GenerateResponse& r, bool tokens_as_ids) {
   auto bytes = [](const std::string& text) {
     json b = json::array();
     for (unsigned char ch : text) b.push_back(static_cast<int>(ch));
@@ -667,9 +672,11 @@ json ChatLogprobsJson(const v1::GenerateResponse& r) {
   for (const v1::TokenLogprob& lp : r.logprobs()) {
     json top = json::array();
     for (const v1::TopLogprob& t : lp.top()) {
-      top.push_back({{"token", t.text()}, {"logprob", t.logprob()}, {"bytes", bytes(t.text())}});
+      const std::string name = TokenName(t.token_id(), t.text(), tokens_as_ids);
+      top.push_back({{"token", name}, {"logprob", t.logprob()}, {"bytes", bytes(name)}});
     }
-    content.push_back({{"token", lp.text()}, {"logprob", lp.logprob()}, {"bytes", bytes(lp.text())}, {"top_logprobs", top}});
+    const std::string name = TokenName(lp.token_id(), lp.text(), tokens_as_ids);
+    content.push_back({{"token", name}, {"logprob", lp.logprob()}, {"bytes", bytes(name)}, {"top_logprobs", top}});
   }
   return content;
 }
@@ -685,6 +692,8 @@ bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   if (!r.request_id().empty()) request_id_ = r.request_id();
   Choice& c = choices_[r.index()];
   c.text += r.text();
+  c.token_ids.insert(c.token_ids.end(), r.token_ids().begin(), r.token_ids().end());
+  if (r.prompt_token_ids_size() > 0) prompt_token_ids_.assign(r.prompt_token_ids().begin(), r.prompt_token_ids().end());
   if (c.first_token < 0 && r.token_ids_size() > 0) c.first_token = r.token_ids(0);
   if (r.prompt_logprobs_size() > 0) {  // they may come in several messages: each one's after its leading null
     const json part = PromptLogprobsJson(r);
@@ -692,9 +701,9 @@ bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   }
   if (logprobs_ && api_ == Api::kChat) {
     if (c.logprobs.is_null()) c.logprobs = {{"content", json::array()}};
-    for (const json& x : ChatLogprobsJson(r)) c.logprobs["content"].push_back(x);
+    for (const json& x : ChatLogprobsJson(r, report_.tokens_as_ids)) c.logprobs["content"].push_back(x);
   } else if (logprobs_) {
-    const json part = LogprobsJson(r, c.offset);
+    const json part = LogprobsJson(r, c.offset, report_.tokens_as_ids);
     if (c.logprobs.is_null()) {
       c.logprobs = part;
     } else {
@@ -731,6 +740,10 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
     if (prompt_logprobs_wanted_ && !chat) choice["prompt_logprobs"] = prompt_logprobs_;
     choice["finish_reason"] = choices_[i].finish_reason.empty() ? json(nullptr) : json(choices_[i].finish_reason);
     choice["stop_reason"] = choices_[i].stop_reason;
+    if (report_.token_ids) {
+      choice["token_ids"] = choices_[i].token_ids;
+      if (!chat) choice["prompt_token_ids"] = prompt_token_ids_;
+    }
     choices.push_back(choice);
     completion_tokens += choices_[i].completion_tokens;
   }
@@ -744,6 +757,7 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
                    {"completion_tokens", completion_tokens},
                    {"total_tokens", prompt_tokens_ + completion_tokens}}}};
   if (prompt_logprobs_wanted_ && chat) answer["prompt_logprobs"] = prompt_logprobs_;  // vLLM's place for chat
+  if (report_.token_ids && chat) answer["prompt_token_ids"] = prompt_token_ids_;
   return answer;
 }
 
@@ -759,7 +773,7 @@ json ChatRoleChunkJson(const std::string& request_id, uint32_t index, const std:
 }
 
 json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created, bool logprobs,
-                     size_t& offset, Api api) {
+                     size_t& offset, Api api, TokenReport report) {
   const bool last = r.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
   const json finish = last ? json(FinishReasonName(r.finish_reason())) : json(nullptr);
   if (api == Api::kChat) {
@@ -769,10 +783,12 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
                   {"model", model_name},
                   {"choices", json::array({{{"index", r.index()},
                                             {"delta", {{"content", r.text()}}},
-                                            {"logprobs", logprobs ? json{{"content", ChatLogprobsJson(r)}} : json(nullptr)},
+                                            {"logprobs", logprobs ? json{{"content", ChatLogprobsJson(r, report.tokens_as_ids)}}
+                                                                  : json(nullptr)},
                                             {"finish_reason", finish},
                                             {"stop_reason", StopReasonJson(r)}}})}};
     if (r.prompt_logprobs_size() > 0) chunk["prompt_logprobs"] = PromptLogprobsJson(r);
+    if (report.token_ids) chunk["choices"][0]["token_ids"] = r.token_ids();
     return chunk;
   }
   json chunk = {{"id", "cmpl-" + r.request_id()},
@@ -782,10 +798,11 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
                 {"choices",
                  json::array({{{"index", r.index()},
                                {"text", r.text()},
-                               {"logprobs", logprobs ? LogprobsJson(r, offset) : json(nullptr)},
+                               {"logprobs", logprobs ? LogprobsJson(r, offset, report.tokens_as_ids) : json(nullptr)},
                                {"finish_reason", finish},
                                {"stop_reason", StopReasonJson(r)}}})}};
   if (r.prompt_logprobs_size() > 0) chunk["choices"][0]["prompt_logprobs"] = PromptLogprobsJson(r);
+  if (report.token_ids) chunk["choices"][0]["token_ids"] = r.token_ids();
   return chunk;
 }
 
@@ -803,7 +820,7 @@ json StreamUsageJson(const std::string& request_id, const std::string& model_nam
             {"total_tokens", prompt_tokens + completion_tokens}}}};
 }
 
-Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs) {
+Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs, bool tokens_as_ids) {
   Echo echo;
   if (prompt.has_token_ids()) {  // ids: the detokenizer's texts, which add up to the prompt's text
     for (const std::string& t : scored.token_texts()) echo.text += t;
@@ -811,13 +828,14 @@ Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool
     echo.text = prompt.text();
   }
   echo.tokens = static_cast<uint32_t>(scored.token_ids_size());
+  echo.token_ids.assign(scored.token_ids().begin(), scored.token_ids().end());
   if (!logprobs) return echo;
   json lp = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
              {"text_offset", json::array()}};
   size_t offset = 0;
   for (int i = 0; i < scored.token_ids_size(); ++i) {
     const std::string text = i < scored.token_texts_size() ? scored.token_texts(i) : std::string();
-    lp["tokens"].push_back(text);
+    lp["tokens"].push_back(TokenName(scored.token_ids(i), text, tokens_as_ids));
     lp["text_offset"].push_back(offset);
     offset += text.size();
     if (i == 0 || i - 1 >= scored.logprobs_size()) {  // nothing predicts the first token
@@ -829,14 +847,17 @@ Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool
     if (i - 1 < scored.top_size()) {  // logprobs k > 0: the k most probable, as the completion's own tokens
       json top = json::object();
       for (const v1::TopLogprob& t : scored.top(i - 1).top()) {
-        const std::string text = t.text().empty() ? std::to_string(t.token_id()) : t.text();
+        const std::string text =
+            TokenName(t.token_id(), t.text().empty() ? std::to_string(t.token_id()) : t.text(), tokens_as_ids);
         if (!top.contains(text)) top[text] = t.logprob();  // the most probable of ids sharing a text
       }
       lp["top_logprobs"].push_back(std::move(top));
       continue;
     }
-    const std::string top = i - 1 < scored.argmax_texts_size() ? scored.argmax_texts(i - 1)
-                                                               : std::to_string(scored.argmax_ids(i - 1));
+    const std::string top = TokenName(scored.argmax_ids(i - 1),
+                                      i - 1 < scored.argmax_texts_size() ? scored.argmax_texts(i - 1)
+                                                                         : std::to_string(scored.argmax_ids(i - 1)),
+                                      tokens_as_ids);
     lp["top_logprobs"].push_back({{top, scored.argmax_logprobs(i - 1)}});
   }
   echo.logprobs = std::move(lp);

@@ -64,6 +64,12 @@ struct CompletionCall {
   // vLLM's add_special_tokens (completions): false encodes a text prompt without the BOS token.
   bool add_special_tokens = true;
   uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
+  // vLLM's return_token_ids: each choice carries its generated "token_ids" (a chunk's: its delta)
+  // and the prompt's "prompt_token_ids" (completions: in each choice; chat: in the answer, or in
+  // each choice's first chunk).
+  bool return_token_ids = false;
+  // vLLM's return_tokens_as_token_ids: logprobs name every token "token_id:<id>", not by its text.
+  bool tokens_as_ids = false;
   ToolChoice tool_choice;      // chat: a named function or "required" answers with tool_calls
 };
 
@@ -103,13 +109,26 @@ std::string FinishReasonName(v1::FinishReason r);
 // vLLM's stop_reason of a message: the stop string or stop token id that ended it, else null.
 nlohmann::json StopReasonJson(const v1::GenerateResponse& r);
 
+// How an answer reports its tokens beyond their text (vLLM's extensions, CompletionCall's fields).
+struct TokenReport {
+  bool token_ids = false;      // return_token_ids
+  bool tokens_as_ids = false;  // return_tokens_as_token_ids
+};
+inline TokenReport TokenReportOf(const CompletionCall& call) { return {call.return_token_ids, call.tokens_as_ids}; }
+
+// A token as logprobs name it: its text, or "token_id:<id>" (return_tokens_as_token_ids).
+std::string TokenName(int32_t id, const std::string& text, bool as_ids);
+
 // Accumulates a stream's messages into the non-streaming answer.
 class CompletionAccumulator {
  public:
   // `prompt_logprobs`: the answer carries vLLM's prompt_logprobs (every choice's in the completions
   // API, the answer's in the chat API), [null, {"id": {logprob, rank, decoded_token}}, ...].
-  CompletionAccumulator(uint32_t n, bool logprobs, Api api = Api::kCompletions, bool prompt_logprobs = false)
-      : api_(api), logprobs_(logprobs), prompt_logprobs_wanted_(prompt_logprobs), choices_(n) {}
+  // `report.token_ids`: each choice's "token_ids" and the prompt's "prompt_token_ids" (each choice's
+  // in the completions API, the answer's in the chat API), from the message that carries them.
+  CompletionAccumulator(uint32_t n, bool logprobs, Api api = Api::kCompletions, bool prompt_logprobs = false,
+                        TokenReport report = {})
+      : api_(api), logprobs_(logprobs), prompt_logprobs_wanted_(prompt_logprobs), report_(report), choices_(n) {}
   // False when the message names a completion index outside [0, n).
   bool Add(const v1::GenerateResponse& r);
   // {"id", "object": "text_completion" or "chat.completion", "created", "model", "choices", "usage"}.
@@ -126,10 +145,13 @@ class CompletionAccumulator {
     nlohmann::json logprobs;  // OpenAI's object, grown message by message
     size_t offset = 0;        // text_offset of the next token
     int32_t first_token = -1;
+    std::vector<int32_t> token_ids;
   };
   Api api_;
   bool logprobs_;
   bool prompt_logprobs_wanted_;
+  TokenReport report_;
+  std::vector<int32_t> prompt_token_ids_;
   nlohmann::json prompt_logprobs_ = nlohmann::json::array({nullptr});  // a prompt of one token: [null]
   std::string request_id_;
   uint32_t prompt_tokens_ = 0;
@@ -137,15 +159,16 @@ class CompletionAccumulator {
 };
 
 // The logprobs object of a message's tokens; `offset` is the text_offset of its first token and
-// moves past the last.
-nlohmann::json LogprobsJson(const v1::GenerateResponse& r, size_t& offset);
+// moves past the last (offsets into the text, also when tokens are named by id).
+nlohmann::json LogprobsJson(const v1::GenerateResponse& r, size_t& offset, bool tokens_as_ids = false);
 
 // vLLM's prompt_logprobs of a message that carries them: [null, {"<token id>": {"logprob", "rank",
 // "decoded_token"}, ...}, ...], each position the prompt token and its top alternatives.
 nlohmann::json PromptLogprobsJson(const v1::GenerateResponse& r);
 
 // The chat API's logprobs of a message's tokens: [{"token", "logprob", "bytes", "top_logprobs": [...]}].
-nlohmann::json ChatLogprobsJson(const v1::GenerateResponse& r);
+// "bytes" are those of "token" (as vLLM gives them, also for "token_id:<id>").
+nlohmann::json ChatLogprobsJson(const v1::GenerateResponse& r, bool tokens_as_ids = false);
 
 // A streamed chat completion's first event for completion `index`: the delta {"role": "assistant",
 // "content": ""}, as OpenAI's and vLLM's servers send it before the text.
@@ -153,10 +176,11 @@ nlohmann::json ChatRoleChunkJson(const std::string& request_id, uint32_t index, 
                                  int64_t created);
 
 // One server-sent event's JSON for a streamed message: its completion's text delta, its logprobs
-// when asked (`offset` as LogprobsJson's, one per completion) and, on its last message, the finish
-// reason.
+// when asked (`offset` as LogprobsJson's, one per completion), its "token_ids" with
+// report.token_ids and, on its last message, the finish reason. (The prompt's token ids go on each
+// choice's first chunk: the caller adds them.)
 nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created,
-                               bool logprobs, size_t& offset, Api api = Api::kCompletions);
+                               bool logprobs, size_t& offset, Api api = Api::kCompletions, TokenReport report = {});
 // The last event with include_usage: no choices, the request's usage.
 nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
                                uint32_t prompt_tokens, uint32_t completion_tokens, Api api = Api::kCompletions);
@@ -169,8 +193,9 @@ struct Echo {
   std::string text;
   nlohmann::json logprobs;  // null without logprobs
   uint32_t tokens = 0;      // the prompt's length in tokens
+  std::vector<int32_t> token_ids;  // its ids (ScoreRolling's)
 };
-Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs);
+Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs, bool tokens_as_ids = false);
 
 // `choice` (a completions choice, of a whole answer or of a streamed chunk) with `echo` before it:
 // its text first, its logprobs' entries first, the choice's own text_offset values moved by `shift`

@@ -632,7 +632,7 @@ std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const Completion
                               std::to_string(prompts.size()) + " prompts", "server_error", {}};
   }
   std::vector<Echo> echoes;
-  for (size_t i = 0; i < prompts.size(); ++i) echoes.push_back(EchoOf(prompts[i], scored.results(static_cast<int>(i)), call.logprobs));
+  for (size_t i = 0; i < prompts.size(); ++i) echoes.push_back(EchoOf(prompts[i], scored.results(static_cast<int>(i)), call.logprobs, call.tokens_as_ids));
   return echoes;
 }
 
@@ -735,6 +735,10 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   std::vector<bool> echo_sent(echoes.empty() ? 0 : choices, false);  // echo: on a choice's first chunk
   for (size_t c = 0; c < echo_sent.size(); ++c) offsets[c] = echoes[c / call.n].text.size();
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
+  // return_token_ids: each prompt's ids (the first message of its stream), on each of its choices'
+  // first chunk.
+  std::vector<std::vector<int32_t>> prompt_ids(prompts);
+  std::vector<bool> prompt_ids_sent(call.return_token_ids ? choices : 0, false);
   // prompt_logprobs arrive in messages of their own (at most 1,024 positions each) before the first
   // token: they go out whole with the choice's next chunk.
   std::vector<std::vector<v1::TokenLogprob>> pending_prompt_logprobs(choices);
@@ -775,6 +779,10 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     const uint32_t choice = static_cast<uint32_t>(item.prompt * call.n + msg.index());
     msg.set_index(choice);
     msg.set_request_id(request_id);
+    if (msg.prompt_token_ids_size() > 0) {  // a message of its own, before anything else
+      prompt_ids[item.prompt].assign(msg.prompt_token_ids().begin(), msg.prompt_token_ids().end());
+      continue;
+    }
     std::vector<v1::TokenLogprob>& pending = pending_prompt_logprobs[choice];
     if (msg.prompt_logprobs_size() > 0 || !pending.empty()) {
       pending.insert(pending.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
@@ -782,11 +790,19 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       msg.mutable_prompt_logprobs()->Assign(pending.begin(), pending.end());
       pending.clear();
     }
+    // return_token_ids: the prompt's ids on the choice's first chunk (chat: its role chunk, at the top
+    // level as vLLM puts them; completions: in the choice).
+    const bool with_prompt_ids = call.return_token_ids && !prompt_ids_sent[choice];
+    if (with_prompt_ids) prompt_ids_sent[choice] = true;
     if (api == Api::kChat && !role_sent[choice]) {
       role_sent[choice] = true;
-      client_gone = !SendEvent(conn, ChatRoleChunkJson(request_id, choice, model_name_, created).dump());
+      nlohmann::json role = ChatRoleChunkJson(request_id, choice, model_name_, created);
+      if (with_prompt_ids) role["prompt_token_ids"] = prompt_ids[item.prompt];
+      client_gone = !SendEvent(conn, role.dump());
     }
-    nlohmann::json chunk = StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api);
+    nlohmann::json chunk =
+        StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api, TokenReportOf(call));
+    if (with_prompt_ids && api == Api::kCompletions) chunk["choices"][0]["prompt_token_ids"] = prompt_ids[item.prompt];
     if (!echo_sent.empty() && !echo_sent[choice]) {  // completions only: the parser refuses chat's echo
       echo_sent[choice] = true;
       PrependEcho(chunk["choices"][0], echoes[item.prompt], 0);
@@ -840,7 +856,12 @@ int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call
     prompt_tokens += echoes[i].tokens;
     for (uint32_t j = 0; j < call.n; ++j) {
       const uint32_t index = static_cast<uint32_t>(i * call.n + j);
-      if (!SendEvent(conn, EchoOnlyChunkJson(echoes[i], request_id, index, model_name_, created).dump())) return 200;
+      nlohmann::json chunk = EchoOnlyChunkJson(echoes[i], request_id, index, model_name_, created);
+      if (call.return_token_ids) {
+        chunk["choices"][0]["token_ids"] = nlohmann::json::array();
+        chunk["choices"][0]["prompt_token_ids"] = echoes[i].token_ids;
+      }
+      if (!SendEvent(conn, chunk.dump())) return 200;
     }
   }
   if (call.include_usage) {
@@ -863,7 +884,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     echo = std::move(std::get<std::vector<Echo>>(echoes).front());
   }
 
-  CompletionAccumulator acc(call.n, call.logprobs, api, call.prompt_logprobs);
+  CompletionAccumulator acc(call.n, call.logprobs, api, call.prompt_logprobs, TokenReportOf(call));
   if (call.max_tokens > 0) {
     grpc::ClientContext ctx;
     const CallScope scope(*this, ctx);
@@ -882,6 +903,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
       none.set_request_id(request_id);
       none.set_finish_reason(v1::FINISH_REASON_LENGTH);
       none.mutable_usage()->set_prompt_tokens(echo->tokens);
+      if (i == 0) none.mutable_prompt_token_ids()->Assign(echo->token_ids.begin(), echo->token_ids.end());
       acc.Add(none);
     }
   }
