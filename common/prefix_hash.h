@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string_view>
 
 #include "common/uniform_draw.h"
 
@@ -19,6 +20,19 @@ inline uint64_t PrefixChainHash(uint64_t parent, std::span<const int32_t> tokens
     h *= 0x100000001b3ull;
   }
   return Mix64(h);
+}
+
+// The first parent of a salted prompt's chain (vLLM's cache_salt): the salt's FNV-1a, mixed; 0, the
+// chain of unsalted prompts, only for no salt. Prompts of different roots share no prefix hash.
+inline uint64_t PrefixRoot(std::string_view salt) {
+  if (salt.empty()) return 0;
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : salt) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  const uint64_t root = Mix64(h);
+  return root != 0 ? root : 1;
 }
 
 }  // namespace moe

@@ -357,7 +357,7 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       // Its rank holds the prompt and all generated tokens but the last (never fed back).
       if (e->tokens.size() > 1) {
         e->tokens.pop_back();
-        ExtendPrefixKeys(e->keys, e->tokens);
+        ExtendPrefixKeys(e->keys, e->tokens, e->assign.prefix_root());
         scheduler_.NoteCached(b.rank, e->keys);
       }
       seqs_.erase(seq);
@@ -432,7 +432,7 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
     SequenceDemand d{id, seqs[i].reserve_positions, {}, seqs[i].assign.priority()};
     if (affinity && seqs[i].assign.kind() == v1::Assign::KIND_GENERATE) {
       prompts[i].assign(seqs[i].assign.prompt().begin(), seqs[i].assign.prompt().end());
-      d.prefix_keys = PrefixKeys(prompts[i]);
+      d.prefix_keys = PrefixKeys(prompts[i], seqs[i].assign.prefix_root());
     }
     demands.push_back(std::move(d));
     ids.push_back(id);

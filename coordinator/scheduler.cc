@@ -24,14 +24,14 @@ void Scheduler::Readmit(const std::vector<SequenceDemand>& seqs) {
   }
 }
 
-std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens) {
+std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens, uint64_t root) {
   std::vector<uint64_t> keys;
-  ExtendPrefixKeys(keys, tokens);
+  ExtendPrefixKeys(keys, tokens, root);
   return keys;
 }
 
-void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> tokens) {
-  uint64_t h = keys.empty() ? 0 : keys.back();
+void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> tokens, uint64_t root) {
+  uint64_t h = keys.empty() ? root : keys.back();
   for (size_t end = (keys.size() + 1) * kPrefixKeyTokens; end <= tokens.size(); end += kPrefixKeyTokens) {
     h = PrefixChainHash(h, tokens.subspan(end - kPrefixKeyTokens, kPrefixKeyTokens));
     keys.push_back(h);

@@ -39,10 +39,11 @@ struct SchedulerLimits {
 inline constexpr int64_t kPrefixKeyTokens = 16;
 // One key per whole chunk of kPrefixKeyTokens at the start of `tokens`, each a hash of everything
 // up to the chunk's end (so a key stands for the whole prefix before it too).
-std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens);
-// Extends `keys`, the PrefixKeys of the first keys.size() chunks of `tokens`, to all of `tokens`'
-// whole chunks, hashing only the chunks after them (a finished sequence's prompt + answer).
-void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> tokens);
+// `root`: the chain's first parent (Assign.prefix_root: 0, or a cache_salt's), as the ranks' own.
+std::vector<uint64_t> PrefixKeys(std::span<const int32_t> tokens, uint64_t root = 0);
+// Extends `keys`, the PrefixKeys of the first keys.size() chunks of `tokens` from `root`, to all of
+// `tokens`' whole chunks, hashing only the chunks after them (a finished sequence's prompt + answer).
+void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> tokens, uint64_t root = 0);
 
 struct SequenceDemand {
   uint64_t seq_id = 0;

@@ -7,6 +7,7 @@
 #include <absl/strings/ascii.h>
 #include <nlohmann/json.hpp>
 
+#include "common/prefix_hash.h"
 #include "worker/json_schema.h"
 #include "worker/logits_penalties.h"
 #include "worker/sampler.h"
@@ -87,6 +88,9 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
     return FieldError("request_id", absl::StrCat("longer than ", kMaxRequestIdLength, " characters"));
   }
   if (!request.has_prompt()) return FieldError("prompt", "empty: set text or token_ids");
+  if (request.cache_salt().size() > kMaxCacheSaltLength) {
+    return FieldError("cache_salt", absl::StrCat("longer than ", kMaxCacheSaltLength, " bytes"));
+  }
   if (request.priority() != 0 && !model.priority_scheduling) {
     return FieldError("priority", "not 0, and this server schedules first come, first served (moe-coordinator "
                                   "--scheduling-policy priority takes priorities)");
@@ -240,6 +244,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_kind(v1::Assign::KIND_GENERATE);
   a.set_priority(request.priority());
   a.mutable_prompt()->Assign(prompt.begin(), prompt.end());
+  a.set_prefix_root(PrefixRoot(request.cache_salt()));
   a.set_max_tokens(max_tokens);
   a.set_temperature(sampling.temperature);
   a.set_top_k(sampling.top_k);

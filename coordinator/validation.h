@@ -37,6 +37,7 @@ inline constexpr uint32_t kMaxLogprobs = 20;
 inline constexpr uint32_t kMaxCompletions = 64;  // SamplingParams.n
 inline constexpr int kMaxLogitBias = 1024;         // SamplingParams.logit_bias entries
 inline constexpr size_t kMaxRequestIdLength = 256;
+inline constexpr size_t kMaxCacheSaltLength = 256;
 // Stop strings are matched on every text delta: bounded so that matching stays cheap.
 inline constexpr int kMaxStopStrings = 64;
 inline constexpr int kMaxBadWords = 64;  // SamplingParams.bad_words

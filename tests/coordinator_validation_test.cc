@@ -157,6 +157,21 @@ TEST_F(ValidationTest, VllmExtrasAreCarried) {
   EXPECT_EQ(job->assign.max_tokens(), kDefaultMaxTokens);
 }
 
+// cache_salt: its prefix-hash root to the worker (0 without one; equal salts, equal roots), at most
+// 256 bytes.
+TEST_F(ValidationTest, CacheSaltBecomesThePromptsPrefixRoot) {
+  v1::GenerateRequest r = Ids({5, 6});
+  EXPECT_EQ(ValidateGenerate(r, shakespeare())->assign.prefix_root(), 0u);
+  r.set_cache_salt("tenant-a");
+  const uint64_t a = ValidateGenerate(r, shakespeare())->assign.prefix_root();
+  EXPECT_NE(a, 0u);
+  EXPECT_EQ(ValidateGenerate(r, shakespeare())->CompletionAssign(1).prefix_root(), a) << "every completion of n";
+  r.set_cache_salt("tenant-b");
+  EXPECT_NE(ValidateGenerate(r, shakespeare())->assign.prefix_root(), a);
+  r.set_cache_salt(std::string(257, 's'));
+  EXPECT_TRUE(NamesField(ValidateGenerate(r, shakespeare()).status(), "cache_salt"));
+}
+
 // priority: 0 under first come, first served; any value under --scheduling-policy priority, carried
 // to the worker.
 TEST_F(ValidationTest, PriorityNeedsThePriorityPolicy) {

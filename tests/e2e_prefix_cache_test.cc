@@ -134,6 +134,44 @@ TEST(E2ePrefixCache, ATurnAndItsContinuationAreServedFromOneRanksCacheWithTransf
   EXPECT_EQ(st.mpirun, 0) << cluster.LogTail();
 }
 
+// vLLM's cache_salt: one rank with prefix caching serves the same prompt under two salts and none;
+// a prompt finds cached blocks only of its own salt (or of none, unsalted), and every answer is
+// transformers' greedy continuation all the same.
+TEST(E2ePrefixCache, CacheSaltsShareCachedBlocksOnlyWithinASalt) {
+  testing_ref::SetMpiTestEnvironment();
+  absl::StatusOr<json> samples = ReadJsonFile(testing_ref::kDefaultModelDir + "/samples.json");
+  ASSERT_TRUE(samples.ok()) << samples.status();
+  const json& sample = (*samples)["greedy_samples"][0];
+  std::vector<int32_t> prompt = sample["prompt_ids"].get<std::vector<int32_t>>();
+  const std::vector<int32_t> greedy = sample["greedy_ids"].get<std::vector<int32_t>>();
+  prompt.insert(prompt.end(), greedy.begin(), greedy.begin() + 24);  // 26 tokens: one whole block to share
+  const std::vector<int32_t> want(greedy.begin() + 24, greedy.begin() + 24 + kNewTokens);
+
+  Cluster cluster(ClusterOptions{1, testing_ref::kDefaultModelDir, {}, {"--enable-prefix-caching"}});
+  const absl::Status started = cluster.Start(Seconds(90));
+  ASSERT_TRUE(started.ok()) << started;
+  auto stub = moe::v1::Inference::NewStub(cluster.channel());
+  // (salt, the cached prompt tokens it finds): the first of each salt computes everything.
+  const std::vector<std::pair<std::string, int64_t>> runs = {
+      {"a", 0}, {"a", kBlock}, {"b", 0}, {"", 0}, {"", kBlock}, {"b", kBlock}, {"a", kBlock}};
+  int64_t queried = 0, hits = 0;
+  for (const auto& [salt, found] : runs) {
+    moe::v1::GenerateRequest request = GreedyTokenRequest(prompt, kNewTokens);
+    request.set_cache_salt(salt);
+    const StreamOutcome r = RunGenerate(*stub, request, 60);
+    ASSERT_TRUE(r.status.ok()) << r.status << cluster.LogTail();
+    EXPECT_EQ(r.result.token_ids, want) << "salt '" << salt << "'";
+    queried += static_cast<int64_t>(prompt.size());
+    hits += found;
+    const std::vector<RankCache> ranks = WaitForCounters(*stub, queried);
+    ASSERT_EQ(ranks.size(), 1u);
+    EXPECT_EQ(ranks[0].hits, hits) << "after a prompt with salt '" << salt << "'";
+  }
+  const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
+  EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
+  EXPECT_EQ(st.mpirun, 0) << cluster.LogTail();
+}
+
 TEST(E2eKvPreemption, StreamsThatOutgrowTheCacheArePreemptedAndStillGetTransformersTokens) {
   testing_ref::SetMpiTestEnvironment();
   absl::StatusOr<json> samples = ReadJsonFile(testing_ref::kDefaultModelDir + "/samples.json");

@@ -36,6 +36,36 @@ int64_t RunPrompt(KvBlockAllocator& kv, int64_t seq, const std::vector<int32_t>&
   return attached;
 }
 
+// cache_salt: a prompt finds only the blocks of its own root's chain (the unsalted one is root 0),
+// and a sequence that attaches nothing still registers its blocks under its root.
+TEST(KvBlockAllocatorTest, BlocksMatchOnlyWithinTheirRoot) {
+  KvBlockAllocator kv(kBlock, 32);
+  kv.EnablePrefixCache();
+  const uint64_t a = PrefixRoot("a"), b = PrefixRoot("b");
+  ASSERT_NE(a, b);
+  ASSERT_EQ(PrefixRoot(""), 0u);
+  auto run = [&](int64_t seq, const std::vector<int32_t>& prompt, uint64_t root, bool attach = true) {
+    EXPECT_TRUE(kv.AddSequence(seq).ok());
+    const int64_t attached = kv.AttachCachedPrefix(seq, attach ? prompt : std::vector<int32_t>(), root);
+    EXPECT_TRUE(kv.Reserve(seq, static_cast<int64_t>(prompt.size())).ok());
+    kv.Append(seq, std::vector<int32_t>(prompt.begin() + attached, prompt.end()));
+    kv.FreeSequence(seq);
+    return attached;
+  };
+  EXPECT_EQ(run(1, Range(0, 9), a), 0);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9), a).blocks, 2);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9)).blocks, 0) << "unsalted prompts do not see salted blocks";
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(0, 9), b).blocks, 0) << "nor does another salt";
+  EXPECT_EQ(run(2, Range(0, 9), b), 0);
+  EXPECT_EQ(run(3, Range(0, 9), a), 8) << "the same salt finds its blocks";
+  EXPECT_EQ(run(4, Range(0, 9), 0), 0);
+  EXPECT_EQ(run(5, Range(0, 9), 0), 8);
+  // A sequence computed whole (nothing attached) registers in its root's chain, not the unsalted one.
+  run(6, Range(50, 9), a, /*attach=*/false);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(50, 9)).blocks, 0);
+  EXPECT_EQ(kv.LookupCachedPrefix(Range(50, 9), a).blocks, 2);
+}
+
 TEST(KvBlockAllocatorTest, WithoutPrefixCachingBlocksReturnToThePool) {
   KvBlockAllocator kv(kBlock, 6);
   EXPECT_EQ(RunPrompt(kv, 1, Range(0, 10)), 0);

@@ -305,6 +305,8 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "skip_special_tokens": false})", 400, "skip_special_tokens"},
            {R"({"prompt": "x", "return_tokens_as_token_ids": 1})", 400, "return_tokens_as_token_ids"},
            {R"({"prompt": "x", "return_token_ids": "yes"})", 400, "return_token_ids"},
+           {R"({"prompt": "x", "cache_salt": ""})", 400, "cache_salt"},
+           {R"({"prompt": "x", "cache_salt": 7})", 400, "cache_salt"},
            {R"({"prompt": "x", "guided_grammar": "root ::= \"a\""})", 400, "guided_grammar"},
            {R"({"prompt": "x", "guided_whitespace_pattern": " "})", 400, "guided_whitespace_pattern"},
            {R"({"prompt": "x", "add_special_tokens": "no"})", 400, "add_special_tokens"},
@@ -333,6 +335,7 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   Ok({{"prompt", "x"}, {"use_beam_search", false}, {"logits_processors", json::array()}, {"skip_special_tokens", true},
       {"return_tokens_as_token_ids", false}, {"guided_grammar", nullptr}, {"guided_decoding_backend", "xgrammar"}});
   EXPECT_TRUE(Ok({{"prompt", "x"}}).add_special_tokens);
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"cache_salt", "tenant-a"}}).request.cache_salt(), "tenant-a");
   EXPECT_FALSE(Ok({{"prompt", "x"}, {"add_special_tokens", false}}).add_special_tokens);
 }
 

@@ -118,9 +118,10 @@ void KvBlockAllocator::Append(int64_t seq_id, std::span<const int32_t> tokens) {
   s.pending.erase(s.pending.begin(), s.pending.begin() + static_cast<std::ptrdiff_t>(used));
 }
 
-std::vector<int32_t> KvBlockAllocator::MatchCachedPrefix(std::span<const int32_t> prompt, uint64_t* prefix_hash) const {
+std::vector<int32_t> KvBlockAllocator::MatchCachedPrefix(std::span<const int32_t> prompt, uint64_t root,
+                                                         uint64_t* prefix_hash) const {
   std::vector<int32_t> match;
-  uint64_t h = 0;
+  uint64_t h = root;
   const int64_t whole = prefix_cache_ && !prompt.empty() ? (static_cast<int64_t>(prompt.size()) - 1) / block_size_ : 0;
   for (int64_t i = 0; i < whole; ++i) {
     const std::span<const int32_t> own = prompt.subspan(static_cast<size_t>(i * block_size_), static_cast<size_t>(block_size_));
@@ -138,18 +139,20 @@ std::vector<int32_t> KvBlockAllocator::MatchCachedPrefix(std::span<const int32_t
   return match;
 }
 
-KvBlockAllocator::CachedPrefix KvBlockAllocator::LookupCachedPrefix(std::span<const int32_t> prompt) const {
-  const std::vector<int32_t> match = MatchCachedPrefix(prompt, nullptr);
+KvBlockAllocator::CachedPrefix KvBlockAllocator::LookupCachedPrefix(std::span<const int32_t> prompt,
+                                                                    uint64_t root) const {
+  const std::vector<int32_t> match = MatchCachedPrefix(prompt, root, nullptr);
   return {static_cast<int64_t>(match.size()),
           std::count_if(match.begin(), match.end(), [&](int32_t b) { return info_[static_cast<size_t>(b)].refs > 0; })};
 }
 
-int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) {
+int64_t KvBlockAllocator::AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt, uint64_t root) {
   Sequence& s = seqs_.at(seq_id);
   MOE_CHECK(s.length == 0 && s.blocks.empty(), "a cached prefix attaches to a new sequence only");
+  s.prefix_hash = root;  // the blocks it fills register in its root's chain
   if (!prefix_cache_ || prompt.empty()) return 0;
   queried_tokens_ += static_cast<int64_t>(prompt.size());
-  s.blocks = MatchCachedPrefix(prompt, &s.prefix_hash);
+  s.blocks = MatchCachedPrefix(prompt, root, &s.prefix_hash);
   for (int32_t b : s.blocks) {
     Block& info = info_[static_cast<size_t>(b)];
     if (info.refs++ == 0) lru_.erase(info.lru);

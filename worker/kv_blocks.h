@@ -51,14 +51,17 @@ class KvBlockAllocator {
   // For a sequence just added: attaches the registered blocks that hold the longest run of whole
   // blocks at the start of `prompt`, leaving at least its last token to compute (its logits are
   // wanted), and returns the positions attached (the sequence's length now). 0 when caching is off.
-  int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt);
+  // `root` is the chain's first parent (Assign.prefix_root: 0, or a cache_salt's): only blocks
+  // registered under the same root match, and the blocks this sequence fills register under it
+  // (also when `prompt` is empty: a sequence that attaches nothing but must stay in its salt's chain).
+  int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt, uint64_t root = 0);
   // What AttachCachedPrefix would attach for `prompt` now: how many blocks, and how many of them
   // some sequence holds (sharing those takes nothing from the free pool; the cached free ones do).
   struct CachedPrefix {
     int64_t blocks = 0;
     int64_t in_use = 0;
   };
-  CachedPrefix LookupCachedPrefix(std::span<const int32_t> prompt) const;
+  CachedPrefix LookupCachedPrefix(std::span<const int32_t> prompt, uint64_t root = 0) const;
   // Prompt tokens looked up and found by AttachCachedPrefix so far.
   int64_t prefix_queried_tokens() const { return queried_tokens_; }
   int64_t prefix_hit_tokens() const { return hit_tokens_; }
@@ -102,7 +105,7 @@ class KvBlockAllocator {
   // The registered blocks holding the longest run of whole blocks at the start of `prompt`, at most
   // (size - 1) / block_size of them (the last token is always computed), with the hash of the
   // prefix they hold. Empty when caching is off.
-  std::vector<int32_t> MatchCachedPrefix(std::span<const int32_t> prompt, uint64_t* prefix_hash) const;
+  std::vector<int32_t> MatchCachedPrefix(std::span<const int32_t> prompt, uint64_t root, uint64_t* prefix_hash) const;
   int32_t TakeBlock();
   void Release(int32_t b);
 

@@ -88,7 +88,8 @@ class StepEngine {
   // start from the cached blocks of its prompt's first whole blocks, and only the rest of the prompt
   // is stepped (from the returned position on).
   virtual void EnablePrefixCache() = 0;
-  virtual int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) = 0;
+  // `root`: KvBlockAllocator::AttachCachedPrefix's (0, or the sequence's cache_salt's).
+  virtual int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt, uint64_t root) = 0;
 
   // The collective forward step: every rank calls it in lock step, each with its own sequences
   // (possibly none). On error nothing is changed on any rank.

@@ -103,8 +103,8 @@ class GpuEngine final : public StepEngine {
   bool HasSequence(int64_t seq_id) const override { return kv_.HasSequence(seq_id); }
   int64_t SequenceLength(int64_t seq_id) const override { return kv_.length(seq_id); }
   void EnablePrefixCache() override { kv_.EnablePrefixCache(); }
-  int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt) override {
-    return kv_.AttachCachedPrefix(seq_id, prompt);
+  int64_t AttachCachedPrefix(int64_t seq_id, std::span<const int32_t> prompt, uint64_t root) override {
+    return kv_.AttachCachedPrefix(seq_id, prompt, root);
   }
 
   // The collective forward step. On error nothing is changed on any rank.

@@ -169,6 +169,7 @@ bool ServingLoop::PrefixBeingComputed(const ServedSequence& s, int64_t cached_bl
   for (uint64_t id : planner_.running()) {
     const ServedSequence& r = seqs_.at(id);
     if (r.prompt_size() < end || r.fed >= end) continue;  // (scoring's filled blocks are cached too)
+    if (r.assign.prefix_root() != s.assign.prefix_root()) continue;  // another salt's blocks are not its
     if (std::equal(s.assign.prompt().begin(), s.assign.prompt().begin() + end, r.assign.prompt().begin())) return true;
   }
   return false;
@@ -378,8 +379,9 @@ bool ServingLoop::RunOnce() {
       resumed = s.ContextTokens(0, s.context_size());
       context = resumed;
     }
+    const uint64_t root = s.assign.prefix_root();  // its cache_salt's chain (0: the unsalted one)
     const KvBlockAllocator::CachedPrefix cached =
-        whole ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(context);
+        whole ? KvBlockAllocator::CachedPrefix{} : engine_.kv_blocks().LookupCachedPrefix(context, root);
     // The FIFO waits with it (at most a prefill).
     if (!whole && PrefixBeingComputed(s, cached.blocks)) break;
     if (!planner_.AdmitNext(cached.in_use)) {
@@ -394,7 +396,8 @@ bool ServingLoop::RunOnce() {
     }
     const absl::Status added = engine_.AddSequence(EngineId(*next));
     MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
-    if (!whole) s.fed = engine_.AttachCachedPrefix(EngineId(*next), context);
+    // A whole prompt attaches nothing, but the blocks it fills join its root's chain all the same.
+    s.fed = engine_.AttachCachedPrefix(EngineId(*next), whole ? std::span<const int32_t>() : context, root);
   }
 
   // This step's chunks, within the free KV blocks: on demand, the last in priority and admission
