@@ -83,6 +83,17 @@ class PythonClientEndToEnd(unittest.TestCase):
         self.assertEqual(full.token_ids, self.samples["First Citizen:\n"]["greedy_ids"])
         self.assertEqual(full.finish_reason, "length")
         self.assertEqual(full.prompt_tokens, 4)
+        # The prompt's ids as the model reads them, and a salted request (its own prefix-cache chain)
+        # answers the same.
+        salted = self.client.generate_choices("First Citizen:\n", max_tokens=8, temperature=0, n=2,
+                                              return_prompt_token_ids=True, cache_salt="tenant-a")
+        for c in salted:
+            self.assertEqual(c.prompt_token_ids, self.samples["First Citizen:\n"]["prompt_ids"])
+            self.assertEqual(c.token_ids, self.samples["First Citizen:\n"]["greedy_ids"][:8])
+        with self.assertRaises(grpc.RpcError) as e:
+            self.client.generate_text("ROMEO:", max_tokens=2, cache_salt="s" * 257)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("cache_salt", e.exception.details())
 
     def test_c_score_tokenize(self):
         s = self.samples["KING RICHARD III:\nNow is the"]

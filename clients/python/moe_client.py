@@ -75,6 +75,7 @@ class Completion:
     # prompt_logprobs: inference_pb2.TokenLogprob of prompt tokens 1..n-1 (with rank), completion 0's
     prompt_logprobs: list = dataclasses.field(default_factory=list)
     index: int = 0  # which of the request's n completions
+    prompt_token_ids: List[int] = dataclasses.field(default_factory=list)  # with return_prompt_token_ids
 
 
 def make_prompt(value: TextOrIds, field: str = "prompt") -> "inference_pb2.Prompt":
@@ -181,6 +182,7 @@ class MoeClient:
 
     def generate(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None, *,
                  request_id: str = "", timeout: Optional[float] = None, priority: int = 0,
+                 cache_salt: str = "", return_prompt_token_ids: bool = False,
                  **sampling) -> Iterator["inference_pb2.GenerateResponse"]:
         """Streams GenerateResponse chunks (token_ids, text delta; the last has finish_reason and
         usage). Give `prompt` (text) or `token_ids`. Sampling keywords: max_tokens, temperature,
@@ -192,12 +194,15 @@ class MoeClient:
         regular expression); vLLM's include_stop_str_in_output, truncate_prompt_tokens,
         allowed_token_ids, bad_words and prompt_logprobs (each prompt token's logprob, rank and this
         many top alternatives, on completion 0's first message). priority: lower is scheduled first (a coordinator started with
-        --scheduling-policy priority; others refuse any but 0). Closing the iterator early
-        (break, or .close()) cancels the request on the server."""
+        --scheduling-policy priority; others refuse any but 0). cache_salt (vLLM's): the prompt shares
+        cached KV blocks only with requests of the same salt. return_prompt_token_ids: the first
+        message carries the prompt's token ids (prompt_token_ids) as the model reads them. Closing
+        the iterator early (break, or .close()) cancels the request on the server."""
         if (prompt is None) == (token_ids is None):
             raise TypeError("generate: give exactly one of prompt (text) or token_ids")
         request = inference_pb2.GenerateRequest(
-            request_id=request_id, priority=priority,
+            request_id=request_id, priority=priority, cache_salt=cache_salt,
+            return_prompt_token_ids=return_prompt_token_ids,
             prompt=make_prompt(prompt if prompt is not None else token_ids),
             sampling=make_sampling(**sampling))
         call = self._inference.Generate(request, **self._call(timeout))
@@ -232,6 +237,9 @@ class MoeClient:
             c.text += chunk.text
             c.logprobs.extend(chunk.logprobs)
             c.prompt_logprobs.extend(chunk.prompt_logprobs)
+            if chunk.prompt_token_ids:  # the first message only, completion 0's: the same prompt for all
+                for each in completions:
+                    each.prompt_token_ids = list(chunk.prompt_token_ids)
             if chunk.finish_reason != inference_pb2.FINISH_REASON_UNSPECIFIED:
                 c.finish_reason = FINISH_REASONS[chunk.finish_reason]
                 which = chunk.WhichOneof("stop_reason")
