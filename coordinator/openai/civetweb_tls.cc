@@ -115,8 +115,6 @@ absl::Status Prepare() {
 
 }  // namespace
 
-bool HttpsBuilt() { return true; }
-
 absl::Status CheckTlsFiles(const std::string& cert_file, const std::string& key_file) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) return absl::InternalError(absl::StrCat("SSL_CTX_new failed", OpenSslError()));
@@ -146,7 +144,6 @@ absl::Status NotBuilt() {
 }
 }  // namespace
 
-bool HttpsBuilt() { return false; }
 absl::Status CheckTlsFiles(const std::string&, const std::string&) { return NotBuilt(); }
 absl::Status PrepareCivetwebTls() { return NotBuilt(); }
 int LoadTlsFiles(void*, const std::string&, const std::string&) { return -1; }

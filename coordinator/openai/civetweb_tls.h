@@ -13,8 +13,8 @@
 
 namespace moe::openai {
 
-// Whether this build can serve HTTPS (OpenSSL 3's development files were there at build time).
-bool HttpsBuilt();
+// A build without OpenSSL 3's development files has no HTTPS: each function below then fails
+// saying so (FailedPrecondition), and LoadTlsFiles returns -1.
 
 // Loads the certificate chain (PEM, the server's certificate first) and the unencrypted PEM private
 // key into a throwaway TLS context, as LoadTlsFiles will: InvalidArgument naming --ssl-certfile or
