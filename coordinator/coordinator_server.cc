@@ -37,6 +37,28 @@ void ConfigureBuilder(grpc::ServerBuilder& b) {
   b.SetMaxSendMessageSize(256 << 20);
 }
 
+// A port's credentials: plaintext without files, else TLS only with the PEM certificate chain and
+// private key they hold. Errors name the flag (`flags` is its prefix: "--tls" -> --tls-cert-file).
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const std::string& cert_file,
+                                                                         const std::string& key_file,
+                                                                         const std::string& flags) {
+  if (cert_file.empty()) return grpc::InsecureServerCredentials();
+  const std::string cert_flag = flags + "-cert-file", key_flag = flags + "-key-file";
+  absl::StatusOr<std::string> cert = ReadTextFile(cert_file);
+  absl::StatusOr<std::string> key = ReadTextFile(key_file);
+  if (!cert.ok()) return absl::InvalidArgumentError(absl::StrCat(cert_flag, ": ", cert.status().message()));
+  if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat(key_flag, ": ", key.status().message()));
+  if (cert->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(cert_flag, ": ", cert_file, " holds no PEM certificate"));
+  }
+  if (key->find("PRIVATE KEY-----") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(key_flag, ": ", key_file, " holds no PEM private key"));
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(ssl);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(const CoordinatorOptions& options) {
@@ -76,32 +98,23 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
-  std::shared_ptr<grpc::ServerCredentials> public_credentials = grpc::InsecureServerCredentials();
-  if (!options.tls_cert_file.empty()) {  // the public API over TLS only; read before anything listens
-    absl::StatusOr<std::string> cert = ReadTextFile(options.tls_cert_file);
-    absl::StatusOr<std::string> key = ReadTextFile(options.tls_key_file);
-    if (!cert.ok()) return absl::InvalidArgumentError(absl::StrCat("--tls-cert-file: ", cert.status().message()));
-    if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat("--tls-key-file: ", key.status().message()));
-    if (cert->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("--tls-cert-file: ", options.tls_cert_file,
-                                                     " holds no PEM certificate"));
-    }
-    if (key->find("PRIVATE KEY-----") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("--tls-key-file: ", options.tls_key_file,
-                                                     " holds no PEM private key"));
-    }
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({*key, *cert});
-    public_credentials = grpc::SslServerCredentials(ssl);
-  }
+  // TLS files are read before anything listens.
+  MOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> public_credentials,
+                       ServerCredentials(options.tls_cert_file, options.tls_key_file, "--tls"));
+  MOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> cluster_credentials,
+                       ServerCredentials(options.cluster_tls_cert_file, options.cluster_tls_key_file, "--cluster-tls"));
   {
     grpc::ServerBuilder b;
     ConfigureBuilder(b);
-    b.AddListeningPort(options.cluster_listen, grpc::InsecureServerCredentials(), &s->ports_.cluster_port);
+    b.AddListeningPort(options.cluster_listen, cluster_credentials, &s->ports_.cluster_port);
     b.RegisterService(s->cluster_service_.get());
     s->cluster_server_ = b.BuildAndStart();
     if (!s->cluster_server_ || s->ports_.cluster_port == 0) {
-      return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen));
+      return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen,
+                                                 options.cluster_tls_cert_file.empty()
+                                                     ? ""
+                                                     : " (or --cluster-tls-key-file is not the key of "
+                                                       "--cluster-tls-cert-file)"));
     }
   }
   {

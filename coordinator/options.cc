@@ -55,6 +55,7 @@ std::string CoordinatorUsage() {
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
+         "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
          "When every worker caches prompt prefixes (moe-worker's default), a generation goes\n"
          "to the rank that holds the longest start of its prompt, unless that rank reserves more than\n"
@@ -71,7 +72,10 @@ std::string CoordinatorUsage() {
          "vLLM logs them; 0 turns it off.\n"
          "--tls-cert-file / --tls-key-file (PEM, both or neither): the public API serves TLS only; clients\n"
          "verify the certificate against MOE_TLS_CA_FILE (moe-client, moe-serve-bench, moe-openai-server, the\n"
-         "Python client). The cluster port stays plaintext.\n";
+         "Python client).\n"
+         "--cluster-tls-cert-file / --cluster-tls-key-file (PEM, both or neither): the cluster port serves TLS\n"
+         "only; workers verify it with moe-worker --coordinator-tls-ca-file. Without them it is plaintext (the\n"
+         "cluster token, MOE_CLUSTER_TOKEN, still authenticates the ranks).\n";
 }
 
 absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
@@ -157,6 +161,18 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
          o.tls_key_file = v;
          return absl::OkStatus();
        }},
+      {"--cluster-tls-cert-file",
+       [&](const std::string& v) {
+         if (v.empty()) return FlagError("--cluster-tls-cert-file", "empty path");
+         o.cluster_tls_cert_file = v;
+         return absl::OkStatus();
+       }},
+      {"--cluster-tls-key-file",
+       [&](const std::string& v) {
+         if (v.empty()) return FlagError("--cluster-tls-key-file", "empty path");
+         o.cluster_tls_key_file = v;
+         return absl::OkStatus();
+       }},
       {"--resume-timeout-s",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(o.resume_timeout_s, ParseSeconds("--resume-timeout-s", v, true));
@@ -181,6 +197,10 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
   if (o.tls_cert_file.empty() != o.tls_key_file.empty()) {
     return o.tls_cert_file.empty() ? FlagError("--tls-cert-file", "required with --tls-key-file")
                                    : FlagError("--tls-key-file", "required with --tls-cert-file");
+  }
+  if (o.cluster_tls_cert_file.empty() != o.cluster_tls_key_file.empty()) {
+    return o.cluster_tls_cert_file.empty() ? FlagError("--cluster-tls-cert-file", "required with --cluster-tls-key-file")
+                                           : FlagError("--cluster-tls-key-file", "required with --cluster-tls-cert-file");
   }
   return o;
 }

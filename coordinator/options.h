@@ -42,6 +42,10 @@ struct CoordinatorOptions {
   // Clients verify it against MOE_TLS_CA_FILE (clients/cpp/channel.h; the Python client's
   // tls_ca_file). The cluster port stays plaintext (the cluster token authenticates workers).
   std::string tls_cert_file, tls_key_file;
+  // Both or neither: the cluster port (the workers' Register and Serve) serves TLS only, with this
+  // certificate chain and key; workers verify it with moe-worker --coordinator-tls-ca-file. Without
+  // them it is plaintext (the cluster token still authenticates the ranks).
+  std::string cluster_tls_cert_file, cluster_tls_key_file;
 };
 
 // argv without the program name. A bare port ("50051") listens on 127.0.0.1; "none" turns the

@@ -59,6 +59,9 @@ usage: $0 [options] [-- extra mpirun args]
                          the host they reach (127.0.0.1 when --listen is local), or set MOE_TLS_SERVER_NAME.
                          The OpenAI front (--openai-listen) then serves HTTPS only with the same files
                          (--openai-arg=--ssl-certfile=... and --ssl-keyfile=... give it others)
+  --cluster-tls          with --tls-cert-file: the cluster port serves TLS too, with the same files; the
+                         workers verify it against MOE_TLS_CA_FILE (the certificate must then name the
+                         address they dial: --advertise, or set MOE_TLS_SERVER_NAME, passed to them)
 EOF
 }
 
@@ -85,6 +88,7 @@ OPENAI_ARGS=()
 MPI_EXTRA=()
 TLS_CERT=""
 TLS_KEY=""
+CLUSTER_TLS=0
 
 while [[ $# -gt 0 ]]; do
   arg="$1"
@@ -96,6 +100,7 @@ while [[ $# -gt 0 ]]; do
   case "$arg" in
     --) shift; MPI_EXTRA=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
+    --cluster-tls) CLUSTER_TLS=1; shift ;;
     --np|--model|--hostfile|--listen|--build-dir|--cluster-port|--metrics-listen|--advertise|--ports-file|\
     --ready-timeout|--stop-timeout|--coordinator-arg|--worker-arg|--restart-workers|--hung-timeout|--openai-listen|\
     --openai-arg|--tls-cert-file|--tls-key-file)
@@ -141,6 +146,7 @@ if [[ -n "$TLS_CERT" || -n "$TLS_KEY" ]]; then
   # The probes (moe-client) and the OpenAI front reach the public API over TLS too.
   export MOE_TLS_CA_FILE="${MOE_TLS_CA_FILE:-$TLS_CERT}"
 fi
+((CLUSTER_TLS == 0)) || [[ -n "$TLS_CERT" ]] || die "--cluster-tls needs --tls-cert-file and --tls-key-file"
 MODEL="$(cd "$MODEL" && pwd)"
 if [[ -n "$HOSTFILE" ]]; then
   [[ -r "$HOSTFILE" ]] || die "--hostfile: cannot read $HOSTFILE"
@@ -308,6 +314,7 @@ coord_cmd=("$COORDINATOR_BIN" --model "$MODEL" --world-size "$NP" --listen "$LIS
            --cluster-listen "$CLUSTER_LISTEN" --ports-file "$PORTS_FILE")
 [[ -z "$METRICS" ]] || coord_cmd+=(--metrics-listen "$METRICS")
 [[ -z "$TLS_CERT" ]] || coord_cmd+=(--tls-cert-file "$TLS_CERT" --tls-key-file "$TLS_KEY")
+((CLUSTER_TLS == 0)) || coord_cmd+=(--cluster-tls-cert-file "$TLS_CERT" --cluster-tls-key-file "$TLS_KEY")
 coord_cmd+=("${COORD_ARGS[@]}")
 # With restarts, requests in flight when a rank is lost wait for the next job (and go on where their
 # streams stopped) for as long as noticing a hung job and starting another may take, unless told.
@@ -345,7 +352,13 @@ if [[ -n "$HOSTFILE" ]]; then
 else
   mpi_cmd+=(--oversubscribe)
 fi
-mpi_cmd+=("${MPI_EXTRA[@]}" "$WORKER_BIN" --coordinator "$ADVERTISE:$CLUSTER_PORT_BOUND" "${WORKER_ARGS[@]}")
+cluster_tls=()
+if ((CLUSTER_TLS)); then
+  cluster_tls=(--coordinator-tls-ca-file "$MOE_TLS_CA_FILE")
+  [[ -z "${MOE_TLS_SERVER_NAME:-}" ]] || mpi_cmd+=(-x MOE_TLS_SERVER_NAME)
+fi
+mpi_cmd+=("${MPI_EXTRA[@]}" "$WORKER_BIN" --coordinator "$ADVERTISE:$CLUSTER_PORT_BOUND" "${cluster_tls[@]}"
+          "${WORKER_ARGS[@]}")
 start_workers() {
   setsid "${mpi_cmd[@]}" </dev/null >&2 &
   MPI_PID=$!

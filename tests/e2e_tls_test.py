@@ -5,7 +5,8 @@ deploy/launch-cluster.sh), end to end.
 A self-signed certificate for 127.0.0.1 is made with the openssl command. The cluster serves the
 Python client that trusts it (the greedy text of the model's samples.json), moe-client with
 MOE_TLS_CA_FILE, and the OpenAI front the launcher starts (it trusts the certificate through the
-launcher's MOE_TLS_CA_FILE), and itself serves HTTPS only with the same files (moe-openai-server
+launcher's MOE_TLS_CA_FILE), the workers register and serve over TLS too (--cluster-tls: the
+cluster port answers nothing in plaintext), and the front itself serves HTTPS only with the same files (moe-openai-server
 --ssl-certfile / --ssl-keyfile), whole and streamed answers over several connections. A plaintext
 client, or one that trusts another certificate, gets nothing, from either. A coordinator or an OpenAI
 front given a key that is not its certificate's, or files that hold no PEM, stops at once naming
@@ -38,6 +39,7 @@ from moe_client import MoeClient  # noqa: E402
 
 COORDINATOR_BIN = os.path.join(BUILD_DIR, "coordinator", "moe-coordinator")
 OPENAI_BIN = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
+WORKER_BIN = os.path.join(BUILD_DIR, "worker", "moe-worker")
 
 
 def self_signed(folder, name):
@@ -60,7 +62,7 @@ class TlsEndToEnd(unittest.TestCase):
         # (LaunchedCluster starts from this process's environment).
         for k in [k for k in os.environ if k.startswith("MOE_TLS_")]:
             del os.environ[k]
-        cls.cluster = LaunchedCluster(["--tls-cert-file", cls.cert, "--tls-key-file", cls.key,
+        cls.cluster = LaunchedCluster(["--tls-cert-file", cls.cert, "--tls-key-file", cls.key, "--cluster-tls",
                                        "--openai-listen", "127.0.0.1:0"])
         try:
             cls.cluster.start()
@@ -133,6 +135,23 @@ class TlsEndToEnd(unittest.TestCase):
         # The front still serves after those.
         self.assertEqual("ROMEO:" + complete("https", trusted)["choices"][0]["text"], s["greedy_text"])
 
+    def test_c2_the_cluster_port_speaks_tls_only(self):
+        """--cluster-tls: the workers registered over TLS (the cluster serves, test a); the cluster
+        port answers a client that trusts the certificate and nothing in plaintext."""
+        cluster = f"127.0.0.1:{self.cluster.cluster_port}"
+        with MoeClient(cluster, timeout=10, tls_ca_file=self.cert) as c:
+            self.assertEqual(c.health(), "SERVING")
+        for kwargs in ({}, {"tls_ca_file": self.other_cert}):
+            with MoeClient(cluster, timeout=5, **kwargs) as c:
+                with self.assertRaises(grpc.RpcError) as e:
+                    c.health()
+                self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, kwargs)
+        # A worker given a file that is no certificate stops at once naming its flag.
+        r = subprocess.run([WORKER_BIN, "--coordinator", cluster, "--coordinator-tls-ca-file", self.key],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--coordinator-tls-ca-file: %s holds no PEM certificate" % self.key, r.stderr)
+
     def test_d_a_coordinator_with_a_wrong_key_or_no_pem_stops_naming_the_flag(self):
         base = [COORDINATOR_BIN, "--model", MODEL_DIR, "--world-size", "1", "--listen", "127.0.0.1:0",
                 "--cluster-listen", "127.0.0.1:0", "--metrics-listen", "none"]
@@ -141,7 +160,11 @@ class TlsEndToEnd(unittest.TestCase):
                 (["--tls-cert-file", self.key, "--tls-key-file", self.key], "--tls-cert-file"),
                 (["--tls-cert-file", self.cert, "--tls-key-file", self.cert], "--tls-key-file"),
                 (["--tls-cert-file", self.cert, "--tls-key-file", "/nonexistent.key"], "--tls-key-file"),
-                (["--tls-cert-file", self.cert], "--tls-key-file: required")):
+                (["--tls-cert-file", self.cert], "--tls-key-file: required"),
+                (["--cluster-tls-cert-file", self.cert, "--cluster-tls-key-file", self.other_key],
+                 "--cluster-tls-key-file is not the key"),
+                (["--cluster-tls-cert-file", self.key, "--cluster-tls-key-file", self.key], "--cluster-tls-cert-file"),
+                (["--cluster-tls-cert-file", self.cert], "--cluster-tls-key-file: required")):
             r = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
             self.assertNotEqual(r.returncode, 0, args)
             self.assertIn(says, r.stderr, args)

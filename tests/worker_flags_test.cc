@@ -48,6 +48,10 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--enable-peer-exchange", "--no-enable-peer-exchange"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_FALSE(f->enable_peer_exchange);
+  EXPECT_TRUE(f->coordinator_tls_ca_file.empty()) << "plaintext unless asked";
+  f = ParseWorkerFlags({"--coordinator=h:1", "--coordinator-tls-ca-file", "/etc/ca.pem"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->coordinator_tls_ca_file, "/etc/ca.pem");
 }
 
 TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
@@ -57,6 +61,7 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
   };
   for (const Case& c : std::vector<Case>{
            {{"--coordinator", "h:1", "--device", "tpu"}, "--device: expected cpu or gpu, got 'tpu'"},
+           {{"--coordinator", "h:1", "--coordinator-tls-ca-file="}, "--coordinator-tls-ca-file: empty path"},
            {{"--coordinator", "h:1", "--device"}, "--device: missing value"},
            {{"--coordinator", "nohostport"}, "--coordinator: expected HOST:PORT"},
            {{"--coordinator", "h:1", "--kv-tokens", "0"}, "--kv-tokens: must be positive"},

@@ -46,15 +46,19 @@ absl::StatusOr<ChannelSecurity> SecurityFromEnv() {
   ChannelSecurity s;
   s.api_key = ApiKeyFromEnv();
   if (const char* ca = std::getenv(kTlsCaFileEnv); ca != nullptr && *ca != '\0') {
-    absl::StatusOr<std::string> pem = ReadTextFile(ca);
-    if (!pem.ok()) return absl::InvalidArgumentError(absl::StrCat(kTlsCaFileEnv, ": ", pem.status().message()));
-    if (pem->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
-      return absl::InvalidArgumentError(absl::StrCat(kTlsCaFileEnv, ": ", ca, " holds no PEM certificate"));
-    }
-    s.tls_ca_pem = std::move(*pem);
+    MOE_ASSIGN_OR_RETURN(s.tls_ca_pem, ReadCaFile(ca, kTlsCaFileEnv));
   }
   if (const char* name = std::getenv(kTlsServerNameEnv); name != nullptr) s.tls_server_name = name;
   return s;
+}
+
+absl::StatusOr<std::string> ReadCaFile(const std::string& path, const std::string& source) {
+  absl::StatusOr<std::string> pem = ReadTextFile(path);
+  if (!pem.ok()) return absl::InvalidArgumentError(absl::StrCat(source, ": ", pem.status().message()));
+  if (pem->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", path, " holds no PEM certificate"));
+  }
+  return std::move(*pem);
 }
 
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, const grpc::ChannelArguments& args,

@@ -27,6 +27,10 @@ struct ChannelSecurity {
 // MOE_TLS_SERVER_NAME.
 absl::StatusOr<ChannelSecurity> SecurityFromEnv();
 
+// The PEM root certificates in `path`, for ChannelSecurity::tls_ca_pem; InvalidArgument starting
+// with `source` (the flag or variable that named the file) when it cannot be read or holds none.
+absl::StatusOr<std::string> ReadCaFile(const std::string& path, const std::string& source);
+
 // A channel to `target` with `args` and `security`.
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, const grpc::ChannelArguments& args,
                                           const ChannelSecurity& security);

@@ -24,18 +24,20 @@ CoordinatorLink::CoordinatorLink(std::string address, std::shared_ptr<grpc::Chan
 
 absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const std::string& address,
                                                                           std::chrono::milliseconds connect_timeout,
-                                                                          std::string cluster_token) {
+                                                                          std::string cluster_token,
+                                                                          client::ChannelSecurity security) {
   grpc::ChannelArguments args;
   // Reconnect attempts while the coordinator is not listening yet: quick at first, at most 1 s apart.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   // Coordinator messages are small, but a generous cap costs nothing.
   args.SetMaxReceiveMessageSize(64 << 20);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  security.api_key.clear();
+  std::shared_ptr<grpc::Channel> channel = client::NewChannel(address, args, security);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
     return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address, " within ",
-                                               connect_timeout.count() / 1000.0, " s"));
+                                               connect_timeout.count() / 1000.0, " s",
+                                               security.tls_ca_pem.empty() ? "" : " over TLS"));
   }
   return std::unique_ptr<CoordinatorLink>(new CoordinatorLink(address, std::move(channel), std::move(cluster_token)));
 }

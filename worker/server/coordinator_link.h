@@ -4,6 +4,8 @@
 // serving loop never blocks on the network and writes never interleave.
 #pragma once
 
+#include "clients/cpp/channel.h"
+
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -26,10 +28,13 @@ class CoordinatorLink final : public Outbox {
   // Connects to `address` (HOST:PORT), retrying for up to `connect_timeout` so that workers may
   // start before the coordinator listens. Unavailable when it cannot be reached in time.
   // `cluster_token` not empty: sent with every call (metadata moe-cluster-token), as a coordinator
-  // started with MOE_CLUSTER_TOKEN requires.
+  // started with MOE_CLUSTER_TOKEN requires. `security.tls_ca_pem` not empty: TLS, the
+  // coordinator's certificate verified against it (its api_key is not used: the cluster service
+  // takes the cluster token).
   static absl::StatusOr<std::unique_ptr<CoordinatorLink>> Connect(const std::string& address,
                                                                   std::chrono::milliseconds connect_timeout,
-                                                                  std::string cluster_token = "");
+                                                                  std::string cluster_token = "",
+                                                                  client::ChannelSecurity security = {});
   ~CoordinatorLink() override;
 
   // Blocks until every rank of the job has registered (the coordinator answers then).

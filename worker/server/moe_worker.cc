@@ -78,9 +78,16 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     return 2;
   }
 
+  client::ChannelSecurity security;  // TLS to the cluster port with --coordinator-tls-ca-file
+  if (!flags->coordinator_tls_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = client::ReadCaFile(flags->coordinator_tls_ca_file, "--coordinator-tls-ca-file");
+    if (AnyRankFailed(comm, ca.status())) return 2;
+    security.tls_ca_pem = std::move(*ca);
+    if (const char* name = std::getenv(kTlsServerNameEnv)) security.tls_server_name = name;
+  }
   const char* cluster_token = std::getenv(kClusterTokenEnv);  // the coordinator's, through mpirun -x
-  absl::StatusOr<std::unique_ptr<CoordinatorLink>> link =
-      CoordinatorLink::Connect(flags->coordinator, kConnectTimeout, cluster_token != nullptr ? cluster_token : "");
+  absl::StatusOr<std::unique_ptr<CoordinatorLink>> link = CoordinatorLink::Connect(
+      flags->coordinator, kConnectTimeout, cluster_token != nullptr ? cluster_token : "", std::move(security));
   if (AnyRankFailed(comm, link.status())) return 1;
   moe::v1::RegisterRequest req;
   req.set_rank(rank);

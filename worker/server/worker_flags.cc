@@ -44,6 +44,7 @@ std::string WorkerUsage() {
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
          "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--no-enable-prefix-caching]\n"
          "                  [--kv-admission on-demand|reserve] [--enable-peer-exchange]\n"
+         "                  [--coordinator-tls-ca-file CA.pem]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
          "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
@@ -61,6 +62,9 @@ std::string WorkerUsage() {
          "later prompt that starts with the same whole blocks attaches them instead of computing them again\n"
          "(one that arrives while another sequence is still prefilling them waits for them), and shared\n"
          "blocks count once when sequences are admitted to the KV cache.\n"
+         "--coordinator-tls-ca-file: the coordinator's cluster port serves TLS (moe-coordinator\n"
+         "--cluster-tls-cert-file); its certificate is verified against these PEM roots, for the --coordinator\n"
+         "host or MOE_TLS_SERVER_NAME.\n"
          "--kv-admission: on-demand (the default, as vLLM) admits a sequence once its prompt fits and takes\n"
          "KV blocks as it grows; when a step cannot get its blocks the newest sequence is preempted and later\n"
          "computes its prompt and tokens again (the same tokens). reserve (as TGI) admits a sequence only\n"
@@ -92,7 +96,8 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       f.enable_peer_exchange = flag == "--enable-peer-exchange";
       continue;
     }
-    if (flag != "--coordinator" && flag != "--model" && flag != "--kv-tokens" && flag != "--kv-block-size" &&
+    if (flag != "--coordinator" && flag != "--coordinator-tls-ca-file" && flag != "--model" && flag != "--kv-tokens" &&
+        flag != "--kv-block-size" &&
         flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization" &&
         flag != "--synthetic-weights" && flag != "--kv-admission") {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
@@ -104,6 +109,9 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     if (flag == "--coordinator") {
       if (val.empty() || val.find(':') == std::string::npos) return FlagError(flag, "expected HOST:PORT, got '" + val + "'");
       f.coordinator = val;
+    } else if (flag == "--coordinator-tls-ca-file") {
+      if (val.empty()) return FlagError(flag, "empty path");
+      f.coordinator_tls_ca_file = val;
     } else if (flag == "--model") {
       if (val.empty()) return FlagError(flag, "empty path");
       f.model_dir = val;
