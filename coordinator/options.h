@@ -40,7 +40,7 @@ struct CoordinatorOptions {
   // Both or neither (PEM files): the public API (moe.v1.Inference, health, reflection) serves TLS
   // only, with this certificate chain and private key (vLLM's --ssl-certfile / --ssl-keyfile).
   // Clients verify it against MOE_TLS_CA_FILE (clients/cpp/channel.h; the Python client's
-  // tls_ca_file). The cluster port stays plaintext (the cluster token authenticates workers).
+  // tls_ca_file). The cluster port has its own (below).
   std::string tls_cert_file, tls_key_file;
   // Both or neither: the cluster port (the workers' Register and Serve) serves TLS only, with this
   // certificate chain and key; workers verify it with moe-worker --coordinator-tls-ca-file. Without
