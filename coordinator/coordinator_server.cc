@@ -85,7 +85,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   s->stats_ = std::make_unique<ServingStats>();
 
   ClusterSetup setup{options.model_dir, s->config_, std::move(plan),
-                     SchedulerLimits{options.max_waiting, options.max_running_per_rank, options.prefix_affinity_slack},
+                     options.limits,
                      std::chrono::duration<double>(options.heartbeat_timeout_s)};
   setup.resume_timeout = std::chrono::duration<double>(options.resume_timeout_s);
   if (s->tokenizer_ != nullptr) setup.token_texts = s->tokenizer_->TokenTexts();

@@ -113,12 +113,12 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
       {"--ports-file", [&](const std::string& v) { o.ports_file = v; return absl::OkStatus(); }},
       {"--max-waiting",
        [&](const std::string& v) -> absl::Status {
-         MOE_ASSIGN_OR_RETURN(o.max_waiting, ParseInt("--max-waiting", v, 1));
+         MOE_ASSIGN_OR_RETURN(o.limits.max_waiting, ParseInt("--max-waiting", v, 1));
          return absl::OkStatus();
        }},
       {"--max-running-per-rank",
        [&](const std::string& v) -> absl::Status {
-         MOE_ASSIGN_OR_RETURN(o.max_running_per_rank, ParseInt("--max-running-per-rank", v, 1));
+         MOE_ASSIGN_OR_RETURN(o.limits.max_running_per_rank, ParseInt("--max-running-per-rank", v, 1));
          return absl::OkStatus();
        }},
       {"--scheduling-policy",
@@ -136,7 +136,7 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
        }},
       {"--prefix-affinity-slack",
        [&](const std::string& v) -> absl::Status {
-         MOE_ASSIGN_OR_RETURN(o.prefix_affinity_slack, ParseInt("--prefix-affinity-slack", v, 0));
+         MOE_ASSIGN_OR_RETURN(o.limits.prefix_affinity_slack, ParseInt("--prefix-affinity-slack", v, 0));
          return absl::OkStatus();
        }},
       {"--heartbeat-timeout-s",

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "coordinator/scheduler.h"
 
 namespace moe {
 
@@ -16,10 +17,9 @@ struct CoordinatorOptions {
   std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster
   std::string metrics_listen = "127.0.0.1:9400";   // Prometheus /metrics; empty: none
   std::string ports_file;                          // empty: none
-  // vLLM's max_num_seqs is 256; its queue is unbounded, this one holds 1,024 (RESOURCE_EXHAUSTED beyond).
-  int64_t max_waiting = 1024;
-  int64_t max_running_per_rank = 256;
-  int64_t prefix_affinity_slack = 4096;  // SchedulerLimits::prefix_affinity_slack
+  // --max-waiting, --max-running-per-rank, --prefix-affinity-slack (their defaults are the
+  // scheduler's).
+  SchedulerLimits limits;
   int64_t max_model_len = 0;  // positions a request may use (vLLM's --max-model-len); 0: the model's context
   bool priority_scheduling = false;  // --scheduling-policy priority (vLLM's); fcfs otherwise
   double heartbeat_timeout_s = 10.0;

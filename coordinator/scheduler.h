@@ -28,6 +28,7 @@
 namespace moe {
 
 struct SchedulerLimits {
+  // vLLM's max_num_seqs is 256; its queue is unbounded, this one holds 1,024 (RESOURCE_EXHAUSTED beyond).
   int64_t max_waiting = 1024;          // sequences queued in the coordinator
   int64_t max_running_per_rank = 256;  // sequences a rank runs (or queues locally) at once
   // Positions beyond the least loaded rank that a rank holding a sequence's prefix may reserve and

@@ -224,7 +224,7 @@ TEST_F(FakeClusterTest, ANewWorkerJobIsPickedUpAfterALoss) {
 TEST_F(FakeClusterTest, WithAResumeTimeoutRequestsInFlightGoOnOnTheNextWorkerJob) {
   CoordinatorOptions o = Options(kTiny, 2);
   o.resume_timeout_s = 30;
-  o.max_running_per_rank = 1;  // the third request waits in the queue
+  o.limits.max_running_per_rank = 1;  // the third request waits in the queue
   Start(o);
   auto w = FormCluster(2);
   std::future<GenerateCall> a_call = GenerateAsync(IdsRequest({4, 5}, 5));
@@ -340,8 +340,8 @@ TEST_F(FakeClusterTest, HeldRequestsFailWhenNoWorkerJobComesWithinTheResumeTimeo
 
 TEST_F(FakeClusterTest, FullQueueIsResourceExhaustedAndFreedSlotsRefillInOrder) {
   CoordinatorOptions o = Options(kTiny, 1);
-  o.max_running_per_rank = 1;
-  o.max_waiting = 2;
+  o.limits.max_running_per_rank = 1;
+  o.limits.max_waiting = 2;
   Start(o);
   auto w = FormCluster(1);
   std::vector<std::future<GenerateCall>> calls;
@@ -496,7 +496,7 @@ TEST_F(FakeClusterTest, BadRequestsAreInvalidArgumentBeforeAnythingIsQueued) {
 
 TEST_F(FakeClusterTest, ScoreAndScoreRollingAssembleTheWorkersLogprobs) {
   CoordinatorOptions o = Options(kTiny, 2);
-  o.max_waiting = 4;
+  o.limits.max_waiting = 4;
   Start(o);
   auto w = FormCluster(2);
   for (auto& x : w) x->AutoRespond(0);  // Scored: logprob -0.1 * position, argmax = even id
