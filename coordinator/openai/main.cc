@@ -37,12 +37,12 @@ const char kUsage[] =
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
     "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
-    "                          GET /health and /metrics then needs the header \"Authorization: Bearer KEY\",\n"
+    "                          GET /health, /metrics and /version then needs the header \"Authorization: Bearer KEY\",\n"
     "                          else 401]\n"
     "                         [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem (both or neither: HTTPS only;\n"
     "                          the certificate chain, the server's first, and its unencrypted private key)]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
-    "/detokenize, GET /v1/models, GET /health and GET /metrics over the coordinator's gRPC API.\n";
+    "/detokenize, GET /v1/models, GET /health, GET /metrics and GET /version over the coordinator's gRPC API.\n";
 
 int BadFlag(const std::string& message) {
   std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);

@@ -277,6 +277,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
   mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
   mg_set_request_handler(s->ctx_, "/health$", &OpenAiServer::HandleHealth, s.get());
+  mg_set_request_handler(s->ctx_, "/version$", &OpenAiServer::HandleVersion, s.get());
   mg_set_request_handler(s->ctx_, "/metrics$", &OpenAiServer::HandleMetrics, s.get());
   mg_set_request_handler(s->ctx_, "/", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
   return s;
@@ -352,9 +353,11 @@ int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
     return 0;
   }
   if (s->api_keys_.empty()) return 1;
-  // Load balancers' probe and Prometheus' scrape come without a key (vLLM guards /v1 only).
-  if (info->local_uri != nullptr && (std::string(info->local_uri) == "/health" || std::string(info->local_uri) == "/metrics")) {
-    return 1;
+  // Load balancers' probe, Prometheus' scrape and the version come without a key (vLLM guards /v1
+  // only).
+  if (info->local_uri != nullptr) {
+    const std::string uri = info->local_uri;
+    if (uri == "/health" || uri == "/metrics" || uri == "/version") return 1;
   }
   const char* header = mg_get_header(conn, "Authorization");
   if (header != nullptr && BearerMatches(header, s->api_keys_)) return 1;
@@ -411,6 +414,13 @@ int OpenAiServer::HandleHealth(mg_connection* conn, void* self) {
   SendJson(conn, serving ? 200 : 503,
            {{"status", h.ok() ? client::ServingStatusName(*h) : std::string(h.status().message())}});
   return serving ? 200 : 503;
+}
+
+// vLLM's GET /version: {"version": this build's (the CMake project's)}.
+int OpenAiServer::HandleVersion(mg_connection* conn, void*) {
+  if (!IsMethod(conn, "GET")) return MethodNotAllowed(conn, "GET");
+  SendJson(conn, 200, {{"version", MOE_VERSION}});
+  return 200;
 }
 
 int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_connection*, const std::string&),

@@ -53,8 +53,8 @@ struct ServerOptions {
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
   std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
-  // Not empty: every endpoint but GET /health answers 401 unless the request carries
-  // "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
+  // Not empty: every endpoint but GET /health, /metrics and /version answers 401 unless the request
+  // carries "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
   std::vector<std::string> api_keys;
   // Both set: the API is served over HTTPS only (vLLM's --ssl-certfile / --ssl-keyfile): the
   // certificate chain (PEM, the server's certificate first) and its unencrypted PEM private key.
@@ -90,6 +90,7 @@ class OpenAiServer {
   static int HandleDetokenize(mg_connection* conn, void* self);
   static int HandleModels(mg_connection* conn, void* self);
   static int HandleHealth(mg_connection* conn, void* self);
+  static int HandleVersion(mg_connection* conn, void* self);
   static int HandleMetrics(mg_connection* conn, void* self);
   static int HandleUnknown(mg_connection* conn, void* self);
   // civetweb's authorization hook, before every handler: with allowed_origins, a CORS preflight
