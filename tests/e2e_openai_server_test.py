@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import resource
 import shutil
 import signal
@@ -130,6 +131,10 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(body["data"][0]["max_model_len"], 4096)
         status, body = self.call("/health")
         self.assertEqual((status, body["status"]), (200, "SERVING"))
+        # vLLM's GET /version: the project's version, as CMakeLists.txt declares it.
+        with open(os.path.join(SOURCE_DIR, "CMakeLists.txt")) as f:
+            declared = re.search(r"project\([^)]*VERSION ([0-9.]+)", f.read()).group(1)
+        self.assertEqual(self.call("/version"), (200, {"version": declared}))
 
     def test_a2_metrics_on_the_api_port(self):
         """GET /metrics on the front answers the coordinator's Prometheus endpoint (the launcher
@@ -689,6 +694,25 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         status, text = self.call("/detokenize", {"tokens": body["tokens"]})
         self.assertEqual(status, 200, text)
         self.assertTrue(text["prompt"].endswith("[/INST]He bids"), text)
+        # vLLM's chat echo: the open turn's text before the continuation, whole and streamed; the
+        # continuation is the same as without echo.
+        req = {"messages": turn, "continue_final_message": True, "max_tokens": 6, "temperature": 0, "ignore_eos": True}
+        status, plain = self.call("/v1/chat/completions", req)
+        self.assertEqual(status, 200, plain)
+        status, echoed = self.call("/v1/chat/completions", dict(req, echo=True))
+        self.assertEqual(status, 200, echoed)
+        self.assertEqual(echoed["choices"][0]["message"]["content"], "He bids" + plain["choices"][0]["message"]["content"])
+        self.assertEqual(echoed["usage"], plain["usage"])
+        events = self.stream(dict(req, echo=True), path="/v1/chat/completions")
+        self.assertEqual(events[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+        self.assertEqual(events[1]["choices"][0]["delta"], {"content": "He bids"})
+        self.assertEqual("".join(c["delta"].get("content", "") for e in events for c in e["choices"]),
+                         echoed["choices"][0]["message"]["content"])
+        # The last message a user's (the answer's role is the assistant's): nothing to echo.
+        status, answer = self.call("/v1/chat/completions", {"messages": turn[:1], "max_tokens": 4, "temperature": 0,
+                                                            "echo": True})
+        status2, same = self.call("/v1/chat/completions", {"messages": turn[:1], "max_tokens": 4, "temperature": 0})
+        self.assertEqual(answer["choices"][0]["message"], same["choices"][0]["message"])
         cases = [
             ({"max_tokens": 3}, 400, "messages"),
             ({"messages": []}, 400, "messages"),
@@ -777,6 +801,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                     self.assertEqual(call("/v1/models", "Bearer k-old")[0], 200)  # every key given is accepted
                 status, health = call("/health", None)
                 self.assertEqual((status, health["status"]), (200, "SERVING"))
+                self.assertEqual(call("/version", None)[0], 200)  # open, as vLLM's
         r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--api-key="], capture_output=True,
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)

@@ -654,7 +654,7 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
            {{{"messages", {user}}, {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "x"}}}}}},
             "response_format"},
            {{{"messages", {user}}, {"response_format", "json_object"}}, "response_format"},
-           {{{"messages", {user}}, {"echo", true}}, "echo"},
+           {{{"messages", {user}}, {"echo", "yes"}}, "echo"},
            {{{"messages", {user}}, {"add_special_tokens", true}}, "add_special_tokens"},
            {{{"messages", {user}}, {"use_beam_search", true}}, "use_beam_search"},
            {{{"messages", {user}}, {"continue_final_message", true}, {"add_generation_prompt", true}}, "continue_final_message"},
@@ -665,6 +665,19 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
     EXPECT_EQ(e.param, param) << body.dump() << " -> " << e.message;
   }
   EXPECT_EQ(ChatErr({{"messages", {user}}, {"model", "other"}}).status, 404);
+
+  // vLLM's chat echo: the last message's content goes before the answer's when its role is the
+  // answer's ("assistant"; without a generation prompt, the last message's own).
+  const json partial = {{"role", "assistant"}, {"content", "Fair "}};
+  auto echo_of = [](const json& body) {
+    const auto r = ParseChatRequest(body.dump(), "m");
+    return std::holds_alternative<ChatCall>(r) ? std::get<ChatCall>(r).completion.chat_echo : std::string("<refused>");
+  };
+  EXPECT_EQ(echo_of({{"messages", {user, partial}}, {"echo", true}, {"continue_final_message", true}}), "Fair ");
+  EXPECT_EQ(echo_of({{"messages", {user, partial}}, {"echo", true}}), "Fair ");
+  EXPECT_EQ(echo_of({{"messages", {user}}, {"echo", true}}), "") << "the user's message is not the answer's role";
+  EXPECT_EQ(echo_of({{"messages", {user}}, {"echo", true}, {"add_generation_prompt", false}}), "hi");
+  EXPECT_EQ(echo_of({{"messages", {user, partial}}, {"echo", false}}), "");
 }
 
 // tool_choice: a named function constrains the output to its parameters' schema, "required" to a

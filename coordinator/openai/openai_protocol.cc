@@ -558,8 +558,12 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
   if (body.contains("add_special_tokens") && body["add_special_tokens"] == true) {
     return BadParam("add_special_tokens", "only false is served for chat (the chat template writes the special tokens)");
   }
-  if (body.contains("echo") && !body["echo"].is_null() && body["echo"] != false) {
-    return BadParam("echo", "not served for chat completions");
+  bool echo = false;
+  if (std::optional<HttpError> e = Bool(body, "echo", echo)) return *e;
+  if (echo) {  // vLLM's: the answer's role is "assistant", or without a generation prompt the last message's
+    const nlohmann::ordered_json& last = chat.messages.back();
+    const bool same_role = !chat.add_generation_prompt || last["role"] == "assistant";
+    if (same_role && last.contains("content") && last["content"].is_string()) call.chat_echo = last["content"];
   }
   // The tools reach the template; a named function or "required" also constrains the output.
   if (std::optional<HttpError> e = ParseToolChoice(ordered, call.tool_choice, s, auto_marker_id)) return *e;

@@ -70,6 +70,9 @@ struct CompletionCall {
   bool return_token_ids = false;
   // vLLM's return_tokens_as_token_ids: logprobs name every token "token_id:<id>", not by its text.
   bool tokens_as_ids = false;
+  // Chat only: vLLM's echo, the text every choice's content starts with (the last message's content
+  // when its role is the answer's: "assistant", or with add_generation_prompt false any role).
+  std::string chat_echo;
   ToolChoice tool_choice;      // chat: a named function or "required" answers with tool_calls
 };
 

@@ -809,6 +809,12 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       nlohmann::json role = ChatRoleChunkJson(request_id, choice, model_name_, created);
       if (with_prompt_ids) role["prompt_token_ids"] = prompt_ids[item.prompt];
       client_gone = !SendEvent(conn, role.dump());
+      if (!call.chat_echo.empty() && !client_gone) {  // vLLM's chat echo: its own delta after the role's
+        nlohmann::json echo = role;
+        echo.erase("prompt_token_ids");
+        echo["choices"][0]["delta"] = {{"content", call.chat_echo}};
+        client_gone = !SendEvent(conn, echo.dump());
+      }
     }
     nlohmann::json chunk =
         StreamChunkJson(msg, model_name_, created, call.logprobs, offsets[choice], api, TokenReportOf(call));
@@ -919,6 +925,12 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
   }
   nlohmann::json answer = acc.ToJson(model_name_, created);
   if (api == Api::kChat) ApplyToolCalls(call.tool_choice, answer, acc.FirstTokens());
+  if (api == Api::kChat && !call.chat_echo.empty()) {  // vLLM's chat echo: before every choice's content
+    for (nlohmann::json& choice : answer["choices"]) {
+      nlohmann::json& content = choice["message"]["content"];
+      content = call.chat_echo + (content.is_string() ? content.get<std::string>() : std::string());
+    }
+  }
   if (echo) {
     for (nlohmann::json& choice : answer["choices"]) PrependEcho(choice, *echo, echo->text.size());
   }
