@@ -169,6 +169,42 @@ class TlsEndToEnd(unittest.TestCase):
             self.assertNotEqual(r.returncode, 0, args)
             self.assertIn(says, r.stderr, args)
 
+    def test_e0_client_certificates_when_asked_for(self):
+        """--ssl-ca-certs / --ssl-cert-reqs (vLLM's): 2 serves only clients with a certificate those
+        roots vouch for (mutual TLS); 1 asks for one and verifies it when given."""
+        client_cert, client_key = self_signed(self.dir.name, "client")
+        trusted = ssl.create_default_context(cafile=self.cert)
+        with_cert = ssl.create_default_context(cafile=self.cert)
+        with_cert.load_cert_chain(client_cert, client_key)
+        with_other = ssl.create_default_context(cafile=self.cert)
+        with_other.load_cert_chain(self.other_cert, self.other_key)
+        refused = (urllib.error.URLError, ssl.SSLError, ConnectionError, http.client.HTTPException)
+        for reqs, served, turned_away in (("2", (with_cert,), (trusted, with_other)),
+                                          ("1", (with_cert, trusted), (with_other,))):
+            front = subprocess.Popen(
+                [OPENAI_BIN, "--coordinator", self.cluster.address, "--listen", "127.0.0.1:0", "--ssl-certfile",
+                 self.cert, "--ssl-keyfile", self.key, "--ssl-ca-certs", client_cert, "--ssl-cert-reqs", reqs],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=dict(os.environ, MOE_TLS_CA_FILE=self.cert))
+            try:
+                line = front.stdout.readline()
+                self.assertIn("listening on port", line, front.stderr.read() if not line else line)
+                port = int(line.split("listening on port")[1].split(",")[0])
+                for context in served:
+                    with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/models", timeout=30,
+                                                context=context) as resp:
+                        self.assertEqual(resp.status, 200)
+                for context in turned_away:
+                    with self.assertRaises(refused, msg=f"--ssl-cert-reqs {reqs}"):
+                        with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/models", timeout=30,
+                                                    context=context) as resp:
+                            resp.read()
+            finally:
+                front.terminate()
+                front.wait(timeout=30)
+                front.stdout.close()
+                front.stderr.close()
+
     def test_e_an_openai_front_with_unusable_tls_files_stops_naming_the_flag(self):
         # The files are checked before the front dials its coordinator (none answers at this address).
         base = [OPENAI_BIN, "--coordinator", "127.0.0.1:1", "--listen", "127.0.0.1:0"]
@@ -180,7 +216,14 @@ class TlsEndToEnd(unittest.TestCase):
                  "--ssl-keyfile: %s holds no unencrypted PEM private key" % self.cert),
                 (["--ssl-certfile", "/nonexistent.pem", "--ssl-keyfile", self.key], 1,
                  "--ssl-certfile: cannot read /nonexistent.pem"),
-                (["--ssl-certfile", self.cert], 2, "--ssl-keyfile: required with --ssl-certfile")):
+                (["--ssl-certfile", self.cert], 2, "--ssl-keyfile: required with --ssl-certfile"),
+                (["--ssl-certfile", self.cert, "--ssl-keyfile", self.key, "--ssl-ca-certs", self.key], 1,
+                 "--ssl-ca-certs: %s holds no PEM certificate" % self.key),
+                (["--ssl-certfile", self.cert, "--ssl-keyfile", self.key, "--ssl-cert-reqs", "2"], 2,
+                 "--ssl-cert-reqs: clients' certificates need --ssl-ca-certs"),
+                (["--ssl-certfile", self.cert, "--ssl-keyfile", self.key, "--ssl-ca-certs", self.cert,
+                  "--ssl-cert-reqs", "3"], 2, "--ssl-cert-reqs: expected 0 (none), 1 (optional) or 2 (required)"),
+                (["--ssl-ca-certs", self.cert], 2, "--ssl-ca-certs: needs --ssl-certfile and --ssl-keyfile")):
             r = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
             self.assertEqual(r.returncode, status, (args, r.stderr))
             self.assertIn(says, r.stderr, args)

@@ -20,6 +20,25 @@
 
 namespace moe::openai {
 
+absl::Status CheckHttpsFlags(const HttpsOptions& https) {
+  if (https.certfile.empty() != https.keyfile.empty()) {
+    return absl::InvalidArgumentError(https.certfile.empty() ? "--ssl-certfile: required with --ssl-keyfile"
+                                                             : "--ssl-keyfile: required with --ssl-certfile");
+  }
+  if (!https.enabled() && (!https.ca_certs.empty() || https.cert_reqs != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(https.ca_certs.empty() ? "--ssl-cert-reqs" : "--ssl-ca-certs",
+                                                   ": needs --ssl-certfile and --ssl-keyfile (HTTPS)"));
+  }
+  if (https.cert_reqs < 0 || https.cert_reqs > 2) {
+    return absl::InvalidArgumentError(absl::StrCat("--ssl-cert-reqs: expected 0 (none), 1 (optional) or 2 (required), got ",
+                                                   https.cert_reqs));
+  }
+  if (https.cert_reqs > 0 && https.ca_certs.empty()) {
+    return absl::InvalidArgumentError("--ssl-cert-reqs: clients' certificates need --ssl-ca-certs to be verified against");
+  }
+  return absl::OkStatus();
+}
+
 #if MOE_HTTPS
 namespace {
 
@@ -44,7 +63,9 @@ bool Readable(const std::string& path) { return std::ifstream(path).good(); }
 // the terminal (OpenSSL's default).
 int NoPassphrase(char*, int, int, void*) { return 0; }
 
-absl::Status LoadInto(SSL_CTX* ctx, const std::string& cert_file, const std::string& key_file) {
+absl::Status LoadInto(SSL_CTX* ctx, const HttpsOptions& https) {
+  const std::string& cert_file = https.certfile;
+  const std::string& key_file = https.keyfile;
   if (!Readable(cert_file)) return absl::InvalidArgumentError(absl::StrCat("--ssl-certfile: cannot read ", cert_file));
   if (!Readable(key_file)) return absl::InvalidArgumentError(absl::StrCat("--ssl-keyfile: cannot read ", key_file));
   if (SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1) {
@@ -66,6 +87,24 @@ absl::Status LoadInto(SSL_CTX* ctx, const std::string& cert_file, const std::str
   }
   // TLS 1.0 and 1.1 are deprecated (RFC 8996); OpenSSL 3 allows them at its default security level.
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  if (!https.ca_certs.empty()) {
+    if (!Readable(https.ca_certs)) {
+      return absl::InvalidArgumentError(absl::StrCat("--ssl-ca-certs: cannot read ", https.ca_certs));
+    }
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(https.ca_certs.c_str());
+    if (names == nullptr || SSL_CTX_load_verify_locations(ctx, https.ca_certs.c_str(), nullptr) != 1) {
+      if (names != nullptr) sk_X509_NAME_pop_free(names, X509_NAME_free);
+      return absl::InvalidArgumentError(
+          absl::StrCat("--ssl-ca-certs: ", https.ca_certs, " holds no PEM certificate", OpenSslError()));
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);  // the roots a client is told to present a certificate of
+  }
+  // Python's CERT_NONE / CERT_OPTIONAL / CERT_REQUIRED, as vLLM's --ssl-cert-reqs.
+  SSL_CTX_set_verify(ctx,
+                     https.cert_reqs == 0   ? SSL_VERIFY_NONE
+                     : https.cert_reqs == 1 ? SSL_VERIFY_PEER
+                                            : SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                     nullptr);
   return absl::OkStatus();
 }
 
@@ -115,10 +154,10 @@ absl::Status Prepare() {
 
 }  // namespace
 
-absl::Status CheckTlsFiles(const std::string& cert_file, const std::string& key_file) {
+absl::Status CheckTlsFiles(const HttpsOptions& https) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) return absl::InternalError(absl::StrCat("SSL_CTX_new failed", OpenSslError()));
-  absl::Status s = LoadInto(ctx, cert_file, key_file);
+  absl::Status s = LoadInto(ctx, https);
   SSL_CTX_free(ctx);
   return s;
 }
@@ -128,8 +167,8 @@ absl::Status PrepareCivetwebTls() {
   return prepared;
 }
 
-int LoadTlsFiles(void* ssl_ctx, const std::string& cert_file, const std::string& key_file) {
-  const absl::Status s = LoadInto(static_cast<SSL_CTX*>(ssl_ctx), cert_file, key_file);
+int LoadTlsFiles(void* ssl_ctx, const HttpsOptions& https) {
+  const absl::Status s = LoadInto(static_cast<SSL_CTX*>(ssl_ctx), https);
   if (!s.ok()) std::fprintf(stderr, "moe-openai-server: %s\n", std::string(s.message()).c_str());
   return s.ok() ? 1 : -1;
 }
@@ -144,9 +183,9 @@ absl::Status NotBuilt() {
 }
 }  // namespace
 
-absl::Status CheckTlsFiles(const std::string&, const std::string&) { return NotBuilt(); }
+absl::Status CheckTlsFiles(const HttpsOptions&) { return NotBuilt(); }
 absl::Status PrepareCivetwebTls() { return NotBuilt(); }
-int LoadTlsFiles(void*, const std::string&, const std::string&) { return -1; }
+int LoadTlsFiles(void*, const HttpsOptions&) { return -1; }
 
 #endif
 

@@ -13,14 +13,29 @@
 
 namespace moe::openai {
 
+// vLLM's HTTPS flags.
+struct HttpsOptions {
+  std::string certfile;  // --ssl-certfile: the certificate chain (PEM, the server's certificate first)
+  std::string keyfile;   // --ssl-keyfile: its unencrypted PEM private key
+  std::string ca_certs;  // --ssl-ca-certs: PEM roots that clients' certificates are verified against
+  // --ssl-cert-reqs (Python's ssl.CERT_*, as vLLM takes it): 0 no client certificate asked for,
+  // 1 one asked for and verified when given, 2 one required (mutual TLS).
+  int cert_reqs = 0;
+  bool enabled() const { return !certfile.empty(); }
+};
+
+// The flags' combinations: both files or neither, --ssl-ca-certs and --ssl-cert-reqs only with
+// them, --ssl-cert-reqs 0-2 and above 0 only with --ssl-ca-certs. InvalidArgument naming the flag.
+absl::Status CheckHttpsFlags(const HttpsOptions& https);
+
 // A build without OpenSSL 3's development files has no HTTPS: each function below then fails
 // saying so (FailedPrecondition), and LoadTlsFiles returns -1.
 
-// Loads the certificate chain (PEM, the server's certificate first) and the unencrypted PEM private
-// key into a throwaway TLS context, as LoadTlsFiles will: InvalidArgument naming --ssl-certfile or
-// --ssl-keyfile when a file cannot be read, holds no PEM certificate or key, or the key is not the
-// certificate's. Called before anything else starts, so a bad file stops the server at once.
-absl::Status CheckTlsFiles(const std::string& cert_file, const std::string& key_file);
+// Loads the files into a throwaway TLS context, as LoadTlsFiles will: InvalidArgument naming
+// --ssl-certfile, --ssl-keyfile or --ssl-ca-certs when a file cannot be read, holds no PEM
+// certificate or key, or the key is not the certificate's. Called before anything else starts, so a
+// bad file stops the server at once.
+absl::Status CheckTlsFiles(const HttpsOptions& https);
 
 // Readies civetweb's TLS once per process: the compatibility library (beside the executable, or
 // where the build put it), then checks that civetweb will find libssl.so and libcrypto.so with every
@@ -29,7 +44,8 @@ absl::Status CheckTlsFiles(const std::string& cert_file, const std::string& key_
 absl::Status PrepareCivetwebTls();
 
 // civetweb's init_ssl callback's work: the files into civetweb's SSL_CTX (an SSL_CTX*), TLS 1.2 at
-// least. 1 when done (civetweb then uses the context as it is), -1 when not (civetweb's start fails).
-int LoadTlsFiles(void* ssl_ctx, const std::string& cert_file, const std::string& key_file);
+// least, clients' certificates asked for as cert_reqs says. 1 when done (civetweb then uses the
+// context as it is), -1 when not (civetweb's start fails).
+int LoadTlsFiles(void* ssl_ctx, const HttpsOptions& https);
 
 }  // namespace moe::openai

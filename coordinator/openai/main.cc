@@ -3,7 +3,7 @@
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
 //                     [--model-name NAME] [--threads N] [--request-timeout-s S] [--chat-template FILE]
 //                     [--tool-call-parser mistral] [--api-key KEY ...]
-//                     [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem]
+//                     [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem [--ssl-ca-certs CA.pem --ssl-cert-reqs 0|1|2]]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
 // use, TLS files that cannot be used), 2 for a bad command line.
@@ -41,6 +41,9 @@ const char kUsage[] =
     "                          else 401]\n"
     "                         [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem (both or neither: HTTPS only;\n"
     "                          the certificate chain, the server's first, and its unencrypted private key)]\n"
+    "                         [--ssl-ca-certs CA.pem (with HTTPS: PEM roots for clients' certificates)]\n"
+    "                         [--ssl-cert-reqs 0|1|2 (0 none, the default; 1 asked for and verified if given;\n"
+    "                          2 required: mutual TLS)]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
     "/detokenize, GET /v1/models, GET /health, GET /metrics and GET /version over the coordinator's gRPC API.\n";
 
@@ -72,7 +75,8 @@ int main(int argc, char** argv) {
         f.name != "--request-timeout-s" && f.name != "--access-log" && f.name != "--metrics-url" &&
         f.name != "--allowed-origins" &&
         f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key" &&
-        f.name != "--ssl-certfile" && f.name != "--ssl-keyfile") {
+        f.name != "--ssl-certfile" && f.name != "--ssl-keyfile" && f.name != "--ssl-ca-certs" &&
+        f.name != "--ssl-cert-reqs") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
     std::string value;
@@ -96,9 +100,14 @@ int main(int argc, char** argv) {
     } else if (f.name == "--api-key") {
       if (value.empty()) return BadFlag("--api-key: empty (a key is at least one character)");
       opts.api_keys.push_back(value);
-    } else if (f.name == "--ssl-certfile" || f.name == "--ssl-keyfile") {
+    } else if (f.name == "--ssl-certfile" || f.name == "--ssl-keyfile" || f.name == "--ssl-ca-certs") {
       if (value.empty()) return BadFlag(f.name + ": empty path");
-      (f.name == "--ssl-certfile" ? opts.ssl_certfile : opts.ssl_keyfile) = value;
+      (f.name == "--ssl-certfile" ? opts.https.certfile
+                                  : f.name == "--ssl-keyfile" ? opts.https.keyfile : opts.https.ca_certs) = value;
+    } else if (f.name == "--ssl-cert-reqs") {
+      if (!absl::SimpleAtoi(value, &opts.https.cert_reqs)) {
+        return BadFlag("--ssl-cert-reqs: expected 0, 1 or 2, got '" + value + "'");
+      }
     } else if (f.name == "--allowed-origins") {
       opts.allowed_origins.push_back(value);
     } else if (f.name == "--metrics-url") {
@@ -118,9 +127,8 @@ int main(int argc, char** argv) {
   const char* env_key = std::getenv(moe::kApiKeyEnv);
   if (opts.api_keys.empty() && env_key != nullptr && *env_key != '\0') opts.api_keys.push_back(env_key);
   if (opts.coordinator.empty()) return BadFlag("--coordinator: required (HOST:PORT of the coordinator's public API)");
-  if (opts.ssl_certfile.empty() != opts.ssl_keyfile.empty()) {
-    return BadFlag(opts.ssl_certfile.empty() ? "--ssl-certfile: required with --ssl-keyfile"
-                                             : "--ssl-keyfile: required with --ssl-certfile");
+  if (absl::Status https = moe::openai::CheckHttpsFlags(opts.https); !https.ok()) {
+    return BadFlag(std::string(https.message()));
   }
 
   absl::StatusOr<std::unique_ptr<moe::openai::OpenAiServer>> server = moe::openai::OpenAiServer::Start(opts);

@@ -26,7 +26,6 @@
 #include "common/secret_token.h"
 #include "common/json_util.h"
 #include "common/status.h"
-#include "coordinator/openai/civetweb_tls.h"
 #include "coordinator/openai/openai_protocol.h"
 
 namespace moe::openai {
@@ -139,15 +138,11 @@ std::string LocalRequestId() {
 
 absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOptions& opts) {
   std::unique_ptr<OpenAiServer> s(new OpenAiServer());
-  if (opts.ssl_certfile.empty() != opts.ssl_keyfile.empty()) {
-    return absl::InvalidArgumentError(opts.ssl_certfile.empty() ? "--ssl-certfile: required with --ssl-keyfile"
-                                                                : "--ssl-keyfile: required with --ssl-certfile");
-  }
-  if (!opts.ssl_certfile.empty()) {  // before anything else: a bad file stops the server at once
-    MOE_RETURN_IF_ERROR(CheckTlsFiles(opts.ssl_certfile, opts.ssl_keyfile));
+  MOE_RETURN_IF_ERROR(CheckHttpsFlags(opts.https));
+  if (opts.https.enabled()) {  // before anything else: a bad file stops the server at once
+    MOE_RETURN_IF_ERROR(CheckTlsFiles(opts.https));
     MOE_RETURN_IF_ERROR(PrepareCivetwebTls());
-    s->ssl_certfile_ = opts.ssl_certfile;
-    s->ssl_keyfile_ = opts.ssl_keyfile;
+    s->https_ = opts.https;
   }
   // The coordinator's limit (256 MiB) rather than gRPC's 4 MiB: a long text's token ids (/tokenize
   // of a few MB of text) or a batch's answers are bigger than that, and are not the client's error.
@@ -248,7 +243,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
     // one file); checked above, so this fails only if the files changed meanwhile.
     callbacks.init_ssl = [](void* ssl_ctx, void* self) {
       const auto* server = static_cast<const OpenAiServer*>(self);
-      return LoadTlsFiles(ssl_ctx, server->ssl_certfile_, server->ssl_keyfile_);
+      return LoadTlsFiles(ssl_ctx, server->https_);
     };
   }
   mg_init_data init{};

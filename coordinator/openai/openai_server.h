@@ -19,6 +19,7 @@
 
 #include "common/status.h"
 #include "coordinator/openai/chat_prompt.h"
+#include "coordinator/openai/civetweb_tls.h"
 #include "coordinator/openai/client_watch.h"
 #include "coordinator/openai/openai_protocol.h"
 #include "moe/v1/inference.grpc.pb.h"
@@ -56,9 +57,9 @@ struct ServerOptions {
   // Not empty: every endpoint but GET /health, /metrics and /version answers 401 unless the request
   // carries "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
   std::vector<std::string> api_keys;
-  // Both set: the API is served over HTTPS only (vLLM's --ssl-certfile / --ssl-keyfile): the
-  // certificate chain (PEM, the server's certificate first) and its unencrypted PEM private key.
-  std::string ssl_certfile, ssl_keyfile;
+  // Enabled: the API is served over HTTPS only (vLLM's --ssl-certfile / --ssl-keyfile, and
+  // --ssl-ca-certs / --ssl-cert-reqs for clients' certificates).
+  HttpsOptions https;
 };
 
 class OpenAiServer {
@@ -77,7 +78,7 @@ class OpenAiServer {
   ~OpenAiServer();
 
   int port() const { return port_; }
-  bool https() const { return !ssl_certfile_.empty(); }
+  bool https() const { return https_.enabled(); }
   const std::string& model_name() const { return model_name_; }
   const absl::Status& chat_template_status() const { return chat_template_status_; }
   const std::vector<std::string>& allowed_origins() const { return allowed_origins_; }
@@ -168,7 +169,7 @@ class OpenAiServer {
   std::optional<HttpUrl> metrics_url_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
-  std::string ssl_certfile_, ssl_keyfile_;  // set: HTTPS (civetweb's init_ssl callback loads them)
+  HttpsOptions https_;  // enabled: HTTPS (civetweb's init_ssl callback loads its files)
 };
 
 }  // namespace moe::openai
