@@ -81,6 +81,14 @@ std::string CoordinatorUsage() {
 absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
   CoordinatorOptions o;
   bool have_world = false;
+  // A flag naming a file: any non-empty path.
+  auto path_flag = [](const char* name, std::string& field) {
+    return [name, &field](const std::string& v) {
+      if (v.empty()) return FlagError(name, "empty path");
+      field = v;
+      return absl::OkStatus();
+    };
+  };
   std::map<std::string, std::function<absl::Status(const std::string&)>> flags = {
       {"--model", [&](const std::string& v) { o.model_dir = v; return absl::OkStatus(); }},
       {"--world-size",
@@ -149,30 +157,10 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
          MOE_ASSIGN_OR_RETURN(o.log_stats_interval_s, ParseSeconds("--log-stats-interval-s", v, true));
          return absl::OkStatus();
        }},
-      {"--tls-cert-file",
-       [&](const std::string& v) {
-         if (v.empty()) return FlagError("--tls-cert-file", "empty path");
-         o.tls_cert_file = v;
-         return absl::OkStatus();
-       }},
-      {"--tls-key-file",
-       [&](const std::string& v) {
-         if (v.empty()) return FlagError("--tls-key-file", "empty path");
-         o.tls_key_file = v;
-         return absl::OkStatus();
-       }},
-      {"--cluster-tls-cert-file",
-       [&](const std::string& v) {
-         if (v.empty()) return FlagError("--cluster-tls-cert-file", "empty path");
-         o.cluster_tls_cert_file = v;
-         return absl::OkStatus();
-       }},
-      {"--cluster-tls-key-file",
-       [&](const std::string& v) {
-         if (v.empty()) return FlagError("--cluster-tls-key-file", "empty path");
-         o.cluster_tls_key_file = v;
-         return absl::OkStatus();
-       }},
+      {"--tls-cert-file", path_flag("--tls-cert-file", o.tls_cert_file)},
+      {"--tls-key-file", path_flag("--tls-key-file", o.tls_key_file)},
+      {"--cluster-tls-cert-file", path_flag("--cluster-tls-cert-file", o.cluster_tls_cert_file)},
+      {"--cluster-tls-key-file", path_flag("--cluster-tls-key-file", o.cluster_tls_key_file)},
       {"--resume-timeout-s",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(o.resume_timeout_s, ParseSeconds("--resume-timeout-s", v, true));
