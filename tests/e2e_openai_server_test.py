@@ -80,11 +80,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         cls.samples = load_samples()
         cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--openai-arg", "--chat-template=" + CHAT_TEMPLATE,
                                        "--metrics-listen", "127.0.0.1:0"])
-        try:
-            cls.cluster.start()
-        except Exception:
-            cls.cluster.kill_everything()
-            raise
+        cls.cluster.start_or_kill()
         cls.base = "http://" + cls.cluster.openai_address
         cls.grpc = MoeClient(cls.cluster.address, timeout=60)
 

@@ -40,11 +40,7 @@ class PythonClientEndToEnd(unittest.TestCase):
     def setUpClass(cls):
         cls.samples = load_samples()
         cls.cluster = LaunchedCluster(["--coordinator-arg=--log-stats-interval-s=0.2"])
-        try:
-            cls.cluster.start()
-        except Exception:
-            cls.cluster.kill_everything()
-            raise
+        cls.cluster.start_or_kill()
         cls.client = MoeClient(cls.cluster.address, timeout=60)
 
     @classmethod

@@ -64,11 +64,7 @@ class TlsEndToEnd(unittest.TestCase):
             del os.environ[k]
         cls.cluster = LaunchedCluster(["--tls-cert-file", cls.cert, "--tls-key-file", cls.key, "--cluster-tls",
                                        "--openai-listen", "127.0.0.1:0"])
-        try:
-            cls.cluster.start()
-        except Exception:
-            cls.cluster.kill_everything()
-            raise
+        cls.cluster.start_or_kill()
 
     @classmethod
     def tearDownClass(cls):

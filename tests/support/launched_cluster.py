@@ -163,6 +163,15 @@ class LaunchedCluster:
             self.openai_pid = int(self.wait_for(r"openai pid (\d+)", 30).group(1))
             self.openai_address = self.wait_for(r"openai on (\S+)", 30).group(1)
 
+    def start_or_kill(self):
+        """start(), killing everything it left on failure: a setUpClass that raises gets no
+        tearDownClass to do it."""
+        try:
+            self.start()
+        except Exception:
+            self.kill_everything()
+            raise
+
     def log_text(self):
         try:
             with open(self.log.name, errors="replace") as f:
