@@ -16,6 +16,15 @@ using moe::v1::Finished;
 // The engine keys sequences by int64; the coordinator's uint64 ids map one to one.
 int64_t EngineId(uint64_t seq_id) { return static_cast<int64_t>(seq_id); }
 
+// One position's alternatives for the coordinator, most probable first, at most `limit` of them.
+void AddAlternatives(const std::vector<TokenPick>& picks, size_t limit, moe::v1::TopAlternatives& out) {
+  for (size_t i = 0; i < std::min(picks.size(), limit); ++i) {
+    moe::v1::WorkerTopLogprob* w = out.add_alternatives();
+    w->set_token_id(picks[i].token);
+    w->set_logprob(picks[i].logprob);
+  }
+}
+
 }  // namespace
 
 ServingLoop::ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, ServingLoopOptions opts)
@@ -259,12 +268,7 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLog
   t->add_token_ids(tok);
   t->add_logprobs(pick.token_logprob);
   if (a.top_logprobs() > 0) {
-    moe::v1::TopAlternatives* top = t->add_top();
-    for (const TokenPick& alt : pick.top) {
-      moe::v1::WorkerTopLogprob* w = top->add_alternatives();
-      w->set_token_id(alt.token);
-      w->set_logprob(alt.logprob);
-    }
+    AddAlternatives(pick.top, pick.top.size(), *t->add_top());
   }
   s.Accept(tok);
   outbox_.Send(std::move(m));
@@ -290,12 +294,7 @@ void ServingLoop::OnChunkDone(uint64_t seq_id, int64_t tokens, const ChunkLogits
         s.scored.add_argmax_logprobs(argmax.logprob);
       }
       if (s.assign.prompt_logprobs() > 0) {  // the top alternatives (ScoreRolling's top_logprobs)
-        moe::v1::TopAlternatives* alts = s.scored.add_top();
-        for (size_t a = 0; a < std::min<size_t>(score.top.size(), s.assign.prompt_logprobs()); ++a) {
-          moe::v1::WorkerTopLogprob* w = alts->add_alternatives();
-          w->set_token_id(score.top[a].token);
-          w->set_logprob(score.top[a].logprob);
-        }
+        AddAlternatives(score.top, s.assign.prompt_logprobs(), *s.scored.add_top());
       }
     }
     if (s.feed_remaining() == 0) {
@@ -323,12 +322,7 @@ void ServingLoop::AddPromptLogprobs(ServedSequence& s, int64_t first, const Chun
     s.prompt_logprobs.add_logprobs(score.logprob);
     s.prompt_logprobs.add_ranks(score.rank);
     if (s.assign.prompt_logprobs() == 0) continue;
-    moe::v1::TopAlternatives* alts = s.prompt_logprobs.add_top();
-    for (const TokenPick& alt : score.top) {
-      moe::v1::WorkerTopLogprob* w = alts->add_alternatives();
-      w->set_token_id(alt.token);
-      w->set_logprob(alt.logprob);
-    }
+    AddAlternatives(score.top, score.top.size(), *s.prompt_logprobs.add_top());
   }
   if (s.fed < s.prompt_size() - 1) return;
   moe::v1::WorkerMessage m;
