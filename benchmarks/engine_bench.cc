@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,12 @@
 namespace moe {
 namespace {
 
+// The kernel figures (kernel_bench.h): basic (copy bandwidth, the expert and dense products),
+// cuBLAS's candidates, the skinny split counts, the grouped wgmma kernel, one expert-parallel
+// rank's experts.
+constexpr const char* kKernelFigures[] = {"basic", "blas_candidates", "skinny_splits", "grouped_wgmma",
+                                          "ep_rank_experts"};
+
 struct Args {
   std::string config = std::string(MOE_SOURCE_DIR) + "/benchmarks/configs/mixtral-8x7b-v0.1.json";
   std::string out = "moe-bench.json";
@@ -66,6 +73,8 @@ struct Args {
   bool variants = true;   // decode and prefill also without graphs / with cuBLAS experts
   bool kernels = true;    // kernel figures
   bool kernels_only = false;  // the kernel figures and nothing else (no engine: quick, and for profilers)
+  // --kernel-figures LIST: which kernel figures (default all of kKernelFigures).
+  std::vector<std::string> kernel_figures{std::begin(kKernelFigures), std::end(kKernelFigures)};
   std::string timeline_out;   // CUPTI timelines of one prefill and a decode step per timeline batch
   std::vector<int64_t> timeline_batches = {64};
   int64_t prefill_chunk = 2048;  // tokens per step when prefilling the decode contexts
@@ -81,6 +90,7 @@ void Usage() {
                "                 [--batches 1,16,64,256] [--context N] [--warmup N] [--steps N]\n"
                "                 [--profile-batches 1,64 (0: no profiling)] [--trace-batches 1,64 (0: none)]\n"
                "                 [--no-variants] [--no-kernels | --kernels-only] [--experts cublas|wgmma[-SHAPE]]\n"
+               "                 [--kernel-figures basic,blas_candidates,skinny_splits,grouped_wgmma,ep_rank_experts]\n"
                "                 [--padded-max-tokens N (experts padded to the step's tokens up to N; 0: never)]\n"
                "                 [--skinny-splits UP,DOWN (the skinny experts' split-K counts; 0: the model's)]\n"
                "                 [--timeline-out FILE [--timeline-batches 64]] (CUPTI builds: every kernel, copy and\n"
@@ -151,6 +161,20 @@ bool ParseArgs(int argc, char** argv, Args& a) {
     else if (k == "--timeline-out") a.timeline_out = v;
     else if (k == "--timeline-batches") a.timeline_batches = ParseList(v);
     else if (k == "--experts" && ExpertsChoice(v, a)) continue;
+    else if (k == "--kernel-figures") {
+      a.kernel_figures.clear();
+      for (std::string rest = v; !rest.empty();) {
+        const size_t comma = rest.find(',');
+        a.kernel_figures.push_back(rest.substr(0, comma));
+        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+      }
+      for (const std::string& f : a.kernel_figures) {
+        if (std::find(std::begin(kKernelFigures), std::end(kKernelFigures), f) == std::end(kKernelFigures)) {
+          std::fprintf(stderr, "moe-bench: --kernel-figures: unknown figure %s\n", f.c_str());
+          return false;
+        }
+      }
+    }
     else if (k == "--padded-max-tokens") {
       a.padded_max_tokens = std::atoll(v);
       if (a.padded_max_tokens < 0) {
@@ -232,10 +256,14 @@ int main(int argc, char** argv) {
 
   nlohmann::json kernels;
   if (a.kernels || a.kernels_only) {  // before the engine: they take a few GB for a moment
-    kernels = KernelFigures(c);
-    kernels["blas_candidates"] = BlasCandidateFigures(c);
-    kernels["skinny_splits"] = SkinnySplitFigures(c);
-    kernels["grouped_wgmma"] = GroupedGemmFigures(c);
+    auto wanted = [&](const char* f) {
+      return std::find(a.kernel_figures.begin(), a.kernel_figures.end(), f) != a.kernel_figures.end();
+    };
+    kernels = wanted("basic") ? KernelFigures(c) : nlohmann::json::object();
+    if (wanted("blas_candidates")) kernels["blas_candidates"] = BlasCandidateFigures(c);
+    if (wanted("skinny_splits")) kernels["skinny_splits"] = SkinnySplitFigures(c);
+    if (wanted("grouped_wgmma")) kernels["grouped_wgmma"] = GroupedGemmFigures(c);
+    if (wanted("ep_rank_experts")) kernels["ep_rank_experts"] = EpRankExpertFigures(c);
   }
   if (a.kernels_only) {
     return WriteJson(a.out, {{"commit", a.commit.empty() ? "unknown" : a.commit},
@@ -243,7 +271,8 @@ int main(int argc, char** argv) {
                              {"config", config_name},
                              {"kernels", kernels}});
   }
-  const double copy_bw = a.kernels ? kernels["copy_bandwidth_gbps"].get<double>() * 1e9 : 0.0;
+  const double copy_bw =
+      a.kernels && kernels.contains("copy_bandwidth_gbps") ? kernels["copy_bandwidth_gbps"].get<double>() * 1e9 : 0.0;
 
   int64_t max_batch = *std::max_element(a.batches.begin(), a.batches.end());
   for (int64_t b : a.profile_batches) max_batch = std::max(max_batch, b);

@@ -310,6 +310,17 @@ int Run(int argc, char** argv) {
     blas.device_exchange_skinny_max_rows_per_expert = blas.skinny_max_rows_per_expert;
     e->set_expert_tuning(blas);
     variants.push_back(measure(B, "experts through cuBLAS from 2 rows per expert"));
+    // Above the skinny limit (routed rows per expert on average), on the device exchange's batches,
+    // the grouped wgmma kernel or cuBLAS: whichever the default is not.
+    const bool above_skinny = B * c.experts_per_token > tuned.device_exchange_skinny_max_rows_per_expert * c.num_experts;
+    if (above_skinny && B / W <= gpu::GpuMoeLayer::kDeviceExchangeMaxRows) {
+      gpu::ExpertGemmTuning other = tuned;
+      other.device_exchange_wgmma = !tuned.device_exchange_wgmma;
+      e->set_expert_tuning(other);
+      variants.push_back(measure(B, other.device_exchange_wgmma
+                                        ? "above the skinny limit the grouped wgmma kernel (no host sync, CUDA graph)"
+                                        : "above the skinny limit cuBLAS (one host sync a layer, no CUDA graph)"));
+    }
     e->set_expert_tuning(tuned);
   }
   result["decode"] = decode;
@@ -353,7 +364,8 @@ int Run(int argc, char** argv) {
       "expert parallel over NCCL, one rank per GPU; up to 256 rows per rank the device exchange (fixed-capacity "
       "blocks carrying their counts, through NCCL or with exchange peer written straight into the other GPUs; "
       "with up to 48 routed rows per expert on average skinny experts and no host synchronisation, in CUDA graphs; "
-      "above that cuBLAS experts after one synchronisation for the received counts); above 256 rows per rank the "
+      "above that cuBLAS experts after one synchronisation for the received counts, or with "
+      "ExpertGemmTuning::device_exchange_wgmma the grouped wgmma kernel, host-free); above 256 rows per rank the "
       "exchange with the counts on the host (one synchronisation per layer for the routing, one for the counts); "
       "times are the slowest rank's";
   e.reset();  // the engine before the exchange it uses

@@ -25,4 +25,9 @@ nlohmann::json SkinnySplitFigures(const ModelConfig& c);
 // (grouped_gemm_figures.cc); empty where the device does not run it.
 nlohmann::json GroupedGemmFigures(const ModelConfig& c);
 
+// The experts of one expert-parallel rank (rank 0 of 2 and of 4) in decode steps of 64-512 tokens
+// over the job: cuBLAS after the counts' trip to the host, the grouped wgmma kernel and the skinny
+// kernel, the three ways the device exchange can run them (ep_rank_experts.cc).
+nlohmann::json EpRankExpertFigures(const ModelConfig& c);
+
 }  // namespace moe

@@ -27,6 +27,7 @@
 #include "worker/comm/local_communicator.h"
 #include "worker/comm/mpi_communicator.h"
 #include "worker/generation.h"
+#include "kernels/kernels.h"
 #include "worker/gpu/gpu_engine.h"
 #include "worker/gpu/peer_exchange.h"
 
@@ -211,6 +212,26 @@ TEST_F(GpuMpiEngineTest, PeerExchangeGreedyGenerationMatchesSingleRankEngine) {
   EXPECT_EQ(after[0] - before[0], after[1] - before[1]);
   std::printf("[rank %d] %llu layers exchanged through the peers\n", World().rank(),
               static_cast<unsigned long long>(after[0] - before[0]));
+}
+
+// Behind the device exchange with every step's experts through the grouped wgmma kernel
+// (ExpertGemmTuning::device_exchange_wgmma, the skinny limit at 0): it reads the received counts
+// on the device, so the decode steps are CUDA graphs (with cuBLAS there, the other choice above
+// the skinny limit, they could not be), and the tokens are still the single-rank engine's.
+TEST_F(GpuMpiEngineTest, PeerExchangeWgmmaExpertsMatchSingleRankEngine) {
+  if (!gpu::GroupedGemmSupported()) GTEST_SKIP() << "the grouped wgmma kernel needs compute capability 9.0";
+  const gpu::ExpertGemmTuning saved = peer_engine_->expert_tuning();
+  gpu::ExpertGemmTuning wgmma = saved;
+  wgmma.device_exchange_skinny_max_rows_per_expert = 0;
+  wgmma.device_exchange_wgmma = true;
+  peer_engine_->set_expert_tuning(wgmma);
+  CheckPrefillLogits(peer_engine_);
+  const int64_t launches = peer_engine_->graph_launches();
+  CheckGreedyGeneration(peer_engine_);
+  EXPECT_GT(peer_engine_->graph_launches(), launches) << "decode steps with wgmma experts are host-free";
+  std::printf("[rank %d] %lld decode steps replayed as CUDA graphs with wgmma experts\n", World().rank(),
+              static_cast<long long>(peer_engine_->graph_launches() - launches));
+  peer_engine_->set_expert_tuning(saved);
 }
 
 }  // namespace

@@ -135,6 +135,7 @@ class GpuEngine final : public StepEngine {
     DropGraphs();  // the captured steps hold the old choice
   }
   void set_expert_tuning(const ExpertGemmTuning& t);
+  const ExpertGemmTuning& expert_tuning() const { return moe_->tuning(); }
   // Programmatic dependent launches (kernels/launch.cuh) for every kernel of the process.
   void set_programmatic_launch(bool on) {
     SetProgrammaticLaunch(on);

@@ -99,10 +99,11 @@ void GpuMoeLayer::BuildTensorMaps() {
 
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
   if (Local()) {
-    return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts, false) || WgmmaExperts() ||
+    return SkinnyExperts(rows.local * c_.experts_per_token, c_.num_experts, false) || WgmmaExperts(false) ||
            PaddedExperts(rows.local);
   }
-  return DeviceExchange(rows) && SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts, true);
+  return DeviceExchange(rows) &&
+         (SkinnyExperts(rows.total * c_.experts_per_token, c_.num_experts, true) || WgmmaExperts(true));
 }
 
 SkinnyPlan PlanSkinny(const ModelConfig& c, int64_t R, int64_t local, int64_t plan_rows, int forced_up,
@@ -153,6 +154,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
       workspace = std::max(workspace, PlanExperts(bound, local, ExpectedRows(rows, local)).workspace);
     }
     grew |= split_.EnsureSize(workspace);
+    if (WgmmaExperts(true) && maps13_.size() == 0) BuildTensorMaps();  // once, before a step that may be captured
     return grew;
   }
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
@@ -173,7 +175,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     return grew;
   }
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
-  if (WgmmaExperts()) {
+  if (WgmmaExperts(false)) {
     grew |= grouped_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
     if (maps13_.size() == 0) BuildTensorMaps();  // once, before any step that may be captured
   }
@@ -235,7 +237,10 @@ void GpuMoeLayer::ForwardLocal(int64_t layer, const bf16* h, int64_t T, float* r
     return;
   }
   // With cuBLAS experts, Experts fetches the per-expert row counts to the host (one synchronisation).
-  Experts(layer, h, src_row, n, offsets_.get(), nullptr, result_.get(), active_.get());
+  const ExpertKernel kernel = SkinnyExperts(n, c_.num_experts, false) ? ExpertKernel::kSkinny
+                              : WgmmaExperts(false)                   ? ExpertKernel::kWgmma
+                                                                      : ExpertKernel::kBlas;
+  Experts(kernel, layer, h, src_row, n, offsets_.get(), nullptr, result_.get(), active_.get());
   prof.Mark(layer, Boundary::kExpertsEnd, stream_);
   Combine(result_.get(), position, T, residual, next);
   prof.Mark(layer, Boundary::kCombineEnd, stream_);
@@ -272,18 +277,21 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const bf16* h, int64_t T,
   GroupReceived(recv, W, E, cap, H, recv_offsets_.get(), group_src, active_.get(), stream_);
   prof.Mark(layer, Boundary::kDispatchEnd, stream_);
 
-  // Experts on the received rows. Skinny (as DeviceOnly decides): how many rows came is known on
-  // the device only, `bound` sizes the work. cuBLAS: the counts come to the host (synchronises).
+  // Experts on the received rows. Skinny or wgmma (as DeviceOnly decides): how many rows came is
+  // known on the device only, `bound` sizes the work. cuBLAS: the counts come to the host
+  // (synchronises).
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
   if (SkinnyExperts(step_.total * k, E, true)) {
-    Experts(layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(), active_.get(),
-            ExpectedRows(step_, local));
+    Experts(ExpertKernel::kSkinny, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(),
+            active_.get(), ExpectedRows(step_, local));
+  } else if (WgmmaExperts(true)) {
+    Experts(ExpertKernel::kWgmma, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get());
   } else {
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), recv_offsets_.get(), sizeof(int32_t) * (E + 1),
                                    cudaMemcpyDeviceToHost, stream_));
     MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
     const int64_t R = h_offsets_.get()[E];  // <= bound: result_ is sized
-    Experts(layer, recv, group_src, R, recv_offsets_.get(), h_offsets_.get(), result_.get());
+    Experts(ExpertKernel::kBlas, layer, recv, group_src, R, recv_offsets_.get(), h_offsets_.get(), result_.get());
   }
   // The results back to their sources: into the blocks NCCL returns, or straight into the sources'.
   const PeerTargets to_sources = peers_ != nullptr ? peers_->Return(cap + 1) : PeerTargets{};
@@ -320,14 +328,15 @@ void GpuMoeLayer::RecordRouting(int64_t T, MoeLayer::Record& record, std::vector
   if (experts_out != nullptr) *experts_out = record.routing.expert;
 }
 
-void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
-                          const int32_t* h_offsets, bf16* out, const int32_t* active, int64_t plan_rows) {
+void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, const int32_t* row_index, int64_t R,
+                          const int32_t* d_offsets, const int32_t* h_offsets, bf16* out, const int32_t* active,
+                          int64_t plan_rows) {
   if (R == 0) return;
   const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
   act_.EnsureSize(static_cast<size_t>(R * I));
   // plan_rows: the device exchange's skinny call (its rows are known on the device only).
-  if (SkinnyExperts(plan_rows > 0 ? plan_rows : R, local, plan_rows > 0)) {
+  if (kernel == ExpertKernel::kSkinny) {
     const SkinnyPlan p = PlanExperts(R, local, plan_rows);
     split_.EnsureSize(p.workspace);
     // Every expert gets at most one row per token, so with at most 8 tokens (the local path) every
@@ -357,10 +366,13 @@ void GpuMoeLayer::Experts(int64_t layer, const bf16* x, const int32_t* row_index
     return;
   }
 
-  // The grouped wgmma kernel (local path): the tiles are planned from the offsets on the device.
-  // Its TMA shapes read the rows in expert order, gathered first.
-  if (WgmmaExperts()) {
-    const GroupedTile tile = tuning_.wgmma_tile;
+  // The grouped wgmma kernel: the tiles are planned from the offsets on the device (R may be a
+  // bound: it sizes the grid). Its TMA shapes read the rows in expert order, gathered first, which
+  // needs their count on the host: on the local path R is that count; behind the device exchange
+  // (R a bound) the default shape reads the rows through row_index instead.
+  if (kernel == ExpertKernel::kWgmma) {
+    GroupedTile tile = tuning_.wgmma_tile;
+    if (GroupedTileReadsRowsInOrder(tile) && row_index != nullptr && !Local()) tile = GroupedTile::kAuto;
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
@@ -549,7 +561,9 @@ void GpuMoeLayer::ForwardExchange(int64_t layer, const DeviceMoeWeights& w, cons
 
   // Experts, reading the received rows in expert order; results back in received order.
   result_.EnsureSize(static_cast<size_t>(R * H));
-  Experts(layer, recv_.get(), identity ? nullptr : d_group_src, R, d_expert_start, expert_start, result_.get());
+  const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
+  Experts(SkinnyExperts(R, local, false) ? ExpertKernel::kSkinny : ExpertKernel::kBlas, layer, recv_.get(),
+          identity ? nullptr : d_group_src, R, d_expert_start, expert_start, result_.get());
   bf16* computed = result_.get();
   if (!identity) {
     computed_.EnsureSize(static_cast<size_t>(R * H));

@@ -91,6 +91,13 @@ struct ExpertGemmTuning {
   // CUDA graph and one synchronisation per layer: kept at the limit measured when the exchange was
   // built, against the host-count exchange; cuBLAS behind the device exchange is not measured yet.
   int64_t device_exchange_skinny_max_rows_per_expert = 48;
+  // Above that limit on the device exchange, the grouped wgmma kernel (GroupedGemm, compute
+  // capability 9.0 only) instead of cuBLAS: it reads the received counts on the device, so such a
+  // step needs no host synchronisation and is a CUDA graph too. The rows of an expert-parallel rank
+  // at these batches (64 per expert at batch 256 on four ranks) are where it matched or beat cuBLAS
+  // on one layer's experts (benchmarks/NOTES.md, session 15); ep_rank_experts times it against
+  // cuBLAS with the counts' trip to the host, at a rank's share of the experts.
+  bool device_exchange_wgmma = false;
   // Above it, how cuBLAS runs the experts (with many rows per expert: prefill):
   enum class Blas {
     kConcurrent,  // one GEMM per expert, the experts on separate streams so their grids overlap
@@ -171,7 +178,7 @@ class GpuMoeLayer {
   // one rank per expert): the engine then finds the step's peak rows (StepRows::peak) for it.
   bool ExchangesOnDevice() const { return (nccl_ != nullptr || peers_ != nullptr) && !staging_ && single_owner_; }
   // True when a step runs the layer with no host synchronisation (and so can be captured in a CUDA
-  // graph): the local path or the device exchange, with skinny experts.
+  // graph): the local path or the device exchange, with skinny or wgmma experts.
   bool DeviceOnly(const StepRows& rows) const;
   // True when a step's exchange runs on the device (fixed-capacity blocks): with NCCL, one rank per
   // expert, and at most kDeviceExchangeMaxRows rows on any rank. The expert counts of such a step
@@ -220,17 +227,23 @@ class GpuMoeLayer {
   }
   // The weights' TMA descriptors (maps13_, maps2_) for the grouped wgmma kernel.
   void BuildTensorMaps();
-  // Whether the local path runs its experts through the grouped wgmma kernel (when not skinny).
-  bool WgmmaExperts() const {
-    return tuning_.wgmma_grouped && Local() && c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 &&
-           c_.num_experts <= 256 && GroupedGemmSupported();
+  // Whether the local path (device_exchange false) or the device exchange runs its experts through
+  // the grouped wgmma kernel when they are not skinny (ExpertGemmTuning::wgmma_grouped,
+  // ::device_exchange_wgmma).
+  bool WgmmaExperts(bool device_exchange) const {
+    const bool wanted = device_exchange ? tuning_.device_exchange_wgmma : tuning_.wgmma_grouped && Local();
+    return wanted && c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 && c_.num_experts <= 256 &&
+           GroupedGemmSupported();
   }
   // Whether the local path runs the experts of a T-token step on padded rows (when neither skinny
   // nor wgmma): ExpertGemmTuning::padded_max_tokens, every expert held and evenly spaced.
   bool PaddedExperts(int64_t T) const {
     return Local() && evenly_spaced_ && T > 0 && T <= tuning_.padded_max_tokens &&
-           !SkinnyExperts(T * c_.experts_per_token, c_.num_experts, false) && !WgmmaExperts();
+           !SkinnyExperts(T * c_.experts_per_token, c_.num_experts, false) && !WgmmaExperts(false);
   }
+  // How Experts runs the products: the skinny kernel, the grouped wgmma kernel (both read the
+  // counts on the device) or cuBLAS (the counts on the host). The caller chooses.
+  enum class ExpertKernel { kSkinny, kWgmma, kBlas };
   // The fixed-capacity exchange: rows per (source, destination) block, and the bound on the rows
   // a rank receives.
   int64_t ExchangeCap(const StepRows& rows) const { return rows.peak * exchange_rows_per_token_; }
@@ -259,15 +272,16 @@ class GpuMoeLayer {
   void Combine(const bf16* y, const int32_t* position, int64_t T, float* residual, const NextNorm& next);
   // Copies the router logits and the routing of T rows to `record` (synchronises; tests only).
   void RecordRouting(int64_t T, MoeLayer::Record& record, std::vector<int32_t>* experts_out);
-  // The experts of `layer` on R rows grouped by expert: row r of the output is expert e's result
-  // for input row row_index[r] (null: r) of x, for r in [offsets[e], offsets[e+1]). d_offsets [E+1]
-  // on the device; h_offsets [E+1] on the host or null (then the skinny path is required, or the
-  // offsets are fetched). out: [R, H] bf16. `active` (device, optional): the experts with rows,
-  // then -1 (RouteAndGroup's list), so the skinny GEMMs launch CTAs for those alone.
+  // The experts of `layer` on R rows grouped by expert, through `kernel`: row r of the output is
+  // expert e's result for input row row_index[r] (null: r) of x, for r in [offsets[e], offsets[e+1]).
+  // d_offsets [E+1] on the device; h_offsets [E+1] on the host or null (kBlas then fetches them).
+  // out: [R, H] bf16. `active` (device, optional): the experts with rows, then -1 (RouteAndGroup's
+  // list), so the skinny GEMMs launch CTAs for those alone.
   // plan_rows (0: R): when R is only a bound on the rows (the device exchange, where the rows are
   // known on the device alone), the rows the skinny kernels are sized for (the expected rows).
-  void Experts(int64_t layer, const bf16* x, const int32_t* row_index, int64_t R, const int32_t* d_offsets,
-               const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr, int64_t plan_rows = 0);
+  void Experts(ExpertKernel kernel, int64_t layer, const bf16* x, const int32_t* row_index, int64_t R,
+               const int32_t* d_offsets, const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr,
+               int64_t plan_rows = 0);
   // The experts of `layer` on the local path's T tokens, padded (PaddedExperts): every expert's rows
   // gathered into a block of T rows, one strided-batched product per matrix. Leaves the results in
   // result_ [E * T, H] and each slot's row there in padded_position_ [T * k].
