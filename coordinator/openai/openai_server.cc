@@ -330,7 +330,7 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics, /version)",
                                    "NotFoundError", {}});
 }
 
