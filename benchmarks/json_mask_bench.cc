@@ -1,14 +1,16 @@
 // moe-json-mask-bench: what response_format json_object (or a json_schema) costs a step on the
 // host. A JSON document (--document object: nested objects and arrays, prose strings, numbers,
 // non-ASCII text under json_object; --document records: a list of records under a schema with a
-// pattern, formats and numeric bounds, whose automata multiply the grammar states) is tokenised
-// with a real vocabulary and fed token by token to a JsonConstraint; at every position the mask of the
-// next step (JsonConstraint::Apply over a vocabulary-wide row) is timed, on a cold mask cache
+// pattern, formats and numeric bounds, whose automata multiply the grammar states; --document
+// object-gbnf: the object document under llama.cpp's JSON grammar in GBNF, read by the GBNF
+// recogniser instead of the JSON one) is tokenised with a real vocabulary and fed token by token to
+// a constraint; at every position the mask of the next step (OutputConstraint::Apply over a
+// vocabulary-wide row) is timed, on a cold mask cache
 // (the first pass) and a warm one (later passes, as later requests find it). Writes the per-step
 // figures (mean, median, p90, max; split by whether the position is inside a string) and the trie's
 // build time as JSON with the machine, the commit and the command.
 //
-//   moe-json-mask-bench [--document object|records] [--tokenizer FILE] [--repeats N] [--out FILE]
+//   moe-json-mask-bench [--document object|records|object-gbnf] [--tokenizer FILE] [--repeats N] [--out FILE]
 //                       [--commit SHA]
 #include <unistd.h>
 
@@ -65,6 +67,18 @@ const char* const kRecords = R"([
   {"code": "MT-530", "day": "2023-04-30", "id": "0123abcd-4567-89ef-0123-456789abcdef", "age": 18, "p": 0}
 ])";
 
+// llama.cpp's grammars/json.gbnf with an object at the root, whitespace allowed before it as the
+// JSON recogniser allows it (the vocabulary's first piece of the document is " {"). Its whitespace:
+// nothing, a space, or a newline and up to 20 spaces or tabs.
+const char* const kJsonGbnf = R"g(root   ::= ws object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+object ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array  ::= "[" ws ( value ("," ws value)* )? "]" ws
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4}) )* "\"" ws
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+ws     ::= | " " | "\n" [ \t]{0,20}
+)g";
+
 double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -113,16 +127,22 @@ int main(int argc, char** argv) {
     } else if (k == "--commit") {
       commit = v;
     } else {
-      std::fprintf(stderr, "usage: moe-json-mask-bench [--document object|records] [--tokenizer FILE] [--repeats N] "
-                           "[--out FILE] [--commit SHA]\n");
+      std::fprintf(stderr, "usage: moe-json-mask-bench [--document object|records|object-gbnf] [--tokenizer FILE] "
+                           "[--repeats N] [--out FILE] [--commit SHA]\n");
       return 2;
     }
   }
-  if (document != "object" && document != "records") {
-    std::fprintf(stderr, "moe-json-mask-bench: --document: expected object or records, got %s\n", document.c_str());
+  if (document != "object" && document != "records" && document != "object-gbnf") {
+    std::fprintf(stderr, "moe-json-mask-bench: --document: expected object, records or object-gbnf, got %s\n",
+                 document.c_str());
     return 2;
   }
-  const bool records = document == "records";
+  const bool records = document == "records", gbnf = document == "object-gbnf";
+  absl::StatusOr<moe::GbnfGrammar> grammar = moe::GbnfGrammar::Parse(kJsonGbnf);
+  if (!grammar.ok()) {
+    std::fprintf(stderr, "moe-json-mask-bench: the JSON grammar: %s\n", std::string(grammar.status().message()).c_str());
+    return 1;
+  }
   absl::StatusOr<moe::JsonSchema> schema =
       records ? moe::JsonSchema::CompileText(kRecordsSchema) : absl::StatusOr<moe::JsonSchema>(moe::JsonSchema::AnyObject());
   if (!schema.ok()) {
@@ -143,7 +163,7 @@ int main(int argc, char** argv) {
   auto trie = std::make_shared<const moe::TokenTextTrie>(texts);
   const double build_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 
-  const std::vector<int32_t> ids = (*tok)->Encode(records ? kRecords : kDocument);
+  const std::vector<int32_t> ids = (*tok)->Encode(records ? kRecords : kDocument);  // object-gbnf: the object
   std::vector<bool> in_string(ids.size() + 1, false);  // position i: the text before it is inside a string
   {
     std::string so_far;
@@ -160,11 +180,18 @@ int main(int argc, char** argv) {
       if (i < ids.size()) so_far += texts[static_cast<size_t>(ids[i])];
     }
   }
-  // One pass over the document with a new constraint on `masks`: each position's median Apply time.
-  moe::JsonMaskCache masks(trie, std::make_shared<const moe::JsonSchema>(*std::move(schema)));
+  // One pass over the document with a new constraint on the masks: each position's Apply time.
+  moe::JsonMaskCache json_masks(trie, std::make_shared<const moe::JsonSchema>(*std::move(schema)));
+  moe::GbnfMaskCache gbnf_masks(trie, std::make_shared<const moe::GbnfGrammar>(*std::move(grammar)));
   std::vector<float> row(texts.size());
   auto pass = [&](std::vector<double>& us) -> bool {
-    moe::JsonConstraint constraint(masks, {(*tok)->eos_id()});
+    std::unique_ptr<moe::OutputConstraint> made;
+    if (gbnf) {
+      made = std::make_unique<moe::GbnfConstraint>(gbnf_masks, std::vector<int32_t>{(*tok)->eos_id()});
+    } else {
+      made = std::make_unique<moe::JsonConstraint>(json_masks, std::vector<int32_t>{(*tok)->eos_id()});
+    }
+    moe::OutputConstraint& constraint = *made;
     for (size_t i = 0; i <= ids.size(); ++i) {
       std::vector<double> runs;
       for (int r = 0; r < 1; ++r) {
@@ -195,7 +222,7 @@ int main(int argc, char** argv) {
   // over the later passes.
   std::vector<double> cold;
   if (!pass(cold)) return 1;
-  const int64_t states = masks.misses();
+  const int64_t states = gbnf ? gbnf_masks.misses() : json_masks.misses();
   std::vector<std::vector<double>> warm_runs(static_cast<size_t>(repeats));
   for (std::vector<double>& w : warm_runs) {
     if (!pass(w)) return 1;

@@ -53,81 +53,11 @@ TokenTextTrie::TokenTextTrie(const std::vector<std::string>& texts)
   id_begin_[n] = static_cast<int32_t>(ids_.size());
 }
 
-void TokenTextTrie::MarkAccepted(const JsonGrammar& start, std::vector<uint64_t>& accepted) const {
-  MarkFrom(0, start, accepted);
-}
-
-void TokenTextTrie::MarkFrom(int32_t node, const JsonGrammar& state, std::vector<uint64_t>& accepted) const {
-  // Depth first on the call stack (a token's bytes deep): one copy of the state per edge taken.
-  for (int32_t c = child_begin_[static_cast<size_t>(node)]; c < child_begin_[static_cast<size_t>(node) + 1]; ++c) {
-    JsonGrammar next = state;
-    if (!next.Advance(byte_[static_cast<size_t>(c)])) continue;
-    for (int32_t k = id_begin_[static_cast<size_t>(c)]; k < id_begin_[static_cast<size_t>(c) + 1]; ++k) {
-      const auto id = static_cast<size_t>(ids_[static_cast<size_t>(k)]);
-      accepted[id / 64] |= uint64_t{1} << (id % 64);
-    }
-    if (child_begin_[static_cast<size_t>(c)] < child_begin_[static_cast<size_t>(c) + 1]) MarkFrom(c, next, accepted);
-  }
-}
-
-JsonMaskCache::JsonMaskCache(std::shared_ptr<const TokenTextTrie> vocab, std::shared_ptr<const JsonSchema> schema,
-                             size_t max_states)
-    : vocab_(std::move(vocab)), schema_(std::move(schema)), max_states_(std::max<size_t>(1, max_states)) {}
-
-const std::vector<uint64_t>& JsonMaskCache::Accepted(const JsonGrammar& state) {
-  key_.clear();
-  state.AppendStateKey(key_);
-  auto it = masks_.find(key_);
-  if (it != masks_.end()) {
-    ++hits_;
-    return it->second;
-  }
-  ++misses_;
-  if (masks_.size() >= max_states_) masks_.clear();
-  std::vector<uint64_t> mask(static_cast<size_t>((vocab_->vocab_size() + 63) / 64), 0);
-  vocab_->MarkAccepted(state, mask);
-  return masks_.emplace(key_, std::move(mask)).first->second;
-}
-
-JsonConstraint::JsonConstraint(JsonMaskCache& masks, std::vector<int32_t> end_ids)
-    : masks_(masks), end_ids_(std::move(end_ids)), grammar_(masks.schema()) {}
-
-bool JsonConstraint::Allowed(TokenMask& out) {
-  // The model's rows may be wider than the tokenizer's vocabulary (padded embeddings): ids past it
-  // have no text and are never allowed.
-  const int64_t n = std::min(out.size(), masks_.vocab().vocab_size());
-  std::vector<int32_t> ends;  // the end ids allowed now: once the value is complete
-  if (grammar_.Complete()) {
-    for (int32_t id : end_ids_) {
-      if (id >= 0 && id < n) ends.push_back(id);
-    }
-  }
-  if (grammar_.Closed() && !ends.empty()) {
-    out.BanAll();  // a closed value ends the output; only without an end id (ignore_eos) may whitespace follow
-  } else {
-    out.KeepFirst(masks_.Accepted(grammar_), n);
-  }
-  if (ends.empty()) {
-    // A stop token id with text ("\n") would end the output with the value unfinished.
-    for (int32_t id : end_ids_) out.Ban(id);
-  } else {
-    for (int32_t id : ends) out.Allow(id);
-  }
-  return out.any();
-}
-
-bool JsonConstraint::Apply(std::span<float> logits) {
+bool OutputConstraint::Apply(std::span<float> logits) {
   TokenMask allowed(static_cast<int64_t>(logits.size()));
   if (!Allowed(allowed)) return false;
   MaskLogits(allowed.words(), logits);
   return true;
-}
-
-void JsonConstraint::Add(int32_t token) {
-  if (token < 0 || token >= masks_.vocab().vocab_size()) return;
-  JsonGrammar next = grammar_;
-  // A token Apply allowed is always accepted; an end id (no text) leaves the state as it is.
-  if (next.Feed(masks_.vocab().text(token))) grammar_ = next;
 }
 
 }  // namespace moe

@@ -28,6 +28,7 @@ namespace moe {
 
 class JsonGrammar {
  public:
+  using Spec = JsonSchema;
   // Nesting deeper than this is refused (an opening bracket past it is not accepted).
   static constexpr int kMaxDepth = 32;
   static constexpr int kIndentPerLevel = 4;
