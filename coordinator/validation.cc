@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/prefix_hash.h"
+#include "worker/gbnf.h"
 #include "worker/json_schema.h"
 #include "worker/logits_penalties.h"
 #include "worker/sampler.h"
@@ -186,10 +187,12 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   const bool json_schema = format.type() == v1::ResponseFormat::TYPE_JSON_SCHEMA;
   const bool choice = format.type() == v1::ResponseFormat::TYPE_CHOICE;
   const bool regex = format.type() == v1::ResponseFormat::TYPE_REGEX;
-  if (format.type() != v1::ResponseFormat::TYPE_TEXT && !json_object && !json_schema && !choice && !regex) {
+  const bool grammar = format.type() == v1::ResponseFormat::TYPE_GRAMMAR;
+  if (format.type() != v1::ResponseFormat::TYPE_TEXT && !json_object && !json_schema && !choice && !regex &&
+      !grammar) {
     return FieldError("sampling.response_format.type", absl::StrCat("unknown type ", format.type()));
   }
-  if ((json_object || json_schema || choice || regex) && model.tokenizer == nullptr) {
+  if ((json_object || json_schema || choice || regex || grammar) && model.tokenizer == nullptr) {
     return FieldError("sampling.response_format",
                       "constrained output needs the model's tokenizer (the bytes of each token), and the model has none");
   }
@@ -211,6 +214,14 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
     }
   } else if (!format.regex().empty()) {
     return FieldError("sampling.response_format.regex", "only with type REGEX");
+  }
+  if (grammar) {
+    if (format.grammar().empty()) return FieldError("sampling.response_format.grammar", "empty");
+    if (absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse(format.grammar()); !g.ok()) {
+      return FieldError("sampling.response_format.grammar", std::string(g.status().message()));
+    }
+  } else if (!format.grammar().empty()) {
+    return FieldError("sampling.response_format.grammar", "only with type GRAMMAR");
   }
   std::string schema_text;  // compact, properties in their order: one text per schema for the ranks' mask caches
   if (json_schema) {
@@ -266,6 +277,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_json_schema(schema_text);
   if (choice) *a.mutable_choices() = format.choices();
   if (regex) a.set_regex(format.regex());
+  if (grammar) a.set_grammar(format.grammar());
   a.set_compact_json(format.compact() && (json_object || json_schema));
   job.want_logprobs = s.has_logprobs();
   return job;

@@ -297,6 +297,26 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   rf->set_compact(false);
   rf->set_type(v1::ResponseFormat::TYPE_TEXT);
   EXPECT_TRUE(NamesField(ValidateGenerate(regex, shakespeare()).status(), "sampling.response_format.regex"));
+
+  // guided_grammar: parsed before admission, its line and column in the message; a grammar without
+  // TYPE_GRAMMAR is refused rather than ignored.
+  v1::GenerateRequest grammar = Ids({3, 4});
+  v1::ResponseFormat* gf = grammar.mutable_sampling()->mutable_response_format();
+  gf->set_type(v1::ResponseFormat::TYPE_GRAMMAR);
+  EXPECT_TRUE(NamesField(ValidateGenerate(grammar, shakespeare()).status(), "sampling.response_format.grammar"));
+  gf->set_grammar("root ::= word\nwords ::= [a-z]+");
+  const absl::Status undefined = ValidateGenerate(grammar, shakespeare()).status();
+  EXPECT_TRUE(NamesField(undefined, "sampling.response_format.grammar"));
+  EXPECT_NE(undefined.message().find("rule 'word' is used but never defined"), std::string::npos) << undefined;
+  gf->set_grammar("root ::= [a-z]+ (\" \" [a-z]+)*");
+  absl::StatusOr<GenerateJob> parsed = ValidateGenerate(grammar, shakespeare());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->assign.grammar(), "root ::= [a-z]+ (\" \" [a-z]+)*");
+  EXPECT_TRUE(parsed->assign.regex().empty());
+  EXPECT_TRUE(NamesField(ValidateGenerate(grammar, tiny()).status(), "sampling.response_format"));  // no tokenizer
+  gf->set_type(v1::ResponseFormat::TYPE_REGEX);
+  gf->set_regex("a");
+  EXPECT_TRUE(NamesField(ValidateGenerate(grammar, shakespeare()).status(), "sampling.response_format.grammar"));
 }
 
 // Requests with every sampling field set at random (extreme numbers, NaN, any ids, garbage and

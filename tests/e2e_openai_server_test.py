@@ -1090,11 +1090,104 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 200, body)
         self.assertIsNotNone(re.fullmatch(regex, body["choices"][0]["text"]), body)
         status, body = self.call("/v1/completions", {"prompt": "x", "max_tokens": 5,
-                                                     "structured_outputs": {"grammar": "root ::= \"a\""}})
-        self.assertEqual((status, body["error"]["param"]), (400, "structured_outputs.grammar"), body)
+                                                     "structured_outputs": {"structural_tag": "{}"}})
+        self.assertEqual((status, body["error"]["param"]), (400, "structured_outputs.structural_tag"), body)
         status, body = self.call("/v1/completions", {"prompt": "x", "max_tokens": 5, "guided_regex": "a(?!b)"})
         self.assertEqual((status, body["error"]["param"]), (400, "response_format.regex"), body)
         self.assertIn("lookaround", body["error"]["message"])
+
+    def test_f5d_guided_grammar(self):
+        """vLLM's guided_grammar and structured_outputs.grammar (GBNF): a grammar of a regular language
+        gets answers Python's re.fullmatch of the same language accepts, greedy and sampled, streamed
+        or not, and the gRPC API's TYPE_GRAMMAR gives the same; a recursive grammar (nested
+        s-expressions) gets answers a recursive-descent reader accepts whole, or, cut by max_tokens,
+        as a beginning. A bad grammar is a 400 naming its line and column."""
+        import re
+        grammar = "\n".join([
+            'root     ::= speaker ": " word (" " word){0,5} end   # at most six words',
+            'speaker  ::= "ROMEO" | "JULIET" | "NURSE"',
+            'word     ::= [A-Za-z]{1,10}',
+            'end      ::= [.!?]'])
+        regex = r"(ROMEO|JULIET|NURSE): [A-Za-z]{1,10}( [A-Za-z]{1,10}){0,5}[.!?]"
+        for params in ({"temperature": 0}, {"temperature": 1.2, "seed": 5}):
+            status, body = self.call("/v1/completions", dict(params, prompt="ROMEO:", max_tokens=80,
+                                                             guided_grammar=grammar))
+            self.assertEqual(status, 200, body)
+            text = body["choices"][0]["text"]
+            self.assertIsNotNone(re.fullmatch(regex, text), text)
+            self.assertEqual(body["choices"][0]["finish_reason"], "stop")
+            want = self.grpc.generate_choices("ROMEO:", max_tokens=80, guided_grammar=grammar, **params)[0]
+            self.assertEqual(want.text, text)
+        streamed = "".join(e["choices"][0]["text"] for e in self.stream({
+            "prompt": "O", "max_tokens": 80, "temperature": 0, "structured_outputs": {"grammar": grammar}})
+            if e.get("choices"))
+        self.assertIsNotNone(re.fullmatch(regex, streamed), streamed)
+        status, body = self.call("/v1/chat/completions", {"messages": CHAT_GOLDEN["cases"][0]["messages"],
+                                                          "max_tokens": 80, "temperature": 0, "guided_grammar": grammar})
+        self.assertEqual(status, 200, body)
+        self.assertIsNotNone(re.fullmatch(regex, body["choices"][0]["message"]["content"]), body)
+
+        # Recursive: not a regular language, so the reference is a reader of its own.
+        sexp = 'root ::= sexp\nsexp ::= "(" [a-z]{1,8} (" " (sexp | [a-z]{1,8}))* ")"'
+
+        def read(t):
+            """'whole', 'prefix' (t can still be completed) or 'bad'."""
+            i, n = 0, len(t)
+
+            def atom():
+                nonlocal i
+                start = i
+                while i < n and "a" <= t[i] <= "z" and i - start < 8:
+                    i += 1
+                return i > start
+
+            def expr():  # True: read whole; None: t ended inside; False: bad
+                nonlocal i
+                if i == n:
+                    return None
+                if t[i] != "(":
+                    return False
+                i += 1
+                if i == n:
+                    return None
+                if not atom():
+                    return False
+                while True:
+                    if i == n:
+                        return None
+                    if t[i] == ")":
+                        i += 1
+                        return True
+                    if t[i] != " ":
+                        return False
+                    i += 1
+                    if i == n:
+                        return None
+                    if t[i] == "(":
+                        r = expr()
+                        if r is not True:
+                            return r
+                    elif not atom():
+                        return False
+            r = expr()
+            return "prefix" if r is None else "whole" if r and i == n else "bad"
+
+        self.assertEqual([read(x) for x in ("(a (b c) d)", "(a (b", "(a)", "(a))", "(A)", "()")],
+                         ["whole", "prefix", "whole", "bad", "bad", "bad"])  # the reader itself
+        for params in ({"temperature": 0}, {"temperature": 1.0, "seed": 1}, {"temperature": 1.0, "seed": 2}):
+            status, body = self.call("/v1/completions", dict(params, prompt="KING:", max_tokens=40, guided_grammar=sexp))
+            self.assertEqual(status, 200, body)
+            choice = body["choices"][0]
+            verdict = read(choice["text"])
+            self.assertEqual(verdict, "whole" if choice["finish_reason"] == "stop" else "prefix", choice)
+        status, body = self.call("/v1/completions", {"prompt": "x", "max_tokens": 5,
+                                                     "guided_grammar": 'root ::= "a" | b\nc ::= "c"'})
+        self.assertEqual((status, body["error"]["param"]), (400, "response_format.grammar"), body)
+        self.assertIn("rule 'b' is used but never defined", body["error"]["message"])
+        status, body = self.call("/v1/completions", {"prompt": "x", "max_tokens": 5,
+                                                     "structured_outputs": {"grammar": 'root ::= "a" [b-'}})
+        self.assertEqual((status, body["error"]["param"]), (400, "response_format.grammar"), body)
+        self.assertIn("line 1, column", body["error"]["message"])
 
     def test_f6_tool_choice_answers_with_tool_calls_the_tools_schemas_admit(self):
         """A named function and tool_choice "required": the answer's tool_calls name the tools and

@@ -118,6 +118,10 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": ""})").param, "guided_regex");
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": ["a"]})").param, "guided_regex");
   EXPECT_EQ(Err(R"({"prompt": "x", "guided_regex": "a", "guided_choice": ["a"]})").param, "guided_regex");
+  got = ParseCompletionRequest(R"({"prompt": "x", "guided_grammar": "root ::= [a-z]+"})", "m");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().type(), v1::ResponseFormat::TYPE_GRAMMAR);
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().grammar(), "root ::= [a-z]+");
   // vLLM's structured_outputs (its name since v0.12): the same constraints, disable_any_whitespace
   // and disable_additional_properties honoured, what is not served refused naming it.
   auto format_of = [](const std::string& body) {
@@ -144,7 +148,14 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(format_of(R"({"prompt": "x", "structured_outputs": {"json": "{\"type\": \"integer\"}"}})").json_schema(),
             R"({"type": "integer"})");
   EXPECT_EQ(format_of(R"({"prompt": "x", "structured_outputs": {}})").type(), v1::ResponseFormat::TYPE_TEXT);
-  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"grammar": "root ::= \"a\""}})").param, "structured_outputs.grammar");
+  so = format_of(R"({"prompt": "x", "structured_outputs": {"grammar": "root ::= \"a\""}})");
+  EXPECT_EQ(so.type(), v1::ResponseFormat::TYPE_GRAMMAR);
+  EXPECT_EQ(so.grammar(), "root ::= \"a\"");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"grammar": ""}})").param, "structured_outputs.grammar");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"grammar": "root ::= \"a\"", "regex": "a"}})").param,
+            "structured_outputs");
+  EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"structural_tag": "{}"}})").param,
+            "structured_outputs.structural_tag");
   EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"whitespace_pattern": " ?"}})").param,
             "structured_outputs.whitespace_pattern");
   EXPECT_EQ(Err(R"({"prompt": "x", "structured_outputs": {"regex": "a", "choice": ["a"]}})").param, "structured_outputs");
@@ -307,7 +318,8 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "return_token_ids": "yes"})", 400, "return_token_ids"},
            {R"({"prompt": "x", "cache_salt": ""})", 400, "cache_salt"},
            {R"({"prompt": "x", "cache_salt": 7})", 400, "cache_salt"},
-           {R"({"prompt": "x", "guided_grammar": "root ::= \"a\""})", 400, "guided_grammar"},
+           {R"({"prompt": "x", "guided_grammar": ""})", 400, "guided_grammar"},
+           {R"({"prompt": "x", "guided_grammar": "root ::= \"a\"", "guided_regex": "a"})", 400, "guided_grammar"},
            {R"({"prompt": "x", "guided_whitespace_pattern": " "})", 400, "guided_whitespace_pattern"},
            {R"({"prompt": "x", "add_special_tokens": "no"})", 400, "add_special_tokens"},
        }) {

@@ -47,6 +47,7 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--json-object", {false, {"generate"}}},
       {"--json-schema", {true, {"generate"}}},
       {"--regex", {true, {"generate"}}},
+      {"--grammar", {true, {"generate"}}},
       {"--choice", {true, {"generate"}}},
       {"--compact-json", {false, {"generate"}}},
       {"--request-id", {true, {"generate"}}},
@@ -195,6 +196,9 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
   } else if (flag == "--regex") {  // the whole output matches it (the coordinator checks it)
     s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_REGEX);
     s->mutable_response_format()->set_regex(v);
+  } else if (flag == "--grammar") {  // the whole output is a text of this GBNF grammar (the coordinator parses it)
+    s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_GRAMMAR);
+    s->mutable_response_format()->set_grammar(v);
   } else if (flag == "--request-id") {
     o.request_id = v;
   } else if (flag == "--context" || flag == "--context-ids") {
@@ -290,7 +294,7 @@ commands:
            [--top-p P] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
            [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
            [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--json-schema JSON] [--regex RE]
-           [--choice TEXT]... [--compact-json] [--request-id ID] [--priority N] [--include-stop-str]
+           [--grammar GBNF] [--choice TEXT]... [--compact-json] [--request-id ID] [--priority N] [--include-stop-str]
            [--allowed-token-ids IDS] [--bad-word WORD]... [--prompt-logprobs N]
            [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object

@@ -57,7 +57,7 @@ FINISH_REASONS = {
 _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stop_token_ids",
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
                     "min_tokens", "n", "logit_bias", "response_format", "guided_choice",
-                    "guided_regex", "include_stop_str_in_output", "truncate_prompt_tokens", "allowed_token_ids",
+                    "guided_regex", "guided_grammar", "include_stop_str_in_output", "truncate_prompt_tokens", "allowed_token_ids",
                     "bad_words", "prompt_logprobs")
 
 
@@ -128,6 +128,9 @@ def make_sampling(**sampling) -> "inference_pb2.SamplingParams":
         elif name == "guided_regex":  # vLLM's: the whole output matches this regular expression
             p.response_format.type = inference_pb2.ResponseFormat.TYPE_REGEX
             p.response_format.regex = str(value)
+        elif name == "guided_grammar":  # vLLM's: the whole output is a text of this GBNF grammar
+            p.response_format.type = inference_pb2.ResponseFormat.TYPE_GRAMMAR
+            p.response_format.grammar = str(value)
         else:
             setattr(p, name, value)
     return p
@@ -191,7 +194,8 @@ class MoeClient:
         completion it carries), response_format ("json_object": the output is one JSON object; OpenAI's
         {"type": "json_schema", "json_schema": {"schema": {...}}}: a value the schema admits), guided_choice
         (a list of texts: the output is exactly one of them), guided_regex (the whole output matches this
-        regular expression); vLLM's include_stop_str_in_output, truncate_prompt_tokens,
+        regular expression), guided_grammar (the whole output is a text of this GBNF grammar, from its
+        rule root); vLLM's include_stop_str_in_output, truncate_prompt_tokens,
         allowed_token_ids, bad_words and prompt_logprobs (each prompt token's logprob, rank and this
         many top alternatives, on completion 0's first message). priority: lower is scheduled first (a coordinator started with
         --scheduling-policy priority; others refuse any but 0). cache_salt (vLLM's): the prompt shares

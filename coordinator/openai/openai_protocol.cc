@@ -195,6 +195,17 @@ std::optional<HttpError> SetRegex(const json& regex, const std::string& param, v
   return std::nullopt;
 }
 
+// vLLM's grammar (guided_grammar, structured_outputs.grammar): the whole output is a text the GBNF
+// grammar derives from its rule root (the coordinator parses it: errors name line and column).
+std::optional<HttpError> SetGrammar(const json& grammar, const std::string& param, v1::ResponseFormat& f) {
+  if (!grammar.is_string() || grammar.get<std::string>().empty()) {
+    return BadParam(param, "expected a non-empty string (a GBNF grammar with a rule root)");
+  }
+  f.set_type(v1::ResponseFormat::TYPE_GRAMMAR);
+  f.set_grammar(grammar.get<std::string>());
+  return std::nullopt;
+}
+
 // vLLM's disable_additional_properties: every object schema that does not say otherwise takes only
 // its listed properties (none when it lists none).
 void CloseObjects(nlohmann::ordered_json& schema) {
@@ -217,23 +228,25 @@ void CloseObjects(nlohmann::ordered_json& schema) {
 }
 
 // vLLM's structured_outputs (its name for the guided_* fields since v0.12): one of json, regex,
-// choice, json_object; disable_any_whitespace and disable_additional_properties honoured; what this
-// server cannot enforce (grammar, structural_tag, whitespace_pattern) refused naming it.
+// choice, grammar, json_object; disable_any_whitespace and disable_additional_properties honoured;
+// what this server cannot enforce (structural_tag, whitespace_pattern) refused naming it.
 std::optional<HttpError> StructuredOutputs(const json& body, const std::string& body_text, v1::SamplingParams& s) {
   if (!body.contains("structured_outputs") || body["structured_outputs"].is_null()) return std::nullopt;
   const json& so = body["structured_outputs"];
-  if (!so.is_object()) return BadParam("structured_outputs", "expected an object with one of json, regex, choice, json_object");
+  if (!so.is_object()) {
+    return BadParam("structured_outputs", "expected an object with one of json, regex, choice, grammar, json_object");
+  }
   int constraints = 0;
   for (const auto& [key, value] : so.items()) {
     const std::string param = "structured_outputs." + key;
-    if (key == "grammar" || key == "structural_tag" || key == "whitespace_pattern") {
+    if (key == "structural_tag" || key == "whitespace_pattern") {
       if (value.is_null()) continue;
       return BadParam(param, key == "whitespace_pattern"
                                  ? "not supported: JSON takes nothing, one space, or a newline and an indent between "
                                    "tokens here, or no whitespace with disable_any_whitespace"
-                                 : "not supported (json, regex, choice and json_object are)");
+                                 : "not supported (json, regex, choice, grammar and json_object are)");
     }
-    if (key == "json" || key == "regex" || key == "choice") {
+    if (key == "json" || key == "regex" || key == "choice" || key == "grammar") {
       constraints += value.is_null() ? 0 : 1;
     } else if (key == "json_object") {
       if (!value.is_null() && !value.is_boolean()) return BadParam(param, "expected true or false");
@@ -241,12 +254,12 @@ std::optional<HttpError> StructuredOutputs(const json& body, const std::string& 
     } else if (key == "disable_fallback" || key == "disable_any_whitespace" || key == "disable_additional_properties") {
       if (!value.is_null() && !value.is_boolean()) return BadParam(param, "expected true or false");
     } else {
-      return BadParam(param, "not known (json, regex, choice, json_object, disable_any_whitespace, "
+      return BadParam(param, "not known (json, regex, choice, grammar, json_object, disable_any_whitespace, "
                              "disable_additional_properties, disable_fallback are)");
     }
   }
   if (constraints == 0) return std::nullopt;
-  if (constraints > 1) return BadParam("structured_outputs", "only one of json, regex, choice and json_object");
+  if (constraints > 1) return BadParam("structured_outputs", "only one of json, regex, choice, grammar and json_object");
   if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
     return BadParam("structured_outputs", "cannot be combined with response_format or the guided_* fields");
   }
@@ -269,6 +282,8 @@ std::optional<HttpError> StructuredOutputs(const json& body, const std::string& 
     return SetRegex(so["regex"], "structured_outputs.regex", f);
   } else if (so.contains("choice") && !so["choice"].is_null()) {
     return SetChoices(so["choice"], "structured_outputs.choice", f);
+  } else if (so.contains("grammar") && !so["grammar"].is_null()) {
+    return SetGrammar(so["grammar"], "structured_outputs.grammar", f);
   } else {
     f.set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
   }
@@ -286,8 +301,8 @@ std::optional<HttpError> RefuseUnserved(const json& body) {
   if (given("skip_special_tokens") && body["skip_special_tokens"] != true) {
     return BadParam("skip_special_tokens", "only true is served (special tokens never appear in the text)");
   }
-  for (const char* key : {"guided_grammar", "guided_whitespace_pattern"}) {
-    if (given(key)) return BadParam(key, "not served (guided_json, guided_regex and guided_choice are)");
+  if (given("guided_whitespace_pattern")) {
+    return BadParam("guided_whitespace_pattern", "not served (guided_json, guided_regex, guided_choice and guided_grammar are)");
   }
   return std::nullopt;
 }
@@ -416,6 +431,16 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
       return BadParam("guided_regex", "cannot be combined with a JSON response_format, guided_json or guided_choice");
     }
     *s.mutable_response_format() = std::move(regex);
+  }
+  if (body.contains("guided_grammar") && !body["guided_grammar"].is_null()) {  // vLLM's: a GBNF grammar's text
+    const bool combined = s.response_format().type() != v1::ResponseFormat::TYPE_TEXT;
+    v1::ResponseFormat grammar;
+    if (std::optional<HttpError> e = SetGrammar(body["guided_grammar"], "guided_grammar", grammar)) return e;
+    if (combined) {
+      return BadParam("guided_grammar",
+                      "cannot be combined with a JSON response_format, guided_json, guided_choice or guided_regex");
+    }
+    *s.mutable_response_format() = std::move(grammar);
   }
   if (std::optional<HttpError> e = StructuredOutputs(body, body_text, s)) return e;
   bool ignore_eos = false;

@@ -36,9 +36,9 @@ int64_t ServedSequence::whole_rows_remaining() const {
 }
 
 bool ServedSequence::NextAllowed(TokenMask& allowed) {
-  // The grammar first: it allows the end ids once the value is complete, which min_tokens may still
+  // The constraint first: it allows the end ids once the output is complete, which min_tokens may still
   // hold back.
-  if (json) json->Allowed(allowed);
+  if (constraint) constraint->Allowed(allowed);
   if (penalties) penalties->Restrict(allowed);
   return allowed.any();
 }
@@ -46,7 +46,7 @@ bool ServedSequence::NextAllowed(TokenMask& allowed) {
 void ServedSequence::Accept(int32_t token) {
   generated.push_back(token);
   if (penalties) penalties->Add(token);
-  if (json) json->Add(token);
+  if (constraint) constraint->Add(token);
 }
 
 std::optional<moe::v1::Finished::Reason> ServedSequence::EndReason(const ModelConfig& c) const {

@@ -20,8 +20,10 @@ struct ServedSequence {
   moe::v1::Assign assign;
   SamplingParams sampling;         // generation only
   std::optional<LogitsPenalties> penalties;  // generation with penalties or min_tokens
-  std::shared_ptr<JsonMaskCache> json_masks;  // its schema's masks, kept while the sequence uses them
-  std::optional<JsonConstraint> json;        // generation of one JSON value (Assign.json_object / json_schema)
+  // What its output must be (Assign.json_object / json_schema / choices / regex / grammar), and the
+  // mask cache of that spec, kept while the sequence uses it.
+  std::unique_ptr<OutputConstraint> constraint;
+  std::shared_ptr<const void> constraint_masks;
   // Its context is the prompt, then the generated tokens; the engine has been handed the first
   // `fed` of them (prompt chunks, then one generated token a step; from 0 again after a preemption).
   int64_t fed = 0;
@@ -56,10 +58,10 @@ struct ServedSequence {
   int64_t whole_rows_remaining() const;
   // Back to nothing handed over (a preemption): its generated tokens stay, scoring starts again.
   void Restart();
-  // Whether anything restricts which ids its next token may be (a JSON constraint, or penalties
+  // Whether anything restricts which ids its next token may be (an output constraint, or penalties
   // that ban ids now).
-  bool constrained() const { return json.has_value() || (penalties.has_value() && penalties->Bans()); }
-  // Narrows `allowed` (the model's vocabulary) to the ids its next token may be: its JSON
+  bool constrained() const { return constraint != nullptr || (penalties.has_value() && penalties->Bans()); }
+  // Narrows `allowed` (the model's vocabulary) to the ids its next token may be: its output
   // constraint's, less the ids its penalties ban. False when it leaves none.
   bool NextAllowed(TokenMask& allowed);
   // Appends a generated token: to its output, its penalties' counts and its constraint's state.

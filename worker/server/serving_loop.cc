@@ -108,14 +108,20 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
       s.penalties.emplace(pen, std::span<const int32_t>(a.prompt().data(), static_cast<size_t>(a.prompt_size())),
                           EndIds(a, c));
     }
-    if (a.json_object() || !a.json_schema().empty() || a.choices_size() > 0 || !a.regex().empty()) {
-      absl::StatusOr<std::shared_ptr<JsonMaskCache>> masks = JsonMasksFor(a);
+    if (a.json_object() || !a.json_schema().empty() || a.choices_size() > 0 || !a.regex().empty() ||
+        !a.grammar().empty()) {
+      absl::StatusOr<SpecMasks> masks = MasksFor(a);
       if (!masks.ok()) {
         Finish(id, Finished::REASON_ERROR, std::string(masks.status().message()));
         return;
       }
-      s.json_masks = *masks;
-      s.json.emplace(*s.json_masks, EndIds(a, c));
+      if (masks->gbnf != nullptr) {
+        s.constraint = std::make_unique<GbnfConstraint>(*masks->gbnf, EndIds(a, c));
+        s.constraint_masks = masks->gbnf;
+      } else {
+        s.constraint = std::make_unique<JsonConstraint>(*masks->json, EndIds(a, c));
+        s.constraint_masks = masks->json;
+      }
     }
   }
   // A generation resumed from a lost worker job: its tokens so far, then its context computed as
@@ -130,20 +136,23 @@ void ServingLoop::OnAssign(const moe::v1::Assign& a) {
   planner_.Enqueue(id, worst, s.context_size(), a.priority());
 }
 
-absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const moe::v1::Assign& a) {
+absl::StatusOr<ServingLoop::SpecMasks> ServingLoop::MasksFor(const moe::v1::Assign& a) {
   const char* field = a.json_object()        ? "json_object"
                       : a.choices_size() > 0 ? "choices"
                       : !a.regex().empty()   ? "regex"
+                      : !a.grammar().empty() ? "grammar"
                                              : "json_schema";
   if (opts_.vocabulary == nullptr) {
     return absl::FailedPreconditionError(
         absl::StrCat(field, ": this rank has no vocabulary texts (the model has no tokenizer)"));
   }
-  // Cache keys: "" for json_object, the schema's text (a JSON value: never starts with \x01,
-  // \x02 or \x03), \x01 and the choices, each ended by \0, \x02 and the regex; \x03 before
-  // either JSON key for its compact form.
+  // Cache keys: "" for json_object, the schema's text (a JSON value: never starts with \x01 to
+  // \x04), \x01 and the choices, each ended by \0, \x02 and the regex, \x04 and the grammar;
+  // \x03 before either JSON key for its compact form.
   std::string key = a.json_object() ? std::string() : a.json_schema();
-  if (a.choices_size() > 0) {
+  if (!a.grammar().empty()) {
+    key = "\x04" + a.grammar();
+  } else if (a.choices_size() > 0) {
     key = "\x01";
     for (const std::string& c : a.choices()) key.append(c).push_back('\0');
   } else if (!a.regex().empty()) {
@@ -151,7 +160,15 @@ absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const m
   } else if (a.compact_json()) {
     key = "\x03" + key;  // the same schema without whitespace is another grammar
   }
-  if (auto it = json_masks_.find(key); it != json_masks_.end()) return it->second;
+  if (auto it = masks_.find(key); it != masks_.end()) return it->second;
+  if (masks_.size() >= kMaxSchemas) masks_.clear();
+  if (!a.grammar().empty()) {
+    absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse(a.grammar());
+    if (!g.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", g.status().message()));
+    SpecMasks m;
+    m.gbnf = std::make_shared<GbnfMaskCache>(opts_.vocabulary, std::make_shared<const GbnfGrammar>(*std::move(g)));
+    return masks_[key] = m;
+  }
   // (Choice's and Regex's errors name their field already.)
   absl::StatusOr<JsonSchema> schema = a.json_object()        ? absl::StatusOr<JsonSchema>(JsonSchema::AnyObject())
                                       : a.choices_size() > 0 ? JsonSchema::Choice({a.choices().begin(), a.choices().end()})
@@ -162,10 +179,9 @@ absl::StatusOr<std::shared_ptr<JsonMaskCache>> ServingLoop::JsonMasksFor(const m
     return absl::InvalidArgumentError(absl::StrCat(field, ": ", schema.status().message()));
   }
   schema->set_compact(a.compact_json());
-  if (json_masks_.size() >= kMaxSchemas) json_masks_.clear();
-  auto masks = std::make_shared<JsonMaskCache>(opts_.vocabulary, std::make_shared<const JsonSchema>(*std::move(schema)));
-  json_masks_[key] = masks;
-  return masks;
+  SpecMasks m;
+  m.json = std::make_shared<JsonMaskCache>(opts_.vocabulary, std::make_shared<const JsonSchema>(*std::move(schema)));
+  return masks_[key] = m;
 }
 
 bool ServingLoop::PrefixBeingComputed(const ServedSequence& s, int64_t cached_blocks) const {
@@ -251,12 +267,12 @@ std::optional<SampleNext> ServingLoop::EngineSamples(ServedSequence& s, bool las
 
 void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLogits& pick) {
   const moe::v1::Assign& a = s.assign;
-  if (s.json && s.none_allowed) {  // the engine's pick under a mask that allowed nothing
-    if (s.json->Complete()) {  // closed, and nothing may follow (ignore_eos)
+  if (s.constraint && s.none_allowed) {  // the engine's pick under a mask that allowed nothing
+    if (s.constraint->Complete()) {  // closed, and nothing may follow (ignore_eos)
       Finish(seq_id, Finished::REASON_STOP);
     } else {
       Finish(seq_id, Finished::REASON_ERROR,
-             "response_format: no allowed token of the vocabulary continues the JSON value (the vocabulary lacks "
+             "response_format: no allowed token of the vocabulary continues the output (the vocabulary lacks "
              "its bytes, or the request's stop token ids or bad words ban them)");
     }
     return;

@@ -98,7 +98,14 @@ class ServingLoop {
   void PreemptOne();
   // The mask cache of the Assign's JSON format (json_object, or its json_schema compiled); an error
   // when the rank has no vocabulary or the schema does not compile.
-  absl::StatusOr<std::shared_ptr<JsonMaskCache>> JsonMasksFor(const moe::v1::Assign& a);
+  // The mask cache of a constrained Assign's spec (a JSON schema, choices, regex: JsonMaskCache; a
+  // grammar: GbnfMaskCache), made at its first use; InvalidArgument naming the field when the spec
+  // does not compile.
+  struct SpecMasks {
+    std::shared_ptr<JsonMaskCache> json;
+    std::shared_ptr<GbnfMaskCache> gbnf;
+  };
+  absl::StatusOr<SpecMasks> MasksFor(const moe::v1::Assign& a);
   // Sends Finished, frees the sequence's KV blocks and forgets it.
   void Finish(uint64_t seq_id, moe::v1::Finished::Reason reason, const std::string& error = "");
   // After a step: the outputs of one sequence's chunk of `tokens` tokens.
@@ -123,7 +130,7 @@ class ServingLoop {
   // The mask caches of the JSON schemas requested lately (json_object's under ""), shared by their
   // sequences; at most kMaxSchemas (then the map starts over; running sequences keep theirs).
   static constexpr size_t kMaxSchemas = 64;
-  std::map<std::string, std::shared_ptr<JsonMaskCache>> json_masks_;
+  std::map<std::string, SpecMasks> masks_;
   std::map<uint64_t, ServedSequence> seqs_;
 
   StopReason local_stop_ = StopReason::kNone;
