@@ -225,6 +225,16 @@ class PythonClientEndToEnd(unittest.TestCase):
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--regex", "a(?=b)")
         self.assertEqual(r.returncode, 1)
         self.assertIn("sampling.response_format.regex", r.stderr)
+        grammar = 'root ::= name ", " name "!"\nname ::= [A-Z] [a-z]{1,8}'
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--max-tokens", "60", "--temperature", "0",
+                            "--grammar", grammar, "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertIsNotNone(re.fullmatch("[A-Z][a-z]{1,8}, [A-Z][a-z]{1,8}!", out["text"]), out["text"])
+        r = self.moe_client("generate", "--prompt", "ROMEO:", "--grammar", "root ::= root \"a\"")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sampling.response_format.grammar", r.stderr)
+        self.assertIn("left-recursive", r.stderr)
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--logit-bias", "9=100")
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--logit-bias", r.stderr)
