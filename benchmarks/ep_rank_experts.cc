@@ -42,13 +42,7 @@ struct RankRouting {
 };
 
 RankRouting DrawRankRouting(int64_t total, int64_t E, int64_t k, int64_t local, std::mt19937& rng) {
-  std::vector<std::vector<int32_t>> per(static_cast<size_t>(E));
-  std::vector<int32_t> order(static_cast<size_t>(E));
-  for (int64_t t = 0; t < total; ++t) {
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int64_t j = 0; j < k; ++j) per[order[j]].push_back(static_cast<int32_t>(t));
-  }
+  const std::vector<std::vector<int32_t>> per = DrawTopK(total, E, k, rng);
   RankRouting r;
   r.offsets.push_back(0);
   for (int64_t e = 0; e < E; ++e) {

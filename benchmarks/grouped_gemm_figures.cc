@@ -56,13 +56,7 @@ nlohmann::json GroupedGemmFigures(const ModelConfig& c) {
       for (int64_t e = 0; e < E; ++e) offsets.push_back(static_cast<int32_t>(R * (e + 1) / E));
       for (int64_t r = 0; r < R; ++r) row_index.push_back(static_cast<int32_t>(r % T));
     } else {
-      std::vector<std::vector<int32_t>> per(static_cast<size_t>(E));
-      std::vector<int32_t> order(static_cast<size_t>(E));
-      for (int64_t t = 0; t < T; ++t) {
-        std::iota(order.begin(), order.end(), 0);
-        std::shuffle(order.begin(), order.end(), rng);
-        for (int64_t j = 0; j < k; ++j) per[order[j]].push_back(static_cast<int32_t>(t));
-      }
+      const std::vector<std::vector<int32_t>> per = DrawTopK(T, E, k, rng);
       for (int64_t e = 0; e < E; ++e) {
         row_index.insert(row_index.end(), per[e].begin(), per[e].end());
         offsets.push_back(static_cast<int32_t>(row_index.size()));

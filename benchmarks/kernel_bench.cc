@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <vector>
 
 #include "benchmarks/median_time.h"
@@ -22,6 +23,17 @@ namespace {
 using gpu::bf16;
 
 }  // namespace
+
+std::vector<std::vector<int32_t>> DrawTopK(int64_t tokens, int64_t E, int64_t k, std::mt19937& rng) {
+  std::vector<std::vector<int32_t>> per(static_cast<size_t>(E));
+  std::vector<int32_t> order(static_cast<size_t>(E));
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int64_t j = 0; j < k; ++j) per[static_cast<size_t>(order[static_cast<size_t>(j)])].push_back(static_cast<int32_t>(t));
+  }
+  return per;
+}
 
 nlohmann::json KernelFigures(const ModelConfig& c) {
   nlohmann::json out;

@@ -3,11 +3,19 @@
 // row counts through the skinny kernel and through cuBLAS, as bandwidth over the weight bytes.
 #pragma once
 
+#include <cstdint>
+#include <random>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "worker/model/config.h"
 
 namespace moe {
+
+// A top-k routing of `tokens` tokens over E experts, each token's k experts distinct and drawn
+// uniformly: the tokens routed to each expert, in token order.
+std::vector<std::vector<int32_t>> DrawTopK(int64_t tokens, int64_t E, int64_t k, std::mt19937& rng);
 
 // Allocates a few GB of scratch on the current device (freed before it returns).
 nlohmann::json KernelFigures(const ModelConfig& c);

@@ -33,13 +33,7 @@ struct DrawnRouting {
 };
 
 DrawnRouting Route(int64_t T, int64_t E, int64_t k, int64_t slots, std::mt19937& rng) {
-  std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
-  std::vector<int32_t> order(static_cast<size_t>(E));
-  for (int64_t t = 0; t < T; ++t) {
-    std::iota(order.begin(), order.end(), 0);
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int64_t j = 0; j < k; ++j) rows[order[j]].push_back(static_cast<int32_t>(t));
-  }
+  const std::vector<std::vector<int32_t>> rows = DrawTopK(T, E, k, rng);
   std::vector<int32_t> offsets{0}, row_index, active;
   for (int64_t e = 0; e < E; ++e) {
     row_index.insert(row_index.end(), rows[e].begin(), rows[e].end());

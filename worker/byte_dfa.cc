@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "worker/code_point_ranges.h"
 
 namespace moe {
 namespace {
@@ -17,34 +18,7 @@ constexpr size_t kMaxNfaStates = 200000;
 // and a request must not be able to exhaust a server thread's stack.
 constexpr int kMaxGroupDepth = 100;
 
-// Sorted, disjoint, non-adjacent code point ranges.
-using Ranges = std::vector<std::pair<uint32_t, uint32_t>>;
-
-Ranges Normalize(Ranges r) {
-  std::sort(r.begin(), r.end());
-  Ranges out;
-  for (const auto& [lo, hi] : r) {
-    if (!out.empty() && lo <= out.back().second + 1) {
-      out.back().second = std::max(out.back().second, hi);
-    } else {
-      out.emplace_back(lo, hi);
-    }
-  }
-  return out;
-}
-
-// The code points of [0, universe] outside `r`.
-Ranges Complement(const Ranges& r, uint32_t universe) {
-  Ranges out;
-  uint32_t next = 0;
-  for (const auto& [lo, hi] : Normalize(r)) {
-    if (lo > universe) break;
-    if (lo > next) out.emplace_back(next, lo - 1);
-    next = hi + 1;
-  }
-  if (next <= universe) out.emplace_back(next, universe);
-  return out;
-}
+using Ranges = CodePointRanges;
 
 const Ranges kDigit = {{'0', '9'}};
 const Ranges kWord = {{'0', '9'}, {'A', 'Z'}, {'_', '_'}, {'a', 'z'}};
@@ -176,7 +150,7 @@ class RegexParser {
   int Set(Ranges r) {
     Ast a;
     a.kind = Ast::Kind::kSet;
-    a.set = Normalize(std::move(r));
+    a.set = NormalizeRanges(std::move(r));
     nodes_.push_back(std::move(a));
     return static_cast<int>(nodes_.size() - 1);
   }
@@ -317,7 +291,7 @@ class RegexParser {
         return Class();
       case '.':
         ++pos_;
-        return Set(Complement({{'\n', '\n'}, {'\r', '\r'}, {0x2028, 0x2029}}, kMaxCodePoint));
+        return Set(ComplementRanges({{'\n', '\n'}, {'\r', '\r'}, {0x2028, 0x2029}}, kMaxCodePoint));
       case '\\': {
         bool is_class = false;
         MOE_ASSIGN_OR_RETURN(Ranges r, Escape(/*in_class=*/false, is_class));
@@ -361,9 +335,9 @@ class RegexParser {
       case 'd': ++pos_; return kDigit;
       case 'w': ++pos_; return kWord;
       case 's': ++pos_; return kSpace;
-      case 'D': ++pos_; return Complement(kDigit, 0x7F);
-      case 'W': ++pos_; return Complement(kWord, 0x7F);
-      case 'S': ++pos_; return Complement(kSpaceForNegation, 0x7F);
+      case 'D': ++pos_; return ComplementRanges(kDigit, 0x7F);
+      case 'W': ++pos_; return ComplementRanges(kWord, 0x7F);
+      case 'S': ++pos_; return ComplementRanges(kSpaceForNegation, 0x7F);
       default: break;
     }
     is_class = false;
@@ -444,7 +418,7 @@ class RegexParser {
     }
     // [^\d]: Python's \d takes every Unicode digit, ECMA's only 0-9; outside ASCII the two disagree,
     // so a negated class with a class escape stays within ASCII.
-    return Set(negated ? Complement(r, had_class_escape ? 0x7F : kMaxCodePoint) : std::move(r));
+    return Set(negated ? ComplementRanges(r, had_class_escape ? 0x7F : kMaxCodePoint) : std::move(r));
   }
 
   std::string_view p_;

@@ -6,13 +6,14 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "worker/code_point_ranges.h"
 
 namespace moe {
 namespace {
 
 using Element = GbnfGrammar::Element;
 using Sequence = std::vector<Element>;
-using Ranges = std::vector<std::pair<uint32_t, uint32_t>>;
+using Ranges = CodePointRanges;
 
 constexpr uint32_t kMaxCodePoint = 0x10FFFF;
 
@@ -20,19 +21,10 @@ bool WordChar(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
 }
 
-// Sorted, merged, without the surrogates (UTF-8 text never holds them).
-Ranges Normalise(Ranges r) {
-  std::sort(r.begin(), r.end());
-  Ranges merged;
-  for (const auto& [lo, hi] : r) {
-    if (!merged.empty() && lo <= merged.back().second + 1) {
-      merged.back().second = std::max(merged.back().second, hi);
-    } else {
-      merged.push_back({lo, hi});
-    }
-  }
+// Normalised (sorted, merged), less the surrogates (UTF-8 text never holds them).
+Ranges WithoutSurrogates(Ranges r) {
   Ranges out;
-  for (const auto& [lo, hi] : merged) {
+  for (const auto& [lo, hi] : NormalizeRanges(std::move(r))) {
     if (hi < 0xD800 || lo > 0xDFFF) {
       out.push_back({lo, hi});
       continue;
@@ -40,17 +32,6 @@ Ranges Normalise(Ranges r) {
     if (lo < 0xD800) out.push_back({lo, 0xD7FF});
     if (hi > 0xDFFF) out.push_back({0xE000, hi});
   }
-  return out;
-}
-
-Ranges Complement(const Ranges& r) {
-  Ranges out;
-  uint32_t next = 0;
-  for (const auto& [lo, hi] : r) {
-    if (lo > next) out.push_back({next, lo - 1});
-    next = hi + 1;
-  }
-  if (next <= kMaxCodePoint) out.push_back({next, kMaxCodePoint});
   return out;
 }
 
@@ -307,8 +288,8 @@ class GbnfParser {
     }
     ++pos_;
     if (r.empty()) return Error("empty character class []");
-    r = Normalise(std::move(r));
-    if (negated) r = Normalise(Complement(r));
+    r = WithoutSurrogates(std::move(r));
+    if (negated) r = WithoutSurrogates(ComplementRanges(r, kMaxCodePoint));
     if (r.empty()) return Error("the character class matches no character");
     return Sequence{Chars(std::move(r))};
   }
