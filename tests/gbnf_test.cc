@@ -253,6 +253,7 @@ TEST(GbnfTest, BadGrammarsNameWhatIsWrong) {
   EXPECT_EQ(error("root ::= \"\\q\""), "line 1, column 11: unknown escape \\q");
   EXPECT_EQ(error("root ::= \"a\"{3,2}"), "line 1, column 18: a repetition's maximum is below its minimum");
   EXPECT_EQ(error("root ::= \"a\"{1001}"), "line 1, column 19: repetition counts are at most 1000");
+  EXPECT_EQ(error("root ::= \"a\"{2,99999999999}"), "line 1, column 28: repetition counts are at most 1000");
   EXPECT_NE(error("root ::= (\"a\"{1000}){1000}").find("expands to more than"), std::string::npos);
   EXPECT_EQ(error("root ::= (\"a\""), "line 1, column 14: expected ) to close the group, found the end of the grammar");
   EXPECT_EQ(error("root = \"a\""), "line 1, column 6: expected ::= after the rule name 'root'");

@@ -362,9 +362,8 @@ class GbnfParser {
       auto number = [&]() -> int {
         SkipSpace(false);
         int v = -1;
-        while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {
-          v = std::max(v, 0) * 10 + (text_[pos_++] - '0');
-          if (v > GbnfGrammar::kMaxRepeat) return GbnfGrammar::kMaxRepeat + 1;
+        while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {  // capped past the limit
+          v = std::min(std::max(v, 0) * 10 + (text_[pos_++] - '0'), GbnfGrammar::kMaxRepeat + 1);
         }
         SkipSpace(false);
         return v;
