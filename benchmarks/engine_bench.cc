@@ -269,6 +269,11 @@ int main(int argc, char** argv) {
     return WriteJson(a.out, {{"commit", a.commit.empty() ? "unknown" : a.commit},
                              {"command", command},
                              {"config", config_name},
+                             {"machine",
+                              {{"gpu", prop.name},
+                               {"memory_gb", prop.totalGlobalMem / 1e9},
+                               {"sms", prop.multiProcessorCount},
+                               {"peak_memory_bandwidth_gbps", peak_bw / 1e9}}},
                              {"kernels", kernels}});
   }
   const double copy_bw =

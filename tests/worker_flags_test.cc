@@ -42,12 +42,16 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->synthetic_seed, 18446744073709551615ull);
   EXPECT_FALSE(f->enable_peer_exchange);  // off until measured on several GPUs
+  EXPECT_EQ(f->device_exchange_experts, "cublas");  // until wgmma is measured on several GPUs
   f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--enable-peer-exchange"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_TRUE(f->enable_peer_exchange);
   f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--enable-peer-exchange", "--no-enable-peer-exchange"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_FALSE(f->enable_peer_exchange);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--device=gpu", "--device-exchange-experts", "wgmma"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->device_exchange_experts, "wgmma");
   EXPECT_TRUE(f->coordinator_tls_ca_file.empty()) << "plaintext unless asked";
   f = ParseWorkerFlags({"--coordinator=h:1", "--coordinator-tls-ca-file", "/etc/ca.pem"});
   ASSERT_TRUE(f.ok()) << f.status();
@@ -76,6 +80,9 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--coordinator", "h:1", "--enable-peer-exchange"}, "--enable-peer-exchange: needs --device gpu"},
            {{"--coordinator", "h:1", "--device=gpu", "--enable-peer-exchange=1"}, "--enable-peer-exchange: takes no value"},
            {{"--coordinator", "h:1", "--kv-admission", "lazy"}, "--kv-admission: expected on-demand or reserve, got 'lazy'"},
+           {{"--coordinator", "h:1", "--device=gpu", "--device-exchange-experts=tma"},
+            "--device-exchange-experts: expected cublas or wgmma, got 'tma'"},
+           {{"--coordinator", "h:1", "--device-exchange-experts", "wgmma"}, "--device-exchange-experts: needs --device gpu"},
            {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights", "-1"},
             "--synthetic-weights: expected a non-negative integer seed, got '-1'"},
            {{"--coordinator", "h:1", "--device", "gpu", "--synthetic-weights="},

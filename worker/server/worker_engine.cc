@@ -143,6 +143,11 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
   } else {
     MOE_ASSIGN_OR_RETURN(e, gpu::GpuEngine::Load(model_dir, comm, plan, go));
   }
+  if (flags.device_exchange_experts == "wgmma") {
+    gpu::ExpertGemmTuning t = e->expert_tuning();
+    t.device_exchange_wgmma = true;
+    e->set_expert_tuning(t);
+  }
   int device = 0;
   cudaGetDevice(&device);
   w->device_ = "cuda:" + std::to_string(device);

@@ -44,6 +44,7 @@ std::string WorkerUsage() {
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
          "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--no-enable-prefix-caching]\n"
          "                  [--kv-admission on-demand|reserve] [--enable-peer-exchange]\n"
+         "                  [--device-exchange-experts cublas|wgmma]\n"
          "                  [--coordinator-tls-ca-file CA.pem]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
@@ -52,6 +53,10 @@ std::string WorkerUsage() {
          "--enable-peer-exchange (GPU ranks over NCCL, all on one node with peer access between their GPUs):\n"
          "decode steps write the MoE rows straight into the other GPUs' memory (CUDA IPC) instead of NCCL's\n"
          "fixed-size blocks; where the GPUs cannot reach each other it says why and NCCL carries them.\n"
+         "--device-exchange-experts (GPU ranks, one GPU each): above 48 routed rows per expert, an\n"
+         "expert-parallel decode step runs its experts through cuBLAS after one wait for the counts a layer\n"
+         "(cublas, the default) or through the grouped wgmma kernel, which reads them on the device, so the\n"
+         "step stays a CUDA graph (wgmma; Hopper GPUs, elsewhere cuBLAS).\n"
          "--kv-tokens: the KV cache's positions per rank. Without it a GPU rank's cache takes what is left\n"
          "of --gpu-memory-utilization of the GPU's memory after what is in use, its weights and its step\n"
          "buffers; a CPU rank's holds 64 sequences of the full context, at most 262144 positions.\n"
@@ -99,7 +104,7 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     if (flag != "--coordinator" && flag != "--coordinator-tls-ca-file" && flag != "--model" && flag != "--kv-tokens" &&
         flag != "--kv-block-size" &&
         flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization" &&
-        flag != "--synthetic-weights" && flag != "--kv-admission") {
+        flag != "--synthetic-weights" && flag != "--kv-admission" && flag != "--device-exchange-experts") {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
     }
     if (!has_inline) {
@@ -126,6 +131,9 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       } else {
         return FlagError(flag, "expected on-demand or reserve, got '" + val + "'");
       }
+    } else if (flag == "--device-exchange-experts") {
+      if (val != "cublas" && val != "wgmma") return FlagError(flag, "expected cublas or wgmma, got '" + val + "'");
+      f.device_exchange_experts = val;
     } else if (flag == "--kv-tokens") {
       MOE_ASSIGN_OR_RETURN(f.kv_tokens, ParsePositive(flag, val));
     } else if (flag == "--kv-block-size") {
@@ -141,6 +149,9 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
   if (!f.help && f.coordinator.empty()) return FlagError("--coordinator", "required (HOST:PORT of the coordinator)");
   if (f.enable_peer_exchange && f.device != "gpu") {
     return FlagError("--enable-peer-exchange", "needs --device gpu (it moves rows between GPUs)");
+  }
+  if (f.device_exchange_experts != "cublas" && f.device != "gpu") {
+    return FlagError("--device-exchange-experts", "needs --device gpu (it picks a GPU kernel)");
   }
   if (f.synthetic_seed && f.device != "gpu") {
     return FlagError("--synthetic-weights", "needs --device gpu (the weights are generated on the GPU)");

@@ -34,6 +34,11 @@ struct WorkerFlags {
   // GPU ranks over NCCL on one node: the decode steps' MoE rows written straight into the other
   // GPUs' memory (worker/gpu/peer_exchange.h). Off by default until measured on several GPUs.
   bool enable_peer_exchange = false;
+  // --device-exchange-experts cublas|wgmma (GPU ranks, expert-parallel decode above 48 routed rows
+  // per expert): how the experts run behind the device exchange (ExpertGemmTuning::
+  // device_exchange_wgmma). cuBLAS (the default) waits for the counts on the host once a layer;
+  // wgmma reads them on the device, so such steps are CUDA graphs too.
+  std::string device_exchange_experts = "cublas";
   bool help = false;
 };
 
