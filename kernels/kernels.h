@@ -171,7 +171,10 @@ struct alignas(64) WeightTensorMap {
 void BuildWeightTensorMaps(const bf16* const* weights, int64_t count, int64_t rows, int64_t K, WeightTensorMap* out);
 
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
-void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s);
+// With `count` (device) only the rows r < *count, R then a bound on it (the device exchange's
+// received rows, whose number the host does not know).
+void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s,
+                const int32_t* count = nullptr);
 
 // The rows grouped by expert into fixed-capacity blocks of P rows (the padded experts: one
 // strided-batched product per matrix, sizes known without the host). For the layout of

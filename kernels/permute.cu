@@ -8,9 +8,10 @@
 namespace moe::gpu {
 namespace {
 
-__global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t H, bf16* out) {
+__global__ void GatherRowsKernel(const bf16* x, const int32_t* src_row, int64_t H, bf16* out, const int32_t* count) {
   PdlGate();
   const int64_t r = blockIdx.x;
+  if (count != nullptr && r >= *count) return;
   CopyRow(x + static_cast<int64_t>(src_row[r]) * H, out + r * H, H);
 }
 
@@ -60,9 +61,10 @@ void GroupPointers(const int32_t* offsets, int64_t G, const bf16* const* weights
   MOE_CUDA_CHECK_LAUNCH();
 }
 
-void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s) {
+void GatherRows(const bf16* x, const int32_t* src_row, int64_t R, int64_t H, bf16* out, cudaStream_t s,
+                const int32_t* count) {
   if (R == 0) return;
-  Launch(GatherRowsKernel, static_cast<unsigned>(R), 128, 0, s, x, src_row, H, out);
+  Launch(GatherRowsKernel, static_cast<unsigned>(R), 128, 0, s, x, src_row, H, out, count);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -215,6 +215,19 @@ TEST(GpuKernelsTest, GatherAndCombineMatchCpu) {
     std::vector<float> g = ToF32Host(d_g.Download());
     for (int64_t r = 0; r < T * k; ++r)
       for (int64_t h = 0; h < H; ++h) ASSERT_EQ(g[r * H + h], x[src[r] * H + h]);
+    // With a count on the device (R only a bound): the rows past it are not written, nor their
+    // (stale) source indices read.
+    {
+      const int32_t count = 7;
+      std::vector<int32_t> stale = src;
+      for (int64_t i = count; i < T * k; ++i) stale[i] = 1 << 30;  // out of range: must not be read
+      Buffer<int32_t> d_stale(stale), d_count(std::vector<int32_t>{count});
+      Buffer<bf16> d_h(ToBf16Host(std::vector<float>(static_cast<size_t>(T * k * H), -3.f)));
+      GatherRows(d_x.get(), d_stale.get(), T * k, H, d_h.get(), nullptr, d_count.get());
+      std::vector<float> h = ToF32Host(d_h.Download());
+      for (int64_t r = 0; r < T * k; ++r)
+        for (int64_t c = 0; c < H; ++c) ASSERT_EQ(h[r * H + c], r < count ? x[src[r] * H + c] : -3.f) << r;
+    }
     // Combine: position = a permutation of the gathered rows, weights random.
     std::vector<int32_t> position(T * k);
     std::iota(position.begin(), position.end(), 0);

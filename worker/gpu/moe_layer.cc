@@ -154,7 +154,10 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
       workspace = std::max(workspace, PlanExperts(bound, local, ExpectedRows(rows, local)).workspace);
     }
     grew |= split_.EnsureSize(workspace);
-    if (WgmmaExperts(true) && maps13_.size() == 0) BuildTensorMaps();  // once, before a step that may be captured
+    if (WgmmaExperts(true)) {
+      grew |= grouped_.EnsureSize(static_cast<size_t>(bound * H));  // the TMA shapes' rows, gathered
+      if (maps13_.size() == 0) BuildTensorMaps();  // once, before a step that may be captured
+    }
     return grew;
   }
   grew |= index_.EnsureSize(static_cast<size_t>(2 * n));
@@ -367,12 +370,13 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
   }
 
   // The grouped wgmma kernel: the tiles are planned from the offsets on the device (R may be a
-  // bound: it sizes the grid). Its TMA shapes read the rows in expert order, gathered first, which
-  // needs their count on the host: on the local path R is that count; behind the device exchange
-  // (R a bound) the default shape reads the rows through row_index instead.
+  // bound: it sizes the grid). Its TMA shapes read the rows in expert order, gathered first (behind
+  // the device exchange, where R is a bound, the gather stops at the received count on the device).
+  // kAuto there: the warp-specialised TMA shape, the fastest at an expert-parallel rank's rows (one
+  // H100: benchmarks/NOTES.md, session 33); on the local path the kernel's own choice.
   if (kernel == ExpertKernel::kWgmma) {
     GroupedTile tile = tuning_.wgmma_tile;
-    if (GroupedTileReadsRowsInOrder(tile) && row_index != nullptr && !Local()) tile = GroupedTile::kAuto;
+    if (tile == GroupedTile::kAuto && !Local()) tile = GroupedTile::kTma128x128;
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
@@ -381,7 +385,8 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
     up.row_index = row_index;
     const bf16* in = x;
     if (GroupedTileReadsRowsInOrder(tile) && row_index != nullptr) {
-      GatherRows(x, row_index, R, H, grouped_.get(), stream_);  // sized by Reserve
+      // grouped_ is sized by Reserve.
+      GatherRows(x, row_index, R, H, grouped_.get(), stream_, Local() ? nullptr : d_offsets + E);
       in = grouped_.get();
       up.row_index = nullptr;
     }

@@ -111,7 +111,9 @@ struct ExpertGemmTuning {
   // such steps can be CUDA graphs too. Off by default: on one H200 it is slower than cuBLAS at
   // prefill and from batch 16 (benchmarks/NOTES.md, session 15).
   bool wgmma_grouped = false;
-  GroupedTile wgmma_tile = GroupedTile::kAuto;  // its tile shape (kTma shapes: the rows gathered first)
+  // Its tile shape (kTma shapes: the rows gathered first); kAuto: 128x128 on the local path, the
+  // warp-specialised TMA 128x128 behind the device exchange (the fastest at a rank's rows there).
+  GroupedTile wgmma_tile = GroupedTile::kAuto;
   // Above the skinny limit on the local path, up to this many tokens a step: every expert runs on T
   // rows (no expert can get more: a token picks an expert once), its own first and padding after,
   // as one strided-batched cuBLAS product per matrix. The sizes need no host, so such steps are
