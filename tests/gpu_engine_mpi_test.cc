@@ -221,16 +221,22 @@ TEST_F(GpuMpiEngineTest, PeerExchangeGreedyGenerationMatchesSingleRankEngine) {
 TEST_F(GpuMpiEngineTest, PeerExchangeWgmmaExpertsMatchSingleRankEngine) {
   if (!gpu::GroupedGemmSupported()) GTEST_SKIP() << "the grouped wgmma kernel needs compute capability 9.0";
   const gpu::ExpertGemmTuning saved = peer_engine_->expert_tuning();
-  gpu::ExpertGemmTuning wgmma = saved;
-  wgmma.device_exchange_skinny_max_rows_per_expert = 0;
-  wgmma.device_exchange_wgmma = true;
-  peer_engine_->set_expert_tuning(wgmma);
-  CheckPrefillLogits(peer_engine_);
-  const int64_t launches = peer_engine_->graph_launches();
-  CheckGreedyGeneration(peer_engine_);
-  EXPECT_GT(peer_engine_->graph_launches(), launches) << "decode steps with wgmma experts are host-free";
-  std::printf("[rank %d] %lld decode steps replayed as CUDA graphs with wgmma experts\n", World().rank(),
-              static_cast<long long>(peer_engine_->graph_launches() - launches));
+  // kAuto: the warp-specialised TMA shape there (its rows gathered up to the received count, read on
+  // the device); 128x128 reads them through the grouping.
+  for (const gpu::GroupedTile tile : {gpu::GroupedTile::kAuto, gpu::GroupedTile::k128x128}) {
+    gpu::ExpertGemmTuning wgmma = saved;
+    wgmma.device_exchange_skinny_max_rows_per_expert = 0;
+    wgmma.device_exchange_wgmma = true;
+    wgmma.wgmma_tile = tile;
+    peer_engine_->set_expert_tuning(wgmma);
+    CheckPrefillLogits(peer_engine_);
+    const int64_t launches = peer_engine_->graph_launches();
+    CheckGreedyGeneration(peer_engine_);
+    EXPECT_GT(peer_engine_->graph_launches(), launches) << "decode steps with wgmma experts are host-free";
+    std::printf("[rank %d] %lld decode steps replayed as CUDA graphs with wgmma experts (%s)\n", World().rank(),
+                static_cast<long long>(peer_engine_->graph_launches() - launches),
+                tile == gpu::GroupedTile::kAuto ? "TMA 128x128" : "128x128");
+  }
   peer_engine_->set_expert_tuning(saved);
 }
 
