@@ -64,6 +64,7 @@ class GbnfGrammar {
   bool Intersects(uint32_t c, uint32_t lo, uint32_t hi) const;
 
  private:
+  GbnfGrammar() = default;  // only Parse makes one (its states need the transitions it sets up)
   friend class GbnfParser;
   friend class GbnfState;
   std::vector<Element> elements_;
