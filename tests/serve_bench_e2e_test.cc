@@ -212,6 +212,23 @@ TEST_F(ServeBenchE2e, RegexRequestsRunToTheirLength) {
   EXPECT_NE(bad.out.find("sampling.response_format.regex"), std::string::npos) << bad.out;
 }
 
+// --grammar: the same through guided_grammar (GBNF), and a grammar the server refuses.
+TEST_F(ServeBenchE2e, GrammarRequestsRunToTheirLength) {
+  const auto [run, r] = BenchWithJson("serve_bench_grammar", {"--requests", "4", "--input-len", "6", "--output-len",
+                                                              "10", "--grammar", "root ::= [a-z ,.]+"});
+  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
+  ASSERT_TRUE(r.is_object());
+  EXPECT_EQ(r["args"]["grammar"], "root ::= [a-z ,.]+");
+  ASSERT_EQ(r["records"].size(), 4u);
+  for (const json& rec : r["records"]) {
+    EXPECT_EQ(rec["output_tokens"], 10);
+    EXPECT_EQ(rec["finish_reason"], "length");
+  }
+  const testing_ref::CliRun bad = Bench({"--requests", "1", "--grammar", "root ::= word"});
+  EXPECT_EQ(bad.exit_code, 1) << bad.Describe();
+  EXPECT_NE(bad.out.find("sampling.response_format.grammar"), std::string::npos) << bad.out;
+}
+
 // --max-tokens above --output-len: every request asks for that many tokens and the client ends its
 // stream once it has its output length; the cluster frees the sequences (no KV block left in use).
 TEST_F(ServeBenchE2e, ClientStopsEndRequestsAskingForMoreTokens) {

@@ -165,6 +165,11 @@ TEST(ServeBenchArgs, DefaultsAndValues) {
   EXPECT_EQ(a->regex, "[a-z ]+");
   EXPECT_FALSE(ParseBenchArgs({"--regex", ""}).ok());
   EXPECT_FALSE(ParseBenchArgs({"--regex", "a", "--json-object"}).ok());
+  a = ParseBenchArgs({"--grammar", "root ::= [a-z]+"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->grammar, "root ::= [a-z]+");
+  EXPECT_FALSE(ParseBenchArgs({"--grammar", ""}).ok());
+  EXPECT_FALSE(ParseBenchArgs({"--grammar", "root ::= \"a\"", "--regex", "a"}).ok());
   a = ParseBenchArgs({"--rate", "inf", "--range-ratio", "0.25"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_TRUE(std::isinf(a->rate));

@@ -110,6 +110,10 @@ void RunOne(moe::v1::Inference::Stub& stub, const BenchArgs& a, const std::vecto
     s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_REGEX);
     s->mutable_response_format()->set_regex(a.regex);
   }
+  if (!a.grammar.empty()) {
+    s->mutable_response_format()->set_type(moe::v1::ResponseFormat::TYPE_GRAMMAR);
+    s->mutable_response_format()->set_grammar(a.grammar);
+  }
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(a.timeout_s));
   rec.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -378,6 +382,7 @@ int Run(const std::vector<std::string>& argv) {
                      {"shared_prefix_len", a.shared_prefix_len},
                      {"json_object", a.json_object},
                      {"regex", a.regex},
+                     {"grammar", a.grammar},
                      {"repetition_penalty", a.repetition_penalty},
                      {"frequency_penalty", a.frequency_penalty},
                      {"logprobs", a.top_logprobs},

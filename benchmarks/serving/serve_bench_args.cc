@@ -35,7 +35,7 @@ std::string BenchUsage() {
   return "usage: moe-serve-bench [--server 127.0.0.1:50051] [--requests 100] [--rate inf] [--max-concurrency 0]\n"
          "         [--input-len 128] [--output-len 128] [--max-tokens 0] [--range-ratio 0] [--shared-prefix-len 0]\n"
          "         [--temperature 0] [--seed 0] [--warmup 0] [--connections 4] [--timeout 600]\n"
-         "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records] [--json-object | --regex RE]\n"
+         "         [--wait-serving 0] [--out FILE] [--commit SHA] [--no-records] [--json-object | --regex RE | --grammar GBNF]\n"
          "         [--repetition-penalty 1] [--frequency-penalty 0] [--logprobs N]\n"
          "Sends --requests Generate calls of random token-id prompts (--input-len ids, uniform over the\n"
          "vocabulary) for exactly --output-len tokens each (ignore_eos) to a moe-coordinator, at --rate\n"
@@ -54,7 +54,8 @@ std::string BenchUsage() {
          "rank samples each step's row under the grammar's mask; a request ends when its object has closed and\n"
          "the whitespace after it runs out, which can be before --output-len; the model needs a\n"
          "tokenizer). --regex RE asks every request for guided_regex RE the same way (one that never\n"
-         "ends, \"[a-z ,.]+\", keeps every request to --output-len). --max-tokens N (above --output-len)\n"
+         "ends, \"[a-z ,.]+\", keeps every request to --output-len); --grammar GBNF asks for guided_grammar\n"
+         "(\"root ::= [a-z ,.]+\" never ends either). --max-tokens N (above --output-len)\n"
          "asks every request for max_tokens N and ends its stream once it has its output length (the\n"
          "client cancels it, as an answer that stops early: what a large max_tokens, or none in OpenAI's\n"
          "chat API, costs the server's KV admission). --repetition-penalty and --frequency-penalty set\n"
@@ -139,6 +140,12 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
          a.regex = v;
          return absl::OkStatus();
        }},
+      {"--grammar",
+       [&](const std::string& flag, const std::string& v) -> absl::Status {
+         if (v.empty()) return FlagError(flag, "empty grammar");
+         a.grammar = v;
+         return absl::OkStatus();
+       }},
       {"--repetition-penalty",
        [&](const std::string& flag, const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(double r, NonNegative(flag, v));
@@ -193,7 +200,9 @@ absl::StatusOr<BenchArgs> ParseBenchArgs(const std::vector<std::string>& args) {
     }
     MOE_RETURN_IF_ERROR(it->second(flag, val));
   }
-  if (a.json_object && !a.regex.empty()) return absl::InvalidArgumentError("--json-object and --regex: one of them");
+  if (static_cast<int>(a.json_object) + static_cast<int>(!a.regex.empty()) + static_cast<int>(!a.grammar.empty()) > 1) {
+    return absl::InvalidArgumentError("--json-object, --regex and --grammar: one of them");
+  }
   return a;
 }
 

@@ -32,6 +32,7 @@ struct BenchArgs {
   bool save_records = true;     // per-request records in the JSON
   bool json_object = false;     // response_format json_object (a request may end when its object does)
   std::string regex;            // guided_regex for every request (empty: none)
+  std::string grammar;          // guided_grammar (GBNF) for every request (empty: none)
   float repetition_penalty = 1;  // every request's (1: off)
   float frequency_penalty = 0;   // every request's (0: off)
   int64_t top_logprobs = -1;     // every request's logprobs (top alternatives; -1: none asked)

@@ -13,6 +13,7 @@
 #   SHARED_PREFIX_LEN  tokens every prompt starts with, before its own INPUT_LEN [0]
 #   JSON_OBJECT  non-empty: every request asks for response_format json_object (moe-serve-bench --json-object)
 #   REGEX        non-empty: every request asks for guided_regex REGEX (moe-serve-bench --regex)
+#   GRAMMAR      non-empty: every request asks for guided_grammar GRAMMAR (GBNF; moe-serve-bench --grammar)
 #   REPETITION_PENALTY, FREQUENCY_PENALTY, LOGPROBS  every request's (moe-serve-bench's flags) [off]
 #   MAX_TOKENS   above OUTPUT_LEN: every request asks for max_tokens MAX_TOKENS and the client ends it
 #                after OUTPUT_LEN tokens (moe-serve-bench --max-tokens) [0: off]
@@ -52,7 +53,7 @@ for point in $SWEEP; do
   echo "== concurrency $c, $n requests of ${INPUT_LEN:-128} + ${OUTPUT_LEN:-128} tokens"
   "$BENCH" --server "$ADDR" --requests "$n" --max-concurrency "$c" --warmup "${WARMUP:-$c}" --rate "${RATE:-inf}" \
     --input-len "${INPUT_LEN:-128}" --output-len "${OUTPUT_LEN:-128}" --range-ratio "${RANGE_RATIO:-0}" \
-    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --seed "$seed" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} ${REPETITION_PENALTY:+--repetition-penalty "$REPETITION_PENALTY"} ${FREQUENCY_PENALTY:+--frequency-penalty "$FREQUENCY_PENALTY"} ${LOGPROBS:+--logprobs "$LOGPROBS"} --max-tokens "${MAX_TOKENS:-0}" \
+    --shared-prefix-len "${SHARED_PREFIX_LEN:-0}" --seed "$seed" --connections 8 --commit "$COMMIT" ${JSON_OBJECT:+--json-object} ${REGEX:+--regex "$REGEX"} ${GRAMMAR:+--grammar "$GRAMMAR"} ${REPETITION_PENALTY:+--repetition-penalty "$REPETITION_PENALTY"} ${FREQUENCY_PENALTY:+--frequency-penalty "$FREQUENCY_PENALTY"} ${LOGPROBS:+--logprobs "$LOGPROBS"} --max-tokens "${MAX_TOKENS:-0}" \
     --out "$OUT_DIR/serve-c$c.json" || status=1
   seed=$((seed + 1))
 done
