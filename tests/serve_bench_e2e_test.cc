@@ -90,6 +90,26 @@ class ServeBenchE2e : public ::testing::Test {
     return b;
   }
 
+  // --regex and --grammar: every request is constrained; a constraint that never ends keeps each to
+  // --output-len. One the server refuses fails the requests, counted with the server's reason.
+  static void CheckConstrainedRunsToLength(const std::string& flag, const std::string& endless,
+                                           const std::string& refused) {
+    const std::string name = flag.substr(2);  // "regex", "grammar": also its field in args and in the error
+    const auto [run, r] = BenchWithJson("serve_bench_" + name,
+                                        {"--requests", "4", "--input-len", "6", "--output-len", "10", flag, endless});
+    ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
+    ASSERT_TRUE(r.is_object());
+    EXPECT_EQ(r["args"][name], endless);
+    ASSERT_EQ(r["records"].size(), 4u);
+    for (const json& rec : r["records"]) {
+      EXPECT_EQ(rec["output_tokens"], 10);
+      EXPECT_EQ(rec["finish_reason"], "length");
+    }
+    const testing_ref::CliRun bad = Bench({"--requests", "1", flag, refused});
+    EXPECT_EQ(bad.exit_code, 1) << bad.Describe();
+    EXPECT_NE(bad.out.find("sampling.response_format." + name), std::string::npos) << bad.out;
+  }
+
   static inline std::unique_ptr<Cluster> cluster_;
   static inline absl::Status setup_;
 };
@@ -194,39 +214,9 @@ TEST_F(ServeBenchE2e, VariedLengthsAreWhatEachRequestSentAndGot) {
   EXPECT_EQ(after.generation_tokens_total() - before.generation_tokens_total(), static_cast<uint64_t>(output_tokens));
 }
 
-// --regex: every request is constrained; a regex that never ends keeps each to --output-len.
-TEST_F(ServeBenchE2e, RegexRequestsRunToTheirLength) {
-  const auto [run, r] = BenchWithJson(
-      "serve_bench_regex", {"--requests", "4", "--input-len", "6", "--output-len", "10", "--regex", "[a-z ,.]+"});
-  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
-  ASSERT_TRUE(r.is_object());
-  EXPECT_EQ(r["args"]["regex"], "[a-z ,.]+");
-  ASSERT_EQ(r["records"].size(), 4u);
-  for (const json& rec : r["records"]) {
-    EXPECT_EQ(rec["output_tokens"], 10);
-    EXPECT_EQ(rec["finish_reason"], "length");
-  }
-  // A regex the server refuses fails the requests, counted with the server's reason.
-  const testing_ref::CliRun bad = Bench({"--requests", "1", "--regex", "(?=a)"});
-  EXPECT_EQ(bad.exit_code, 1) << bad.Describe();
-  EXPECT_NE(bad.out.find("sampling.response_format.regex"), std::string::npos) << bad.out;
-}
-
-// --grammar: the same through guided_grammar (GBNF), and a grammar the server refuses.
+TEST_F(ServeBenchE2e, RegexRequestsRunToTheirLength) { CheckConstrainedRunsToLength("--regex", "[a-z ,.]+", "(?=a)"); }
 TEST_F(ServeBenchE2e, GrammarRequestsRunToTheirLength) {
-  const auto [run, r] = BenchWithJson("serve_bench_grammar", {"--requests", "4", "--input-len", "6", "--output-len",
-                                                              "10", "--grammar", "root ::= [a-z ,.]+"});
-  ASSERT_EQ(run.exit_code, 0) << run.Describe() << run.out;
-  ASSERT_TRUE(r.is_object());
-  EXPECT_EQ(r["args"]["grammar"], "root ::= [a-z ,.]+");
-  ASSERT_EQ(r["records"].size(), 4u);
-  for (const json& rec : r["records"]) {
-    EXPECT_EQ(rec["output_tokens"], 10);
-    EXPECT_EQ(rec["finish_reason"], "length");
-  }
-  const testing_ref::CliRun bad = Bench({"--requests", "1", "--grammar", "root ::= word"});
-  EXPECT_EQ(bad.exit_code, 1) << bad.Describe();
-  EXPECT_NE(bad.out.find("sampling.response_format.grammar"), std::string::npos) << bad.out;
+  CheckConstrainedRunsToLength("--grammar", "root ::= [a-z ,.]+", "root ::= word");
 }
 
 // --max-tokens above --output-len: every request asks for that many tokens and the client ends its
