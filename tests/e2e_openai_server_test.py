@@ -374,6 +374,39 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual([t for e in events[1:] for c in e["choices"] for t in c.get("token_ids", [])],
                          case["greedy_ids"][:6])
 
+    def test_c2a2_continuous_usage_stats_count_each_choices_tokens(self):
+        """vLLM's stream_options.continuous_usage_stats (with include_usage): every chunk carries its
+        choice's usage so far, its prompt's tokens (transformers' ids of the sample's prompt) and the
+        tokens the choice has streamed (counted from the chunks' own token_ids); chat's role chunk
+        counts none yet. Without include_usage the chunks carry none, as in vLLM."""
+        prompt, s = next(iter(self.samples.items()))
+        body = {"prompt": prompt, "max_tokens": 7, "temperature": 1.0, "seed": 4, "n": 2, "return_token_ids": True,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+        events = self.stream(body)
+        counted = {}
+        for e in events[:-1]:
+            self.assertEqual(len(e["choices"]), 1, e)
+            c = e["choices"][0]
+            counted[c["index"]] = counted.get(c["index"], 0) + len(c.get("token_ids", []))
+            self.assertEqual(e["usage"], {"prompt_tokens": len(s["prompt_ids"]), "completion_tokens": counted[c["index"]],
+                                          "total_tokens": len(s["prompt_ids"]) + counted[c["index"]]}, e)
+        self.assertEqual(counted, {0: 7, 1: 7})
+        self.assertEqual(events[-1]["choices"], [])
+        self.assertEqual(events[-1]["usage"]["completion_tokens"], 14)
+        # Not asked for without include_usage.
+        events = self.stream(dict(body, stream_options={"continuous_usage_stats": True}))
+        self.assertTrue(all("usage" not in e for e in events), events)
+        # Chat: the role chunk first, with no completion tokens yet.
+        events = self.stream({"messages": CHAT_GOLDEN["cases"][0]["messages"], "max_tokens": 5, "temperature": 0,
+                              "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+                             path="/v1/chat/completions")
+        self.assertEqual(events[0]["choices"][0]["delta"].get("role"), "assistant", events[0])
+        self.assertEqual(events[0]["usage"]["completion_tokens"], 0)
+        prompt_tokens = events[0]["usage"]["prompt_tokens"]
+        self.assertEqual(prompt_tokens, events[-1]["usage"]["prompt_tokens"])
+        self.assertEqual(events[-2]["usage"], {"prompt_tokens": prompt_tokens, "completion_tokens": 5,
+                                               "total_tokens": prompt_tokens + 5}, events[-2])
+
     def test_c2b_prompt_logprobs_in_vllms_shape_match_scoring(self):
         s = self.samples["ROMEO:"]
         ids = s["prompt_ids"] + s["greedy_ids"][:6]

@@ -62,6 +62,18 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(s.logit_bias().at(17), -3.0f);
   EXPECT_TRUE(c.stream);
   EXPECT_TRUE(c.include_usage);
+  EXPECT_FALSE(c.continuous_usage);
+  EXPECT_FALSE(c.request.return_prompt_token_ids());
+  // vLLM's continuous_usage_stats: with include_usage only, and then each stream's prompt ids come
+  // first (the chunks count its tokens).
+  const CompletionCall every = Ok({{"prompt", "x"}, {"stream", true},
+                                   {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}});
+  EXPECT_TRUE(every.continuous_usage);
+  EXPECT_TRUE(every.request.return_prompt_token_ids());
+  const CompletionCall alone =
+      Ok({{"prompt", "x"}, {"stream", true}, {"stream_options", {{"continuous_usage_stats", true}}}});
+  EXPECT_FALSE(alone.continuous_usage);
+  EXPECT_FALSE(alone.request.return_prompt_token_ids());
   EXPECT_TRUE(s.include_stop_str_in_output());
   EXPECT_EQ(Ok({{"prompt", "x"}, {"priority", -4}}).request.priority(), -4);
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"priority", 1.5}}.dump()).param, "priority");
@@ -305,6 +317,8 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "ignore_eos": 1})", 400, "ignore_eos"},
            {R"({"prompt": "x", "stream": "yes"})", 400, "stream"},
            {R"({"prompt": "x", "stream_options": {"include_usage": true}})", 400, "stream_options"},
+           {R"({"prompt": "x", "stream": true, "stream_options": {"continuous_usage_stats": "yes"}})", 400, "stream_options"},
+           {R"({"prompt": "x", "stream": true, "stream_options": {"include_usag": true}})", 400, "stream_options"},
            {R"({"prompt": "x", "logprobs": 21})", 400, "logprobs"},
            {R"({"prompt": "x", "echo": 1})", 400, "echo"},
            {R"({"prompt": "x", "max_tokens": 0})", 400, "max_tokens"},

@@ -459,10 +459,18 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     const json& o = body["stream_options"];
     if (!o.is_object()) return BadParam("stream_options", "expected an object");
     if (!call.stream) return BadParam("stream_options", "only allowed with stream: true");
-    if (o.contains("include_usage") && !o["include_usage"].is_null()) {
-      if (!o["include_usage"].is_boolean()) return BadParam("stream_options", "include_usage: expected true or false");
-      call.include_usage = o["include_usage"].get<bool>();
+    for (const auto& [key, value] : o.items()) {
+      if (key != "include_usage" && key != "continuous_usage_stats") {
+        return BadParam("stream_options", key + ": not known (include_usage and continuous_usage_stats are)");
+      }
+      if (value.is_null()) continue;
+      if (!value.is_boolean()) return BadParam("stream_options", key + ": expected true or false");
+      (key == "include_usage" ? call.include_usage : call.continuous_usage) = value.get<bool>();
     }
+    // As vLLM: the usage in every chunk only when it is asked for at all. Each stream's first message
+    // then carries its prompt's ids, so the chunks can count its tokens from the first one on.
+    call.continuous_usage = call.continuous_usage && call.include_usage;
+    if (call.continuous_usage) call.request.set_return_prompt_token_ids(true);
   }
   return std::nullopt;
 }

@@ -57,6 +57,9 @@ struct CompletionCall {
   std::vector<v1::Prompt> prompts;      // every prompt of the batch (one unless the request sent a list)
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with the usage
+  // stream_options.continuous_usage_stats with include_usage (vLLM's): every chunk also carries its
+  // choice's usage so far (its prompt's tokens, the tokens the choice has generated).
+  bool continuous_usage = false;
   uint32_t n = 1;
   bool logprobs = false;       // the answer carries a logprobs object per choice
   bool echo = false;           // the prompt (and its logprobs) before each completion

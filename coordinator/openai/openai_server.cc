@@ -744,6 +744,13 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   // first chunk.
   std::vector<std::vector<int32_t>> prompt_ids(prompts);
   std::vector<bool> prompt_ids_sent(call.return_token_ids ? choices : 0, false);
+  // continuous_usage_stats: each chunk's usage, its prompt's tokens and its choice's so far.
+  std::vector<uint32_t> choice_tokens(choices, 0);
+  auto with_usage = [&](nlohmann::json& chunk, size_t prompt, uint32_t completion) {
+    if (!call.continuous_usage) return;
+    const auto p = static_cast<uint32_t>(prompt_ids[prompt].size());
+    chunk["usage"] = {{"prompt_tokens", p}, {"completion_tokens", completion}, {"total_tokens", p + completion}};
+  };
   // prompt_logprobs arrive in messages of their own (at most 1,024 positions each) before the first
   // token: they go out whole with the choice's next chunk.
   std::vector<std::vector<v1::TokenLogprob>> pending_prompt_logprobs(choices);
@@ -788,6 +795,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       prompt_ids[item.prompt].assign(msg.prompt_token_ids().begin(), msg.prompt_token_ids().end());
       continue;
     }
+    choice_tokens[choice] += static_cast<uint32_t>(msg.token_ids_size());
     std::vector<v1::TokenLogprob>& pending = pending_prompt_logprobs[choice];
     if (msg.prompt_logprobs_size() > 0 || !pending.empty()) {
       pending.insert(pending.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
@@ -803,6 +811,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       role_sent[choice] = true;
       nlohmann::json role = ChatRoleChunkJson(request_id, choice, model_name_, created);
       if (with_prompt_ids) role["prompt_token_ids"] = prompt_ids[item.prompt];
+      with_usage(role, item.prompt, 0);  // before the choice's first tokens
       client_gone = !SendEvent(conn, role.dump());
       if (!call.chat_echo.empty() && !client_gone) {  // vLLM's chat echo: its own delta after the role's
         nlohmann::json echo = role;
@@ -842,6 +851,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       }
       chunk["choices"][0]["delta"] = std::move(delta);
     }
+    with_usage(chunk, item.prompt, choice_tokens[choice]);
     if (!client_gone && !SendEvent(conn, chunk.dump())) client_gone = true;
     if (client_gone) cancel_all();  // the coordinator cancels the sequences and frees their KV blocks
   }
@@ -871,6 +881,9 @@ int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call
       if (call.return_token_ids) {
         chunk["choices"][0]["token_ids"] = nlohmann::json::array();
         chunk["choices"][0]["prompt_token_ids"] = echoes[i].token_ids;
+      }
+      if (call.continuous_usage) {
+        chunk["usage"] = {{"prompt_tokens", echoes[i].tokens}, {"completion_tokens", 0}, {"total_tokens", echoes[i].tokens}};
       }
       if (!SendEvent(conn, chunk.dump())) return 200;
     }
