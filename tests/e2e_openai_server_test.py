@@ -407,6 +407,22 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(events[-2]["usage"], {"prompt_tokens": prompt_tokens, "completion_tokens": 5,
                                                "total_tokens": prompt_tokens + 5}, events[-2])
 
+    def test_c2a3_vllms_request_id_names_the_answer(self):
+        """vLLM's request_id: the answer's id is cmpl-<it> (chat: chatcmpl-<it>), whole, streamed and for
+        an echo of the prompt alone; one longer than the coordinator takes is a 400 naming it."""
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3, "request_id": "trace-7"})
+        self.assertEqual((status, body["id"]), (200, "cmpl-trace-7"), body)
+        events = self.stream({"prompt": ["ROMEO:", "JULIET:"], "max_tokens": 3, "request_id": "trace-8"})
+        self.assertEqual({e["id"] for e in events}, {"cmpl-trace-8"})
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 0, "echo": True,
+                                                     "request_id": "trace-9"})
+        self.assertEqual((status, body["id"]), (200, "cmpl-trace-9"), body)
+        status, body = self.call("/v1/chat/completions", {"messages": CHAT_GOLDEN["cases"][0]["messages"],
+                                                          "max_tokens": 3, "request_id": "trace-10"})
+        self.assertEqual((status, body["id"]), (200, "chatcmpl-trace-10"), body)
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3, "request_id": "x" * 257})
+        self.assertEqual((status, body["error"]["param"]), (400, "request_id"), body)
+
     def test_c2b_prompt_logprobs_in_vllms_shape_match_scoring(self):
         s = self.samples["ROMEO:"]
         ids = s["prompt_ids"] + s["greedy_ids"][:6]

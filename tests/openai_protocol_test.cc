@@ -63,6 +63,8 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_TRUE(c.stream);
   EXPECT_TRUE(c.include_usage);
   EXPECT_FALSE(c.continuous_usage);
+  EXPECT_TRUE(c.request.request_id().empty());
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"request_id", "trace-7"}}).request.request_id(), "trace-7");  // vLLM's
   EXPECT_FALSE(c.request.return_prompt_token_ids());
   // vLLM's continuous_usage_stats: with include_usage only, and then each stream's prompt ids come
   // first (the chunks count its tokens).
@@ -331,6 +333,8 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "return_tokens_as_token_ids": 1})", 400, "return_tokens_as_token_ids"},
            {R"({"prompt": "x", "return_token_ids": "yes"})", 400, "return_token_ids"},
            {R"({"prompt": "x", "cache_salt": ""})", 400, "cache_salt"},
+           {R"({"prompt": "x", "request_id": ""})", 400, "request_id"},
+           {R"({"prompt": "x", "request_id": 7})", 400, "request_id"},
            {R"({"prompt": "x", "cache_salt": 7})", 400, "cache_salt"},
            {R"({"prompt": "x", "guided_grammar": ""})", 400, "guided_grammar"},
            {R"({"prompt": "x", "guided_grammar": "root ::= \"a\"", "guided_regex": "a"})", 400, "guided_grammar"},

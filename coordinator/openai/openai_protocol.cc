@@ -450,6 +450,11 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   if (std::optional<HttpError> e = Bool(body, "return_token_ids", call.return_token_ids)) return e;
   if (std::optional<HttpError> e = Bool(body, "return_tokens_as_token_ids", call.tokens_as_ids)) return e;
   call.request.set_return_prompt_token_ids(call.return_token_ids);
+  if (body.contains("request_id") && !body["request_id"].is_null()) {  // vLLM's: the answer's id is cmpl-<it>
+    const json& id = body["request_id"];
+    if (!id.is_string() || id.get<std::string>().empty()) return BadParam("request_id", "expected a non-empty string");
+    call.request.set_request_id(id.get<std::string>());  // its length the coordinator checks
+  }
   if (body.contains("cache_salt") && !body["cache_salt"].is_null()) {  // vLLM's: the prefix cache per salt
     const json& salt = body["cache_salt"];
     if (!salt.is_string() || salt.get<std::string>().empty()) return BadParam("cache_salt", "expected a non-empty string");

@@ -123,8 +123,10 @@ HttpError NoThread(const std::system_error& e) {
                    "server_error", {}};
 }
 
-// An answer's id where no Generate call gave one (echo with max_tokens 0): 24 random hex digits.
-std::string LocalRequestId() {
+// An answer's id where no Generate call gave one (echo with max_tokens 0): the request's own
+// request_id when it gave one, else 24 random hex digits.
+std::string LocalRequestId(const CompletionCall& call) {
+  if (!call.request.request_id().empty()) return call.request.request_id();
   static std::mutex mu;
   static std::mt19937_64 rng{std::random_device{}()};
   std::lock_guard<std::mutex> lock(mu);
@@ -871,7 +873,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
 int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call, const std::vector<Echo>& echoes,
                                  int64_t created) {
   SendHead(conn, 200, "text/event-stream", -1);
-  const std::string request_id = LocalRequestId();
+  const std::string request_id = LocalRequestId(call);
   uint32_t prompt_tokens = 0;
   for (size_t i = 0; i < echoes.size(); ++i) {
     prompt_tokens += echoes[i].tokens;
@@ -920,7 +922,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     const grpc::Status st = reader->Finish();
     if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
   } else {  // echo of the prompt alone: no completion, "length" as max_tokens 0 says
-    const std::string request_id = LocalRequestId();
+    const std::string request_id = LocalRequestId(call);
     for (uint32_t i = 0; i < call.n; ++i) {
       v1::GenerateResponse none;
       none.set_index(i);
