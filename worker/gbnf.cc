@@ -45,10 +45,7 @@ class GbnfTransitions {
 
   // The state equal to `s`, held once.
   std::shared_ptr<const GbnfStacks> Intern(GbnfStacks s) {
-    if (interned_.size() >= kMaxStates || next_.size() >= 64 * kMaxStates) {
-      interned_.clear();
-      next_.clear();
-    }
+    Trim();
     std::string key(reinterpret_cast<const char*>(s.flat.data()), sizeof(uint32_t) * s.flat.size());
     auto it = interned_.find(key);
     if (it != interned_.end()) return it->second;
@@ -62,10 +59,18 @@ class GbnfTransitions {
     return it == next_.end() ? nullptr : &it->second.second;
   }
   void Remember(const std::shared_ptr<const GbnfStacks>& from, uint32_t cp, std::shared_ptr<const GbnfStacks> to) {
+    Trim();
     next_[{from.get(), cp}] = {from, std::move(to)};  // `from` held: its address stays its own
   }
 
  private:
+  void Trim() {
+    if (interned_.size() >= kMaxStates || next_.size() >= 64 * kMaxStates) {
+      interned_.clear();
+      next_.clear();
+    }
+  }
+
   struct KeyHash {
     size_t operator()(const std::pair<const GbnfStacks*, uint32_t>& k) const {
       return std::hash<const void*>()(k.first) * 31 + k.second;
