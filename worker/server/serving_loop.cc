@@ -161,13 +161,16 @@ absl::StatusOr<ServingLoop::SpecMasks> ServingLoop::MasksFor(const moe::v1::Assi
     key = "\x03" + key;  // the same schema without whitespace is another grammar
   }
   if (auto it = masks_.find(key); it != masks_.end()) return it->second;
-  if (masks_.size() >= kMaxSchemas) masks_.clear();
+  auto remember = [&](SpecMasks m) {
+    if (masks_.size() >= kMaxSchemas) masks_.clear();  // running sequences keep theirs
+    return masks_[key] = std::move(m);
+  };
   if (!a.grammar().empty()) {
     absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse(a.grammar());
     if (!g.ok()) return absl::InvalidArgumentError(absl::StrCat(field, ": ", g.status().message()));
     SpecMasks m;
     m.gbnf = std::make_shared<GbnfMaskCache>(opts_.vocabulary, std::make_shared<const GbnfGrammar>(*std::move(g)));
-    return masks_[key] = m;
+    return remember(std::move(m));
   }
   // (Choice's and Regex's errors name their field already.)
   absl::StatusOr<JsonSchema> schema = a.json_object()        ? absl::StatusOr<JsonSchema>(JsonSchema::AnyObject())
@@ -181,7 +184,7 @@ absl::StatusOr<ServingLoop::SpecMasks> ServingLoop::MasksFor(const moe::v1::Assi
   schema->set_compact(a.compact_json());
   SpecMasks m;
   m.json = std::make_shared<JsonMaskCache>(opts_.vocabulary, std::make_shared<const JsonSchema>(*std::move(schema)));
-  return masks_[key] = m;
+  return remember(std::move(m));
 }
 
 bool ServingLoop::PrefixBeingComputed(const ServedSequence& s, int64_t cached_blocks) const {
