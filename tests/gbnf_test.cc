@@ -234,6 +234,33 @@ item ::= "(" item* ")" | "[" item* "]" | "x"
   EXPECT_GT(masks.hits(), 0);  // states repeat: masks come from the cache
 }
 
+// Grammars as vLLM's and llama.cpp's documentation write them read as they mean.
+TEST(GbnfTest, DocumentedGrammarsRead) {
+  // vLLM's structured-outputs example (its xgrammar backend's EBNF).
+  const GbnfGrammar sql = Parsed(R"g(root ::= select_statement
+
+select_statement ::= "SELECT " column " from " table " where " condition
+
+column ::= "col_1 " | "col_2 "
+
+table ::= "table_1 " | "table_2 "
+
+condition ::= column "= " number
+
+number ::= "1 " | "2 "
+)g");
+  EXPECT_EQ(RunText(sql, "SELECT col_1  from table_2  where col_2 = 1 "), std::make_pair(size_t{44}, true));
+  EXPECT_EQ(RunText(sql, "SELECT col_3").first, size_t{11});
+  // llama.cpp's grammars/list.gbnf.
+  const GbnfGrammar list = Parsed(R"g(root ::= item+
+
+# Excludes various line break characters
+item ::= "- " [^\r\n\x0b\x0c\x85\u2028\u2029]+ "\n"
+)g");
+  EXPECT_EQ(RunText(list, "- milk\n- bread\n"), std::make_pair(size_t{15}, true));
+  EXPECT_EQ(RunText(list, "- milk\n\n").first, size_t{7});
+}
+
 TEST(GbnfTest, BadGrammarsNameWhatIsWrong) {
   auto error = [](const std::string& text) {
     absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse(text);
