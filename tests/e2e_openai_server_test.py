@@ -409,7 +409,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
 
     def test_c2a3_vllms_request_id_names_the_answer(self):
         """vLLM's request_id: the answer's id is cmpl-<it> (chat: chatcmpl-<it>), whole, streamed and for
-        an echo of the prompt alone; one longer than the coordinator takes is a 400 naming it."""
+        an echo of the prompt alone; one longer than the coordinator takes is a 400 naming it. vLLM's
+        X-Request-Id header names it over the body's and comes back on the answer."""
         status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3, "request_id": "trace-7"})
         self.assertEqual((status, body["id"]), (200, "cmpl-trace-7"), body)
         events = self.stream({"prompt": ["ROMEO:", "JULIET:"], "max_tokens": 3, "request_id": "trace-8"})
@@ -422,6 +423,13 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual((status, body["id"]), (200, "chatcmpl-trace-10"), body)
         status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 3, "request_id": "x" * 257})
         self.assertEqual((status, body["error"]["param"]), (400, "request_id"), body)
+        # The X-Request-Id header names it too, over the body's, and comes back on the answer.
+        req = urllib.request.Request(self.base + "/v1/completions", headers={
+            "Content-Type": "application/json", "X-Request-Id": "hdr-1"}, data=json.dumps(
+                {"prompt": "ROMEO:", "max_tokens": 3, "request_id": "body-1"}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            self.assertEqual(r.headers["X-Request-Id"], "hdr-1")
+            self.assertEqual(json.loads(r.read())["id"], "cmpl-hdr-1")
 
     def test_c2b_prompt_logprobs_in_vllms_shape_match_scoring(self):
         s = self.samples["ROMEO:"]

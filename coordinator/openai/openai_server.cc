@@ -49,11 +49,25 @@ std::string CorsHeaders(mg_connection* conn) {
   return std::string("Access-Control-Allow-Origin: ") + origin + "\r\nVary: Origin\r\n";
 }
 
+// The request's X-Request-Id header (vLLM's: it names the request, and comes back on the answer), or
+// null. One with bytes a header cannot carry back counts as none; its length the coordinator checks.
+const char* RequestIdHeader(mg_connection* conn) {
+  const char* id = mg_get_header(conn, "X-Request-Id");
+  if (id == nullptr || *id == '\0') return nullptr;
+  for (const char* c = id; *c != '\0'; ++c) {
+    if (*c < 0x20 || *c == 0x7f) return nullptr;
+  }
+  return id;
+}
+
 // The status line and headers of every answer: `length` < 0 for a stream (server-sent events).
 void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length) {
   const std::string size = length >= 0 ? "Content-Length: " + std::to_string(length) + "\r\n" : "Cache-Control: no-cache\r\n";
-  mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%sConnection: close\r\n\r\n", status,
-            mg_get_response_code_text(conn, status), content_type.c_str(), size.c_str(), CorsHeaders(conn).c_str());
+  const char* id = RequestIdHeader(conn);
+  const std::string echo = id != nullptr ? std::string("X-Request-Id: ") + id + "\r\n" : std::string();
+  mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%sConnection: close\r\n\r\n", status,
+            mg_get_response_code_text(conn, status), content_type.c_str(), size.c_str(), CorsHeaders(conn).c_str(),
+            echo.c_str());
 }
 
 void SendJson(mg_connection* conn, int status, const json& j) {
@@ -472,6 +486,7 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
   std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(body, model_name_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   CompletionCall& call = std::get<CompletionCall>(parsed);
+  if (const char* id = RequestIdHeader(conn)) call.request.set_request_id(id);  // over the body's, as vLLM
   if (!call.add_special_tokens) {  // text prompts go as their token ids without BOS
     for (v1::Prompt& p : call.prompts) {
       if (!p.has_token_ids()) {
@@ -545,6 +560,7 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
   const std::vector<int32_t>& prompt = std::get<std::vector<int32_t>>(ids);
 
   CompletionCall& call = chat.completion;
+  if (const char* id = RequestIdHeader(conn)) call.request.set_request_id(id);  // over the body's, as vLLM
   v1::Prompt& p = *call.request.mutable_prompt();
   p.mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
   call.prompts = {p};
