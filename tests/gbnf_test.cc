@@ -259,6 +259,10 @@ item ::= "- " [^\r\n\x0b\x0c\x85\u2028\u2029]+ "\n"
 )g");
   EXPECT_EQ(RunText(list, "- milk\n- bread\n"), std::make_pair(size_t{15}, true));
   EXPECT_EQ(RunText(list, "- milk\n\n").first, size_t{7});
+  // Alternatives on lines of their own, | first (as EBNF grammars are often written).
+  const GbnfGrammar lines = Parsed("root ::= \"a\"\n  | \"b\"  # b\n\n  | \"c\"\nd ::= \"d\"\n");
+  for (const char* t : {"a", "b", "c"}) EXPECT_EQ(RunText(lines, t), std::make_pair(size_t{1}, true)) << t;
+  EXPECT_EQ(RunText(lines, "d").first, size_t{0});
 }
 
 TEST(GbnfTest, BadGrammarsNameWhatIsWrong) {

@@ -212,7 +212,15 @@ class GbnfParser {
       absl::StatusOr<Sequence> seq = ParseSequence(nested);
       if (!seq.ok()) return seq.status();
       alts.push_back(*std::move(seq));
-      if (!At('|')) return alts;
+      if (!At('|')) {
+        // An alternative may also start the next line with its |: a rule's name never starts with one.
+        const size_t line_end = pos_;
+        SkipSpace(true);
+        if (!At('|')) {
+          pos_ = line_end;
+          return alts;
+        }
+      }
       ++pos_;
       SkipSpace(true);
     }

@@ -9,7 +9,7 @@
 //
 // Literals and classes are Unicode code points (escapes \n \r \t \\ \" \[ \] \- \xHH \uHHHH
 // \UHHHHHHHH), read from UTF-8 text; `.` is any code point. A rule ends at the end of its line
-// unless a group is open. The output is matched as UTF-8 (no overlong forms or surrogates).
+// unless a group is open, the line ends after ::= or |, or the next line starts with |. The output is matched as UTF-8 (no overlong forms or surrogates).
 //
 // The recogniser is llama.cpp's: a state is the set of stacks of grammar positions still alive
 // (each stack's top is the class the next code point must be in; an empty stack has derived the
