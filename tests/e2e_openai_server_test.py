@@ -127,6 +127,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(body["data"][0]["max_model_len"], 4096)
         status, body = self.call("/health")
         self.assertEqual((status, body["status"]), (200, "SERVING"))
+        self.assertEqual(self.call("/ping"), (200, {"status": "SERVING"}))  # vLLM's (SageMaker's) name
+        self.assertEqual(self.call("/ping", {})[0], 200)  # POST too, as vLLM
         # vLLM's GET /version: the project's version, as CMakeLists.txt declares it.
         with open(os.path.join(SOURCE_DIR, "CMakeLists.txt")) as f:
             declared = re.search(r"project\([^)]*VERSION ([0-9.]+)", f.read()).group(1)
@@ -855,6 +857,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 status, health = call("/health", None)
                 self.assertEqual((status, health["status"]), (200, "SERVING"))
                 self.assertEqual(call("/version", None)[0], 200)  # open, as vLLM's
+                self.assertEqual(call("/ping", None)[0], 200)
         r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--api-key="], capture_output=True,
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)

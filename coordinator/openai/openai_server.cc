@@ -288,6 +288,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
   mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
   mg_set_request_handler(s->ctx_, "/health$", &OpenAiServer::HandleHealth, s.get());
+  mg_set_request_handler(s->ctx_, "/ping$", &OpenAiServer::HandleHealth, s.get());  // vLLM's (SageMaker's) name
   mg_set_request_handler(s->ctx_, "/version$", &OpenAiServer::HandleVersion, s.get());
   mg_set_request_handler(s->ctx_, "/metrics$", &OpenAiServer::HandleMetrics, s.get());
   mg_set_request_handler(s->ctx_, "/", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
@@ -346,7 +347,7 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics, /version)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /ping, /metrics, /version)",
                                    "NotFoundError", {}});
 }
 
@@ -368,7 +369,7 @@ int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
   // only).
   if (info->local_uri != nullptr) {
     const std::string uri = info->local_uri;
-    if (uri == "/health" || uri == "/metrics" || uri == "/version") return 1;
+    if (uri == "/health" || uri == "/ping" || uri == "/metrics" || uri == "/version") return 1;
   }
   const char* header = mg_get_header(conn, "Authorization");
   if (header != nullptr && BearerMatches(header, s->api_keys_)) return 1;
