@@ -37,7 +37,7 @@ const char kUsage[] =
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
     "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
-    "                          GET /health, /metrics and /version then needs the header \"Authorization: Bearer KEY\",\n"
+    "                          /health, /ping, /metrics and /version then needs the header \"Authorization: Bearer KEY\",\n"
     "                          else 401]\n"
     "                         [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem (both or neither: HTTPS only;\n"
     "                          the certificate chain, the server's first, and its unencrypted private key)]\n"
@@ -45,7 +45,8 @@ const char kUsage[] =
     "                         [--ssl-cert-reqs 0|1|2 (0 none, the default; 1 asked for and verified if given;\n"
     "                          2 required: mutual TLS)]\n"
     "Serves POST /v1/completions and /v1/chat/completions (stream or whole), POST /tokenize and\n"
-    "/detokenize, GET /v1/models, GET /health, GET /metrics and GET /version over the coordinator's gRPC API.\n";
+    "/detokenize, GET /v1/models, GET /health (and /ping), GET /metrics and GET /version over the coordinator's\n"
+    "gRPC API.\n";
 
 int BadFlag(const std::string& message) {
   std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);
