@@ -282,6 +282,9 @@ TEST(GbnfTest, BadGrammarsNameWhatIsWrong) {
   EXPECT_EQ(error("root ::= []"), "line 1, column 12: empty character class []");
   EXPECT_EQ(error("root ::= [z-a]"), "line 1, column 14: a character range ends before it starts");
   EXPECT_EQ(error("root ::= \"\\q\""), "line 1, column 11: unknown escape \\q");
+  // Raw text must be UTF-8 as the output is: an overlong form or a surrogate's encoding is refused.
+  EXPECT_EQ(error("root ::= \"\xc0\xaf\""), "line 1, column 11: not UTF-8");
+  EXPECT_EQ(error("root ::= [\xed\xa0\x80]"), "line 1, column 11: not UTF-8");
   EXPECT_EQ(error("root ::= \"a\"{3,2}"), "line 1, column 18: a repetition's maximum is below its minimum");
   EXPECT_EQ(error("root ::= \"a\"{1001}"), "line 1, column 19: repetition counts are at most 1000");
   EXPECT_EQ(error("root ::= \"a\"{2,99999999999}"), "line 1, column 28: repetition counts are at most 1000");

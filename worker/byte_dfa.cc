@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/utf8.h"
 #include "worker/code_point_ranges.h"
 
 namespace moe {
@@ -163,21 +164,10 @@ class RegexParser {
 
   // One code point of the pattern (UTF-8).
   absl::StatusOr<uint32_t> CodePoint() {
-    const auto b = [&](size_t i) { return static_cast<uint8_t>(p_[i]); };
-    const uint8_t c = b(pos_);
-    const int n = c < 0x80 ? 0 : c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
-    if (n < 0) return Fail("invalid UTF-8");
-    uint32_t cp = n == 0 ? c : c & (0x3F >> n);
-    for (int i = 1; i <= n; ++i) {
-      if (pos_ + static_cast<size_t>(i) >= p_.size() || (b(pos_ + static_cast<size_t>(i)) & 0xC0) != 0x80) {
-        return Fail("invalid UTF-8");
-      }
-      cp = cp << 6 | (b(pos_ + static_cast<size_t>(i)) & 0x3F);
-    }
-    if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > kMaxCodePoint)) || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return Fail("invalid UTF-8");
-    }
-    pos_ += static_cast<size_t>(n) + 1;
+    uint32_t cp = 0;
+    const int len = DecodeUtf8(p_, pos_, cp);
+    if (len == 0) return Fail("invalid UTF-8");
+    pos_ += static_cast<size_t>(len);
     return cp;
   }
 

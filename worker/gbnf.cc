@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "common/utf8.h"
 #include "worker/code_point_ranges.h"
 
 namespace moe {
@@ -325,14 +326,9 @@ class GbnfParser {
         default: pos_ -= 2; return Error(absl::StrCat("unknown escape \\", std::string(1, e)));
       }
     }
-    const int len = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xE ? 3 : (b >> 3) == 0x1E ? 4 : 0;
-    if (len == 0 || pos_ + len > text_.size()) return Error("not UTF-8");
-    uint32_t cp = len == 1 ? b : b & (0x7F >> len);
-    for (int i = 1; i < len; ++i) {
-      const auto c = static_cast<uint8_t>(text_[pos_ + i]);
-      if ((c & 0xC0) != 0x80) return Error("not UTF-8");
-      cp = cp << 6 | (c & 0x3F);
-    }
+    uint32_t cp = 0;
+    const int len = DecodeUtf8(text_, pos_, cp);
+    if (len == 0) return Error("not UTF-8");
     pos_ += static_cast<size_t>(len);
     return cp;
   }

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "common/utf8.h"
+
 namespace moe::jinja::text {
 namespace {
 
@@ -118,38 +120,15 @@ std::u32string Decode(std::string_view s) {
   out.reserve(s.size());
   size_t i = 0;
   while (i < s.size()) {
-    const auto b0 = static_cast<unsigned char>(s[i]);
-    int len = 0;
-    char32_t cp = 0;
-    if (b0 < 0x80) {
-      out += b0;
-      ++i;
-      continue;
-    } else if ((b0 & 0xE0) == 0xC0 && b0 >= 0xC2) {
-      len = 2, cp = b0 & 0x1F;
-    } else if ((b0 & 0xF0) == 0xE0) {
-      len = 3, cp = b0 & 0x0F;
-    } else if ((b0 & 0xF8) == 0xF0 && b0 <= 0xF4) {
-      len = 4, cp = b0 & 0x07;
-    }
-    bool ok = len > 0 && i + len <= s.size();
-    for (int k = 1; ok && k < len; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if ((b & 0xC0) != 0x80) ok = false;
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    // Overlong forms, surrogates and values past U+10FFFF are invalid too.
-    if (ok && ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-               InRange(cp, 0xD800, 0xDFFF))) {
-      ok = false;
-    }
-    if (!ok) {
-      out += kEscapedByteBase + b0;
+    uint32_t cp = 0;
+    const int len = DecodeUtf8(s, i, cp);
+    if (len == 0) {  // a byte of no character (an overlong form, a surrogate, ...): kept as itself
+      out += kEscapedByteBase + static_cast<unsigned char>(s[i]);
       ++i;
       continue;
     }
-    out += cp;
-    i += len;
+    out += static_cast<char32_t>(cp);
+    i += static_cast<size_t>(len);
   }
   return out;
 }

@@ -1,0 +1,36 @@
+// One UTF-8 character, strictly: what the recognisers' pattern parsers (worker/byte_dfa.cc,
+// worker/gbnf.cc) and the chat templates' strings (coordinator/openai/jinja/) read.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace moe {
+
+// The code point of the UTF-8 character at text[i] into `cp`, and its length in bytes; 0 (cp left
+// as it was) when the bytes there are not one: a stray or truncated byte, an overlong form, a
+// surrogate, or past U+10FFFF.
+inline int DecodeUtf8(std::string_view text, size_t i, uint32_t& cp) {
+  if (i >= text.size()) return 0;
+  const auto b0 = static_cast<uint8_t>(text[i]);
+  if (b0 < 0x80) {
+    cp = b0;
+    return 1;
+  }
+  const int len = b0 >= 0xC2 && b0 <= 0xDF ? 2 : b0 >= 0xE0 && b0 <= 0xEF ? 3 : b0 >= 0xF0 && b0 <= 0xF4 ? 4 : 0;
+  if (len == 0 || i + static_cast<size_t>(len) > text.size()) return 0;
+  uint32_t v = b0 & (0x7Fu >> len);
+  for (int k = 1; k < len; ++k) {
+    const auto b = static_cast<uint8_t>(text[i + static_cast<size_t>(k)]);
+    if ((b & 0xC0) != 0x80) return 0;
+    v = v << 6 | (b & 0x3Fu);
+  }
+  if ((len == 3 && v < 0x800) || (len == 4 && (v < 0x10000 || v > 0x10FFFF)) || (v >= 0xD800 && v <= 0xDFFF)) {
+    return 0;
+  }
+  cp = v;
+  return len;
+}
+
+}  // namespace moe
