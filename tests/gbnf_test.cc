@@ -285,6 +285,7 @@ TEST(GbnfTest, BadGrammarsNameWhatIsWrong) {
   // Raw text must be UTF-8 as the output is: an overlong form or a surrogate's encoding is refused.
   EXPECT_EQ(error("root ::= \"\xc0\xaf\""), "line 1, column 11: not UTF-8");
   EXPECT_EQ(error("root ::= [\xed\xa0\x80]"), "line 1, column 11: not UTF-8");
+  EXPECT_EQ(error("root ::= \"a\\uD800\""), "line 1, column 12: a surrogate (U+D800 to U+DFFF) is no character of UTF-8 text");
   EXPECT_EQ(error("root ::= \"a\"{3,2}"), "line 1, column 18: a repetition's maximum is below its minimum");
   EXPECT_EQ(error("root ::= \"a\"{1001}"), "line 1, column 19: repetition counts are at most 1000");
   EXPECT_EQ(error("root ::= \"a\"{2,99999999999}"), "line 1, column 28: repetition counts are at most 1000");

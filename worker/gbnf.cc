@@ -252,8 +252,13 @@ class GbnfParser {
       Sequence s;
       while (!At('"')) {
         if (pos_ >= text_.size() || text_[pos_] == '\n') return Error("unterminated literal (a \" is missing)");
+        const size_t at = pos_;
         absl::StatusOr<uint32_t> cp = ReadChar();
         if (!cp.ok()) return cp.status();
+        if (*cp >= 0xD800 && *cp <= 0xDFFF) {  // no UTF-8 text holds one: the literal could never match
+          pos_ = at;
+          return Error("a surrogate (U+D800 to U+DFFF) is no character of UTF-8 text");
+        }
         s.push_back(Chars({{*cp, *cp}}));
       }
       ++pos_;
