@@ -799,10 +799,7 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
                  {"created", created},
                  {"model", model_name},
                  {"choices", choices},
-                 {"usage",
-                  {{"prompt_tokens", prompt_tokens_},
-                   {"completion_tokens", completion_tokens},
-                   {"total_tokens", prompt_tokens_ + completion_tokens}}}};
+                 {"usage", UsageJson(prompt_tokens_, completion_tokens)}};
   if (prompt_logprobs_wanted_ && chat) answer["prompt_logprobs"] = prompt_logprobs_;  // vLLM's place for chat
   if (report_.token_ids && chat) answer["prompt_token_ids"] = prompt_token_ids_;
   return answer;
@@ -853,6 +850,12 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
   return chunk;
 }
 
+json UsageJson(uint64_t prompt_tokens, uint64_t completion_tokens) {
+  return {{"prompt_tokens", prompt_tokens},
+          {"completion_tokens", completion_tokens},
+          {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
 json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
                      uint32_t prompt_tokens, uint32_t completion_tokens, Api api) {
   const bool chat = api == Api::kChat;
@@ -861,10 +864,7 @@ json StreamUsageJson(const std::string& request_id, const std::string& model_nam
           {"created", created},
           {"model", model_name},
           {"choices", json::array()},
-          {"usage",
-           {{"prompt_tokens", prompt_tokens},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}}}};
+          {"usage", UsageJson(prompt_tokens, completion_tokens)}};
 }
 
 Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs, bool tokens_as_ids) {
@@ -949,9 +949,7 @@ json MergeAnswers(const std::vector<json>& answers, uint32_t n) {
     prompt_tokens += answers[i]["usage"]["prompt_tokens"].get<uint64_t>();
     completion_tokens += answers[i]["usage"]["completion_tokens"].get<uint64_t>();
   }
-  merged["usage"] = {{"prompt_tokens", prompt_tokens},
-                     {"completion_tokens", completion_tokens},
-                     {"total_tokens", prompt_tokens + completion_tokens}};
+  merged["usage"] = UsageJson(prompt_tokens, completion_tokens);
   return merged;
 }
 

@@ -187,6 +187,8 @@ nlohmann::json ChatRoleChunkJson(const std::string& request_id, uint32_t index, 
 // choice's first chunk: the caller adds them.)
 nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created,
                                bool logprobs, size_t& offset, Api api = Api::kCompletions, TokenReport report = {});
+// OpenAI's usage object: {"prompt_tokens", "completion_tokens", "total_tokens"}.
+nlohmann::json UsageJson(uint64_t prompt_tokens, uint64_t completion_tokens);
 // The last event with include_usage: no choices, the request's usage.
 nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
                                uint32_t prompt_tokens, uint32_t completion_tokens, Api api = Api::kCompletions);

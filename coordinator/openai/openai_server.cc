@@ -767,8 +767,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   std::vector<uint32_t> choice_tokens(choices, 0);
   auto with_usage = [&](nlohmann::json& chunk, size_t prompt, uint32_t completion) {
     if (!call.continuous_usage) return;
-    const auto p = static_cast<uint32_t>(prompt_ids[prompt].size());
-    chunk["usage"] = {{"prompt_tokens", p}, {"completion_tokens", completion}, {"total_tokens", p + completion}};
+    chunk["usage"] = UsageJson(prompt_ids[prompt].size(), completion);
   };
   // prompt_logprobs arrive in messages of their own (at most 1,024 positions each) before the first
   // token: they go out whole with the choice's next chunk.
@@ -902,7 +901,7 @@ int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call
         chunk["choices"][0]["prompt_token_ids"] = echoes[i].token_ids;
       }
       if (call.continuous_usage) {
-        chunk["usage"] = {{"prompt_tokens", echoes[i].tokens}, {"completion_tokens", 0}, {"total_tokens", echoes[i].tokens}};
+        chunk["usage"] = UsageJson(echoes[i].tokens, 0);
       }
       if (!SendEvent(conn, chunk.dump())) return 200;
     }
