@@ -42,6 +42,10 @@ bool KernelTraceAvailable();
 void StartKernelTrace(size_t capacity);
 KernelTrace StopKernelTrace();  // synchronises the device
 
+// *first = the lowest index i < n with x[i] NaN or infinite, or ~0ull when there is none (the
+// load-time check of a checkpoint's weights). `first` is device memory.
+void FirstNonFinite(const bf16* x, int64_t n, unsigned long long* first, cudaStream_t s);
+
 // out[t, :] = float(table[ids[t], :]). table: [V, H].
 void EmbeddingGather(const bf16* table, const int32_t* ids, int64_t T, int64_t H, float* out, cudaStream_t s);
 

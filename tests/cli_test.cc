@@ -3,6 +3,7 @@
 // stops at EOS.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -10,6 +11,7 @@
 #include "tests/support/cli_runner.h"
 #include "tests/support/engine_fixture.h"
 #include "tests/support/random_model.h"
+#include "tests/support/safetensors_writer.h"
 
 namespace moe::testing_ref {
 namespace {
@@ -63,6 +65,34 @@ TEST_F(CliTest, BrokenModelFoldersExit1NamingTheProblem) {
   CliRun r = RunCli(2, {"score", "--model", dir, "--token-ids", "1,2"});
   EXPECT_NE(r.exit_code, 0) << r.Describe();
   EXPECT_NE(r.err.find("model-00002-of-00002.safetensors"), std::string::npos) << r.Describe();
+  fs::remove_all(dir);
+}
+
+// A weight that is NaN or infinite (a damaged or wrongly converted checkpoint) is refused at load,
+// naming the tensor, its file, the value and where it sits, rather than served as NaN answers.
+TEST_F(CliTest, NonFiniteWeightsExit1NamingTheTensor) {
+  const std::string dir = MakeTempDir("moe_cli_nan_weight");
+  for (const auto& f : fs::directory_iterator(kGoldenDir)) fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  const std::string expert = "model.layers.1.block_sparse_moe.experts.7.w2.weight";  // [128, 256]
+  ASSERT_TRUE(SetCheckpointValue(dir, expert, 300, std::nanf("")).ok());
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1,
+              "tensor '" + expert + "' in " + dir + "/model-0000");
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1, "holds nan at [1, 44]");
+  // Under mpirun the rank holding that expert fails, and so does the job, without hanging.
+  CliRun r = RunCli(2, {"score", "--model", dir, "--token-ids", "1,2"});
+  EXPECT_NE(r.exit_code, 0) << r.Describe();
+  EXPECT_NE(r.err.find(expert), std::string::npos) << r.Describe();
+  // An infinity in a replicated tensor (every rank reads it).
+  const std::string o_proj = "model.layers.0.self_attn.o_proj.weight";  // [128, 128]
+  ASSERT_TRUE(SetCheckpointValue(dir, expert, 300, 0.5f).ok());
+  ASSERT_TRUE(SetCheckpointValue(dir, o_proj, 130, -INFINITY).ok());
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1,
+              "tensor '" + o_proj + "' in " + dir + "/model-0000");
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1, "holds -inf at [1, 2]");
+  // Restored, the copy loads again: the check refuses only what is not finite.
+  ASSERT_TRUE(SetCheckpointValue(dir, o_proj, 130, 0.25f).ok());
+  CliRun ok = RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.Describe();
   fs::remove_all(dir);
 }
 

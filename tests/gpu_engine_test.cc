@@ -41,6 +41,7 @@
 #include "tests/support/engine_fixture.h"
 #include "tests/support/random_model.h"
 #include "tests/support/reference_forward.h"
+#include "tests/support/safetensors_writer.h"
 #include "worker/generation.h"
 #include "worker/gpu/gemm.h"
 #include "worker/gpu/gpu_engine.h"
@@ -562,6 +563,37 @@ TEST(GpuEngineTest, KvCacheSizedFromTheMemoryFraction) {
   ASSERT_EQ(tiny.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(std::string(tiny.status().message()).find("no GPU memory left for the KV cache"), std::string::npos)
       << tiny.status();
+}
+
+// A weight that is NaN or infinite is refused at load as the host loader refuses it (cli_test),
+// found on the device: the tensor, its file, the value and its position, in an expert and in a
+// replicated tensor; the copy mended, it loads.
+TEST(GpuEngineTest, NonFiniteWeightsRefusedNamingTheTensor) {
+  SKIP_WITHOUT_GPU();
+  namespace fs = std::filesystem;
+  const std::string dir = MakeTempDir("moe_gpu_nan_weight");
+  for (const auto& f : fs::directory_iterator(kGoldenDir)) fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  const ModelConfig c = ModelConfig::FromModelDir(dir).value();
+  const PlacementPlan plan = PlacementPlan::Make(c.num_layers, c.num_experts, 1).value();
+  LocalCommunicator comm;
+  const std::string w3 = "model.layers.3.block_sparse_moe.experts.5.w3.weight";  // [256, 128], after w1 in w13
+  ASSERT_TRUE(SetCheckpointValue(dir, w3, 1000, std::nanf("")).ok());
+  auto bad = GpuEngine::Load(dir, comm, plan, GpuEngineOptions{});
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(bad.status().message());
+  EXPECT_NE(message.find("tensor '" + w3 + "' in " + dir + "/model-0000"), std::string::npos) << message;
+  EXPECT_NE(message.find("holds nan at [7, 104]"), std::string::npos) << message;
+
+  ASSERT_TRUE(SetCheckpointValue(dir, w3, 1000, 0.5f).ok());
+  ASSERT_TRUE(SetCheckpointValue(dir, "model.norm.weight", 127, INFINITY).ok());
+  bad = GpuEngine::Load(dir, comm, plan, GpuEngineOptions{});
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(bad.status().message()).find("'model.norm.weight'"), std::string::npos) << bad.status();
+  EXPECT_NE(std::string(bad.status().message()).find("holds inf at [127]"), std::string::npos) << bad.status();
+
+  ASSERT_TRUE(SetCheckpointValue(dir, "model.norm.weight", 127, 1.f).ok());
+  EXPECT_TRUE(GpuEngine::Load(dir, comm, plan, GpuEngineOptions{}).ok());
+  fs::remove_all(dir);
 }
 
 // The experts through the skinny grouped GEMMs (decode's path), padded to the step's tokens in

@@ -170,4 +170,37 @@ absl::Status WriteRawSafetensors(const std::string& path, const std::string& hea
   return WriteFile(path, LittleEndian64(len) + header + std::string(data_bytes, '\0'));
 }
 
+absl::Status SetCheckpointValue(const std::string& dir, const std::string& name, int64_t index, float value) {
+  std::string file = "model.safetensors";
+  if (std::ifstream in(dir + "/model.safetensors.index.json"); in) {
+    const ordered_json index_json = ordered_json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!index_json.contains("weight_map") || !index_json["weight_map"].contains(name)) {
+      return absl::NotFoundError(absl::StrCat(name, " is not in ", dir, "'s index"));
+    }
+    file = index_json["weight_map"][name].get<std::string>();
+  }
+  const std::string path = dir + "/" + file;
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t header_len = 0;
+  if (!f.read(reinterpret_cast<char*>(&header_len), 8)) return absl::NotFoundError("cannot read " + path);
+  std::string header(header_len, '\0');
+  f.read(header.data(), static_cast<std::streamsize>(header_len));
+  const ordered_json h = ordered_json::parse(header, nullptr, /*allow_exceptions=*/false);
+  if (!h.is_object() || !h.contains(name)) return absl::NotFoundError(absl::StrCat(name, " is not in ", path));
+  const std::string dtype = h[name]["dtype"].get<std::string>();
+  std::string bytes;
+  if (dtype == "F32") {
+    bytes.assign(reinterpret_cast<const char*>(&value), 4);
+  } else if (dtype == "BF16" || dtype == "F16") {
+    const uint16_t bits = dtype == "BF16" ? F32ToBf16(value) : F32ToF16(value);
+    bytes.assign(reinterpret_cast<const char*>(&bits), 2);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(name, " has dtype ", dtype));
+  }
+  const uint64_t begin = h[name]["data_offsets"][0].get<uint64_t>();
+  f.seekp(static_cast<std::streamoff>(8 + header_len + begin + static_cast<uint64_t>(index) * bytes.size()));
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  return f ? absl::OkStatus() : absl::InternalError("cannot write " + path);
+}
+
 }  // namespace moe

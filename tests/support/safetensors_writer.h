@@ -39,6 +39,10 @@ absl::Status WriteRawSafetensors(const std::string& path, const std::string& hea
                                  uint64_t data_bytes,
                                  std::optional<uint64_t> declared_header_len = std::nullopt);
 
+// Overwrites element `index` (row-major) of tensor `name` in a checkpoint folder's files with
+// `value` in the tensor's dtype (F32, BF16, F16): a damaged copy of a real checkpoint.
+absl::Status SetCheckpointValue(const std::string& dir, const std::string& name, int64_t index, float value);
+
 // The f16 bit pattern nearest to `f` (round to nearest even); inf/nan kept, overflow to inf.
 uint16_t F32ToF16(float f);
 

@@ -111,6 +111,7 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
   std::vector<Slot> slots;
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceWeights> w, Plan(c, holds, slots));
   std::vector<uint16_t> staging;
+  DeviceBuffer<unsigned long long> first_bad(1);
   int64_t last_layer = -1;
   for (const Slot& s : slots) {
     // Slots come in layer order; the final norm and LM head (layer -1) come last.
@@ -140,6 +141,16 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
           for (size_t i = 0; i < n; ++i) staging[i] = F32ToBf16(F16ToF32(h[i]));
         }
         MOE_CUDA_CHECK(cudaMemcpy(dst, staging.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+      }
+      // Every value finite, as the host loader checks (a NaN weight would make every answer it
+      // touches NaN): checked on the device, in bf16 (an F32 value past bf16's range is caught too).
+      FirstNonFinite(dst, static_cast<int64_t>(n), first_bad.get(), nullptr);
+      unsigned long long first = 0;
+      MOE_CUDA_CHECK(cudaMemcpy(&first, first_bad.get(), sizeof first, cudaMemcpyDeviceToHost));
+      if (first != ~0ull) {
+        uint16_t bits = 0;
+        MOE_CUDA_CHECK(cudaMemcpy(&bits, dst + first, sizeof bits, cudaMemcpyDeviceToHost));
+        return NonFiniteWeightError(p.name, t.file, p.shape, static_cast<int64_t>(first), Bf16ToF32(bits));
       }
       dst += n;
     }

@@ -1,14 +1,33 @@
 #include "worker/model/weights.h"
 
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
 namespace moe {
 namespace {
+
+// ReadF32 into `out` (product(shape) floats), then the finiteness check.
+absl::Status ReadInto(const Checkpoint& ckpt, const std::string& name, std::span<const int64_t> shape, float* out) {
+  MOE_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, out));
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(out[i])) {
+      MOE_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(name));
+      return NonFiniteWeightError(name, t.file, shape, i, out[i]);
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::vector<float>> Read(const Checkpoint& ckpt, const std::string& name,
                                         std::vector<int64_t> shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   std::vector<float> out(static_cast<size_t>(n));
-  MOE_RETURN_IF_ERROR(ckpt.ReadF32(name, shape, out.data()));
+  MOE_RETURN_IF_ERROR(ReadInto(ckpt, name, shape, out.data()));
   return out;
 }
 
@@ -22,6 +41,21 @@ std::string LayerTensorName(int64_t layer, const std::string& suffix) {
 
 std::string ExpertTensorName(int64_t layer, int64_t expert, const std::string& w) {
   return absl::StrCat("model.layers.", layer, ".block_sparse_moe.experts.", expert, ".", w, ".weight");
+}
+
+absl::Status NonFiniteWeightError(const std::string& name, const std::string& file,
+                                  std::span<const int64_t> shape, int64_t index, float value) {
+  // The position as indices, last dimension fastest ([row, column] for a matrix).
+  std::vector<int64_t> position(shape.size());
+  int64_t rest = index;
+  for (size_t d = shape.size(); d-- > 0;) {
+    position[d] = shape[d] > 0 ? rest % shape[d] : 0;
+    rest = shape[d] > 0 ? rest / shape[d] : 0;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' in ", file, " holds ", value, " at [",
+                                                 absl::StrJoin(position, ", "),
+                                                 "] (its first value that is not finite): the checkpoint is damaged "
+                                                 "or was converted wrongly"));
 }
 
 int64_t ModelWeights::bytes() const {
@@ -61,9 +95,9 @@ absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint&
       if (!holds(l, e)) continue;
       ExpertWeights ew;
       ew.w13.resize(static_cast<size_t>(2 * I * H));
-      MOE_RETURN_IF_ERROR(ckpt.ReadF32(ExpertTensorName(l, e, "w1"), std::vector<int64_t>{I, H}, ew.w13.data()));
-      MOE_RETURN_IF_ERROR(
-          ckpt.ReadF32(ExpertTensorName(l, e, "w3"), std::vector<int64_t>{I, H}, ew.w13.data() + I * H));
+      const std::vector<int64_t> half{I, H};
+      MOE_RETURN_IF_ERROR(ReadInto(ckpt, ExpertTensorName(l, e, "w1"), half, ew.w13.data()));
+      MOE_RETURN_IF_ERROR(ReadInto(ckpt, ExpertTensorName(l, e, "w3"), half, ew.w13.data() + I * H));
       MOE_ASSIGN_OR_RETURN(ew.w2, Read(ckpt, ExpertTensorName(l, e, "w2"), {H, I}));
       m.experts.emplace(e, std::move(ew));
     }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -50,7 +51,14 @@ using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 std::string LayerTensorName(int64_t layer, const std::string& suffix);
 std::string ExpertTensorName(int64_t layer, int64_t expert, const std::string& w);
 
-// Loads and checks every needed tensor's shape against the config. Errors name the tensor.
+// The error for a weight that holds a value that is not finite (a damaged or wrongly converted
+// checkpoint: served, it would turn every answer it touches into NaN): names the tensor, its file,
+// the value and its position (row and column for a matrix), the first such value in memory order.
+absl::Status NonFiniteWeightError(const std::string& name, const std::string& file,
+                                  std::span<const int64_t> shape, int64_t index, float value);
+
+// Loads and checks every needed tensor's shape against the config, and that every value is finite
+// (NonFiniteWeightError). Errors name the tensor.
 // `progress`, when given, is called after each layer with (layers done, layers total).
 absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
                                          const std::function<void(int64_t, int64_t)>& progress = nullptr);
