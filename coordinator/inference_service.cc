@@ -405,6 +405,9 @@ grpc::Status InferenceService::Detokenize(grpc::ServerContext* context, const v1
   const absl::Status valid = CheckTokenIds(ids, model_.config.vocab_size, "token_ids");
   if (!valid.ok()) return ToGrpcStatus(valid);
   response->set_text(model_.tokenizer->Decode(ids));
+  if (request->return_pieces()) {
+    for (int32_t id : ids) response->add_pieces(model_.tokenizer->Piece(id));
+  }
   return grpc::Status::OK;
 }
 

@@ -72,6 +72,42 @@ def own_front(test, coordinator, *args, env=None, preexec_fn=None):
         proc.stdout.close()
 
 
+def sentencepiece_pieces(path):
+    """The pieces of a SentencePiece model file, by id: ModelProto's repeated field 1, each a message
+    whose field 1 is the piece's text (protobuf wire format, read by hand)."""
+    def varint(data, i):
+        value, shift = 0, 0
+        while True:
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value, i
+
+    def fields(data):
+        i = 0
+        while i < len(data):
+            key, i = varint(data, i)
+            kind = key & 7
+            if kind == 0:
+                value, i = varint(data, i)
+            elif kind == 1:
+                value, i = data[i:i + 8], i + 8
+            elif kind == 2:
+                n, i = varint(data, i)
+                value, i = data[i:i + n], i + n
+            elif kind == 5:
+                value, i = data[i:i + 4], i + 4
+            else:
+                raise ValueError("wire type %d" % kind)
+            yield key >> 3, value
+
+    with open(path, "rb") as f:
+        model = f.read()
+    return [next(v for k, v in fields(piece) if k == 1).decode() for k, piece in fields(model) if k == 1]
+
+
 class OpenAiServerEndToEnd(unittest.TestCase):
     cluster = None
 
@@ -684,6 +720,25 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertGreater(body["count"], 1000000)
         status, body = self.call("/health")
         self.assertEqual((status, body["status"]), (200, "SERVING"))
+
+    def test_e4_tokenize_return_token_strs_are_the_vocabularys_pieces(self):
+        """vLLM's return_token_strs: each token's vocabulary entry, as the tokenizer.model file holds it
+        (read here from its protobuf wire format, without the server's SentencePiece reader)."""
+        pieces = sentencepiece_pieces(os.path.join(SOURCE_DIR, "models", MODEL, "tokenizer.model"))
+        for prompt in ("ROMEO: O, speak again!\n\tJULIET é🦜", "  two  spaces"):  # byte pieces: "<0x0A>"
+            status, body = self.call("/tokenize", {"prompt": prompt, "return_token_strs": True})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["token_strs"], [pieces[t] for t in body["tokens"]])
+            status, plain = self.call("/tokenize", {"prompt": prompt})
+            self.assertEqual(plain["tokens"], body["tokens"])
+            self.assertNotIn("token_strs", plain)
+        status, body = self.call("/tokenize", {"messages": [{"role": "user", "content": "Speak!"}], "return_token_strs": True})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["token_strs"], [pieces[t] for t in body["tokens"]])
+        self.assertEqual(body["token_strs"][0], "<s>")  # the template's BOS (this vocabulary has no [INST] piece)
+        status, err = self.call("/tokenize", {"prompt": "x", "return_token_strs": "yes"})
+        self.assertEqual(status, 400, err)
+        self.assertEqual(err["error"]["param"], "return_token_strs")
 
     def test_f_chat_prompts_are_transformers_and_answers_their_greedy_continuation(self):
         n = CHAT_GOLDEN["max_tokens"]

@@ -616,7 +616,25 @@ int OpenAiServer::Tokenize(mg_connection* conn, const std::string& body) {
     if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
     tokens = std::move(std::get<std::vector<int32_t>>(ids));
   }
-  SendJson(conn, 200, {{"count", tokens.size()}, {"max_model_len", max_model_len_}, {"tokens", tokens}});
+  nlohmann::json answer = {{"count", tokens.size()}, {"max_model_len", max_model_len_}, {"tokens", tokens}};
+  if (j.contains("return_token_strs") && !j["return_token_strs"].is_null()) {
+    if (!j["return_token_strs"].is_boolean()) {
+      return SendError(conn, HttpError{400, "return_token_strs: expected true or false", "invalid_request_error", "return_token_strs"});
+    }
+    if (j["return_token_strs"].get<bool>()) {
+      // The vocabulary's entry of each token, as vLLM's (convert_ids_to_tokens).
+      v1::DetokenizeRequest request;
+      request.mutable_token_ids()->Assign(tokens.begin(), tokens.end());
+      request.set_return_pieces(true);
+      v1::DetokenizeResponse pieces;
+      grpc::ClientContext ctx;
+      const CallScope scope(*this, ctx);
+      const grpc::Status st = stub_->Detokenize(&ctx, request, &pieces);
+      if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+      answer["token_strs"] = std::vector<std::string>(pieces.pieces().begin(), pieces.pieces().end());
+    }
+  }
+  SendJson(conn, 200, answer);
   return 200;
 }
 
