@@ -128,10 +128,8 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
           gate_up(static_cast<size_t>(bound * 2 * I)), act(static_cast<size_t>(bound * I)),
           y(static_cast<size_t>(bound * H));
       gpu::FillNormal(x.get(), total * H, 17, 3, 0.f, 1.f, s);
-      const double all_bytes = 2.0 * 3 * H * I * busy_mean;  // the weights of the experts with rows
-      // share: the part of the experts' weights the timed work reads (one product: 2/3 or 1/3).
-      auto record = [&](const std::string& how, double ms, double share = 1.0) {
-        const double bytes = share * all_bytes;
+      const double bytes = 2.0 * 3 * H * I * busy_mean;  // the weights of the experts with rows
+      auto record = [&](const std::string& how, double ms) {
         std::printf("ep rank experts W %d (%lld experts) total %4lld tokens (%5.1f rows, most %3lld an expert) %-16s "
                     "%7.1f us (%5.0f GB/s)\n",
                     W, static_cast<long long>(local), static_cast<long long>(total), rows_mean,
@@ -199,43 +197,6 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
                    gpu::GroupedGemm(act.get(), I, down, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s,
                                     sh.tile);
                  }));
-        }
-      }
-
-      // The TMA shape as the engine runs it behind the device exchange (the down product split
-      // over K as GroupedSplits chooses for the rank's experts and expected rows), and its two
-      // products alone, the down product with and without the split.
-      if (wgmma) {
-        const gpu::GroupedTile tile = gpu::GroupedTile::kTma128x128;
-        const int splits = gpu::GroupedSplits(tile, H, I, local, expected);
-        gpu::DeviceBuffer<float> partial(std::max<size_t>(1, gpu::GroupedWorkspaceFloats(bound, H, 4)));
-        auto up = [&](const RankRouting& r) {
-          gpu::SkinnyGroups g;
-          g.count = E;
-          g.offsets = r.d_offsets.get();
-          g.weights = d13.get();
-          g.weight_maps = dm13.get();
-          gpu::GatherRows(x.get(), r.d_row_index.get(), r.rows, H, gathered.get(), s);
-          gpu::GroupedGemm(gathered.get(), H, g, I, gpu::SkinnyEpilogue::kSwiGluBf16, act.get(), bound, s, tile);
-        };
-        auto down = [&](const RankRouting& r, int n) {
-          gpu::SkinnyGroups g;
-          g.count = E;
-          g.offsets = r.d_offsets.get();
-          g.weights = d2.get();
-          g.weight_maps = dm2.get();
-          gpu::GroupedGemm(act.get(), I, g, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s, tile, n,
-                           partial.get());
-        };
-        const std::string split_name = "split " + std::to_string(splits);
-        record("tma " + split_name, MedianMs(s, 3, 16, [&](int i) {
-                 up(routes[i % routes.size()]);
-                 down(routes[i % routes.size()], splits);
-               }));
-        record("tma up only", MedianMs(s, 3, 16, [&](int i) { up(routes[i % routes.size()]); }), 2.0 / 3);
-        for (int n : {1, 2, 4}) {
-          record("tma down split " + std::to_string(n),
-                 MedianMs(s, 3, 16, [&](int i) { down(routes[i % routes.size()], n); }), 1.0 / 3);
         }
       }
 

@@ -109,17 +109,15 @@ __device__ __forceinline__ void BarrierWait(uint32_t bar, uint32_t parity) {
 }
 
 // The tile plan every CTA computes from the group offsets: m-tiles of kBm rows per group (scanned
-// over the block into `prefix`), n-tiles of kCols output columns, and (split-K, the TMA kernel
-// only) `splits` parts of K: with u = t mod (m_tiles n_tiles), tile t is n-tile u / m_tiles,
-// m-tile u % m_tiles, split t / (m_tiles n_tiles).
+// over the block into `prefix`), n-tiles of kCols output columns, tile t = n-tile t / m_tiles,
+// m-tile t % m_tiles.
 struct Tile {
-  int group, row0, rows, col0, split = 0;
+  int group, row0, rows, col0;
 };
 template <int kBm, int kCols, int kThreads>
 struct TilePlan {
   int* prefix;  // shared [count + 1]
   int count, m_tiles, tiles;
-  int splits = 1;
 
   // Every thread of the block calls it (two block barriers).
   __device__ __forceinline__ void Build(const SkinnyGroups& groups, int N, int* warp_sums) {
@@ -143,11 +141,9 @@ struct TilePlan {
     if (tid == kThreads - 1) prefix[count] = before + incl;  // count <= kThreads
     __syncthreads();
     m_tiles = prefix[count];
-    tiles = m_tiles * ((N + kCols - 1) / kCols) * splits;
+    tiles = m_tiles * ((N + kCols - 1) / kCols);
   }
   __device__ __forceinline__ Tile Find(const SkinnyGroups& groups, int t) const {
-    const int per_split = tiles / splits, split = t / per_split;
-    t -= split * per_split;
     const int nt = t / m_tiles, mt = t - nt * m_tiles;
     int lo = 0, hi = count;  // the last group whose first m-tile is <= mt
     while (hi - lo > 1) {
@@ -163,7 +159,6 @@ struct TilePlan {
     tl.row0 = groups.offsets[lo] + (mt - prefix[lo]) * kBm;
     tl.rows = min(kBm, groups.offsets[lo + 1] - tl.row0);
     tl.col0 = nt * kCols;
-    tl.split = split;
     return tl;
   }
 };
@@ -292,47 +287,6 @@ __device__ __forceinline__ void StoreTile(const float (&acc)[BN / 2], const Tile
   }
 }
 
-// Split-K's epilogue: warpgroup `wg`'s float32 sums of its rows (layout as StoreTile's) into
-// `partial`, the tile's split's [max_rows, N] slice of the workspace.
-template <int BN>
-__device__ __forceinline__ void StorePartialTile(const float (&acc)[BN / 2], const Tile& tl, int wg, int t, int N,
-                                                 float* __restrict__ partial) {
-  const int wi = t >> 5, fr = (t & 31) >> 2, quad = t & 3;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = 64 * wg + 16 * wi + fr + 8 * h;
-    if (r >= tl.rows) continue;
-    float* dst = partial + static_cast<int64_t>(tl.row0 + r) * N;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int c = tl.col0 + 8 * j + 2 * quad;
-      if (c >= N) continue;
-      *reinterpret_cast<float2*>(dst + c) = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-    }
-  }
-}
-
-// Split-K's sum: out[r, :] = bf16(sum over the splits in order of partial[s, r, :]) for the rows
-// r < *rows (the groups' rows, read on the device); a block per row of the bound.
-__global__ void SplitSumKernel(const float* __restrict__ partial, int splits, int64_t max_rows, int N,
-                               const int32_t* __restrict__ rows, bf16* __restrict__ out) {
-  PdlGate();
-  const int64_t r = blockIdx.x;
-  if (r >= *rows) return;
-  for (int c = 4 * threadIdx.x; c < N; c += 4 * blockDim.x) {
-    float4 sum = *reinterpret_cast<const float4*>(partial + r * N + c);
-    for (int s = 1; s < splits; ++s) {
-      const float4 v = *reinterpret_cast<const float4*>(partial + (s * max_rows + r) * N + c);
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
-    }
-    *reinterpret_cast<__nv_bfloat162*>(out + r * N + c) = __floats2bfloat162_rn(sum.x, sum.y);
-    *reinterpret_cast<__nv_bfloat162*>(out + r * N + c + 2) = __floats2bfloat162_rn(sum.z, sum.w);
-  }
-}
-
 // Multistage: every thread loads and computes; a block barrier per k-step.
 template <int WG, int BN, bool kSwiGlu>
 __global__ void __launch_bounds__(128 * WG, 1)
@@ -434,8 +388,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
 template <int WG, int BN, bool kSwiGlu>
 __global__ void __launch_bounds__(128 * WG + 32, 1)
     GroupedGemmTmaKernel(int K, SkinnyGroups groups, int N, bf16* __restrict__ out,
-                         const __grid_constant__ CUtensorMap x_map, int splits, float* __restrict__ partial,
-                         int64_t max_rows) {
+                         const __grid_constant__ CUtensorMap x_map) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kThreads = 128 * WG + 32;
   constexpr int kBm = 64 * WG;
@@ -460,12 +413,9 @@ __global__ void __launch_bounds__(128 * WG + 32, 1)
     }
   }
   PdlGate();  // the offsets and the rows come from the kernels before
-  TilePlan<kBm, kCols, kThreads> plan{prefix, static_cast<int>(groups.count), 0, 0, splits};
+  TilePlan<kBm, kCols, kThreads> plan{prefix, static_cast<int>(groups.count), 0, 0};
   plan.Build(groups, N, warp_sums);  // its block barriers also publish the mbarrier inits
-  // A split's k-steps [k_begin, k_end) (splits > 1: the last ones may be short, or empty).
-  const int all_steps = (K + kBk - 1) / kBk, per_split = (all_steps + splits - 1) / splits;
-  auto k_begin = [&](const Tile& tl) { return min(all_steps, tl.split * per_split); };
-  auto k_end = [&](const Tile& tl) { return min(all_steps, (tl.split + 1) * per_split); };
+  const int steps = (K + kBk - 1) / kBk;
 
   if (wg == WG) {  // the producer warp
     if (tid != 128 * WG) return;
@@ -473,7 +423,7 @@ __global__ void __launch_bounds__(128 * WG + 32, 1)
     for (int tile = blockIdx.x; tile < plan.tiles; tile += gridDim.x) {
       const Tile tl = plan.Find(groups, tile);
       const WeightTensorMap* map = groups.weight_maps + tl.group;
-      for (int kt = k_begin(tl); kt < k_end(tl); ++kt, ++it) {
+      for (int kt = 0; kt < steps; ++kt, ++it) {
         const int slot = it % S;
         BarrierWait(empty0 + 8 * slot, ((it / S) & 1) ^ 1);
         const uint32_t bar = full0 + 8 * slot, a_base = base + slot * StageBytes<WG, BN>();
@@ -498,29 +448,22 @@ __global__ void __launch_bounds__(128 * WG + 32, 1)
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
     const bool busy = __shfl_sync(0xffffffffu, 64 * wg < cur.rows ? 1 : 0, 0);  // rows past the group's end: no MMAs
-    const int kb = k_begin(cur), ke = k_end(cur);
-    if (busy && ke > kb) {
-      for (int kt = kb; kt < ke; ++kt, ++it) {
+    if (busy) {
+      for (int kt = 0; kt < steps; ++kt, ++it) {
         const int slot = it % S;
         BarrierWait(full0 + 8 * slot, (it / S) & 1);
         StepMma<BN>(acc, base + slot * StageBytes<WG, BN>(), kBm, wg);
         WgmmaWait<1>();  // the previous step's MMAs are done: release its stage
-        if (kt > kb) BarrierArrive(empty0 + 8 * ((it - 1) % S));
+        if (kt > 0) BarrierArrive(empty0 + 8 * ((it - 1) % S));
       }
       WgmmaWait<0>();
       FenceAccumulators(acc);
       BarrierArrive(empty0 + 8 * ((it - 1) % S));
     } else {
-      for (int kt = kb; kt < ke; ++kt, ++it) {
+      for (int kt = 0; kt < steps; ++kt, ++it) {
         const int slot = it % S;
         BarrierWait(full0 + 8 * slot, (it / S) & 1);
         BarrierArrive(empty0 + 8 * slot);
-      }
-    }
-    if constexpr (!kSwiGlu) {
-      if (splits > 1) {
-        StorePartialTile<BN>(acc, cur, wg, tid & 127, N, partial + cur.split * max_rows * N);
-        continue;
       }
     }
     StoreTile<BN, kSwiGlu>(acc, cur, wg, tid & 127, N, out);
@@ -536,7 +479,7 @@ CUtensorMap RowsTensorMap(const bf16* x, int64_t rows, int64_t K);
 // The grid of a launch (one CTA per SM, at most one per tile there can be), after raising the
 // kernel's shared-memory limit once (a static per instance: the template parameters name it).
 template <int WG, int BN, bool kSwiGlu, bool kTma, typename Kernel>
-int64_t PrepareGrid(Kernel kernel, const SkinnyGroups& groups, int64_t N, int64_t max_rows, int splits = 1) {
+int64_t PrepareGrid(Kernel kernel, const SkinnyGroups& groups, int64_t N, int64_t max_rows) {
   static const bool prepared = [&] {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(SharedBytes<WG, BN>())));
@@ -545,24 +488,19 @@ int64_t PrepareGrid(Kernel kernel, const SkinnyGroups& groups, int64_t N, int64_
   (void)prepared;
   const int64_t cols = kSwiGlu ? BN / 2 : BN, bm = 64 * WG;
   const int64_t n_tiles = (N + cols - 1) / cols;
-  const int64_t most_tiles = n_tiles * ((max_rows + bm - 1) / bm + groups.count) * splits;
+  const int64_t most_tiles = n_tiles * ((max_rows + bm - 1) / bm + groups.count);
   return std::min<int64_t>(DeviceSmCount(), most_tiles);
 }
 
 template <int WG, int BN, bool kSwiGlu>
 void LaunchGroupedTma(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, bf16* out, int64_t max_rows,
-                      cudaStream_t s, int splits, float* partial) {
+                      cudaStream_t s) {
   auto kernel = GroupedGemmTmaKernel<WG, BN, kSwiGlu>;
-  const int64_t grid = PrepareGrid<WG, BN, kSwiGlu, true>(kernel, groups, N, max_rows, splits);
+  const int64_t grid = PrepareGrid<WG, BN, kSwiGlu, true>(kernel, groups, N, max_rows);
   const CUtensorMap x_map = RowsTensorMap(x, max_rows, K);
   Launch(kernel, dim3(static_cast<unsigned>(grid)), dim3(128 * WG + 32), SharedBytes<WG, BN>(), s,
-         static_cast<int>(K), groups, static_cast<int>(N), out, x_map, splits, partial, max_rows);
+         static_cast<int>(K), groups, static_cast<int>(N), out, x_map);
   MOE_CUDA_CHECK_LAUNCH();
-  if (splits > 1) {
-    Launch(SplitSumKernel, dim3(static_cast<unsigned>(max_rows)), dim3(256), 0, s, static_cast<const float*>(partial),
-           splits, max_rows, static_cast<int>(N), groups.offsets + groups.count, out);
-    MOE_CUDA_CHECK_LAUNCH();
-  }
 }
 
 template <int WG, int BN, bool kSwiGlu>
@@ -631,25 +569,8 @@ bool GroupedGemmSupported() {
   return supported;
 }
 
-size_t GroupedWorkspaceFloats(int64_t max_rows, int64_t N, int splits) {
-  return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(max_rows) * static_cast<size_t>(N) : 0;
-}
-
-int GroupedSplits(GroupedTile tile, int64_t N, int64_t K, int64_t groups, int64_t rows) {
-  if (!GroupedTileReadsRowsInOrder(tile) || groups < 1 || rows < 1) return 1;
-  const int64_t bn = tile == GroupedTile::kTma128x256 ? 256 : 128, bm = tile == GroupedTile::kTma256x128 ? 256 : 128;
-  const int64_t per_group = (rows + groups - 1) / groups;
-  const int64_t tiles = groups * ((per_group + bm - 1) / bm) * ((N + bn - 1) / bn);
-  const int64_t steps = (K + kBk - 1) / kBk;
-  // As many splits as the SMs the output tiles leave idle hold, at most 4, each at least 16
-  // k-steps: the partial sums (8 bytes a row and column a split, written and read) stay small
-  // beside the weights the tiles stream.
-  const int64_t splits = std::min<int64_t>({4, DeviceSmCount() / tiles, steps / 16});
-  return static_cast<int>(std::max<int64_t>(1, splits));
-}
-
 void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
-                 int64_t max_rows, cudaStream_t s, GroupedTile tile, int splits, float* workspace) {
+                 int64_t max_rows, cudaStream_t s, GroupedTile tile) {
   if (groups.offsets == nullptr || groups.weights == nullptr || groups.count < 1 || groups.count > kMaxGroups) {
     throw std::invalid_argument("GroupedGemm: needs device offsets and a weights table of 1 to 256 groups");
   }
@@ -665,20 +586,16 @@ void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N
   if (GroupedTileReadsRowsInOrder(tile) && (groups.weight_maps == nullptr || groups.row_index != nullptr)) {
     throw std::invalid_argument("GroupedGemm: the TMA shapes need weight_maps and no row_index");
   }
-  if (splits < 1 || splits > 8 ||
-      (splits > 1 && (swiglu || !GroupedTileReadsRowsInOrder(tile) || workspace == nullptr || N % 4 != 0))) {
-    throw std::invalid_argument("GroupedGemm: split-K (1 to 8 splits) only with the bf16 epilogue, a TMA shape and a workspace");
-  }
   switch (tile) {
     case GroupedTile::kTma128x256:
-      return swiglu ? LaunchGroupedTma<2, 256, true>(x, K, groups, N, out, max_rows, s, 1, nullptr)
-                    : LaunchGroupedTma<2, 256, false>(x, K, groups, N, out, max_rows, s, splits, workspace);
+      return swiglu ? LaunchGroupedTma<2, 256, true>(x, K, groups, N, out, max_rows, s)
+                    : LaunchGroupedTma<2, 256, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::kTma256x128:
-      return swiglu ? LaunchGroupedTma<4, 128, true>(x, K, groups, N, out, max_rows, s, 1, nullptr)
-                    : LaunchGroupedTma<4, 128, false>(x, K, groups, N, out, max_rows, s, splits, workspace);
+      return swiglu ? LaunchGroupedTma<4, 128, true>(x, K, groups, N, out, max_rows, s)
+                    : LaunchGroupedTma<4, 128, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::kTma128x128:
-      return swiglu ? LaunchGroupedTma<2, 128, true>(x, K, groups, N, out, max_rows, s, 1, nullptr)
-                    : LaunchGroupedTma<2, 128, false>(x, K, groups, N, out, max_rows, s, splits, workspace);
+      return swiglu ? LaunchGroupedTma<2, 128, true>(x, K, groups, N, out, max_rows, s)
+                    : LaunchGroupedTma<2, 128, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::k128x256:
       return swiglu ? LaunchGrouped<2, 256, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGrouped<2, 256, false>(x, K, groups, N, out, max_rows, s);

@@ -162,18 +162,8 @@ enum class GroupedTile { kAuto, k128x128, k128x256, k192x128, kTma128x128, kTma1
 inline bool GroupedTileReadsRowsInOrder(GroupedTile tile) {
   return tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 || tile == GroupedTile::kTma256x128;
 }
-// `splits` > 1 (kStoreBf16 and the kTma shapes only): K is cut into that many parts, each tile's
-// parts summed in float32 into `workspace` (GroupedWorkspaceFloats) and then added in split order
-// by a second kernel, so a launch of few output tiles (a rank's one or two experts' down
-// product) fills the SMs; the sum order is fixed, a row's result still depends on nothing else.
 void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
-                 int64_t max_rows, cudaStream_t s, GroupedTile tile = GroupedTile::kAuto, int splits = 1,
-                 float* workspace = nullptr);
-size_t GroupedWorkspaceFloats(int64_t max_rows, int64_t N, int splits);
-// The split count for a kStoreBf16 product of `groups` groups sharing about `rows` rows on the
-// current device: what fills the SMs the output tiles leave idle (1 when they fill them, or for a
-// shape without split-K).
-int GroupedSplits(GroupedTile tile, int64_t N, int64_t K, int64_t groups, int64_t rows);
+                 int64_t max_rows, cudaStream_t s, GroupedTile tile = GroupedTile::kAuto);
 bool GroupedGemmSupported();
 // A CUtensorMap (opaque here): how the TMA reads one weight matrix.
 struct alignas(64) WeightTensorMap {

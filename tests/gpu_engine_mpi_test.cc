@@ -222,28 +222,20 @@ TEST_F(GpuMpiEngineTest, PeerExchangeWgmmaExpertsMatchSingleRankEngine) {
   if (!gpu::GroupedGemmSupported()) GTEST_SKIP() << "the grouped wgmma kernel needs compute capability 9.0";
   const gpu::ExpertGemmTuning saved = peer_engine_->expert_tuning();
   // kAuto: the warp-specialised TMA shape there (its rows gathered up to the received count, read on
-  // the device), its down product also split over K in 3 parts (this model's K is too short for
-  // GroupedSplits to split it: forced); 128x128 reads them through the grouping.
-  struct Case {
-    gpu::GroupedTile tile;
-    int down_splits;
-  };
-  for (const Case c : {Case{gpu::GroupedTile::kAuto, 0}, Case{gpu::GroupedTile::kAuto, 3},
-                       Case{gpu::GroupedTile::k128x128, 0}}) {
-    const gpu::GroupedTile tile = c.tile;
+  // the device); 128x128 reads them through the grouping.
+  for (const gpu::GroupedTile tile : {gpu::GroupedTile::kAuto, gpu::GroupedTile::k128x128}) {
     gpu::ExpertGemmTuning wgmma = saved;
     wgmma.device_exchange_skinny_max_rows_per_expert = 0;
     wgmma.device_exchange_wgmma = true;
     wgmma.wgmma_tile = tile;
-    wgmma.wgmma_down_splits = c.down_splits;
     peer_engine_->set_expert_tuning(wgmma);
     CheckPrefillLogits(peer_engine_);
     const int64_t launches = peer_engine_->graph_launches();
     CheckGreedyGeneration(peer_engine_);
     EXPECT_GT(peer_engine_->graph_launches(), launches) << "decode steps with wgmma experts are host-free";
-    std::printf("[rank %d] %lld decode steps replayed as CUDA graphs with wgmma experts (%s, down splits %d)\n",
-                World().rank(), static_cast<long long>(peer_engine_->graph_launches() - launches),
-                tile == gpu::GroupedTile::kAuto ? "TMA 128x128" : "128x128", c.down_splits);
+    std::printf("[rank %d] %lld decode steps replayed as CUDA graphs with wgmma experts (%s)\n", World().rank(),
+                static_cast<long long>(peer_engine_->graph_launches() - launches),
+                tile == gpu::GroupedTile::kAuto ? "TMA 128x128" : "128x128");
   }
   peer_engine_->set_expert_tuning(saved);
 }

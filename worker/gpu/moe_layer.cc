@@ -152,9 +152,6 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     for (int64_t l = 0; l < c_.num_layers; ++l) {
       const int64_t local = std::max<int64_t>(1, local_experts_[l]);
       workspace = std::max(workspace, PlanExperts(bound, local, ExpectedRows(rows, local)).workspace);
-      if (WgmmaExperts(true)) {
-        workspace = std::max(workspace, GroupedWorkspaceFloats(bound, H, WgmmaDownSplits(local, ExpectedRows(rows, local))));
-      }
     }
     grew |= split_.EnsureSize(workspace);
     if (WgmmaExperts(true)) {
@@ -183,7 +180,6 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
   if (WgmmaExperts(false)) {
     grew |= grouped_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
-    grew |= split_.EnsureSize(GroupedWorkspaceFloats(n, c_.hidden_size, WgmmaDownSplits(c_.num_experts, n)));
     if (maps13_.size() == 0) BuildTensorMaps();  // once, before any step that may be captured
   }
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
@@ -292,8 +288,7 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const bf16* h, int64_t T,
     Experts(ExpertKernel::kSkinny, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(),
             active_.get(), ExpectedRows(step_, local));
   } else if (WgmmaExperts(true)) {
-    Experts(ExpertKernel::kWgmma, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(), nullptr,
-            ExpectedRows(step_, local));
+    Experts(ExpertKernel::kWgmma, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get());
   } else {
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), recv_offsets_.get(), sizeof(int32_t) * (E + 1),
                                    cudaMemcpyDeviceToHost, stream_));
@@ -377,10 +372,11 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
   // The grouped wgmma kernel: the tiles are planned from the offsets on the device (R may be a
   // bound: it sizes the grid). Its TMA shapes read the rows in expert order, gathered first (behind
   // the device exchange, where R is a bound, the gather stops at the received count on the device).
-  // The down product of few experts splits K (split_ is sized by Reserve).
+  // kAuto there: the warp-specialised TMA shape, the fastest at an expert-parallel rank's rows (one
+  // H100: benchmarks/NOTES.md, session 33); on the local path the kernel's own choice.
   if (kernel == ExpertKernel::kWgmma) {
-    const GroupedTile tile = WgmmaTile();
-    const int down_splits = WgmmaDownSplits(local, plan_rows > 0 ? plan_rows : R);
+    GroupedTile tile = tuning_.wgmma_tile;
+    if (tile == GroupedTile::kAuto && !Local()) tile = GroupedTile::kTma128x128;
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
@@ -400,7 +396,7 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
     down.offsets = d_offsets;
     down.weights = w2_.get() + layer * E;
     down.weight_maps = maps2_.size() > 0 ? maps2_.get() + layer * E : nullptr;
-    GroupedGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, R, stream_, tile, down_splits, split_.get());
+    GroupedGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, R, stream_, tile);
     return;
   }
   // cuBLAS: the sizes must be on the host (one synchronisation). The host waits for their copy

@@ -126,9 +126,6 @@ struct ExpertGemmTuning {
   // that time split counts inside decode steps, where the next product's prefetch changes what
   // pays (the isolated skinny_splits figure ranks them differently: benchmarks/NOTES.md, session 16).
   int skinny_splits_up = 0, skinny_splits_down = 0;
-  // The grouped wgmma kernel's split-K count for the down product (TMA shapes); 0: GroupedSplits'
-  // choice (a rank's one or two experts leave most SMs idle without it).
-  int wgmma_down_splits = 0;
 };
 
 // The norm that follows a MoE layer (the next layer's attention norm, or the final norm): the
@@ -239,18 +236,6 @@ class GpuMoeLayer {
     const bool wanted = device_exchange ? tuning_.device_exchange_wgmma : tuning_.wgmma_grouped && Local();
     return wanted && c_.hidden_size % 8 == 0 && c_.intermediate_size % 8 == 0 && c_.num_experts <= 256 &&
            GroupedGemmSupported();
-  }
-  // The grouped wgmma kernel's shape: the tuning's; for kAuto the warp-specialised TMA 128x128
-  // behind the device exchange (the fastest at a rank's rows there: one H100, benchmarks/NOTES.md,
-  // session 33), the kernel's own choice on the local path.
-  GroupedTile WgmmaTile() const {
-    return tuning_.wgmma_tile == GroupedTile::kAuto && !Local() ? GroupedTile::kTma128x128 : tuning_.wgmma_tile;
-  }
-  // Its down product's split-K count for `local` experts sharing about `rows` rows.
-  int WgmmaDownSplits(int64_t local, int64_t rows) const {
-    return tuning_.wgmma_down_splits > 0
-               ? tuning_.wgmma_down_splits
-               : GroupedSplits(WgmmaTile(), c_.hidden_size, c_.intermediate_size, local, rows);
   }
   // Whether the local path runs the experts of a T-token step on padded rows (when neither skinny
   // nor wgmma): ExpertGemmTuning::padded_max_tokens, every expert held and evenly spaced.
