@@ -128,8 +128,10 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
           gate_up(static_cast<size_t>(bound * 2 * I)), act(static_cast<size_t>(bound * I)),
           y(static_cast<size_t>(bound * H));
       gpu::FillNormal(x.get(), total * H, 17, 3, 0.f, 1.f, s);
-      const double bytes = 2.0 * 3 * H * I * busy_mean;  // the weights of the experts with rows
-      auto record = [&](const std::string& how, double ms) {
+      const double all_bytes = 2.0 * 3 * H * I * busy_mean;  // the weights of the experts with rows
+      // share: the part of the experts' weights the timed work reads (one product: 2/3 or 1/3).
+      auto record = [&](const std::string& how, double ms, double share = 1.0) {
+        const double bytes = share * all_bytes;
         std::printf("ep rank experts W %d (%lld experts) total %4lld tokens (%5.1f rows, most %3lld an expert) %-16s "
                     "%7.1f us (%5.0f GB/s)\n",
                     W, static_cast<long long>(local), static_cast<long long>(total), rows_mean,
@@ -198,6 +200,32 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
                                     sh.tile);
                  }));
         }
+      }
+
+      // The TMA shape's two products alone (the gate/up one with its row gather): how the layer's
+      // time divides, and how much of the down product hides in the gate/up product's last wave
+      // (the whole is less than the sum: the down launch's CTAs start on the SMs it frees).
+      if (wgmma) {
+        const gpu::GroupedTile tile = gpu::GroupedTile::kTma128x128;
+        record("tma up only", MedianMs(s, 3, 16, [&](int i) {
+                 const RankRouting& r = routes[i % routes.size()];
+                 gpu::SkinnyGroups g;
+                 g.count = E;
+                 g.offsets = r.d_offsets.get();
+                 g.weights = d13.get();
+                 g.weight_maps = dm13.get();
+                 gpu::GatherRows(x.get(), r.d_row_index.get(), r.rows, H, gathered.get(), s);
+                 gpu::GroupedGemm(gathered.get(), H, g, I, gpu::SkinnyEpilogue::kSwiGluBf16, act.get(), bound, s, tile);
+               }), 2.0 / 3);
+        record("tma down only", MedianMs(s, 3, 16, [&](int i) {
+                 const RankRouting& r = routes[i % routes.size()];
+                 gpu::SkinnyGroups g;
+                 g.count = E;
+                 g.offsets = r.d_offsets.get();
+                 g.weights = d2.get();
+                 g.weight_maps = dm2.get();
+                 gpu::GroupedGemm(act.get(), I, g, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s, tile);
+               }), 1.0 / 3);
       }
 
       // The skinny kernel as the device exchange plans it (PlanSkinny on the bound and the
