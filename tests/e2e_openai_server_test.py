@@ -779,6 +779,120 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 200, body)
         self.assertIn(body["choices"][0]["finish_reason"], ("stop", "length"))
 
+    def responses_stream(self, body):
+        """The events of a streamed /v1/responses answer: each a named server-sent event whose name is its
+        data's type, numbered from 0; the stream ends after the last (no [DONE])."""
+        req = urllib.request.Request(self.base + "/v1/responses", data=json.dumps(dict(body, stream=True)).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            self.assertEqual(r.headers["Content-Type"], "text/event-stream")
+            blocks = r.read().decode().split("\n\n")
+        self.assertEqual(blocks[-1], "")
+        events = []
+        for block in blocks[:-1]:
+            name, data = block.split("\n")
+            self.assertTrue(name.startswith("event: ") and data.startswith("data: "), block)
+            event = json.loads(data[len("data: "):])
+            self.assertEqual(event["type"], name[len("event: "):])
+            self.assertEqual(event["sequence_number"], len(events))
+            events.append(event)
+        return events
+
+    def test_f1r_responses_api_answers_as_the_chat_completion_does(self):
+        """OpenAI's Responses API (POST /v1/responses): a conversation's answer is transformers' greedy
+        continuation (the chat golden's ids, detokenised), cut by max_output_tokens as "incomplete"; streamed,
+        OpenAI's event sequence whose deltas add up to the same text; logprobs as the chat completion's."""
+        n = CHAT_GOLDEN["max_tokens"]
+        for case in CHAT_GOLDEN["cases"]:
+            status, want = self.call("/detokenize", {"tokens": case["greedy_ids"]})
+            self.assertEqual(status, 200, want)
+            req = {"model": MODEL, "input": case["messages"], "max_output_tokens": n, "temperature": 0, "ignore_eos": True}
+            status, r = self.call("/v1/responses", req)
+            self.assertEqual(status, 200, r)
+            self.assertEqual((r["object"], r["status"], r["model"]), ("response", "incomplete", MODEL))
+            self.assertTrue(r["id"].startswith("resp_"), r["id"])
+            self.assertEqual(r["incomplete_details"], {"reason": "max_output_tokens"})
+            self.assertEqual(len(r["output"]), 1)
+            item = r["output"][0]
+            self.assertEqual((item["type"], item["role"], item["status"]), ("message", "assistant", "incomplete"))
+            self.assertEqual(item["content"][0]["type"], "output_text")
+            self.assertEqual(item["content"][0]["text"], want["prompt"], case["prompt_text"])
+            self.assertEqual(r["usage"]["input_tokens"], len(case["prompt_ids"]))
+            self.assertEqual(r["usage"]["output_tokens"], n)
+            self.assertEqual(r["usage"]["total_tokens"], len(case["prompt_ids"]) + n)
+            self.assertEqual((r["max_output_tokens"], r["temperature"], r["store"]), (n, 0, False))
+
+            events = self.responses_stream(req)
+            types = [e["type"] for e in events]
+            self.assertEqual(types[:4], ["response.created", "response.in_progress", "response.output_item.added",
+                                         "response.content_part.added"])
+            self.assertEqual(types[-4:], ["response.output_text.done", "response.content_part.done",
+                                          "response.output_item.done", "response.incomplete"])
+            self.assertTrue(all(t == "response.output_text.delta" for t in types[4:-4]), types)
+            text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+            self.assertEqual(text, want["prompt"])
+            self.assertEqual(events[-4]["text"], text)
+            final = events[-1]["response"]
+            self.assertEqual(final["output"][0]["content"][0]["text"], text)
+            self.assertEqual(final["usage"], r["usage"])
+            self.assertEqual(final["id"], events[0]["response"]["id"])
+            self.assertEqual(events[0]["response"]["status"], "in_progress")
+
+        # Logprobs (include message.output_text.logprobs) are the chat completion's, whole and streamed.
+        messages = CHAT_GOLDEN["cases"][0]["messages"]
+        status, chat = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 6, "temperature": 0,
+                                                          "logprobs": True, "top_logprobs": 2})
+        self.assertEqual(status, 200, chat)
+        req = {"input": messages, "max_output_tokens": 6, "temperature": 0, "top_logprobs": 2,
+               "include": ["message.output_text.logprobs"]}
+        status, r = self.call("/v1/responses", req)
+        self.assertEqual(status, 200, r)
+        part = r["output"][0]["content"][0]
+        self.assertEqual(part["text"], chat["choices"][0]["message"]["content"])
+        self.assertEqual(part["logprobs"], chat["choices"][0]["logprobs"]["content"])
+        self.assertEqual(r["status"], "completed" if chat["choices"][0]["finish_reason"] == "stop" else "incomplete")
+        events = self.responses_stream(req)
+        streamed = [lp for e in events if e["type"] == "response.output_text.delta" for lp in e["logprobs"]]
+        self.assertEqual(streamed, part["logprobs"])
+
+        # instructions: a system turn before the input, as the chat completion with that conversation (a
+        # template of the request's own: Mixtral's refuses system turns, and the refusal names input).
+        template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+        status, chat = self.call("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be a king."},
+                                                                       {"role": "user", "content": "Speak!"}],
+                                                          "chat_template": template, "max_tokens": 8, "temperature": 0})
+        self.assertEqual(status, 200, chat)
+        status, r = self.call("/v1/responses", {"instructions": "Be a king.", "input": "Speak!", "chat_template": template,
+                                                "max_output_tokens": 8, "temperature": 0})
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["output"][0]["content"][0]["text"], chat["choices"][0]["message"]["content"])
+        self.assertEqual(r["instructions"], "Be a king.")
+        self.assertEqual(r["usage"]["input_tokens"], chat["usage"]["prompt_tokens"])
+        status, err = self.call("/v1/responses", {"instructions": "Be a king.", "input": "Speak!"})
+        self.assertEqual((status, err["error"]["param"]), (400, "input"), err)
+
+        # text.format json_schema: an answer the schema admits.
+        import jsonschema
+        schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+                  "required": ["name", "age"], "additionalProperties": False}
+        status, r = self.call("/v1/responses", {"input": "ROMEO:", "max_output_tokens": 64, "temperature": 0.8, "seed": 3,
+                                                "text": {"format": {"type": "json_schema", "name": "who", "schema": schema}}})
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["status"], "completed", r)
+        jsonschema.validate(json.loads(r["output"][0]["content"][0]["text"]), schema)
+        self.assertEqual(r["text"]["format"]["name"], "who")
+
+        # Refusals name the Responses API's field.
+        for body, param, code in (({"input": "x", "tools": [{"type": "function", "name": "f"}]}, "tools", 400),
+                                  ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", 400),
+                                  ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", 400),
+                                  ({"input": "x", "model": "other"}, "model", 404),
+                                  ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
+                                   "input[0].type", 400),
+                                  ({"input": "x", "max_output_tokens": 5000}, "max_output_tokens", 400)):
+            status, err = self.call("/v1/responses", body)
+            self.assertEqual((status, err["error"]["param"]), (code, param), err)
+
     def test_f2_chat_logprobs_templates_and_refusals(self):
         messages = CHAT_GOLDEN["cases"][0]["messages"]
         status, body = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 8, "temperature": 0,

@@ -87,6 +87,12 @@ bool SendEvent(mg_connection* conn, const std::string& data) {
   return mg_write(conn, event.data(), event.size()) == static_cast<int>(event.size());
 }
 
+// A Responses API event: named by its type ("event: response.output_text.delta"), as OpenAI sends them.
+bool SendNamedEvent(mg_connection* conn, const nlohmann::ordered_json& e) {
+  const std::string event = "event: " + e["type"].get<std::string>() + "\ndata: " + e.dump() + "\n\n";
+  return mg_write(conn, event.data(), event.size()) == static_cast<int>(event.size());
+}
+
 bool IsMethod(mg_connection* conn, const char* method) {
   return std::string(mg_get_request_info(conn)->request_method) == method;
 }
@@ -284,6 +290,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   }
   mg_set_request_handler(s->ctx_, "/v1/completions$", &OpenAiServer::HandleCompletions, s.get());
   mg_set_request_handler(s->ctx_, "/v1/chat/completions$", &OpenAiServer::HandleChat, s.get());
+  mg_set_request_handler(s->ctx_, "/v1/responses$", &OpenAiServer::HandleResponses, s.get());
   mg_set_request_handler(s->ctx_, "/tokenize$", &OpenAiServer::HandleTokenize, s.get());
   mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
   mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
@@ -347,7 +354,7 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /ping, /metrics, /version)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /health, /ping, /metrics, /version)",
                                    "NotFoundError", {}});
 }
 
@@ -475,6 +482,10 @@ int OpenAiServer::HandleChat(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Chat, /*watch_client=*/true);
 }
 
+int OpenAiServer::HandleResponses(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Responses, /*watch_client=*/true);
+}
+
 int OpenAiServer::HandleTokenize(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Tokenize, /*watch_client=*/false);
 }
@@ -552,12 +563,12 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const 
   return TokenIds(request);
 }
 
-int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
+std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn, const std::string& body) {
   std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_, tool_calls_id_);
-  if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
+  if (auto* e = std::get_if<HttpError>(&parsed)) return *e;
   ChatCall& chat = std::get<ChatCall>(parsed);
   std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(chat);
-  if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
+  if (auto* e = std::get_if<HttpError>(&ids)) return *e;
   const std::vector<int32_t>& prompt = std::get<std::vector<int32_t>>(ids);
 
   CompletionCall& call = chat.completion;
@@ -570,11 +581,40 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
     call.max_tokens = static_cast<uint32_t>(std::clamp<int64_t>(room, 1, UINT32_MAX));
     call.request.mutable_sampling()->set_max_tokens(call.max_tokens);
   }
+  return parsed;
+}
+
+int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
+  std::variant<ChatCall, HttpError> chat = PrepareChat(conn, body);
+  if (auto* e = std::get_if<HttpError>(&chat)) return SendError(conn, *e);
+  const CompletionCall& call = std::get<ChatCall>(chat).completion;
   const int64_t created = UnixNow();
   if (call.stream) return StreamCompletion(conn, call, created, Api::kChat);
-  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, p, created, Api::kChat);
+  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, *e);
   SendJson(conn, 200, std::get<nlohmann::json>(answer));
+  return 200;
+}
+
+// OpenAI's Responses API: the chat completion the request amounts to (responses_api.h), its answer
+// as a response object or as Responses events.
+int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
+  std::variant<ResponsesCall, HttpError> parsed = ParseResponsesRequest(body);
+  if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
+  const ResponsesCall& responses = std::get<ResponsesCall>(parsed);
+  std::variant<ChatCall, HttpError> chat = PrepareChat(conn, responses.chat_body);
+  if (auto* e = std::get_if<HttpError>(&chat)) return SendError(conn, ResponsesError(*e));
+  const CompletionCall& call = std::get<ChatCall>(chat).completion;
+  const int64_t created = UnixNow();
+  if (call.stream) {
+    ResponsesEvents events(responses, model_name_, created);
+    return StreamCompletion(conn, call, created, Api::kChat, &events);
+  }
+  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
+  if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, ResponsesError(*e));
+  const std::string text = ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created).dump();
+  SendHead(conn, 200, "application/json", static_cast<long long>(text.size()));
+  mg_write(conn, text.data(), text.size());
   return 200;
 }
 
@@ -678,13 +718,24 @@ std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const Completion
   return echoes;
 }
 
-int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api) {
+int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api,
+                                   ResponsesEvents* responses) {
+  // A refusal before anything streams: the client's HTTP status (named as the Responses request's).
+  const auto refuse = [&](const HttpError& e) { return SendError(conn, responses != nullptr ? ResponsesError(e) : e); };
+  // A chunk of the answer: its event, or the Responses events it makes.
+  const auto emit = [&](const nlohmann::json& chunk) {
+    if (responses == nullptr) return SendEvent(conn, chunk.dump());
+    for (const nlohmann::ordered_json& e : responses->Chunk(chunk)) {
+      if (!SendNamedEvent(conn, e)) return false;
+    }
+    return true;
+  };
   // echo: the prompts' texts (and logprobs) before anything streams, so a refusal is still the
   // client's HTTP status; with max_tokens 0 they are the whole answer.
   std::vector<Echo> echoes;
   if (call.echo) {
     std::variant<std::vector<Echo>, HttpError> got = Echoes(call, call.prompts);
-    if (HttpError* e = std::get_if<HttpError>(&got)) return SendError(conn, *e);
+    if (HttpError* e = std::get_if<HttpError>(&got)) return refuse(*e);
     echoes = std::move(std::get<std::vector<Echo>>(got));
     if (call.max_tokens == 0) return StreamEchoOnly(conn, call, echoes, created);
   }
@@ -729,7 +780,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   } catch (const std::system_error& e) {
     cancel_all();
     readers.Join();
-    return SendError(conn, NoThread(e));
+    return refuse(NoThread(e));
   }
   auto next = [&] {
     std::unique_lock<std::mutex> lock(mu);
@@ -752,8 +803,8 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       if (!started[item.prompt]) {
         cancel_all();
         join();
-        if (st.ok()) return SendError(conn, HttpError{500, "the coordinator sent no completion", "server_error", {}});
-        return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+        if (st.ok()) return refuse(HttpError{500, "the coordinator sent no completion", "server_error", {}});
+        return refuse(FromGrpcError(st.error_code(), st.error_message()));
       }
     } else if (!started[item.prompt]) {
       started[item.prompt] = true;
@@ -848,12 +899,12 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       nlohmann::json role = ChatRoleChunkJson(request_id, choice, model_name_, created);
       if (with_prompt_ids) role["prompt_token_ids"] = prompt_ids[item.prompt];
       with_usage(role, item.prompt, 0);  // before the choice's first tokens
-      client_gone = !SendEvent(conn, role.dump());
+      client_gone = !emit(role);
       if (!call.chat_echo.empty() && !client_gone) {  // vLLM's chat echo: its own delta after the role's
         nlohmann::json echo = role;
         echo.erase("prompt_token_ids");
         echo["choices"][0]["delta"] = {{"content", call.chat_echo}};
-        client_gone = !SendEvent(conn, echo.dump());
+        client_gone = !emit(echo);
       }
     }
     nlohmann::json chunk =
@@ -888,11 +939,20 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       chunk["choices"][0]["delta"] = std::move(delta);
     }
     with_usage(chunk, item.prompt, choice_tokens[choice]);
-    if (!client_gone && !SendEvent(conn, chunk.dump())) client_gone = true;
+    if (!client_gone && !emit(chunk)) client_gone = true;
     if (client_gone) cancel_all();  // the coordinator cancels the sequences and frees their KV blocks
   }
   join();
   if (client_gone) return 200;
+  if (responses != nullptr) {  // no [DONE]: the last event is response.completed (or .incomplete, .failed)
+    uint32_t prompt_total = 0;
+    for (uint32_t t : prompt_tokens) prompt_total += t;
+    for (const nlohmann::ordered_json& e : failure ? responses->Failed(*failure)
+                                                   : responses->Finish(UsageJson(prompt_total, completion_tokens))) {
+      if (!SendNamedEvent(conn, e)) break;
+    }
+    return 200;
+  }
   if (failure) {
     SendEvent(conn, failure->ToJson().dump());
   } else if (call.include_usage) {

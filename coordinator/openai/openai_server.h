@@ -1,5 +1,5 @@
-// moe-openai-server: an OpenAI-compatible HTTP front end (POST /v1/completions and
-// /v1/chat/completions, streamed as server-sent events or whole; vLLM's POST /tokenize and
+// moe-openai-server: an OpenAI-compatible HTTP front end (POST /v1/completions,
+// /v1/chat/completions and /v1/responses, streamed as server-sent events or whole; vLLM's POST /tokenize and
 // /detokenize; GET /v1/models; GET /health) over the coordinator's public gRPC
 // API, so OpenAI clients and tools built for vLLM's server (benchmark_serving, lm-evaluation-harness's
 // generation tasks through local-completions) talk to the cluster unchanged. A separate process and a plain
@@ -22,6 +22,7 @@
 #include "coordinator/openai/civetweb_tls.h"
 #include "coordinator/openai/client_watch.h"
 #include "coordinator/openai/openai_protocol.h"
+#include "coordinator/openai/responses_api.h"
 #include "moe/v1/inference.grpc.pb.h"
 
 struct mg_connection;
@@ -87,6 +88,7 @@ class OpenAiServer {
   OpenAiServer() = default;
   static int HandleCompletions(mg_connection* conn, void* self);
   static int HandleChat(mg_connection* conn, void* self);
+  static int HandleResponses(mg_connection* conn, void* self);
   static int HandleTokenize(mg_connection* conn, void* self);
   static int HandleDetokenize(mg_connection* conn, void* self);
   static int HandleModels(mg_connection* conn, void* self);
@@ -106,6 +108,10 @@ class OpenAiServer {
                 bool watch_client);
   int Completions(mg_connection* conn, const std::string& body);
   int Chat(mg_connection* conn, const std::string& body);
+  int Responses(mg_connection* conn, const std::string& body);
+  // A chat completion request ready to run: parsed, its conversation rendered and tokenised into
+  // the call's prompt, max_tokens defaulted to what the context leaves.
+  std::variant<ChatCall, HttpError> PrepareChat(mg_connection* conn, const std::string& body);
   int Tokenize(mg_connection* conn, const std::string& body);
   int Detokenize(mg_connection* conn, const std::string& body);
   bool Stopping();
@@ -120,7 +126,10 @@ class OpenAiServer {
   std::variant<std::vector<Echo>, HttpError> Echoes(const CompletionCall& call, const std::vector<v1::Prompt>& prompts);
   // A streamed echo with max_tokens 0: each choice's prompt in one chunk, the usage when asked, [DONE].
   int StreamEchoOnly(mg_connection* conn, const CompletionCall& call, const std::vector<Echo>& echoes, int64_t created);
-  int StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api);
+  // `responses`: the answer goes out as Responses API events (the chat chunks translated), not
+  // chat chunks and [DONE].
+  int StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api,
+                       ResponsesEvents* responses = nullptr);
   // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
   std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
                                                       int64_t created, Api api);

@@ -1,0 +1,253 @@
+// The Responses API's translation (coordinator/openai/responses_api.h): requests into the chat
+// request they amount to (which the chat parser then accepts), refusals naming the field, chat
+// errors renamed, whole answers into response objects and streamed chunks into OpenAI's event
+// sequence (the shapes of OpenAI's API reference; the server's answers are checked end to end in
+// e2e_openai_server_test.py).
+#include "coordinator/openai/responses_api.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace moe::openai {
+namespace {
+
+using nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+ResponsesCall Parse(const std::string& body) {
+  std::variant<ResponsesCall, HttpError> r = ParseResponsesRequest(body);
+  if (auto* e = std::get_if<HttpError>(&r)) ADD_FAILURE() << body << ": " << e->message;
+  return std::get_if<ResponsesCall>(&r) != nullptr ? std::get<ResponsesCall>(r) : ResponsesCall{};
+}
+
+TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
+  const ResponsesCall call = Parse(R"({
+    "model": "m", "instructions": "Be brief.",
+    "input": [{"role": "developer", "content": "Rhyme."},
+              {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]},
+              {"role": "assistant", "content": [{"type": "output_text", "text": "c"}]},
+              {"role": "user", "content": "d"}],
+    "max_output_tokens": 7, "temperature": 0.5, "top_p": 0.9, "top_k": 4, "seed": 3, "stop": ["x"],
+    "text": {"format": {"type": "json_schema", "name": "o", "strict": true,
+                        "schema": {"type": "object", "properties": {"z": {"type": "integer"}, "a": {"type": "string"}}}}},
+    "include": ["message.output_text.logprobs"], "top_logprobs": 3, "stream": true,
+    "store": true, "metadata": {"k": "v"}, "user": "u", "tools": [], "tool_choice": "auto", "truncation": "disabled",
+    "background": false, "reasoning": null, "unknown_field": 1})");
+  const ojson chat = ojson::parse(call.chat_body);
+  EXPECT_EQ(chat["messages"], ojson::parse(R"([
+    {"role": "system", "content": "Be brief."}, {"role": "system", "content": "Rhyme."},
+    {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "c"}]}, {"role": "user", "content": "d"}])"));
+  EXPECT_EQ(chat["max_tokens"], 7);
+  EXPECT_EQ(chat["temperature"], 0.5);
+  EXPECT_EQ(chat["top_k"], 4);
+  EXPECT_EQ(chat["stop"], ojson::array({"x"}));
+  EXPECT_EQ(chat["logprobs"], true);
+  EXPECT_EQ(chat["top_logprobs"], 3);
+  EXPECT_EQ(chat["stream"], true);
+  EXPECT_TRUE(call.stream);
+  // The schema keeps its key order (the order the output writes its properties in).
+  EXPECT_EQ(chat["response_format"].dump(),
+            R"({"type":"json_schema","json_schema":{"name":"o","schema":{"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"}}},"strict":true}})");
+  for (const char* dropped : {"store", "metadata", "user", "tools", "tool_choice", "include", "text", "unknown_field"}) {
+    EXPECT_FALSE(chat.contains(dropped)) << dropped;
+  }
+  // The chat parser takes it as it is.
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(call.chat_body, "m");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(parsed)) << std::get<HttpError>(parsed).message;
+  const CompletionCall& c = std::get<ChatCall>(parsed).completion;
+  EXPECT_EQ(c.max_tokens, 7u);
+  EXPECT_EQ(c.request.sampling().logprobs(), 3u);
+  EXPECT_TRUE(c.logprobs);
+  // The response object repeats the request's fields, OpenAI's defaults for the others; nothing is stored.
+  EXPECT_EQ(call.echo["instructions"], "Be brief.");
+  EXPECT_EQ(call.echo["max_output_tokens"], 7);
+  EXPECT_EQ(call.echo["top_logprobs"], 3);
+  EXPECT_EQ(call.echo["metadata"], ojson::parse(R"({"k": "v"})"));
+  EXPECT_EQ(call.echo["store"], false);
+  EXPECT_EQ(call.echo["text"]["format"]["name"], "o");
+
+  const ResponsesCall plain = Parse(R"({"input": "hi"})");
+  const ojson plain_chat = ojson::parse(plain.chat_body);
+  EXPECT_EQ(plain_chat, ojson::parse(R"({"messages": [{"role": "user", "content": "hi"}]})"));
+  EXPECT_FALSE(plain.stream);
+  EXPECT_EQ(plain.echo["temperature"], 1.0);
+  EXPECT_EQ(plain.echo["top_p"], 1.0);
+  EXPECT_EQ(plain.echo["instructions"], nullptr);
+  EXPECT_EQ(plain.echo["text"], ojson::parse(R"({"format": {"type": "text"}})"));
+  // json_object; plain text format adds nothing; top_logprobs without the include asks no logprobs (vLLM's).
+  EXPECT_EQ(ojson::parse(Parse(R"({"input": "x", "text": {"format": {"type": "json_object"}}})").chat_body)["response_format"],
+            ojson::parse(R"({"type": "json_object"})"));
+  EXPECT_FALSE(ojson::parse(Parse(R"({"input": "x", "text": {"format": {"type": "text"}}})").chat_body).contains("response_format"));
+  EXPECT_FALSE(ojson::parse(Parse(R"({"input": "x", "top_logprobs": 2})").chat_body).contains("logprobs"));
+}
+
+TEST(ResponsesApiTest, WhatIsNotServedIsRefusedNamingTheField) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"([1])", ""},
+      {R"({"input": "x", "tools": [{"type": "function", "name": "f"}]})", "tools"},
+      {R"({"input": "x", "tool_choice": "required"})", "tool_choice"},
+      {R"({"input": "x", "previous_response_id": "resp_1"})", "previous_response_id"},
+      {R"({"input": "x", "conversation": "c"})", "conversation"},
+      {R"({"input": "x", "background": true})", "background"},
+      {R"({"input": "x", "truncation": "auto"})", "truncation"},
+      {R"({"input": "x", "prompt": {"id": "p"}})", "prompt"},
+      {R"({"input": "x", "top_logprobs": 21})", "top_logprobs"},
+      {R"({"input": "x", "include": "message.output_text.logprobs"})", "include"},
+      {R"({"input": "x", "stream": "yes"})", "stream"},
+      {R"({"input": "x", "instructions": 3})", "instructions"},
+      {R"({})", "input"},
+      {R"({"input": []})", "input"},
+      {R"({"input": 5})", "input"},
+      {R"({"input": ["x"]})", "input[0]"},
+      {R"({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]})", "input[0].type"},
+      {R"({"input": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]})", "input[1].role"},
+      {R"({"input": [{"role": "user"}]})", "input[0].content"},
+      {R"({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]})", "input[0].content[0].type"},
+      {R"({"input": [{"role": "user", "content": [{"type": "input_text"}]}]})", "input[0].content[0].text"},
+      {R"({"input": "x", "text": {"format": {"type": "grammar"}}})", "text.format.type"},
+      {R"({"input": "x", "text": 1})", "text"},
+  };
+  for (const auto& [body, param] : cases) {
+    std::variant<ResponsesCall, HttpError> r = ParseResponsesRequest(body);
+    ASSERT_TRUE(std::holds_alternative<HttpError>(r)) << body;
+    const HttpError& e = std::get<HttpError>(r);
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param.value_or(""), param) << body << ": " << e.message;
+    if (!param.empty()) EXPECT_EQ(e.message.rfind(param + ": ", 0), 0u) << e.message;
+  }
+}
+
+TEST(ResponsesApiTest, ChatErrorsNameTheResponsesField) {
+  EXPECT_EQ(ResponsesError(BadParam("max_tokens", "must be in [1, 9]")).message, "max_output_tokens: must be in [1, 9]");
+  EXPECT_EQ(ResponsesError(BadParam("max_tokens", "x")).param, "max_output_tokens");
+  // A message's index counts the instructions' turn: the field is named, not a shifted index.
+  const HttpError input = ResponsesError(BadParam("messages[2].content", "bad"));
+  EXPECT_EQ(input.param, "input");
+  EXPECT_EQ(input.message, "input: bad");
+  EXPECT_EQ(ResponsesError(BadParam("response_format.json_schema", "no")).param, "text.format.json_schema");
+  EXPECT_EQ(ResponsesError(BadParam("temperature", "no")).param, "temperature");
+  const HttpError no_param = ResponsesError(HttpError{503, "stopping", "server_error", {}});
+  EXPECT_EQ(no_param.status, 503);
+  EXPECT_FALSE(no_param.param);
+}
+
+json ChatAnswer(const std::string& text, const std::string& finish, bool with_logprobs) {
+  json choice = {{"index", 0}, {"message", {{"role", "assistant"}, {"content", text}}}, {"finish_reason", finish}};
+  choice["logprobs"] = with_logprobs ? json::parse(R"({"content": [{"token": "a", "logprob": -0.5, "bytes": [97],
+                                                      "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}]}]})")
+                                     : json(nullptr);
+  return {{"id", "chatcmpl-req-7"}, {"object", "chat.completion"}, {"choices", json::array({choice})},
+          {"usage", {{"prompt_tokens", 5}, {"completion_tokens", 3}, {"total_tokens", 8},
+                     {"prompt_tokens_details", {{"cached_tokens", 2}}}}}};
+}
+
+TEST(ResponsesApiTest, WholeAnswersBecomeResponseObjects) {
+  const ResponsesCall call = Parse(R"({"input": "x", "max_output_tokens": 3, "metadata": {"k": 1}})");
+  const ojson r = ResponseFromChat(call, ChatAnswer("abc", "stop", true), "m", 100);
+  EXPECT_EQ(r["id"], "resp_req-7");
+  EXPECT_EQ(r["object"], "response");
+  EXPECT_EQ(r["created_at"], 100);
+  EXPECT_EQ(r["status"], "completed");
+  EXPECT_EQ(r["incomplete_details"], nullptr);
+  EXPECT_EQ(r["model"], "m");
+  EXPECT_EQ(r["max_output_tokens"], 3);
+  EXPECT_EQ(r["metadata"]["k"], 1);
+  ASSERT_EQ(r["output"].size(), 1u);
+  const ojson& item = r["output"][0];
+  EXPECT_EQ(item["id"], "msg_req-7");
+  EXPECT_EQ(item["type"], "message");
+  EXPECT_EQ(item["role"], "assistant");
+  EXPECT_EQ(item["status"], "completed");
+  EXPECT_EQ(item["content"][0]["type"], "output_text");
+  EXPECT_EQ(item["content"][0]["text"], "abc");
+  EXPECT_EQ(item["content"][0]["annotations"], ojson::array());
+  EXPECT_EQ(item["content"][0]["logprobs"][0]["token"], "a");
+  EXPECT_EQ(item["content"][0]["logprobs"][0]["top_logprobs"][0]["logprob"], -0.5);
+  EXPECT_EQ(r["usage"], ojson::parse(R"({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 2},
+    "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8})"));
+
+  const ojson cut = ResponseFromChat(call, ChatAnswer("ab", "length", false), "m", 100);
+  EXPECT_EQ(cut["status"], "incomplete");
+  EXPECT_EQ(cut["incomplete_details"], ojson::parse(R"({"reason": "max_output_tokens"})"));
+  EXPECT_EQ(cut["output"][0]["status"], "incomplete");
+  EXPECT_EQ(cut["output"][0]["content"][0]["logprobs"], ojson::array());
+}
+
+json Chunk(const json& delta, const json& finish = nullptr, const json& logprobs = nullptr) {
+  return {{"id", "chatcmpl-req-9"}, {"object", "chat.completion.chunk"},
+          {"choices", json::array({{{"index", 0}, {"delta", delta}, {"logprobs", logprobs}, {"finish_reason", finish}}})}};
+}
+
+std::vector<ojson> Feed(ResponsesEvents& events, const std::vector<json>& chunks) {
+  std::vector<ojson> out;
+  for (const json& c : chunks) {
+    for (ojson& e : events.Chunk(c)) out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::vector<std::string> Types(const std::vector<ojson>& events) {
+  std::vector<std::string> t;
+  for (const ojson& e : events) t.push_back(e["type"].get<std::string>());
+  return t;
+}
+
+TEST(ResponsesApiTest, StreamedChunksBecomeOpenAisEventSequence) {
+  const ResponsesCall call = Parse(R"({"input": "x", "stream": true})");
+  ResponsesEvents events(call, "m", 50);
+  const json lp = json::parse(R"({"content": [{"token": "He", "logprob": -1.0, "bytes": [72, 101], "top_logprobs": []}]})");
+  std::vector<ojson> out = Feed(events, {Chunk({{"role", "assistant"}, {"content", ""}}), Chunk({{"content", "He"}}, nullptr, lp),
+                                         Chunk({{"content", "llo"}}), Chunk(json::object(), "stop")});
+  for (ojson& e : events.Finish(json{{"prompt_tokens", 4}, {"completion_tokens", 2}})) out.push_back(std::move(e));
+  EXPECT_EQ(Types(out), (std::vector<std::string>{
+                            "response.created", "response.in_progress", "response.output_item.added",
+                            "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
+                            "response.output_text.done", "response.content_part.done", "response.output_item.done",
+                            "response.completed"}));
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i]["sequence_number"], i);
+  EXPECT_EQ(out[0]["response"]["status"], "in_progress");
+  EXPECT_EQ(out[0]["response"]["id"], "resp_req-9");
+  EXPECT_EQ(out[0]["response"]["output"], ojson::array());
+  EXPECT_EQ(out[2]["item"]["id"], "msg_req-9");
+  EXPECT_EQ(out[2]["item"]["status"], "in_progress");
+  EXPECT_EQ(out[3]["part"]["text"], "");
+  EXPECT_EQ(out[4]["delta"], "He");
+  EXPECT_EQ(out[4]["item_id"], "msg_req-9");
+  EXPECT_EQ(out[4]["logprobs"][0]["token"], "He");
+  EXPECT_EQ(out[5]["delta"], "llo");
+  EXPECT_EQ(out[6]["text"], "Hello");
+  EXPECT_EQ(out[7]["part"]["text"], "Hello");
+  EXPECT_EQ(out[8]["item"]["status"], "completed");
+  const ojson& done = out[9]["response"];
+  EXPECT_EQ(done["status"], "completed");
+  EXPECT_EQ(done["output"][0]["content"][0]["text"], "Hello");
+  EXPECT_EQ(done["output"][0]["content"][0]["logprobs"].size(), 1u);
+  EXPECT_EQ(done["usage"]["input_tokens"], 4);
+  EXPECT_EQ(done["usage"]["output_tokens"], 2);
+  EXPECT_EQ(done["usage"]["total_tokens"], 6);
+
+  // Cut by max_output_tokens: incomplete. An answer with no text still opens its message.
+  ResponsesEvents cut(call, "m", 50);
+  std::vector<ojson> c = Feed(cut, {Chunk({{"role", "assistant"}, {"content", ""}}), Chunk(json::object(), "length")});
+  for (ojson& e : cut.Finish(json{{"prompt_tokens", 4}, {"completion_tokens", 0}})) c.push_back(std::move(e));
+  EXPECT_EQ(Types(c).back(), "response.incomplete");
+  EXPECT_EQ(c.back()["response"]["incomplete_details"]["reason"], "max_output_tokens");
+  EXPECT_EQ(c.back()["response"]["output"][0]["content"][0]["text"], "");
+  EXPECT_EQ(Types(c)[2], "response.output_item.added");
+
+  // A failure after the start: response.failed with the error.
+  ResponsesEvents failing(call, "m", 50);
+  std::vector<ojson> f = Feed(failing, {Chunk({{"role", "assistant"}, {"content", ""}})});
+  const std::vector<ojson> failed = failing.Failed(HttpError{503, "lost rank 1", "server_error", {}});
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0]["type"], "response.failed");
+  EXPECT_EQ(failed[0]["sequence_number"], f.size());
+  EXPECT_EQ(failed[0]["response"]["status"], "failed");
+  EXPECT_EQ(failed[0]["response"]["error"], ojson::parse(R"({"code": "server_error", "message": "lost rank 1"})"));
+}
+
+}  // namespace
+}  // namespace moe::openai
