@@ -883,15 +883,87 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(r["text"]["format"]["name"], "who")
 
         # Refusals name the Responses API's field.
-        for body, param, code in (({"input": "x", "tools": [{"type": "function", "name": "f"}]}, "tools", 400),
+        for body, param, code in (({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", 400),
                                   ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", 400),
                                   ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", 400),
                                   ({"input": "x", "model": "other"}, "model", 404),
-                                  ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
-                                   "input[0].type", 400),
+                                  ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type", 400),
                                   ({"input": "x", "max_output_tokens": 5000}, "max_output_tokens", 400)):
             status, err = self.call("/v1/responses", body)
             self.assertEqual((status, err["error"]["param"]), (code, param), err)
+
+    def test_f1r2_responses_api_function_tools_answer_as_the_chat_completion_does(self):
+        """Function tools on /v1/responses: a named function's and "required"'s calls are the chat
+        completion's (function_call items; arguments the tools' schemas admit), streamed as
+        function_call_arguments deltas adding up to them; function_call and function_call_output input
+        items reach the template as the assistant's tool calls and the tool turns."""
+        import jsonschema
+        weather = {"type": "object", "properties": {"city": {"type": "string", "minLength": 2, "maxLength": 20},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"]}
+        chat_tools = [{"type": "function", "function": {"name": "get_weather", "description": "the forecast",
+                                                        "parameters": weather}}]
+        tools = [{"type": "function", "name": "get_weather", "description": "the forecast", "parameters": weather}]
+        messages = CHAT_GOLDEN["cases"][0]["messages"]
+        status, chat = self.call("/v1/chat/completions", {"messages": messages, "tools": chat_tools, "max_tokens": 300,
+                                                          "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                                                          "temperature": 0})
+        self.assertEqual(status, 200, chat)
+        [want] = chat["choices"][0]["message"]["tool_calls"]
+        req = {"input": messages, "tools": tools, "tool_choice": {"type": "function", "name": "get_weather"},
+               "max_output_tokens": 300, "temperature": 0}
+        status, r = self.call("/v1/responses", req)
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["status"], "completed", r)
+        [item] = r["output"]
+        self.assertEqual((item["type"], item["name"], item["status"]), ("function_call", "get_weather", "completed"))
+        self.assertEqual(item["arguments"], want["function"]["arguments"])
+        self.assertTrue(item["call_id"].startswith("chatcmpl-tool-"), item)
+        jsonschema.validate(json.loads(item["arguments"]), weather)
+        self.assertEqual(r["tools"], tools)
+        events = self.responses_stream(req)
+        added = [e for e in events if e["type"] == "response.output_item.added"]
+        self.assertEqual([(e["item"]["type"], e["item"]["name"]) for e in added], [("function_call", "get_weather")])
+        arguments = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+        self.assertEqual(arguments, item["arguments"])
+        done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+        self.assertEqual([d["arguments"] for d in done], [item["arguments"]])
+        self.assertEqual(events[-1]["type"], "response.completed")
+        self.assertEqual(events[-1]["response"]["output"][0]["arguments"], item["arguments"])
+
+        # "required" (held to end its list as the chat test does): the chat completion's calls, in order.
+        bias = {"1984": -100, "35": -100, "13": -100, "12": -100, "16": -100, "96": 50}
+        status, chat = self.call("/v1/chat/completions", {"messages": messages, "tools": chat_tools, "tool_choice": "required",
+                                                          "max_tokens": 300, "temperature": 0, "logit_bias": bias})
+        self.assertEqual(status, 200, chat)
+        want = [(c["function"]["name"], c["function"]["arguments"]) for c in chat["choices"][0]["message"]["tool_calls"]]
+        status, r = self.call("/v1/responses", {"input": messages, "tools": tools, "tool_choice": "required",
+                                                "max_output_tokens": 300, "temperature": 0, "logit_bias": bias})
+        self.assertEqual(status, 200, r)
+        self.assertEqual([(i["name"], i["arguments"]) for i in r["output"]], want)
+
+        # A call and its output given back: the conversation the template sees is the chat request's with
+        # the assistant's tool_calls and the tool turn (a template of the request's own that prints them).
+        template = ("{% for m in messages %}{{ m['role'] }}:{% if m.tool_calls %}{% for c in m.tool_calls %}"
+                    "{{ c.id }}={{ c.function.name }}{{ c.function.arguments }};{% endfor %}{% endif %}"
+                    "{% if m.tool_call_id %}[{{ m.tool_call_id }}]{% endif %}{{ m['content'] or '' }}\n{% endfor %}")
+        chat_messages = [{"role": "user", "content": "Weather?"},
+                         {"role": "assistant", "content": None, "tool_calls": [
+                             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                         {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+        status, chat = self.call("/tokenize", {"messages": chat_messages, "chat_template": template,
+                                               "add_generation_prompt": False})
+        self.assertEqual(status, 200, chat)
+        status, text = self.call("/detokenize", {"tokens": chat["tokens"]})
+        self.assertIn("assistant:c1=get_weather{};", text["prompt"])
+        self.assertIn("tool:[c1]sunny", text["prompt"])
+        status, r = self.call("/v1/responses", {"input": [{"role": "user", "content": "Weather?"},
+                                                          {"type": "function_call", "call_id": "c1", "name": "get_weather",
+                                                           "arguments": "{}"},
+                                                          {"type": "function_call_output", "call_id": "c1", "output": "sunny"}],
+                                                "chat_template": template, "max_output_tokens": 1})
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["usage"]["input_tokens"], len(chat["tokens"]))
 
     def test_f2_chat_logprobs_templates_and_refusals(self):
         messages = CHAT_GOLDEN["cases"][0]["messages"]

@@ -84,11 +84,56 @@ TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
   EXPECT_FALSE(ojson::parse(Parse(R"({"input": "x", "top_logprobs": 2})").chat_body).contains("logprobs"));
 }
 
+// Function tools in chat's shape; function_call and function_call_output items as the assistant's
+// tool_calls turn (calls in a row: one turn) and tool turns.
+TEST(ResponsesApiTest, FunctionToolsAndCallItemsBecomeChatTools) {
+  const ResponsesCall call = Parse(R"({
+    "input": [{"role": "user", "content": "Weather?"},
+              {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\": \"Rome\"}"},
+              {"type": "function_call", "call_id": "c2", "name": "get_time", "arguments": "{}", "id": "fc_1", "status": "completed"},
+              {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+              {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "noon"}]},
+              {"role": "user", "content": "And?"}],
+    "tools": [{"type": "function", "name": "get_weather", "description": "d", "strict": true,
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+    "tool_choice": {"type": "function", "name": "get_weather"}, "parallel_tool_calls": false})");
+  const ojson chat = ojson::parse(call.chat_body);
+  EXPECT_EQ(chat["messages"], ojson::parse(R"([
+    {"role": "user", "content": "Weather?"},
+    {"role": "assistant", "content": null, "tool_calls": [
+      {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}},
+      {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "noon"}]},
+    {"role": "user", "content": "And?"}])"));
+  EXPECT_EQ(chat["tools"], ojson::parse(R"([{"type": "function", "function": {"name": "get_weather", "description": "d",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": true}}])"));
+  EXPECT_EQ(chat["tool_choice"], ojson::parse(R"({"type": "function", "function": {"name": "get_weather"}})"));
+  EXPECT_EQ(chat["parallel_tool_calls"], false);
+  EXPECT_EQ(call.echo["tools"][0]["name"], "get_weather");
+  EXPECT_EQ(call.echo["tool_choice"]["name"], "get_weather");
+  EXPECT_EQ(call.echo["parallel_tool_calls"], false);
+  // The chat parser takes the named choice (its calls' schema becomes the output's constraint).
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(call.chat_body, "m");
+  ASSERT_TRUE(std::holds_alternative<ChatCall>(parsed)) << std::get<HttpError>(parsed).message;
+  EXPECT_EQ(std::get<ChatCall>(parsed).completion.tool_choice.kind, ToolChoice::Kind::kNamed);
+  // "required" and "auto" pass as they are; with no tools a choice string adds nothing.
+  EXPECT_EQ(ojson::parse(Parse(R"({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": "required"})")
+                             .chat_body)["tool_choice"], "required");
+  EXPECT_FALSE(ojson::parse(Parse(R"({"input": "x", "tool_choice": "auto", "tools": []})").chat_body).contains("tool_choice"));
+}
+
 TEST(ResponsesApiTest, WhatIsNotServedIsRefusedNamingTheField) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {R"([1])", ""},
-      {R"({"input": "x", "tools": [{"type": "function", "name": "f"}]})", "tools"},
-      {R"({"input": "x", "tool_choice": "required"})", "tool_choice"},
+      {R"({"input": "x", "tools": [{"type": "web_search"}]})", "tools[0].type"},
+      {R"({"input": "x", "tools": [{"type": "function"}]})", "tools[0].name"},
+      {R"({"input": "x", "tools": {"type": "function"}})", "tools"},
+      {R"({"input": "x", "tool_choice": {"type": "allowed_tools"}})", "tool_choice"},
+      {R"({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]})", "input[0].arguments"},
+      {R"({"input": [{"type": "function_call_output", "output": "1"}]})", "input[0].call_id"},
+      {R"({"input": [{"type": "function_call_output", "call_id": "c"}]})", "input[0].output"},
+      {R"({"input": [{"type": "reasoning", "summary": []}]})", "input[0].type"},
       {R"({"input": "x", "previous_response_id": "resp_1"})", "previous_response_id"},
       {R"({"input": "x", "conversation": "c"})", "conversation"},
       {R"({"input": "x", "background": true})", "background"},
@@ -102,7 +147,6 @@ TEST(ResponsesApiTest, WhatIsNotServedIsRefusedNamingTheField) {
       {R"({"input": []})", "input"},
       {R"({"input": 5})", "input"},
       {R"({"input": ["x"]})", "input[0]"},
-      {R"({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]})", "input[0].type"},
       {R"({"input": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]})", "input[1].role"},
       {R"({"input": [{"role": "user"}]})", "input[0].content"},
       {R"({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]})", "input[0].content[0].type"},
@@ -168,6 +212,16 @@ TEST(ResponsesApiTest, WholeAnswersBecomeResponseObjects) {
   EXPECT_EQ(item["content"][0]["logprobs"][0]["top_logprobs"][0]["logprob"], -0.5);
   EXPECT_EQ(r["usage"], ojson::parse(R"({"input_tokens": 5, "input_tokens_details": {"cached_tokens": 2},
     "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8})"));
+
+  // An answer of calls: a function_call item per call, no empty message.
+  json calls = ChatAnswer("", "stop", false);
+  calls["choices"][0]["message"]["tool_calls"] = json::parse(R"([
+    {"id": "chatcmpl-tool-1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}},
+    {"id": "chatcmpl-tool-2", "type": "function", "function": {"name": "g", "arguments": "{}"}}])");
+  const ojson with_calls = ResponseFromChat(call, calls, "m", 100);
+  EXPECT_EQ(with_calls["output"], ojson::parse(R"([
+    {"id": "fc_req-7_0", "type": "function_call", "status": "completed", "call_id": "chatcmpl-tool-1", "name": "f", "arguments": "{\"a\": 1}"},
+    {"id": "fc_req-7_1", "type": "function_call", "status": "completed", "call_id": "chatcmpl-tool-2", "name": "g", "arguments": "{}"}])"));
 
   const ojson cut = ResponseFromChat(call, ChatAnswer("ab", "length", false), "m", 100);
   EXPECT_EQ(cut["status"], "incomplete");
@@ -237,6 +291,32 @@ TEST(ResponsesApiTest, StreamedChunksBecomeOpenAisEventSequence) {
   EXPECT_EQ(c.back()["response"]["incomplete_details"]["reason"], "max_output_tokens");
   EXPECT_EQ(c.back()["response"]["output"][0]["content"][0]["text"], "");
   EXPECT_EQ(Types(c)[2], "response.output_item.added");
+
+  // Tool calls: each call's item added with its name, its arguments as deltas, then done item by item.
+  ResponsesEvents tools(call, "m", 50);
+  std::vector<ojson> t = Feed(tools, {
+      Chunk({{"role", "assistant"}, {"content", ""}}),
+      Chunk(json::parse(R"({"tool_calls": [{"index": 0, "id": "chatcmpl-tool-a", "type": "function", "function": {"name": "f", "arguments": ""}}]})")),
+      Chunk(json::parse(R"({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]})")),
+      Chunk(json::parse(R"({"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}, {"index": 1, "id": "chatcmpl-tool-b", "type": "function", "function": {"name": "g", "arguments": "{}"}}]})")),
+      Chunk(json::object(), "tool_calls")});
+  for (ojson& e : tools.Finish(json{{"prompt_tokens", 4}, {"completion_tokens", 9}})) t.push_back(std::move(e));
+  EXPECT_EQ(Types(t), (std::vector<std::string>{
+                          "response.created", "response.in_progress", "response.output_item.added",
+                          "response.function_call_arguments.delta", "response.function_call_arguments.delta",
+                          "response.output_item.added", "response.function_call_arguments.delta",
+                          "response.function_call_arguments.done", "response.output_item.done",
+                          "response.function_call_arguments.done", "response.output_item.done", "response.completed"}));
+  EXPECT_EQ(t[2]["item"], ojson::parse(R"({"id": "fc_req-9_0", "type": "function_call", "status": "in_progress",
+    "call_id": "chatcmpl-tool-a", "name": "f", "arguments": ""})"));
+  EXPECT_EQ(t[4]["delta"], " 1}");
+  EXPECT_EQ(t[5]["output_index"], 1);
+  EXPECT_EQ(t[7]["arguments"], "{\"a\": 1}");
+  EXPECT_EQ(t[7]["name"], "f");
+  EXPECT_EQ(t[10]["item"]["arguments"], "{}");
+  EXPECT_EQ(t.back()["response"]["status"], "completed");
+  EXPECT_EQ(t.back()["response"]["output"].size(), 2u);
+  EXPECT_EQ(t.back()["response"]["output"][0]["arguments"], "{\"a\": 1}");
 
   // A failure after the start: response.failed with the error.
   ResponsesEvents failing(call, "m", 50);

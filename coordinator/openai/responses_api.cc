@@ -1,5 +1,7 @@
 #include "coordinator/openai/responses_api.h"
 
+#include <map>
+#include <optional>
 #include <utility>
 
 namespace moe::openai {
@@ -46,13 +48,38 @@ std::variant<ojson, HttpError> ChatMessages(const ojson& body) {
     return messages;
   }
   if (!input.is_array() || input.empty()) return BadParam("input", "expected a string or a non-empty array of input items");
+  const auto string_field = [](const ojson& item, const std::string& at, const char* key) -> std::optional<HttpError> {
+    if (!item.contains(key) || !item[key].is_string()) return BadParam(at + "." + key, "required: a string");
+    return std::nullopt;
+  };
   for (size_t i = 0; i < input.size(); ++i) {
     const ojson& item = input[i];
     const std::string at = "input[" + std::to_string(i) + "]";
     if (!item.is_object()) return BadParam(at, "expected an object");
-    if (Given(item, "type") && item["type"] != "message") {
-      const std::string type = item["type"].is_string() ? item["type"].get<std::string>() : item["type"].dump();
-      return BadParam(at + ".type", "\"" + type + "\" is not served (message items only: tools are not served on /v1/responses)");
+    const std::string type = !Given(item, "type") ? "message" : item["type"].is_string() ? item["type"].get<std::string>()
+                                                                                       : item["type"].dump();
+    if (type == "function_call") {  // a call the model made: an assistant turn's tool call (calls in a row: one turn)
+      for (const char* key : {"call_id", "name", "arguments"}) {
+        if (std::optional<HttpError> e = string_field(item, at, key)) return *e;
+      }
+      const ojson call = {{"id", item["call_id"]}, {"type", "function"},
+                          {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}};
+      if (messages.empty() || messages.back()["role"] != "assistant" || !messages.back().contains("tool_calls")) {
+        messages.push_back({{"role", "assistant"}, {"content", nullptr}, {"tool_calls", ojson::array()}});
+      }
+      messages.back()["tool_calls"].push_back(call);
+      continue;
+    }
+    if (type == "function_call_output") {  // its result: a tool turn
+      if (std::optional<HttpError> e = string_field(item, at, "call_id")) return *e;
+      if (!item.contains("output")) return BadParam(at + ".output", "required: a string or text parts");
+      std::variant<ojson, HttpError> output = ChatContent(item["output"], at + ".output");
+      if (auto* e = std::get_if<HttpError>(&output)) return *e;
+      messages.push_back({{"role", "tool"}, {"tool_call_id", item["call_id"]}, {"content", std::get<ojson>(output)}});
+      continue;
+    }
+    if (type != "message") {
+      return BadParam(at + ".type", "\"" + type + "\" is not served (message, function_call and function_call_output items)");
     }
     if (!item.contains("role") || !item["role"].is_string()) return BadParam(at + ".role", "required: a string");
     std::string role = item["role"].get<std::string>();
@@ -147,6 +174,42 @@ ojson MessageItem(const std::string& id, const std::string& status, ojson conten
   return {{"id", "msg_" + id}, {"type", "message"}, {"status", status}, {"role", "assistant"}, {"content", std::move(content)}};
 }
 
+// Function tools ({"type": "function", "name", "description", "parameters", "strict"}) as chat
+// tools, and tool_choice ("none", "auto", "required", {"type": "function", "name"}) as chat's.
+std::optional<HttpError> ChatTools(const ojson& body, ojson& chat) {
+  if (Given(body, "tools")) {
+    if (!body["tools"].is_array()) return BadParam("tools", "expected an array of function tools");
+    ojson tools = ojson::array();
+    for (size_t i = 0; i < body["tools"].size(); ++i) {
+      const ojson& tool = body["tools"][i];
+      const std::string at = "tools[" + std::to_string(i) + "]";
+      if (!tool.is_object() || tool.value("type", ojson()) != "function") {
+        return BadParam(at + ".type", "only function tools are served (no hosted tools: web search, files, MCP, ...)");
+      }
+      if (!tool.contains("name") || !tool["name"].is_string()) return BadParam(at + ".name", "required: a string");
+      ojson function = ojson::object();
+      for (const char* key : {"name", "description", "parameters", "strict"}) {
+        if (Given(tool, key)) function[key] = tool[key];
+      }
+      tools.push_back({{"type", "function"}, {"function", std::move(function)}});
+    }
+    if (!tools.empty()) chat["tools"] = std::move(tools);
+  }
+  if (Given(body, "tool_choice")) {
+    const ojson& choice = body["tool_choice"];
+    if (choice == "none" || choice == "auto" || choice == "required") {
+      if (chat.contains("tools")) chat["tool_choice"] = choice;
+    } else if (choice.is_object() && choice.value("type", ojson()) == "function" && choice.contains("name") &&
+               choice["name"].is_string()) {
+      chat["tool_choice"] = {{"type", "function"}, {"function", {{"name", choice["name"]}}}};
+    } else {
+      return BadParam("tool_choice", "expected \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"name\"}");
+    }
+  }
+  if (body.contains("parallel_tool_calls")) chat["parallel_tool_calls"] = body["parallel_tool_calls"];
+  return std::nullopt;
+}
+
 }  // namespace
 
 std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& body_text) {
@@ -154,13 +217,6 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   if (body.is_discarded()) return HttpError{400, "the request body is not valid JSON", "invalid_request_error", {}};
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
 
-  if (Given(body, "tools") && !(body["tools"].is_array() && body["tools"].empty())) {
-    return BadParam("tools", "not served on /v1/responses (vLLM serves tools there for gpt-oss's Harmony format only); "
-                             "/v1/chat/completions serves them");
-  }
-  if (Given(body, "tool_choice") && body["tool_choice"] != "none" && body["tool_choice"] != "auto") {
-    return BadParam("tool_choice", "only \"none\" or \"auto\" (no tools are served here)");
-  }
   if (Given(body, "previous_response_id")) {
     return BadParam("previous_response_id", "responses are not stored (as vLLM's default): send the whole conversation in input");
   }
@@ -192,6 +248,7 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   if (auto* e = std::get_if<HttpError>(&messages)) return *e;
   chat["messages"] = std::move(std::get<ojson>(messages));
   if (Given(body, "max_output_tokens")) chat["max_tokens"] = body["max_output_tokens"];
+  if (std::optional<HttpError> e = ChatTools(body, chat)) return *e;
   std::variant<ojson, HttpError> format = ResponseFormat(body);
   if (auto* e = std::get_if<HttpError>(&format)) return *e;
   if (!std::get<ojson>(format).is_null()) chat["response_format"] = std::move(std::get<ojson>(format));
@@ -208,15 +265,15 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   echo("instructions", nullptr);
   echo("max_output_tokens", nullptr);
   call.echo["max_tool_calls"] = nullptr;
-  call.echo["parallel_tool_calls"] = true;
+  echo("parallel_tool_calls", true);
   call.echo["previous_response_id"] = nullptr;
   echo("reasoning", nullptr);
   echo("service_tier", "auto");
   call.echo["store"] = false;  // nothing is stored, whatever the request asked
   echo("temperature", 1.0);
   echo("text", ojson{{"format", {{"type", "text"}}}});
-  call.echo["tool_choice"] = "auto";
-  call.echo["tools"] = ojson::array();
+  echo("tool_choice", "auto");
+  echo("tools", ojson::array());
   echo("top_logprobs", 0);
   echo("top_p", 1.0);
   call.echo["truncation"] = "disabled";
@@ -242,21 +299,38 @@ HttpError ResponsesError(HttpError e) {
   return e;
 }
 
+ojson FunctionCallItem(const std::string& id, const std::string& call_id, const std::string& name,
+                       const std::string& arguments, const std::string& status) {
+  return {{"id", id}, {"type", "function_call"}, {"status", status}, {"call_id", call_id}, {"name", name},
+          {"arguments", arguments}};
+}
+
 nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohmann::json& chat, const std::string& model,
                                         int64_t created) {
   const std::string id = Stripped(chat.value("id", std::string()), "chatcmpl-");
   const nlohmann::json& choice = chat["choices"][0];
   const bool cut = choice.value("finish_reason", std::string()) == "length";
+  const std::string status = cut ? "incomplete" : "completed";
   const nlohmann::json& message = choice["message"];
   const std::string text = message.contains("content") && message["content"].is_string() ? message["content"].get<std::string>() : "";
+  const bool calls = message.contains("tool_calls") && message["tool_calls"].is_array() && !message["tool_calls"].empty();
   ojson logprobs = ojson::array();
   if (choice.contains("logprobs") && choice["logprobs"].is_object() && choice["logprobs"].contains("content") &&
       choice["logprobs"]["content"].is_array()) {
     logprobs = ojson::parse(choice["logprobs"]["content"].dump());  // chat's entries are the Responses API's
   }
-  ojson r = ResponseObject(call, id, model, created, cut ? "incomplete" : "completed");
+  ojson r = ResponseObject(call, id, model, created, status);
   if (cut) r["incomplete_details"] = {{"reason", "max_output_tokens"}};
-  r["output"].push_back(MessageItem(id, cut ? "incomplete" : "completed", ojson::array({OutputText(text, logprobs)})));
+  // The text (an answer of calls has none), then each call.
+  if (!text.empty() || !calls) r["output"].push_back(MessageItem(id, status, ojson::array({OutputText(text, logprobs)})));
+  if (calls) {
+    for (size_t k = 0; k < message["tool_calls"].size(); ++k) {
+      const nlohmann::json& c = message["tool_calls"][k];
+      r["output"].push_back(FunctionCallItem("fc_" + id + "_" + std::to_string(k), c.value("id", std::string()),
+                                             c["function"].value("name", std::string()),
+                                             c["function"].value("arguments", std::string()), status));
+    }
+  }
   r["usage"] = Usage(chat.contains("usage") ? chat["usage"] : nlohmann::json());
   return r;
 }
@@ -272,19 +346,27 @@ nlohmann::ordered_json ResponsesEvents::Response(const std::string& status) cons
   return ResponseObject(call_, id_, model_, created_, status);
 }
 
-void ResponsesEvents::Open(std::vector<nlohmann::ordered_json>& out) {
-  if (opened_) return;
-  opened_ = true;
+nlohmann::ordered_json ResponsesEvents::ItemJson(const Item& item, const std::string& status) const {
+  if (item.call) return FunctionCallItem(item.id, item.call_id, item.name, item.text, status);
+  return MessageItem(id_, status, status == "in_progress" ? ojson::array() : ojson::array({OutputText(item.text, item.logprobs)}));
+}
+
+size_t ResponsesEvents::OpenMessage(std::vector<nlohmann::ordered_json>& out) {
+  if (message_ >= 0) return static_cast<size_t>(message_);
+  message_ = static_cast<int>(items_.size());
+  items_.push_back(Item{});
+  items_.back().id = "msg_" + id_;
   ojson added = Event("response.output_item.added");
-  added["output_index"] = 0;
-  added["item"] = MessageItem(id_, "in_progress", ojson::array());
+  added["output_index"] = message_;
+  added["item"] = ItemJson(items_.back(), "in_progress");
   out.push_back(std::move(added));
   ojson part = Event("response.content_part.added");
-  part["item_id"] = "msg_" + id_;
-  part["output_index"] = 0;
+  part["item_id"] = items_.back().id;
+  part["output_index"] = message_;
   part["content_index"] = 0;
   part["part"] = OutputText("", ojson::array());
   out.push_back(std::move(part));
+  return static_cast<size_t>(message_);
 }
 
 std::vector<nlohmann::ordered_json> ResponsesEvents::Chunk(const nlohmann::json& chunk) {
@@ -303,56 +385,97 @@ std::vector<nlohmann::ordered_json> ResponsesEvents::Chunk(const nlohmann::json&
   if (choice.contains("finish_reason") && choice["finish_reason"].is_string()) {
     finish_reason_ = choice["finish_reason"].get<std::string>();
   }
-  std::string delta;
-  if (choice.contains("delta") && choice["delta"].contains("content") && choice["delta"]["content"].is_string()) {
-    delta = choice["delta"]["content"].get<std::string>();
-  }
+  const nlohmann::json delta = choice.contains("delta") ? choice["delta"] : nlohmann::json::object();
+  std::string text;
+  if (delta.contains("content") && delta["content"].is_string()) text = delta["content"].get<std::string>();
   ojson logprobs = ojson::array();
   if (choice.contains("logprobs") && choice["logprobs"].is_object() && choice["logprobs"].contains("content") &&
       choice["logprobs"]["content"].is_array()) {
     logprobs = ojson::parse(choice["logprobs"]["content"].dump());
   }
-  if (delta.empty() && logprobs.empty()) return out;
-  Open(out);
-  text_ += delta;
-  for (const ojson& l : logprobs) logprobs_.push_back(l);
-  ojson e = Event("response.output_text.delta");
-  e["item_id"] = "msg_" + id_;
-  e["output_index"] = 0;
-  e["content_index"] = 0;
-  e["delta"] = delta;
-  e["logprobs"] = std::move(logprobs);
-  out.push_back(std::move(e));
+  if (!text.empty() || !logprobs.empty()) {
+    const size_t at = OpenMessage(out);
+    Item& m = items_[at];
+    m.text += text;
+    for (const ojson& l : logprobs) m.logprobs.push_back(l);
+    ojson e = Event("response.output_text.delta");
+    e["item_id"] = m.id;
+    e["output_index"] = at;
+    e["content_index"] = 0;
+    e["delta"] = text;
+    e["logprobs"] = std::move(logprobs);
+    out.push_back(std::move(e));
+  }
+  // Tool calls: a call's id and name first (its item added), then its arguments as they are written.
+  if (delta.contains("tool_calls") && delta["tool_calls"].is_array()) {
+    for (const nlohmann::json& entry : delta["tool_calls"]) {
+      const int index = entry.value("index", 0);
+      auto found = calls_.find(index);
+      if (found == calls_.end()) {
+        Item item;
+        item.call = true;
+        item.id = "fc_" + id_ + "_" + std::to_string(calls_.size());
+        item.call_id = entry.value("id", std::string());
+        if (entry.contains("function")) item.name = entry["function"].value("name", std::string());
+        found = calls_.emplace(index, items_.size()).first;
+        items_.push_back(std::move(item));
+        ojson added = Event("response.output_item.added");
+        added["output_index"] = found->second;
+        added["item"] = ItemJson(items_[found->second], "in_progress");
+        out.push_back(std::move(added));
+      }
+      Item& item = items_[found->second];
+      const std::string piece = entry.contains("function") ? entry["function"].value("arguments", std::string()) : "";
+      if (piece.empty()) continue;
+      item.text += piece;
+      ojson e = Event("response.function_call_arguments.delta");
+      e["item_id"] = item.id;
+      e["output_index"] = found->second;
+      e["delta"] = piece;
+      out.push_back(std::move(e));
+    }
+  }
   return out;
 }
 
 std::vector<nlohmann::ordered_json> ResponsesEvents::Finish(const nlohmann::json& usage) {
   std::vector<ojson> out;
-  Open(out);  // an empty answer still has its message
+  if (items_.empty()) OpenMessage(out);  // an empty answer still has its message
   const bool cut = finish_reason_ == "length";
   const std::string status = cut ? "incomplete" : "completed";
-  ojson done = Event("response.output_text.done");
-  done["item_id"] = "msg_" + id_;
-  done["output_index"] = 0;
-  done["content_index"] = 0;
-  done["text"] = text_;
-  done["logprobs"] = logprobs_;
-  out.push_back(std::move(done));
-  ojson part = Event("response.content_part.done");
-  part["item_id"] = "msg_" + id_;
-  part["output_index"] = 0;
-  part["content_index"] = 0;
-  part["part"] = OutputText(text_, logprobs_);
-  out.push_back(std::move(part));
-  const ojson item = MessageItem(id_, status, ojson::array({OutputText(text_, logprobs_)}));
-  ojson item_done = Event("response.output_item.done");
-  item_done["output_index"] = 0;
-  item_done["item"] = item;
-  out.push_back(std::move(item_done));
-  ojson end = Event(cut ? "response.incomplete" : "response.completed");
   ojson r = Response(status);
   if (cut) r["incomplete_details"] = {{"reason", "max_output_tokens"}};
-  r["output"].push_back(item);
+  for (size_t at = 0; at < items_.size(); ++at) {
+    const Item& item = items_[at];
+    if (item.call) {
+      ojson done = Event("response.function_call_arguments.done");
+      done["item_id"] = item.id;
+      done["output_index"] = at;
+      done["name"] = item.name;
+      done["arguments"] = item.text;
+      out.push_back(std::move(done));
+    } else {
+      ojson done = Event("response.output_text.done");
+      done["item_id"] = item.id;
+      done["output_index"] = at;
+      done["content_index"] = 0;
+      done["text"] = item.text;
+      done["logprobs"] = item.logprobs;
+      out.push_back(std::move(done));
+      ojson part = Event("response.content_part.done");
+      part["item_id"] = item.id;
+      part["output_index"] = at;
+      part["content_index"] = 0;
+      part["part"] = OutputText(item.text, item.logprobs);
+      out.push_back(std::move(part));
+    }
+    ojson item_done = Event("response.output_item.done");
+    item_done["output_index"] = at;
+    item_done["item"] = ItemJson(item, status);
+    r["output"].push_back(item_done["item"]);
+    out.push_back(std::move(item_done));
+  }
+  ojson end = Event(cut ? "response.incomplete" : "response.completed");
   r["usage"] = Usage(usage);
   end["response"] = std::move(r);
   out.push_back(std::move(end));

@@ -6,13 +6,17 @@
 // whole or streamed, is translated back into a response object or Responses events. Plain
 // functions on JSON (no I/O), so the rules are tested without a server.
 //
-// Refused with a 400 naming the field, rather than ignored: tools and tool outputs (vLLM serves
-// them here with Harmony only: /v1/chat/completions serves tools), previous_response_id and
-// background (they need stored responses; as vLLM's default, `store` is accepted and nothing is
-// stored), truncation other than "disabled", input parts other than text.
+// Function tools go through the chat path's tool calls (beyond vLLM, which serves tools here with
+// Harmony only): `tools` and `tool_choice` in chat's shape, function_call and function_call_output
+// input items as the assistant's tool_calls and tool turns, and the answer's calls as
+// function_call output items (streamed: response.function_call_arguments.delta / .done).
+// Refused with a 400 naming the field, rather than ignored: hosted tools (web search, files, MCP),
+// previous_response_id and background (they need stored responses; as vLLM's default, `store` is
+// accepted and nothing is stored), truncation other than "disabled", input parts other than text.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <variant>
 #include <vector>
@@ -45,11 +49,13 @@ nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohman
 
 // The events of a streamed response, from the chat completion chunks of its one choice, each
 // {"type", "sequence_number", ...} (sent as server-sent events named by their type):
-// response.created and response.in_progress (with the first chunk), response.output_item.added
-// and response.content_part.added (before the first text), one response.output_text.delta per
-// chunk with text, then at the end response.output_text.done, response.content_part.done,
-// response.output_item.done and response.completed (response.incomplete at the length limit), or
-// response.failed.
+// response.created and response.in_progress (with the first chunk); for the text
+// response.output_item.added and response.content_part.added before its first delta, one
+// response.output_text.delta per chunk with text; for each tool call response.output_item.added
+// with its name, then response.function_call_arguments.delta; at the end, item by item,
+// response.output_text.done and response.content_part.done (text) or
+// response.function_call_arguments.done (a call), response.output_item.done; then
+// response.completed (response.incomplete at the length limit), or response.failed.
 class ResponsesEvents {
  public:
   ResponsesEvents(const ResponsesCall& call, std::string model, int64_t created);
@@ -60,18 +66,28 @@ class ResponsesEvents {
   std::vector<nlohmann::ordered_json> Failed(const HttpError& error);
 
  private:
+  // One output item: the assistant message (text and its logprobs) or a function call (text: its
+  // arguments).
+  struct Item {
+    bool call = false;
+    std::string id, call_id, name, text;
+    nlohmann::ordered_json logprobs = nlohmann::ordered_json::array();
+  };
   nlohmann::ordered_json Event(const std::string& type);
   nlohmann::ordered_json Response(const std::string& status) const;
-  void Open(std::vector<nlohmann::ordered_json>& out);
+  nlohmann::ordered_json ItemJson(const Item& item, const std::string& status) const;
+  // The message item's output index, added (with its content part) on first use.
+  size_t OpenMessage(std::vector<nlohmann::ordered_json>& out);
 
   const ResponsesCall& call_;
   std::string model_;
   int64_t created_;
   int64_t sequence_ = 0;
-  std::string id_;  // the chat completion's id behind "resp_" and "msg_"
-  bool started_ = false, opened_ = false;
-  std::string text_;
-  nlohmann::ordered_json logprobs_ = nlohmann::ordered_json::array();
+  std::string id_;  // the chat completion's id behind "resp_", "msg_" and "fc_"
+  bool started_ = false;
+  std::vector<Item> items_;       // in output order
+  int message_ = -1;              // the message's index in items_
+  std::map<int, size_t> calls_;   // a chat tool call's index -> its item
   std::string finish_reason_;
 };
 
