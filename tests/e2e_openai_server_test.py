@@ -820,7 +820,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertEqual(r["usage"]["input_tokens"], len(case["prompt_ids"]))
             self.assertEqual(r["usage"]["output_tokens"], n)
             self.assertEqual(r["usage"]["total_tokens"], len(case["prompt_ids"]) + n)
-            self.assertEqual((r["max_output_tokens"], r["temperature"], r["store"]), (n, 0, False))
+            self.assertEqual((r["max_output_tokens"], r["temperature"], r["store"]), (n, 0, True))
 
             events = self.responses_stream(req)
             types = [e["type"] for e in events]
@@ -884,13 +884,75 @@ class OpenAiServerEndToEnd(unittest.TestCase):
 
         # Refusals name the Responses API's field.
         for body, param, code in (({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", 400),
-                                  ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", 400),
+                                  ({"input": "x", "previous_response_id": "resp_none"}, "previous_response_id", 404),
+                                  ({"input": "x", "background": True}, "background", 400),
                                   ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", 400),
                                   ({"input": "x", "model": "other"}, "model", 404),
                                   ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type", 400),
                                   ({"input": "x", "max_output_tokens": 5000}, "max_output_tokens", 400)):
             status, err = self.call("/v1/responses", body)
             self.assertEqual((status, err["error"]["param"]), (code, param), err)
+
+    def test_f1r3_stored_responses_carry_a_conversation_on(self):
+        """store (OpenAI's default): a response is kept (GET /v1/responses/{id} answers it, DELETE forgets it),
+        and previous_response_id puts its conversation (input and output) before the next input, as the
+        chat completion of the whole conversation answers; streamed answers are stored too. Past
+        --responses-store N the least recently used is dropped; with 0 nothing is kept."""
+        first = CHAT_GOLDEN["cases"][0]["messages"]
+        status, r1 = self.call("/v1/responses", {"input": first, "max_output_tokens": 6, "temperature": 0})
+        self.assertEqual(status, 200, r1)
+        self.assertTrue(r1["store"])
+        status, got = self.call("/v1/responses/" + r1["id"], method="GET")
+        self.assertEqual((status, got), (200, r1))
+        said = r1["output"][0]["content"][0]["text"]
+        follow = {"role": "user", "content": "Say it again."}
+        status, chat = self.call("/v1/chat/completions", {"messages": first + [{"role": "assistant", "content": said}, follow],
+                                                          "max_tokens": 6, "temperature": 0})
+        self.assertEqual(status, 200, chat)
+        for stream in (False, True):
+            req = {"previous_response_id": r1["id"], "input": [follow], "max_output_tokens": 6, "temperature": 0}
+            if stream:
+                r2 = self.responses_stream(req)[-1]["response"]
+            else:
+                status, r2 = self.call("/v1/responses", req)
+                self.assertEqual(status, 200, r2)
+            self.assertEqual(r2["previous_response_id"], r1["id"])
+            self.assertEqual(r2["output"][0]["content"][0]["text"], chat["choices"][0]["message"]["content"], stream)
+            self.assertEqual(r2["usage"]["input_tokens"], chat["usage"]["prompt_tokens"])
+            status, got = self.call("/v1/responses/" + r2["id"], method="GET")
+            self.assertEqual((status, got["output"]), (200, r2["output"]))
+        # A chain: the third turn sees both before it (its prompt is longer by the second turn).
+        status, r3 = self.call("/v1/responses", {"previous_response_id": r2["id"], "input": "Once more.",
+                                                 "max_output_tokens": 2, "temperature": 0})
+        self.assertEqual(status, 200, r3)
+        self.assertGreater(r3["usage"]["input_tokens"], r2["usage"]["input_tokens"] + r2["usage"]["output_tokens"])
+        # store: false keeps nothing; an unknown id is a 404 naming previous_response_id.
+        status, r4 = self.call("/v1/responses", {"input": "x", "max_output_tokens": 1, "store": False})
+        self.assertEqual((status, r4["store"]), (200, False), r4)
+        status, err = self.call("/v1/responses/" + r4["id"], method="GET")
+        self.assertEqual(status, 404, err)
+        status, err = self.call("/v1/responses", {"input": "x", "previous_response_id": r4["id"]})
+        self.assertEqual((status, err["error"]["param"]), (404, "previous_response_id"), err)
+        status, gone = self.call("/v1/responses/" + r1["id"], method="DELETE")
+        self.assertEqual((status, gone), (200, {"id": r1["id"], "object": "response", "deleted": True}))
+        for method in ("GET", "DELETE"):
+            status, err = self.call("/v1/responses/" + r1["id"], method=method)
+            self.assertEqual(status, 404, err)
+        status, err = self.call("/v1/responses/" + r2["id"] + "/input_items", method="GET")
+        self.assertEqual(status, 404, err)
+
+        # Own fronts: capacity 2 drops the least recently used; 0 keeps none.
+        for capacity in ("2", "0"):
+            with own_front(self, self.cluster.address, "--responses-store", capacity,
+                           "--chat-template=" + CHAT_TEMPLATE) as (port, _, _):
+                base = "http://127.0.0.1:%d" % port
+                ids = []
+                for i in range(3):
+                    status, r = self.call("/v1/responses", {"input": "x%d" % i, "max_output_tokens": 1}, base=base)
+                    self.assertEqual((status, r["store"]), (200, capacity != "0"), r)
+                    ids.append(r["id"])
+                kept = [self.call("/v1/responses/" + i, method="GET", base=base)[0] for i in ids]
+                self.assertEqual(kept, [404, 200, 200] if capacity == "2" else [404, 404, 404])
 
     def test_f1r2_responses_api_function_tools_answer_as_the_chat_completion_does(self):
         """Function tools on /v1/responses: a named function's and "required"'s calls are the chat

@@ -4,6 +4,7 @@
 // sequence (the shapes of OpenAI's API reference; the server's answers are checked end to end in
 // e2e_openai_server_test.py).
 #include "coordinator/openai/responses_api.h"
+#include "coordinator/openai/response_store.h"
 
 #include <gtest/gtest.h>
 
@@ -22,6 +23,9 @@ ResponsesCall Parse(const std::string& body) {
   return std::get_if<ResponsesCall>(&r) != nullptr ? std::get<ResponsesCall>(r) : ResponsesCall{};
 }
 
+// The chat request a Responses request amounts to, with no previous response.
+ojson ChatOf(const std::string& body) { return ojson::parse(ChatBody(Parse(body), ojson::array())); }
+
 TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
   const ResponsesCall call = Parse(R"({
     "model": "m", "instructions": "Be brief.",
@@ -35,7 +39,7 @@ TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
     "include": ["message.output_text.logprobs"], "top_logprobs": 3, "stream": true,
     "store": true, "metadata": {"k": "v"}, "user": "u", "tools": [], "tool_choice": "auto", "truncation": "disabled",
     "background": false, "reasoning": null, "unknown_field": 1})");
-  const ojson chat = ojson::parse(call.chat_body);
+  const ojson chat = ojson::parse(ChatBody(call, ojson::array()));
   EXPECT_EQ(chat["messages"], ojson::parse(R"([
     {"role": "system", "content": "Be brief."}, {"role": "system", "content": "Rhyme."},
     {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
@@ -55,7 +59,7 @@ TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
     EXPECT_FALSE(chat.contains(dropped)) << dropped;
   }
   // The chat parser takes it as it is.
-  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(call.chat_body, "m");
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(ChatBody(call, ojson::array()), "m");
   ASSERT_TRUE(std::holds_alternative<ChatCall>(parsed)) << std::get<HttpError>(parsed).message;
   const CompletionCall& c = std::get<ChatCall>(parsed).completion;
   EXPECT_EQ(c.max_tokens, 7u);
@@ -66,11 +70,12 @@ TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
   EXPECT_EQ(call.echo["max_output_tokens"], 7);
   EXPECT_EQ(call.echo["top_logprobs"], 3);
   EXPECT_EQ(call.echo["metadata"], ojson::parse(R"({"k": "v"})"));
-  EXPECT_EQ(call.echo["store"], false);
+  EXPECT_TRUE(call.store);
+  EXPECT_FALSE(Parse(R"({"input": "x", "store": false})").store);
   EXPECT_EQ(call.echo["text"]["format"]["name"], "o");
 
   const ResponsesCall plain = Parse(R"({"input": "hi"})");
-  const ojson plain_chat = ojson::parse(plain.chat_body);
+  const ojson plain_chat = ojson::parse(ChatBody(plain, ojson::array()));
   EXPECT_EQ(plain_chat, ojson::parse(R"({"messages": [{"role": "user", "content": "hi"}]})"));
   EXPECT_FALSE(plain.stream);
   EXPECT_EQ(plain.echo["temperature"], 1.0);
@@ -78,10 +83,10 @@ TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
   EXPECT_EQ(plain.echo["instructions"], nullptr);
   EXPECT_EQ(plain.echo["text"], ojson::parse(R"({"format": {"type": "text"}})"));
   // json_object; plain text format adds nothing; top_logprobs without the include asks no logprobs (vLLM's).
-  EXPECT_EQ(ojson::parse(Parse(R"({"input": "x", "text": {"format": {"type": "json_object"}}})").chat_body)["response_format"],
+  EXPECT_EQ(ChatOf(R"({"input": "x", "text": {"format": {"type": "json_object"}}})")["response_format"],
             ojson::parse(R"({"type": "json_object"})"));
-  EXPECT_FALSE(ojson::parse(Parse(R"({"input": "x", "text": {"format": {"type": "text"}}})").chat_body).contains("response_format"));
-  EXPECT_FALSE(ojson::parse(Parse(R"({"input": "x", "top_logprobs": 2})").chat_body).contains("logprobs"));
+  EXPECT_FALSE(ChatOf(R"({"input": "x", "text": {"format": {"type": "text"}}})").contains("response_format"));
+  EXPECT_FALSE(ChatOf(R"({"input": "x", "top_logprobs": 2})").contains("logprobs"));
 }
 
 // Function tools in chat's shape; function_call and function_call_output items as the assistant's
@@ -97,7 +102,7 @@ TEST(ResponsesApiTest, FunctionToolsAndCallItemsBecomeChatTools) {
     "tools": [{"type": "function", "name": "get_weather", "description": "d", "strict": true,
                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
     "tool_choice": {"type": "function", "name": "get_weather"}, "parallel_tool_calls": false})");
-  const ojson chat = ojson::parse(call.chat_body);
+  const ojson chat = ojson::parse(ChatBody(call, ojson::array()));
   EXPECT_EQ(chat["messages"], ojson::parse(R"([
     {"role": "user", "content": "Weather?"},
     {"role": "assistant", "content": null, "tool_calls": [
@@ -114,13 +119,37 @@ TEST(ResponsesApiTest, FunctionToolsAndCallItemsBecomeChatTools) {
   EXPECT_EQ(call.echo["tool_choice"]["name"], "get_weather");
   EXPECT_EQ(call.echo["parallel_tool_calls"], false);
   // The chat parser takes the named choice (its calls' schema becomes the output's constraint).
-  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(call.chat_body, "m");
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(ChatBody(call, ojson::array()), "m");
   ASSERT_TRUE(std::holds_alternative<ChatCall>(parsed)) << std::get<HttpError>(parsed).message;
   EXPECT_EQ(std::get<ChatCall>(parsed).completion.tool_choice.kind, ToolChoice::Kind::kNamed);
   // "required" and "auto" pass as they are; with no tools a choice string adds nothing.
-  EXPECT_EQ(ojson::parse(Parse(R"({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": "required"})")
-                             .chat_body)["tool_choice"], "required");
-  EXPECT_FALSE(ojson::parse(Parse(R"({"input": "x", "tool_choice": "auto", "tools": []})").chat_body).contains("tool_choice"));
+  EXPECT_EQ(ChatOf(R"({"input": "x", "tools": [{"type": "function", "name": "f"}], "tool_choice": "required"})")["tool_choice"],
+            "required");
+  EXPECT_FALSE(ChatOf(R"({"input": "x", "tool_choice": "auto", "tools": []})").contains("tool_choice"));
+}
+
+// A stored conversation goes between the instructions and the input; what is stored after a
+// response is the history, the input and the output as the assistant's turn (no instructions).
+TEST(ResponsesApiTest, PreviousResponsesConversationGoesBeforeTheInput) {
+  const ResponsesCall call = Parse(R"({"instructions": "Be brief.", "input": "And now?", "previous_response_id": "resp_a"})");
+  EXPECT_EQ(call.previous_response_id, "resp_a");
+  EXPECT_EQ(call.echo["previous_response_id"], "resp_a");
+  const ojson history = ojson::parse(R"([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}])");
+  EXPECT_EQ(ojson::parse(ChatBody(call, history))["messages"], ojson::parse(R"([
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+    {"role": "user", "content": "And now?"}])"));
+  const ojson text = ojson::parse(R"({"output": [{"type": "message", "content": [{"type": "output_text", "text": "Soon."}]}]})");
+  EXPECT_EQ(ConversationAfter(call, history, text), ojson::parse(R"([
+    {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "And now?"},
+    {"role": "assistant", "content": "Soon."}])"));
+  const ojson calls = ojson::parse(R"({"output": [
+    {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+    {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "[]"}]})");
+  EXPECT_EQ(ConversationAfter(call, ojson::array(), calls), ojson::parse(R"([
+    {"role": "user", "content": "And now?"},
+    {"role": "assistant", "content": null, "tool_calls": [
+      {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+      {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "[]"}}]}])"));
 }
 
 TEST(ResponsesApiTest, WhatIsNotServedIsRefusedNamingTheField) {
@@ -134,7 +163,8 @@ TEST(ResponsesApiTest, WhatIsNotServedIsRefusedNamingTheField) {
       {R"({"input": [{"type": "function_call_output", "output": "1"}]})", "input[0].call_id"},
       {R"({"input": [{"type": "function_call_output", "call_id": "c"}]})", "input[0].output"},
       {R"({"input": [{"type": "reasoning", "summary": []}]})", "input[0].type"},
-      {R"({"input": "x", "previous_response_id": "resp_1"})", "previous_response_id"},
+      {R"({"input": "x", "previous_response_id": 5})", "previous_response_id"},
+      {R"({"input": "x", "store": "yes"})", "store"},
       {R"({"input": "x", "conversation": "c"})", "conversation"},
       {R"({"input": "x", "background": true})", "background"},
       {R"({"input": "x", "truncation": "auto"})", "truncation"},
@@ -327,6 +357,28 @@ TEST(ResponsesApiTest, StreamedChunksBecomeOpenAisEventSequence) {
   EXPECT_EQ(failed[0]["sequence_number"], f.size());
   EXPECT_EQ(failed[0]["response"]["status"], "failed");
   EXPECT_EQ(failed[0]["response"]["error"], ojson::parse(R"({"code": "server_error", "message": "lost rank 1"})"));
+}
+
+// The store keeps the most recently used responses up to its capacity; capacity 0 keeps none.
+TEST(ResponsesApiTest, StoreDropsTheLeastRecentlyUsedPastItsCapacity) {
+  ResponseStore store(2);
+  auto put = [&](const std::string& id) { store.Put(id, StoredResponse{ojson{{"id", id}}, ojson::array()}); };
+  put("a");
+  put("b");
+  ASSERT_TRUE(store.Get("a"));  // a is now the most recently used
+  put("c");                      // drops b
+  EXPECT_FALSE(store.Get("b"));
+  EXPECT_EQ(store.Get("a")->response["id"], "a");
+  EXPECT_EQ(store.Get("c")->response["id"], "c");
+  EXPECT_EQ(store.size(), 2u);
+  put("c");  // again: replaced, not doubled
+  EXPECT_EQ(store.size(), 2u);
+  EXPECT_TRUE(store.Erase("a"));
+  EXPECT_FALSE(store.Erase("a"));
+  EXPECT_FALSE(store.Get("a"));
+  ResponseStore none(0);
+  none.Put("x", StoredResponse{});
+  EXPECT_FALSE(none.Get("x"));
 }
 
 }  // namespace

@@ -25,6 +25,8 @@ const char kUsage[] =
     "usage: moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000; port 0 picks one)]\n"
     "                         [--model-name NAME (default: the model folder's name)]\n"
     "                         [--threads N (default 1024: requests in flight; one more waits for a thread)]\n"
+    "                         [--responses-store N (default 1024: /v1/responses answers kept, least recently used\n"
+    "                          dropped, for previous_response_id and GET / DELETE /v1/responses/ID; 0: none kept)]\n"
     "                         [--request-timeout-s S (default 30: to send the request headers, and for any one\n"
     "                          read of the body or write of the answer)]\n"
     "                         [--access-log FILE (a line per request: client, time, request, status, bytes;\n"
@@ -77,7 +79,7 @@ int main(int argc, char** argv) {
         f.name != "--allowed-origins" &&
         f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key" &&
         f.name != "--ssl-certfile" && f.name != "--ssl-keyfile" && f.name != "--ssl-ca-certs" &&
-        f.name != "--ssl-cert-reqs") {
+        f.name != "--ssl-cert-reqs" && f.name != "--responses-store") {
       return BadFlag("unknown flag '" + args[i] + "'");
     }
     std::string value;
@@ -115,6 +117,12 @@ int main(int argc, char** argv) {
       opts.metrics_url = value;
     } else if (f.name == "--access-log") {
       opts.access_log = value;
+    } else if (f.name == "--responses-store") {
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(value, &n) || n < 0 || n > 10'000'000) {
+        return BadFlag("--responses-store: expected a count of responses from 0 to 10000000, got '" + value + "'");
+      }
+      opts.responses_store = static_cast<size_t>(n);
     } else if (f.name == "--request-timeout-s") {
       if (!absl::SimpleAtod(value, &opts.request_timeout_s) || !(opts.request_timeout_s >= 0.001) ||
           opts.request_timeout_s > 86400) {

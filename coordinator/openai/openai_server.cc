@@ -160,6 +160,7 @@ std::string LocalRequestId(const CompletionCall& call) {
 
 absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOptions& opts) {
   std::unique_ptr<OpenAiServer> s(new OpenAiServer());
+  s->responses_store_ = std::make_unique<ResponseStore>(opts.responses_store);
   MOE_RETURN_IF_ERROR(CheckHttpsFlags(opts.https));
   if (opts.https.enabled()) {  // before anything else: a bad file stops the server at once
     MOE_RETURN_IF_ERROR(CheckTlsFiles(opts.https));
@@ -291,6 +292,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_set_request_handler(s->ctx_, "/v1/completions$", &OpenAiServer::HandleCompletions, s.get());
   mg_set_request_handler(s->ctx_, "/v1/chat/completions$", &OpenAiServer::HandleChat, s.get());
   mg_set_request_handler(s->ctx_, "/v1/responses$", &OpenAiServer::HandleResponses, s.get());
+  mg_set_request_handler(s->ctx_, "/v1/responses/", &OpenAiServer::HandleStoredResponse, s.get());
   mg_set_request_handler(s->ctx_, "/tokenize$", &OpenAiServer::HandleTokenize, s.get());
   mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
   mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
@@ -365,7 +367,7 @@ int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
   if (!s->allowed_origins_.empty() && std::string(info->request_method) == "OPTIONS") {
     const std::string cors = CorsHeaders(conn);
     mg_printf(conn,
-              "HTTP/1.1 204 No Content\r\n%sAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+              "HTTP/1.1 204 No Content\r\n%sAccess-Control-Allow-Methods: GET, POST, DELETE, OPTIONS\r\n"
               "Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
               "Content-Length: 0\r\nConnection: close\r\n\r\n",
               cors.c_str());
@@ -486,6 +488,31 @@ int OpenAiServer::HandleResponses(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Responses, /*watch_client=*/true);
 }
 
+// A stored response: GET answers it, DELETE forgets it (OpenAI's {"id", "object", "deleted"}).
+int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
+  auto* s = static_cast<OpenAiServer*>(self);
+  const bool get = IsMethod(conn, "GET");
+  if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
+  const char* uri = mg_get_request_info(conn)->local_uri;
+  const std::string id = std::string(uri != nullptr ? uri : "").substr(std::string("/v1/responses/").size());
+  if (id.empty() || id.find('/') != std::string::npos) {
+    return SendError(conn, HttpError{404, "no such endpoint: /v1/responses/" + id + " (GET or DELETE /v1/responses/{id})",
+                                     "NotFoundError", {}});
+  }
+  const HttpError missing{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
+  if (!get) {
+    if (!s->responses_store_->Erase(id)) return SendError(conn, missing);
+    SendJson(conn, 200, {{"id", id}, {"object", "response"}, {"deleted", true}});
+    return 200;
+  }
+  const std::optional<StoredResponse> stored = s->responses_store_->Get(id);
+  if (!stored) return SendError(conn, missing);
+  const std::string text = stored->response.dump();
+  SendHead(conn, 200, "application/json", static_cast<long long>(text.size()));
+  mg_write(conn, text.data(), text.size());
+  return 200;
+}
+
 int OpenAiServer::HandleTokenize(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Tokenize, /*watch_client=*/false);
 }
@@ -601,18 +628,42 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
 int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
   std::variant<ResponsesCall, HttpError> parsed = ParseResponsesRequest(body);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
-  const ResponsesCall& responses = std::get<ResponsesCall>(parsed);
-  std::variant<ChatCall, HttpError> chat = PrepareChat(conn, responses.chat_body);
+  ResponsesCall& responses = std::get<ResponsesCall>(parsed);
+  // previous_response_id: the conversation that response ended goes first.
+  nlohmann::ordered_json history = nlohmann::ordered_json::array();
+  if (!responses.previous_response_id.empty()) {
+    std::optional<StoredResponse> previous = responses_store_->Get(responses.previous_response_id);
+    if (!previous) {
+      return SendError(conn, HttpError{404, "previous_response_id: Response with id '" + responses.previous_response_id +
+                                                "' not found (not stored, or dropped: --responses-store keeps the latest " +
+                                                std::to_string(responses_store_->capacity()) + ").",
+                                       "invalid_request_error", std::string("previous_response_id")});
+    }
+    history = std::move(previous->conversation);
+  }
+  const bool keep = responses.store && responses_store_->capacity() > 0;
+  responses.echo["store"] = keep;
+  std::variant<ChatCall, HttpError> chat = PrepareChat(conn, ChatBody(responses, history));
   if (auto* e = std::get_if<HttpError>(&chat)) return SendError(conn, ResponsesError(*e));
   const CompletionCall& call = std::get<ChatCall>(chat).completion;
   const int64_t created = UnixNow();
+  auto remember = [&](const nlohmann::ordered_json& response) {
+    if (keep && !response.is_null()) {
+      responses_store_->Put(response["id"].get<std::string>(),
+                            StoredResponse{response, ConversationAfter(responses, history, response)});
+    }
+  };
   if (call.stream) {
     ResponsesEvents events(responses, model_name_, created);
-    return StreamCompletion(conn, call, created, Api::kChat, &events);
+    const int status = StreamCompletion(conn, call, created, Api::kChat, &events);
+    remember(events.final_response());
+    return status;
   }
   std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, ResponsesError(*e));
-  const std::string text = ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created).dump();
+  const nlohmann::ordered_json response = ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created);
+  remember(response);
+  const std::string text = response.dump();
   SendHead(conn, 200, "application/json", static_cast<long long>(text.size()));
   mg_write(conn, text.data(), text.size());
   return 200;

@@ -22,6 +22,7 @@
 #include "coordinator/openai/civetweb_tls.h"
 #include "coordinator/openai/client_watch.h"
 #include "coordinator/openai/openai_protocol.h"
+#include "coordinator/openai/response_store.h"
 #include "coordinator/openai/responses_api.h"
 #include "moe/v1/inference.grpc.pb.h"
 
@@ -55,6 +56,9 @@ struct ServerOptions {
   double connect_timeout_s = 30;      // to reach the coordinator at start
   std::string chat_template_file;     // empty: the model folder's template (ModelInfo.chat_template)
   std::string tool_call_parser;       // "mistral": tool_choice "auto" answers are read for [TOOL_CALLS]
+  // /v1/responses answers kept (store: true, OpenAI's default) for previous_response_id and GET /
+  // DELETE /v1/responses/{id}, the least recently used dropped past it; 0: none kept.
+  size_t responses_store = 1024;
   // Not empty: every endpoint but GET /health, /metrics and /version answers 401 unless the request
   // carries "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
   std::vector<std::string> api_keys;
@@ -89,6 +93,7 @@ class OpenAiServer {
   static int HandleCompletions(mg_connection* conn, void* self);
   static int HandleChat(mg_connection* conn, void* self);
   static int HandleResponses(mg_connection* conn, void* self);
+  static int HandleStoredResponse(mg_connection* conn, void* self);  // GET, DELETE /v1/responses/{id}
   static int HandleTokenize(mg_connection* conn, void* self);
   static int HandleDetokenize(mg_connection* conn, void* self);
   static int HandleModels(mg_connection* conn, void* self);
@@ -169,6 +174,7 @@ class OpenAiServer {
   std::string model_name_;
   int64_t max_model_len_ = 0;
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
+  std::unique_ptr<ResponseStore> responses_store_;
   std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why
   absl::Status chat_template_status_;
   std::string bos_token_, eos_token_;      // for a request's own chat_template

@@ -33,14 +33,9 @@ std::variant<ojson, HttpError> ChatContent(const ojson& content, const std::stri
   return parts;
 }
 
-// The conversation: the instructions as a system turn, then the input (a user turn's text, or
-// message items).
+// The input as chat messages (a user turn's text, or message and call items).
 std::variant<ojson, HttpError> ChatMessages(const ojson& body) {
   ojson messages = ojson::array();
-  if (Given(body, "instructions")) {
-    if (!body["instructions"].is_string()) return BadParam("instructions", "expected a string");
-    messages.push_back({{"role", "system"}, {"content", body["instructions"]}});
-  }
   if (!Given(body, "input")) return BadParam("input", "required: a string or an array of input items");
   const ojson& input = body["input"];
   if (input.is_string()) {
@@ -217,12 +212,9 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   if (body.is_discarded()) return HttpError{400, "the request body is not valid JSON", "invalid_request_error", {}};
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
 
-  if (Given(body, "previous_response_id")) {
-    return BadParam("previous_response_id", "responses are not stored (as vLLM's default): send the whole conversation in input");
-  }
-  if (Given(body, "conversation")) return BadParam("conversation", "conversations are not stored: send them in input");
+  if (Given(body, "conversation")) return BadParam("conversation", "the Conversations API is not served: name a previous_response_id");
   if (Given(body, "background") && body["background"] != false) {
-    return BadParam("background", "not served (it needs stored responses)");
+    return BadParam("background", "not served (an answer does not outlive its request)");
   }
   if (Given(body, "truncation") && body["truncation"] != "disabled") {
     return BadParam("truncation", "only \"disabled\" is served (a conversation past the context is refused)");
@@ -240,13 +232,25 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   if (Given(body, "stream") && !body["stream"].is_boolean()) return BadParam("stream", "expected true or false");
 
   ResponsesCall call;
+  if (Given(body, "previous_response_id")) {
+    if (!body["previous_response_id"].is_string()) return BadParam("previous_response_id", "expected a string");
+    call.previous_response_id = body["previous_response_id"].get<std::string>();
+  }
+  if (Given(body, "store")) {
+    if (!body["store"].is_boolean()) return BadParam("store", "expected true or false");
+    call.store = body["store"].get<bool>();
+  }
+  if (Given(body, "instructions")) {
+    if (!body["instructions"].is_string()) return BadParam("instructions", "expected a string");
+    call.instructions = {{"role", "system"}, {"content", body["instructions"]}};
+  }
   ojson chat = ojson::object();
   for (const char* key : kSameInChat) {
     if (body.contains(key)) chat[key] = body[key];
   }
   std::variant<ojson, HttpError> messages = ChatMessages(body);
   if (auto* e = std::get_if<HttpError>(&messages)) return *e;
-  chat["messages"] = std::move(std::get<ojson>(messages));
+  call.input = std::move(std::get<ojson>(messages));
   if (Given(body, "max_output_tokens")) chat["max_tokens"] = body["max_output_tokens"];
   if (std::optional<HttpError> e = ChatTools(body, chat)) return *e;
   std::variant<ojson, HttpError> format = ResponseFormat(body);
@@ -258,7 +262,7 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   }
   call.stream = Given(body, "stream") && body["stream"].get<bool>();
   if (call.stream) chat["stream"] = true;
-  call.chat_body = chat.dump();
+  call.chat = std::move(chat);
 
   // What the response object repeats (OpenAI's defaults where the request is silent).
   const auto echo = [&](const char* key, ojson fallback) { call.echo[key] = Given(body, key) ? body[key] : fallback; };
@@ -266,10 +270,10 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   echo("max_output_tokens", nullptr);
   call.echo["max_tool_calls"] = nullptr;
   echo("parallel_tool_calls", true);
-  call.echo["previous_response_id"] = nullptr;
+  echo("previous_response_id", nullptr);
   echo("reasoning", nullptr);
   echo("service_tier", "auto");
-  call.echo["store"] = false;  // nothing is stored, whatever the request asked
+  call.echo["store"] = call.store;  // the server sets what it did
   echo("temperature", 1.0);
   echo("text", ojson{{"format", {{"type", "text"}}}});
   echo("tool_choice", "auto");
@@ -280,6 +284,37 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   echo("user", nullptr);
   echo("metadata", ojson::object());
   return call;
+}
+
+std::string ChatBody(const ResponsesCall& call, const nlohmann::ordered_json& history) {
+  ojson chat = call.chat;
+  ojson messages = ojson::array();
+  if (!call.instructions.is_null()) messages.push_back(call.instructions);
+  for (const ojson& m : history) messages.push_back(m);
+  for (const ojson& m : call.input) messages.push_back(m);
+  chat["messages"] = std::move(messages);
+  return chat.dump();
+}
+
+nlohmann::ordered_json ConversationAfter(const ResponsesCall& call, const nlohmann::ordered_json& history,
+                                         const nlohmann::ordered_json& response) {
+  ojson conversation = history.is_array() ? history : ojson::array();
+  for (const ojson& m : call.input) conversation.push_back(m);
+  ojson turn = {{"role", "assistant"}, {"content", nullptr}};
+  std::string text;
+  ojson calls = ojson::array();
+  for (const ojson& item : response["output"]) {
+    if (item["type"] == "message") {
+      for (const ojson& part : item["content"]) text += part.value("text", std::string());
+    } else if (item["type"] == "function_call") {
+      calls.push_back({{"id", item["call_id"]}, {"type", "function"},
+                       {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}});
+    }
+  }
+  if (!text.empty() || calls.empty()) turn["content"] = text;
+  if (!calls.empty()) turn["tool_calls"] = std::move(calls);
+  conversation.push_back(std::move(turn));
+  return conversation;
 }
 
 HttpError ResponsesError(HttpError e) {
@@ -477,6 +512,7 @@ std::vector<nlohmann::ordered_json> ResponsesEvents::Finish(const nlohmann::json
   }
   ojson end = Event(cut ? "response.incomplete" : "response.completed");
   r["usage"] = Usage(usage);
+  final_ = r;
   end["response"] = std::move(r);
   out.push_back(std::move(end));
   return out;

@@ -1,18 +1,20 @@
 // OpenAI's Responses API (POST /v1/responses) as vLLM serves it for models without gpt-oss's
-// Harmony format: a conversation in, one assistant message out, nothing stored. A request is
+// Harmony format: a conversation in, one assistant message (or function calls) out. A request is
 // translated into the chat completion request it amounts to (`input` and `instructions` into
 // messages, `max_output_tokens` into max_tokens, `text.format` into response_format, the output
 // logprobs `include` into logprobs), which then runs through the chat path unchanged; its answer,
 // whole or streamed, is translated back into a response object or Responses events. Plain
 // functions on JSON (no I/O), so the rules are tested without a server.
 //
+// Stored responses (ResponseStore) are the caller's: previous_response_id names one whose
+// conversation (ConversationAfter) goes before the input (ChatBody).
 // Function tools go through the chat path's tool calls (beyond vLLM, which serves tools here with
 // Harmony only): `tools` and `tool_choice` in chat's shape, function_call and function_call_output
 // input items as the assistant's tool_calls and tool turns, and the answer's calls as
 // function_call output items (streamed: response.function_call_arguments.delta / .done).
 // Refused with a 400 naming the field, rather than ignored: hosted tools (web search, files, MCP),
-// previous_response_id and background (they need stored responses; as vLLM's default, `store` is
-// accepted and nothing is stored), truncation other than "disabled", input parts other than text.
+// background (answers are not kept running past their request), truncation other than "disabled",
+// input parts other than text.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +30,11 @@
 namespace moe::openai {
 
 struct ResponsesCall {
-  std::string chat_body;  // the chat completion request, as text (schemas keep their key order)
+  nlohmann::ordered_json chat;          // the chat completion request but its messages (key order kept)
+  nlohmann::ordered_json instructions;  // null, or the system turn they make
+  nlohmann::ordered_json input;         // the input as chat messages
+  std::string previous_response_id;     // empty: none
+  bool store = true;                    // OpenAI's default
   // The request's fields a response object repeats (instructions, max_output_tokens, temperature,
   // top_p, top_logprobs, text, metadata, user, ...), with OpenAI's defaults where absent.
   nlohmann::ordered_json echo;
@@ -36,6 +42,16 @@ struct ResponsesCall {
 };
 
 std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& body_text);
+
+// The chat completion request's text: the instructions' turn, `history` (the conversation a
+// previous response ended, an array of chat messages; empty: none), then the input.
+std::string ChatBody(const ResponsesCall& call, const nlohmann::ordered_json& history);
+
+// The conversation `response` ends, to store: `history`, the input, and the response's output as
+// the assistant's turn (its text, or null with its calls as tool_calls). The instructions are not
+// part of it: OpenAI does not carry them over to a response that names this one as previous.
+nlohmann::ordered_json ConversationAfter(const ResponsesCall& call, const nlohmann::ordered_json& history,
+                                         const nlohmann::ordered_json& response);
 
 // A chat-path error as the Responses request's: the param renamed to the field the client sent
 // (max_tokens -> max_output_tokens, messages -> input, response_format -> text.format, logprobs ->
@@ -64,6 +80,8 @@ class ResponsesEvents {
   // `usage`: the chat usage object (prompt_tokens, completion_tokens, ...).
   std::vector<nlohmann::ordered_json> Finish(const nlohmann::json& usage);
   std::vector<nlohmann::ordered_json> Failed(const HttpError& error);
+  // After Finish: the response object response.completed (or .incomplete) carried; else null.
+  const nlohmann::ordered_json& final_response() const { return final_; }
 
  private:
   // One output item: the assistant message (text and its logprobs) or a function call (text: its
@@ -89,6 +107,7 @@ class ResponsesEvents {
   int message_ = -1;              // the message's index in items_
   std::map<int, size_t> calls_;   // a chat tool call's index -> its item
   std::string finish_reason_;
+  nlohmann::ordered_json final_;
 };
 
 }  // namespace moe::openai
