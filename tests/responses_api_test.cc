@@ -74,7 +74,11 @@ TEST(ResponsesApiTest, RequestsBecomeTheChatRequestTheyAmountTo) {
   EXPECT_FALSE(Parse(R"({"input": "x", "store": false})").store);
   EXPECT_EQ(call.echo["text"]["format"]["name"], "o");
 
+  // Each response gets its own id: 32 hex digits.
+  EXPECT_EQ(call.id.size(), 32u);
+  EXPECT_EQ(call.id.find_first_not_of("0123456789abcdef"), std::string::npos);
   const ResponsesCall plain = Parse(R"({"input": "hi"})");
+  EXPECT_NE(plain.id, call.id);
   const ojson plain_chat = ojson::parse(ChatBody(plain, ojson::array()));
   EXPECT_EQ(plain_chat, ojson::parse(R"({"messages": [{"role": "user", "content": "hi"}]})"));
   EXPECT_FALSE(plain.stream);
@@ -221,7 +225,7 @@ json ChatAnswer(const std::string& text, const std::string& finish, bool with_lo
 TEST(ResponsesApiTest, WholeAnswersBecomeResponseObjects) {
   const ResponsesCall call = Parse(R"({"input": "x", "max_output_tokens": 3, "metadata": {"k": 1}})");
   const ojson r = ResponseFromChat(call, ChatAnswer("abc", "stop", true), "m", 100);
-  EXPECT_EQ(r["id"], "resp_req-7");
+  EXPECT_EQ(r["id"], "resp_" + call.id);
   EXPECT_EQ(r["object"], "response");
   EXPECT_EQ(r["created_at"], 100);
   EXPECT_EQ(r["status"], "completed");
@@ -231,7 +235,7 @@ TEST(ResponsesApiTest, WholeAnswersBecomeResponseObjects) {
   EXPECT_EQ(r["metadata"]["k"], 1);
   ASSERT_EQ(r["output"].size(), 1u);
   const ojson& item = r["output"][0];
-  EXPECT_EQ(item["id"], "msg_req-7");
+  EXPECT_EQ(item["id"], "msg_" + call.id);
   EXPECT_EQ(item["type"], "message");
   EXPECT_EQ(item["role"], "assistant");
   EXPECT_EQ(item["status"], "completed");
@@ -249,9 +253,12 @@ TEST(ResponsesApiTest, WholeAnswersBecomeResponseObjects) {
     {"id": "chatcmpl-tool-1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}},
     {"id": "chatcmpl-tool-2", "type": "function", "function": {"name": "g", "arguments": "{}"}}])");
   const ojson with_calls = ResponseFromChat(call, calls, "m", 100);
-  EXPECT_EQ(with_calls["output"], ojson::parse(R"([
-    {"id": "fc_req-7_0", "type": "function_call", "status": "completed", "call_id": "chatcmpl-tool-1", "name": "f", "arguments": "{\"a\": 1}"},
-    {"id": "fc_req-7_1", "type": "function_call", "status": "completed", "call_id": "chatcmpl-tool-2", "name": "g", "arguments": "{}"}])"));
+  ojson want = ojson::parse(R"([
+    {"id": "", "type": "function_call", "status": "completed", "call_id": "chatcmpl-tool-1", "name": "f", "arguments": "{\"a\": 1}"},
+    {"id": "", "type": "function_call", "status": "completed", "call_id": "chatcmpl-tool-2", "name": "g", "arguments": "{}"}])");
+  want[0]["id"] = "fc_" + call.id + "_0";
+  want[1]["id"] = "fc_" + call.id + "_1";
+  EXPECT_EQ(with_calls["output"], want);
 
   const ojson cut = ResponseFromChat(call, ChatAnswer("ab", "length", false), "m", 100);
   EXPECT_EQ(cut["status"], "incomplete");
@@ -293,13 +300,13 @@ TEST(ResponsesApiTest, StreamedChunksBecomeOpenAisEventSequence) {
                             "response.completed"}));
   for (size_t i = 0; i < out.size(); ++i) EXPECT_EQ(out[i]["sequence_number"], i);
   EXPECT_EQ(out[0]["response"]["status"], "in_progress");
-  EXPECT_EQ(out[0]["response"]["id"], "resp_req-9");
+  EXPECT_EQ(out[0]["response"]["id"], "resp_" + call.id);
   EXPECT_EQ(out[0]["response"]["output"], ojson::array());
-  EXPECT_EQ(out[2]["item"]["id"], "msg_req-9");
+  EXPECT_EQ(out[2]["item"]["id"], "msg_" + call.id);
   EXPECT_EQ(out[2]["item"]["status"], "in_progress");
   EXPECT_EQ(out[3]["part"]["text"], "");
   EXPECT_EQ(out[4]["delta"], "He");
-  EXPECT_EQ(out[4]["item_id"], "msg_req-9");
+  EXPECT_EQ(out[4]["item_id"], "msg_" + call.id);
   EXPECT_EQ(out[4]["logprobs"][0]["token"], "He");
   EXPECT_EQ(out[5]["delta"], "llo");
   EXPECT_EQ(out[6]["text"], "Hello");
@@ -337,8 +344,10 @@ TEST(ResponsesApiTest, StreamedChunksBecomeOpenAisEventSequence) {
                           "response.output_item.added", "response.function_call_arguments.delta",
                           "response.function_call_arguments.done", "response.output_item.done",
                           "response.function_call_arguments.done", "response.output_item.done", "response.completed"}));
-  EXPECT_EQ(t[2]["item"], ojson::parse(R"({"id": "fc_req-9_0", "type": "function_call", "status": "in_progress",
-    "call_id": "chatcmpl-tool-a", "name": "f", "arguments": ""})"));
+  ojson item = ojson::parse(R"({"id": "", "type": "function_call", "status": "in_progress",
+    "call_id": "chatcmpl-tool-a", "name": "f", "arguments": ""})");
+  item["id"] = "fc_" + call.id + "_0";
+  EXPECT_EQ(t[2]["item"], item);
   EXPECT_EQ(t[4]["delta"], " 1}");
   EXPECT_EQ(t[5]["output_index"], 1);
   EXPECT_EQ(t[7]["arguments"], "{\"a\": 1}");

@@ -1,5 +1,7 @@
 #include "coordinator/openai/responses_api.h"
 
+#include "coordinator/openai/random_id.h"
+
 #include <map>
 #include <optional>
 #include <utility>
@@ -126,10 +128,6 @@ bool IncludesOutputLogprobs(const ojson& body) {
   return false;
 }
 
-std::string Stripped(const std::string& s, const std::string& prefix) {
-  return s.rfind(prefix, 0) == 0 ? s.substr(prefix.size()) : s;
-}
-
 ojson Usage(const nlohmann::json& chat_usage) {
   const auto number = [&](const char* key) -> uint64_t {
     return chat_usage.is_object() && chat_usage.contains(key) && chat_usage[key].is_number() ? chat_usage[key].get<uint64_t>()
@@ -232,6 +230,7 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   if (Given(body, "stream") && !body["stream"].is_boolean()) return BadParam("stream", "expected true or false");
 
   ResponsesCall call;
+  call.id = RandomId("");
   if (Given(body, "previous_response_id")) {
     if (!body["previous_response_id"].is_string()) return BadParam("previous_response_id", "expected a string");
     call.previous_response_id = body["previous_response_id"].get<std::string>();
@@ -342,7 +341,7 @@ ojson FunctionCallItem(const std::string& id, const std::string& call_id, const 
 
 nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohmann::json& chat, const std::string& model,
                                         int64_t created) {
-  const std::string id = Stripped(chat.value("id", std::string()), "chatcmpl-");
+  const std::string& id = call.id;
   const nlohmann::json& choice = chat["choices"][0];
   const bool cut = choice.value("finish_reason", std::string()) == "length";
   const std::string status = cut ? "incomplete" : "completed";
@@ -378,19 +377,19 @@ nlohmann::ordered_json ResponsesEvents::Event(const std::string& type) {
 }
 
 nlohmann::ordered_json ResponsesEvents::Response(const std::string& status) const {
-  return ResponseObject(call_, id_, model_, created_, status);
+  return ResponseObject(call_, call_.id, model_, created_, status);
 }
 
 nlohmann::ordered_json ResponsesEvents::ItemJson(const Item& item, const std::string& status) const {
   if (item.call) return FunctionCallItem(item.id, item.call_id, item.name, item.text, status);
-  return MessageItem(id_, status, status == "in_progress" ? ojson::array() : ojson::array({OutputText(item.text, item.logprobs)}));
+  return MessageItem(call_.id, status, status == "in_progress" ? ojson::array() : ojson::array({OutputText(item.text, item.logprobs)}));
 }
 
 size_t ResponsesEvents::OpenMessage(std::vector<nlohmann::ordered_json>& out) {
   if (message_ >= 0) return static_cast<size_t>(message_);
   message_ = static_cast<int>(items_.size());
   items_.push_back(Item{});
-  items_.back().id = "msg_" + id_;
+  items_.back().id = "msg_" + call_.id;
   ojson added = Event("response.output_item.added");
   added["output_index"] = message_;
   added["item"] = ItemJson(items_.back(), "in_progress");
@@ -408,7 +407,6 @@ std::vector<nlohmann::ordered_json> ResponsesEvents::Chunk(const nlohmann::json&
   std::vector<ojson> out;
   if (!started_) {
     started_ = true;
-    id_ = Stripped(chunk.value("id", std::string()), "chatcmpl-");
     for (const char* type : {"response.created", "response.in_progress"}) {
       ojson e = Event(type);
       e["response"] = Response("in_progress");
@@ -449,7 +447,7 @@ std::vector<nlohmann::ordered_json> ResponsesEvents::Chunk(const nlohmann::json&
       if (found == calls_.end()) {
         Item item;
         item.call = true;
-        item.id = "fc_" + id_ + "_" + std::to_string(calls_.size());
+        item.id = "fc_" + call_.id + "_" + std::to_string(calls_.size());
         item.call_id = entry.value("id", std::string());
         if (entry.contains("function")) item.name = entry["function"].value("name", std::string());
         found = calls_.emplace(index, items_.size()).first;

@@ -30,6 +30,9 @@
 namespace moe::openai {
 
 struct ResponsesCall {
+  // The response's own id, 32 random hex digits: "resp_" + id, its message "msg_" + id, its calls
+  // "fc_" + id + "_" + k (unique, as OpenAI's: the front stores responses by it).
+  std::string id;
   nlohmann::ordered_json chat;          // the chat completion request but its messages (key order kept)
   nlohmann::ordered_json instructions;  // null, or the system turn they make
   nlohmann::ordered_json input;         // the input as chat messages
@@ -101,7 +104,6 @@ class ResponsesEvents {
   std::string model_;
   int64_t created_;
   int64_t sequence_ = 0;
-  std::string id_;  // the chat completion's id behind "resp_", "msg_" and "fc_"
   bool started_ = false;
   std::vector<Item> items_;       // in output order
   int message_ = -1;              // the message's index in items_

@@ -1,5 +1,7 @@
 #include "coordinator/openai/tool_calls.h"
 
+#include "coordinator/openai/random_id.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <random>
@@ -13,13 +15,7 @@ namespace {
 using ordered = nlohmann::ordered_json;
 
 // vLLM's tool call ids: "chatcmpl-tool-" and 32 random hex digits.
-std::string NewToolCallId() {
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
-  char hex[33];
-  std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(rng()),
-                static_cast<unsigned long long>(rng()));
-  return std::string("chatcmpl-tool-") + hex;
-}
+std::string NewToolCallId() { return RandomId("chatcmpl-tool-"); }
 
 // o[key] when it is a string, else "" (nlohmann's value() throws on another type: a request must not).
 std::string StringField(const ordered& o, const char* key) {
