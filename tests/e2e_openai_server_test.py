@@ -954,6 +954,21 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 kept = [self.call("/v1/responses/" + i, method="GET", base=base)[0] for i in ids]
                 self.assertEqual(kept, [404, 200, 200] if capacity == "2" else [404, 404, 404])
 
+    def test_f1r4_invocations_answers_as_the_endpoint_its_body_is_for(self):
+        """vLLM's /invocations (SageMaker): a body with messages is a chat completion, one with prompt a
+        completion, answered as those endpoints answer them (greedy: the same text)."""
+        messages = CHAT_GOLDEN["cases"][0]["messages"]
+        for path, body in (("/v1/chat/completions", {"messages": messages, "max_tokens": 5, "temperature": 0}),
+                           ("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0})):
+            status, want = self.call(path, body)
+            self.assertEqual(status, 200, want)
+            status, got = self.call("/invocations", body)
+            self.assertEqual(status, 200, got)
+            self.assertEqual(got["object"], want["object"])
+            self.assertEqual(got["choices"], want["choices"])
+        status, err = self.call("/invocations", {"input": "x"})
+        self.assertEqual((status, err["error"]["param"]), (400, "messages"), err)
+
     def test_f1r2_responses_api_function_tools_answer_as_the_chat_completion_does(self):
         """Function tools on /v1/responses: a named function's and "required"'s calls are the chat
         completion's (function_call items; arguments the tools' schemas admit), streamed as

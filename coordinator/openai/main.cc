@@ -46,7 +46,8 @@ const char kUsage[] =
     "                         [--ssl-ca-certs CA.pem (with HTTPS: PEM roots for clients' certificates)]\n"
     "                         [--ssl-cert-reqs 0|1|2 (0 none, the default; 1 asked for and verified if given;\n"
     "                          2 required: mutual TLS)]\n"
-    "Serves POST /v1/completions, /v1/chat/completions and /v1/responses (stream or whole), POST /tokenize and\n"
+    "Serves POST /v1/completions, /v1/chat/completions and /v1/responses (stream or whole; /invocations takes\n"
+    "either of the first two), POST /tokenize and\n"
     "/detokenize, GET /v1/models, GET /health (and /ping), GET /metrics and GET /version over the coordinator's\n"
     "gRPC API.\n";
 

@@ -293,6 +293,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_set_request_handler(s->ctx_, "/v1/chat/completions$", &OpenAiServer::HandleChat, s.get());
   mg_set_request_handler(s->ctx_, "/v1/responses$", &OpenAiServer::HandleResponses, s.get());
   mg_set_request_handler(s->ctx_, "/v1/responses/", &OpenAiServer::HandleStoredResponse, s.get());
+  mg_set_request_handler(s->ctx_, "/invocations$", &OpenAiServer::HandleInvocations, s.get());
   mg_set_request_handler(s->ctx_, "/tokenize$", &OpenAiServer::HandleTokenize, s.get());
   mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
   mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
@@ -356,7 +357,7 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /health, /ping, /metrics, /version)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /invocations, /health, /ping, /metrics, /version)",
                                    "NotFoundError", {}});
 }
 
@@ -482,6 +483,10 @@ int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleChat(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Chat, /*watch_client=*/true);
+}
+
+int OpenAiServer::HandleInvocations(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Invocations, /*watch_client=*/true);
 }
 
 int OpenAiServer::HandleResponses(mg_connection* conn, void* self) {
@@ -621,6 +626,16 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, *e);
   SendJson(conn, 200, std::get<nlohmann::json>(answer));
   return 200;
+}
+
+// vLLM's POST /invocations (SageMaker's one endpoint): a chat completion request (with "messages")
+// or a completion request (with "prompt"), answered as its own endpoint answers it.
+int OpenAiServer::Invocations(mg_connection* conn, const std::string& body) {
+  const nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("messages")) return Chat(conn, body);
+  if (j.is_object() && j.contains("prompt")) return Completions(conn, body);
+  if (!j.is_object()) return SendError(conn, HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}});
+  return SendError(conn, BadParam("messages", "required: a chat completion request (messages) or a completion request (prompt)"));
 }
 
 // OpenAI's Responses API: the chat completion the request amounts to (responses_api.h), its answer

@@ -93,6 +93,7 @@ class OpenAiServer {
   static int HandleCompletions(mg_connection* conn, void* self);
   static int HandleChat(mg_connection* conn, void* self);
   static int HandleResponses(mg_connection* conn, void* self);
+  static int HandleInvocations(mg_connection* conn, void* self);
   static int HandleStoredResponse(mg_connection* conn, void* self);  // GET, DELETE /v1/responses/{id}
   static int HandleTokenize(mg_connection* conn, void* self);
   static int HandleDetokenize(mg_connection* conn, void* self);
@@ -114,6 +115,7 @@ class OpenAiServer {
   int Completions(mg_connection* conn, const std::string& body);
   int Chat(mg_connection* conn, const std::string& body);
   int Responses(mg_connection* conn, const std::string& body);
+  int Invocations(mg_connection* conn, const std::string& body);
   // A chat completion request ready to run: parsed, its conversation rendered and tokenised into
   // the call's prompt, max_tokens defaulted to what the context leaves.
   std::variant<ChatCall, HttpError> PrepareChat(mg_connection* conn, const std::string& body);
