@@ -549,6 +549,21 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                                                        "temperature": 0, "echo": True})
         self.assertEqual(status, 200, answer)
         self.assertEqual(answer["choices"][0]["text"], s["greedy_text"])
+        # With truncate_prompt_tokens the echo is the prompt the model read, its last k tokens (as vLLM
+        # echoes it): the answer of those k ids sent as the prompt, whole and streamed.
+        text = "ROMEO: O, speak again, bright angel!"
+        status, ids = self.call("/tokenize", {"prompt": text})
+        self.assertEqual(status, 200, ids)
+        k = 4
+        body = {"max_tokens": 5, "temperature": 0, "echo": True, "logprobs": 1}
+        status, want = self.call("/v1/completions", dict(body, prompt=ids["tokens"][-k:]))
+        self.assertEqual(status, 200, want)
+        status, got = self.call("/v1/completions", dict(body, prompt=text, truncate_prompt_tokens=k))
+        self.assertEqual(status, 200, got)
+        self.assertEqual(got["choices"], want["choices"])
+        self.assertEqual(got["usage"]["prompt_tokens"], k)
+        events = self.stream(dict(body, prompt=text, truncate_prompt_tokens=k, logprobs=None))
+        self.assertEqual("".join(e["choices"][0]["text"] for e in events if e["choices"]), want["choices"][0]["text"])
 
     def test_c3a_echo_with_logprobs_k_gives_k_alternatives_as_prompt_logprobs(self):
         """vLLM's echo with logprobs k: each prompt position after the first carries k alternatives,
@@ -681,7 +696,6 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             ({"prompt": "x", "model": "gpt-4"}, None, 404, "model"),
             ({"max_tokens": 3}, None, 400, "prompt"),
             ({"prompt": "x", "logprobs": 21}, None, 400, "logprobs"),
-            ({"prompt": "x", "echo": True, "truncate_prompt_tokens": 1}, None, 400, "echo"),
             ({"prompt": "x", "max_tokens": 0}, None, 400, "max_tokens"),
             ({"prompt": "x", "best_of": 3}, None, 400, "best_of"),
             ({"prompt": "x", "logit_bias": {"a": 1}}, None, 400, "logit_bias"),

@@ -92,7 +92,10 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"allowed_token_ids", {4294967298LL}}}.dump()).param, "allowed_token_ids");
   EXPECT_EQ(Err(json{{"prompt", {1, 4294967298LL}}}.dump()).param, "prompt");
   EXPECT_EQ(Err(json{{"prompt", "x"}, {"include_stop_str_in_output", "yes"}}.dump()).param, "include_stop_str_in_output");
-  EXPECT_EQ(Err(json{{"prompt", "x"}, {"echo", true}, {"logprobs", 1}, {"truncate_prompt_tokens", 5}}.dump()).param, "echo");
+  // echo with truncate_prompt_tokens: the echo is the truncated prompt (the server cuts it; e2e).
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"echo", true}, {"logprobs", 1}, {"truncate_prompt_tokens", 5}})
+                .request.sampling().truncate_prompt_tokens(),
+            5u);
 
   EXPECT_EQ(Ok({{"prompt", {"one"}}}).request.prompt().text(), "one") << "a batch of one prompt";
   const CompletionCall batch = Ok({{"prompt", {{1, 2}, {3}}}});

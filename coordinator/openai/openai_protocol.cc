@@ -508,7 +508,6 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
 
   if (std::optional<HttpError> e = Bool(body, "echo", call.echo)) return *e;
   if (std::optional<HttpError> e = Bool(body, "add_special_tokens", call.add_special_tokens)) return *e;
-  if (call.echo && s.has_truncate_prompt_tokens()) return BadParam("echo", "not served with truncate_prompt_tokens");
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   if (call.max_tokens == 0 && call.prompt_logprobs) return BadParam("prompt_logprobs", "needs max_tokens of at least 1");
   return call;

@@ -764,7 +764,25 @@ int OpenAiServer::Detokenize(mg_connection* conn, const std::string& body) {
 }
 
 std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const CompletionCall& call,
-                                                                const std::vector<v1::Prompt>& prompts) {
+                                                                const std::vector<v1::Prompt>& prompts_in) {
+  // truncate_prompt_tokens: the echo is the prompt the model reads, its last this many tokens (as vLLM
+  // echoes it), so text prompts are tokenised here (as the coordinator tokenises them) and cut.
+  std::vector<v1::Prompt> prompts = prompts_in;
+  const v1::SamplingParams& sampling = call.request.sampling();
+  if (sampling.has_truncate_prompt_tokens()) {
+    for (v1::Prompt& p : prompts) {
+      std::vector<int32_t> ids(p.token_ids().ids().begin(), p.token_ids().ids().end());
+      if (!p.has_token_ids()) {
+        v1::TokenizeRequest tokenize;
+        tokenize.set_text(p.text());
+        std::variant<std::vector<int32_t>, HttpError> got = TokenIds(tokenize);
+        if (HttpError* e = std::get_if<HttpError>(&got)) return *e;
+        ids = std::move(std::get<std::vector<int32_t>>(got));
+      }
+      const size_t keep = std::min<size_t>(ids.size(), sampling.truncate_prompt_tokens());
+      p.mutable_token_ids()->mutable_ids()->Assign(ids.end() - static_cast<std::ptrdiff_t>(keep), ids.end());
+    }
+  }
   v1::ScoreRollingRequest score;
   for (const v1::Prompt& p : prompts) *score.add_texts() = p;
   // logprobs k: the prompt's positions carry k alternatives, as the completion's tokens do (k = 0:
