@@ -108,8 +108,7 @@ bool ExpertsChoice(const std::string& v, Args& a) {
       {"wgmma-192x128", gpu::GroupedTile::k192x128},
       {"wgmma-tma-128x128", gpu::GroupedTile::kTma128x128},
       {"wgmma-tma-128x256", gpu::GroupedTile::kTma128x256},
-      {"wgmma-tma-256x128", gpu::GroupedTile::kTma256x128},
-      {"wgmma-tma-128x112", gpu::GroupedTile::kTma128x112}};
+      {"wgmma-tma-256x128", gpu::GroupedTile::kTma256x128}};
   if (v == "cublas") {
     a.wgmma = false;
     return true;

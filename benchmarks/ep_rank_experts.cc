@@ -93,18 +93,14 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
     MOE_CUDA_CHECK(cudaMemcpy(d13.get(), h13.data(), sizeof(bf16*) * h13.size(), cudaMemcpyHostToDevice));
     MOE_CUDA_CHECK(cudaMemcpy(d2.get(), h2.data(), sizeof(bf16*) * h2.size(), cudaMemcpyHostToDevice));
     const bool wgmma = gpu::GroupedGemmSupported();
-    // The weights' TMA descriptors in 64-row boxes, and in the 56-row boxes of the 128x112 shape.
-    std::vector<gpu::WeightTensorMap> m13(h13.size()), m2(h2.size()), n13(h13.size());
-    gpu::DeviceBuffer<gpu::WeightTensorMap> dm13(m13.size()), dm2(m2.size()), dn13(n13.size());
+    std::vector<gpu::WeightTensorMap> m13(h13.size()), m2(h2.size());
+    gpu::DeviceBuffer<gpu::WeightTensorMap> dm13(m13.size()), dm2(m2.size());
     if (wgmma) {
       gpu::BuildWeightTensorMaps(h13.data(), E, 2 * I, H, m13.data());
       gpu::BuildWeightTensorMaps(h2.data(), E, H, I, m2.data());
-      gpu::BuildWeightTensorMaps(h13.data(), E, 2 * I, H, n13.data(), gpu::GroupedTileBoxRows(gpu::GroupedTile::kTma128x112));
       MOE_CUDA_CHECK(
           cudaMemcpy(dm13.get(), m13.data(), sizeof(gpu::WeightTensorMap) * m13.size(), cudaMemcpyHostToDevice));
       MOE_CUDA_CHECK(cudaMemcpy(dm2.get(), m2.data(), sizeof(gpu::WeightTensorMap) * m2.size(), cudaMemcpyHostToDevice));
-      MOE_CUDA_CHECK(
-          cudaMemcpy(dn13.get(), n13.data(), sizeof(gpu::WeightTensorMap) * n13.size(), cudaMemcpyHostToDevice));
     }
     gpu::GemmFanout fanout(s, static_cast<int>(std::min<int64_t>(local, 8)));
     gpu::PinnedBuffer<int32_t> h_offsets;
@@ -206,40 +202,30 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
         }
       }
 
-      // The TMA shape as the engine runs it behind the device exchange (the gate/up product's tile
-      // as GroupedSwiGluTile picks it for the rank's experts and expected rows), and its products
-      // alone (the gate/up one with its row gather, in each of its two tiles): how the layer's time
-      // divides, and how much of the down product hides in the gate/up product's last wave (the
-      // whole is less than the sum: the down launch's CTAs start on the SMs it frees).
+      // The TMA shape's two products alone (the gate/up one with its row gather): how the layer's
+      // time divides, and how much of the down product hides in the gate/up product's last wave
+      // (the whole is less than the sum: the down launch's CTAs start on the SMs it frees).
       if (wgmma) {
         const gpu::GroupedTile tile = gpu::GroupedTile::kTma128x128;
-        const gpu::GroupedTile chosen = gpu::GroupedSwiGluTile(tile, I, local, expected);
-        auto up = [&](const RankRouting& r, gpu::GroupedTile up_tile) {
-          gpu::SkinnyGroups g;
-          g.count = E;
-          g.offsets = r.d_offsets.get();
-          g.weights = d13.get();
-          g.weight_maps = up_tile == gpu::GroupedTile::kTma128x112 ? dn13.get() : dm13.get();
-          gpu::GatherRows(x.get(), r.d_row_index.get(), r.rows, H, gathered.get(), s);
-          gpu::GroupedGemm(gathered.get(), H, g, I, gpu::SkinnyEpilogue::kSwiGluBf16, act.get(), bound, s, up_tile);
-        };
-        auto down = [&](const RankRouting& r) {
-          gpu::SkinnyGroups g;
-          g.count = E;
-          g.offsets = r.d_offsets.get();
-          g.weights = d2.get();
-          g.weight_maps = dm2.get();
-          gpu::GroupedGemm(act.get(), I, g, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s, tile);
-        };
-        record(chosen == tile ? "tma engine (up 128)" : "tma engine (up 112)", MedianMs(s, 3, 16, [&](int i) {
-                 up(routes[i % routes.size()], chosen);
-                 down(routes[i % routes.size()]);
-               }));
-        record("tma up only", MedianMs(s, 3, 16, [&](int i) { up(routes[i % routes.size()], tile); }), 2.0 / 3);
-        record("tma up only 112", MedianMs(s, 3, 16, [&](int i) {
-                 up(routes[i % routes.size()], gpu::GroupedTile::kTma128x112);
+        record("tma up only", MedianMs(s, 3, 16, [&](int i) {
+                 const RankRouting& r = routes[i % routes.size()];
+                 gpu::SkinnyGroups g;
+                 g.count = E;
+                 g.offsets = r.d_offsets.get();
+                 g.weights = d13.get();
+                 g.weight_maps = dm13.get();
+                 gpu::GatherRows(x.get(), r.d_row_index.get(), r.rows, H, gathered.get(), s);
+                 gpu::GroupedGemm(gathered.get(), H, g, I, gpu::SkinnyEpilogue::kSwiGluBf16, act.get(), bound, s, tile);
                }), 2.0 / 3);
-        record("tma down only", MedianMs(s, 3, 16, [&](int i) { down(routes[i % routes.size()]); }), 1.0 / 3);
+        record("tma down only", MedianMs(s, 3, 16, [&](int i) {
+                 const RankRouting& r = routes[i % routes.size()];
+                 gpu::SkinnyGroups g;
+                 g.count = E;
+                 g.offsets = r.d_offsets.get();
+                 g.weights = d2.get();
+                 g.weight_maps = dm2.get();
+                 gpu::GroupedGemm(act.get(), I, g, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s, tile);
+               }), 1.0 / 3);
       }
 
       // The skinny kernel as the device exchange plans it (PlanSkinny on the bound and the

@@ -163,24 +163,15 @@ struct TilePlan {
   }
 };
 
-// The weight rows one TMA box of a BN-column tile holds: 64, or half the tile when BN is not a
-// multiple of 64 (112: two boxes of 56, with SwiGLU the gate rows and the up rows). The weights'
-// tensor maps must be built with that box (BuildWeightTensorMaps, GroupedTileBoxRows).
-template <int BN>
-constexpr int BoxRows() {
-  return BN % 64 == 0 ? 64 : BN / 2;
-}
-
-// The TMA loads of a stage's BN weight rows (boxes of BoxRows, counted on `bar`): the tile's
-// columns from col0, or with SwiGLU its BN / 2 gate rows then the matching up rows (W_g is [2N, K]).
+// The TMA loads of a stage's BN weight rows (64-row boxes, counted on `bar`): the tile's columns
+// from col0, or with SwiGLU its BN / 2 gate rows then the matching up rows (W_g is [2N, K]).
 template <int BN, bool kSwiGlu>
 __device__ __forceinline__ void LoadWeightBoxes(uint32_t b_base, const WeightTensorMap* map, int k, int col0, int N,
                                                 uint32_t bar) {
-  constexpr int kBox = BoxRows<BN>(), kHalf = BN / 2 / kBox;  // boxes of gate rows (SwiGLU)
 #pragma unroll
-  for (int h = 0; h < BN / kBox; ++h) {
-    const int row = kSwiGlu ? (h < kHalf ? col0 + kBox * h : N + col0 + kBox * (h - kHalf)) : col0 + kBox * h;
-    TmaLoadBox(b_base + h * kBox * kRowBytes, map, k, row, bar);
+  for (int h = 0; h < BN / 64; ++h) {
+    const int row = kSwiGlu ? (h < BN / 128 ? col0 + 64 * h : N + col0 + 64 * (h - BN / 128)) : col0 + 64 * h;
+    TmaLoadBox(b_base + h * 64 * kRowBytes, map, k, row, bar);
   }
 }
 
@@ -254,9 +245,6 @@ __device__ __forceinline__ void StepMma(float (&acc)[BN / 2], uint32_t a_base, i
   for (int kk = 0; kk < kBk / 16; ++kk) {
     if constexpr (BN == 256) {
       WgmmaM64N256K16(acc, WgmmaDescriptor(a_base + wg * 64 * kRowBytes + 32 * kk), WgmmaDescriptor(b_base + 32 * kk),
-                      1);
-    } else if constexpr (BN == 112) {
-      WgmmaM64N112K16(acc, WgmmaDescriptor(a_base + wg * 64 * kRowBytes + 32 * kk), WgmmaDescriptor(b_base + 32 * kk),
                       1);
     } else {
       WgmmaM64N128K16(acc, WgmmaDescriptor(a_base + wg * 64 * kRowBytes + 32 * kk), WgmmaDescriptor(b_base + 32 * kk),
@@ -529,9 +517,9 @@ void LaunchGrouped(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t
 
 namespace {
 
-// A 2D tensor map of row-major bf16 [rows, K] in boxes of 64 k x box_rows rows, 128-byte swizzle,
-// zeros out of bounds.
-CUtensorMap EncodeRows(const bf16* p, int64_t rows, int64_t K, int box_rows = 64) {
+// A 2D tensor map of row-major bf16 [rows, K] in boxes of 64 k x 64 rows, 128-byte swizzle, zeros
+// out of bounds.
+CUtensorMap EncodeRows(const bf16* p, int64_t rows, int64_t K) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -545,7 +533,7 @@ CUtensorMap EncodeRows(const bf16* p, int64_t rows, int64_t K, int box_rows = 64
   CUtensorMap m{};
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K) * sizeof(bf16)};
-  const cuuint32_t box[2] = {kBk, static_cast<cuuint32_t>(box_rows)}, element_strides[2] = {1, 1};
+  const cuuint32_t box[2] = {kBk, 64}, element_strides[2] = {1, 1};
   const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box,
                             element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -557,16 +545,13 @@ CUtensorMap RowsTensorMap(const bf16* x, int64_t rows, int64_t K) { return Encod
 
 }  // namespace
 
-int GroupedTileBoxRows(GroupedTile tile) { return tile == GroupedTile::kTma128x112 ? BoxRows<112>() : 64; }
-
-void BuildWeightTensorMaps(const bf16* const* weights, int64_t count, int64_t rows, int64_t K, WeightTensorMap* out,
-                           int box_rows) {
+void BuildWeightTensorMaps(const bf16* const* weights, int64_t count, int64_t rows, int64_t K,
+                           WeightTensorMap* out) {
   static_assert(sizeof(WeightTensorMap) == sizeof(CUtensorMap));
-  if (box_rows < 8 || box_rows > 256 || box_rows % 8 != 0) throw std::invalid_argument("BuildWeightTensorMaps: box_rows");
   for (int64_t g = 0; g < count; ++g) {
     out[g] = WeightTensorMap{};
     if (weights[g] == nullptr) continue;
-    const CUtensorMap m = EncodeRows(weights[g], rows, K, box_rows);
+    const CUtensorMap m = EncodeRows(weights[g], rows, K);
     std::memcpy(&out[g], &m, sizeof m);
   }
 }
@@ -582,16 +567,6 @@ bool GroupedGemmSupported() {
     return major == 9 && minor == 0;
   }();
   return supported;
-}
-
-GroupedTile GroupedSwiGluTile(GroupedTile tile, int64_t I, int64_t groups, int64_t rows) {
-  if (tile != GroupedTile::kTma128x128 || groups < 1 || rows < 1) return tile;
-  // The features of the busiest CTA (one CTA an SM, tiles dealt out in turn): the launch's time at
-  // a given rate of streaming weight rows.
-  const int64_t per_group = (rows + groups - 1) / groups;
-  const int64_t m_tiles = groups * ((per_group + 127) / 128), sms = DeviceSmCount();
-  auto busiest = [&](int64_t features) { return (m_tiles * ((I + features - 1) / features) + sms - 1) / sms * features; };
-  return busiest(56) < busiest(64) ? GroupedTile::kTma128x112 : tile;
 }
 
 void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
@@ -621,9 +596,6 @@ void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N
     case GroupedTile::kTma128x128:
       return swiglu ? LaunchGroupedTma<2, 128, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGroupedTma<2, 128, false>(x, K, groups, N, out, max_rows, s);
-    case GroupedTile::kTma128x112:
-      return swiglu ? LaunchGroupedTma<2, 112, true>(x, K, groups, N, out, max_rows, s)
-                    : LaunchGroupedTma<2, 112, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::k128x256:
       return swiglu ? LaunchGrouped<2, 256, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGrouped<2, 256, false>(x, K, groups, N, out, max_rows, s);

@@ -157,21 +157,11 @@ int DeviceSmCount();
 // are half gate, half up rows of W_g); kAuto: k128x128.
 // The kTma shapes are warp-specialised on the TMA (x rows too: they need weight_maps and
 // contiguous rows, no row_index).
-// kTma128x112 (with SwiGLU 56 features a tile) reads its weights in boxes of 56 rows: its
-// weight_maps are built with GroupedTileBoxRows(kTma128x112).
-enum class GroupedTile { kAuto, k128x128, k128x256, k192x128, kTma128x128, kTma128x256, kTma256x128, kTma128x112 };
+enum class GroupedTile { kAuto, k128x128, k128x256, k192x128, kTma128x128, kTma128x256, kTma256x128 };
 // Whether `tile` is one of the kTma shapes (its x rows must be contiguous, in group order).
 inline bool GroupedTileReadsRowsInOrder(GroupedTile tile) {
-  return tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 || tile == GroupedTile::kTma256x128 ||
-         tile == GroupedTile::kTma128x112;
+  return tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 || tile == GroupedTile::kTma256x128;
 }
-// The weight rows of one TMA box of `tile` (the box its weight_maps must be built with).
-int GroupedTileBoxRows(GroupedTile tile);
-// For the SwiGLU product of I features over `groups` groups sharing about `rows` rows: kTma128x112
-// instead of kTma128x128 where its tiles spread more evenly over the SMs (the busiest SM streams
-// fewer weight rows: Mixtral-8x7B's 14,336 features at two experts a rank make 512 tiles of 56
-// against 448 of 64, on 132 SMs); any other `tile` as it is.
-GroupedTile GroupedSwiGluTile(GroupedTile tile, int64_t I, int64_t groups, int64_t rows);
 void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
                  int64_t max_rows, cudaStream_t s, GroupedTile tile = GroupedTile::kAuto);
 bool GroupedGemmSupported();
@@ -182,8 +172,7 @@ struct alignas(64) WeightTensorMap {
 // The TMA descriptors of `count` row-major bf16 weights [rows, K] (host pointers to device memory;
 // null: a zeroed descriptor, for a group that must stay empty) into host `out`, for
 // SkinnyGroups::weight_maps (copied to the device). K a multiple of 8.
-void BuildWeightTensorMaps(const bf16* const* weights, int64_t count, int64_t rows, int64_t K, WeightTensorMap* out,
-                           int box_rows = 64);
+void BuildWeightTensorMaps(const bf16* const* weights, int64_t count, int64_t rows, int64_t K, WeightTensorMap* out);
 
 // out[r, :] = x[src_row[r], :]: the dispatch permutation (and any row gather). x, out: [*, H].
 // With `count` (device) only the rows r < *count, R then a bound on it (the device exchange's

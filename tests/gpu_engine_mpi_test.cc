@@ -222,8 +222,7 @@ TEST_F(GpuMpiEngineTest, PeerExchangeWgmmaExpertsMatchSingleRankEngine) {
   if (!gpu::GroupedGemmSupported()) GTEST_SKIP() << "the grouped wgmma kernel needs compute capability 9.0";
   const gpu::ExpertGemmTuning saved = peer_engine_->expert_tuning();
   // kAuto: the warp-specialised TMA shape there (its rows gathered up to the received count, read on
-  // the device; on this model the gate/up product in 128x112 tiles, GroupedSwiGluTile's choice at
-  // 256 features); 128x128 reads them through the grouping.
+  // the device); 128x128 reads them through the grouping.
   for (const gpu::GroupedTile tile : {gpu::GroupedTile::kAuto, gpu::GroupedTile::k128x128}) {
     gpu::ExpertGemmTuning wgmma = saved;
     wgmma.device_exchange_skinny_max_rows_per_expert = 0;

@@ -599,15 +599,15 @@ TEST(GpuEngineTest, NonFiniteWeightsRefusedNamingTheTensor) {
 // The experts through the skinny grouped GEMMs (decode's path), padded to the step's tokens in
 // strided-batched cuBLAS products, through cuBLAS grouped GEMMs, through one cuBLAS GEMM per expert
 // (sequential or on concurrent streams) and (compute capability 9.0) through the grouped wgmma
-// kernel in four of its shapes give the same logits up to bf16 rounding.
+// kernel in three of its shapes give the same logits up to bf16 rounding.
 TEST_F(GpuGoldenTest, ExpertGemmPathsAgree) {
   auto e = LoadGpu(kGoldenDir);
   std::vector<std::vector<float>> out;
   using Blas = gpu::ExpertGemmTuning::Blas;
   enum Variant { kSkinny, kPadded, kGrouped, kSequential, kConcurrent, kWgmma };
-  const int variants = gpu::GroupedGemmSupported() ? kWgmma + 4 : kWgmma;
+  const int variants = gpu::GroupedGemmSupported() ? kWgmma + 3 : kWgmma;
   const gpu::GroupedTile wgmma_tiles[] = {gpu::GroupedTile::k128x128, gpu::GroupedTile::kTma128x128,
-                                          gpu::GroupedTile::kTma256x128, gpu::GroupedTile::kTma128x112};
+                                          gpu::GroupedTile::kTma256x128};
   for (int variant = 0; variant < variants; ++variant) {
     gpu::ExpertGemmTuning t;
     t.skinny_max_rows_per_expert = t.device_exchange_skinny_max_rows_per_expert = variant == kSkinny ? 1 << 20 : 0;

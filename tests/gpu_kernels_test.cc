@@ -1342,9 +1342,8 @@ TEST(GpuKernelsTest, SkinnyGemmSplitOverSeveralWaves) {
 
 // The grouped wgmma kernel (Hopper only): groups of several 128-row m-tiles, a partial one, an
 // empty group with a null weight pointer, rows gathered through an index; N and K not multiples
-// of the kernel's tiles (the SwiGLU epilogue over [2I, K] weights, then the plain one; the TMA
-// shapes, 128x112's 56-row weight boxes included, on rows gathered first). Every output is
-// poisoned first. A row's result has the same bits alone as among the others.
+// of the kernel's tiles (the SwiGLU epilogue over [2I, K] weights, then the plain one). Every
+// output is poisoned first. A row's result has the same bits alone as among the others.
 TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   SKIP_WITHOUT_GPU();
   if (!GroupedGemmSupported()) GTEST_SKIP() << "the grouped wgmma kernel needs compute capability 9.0";
@@ -1376,11 +1375,6 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   BuildWeightTensorMaps(p13.data(), G, 2 * I, K, m13.data());
   BuildWeightTensorMaps(p2.data(), G, K, I, m2.data());
   Buffer<WeightTensorMap> d_m13(m13), d_m2(m2);
-  // kTma128x112's, in boxes of 56 rows.
-  std::vector<WeightTensorMap> n13(G), n2(G);
-  BuildWeightTensorMaps(p13.data(), G, 2 * I, K, n13.data(), GroupedTileBoxRows(GroupedTile::kTma128x112));
-  BuildWeightTensorMaps(p2.data(), G, K, I, n2.data(), GroupedTileBoxRows(GroupedTile::kTma128x112));
-  Buffer<WeightTensorMap> d_n13(n13), d_n2(n2);
   const GroupedTile tiles[] = {GroupedTile::k128x128, GroupedTile::k128x256, GroupedTile::k192x128};
   for (bool tma : {false, true}) {
     for (GroupedTile tile : tiles) {  // every tile shape, each output poisoned again
@@ -1394,11 +1388,10 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
   std::vector<float> xg(R * K);
   for (int64_t r = 0; r < R; ++r) std::copy(x.begin() + row_index[r] * K, x.begin() + (row_index[r] + 1) * K, xg.begin() + r * K);
   Buffer<bf16> d_xg(ToBf16Host(xg));
-  for (GroupedTile tile : {GroupedTile::kTma128x128, GroupedTile::kTma128x256, GroupedTile::kTma256x128,
-                           GroupedTile::kTma128x112}) {
+  for (GroupedTile tile : {GroupedTile::kTma128x128, GroupedTile::kTma128x256, GroupedTile::kTma256x128}) {
     SkinnyGroups contiguous = up;
     contiguous.row_index = nullptr;
-    contiguous.weight_maps = tile == GroupedTile::kTma128x112 ? d_n13.get() : d_m13.get();
+    contiguous.weight_maps = d_m13.get();
     Buffer<bf16> d_act_t(ToBf16Host(std::vector<float>(R * I, NAN)));
     GroupedGemm(d_xg.get(), K, contiguous, I, SkinnyEpilogue::kSwiGluBf16, d_act_t.get(), R, nullptr, tile);
     EXPECT_LT(RelErrD(ToF32Host(d_act_t.Download()), act_ref), kBf16Tol) << static_cast<int>(tile);
@@ -1421,10 +1414,9 @@ TEST(GpuKernelsTest, GroupedGemmMatchesFloat64) {
       EXPECT_LT(RelErrD(ToF32Host(d_y_t.Download()), y_ref), kBf16Tol) << static_cast<int>(tile) << " " << tma;
     }
   }
-  for (GroupedTile tile : {GroupedTile::kTma128x128, GroupedTile::kTma128x256, GroupedTile::kTma256x128,
-                           GroupedTile::kTma128x112}) {
+  for (GroupedTile tile : {GroupedTile::kTma128x128, GroupedTile::kTma128x256, GroupedTile::kTma256x128}) {
     Buffer<bf16> d_y_t(ToBf16Host(std::vector<float>(R * K, NAN)));
-    down.weight_maps = tile == GroupedTile::kTma128x112 ? d_n2.get() : d_m2.get();
+    down.weight_maps = d_m2.get();
     GroupedGemm(d_act.get(), I, down, K, SkinnyEpilogue::kStoreBf16, d_y_t.get(), R, nullptr, tile);
     EXPECT_LT(RelErrD(ToF32Host(d_y_t.Download()), y_ref), kBf16Tol) << static_cast<int>(tile);
   }

@@ -88,24 +88,13 @@ GpuMoeLayer::GpuMoeLayer(const ModelConfig& c, const PlacementPlan& plan, Commun
 
 void GpuMoeLayer::BuildTensorMaps() {
   const int64_t H = c_.hidden_size, I = c_.intermediate_size;
-  auto build = [](const std::vector<const bf16*>& weights, int64_t rows, int64_t K, int box_rows) {
-    std::vector<WeightTensorMap> m(weights.size());
-    BuildWeightTensorMaps(weights.data(), static_cast<int64_t>(weights.size()), rows, K, m.data(), box_rows);
-    DeviceBuffer<WeightTensorMap> d(m.size());
-    MOE_CUDA_CHECK(cudaMemcpy(d.get(), m.data(), sizeof(WeightTensorMap) * m.size(), cudaMemcpyHostToDevice));
-    return d;
-  };
-  for (int narrow : {0, 1}) {
-    const int box_rows = GroupedTileBoxRows(narrow ? GroupedTile::kTma128x112 : GroupedTile::kTma128x128);
-    maps13_[narrow] = build(host_w13_, 2 * I, H, box_rows);
-    maps2_[narrow] = build(host_w2_, H, I, box_rows);
-  }
-}
-
-const WeightTensorMap* GpuMoeLayer::Maps(const DeviceBuffer<WeightTensorMap> (&maps)[2], GroupedTile tile,
-                                         int64_t layer) const {
-  const DeviceBuffer<WeightTensorMap>& m = maps[GroupedTileBoxRows(tile) == 64 ? 0 : 1];
-  return m.size() > 0 ? m.get() + layer * c_.num_experts : nullptr;
+  std::vector<WeightTensorMap> m13(host_w13_.size()), m2(host_w2_.size());
+  BuildWeightTensorMaps(host_w13_.data(), static_cast<int64_t>(host_w13_.size()), 2 * I, H, m13.data());
+  BuildWeightTensorMaps(host_w2_.data(), static_cast<int64_t>(host_w2_.size()), H, I, m2.data());
+  maps13_ = DeviceBuffer<WeightTensorMap>(m13.size());
+  maps2_ = DeviceBuffer<WeightTensorMap>(m2.size());
+  MOE_CUDA_CHECK(cudaMemcpy(maps13_.get(), m13.data(), sizeof(WeightTensorMap) * m13.size(), cudaMemcpyHostToDevice));
+  MOE_CUDA_CHECK(cudaMemcpy(maps2_.get(), m2.data(), sizeof(WeightTensorMap) * m2.size(), cudaMemcpyHostToDevice));
 }
 
 bool GpuMoeLayer::DeviceOnly(const StepRows& rows) const {
@@ -167,7 +156,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
     grew |= split_.EnsureSize(workspace);
     if (WgmmaExperts(true)) {
       grew |= grouped_.EnsureSize(static_cast<size_t>(bound * H));  // the TMA shapes' rows, gathered
-      if (maps13_[0].size() == 0) BuildTensorMaps();  // once, before a step that may be captured
+      if (maps13_.size() == 0) BuildTensorMaps();  // once, before a step that may be captured
     }
     return grew;
   }
@@ -191,7 +180,7 @@ bool GpuMoeLayer::Reserve(const StepRows& rows) {
   grew |= act_.EnsureSize(static_cast<size_t>(n * c_.intermediate_size));
   if (WgmmaExperts(false)) {
     grew |= grouped_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
-    if (maps13_[0].size() == 0) BuildTensorMaps();  // once, before any step that may be captured
+    if (maps13_.size() == 0) BuildTensorMaps();  // once, before any step that may be captured
   }
   grew |= result_.EnsureSize(static_cast<size_t>(n * c_.hidden_size));
   if (n > 0 && SkinnyExperts(n, c_.num_experts, false)) {
@@ -299,8 +288,7 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const bf16* h, int64_t T,
     Experts(ExpertKernel::kSkinny, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(),
             active_.get(), ExpectedRows(step_, local));
   } else if (WgmmaExperts(true)) {
-    Experts(ExpertKernel::kWgmma, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(), nullptr,
-            ExpectedRows(step_, local));
+    Experts(ExpertKernel::kWgmma, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get());
   } else {
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), recv_offsets_.get(), sizeof(int32_t) * (E + 1),
                                    cudaMemcpyDeviceToHost, stream_));
@@ -350,7 +338,7 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
   const int64_t H = c_.hidden_size, E = c_.num_experts, I = c_.intermediate_size;
   const int64_t local = std::max<int64_t>(1, local_experts_[layer]);
   act_.EnsureSize(static_cast<size_t>(R * I));
-  // plan_rows: the device exchange's skinny and wgmma calls (its rows are known on the device only).
+  // plan_rows: the device exchange's skinny call (its rows are known on the device only).
   if (kernel == ExpertKernel::kSkinny) {
     const SkinnyPlan p = PlanExperts(R, local, plan_rows);
     split_.EnsureSize(p.workspace);
@@ -385,34 +373,29 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
   // bound: it sizes the grid). Its TMA shapes read the rows in expert order, gathered first (behind
   // the device exchange, where R is a bound, the gather stops at the received count on the device).
   // kAuto there: the warp-specialised TMA shape, the fastest at an expert-parallel rank's rows (one
-  // H100: benchmarks/NOTES.md, session 33), its gate/up product in 56-feature tiles where those
-  // spread more evenly over the SMs (GroupedSwiGluTile; session 34); on the local path the
-  // kernel's own choice.
+  // H100: benchmarks/NOTES.md, session 33); on the local path the kernel's own choice.
   if (kernel == ExpertKernel::kWgmma) {
-    GroupedTile tile = tuning_.wgmma_tile, up_tile = tile;
-    if (tile == GroupedTile::kAuto && !Local()) {
-      tile = GroupedTile::kTma128x128;
-      up_tile = GroupedSwiGluTile(tile, I, local, plan_rows > 0 ? plan_rows : R);
-    }
+    GroupedTile tile = tuning_.wgmma_tile;
+    if (tile == GroupedTile::kAuto && !Local()) tile = GroupedTile::kTma128x128;
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
     up.weights = w13_.get() + layer * E;
-    up.weight_maps = Maps(maps13_, up_tile, layer);
+    up.weight_maps = maps13_.size() > 0 ? maps13_.get() + layer * E : nullptr;
     up.row_index = row_index;
     const bf16* in = x;
-    if (GroupedTileReadsRowsInOrder(up_tile) && row_index != nullptr) {
+    if (GroupedTileReadsRowsInOrder(tile) && row_index != nullptr) {
       // grouped_ is sized by Reserve.
       GatherRows(x, row_index, R, H, grouped_.get(), stream_, Local() ? nullptr : d_offsets + E);
       in = grouped_.get();
       up.row_index = nullptr;
     }
-    GroupedGemm(in, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), R, stream_, up_tile);
+    GroupedGemm(in, H, up, I, SkinnyEpilogue::kSwiGluBf16, act_.get(), R, stream_, tile);
     SkinnyGroups down;
     down.count = E;
     down.offsets = d_offsets;
     down.weights = w2_.get() + layer * E;
-    down.weight_maps = Maps(maps2_, tile, layer);
+    down.weight_maps = maps2_.size() > 0 ? maps2_.get() + layer * E : nullptr;
     GroupedGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, R, stream_, tile);
     return;
   }

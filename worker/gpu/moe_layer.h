@@ -112,8 +112,7 @@ struct ExpertGemmTuning {
   // prefill and from batch 16 (benchmarks/NOTES.md, session 15).
   bool wgmma_grouped = false;
   // Its tile shape (kTma shapes: the rows gathered first); kAuto: 128x128 on the local path, the
-  // warp-specialised TMA 128x128 behind the device exchange (the fastest at a rank's rows there),
-  // its gate/up product 128x112 where that spreads evenly over the SMs (GroupedSwiGluTile).
+  // warp-specialised TMA 128x128 behind the device exchange (the fastest at a rank's rows there).
   GroupedTile wgmma_tile = GroupedTile::kAuto;
   // Above the skinny limit on the local path, up to this many tokens a step: every expert runs on T
   // rows (no expert can get more: a token picks an expert once), its own first and padding after,
@@ -230,8 +229,6 @@ class GpuMoeLayer {
   }
   // The weights' TMA descriptors (maps13_, maps2_) for the grouped wgmma kernel.
   void BuildTensorMaps();
-  // Layer `layer`'s descriptors in the box `tile` reads (null before BuildTensorMaps).
-  const WeightTensorMap* Maps(const DeviceBuffer<WeightTensorMap> (&maps)[2], GroupedTile tile, int64_t layer) const;
   // Whether the local path (device_exchange false) or the device exchange runs its experts through
   // the grouped wgmma kernel when they are not skinny (ExpertGemmTuning::wgmma_grouped,
   // ::device_exchange_wgmma).
@@ -317,9 +314,7 @@ class GpuMoeLayer {
   int64_t expert_stride_ = 0;  // elements between consecutive experts' weights (DeviceWeights::expert_stride)
   bool evenly_spaced_ = false;  // every expert of every layer held, expert_stride_ apart (padded experts)
   DeviceBuffer<const bf16*> w13_, w2_;            // the same on the device
-  // Their TMA descriptors (grouped wgmma kernel; built at its first use), in boxes of 64 rows [0]
-  // and of kTma128x112's 56 [1].
-  DeviceBuffer<WeightTensorMap> maps13_[2], maps2_[2];
+  DeviceBuffer<WeightTensorMap> maps13_, maps2_;  // their TMA descriptors (grouped wgmma kernel; built at its first use)
   DeviceBuffer<void*> group_ptrs_;      // cuBLAS grouped GEMM pointer arrays: w, x, y for w13 then w2
   std::unique_ptr<GemmFanout> fanout_;  // made at the first concurrent expert step
   CudaEvent sizes_copied_;              // the cuBLAS experts' row counts reached the host (Experts)
