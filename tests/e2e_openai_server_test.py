@@ -724,7 +724,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(err["error"]["param"], "chat_template")
         self.assertIn("nested too deeply", err["error"]["message"])
         deep = b'{"prompt": "x", "chat_template_kwargs": ' + b"[" * 20000 + b"]" * 20000 + b"}"
-        for path in ("/v1/completions", "/v1/chat/completions", "/tokenize"):
+        for path in ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/invocations", "/tokenize"):
             status, err = self.call(path, raw=deep)
             self.assertEqual(status, 400, (path, err))
             self.assertIn("more than 512 levels deep", err["error"]["message"])

@@ -1,10 +1,10 @@
 #include "coordinator/openai/responses_api.h"
 
-#include "coordinator/openai/random_id.h"
-
 #include <map>
 #include <optional>
 #include <utility>
+
+#include "coordinator/openai/random_id.h"
 
 namespace moe::openai {
 namespace {
