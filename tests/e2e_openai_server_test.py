@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sup
 
 from launched_cluster import (BUILD_DIR, MODEL_DIR, SOURCE_DIR, STOP_TIMEOUT_S, LaunchedCluster,  # noqa: E402
                               load_samples, pid_exists, wait_until_idle)
+from sentencepiece_pieces import sentencepiece_pieces  # noqa: E402
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -70,42 +71,6 @@ def own_front(test, coordinator, *args, env=None, preexec_fn=None):
         proc.terminate()
         test.assertEqual(proc.wait(timeout=30), 0)
         proc.stdout.close()
-
-
-def sentencepiece_pieces(path):
-    """The pieces of a SentencePiece model file, by id: ModelProto's repeated field 1, each a message
-    whose field 1 is the piece's text (protobuf wire format, read by hand)."""
-    def varint(data, i):
-        value, shift = 0, 0
-        while True:
-            b = data[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return value, i
-
-    def fields(data):
-        i = 0
-        while i < len(data):
-            key, i = varint(data, i)
-            kind = key & 7
-            if kind == 0:
-                value, i = varint(data, i)
-            elif kind == 1:
-                value, i = data[i:i + 8], i + 8
-            elif kind == 2:
-                n, i = varint(data, i)
-                value, i = data[i:i + n], i + n
-            elif kind == 5:
-                value, i = data[i:i + 4], i + 4
-            else:
-                raise ValueError("wire type %d" % kind)
-            yield key >> 3, value
-
-    with open(path, "rb") as f:
-        model = f.read()
-    return [next(v for k, v in fields(piece) if k == 1).decode() for k, piece in fields(model) if k == 1]
 
 
 class OpenAiServerEndToEnd(unittest.TestCase):

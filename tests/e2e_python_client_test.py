@@ -21,8 +21,9 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
-from launched_cluster import (BUILD_DIR, CLIENT_BIN, RANKS, SOURCE_DIR, STOP_TIMEOUT_S,  # noqa: E402
+from launched_cluster import (BUILD_DIR, CLIENT_BIN, MODEL_DIR, RANKS, SOURCE_DIR, STOP_TIMEOUT_S,  # noqa: E402
                               LaunchedCluster, load_samples, pid_exists, wait_until_idle)
+from sentencepiece_pieces import sentencepiece_pieces  # noqa: E402
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -104,6 +105,8 @@ class PythonClientEndToEnd(unittest.TestCase):
             self.assertAlmostEqual(a, b, delta=1e-5)
         self.assertEqual(self.client.tokenize(s["prompt"]), s["prompt_ids"])
         self.assertEqual(self.client.detokenize(s["prompt_ids"]), s["prompt"])
+        pieces = sentencepiece_pieces(os.path.join(MODEL_DIR, "tokenizer.model"))
+        self.assertEqual(self.client.token_pieces(s["prompt_ids"]), [pieces[i] for i in s["prompt_ids"]])
 
     def test_d_errors_and_cancellation(self):
         with self.assertRaises(grpc.RpcError) as e:

@@ -297,6 +297,12 @@ class MoeClient:
         request = inference_pb2.DetokenizeRequest(token_ids=[int(i) for i in token_ids])
         return self._inference.Detokenize(request, **self._call(timeout)).text
 
+    def token_pieces(self, token_ids: Sequence[int], *, timeout: Optional[float] = None) -> List[str]:
+        """Each id's vocabulary entry ("<s>", "\u2581the", "<0x0A>"), as Hugging Face's
+        convert_ids_to_tokens gives them."""
+        request = inference_pb2.DetokenizeRequest(token_ids=[int(i) for i in token_ids], return_pieces=True)
+        return list(self._inference.Detokenize(request, **self._call(timeout)).pieces)
+
     def model_info(self, *, timeout: Optional[float] = None) -> "inference_pb2.ModelInfo":
         return self._inference.GetModelInfo(inference_pb2.GetModelInfoRequest(), **self._call(timeout))
 
