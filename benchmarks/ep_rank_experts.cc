@@ -171,6 +171,28 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
                fanout.Join();
              }));
 
+      // One layer's products through the grouped wgmma kernel in `tile`; the TMA shapes read the
+      // rows gathered first (the gather is the gate/up product's).
+      auto wgmma_up = [&](const RankRouting& r, gpu::GroupedTile tile) {
+        const bool in_order = gpu::GroupedTileReadsRowsInOrder(tile);
+        gpu::SkinnyGroups up;
+        up.count = E;
+        up.offsets = r.d_offsets.get();
+        up.weights = d13.get();
+        up.weight_maps = dm13.get();
+        up.row_index = in_order ? nullptr : r.d_row_index.get();
+        if (in_order) gpu::GatherRows(x.get(), r.d_row_index.get(), r.rows, H, gathered.get(), s);
+        gpu::GroupedGemm(in_order ? gathered.get() : x.get(), H, up, I, gpu::SkinnyEpilogue::kSwiGluBf16, act.get(),
+                         bound, s, tile);
+      };
+      auto wgmma_down = [&](const RankRouting& r, gpu::GroupedTile tile) {
+        gpu::SkinnyGroups down;
+        down.count = E;
+        down.offsets = r.d_offsets.get();
+        down.weights = d2.get();
+        down.weight_maps = dm2.get();
+        gpu::GroupedGemm(act.get(), I, down, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s, tile);
+      };
       if (wgmma) {
         struct Shape {
           const char* name;
@@ -179,53 +201,18 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
         for (const Shape& sh : {Shape{"wgmma 128x128", gpu::GroupedTile::k128x128},
                                 Shape{"wgmma 128x256", gpu::GroupedTile::k128x256},
                                 Shape{"wgmma tma 128x128", gpu::GroupedTile::kTma128x128}}) {
-          const bool in_order = gpu::GroupedTileReadsRowsInOrder(sh.tile);
           record(sh.name, MedianMs(s, 3, 16, [&](int i) {
-                   const RankRouting& r = routes[i % routes.size()];
-                   gpu::SkinnyGroups up;
-                   up.count = E;
-                   up.offsets = r.d_offsets.get();
-                   up.weights = d13.get();
-                   up.weight_maps = dm13.get();
-                   up.row_index = in_order ? nullptr : r.d_row_index.get();
-                   if (in_order) gpu::GatherRows(x.get(), r.d_row_index.get(), r.rows, H, gathered.get(), s);
-                   gpu::GroupedGemm(in_order ? gathered.get() : x.get(), H, up, I, gpu::SkinnyEpilogue::kSwiGluBf16,
-                                    act.get(), bound, s, sh.tile);
-                   gpu::SkinnyGroups down;
-                   down.count = E;
-                   down.offsets = r.d_offsets.get();
-                   down.weights = d2.get();
-                   down.weight_maps = dm2.get();
-                   gpu::GroupedGemm(act.get(), I, down, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s,
-                                    sh.tile);
+                   wgmma_up(routes[i % routes.size()], sh.tile);
+                   wgmma_down(routes[i % routes.size()], sh.tile);
                  }));
         }
-      }
-
-      // The TMA shape's two products alone (the gate/up one with its row gather): how the layer's
-      // time divides, and how much of the down product hides in the gate/up product's last wave
-      // (the whole is less than the sum: the down launch's CTAs start on the SMs it frees).
-      if (wgmma) {
-        const gpu::GroupedTile tile = gpu::GroupedTile::kTma128x128;
-        record("tma up only", MedianMs(s, 3, 16, [&](int i) {
-                 const RankRouting& r = routes[i % routes.size()];
-                 gpu::SkinnyGroups g;
-                 g.count = E;
-                 g.offsets = r.d_offsets.get();
-                 g.weights = d13.get();
-                 g.weight_maps = dm13.get();
-                 gpu::GatherRows(x.get(), r.d_row_index.get(), r.rows, H, gathered.get(), s);
-                 gpu::GroupedGemm(gathered.get(), H, g, I, gpu::SkinnyEpilogue::kSwiGluBf16, act.get(), bound, s, tile);
-               }), 2.0 / 3);
-        record("tma down only", MedianMs(s, 3, 16, [&](int i) {
-                 const RankRouting& r = routes[i % routes.size()];
-                 gpu::SkinnyGroups g;
-                 g.count = E;
-                 g.offsets = r.d_offsets.get();
-                 g.weights = d2.get();
-                 g.weight_maps = dm2.get();
-                 gpu::GroupedGemm(act.get(), I, g, H, gpu::SkinnyEpilogue::kStoreBf16, y.get(), bound, s, tile);
-               }), 1.0 / 3);
+        // The TMA shape's two products alone: how the layer's time divides, and how much of the
+        // down product hides in the gate/up product's last wave (the whole is less than the sum:
+        // the down launch's CTAs start on the SMs it frees).
+        const gpu::GroupedTile tma = gpu::GroupedTile::kTma128x128;
+        record("tma up only", MedianMs(s, 3, 16, [&](int i) { wgmma_up(routes[i % routes.size()], tma); }), 2.0 / 3);
+        record("tma down only", MedianMs(s, 3, 16, [&](int i) { wgmma_down(routes[i % routes.size()], tma); }),
+               1.0 / 3);
       }
 
       // The skinny kernel as the device exchange plans it (PlanSkinny on the bound and the
