@@ -168,6 +168,13 @@ class PythonClientEndToEnd(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(len(json.loads(r.stdout)["ranks"]), RANKS)
 
+        # detokenize --json: the text and each id's vocabulary entry (tokenizer.model's own pieces).
+        r = self.moe_client("detokenize", "--token-ids", ",".join(map(str, s["greedy_ids"])), "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pieces = sentencepiece_pieces(os.path.join(MODEL_DIR, "tokenizer.model"))
+        self.assertEqual(json.loads(r.stdout), {"text": s["greedy_text"][len("ROMEO:"):],
+                                                "pieces": [pieces[i] for i in s["greedy_ids"]]})
+
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--top-p", "1.5")
         self.assertEqual(r.returncode, 1)
         self.assertTrue(r.stderr.startswith("moe-client: INVALID_ARGUMENT: "), r.stderr)

@@ -24,7 +24,7 @@ const std::map<std::string, FlagSpec>& Flags() {
   static const auto* flags = new std::map<std::string, FlagSpec>{
       {"--server", {true, {}}},
       {"--timeout", {true, {}}},
-      {"--json", {false, {"generate", "score", "score-rolling", "tokenize", "info"}}},
+      {"--json", {false, {"generate", "score", "score-rolling", "tokenize", "detokenize", "info"}}},
       {"--prompt", {true, {"generate"}}},
       {"--token-ids", {true, {"generate", "score-rolling", "detokenize"}}},
       {"--max-tokens", {true, {"generate"}}},
@@ -303,7 +303,7 @@ commands:
   score (--context TEXT | --context-ids IDS) (--continuation TEXT | --continuation-ids IDS) [--json]
   score-rolling (--text TEXT | --token-ids IDS) [--json]
   tokenize --text TEXT [--add-bos | --no-bos] [--json]
-  detokenize --token-ids IDS
+  detokenize --token-ids IDS [--json]   (--json: {"text", "pieces": each id's vocabulary entry})
   info [--json]            model and cluster
   stats                    serving statistics (JSON)
   health [--service NAME]  prints SERVING / NOT_SERVING; exit 0 only when SERVING

@@ -143,11 +143,17 @@ absl::Status Tokenize(Stub& stub, const ClientOptions& o) {
 absl::Status Detokenize(Stub& stub, const ClientOptions& o) {
   moe::v1::DetokenizeRequest req;
   req.mutable_token_ids()->Assign(o.token_ids.begin(), o.token_ids.end());
+  req.set_return_pieces(o.json);  // --json: each id's vocabulary entry too
   grpc::ClientContext ctx;
   SetDeadline(ctx, o.timeout_s);
   moe::v1::DetokenizeResponse resp;
   MOE_RETURN_IF_ERROR(FromGrpc(stub.Detokenize(&ctx, req, &resp)));
-  std::cout << resp.text() << "\n";
+  if (o.json) {
+    std::cout << json{{"text", resp.text()}, {"pieces", std::vector<std::string>(resp.pieces().begin(), resp.pieces().end())}}.dump()
+              << "\n";
+  } else {
+    std::cout << resp.text() << "\n";
+  }
   return absl::OkStatus();
 }
 
