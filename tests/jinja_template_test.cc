@@ -208,13 +208,16 @@ absl::Status RenderStatus(const std::string& source, const json& context = json:
   return tmpl->Render(context).status();
 }
 
+// The refusal names the limit that stopped it. The time bound guards against a template that
+// runs unbounded (a limit not enforced would take hours here), not a speed: it leaves room for the
+// sanitizer build on a loaded CI machine (~10x slower; the loop cap took 10.3 s there once).
 void ExpectRefusedQuickly(const std::string& source, const std::string& what) {
   const auto start = std::chrono::steady_clock::now();
   const absl::Status status = RenderStatus(source);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_FALSE(status.ok()) << source;
   EXPECT_THAT(std::string(status.message()), HasSubstr(what)) << source;
-  EXPECT_LT(seconds, 10.0) << source;
+  EXPECT_LT(seconds, 120.0) << source;
 }
 
 TEST(JinjaLimits, HugeRangeIsRefused) {
