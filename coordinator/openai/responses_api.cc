@@ -13,6 +13,32 @@ using ojson = nlohmann::ordered_json;
 
 bool Given(const ojson& body, const char* key) { return body.contains(key) && !body[key].is_null(); }
 
+// A chat tool call: {"id", "type": "function", "function": {"name", "arguments"}}.
+ojson ChatToolCall(const ojson& id, const ojson& name, const ojson& arguments) {
+  return {{"id", id}, {"type", "function"}, {"function", {{"name", name}, {"arguments", arguments}}}};
+}
+
+// A chat choice's logprobs entries ({token, logprob, bytes, top_logprobs}: the Responses API's too),
+// or none.
+ojson ChatLogprobs(const nlohmann::json& choice) {
+  if (!choice.contains("logprobs") || !choice["logprobs"].is_object() || !choice["logprobs"].contains("content") ||
+      !choice["logprobs"]["content"].is_array()) {
+    return ojson::array();
+  }
+  return ojson::parse(choice["logprobs"]["content"].dump());
+}
+
+// The id of a response's k-th function call item.
+std::string FunctionCallItemId(const std::string& response_id, size_t k) {
+  return "fc_" + response_id + "_" + std::to_string(k);
+}
+
+ojson FunctionCallItem(const std::string& id, const std::string& call_id, const std::string& name,
+                       const std::string& arguments, const std::string& status) {
+  return {{"id", id}, {"type", "function_call"}, {"status", status}, {"call_id", call_id}, {"name", name},
+          {"arguments", arguments}};
+}
+
 // One input item's content as chat content: a string, or [{"type": "text", "text"}] from the
 // Responses API's text parts (input_text, and output_text in an assistant turn given back).
 std::variant<ojson, HttpError> ChatContent(const ojson& content, const std::string& param) {
@@ -59,8 +85,7 @@ std::variant<ojson, HttpError> ChatMessages(const ojson& body) {
       for (const char* key : {"call_id", "name", "arguments"}) {
         if (std::optional<HttpError> e = string_field(item, at, key)) return *e;
       }
-      const ojson call = {{"id", item["call_id"]}, {"type", "function"},
-                          {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}};
+      const ojson call = ChatToolCall(item["call_id"], item["name"], item["arguments"]);
       if (messages.empty() || messages.back()["role"] != "assistant" || !messages.back().contains("tool_calls")) {
         messages.push_back({{"role", "assistant"}, {"content", nullptr}, {"tool_calls", ojson::array()}});
       }
@@ -306,8 +331,7 @@ nlohmann::ordered_json ConversationAfter(const ResponsesCall& call, const nlohma
     if (item["type"] == "message") {
       for (const ojson& part : item["content"]) text += part.value("text", std::string());
     } else if (item["type"] == "function_call") {
-      calls.push_back({{"id", item["call_id"]}, {"type", "function"},
-                       {"function", {{"name", item["name"]}, {"arguments", item["arguments"]}}}});
+      calls.push_back(ChatToolCall(item["call_id"], item["name"], item["arguments"]));
     }
   }
   if (!text.empty() || calls.empty()) turn["content"] = text;
@@ -333,12 +357,6 @@ HttpError ResponsesError(HttpError e) {
   return e;
 }
 
-ojson FunctionCallItem(const std::string& id, const std::string& call_id, const std::string& name,
-                       const std::string& arguments, const std::string& status) {
-  return {{"id", id}, {"type", "function_call"}, {"status", status}, {"call_id", call_id}, {"name", name},
-          {"arguments", arguments}};
-}
-
 nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohmann::json& chat, const std::string& model,
                                         int64_t created) {
   const std::string& id = call.id;
@@ -348,11 +366,7 @@ nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohman
   const nlohmann::json& message = choice["message"];
   const std::string text = message.contains("content") && message["content"].is_string() ? message["content"].get<std::string>() : "";
   const bool calls = message.contains("tool_calls") && message["tool_calls"].is_array() && !message["tool_calls"].empty();
-  ojson logprobs = ojson::array();
-  if (choice.contains("logprobs") && choice["logprobs"].is_object() && choice["logprobs"].contains("content") &&
-      choice["logprobs"]["content"].is_array()) {
-    logprobs = ojson::parse(choice["logprobs"]["content"].dump());  // chat's entries are the Responses API's
-  }
+  const ojson logprobs = ChatLogprobs(choice);
   ojson r = ResponseObject(call, id, model, created, status);
   if (cut) r["incomplete_details"] = {{"reason", "max_output_tokens"}};
   // The text (an answer of calls has none), then each call.
@@ -360,7 +374,7 @@ nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohman
   if (calls) {
     for (size_t k = 0; k < message["tool_calls"].size(); ++k) {
       const nlohmann::json& c = message["tool_calls"][k];
-      r["output"].push_back(FunctionCallItem("fc_" + id + "_" + std::to_string(k), c.value("id", std::string()),
+      r["output"].push_back(FunctionCallItem(FunctionCallItemId(id, k), c.value("id", std::string()),
                                              c["function"].value("name", std::string()),
                                              c["function"].value("arguments", std::string()), status));
     }
@@ -418,14 +432,11 @@ std::vector<nlohmann::ordered_json> ResponsesEvents::Chunk(const nlohmann::json&
   if (choice.contains("finish_reason") && choice["finish_reason"].is_string()) {
     finish_reason_ = choice["finish_reason"].get<std::string>();
   }
-  const nlohmann::json delta = choice.contains("delta") ? choice["delta"] : nlohmann::json::object();
+  static const nlohmann::json kNoDelta = nlohmann::json::object();
+  const nlohmann::json& delta = choice.contains("delta") ? choice["delta"] : kNoDelta;
   std::string text;
   if (delta.contains("content") && delta["content"].is_string()) text = delta["content"].get<std::string>();
-  ojson logprobs = ojson::array();
-  if (choice.contains("logprobs") && choice["logprobs"].is_object() && choice["logprobs"].contains("content") &&
-      choice["logprobs"]["content"].is_array()) {
-    logprobs = ojson::parse(choice["logprobs"]["content"].dump());
-  }
+  ojson logprobs = ChatLogprobs(choice);
   if (!text.empty() || !logprobs.empty()) {
     const size_t at = OpenMessage(out);
     Item& m = items_[at];
@@ -447,7 +458,7 @@ std::vector<nlohmann::ordered_json> ResponsesEvents::Chunk(const nlohmann::json&
       if (found == calls_.end()) {
         Item item;
         item.call = true;
-        item.id = "fc_" + call_.id + "_" + std::to_string(calls_.size());
+        item.id = FunctionCallItemId(call_.id, calls_.size());
         item.call_id = entry.value("id", std::string());
         if (entry.contains("function")) item.name = entry["function"].value("name", std::string());
         found = calls_.emplace(index, items_.size()).first;
