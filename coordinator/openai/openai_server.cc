@@ -70,11 +70,13 @@ void SendHead(mg_connection* conn, int status, const std::string& content_type, 
             echo.c_str());
 }
 
-void SendJson(mg_connection* conn, int status, const json& j) {
-  const std::string body = j.dump();
+// A JSON answer already written out (an ordered_json's, which keeps OpenAI's field order).
+void SendJsonText(mg_connection* conn, int status, const std::string& body) {
   SendHead(conn, status, "application/json", static_cast<long long>(body.size()));
   mg_write(conn, body.data(), body.size());
 }
+
+void SendJson(mg_connection* conn, int status, const json& j) { SendJsonText(conn, status, j.dump()); }
 
 int SendError(mg_connection* conn, const HttpError& e) {
   SendJson(conn, e.status, e.ToJson());
@@ -512,9 +514,7 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   }
   const std::optional<StoredResponse> stored = s->responses_store_->Get(id);
   if (!stored) return SendError(conn, missing);
-  const std::string text = stored->response.dump();
-  SendHead(conn, 200, "application/json", static_cast<long long>(text.size()));
-  mg_write(conn, text.data(), text.size());
+  SendJsonText(conn, 200, stored->response.dump());
   return 200;
 }
 
@@ -678,9 +678,7 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, ResponsesError(*e));
   const nlohmann::ordered_json response = ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created);
   remember(response);
-  const std::string text = response.dump();
-  SendHead(conn, 200, "application/json", static_cast<long long>(text.size()));
-  mg_write(conn, text.data(), text.size());
+  SendJsonText(conn, 200, response.dump());
   return 200;
 }
 
@@ -773,9 +771,7 @@ std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const Completion
     for (v1::Prompt& p : prompts) {
       std::vector<int32_t> ids(p.token_ids().ids().begin(), p.token_ids().ids().end());
       if (!p.has_token_ids()) {
-        v1::TokenizeRequest tokenize;
-        tokenize.set_text(p.text());
-        std::variant<std::vector<int32_t>, HttpError> got = TokenIds(tokenize);
+        std::variant<std::vector<int32_t>, HttpError> got = TokenIds(p.text(), /*add_special_tokens=*/true);
         if (HttpError* e = std::get_if<HttpError>(&got)) return *e;
         ids = std::move(std::get<std::vector<int32_t>>(got));
       }
