@@ -45,7 +45,8 @@ struct DeviceMoeWeights {
 class DeviceWeights {
  public:
   // Reads the tensors from the checkpoint (shapes checked against the config, values checked
-  // finite as LoadWeights does; errors name the tensor and its file). `progress` is called after each layer with (layers done, layers total).
+  // finite as LoadWeights does; errors name the tensor and its file). `progress` is called after
+  // each layer with (layers done, layers total).
   static absl::StatusOr<std::unique_ptr<DeviceWeights>> Upload(
       const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
       const std::function<void(int64_t, int64_t)>& progress = nullptr);
