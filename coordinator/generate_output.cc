@@ -13,20 +13,21 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
       prompt_tokens_(static_cast<uint32_t>(job.assign.prompt_size())),
       min_tokens_(job.assign.min_tokens()),
       include_stop_(job.include_stop),
+      skip_special_tokens_(job.skip_special_tokens),
       stop_(job.stop, job.include_stop) {
   stop_token_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
   if (!job.assign.ignore_eos()) eos_ids_.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
   if (job.assign.has_prompt_logprobs()) prompt_.assign(job.assign.prompt().begin(), job.assign.prompt().end());
   if (model.tokenizer != nullptr) {
     const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
-    detok_ = model.tokenizer->NewStream(prompt);
+    detok_ = model.tokenizer->NewStream(prompt, skip_special_tokens_);
   }
 }
 
 std::string GenerateOutput::TokenText(int32_t id) const {
   if (model_.tokenizer == nullptr) return {};
   const int32_t ids[1] = {id};
-  return model_.tokenizer->Decode(ids);
+  return model_.tokenizer->Decode(ids, skip_special_tokens_);
 }
 
 namespace {

@@ -3,7 +3,7 @@
 // (StopMatcher; not in the text of the first min_tokens tokens, as vLLM), the text of the stop
 // token id or EOS that ended the output left out too (as vLLM; both kept with
 // include_stop_str_in_output), log-probabilities with the text of each alternative, usage and
-// finish reason.
+// finish reason. Control tokens add no text unless skip_special_tokens is false (vLLM's field).
 // No I/O: the Generate handler feeds it and writes what it fills in.
 #pragma once
 
@@ -61,6 +61,7 @@ class GenerateOutput {
   uint32_t completion_tokens_ = 0;
   uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these
   bool include_stop_;  // include_stop_str_in_output
+  bool skip_special_tokens_;  // false: control tokens' texts in the text and in logprobs
   std::vector<int32_t> stop_token_ids_, eos_ids_;  // the ids that end the output (eos_ids_ empty with ignore_eos)
   int32_t last_token_ = -1;
   std::unique_ptr<TextStream> detok_;  // null without a tokenizer

@@ -404,7 +404,7 @@ grpc::Status InferenceService::Detokenize(grpc::ServerContext* context, const v1
   const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
   const absl::Status valid = CheckTokenIds(ids, model_.config.vocab_size, "token_ids");
   if (!valid.ok()) return ToGrpcStatus(valid);
-  response->set_text(model_.tokenizer->Decode(ids));
+  response->set_text(model_.tokenizer->Decode(ids, !request->has_skip_special_tokens() || request->skip_special_tokens()));
   if (request->return_pieces()) {
     for (int32_t id : ids) response->add_pieces(model_.tokenizer->Piece(id));
   }

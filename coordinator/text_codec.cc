@@ -10,7 +10,8 @@ namespace {
 
 class SentencePieceStream final : public TextStream {
  public:
-  SentencePieceStream(const Tokenizer& tok, std::span<const int32_t> prompt) : detok_(tok, prompt) {}
+  SentencePieceStream(const Tokenizer& tok, std::span<const int32_t> prompt, bool skip_special_tokens)
+      : detok_(tok, prompt, skip_special_tokens) {}
   std::string Push(int32_t id) override { return detok_.Push(id); }
   std::string Flush() override { return detok_.Flush(); }
 
@@ -27,14 +28,16 @@ class SentencePieceCodec final : public TextCodec {
   }
   std::string Piece(int32_t id) const override { return tok_->Piece(id); }
   std::vector<std::string> TokenTexts() const override { return tok_->TokenTexts(); }
-  std::string Decode(std::span<const int32_t> ids) const override { return tok_->Decode(ids); }
+  std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
+    return tok_->Decode(ids, skip_special_tokens);
+  }
   int32_t bos_id() const override { return tok_->bos_id(); }
   int32_t eos_id() const override { return tok_->eos_id(); }
   int32_t vocab_size() const override { return tok_->vocab_size(); }
   bool add_bos() const override { return tok_->add_bos(); }
   bool add_eos() const override { return tok_->add_eos(); }
-  std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids) const override {
-    return std::make_unique<SentencePieceStream>(*tok_, prompt_ids);
+  std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids, bool skip_special_tokens) const override {
+    return std::make_unique<SentencePieceStream>(*tok_, prompt_ids, skip_special_tokens);
   }
 
  private:

@@ -31,14 +31,16 @@ class TextCodec {
   virtual std::string Piece(int32_t id) const = 0;  // the vocabulary's text of `id`, e.g. "<s>"
   virtual std::vector<std::string> TokenTexts() const = 0;  // per id, the bytes it adds to a text
                                                             // (Tokenizer::TokenTexts)
-  virtual std::string Decode(std::span<const int32_t> ids) const = 0;
+  // `skip_special_tokens` false: control and unknown tokens as their pieces' texts (Tokenizer::Decode).
+  virtual std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const = 0;
   virtual int32_t bos_id() const = 0;
   virtual int32_t eos_id() const = 0;
   virtual int32_t vocab_size() const = 0;
   virtual bool add_bos() const = 0;
   virtual bool add_eos() const = 0;
   // A detokenizer for text generated after `prompt_ids`; must not outlive this codec.
-  virtual std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids) const = 0;
+  virtual std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids,
+                                                bool skip_special_tokens = true) const = 0;
 };
 
 // Loads DIR's tokenizer (Tokenizer::Load). NotFound when DIR has no tokenizer.model; other errors

@@ -237,6 +237,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   GenerateJob job;
   job.n = n;
   job.include_stop = s.include_stop_str_in_output();
+  job.skip_special_tokens = !s.has_skip_special_tokens() || s.skip_special_tokens();
   if (s.stop_size() > kMaxStopStrings) {
     return FieldError("sampling.stop", absl::StrCat("at most ", kMaxStopStrings, " stop strings, got ", s.stop_size()));
   }

@@ -65,6 +65,7 @@ struct GenerateJob {
   v1::Assign assign;              // kind, prompt and sampling filled; seq_id is the scheduler's
   std::vector<std::string> stop;  // stop strings, matched on the generated text
   bool include_stop = false;      // the text keeps the stop string or stop token that ended it
+  bool skip_special_tokens = true;  // false: control tokens appear in the text as their pieces
   bool want_logprobs = false;     // SamplingParams.logprobs was set
   uint32_t n = 1;                 // completions; completion i runs `assign` with seed + i
   int64_t reserve_positions() const { return assign.prompt_size() + assign.max_tokens(); }

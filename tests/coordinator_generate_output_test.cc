@@ -192,6 +192,44 @@ TEST_F(GenerateOutputTest, TheStopTokenIdsTextIsLeftOutUnlessIncluded) {
   EXPECT_GE(checked, 2);
 }
 
+// skip_special_tokens false (vLLM's): a control token generated shows as its piece ("<s>"), in the
+// text and in its logprob's text; the EOS that ends the output only with include_stop_str_in_output.
+// Skipped (the default), neither adds text. Reference: the recorded text, cut where the first
+// tokens' text ends.
+TEST_F(GenerateOutputTest, SpecialTokensShowUnlessSkipped) {
+  Sample s = samples_[0];
+  const std::string generated = s.greedy_text.substr(s.prompt.size());
+  Sample head = s;
+  head.greedy_ids.resize(4);
+  const std::string before = Stream(head, Job(head), 1).text;
+  ASSERT_TRUE(generated.starts_with(before));
+  const int32_t bos = codec_->bos_id(), eos = config_.eos_token_ids.at(0);
+  const std::string bos_piece = codec_->Piece(bos), eos_piece = codec_->Piece(eos);
+  ASSERT_EQ(bos_piece, "<s>");
+  ASSERT_EQ(eos_piece, "</s>");
+  s.greedy_ids.insert(s.greedy_ids.begin() + 4, bos);
+  s.greedy_ids.push_back(eos);
+  for (bool skip : {true, false}) {
+    for (bool include : {false, true}) {
+      GenerateJob job = Job(s, {}, /*logprobs=*/true);
+      job.skip_special_tokens = skip;
+      job.include_stop = include;
+      const std::string want = skip ? generated
+                                    : before + bos_piece + generated.substr(before.size()) + (include ? eos_piece : "");
+      for (size_t group : {1, 3, 100}) {
+        EXPECT_EQ(Stream(s, job, group, v1::FINISH_REASON_STOP).text, want)
+            << "skip " << skip << " include " << include << " group " << group;
+      }
+      RequestModel model{config_, codec_.get()};
+      GenerateOutput out(job, model, "r");
+      v1::GenerateResponse resp;
+      ASSERT_TRUE(out.AddTokens(TokensAt(s.greedy_ids, 0, s.greedy_ids.size(), -1.0f), resp).ok());
+      ASSERT_EQ(resp.logprobs_size(), static_cast<int>(s.greedy_ids.size()));
+      EXPECT_EQ(resp.logprobs(4).text(), skip ? "" : bos_piece);
+    }
+  }
+}
+
 // min_tokens (as vLLM): a stop string is looked for only in the text after the first min_tokens
 // tokens, so an occurrence completed by one of those tokens does not end the output; the next one
 // (found by plain find() in the rest of the recorded text) does.

@@ -719,6 +719,40 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 400, err)
         self.assertEqual(err["error"]["param"], "return_token_strs")
 
+    def test_e5_skip_special_tokens_false_writes_the_control_tokens_out(self):
+        """vLLM's skip_special_tokens false: generated control tokens appear as their vocabulary pieces (read
+        here from tokenizer.model's wire format), the EOS that ends the output only with
+        include_stop_str_in_output; /detokenize writes them out as vLLM's does (Hugging Face's decode: the
+        pieces joined, "▁" as a space)."""
+        pieces = sentencepiece_pieces(os.path.join(SOURCE_DIR, "models", MODEL, "tokenizer.model"))
+        bos, eos = pieces.index("<s>"), pieces.index("</s>")
+        req = {"prompt": "JULIET:", "max_tokens": 3, "temperature": 0, "logit_bias": {str(bos): 100}}
+        status, body = self.call("/v1/completions", dict(req, skip_special_tokens=False, logprobs=0))
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["text"], "<s>" * 3)
+        self.assertEqual(body["choices"][0]["logprobs"]["tokens"], ["<s>"] * 3)
+        events = self.stream(dict(req, skip_special_tokens=False))
+        self.assertEqual("".join(e["choices"][0]["text"] for e in events if e["choices"]), "<s>" * 3)
+        status, body = self.call("/v1/completions", req)  # skipped, as by default
+        self.assertEqual((status, body["choices"][0]["text"]), (200, ""))
+        # The EOS that ends the output: its text only with include_stop_str_in_output.
+        req = {"prompt": "JULIET:", "max_tokens": 3, "temperature": 0, "logit_bias": {str(eos): 100}}
+        for include, want in ((True, "</s>"), (False, "")):
+            status, body = self.call("/v1/completions", dict(req, skip_special_tokens=False, include_stop_str_in_output=include))
+            self.assertEqual(status, 200, body)
+            self.assertEqual((body["choices"][0]["text"], body["choices"][0]["finish_reason"]), (want, "stop"))
+        status, body = self.call("/v1/chat/completions", {"messages": [{"role": "user", "content": "Speak!"}],
+                                                          "max_tokens": 2, "logit_bias": {str(bos): 100},
+                                                          "skip_special_tokens": False})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["message"]["content"], "<s><s>")
+        status, tokens = self.call("/tokenize", {"prompt": "ROMEO: speak again", "add_special_tokens": False})
+        ids = [bos] + tokens["tokens"] + [eos]
+        status, text = self.call("/detokenize", {"tokens": ids})
+        self.assertEqual(status, 200, text)
+        self.assertEqual(text["prompt"], "".join(pieces[t] for t in ids).replace("\u2581", " "))
+        self.assertTrue(text["prompt"].startswith("<s>") and text["prompt"].endswith("</s>"), text)
+
     def test_f_chat_prompts_are_transformers_and_answers_their_greedy_continuation(self):
         n = CHAT_GOLDEN["max_tokens"]
         for case in CHAT_GOLDEN["cases"]:

@@ -107,6 +107,15 @@ class PythonClientEndToEnd(unittest.TestCase):
         self.assertEqual(self.client.detokenize(s["prompt_ids"]), s["prompt"])
         pieces = sentencepiece_pieces(os.path.join(MODEL_DIR, "tokenizer.model"))
         self.assertEqual(self.client.token_pieces(s["prompt_ids"]), [pieces[i] for i in s["prompt_ids"]])
+        # skip_special_tokens False: control tokens written out as their pieces ("<s>", "</s>"); after "<s>"
+        # the first word's "▁" is a space (Hugging Face's decode: only the text's first one is dropped).
+        bos, eos = pieces.index("<s>"), pieces.index("</s>")
+        self.assertTrue(pieces[s["prompt_ids"][0]].startswith("\u2581"))
+        self.assertEqual(self.client.detokenize([bos] + s["prompt_ids"] + [eos], skip_special_tokens=False),
+                         "<s> " + s["prompt"] + "</s>")
+        self.assertEqual(self.client.detokenize([bos] + s["prompt_ids"] + [eos]), s["prompt"])
+        self.assertEqual(self.client.generate_text("ROMEO:", max_tokens=2, logit_bias={bos: 100},
+                                                   skip_special_tokens=False), "<s><s>")
 
     def test_d_errors_and_cancellation(self):
         with self.assertRaises(grpc.RpcError) as e:
@@ -174,6 +183,10 @@ class PythonClientEndToEnd(unittest.TestCase):
         pieces = sentencepiece_pieces(os.path.join(MODEL_DIR, "tokenizer.model"))
         self.assertEqual(json.loads(r.stdout), {"text": s["greedy_text"][len("ROMEO:"):],
                                                 "pieces": [pieces[i] for i in s["greedy_ids"]]})
+
+        r = self.moe_client("detokenize", "--token-ids", "%d,%d" % (pieces.index("<s>"), pieces.index("</s>")),
+                            "--keep-special-tokens")
+        self.assertEqual((r.returncode, r.stdout), (0, "<s></s>\n"), r.stderr)
 
         r = self.moe_client("generate", "--prompt", "ROMEO:", "--top-p", "1.5")
         self.assertEqual(r.returncode, 1)

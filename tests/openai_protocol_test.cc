@@ -332,7 +332,7 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            // vLLM's fields asking for what is not served: refused, not ignored.
            {R"({"prompt": "x", "use_beam_search": true})", 400, "use_beam_search"},
            {R"({"prompt": "x", "logits_processors": ["my.module"]})", 400, "logits_processors"},
-           {R"({"prompt": "x", "skip_special_tokens": false})", 400, "skip_special_tokens"},
+           {R"({"prompt": "x", "skip_special_tokens": "no"})", 400, "skip_special_tokens"},
            {R"({"prompt": "x", "return_tokens_as_token_ids": 1})", 400, "return_tokens_as_token_ids"},
            {R"({"prompt": "x", "return_token_ids": "yes"})", 400, "return_token_ids"},
            {R"({"prompt": "x", "cache_salt": ""})", 400, "cache_salt"},
@@ -368,6 +368,11 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   Ok({{"prompt", "x"}, {"use_beam_search", false}, {"logits_processors", json::array()}, {"skip_special_tokens", true},
       {"return_tokens_as_token_ids", false}, {"guided_grammar", nullptr}, {"guided_decoding_backend", "xgrammar"}});
   EXPECT_TRUE(Ok({{"prompt", "x"}}).add_special_tokens);
+  // skip_special_tokens false is served (control tokens written out); absent or true: the default.
+  EXPECT_FALSE(Ok({{"prompt", "x"}}).request.sampling().has_skip_special_tokens());
+  EXPECT_FALSE(Ok({{"prompt", "x"}, {"skip_special_tokens", true}}).request.sampling().has_skip_special_tokens());
+  const v1::SamplingParams keep = Ok({{"prompt", "x"}, {"skip_special_tokens", false}}).request.sampling();
+  EXPECT_TRUE(keep.has_skip_special_tokens() && !keep.skip_special_tokens());
   EXPECT_EQ(Ok({{"prompt", "x"}, {"cache_salt", "tenant-a"}}).request.cache_salt(), "tenant-a");
   EXPECT_FALSE(Ok({{"prompt", "x"}, {"add_special_tokens", false}}).add_special_tokens);
 }
@@ -690,6 +695,12 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
            {{{"messages", {user}}, {"echo", "yes"}}, "echo"},
            {{{"messages", {user}}, {"add_special_tokens", true}}, "add_special_tokens"},
            {{{"messages", {user}}, {"use_beam_search", true}}, "use_beam_search"},
+           // Tool calls are read from the text without control tokens.
+           {{{"messages", {user}},
+             {"skip_special_tokens", false},
+             {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}},
+             {"tool_choice", "required"}},
+            "skip_special_tokens"},
            {{{"messages", {user}}, {"continue_final_message", true}, {"add_generation_prompt", true}}, "continue_final_message"},
            {{{"messages", {user}}, {"chat_template", 3}}, "chat_template"},
            {{{"messages", {user}}, {"temperature", "hot"}}, "temperature"}}) {

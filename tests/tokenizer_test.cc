@@ -1,7 +1,8 @@
 // Tokenizer and StreamingDetokenizer against outside references: the ids and texts that the
 // Python tooling produced for the shakespeare-moe model (samples.json), and the ids the
 // SentencePiece Python binding gives for Mixtral's tokenizer (tests/data/tokenizers/README.md), and
-// transformers' ids for texts with special tokens written out (special_tokens.json).
+// transformers' ids for texts with special tokens written out (special_tokens.json) and its texts of
+// ids with special tokens among them (decode_golden.json).
 
 #include "worker/tokenizer.h"
 
@@ -82,8 +83,8 @@ struct StreamResult {
   std::vector<std::string> chunks;
 };
 StreamResult Stream(const Tokenizer& tok, const std::vector<int32_t>& prompt,
-                    const std::vector<int32_t>& generated) {
-  StreamingDetokenizer detok(tok, prompt);
+                    const std::vector<int32_t>& generated, bool skip_special_tokens = true) {
+  StreamingDetokenizer detok(tok, prompt, skip_special_tokens);
   StreamResult r;
   for (int32_t id : generated) {
     r.chunks.push_back(detok.Push(id));
@@ -297,6 +298,40 @@ TEST(SpecialTokensTest, EncodeWithSpecialTokensMatchesTransformers) {
   }
   EXPECT_EQ(cases, 11);
   EXPECT_GE(with_special, 6);
+}
+
+// Decoding with special tokens among the ids (decode_golden.json): kept (skip_special_tokens false),
+// the text is what Hugging Face tokenizers decode with Mixtral's tokenizer.json decoder, "<s>
+// Hello" and "Hello</s>"; skipped, what SentencePiece's binding decodes. Streamed after a prompt
+// cut anywhere (not inside a character), the deltas complete the whole text.
+TEST(SpecialTokensTest, DecodeKeepingSpecialTokensIsTransformers) {
+  std::ifstream f(kTokenizerData + "/decode_golden.json");
+  ASSERT_TRUE(f.good());
+  const nlohmann::json golden = nlohmann::json::parse(f);
+  int cases = 0, differ = 0, splits = 0;
+  for (const auto& [model, rows] : golden["models"].items()) {
+    auto tok = LoadOrDie(Tokenizer::FromFile(kTokenizerData + "/" + model, /*add_bos=*/true));
+    for (const nlohmann::json& row : rows) {
+      const std::vector<int32_t> ids = row["ids"];
+      const std::string keep = row["keep_special"];
+      EXPECT_EQ(tok->Decode(ids, /*skip_special_tokens=*/false), keep) << model << " " << row["ids"].dump();
+      EXPECT_EQ(tok->Decode(ids), row["sentencepiece"].get<std::string>()) << model << " " << row["ids"].dump();
+      ++cases;
+      differ += keep != row["skip_special"].get<std::string>();
+      for (size_t split = 0; split <= ids.size(); ++split) {
+        const std::vector<int32_t> prompt(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(split));
+        const std::vector<int32_t> generated(ids.begin() + static_cast<std::ptrdiff_t>(split), ids.end());
+        const std::string prompt_text = tok->Decode(prompt, false);
+        if (prompt_text.ends_with(kReplacementChar)) continue;  // the prompt ends mid-character
+        const StreamResult r = Stream(*tok, prompt, generated, /*skip_special_tokens=*/false);
+        EXPECT_EQ(prompt_text + r.text, keep) << model << " " << row["ids"].dump() << " split " << split;
+        ++splits;
+      }
+    }
+  }
+  EXPECT_EQ(cases, 27);
+  EXPECT_GE(differ, 20);  // the cases do have special tokens to show
+  EXPECT_GT(splits, 200);
 }
 
 TEST_F(MistralTest, PieceNamesTheSpecialTokens) {

@@ -363,7 +363,7 @@ std::string SentencePieceBpe::TokenText(int32_t id) const {
   return text;
 }
 
-std::string SentencePieceBpe::Decode(std::span<const int32_t> ids) const {
+std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_special) const {
   std::string text, bytes;
   // A run of byte pieces: each valid UTF-8 character as itself, each other byte as U+FFFD.
   const auto flush_bytes = [&] {
@@ -378,10 +378,18 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids) const {
     }
     bytes.clear();
   };
-  // Only the first piece that is not a control piece may lose the dummy prefix's "▁".
+  // Only the first piece that adds text may lose the dummy prefix's "▁" (a special piece written
+  // out is such a piece, so "<s>" "▁Hello" is "<s> Hello", as Hugging Face tokenizers decode it).
   bool at_start = true;
   for (int32_t id : ids) {
     const Piece& p = pieces_[static_cast<size_t>(id)];
+    const bool special = p.type == Type::kControl || p.type == Type::kUnknown;
+    if (special && !skip_special) {  // its piece's text as written, "<s>", "<unk>"
+      flush_bytes();
+      text.append(p.text);
+      at_start = false;
+      continue;
+    }
     if (p.type == Type::kControl) {  // no text, but it ends a run of bytes
       flush_bytes();
       continue;

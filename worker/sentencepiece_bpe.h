@@ -43,10 +43,12 @@ class SentencePieceBpe {
   // `dummy_prefix` false: no "▁" before the text even where the model adds one (a part of a text
   // after a special token, as non-legacy Hugging Face tokenizers encode it).
   std::vector<int32_t> Encode(std::string_view text, bool dummy_prefix = true) const;
-  // Ids to text: control pieces add nothing, byte pieces their bytes (a byte that does not complete
-  // a valid UTF-8 character becomes U+FFFD), "▁" a space; the text's first "▁" is dropped (the
-  // dummy prefix). Ids must be in [0, size()).
-  std::string Decode(std::span<const int32_t> ids) const;
+  // Ids to text: control pieces add nothing, the unknown piece " ⁇ ", byte pieces their bytes (a
+  // byte that does not complete a valid UTF-8 character becomes U+FFFD), "▁" a space; the text's
+  // first "▁" is dropped (the dummy prefix). `skip_special` false: control and unknown pieces add
+  // their piece's text ("<s>", "[INST]", "<unk>"), as Hugging Face tokenizers decode with
+  // skip_special_tokens=False. Ids must be in [0, size()).
+  std::string Decode(std::span<const int32_t> ids, bool skip_special = true) const;
 
   // The bytes `id` adds to a text after other text: "▁" as a space, a byte piece as its byte,
   // nothing for control, unknown and unused pieces.

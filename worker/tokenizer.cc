@@ -127,10 +127,10 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) c
   return ids;
 }
 
-std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
+std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
   const absl::Status valid = CheckIds(ids);
   MOE_CHECK(valid.ok(), valid.message());
-  return sp_->Decode(ids);
+  return sp_->Decode(ids, skip_special_tokens);
 }
 
 absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
@@ -157,14 +157,15 @@ int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
 int32_t Tokenizer::vocab_size() const { return sp_->size(); }
 
 StreamingDetokenizer::StreamingDetokenizer(const Tokenizer& tok,
-                                           std::span<const int32_t> prompt_ids)
+                                           std::span<const int32_t> prompt_ids, bool skip_special_tokens)
     : tok_(tok),
+      skip_special_tokens_(skip_special_tokens),
       ids_(prompt_ids.begin(), prompt_ids.end()),
       prefix_offset_(ids_.size() - std::min(ids_.size(), kInitialContextIds)),
       read_offset_(ids_.size()) {}
 
 std::string StreamingDetokenizer::DecodeRange(size_t begin, size_t end) const {
-  return tok_.Decode(std::span<const int32_t>(ids_).subspan(begin, end - begin));
+  return tok_.Decode(std::span<const int32_t>(ids_).subspan(begin, end - begin), skip_special_tokens_);
 }
 
 std::string StreamingDetokenizer::Push(int32_t id) {

@@ -48,8 +48,10 @@ class Tokenizer {
   std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const;
 
   // Ids to text; control tokens (BOS/EOS) produce no text and incomplete byte-fallback
-  // sequences become U+FFFD. Precondition: CheckIds(ids).ok(); throws InternalError otherwise.
-  std::string Decode(std::span<const int32_t> ids) const;
+  // sequences become U+FFFD. `skip_special_tokens` false: control and unknown tokens appear as their
+  // pieces' texts ("<s>", "[INST]"), as Hugging Face tokenizers decode with that flag (vLLM's
+  // request field). Precondition: CheckIds(ids).ok(); throws InternalError otherwise.
+  std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
 
   // InvalidArgument naming the first id outside [0, vocab_size()) and its index.
   absl::Status CheckIds(std::span<const int32_t> ids) const;
@@ -89,8 +91,8 @@ class Tokenizer {
 class StreamingDetokenizer {
  public:
   // prompt_ids precede the generated ids: their text is not emitted but gives the context.
-  // `tok` must outlive this object.
-  StreamingDetokenizer(const Tokenizer& tok, std::span<const int32_t> prompt_ids);
+  // `skip_special_tokens`: as Tokenizer::Decode's. `tok` must outlive this object.
+  StreamingDetokenizer(const Tokenizer& tok, std::span<const int32_t> prompt_ids, bool skip_special_tokens = true);
 
   // Appends `id` and returns the newly completed text, possibly empty. The result never ends
   // inside a multi-byte UTF-8 character and holds back a trailing incomplete byte sequence
@@ -105,6 +107,7 @@ class StreamingDetokenizer {
   std::string DecodeRange(size_t begin, size_t end) const;
 
   const Tokenizer& tok_;
+  bool skip_special_tokens_;
   std::vector<int32_t> ids_;
   size_t prefix_offset_;
   size_t read_offset_;

@@ -53,6 +53,7 @@ const std::map<std::string, FlagSpec>& Flags() {
       {"--request-id", {true, {"generate"}}},
       {"--priority", {true, {"generate"}}},
       {"--include-stop-str", {false, {"generate"}}},
+      {"--keep-special-tokens", {false, {"generate", "detokenize"}}},
       {"--allowed-token-ids", {true, {"generate"}}},
       {"--bad-word", {true, {"generate"}}},
       {"--context", {true, {"score"}}},
@@ -167,6 +168,12 @@ absl::Status Apply(ClientOptions& o, const std::string& flag, const std::string&
     o.priority = static_cast<int32_t>(x);
   } else if (flag == "--include-stop-str") {
     s->set_include_stop_str_in_output(true);
+  } else if (flag == "--keep-special-tokens") {  // vLLM's skip_special_tokens false
+    if (o.command == "detokenize") {
+      o.keep_special_tokens = true;
+    } else {
+      s->set_skip_special_tokens(false);
+    }
   } else if (flag == "--allowed-token-ids") {
     MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(flag, v));
     for (int32_t id : ids) s->add_allowed_token_ids(id);
@@ -295,7 +302,7 @@ commands:
            [--frequency-penalty F] [--min-tokens N] [--logit-bias ID:BIAS,...] [--n N] [--seed S]
            [--stop STR]... [--stop-token-ids IDS] [--logprobs N] [--ignore-eos] [--json-object] [--json-schema JSON] [--regex RE]
            [--grammar GBNF] [--choice TEXT]... [--compact-json] [--request-id ID] [--priority N] [--include-stop-str]
-           [--allowed-token-ids IDS] [--bad-word WORD]... [--prompt-logprobs N]
+           [--allowed-token-ids IDS] [--bad-word WORD]... [--prompt-logprobs N] [--keep-special-tokens]
            [--json]
       streams the completion's text to stdout; with --json the last line is one JSON object
       (--n N > 1: N completions, completion i sampled with seed + i, printed once all are done;
@@ -303,7 +310,9 @@ commands:
   score (--context TEXT | --context-ids IDS) (--continuation TEXT | --continuation-ids IDS) [--json]
   score-rolling (--text TEXT | --token-ids IDS) [--json]
   tokenize --text TEXT [--add-bos | --no-bos] [--json]
-  detokenize --token-ids IDS [--json]   (--json: {"text", "pieces": each id's vocabulary entry})
+  detokenize --token-ids IDS [--keep-special-tokens] [--json]   (--json: {"text", "pieces": each id's vocabulary entry})
+      --keep-special-tokens: control tokens written out in the text ("<s>", "</s>"; vLLM's
+      skip_special_tokens false)
   info [--json]            model and cluster
   stats                    serving statistics (JSON)
   health [--service NAME]  prints SERVING / NOT_SERVING; exit 0 only when SERVING

@@ -32,6 +32,7 @@ struct ClientOptions {
   std::optional<bool> add_bos;
   // detokenize
   std::vector<int32_t> token_ids;
+  bool keep_special_tokens = false;  // control tokens' pieces in the text
   // health
   std::string service;
 };

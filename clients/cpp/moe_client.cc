@@ -144,6 +144,7 @@ absl::Status Detokenize(Stub& stub, const ClientOptions& o) {
   moe::v1::DetokenizeRequest req;
   req.mutable_token_ids()->Assign(o.token_ids.begin(), o.token_ids.end());
   req.set_return_pieces(o.json);  // --json: each id's vocabulary entry too
+  if (o.keep_special_tokens) req.set_skip_special_tokens(false);
   grpc::ClientContext ctx;
   SetDeadline(ctx, o.timeout_s);
   moe::v1::DetokenizeResponse resp;

@@ -58,7 +58,7 @@ _SAMPLING_FIELDS = ("max_tokens", "temperature", "top_k", "top_p", "min_p", "see
                     "logprobs", "ignore_eos", "repetition_penalty", "presence_penalty", "frequency_penalty",
                     "min_tokens", "n", "logit_bias", "response_format", "guided_choice",
                     "guided_regex", "guided_grammar", "include_stop_str_in_output", "truncate_prompt_tokens", "allowed_token_ids",
-                    "bad_words", "prompt_logprobs")
+                    "bad_words", "prompt_logprobs", "skip_special_tokens")
 
 
 @dataclasses.dataclass
@@ -196,8 +196,9 @@ class MoeClient:
         (a list of texts: the output is exactly one of them), guided_regex (the whole output matches this
         regular expression), guided_grammar (the whole output is a text of this GBNF grammar, from its
         rule root); vLLM's include_stop_str_in_output, truncate_prompt_tokens,
-        allowed_token_ids, bad_words and prompt_logprobs (each prompt token's logprob, rank and this
-        many top alternatives, on completion 0's first message). priority: lower is scheduled first (a coordinator started with
+        allowed_token_ids, bad_words, prompt_logprobs (each prompt token's logprob, rank and this
+        many top alternatives, on completion 0's first message) and skip_special_tokens (False: the
+        control tokens generated appear in the text as their pieces, "<s>"). priority: lower is scheduled first (a coordinator started with
         --scheduling-policy priority; others refuse any but 0). cache_salt (vLLM's): the prompt shares
         cached KV blocks only with requests of the same salt. return_prompt_token_ids: the first
         message carries the prompt's token ids (prompt_token_ids) as the model reads them. Closing
@@ -293,8 +294,11 @@ class MoeClient:
             request.add_bos = add_bos
         return list(self._inference.Tokenize(request, **self._call(timeout)).token_ids)
 
-    def detokenize(self, token_ids: Sequence[int], *, timeout: Optional[float] = None) -> str:
-        request = inference_pb2.DetokenizeRequest(token_ids=[int(i) for i in token_ids])
+    def detokenize(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True,
+                   timeout: Optional[float] = None) -> str:
+        """The ids' text; skip_special_tokens False: control tokens written out ("<s> Hello")."""
+        request = inference_pb2.DetokenizeRequest(token_ids=[int(i) for i in token_ids],
+                                                  skip_special_tokens=skip_special_tokens)
         return self._inference.Detokenize(request, **self._call(timeout)).text
 
     def token_pieces(self, token_ids: Sequence[int], *, timeout: Optional[float] = None) -> List[str]:

@@ -298,9 +298,6 @@ std::optional<HttpError> RefuseUnserved(const json& body) {
   if (given("logits_processors") && !(body["logits_processors"].is_array() && body["logits_processors"].empty())) {
     return BadParam("logits_processors", "custom logits processors are not served");
   }
-  if (given("skip_special_tokens") && body["skip_special_tokens"] != true) {
-    return BadParam("skip_special_tokens", "only true is served (special tokens never appear in the text)");
-  }
   if (given("guided_whitespace_pattern")) {
     return BadParam("guided_whitespace_pattern", "not served (guided_json, guided_regex, guided_choice and guided_grammar are)");
   }
@@ -357,6 +354,9 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   bool include_stop = false;  // vLLM's
   if (std::optional<HttpError> e = Bool(body, "include_stop_str_in_output", include_stop)) return e;
   if (include_stop) s.set_include_stop_str_in_output(true);
+  bool skip_special = true;  // vLLM's: false shows the control tokens generated ("<s>", "[INST]")
+  if (std::optional<HttpError> e = Bool(body, "skip_special_tokens", skip_special)) return e;
+  if (!skip_special) s.set_skip_special_tokens(false);
   std::optional<int64_t> truncate;  // vLLM's: the prompt's last k tokens; -1: no truncation
   if (std::optional<HttpError> e = Integer(body, "truncate_prompt_tokens", -1, UINT32_MAX, truncate)) return e;
   if (truncate && *truncate == 0) return BadParam("truncate_prompt_tokens", "must be at least 1 (or -1: no truncation)");
@@ -604,6 +604,10 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
   }
   // The tools reach the template; a named function or "required" also constrains the output.
   if (std::optional<HttpError> e = ParseToolChoice(ordered, call.tool_choice, s, auto_marker_id)) return *e;
+  if (call.tool_choice.kind != ToolChoice::Kind::kNone && s.has_skip_special_tokens() && !s.skip_special_tokens()) {
+    return BadParam("skip_special_tokens", "false cannot be combined with tool calls: they are read from the text without "
+                                           "control tokens ([TOOL_CALLS], </s>)");
+  }
   if (ordered.contains("tools") && !ordered["tools"].is_null()) chat.tools = ordered["tools"];
   if (ordered.contains("chat_template") && !ordered["chat_template"].is_null()) {
     if (!ordered["chat_template"].is_string()) return BadParam("chat_template", "expected a string");

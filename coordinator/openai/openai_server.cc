@@ -752,6 +752,7 @@ int OpenAiServer::Detokenize(mg_connection* conn, const std::string& body) {
     return SendError(conn, HttpError{400, "tokens: required: an array of token ids", "invalid_request_error", "tokens"});
   }
   for (const nlohmann::json& x : j["tokens"]) request.add_token_ids(x.get<int32_t>());
+  request.set_skip_special_tokens(false);  // as vLLM's: Hugging Face's decode, "<s>" and "</s>" written out
   v1::DetokenizeResponse text;
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
