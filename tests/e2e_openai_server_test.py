@@ -199,6 +199,63 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(body["choices"][0]["text"], full[:full.find(stop)])
         self.assertEqual(body["choices"][0]["finish_reason"], "stop")
 
+    def test_c0b_beam_search_is_vllms_over_the_models_logprobs(self):
+        """vLLM's use_beam_search: one beam ignoring EOS is the greedy continuation (samples.json); n beams are
+        what vLLM's search (its published algorithm, written out here) finds over the gRPC API's top logprobs,
+        best first, each choice's text its token ids' text."""
+        s = self.samples["ROMEO:"]
+        status, body = self.call("/v1/completions", {"prompt": s["prompt_ids"], "max_tokens": 10, "use_beam_search": True,
+                                                     "ignore_eos": True, "temperature": 0, "return_token_ids": True})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["token_ids"], s["greedy_ids"][:10])
+        self.assertTrue(s["greedy_text"][len("ROMEO:"):].startswith(body["choices"][0]["text"]))
+        self.assertEqual(body["usage"]["completion_tokens"], 10)
+        with open(os.path.join(MODEL_DIR, "config.json")) as f:
+            eos = json.load(f)["eos_token_id"]
+        eos = eos if isinstance(eos, list) else [eos]
+
+        def reference(prompt, width, max_tokens, length_penalty):
+            def score(beam):
+                tokens, cum = beam[0], beam[1]
+                return cum / (len(tokens) - (tokens[-1] in eos)) ** length_penalty
+            live, complete = [(list(prompt), 0.0)], []
+            for _ in range(max_tokens):
+                extended = []
+                for tokens, cum in live:
+                    lp = self.grpc.generate_full(token_ids=tokens, max_tokens=1, logprobs=2 * width, temperature=0,
+                                                 ignore_eos=True).logprobs[0]
+                    candidates = [(t.token_id, t.logprob) for t in lp.top]
+                    for token, logprob in candidates:
+                        if token in eos:
+                            complete.append((tokens, cum + logprob, "stop"))
+                        else:
+                            extended.append((tokens + [token], cum + logprob, "length"))
+                live = sorted(extended, key=score, reverse=True)[:width]
+                live = [(t, c) for t, c, _ in live]
+            return sorted(complete + [(t, c, "length") for t, c in live], key=score, reverse=True)[:width]
+
+        for prompt, width, max_tokens, penalty in (("JULIET:", 3, 6, 1.0), ("ROMEO: O", 2, 5, 0.0)):
+            ids = self.grpc.tokenize(prompt)
+            status, body = self.call("/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, "n": width,
+                                                         "use_beam_search": True, "temperature": 0,
+                                                         "length_penalty": penalty, "return_token_ids": True})
+            self.assertEqual(status, 200, body)
+            want = reference(ids, width, max_tokens, penalty)
+            self.assertEqual([c["index"] for c in body["choices"]], list(range(width)))
+            self.assertEqual([c["token_ids"] for c in body["choices"]], [t[len(ids):] for t, _, _ in want])
+            self.assertEqual([c["finish_reason"] for c in body["choices"]], [r for _, _, r in want])
+            for c in body["choices"]:
+                self.assertEqual(c["text"], self.grpc.detokenize(c["token_ids"]))
+            self.assertEqual(len({tuple(c["token_ids"]) for c in body["choices"]}), width, "distinct beams")
+        # Chat too; and what beam search does not serve is refused naming it.
+        status, body = self.call("/v1/chat/completions", {"messages": [{"role": "user", "content": "Speak!"}],
+                                                          "max_tokens": 4, "n": 2, "use_beam_search": True})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(body["choices"]), 2)
+        for field, value in (("stream", True), ("logprobs", 1), ("stop", ["."]), ("n", 11)):
+            status, err = self.call("/v1/completions", {"prompt": "x", "use_beam_search": True, field: value})
+            self.assertEqual((status, err["error"]["param"]), (400, field), err)
+
     def test_c0_add_special_tokens_false_encodes_without_bos(self):
         """vLLM's add_special_tokens: false sends a text prompt's ids without BOS. The default model
         adds none (its tokenizer_config.json), so this runs a 1-rank cluster of the same model whose

@@ -330,7 +330,16 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "suffix": "y"})", 400, "suffix"},
            {R"({"prompt": "x", "n": 2, "best_of": 3})", 400, "best_of"},
            // vLLM's fields asking for what is not served: refused, not ignored.
-           {R"({"prompt": "x", "use_beam_search": true})", 400, "use_beam_search"},
+           {R"({"prompt": "x", "use_beam_search": 1})", 400, "use_beam_search"},
+           // use_beam_search with what it does not serve, or wider than the top logprobs allow.
+           {R"({"prompt": "x", "use_beam_search": true, "stream": true})", 400, "stream"},
+           {R"({"prompt": "x", "use_beam_search": true, "logprobs": 1})", 400, "logprobs"},
+           {R"({"prompt": "x", "use_beam_search": true, "echo": true})", 400, "echo"},
+           {R"({"prompt": "x", "use_beam_search": true, "top_p": 0.5})", 400, "top_p"},
+           {R"({"prompt": "x", "use_beam_search": true, "stop": ["."]})", 400, "stop"},
+           {R"({"prompt": "x", "use_beam_search": true, "response_format": {"type": "json_object"}})", 400, "response_format"},
+           {R"({"prompt": "x", "use_beam_search": true, "n": 11})", 400, "n"},
+           {R"({"prompt": "x", "use_beam_search": true, "length_penalty": "long"})", 400, "length_penalty"},
            {R"({"prompt": "x", "logits_processors": ["my.module"]})", 400, "logits_processors"},
            {R"({"prompt": "x", "skip_special_tokens": "no"})", 400, "skip_special_tokens"},
            {R"({"prompt": "x", "return_tokens_as_token_ids": 1})", 400, "return_tokens_as_token_ids"},
@@ -368,6 +377,14 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   Ok({{"prompt", "x"}, {"use_beam_search", false}, {"logits_processors", json::array()}, {"skip_special_tokens", true},
       {"return_tokens_as_token_ids", false}, {"guided_grammar", nullptr}, {"guided_decoding_backend", "xgrammar"}});
   EXPECT_TRUE(Ok({{"prompt", "x"}}).add_special_tokens);
+  // use_beam_search (vLLM's): n beams, their length penalty; off unless asked.
+  const CompletionCall beams = Ok({{"prompt", "x"}, {"use_beam_search", true}, {"n", 3}, {"max_tokens", 5},
+                                   {"temperature", 0}, {"length_penalty", 0.5}, {"ignore_eos", true}});
+  EXPECT_TRUE(beams.beam_search);
+  EXPECT_EQ(beams.n, 3u);
+  EXPECT_EQ(beams.length_penalty, 0.5);
+  EXPECT_FALSE(Ok({{"prompt", "x"}}).beam_search);
+  EXPECT_EQ(Ok({{"prompt", "x"}}).length_penalty, 1.0);
   // skip_special_tokens false is served (control tokens written out); absent or true: the default.
   EXPECT_FALSE(Ok({{"prompt", "x"}}).request.sampling().has_skip_special_tokens());
   EXPECT_FALSE(Ok({{"prompt", "x"}, {"skip_special_tokens", true}}).request.sampling().has_skip_special_tokens());
@@ -694,7 +711,12 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
            {{{"messages", {user}}, {"response_format", "json_object"}}, "response_format"},
            {{{"messages", {user}}, {"echo", "yes"}}, "echo"},
            {{{"messages", {user}}, {"add_special_tokens", true}}, "add_special_tokens"},
-           {{{"messages", {user}}, {"use_beam_search", true}}, "use_beam_search"},
+           {{{"messages", {user}}, {"use_beam_search", true}, {"logprobs", true}}, "logprobs"},
+           {{{"messages", {user}},
+             {"use_beam_search", true},
+             {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}},
+             {"tool_choice", "required"}},
+            "tool_choice"},
            // Tool calls are read from the text without control tokens.
            {{{"messages", {user}},
              {"skip_special_tokens", false},

@@ -1,10 +1,14 @@
 #include "coordinator/openai/openai_protocol.h"
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
+#include <set>
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/message.h"
 
 namespace moe::openai {
 
@@ -294,12 +298,40 @@ std::optional<HttpError> StructuredOutputs(const json& body, const std::string& 
 // cannot do (ignored, they would change the answer without a word); at their defaults they pass.
 std::optional<HttpError> RefuseUnserved(const json& body) {
   const auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
-  if (given("use_beam_search") && body["use_beam_search"] != false) return BadParam("use_beam_search", "beam search is not served");
   if (given("logits_processors") && !(body["logits_processors"].is_array() && body["logits_processors"].empty())) {
     return BadParam("logits_processors", "custom logits processors are not served");
   }
   if (given("guided_whitespace_pattern")) {
     return BadParam("guided_whitespace_pattern", "not served (guided_json, guided_regex, guided_choice and guided_grammar are)");
+  }
+  return std::nullopt;
+}
+
+// use_beam_search (vLLM's): the search ranks whole beams by their log-probabilities (beam_search.h),
+// one token a step, so what samples, constrains, stops or streams otherwise is refused with it
+// rather than ignored; n beams need the 2n most probable tokens a step (top logprobs: at most 20).
+std::optional<HttpError> CheckBeamSearch(const CompletionCall& call) {
+  if (!call.beam_search) return std::nullopt;
+  const auto refuse = [](const std::string& param) {
+    return BadParam(param, "not served with use_beam_search (max_tokens, n, temperature, seed, ignore_eos, "
+                           "length_penalty, include_stop_str_in_output, skip_special_tokens and truncate_prompt_tokens are)");
+  };
+  if (call.stream) return refuse("stream");
+  if (call.echo) return refuse("echo");
+  if (call.logprobs) return refuse("logprobs");
+  if (call.prompt_logprobs) return refuse("prompt_logprobs");
+  if (call.tool_choice.kind != ToolChoice::Kind::kNone) return refuse("tool_choice");
+  if (call.n > kMaxBeamWidth) {
+    return BadParam("n", "with use_beam_search, the beam width: at most " + std::to_string(kMaxBeamWidth));
+  }
+  static const std::set<std::string> kServed = {"max_tokens", "temperature", "seed", "n", "ignore_eos",
+                                                "include_stop_str_in_output", "skip_special_tokens",
+                                                "truncate_prompt_tokens"};
+  const v1::SamplingParams& s = call.request.sampling();
+  std::vector<const google::protobuf::FieldDescriptor*> set;
+  s.GetReflection()->ListFields(s, &set);
+  for (const google::protobuf::FieldDescriptor* f : set) {
+    if (!kServed.contains(f->name())) return refuse(f->name());
   }
   return std::nullopt;
 }
@@ -354,6 +386,11 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   bool include_stop = false;  // vLLM's
   if (std::optional<HttpError> e = Bool(body, "include_stop_str_in_output", include_stop)) return e;
   if (include_stop) s.set_include_stop_str_in_output(true);
+  if (std::optional<HttpError> e = Bool(body, "use_beam_search", call.beam_search)) return e;  // vLLM's
+  std::optional<double> length_penalty;  // vLLM's, for beam search (without it, as there, no effect)
+  if (std::optional<HttpError> e = Number(body, "length_penalty", length_penalty)) return e;
+  if (length_penalty && !std::isfinite(*length_penalty)) return BadParam("length_penalty", "must be a finite number");
+  if (length_penalty) call.length_penalty = *length_penalty;
   bool skip_special = true;  // vLLM's: false shows the control tokens generated ("<s>", "[INST]")
   if (std::optional<HttpError> e = Bool(body, "skip_special_tokens", skip_special)) return e;
   if (!skip_special) s.set_skip_special_tokens(false);
@@ -510,6 +547,7 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
   if (std::optional<HttpError> e = Bool(body, "add_special_tokens", call.add_special_tokens)) return *e;
   if (call.max_tokens == 0 && !call.echo) return BadParam("max_tokens", "must be at least 1 (0 only with echo)");
   if (call.max_tokens == 0 && call.prompt_logprobs) return BadParam("prompt_logprobs", "needs max_tokens of at least 1");
+  if (std::optional<HttpError> e = CheckBeamSearch(call)) return *e;
   return call;
 }
 
@@ -617,6 +655,7 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
     if (!ordered["chat_template_kwargs"].is_object()) return BadParam("chat_template_kwargs", "expected an object");
     chat.template_kwargs = ordered["chat_template_kwargs"];
   }
+  if (std::optional<HttpError> e = CheckBeamSearch(call)) return *e;
   return chat;
 }
 

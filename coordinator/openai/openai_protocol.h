@@ -77,7 +77,14 @@ struct CompletionCall {
   // when its role is the answer's: "assistant", or with add_generation_prompt false any role).
   std::string chat_echo;
   ToolChoice tool_choice;      // chat: a named function or "required" answers with tool_calls
+  // vLLM's use_beam_search: the n best of a beam search n wide (beam_search.h), answered whole;
+  // length_penalty divides each beam's log-probability by its length to that power.
+  bool beam_search = false;
+  double length_penalty = 1.0;
 };
+
+// use_beam_search's widest beam: n beams take the 2n most probable tokens a step (top logprobs, at most 20).
+inline constexpr uint32_t kMaxBeamWidth = 10;
 
 // Which of OpenAI's APIs an answer is shaped for: text completions ("text_completion", choices with
 // "text") or chat completions ("chat.completion", choices with a "message"; streamed chunks with a

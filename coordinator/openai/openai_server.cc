@@ -207,6 +207,12 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   }
   s->bos_token_ = info.bos_token();
   s->eos_token_ = info.eos_token();
+  if (const nlohmann::json config = nlohmann::json::parse(info.config_json(), nullptr, false); config.is_object()) {
+    const nlohmann::json& eos = config.value("eos_token_id", nlohmann::json());
+    for (const nlohmann::json& id : eos.is_array() ? eos : nlohmann::json::array({eos})) {
+      if (id.is_number_integer()) s->eos_ids_.push_back(id.get<int32_t>());
+    }
+  }
   if (!opts.chat_template_file.empty()) {  // the operator's template: unusable is a start-up error
     absl::StatusOr<std::string> text = ReadTextFile(opts.chat_template_file);
     if (!text.ok()) return absl::InvalidArgumentError(absl::StrCat("--chat-template: cannot read ", opts.chat_template_file));
@@ -1074,6 +1080,7 @@ int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call
 
 std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
                                                                   int64_t created, Api api) {
+  if (call.beam_search) return BeamSearchAnswer(call, prompt_in, created, api);
   v1::GenerateRequest request = call.request;
   *request.mutable_prompt() = prompt_in;
   // echo: the prompt's logprobs (and its most probable tokens) first, from ScoreRolling, as
@@ -1120,6 +1127,120 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     for (nlohmann::json& choice : answer["choices"]) PrependEcho(choice, *echo, echo->text.size());
   }
   return answer;
+}
+
+std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> OpenAiServer::BeamCandidates(
+    const CompletionCall& call, const std::vector<std::vector<int32_t>>& prefixes) {
+  std::vector<std::variant<std::vector<BeamCandidate>, HttpError>> got(prefixes.size());
+  const auto candidates = [&](size_t i) -> std::variant<std::vector<BeamCandidate>, HttpError> {
+    v1::GenerateRequest request;
+    request.set_cache_salt(call.request.cache_salt());  // the beams share the prompt's cached blocks
+    request.set_priority(call.request.priority());
+    request.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(prefixes[i].begin(), prefixes[i].end());
+    v1::SamplingParams& s = *request.mutable_sampling();
+    const v1::SamplingParams& asked = call.request.sampling();
+    s.set_max_tokens(1);
+    s.set_logprobs(2 * call.n);
+    s.set_ignore_eos(true);  // the search decides what an end-of-sequence token does
+    if (asked.has_temperature()) s.set_temperature(asked.temperature());
+    if (asked.has_seed()) s.set_seed(asked.seed());
+    grpc::ClientContext ctx;
+    const CallScope scope(*this, ctx);
+    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, request);
+    std::vector<BeamCandidate> out;
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      for (const v1::TokenLogprob& lp : msg.logprobs()) {  // the one token: its alternatives, then itself
+        for (const v1::TopLogprob& t : lp.top()) out.push_back({t.token_id(), t.logprob()});
+        const bool listed = std::any_of(out.begin(), out.end(), [&](const BeamCandidate& c) { return c.token_id == lp.token_id(); });
+        if (!listed) out.push_back({lp.token_id(), lp.logprob()});
+      }
+    }
+    const grpc::Status st = reader->Finish();
+    if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+    return out;
+  };
+  if (prefixes.size() == 1) {
+    got[0] = candidates(0);
+  } else {
+    ThreadGroup threads;
+    ClientWatch* watch = ClientWatch::current();
+    try {
+      for (size_t i = 0; i < prefixes.size(); ++i) {
+        threads.Start([&, i, watch] {
+          const ClientWatch::Current current(watch);
+          got[i] = candidates(i);
+        });
+      }
+    } catch (const std::system_error& e) {  // the calls already started finish first (the group joins them)
+      threads.Join();
+      return NoThread(e);
+    }
+    threads.Join();
+  }
+  std::vector<std::vector<BeamCandidate>> lists;
+  for (auto& g : got) {
+    if (HttpError* e = std::get_if<HttpError>(&g)) return *e;
+    lists.push_back(std::move(std::get<std::vector<BeamCandidate>>(g)));
+  }
+  return lists;
+}
+
+std::variant<nlohmann::json, HttpError> OpenAiServer::BeamSearchAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
+                                                                       int64_t created, Api api) {
+  const v1::SamplingParams& asked = call.request.sampling();
+  std::vector<int32_t> prompt(prompt_in.token_ids().ids().begin(), prompt_in.token_ids().ids().end());
+  if (!prompt_in.has_token_ids()) {
+    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(prompt_in.text(), call.add_special_tokens);
+    if (HttpError* e = std::get_if<HttpError>(&ids)) return *e;
+    prompt = std::move(std::get<std::vector<int32_t>>(ids));
+  }
+  if (asked.has_truncate_prompt_tokens() && prompt.size() > asked.truncate_prompt_tokens()) {
+    prompt.erase(prompt.begin(), prompt.end() - asked.truncate_prompt_tokens());
+  }
+  if (static_cast<int64_t>(prompt.size()) + call.max_tokens > max_model_len_) {
+    return BadParam("max_tokens", absl::StrCat("the prompt's ", prompt.size(), " tokens and max_tokens ", call.max_tokens,
+                                               " exceed the model's context of ", max_model_len_, " tokens"));
+  }
+  BeamSearchOptions options;
+  options.beam_width = call.n;
+  options.max_tokens = call.max_tokens;
+  options.length_penalty = call.length_penalty;
+  options.ignore_eos = asked.ignore_eos();
+  options.include_stop = asked.include_stop_str_in_output();
+  options.eos_ids = eos_ids_;
+  std::variant<std::vector<Beam>, HttpError> searched =
+      BeamSearch(prompt, options, [&](const std::vector<std::vector<int32_t>>& prefixes) { return BeamCandidates(call, prefixes); });
+  if (HttpError* e = std::get_if<HttpError>(&searched)) return *e;
+  const std::vector<Beam>& beams = std::get<std::vector<Beam>>(searched);
+
+  // The answer as the Generate messages of n completions would make it.
+  CompletionAccumulator acc(call.n, /*logprobs=*/false, api, /*prompt_logprobs=*/false, TokenReportOf(call));
+  const std::string request_id = LocalRequestId(call);
+  for (size_t i = 0; i < beams.size(); ++i) {
+    const Beam& b = beams[i];
+    v1::GenerateResponse msg;
+    msg.set_index(static_cast<uint32_t>(i));
+    msg.set_request_id(request_id);
+    if (i == 0) msg.mutable_prompt_token_ids()->Assign(prompt.begin(), prompt.end());
+    const std::vector<int32_t> generated(b.tokens.begin() + static_cast<std::ptrdiff_t>(prompt.size()), b.tokens.end());
+    msg.mutable_token_ids()->Assign(generated.begin(), generated.end());
+    v1::DetokenizeRequest text_of;  // its text: without an end-of-sequence token it keeps, as vLLM's
+    text_of.mutable_token_ids()->Assign(generated.begin(), generated.end() - (b.ended_by_eos && options.include_stop ? 1 : 0));
+    if (asked.has_skip_special_tokens()) text_of.set_skip_special_tokens(asked.skip_special_tokens());
+    v1::DetokenizeResponse text;
+    grpc::ClientContext ctx;
+    const CallScope scope(*this, ctx);
+    if (const grpc::Status st = stub_->Detokenize(&ctx, text_of, &text); !st.ok()) {
+      return FromGrpcError(st.error_code(), st.error_message());
+    }
+    msg.set_text(text.text());
+    msg.set_finish_reason(b.ended_by_eos ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH);
+    msg.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
+    msg.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(generated.size()));
+    acc.Add(msg);
+  }
+  return acc.ToJson(model_name_, created);
 }
 
 }  // namespace moe::openai

@@ -18,6 +18,7 @@
 #include <grpcpp/channel.h>
 
 #include "common/status.h"
+#include "coordinator/openai/beam_search.h"
 #include "coordinator/openai/chat_prompt.h"
 #include "coordinator/openai/civetweb_tls.h"
 #include "coordinator/openai/client_watch.h"
@@ -140,6 +141,14 @@ class OpenAiServer {
   // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
   std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
                                                       int64_t created, Api api);
+  // use_beam_search: one prompt's answer, its n choices the best beams (beam_search.h), each step's
+  // candidates from one-token Generate calls (one per beam, at once), or the HTTP error.
+  std::variant<nlohmann::json, HttpError> BeamSearchAnswer(const CompletionCall& call, const v1::Prompt& prompt,
+                                                           int64_t created, Api api);
+  // Each prefix's next-token candidates for the search: the 2 x width most probable tokens and the
+  // one sampled, from a Generate call of one token with `call`'s temperature and seed.
+  std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> BeamCandidates(
+      const CompletionCall& call, const std::vector<std::vector<int32_t>>& prefixes);
 
   // A completions handler at work: counted until it has written its answer; not admitted once the
   // server is stopping.
@@ -176,6 +185,7 @@ class OpenAiServer {
   std::string model_name_;
   int64_t max_model_len_ = 0;
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
+  std::vector<int32_t> eos_ids_;  // the model's end-of-sequence ids (config.json), which end a beam
   std::unique_ptr<ResponseStore> responses_store_;
   std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why
   absl::Status chat_template_status_;
