@@ -430,6 +430,12 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context, const 
   response->set_chat_template(model_.chat.chat_template);
   response->set_bos_token(model_.chat.bos_token);
   response->set_eos_token(model_.chat.eos_token);
+  if (model_.tokenizer != nullptr) {
+    const std::vector<std::string> texts = model_.tokenizer->TokenTexts();  // empty: control and unknown pieces
+    for (size_t id = 0; id < texts.size(); ++id) {
+      if (texts[id].empty()) response->add_special_token_ids(static_cast<int32_t>(id));
+    }
+  }
   return grpc::Status::OK;
 }
 

@@ -1214,7 +1214,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
     def test_f3a_an_api_key_guards_every_endpoint_but_health(self):
         """--api-key (vLLM's): a request without "Authorization: Bearer <key>", or with another key,
         gets 401 in OpenAI's error shape and reaches no handler; with the key it is served; GET
-        /health stays open for load balancers. MOE_API_KEY sets the key when no flag does."""
+        /health (and TGI's GET / and /info) stays open for load balancers. MOE_API_KEY sets the key when no flag does."""
         for args, env in ((["--api-key", "k-old", "--api-key", "s3cret"], None),
                           ([], dict(os.environ, MOE_API_KEY="s3cret"))):
             with own_front(self, self.cluster.address, *args, env=env) as (port, line, _):
@@ -1226,7 +1226,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
 
                 completion = {"prompt": "ROMEO:", "max_tokens": 2, "temperature": 0}
                 for path, body in (("/v1/completions", completion), ("/v1/models", None),
-                                   ("/tokenize", {"prompt": "ROMEO:"}), ("/v1/nothing", None)):
+                                   ("/tokenize", {"prompt": "ROMEO:"}), ("/v1/nothing", None),
+                                   ("/generate", {"inputs": "ROMEO:"}), ("/", {"inputs": "ROMEO:"})):
                     for key, says in ((None, "no API key"), ("Bearer wrong", "not one this server accepts"),
                                       ("s3cret", "not one this server accepts"),
                                       ("Bearer s3cre", "not one this server accepts"),
@@ -1246,6 +1247,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 self.assertEqual((status, health["status"]), (200, "SERVING"))
                 self.assertEqual(call("/version", None)[0], 200)  # open, as vLLM's
                 self.assertEqual(call("/ping", None)[0], 200)
+                self.assertEqual(call("/info", None)[0], 200)  # TGI's, open as there
+                self.assertEqual(call("/", None)[0], 200)  # TGI's health check
         r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--api-key="], capture_output=True,
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)
@@ -1752,6 +1755,105 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             wait_until_idle(self.grpc, 20, "the request still runs after its client left")
             print(f"[ info ] cancelled {time.monotonic() - t0:.2f} s after the client left", file=sys.stderr)
             self.assertLess(time.monotonic() - t0, 2.0)
+
+    def tgi_events(self, path, body):
+        """(HTTP status, the JSON of each server-sent event) of a TGI stream."""
+        status, raw = self.call(path, body, raw_answer=True)
+        events = [json.loads(line[len("data:"):]) for line in raw.splitlines() if line.startswith("data:")]
+        self.assertNotIn("[DONE]", raw, "TGI's streams end without [DONE]")
+        return status, events
+
+    def test_g0_tgis_generate_api_answers_as_the_grpc_api_does(self):
+        """Hugging Face TGI's own API (POST /generate, /generate_stream and /, GET /info): greedy answers are
+        the samples' text with their token ids and the gRPC API's logprobs in TGI's details; sampling with a
+        seed is the gRPC API's with that seed; TGI's defaults (POST / samples and returns the full text, as a
+        list of one), stop sequences kept, grammars, and its validation errors (422, or an event of a 200 stream)."""
+        s = self.samples["ROMEO:"]
+        n = len(s["greedy_ids"])
+        want = self.grpc.generate_full("ROMEO:", max_tokens=n, temperature=0, logprobs=0)
+        status, body = self.call("/generate", {"inputs": "ROMEO:", "parameters": {
+            "max_new_tokens": n, "details": True, "decoder_input_details": True, "top_n_tokens": 2}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["generated_text"], s["greedy_text"][len("ROMEO:"):])
+        d = body["details"]
+        self.assertEqual((d["finish_reason"], d["generated_tokens"], d["seed"]), ("length", n, None))
+        self.assertEqual([t["id"] for t in d["tokens"]], s["greedy_ids"])
+        self.assertEqual("".join(t["text"] for t in d["tokens"]), body["generated_text"])
+        self.assertEqual([t["special"] for t in d["tokens"]], [False] * n)
+        for t, lp in zip(d["tokens"], want.logprobs):
+            self.assertAlmostEqual(t["logprob"], lp.logprob, places=5)
+        self.assertEqual(len(d["top_tokens"]), n)
+        self.assertEqual([top[0]["id"] for top in d["top_tokens"]], s["greedy_ids"], "greedy: the most probable")
+        self.assertEqual([t["id"] for t in d["prefill"]], s["prompt_ids"])
+        self.assertIsNone(d["prefill"][0]["logprob"])
+        self.assertEqual("".join(t["text"] for t in d["prefill"]).lstrip(), "ROMEO:")
+        status, plain = self.call("/generate", {"inputs": "ROMEO:", "parameters": {"max_new_tokens": n}})
+        self.assertEqual(plain, {"generated_text": body["generated_text"]}, "no details unless asked")
+
+        # Streamed: one event per token, the last with the whole text and the details; no [DONE].
+        status, events = self.tgi_events("/generate_stream", {"inputs": "ROMEO:", "parameters": {
+            "max_new_tokens": n, "details": True}})
+        self.assertEqual(status, 200)
+        self.assertEqual([e["index"] for e in events], list(range(1, n + 1)))
+        self.assertEqual([e["token"]["id"] for e in events], s["greedy_ids"])
+        self.assertEqual([e["generated_text"] for e in events[:-1]], [None] * (n - 1))
+        self.assertEqual(events[-1]["generated_text"], body["generated_text"])
+        self.assertEqual("".join(e["token"]["text"] for e in events), body["generated_text"])
+        self.assertEqual(events[-1]["details"]["generated_tokens"], n)
+        self.assertEqual(events[-1]["details"]["input_length"], len(s["prompt_ids"]))
+
+        # POST / (huggingface_hub's InferenceClient): without parameters TGI samples (a seed of its own,
+        # reported) and returns the full text, as a list of one; a given seed is the gRPC API's sampling.
+        status, body = self.call("/", {"inputs": "ROMEO:", "parameters": {"do_sample": True, "seed": 5,
+                                                                           "max_new_tokens": 8, "details": True}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(len(body), 1)
+        sampled = self.grpc.generate_full("ROMEO:", max_tokens=8, temperature=1.0, seed=5)
+        self.assertEqual(body[0]["generated_text"], "ROMEO:" + sampled.text)
+        self.assertEqual(body[0]["details"]["seed"], 5)
+        status, body = self.call("/", {"inputs": "ROMEO:"})
+        self.assertEqual(status, 200, body)
+        self.assertTrue(body[0]["generated_text"].startswith("ROMEO:"))
+        status, events = self.tgi_events("/", {"inputs": "ROMEO:", "stream": True, "parameters": {"max_new_tokens": 3}})
+        self.assertEqual((status, len(events)), (200, 3))
+        status, health = self.call("/")
+        self.assertEqual(status, 200, health)
+
+        # A stop sequence stays in TGI's text; a regex grammar constrains it.
+        full = s["greedy_text"][len("ROMEO:"):]
+        stop = full[5:9]
+        status, body = self.call("/generate", {"inputs": "ROMEO:", "parameters": {"max_new_tokens": n, "stop": [stop],
+                                                                                  "details": True}})
+        self.assertEqual(body["generated_text"], full[:full.find(stop) + len(stop)])
+        self.assertEqual(body["details"]["finish_reason"], "stop_sequence")
+        status, body = self.call("/generate", {"inputs": "ROMEO:", "parameters": {
+            "max_new_tokens": 6, "grammar": {"type": "regex", "value": "[a-z]+"}}})
+        self.assertEqual(status, 200, body)
+        self.assertRegex(body["generated_text"], "^[a-z]+$")
+
+        # TGI's validation: 422 with its message; a stream's refusal is an event of a 200 stream.
+        for params, message in (({"temperature": 0}, "`temperature` must be strictly positive"),
+                                ({"top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
+                                ({"max_new_tokens": 0}, "`max_new_tokens` must be strictly positive"),
+                                ({"best_of": 2, "do_sample": True}, "`best_of`"),
+                                ({"typical_p": 0.5}, "`typical_p`")):
+            status, err = self.call("/generate", {"inputs": "ROMEO:", "parameters": params})
+            self.assertEqual(status, 422, err)
+            self.assertEqual(err["error_type"], "validation")
+            self.assertIn(message, err["error"])
+            self.assertTrue(err["error"].startswith("Input validation error: "), err)
+        status, events = self.tgi_events("/generate_stream", {"inputs": "ROMEO:", "parameters": {"temperature": 0}})
+        self.assertEqual(status, 200)
+        self.assertEqual([e["error_type"] for e in events], ["validation"])
+        status, err = self.call("/generate", {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 100000}})
+        self.assertEqual((status, err["error_type"]), (422, "validation"), err)
+
+        status, info = self.call("/info")
+        self.assertEqual(status, 200, info)
+        status, models = self.call("/v1/models")
+        self.assertEqual(info["model_id"], MODEL)
+        self.assertEqual(info["max_total_tokens"], models["data"][0]["max_model_len"])
+        self.assertEqual(info["model_pipeline_tag"], "text-generation")
 
     def test_g_one_api_key_guards_both_front_doors(self):
         """MOE_API_KEY in the launcher's environment: the coordinator's public gRPC API answers

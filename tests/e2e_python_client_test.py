@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sup
 
 from launched_cluster import (BUILD_DIR, CLIENT_BIN, MODEL_DIR, RANKS, SOURCE_DIR, STOP_TIMEOUT_S,  # noqa: E402
                               LaunchedCluster, load_samples, pid_exists, wait_until_idle)
-from sentencepiece_pieces import sentencepiece_pieces  # noqa: E402
+from sentencepiece_pieces import sentencepiece_pieces, sentencepiece_pieces_and_types  # noqa: E402
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -107,6 +107,10 @@ class PythonClientEndToEnd(unittest.TestCase):
         self.assertEqual(self.client.detokenize(s["prompt_ids"]), s["prompt"])
         pieces = sentencepiece_pieces(os.path.join(MODEL_DIR, "tokenizer.model"))
         self.assertEqual(self.client.token_pieces(s["prompt_ids"]), [pieces[i] for i in s["prompt_ids"]])
+        # The model's special tokens: its control and unknown pieces (types 3 and 2 in tokenizer.model).
+        types = sentencepiece_pieces_and_types(os.path.join(MODEL_DIR, "tokenizer.model"))
+        self.assertEqual(list(self.client.model_info().special_token_ids),
+                         [i for i, (_, kind) in enumerate(types) if kind in (2, 3)])
         # skip_special_tokens False: control tokens written out as their pieces ("<s>", "</s>"); after "<s>"
         # the first word's "▁" is a space (Hugging Face's decode: only the text's first one is dropped).
         bos, eos = pieces.index("<s>"), pieces.index("</s>")

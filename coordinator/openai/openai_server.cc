@@ -26,6 +26,7 @@
 #include "common/secret_token.h"
 #include "common/json_util.h"
 #include "common/status.h"
+#include "coordinator/openai/http_io.h"
 #include "coordinator/openai/openai_protocol.h"
 
 namespace moe::openai {
@@ -35,58 +36,9 @@ using nlohmann::json;
 
 constexpr long long kMaxBodyBytes = 16 << 20;
 
-int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
-
-// CORS (--allowed-origins): the header that lets a browser page of the request's Origin read the
-// answer ("*": any page), or nothing.
-std::string CorsHeaders(mg_connection* conn) {
-  const auto* server = static_cast<const OpenAiServer*>(mg_get_user_data(mg_get_context(conn)));
-  const std::vector<std::string>& allowed = server->allowed_origins();
-  if (allowed.empty()) return {};
-  if (std::find(allowed.begin(), allowed.end(), "*") != allowed.end()) return "Access-Control-Allow-Origin: *\r\n";
-  const char* origin = mg_get_header(conn, "Origin");
-  if (origin == nullptr || std::find(allowed.begin(), allowed.end(), origin) == allowed.end()) return {};
-  return std::string("Access-Control-Allow-Origin: ") + origin + "\r\nVary: Origin\r\n";
-}
-
-// The request's X-Request-Id header (vLLM's: it names the request, and comes back on the answer), or
-// null. One with bytes a header cannot carry back counts as none; its length the coordinator checks.
-const char* RequestIdHeader(mg_connection* conn) {
-  const char* id = mg_get_header(conn, "X-Request-Id");
-  if (id == nullptr || *id == '\0') return nullptr;
-  for (const char* c = id; *c != '\0'; ++c) {
-    if (*c < 0x20 || *c == 0x7f) return nullptr;
-  }
-  return id;
-}
-
-// The status line and headers of every answer: `length` < 0 for a stream (server-sent events).
-void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length) {
-  const std::string size = length >= 0 ? "Content-Length: " + std::to_string(length) + "\r\n" : "Cache-Control: no-cache\r\n";
-  const char* id = RequestIdHeader(conn);
-  const std::string echo = id != nullptr ? std::string("X-Request-Id: ") + id + "\r\n" : std::string();
-  mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%sConnection: close\r\n\r\n", status,
-            mg_get_response_code_text(conn, status), content_type.c_str(), size.c_str(), CorsHeaders(conn).c_str(),
-            echo.c_str());
-}
-
-// A JSON answer already written out (an ordered_json's, which keeps OpenAI's field order).
-void SendJsonText(mg_connection* conn, int status, const std::string& body) {
-  SendHead(conn, status, "application/json", static_cast<long long>(body.size()));
-  mg_write(conn, body.data(), body.size());
-}
-
-void SendJson(mg_connection* conn, int status, const json& j) { SendJsonText(conn, status, j.dump()); }
-
 int SendError(mg_connection* conn, const HttpError& e) {
   SendJson(conn, e.status, e.ToJson());
   return e.status;
-}
-
-// One server-sent event; false when the client has gone.
-bool SendEvent(mg_connection* conn, const std::string& data) {
-  const std::string event = "data: " + data + "\n\n";
-  return mg_write(conn, event.data(), event.size()) == static_cast<int>(event.size());
 }
 
 // A Responses API event: named by its type ("event: response.output_text.delta"), as OpenAI sends them.
@@ -207,11 +159,32 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   }
   s->bos_token_ = info.bos_token();
   s->eos_token_ = info.eos_token();
-  if (const nlohmann::json config = nlohmann::json::parse(info.config_json(), nullptr, false); config.is_object()) {
-    const nlohmann::json& eos = config.value("eos_token_id", nlohmann::json());
-    for (const nlohmann::json& id : eos.is_array() ? eos : nlohmann::json::array({eos})) {
-      if (id.is_number_integer()) s->eos_ids_.push_back(id.get<int32_t>());
+  s->eos_ids_.assign(info.eos_token_ids().begin(), info.eos_token_ids().end());
+  s->max_concurrent_requests_ = opts.threads;
+  if (const json config = json::parse(info.config_json(), nullptr, false); config.is_object()) {
+    s->model_dtype_ = config.value("torch_dtype", "bfloat16");
+  }
+  if (info.special_token_ids_size() > 0) {  // their pieces, which TGI's token texts show
+    v1::DetokenizeRequest request;
+    request.mutable_token_ids()->Assign(info.special_token_ids().begin(), info.special_token_ids().end());
+    request.set_return_pieces(true);
+    v1::DetokenizeResponse pieces;
+    grpc::ClientContext pctx;
+    pctx.set_deadline(deadline);
+    const grpc::Status st = s->stub_->Detokenize(&pctx, request, &pieces);
+    if (!st.ok()) return absl::UnavailableError(absl::StrCat("Detokenize from ", opts.coordinator, ": ", st.error_message()));
+    for (int i = 0; i < pieces.pieces_size() && i < info.special_token_ids_size(); ++i) {
+      s->special_pieces_[info.special_token_ids(i)] = pieces.pieces(i);
     }
+  }
+  {
+    v1::ClusterInfo cluster;
+    grpc::ClientContext cctx;
+    cctx.set_deadline(deadline);
+    const bool gpu = s->stub_->GetClusterInfo(&cctx, v1::GetClusterInfoRequest(), &cluster).ok() &&
+                     std::any_of(cluster.ranks().begin(), cluster.ranks().end(),
+                                 [](const v1::RankInfo& r) { return !r.device().empty() && r.device() != "cpu"; });
+    s->model_device_type_ = gpu ? "cuda" : "cpu";
   }
   if (!opts.chat_template_file.empty()) {  // the operator's template: unusable is a start-up error
     absl::StatusOr<std::string> text = ReadTextFile(opts.chat_template_file);
@@ -309,7 +282,12 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_set_request_handler(s->ctx_, "/ping$", &OpenAiServer::HandleHealth, s.get());  // vLLM's (SageMaker's) name
   mg_set_request_handler(s->ctx_, "/version$", &OpenAiServer::HandleVersion, s.get());
   mg_set_request_handler(s->ctx_, "/metrics$", &OpenAiServer::HandleMetrics, s.get());
-  mg_set_request_handler(s->ctx_, "/", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
+  mg_set_request_handler(s->ctx_, "/generate$", &OpenAiServer::HandleTgiGenerate, s.get());  // TGI's
+  mg_set_request_handler(s->ctx_, "/generate_stream$", &OpenAiServer::HandleTgiGenerateStream, s.get());
+  mg_set_request_handler(s->ctx_, "/info$", &OpenAiServer::HandleTgiInfo, s.get());
+  // The root alone; civetweb prefers a handler whose URI equals the request's, so the rest is "/**", not "/".
+  mg_set_request_handler(s->ctx_, "/$", &OpenAiServer::HandleTgiRoot, s.get());
+  mg_set_request_handler(s->ctx_, "/**", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
   return s;
 }
 
@@ -365,7 +343,7 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /invocations, /health, /ping, /metrics, /version)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /invocations, /health, /ping, /metrics, /version, and TGI's /generate, /generate_stream, / and /info)",
                                    "NotFoundError", {}});
 }
 
@@ -383,11 +361,12 @@ int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
     return 0;
   }
   if (s->api_keys_.empty()) return 1;
-  // Load balancers' probe, Prometheus' scrape and the version come without a key (vLLM guards /v1
-  // only).
+  // Load balancers' probe, Prometheus' scrape, the version and TGI's /info and GET / come without a
+  // key (vLLM guards /v1 only; TGI its generation routes).
   if (info->local_uri != nullptr) {
     const std::string uri = info->local_uri;
-    if (uri == "/health" || uri == "/ping" || uri == "/metrics" || uri == "/version") return 1;
+    if (uri == "/health" || uri == "/ping" || uri == "/metrics" || uri == "/version" || uri == "/info") return 1;
+    if (uri == "/" && std::string(info->request_method) == "GET") return 1;  // TGI's health check
   }
   const char* header = mg_get_header(conn, "Authorization");
   if (header != nullptr && BearerMatches(header, s->api_keys_)) return 1;

@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <grpcpp/channel.h>
@@ -25,6 +26,7 @@
 #include "coordinator/openai/openai_protocol.h"
 #include "coordinator/openai/response_store.h"
 #include "coordinator/openai/responses_api.h"
+#include "coordinator/openai/tgi_protocol.h"
 #include "moe/v1/inference.grpc.pb.h"
 
 struct mg_connection;
@@ -141,6 +143,20 @@ class OpenAiServer {
   // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
   std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
                                                       int64_t created, Api api);
+  // TGI's POST /generate, /generate_stream and / (tgi_endpoints.cc, tgi_protocol.h).
+  static int HandleTgiGenerate(mg_connection* conn, void* self);
+  static int HandleTgiGenerateStream(mg_connection* conn, void* self);
+  static int HandleTgiRoot(mg_connection* conn, void* self);  // GET: health; POST: compat_generate
+  static int HandleTgiInfo(mg_connection* conn, void* self);
+  int TgiGenerateWhole(mg_connection* conn, const std::string& body);
+  int TgiGenerateStream(mg_connection* conn, const std::string& body);
+  int TgiGenerateCompat(mg_connection* conn, const std::string& body);
+  int TgiGenerate(mg_connection* conn, const std::string& body, TgiRoute route);
+  // A generated token as TGI writes it (a special token's text is its piece), and its alternatives.
+  nlohmann::json TgiToken(const v1::TokenLogprob& t) const;
+  nlohmann::json TgiTopTokens(const v1::TokenLogprob& t) const;
+  // A token's text decoded alone (a special token's: its piece).
+  std::string TokenText(int32_t id);
   // use_beam_search: one prompt's answer, its n choices the best beams (beam_search.h), each step's
   // candidates from one-token Generate calls (one per beam, at once), or the HTTP error.
   std::variant<nlohmann::json, HttpError> BeamSearchAnswer(const CompletionCall& call, const v1::Prompt& prompt,
@@ -186,6 +202,10 @@ class OpenAiServer {
   int64_t max_model_len_ = 0;
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
   std::vector<int32_t> eos_ids_;  // the model's end-of-sequence ids (config.json), which end a beam
+  std::unordered_map<int32_t, std::string> special_pieces_;  // the vocabulary's special tokens and their pieces
+  std::string model_dtype_;        // config.json's torch_dtype (TGI's /info)
+  std::string model_device_type_;  // "cuda" when the ranks run on GPUs, else "cpu" (TGI's /info)
+  int max_concurrent_requests_ = 0;  // --threads
   std::unique_ptr<ResponseStore> responses_store_;
   std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why
   absl::Status chat_template_status_;

@@ -6,6 +6,12 @@ return_token_strs) that shares no code with its SentencePiece reader."""
 def sentencepiece_pieces(path):
     """The pieces of a SentencePiece model file, by id: ModelProto's repeated field 1, each a message
     whose field 1 is the piece's text (protobuf wire format, read by hand)."""
+    return [text for text, _ in sentencepiece_pieces_and_types(path)]
+
+
+def sentencepiece_pieces_and_types(path):
+    """(text, type) of each piece, by id; the type is the piece's field 3 (NORMAL 1, the default when
+    absent; UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6)."""
     def varint(data, i):
         value, shift = 0, 0
         while True:
@@ -36,4 +42,9 @@ def sentencepiece_pieces(path):
 
     with open(path, "rb") as f:
         model = f.read()
-    return [next(v for k, v in fields(piece) if k == 1).decode() for k, piece in fields(model) if k == 1]
+    out = []
+    for k, piece in fields(model):
+        if k == 1:
+            values = dict(fields(piece))
+            out.append((values[1].decode(), values.get(3, 1)))
+    return out

@@ -1,0 +1,55 @@
+#include "coordinator/openai/http_io.h"
+
+#include <algorithm>
+#include <ctime>
+#include <vector>
+
+#include <civetweb.h>
+
+#include "coordinator/openai/openai_server.h"
+
+namespace moe::openai {
+
+int64_t UnixNow() { return static_cast<int64_t>(std::time(nullptr)); }
+
+std::string CorsHeaders(mg_connection* conn) {
+  const auto* server = static_cast<const OpenAiServer*>(mg_get_user_data(mg_get_context(conn)));
+  const std::vector<std::string>& allowed = server->allowed_origins();
+  if (allowed.empty()) return {};
+  if (std::find(allowed.begin(), allowed.end(), "*") != allowed.end()) return "Access-Control-Allow-Origin: *\r\n";
+  const char* origin = mg_get_header(conn, "Origin");
+  if (origin == nullptr || std::find(allowed.begin(), allowed.end(), origin) == allowed.end()) return {};
+  return std::string("Access-Control-Allow-Origin: ") + origin + "\r\nVary: Origin\r\n";
+}
+
+const char* RequestIdHeader(mg_connection* conn) {
+  const char* id = mg_get_header(conn, "X-Request-Id");
+  if (id == nullptr || *id == '\0') return nullptr;
+  for (const char* c = id; *c != '\0'; ++c) {
+    if (*c < 0x20 || *c == 0x7f) return nullptr;
+  }
+  return id;
+}
+
+void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length) {
+  const std::string size = length >= 0 ? "Content-Length: " + std::to_string(length) + "\r\n" : "Cache-Control: no-cache\r\n";
+  const char* id = RequestIdHeader(conn);
+  const std::string echo = id != nullptr ? std::string("X-Request-Id: ") + id + "\r\n" : std::string();
+  mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%sConnection: close\r\n\r\n", status,
+            mg_get_response_code_text(conn, status), content_type.c_str(), size.c_str(), CorsHeaders(conn).c_str(),
+            echo.c_str());
+}
+
+void SendJsonText(mg_connection* conn, int status, const std::string& body) {
+  SendHead(conn, status, "application/json", static_cast<long long>(body.size()));
+  mg_write(conn, body.data(), body.size());
+}
+
+void SendJson(mg_connection* conn, int status, const nlohmann::json& j) { SendJsonText(conn, status, j.dump()); }
+
+bool SendEvent(mg_connection* conn, const std::string& data) {
+  const std::string event = "data: " + data + "\n\n";
+  return mg_write(conn, event.data(), event.size()) == static_cast<int>(event.size());
+}
+
+}  // namespace moe::openai

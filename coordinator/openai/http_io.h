@@ -1,0 +1,35 @@
+// Writing answers on a civetweb connection, as every endpoint of moe-openai-server writes them: the
+// status line and headers (CORS and the request's X-Request-Id echoed), JSON bodies and server-sent
+// events.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+struct mg_connection;
+
+namespace moe::openai {
+
+int64_t UnixNow();
+
+// CORS (--allowed-origins): the header that lets a browser page of the request's Origin read the
+// answer ("*": any page), or nothing.
+std::string CorsHeaders(mg_connection* conn);
+
+// The request's X-Request-Id header (vLLM's: it names the request, and comes back on the answer), or
+// null. One with bytes a header cannot carry back counts as none; its length the coordinator checks.
+const char* RequestIdHeader(mg_connection* conn);
+
+// The status line and headers of every answer: `length` < 0 for a stream (server-sent events).
+void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length);
+
+// A JSON answer already written out (an ordered_json's, which keeps OpenAI's field order).
+void SendJsonText(mg_connection* conn, int status, const std::string& body);
+void SendJson(mg_connection* conn, int status, const nlohmann::json& j);
+
+// One server-sent event ("data: ...", a blank line); false when the client has gone.
+bool SendEvent(mg_connection* conn, const std::string& data);
+
+}  // namespace moe::openai

@@ -1,0 +1,249 @@
+// TGI's own endpoints on moe-openai-server (tgi_protocol.h): POST /generate, /generate_stream and /,
+// GET /info. Each request is one Generate call; its messages become TGI's answer, or its events.
+#include <civetweb.h>
+#include <grpcpp/client_context.h>
+
+#include <algorithm>
+#include <mutex>
+#include <random>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "coordinator/openai/http_io.h"
+#include "coordinator/openai/openai_server.h"
+#include "coordinator/openai/tgi_protocol.h"
+
+namespace moe::openai {
+namespace {
+
+using nlohmann::json;
+
+int SendTgiError(mg_connection* conn, const TgiError& e) {
+  SendJson(conn, e.status, e.ToJson());
+  return e.status;
+}
+
+uint64_t RandomSeed() {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  return rng();
+}
+
+}  // namespace
+
+int OpenAiServer::HandleTgiGenerate(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::TgiGenerateWhole, /*watch_client=*/true);
+}
+
+int OpenAiServer::HandleTgiGenerateStream(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::TgiGenerateStream, /*watch_client=*/true);
+}
+
+// GET / is TGI's health check; POST / its compat_generate (what huggingface_hub's InferenceClient posts).
+int OpenAiServer::HandleTgiRoot(mg_connection* conn, void* self) {
+  if (std::string(mg_get_request_info(conn)->request_method) == "GET") return HandleHealth(conn, self);
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::TgiGenerateCompat, /*watch_client=*/true);
+}
+
+int OpenAiServer::TgiGenerateWhole(mg_connection* conn, const std::string& body) {
+  return TgiGenerate(conn, body, TgiRoute::kGenerate);
+}
+int OpenAiServer::TgiGenerateStream(mg_connection* conn, const std::string& body) {
+  return TgiGenerate(conn, body, TgiRoute::kGenerateStream);
+}
+int OpenAiServer::TgiGenerateCompat(mg_connection* conn, const std::string& body) {
+  return TgiGenerate(conn, body, TgiRoute::kCompat);
+}
+
+nlohmann::json OpenAiServer::TgiToken(const v1::TokenLogprob& t) const {
+  const auto special = special_pieces_.find(t.token_id());
+  // A special token's text is its piece ("</s>"), as TGI decodes each token; the others' the delta.
+  return TgiTokenJson(t.token_id(), special != special_pieces_.end() ? special->second : t.text(), t.logprob(),
+                      special != special_pieces_.end());
+}
+
+std::string OpenAiServer::TokenText(int32_t id) {
+  if (const auto special = special_pieces_.find(id); special != special_pieces_.end()) return special->second;
+  v1::DetokenizeRequest request;
+  request.add_token_ids(id);
+  v1::DetokenizeResponse text;
+  grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
+  return stub_->Detokenize(&ctx, request, &text).ok() ? text.text() : std::string();
+}
+
+nlohmann::json OpenAiServer::TgiTopTokens(const v1::TokenLogprob& t) const {
+  json top = json::array();
+  for (const v1::TopLogprob& a : t.top()) {
+    const auto special = special_pieces_.find(a.token_id());
+    top.push_back(TgiTokenJson(a.token_id(), special != special_pieces_.end() ? special->second : a.text(), a.logprob(),
+                               special != special_pieces_.end()));
+  }
+  return top;
+}
+
+int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiRoute route) {
+  std::variant<TgiCall, TgiError> parsed = ParseTgiRequest(body, route);
+  // TGI answers a stream's refusal as an event of a 200 stream; a body that is not JSON cannot say
+  // it wanted one.
+  const bool streaming = route == TgiRoute::kGenerateStream ||
+                         (std::holds_alternative<TgiCall>(parsed) && std::get<TgiCall>(parsed).stream);
+  const auto refuse = [&](const TgiError& e) {
+    if (!streaming) return SendTgiError(conn, e);
+    SendHead(conn, 200, "text/event-stream", -1);
+    SendEvent(conn, e.ToJson().dump());
+    return 200;
+  };
+  if (const TgiError* e = std::get_if<TgiError>(&parsed)) return refuse(*e);
+  const TgiCall& call = std::get<TgiCall>(parsed);
+
+  v1::GenerateRequest request = call.request;
+  if (const char* id = RequestIdHeader(conn)) request.set_request_id(id);
+  v1::SamplingParams& s = *request.mutable_sampling();
+  std::vector<int32_t> input_ids;  // the inputs' tokens, when the answer needs them
+  if (call.max_new_tokens_to_context) {  // max_new_tokens: null, what the context leaves after the inputs
+    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(call.inputs, /*add_special_tokens=*/true);
+    if (const HttpError* e = std::get_if<HttpError>(&ids)) return refuse(TgiError{e->status, e->message, "validation"});
+    size_t n = std::get<std::vector<int32_t>>(ids).size();
+    if (s.has_truncate_prompt_tokens()) n = std::min<size_t>(n, s.truncate_prompt_tokens());
+    const int64_t room = max_model_len_ - static_cast<int64_t>(n);
+    if (room < 1) {
+      return refuse(TgiValidationError("`inputs` must have less than " + std::to_string(max_model_len_) +
+                                       " tokens. Given: " + std::to_string(n)));
+    }
+    s.set_max_tokens(static_cast<uint32_t>(room));
+  }
+  std::optional<uint64_t> seed = call.seed;
+  if (call.sampling && !seed) seed = RandomSeed();  // TGI's: reported in details
+  if (seed) s.set_seed(*seed);
+  // Every streamed token carries its logprob, and so do the details' tokens.
+  if (call.stream || call.details || call.top_n_tokens > 0) s.set_logprobs(call.top_n_tokens);
+  if (call.decoder_input_details) {
+    s.set_prompt_logprobs(0);
+    request.set_return_prompt_token_ids(true);
+  }
+
+  grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, request);
+  const std::string prefix = call.return_full_text ? call.inputs : std::string();
+  std::string text;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  uint32_t generated = 0;
+  json tokens = json::array(), top_tokens = json::array(), prefill = json::array();
+  std::vector<int32_t> prompt_ids;
+  std::vector<v1::TokenLogprob> prompt_logprobs;
+  v1::GenerateResponse msg;
+
+  if (call.stream) {
+    // Each token one event; the last carries generated_text and (with details) the details, so an
+    // event waits until the next token or the end shows whether it is the last.
+    bool head_sent = false, client_gone = false;
+    std::optional<json> pending;
+    uint32_t index = 0;
+    const auto send = [&](const json& event) {
+      if (!head_sent) {
+        SendHead(conn, 200, "text/event-stream", -1);
+        head_sent = true;
+      }
+      if (!SendEvent(conn, event.dump())) {
+        client_gone = true;
+        ctx.TryCancel();
+      }
+    };
+    uint32_t input_length = 0;
+    while (!client_gone && reader->Read(&msg)) {
+      text += msg.text();
+      generated += static_cast<uint32_t>(msg.token_ids_size());
+      if (msg.has_usage()) input_length = msg.usage().prompt_tokens();
+      for (const v1::TokenLogprob& t : msg.logprobs()) {
+        if (pending) send(*pending);
+        pending = json{{"index", ++index}, {"token", TgiToken(t)}, {"generated_text", nullptr}, {"details", nullptr}};
+        if (call.top_n_tokens > 0) (*pending)["top_tokens"] = TgiTopTokens(t);
+      }
+      if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish = msg.finish_reason();
+    }
+    const grpc::Status st = reader->Finish();
+    if (client_gone) return 200;
+    if (!st.ok()) {
+      if (pending) send(*pending);
+      send(TgiErrorFromGrpc(st.error_code(), st.error_message()).ToJson());
+      return 200;
+    }
+    if (pending) {
+      (*pending)["generated_text"] = prefix + text;
+      if (call.details) {
+        (*pending)["details"] = {{"finish_reason", TgiFinishReason(finish)},
+                                 {"generated_tokens", generated},
+                                 {"seed", call.sampling ? json(*seed) : json(nullptr)},
+                                 {"input_length", input_length}};
+      }
+      send(*pending);
+    } else if (!head_sent) {
+      SendHead(conn, 200, "text/event-stream", -1);
+    }
+    return 200;
+  }
+
+  while (reader->Read(&msg)) {
+    text += msg.text();
+    generated += static_cast<uint32_t>(msg.token_ids_size());
+    if (msg.prompt_token_ids_size() > 0) prompt_ids.assign(msg.prompt_token_ids().begin(), msg.prompt_token_ids().end());
+    prompt_logprobs.insert(prompt_logprobs.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
+    for (const v1::TokenLogprob& t : msg.logprobs()) {
+      tokens.push_back(TgiToken(t));
+      if (call.top_n_tokens > 0) top_tokens.push_back(TgiTopTokens(t));
+    }
+    if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish = msg.finish_reason();
+  }
+  const grpc::Status st = reader->Finish();
+  if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
+  json answer = {{"generated_text", prefix + text}};
+  if (call.details) {
+    if (call.decoder_input_details && !prompt_ids.empty()) {
+      // The first input token has no logprob (TGI's NaN, written null); the others' come with their texts.
+      prefill.push_back({{"id", prompt_ids[0]}, {"text", TokenText(prompt_ids[0])}, {"logprob", nullptr}});
+      for (const v1::TokenLogprob& t : prompt_logprobs) {
+        json token = TgiToken(t);
+        token.erase("special");
+        prefill.push_back(std::move(token));
+      }
+    }
+    answer["details"] = {{"finish_reason", TgiFinishReason(finish)},
+                         {"generated_tokens", generated},
+                         {"seed", call.sampling ? json(*seed) : json(nullptr)},
+                         {"prefill", prefill},
+                         {"tokens", tokens}};
+    if (call.top_n_tokens > 0) answer["details"]["top_tokens"] = top_tokens;
+  }
+  SendJson(conn, 200, route == TgiRoute::kCompat ? json::array({answer}) : answer);
+  return 200;
+}
+
+// GET /info: TGI's model and limits, the union of its versions' fields.
+int OpenAiServer::HandleTgiInfo(mg_connection* conn, void* self) {
+  const auto* s = static_cast<const OpenAiServer*>(self);
+  SendJson(conn, 200,
+           {{"model_id", s->model_name_},
+            {"model_sha", nullptr},
+            {"model_dtype", s->model_dtype_},
+            {"model_device_type", s->model_device_type_},
+            {"model_pipeline_tag", "text-generation"},
+            {"max_concurrent_requests", s->max_concurrent_requests_},
+            {"max_best_of", 1},
+            {"max_stop_sequences", kTgiMaxStopSequences},
+            {"max_input_tokens", s->max_model_len_ - 1},
+            {"max_input_length", s->max_model_len_ - 1},
+            {"max_total_tokens", s->max_model_len_},
+            {"validation_workers", 1},
+            {"max_client_batch_size", 1},
+            {"router", "moe-openai-server"},
+            {"version", MOE_VERSION},
+            {"sha", nullptr},
+            {"docker_label", nullptr}});
+  return 200;
+}
+
+}  // namespace moe::openai

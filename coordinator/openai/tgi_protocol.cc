@@ -1,0 +1,205 @@
+#include "coordinator/openai/tgi_protocol.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace moe::openai {
+namespace {
+
+using nlohmann::json;
+
+bool Given(const json& o, const char* key) { return o.contains(key) && !o[key].is_null(); }
+
+// A number field (absent or null: not set), or TGI's complaint naming it.
+std::optional<TgiError> Number(const json& o, const char* key, std::optional<double>& out) {
+  if (!Given(o, key)) return std::nullopt;
+  if (!o[key].is_number()) return TgiValidationError(std::string("`") + key + "` must be a number");
+  out = o[key].get<double>();
+  if (!std::isfinite(*out)) return TgiValidationError(std::string("`") + key + "` must be a finite number");
+  return std::nullopt;
+}
+
+std::optional<TgiError> Integer(const json& o, const char* key, std::optional<int64_t>& out) {
+  if (!Given(o, key)) return std::nullopt;
+  if (!o[key].is_number_integer()) return TgiValidationError(std::string("`") + key + "` must be an integer");
+  if (o[key].is_number_unsigned() && o[key].get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    out = INT64_MAX;
+  } else {
+    out = o[key].get<int64_t>();
+  }
+  return std::nullopt;
+}
+
+std::optional<TgiError> Bool(const json& o, const char* key, bool& out) {
+  if (!Given(o, key)) return std::nullopt;
+  if (!o[key].is_boolean()) return TgiValidationError(std::string("`") + key + "` must be true or false");
+  out = o[key].get<bool>();
+  return std::nullopt;
+}
+
+// TGI's grammar {"type": "json" | "json_object", "value": a schema (or its text)} or {"type":
+// "regex", "value": a regular expression} as the Generate call's response format.
+std::optional<TgiError> Grammar(const json& g, v1::ResponseFormat& f) {
+  if (!g.is_object() || !g.contains("type") || !g["type"].is_string() || !g.contains("value")) {
+    return TgiValidationError("`grammar` must be {\"type\": \"json\" or \"regex\", \"value\": ...}");
+  }
+  const std::string type = g["type"].get<std::string>();
+  const json& value = g["value"];
+  if (type == "json" || type == "json_object") {
+    json schema = value;
+    if (value.is_string()) schema = json::parse(value.get<std::string>(), nullptr, /*allow_exceptions=*/false);
+    if (!schema.is_object()) return TgiValidationError("grammar is not valid: the json grammar's value must be a JSON schema");
+    f.set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+    // The text as sent keeps its properties' order (the schema's text, or the object as written).
+    f.set_json_schema(value.is_string() ? value.get<std::string>() : value.dump());
+    return std::nullopt;
+  }
+  if (type == "regex") {
+    if (!value.is_string() || value.get<std::string>().empty()) {
+      return TgiValidationError("grammar is not valid: the regex grammar's value must be a non-empty string");
+    }
+    f.set_type(v1::ResponseFormat::TYPE_REGEX);
+    f.set_regex(value.get<std::string>());
+    return std::nullopt;
+  }
+  return TgiValidationError("grammar is not supported: type \"" + type + "\" (json and regex are)");
+}
+
+}  // namespace
+
+TgiError TgiValidationError(const std::string& message) {
+  return TgiError{422, "Input validation error: " + message, "validation"};
+}
+
+TgiError TgiErrorFromGrpc(int grpc_code, const std::string& message) {
+  switch (static_cast<absl::StatusCode>(grpc_code)) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kNotFound:
+      return TgiValidationError(message);
+    case absl::StatusCode::kResourceExhausted:
+      return TgiError{429, "Model is overloaded: " + message, "overloaded"};
+    case absl::StatusCode::kUnauthenticated:
+      return TgiError{401, message, "authentication"};
+    default:
+      return TgiError{424, "Request failed during generation: " + message, "generation"};
+  }
+}
+
+std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, TgiRoute route) {
+  const json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object()) {
+    return TgiError{400, "the request body is not a JSON object {\"inputs\", \"parameters\"}", "validation"};
+  }
+  TgiCall call;
+  call.stream = route == TgiRoute::kGenerateStream;
+  if (route == TgiRoute::kCompat) {
+    if (std::optional<TgiError> e = Bool(body, "stream", call.stream)) return *e;
+  }
+  if (!body.contains("inputs") || !body["inputs"].is_string()) return TgiValidationError("`inputs` must be a string");
+  call.inputs = body["inputs"].get<std::string>();
+  if (call.inputs.empty()) return TgiValidationError("`inputs` cannot be empty");
+  call.request.mutable_prompt()->set_text(call.inputs);
+
+  // Without "parameters" TGI samples (its default_parameters); with them, do_sample defaults to false.
+  const bool has_parameters = Given(body, "parameters");
+  if (has_parameters && !body["parameters"].is_object()) return TgiValidationError("`parameters` must be an object");
+  const json p = has_parameters ? body["parameters"] : json::object();
+  bool do_sample = !has_parameters;
+  std::optional<double> temperature, repetition, frequency, top_p, typical_p;
+  std::optional<int64_t> best_of, top_k, max_new_tokens, truncate, seed, top_n_tokens;
+  bool watermark = false;
+  call.return_full_text = route == TgiRoute::kCompat;  // a text-generation model's default on POST /
+  for (std::optional<TgiError> e :
+       {Number(p, "temperature", temperature), Number(p, "repetition_penalty", repetition),
+        Number(p, "frequency_penalty", frequency), Number(p, "top_p", top_p), Number(p, "typical_p", typical_p),
+        Integer(p, "best_of", best_of), Integer(p, "top_k", top_k), Integer(p, "max_new_tokens", max_new_tokens),
+        Integer(p, "truncate", truncate), Integer(p, "seed", seed), Integer(p, "top_n_tokens", top_n_tokens),
+        Bool(p, "do_sample", do_sample), Bool(p, "return_full_text", call.return_full_text), Bool(p, "watermark", watermark),
+        Bool(p, "details", call.details), Bool(p, "decoder_input_details", call.decoder_input_details)}) {
+    if (e) return *e;
+  }
+  // In TGI's order of checks.
+  if (best_of && *best_of > 1) return TgiValidationError("`best_of` > 1 is not served (one sequence per request)");
+  if (temperature && *temperature <= 0) return TgiValidationError("`temperature` must be strictly positive");
+  if (repetition && *repetition <= 0) return TgiValidationError("`repetition_penalty` must be strictly positive");
+  if (frequency && (*frequency < -2 || *frequency > 2)) {
+    return TgiValidationError("`frequency_penalty` must be >= -2.0 and <= 2.0");
+  }
+  if (top_p && (*top_p <= 0 || *top_p >= 1)) return TgiValidationError("`top_p` must be > 0.0 and < 1.0");
+  if (typical_p && (*typical_p <= 0 || *typical_p >= 1)) return TgiValidationError("`typical_p` must be > 0.0 and < 1.0");
+  if (typical_p) return TgiValidationError("`typical_p`: typical sampling is not served (top_p, top_k and temperature are)");
+  if (top_k && *top_k <= 0) return TgiValidationError("`top_k` must be strictly positive");
+  if (top_k && *top_k > INT32_MAX) return TgiValidationError("`top_k` is too large");
+  if (p.contains("max_new_tokens") && p["max_new_tokens"].is_null()) {
+    call.max_new_tokens_to_context = true;
+  } else if (max_new_tokens && (*max_new_tokens <= 0 || *max_new_tokens > UINT32_MAX)) {
+    return TgiValidationError("`max_new_tokens` must be strictly positive");
+  }
+  if (Given(p, "stop")) {
+    const json& stop = p["stop"];
+    if (!stop.is_array()) return TgiValidationError("`stop` must be an array of strings");
+    if (stop.size() > kTgiMaxStopSequences) {
+      return TgiValidationError("`stop` supports up to " + std::to_string(kTgiMaxStopSequences) +
+                                " stop sequences. Given: " + std::to_string(stop.size()));
+    }
+    for (const json& s : stop) {
+      if (!s.is_string()) return TgiValidationError("`stop` must be an array of strings");
+      call.request.mutable_sampling()->add_stop(s.get<std::string>());
+    }
+  }
+  if (seed && *seed < 0) return TgiValidationError("`seed` must be a non-negative integer");
+  if (top_n_tokens && (*top_n_tokens < 0 || *top_n_tokens > kTgiMaxTopNTokens)) {
+    return TgiValidationError("`top_n_tokens` must be >= 0 and <= " + std::to_string(kTgiMaxTopNTokens) +
+                              ". Given: " + std::to_string(*top_n_tokens));
+  }
+  if (truncate && *truncate <= 0) return TgiValidationError("`truncate` must be strictly positive");
+  if (watermark) return TgiValidationError("`watermark` is not served");
+  if (Given(p, "adapter_id")) return TgiValidationError("`adapter_id`: adapters are not served");
+  if (call.stream && call.decoder_input_details) {
+    return TgiValidationError("`decoder_input_details` == true is not supported when streaming tokens");
+  }
+
+  v1::SamplingParams& s = *call.request.mutable_sampling();
+  // TGI samples when asked, or when a sampling parameter is given (its Python shard's rule).
+  call.sampling = do_sample || (temperature && *temperature != 1.0) || top_k || top_p;
+  if (call.sampling) {
+    s.set_temperature(static_cast<float>(temperature.value_or(1.0)));
+    if (top_k) s.set_top_k(static_cast<int32_t>(*top_k));
+    if (top_p) s.set_top_p(static_cast<float>(*top_p));
+  } else {
+    s.set_temperature(0);  // greedy
+  }
+  if (seed) call.seed = static_cast<uint64_t>(*seed);
+  if (repetition) s.set_repetition_penalty(static_cast<float>(*repetition));
+  if (frequency) s.set_frequency_penalty(static_cast<float>(*frequency));
+  if (!call.max_new_tokens_to_context) s.set_max_tokens(static_cast<uint32_t>(max_new_tokens.value_or(100)));
+  if (truncate) s.set_truncate_prompt_tokens(static_cast<uint32_t>(std::min<int64_t>(*truncate, UINT32_MAX)));
+  s.set_include_stop_str_in_output(true);  // TGI's text keeps the stop sequence
+  if (top_n_tokens) call.top_n_tokens = static_cast<uint32_t>(*top_n_tokens);
+  if (Given(p, "grammar")) {
+    if (std::optional<TgiError> e = Grammar(p["grammar"], *s.mutable_response_format())) return *e;
+  }
+  if (call.decoder_input_details) call.details = true;
+  return call;
+}
+
+nlohmann::json TgiTokenJson(int32_t id, const std::string& text, double logprob, bool special) {
+  return {{"id", id}, {"text", text}, {"logprob", logprob}, {"special", special}};
+}
+
+std::string TgiFinishReason(v1::FinishReason r) {
+  switch (r) {
+    case v1::FINISH_REASON_STOP:
+      return "eos_token";
+    case v1::FINISH_REASON_STOP_SEQUENCE:
+      return "stop_sequence";
+    default:
+      return "length";
+  }
+}
+
+}  // namespace moe::openai

@@ -1,0 +1,153 @@
+// TGI's request rules (coordinator/openai/tgi_protocol.h) as its router and Python shard state them
+// (text-generation-inference's validation.rs and utils/tokens.py): the defaults with and without
+// "parameters", when it samples, its ranges and their messages, and the kinds of its errors.
+#include "coordinator/openai/tgi_protocol.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace moe::openai {
+namespace {
+
+using nlohmann::json;
+
+TgiCall Ok(const json& body, TgiRoute route = TgiRoute::kGenerate) {
+  std::variant<TgiCall, TgiError> got = ParseTgiRequest(body.dump(), route);
+  if (const TgiError* e = std::get_if<TgiError>(&got)) {
+    ADD_FAILURE() << body.dump() << " -> " << e->error;
+    return {};
+  }
+  return std::get<TgiCall>(got);
+}
+
+TgiError Err(const std::string& body, TgiRoute route = TgiRoute::kGenerate) {
+  std::variant<TgiCall, TgiError> got = ParseTgiRequest(body, route);
+  if (std::holds_alternative<TgiCall>(got)) {
+    ADD_FAILURE() << body << " was accepted";
+    return {};
+  }
+  return std::get<TgiError>(got);
+}
+
+TEST(TgiProtocolTest, WithoutParametersTgiSamplesAHundredTokens) {
+  const TgiCall c = Ok({{"inputs", "Hello"}});
+  EXPECT_TRUE(c.sampling) << "default_parameters(): do_sample true";
+  EXPECT_EQ(c.request.prompt().text(), "Hello");
+  EXPECT_EQ(c.request.sampling().max_tokens(), 100u);
+  EXPECT_EQ(c.request.sampling().temperature(), 1.0f);
+  EXPECT_FALSE(c.details || c.stream || c.return_full_text || c.seed);
+  EXPECT_TRUE(c.request.sampling().include_stop_str_in_output()) << "TGI's text keeps the stop sequence";
+}
+
+TEST(TgiProtocolTest, WithParametersItIsGreedyUnlessASamplingParameterIsGiven) {
+  EXPECT_FALSE(Ok({{"inputs", "x"}, {"parameters", json::object()}}).sampling);
+  EXPECT_EQ(Ok({{"inputs", "x"}, {"parameters", json::object()}}).request.sampling().temperature(), 0.0f);
+  EXPECT_FALSE(Ok({{"inputs", "x"}, {"parameters", {{"temperature", 1.0}}}}).sampling) << "1.0 changes nothing";
+  EXPECT_FALSE(Ok({{"inputs", "x"}, {"parameters", {{"repetition_penalty", 1.2}}}}).sampling);
+  for (const json& p : {json{{"do_sample", true}}, json{{"temperature", 0.7}}, json{{"top_k", 5}}, json{{"top_p", 0.9}}}) {
+    const TgiCall c = Ok({{"inputs", "x"}, {"parameters", p}});
+    EXPECT_TRUE(c.sampling) << p.dump();
+  }
+  const TgiCall c = Ok({{"inputs", "x"}, {"parameters", {{"temperature", 0.7}, {"top_k", 5}, {"top_p", 0.9}, {"seed", 42},
+                                                         {"repetition_penalty", 1.1}, {"frequency_penalty", -0.5},
+                                                         {"max_new_tokens", 7}, {"truncate", 3}, {"stop", {"\n"}}}}});
+  const v1::SamplingParams& s = c.request.sampling();
+  EXPECT_FLOAT_EQ(s.temperature(), 0.7f);
+  EXPECT_EQ(s.top_k(), 5);
+  EXPECT_FLOAT_EQ(s.top_p(), 0.9f);
+  EXPECT_EQ(c.seed, 42u);
+  EXPECT_FLOAT_EQ(s.repetition_penalty(), 1.1f);
+  EXPECT_FLOAT_EQ(s.frequency_penalty(), -0.5f);
+  EXPECT_EQ(s.max_tokens(), 7u);
+  EXPECT_EQ(s.truncate_prompt_tokens(), 3u);
+  ASSERT_EQ(s.stop_size(), 1);
+  EXPECT_EQ(s.stop(0), "\n");
+}
+
+TEST(TgiProtocolTest, RoutesDecideStreamingAndTheFullTextDefault) {
+  EXPECT_TRUE(Ok({{"inputs", "x"}}, TgiRoute::kGenerateStream).stream);
+  EXPECT_FALSE(Ok({{"inputs", "x"}, {"stream", true}}, TgiRoute::kGenerate).stream) << "only POST / reads it";
+  EXPECT_TRUE(Ok({{"inputs", "x"}, {"stream", true}}, TgiRoute::kCompat).stream);
+  EXPECT_TRUE(Ok({{"inputs", "x"}}, TgiRoute::kCompat).return_full_text) << "a text-generation model's default on /";
+  EXPECT_FALSE(Ok({{"inputs", "x"}, {"parameters", {{"return_full_text", false}}}}, TgiRoute::kCompat).return_full_text);
+  EXPECT_TRUE(Ok({{"inputs", "x"}, {"parameters", {{"return_full_text", true}}}}).return_full_text);
+  // max_new_tokens null: what the context leaves (the server counts the inputs' tokens).
+  const TgiCall c = Ok({{"inputs", "x"}, {"parameters", {{"max_new_tokens", nullptr}}}});
+  EXPECT_TRUE(c.max_new_tokens_to_context);
+  EXPECT_FALSE(c.request.sampling().has_max_tokens());
+  // decoder_input_details asks for the details too.
+  EXPECT_TRUE(Ok({{"inputs", "x"}, {"parameters", {{"decoder_input_details", true}}}}).details);
+  EXPECT_EQ(Ok({{"inputs", "x"}, {"parameters", {{"top_n_tokens", 5}}}}).top_n_tokens, 5u);
+}
+
+TEST(TgiProtocolTest, GrammarsBecomeResponseFormats) {
+  const json schema = {{"type", "object"}, {"properties", {{"b", {{"type", "integer"}}}, {"a", {{"type", "string"}}}}}};
+  for (const json& value : {schema, json(schema.dump())}) {
+    const TgiCall c = Ok({{"inputs", "x"}, {"parameters", {{"grammar", {{"type", "json"}, {"value", value}}}}}});
+    EXPECT_EQ(c.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
+    EXPECT_EQ(json::parse(c.request.sampling().response_format().json_schema()), schema);
+  }
+  const TgiCall r = Ok({{"inputs", "x"}, {"parameters", {{"grammar", {{"type", "regex"}, {"value", "[0-9]+"}}}}}});
+  EXPECT_EQ(r.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_REGEX);
+  EXPECT_EQ(r.request.sampling().response_format().regex(), "[0-9]+");
+}
+
+TEST(TgiProtocolTest, ValidationErrorsAre422WithTgisMessages) {
+  struct Case {
+    std::string body;
+    std::string message;
+  };
+  for (const Case& c : std::initializer_list<Case>{
+           {R"({"inputs": ""})", "`inputs` cannot be empty"},
+           {R"({"parameters": {}})", "`inputs`"},
+           {R"({"inputs": "x", "parameters": {"temperature": 0}})", "`temperature` must be strictly positive"},
+           {R"({"inputs": "x", "parameters": {"repetition_penalty": 0}})", "`repetition_penalty` must be strictly positive"},
+           {R"({"inputs": "x", "parameters": {"frequency_penalty": 2.5}})", "`frequency_penalty` must be >= -2.0 and <= 2.0"},
+           {R"({"inputs": "x", "parameters": {"top_p": 1.0}})", "`top_p` must be > 0.0 and < 1.0"},
+           {R"({"inputs": "x", "parameters": {"typical_p": 1.5}})", "`typical_p` must be > 0.0 and < 1.0"},
+           {R"({"inputs": "x", "parameters": {"typical_p": 0.5}})", "typical sampling is not served"},
+           {R"({"inputs": "x", "parameters": {"top_k": 0}})", "`top_k` must be strictly positive"},
+           {R"({"inputs": "x", "parameters": {"max_new_tokens": 0}})", "`max_new_tokens` must be strictly positive"},
+           {R"({"inputs": "x", "parameters": {"top_n_tokens": 6}})", "`top_n_tokens` must be >= 0 and <= 5. Given: 6"},
+           {R"({"inputs": "x", "parameters": {"truncate": 0}})", "`truncate` must be strictly positive"},
+           {R"({"inputs": "x", "parameters": {"best_of": 2, "do_sample": true}})", "`best_of`"},
+           {R"({"inputs": "x", "parameters": {"watermark": true}})", "`watermark`"},
+           {R"({"inputs": "x", "parameters": {"adapter_id": "lora"}})", "`adapter_id`"},
+           {R"({"inputs": "x", "parameters": {"stop": "\n"}})", "`stop`"},
+           {R"({"inputs": "x", "parameters": {"grammar": {"type": "xml", "value": "x"}}})", "grammar is not supported"},
+           {R"({"inputs": "x", "parameters": {"do_sample": "yes"}})", "`do_sample`"},
+           {R"({"inputs": "x", "parameters": 5})", "`parameters`"},
+       }) {
+    const TgiError e = Err(c.body);
+    EXPECT_EQ(e.status, 422) << c.body;
+    EXPECT_EQ(e.error_type, "validation") << c.body;
+    EXPECT_EQ(e.error.rfind("Input validation error: ", 0), 0u) << e.error;
+    EXPECT_NE(e.error.find(c.message), std::string::npos) << c.body << " -> " << e.error;
+  }
+  const TgiError streamed = Err(R"({"inputs": "x", "parameters": {"decoder_input_details": true}})", TgiRoute::kGenerateStream);
+  EXPECT_NE(streamed.error.find("`decoder_input_details` == true is not supported when streaming tokens"), std::string::npos);
+  EXPECT_EQ(Err("{not json").status, 400);
+  const json body = Err(R"({"inputs": ""})").ToJson();
+  EXPECT_EQ(body.size(), 2u);
+  EXPECT_TRUE(body.contains("error") && body.contains("error_type"));
+}
+
+TEST(TgiProtocolTest, CoordinatorErrorsTakeTgisKinds) {
+  EXPECT_EQ(TgiErrorFromGrpc(static_cast<int>(absl::StatusCode::kInvalidArgument), "too long").status, 422);
+  EXPECT_EQ(TgiErrorFromGrpc(static_cast<int>(absl::StatusCode::kInvalidArgument), "too long").error, "Input validation error: too long");
+  const TgiError busy = TgiErrorFromGrpc(static_cast<int>(absl::StatusCode::kResourceExhausted), "queue full");
+  EXPECT_EQ(busy.status, 429);
+  EXPECT_EQ(busy.error_type, "overloaded");
+  const TgiError lost = TgiErrorFromGrpc(static_cast<int>(absl::StatusCode::kUnavailable), "rank 1 lost");
+  EXPECT_EQ(lost.status, 424);
+  EXPECT_EQ(lost.error_type, "generation");
+  EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP), "eos_token");
+  EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP_SEQUENCE), "stop_sequence");
+  EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_LENGTH), "length");
+}
+
+}  // namespace
+}  // namespace moe::openai
