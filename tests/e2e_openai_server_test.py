@@ -963,6 +963,69 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             status, err = self.call("/v1/responses", body)
             self.assertEqual((status, err["error"]["param"]), (code, param), err)
 
+    def test_f1r5_background_responses_run_on_and_can_be_cancelled(self):
+        """OpenAI's background mode: the response comes back "queued" at once, GET /v1/responses/{id} finds it
+        running, then answered as the same request in the foreground answers; POST .../cancel ends a running
+        one (its generation leaves the cluster) and it stays "cancelled"; DELETE of a running one forgets it."""
+        messages = CHAT_GOLDEN["cases"][0]["messages"]
+        req = {"input": messages, "max_output_tokens": 12, "temperature": 0}
+        status, fore = self.call("/v1/responses", req)
+        self.assertEqual(status, 200, fore)
+        status, back = self.call("/v1/responses", dict(req, background=True))
+        self.assertEqual(status, 200, back)
+        self.assertEqual((back["status"], back["background"], back["output"]), ("queued", True, []))
+
+        def until_done(rid, timeout=60):
+            deadline = time.monotonic() + timeout
+            while True:
+                status, got = self.call("/v1/responses/" + rid, method="GET")
+                self.assertEqual(status, 200, got)
+                if got["status"] not in ("queued", "in_progress") or time.monotonic() > deadline:
+                    return got
+                time.sleep(0.05)
+
+        done = until_done(back["id"])
+        self.assertEqual(done["status"], fore["status"])
+        self.assertEqual(done["output"][0]["content"][0]["text"], fore["output"][0]["content"][0]["text"])
+        self.assertEqual(done["usage"], fore["usage"])
+        # It carries a conversation on, as a foreground one does.
+        status, nxt = self.call("/v1/responses", {"previous_response_id": back["id"], "input": "Again.", "max_output_tokens": 2})
+        self.assertEqual(status, 200, nxt)
+
+        # A long one cancelled: "cancelled" at once and for good, its generation gone from the cluster.
+        long_req = {"input": "Speak on.", "max_output_tokens": 3000, "ignore_eos": True, "temperature": 0, "background": True}
+        status, running = self.call("/v1/responses", long_req)
+        self.assertEqual(status, 200, running)
+        status, cancelled = self.call("/v1/responses/%s/cancel" % running["id"], {})
+        self.assertEqual((status, cancelled["status"]), (200, "cancelled"), cancelled)
+        deadline = time.monotonic() + 30
+        while self.grpc.stats().requests_running > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.grpc.stats().requests_running, 0, "the cancelled generation left the cluster")
+        status, got = self.call("/v1/responses/" + running["id"], method="GET")
+        self.assertEqual((status, got["status"], got["output"]), (200, "cancelled", []))
+        status, err = self.call("/v1/responses", {"previous_response_id": running["id"], "input": "x"})
+        self.assertEqual((status, err["error"]["param"]), (400, "previous_response_id"), err)
+        # Cancelling a response made in the foreground is refused; an unknown id is 404.
+        status, err = self.call("/v1/responses/%s/cancel" % fore["id"], {})
+        self.assertEqual(status, 400, err)
+        self.assertEqual(self.call("/v1/responses/resp_nothing/cancel", {})[0], 404)
+        # DELETE of a running one: forgotten, and its end does not bring it back.
+        status, running = self.call("/v1/responses", long_req)
+        status, deleted = self.call("/v1/responses/" + running["id"], method="DELETE")
+        self.assertEqual((status, deleted["deleted"]), (200, True), deleted)
+        deadline = time.monotonic() + 30
+        while self.grpc.stats().requests_running > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        self.assertEqual(self.call("/v1/responses/" + running["id"], method="GET")[0], 404)
+        # A front stopped (SIGTERM) while one runs cancels it and exits 0 (own_front checks), promptly.
+        t0 = time.monotonic()
+        with own_front(self, self.cluster.address, "--chat-template=" + CHAT_TEMPLATE) as (port, _, _):
+            status, running = self.call("/v1/responses", long_req, base="http://127.0.0.1:%d" % port)
+            self.assertEqual((status, running["status"]), (200, "queued"), running)
+        self.assertLess(time.monotonic() - t0, 20)
+
     def test_f1r3_stored_responses_carry_a_conversation_on(self):
         """store (OpenAI's default): a response is kept (GET /v1/responses/{id} answers it, DELETE forgets it),
         and previous_response_id puts its conversation (input and output) before the next input, as the

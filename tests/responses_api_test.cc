@@ -170,7 +170,9 @@ TEST(ResponsesApiTest, WhatIsNotServedIsRefusedNamingTheField) {
       {R"({"input": "x", "previous_response_id": 5})", "previous_response_id"},
       {R"({"input": "x", "store": "yes"})", "store"},
       {R"({"input": "x", "conversation": "c"})", "conversation"},
-      {R"({"input": "x", "background": true})", "background"},
+      {R"({"input": "x", "background": true, "store": false})", "background"},
+      {R"({"input": "x", "background": true, "stream": true})", "background"},
+      {R"({"input": "x", "background": "yes"})", "background"},
       {R"({"input": "x", "truncation": "auto"})", "truncation"},
       {R"({"input": "x", "prompt": {"id": "p"}})", "prompt"},
       {R"({"input": "x", "top_logprobs": 21})", "top_logprobs"},
@@ -369,6 +371,27 @@ TEST(ResponsesApiTest, StreamedChunksBecomeOpenAisEventSequence) {
 }
 
 // The store keeps the most recently used responses up to its capacity; capacity 0 keeps none.
+// Background mode: the response before its answer ("queued", "in_progress"), and instead of one
+// ("cancelled"; "failed" with OpenAI's error object), in the answer's shape, marked background.
+TEST(ResponsesApiTest, BackgroundResponsesHaveTheirStates) {
+  const ResponsesCall call = Parse(R"({"input": "x", "background": true, "metadata": {"k": 1}})");
+  EXPECT_TRUE(call.background);
+  EXPECT_FALSE(Parse(R"({"input": "x"})").background);
+  for (const char* status : {"queued", "in_progress", "cancelled"}) {
+    const ojson r = ResponseWithStatus(call, "m", 100, status);
+    EXPECT_EQ(r["id"], "resp_" + call.id);
+    EXPECT_EQ(r["status"], status);
+    EXPECT_EQ(r["background"], true);
+    EXPECT_EQ(r["output"], ojson::array());
+    EXPECT_EQ(r["error"], nullptr);
+    EXPECT_EQ(r["metadata"]["k"], 1);
+  }
+  const HttpError lost{503, "the cluster has no ranks", "server_error", {}};
+  const ojson failed = ResponseWithStatus(call, "m", 100, "failed", &lost);
+  EXPECT_EQ(failed["error"], (ojson{{"code", "server_error"}, {"message", "the cluster has no ranks"}}));
+  EXPECT_EQ(ResponseFromChat(call, ChatAnswer("abc", "stop", true), "m", 100)["background"], true);
+}
+
 TEST(ResponsesApiTest, StoreDropsTheLeastRecentlyUsedPastItsCapacity) {
   ResponseStore store(2);
   auto put = [&](const std::string& id) { store.Put(id, StoredResponse{ojson{{"id", id}}, ojson::array()}); };

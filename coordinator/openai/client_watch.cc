@@ -104,9 +104,18 @@ void ClientWatch::Watch() {
     if (fds[1].revents != 0) return;  // the request is done
     if ((fds[0].revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) break;
   }
+  Cancel();
+}
+
+void ClientWatch::Cancel() {
   std::lock_guard<std::mutex> lock(mu_);
   gone_ = true;
   for (grpc::ClientContext* c : calls_) c->TryCancel();
+}
+
+bool ClientWatch::cancelled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return gone_;
 }
 
 void ClientWatch::Add(grpc::ClientContext* ctx) {

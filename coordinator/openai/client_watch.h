@@ -25,6 +25,9 @@ class ClientWatch {
   // Starts watching `conn`'s socket; a socket it cannot find (another platform, a unix socket) is
   // not watched, and the request runs as before.
   explicit ClientWatch(const mg_connection* conn);
+  // A watch of no connection: its calls are cancelled by Cancel() alone (a background response's
+  // calls, which its cancel request ends).
+  ClientWatch() = default;
   ~ClientWatch();
   ClientWatch(const ClientWatch&) = delete;
   ClientWatch& operator=(const ClientWatch&) = delete;
@@ -33,6 +36,9 @@ class ClientWatch {
   // cancelled at once).
   void Add(grpc::ClientContext* ctx);
   void Remove(grpc::ClientContext* ctx);
+  // Cancels the calls as a departed client would, and any added later.
+  void Cancel();
+  bool cancelled();
 
   // The watch of the request the calling thread serves (null: none), for the gRPC calls a request
   // makes (OpenAiServer::CallScope adds them). Set by a Current for the thread's lifetime in the

@@ -330,6 +330,10 @@ OpenAiServer::~OpenAiServer() {
     stopping_ = true;
     for (grpc::ClientContext* c : calls_) c->TryCancel();
     handlers_done_.wait_for(lock, std::chrono::seconds(10), [&] { return handlers_ == 0; });
+    // Background responses: their calls were cancelled with the rest; their threads end at once.
+    if (!background_done_.wait_for(lock, std::chrono::seconds(30), [&] { return background_running_ == 0; })) {
+      std::fprintf(stderr, "moe-openai-server: %d background responses did not end\n", background_running_);
+    }
   }
   if (ctx_ != nullptr) mg_stop(ctx_);
 }
@@ -480,19 +484,29 @@ int OpenAiServer::HandleResponses(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Responses, /*watch_client=*/true);
 }
 
-// A stored response: GET answers it, DELETE forgets it (OpenAI's {"id", "object", "deleted"}).
+// A stored response: GET answers it, DELETE forgets it (OpenAI's {"id", "object", "deleted"}; a
+// background response still running is cancelled first), POST .../cancel ends a background one.
 int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   auto* s = static_cast<OpenAiServer*>(self);
-  const bool get = IsMethod(conn, "GET");
-  if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
   const char* uri = mg_get_request_info(conn)->local_uri;
-  const std::string id = std::string(uri != nullptr ? uri : "").substr(std::string("/v1/responses/").size());
+  std::string id = std::string(uri != nullptr ? uri : "").substr(std::string("/v1/responses/").size());
+  constexpr std::string_view kCancel = "/cancel";
+  const bool cancel = id.size() > kCancel.size() && id.ends_with(kCancel);
+  if (cancel) id.resize(id.size() - kCancel.size());
   if (id.empty() || id.find('/') != std::string::npos) {
-    return SendError(conn, HttpError{404, "no such endpoint: /v1/responses/" + id + " (GET or DELETE /v1/responses/{id})",
+    return SendError(conn, HttpError{404, "no such endpoint: /v1/responses/" + id +
+                                              " (GET or DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel)",
                                      "NotFoundError", {}});
   }
+  if (cancel) return IsMethod(conn, "POST") ? s->CancelBackgroundResponse(conn, id) : MethodNotAllowed(conn, "POST");
+  const bool get = IsMethod(conn, "GET");
+  if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
   const HttpError missing{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
   if (!get) {
+    if (std::shared_ptr<BackgroundResponse> running = s->RunningBackgroundResponse(id)) {
+      running->deleted = true;  // its end stores nothing
+      running->watch.Cancel();
+    }
     if (!s->responses_store_->Erase(id)) return SendError(conn, missing);
     SendJson(conn, 200, {{"id", id}, {"object", "response"}, {"deleted", true}});
     return 200;
@@ -639,6 +653,12 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
                                                 std::to_string(responses_store_->capacity()) + ").",
                                        "invalid_request_error", std::string("previous_response_id")});
     }
+    if (previous->conversation.is_null()) {  // a background response not finished, failed or cancelled
+      return SendError(conn, HttpError{400, "previous_response_id: Response with id '" + responses.previous_response_id +
+                                                "' has no answer to go on from (status " +
+                                                previous->response.value("status", std::string("unknown")) + ").",
+                                       "invalid_request_error", std::string("previous_response_id")});
+    }
     history = std::move(previous->conversation);
   }
   const bool keep = responses.store && responses_store_->capacity() > 0;
@@ -653,6 +673,7 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
                             StoredResponse{response, ConversationAfter(responses, history, response)});
     }
   };
+  if (responses.background) return StartBackgroundResponse(conn, responses, std::get<ChatCall>(chat), history, created);
   if (call.stream) {
     ResponsesEvents events(responses, model_name_, created);
     const int status = StreamCompletion(conn, call, created, Api::kChat, &events);
@@ -664,6 +685,84 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
   const nlohmann::ordered_json response = ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created);
   remember(response);
   SendJsonText(conn, 200, response.dump());
+  return 200;
+}
+
+int OpenAiServer::StartBackgroundResponse(mg_connection* conn, const ResponsesCall& responses, const ChatCall& chat,
+                                          const nlohmann::ordered_json& history, int64_t created) {
+  const std::string id = "resp_" + responses.id;
+  const nlohmann::ordered_json queued = ResponseWithStatus(responses, model_name_, created, "queued");
+  auto job = std::make_shared<BackgroundResponse>();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
+    background_[id] = job;
+    ++background_running_;
+  }
+  responses_store_->Put(id, StoredResponse{queued, nullptr});  // no conversation until it has an answer
+  const auto finished = [this, id] {
+    std::lock_guard<std::mutex> lock(mu_);
+    background_.erase(id);
+    --background_running_;
+    background_done_.notify_all();
+  };
+  try {
+    // Detached: the server's destructor cancels its calls and waits for background_running_ to reach 0.
+    std::thread([this, job, id, responses, chat, history, created, finished] {
+      const ClientWatch::Current current(&job->watch);  // the job's gRPC calls, which its cancel ends
+      const auto store = [&](const nlohmann::ordered_json& response, nlohmann::ordered_json conversation) {
+        if (!job->deleted) responses_store_->Put(id, StoredResponse{response, std::move(conversation)});
+      };
+      if (!job->watch.cancelled()) store(ResponseWithStatus(responses, model_name_, created, "in_progress"), nullptr);
+      const CompletionCall& call = chat.completion;
+      std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
+      if (job->watch.cancelled()) {
+        store(ResponseWithStatus(responses, model_name_, created, "cancelled"), nullptr);
+      } else if (const HttpError* e = std::get_if<HttpError>(&answer)) {
+        const HttpError error = ResponsesError(*e);
+        store(ResponseWithStatus(responses, model_name_, created, "failed", &error), nullptr);
+      } else {
+        const nlohmann::ordered_json response =
+            ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created);
+        store(response, ConversationAfter(responses, history, response));
+      }
+      finished();
+    }).detach();
+  } catch (const std::system_error& e) {
+    finished();
+    responses_store_->Erase(id);
+    return SendError(conn, NoThread(e));
+  }
+  SendJsonText(conn, 200, queued.dump());
+  return 200;
+}
+
+std::shared_ptr<OpenAiServer::BackgroundResponse> OpenAiServer::RunningBackgroundResponse(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto found = background_.find(id);
+  return found != background_.end() ? found->second : nullptr;
+}
+
+// OpenAI's POST /v1/responses/{id}/cancel: a background response still running is cancelled (its
+// generation stops) and answered "cancelled"; one that has ended is answered as it is.
+int OpenAiServer::CancelBackgroundResponse(mg_connection* conn, const std::string& id) {
+  const HandlerScope handler(*this);
+  std::shared_ptr<BackgroundResponse> running = RunningBackgroundResponse(id);
+  std::optional<StoredResponse> stored = responses_store_->Get(id);
+  if (!stored) {
+    return SendError(conn, HttpError{404, "Response with id '" + id + "' not found.", "invalid_request_error",
+                                     std::string("response_id")});
+  }
+  if (stored->response.value("background", false) != true) {
+    return SendError(conn, HttpError{400, "Cannot cancel a synchronous response.", "invalid_request_error",
+                                     std::string("response_id")});
+  }
+  if (running != nullptr) {
+    running->watch.Cancel();
+    stored->response["status"] = "cancelled";
+    responses_store_->Put(id, StoredResponse{stored->response, nullptr});
+  }
+  SendJsonText(conn, 200, stored->response.dump());
   return 200;
 }
 

@@ -7,6 +7,7 @@
 // and scheduled. The translation rules are in openai_protocol.h.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -143,6 +144,18 @@ class OpenAiServer {
   // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
   std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
                                                       int64_t created, Api api);
+  // OpenAI's background responses: the answer's thread, its cancel token and whether the response
+  // was deleted meanwhile (then its end stores nothing).
+  struct BackgroundResponse {
+    ClientWatch watch;
+    std::atomic<bool> deleted{false};
+  };
+  // background: true: stores the response "queued" and answers it; a thread of its own runs the
+  // chat completion and stores "in_progress", then the answer ("failed", "cancelled").
+  int StartBackgroundResponse(mg_connection* conn, const ResponsesCall& responses, const ChatCall& chat,
+                              const nlohmann::ordered_json& history, int64_t created);
+  std::shared_ptr<BackgroundResponse> RunningBackgroundResponse(const std::string& id);
+  int CancelBackgroundResponse(mg_connection* conn, const std::string& id);
   // TGI's POST /generate, /generate_stream and / (tgi_endpoints.cc, tgi_protocol.h).
   static int HandleTgiGenerate(mg_connection* conn, void* self);
   static int HandleTgiGenerateStream(mg_connection* conn, void* self);
@@ -195,6 +208,9 @@ class OpenAiServer {
   int handlers_ = 0;                      // HandlerScopes alive
   std::set<grpc::ClientContext*> calls_;  // in flight
   bool stopping_ = false;
+  std::unordered_map<std::string, std::shared_ptr<BackgroundResponse>> background_;  // running, by response id
+  int background_running_ = 0;  // their threads (detached), waited for when the server stops
+  std::condition_variable background_done_;
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;

@@ -176,7 +176,7 @@ ojson Usage(const nlohmann::json& chat_usage) {
 ojson ResponseObject(const ResponsesCall& call, const std::string& id, const std::string& model, int64_t created,
                      const std::string& status) {
   ojson r = {{"id", "resp_" + id}, {"object", "response"}, {"created_at", created}, {"status", status},
-             {"background", false}, {"error", nullptr}, {"incomplete_details", nullptr}};
+             {"background", call.background}, {"error", nullptr}, {"incomplete_details", nullptr}};
   for (const auto& [key, value] : call.echo.items()) r[key] = value;
   r["model"] = model;
   r["output"] = ojson::array();
@@ -236,9 +236,7 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
 
   if (Given(body, "conversation")) return BadParam("conversation", "the Conversations API is not served: name a previous_response_id");
-  if (Given(body, "background") && body["background"] != false) {
-    return BadParam("background", "not served (an answer does not outlive its request)");
-  }
+  if (Given(body, "background") && !body["background"].is_boolean()) return BadParam("background", "expected true or false");
   if (Given(body, "truncation") && body["truncation"] != "disabled") {
     return BadParam("truncation", "only \"disabled\" is served (a conversation past the context is refused)");
   }
@@ -287,6 +285,13 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   call.stream = Given(body, "stream") && body["stream"].get<bool>();
   if (call.stream) chat["stream"] = true;
   call.chat = std::move(chat);
+  call.background = Given(body, "background") && body["background"].get<bool>();
+  if (call.background && !call.store) {
+    return BadParam("background", "needs store: true (a background response is fetched by its id)");
+  }
+  if (call.background && call.stream) {
+    return BadParam("background", "with stream is not served: poll GET /v1/responses/{id} for the answer");
+  }
 
   // What the response object repeats (OpenAI's defaults where the request is silent).
   const auto echo = [&](const char* key, ojson fallback) { call.echo[key] = Given(body, key) ? body[key] : fallback; };
@@ -380,6 +385,13 @@ nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohman
     }
   }
   r["usage"] = Usage(chat.contains("usage") ? chat["usage"] : nlohmann::json());
+  return r;
+}
+
+nlohmann::ordered_json ResponseWithStatus(const ResponsesCall& call, const std::string& model, int64_t created,
+                                          const std::string& status, const HttpError* error) {
+  ojson r = ResponseObject(call, call.id, model, created, status);
+  if (error != nullptr) r["error"] = {{"code", error->status >= 500 ? "server_error" : error->type}, {"message", error->message}};
   return r;
 }
 

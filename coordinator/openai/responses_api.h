@@ -42,6 +42,9 @@ struct ResponsesCall {
   // top_p, top_logprobs, text, metadata, user, ...), with OpenAI's defaults where absent.
   nlohmann::ordered_json echo;
   bool stream = false;
+  // OpenAI's background mode (needs store): the answer is the response "queued" at once; the
+  // generation runs on, GET /v1/responses/{id} finds it, POST .../cancel ends it.
+  bool background = false;
 };
 
 std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& body_text);
@@ -65,6 +68,12 @@ HttpError ResponsesError(HttpError chat_error);
 // with incomplete_details.reason "max_output_tokens" when the length limit ended it.
 nlohmann::ordered_json ResponseFromChat(const ResponsesCall& call, const nlohmann::json& chat, const std::string& model,
                                         int64_t created);
+
+// The response object without output or usage in `status` ("queued", "in_progress", "cancelled",
+// or "failed" with `error` as its error object {"code", "message"}): a background response's
+// states before (or instead of) its answer.
+nlohmann::ordered_json ResponseWithStatus(const ResponsesCall& call, const std::string& model, int64_t created,
+                                          const std::string& status, const HttpError* error = nullptr);
 
 // The events of a streamed response, from the chat completion chunks of its one choice, each
 // {"type", "sequence_number", ...} (sent as server-sent events named by their type):
