@@ -1,5 +1,6 @@
-// The engine against transformers: the golden tiny checkpoint's logits, router choices and greedy
-// continuations, and the default model's recorded samples.
+// The engine against transformers: the golden checkpoints' logits, router choices and greedy
+// continuations (tiny, and window: a sliding window, top-3 routing, GQA 3), and the default model's
+// recorded samples.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,18 +14,26 @@
 namespace moe::testing_ref {
 namespace {
 
-class EngineGoldenTest : public ::testing::Test {
+// Each test on both golden checkpoints: tiny, and window (a sliding window shorter than the prompts,
+// top-3 routing, GQA 3).
+class EngineGoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
-  static void SetUpTestSuite() { golden_ = new Golden(Golden::Load()); }
-  static void TearDownTestSuite() { delete golden_; }
-  static Golden* golden_;
+  void SetUp() override {
+    dir_ = GetParam();
+    golden_ = std::make_unique<Golden>(Golden::Load(dir_));
+  }
+  std::string dir_;
+  std::unique_ptr<Golden> golden_;
 };
-Golden* EngineGoldenTest::golden_ = nullptr;
+INSTANTIATE_TEST_SUITE_P(Checkpoints, EngineGoldenTest, ::testing::Values(kGoldenDir, kWindowGoldenDir),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param.substr(info.param.find_last_of('/') + 1);
+                         });
 
-TEST_F(EngineGoldenTest, PromptLogitsWithin1e4) {
+TEST_P(EngineGoldenTest, PromptLogitsWithin1e4) {
   EngineOptions opts;
   opts.record_routing = true;
-  auto e = LoadLocalEngine(kGoldenDir, opts);
+  auto e = LoadLocalEngine(dir_, opts);
   const int64_t V = (*e)->config().vocab_size;
   for (size_t p = 0; p < golden_->num_prompts(); ++p) {
     const std::vector<int32_t> prompt = golden_->prompt(p);
@@ -42,10 +51,10 @@ TEST_F(EngineGoldenTest, PromptLogitsWithin1e4) {
 
 // Top-k expert sets, per layer and token, equal transformers' wherever the golden routing margin
 // (the gap between the k-th and (k+1)-th probability) is above float32 noise.
-TEST_F(EngineGoldenTest, RouterTopKMatches) {
+TEST_P(EngineGoldenTest, RouterTopKMatches) {
   EngineOptions opts;
   opts.record_routing = true;
-  auto e = LoadLocalEngine(kGoldenDir, opts);
+  auto e = LoadLocalEngine(dir_, opts);
   const ModelConfig& c = (*e)->config();
   const int64_t E = c.num_experts, k = c.experts_per_token;
   int64_t compared = 0, skipped = 0;
@@ -82,15 +91,16 @@ TEST_F(EngineGoldenTest, RouterTopKMatches) {
       }
     }
   }
-  EXPECT_GT(compared, 800);
+  EXPECT_GT(compared, skipped * 20) << "nearly every choice compared";
+  EXPECT_GE(compared, 200);
   RecordProperty("topk_compared", std::to_string(compared));
   RecordProperty("topk_skipped", std::to_string(skipped));
 }
 
 // Greedy continuations (prefill, then one decode step per token through the KV cache) equal the
 // tokens transformers chose by full forwards.
-TEST_F(EngineGoldenTest, GreedyContinuationsIdentical) {
-  auto e = LoadLocalEngine(kGoldenDir);
+TEST_P(EngineGoldenTest, GreedyContinuationsIdentical) {
+  auto e = LoadLocalEngine(dir_);
   std::vector<GenerateRequest> reqs;
   for (size_t p = 0; p < golden_->num_prompts(); ++p) {
     GenerateRequest r;
@@ -108,8 +118,8 @@ TEST_F(EngineGoldenTest, GreedyContinuationsIdentical) {
 }
 
 // The logits that chose each greedy token, from decode steps, match transformers' full forwards.
-TEST_F(EngineGoldenTest, GreedyStepLogitsWithin1e4) {
-  auto e = LoadLocalEngine(kGoldenDir);
+TEST_P(EngineGoldenTest, GreedyStepLogitsWithin1e4) {
+  auto e = LoadLocalEngine(dir_);
   for (size_t p = 0; p < golden_->num_prompts(); ++p) {
     const std::vector<int32_t> prompt = golden_->prompt(p), greedy = golden_->greedy(p);
     const std::vector<float> ref = golden_->F32("greedy_logits." + std::to_string(p));

@@ -175,12 +175,34 @@ class GpuGoldenTest : public ::testing::Test {
 };
 Golden* GpuGoldenTest::golden_ = nullptr;
 
+// The comparisons with transformers on both golden checkpoints: tiny, and window (a sliding window
+// of 8 shorter than its prompts, top-3 of 6 experts, GQA 6/2 with head_dim 16).
+struct GoldenCheckpoint {
+  std::string dir;
+  size_t min_comparable_steps;  // greedy steps above the bf16 margin in its golden data
+};
+class GpuGoldenCheckpointTest : public ::testing::TestWithParam<GoldenCheckpoint> {
+ protected:
+  void SetUp() override {
+    SKIP_WITHOUT_GPU();
+    dir_ = GetParam().dir;
+    golden_ = std::make_unique<Golden>(Golden::Load(dir_));
+  }
+  std::string dir_;
+  std::unique_ptr<Golden> golden_;
+};
+INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuGoldenCheckpointTest,
+                         ::testing::Values(GoldenCheckpoint{kGoldenDir, 50}, GoldenCheckpoint{kWindowGoldenDir, 20}),
+                         [](const ::testing::TestParamInfo<GoldenCheckpoint>& info) {
+                           return info.param.dir.substr(info.param.dir.find_last_of('/') + 1);
+                         });
+
 // Every prompt's logits (all positions) and router logits against transformers'; routing choices
 // may differ only at near ties, and the logits are compared on the rows routed as transformers did.
-TEST_F(GpuGoldenTest, PromptLogitsWithin2e2WhereRoutingAgrees) {
+TEST_P(GpuGoldenCheckpointTest, PromptLogitsWithin2e2WhereRoutingAgrees) {
   GpuEngineOptions opts;
   opts.record_routing = true;
-  auto e = LoadGpu(kGoldenDir, opts);
+  auto e = LoadGpu(dir_, opts);
   const ModelConfig& c = (*e)->config();
   const int64_t E = c.num_experts, V = c.vocab_size;
   for (size_t p = 0; p < golden_->num_prompts(); ++p) {
@@ -210,10 +232,10 @@ TEST_F(GpuGoldenTest, PromptLogitsWithin2e2WhereRoutingAgrees) {
   EXPECT_EQ((*e)->kv_blocks().used_blocks(), 0);
 }
 
-// The five prompts generate together (they prefill in one step, then decode together through the
+// The prompts generate together (they prefill in one step, then decode together through the
 // KV cache, GenerateAll), and every token before the first low-margin step equals transformers'.
-TEST_F(GpuGoldenTest, GreedyContinuationsUpToFirstLowMargin) {
-  auto e = LoadGpu(kGoldenDir);
+TEST_P(GpuGoldenCheckpointTest, GreedyContinuationsUpToFirstLowMargin) {
+  auto e = LoadGpu(dir_);
   std::vector<GenerateRequest> reqs;
   for (size_t p = 0; p < golden_->num_prompts(); ++p) {
     GenerateRequest r;
@@ -236,7 +258,7 @@ TEST_F(GpuGoldenTest, GreedyContinuationsUpToFirstLowMargin) {
                 want.size(), res[p].tokens == want ? "yes" : "no");
     compared += n;
   }
-  EXPECT_GE(compared, 50u);  // 15 + 4 + 4 + 14 + 24 with the current golden data
+  EXPECT_GE(compared, GetParam().min_comparable_steps);  // tiny: 15 + 4 + 4 + 14 + 24
   EXPECT_EQ((*e)->kv_blocks().used_blocks(), 0);
 }
 
@@ -244,13 +266,13 @@ TEST_F(GpuGoldenTest, GreedyContinuationsUpToFirstLowMargin) {
 // transformers' full forwards. transformers' routing of these steps is not recorded, so the CPU
 // engine (float32, ~1e-6 from transformers) steps alongside as the routing reference; steps whose
 // routing flipped at a near tie are left out of the logits comparison.
-TEST_F(GpuGoldenTest, GreedyStepLogitsWithin2e2WhereRoutingAgrees) {
+TEST_P(GpuGoldenCheckpointTest, GreedyStepLogitsWithin2e2WhereRoutingAgrees) {
   GpuEngineOptions opts;
   opts.record_routing = true;
-  auto e = LoadGpu(kGoldenDir, opts);
+  auto e = LoadGpu(dir_, opts);
   EngineOptions cpu_opts;
   cpu_opts.record_routing = true;
-  auto cpu = LoadLocalEngine(kGoldenDir, cpu_opts);
+  auto cpu = LoadLocalEngine(dir_, cpu_opts);
   const ModelConfig& c = (*e)->config();
   const int64_t V = c.vocab_size, E = c.num_experts;
   int64_t flipped_steps = 0, steps = 0;

@@ -7,10 +7,10 @@
 
 namespace moe::testing_ref {
 
-Golden Golden::Load() {
+Golden Golden::Load(const std::string& dir) {
   Golden g;
-  g.expected = ValueOrThrow(ReadJsonFile(kGoldenDir + "/expected.json"));
-  g.tensors = ValueOrThrow(SafetensorsFile::Open(kGoldenDir + "/expected.safetensors"));
+  g.expected = ValueOrThrow(ReadJsonFile(dir + "/expected.json"));
+  g.tensors = ValueOrThrow(SafetensorsFile::Open(dir + "/expected.safetensors"));
   return g;
 }
 

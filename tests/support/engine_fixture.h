@@ -19,6 +19,9 @@
 namespace moe::testing_ref {
 
 inline const std::string kGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tiny";
+// A second golden checkpoint: a sliding window of 8 shorter than its prompts, top-3 of 6 experts,
+// GQA 6/2 with head_dim 16 (tests/data/golden/README.md).
+inline const std::string kWindowGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/window";
 inline const std::string kDefaultModelDir = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
 
 // A single-process engine with its communicator and plan kept alive beside it.
@@ -71,7 +74,7 @@ struct Golden {
   nlohmann::json expected;
   std::unique_ptr<SafetensorsFile> tensors;
 
-  static Golden Load();
+  static Golden Load(const std::string& dir = kGoldenDir);
   std::vector<int32_t> prompt(size_t p) const { return expected["prompts"][p].get<std::vector<int32_t>>(); }
   std::vector<int32_t> greedy(size_t p) const { return expected["greedy"][p].get<std::vector<int32_t>>(); }
   size_t num_prompts() const { return expected["prompts"].size(); }
