@@ -363,5 +363,32 @@ TEST(EpCliShakespeareTest, RomeoOnThreeRanksMatchesSamples) {
   EXPECT_EQ(run.result["token_ids"].get<std::vector<int32_t>>(), want);
 }
 
+// (d) The second golden checkpoint (a sliding window of 8 shorter than the prompts, top-3 of 6
+// experts, GQA 3): all four prompts in one job on 1, 4 (uneven expert shares 2, 2, 1, 1) and 6 ranks
+// (one expert each) continue as transformers did.
+TEST(EpCliWindowTest, GenerateOnSeveralRanksMatchesTransformers) {
+  const std::string dir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/window";
+  auto expected = ReadJsonFile(dir + "/expected.json");
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  const auto prompts = (*expected)["prompts"].get<std::vector<std::vector<int32_t>>>();
+  const auto greedy = (*expected)["greedy"].get<std::vector<std::vector<int32_t>>>();
+  ASSERT_EQ(prompts.size(), 4u);
+  for (int ranks : {0, 4, 6}) {
+    std::vector<std::string> args = {"generate", "--model", dir, "--max-tokens", std::to_string(greedy[0].size()),
+                                     "--ignore-eos", "--json"};
+    for (const auto& p : prompts) {
+      args.push_back("--token-ids");
+      args.push_back(JoinIds(p));
+    }
+    const CliRun run = RunCli(ranks, args);
+    ASSERT_EQ(run.exit_code, 0) << run.Describe();
+    const json& results = Results(run, prompts.size());
+    ASSERT_EQ(results.size(), prompts.size());
+    for (size_t p = 0; p < prompts.size(); ++p) {
+      EXPECT_EQ(results[p]["token_ids"].get<std::vector<int32_t>>(), greedy[p]) << ranks << " ranks, prompt " << p;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe
