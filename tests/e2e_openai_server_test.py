@@ -135,6 +135,27 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             declared = re.search(r"project\([^)]*VERSION ([0-9.]+)", f.read()).group(1)
         self.assertEqual(self.call("/version"), (200, {"version": declared}))
 
+    def test_a1_served_model_names_are_all_served(self):
+        """vLLM's --served-model-name with several names: /v1/models lists each, a request may give any,
+        answers name the first; another name is 404 naming those served. --model-name repeats the same way."""
+        for args in (["--served-model-name", "alpha", "beta", "--threads", "8"],
+                     ["--model-name", "alpha", "--model-name=beta"]):
+            with own_front(self, self.cluster.address, *args) as (port, line, _):
+                base = "http://127.0.0.1:%d" % port
+                self.assertIn("alpha", line)
+                status, body = self.call("/v1/models", base=base)
+                self.assertEqual([m["id"] for m in body["data"]], ["alpha", "beta"])
+                for name in ("alpha", "beta", None):
+                    req = {"prompt": "ROMEO:", "max_tokens": 2} if name is None else {"model": name, "prompt": "ROMEO:", "max_tokens": 2}
+                    status, body = self.call("/v1/completions", req, base=base)
+                    self.assertEqual((status, body["model"]), (200, "alpha"), body)
+                status, err = self.call("/v1/completions", {"model": MODEL, "prompt": "x"}, base=base)
+                self.assertEqual(status, 404, err)
+                self.assertIn("`alpha`, `beta`", err["error"]["message"])
+        r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--served-model-name="], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(r.returncode, 2, r.stderr)
+
     def test_a2_metrics_on_the_api_port(self):
         """GET /metrics on the front answers the coordinator's Prometheus endpoint (the launcher
         passes it), as vLLM serves its metrics on the API port: a completion's tokens show in it."""

@@ -23,7 +23,9 @@ namespace {
 
 const char kUsage[] =
     "usage: moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000; port 0 picks one)]\n"
-    "                         [--model-name NAME (default: the model folder's name)]\n"
+    "                         [--model-name NAME (default: the model folder's name; repeatable: every name is\n"
+    "                          served, answers give the first)]\n"
+    "                         [--served-model-name NAME [NAME ...] (vLLM's: the same, several names at once)]\n"
     "                         [--threads N (default 1024: requests in flight; one more waits for a thread)]\n"
     "                         [--responses-store N (default 1024: /v1/responses answers kept, least recently used\n"
     "                          dropped, for previous_response_id and GET / DELETE /v1/responses/ID; 0: none kept)]\n"
@@ -48,8 +50,8 @@ const char kUsage[] =
     "                          2 required: mutual TLS)]\n"
     "Serves POST /v1/completions, /v1/chat/completions and /v1/responses (stream or whole; /invocations takes\n"
     "either of the first two), POST /tokenize and\n"
-    "/detokenize, GET /v1/models, GET /health (and /ping), GET /metrics and GET /version over the coordinator's\n"
-    "gRPC API.\n";
+    "/detokenize, GET /v1/models, GET /health (and /ping), GET /metrics and GET /version, and Hugging Face\n"
+    "TGI's POST /generate, /generate_stream and / and GET /info, over the coordinator's gRPC API.\n";
 
 int BadFlag(const std::string& message) {
   std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);
@@ -75,7 +77,8 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return 0;
     }
-    if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" && f.name != "--threads" &&
+    if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" &&
+        f.name != "--served-model-name" && f.name != "--threads" &&
         f.name != "--request-timeout-s" && f.name != "--access-log" && f.name != "--metrics-url" &&
         f.name != "--allowed-origins" &&
         f.name != "--chat-template" && f.name != "--tool-call-parser" && f.name != "--api-key" &&
@@ -95,8 +98,13 @@ int main(int argc, char** argv) {
       opts.coordinator = value;
     } else if (f.name == "--listen") {
       opts.listen = value;
-    } else if (f.name == "--model-name") {
-      opts.model_name = value;
+    } else if (f.name == "--model-name" || f.name == "--served-model-name") {
+      if (value.empty()) return BadFlag(f.name + ": empty");
+      opts.model_names.push_back(value);
+      // vLLM's --served-model-name takes several names: the arguments up to the next flag.
+      while (f.name == "--served-model-name" && !f.value && i + 1 < args.size() && !args[i + 1].starts_with("-")) {
+        opts.model_names.push_back(args[++i]);
+      }
     } else if (f.name == "--chat-template") {
       opts.chat_template_file = value;
     } else if (f.name == "--tool-call-parser") {

@@ -133,15 +133,17 @@ std::optional<HttpError> CheckBodyNesting(const std::string& body) {
 namespace {
 
 // The body as a JSON object naming the served model (or none), or the error to answer.
-std::variant<json, HttpError> ParseBody(const std::string& body_text, const std::string& model_name) {
+std::variant<json, HttpError> ParseBody(const std::string& body_text, const ServedModel& model) {
   json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return HttpError{400, "the request body is not valid JSON", "invalid_request_error", {}};
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
   if (body.contains("model") && !body["model"].is_null()) {
     if (!body["model"].is_string()) return BadParam("model", "expected a string");
-    if (body["model"].get<std::string>() != model_name) {
-      return HttpError{404, "The model `" + body["model"].get<std::string>() + "` does not exist (this server serves `" +
-                                model_name + "`).",
+    if (!model.Serves(body["model"].get<std::string>())) {
+      std::string names;
+      for (const std::string& n : model.names) names += (names.empty() ? "`" : ", `") + n + "`";
+      return HttpError{404, "The model `" + body["model"].get<std::string>() + "` does not exist (this server serves " +
+                                names + ").",
                        "NotFoundError", std::string("model")};
     }
   }
@@ -519,8 +521,8 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
 
 }  // namespace
 
-std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body_text, const std::string& model_name) {
-  std::variant<json, HttpError> parsed = ParseBody(body_text, model_name);
+std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body_text, const ServedModel& model) {
+  std::variant<json, HttpError> parsed = ParseBody(body_text, model);
   if (auto* e = std::get_if<HttpError>(&parsed)) return *e;
   const json& body = std::get<json>(parsed);
   if (body.contains("suffix") && !body["suffix"].is_null()) return BadParam("suffix", "not supported by this server");
@@ -581,9 +583,9 @@ std::optional<HttpError> NormaliseContent(nlohmann::ordered_json& message, size_
 
 }  // namespace
 
-std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text, const std::string& model_name,
+std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text, const ServedModel& model,
                                                    int32_t auto_marker_id) {
-  std::variant<json, HttpError> parsed = ParseBody(body_text, model_name);
+  std::variant<json, HttpError> parsed = ParseBody(body_text, model);
   if (auto* e = std::get_if<HttpError>(&parsed)) return *e;
   const json& body = std::get<json>(parsed);
   // Parsed again keeping key order: the template may print messages and tools with tojson.
@@ -1020,13 +1022,16 @@ absl::StatusOr<HttpUrl> ParseHttpUrl(const std::string& url) {
   return u;
 }
 
-json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created) {
-  return {{"object", "list"},
-          {"data", json::array({{{"id", model_name},
-                                 {"object", "model"},
-                                 {"created", created},
-                                 {"owned_by", "moe"},
-                                 {"max_model_len", max_model_len}}})}};
+bool ServedModel::Serves(const std::string& requested) const {
+  return std::find(names.begin(), names.end(), requested) != names.end();
+}
+
+json ModelsJson(const ServedModel& model, int64_t max_model_len, int64_t created) {
+  json data = json::array();
+  for (const std::string& name : model.names) {
+    data.push_back({{"id", name}, {"object", "model"}, {"created", created}, {"owned_by", "moe"}, {"max_model_len", max_model_len}});
+  }
+  return {{"object", "list"}, {"data", std::move(data)}};
 }
 
 }  // namespace moe::openai

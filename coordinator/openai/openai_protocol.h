@@ -91,6 +91,17 @@ inline constexpr uint32_t kMaxBeamWidth = 10;
 // "delta"; logprobs as {"content": [{token, logprob, bytes, top_logprobs}]}).
 enum class Api { kCompletions, kChat };
 
+// The names a request's "model" may give (vLLM's --served-model-name: any of them; answers, and
+// /v1/models first, name the first). A request without "model" is served too.
+struct ServedModel {
+  ServedModel(std::string name) : names{std::move(name)} {}  // NOLINT: one name reads as itself
+  ServedModel(const char* name) : names{name} {}              // NOLINT
+  explicit ServedModel(std::vector<std::string> all) : names(std::move(all)) {}
+  const std::string& name() const { return names.front(); }
+  bool Serves(const std::string& requested) const;
+  std::vector<std::string> names;  // at least one
+};
+
 // POST /v1/chat/completions: the conversation for the chat template, and the generation as a
 // CompletionCall whose prompt the server fills with the rendered conversation's token ids.
 struct ChatCall {
@@ -105,12 +116,12 @@ struct ChatCall {
 };
 // `auto_marker_id` >= 0: the server reads tool_choice "auto" answers that start with this token
 // (ParseToolChoice).
-std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body, const std::string& model_name,
+std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body, const ServedModel& model,
                                                    int32_t auto_marker_id = -1);
 
 // The request body of POST /v1/completions; `model_name` is the one model served (a request naming
 // another gets 404, as vLLM answers).
-std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body, const std::string& model_name);
+std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body, const ServedModel& model);
 
 // The HTTP error for a failed gRPC call: INVALID_ARGUMENT 400 (param: the field the message starts
 // with, "sampling." dropped, so a client sees "top_p"), NOT_FOUND 404, RESOURCE_EXHAUSTED 429,
@@ -236,6 +247,7 @@ struct HttpUrl {
 absl::StatusOr<HttpUrl> ParseHttpUrl(const std::string& url);
 
 // GET /v1/models: the one model, with its context length.
-nlohmann::json ModelsJson(const std::string& model_name, int64_t max_model_len, int64_t created);
+// GET /v1/models: one entry per served name, as vLLM lists them.
+nlohmann::json ModelsJson(const ServedModel& model, int64_t max_model_len, int64_t created);
 
 }  // namespace moe::openai

@@ -142,12 +142,13 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   v1::ModelInfo info;
   const grpc::Status got = s->stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
   if (!got.ok()) return absl::UnavailableError(absl::StrCat("GetModelInfo from ", opts.coordinator, ": ", got.error_message()));
-  s->model_name_ = opts.model_name;
+  s->model_name_ = opts.model_names.empty() ? std::string() : opts.model_names.front();
   if (s->model_name_.empty()) {
     std::string dir = info.model_dir();
     while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
     s->model_name_ = dir.substr(dir.find_last_of('/') + 1);
   }
+  s->served_ = ServedModel(opts.model_names.empty() ? std::vector<std::string>{s->model_name_} : opts.model_names);
   s->max_model_len_ = info.max_context();
   s->created_ = UnixNow();
   s->api_keys_ = opts.api_keys;
@@ -341,7 +342,7 @@ OpenAiServer::~OpenAiServer() {
 int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
   if (!IsMethod(conn, "GET")) return MethodNotAllowed(conn, "GET");
   auto* s = static_cast<OpenAiServer*>(self);
-  SendJson(conn, 200, ModelsJson(s->model_name_, s->max_model_len_, s->created_));
+  SendJson(conn, 200, ModelsJson(s->served_, s->max_model_len_, s->created_));
   return 200;
 }
 
@@ -526,7 +527,7 @@ int OpenAiServer::HandleDetokenize(mg_connection* conn, void* self) {
 }
 
 int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
-  std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(body, model_name_);
+  std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(body, served_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   CompletionCall& call = std::get<CompletionCall>(parsed);
   if (const char* id = RequestIdHeader(conn)) call.request.set_request_id(id);  // over the body's, as vLLM
@@ -595,7 +596,7 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const 
 }
 
 std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn, const std::string& body) {
-  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_, tool_calls_id_);
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, served_, tool_calls_id_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return *e;
   ChatCall& chat = std::get<ChatCall>(parsed);
   std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(chat);
@@ -790,7 +791,7 @@ int OpenAiServer::Tokenize(mg_connection* conn, const std::string& body) {
   if (!j.is_object()) return SendError(conn, HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}});
   std::vector<int32_t> tokens;
   if (j.contains("messages")) {
-    std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, model_name_, tool_calls_id_);
+    std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, served_, tool_calls_id_);
     if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
     std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(std::get<ChatCall>(parsed));
     if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);

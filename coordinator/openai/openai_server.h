@@ -38,7 +38,9 @@ namespace moe::openai {
 struct ServerOptions {
   std::string coordinator;            // HOST:PORT of the coordinator's public API
   std::string listen = "0.0.0.0:8000";
-  std::string model_name;             // empty: the model folder's name, from GetModelInfo
+  // The names requests may give as "model" (vLLM's --served-model-name); answers and /v1/models
+  // name the first. Empty: the model folder's name, from GetModelInfo.
+  std::vector<std::string> model_names;
   // HTTP connections served at once (civetweb's worker threads, made at start). Each holds one
   // connection from accept to close, streams included, so this bounds the requests in flight, as
   // vLLM's benchmark drives them at 256 and more; one more connection waits for a free thread.
@@ -214,7 +216,8 @@ class OpenAiServer {
 
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
-  std::string model_name_;
+  std::string model_name_;                // what answers call the model: served_'s first name
+  ServedModel served_{std::string()};     // every name a request may give
   int64_t max_model_len_ = 0;
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
   std::vector<int32_t> eos_ids_;  // the model's end-of-sequence ids (config.json), which end a beam
