@@ -168,6 +168,7 @@ class OpenAiServer {
   int TgiGenerateCompat(mg_connection* conn, const std::string& body);
   int TgiGenerate(mg_connection* conn, const std::string& body, TgiRoute route);
   // A generated token as TGI writes it (a special token's text is its piece), and its alternatives.
+  nlohmann::json TgiToken(int32_t id, const std::string& text, double logprob) const;
   nlohmann::json TgiToken(const v1::TokenLogprob& t) const;
   nlohmann::json TgiTopTokens(const v1::TokenLogprob& t) const;
   // A token's text decoded alone (a special token's: its piece).

@@ -57,12 +57,14 @@ int OpenAiServer::TgiGenerateCompat(mg_connection* conn, const std::string& body
   return TgiGenerate(conn, body, TgiRoute::kCompat);
 }
 
-nlohmann::json OpenAiServer::TgiToken(const v1::TokenLogprob& t) const {
-  const auto special = special_pieces_.find(t.token_id());
+nlohmann::json OpenAiServer::TgiToken(int32_t id, const std::string& text, double logprob) const {
   // A special token's text is its piece ("</s>"), as TGI decodes each token; the others' the delta.
-  return TgiTokenJson(t.token_id(), special != special_pieces_.end() ? special->second : t.text(), t.logprob(),
-                      special != special_pieces_.end());
+  const auto special = special_pieces_.find(id);
+  const bool is_special = special != special_pieces_.end();
+  return TgiTokenJson(id, is_special ? special->second : text, logprob, is_special);
 }
+
+nlohmann::json OpenAiServer::TgiToken(const v1::TokenLogprob& t) const { return TgiToken(t.token_id(), t.text(), t.logprob()); }
 
 std::string OpenAiServer::TokenText(int32_t id) {
   if (const auto special = special_pieces_.find(id); special != special_pieces_.end()) return special->second;
@@ -76,11 +78,7 @@ std::string OpenAiServer::TokenText(int32_t id) {
 
 nlohmann::json OpenAiServer::TgiTopTokens(const v1::TokenLogprob& t) const {
   json top = json::array();
-  for (const v1::TopLogprob& a : t.top()) {
-    const auto special = special_pieces_.find(a.token_id());
-    top.push_back(TgiTokenJson(a.token_id(), special != special_pieces_.end() ? special->second : a.text(), a.logprob(),
-                               special != special_pieces_.end()));
-  }
+  for (const v1::TopLogprob& a : t.top()) top.push_back(TgiToken(a.token_id(), a.text(), a.logprob()));
   return top;
 }
 
