@@ -36,7 +36,7 @@ const char* FinishReasonLabel(v1::FinishReason r) {
   }
 }
 
-ServingStats::ServingStats()
+ServingStats::ServingStats(const std::string& model_name)
     : registry_(std::make_shared<prometheus::Registry>()),
       generation_rate_(std::chrono::seconds(10), Clock::now()) {
   prometheus::Registry& r = *registry_;
@@ -102,16 +102,51 @@ ServingStats::ServingStats()
                   .Register(r);
   // Every label value exists from the start, so rates work before the first request of a kind.
   for (v1::FinishReason reason : kReasons) success_->Add({{"finish_reason", FinishReasonLabel(reason)}});
+
+  // vLLM's names (its v1 engine's), labelled model_name.
+  const prometheus::Labels model = {{"model_name", model_name}};
+  const auto histogram = [&](const char* name, const char* help, const prometheus::Histogram::BucketBoundaries& b) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add(model, b);
+  };
+  const auto gauge = [&](const char* name, const char* help) {
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(r).Add(model);
+  };
+  const auto counter = [&](const char* name, const char* help) {
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(r).Add(model);
+  };
+  vllm_.ttft = histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", kTtftBuckets);
+  vllm_.itl = histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", kItlBuckets);
+  vllm_.tpot = histogram("vllm:time_per_output_token_seconds",
+                         "Histogram of time per output token in seconds (vLLM's older name).", kItlBuckets);
+  vllm_.e2e = histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", kE2eBuckets);
+  vllm_.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.");
+  vllm_.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.");
+  vllm_.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
+  vllm_.gpu_cache_usage = gauge("vllm:gpu_cache_usage_perc", "KV-cache usage (vLLM's older name). 1 means 100 percent usage.");
+  vllm_.prompt_tokens = counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.");
+  vllm_.generation_tokens = counter("vllm:generation_tokens_total", "Number of generation tokens processed.");
+  vllm_.preemptions = counter("vllm:num_preemptions_total", "Cumulative number of preemption from the engine.");
+  vllm_.prefix_queries = counter("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.");
+  vllm_.prefix_hits = counter("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.");
+  auto& success = prometheus::BuildCounter()
+                      .Name("vllm:request_success_total")
+                      .Help("Count of successfully processed requests.")
+                      .Register(r);
+  vllm_.success_stop = &success.Add({{"model_name", model_name}, {"finished_reason", "stop"}});
+  vllm_.success_length = &success.Add({{"model_name", model_name}, {"finished_reason", "length"}});
+  vllm_.success_abort = &success.Add({{"model_name", model_name}, {"finished_reason", "abort"}});
 }
 
 void ServingStats::AddPromptTokens(int64_t n) {
   prompt_tokens_->Increment(static_cast<double>(n));
+  vllm_.prompt_tokens->Increment(static_cast<double>(n));
   std::lock_guard<std::mutex> lock(mu_);
   prompt_total_ += static_cast<uint64_t>(n);
 }
 
 void ServingStats::AddGenerationTokens(int64_t n, Clock::time_point now) {
   generation_tokens_->Increment(static_cast<double>(n));
+  vllm_.generation_tokens->Increment(static_cast<double>(n));
   std::lock_guard<std::mutex> lock(mu_);
   generation_total_ += static_cast<uint64_t>(n);
   generation_rate_.Add(now, n);
@@ -119,6 +154,7 @@ void ServingStats::AddGenerationTokens(int64_t n, Clock::time_point now) {
 
 void ServingStats::ObserveTimeToFirstToken(double seconds) {
   ttft_->Observe(seconds);
+  vllm_.ttft->Observe(seconds);
   std::lock_guard<std::mutex> lock(mu_);
   ttft_window_.Add(seconds);
 }
@@ -129,18 +165,26 @@ void ServingStats::ObserveInterToken(double seconds, int64_t tokens) {
   std::lock_guard<std::mutex> lock(mu_);
   for (int64_t i = 0; i < tokens; ++i) {
     itl_->Observe(each);
+    vllm_.itl->Observe(each);
+    vllm_.tpot->Observe(each);
     itl_window_.Add(each);
   }
 }
 
 void ServingStats::ObserveRequestLatency(double seconds) {
   e2e_->Observe(seconds);
+  vllm_.e2e->Observe(seconds);
   std::lock_guard<std::mutex> lock(mu_);
   e2e_window_.Add(seconds);
 }
 
 void ServingStats::CountFinished(v1::FinishReason reason) {
   success_->Add({{"finish_reason", FinishReasonLabel(reason)}}).Increment();
+  // vLLM's reasons: a stop string ends as "stop", a cancelled or failed request as "abort".
+  (reason == v1::FINISH_REASON_LENGTH                                               ? vllm_.success_length
+   : reason == v1::FINISH_REASON_STOP || reason == v1::FINISH_REASON_STOP_SEQUENCE ? vllm_.success_stop
+                                                                                   : vllm_.success_abort)
+      ->Increment();
   std::lock_guard<std::mutex> lock(mu_);
   ++finished_;
 }
@@ -148,15 +192,38 @@ void ServingStats::CountFinished(v1::FinishReason reason) {
 void ServingStats::SetQueue(int64_t waiting, int64_t running) {
   waiting_->Set(static_cast<double>(waiting));
   running_->Set(static_cast<double>(running));
+  vllm_.waiting->Set(static_cast<double>(waiting));
+  vllm_.running->Set(static_cast<double>(running));
 }
 
-void ServingStats::SetKvCacheUsage(double ratio) { kv_usage_->Set(ratio); }
+void ServingStats::SetKvCacheUsage(double ratio) {
+  kv_usage_->Set(ratio);
+  vllm_.kv_usage->Set(ratio);
+  vllm_.gpu_cache_usage->Set(ratio);
+}
 
-void ServingStats::SetPreemptions(uint64_t n) { preemptions_->Set(static_cast<double>(n)); }
+namespace {
+
+// A vLLM counter that follows a reported total: it grows by the total's growth since `last`.
+void Follow(prometheus::Counter& counter, double total, double& last) {
+  if (total > last) counter.Increment(total - last);
+  last = total;
+}
+
+}  // namespace
+
+void ServingStats::SetPreemptions(uint64_t n) {
+  preemptions_->Set(static_cast<double>(n));
+  std::lock_guard<std::mutex> lock(mu_);
+  Follow(*vllm_.preemptions, static_cast<double>(n), last_preemptions_);
+}
 
 void ServingStats::SetPrefixCache(int64_t queried_tokens, int64_t hit_tokens) {
   prefix_queried_->Set(static_cast<double>(queried_tokens));
   prefix_hits_->Set(static_cast<double>(hit_tokens));
+  std::lock_guard<std::mutex> lock(mu_);
+  Follow(*vllm_.prefix_queries, static_cast<double>(queried_tokens), last_prefix_queried_);
+  Follow(*vllm_.prefix_hits, static_cast<double>(hit_tokens), last_prefix_hits_);
 }
 
 StatsCounters ServingStats::Counters() {

@@ -1,12 +1,15 @@
 // Request-level statistics of the coordinator, kept twice over: as Prometheus metrics (prefix
 // moe_, base units) for scraping, and as windows the GetStats RPC summarises (latency percentiles,
-// recent throughput). Thread-safe: request handlers and the cluster state report here.
+// recent throughput). The metrics go out under vLLM's names too (vllm:num_requests_running, ...,
+// labelled model_name as vLLM labels them), so dashboards and autoscalers made for vLLM read them.
+// Thread-safe: request handlers and the cluster state report here.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -34,7 +37,8 @@ const char* FinishReasonLabel(v1::FinishReason r);
 class ServingStats {
  public:
   using Clock = std::chrono::steady_clock;
-  ServingStats();
+  // `model_name`: vLLM's metrics' model_name label (the model folder's name).
+  explicit ServingStats(const std::string& model_name = "model");
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
@@ -73,6 +77,15 @@ class ServingStats {
   prometheus::Counter* prompt_tokens_;
   prometheus::Counter* generation_tokens_;
   prometheus::Family<prometheus::Counter>* success_;
+  // vLLM's names for the same. Its prefix cache and preemption counts are counters: they grow by
+  // the ranks' reports' growth (a rank that starts again reports less, which adds nothing).
+  struct VllmMetrics {
+    prometheus::Histogram *ttft, *itl, *tpot, *e2e;
+    prometheus::Gauge *waiting, *running, *kv_usage, *gpu_cache_usage;
+    prometheus::Counter *prompt_tokens, *generation_tokens, *preemptions, *prefix_queries, *prefix_hits;
+    prometheus::Counter *success_stop, *success_length, *success_abort;
+  } vllm_{};
+  double last_prefix_queried_ = 0, last_prefix_hits_ = 0, last_preemptions_ = 0;  // under mu_
 
   std::mutex mu_;
   uint64_t finished_ = 0, prompt_total_ = 0, generation_total_ = 0;

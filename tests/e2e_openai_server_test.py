@@ -174,6 +174,28 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         with urllib.request.urlopen(req, timeout=30) as r:
             after = r.read().decode()
         self.assertEqual(generated(after) - generated(before), 5)
+
+        # vLLM's names for the same, labelled model_name: a dashboard made for vLLM reads them.
+        def sample(text, name, labels=None):
+            for line in text.splitlines():
+                if not line.startswith(name + "{") and not line.startswith(name + " "):
+                    continue
+                if labels is None or all('%s="%s"' % kv in line for kv in labels.items()):
+                    return float(line.split()[-1])
+            self.fail("%s%s is not in /metrics" % (name, labels or ""))
+
+        model = {"model_name": MODEL}
+        self.assertEqual(sample(after, "vllm:generation_tokens_total", model) - sample(before, "vllm:generation_tokens_total", model), 5)
+        self.assertEqual(sample(after, "vllm:prompt_tokens_total", model), sample(after, "moe_prompt_tokens_total"))
+        for vllm, ours in (("vllm:num_requests_running", "moe_num_requests_running"),
+                           ("vllm:num_requests_waiting", "moe_num_requests_waiting"),
+                           ("vllm:kv_cache_usage_perc", "moe_kv_cache_usage_ratio")):
+            self.assertEqual(sample(after, vllm, model), sample(after, ours), vllm)
+        length = sample(after, "vllm:request_success_total", dict(model, finished_reason="length"))
+        self.assertEqual(length, sample(after, "moe_request_success_total", {"finish_reason": "length"}))
+        self.assertEqual(sample(after, "vllm:e2e_request_latency_seconds_count", model),
+                         sample(after, "moe_e2e_request_latency_seconds_count"))
+        self.assertIn("# TYPE vllm:time_to_first_token_seconds histogram", after)
         with own_front(self, self.cluster.address) as (port, _, _):  # no --metrics-url: 404 naming it
             status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
             self.assertEqual(status, 404, err)

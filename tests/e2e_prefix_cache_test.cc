@@ -128,6 +128,9 @@ TEST(E2ePrefixCache, ATurnAndItsContinuationAreServedFromOneRanksCacheWithTransf
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_EQ(MetricSum(*metrics, "moe_prefix_cache_queried_tokens"), ranks[0].queried);
   EXPECT_EQ(MetricSum(*metrics, "moe_prefix_cache_hit_tokens"), ranks[0].hits);
+  // And under vLLM's names (counters that follow the ranks' totals).
+  EXPECT_EQ(MetricSum(*metrics, "vllm:prefix_cache_queries_total"), ranks[0].queried);
+  EXPECT_EQ(MetricSum(*metrics, "vllm:prefix_cache_hits_total"), ranks[0].hits);
 
   const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
   EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
@@ -213,6 +216,7 @@ TEST(E2eKvPreemption, StreamsThatOutgrowTheCacheArePreemptedAndStillGetTransform
   absl::StatusOr<std::string> metrics = HttpGet(cluster.ports().metrics_port, "/metrics", Seconds(10));
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_EQ(MetricSum(*metrics, "moe_num_preemptions"), static_cast<double>(preemptions));
+  EXPECT_EQ(MetricSum(*metrics, "vllm:num_preemptions_total"), static_cast<double>(preemptions));
 
   const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
   EXPECT_EQ(st.coordinator, 0) << cluster.LogTail();
