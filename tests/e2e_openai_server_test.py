@@ -1925,6 +1925,23 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         status, health = self.call("/")
         self.assertEqual(status, 200, health)
 
+        # best_of: that many sampled (seeds s, s + 1, ...: each the gRPC API's sampling with its seed), the
+        # highest mean token logprob answered, the others in best_of_sequences.
+        status, body = self.call("/generate", {"inputs": "ROMEO:", "parameters": {
+            "best_of": 3, "do_sample": True, "max_new_tokens": 6, "details": True}})
+        self.assertEqual(status, 200, body)
+        seqs = [dict(body["details"], generated_text=body["generated_text"])] + body["details"]["best_of_sequences"]
+        self.assertEqual(len(seqs), 3)
+        seeds = sorted(q["seed"] for q in seqs)
+        self.assertEqual(seeds, list(range(seeds[0], seeds[0] + 3)))
+        means = []
+        for q in seqs:
+            want = self.grpc.generate_full("ROMEO:", max_tokens=6, temperature=1.0, seed=q["seed"], logprobs=0)
+            self.assertEqual(q["generated_text"], want.text)
+            self.assertEqual([t["id"] for t in q["tokens"]], list(want.token_ids))
+            means.append(sum(t["logprob"] for t in q["tokens"]) / len(q["tokens"]))
+        self.assertEqual(means[0], max(means), "the answer is the most probable per token")
+
         # A stop sequence stays in TGI's text; a regex grammar constrains it.
         full = s["greedy_text"][len("ROMEO:"):]
         stop = full[5:9]
@@ -1941,7 +1958,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         for params, message in (({"temperature": 0}, "`temperature` must be strictly positive"),
                                 ({"top_p": 1.0}, "`top_p` must be > 0.0 and < 1.0"),
                                 ({"max_new_tokens": 0}, "`max_new_tokens` must be strictly positive"),
-                                ({"best_of": 2, "do_sample": True}, "`best_of`"),
+                                ({"best_of": 2}, "you must use sampling when `best_of` is > 1"),
                                 ({"typical_p": 0.5}, "`typical_p`")):
             status, err = self.call("/generate", {"inputs": "ROMEO:", "parameters": params})
             self.assertEqual(status, 422, err)

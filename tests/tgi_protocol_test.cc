@@ -113,7 +113,10 @@ TEST(TgiProtocolTest, ValidationErrorsAre422WithTgisMessages) {
            {R"({"inputs": "x", "parameters": {"max_new_tokens": 0}})", "`max_new_tokens` must be strictly positive"},
            {R"({"inputs": "x", "parameters": {"top_n_tokens": 6}})", "`top_n_tokens` must be >= 0 and <= 5. Given: 6"},
            {R"({"inputs": "x", "parameters": {"truncate": 0}})", "`truncate` must be strictly positive"},
-           {R"({"inputs": "x", "parameters": {"best_of": 2, "do_sample": true}})", "`best_of`"},
+           {R"({"inputs": "x", "parameters": {"best_of": 2}})", "you must use sampling when `best_of` is > 1"},
+           {R"({"inputs": "x", "parameters": {"best_of": 2, "do_sample": true, "seed": 1}})",
+            "`seed` must not be set when `best_of` > 1"},
+           {R"({"inputs": "x", "parameters": {"best_of": 9, "do_sample": true}})", "`best_of` must be > 0 and <= 8. Given: 9"},
            {R"({"inputs": "x", "parameters": {"watermark": true}})", "`watermark`"},
            {R"({"inputs": "x", "parameters": {"adapter_id": "lora"}})", "`adapter_id`"},
            {R"({"inputs": "x", "parameters": {"stop": "\n"}})", "`stop`"},
@@ -127,6 +130,11 @@ TEST(TgiProtocolTest, ValidationErrorsAre422WithTgisMessages) {
     EXPECT_EQ(e.error.rfind("Input validation error: ", 0), 0u) << e.error;
     EXPECT_NE(e.error.find(c.message), std::string::npos) << c.body << " -> " << e.error;
   }
+  EXPECT_NE(Err(R"({"inputs": "x", "parameters": {"best_of": 2, "do_sample": true}})", TgiRoute::kGenerateStream)
+                .error.find("`best_of` != 1 is not supported when streaming tokens"),
+            std::string::npos);
+  EXPECT_EQ(Ok({{"inputs", "x"}, {"parameters", {{"best_of", 3}, {"temperature", 0.5}}}}).best_of, 3u);
+  EXPECT_EQ(Ok({{"inputs", "x"}}).best_of, 1u);
   const TgiError streamed = Err(R"({"inputs": "x", "parameters": {"decoder_input_details": true}})", TgiRoute::kGenerateStream);
   EXPECT_NE(streamed.error.find("`decoder_input_details` == true is not supported when streaming tokens"), std::string::npos);
   EXPECT_EQ(Err("{not json").status, 400);

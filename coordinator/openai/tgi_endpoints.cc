@@ -116,8 +116,9 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
   std::optional<uint64_t> seed = call.seed;
   if (call.sampling && !seed) seed = RandomSeed();  // TGI's: reported in details
   if (seed) s.set_seed(*seed);
-  // Every streamed token carries its logprob, and so do the details' tokens.
-  if (call.stream || call.details || call.top_n_tokens > 0) s.set_logprobs(call.top_n_tokens);
+  // Every streamed token carries its logprob, and so do the details' tokens; best_of ranks by them.
+  if (call.stream || call.details || call.top_n_tokens > 0 || call.best_of > 1) s.set_logprobs(call.top_n_tokens);
+  if (call.best_of > 1) s.set_n(call.best_of);
   if (call.decoder_input_details) {
     s.set_prompt_logprobs(0);
     request.set_return_prompt_token_ids(true);
@@ -127,12 +128,6 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
   const CallScope scope(*this, ctx);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&ctx, request);
   const std::string prefix = call.return_full_text ? call.inputs : std::string();
-  std::string text;
-  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-  uint32_t generated = 0;
-  json tokens = json::array(), top_tokens = json::array(), prefill = json::array();
-  std::vector<int32_t> prompt_ids;
-  std::vector<v1::TokenLogprob> prompt_logprobs;
   v1::GenerateResponse msg;
 
   if (call.stream) {
@@ -151,7 +146,9 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
         ctx.TryCancel();
       }
     };
-    uint32_t input_length = 0;
+    std::string text;
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+    uint32_t generated = 0, input_length = 0;
     while (!client_gone && reader->Read(&msg)) {
       text += msg.text();
       generated += static_cast<uint32_t>(msg.token_ids_size());
@@ -185,36 +182,73 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
     return 200;
   }
 
+  // Whole: each of the best_of sequences (one unless asked) gathered by its index.
+  json prefill = json::array();
+  std::vector<int32_t> prompt_ids;
+  std::vector<v1::TokenLogprob> prompt_logprobs;
+  struct Sequence {
+    std::string text;
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+    uint32_t generated = 0;
+    double logprob_sum = 0;
+    json tokens = json::array(), top_tokens = json::array();
+  };
+  std::vector<Sequence> sequences(call.best_of);
   while (reader->Read(&msg)) {
-    text += msg.text();
-    generated += static_cast<uint32_t>(msg.token_ids_size());
+    if (msg.index() >= sequences.size()) continue;
+    Sequence& q = sequences[msg.index()];
+    q.text += msg.text();
+    q.generated += static_cast<uint32_t>(msg.token_ids_size());
     if (msg.prompt_token_ids_size() > 0) prompt_ids.assign(msg.prompt_token_ids().begin(), msg.prompt_token_ids().end());
     prompt_logprobs.insert(prompt_logprobs.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
     for (const v1::TokenLogprob& t : msg.logprobs()) {
-      tokens.push_back(TgiToken(t));
-      if (call.top_n_tokens > 0) top_tokens.push_back(TgiTopTokens(t));
+      q.logprob_sum += t.logprob();
+      q.tokens.push_back(TgiToken(t));
+      if (call.top_n_tokens > 0) q.top_tokens.push_back(TgiTopTokens(t));
     }
-    if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) finish = msg.finish_reason();
+    if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) q.finish = msg.finish_reason();
   }
   const grpc::Status st = reader->Finish();
   if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
-  json answer = {{"generated_text", prefix + text}};
-  if (call.details) {
-    if (call.decoder_input_details && !prompt_ids.empty()) {
-      // The first input token has no logprob (TGI's NaN, written null); the others' come with their texts.
-      prefill.push_back({{"id", prompt_ids[0]}, {"text", TokenText(prompt_ids[0])}, {"logprob", nullptr}});
-      for (const v1::TokenLogprob& t : prompt_logprobs) {
-        json token = TgiToken(t);
-        token.erase("special");
-        prefill.push_back(std::move(token));
-      }
+  // TGI's best of several: the highest mean logprob of its generated tokens (the first on a tie).
+  size_t best = 0;
+  for (size_t i = 1; i < sequences.size(); ++i) {
+    const auto mean = [](const Sequence& q) { return q.generated > 0 ? q.logprob_sum / q.generated : -1e300; };
+    if (mean(sequences[i]) > mean(sequences[best])) best = i;
+  }
+  if (call.decoder_input_details && !prompt_ids.empty()) {
+    // The first input token has no logprob (TGI's NaN, written null); the others' come with their texts.
+    prefill.push_back({{"id", prompt_ids[0]}, {"text", TokenText(prompt_ids[0])}, {"logprob", nullptr}});
+    for (const v1::TokenLogprob& t : prompt_logprobs) {
+      json token = TgiToken(t);
+      token.erase("special");
+      prefill.push_back(std::move(token));
     }
-    answer["details"] = {{"finish_reason", TgiFinishReason(finish)},
-                         {"generated_tokens", generated},
-                         {"seed", call.sampling ? json(*seed) : json(nullptr)},
-                         {"prefill", prefill},
-                         {"tokens", tokens}};
-    if (call.top_n_tokens > 0) answer["details"]["top_tokens"] = top_tokens;
+  }
+  // Sequence i sampled with seed + i (Generate's n completions).
+  const auto details = [&](size_t i) {
+    const Sequence& q = sequences[i];
+    json d = {{"finish_reason", TgiFinishReason(q.finish)},
+              {"generated_tokens", q.generated},
+              {"seed", call.sampling ? json(*seed + i) : json(nullptr)},
+              {"prefill", prefill},
+              {"tokens", q.tokens}};
+    if (call.top_n_tokens > 0) d["top_tokens"] = q.top_tokens;
+    return d;
+  };
+  json answer = {{"generated_text", prefix + sequences[best].text}};
+  if (call.details) {
+    answer["details"] = details(best);
+    if (sequences.size() > 1) {
+      json others = json::array();
+      for (size_t i = 0; i < sequences.size(); ++i) {
+        if (i == best) continue;
+        json other = details(i);
+        other["generated_text"] = prefix + sequences[i].text;
+        others.push_back(std::move(other));
+      }
+      answer["details"]["best_of_sequences"] = std::move(others);
+    }
   }
   SendJson(conn, 200, route == TgiRoute::kCompat ? json::array({answer}) : answer);
   return 200;
@@ -230,7 +264,7 @@ int OpenAiServer::HandleTgiInfo(mg_connection* conn, void* self) {
             {"model_device_type", s->model_device_type_},
             {"model_pipeline_tag", "text-generation"},
             {"max_concurrent_requests", s->max_concurrent_requests_},
-            {"max_best_of", 1},
+            {"max_best_of", kTgiMaxBestOf},
             {"max_stop_sequences", kTgiMaxStopSequences},
             {"max_input_tokens", s->max_model_len_ - 1},
             {"max_input_length", s->max_model_len_ - 1},

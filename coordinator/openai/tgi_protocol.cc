@@ -123,7 +123,8 @@ std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, Tg
     if (e) return *e;
   }
   // In TGI's order of checks.
-  if (best_of && *best_of > 1) return TgiValidationError("`best_of` > 1 is not served (one sequence per request)");
+  const bool sampling_asked = do_sample || temperature || top_k || top_p || typical_p;
+  if (best_of && *best_of > 1 && !sampling_asked) return TgiValidationError("you must use sampling when `best_of` is > 1");
   if (temperature && *temperature <= 0) return TgiValidationError("`temperature` must be strictly positive");
   if (repetition && *repetition <= 0) return TgiValidationError("`repetition_penalty` must be strictly positive");
   if (frequency && (*frequency < -2 || *frequency > 2)) {
@@ -152,6 +153,7 @@ std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, Tg
     }
   }
   if (seed && *seed < 0) return TgiValidationError("`seed` must be a non-negative integer");
+  if (seed && best_of && *best_of > 1) return TgiValidationError("`seed` must not be set when `best_of` > 1");
   if (top_n_tokens && (*top_n_tokens < 0 || *top_n_tokens > kTgiMaxTopNTokens)) {
     return TgiValidationError("`top_n_tokens` must be >= 0 and <= " + std::to_string(kTgiMaxTopNTokens) +
                               ". Given: " + std::to_string(*top_n_tokens));
@@ -159,6 +161,14 @@ std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, Tg
   if (truncate && *truncate <= 0) return TgiValidationError("`truncate` must be strictly positive");
   if (watermark) return TgiValidationError("`watermark` is not served");
   if (Given(p, "adapter_id")) return TgiValidationError("`adapter_id`: adapters are not served");
+  if (best_of && (*best_of < 1 || *best_of > kTgiMaxBestOf)) {
+    return TgiValidationError("`best_of` must be > 0 and <= " + std::to_string(kTgiMaxBestOf) +
+                              ". Given: " + std::to_string(*best_of));
+  }
+  if (best_of && *best_of != 1 && call.stream) {
+    return TgiValidationError("`best_of` != 1 is not supported when streaming tokens");
+  }
+  if (best_of) call.best_of = static_cast<uint32_t>(*best_of);
   if (call.stream && call.decoder_input_details) {
     return TgiValidationError("`decoder_input_details` == true is not supported when streaming tokens");
   }

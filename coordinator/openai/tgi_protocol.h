@@ -8,8 +8,9 @@
 // max_new_tokens defaults to 100, an explicit null to what the context leaves; temperature must be
 // > 0, top_p and typical_p in (0, 1), top_k > 0, repetition_penalty > 0, frequency_penalty in
 // [-2, 2]; the stop sequence stays in the text; details.seed is the seed sampled with (null when
-// greedy). Refused (422, naming the field) where TGI would do what this server does not: best_of >
-// 1, watermark, typical_p (no typical sampling here), adapter_id.
+// greedy); best_of samples several and answers the most probable per token. Refused (422, naming
+// the field) where TGI would do what this server does not: watermark, typical_p (no typical
+// sampling here), adapter_id.
 #pragma once
 
 #include <cstdint>
@@ -55,7 +56,13 @@ struct TgiCall {
   bool sampling = false;                // TGI's effective do_sample
   std::optional<uint64_t> seed;         // given; when sampling without one the server draws one
   bool max_new_tokens_to_context = false;  // max_new_tokens: null, so what the context leaves
+  // best_of: this many sequences sampled (seeds seed, seed + 1, ...), the one of the highest mean
+  // token logprob answered, the others in details.best_of_sequences.
+  uint32_t best_of = 1;
 };
+
+// The most sequences best_of may ask for (TGI's --max-best-of; its default is 2).
+inline constexpr uint32_t kTgiMaxBestOf = 8;
 
 // The most top_n_tokens TGI serves by default (its launcher's --max-top-n-tokens).
 inline constexpr uint32_t kTgiMaxTopNTokens = 5;
