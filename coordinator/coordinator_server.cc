@@ -82,7 +82,9 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   }
   s->request_model_ = std::make_unique<RequestModel>(
       RequestModel{s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling});
-  std::string model_name = options.model_dir;  // vLLM's model_name label: the folder's name, as the HTTP front names it
+  // vLLM's model_name label: the folder's name (the HTTP front's default name for the model; a
+  // --served-model-name given to the front alone does not reach it).
+  std::string model_name = options.model_dir;
   while (model_name.size() > 1 && model_name.back() == '/') model_name.pop_back();
   s->stats_ = std::make_unique<ServingStats>(model_name.substr(model_name.find_last_of('/') + 1));
 

@@ -1031,6 +1031,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(done["status"], fore["status"])
         self.assertEqual(done["output"][0]["content"][0]["text"], fore["output"][0]["content"][0]["text"])
         self.assertEqual(done["usage"], fore["usage"])
+        # Cancelling one that has ended answers it unchanged.
+        status, again = self.call("/v1/responses/%s/cancel" % back["id"], {})
+        self.assertEqual((status, again), (200, done))
         # It carries a conversation on, as a foreground one does.
         status, nxt = self.call("/v1/responses", {"previous_response_id": back["id"], "input": "Again.", "max_output_tokens": 2})
         self.assertEqual(status, 200, nxt)
@@ -1129,6 +1132,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                     ids.append(r["id"])
                 kept = [self.call("/v1/responses/" + i, method="GET", base=base)[0] for i in ids]
                 self.assertEqual(kept, [404, 200, 200] if capacity == "2" else [404, 404, 404])
+                if capacity == "0":  # a background response could never be fetched: refused
+                    status, err = self.call("/v1/responses", {"input": "x", "background": True}, base=base)
+                    self.assertEqual((status, err["error"]["param"]), (400, "background"), err)
 
     def test_f1r4_invocations_answers_as_the_endpoint_its_body_is_for(self):
         """vLLM's /invocations (SageMaker): a body with messages is a chat completion, one with prompt a

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 namespace moe::openai {
@@ -15,7 +16,11 @@ bool IsEos(int32_t id, const std::vector<int32_t>& eos_ids) {
 void SortByScore(std::vector<Beam>& beams, const BeamSearchOptions& o) {
   std::vector<std::pair<double, size_t>> keys;
   keys.reserve(beams.size());
-  for (size_t i = 0; i < beams.size(); ++i) keys.emplace_back(BeamScore(beams[i], o.eos_ids, o.length_penalty), i);
+  for (size_t i = 0; i < beams.size(); ++i) {
+    const double score = BeamScore(beams[i], o.eos_ids, o.length_penalty);
+    // An extreme length_penalty can make 0 / 0: such a beam ranks last, and the order stays strict.
+    keys.emplace_back(std::isnan(score) ? -std::numeric_limits<double>::infinity() : score, i);
+  }
   std::stable_sort(keys.begin(), keys.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<Beam> sorted;
   sorted.reserve(beams.size());

@@ -319,12 +319,12 @@ std::optional<HttpError> CheckBeamSearch(const CompletionCall& call) {
                            "length_penalty, include_stop_str_in_output, skip_special_tokens and truncate_prompt_tokens are)");
   };
   if (call.stream) return refuse("stream");
-  if (call.echo) return refuse("echo");
+  if (call.echo || !call.chat_echo.empty()) return refuse("echo");
   if (call.logprobs) return refuse("logprobs");
   if (call.prompt_logprobs) return refuse("prompt_logprobs");
   if (call.tool_choice.kind != ToolChoice::Kind::kNone) return refuse("tool_choice");
-  if (call.n > kMaxBeamWidth) {
-    return BadParam("n", "with use_beam_search, the beam width: at most " + std::to_string(kMaxBeamWidth));
+  if (call.n < 1 || call.n > kMaxBeamWidth) {
+    return BadParam("n", "with use_beam_search, the beam width: from 1 to " + std::to_string(kMaxBeamWidth));
   }
   static const std::set<std::string> kServed = {"max_tokens", "temperature", "seed", "n", "ignore_eos",
                                                 "include_stop_str_in_output", "skip_special_tokens",

@@ -162,9 +162,6 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   s->eos_token_ = info.eos_token();
   s->eos_ids_.assign(info.eos_token_ids().begin(), info.eos_token_ids().end());
   s->max_concurrent_requests_ = opts.threads;
-  if (const json config = json::parse(info.config_json(), nullptr, false); config.is_object()) {
-    s->model_dtype_ = config.value("torch_dtype", "bfloat16");
-  }
   if (info.special_token_ids_size() > 0) {  // their pieces, which TGI's token texts show
     v1::DetokenizeRequest request;
     request.mutable_token_ids()->Assign(info.special_token_ids().begin(), info.special_token_ids().end());
@@ -186,6 +183,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
                      std::any_of(cluster.ranks().begin(), cluster.ranks().end(),
                                  [](const v1::RankInfo& r) { return !r.device().empty() && r.device() != "cpu"; });
     s->model_device_type_ = gpu ? "cuda" : "cpu";
+    s->model_dtype_ = gpu ? "bfloat16" : "float32";  // the weights as the ranks hold them (CPU ranks convert to float32)
   }
   if (!opts.chat_template_file.empty()) {  // the operator's template: unusable is a start-up error
     absl::StatusOr<std::string> text = ReadTextFile(opts.chat_template_file);
@@ -331,9 +329,10 @@ OpenAiServer::~OpenAiServer() {
     stopping_ = true;
     for (grpc::ClientContext* c : calls_) c->TryCancel();
     handlers_done_.wait_for(lock, std::chrono::seconds(10), [&] { return handlers_ == 0; });
-    // Background responses: their calls were cancelled with the rest; their threads end at once.
-    if (!background_done_.wait_for(lock, std::chrono::seconds(30), [&] { return background_running_ == 0; })) {
-      std::fprintf(stderr, "moe-openai-server: %d background responses did not end\n", background_running_);
+    // Background responses: their calls were cancelled with the rest, so their threads end at once;
+    // they use this server, so it waits for them however long that takes.
+    while (!background_done_.wait_for(lock, std::chrono::seconds(10), [&] { return background_running_ == 0; })) {
+      std::fprintf(stderr, "moe-openai-server: waiting for %d background responses to end\n", background_running_);
     }
   }
   if (ctx_ != nullptr) mg_stop(ctx_);
@@ -504,11 +503,16 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
   const HttpError missing{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
   if (!get) {
+    bool was_running = false;
     if (std::shared_ptr<BackgroundResponse> running = s->RunningBackgroundResponse(id)) {
-      running->deleted = true;  // its end stores nothing
+      std::unique_lock<std::mutex> lock(running->mu);
+      was_running = running->state == BackgroundResponse::State::kRunning;
+      running->state = BackgroundResponse::State::kDeleted;  // its end stores nothing
+      s->responses_store_->Erase(id);
+      lock.unlock();
       running->watch.Cancel();
     }
-    if (!s->responses_store_->Erase(id)) return SendError(conn, missing);
+    if (!s->responses_store_->Erase(id) && !was_running) return SendError(conn, missing);
     SendJson(conn, 200, {{"id", id}, {"object", "response"}, {"deleted", true}});
     return 200;
   }
@@ -691,46 +695,67 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
 
 int OpenAiServer::StartBackgroundResponse(mg_connection* conn, const ResponsesCall& responses, const ChatCall& chat,
                                           const nlohmann::ordered_json& history, int64_t created) {
+  if (responses_store_->capacity() == 0) {
+    return SendError(conn, BadParam("background", "needs stored responses: this server keeps none (--responses-store 0)"));
+  }
   const std::string id = "resp_" + responses.id;
-  const nlohmann::ordered_json queued = ResponseWithStatus(responses, model_name_, created, "queued");
   auto job = std::make_shared<BackgroundResponse>();
+  job->cancelled_response = ResponseWithStatus(responses, model_name_, created, "cancelled");
+  const nlohmann::ordered_json queued = ResponseWithStatus(responses, model_name_, created, "queued");
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
+    if (background_running_ >= max_concurrent_requests_) {  // each holds a thread, as a connection does
+      return SendError(conn, HttpError{429, "too many background responses running (" + std::to_string(background_running_) +
+                                                "; --threads bounds them): try again later",
+                                       "rate_limit_error", {}});
+    }
     background_[id] = job;
     ++background_running_;
   }
   responses_store_->Put(id, StoredResponse{queued, nullptr});  // no conversation until it has an answer
-  const auto finished = [this, id] {
-    std::lock_guard<std::mutex> lock(mu_);
-    background_.erase(id);
-    --background_running_;
-    background_done_.notify_all();
+  // Ends the job's registration whichever way its thread ends.
+  struct Finished {
+    OpenAiServer* s;
+    std::string id;
+    ~Finished() {
+      std::lock_guard<std::mutex> lock(s->mu_);
+      s->background_.erase(id);
+      --s->background_running_;
+      s->background_done_.notify_all();
+    }
   };
   try {
     // Detached: the server's destructor cancels its calls and waits for background_running_ to reach 0.
-    std::thread([this, job, id, responses, chat, history, created, finished] {
+    std::thread([this, job, id, responses, chat, history, created] {
+      const Finished finished{this, id};
       const ClientWatch::Current current(&job->watch);  // the job's gRPC calls, which its cancel ends
-      const auto store = [&](const nlohmann::ordered_json& response, nlohmann::ordered_json conversation) {
-        if (!job->deleted) responses_store_->Put(id, StoredResponse{response, std::move(conversation)});
+      // What the thread stores, unless a cancel or DELETE has decided the response's state first.
+      const auto store = [&](const nlohmann::ordered_json& response, nlohmann::ordered_json conversation, bool last) {
+        std::lock_guard<std::mutex> lock(job->mu);
+        if (job->state != BackgroundResponse::State::kRunning) return;
+        if (last) job->state = BackgroundResponse::State::kDone;
+        responses_store_->Put(id, StoredResponse{response, std::move(conversation)});
       };
-      if (!job->watch.cancelled()) store(ResponseWithStatus(responses, model_name_, created, "in_progress"), nullptr);
-      const CompletionCall& call = chat.completion;
-      std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
-      if (job->watch.cancelled()) {
-        store(ResponseWithStatus(responses, model_name_, created, "cancelled"), nullptr);
-      } else if (const HttpError* e = std::get_if<HttpError>(&answer)) {
-        const HttpError error = ResponsesError(*e);
-        store(ResponseWithStatus(responses, model_name_, created, "failed", &error), nullptr);
-      } else {
-        const nlohmann::ordered_json response =
-            ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created);
-        store(response, ConversationAfter(responses, history, response));
+      try {
+        store(ResponseWithStatus(responses, model_name_, created, "in_progress"), nullptr, false);
+        const CompletionCall& call = chat.completion;
+        std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
+        if (const HttpError* e = std::get_if<HttpError>(&answer)) {
+          const HttpError error = ResponsesError(*e);
+          store(ResponseWithStatus(responses, model_name_, created, "failed", &error), nullptr, true);
+        } else {
+          const nlohmann::ordered_json response =
+              ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created);
+          store(response, ConversationAfter(responses, history, response), true);
+        }
+      } catch (const std::exception& e) {  // as ServePost's: the response fails, not the server
+        const HttpError error{500, std::string("internal error: ") + e.what(), "server_error", {}};
+        store(ResponseWithStatus(responses, model_name_, created, "failed", &error), nullptr, true);
       }
-      finished();
     }).detach();
   } catch (const std::system_error& e) {
-    finished();
+    Finished{this, id};
     responses_store_->Erase(id);
     return SendError(conn, NoThread(e));
   }
@@ -748,7 +773,17 @@ std::shared_ptr<OpenAiServer::BackgroundResponse> OpenAiServer::RunningBackgroun
 // generation stops) and answered "cancelled"; one that has ended is answered as it is.
 int OpenAiServer::CancelBackgroundResponse(mg_connection* conn, const std::string& id) {
   const HandlerScope handler(*this);
-  std::shared_ptr<BackgroundResponse> running = RunningBackgroundResponse(id);
+  if (std::shared_ptr<BackgroundResponse> running = RunningBackgroundResponse(id)) {
+    std::unique_lock<std::mutex> lock(running->mu);
+    if (running->state == BackgroundResponse::State::kRunning) {
+      running->state = BackgroundResponse::State::kCancelled;
+      responses_store_->Put(id, StoredResponse{running->cancelled_response, nullptr});
+      lock.unlock();
+      running->watch.Cancel();
+      SendJsonText(conn, 200, running->cancelled_response.dump());
+      return 200;
+    }
+  }
   std::optional<StoredResponse> stored = responses_store_->Get(id);
   if (!stored) {
     return SendError(conn, HttpError{404, "Response with id '" + id + "' not found.", "invalid_request_error",
@@ -757,11 +792,6 @@ int OpenAiServer::CancelBackgroundResponse(mg_connection* conn, const std::strin
   if (stored->response.value("background", false) != true) {
     return SendError(conn, HttpError{400, "Cannot cancel a synchronous response.", "invalid_request_error",
                                      std::string("response_id")});
-  }
-  if (running != nullptr) {
-    running->watch.Cancel();
-    stored->response["status"] = "cancelled";
-    responses_store_->Put(id, StoredResponse{stored->response, nullptr});
   }
   SendJsonText(conn, 200, stored->response.dump());
   return 200;

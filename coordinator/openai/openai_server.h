@@ -7,7 +7,6 @@
 // and scheduled. The translation rules are in openai_protocol.h.
 #pragma once
 
-#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -146,11 +145,15 @@ class OpenAiServer {
   // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
   std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
                                                       int64_t created, Api api);
-  // OpenAI's background responses: the answer's thread, its cancel token and whether the response
-  // was deleted meanwhile (then its end stores nothing).
+  // OpenAI's background responses: the answer's cancel token, and under `mu` who decides what the
+  // store holds: the thread while running (its answer makes it kDone), else the cancel (the
+  // "cancelled" response) or the DELETE (nothing); the thread stores nothing after either.
   struct BackgroundResponse {
+    enum class State { kRunning, kDone, kCancelled, kDeleted };
     ClientWatch watch;
-    std::atomic<bool> deleted{false};
+    std::mutex mu;
+    State state = State::kRunning;
+    nlohmann::ordered_json cancelled_response;  // the response as a cancel leaves it
   };
   // background: true: stores the response "queued" and answers it; a thread of its own runs the
   // chat completion and stores "in_progress", then the answer ("failed", "cancelled").
@@ -223,7 +226,7 @@ class OpenAiServer {
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
   std::vector<int32_t> eos_ids_;  // the model's end-of-sequence ids (config.json), which end a beam
   std::unordered_map<int32_t, std::string> special_pieces_;  // the vocabulary's special tokens and their pieces
-  std::string model_dtype_;        // config.json's torch_dtype (TGI's /info)
+  std::string model_dtype_;        // the weights' type on the ranks (TGI's /info)
   std::string model_device_type_;  // "cuda" when the ranks run on GPUs, else "cpu" (TGI's /info)
   int max_concurrent_requests_ = 0;  // --threads
   std::unique_ptr<ResponseStore> responses_store_;

@@ -103,7 +103,7 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
   std::vector<int32_t> input_ids;  // the inputs' tokens, when the answer needs them
   if (call.max_new_tokens_to_context) {  // max_new_tokens: null, what the context leaves after the inputs
     std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(call.inputs, /*add_special_tokens=*/true);
-    if (const HttpError* e = std::get_if<HttpError>(&ids)) return refuse(TgiError{e->status, e->message, "validation"});
+    if (const HttpError* e = std::get_if<HttpError>(&ids)) return refuse(TgiErrorFromHttp(e->status, e->message));
     size_t n = std::get<std::vector<int32_t>>(ids).size();
     if (s.has_truncate_prompt_tokens()) n = std::min<size_t>(n, s.truncate_prompt_tokens());
     const int64_t room = max_model_len_ - static_cast<int64_t>(n);

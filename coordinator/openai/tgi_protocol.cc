@@ -89,6 +89,13 @@ TgiError TgiErrorFromGrpc(int grpc_code, const std::string& message) {
   }
 }
 
+TgiError TgiErrorFromHttp(int status, const std::string& message) {
+  if (status == 400 || status == 404 || status == 422) return TgiValidationError(message);
+  if (status == 429) return TgiError{429, "Model is overloaded: " + message, "overloaded"};
+  if (status == 401) return TgiError{401, message, "authentication"};
+  return TgiError{424, "Request failed during generation: " + message, "generation"};
+}
+
 std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, TgiRoute route) {
   const json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded() || !body.is_object()) {
