@@ -998,7 +998,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         # Refusals name the Responses API's field.
         for body, param, code in (({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", 400),
                                   ({"input": "x", "previous_response_id": "resp_none"}, "previous_response_id", 404),
-                                  ({"input": "x", "background": True}, "background", 400),
+                                  ({"input": "x", "background": True, "stream": True}, "background", 400),
                                   ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", 400),
                                   ({"input": "x", "model": "other"}, "model", 404),
                                   ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type", 400),
