@@ -12,6 +12,7 @@
 #include <prometheus/exposer.h>
 
 #include "common/json_util.h"
+#include "common/model_name.h"
 
 namespace moe {
 namespace {
@@ -84,9 +85,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
       RequestModel{s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling});
   // vLLM's model_name label: the folder's name (the HTTP front's default name for the model; a
   // --served-model-name given to the front alone does not reach it).
-  std::string model_name = options.model_dir;
-  while (model_name.size() > 1 && model_name.back() == '/') model_name.pop_back();
-  s->stats_ = std::make_unique<ServingStats>(model_name.substr(model_name.find_last_of('/') + 1));
+  s->stats_ = std::make_unique<ServingStats>(ModelNameOfDir(options.model_dir));
 
   ClusterSetup setup{options.model_dir, s->config_, std::move(plan),
                      options.limits,

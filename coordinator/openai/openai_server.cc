@@ -6,7 +6,9 @@
 #include <cstdio>
 #include <ctime>
 #include <deque>
+#include <functional>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -25,6 +27,7 @@
 #include "common/big_stack_thread.h"
 #include "common/secret_token.h"
 #include "common/json_util.h"
+#include "common/model_name.h"
 #include "common/status.h"
 #include "coordinator/openai/http_io.h"
 #include "coordinator/openai/openai_protocol.h"
@@ -97,6 +100,31 @@ HttpError NoThread(const std::system_error& e) {
                    "server_error", {}};
 }
 
+// Runs work(0) .. work(n - 1) at once, each on a thread of its own (one alone on the calling thread)
+// that carries the request's ClientWatch, so their gRPC calls end with the client; returns once all
+// have. Should a thread not start, the ones started finish first and the answer is that error.
+std::optional<HttpError> RunEach(size_t n, const std::function<void(size_t)>& work) {
+  if (n == 1) {
+    work(0);
+    return std::nullopt;
+  }
+  ThreadGroup threads;
+  ClientWatch* watch = ClientWatch::current();
+  try {
+    for (size_t i = 0; i < n; ++i) {
+      threads.Start([&work, i, watch] {
+        const ClientWatch::Current current(watch);
+        work(i);
+      });
+    }
+  } catch (const std::system_error& e) {  // the group joins the ones started
+    threads.Join();
+    return NoThread(e);
+  }
+  threads.Join();
+  return std::nullopt;
+}
+
 // An answer's id where no Generate call gave one (echo with max_tokens 0): the request's own
 // request_id when it gave one, else 24 random hex digits.
 std::string LocalRequestId(const CompletionCall& call) {
@@ -142,13 +170,9 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   v1::ModelInfo info;
   const grpc::Status got = s->stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
   if (!got.ok()) return absl::UnavailableError(absl::StrCat("GetModelInfo from ", opts.coordinator, ": ", got.error_message()));
-  s->model_name_ = opts.model_names.empty() ? std::string() : opts.model_names.front();
-  if (s->model_name_.empty()) {
-    std::string dir = info.model_dir();
-    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-    s->model_name_ = dir.substr(dir.find_last_of('/') + 1);
-  }
-  s->served_ = ServedModel(opts.model_names.empty() ? std::vector<std::string>{s->model_name_} : opts.model_names);
+  s->served_ = ServedModel(opts.model_names.empty() ? std::vector<std::string>{ModelNameOfDir(info.model_dir())}
+                                                    : opts.model_names);
+  s->model_name_ = s->served_.name();
   s->max_model_len_ = info.max_context();
   s->created_ = UnixNow();
   s->api_keys_ = opts.api_keys;
@@ -174,16 +198,6 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
     for (int i = 0; i < pieces.pieces_size() && i < info.special_token_ids_size(); ++i) {
       s->special_pieces_[info.special_token_ids(i)] = pieces.pieces(i);
     }
-  }
-  {
-    v1::ClusterInfo cluster;
-    grpc::ClientContext cctx;
-    cctx.set_deadline(deadline);
-    const bool gpu = s->stub_->GetClusterInfo(&cctx, v1::GetClusterInfoRequest(), &cluster).ok() &&
-                     std::any_of(cluster.ranks().begin(), cluster.ranks().end(),
-                                 [](const v1::RankInfo& r) { return !r.device().empty() && r.device() != "cpu"; });
-    s->model_device_type_ = gpu ? "cuda" : "cpu";
-    s->model_dtype_ = gpu ? "bfloat16" : "float32";  // the weights as the ranks hold them (CPU ranks convert to float32)
   }
   if (!opts.chat_template_file.empty()) {  // the operator's template: unusable is a start-up error
     absl::StatusOr<std::string> text = ReadTextFile(opts.chat_template_file);
@@ -503,13 +517,13 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
   const HttpError missing{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
   if (!get) {
-    bool was_running = false;
+    bool was_running = false;  // then it is deleted even if the store dropped it meanwhile
     if (std::shared_ptr<BackgroundResponse> running = s->RunningBackgroundResponse(id)) {
-      std::unique_lock<std::mutex> lock(running->mu);
-      was_running = running->state == BackgroundResponse::State::kRunning;
-      running->state = BackgroundResponse::State::kDeleted;  // its end stores nothing
-      s->responses_store_->Erase(id);
-      lock.unlock();
+      {
+        std::lock_guard<std::mutex> lock(running->mu);
+        was_running = running->state == BackgroundResponse::State::kRunning;
+        running->state = BackgroundResponse::State::kDeleted;  // its thread stores nothing after this
+      }
       running->watch.Cancel();
     }
     if (!s->responses_store_->Erase(id) && !was_running) return SendError(conn, missing);
@@ -552,23 +566,10 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
   // Whole answers, the prompts of a batch at once (each its own gRPC call, so the cluster batches
   // them as it batches separate requests); the first error, in prompt order, is the answer.
   std::vector<std::variant<nlohmann::json, HttpError>> answers(call.prompts.size());
-  if (call.prompts.size() == 1) {
-    answers[0] = WholeAnswer(call, call.prompts[0], created, Api::kCompletions);
-  } else {
-    ThreadGroup threads;
-    ClientWatch* watch = ClientWatch::current();
-    try {
-      for (size_t i = 0; i < call.prompts.size(); ++i) {
-        threads.Start([&, i, watch] {
-          const ClientWatch::Current current(watch);
-          answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions);
-        });
-      }
-    } catch (const std::system_error& e) {  // the answers already started finish first (the group joins them)
-      threads.Join();
-      return SendError(conn, NoThread(e));
-    }
-    threads.Join();
+  if (std::optional<HttpError> e = RunEach(call.prompts.size(), [&](size_t i) {
+        answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions);
+      })) {
+    return SendError(conn, *e);
   }
   std::vector<nlohmann::json> whole;
   for (auto& a : answers) {
@@ -804,6 +805,20 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const std::
   return TokenIds(request);
 }
 
+std::variant<std::vector<int32_t>, HttpError> OpenAiServer::PromptIds(const v1::Prompt& prompt,
+                                                                   const v1::SamplingParams& sampling) {
+  std::vector<int32_t> ids(prompt.token_ids().ids().begin(), prompt.token_ids().ids().end());
+  if (!prompt.has_token_ids()) {
+    std::variant<std::vector<int32_t>, HttpError> got = TokenIds(prompt.text(), /*add_special_tokens=*/true);
+    if (HttpError* e = std::get_if<HttpError>(&got)) return *e;
+    ids = std::move(std::get<std::vector<int32_t>>(got));
+  }
+  if (sampling.has_truncate_prompt_tokens() && ids.size() > sampling.truncate_prompt_tokens()) {
+    ids.erase(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(sampling.truncate_prompt_tokens()));
+  }
+  return ids;
+}
+
 std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const v1::TokenizeRequest& request) {
   v1::TokenizeResponse ids;
   grpc::ClientContext ctx;
@@ -880,19 +895,15 @@ int OpenAiServer::Detokenize(mg_connection* conn, const std::string& body) {
 std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const CompletionCall& call,
                                                                 const std::vector<v1::Prompt>& prompts_in) {
   // truncate_prompt_tokens: the echo is the prompt the model reads, its last this many tokens (as vLLM
-  // echoes it), so text prompts are tokenised here (as the coordinator tokenises them) and cut.
+  // echoes it).
   std::vector<v1::Prompt> prompts = prompts_in;
   const v1::SamplingParams& sampling = call.request.sampling();
   if (sampling.has_truncate_prompt_tokens()) {
     for (v1::Prompt& p : prompts) {
-      std::vector<int32_t> ids(p.token_ids().ids().begin(), p.token_ids().ids().end());
-      if (!p.has_token_ids()) {
-        std::variant<std::vector<int32_t>, HttpError> got = TokenIds(p.text(), /*add_special_tokens=*/true);
-        if (HttpError* e = std::get_if<HttpError>(&got)) return *e;
-        ids = std::move(std::get<std::vector<int32_t>>(got));
-      }
-      const size_t keep = std::min<size_t>(ids.size(), sampling.truncate_prompt_tokens());
-      p.mutable_token_ids()->mutable_ids()->Assign(ids.end() - static_cast<std::ptrdiff_t>(keep), ids.end());
+      std::variant<std::vector<int32_t>, HttpError> ids = PromptIds(p, sampling);
+      if (HttpError* e = std::get_if<HttpError>(&ids)) return *e;
+      const std::vector<int32_t>& read = std::get<std::vector<int32_t>>(ids);
+      p.mutable_token_ids()->mutable_ids()->Assign(read.begin(), read.end());
     }
   }
   v1::ScoreRollingRequest score;
@@ -1269,24 +1280,7 @@ std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> OpenAiServer::B
     if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
     return out;
   };
-  if (prefixes.size() == 1) {
-    got[0] = candidates(0);
-  } else {
-    ThreadGroup threads;
-    ClientWatch* watch = ClientWatch::current();
-    try {
-      for (size_t i = 0; i < prefixes.size(); ++i) {
-        threads.Start([&, i, watch] {
-          const ClientWatch::Current current(watch);
-          got[i] = candidates(i);
-        });
-      }
-    } catch (const std::system_error& e) {  // the calls already started finish first (the group joins them)
-      threads.Join();
-      return NoThread(e);
-    }
-    threads.Join();
-  }
+  if (std::optional<HttpError> e = RunEach(prefixes.size(), [&](size_t i) { got[i] = candidates(i); })) return *e;
   std::vector<std::vector<BeamCandidate>> lists;
   for (auto& g : got) {
     if (HttpError* e = std::get_if<HttpError>(&g)) return *e;
@@ -1298,15 +1292,9 @@ std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> OpenAiServer::B
 std::variant<nlohmann::json, HttpError> OpenAiServer::BeamSearchAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
                                                                        int64_t created, Api api) {
   const v1::SamplingParams& asked = call.request.sampling();
-  std::vector<int32_t> prompt(prompt_in.token_ids().ids().begin(), prompt_in.token_ids().ids().end());
-  if (!prompt_in.has_token_ids()) {
-    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(prompt_in.text(), call.add_special_tokens);
-    if (HttpError* e = std::get_if<HttpError>(&ids)) return *e;
-    prompt = std::move(std::get<std::vector<int32_t>>(ids));
-  }
-  if (asked.has_truncate_prompt_tokens() && prompt.size() > asked.truncate_prompt_tokens()) {
-    prompt.erase(prompt.begin(), prompt.end() - asked.truncate_prompt_tokens());
-  }
+  std::variant<std::vector<int32_t>, HttpError> ids = PromptIds(prompt_in, asked);
+  if (HttpError* e = std::get_if<HttpError>(&ids)) return *e;
+  const std::vector<int32_t> prompt = std::move(std::get<std::vector<int32_t>>(ids));
   if (static_cast<int64_t>(prompt.size()) + call.max_tokens > max_model_len_) {
     return BadParam("max_tokens", absl::StrCat("the prompt's ", prompt.size(), " tokens and max_tokens ", call.max_tokens,
                                                " exceed the model's context of ", max_model_len_, " tokens"));

@@ -134,6 +134,10 @@ class OpenAiServer {
   // tokenizer config's add_bos_token says), or with add_special_tokens false without BOS.
   std::variant<std::vector<int32_t>, HttpError> TokenIds(const std::string& text, bool add_special_tokens);
   std::variant<std::vector<int32_t>, HttpError> TokenIds(const v1::TokenizeRequest& request);
+  // The ids the model reads for `prompt`: a text tokenised as the coordinator tokenises a text prompt
+  // (BOS per the tokenizer config; add_special_tokens false already sends ids), then the last
+  // truncate_prompt_tokens of them when `sampling` asks.
+  std::variant<std::vector<int32_t>, HttpError> PromptIds(const v1::Prompt& prompt, const v1::SamplingParams& sampling);
   // echo: each prompt's Echo, from one ScoreRolling call, or the HTTP error.
   std::variant<std::vector<Echo>, HttpError> Echoes(const CompletionCall& call, const std::vector<v1::Prompt>& prompts);
   // A streamed echo with max_tokens 0: each choice's prompt in one chunk, the usage when asked, [DONE].
@@ -226,8 +230,6 @@ class OpenAiServer {
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
   std::vector<int32_t> eos_ids_;  // the model's end-of-sequence ids (config.json), which end a beam
   std::unordered_map<int32_t, std::string> special_pieces_;  // the vocabulary's special tokens and their pieces
-  std::string model_dtype_;        // the weights' type on the ranks (TGI's /info)
-  std::string model_device_type_;  // "cuda" when the ranks run on GPUs, else "cpu" (TGI's /info)
   int max_concurrent_requests_ = 0;  // --threads
   std::unique_ptr<ResponseStore> responses_store_;
   std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why

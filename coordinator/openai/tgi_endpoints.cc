@@ -256,12 +256,19 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
 
 // GET /info: TGI's model and limits, the union of its versions' fields.
 int OpenAiServer::HandleTgiInfo(mg_connection* conn, void* self) {
-  const auto* s = static_cast<const OpenAiServer*>(self);
+  auto* s = static_cast<OpenAiServer*>(self);
+  // The ranks as they are now (they may register after this front started).
+  v1::ClusterInfo cluster;
+  grpc::ClientContext ctx;
+  const CallScope scope(*s, ctx);
+  const bool gpu = s->stub_->GetClusterInfo(&ctx, v1::GetClusterInfoRequest(), &cluster).ok() &&
+                   std::any_of(cluster.ranks().begin(), cluster.ranks().end(),
+                               [](const v1::RankInfo& r) { return !r.device().empty() && r.device() != "cpu"; });
   SendJson(conn, 200,
            {{"model_id", s->model_name_},
             {"model_sha", nullptr},
-            {"model_dtype", s->model_dtype_},
-            {"model_device_type", s->model_device_type_},
+            {"model_dtype", gpu ? "bfloat16" : "float32"},  // the weights as the ranks hold them (CPU ranks: float32)
+            {"model_device_type", gpu ? "cuda" : "cpu"},
             {"model_pipeline_tag", "text-generation"},
             {"max_concurrent_requests", s->max_concurrent_requests_},
             {"max_best_of", kTgiMaxBestOf},
