@@ -213,6 +213,20 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
         record("tma up only", MedianMs(s, 3, 16, [&](int i) { wgmma_up(routes[i % routes.size()], tma); }), 2.0 / 3);
         record("tma down only", MedianMs(s, 3, 16, [&](int i) { wgmma_down(routes[i % routes.size()], tma); }),
                1.0 / 3);
+        // The down product in 64-column tiles (twice the CTAs where 128 columns leave SMs idle),
+        // alone and in the layer as the engine runs it behind the device exchange: the down tile
+        // GroupedStoreTile picks (the same as "wgmma tma 128x128" where it keeps 128x128).
+        record("tma down only 64", MedianMs(s, 3, 16, [&](int i) {
+                 wgmma_down(routes[i % routes.size()], gpu::GroupedTile::kTma128x64);
+               }),
+               1.0 / 3);
+        const gpu::GroupedTile down_tile =  // as GpuMoeLayer::Experts chooses it
+            expected <= 128 * local ? gpu::GroupedStoreTile(local, H, gpu::DeviceSmCount()) : tma;
+        record(down_tile == gpu::GroupedTile::kTma128x64 ? "tma engine (down 64)" : "tma engine (down 128)",
+               MedianMs(s, 3, 16, [&](int i) {
+                 wgmma_up(routes[i % routes.size()], tma);
+                 wgmma_down(routes[i % routes.size()], down_tile);
+               }));
       }
 
       // The skinny kernel as the device exchange plans it (PlanSkinny on the bound and the

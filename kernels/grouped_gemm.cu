@@ -246,6 +246,9 @@ __device__ __forceinline__ void StepMma(float (&acc)[BN / 2], uint32_t a_base, i
     if constexpr (BN == 256) {
       WgmmaM64N256K16(acc, WgmmaDescriptor(a_base + wg * 64 * kRowBytes + 32 * kk), WgmmaDescriptor(b_base + 32 * kk),
                       1);
+    } else if constexpr (BN == 64) {
+      WgmmaM64N64K16(acc, WgmmaDescriptor(a_base + wg * 64 * kRowBytes + 32 * kk), WgmmaDescriptor(b_base + 32 * kk),
+                     1);
     } else {
       WgmmaM64N128K16(acc, WgmmaDescriptor(a_base + wg * 64 * kRowBytes + 32 * kk), WgmmaDescriptor(b_base + 32 * kk),
                       1);
@@ -395,6 +398,7 @@ __global__ void __launch_bounds__(128 * WG + 32, 1)
   constexpr int S = Stages<WG, BN>();
   constexpr int kAcc = BN / 2;
   constexpr int kCols = kSwiGlu ? BN / 2 : BN;
+  static_assert(!kSwiGlu || BN >= 128, "SwiGLU tiles hold 64-row boxes of gate and of up rows");
 
   __shared__ int prefix[kMaxGroups + 1];
   __shared__ int warp_sums[kThreads / 32];
@@ -596,6 +600,9 @@ void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N
     case GroupedTile::kTma128x128:
       return swiglu ? LaunchGroupedTma<2, 128, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGroupedTma<2, 128, false>(x, K, groups, N, out, max_rows, s);
+    case GroupedTile::kTma128x64:
+      if (swiglu) throw std::invalid_argument("GroupedGemm: the 128x64 tile has no SwiGLU epilogue");
+      return LaunchGroupedTma<2, 64, false>(x, K, groups, N, out, max_rows, s);
     case GroupedTile::k128x256:
       return swiglu ? LaunchGrouped<2, 256, true>(x, K, groups, N, out, max_rows, s)
                     : LaunchGrouped<2, 256, false>(x, K, groups, N, out, max_rows, s);

@@ -156,11 +156,21 @@ int DeviceSmCount();
 // `tile` (benchmarks compare them): rows x columns of a CTA's output tile (with SwiGLU the columns
 // are half gate, half up rows of W_g); kAuto: k128x128.
 // The kTma shapes are warp-specialised on the TMA (x rows too: they need weight_maps and
-// contiguous rows, no row_index).
-enum class GroupedTile { kAuto, k128x128, k128x256, k192x128, kTma128x128, kTma128x256, kTma256x128 };
+// contiguous rows, no row_index). kTma128x64: the kStoreBf16 epilogue only (a down product whose
+// 128-column tiles leave SMs idle: GroupedStoreTile).
+enum class GroupedTile { kAuto, k128x128, k128x256, k192x128, kTma128x128, kTma128x256, kTma256x128, kTma128x64 };
 // Whether `tile` is one of the kTma shapes (its x rows must be contiguous, in group order).
 inline bool GroupedTileReadsRowsInOrder(GroupedTile tile) {
-  return tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 || tile == GroupedTile::kTma256x128;
+  return tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 || tile == GroupedTile::kTma256x128 ||
+         tile == GroupedTile::kTma128x64;
+}
+// The warp-specialised tile of a kStoreBf16 product of `groups` groups and N columns whose groups
+// fit one m-tile each (an expert-parallel rank's few experts at decode): 128x64 where 128-column
+// tiles would leave half the device's `sms` multiprocessors or more without a tile (each CTA of
+// the narrower tile streams half the weight rows), else 128x128. Each output element is summed in
+// the same k order either way.
+inline GroupedTile GroupedStoreTile(int64_t groups, int64_t N, int sms) {
+  return 2 * groups * ((N + 127) / 128) <= sms ? GroupedTile::kTma128x64 : GroupedTile::kTma128x128;
 }
 void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
                  int64_t max_rows, cudaStream_t s, GroupedTile tile = GroupedTile::kAuto);

@@ -288,7 +288,8 @@ void GpuMoeLayer::ForwardDeviceExchange(int64_t layer, const bf16* h, int64_t T,
     Experts(ExpertKernel::kSkinny, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(),
             active_.get(), ExpectedRows(step_, local));
   } else if (WgmmaExperts(true)) {
-    Experts(ExpertKernel::kWgmma, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get());
+    Experts(ExpertKernel::kWgmma, layer, recv, group_src, bound, recv_offsets_.get(), nullptr, result_.get(), nullptr,
+            ExpectedRows(step_, local));
   } else {
     MOE_CUDA_CHECK(cudaMemcpyAsync(h_offsets_.get(), recv_offsets_.get(), sizeof(int32_t) * (E + 1),
                                    cudaMemcpyDeviceToHost, stream_));
@@ -373,10 +374,15 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
   // bound: it sizes the grid). Its TMA shapes read the rows in expert order, gathered first (behind
   // the device exchange, where R is a bound, the gather stops at the received count on the device).
   // kAuto there: the warp-specialised TMA shape, the fastest at an expert-parallel rank's rows (one
-  // H100: benchmarks/NOTES.md, session 33); on the local path the kernel's own choice.
+  // H100: benchmarks/NOTES.md, session 33), and for the down product of a rank's few experts with
+  // about an m-tile of rows each, the narrower tile when 128 columns would leave SMs idle
+  // (session 36); on the local path the kernel's own choice.
   if (kernel == ExpertKernel::kWgmma) {
-    GroupedTile tile = tuning_.wgmma_tile;
-    if (tile == GroupedTile::kAuto && !Local()) tile = GroupedTile::kTma128x128;
+    GroupedTile tile = tuning_.wgmma_tile, down_tile = tile;
+    if (tile == GroupedTile::kAuto && !Local()) {
+      tile = down_tile = GroupedTile::kTma128x128;
+      if (plan_rows > 0 && plan_rows <= 128 * local) down_tile = GroupedStoreTile(local, H, DeviceSmCount());
+    }
     SkinnyGroups up;
     up.count = E;
     up.offsets = d_offsets;
@@ -396,7 +402,7 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
     down.offsets = d_offsets;
     down.weights = w2_.get() + layer * E;
     down.weight_maps = maps2_.size() > 0 ? maps2_.get() + layer * E : nullptr;
-    GroupedGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, R, stream_, tile);
+    GroupedGemm(act_.get(), I, down, H, SkinnyEpilogue::kStoreBf16, out, R, stream_, down_tile);
     return;
   }
   // cuBLAS: the sizes must be on the host (one synchronisation). The host waits for their copy

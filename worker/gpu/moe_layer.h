@@ -280,7 +280,8 @@ class GpuMoeLayer {
   // out: [R, H] bf16. `active` (device, optional): the experts with rows, then -1 (RouteAndGroup's
   // list), so the skinny GEMMs launch CTAs for those alone.
   // plan_rows (0: R): when R is only a bound on the rows (the device exchange, where the rows are
-  // known on the device alone), the rows the skinny kernels are sized for (the expected rows).
+  // known on the device alone), the rows the skinny kernels are sized for (the expected rows); the
+  // wgmma kernel's down product picks its tile from them.
   void Experts(ExpertKernel kernel, int64_t layer, const bf16* x, const int32_t* row_index, int64_t R,
                const int32_t* d_offsets, const int32_t* h_offsets, bf16* out, const int32_t* active = nullptr,
                int64_t plan_rows = 0);
