@@ -1325,7 +1325,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
 
     def test_f3a_an_api_key_guards_every_endpoint_but_health(self):
         """--api-key (vLLM's): a request without "Authorization: Bearer <key>", or with another key,
-        gets 401 in OpenAI's error shape and reaches no handler; with the key it is served; GET
+        gets 401 in OpenAI's error shape (TGI's on TGI's routes) and reaches no handler; with the key it is served; GET
         /health (and TGI's GET / and /info) stays open for load balancers. MOE_API_KEY sets the key when no flag does."""
         for args, env in ((["--api-key", "k-old", "--api-key", "s3cret"], None),
                           ([], dict(os.environ, MOE_API_KEY="s3cret"))):
@@ -1346,6 +1346,10 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                                       ("Bearer s3cret2", "not one this server accepts")):
                         status, err = call(path, key, body)
                         self.assertEqual(status, 401, (path, key, err))
+                        if path in ("/generate", "/"):  # TGI's routes answer in TGI's error shape
+                            self.assertEqual(err["error_type"], "authentication")
+                            self.assertIn(says, err["error"])
+                            continue
                         self.assertEqual(err["error"]["type"], "authentication_error")
                         self.assertIn(says, err["error"]["message"])
                 status, answer = call("/v1/completions", "Bearer s3cret", completion)
@@ -1976,6 +1980,18 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual([e["error_type"] for e in events], ["validation"])
         status, err = self.call("/generate", {"inputs": "ROMEO:", "parameters": {"max_new_tokens": 100000}})
         self.assertEqual((status, err["error_type"]), (422, "validation"), err)
+        # Refusals before the request is read are in TGI's shape on its routes too: a wrong method, a
+        # body over the front's limit, a body nested too deeply.
+        for path in ("/generate", "/generate_stream"):
+            status, err = self.call(path, method="GET")
+            self.assertEqual((status, err["error_type"]), (405, "validation"), err)
+            self.assertIn("POST", err["error"])
+        status, err = self.call("/generate", raw=b'{"inputs": "' + b"a" * (17 << 20) + b'"}')
+        self.assertEqual((status, err["error_type"]), (413, "validation"), err)
+        self.assertIn("16 MiB", err["error"])
+        status, err = self.call("/", raw=b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+        self.assertEqual((status, err["error_type"]), (422, "validation"), err)
+        self.assertTrue(err["error"].startswith("Input validation error: "), err)
 
         status, info = self.call("/info")
         self.assertEqual(status, 200, info)

@@ -152,6 +152,16 @@ TEST(TgiProtocolTest, CoordinatorErrorsTakeTgisKinds) {
   const TgiError lost = TgiErrorFromGrpc(static_cast<int>(absl::StatusCode::kUnavailable), "rank 1 lost");
   EXPECT_EQ(lost.status, 424);
   EXPECT_EQ(lost.error_type, "generation");
+  // The front's own refusals: validation (400), kept statuses (405, 413), unhealthy (503).
+  EXPECT_EQ(TgiErrorFromHttp(400, "bad").status, 422);
+  EXPECT_EQ(TgiErrorFromHttp(400, "bad").error, "Input validation error: bad");
+  EXPECT_EQ(TgiErrorFromHttp(413, "too big").status, 413);
+  EXPECT_EQ(TgiErrorFromHttp(413, "too big").error_type, "validation");
+  EXPECT_EQ(TgiErrorFromHttp(405, "use POST").status, 405);
+  const TgiError stopping = TgiErrorFromHttp(503, "the server is stopping");
+  EXPECT_EQ(stopping.status, 503);
+  EXPECT_EQ(stopping.error_type, "unhealthy");
+  EXPECT_EQ(TgiErrorFromHttp(500, "boom").status, 424);
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP), "eos_token");
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP_SEQUENCE), "stop_sequence");
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_LENGTH), "length");

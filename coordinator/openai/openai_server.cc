@@ -31,6 +31,7 @@
 #include "common/status.h"
 #include "coordinator/openai/http_io.h"
 #include "coordinator/openai/openai_protocol.h"
+#include "coordinator/openai/tgi_protocol.h"
 
 namespace moe::openai {
 namespace {
@@ -39,7 +40,21 @@ using nlohmann::json;
 
 constexpr long long kMaxBodyBytes = 16 << 20;
 
+// TGI's routes (POST /generate, /generate_stream and /, GET /info): their clients read TGI's error
+// shape, whichever step refuses the request (the key check, the method, the body's size, a stop).
+bool IsTgiRoute(mg_connection* conn) {
+  const char* uri = mg_get_request_info(conn)->local_uri;
+  if (uri == nullptr) return false;
+  const std::string_view path = uri;
+  return path == "/generate" || path == "/generate_stream" || path == "/info" || path == "/";
+}
+
 int SendError(mg_connection* conn, const HttpError& e) {
+  if (IsTgiRoute(conn)) {
+    const TgiError t = TgiErrorFromHttp(e.status, e.message);
+    SendJson(conn, t.status, t.ToJson());
+    return t.status;
+  }
   SendJson(conn, e.status, e.ToJson());
   return e.status;
 }

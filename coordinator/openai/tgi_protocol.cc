@@ -93,6 +93,9 @@ TgiError TgiErrorFromHttp(int status, const std::string& message) {
   if (status == 400 || status == 404 || status == 422) return TgiValidationError(message);
   if (status == 429) return TgiError{429, "Model is overloaded: " + message, "overloaded"};
   if (status == 401) return TgiError{401, message, "authentication"};
+  // Refused before generation (a wrong method, a body over the limit): the status stays.
+  if (status == 405 || status == 413) return TgiError{status, message, "validation"};
+  if (status == 503) return TgiError{503, message, "unhealthy"};  // TGI's kind when it cannot serve
   return TgiError{424, "Request failed during generation: " + message, "generation"};
 }
 

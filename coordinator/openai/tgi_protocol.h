@@ -38,7 +38,8 @@ TgiError TgiValidationError(const std::string& message);
 // A gRPC error of the coordinator as TGI reports its kind: a refused request 422 (validation), an
 // overloaded cluster 429 (overloaded), a missing key 401, anything else 424 (generation).
 TgiError TgiErrorFromGrpc(int grpc_code, const std::string& message);
-// The same for an error the front already has as an HTTP status (400/404: validation).
+// The same for an error the front already has as an HTTP status (400/404: validation; 405 and 413
+// keep their status; 503: unhealthy).
 TgiError TgiErrorFromHttp(int status, const std::string& message);
 
 enum class TgiRoute {
