@@ -81,11 +81,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
                                                    " exceeds the model's max_position_embeddings of ",
                                                    s->config_.max_position_embeddings));
   }
-  s->request_model_ = std::make_unique<RequestModel>(
-      RequestModel{s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling});
-  // vLLM's model_name label: the folder's name (the HTTP front's default name for the model; a
-  // --served-model-name given to the front alone does not reach it).
-  s->stats_ = std::make_unique<ServingStats>(ModelNameOfDir(options.model_dir));
+  const std::string name =
+      options.served_model_name.empty() ? ModelNameOfDir(options.model_dir) : options.served_model_name;
+  s->request_model_ = std::make_unique<RequestModel>(RequestModel{
+      s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling, name});
+  // vLLM's model_name label: the model's name (GetModelInfo's served_model_name, the HTTP front's
+  // default; a --served-model-name given to the front alone does not reach it).
+  s->stats_ = std::make_unique<ServingStats>(name);
 
   ClusterSetup setup{options.model_dir, s->config_, std::move(plan),
                      options.limits,

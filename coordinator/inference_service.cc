@@ -416,6 +416,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context, const 
   if (grpc::Status key = Authorized(context); !key.ok()) return key;
   const ModelConfig& c = model_.config;
   response->set_model_dir(state_.setup().model_dir);
+  response->set_served_model_name(model_.name);
   response->set_architecture("MixtralForCausalLM");
   response->set_config_json(c.ToJson().dump());
   response->set_vocab_size(c.vocab_size);

@@ -54,6 +54,7 @@ std::string CoordinatorUsage() {
          "         [--ports-file FILE] [--max-waiting 1024] [--max-running-per-rank 256]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
+         "         [--served-model-name NAME]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
          "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
@@ -67,6 +68,8 @@ std::string CoordinatorUsage() {
          "--resume-timeout-s S: when a worker rank is lost, the requests in flight wait up to S seconds for a new\n"
          "worker job (e.g. deploy/launch-cluster.sh --restart-workers) and go on there where their streams stopped;\n"
          "0 (the default): they fail at once with UNAVAILABLE.\n"
+         "--served-model-name NAME (vLLM's): the model's name in GetModelInfo, moe-openai-server's default name\n"
+         "for it and the model_name label of the vllm: metrics; by default the model folder's name.\n"
          "--log-stats-interval-s S: every S seconds while requests run, a line on stderr with the prompt and\n"
          "generation throughput, the running and waiting requests, KV cache use and prefix cache hits, as\n"
          "vLLM logs them; 0 turns it off.\n"
@@ -91,6 +94,12 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
   };
   std::map<std::string, std::function<absl::Status(const std::string&)>> flags = {
       {"--model", [&](const std::string& v) { o.model_dir = v; return absl::OkStatus(); }},
+      {"--served-model-name",
+       [&](const std::string& v) {
+         if (v.empty()) return FlagError("--served-model-name", "empty name");
+         o.served_model_name = v;
+         return absl::OkStatus();
+       }},
       {"--world-size",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(int64_t n, ParseInt("--world-size", v, 1));

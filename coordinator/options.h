@@ -12,6 +12,10 @@ namespace moe {
 
 struct CoordinatorOptions {
   std::string model_dir;
+  // The model's name (vLLM's --served-model-name): GetModelInfo's served_model_name, the HTTP
+  // front's default name for it, and the model_name label of the vLLM metrics; empty: the folder's
+  // name.
+  std::string served_model_name;
   int world_size = 0;
   std::string listen = "127.0.0.1:50051";          // public moe.v1.Inference (+ health, reflection)
   std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster

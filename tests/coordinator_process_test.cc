@@ -102,6 +102,11 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
     EXPECT_NE(ReadFile(err).find("--resume-timeout-s: must not be negative, got -1"), std::string::npos) << ReadFile(err);
   }
   {
+    Process p({"--model", kTiny, "--world-size", "1", "--served-model-name="}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--served-model-name: empty name"), std::string::npos) << ReadFile(err);
+  }
+  {
     Process p({"--model", kTiny, "--world-size", "1", "--max-model-len", "1"}, err);
     EXPECT_EQ(p.Wait(seconds(20)), 2);
     EXPECT_NE(ReadFile(err).find("--max-model-len: must be at least 2"), std::string::npos) << ReadFile(err);

@@ -303,7 +303,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         """vLLM's add_special_tokens: false sends a text prompt's ids without BOS. The default model
         adds none (its tokenizer_config.json), so this runs a 1-rank cluster of the same model whose
         tokenizer adds BOS, as Mixtral's does: with the flag the answer is the gRPC API's greedy
-        continuation of the ids without BOS (one prompt token fewer), without it of those with BOS."""
+        continuation of the ids without BOS (one prompt token fewer), without it of those with BOS.
+        That cluster's coordinator has --served-model-name: GetModelInfo says it, the front (without
+        names of its own) serves the model under it, and the vLLM metrics are labelled with it."""
         with tempfile.TemporaryDirectory() as model:
             for name in os.listdir(MODEL_DIR):
                 if name != "tokenizer_config.json":
@@ -312,11 +314,15 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 config = json.load(f)
             with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
                 json.dump(dict(config, add_bos_token=True), f)
-            c = LaunchedCluster(["--np", "1", "--model", model, "--openai-listen", "127.0.0.1:0"])
+            c = LaunchedCluster(["--np", "1", "--model", model, "--openai-listen", "127.0.0.1:0",
+                                 "--metrics-listen", "127.0.0.1:0", "--coordinator-arg=--served-model-name=bos-moe"])
             try:
                 c.start()
                 grpc_client = MoeClient(c.address, timeout=60)
                 base = "http://" + c.openai_address
+                self.assertEqual(grpc_client.model_info().served_model_name, "bos-moe")
+                status, models = self.call("/v1/models", base=base)
+                self.assertEqual([m["id"] for m in models["data"]], ["bos-moe"], models)
                 text = "ROMEO:"
                 ids = grpc_client.tokenize(text, add_bos=False)
                 self.assertEqual(grpc_client.tokenize(text), [1] + ids)
@@ -332,6 +338,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 self.assertNotEqual(grpc_client.generate_full(token_ids=ids, max_tokens=8, temperature=0).text,
                                     grpc_client.generate_full(token_ids=[1] + ids, max_tokens=8, temperature=0).text,
                                     "BOS changes this model's answer, so the test can tell the two apart")
+                status, metrics = self.call("/metrics", base=base, raw_answer=True)
+                self.assertEqual(status, 200)
+                self.assertRegex(metrics, r'vllm:generation_tokens_total\{model_name="bos-moe"\} [1-9]')
                 grpc_client.close()
             finally:
                 c.kill_everything()

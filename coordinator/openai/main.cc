@@ -23,7 +23,8 @@ namespace {
 
 const char kUsage[] =
     "usage: moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000; port 0 picks one)]\n"
-    "                         [--model-name NAME (default: the model folder's name; repeatable: every name is\n"
+    "                         [--model-name NAME (default: the coordinator's --served-model-name, else the model\n"
+    "                          folder's name; repeatable: every name is\n"
     "                          served, answers give the first)]\n"
     "                         [--served-model-name NAME [NAME ...] (vLLM's: the same, several names at once)]\n"
     "                         [--threads N (default 1024: requests in flight; one more waits for a thread)]\n"

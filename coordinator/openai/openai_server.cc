@@ -185,8 +185,10 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   v1::ModelInfo info;
   const grpc::Status got = s->stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
   if (!got.ok()) return absl::UnavailableError(absl::StrCat("GetModelInfo from ", opts.coordinator, ": ", got.error_message()));
-  s->served_ = ServedModel(opts.model_names.empty() ? std::vector<std::string>{ModelNameOfDir(info.model_dir())}
-                                                    : opts.model_names);
+  // Without names of its own, the coordinator's (its --served-model-name, else the folder's).
+  const std::string coordinator_name =
+      info.served_model_name().empty() ? ModelNameOfDir(info.model_dir()) : info.served_model_name();
+  s->served_ = ServedModel(opts.model_names.empty() ? std::vector<std::string>{coordinator_name} : opts.model_names);
   s->model_name_ = s->served_.name();
   s->max_model_len_ = info.max_context();
   s->created_ = UnixNow();
