@@ -221,7 +221,7 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
                }),
                1.0 / 3);
         const gpu::GroupedTile down_tile =  // as GpuMoeLayer::Experts chooses it
-            expected <= 128 * local ? gpu::GroupedStoreTile(local, H, gpu::DeviceSmCount()) : tma;
+            expected <= 96 * local ? gpu::GroupedStoreTile(local, H, gpu::DeviceSmCount()) : tma;
         record(down_tile == gpu::GroupedTile::kTma128x64 ? "tma engine (down 64)" : "tma engine (down 128)",
                MedianMs(s, 3, 16, [&](int i) {
                  wgmma_up(routes[i % routes.size()], tma);
