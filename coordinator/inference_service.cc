@@ -90,16 +90,21 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
   if (grpc::Status key = Authorized(context); !key.ok()) return key;
   const Clock::time_point arrival = Clock::now();
+  stats_.CountRequest();
+  auto refused = [&](const absl::Status& s) {  // before the request runs
+    stats_.CountRefused(s.code());
+    return ToGrpcStatus(s);
+  };
   absl::StatusOr<GenerateJob> job = ValidateGenerate(*request, model_);
-  if (!job.ok()) return ToGrpcStatus(job.status());
+  if (!job.ok()) return refused(job.status());
   const uint32_t n = job->n;
   const absl::Status fits = CheckQueueCapacity(n, state_.setup().limits.max_waiting, "sampling.n");
-  if (!fits.ok()) return ToGrpcStatus(fits);
+  if (!fits.ok()) return refused(fits);
   std::vector<SeqSubmission> seqs;
   for (uint32_t i = 0; i < n; ++i) seqs.push_back({job->CompletionAssign(i), job->reserve_positions()});
   auto mailbox = std::make_shared<Mailbox>();
   absl::StatusOr<std::vector<uint64_t>> ids = state_.Submit(std::move(seqs), mailbox);
-  if (!ids.ok()) return ToGrpcStatus(ids.status());
+  if (!ids.ok()) return refused(ids.status());
   stats_.AddPromptTokens(static_cast<int64_t>(job->assign.prompt_size()) * n);
   const std::string request_id = request->request_id().empty() ? absl::StrCat("req-", ids->front()) : request->request_id();
 
@@ -117,10 +122,16 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
       if (!finished[i]) state_.Cancel((*ids)[i]);
     }
   };
-  // Counts every completion's finish reason (`unfinished` for those cut short) and the latency.
+  // Counts every completion's finish reason (`unfinished` for those cut short), and the request's
+  // latency, tokens and outcome.
   auto end = [&](v1::FinishReason unfinished, grpc::Status status) {
+    int64_t generated = 0;
     for (const std::optional<v1::FinishReason>& r : finished) stats_.CountFinished(r.value_or(unfinished));
-    stats_.ObserveRequestLatency(SecondsSince(arrival));
+    for (const auto& out : outs) generated += out->completion_tokens();
+    const bool cut_short = remaining > 0;
+    stats_.ObserveRequest(SecondsSince(arrival), job->assign.prompt_size(), generated,
+                          cut_short && unfinished == v1::FINISH_REASON_ERROR,
+                          cut_short && unfinished == v1::FINISH_REASON_CANCELLED);
     return status;
   };
   if (request->return_prompt_token_ids()) {  // before anything else, as the field promises

@@ -14,6 +14,9 @@ const Histogram::BucketBoundaries kItlBuckets = {0.001, 0.0025, 0.005, 0.01, 0.0
                                                  0.15,  0.2,    0.3,   0.4,  0.5,   0.75, 1.0,   2.5};
 const Histogram::BucketBoundaries kE2eBuckets = {0.01, 0.05, 0.1,  0.3,  0.5,  0.8,  1.0,  1.5,  2.0,
                                                  2.5,  5.0,  10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0};
+// Token counts per request (prompt, generated): powers of two up to 128k positions.
+const Histogram::BucketBoundaries kTokenCountBuckets = {1,    2,    4,    8,     16,    32,    64,    128,   256,
+                                                        512,  1024, 2048, 4096,  8192,  16384, 32768, 65536, 131072};
 
 constexpr v1::FinishReason kReasons[] = {v1::FINISH_REASON_STOP, v1::FINISH_REASON_LENGTH,
                                          v1::FINISH_REASON_STOP_SEQUENCE, v1::FINISH_REASON_CANCELLED,
@@ -135,6 +138,37 @@ ServingStats::ServingStats(const std::string& model_name)
   vllm_.success_stop = &success.Add({{"model_name", model_name}, {"finished_reason", "stop"}});
   vllm_.success_length = &success.Add({{"model_name", model_name}, {"finished_reason", "length"}});
   vllm_.success_abort = &success.Add({{"model_name", model_name}, {"finished_reason", "abort"}});
+
+  // TGI's names (its router's), unlabelled as TGI's are.
+  tgi_.queue_size = &prometheus::BuildGauge().Name("tgi_queue_size").Help("Current queue size").Register(r).Add({});
+  tgi_.batch_current_size =
+      &prometheus::BuildGauge().Name("tgi_batch_current_size").Help("Current batch size").Register(r).Add({});
+  tgi_.request_count =
+      &prometheus::BuildCounter().Name("tgi_request_count").Help("Total number of requests").Register(r).Add({});
+  tgi_.request_success = &prometheus::BuildCounter()
+                              .Name("tgi_request_success")
+                              .Help("Number of successful requests")
+                              .Register(r)
+                              .Add({});
+  auto& failure = prometheus::BuildCounter().Name("tgi_request_failure").Help("Number of failed requests").Register(r);
+  tgi_.failure_validation = &failure.Add({{"err", "validation"}});
+  tgi_.failure_overloaded = &failure.Add({{"err", "overloaded"}});
+  tgi_.failure_generation = &failure.Add({{"err", "generation"}});
+  tgi_.request_duration = &prometheus::BuildHistogram()
+                               .Name("tgi_request_duration")
+                               .Help("Total time spent processing the request (e2e latency)")
+                               .Register(r)
+                               .Add({}, kE2eBuckets);
+  tgi_.input_length = &prometheus::BuildHistogram()
+                           .Name("tgi_request_input_length")
+                           .Help("Input token length per request")
+                           .Register(r)
+                           .Add({}, kTokenCountBuckets);
+  tgi_.generated_tokens = &prometheus::BuildHistogram()
+                               .Name("tgi_request_generated_tokens")
+                               .Help("Generated tokens per request")
+                               .Register(r)
+                               .Add({}, kTokenCountBuckets);
 }
 
 void ServingStats::AddPromptTokens(int64_t n) {
@@ -171,9 +205,27 @@ void ServingStats::ObserveInterToken(double seconds, int64_t tokens) {
   }
 }
 
-void ServingStats::ObserveRequestLatency(double seconds) {
+void ServingStats::CountRequest() { tgi_.request_count->Increment(); }
+
+void ServingStats::CountRefused(absl::StatusCode code) {
+  (code == absl::StatusCode::kResourceExhausted ? tgi_.failure_overloaded
+   : code == absl::StatusCode::kUnavailable     ? tgi_.failure_generation
+                                                : tgi_.failure_validation)
+      ->Increment();
+}
+
+void ServingStats::ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens, bool failed,
+                                  bool cancelled) {
   e2e_->Observe(seconds);
   vllm_.e2e->Observe(seconds);
+  tgi_.request_duration->Observe(seconds);
+  tgi_.input_length->Observe(static_cast<double>(input_tokens));
+  tgi_.generated_tokens->Observe(static_cast<double>(generated_tokens));
+  if (failed) {
+    tgi_.failure_generation->Increment();
+  } else if (!cancelled) {
+    tgi_.request_success->Increment();
+  }
   std::lock_guard<std::mutex> lock(mu_);
   e2e_window_.Add(seconds);
 }
@@ -194,6 +246,8 @@ void ServingStats::SetQueue(int64_t waiting, int64_t running) {
   running_->Set(static_cast<double>(running));
   vllm_.waiting->Set(static_cast<double>(waiting));
   vllm_.running->Set(static_cast<double>(running));
+  tgi_.queue_size->Set(static_cast<double>(waiting));
+  tgi_.batch_current_size->Set(static_cast<double>(running));
 }
 
 void ServingStats::SetKvCacheUsage(double ratio) {

@@ -1,7 +1,9 @@
 // Request-level statistics of the coordinator, kept twice over: as Prometheus metrics (prefix
 // moe_, base units) for scraping, and as windows the GetStats RPC summarises (latency percentiles,
 // recent throughput). The metrics go out under vLLM's names too (vllm:num_requests_running, ...,
-// labelled model_name as vLLM labels them), so dashboards and autoscalers made for vLLM read them.
+// labelled model_name as vLLM labels them), so dashboards and autoscalers made for vLLM read them,
+// and under Hugging Face TGI's where the coordinator has their figures (tgi_queue_size,
+// tgi_request_count, ...), for TGI's.
 // Thread-safe: request handlers and the cluster state report here.
 #pragma once
 
@@ -17,6 +19,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "absl/status/status.h"
 #include "coordinator/latency_stats.h"
 #include "coordinator/stats_log.h"
 #include "moe/v1/inference.pb.h"
@@ -48,7 +51,16 @@ class ServingStats {
   // `tokens` tokens that reached the client together, `seconds` after the previous ones: each
   // counts as seconds/tokens, so every token after a request's first is one sample.
   void ObserveInterToken(double seconds, int64_t tokens);
-  void ObserveRequestLatency(double seconds);
+  // A Generate request arrived (tgi_request_count: every request, refused ones included).
+  void CountRequest();
+  // A Generate request refused before it ran, with the status it got (tgi_request_failure: err
+  // "overloaded" for RESOURCE_EXHAUSTED, "generation" when the cluster cannot serve, else
+  // "validation", as TGI's).
+  void CountRefused(absl::StatusCode code);
+  // A Generate request ended: its latency from arrival, its prompt and generated tokens (all its
+  // completions'), and whether it failed (tgi_request_failure{err="generation"}) or was cancelled
+  // (neither a success nor a failure); otherwise it succeeded.
+  void ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens, bool failed, bool cancelled);
   // A request ended with `reason` (moe_request_success_total{finish_reason}).
   void CountFinished(v1::FinishReason reason);
   // Sequences waiting in the coordinator and running on the ranks; KV use over all ranks.
@@ -85,6 +97,13 @@ class ServingStats {
     prometheus::Counter *prompt_tokens, *generation_tokens, *preemptions, *prefix_queries, *prefix_hits;
     prometheus::Counter *success_stop, *success_length, *success_abort;
   } vllm_{};
+  // TGI's names, per request (TGI's requests have one sequence each, best_of aside).
+  struct TgiMetrics {
+    prometheus::Gauge *queue_size, *batch_current_size;
+    prometheus::Counter *request_count, *request_success;
+    prometheus::Counter *failure_validation, *failure_overloaded, *failure_generation;
+    prometheus::Histogram *request_duration, *input_length, *generated_tokens;
+  } tgi_{};
   double last_prefix_queried_ = 0, last_prefix_hits_ = 0, last_preemptions_ = 0;  // under mu_
 
   std::mutex mu_;

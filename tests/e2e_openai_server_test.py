@@ -158,7 +158,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
 
     def test_a2_metrics_on_the_api_port(self):
         """GET /metrics on the front answers the coordinator's Prometheus endpoint (the launcher
-        passes it), as vLLM serves its metrics on the API port: a completion's tokens show in it."""
+        passes it), as vLLM serves its metrics on the API port: a completion's tokens show in it,
+        under the project's, vLLM's and TGI's names (a refused request too, in TGI's)."""
         req = urllib.request.Request(self.base + "/metrics")
         with urllib.request.urlopen(req, timeout=30) as r:
             self.assertTrue(r.headers["Content-Type"].startswith("text/plain"), r.headers["Content-Type"])
@@ -166,6 +167,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertIn("moe_num_requests_running", before)
         status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0})
         self.assertEqual(status, 200, body)
+        with self.assertRaises(grpc.RpcError) as refused:  # the coordinator refuses it: a TGI validation failure
+            self.grpc.generate_full("ROMEO:", max_tokens=5, temperature=-1.0)
+        self.assertEqual(refused.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
 
         def generated(text):
             return sum(float(line.split()[-1]) for line in text.splitlines()
@@ -196,6 +200,21 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(sample(after, "vllm:e2e_request_latency_seconds_count", model),
                          sample(after, "moe_e2e_request_latency_seconds_count"))
         self.assertIn("# TYPE vllm:time_to_first_token_seconds histogram", after)
+
+        # TGI's names where the coordinator has their figures: per request, refusals counted by kind.
+        def delta(name, labels=None):
+            return sample(after, name, labels) - sample(before, name, labels)
+
+        self.assertEqual(delta("tgi_request_count"), 2)
+        self.assertEqual(delta("tgi_request_success"), 1)
+        self.assertEqual(delta("tgi_request_failure", {"err": "validation"}), 1)
+        self.assertEqual(delta("tgi_request_failure", {"err": "generation"}), 0)
+        self.assertEqual(delta("tgi_request_generated_tokens_sum"), 5)
+        self.assertEqual(delta("tgi_request_input_length_count"), 1)
+        self.assertEqual(delta("tgi_request_input_length_sum"), len(self.samples["ROMEO:"]["prompt_ids"]))
+        self.assertEqual(delta("tgi_request_duration_count"), 1)
+        self.assertEqual(sample(after, "tgi_queue_size"), sample(after, "moe_num_requests_waiting"))
+        self.assertEqual(sample(after, "tgi_batch_current_size"), sample(after, "moe_num_requests_running"))
         with own_front(self, self.cluster.address) as (port, _, _):  # no --metrics-url: 404 naming it
             status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
             self.assertEqual(status, 404, err)
