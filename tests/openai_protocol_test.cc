@@ -3,6 +3,7 @@
 // is refused with which HTTP status and parameter, and the response JSON built from a stream of
 // GenerateResponses.
 #include "coordinator/openai/openai_protocol.h"
+#include "tests/support/json_mutation.h"
 #include "worker/json_schema.h"
 
 #include <gtest/gtest.h>
@@ -203,30 +204,13 @@ TEST(OpenAiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
        {"max_completion_tokens", 9}, {"top_logprobs", 1}, {"logprobs", true}, {"parallel_tool_calls", false}},
       {{"messages", {{{"role", "system"}, {"content", {{{"type", "text"}, {"text", "be"}}}}}, {{"role", "user"}, {"content", "q"}}}},
        {"guided_choice", {"a", "b"}}, {"chat_template", "{{ messages[0].content }}"}}};
-  const std::vector<json> values = {nullptr, 0, -1, 1e300, -1e300, "", "x", json::array(), json::object(), true,
-                                    json::array({1, "a", nullptr}), json{{"type", 7}}, 4294967296LL, "{{ x }}"};
+  static const char* const kKeys[] = {"prompt", "messages", "tools", "tool_choice", "response_format", "n",
+                                      "max_tokens", "content", "role", "type", "schema", "guided_json", "stop"};
   std::mt19937 rng(9);
   int parsed = 0, refused = 0;
   for (int n = 0; n < 3000; ++n) {
     json body = bodies[rng() % bodies.size()];
-    for (int m = 1 + static_cast<int>(rng() % 3); m > 0; --m) {
-      // A field somewhere in the body, replaced or added.
-      json* at = &body;
-      while ((at->is_object() || at->is_array()) && !at->empty() && rng() % 3 != 0) {
-        auto it = at->begin();
-        std::advance(it, static_cast<long>(rng() % at->size()));
-        if (!it->is_object() && !it->is_array()) break;
-        at = &*it;
-      }
-      const json v = values[rng() % values.size()];
-      if (at->is_object()) {
-        static const char* const kKeys[] = {"prompt", "messages", "tools", "tool_choice", "response_format", "n",
-                                            "max_tokens", "content", "role", "type", "schema", "guided_json", "stop"};
-        (*at)[kKeys[rng() % std::size(kKeys)]] = v;
-      } else if (at->is_array() && !at->empty()) {
-        (*at)[rng() % at->size()] = v;
-      }
-    }
+    moe::testing::MutateJson(body, rng, kKeys);
     const std::string text = body.dump();
     const bool chat = body.contains("messages");
     std::optional<HttpError> error;

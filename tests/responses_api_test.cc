@@ -8,8 +8,11 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
 #include <vector>
+
+#include "tests/support/json_mutation.h"
 
 namespace moe::openai {
 namespace {
@@ -411,6 +414,55 @@ TEST(ResponsesApiTest, StoreDropsTheLeastRecentlyUsedPastItsCapacity) {
   ResponseStore none(0);
   none.Put("x", StoredResponse{});
   EXPECT_FALSE(none.Get("x"));
+}
+
+// Bodies with any field of any type, at any depth: refused with a 400 (404 for another model)
+// naming a field, or translated into a chat request that the chat parser then parses or refuses
+// the same way; never an exception (this test also runs under AddressSanitizer and UBSan).
+TEST(ResponsesApiTest, BodiesWithFieldsOfEveryTypeAreTranslatedOrRefused) {
+  const json tool = {{"type", "function"}, {"name", "f"}, {"parameters", {{"type", "object"}}}};
+  const std::vector<json> bodies = {
+      {{"model", "m"}, {"input", "hi"}},
+      {{"input", "hi"}, {"instructions", "be brief"}, {"max_output_tokens", 5}, {"temperature", 0.5}, {"top_p", 0.9},
+       {"store", false}, {"stream", true}},
+      {{"input", {{{"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "q"}}}}},
+                  {{"type", "function_call"}, {"call_id", "c"}, {"name", "f"}, {"arguments", "{}"}},
+                  {{"type", "function_call_output"}, {"call_id", "c"}, {"output", "4"}}}},
+       {"tools", {tool}}, {"tool_choice", "auto"}},
+      {{"input", "x"}, {"text", {{"format", {{"type", "json_schema"}, {"name", "s"}, {"schema", {{"type", "integer"}}}}}}},
+       {"background", true}, {"previous_response_id", "resp_1"}}};
+  static const char* const kKeys[] = {"input", "instructions", "model", "tools", "tool_choice", "text", "format",
+                                      "content", "role", "type", "max_output_tokens", "stream", "background",
+                                      "previous_response_id", "reasoning", "include", "metadata"};
+  std::mt19937 rng(13);
+  int translated = 0, refused = 0;
+  for (int n = 0; n < 3000; ++n) {
+    json body = bodies[rng() % bodies.size()];
+    moe::testing::MutateJson(body, rng, kKeys);
+    const std::string text = body.dump();
+    std::optional<HttpError> error;
+    try {
+      std::variant<ResponsesCall, HttpError> r = ParseResponsesRequest(text);
+      if (auto* e = std::get_if<HttpError>(&r)) {
+        error = *e;
+      } else {
+        auto chat = ParseChatRequest(ChatBody(std::get<ResponsesCall>(r), ojson::array()), "m");
+        if (auto* e = std::get_if<HttpError>(&chat)) error = *e;
+      }
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "threw " << e.what() << " on " << text;
+      continue;
+    }
+    if (!error) {
+      ++translated;
+      continue;
+    }
+    ++refused;
+    EXPECT_TRUE(error->status == 400 || error->status == 404) << error->status << " " << text;
+    EXPECT_FALSE(error->message.empty()) << text;
+  }
+  EXPECT_GT(translated, 300);
+  EXPECT_GT(refused, 300);
 }
 
 }  // namespace

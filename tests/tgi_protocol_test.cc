@@ -5,7 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <string>
+#include <vector>
+
+#include "tests/support/json_mutation.h"
 
 #include "absl/status/status.h"
 
@@ -165,6 +169,50 @@ TEST(TgiProtocolTest, CoordinatorErrorsTakeTgisKinds) {
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP), "eos_token");
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP_SEQUENCE), "stop_sequence");
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_LENGTH), "length");
+}
+
+// Bodies with any field of any type, at any depth, on every route: parsed, or refused with TGI's
+// 422 (400 for a body that is not an object) and a message of its kind; never an exception (this
+// test also runs under AddressSanitizer and UBSan).
+TEST(TgiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
+  const std::vector<json> bodies = {
+      {{"inputs", "x"}},
+      {{"inputs", "x"}, {"parameters", {{"max_new_tokens", 5}, {"temperature", 0.5}, {"top_k", 3}, {"top_p", 0.9},
+                                        {"repetition_penalty", 1.1}, {"stop", {"a"}}, {"seed", 3}, {"details", true},
+                                        {"decoder_input_details", true}, {"top_n_tokens", 2}, {"return_full_text", true}}}},
+      {{"inputs", "x"}, {"stream", true}, {"parameters", {{"do_sample", true}, {"best_of", 2}, {"truncate", 4},
+                                                          {"frequency_penalty", 0.5}, {"grammar", {{"type", "json"},
+                                                          {"value", {{"type", "object"}}}}}}}},
+      {{"inputs", "x"}, {"parameters", {{"grammar", {{"type", "regex"}, {"value", "[a-z]+"}}}, {"max_new_tokens", nullptr}}}}};
+  static const char* const kKeys[] = {"inputs", "parameters", "stream", "max_new_tokens", "temperature", "top_p",
+                                      "best_of", "do_sample", "stop", "grammar", "type", "value", "seed", "truncate",
+                                      "top_n_tokens", "details", "watermark", "typical_p", "adapter_id"};
+  std::mt19937 rng(11);
+  int parsed = 0, refused = 0;
+  for (int n = 0; n < 3000; ++n) {
+    json body = bodies[rng() % bodies.size()];
+    moe::testing::MutateJson(body, rng, kKeys);
+    const std::string text = body.dump();
+    const TgiRoute route = std::vector<TgiRoute>{TgiRoute::kGenerate, TgiRoute::kGenerateStream, TgiRoute::kCompat}[rng() % 3];
+    std::variant<TgiCall, TgiError> got;
+    try {
+      got = ParseTgiRequest(text, route);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "threw " << e.what() << " on " << text;
+      continue;
+    }
+    const TgiError* e = std::get_if<TgiError>(&got);
+    if (e == nullptr) {
+      ++parsed;
+      continue;
+    }
+    ++refused;
+    EXPECT_TRUE(e->status == 422 || e->status == 400) << e->status << " " << text;
+    EXPECT_EQ(e->error_type, "validation") << text;
+    EXPECT_FALSE(e->error.empty()) << text;
+  }
+  EXPECT_GT(parsed, 300);
+  EXPECT_GT(refused, 300);
 }
 
 }  // namespace
