@@ -363,17 +363,27 @@ TEST(EpCliShakespeareTest, RomeoOnThreeRanksMatchesSamples) {
   EXPECT_EQ(run.result["token_ids"].get<std::vector<int32_t>>(), want);
 }
 
-// (d) The second golden checkpoint (a sliding window of 8 shorter than the prompts, top-3 of 6
-// experts, GQA 3): all four prompts in one job on 1, 4 (uneven expert shares 2, 2, 1, 1) and 6 ranks
-// (one expert each) continue as transformers did.
-TEST(EpCliWindowTest, GenerateOnSeveralRanksMatchesTransformers) {
-  const std::string dir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/window";
+// (d) The other golden checkpoints: window (a sliding window of 8 shorter than the prompts, top-3 of
+// 6 experts, GQA 3) on 1, 4 (uneven expert shares 2, 2, 1, 1) and 6 ranks (one expert each); tied
+// (tied embeddings, head_dim 24 apart from hidden / heads, top-1 of 4 experts) on 1, 3 (shares 2, 1,
+// 1) and 4 ranks. All prompts in one job continue as transformers did.
+struct EpGoldenCase {
+  const char* name;
+  std::vector<int> ranks;  // 0: the single-process engine
+};
+class EpCliGoldenTest : public ::testing::TestWithParam<EpGoldenCase> {};
+INSTANTIATE_TEST_SUITE_P(Checkpoints, EpCliGoldenTest,
+                         ::testing::Values(EpGoldenCase{"window", {0, 4, 6}}, EpGoldenCase{"tied", {0, 3, 4}}),
+                         [](const ::testing::TestParamInfo<EpGoldenCase>& i) { return std::string(i.param.name); });
+
+TEST_P(EpCliGoldenTest, GenerateOnSeveralRanksMatchesTransformers) {
+  const std::string dir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/" + GetParam().name;
   auto expected = ReadJsonFile(dir + "/expected.json");
   ASSERT_TRUE(expected.ok()) << expected.status();
   const auto prompts = (*expected)["prompts"].get<std::vector<std::vector<int32_t>>>();
   const auto greedy = (*expected)["greedy"].get<std::vector<std::vector<int32_t>>>();
-  ASSERT_EQ(prompts.size(), 4u);
-  for (int ranks : {0, 4, 6}) {
+  ASSERT_GE(prompts.size(), 3u);
+  for (int ranks : GetParam().ranks) {
     std::vector<std::string> args = {"generate", "--model", dir, "--max-tokens", std::to_string(greedy[0].size()),
                                      "--ignore-eos", "--json"};
     for (const auto& p : prompts) {

@@ -22,6 +22,9 @@ inline const std::string kGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data
 // A second golden checkpoint: a sliding window of 8 shorter than its prompts, top-3 of 6 experts,
 // GQA 6/2 with head_dim 16 (tests/data/golden/README.md).
 inline const std::string kWindowGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/window";
+// A third: tied embeddings (no lm_head tensor), head_dim 24 apart from hidden / heads, top-1 of 4
+// experts, as many key-value heads as query heads (tests/data/golden/README.md).
+inline const std::string kTiedGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tied";
 inline const std::string kDefaultModelDir = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
 
 // A single-process engine with its communicator and plan kept alive beside it.
