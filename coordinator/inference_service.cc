@@ -123,15 +123,13 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
     }
   };
   // Counts every completion's finish reason (`unfinished` for those cut short), and the request's
-  // latency, tokens and outcome.
+  // latency, tokens and outcome (the status it answers).
   auto end = [&](v1::FinishReason unfinished, grpc::Status status) {
     int64_t generated = 0;
     for (const std::optional<v1::FinishReason>& r : finished) stats_.CountFinished(r.value_or(unfinished));
     for (const auto& out : outs) generated += out->completion_tokens();
-    const bool cut_short = remaining > 0;
     stats_.ObserveRequest(SecondsSince(arrival), job->assign.prompt_size(), generated,
-                          cut_short && unfinished == v1::FINISH_REASON_ERROR,
-                          cut_short && unfinished == v1::FINISH_REASON_CANCELLED);
+                          static_cast<absl::StatusCode>(status.error_code()));
     return status;
   };
   if (request->return_prompt_token_ids()) {  // before anything else, as the field promises

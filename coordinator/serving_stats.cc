@@ -214,17 +214,17 @@ void ServingStats::CountRefused(absl::StatusCode code) {
       ->Increment();
 }
 
-void ServingStats::ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens, bool failed,
-                                  bool cancelled) {
+void ServingStats::ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens,
+                                  absl::StatusCode code) {
   e2e_->Observe(seconds);
   vllm_.e2e->Observe(seconds);
-  tgi_.request_duration->Observe(seconds);
   tgi_.input_length->Observe(static_cast<double>(input_tokens));
-  tgi_.generated_tokens->Observe(static_cast<double>(generated_tokens));
-  if (failed) {
-    tgi_.failure_generation->Increment();
-  } else if (!cancelled) {
+  if (code == absl::StatusCode::kOk) {
     tgi_.request_success->Increment();
+    tgi_.request_duration->Observe(seconds);
+    tgi_.generated_tokens->Observe(static_cast<double>(generated_tokens));
+  } else if (code != absl::StatusCode::kCancelled) {
+    tgi_.failure_generation->Increment();
   }
   std::lock_guard<std::mutex> lock(mu_);
   e2e_window_.Add(seconds);

@@ -51,16 +51,18 @@ class ServingStats {
   // `tokens` tokens that reached the client together, `seconds` after the previous ones: each
   // counts as seconds/tokens, so every token after a request's first is one sample.
   void ObserveInterToken(double seconds, int64_t tokens);
-  // A Generate request arrived (tgi_request_count: every request, refused ones included).
+  // A Generate call reached the coordinator with a valid key (tgi_request_count: refused ones
+  // included; what the HTTP front refuses itself never gets here).
   void CountRequest();
   // A Generate request refused before it ran, with the status it got (tgi_request_failure: err
-  // "overloaded" for RESOURCE_EXHAUSTED, "generation" when the cluster cannot serve, else
-  // "validation", as TGI's).
+  // "overloaded" for RESOURCE_EXHAUSTED, "generation" for UNAVAILABLE (the cluster cannot serve),
+  // else "validation", as TGI's).
   void CountRefused(absl::StatusCode code);
-  // A Generate request ended: its latency from arrival, its prompt and generated tokens (all its
-  // completions'), and whether it failed (tgi_request_failure{err="generation"}) or was cancelled
-  // (neither a success nor a failure); otherwise it succeeded.
-  void ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens, bool failed, bool cancelled);
+  // A Generate request that ran has ended with `code`: its prompt length (tgi_request_input_length,
+  // as TGI records every validated request's), and by the code a success (OK: its latency from
+  // arrival and generated tokens, all its completions', into TGI's histograms, which count
+  // successes only), a failure (tgi_request_failure{err="generation"}) or, CANCELLED, neither.
+  void ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens, absl::StatusCode code);
   // A request ended with `reason` (moe_request_success_total{finish_reason}).
   void CountFinished(v1::FinishReason reason);
   // Sequences waiting in the coordinator and running on the ranks; KV use over all ranks.

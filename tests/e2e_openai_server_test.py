@@ -1101,7 +1101,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 20)
 
     def test_f1r3_stored_responses_carry_a_conversation_on(self):
-        """store (OpenAI's default): a response is kept (GET /v1/responses/{id} answers it, DELETE forgets it),
+        """store (OpenAI's default): a response is kept (GET /v1/responses/{id} answers it, GET .../input_items
+        lists its input, DELETE forgets it),
         and previous_response_id puts its conversation (input and output) before the next input, as the
         chat completion of the whole conversation answers; streamed answers are stored too. Past
         --responses-store N the least recently used is dropped; with 0 nothing is kept."""
@@ -1145,8 +1146,20 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         for method in ("GET", "DELETE"):
             status, err = self.call("/v1/responses/" + r1["id"], method=method)
             self.assertEqual(status, 404, err)
-        status, err = self.call("/v1/responses/" + r2["id"] + "/input_items", method="GET")
-        self.assertEqual(status, 404, err)
+        # input_items: a response's own input (not its previous responses'), newest first by default.
+        status, items = self.call("/v1/responses/" + r2["id"] + "/input_items", method="GET")
+        self.assertEqual(status, 200, items)
+        self.assertEqual([(i["type"], i["role"], i["content"]) for i in items["data"]],
+                         [("message", "user", [{"type": "input_text", "text": follow["content"]}])])
+        self.assertEqual((items["object"], items["first_id"], items["has_more"]), ("list", items["data"][0]["id"], False))
+        status, items = self.call("/v1/responses/" + r3["id"] + "/input_items?order=asc&limit=1", method="GET")
+        self.assertEqual((status, items["data"][0]["content"][0]["text"]), (200, "Once more."), items)
+        status, err = self.call("/v1/responses/" + r3["id"] + "/input_items?limit=500", method="GET")
+        self.assertEqual((status, err["error"]["param"]), (400, "limit"), err)
+        status, err = self.call("/v1/responses/" + r1["id"] + "/input_items", method="GET")
+        self.assertEqual((status, err["error"]["param"]), (404, "response_id"), err)
+        status, err = self.call("/v1/responses/" + r3["id"] + "/input_items", method="POST", body={})
+        self.assertEqual(status, 405, err)
 
         # Own fronts: capacity 2 drops the least recently used; 0 keeps none.
         for capacity in ("2", "0"):

@@ -93,7 +93,7 @@ TEST_P(EngineGoldenTest, RouterTopKMatches) {
     }
   }
   EXPECT_GT(compared, skipped * 20) << "nearly every choice compared";
-  EXPECT_GE(compared, 90);  // the smallest checkpoint (tied) has 92 choices
+  EXPECT_GE(compared, dir_ == kTiedGoldenDir ? 90 : 200);  // tied, the smallest, has 92 choices
   RecordProperty("topk_compared", std::to_string(compared));
   RecordProperty("topk_skipped", std::to_string(skipped));
 }

@@ -39,7 +39,7 @@ namespace {
 using testing_ref::World;
 
 // The golden checkpoint: tiny, or the one MOE_GOLDEN_DIR names (CTest's window variant: a sliding
-// window, top-3 of 6 experts, GQA 3).
+// window, top-3 of 6 experts, GQA 3; its tied variant: tied embeddings, head_dim apart, top-1).
 const std::string& GoldenDir() {
   static const std::string dir = std::getenv("MOE_GOLDEN_DIR") != nullptr ? std::getenv("MOE_GOLDEN_DIR") : testing_ref::kGoldenDir;
   return dir;
@@ -245,7 +245,7 @@ TEST_F(GpuMpiEngineTest, PeerExchangeWgmmaExpertsMatchSingleRankEngine) {
     EXPECT_GT(peer_engine_->graph_launches(), launches) << "decode steps with wgmma experts are host-free";
     std::printf("[rank %d] %lld decode steps replayed as CUDA graphs with wgmma experts (%s)\n", World().rank(),
                 static_cast<long long>(peer_engine_->graph_launches() - launches),
-                tile == gpu::GroupedTile::kAuto ? "TMA 128x128" : "128x128");
+                tile == gpu::GroupedTile::kAuto ? "TMA 128x128, the down product as GroupedStoreTile picks" : "128x128");
   }
   peer_engine_->set_expert_tuning(saved);
 }

@@ -395,6 +395,72 @@ TEST(ResponsesApiTest, BackgroundResponsesHaveTheirStates) {
   EXPECT_EQ(ResponseFromChat(call, ChatAnswer("abc", "stop", true), "m", 100)["background"], true);
 }
 
+// The input as GET /v1/responses/{id}/input_items lists it: every item with an id (given ones
+// kept), text content as parts; pages by limit, order and after, refusals naming the parameter.
+TEST(ResponsesApiTest, InputItemsAreListedInPages) {
+  const ResponsesCall text = Parse(R"({"input": "hi"})");
+  ASSERT_EQ(text.input_items.size(), 1u);
+  EXPECT_EQ(text.input_items[0].dump(),
+            ojson({{"id", "msg_" + text.id + "_in0"}, {"type", "message"}, {"role", "user"},
+                   {"content", ojson::array({{{"type", "input_text"}, {"text", "hi"}}})}})
+                .dump());
+  const ResponsesCall items = Parse(R"({"input": [
+      {"role": "user", "content": "what is 2 + 2?"},
+      {"type": "function_call", "call_id": "c1", "name": "add", "arguments": "{}", "id": "fc_given"},
+      {"type": "function_call_output", "call_id": "c1", "output": "4"},
+      {"type": "message", "role": "assistant", "content": "4."},
+      {"role": "user", "content": [{"type": "input_text", "text": "thanks"}]}]})");
+  const ojson& all = items.input_items;
+  ASSERT_EQ(all.size(), 5u);
+  EXPECT_EQ(all[0]["id"], "msg_" + items.id + "_in0");
+  EXPECT_EQ(all[0]["content"][0]["type"], "input_text");
+  EXPECT_EQ(all[1]["id"], "fc_given");
+  EXPECT_EQ(all[1]["arguments"], "{}");
+  EXPECT_EQ(all[2]["id"], "fco_" + items.id + "_in2");
+  EXPECT_EQ(all[2]["output"], "4");
+  EXPECT_EQ(all[3]["content"][0]["type"], "output_text");  // the assistant's words
+  EXPECT_EQ(all[4]["content"], ojson::parse(R"([{"type": "input_text", "text": "thanks"}])"));
+
+  const auto page = [&](InputItemsQuery q) {
+    std::variant<ojson, HttpError> r = InputItemsPage(all, q);
+    if (auto* e = std::get_if<HttpError>(&r)) ADD_FAILURE() << e->message;
+    return std::get_if<ojson>(&r) != nullptr ? std::get<ojson>(r) : ojson();
+  };
+  const auto ids = [](const ojson& p) {
+    std::vector<std::string> out;
+    for (const ojson& item : p["data"]) out.push_back(item["id"].get<std::string>());
+    return out;
+  };
+  const ojson newest_first = page({});
+  EXPECT_EQ(newest_first["object"], "list");
+  EXPECT_EQ(ids(newest_first).front(), all[4]["id"]);
+  EXPECT_EQ(ids(newest_first).size(), 5u);
+  EXPECT_EQ(newest_first["first_id"], all[4]["id"]);
+  EXPECT_EQ(newest_first["last_id"], all[0]["id"]);
+  EXPECT_FALSE(newest_first["has_more"].get<bool>());
+  const ojson first_two = page({"2", "asc", std::nullopt});
+  EXPECT_EQ(ids(first_two), (std::vector<std::string>{all[0]["id"], all[1]["id"]}));
+  EXPECT_TRUE(first_two["has_more"].get<bool>());
+  const ojson next = page({"2", "asc", first_two["last_id"].get<std::string>()});
+  EXPECT_EQ(ids(next), (std::vector<std::string>{all[2]["id"], all[3]["id"]}));
+  const ojson last = page({"2", "asc", next["last_id"].get<std::string>()});
+  EXPECT_EQ(ids(last), (std::vector<std::string>{all[4]["id"]}));
+  EXPECT_FALSE(last["has_more"].get<bool>());
+  const ojson none = page({std::nullopt, "desc", all[0]["id"].get<std::string>()});  // nothing after the oldest
+  EXPECT_TRUE(none["data"].empty());
+  EXPECT_TRUE(none["first_id"].is_null());
+
+  for (const auto& [q, param] : std::vector<std::pair<InputItemsQuery, std::string>>{
+           {{"0", std::nullopt, std::nullopt}, "limit"}, {{"101", std::nullopt, std::nullopt}, "limit"},
+           {{"x", std::nullopt, std::nullopt}, "limit"}, {{std::nullopt, "up", std::nullopt}, "order"},
+           {{std::nullopt, std::nullopt, "msg_nope"}, "after"}}) {
+    std::variant<ojson, HttpError> r = InputItemsPage(all, q);
+    ASSERT_TRUE(std::holds_alternative<HttpError>(r)) << param;
+    EXPECT_EQ(std::get<HttpError>(r).status, 400);
+    EXPECT_EQ(std::get<HttpError>(r).param, param);
+  }
+}
+
 TEST(ResponsesApiTest, StoreDropsTheLeastRecentlyUsedPastItsCapacity) {
   ResponseStore store(2);
   auto put = [&](const std::string& id) { store.Put(id, StoredResponse{ojson{{"id", id}}, ojson::array()}); };

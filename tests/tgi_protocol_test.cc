@@ -156,15 +156,16 @@ TEST(TgiProtocolTest, CoordinatorErrorsTakeTgisKinds) {
   const TgiError lost = TgiErrorFromGrpc(static_cast<int>(absl::StatusCode::kUnavailable), "rank 1 lost");
   EXPECT_EQ(lost.status, 424);
   EXPECT_EQ(lost.error_type, "generation");
-  // The front's own refusals: validation (400), kept statuses (405, 413), unhealthy (503).
+  // The front's own refusals: validation (400), kept statuses (405, 413); a stopping front (503) as a
+  // lost cluster (UNAVAILABLE) is answered.
   EXPECT_EQ(TgiErrorFromHttp(400, "bad").status, 422);
   EXPECT_EQ(TgiErrorFromHttp(400, "bad").error, "Input validation error: bad");
   EXPECT_EQ(TgiErrorFromHttp(413, "too big").status, 413);
   EXPECT_EQ(TgiErrorFromHttp(413, "too big").error_type, "validation");
   EXPECT_EQ(TgiErrorFromHttp(405, "use POST").status, 405);
   const TgiError stopping = TgiErrorFromHttp(503, "the server is stopping");
-  EXPECT_EQ(stopping.status, 503);
-  EXPECT_EQ(stopping.error_type, "unhealthy");
+  EXPECT_EQ(stopping.status, lost.status);
+  EXPECT_EQ(stopping.error_type, lost.error_type);
   EXPECT_EQ(TgiErrorFromHttp(500, "boom").status, 424);
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP), "eos_token");
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_STOP_SEQUENCE), "stop_sequence");
@@ -172,8 +173,8 @@ TEST(TgiProtocolTest, CoordinatorErrorsTakeTgisKinds) {
 }
 
 // Bodies with any field of any type, at any depth, on every route: parsed, or refused with TGI's
-// 422 (400 for a body that is not an object) and a message of its kind; never an exception (this
-// test also runs under AddressSanitizer and UBSan).
+// 422 and a message of its kind; never an exception (this test also runs under AddressSanitizer and
+// UBSan).
 TEST(TgiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
   const std::vector<json> bodies = {
       {{"inputs", "x"}},
@@ -207,7 +208,7 @@ TEST(TgiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
       continue;
     }
     ++refused;
-    EXPECT_TRUE(e->status == 422 || e->status == 400) << e->status << " " << text;
+    EXPECT_EQ(e->status, 422) << text;
     EXPECT_EQ(e->error_type, "validation") << text;
     EXPECT_FALSE(e->error.empty()) << text;
   }

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <functional>
@@ -521,15 +522,19 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   auto* s = static_cast<OpenAiServer*>(self);
   const char* uri = mg_get_request_info(conn)->local_uri;
   std::string id = std::string(uri != nullptr ? uri : "").substr(std::string("/v1/responses/").size());
-  constexpr std::string_view kCancel = "/cancel";
+  constexpr std::string_view kCancel = "/cancel", kInputItems = "/input_items";
   const bool cancel = id.size() > kCancel.size() && id.ends_with(kCancel);
+  const bool input_items = id.size() > kInputItems.size() && id.ends_with(kInputItems);
   if (cancel) id.resize(id.size() - kCancel.size());
+  if (input_items) id.resize(id.size() - kInputItems.size());
   if (id.empty() || id.find('/') != std::string::npos) {
     return SendError(conn, HttpError{404, "no such endpoint: /v1/responses/" + id +
-                                              " (GET or DELETE /v1/responses/{id}, POST /v1/responses/{id}/cancel)",
+                                              " (GET or DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items, "
+                                              "POST /v1/responses/{id}/cancel)",
                                      "NotFoundError", {}});
   }
   if (cancel) return IsMethod(conn, "POST") ? s->CancelBackgroundResponse(conn, id) : MethodNotAllowed(conn, "POST");
+  if (input_items) return IsMethod(conn, "GET") ? s->ListInputItems(conn, id) : MethodNotAllowed(conn, "GET");
   const bool get = IsMethod(conn, "GET");
   if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
   const HttpError missing{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
@@ -550,6 +555,25 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   const std::optional<StoredResponse> stored = s->responses_store_->Get(id);
   if (!stored) return SendError(conn, missing);
   SendJsonText(conn, 200, stored->response.dump());
+  return 200;
+}
+
+int OpenAiServer::ListInputItems(mg_connection* conn, const std::string& id) {
+  const std::optional<StoredResponse> stored = responses_store_->Get(id);
+  if (!stored) {
+    return SendError(conn, HttpError{404, "Response with id '" + id + "' not found.", "invalid_request_error",
+                                     std::string("response_id")});
+  }
+  InputItemsQuery query;
+  const char* qs = mg_get_request_info(conn)->query_string;
+  const size_t qs_len = qs != nullptr ? std::strlen(qs) : 0;
+  for (auto [name, field] : {std::pair{"limit", &query.limit}, {"order", &query.order}, {"after", &query.after}}) {
+    char value[512];
+    if (qs != nullptr && mg_get_var(qs, qs_len, name, value, sizeof(value)) >= 0) *field = value;
+  }
+  std::variant<nlohmann::ordered_json, HttpError> page = InputItemsPage(stored->input_items, query);
+  if (auto* e = std::get_if<HttpError>(&page)) return SendError(conn, *e);
+  SendJsonText(conn, 200, std::get<nlohmann::ordered_json>(page).dump());
   return 200;
 }
 
@@ -693,7 +717,8 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
   auto remember = [&](const nlohmann::ordered_json& response) {
     if (keep && !response.is_null()) {
       responses_store_->Put(response["id"].get<std::string>(),
-                            StoredResponse{response, ConversationAfter(responses, history, response)});
+                            StoredResponse{response, ConversationAfter(responses, history, response),
+                                           responses.input_items});
     }
   };
   if (responses.background) return StartBackgroundResponse(conn, responses, std::get<ChatCall>(chat), history, created);
@@ -719,6 +744,7 @@ int OpenAiServer::StartBackgroundResponse(mg_connection* conn, const ResponsesCa
   const std::string id = "resp_" + responses.id;
   auto job = std::make_shared<BackgroundResponse>();
   job->cancelled_response = ResponseWithStatus(responses, model_name_, created, "cancelled");
+  job->input_items = responses.input_items;
   const nlohmann::ordered_json queued = ResponseWithStatus(responses, model_name_, created, "queued");
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -731,7 +757,7 @@ int OpenAiServer::StartBackgroundResponse(mg_connection* conn, const ResponsesCa
     background_[id] = job;
     ++background_running_;
   }
-  responses_store_->Put(id, StoredResponse{queued, nullptr});  // no conversation until it has an answer
+  responses_store_->Put(id, StoredResponse{queued, nullptr, responses.input_items});  // no conversation until it has an answer
   // Ends the job's registration whichever way its thread ends.
   struct Finished {
     OpenAiServer* s;
@@ -753,7 +779,7 @@ int OpenAiServer::StartBackgroundResponse(mg_connection* conn, const ResponsesCa
         std::lock_guard<std::mutex> lock(job->mu);
         if (job->state != BackgroundResponse::State::kRunning) return;
         if (last) job->state = BackgroundResponse::State::kDone;
-        responses_store_->Put(id, StoredResponse{response, std::move(conversation)});
+        responses_store_->Put(id, StoredResponse{response, std::move(conversation), job->input_items});
       };
       try {
         store(ResponseWithStatus(responses, model_name_, created, "in_progress"), nullptr, false);
@@ -795,7 +821,7 @@ int OpenAiServer::CancelBackgroundResponse(mg_connection* conn, const std::strin
     std::unique_lock<std::mutex> lock(running->mu);
     if (running->state == BackgroundResponse::State::kRunning) {
       running->state = BackgroundResponse::State::kCancelled;
-      responses_store_->Put(id, StoredResponse{running->cancelled_response, nullptr});
+      responses_store_->Put(id, StoredResponse{running->cancelled_response, nullptr, running->input_items});
       lock.unlock();
       running->watch.Cancel();
       SendJsonText(conn, 200, running->cancelled_response.dump());

@@ -158,6 +158,7 @@ class OpenAiServer {
     std::mutex mu;
     State state = State::kRunning;
     nlohmann::ordered_json cancelled_response;  // the response as a cancel leaves it
+    nlohmann::ordered_json input_items;         // its request's (ResponsesCall::input_items)
   };
   // background: true: stores the response "queued" and answers it; a thread of its own runs the
   // chat completion and stores "in_progress", then the answer ("failed", "cancelled").
@@ -165,6 +166,8 @@ class OpenAiServer {
                               const nlohmann::ordered_json& history, int64_t created);
   std::shared_ptr<BackgroundResponse> RunningBackgroundResponse(const std::string& id);
   int CancelBackgroundResponse(mg_connection* conn, const std::string& id);
+  // GET /v1/responses/{id}/input_items: a page of a stored response's input items (InputItemsPage).
+  int ListInputItems(mg_connection* conn, const std::string& id);
   // TGI's POST /generate, /generate_stream and / (tgi_endpoints.cc, tgi_protocol.h).
   static int HandleTgiGenerate(mg_connection* conn, void* self);
   static int HandleTgiGenerateStream(mg_connection* conn, void* self);

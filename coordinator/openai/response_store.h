@@ -20,6 +20,7 @@ namespace moe::openai {
 struct StoredResponse {
   nlohmann::ordered_json response;      // the response object as it was answered
   nlohmann::ordered_json conversation;  // chat messages: the input (instructions excluded) and the output
+  nlohmann::ordered_json input_items;   // the request's input as the API lists it (ResponsesCall::input_items)
 };
 
 class ResponseStore {

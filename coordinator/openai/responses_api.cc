@@ -1,8 +1,10 @@
 #include "coordinator/openai/responses_api.h"
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "coordinator/openai/random_id.h"
 
@@ -115,6 +117,34 @@ std::variant<ojson, HttpError> ChatMessages(const ojson& body) {
     messages.push_back({{"role", role}, {"content", std::get<ojson>(content)}});
   }
   return messages;
+}
+
+// The input items as the API lists them back (ResponsesCall::input_items); `input` is valid
+// (ChatMessages accepted it).
+ojson InputItems(const ojson& input, const std::string& id) {
+  const auto item_id = [&](const char* prefix, size_t k) { return std::string(prefix) + "_" + id + "_in" + std::to_string(k); };
+  const auto parts = [](const ojson& content, const std::string& role) {
+    if (!content.is_string()) return content;
+    return ojson::array({{{"type", role == "assistant" ? "output_text" : "input_text"}, {"text", content}}});
+  };
+  ojson items = ojson::array();
+  if (input.is_string()) {
+    items.push_back({{"id", item_id("msg", 0)}, {"type", "message"}, {"role", "user"}, {"content", parts(input, "user")}});
+    return items;
+  }
+  for (size_t k = 0; k < input.size(); ++k) {
+    const ojson& given = input[k];
+    const std::string type = Given(given, "type") ? given["type"].get<std::string>() : "message";
+    const char* prefix = type == "function_call" ? "fc" : type == "function_call_output" ? "fco" : "msg";
+    ojson item = {{"id", Given(given, "id") && given["id"].is_string() ? given["id"] : ojson(item_id(prefix, k))},
+                  {"type", type}};
+    for (const auto& [key, value] : given.items()) {
+      if (key == "id" || key == "type") continue;
+      item[key] = key == "content" && type == "message" ? parts(value, given["role"].get<std::string>()) : value;
+    }
+    items.push_back(std::move(item));
+  }
+  return items;
 }
 
 // text.format as the chat request's response_format (none for plain text).
@@ -273,6 +303,7 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   std::variant<ojson, HttpError> messages = ChatMessages(body);
   if (auto* e = std::get_if<HttpError>(&messages)) return *e;
   call.input = std::move(std::get<ojson>(messages));
+  call.input_items = InputItems(body["input"], call.id);
   if (Given(body, "max_output_tokens")) chat["max_tokens"] = body["max_output_tokens"];
   if (std::optional<HttpError> e = ChatTools(body, chat)) return *e;
   std::variant<ojson, HttpError> format = ResponseFormat(body);
@@ -545,6 +576,36 @@ std::vector<nlohmann::ordered_json> ResponsesEvents::Failed(const HttpError& err
   r["error"] = {{"code", error.type}, {"message", error.message}};
   e["response"] = std::move(r);
   return {std::move(e)};
+}
+
+std::variant<ojson, HttpError> InputItemsPage(const ojson& items, const InputItemsQuery& query) {
+  int64_t limit = 20;
+  if (query.limit) {
+    const std::string& v = *query.limit;
+    const bool digits = !v.empty() && v.size() <= 3 && v.find_first_not_of("0123456789") == std::string::npos;
+    limit = digits ? std::stoll(v) : 0;
+    if (limit < 1 || limit > 100) return BadParam("limit", "expected an integer from 1 to 100, got \"" + v + "\"");
+  }
+  const std::string order = query.order.value_or("desc");
+  if (order != "asc" && order != "desc") return BadParam("order", "expected asc or desc, got \"" + order + "\"");
+  std::vector<const ojson*> ordered;
+  for (const ojson& item : items) ordered.push_back(&item);
+  if (order == "desc") std::reverse(ordered.begin(), ordered.end());
+  size_t start = 0;
+  if (query.after) {
+    const auto at = std::find_if(ordered.begin(), ordered.end(), [&](const ojson* item) { return (*item)["id"] == *query.after; });
+    if (at == ordered.end()) return BadParam("after", "no input item of this response has the id \"" + *query.after + "\"");
+    start = static_cast<size_t>(at - ordered.begin()) + 1;
+  }
+  ojson page = {{"object", "list"}, {"data", ojson::array()}, {"first_id", nullptr}, {"last_id", nullptr}, {"has_more", false}};
+  const size_t end = std::min(ordered.size(), start + static_cast<size_t>(limit));
+  for (size_t k = start; k < end; ++k) page["data"].push_back(*ordered[k]);
+  if (end > start) {
+    page["first_id"] = page["data"].front()["id"];
+    page["last_id"] = page["data"].back()["id"];
+  }
+  page["has_more"] = end < ordered.size();
+  return page;
 }
 
 }  // namespace moe::openai

@@ -23,6 +23,10 @@
 #include <variant>
 #include <vector>
 
+#include <optional>
+#include <string>
+#include <variant>
+
 #include <nlohmann/json.hpp>
 
 #include "coordinator/openai/openai_protocol.h"
@@ -36,6 +40,10 @@ struct ResponsesCall {
   nlohmann::ordered_json chat;          // the chat completion request but its messages (key order kept)
   nlohmann::ordered_json instructions;  // null, or the system turn they make
   nlohmann::ordered_json input;         // the input as chat messages
+  // The input as the Responses API lists it (GET /v1/responses/{id}/input_items): each item with an
+  // id ("msg_", "fc_" or "fco_" + id + "_in" + its index, unless the request gave one), a message's
+  // text content as parts (input_text; output_text in the assistant's turns).
+  nlohmann::ordered_json input_items;
   std::string previous_response_id;     // empty: none
   bool store = true;                    // OpenAI's default
   // The request's fields a response object repeats (instructions, max_output_tokens, temperature,
@@ -48,6 +56,17 @@ struct ResponsesCall {
 };
 
 std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& body_text);
+
+// GET /v1/responses/{id}/input_items's query parameters, as given (unset: absent).
+struct InputItemsQuery {
+  std::optional<std::string> limit, order, after;
+};
+// A page of a stored response's input items in OpenAI's list shape ({"object": "list", "data",
+// "first_id", "last_id", "has_more"}): limit 1 to 100 (default 20), order "asc" or "desc" (the
+// default: the last item first), after: the id of the item the page starts after. A 400 naming the
+// parameter otherwise.
+std::variant<nlohmann::ordered_json, HttpError> InputItemsPage(const nlohmann::ordered_json& items,
+                                                               const InputItemsQuery& query);
 
 // The chat completion request's text: the instructions' turn, `history` (the conversation a
 // previous response ended, an array of chat messages; empty: none), then the input.

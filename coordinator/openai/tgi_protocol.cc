@@ -95,7 +95,8 @@ TgiError TgiErrorFromHttp(int status, const std::string& message) {
   if (status == 401) return TgiError{401, message, "authentication"};
   // Refused before generation (a wrong method, a body over the limit): the status stays.
   if (status == 405 || status == 413) return TgiError{status, message, "validation"};
-  if (status == 503) return TgiError{503, message, "unhealthy"};  // TGI's kind when it cannot serve
+  // The rest (a stopping front, a cluster that cannot serve) as TGI answers a failed backend, the
+  // same kind TgiErrorFromGrpc gives UNAVAILABLE.
   return TgiError{424, "Request failed during generation: " + message, "generation"};
 }
 

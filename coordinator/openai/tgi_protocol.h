@@ -39,7 +39,7 @@ TgiError TgiValidationError(const std::string& message);
 // overloaded cluster 429 (overloaded), a missing key 401, anything else 424 (generation).
 TgiError TgiErrorFromGrpc(int grpc_code, const std::string& message);
 // The same for an error the front already has as an HTTP status (400/404: validation; 405 and 413
-// keep their status; 503: unhealthy).
+// keep their status; the rest, 503 included, a generation failure as TgiErrorFromGrpc's).
 TgiError TgiErrorFromHttp(int status, const std::string& message);
 
 enum class TgiRoute {

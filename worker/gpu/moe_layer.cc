@@ -379,6 +379,7 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
   // (session 36); on the local path the kernel's own choice.
   if (kernel == ExpertKernel::kWgmma) {
     GroupedTile tile = tuning_.wgmma_tile, down_tile = tile;
+    if (tile == GroupedTile::kTma128x64) tile = GroupedTile::kTma128x128;  // it has no SwiGLU epilogue: down only
     if (tile == GroupedTile::kAuto && !Local()) {
       tile = down_tile = GroupedTile::kTma128x128;
       // Expected rows up to 3/4 of an m-tile an expert: at a mean of a whole m-tile (4 ranks at

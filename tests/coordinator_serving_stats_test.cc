@@ -1,0 +1,77 @@
+// The coordinator's request metrics under each family's names and rules (serving_stats.h): the
+// project's, vLLM's (labelled model_name) and TGI's (per request: refusals by kind, histograms of
+// successes only, cancelled requests neither success nor failure), read back from the registry a
+// Prometheus scrape serialises.
+#include "coordinator/serving_stats.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+#include <prometheus/metric_family.h>
+
+namespace moe {
+namespace {
+
+// The registry's samples as "name{label=value,...}" -> value (counters, gauges; histograms by
+// their _count and _sum).
+std::map<std::string, double> Samples(const ServingStats& stats) {
+  std::map<std::string, double> out;
+  for (const prometheus::MetricFamily& family : stats.registry()->Collect()) {
+    for (const prometheus::ClientMetric& m : family.metric) {
+      std::string labels;
+      for (const prometheus::ClientMetric::Label& l : m.label) {
+        labels += (labels.empty() ? "" : ",") + l.name + "=" + l.value;
+      }
+      const std::string key = family.name + (labels.empty() ? "" : "{" + labels + "}");
+      switch (family.type) {
+        case prometheus::MetricType::Counter: out[key] = m.counter.value; break;
+        case prometheus::MetricType::Gauge: out[key] = m.gauge.value; break;
+        case prometheus::MetricType::Histogram:
+          out[family.name + "_count" + (labels.empty() ? "" : "{" + labels + "}")] =
+              static_cast<double>(m.histogram.sample_count);
+          out[family.name + "_sum" + (labels.empty() ? "" : "{" + labels + "}")] = m.histogram.sample_sum;
+          break;
+        default: break;
+      }
+    }
+  }
+  return out;
+}
+
+TEST(ServingStatsTest, TgisRequestMetricsCountEachOutcomeOnce) {
+  ServingStats stats("mixtral");
+  // Five requests: one refused by validation, one by a full queue, then three that ran: a success
+  // (7 prompt tokens, 5 generated, 0.5 s), a cancelled one and a failed one.
+  for (int i = 0; i < 5; ++i) stats.CountRequest();
+  stats.CountRefused(absl::StatusCode::kInvalidArgument);
+  stats.CountRefused(absl::StatusCode::kResourceExhausted);
+  stats.ObserveRequest(0.5, 7, 5, absl::StatusCode::kOk);
+  stats.ObserveRequest(0.25, 3, 2, absl::StatusCode::kCancelled);
+  stats.ObserveRequest(0.125, 4, 1, absl::StatusCode::kInternal);
+  stats.SetQueue(3, 9);
+  std::map<std::string, double> s = Samples(stats);
+  EXPECT_EQ(s["tgi_request_count"], 5);
+  EXPECT_EQ(s["tgi_request_success"], 1);
+  EXPECT_EQ(s["tgi_request_failure{err=validation}"], 1);
+  EXPECT_EQ(s["tgi_request_failure{err=overloaded}"], 1);
+  EXPECT_EQ(s["tgi_request_failure{err=generation}"], 1);  // the cancelled one is not a failure
+  EXPECT_EQ(s["tgi_request_duration_count"], 1);           // successes only, as TGI's
+  EXPECT_EQ(s["tgi_request_duration_sum"], 0.5);
+  EXPECT_EQ(s["tgi_request_generated_tokens_sum"], 5);
+  EXPECT_EQ(s["tgi_request_input_length_count"], 3);  // every request that ran
+  EXPECT_EQ(s["tgi_request_input_length_sum"], 14);
+  EXPECT_EQ(s["tgi_queue_size"], 3);
+  EXPECT_EQ(s["tgi_batch_current_size"], 9);
+  // vLLM's and the project's e2e latency see every request that ran.
+  EXPECT_EQ(s["vllm:e2e_request_latency_seconds_count{model_name=mixtral}"], 3);
+  EXPECT_EQ(s["moe_e2e_request_latency_seconds_count"], 3);
+  EXPECT_EQ(s["vllm:num_requests_waiting{model_name=mixtral}"], 3);
+  // A cluster that cannot serve is a generation failure in TGI's kinds.
+  stats.CountRefused(absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Samples(stats)["tgi_request_failure{err=generation}"], 2);
+}
+
+}  // namespace
+}  // namespace moe
