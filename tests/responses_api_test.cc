@@ -199,7 +199,9 @@ TEST(ResponsesApiTest, WhatIsNotServedIsRefusedNamingTheField) {
     const HttpError& e = std::get<HttpError>(r);
     EXPECT_EQ(e.status, 400) << body;
     EXPECT_EQ(e.param.value_or(""), param) << body << ": " << e.message;
-    if (!param.empty()) EXPECT_EQ(e.message.rfind(param + ": ", 0), 0u) << e.message;
+    if (!param.empty()) {
+      EXPECT_EQ(e.message.rfind(param + ": ", 0), 0u) << e.message;
+    }
   }
 }
 
