@@ -465,7 +465,7 @@ TEST(ResponsesApiTest, InputItemsAreListedInPages) {
 
 TEST(ResponsesApiTest, StoreDropsTheLeastRecentlyUsedPastItsCapacity) {
   ResponseStore store(2);
-  auto put = [&](const std::string& id) { store.Put(id, StoredResponse{ojson{{"id", id}}, ojson::array()}); };
+  auto put = [&](const std::string& id) { store.Put(id, StoredResponse{ojson{{"id", id}}, ojson::array(), ojson::array()}); };
   put("a");
   put("b");
   ASSERT_TRUE(store.Get("a"));  // a is now the most recently used
