@@ -62,6 +62,8 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
   if (want_logprobs_ && tokens.logprobs_size() != n) {
     return absl::InternalError(absl::StrCat("worker sent ", tokens.logprobs_size(), " logprobs for ", n, " tokens"));
   }
+  // The worker's count of prompt tokens its prefix cache held, at most the prompt's.
+  if (tokens.cached_prompt_tokens() > 0) cached_prompt_tokens_ = std::min(tokens.cached_prompt_tokens(), prompt_tokens_);
   for (int i = 0; i < n; ++i) {
     const int32_t id = tokens.token_ids(i);
     last_token_ = id;
@@ -134,6 +136,7 @@ void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) 
   }
   out.mutable_usage()->set_prompt_tokens(prompt_tokens_);
   out.mutable_usage()->set_completion_tokens(completion_tokens_);
+  out.mutable_usage()->set_cached_prompt_tokens(cached_prompt_tokens_);
 }
 
 v1::FinishReason PublicFinishReason(v1::Finished::Reason r) {

@@ -59,6 +59,7 @@ class GenerateOutput {
   std::vector<int32_t> prompt_;  // with prompt logprobs
   uint32_t prompt_tokens_;
   uint32_t completion_tokens_ = 0;
+  uint32_t cached_prompt_tokens_ = 0;  // from the worker's first Tokens message
   uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these
   bool include_stop_;  // include_stop_str_in_output
   bool skip_special_tokens_;  // false: control tokens' texts in the text and in logprobs

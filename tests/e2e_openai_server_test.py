@@ -318,6 +318,44 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             status, err = self.call("/v1/completions", {"prompt": "x", "use_beam_search": True, field: value})
             self.assertEqual((status, err["error"]["param"]), (400, field), err)
 
+    def test_c0p_prompt_tokens_details_count_the_prefix_cache(self):
+        """vLLM's --enable-prompt-tokens-details: usage.prompt_tokens_details.cached_tokens is the prompt's
+        tokens the rank's prefix cache held: none the first time a prompt comes, its whole blocks (16
+        tokens each, leaving at least its last token to compute) the second time, as the gRPC API's usage
+        says; whole, streamed and in chat. Without the flag usage has no details; the Responses API's
+        input_tokens_details always carries the count."""
+        prompt = "ROMEO: " + " ".join("word%d" % i for i in range(40))  # about a hundred tokens, unseen before
+        ids = self.grpc.tokenize(prompt)
+        want = (len(ids) - 1) // 16 * 16
+        self.assertGreater(want, 0)
+        with own_front(self, self.cluster.address, "--enable-prompt-tokens-details",
+                       "--chat-template=" + CHAT_TEMPLATE) as (port, _, _):
+            base = "http://127.0.0.1:%d" % port
+            body = {"prompt": prompt, "max_tokens": 2, "temperature": 0}
+            status, first = self.call("/v1/completions", body, base=base)
+            self.assertEqual(status, 200, first)
+            self.assertEqual(first["usage"]["prompt_tokens_details"], {"cached_tokens": 0})
+            status, again = self.call("/v1/completions", body, base=base)
+            self.assertEqual(again["usage"]["prompt_tokens_details"], {"cached_tokens": want}, again)
+            self.assertEqual(self.grpc.generate_full(prompt, max_tokens=2, temperature=0).cached_prompt_tokens, want)
+            events = self.call("/v1/completions", dict(body, stream=True, stream_options={"include_usage": True}),
+                               base=base, raw_answer=True)[1]
+            usage = [json.loads(line[6:]) for line in events.splitlines() if line.startswith("data: {")][-1]["usage"]
+            self.assertEqual(usage["prompt_tokens_details"], {"cached_tokens": want})
+            status, chat = self.call("/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}],
+                                                              "max_tokens": 1}, base=base)
+            self.assertEqual(status, 200, chat)
+            self.assertIn("cached_tokens", chat["usage"]["prompt_tokens_details"])
+        status, plain = self.call("/v1/completions", body)  # the shared front has no flag
+        self.assertNotIn("prompt_tokens_details", plain["usage"])
+        other = "JULIET: " + " ".join("name%d" % i for i in range(40))  # unseen: the chat above cached `prompt`
+        status, r = self.call("/v1/responses", {"input": other, "max_output_tokens": 1})
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["usage"]["input_tokens_details"]["cached_tokens"], 0, r)
+        status, r2 = self.call("/v1/responses", {"input": other, "max_output_tokens": 1})
+        self.assertEqual(r2["usage"]["input_tokens_details"]["cached_tokens"] % 16, 0)
+        self.assertGreater(r2["usage"]["input_tokens_details"]["cached_tokens"], 0, r2)
+
     def test_c0_add_special_tokens_false_encodes_without_bos(self):
         """vLLM's add_special_tokens: false sends a text prompt's ids without BOS. The default model
         adds none (its tokenizer_config.json), so this runs a 1-rank cluster of the same model whose

@@ -169,7 +169,7 @@ class PythonClientEndToEnd(unittest.TestCase):
         self.assertEqual(last["token_ids"], s["greedy_ids"])
         self.assertEqual("ROMEO:" + last["text"], s["greedy_text"])
         self.assertEqual(last["finish_reason"], "length")
-        self.assertEqual(last["usage"], {"prompt_tokens": 2, "completion_tokens": 48})
+        self.assertEqual(last["usage"], {"prompt_tokens": 2, "completion_tokens": 48, "cached_prompt_tokens": 0})
         self.assertTrue(r.stdout.startswith(last["text"]), "the text is streamed before the JSON line")
 
         r = self.moe_client("score", "--context", "ROMEO:", "--continuation-ids",

@@ -614,6 +614,30 @@ TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
   EXPECT_EQ(only["choices"][0]["logprobs"]["token_logprobs"], (json{nullptr, -1.5, -0.5}));
 }
 
+// With prompt_tokens_details (vLLM's --enable-prompt-tokens-details) the usage says the prompt's
+// cached tokens: the fewest any completion found (the prompt is counted once); merged answers sum them.
+TEST(OpenAiProtocolTest, PromptTokensDetailsSayTheCachedPromptTokens) {
+  TokenReport report;
+  report.cached_tokens = true;
+  CompletionAccumulator acc(2, false, Api::kCompletions, false, report);
+  v1::GenerateResponse a = Msg(0, "a", v1::FINISH_REASON_LENGTH, 1), b = Msg(1, "b", v1::FINISH_REASON_LENGTH, 1);
+  a.mutable_usage()->set_cached_prompt_tokens(0);  // the first completion computed the prompt
+  b.mutable_usage()->set_cached_prompt_tokens(16);
+  ASSERT_TRUE(acc.Add(a) && acc.Add(b));
+  EXPECT_EQ(acc.ToJson("m", 1)["usage"], (json{{"prompt_tokens", 4}, {"completion_tokens", 2}, {"total_tokens", 6},
+                                               {"prompt_tokens_details", {{"cached_tokens", 0}}}}));
+  CompletionAccumulator plain(1, false);
+  b.set_index(0);
+  ASSERT_TRUE(plain.Add(b));
+  EXPECT_FALSE(plain.ToJson("m", 1)["usage"].contains("prompt_tokens_details")) << "only when asked";
+  EXPECT_EQ(StreamUsageJson("r", "m", 1, 4, 1, Api::kChat, 16)["usage"]["prompt_tokens_details"]["cached_tokens"], 16);
+  const json merged = MergeAnswers({json{{"choices", json::array()}, {"usage", UsageJson(20, 1, 16)}},
+                                    json{{"choices", json::array()}, {"usage", UsageJson(40, 1, 32)}}},
+                                   1);
+  EXPECT_EQ(merged["usage"]["prompt_tokens_details"]["cached_tokens"], 48);
+  EXPECT_EQ(merged["usage"]["prompt_tokens"], 60);
+}
+
 TEST(OpenAiProtocolTest, ABatchsAnswersMergeWithChoicesNumberedPromptByPrompt) {
   const auto answer = [](const std::string& id, std::vector<std::string> texts, int prompt_tokens, int completion) {
     json choices = json::array();

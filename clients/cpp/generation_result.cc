@@ -35,7 +35,10 @@ json GenerationResult::ToJson(bool with_logprobs) const {
             {"text", text},
             {"finish_reason", FinishReasonName(finish_reason)},
             {"stop_reason", stop_reason},
-            {"usage", {{"prompt_tokens", usage.prompt_tokens()}, {"completion_tokens", usage.completion_tokens()}}}};
+            {"usage",
+             {{"prompt_tokens", usage.prompt_tokens()},
+              {"completion_tokens", usage.completion_tokens()},
+              {"cached_prompt_tokens", usage.cached_prompt_tokens()}}}};
   auto list = [](const std::vector<moe::v1::TokenLogprob>& v, bool rank) {
     json lps = json::array();
     for (const auto& lp : v) {

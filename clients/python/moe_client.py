@@ -71,6 +71,7 @@ class Completion:
     stop_reason: Union[str, int, None] = None  # the stop string or stop token id that ended it
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens the rank's prefix cache held
     logprobs: list = dataclasses.field(default_factory=list)  # inference_pb2.TokenLogprob, when asked
     # prompt_logprobs: inference_pb2.TokenLogprob of prompt tokens 1..n-1 (with rank), completion 0's
     prompt_logprobs: list = dataclasses.field(default_factory=list)
@@ -252,6 +253,7 @@ class MoeClient:
             if chunk.HasField("usage"):
                 c.prompt_tokens = chunk.usage.prompt_tokens
                 c.completion_tokens = chunk.usage.completion_tokens
+                c.cached_prompt_tokens = chunk.usage.cached_prompt_tokens
         return completions
 
     def generate_text(self, prompt: Optional[str] = None, token_ids: Optional[Sequence[int]] = None,

@@ -30,6 +30,8 @@ const char kUsage[] =
     "                         [--threads N (default 1024: requests in flight; one more waits for a thread)]\n"
     "                         [--responses-store N (default 1024: /v1/responses answers kept, least recently used\n"
     "                          dropped, for previous_response_id and GET / DELETE /v1/responses/ID; 0: none kept)]\n"
+    "                         [--enable-prompt-tokens-details (vLLM's: usage.prompt_tokens_details.cached_tokens,\n"
+    "                          the prompt tokens the ranks' prefix caches held)]\n"
     "                         [--request-timeout-s S (default 30: to send the request headers, and for any one\n"
     "                          read of the body or write of the answer)]\n"
     "                         [--access-log FILE (a line per request: client, time, request, status, bytes;\n"
@@ -77,6 +79,11 @@ int main(int argc, char** argv) {
     if (f.name == "--help" || f.name == "-h") {
       std::fputs(kUsage, stdout);
       return 0;
+    }
+    if (f.name == "--enable-prompt-tokens-details") {  // vLLM's; a switch, no value
+      if (f.value) return BadFlag("--enable-prompt-tokens-details takes no value");
+      opts.prompt_tokens_details = true;
+      continue;
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" &&
         f.name != "--served-model-name" && f.name != "--threads" &&

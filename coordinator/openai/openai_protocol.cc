@@ -810,6 +810,8 @@ bool CompletionAccumulator::Add(const v1::GenerateResponse& r) {
   if (r.has_usage()) {
     prompt_tokens_ = r.usage().prompt_tokens();
     c.completion_tokens = r.usage().completion_tokens();
+    cached_prompt_tokens_ = std::min(cached_prompt_tokens_.value_or(r.usage().cached_prompt_tokens()),
+                                     r.usage().cached_prompt_tokens());
   }
   return true;
 }
@@ -843,7 +845,9 @@ json CompletionAccumulator::ToJson(const std::string& model_name, int64_t create
                  {"created", created},
                  {"model", model_name},
                  {"choices", choices},
-                 {"usage", UsageJson(prompt_tokens_, completion_tokens)}};
+                 {"usage", UsageJson(prompt_tokens_, completion_tokens,
+                                     report_.cached_tokens ? std::optional<uint64_t>(cached_prompt_tokens_.value_or(0))
+                                                           : std::nullopt)}};
   if (prompt_logprobs_wanted_ && chat) answer["prompt_logprobs"] = prompt_logprobs_;  // vLLM's place for chat
   if (report_.token_ids && chat) answer["prompt_token_ids"] = prompt_token_ids_;
   return answer;
@@ -894,21 +898,24 @@ json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_nam
   return chunk;
 }
 
-json UsageJson(uint64_t prompt_tokens, uint64_t completion_tokens) {
-  return {{"prompt_tokens", prompt_tokens},
-          {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens}};
+json UsageJson(uint64_t prompt_tokens, uint64_t completion_tokens, std::optional<uint64_t> cached_prompt_tokens) {
+  json usage = {{"prompt_tokens", prompt_tokens},
+                {"completion_tokens", completion_tokens},
+                {"total_tokens", prompt_tokens + completion_tokens}};
+  if (cached_prompt_tokens) usage["prompt_tokens_details"] = {{"cached_tokens", *cached_prompt_tokens}};
+  return usage;
 }
 
 json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
-                     uint32_t prompt_tokens, uint32_t completion_tokens, Api api) {
+                     uint32_t prompt_tokens, uint32_t completion_tokens, Api api,
+                     std::optional<uint64_t> cached_prompt_tokens) {
   const bool chat = api == Api::kChat;
   return {{"id", (chat ? "chatcmpl-" : "cmpl-") + request_id},
           {"object", chat ? "chat.completion.chunk" : "text_completion"},
           {"created", created},
           {"model", model_name},
           {"choices", json::array()},
-          {"usage", UsageJson(prompt_tokens, completion_tokens)}};
+          {"usage", UsageJson(prompt_tokens, completion_tokens, cached_prompt_tokens)}};
 }
 
 Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool logprobs, bool tokens_as_ids) {
@@ -985,15 +992,20 @@ json MergeAnswers(const std::vector<json>& answers, uint32_t n) {
   json merged = answers.front();
   merged["choices"] = json::array();
   uint64_t prompt_tokens = 0, completion_tokens = 0;
+  std::optional<uint64_t> cached;  // when the answers carry prompt_tokens_details
   for (size_t i = 0; i < answers.size(); ++i) {
     for (json c : answers[i]["choices"]) {
       c["index"] = i * n + c["index"].get<uint64_t>();
       merged["choices"].push_back(c);
     }
-    prompt_tokens += answers[i]["usage"]["prompt_tokens"].get<uint64_t>();
-    completion_tokens += answers[i]["usage"]["completion_tokens"].get<uint64_t>();
+    const json& usage = answers[i]["usage"];
+    prompt_tokens += usage["prompt_tokens"].get<uint64_t>();
+    completion_tokens += usage["completion_tokens"].get<uint64_t>();
+    if (usage.contains("prompt_tokens_details")) {
+      cached = cached.value_or(0) + usage["prompt_tokens_details"]["cached_tokens"].get<uint64_t>();
+    }
   }
-  merged["usage"] = UsageJson(prompt_tokens, completion_tokens);
+  merged["usage"] = UsageJson(prompt_tokens, completion_tokens, cached);
   return merged;
 }
 

@@ -81,6 +81,10 @@ struct CompletionCall {
   // length_penalty divides each beam's log-probability by its length to that power.
   bool beam_search = false;
   double length_penalty = 1.0;
+  // The usage says how many prompt tokens the prefix cache held (prompt_tokens_details:
+  // {"cached_tokens"}): the server's --enable-prompt-tokens-details (vLLM's), or a Responses
+  // request, whose usage always carries them. Set by the server, not by the request.
+  bool prompt_tokens_details = false;
 };
 
 // use_beam_search's widest beam: n beams take the 2n most probable tokens a step (top logprobs, at most 20).
@@ -137,8 +141,11 @@ nlohmann::json StopReasonJson(const v1::GenerateResponse& r);
 struct TokenReport {
   bool token_ids = false;      // return_token_ids
   bool tokens_as_ids = false;  // return_tokens_as_token_ids
+  bool cached_tokens = false;  // the usage's prompt_tokens_details (CompletionCall::prompt_tokens_details)
 };
-inline TokenReport TokenReportOf(const CompletionCall& call) { return {call.return_token_ids, call.tokens_as_ids}; }
+inline TokenReport TokenReportOf(const CompletionCall& call) {
+  return {call.return_token_ids, call.tokens_as_ids, call.prompt_tokens_details};
+}
 
 // A token as logprobs name it: its text, or "token_id:<id>" (return_tokens_as_token_ids).
 std::string TokenName(int32_t id, const std::string& text, bool as_ids);
@@ -179,6 +186,8 @@ class CompletionAccumulator {
   nlohmann::json prompt_logprobs_ = nlohmann::json::array({nullptr});  // a prompt of one token: [null]
   std::string request_id_;
   uint32_t prompt_tokens_ = 0;
+  // The fewest prompt tokens any completion found cached (its prompt is counted once).
+  std::optional<uint32_t> cached_prompt_tokens_;
   std::vector<Choice> choices_;
 };
 
@@ -205,11 +214,14 @@ nlohmann::json ChatRoleChunkJson(const std::string& request_id, uint32_t index, 
 // choice's first chunk: the caller adds them.)
 nlohmann::json StreamChunkJson(const v1::GenerateResponse& r, const std::string& model_name, int64_t created,
                                bool logprobs, size_t& offset, Api api = Api::kCompletions, TokenReport report = {});
-// OpenAI's usage object: {"prompt_tokens", "completion_tokens", "total_tokens"}.
-nlohmann::json UsageJson(uint64_t prompt_tokens, uint64_t completion_tokens);
+// OpenAI's usage object: {"prompt_tokens", "completion_tokens", "total_tokens"}, and with
+// `cached_prompt_tokens` its "prompt_tokens_details": {"cached_tokens"}.
+nlohmann::json UsageJson(uint64_t prompt_tokens, uint64_t completion_tokens,
+                         std::optional<uint64_t> cached_prompt_tokens = std::nullopt);
 // The last event with include_usage: no choices, the request's usage.
 nlohmann::json StreamUsageJson(const std::string& request_id, const std::string& model_name, int64_t created,
-                               uint32_t prompt_tokens, uint32_t completion_tokens, Api api = Api::kCompletions);
+                               uint32_t prompt_tokens, uint32_t completion_tokens, Api api = Api::kCompletions,
+                               std::optional<uint64_t> cached_prompt_tokens = std::nullopt);
 
 // echo: what a prompt puts before each of its choices: its text (the request's, or for token ids
 // the detokenizer's texts of ScoreRolling, which add up to it) and, with logprobs, its tokens

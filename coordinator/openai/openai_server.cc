@@ -159,6 +159,7 @@ std::string LocalRequestId(const CompletionCall& call) {
 absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOptions& opts) {
   std::unique_ptr<OpenAiServer> s(new OpenAiServer());
   s->responses_store_ = std::make_unique<ResponseStore>(opts.responses_store);
+  s->prompt_tokens_details_ = opts.prompt_tokens_details;
   MOE_RETURN_IF_ERROR(CheckHttpsFlags(opts.https));
   if (opts.https.enabled()) {  // before anything else: a bad file stops the server at once
     MOE_RETURN_IF_ERROR(CheckTlsFiles(opts.https));
@@ -590,6 +591,7 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
   CompletionCall& call = std::get<CompletionCall>(parsed);
   if (const char* id = RequestIdHeader(conn)) call.request.set_request_id(id);  // over the body's, as vLLM
+  call.prompt_tokens_details = prompt_tokens_details_;
   if (!call.add_special_tokens) {  // text prompts go as their token ids without BOS
     for (v1::Prompt& p : call.prompts) {
       if (!p.has_token_ids()) {
@@ -651,6 +653,7 @@ std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn,
 
   CompletionCall& call = chat.completion;
   if (const char* id = RequestIdHeader(conn)) call.request.set_request_id(id);  // over the body's, as vLLM
+  call.prompt_tokens_details = prompt_tokens_details_;
   v1::Prompt& p = *call.request.mutable_prompt();
   p.mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
   call.prompts = {p};
@@ -712,6 +715,7 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
   responses.echo["store"] = keep;
   std::variant<ChatCall, HttpError> chat = PrepareChat(conn, ChatBody(responses, history));
   if (auto* e = std::get_if<HttpError>(&chat)) return SendError(conn, ResponsesError(*e));
+  std::get<ChatCall>(chat).completion.prompt_tokens_details = true;  // a response's usage always says them
   const CompletionCall& call = std::get<ChatCall>(chat).completion;
   const int64_t created = UnixNow();
   auto remember = [&](const nlohmann::ordered_json& response) {
@@ -1072,6 +1076,14 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     }
   }
   std::vector<uint32_t> prompt_tokens(prompts, 0);
+  std::vector<uint32_t> cached_tokens(prompts, UINT32_MAX);  // per prompt, from its completions' usage
+  // The usage's prompt_tokens_details when the call reports them: the prompts' cached tokens summed.
+  const auto cached_total = [&]() -> std::optional<uint64_t> {
+    if (!call.prompt_tokens_details) return std::nullopt;
+    uint64_t total = 0;
+    for (uint32_t t : cached_tokens) total += t == UINT32_MAX ? 0 : t;
+    return total;
+  };
   uint32_t completion_tokens = 0;
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice (with echo, from past the prompt)
@@ -1123,6 +1135,8 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     if (msg.has_usage()) {
       prompt_tokens[item.prompt] = msg.usage().prompt_tokens();
       completion_tokens += msg.usage().completion_tokens();
+      // The prompt is counted once: the fewest tokens any of its completions found cached.
+      cached_tokens[item.prompt] = std::min(cached_tokens[item.prompt], msg.usage().cached_prompt_tokens());
     }
     if (client_gone || failure || msg.index() >= call.n) continue;
     const uint32_t choice = static_cast<uint32_t>(item.prompt * call.n + msg.index());
@@ -1198,7 +1212,8 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     uint32_t prompt_total = 0;
     for (uint32_t t : prompt_tokens) prompt_total += t;
     for (const nlohmann::ordered_json& e : failure ? responses->Failed(*failure)
-                                                   : responses->Finish(UsageJson(prompt_total, completion_tokens))) {
+                                                   : responses->Finish(UsageJson(prompt_total, completion_tokens,
+                                                                                 cached_total()))) {
       if (!SendNamedEvent(conn, e)) break;
     }
     return 200;
@@ -1208,7 +1223,9 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   } else if (call.include_usage) {
     uint32_t prompt_total = 0;
     for (uint32_t t : prompt_tokens) prompt_total += t;
-    SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_total, completion_tokens, api).dump());
+    SendEvent(conn,
+              StreamUsageJson(request_id, model_name_, created, prompt_total, completion_tokens, api, cached_total())
+                  .dump());
   }
   SendEvent(conn, "[DONE]");
   return 200;

@@ -64,6 +64,9 @@ struct ServerOptions {
   // /v1/responses answers kept (store: true, OpenAI's default) for previous_response_id and GET /
   // DELETE /v1/responses/{id}, the least recently used dropped past it; 0: none kept.
   size_t responses_store = 1024;
+  // vLLM's --enable-prompt-tokens-details: completions' and chat completions' usage says how many
+  // prompt tokens the ranks' prefix caches held (prompt_tokens_details.cached_tokens).
+  bool prompt_tokens_details = false;
   // Not empty: every endpoint but GET /health, /metrics and /version answers 401 unless the request
   // carries "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
   std::vector<std::string> api_keys;
@@ -235,6 +238,7 @@ class OpenAiServer {
   std::unordered_map<int32_t, std::string> special_pieces_;  // the vocabulary's special tokens and their pieces
   int max_concurrent_requests_ = 0;  // --threads
   std::unique_ptr<ResponseStore> responses_store_;
+  bool prompt_tokens_details_ = false;  // ServerOptions::prompt_tokens_details
   std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why
   absl::Status chat_template_status_;
   std::string bos_token_, eos_token_;      // for a request's own chat_template
