@@ -62,8 +62,9 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
   if (want_logprobs_ && tokens.logprobs_size() != n) {
     return absl::InternalError(absl::StrCat("worker sent ", tokens.logprobs_size(), " logprobs for ", n, " tokens"));
   }
-  // The worker's count of prompt tokens its prefix cache held, at most the prompt's.
-  if (tokens.cached_prompt_tokens() > 0) cached_prompt_tokens_ = std::min(tokens.cached_prompt_tokens(), prompt_tokens_);
+  // The worker's count of prompt tokens its prefix cache held, at most the prompt's, from the first
+  // tokens only (a sequence resumed on a new worker job reports again, for its longer context).
+  if (completion_tokens_ == 0) cached_prompt_tokens_ = std::min(tokens.cached_prompt_tokens(), prompt_tokens_);
   for (int i = 0; i < n; ++i) {
     const int32_t id = tokens.token_ids(i);
     last_token_ = id;
