@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <algorithm>
 #include <fstream>
 
@@ -107,6 +109,27 @@ TEST_F(GenerateOutputTest, DeltasAddUpToTheRecordedText) {
       EXPECT_EQ(r.last.usage().prompt_tokens(), s.prompt_ids.size());
       EXPECT_EQ(r.last.usage().completion_tokens(), s.greedy_ids.size());
     }
+  }
+}
+
+// The worker's count of cached prompt tokens comes with a completion's first tokens: taken from
+// those only (a sequence resumed on a new worker job reports again, for its longer context), at
+// most the prompt's length.
+TEST_F(GenerateOutputTest, CachedPromptTokensComeFromTheFirstTokensOnly) {
+  const Sample& s = samples_.front();
+  RequestModel model{config_, codec_.get()};
+  const uint32_t prompt = static_cast<uint32_t>(s.prompt_ids.size());
+  for (const auto& [first, later, want] : std::vector<std::tuple<uint32_t, uint32_t, uint32_t>>{
+           {0, 16, 0}, {16, 32, std::min<uint32_t>(16, prompt)}, {prompt + 100, 0, prompt}}) {
+    GenerateOutput out(Job(s), model, "r");
+    v1::GenerateResponse resp;
+    v1::Tokens a = TokensAt(s.greedy_ids, 0, 2, -1.0f), b = TokensAt(s.greedy_ids, 2, s.greedy_ids.size(), -1.0f);
+    a.set_cached_prompt_tokens(first);
+    b.set_cached_prompt_tokens(later);
+    ASSERT_TRUE(out.AddTokens(a, resp).ok());
+    ASSERT_TRUE(out.AddTokens(b, resp).ok());
+    out.Finish(v1::FINISH_REASON_LENGTH, resp);
+    EXPECT_EQ(resp.usage().cached_prompt_tokens(), want) << first << " then " << later;
   }
 }
 

@@ -342,10 +342,14 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                                base=base, raw_answer=True)[1]
             usage = [json.loads(line[6:]) for line in events.splitlines() if line.startswith("data: {")][-1]["usage"]
             self.assertEqual(usage["prompt_tokens_details"], {"cached_tokens": want})
-            status, chat = self.call("/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}],
-                                                              "max_tokens": 1}, base=base)
-            self.assertEqual(status, 200, chat)
-            self.assertIn("cached_tokens", chat["usage"]["prompt_tokens_details"])
+            messages = [{"role": "user", "content": prompt}]
+            status, tokenized = self.call("/tokenize", {"messages": messages}, base=base)
+            self.assertEqual(status, 200, tokenized)
+            for want_chat in (0, (tokenized["count"] - 1) // 16 * 16):  # the template's text: unseen, then seen
+                status, chat = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 1}, base=base)
+                self.assertEqual(status, 200, chat)
+                self.assertEqual(chat["usage"]["prompt_tokens"], tokenized["count"])
+                self.assertEqual(chat["usage"]["prompt_tokens_details"], {"cached_tokens": want_chat}, chat)
         status, plain = self.call("/v1/completions", body)  # the shared front has no flag
         self.assertNotIn("prompt_tokens_details", plain["usage"])
         other = "JULIET: " + " ".join("name%d" % i for i in range(40))  # unseen: the chat above cached `prompt`

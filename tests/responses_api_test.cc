@@ -452,6 +452,12 @@ TEST(ResponsesApiTest, InputItemsAreListedInPages) {
   EXPECT_TRUE(none["data"].empty());
   EXPECT_TRUE(none["first_id"].is_null());
 
+  // Each id names one item: a request giving one twice is refused, naming the second.
+  std::variant<ResponsesCall, HttpError> twice = ParseResponsesRequest(
+      R"({"input": [{"role": "user", "content": "a", "id": "m1"}, {"role": "user", "content": "b", "id": "m1"}]})");
+  ASSERT_TRUE(std::holds_alternative<HttpError>(twice));
+  EXPECT_EQ(std::get<HttpError>(twice).param, "input[1].id");
+
   for (const auto& [q, param] : std::vector<std::pair<InputItemsQuery, std::string>>{
            {{"0", std::nullopt, std::nullopt}, "limit"}, {{"101", std::nullopt, std::nullopt}, "limit"},
            {{"x", std::nullopt, std::nullopt}, "limit"}, {{std::nullopt, "up", std::nullopt}, "order"},

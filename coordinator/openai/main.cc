@@ -2,7 +2,7 @@
 //
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
 //                     [--model-name NAME] [--threads N] [--request-timeout-s S] [--chat-template FILE]
-//                     [--tool-call-parser mistral] [--api-key KEY ...]
+//                     [--tool-call-parser mistral] [--api-key KEY ...] [--enable-prompt-tokens-details]
 //                     [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem [--ssl-ca-certs CA.pem --ssl-cert-reqs 0|1|2]]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in

@@ -568,9 +568,9 @@ int OpenAiServer::ListInputItems(mg_connection* conn, const std::string& id) {
   InputItemsQuery query;
   const char* qs = mg_get_request_info(conn)->query_string;
   const size_t qs_len = qs != nullptr ? std::strlen(qs) : 0;
+  std::vector<char> value(qs_len + 1);  // a decoded value is never longer than the query string
   for (auto [name, field] : {std::pair{"limit", &query.limit}, {"order", &query.order}, {"after", &query.after}}) {
-    char value[512];
-    if (qs != nullptr && mg_get_var(qs, qs_len, name, value, sizeof(value)) >= 0) *field = value;
+    if (qs != nullptr && mg_get_var(qs, qs_len, name, value.data(), value.size()) >= 0) *field = value.data();
   }
   std::variant<nlohmann::ordered_json, HttpError> page = InputItemsPage(stored->input_items, query);
   if (auto* e = std::get_if<HttpError>(&page)) return SendError(conn, *e);
@@ -1251,8 +1251,10 @@ int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call
       if (!SendEvent(conn, chunk.dump())) return 200;
     }
   }
-  if (call.include_usage) {
-    SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_tokens, 0).dump());
+  if (call.include_usage) {  // nothing ran: no prompt token was looked up in a cache
+    SendEvent(conn, StreamUsageJson(request_id, model_name_, created, prompt_tokens, 0, Api::kCompletions,
+                                    call.prompt_tokens_details ? std::optional<uint64_t>(0) : std::nullopt)
+                        .dump());
   }
   SendEvent(conn, "[DONE]");
   return 200;
@@ -1310,7 +1312,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
 }
 
 std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> OpenAiServer::BeamCandidates(
-    const CompletionCall& call, const std::vector<std::vector<int32_t>>& prefixes) {
+    const CompletionCall& call, const std::vector<std::vector<int32_t>>& prefixes, uint32_t* first_cached) {
   std::vector<std::variant<std::vector<BeamCandidate>, HttpError>> got(prefixes.size());
   const auto candidates = [&](size_t i) -> std::variant<std::vector<BeamCandidate>, HttpError> {
     v1::GenerateRequest request;
@@ -1330,6 +1332,7 @@ std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> OpenAiServer::B
     std::vector<BeamCandidate> out;
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) {
+      if (i == 0 && first_cached != nullptr && msg.has_usage()) *first_cached = msg.usage().cached_prompt_tokens();
       for (const v1::TokenLogprob& lp : msg.logprobs()) {  // the one token: its alternatives, then itself
         for (const v1::TopLogprob& t : lp.top()) out.push_back({t.token_id(), t.logprob()});
         const bool listed = std::any_of(out.begin(), out.end(), [&](const BeamCandidate& c) { return c.token_id == lp.token_id(); });
@@ -1366,8 +1369,14 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::BeamSearchAnswer(const Com
   options.ignore_eos = asked.ignore_eos();
   options.include_stop = asked.include_stop_str_in_output();
   options.eos_ids = eos_ids_;
+  uint32_t prompt_cached = 0;  // the first step's, on the prompt alone: what the prefix cache held of it
+  bool first_step = true;
   std::variant<std::vector<Beam>, HttpError> searched =
-      BeamSearch(prompt, options, [&](const std::vector<std::vector<int32_t>>& prefixes) { return BeamCandidates(call, prefixes); });
+      BeamSearch(prompt, options, [&](const std::vector<std::vector<int32_t>>& prefixes) {
+        uint32_t* cached = first_step ? &prompt_cached : nullptr;
+        first_step = false;
+        return BeamCandidates(call, prefixes, cached);
+      });
   if (HttpError* e = std::get_if<HttpError>(&searched)) return *e;
   const std::vector<Beam>& beams = std::get<std::vector<Beam>>(searched);
 
@@ -1395,6 +1404,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::BeamSearchAnswer(const Com
     msg.set_finish_reason(b.ended_by_eos ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH);
     msg.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
     msg.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(generated.size()));
+    msg.mutable_usage()->set_cached_prompt_tokens(prompt_cached);
     acc.Add(msg);
   }
   return acc.ToJson(model_name_, created);

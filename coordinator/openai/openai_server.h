@@ -192,8 +192,9 @@ class OpenAiServer {
                                                            int64_t created, Api api);
   // Each prefix's next-token candidates for the search: the 2 x width most probable tokens and the
   // one sampled, from a Generate call of one token with `call`'s temperature and seed.
+  // `first_cached` (not null): the first prefix's cached prompt tokens (its usage's), there.
   std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> BeamCandidates(
-      const CompletionCall& call, const std::vector<std::vector<int32_t>>& prefixes);
+      const CompletionCall& call, const std::vector<std::vector<int32_t>>& prefixes, uint32_t* first_cached = nullptr);
 
   // A completions handler at work: counted until it has written its answer; not admitted once the
   // server is stopping.

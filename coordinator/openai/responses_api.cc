@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -304,6 +305,12 @@ std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& 
   if (auto* e = std::get_if<HttpError>(&messages)) return *e;
   call.input = std::move(std::get<ojson>(messages));
   call.input_items = InputItems(body["input"], call.id);
+  std::set<std::string> item_ids;  // input_items pages by id: each must name one item
+  for (size_t k = 0; k < call.input_items.size(); ++k) {
+    if (!item_ids.insert(call.input_items[k]["id"].get<std::string>()).second) {
+      return BadParam("input[" + std::to_string(k) + "].id", "another input item has this id");
+    }
+  }
   if (Given(body, "max_output_tokens")) chat["max_tokens"] = body["max_output_tokens"];
   if (std::optional<HttpError> e = ChatTools(body, chat)) return *e;
   std::variant<ojson, HttpError> format = ResponseFormat(body);

@@ -19,13 +19,10 @@
 
 #include <cstdint>
 #include <map>
-#include <string>
-#include <variant>
-#include <vector>
-
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 

@@ -27,8 +27,9 @@ struct ServedSequence {
   // Its context is the prompt, then the generated tokens; the engine has been handed the first
   // `fed` of them (prompt chunks, then one generated token a step; from 0 again after a preemption).
   int64_t fed = 0;
-  // Prompt tokens its last admission found in the prefix cache (reported with its first token).
-  int64_t cached_prompt_tokens = 0;
+  // Prompt tokens its first admission found in the prefix cache (reported with its first token; -1
+  // before it is admitted: a preemption's re-admission finds its own blocks, which do not count).
+  int64_t cached_prompt_tokens = -1;
   std::vector<int32_t> generated;  // sampled token ids
   // The engine samples its next token under a mask that allows no id (NextAllowed was false): the
   // pick is meaningless, the output ends instead.
