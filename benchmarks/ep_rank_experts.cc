@@ -220,8 +220,7 @@ nlohmann::json EpRankExpertFigures(const ModelConfig& c) {
                  wgmma_down(routes[i % routes.size()], gpu::GroupedTile::kTma128x64);
                }),
                1.0 / 3);
-        const gpu::GroupedTile down_tile =  // as GpuMoeLayer::Experts chooses it
-            expected <= 96 * local ? gpu::GroupedStoreTile(local, H, gpu::DeviceSmCount()) : tma;
+        const gpu::GroupedTile down_tile = gpu::GroupedStoreTile(local, H, expected, gpu::DeviceSmCount());
         record(down_tile == gpu::GroupedTile::kTma128x64 ? "tma engine (down 64)" : "tma engine (down 128)",
                MedianMs(s, 3, 16, [&](int i) {
                  wgmma_up(routes[i % routes.size()], tma);

@@ -164,13 +164,16 @@ inline bool GroupedTileReadsRowsInOrder(GroupedTile tile) {
   return tile == GroupedTile::kTma128x128 || tile == GroupedTile::kTma128x256 || tile == GroupedTile::kTma256x128 ||
          tile == GroupedTile::kTma128x64;
 }
-// The warp-specialised tile of a kStoreBf16 product of `groups` groups and N columns whose groups
-// fit one m-tile each (an expert-parallel rank's few experts at decode): 128x64 where 128-column
-// tiles would leave half the device's `sms` multiprocessors or more without a tile (each CTA of
-// the narrower tile streams half the weight rows), else 128x128. Each output element is summed in
-// the same k order either way.
-inline GroupedTile GroupedStoreTile(int64_t groups, int64_t N, int sms) {
-  return 2 * groups * ((N + 127) / 128) <= sms ? GroupedTile::kTma128x64 : GroupedTile::kTma128x128;
+// The warp-specialised tile of a kStoreBf16 product of `groups` groups and N columns, about
+// `expected_rows` rows over all groups (an expert-parallel rank's few experts at decode): 128x64
+// where each group fits one m-tile with room to spare (at most 96 rows on average: at a mean of a
+// whole m-tile half the groups take a second one and the narrow tiles make two waves) and 128-column
+// tiles would leave half the device's `sms` multiprocessors or more without a tile (each CTA of the
+// narrower tile streams half the weight rows); else 128x128. Each output element is summed in the
+// same k order either way.
+inline GroupedTile GroupedStoreTile(int64_t groups, int64_t N, int64_t expected_rows, int sms) {
+  const bool one_m_tile = expected_rows <= 96 * groups;
+  return one_m_tile && 2 * groups * ((N + 127) / 128) <= sms ? GroupedTile::kTma128x64 : GroupedTile::kTma128x128;
 }
 void GroupedGemm(const bf16* x, int64_t K, const SkinnyGroups& groups, int64_t N, SkinnyEpilogue epi, bf16* out,
                  int64_t max_rows, cudaStream_t s, GroupedTile tile = GroupedTile::kAuto);

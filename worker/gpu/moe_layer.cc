@@ -382,9 +382,7 @@ void GpuMoeLayer::Experts(ExpertKernel kernel, int64_t layer, const bf16* x, con
     if (tile == GroupedTile::kTma128x64) tile = GroupedTile::kTma128x128;  // it has no SwiGLU epilogue: down only
     if (tile == GroupedTile::kAuto && !Local()) {
       tile = down_tile = GroupedTile::kTma128x128;
-      // Expected rows up to 3/4 of an m-tile an expert: at a mean of a whole m-tile (4 ranks at
-      // total 512) half the experts take a second one and the narrow tiles make two waves.
-      if (plan_rows > 0 && plan_rows <= 96 * local) down_tile = GroupedStoreTile(local, H, DeviceSmCount());
+      if (plan_rows > 0) down_tile = GroupedStoreTile(local, H, plan_rows, DeviceSmCount());
     }
     SkinnyGroups up;
     up.count = E;
