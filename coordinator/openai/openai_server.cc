@@ -70,6 +70,11 @@ bool IsMethod(mg_connection* conn, const char* method) {
   return std::string(mg_get_request_info(conn)->request_method) == method;
 }
 
+// OpenAI's answer for a response id the store does not hold (GET, DELETE, cancel, input_items).
+HttpError ResponseNotFound(const std::string& id) {
+  return HttpError{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
+}
+
 int MethodNotAllowed(mg_connection* conn, const char* allowed) {
   return SendError(conn, HttpError{405, std::string("use ") + allowed, "invalid_request_error", {}});
 }
@@ -538,7 +543,6 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   if (input_items) return IsMethod(conn, "GET") ? s->ListInputItems(conn, id) : MethodNotAllowed(conn, "GET");
   const bool get = IsMethod(conn, "GET");
   if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
-  const HttpError missing{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
   if (!get) {
     bool was_running = false;  // then it is deleted even if the store dropped it meanwhile
     if (std::shared_ptr<BackgroundResponse> running = s->RunningBackgroundResponse(id)) {
@@ -549,22 +553,19 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
       }
       running->watch.Cancel();
     }
-    if (!s->responses_store_->Erase(id) && !was_running) return SendError(conn, missing);
+    if (!s->responses_store_->Erase(id) && !was_running) return SendError(conn, ResponseNotFound(id));
     SendJson(conn, 200, {{"id", id}, {"object", "response"}, {"deleted", true}});
     return 200;
   }
   const std::optional<StoredResponse> stored = s->responses_store_->Get(id);
-  if (!stored) return SendError(conn, missing);
+  if (!stored) return SendError(conn, ResponseNotFound(id));
   SendJsonText(conn, 200, stored->response.dump());
   return 200;
 }
 
 int OpenAiServer::ListInputItems(mg_connection* conn, const std::string& id) {
   const std::optional<StoredResponse> stored = responses_store_->Get(id);
-  if (!stored) {
-    return SendError(conn, HttpError{404, "Response with id '" + id + "' not found.", "invalid_request_error",
-                                     std::string("response_id")});
-  }
+  if (!stored) return SendError(conn, ResponseNotFound(id));
   InputItemsQuery query;
   const char* qs = mg_get_request_info(conn)->query_string;
   const size_t qs_len = qs != nullptr ? std::strlen(qs) : 0;
@@ -833,10 +834,7 @@ int OpenAiServer::CancelBackgroundResponse(mg_connection* conn, const std::strin
     }
   }
   std::optional<StoredResponse> stored = responses_store_->Get(id);
-  if (!stored) {
-    return SendError(conn, HttpError{404, "Response with id '" + id + "' not found.", "invalid_request_error",
-                                     std::string("response_id")});
-  }
+  if (!stored) return SendError(conn, ResponseNotFound(id));
   if (stored->response.value("background", false) != true) {
     return SendError(conn, HttpError{400, "Cannot cancel a synchronous response.", "invalid_request_error",
                                      std::string("response_id")});
@@ -1076,12 +1074,12 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     }
   }
   std::vector<uint32_t> prompt_tokens(prompts, 0);
-  std::vector<uint32_t> cached_tokens(prompts, UINT32_MAX);  // per prompt, from its completions' usage
+  std::vector<std::optional<uint32_t>> cached_tokens(prompts);  // per prompt, from its completions' usage
   // The usage's prompt_tokens_details when the call reports them: the prompts' cached tokens summed.
   const auto cached_total = [&]() -> std::optional<uint64_t> {
     if (!call.prompt_tokens_details) return std::nullopt;
     uint64_t total = 0;
-    for (uint32_t t : cached_tokens) total += t == UINT32_MAX ? 0 : t;
+    for (const std::optional<uint32_t>& t : cached_tokens) total += t.value_or(0);
     return total;
   };
   uint32_t completion_tokens = 0;
@@ -1136,7 +1134,8 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       prompt_tokens[item.prompt] = msg.usage().prompt_tokens();
       completion_tokens += msg.usage().completion_tokens();
       // The prompt is counted once: the fewest tokens any of its completions found cached.
-      cached_tokens[item.prompt] = std::min(cached_tokens[item.prompt], msg.usage().cached_prompt_tokens());
+      const uint32_t cached = msg.usage().cached_prompt_tokens();
+      cached_tokens[item.prompt] = std::min(cached_tokens[item.prompt].value_or(cached), cached);
     }
     if (client_gone || failure || msg.index() >= call.n) continue;
     const uint32_t choice = static_cast<uint32_t>(item.prompt * call.n + msg.index());
