@@ -207,35 +207,23 @@ TEST(OpenAiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
   static const char* const kKeys[] = {"prompt", "messages", "tools", "tool_choice", "response_format", "n",
                                       "max_tokens", "content", "role", "type", "schema", "guided_json", "stop"};
   std::mt19937 rng(9);
-  int parsed = 0, refused = 0;
-  for (int n = 0; n < 3000; ++n) {
-    json body = bodies[rng() % bodies.size()];
-    moe::testing::MutateJson(body, rng, kKeys);
-    const std::string text = body.dump();
-    const bool chat = body.contains("messages");
-    std::optional<HttpError> error;
-    try {
-      if (chat) {
-        auto r = ParseChatRequest(text, "m");
-        if (auto* e = std::get_if<HttpError>(&r)) error = *e;
-      } else {
-        auto r = ParseCompletionRequest(text, "m");
-        if (auto* e = std::get_if<HttpError>(&r)) error = *e;
-      }
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "threw " << e.what() << " on " << text;
-      continue;
-    }
-    if (!error) {
-      ++parsed;
-      continue;
-    }
-    ++refused;
-    EXPECT_TRUE(error->status == 400 || error->status == 404) << error->status << " " << text;
-    EXPECT_FALSE(error->message.empty()) << text;
-  }
-  EXPECT_GT(parsed, 300);
-  EXPECT_GT(refused, 300);
+  const moe::testing::MutationCounts counts =
+      moe::testing::ParseMutatedBodies(bodies, kKeys, rng, 3000, [](const json& body, const std::string& text, std::mt19937&) {
+        std::optional<HttpError> error;
+        if (body.contains("messages")) {
+          auto r = ParseChatRequest(text, "m");
+          if (auto* e = std::get_if<HttpError>(&r)) error = *e;
+        } else {
+          auto r = ParseCompletionRequest(text, "m");
+          if (auto* e = std::get_if<HttpError>(&r)) error = *e;
+        }
+        if (!error) return true;
+        EXPECT_TRUE(error->status == 400 || error->status == 404) << error->status << " " << text;
+        EXPECT_FALSE(error->message.empty()) << text;
+        return false;
+      });
+  EXPECT_GT(counts.parsed, 300);
+  EXPECT_GT(counts.refused, 300);
 }
 
 // Bodies nested past kMaxBodyNesting are refused before any recursive pass over them; brackets

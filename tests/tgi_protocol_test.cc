@@ -189,31 +189,19 @@ TEST(TgiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
                                       "best_of", "do_sample", "stop", "grammar", "type", "value", "seed", "truncate",
                                       "top_n_tokens", "details", "watermark", "typical_p", "adapter_id"};
   std::mt19937 rng(11);
-  int parsed = 0, refused = 0;
-  for (int n = 0; n < 3000; ++n) {
-    json body = bodies[rng() % bodies.size()];
-    moe::testing::MutateJson(body, rng, kKeys);
-    const std::string text = body.dump();
-    const TgiRoute route = std::vector<TgiRoute>{TgiRoute::kGenerate, TgiRoute::kGenerateStream, TgiRoute::kCompat}[rng() % 3];
-    std::variant<TgiCall, TgiError> got;
-    try {
-      got = ParseTgiRequest(text, route);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "threw " << e.what() << " on " << text;
-      continue;
-    }
-    const TgiError* e = std::get_if<TgiError>(&got);
-    if (e == nullptr) {
-      ++parsed;
-      continue;
-    }
-    ++refused;
-    EXPECT_EQ(e->status, 422) << text;
-    EXPECT_EQ(e->error_type, "validation") << text;
-    EXPECT_FALSE(e->error.empty()) << text;
-  }
-  EXPECT_GT(parsed, 300);
-  EXPECT_GT(refused, 300);
+  const moe::testing::MutationCounts counts =
+      moe::testing::ParseMutatedBodies(bodies, kKeys, rng, 3000, [](const json&, const std::string& text, std::mt19937& r) {
+        const TgiRoute route = std::vector<TgiRoute>{TgiRoute::kGenerate, TgiRoute::kGenerateStream, TgiRoute::kCompat}[r() % 3];
+        const std::variant<TgiCall, TgiError> got = ParseTgiRequest(text, route);
+        const TgiError* e = std::get_if<TgiError>(&got);
+        if (e == nullptr) return true;
+        EXPECT_EQ(e->status, 422) << text;
+        EXPECT_EQ(e->error_type, "validation") << text;
+        EXPECT_FALSE(e->error.empty()) << text;
+        return false;
+      });
+  EXPECT_GT(counts.parsed, 300);
+  EXPECT_GT(counts.refused, 300);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // Random edits of a JSON request body for the parsers' any-type tests: a field somewhere in the
 // body (at a random depth) replaced or added with a value of another type, so every parser meets
 // nulls, huge and negative numbers, empty and wrong-typed containers where it expects something
-// else. Header-only: the tests that use it link nothing more.
+// else; and the loop that feeds such bodies to a parser. Header-only: the tests that use it link
+// nothing more.
 #pragma once
 
 #include <iterator>
@@ -10,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include <exception>
+
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 namespace moe::testing {
@@ -42,6 +46,32 @@ inline void MutateJson(nlohmann::json& body, std::mt19937& rng, std::span<const 
       (*at)[rng() % at->size()] = v;
     }
   }
+}
+
+// How the bodies ParseMutatedBodies fed fared.
+struct MutationCounts {
+  int parsed = 0, refused = 0;
+};
+
+// `count` bodies, each one of `bodies` (drawn by `rng`) edited by MutateJson with `keys`, handed to
+// `parse(body, text, rng)` as JSON and as its text: it answers true when the parser took the body,
+// false when it refused it (checking the refusal itself). An exception out of the parser is a test
+// failure naming the body, never a crash.
+template <typename Parse>
+MutationCounts ParseMutatedBodies(const std::vector<nlohmann::json>& bodies, std::span<const char* const> keys,
+                                  std::mt19937& rng, int count, Parse parse) {
+  MutationCounts counts;
+  for (int n = 0; n < count; ++n) {
+    nlohmann::json body = bodies[rng() % bodies.size()];
+    MutateJson(body, rng, keys);
+    const std::string text = body.dump();
+    try {
+      ++(parse(body, text, rng) ? counts.parsed : counts.refused);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "threw " << e.what() << " on " << text;
+    }
+  }
+  return counts;
 }
 
 }  // namespace moe::testing
