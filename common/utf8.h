@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 namespace moe {
 
@@ -31,6 +32,24 @@ inline int DecodeUtf8(std::string_view text, size_t i, uint32_t& cp) {
   }
   cp = v;
   return len;
+}
+
+// Per byte offset of `text` (0 to its size), the characters before it: a UTF-8 character counts
+// one, and so does each byte of anything else (for valid text, Python's str indices: Hugging Face
+// tokenizers' character offsets). An offset inside a character counts that character.
+inline std::vector<uint32_t> CharIndices(std::string_view text) {
+  std::vector<uint32_t> index(text.size() + 1);
+  uint32_t chars = 0;
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp = 0;
+    const int len = DecodeUtf8(text, i, cp);
+    const size_t end = i + static_cast<size_t>(len > 0 ? len : 1);
+    index[i] = chars++;
+    for (size_t k = i + 1; k < end; ++k) index[k] = chars;
+    i = end;
+  }
+  index[text.size()] = chars;
+  return index;
 }
 
 }  // namespace moe

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/secret_token.h"
+#include "common/utf8.h"
 #include "coordinator/generate_output.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/score_windows.h"
@@ -395,12 +396,20 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext* context, const v1::
   if (model_.tokenizer == nullptr) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "model has no tokenizer");
   }
-  absl::StatusOr<std::vector<int32_t>> ids =
+  std::vector<TextSpan> spans;
+  const std::vector<int32_t> ids =
       moe::Tokenize(*model_.tokenizer, request->text(),
                     request->has_add_bos() ? std::optional<bool>(request->add_bos()) : std::nullopt,
-                    request->parse_special_tokens());
-  if (!ids.ok()) return ToGrpcStatus(ids.status());
-  response->mutable_token_ids()->Assign(ids->begin(), ids->end());
+                    request->parse_special_tokens(), request->return_offsets() ? &spans : nullptr);
+  response->mutable_token_ids()->Assign(ids.begin(), ids.end());
+  if (request->return_offsets()) {
+    const std::vector<uint32_t> chars = CharIndices(request->text());  // bytes -> characters
+    for (const TextSpan& s : spans) {
+      v1::CharSpan* o = response->add_offsets();
+      o->set_start(chars[s.begin]);
+      o->set_end(chars[s.end]);
+    }
+  }
   return grpc::Status::OK;
 }
 

@@ -22,9 +22,11 @@ class SentencePieceStream final : public TextStream {
 class SentencePieceCodec final : public TextCodec {
  public:
   explicit SentencePieceCodec(std::unique_ptr<Tokenizer> tok) : tok_(std::move(tok)) {}
-  std::vector<int32_t> Encode(std::string_view text) const override { return tok_->Encode(text); }
-  std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const override {
-    return tok_->EncodeWithSpecialTokens(text);
+  std::vector<int32_t> Encode(std::string_view text, std::vector<TextSpan>* spans) const override {
+    return tok_->Encode(text, spans);
+  }
+  std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text, std::vector<TextSpan>* spans) const override {
+    return tok_->EncodeWithSpecialTokens(text, spans);
   }
   std::string Piece(int32_t id) const override { return tok_->Piece(id); }
   std::vector<std::string> TokenTexts() const override { return tok_->TokenTexts(); }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/text_span.h"
 
 namespace moe {
 
@@ -26,8 +27,11 @@ class TextStream {
 class TextCodec {
  public:
   virtual ~TextCodec() = default;
-  virtual std::vector<int32_t> Encode(std::string_view text) const = 0;  // BOS/EOS per config
-  virtual std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const = 0;  // no BOS/EOS added
+  // BOS/EOS per config. `spans`, when given, gets each id's bytes of `text` (Tokenizer::Encode).
+  virtual std::vector<int32_t> Encode(std::string_view text, std::vector<TextSpan>* spans = nullptr) const = 0;
+  // No BOS/EOS added; `spans` as Encode's.
+  virtual std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text,
+                                                       std::vector<TextSpan>* spans = nullptr) const = 0;
   virtual std::string Piece(int32_t id) const = 0;  // the vocabulary's text of `id`, e.g. "<s>"
   virtual std::vector<std::string> TokenTexts() const = 0;  // per id, the bytes it adds to a text
                                                             // (Tokenizer::TokenTexts)

@@ -22,11 +22,18 @@ absl::Status FieldError(const std::string& field, const std::string& what) {
 
 std::string Indexed(const std::string& field, size_t i) { return absl::StrCat(field, "[", i, "]"); }
 
-// Ids of `text` without BOS (and without EOS, which a continuation must not end in either).
-std::vector<int32_t> EncodeBare(const TextCodec& tok, const std::string& text) {
-  std::vector<int32_t> ids = tok.Encode(text);
-  if (tok.add_bos() && !ids.empty() && ids.front() == tok.bos_id()) ids.erase(ids.begin());
-  if (tok.add_eos() && !ids.empty() && ids.back() == tok.eos_id()) ids.pop_back();
+// Ids of `text` without BOS (and without EOS, which a continuation must not end in either);
+// `spans` as TextCodec::Encode's.
+std::vector<int32_t> EncodeBare(const TextCodec& tok, const std::string& text, std::vector<TextSpan>* spans = nullptr) {
+  std::vector<int32_t> ids = tok.Encode(text, spans);
+  if (tok.add_bos() && !ids.empty() && ids.front() == tok.bos_id()) {
+    ids.erase(ids.begin());
+    if (spans != nullptr) spans->erase(spans->begin());
+  }
+  if (tok.add_eos() && !ids.empty() && ids.back() == tok.eos_id()) {
+    ids.pop_back();
+    if (spans != nullptr) spans->pop_back();
+  }
   return ids;
 }
 
@@ -59,8 +66,13 @@ absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, con
       if (model.tokenizer == nullptr) {
         return FieldError(field + ".text", "model has no tokenizer: send token_ids");
       }
-      ids = bos == BosPolicy::kTokenizerConfig ? model.tokenizer->Encode(prompt.text())
-                                               : EncodeBare(*model.tokenizer, prompt.text());
+      if (prompt.parse_special_tokens()) {
+        ids = Tokenize(*model.tokenizer, prompt.text(), bos == BosPolicy::kTokenizerConfig ? std::nullopt : std::optional(false),
+                       /*parse_special_tokens=*/true, nullptr, /*add_eos=*/bos == BosPolicy::kTokenizerConfig);
+      } else {
+        ids = bos == BosPolicy::kTokenizerConfig ? model.tokenizer->Encode(prompt.text())
+                                                 : EncodeBare(*model.tokenizer, prompt.text());
+      }
       if (ids.empty() && !allow_empty) return FieldError(field + ".text", "encodes to no tokens");
       break;
     }
@@ -76,11 +88,17 @@ absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, con
   return ids;
 }
 
-absl::StatusOr<std::vector<int32_t>> Tokenize(const TextCodec& tok, const std::string& text,
-                                              std::optional<bool> add_bos, bool parse_special_tokens) {
-  std::vector<int32_t> ids = parse_special_tokens ? tok.EncodeWithSpecialTokens(text) : EncodeBare(tok, text);
-  if (add_bos.value_or(tok.add_bos())) ids.insert(ids.begin(), tok.bos_id());
-  if (tok.add_eos()) ids.push_back(tok.eos_id());
+std::vector<int32_t> Tokenize(const TextCodec& tok, const std::string& text, std::optional<bool> add_bos,
+                              bool parse_special_tokens, std::vector<TextSpan>* spans, bool add_eos) {
+  std::vector<int32_t> ids = parse_special_tokens ? tok.EncodeWithSpecialTokens(text, spans) : EncodeBare(tok, text, spans);
+  if (add_bos.value_or(tok.add_bos())) {
+    ids.insert(ids.begin(), tok.bos_id());
+    if (spans != nullptr) spans->insert(spans->begin(), TextSpan{});
+  }
+  if (add_eos && tok.add_eos()) {
+    ids.push_back(tok.eos_id());
+    if (spans != nullptr) spans->push_back({});
+  }
   return ids;
 }
 
@@ -288,14 +306,18 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
 // of the context moves to the continuation, the whole string is encoded once, and the continuation
 // is what follows the context's own encoding, so SentencePiece's word-initial "▁" is not
 // invented for a continuation that starts mid-text.
-static void EncodeTextPair(const TextCodec& tok, std::string context, std::string continuation,
+// `parse_special_tokens`: special tokens written in either text become their ids (Prompt's).
+static void EncodeTextPair(const TextCodec& tok, std::string context, std::string continuation, bool parse_special_tokens,
                            std::vector<int32_t>& context_ids, std::vector<int32_t>& continuation_ids) {
   size_t keep = context.size();
   while (keep > 0 && std::isspace(static_cast<unsigned char>(context[keep - 1]))) --keep;
   continuation = context.substr(keep) + continuation;
   context.resize(keep);
-  const std::vector<int32_t> whole = tok.Encode(context + continuation);
-  context_ids = tok.Encode(context);
+  const auto encode = [&](const std::string& text) {
+    return parse_special_tokens ? Tokenize(tok, text, std::nullopt, /*parse_special_tokens=*/true) : tok.Encode(text);
+  };
+  const std::vector<int32_t> whole = encode(context + continuation);
+  context_ids = encode(context);
   if (context_ids.size() > whole.size()) context_ids.resize(whole.size());
   continuation_ids.assign(whole.begin() + static_cast<std::ptrdiff_t>(context_ids.size()), whole.end());
   if (tok.add_eos() && !continuation_ids.empty() && continuation_ids.back() == tok.eos_id()) continuation_ids.pop_back();
@@ -313,7 +335,9 @@ absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& requ
     const bool both_text = item.context().kind_case() == v1::Prompt::kText &&
                            item.continuation().kind_case() == v1::Prompt::kText && model.tokenizer != nullptr;
     if (both_text && !item.context().text().empty() && !item.continuation().text().empty()) {
-      EncodeTextPair(*model.tokenizer, item.context().text(), item.continuation().text(), context, continuation);
+      EncodeTextPair(*model.tokenizer, item.context().text(), item.continuation().text(),
+                     item.context().parse_special_tokens() || item.continuation().parse_special_tokens(), context,
+                     continuation);
       if (continuation.empty()) return FieldError(field + ".continuation.text", "encodes to no tokens");
     } else {
       MOE_ASSIGN_OR_RETURN(context, ResolvePrompt(item.context(), model, field + ".context",

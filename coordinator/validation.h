@@ -57,10 +57,13 @@ absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, con
                                                    const std::string& field, BosPolicy bos,
                                                    bool allow_empty = false);
 
-// Tokenize's text -> ids, BOS as asked (default: the tokenizer config); with `parse_special_tokens`
-// special tokens written in the text become their ids (TextCodec::EncodeWithSpecialTokens).
-absl::StatusOr<std::vector<int32_t>> Tokenize(const TextCodec& tok, const std::string& text,
-                                              std::optional<bool> add_bos, bool parse_special_tokens = false);
+// Tokenize's text -> ids, BOS as asked (default: the tokenizer config), EOS as the tokenizer config
+// says unless `add_eos` is false; with `parse_special_tokens` special tokens written in the text
+// become their ids (TextCodec::EncodeWithSpecialTokens). `spans`, when given, gets each id's bytes
+// of `text` (TextCodec::Encode's; BOS and EOS [0, 0)).
+std::vector<int32_t> Tokenize(const TextCodec& tok, const std::string& text, std::optional<bool> add_bos,
+                              bool parse_special_tokens = false, std::vector<TextSpan>* spans = nullptr,
+                              bool add_eos = true);
 
 struct GenerateJob {
   v1::Assign assign;              // kind, prompt and sampling filled; seq_id is the scheduler's

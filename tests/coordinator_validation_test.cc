@@ -84,6 +84,34 @@ TEST_F(ValidationTest, TextPromptUsesTheModelTokenizerAndProtoDefaults) {
   EXPECT_EQ(job->n, 1u);
 }
 
+// Prompt.parse_special_tokens (what the HTTP fronts set, as Hugging Face tokenizers read a prompt):
+// "<s>" written in a text prompt is its id, as Tokenize with parse_special_tokens gives it; off,
+// the same text is plain text. A score continuation gets no BOS either way.
+TEST_F(ValidationTest, TextPromptsParseSpecialTokensWhenAsked) {
+  const TextCodec& tok = **codec_;
+  const std::string text = "a<s>b</s>c";
+  const std::vector<int32_t> special = Tokenize(tok, text, std::nullopt, /*parse_special_tokens=*/true);
+  ASSERT_EQ(std::count(special.begin(), special.end(), tok.bos_id()), 1);
+  v1::GenerateRequest r;
+  r.mutable_prompt()->set_text(text);
+  absl::StatusOr<GenerateJob> plain = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(std::vector<int32_t>(plain->assign.prompt().begin(), plain->assign.prompt().end()), tok.Encode(text));
+  r.mutable_prompt()->set_parse_special_tokens(true);
+  absl::StatusOr<GenerateJob> parsed = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(std::vector<int32_t>(parsed->assign.prompt().begin(), parsed->assign.prompt().end()), special);
+  EXPECT_NE(special, tok.Encode(text));
+
+  v1::Prompt continuation;
+  continuation.set_text("</s>x");
+  continuation.set_parse_special_tokens(true);
+  absl::StatusOr<std::vector<int32_t>> ids = ResolvePrompt(continuation, shakespeare(), "c", BosPolicy::kNone);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(ids->front(), tok.eos_id());
+  EXPECT_EQ(*ids, Tokenize(tok, "</s>x", false, /*parse_special_tokens=*/true));
+}
+
 TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {
   v1::GenerateRequest r = Ids({5, 6, 7});
   v1::SamplingParams* s = r.mutable_sampling();
@@ -543,11 +571,11 @@ TEST_F(ValidationTest, TokenizeHonoursAddBos) {
   const TextCodec& tok = **codec_;
   std::vector<int32_t> bare = tok.Encode("ROMEO:");  // this tokenizer adds no BOS by default
   ASSERT_FALSE(tok.add_bos());
-  EXPECT_EQ(*Tokenize(tok, "ROMEO:", std::nullopt), bare);
+  EXPECT_EQ(Tokenize(tok, "ROMEO:", std::nullopt), bare);
   std::vector<int32_t> with_bos = bare;
   with_bos.insert(with_bos.begin(), tok.bos_id());
-  EXPECT_EQ(*Tokenize(tok, "ROMEO:", true), with_bos);
-  EXPECT_EQ(*Tokenize(tok, "ROMEO:", false), bare);
+  EXPECT_EQ(Tokenize(tok, "ROMEO:", true), with_bos);
+  EXPECT_EQ(Tokenize(tok, "ROMEO:", false), bare);
 }
 
 TEST(ScoreWindowsTest, HandWorkedExample) {

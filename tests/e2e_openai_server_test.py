@@ -51,6 +51,10 @@ MODEL = "shakespeare-moe"
 CHAT_TEMPLATE = os.path.join(SOURCE_DIR, "tests", "data", "chat_templates", "mistralai-Mixtral-8x7B-Instruct-v0.1.jinja")
 with open(os.path.join(SOURCE_DIR, "tests", "data", "openai", "chat_golden.json")) as f:
     CHAT_GOLDEN = json.load(f)
+# transformers' ids and character offsets of texts (tests/data/tokenizers/make_offsets_golden.py),
+# the default model's tokenizer without BOS (its tokenizer_config.json adds none).
+with open(os.path.join(SOURCE_DIR, "tests", "data", "tokenizers", "offsets_golden.json")) as f:
+    OFFSETS_GOLDEN = [c for c in json.load(f)["models"]["shakespeare-moe"] if not c["add_bos"]]
 
 
 OPENAI_BIN = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
@@ -2088,6 +2092,69 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(info["model_id"], MODEL)
         self.assertEqual(info["max_total_tokens"], models["data"][0]["max_model_len"])
         self.assertEqual(info["model_pipeline_tag"], "text-generation")
+
+    def test_g1_tgis_tokenize_and_chat_tokenize_place_each_token_as_transformers(self):
+        """TGI's POST /tokenize ({"inputs"}: /generate's body) answers each token's id, the characters
+        [start, stop) of the inputs it came from and those characters, as transformers' fast tokenizer
+        places them (offsets_golden.json: spaces at the ends, byte-fallback pieces, special tokens written
+        out); parameters.truncate keeps the last tokens; add_special_tokens false adds no BOS (this model's
+        config adds none either way). /chat_tokenize: the chat template's text (transformers' rendering,
+        chat_golden.json) and its tokens. Errors in TGI's shape. vLLM's /tokenize shares the path."""
+        for case in OFFSETS_GOLDEN:
+            text = case["text"]
+            status, tokens = self.call("/tokenize", {"inputs": text})
+            self.assertEqual(status, 200, tokens)
+            self.assertEqual([t["id"] for t in tokens], case["ids"], text)
+            self.assertEqual([[t["start"], t["stop"]] for t in tokens], case["offsets"], text)
+            self.assertEqual([t["text"] for t in tokens], [text[a:b] for a, b in case["offsets"]], text)
+        case = next(c for c in OFFSETS_GOLDEN if "<unk>" in c["text"])
+        status, tokens = self.call("/tokenize", {"inputs": case["text"], "parameters": {"truncate": 3, "max_new_tokens": 5}})
+        self.assertEqual(status, 200, tokens)
+        self.assertEqual([t["id"] for t in tokens], case["ids"][-3:])
+        status, same = self.call("/tokenize", {"inputs": case["text"], "add_special_tokens": False})
+        self.assertEqual([t["id"] for t in same], case["ids"])
+
+        chat = CHAT_GOLDEN["cases"][0]
+        status, body = self.call("/chat_tokenize", {"model": MODEL, "messages": chat["messages"]})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["templated_text"], chat["prompt_text"])
+        self.assertEqual([t["id"] for t in body["tokenize_response"]], chat["prompt_ids"])
+        placed = next(c for c in OFFSETS_GOLDEN if c["text"] == chat["prompt_text"])
+        self.assertEqual([[t["start"], t["stop"]] for t in body["tokenize_response"]], placed["offsets"])
+
+        for path, bad, says in (("/tokenize", {"inputs": 7}, "`inputs` must be a string"),
+                                ("/tokenize", {"inputs": "x", "parameters": {"truncate": 0}}, "`truncate`"),
+                                ("/tokenize", {"inputs": "x", "add_special_tokens": "no"}, "`add_special_tokens`"),
+                                ("/chat_tokenize", {"messages": "hi"}, "messages")):
+            status, err = self.call(path, bad)
+            self.assertEqual(status, 422, err)
+            self.assertEqual(err["error_type"], "validation", err)
+            self.assertIn(says, err["error"])
+        status, err = self.call("/tokenize", {"prompt": 7})  # vLLM's body: vLLM's error shape
+        self.assertEqual(status, 400, err)
+        self.assertIn("prompt", err["error"]["message"])
+
+    def test_g2_special_tokens_written_in_a_prompt_are_their_ids(self):
+        """A text prompt is tokenised as transformers' tokenizer (vLLM's, TGI's) encodes it: "<s>", "</s>"
+        and "<unk>" written in it become their ids (offsets_golden.json), on /tokenize, /v1/completions
+        (the prompt ids it answers with return_token_ids and its usage) and TGI's /generate (its prefill);
+        the gRPC API keeps plain text unless asked (Prompt.parse_special_tokens)."""
+        case = next(c for c in OFFSETS_GOLDEN if "<unk>" in c["text"])
+        text, want = case["text"], case["ids"]
+        self.assertIn(1, want)
+        status, tokens = self.call("/tokenize", {"prompt": text})
+        self.assertEqual((status, tokens["tokens"]), (200, want), tokens)
+        status, answer = self.call("/v1/completions", {"prompt": text, "max_tokens": 2, "temperature": 0,
+                                                       "return_token_ids": True})
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(answer["choices"][0]["prompt_token_ids"], want)
+        self.assertEqual(answer["usage"]["prompt_tokens"], len(want))
+        status, body = self.call("/generate", {"inputs": text, "parameters": {
+            "max_new_tokens": 2, "decoder_input_details": True}})
+        self.assertEqual(status, 200, body)
+        self.assertEqual([t["id"] for t in body["details"]["prefill"]], want)
+        self.assertNotEqual(self.grpc.tokenize(text), want, "gRPC text stays plain text by default")
+        self.assertEqual(self.grpc.tokenize(text, parse_special_tokens=True), want)
 
     def test_g_one_api_key_guards_both_front_doors(self):
         """MOE_API_KEY in the launcher's environment: the coordinator's public gRPC API answers

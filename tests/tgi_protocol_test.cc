@@ -175,6 +175,38 @@ TEST(TgiProtocolTest, CoordinatorErrorsTakeTgisKinds) {
 // Bodies with any field of any type, at any depth, on every route: parsed, or refused with TGI's
 // 422 and a message of its kind; never an exception (this test also runs under AddressSanitizer and
 // UBSan).
+// /tokenize: the inputs with offsets asked for, special tokens parsed, BOS as asked, truncate kept;
+// the answer's text is the inputs' characters [start, stop) (here with two- and four-byte ones).
+TEST(TgiProtocolTest, TokenizeTakesTheInputsAndAnswersEachTokensCharacters) {
+  auto call = std::get<TgiTokenizeCall>(ParseTgiTokenizeRequest(R"({"inputs": "é𝄞x", "parameters": {"truncate": 2}})"));
+  EXPECT_EQ(call.request.text(), "é𝄞x");
+  EXPECT_TRUE(call.request.parse_special_tokens());
+  EXPECT_TRUE(call.request.return_offsets());
+  EXPECT_FALSE(call.request.has_add_bos()) << "add_special_tokens defaults to true: the tokenizer config's BOS";
+  EXPECT_EQ(call.truncate, 2u);
+  call = std::get<TgiTokenizeCall>(ParseTgiTokenizeRequest(R"({"inputs": "", "add_special_tokens": false})"));
+  EXPECT_TRUE(call.request.has_add_bos() && !call.request.add_bos());
+  for (const char* bad : {R"({"inputs": 1})", R"({"inputs": "x", "parameters": {"truncate": -1}})",
+                          R"({"inputs": "x", "parameters": 3})", R"({"inputs": "x", "add_special_tokens": 1})", "[]"}) {
+    auto e = ParseTgiTokenizeRequest(bad);
+    ASSERT_TRUE(std::holds_alternative<TgiError>(e)) << bad;
+    EXPECT_EQ(std::get<TgiError>(e).error_type, "validation") << bad;
+  }
+
+  v1::TokenizeResponse r;  // BOS, then "é" + "𝄞" as one token's characters [0, 2), then "x"
+  for (auto [id, start, end] : {std::tuple{1, 0, 0}, {7, 0, 2}, {8, 2, 3}}) {
+    r.add_token_ids(id);
+    v1::CharSpan* o = r.add_offsets();
+    o->set_start(start);
+    o->set_end(end);
+  }
+  EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r), json::parse(R"([{"id": 1, "text": "", "start": 0, "stop": 0},
+      {"id": 7, "text": "é𝄞", "start": 0, "stop": 2}, {"id": 8, "text": "x", "start": 2, "stop": 3}])"));
+  EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r, 1), json::parse(R"([{"id": 8, "text": "x", "start": 2, "stop": 3}])"));
+  r.clear_offsets();  // no offsets: TGI's answer for such a tokenizer
+  EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r, 1), json::parse(R"([{"id": 8, "text": "", "start": 0, "stop": 0}])"));
+}
+
 TEST(TgiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
   const std::vector<json> bodies = {
       {{"inputs", "x"}},
@@ -193,6 +225,10 @@ TEST(TgiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
       moe::testing::ParseMutatedBodies(bodies, kKeys, rng, 3000, [](const json&, const std::string& text, std::mt19937& r) {
         const TgiRoute route = std::vector<TgiRoute>{TgiRoute::kGenerate, TgiRoute::kGenerateStream, TgiRoute::kCompat}[r() % 3];
         const std::variant<TgiCall, TgiError> got = ParseTgiRequest(text, route);
+        const std::variant<TgiTokenizeCall, TgiError> tokenize = ParseTgiTokenizeRequest(text);  // /tokenize's reading
+        if (const TgiError* t = std::get_if<TgiError>(&tokenize)) {
+          EXPECT_EQ(t->error_type, "validation") << text;
+        }
         const TgiError* e = std::get_if<TgiError>(&got);
         if (e == nullptr) return true;
         EXPECT_EQ(e->status, 422) << text;

@@ -1,8 +1,9 @@
 // Tokenizer and StreamingDetokenizer against outside references: the ids and texts that the
 // Python tooling produced for the shakespeare-moe model (samples.json), and the ids the
 // SentencePiece Python binding gives for Mixtral's tokenizer (tests/data/tokenizers/README.md), and
-// transformers' ids for texts with special tokens written out (special_tokens.json) and its texts of
-// ids with special tokens among them (decode_golden.json).
+// transformers' ids for texts with special tokens written out (special_tokens.json), its texts of
+// ids with special tokens among them (decode_golden.json) and its character offsets of each token
+// (offsets_golden.json).
 
 #include "worker/tokenizer.h"
 
@@ -21,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/json_util.h"
+#include "common/utf8.h"
 #include "worker/sentencepiece_bpe.h"
 
 namespace moe {
@@ -298,6 +300,43 @@ TEST(SpecialTokensTest, EncodeWithSpecialTokensMatchesTransformers) {
   }
   EXPECT_EQ(cases, 11);
   EXPECT_GE(with_special, 6);
+}
+
+// Each token's place in the text (offsets_golden.json: Hugging Face tokenizers' character offsets,
+// what TGI's /tokenize answers): the byte spans EncodeWithSpecialTokens gives, in characters
+// (CharIndices), with BOS at [0, 0) where the case adds it. The texts have spaces in runs, at both
+// ends, a character in byte-fallback pieces, special tokens written out and a near miss of them.
+TEST(SpecialTokensTest, OffsetsAreTransformers) {
+  std::ifstream f(kTokenizerData + "/offsets_golden.json");
+  ASSERT_TRUE(f.good());
+  const nlohmann::json golden = nlohmann::json::parse(f);
+  const std::map<std::string, std::string> files = {{"mistral-v1.model", kMistralV1},
+                                                    {"shakespeare-moe", kShakespeareDir + "/tokenizer.model"}};
+  int cases = 0, byte_pieces = 0;
+  for (const auto& [model, texts] : golden["models"].items()) {
+    ASSERT_TRUE(files.count(model)) << model;
+    auto tok = LoadOrDie(Tokenizer::FromFile(files.at(model), /*add_bos=*/false));
+    for (const nlohmann::json& c : texts) {
+      const std::string text = c["text"];
+      std::vector<TextSpan> spans;
+      std::vector<int32_t> ids = tok->EncodeWithSpecialTokens(text, &spans);
+      ASSERT_EQ(spans.size(), ids.size());
+      if (c["add_bos"].get<bool>()) {
+        ids.insert(ids.begin(), tok->bos_id());
+        spans.insert(spans.begin(), TextSpan{});
+      }
+      const std::vector<uint32_t> chars = CharIndices(text);
+      std::vector<std::vector<uint32_t>> offsets;
+      for (const TextSpan& s : spans) offsets.push_back({chars[s.begin], chars[s.end]});
+      const std::string where = model + ": " + nlohmann::json(text).dump() + (c["add_bos"].get<bool>() ? " with BOS" : "");
+      EXPECT_EQ(ids, c["ids"].get<std::vector<int32_t>>()) << where;
+      EXPECT_EQ(offsets, c["offsets"].get<std::vector<std::vector<uint32_t>>>()) << where;
+      ++cases;
+      for (int32_t id : ids) byte_pieces += tok->Piece(id).rfind("<0x", 0) == 0;
+    }
+  }
+  EXPECT_EQ(cases, 48);
+  EXPECT_GE(byte_pieces, 20);
 }
 
 // Decoding with special tokens among the ids (decode_golden.json): kept (skip_special_tokens false),

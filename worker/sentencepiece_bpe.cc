@@ -238,42 +238,59 @@ size_t SentencePieceBpe::UserDefinedPrefix(std::string_view s) const {
   return 0;
 }
 
-std::string SentencePieceBpe::Normalize(std::string_view text, bool dummy_prefix) const {
+std::string SentencePieceBpe::Normalize(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* origin) const {
   // Invalid UTF-8 becomes U+FFFD, one per byte SentencePiece cannot read as a character.
   std::string s;
+  std::vector<TextSpan> from;  // with `origin`: per byte of s, the character of `text` it is part of
   s.reserve(text.size() + 3);
   for (size_t i = 0; i < text.size();) {
     size_t len;
+    const size_t before = s.size();
     if (ValidUtf8Char(text.substr(i), len)) {
       s.append(text.substr(i, len));
     } else {
       s.append(kReplacement);
     }
+    if (origin != nullptr) from.insert(from.end(), s.size() - before, TextSpan{i, i + len});
     i += len;
   }
   if (remove_extra_whitespaces_) {
     std::string t;
-    for (char c : s) {
-      if (c == ' ' && (t.empty() || t.back() == ' ')) continue;
-      t.push_back(c);
+    std::vector<TextSpan> t_from;
+    for (size_t k = 0; k < s.size(); ++k) {
+      if (s[k] == ' ' && (t.empty() || t.back() == ' ')) continue;
+      t.push_back(s[k]);
+      if (origin != nullptr) t_from.push_back(from[k]);
     }
-    while (!t.empty() && t.back() == ' ') t.pop_back();
+    while (!t.empty() && t.back() == ' ') {
+      t.pop_back();
+      if (origin != nullptr) t_from.pop_back();
+    }
     s = std::move(t);
+    from = std::move(t_from);
   }
   if (s.empty()) return s;
-  std::string out = add_dummy_prefix_ && dummy_prefix ? std::string(kSpace) : std::string();
-  for (char c : s) {
-    if (c == ' ') {
+  std::string out;
+  if (add_dummy_prefix_ && dummy_prefix) {
+    out.append(kSpace);
+    if (origin != nullptr) origin->assign(kSpace.size(), from.front());
+  }
+  for (size_t k = 0; k < s.size(); ++k) {
+    const size_t before = out.size();
+    if (s[k] == ' ') {
       out.append(kSpace);
     } else {
-      out.push_back(c);
+      out.push_back(s[k]);
     }
+    if (origin != nullptr) origin->insert(origin->end(), out.size() - before, from[k]);
   }
   return out;
 }
 
-std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_prefix) const {
-  const std::string normalized = Normalize(text, dummy_prefix);
+std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* spans) const {
+  std::vector<TextSpan> origin;
+  const std::string normalized = Normalize(text, dummy_prefix, spans != nullptr ? &origin : nullptr);
+  if (spans != nullptr) spans->clear();
   struct Symbol {
     size_t begin, len;
     int prev, next;
@@ -322,21 +339,24 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_
   }
   std::vector<int32_t> ids;
   for (int i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
-    const std::string_view piece =
-        std::string_view(normalized).substr(symbols[static_cast<size_t>(i)].begin, symbols[static_cast<size_t>(i)].len);
+    const size_t begin = symbols[static_cast<size_t>(i)].begin;
+    const std::string_view piece = std::string_view(normalized).substr(begin, symbols[static_cast<size_t>(i)].len);
     int32_t id = -1;
     if (const auto a = mergeable_.find(piece); a != mergeable_.end()) {
       id = a->second;
     } else if (const auto b = reserved_.find(piece); b != reserved_.end()) {
       id = b->second;
     }
-    if (id >= 0 && type(id) != Type::kUnknown) {
-      ids.push_back(id);
-    } else if (byte_fallback_) {
-      for (char b : piece) ids.push_back(byte_ids_[static_cast<uint8_t>(b)]);
-    } else {
-      ids.push_back(unk_id_);
+    if (byte_fallback_ && (id < 0 || type(id) == Type::kUnknown)) {
+      for (size_t k = 0; k < piece.size(); ++k) {
+        ids.push_back(byte_ids_[static_cast<uint8_t>(piece[k])]);
+        if (spans != nullptr) spans->push_back(origin[begin + k]);
+      }
+      continue;
     }
+    ids.push_back(id >= 0 && type(id) != Type::kUnknown ? id : unk_id_);
+    // The origins of a piece's bytes run forward: its first byte's start to its last byte's end.
+    if (spans != nullptr) spans->push_back({origin[begin].begin, origin[begin + piece.size() - 1].end});
   }
   return ids;
 }

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/text_span.h"
 
 namespace moe {
 
@@ -42,7 +43,10 @@ class SentencePieceBpe {
   // vocabulary as their bytes (byte fallback) or unknown.
   // `dummy_prefix` false: no "▁" before the text even where the model adds one (a part of a text
   // after a special token, as non-legacy Hugging Face tokenizers encode it).
-  std::vector<int32_t> Encode(std::string_view text, bool dummy_prefix = true) const;
+  // `spans`, when given, gets each id's bytes of `text` as Hugging Face tokenizers' offsets place
+  // them: a piece the characters it covers (the dummy prefix's "▁" counts as the text's first
+  // character; a space its "▁"), each byte-fallback id of a character the whole character.
+  std::vector<int32_t> Encode(std::string_view text, bool dummy_prefix = true, std::vector<TextSpan>* spans = nullptr) const;
   // Ids to text: control pieces add nothing, the unknown piece " ⁇ ", byte pieces their bytes (a
   // byte that does not complete a valid UTF-8 character becomes U+FFFD), "▁" a space; the text's
   // first "▁" is dropped (the dummy prefix). `skip_special` false: control and unknown pieces add
@@ -70,7 +74,9 @@ class SentencePieceBpe {
   };
   SentencePieceBpe() = default;
   absl::Status Init(const std::string& name);
-  std::string Normalize(std::string_view text, bool dummy_prefix) const;
+  // `origin`, when given, gets per byte of the result the bytes of `text` it stands for (the whole
+  // character; the dummy prefix's "▁" the first character's).
+  std::string Normalize(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* origin = nullptr) const;
   // Appends `piece` with each "▁" as a space.
   static void AppendSurface(std::string_view piece, std::string& out);
   // Length of the user-defined piece `s` starts with (longest), or 0.

@@ -91,21 +91,33 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   return FromFile((dir / "tokenizer.model").string(), add_bos, add_eos, legacy);
 }
 
-void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix) const {
-  const std::vector<int32_t> pieces = sp_->Encode(text, dummy_prefix);
+void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix,
+                             std::vector<TextSpan>* spans, size_t offset) const {
+  std::vector<TextSpan> piece_spans;
+  const std::vector<int32_t> pieces = sp_->Encode(text, dummy_prefix, spans != nullptr ? &piece_spans : nullptr);
   ids.insert(ids.end(), pieces.begin(), pieces.end());
+  if (spans == nullptr) return;
+  for (const TextSpan& s : piece_spans) spans->push_back({offset + s.begin, offset + s.end});
 }
 
-std::vector<int32_t> Tokenizer::Encode(std::string_view text) const {
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, std::vector<TextSpan>* spans) const {
   std::vector<int32_t> ids;
-  if (add_bos_) ids.push_back(bos_id());
-  AppendPieces(text, ids);
-  if (add_eos_) ids.push_back(eos_id());
+  if (spans != nullptr) spans->clear();
+  if (add_bos_) {
+    ids.push_back(bos_id());
+    if (spans != nullptr) spans->push_back({});
+  }
+  AppendPieces(text, ids, /*dummy_prefix=*/true, spans, 0);
+  if (add_eos_) {
+    ids.push_back(eos_id());
+    if (spans != nullptr) spans->push_back({});
+  }
   return ids;
 }
 
-std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) const {
+std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text, std::vector<TextSpan>* spans) const {
   std::vector<int32_t> ids;
+  if (spans != nullptr) spans->clear();
   size_t part_start = 0, i = 0;
   while (i < text.size()) {
     if (!starts_special_piece_[static_cast<unsigned char>(text[i])]) {
@@ -118,12 +130,13 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text) c
       ++i;
       continue;
     }
-    AppendPieces(text.substr(part_start, i - part_start), ids, legacy_ || part_start == 0);
+    AppendPieces(text.substr(part_start, i - part_start), ids, legacy_ || part_start == 0, spans, part_start);
     ids.push_back(special->second);
+    if (spans != nullptr) spans->push_back({i, i + special->first.size()});
     i += special->first.size();
     part_start = i;
   }
-  AppendPieces(text.substr(part_start), ids, legacy_ || part_start == 0);
+  AppendPieces(text.substr(part_start), ids, legacy_ || part_start == 0, spans, part_start);
   return ids;
 }
 

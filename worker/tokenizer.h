@@ -35,8 +35,9 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Plain text to ids (no special-token parsing): BOS prepended when add_bos(), EOS appended
-  // when add_eos().
-  std::vector<int32_t> Encode(std::string_view text) const;
+  // when add_eos(). `spans`, when given, gets each id's bytes of `text` (Hugging Face tokenizers'
+  // offsets: SentencePieceBpe::Encode's; BOS and EOS [0, 0)).
+  std::vector<int32_t> Encode(std::string_view text, std::vector<TextSpan>* spans = nullptr) const;
 
   // Text in which special tokens may be written out (a rendered chat template: "<s>[INST] Hi
   // [/INST]"), to ids as Hugging Face tokenizers encode it: every control piece of the model (`<s>`,
@@ -45,7 +46,8 @@ class Tokenizer {
   // BOS or EOS. Legacy tokenizers (Mixtral 8x7B's tokenizer.json) give every part SentencePiece's
   // leading "▁"; non-legacy ones (tokenizer_config.json "legacy": false, Mistral's v3 Instruct
   // models) only the text's start, so "[INST] Hi" is [INST] "▁Hi", what mistral-common encodes.
-  std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text) const;
+  // `spans` as Encode's; a special token written in the text gets its text's bytes.
+  std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text, std::vector<TextSpan>* spans = nullptr) const;
 
   // Ids to text; control tokens (BOS/EOS) produce no text and incomplete byte-fallback
   // sequences become U+FFFD. `skip_special_tokens` false: control and unknown tokens appear as their
@@ -71,8 +73,10 @@ class Tokenizer {
  private:
   Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos, bool legacy);
 
-  // Appends the SentencePiece pieces of `text` (none for an empty text), no BOS or EOS.
-  void AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix = true) const;
+  // Appends the SentencePiece pieces of `text` (none for an empty text), no BOS or EOS; with
+  // `spans`, their bytes, `text` starting at byte `offset` of what is encoded.
+  void AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix, std::vector<TextSpan>* spans,
+                    size_t offset) const;
 
   std::unique_ptr<SentencePieceBpe> sp_;
   // The control and unknown pieces' texts with their ids, longest text first.

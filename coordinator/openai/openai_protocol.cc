@@ -68,6 +68,7 @@ bool AllStrings(const json& a) {
 std::optional<HttpError> ParseOnePrompt(const json& p, v1::Prompt& prompt) {
   if (p.is_string()) {
     prompt.set_text(p.get<std::string>());
+    prompt.set_parse_special_tokens(true);  // "<s>" written in the prompt is BOS, as vLLM's tokenizer call reads it
     return std::nullopt;
   }
   if (p.is_array() && !p.empty() && AllIntegers(p)) {

@@ -47,7 +47,7 @@ bool IsTgiRoute(mg_connection* conn) {
   const char* uri = mg_get_request_info(conn)->local_uri;
   if (uri == nullptr) return false;
   const std::string_view path = uri;
-  return path == "/generate" || path == "/generate_stream" || path == "/info" || path == "/";
+  return path == "/generate" || path == "/generate_stream" || path == "/info" || path == "/" || path == "/chat_tokenize";
 }
 
 int SendError(mg_connection* conn, const HttpError& e) {
@@ -322,6 +322,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   mg_set_request_handler(s->ctx_, "/generate$", &OpenAiServer::HandleTgiGenerate, s.get());  // TGI's
   mg_set_request_handler(s->ctx_, "/generate_stream$", &OpenAiServer::HandleTgiGenerateStream, s.get());
   mg_set_request_handler(s->ctx_, "/info$", &OpenAiServer::HandleTgiInfo, s.get());
+  mg_set_request_handler(s->ctx_, "/chat_tokenize$", &OpenAiServer::HandleTgiChatTokenize, s.get());
   // The root alone; civetweb prefers a handler whose URI equals the request's, so the rest is "/**", not "/".
   mg_set_request_handler(s->ctx_, "/$", &OpenAiServer::HandleTgiRoot, s.get());
   mg_set_request_handler(s->ctx_, "/**", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
@@ -625,6 +626,20 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
 }
 
 std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const ChatCall& chat) {
+  std::variant<std::string, HttpError> text = ChatPromptText(chat);
+  if (auto* e = std::get_if<HttpError>(&text)) return *e;
+  return TokenIds(ChatTokenizeRequest(std::get<std::string>(text)));
+}
+
+v1::TokenizeRequest OpenAiServer::ChatTokenizeRequest(const std::string& text) {
+  v1::TokenizeRequest request;
+  request.set_text(text);
+  request.set_add_bos(false);  // the template writes BOS where the model wants it
+  request.set_parse_special_tokens(true);
+  return request;
+}
+
+std::variant<std::string, HttpError> OpenAiServer::ChatPromptText(const ChatCall& chat) {
   std::optional<ChatPrompt> own;
   if (chat.chat_template) {
     absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(*chat.chat_template, bos_token_, eos_token_);
@@ -636,12 +651,7 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::ChatPromptIds(const 
   const ChatPrompt& prompt = own ? *own : *chat_prompt_;
   absl::StatusOr<std::string> text = prompt.Render(chat);
   if (!text.ok()) return HttpError{400, "messages: " + std::string(text.status().message()), "invalid_request_error", "messages"};
-
-  v1::TokenizeRequest request;
-  request.set_text(*text);
-  request.set_add_bos(false);  // the template writes BOS where the model wants it
-  request.set_parse_special_tokens(true);
-  return TokenIds(request);
+  return *std::move(text);
 }
 
 std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn, const std::string& body) {
@@ -846,6 +856,7 @@ int OpenAiServer::CancelBackgroundResponse(mg_connection* conn, const std::strin
 std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const std::string& text, bool add_special_tokens) {
   v1::TokenizeRequest request;
   request.set_text(text);
+  request.set_parse_special_tokens(true);  // as Hugging Face tokenizers (vLLM's, TGI's) encode a prompt
   if (!add_special_tokens) request.set_add_bos(false);
   return TokenIds(request);
 }
@@ -879,6 +890,8 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const v1::T
 int OpenAiServer::Tokenize(mg_connection* conn, const std::string& body) {
   const nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object()) return SendError(conn, HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}});
+  // TGI's /tokenize takes /generate's body {"inputs", "parameters"}; vLLM's never has "inputs".
+  if (j.contains("inputs")) return TgiTokenize(conn, body);
   std::vector<int32_t> tokens;
   if (j.contains("messages")) {
     std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, served_, tool_calls_id_);

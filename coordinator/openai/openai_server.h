@@ -133,8 +133,13 @@ class OpenAiServer {
   // The token ids of a conversation through the chat template (the request's own, else the
   // server's) and the coordinator's tokenizer, special tokens written by the template parsed.
   std::variant<std::vector<int32_t>, HttpError> ChatPromptIds(const ChatCall& chat);
-  // A text's token ids from the coordinator's tokenizer: as a text prompt is encoded (BOS as the
-  // tokenizer config's add_bos_token says), or with add_special_tokens false without BOS.
+  // The conversation's text through the chat template, and how that text is tokenised (no BOS
+  // added: the template writes it; the special tokens it writes parsed).
+  std::variant<std::string, HttpError> ChatPromptText(const ChatCall& chat);
+  static v1::TokenizeRequest ChatTokenizeRequest(const std::string& text);
+  // A text's token ids from the coordinator's tokenizer: as a text prompt is encoded (special tokens
+  // written in it parsed, as Hugging Face tokenizers do; BOS as the tokenizer config's add_bos_token
+  // says), or with add_special_tokens false without BOS.
   std::variant<std::vector<int32_t>, HttpError> TokenIds(const std::string& text, bool add_special_tokens);
   std::variant<std::vector<int32_t>, HttpError> TokenIds(const v1::TokenizeRequest& request);
   // The ids the model reads for `prompt`: a text tokenised as the coordinator tokenises a text prompt
@@ -176,6 +181,11 @@ class OpenAiServer {
   static int HandleTgiGenerateStream(mg_connection* conn, void* self);
   static int HandleTgiRoot(mg_connection* conn, void* self);  // GET: health; POST: compat_generate
   static int HandleTgiInfo(mg_connection* conn, void* self);
+  // TGI's POST /tokenize (Tokenize hands a body with "inputs" here) and /chat_tokenize: each token
+  // with the characters of the text it came from.
+  static int HandleTgiChatTokenize(mg_connection* conn, void* self);
+  int TgiTokenize(mg_connection* conn, const std::string& body);
+  int TgiChatTokenize(mg_connection* conn, const std::string& body);
   int TgiGenerateWhole(mg_connection* conn, const std::string& body);
   int TgiGenerateStream(mg_connection* conn, const std::string& body);
   int TgiGenerateCompat(mg_connection* conn, const std::string& body);

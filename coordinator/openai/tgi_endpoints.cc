@@ -1,5 +1,5 @@
 // TGI's own endpoints on moe-openai-server (tgi_protocol.h): POST /generate, /generate_stream and /,
-// GET /info. Each request is one Generate call; its messages become TGI's answer, or its events.
+// /tokenize (with /generate's body; vLLM's has the other bodies) and /chat_tokenize, GET /info. Each request is one Generate call; its messages become TGI's answer, or its events.
 #include <civetweb.h>
 #include <grpcpp/client_context.h>
 
@@ -100,9 +100,14 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
   v1::GenerateRequest request = call.request;
   if (const char* id = RequestIdHeader(conn)) request.set_request_id(id);
   v1::SamplingParams& s = *request.mutable_sampling();
-  std::vector<int32_t> input_ids;  // the inputs' tokens, when the answer needs them
+  if (!call.add_special_tokens) {  // the inputs go as their ids without BOS, as the completions API sends them
+    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(call.inputs, /*add_special_tokens=*/false);
+    if (const HttpError* e = std::get_if<HttpError>(&ids)) return refuse(TgiErrorFromHttp(e->status, e->message));
+    const std::vector<int32_t>& got = std::get<std::vector<int32_t>>(ids);
+    request.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(got.begin(), got.end());
+  }
   if (call.max_new_tokens_to_context) {  // max_new_tokens: null, what the context leaves after the inputs
-    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(call.inputs, /*add_special_tokens=*/true);
+    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(call.inputs, call.add_special_tokens);
     if (const HttpError* e = std::get_if<HttpError>(&ids)) return refuse(TgiErrorFromHttp(e->status, e->message));
     size_t n = std::get<std::vector<int32_t>>(ids).size();
     if (s.has_truncate_prompt_tokens()) n = std::min<size_t>(n, s.truncate_prompt_tokens());
@@ -255,6 +260,41 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
 }
 
 // GET /info: TGI's model and limits, the union of its versions' fields.
+int OpenAiServer::HandleTgiChatTokenize(mg_connection* conn, void* self) {
+  return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::TgiChatTokenize, /*watch_client=*/false);
+}
+
+int OpenAiServer::TgiTokenize(mg_connection* conn, const std::string& body) {
+  std::variant<TgiTokenizeCall, TgiError> parsed = ParseTgiTokenizeRequest(body);
+  if (const TgiError* e = std::get_if<TgiError>(&parsed)) return SendTgiError(conn, *e);
+  const TgiTokenizeCall& call = std::get<TgiTokenizeCall>(parsed);
+  v1::TokenizeResponse tokens;
+  grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
+  const grpc::Status st = stub_->Tokenize(&ctx, call.request, &tokens);
+  if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
+  SendJson(conn, 200, TgiTokenizeAnswer(call.request.text(), tokens, call.truncate));
+  return 200;
+}
+
+// TGI's /chat_tokenize: the chat request's conversation through the chat template, tokenised as
+// /v1/chat/completions tokenises it: {"tokenize_response": [tokens], "templated_text"}.
+int OpenAiServer::TgiChatTokenize(mg_connection* conn, const std::string& body) {
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, served_, tool_calls_id_);
+  if (auto* e = std::get_if<HttpError>(&parsed)) return SendTgiError(conn, TgiErrorFromHttp(e->status, e->message));
+  std::variant<std::string, HttpError> text = ChatPromptText(std::get<ChatCall>(parsed));
+  if (auto* e = std::get_if<HttpError>(&text)) return SendTgiError(conn, TgiErrorFromHttp(e->status, e->message));
+  v1::TokenizeRequest request = ChatTokenizeRequest(std::get<std::string>(text));
+  request.set_return_offsets(true);
+  v1::TokenizeResponse tokens;
+  grpc::ClientContext ctx;
+  const CallScope scope(*this, ctx);
+  const grpc::Status st = stub_->Tokenize(&ctx, request, &tokens);
+  if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
+  SendJson(conn, 200, {{"tokenize_response", TgiTokenizeAnswer(request.text(), tokens)}, {"templated_text", request.text()}});
+  return 200;
+}
+
 int OpenAiServer::HandleTgiInfo(mg_connection* conn, void* self) {
   auto* s = static_cast<OpenAiServer*>(self);
   // The ranks as they are now (they may register after this front started).

@@ -1,9 +1,12 @@
 #include "coordinator/openai/tgi_protocol.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "common/utf8.h"
 
 namespace moe::openai {
 namespace {
@@ -114,6 +117,8 @@ std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, Tg
   call.inputs = body["inputs"].get<std::string>();
   if (call.inputs.empty()) return TgiValidationError("`inputs` cannot be empty");
   call.request.mutable_prompt()->set_text(call.inputs);
+  call.request.mutable_prompt()->set_parse_special_tokens(true);  // as TGI's tokenizer reads special tokens in inputs
+  if (std::optional<TgiError> e = Bool(body, "add_special_tokens", call.add_special_tokens)) return *e;
 
   // Without "parameters" TGI samples (its default_parameters); with them, do_sample defaults to false.
   const bool has_parameters = Given(body, "parameters");
@@ -206,6 +211,58 @@ std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, Tg
   }
   if (call.decoder_input_details) call.details = true;
   return call;
+}
+
+std::variant<TgiTokenizeCall, TgiError> ParseTgiTokenizeRequest(const std::string& body_text) {
+  const json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object()) {
+    return TgiError{400, "the request body is not a JSON object {\"inputs\", \"parameters\"}", "validation"};
+  }
+  if (!body.contains("inputs") || !body["inputs"].is_string()) return TgiValidationError("`inputs` must be a string");
+  TgiTokenizeCall call;
+  call.request.set_text(body["inputs"].get<std::string>());
+  call.request.set_parse_special_tokens(true);
+  call.request.set_return_offsets(true);
+  bool add_special_tokens = true;
+  if (std::optional<TgiError> e = Bool(body, "add_special_tokens", add_special_tokens)) return *e;
+  if (!add_special_tokens) call.request.set_add_bos(false);
+  if (Given(body, "parameters")) {
+    if (!body["parameters"].is_object()) return TgiValidationError("`parameters` must be an object");
+    std::optional<int64_t> truncate;
+    if (std::optional<TgiError> e = Integer(body["parameters"], "truncate", truncate)) return *e;
+    if (truncate && *truncate <= 0) return TgiValidationError("`truncate` must be strictly positive");
+    if (truncate) call.truncate = static_cast<uint32_t>(std::min<int64_t>(*truncate, UINT32_MAX));
+  }
+  return call;
+}
+
+nlohmann::json TgiTokenizeAnswer(const std::string& text, const v1::TokenizeResponse& tokens,
+                                 std::optional<uint32_t> truncate) {
+  // Each character's first byte, and the text's end.
+  std::vector<size_t> starts;
+  for (size_t i = 0; i < text.size();) {
+    starts.push_back(i);
+    uint32_t cp = 0;
+    const int len = DecodeUtf8(text, i, cp);
+    i += static_cast<size_t>(len > 0 ? len : 1);  // a stray byte is a character of its own (CharIndices)
+  }
+  starts.push_back(text.size());
+  const bool placed = tokens.offsets_size() == tokens.token_ids_size();
+  const int n = tokens.token_ids_size();
+  const int first = truncate && *truncate < static_cast<uint32_t>(n) ? n - static_cast<int>(*truncate) : 0;
+  json answer = json::array();
+  for (int i = first; i < n; ++i) {
+    size_t start = 0, stop = 0;
+    if (placed) {  // as TGI answers a tokenizer without offsets otherwise: no text, 0 and 0
+      start = std::min<size_t>(tokens.offsets(i).start(), starts.size() - 1);
+      stop = std::clamp<size_t>(tokens.offsets(i).end(), start, starts.size() - 1);
+    }
+    answer.push_back({{"id", tokens.token_ids(i)},
+                      {"text", text.substr(starts[start], starts[stop] - starts[start])},
+                      {"start", start},
+                      {"stop", stop}});
+  }
+  return answer;
 }
 
 nlohmann::json TgiTokenJson(int32_t id, const std::string& text, double logprob, bool special) {

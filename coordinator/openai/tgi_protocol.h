@@ -59,6 +59,7 @@ struct TgiCall {
   bool sampling = false;                // TGI's effective do_sample
   std::optional<uint64_t> seed;         // given; when sampling without one the server draws one
   bool max_new_tokens_to_context = false;  // max_new_tokens: null, so what the context leaves
+  bool add_special_tokens = true;  // TGI's: false encodes the inputs without BOS
   // best_of: this many sequences sampled (seeds seed, seed + 1, ...), the one of the highest mean
   // token logprob answered, the others in details.best_of_sequences.
   uint32_t best_of = 1;
@@ -79,5 +80,20 @@ nlohmann::json TgiTokenJson(int32_t id, const std::string& text, double logprob,
 
 // "length", "eos_token" (the end-of-sequence token or a stop token id) or "stop_sequence".
 std::string TgiFinishReason(v1::FinishReason r);
+
+// TGI's POST /tokenize takes /generate's body and reads three things of it: the inputs (special
+// tokens written in them are their ids), add_special_tokens (default true: BOS as the tokenizer
+// config says) and parameters.truncate (the last this many tokens).
+struct TgiTokenizeCall {
+  v1::TokenizeRequest request;  // the inputs, with offsets asked for
+  std::optional<uint32_t> truncate;
+};
+std::variant<TgiTokenizeCall, TgiError> ParseTgiTokenizeRequest(const std::string& body);
+
+// TGI's tokens of a text: per token {"id", "text", "start", "stop"}, start and stop the characters of
+// `text` it came from (TokenizeResponse.offsets) and "text" those characters; the last `truncate`
+// tokens when given.
+nlohmann::json TgiTokenizeAnswer(const std::string& text, const v1::TokenizeResponse& tokens,
+                                 std::optional<uint32_t> truncate = std::nullopt);
 
 }  // namespace moe::openai
