@@ -10,8 +10,10 @@
 #   5. with two GPUs or more, moe-ep-bench under mpirun, one rank per GPU (expert parallel over
 #      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json, and its speed-up over moe-bench at equal
 #      total batches (scripts/ep-scaling.py) -> ep-scaling.json; the same with the peer exchange
-#      (--exchange peer) -> moe-ep-bench-peer.json, ep-scaling-peer.json; where Mixtral-8x22B's weights fit
-#      over the GPUs (scripts/ep-fits.py), moe-ep-bench on it too -> moe-ep-bench-8x22b.json;
+#      (--exchange peer) -> moe-ep-bench-peer.json, ep-scaling-peer.json; where one GPU could not
+#      hold the model (H100s), both benchmarks again on half its layers -> *-half-layers.json;
+#      where Mixtral-8x22B's weights fit over the GPUs (scripts/ep-fits.py), moe-ep-bench on it too
+#      -> moe-ep-bench-8x22b.json;
 #   6. with GPU_RUN_PEER=1, the transformers peer (benchmarks/transformers_peer.py) at the same shape,
 #      in the same call -> transformers-peer.json;
 #   7. with GPU_RUN_SERVE=1, a serving sweep (benchmarks/serving/sweep.sh: moe-coordinator, one
@@ -25,7 +27,7 @@
 # MOE_COMMIT names the commit in moe-bench.json; without it `git rev-parse HEAD` is tried (the copy
 # of the tree on a device machine may have no .git: then pass MOE_COMMIT=$(git rev-parse HEAD)).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 B=build-gpu
 LOGS=$B/gpu-run
 mkdir -p "$LOGS"
@@ -111,6 +113,23 @@ if [ "$GPUS" -ge 2 ]; then
     status=1
   fi
   grep -vE "^\s*$" "$LOGS/ep-bench-peer.log" | tail -n 30 | tee -a "$SUMMARY"
+  # Where one GPU cannot hold the whole model (an H100's 80 GB against Mixtral-8x7B's 93 GB of bf16
+  # weights), moe-bench above wrote no figures to compare with: the scaling at equal total batches
+  # is then measured on half the model's layers on both sides (the peer exchange, the faster).
+  if [ ! -s "$LOGS/moe-bench.json" ]; then
+    HALF_CONFIG=$(mktemp --suffix=.json)
+    python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["num_hidden_layers"] //= 2; json.dump(c, open(sys.argv[2], "w"))' \
+      benchmarks/configs/mixtral-8x7b-v0.1.json "$HALF_CONFIG"
+    if step bench-half timeout 900 "$B/benchmarks/moe-bench" --config "$HALF_CONFIG" --no-kernels --no-variants \
+        --out "$LOGS/moe-bench-half-layers.json" &&
+       step ep-bench-half timeout 900 mpirun -np "$GPUS" --bind-to none "$B/benchmarks/moe-ep-bench" --exchange peer \
+        --config "$HALF_CONFIG" --out "$LOGS/moe-ep-bench-half-layers.json"; then
+      python3 scripts/ep-scaling.py "$LOGS/moe-bench-half-layers.json" "$LOGS/moe-ep-bench-half-layers.json" \
+        --json "$LOGS/ep-scaling-half-layers.json" | tee -a "$SUMMARY"
+    else
+      status=1
+    fi
+  fi
   # Mixtral-8x22B whole (56 layers, 281 GB of bf16 weights) where its experts spread over these
   # GPUs fit (scripts/ep-fits.py: four H200s or eight H100s).
   MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | sort -n | head -n 1)
