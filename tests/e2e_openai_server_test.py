@@ -227,6 +227,36 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
             self.assertEqual(status, 503, err)
 
+    def test_a3_the_fronts_own_requests_in_vllms_http_metrics(self):
+        """/metrics also carries the front's own request counts under the names vLLM's API server gives
+        them (http_requests_total by route, method and status class, and the duration histograms): a
+        completion the front refuses itself (its body), which never reaches the cluster, counts there
+        beside an answered one; an unknown path counts as handler "none"; /metrics itself is not counted."""
+        def count(text, labels):
+            for line in text.splitlines():
+                if line.startswith("http_requests_total{") and all('%s="%s"' % kv in line for kv in labels.items()):
+                    return float(line.split()[-1])
+            return 0.0
+
+        status, before = self.call("/metrics", raw_answer=True)
+        self.assertEqual(status, 200, before)
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 2, "temperature": 0})
+        self.assertEqual(status, 200, body)
+        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": "many"})
+        self.assertEqual(status, 400, body)
+        status, body = self.call("/v1/no/such/route", {})
+        self.assertEqual(status, 404, body)
+        status, after = self.call("/metrics", raw_answer=True)
+        self.assertEqual(status, 200, after)
+        answered = {"handler": "/v1/completions", "method": "POST", "status": "2xx"}
+        for labels, want in ((answered, 1), (dict(answered, status="4xx"), 1),
+                             ({"handler": "none", "method": "POST", "status": "4xx"}, 1)):
+            self.assertEqual(count(after, labels) - count(before, labels), want, labels)
+        self.assertIn("# TYPE http_request_duration_highr_seconds histogram", after)
+        self.assertIn('http_request_duration_seconds_count{handler="/v1/completions",method="POST"}', after)
+        self.assertNotIn('handler="/metrics"', after)
+        self.assertIn("moe_num_requests_running", after, "the coordinator's metrics still there")
+
     def test_b_greedy_completions_carry_the_samples_text(self):
         for prompt, s in self.samples.items():
             n = len(s["greedy_ids"])
@@ -2161,7 +2191,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         UNAUTHENTICATED without it (health checking stays open), moe-openai-server answers 401
         without it and presents it to the coordinator itself, and the clients send it from their
         environment (moe-client) or their api_key (the Python client)."""
-        c = LaunchedCluster(["--np", "1", "--openai-listen", "127.0.0.1:0"], extra_env={"MOE_API_KEY": "k1"})
+        c = LaunchedCluster(["--np", "1", "--openai-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+                            extra_env={"MOE_API_KEY": "k1"})
         try:
             c.start()
             sample = self.samples["ROMEO:"]
@@ -2193,6 +2224,12 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             status, answer = self.call("/v1/completions", body, base=base, headers={"Authorization": "Bearer k1"})
             self.assertEqual(status, 200, answer)
             self.assertTrue(sample["greedy_text"].startswith("ROMEO:" + answer["choices"][0]["text"]))
+            # The key check's refusal counts in the front's request metrics (/metrics needs no key).
+            status, metrics = self.call("/metrics", base=base, raw_answer=True)
+            self.assertEqual(status, 200, metrics)
+            for status_class in ("2xx", "4xx"):
+                self.assertIn('http_requests_total{handler="/v1/completions",method="POST",status="%s"} 1\n' % status_class,
+                              metrics)
         finally:
             c.kill_everything()
 

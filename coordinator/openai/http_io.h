@@ -25,6 +25,13 @@ const char* RequestIdHeader(mg_connection* conn);
 // The status line and headers of every answer: `length` < 0 for a stream (server-sent events).
 void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length);
 
+// The status of the answer this thread last began with SendHead (or NoteStatusSent), then forgotten:
+// 0 when none was sent since the last call. civetweb knows only the status a handler returns, not
+// what an authorization hook or a stream sent (HttpMetrics counts by this).
+int TakeStatusSent();
+// For an answer written without SendHead (the CORS preflight's).
+void NoteStatusSent(int status);
+
 // A JSON answer already written out (an ordered_json's, which keeps OpenAI's field order).
 void SendJsonText(mg_connection* conn, int status, const std::string& body);
 void SendJson(mg_connection* conn, int status, const nlohmann::json& j);

@@ -37,6 +37,9 @@
 namespace moe::openai {
 namespace {
 
+// When the request this thread serves began (civetweb's begin_request), for HttpMetrics.
+thread_local std::optional<std::chrono::steady_clock::time_point> request_start;
+
 using nlohmann::json;
 
 constexpr long long kMaxBodyBytes = 16 << 20;
@@ -279,6 +282,24 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   }
   options.push_back(nullptr);
   mg_callbacks callbacks{};
+  // The front's own request metrics (http_metrics.h): civetweb serves a request on one thread from
+  // its begin to its end, so the start time waits in a thread_local.
+  callbacks.begin_request = [](mg_connection*) {
+    request_start = std::chrono::steady_clock::now();
+    (void)TakeStatusSent();
+    return 0;  // civetweb goes on to the handlers
+  };
+  callbacks.end_request = [](const mg_connection* conn, int returned) {
+    // What was sent (a refusal of the key check, a stream's 200) over what a handler returned.
+    const int sent = TakeStatusSent();
+    auto* server = static_cast<OpenAiServer*>(mg_get_user_data(mg_get_context(conn)));
+    const mg_request_info* info = mg_get_request_info(conn);
+    if (server == nullptr || info == nullptr || info->local_uri == nullptr || info->request_method == nullptr) return;
+    const double seconds =
+        request_start ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *request_start).count() : 0.0;
+    request_start.reset();
+    server->http_metrics_.Observe(info->local_uri, info->request_method, sent != 0 ? sent : returned, seconds);
+  };
   if (s->https()) {
     // The certificate and key go into the TLS context civetweb made (its own option wants both in
     // one file); checked above, so this fails only if the files changed meanwhile.
@@ -386,7 +407,7 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /invocations, /health, /ping, /metrics, /version, and TGI's /generate, /generate_stream, / and /info)",
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /invocations, /health, /ping, /metrics, /version, and TGI's /generate, /generate_stream, /, /info and /chat_tokenize)",
                                    "NotFoundError", {}});
 }
 
@@ -401,6 +422,7 @@ int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
               "Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
               "Content-Length: 0\r\nConnection: close\r\n\r\n",
               cors.c_str());
+    NoteStatusSent(204);
     return 0;
   }
   if (s->api_keys_.empty()) return 1;
@@ -454,6 +476,8 @@ int OpenAiServer::HandleMetrics(mg_connection* conn, void* self) {
     return SendError(conn, HttpError{503, "the metrics source answered " + (status > 0 ? std::to_string(status) : std::string(error)),
                                      "server_error", {}});
   }
+  if (!body.empty() && body.back() != '\n') body.push_back('\n');
+  body += s->http_metrics_.Render();  // the front's own, beside the coordinator's
   SendHead(conn, 200, type, static_cast<long long>(body.size()));
   mg_write(conn, body.data(), body.size());
   return 200;

@@ -26,6 +26,7 @@
 #include "coordinator/openai/openai_protocol.h"
 #include "coordinator/openai/response_store.h"
 #include "coordinator/openai/responses_api.h"
+#include "coordinator/openai/http_metrics.h"
 #include "coordinator/openai/tgi_protocol.h"
 #include "moe/v1/inference.grpc.pb.h"
 
@@ -257,6 +258,7 @@ class OpenAiServer {
   std::vector<std::string> api_keys_;
   std::vector<std::string> allowed_origins_;
   std::optional<HttpUrl> metrics_url_;
+  HttpMetrics http_metrics_;  // every request the front answers (civetweb's begin/end_request callbacks)
   mg_context* ctx_ = nullptr;
   int port_ = 0;
   HttpsOptions https_;  // enabled: HTTPS (civetweb's init_ssl callback loads its files)

@@ -1,0 +1,47 @@
+// The HTTP front's own request metrics, under the names vLLM's API server exposes them (its
+// prometheus-fastapi-instrumentator defaults): http_requests_total{handler, method, status} with
+// the status by class ("2xx", "4xx"), the http_request_duration_seconds{handler, method} histogram
+// (buckets 0.1, 0.5, 1 s) and http_request_duration_highr_seconds (no labels, 0.01 to 60 s). They
+// count what only the front sees: its own refusals (a body it cannot parse, a wrong method, the key
+// check) beside the requests that reach the cluster, whose own metrics the coordinator serves.
+// `handler` is the route's template ("/v1/completions", "/v1/responses/{response_id}"), "none"
+// for a path no route serves; the routes vLLM leaves out (/metrics, /health, /ping, /version) are
+// not counted. The request and response size summaries are not kept.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+namespace moe::openai {
+
+class HttpMetrics {
+ public:
+  // The handler label of a request path: its route's template, "none", or "" for a route not counted.
+  static std::string Handler(std::string_view path);
+
+  // One finished request: its path, method, HTTP status and time from its first byte to its last.
+  void Observe(std::string_view path, std::string_view method, int status, double seconds);
+
+  // Prometheus' text format, each family with its HELP and TYPE lines (none before a first request).
+  std::string Render() const;
+
+ private:
+  struct Histogram {
+    std::vector<uint64_t> counts;  // per bucket (not cumulative), then +Inf
+    double sum = 0;
+    uint64_t count = 0;
+  };
+  static void Add(Histogram& h, const std::vector<double>& bounds, double seconds);
+
+  mutable std::mutex mu_;
+  std::map<std::tuple<std::string, std::string, std::string>, uint64_t> requests_;  // handler, method, status class
+  std::map<std::pair<std::string, std::string>, Histogram> duration_;             // handler, method
+  Histogram highr_;
+};
+
+}  // namespace moe::openai
