@@ -8,7 +8,6 @@
 #include <nlohmann/json.hpp>
 
 #include "common/secret_token.h"
-#include "common/utf8.h"
 #include "coordinator/generate_output.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/score_windows.h"
@@ -400,15 +399,13 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext* context, const v1::
   const std::vector<int32_t> ids =
       moe::Tokenize(*model_.tokenizer, request->text(),
                     request->has_add_bos() ? std::optional<bool>(request->add_bos()) : std::nullopt,
-                    request->parse_special_tokens(), request->return_offsets() ? &spans : nullptr);
+                    request->parse_special_tokens(), request->return_offsets() ? &spans : nullptr,
+                    !request->has_add_eos() || request->add_eos());
   response->mutable_token_ids()->Assign(ids.begin(), ids.end());
-  if (request->return_offsets()) {
-    const std::vector<uint32_t> chars = CharIndices(request->text());  // bytes -> characters
-    for (const TextSpan& s : spans) {
-      v1::CharSpan* o = response->add_offsets();
-      o->set_start(chars[s.begin]);
-      o->set_end(chars[s.end]);
-    }
+  for (const TextSpan& s : spans) {
+    v1::ByteSpan* o = response->add_offsets();
+    o->set_start(static_cast<uint32_t>(s.begin));
+    o->set_end(static_cast<uint32_t>(s.end));
   }
   return grpc::Status::OK;
 }

@@ -306,7 +306,8 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
 // of the context moves to the continuation, the whole string is encoded once, and the continuation
 // is what follows the context's own encoding, so SentencePiece's word-initial "▁" is not
 // invented for a continuation that starts mid-text.
-// `parse_special_tokens`: special tokens written in either text become their ids (Prompt's).
+// The two are one text here, so the context's Prompt.parse_special_tokens says how it is read.
+// Neither part ends in EOS (an add_eos_token tokenizer's would sit between them).
 static void EncodeTextPair(const TextCodec& tok, std::string context, std::string continuation, bool parse_special_tokens,
                            std::vector<int32_t>& context_ids, std::vector<int32_t>& continuation_ids) {
   size_t keep = context.size();
@@ -314,14 +315,12 @@ static void EncodeTextPair(const TextCodec& tok, std::string context, std::strin
   continuation = context.substr(keep) + continuation;
   context.resize(keep);
   const auto encode = [&](const std::string& text) {
-    return parse_special_tokens ? Tokenize(tok, text, std::nullopt, /*parse_special_tokens=*/true) : tok.Encode(text);
+    return Tokenize(tok, text, std::nullopt, parse_special_tokens, nullptr, /*add_eos=*/false);
   };
   const std::vector<int32_t> whole = encode(context + continuation);
   context_ids = encode(context);
   if (context_ids.size() > whole.size()) context_ids.resize(whole.size());
   continuation_ids.assign(whole.begin() + static_cast<std::ptrdiff_t>(context_ids.size()), whole.end());
-  if (tok.add_eos() && !continuation_ids.empty() && continuation_ids.back() == tok.eos_id()) continuation_ids.pop_back();
-  if (tok.add_eos() && !context_ids.empty() && context_ids.back() == tok.eos_id()) context_ids.pop_back();
 }
 
 absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& request, const RequestModel& model) {
@@ -336,8 +335,7 @@ absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& requ
                            item.continuation().kind_case() == v1::Prompt::kText && model.tokenizer != nullptr;
     if (both_text && !item.context().text().empty() && !item.continuation().text().empty()) {
       EncodeTextPair(*model.tokenizer, item.context().text(), item.continuation().text(),
-                     item.context().parse_special_tokens() || item.continuation().parse_special_tokens(), context,
-                     continuation);
+                     item.context().parse_special_tokens(), context, continuation);
       if (continuation.empty()) return FieldError(field + ".continuation.text", "encodes to no tokens");
     } else {
       MOE_ASSIGN_OR_RETURN(context, ResolvePrompt(item.context(), model, field + ".context",

@@ -129,6 +129,7 @@ if [ "$GPUS" -ge 2 ]; then
     else
       status=1
     fi
+    rm -f "$HALF_CONFIG"
   fi
   # Mixtral-8x22B whole (56 layers, 281 GB of bf16 weights) where its experts spread over these
   # GPUs fit (scripts/ep-fits.py: four H200s or eight H100s).

@@ -6,7 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <random>
 
@@ -84,32 +87,43 @@ TEST_F(ValidationTest, TextPromptUsesTheModelTokenizerAndProtoDefaults) {
   EXPECT_EQ(job->n, 1u);
 }
 
-// Prompt.parse_special_tokens (what the HTTP fronts set, as Hugging Face tokenizers read a prompt):
-// "<s>" written in a text prompt is its id, as Tokenize with parse_special_tokens gives it; off,
-// the same text is plain text. A score continuation gets no BOS either way.
+// Prompt.parse_special_tokens (what the HTTP fronts set, as Hugging Face tokenizers read a prompt),
+// with the default model's tokenizer configured to add BOS and EOS: "<s>", "</s>" and "<unk>"
+// written in a text prompt are their ids (transformers' ids: tests/data/tokenizers/
+// offsets_golden.json), BOS and EOS around them; a continuation gets neither; off, the same text is
+// plain text. And a score item of two texts splits where the context's own ids end, EOS or not.
 TEST_F(ValidationTest, TextPromptsParseSpecialTokensWhenAsked) {
-  const TextCodec& tok = **codec_;
-  const std::string text = "a<s>b</s>c";
-  const std::vector<int32_t> special = Tokenize(tok, text, std::nullopt, /*parse_special_tokens=*/true);
-  ASSERT_EQ(std::count(special.begin(), special.end(), tok.bos_id()), 1);
-  v1::GenerateRequest r;
-  r.mutable_prompt()->set_text(text);
-  absl::StatusOr<GenerateJob> plain = ValidateGenerate(r, shakespeare());
-  ASSERT_TRUE(plain.ok()) << plain.status();
-  EXPECT_EQ(std::vector<int32_t>(plain->assign.prompt().begin(), plain->assign.prompt().end()), tok.Encode(text));
-  r.mutable_prompt()->set_parse_special_tokens(true);
-  absl::StatusOr<GenerateJob> parsed = ValidateGenerate(r, shakespeare());
-  ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(std::vector<int32_t>(parsed->assign.prompt().begin(), parsed->assign.prompt().end()), special);
-  EXPECT_NE(special, tok.Encode(text));
+  const std::string dir = ::testing::TempDir() + "/moe_bos_eos_tokenizer";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kShakespeare + "/tokenizer.model", dir + "/tokenizer.model",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::ofstream(dir + "/tokenizer_config.json") << R"({"add_bos_token": true, "add_eos_token": true})";
+  const std::shared_ptr<const TextCodec> tok = ValueOrThrow(LoadTextCodec(dir));
+  const RequestModel model{*shakespeare_config_, tok.get()};
+  const std::vector<int32_t> golden = {261, 1, 271, 2, 281, 0, 280};  // "a<s>b</s>c<unk>d", transformers'
 
-  v1::Prompt continuation;
-  continuation.set_text("</s>x");
-  continuation.set_parse_special_tokens(true);
-  absl::StatusOr<std::vector<int32_t>> ids = ResolvePrompt(continuation, shakespeare(), "c", BosPolicy::kNone);
-  ASSERT_TRUE(ids.ok()) << ids.status();
-  EXPECT_EQ(ids->front(), tok.eos_id());
-  EXPECT_EQ(*ids, Tokenize(tok, "</s>x", false, /*parse_special_tokens=*/true));
+  v1::Prompt p;
+  p.set_text("a<s>b</s>c<unk>d");
+  p.set_parse_special_tokens(true);
+  std::vector<int32_t> want = golden;
+  want.insert(want.begin(), 1);
+  want.push_back(2);
+  EXPECT_EQ(ValueOrThrow(ResolvePrompt(p, model, "prompt", BosPolicy::kTokenizerConfig)), want);
+  EXPECT_EQ(ValueOrThrow(ResolvePrompt(p, model, "c", BosPolicy::kNone)), golden);
+  p.set_parse_special_tokens(false);
+  const std::vector<int32_t> plain = ValueOrThrow(ResolvePrompt(p, model, "c", BosPolicy::kNone));
+  EXPECT_EQ(std::count(plain.begin(), plain.end(), 1), 0) << "plain text: no BOS inside";
+  EXPECT_GT(plain.size(), golden.size());
+
+  // "ROMEO:" is [870, 2007] and "ROMEO: speak" [870, 2007, 618] (samples.json, offsets_golden.json).
+  v1::ScoreRequest r;
+  v1::ScoreItem* item = r.add_items();
+  item->mutable_context()->set_text("ROMEO:");
+  item->mutable_continuation()->set_text(" speak");
+  const std::vector<ScoreJob> jobs = ValueOrThrow(ValidateScore(r, model));
+  ASSERT_EQ(jobs.size(), 1u);
+  EXPECT_EQ(jobs[0].tokens, std::vector<int32_t>({1, 870, 2007, 618}));
+  EXPECT_EQ(jobs[0].context_tokens, 3);
 }
 
 TEST_F(ValidationTest, SamplingFieldsAreCarriedIntoTheAssignment) {

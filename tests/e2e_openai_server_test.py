@@ -2124,36 +2124,42 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(info["model_pipeline_tag"], "text-generation")
 
     def test_g1_tgis_tokenize_and_chat_tokenize_place_each_token_as_transformers(self):
-        """TGI's POST /tokenize ({"inputs"}: /generate's body) answers each token's id, the characters
-        [start, stop) of the inputs it came from and those characters, as transformers' fast tokenizer
-        places them (offsets_golden.json: spaces at the ends, byte-fallback pieces, special tokens written
-        out); parameters.truncate keeps the last tokens; add_special_tokens false adds no BOS (this model's
-        config adds none either way). /chat_tokenize: the chat template's text (transformers' rendering,
-        chat_golden.json) and its tokens. Errors in TGI's shape. vLLM's /tokenize shares the path."""
+        """TGI's POST /tokenize ({"inputs"}: /generate's body) answers each token's id, the bytes
+        [start, stop) of the inputs it came from and those bytes as text, where transformers' fast
+        tokenizer places them (offsets_golden.json, there in characters: spaces at the ends,
+        byte-fallback pieces, special tokens written out); its parameters are not read (TGI's own
+        ignores truncate there); add_special_tokens false adds no BOS (this model's config adds none
+        either way). /chat_tokenize: the chat template's text (transformers' rendering,
+        chat_golden.json) and its tokens, whatever model the body names (TGI ignores it). Errors in
+        TGI's shape; vLLM's /tokenize shares the path."""
+        def in_bytes(text, offsets):
+            return [[len(text[:a].encode()), len(text[:b].encode())] for a, b in offsets]
+
         for case in OFFSETS_GOLDEN:
             text = case["text"]
             status, tokens = self.call("/tokenize", {"inputs": text})
             self.assertEqual(status, 200, tokens)
             self.assertEqual([t["id"] for t in tokens], case["ids"], text)
-            self.assertEqual([[t["start"], t["stop"]] for t in tokens], case["offsets"], text)
+            self.assertEqual([[t["start"], t["stop"]] for t in tokens], in_bytes(text, case["offsets"]), text)
             self.assertEqual([t["text"] for t in tokens], [text[a:b] for a, b in case["offsets"]], text)
         case = next(c for c in OFFSETS_GOLDEN if "<unk>" in c["text"])
         status, tokens = self.call("/tokenize", {"inputs": case["text"], "parameters": {"truncate": 3, "max_new_tokens": 5}})
         self.assertEqual(status, 200, tokens)
-        self.assertEqual([t["id"] for t in tokens], case["ids"][-3:])
+        self.assertEqual([t["id"] for t in tokens], case["ids"])
         status, same = self.call("/tokenize", {"inputs": case["text"], "add_special_tokens": False})
         self.assertEqual([t["id"] for t in same], case["ids"])
 
         chat = CHAT_GOLDEN["cases"][0]
-        status, body = self.call("/chat_tokenize", {"model": MODEL, "messages": chat["messages"]})
+        status, body = self.call("/chat_tokenize", {"model": "tgi", "messages": chat["messages"]})
         self.assertEqual(status, 200, body)
         self.assertEqual(body["templated_text"], chat["prompt_text"])
         self.assertEqual([t["id"] for t in body["tokenize_response"]], chat["prompt_ids"])
         placed = next(c for c in OFFSETS_GOLDEN if c["text"] == chat["prompt_text"])
-        self.assertEqual([[t["start"], t["stop"]] for t in body["tokenize_response"]], placed["offsets"])
+        self.assertEqual([[t["start"], t["stop"]] for t in body["tokenize_response"]],
+                         in_bytes(chat["prompt_text"], placed["offsets"]))
 
         for path, bad, says in (("/tokenize", {"inputs": 7}, "`inputs` must be a string"),
-                                ("/tokenize", {"inputs": "x", "parameters": {"truncate": 0}}, "`truncate`"),
+                                ("/tokenize", {"inputs": "x", "parameters": 0}, "`parameters`"),
                                 ("/tokenize", {"inputs": "x", "add_special_tokens": "no"}, "`add_special_tokens`"),
                                 ("/chat_tokenize", {"messages": "hi"}, "messages")):
             status, err = self.call(path, bad)

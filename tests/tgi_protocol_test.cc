@@ -172,41 +172,43 @@ TEST(TgiProtocolTest, CoordinatorErrorsTakeTgisKinds) {
   EXPECT_EQ(TgiFinishReason(v1::FINISH_REASON_LENGTH), "length");
 }
 
-// Bodies with any field of any type, at any depth, on every route: parsed, or refused with TGI's
-// 422 and a message of its kind; never an exception (this test also runs under AddressSanitizer and
-// UBSan).
-// /tokenize: the inputs with offsets asked for, special tokens parsed, BOS as asked, truncate kept;
-// the answer's text is the inputs' characters [start, stop) (here with two- and four-byte ones).
-TEST(TgiProtocolTest, TokenizeTakesTheInputsAndAnswersEachTokensCharacters) {
+// /tokenize: the inputs with offsets asked for, special tokens parsed, BOS and EOS as asked, the
+// parameters not read (TGI's own ignores truncate there); the answer's places are bytes (TGI's) and
+// its text those bytes (here with two- and four-byte characters).
+TEST(TgiProtocolTest, TokenizeTakesTheInputsAndAnswersEachTokensBytes) {
   auto call = std::get<TgiTokenizeCall>(ParseTgiTokenizeRequest(R"({"inputs": "é𝄞x", "parameters": {"truncate": 2}})"));
   EXPECT_EQ(call.request.text(), "é𝄞x");
   EXPECT_TRUE(call.request.parse_special_tokens());
   EXPECT_TRUE(call.request.return_offsets());
-  EXPECT_FALSE(call.request.has_add_bos()) << "add_special_tokens defaults to true: the tokenizer config's BOS";
-  EXPECT_EQ(call.truncate, 2u);
+  EXPECT_FALSE(call.request.has_add_bos() || call.request.has_add_eos()) << "add_special_tokens defaults to true: the config's";
   call = std::get<TgiTokenizeCall>(ParseTgiTokenizeRequest(R"({"inputs": "", "add_special_tokens": false})"));
   EXPECT_TRUE(call.request.has_add_bos() && !call.request.add_bos());
-  for (const char* bad : {R"({"inputs": 1})", R"({"inputs": "x", "parameters": {"truncate": -1}})",
-                          R"({"inputs": "x", "parameters": 3})", R"({"inputs": "x", "add_special_tokens": 1})", "[]"}) {
+  EXPECT_TRUE(call.request.has_add_eos() && !call.request.add_eos());
+  for (const char* bad : {R"({"inputs": 1})", R"({"inputs": "x", "parameters": 3})", R"({"inputs": "x", "add_special_tokens": 1})",
+                          R"({"parameters": {}})", "[]"}) {
     auto e = ParseTgiTokenizeRequest(bad);
     ASSERT_TRUE(std::holds_alternative<TgiError>(e)) << bad;
     EXPECT_EQ(std::get<TgiError>(e).error_type, "validation") << bad;
   }
 
-  v1::TokenizeResponse r;  // BOS, then "é" + "𝄞" as one token's characters [0, 2), then "x"
-  for (auto [id, start, end] : {std::tuple{1, 0, 0}, {7, 0, 2}, {8, 2, 3}}) {
+  v1::TokenizeResponse r;  // BOS, then "é" + "𝄞" as one token's bytes [0, 6), then "x"
+  for (auto [id, start, end] : {std::tuple{1, 0, 0}, {7, 0, 6}, {8, 6, 7}}) {
     r.add_token_ids(id);
-    v1::CharSpan* o = r.add_offsets();
+    v1::ByteSpan* o = r.add_offsets();
     o->set_start(start);
     o->set_end(end);
   }
   EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r), json::parse(R"([{"id": 1, "text": "", "start": 0, "stop": 0},
-      {"id": 7, "text": "é𝄞", "start": 0, "stop": 2}, {"id": 8, "text": "x", "start": 2, "stop": 3}])"));
-  EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r, 1), json::parse(R"([{"id": 8, "text": "x", "start": 2, "stop": 3}])"));
+      {"id": 7, "text": "é𝄞", "start": 0, "stop": 6}, {"id": 8, "text": "x", "start": 6, "stop": 7}])"));
+  r.mutable_offsets(2)->set_end(99);  // past the text: clamped to it
+  EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r)[2], json::parse(R"({"id": 8, "text": "x", "start": 6, "stop": 7})"));
   r.clear_offsets();  // no offsets: TGI's answer for such a tokenizer
-  EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r, 1), json::parse(R"([{"id": 8, "text": "", "start": 0, "stop": 0}])"));
+  EXPECT_EQ(TgiTokenizeAnswer("é𝄞x", r)[2], json::parse(R"({"id": 8, "text": "", "start": 0, "stop": 0})"));
 }
 
+// Bodies with any field of any type, at any depth, on every route (and /tokenize's reading of
+// them): parsed, or refused with TGI's 422 and a message of its kind; never an exception (this test
+// also runs under AddressSanitizer and UBSan).
 TEST(TgiProtocolTest, BodiesWithFieldsOfEveryTypeAreParsedOrRefused) {
   const std::vector<json> bodies = {
       {{"inputs", "x"}},

@@ -302,9 +302,10 @@ TEST(SpecialTokensTest, EncodeWithSpecialTokensMatchesTransformers) {
   EXPECT_GE(with_special, 6);
 }
 
-// Each token's place in the text (offsets_golden.json: Hugging Face tokenizers' character offsets,
-// what TGI's /tokenize answers): the byte spans EncodeWithSpecialTokens gives, in characters
-// (CharIndices), with BOS at [0, 0) where the case adds it. The texts have spaces in runs, at both
+// Each token's place in the text (offsets_golden.json: Hugging Face tokenizers' offsets, in
+// characters as its Python binding gives them; TGI answers the same places in bytes): the byte spans
+// EncodeWithSpecialTokens (and, without special tokens, Encode) gives, in characters (CharIndices),
+// with BOS at [0, 0) where the case adds it. The texts have spaces in runs, at both
 // ends, a character in byte-fallback pieces, special tokens written out and a near miss of them.
 TEST(SpecialTokensTest, OffsetsAreTransformers) {
   std::ifstream f(kTokenizerData + "/offsets_golden.json");
@@ -312,7 +313,7 @@ TEST(SpecialTokensTest, OffsetsAreTransformers) {
   const nlohmann::json golden = nlohmann::json::parse(f);
   const std::map<std::string, std::string> files = {{"mistral-v1.model", kMistralV1},
                                                     {"shakespeare-moe", kShakespeareDir + "/tokenizer.model"}};
-  int cases = 0, byte_pieces = 0;
+  int cases = 0, byte_pieces = 0, plain_cases = 0;
   for (const auto& [model, texts] : golden["models"].items()) {
     ASSERT_TRUE(files.count(model)) << model;
     auto tok = LoadOrDie(Tokenizer::FromFile(files.at(model), /*add_bos=*/false));
@@ -333,9 +334,18 @@ TEST(SpecialTokensTest, OffsetsAreTransformers) {
       EXPECT_EQ(offsets, c["offsets"].get<std::vector<std::vector<uint32_t>>>()) << where;
       ++cases;
       for (int32_t id : ids) byte_pieces += tok->Piece(id).rfind("<0x", 0) == 0;
+      // Without a special token written out, plain Encode places its ids alike.
+      if (!c["add_bos"].get<bool>() && text.find("<s>") == std::string::npos && text.find("</s>") == std::string::npos &&
+          text.find("<unk>") == std::string::npos) {
+        std::vector<TextSpan> plain;
+        EXPECT_EQ(tok->Encode(text, &plain), ids) << where;
+        EXPECT_EQ(plain, spans) << where;
+        ++plain_cases;
+      }
     }
   }
   EXPECT_EQ(cases, 48);
+  EXPECT_EQ(plain_cases, 14);
   EXPECT_GE(byte_pieces, 20);
 }
 

@@ -44,8 +44,9 @@ using nlohmann::json;
 
 constexpr long long kMaxBodyBytes = 16 << 20;
 
-// TGI's routes (POST /generate, /generate_stream and /, GET /info): their clients read TGI's error
-// shape, whichever step refuses the request (the key check, the method, the body's size, a stop).
+// TGI's routes (POST /generate, /generate_stream, / and /chat_tokenize, GET /info): their clients read
+// TGI's error shape, whichever step refuses the request (the key check, the method, the body's size,
+// a stop). /tokenize is vLLM's path too: TGI's body there gets TGI's errors from its handler.
 bool IsTgiRoute(mg_connection* conn) {
   const char* uri = mg_get_request_info(conn)->local_uri;
   if (uri == nullptr) return false;
@@ -881,7 +882,10 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const std::
   v1::TokenizeRequest request;
   request.set_text(text);
   request.set_parse_special_tokens(true);  // as Hugging Face tokenizers (vLLM's, TGI's) encode a prompt
-  if (!add_special_tokens) request.set_add_bos(false);
+  if (!add_special_tokens) {
+    request.set_add_bos(false);
+    request.set_add_eos(false);
+  }
   return TokenIds(request);
 }
 

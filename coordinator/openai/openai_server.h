@@ -140,7 +140,7 @@ class OpenAiServer {
   static v1::TokenizeRequest ChatTokenizeRequest(const std::string& text);
   // A text's token ids from the coordinator's tokenizer: as a text prompt is encoded (special tokens
   // written in it parsed, as Hugging Face tokenizers do; BOS as the tokenizer config's add_bos_token
-  // says), or with add_special_tokens false without BOS.
+  // says), or with add_special_tokens false without BOS (or EOS).
   std::variant<std::vector<int32_t>, HttpError> TokenIds(const std::string& text, bool add_special_tokens);
   std::variant<std::vector<int32_t>, HttpError> TokenIds(const v1::TokenizeRequest& request);
   // The ids the model reads for `prompt`: a text tokenised as the coordinator tokenises a text prompt

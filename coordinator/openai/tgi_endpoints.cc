@@ -1,5 +1,6 @@
 // TGI's own endpoints on moe-openai-server (tgi_protocol.h): POST /generate, /generate_stream and /,
-// /tokenize (with /generate's body; vLLM's has the other bodies) and /chat_tokenize, GET /info. Each request is one Generate call; its messages become TGI's answer, or its events.
+// /tokenize (with /generate's body; vLLM's has the other bodies) and /chat_tokenize, GET /info. Each
+// generation request is one Generate call; its messages become TGI's answer, or its events.
 #include <civetweb.h>
 #include <grpcpp/client_context.h>
 
@@ -259,7 +260,6 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
   return 200;
 }
 
-// GET /info: TGI's model and limits, the union of its versions' fields.
 int OpenAiServer::HandleTgiChatTokenize(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::TgiChatTokenize, /*watch_client=*/false);
 }
@@ -273,14 +273,17 @@ int OpenAiServer::TgiTokenize(mg_connection* conn, const std::string& body) {
   const CallScope scope(*this, ctx);
   const grpc::Status st = stub_->Tokenize(&ctx, call.request, &tokens);
   if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
-  SendJson(conn, 200, TgiTokenizeAnswer(call.request.text(), tokens, call.truncate));
+  SendJson(conn, 200, TgiTokenizeAnswer(call.request.text(), tokens));
   return 200;
 }
 
 // TGI's /chat_tokenize: the chat request's conversation through the chat template, tokenised as
 // /v1/chat/completions tokenises it: {"tokenize_response": [tokens], "templated_text"}.
 int OpenAiServer::TgiChatTokenize(mg_connection* conn, const std::string& body) {
-  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(body, served_, tool_calls_id_);
+  // TGI ignores the request's model name (its clients send "tgi"); an unparsable body is refused below.
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object()) j.erase("model");
+  std::variant<ChatCall, HttpError> parsed = ParseChatRequest(j.is_object() ? j.dump() : body, served_, tool_calls_id_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendTgiError(conn, TgiErrorFromHttp(e->status, e->message));
   std::variant<std::string, HttpError> text = ChatPromptText(std::get<ChatCall>(parsed));
   if (auto* e = std::get_if<HttpError>(&text)) return SendTgiError(conn, TgiErrorFromHttp(e->status, e->message));
@@ -295,6 +298,7 @@ int OpenAiServer::TgiChatTokenize(mg_connection* conn, const std::string& body) 
   return 200;
 }
 
+// GET /info: TGI's model and limits, the union of its versions' fields.
 int OpenAiServer::HandleTgiInfo(mg_connection* conn, void* self) {
   auto* s = static_cast<OpenAiServer*>(self);
   // The ranks as they are now (they may register after this front started).

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "common/utf8.h"
 
 namespace moe::openai {
 namespace {
@@ -118,7 +117,9 @@ std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, Tg
   if (call.inputs.empty()) return TgiValidationError("`inputs` cannot be empty");
   call.request.mutable_prompt()->set_text(call.inputs);
   call.request.mutable_prompt()->set_parse_special_tokens(true);  // as TGI's tokenizer reads special tokens in inputs
-  if (std::optional<TgiError> e = Bool(body, "add_special_tokens", call.add_special_tokens)) return *e;
+  if (route != TgiRoute::kCompat) {  // TGI's compat body has no such field
+    if (std::optional<TgiError> e = Bool(body, "add_special_tokens", call.add_special_tokens)) return *e;
+  }
 
   // Without "parameters" TGI samples (its default_parameters); with them, do_sample defaults to false.
   const bool has_parameters = Given(body, "parameters");
@@ -219,48 +220,30 @@ std::variant<TgiTokenizeCall, TgiError> ParseTgiTokenizeRequest(const std::strin
     return TgiError{400, "the request body is not a JSON object {\"inputs\", \"parameters\"}", "validation"};
   }
   if (!body.contains("inputs") || !body["inputs"].is_string()) return TgiValidationError("`inputs` must be a string");
+  if (Given(body, "parameters") && !body["parameters"].is_object()) return TgiValidationError("`parameters` must be an object");
   TgiTokenizeCall call;
   call.request.set_text(body["inputs"].get<std::string>());
   call.request.set_parse_special_tokens(true);
   call.request.set_return_offsets(true);
   bool add_special_tokens = true;
   if (std::optional<TgiError> e = Bool(body, "add_special_tokens", add_special_tokens)) return *e;
-  if (!add_special_tokens) call.request.set_add_bos(false);
-  if (Given(body, "parameters")) {
-    if (!body["parameters"].is_object()) return TgiValidationError("`parameters` must be an object");
-    std::optional<int64_t> truncate;
-    if (std::optional<TgiError> e = Integer(body["parameters"], "truncate", truncate)) return *e;
-    if (truncate && *truncate <= 0) return TgiValidationError("`truncate` must be strictly positive");
-    if (truncate) call.truncate = static_cast<uint32_t>(std::min<int64_t>(*truncate, UINT32_MAX));
+  if (!add_special_tokens) {
+    call.request.set_add_bos(false);
+    call.request.set_add_eos(false);
   }
   return call;
 }
 
-nlohmann::json TgiTokenizeAnswer(const std::string& text, const v1::TokenizeResponse& tokens,
-                                 std::optional<uint32_t> truncate) {
-  // Each character's first byte, and the text's end.
-  std::vector<size_t> starts;
-  for (size_t i = 0; i < text.size();) {
-    starts.push_back(i);
-    uint32_t cp = 0;
-    const int len = DecodeUtf8(text, i, cp);
-    i += static_cast<size_t>(len > 0 ? len : 1);  // a stray byte is a character of its own (CharIndices)
-  }
-  starts.push_back(text.size());
+nlohmann::json TgiTokenizeAnswer(const std::string& text, const v1::TokenizeResponse& tokens) {
   const bool placed = tokens.offsets_size() == tokens.token_ids_size();
-  const int n = tokens.token_ids_size();
-  const int first = truncate && *truncate < static_cast<uint32_t>(n) ? n - static_cast<int>(*truncate) : 0;
   json answer = json::array();
-  for (int i = first; i < n; ++i) {
+  for (int i = 0; i < tokens.token_ids_size(); ++i) {
     size_t start = 0, stop = 0;
-    if (placed) {  // as TGI answers a tokenizer without offsets otherwise: no text, 0 and 0
-      start = std::min<size_t>(tokens.offsets(i).start(), starts.size() - 1);
-      stop = std::clamp<size_t>(tokens.offsets(i).end(), start, starts.size() - 1);
+    if (placed) {
+      start = std::min<size_t>(tokens.offsets(i).start(), text.size());
+      stop = std::clamp<size_t>(tokens.offsets(i).end(), start, text.size());
     }
-    answer.push_back({{"id", tokens.token_ids(i)},
-                      {"text", text.substr(starts[start], starts[stop] - starts[start])},
-                      {"start", start},
-                      {"stop", stop}});
+    answer.push_back({{"id", tokens.token_ids(i)}, {"text", text.substr(start, stop - start)}, {"start", start}, {"stop", stop}});
   }
   return answer;
 }

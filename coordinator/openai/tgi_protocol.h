@@ -81,19 +81,19 @@ nlohmann::json TgiTokenJson(int32_t id, const std::string& text, double logprob,
 // "length", "eos_token" (the end-of-sequence token or a stop token id) or "stop_sequence".
 std::string TgiFinishReason(v1::FinishReason r);
 
-// TGI's POST /tokenize takes /generate's body and reads three things of it: the inputs (special
-// tokens written in them are their ids), add_special_tokens (default true: BOS as the tokenizer
-// config says) and parameters.truncate (the last this many tokens).
+// TGI's POST /tokenize takes /generate's body and reads two things of it: the inputs (special
+// tokens written in them are their ids) and add_special_tokens (default true: BOS and EOS as the
+// tokenizer config says; false: neither). Its parameters are not read (TGI's own ignores truncate
+// there too).
 struct TgiTokenizeCall {
   v1::TokenizeRequest request;  // the inputs, with offsets asked for
-  std::optional<uint32_t> truncate;
 };
 std::variant<TgiTokenizeCall, TgiError> ParseTgiTokenizeRequest(const std::string& body);
 
-// TGI's tokens of a text: per token {"id", "text", "start", "stop"}, start and stop the characters of
-// `text` it came from (TokenizeResponse.offsets) and "text" those characters; the last `truncate`
-// tokens when given.
-nlohmann::json TgiTokenizeAnswer(const std::string& text, const v1::TokenizeResponse& tokens,
-                                 std::optional<uint32_t> truncate = std::nullopt);
+// TGI's tokens of a text: per token {"id", "text", "start", "stop"}, start and stop the bytes of
+// `text` it came from (TokenizeResponse.offsets: TGI's, the Rust tokenizers' byte offsets) and
+// "text" those bytes (TGI's own cuts that many characters instead, which differs where the text
+// is not ASCII); without offsets, as TGI answers such a tokenizer: "" and 0, 0.
+nlohmann::json TgiTokenizeAnswer(const std::string& text, const v1::TokenizeResponse& tokens);
 
 }  // namespace moe::openai

@@ -1,7 +1,7 @@
-"""Writes offsets_golden.json: the ids and character offsets Hugging Face tokenizers give texts (what
-TGI's POST /tokenize and /chat_tokenize answer: each token's id with the [start, stop) of the input's
-characters it came from), for tests/tokenizer_test.cc (Tokenizer::EncodeWithOffsets must give the
-same). Special tokens written in the text are recognised, as a fast tokenizer's encode does; the
+"""Writes offsets_golden.json: the ids and character offsets Hugging Face tokenizers give texts (the
+places TGI's POST /tokenize and /chat_tokenize answer, there in bytes: each token's id with the
+[start, stop) of the input it came from), for tests/tokenizer_test.cc (Tokenizer::
+EncodeWithSpecialTokens' spans must give the same) and the HTTP front's end-to-end test. Special tokens written in the text are recognised, as a fast tokenizer's encode does; the
 legacy normaliser of Mixtral 8x7B's tokenizer.json (Prepend "▁", Replace " " -> "▁", no
 pre-tokenizer; see make_special_tokens_golden.py) is set before encoding, and the BOS that
 tokenizer.json's post-processor adds ("<s>" $A) is added with the offsets it gives it.
@@ -29,7 +29,9 @@ TEXTS = [
     "Hello world",
     "ROMEO: speak again, bright angel!",
     # Runs of spaces at the ends only: inside a text Hugging Face's converted BPE and SentencePiece
-    # split a run differently (ids, not offsets; this project's ids are SentencePiece's).
+    # split a run differently (ids, not offsets; this project's ids are SentencePiece's). The same
+    # holds for a space right after a special token (legacy "▁" + " "): "<s> hi" is SentencePiece's
+    # "▁" "▁hi" here, Hugging Face's "▁▁" "hi".
     "  two leading spaces and two trailing  ",
     "naïve café – 日本語 🙂 ꙮ 𝄞",
     "\n\nnew\tlines\n",
