@@ -187,6 +187,9 @@ class OpenAiServer {
   static int HandleTgiChatTokenize(mg_connection* conn, void* self);
   int TgiTokenize(mg_connection* conn, const std::string& body);
   int TgiChatTokenize(mg_connection* conn, const std::string& body);
+  // Tokenize's answer to `request` in TGI's shape (`templated`: /chat_tokenize's, with the text), or
+  // the coordinator's error in TGI's.
+  int AnswerTgiTokens(mg_connection* conn, const v1::TokenizeRequest& request, bool templated);
   int TgiGenerateWhole(mg_connection* conn, const std::string& body);
   int TgiGenerateStream(mg_connection* conn, const std::string& body);
   int TgiGenerateCompat(mg_connection* conn, const std::string& body);

@@ -267,13 +267,18 @@ int OpenAiServer::HandleTgiChatTokenize(mg_connection* conn, void* self) {
 int OpenAiServer::TgiTokenize(mg_connection* conn, const std::string& body) {
   std::variant<TgiTokenizeCall, TgiError> parsed = ParseTgiTokenizeRequest(body);
   if (const TgiError* e = std::get_if<TgiError>(&parsed)) return SendTgiError(conn, *e);
-  const TgiTokenizeCall& call = std::get<TgiTokenizeCall>(parsed);
+  return AnswerTgiTokens(conn, std::get<TgiTokenizeCall>(parsed).request, /*templated=*/false);
+}
+
+int OpenAiServer::AnswerTgiTokens(mg_connection* conn, const v1::TokenizeRequest& request, bool templated) {
   v1::TokenizeResponse tokens;
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
-  const grpc::Status st = stub_->Tokenize(&ctx, call.request, &tokens);
+  const grpc::Status st = stub_->Tokenize(&ctx, request, &tokens);
   if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
-  SendJson(conn, 200, TgiTokenizeAnswer(call.request.text(), tokens));
+  json answer = TgiTokenizeAnswer(request.text(), tokens);
+  if (templated) answer = {{"tokenize_response", std::move(answer)}, {"templated_text", request.text()}};
+  SendJson(conn, 200, answer);
   return 200;
 }
 
@@ -289,13 +294,7 @@ int OpenAiServer::TgiChatTokenize(mg_connection* conn, const std::string& body) 
   if (auto* e = std::get_if<HttpError>(&text)) return SendTgiError(conn, TgiErrorFromHttp(e->status, e->message));
   v1::TokenizeRequest request = ChatTokenizeRequest(std::get<std::string>(text));
   request.set_return_offsets(true);
-  v1::TokenizeResponse tokens;
-  grpc::ClientContext ctx;
-  const CallScope scope(*this, ctx);
-  const grpc::Status st = stub_->Tokenize(&ctx, request, &tokens);
-  if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
-  SendJson(conn, 200, {{"tokenize_response", TgiTokenizeAnswer(request.text(), tokens)}, {"templated_text", request.text()}});
-  return 200;
+  return AnswerTgiTokens(conn, request, /*templated=*/true);
 }
 
 // GET /info: TGI's model and limits, the union of its versions' fields.

@@ -17,16 +17,14 @@ transformers' clean_up_tokenization_spaces (false in Mixtral's tokenizer_config.
 """
 import json
 import os
-import shutil
-import tempfile
 
 import sentencepiece
 import tokenizers
 from tokenizers import decoders
-from transformers import AutoTokenizer
+
+import hf_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 # Each case: text (encoded by SentencePiece without BOS) and pieces given by name ({"piece": ...}).
 COMMON = [
     [{"piece": "<s>"}, "Hello world"],
@@ -68,11 +66,7 @@ def main():
         path = os.path.join(HERE, name)
         sp = sentencepiece.SentencePieceProcessor(model_file=path)
         special = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)]
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copy(path, os.path.join(d, "tokenizer.model"))
-            with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-                json.dump(CONFIG, f)
-            tok = AutoTokenizer.from_pretrained(d)
+        tok = hf_tokenizer.from_model_file(path)
         tok.add_special_tokens({"additional_special_tokens": [p for p in special if p not in ("<s>", "</s>", "<unk>")]},
                                replace_extra_special_tokens=False)
         assert len(tok) == sp.get_piece_size(), "registering the control pieces must not add tokens"

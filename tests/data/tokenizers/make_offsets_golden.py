@@ -11,16 +11,14 @@ Run with transformers (5.x), tokenizers and sentencepiece installed:
 """
 import json
 import os
-import shutil
-import tempfile
 
 import transformers
-from tokenizers import normalizers, processors
-from transformers import AutoTokenizer
+from tokenizers import processors
+
+import hf_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
-CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 MODELS = {
     "mistral-v1.model": os.path.join(HERE, "mistral-v1.model"),
     "shakespeare-moe": os.path.join(ROOT, "models", "shakespeare-moe", "tokenizer.model"),
@@ -48,14 +46,7 @@ TEXTS = [
 def main():
     out = {"generator": f"make_offsets_golden.py, transformers {transformers.__version__}", "models": {}}
     for name, path in MODELS.items():
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copy(path, os.path.join(d, "tokenizer.model"))
-            with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-                json.dump(CONFIG, f)
-            tok = AutoTokenizer.from_pretrained(d)
-        backend = tok.backend_tokenizer
-        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        backend.pre_tokenizer = None
+        backend = hf_tokenizer.make_legacy(hf_tokenizer.from_model_file(path).backend_tokenizer)
         bos = backend.token_to_id("<s>")
         backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
         cases = []

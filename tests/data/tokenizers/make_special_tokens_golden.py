@@ -16,15 +16,12 @@ backend is set to that before encoding. Each text is encoded without adding BOS/
 """
 import json
 import os
-import shutil
-import tempfile
 
 import transformers
-from tokenizers import normalizers
-from transformers import AutoTokenizer
+
+import hf_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 TEXTS = [
     "<s>[INST] What is the capital of France? [/INST]",
     "<s>[INST] Hi there [/INST] Hello! How can I help?</s>[INST] Tell me a joke.\nA short one. [/INST]",
@@ -43,14 +40,7 @@ TEXTS = [
 def main():
     out = {"generator": f"make_special_tokens_golden.py, transformers {transformers.__version__}", "models": {}}
     for name in ["mistral-v1.model"]:
-        with tempfile.TemporaryDirectory() as d:
-            shutil.copy(os.path.join(HERE, name), os.path.join(d, "tokenizer.model"))
-            with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
-                json.dump(CONFIG, f)
-            tok = AutoTokenizer.from_pretrained(d)
-        backend = tok.backend_tokenizer
-        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        backend.pre_tokenizer = None
+        backend = hf_tokenizer.make_legacy(hf_tokenizer.from_model_file(os.path.join(HERE, name)).backend_tokenizer)
         out["models"][name] = [{"text": t, "ids": backend.encode(t, add_special_tokens=False).ids} for t in TEXTS]
     with open(os.path.join(HERE, "special_tokens.json"), "w") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
