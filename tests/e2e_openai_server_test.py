@@ -1590,6 +1590,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             headers = {"Content-Type": "application/json"}
             if origin:
                 headers["Origin"] = origin
+            if method == "OPTIONS":  # a browser's preflight says what it asks for
+                headers["Access-Control-Request-Method"] = "POST"
+                headers["Access-Control-Request-Headers"] = "authorization, content-type"
             if key:
                 headers["Authorization"] = "Bearer " + key
             conn.request(method, path, json.dumps(body) if body is not None else None, headers)
@@ -1610,6 +1613,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertEqual(request(port, "POST", "/v1/completions", "https://evil.example", completion, "k")[:2],
                              (200, None))
             self.assertEqual(request(port, "POST", "/v1/completions", page, completion)[:2], (401, page))
+            # Another site's preflight gets no allowance (civetweb's own CORS, which allowed any, is off).
+            self.assertEqual(request(port, "OPTIONS", "/v1/completions", "https://evil.example")[1], None)
         with own_front(self, self.cluster.address, "--allowed-origins", "*") as (port, _, _):
             self.assertEqual(request(port, "GET", "/v1/models", "https://any.example")[:2], (200, "*"))
         with own_front(self, self.cluster.address) as (port, _, _):

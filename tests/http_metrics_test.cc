@@ -48,17 +48,21 @@ TEST(HttpMetricsTest, RendersCountersAndCumulativeHistograms) {
   // 0.002 and 0.3 at or under 0.5; 2.0 only in +Inf.
   has("http_request_duration_seconds_bucket{handler=\"/v1/completions\",method=\"POST\",le=\"0.1\"} 1");
   has("http_request_duration_seconds_bucket{handler=\"/v1/completions\",method=\"POST\",le=\"0.5\"} 2");
-  has("http_request_duration_seconds_bucket{handler=\"/v1/completions\",method=\"POST\",le=\"1\"} 2");
+  has("http_request_duration_seconds_bucket{handler=\"/v1/completions\",method=\"POST\",le=\"1.0\"} 2");
   has("http_request_duration_seconds_bucket{handler=\"/v1/completions\",method=\"POST\",le=\"+Inf\"} 3");
   has("http_request_duration_seconds_count{handler=\"/v1/completions\",method=\"POST\"} 3");
-  EXPECT_NE(text.find("http_request_duration_seconds_sum{handler=\"/v1/completions\",method=\"POST\"} 2.30"), std::string::npos);
+  has("http_request_duration_seconds_sum{handler=\"/v1/completions\",method=\"POST\"} 2.302");  // 0.3 + 0.002 + 2.0
   // All four requests counted here: 0.002 under 0.01, 0.05 at its bound, 0.3 under 0.5, 2 at its bound.
   has("# TYPE http_request_duration_highr_seconds histogram");
   has("http_request_duration_highr_seconds_bucket{le=\"0.01\"} 1");
   has("http_request_duration_highr_seconds_bucket{le=\"0.05\"} 2");
   has("http_request_duration_highr_seconds_bucket{le=\"0.25\"} 2");
   has("http_request_duration_highr_seconds_bucket{le=\"0.5\"} 3");
-  has("http_request_duration_highr_seconds_bucket{le=\"2\"} 4");
+  has("http_request_duration_highr_seconds_bucket{le=\"2.0\"} 4");
+  // The bounds as vLLM's Python client writes them ("10.0", not "1e+01").
+  has("http_request_duration_highr_seconds_bucket{le=\"10.0\"} 4");
+  has("http_request_duration_highr_seconds_bucket{le=\"30.0\"} 4");
+  has("http_request_duration_highr_seconds_bucket{le=\"60.0\"} 4");
   has("http_request_duration_highr_seconds_bucket{le=\"+Inf\"} 4");
   has("http_request_duration_highr_seconds_count 4");
 }

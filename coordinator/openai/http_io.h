@@ -27,9 +27,10 @@ void SendHead(mg_connection* conn, int status, const std::string& content_type, 
 
 // The status of the answer this thread last began with SendHead (or NoteStatusSent), then forgotten:
 // 0 when none was sent since the last call. civetweb knows only the status a handler returns, not
-// what an authorization hook or a stream sent (HttpMetrics counts by this).
+// what an authorization hook sent (HttpMetrics counts by this). A handler that runs on a thread of
+// its own (ServePost's big stack) hands its status back to civetweb's thread with NoteStatusSent.
 int TakeStatusSent();
-// For an answer written without SendHead (the CORS preflight's).
+// For an answer written without SendHead (the CORS preflight's), or on another thread.
 void NoteStatusSent(int status);
 
 // A JSON answer already written out (an ordered_json's, which keeps OpenAI's field order).

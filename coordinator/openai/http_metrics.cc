@@ -1,8 +1,7 @@
 #include "coordinator/openai/http_metrics.h"
 
 #include <array>
-#include <cstdio>
-#include <cstdlib>
+#include <charconv>
 
 namespace moe::openai {
 namespace {
@@ -19,15 +18,15 @@ constexpr std::array<std::string_view, 16> kRoutes = {
     "/health",         "/ping",                "/version",      "/metrics"};
 constexpr std::array<std::string_view, 4> kNotCounted = {"/health", "/ping", "/version", "/metrics"};  // vLLM's exclusions
 
-// The shortest text that reads back as `v` ("0.05", not "0.050000000000000003"), as Prometheus'
-// own clients write bucket bounds.
+// A number as Prometheus' Python client (vLLM's) writes it: the shortest text that reads back as
+// `v`, an integral one with ".0" ("0.05", "10.0", not "1e+01"), so bucket bounds (`le`, a string to
+// Prometheus) match the series vLLM's own server exposes.
 std::string Number(double v) {
-  char buf[32];
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  return buf;
+  char buf[64];
+  const std::to_chars_result r = std::to_chars(buf, buf + sizeof(buf), v);
+  std::string s(buf, r.ptr);
+  if (s.find_first_of(".en") == std::string::npos) s += ".0";  // not 1e-05, inf or nan either
+  return s;
 }
 
 std::string Escaped(std::string_view s) {  // a label value

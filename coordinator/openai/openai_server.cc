@@ -275,8 +275,11 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   const std::string threads = std::to_string(opts.threads);
   const std::string timeout_ms = std::to_string(static_cast<int64_t>(opts.request_timeout_s * 1000));
   const std::string listening = s->https() ? opts.listen + "s" : opts.listen;  // civetweb: "s" marks a TLS port
+  // CORS is this server's (--allowed-origins, BeforeHandler): civetweb's own would answer every
+  // preflight itself, allowing any origin, before the hook sees it.
   std::vector<const char*> options = {"listening_ports", listening.c_str(), "num_threads", threads.c_str(),
-                                      "request_timeout_ms", timeout_ms.c_str()};
+                                      "request_timeout_ms", timeout_ms.c_str(), "access_control_allow_methods", "",
+                                      "access_control_allow_origin", ""};
   if (!opts.access_log.empty()) {
     options.push_back("access_log_file");
     options.push_back(opts.access_log.c_str());
@@ -519,10 +522,13 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
     // every open descriptor, so only requests that wait on the cluster are watched.
     std::optional<ClientWatch> watch;
     if (watch_client) watch.emplace(conn);
+    int sent = 0;
     RunWithStack(kBigStackBytes, [&] {
       const ClientWatch::Current current(watch ? &*watch : nullptr);
       status = (this->*handle)(conn, *body);
+      sent = TakeStatusSent();  // that thread's; civetweb's end_request reads its own
     });
+    if (sent != 0) NoteStatusSent(sent);
     return status;
   } catch (const std::system_error& e) {  // no thread for the request (the process's thread limit)
     return SendError(conn, NoThread(e));
