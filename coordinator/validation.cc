@@ -66,13 +66,9 @@ absl::StatusOr<std::vector<int32_t>> ResolvePrompt(const v1::Prompt& prompt, con
       if (model.tokenizer == nullptr) {
         return FieldError(field + ".text", "model has no tokenizer: send token_ids");
       }
-      if (prompt.parse_special_tokens()) {
-        ids = Tokenize(*model.tokenizer, prompt.text(), bos == BosPolicy::kTokenizerConfig ? std::nullopt : std::optional(false),
-                       /*parse_special_tokens=*/true, nullptr, /*add_eos=*/bos == BosPolicy::kTokenizerConfig);
-      } else {
-        ids = bos == BosPolicy::kTokenizerConfig ? model.tokenizer->Encode(prompt.text())
-                                                 : EncodeBare(*model.tokenizer, prompt.text());
-      }
+      const bool config = bos == BosPolicy::kTokenizerConfig;  // BOS and EOS as the config says, else neither
+      ids = Tokenize(*model.tokenizer, prompt.text(), config ? std::nullopt : std::optional(false),
+                     prompt.parse_special_tokens(), nullptr, /*add_eos=*/config);
       if (ids.empty() && !allow_empty) return FieldError(field + ".text", "encodes to no tokens");
       break;
     }
