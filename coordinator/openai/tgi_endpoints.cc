@@ -101,16 +101,19 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
   v1::GenerateRequest request = call.request;
   if (const char* id = RequestIdHeader(conn)) request.set_request_id(id);
   v1::SamplingParams& s = *request.mutable_sampling();
-  if (!call.add_special_tokens) {  // the inputs go as their ids without BOS, as the completions API sends them
-    std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(call.inputs, /*add_special_tokens=*/false);
-    if (const HttpError* e = std::get_if<HttpError>(&ids)) return refuse(TgiErrorFromHttp(e->status, e->message));
-    const std::vector<int32_t>& got = std::get<std::vector<int32_t>>(ids);
-    request.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(got.begin(), got.end());
-  }
-  if (call.max_new_tokens_to_context) {  // max_new_tokens: null, what the context leaves after the inputs
+  // The inputs' ids, once, where the request needs them here: without BOS they go as ids (as the
+  // completions API sends them); with max_new_tokens null their count sizes the answer.
+  std::vector<int32_t> input_ids;
+  if (!call.add_special_tokens || call.max_new_tokens_to_context) {
     std::variant<std::vector<int32_t>, HttpError> ids = TokenIds(call.inputs, call.add_special_tokens);
     if (const HttpError* e = std::get_if<HttpError>(&ids)) return refuse(TgiErrorFromHttp(e->status, e->message));
-    size_t n = std::get<std::vector<int32_t>>(ids).size();
+    input_ids = std::move(std::get<std::vector<int32_t>>(ids));
+  }
+  if (!call.add_special_tokens) {
+    request.mutable_prompt()->mutable_token_ids()->mutable_ids()->Assign(input_ids.begin(), input_ids.end());
+  }
+  if (call.max_new_tokens_to_context) {  // max_new_tokens: null, what the context leaves after the inputs
+    size_t n = input_ids.size();
     if (s.has_truncate_prompt_tokens()) n = std::min<size_t>(n, s.truncate_prompt_tokens());
     const int64_t room = max_model_len_ - static_cast<int64_t>(n);
     if (room < 1) {
