@@ -11,11 +11,6 @@ const std::vector<double> kLowResolution = {0.1, 0.5, 1};
 const std::vector<double> kHighResolution = {0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2,
                                              2.5,  3,     3.5,  4,     4.5, 5,    7.5, 10,   30, 60};
 
-// The routes moe-openai-server serves (openai_server.cc), by their exact paths.
-constexpr std::array<std::string_view, 16> kRoutes = {
-    "/v1/completions", "/v1/chat/completions", "/v1/responses", "/invocations", "/tokenize", "/detokenize",
-    "/v1/models",      "/generate",            "/generate_stream", "/info",     "/chat_tokenize", "/",
-    "/health",         "/ping",                "/version",      "/metrics"};
 constexpr std::array<std::string_view, 4> kNotCounted = {"/health", "/ping", "/version", "/metrics"};  // vLLM's exclusions
 
 // A number as Prometheus' Python client (vLLM's) writes it: the shortest text that reads back as
@@ -44,12 +39,12 @@ std::string Escaped(std::string_view s) {  // a label value
 
 }  // namespace
 
-std::string HttpMetrics::Handler(std::string_view path) {
+std::string HttpMetrics::Handler(std::string_view path) const {
   for (std::string_view n : kNotCounted) {
     if (path == n) return "";
   }
-  for (std::string_view r : kRoutes) {
-    if (path == r) return std::string(r);
+  for (const std::string& r : routes_) {
+    if (path == r) return r;
   }
   constexpr std::string_view kStored = "/v1/responses/";
   if (path.substr(0, kStored.size()) == kStored && path.size() > kStored.size()) {

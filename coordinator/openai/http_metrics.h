@@ -15,14 +15,19 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace moe::openai {
 
 class HttpMetrics {
  public:
+  // `routes`: the paths served exactly (the server's route list); /v1/responses/{response_id} and
+  // its /cancel and /input_items are known here.
+  explicit HttpMetrics(std::vector<std::string> routes) : routes_(std::move(routes)) {}
+
   // The handler label of a request path: its route's template, "none", or "" for a route not counted.
-  static std::string Handler(std::string_view path);
+  std::string Handler(std::string_view path) const;
 
   // One finished request: its path, method, HTTP status and time from its first byte to its last.
   void Observe(std::string_view path, std::string_view method, int status, double seconds);
@@ -38,6 +43,7 @@ class HttpMetrics {
   };
   static void Add(Histogram& h, const std::vector<double>& bounds, double seconds);
 
+  const std::vector<std::string> routes_;
   mutable std::mutex mu_;
   std::map<std::tuple<std::string, std::string, std::string>, uint64_t> requests_;  // handler, method, status class
   std::map<std::pair<std::string, std::string>, Histogram> duration_;             // handler, method

@@ -332,26 +332,41 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   if (!s->api_keys_.empty() || !s->allowed_origins_.empty()) {
     mg_set_auth_handler(s->ctx_, "/", &OpenAiServer::BeforeHandler, s.get());
   }
-  mg_set_request_handler(s->ctx_, "/v1/completions$", &OpenAiServer::HandleCompletions, s.get());
-  mg_set_request_handler(s->ctx_, "/v1/chat/completions$", &OpenAiServer::HandleChat, s.get());
-  mg_set_request_handler(s->ctx_, "/v1/responses$", &OpenAiServer::HandleResponses, s.get());
-  mg_set_request_handler(s->ctx_, "/v1/responses/", &OpenAiServer::HandleStoredResponse, s.get());
-  mg_set_request_handler(s->ctx_, "/invocations$", &OpenAiServer::HandleInvocations, s.get());
-  mg_set_request_handler(s->ctx_, "/tokenize$", &OpenAiServer::HandleTokenize, s.get());
-  mg_set_request_handler(s->ctx_, "/detokenize$", &OpenAiServer::HandleDetokenize, s.get());
-  mg_set_request_handler(s->ctx_, "/v1/models$", &OpenAiServer::HandleModels, s.get());
-  mg_set_request_handler(s->ctx_, "/health$", &OpenAiServer::HandleHealth, s.get());
-  mg_set_request_handler(s->ctx_, "/ping$", &OpenAiServer::HandleHealth, s.get());  // vLLM's (SageMaker's) name
-  mg_set_request_handler(s->ctx_, "/version$", &OpenAiServer::HandleVersion, s.get());
-  mg_set_request_handler(s->ctx_, "/metrics$", &OpenAiServer::HandleMetrics, s.get());
-  mg_set_request_handler(s->ctx_, "/generate$", &OpenAiServer::HandleTgiGenerate, s.get());  // TGI's
-  mg_set_request_handler(s->ctx_, "/generate_stream$", &OpenAiServer::HandleTgiGenerateStream, s.get());
-  mg_set_request_handler(s->ctx_, "/info$", &OpenAiServer::HandleTgiInfo, s.get());
-  mg_set_request_handler(s->ctx_, "/chat_tokenize$", &OpenAiServer::HandleTgiChatTokenize, s.get());
-  // The root alone; civetweb prefers a handler whose URI equals the request's, so the rest is "/**", not "/".
-  mg_set_request_handler(s->ctx_, "/$", &OpenAiServer::HandleTgiRoot, s.get());
+  for (const Route& r : ExactRoutes()) {
+    mg_set_request_handler(s->ctx_, (std::string(r.path) + "$").c_str(), r.handler, s.get());  // "$": that path only
+  }
+  mg_set_request_handler(s->ctx_, "/v1/responses/", &OpenAiServer::HandleStoredResponse, s.get());  // and below
+  // civetweb prefers a handler whose URI equals the request's, so the rest is "/**", not "/".
   mg_set_request_handler(s->ctx_, "/**", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
   return s;
+}
+
+std::span<const OpenAiServer::Route> OpenAiServer::ExactRoutes() {
+  static constexpr Route kRoutes[] = {
+      {"/v1/completions", &OpenAiServer::HandleCompletions},
+      {"/v1/chat/completions", &OpenAiServer::HandleChat},
+      {"/v1/responses", &OpenAiServer::HandleResponses},
+      {"/invocations", &OpenAiServer::HandleInvocations},
+      {"/tokenize", &OpenAiServer::HandleTokenize},
+      {"/detokenize", &OpenAiServer::HandleDetokenize},
+      {"/v1/models", &OpenAiServer::HandleModels},
+      {"/health", &OpenAiServer::HandleHealth},
+      {"/ping", &OpenAiServer::HandleHealth},  // vLLM's (SageMaker's) name
+      {"/version", &OpenAiServer::HandleVersion},
+      {"/metrics", &OpenAiServer::HandleMetrics},
+      {"/generate", &OpenAiServer::HandleTgiGenerate},  // TGI's
+      {"/generate_stream", &OpenAiServer::HandleTgiGenerateStream},
+      {"/info", &OpenAiServer::HandleTgiInfo},
+      {"/chat_tokenize", &OpenAiServer::HandleTgiChatTokenize},
+      {"/", &OpenAiServer::HandleTgiRoot},  // the root alone
+  };
+  return kRoutes;
+}
+
+std::vector<std::string> OpenAiServer::ExactRoutePaths() {
+  std::vector<std::string> paths;
+  for (const Route& r : ExactRoutes()) paths.emplace_back(r.path);
+  return paths;
 }
 
 OpenAiServer::HandlerScope::HandlerScope(OpenAiServer& s) : s_(s) {

@@ -14,6 +14,7 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <span>
 #include <vector>
 
 #include <grpcpp/channel.h>
@@ -99,6 +100,14 @@ class OpenAiServer {
 
  private:
   OpenAiServer() = default;
+  // The routes served at exactly their paths: registered from this one list, which also names them
+  // in the request metrics (/v1/responses/{id} and the rest are registered beside it).
+  struct Route {
+    const char* path;
+    int (*handler)(mg_connection* conn, void* self);
+  };
+  static std::span<const Route> ExactRoutes();
+  static std::vector<std::string> ExactRoutePaths();
   static int HandleCompletions(mg_connection* conn, void* self);
   static int HandleChat(mg_connection* conn, void* self);
   static int HandleResponses(mg_connection* conn, void* self);
@@ -261,7 +270,7 @@ class OpenAiServer {
   std::vector<std::string> api_keys_;
   std::vector<std::string> allowed_origins_;
   std::optional<HttpUrl> metrics_url_;
-  HttpMetrics http_metrics_;  // every request the front answers (civetweb's begin/end_request callbacks)
+  HttpMetrics http_metrics_{ExactRoutePaths()};  // every request the front answers (civetweb's begin/end_request callbacks)
   mg_context* ctx_ = nullptr;
   int port_ = 0;
   HttpsOptions https_;  // enabled: HTTPS (civetweb's init_ssl callback loads its files)
