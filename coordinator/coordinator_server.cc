@@ -66,12 +66,17 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
   s->options_ = options;
   MOE_ASSIGN_OR_RETURN(s->config_, ModelConfig::FromModelDir(options.model_dir));
-  // Without tokenizer.model only token-id prompts work (text gets INVALID_ARGUMENT).
-  absl::StatusOr<std::shared_ptr<const TextCodec>> codec = LoadTextCodec(options.model_dir);
+  // Without a tokenizer file only token-id prompts work (text gets INVALID_ARGUMENT).
+  absl::StatusOr<std::shared_ptr<const TextCodec>> codec = LoadTextCodec(options.model_dir, options.tokenizer_file);
   if (codec.ok()) {
     s->tokenizer_ = std::move(*codec);
-  } else if (!absl::IsNotFound(codec.status())) {
-    return codec.status();
+  } else if (!absl::IsNotFound(codec.status()) || options.tokenizer_file != TokenizerFile::kAuto) {
+    return codec.status();  // a file asked for by --tokenizer-mode must be there
+  }
+  // A tokenizer's ids past the model's embedding rows would reach the workers from any text.
+  if (s->tokenizer_ != nullptr && s->tokenizer_->vocab_size() > s->config_.vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", options.model_dir, " has ", s->tokenizer_->vocab_size(),
+                                                   " tokens, more than config.json's vocab_size of ", s->config_.vocab_size));
   }
   MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
                        PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));

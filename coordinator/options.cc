@@ -54,7 +54,7 @@ std::string CoordinatorUsage() {
          "         [--ports-file FILE] [--max-waiting 1024] [--max-running-per-rank 256]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
-         "         [--served-model-name NAME]\n"
+         "         [--served-model-name NAME] [--tokenizer-mode auto|hf|slow|mistral]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
          "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
@@ -70,6 +70,9 @@ std::string CoordinatorUsage() {
          "0 (the default): they fail at once with UNAVAILABLE.\n"
          "--served-model-name NAME (vLLM's): the model's name in GetModelInfo, moe-openai-server's default name\n"
          "for it and the model_name label of the vllm: metrics; by default the model folder's name.\n"
+         "--tokenizer-mode (vLLM's): auto (the default) encodes text with the folder's tokenizer.json where it has\n"
+         "one (as vLLM's and TGI's fast tokenizers), else its tokenizer.model; hf only tokenizer.json; slow and\n"
+         "mistral only tokenizer.model (SentencePiece's own encoding, as mistral-common's).\n"
          "--log-stats-interval-s S: every S seconds while requests run, a line on stderr with the prompt and\n"
          "generation throughput, the running and waiting requests, KV cache use and prefix cache hits, as\n"
          "vLLM logs them; 0 turns it off.\n"
@@ -98,6 +101,13 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
        [&](const std::string& v) {
          if (v.empty()) return FlagError("--served-model-name", "empty name");
          o.served_model_name = v;
+         return absl::OkStatus();
+       }},
+      {"--tokenizer-mode",
+       [&](const std::string& v) -> absl::Status {
+         absl::StatusOr<TokenizerFile> file = ParseTokenizerMode(v);
+         if (!file.ok()) return FlagError("--tokenizer-mode", std::string(file.status().message()));
+         o.tokenizer_file = *file;
          return absl::OkStatus();
        }},
       {"--world-size",

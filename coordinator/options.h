@@ -7,6 +7,7 @@
 
 #include "common/status.h"
 #include "coordinator/scheduler.h"
+#include "worker/tokenizer_file.h"
 
 namespace moe {
 
@@ -16,6 +17,8 @@ struct CoordinatorOptions {
   // front's default name for it, and the model_name label of the vLLM metrics; empty: the folder's
   // name.
   std::string served_model_name;
+  // Which tokenizer file of the model folder encodes text (vLLM's --tokenizer-mode).
+  TokenizerFile tokenizer_file = TokenizerFile::kAuto;
   int world_size = 0;
   std::string listen = "127.0.0.1:50051";          // public moe.v1.Inference (+ health, reflection)
   std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster

@@ -48,12 +48,18 @@ class SentencePieceCodec final : public TextCodec {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string& model_dir) {
+absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string& model_dir, TokenizerFile file) {
   std::error_code ec;
-  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "tokenizer.model", ec)) {
-    return absl::NotFoundError(absl::StrCat(model_dir, " has no tokenizer.model"));
+  const std::filesystem::path dir(model_dir);
+  const bool json = std::filesystem::exists(dir / "tokenizer.json", ec);
+  const bool model = std::filesystem::exists(dir / "tokenizer.model", ec);
+  if (file == TokenizerFile::kTokenizerJson ? !json : file == TokenizerFile::kSentencePiece ? !model : !json && !model) {
+    return absl::NotFoundError(absl::StrCat(model_dir, " has no ",
+                                            file == TokenizerFile::kTokenizerJson   ? "tokenizer.json"
+                                            : file == TokenizerFile::kSentencePiece ? "tokenizer.model"
+                                                                                    : "tokenizer.json or tokenizer.model"));
   }
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::Load(model_dir));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::Load(model_dir, file));
   return std::shared_ptr<const TextCodec>(std::make_shared<SentencePieceCodec>(std::move(tok)));
 }
 

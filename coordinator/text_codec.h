@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "common/text_span.h"
+#include "worker/tokenizer_file.h"
 
 namespace moe {
 
@@ -47,8 +48,9 @@ class TextCodec {
                                                 bool skip_special_tokens = true) const = 0;
 };
 
-// Loads DIR's tokenizer (Tokenizer::Load). NotFound when DIR has no tokenizer.model; other errors
-// name the tokenizer file.
-absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string& model_dir);
+// Loads DIR's tokenizer (Tokenizer::Load: tokenizer.json or tokenizer.model as `file` says).
+// NotFound when DIR has no such file; other errors name the tokenizer file.
+absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string& model_dir,
+                                                               TokenizerFile file = TokenizerFile::kAuto);
 
 }  // namespace moe

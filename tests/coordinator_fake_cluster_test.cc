@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 
@@ -492,6 +493,56 @@ TEST_F(FakeClusterTest, BadRequestsAreInvalidArgumentBeforeAnythingIsQueued) {
   treq.set_text("x");
   EXPECT_EQ(stub_->Tokenize(&ctx, treq, &tr).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(Stats().requests_running() + Stats().requests_waiting(), 0);
+}
+
+// The tokenizer file: the folder's tokenizer.json unless --tokenizer-mode says otherwise (here a
+// Mistral v1 tokenizer.json with transformers 5's Metaspace, which writes " a" as "▁a" where the
+// tokenizer.model gives "▁" "▁a"); a mode whose file is missing, and a tokenizer with more tokens
+// than the model's embedding has rows, refuse to start, naming why.
+TEST_F(FakeClusterTest, TokenizerFileFollowsTheModeAndFitsTheModel) {
+  const std::string data = std::string(MOE_SOURCE_DIR) + "/tests/data/tokenizers";
+  const std::string dir = ::testing::TempDir() + "/moe_tokenizer_mode_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(std::string(MOE_SOURCE_DIR) + "/benchmarks/configs/mixtral-8x7b-v0.1.json", dir + "/config.json");
+  std::filesystem::copy_file(data + "/mistral-v1.model", dir + "/tokenizer.model");
+  nlohmann::json metaspace = nlohmann::json::parse(std::ifstream(data + "/mistral-v1.tokenizer.json"));
+  metaspace["normalizer"] = nullptr;
+  metaspace["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}, {"split", false}};
+  std::ofstream(dir + "/tokenizer.json") << metaspace.dump();
+  const auto tokenize = [&](const std::string& text) {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    req.set_text(text);
+    req.set_add_bos(false);
+    v1::TokenizeResponse resp;
+    EXPECT_TRUE(stub_->Tokenize(&ctx, req, &resp).ok());
+    return std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end());
+  };
+  CoordinatorOptions o = Options(dir, 1);
+  Start(o);
+  EXPECT_EQ(tokenize(" a"), std::vector<int32_t>({264}));
+  server_.reset();
+  o.tokenizer_file = TokenizerFile::kSentencePiece;
+  Start(o);
+  EXPECT_EQ(tokenize(" a"), std::vector<int32_t>({28705, 264}));
+  server_.reset();
+
+  std::filesystem::remove(dir + "/tokenizer.json");
+  o.tokenizer_file = TokenizerFile::kTokenizerJson;
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> missing = CoordinatorServer::Start(o);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("tokenizer.json"), std::string_view::npos) << missing.status();
+
+  std::filesystem::copy_file(kTiny + "/config.json", dir + "/config.json", std::filesystem::copy_options::overwrite_existing);
+  o.tokenizer_file = TokenizerFile::kAuto;
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> too_big = CoordinatorServer::Start(o);
+  ASSERT_FALSE(too_big.ok());
+  EXPECT_EQ(too_big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_big.status().message().find("32000 tokens, more than config.json's vocab_size of 1024"), std::string_view::npos)
+      << too_big.status();
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(FakeClusterTest, ScoreAndScoreRollingAssembleTheWorkersLogprobs) {

@@ -107,6 +107,21 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
     EXPECT_NE(ReadFile(err).find("--served-model-name: empty name"), std::string::npos) << ReadFile(err);
   }
   {
+    Process p({"--model", kTiny, "--world-size", "1", "--tokenizer-mode", "fast"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--tokenizer-mode: tokenizer mode \"fast\" is none of auto, hf, slow, mistral"),
+              std::string::npos)
+        << ReadFile(err);
+  }
+  {
+    // The tiny checkpoint has no tokenizer: asking for one is an error at start, not a text-less server.
+    Process p({"--model", kTiny, "--world-size", "1", "--tokenizer-mode", "hf", "--listen", "0", "--cluster-listen", "0",
+               "--metrics-listen", "none"},
+              err);
+    EXPECT_EQ(p.Wait(seconds(20)), 1);
+    EXPECT_NE(ReadFile(err).find("has no tokenizer.json"), std::string::npos) << ReadFile(err);
+  }
+  {
     Process p({"--model", kTiny, "--world-size", "1", "--max-model-len", "1"}, err);
     EXPECT_EQ(p.Wait(seconds(20)), 2);
     EXPECT_NE(ReadFile(err).find("--max-model-len: must be at least 2"), std::string::npos) << ReadFile(err);

@@ -277,7 +277,18 @@ TEST_F(MistralTest, CheckIds) {
   EXPECT_EQ(too_big.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(too_big.message().find("32000"), std::string_view::npos) << too_big;
   EXPECT_NE(too_big.message().find("index 0"), std::string_view::npos) << too_big;
-  EXPECT_THROW(tok_->Decode(std::vector<int32_t>{32000}), InternalError);
+  EXPECT_THROW(tok_->Decode(std::vector<int32_t>{-1}), InternalError);
+  // An id past the tokenizer's vocabulary (a model's padded embedding rows) decodes to nothing,
+  // as Hugging Face tokenizers decode it, also amid other ids and in a stream.
+  EXPECT_EQ(tok_->Decode(std::vector<int32_t>{32000}), "");
+  const std::vector<int32_t> hello = tok_->Encode("Hello world");
+  std::vector<int32_t> padded = hello;
+  padded.insert(padded.begin() + 2, 40000);
+  EXPECT_EQ(tok_->Decode(padded), tok_->Decode(hello));
+  StreamingDetokenizer detok(*tok_, {});
+  std::string streamed;
+  for (int32_t id : padded) streamed += detok.Push(id);
+  EXPECT_EQ(streamed + detok.Flush(), "Hello world");
 }
 
 // ---- Special tokens written in the text: transformers' ids (make_special_tokens_golden.py) ----

@@ -185,6 +185,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::Parse(std::s
   if (whitespace_as_suffix) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": treat_whitespace_as_suffix is not supported"));
   }
+  m->strip_first_space_ = m->add_dummy_prefix_ || m->remove_extra_whitespaces_;
   MOE_RETURN_IF_ERROR(m->Init(name));
   return m;
 }
@@ -198,7 +199,9 @@ absl::Status SentencePieceBpe::Init(const std::string& name) {
       case Type::kNormal:
       case Type::kUserDefined:
         mergeable_.emplace(p.text, id);
-        if (p.type == Type::kUserDefined) user_defined_.push_back(p.text);
+        // A tokenizer.json's added tokens are split out by Tokenizer before encoding, not kept
+        // whole inside it.
+        if (p.type == Type::kUserDefined && !json_.has_value()) user_defined_.push_back(p.text);
         break;
       case Type::kUnused:
         return absl::InvalidArgumentError(absl::StrCat(name, ": unused pieces are not supported (\"", p.text, "\")"));
@@ -220,7 +223,10 @@ absl::Status SentencePieceBpe::Init(const std::string& name) {
   for (int32_t id : {unk_id_, bos_id_, eos_id_}) {
     if (id >= size()) return absl::InvalidArgumentError(absl::StrCat(name, ": special id ", id, " is outside the vocabulary"));
   }
-  if (unk_id_ < 0 || type(unk_id_) != Type::kUnknown) {
+  // A tokenizer.json may have no unknown token (unk_token null) where byte fallback covers every
+  // character (checked below).
+  const bool unk_optional = json_.has_value() && unk_id_ < 0 && byte_fallback_;
+  if (!unk_optional && (unk_id_ < 0 || type(unk_id_) != Type::kUnknown)) {
     return absl::InvalidArgumentError(absl::StrCat(name, ": unk_id ", unk_id_, " is not an unknown piece"));
   }
   if (byte_fallback_ && std::count(std::begin(byte_ids_), std::end(byte_ids_), -1) > 0) {
@@ -271,7 +277,9 @@ std::string SentencePieceBpe::Normalize(std::string_view text, bool dummy_prefix
   }
   if (s.empty()) return s;
   std::string out;
-  if (add_dummy_prefix_ && dummy_prefix) {
+  // Metaspace prepends no "▁" to a text that already starts with one (a space, once replaced).
+  const bool starts_with_space = s[0] == ' ' || std::string_view(s).substr(0, kSpace.size()) == kSpace;
+  if (add_dummy_prefix_ && dummy_prefix && !(json_.has_value() && json_->prefix_unless_space && starts_with_space)) {
     out.append(kSpace);
     if (origin != nullptr) origin->assign(kSpace.size(), from.front());
   }
@@ -291,6 +299,7 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_
   std::vector<TextSpan> origin;
   const std::string normalized = Normalize(text, dummy_prefix, spans != nullptr ? &origin : nullptr);
   if (spans != nullptr) spans->clear();
+  if (json_.has_value()) return EncodeByPairRank(normalized, origin, spans);
   struct Symbol {
     size_t begin, len;
     int prev, next;
@@ -361,6 +370,98 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_
   return ids;
 }
 
+std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normalized, const std::vector<TextSpan>& origin,
+                                                        std::vector<TextSpan>* spans) const {
+  const JsonRules& rules = *json_;
+  struct Symbol {
+    int32_t id;
+    size_t begin, len;
+    int prev, next;
+  };
+  // The next merge: the lowest rank, the leftmost among equals (Hugging Face tokenizers' order).
+  struct Merge {
+    int32_t rank;
+    int pos;
+    int32_t id;
+  };
+  const auto later = [](const Merge& a, const Merge& b) { return a.rank > b.rank || (a.rank == b.rank && a.pos > b.pos); };
+  const auto pair_key = [](int32_t l, int32_t r) { return static_cast<uint64_t>(static_cast<uint32_t>(l)) << 32 | static_cast<uint32_t>(r); };
+  const auto lookup = [&](std::string_view text) -> int32_t {
+    if (const auto a = mergeable_.find(text); a != mergeable_.end()) return a->second;
+    if (const auto b = reserved_.find(text); b != reserved_.end()) return b->second;
+    return -1;
+  };
+  std::vector<int32_t> ids;
+  std::vector<Symbol> symbols;
+  const auto emit = [&](const Symbol& sym) {
+    ids.push_back(sym.id);
+    if (spans != nullptr) spans->push_back({origin[sym.begin].begin, origin[sym.begin + sym.len - 1].end});
+  };
+  for (size_t word_begin = 0; word_begin < normalized.size();) {
+    // Metaspace's split: a word runs from a "▁" to the next one.
+    size_t word_end = normalized.size();
+    if (rules.split_at_space) {
+      const size_t next = normalized.find(kSpace, word_begin + 1);
+      if (next != std::string_view::npos) word_end = next;
+    }
+    const std::string_view word = normalized.substr(word_begin, word_end - word_begin);
+    if (rules.ignore_merges) {
+      if (const auto whole = mergeable_.find(word); whole != mergeable_.end()) {
+        emit({whole->second, word_begin, word.size(), -1, -1});
+        word_begin = word_end;
+        continue;
+      }
+    }
+    symbols.clear();
+    for (size_t pos = word_begin; pos < word_end;) {
+      const size_t len = OneCharLen(normalized.substr(pos, word_end - pos));
+      const int32_t id = lookup(normalized.substr(pos, len));
+      if (id >= 0) {
+        symbols.push_back({id, pos, len, -1, -1});
+      } else if (byte_fallback_) {  // every byte as its piece, the whole character's span each
+        for (size_t k = 0; k < len; ++k) symbols.push_back({byte_ids_[static_cast<uint8_t>(normalized[pos + k])], pos + k, 1, -1, -1});
+      } else if (rules.fuse_unk && !symbols.empty() && symbols.back().id == unk_id_) {
+        symbols.back().len += len;
+      } else {
+        symbols.push_back({unk_id_, pos, len, -1, -1});
+      }
+      pos += len;
+    }
+    const int n = static_cast<int>(symbols.size());
+    for (int i = 0; i < n; ++i) {
+      symbols[static_cast<size_t>(i)].prev = i - 1;
+      symbols[static_cast<size_t>(i)].next = i + 1 < n ? i + 1 : -1;
+    }
+    std::priority_queue<Merge, std::vector<Merge>, decltype(later)> agenda(later);
+    const auto maybe_add = [&](int left, int right) {
+      if (left < 0 || right < 0) return;
+      const auto it = rules.merges.find(pair_key(symbols[static_cast<size_t>(left)].id, symbols[static_cast<size_t>(right)].id));
+      if (it != rules.merges.end()) agenda.push({it->second.rank, left, it->second.id});
+    };
+    for (int i = 0; i + 1 < n; ++i) maybe_add(i, i + 1);
+    while (!agenda.empty()) {
+      const Merge top = agenda.top();
+      agenda.pop();
+      Symbol& l = symbols[static_cast<size_t>(top.pos)];
+      if (l.len == 0 || l.next < 0) continue;
+      Symbol& r = symbols[static_cast<size_t>(l.next)];
+      // Stale unless the pair there now still merges into the same token.
+      const auto now = rules.merges.find(pair_key(l.id, r.id));
+      if (now == rules.merges.end() || now->second.id != top.id) continue;
+      l.id = top.id;
+      l.len += r.len;
+      r.len = 0;
+      l.next = r.next;
+      if (l.next >= 0) symbols[static_cast<size_t>(l.next)].prev = top.pos;
+      maybe_add(l.prev, top.pos);
+      maybe_add(top.pos, l.next);
+    }
+    for (int i = n > 0 ? 0 : -1; i >= 0; i = symbols[static_cast<size_t>(i)].next) emit(symbols[static_cast<size_t>(i)]);
+    word_begin = word_end;
+  }
+  return ids;
+}
+
 void SentencePieceBpe::AppendSurface(std::string_view piece, std::string& out) {
   for (size_t i = 0; i < piece.size();) {
     if (piece.substr(i, kSpace.size()) == kSpace) {
@@ -386,7 +487,18 @@ std::string SentencePieceBpe::TokenText(int32_t id) const {
 std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_special) const {
   std::string text, bytes;
   // A run of byte pieces: each valid UTF-8 character as itself, each other byte as U+FFFD.
+  // tokenizer.json (Hugging Face's ByteFallback decoder): the run as it is where all of it is valid
+  // UTF-8, else U+FFFD for every byte.
   const auto flush_bytes = [&] {
+    if (json_.has_value()) {
+      size_t len = 0;
+      bool valid = true;
+      for (size_t i = 0; valid && i < bytes.size(); i += len) valid = ValidUtf8Char(std::string_view(bytes).substr(i), len);
+      if (!valid) {
+        for (size_t i = 0; i < bytes.size(); ++i) text.append(kReplacement);
+        bytes.clear();
+      }
+    }
     for (size_t i = 0; i < bytes.size();) {
       size_t len;
       if (ValidUtf8Char(std::string_view(bytes).substr(i), len)) {
@@ -410,6 +522,7 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_spe
       at_start = false;
       continue;
     }
+    if (special && json_.has_value()) continue;  // skipped before Hugging Face's decoder sees the run
     if (p.type == Type::kControl) {  // no text, but it ends a run of bytes
       flush_bytes();
       continue;
@@ -425,7 +538,7 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_spe
       continue;
     }
     std::string_view piece = p.text;
-    if (first && (add_dummy_prefix_ || remove_extra_whitespaces_) && piece.substr(0, kSpace.size()) == kSpace) {
+    if (first && strip_first_space_ && piece.substr(0, kSpace.size()) == kSpace) {
       piece.remove_prefix(kSpace.size());
     }
     AppendSurface(piece, text);

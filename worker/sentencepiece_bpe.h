@@ -1,23 +1,40 @@
-// A SentencePiece BPE model (tokenizer.model) read and run without libsentencepiece: the file's
-// protobuf is parsed by hand (the few fields a BPE model needs), and encoding and decoding follow
-// SentencePiece 0.1.97's own rules, so ids and texts are the library's (tokenizer_test checks them
-// against its Python binding on the Mistral v1 and v3 and the default model's vocabularies).
+// A SentencePiece-style BPE model (spaces as "▁", byte-fallback pieces), read without
+// libsentencepiece or Hugging Face tokenizers from either file a Mistral-family checkpoint ships:
 //
-// Why not the library: it bundles its own protobuf-lite, which cannot share a process with gRPC's
-// protobuf (the coordinator loaded it as a plugin, RTLD_DEEPBIND), and on the lent GPU machines
-// (Ubuntu 24.04) the Debian build crashes in its initialiser, so no coordinator with a tokenizer
-// could run there.
+// - tokenizer.model (Load / Parse): the protobuf is parsed by hand (the few fields a BPE model
+//   needs), and encoding and decoding follow SentencePiece 0.1.97's own rules: pairs merge by the
+//   merged piece's score, so ids and texts are the library's (tokenizer_test checks them against its
+//   Python binding on the Mistral v1 and v3 and the default model's vocabularies).
+// - tokenizer.json (LoadTokenizerJson / ParseTokenizerJson): what vLLM's and TGI's fast tokenizers
+//   read. Pairs merge by their rank in the file's merges (lowest first, leftmost among equals, as
+//   Hugging Face tokenizers' BPE does); the normaliser and pre-tokenizer decide where a "▁" is
+//   prepended and whether words split at spaces; the added tokens (past the base vocabulary too, a
+//   fine-tune's ChatML tokens) are listed for Tokenizer to split the text at (tokenizer_test checks
+//   ids, offsets and texts against Hugging Face tokenizers on the files in tests/data/tokenizers).
+//   The two files of one model can encode a text differently: transformers 5 ranks merges by the
+//   merged piece's id, so "▁" "▁" merges first and "a  b" is "▁a" "▁▁" "b", where SentencePiece
+//   (and the score-ranked tokenizer.json of Mixtral 8x7B) gives "▁a" "▁" "▁b".
 //
-// Supported: model_type BPE with byte fallback or not, the identity normaliser (no
-// precompiled_charsmap), add_dummy_prefix, remove_extra_whitespaces, whitespace as "▁" prefixes,
-// user-defined pieces (kept whole), control, unknown and byte pieces. Anything else (unigram
-// models, NFKC character maps, unused pieces, whitespace as suffix) is refused when loading, naming
-// what.
+// Why not the libraries: libsentencepiece bundles its own protobuf-lite, which cannot share a process
+// with gRPC's protobuf (the coordinator loaded it as a plugin, RTLD_DEEPBIND), and on the lent GPU
+// machines (Ubuntu 24.04) the Debian build crashes in its initialiser; Hugging Face tokenizers is
+// Rust.
+//
+// Supported from tokenizer.model: model_type BPE with byte fallback or not, the identity normaliser
+// (no precompiled_charsmap), add_dummy_prefix, remove_extra_whitespaces, whitespace as "▁" prefixes,
+// user-defined pieces (kept whole), control, unknown and byte pieces. Anything else (unigram models,
+// NFKC character maps, unused pieces, whitespace as suffix) is refused when loading, naming what.
+// From tokenizer.json: a BPE model (byte_fallback, fuse_unk, ignore_merges; no dropout or subword
+// affixes), a normaliser of Prepend "▁" and Replace " " -> "▁", a Metaspace pre-tokenizer (either
+// spelling of its prepend rule, split or not), a decoder of Replace "▁" -> " ", ByteFallback, Fuse
+// and Strip, or Metaspace; added tokens without lstrip, rstrip or single_word. Others (ByteLevel
+// files: Llama 3, Mistral's Tekken) are refused naming the field.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,16 +50,40 @@ class SentencePieceBpe {
  public:
   enum class Type : uint8_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
 
+  // A token of tokenizer.json's added_tokens: split out of a text before the rest is encoded (the
+  // special ones only where special tokens are parsed; see Tokenizer).
+  struct AddedToken {
+    std::string text;
+    int32_t id;
+    bool special;
+  };
+  // What tokenizer.json's post-processor (TemplateProcessing) puts around a text.
+  struct Template {
+    bool bos = false;
+    bool eos = false;
+  };
+
   // Errors name the file: unreadable, not a model, or a feature outside the supported set.
   static absl::StatusOr<std::unique_ptr<SentencePieceBpe>> Load(const std::string& path);
   // The same from the file's bytes; `name` is what errors call it.
   static absl::StatusOr<std::unique_ptr<SentencePieceBpe>> Parse(std::string_view bytes, const std::string& name);
+  // A Hugging Face tokenizer.json; `bos_token` and `eos_token` are the texts of BOS and EOS
+  // (tokenizer_config.json's), which must be tokens of the file. Errors as Load's (worker/tokenizer_json.cc).
+  static absl::StatusOr<std::unique_ptr<SentencePieceBpe>> LoadTokenizerJson(const std::string& path,
+                                                                             std::string_view bos_token = "<s>",
+                                                                             std::string_view eos_token = "</s>");
+  static absl::StatusOr<std::unique_ptr<SentencePieceBpe>> ParseTokenizerJson(std::string_view text,
+                                                                              const std::string& name,
+                                                                              std::string_view bos_token = "<s>",
+                                                                              std::string_view eos_token = "</s>");
 
-  // Text to ids (no BOS/EOS): normalised (spaces as "▁", a "▁" before the text), split into
-  // characters (user-defined pieces whole), merged pairwise by piece score, pieces outside the
-  // vocabulary as their bytes (byte fallback) or unknown.
+  // Text to ids (no BOS/EOS, no added tokens split out): normalised (spaces as "▁", a "▁" before
+  // the text), split into characters (user-defined pieces whole), merged pairwise by piece score
+  // (tokenizer.json: by pair rank, within each word where the pre-tokenizer splits), pieces
+  // outside the vocabulary as their bytes (byte fallback) or unknown.
   // `dummy_prefix` false: no "▁" before the text even where the model adds one (a part of a text
-  // after a special token, as non-legacy Hugging Face tokenizers encode it).
+  // after a special token, as non-legacy Hugging Face tokenizers encode it). A tokenizer.json's
+  // Metaspace prepends none to a text that starts with a space either.
   // `spans`, when given, gets each id's bytes of `text` as Hugging Face tokenizers' offsets place
   // them: a piece the characters it covers (the dummy prefix's "▁" counts as the text's first
   // character; a space its "▁"), each byte-fallback id of a character the whole character.
@@ -58,6 +99,16 @@ class SentencePieceBpe {
   // nothing for control, unknown and unused pieces.
   std::string TokenText(int32_t id) const;
 
+  // tokenizer.json's added tokens, longest first; empty for tokenizer.model.
+  const std::vector<AddedToken>& added_tokens() const { return added_; }
+  // Whether the model came from a tokenizer.json.
+  bool from_tokenizer_json() const { return json_.has_value(); }
+  // tokenizer.json: whether every part of a text between added tokens gets the "▁" prefix (the
+  // Prepend normaliser, Metaspace "always"), not only a text's first part (Metaspace "first").
+  bool PrefixesEveryPart() const { return json_.has_value() && json_->prefix_every_part; }
+  // tokenizer.json: the post-processor's BOS and EOS, when it is a TemplateProcessing.
+  std::optional<Template> post_processor() const { return json_.has_value() ? json_->post : std::nullopt; }
+
   int32_t size() const { return static_cast<int32_t>(pieces_.size()); }
   const std::string& piece(int32_t id) const { return pieces_[static_cast<size_t>(id)].text; }
   Type type(int32_t id) const { return pieces_[static_cast<size_t>(id)].type; }
@@ -72,8 +123,28 @@ class SentencePieceBpe {
     Type type = Type::kNormal;
     int16_t byte = -1;  // a byte piece's value
   };
+  // How a tokenizer.json encodes, where it differs from SentencePiece.
+  struct JsonRules {
+    // (left id << 32 | right id) -> the merge's rank and the merged token's id.
+    struct Merge {
+      int32_t rank;
+      int32_t id;
+    };
+    std::unordered_map<uint64_t, Merge> merges;
+    bool prefix_unless_space = false;  // Metaspace: no "▁" prepended to a text starting with one
+    bool prefix_every_part = true;
+    bool split_at_space = false;       // Metaspace split: each word (from a "▁" on) merged alone
+    bool ignore_merges = false;        // a word in the vocabulary is its token
+    bool fuse_unk = false;
+    std::optional<Template> post;
+  };
+
   SentencePieceBpe() = default;
   absl::Status Init(const std::string& name);
+  // tokenizer.json's BPE over `normalized`: per word, characters (each as its bytes' pieces, or
+  // unknown, where the vocabulary lacks it) merged by pair rank.
+  std::vector<int32_t> EncodeByPairRank(std::string_view normalized, const std::vector<TextSpan>& origin,
+                                        std::vector<TextSpan>* spans) const;
   // `origin`, when given, gets per byte of the result the bytes of `text` it stands for (the whole
   // character; the dummy prefix's "▁" the first character's).
   std::string Normalize(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* origin = nullptr) const;
@@ -97,6 +168,9 @@ class SentencePieceBpe {
   bool byte_fallback_ = false;
   bool add_dummy_prefix_ = true;
   bool remove_extra_whitespaces_ = true;
+  bool strip_first_space_ = true;  // Decode drops the text's first "▁" (tokenizer.json: its decoder's Strip)
+  std::optional<JsonRules> json_;  // set when read from a tokenizer.json
+  std::vector<AddedToken> added_;
   int32_t unk_id_ = 0, bos_id_ = 1, eos_id_ = 2;
   std::string unk_surface_ = " \xE2\x81\x87 ";
 };

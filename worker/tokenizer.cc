@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 #include <filesystem>
+#include <iterator>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/json_util.h"
@@ -21,15 +23,25 @@ constexpr size_t kInitialContextIds = 5;
 // The UTF-8 encoding of U+FFFD, which SentencePiece produces for incomplete byte sequences.
 constexpr std::string_view kReplacementChar = "\xEF\xBF\xBD";
 
-// Reads an optional boolean field of tokenizer_config.json.
-absl::StatusOr<bool> OptionalBool(const nlohmann::json& config, const char* key, bool fallback,
-                                  const std::string& path) {
+// Reads an optional boolean field of tokenizer_config.json (nullopt where absent or null).
+absl::StatusOr<std::optional<bool>> OptionalBool(const nlohmann::json& config, const char* key, const std::string& path) {
   auto it = config.find(key);
-  if (it == config.end() || it->is_null()) return fallback;
+  if (it == config.end() || it->is_null()) return std::nullopt;
   if (!it->is_boolean()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" is not a boolean"));
   }
   return it->get<bool>();
+}
+
+// Reads tokenizer_config.json's text of a token ("bos_token": "<s>", or the object transformers
+// writes, {"content": "<s>", ...}); `fallback` where absent or null.
+absl::StatusOr<std::string> TokenText(const nlohmann::json& config, const char* key, std::string fallback,
+                                      const std::string& path) {
+  auto it = config.find(key);
+  if (it == config.end() || it->is_null()) return fallback;
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) return (*it)["content"].get<std::string>();
+  return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" is not a token's text"));
 }
 
 bool IsUtf8Continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
@@ -47,18 +59,35 @@ std::string Delta(std::string_view prefix, std::string_view full) {
 
 }  // namespace
 
+absl::StatusOr<TokenizerFile> ParseTokenizerMode(std::string_view mode) {
+  if (mode == "auto") return TokenizerFile::kAuto;
+  if (mode == "hf") return TokenizerFile::kTokenizerJson;
+  if (mode == "slow" || mode == "mistral") return TokenizerFile::kSentencePiece;
+  return absl::InvalidArgumentError(absl::StrCat("tokenizer mode \"", std::string(mode), "\" is none of auto, hf, slow, mistral"));
+}
+
+void Tokenizer::SplitSet::Add(const std::string& text, int32_t id) {
+  if (text.empty()) return;
+  // Longest first, so that at any position the longest token written there is taken.
+  const auto at = std::find_if(tokens.begin(), tokens.end(), [&](const auto& t) { return t.first.size() < text.size(); });
+  tokens.emplace(at, text, id);
+  starts[static_cast<unsigned char>(text[0])] = true;
+}
+
 Tokenizer::Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos, bool legacy)
-    : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos), legacy_(legacy) {
+    : sp_(std::move(sp)), add_bos_(add_bos), add_eos_(add_eos),
+      legacy_(sp_->from_tokenizer_json() ? sp_->PrefixesEveryPart() : legacy) {
+  if (sp_->from_tokenizer_json()) {
+    for (const SentencePieceBpe::AddedToken& a : sp_->added_tokens()) {
+      special_split_.Add(a.text, a.id);
+      if (!a.special) always_split_.Add(a.text, a.id);
+    }
+    return;
+  }
   for (int32_t id = 0; id < sp_->size(); ++id) {
     const SentencePieceBpe::Type t = sp_->type(id);
-    if (t == SentencePieceBpe::Type::kControl || t == SentencePieceBpe::Type::kUnknown) {
-      special_pieces_.emplace_back(sp_->piece(id), id);
-    }
+    if (t == SentencePieceBpe::Type::kControl || t == SentencePieceBpe::Type::kUnknown) special_split_.Add(sp_->piece(id), id);
   }
-  std::erase_if(special_pieces_, [](const auto& p) { return p.first.empty(); });
-  for (const auto& p : special_pieces_) starts_special_piece_[static_cast<unsigned char>(p.first[0])] = true;
-  std::stable_sort(special_pieces_.begin(), special_pieces_.end(),
-                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
 }
 
 Tokenizer::~Tokenizer() = default;
@@ -68,27 +97,43 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   if (!std::filesystem::is_regular_file(model_path)) {
     return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", model_path));
   }
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp, SentencePieceBpe::Load(model_path));
+  std::unique_ptr<SentencePieceBpe> sp;
+  if (model_path.ends_with(".json")) {
+    MOE_ASSIGN_OR_RETURN(sp, SentencePieceBpe::LoadTokenizerJson(model_path));
+  } else {
+    MOE_ASSIGN_OR_RETURN(sp, SentencePieceBpe::Load(model_path));
+  }
   return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp), add_bos, add_eos, legacy));
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir, TokenizerFile file) {
   const std::filesystem::path dir(model_dir);
   const std::string config_path = (dir / "tokenizer_config.json").string();
-  // Mistral's tokenizers prepend BOS; a config only needs to say so when it differs.
-  bool add_bos = true;
-  bool add_eos = false;
-  bool legacy = true;
+  std::optional<bool> add_bos, add_eos, legacy;
+  std::string bos_token = "<s>", eos_token = "</s>";
   if (std::filesystem::exists(config_path)) {
     MOE_ASSIGN_OR_RETURN(nlohmann::json config, ReadJsonFile(config_path));
     if (!config.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(config_path, ": not a JSON object"));
     }
-    MOE_ASSIGN_OR_RETURN(add_bos, OptionalBool(config, "add_bos_token", true, config_path));
-    MOE_ASSIGN_OR_RETURN(add_eos, OptionalBool(config, "add_eos_token", false, config_path));
-    MOE_ASSIGN_OR_RETURN(legacy, OptionalBool(config, "legacy", true, config_path));
+    MOE_ASSIGN_OR_RETURN(add_bos, OptionalBool(config, "add_bos_token", config_path));
+    MOE_ASSIGN_OR_RETURN(add_eos, OptionalBool(config, "add_eos_token", config_path));
+    MOE_ASSIGN_OR_RETURN(legacy, OptionalBool(config, "legacy", config_path));
+    MOE_ASSIGN_OR_RETURN(bos_token, TokenText(config, "bos_token", bos_token, config_path));
+    MOE_ASSIGN_OR_RETURN(eos_token, TokenText(config, "eos_token", eos_token, config_path));
   }
-  return FromFile((dir / "tokenizer.model").string(), add_bos, add_eos, legacy);
+  const std::string json_path = (dir / "tokenizer.json").string();
+  if (file == TokenizerFile::kTokenizerJson || (file == TokenizerFile::kAuto && std::filesystem::is_regular_file(json_path))) {
+    if (!std::filesystem::is_regular_file(json_path)) return absl::NotFoundError(absl::StrCat("tokenizer file not found: ", json_path));
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp, SentencePieceBpe::LoadTokenizerJson(json_path, bos_token, eos_token));
+    // Where tokenizer_config.json does not say, what the file's post-processor adds.
+    const std::optional<SentencePieceBpe::Template> post = sp->post_processor();
+    const bool bos = add_bos.value_or(post.has_value() ? post->bos : true);
+    const bool eos = add_eos.value_or(post.has_value() && post->eos);
+    return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp), bos, eos, /*legacy=*/true));
+  }
+  // Mistral's tokenizers prepend BOS; a config only needs to say so when it differs.
+  return FromFile((dir / "tokenizer.model").string(), add_bos.value_or(true), add_eos.value_or(false), legacy.value_or(true));
 }
 
 void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix,
@@ -107,7 +152,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, std::vector<TextSp
     ids.push_back(bos_id());
     if (spans != nullptr) spans->push_back({});
   }
-  AppendPieces(text, ids, /*dummy_prefix=*/true, spans, 0);
+  AppendSplit(text, always_split_, ids, spans);
   if (add_eos_) {
     ids.push_back(eos_id());
     if (spans != nullptr) spans->push_back({});
@@ -118,15 +163,21 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, std::vector<TextSp
 std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text, std::vector<TextSpan>* spans) const {
   std::vector<int32_t> ids;
   if (spans != nullptr) spans->clear();
+  AppendSplit(text, special_split_, ids, spans);
+  return ids;
+}
+
+void Tokenizer::AppendSplit(std::string_view text, const SplitSet& split, std::vector<int32_t>& ids,
+                            std::vector<TextSpan>* spans) const {
   size_t part_start = 0, i = 0;
   while (i < text.size()) {
-    if (!starts_special_piece_[static_cast<unsigned char>(text[i])]) {
+    if (!split.starts[static_cast<unsigned char>(text[i])]) {
       ++i;
       continue;
     }
-    const auto special = std::find_if(special_pieces_.begin(), special_pieces_.end(),
+    const auto special = std::find_if(split.tokens.begin(), split.tokens.end(),
                                       [&](const auto& p) { return text.substr(i, p.first.size()) == p.first; });
-    if (special == special_pieces_.end()) {
+    if (special == split.tokens.end()) {
       ++i;
       continue;
     }
@@ -137,13 +188,17 @@ std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text, s
     part_start = i;
   }
   AppendPieces(text.substr(part_start), ids, legacy_ || part_start == 0, spans, part_start);
-  return ids;
 }
 
 std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
-  const absl::Status valid = CheckIds(ids);
+  const int32_t n = vocab_size();
+  const bool all_known = std::all_of(ids.begin(), ids.end(), [&](int32_t id) { return id < n; });
+  std::vector<int32_t> known;
+  if (!all_known) std::copy_if(ids.begin(), ids.end(), std::back_inserter(known), [&](int32_t id) { return id < n; });
+  const std::span<const int32_t> kept = all_known ? ids : std::span<const int32_t>(known);
+  const absl::Status valid = CheckIds(kept);
   MOE_CHECK(valid.ok(), valid.message());
-  return sp_->Decode(ids, skip_special_tokens);
+  return sp_->Decode(kept, skip_special_tokens);
 }
 
 absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {

@@ -1,5 +1,5 @@
-// SentencePiece tokenisation for Mistral-family models, and incremental detokenisation of
-// generated ids into UTF-8 text deltas for streaming.
+// Tokenisation for Mistral-family models (their tokenizer.json or SentencePiece tokenizer.model),
+// and incremental detokenisation of generated ids into UTF-8 text deltas for streaming.
 #pragma once
 
 #include <array>
@@ -14,19 +14,24 @@
 
 #include "common/status.h"
 #include "worker/sentencepiece_bpe.h"
+#include "worker/tokenizer_file.h"
 
 
 namespace moe {
 
 class Tokenizer {
  public:
-  // Loads DIR/tokenizer.model and, when present, DIR/tokenizer_config.json for add_bos_token
-  // (default true, as for Mistral models), add_eos_token (default false) and legacy (default true;
-  // see EncodeWithSpecialTokens).
-  // Errors name the offending file; a missing tokenizer.model is NotFound.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
+  // Loads DIR's tokenizer file (`file`) and, when present, DIR/tokenizer_config.json for
+  // add_bos_token (default: a tokenizer.json's post-processor's, else true, as for Mistral models),
+  // add_eos_token (likewise, else false), legacy (tokenizer.model only, default true; see
+  // EncodeWithSpecialTokens) and bos_token / eos_token (tokenizer.json only: which of its tokens
+  // BOS and EOS are, default "<s>" and "</s>"; a tokenizer.model names its own ids).
+  // Errors name the offending file; a missing tokenizer file is NotFound.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir,
+                                                         TokenizerFile file = TokenizerFile::kAuto);
 
-  // Loads a SentencePiece model file directly with explicit BOS/EOS behaviour.
+  // Loads a tokenizer file directly (a tokenizer.json where the name ends in ".json", else a
+  // SentencePiece model) with explicit BOS/EOS behaviour; `legacy` applies to SentencePiece models.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& model_path,
                                                            bool add_bos, bool add_eos = false, bool legacy = true);
 
@@ -35,24 +40,30 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Plain text to ids (no special-token parsing): BOS prepended when add_bos(), EOS appended
-  // when add_eos(). `spans`, when given, gets each id's bytes of `text` (Hugging Face tokenizers'
-  // offsets: SentencePieceBpe::Encode's; BOS and EOS [0, 0)).
+  // when add_eos(). A tokenizer.json's non-special added tokens are still split out (as Hugging
+  // Face tokenizers do with special tokens encoded as text). `spans`, when given, gets each id's
+  // bytes of `text` (Hugging Face tokenizers' offsets: SentencePieceBpe::Encode's; BOS and EOS
+  // [0, 0)).
   std::vector<int32_t> Encode(std::string_view text, std::vector<TextSpan>* spans = nullptr) const;
 
   // Text in which special tokens may be written out (a rendered chat template: "<s>[INST] Hi
   // [/INST]"), to ids as Hugging Face tokenizers encode it: every control piece of the model (`<s>`,
   // `</s>`, and e.g. `[INST]` in Mistral's v3 vocabulary) and `<unk>` written in the text becomes its
-  // id, longest first; the text between them is encoded as Encode encodes a text but without adding
-  // BOS or EOS. Legacy tokenizers (Mixtral 8x7B's tokenizer.json) give every part SentencePiece's
-  // leading "▁"; non-legacy ones (tokenizer_config.json "legacy": false, Mistral's v3 Instruct
-  // models) only the text's start, so "[INST] Hi" is [INST] "▁Hi", what mistral-common encodes.
+  // id, longest first (a tokenizer.json's: every added token); the text between them is encoded
+  // as Encode encodes a text but without adding BOS or EOS. Legacy tokenizers (Mixtral 8x7B's
+  // tokenizer.json) give every part SentencePiece's leading "▁"; non-legacy ones
+  // (tokenizer_config.json "legacy": false, Mistral's v3 Instruct models, or a tokenizer.json whose
+  // Metaspace prepends to the first part only) only the text's start, so "[INST] Hi" is [INST]
+  // "▁Hi", what mistral-common encodes.
   // `spans` as Encode's; a special token written in the text gets its text's bytes.
   std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text, std::vector<TextSpan>* spans = nullptr) const;
 
   // Ids to text; control tokens (BOS/EOS) produce no text and incomplete byte-fallback
   // sequences become U+FFFD. `skip_special_tokens` false: control and unknown tokens appear as their
   // pieces' texts ("<s>", "[INST]"), as Hugging Face tokenizers decode with that flag (vLLM's
-  // request field). Precondition: CheckIds(ids).ok(); throws InternalError otherwise.
+  // request field). Ids past the vocabulary (a model's embedding rows padded beyond its tokenizer)
+  // add no text, as Hugging Face tokenizers decode them. Precondition: no negative id; throws
+  // InternalError otherwise.
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
 
   // InvalidArgument naming the first id outside [0, vocab_size()) and its index.
@@ -73,15 +84,24 @@ class Tokenizer {
  private:
   Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos, bool legacy);
 
-  // Appends the SentencePiece pieces of `text` (none for an empty text), no BOS or EOS; with
-  // `spans`, their bytes, `text` starting at byte `offset` of what is encoded.
+  // Tokens split out of a text before the parts between them are encoded.
+  struct SplitSet {
+    std::vector<std::pair<std::string, int32_t>> tokens;  // text and id, longest text first
+    std::array<bool, 256> starts{};                       // by the first byte, to skip most positions at once
+    void Add(const std::string& text, int32_t id);
+  };
+
+  // Appends the BPE pieces of `text` (none for an empty text), no BOS or EOS; with `spans`, their
+  // bytes, `text` starting at byte `offset` of what is encoded.
   void AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix, std::vector<TextSpan>* spans,
                     size_t offset) const;
+  // `text` with the tokens of `split` as their ids and the parts between them as AppendPieces'.
+  void AppendSplit(std::string_view text, const SplitSet& split, std::vector<int32_t>& ids,
+                   std::vector<TextSpan>* spans) const;
 
   std::unique_ptr<SentencePieceBpe> sp_;
-  // The control and unknown pieces' texts with their ids, longest text first.
-  std::vector<std::pair<std::string, int32_t>> special_pieces_;
-  std::array<bool, 256> starts_special_piece_{};  // by the first byte, to skip most positions at once
+  SplitSet always_split_;  // a tokenizer.json's non-special added tokens (none for tokenizer.model)
+  SplitSet special_split_;  // those and the special tokens: the control and unknown pieces (tokenizer.json: added tokens)
   bool add_bos_;
   bool add_eos_;
   bool legacy_;

@@ -48,7 +48,7 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> InputIds(const CliOptions& o, 
     const CliOptions::Input& in = o.inputs[i];
     if (in.is_text) {
       if (!tok) {
-        return absl::FailedPreconditionError(absl::StrCat(o.model_dir, " has no tokenizer.model: use --token-ids"));
+        return absl::FailedPreconditionError(absl::StrCat(o.model_dir, " has no tokenizer.json or tokenizer.model: use --token-ids"));
       }
       seqs.push_back(tok->Encode(in.text));
       if (seqs.back().empty()) return absl::InvalidArgumentError(absl::StrCat("input ", i, ": encodes to no tokens"));

@@ -1,0 +1,20 @@
+// Which of a checkpoint's tokenizer files is read (vLLM's --tokenizer-mode), apart from Tokenizer so
+// that options and interfaces can name it.
+#pragma once
+
+#include <string_view>
+
+#include "common/status.h"
+
+namespace moe {
+
+enum class TokenizerFile {
+  kAuto,           // tokenizer.json where the folder has one (vLLM's and TGI's choice), else tokenizer.model
+  kTokenizerJson,  // "hf": tokenizer.json
+  kSentencePiece,  // "slow" / "mistral": tokenizer.model, as SentencePiece and mistral-common encode
+};
+
+// "auto", "hf", "slow" or "mistral"; InvalidArgument naming the choices otherwise (worker/tokenizer.cc).
+absl::StatusOr<TokenizerFile> ParseTokenizerMode(std::string_view mode);
+
+}  // namespace moe
