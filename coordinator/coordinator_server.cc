@@ -13,6 +13,7 @@
 
 #include "common/json_util.h"
 #include "common/model_name.h"
+#include "worker/model/generation_config.h"
 
 namespace moe {
 namespace {
@@ -60,6 +61,31 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
   return grpc::SslServerCredentials(ssl);
 }
 
+// The sampling defaults --generation-config names (vLLM's): the model folder's
+// generation_config.json ("auto"), none ("vllm"), or DIR's; logged as vLLM logs them.
+absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& options) {
+  v1::SamplingParams s;
+  if (options.generation_config == "vllm") return s;
+  const std::string dir = options.generation_config == "auto" ? options.model_dir : options.generation_config;
+  if (options.generation_config != "auto" && !std::filesystem::is_regular_file(std::filesystem::path(dir) / "generation_config.json")) {
+    return absl::NotFoundError(absl::StrCat("--generation-config: ", dir, " has no generation_config.json"));
+  }
+  MOE_ASSIGN_OR_RETURN(const GenerationConfig g, GenerationConfig::FromModelDir(dir));
+  if (g.temperature) s.set_temperature(static_cast<float>(*g.temperature));
+  if (g.top_p) s.set_top_p(static_cast<float>(*g.top_p));
+  if (g.top_k) s.set_top_k(static_cast<int32_t>(*g.top_k));
+  if (g.min_p) s.set_min_p(static_cast<float>(*g.min_p));
+  if (g.repetition_penalty) s.set_repetition_penalty(static_cast<float>(*g.repetition_penalty));
+  if (g.max_new_tokens) s.set_max_tokens(static_cast<uint32_t>(*g.max_new_tokens));
+  if (g.has_sampling_defaults()) {
+    std::fprintf(stderr,
+                 "moe-coordinator: default sampling parameters from %s/generation_config.json: %s (requests that "
+                 "leave them unset get them; --generation-config vllm turns this off)\n",
+                 dir.c_str(), g.SamplingDefaultsJson().dump().c_str());
+  }
+  return s;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(const CoordinatorOptions& options) {
@@ -88,8 +114,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   }
   const std::string name =
       options.served_model_name.empty() ? ModelNameOfDir(options.model_dir) : options.served_model_name;
-  s->request_model_ = std::make_unique<RequestModel>(RequestModel{
-      s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling, name});
+  MOE_ASSIGN_OR_RETURN(v1::SamplingParams defaults, SamplingDefaults(options));
+  s->request_model_ = std::make_unique<RequestModel>(RequestModel{s->config_, s->tokenizer_.get(), std::move(chat),
+                                                                  options.max_model_len, options.priority_scheduling,
+                                                                  name, std::move(defaults)});
   // vLLM's model_name label: the model's name (GetModelInfo's served_model_name, the HTTP front's
   // default; a --served-model-name given to the front alone does not reach it).
   s->stats_ = std::make_unique<ServingStats>(name);

@@ -446,6 +446,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context, const 
   response->set_chat_template(model_.chat.chat_template);
   response->set_bos_token(model_.chat.bos_token);
   response->set_eos_token(model_.chat.eos_token);
+  *response->mutable_default_sampling() = model_.default_sampling;
   if (model_.tokenizer != nullptr) {
     const std::vector<std::string> texts = model_.tokenizer->TokenTexts();  // empty: control and unknown pieces
     for (size_t id = 0; id < texts.size(); ++id) {

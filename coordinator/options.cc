@@ -55,6 +55,7 @@ std::string CoordinatorUsage() {
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
          "         [--served-model-name NAME] [--tokenizer-mode auto|hf|slow|mistral]\n"
+         "         [--generation-config auto|vllm|DIR]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
          "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
@@ -73,6 +74,10 @@ std::string CoordinatorUsage() {
          "--tokenizer-mode (vLLM's): auto (the default) encodes text with the folder's tokenizer.json where it has\n"
          "one (as vLLM's and TGI's fast tokenizers), else its tokenizer.model; hf only tokenizer.json; slow and\n"
          "mistral only tokenizer.model (SentencePiece's own encoding, as mistral-common's).\n"
+         "--generation-config (vLLM's): auto (the default) takes the sampling defaults the model folder's\n"
+         "generation_config.json recommends (temperature, top_p, top_k, min_p, repetition_penalty; max_new_tokens\n"
+         "as max_tokens) for requests that leave them unset; vllm ignores them; DIR reads DIR/generation_config.json.\n"
+         "Its eos_token_id ends generation either way.\n"
          "--log-stats-interval-s S: every S seconds while requests run, a line on stderr with the prompt and\n"
          "generation throughput, the running and waiting requests, KV cache use and prefix cache hits, as\n"
          "vLLM logs them; 0 turns it off.\n"
@@ -110,6 +115,7 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
          o.tokenizer_file = *file;
          return absl::OkStatus();
        }},
+      {"--generation-config", path_flag("--generation-config", o.generation_config)},
       {"--world-size",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(int64_t n, ParseInt("--world-size", v, 1));

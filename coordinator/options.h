@@ -19,6 +19,9 @@ struct CoordinatorOptions {
   std::string served_model_name;
   // Which tokenizer file of the model folder encodes text (vLLM's --tokenizer-mode).
   TokenizerFile tokenizer_file = TokenizerFile::kAuto;
+  // Where the sampling defaults come from (vLLM's --generation-config): "auto", the model folder's
+  // generation_config.json; "vllm", none (the API's own defaults); else a folder holding one.
+  std::string generation_config = "auto";
   int world_size = 0;
   std::string listen = "127.0.0.1:50051";          // public moe.v1.Inference (+ health, reflection)
   std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster

@@ -113,7 +113,14 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   MOE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
                        ResolvePrompt(request.prompt(), model, "prompt", BosPolicy::kTokenizerConfig));
 
-  const v1::SamplingParams& s = request.sampling();
+  // The model's recommended defaults where the request leaves a field unset (vLLM's generation config).
+  v1::SamplingParams with_defaults;
+  const bool defaults = model.default_sampling.ByteSizeLong() > 0;
+  if (defaults) {
+    with_defaults = model.default_sampling;
+    with_defaults.MergeFrom(request.sampling());
+  }
+  const v1::SamplingParams& s = defaults ? with_defaults : request.sampling();
   if (s.has_truncate_prompt_tokens()) {  // vLLM's: the prompt's last this many tokens
     if (s.truncate_prompt_tokens() == 0) return FieldError("sampling.truncate_prompt_tokens", "must be at least 1");
     if (prompt.size() > s.truncate_prompt_tokens()) prompt.erase(prompt.begin(), prompt.end() - s.truncate_prompt_tokens());

@@ -27,6 +27,9 @@ struct RequestModel {
   int64_t max_model_len = 0;  // moe-coordinator --max-model-len; 0: the config's max_position_embeddings
   bool priority_scheduling = false;  // moe-coordinator --scheduling-policy priority
   std::string name{};  // moe-coordinator --served-model-name, else the model folder's name
+  // The model's recommended sampling defaults (generation_config.json, moe-coordinator
+  // --generation-config): only the fields it sets, under what a request sets.
+  v1::SamplingParams default_sampling{};
   // The positions a request may use: prompt + max_tokens, a scoring window.
   int64_t context() const {
     return max_model_len > 0 ? std::min(max_model_len, config.max_position_embeddings) : config.max_position_embeddings;

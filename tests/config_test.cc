@@ -1,7 +1,15 @@
-// config.json parsing: the real Mixtral configs, defaults, and every refusal naming its field.
+// config.json parsing: the real Mixtral configs, defaults, and every refusal naming its field; and
+// generation_config.json's end-of-sequence ids and sampling defaults.
 #include "worker/model/config.h"
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
 #include <gtest/gtest.h>
+
+#include "worker/model/generation_config.h"
 
 namespace moe {
 namespace {
@@ -123,6 +131,71 @@ TEST(ConfigTest, MissingFileNamesPath) {
   absl::StatusOr<ModelConfig> c = ModelConfig::FromModelDir("/nonexistent/model");
   ASSERT_FALSE(c.ok());
   EXPECT_NE(std::string(c.status().message()).find("/nonexistent/model/config.json"), std::string::npos);
+}
+
+// Hugging Face's GenerationConfig defaults (temperature 1, top_p 1, top_k 50, repetition_penalty 1)
+// are no recommendation (vLLM reads the file's to_diff_dict(), which drops them); anything else
+// is, with max_new_tokens as max_tokens. Mixtral's own file recommends nothing.
+TEST(GenerationConfigTest, SamplingDefaultsAreWhatDiffersFromHuggingFaces) {
+  const GenerationConfig mixtral =
+      GenerationConfig::FromJson(json::parse(R"({"_from_model_config": true, "bos_token_id": 1, "eos_token_id": 2,
+                                                 "transformers_version": "4.36.0.dev0"})"))
+          .value();
+  EXPECT_FALSE(mixtral.has_sampling_defaults());
+  EXPECT_EQ(mixtral.eos_token_ids, std::vector<int64_t>{2});
+  const GenerationConfig hf_defaults =
+      GenerationConfig::FromJson(json::parse(R"({"temperature": 1.0, "top_p": 1, "top_k": 50, "repetition_penalty": 1.0,
+                                                 "do_sample": true, "max_length": 4096, "min_p": null})"))
+          .value();
+  EXPECT_FALSE(hf_defaults.has_sampling_defaults());
+  const GenerationConfig tuned =
+      GenerationConfig::FromJson(json::parse(R"({"temperature": 0.6, "top_p": 0.9, "top_k": 0, "min_p": 0.05,
+                                                 "repetition_penalty": 1.1, "max_new_tokens": 512,
+                                                 "eos_token_id": [2, 32000]})"))
+          .value();
+  EXPECT_EQ(tuned.SamplingDefaultsJson(),
+            json::parse(R"({"temperature": 0.6, "top_p": 0.9, "top_k": 0, "min_p": 0.05, "repetition_penalty": 1.1,
+                            "max_tokens": 512})"));
+  EXPECT_EQ(tuned.eos_token_ids, (std::vector<int64_t>{2, 32000}));
+  for (const auto& [body, field] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"temperature": -0.5})", "temperature"},
+           {R"({"top_p": 0})", "top_p"},
+           {R"({"top_k": -1})", "top_k"},
+           {R"({"min_p": 2})", "min_p"},
+           {R"({"repetition_penalty": 0})", "repetition_penalty"},
+           {R"({"max_new_tokens": 0})", "max_new_tokens"},
+           {R"({"temperature": "hot"})", "temperature"},
+           {R"({"top_k": 1.5})", "top_k"},
+           {R"({"eos_token_id": [2, "x"]})", "eos_token_id"},
+           {R"({"eos_token_id": -1})", "eos_token_id"}}) {
+    absl::StatusOr<GenerationConfig> g = GenerationConfig::FromJson(json::parse(body));
+    ASSERT_FALSE(g.ok()) << body;
+    EXPECT_NE(std::string(g.status().message()).find("\"" + field + "\""), std::string::npos) << g.status();
+  }
+}
+
+// A folder's generation_config.json adds its end-of-sequence ids to config.json's (a ChatML
+// fine-tune's <|im_end|>), refuses one outside the vocabulary, and names itself when malformed.
+TEST(GenerationConfigTest, ModelDirAddsItsEosIds) {
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / ("gen_config_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << Tiny().dump();
+  EXPECT_EQ(ModelConfig::FromModelDir(dir.string()).value().eos_token_ids, std::vector<int64_t>{2}) << "no file";
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [2, 7], "temperature": 0.7})";
+  const ModelConfig c = ModelConfig::FromModelDir(dir.string()).value();
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{2, 7}));
+  EXPECT_TRUE(c.is_eos(7));
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": 1024})";
+  absl::StatusOr<ModelConfig> outside = ModelConfig::FromModelDir(dir.string());
+  ASSERT_FALSE(outside.ok());
+  EXPECT_NE(std::string(outside.status().message()).find("eos_token_id 1024 is outside the vocabulary of 1024"),
+            std::string::npos)
+      << outside.status();
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": )";
+  absl::StatusOr<ModelConfig> torn = ModelConfig::FromModelDir(dir.string());
+  ASSERT_FALSE(torn.ok());
+  EXPECT_NE(std::string(torn.status().message()).find("generation_config.json"), std::string::npos) << torn.status();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

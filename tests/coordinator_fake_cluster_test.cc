@@ -545,6 +545,45 @@ TEST_F(FakeClusterTest, TokenizerFileFollowsTheModeAndFitsTheModel) {
   std::filesystem::remove_all(dir);
 }
 
+// --generation-config: the model folder's generation_config.json gives GetModelInfo's
+// default_sampling (and its eos_token_id the model's end ids) unless "vllm"; a folder named
+// without such a file refuses to start.
+TEST_F(FakeClusterTest, GenerationConfigGivesTheSamplingDefaults) {
+  const std::string dir = ::testing::TempDir() + "/moe_generation_config_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kTiny + "/config.json", dir + "/config.json");
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": [2, 9], "temperature": 0.6, "top_k": 50,
+                                                       "max_new_tokens": 64})";
+  const auto info = [&] {
+    grpc::ClientContext ctx;
+    v1::ModelInfo m;
+    EXPECT_TRUE(stub_->GetModelInfo(&ctx, {}, &m).ok());
+    return m;
+  };
+  CoordinatorOptions o = Options(dir, 1);
+  Start(o);
+  v1::ModelInfo m = info();
+  EXPECT_FLOAT_EQ(m.default_sampling().temperature(), 0.6f);
+  EXPECT_EQ(m.default_sampling().max_tokens(), 64u);
+  EXPECT_FALSE(m.default_sampling().has_top_k()) << "50 is Hugging Face's own default";
+  EXPECT_EQ(std::vector<int32_t>(m.eos_token_ids().begin(), m.eos_token_ids().end()), (std::vector<int32_t>{2, 9}));
+  server_.reset();
+  o.generation_config = "vllm";
+  Start(o);
+  m = info();
+  EXPECT_EQ(m.default_sampling().ByteSizeLong(), 0u);
+  EXPECT_EQ(m.eos_token_ids_size(), 2) << "the end ids stay";
+  server_.reset();
+  o.generation_config = kTiny;
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> missing = CoordinatorServer::Start(o);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("--generation-config: " + kTiny + " has no generation_config.json"),
+            std::string_view::npos)
+      << missing.status();
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(FakeClusterTest, ScoreAndScoreRollingAssembleTheWorkersLogprobs) {
   CoordinatorOptions o = Options(kTiny, 2);
   o.limits.max_waiting = 4;

@@ -201,6 +201,38 @@ TEST_F(ValidationTest, VllmExtrasAreCarried) {
 
 // cache_salt: its prefix-hash root to the worker (0 without one; equal salts, equal roots), at most
 // 256 bytes.
+// The model's recommended defaults (generation_config.json) fill what a request leaves unset and
+// nothing it sets; max_tokens' default becomes the model's max_new_tokens.
+TEST_F(ValidationTest, ModelSamplingDefaultsFillUnsetFields) {
+  RequestModel model = shakespeare();
+  model.default_sampling.set_temperature(0.6f);
+  model.default_sampling.set_top_p(0.9f);
+  model.default_sampling.set_top_k(40);
+  model.default_sampling.set_min_p(0.05f);
+  model.default_sampling.set_repetition_penalty(1.1f);
+  model.default_sampling.set_max_tokens(7);
+  v1::GenerateRequest r = Ids({5, 6, 7});
+  r.mutable_sampling()->set_top_p(0.5f);
+  r.mutable_sampling()->add_stop_token_ids(9);
+  const GenerateJob job = ValueOrThrow(ValidateGenerate(r, model));
+  EXPECT_FLOAT_EQ(job.assign.temperature(), 0.6f);
+  EXPECT_FLOAT_EQ(job.assign.top_p(), 0.5f) << "the request's own";
+  EXPECT_EQ(job.assign.top_k(), 40);
+  EXPECT_FLOAT_EQ(job.assign.min_p(), 0.05f);
+  EXPECT_FLOAT_EQ(job.assign.repetition_penalty(), 1.1f);
+  EXPECT_EQ(job.assign.max_tokens(), 7u);
+  EXPECT_EQ(job.assign.stop_token_ids_size(), 1);
+  r.mutable_sampling()->set_temperature(0);
+  r.mutable_sampling()->set_max_tokens(3);
+  const GenerateJob greedy = ValueOrThrow(ValidateGenerate(r, model));
+  EXPECT_EQ(greedy.assign.temperature(), 0.0f) << "an explicit 0 is set, not unset";
+  EXPECT_EQ(greedy.assign.max_tokens(), 3u);
+  // Without defaults: the API's own (temperature 1, max_tokens 16).
+  const GenerateJob plain = ValueOrThrow(ValidateGenerate(Ids({5, 6, 7}), shakespeare()));
+  EXPECT_FLOAT_EQ(plain.assign.temperature(), 1.0f);
+  EXPECT_EQ(plain.assign.max_tokens(), 16u);
+}
+
 TEST_F(ValidationTest, CacheSaltBecomesThePromptsPrefixRoot) {
   v1::GenerateRequest r = Ids({5, 6});
   EXPECT_EQ(ValidateGenerate(r, shakespeare())->assign.prefix_root(), 0u);

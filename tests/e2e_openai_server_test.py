@@ -2296,5 +2296,51 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(c.leftovers(), [], "processes left behind")
 
 
+class GenerationConfigEndToEnd(unittest.TestCase):
+    """The model folder's generation_config.json, as vLLM's --generation-config auto reads it: its
+    temperature 0 makes a completion that leaves temperature unset greedy (samples.json's text, where
+    the API's own default of 1 samples), its max_new_tokens is a chat's max_tokens where the request
+    gives none, and a completion without max_tokens keeps OpenAI's 16."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.samples = load_samples()
+        cls.model_dir = tempfile.mkdtemp(prefix="moe_generation_config_")
+        for name in os.listdir(MODEL_DIR):
+            os.symlink(os.path.join(MODEL_DIR, name), os.path.join(cls.model_dir, name))
+        with open(os.path.join(cls.model_dir, "generation_config.json"), "w") as f:
+            json.dump({"bos_token_id": 1, "eos_token_id": 2, "temperature": 0.0, "max_new_tokens": 5}, f)
+        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--openai-arg", "--chat-template=" + CHAT_TEMPLATE],
+                                      model_dir=cls.model_dir)
+        cls.cluster.start_or_kill()
+        cls.base = "http://" + cls.cluster.openai_address
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.kill_everything()
+        shutil.rmtree(cls.model_dir, ignore_errors=True)
+
+    def post(self, path, body):
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+    def test_defaults_fill_what_requests_leave_unset(self):
+        full = self.samples["ROMEO:"]["greedy_text"][len("ROMEO:"):]
+        body = self.post("/v1/completions", {"prompt": "ROMEO:"})
+        self.assertEqual(body["usage"]["completion_tokens"], 16, "OpenAI's default, not max_new_tokens")
+        self.assertTrue(full.startswith(body["choices"][0]["text"]), body)
+        self.assertGreater(len(body["choices"][0]["text"]), 10)
+        sampled = self.post("/v1/completions", {"prompt": "ROMEO:", "temperature": 1.0, "seed": 5})
+        self.assertNotEqual(sampled["choices"][0]["text"], body["choices"][0]["text"], "the request's own temperature")
+        messages = [{"role": "user", "content": "ROMEO: speak, good nurse"}]
+        chat = self.post("/v1/chat/completions", {"messages": messages})
+        self.assertEqual(chat["usage"]["completion_tokens"], 5, chat)
+        self.assertEqual(chat["choices"][0]["finish_reason"], "length")
+        chat = self.post("/v1/chat/completions", {"messages": messages, "max_tokens": 8})
+        self.assertEqual(chat["usage"]["completion_tokens"], 8, chat)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

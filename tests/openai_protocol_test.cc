@@ -31,8 +31,10 @@ HttpError Err(const std::string& body) {
 TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   CompletionCall c = Ok({{"prompt", "hi"}});
   EXPECT_EQ(c.request.prompt().text(), "hi");
-  EXPECT_FALSE(c.request.sampling().has_max_tokens()) << "the coordinator's default (16, as OpenAI's)";
-  EXPECT_FALSE(c.request.sampling().has_temperature());
+  // OpenAI's default of 16, set here: the coordinator's default for an unset max_tokens may be the
+  // model's generation_config.json max_new_tokens, which vLLM's completions never take over 16.
+  EXPECT_EQ(c.request.sampling().max_tokens(), 16u);
+  EXPECT_FALSE(c.request.sampling().has_temperature()) << "unset: the model's default where it recommends one";
   EXPECT_FALSE(c.stream);
   EXPECT_EQ(c.n, 1u);
 

@@ -540,8 +540,9 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
                  Integer(body, "logprobs", 0, 20, logprobs)}) {
     if (e) return *e;
   }
-  if (max_tokens) s.set_max_tokens(static_cast<uint32_t>(*max_tokens));
+  // OpenAI's and vLLM's default of 16 is the request's own, never the model's max_new_tokens.
   call.max_tokens = max_tokens ? static_cast<uint32_t>(*max_tokens) : 16;
+  s.set_max_tokens(call.max_tokens);
   if (best_of && *best_of != call.n) return BadParam("best_of", "only best_of = n is served (no ranking of completions)");
   if (logprobs) s.set_logprobs(static_cast<uint32_t>(*logprobs));
   call.logprobs = logprobs.has_value();

@@ -202,6 +202,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   s->served_ = ServedModel(opts.model_names.empty() ? std::vector<std::string>{coordinator_name} : opts.model_names);
   s->model_name_ = s->served_.name();
   s->max_model_len_ = info.max_context();
+  if (info.default_sampling().has_max_tokens()) s->default_max_tokens_ = info.default_sampling().max_tokens();
   s->created_ = UnixNow();
   s->api_keys_ = opts.api_keys;
   s->allowed_origins_ = opts.allowed_origins;
@@ -715,7 +716,8 @@ std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn,
   p.mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
   call.prompts = {p};
   if (!chat.max_tokens_given) {  // what the context leaves; a prompt that fills it is refused by the coordinator
-    const int64_t room = max_model_len_ - static_cast<int64_t>(prompt.size());
+    int64_t room = max_model_len_ - static_cast<int64_t>(prompt.size());
+    if (default_max_tokens_ > 0) room = std::min<int64_t>(room, default_max_tokens_);  // the model's max_new_tokens, as vLLM
     call.max_tokens = static_cast<uint32_t>(std::clamp<int64_t>(room, 1, UINT32_MAX));
     call.request.mutable_sampling()->set_max_tokens(call.max_tokens);
   }

@@ -257,6 +257,9 @@ class OpenAiServer {
   std::string model_name_;                // what answers call the model: served_'s first name
   ServedModel served_{std::string()};     // every name a request may give
   int64_t max_model_len_ = 0;
+  // The model's generation_config.json max_new_tokens (ModelInfo.default_sampling): a chat's
+  // max_tokens where the request gives none, if less than what the context leaves; 0: none.
+  uint32_t default_max_tokens_ = 0;
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
   std::vector<int32_t> eos_ids_;  // the model's end-of-sequence ids (config.json), which end a beam
   std::unordered_map<int32_t, std::string> special_pieces_;  // the vocabulary's special tokens and their pieces

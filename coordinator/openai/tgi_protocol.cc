@@ -193,15 +193,18 @@ std::variant<TgiCall, TgiError> ParseTgiRequest(const std::string& body_text, Tg
   v1::SamplingParams& s = *call.request.mutable_sampling();
   // TGI samples when asked, or when a sampling parameter is given (its Python shard's rule).
   call.sampling = do_sample || (temperature && *temperature != 1.0) || top_k || top_p;
+  // Every sampling field set: TGI takes no defaults from the model's generation_config.json, which
+  // the coordinator fills into fields a request leaves unset.
   if (call.sampling) {
     s.set_temperature(static_cast<float>(temperature.value_or(1.0)));
-    if (top_k) s.set_top_k(static_cast<int32_t>(*top_k));
-    if (top_p) s.set_top_p(static_cast<float>(*top_p));
+    s.set_top_k(top_k ? static_cast<int32_t>(*top_k) : 0);
+    s.set_top_p(top_p ? static_cast<float>(*top_p) : 1.0f);
   } else {
     s.set_temperature(0);  // greedy
   }
+  s.set_min_p(0);
   if (seed) call.seed = static_cast<uint64_t>(*seed);
-  if (repetition) s.set_repetition_penalty(static_cast<float>(*repetition));
+  s.set_repetition_penalty(repetition ? static_cast<float>(*repetition) : 1.0f);
   if (frequency) s.set_frequency_penalty(static_cast<float>(*frequency));
   if (!call.max_new_tokens_to_context) s.set_max_tokens(static_cast<uint32_t>(max_new_tokens.value_or(100)));
   if (truncate) s.set_truncate_prompt_tokens(static_cast<uint32_t>(std::min<int64_t>(*truncate, UINT32_MAX)));

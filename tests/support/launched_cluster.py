@@ -110,7 +110,7 @@ def _default_signals():
 class LaunchedCluster:
     """deploy/launch-cluster.sh as a child process, its stdout lines read by a thread."""
 
-    def __init__(self, extra_args=(), extra_env=None):
+    def __init__(self, extra_args=(), extra_env=None, model_dir=MODEL_DIR):
         self.openai = any(a.startswith("--openai-listen") for a in extra_args)
         self.openai_pid = None
         self.openai_address = None
@@ -118,7 +118,7 @@ class LaunchedCluster:
         env = dict(os.environ, **(extra_env or {}))
         env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
         self.proc = subprocess.Popen(
-            [LAUNCHER, "--np", str(RANKS), "--model", MODEL_DIR, "--build-dir", BUILD_DIR,
+            [LAUNCHER, "--np", str(RANKS), "--model", model_dir, "--build-dir", BUILD_DIR,
              "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--stop-timeout", "20", *extra_args],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, preexec_fn=_default_signals)
         self.lines = queue.Queue()

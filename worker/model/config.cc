@@ -2,7 +2,9 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "common/json_util.h"
+#include "worker/model/generation_config.h"
 
 namespace moe {
 namespace {
@@ -150,7 +152,18 @@ absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
 }
 
 absl::StatusOr<ModelConfig> ModelConfig::FromModelDir(const std::string& dir) {
-  return FromFile(dir + "/config.json");
+  MOE_ASSIGN_OR_RETURN(ModelConfig c, FromFile(dir + "/config.json"));
+  // generation_config.json's end-of-sequence ids end generation too (as in transformers' generate(),
+  // vLLM and TGI): a fine-tune's chat end token (ChatML's <|im_end|>) is often only there.
+  MOE_ASSIGN_OR_RETURN(const GenerationConfig g, GenerationConfig::FromModelDir(dir));
+  for (int64_t id : g.eos_token_ids) {
+    if (id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(dir, "/generation_config.json: eos_token_id ", id,
+                                                     " is outside the vocabulary of ", c.vocab_size));
+    }
+    if (!c.is_eos(id)) c.eos_token_ids.push_back(id);
+  }
+  return c;
 }
 
 json ModelConfig::ToJson() const {

@@ -47,7 +47,8 @@ struct ModelConfig {
   // Parses and validates; an unsupported field is refused with an error naming it.
   static absl::StatusOr<ModelConfig> FromJson(const nlohmann::json& j);
   static absl::StatusOr<ModelConfig> FromFile(const std::string& path);
-  // Reads DIR/config.json.
+  // Reads DIR/config.json, with DIR/generation_config.json's eos_token_id (where the folder has
+  // one) added to eos_token_ids.
   static absl::StatusOr<ModelConfig> FromModelDir(const std::string& dir);
 
   nlohmann::json ToJson() const;

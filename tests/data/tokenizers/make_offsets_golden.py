@@ -26,10 +26,11 @@ MODELS = {
 TEXTS = [
     "Hello world",
     "ROMEO: speak again, bright angel!",
-    # Runs of spaces at the ends only: inside a text Hugging Face's converted BPE and SentencePiece
-    # split a run differently (ids, not offsets; this project's ids are SentencePiece's). The same
-    # holds for a space right after a special token (legacy "▁" + " "): "<s> hi" is SentencePiece's
-    # "▁" "▁hi" here, Hugging Face's "▁▁" "hi".
+    # Runs of spaces at the ends only: inside a text the tokenizer transformers 5 converts (merges
+    # ranked by id) and SentencePiece split a run differently (ids, not offsets; tokenizer.model's ids
+    # are SentencePiece's, and so are those of Mixtral's own score-ranked tokenizer.json:
+    # tokenizer_json_golden.json). The same holds for a space right after a special token (legacy
+    # "▁" + " "): "<s> hi" is SentencePiece's "▁" "▁hi" here, transformers 5's "▁▁" "hi".
     "  two leading spaces and two trailing  ",
     "naïve café – 日本語 🙂 ꙮ 𝄞",
     "\n\nnew\tlines\n",
