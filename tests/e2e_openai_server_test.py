@@ -219,10 +219,12 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(delta("tgi_request_duration_count"), 1)
         self.assertEqual(sample(after, "tgi_queue_size"), sample(after, "moe_num_requests_waiting"))
         self.assertEqual(sample(after, "tgi_batch_current_size"), sample(after, "moe_num_requests_running"))
-        with own_front(self, self.cluster.address) as (port, _, _):  # no --metrics-url: 404 naming it
-            status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
-            self.assertEqual(status, 404, err)
-            self.assertIn("--metrics-url", err["error"]["message"])
+        with own_front(self, self.cluster.address) as (port, _, _):  # no --metrics-url: the front's own alone
+            self.call("/v1/models", base="http://127.0.0.1:%d" % port)
+            status, text = self.call("/metrics", base="http://127.0.0.1:%d" % port, raw_answer=True)
+            self.assertEqual(status, 200, text)
+            self.assertIn('http_requests_total{handler="/v1/models",method="GET",status="2xx"} 1', text)
+            self.assertNotIn("vllm:", text)
         with own_front(self, self.cluster.address, "--metrics-url", "http://127.0.0.1:1/metrics") as (port, _, _):
             status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
             self.assertEqual(status, 503, err)

@@ -465,10 +465,11 @@ int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
 int OpenAiServer::HandleMetrics(mg_connection* conn, void* self) {
   if (!IsMethod(conn, "GET")) return MethodNotAllowed(conn, "GET");
   auto* s = static_cast<OpenAiServer*>(self);
-  if (!s->metrics_url_) {
-    return SendError(conn, HttpError{404, "no metrics here: start moe-openai-server with --metrics-url (the "
-                                          "coordinator's Prometheus endpoint), or scrape the coordinator's",
-                                     "NotFoundError", {}});
+  if (!s->metrics_url_) {  // the front's own only (the cluster's: --metrics-url, or the coordinator's endpoint)
+    const std::string body = s->http_metrics_.Render();
+    SendHead(conn, 200, "text/plain; version=0.0.4; charset=utf-8", static_cast<long long>(body.size()));
+    mg_write(conn, body.data(), body.size());
+    return 200;
   }
   const HttpUrl& url = *s->metrics_url_;
   char error[256] = {0};
