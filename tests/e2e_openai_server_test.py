@@ -248,6 +248,9 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 400, body)
         status, body = self.call("/v1/no/such/route", {})
         self.assertEqual(status, 404, body)
+        # The answer names what is served (the route list's own paths).
+        self.assertIn("/v1/chat/completions, /v1/responses, /v1/responses/{id}, ", body["error"]["message"])
+        self.assertIn("and TGI's /generate, /generate_stream, /info, /chat_tokenize, /)", body["error"]["message"])
         status, after = self.call("/metrics", raw_answer=True)
         self.assertEqual(status, 200, after)
         answered = {"handler": "/v1/completions", "method": "POST", "status": "2xx"}

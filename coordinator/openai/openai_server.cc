@@ -50,8 +50,7 @@ constexpr long long kMaxBodyBytes = 16 << 20;
 bool IsTgiRoute(mg_connection* conn) {
   const char* uri = mg_get_request_info(conn)->local_uri;
   if (uri == nullptr) return false;
-  const std::string_view path = uri;
-  return path == "/generate" || path == "/generate_stream" || path == "/info" || path == "/" || path == "/chat_tokenize";
+  return OpenAiServer::IsTgiPath(uri);
 }
 
 int SendError(mg_connection* conn, const HttpError& e) {
@@ -355,13 +354,20 @@ std::span<const OpenAiServer::Route> OpenAiServer::ExactRoutes() {
       {"/ping", &OpenAiServer::HandleHealth},  // vLLM's (SageMaker's) name
       {"/version", &OpenAiServer::HandleVersion},
       {"/metrics", &OpenAiServer::HandleMetrics},
-      {"/generate", &OpenAiServer::HandleTgiGenerate},  // TGI's
-      {"/generate_stream", &OpenAiServer::HandleTgiGenerateStream},
-      {"/info", &OpenAiServer::HandleTgiInfo},
-      {"/chat_tokenize", &OpenAiServer::HandleTgiChatTokenize},
-      {"/", &OpenAiServer::HandleTgiRoot},  // the root alone
+      {"/generate", &OpenAiServer::HandleTgiGenerate, true},  // TGI's
+      {"/generate_stream", &OpenAiServer::HandleTgiGenerateStream, true},
+      {"/info", &OpenAiServer::HandleTgiInfo, true},
+      {"/chat_tokenize", &OpenAiServer::HandleTgiChatTokenize, true},
+      {"/", &OpenAiServer::HandleTgiRoot, true},  // the root alone
   };
   return kRoutes;
+}
+
+bool OpenAiServer::IsTgiPath(std::string_view path) {
+  for (const Route& r : ExactRoutes()) {
+    if (r.tgi && path == r.path) return true;
+  }
+  return false;
 }
 
 std::vector<std::string> OpenAiServer::ExactRoutePaths() {
@@ -427,7 +433,13 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
 
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
-  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has /v1/completions, /v1/chat/completions, /v1/responses, /v1/models, /tokenize, /detokenize, /invocations, /health, /ping, /metrics, /version, and TGI's /generate, /generate_stream, /, /info and /chat_tokenize)",
+  std::string ours, tgi;
+  for (const Route& r : ExactRoutes()) {
+    std::string& list = r.tgi ? tgi : ours;
+    list += (list.empty() ? "" : ", ") + std::string(r.path);
+    if (std::string_view(r.path) == "/v1/responses") list += ", /v1/responses/{id}";
+  }
+  return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has " + ours + ", and TGI's " + tgi + ")",
                                    "NotFoundError", {}});
 }
 

@@ -98,13 +98,18 @@ class OpenAiServer {
   const absl::Status& chat_template_status() const { return chat_template_status_; }
   const std::vector<std::string>& allowed_origins() const { return allowed_origins_; }
 
+  // Whether `path` is one of TGI's routes (its errors are TGI's JSON shape).
+  static bool IsTgiPath(std::string_view path);
+
  private:
   OpenAiServer() = default;
   // The routes served at exactly their paths: registered from this one list, which also names them
-  // in the request metrics (/v1/responses/{id} and the rest are registered beside it).
+  // in the request metrics and the unknown path's answer (/v1/responses/{id} and the rest are
+  // registered beside it).
   struct Route {
     const char* path;
     int (*handler)(mg_connection* conn, void* self);
+    bool tgi = false;  // TGI's route
   };
   static std::span<const Route> ExactRoutes();
   static std::vector<std::string> ExactRoutePaths();
