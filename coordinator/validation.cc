@@ -127,12 +127,20 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   }
   const int64_t context = model.context();
   const int64_t vocab = model.config.vocab_size;
-  const uint32_t max_tokens = s.has_max_tokens() ? s.max_tokens() : kDefaultMaxTokens;
-  if (max_tokens == 0) return FieldError("sampling.max_tokens", "must be at least 1");
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
+  if (request.sampling().has_max_tokens() && request.sampling().max_tokens() == 0) {
+    return FieldError("sampling.max_tokens", "must be at least 1");
+  }
   if (prompt_len >= context) {
     return FieldError("prompt", absl::StrCat(prompt_len, " tokens leave no room to generate in the model context of ",
                                              context, " positions"));
+  }
+  // Unset: the model's max_new_tokens within what the context leaves (vLLM's get_max_tokens), else 16.
+  uint32_t max_tokens = kDefaultMaxTokens;
+  if (request.sampling().has_max_tokens()) {
+    max_tokens = request.sampling().max_tokens();
+  } else if (model.default_sampling.has_max_tokens()) {
+    max_tokens = static_cast<uint32_t>(std::min<int64_t>(model.default_sampling.max_tokens(), context - prompt_len));
   }
   if (prompt_len + max_tokens > context) {
     return FieldError("sampling.max_tokens",

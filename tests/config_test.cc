@@ -185,6 +185,10 @@ TEST(GenerationConfigTest, ModelDirAddsItsEosIds) {
   const ModelConfig c = ModelConfig::FromModelDir(dir.string()).value();
   EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{2, 7}));
   EXPECT_TRUE(c.is_eos(7));
+  // Sampling values the API would refuse are the coordinator's to judge (--generation-config), not
+  // every rank's: transformers accepts top_p 0 beside do_sample false.
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": 2, "top_p": 0.0, "do_sample": false})";
+  EXPECT_TRUE(ModelConfig::FromModelDir(dir.string()).ok());
   std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": 1024})";
   absl::StatusOr<ModelConfig> outside = ModelConfig::FromModelDir(dir.string());
   ASSERT_FALSE(outside.ok());

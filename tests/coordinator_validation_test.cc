@@ -227,6 +227,12 @@ TEST_F(ValidationTest, ModelSamplingDefaultsFillUnsetFields) {
   const GenerateJob greedy = ValueOrThrow(ValidateGenerate(r, model));
   EXPECT_EQ(greedy.assign.temperature(), 0.0f) << "an explicit 0 is set, not unset";
   EXPECT_EQ(greedy.assign.max_tokens(), 3u);
+  // The model's max_tokens within what the context leaves; never an error for a field not set.
+  model.default_sampling.set_max_tokens(static_cast<uint32_t>(model.context()));
+  v1::GenerateRequest unset = Ids({5, 6, 7});
+  EXPECT_EQ(ValueOrThrow(ValidateGenerate(unset, model)).assign.max_tokens(), model.context() - 3);
+  unset.mutable_sampling()->set_truncate_prompt_tokens(1);
+  EXPECT_EQ(ValueOrThrow(ValidateGenerate(unset, model)).assign.max_tokens(), model.context() - 1) << "after truncation";
   // Without defaults: the API's own (temperature 1, max_tokens 16).
   const GenerateJob plain = ValueOrThrow(ValidateGenerate(Ids({5, 6, 7}), shakespeare()));
   EXPECT_FLOAT_EQ(plain.assign.temperature(), 1.0f);

@@ -2,8 +2,9 @@
 // (tests/data/tokenizers/tokenizer_json_golden.json, make_tokenizer_json_golden.py): the ids and
 // offsets of texts with special tokens parsed and not, and the texts of ids, for two converted
 // Mistral files (transformers 4.36's legacy v1, transformers 5's v3 with Metaspace and id-ranked
-// merges) and variants of them (ChatML tokens past the vocabulary, an older Metaspace that splits,
-// Metaspace in front of score-ranked merges). Then loading: which file a folder's tokenizer comes
+// merges) and variants of them (ChatML tokens past the vocabulary and <unk> as text, added tokens
+// inside one another, ignore_merges, an older Metaspace that splits, Metaspace in front of
+// score-ranked merges). Then loading: which file a folder's tokenizer comes
 // from, BOS / EOS, and the refusals that name what a file holds beyond what is read.
 
 #include <unistd.h>
@@ -54,10 +55,11 @@ class TokenizerJsonTest : public ::testing::Test {
     std::ofstream(path) << j.dump();
     return path;
   }
-  // A golden variant's file: the base with its top-level fields replaced and its tokens added.
+  // A golden variant's file: the base with its top-level and model fields replaced and its tokens added.
   static json Variant(const json& v) {
     json j = ReadJson(kData + "/" + v["file"].get<std::string>());
     for (const auto& [key, value] : v["overrides"].items()) j[key] = value;
+    for (const auto& [key, value] : v["model_overrides"].items()) j["model"][key] = value;
     for (const json& a : v["added_tokens"]) j["added_tokens"].push_back(a);
     return j;
   }
@@ -98,8 +100,8 @@ TEST_F(TokenizerJsonTest, EncodesAndDecodesAsHuggingFaceTokenizers) {
       ++decodes;
     }
   }
-  EXPECT_EQ(encodes, 5 * 176);
-  EXPECT_EQ(decodes, 5 * 128);
+  EXPECT_EQ(encodes, 7 * 176);
+  EXPECT_EQ(decodes, 7 * 134);
   // The reference can tell the two merge orders apart (transformers 5 ranks "▁" "▁" first), and
   // the ChatML tokens past the base vocabulary are encoded.
   EXPECT_GE(not_sentencepiece, 10);
@@ -217,6 +219,18 @@ TEST_F(TokenizerJsonTest, RefusalsNameWhatIsNotRead) {
   json strip = base;
   strip["decoder"]["decoders"][3]["start"] = "one";
   refused(strip, "decoder");
+  json normalized = base;  // matched after the normaliser writes it ("▁<|im_start|>"): not read
+  normalized["added_tokens"].push_back({{"id", 32000}, {"content", "<|im_start|>"}, {"special", false}, {"normalized", true}});
+  refused(normalized, "normalized");
+  json no_byte_fallback = base;
+  no_byte_fallback["model"]["byte_fallback"] = false;
+  refused(no_byte_fallback, "byte_fallback");
+  json metaspace_decoder = base;
+  metaspace_decoder["decoder"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "always"}};
+  refused(metaspace_decoder, "decoder");
+  json far = base;  // refused before a table for 16M ids is made
+  far["added_tokens"].push_back({{"id", (1 << 24) - 1}, {"content", "<far>"}, {"special", true}});
+  refused(far, "id 32000 has no token");
   json typed = base;
   typed["added_tokens"][0]["special"] = "yes";  // read as not special, never a throw
   EXPECT_TRUE(LoadError(typed).ok());

@@ -281,6 +281,7 @@ TEST_F(MistralTest, CheckIds) {
   // An id past the tokenizer's vocabulary (a model's padded embedding rows) decodes to nothing,
   // as Hugging Face tokenizers decode it, also amid other ids and in a stream.
   EXPECT_EQ(tok_->Decode(std::vector<int32_t>{32000}), "");
+  EXPECT_EQ(tok_->Piece(32010), "") << "no piece past the vocabulary (Detokenize's return_pieces asks)";
   const std::vector<int32_t> hello = tok_->Encode("Hello world");
   std::vector<int32_t> padded = hello;
   padded.insert(padded.begin() + 2, 40000);

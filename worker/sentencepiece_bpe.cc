@@ -406,8 +406,8 @@ std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normali
     }
     const std::string_view word = normalized.substr(word_begin, word_end - word_begin);
     if (rules.ignore_merges) {
-      if (const auto whole = mergeable_.find(word); whole != mergeable_.end()) {
-        emit({whole->second, word_begin, word.size(), -1, -1});
+      if (const int32_t whole = lookup(word); whole >= 0) {
+        emit({whole, word_begin, word.size(), -1, -1});
         word_begin = word_end;
         continue;
       }
@@ -512,17 +512,24 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_spe
   };
   // Only the first piece that adds text may lose the dummy prefix's "▁" (a special piece written
   // out is such a piece, so "<s>" "▁Hello" is "<s> Hello", as Hugging Face tokenizers decode it).
-  bool at_start = true;
+  // tokenizer.json: its Strip drops the whole text's first space instead (a byte piece's too).
+  const bool json = json_.has_value();
+  bool at_start = !json;
   for (int32_t id : ids) {
     const Piece& p = pieces_[static_cast<size_t>(id)];
-    const bool special = p.type == Type::kControl || p.type == Type::kUnknown;
+    // tokenizer.json: its special added tokens (an unknown token that is none is text).
+    const bool special = p.type == Type::kControl || (p.type == Type::kUnknown && (!json || json_->unk_special));
     if (special && !skip_special) {  // its piece's text as written, "<s>", "<unk>"
       flush_bytes();
-      text.append(p.text);
+      if (json) {
+        AppendSurface(p.text, text);  // every token's text goes through the decoder's Replace
+      } else {
+        text.append(p.text);
+      }
       at_start = false;
       continue;
     }
-    if (special && json_.has_value()) continue;  // skipped before Hugging Face's decoder sees the run
+    if (special && json) continue;  // skipped before Hugging Face's decoder sees the run
     if (p.type == Type::kControl) {  // no text, but it ends a run of bytes
       flush_bytes();
       continue;
@@ -533,6 +540,10 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_spe
       continue;
     }
     flush_bytes();
+    if (json) {  // Replace "▁" -> " " (a byte run's own "▁" stays: ByteFallback comes after it)
+      AppendSurface(p.type == Type::kUnknown ? std::string_view(unk_surface_) : std::string_view(p.text), text);
+      continue;
+    }
     if (p.type == Type::kUnknown) {
       text.append(unk_surface_);
       continue;
@@ -544,6 +555,7 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_spe
     AppendSurface(piece, text);
   }
   flush_bytes();
+  if (json && strip_first_space_ && !text.empty() && text[0] == ' ') text.erase(0, 1);  // Strip(" ", 1, 0)
   return text;
 }
 

@@ -24,10 +24,11 @@
 // (no precompiled_charsmap), add_dummy_prefix, remove_extra_whitespaces, whitespace as "▁" prefixes,
 // user-defined pieces (kept whole), control, unknown and byte pieces. Anything else (unigram models,
 // NFKC character maps, unused pieces, whitespace as suffix) is refused when loading, naming what.
-// From tokenizer.json: a BPE model (byte_fallback, fuse_unk, ignore_merges; no dropout or subword
-// affixes), a normaliser of Prepend "▁" and Replace " " -> "▁", a Metaspace pre-tokenizer (either
-// spelling of its prepend rule, split or not), a decoder of Replace "▁" -> " ", ByteFallback, Fuse
-// and Strip, or Metaspace; added tokens without lstrip, rstrip or single_word. Others (ByteLevel
+// From tokenizer.json: a BPE model with byte_fallback (fuse_unk, ignore_merges; no dropout or
+// subword affixes), a normaliser of Prepend "▁" and Replace " " -> "▁", a Metaspace pre-tokenizer
+// (either spelling of its prepend rule, split or not), the decoder Replace "▁" -> " ", ByteFallback,
+// Fuse and Strip of one leading space or none (what transformers writes); added tokens without
+// lstrip, rstrip or single_word, "normalized" ones only without a normaliser. Others (ByteLevel
 // files: Llama 3, Mistral's Tekken) are refused naming the field.
 #pragma once
 
@@ -56,6 +57,7 @@ class SentencePieceBpe {
     std::string text;
     int32_t id;
     bool special;
+    bool normalized;  // matched in a second pass, in the text between the others (Hugging Face's order)
   };
   // What tokenizer.json's post-processor (TemplateProcessing) puts around a text.
   struct Template {
@@ -136,6 +138,7 @@ class SentencePieceBpe {
     bool split_at_space = false;       // Metaspace split: each word (from a "▁" on) merged alone
     bool ignore_merges = false;        // a word in the vocabulary is its token
     bool fuse_unk = false;
+    bool unk_special = false;  // the unknown token is a special added token (skipped in decoding)
     std::optional<Template> post;
   };
 

@@ -66,11 +66,11 @@ absl::StatusOr<TokenizerFile> ParseTokenizerMode(std::string_view mode) {
   return absl::InvalidArgumentError(absl::StrCat("tokenizer mode \"", std::string(mode), "\" is none of auto, hf, slow, mistral"));
 }
 
-void Tokenizer::SplitSet::Add(const std::string& text, int32_t id) {
+void Tokenizer::SplitSet::Add(const std::string& text, int32_t id, bool special) {
   if (text.empty()) return;
   // Longest first, so that at any position the longest token written there is taken.
-  const auto at = std::find_if(tokens.begin(), tokens.end(), [&](const auto& t) { return t.first.size() < text.size(); });
-  tokens.emplace(at, text, id);
+  const auto at = std::find_if(tokens.begin(), tokens.end(), [&](const auto& t) { return t.text.size() < text.size(); });
+  tokens.insert(at, SplitToken{text, id, special});
   starts[static_cast<unsigned char>(text[0])] = true;
 }
 
@@ -79,14 +79,13 @@ Tokenizer::Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool ad
       legacy_(sp_->from_tokenizer_json() ? sp_->PrefixesEveryPart() : legacy) {
   if (sp_->from_tokenizer_json()) {
     for (const SentencePieceBpe::AddedToken& a : sp_->added_tokens()) {
-      special_split_.Add(a.text, a.id);
-      if (!a.special) always_split_.Add(a.text, a.id);
+      (a.normalized ? split_normalized_ : split_).Add(a.text, a.id, a.special);
     }
     return;
   }
   for (int32_t id = 0; id < sp_->size(); ++id) {
     const SentencePieceBpe::Type t = sp_->type(id);
-    if (t == SentencePieceBpe::Type::kControl || t == SentencePieceBpe::Type::kUnknown) special_split_.Add(sp_->piece(id), id);
+    if (t == SentencePieceBpe::Type::kControl || t == SentencePieceBpe::Type::kUnknown) split_.Add(sp_->piece(id), id, true);
   }
 }
 
@@ -152,7 +151,7 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, std::vector<TextSp
     ids.push_back(bos_id());
     if (spans != nullptr) spans->push_back({});
   }
-  AppendSplit(text, always_split_, ids, spans);
+  AppendSplit(text, 0, text.size(), split_, &split_normalized_, /*parse_special=*/false, ids, spans);
   if (add_eos_) {
     ids.push_back(eos_id());
     if (spans != nullptr) spans->push_back({});
@@ -163,31 +162,43 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, std::vector<TextSp
 std::vector<int32_t> Tokenizer::EncodeWithSpecialTokens(std::string_view text, std::vector<TextSpan>* spans) const {
   std::vector<int32_t> ids;
   if (spans != nullptr) spans->clear();
-  AppendSplit(text, special_split_, ids, spans);
+  AppendSplit(text, 0, text.size(), split_, &split_normalized_, /*parse_special=*/true, ids, spans);
   return ids;
 }
 
-void Tokenizer::AppendSplit(std::string_view text, const SplitSet& split, std::vector<int32_t>& ids,
-                            std::vector<TextSpan>* spans) const {
-  size_t part_start = 0, i = 0;
-  while (i < text.size()) {
-    if (!split.starts[static_cast<unsigned char>(text[i])]) {
+void Tokenizer::AppendSplit(std::string_view text, size_t begin, size_t end, const SplitSet& set, const SplitSet* next,
+                            bool parse_special, std::vector<int32_t>& ids, std::vector<TextSpan>* spans) const {
+  const auto part = [&](size_t b, size_t e) {
+    if (next != nullptr && !next->tokens.empty()) {
+      AppendSplit(text, b, e, *next, nullptr, parse_special, ids, spans);
+    } else {
+      AppendPieces(text.substr(b, e - b), ids, legacy_ || b == 0, spans, b);
+    }
+  };
+  size_t part_start = begin, i = begin;
+  while (i < end) {
+    if (!set.starts[static_cast<unsigned char>(text[i])]) {
       ++i;
       continue;
     }
-    const auto special = std::find_if(split.tokens.begin(), split.tokens.end(),
-                                      [&](const auto& p) { return text.substr(i, p.first.size()) == p.first; });
-    if (special == split.tokens.end()) {
+    const auto token = std::find_if(set.tokens.begin(), set.tokens.end(), [&](const SplitToken& t) {
+      return t.text.size() <= end - i && text.substr(i, t.text.size()) == t.text;
+    });
+    if (token == set.tokens.end()) {
       ++i;
       continue;
     }
-    AppendPieces(text.substr(part_start, i - part_start), ids, legacy_ || part_start == 0, spans, part_start);
-    ids.push_back(special->second);
-    if (spans != nullptr) spans->push_back({i, i + special->first.size()});
-    i += special->first.size();
+    if (token->special && !parse_special) {  // stays text, and nothing of this pass inside it is split out
+      i += token->text.size();
+      continue;
+    }
+    part(part_start, i);
+    ids.push_back(token->id);
+    if (spans != nullptr) spans->push_back({i, i + token->text.size()});
+    i += token->text.size();
     part_start = i;
   }
-  AppendPieces(text.substr(part_start), ids, legacy_ || part_start == 0, spans, part_start);
+  part(part_start, end);
 }
 
 std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
@@ -212,7 +223,10 @@ absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
   return absl::OkStatus();
 }
 
-std::string Tokenizer::Piece(int32_t id) const { return sp_->piece(id); }
+std::string Tokenizer::Piece(int32_t id) const {
+  MOE_CHECK(id >= 0, absl::StrCat("token id ", id, " is negative"));
+  return id < vocab_size() ? sp_->piece(id) : std::string();
+}
 
 std::vector<std::string> Tokenizer::TokenTexts() const {
   std::vector<std::string> texts;

@@ -69,7 +69,8 @@ class Tokenizer {
   // InvalidArgument naming the first id outside [0, vocab_size()) and its index.
   absl::Status CheckIds(std::span<const int32_t> ids) const;
 
-  // The vocabulary's text of `id` ("<s>", "▁the"). Precondition: CheckIds({id}).ok().
+  // The vocabulary's text of `id` ("<s>", "▁the"); "" for an id past it (a padded embedding row).
+  // Precondition: id >= 0.
   std::string Piece(int32_t id) const;
   // Per id, the bytes it adds to a decoded text after other text: "▁" as a space, a byte-fallback
   // piece ("<0x0A>") as its byte, and nothing for control, unknown and unused pieces (constrained
@@ -85,23 +86,36 @@ class Tokenizer {
   Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos, bool legacy);
 
   // Tokens split out of a text before the parts between them are encoded.
+  struct SplitToken {
+    std::string text;
+    int32_t id;
+    bool special;  // split out only where special tokens are parsed
+  };
   struct SplitSet {
-    std::vector<std::pair<std::string, int32_t>> tokens;  // text and id, longest text first
-    std::array<bool, 256> starts{};                       // by the first byte, to skip most positions at once
-    void Add(const std::string& text, int32_t id);
+    std::vector<SplitToken> tokens;  // longest text first
+    std::array<bool, 256> starts{};  // by the first byte, to skip most positions at once
+    void Add(const std::string& text, int32_t id, bool special);
   };
 
   // Appends the BPE pieces of `text` (none for an empty text), no BOS or EOS; with `spans`, their
   // bytes, `text` starting at byte `offset` of what is encoded.
   void AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix, std::vector<TextSpan>* spans,
                     size_t offset) const;
-  // `text` with the tokens of `split` as their ids and the parts between them as AppendPieces'.
-  void AppendSplit(std::string_view text, const SplitSet& split, std::vector<int32_t>& ids,
-                   std::vector<TextSpan>* spans) const;
+  // text[begin, end) with the tokens of `set` as their ids and the parts between them split by
+  // `next` (when given) or encoded as AppendPieces does. The tokens are found leftmost, longest
+  // first; a special one where special tokens are not parsed stays text (as Hugging Face
+  // tokenizers' encode_special_tokens: a token of the same pass inside its text is not split out
+  // either).
+  void AppendSplit(std::string_view text, size_t begin, size_t end, const SplitSet& set, const SplitSet* next,
+                   bool parse_special, std::vector<int32_t>& ids, std::vector<TextSpan>* spans) const;
 
   std::unique_ptr<SentencePieceBpe> sp_;
-  SplitSet always_split_;  // a tokenizer.json's non-special added tokens (none for tokenizer.model)
-  SplitSet special_split_;  // those and the special tokens: the control and unknown pieces (tokenizer.json: added tokens)
+  // The special tokens (the control and unknown pieces; a tokenizer.json's added tokens, its
+  // non-special ones split out of every text), in Hugging Face's two passes: first the tokens
+  // matched in the text as written, then in the parts between them those matched in the normalised
+  // text (a tokenizer.json's "normalized": true; its normaliser is none, so the text itself).
+  SplitSet split_;
+  SplitSet split_normalized_;
   bool add_bos_;
   bool add_eos_;
   bool legacy_;
@@ -111,7 +125,11 @@ class Tokenizer {
 // of serving systems: the text of ids[prefix_offset:read_offset] has already been emitted, and
 // ids[prefix_offset:] is decoded again on each Push so that context-dependent decoding
 // (SentencePiece's leading-space removal, byte-fallback sequences spanning several ids) comes
-// out the same as decoding the whole sequence at once.
+// out the same as decoding the whole sequence at once. One exception, a tokenizer.json's: a run of
+// byte pieces that turns invalid after whole characters keeps the characters already sent, where
+// Hugging Face's ByteFallback decodes the whole run as U+FFFD for every byte (holding every run
+// back until it ends would delay each byte-fallback character, CJK text and emoji; vLLM's
+// incremental detokenizer sends them as we do).
 class StreamingDetokenizer {
  public:
   // prompt_ids precede the generated ids: their text is not emitted but gives the context.
@@ -120,7 +138,7 @@ class StreamingDetokenizer {
 
   // Appends `id` and returns the newly completed text, possibly empty. The result never ends
   // inside a multi-byte UTF-8 character and holds back a trailing incomplete byte sequence
-  // instead of emitting U+FFFD for it. Precondition: id is in [0, vocab_size).
+  // instead of emitting U+FFFD for it. Precondition: id >= 0 (one past the vocabulary adds nothing).
   std::string Push(int32_t id);
 
   // Returns whatever is still held back; call once at the end of generation.

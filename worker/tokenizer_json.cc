@@ -129,6 +129,9 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
   m->json_.emplace();
   JsonRules& rules = *m->json_;
   MOE_ASSIGN_OR_RETURN(m->byte_fallback_, flag("byte_fallback"));
+  // Without it, Hugging Face's ByteFallback decoder still turns "<0xNN>" tokens into bytes that the
+  // model never encodes as such; Mistral's files all have it.
+  if (!m->byte_fallback_) return r.Unsupported("model.byte_fallback", model.contains("byte_fallback") ? model["byte_fallback"] : json());
   MOE_ASSIGN_OR_RETURN(rules.fuse_unk, flag("fuse_unk"));
   MOE_ASSIGN_OR_RETURN(rules.ignore_merges, flag("ignore_merges"));
 
@@ -140,6 +143,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     entries.emplace_back(token, id.get<int64_t>());
   }
   const size_t vocab_entries = entries.size();
+  std::vector<std::string> normalized_tokens;  // added tokens matched in the normalised text
   const json added = file.contains("added_tokens") && !file["added_tokens"].is_null() ? file["added_tokens"] : json::array();
   if (!added.is_array()) return r.Bad("added_tokens is not a list");
   for (const json& a : added) {
@@ -152,12 +156,25 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
       if (IsTrue(a, key)) return r.Unsupported(absl::StrCat("added token \"", content, "\"'s ", key), a[key]);
     }
     entries.emplace_back(content, a["id"].get<int64_t>());
-    m->added_.push_back({content, static_cast<int32_t>(a["id"].get<int64_t>()), IsTrue(a, "special")});
+    m->added_.push_back({content, static_cast<int32_t>(a["id"].get<int64_t>()), IsTrue(a, "special"), IsTrue(a, "normalized")});
+    if (IsTrue(a, "normalized")) normalized_tokens.push_back(content);
   }
   int64_t size = 0;
   for (const auto& [token, id] : entries) {
     if (id < 0 || id >= kMaxId) return r.Bad(absl::StrCat("token \"", token, "\" has id ", id, " outside [0, ", kMaxId, ")"));
     size = std::max(size, id + 1);
+  }
+  // Fewer tokens than ids: a gap (said before a table that large is made; the loop below names it).
+  if (static_cast<size_t>(size) > entries.size()) {
+    std::vector<int64_t> ids;
+    for (const auto& e : entries) ids.push_back(e.second);
+    std::sort(ids.begin(), ids.end());
+    int64_t missing = 0;
+    for (int64_t id : ids) {
+      if (id > missing) break;
+      missing = id + 1;
+    }
+    return r.Bad(absl::StrCat("id ", missing, " has no token (the ids must run from 0 without gaps)"));
   }
   m->pieces_.resize(static_cast<size_t>(size));
   std::vector<bool> seen(static_cast<size_t>(size), false);
@@ -197,12 +214,15 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     m->unk_id_ = id_of(model["unk_token"].get<std::string>());
     if (m->unk_id_ < 0) return r.Bad(absl::StrCat("model.unk_token \"", model["unk_token"].get<std::string>(), "\" is not a token"));
     m->pieces_[static_cast<size_t>(m->unk_id_)].type = Type::kUnknown;
+    rules.unk_special = std::any_of(m->added_.begin(), m->added_.end(),
+                                    [&](const AddedToken& a) { return a.special && a.id == m->unk_id_; });
   }
   m->bos_id_ = id_of(bos_token);
   m->eos_id_ = id_of(eos_token);
   if (m->bos_id_ < 0) return r.Bad(absl::StrCat("the BOS token \"", std::string(bos_token), "\" is not a token"));
   if (m->eos_id_ < 0) return r.Bad(absl::StrCat("the EOS token \"", std::string(eos_token), "\" is not a token"));
-  m->unk_surface_.clear();  // an unknown token decodes to nothing (it is special), or "<unk>" when kept
+  // An unknown token decodes to its text unless it is a special token (then skipped, or its text).
+  m->unk_surface_ = m->unk_id_ >= 0 ? m->pieces_[static_cast<size_t>(m->unk_id_)].text : std::string();
 
   // Merges: "left right" (older files) or [left, right]; a later duplicate's rank wins, as in
   // Hugging Face tokenizers' map.
@@ -254,34 +274,30 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     MOE_ASSIGN_OR_RETURN(meta, ReadMetaspace(step, r, "pre_tokenizer"));
   }
   if (!replace && !meta.present) return r.Bad("neither the normaliser nor the pre-tokenizer writes spaces as \"▁\"");
+  // Hugging Face tokenizers matches such a token in the normalised text, as the normaliser writes
+  // the token ("▁<|im_start|>" under Prepend: found only after a space or at the start); without a
+  // normaliser that is the text itself, as read here (Tokenizer's second pass).
+  if ((prepend || replace) && !normalized_tokens.empty()) {
+    return r.Bad(absl::StrCat("added token \"", normalized_tokens.front(),
+                              "\" has normalized: true, which is not supported with a normaliser (--tokenizer-mode slow "
+                              "reads tokenizer.model)"));
+  }
   m->remove_extra_whitespaces_ = false;
   m->add_dummy_prefix_ = prepend || (meta.present && meta.prepend != "never");
   rules.prefix_unless_space = !prepend && meta.present;
   rules.prefix_every_part = prepend || meta.prepend == "always";
   rules.split_at_space = meta.present && meta.split;
 
-  // The decoder: "▁" back to spaces, byte pieces to bytes, and one leading space dropped or not.
+  // The decoder: Replace "▁" -> " ", ByteFallback, Fuse, then Strip of one leading space or none
+  // (what transformers writes for SentencePiece-style models); decoded as Decode does.
   const json decoder = file.value("decoder", json());
-  if (decoder.is_null()) return r.Bad("no decoder");
-  bool spaces = false;
-  m->strip_first_space_ = false;
-  for (const json& step : Steps(decoder, "decoders")) {
-    const std::string type = TypeOf(step);
-    if (IsReplace(step, kSpace, " ")) {
-      spaces = true;
-    } else if (type == "ByteFallback" || type == "Fuse") {
-    } else if (type == "Strip" && IsString(step, "content", " ") && Int(step, "stop") == 0 &&
-               (Int(step, "start") == 0 || Int(step, "start") == 1)) {
-      m->strip_first_space_ = Int(step, "start") == 1;
-    } else if (type == "Metaspace") {
-      MOE_ASSIGN_OR_RETURN(const Metaspace d, ReadMetaspace(step, r, "decoder"));
-      spaces = true;
-      m->strip_first_space_ = d.prepend != "never";
-    } else {
-      return r.Unsupported("decoder", step);
-    }
-  }
-  if (!spaces) return r.Bad("the decoder does not turn \"▁\" back into spaces");
+  const std::vector<json> steps = Steps(decoder, "decoders");
+  const bool known = (steps.size() == 3 || steps.size() == 4) && IsReplace(steps[0], kSpace, " ") &&
+                     TypeOf(steps[1]) == "ByteFallback" && TypeOf(steps[2]) == "Fuse" &&
+                     (steps.size() == 3 || (TypeOf(steps[3]) == "Strip" && IsString(steps[3], "content", " ") &&
+                                            Int(steps[3], "stop") == 0 && (Int(steps[3], "start") == 0 || Int(steps[3], "start") == 1)));
+  if (!known) return r.Unsupported("decoder", decoder);
+  m->strip_first_space_ = steps.size() == 4 && Int(steps[3], "start") == 1;
 
   // BOS / EOS as the post-processor adds them (Tokenizer's default where tokenizer_config.json
   // does not say).

@@ -155,7 +155,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromModelDir(const std::string& dir) {
   MOE_ASSIGN_OR_RETURN(ModelConfig c, FromFile(dir + "/config.json"));
   // generation_config.json's end-of-sequence ids end generation too (as in transformers' generate(),
   // vLLM and TGI): a fine-tune's chat end token (ChatML's <|im_end|>) is often only there.
-  MOE_ASSIGN_OR_RETURN(const GenerationConfig g, GenerationConfig::FromModelDir(dir));
+  MOE_ASSIGN_OR_RETURN(const GenerationConfig g, GenerationConfig::FromModelDir(dir, /*sampling=*/false));
   for (int64_t id : g.eos_token_ids) {
     if (id >= c.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat(dir, "/generation_config.json: eos_token_id ", id,

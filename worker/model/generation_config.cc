@@ -33,7 +33,7 @@ absl::StatusOr<std::optional<int64_t>> Integer(const json& j, const char* key, s
 
 }  // namespace
 
-absl::StatusOr<GenerationConfig> GenerationConfig::FromJson(const json& j) {
+absl::StatusOr<GenerationConfig> GenerationConfig::FromJson(const json& j, bool sampling) {
   if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
   GenerationConfig g;
   if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
@@ -46,6 +46,7 @@ absl::StatusOr<GenerationConfig> GenerationConfig::FromJson(const json& j) {
       g.eos_token_ids.push_back(x.get<int64_t>());
     }
   }
+  if (!sampling) return g;
   MOE_ASSIGN_OR_RETURN(g.temperature, Number(j, "temperature", 1.0));
   MOE_ASSIGN_OR_RETURN(g.top_p, Number(j, "top_p", 1.0));
   MOE_ASSIGN_OR_RETURN(g.top_k, Integer(j, "top_k", 50));
@@ -68,12 +69,12 @@ absl::StatusOr<GenerationConfig> GenerationConfig::FromJson(const json& j) {
   return g;
 }
 
-absl::StatusOr<GenerationConfig> GenerationConfig::FromModelDir(const std::string& dir) {
+absl::StatusOr<GenerationConfig> GenerationConfig::FromModelDir(const std::string& dir, bool sampling) {
   const std::string path = (std::filesystem::path(dir) / "generation_config.json").string();
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) return GenerationConfig{};
   MOE_ASSIGN_OR_RETURN(json j, ReadJsonFile(path));
-  absl::StatusOr<GenerationConfig> g = FromJson(j);
+  absl::StatusOr<GenerationConfig> g = FromJson(j, sampling);
   if (!g.ok()) return absl::Status(g.status().code(), absl::StrCat(path, ": ", g.status().message()));
   return g;
 }

@@ -33,10 +33,11 @@ struct GenerationConfig {
   // The sampling defaults as vLLM logs them: {"temperature": 0.6, "top_p": 0.9, "max_tokens": 512}.
   nlohmann::json SamplingDefaultsJson() const;
 
-  // Parses and checks the fields read (types, ranges); errors name the field.
-  static absl::StatusOr<GenerationConfig> FromJson(const nlohmann::json& j);
+  // Parses and checks the fields read (types, ranges); errors name the field. `sampling` false
+  // reads eos_token_id alone (the end ids hold whatever --generation-config says of the defaults).
+  static absl::StatusOr<GenerationConfig> FromJson(const nlohmann::json& j, bool sampling = true);
   // DIR/generation_config.json; an empty config where the folder has none. Errors name the file.
-  static absl::StatusOr<GenerationConfig> FromModelDir(const std::string& dir);
+  static absl::StatusOr<GenerationConfig> FromModelDir(const std::string& dir, bool sampling = true);
 };
 
 }  // namespace moe

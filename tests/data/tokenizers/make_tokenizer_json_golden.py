@@ -4,8 +4,9 @@ fast tokenizers are) encode and decode with the tokenizer.json files here, as gi
 that change a few fields, the outside reference for the project's tokenizer.json reader
 (tests/tokenizer_test.cc applies the same changes to the same files).
 
-A variant: `file`, `overrides` (top-level fields replaced: normaliser, pre-tokenizer) and
-`added_tokens` (appended, as a fine-tune's ChatML tokens past the base vocabulary are). Per text:
+A variant: `file`, `overrides` (top-level fields replaced: normaliser, pre-tokenizer, added
+tokens), `model_overrides` (fields of "model" replaced) and `added_tokens` (appended, as a
+fine-tune's ChatML tokens past the base vocabulary are). Per text:
 the ids and character offsets with special tokens written in the text recognised
 (`special`: true, what `encode` does) and not (false, tokenizers' encode_special_tokens, where the
 text of a special token is encoded as text; non-special added tokens are still split out); no BOS
@@ -29,10 +30,29 @@ CHATML = [
     {"id": 32001, "content": "<|im_start|>", "single_word": False, "lstrip": False, "rstrip": False,
      "normalized": False, "special": False},
 ]
+# v1's added tokens with <unk> not special: its text stays in decoded text.
+V1_UNK_TEXT = [
+    {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": i > 0}
+    for i, t in enumerate(["<unk>", "<s>", "</s>"])]
+# Added tokens inside one another: special "<|im" within special "<|im_start|>", non-special "im_"
+# (normalized: with no normaliser, the text itself) within both.
+NESTED = [
+    {"id": 32768, "content": "<|im_start|>", "single_word": False, "lstrip": False, "rstrip": False,
+     "normalized": False, "special": True},
+    {"id": 32769, "content": "<|im", "single_word": False, "lstrip": False, "rstrip": False,
+     "normalized": False, "special": True},
+    {"id": 32770, "content": "im_", "single_word": False, "lstrip": False, "rstrip": False,
+     "normalized": True, "special": False},
+]
 VARIANTS = [
     {"name": "v1", "file": "mistral-v1.tokenizer.json", "overrides": {}, "added_tokens": []},
     {"name": "v3", "file": "mistral-v3.tokenizer.json", "overrides": {}, "added_tokens": []},
-    {"name": "v1-chatml", "file": "mistral-v1.tokenizer.json", "overrides": {}, "added_tokens": CHATML},
+    {"name": "v1-chatml", "file": "mistral-v1.tokenizer.json", "overrides": {"added_tokens": V1_UNK_TEXT},
+     "added_tokens": CHATML},
+    {"name": "v3-nested", "file": "mistral-v3.tokenizer.json", "overrides": {}, "added_tokens": NESTED},
+    # A word in the vocabulary is its token, unmerged (byte and control pieces' texts too).
+    {"name": "v1-ignore-merges", "file": "mistral-v1.tokenizer.json", "overrides": {},
+     "model_overrides": {"ignore_merges": True}, "added_tokens": []},
     # An older file's Metaspace: add_prefix_space (prepend always) and split by default.
     {"name": "v3-metaspace-split", "file": "mistral-v3.tokenizer.json",
      "overrides": {"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True}},
@@ -44,7 +64,8 @@ VARIANTS = [
                                                          "prepend_scheme": "first", "split": False}},
      "added_tokens": []},
 ]
-EXTRA_PARTS = ["<|im_start|>", "<|im_end|>", "<|im_start", "[TOOL_CALLS]", " [INST]", "    ", "\u2581", "x  y"]
+EXTRA_PARTS = ["<|im_start|>", "<|im_end|>", "<|im_start", "[TOOL_CALLS]", " [INST]", "    ", "\u2581", "x  y", "<|im",
+               "xim_y", "<0x41>", "\u2581the"]
 
 
 def texts(rng):
@@ -66,7 +87,8 @@ def id_sequences(tok, rng):
     added = sorted(tok.get_added_tokens_decoder())
     byte = [tok.token_to_id("<0x%02X>" % b) for b in range(256)]
     utf8 = [byte[b] for b in "é🦜".encode()]
-    out = [[], utf8, utf8[:-1], added[:3] + [n - 1]]
+    space = byte[0x20]
+    out = [[], utf8, utf8[:-1], added[:3] + [n - 1], [space], [space, 300], [added[0], space, 300]]
     for _ in range(60):
         seq = []
         for _ in range(rng.randint(1, 10)):
@@ -87,6 +109,7 @@ def variant_tokenizer(v):
     with open(os.path.join(HERE, v["file"]), encoding="utf-8") as f:
         d = json.load(f)
     d.update(v["overrides"])
+    d["model"].update(v.get("model_overrides", {}))
     d["added_tokens"].extend(v["added_tokens"])
     return tokenizers.Tokenizer.from_str(json.dumps(d))
 
@@ -107,7 +130,7 @@ def main():
         for ids in id_sequences(tok, rng):
             for skip in (True, False):
                 decodes.append({"ids": ids, "skip_special": skip, "text": tok.decode(ids, skip_special_tokens=skip)})
-        golden["variants"].append(dict(v, encode=cases, decode=decodes))
+        golden["variants"].append(dict(v, model_overrides=v.get("model_overrides", {}), encode=cases, decode=decodes))
     with open(os.path.join(HERE, "tokenizer_json_golden.json"), "w", encoding="utf-8") as f:
         json.dump(golden, f, ensure_ascii=False, indent=0)
         f.write("\n")
