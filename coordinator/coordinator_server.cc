@@ -62,15 +62,27 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
 }
 
 // The sampling defaults --generation-config names (vLLM's): the model folder's
-// generation_config.json ("auto"), none ("vllm"), or DIR's; logged as vLLM logs them.
-absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& options) {
+// generation_config.json ("auto"), none ("vllm"), or DIR's, under --override-generation-config;
+// logged as vLLM logs them. `cap`: the max_tokens cap vLLM takes from DIR's or the override's
+// max_new_tokens.
+absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& options, uint32_t& cap) {
   v1::SamplingParams s;
-  if (options.generation_config == "vllm") return s;
-  const std::string dir = options.generation_config == "auto" ? options.model_dir : options.generation_config;
-  if (options.generation_config != "auto" && !std::filesystem::is_regular_file(std::filesystem::path(dir) / "generation_config.json")) {
-    return absl::NotFoundError(absl::StrCat("--generation-config: ", dir, " has no generation_config.json"));
+  GenerationConfig g;
+  const bool from_dir = options.generation_config != "auto" && options.generation_config != "vllm";
+  const std::string dir = from_dir ? options.generation_config : options.model_dir;
+  if (options.generation_config != "vllm") {
+    if (from_dir && !std::filesystem::is_regular_file(std::filesystem::path(dir) / "generation_config.json")) {
+      return absl::NotFoundError(absl::StrCat("--generation-config: ", dir, " has no generation_config.json"));
+    }
+    MOE_ASSIGN_OR_RETURN(g, GenerationConfig::FromModelDir(dir));
   }
-  MOE_ASSIGN_OR_RETURN(const GenerationConfig g, GenerationConfig::FromModelDir(dir));
+  GenerationConfig over;
+  if (!options.override_generation_config.empty()) {
+    MOE_ASSIGN_OR_RETURN(over, GenerationConfig::FromOverride(nlohmann::json::parse(options.override_generation_config)));
+    g.Override(over);
+  }
+  const std::optional<int64_t> cap_from = from_dir ? g.max_new_tokens : over.max_new_tokens;
+  cap = cap_from ? static_cast<uint32_t>(*cap_from) : 0;
   if (g.temperature) s.set_temperature(static_cast<float>(*g.temperature));
   if (g.top_p) s.set_top_p(static_cast<float>(*g.top_p));
   if (g.top_k) s.set_top_k(static_cast<int32_t>(*g.top_k));
@@ -79,9 +91,10 @@ absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& op
   if (g.max_new_tokens) s.set_max_tokens(static_cast<uint32_t>(*g.max_new_tokens));
   if (g.has_sampling_defaults()) {
     std::fprintf(stderr,
-                 "moe-coordinator: default sampling parameters from %s/generation_config.json: %s (requests that "
-                 "leave them unset get them; --generation-config vllm turns this off)\n",
-                 dir.c_str(), g.SamplingDefaultsJson().dump().c_str());
+                 "moe-coordinator: default sampling parameters from %s: %s (requests that leave them unset get "
+                 "them%s; --generation-config vllm turns the folder's off)\n",
+                 options.generation_config == "vllm" ? "--override-generation-config" : (dir + "/generation_config.json").c_str(),
+                 g.SamplingDefaultsJson().dump().c_str(), cap > 0 ? absl::StrCat(", and max_tokens is at most ", cap).c_str() : "");
   }
   return s;
 }
@@ -114,10 +127,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   }
   const std::string name =
       options.served_model_name.empty() ? ModelNameOfDir(options.model_dir) : options.served_model_name;
-  MOE_ASSIGN_OR_RETURN(v1::SamplingParams defaults, SamplingDefaults(options));
+  uint32_t max_tokens_cap = 0;
+  MOE_ASSIGN_OR_RETURN(v1::SamplingParams defaults, SamplingDefaults(options, max_tokens_cap));
   s->request_model_ = std::make_unique<RequestModel>(RequestModel{s->config_, s->tokenizer_.get(), std::move(chat),
                                                                   options.max_model_len, options.priority_scheduling,
-                                                                  name, std::move(defaults)});
+                                                                  name, std::move(defaults), max_tokens_cap});
   // vLLM's model_name label: the model's name (GetModelInfo's served_model_name, the HTTP front's
   // default; a --served-model-name given to the front alone does not reach it).
   s->stats_ = std::make_unique<ServingStats>(name);

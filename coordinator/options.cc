@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "common/flag_arg.h"
+#include "worker/model/generation_config.h"
 
 namespace moe {
 namespace {
@@ -55,7 +56,7 @@ std::string CoordinatorUsage() {
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
          "         [--served-model-name NAME] [--tokenizer-mode auto|hf|slow|mistral]\n"
-         "         [--generation-config auto|vllm|DIR]\n"
+         "         [--generation-config auto|vllm|DIR] [--override-generation-config JSON]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
          "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
@@ -77,7 +78,9 @@ std::string CoordinatorUsage() {
          "--generation-config (vLLM's): auto (the default) takes the sampling defaults the model folder's\n"
          "generation_config.json recommends (temperature, top_p, top_k, min_p, repetition_penalty; max_new_tokens\n"
          "as max_tokens) for requests that leave them unset; vllm ignores them; DIR reads DIR/generation_config.json.\n"
-         "Its eos_token_id ends generation either way.\n"
+         "Its eos_token_id ends generation either way. --override-generation-config '{\"temperature\": 0.5}' (vLLM's)\n"
+         "sets fields over those (with vllm: alone). A max_new_tokens from DIR or from the override also caps\n"
+         "every request's max_tokens, as vLLM's.\n"
          "--log-stats-interval-s S: every S seconds while requests run, a line on stderr with the prompt and\n"
          "generation throughput, the running and waiting requests, KV cache use and prefix cache hits, as\n"
          "vLLM logs them; 0 turns it off.\n"
@@ -116,6 +119,16 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
          return absl::OkStatus();
        }},
       {"--generation-config", path_flag("--generation-config", o.generation_config)},
+      {"--override-generation-config",
+       [&](const std::string& v) -> absl::Status {
+         const nlohmann::json j = nlohmann::json::parse(v, nullptr, /*allow_exceptions=*/false);
+         if (j.is_discarded()) return FlagError("--override-generation-config", "not valid JSON: " + v);
+         if (absl::StatusOr<GenerationConfig> g = GenerationConfig::FromOverride(j); !g.ok()) {
+           return FlagError("--override-generation-config", std::string(g.status().message()));
+         }
+         o.override_generation_config = v;
+         return absl::OkStatus();
+       }},
       {"--world-size",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(int64_t n, ParseInt("--world-size", v, 1));

@@ -142,6 +142,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   } else if (model.default_sampling.has_max_tokens()) {
     max_tokens = static_cast<uint32_t>(std::min<int64_t>(model.default_sampling.max_tokens(), context - prompt_len));
   }
+  if (model.max_tokens_cap > 0) max_tokens = std::min(max_tokens, model.max_tokens_cap);
   if (prompt_len + max_tokens > context) {
     return FieldError("sampling.max_tokens",
                       absl::StrCat("prompt (", prompt_len, " tokens) + max_tokens (", max_tokens, ") = ",

@@ -30,6 +30,9 @@ struct RequestModel {
   // The model's recommended sampling defaults (generation_config.json, moe-coordinator
   // --generation-config): only the fields it sets, under what a request sets.
   v1::SamplingParams default_sampling{};
+  // A cap on every request's max_tokens (vLLM's override_max_tokens: the max_new_tokens of
+  // --generation-config DIR or --override-generation-config); 0: none.
+  uint32_t max_tokens_cap = 0;
   // The positions a request may use: prompt + max_tokens, a scoring window.
   int64_t context() const {
     return max_model_len > 0 ? std::min(max_model_len, config.max_position_embeddings) : config.max_position_embeddings;

@@ -174,6 +174,21 @@ TEST(GenerationConfigTest, SamplingDefaultsAreWhatDiffersFromHuggingFaces) {
   }
 }
 
+// vLLM's --override-generation-config: the sampling fields as given (Hugging Face's defaults too),
+// over a file's; another key is refused, naming it.
+TEST(GenerationConfigTest, OverrideSetsFieldsAsGiven) {
+  GenerationConfig g = GenerationConfig::FromJson(json::parse(R"({"temperature": 0.6, "top_p": 0.9})")).value();
+  const GenerationConfig over = GenerationConfig::FromOverride(json::parse(R"({"temperature": 1.0, "max_new_tokens": 64})")).value();
+  g.Override(over);
+  EXPECT_EQ(g.SamplingDefaultsJson(), json::parse(R"({"temperature": 1.0, "top_p": 0.9, "max_tokens": 64})"));
+  for (const char* bad : {R"({"do_sample": true})", R"({"temperature": -1})", R"([1])"}) {
+    EXPECT_FALSE(GenerationConfig::FromOverride(json::parse(bad)).ok()) << bad;
+  }
+  EXPECT_NE(std::string(GenerationConfig::FromOverride(json::parse(R"({"do_sample": true})")).status().message())
+                .find("\"do_sample\" is not one of"),
+            std::string::npos);
+}
+
 // A folder's generation_config.json adds its end-of-sequence ids to config.json's (a ChatML
 // fine-tune's <|im_end|>), refuses one outside the vocabulary, and names itself when malformed.
 TEST(GenerationConfigTest, ModelDirAddsItsEosIds) {

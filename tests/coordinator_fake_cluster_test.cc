@@ -575,6 +575,15 @@ TEST_F(FakeClusterTest, GenerationConfigGivesTheSamplingDefaults) {
   EXPECT_EQ(m.default_sampling().ByteSizeLong(), 0u);
   EXPECT_EQ(m.eos_token_ids_size(), 2) << "the end ids stay";
   server_.reset();
+  // vllm with an override: the override's fields alone.
+  o.override_generation_config = R"({"top_k": 50, "max_new_tokens": 3})";
+  Start(o);
+  m = info();
+  EXPECT_FALSE(m.default_sampling().has_temperature());
+  EXPECT_EQ(m.default_sampling().top_k(), 50) << "as given, Hugging Face's default or not";
+  EXPECT_EQ(m.default_sampling().max_tokens(), 3u);
+  server_.reset();
+  o.override_generation_config.clear();
   o.generation_config = kTiny;
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> missing = CoordinatorServer::Start(o);
   ASSERT_FALSE(missing.ok());

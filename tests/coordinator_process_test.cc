@@ -114,6 +114,17 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
         << ReadFile(err);
   }
   {
+    Process p({"--model", kTiny, "--world-size", "1", "--override-generation-config", "{\"do_sample\": true}"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--override-generation-config: \"do_sample\" is not one of temperature"), std::string::npos)
+        << ReadFile(err);
+  }
+  {
+    Process p({"--model", kTiny, "--world-size", "1", "--override-generation-config", "{temperature: 1}"}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--override-generation-config: not valid JSON"), std::string::npos) << ReadFile(err);
+  }
+  {
     // The tiny checkpoint has no tokenizer: asking for one is an error at start, not a text-less server.
     Process p({"--model", kTiny, "--world-size", "1", "--tokenizer-mode", "hf", "--listen", "0", "--cluster-listen", "0",
                "--metrics-listen", "none"},

@@ -233,6 +233,12 @@ TEST_F(ValidationTest, ModelSamplingDefaultsFillUnsetFields) {
   EXPECT_EQ(ValueOrThrow(ValidateGenerate(unset, model)).assign.max_tokens(), model.context() - 3);
   unset.mutable_sampling()->set_truncate_prompt_tokens(1);
   EXPECT_EQ(ValueOrThrow(ValidateGenerate(unset, model)).assign.max_tokens(), model.context() - 1) << "after truncation";
+  // A cap (--generation-config DIR's or the override's max_new_tokens) holds for what a request asks.
+  model.max_tokens_cap = 4;
+  v1::GenerateRequest asked = Ids({5, 6, 7});
+  asked.mutable_sampling()->set_max_tokens(100);
+  EXPECT_EQ(ValueOrThrow(ValidateGenerate(asked, model)).assign.max_tokens(), 4u);
+  EXPECT_EQ(ValueOrThrow(ValidateGenerate(Ids({5, 6, 7}), model)).assign.max_tokens(), 4u);
   // Without defaults: the API's own (temperature 1, max_tokens 16).
   const GenerateJob plain = ValueOrThrow(ValidateGenerate(Ids({5, 6, 7}), shakespeare()));
   EXPECT_FLOAT_EQ(plain.assign.temperature(), 1.0f);

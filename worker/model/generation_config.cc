@@ -34,6 +34,30 @@ absl::StatusOr<std::optional<int64_t>> Integer(const json& j, const char* key, s
 }  // namespace
 
 absl::StatusOr<GenerationConfig> GenerationConfig::FromJson(const json& j, bool sampling) {
+  return Parse(j, sampling, /*drop_hf_defaults=*/true);
+}
+
+absl::StatusOr<GenerationConfig> GenerationConfig::FromOverride(const json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
+  for (const auto& [key, value] : j.items()) {
+    if (key != "temperature" && key != "top_p" && key != "top_k" && key != "min_p" && key != "repetition_penalty" &&
+        key != "max_new_tokens") {
+      return FieldError(key, "is not one of temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens");
+    }
+  }
+  return Parse(j, /*sampling=*/true, /*drop_hf_defaults=*/false);
+}
+
+void GenerationConfig::Override(const GenerationConfig& over) {
+  if (over.temperature) temperature = over.temperature;
+  if (over.top_p) top_p = over.top_p;
+  if (over.top_k) top_k = over.top_k;
+  if (over.min_p) min_p = over.min_p;
+  if (over.repetition_penalty) repetition_penalty = over.repetition_penalty;
+  if (over.max_new_tokens) max_new_tokens = over.max_new_tokens;
+}
+
+absl::StatusOr<GenerationConfig> GenerationConfig::Parse(const json& j, bool sampling, bool drop_hf_defaults) {
   if (!j.is_object()) return absl::InvalidArgumentError("not a JSON object");
   GenerationConfig g;
   if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
@@ -47,11 +71,12 @@ absl::StatusOr<GenerationConfig> GenerationConfig::FromJson(const json& j, bool 
     }
   }
   if (!sampling) return g;
-  MOE_ASSIGN_OR_RETURN(g.temperature, Number(j, "temperature", 1.0));
-  MOE_ASSIGN_OR_RETURN(g.top_p, Number(j, "top_p", 1.0));
-  MOE_ASSIGN_OR_RETURN(g.top_k, Integer(j, "top_k", 50));
+  const auto hf = [&](auto v) { return drop_hf_defaults ? std::optional(v) : std::nullopt; };
+  MOE_ASSIGN_OR_RETURN(g.temperature, Number(j, "temperature", hf(1.0)));
+  MOE_ASSIGN_OR_RETURN(g.top_p, Number(j, "top_p", hf(1.0)));
+  MOE_ASSIGN_OR_RETURN(g.top_k, Integer(j, "top_k", hf(int64_t{50})));
   MOE_ASSIGN_OR_RETURN(g.min_p, Number(j, "min_p", std::nullopt));
-  MOE_ASSIGN_OR_RETURN(g.repetition_penalty, Number(j, "repetition_penalty", 1.0));
+  MOE_ASSIGN_OR_RETURN(g.repetition_penalty, Number(j, "repetition_penalty", hf(1.0)));
   MOE_ASSIGN_OR_RETURN(g.max_new_tokens, Integer(j, "max_new_tokens", std::nullopt));
   // The ranges a request's own values must have (SamplingParams): a bad default would fail every
   // request that leaves the field unset.

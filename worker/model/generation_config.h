@@ -36,8 +36,16 @@ struct GenerationConfig {
   // Parses and checks the fields read (types, ranges); errors name the field. `sampling` false
   // reads eos_token_id alone (the end ids hold whatever --generation-config says of the defaults).
   static absl::StatusOr<GenerationConfig> FromJson(const nlohmann::json& j, bool sampling = true);
+  // vLLM's --override-generation-config: a JSON object of the sampling fields (each kept as given,
+  // Hugging Face's defaults too); any other key is refused, naming it.
+  static absl::StatusOr<GenerationConfig> FromOverride(const nlohmann::json& j);
+  // This config with the sampling fields `over` sets replaced by its values.
+  void Override(const GenerationConfig& over);
   // DIR/generation_config.json; an empty config where the folder has none. Errors name the file.
   static absl::StatusOr<GenerationConfig> FromModelDir(const std::string& dir, bool sampling = true);
+
+ private:
+  static absl::StatusOr<GenerationConfig> Parse(const nlohmann::json& j, bool sampling, bool drop_hf_defaults);
 };
 
 }  // namespace moe
