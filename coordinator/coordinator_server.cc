@@ -71,14 +71,18 @@ absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& op
   const bool from_dir = options.generation_config != "auto" && options.generation_config != "vllm";
   const std::string dir = from_dir ? options.generation_config : options.model_dir;
   if (options.generation_config != "vllm") {
-    if (from_dir && !std::filesystem::is_regular_file(std::filesystem::path(dir) / "generation_config.json")) {
+    std::error_code ec;
+    if (from_dir && !std::filesystem::is_regular_file(std::filesystem::path(dir) / "generation_config.json", ec)) {
       return absl::NotFoundError(absl::StrCat("--generation-config: ", dir, " has no generation_config.json"));
     }
     MOE_ASSIGN_OR_RETURN(g, GenerationConfig::FromModelDir(dir));
   }
   GenerationConfig over;
   if (!options.override_generation_config.empty()) {
-    MOE_ASSIGN_OR_RETURN(over, GenerationConfig::FromOverride(nlohmann::json::parse(options.override_generation_config)));
+    const nlohmann::json j = nlohmann::json::parse(options.override_generation_config, nullptr, /*allow_exceptions=*/false);
+    absl::StatusOr<GenerationConfig> parsed = GenerationConfig::FromOverride(j);
+    if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("--override-generation-config: ", parsed.status().message()));
+    over = *std::move(parsed);
     g.Override(over);
   }
   const std::optional<int64_t> cap_from = from_dir ? g.max_new_tokens : over.max_new_tokens;

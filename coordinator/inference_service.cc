@@ -447,6 +447,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context, const 
   response->set_bos_token(model_.chat.bos_token);
   response->set_eos_token(model_.chat.eos_token);
   *response->mutable_default_sampling() = model_.default_sampling;
+  response->set_max_tokens_cap(model_.max_tokens_cap);
   if (model_.tokenizer != nullptr) {
     const std::vector<std::string> texts = model_.tokenizer->TokenTexts();  // empty: control and unknown pieces
     for (size_t id = 0; id < texts.size(); ++id) {

@@ -142,12 +142,13 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   } else if (model.default_sampling.has_max_tokens()) {
     max_tokens = static_cast<uint32_t>(std::min<int64_t>(model.default_sampling.max_tokens(), context - prompt_len));
   }
-  if (model.max_tokens_cap > 0) max_tokens = std::min(max_tokens, model.max_tokens_cap);
   if (prompt_len + max_tokens > context) {
     return FieldError("sampling.max_tokens",
                       absl::StrCat("prompt (", prompt_len, " tokens) + max_tokens (", max_tokens, ") = ",
                                    prompt_len + max_tokens, " exceeds the model context of ", context, " positions"));
   }
+  const bool capped = model.max_tokens_cap > 0 && max_tokens > model.max_tokens_cap;  // after the request's own check
+  if (capped) max_tokens = model.max_tokens_cap;
   // The ranges are the sampler's own (SamplingParams / PenaltyParams::Validate, which the worker
   // checks again), named with the request's field path.
   SamplingParams sampling;
@@ -204,7 +205,10 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   const uint32_t min_tokens = s.has_min_tokens() ? s.min_tokens() : 0;
   if (min_tokens > max_tokens) {
     return FieldError("sampling.min_tokens",
-                      absl::StrCat("(", min_tokens, ") exceeds max_tokens (", max_tokens, ")"));
+                      absl::StrCat("(", min_tokens, ") exceeds max_tokens (", max_tokens, ")",
+                                   capped ? " (this server caps max_tokens at the model's max_new_tokens: "
+                                            "moe-coordinator --generation-config / --override-generation-config)"
+                                          : ""));
   }
   const uint32_t n = s.has_n() ? s.n() : 1;
   if (n < 1 || n > kMaxCompletions) {

@@ -157,10 +157,14 @@ TEST(GenerationConfigTest, SamplingDefaultsAreWhatDiffersFromHuggingFaces) {
             json::parse(R"({"temperature": 0.6, "top_p": 0.9, "top_k": 0, "min_p": 0.05, "repetition_penalty": 1.1,
                             "max_tokens": 512})"));
   EXPECT_EQ(tuned.eos_token_ids, (std::vector<int64_t>{2, 32000}));
+  EXPECT_EQ(GenerationConfig::FromJson(json::parse(R"({"top_k": -1})")).value().top_k, 0) << "vLLM's off";
   for (const auto& [body, field] : std::vector<std::pair<std::string, std::string>>{
            {R"({"temperature": -0.5})", "temperature"},
+           {R"({"temperature": 1e39})", "temperature"},  // finite as a double, not as the float a request carries
+           {R"({"repetition_penalty": 1e39})", "repetition_penalty"},
+           {R"({"top_p": 1e-46})", "top_p"},
+           {R"({"top_k": -2})", "top_k"},
            {R"({"top_p": 0})", "top_p"},
-           {R"({"top_k": -1})", "top_k"},
            {R"({"min_p": 2})", "min_p"},
            {R"({"repetition_penalty": 0})", "repetition_penalty"},
            {R"({"max_new_tokens": 0})", "max_new_tokens"},
@@ -181,6 +185,9 @@ TEST(GenerationConfigTest, OverrideSetsFieldsAsGiven) {
   const GenerationConfig over = GenerationConfig::FromOverride(json::parse(R"({"temperature": 1.0, "max_new_tokens": 64})")).value();
   g.Override(over);
   EXPECT_EQ(g.SamplingDefaultsJson(), json::parse(R"({"temperature": 1.0, "top_p": 0.9, "max_tokens": 64})"));
+  GenerationConfig cleared = GenerationConfig::FromJson(json::parse(R"({"temperature": 0.6, "max_new_tokens": 9})")).value();
+  cleared.Override(GenerationConfig::FromOverride(json::parse(R"({"max_new_tokens": null})")).value());
+  EXPECT_EQ(cleared.SamplingDefaultsJson(), json::parse(R"({"temperature": 0.6})")) << "null unsets, as vLLM's dict update";
   for (const char* bad : {R"({"do_sample": true})", R"({"temperature": -1})", R"([1])"}) {
     EXPECT_FALSE(GenerationConfig::FromOverride(json::parse(bad)).ok()) << bad;
   }

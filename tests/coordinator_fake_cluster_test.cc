@@ -584,6 +584,8 @@ TEST_F(FakeClusterTest, GenerationConfigGivesTheSamplingDefaults) {
   EXPECT_EQ(m.default_sampling().max_tokens(), 3u);
   server_.reset();
   o.override_generation_config.clear();
+  o.generation_config = std::string(5000, 'a');  // a path the system refuses: an error, not a throw
+  EXPECT_FALSE(CoordinatorServer::Start(o).ok());
   o.generation_config = kTiny;
   absl::StatusOr<std::unique_ptr<CoordinatorServer>> missing = CoordinatorServer::Start(o);
   ASSERT_FALSE(missing.ok());

@@ -239,6 +239,13 @@ TEST_F(ValidationTest, ModelSamplingDefaultsFillUnsetFields) {
   asked.mutable_sampling()->set_max_tokens(100);
   EXPECT_EQ(ValueOrThrow(ValidateGenerate(asked, model)).assign.max_tokens(), 4u);
   EXPECT_EQ(ValueOrThrow(ValidateGenerate(Ids({5, 6, 7}), model)).assign.max_tokens(), 4u);
+  asked.mutable_sampling()->set_max_tokens(4000000000u);  // the request's own value is checked first
+  EXPECT_TRUE(NamesField(ValidateGenerate(asked, model).status(), "sampling.max_tokens"));
+  asked.mutable_sampling()->set_max_tokens(100);
+  asked.mutable_sampling()->set_min_tokens(50);
+  const absl::Status min_over = ValidateGenerate(asked, model).status();
+  EXPECT_TRUE(NamesField(min_over, "sampling.min_tokens"));
+  EXPECT_NE(std::string(min_over.message()).find("caps max_tokens"), std::string::npos) << min_over;
   // Without defaults: the API's own (temperature 1, max_tokens 16).
   const GenerateJob plain = ValueOrThrow(ValidateGenerate(Ids({5, 6, 7}), shakespeare()));
   EXPECT_FLOAT_EQ(plain.assign.temperature(), 1.0f);

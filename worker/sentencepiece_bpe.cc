@@ -386,9 +386,14 @@ std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normali
   };
   const auto later = [](const Merge& a, const Merge& b) { return a.rank > b.rank || (a.rank == b.rank && a.pos > b.pos); };
   const auto pair_key = [](int32_t l, int32_t r) { return static_cast<uint64_t>(static_cast<uint32_t>(l)) << 32 | static_cast<uint32_t>(r); };
+  // The model's vocabulary only (Hugging Face's BPE model has no added tokens).
   const auto lookup = [&](std::string_view text) -> int32_t {
-    if (const auto a = mergeable_.find(text); a != mergeable_.end()) return a->second;
-    if (const auto b = reserved_.find(text); b != reserved_.end()) return b->second;
+    if (const auto a = mergeable_.find(text); a != mergeable_.end() && !pieces_[static_cast<size_t>(a->second)].added_only) {
+      return a->second;
+    }
+    if (const auto b = reserved_.find(text); b != reserved_.end() && !pieces_[static_cast<size_t>(b->second)].added_only) {
+      return b->second;
+    }
     return -1;
   };
   std::vector<int32_t> ids;

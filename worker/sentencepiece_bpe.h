@@ -124,6 +124,7 @@ class SentencePieceBpe {
     float score = 0;
     Type type = Type::kNormal;
     int16_t byte = -1;  // a byte piece's value
+    bool added_only = false;  // tokenizer.json: an added token outside model.vocab, which its BPE never makes
   };
   // How a tokenizer.json encodes, where it differs from SentencePiece.
   struct JsonRules {

@@ -93,7 +93,8 @@ Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& model_path,
                                                                bool add_bos, bool add_eos, bool legacy) {
-  if (!std::filesystem::is_regular_file(model_path)) {
+  std::error_code ec;  // (the overloads that throw would, on a path too long for the system)
+  if (!std::filesystem::is_regular_file(model_path, ec)) {
     return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", model_path));
   }
   std::unique_ptr<SentencePieceBpe> sp;
@@ -110,7 +111,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   const std::string config_path = (dir / "tokenizer_config.json").string();
   std::optional<bool> add_bos, add_eos, legacy;
   std::string bos_token = "<s>", eos_token = "</s>";
-  if (std::filesystem::exists(config_path)) {
+  std::error_code ec;
+  if (std::filesystem::exists(config_path, ec)) {
     MOE_ASSIGN_OR_RETURN(nlohmann::json config, ReadJsonFile(config_path));
     if (!config.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(config_path, ": not a JSON object"));
@@ -122,8 +124,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     MOE_ASSIGN_OR_RETURN(eos_token, TokenText(config, "eos_token", eos_token, config_path));
   }
   const std::string json_path = (dir / "tokenizer.json").string();
-  if (file == TokenizerFile::kTokenizerJson || (file == TokenizerFile::kAuto && std::filesystem::is_regular_file(json_path))) {
-    if (!std::filesystem::is_regular_file(json_path)) return absl::NotFoundError(absl::StrCat("tokenizer file not found: ", json_path));
+  if (file == TokenizerFile::kTokenizerJson || (file == TokenizerFile::kAuto && std::filesystem::is_regular_file(json_path, ec))) {
+    if (!std::filesystem::is_regular_file(json_path, ec)) return absl::NotFoundError(absl::StrCat("tokenizer file not found: ", json_path));
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp, SentencePieceBpe::LoadTokenizerJson(json_path, bos_token, eos_token));
     // Where tokenizer_config.json does not say, what the file's post-processor adds.
     const std::optional<SentencePieceBpe::Template> post = sp->post_processor();

@@ -186,7 +186,10 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     }
     seen[static_cast<size_t>(id)] = true;
     p.text = token;
-    if (i >= vocab_entries) continue;
+    if (i >= vocab_entries) {
+      if (!model["vocab"].contains(token)) p.added_only = true;
+      continue;
+    }
     unsigned byte = 0;
     char close = 0;
     if (m->byte_fallback_ && token.size() == 6 && std::sscanf(token.c_str(), "<0x%2X%c", &byte, &close) == 2 && close == '>') {

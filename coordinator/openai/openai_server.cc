@@ -202,6 +202,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   s->model_name_ = s->served_.name();
   s->max_model_len_ = info.max_context();
   if (info.default_sampling().has_max_tokens()) s->default_max_tokens_ = info.default_sampling().max_tokens();
+  s->max_tokens_cap_ = info.max_tokens_cap();
   s->created_ = UnixNow();
   s->api_keys_ = opts.api_keys;
   s->allowed_origins_ = opts.allowed_origins;
@@ -729,7 +730,11 @@ std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn,
   p.mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
   call.prompts = {p};
   if (!chat.max_tokens_given) {  // what the context leaves; a prompt that fills it is refused by the coordinator
-    int64_t room = max_model_len_ - static_cast<int64_t>(prompt.size());
+    size_t n = prompt.size();
+    if (call.request.sampling().has_truncate_prompt_tokens()) {  // what the coordinator keeps of it
+      n = std::min<size_t>(n, call.request.sampling().truncate_prompt_tokens());
+    }
+    int64_t room = max_model_len_ - static_cast<int64_t>(n);
     if (default_max_tokens_ > 0) room = std::min<int64_t>(room, default_max_tokens_);  // the model's max_new_tokens, as vLLM
     call.max_tokens = static_cast<uint32_t>(std::clamp<int64_t>(room, 1, UINT32_MAX));
     call.request.mutable_sampling()->set_max_tokens(call.max_tokens);
@@ -1440,7 +1445,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::BeamSearchAnswer(const Com
   }
   BeamSearchOptions options;
   options.beam_width = call.n;
-  options.max_tokens = call.max_tokens;
+  options.max_tokens = max_tokens_cap_ > 0 ? std::min(call.max_tokens, max_tokens_cap_) : call.max_tokens;
   options.length_penalty = call.length_penalty;
   options.ignore_eos = asked.ignore_eos();
   options.include_stop = asked.include_stop_str_in_output();

@@ -265,6 +265,7 @@ class OpenAiServer {
   // The model's generation_config.json max_new_tokens (ModelInfo.default_sampling): a chat's
   // max_tokens where the request gives none, if less than what the context leaves; 0: none.
   uint32_t default_max_tokens_ = 0;
+  uint32_t max_tokens_cap_ = 0;  // ModelInfo.max_tokens_cap: beam search's steps too; 0: none
   int32_t tool_calls_id_ = -1;  // --tool-call-parser mistral: the [TOOL_CALLS] token
   std::vector<int32_t> eos_ids_;  // the model's end-of-sequence ids (config.json), which end a beam
   std::unordered_map<int32_t, std::string> special_pieces_;  // the vocabulary's special tokens and their pieces

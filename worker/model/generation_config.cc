@@ -1,5 +1,6 @@
 #include "worker/model/generation_config.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
@@ -45,10 +46,22 @@ absl::StatusOr<GenerationConfig> GenerationConfig::FromOverride(const json& j) {
       return FieldError(key, "is not one of temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens");
     }
   }
-  return Parse(j, /*sampling=*/true, /*drop_hf_defaults=*/false);
+  MOE_ASSIGN_OR_RETURN(GenerationConfig g, Parse(j, /*sampling=*/true, /*drop_hf_defaults=*/false));
+  for (const auto& [key, value] : j.items()) {
+    if (value.is_null()) g.unset.push_back(key);  // as vLLM's dict update: the field's default goes
+  }
+  return g;
 }
 
 void GenerationConfig::Override(const GenerationConfig& over) {
+  for (const std::string& key : over.unset) {
+    if (key == "temperature") temperature.reset();
+    if (key == "top_p") top_p.reset();
+    if (key == "top_k") top_k.reset();
+    if (key == "min_p") min_p.reset();
+    if (key == "repetition_penalty") repetition_penalty.reset();
+    if (key == "max_new_tokens") max_new_tokens.reset();
+  }
   if (over.temperature) temperature = over.temperature;
   if (over.top_p) top_p = over.top_p;
   if (over.top_k) top_k = over.top_k;
@@ -78,15 +91,19 @@ absl::StatusOr<GenerationConfig> GenerationConfig::Parse(const json& j, bool sam
   MOE_ASSIGN_OR_RETURN(g.min_p, Number(j, "min_p", std::nullopt));
   MOE_ASSIGN_OR_RETURN(g.repetition_penalty, Number(j, "repetition_penalty", hf(1.0)));
   MOE_ASSIGN_OR_RETURN(g.max_new_tokens, Integer(j, "max_new_tokens", std::nullopt));
-  // The ranges a request's own values must have (SamplingParams): a bad default would fail every
-  // request that leaves the field unset.
-  if (g.temperature && *g.temperature < 0) return FieldError("temperature", absl::StrCat("must be >= 0, got ", *g.temperature));
-  if (g.top_p && !(*g.top_p > 0 && *g.top_p <= 1)) return FieldError("top_p", absl::StrCat("must be in (0, 1], got ", *g.top_p));
-  if (g.top_k && *g.top_k < 0) return FieldError("top_k", absl::StrCat("must be >= 0, got ", *g.top_k));
+  // The ranges a request's own values must have (SamplingParams), on the floats requests carry: a
+  // bad default would fail every request that leaves the field unset.
+  const auto as_float = [](double v) { return static_cast<double>(static_cast<float>(v)); };
+  if (g.temperature && !(std::isfinite(as_float(*g.temperature)) && *g.temperature >= 0)) {
+    return FieldError("temperature", absl::StrCat("must be finite and >= 0, got ", *g.temperature));
+  }
+  if (g.top_p && !(as_float(*g.top_p) > 0 && *g.top_p <= 1)) return FieldError("top_p", absl::StrCat("must be in (0, 1], got ", *g.top_p));
+  if (g.top_k && *g.top_k == -1) g.top_k = 0;  // vLLM's "off", as 0 here
+  if (g.top_k && *g.top_k < 0) return FieldError("top_k", absl::StrCat("must be >= 0 (or -1: off), got ", *g.top_k));
   if (g.top_k && *g.top_k > INT32_MAX) return FieldError("top_k", absl::StrCat("too large: ", *g.top_k));
   if (g.min_p && !(*g.min_p >= 0 && *g.min_p <= 1)) return FieldError("min_p", absl::StrCat("must be in [0, 1], got ", *g.min_p));
-  if (g.repetition_penalty && !(*g.repetition_penalty > 0)) {
-    return FieldError("repetition_penalty", absl::StrCat("must be > 0, got ", *g.repetition_penalty));
+  if (g.repetition_penalty && !(std::isfinite(as_float(*g.repetition_penalty)) && as_float(*g.repetition_penalty) > 0)) {
+    return FieldError("repetition_penalty", absl::StrCat("must be finite and > 0, got ", *g.repetition_penalty));
   }
   if (g.max_new_tokens && (*g.max_new_tokens < 1 || *g.max_new_tokens > UINT32_MAX)) {
     return FieldError("max_new_tokens", absl::StrCat("must be in [1, 2^32), got ", *g.max_new_tokens));

@@ -26,6 +26,7 @@ struct GenerationConfig {
   std::optional<double> min_p;
   std::optional<double> repetition_penalty;
   std::optional<int64_t> max_new_tokens;
+  std::vector<std::string> unset;  // an override's fields given as null: they unset the config's
 
   bool has_sampling_defaults() const {
     return temperature || top_p || top_k || min_p || repetition_penalty || max_new_tokens;
@@ -37,9 +38,10 @@ struct GenerationConfig {
   // reads eos_token_id alone (the end ids hold whatever --generation-config says of the defaults).
   static absl::StatusOr<GenerationConfig> FromJson(const nlohmann::json& j, bool sampling = true);
   // vLLM's --override-generation-config: a JSON object of the sampling fields (each kept as given,
-  // Hugging Face's defaults too); any other key is refused, naming it.
+  // Hugging Face's defaults too; null unsets the field); any other key is refused, naming it.
   static absl::StatusOr<GenerationConfig> FromOverride(const nlohmann::json& j);
-  // This config with the sampling fields `over` sets replaced by its values.
+  // This config with the sampling fields `over` sets replaced by its values and those it gives as
+  // null unset.
   void Override(const GenerationConfig& over);
   // DIR/generation_config.json; an empty config where the folder has none. Errors name the file.
   static absl::StatusOr<GenerationConfig> FromModelDir(const std::string& dir, bool sampling = true);

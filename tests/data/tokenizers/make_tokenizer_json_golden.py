@@ -35,7 +35,7 @@ V1_UNK_TEXT = [
     {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": i > 0}
     for i, t in enumerate(["<unk>", "<s>", "</s>"])]
 # Added tokens inside one another: special "<|im" within special "<|im_start|>", non-special "im_"
-# (normalized: with no normaliser, the text itself) within both.
+# (normalized: with no normaliser, the text itself) within both; a special "🦜".
 NESTED = [
     {"id": 32768, "content": "<|im_start|>", "single_word": False, "lstrip": False, "rstrip": False,
      "normalized": False, "special": True},
@@ -43,6 +43,9 @@ NESTED = [
      "normalized": False, "special": True},
     {"id": 32770, "content": "im_", "single_word": False, "lstrip": False, "rstrip": False,
      "normalized": True, "special": False},
+    # Past the vocabulary, so never a piece of the BPE: as text, its bytes.
+    {"id": 32771, "content": "\U0001F99C", "single_word": False, "lstrip": False, "rstrip": False,
+     "normalized": False, "special": True},
 ]
 VARIANTS = [
     {"name": "v1", "file": "mistral-v1.tokenizer.json", "overrides": {}, "added_tokens": []},
