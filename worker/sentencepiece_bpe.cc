@@ -385,7 +385,6 @@ std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normali
     int32_t id;
   };
   const auto later = [](const Merge& a, const Merge& b) { return a.rank > b.rank || (a.rank == b.rank && a.pos > b.pos); };
-  const auto pair_key = [](int32_t l, int32_t r) { return static_cast<uint64_t>(static_cast<uint32_t>(l)) << 32 | static_cast<uint32_t>(r); };
   // The model's vocabulary only (Hugging Face's BPE model has no added tokens).
   const auto lookup = [&](std::string_view text) -> int32_t {
     if (const auto a = mergeable_.find(text); a != mergeable_.end() && !pieces_[static_cast<size_t>(a->second)].added_only) {
@@ -440,7 +439,7 @@ std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normali
     std::priority_queue<Merge, std::vector<Merge>, decltype(later)> agenda(later);
     const auto maybe_add = [&](int left, int right) {
       if (left < 0 || right < 0) return;
-      const auto it = rules.merges.find(pair_key(symbols[static_cast<size_t>(left)].id, symbols[static_cast<size_t>(right)].id));
+      const auto it = rules.merges.find(JsonRules::PairKey(symbols[static_cast<size_t>(left)].id, symbols[static_cast<size_t>(right)].id));
       if (it != rules.merges.end()) agenda.push({it->second.rank, left, it->second.id});
     };
     for (int i = 0; i + 1 < n; ++i) maybe_add(i, i + 1);
@@ -451,7 +450,7 @@ std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normali
       if (l.len == 0 || l.next < 0) continue;
       Symbol& r = symbols[static_cast<size_t>(l.next)];
       // Stale unless the pair there now still merges into the same token.
-      const auto now = rules.merges.find(pair_key(l.id, r.id));
+      const auto now = rules.merges.find(JsonRules::PairKey(l.id, r.id));
       if (now == rules.merges.end() || now->second.id != top.id) continue;
       l.id = top.id;
       l.len += r.len;

@@ -128,11 +128,14 @@ class SentencePieceBpe {
   };
   // How a tokenizer.json encodes, where it differs from SentencePiece.
   struct JsonRules {
-    // (left id << 32 | right id) -> the merge's rank and the merged token's id.
+    // PairKey(left id, right id) -> the merge's rank and the merged token's id.
     struct Merge {
       int32_t rank;
       int32_t id;
     };
+    static uint64_t PairKey(int32_t left, int32_t right) {
+      return static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32 | static_cast<uint32_t>(right);
+    }
     std::unordered_map<uint64_t, Merge> merges;
     bool prefix_unless_space = false;  // Metaspace: no "▁" prepended to a text starting with one
     bool prefix_every_part = true;

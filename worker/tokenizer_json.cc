@@ -159,23 +159,18 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     m->added_.push_back({content, static_cast<int32_t>(a["id"].get<int64_t>()), IsTrue(a, "special"), IsTrue(a, "normalized")});
     if (IsTrue(a, "normalized")) normalized_tokens.push_back(content);
   }
-  int64_t size = 0;
+  // The ids must run from 0 without gaps (checked before a table as large as the highest is made).
+  std::vector<int64_t> ids;
   for (const auto& [token, id] : entries) {
     if (id < 0 || id >= kMaxId) return r.Bad(absl::StrCat("token \"", token, "\" has id ", id, " outside [0, ", kMaxId, ")"));
-    size = std::max(size, id + 1);
+    ids.push_back(id);
   }
-  // Fewer tokens than ids: a gap (said before a table that large is made; the loop below names it).
-  if (static_cast<size_t>(size) > entries.size()) {
-    std::vector<int64_t> ids;
-    for (const auto& e : entries) ids.push_back(e.second);
-    std::sort(ids.begin(), ids.end());
-    int64_t missing = 0;
-    for (int64_t id : ids) {
-      if (id > missing) break;
-      missing = id + 1;
-    }
-    return r.Bad(absl::StrCat("id ", missing, " has no token (the ids must run from 0 without gaps)"));
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (size_t id = 0; id < ids.size(); ++id) {
+    if (ids[id] != static_cast<int64_t>(id)) return r.Bad(absl::StrCat("id ", id, " has no token (the ids must run from 0 without gaps)"));
   }
+  const int64_t size = static_cast<int64_t>(ids.size());
   m->pieces_.resize(static_cast<size_t>(size));
   std::vector<bool> seen(static_cast<size_t>(size), false);
   for (size_t i = 0; i < entries.size(); ++i) {
@@ -195,9 +190,6 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     if (m->byte_fallback_ && token.size() == 6 && std::sscanf(token.c_str(), "<0x%2X%c", &byte, &close) == 2 && close == '>') {
       p.type = Type::kByte;
     }
-  }
-  for (size_t id = 0; id < seen.size(); ++id) {
-    if (!seen[id]) return r.Bad(absl::StrCat("id ", id, " has no token (the ids must run from 0 without gaps)"));
   }
   for (const AddedToken& a : m->added_) {
     m->pieces_[static_cast<size_t>(a.id)].type = a.special ? Type::kControl : Type::kUserDefined;
@@ -255,7 +247,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     if (l < 0 || rt < 0 || merged < 0) {
       return r.Bad(absl::StrCat("merge ", rank, " (\"", left, "\", \"", right, "\") names a token outside model.vocab"));
     }
-    rules.merges[static_cast<uint64_t>(static_cast<uint32_t>(l)) << 32 | static_cast<uint32_t>(rt)] = {static_cast<int32_t>(rank), merged};
+    rules.merges[JsonRules::PairKey(l, rt)] = {static_cast<int32_t>(rank), merged};
   }
 
   // Where spaces become "▁" and where a "▁" is prepended.
