@@ -77,14 +77,8 @@ absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& op
     }
     MOE_ASSIGN_OR_RETURN(g, GenerationConfig::FromModelDir(dir));
   }
-  GenerationConfig over;
-  if (!options.override_generation_config.empty()) {
-    const nlohmann::json j = nlohmann::json::parse(options.override_generation_config, nullptr, /*allow_exceptions=*/false);
-    absl::StatusOr<GenerationConfig> parsed = GenerationConfig::FromOverride(j);
-    if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("--override-generation-config: ", parsed.status().message()));
-    over = *std::move(parsed);
-    g.Override(over);
-  }
+  const GenerationConfig& over = options.override_generation_config;
+  g.Override(over);
   const std::optional<int64_t> cap_from = from_dir ? g.max_new_tokens : over.max_new_tokens;
   cap = cap_from ? static_cast<uint32_t>(*cap_from) : 0;
   if (g.temperature) s.set_temperature(static_cast<float>(*g.temperature));

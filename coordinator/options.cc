@@ -7,7 +7,6 @@
 
 #include "absl/strings/numbers.h"
 #include "common/flag_arg.h"
-#include "worker/model/generation_config.h"
 
 namespace moe {
 namespace {
@@ -123,10 +122,9 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
        [&](const std::string& v) -> absl::Status {
          const nlohmann::json j = nlohmann::json::parse(v, nullptr, /*allow_exceptions=*/false);
          if (j.is_discarded()) return FlagError("--override-generation-config", "not valid JSON: " + v);
-         if (absl::StatusOr<GenerationConfig> g = GenerationConfig::FromOverride(j); !g.ok()) {
-           return FlagError("--override-generation-config", std::string(g.status().message()));
-         }
-         o.override_generation_config = v;
+         absl::StatusOr<GenerationConfig> g = GenerationConfig::FromOverride(j);
+         if (!g.ok()) return FlagError("--override-generation-config", std::string(g.status().message()));
+         o.override_generation_config = *std::move(g);
          return absl::OkStatus();
        }},
       {"--world-size",

@@ -7,6 +7,7 @@
 
 #include "common/status.h"
 #include "coordinator/scheduler.h"
+#include "worker/model/generation_config.h"
 #include "worker/tokenizer_file.h"
 
 namespace moe {
@@ -22,9 +23,9 @@ struct CoordinatorOptions {
   // Where the sampling defaults come from (vLLM's --generation-config): "auto", the model folder's
   // generation_config.json; "vllm", none (the API's own defaults); else a folder holding one.
   std::string generation_config = "auto";
-  // vLLM's --override-generation-config: a JSON object of sampling fields over those (checked when
-  // parsed); empty: none.
-  std::string override_generation_config;
+  // vLLM's --override-generation-config: sampling fields over those (read when the flag is parsed);
+  // empty: none.
+  GenerationConfig override_generation_config;
   int world_size = 0;
   std::string listen = "127.0.0.1:50051";          // public moe.v1.Inference (+ health, reflection)
   std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster

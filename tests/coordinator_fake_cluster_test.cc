@@ -576,14 +576,15 @@ TEST_F(FakeClusterTest, GenerationConfigGivesTheSamplingDefaults) {
   EXPECT_EQ(m.eos_token_ids_size(), 2) << "the end ids stay";
   server_.reset();
   // vllm with an override: the override's fields alone.
-  o.override_generation_config = R"({"top_k": 50, "max_new_tokens": 3})";
+  o.override_generation_config =
+      GenerationConfig::FromOverride(nlohmann::json::parse(R"({"top_k": 50, "max_new_tokens": 3})")).value();
   Start(o);
   m = info();
   EXPECT_FALSE(m.default_sampling().has_temperature());
   EXPECT_EQ(m.default_sampling().top_k(), 50) << "as given, Hugging Face's default or not";
   EXPECT_EQ(m.default_sampling().max_tokens(), 3u);
   server_.reset();
-  o.override_generation_config.clear();
+  o.override_generation_config = {};
   o.generation_config = std::string(5000, 'a');  // a path the system refuses: an error, not a throw
   EXPECT_FALSE(CoordinatorServer::Start(o).ok());
   o.generation_config = kTiny;
