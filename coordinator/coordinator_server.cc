@@ -11,6 +11,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/exposer.h>
 
+#include "absl/strings/str_join.h"
 #include "common/json_util.h"
 #include "common/model_name.h"
 #include "worker/model/generation_config.h"
@@ -61,12 +62,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
   return grpc::SslServerCredentials(ssl);
 }
 
-// The sampling defaults --generation-config names (vLLM's): the model folder's
-// generation_config.json ("auto"), none ("vllm"), or DIR's, under --override-generation-config;
-// logged as vLLM logs them. `cap`: the max_tokens cap vLLM takes from DIR's or the override's
-// max_new_tokens.
-absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& options, uint32_t& cap) {
-  v1::SamplingParams s;
+// What --generation-config names (vLLM's) for requests: the model folder's generation_config.json
+// ("auto"), none ("vllm"), or DIR's, under --override-generation-config.
+struct ModelDefaults {
+  v1::SamplingParams sampling;  // the defaults of unset fields, logged as vLLM logs them
+  uint32_t max_tokens_cap = 0;  // vLLM's, from DIR's or the override's max_new_tokens
+  // DIR's eos_token_id beyond the model's own end ids (the workers read the model folder's): vLLM
+  // adds them to every request's stop_token_ids.
+  std::vector<int32_t> stop_token_ids;
+};
+
+absl::StatusOr<ModelDefaults> SamplingDefaults(const CoordinatorOptions& options, const ModelConfig& config) {
+  ModelDefaults defaults;
+  v1::SamplingParams& s = defaults.sampling;
+  uint32_t& cap = defaults.max_tokens_cap;
   GenerationConfig g;
   const bool from_dir = options.generation_config != "auto" && options.generation_config != "vllm";
   const std::string dir = from_dir ? options.generation_config : options.model_dir;
@@ -76,6 +85,15 @@ absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& op
       return absl::NotFoundError(absl::StrCat("--generation-config: ", dir, " has no generation_config.json"));
     }
     MOE_ASSIGN_OR_RETURN(g, GenerationConfig::FromModelDir(dir));
+  }
+  if (from_dir) {
+    for (int64_t id : g.eos_token_ids) {
+      if (id < 0 || id >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("--generation-config: ", dir, "/generation_config.json: eos_token_id ",
+                                                       id, " is outside the vocabulary [0, ", config.vocab_size, ")"));
+      }
+      if (!config.is_eos(static_cast<int32_t>(id))) defaults.stop_token_ids.push_back(static_cast<int32_t>(id));
+    }
   }
   const GenerationConfig& over = options.override_generation_config;
   g.Override(over);
@@ -94,7 +112,11 @@ absl::StatusOr<v1::SamplingParams> SamplingDefaults(const CoordinatorOptions& op
                  options.generation_config == "vllm" ? "--override-generation-config" : (dir + "/generation_config.json").c_str(),
                  g.SamplingDefaultsJson().dump().c_str(), cap > 0 ? absl::StrCat(", and max_tokens is at most ", cap).c_str() : "");
   }
-  return s;
+  if (!defaults.stop_token_ids.empty()) {
+    std::fprintf(stderr, "moe-coordinator: %s/generation_config.json's eos_token_id adds stop_token_ids [%s] to every request "
+                 "(but those with ignore_eos)\n", dir.c_str(), absl::StrJoin(defaults.stop_token_ids, ", ").c_str());
+  }
+  return defaults;
 }
 
 }  // namespace
@@ -125,11 +147,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   }
   const std::string name =
       options.served_model_name.empty() ? ModelNameOfDir(options.model_dir) : options.served_model_name;
-  uint32_t max_tokens_cap = 0;
-  MOE_ASSIGN_OR_RETURN(v1::SamplingParams defaults, SamplingDefaults(options, max_tokens_cap));
-  s->request_model_ = std::make_unique<RequestModel>(RequestModel{s->config_, s->tokenizer_.get(), std::move(chat),
-                                                                  options.max_model_len, options.priority_scheduling,
-                                                                  name, std::move(defaults), max_tokens_cap});
+  MOE_ASSIGN_OR_RETURN(ModelDefaults defaults, SamplingDefaults(options, s->config_));
+  s->request_model_ = std::make_unique<RequestModel>(RequestModel{
+      s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling, name,
+      std::move(defaults.sampling), defaults.max_tokens_cap, std::move(defaults.stop_token_ids)});
   // vLLM's model_name label: the model's name (GetModelInfo's served_model_name, the HTTP front's
   // default; a --served-model-name given to the front alone does not reach it).
   s->stats_ = std::make_unique<ServingStats>(name);

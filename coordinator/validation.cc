@@ -298,6 +298,11 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_seed(s.has_seed() ? s.seed() : 0);
   a.set_ignore_eos(s.ignore_eos());
   *a.mutable_stop_token_ids() = s.stop_token_ids();
+  if (!s.ignore_eos()) {
+    for (int32_t id : model.extra_stop_token_ids) {
+      if (std::find(a.stop_token_ids().begin(), a.stop_token_ids().end(), id) == a.stop_token_ids().end()) a.add_stop_token_ids(id);
+    }
+  }
   a.set_top_logprobs(s.has_logprobs() ? s.logprobs() : 0);
   if (s.has_prompt_logprobs()) a.set_prompt_logprobs(s.prompt_logprobs());
   a.set_min_p(sampling.min_p);

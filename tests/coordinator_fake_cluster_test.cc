@@ -593,6 +593,17 @@ TEST_F(FakeClusterTest, GenerationConfigGivesTheSamplingDefaults) {
   EXPECT_NE(missing.status().message().find("--generation-config: " + kTiny + " has no generation_config.json"),
             std::string_view::npos)
       << missing.status();
+  // DIR's end ids must be tokens of the model (its config.json's vocab_size of 1024).
+  const std::string other = dir + "/other";
+  std::filesystem::create_directories(other);
+  std::ofstream(other + "/generation_config.json") << R"({"eos_token_id": [2, 1024]})";
+  o = Options(kTiny, 1);
+  o.generation_config = other;
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> outside = CoordinatorServer::Start(o);
+  ASSERT_FALSE(outside.ok());
+  EXPECT_NE(outside.status().message().find("generation_config.json: eos_token_id 1024 is outside the vocabulary [0, 1024)"),
+            std::string_view::npos)
+      << outside.status();
   std::filesystem::remove_all(dir);
 }
 

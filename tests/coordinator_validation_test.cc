@@ -252,6 +252,25 @@ TEST_F(ValidationTest, ModelSamplingDefaultsFillUnsetFields) {
   EXPECT_EQ(plain.assign.max_tokens(), 16u);
 }
 
+// --generation-config DIR's end ids beyond the model's join every request's stop_token_ids (once),
+// as vLLM adds them, except where the request ignores end-of-sequence tokens.
+TEST_F(ValidationTest, GenerationConfigDirEndIdsJoinTheStopTokenIds) {
+  RequestModel model = shakespeare();
+  model.extra_stop_token_ids = {7, 11};
+  v1::GenerateRequest r = Ids({5, 6});
+  r.mutable_sampling()->add_stop_token_ids(11);
+  r.mutable_sampling()->add_stop_token_ids(3);
+  const GenerateJob job = ValueOrThrow(ValidateGenerate(r, model));
+  EXPECT_EQ(std::vector<int32_t>(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end()),
+            (std::vector<int32_t>{11, 3, 7}));
+  r.mutable_sampling()->set_ignore_eos(true);
+  const GenerateJob ignoring = ValueOrThrow(ValidateGenerate(r, model));
+  EXPECT_EQ(std::vector<int32_t>(ignoring.assign.stop_token_ids().begin(), ignoring.assign.stop_token_ids().end()),
+            (std::vector<int32_t>{11, 3}))
+      << "the request's own stop ids stay";
+  EXPECT_EQ(ValueOrThrow(ValidateGenerate(Ids({5, 6}), shakespeare())).assign.stop_token_ids_size(), 0);
+}
+
 TEST_F(ValidationTest, CacheSaltBecomesThePromptsPrefixRoot) {
   v1::GenerateRequest r = Ids({5, 6});
   EXPECT_EQ(ValidateGenerate(r, shakespeare())->assign.prefix_root(), 0u);

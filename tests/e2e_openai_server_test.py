@@ -125,6 +125,24 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 events.append(json.loads(line[len("data: "):]))
         self.fail("the stream ended without [DONE]")
 
+    def test_completions_max_tokens_null_takes_what_the_context_leaves(self):
+        # vLLM reads "max_tokens": null as None: each prompt of the batch may run to the end of the
+        # context (absent, it is OpenAI's 16). Prompts 4 and 7 tokens short of the 4096 positions.
+        prompts = [[1] + [300 + i % 200 for i in range(4091)], [1] + [700 + i % 50 for i in range(4088)]]
+        body = {"prompt": prompts, "max_tokens": None, "temperature": 0, "ignore_eos": True}
+        status, answer = self.call("/v1/completions", body)
+        self.assertEqual(status, 200, answer)
+        by_index = sorted(answer["choices"], key=lambda c: c["index"])
+        self.assertEqual([c["finish_reason"] for c in by_index], ["length", "length"], answer)
+        self.assertEqual(answer["usage"]["completion_tokens"], 4 + 7, answer)
+        events = self.stream(dict(body, stream_options={"include_usage": True}))
+        self.assertEqual(events[-1]["usage"]["completion_tokens"], 4 + 7, events[-1])
+        ends = {c["index"]: c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")}
+        self.assertEqual(ends, {0: "length", 1: "length"})
+        status, answer = self.call("/v1/completions", {"prompt": prompts[:1], "temperature": 0})
+        self.assertEqual(status, 400, "absent: OpenAI's 16, past the context")
+        self.assertIn("max_tokens", answer["error"]["message"])
+
     def test_a_models_and_health(self):
         status, body = self.call("/v1/models")
         self.assertEqual(status, 200)
@@ -2345,6 +2363,52 @@ class GenerationConfigEndToEnd(unittest.TestCase):
         self.assertEqual(chat["choices"][0]["finish_reason"], "length")
         chat = self.post("/v1/chat/completions", {"messages": messages, "max_tokens": 8})
         self.assertEqual(chat["usage"]["completion_tokens"], 8, chat)
+        # "max_tokens": null is vLLM's None: the context's room within max_new_tokens, per prompt.
+        body = self.post("/v1/completions", {"prompt": ["ROMEO:", "JULIET:"], "max_tokens": None})
+        self.assertEqual([c["finish_reason"] for c in body["choices"]], ["length", "length"], body)
+        self.assertEqual(body["usage"]["completion_tokens"], 10, body)
+
+
+class GenerationConfigDirEndToEnd(unittest.TestCase):
+    """moe-coordinator --generation-config DIR (vLLM's): DIR's sampling defaults (temperature 0:
+    samples.json's greedy tokens) and its eos_token_id, which vLLM adds to every request's
+    stop_token_ids: the completion ends there (finish_reason "stop", stop_reason the id, its text
+    left out) unless the request sets ignore_eos."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.samples = load_samples()
+        cls.dir = tempfile.mkdtemp(prefix="moe_generation_config_dir_")
+        # The third greedy token after "ROMEO:" (samples.json's greedy_ids).
+        cls.greedy = cls.samples["ROMEO:"]["greedy_ids"]
+        with open(os.path.join(cls.dir, "generation_config.json"), "w") as f:
+            json.dump({"eos_token_id": [2, cls.greedy[2]], "temperature": 0.0}, f)
+        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--coordinator-arg=--generation-config=" + cls.dir])
+        cls.cluster.start_or_kill()
+        cls.base = "http://" + cls.cluster.openai_address
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.kill_everything()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def post(self, path, body):
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+    def test_dir_end_ids_stop_every_request(self):
+        body = self.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 16, "return_token_ids": True})
+        choice = body["choices"][0]
+        self.assertEqual(choice["token_ids"], self.greedy[:3], body)
+        self.assertEqual((choice["finish_reason"], choice["stop_reason"]), ("stop", self.greedy[2]), body)
+        before_stop = self.post("/detokenize", {"tokens": self.greedy[:2]})["prompt"]
+        self.assertEqual(choice["text"], before_stop, "the stop token's text is left out")
+        body = self.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 16, "ignore_eos": True,
+                                             "return_token_ids": True})
+        self.assertEqual(body["choices"][0]["token_ids"], self.greedy[:16], body)
+        self.assertEqual(body["choices"][0]["finish_reason"], "length")
 
 
 if __name__ == "__main__":

@@ -346,6 +346,15 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   EXPECT_TRUE(streamed_echo.echo && streamed_echo.stream);
   EXPECT_EQ(streamed_echo.n, 2u);
   EXPECT_EQ(Ok({{"prompt", "x"}}).max_tokens, 16u) << "OpenAI's default";
+  EXPECT_FALSE(Ok({{"prompt", "x"}}).max_tokens_to_context);
+  // An explicit null is vLLM's None: each prompt's room, which the server counts (MaxTokens of a
+  // prompt it has not counted is the call's).
+  CompletionCall to_context = Ok({{"prompt", {"x", "yz"}}, {"max_tokens", nullptr}});
+  EXPECT_TRUE(to_context.max_tokens_to_context);
+  to_context.prompt_max_tokens = {7, 3};
+  EXPECT_EQ(to_context.MaxTokens(0), 7u);
+  EXPECT_EQ(to_context.MaxTokens(1), 3u);
+  EXPECT_EQ(Ok({{"prompt", "x"}, {"max_tokens", 4}}).MaxTokens(0), 4u);
   // Accepted as OpenAI allows: logprobs and echo switched off explicitly.
   Ok({{"prompt", "x"}, {"logprobs", nullptr}, {"echo", false}});
   // vLLM's fields at their defaults pass; add_special_tokens false is served (no BOS).

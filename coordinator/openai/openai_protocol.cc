@@ -540,8 +540,10 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
                  Integer(body, "logprobs", 0, 20, logprobs)}) {
     if (e) return *e;
   }
-  // OpenAI's and vLLM's default of 16 is the request's own, never the model's max_new_tokens.
+  // OpenAI's and vLLM's default of 16 is the request's own, never the model's max_new_tokens; an
+  // explicit null is vLLM's None: the context's room (the server sets it per prompt).
   call.max_tokens = max_tokens ? static_cast<uint32_t>(*max_tokens) : 16;
+  call.max_tokens_to_context = body.contains("max_tokens") && body["max_tokens"].is_null();
   s.set_max_tokens(call.max_tokens);
   if (best_of && *best_of != call.n) return BadParam("best_of", "only best_of = n is served (no ranking of completions)");
   if (logprobs) s.set_logprobs(static_cast<uint32_t>(*logprobs));

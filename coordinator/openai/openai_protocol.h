@@ -67,6 +67,14 @@ struct CompletionCall {
   // vLLM's add_special_tokens (completions): false encodes a text prompt without the BOS token.
   bool add_special_tokens = true;
   uint32_t max_tokens = 16;    // 0 only with echo: the prompt alone
+  // Completions' "max_tokens": null (vLLM's None, not OpenAI's default of 16): each prompt gets
+  // what the context leaves after it, within the model's max_new_tokens; prompt_max_tokens[i] is
+  // prompt i's, filled by the server once it has counted the prompt's tokens.
+  bool max_tokens_to_context = false;
+  std::vector<uint32_t> prompt_max_tokens;
+  uint32_t MaxTokens(size_t prompt) const {
+    return prompt < prompt_max_tokens.size() ? prompt_max_tokens[prompt] : max_tokens;
+  }
   // vLLM's return_token_ids: each choice carries its generated "token_ids" (a chunk's: its delta)
   // and the prompt's "prompt_token_ids" (completions: in each choice; chat: in the answer, or in
   // each choice's first chunk).

@@ -649,6 +649,12 @@ int OpenAiServer::HandleDetokenize(mg_connection* conn, void* self) {
   return static_cast<OpenAiServer*>(self)->ServePost(conn, &OpenAiServer::Detokenize, /*watch_client=*/false);
 }
 
+uint32_t OpenAiServer::DefaultMaxTokens(size_t prompt_tokens) const {
+  int64_t room = max_model_len_ - static_cast<int64_t>(prompt_tokens);
+  if (default_max_tokens_ > 0) room = std::min<int64_t>(room, default_max_tokens_);  // the model's max_new_tokens, as vLLM
+  return static_cast<uint32_t>(std::clamp<int64_t>(room, 1, UINT32_MAX));
+}
+
 int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
   std::variant<CompletionCall, HttpError> parsed = ParseCompletionRequest(body, served_);
   if (auto* e = std::get_if<HttpError>(&parsed)) return SendError(conn, *e);
@@ -666,6 +672,13 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
     }
     *call.request.mutable_prompt() = call.prompts.front();
   }
+  if (call.max_tokens_to_context) {  // each prompt's room, from its token count
+    for (const v1::Prompt& p : call.prompts) {
+      std::variant<std::vector<int32_t>, HttpError> ids = PromptIds(p, call.request.sampling());
+      if (auto* e = std::get_if<HttpError>(&ids)) return SendError(conn, *e);
+      call.prompt_max_tokens.push_back(DefaultMaxTokens(std::get<std::vector<int32_t>>(ids).size()));
+    }
+  }
   const int64_t created = UnixNow();
   if (call.stream) return StreamCompletion(conn, call, created, Api::kCompletions);
 
@@ -673,7 +686,7 @@ int OpenAiServer::Completions(mg_connection* conn, const std::string& body) {
   // them as it batches separate requests); the first error, in prompt order, is the answer.
   std::vector<std::variant<nlohmann::json, HttpError>> answers(call.prompts.size());
   if (std::optional<HttpError> e = RunEach(call.prompts.size(), [&](size_t i) {
-        answers[i] = WholeAnswer(call, call.prompts[i], created, Api::kCompletions);
+        answers[i] = WholeAnswer(call, i, created, Api::kCompletions);
       })) {
     return SendError(conn, *e);
   }
@@ -729,14 +742,12 @@ std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn,
   v1::Prompt& p = *call.request.mutable_prompt();
   p.mutable_token_ids()->mutable_ids()->Assign(prompt.begin(), prompt.end());
   call.prompts = {p};
-  if (!chat.max_tokens_given) {  // what the context leaves; a prompt that fills it is refused by the coordinator
+  if (!chat.max_tokens_given) {
     size_t n = prompt.size();
     if (call.request.sampling().has_truncate_prompt_tokens()) {  // what the coordinator keeps of it
       n = std::min<size_t>(n, call.request.sampling().truncate_prompt_tokens());
     }
-    int64_t room = max_model_len_ - static_cast<int64_t>(n);
-    if (default_max_tokens_ > 0) room = std::min<int64_t>(room, default_max_tokens_);  // the model's max_new_tokens, as vLLM
-    call.max_tokens = static_cast<uint32_t>(std::clamp<int64_t>(room, 1, UINT32_MAX));
+    call.max_tokens = DefaultMaxTokens(n);
     call.request.mutable_sampling()->set_max_tokens(call.max_tokens);
   }
   return parsed;
@@ -748,7 +759,7 @@ int OpenAiServer::Chat(mg_connection* conn, const std::string& body) {
   const CompletionCall& call = std::get<ChatCall>(chat).completion;
   const int64_t created = UnixNow();
   if (call.stream) return StreamCompletion(conn, call, created, Api::kChat);
-  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
+  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, 0, created, Api::kChat);
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, *e);
   SendJson(conn, 200, std::get<nlohmann::json>(answer));
   return 200;
@@ -809,7 +820,7 @@ int OpenAiServer::Responses(mg_connection* conn, const std::string& body) {
     remember(events.final_response());
     return status;
   }
-  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
+  std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, 0, created, Api::kChat);
   if (auto* e = std::get_if<HttpError>(&answer)) return SendError(conn, ResponsesError(*e));
   const nlohmann::ordered_json response = ResponseFromChat(responses, std::get<nlohmann::json>(answer), model_name_, created);
   remember(response);
@@ -865,7 +876,7 @@ int OpenAiServer::StartBackgroundResponse(mg_connection* conn, const ResponsesCa
       try {
         store(ResponseWithStatus(responses, model_name_, created, "in_progress"), nullptr, false);
         const CompletionCall& call = chat.completion;
-        std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, call.prompts.front(), created, Api::kChat);
+        std::variant<nlohmann::json, HttpError> answer = WholeAnswer(call, 0, created, Api::kChat);
         if (const HttpError* e = std::get_if<HttpError>(&answer)) {
           const HttpError error = ResponsesError(*e);
           store(ResponseWithStatus(responses, model_name_, created, "failed", &error), nullptr, true);
@@ -1096,6 +1107,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   auto read_prompt = [&](size_t i) {  // prompt i's stream into the queue, then how it ended
     v1::GenerateRequest request = call.request;
     *request.mutable_prompt() = call.prompts[i];
+    request.mutable_sampling()->set_max_tokens(call.MaxTokens(i));
     std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(contexts[i].get(), request);
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) {
@@ -1341,11 +1353,13 @@ int OpenAiServer::StreamEchoOnly(mg_connection* conn, const CompletionCall& call
   return 200;
 }
 
-std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
+std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const CompletionCall& call, size_t prompt,
                                                                   int64_t created, Api api) {
-  if (call.beam_search) return BeamSearchAnswer(call, prompt_in, created, api);
+  const v1::Prompt& prompt_in = call.prompts[prompt];
+  if (call.beam_search) return BeamSearchAnswer(call, prompt_in, call.MaxTokens(prompt), created, api);
   v1::GenerateRequest request = call.request;
   *request.mutable_prompt() = prompt_in;
+  request.mutable_sampling()->set_max_tokens(call.MaxTokens(prompt));
   // echo: the prompt's logprobs (and its most probable tokens) first, from ScoreRolling, as
   // lm-evaluation-harness scores a text.
   std::optional<Echo> echo;
@@ -1434,18 +1448,18 @@ std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> OpenAiServer::B
 }
 
 std::variant<nlohmann::json, HttpError> OpenAiServer::BeamSearchAnswer(const CompletionCall& call, const v1::Prompt& prompt_in,
-                                                                       int64_t created, Api api) {
+                                                                       uint32_t max_tokens, int64_t created, Api api) {
   const v1::SamplingParams& asked = call.request.sampling();
   std::variant<std::vector<int32_t>, HttpError> ids = PromptIds(prompt_in, asked);
   if (HttpError* e = std::get_if<HttpError>(&ids)) return *e;
   const std::vector<int32_t> prompt = std::move(std::get<std::vector<int32_t>>(ids));
-  if (static_cast<int64_t>(prompt.size()) + call.max_tokens > max_model_len_) {
-    return BadParam("max_tokens", absl::StrCat("the prompt's ", prompt.size(), " tokens and max_tokens ", call.max_tokens,
+  if (static_cast<int64_t>(prompt.size()) + max_tokens > max_model_len_) {
+    return BadParam("max_tokens", absl::StrCat("the prompt's ", prompt.size(), " tokens and max_tokens ", max_tokens,
                                                " exceed the model's context of ", max_model_len_, " tokens"));
   }
   BeamSearchOptions options;
   options.beam_width = call.n;
-  options.max_tokens = max_tokens_cap_ > 0 ? std::min(call.max_tokens, max_tokens_cap_) : call.max_tokens;
+  options.max_tokens = max_tokens_cap_ > 0 ? std::min(max_tokens, max_tokens_cap_) : max_tokens;
   options.length_penalty = call.length_penalty;
   options.ignore_eos = asked.ignore_eos();
   options.include_stop = asked.include_stop_str_in_output();

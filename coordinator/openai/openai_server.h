@@ -169,9 +169,12 @@ class OpenAiServer {
   // chat chunks and [DONE].
   int StreamCompletion(mg_connection* conn, const CompletionCall& call, int64_t created, Api api,
                        ResponsesEvents* responses = nullptr);
-  // One prompt's whole answer (its n choices; with echo, the prompt first), or the HTTP error.
-  std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, const v1::Prompt& prompt,
-                                                      int64_t created, Api api);
+  // Prompt `prompt`'s whole answer (its n choices; with echo, the prompt first), or the HTTP error.
+  std::variant<nlohmann::json, HttpError> WholeAnswer(const CompletionCall& call, size_t prompt, int64_t created, Api api);
+  // A request's max_tokens where it gives none (chat) or null (completions): what the context
+  // leaves after `prompt_tokens`, within the model's max_new_tokens, at least 1 (a prompt that
+  // fills the context is refused by the coordinator).
+  uint32_t DefaultMaxTokens(size_t prompt_tokens) const;
   // OpenAI's background responses: the answer's cancel token, and under `mu` who decides what the
   // store holds: the thread while running (its answer makes it kDone), else the cancel (the
   // "cancelled" response) or the DELETE (nothing); the thread stores nothing after either.
@@ -217,7 +220,7 @@ class OpenAiServer {
   // use_beam_search: one prompt's answer, its n choices the best beams (beam_search.h), each step's
   // candidates from one-token Generate calls (one per beam, at once), or the HTTP error.
   std::variant<nlohmann::json, HttpError> BeamSearchAnswer(const CompletionCall& call, const v1::Prompt& prompt,
-                                                           int64_t created, Api api);
+                                                           uint32_t max_tokens, int64_t created, Api api);
   // Each prefix's next-token candidates for the search: the 2 x width most probable tokens and the
   // one sampled, from a Generate call of one token with `call`'s temperature and seed.
   // `first_cached` (not null): the first prefix's cached prompt tokens (its usage's), there.
