@@ -403,6 +403,7 @@ void ClusterState::CheckLiveness(Clock::time_point now) {
 }
 
 void ClusterState::DispatchLocked() {
+  const Clock::time_point now = Clock::now();
   for (const SequencePlacement& p : scheduler_.Dispatch()) {
     SeqEntry& e = seqs_.at(p.seq_id);
     e.rank = p.rank;
@@ -415,6 +416,7 @@ void ClusterState::DispatchLocked() {
       e.assign.Clear();
     }
     m.mutable_assign()->set_seq_id(p.seq_id);
+    m.mutable_assign()->set_queued_seconds(std::chrono::duration<float>(now - e.submitted).count());
     if (const auto& link = ranks_[p.rank].link) link->Send(std::move(m));
   }
 }
@@ -439,8 +441,10 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
   }
   MOE_RETURN_IF_ERROR(scheduler_.Enqueue(demands));
   next_seq_id_ += seqs.size();
+  const Clock::time_point now = Clock::now();
   for (size_t i = 0; i < seqs.size(); ++i) {
     SeqEntry& e = seqs_[ids[i]];
+    e.submitted = now;
     e.mailbox = mailbox;
     e.assign = std::move(seqs[i].assign);
     e.reserve_positions = seqs[i].reserve_positions;

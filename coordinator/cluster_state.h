@@ -169,6 +169,7 @@ class ClusterState {
     bool held = false;                 // its worker job was lost; it waits for the next one
     bool resumed = false;              // it was running at a loss before (then a second one fails it)
     std::vector<int32_t> generated;    // tokens it has streamed (generation)
+    Clock::time_point submitted;       // its admission (Submit): Assign.queued_seconds counts from here
     // With prefix affinity, a generation's prompt and then its tokens as they come: on Finished,
     // what its rank now holds cached (Scheduler::NoteCached); `keys` are the prompt's PrefixKeys,
     // extended then over the answer.

@@ -105,6 +105,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   auto mailbox = std::make_shared<Mailbox>();
   absl::StatusOr<std::vector<uint64_t>> ids = state_.Submit(std::move(seqs), mailbox);
   if (!ids.ok()) return refused(ids.status());
+  const Clock::time_point admitted = Clock::now();
   stats_.AddPromptTokens(static_cast<int64_t>(job->assign.prompt_size()) * n);
   const std::string request_id = request->request_id().empty() ? absl::StrCat("req-", ids->front()) : request->request_id();
 
@@ -116,6 +117,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
     index_of[(*ids)[i]] = i;
   }
   std::vector<std::optional<v1::FinishReason>> finished(n);
+  // Per completion: when its first and last tokens came, and how long it was queued (the rank's
+  // report with its first token).
+  std::vector<std::optional<Clock::time_point>> first_token_at(n), last_token_at(n);
+  std::vector<double> queued(n, 0.0);
   uint32_t remaining = n;
   auto cancel_rest = [&] {
     for (uint32_t i = 0; i < n; ++i) {
@@ -125,11 +130,25 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   // Counts every completion's finish reason (`unfinished` for those cut short), and the request's
   // latency, tokens and outcome (the status it answers).
   auto end = [&](v1::FinishReason unfinished, grpc::Status status) {
-    int64_t generated = 0;
     for (const std::optional<v1::FinishReason>& r : finished) stats_.CountFinished(r.value_or(unfinished));
-    for (const auto& out : outs) generated += out->completion_tokens();
-    stats_.ObserveRequest(SecondsSince(arrival), job->assign.prompt_size(), generated,
-                          static_cast<absl::StatusCode>(status.error_code()));
+    RequestCourse course;
+    course.seconds = SecondsSince(arrival);
+    course.validation_seconds = SecondsSince(arrival, admitted);
+    course.input_tokens = job->assign.prompt_size();
+    course.max_tokens = job->assign.max_tokens();
+    course.code = static_cast<absl::StatusCode>(status.error_code());
+    for (uint32_t i = 0; i < n; ++i) {
+      CompletionCourse& c = course.completions.emplace_back();
+      c.prompt_tokens = job->assign.prompt_size();
+      c.generated_tokens = outs[i]->completion_tokens();
+      if (first_token_at[i]) {
+        c.timed = true;
+        c.queue_seconds = queued[i];
+        c.prefill_seconds = std::max(0.0, SecondsSince(admitted, *first_token_at[i]) - queued[i]);
+        c.decode_seconds = SecondsSince(*first_token_at[i], *last_token_at[i]);
+      }
+    }
+    stats_.ObserveRequest(course);
     return status;
   };
   if (request->return_prompt_token_ids()) {  // before anything else, as the field promises
@@ -144,6 +163,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   std::optional<Clock::time_point> last_tokens_at;
   while (remaining > 0) {
     std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);
+    const Clock::time_point taken = Clock::now();
     if (context->IsCancelled()) {  // the client cancelled or its deadline passed
       cancel_rest();
       return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled"));
@@ -162,6 +182,13 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
       const uint32_t i = index_of.at(e.seq_id);
       if (finished[i]) continue;  // what a stopped completion's worker sent before its cancel
       if (e.message.has_tokens()) {
+        if (e.message.tokens().token_ids_size() > 0) {
+          if (!first_token_at[i]) {
+            first_token_at[i] = taken;
+            queued[i] = e.message.tokens().queued_seconds();
+          }
+          last_token_at[i] = taken;
+        }
         absl::StatusOr<bool> stopped = outs[i]->AddTokens(e.message.tokens(), responses[i]);
         if (!stopped.ok()) {
           cancel_rest();

@@ -1,5 +1,6 @@
 #include "coordinator/serving_stats.h"
 
+#include <algorithm>
 #include <string>
 
 namespace moe {
@@ -17,6 +18,14 @@ const Histogram::BucketBoundaries kE2eBuckets = {0.01, 0.05, 0.1,  0.3,  0.5,  0
 // Token counts per request (prompt, generated): powers of two up to 128k positions.
 const Histogram::BucketBoundaries kTokenCountBuckets = {1,    2,    4,    8,     16,    32,    64,    128,   256,
                                                         512,  1024, 2048, 4096,  8192,  16384, 32768, 65536, 131072};
+
+// A request's phases (queue, prefill, decode, inference): vLLM's request_latency_buckets, extended
+// downwards as above.
+const Histogram::BucketBoundaries kPhaseBuckets = {0.001, 0.005, 0.01, 0.05, 0.1,  0.3,  0.5,   0.8,   1.0,
+                                                   1.5,   2.0,   2.5,  5.0,  10.0, 15.0, 20.0,  30.0,  40.0,
+                                                   50.0,  60.0,  120., 240., 480., 960., 1920., 7680.};
+// A request's n (vLLM's buckets, then up to SamplingParams' 64).
+const Histogram::BucketBoundaries kNBuckets = {1, 2, 5, 10, 20, 50};
 
 constexpr v1::FinishReason kReasons[] = {v1::FINISH_REASON_STOP, v1::FINISH_REASON_LENGTH,
                                          v1::FINISH_REASON_STOP_SEQUENCE, v1::FINISH_REASON_CANCELLED,
@@ -106,8 +115,33 @@ ServingStats::ServingStats(const std::string& model_name)
   // Every label value exists from the start, so rates work before the first request of a kind.
   for (v1::FinishReason reason : kReasons) success_->Add({{"finish_reason", FinishReasonLabel(reason)}});
 
-  // vLLM's names (its v1 engine's), labelled model_name.
+  // The per-request figures, under the project's names (unlabelled) and vLLM's (labelled
+  // model_name), with vLLM's help texts.
   const prometheus::Labels model = {{"model_name", model_name}};
+  const auto course_pair = [&](const std::string& name, const char* help, const Histogram::BucketBoundaries& b,
+                               prometheus::Histogram* CourseMetrics::*member) {
+    course_.*member = &prometheus::BuildHistogram().Name("moe_" + name).Help(help).Register(r).Add({}, b);
+    vllm_course_.*member = &prometheus::BuildHistogram().Name("vllm:" + name).Help(help).Register(r).Add(model, b);
+  };
+  course_pair("request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", kPhaseBuckets,
+              &CourseMetrics::queue);
+  course_pair("request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", kPhaseBuckets,
+              &CourseMetrics::prefill);
+  course_pair("request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", kPhaseBuckets,
+              &CourseMetrics::decode);
+  course_pair("request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", kPhaseBuckets,
+              &CourseMetrics::inference);
+  course_pair("request_prompt_tokens", "Number of prefill tokens processed.", kTokenCountBuckets,
+              &CourseMetrics::prompt_tokens);
+  course_pair("request_generation_tokens", "Number of generation tokens processed.", kTokenCountBuckets,
+              &CourseMetrics::generation_tokens);
+  course_pair("request_max_num_generation_tokens", "Histogram of maximum number of requested generation tokens.",
+              kTokenCountBuckets, &CourseMetrics::max_generation_tokens);
+  course_pair("request_params_n", "Histogram of the n request parameter.", kNBuckets, &CourseMetrics::params_n);
+  course_pair("request_params_max_tokens", "Histogram of the max_tokens request parameter.", kTokenCountBuckets,
+              &CourseMetrics::params_max_tokens);
+
+  // vLLM's names (its v1 engine's), labelled model_name.
   const auto histogram = [&](const char* name, const char* help, const prometheus::Histogram::BucketBoundaries& b) {
     return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add(model, b);
   };
@@ -169,6 +203,26 @@ ServingStats::ServingStats(const std::string& model_name)
                                .Help("Generated tokens per request")
                                .Register(r)
                                .Add({}, kTokenCountBuckets);
+  tgi_.validation_duration = &prometheus::BuildHistogram()
+                                  .Name("tgi_request_validation_duration")
+                                  .Help("Time spent validating the request")
+                                  .Register(r)
+                                  .Add({}, kPhaseBuckets);
+  tgi_.queue_duration = &prometheus::BuildHistogram()
+                             .Name("tgi_request_queue_duration")
+                             .Help("Time spent in the queue per request")
+                             .Register(r)
+                             .Add({}, kPhaseBuckets);
+  tgi_.inference_duration = &prometheus::BuildHistogram()
+                                 .Name("tgi_request_inference_duration")
+                                 .Help("Request inference duration")
+                                 .Register(r)
+                                 .Add({}, kPhaseBuckets);
+  tgi_.mean_time_per_token = &prometheus::BuildHistogram()
+                                  .Name("tgi_request_mean_time_per_token_duration")
+                                  .Help("Mean time per token per request")
+                                  .Register(r)
+                                  .Add({}, kItlBuckets);
 }
 
 void ServingStats::AddPromptTokens(int64_t n) {
@@ -214,16 +268,44 @@ void ServingStats::CountRefused(absl::StatusCode code) {
       ->Increment();
 }
 
-void ServingStats::ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens,
-                                  absl::StatusCode code) {
+void ServingStats::ObserveRequest(const RequestCourse& request) {
+  const double seconds = request.seconds;
   e2e_->Observe(seconds);
   vllm_.e2e->Observe(seconds);
-  tgi_.input_length->Observe(static_cast<double>(input_tokens));
-  if (code == absl::StatusCode::kOk) {
+  int64_t generated = 0, most = 0;
+  for (const CompletionCourse& c : request.completions) {
+    generated += c.generated_tokens;
+    most = std::max(most, c.generated_tokens);
+    for (CourseMetrics* m : {&course_, &vllm_course_}) {
+      m->prompt_tokens->Observe(static_cast<double>(c.prompt_tokens));
+      m->generation_tokens->Observe(static_cast<double>(c.generated_tokens));
+      if (c.timed) {
+        m->queue->Observe(c.queue_seconds);
+        m->prefill->Observe(c.prefill_seconds);
+        m->decode->Observe(c.decode_seconds);
+        m->inference->Observe(c.prefill_seconds + c.decode_seconds);
+      }
+    }
+  }
+  for (CourseMetrics* m : {&course_, &vllm_course_}) {
+    m->params_n->Observe(static_cast<double>(request.completions.size()));
+    m->params_max_tokens->Observe(static_cast<double>(request.max_tokens));
+    m->max_generation_tokens->Observe(static_cast<double>(most));
+  }
+  tgi_.input_length->Observe(static_cast<double>(request.input_tokens));
+  if (request.code == absl::StatusCode::kOk) {
     tgi_.request_success->Increment();
     tgi_.request_duration->Observe(seconds);
-    tgi_.generated_tokens->Observe(static_cast<double>(generated_tokens));
-  } else if (code != absl::StatusCode::kCancelled) {
+    tgi_.validation_duration->Observe(request.validation_seconds);
+    tgi_.generated_tokens->Observe(static_cast<double>(generated));
+    if (!request.completions.empty() && request.completions.front().timed) {  // TGI's requests have one sequence
+      const CompletionCourse& c = request.completions.front();
+      tgi_.queue_duration->Observe(c.queue_seconds);
+      tgi_.inference_duration->Observe(c.prefill_seconds + c.decode_seconds);
+      // TGI's: its inference time over its tokens.
+      tgi_.mean_time_per_token->Observe((c.prefill_seconds + c.decode_seconds) / static_cast<double>(std::max<int64_t>(1, c.generated_tokens)));
+    }
+  } else if (request.code != absl::StatusCode::kCancelled) {
     tgi_.failure_generation->Increment();
   }
   std::lock_guard<std::mutex> lock(mu_);

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -32,6 +33,27 @@ struct ServingSnapshot {
   uint64_t generation_tokens = 0;
   double generation_tokens_per_second = 0;
   LatencySummaryValues time_to_first_token, inter_token_latency, e2e_request_latency;
+};
+
+// One completion of a request, as it ended: its tokens and, where it got a first token, how long it
+// spent in each phase (vLLM's per-request times): queued (from the coordinator's admission to its
+// first step on a rank, the rank's report), prefill (then to its first token at the coordinator)
+// and decode (from its first token to its last).
+struct CompletionCourse {
+  int64_t prompt_tokens = 0;
+  int64_t generated_tokens = 0;
+  bool timed = false;  // the phases below hold
+  double queue_seconds = 0, prefill_seconds = 0, decode_seconds = 0;
+};
+
+// A Generate request that ran, as it ended with `code`.
+struct RequestCourse {
+  double seconds = 0;          // from its arrival to its end
+  double validation_seconds = 0;  // from its arrival to its admission (checks, tokenization)
+  int64_t input_tokens = 0;    // its prompt's
+  uint32_t max_tokens = 0;     // what each completion could generate
+  std::vector<CompletionCourse> completions;  // its n
+  absl::StatusCode code = absl::StatusCode::kOk;
 };
 
 // A finish reason's label value: "stop", "length", "stop_sequence", "cancelled", "error".
@@ -58,11 +80,14 @@ class ServingStats {
   // "overloaded" for RESOURCE_EXHAUSTED, "generation" for UNAVAILABLE (the cluster cannot serve),
   // else "validation", as TGI's).
   void CountRefused(absl::StatusCode code);
-  // A Generate request that ran has ended with `code`: its prompt length (tgi_request_input_length,
-  // as TGI records every validated request's), and by the code a success (OK: its latency from
-  // arrival and generated tokens, all its completions', into TGI's histograms, which count
-  // successes only), a failure (tgi_request_failure{err="generation"}) or, CANCELLED, neither.
-  void ObserveRequest(double seconds, int64_t input_tokens, int64_t generated_tokens, absl::StatusCode code);
+  // A Generate request that ran has ended: its latency (e2e), its parameters (vLLM's
+  // request_params_n and _max_tokens) and its completions' courses (vLLM's per-request token
+  // counts and phase times: every completion's, the phases of those that got a token); its prompt
+  // length (tgi_request_input_length, as TGI records every validated request's), and by the code a
+  // success (OK: its latency, validation time, generated tokens (all its completions'), queue and
+  // inference times and mean time per token (its first completion's) into TGI's histograms, which
+  // count successes only), a failure (tgi_request_failure{err="generation"}) or, CANCELLED, neither.
+  void ObserveRequest(const RequestCourse& request);
   // A request ended with `reason` (moe_request_success_total{finish_reason}).
   void CountFinished(v1::FinishReason reason);
   // Sequences waiting in the coordinator and running on the ranks; KV use over all ranks.
@@ -91,6 +116,12 @@ class ServingStats {
   prometheus::Counter* prompt_tokens_;
   prometheus::Counter* generation_tokens_;
   prometheus::Family<prometheus::Counter>* success_;
+  // Per request and per completion (RequestCourse), under the project's names and vLLM's.
+  struct CourseMetrics {
+    prometheus::Histogram *queue, *prefill, *decode, *inference;
+    prometheus::Histogram *prompt_tokens, *generation_tokens, *max_generation_tokens;
+    prometheus::Histogram *params_n, *params_max_tokens;
+  } course_{}, vllm_course_{};
   // vLLM's names for the same. Its prefix cache and preemption counts are counters: they grow by
   // the ranks' reports' growth (a rank that starts again reports less, which adds nothing).
   struct VllmMetrics {
@@ -105,6 +136,7 @@ class ServingStats {
     prometheus::Counter *request_count, *request_success;
     prometheus::Counter *failure_validation, *failure_overloaded, *failure_generation;
     prometheus::Histogram *request_duration, *input_length, *generated_tokens;
+    prometheus::Histogram *validation_duration, *queue_duration, *inference_duration, *mean_time_per_token;
   } tgi_{};
   double last_prefix_queried_ = 0, last_prefix_hits_ = 0, last_preemptions_ = 0;  // under mu_
 

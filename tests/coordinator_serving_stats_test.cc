@@ -47,9 +47,14 @@ TEST(ServingStatsTest, TgisRequestMetricsCountEachOutcomeOnce) {
   for (int i = 0; i < 5; ++i) stats.CountRequest();
   stats.CountRefused(absl::StatusCode::kInvalidArgument);
   stats.CountRefused(absl::StatusCode::kResourceExhausted);
-  stats.ObserveRequest(0.5, 7, 5, absl::StatusCode::kOk);
-  stats.ObserveRequest(0.25, 3, 2, absl::StatusCode::kCancelled);
-  stats.ObserveRequest(0.125, 4, 1, absl::StatusCode::kInternal);
+  const auto request = [](double seconds, int64_t input, int64_t generated, absl::StatusCode code) {
+    RequestCourse r{.seconds = seconds, .input_tokens = input, .max_tokens = 16, .code = code};
+    r.completions.push_back({.prompt_tokens = input, .generated_tokens = generated});
+    return r;
+  };
+  stats.ObserveRequest(request(0.5, 7, 5, absl::StatusCode::kOk));
+  stats.ObserveRequest(request(0.25, 3, 2, absl::StatusCode::kCancelled));
+  stats.ObserveRequest(request(0.125, 4, 1, absl::StatusCode::kInternal));
   stats.SetQueue(3, 9);
   std::map<std::string, double> s = Samples(stats);
   EXPECT_EQ(s["tgi_request_count"], 5);
@@ -71,6 +76,44 @@ TEST(ServingStatsTest, TgisRequestMetricsCountEachOutcomeOnce) {
   // A cluster that cannot serve is a generation failure in TGI's kinds.
   stats.CountRefused(absl::StatusCode::kUnavailable);
   EXPECT_EQ(Samples(stats)["tgi_request_failure{err=generation}"], 2);
+}
+
+// vLLM's per-request figures (and the project's under moe_): token counts and phases of every
+// completion, the phases only of those that got a token; the parameters per request. TGI's queue
+// and inference durations come from a success's first completion.
+TEST(ServingStatsTest, RequestCoursesFillThePerRequestHistograms) {
+  ServingStats stats("mixtral");
+  RequestCourse r{.seconds = 2.0, .validation_seconds = 0.25, .input_tokens = 10, .max_tokens = 64};
+  r.completions.push_back({.prompt_tokens = 10, .generated_tokens = 5, .timed = true, .queue_seconds = 0.5,
+                           .prefill_seconds = 0.25, .decode_seconds = 1.0});
+  r.completions.push_back({.prompt_tokens = 10, .generated_tokens = 9, .timed = true, .queue_seconds = 0.125,
+                           .prefill_seconds = 0.5, .decode_seconds = 1.25});
+  stats.ObserveRequest(r);
+  RequestCourse unserved{.seconds = 1.0, .input_tokens = 4, .max_tokens = 8, .code = absl::StatusCode::kCancelled};
+  unserved.completions.push_back({.prompt_tokens = 4, .generated_tokens = 0});  // cancelled while queued
+  stats.ObserveRequest(unserved);
+  std::map<std::string, double> s = Samples(stats);
+  for (const std::string& prefix : {std::string("vllm:"), std::string("moe_")}) {
+    const std::string label = prefix == "vllm:" ? "{model_name=mixtral}" : "";
+    const auto at = [&](const std::string& name) { return s[prefix + name + label]; };
+    EXPECT_EQ(at("request_queue_time_seconds_count"), 2) << prefix << ": the completions that got a token";
+    EXPECT_EQ(at("request_queue_time_seconds_sum"), 0.625);
+    EXPECT_EQ(at("request_prefill_time_seconds_sum"), 0.75);
+    EXPECT_EQ(at("request_decode_time_seconds_sum"), 2.25);
+    EXPECT_EQ(at("request_inference_time_seconds_sum"), 3.0);
+    EXPECT_EQ(at("request_prompt_tokens_count"), 3) << "every completion";
+    EXPECT_EQ(at("request_prompt_tokens_sum"), 24);
+    EXPECT_EQ(at("request_generation_tokens_sum"), 14);
+    EXPECT_EQ(at("request_max_num_generation_tokens_count"), 2) << "every request";
+    EXPECT_EQ(at("request_max_num_generation_tokens_sum"), 9);
+    EXPECT_EQ(at("request_params_n_sum"), 3);
+    EXPECT_EQ(at("request_params_max_tokens_sum"), 72);
+  }
+  EXPECT_EQ(s["tgi_request_validation_duration_sum"], 0.25);
+  EXPECT_EQ(s["tgi_request_queue_duration_count"], 1) << "successes only";
+  EXPECT_EQ(s["tgi_request_queue_duration_sum"], 0.5);
+  EXPECT_EQ(s["tgi_request_inference_duration_sum"], 1.25);
+  EXPECT_EQ(s["tgi_request_mean_time_per_token_duration_sum"], 0.25) << "inference over the tokens";
 }
 
 }  // namespace

@@ -237,6 +237,21 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(delta("tgi_request_duration_count"), 1)
         self.assertEqual(sample(after, "tgi_queue_size"), sample(after, "moe_num_requests_waiting"))
         self.assertEqual(sample(after, "tgi_batch_current_size"), sample(after, "moe_num_requests_running"))
+        self.assertEqual(delta("tgi_request_queue_duration_count"), 1)
+        # vLLM's per-request figures: the completion's tokens, its max_tokens, and its phases (queued
+        # until its rank's first step, prefill to its first token, decode to its last), which lie
+        # within its e2e latency.
+        self.assertEqual(delta("vllm:request_generation_tokens_sum", model), 5)
+        self.assertEqual(delta("vllm:request_prompt_tokens_sum", model), len(self.samples["ROMEO:"]["prompt_ids"]))
+        self.assertEqual(delta("vllm:request_params_max_tokens_sum", model), 5)
+        self.assertEqual(delta("vllm:request_params_n_sum", model), 1)
+        self.assertEqual(delta("vllm:request_queue_time_seconds_count", model), 1)
+        phase = {p: delta("vllm:request_%s_time_seconds_sum" % p, model) for p in ("queue", "prefill", "decode", "inference")}
+        self.assertGreater(phase["decode"], 0, phase)
+        self.assertGreater(phase["prefill"], 0, phase)
+        self.assertAlmostEqual(phase["inference"], phase["prefill"] + phase["decode"], places=6)
+        self.assertLessEqual(phase["queue"] + phase["inference"], delta("vllm:e2e_request_latency_seconds_sum", model) + 1e-3)
+        self.assertEqual(delta("moe_request_generation_tokens_sum"), 5)
         with own_front(self, self.cluster.address) as (port, _, _):  # no --metrics-url: the front's own alone
             self.call("/v1/models", base="http://127.0.0.1:%d" % port)
             status, text = self.call("/metrics", base="http://127.0.0.1:%d" % port, raw_answer=True)

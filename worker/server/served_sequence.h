@@ -2,6 +2,7 @@
 // far the engine has got, and what it produced.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -30,6 +31,10 @@ struct ServedSequence {
   // Prompt tokens its first admission found in the prefix cache (reported with its first token; -1
   // before it is admitted: a preemption's re-admission finds its own blocks, which do not count).
   int64_t cached_prompt_tokens = -1;
+  // When its Assign reached the serving loop, and at its first admission Assign.queued_seconds plus
+  // the wait since (reported with its first token: the coordinator's queue-time metrics).
+  std::chrono::steady_clock::time_point assigned_at = std::chrono::steady_clock::now();
+  float queued_seconds = 0;
   std::vector<int32_t> generated;  // sampled token ids
   // The engine samples its next token under a mask that allows no id (NextAllowed was false): the
   // pick is meaningless, the output ends instead.

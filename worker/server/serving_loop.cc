@@ -286,7 +286,10 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLog
   t->set_seq_id(seq_id);
   t->add_token_ids(tok);
   t->add_logprobs(pick.token_logprob);
-  if (s.generated.empty()) t->set_cached_prompt_tokens(static_cast<uint32_t>(std::max<int64_t>(0, s.cached_prompt_tokens)));
+  if (s.generated.empty()) {
+    t->set_cached_prompt_tokens(static_cast<uint32_t>(std::max<int64_t>(0, s.cached_prompt_tokens)));
+    t->set_queued_seconds(s.queued_seconds);
+  }
   if (a.top_logprobs() > 0) {
     AddAlternatives(pick.top, pick.top.size(), *t->add_top());
   }
@@ -412,7 +415,11 @@ bool ServingLoop::RunOnce() {
     MOE_CHECK(added.ok(), added.ToString());  // ids are unique among live sequences
     // A whole prompt attaches nothing, but the blocks it fills join its root's chain all the same.
     s.fed = engine_.AttachCachedPrefix(EngineId(*next), whole ? std::span<const int32_t>() : context, root);
-    if (s.cached_prompt_tokens < 0) s.cached_prompt_tokens = s.fed;
+    if (s.cached_prompt_tokens < 0) {  // its first admission
+      s.cached_prompt_tokens = s.fed;
+      s.queued_seconds = s.assign.queued_seconds() +
+                         std::chrono::duration<float>(std::chrono::steady_clock::now() - s.assigned_at).count();
+    }
   }
 
   // This step's chunks, within the free KV blocks: on demand, the last in priority and admission
