@@ -126,20 +126,24 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   s->options_ = options;
   MOE_ASSIGN_OR_RETURN(s->config_, ModelConfig::FromModelDir(options.model_dir));
   // Without a tokenizer file only token-id prompts work (text gets INVALID_ARGUMENT).
-  absl::StatusOr<std::shared_ptr<const TextCodec>> codec = LoadTextCodec(options.model_dir, options.tokenizer_file);
+  const std::string& tokenizer_dir = options.tokenizer_dir.empty() ? options.model_dir : options.tokenizer_dir;
+  absl::StatusOr<std::shared_ptr<const TextCodec>> codec = LoadTextCodec(tokenizer_dir, options.tokenizer_file);
   if (codec.ok()) {
     s->tokenizer_ = std::move(*codec);
-  } else if (!absl::IsNotFound(codec.status()) || options.tokenizer_file != TokenizerFile::kAuto) {
-    return codec.status();  // a file asked for by --tokenizer-mode must be there
+  } else if (!absl::IsNotFound(codec.status()) || options.tokenizer_file != TokenizerFile::kAuto ||
+             !options.tokenizer_dir.empty()) {
+    // A file asked for by --tokenizer-mode or --tokenizer must be there.
+    return options.tokenizer_dir.empty() ? codec.status()
+                                         : absl::Status(codec.status().code(), absl::StrCat("--tokenizer: ", codec.status().message()));
   }
   // A tokenizer's ids past the model's embedding rows would reach the workers from any text.
   if (s->tokenizer_ != nullptr && s->tokenizer_->vocab_size() > s->config_.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", options.model_dir, " has ", s->tokenizer_->vocab_size(),
+    return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", tokenizer_dir, " has ", s->tokenizer_->vocab_size(),
                                                    " tokens, more than config.json's vocab_size of ", s->config_.vocab_size));
   }
   MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
                        PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));
-  MOE_ASSIGN_OR_RETURN(ChatTemplateInfo chat, LoadChatTemplateInfo(options.model_dir, s->tokenizer_.get()));
+  MOE_ASSIGN_OR_RETURN(ChatTemplateInfo chat, LoadChatTemplateInfo(tokenizer_dir, s->tokenizer_.get()));
   if (options.max_model_len > s->config_.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("--max-model-len: ", options.max_model_len,
                                                    " exceeds the model's max_position_embeddings of ",

@@ -54,7 +54,7 @@ std::string CoordinatorUsage() {
          "         [--ports-file FILE] [--max-waiting 1024] [--max-running-per-rank 256]\n"
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
-         "         [--served-model-name NAME] [--tokenizer-mode auto|hf|slow|mistral]\n"
+         "         [--served-model-name NAME] [--tokenizer DIR] [--tokenizer-mode auto|hf|slow|mistral]\n"
          "         [--generation-config auto|vllm|DIR] [--override-generation-config JSON]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
          "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]\n"
@@ -71,6 +71,8 @@ std::string CoordinatorUsage() {
          "0 (the default): they fail at once with UNAVAILABLE.\n"
          "--served-model-name NAME (vLLM's): the model's name in GetModelInfo, moe-openai-server's default name\n"
          "for it and the model_name label of the vllm: metrics; by default the model folder's name.\n"
+         "--tokenizer DIR (vLLM's): the tokenizer and its tokenizer_config.json (BOS/EOS, chat template) come from\n"
+         "DIR instead of the model folder (e.g. a folder of synthetic weights: config.json alone).\n"
          "--tokenizer-mode (vLLM's): auto (the default) encodes text with the folder's tokenizer.json where it has\n"
          "one (as vLLM's and TGI's fast tokenizers), else its tokenizer.model; hf only tokenizer.json; slow and\n"
          "mistral only tokenizer.model (SentencePiece's own encoding, as mistral-common's).\n"
@@ -117,6 +119,7 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
          o.tokenizer_file = *file;
          return absl::OkStatus();
        }},
+      {"--tokenizer", path_flag("--tokenizer", o.tokenizer_dir)},
       {"--generation-config", path_flag("--generation-config", o.generation_config)},
       {"--override-generation-config",
        [&](const std::string& v) -> absl::Status {

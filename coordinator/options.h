@@ -20,6 +20,9 @@ struct CoordinatorOptions {
   std::string served_model_name;
   // Which tokenizer file of the model folder encodes text (vLLM's --tokenizer-mode).
   TokenizerFile tokenizer_file = TokenizerFile::kAuto;
+  // vLLM's --tokenizer: a folder whose tokenizer files and tokenizer_config.json (BOS/EOS, chat
+  // template) serve instead of the model folder's; empty: the model folder.
+  std::string tokenizer_dir;
   // Where the sampling defaults come from (vLLM's --generation-config): "auto", the model folder's
   // generation_config.json; "vllm", none (the API's own defaults); else a folder holding one.
   std::string generation_config = "auto";

@@ -545,6 +545,44 @@ TEST_F(FakeClusterTest, TokenizerFileFollowsTheModeAndFitsTheModel) {
   std::filesystem::remove_all(dir);
 }
 
+// --tokenizer DIR (vLLM's): the tokenizer and its tokenizer_config.json come from DIR, e.g. for a
+// folder holding config.json alone (synthetic weights); a DIR without a tokenizer refuses to start.
+TEST_F(FakeClusterTest, TokenizerFolderServesAModelFolderWithoutOne) {
+  const std::string dir = ::testing::TempDir() + "/moe_tokenizer_dir_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(kShakespeare + "/config.json", dir + "/config.json");
+  const auto tokenize = [&](const std::string& text) {
+    grpc::ClientContext ctx;
+    v1::TokenizeRequest req;
+    req.set_text(text);
+    v1::TokenizeResponse resp;
+    const grpc::Status st = stub_->Tokenize(&ctx, req, &resp);
+    return st.ok() ? std::vector<int32_t>(resp.token_ids().begin(), resp.token_ids().end()) : std::vector<int32_t>{-1};
+  };
+  CoordinatorOptions o = Options(dir, 1);
+  Start(o);
+  EXPECT_EQ(tokenize("ROMEO:"), std::vector<int32_t>{-1}) << "no tokenizer: text is refused";
+  server_.reset();
+  o.tokenizer_dir = kShakespeare;
+  Start(o);
+  // samples.json's prompt ids for "ROMEO:"; its tokenizer_config.json adds no BOS.
+  EXPECT_EQ(tokenize("ROMEO:"), (std::vector<int32_t>{870, 2007}));
+  grpc::ClientContext ctx;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(info.bos_token(), "<s>");
+  EXPECT_EQ(info.served_model_name(), std::filesystem::path(dir).filename().string()) << "the model folder names the model";
+  server_.reset();
+  o.tokenizer_dir = kTiny;
+  absl::StatusOr<std::unique_ptr<CoordinatorServer>> none = CoordinatorServer::Start(o);
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(none.status().message().find("--tokenizer: " + kTiny + " has no tokenizer.json or tokenizer.model"),
+            std::string_view::npos)
+      << none.status();
+  std::filesystem::remove_all(dir);
+}
+
 // --generation-config: the model folder's generation_config.json gives GetModelInfo's
 // default_sampling (and its eos_token_id the model's end ids) unless "vllm"; a folder named
 // without such a file refuses to start.

@@ -107,6 +107,11 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
     EXPECT_NE(ReadFile(err).find("--served-model-name: empty name"), std::string::npos) << ReadFile(err);
   }
   {
+    Process p({"--model", kTiny, "--world-size", "1", "--tokenizer="}, err);
+    EXPECT_EQ(p.Wait(seconds(20)), 2);
+    EXPECT_NE(ReadFile(err).find("--tokenizer: empty path"), std::string::npos) << ReadFile(err);
+  }
+  {
     Process p({"--model", kTiny, "--world-size", "1", "--tokenizer-mode", "fast"}, err);
     EXPECT_EQ(p.Wait(seconds(20)), 2);
     EXPECT_NE(ReadFile(err).find("--tokenizer-mode: tokenizer mode \"fast\" is none of auto, hf, slow, mistral"),
