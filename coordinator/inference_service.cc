@@ -103,9 +103,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   std::vector<SeqSubmission> seqs;
   for (uint32_t i = 0; i < n; ++i) seqs.push_back({job->CompletionAssign(i), job->reserve_positions()});
   auto mailbox = std::make_shared<Mailbox>();
+  // Its completions' queue times count from their Submit, just after this.
+  const Clock::time_point admitted = Clock::now();
   absl::StatusOr<std::vector<uint64_t>> ids = state_.Submit(std::move(seqs), mailbox);
   if (!ids.ok()) return refused(ids.status());
-  const Clock::time_point admitted = Clock::now();
   stats_.AddPromptTokens(static_cast<int64_t>(job->assign.prompt_size()) * n);
   const std::string request_id = request->request_id().empty() ? absl::StrCat("req-", ids->front()) : request->request_id();
 
@@ -163,7 +164,6 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   std::optional<Clock::time_point> last_tokens_at;
   while (remaining > 0) {
     std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);
-    const Clock::time_point taken = Clock::now();
     if (context->IsCancelled()) {  // the client cancelled or its deadline passed
       cancel_rest();
       return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled"));
@@ -184,10 +184,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
       if (e.message.has_tokens()) {
         if (e.message.tokens().token_ids_size() > 0) {
           if (!first_token_at[i]) {
-            first_token_at[i] = taken;
+            first_token_at[i] = e.posted;
             queued[i] = e.message.tokens().queued_seconds();
           }
-          last_token_at[i] = taken;
+          last_token_at[i] = e.posted;
         }
         absl::StatusOr<bool> stopped = outs[i]->AddTokens(e.message.tokens(), responses[i]);
         if (!stopped.ok()) {

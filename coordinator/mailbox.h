@@ -19,11 +19,15 @@ struct SeqEvent {
   uint64_t seq_id = 0;
   v1::WorkerMessage message;  // tokens, scored or finished (when failure is OK)
   absl::Status failure;       // not OK: the sequence is gone (a rank was lost, shutdown)
+  // When it was posted (the worker's message read): its request's phase times count to here, not
+  // to when a handler busy writing to a slow client takes it.
+  std::chrono::steady_clock::time_point posted{};
 };
 
 class Mailbox {
  public:
   void Post(SeqEvent e) {
+    e.posted = std::chrono::steady_clock::now();
     {
       std::lock_guard<std::mutex> lock(mu_);
       events_.push_back(std::move(e));

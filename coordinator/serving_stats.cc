@@ -131,6 +131,8 @@ ServingStats::ServingStats(const std::string& model_name)
               &CourseMetrics::decode);
   course_pair("request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", kPhaseBuckets,
               &CourseMetrics::inference);
+  course_pair("request_time_per_output_token_seconds", "Histogram of time_per_output_token_seconds per request.",
+              kItlBuckets, &CourseMetrics::time_per_output_token);
   course_pair("request_prompt_tokens", "Number of prefill tokens processed.", kTokenCountBuckets,
               &CourseMetrics::prompt_tokens);
   course_pair("request_generation_tokens", "Number of generation tokens processed.", kTokenCountBuckets,
@@ -276,20 +278,24 @@ void ServingStats::ObserveRequest(const RequestCourse& request) {
   for (const CompletionCourse& c : request.completions) {
     generated += c.generated_tokens;
     most = std::max(most, c.generated_tokens);
-    for (CourseMetrics* m : {&course_, &vllm_course_}) {
+  }
+  // vLLM records finished requests only (a cancelled or failed one is dropped), each completion
+  // (its n children) apart, n and the most tokens per request.
+  for (CourseMetrics* m : {&course_, &vllm_course_}) {
+    if (request.code != absl::StatusCode::kOk) break;
+    for (const CompletionCourse& c : request.completions) {
       m->prompt_tokens->Observe(static_cast<double>(c.prompt_tokens));
       m->generation_tokens->Observe(static_cast<double>(c.generated_tokens));
+      m->params_max_tokens->Observe(static_cast<double>(request.max_tokens));
       if (c.timed) {
         m->queue->Observe(c.queue_seconds);
         m->prefill->Observe(c.prefill_seconds);
         m->decode->Observe(c.decode_seconds);
         m->inference->Observe(c.prefill_seconds + c.decode_seconds);
+        if (c.generated_tokens > 1) m->time_per_output_token->Observe(c.decode_seconds / static_cast<double>(c.generated_tokens - 1));
       }
     }
-  }
-  for (CourseMetrics* m : {&course_, &vllm_course_}) {
     m->params_n->Observe(static_cast<double>(request.completions.size()));
-    m->params_max_tokens->Observe(static_cast<double>(request.max_tokens));
     m->max_generation_tokens->Observe(static_cast<double>(most));
   }
   tgi_.input_length->Observe(static_cast<double>(request.input_tokens));

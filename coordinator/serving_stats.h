@@ -80,9 +80,11 @@ class ServingStats {
   // "overloaded" for RESOURCE_EXHAUSTED, "generation" for UNAVAILABLE (the cluster cannot serve),
   // else "validation", as TGI's).
   void CountRefused(absl::StatusCode code);
-  // A Generate request that ran has ended: its latency (e2e), its parameters (vLLM's
-  // request_params_n and _max_tokens) and its completions' courses (vLLM's per-request token
-  // counts and phase times: every completion's, the phases of those that got a token); its prompt
+  // A Generate request that ran has ended: its latency (e2e); where it ended OK (vLLM records
+  // finished requests only), its parameters (vLLM's request_params_n, per request, and
+  // request_params_max_tokens, per completion) and its completions' courses (vLLM's per-request
+  // token counts, phase times and mean time per output token: every completion's, the phases of
+  // those that got a token); its prompt
   // length (tgi_request_input_length, as TGI records every validated request's), and by the code a
   // success (OK: its latency, validation time, generated tokens (all its completions'), queue and
   // inference times and mean time per token (its first completion's) into TGI's histograms, which
@@ -118,7 +120,7 @@ class ServingStats {
   prometheus::Family<prometheus::Counter>* success_;
   // Per request and per completion (RequestCourse), under the project's names and vLLM's.
   struct CourseMetrics {
-    prometheus::Histogram *queue, *prefill, *decode, *inference;
+    prometheus::Histogram *queue, *prefill, *decode, *inference, *time_per_output_token;
     prometheus::Histogram *prompt_tokens, *generation_tokens, *max_generation_tokens;
     prometheus::Histogram *params_n, *params_max_tokens;
   } course_{}, vllm_course_{};

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -857,6 +858,48 @@ TEST_F(FakeClusterTest, PrometheusMetricsUseTheMoePrefixAndBaseUnits) {
         "moe_request_success_total{finish_reason=\"stop_sequence\"} 0"}) {
     EXPECT_NE(page.find(needle), std::string::npos) << needle << "\n" << page;
   }
+}
+
+// vLLM's queue time: a sequence's Assign carries how long the coordinator held it (here: behind
+// another, --max-running-per-rank 1), the rank reports that plus its own wait with the first token,
+// and the coordinator's histograms take the report.
+TEST_F(FakeClusterTest, QueueTimeGoesFromTheCoordinatorThroughTheRankToTheMetrics) {
+  CoordinatorOptions o = Options(kTiny, 1);
+  o.metrics_listen = "127.0.0.1:0";
+  o.limits.max_running_per_rank = 1;
+  Start(o);
+  auto w = FormCluster(1);
+  const auto answer = [&](const v1::Assign& a, float queued) {
+    v1::WorkerMessage m;
+    m.mutable_tokens()->set_seq_id(a.seq_id());
+    m.mutable_tokens()->add_token_ids(100);
+    m.mutable_tokens()->set_queued_seconds(queued);
+    w[0]->Send(m);
+    w[0]->SendFinished(a.seq_id(), v1::Finished::REASON_LENGTH);
+  };
+  std::future<GenerateCall> first = GenerateAsync(IdsRequest({4, 5}, 1));
+  std::optional<v1::CoordinatorMessage> a = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(a.has_value());
+  EXPECT_LT(a->assign().queued_seconds(), 0.25f) << "sent at once";
+  std::future<GenerateCall> second = GenerateAsync(IdsRequest({6}, 1));
+  ASSERT_TRUE(PollUntil([&] { return Stats().requests_waiting() == 1; }, seconds(10)));
+  std::this_thread::sleep_for(Millis(300));
+  answer(a->assign(), 0.0f);
+  std::optional<v1::CoordinatorMessage> b = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+  ASSERT_TRUE(b.has_value());
+  const float held = b->assign().queued_seconds();
+  EXPECT_GE(held, 0.3f) << "it waited behind the first";
+  EXPECT_LT(held, 30.0f);
+  answer(b->assign(), held + 0.5f);  // the rank's own half second
+  ASSERT_TRUE(first.get().status.ok());
+  ASSERT_TRUE(second.get().status.ok());
+  const std::string page = HttpGet(server_->ports().metrics_port, "/metrics");
+  const auto value = [&](const std::string& name) {
+    const size_t at = page.find("\n" + name + " ");
+    return at == std::string::npos ? -1.0 : std::stod(page.substr(at + name.size() + 2));
+  };
+  EXPECT_EQ(value("moe_request_queue_time_seconds_count"), 2) << page;
+  EXPECT_NEAR(value("moe_request_queue_time_seconds_sum"), held + 0.5, 1e-4);
 }
 
 }  // namespace

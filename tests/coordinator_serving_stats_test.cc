@@ -78,9 +78,10 @@ TEST(ServingStatsTest, TgisRequestMetricsCountEachOutcomeOnce) {
   EXPECT_EQ(Samples(stats)["tgi_request_failure{err=generation}"], 2);
 }
 
-// vLLM's per-request figures (and the project's under moe_): token counts and phases of every
-// completion, the phases only of those that got a token; the parameters per request. TGI's queue
-// and inference durations come from a success's first completion.
+// vLLM's per-request figures (and the project's under moe_), of requests that ended OK: token
+// counts, max_tokens and phases of every completion, the phases only of those that got a token; n
+// and the most tokens per request. TGI's queue and inference durations come from a success's first
+// completion.
 TEST(ServingStatsTest, RequestCoursesFillThePerRequestHistograms) {
   ServingStats stats("mixtral");
   RequestCourse r{.seconds = 2.0, .validation_seconds = 0.25, .input_tokens = 10, .max_tokens = 64};
@@ -90,8 +91,12 @@ TEST(ServingStatsTest, RequestCoursesFillThePerRequestHistograms) {
                            .prefill_seconds = 0.5, .decode_seconds = 1.25});
   stats.ObserveRequest(r);
   RequestCourse unserved{.seconds = 1.0, .input_tokens = 4, .max_tokens = 8, .code = absl::StatusCode::kCancelled};
-  unserved.completions.push_back({.prompt_tokens = 4, .generated_tokens = 0});  // cancelled while queued
+  unserved.completions.push_back({.prompt_tokens = 4, .generated_tokens = 2, .timed = true, .queue_seconds = 0.5,
+                                  .prefill_seconds = 0.5, .decode_seconds = 0.5});  // cancelled: not counted
   stats.ObserveRequest(unserved);
+  RequestCourse queued{.seconds = 1.0, .input_tokens = 3, .max_tokens = 8};
+  queued.completions.push_back({.prompt_tokens = 3, .generated_tokens = 0});  // e.g. echo alone: no token
+  stats.ObserveRequest(queued);
   std::map<std::string, double> s = Samples(stats);
   for (const std::string& prefix : {std::string("vllm:"), std::string("moe_")}) {
     const std::string label = prefix == "vllm:" ? "{model_name=mixtral}" : "";
@@ -101,13 +106,14 @@ TEST(ServingStatsTest, RequestCoursesFillThePerRequestHistograms) {
     EXPECT_EQ(at("request_prefill_time_seconds_sum"), 0.75);
     EXPECT_EQ(at("request_decode_time_seconds_sum"), 2.25);
     EXPECT_EQ(at("request_inference_time_seconds_sum"), 3.0);
+    EXPECT_EQ(at("request_time_per_output_token_seconds_sum"), 1.0 / 4 + 1.25 / 8);
     EXPECT_EQ(at("request_prompt_tokens_count"), 3) << "every completion";
-    EXPECT_EQ(at("request_prompt_tokens_sum"), 24);
+    EXPECT_EQ(at("request_prompt_tokens_sum"), 23);
     EXPECT_EQ(at("request_generation_tokens_sum"), 14);
     EXPECT_EQ(at("request_max_num_generation_tokens_count"), 2) << "every request";
     EXPECT_EQ(at("request_max_num_generation_tokens_sum"), 9);
     EXPECT_EQ(at("request_params_n_sum"), 3);
-    EXPECT_EQ(at("request_params_max_tokens_sum"), 72);
+    EXPECT_EQ(at("request_params_max_tokens_sum"), 64 + 64 + 8) << "per completion";
   }
   EXPECT_EQ(s["tgi_request_validation_duration_sum"], 0.25);
   EXPECT_EQ(s["tgi_request_queue_duration_count"], 1) << "successes only";

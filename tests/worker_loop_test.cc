@@ -612,9 +612,21 @@ TEST_F(WorkerLoopTest, SequenceWaitsForKvRoomThenRuns) {
   LoopHarness h(eo, {.kv_admission = KvAdmission::kReserve});
   h.Push(Greedy(1, Prompt(3), 24));  // 64 + 24 -> 6 blocks
   h.Push(Greedy(2, Prompt(1), 24));  // 5 + 24 -> 2 blocks
-  h.Push(Greedy(3, Prompt(2), 24));  // 17 + 24 -> 3 blocks: waits
+  Assign waits = Greedy(3, Prompt(2), 24);  // 17 + 24 -> 3 blocks: waits
+  waits.set_queued_seconds(0.5f);  // what the coordinator held it
+  h.Push(waits);
   h.Push(Greedy(4, Prompt(4), 24));  // 130 + 24 -> 10 blocks: never fits
   h.RunUntilDone();
+  // Its first token reports the coordinator's wait plus the rank's (while 1 ran); others none.
+  std::map<uint64_t, std::vector<float>> queued;
+  for (const auto& m : h.out.messages()) {
+    if (m.has_tokens()) queued[m.tokens().seq_id()].push_back(m.tokens().queued_seconds());
+  }
+  ASSERT_EQ(queued[3].size(), 24u);
+  EXPECT_GT(queued[3][0], 0.5f);
+  EXPECT_LT(queued[3][0], 60.0f);
+  EXPECT_LT(queued[1][0], queued[3][0] - 0.5f) << "1 ran at once";
+  for (size_t i = 1; i < queued[3].size(); ++i) EXPECT_EQ(queued[3][i], 0.0f) << "the first token's alone";
 
   auto seqs = h.out.BySequence();
   EXPECT_EQ(seqs[1].tokens, Greedy24(3));
