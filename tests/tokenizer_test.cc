@@ -607,6 +607,50 @@ TEST_F(LoadTest, LegacyFalseDropsTheSpaceAfterSpecialTokens) {
   EXPECT_NE(bad.status().message().find("legacy"), std::string_view::npos) << bad.status();
 }
 
+// A slow tokenizer's added tokens (tokenizer_config.json's added_tokens_decoder, added_tokens.json)
+// must be the model's own special pieces (Mistral v3's 771 control tokens are); a fine-tune's token
+// past the vocabulary refuses to load, naming it, where it would otherwise be encoded as text.
+TEST_F(LoadTest, SlowAddedTokensMustBeTheModelsOwnSpecialPieces) {
+  fs::copy_file(kTokenizerData + "/mistral-v3.model", dir_ / "tokenizer.model");
+  const nlohmann::json fast = nlohmann::json::parse(std::ifstream(kTokenizerData + "/mistral-v3.tokenizer.json"));
+  nlohmann::json config = {{"legacy", false}};
+  for (const nlohmann::json& a : fast["added_tokens"]) {
+    config["added_tokens_decoder"][std::to_string(a["id"].get<int>())] = {{"content", a["content"]}, {"special", true}};
+  }
+  ASSERT_EQ(config["added_tokens_decoder"].size(), 771u);
+  WriteConfig(config.dump());
+  auto v3 = LoadOrDie(Tokenizer::Load(dir_.string()));
+  EXPECT_EQ(v3->EncodeWithSpecialTokens("[INST]").size(), 1u);
+  config["added_tokens_decoder"]["32768"] = {{"content", "<|im_start|>"}, {"special", true}};
+  WriteConfig(config.dump());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> chatml = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(chatml.ok());
+  EXPECT_EQ(chatml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(chatml.status().message().find("the added token \"<|im_start|>\" (id 32768) is not a special piece of "
+                                           "tokenizer.model (32768 pieces)"),
+            std::string_view::npos)
+      << chatml.status();
+  config["added_tokens_decoder"].erase("32768");
+  config["added_tokens_decoder"]["3"] = {{"content", "[NOT_INST]"}};  // not the piece at that id
+  WriteConfig(config.dump());
+  EXPECT_FALSE(Tokenizer::Load(dir_.string()).ok());
+  config["added_tokens_decoder"] = {{"x", {{"content", "<s>"}}}};
+  WriteConfig(config.dump());
+  absl::StatusOr<std::unique_ptr<Tokenizer>> bad = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("\"added_tokens_decoder\" entry \"x\""), std::string_view::npos) << bad.status();
+
+  WriteConfig("{}");
+  std::ofstream(dir_ / "added_tokens.json") << R"({"<|im_end|>": 32768})";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> listed = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(listed.ok());
+  EXPECT_NE(listed.status().message().find("\"<|im_end|>\" (id 32768)"), std::string_view::npos) << listed.status();
+  // Beside a tokenizer.json (the default mode reads it), the added tokens are that file's.
+  fs::copy_file(kTokenizerData + "/mistral-v3.tokenizer.json", dir_ / "tokenizer.json");
+  EXPECT_TRUE(Tokenizer::Load(dir_.string()).ok());
+  EXPECT_FALSE(Tokenizer::Load(dir_.string(), TokenizerFile::kSentencePiece).ok());
+}
+
 TEST_F(LoadTest, CorruptModelNamesTheFile) {
   std::ofstream(dir_ / "tokenizer.model") << "not a sentencepiece model";
   auto tok = Tokenizer::Load(dir_.string());

@@ -1,6 +1,7 @@
 #include "worker/tokenizer.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <string>
 #include <string_view>
@@ -42,6 +43,39 @@ absl::StatusOr<std::string> TokenText(const nlohmann::json& config, const char* 
   if (it->is_string()) return it->get<std::string>();
   if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) return (*it)["content"].get<std::string>();
   return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" is not a token's text"));
+}
+
+// A slow tokenizer's added tokens (tokenizer_config.json's "added_tokens_decoder": {"32001":
+// {"content": "<|im_start|>", ...}}, or added_tokens.json's {"<|im_start|>": 32001}) as (id, text).
+absl::StatusOr<std::vector<std::pair<int64_t, std::string>>> SlowAddedTokens(const nlohmann::json* config,
+                                                                           const std::string& config_path,
+                                                                           const std::filesystem::path& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  if (config != nullptr && config->contains("added_tokens_decoder") && !(*config)["added_tokens_decoder"].is_null()) {
+    const nlohmann::json& decoder = (*config)["added_tokens_decoder"];
+    if (!decoder.is_object()) return absl::InvalidArgumentError(absl::StrCat(config_path, ": \"added_tokens_decoder\" is not an object"));
+    for (const auto& [key, token] : decoder.items()) {
+      int64_t id = 0;
+      const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (ec != std::errc() || end != key.data() + key.size() || !token.is_object() || !token.contains("content") ||
+          !token["content"].is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(config_path, ": \"added_tokens_decoder\" entry \"", key, "\" is not an id with {\"content\": text}"));
+      }
+      out.emplace_back(id, token["content"].get<std::string>());
+    }
+  }
+  const std::string added_path = (dir / "added_tokens.json").string();
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(added_path, ec)) {
+    MOE_ASSIGN_OR_RETURN(nlohmann::json added, ReadJsonFile(added_path));
+    if (!added.is_object()) return absl::InvalidArgumentError(absl::StrCat(added_path, ": not a JSON object"));
+    for (const auto& [text, id] : added.items()) {
+      if (!id.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(added_path, ": \"", text, "\" has no integer id"));
+      out.emplace_back(id.get<int64_t>(), text);
+    }
+  }
+  return out;
 }
 
 bool IsUtf8Continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
@@ -112,8 +146,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   std::optional<bool> add_bos, add_eos, legacy;
   std::string bos_token = "<s>", eos_token = "</s>";
   std::error_code ec;
+  std::optional<nlohmann::json> config_json;
   if (std::filesystem::exists(config_path, ec)) {
-    MOE_ASSIGN_OR_RETURN(nlohmann::json config, ReadJsonFile(config_path));
+    MOE_ASSIGN_OR_RETURN(config_json, ReadJsonFile(config_path));
+    const nlohmann::json& config = *config_json;
     if (!config.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(config_path, ": not a JSON object"));
     }
@@ -134,7 +170,25 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     return std::unique_ptr<Tokenizer>(new Tokenizer(std::move(sp), bos, eos, /*legacy=*/true));
   }
   // Mistral's tokenizers prepend BOS; a config only needs to say so when it differs.
-  return FromFile((dir / "tokenizer.model").string(), add_bos.value_or(true), add_eos.value_or(false), legacy.value_or(true));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, FromFile((dir / "tokenizer.model").string(), add_bos.value_or(true),
+                                                                 add_eos.value_or(false), legacy.value_or(true)));
+  // A slow tokenizer's added tokens beyond the model's own control, unknown and user-defined pieces
+  // (which it splits out whole itself), e.g. a fine-tune's ChatML tokens past the vocabulary, are
+  // read from a tokenizer.json only: encoding them as text would be silently wrong.
+  MOE_ASSIGN_OR_RETURN(auto added, SlowAddedTokens(config_json ? &*config_json : nullptr, config_path, dir));
+  for (const auto& [id, text] : added) {
+    const bool own = id >= 0 && id < tok->sp_->size() && tok->sp_->piece(static_cast<int32_t>(id)) == text &&
+                     tok->sp_->type(static_cast<int32_t>(id)) != SentencePieceBpe::Type::kNormal &&
+                     tok->sp_->type(static_cast<int32_t>(id)) != SentencePieceBpe::Type::kByte &&
+                     tok->sp_->type(static_cast<int32_t>(id)) != SentencePieceBpe::Type::kUnused;
+    if (!own) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          model_dir, ": the added token \"", text, "\" (id ", id, ") is not a special piece of tokenizer.model (",
+          tok->sp_->size(), " pieces); added tokens are read from a tokenizer.json only (--tokenizer-mode auto or hf, "
+          "with the folder's tokenizer.json)"));
+    }
+  }
+  return tok;
 }
 
 void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix,
