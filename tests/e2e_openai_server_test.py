@@ -273,10 +273,19 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                     return float(line.split()[-1])
             return 0.0
 
+        def value(text, name):
+            for line in text.splitlines():
+                if line.startswith(name + "{") and 'handler="/v1/completions"' in line:
+                    return float(line.split()[-1])
+            return 0.0
+
         status, before = self.call("/metrics", raw_answer=True)
         self.assertEqual(status, 200, before)
-        status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 2, "temperature": 0})
-        self.assertEqual(status, 200, body)
+        request = {"prompt": "ROMEO:", "max_tokens": 2, "temperature": 0}
+        with urllib.request.urlopen(urllib.request.Request(self.base + "/v1/completions", data=json.dumps(request).encode(),
+                                                           headers={"Content-Type": "application/json"}), timeout=60) as r:
+            answer_bytes = int(r.headers["Content-Length"])
+            self.assertEqual(len(r.read()), answer_bytes)
         status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": "many"})
         self.assertEqual(status, 400, body)
         status, body = self.call("/v1/no/such/route", {})
@@ -284,16 +293,29 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         # The answer names what is served (the route list's own paths).
         self.assertIn("/v1/chat/completions, /v1/responses, /v1/responses/{id}, ", body["error"]["message"])
         self.assertIn("and TGI's /generate, /generate_stream, /info, /chat_tokenize, /)", body["error"]["message"])
-        status, after = self.call("/metrics", raw_answer=True)
-        self.assertEqual(status, 200, after)
         answered = {"handler": "/v1/completions", "method": "POST", "status": "2xx"}
-        for labels, want in ((answered, 1), (dict(answered, status="4xx"), 1),
-                             ({"handler": "none", "method": "POST", "status": "4xx"}, 1)):
+        expected = ((answered, 1), (dict(answered, status="4xx"), 1), ({"handler": "none", "method": "POST", "status": "4xx"}, 1))
+        # civetweb counts a request once it has closed its connection, which may come after the
+        # client has read the answer: the scrape waits for the three.
+        deadline = time.monotonic() + 10
+        while True:
+            status, after = self.call("/metrics", raw_answer=True)
+            self.assertEqual(status, 200, after)
+            if all(count(after, labels) - count(before, labels) >= want for labels, want in expected) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for labels, want in expected:
             self.assertEqual(count(after, labels) - count(before, labels), want, labels)
         self.assertIn("# TYPE http_request_duration_highr_seconds histogram", after)
         self.assertIn('http_request_duration_seconds_count{handler="/v1/completions",method="POST"}', after)
         self.assertNotIn('handler="/metrics"', after)
         self.assertIn("moe_num_requests_running", after, "the coordinator's metrics still there")
+        # The size summaries take the Content-Length headers: both completions' bodies, the answer.
+        self.assertEqual(value(after, "http_request_size_bytes_count") - value(before, "http_request_size_bytes_count"), 2)
+        self.assertEqual(value(after, "http_request_size_bytes_sum") - value(before, "http_request_size_bytes_sum"),
+                         len(json.dumps(request).encode()) + len(json.dumps({"prompt": "ROMEO:", "max_tokens": "many"}).encode()))
+        grew = value(after, "http_response_size_bytes_sum") - value(before, "http_response_size_bytes_sum")
+        self.assertGreaterEqual(grew, answer_bytes, "the answer's and the refusal's")
 
     def test_b_greedy_completions_carry_the_samples_text(self):
         for prompt, s in self.samples.items():

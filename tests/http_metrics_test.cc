@@ -1,7 +1,7 @@
 // The HTTP front's request metrics (coordinator/openai/http_metrics.h) against what vLLM's API
 // server exposes through prometheus-fastapi-instrumentator: the route templates as handlers, "none"
 // for unknown paths, status classes, vLLM's excluded routes, and the histograms' cumulative buckets
-// worked out by hand.
+// worked out by hand, the size summaries.
 #include "coordinator/openai/http_metrics.h"
 
 #include <gtest/gtest.h>
@@ -73,6 +73,29 @@ TEST(HttpMetricsTest, RendersCountersAndCumulativeHistograms) {
   has("http_request_duration_highr_seconds_bucket{le=\"60.0\"} 4");
   has("http_request_duration_highr_seconds_bucket{le=\"+Inf\"} 4");
   has("http_request_duration_highr_seconds_count 4");
+}
+
+// The size summaries (the instrumentator's, no quantiles): per handler, the requests' and answers'
+// Content-Length summed, 0 where there was none (a stream); the excluded routes not counted.
+TEST(HttpMetricsTest, SizeSummariesSumTheContentLengths) {
+  HttpMetrics m = ServerMetrics();
+  m.Observe("/metrics", "GET", 200, 0.001, 0, 5000);
+  m.Observe("/v1/completions", "POST", 200, 0.3, 120, 800);
+  m.Observe("/v1/completions", "POST", 200, 0.4, 80, 0);  // a stream: no Content-Length
+  m.Observe("/v1/models", "GET", 200, 0.01, 0, 300);
+  const std::string text = m.Render();
+  const auto has = [&](const std::string& line) {
+    EXPECT_NE(text.find(line + "\n"), std::string::npos) << line << "\nin:\n" << text;
+  };
+  has("# TYPE http_request_size_bytes summary");
+  has("http_request_size_bytes_count{handler=\"/v1/completions\"} 2");
+  has("http_request_size_bytes_sum{handler=\"/v1/completions\"} 200.0");
+  has("http_request_size_bytes_sum{handler=\"/v1/models\"} 0.0");
+  has("# TYPE http_response_size_bytes summary");
+  has("http_response_size_bytes_count{handler=\"/v1/completions\"} 2");
+  has("http_response_size_bytes_sum{handler=\"/v1/completions\"} 800.0");
+  has("http_response_size_bytes_sum{handler=\"/v1/models\"} 300.0");
+  EXPECT_EQ(text.find("handler=\"/metrics\""), std::string::npos);
 }
 
 }  // namespace

@@ -32,15 +32,15 @@ const char* RequestIdHeader(mg_connection* conn) {
 }
 
 namespace {
-thread_local int status_sent = 0;  // civetweb serves a request on one thread
+thread_local HeadSent head_sent;  // civetweb serves a request on one thread
 }  // namespace
 
-int TakeStatusSent() { return std::exchange(status_sent, 0); }
+HeadSent TakeHeadSent() { return std::exchange(head_sent, HeadSent{}); }
 
-void NoteStatusSent(int status) { status_sent = status; }
+void NoteHeadSent(HeadSent head) { head_sent = head; }
 
 void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length) {
-  status_sent = status;
+  head_sent = {status, length};
   const std::string size = length >= 0 ? "Content-Length: " + std::to_string(length) + "\r\n" : "Cache-Control: no-cache\r\n";
   const char* id = RequestIdHeader(conn);
   const std::string echo = id != nullptr ? std::string("X-Request-Id: ") + id + "\r\n" : std::string();

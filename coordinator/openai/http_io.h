@@ -25,13 +25,18 @@ const char* RequestIdHeader(mg_connection* conn);
 // The status line and headers of every answer: `length` < 0 for a stream (server-sent events).
 void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length);
 
-// The status of the answer this thread last began with SendHead (or NoteStatusSent), then forgotten:
-// 0 when none was sent since the last call. civetweb knows only the status a handler returns, not
-// what an authorization hook sent (HttpMetrics counts by this). A handler that runs on a thread of
-// its own (ServePost's big stack) hands its status back to civetweb's thread with NoteStatusSent.
-int TakeStatusSent();
+// The status and Content-Length (-1: none, a stream) of the answer this thread last began with
+// SendHead (or NoteHeadSent), then forgotten: status 0 when none was sent since the last call.
+// civetweb knows only the status a handler returns, not what an authorization hook sent, nor the
+// answer's size (HttpMetrics counts by this). A handler that runs on a thread of its own
+// (ServePost's big stack) hands it back to civetweb's thread with NoteHeadSent.
+struct HeadSent {
+  int status = 0;
+  long long length = -1;
+};
+HeadSent TakeHeadSent();
 // For an answer written without SendHead (the CORS preflight's), or on another thread.
-void NoteStatusSent(int status);
+void NoteHeadSent(HeadSent head);
 
 // A JSON answer already written out (an ordered_json's, which keeps OpenAI's field order).
 void SendJsonText(mg_connection* conn, int status, const std::string& body);

@@ -66,7 +66,8 @@ void HttpMetrics::Add(Histogram& h, const std::vector<double>& bounds, double se
   ++h.count;
 }
 
-void HttpMetrics::Observe(std::string_view path, std::string_view method, int status, double seconds) {
+void HttpMetrics::Observe(std::string_view path, std::string_view method, int status, double seconds,
+                          int64_t request_bytes, int64_t response_bytes) {
   const std::string handler = Handler(path);
   if (handler.empty()) return;
   const std::string status_class = status >= 100 && status <= 599 ? std::to_string(status / 100) + "xx" : "none";
@@ -74,6 +75,10 @@ void HttpMetrics::Observe(std::string_view path, std::string_view method, int st
   ++requests_[{handler, std::string(method), status_class}];
   Add(duration_[{handler, std::string(method)}], kLowResolution, seconds);
   Add(highr_, kHighResolution, seconds);
+  Sizes& sizes = sizes_[handler];
+  ++sizes.count;
+  sizes.request_bytes += static_cast<double>(request_bytes);
+  sizes.response_bytes += static_cast<double>(response_bytes);
 }
 
 std::string HttpMetrics::Render() const {
@@ -111,6 +116,23 @@ std::string HttpMetrics::Render() const {
     histogram("http_request_duration_seconds",
               "handler=\"" + Escaped(key.first) + "\",method=\"" + Escaped(key.second) + "\"", h, kLowResolution);
   }
+  const auto summary = [&](const std::string& name, const std::string& help, double Sizes::*bytes) {
+    out += "# HELP " + name + " " + help + "\n";
+    out += "# TYPE " + name + " summary\n";
+    for (const auto& [handler, sizes] : sizes_) {
+      const std::string labels = "{handler=\"" + Escaped(handler) + "\"}";
+      out += name + "_count" + labels + " " + std::to_string(sizes.count) + "\n";
+      out += name + "_sum" + labels + " " + Number(sizes.*bytes) + "\n";
+    }
+  };
+  summary("http_request_size_bytes",
+          "Content length of incoming requests by handler. Only value of header is respected. Otherwise ignored. "
+          "No percentile calculated. ",
+          &Sizes::request_bytes);
+  summary("http_response_size_bytes",
+          "Content length of outgoing responses by handler. Only value of header is respected. Otherwise ignored. "
+          "No percentile calculated. ",
+          &Sizes::response_bytes);
   return out;
 }
 

@@ -6,7 +6,9 @@
 // check) beside the requests that reach the cluster, whose own metrics the coordinator serves.
 // `handler` is the route's template ("/v1/completions", "/v1/responses/{response_id}"), "none"
 // for a path no route serves; the routes vLLM leaves out (/metrics, /health, /ping, /version) are
-// not counted. The request and response size summaries are not kept.
+// not counted. The request and response size summaries (http_request_size_bytes,
+// http_response_size_bytes{handler}) take the Content-Length headers, 0 without one (a stream's
+// answer), as the instrumentator does.
 #pragma once
 
 #include <cstdint>
@@ -29,8 +31,10 @@ class HttpMetrics {
   // The handler label of a request path: its route's template, "none", or "" for a route not counted.
   std::string Handler(std::string_view path) const;
 
-  // One finished request: its path, method, HTTP status and time from its first byte to its last.
-  void Observe(std::string_view path, std::string_view method, int status, double seconds);
+  // One finished request: its path, method, HTTP status, time from its first byte to its last, and
+  // its and its answer's Content-Length (0 without one).
+  void Observe(std::string_view path, std::string_view method, int status, double seconds, int64_t request_bytes = 0,
+               int64_t response_bytes = 0);
 
   // Prometheus' text format, each family with its HELP and TYPE lines (none before a first request).
   std::string Render() const;
@@ -48,6 +52,12 @@ class HttpMetrics {
   std::map<std::tuple<std::string, std::string, std::string>, uint64_t> requests_;  // handler, method, status class
   std::map<std::pair<std::string, std::string>, Histogram> duration_;             // handler, method
   Histogram highr_;
+  // Per handler: requests counted, their sizes summed (Prometheus summaries without quantiles).
+  struct Sizes {
+    uint64_t count = 0;
+    double request_bytes = 0, response_bytes = 0;
+  };
+  std::map<std::string, Sizes> sizes_;
 };
 
 }  // namespace moe::openai

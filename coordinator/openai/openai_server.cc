@@ -291,19 +291,21 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   // its begin to its end, so the start time waits in a thread_local.
   callbacks.begin_request = [](mg_connection*) {
     request_start = std::chrono::steady_clock::now();
-    (void)TakeStatusSent();
+    (void)TakeHeadSent();
     return 0;  // civetweb goes on to the handlers
   };
   callbacks.end_request = [](const mg_connection* conn, int returned) {
     // What was sent (a refusal of the key check, a stream's 200) over what a handler returned.
-    const int sent = TakeStatusSent();
+    const HeadSent sent = TakeHeadSent();
     auto* server = static_cast<OpenAiServer*>(mg_get_user_data(mg_get_context(conn)));
     const mg_request_info* info = mg_get_request_info(conn);
     if (server == nullptr || info == nullptr || info->local_uri == nullptr || info->request_method == nullptr) return;
     const double seconds =
         request_start ? std::chrono::duration<double>(std::chrono::steady_clock::now() - *request_start).count() : 0.0;
     request_start.reset();
-    server->http_metrics_.Observe(info->local_uri, info->request_method, sent != 0 ? sent : returned, seconds);
+    // Sizes as vLLM's instrumentator takes them: the Content-Length headers, 0 without one.
+    server->http_metrics_.Observe(info->local_uri, info->request_method, sent.status != 0 ? sent.status : returned, seconds,
+                                  std::max<long long>(0, info->content_length), std::max<long long>(0, sent.length));
   };
   if (s->https()) {
     // The certificate and key go into the TLS context civetweb made (its own option wants both in
@@ -455,7 +457,7 @@ int OpenAiServer::BeforeHandler(mg_connection* conn, void* self) {
               "Access-Control-Allow-Headers: Authorization, Content-Type\r\nAccess-Control-Max-Age: 600\r\n"
               "Content-Length: 0\r\nConnection: close\r\n\r\n",
               cors.c_str());
-    NoteStatusSent(204);
+    NoteHeadSent({204, 0});
     return 0;
   }
   if (s->api_keys_.empty()) return 1;
@@ -552,13 +554,13 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
     // every open descriptor, so only requests that wait on the cluster are watched.
     std::optional<ClientWatch> watch;
     if (watch_client) watch.emplace(conn);
-    int sent = 0;
+    HeadSent sent;
     RunWithStack(kBigStackBytes, [&] {
       const ClientWatch::Current current(watch ? &*watch : nullptr);
       status = (this->*handle)(conn, *body);
-      sent = TakeStatusSent();  // that thread's; civetweb's end_request reads its own
+      sent = TakeHeadSent();  // that thread's; civetweb's end_request reads its own
     });
-    if (sent != 0) NoteStatusSent(sent);
+    if (sent.status != 0) NoteHeadSent(sent);
     return status;
   } catch (const std::system_error& e) {  // no thread for the request (the process's thread limit)
     return SendError(conn, NoThread(e));
