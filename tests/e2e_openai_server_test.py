@@ -2356,7 +2356,23 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(c.leftovers(), [], "processes left behind")
 
 
-class GenerationConfigEndToEnd(unittest.TestCase):
+class OwnClusterCase(unittest.TestCase):
+    """A test class with a cluster of its own (cls.cluster, cls.base: its front) over a folder it made
+    (cls.folder), which tearDownClass removes."""
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.kill_everything()
+        shutil.rmtree(cls.folder, ignore_errors=True)
+
+    def post(self, path, body):
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+
+class GenerationConfigEndToEnd(OwnClusterCase):
     """The model folder's generation_config.json, as vLLM's --generation-config auto reads it: its
     temperature 0 makes a completion that leaves temperature unset greedy (samples.json's text, where
     the API's own default of 1 samples), its max_new_tokens is a chat's max_tokens where the request
@@ -2365,26 +2381,16 @@ class GenerationConfigEndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.samples = load_samples()
-        cls.model_dir = tempfile.mkdtemp(prefix="moe_generation_config_")
+        cls.folder = tempfile.mkdtemp(prefix="moe_generation_config_")
         for name in os.listdir(MODEL_DIR):
-            os.symlink(os.path.join(MODEL_DIR, name), os.path.join(cls.model_dir, name))
-        with open(os.path.join(cls.model_dir, "generation_config.json"), "w") as f:
+            os.symlink(os.path.join(MODEL_DIR, name), os.path.join(cls.folder, name))
+        with open(os.path.join(cls.folder, "generation_config.json"), "w") as f:
             json.dump({"bos_token_id": 1, "eos_token_id": 2, "temperature": 0.0, "max_new_tokens": 5}, f)
         cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--openai-arg", "--chat-template=" + CHAT_TEMPLATE],
-                                      model_dir=cls.model_dir)
+                                      model_dir=cls.folder)
         cls.cluster.start_or_kill()
         cls.base = "http://" + cls.cluster.openai_address
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.kill_everything()
-        shutil.rmtree(cls.model_dir, ignore_errors=True)
-
-    def post(self, path, body):
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.loads(r.read())
 
     def test_defaults_fill_what_requests_leave_unset(self):
         full = self.samples["ROMEO:"]["greedy_text"][len("ROMEO:"):]
@@ -2406,7 +2412,7 @@ class GenerationConfigEndToEnd(unittest.TestCase):
         self.assertEqual(body["usage"]["completion_tokens"], 10, body)
 
 
-class GenerationConfigDirEndToEnd(unittest.TestCase):
+class GenerationConfigDirEndToEnd(OwnClusterCase):
     """moe-coordinator --generation-config DIR (vLLM's): DIR's sampling defaults (temperature 0:
     samples.json's greedy tokens) and its eos_token_id, which vLLM adds to every request's
     stop_token_ids: the completion ends there (finish_reason "stop", stop_reason the id, its text
@@ -2415,25 +2421,15 @@ class GenerationConfigDirEndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.samples = load_samples()
-        cls.dir = tempfile.mkdtemp(prefix="moe_generation_config_dir_")
+        cls.folder = tempfile.mkdtemp(prefix="moe_generation_config_dir_")
         # The third greedy token after "ROMEO:" (samples.json's greedy_ids).
         cls.greedy = cls.samples["ROMEO:"]["greedy_ids"]
-        with open(os.path.join(cls.dir, "generation_config.json"), "w") as f:
+        with open(os.path.join(cls.folder, "generation_config.json"), "w") as f:
             json.dump({"eos_token_id": [2, cls.greedy[2]], "temperature": 0.0}, f)
-        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--coordinator-arg=--generation-config=" + cls.dir])
+        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--coordinator-arg=--generation-config=" + cls.folder])
         cls.cluster.start_or_kill()
         cls.base = "http://" + cls.cluster.openai_address
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.kill_everything()
-        shutil.rmtree(cls.dir, ignore_errors=True)
-
-    def post(self, path, body):
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.loads(r.read())
 
     def test_dir_end_ids_stop_every_request(self):
         body = self.post("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 16, "return_token_ids": True})
