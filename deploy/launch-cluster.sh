@@ -11,7 +11,8 @@
 # hung: the coordinator lost its heartbeats) is killed and, with --restart-workers N, started again
 # up to N times; without restarts left the script stops everything and exits 1.
 #
-# Lines on stdout (stable, for scripts; everything the processes print goes to stderr):
+# Lines on stdout (stable, for scripts; everything the processes print goes to stderr, but
+# moe-openai-server's stdout, which the script reads for its port):
 #   launch-cluster: coordinator pid P
 #   launch-cluster: ports public=P cluster=C metrics=M
 #   launch-cluster: mpirun pid P

@@ -45,17 +45,18 @@ const char kUsage[] =
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
     "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
-    "                          /health, /ping, /metrics and /version then needs the header \"Authorization: Bearer KEY\",\n"
-    "                          else 401]\n"
+    "                          /health, /ping, /metrics, /version, TGI's /info and GET / then needs the header\n"
+    "                          \"Authorization: Bearer KEY\", else 401]\n"
     "                         [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem (both or neither: HTTPS only;\n"
     "                          the certificate chain, the server's first, and its unencrypted private key)]\n"
     "                         [--ssl-ca-certs CA.pem (with HTTPS: PEM roots for clients' certificates)]\n"
     "                         [--ssl-cert-reqs 0|1|2 (0 none, the default; 1 asked for and verified if given;\n"
     "                          2 required: mutual TLS)]\n"
     "Serves POST /v1/completions, /v1/chat/completions and /v1/responses (stream or whole; /invocations takes\n"
-    "either of the first two), POST /tokenize and\n"
-    "/detokenize, GET /v1/models, GET /health (and /ping), GET /metrics and GET /version, and Hugging Face\n"
-    "TGI's POST /generate, /generate_stream and / and GET /info, over the coordinator's gRPC API.\n";
+    "either of the first two; stored responses: GET and DELETE /v1/responses/{id}, GET .../input_items, POST\n"
+    ".../cancel), POST /tokenize and /detokenize, GET /v1/models, GET /health (and /ping), GET /metrics and\n"
+    "GET /version, and Hugging Face TGI's POST /generate, /generate_stream, /chat_tokenize and / and GET /info,\n"
+    "over the coordinator's gRPC API.\n";
 
 int BadFlag(const std::string& message) {
   std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);
