@@ -16,7 +16,10 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
       skip_special_tokens_(job.skip_special_tokens),
       stop_(job.stop, job.include_stop) {
   stop_token_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
-  if (!job.assign.ignore_eos()) eos_ids_.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
+  if (!job.assign.ignore_eos()) {
+    eos_ids_.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
+    end_of_sequence_ = model.tokenizer != nullptr ? model.tokenizer->eos_id() : eos_ids_.empty() ? -1 : eos_ids_.front();
+  }
   if (job.assign.has_prompt_logprobs()) prompt_.assign(job.assign.prompt().begin(), job.assign.prompt().end());
   if (model.tokenizer != nullptr) {
     const std::vector<int32_t> prompt(job.assign.prompt().begin(), job.assign.prompt().end());
@@ -132,7 +135,7 @@ void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) 
   out.set_finish_reason(reason);
   if (reason == v1::FINISH_REASON_STOP_SEQUENCE && stop_.stopped()) {
     out.set_stop_string(stop_.matched());
-  } else if (reason == v1::FINISH_REASON_STOP && !Contains(eos_ids_, last_token_) && Contains(stop_token_ids_, last_token_)) {
+  } else if (reason == v1::FINISH_REASON_STOP && last_token_ != end_of_sequence_ && EndsOutput(last_token_)) {
     out.set_stop_token_id(last_token_);  // (the end-of-sequence token has no stop reason, as in vLLM)
   }
   out.mutable_usage()->set_prompt_tokens(prompt_tokens_);

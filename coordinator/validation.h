@@ -33,8 +33,10 @@ struct RequestModel {
   // A cap on every request's max_tokens (vLLM's override_max_tokens: the max_new_tokens of
   // --generation-config DIR or --override-generation-config); 0: none.
   uint32_t max_tokens_cap = 0;
-  // End ids of --generation-config DIR beyond the model's: every request stops at them too, as
-  // stop_token_ids (its finish's stop_reason names the id), unless it sets ignore_eos (vLLM's).
+  // End ids beyond the model's (config.json's and its folder's generation_config.json's): the
+  // tokenizer's EOS where those lack it, and --generation-config DIR's. Every request stops at them
+  // too, as stop_token_ids, unless it sets ignore_eos (vLLM's; a finish at the tokenizer's EOS names
+  // no stop_reason, at DIR's the id).
   std::vector<int32_t> extra_stop_token_ids{};
   // The positions a request may use: prompt + max_tokens, a scoring window.
   int64_t context() const {

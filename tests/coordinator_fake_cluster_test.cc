@@ -584,6 +584,40 @@ TEST_F(FakeClusterTest, TokenizerFolderServesAModelFolderWithoutOne) {
   std::filesystem::remove_all(dir);
 }
 
+// The tokenizer's EOS ends generation where config.json names another end id (vLLM and TGI stop at
+// it): it joins every Assign's stop ids but those with ignore_eos, and GetModelInfo's end ids.
+TEST_F(FakeClusterTest, TheTokenizersEosEndsGenerationWhereTheConfigNamesAnother) {
+  const std::string dir = ::testing::TempDir() + "/moe_tokenizer_eos_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(kShakespeare + "/config.json"));
+  config["eos_token_id"] = 7;
+  std::ofstream(dir + "/config.json") << config.dump();
+  for (const char* f : {"tokenizer.model", "tokenizer_config.json"}) {
+    std::filesystem::copy_file(kShakespeare + "/" + f, dir + "/" + f);
+  }
+  Start(Options(dir, 1));
+  auto w = FormCluster(1);
+  grpc::ClientContext ctx;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ctx, {}, &info).ok());
+  EXPECT_EQ(std::vector<int32_t>(info.eos_token_ids().begin(), info.eos_token_ids().end()), (std::vector<int32_t>{7, 2}));
+  const auto stop_ids = [&](bool ignore_eos) {
+    v1::GenerateRequest r = IdsRequest({4, 5}, 1);
+    r.mutable_sampling()->set_ignore_eos(ignore_eos);
+    std::future<GenerateCall> call = GenerateAsync(r);
+    std::optional<v1::CoordinatorMessage> a = w[0]->WaitFor(Kind::kAssign, Millis(10000));
+    EXPECT_TRUE(a.has_value());
+    if (!a) return std::vector<int32_t>{-1};
+    w[0]->SendFinished(a->assign().seq_id(), v1::Finished::REASON_LENGTH);
+    EXPECT_TRUE(call.get().status.ok());
+    return std::vector<int32_t>(a->assign().stop_token_ids().begin(), a->assign().stop_token_ids().end());
+  };
+  EXPECT_EQ(stop_ids(false), std::vector<int32_t>{2});
+  EXPECT_EQ(stop_ids(true), std::vector<int32_t>{});
+  std::filesystem::remove_all(dir);
+}
+
 // --generation-config: the model folder's generation_config.json gives GetModelInfo's
 // default_sampling (and its eos_token_id the model's end ids) unless "vllm"; a folder named
 // without such a file refuses to start.

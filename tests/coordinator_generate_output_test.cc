@@ -197,9 +197,11 @@ TEST_F(GenerateOutputTest, TheStopTokenIdsTextIsLeftOutUnlessIncluded) {
         EXPECT_EQ(r.ids, with.greedy_ids);
         EXPECT_EQ(r.last.stop_token_id(), stop_id) << "vLLM's stop_reason";
       }
-      // The same token as the end-of-sequence id: no stop reason (as vLLM), its text still left out.
+      // The same token as an end id of the model's other than the tokenizer's EOS (a
+      // generation_config.json's): vLLM moves those into stop_token_ids, so it is named as the
+      // stop reason; its text is left out all the same.
       ModelConfig eos_config = config_;
-      eos_config.eos_token_ids = {stop_id};
+      eos_config.eos_token_ids = {config_.eos_token_ids.at(0), stop_id};
       RequestModel model{eos_config, codec_.get()};
       GenerateJob eos_job = Job(with);
       eos_job.include_stop = include;
@@ -208,7 +210,7 @@ TEST_F(GenerateOutputTest, TheStopTokenIdsTextIsLeftOutUnlessIncluded) {
       ASSERT_TRUE(out.AddTokens(TokensAt(with.greedy_ids, 0, with.greedy_ids.size(), -1.0f), resp).ok());
       out.Finish(v1::FINISH_REASON_STOP, last);
       EXPECT_EQ(resp.text() + last.text(), include ? through : before);
-      EXPECT_EQ(last.stop_reason_case(), v1::GenerateResponse::STOP_REASON_NOT_SET);
+      EXPECT_EQ(last.stop_token_id(), stop_id);
     }
     ++checked;
   }
@@ -249,6 +251,9 @@ TEST_F(GenerateOutputTest, SpecialTokensShowUnlessSkipped) {
       ASSERT_TRUE(out.AddTokens(TokensAt(s.greedy_ids, 0, s.greedy_ids.size(), -1.0f), resp).ok());
       ASSERT_EQ(resp.logprobs_size(), static_cast<int>(s.greedy_ids.size()));
       EXPECT_EQ(resp.logprobs(4).text(), skip ? "" : bos_piece);
+      v1::GenerateResponse last;
+      out.Finish(v1::FINISH_REASON_STOP, last);
+      EXPECT_EQ(last.stop_reason_case(), v1::GenerateResponse::STOP_REASON_NOT_SET) << "the tokenizer's EOS names none, as vLLM";
     }
   }
 }
