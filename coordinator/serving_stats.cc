@@ -64,7 +64,7 @@ ServingStats::ServingStats(const std::string& model_name)
               .Add({}, kItlBuckets);
   e2e_ = &prometheus::BuildHistogram()
               .Name("moe_e2e_request_latency_seconds")
-              .Help("Time from request arrival to its last response")
+              .Help("Time from request arrival to its last response, of requests that end OK")
               .Register(r)
               .Add({}, kE2eBuckets);
   waiting_ = &prometheus::BuildGauge()
@@ -272,8 +272,10 @@ void ServingStats::CountRefused(absl::StatusCode code) {
 
 void ServingStats::ObserveRequest(const RequestCourse& request) {
   const double seconds = request.seconds;
-  e2e_->Observe(seconds);
-  vllm_.e2e->Observe(seconds);
+  if (request.code == absl::StatusCode::kOk) {  // vLLM's, of finished requests (as the course metrics below)
+    e2e_->Observe(seconds);
+    vllm_.e2e->Observe(seconds);
+  }
   int64_t generated = 0, most = 0;
   for (const CompletionCourse& c : request.completions) {
     generated += c.generated_tokens;
@@ -286,13 +288,15 @@ void ServingStats::ObserveRequest(const RequestCourse& request) {
     for (const CompletionCourse& c : request.completions) {
       m->prompt_tokens->Observe(static_cast<double>(c.prompt_tokens));
       m->generation_tokens->Observe(static_cast<double>(c.generated_tokens));
-      m->params_max_tokens->Observe(static_cast<double>(request.max_tokens));
+      if (request.max_tokens > 0) m->params_max_tokens->Observe(static_cast<double>(request.max_tokens));  // vLLM skips 0
       if (c.timed) {
         m->queue->Observe(c.queue_seconds);
         m->prefill->Observe(c.prefill_seconds);
         m->decode->Observe(c.decode_seconds);
         m->inference->Observe(c.prefill_seconds + c.decode_seconds);
-        if (c.generated_tokens > 1) m->time_per_output_token->Observe(c.decode_seconds / static_cast<double>(c.generated_tokens - 1));
+        // vLLM's: the decode time over the tokens after the first, 0 with one token.
+        m->time_per_output_token->Observe(
+            c.generated_tokens > 1 ? c.decode_seconds / static_cast<double>(c.generated_tokens - 1) : 0.0);
       }
     }
     m->params_n->Observe(static_cast<double>(request.completions.size()));

@@ -80,8 +80,8 @@ class ServingStats {
   // "overloaded" for RESOURCE_EXHAUSTED, "generation" for UNAVAILABLE (the cluster cannot serve),
   // else "validation", as TGI's).
   void CountRefused(absl::StatusCode code);
-  // A Generate request that ran has ended: its latency (e2e); where it ended OK (vLLM records
-  // finished requests only), its parameters (vLLM's request_params_n, per request, and
+  // A Generate request that ran has ended: where it ended OK (vLLM records finished requests
+  // only), its latency (e2e), its parameters (vLLM's request_params_n, per request, and
   // request_params_max_tokens, per completion) and its completions' courses (vLLM's per-request
   // token counts, phase times and mean time per output token: every completion's, the phases of
   // those that got a token); its prompt

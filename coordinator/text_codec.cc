@@ -53,11 +53,12 @@ absl::StatusOr<std::shared_ptr<const TextCodec>> LoadTextCodec(const std::string
   const std::filesystem::path dir(model_dir);
   const bool json = std::filesystem::exists(dir / "tokenizer.json", ec);
   const bool model = std::filesystem::exists(dir / "tokenizer.model", ec);
-  if (file == TokenizerFile::kTokenizerJson ? !json : file == TokenizerFile::kSentencePiece ? !model : !json && !model) {
+  const bool sentencepiece = file == TokenizerFile::kSentencePiece || file == TokenizerFile::kMistral;
+  if (file == TokenizerFile::kTokenizerJson ? !json : sentencepiece ? !model : !json && !model) {
     return absl::NotFoundError(absl::StrCat(model_dir, " has no ",
-                                            file == TokenizerFile::kTokenizerJson   ? "tokenizer.json"
-                                            : file == TokenizerFile::kSentencePiece ? "tokenizer.model"
-                                                                                    : "tokenizer.json or tokenizer.model"));
+                                            file == TokenizerFile::kTokenizerJson ? "tokenizer.json"
+                                            : sentencepiece                       ? "tokenizer.model"
+                                                                                  : "tokenizer.json or tokenizer.model"));
   }
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::Load(model_dir, file));
   return std::shared_ptr<const TextCodec>(std::make_shared<SentencePieceCodec>(std::move(tok)));

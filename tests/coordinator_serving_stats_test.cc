@@ -69,9 +69,9 @@ TEST(ServingStatsTest, TgisRequestMetricsCountEachOutcomeOnce) {
   EXPECT_EQ(s["tgi_request_input_length_sum"], 14);
   EXPECT_EQ(s["tgi_queue_size"], 3);
   EXPECT_EQ(s["tgi_batch_current_size"], 9);
-  // vLLM's and the project's e2e latency see every request that ran.
-  EXPECT_EQ(s["vllm:e2e_request_latency_seconds_count{model_name=mixtral}"], 3);
-  EXPECT_EQ(s["moe_e2e_request_latency_seconds_count"], 3);
+  // vLLM's and the project's e2e latency see the requests that ended OK, as vLLM's finished ones.
+  EXPECT_EQ(s["vllm:e2e_request_latency_seconds_count{model_name=mixtral}"], 1);
+  EXPECT_EQ(s["moe_e2e_request_latency_seconds_count"], 1);
   EXPECT_EQ(s["vllm:num_requests_waiting{model_name=mixtral}"], 3);
   // A cluster that cannot serve is a generation failure in TGI's kinds.
   stats.CountRefused(absl::StatusCode::kUnavailable);
@@ -107,6 +107,7 @@ TEST(ServingStatsTest, RequestCoursesFillThePerRequestHistograms) {
     EXPECT_EQ(at("request_decode_time_seconds_sum"), 2.25);
     EXPECT_EQ(at("request_inference_time_seconds_sum"), 3.0);
     EXPECT_EQ(at("request_time_per_output_token_seconds_sum"), 1.0 / 4 + 1.25 / 8);
+    EXPECT_EQ(at("request_time_per_output_token_seconds_count"), 2);
     EXPECT_EQ(at("request_prompt_tokens_count"), 3) << "every completion";
     EXPECT_EQ(at("request_prompt_tokens_sum"), 23);
     EXPECT_EQ(at("request_generation_tokens_sum"), 14);

@@ -151,7 +151,7 @@ TEST_F(TokenizerJsonTest, ModesAreVllmNames) {
   EXPECT_EQ(*ParseTokenizerMode("auto"), TokenizerFile::kAuto);
   EXPECT_EQ(*ParseTokenizerMode("hf"), TokenizerFile::kTokenizerJson);
   EXPECT_EQ(*ParseTokenizerMode("slow"), TokenizerFile::kSentencePiece);
-  EXPECT_EQ(*ParseTokenizerMode("mistral"), TokenizerFile::kSentencePiece);
+  EXPECT_EQ(*ParseTokenizerMode("mistral"), TokenizerFile::kMistral);
   const absl::StatusOr<TokenizerFile> bad = ParseTokenizerMode("fast");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("\"fast\""), std::string_view::npos) << bad.status();

@@ -651,6 +651,30 @@ TEST_F(LoadTest, SlowAddedTokensMustBeTheModelsOwnSpecialPieces) {
   EXPECT_FALSE(Tokenizer::Load(dir_.string(), TokenizerFile::kSentencePiece).ok());
 }
 
+// tokenizer_config.json's bos_token / eos_token name a tokenizer.model's BOS and EOS, as transformers'
+// slow tokenizer reads them (a fine-tune's EOS may be another piece of the model); one that is no
+// piece of it refuses to load. --tokenizer-mode mistral reads the model alone, as mistral-common.
+TEST_F(LoadTest, SlowTokenizersTakeBosAndEosFromTheConfig) {
+  CopyModel();
+  EXPECT_EQ(LoadOrDie(Tokenizer::Load(dir_.string()))->eos_id(), 2);
+  WriteConfig(R"({"eos_token": {"content": "<unk>"}, "bos_token": "</s>"})");
+  auto named = LoadOrDie(Tokenizer::Load(dir_.string()));
+  EXPECT_EQ(named->eos_id(), 0);
+  EXPECT_EQ(named->bos_id(), 2);
+  EXPECT_EQ(named->Encode("Hi").front(), 2) << "BOS as named";
+  EXPECT_EQ(LoadOrDie(Tokenizer::Load(dir_.string(), TokenizerFile::kMistral))->eos_id(), 2);
+  WriteConfig(R"({"eos_token": "<|im_end|>"})");
+  absl::StatusOr<std::unique_ptr<Tokenizer>> missing = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("tokenizer_config.json: eos_token \"<|im_end|>\" is not a piece of tokenizer.model"),
+            std::string_view::npos)
+      << missing.status();
+  std::ofstream(dir_ / "added_tokens.json") << R"({"<|im_end|>": 32000})";
+  WriteConfig("{}");
+  EXPECT_FALSE(Tokenizer::Load(dir_.string()).ok());
+  EXPECT_TRUE(Tokenizer::Load(dir_.string(), TokenizerFile::kMistral).ok()) << "mistral-common reads neither file";
+}
+
 TEST_F(LoadTest, CorruptModelNamesTheFile) {
   std::ofstream(dir_ / "tokenizer.model") << "not a sentencepiece model";
   auto tok = Tokenizer::Load(dir_.string());

@@ -563,4 +563,13 @@ std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_spe
   return text;
 }
 
+std::optional<int32_t> SentencePieceBpe::PieceId(std::string_view text) const {
+  if (const auto it = mergeable_.find(text); it != mergeable_.end()) return it->second;
+  if (const auto it = reserved_.find(text); it != reserved_.end()) return it->second;
+  for (size_t id = 0; id < pieces_.size(); ++id) {  // an unused piece, in neither map
+    if (pieces_[id].text == text) return static_cast<int32_t>(id);
+  }
+  return std::nullopt;
+}
+
 }  // namespace moe

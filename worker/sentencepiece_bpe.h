@@ -116,6 +116,13 @@ class SentencePieceBpe {
   Type type(int32_t id) const { return pieces_[static_cast<size_t>(id)].type; }
   int32_t bos_id() const { return bos_id_; }
   int32_t eos_id() const { return eos_id_; }
+  // The id of the piece whose text is `text`, or nullopt.
+  std::optional<int32_t> PieceId(std::string_view text) const;
+  // BOS and EOS named apart from the model's own (a slow tokenizer's tokenizer_config.json).
+  void SetBosEos(int32_t bos, int32_t eos) {
+    bos_id_ = bos;
+    eos_id_ = eos;
+  }
   int32_t unk_id() const { return unk_id_; }
 
  private:

@@ -96,7 +96,8 @@ std::string Delta(std::string_view prefix, std::string_view full) {
 absl::StatusOr<TokenizerFile> ParseTokenizerMode(std::string_view mode) {
   if (mode == "auto") return TokenizerFile::kAuto;
   if (mode == "hf") return TokenizerFile::kTokenizerJson;
-  if (mode == "slow" || mode == "mistral") return TokenizerFile::kSentencePiece;
+  if (mode == "slow") return TokenizerFile::kSentencePiece;
+  if (mode == "mistral") return TokenizerFile::kMistral;
   return absl::InvalidArgumentError(absl::StrCat("tokenizer mode \"", std::string(mode), "\" is none of auto, hf, slow, mistral"));
 }
 
@@ -145,6 +146,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   const std::string config_path = (dir / "tokenizer_config.json").string();
   std::optional<bool> add_bos, add_eos, legacy;
   std::string bos_token = "<s>", eos_token = "</s>";
+  bool bos_named = false, eos_named = false;  // tokenizer_config.json gives them
   std::error_code ec;
   std::optional<nlohmann::json> config_json;
   if (std::filesystem::exists(config_path, ec)) {
@@ -158,6 +160,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     MOE_ASSIGN_OR_RETURN(legacy, OptionalBool(config, "legacy", config_path));
     MOE_ASSIGN_OR_RETURN(bos_token, TokenText(config, "bos_token", bos_token, config_path));
     MOE_ASSIGN_OR_RETURN(eos_token, TokenText(config, "eos_token", eos_token, config_path));
+    bos_named = config.contains("bos_token") && !config["bos_token"].is_null();
+    eos_named = config.contains("eos_token") && !config["eos_token"].is_null();
   }
   const std::string json_path = (dir / "tokenizer.json").string();
   if (file == TokenizerFile::kTokenizerJson || (file == TokenizerFile::kAuto && std::filesystem::is_regular_file(json_path, ec))) {
@@ -172,6 +176,24 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   // Mistral's tokenizers prepend BOS; a config only needs to say so when it differs.
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, FromFile((dir / "tokenizer.model").string(), add_bos.value_or(true),
                                                                  add_eos.value_or(false), legacy.value_or(true)));
+  if (file == TokenizerFile::kMistral) return tok;  // mistral-common reads the model alone
+  // transformers' slow tokenizer takes BOS and EOS from tokenizer_config.json (a fine-tune's
+  // "<|im_end|>" EOS may be a user-defined piece of the model).
+  const auto id_of = [&](const std::string& text, const char* key) -> absl::StatusOr<int32_t> {
+    const std::optional<int32_t> id = tok->sp_->PieceId(text);
+    if (!id) {
+      return absl::InvalidArgumentError(absl::StrCat(config_path, ": ", key, " \"", text, "\" is not a piece of tokenizer.model"));
+    }
+    return *id;
+  };
+  int32_t bos = tok->sp_->bos_id(), eos = tok->sp_->eos_id();
+  if (bos_named) {
+    MOE_ASSIGN_OR_RETURN(bos, id_of(bos_token, "bos_token"));
+  }
+  if (eos_named) {
+    MOE_ASSIGN_OR_RETURN(eos, id_of(eos_token, "eos_token"));
+  }
+  tok->sp_->SetBosEos(bos, eos);
   // A slow tokenizer's added tokens beyond the model's own control, unknown and user-defined pieces
   // (which it splits out whole itself), e.g. a fine-tune's ChatML tokens past the vocabulary, are
   // read from a tokenizer.json only: encoding them as text would be silently wrong.

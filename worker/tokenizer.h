@@ -24,8 +24,11 @@ class Tokenizer {
   // Loads DIR's tokenizer file (`file`) and, when present, DIR/tokenizer_config.json for
   // add_bos_token (default: a tokenizer.json's post-processor's, else true, as for Mistral models),
   // add_eos_token (likewise, else false), legacy (tokenizer.model only, default true; see
-  // EncodeWithSpecialTokens) and bos_token / eos_token (tokenizer.json only: which of its tokens
-  // BOS and EOS are, default "<s>" and "</s>"; a tokenizer.model names its own ids).
+  // EncodeWithSpecialTokens) and bos_token / eos_token (which of its tokens BOS and EOS are: a
+  // tokenizer.json's, default "<s>" and "</s>"; a tokenizer.model's where given, as transformers'
+  // slow tokenizer, else the model's own ids). A tokenizer.model's added tokens
+  // (added_tokens_decoder, added_tokens.json) must be its own special pieces. TokenizerFile::kMistral
+  // reads tokenizer.model as mistral-common does: its own BOS/EOS, no added tokens.
   // Errors name the offending file; a missing tokenizer file is NotFound.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir,
                                                          TokenizerFile file = TokenizerFile::kAuto);

@@ -11,7 +11,9 @@ namespace moe {
 enum class TokenizerFile {
   kAuto,           // tokenizer.json where the folder has one (vLLM's and TGI's choice), else tokenizer.model
   kTokenizerJson,  // "hf": tokenizer.json
-  kSentencePiece,  // "slow" / "mistral": tokenizer.model, as SentencePiece and mistral-common encode
+  kSentencePiece,  // "slow": tokenizer.model, as transformers' slow tokenizer reads it (BOS/EOS and
+                   // added tokens per tokenizer_config.json)
+  kMistral,        // "mistral": tokenizer.model as mistral-common reads it (its own BOS/EOS, nothing else)
 };
 
 // "auto", "hf", "slow" or "mistral"; InvalidArgument naming the choices otherwise (worker/tokenizer.cc).

@@ -95,7 +95,12 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     return 1;
   }
   std::unique_ptr<Tokenizer> tok;
-  if (auto t = Tokenizer::Load(o.model_dir); t.ok()) tok = std::move(*t);
+  if (absl::StatusOr<std::unique_ptr<Tokenizer>> t = Tokenizer::Load(o.model_dir); t.ok()) {
+    tok = std::move(*t);
+  } else if (!absl::IsNotFound(t.status())) {  // a tokenizer that is there but cannot serve
+    if (root) std::fprintf(stderr, "moe-cli: %s\n", std::string(t.status().message()).c_str());
+    return 1;
+  }
   absl::StatusOr<std::vector<std::vector<int32_t>>> seqs = InputIds(o, tok.get(), *config);
   if (!seqs.ok()) {
     if (root) std::fprintf(stderr, "moe-cli: %s\n", std::string(seqs.status().message()).c_str());
