@@ -152,14 +152,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   const std::string name =
       options.served_model_name.empty() ? ModelNameOfDir(options.model_dir) : options.served_model_name;
   MOE_ASSIGN_OR_RETURN(ModelDefaults defaults, SamplingDefaults(options, s->config_));
-  // The tokenizer's EOS ends generation too where config.json does not list it (a fine-tune's
-  // "<|im_end|>"), as in vLLM and TGI.
-  if (s->tokenizer_ != nullptr && s->tokenizer_->eos_id() >= 0 && !s->config_.is_eos(s->tokenizer_->eos_id()) &&
-      std::find(defaults.stop_token_ids.begin(), defaults.stop_token_ids.end(), s->tokenizer_->eos_id()) ==
-          defaults.stop_token_ids.end()) {
-    defaults.stop_token_ids.push_back(s->tokenizer_->eos_id());
-    std::fprintf(stderr, "moe-coordinator: the tokenizer's EOS (id %d) ends generation too; config.json does not list it\n",
-                 s->tokenizer_->eos_id());
+  // A fine-tune's "<|im_end|>" (validation adds each extra id to a request's stop ids once).
+  if (const std::optional<int32_t> eos = TokenizerEosBeyondConfig(s->config_, s->tokenizer_.get())) {
+    defaults.stop_token_ids.push_back(*eos);
+    std::fprintf(stderr, "moe-coordinator: the tokenizer's EOS (id %d) ends generation too; config.json does not list it\n", *eos);
   }
   s->request_model_ = std::make_unique<RequestModel>(RequestModel{
       s->config_, s->tokenizer_.get(), std::move(chat), options.max_model_len, options.priority_scheduling, name,

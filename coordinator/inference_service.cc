@@ -470,9 +470,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context, const 
   response->set_active_parameters(c.replicated_params() + c.num_layers * c.experts_per_token * c.expert_params());
   response->set_bos_token_id(static_cast<int32_t>(c.bos_token_id));
   for (int64_t e : c.eos_token_ids) response->add_eos_token_ids(static_cast<int32_t>(e));
-  if (model_.tokenizer != nullptr && model_.tokenizer->eos_id() >= 0 && !c.is_eos(model_.tokenizer->eos_id())) {
-    response->add_eos_token_ids(model_.tokenizer->eos_id());  // it ends generation too (RequestModel)
-  }
+  if (const std::optional<int32_t> eos = TokenizerEosBeyondConfig(c, model_.tokenizer)) response->add_eos_token_ids(*eos);
   response->set_chat_template(model_.chat.chat_template);
   response->set_bos_token(model_.chat.bos_token);
   response->set_eos_token(model_.chat.eos_token);

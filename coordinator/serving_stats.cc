@@ -190,41 +190,18 @@ ServingStats::ServingStats(const std::string& model_name)
   tgi_.failure_validation = &failure.Add({{"err", "validation"}});
   tgi_.failure_overloaded = &failure.Add({{"err", "overloaded"}});
   tgi_.failure_generation = &failure.Add({{"err", "generation"}});
-  tgi_.request_duration = &prometheus::BuildHistogram()
-                               .Name("tgi_request_duration")
-                               .Help("Total time spent processing the request (e2e latency)")
-                               .Register(r)
-                               .Add({}, kE2eBuckets);
-  tgi_.input_length = &prometheus::BuildHistogram()
-                           .Name("tgi_request_input_length")
-                           .Help("Input token length per request")
-                           .Register(r)
-                           .Add({}, kTokenCountBuckets);
-  tgi_.generated_tokens = &prometheus::BuildHistogram()
-                               .Name("tgi_request_generated_tokens")
-                               .Help("Generated tokens per request")
-                               .Register(r)
-                               .Add({}, kTokenCountBuckets);
-  tgi_.validation_duration = &prometheus::BuildHistogram()
-                                  .Name("tgi_request_validation_duration")
-                                  .Help("Time spent validating the request")
-                                  .Register(r)
-                                  .Add({}, kPhaseBuckets);
-  tgi_.queue_duration = &prometheus::BuildHistogram()
-                             .Name("tgi_request_queue_duration")
-                             .Help("Time spent in the queue per request")
-                             .Register(r)
-                             .Add({}, kPhaseBuckets);
-  tgi_.inference_duration = &prometheus::BuildHistogram()
-                                 .Name("tgi_request_inference_duration")
-                                 .Help("Request inference duration")
-                                 .Register(r)
-                                 .Add({}, kPhaseBuckets);
-  tgi_.mean_time_per_token = &prometheus::BuildHistogram()
-                                  .Name("tgi_request_mean_time_per_token_duration")
-                                  .Help("Mean time per token per request")
-                                  .Register(r)
-                                  .Add({}, kItlBuckets);
+  const auto tgi_histogram = [&](const char* name, const char* help, const Histogram::BucketBoundaries& b) {
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({}, b);
+  };
+  tgi_.request_duration =
+      tgi_histogram("tgi_request_duration", "Total time spent processing the request (e2e latency)", kE2eBuckets);
+  tgi_.input_length = tgi_histogram("tgi_request_input_length", "Input token length per request", kTokenCountBuckets);
+  tgi_.generated_tokens = tgi_histogram("tgi_request_generated_tokens", "Generated tokens per request", kTokenCountBuckets);
+  tgi_.validation_duration = tgi_histogram("tgi_request_validation_duration", "Time spent validating the request", kPhaseBuckets);
+  tgi_.queue_duration = tgi_histogram("tgi_request_queue_duration", "Time spent in the queue per request", kPhaseBuckets);
+  tgi_.inference_duration = tgi_histogram("tgi_request_inference_duration", "Request inference duration", kPhaseBuckets);
+  tgi_.mean_time_per_token =
+      tgi_histogram("tgi_request_mean_time_per_token_duration", "Mean time per token per request", kItlBuckets);
 }
 
 void ServingStats::AddPromptTokens(int64_t n) {
@@ -272,38 +249,36 @@ void ServingStats::CountRefused(absl::StatusCode code) {
 
 void ServingStats::ObserveRequest(const RequestCourse& request) {
   const double seconds = request.seconds;
-  if (request.code == absl::StatusCode::kOk) {  // vLLM's, of finished requests (as the course metrics below)
-    e2e_->Observe(seconds);
-    vllm_.e2e->Observe(seconds);
-  }
-  int64_t generated = 0, most = 0;
-  for (const CompletionCourse& c : request.completions) {
-    generated += c.generated_tokens;
-    most = std::max(most, c.generated_tokens);
-  }
-  // vLLM records finished requests only (a cancelled or failed one is dropped), each completion
-  // (its n children) apart, n and the most tokens per request.
-  for (CourseMetrics* m : {&course_, &vllm_course_}) {
-    if (request.code != absl::StatusCode::kOk) break;
-    for (const CompletionCourse& c : request.completions) {
-      m->prompt_tokens->Observe(static_cast<double>(c.prompt_tokens));
-      m->generation_tokens->Observe(static_cast<double>(c.generated_tokens));
-      if (request.max_tokens > 0) m->params_max_tokens->Observe(static_cast<double>(request.max_tokens));  // vLLM skips 0
-      if (c.timed) {
-        m->queue->Observe(c.queue_seconds);
-        m->prefill->Observe(c.prefill_seconds);
-        m->decode->Observe(c.decode_seconds);
-        m->inference->Observe(c.prefill_seconds + c.decode_seconds);
-        // vLLM's: the decode time over the tokens after the first, 0 with one token.
-        m->time_per_output_token->Observe(
-            c.generated_tokens > 1 ? c.decode_seconds / static_cast<double>(c.generated_tokens - 1) : 0.0);
-      }
-    }
-    m->params_n->Observe(static_cast<double>(request.completions.size()));
-    m->max_generation_tokens->Observe(static_cast<double>(most));
-  }
   tgi_.input_length->Observe(static_cast<double>(request.input_tokens));
   if (request.code == absl::StatusCode::kOk) {
+    // vLLM records finished requests only (a cancelled or failed one is dropped): its e2e latency,
+    // each completion (its n children) apart, n and the most tokens per request.
+    int64_t generated = 0, most = 0;
+    for (const CompletionCourse& c : request.completions) {
+      generated += c.generated_tokens;
+      most = std::max(most, c.generated_tokens);
+    }
+    e2e_->Observe(seconds);
+    vllm_.e2e->Observe(seconds);
+    for (CourseMetrics* m : {&course_, &vllm_course_}) {
+      for (const CompletionCourse& c : request.completions) {
+        m->prompt_tokens->Observe(static_cast<double>(c.prompt_tokens));
+        m->generation_tokens->Observe(static_cast<double>(c.generated_tokens));
+        if (request.max_tokens > 0) m->params_max_tokens->Observe(static_cast<double>(request.max_tokens));  // vLLM skips 0
+        if (c.timed) {
+          m->queue->Observe(c.queue_seconds);
+          m->prefill->Observe(c.prefill_seconds);
+          m->decode->Observe(c.decode_seconds);
+          m->inference->Observe(c.inference_seconds());
+          // vLLM's: the decode time over the tokens after the first, 0 with one token.
+          m->time_per_output_token->Observe(
+              c.generated_tokens > 1 ? c.decode_seconds / static_cast<double>(c.generated_tokens - 1) : 0.0);
+        }
+      }
+      m->params_n->Observe(static_cast<double>(request.completions.size()));
+      m->max_generation_tokens->Observe(static_cast<double>(most));
+    }
+    // TGI's, of successes.
     tgi_.request_success->Increment();
     tgi_.request_duration->Observe(seconds);
     tgi_.validation_duration->Observe(request.validation_seconds);
@@ -311,9 +286,9 @@ void ServingStats::ObserveRequest(const RequestCourse& request) {
     if (!request.completions.empty() && request.completions.front().timed) {  // TGI's requests have one sequence
       const CompletionCourse& c = request.completions.front();
       tgi_.queue_duration->Observe(c.queue_seconds);
-      tgi_.inference_duration->Observe(c.prefill_seconds + c.decode_seconds);
+      tgi_.inference_duration->Observe(c.inference_seconds());
       // TGI's: its inference time over its tokens.
-      tgi_.mean_time_per_token->Observe((c.prefill_seconds + c.decode_seconds) / static_cast<double>(std::max<int64_t>(1, c.generated_tokens)));
+      tgi_.mean_time_per_token->Observe(c.inference_seconds() / static_cast<double>(std::max<int64_t>(1, c.generated_tokens)));
     }
   } else if (request.code != absl::StatusCode::kCancelled) {
     tgi_.failure_generation->Increment();

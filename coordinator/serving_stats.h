@@ -44,6 +44,7 @@ struct CompletionCourse {
   int64_t generated_tokens = 0;
   bool timed = false;  // the phases below hold
   double queue_seconds = 0, prefill_seconds = 0, decode_seconds = 0;
+  double inference_seconds() const { return prefill_seconds + decode_seconds; }  // vLLM's RUNNING phase
 };
 
 // A Generate request that ran, as it ended with `code`.

@@ -47,6 +47,11 @@ absl::Status CheckFits(int64_t tokens, const RequestModel& model, const std::str
 
 }  // namespace
 
+std::optional<int32_t> TokenizerEosBeyondConfig(const ModelConfig& config, const TextCodec* tokenizer) {
+  if (tokenizer == nullptr || tokenizer->eos_id() < 0 || config.is_eos(tokenizer->eos_id())) return std::nullopt;
+  return tokenizer->eos_id();
+}
+
 absl::Status CheckTokenIds(std::span<const int32_t> ids, int64_t vocab_size, const std::string& field) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab_size) {

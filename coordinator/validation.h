@@ -59,6 +59,11 @@ inline constexpr size_t kMaxStopLength = 1024;
 // continuations are appended to a context and get none.
 enum class BosPolicy { kTokenizerConfig, kNone };
 
+// The tokenizer's EOS where the model's end ids (config.json's, its folder's
+// generation_config.json's) lack it: it ends generation too, as in vLLM and TGI. nullopt without a
+// tokenizer or where they list it.
+std::optional<int32_t> TokenizerEosBeyondConfig(const ModelConfig& config, const TextCodec* tokenizer);
+
 // InvalidArgument "<field>[i]: token id X is outside the vocabulary [0, V)" for the first bad id.
 absl::Status CheckTokenIds(std::span<const int32_t> ids, int64_t vocab_size, const std::string& field);
 

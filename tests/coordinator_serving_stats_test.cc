@@ -48,7 +48,7 @@ TEST(ServingStatsTest, TgisRequestMetricsCountEachOutcomeOnce) {
   stats.CountRefused(absl::StatusCode::kInvalidArgument);
   stats.CountRefused(absl::StatusCode::kResourceExhausted);
   const auto request = [](double seconds, int64_t input, int64_t generated, absl::StatusCode code) {
-    RequestCourse r{.seconds = seconds, .input_tokens = input, .max_tokens = 16, .code = code};
+    RequestCourse r{.seconds = seconds, .input_tokens = input, .max_tokens = 16, .completions = {}, .code = code};
     r.completions.push_back({.prompt_tokens = input, .generated_tokens = generated});
     return r;
   };
@@ -84,17 +84,18 @@ TEST(ServingStatsTest, TgisRequestMetricsCountEachOutcomeOnce) {
 // completion.
 TEST(ServingStatsTest, RequestCoursesFillThePerRequestHistograms) {
   ServingStats stats("mixtral");
-  RequestCourse r{.seconds = 2.0, .validation_seconds = 0.25, .input_tokens = 10, .max_tokens = 64};
+  RequestCourse r{.seconds = 2.0, .validation_seconds = 0.25, .input_tokens = 10, .max_tokens = 64, .completions = {}};
   r.completions.push_back({.prompt_tokens = 10, .generated_tokens = 5, .timed = true, .queue_seconds = 0.5,
                            .prefill_seconds = 0.25, .decode_seconds = 1.0});
   r.completions.push_back({.prompt_tokens = 10, .generated_tokens = 9, .timed = true, .queue_seconds = 0.125,
                            .prefill_seconds = 0.5, .decode_seconds = 1.25});
   stats.ObserveRequest(r);
-  RequestCourse unserved{.seconds = 1.0, .input_tokens = 4, .max_tokens = 8, .code = absl::StatusCode::kCancelled};
+  RequestCourse unserved{
+      .seconds = 1.0, .input_tokens = 4, .max_tokens = 8, .completions = {}, .code = absl::StatusCode::kCancelled};
   unserved.completions.push_back({.prompt_tokens = 4, .generated_tokens = 2, .timed = true, .queue_seconds = 0.5,
                                   .prefill_seconds = 0.5, .decode_seconds = 0.5});  // cancelled: not counted
   stats.ObserveRequest(unserved);
-  RequestCourse queued{.seconds = 1.0, .input_tokens = 3, .max_tokens = 8};
+  RequestCourse queued{.seconds = 1.0, .input_tokens = 3, .max_tokens = 8, .completions = {}};
   queued.completions.push_back({.prompt_tokens = 3, .generated_tokens = 0});  // e.g. echo alone: no token
   stats.ObserveRequest(queued);
   std::map<std::string, double> s = Samples(stats);

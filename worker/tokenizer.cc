@@ -35,11 +35,10 @@ absl::StatusOr<std::optional<bool>> OptionalBool(const nlohmann::json& config, c
 }
 
 // Reads tokenizer_config.json's text of a token ("bos_token": "<s>", or the object transformers
-// writes, {"content": "<s>", ...}); `fallback` where absent or null.
-absl::StatusOr<std::string> TokenText(const nlohmann::json& config, const char* key, std::string fallback,
-                                      const std::string& path) {
+// writes, {"content": "<s>", ...}); nullopt where absent or null.
+absl::StatusOr<std::optional<std::string>> TokenText(const nlohmann::json& config, const char* key, const std::string& path) {
   auto it = config.find(key);
-  if (it == config.end() || it->is_null()) return fallback;
+  if (it == config.end() || it->is_null()) return std::nullopt;
   if (it->is_string()) return it->get<std::string>();
   if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) return (*it)["content"].get<std::string>();
   return absl::InvalidArgumentError(absl::StrCat(path, ": \"", key, "\" is not a token's text"));
@@ -145,8 +144,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   const std::filesystem::path dir(model_dir);
   const std::string config_path = (dir / "tokenizer_config.json").string();
   std::optional<bool> add_bos, add_eos, legacy;
-  std::string bos_token = "<s>", eos_token = "</s>";
-  bool bos_named = false, eos_named = false;  // tokenizer_config.json gives them
+  std::optional<std::string> bos_token, eos_token;  // where tokenizer_config.json names them
   std::error_code ec;
   std::optional<nlohmann::json> config_json;
   if (std::filesystem::exists(config_path, ec)) {
@@ -158,15 +156,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     MOE_ASSIGN_OR_RETURN(add_bos, OptionalBool(config, "add_bos_token", config_path));
     MOE_ASSIGN_OR_RETURN(add_eos, OptionalBool(config, "add_eos_token", config_path));
     MOE_ASSIGN_OR_RETURN(legacy, OptionalBool(config, "legacy", config_path));
-    MOE_ASSIGN_OR_RETURN(bos_token, TokenText(config, "bos_token", bos_token, config_path));
-    MOE_ASSIGN_OR_RETURN(eos_token, TokenText(config, "eos_token", eos_token, config_path));
-    bos_named = config.contains("bos_token") && !config["bos_token"].is_null();
-    eos_named = config.contains("eos_token") && !config["eos_token"].is_null();
+    MOE_ASSIGN_OR_RETURN(bos_token, TokenText(config, "bos_token", config_path));
+    MOE_ASSIGN_OR_RETURN(eos_token, TokenText(config, "eos_token", config_path));
   }
   const std::string json_path = (dir / "tokenizer.json").string();
   if (file == TokenizerFile::kTokenizerJson || (file == TokenizerFile::kAuto && std::filesystem::is_regular_file(json_path, ec))) {
     if (!std::filesystem::is_regular_file(json_path, ec)) return absl::NotFoundError(absl::StrCat("tokenizer file not found: ", json_path));
-    MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp, SentencePieceBpe::LoadTokenizerJson(json_path, bos_token, eos_token));
+    MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp,
+                         SentencePieceBpe::LoadTokenizerJson(json_path, bos_token.value_or("<s>"), eos_token.value_or("</s>")));
     // Where tokenizer_config.json does not say, what the file's post-processor adds.
     const std::optional<SentencePieceBpe::Template> post = sp->post_processor();
     const bool bos = add_bos.value_or(post.has_value() ? post->bos : true);
@@ -187,11 +184,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     return *id;
   };
   int32_t bos = tok->sp_->bos_id(), eos = tok->sp_->eos_id();
-  if (bos_named) {
-    MOE_ASSIGN_OR_RETURN(bos, id_of(bos_token, "bos_token"));
+  if (bos_token) {
+    MOE_ASSIGN_OR_RETURN(bos, id_of(*bos_token, "bos_token"));
   }
-  if (eos_named) {
-    MOE_ASSIGN_OR_RETURN(eos, id_of(eos_token, "eos_token"));
+  if (eos_token) {
+    MOE_ASSIGN_OR_RETURN(eos, id_of(*eos_token, "eos_token"));
   }
   tok->sp_->SetBosEos(bos, eos);
   // A slow tokenizer's added tokens beyond the model's own control, unknown and user-defined pieces
