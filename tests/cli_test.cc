@@ -3,11 +3,13 @@
 // stops at EOS.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
 #include "common/json_util.h"
+#include "worker/tokenizer.h"
 #include "tests/support/cli_runner.h"
 #include "tests/support/engine_fixture.h"
 #include "tests/support/random_model.h"
@@ -140,6 +142,45 @@ TEST_F(CliTest, GenerationStopsAtEos) {
   std::vector<std::string> ignore = args;
   ignore.push_back("--ignore-eos");
   CliRun all = RunCli(0, ignore);
+  EXPECT_EQ(all.result["finish_reason"], "length");
+  EXPECT_EQ(all.result["token_ids"].get<std::vector<int32_t>>(), greedy);
+  fs::remove_all(dir);
+}
+
+// A tokenizer whose EOS is not among config.json's end ids (a fine-tune's <|im_end|>) ends
+// generation there too, as the server does: here tokenizer_config.json names the piece of the
+// 4th greedy token of "ROMEO:" as EOS while config.json keeps </s>.
+TEST_F(CliTest, GenerationStopsAtTheTokenizersEos) {
+  const std::vector<std::string> greedy_args = {"generate", "--prompt", "ROMEO:", "--max-tokens", "12", "--json"};
+  CliRun base = RunCli(0, greedy_args);
+  ASSERT_EQ(base.exit_code, 0) << base.Describe();
+  const std::vector<int32_t> greedy = base.result["token_ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ(greedy.size(), 12u);
+  const int32_t eos = greedy[3];
+  ASSERT_EQ(std::find(greedy.begin(), greedy.begin() + 3, eos), greedy.begin() + 3) << "the id comes earlier";
+  const std::unique_ptr<Tokenizer> tok = ValueOrThrow(Tokenizer::Load(kDefaultModelDir));
+  const std::string dir = MakeTempDir("moe_cli_tokenizer_eos");
+  for (const auto& f : fs::directory_iterator(kDefaultModelDir)) {
+    fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  }
+  nlohmann::json tc = ValueOrThrow(ReadJsonFile(dir + "/tokenizer_config.json"));
+  tc["eos_token"] = tok->Piece(eos);
+  std::ofstream(dir + "/tokenizer_config.json") << tc.dump(2);
+  std::vector<std::string> args = greedy_args;
+  args.insert(args.end(), {"--model", dir});
+  CliRun r = RunCli(0, args);
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_EQ(r.result["finish_reason"], "stop");
+  EXPECT_EQ(r.result["token_ids"].get<std::vector<int32_t>>(), std::vector<int32_t>(greedy.begin(), greedy.begin() + 4));
+  // Under mpirun with the sequence on rank 1 (the second prompt), and not under --ignore-eos.
+  std::vector<std::string> two = args;
+  two.insert(two.end(), {"--prompt", "ROMEO:"});
+  CliRun r2 = RunCli(2, two);
+  ASSERT_EQ(r2.exit_code, 0) << r2.Describe();
+  EXPECT_EQ(r2.result["results"][1]["token_ids"].get<std::vector<int32_t>>(),
+            std::vector<int32_t>(greedy.begin(), greedy.begin() + 4));
+  args.push_back("--ignore-eos");
+  CliRun all = RunCli(0, args);
   EXPECT_EQ(all.result["finish_reason"], "length");
   EXPECT_EQ(all.result["token_ids"].get<std::vector<int32_t>>(), greedy);
   fs::remove_all(dir);

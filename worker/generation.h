@@ -21,6 +21,9 @@ struct GenerateRequest {
   int64_t max_tokens = 64;
   SamplingParams sampling;  // temperature 0: greedy
   bool ignore_eos = false;
+  // Further ids that end generation as the config's EOS does (e.g. the tokenizer's EOS where
+  // config.json names another); ignore_eos ignores them too.
+  std::vector<int32_t> stop_token_ids;
 };
 
 enum class FinishReason { kLength, kStop };

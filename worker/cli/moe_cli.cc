@@ -136,7 +136,11 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   absl::Status status;
   if (o.command == "generate") {
     std::vector<GenerateRequest> reqs;
-    for (size_t i : mine) reqs.push_back({(*seqs)[i], o.max_tokens, o.sampling, o.ignore_eos});
+    // The tokenizer's EOS ends generation where config.json names another end id (a fine-tune's
+    // <|im_end|>), as the server does (TokenizerEosBeyondConfig).
+    std::vector<int32_t> stop_ids;
+    if (tok && tok->eos_id() >= 0 && !config->is_eos(tok->eos_id())) stop_ids.push_back(tok->eos_id());
+    for (size_t i : mine) reqs.push_back({(*seqs)[i], o.max_tokens, o.sampling, o.ignore_eos, stop_ids});
     // One text prompt in plain-text mode on rank 0: stream the text as it is generated.
     const bool stream = root && !o.json && tok && seqs->size() == 1 && o.inputs[0].is_text;
     std::unique_ptr<StreamingDetokenizer> detok;
