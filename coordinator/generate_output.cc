@@ -18,7 +18,7 @@ GenerateOutput::GenerateOutput(const GenerateJob& job, const RequestModel& model
   stop_token_ids_.assign(job.assign.stop_token_ids().begin(), job.assign.stop_token_ids().end());
   if (!job.assign.ignore_eos()) {
     eos_ids_.assign(model.config.eos_token_ids.begin(), model.config.eos_token_ids.end());
-    end_of_sequence_ = model.tokenizer != nullptr ? model.tokenizer->eos_id() : eos_ids_.empty() ? -1 : eos_ids_.front();
+    if (model.tokenizer != nullptr) end_of_sequence_ = model.tokenizer->eos_id();
   }
   if (job.assign.has_prompt_logprobs()) prompt_.assign(job.assign.prompt().begin(), job.assign.prompt().end());
   if (model.tokenizer != nullptr) {

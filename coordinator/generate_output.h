@@ -64,9 +64,10 @@ class GenerateOutput {
   bool include_stop_;  // include_stop_str_in_output
   bool skip_special_tokens_;  // false: control tokens' texts in the text and in logprobs
   std::vector<int32_t> stop_token_ids_, eos_ids_;  // the ids that end the output (eos_ids_ empty with ignore_eos)
-  // The tokenizer's end-of-sequence id (without a tokenizer, config.json's first), the one end id
-  // whose finish names no stop_reason (vLLM's request eos_token_id; the model's other end ids, as
-  // vLLM moves the generation config's into stop_token_ids, are named); -1 with ignore_eos.
+  // The tokenizer's end-of-sequence id, the one end id whose finish names no stop_reason (vLLM's
+  // request eos_token_id; the model's other end ids, as vLLM moves the generation config's into
+  // stop_token_ids, are named); -1 with ignore_eos, and without a tokenizer, where vLLM has no
+  // eos_token_id and names every end id.
   int32_t end_of_sequence_ = -1;
   int32_t last_token_ = -1;
   std::unique_ptr<TextStream> detok_;  // null without a tokenizer

@@ -217,6 +217,30 @@ TEST_F(GenerateOutputTest, TheStopTokenIdsTextIsLeftOutUnlessIncluded) {
   EXPECT_GE(checked, 2);
 }
 
+// Without a tokenizer (a model folder without one, ids in and out) vLLM has no EOS and moves every
+// end id of the model into stop_token_ids, so a finish at config.json's first end id names it as
+// the stop reason; with the tokenizer, whose EOS it is, none.
+TEST_F(GenerateOutputTest, WithoutATokenizerEveryEndIdIsTheStopReason) {
+  Sample s = samples_[0];
+  const int32_t eos = config_.eos_token_ids.at(0);
+  ASSERT_EQ(codec_->eos_id(), eos);
+  s.greedy_ids.resize(4);
+  s.greedy_ids.push_back(eos);
+  for (const TextCodec* codec : {static_cast<const TextCodec*>(nullptr), codec_.get()}) {
+    RequestModel model{config_, codec};
+    GenerateOutput out(Job(s), model, "r");
+    v1::GenerateResponse resp, last;
+    ASSERT_TRUE(out.AddTokens(TokensAt(s.greedy_ids, 0, s.greedy_ids.size(), -1.0f), resp).ok());
+    out.Finish(v1::FINISH_REASON_STOP, last);
+    if (codec == nullptr) {
+      EXPECT_EQ(last.stop_token_id(), eos);
+    } else {
+      EXPECT_EQ(last.stop_reason_case(), v1::GenerateResponse::STOP_REASON_NOT_SET);
+    }
+    EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_STOP);
+  }
+}
+
 // skip_special_tokens false (vLLM's): a control token generated shows as its piece ("<s>"), in the
 // text and in its logprob's text; the EOS that ends the output only with include_stop_str_in_output.
 // Skipped (the default), neither adds text. Reference: the recorded text, cut where the first
