@@ -144,10 +144,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
                        PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));
   MOE_ASSIGN_OR_RETURN(ChatTemplateInfo chat, LoadChatTemplateInfo(tokenizer_dir, s->tokenizer_.get()));
-  if (options.max_model_len > s->config_.max_position_embeddings) {
+  if (options.max_model_len > s->config_.context_length()) {
     return absl::InvalidArgumentError(absl::StrCat("--max-model-len: ", options.max_model_len,
-                                                   " exceeds the model's max_position_embeddings of ",
-                                                   s->config_.max_position_embeddings));
+                                                   " exceeds the model's context of ", s->config_.context_length(),
+                                                   " positions (max_position_embeddings, with RoPE scaling's factor)"));
   }
   const std::string name =
       options.served_model_name.empty() ? ModelNameOfDir(options.model_dir) : options.served_model_name;

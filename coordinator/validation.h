@@ -24,7 +24,7 @@ struct RequestModel {
   const ModelConfig& config;
   const TextCodec* tokenizer = nullptr;  // null: the model folder has no tokenizer.model
   ChatTemplateInfo chat{};
-  int64_t max_model_len = 0;  // moe-coordinator --max-model-len; 0: the config's max_position_embeddings
+  int64_t max_model_len = 0;  // moe-coordinator --max-model-len; 0: the config's context_length()
   bool priority_scheduling = false;  // moe-coordinator --scheduling-policy priority
   std::string name{};  // moe-coordinator --served-model-name, else the model folder's name
   // The model's recommended sampling defaults (generation_config.json, moe-coordinator
@@ -40,7 +40,7 @@ struct RequestModel {
   std::vector<int32_t> extra_stop_token_ids{};
   // The positions a request may use: prompt + max_tokens, a scoring window.
   int64_t context() const {
-    return max_model_len > 0 ? std::min(max_model_len, config.max_position_embeddings) : config.max_position_embeddings;
+    return max_model_len > 0 ? std::min(max_model_len, config.context_length()) : config.context_length();
   }
 };
 

@@ -89,6 +89,66 @@ TEST(ConfigTest, RoundTrip) {
   ModelConfig a = ModelConfig::FromJson(j).value();
   ModelConfig b = ModelConfig::FromJson(a.ToJson()).value();
   EXPECT_EQ(a.ToJson(), b.ToJson());
+  // With each RoPE scaling: what ToJson writes reads back the same (a worker's and the
+  // coordinator's configs are compared through it).
+  for (const json& scaling : {json{{"rope_type", "linear"}, {"factor", 2.0}},
+                              json{{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 1024},
+                                   {"mscale", 0.707}, {"mscale_all_dim", 0.707}, {"beta_fast", 16}, {"truncate", false}},
+                              json{{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                   {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 512}}}) {
+    json k = Tiny();
+    k["rope_scaling"] = scaling;
+    ModelConfig c = ModelConfig::FromJson(k).value();
+    EXPECT_NE(c.rope_scaling.type, RopeScaling::Type::kDefault) << scaling;
+    ModelConfig d = ModelConfig::FromJson(c.ToJson()).value();
+    EXPECT_EQ(c.ToJson(), d.ToJson()) << scaling;
+    EXPECT_NE(c.ToJson(), a.ToJson());
+  }
+}
+
+// The RoPE fields as transformers 5 reads them: rope_scaling (transformers 4's name, with "type" or
+// "rope_type") before rope_parameters; inside them rope_theta wins over the top level's; yarn's and
+// llama3's original_max_position_embeddings defaults to max_position_embeddings (a top-level one
+// wins); yarn without a factor takes max_position_embeddings over it, beta 0 or null the defaults.
+// The context served is vLLM's max_model_len for each.
+TEST(ConfigTest, RopeScalingFields) {
+  json j = Tiny();
+  j["max_position_embeddings"] = 8192;
+  j["rope_theta"] = 1e4;
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.5}, {"rope_theta", 5e5}};
+  j["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8}};  // rope_scaling is read first
+  ModelConfig c = ModelConfig::FromJson(j).value();
+  EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::kLinear);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 2.5);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 5e5);
+  EXPECT_EQ(c.context_length(), 20480) << "vLLM's max_model_len: max_position_embeddings times the factor";
+  j.erase("rope_scaling");
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", nullptr}, {"original_max_position_embeddings", 2048},
+                          {"beta_fast", 0}, {"beta_slow", nullptr}};
+  c = ModelConfig::FromJson(j).value();
+  EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::kYarn);
+  EXPECT_DOUBLE_EQ(c.rope_theta, 1e4);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 4.0);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 2048);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.beta_slow, 1.0);
+  EXPECT_TRUE(c.rope_scaling.truncate);
+  EXPECT_FALSE(c.rope_scaling.attention_factor.has_value());
+  j["rope_parameters"]["factor"] = 3;
+  EXPECT_EQ(ModelConfig::FromJson(j).value().context_length(), 6144) << "YaRN's original context times its factor";
+  j["original_max_position_embeddings"] = 1024;  // Phi-3's place wins
+  EXPECT_EQ(ModelConfig::FromJson(j).value().rope_scaling.original_max_position_embeddings, 1024);
+  j.erase("original_max_position_embeddings");
+  j["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8}, {"low_freq_factor", 1}, {"high_freq_factor", 4}};
+  c = ModelConfig::FromJson(j).value();
+  EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::kLlama3);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_EQ(c.context_length(), 8192) << "llama3's max_position_embeddings is the extended context";
+  // An empty rope_scaling is none, and rope_parameters is read.
+  j["rope_scaling"] = json::object();
+  EXPECT_EQ(ModelConfig::FromJson(j).value().rope_scaling.type, RopeScaling::Type::kLlama3);
+  j["rope_parameters"] = {{"rope_type", "default"}};
+  EXPECT_EQ(ModelConfig::FromJson(j).value().rope_scaling.type, RopeScaling::Type::kDefault);
 }
 
 TEST(ConfigTest, RefusesWhatItCannotHonour) {
@@ -98,12 +158,41 @@ TEST(ConfigTest, RefusesWhatItCannotHonour) {
   j = Tiny();
   j["model_type"] = "llama";
   ExpectRefused(j, "model_type");
+  // RoPE scalings whose frequencies transformers changes with each forward's length, a rotary
+  // part of the head, and scaling fields that are missing or make no sense.
   j = Tiny();
-  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
-  ExpectRefused(j, "rope_scaling");
+  j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  ExpectRefused(j, "rope_scaling.rope_type");
   j = Tiny();
-  j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  j["rope_parameters"] = {{"rope_type", "longrope"}, {"short_factor", {1.0}}, {"long_factor", {2.0}}};
   ExpectRefused(j, "rope_parameters.rope_type");
+  j = Tiny();
+  j["partial_rotary_factor"] = 0.5;
+  ExpectRefused(j, "partial_rotary_factor");
+  j = Tiny();
+  j["rope_parameters"] = {{"rope_type", "default"}, {"partial_rotary_factor", 0.25}};
+  ExpectRefused(j, "rope_parameters.partial_rotary_factor");
+  j = Tiny();
+  j["rope_scaling"] = {{"type", "linear"}};
+  ExpectRefused(j, "rope_scaling.factor");
+  j = Tiny();
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", -2}};
+  ExpectRefused(j, "rope_scaling.factor");
+  j = Tiny();
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8}, {"low_freq_factor", 4}, {"high_freq_factor", 4}};
+  ExpectRefused(j, "rope_scaling.high_freq_factor");
+  j = Tiny();
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8}, {"high_freq_factor", 4}};
+  ExpectRefused(j, "rope_scaling.low_freq_factor");
+  j = Tiny();
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}, {"original_max_position_embeddings", 0.5}};
+  ExpectRefused(j, "rope_scaling.original_max_position_embeddings");
+  j = Tiny();
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}, {"truncate", "yes"}};
+  ExpectRefused(j, "rope_scaling.truncate");
+  j = Tiny();
+  j["rope_scaling"] = "yarn";
+  ExpectRefused(j, "rope_scaling");
   j = Tiny();
   j["hidden_act"] = "gelu";
   ExpectRefused(j, "hidden_act");

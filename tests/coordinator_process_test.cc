@@ -147,7 +147,7 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
                "--metrics-listen", "none"},
               err);
     EXPECT_EQ(p.Wait(seconds(20)), 1);
-    EXPECT_NE(ReadFile(err).find("--max-model-len: 5000 exceeds the model's max_position_embeddings of 4096"),
+    EXPECT_NE(ReadFile(err).find("--max-model-len: 5000 exceeds the model's context of 4096 positions"),
               std::string::npos)
         << ReadFile(err);
   }

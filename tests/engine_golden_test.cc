@@ -1,6 +1,7 @@
 // The engine against transformers: the golden checkpoints' logits, router choices and greedy
 // continuations (tiny; window: a sliding window, top-3 routing, GQA 3; tied: tied embeddings,
-// head_dim apart from hidden / heads, top-1), and the default model's recorded samples.
+// head_dim apart from hidden / heads, top-1; yarn: YaRN RoPE scaling), and the default model's
+// recorded samples.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,9 +15,9 @@
 namespace moe::testing_ref {
 namespace {
 
-// Each test on the three golden checkpoints: tiny, window (a sliding window shorter than the
-// prompts, top-3 routing, GQA 3) and tied (tied embeddings, head_dim apart from hidden / heads,
-// top-1, no GQA).
+// Each test on the four golden checkpoints: tiny, window (a sliding window shorter than the
+// prompts, top-3 routing, GQA 3), tied (tied embeddings, head_dim apart from hidden / heads,
+// top-1, no GQA) and yarn (YaRN RoPE scaling, positions past its pretraining context).
 class EngineGoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -26,7 +27,7 @@ class EngineGoldenTest : public ::testing::TestWithParam<std::string> {
   std::string dir_;
   std::unique_ptr<Golden> golden_;
 };
-INSTANTIATE_TEST_SUITE_P(Checkpoints, EngineGoldenTest, ::testing::Values(kGoldenDir, kWindowGoldenDir, kTiedGoldenDir),
+INSTANTIATE_TEST_SUITE_P(Checkpoints, EngineGoldenTest, ::testing::Values(kGoldenDir, kWindowGoldenDir, kTiedGoldenDir, kYarnGoldenDir),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param.substr(info.param.find_last_of('/') + 1);
                          });

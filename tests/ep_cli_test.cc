@@ -366,14 +366,16 @@ TEST(EpCliShakespeareTest, RomeoOnThreeRanksMatchesSamples) {
 // (d) The other golden checkpoints: window (a sliding window of 8 shorter than the prompts, top-3 of
 // 6 experts, GQA 3) on 1, 4 (uneven expert shares 2, 2, 1, 1) and 6 ranks (one expert each); tied
 // (tied embeddings, head_dim 24 apart from hidden / heads, top-1 of 4 experts) on 1, 3 (shares 2, 1,
-// 1) and 4 ranks. All prompts in one job continue as transformers did.
+// 1) and 4 ranks; yarn (YaRN RoPE scaling, 4 experts) on 1, 2 and 4 ranks. All prompts in one job
+// continue as transformers did.
 struct EpGoldenCase {
   const char* name;
   std::vector<int> ranks;  // 0: the single-process engine
 };
 class EpCliGoldenTest : public ::testing::TestWithParam<EpGoldenCase> {};
 INSTANTIATE_TEST_SUITE_P(Checkpoints, EpCliGoldenTest,
-                         ::testing::Values(EpGoldenCase{"window", {0, 4, 6}}, EpGoldenCase{"tied", {0, 3, 4}}),
+                         ::testing::Values(EpGoldenCase{"window", {0, 4, 6}}, EpGoldenCase{"tied", {0, 3, 4}},
+                                           EpGoldenCase{"yarn", {0, 2, 4}}),
                          [](const ::testing::TestParamInfo<EpGoldenCase>& i) { return std::string(i.param.name); });
 
 TEST_P(EpCliGoldenTest, GenerateOnSeveralRanksMatchesTransformers) {

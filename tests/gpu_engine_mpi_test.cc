@@ -39,7 +39,8 @@ namespace {
 using testing_ref::World;
 
 // The golden checkpoint: tiny, or the one MOE_GOLDEN_DIR names (CTest's window variant: a sliding
-// window, top-3 of 6 experts, GQA 3; its tied variant: tied embeddings, head_dim apart, top-1).
+// window, top-3 of 6 experts, GQA 3; its tied variant: tied embeddings, head_dim apart, top-1; its
+// yarn variant: YaRN RoPE scaling).
 const std::string& GoldenDir() {
   static const std::string dir = std::getenv("MOE_GOLDEN_DIR") != nullptr ? std::getenv("MOE_GOLDEN_DIR") : testing_ref::kGoldenDir;
   return dir;

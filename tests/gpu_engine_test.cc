@@ -177,7 +177,8 @@ Golden* GpuGoldenTest::golden_ = nullptr;
 
 // The comparisons with transformers on the golden checkpoints: tiny; window (a sliding window of 8
 // shorter than its prompts, top-3 of 6 experts, GQA 6/2 with head_dim 16); tied (tied embeddings,
-// head_dim 24 apart from hidden / heads, top-1 of 4 experts, no GQA).
+// head_dim 24 apart from hidden / heads, top-1 of 4 experts, no GQA); yarn (YaRN RoPE scaling,
+// positions past its pretraining context of 64; 35 greedy steps above the margin).
 struct GoldenCheckpoint {
   std::string dir;
   size_t min_comparable_steps;  // greedy steps above the bf16 margin in its golden data
@@ -194,7 +195,7 @@ class GpuGoldenCheckpointTest : public ::testing::TestWithParam<GoldenCheckpoint
 };
 INSTANTIATE_TEST_SUITE_P(Checkpoints, GpuGoldenCheckpointTest,
                          ::testing::Values(GoldenCheckpoint{kGoldenDir, 50}, GoldenCheckpoint{kWindowGoldenDir, 20},
-                                           GoldenCheckpoint{kTiedGoldenDir, 40}),
+                                           GoldenCheckpoint{kTiedGoldenDir, 40}, GoldenCheckpoint{kYarnGoldenDir, 30}),
                          [](const ::testing::TestParamInfo<GoldenCheckpoint>& info) {
                            return info.param.dir.substr(info.param.dir.find_last_of('/') + 1);
                          });

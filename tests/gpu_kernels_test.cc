@@ -17,6 +17,7 @@
 #include "kernels/kernels.h"
 #include "coordinator/placement.h"
 #include "worker/cpu/ops.h"
+#include "worker/model/rope.h"
 #include "worker/model/safetensors.h"
 #include "worker/moe/dispatch.h"
 #include "worker/moe/router.h"
@@ -139,8 +140,7 @@ TEST(GpuKernelsTest, RopeMatchesCpu) {
   std::vector<float> x = RandomBf16Values(T * heads * D, 5);
   std::vector<int32_t> pos = {0, 1, 2, 100, 4095, 32767, 12};
   std::vector<int64_t> pos64(pos.begin(), pos.end());
-  std::vector<double> inv(D / 2);
-  cpu::RopeInvFreq(D, 1e6, inv);
+  const std::vector<double> inv = RopeInvFreq(D, 1e6);
   Buffer<bf16> d_x(ToBf16Host(x));
   Buffer<int32_t> d_pos(pos);
   Buffer<double> d_inv(inv);
@@ -467,8 +467,7 @@ TEST(GpuKernelsTest, QkvRopeKvMatchesRopeAndWriteKv) {
   std::vector<float> qkv = RandomBf16Values(T * width, 31);
   std::vector<int32_t> seq = {0, 0, 0, 1, 1, 0}, pos = {0, 1, 2, 0, 1, 9};
   std::vector<int32_t> tables = {3, 0, 2, 1, 5, 4};  // [2 seqs, 3 blocks]
-  std::vector<double> inv(D / 2);
-  cpu::RopeInvFreq(D, 1e6, inv);
+  const std::vector<double> inv = RopeInvFreq(D, 1e6);
   Buffer<bf16> d_qkv(ToBf16Host(qkv)), d_q(T * heads * D), d_keys(6 * block * kvh * D), d_values(6 * block * kvh * D);
   MOE_CUDA_CHECK(cudaMemset(d_keys.get(), 0, 6 * block * kvh * D * sizeof(bf16)));
   MOE_CUDA_CHECK(cudaMemset(d_values.get(), 0, 6 * block * kvh * D * sizeof(bf16)));
@@ -522,8 +521,7 @@ TEST(GpuKernelsTest, DecodeRopeAttentionMatchesQkvRopeKvThenPagedAttention) {
       row_pos[s] = lens[s] - 1;
       tiles.insert(tiles.end(), {static_cast<int32_t>(s), 1});
     }
-    std::vector<double> inv(c.D / 2);
-    cpu::RopeInvFreq(c.D, 1e6, inv);
+    const std::vector<double> inv = RopeInvFreq(c.D, 1e6);
     const std::vector<bf16> cache_keys = ToBf16Host(RandomBf16Values(pool * c.block_size * width, 42));
     const std::vector<bf16> cache_values = ToBf16Host(RandomBf16Values(pool * c.block_size * width, 43));
     Buffer<bf16> d_qkv(ToBf16Host(RandomBf16Values(S * qkv_width, 44))), d_q(S * c.heads * c.D);

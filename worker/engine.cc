@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "worker/cpu/ops.h"
+#include "worker/model/rope.h"
 #include "worker/model/safetensors.h"
 #include "worker/sampler.h"
 
@@ -29,8 +30,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
   const int64_t blocks = (opts.kv_tokens + opts.kv_block_size - 1) / opts.kv_block_size;
   e->kv_ = std::make_unique<KvCache>(c, opts.kv_block_size, blocks);
   e->moe_ = std::make_unique<MoeLayer>(e->config_, e->plan_, comm, e->stats_);
-  e->inv_freq_.resize(static_cast<size_t>(c.head_dim / 2));
-  cpu::RopeInvFreq(c.head_dim, c.rope_theta, e->inv_freq_);
+  e->inv_freq_ = ComputeRopeFrequencies(c).inv_freq;
   return e;
 }
 
@@ -50,7 +50,7 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceChunk>& chunks
 void Engine::Attention(int64_t layer, const std::vector<SequenceChunk>& chunks, const std::vector<int64_t>& starts) {
   const ModelConfig& c = config_;
   const int64_t hd = c.head_dim, kvd = c.kv_dim(), qd = c.q_dim(), hpk = c.heads_per_kv();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale = AttentionScale(c);
   int64_t row = 0;
   for (size_t ci = 0; ci < chunks.size(); ++ci) {
     const SequenceChunk& ch = chunks[ci];

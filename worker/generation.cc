@@ -68,7 +68,7 @@ absl::StatusOr<std::vector<GenerateResult>> GenerateAll(StepEngine& engine, cons
       res.tokens.push_back(tok);
       if (on_token) on_token(i, tok);
       const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
-      const bool at_context_end = engine.SequenceLength(id) + 1 > c.max_position_embeddings;
+      const bool at_context_end = engine.SequenceLength(id) + 1 > c.context_length();
       if (!req.ignore_eos && (c.is_eos(tok) || std::ranges::find(req.stop_token_ids, tok) != req.stop_token_ids.end())) {
         res.finish = FinishReason::kStop;
       } else if (static_cast<int64_t>(res.tokens.size()) < req.max_tokens && !at_context_end) {

@@ -91,10 +91,9 @@ absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv
       }
     }
     const int64_t len = kv.length(ch.seq_id), end = len + static_cast<int64_t>(ch.tokens.size());
-    if (end > c.max_position_embeddings) {
+    if (end > c.context_length()) {
       return absl::OutOfRangeError(absl::StrCat("sequence ", ch.seq_id, ": ", end,
-                                                " positions exceed max_position_embeddings ",
-                                                c.max_position_embeddings));
+                                                " positions exceed the model's context of ", c.context_length()));
     }
     blocks_needed += kv.GrowthBlocks(ch.seq_id, static_cast<int64_t>(ch.tokens.size()));
   }

@@ -25,6 +25,9 @@ inline const std::string kWindowGoldenDir = std::string(MOE_SOURCE_DIR) + "/test
 // A third: tied embeddings (no lm_head tensor), head_dim 24 apart from hidden / heads, top-1 of 4
 // experts, as many key-value heads as query heads (tests/data/golden/README.md).
 inline const std::string kTiedGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/tied";
+// A fourth: YaRN RoPE scaling over a pretraining context of 64 positions, prompts and greedy steps
+// past it (tests/data/golden/README.md).
+inline const std::string kYarnGoldenDir = std::string(MOE_SOURCE_DIR) + "/tests/data/golden/yarn";
 inline const std::string kDefaultModelDir = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
 
 // A single-process engine with its communicator and plan kept alive beside it.

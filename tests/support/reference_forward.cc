@@ -218,6 +218,11 @@ absl::StatusOr<ReferenceOutput> ReferenceForward(const ModelConfig& c, const Che
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t H = c.hidden_size, V = c.vocab_size, L = c.num_layers, E = c.num_experts;
   if (T == 0) return absl::InvalidArgumentError("ReferenceForward: empty token list");
+  // The plain rotary of rope_theta only: scaled RoPE is checked against transformers' data
+  // (tests/data/golden/yarn, rope_reference.json), not against this code.
+  if (c.rope_scaling.type != RopeScaling::Type::kDefault) {
+    return absl::InvalidArgumentError("ReferenceForward: RoPE scaling is not modelled here");
+  }
   for (int64_t t = 0; t < T; ++t) {
     if (tokens[t] < 0 || tokens[t] >= V) {
       return absl::InvalidArgumentError(

@@ -63,10 +63,10 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> InputIds(const CliOptions& o, 
       }
     }
     const int64_t need = static_cast<int64_t>(seqs.back().size()) + (o.command == "generate" ? o.max_tokens : 0);
-    if (need > c.max_position_embeddings) {
+    if (need > c.context_length()) {
       return absl::InvalidArgumentError(absl::StrCat("input ", i, ": ", seqs.back().size(), " prompt tokens + ",
                                                      o.max_tokens, " max tokens exceed the context of ",
-                                                     c.max_position_embeddings));
+                                                     c.context_length()));
     }
   }
   return seqs;

@@ -25,12 +25,6 @@ void RmsNorm(const float* x, int64_t M, int64_t H, const float* weight, double e
   }
 }
 
-void RopeInvFreq(int64_t head_dim, double theta, std::span<double> inv_freq) {
-  for (int64_t i = 0; i < head_dim / 2; ++i) {
-    inv_freq[i] = 1.0 / std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(head_dim));
-  }
-}
-
 void ApplyRope(float* x, int64_t T, int64_t heads, int64_t head_dim, const int64_t* positions,
                std::span<const double> inv_freq) {
   const int64_t half = head_dim / 2;

@@ -14,10 +14,9 @@ void Linear(const float* x, int64_t M, int64_t K, const float* W, int64_t N, flo
 void RmsNorm(const float* x, int64_t M, int64_t H, const float* weight, double eps, float* out);
 
 // Rotary embedding (the non-interleaved "rotate half" form) applied in place to x[T, heads, head_dim]
-// at the given positions. inv_freq has head_dim/2 entries (see RopeInvFreq).
+// at the given positions. inv_freq has head_dim/2 entries (worker/model/rope.h).
 void ApplyRope(float* x, int64_t T, int64_t heads, int64_t head_dim, const int64_t* positions,
                std::span<const double> inv_freq);
-void RopeInvFreq(int64_t head_dim, double theta, std::span<double> inv_freq);
 
 // In place: gate_up holds [M, 2*I] rows (w1 x | w3 x); writes silu(w1 x) * (w3 x) into out[M, I].
 void SwiGlu(const float* gate_up, int64_t M, int64_t I, float* out);

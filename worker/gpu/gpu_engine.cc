@@ -6,10 +6,10 @@
 #include <cstdio>
 #include <cstring>
 
-#include "worker/cpu/ops.h"
 #include "worker/gpu/gemm_warmup.h"
 #include "worker/gpu/sample_row_params.h"
 #include "worker/kv_budget.h"
+#include "worker/model/rope.h"
 #include "worker/model/safetensors.h"
 #include "worker/sampler.h"
 
@@ -139,8 +139,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Create(const ModelConfig& 
                                                        2 * kv_elems * sizeof(bf16), " bytes for ", sized.kv_tokens,
                                                        " positions): ", err.what()));
     }
-    std::vector<double> inv(static_cast<size_t>(c.head_dim / 2));
-    cpu::RopeInvFreq(c.head_dim, c.rope_theta, inv);
+    const std::vector<double> inv = ComputeRopeFrequencies(c).inv_freq;
     e->inv_freq_ = DeviceBuffer<double>(inv.size());
     MOE_CUDA_CHECK(cudaMemcpy(e->inv_freq_.get(), inv.data(), sizeof(double) * inv.size(), cudaMemcpyHostToDevice));
     e->tile_rows_ = AttentionTileRows(c.heads_per_kv(), c.head_dim);
@@ -562,7 +561,7 @@ void GpuEngine::Enqueue(const StepShape& sh, bool count_experts) {
 
   EmbeddingGather(weights_->embed, d_ids, T, H, x_.get(), s);
   const int64_t layer_elems = kv_.total_blocks() * kv_.block_size() * c.kv_dim();
-  const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  const float scale = AttentionScale(c);
   const int64_t window = c.sliding_window ? *c.sliding_window : 0;
   const float eps = static_cast<float>(c.rms_norm_eps);
   // The attention norm of layer 0 here; every later one, and the final norm, in the combine kernel

@@ -38,7 +38,137 @@ absl::StatusOr<double> PositiveNumber(const json& j, const std::string& field, d
   return x;
 }
 
+// A number field of the object `r` (named `where` in errors, "" for config.json's top level);
+// nullopt when absent or null.
+absl::StatusOr<std::optional<double>> RopeNumber(const json& r, const std::string& where, const std::string& field,
+                                                 bool positive = true) {
+  if (!r.contains(field) || r[field].is_null()) return std::nullopt;
+  const json& v = r[field];
+  const std::string name = where.empty() ? field : where + "." + field;
+  if (!v.is_number()) return FieldError(name, "must be a number, got " + v.dump());
+  const double x = v.get<double>();
+  if (positive && !(x > 0)) return FieldError(name, "must be positive, got " + v.dump());
+  return x;
+}
+
+// rope_theta and the frequency scaling, as transformers 5 reads them for Mixtral: the scaling
+// object is rope_scaling (transformers 4's name) when set, else rope_parameters; a value inside it
+// (rope_theta, partial_rotary_factor) wins over the top-level field of that name, except a
+// top-level original_max_position_embeddings (Phi-3's place for it), which wins.
+absl::Status ReadRope(const json& j, ModelConfig& c) {
+  MOE_ASSIGN_OR_RETURN(c.rope_theta, PositiveNumber(j, "rope_theta", 1e6));
+  std::string where = "rope_scaling";
+  const json* r = nullptr;
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null() && !j["rope_scaling"].empty()) {
+    r = &j["rope_scaling"];
+  } else if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
+    r = &j["rope_parameters"];
+    where = "rope_parameters";
+  }
+  if (r != nullptr && !r->is_object()) return FieldError(where, "must be an object, got " + r->dump());
+  // Rotating part of each head only (partial_rotary_factor below 1) is not Mixtral's.
+  for (const auto& [object, name] : {std::pair{&j, std::string()}, std::pair{r, where}}) {
+    if (object == nullptr) continue;
+    MOE_ASSIGN_OR_RETURN(std::optional<double> partial, RopeNumber(*object, name, "partial_rotary_factor"));
+    if (partial && *partial != 1.0) {
+      return FieldError(name.empty() ? "partial_rotary_factor" : name + ".partial_rotary_factor",
+                        "only 1 (every dimension rotated) is supported, got " +
+                            (*object)["partial_rotary_factor"].dump());
+    }
+  }
+  if (r == nullptr) return absl::OkStatus();
+  MOE_ASSIGN_OR_RETURN(std::optional<double> theta, RopeNumber(*r, where, "rope_theta"));
+  if (theta) c.rope_theta = *theta;
+  std::string type = "default";
+  for (const char* key : {"rope_type", "type"}) {
+    if (r->contains(key) && !(*r)[key].is_null()) {
+      if (!(*r)[key].is_string()) return FieldError(where + "." + key, "must be a string, got " + (*r)[key].dump());
+      type = (*r)[key].get<std::string>();
+      break;
+    }
+  }
+  RopeScaling& s = c.rope_scaling;
+  if (type == "default") return absl::OkStatus();
+  if (type == "linear") {
+    s.type = RopeScaling::Type::kLinear;
+  } else if (type == "yarn") {
+    s.type = RopeScaling::Type::kYarn;
+  } else if (type == "llama3") {
+    s.type = RopeScaling::Type::kLlama3;
+  } else {
+    return FieldError(where + ".rope_type",
+                      "only 'default', 'linear', 'yarn' and 'llama3' are supported (frequencies fixed for every "
+                      "position), got '" + type + "'");
+  }
+  const auto required = [&](const std::string& field) -> absl::StatusOr<double> {
+    MOE_ASSIGN_OR_RETURN(std::optional<double> v, RopeNumber(*r, where, field));
+    if (!v) return FieldError(where + "." + field, "missing (required by rope_type '" + type + "')");
+    return *v;
+  };
+  if (s.type != RopeScaling::Type::kLinear) {
+    s.original_max_position_embeddings = c.max_position_embeddings;
+    const json& origin = j.contains("original_max_position_embeddings") ? j : *r;
+    const std::string origin_name = &origin == &j ? "original_max_position_embeddings"
+                                                   : where + ".original_max_position_embeddings";
+    if (origin.contains("original_max_position_embeddings") && !origin["original_max_position_embeddings"].is_null()) {
+      const json& v = origin["original_max_position_embeddings"];
+      if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
+        return FieldError(origin_name, "must be a positive integer, got " + v.dump());
+      }
+      s.original_max_position_embeddings = v.get<int64_t>();
+    }
+  }
+  if (s.type == RopeScaling::Type::kYarn && (!r->contains("factor") || (*r)["factor"].is_null())) {
+    // transformers: the ratio of the extended context to the pretraining one.
+    s.factor = static_cast<double>(c.max_position_embeddings) / static_cast<double>(s.original_max_position_embeddings);
+  } else {
+    MOE_ASSIGN_OR_RETURN(s.factor, required("factor"));
+  }
+  if (s.type == RopeScaling::Type::kYarn) {
+    MOE_ASSIGN_OR_RETURN(s.attention_factor, RopeNumber(*r, where, "attention_factor"));
+    MOE_ASSIGN_OR_RETURN(s.mscale, RopeNumber(*r, where, "mscale", /*positive=*/false));
+    MOE_ASSIGN_OR_RETURN(s.mscale_all_dim, RopeNumber(*r, where, "mscale_all_dim", /*positive=*/false));
+    // transformers takes 0 or null as the default (`or 32`).
+    MOE_ASSIGN_OR_RETURN(std::optional<double> fast, RopeNumber(*r, where, "beta_fast", /*positive=*/false));
+    MOE_ASSIGN_OR_RETURN(std::optional<double> slow, RopeNumber(*r, where, "beta_slow", /*positive=*/false));
+    if (fast && *fast != 0) s.beta_fast = *fast;
+    if (slow && *slow != 0) s.beta_slow = *slow;
+    if (!(s.beta_fast > 0) || !(s.beta_slow > 0)) {
+      return FieldError(where + (s.beta_fast > 0 ? ".beta_slow" : ".beta_fast"), "must be positive");
+    }
+    if (r->contains("truncate") && !(*r)["truncate"].is_null()) {
+      if (!(*r)["truncate"].is_boolean()) {
+        return FieldError(where + ".truncate", "must be true or false, got " + (*r)["truncate"].dump());
+      }
+      s.truncate = (*r)["truncate"].get<bool>();
+    }
+  } else if (s.type == RopeScaling::Type::kLlama3) {
+    MOE_ASSIGN_OR_RETURN(s.low_freq_factor, required("low_freq_factor"));
+    MOE_ASSIGN_OR_RETURN(s.high_freq_factor, required("high_freq_factor"));
+    if (!(s.high_freq_factor > s.low_freq_factor)) {
+      return FieldError(where + ".high_freq_factor", "must exceed low_freq_factor (" +
+                                                          std::to_string(s.low_freq_factor) + "), got " +
+                                                          (*r)["high_freq_factor"].dump());
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+int64_t ModelConfig::context_length() const {
+  switch (rope_scaling.type) {
+    case RopeScaling::Type::kLinear:
+      return static_cast<int64_t>(static_cast<double>(max_position_embeddings) * rope_scaling.factor);
+    case RopeScaling::Type::kYarn:
+      return static_cast<int64_t>(static_cast<double>(rope_scaling.original_max_position_embeddings) *
+                                  rope_scaling.factor);
+    case RopeScaling::Type::kDefault:
+    case RopeScaling::Type::kLlama3:
+      break;
+  }
+  return max_position_embeddings;
+}
 
 int64_t ModelConfig::replicated_params() const {
   int64_t per_layer = hidden_size * q_dim()          // q_proj
@@ -98,20 +228,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
   MOE_ASSIGN_OR_RETURN(c.max_position_embeddings, PositiveInt(j, "max_position_embeddings", 4096 * 32));
   MOE_ASSIGN_OR_RETURN(c.rms_norm_eps, PositiveNumber(j, "rms_norm_eps", 1e-5));
 
-  // RoPE: plain rotary only. transformers 5 writes rope_theta inside rope_parameters.
-  c.rope_theta = 1e6;
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    return FieldError("rope_scaling", "RoPE scaling is not supported, got " + j["rope_scaling"].dump());
-  }
-  if (j.contains("rope_parameters") && !j["rope_parameters"].is_null()) {
-    const json& rp = j["rope_parameters"];
-    if (!rp.is_object()) return FieldError("rope_parameters", "must be an object");
-    if (rp.contains("rope_type") && rp["rope_type"] != "default") {
-      return FieldError("rope_parameters.rope_type", "only 'default' is supported, got " + rp["rope_type"].dump());
-    }
-    MOE_ASSIGN_OR_RETURN(c.rope_theta, PositiveNumber(rp, "rope_theta", c.rope_theta));
-  }
-  MOE_ASSIGN_OR_RETURN(c.rope_theta, PositiveNumber(j, "rope_theta", c.rope_theta));
+  MOE_RETURN_IF_ERROR(ReadRope(j, c));
 
   if (j.contains("sliding_window") && !j["sliding_window"].is_null()) {
     MOE_ASSIGN_OR_RETURN(int64_t w, PositiveInt(j, "sliding_window"));
@@ -166,6 +283,20 @@ absl::StatusOr<ModelConfig> ModelConfig::FromModelDir(const std::string& dir) {
   return c;
 }
 
+const char* RopeScaling::TypeName(Type t) {
+  switch (t) {
+    case Type::kLinear:
+      return "linear";
+    case Type::kYarn:
+      return "yarn";
+    case Type::kLlama3:
+      return "llama3";
+    case Type::kDefault:
+      break;
+  }
+  return "default";
+}
+
 json ModelConfig::ToJson() const {
   json j = {{"architectures", {"MixtralForCausalLM"}},
             {"model_type", "mixtral"},
@@ -186,6 +317,27 @@ json ModelConfig::ToJson() const {
             {"bos_token_id", bos_token_id},
             {"eos_token_id", eos_token_ids}};
   j["sliding_window"] = sliding_window ? json(*sliding_window) : json(nullptr);
+  // The scaling in transformers 4's rope_scaling, every value it uses spelled out.
+  const RopeScaling& r = rope_scaling;
+  json scaling = nullptr;
+  if (r.type != RopeScaling::Type::kDefault) {
+    scaling = {{"rope_type", RopeScaling::TypeName(r.type)}, {"factor", r.factor}};
+    if (r.type != RopeScaling::Type::kLinear) {
+      scaling["original_max_position_embeddings"] = r.original_max_position_embeddings;
+    }
+    if (r.type == RopeScaling::Type::kYarn) {
+      if (r.attention_factor) scaling["attention_factor"] = *r.attention_factor;
+      if (r.mscale) scaling["mscale"] = *r.mscale;
+      if (r.mscale_all_dim) scaling["mscale_all_dim"] = *r.mscale_all_dim;
+      scaling["beta_fast"] = r.beta_fast;
+      scaling["beta_slow"] = r.beta_slow;
+      scaling["truncate"] = r.truncate;
+    } else if (r.type == RopeScaling::Type::kLlama3) {
+      scaling["low_freq_factor"] = r.low_freq_factor;
+      scaling["high_freq_factor"] = r.high_freq_factor;
+    }
+  }
+  j["rope_scaling"] = scaling;
   return j;
 }
 

@@ -14,6 +14,24 @@
 
 namespace moe {
 
+// RoPE's frequency scaling: config.json's rope_scaling (transformers 4) or rope_parameters
+// (transformers 5), the static kinds, which change every frequency once for all positions
+// (worker/model/rope.h computes them). "dynamic" and "longrope", whose frequencies transformers
+// changes with each forward's length, are refused.
+struct RopeScaling {
+  enum class Type { kDefault, kLinear, kYarn, kLlama3 };
+  Type type = Type::kDefault;
+  double factor = 1.0;                            // linear, yarn, llama3
+  int64_t original_max_position_embeddings = 0;   // yarn, llama3 (the pretraining context)
+  std::optional<double> attention_factor;         // yarn: else from mscale / mscale_all_dim / factor
+  std::optional<double> mscale, mscale_all_dim;   // yarn
+  double beta_fast = 32.0, beta_slow = 1.0;       // yarn
+  bool truncate = true;                           // yarn: the ramp's ends rounded to whole dimensions
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+
+  static const char* TypeName(Type t);  // "default" | "linear" | "yarn" | "llama3"
+};
+
 struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -25,12 +43,18 @@ struct ModelConfig {
   int64_t num_experts = 0;
   int64_t experts_per_token = 0;
   double rope_theta = 1e6;
+  RopeScaling rope_scaling;
   double rms_norm_eps = 1e-5;
   std::optional<int64_t> sliding_window;  // none: full causal attention
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 0;
   int64_t bos_token_id = 1;
   std::vector<int64_t> eos_token_ids = {2};
+
+  // The positions a sequence may hold, as vLLM derives its max_model_len: max_position_embeddings,
+  // times the factor of a linear scaling, or YaRN's original_max_position_embeddings times its
+  // factor (llama3's max_position_embeddings is already the extended context).
+  int64_t context_length() const;
 
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }

@@ -56,7 +56,7 @@ std::optional<moe::v1::Finished::Reason> ServedSequence::EndReason(const ModelCo
       std::find(assign.stop_token_ids().begin(), assign.stop_token_ids().end(), tok) != assign.stop_token_ids().end();
   if ((c.is_eos(tok) && !assign.ignore_eos()) || stop_token) return moe::v1::Finished::REASON_STOP;
   if (static_cast<int64_t>(generated.size()) >= static_cast<int64_t>(assign.max_tokens()) ||
-      context_size() > c.max_position_embeddings) {
+      context_size() > c.context_length()) {
     return moe::v1::Finished::REASON_LENGTH;
   }
   return std::nullopt;
@@ -65,7 +65,7 @@ std::optional<moe::v1::Finished::Reason> ServedSequence::EndReason(const ModelCo
 int64_t WorstCasePositions(const moe::v1::Assign& a, const ModelConfig& c) {
   const int64_t prompt = a.prompt_size();
   if (a.kind() == moe::v1::Assign::KIND_SCORE) return prompt;
-  return std::min<int64_t>(prompt + static_cast<int64_t>(a.max_tokens()), c.max_position_embeddings);
+  return std::min<int64_t>(prompt + static_cast<int64_t>(a.max_tokens()), c.context_length());
 }
 
 SamplingParams SamplingOf(const moe::v1::Assign& a) {
@@ -120,9 +120,9 @@ absl::Status ValidateAssign(const moe::v1::Assign& a, const ModelConfig& c) {
   }
   if (a.prompt_size() == 0) return absl::InvalidArgumentError("prompt: empty");
   MOE_RETURN_IF_ERROR(CheckTokenIds("prompt", a.prompt(), c));
-  if (a.prompt_size() > c.max_position_embeddings) {
+  if (a.prompt_size() > c.context_length()) {
     return absl::InvalidArgumentError(absl::StrCat("prompt: ", a.prompt_size(), " tokens exceed the context of ",
-                                                   c.max_position_embeddings));
+                                                   c.context_length()));
   }
   if (a.kind() == moe::v1::Assign::KIND_GENERATE) {
     MOE_RETURN_IF_ERROR(SamplingOf(a).Validate());

@@ -77,7 +77,7 @@ std::string WorkerUsage() {
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
-  return std::min<int64_t>(64 * c.max_position_embeddings, 262144);
+  return std::min<int64_t>(64 * c.context_length(), 262144);
 }
 
 absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& args) {
