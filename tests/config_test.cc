@@ -196,6 +196,12 @@ TEST(ConfigTest, RefusesWhatItCannotHonour) {
   j = Tiny();
   j["hidden_act"] = "gelu";
   ExpectRefused(j, "hidden_act");
+  j = Tiny();  // e.g. a GPTQ Mixtral's
+  j["quantization_config"] = {{"bits", 4}, {"group_size", 128}, {"quant_method", "gptq"}};
+  ExpectRefused(j, "gptq");
+  j = Tiny();
+  j["quantization_config"] = {{"quant_method", "fp8"}, {"activation_scheme", "static"}};
+  ExpectRefused(j, "quantization_config");
   j = Tiny();
   j["num_key_value_heads"] = 3;
   ExpectRefused(j, "num_key_value_heads");

@@ -238,6 +238,16 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
     if (!j["tie_word_embeddings"].is_boolean()) return FieldError("tie_word_embeddings", "must be true or false");
     c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
   }
+  // A quantized checkpoint (GPTQ, AWQ, FP8, bitsandbytes: packed weights beside scales, under
+  // other tensor names and dtypes) is refused here by its method rather than later by a tensor.
+  if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {
+    const json& q = j["quantization_config"];
+    const std::string method = q.is_object() && q.contains("quant_method") && q["quant_method"].is_string()
+                                   ? q["quant_method"].get<std::string>()
+                                   : q.dump();
+    return FieldError("quantization_config", "quantized checkpoints are not supported (quant_method '" + method +
+                                                 "'): serve the model's bf16, fp16 or fp32 checkpoint");
+  }
   if (j.contains("hidden_act") && !j["hidden_act"].is_null() && j["hidden_act"] != "silu") {
     return FieldError("hidden_act", "only 'silu' is supported, got " + j["hidden_act"].dump());
   }
