@@ -196,6 +196,8 @@ TEST(ConfigTest, RefusesWhatItCannotHonour) {
   j = Tiny();
   j["hidden_act"] = "gelu";
   ExpectRefused(j, "hidden_act");
+  j["hidden_act"] = "swish";  // transformers' other name for SiLU
+  EXPECT_TRUE(ModelConfig::FromJson(j).ok());
   j = Tiny();  // e.g. a GPTQ Mixtral's
   j["quantization_config"] = {{"bits", 4}, {"group_size", 128}, {"quant_method", "gptq"}};
   ExpectRefused(j, "gptq");

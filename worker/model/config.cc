@@ -248,8 +248,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
     return FieldError("quantization_config", "quantized checkpoints are not supported (quant_method '" + method +
                                                  "'): serve the model's bf16, fp16 or fp32 checkpoint");
   }
-  if (j.contains("hidden_act") && !j["hidden_act"].is_null() && j["hidden_act"] != "silu") {
-    return FieldError("hidden_act", "only 'silu' is supported, got " + j["hidden_act"].dump());
+  // transformers' ACT2FN: "swish" is the same SiLU.
+  if (j.contains("hidden_act") && !j["hidden_act"].is_null() && j["hidden_act"] != "silu" && j["hidden_act"] != "swish") {
+    return FieldError("hidden_act", "only 'silu' (or 'swish', the same) is supported, got " + j["hidden_act"].dump());
   }
   if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) {
     c.bos_token_id = j["bos_token_id"].get<int64_t>();
