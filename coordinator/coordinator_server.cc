@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "common/json_util.h"
 #include "common/model_name.h"
+#include "common/pem_file.h"
 #include "worker/model/generation_config.h"
 
 namespace moe {
@@ -41,24 +42,22 @@ void ConfigureBuilder(grpc::ServerBuilder& b) {
 }
 
 // A port's credentials: plaintext without files, else TLS only with the PEM certificate chain and
-// private key they hold. Errors name the flag (`flags` is its prefix: "--tls" -> --tls-cert-file).
+// private key they hold, and with `client_ca_file` mutual TLS: a client must show a certificate those
+// roots vouch for. Errors name the flag (`flags` is its prefix: "--tls" -> --tls-cert-file).
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const std::string& cert_file,
                                                                          const std::string& key_file,
+                                                                         const std::string& client_ca_file,
                                                                          const std::string& flags) {
   if (cert_file.empty()) return grpc::InsecureServerCredentials();
-  const std::string cert_flag = flags + "-cert-file", key_flag = flags + "-key-file";
-  absl::StatusOr<std::string> cert = ReadTextFile(cert_file);
-  absl::StatusOr<std::string> key = ReadTextFile(key_file);
-  if (!cert.ok()) return absl::InvalidArgumentError(absl::StrCat(cert_flag, ": ", cert.status().message()));
-  if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat(key_flag, ": ", key.status().message()));
-  if (cert->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(cert_flag, ": ", cert_file, " holds no PEM certificate"));
-  }
-  if (key->find("PRIVATE KEY-----") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(key_flag, ": ", key_file, " holds no PEM private key"));
-  }
+  MOE_ASSIGN_OR_RETURN(const std::string cert, ReadPemFile(cert_file, PemKind::kCertificate, flags + "-cert-file"));
+  MOE_ASSIGN_OR_RETURN(const std::string key, ReadPemFile(key_file, PemKind::kPrivateKey, flags + "-key-file"));
   grpc::SslServerCredentialsOptions ssl;
-  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  ssl.pem_key_cert_pairs.push_back({key, cert});
+  if (!client_ca_file.empty()) {
+    MOE_ASSIGN_OR_RETURN(ssl.pem_root_certs,
+                         ReadPemFile(client_ca_file, PemKind::kCertificate, flags + "-client-ca-file"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
   return grpc::SslServerCredentials(ssl);
 }
 
@@ -180,9 +179,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
 
   // TLS files are read before anything listens.
   MOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> public_credentials,
-                       ServerCredentials(options.tls_cert_file, options.tls_key_file, "--tls"));
+                       ServerCredentials(options.tls_cert_file, options.tls_key_file, "", "--tls"));
   MOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> cluster_credentials,
-                       ServerCredentials(options.cluster_tls_cert_file, options.cluster_tls_key_file, "--cluster-tls"));
+                       ServerCredentials(options.cluster_tls_cert_file, options.cluster_tls_key_file,
+                                         options.cluster_tls_client_ca_file, "--cluster-tls"));
   {
     grpc::ServerBuilder b;
     ConfigureBuilder(b);

@@ -57,7 +57,7 @@ std::string CoordinatorUsage() {
          "         [--served-model-name NAME] [--tokenizer DIR] [--tokenizer-mode auto|hf|slow|mistral]\n"
          "         [--generation-config auto|vllm|DIR] [--override-generation-config JSON]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
-         "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]\n"
+         "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem [--cluster-tls-client-ca-file CA.pem]]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
          "When every worker caches prompt prefixes (moe-worker's default), a generation goes\n"
          "to the rank that holds the longest start of its prompt, unless that rank reserves more than\n"
@@ -92,7 +92,10 @@ std::string CoordinatorUsage() {
          "Python client).\n"
          "--cluster-tls-cert-file / --cluster-tls-key-file (PEM, both or neither): the cluster port serves TLS\n"
          "only; workers verify it with moe-worker --coordinator-tls-ca-file. Without them it is plaintext (the\n"
-         "cluster token, MOE_CLUSTER_TOKEN, still authenticates the ranks).\n";
+         "cluster token, MOE_CLUSTER_TOKEN, still authenticates the ranks).\n"
+         "--cluster-tls-client-ca-file CA.pem (with the cluster port's TLS): mutual TLS, the port serves only\n"
+         "workers showing a certificate these PEM roots vouch for (moe-worker --cluster-tls-cert-file /\n"
+         "--cluster-tls-key-file).\n";
 }
 
 absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::string>& args) {
@@ -202,6 +205,7 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
       {"--tls-key-file", path_flag("--tls-key-file", o.tls_key_file)},
       {"--cluster-tls-cert-file", path_flag("--cluster-tls-cert-file", o.cluster_tls_cert_file)},
       {"--cluster-tls-key-file", path_flag("--cluster-tls-key-file", o.cluster_tls_key_file)},
+      {"--cluster-tls-client-ca-file", path_flag("--cluster-tls-client-ca-file", o.cluster_tls_client_ca_file)},
       {"--resume-timeout-s",
        [&](const std::string& v) -> absl::Status {
          MOE_ASSIGN_OR_RETURN(o.resume_timeout_s, ParseSeconds("--resume-timeout-s", v, true));
@@ -230,6 +234,10 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
   if (o.cluster_tls_cert_file.empty() != o.cluster_tls_key_file.empty()) {
     return o.cluster_tls_cert_file.empty() ? FlagError("--cluster-tls-cert-file", "required with --cluster-tls-key-file")
                                            : FlagError("--cluster-tls-key-file", "required with --cluster-tls-cert-file");
+  }
+  if (!o.cluster_tls_client_ca_file.empty() && o.cluster_tls_cert_file.empty()) {
+    return FlagError("--cluster-tls-client-ca-file", "needs the cluster port's TLS (--cluster-tls-cert-file and "
+                                                     "--cluster-tls-key-file)");
   }
   return o;
 }

@@ -63,6 +63,9 @@ struct CoordinatorOptions {
   // certificate chain and key; workers verify it with moe-worker --coordinator-tls-ca-file. Without
   // them it is plaintext (the cluster token still authenticates the ranks).
   std::string cluster_tls_cert_file, cluster_tls_key_file;
+  // Not empty (with the cluster port's TLS): the port serves only workers that show a certificate
+  // these PEM roots vouch for (mutual TLS; moe-worker --cluster-tls-cert-file / --cluster-tls-key-file).
+  std::string cluster_tls_client_ca_file;
 };
 
 // argv without the program name. A bare port ("50051") listens on 127.0.0.1; "none" turns the

@@ -6,7 +6,8 @@ A self-signed certificate for 127.0.0.1 is made with the openssl command. The cl
 Python client that trusts it (the greedy text of the model's samples.json), moe-client with
 MOE_TLS_CA_FILE, and the OpenAI front the launcher starts (it trusts the certificate through the
 launcher's MOE_TLS_CA_FILE), the workers register and serve over TLS too (--cluster-tls: the
-cluster port answers nothing in plaintext), and the front itself serves HTTPS only with the same files (moe-openai-server
+cluster port answers nothing in plaintext; with --cluster-tls-client-ca-file it also asks each
+worker for a certificate, mutual TLS), and the front itself serves HTTPS only with the same files (moe-openai-server
 --ssl-certfile / --ssl-keyfile), whole and streamed answers over several connections. A plaintext
 client, or one that trusts another certificate, gets nothing, from either. A coordinator or an OpenAI
 front given a key that is not its certificate's, or files that hold no PEM, stops at once naming
@@ -22,6 +23,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -148,6 +150,69 @@ class TlsEndToEnd(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("--coordinator-tls-ca-file: %s holds no PEM certificate" % self.key, r.stderr)
 
+    def test_c3_mutual_tls_on_the_cluster_port(self):
+        """--cluster-tls-client-ca-file: the cluster port serves only clients showing a certificate
+        those roots vouch for. A worker showing one (--cluster-tls-cert-file / --cluster-tls-key-file)
+        registers and the coordinator serves; a client with none, or with another, gets nothing."""
+        worker_cert, worker_key = self_signed(self.dir.name, "worker")
+        coordinator = subprocess.Popen(
+            [COORDINATOR_BIN, "--model", MODEL_DIR, "--world-size", "1", "--listen", "127.0.0.1:0",
+             "--cluster-listen", "127.0.0.1:0", "--metrics-listen", "none", "--ports-file",
+             os.path.join(self.dir.name, "mtls-ports.json"), "--cluster-tls-cert-file", self.cert,
+             "--cluster-tls-key-file", self.key, "--cluster-tls-client-ca-file", worker_cert],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        worker, worker_log = None, tempfile.TemporaryFile(mode="w+")
+        try:
+            ports_file = os.path.join(self.dir.name, "mtls-ports.json")
+            for _ in range(300):
+                if os.path.exists(ports_file) and os.path.getsize(ports_file) > 0:
+                    break
+                time.sleep(0.1)
+            with open(ports_file) as f:
+                ports = json.load(f)
+            cluster = f"127.0.0.1:{ports['cluster']}"
+            worker = subprocess.Popen([WORKER_BIN, "--coordinator", cluster, "--coordinator-tls-ca-file", self.cert,
+                                       "--cluster-tls-cert-file", worker_cert, "--cluster-tls-key-file", worker_key],
+                                      stdout=subprocess.DEVNULL, stderr=worker_log, text=True)
+            with MoeClient(f"127.0.0.1:{ports['public']}", timeout=60) as c:
+                deadline = time.monotonic() + 60
+                while c.health() != "SERVING":  # the worker registers over mutual TLS and loads
+                    if worker.poll() is not None:
+                        worker_log.seek(0)
+                        self.fail("the worker ended: " + worker_log.read())
+                    self.assertLess(time.monotonic(), deadline, "the worker did not register")
+                    time.sleep(0.2)
+                s = self.samples["ROMEO:"]
+                text = c.generate_text("ROMEO:", max_tokens=len(s["greedy_ids"]), temperature=0)
+                self.assertEqual("ROMEO:" + text, s["greedy_text"])
+
+            def read(path):
+                if path is None:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+
+            def health(client_cert=None, client_key=None):
+                creds = grpc.ssl_channel_credentials(root_certificates=read(self.cert), private_key=read(client_key),
+                                                     certificate_chain=read(client_cert))
+                with grpc.secure_channel(cluster, creds) as channel:
+                    check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                                request_serializer=lambda _: b"", response_deserializer=lambda b: b)
+                    return check(None, timeout=5)
+
+            self.assertEqual(health(worker_cert, worker_key), b"\x08\x01")  # SERVING
+            for shown in ((None, None), (self.other_cert, self.other_key)):
+                with self.assertRaises(grpc.RpcError, msg=str(shown)) as e:
+                    health(*shown)
+                self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, shown)
+        finally:
+            for p in (worker, coordinator):
+                if p is not None:
+                    p.kill()
+                    p.wait(timeout=30)
+            coordinator.stderr.close()
+            worker_log.close()
+
     def test_d_a_coordinator_with_a_wrong_key_or_no_pem_stops_naming_the_flag(self):
         base = [COORDINATOR_BIN, "--model", MODEL_DIR, "--world-size", "1", "--listen", "127.0.0.1:0",
                 "--cluster-listen", "127.0.0.1:0", "--metrics-listen", "none"]
@@ -160,7 +225,10 @@ class TlsEndToEnd(unittest.TestCase):
                 (["--cluster-tls-cert-file", self.cert, "--cluster-tls-key-file", self.other_key],
                  "--cluster-tls-key-file is not the key"),
                 (["--cluster-tls-cert-file", self.key, "--cluster-tls-key-file", self.key], "--cluster-tls-cert-file"),
-                (["--cluster-tls-cert-file", self.cert], "--cluster-tls-key-file: required")):
+                (["--cluster-tls-cert-file", self.cert], "--cluster-tls-key-file: required"),
+                (["--cluster-tls-cert-file", self.cert, "--cluster-tls-key-file", self.key,
+                  "--cluster-tls-client-ca-file", self.key], "--cluster-tls-client-ca-file: %s holds no PEM" % self.key),
+                (["--cluster-tls-client-ca-file", self.cert], "--cluster-tls-client-ca-file: needs the cluster port's TLS")):
             r = subprocess.run(base + args, capture_output=True, text=True, timeout=60)
             self.assertNotEqual(r.returncode, 0, args)
             self.assertIn(says, r.stderr, args)

@@ -56,6 +56,12 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   f = ParseWorkerFlags({"--coordinator=h:1", "--coordinator-tls-ca-file", "/etc/ca.pem"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->coordinator_tls_ca_file, "/etc/ca.pem");
+  EXPECT_TRUE(f->cluster_tls_cert_file.empty()) << "no certificate shown unless given";
+  f = ParseWorkerFlags({"--coordinator=h:1", "--coordinator-tls-ca-file", "/etc/ca.pem", "--cluster-tls-cert-file",
+                        "/etc/w.pem", "--cluster-tls-key-file=/etc/w.key"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->cluster_tls_cert_file, "/etc/w.pem");
+  EXPECT_EQ(f->cluster_tls_key_file, "/etc/w.key");
 }
 
 TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
@@ -66,6 +72,14 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
   for (const Case& c : std::vector<Case>{
            {{"--coordinator", "h:1", "--device", "tpu"}, "--device: expected cpu or gpu, got 'tpu'"},
            {{"--coordinator", "h:1", "--coordinator-tls-ca-file="}, "--coordinator-tls-ca-file: empty path"},
+           {{"--coordinator", "h:1", "--coordinator-tls-ca-file=ca", "--cluster-tls-cert-file", "w.pem"},
+            "--cluster-tls-key-file: required with --cluster-tls-cert-file"},
+           {{"--coordinator", "h:1", "--coordinator-tls-ca-file=ca", "--cluster-tls-key-file", "w.key"},
+            "--cluster-tls-cert-file: required with --cluster-tls-key-file"},
+           {{"--coordinator", "h:1", "--cluster-tls-cert-file", "w.pem", "--cluster-tls-key-file", "w.key"},
+            "--cluster-tls-cert-file: needs --coordinator-tls-ca-file"},
+           {{"--coordinator", "h:1", "--coordinator-tls-ca-file=ca", "--cluster-tls-key-file="},
+            "--cluster-tls-key-file: empty path"},
            {{"--coordinator", "h:1", "--device"}, "--device: missing value"},
            {{"--coordinator", "nohostport"}, "--coordinator: expected HOST:PORT"},
            {{"--coordinator", "h:1", "--kv-tokens", "0"}, "--kv-tokens: must be positive"},

@@ -8,8 +8,7 @@
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/support/client_interceptor.h>
 
-#include "absl/strings/str_cat.h"
-#include "common/json_util.h"
+#include "common/pem_file.h"
 #include "common/secret_token.h"
 
 namespace moe::client {
@@ -46,19 +45,10 @@ absl::StatusOr<ChannelSecurity> SecurityFromEnv() {
   ChannelSecurity s;
   s.api_key = ApiKeyFromEnv();
   if (const char* ca = std::getenv(kTlsCaFileEnv); ca != nullptr && *ca != '\0') {
-    MOE_ASSIGN_OR_RETURN(s.tls_ca_pem, ReadCaFile(ca, kTlsCaFileEnv));
+    MOE_ASSIGN_OR_RETURN(s.tls_ca_pem, ReadPemFile(ca, PemKind::kCertificate, kTlsCaFileEnv));
   }
   if (const char* name = std::getenv(kTlsServerNameEnv); name != nullptr) s.tls_server_name = name;
   return s;
-}
-
-absl::StatusOr<std::string> ReadCaFile(const std::string& path, const std::string& source) {
-  absl::StatusOr<std::string> pem = ReadTextFile(path);
-  if (!pem.ok()) return absl::InvalidArgumentError(absl::StrCat(source, ": ", pem.status().message()));
-  if (pem->find("-----BEGIN CERTIFICATE-----") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", path, " holds no PEM certificate"));
-  }
-  return std::move(*pem);
 }
 
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, const grpc::ChannelArguments& args,
@@ -68,6 +58,8 @@ std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, const grpc:
   if (!security.tls_ca_pem.empty()) {
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = security.tls_ca_pem;
+    ssl.pem_cert_chain = security.tls_cert_pem;  // empty: none shown
+    ssl.pem_private_key = security.tls_key_pem;
     credentials = grpc::SslCredentials(ssl);
     if (!security.tls_server_name.empty()) channel_args.SetSslTargetNameOverride(security.tls_server_name);
   }

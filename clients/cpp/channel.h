@@ -21,15 +21,14 @@ struct ChannelSecurity {
   std::string api_key;          // not empty: sent with every call
   std::string tls_ca_pem;       // not empty: TLS, the server's certificate verified against these roots
   std::string tls_server_name;  // not empty: the name the certificate must carry (else the target's host)
+  // Not empty (with tls_ca_pem): the certificate chain and key this client shows a server that
+  // asks for one (mutual TLS; a worker to moe-coordinator --cluster-tls-client-ca-file).
+  std::string tls_cert_pem, tls_key_pem;
 };
 
 // From MOE_API_KEY, MOE_TLS_CA_FILE (read here: an error names the variable and the file) and
 // MOE_TLS_SERVER_NAME.
 absl::StatusOr<ChannelSecurity> SecurityFromEnv();
-
-// The PEM root certificates in `path`, for ChannelSecurity::tls_ca_pem; InvalidArgument starting
-// with `source` (the flag or variable that named the file) when it cannot be read or holds none.
-absl::StatusOr<std::string> ReadCaFile(const std::string& path, const std::string& source);
 
 // A channel to `target` with `args` and `security`.
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& target, const grpc::ChannelArguments& args,

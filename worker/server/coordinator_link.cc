@@ -35,9 +35,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const 
   security.api_key.clear();
   std::shared_ptr<grpc::Channel> channel = client::NewChannel(address, args, security);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
-    return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address, " within ",
-                                               connect_timeout.count() / 1000.0, " s",
-                                               security.tls_ca_pem.empty() ? "" : " over TLS"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot reach the coordinator at ", address, " within ", connect_timeout.count() / 1000.0, " s",
+        security.tls_ca_pem.empty()
+            ? ""
+            : " over TLS (is its cluster port's certificate one that --coordinator-tls-ca-file vouches for, for "
+              "that host? Does it require a certificate of this rank, --cluster-tls-cert-file, that its "
+              "--cluster-tls-client-ca-file vouches for?)"));
   }
   return std::unique_ptr<CoordinatorLink>(new CoordinatorLink(address, std::move(channel), std::move(cluster_token)));
 }

@@ -16,6 +16,7 @@
 #include <mpi.h>
 #include <nlohmann/json.hpp>
 
+#include "common/pem_file.h"
 #include "common/secret_token.h"
 #include "common/status.h"
 #include "coordinator/placement.h"
@@ -80,10 +81,21 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
 
   client::ChannelSecurity security;  // TLS to the cluster port with --coordinator-tls-ca-file
   if (!flags->coordinator_tls_ca_file.empty()) {
-    absl::StatusOr<std::string> ca = client::ReadCaFile(flags->coordinator_tls_ca_file, "--coordinator-tls-ca-file");
+    absl::StatusOr<std::string> ca =
+        ReadPemFile(flags->coordinator_tls_ca_file, PemKind::kCertificate, "--coordinator-tls-ca-file");
     if (AnyRankFailed(comm, ca.status())) return 2;
     security.tls_ca_pem = std::move(*ca);
     if (const char* name = std::getenv(kTlsServerNameEnv)) security.tls_server_name = name;
+  }
+  if (!flags->cluster_tls_cert_file.empty()) {  // mutual TLS: this rank's certificate
+    absl::StatusOr<std::string> cert =
+        ReadPemFile(flags->cluster_tls_cert_file, PemKind::kCertificate, "--cluster-tls-cert-file");
+    if (AnyRankFailed(comm, cert.status())) return 2;
+    absl::StatusOr<std::string> key =
+        ReadPemFile(flags->cluster_tls_key_file, PemKind::kPrivateKey, "--cluster-tls-key-file");
+    if (AnyRankFailed(comm, key.status())) return 2;
+    security.tls_cert_pem = std::move(*cert);
+    security.tls_key_pem = std::move(*key);
   }
   const char* cluster_token = std::getenv(kClusterTokenEnv);  // the coordinator's, through mpirun -x
   absl::StatusOr<std::unique_ptr<CoordinatorLink>> link = CoordinatorLink::Connect(
@@ -154,5 +166,13 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
 
 int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
-  return moe::RunAsJob(argc, argv, "moe-worker", [&](moe::Communicator& comm) { return moe::Run(args, comm); });
+  const int code =
+      moe::RunAsJob(argc, argv, "moe-worker", [&](moe::Communicator& comm) { return moe::Run(args, comm); });
+  // gRPC's threads may still be at work when Run returns (a channel that failed its TLS handshake
+  // keeps re-resolving and builds a new TLS context each time), and exit()'s handlers tear down
+  // OpenSSL under them: that crashed a worker that could not verify the coordinator after its error
+  // was printed. Everything that must end has ended (MPI finalized, the link closed), so the process
+  // ends without exit handlers.
+  std::fflush(nullptr);
+  std::_Exit(code);
 }

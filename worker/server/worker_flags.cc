@@ -45,7 +45,7 @@ std::string WorkerUsage() {
          "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--no-enable-prefix-caching]\n"
          "                  [--kv-admission on-demand|reserve] [--enable-peer-exchange]\n"
          "                  [--device-exchange-experts cublas|wgmma]\n"
-         "                  [--coordinator-tls-ca-file CA.pem]\n"
+         "                  [--coordinator-tls-ca-file CA.pem [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
          "--device gpu runs the rank on a GPU (the node-local rank's; with one GPU per rank the MoE rows\n"
@@ -70,6 +70,9 @@ std::string WorkerUsage() {
          "--coordinator-tls-ca-file: the coordinator's cluster port serves TLS (moe-coordinator\n"
          "--cluster-tls-cert-file); its certificate is verified against these PEM roots, for the --coordinator\n"
          "host or MOE_TLS_SERVER_NAME.\n"
+         "--cluster-tls-cert-file / --cluster-tls-key-file (PEM, both or neither, with --coordinator-tls-ca-file):\n"
+         "the certificate this rank shows the cluster port, for a coordinator that requires one (mutual TLS,\n"
+         "moe-coordinator --cluster-tls-client-ca-file).\n"
          "--kv-admission: on-demand (the default, as vLLM) admits a sequence once its prompt fits and takes\n"
          "KV blocks as it grows; when a step cannot get its blocks the newest sequence is preempted and later\n"
          "computes its prompt and tokens again (the same tokens). reserve (as TGI) admits a sequence only\n"
@@ -101,7 +104,8 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       f.enable_peer_exchange = flag == "--enable-peer-exchange";
       continue;
     }
-    if (flag != "--coordinator" && flag != "--coordinator-tls-ca-file" && flag != "--model" && flag != "--kv-tokens" &&
+    if (flag != "--coordinator" && flag != "--coordinator-tls-ca-file" && flag != "--cluster-tls-cert-file" &&
+        flag != "--cluster-tls-key-file" && flag != "--model" && flag != "--kv-tokens" &&
         flag != "--kv-block-size" &&
         flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization" &&
         flag != "--synthetic-weights" && flag != "--kv-admission" && flag != "--device-exchange-experts") {
@@ -114,9 +118,12 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     if (flag == "--coordinator") {
       if (val.empty() || val.find(':') == std::string::npos) return FlagError(flag, "expected HOST:PORT, got '" + val + "'");
       f.coordinator = val;
-    } else if (flag == "--coordinator-tls-ca-file") {
+    } else if (flag == "--coordinator-tls-ca-file" || flag == "--cluster-tls-cert-file" ||
+               flag == "--cluster-tls-key-file") {
       if (val.empty()) return FlagError(flag, "empty path");
-      f.coordinator_tls_ca_file = val;
+      (flag == "--coordinator-tls-ca-file" ? f.coordinator_tls_ca_file
+       : flag == "--cluster-tls-cert-file" ? f.cluster_tls_cert_file
+                                           : f.cluster_tls_key_file) = val;
     } else if (flag == "--model") {
       if (val.empty()) return FlagError(flag, "empty path");
       f.model_dir = val;
@@ -147,6 +154,13 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
     }
   }
   if (!f.help && f.coordinator.empty()) return FlagError("--coordinator", "required (HOST:PORT of the coordinator)");
+  if (f.cluster_tls_cert_file.empty() != f.cluster_tls_key_file.empty()) {
+    return f.cluster_tls_cert_file.empty() ? FlagError("--cluster-tls-cert-file", "required with --cluster-tls-key-file")
+                                           : FlagError("--cluster-tls-key-file", "required with --cluster-tls-cert-file");
+  }
+  if (!f.cluster_tls_cert_file.empty() && f.coordinator_tls_ca_file.empty()) {
+    return FlagError("--cluster-tls-cert-file", "needs --coordinator-tls-ca-file (a certificate is shown over TLS only)");
+  }
   if (f.enable_peer_exchange && f.device != "gpu") {
     return FlagError("--enable-peer-exchange", "needs --device gpu (it moves rows between GPUs)");
   }

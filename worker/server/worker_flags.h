@@ -17,6 +17,9 @@ struct WorkerFlags {
   // Not empty: the cluster service is TLS (moe-coordinator --cluster-tls-cert-file), its certificate
   // verified against these PEM roots for the --coordinator host (or MOE_TLS_SERVER_NAME).
   std::string coordinator_tls_ca_file;
+  // Both or neither (with coordinator_tls_ca_file): the certificate chain and key this rank shows the
+  // cluster port, for a coordinator that requires one (--cluster-tls-client-ca-file, mutual TLS).
+  std::string cluster_tls_cert_file, cluster_tls_key_file;
   std::string model_dir;    // empty: the coordinator's RegisterResponse.model_dir
   int64_t kv_tokens = 0;    // KV cache positions per rank; 0: the GPU's memory budget, or DefaultKvTokens
   double gpu_memory_utilization = 0.9;  // the fraction of a GPU's memory this rank may use
