@@ -172,6 +172,13 @@ TEST_F(CliTest, GenerationStopsAtTheTokenizersEos) {
   ASSERT_EQ(r.exit_code, 0) << r.Describe();
   EXPECT_EQ(r.result["finish_reason"], "stop");
   EXPECT_EQ(r.result["token_ids"].get<std::vector<int32_t>>(), std::vector<int32_t>(greedy.begin(), greedy.begin() + 4));
+  // The end id's piece stays out of the text, whole and streamed, as the server leaves it out.
+  CliRun three = RunCli(0, {"generate", "--prompt", "ROMEO:", "--max-tokens", "3", "--json"});
+  ASSERT_EQ(three.exit_code, 0) << three.Describe();
+  EXPECT_EQ(r.result["text"], three.result["text"]);
+  CliRun streamed = RunCli(0, {"generate", "--model", dir, "--prompt", "ROMEO:", "--max-tokens", "12"});
+  ASSERT_EQ(streamed.exit_code, 0) << streamed.Describe();
+  EXPECT_EQ(streamed.out, "ROMEO:" + three.result["text"].get<std::string>() + "\n");
   // Under mpirun with the sequence on rank 1 (the second prompt), and not under --ignore-eos.
   std::vector<std::string> two = args;
   two.insert(two.end(), {"--prompt", "ROMEO:"});

@@ -3,6 +3,7 @@
 // by the placement plan, sequences spread over the ranks) and rank 0 prints the answer.
 //
 // Exit status: 0 success, 1 the model or a step failed, 2 bad command line.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -140,6 +141,10 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     // <|im_end|>), as the server does (TokenizerEosBeyondConfig).
     std::vector<int32_t> stop_ids;
     if (tok && tok->eos_id() >= 0 && !config->is_eos(tok->eos_id())) stop_ids.push_back(tok->eos_id());
+    // The end id that stops a sequence stays out of its text, as the server leaves it out.
+    const auto ends = [&](int32_t id) {
+      return !o.ignore_eos && (config->is_eos(id) || std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end());
+    };
     for (size_t i : mine) reqs.push_back({(*seqs)[i], o.max_tokens, o.sampling, o.ignore_eos, stop_ids});
     // One text prompt in plain-text mode on rank 0: stream the text as it is generated.
     const bool stream = root && !o.json && tok && seqs->size() == 1 && o.inputs[0].is_text;
@@ -149,14 +154,17 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
       detok = std::make_unique<StreamingDetokenizer>(*tok, (*seqs)[0]);
     }
     auto on_token = [&](size_t, int32_t id) {
-      if (detok) std::cout << detok->Push(id) << std::flush;
+      if (detok && !ends(id)) std::cout << detok->Push(id) << std::flush;
     };
     auto res = GenerateAll(**engine, reqs, on_token);
     status = res.status();
     if (res.ok()) {
       for (size_t j = 0; j < mine.size(); ++j) {
+        const std::vector<int32_t>& ids = (*res)[j].tokens;
+        const bool stopped = (*res)[j].finish == FinishReason::kStop && !ids.empty() && ends(ids.back());
         local.push_back({{"index", mine[j]},
-                         {"token_ids", (*res)[j].tokens},
+                         {"token_ids", ids},
+                         {"text_tokens", stopped ? ids.size() - 1 : ids.size()},
                          {"finish_reason", FinishReasonName((*res)[j].finish)}});
       }
     }
@@ -195,7 +203,8 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     json out;
     if (o.command == "generate") {
       const auto ids = r["token_ids"].get<std::vector<int32_t>>();
-      out = {{"token_ids", ids}, {"text", TextOf(tok.get(), (*seqs)[i], ids)}, {"finish_reason", r["finish_reason"]}};
+      const std::vector<int32_t> text_ids(ids.begin(), ids.begin() + r["text_tokens"].get<size_t>());
+      out = {{"token_ids", ids}, {"text", TextOf(tok.get(), (*seqs)[i], text_ids)}, {"finish_reason", r["finish_reason"]}};
     } else {
       out = {{"token_ids", (*seqs)[i]}, {"logprobs", r["logprobs"]}};
     }
