@@ -146,7 +146,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   if (options.max_model_len > s->config_.context_length()) {
     return absl::InvalidArgumentError(absl::StrCat("--max-model-len: ", options.max_model_len,
                                                    " exceeds the model's context of ", s->config_.context_length(),
-                                                   " positions (max_position_embeddings, with RoPE scaling's factor)"));
+                                                   " positions"));
   }
   const std::string name =
       options.served_model_name.empty() ? ModelNameOfDir(options.model_dir) : options.served_model_name;
@@ -193,8 +193,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
       return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen,
                                                  options.cluster_tls_cert_file.empty()
                                                      ? ""
-                                                     : " (or --cluster-tls-key-file is not the key of "
-                                                       "--cluster-tls-cert-file)"));
+                                                     : options.cluster_tls_client_ca_file.empty()
+                                                           ? " (or --cluster-tls-key-file is not the key of "
+                                                             "--cluster-tls-cert-file)"
+                                                           : " (or --cluster-tls-key-file is not the key of "
+                                                             "--cluster-tls-cert-file, or --cluster-tls-client-ca-file "
+                                                             "holds no usable certificate)"));
     }
   }
   {

@@ -138,7 +138,17 @@ TEST(ConfigTest, RopeScalingFields) {
   EXPECT_EQ(ModelConfig::FromJson(j).value().context_length(), 6144) << "YaRN's original context times its factor";
   j["original_max_position_embeddings"] = 1024;  // Phi-3's place wins
   EXPECT_EQ(ModelConfig::FromJson(j).value().rope_scaling.original_max_position_embeddings, 1024);
+  j["original_max_position_embeddings"] = nullptr;  // unless null
+  EXPECT_EQ(ModelConfig::FromJson(j).value().rope_scaling.original_max_position_embeddings, 2048);
   j.erase("original_max_position_embeddings");
+  j["rope_parameters"]["original_max_position_embeddings"] = 4096.0;  // a whole number written as a float
+  EXPECT_EQ(ModelConfig::FromJson(j).value().rope_scaling.original_max_position_embeddings, 4096);
+  j["rope_parameters"]["truncate"] = nullptr;  // transformers' `if truncate:` reads null as false
+  EXPECT_FALSE(ModelConfig::FromJson(j).value().rope_scaling.truncate);
+  j["partial_rotary_factor"] = 0.5;  // the RoPE object's own value wins
+  j["rope_parameters"]["partial_rotary_factor"] = 1.0;
+  EXPECT_TRUE(ModelConfig::FromJson(j).ok());
+  j.erase("partial_rotary_factor");
   j["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8}, {"low_freq_factor", 1}, {"high_freq_factor", 4}};
   c = ModelConfig::FromJson(j).value();
   EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::kLlama3);
@@ -193,6 +203,12 @@ TEST(ConfigTest, RefusesWhatItCannotHonour) {
   j = Tiny();
   j["rope_scaling"] = "yarn";
   ExpectRefused(j, "rope_scaling");
+  j = Tiny();  // transformers requires the key (an explicit null derives it)
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"original_max_position_embeddings", 1024}};
+  ExpectRefused(j, "rope_scaling.factor");
+  j = Tiny();  // 32-bit positions
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 1e9}};
+  ExpectRefused(j, "rope_scaling.factor");
   j = Tiny();
   j["hidden_act"] = "gelu";
   ExpectRefused(j, "hidden_act");

@@ -817,6 +817,63 @@ INSTANTIATE_TEST_SUITE_P(
         DtypeCase{"bf16_head_dim_differs_top3", DType::kBF16, 257, 48, 80, 2, 4, 2, 24, 5, 3, 16, false}),
     [](const ::testing::TestParamInfo<DtypeCase>& i) { return std::string(i.param.name); });
 
+// RoPE scaling on the attention kernels real models take (head_dim 128 and 64: the tensor-core
+// prefill kernel, the fused decode RoPE + attention kernel), which the golden checkpoints' head_dim
+// of 16 leaves to the CUDA-core ones: the GPU engine against the CPU engine (which the yarn golden
+// checkpoint checks against transformers) on random checkpoints with yarn (its attention factor in
+// the softmax scale), linear and llama3 scaling, a 200-token prefill and 6 decode steps. Every
+// token routes to every expert (top-k = all), so routing near-ties cannot move a row.
+TEST(GpuRopeScalingTest, MatchesTheCpuEngineAtHeadDim64And128) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<std::pair<const char*, nlohmann::json>> scalings = {
+      {"yarn", {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}}},
+      {"linear", {{"rope_type", "linear"}, {"factor", 2.0}}},
+      {"llama3", {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                  {"original_max_position_embeddings", 64}}}};
+  for (const int64_t head_dim : {128, 64}) {
+    for (const auto& [name, scaling] : scalings) {
+      const std::string what = std::string(name) + " head_dim " + std::to_string(head_dim);
+      SCOPED_TRACE(what);
+      nlohmann::json j = MakeConfig(DtypeCase{"rope", DType::kBF16, 256, 256, 128, 2, 4, 2, head_dim, 4, 4,
+                                              std::nullopt, false})
+                             .ToJson();
+      j["rope_scaling"] = scaling;
+      const ModelConfig c = ModelConfig::FromJson(j).value();
+      ASSERT_NE(c.rope_scaling.type, RopeScaling::Type::kDefault);
+      const std::string dir = MakeTempDir("moe_gpu_rope_" + std::string(name));
+      ASSERT_TRUE(WriteRandomModel(dir, c, /*seed=*/31, /*num_shards=*/1, DType::kBF16).ok());
+      std::mt19937 rng(9);
+      std::vector<int32_t> tokens(206);
+      for (auto& t : tokens) t = static_cast<int32_t>(rng() % c.vocab_size);
+      auto gpu = LoadGpu(dir);
+      auto cpu = LoadLocalEngine(dir);
+      const int64_t V = c.vocab_size;
+      ASSERT_TRUE((*gpu)->AddSequence(1).ok());
+      ASSERT_TRUE((*cpu)->AddSequence(1).ok());
+      const std::vector<int32_t> prompt(tokens.begin(), tokens.begin() + 200);
+      const StepOutput g = (*gpu)->Step({{1, prompt, true}}).value();
+      const StepOutput r = (*cpu)->Step({{1, prompt, true}}).value();
+      ASSERT_EQ(g.chunks[0].logits.size(), prompt.size() * static_cast<size_t>(V));
+      const double prefill_err = RelativeError(g.chunks[0].logits, r.chunks[0].logits);
+      EXPECT_LT(prefill_err, kRelTol) << "prefill";
+      std::vector<float> decoded, want;
+      for (size_t t = 200; t < tokens.size(); ++t) {
+        const StepOutput gd = (*gpu)->Step({{1, {tokens[t]}, false}}).value();
+        const StepOutput rd = (*cpu)->Step({{1, {tokens[t]}, false}}).value();
+        decoded.insert(decoded.end(), gd.chunks[0].logits.begin(), gd.chunks[0].logits.end());
+        want.insert(want.end(), rd.chunks[0].logits.begin(), rd.chunks[0].logits.end());
+      }
+      const double decode_err = RelativeError(decoded, want);
+      EXPECT_LT(decode_err, kRelTol) << "decode steps";
+      std::printf("%s: prefill relative error %.3e, decode %.3e against the CPU engine (V %lld)\n", what.c_str(),
+                  prefill_err, decode_err, static_cast<long long>(V));
+      (*gpu)->FreeSequence(1);
+      (*cpu)->FreeSequence(1);
+      std::filesystem::remove_all(dir);
+    }
+  }
+}
+
 // Synthetic weights for a small random config: the engine runs (prefill and decode), logits are
 // finite and O(1)-scaled, routing uses many experts, the same seed gives the same model and another
 // seed a different one, and the reported bytes are the config's parameter count in bf16.

@@ -114,7 +114,7 @@ absl::Status CheckEngineSetup(const ModelConfig& c, const PlacementPlan& plan, c
 // valid, an allowed-ids mask (if any) of the vocabulary's size, adjusted ids inside the vocabulary
 // and distinct, at most kMaxTopLogprobs top logprobs, scores only with all_logits and with one
 // target in the vocabulary (or -1) per token, positions within
-// max_position_embeddings, enough free KV blocks for the whole step.
+// the model's context (ModelConfig::context_length()), enough free KV blocks for the whole step.
 absl::Status ValidateStepChunks(const ModelConfig& c, const KvBlockAllocator& kv,
                                 const std::vector<SequenceChunk>& chunks);
 

@@ -1,6 +1,9 @@
 #include "worker/model/config.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "common/json_util.h"
@@ -66,14 +69,20 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
     where = "rope_parameters";
   }
   if (r != nullptr && !r->is_object()) return FieldError(where, "must be an object, got " + r->dump());
-  // Rotating part of each head only (partial_rotary_factor below 1) is not Mixtral's.
-  for (const auto& [object, name] : {std::pair{&j, std::string()}, std::pair{r, where}}) {
-    if (object == nullptr) continue;
-    MOE_ASSIGN_OR_RETURN(std::optional<double> partial, RopeNumber(*object, name, "partial_rotary_factor"));
+  // Rotating part of each head only (partial_rotary_factor below 1) is not Mixtral's. The value
+  // inside the RoPE object wins over the top level's, as in transformers.
+  {
+    MOE_ASSIGN_OR_RETURN(std::optional<double> partial, RopeNumber(j, "", "partial_rotary_factor"));
+    std::string name = "partial_rotary_factor";
+    if (r != nullptr) {
+      MOE_ASSIGN_OR_RETURN(std::optional<double> inner, RopeNumber(*r, where, "partial_rotary_factor"));
+      if (inner) {
+        partial = inner;
+        name = where + ".partial_rotary_factor";
+      }
+    }
     if (partial && *partial != 1.0) {
-      return FieldError(name.empty() ? "partial_rotary_factor" : name + ".partial_rotary_factor",
-                        "only 1 (every dimension rotated) is supported, got " +
-                            (*object)["partial_rotary_factor"].dump());
+      return FieldError(name, "only 1 (every dimension rotated) is supported, got " + std::to_string(*partial));
     }
   }
   if (r == nullptr) return absl::OkStatus();
@@ -107,22 +116,33 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
   };
   if (s.type != RopeScaling::Type::kLinear) {
     s.original_max_position_embeddings = c.max_position_embeddings;
-    const json& origin = j.contains("original_max_position_embeddings") ? j : *r;
-    const std::string origin_name = &origin == &j ? "original_max_position_embeddings"
+    const auto has = [](const json& o) {
+      return o.contains("original_max_position_embeddings") && !o["original_max_position_embeddings"].is_null();
+    };
+    const json* origin = has(j) ? &j : has(*r) ? r : nullptr;
+    if (origin != nullptr) {
+      const std::string origin_name = origin == &j ? "original_max_position_embeddings"
                                                    : where + ".original_max_position_embeddings";
-    if (origin.contains("original_max_position_embeddings") && !origin["original_max_position_embeddings"].is_null()) {
-      const json& v = origin["original_max_position_embeddings"];
-      if (!v.is_number_integer() || v.get<int64_t>() <= 0) {
-        return FieldError(origin_name, "must be a positive integer, got " + v.dump());
-      }
-      s.original_max_position_embeddings = v.get<int64_t>();
+      const json& v = (*origin)["original_max_position_embeddings"];
+      // A whole number written as 8192.0 is one too (Python's int() of it, as vLLM and transformers take it).
+      const bool whole = v.is_number_integer() || (v.is_number_float() && v.get<double>() == std::floor(v.get<double>()) &&
+                                                   std::abs(v.get<double>()) < 9e15);
+      if (!whole || v.get<double>() <= 0) return FieldError(origin_name, "must be a positive integer, got " + v.dump());
+      s.original_max_position_embeddings = static_cast<int64_t>(v.get<double>());
     }
   }
-  if (s.type == RopeScaling::Type::kYarn && (!r->contains("factor") || (*r)["factor"].is_null())) {
-    // transformers: the ratio of the extended context to the pretraining one.
+  if (s.type == RopeScaling::Type::kYarn && r->contains("factor") && (*r)["factor"].is_null()) {
+    // transformers: an explicit null is the ratio of the extended context to the pretraining one.
     s.factor = static_cast<double>(c.max_position_embeddings) / static_cast<double>(s.original_max_position_embeddings);
   } else {
     MOE_ASSIGN_OR_RETURN(s.factor, required("factor"));
+  }
+  // Positions are 32-bit on the GPU: the context the factor makes must fit.
+  if (static_cast<double>(s.type == RopeScaling::Type::kYarn ? s.original_max_position_embeddings
+                                                             : c.max_position_embeddings) *
+          (s.type == RopeScaling::Type::kLlama3 ? 1.0 : s.factor) >
+      static_cast<double>(std::numeric_limits<int32_t>::max())) {
+    return FieldError(where + ".factor", "makes a context beyond 2^31 - 1 positions, got " + std::to_string(s.factor));
   }
   if (s.type == RopeScaling::Type::kYarn) {
     MOE_ASSIGN_OR_RETURN(s.attention_factor, RopeNumber(*r, where, "attention_factor"));
@@ -136,11 +156,10 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
     if (!(s.beta_fast > 0) || !(s.beta_slow > 0)) {
       return FieldError(where + (s.beta_fast > 0 ? ".beta_slow" : ".beta_fast"), "must be positive");
     }
-    if (r->contains("truncate") && !(*r)["truncate"].is_null()) {
-      if (!(*r)["truncate"].is_boolean()) {
-        return FieldError(where + ".truncate", "must be true or false, got " + (*r)["truncate"].dump());
-      }
-      s.truncate = (*r)["truncate"].get<bool>();
+    if (r->contains("truncate")) {  // null is false, as transformers' truthiness test reads it
+      const json& t = (*r)["truncate"];
+      if (!t.is_boolean() && !t.is_null()) return FieldError(where + ".truncate", "must be true or false, got " + t.dump());
+      s.truncate = t.is_boolean() && t.get<bool>();
     }
   } else if (s.type == RopeScaling::Type::kLlama3) {
     MOE_ASSIGN_OR_RETURN(s.low_freq_factor, required("low_freq_factor"));
