@@ -193,12 +193,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
       return absl::UnavailableError(absl::StrCat("--cluster-listen: cannot listen on ", options.cluster_listen,
                                                  options.cluster_tls_cert_file.empty()
                                                      ? ""
-                                                     : options.cluster_tls_client_ca_file.empty()
-                                                           ? " (or --cluster-tls-key-file is not the key of "
-                                                             "--cluster-tls-cert-file)"
-                                                           : " (or --cluster-tls-key-file is not the key of "
-                                                             "--cluster-tls-cert-file, or --cluster-tls-client-ca-file "
-                                                             "holds no usable certificate)"));
+                                                     : absl::StrCat(" (or --cluster-tls-key-file is not the key of "
+                                                                    "--cluster-tls-cert-file",
+                                                                    options.cluster_tls_client_ca_file.empty()
+                                                                        ? ""
+                                                                        : ", or --cluster-tls-client-ca-file holds no "
+                                                                          "usable certificate",
+                                                                    ")")));
     }
   }
   {

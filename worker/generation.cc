@@ -18,6 +18,11 @@ void FreeAll(StepEngine& engine, size_t n) {
 
 const char* FinishReasonName(FinishReason r) { return r == FinishReason::kStop ? "stop" : "length"; }
 
+bool EndsGeneration(const ModelConfig& c, const GenerateRequest& req, int32_t token) {
+  return !req.ignore_eos &&
+         (c.is_eos(token) || std::ranges::find(req.stop_token_ids, token) != req.stop_token_ids.end());
+}
+
 absl::StatusOr<std::vector<GenerateResult>> GenerateAll(StepEngine& engine, const std::vector<GenerateRequest>& requests,
                                                         const std::function<void(size_t, int32_t)>& on_token) {
   const ModelConfig& c = engine.config();
@@ -69,7 +74,7 @@ absl::StatusOr<std::vector<GenerateResult>> GenerateAll(StepEngine& engine, cons
       if (on_token) on_token(i, tok);
       const int64_t id = kFirstSeqId + static_cast<int64_t>(i);
       const bool at_context_end = engine.SequenceLength(id) + 1 > c.context_length();
-      if (!req.ignore_eos && (c.is_eos(tok) || std::ranges::find(req.stop_token_ids, tok) != req.stop_token_ids.end())) {
+      if (EndsGeneration(c, req, tok)) {
         res.finish = FinishReason::kStop;
       } else if (static_cast<int64_t>(res.tokens.size()) < req.max_tokens && !at_context_end) {
         continue;

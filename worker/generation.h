@@ -26,6 +26,9 @@ struct GenerateRequest {
   std::vector<int32_t> stop_token_ids;
 };
 
+// Whether `token` ends `req`'s generation: the config's end ids and req's stop ids, unless ignore_eos.
+bool EndsGeneration(const ModelConfig& c, const GenerateRequest& req, int32_t token);
+
 enum class FinishReason { kLength, kStop };
 const char* FinishReasonName(FinishReason r);  // "length" | "stop"
 

@@ -3,7 +3,6 @@
 // by the placement plan, sequences spread over the ranks) and rank 0 prints the answer.
 //
 // Exit status: 0 success, 1 the model or a step failed, 2 bad command line.
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -141,10 +140,6 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     // <|im_end|>), as the server does (TokenizerEosBeyondConfig).
     std::vector<int32_t> stop_ids;
     if (tok && tok->eos_id() >= 0 && !config->is_eos(tok->eos_id())) stop_ids.push_back(tok->eos_id());
-    // The end id that stops a sequence stays out of its text, as the server leaves it out.
-    const auto ends = [&](int32_t id) {
-      return !o.ignore_eos && (config->is_eos(id) || std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end());
-    };
     for (size_t i : mine) reqs.push_back({(*seqs)[i], o.max_tokens, o.sampling, o.ignore_eos, stop_ids});
     // One text prompt in plain-text mode on rank 0: stream the text as it is generated.
     const bool stream = root && !o.json && tok && seqs->size() == 1 && o.inputs[0].is_text;
@@ -153,15 +148,16 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
       std::cout << o.inputs[0].text << std::flush;
       detok = std::make_unique<StreamingDetokenizer>(*tok, (*seqs)[0]);
     }
-    auto on_token = [&](size_t, int32_t id) {
-      if (detok && !ends(id)) std::cout << detok->Push(id) << std::flush;
+    // The end id that stops a sequence stays out of its text, as the server leaves it out.
+    auto on_token = [&](size_t i, int32_t id) {
+      if (detok && !EndsGeneration(*config, reqs[i], id)) std::cout << detok->Push(id) << std::flush;
     };
     auto res = GenerateAll(**engine, reqs, on_token);
     status = res.status();
     if (res.ok()) {
       for (size_t j = 0; j < mine.size(); ++j) {
         const std::vector<int32_t>& ids = (*res)[j].tokens;
-        const bool stopped = (*res)[j].finish == FinishReason::kStop && !ids.empty() && ends(ids.back());
+        const bool stopped = (*res)[j].finish == FinishReason::kStop;  // its last id ended it
         local.push_back({{"index", mine[j]},
                          {"token_ids", ids},
                          {"text_tokens", stopped ? ids.size() - 1 : ids.size()},

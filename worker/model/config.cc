@@ -54,6 +54,22 @@ absl::StatusOr<std::optional<double>> RopeNumber(const json& r, const std::strin
   return x;
 }
 
+// The positions a sequence may hold (ModelConfig::context_length), in double: ReadRope checks it
+// fits 32 bits before anything casts it.
+double ContextPositions(const ModelConfig& c) {
+  const RopeScaling& r = c.rope_scaling;
+  switch (r.type) {
+    case RopeScaling::Type::kLinear:
+      return static_cast<double>(c.max_position_embeddings) * r.factor;
+    case RopeScaling::Type::kYarn:
+      return static_cast<double>(r.original_max_position_embeddings) * r.factor;
+    case RopeScaling::Type::kDefault:
+    case RopeScaling::Type::kLlama3:
+      break;
+  }
+  return static_cast<double>(c.max_position_embeddings);
+}
+
 // rope_theta and the frequency scaling, as transformers 5 reads them for Mixtral: the scaling
 // object is rope_scaling (transformers 4's name) when set, else rope_parameters; a value inside it
 // (rope_theta, partial_rotary_factor) wins over the top-level field of that name, except a
@@ -138,10 +154,7 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
     MOE_ASSIGN_OR_RETURN(s.factor, required("factor"));
   }
   // Positions are 32-bit on the GPU: the context the factor makes must fit.
-  if (static_cast<double>(s.type == RopeScaling::Type::kYarn ? s.original_max_position_embeddings
-                                                             : c.max_position_embeddings) *
-          (s.type == RopeScaling::Type::kLlama3 ? 1.0 : s.factor) >
-      static_cast<double>(std::numeric_limits<int32_t>::max())) {
+  if (ContextPositions(c) > static_cast<double>(std::numeric_limits<int32_t>::max())) {
     return FieldError(where + ".factor", "makes a context beyond 2^31 - 1 positions, got " + std::to_string(s.factor));
   }
   if (s.type == RopeScaling::Type::kYarn) {
@@ -175,19 +188,7 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
 
 }  // namespace
 
-int64_t ModelConfig::context_length() const {
-  switch (rope_scaling.type) {
-    case RopeScaling::Type::kLinear:
-      return static_cast<int64_t>(static_cast<double>(max_position_embeddings) * rope_scaling.factor);
-    case RopeScaling::Type::kYarn:
-      return static_cast<int64_t>(static_cast<double>(rope_scaling.original_max_position_embeddings) *
-                                  rope_scaling.factor);
-    case RopeScaling::Type::kDefault:
-    case RopeScaling::Type::kLlama3:
-      break;
-  }
-  return max_position_embeddings;
-}
+int64_t ModelConfig::context_length() const { return static_cast<int64_t>(ContextPositions(*this)); }
 
 int64_t ModelConfig::replicated_params() const {
   int64_t per_layer = hidden_size * q_dim()          // q_proj

@@ -17,6 +17,17 @@ double YarnCorrectionDim(double rotations, double dim, double base, double posit
   return dim * std::log(positions / (rotations * 2.0 * std::numbers::pi)) / (2.0 * std::log(base));
 }
 
+// transformers' attention_scaling: YaRN's (an explicit attention_factor, else from mscale and
+// mscale_all_dim, else from the factor alone); 1 for the other kinds.
+double AttentionFactor(const RopeScaling& r) {
+  if (r.type != RopeScaling::Type::kYarn) return 1.0;
+  if (r.attention_factor) return *r.attention_factor;
+  if (r.mscale && r.mscale_all_dim && *r.mscale != 0 && *r.mscale_all_dim != 0) {
+    return YarnMscale(r.factor, *r.mscale) / YarnMscale(r.factor, *r.mscale_all_dim);
+  }
+  return YarnMscale(r.factor);
+}
+
 }  // namespace
 
 std::vector<double> RopeInvFreq(int64_t head_dim, double theta) {
@@ -33,6 +44,7 @@ RopeFrequencies ComputeRopeFrequencies(const ModelConfig& c) {
   const double base = c.rope_theta;
   RopeFrequencies out;
   out.inv_freq = RopeInvFreq(dim, base);
+  out.attention_factor = AttentionFactor(r);
   switch (r.type) {
     case RopeScaling::Type::kDefault:
       break;
@@ -41,13 +53,6 @@ RopeFrequencies ComputeRopeFrequencies(const ModelConfig& c) {
       break;
     case RopeScaling::Type::kYarn: {
       const double factor = r.factor;
-      if (r.attention_factor) {
-        out.attention_factor = *r.attention_factor;
-      } else if (r.mscale && r.mscale_all_dim && *r.mscale != 0 && *r.mscale_all_dim != 0) {
-        out.attention_factor = YarnMscale(factor, *r.mscale) / YarnMscale(factor, *r.mscale_all_dim);
-      } else {
-        out.attention_factor = YarnMscale(factor);
-      }
       // Dimensions below `low` keep their frequency (extrapolation), above `high` take it divided
       // by the factor (interpolation), with a linear ramp between.
       const double positions = static_cast<double>(r.original_max_position_embeddings);
@@ -90,7 +95,7 @@ RopeFrequencies ComputeRopeFrequencies(const ModelConfig& c) {
 
 float AttentionScale(const ModelConfig& c) {
   float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  const double af = ComputeRopeFrequencies(c).attention_factor;
+  const double af = AttentionFactor(c.rope_scaling);  // (no frequency table: callers run it every step)
   if (af != 1.0) scale = static_cast<float>(scale * af * af);
   return scale;
 }
