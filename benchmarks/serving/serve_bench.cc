@@ -35,6 +35,7 @@
 #include "clients/cpp/generation_result.h"
 #include "clients/cpp/grpc_status.h"
 #include "clients/cpp/health_check.h"
+#include "common/process_exit.h"
 #include "moe/v1/inference.grpc.pb.h"
 
 namespace moe::serve_bench {
@@ -414,4 +415,6 @@ int Run(const std::vector<std::string>& argv) {
 }  // namespace
 }  // namespace moe::serve_bench
 
-int main(int argc, char** argv) { return moe::serve_bench::Run(std::vector<std::string>(argv + 1, argv + argc)); }
+int main(int argc, char** argv) {
+  moe::EndProcess(moe::serve_bench::Run(std::vector<std::string>(argv + 1, argv + argc)));  // common/process_exit.h
+}

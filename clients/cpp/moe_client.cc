@@ -21,6 +21,7 @@
 #include "clients/cpp/grpc_status.h"
 #include "clients/cpp/health_check.h"
 #include "clients/cpp/service_list.h"
+#include "common/process_exit.h"
 #include "moe/v1/inference.grpc.pb.h"
 
 namespace moe::client {
@@ -248,8 +249,9 @@ absl::StatusOr<int> Run(const ClientOptions& o) {
 }  // namespace
 }  // namespace moe::client
 
-int main(int argc, char** argv) {
-  const std::vector<std::string> args(argv + 1, argv + argc);
+namespace {
+
+int RunClient(const std::vector<std::string>& args) {
   absl::StatusOr<moe::client::ClientOptions> opts = moe::client::ParseClientArgs(args);
   if (!opts.ok() && opts.status().message() == "usage") {  // --help
     std::fputs(moe::client::ClientUsage().c_str(), stdout);
@@ -267,4 +269,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   return *rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::EndProcess(RunClient(std::vector<std::string>(argv + 1, argv + argc)));  // common/process_exit.h
 }

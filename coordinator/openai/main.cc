@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "common/flag_arg.h"
 #include "common/open_file_limit.h"
+#include "common/process_exit.h"
 #include "common/secret_token.h"
 #include "coordinator/openai/openai_server.h"
 
@@ -63,9 +64,7 @@ int BadFlag(const std::string& message) {
   return 2;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Serve(int argc, char** argv) {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
@@ -178,3 +177,7 @@ int main(int argc, char** argv) {
   server->reset();
   return 0;
 }
+
+}  // namespace
+
+int main(int argc, char** argv) { moe::EndProcess(Serve(argc, argv)); }  // common/process_exit.h

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/pem_file.h"
+#include "common/process_exit.h"
 #include "common/secret_token.h"
 #include "common/status.h"
 #include "coordinator/placement.h"
@@ -168,11 +169,5 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
   const int code =
       moe::RunAsJob(argc, argv, "moe-worker", [&](moe::Communicator& comm) { return moe::Run(args, comm); });
-  // gRPC's threads may still be at work when Run returns (a channel that failed its TLS handshake
-  // keeps re-resolving and builds a new TLS context each time), and exit()'s handlers tear down
-  // OpenSSL under them: that crashed a worker that could not verify the coordinator after its error
-  // was printed. Everything that must end has ended (MPI finalized, the link closed), so the process
-  // ends without exit handlers.
-  std::fflush(nullptr);
-  std::_Exit(code);
+  moe::EndProcess(code);  // gRPC's threads may outlive Run (common/process_exit.h)
 }
