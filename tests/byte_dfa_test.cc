@@ -123,6 +123,36 @@ TEST(ByteDfaTest, LengthAndByteRestrictions) {
   EXPECT_TRUE(first['a']);
 }
 
+// Python's \s takes \x1c-\x1f (str.isspace), ECMA's does not: over every ASCII character, each
+// form of the space escape takes exactly what both dialects take, negated classes included ([^\s\S]
+// took \x1c-\x1f, which neither matches).
+TEST(ByteDfaTest, SpaceEscapesTakeWhatBothDialectsTake) {
+  const auto python_space = [](int c) { return (c >= 9 && c <= 13) || (c >= 0x1C && c <= 0x1F) || c == ' '; };
+  const auto ecma_space = [](int c) { return (c >= 9 && c <= 13) || c == ' '; };
+  struct Case {
+    const char* pattern;
+    bool negated;  // the dialects' sets complemented
+  };
+  for (const Case& k : {Case{"\\s", false}, Case{"[\\s]", false}, Case{"[^\\S]", false}, Case{"\\S", true},
+                        Case{"[\\S]", true}, Case{"[^\\s]", true}}) {
+    SCOPED_TRACE(k.pattern);
+    absl::StatusOr<ByteDfa> dfa = ByteDfa::FromRegex(k.pattern, ByteDfa::Match::kWhole);
+    ASSERT_TRUE(dfa.ok()) << dfa.status();
+    for (int c = 0; c < 0x80; ++c) {
+      const bool both = k.negated ? !python_space(c) && !ecma_space(c) : python_space(c) && ecma_space(c);
+      EXPECT_EQ(dfa->Matches(std::string(1, static_cast<char>(c))), both) << "character " << c;
+    }
+  }
+  // A class's items each take what both dialects take, so their union may take less than both do
+  // (never more): [\s\S] leaves \x1c-\x1f out.
+  absl::StatusOr<ByteDfa> any = ByteDfa::FromRegex("[\\s\\S]", ByteDfa::Match::kWhole);
+  ASSERT_TRUE(any.ok()) << any.status();
+  for (int c = 0; c < 0x80; ++c) {
+    EXPECT_EQ(any->Matches(std::string(1, static_cast<char>(c))), !python_space(c) || ecma_space(c)) << c;
+  }
+  EXPECT_EQ(ByteDfa::FromRegex("[^\\s\\S]", ByteDfa::Match::kWhole).status().message(), "the pattern matches no text");
+}
+
 TEST(ByteDfaTest, UnsupportedSyntaxIsRefusedWithItsOffset) {
   auto error = [](const std::string& p) {
     absl::StatusOr<ByteDfa> d = ByteDfa::FromRegex(p, ByteDfa::Match::kWhole);
@@ -139,6 +169,8 @@ TEST(ByteDfaTest, UnsupportedSyntaxIsRefusedWithItsOffset) {
   EXPECT_EQ(error("a$b"), "$ is supported only at the end of the pattern or of a top-level alternative at offset 1");
   EXPECT_EQ(error("(^a)"), "^ is supported only at the start of the pattern or of a top-level alternative at offset 1");
   EXPECT_EQ(error("x{1001}"), "repeat counts above 1000 are not supported at offset 7");
+  EXPECT_EQ(error("x{1000000}"), "repeat counts above 1000 are not supported at offset 10");  // 7 digits
+  EXPECT_EQ(error("x{2,99999999999999999999}"), "repeat counts above 1000 are not supported at offset 25");
   EXPECT_EQ(error("x{3,2}"), "a repeat's maximum is below its minimum at offset 6");
   EXPECT_EQ(error("[z-a]"), "a range out of order at offset 4");
   EXPECT_EQ(error("[a-\\d]"), "a class escape cannot bound a range at offset 5");

@@ -964,6 +964,55 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         status, body = self.call("/health")
         self.assertEqual((status, body["status"]), (200, "SERVING"))
 
+    def raw_http(self, request, port=None, half_close=False, timeout=60):
+        """(status, parsed JSON body) of raw request bytes sent on a socket of their own; with
+        half_close the client then closes its sending side (shutdown(SHUT_WR), as `nc -N` does)."""
+        host, own_port = self.cluster.openai_address.rsplit(":", 1)
+        with socket.create_connection((host, port or int(own_port)), timeout=timeout) as s:
+            s.sendall(request)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    def test_d3_request_lines_and_bodies_the_http_parser_lets_through(self):
+        """Bytes of a path that are not UTF-8 (echoed in a 404's message: that once ended the front
+        with std::terminate) come back as U+FFFD; a POST without a body names that; a client that
+        closes its sending side after a whole request counts as gone, as in vLLM's server, and may
+        still read a 499 that says so, not a 500."""
+        for method, path in (("GET", "/%ff"), ("GET", "/v1/models/%ff"), ("GET", "/v1/responses/%ff"),
+                             ("GET", "/v1/responses/%ff/input_items"), ("POST", "/v1/responses/%ff/cancel"),
+                             ("DELETE", "/v1/responses/%c3")):
+            status, err = self.call(path, method=method, raw=b"" if method == "POST" else None)
+            self.assertEqual(status, 404, (method, path, err))
+            self.assertIn("\ufffd", err["error"]["message"], (method, path))
+        status, err = self.raw_http(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n")
+        self.assertEqual(status, 400, err)
+        self.assertIn("no body", err["error"]["message"])
+        body = json.dumps({"prompt": "ROMEO:", "max_tokens": 3000, "ignore_eos": True}).encode()
+        status, err = self.raw_http(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body), half_close=True)
+        self.assertEqual((status, err["error"]["type"]), (499, "cancelled"), err)
+        self.assertIn("closed the connection", err["error"]["message"])
+        wait_until_idle(self.grpc, 20, "the request still runs after its client closed its sending side")
+        status, body = self.call("/health")
+        self.assertEqual((status, body["status"]), (200, "SERVING"))
+
+    def test_d4_a_body_shorter_than_its_content_length_is_refused(self):
+        """A client that stops sending before its Content-Length gets a 400 once the read times out
+        (--request-timeout-s), where the front once ran the part that came."""
+        with own_front(self, self.cluster.address, "--request-timeout-s", "1") as (port, _, _):
+            body = b'{"prompt": "ROMEO:", "max_tokens": 2}'
+            t0 = time.monotonic()
+            status, err = self.raw_http(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                        b"Content-Length: %d\r\n\r\n%s" % (len(body) + 10, body), port=port, timeout=30)
+            self.assertEqual(status, 400, err)
+            self.assertIn("ended after %d of its %d bytes" % (len(body), len(body) + 10), err["error"]["message"])
+            self.assertLess(time.monotonic() - t0, 10)
+
     def test_e4_tokenize_return_token_strs_are_the_vocabularys_pieces(self):
         """vLLM's return_token_strs: each token's vocabulary entry, as the tokenizer.model file holds it
         (read here from its protobuf wire format, without the server's SentencePiece reader)."""
@@ -1499,9 +1548,10 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 self.assertIn("--chat-template", error["message"])
                 self.assertEqual(error["param"], "chat_template")
                 self.assertEqual(self.call("/health", base="http://127.0.0.1:%d" % port)[0], 200)
-            # --access-log: a line per request, with its status.
+            # --access-log: a line per request, with its status (civetweb writes a request's line when
+            # its connection closes, so the two may come in either order).
             with open(access_log) as f:
-                lines = f.read().splitlines()
+                lines = sorted(f.read().splitlines(), key=lambda line: "GET" in line)
             self.assertEqual(len(lines), 2, lines)
             self.assertIn('"POST /v1/chat/completions HTTP/1.1" 400', lines[0])
             self.assertIn('"GET /health HTTP/1.1" 200', lines[1])

@@ -296,5 +296,44 @@ TEST(GbnfTest, BadGrammarsNameWhatIsWrong) {
   EXPECT_NE(error(std::string(GbnfGrammar::kMaxTextBytes + 1, ' ')).find("longer than"), std::string::npos);
 }
 
+// Groups nest as deep as the parser's bound and no deeper: 20,000 levels (40 KB, inside the text
+// limit) overflowed the parser's stack and took the coordinator down.
+TEST(GbnfTest, DeepGroupsAreBounded) {
+  // Each group with two alternatives, so that every level is a rule of its own.
+  std::string g = "root ::= ";
+  for (int i = 0; i < GbnfGrammar::kMaxGroupDepth; ++i) g += "(\"x\" | ";
+  g += "\"a\"" + std::string(GbnfGrammar::kMaxGroupDepth, ')');
+  absl::StatusOr<GbnfGrammar> ok = GbnfGrammar::Parse(g);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  GbnfState state(*ok);
+  ASSERT_TRUE(state.Feed("a"));
+  EXPECT_TRUE(state.Complete());
+  for (const int depth : {GbnfGrammar::kMaxGroupDepth + 1, 20'000}) {
+    absl::StatusOr<GbnfGrammar> deep =
+        GbnfGrammar::Parse("root ::= " + std::string(depth, '(') + "\"a\"" + std::string(depth, ')'));
+    ASSERT_FALSE(deep.ok()) << depth;
+    EXPECT_EQ(deep.status().message(), "line 1, column " + std::to_string(10 + GbnfGrammar::kMaxGroupDepth) +
+                                           ": groups nested deeper than " + std::to_string(GbnfGrammar::kMaxGroupDepth));
+  }
+}
+
+// A chain of thousands of rules, each beginning with the next: the left-recursion check walks it
+// without recursing and finds the cycle its last rule closes; without one the chain parses.
+TEST(GbnfTest, LongRuleChainsAreWalkedWithoutRecursion) {
+  constexpr int kRules = 3000;
+  std::string chain = "root ::= r0\n";
+  for (int i = 0; i + 1 < kRules; ++i) chain += "r" + std::to_string(i) + " ::= r" + std::to_string(i + 1) + "\n";
+  ASSERT_LT(chain.size() + 32, GbnfGrammar::kMaxTextBytes);
+  const std::string last = "r" + std::to_string(kRules - 1) + " ::= ";
+  absl::StatusOr<GbnfGrammar> cyclic = GbnfGrammar::Parse(chain + last + "root \"a\"\n");
+  ASSERT_FALSE(cyclic.ok());
+  EXPECT_NE(cyclic.status().message().find("left-recursive"), std::string::npos) << cyclic.status();
+  absl::StatusOr<GbnfGrammar> plain = GbnfGrammar::Parse(chain + last + "\"a\"\n");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  GbnfState state(*plain);
+  ASSERT_TRUE(state.Feed("a"));
+  EXPECT_TRUE(state.Complete());
+}
+
 }  // namespace
 }  // namespace moe

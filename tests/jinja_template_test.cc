@@ -253,6 +253,10 @@ TEST(JinjaLimits, AmplifyingOperationsAreCapped) {
   ExpectRefusedQuickly("{{ 'x'.center(1000000000) }}", "larger than");
   ExpectRefusedQuickly("{{ ('\\n' * 1000000) | indent(100) }}", "larger than");
   ExpectRefusedQuickly("{{ [0] * 100000000 }}", "too large");
+  // tojson's indent: the string itself, and nested levels repeating an indent of a few megabytes
+  // (before, the first allocated a gigabyte and took 13 s to be refused).
+  ExpectRefusedQuickly("{{ [1] | tojson(indent=1000000000) }}", "larger than");
+  ExpectRefusedQuickly("{{ [[[[[[[[1]]]]]]]] | tojson(indent=4000000) }}", "larger than");
 }
 
 TEST(JinjaLimits, RecursionIsCapped) {

@@ -389,6 +389,24 @@ TEST(OpenAiProtocolTest, GrpcErrorsBecomeHttpStatusesWithTheFieldAsParam) {
   EXPECT_EQ(FromGrpcError(14, "no workers").status, 503);
   EXPECT_EQ(FromGrpcError(4, "deadline").status, 504);
   EXPECT_EQ(FromGrpcError(13, "worker error: x").status, 500);
+  // Only the front cancels a call (its client left): 499, nginx's status, not a server error.
+  const HttpError cancelled = FromGrpcError(1, "request cancelled");
+  EXPECT_EQ(cancelled.status, 499);
+  EXPECT_EQ(cancelled.type, "cancelled");
+  // A refused schema that tool_choice made of the tools names "tools"; one the request sent keeps
+  // its own field.
+  CompletionCall call;
+  const std::string refused = "response_format.json_schema: items.anyOf[1363]: the schema has more than 4096 parts";
+  EXPECT_EQ(FromGrpcError(call, 3, refused).param, "response_format.json_schema");
+  for (const ToolChoice::Kind kind : {ToolChoice::Kind::kRequired, ToolChoice::Kind::kNamed}) {
+    call.tool_choice.kind = kind;
+    const HttpError tools = FromGrpcError(call, 3, refused);
+    EXPECT_EQ(tools.status, 400);
+    EXPECT_EQ(tools.param, "tools");
+    EXPECT_NE(tools.message.find("tools: the JSON schema of the tool calls"), std::string::npos) << tools.message;
+    EXPECT_NE(tools.message.find(refused), std::string::npos) << tools.message;
+    EXPECT_EQ(FromGrpcError(call, 3, "sampling.top_p: bad").param, "top_p");
+  }
 }
 
 v1::GenerateResponse Msg(uint32_t index, const std::string& text, v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED,

@@ -23,9 +23,12 @@ using Ranges = CodePointRanges;
 
 const Ranges kDigit = {{'0', '9'}};
 const Ranges kWord = {{'0', '9'}, {'A', 'Z'}, {'_', '_'}, {'a', 'z'}};
+// \s as both dialects read it (ASCII), and as either does: Python's also takes \x1c-\x1f
+// (str.isspace), ECMA's does not. A pattern must only produce text both accept: \s stands for the
+// first, \S for the complement of the second, and inside a negated class, whose complement is
+// taken, the other way round ([^\s] and [^\S] leave \x1c-\x1f out).
 const Ranges kSpace = {{'\t', '\r'}, {' ', ' '}};
-// Python's \s also takes \x1c-\x1f (str.isspace), ECMA's does not: \S leaves them out for both.
-const Ranges kSpaceForNegation = {{'\t', '\r'}, {0x1C, 0x1F}, {' ', ' '}};
+const Ranges kSpaceEither = {{'\t', '\r'}, {0x1C, 0x1F}, {' ', ' '}};
 
 // The UTF-8 encodings of the code points lo..hi (surrogates left out) as sequences of byte ranges,
 // each sequence one to four ranges long (the split of Go's and Rust's utf8 range compilers).
@@ -203,11 +206,12 @@ class RegexParser {
     return alts.size() == 1 ? alts[0] : NewNode(Ast::Kind::kAlt, std::move(alts));
   }
 
+  // A decimal count, held at 10,000,000 (past any bound) however many digits it has.
   bool Digits(uint32_t& out) {
     const size_t begin = pos_;
     out = 0;
-    while (pos_ < p_.size() && p_[pos_] >= '0' && p_[pos_] <= '9' && pos_ - begin < 6) {
-      out = out * 10 + static_cast<uint32_t>(p_[pos_] - '0');
+    while (pos_ < p_.size() && p_[pos_] >= '0' && p_[pos_] <= '9') {
+      out = std::min<uint32_t>(out * 10 + static_cast<uint32_t>(p_[pos_] - '0'), 10'000'000);
       ++pos_;
     }
     return pos_ > begin;
@@ -284,7 +288,7 @@ class RegexParser {
         return Set(ComplementRanges({{'\n', '\n'}, {'\r', '\r'}, {0x2028, 0x2029}}, kMaxCodePoint));
       case '\\': {
         bool is_class = false;
-        MOE_ASSIGN_OR_RETURN(Ranges r, Escape(/*in_class=*/false, is_class));
+        MOE_ASSIGN_OR_RETURN(Ranges r, Escape(/*in_class=*/false, /*in_negated_class=*/false, is_class));
         return Set(std::move(r));
       }
       case '^':
@@ -315,8 +319,8 @@ class RegexParser {
   }
 
   // After a backslash (at pos_): the code points it stands for. `is_class`: \d \w \s and their
-  // negations (not a range endpoint).
-  absl::StatusOr<Ranges> Escape(bool in_class, bool& is_class) {
+  // negations (not a range endpoint). `in_negated_class`: an item of [^...] (see kSpace).
+  absl::StatusOr<Ranges> Escape(bool in_class, bool in_negated_class, bool& is_class) {
     ++pos_;
     if (pos_ == p_.size()) return Fail("a pattern cannot end with \\");
     const char e = p_[pos_];
@@ -324,10 +328,10 @@ class RegexParser {
     switch (e) {
       case 'd': ++pos_; return kDigit;
       case 'w': ++pos_; return kWord;
-      case 's': ++pos_; return kSpace;
+      case 's': ++pos_; return in_negated_class ? kSpaceEither : kSpace;
       case 'D': ++pos_; return ComplementRanges(kDigit, 0x7F);
       case 'W': ++pos_; return ComplementRanges(kWord, 0x7F);
-      case 'S': ++pos_; return ComplementRanges(kSpaceForNegation, 0x7F);
+      case 'S': ++pos_; return ComplementRanges(in_negated_class ? kSpace : kSpaceEither, 0x7F);
       default: break;
     }
     is_class = false;
@@ -369,9 +373,10 @@ class RegexParser {
     return Ranges{{cp, cp}};
   }
 
-  // One item of a class: an escape (`is_class` for \d \w \s and their negations) or a code point.
-  absl::StatusOr<Ranges> ClassItem(bool& is_class) {
-    if (p_[pos_] == '\\') return Escape(/*in_class=*/true, is_class);
+  // One item of a class (`negated`: [^...]): an escape (`is_class` for \d \w \s and their
+  // negations) or a code point.
+  absl::StatusOr<Ranges> ClassItem(bool negated, bool& is_class) {
+    if (p_[pos_] == '\\') return Escape(/*in_class=*/true, negated, is_class);
     MOE_ASSIGN_OR_RETURN(const uint32_t cp, CodePoint());
     return Ranges{{cp, cp}};
   }
@@ -393,12 +398,12 @@ class RegexParser {
         break;
       }
       bool is_class = false;
-      MOE_ASSIGN_OR_RETURN(const Ranges lo, ClassItem(is_class));
+      MOE_ASSIGN_OR_RETURN(const Ranges lo, ClassItem(negated, is_class));
       had_class_escape |= is_class;
       if (Peek('-') && pos_ + 1 < p_.size() && p_[pos_ + 1] != ']') {
         ++pos_;
         bool hi_is_class = false;
-        MOE_ASSIGN_OR_RETURN(const Ranges hi, ClassItem(hi_is_class));
+        MOE_ASSIGN_OR_RETURN(const Ranges hi, ClassItem(negated, hi_is_class));
         if (is_class || hi_is_class) return Fail("a class escape cannot bound a range");
         if (hi[0].first < lo[0].first) return Fail("a range out of order");
         r.emplace_back(lo[0].first, hi[0].first);

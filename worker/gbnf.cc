@@ -1,7 +1,6 @@
 #include "worker/gbnf.h"
 
 #include <algorithm>
-#include <functional>
 #include <map>
 #include <unordered_map>
 
@@ -270,9 +269,15 @@ class GbnfParser {
       return Sequence{Chars({{0, kMaxCodePoint}})};
     }
     if (c == '(') {
+      // The parser recurses into groups: a bound keeps deep nesting off the end of the stack.
+      if (group_depth_ == GbnfGrammar::kMaxGroupDepth) {
+        return Error(absl::StrCat("groups nested deeper than ", GbnfGrammar::kMaxGroupDepth));
+      }
       ++pos_;
       SkipSpace(true);
+      ++group_depth_;
       absl::StatusOr<std::vector<Sequence>> alts = ParseAlternates(true);
+      --group_depth_;
       if (!alts.ok()) return alts.status();
       if (!At(')')) return Error(absl::StrCat("expected ) to close the group, found ", Shown()));
       ++pos_;
@@ -446,12 +451,25 @@ class GbnfParser {
       }
     }
     std::vector<uint8_t> mark(n, 0);  // 1: on the current path, 2: done
-    std::function<bool(uint32_t)> cyclic = [&](uint32_t r) {
-      mark[r] = 1;
-      for (uint32_t s : first[r]) {
-        if (mark[s] == 1 || (mark[s] == 0 && cyclic(s))) return true;
+    // A depth-first walk with its own stack (a chain of thousands of rules fits in the text limit):
+    // true when it finds a rule on the current path again.
+    auto cyclic = [&](uint32_t start) {
+      std::vector<std::pair<uint32_t, size_t>> path{{start, 0}};  // rule, next of first[rule] to follow
+      mark[start] = 1;
+      while (!path.empty()) {
+        auto& [r, next] = path.back();
+        if (next == first[r].size()) {
+          mark[r] = 2;
+          path.pop_back();
+          continue;
+        }
+        const uint32_t s = first[r][next++];
+        if (mark[s] == 1) return true;
+        if (mark[s] == 0) {
+          mark[s] = 1;
+          path.emplace_back(s, 0);
+        }
       }
-      mark[r] = 2;
       return false;
     };
     for (uint32_t r = 0; r < n; ++r) {
@@ -471,6 +489,7 @@ class GbnfParser {
 
   std::string_view text_;
   size_t pos_ = 0;
+  int group_depth_ = 0;  // groups open around pos_
   std::string owner_;  // the rule being read
   std::map<std::string, uint32_t> ids_;  // named rules
   std::vector<std::string> names_;

@@ -43,6 +43,7 @@ class GbnfGrammar {
   static constexpr size_t kMaxTextBytes = 64 * 1024;
   static constexpr size_t kMaxElements = 1 << 18;
   static constexpr int kMaxRepeat = 1000;  // {m,n}: m, n at most this
+  static constexpr int kMaxGroupDepth = 100;  // ( ... ) inside one another
 
   // InvalidArgument with the line and column of what is wrong ("line 2, column 14: ...") or the
   // rule ("rule 'x' is used but never defined").

@@ -7,7 +7,9 @@
 // civetweb does not hand out a connection's socket, so the watch finds it among the process's file
 // descriptors by its two ends (the request's remote address and port, the server's port), then
 // polls it for the peer's hang-up (POLLRDHUP: the client closed or reset its side) on a thread of
-// its own until the request is done.
+// its own until the request is done. A client that closed only its sending side (shutdown(SHUT_WR),
+// as `nc -N` does) looks the same from here: it counts as gone, as in vLLM's server (uvicorn takes
+// the end of the request stream as a disconnect), and reads 499 (kClientClosedRequest).
 #pragma once
 
 #include <grpcpp/client_context.h>

@@ -54,7 +54,12 @@ void SendJsonText(mg_connection* conn, int status, const std::string& body) {
   mg_write(conn, body.data(), body.size());
 }
 
-void SendJson(mg_connection* conn, int status, const nlohmann::json& j) { SendJsonText(conn, status, j.dump()); }
+// Text from the request line (a path, an id or a query value, which error messages echo) is not
+// checked for UTF-8 as bodies are by the JSON parser: its bad bytes are written as U+FFFD, where
+// dump() would throw.
+void SendJson(mg_connection* conn, int status, const nlohmann::json& j) {
+  SendJsonText(conn, status, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
 
 bool SendEvent(mg_connection* conn, const std::string& data) {
   const std::string event = "data: " + data + "\n\n";

@@ -690,9 +690,22 @@ HttpError FromGrpcError(int grpc_code, const std::string& message) {
       return {504, message, "server_error", {}};
     case absl::StatusCode::kUnimplemented:
       return {501, message, "server_error", {}};
+    case absl::StatusCode::kCancelled:  // only the front cancels a call
+      return {kClientClosedRequest, kClientClosedMessage, "cancelled", {}};
     default:
       return {500, message, "server_error", {}};
   }
+}
+
+HttpError FromGrpcError(const CompletionCall& call, int grpc_code, const std::string& message) {
+  HttpError e = FromGrpcError(grpc_code, message);
+  const bool schema_of_tools =
+      call.tool_choice.kind == ToolChoice::Kind::kNamed || call.tool_choice.kind == ToolChoice::Kind::kRequired;
+  if (schema_of_tools && e.param && e.param->starts_with("response_format")) {
+    e.param = "tools";
+    e.message = "tools: the JSON schema of the tool calls tool_choice asks for is refused (" + message + ")";
+  }
+  return e;
 }
 
 std::string FinishReasonName(v1::FinishReason r) {

@@ -135,10 +135,22 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body, cons
 // another gets 404, as vLLM answers).
 std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string& body, const ServedModel& model);
 
+// nginx's status for a request whose client closed its connection before the answer: the front
+// cancels such a request's calls (client_watch.h), and a client that only closed its sending side
+// may still read this.
+inline constexpr int kClientClosedRequest = 499;
+inline constexpr char kClientClosedMessage[] =
+    "the request was cancelled: its client closed the connection (closing only its sending side counts, "
+    "as in vLLM's server), or the server is stopping";
+
 // The HTTP error for a failed gRPC call: INVALID_ARGUMENT 400 (param: the field the message starts
 // with, "sampling." dropped, so a client sees "top_p"), NOT_FOUND 404, RESOURCE_EXHAUSTED 429,
-// UNAVAILABLE 503, DEADLINE_EXCEEDED 504, UNIMPLEMENTED 501, anything else 500.
+// UNAVAILABLE 503, DEADLINE_EXCEEDED 504, UNIMPLEMENTED 501, CANCELLED 499, anything else 500.
 HttpError FromGrpcError(int grpc_code, const std::string& message);
+// The same for a completion or chat call's Generate: where tool_choice made the tools a JSON schema
+// (a named function or "required"), the schema's refusal names "tools", which the request sent,
+// not the response_format it did not.
+HttpError FromGrpcError(const CompletionCall& call, int grpc_code, const std::string& message);
 
 // "stop" (EOS, a stop token id or a stop string) or "length"; "abort" for a cancelled completion.
 std::string FinishReasonName(v1::FinishReason r);

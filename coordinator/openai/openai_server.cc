@@ -82,9 +82,12 @@ int MethodNotAllowed(mg_connection* conn, const char* allowed) {
   return SendError(conn, HttpError{405, std::string("use ") + allowed, "invalid_request_error", {}});
 }
 
-absl::StatusOr<std::string> ReadBody(mg_connection* conn) {
+// The request's body, or the answer that refuses it: 413 past 16 MiB; 400 for none at all, or for
+// one that ended (the client stopped sending, the read timed out) before its Content-Length.
+std::variant<std::string, HttpError> ReadBody(mg_connection* conn) {
   const long long length = mg_get_request_info(conn)->content_length;
-  if (length > kMaxBodyBytes) return absl::InvalidArgumentError("the request body exceeds 16 MiB");
+  const HttpError too_large{413, "the request body exceeds 16 MiB", "invalid_request_error", {}};
+  if (length > kMaxBodyBytes) return too_large;
   std::string body;
   char buf[8192];
   while (static_cast<long long>(body.size()) <= kMaxBodyBytes) {
@@ -92,7 +95,15 @@ absl::StatusOr<std::string> ReadBody(mg_connection* conn) {
     if (n <= 0) break;
     body.append(buf, static_cast<size_t>(n));
   }
-  if (static_cast<long long>(body.size()) > kMaxBodyBytes) return absl::InvalidArgumentError("the request body exceeds 16 MiB");
+  if (static_cast<long long>(body.size()) > kMaxBodyBytes) return too_large;
+  if (length >= 0 && static_cast<long long>(body.size()) < length) {
+    return HttpError{400, absl::StrCat("the request body ended after ", body.size(), " of its ", length,
+                                       " bytes (Content-Length)"), "invalid_request_error", {}};
+  }
+  if (body.empty()) {
+    return HttpError{400, "the request has no body: send a JSON object with Content-Length or chunked",
+                     "invalid_request_error", {}};
+  }
   return body;
 }
 
@@ -335,13 +346,26 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   if (!s->api_keys_.empty() || !s->allowed_origins_.empty()) {
     mg_set_auth_handler(s->ctx_, "/", &OpenAiServer::BeforeHandler, s.get());
   }
-  for (const Route& r : ExactRoutes()) {
-    mg_set_request_handler(s->ctx_, (std::string(r.path) + "$").c_str(), r.handler, s.get());  // "$": that path only
-  }
-  mg_set_request_handler(s->ctx_, "/v1/responses/", &OpenAiServer::HandleStoredResponse, s.get());  // and below
+  const auto handle = [&](const std::string& pattern, const Route& r) {
+    mg_set_request_handler(s->ctx_, pattern.c_str(), &OpenAiServer::RunRoute, const_cast<Route*>(&r));
+  };
+  for (const Route& r : ExactRoutes()) handle(std::string(r.path) + "$", r);  // "$": that path only
+  static constexpr Route kStoredResponse{"/v1/responses/", &OpenAiServer::HandleStoredResponse};
+  handle(kStoredResponse.path, kStoredResponse);  // and below
   // civetweb prefers a handler whose URI equals the request's, so the rest is "/**", not "/".
-  mg_set_request_handler(s->ctx_, "/**", &OpenAiServer::HandleUnknown, s.get());  // registered last: the rest
+  static constexpr Route kUnknown{"/**", &OpenAiServer::HandleUnknown};
+  handle(kUnknown.path, kUnknown);  // registered last: the rest
   return s;
+}
+
+int OpenAiServer::RunRoute(mg_connection* conn, void* route) {
+  void* self = mg_get_user_data(mg_get_context(conn));
+  try {
+    return static_cast<const Route*>(route)->handler(conn, self);
+  } catch (const std::exception& e) {  // as ServePost's: the request fails, not the server
+    std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
+    return SendError(conn, HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
+  }
 }
 
 std::span<const OpenAiServer::Route> OpenAiServer::ExactRoutes() {
@@ -540,9 +564,10 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
   if (!IsMethod(conn, "POST")) return MethodNotAllowed(conn, "POST");
   const HandlerScope handler(*this);
   if (!handler.admitted()) return SendError(conn, HttpError{503, "the server is stopping", "server_error", {}});
-  absl::StatusOr<std::string> body = ReadBody(conn);
-  if (!body.ok()) return SendError(conn, HttpError{413, std::string(body.status().message()), "invalid_request_error", {}});
-  if (std::optional<HttpError> e = CheckBodyNesting(*body)) return SendError(conn, *e);
+  std::variant<std::string, HttpError> read = ReadBody(conn);
+  if (const HttpError* e = std::get_if<HttpError>(&read)) return SendError(conn, *e);
+  const std::string& body = std::get<std::string>(read);
+  if (std::optional<HttpError> e = CheckBodyNesting(body)) return SendError(conn, *e);
   // The parsers check every field and answer 400s; should one still throw (nlohmann's accessors do
   // on a type they do not expect), the request fails, not the server (civetweb's thread would end
   // the process). The request runs on a thread with a full-size stack: civetweb's have ~100 KB,
@@ -557,7 +582,7 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
     HeadSent sent;
     RunWithStack(kBigStackBytes, [&] {
       const ClientWatch::Current current(watch ? &*watch : nullptr);
-      status = (this->*handle)(conn, *body);
+      status = (this->*handle)(conn, body);
       sent = TakeHeadSent();  // that thread's; civetweb's end_request reads its own
     });
     if (sent.status != 0) NoteHeadSent(sent);
@@ -1152,7 +1177,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
         cancel_all();
         join();
         if (st.ok()) return refuse(HttpError{500, "the coordinator sent no completion", "server_error", {}});
-        return refuse(FromGrpcError(st.error_code(), st.error_message()));
+        return refuse(FromGrpcError(call, st.error_code(), st.error_message()));
       }
     } else if (!started[item.prompt]) {
       started[item.prompt] = true;
@@ -1220,7 +1245,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       ++ended_count;
       if (!item.end.ok() && !failure && !client_gone) {
         failure = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
-                             : FromGrpcError(item.end.error_code(), item.end.error_message());
+                             : FromGrpcError(call, item.end.error_code(), item.end.error_message());
         cancel_all();  // one prompt failed: the answer is that error
       }
       continue;
@@ -1381,7 +1406,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
       if (!acc.Add(msg)) ctx.TryCancel();
     }
     const grpc::Status st = reader->Finish();
-    if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+    if (!st.ok()) return FromGrpcError(call, st.error_code(), st.error_message());
   } else {  // echo of the prompt alone: no completion, "length" as max_tokens 0 says
     const std::string request_id = LocalRequestId(call);
     for (uint32_t i = 0; i < call.n; ++i) {

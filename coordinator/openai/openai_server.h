@@ -113,6 +113,9 @@ class OpenAiServer {
   };
   static std::span<const Route> ExactRoutes();
   static std::vector<std::string> ExactRoutePaths();
+  // Every route's civetweb handler: runs the route's (`route`, a Route) on the server the context
+  // holds; an exception it lets out fails the request with a 500, not the process.
+  static int RunRoute(mg_connection* conn, void* route);
   static int HandleCompletions(mg_connection* conn, void* self);
   static int HandleChat(mg_connection* conn, void* self);
   static int HandleResponses(mg_connection* conn, void* self);

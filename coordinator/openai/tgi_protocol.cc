@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "coordinator/openai/openai_protocol.h"
 
 namespace moe::openai {
 namespace {
@@ -86,6 +87,8 @@ TgiError TgiErrorFromGrpc(int grpc_code, const std::string& message) {
       return TgiError{429, "Model is overloaded: " + message, "overloaded"};
     case absl::StatusCode::kUnauthenticated:
       return TgiError{401, message, "authentication"};
+    case absl::StatusCode::kCancelled:  // only the front cancels a call
+      return TgiError{kClientClosedRequest, kClientClosedMessage, "cancelled"};
     default:
       return TgiError{424, "Request failed during generation: " + message, "generation"};
   }
@@ -97,6 +100,7 @@ TgiError TgiErrorFromHttp(int status, const std::string& message) {
   if (status == 401) return TgiError{401, message, "authentication"};
   // Refused before generation (a wrong method, a body over the limit): the status stays.
   if (status == 405 || status == 413) return TgiError{status, message, "validation"};
+  if (status == kClientClosedRequest) return TgiError{status, message, "cancelled"};
   // The rest (a stopping front, a cluster that cannot serve) as TGI answers a failed backend, the
   // same kind TgiErrorFromGrpc gives UNAVAILABLE.
   return TgiError{424, "Request failed during generation: " + message, "generation"};

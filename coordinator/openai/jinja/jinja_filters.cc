@@ -515,7 +515,9 @@ Value FilterToJson(Interpreter&, const Value& v, const CallArgs& a) {
   if (indent.is_string()) {
     options.indent = indent.as_string();
   } else if (!indent.is_none()) {
-    options.indent = std::string(std::max<int64_t>(0, ToIndex(indent)), ' ');
+    const int64_t spaces = std::max<int64_t>(0, ToIndex(indent));
+    CheckStringSize(static_cast<size_t>(spaces));  // before the string is built, as every level repeats it
+    options.indent = std::string(static_cast<size_t>(spaces), ' ');
   }
   if (options.indent) options.item_separator = ",";
   const Value separators = args.get(2);

@@ -361,6 +361,8 @@ void ToJsonImpl(const Value& v, const JsonOptions& o, int level, std::string& ou
   // json.dumps layout: with an indent every item starts on its own line, one level deeper.
   std::string newline_indent;
   if (o.indent) {
+    // Each level repeats the indent: a long one nested deep would be gigabytes before the output's check.
+    CheckStringSize(out.size() + (static_cast<size_t>(level) + 1) * o.indent->size());
     newline_indent = "\n";
     for (int i = 0; i <= level; ++i) newline_indent += *o.indent;
   }
