@@ -998,6 +998,11 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual((status, err["error"]["type"]), (499, "cancelled"), err)
         self.assertIn("closed the connection", err["error"]["message"])
         wait_until_idle(self.grpc, 20, "the request still runs after its client closed its sending side")
+        # A chat template that renders nothing names itself, not the prompt ids the request never sent.
+        status, err = self.call("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                         "chat_template": "{# nothing #}", "max_tokens": 1})
+        self.assertEqual((status, err["error"]["param"]), (400, "chat_template"), err)
+        self.assertIn("renders these messages as no text", err["error"]["message"])
         status, body = self.call("/health")
         self.assertEqual((status, body["status"]), (200, "SERVING"))
 

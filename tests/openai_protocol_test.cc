@@ -286,7 +286,9 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
            {R"({"prompt": "x", "max_tokens": -1})", 400, "max_tokens"},
            {R"({"prompt": "x", "max_tokens": 1.5})", 400, "max_tokens"},
            {R"({"prompt": "x", "top_k": -2})", 400, "top_k"},
-           {R"({"prompt": "x", "seed": -1})", 400, "seed"},
+           {R"({"prompt": "x", "seed": 9223372036854775808})", 400, "seed"},  // past torch.long, vLLM's range
+           {R"({"prompt": "x", "seed": 18446744073709551615})", 400, "seed"},
+           {R"({"prompt": "x", "max_tokens": 18446744073709551616})", 400, "max_tokens"},
            {R"({"prompt": "x", "temperature": "warm"})", 400, "temperature"},
            {R"({"prompt": "x", "stop": 3})", 400, "stop"},
            {R"({"prompt": "x", "stop_token_ids": "2"})", 400, "stop_token_ids"},
@@ -378,6 +380,32 @@ TEST(OpenAiProtocolTest, RefusalsNameTheParameterWithTheRightStatus) {
   EXPECT_FALSE(Ok({{"prompt", "x"}, {"add_special_tokens", false}}).add_special_tokens);
 }
 
+// Integer fields name the bound a value passes and the value as sent; vLLM's seed takes torch.long's
+// range, -1 meaning none.
+TEST(OpenAiProtocolTest, IntegerFieldsNameTheirBoundsAndSeedsAreVllms) {
+  const ServedModel served("m");
+  const auto refusal = [&](const std::string& body) {
+    std::variant<CompletionCall, HttpError> r = ParseCompletionRequest(body, served);
+    const HttpError* e = std::get_if<HttpError>(&r);
+    return e ? e->message : std::string("accepted");
+  };
+  EXPECT_EQ(refusal(R"({"prompt": "x", "n": -3})"), "n: must be at least 0, got -3");
+  EXPECT_EQ(refusal(R"({"prompt": "x", "max_tokens": -1})"), "max_tokens: must be at least 0, got -1");
+  EXPECT_EQ(refusal(R"({"prompt": "x", "max_tokens": 18446744073709551616})"),
+            "max_tokens: must be in [0, 4294967295], got 1.8446744073709552e+19");
+  EXPECT_EQ(refusal(R"({"prompt": "x", "logprobs": 21})"), "logprobs: must be in [0, 20], got 21");
+  EXPECT_NE(refusal(R"({"prompt": [1, 18446744073709551615]})").find("token id 18446744073709551615 out of range"),
+            std::string::npos);
+  EXPECT_NE(refusal(R"({"prompt": "x", "seed": 9223372036854775808})").find("seed: must be in"), std::string::npos);
+  for (const auto& [seed, expected] : std::vector<std::pair<std::string, std::optional<uint64_t>>>{
+           {"-1", std::nullopt}, {"-5", static_cast<uint64_t>(-5)}, {"9223372036854775807", INT64_MAX}, {"0", 0}}) {
+    std::variant<CompletionCall, HttpError> r = ParseCompletionRequest(R"({"prompt": "x", "seed": )" + seed + "}", served);
+    ASSERT_TRUE(std::holds_alternative<CompletionCall>(r)) << seed;
+    const v1::SamplingParams& s = std::get<CompletionCall>(r).request.sampling();
+    EXPECT_EQ(s.has_seed() ? std::optional<uint64_t>(s.seed()) : std::nullopt, expected) << seed;
+  }
+}
+
 TEST(OpenAiProtocolTest, GrpcErrorsBecomeHttpStatusesWithTheFieldAsParam) {
   HttpError e = FromGrpcError(3, "sampling.top_p: must be in (0, 1], got 1.5");
   EXPECT_EQ(e.status, 400);
@@ -397,16 +425,24 @@ TEST(OpenAiProtocolTest, GrpcErrorsBecomeHttpStatusesWithTheFieldAsParam) {
   // its own field.
   CompletionCall call;
   const std::string refused = "response_format.json_schema: items.anyOf[1363]: the schema has more than 4096 parts";
-  EXPECT_EQ(FromGrpcError(call, 3, refused).param, "response_format.json_schema");
+  EXPECT_EQ(FromGrpcError(call, 0, 3, refused).param, "response_format.json_schema");
   for (const ToolChoice::Kind kind : {ToolChoice::Kind::kRequired, ToolChoice::Kind::kNamed}) {
     call.tool_choice.kind = kind;
-    const HttpError tools = FromGrpcError(call, 3, refused);
+    const HttpError tools = FromGrpcError(call, 0, 3, refused);
     EXPECT_EQ(tools.status, 400);
     EXPECT_EQ(tools.param, "tools");
     EXPECT_NE(tools.message.find("tools: the JSON schema of the tool calls"), std::string::npos) << tools.message;
     EXPECT_NE(tools.message.find(refused), std::string::npos) << tools.message;
-    EXPECT_EQ(FromGrpcError(call, 3, "sampling.top_p: bad").param, "top_p");
+    EXPECT_EQ(FromGrpcError(call, 0, 3, "sampling.top_p: bad").param, "top_p");
   }
+  // A batch's refused prompt is named with its index; a lone prompt as the coordinator names it.
+  const std::string bad_id = "prompt.token_ids.ids[0]: token id 99999999 is outside the vocabulary";
+  call.prompts.resize(1);
+  EXPECT_EQ(FromGrpcError(call, 0, 3, bad_id).param, "prompt.token_ids.ids[0]");
+  call.prompts.resize(2);
+  const HttpError second = FromGrpcError(call, 1, 3, bad_id);
+  EXPECT_EQ(second.param, "prompt[1].token_ids.ids[0]");
+  EXPECT_EQ(second.message, "prompt[1].token_ids.ids[0]: token id 99999999 is outside the vocabulary");
 }
 
 v1::GenerateResponse Msg(uint32_t index, const std::string& text, v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED,
@@ -715,7 +751,7 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
   EXPECT_EQ(c.template_kwargs["add_system"], true);
 
   c = ChatOk({{"messages", {user, {{"role", "assistant"}, {"content", "he"}}}}, {"continue_final_message", true},
-              {"tools", json::array({{{"type", "function"}}})}, {"tool_choice", "none"}});
+              {"tools", json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}})}, {"tool_choice", "none"}});
   EXPECT_FALSE(c.add_generation_prompt);
   EXPECT_TRUE(c.continue_final_message);
   EXPECT_EQ(c.tools.size(), 1u);
@@ -827,6 +863,8 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
            {{{"tool_choice", "auto"}}, "tool_choice"},
            {{{"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}}, "tool_choice"},
            {{{"tool_choice", "required"}, {"tools", {{{"type", "function"}}}}}, "tools[0]"},
+           {{{"tools", {{{"type", "function"}}}}}, "tools[0]"},  // a tool's shape, whatever tool_choice says
+           {{{"tool_choice", "none"}, {"tools", {weather, {{"type", "function"}, {"function", 3}}}}}, "tools[1]"},
            {{{"tool_choice", "required"}, {"tools", json::array()}}, "tool_choice"},
            {{{"tool_choice", "required"}, {"tools", {weather, weather}}}, "tools[1]"},
            {{{"tool_choice", "required"}, {"response_format", {{"type", "json_object"}}}}, "tool_choice"},

@@ -33,14 +33,26 @@ int64_t Int64Of(const json& v) {
   return v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : v.get<int64_t>();
 }
 
-// An integer field within [lo, hi] (null or absent: not set).
+// An integer field within [lo, hi] (null or absent: not set). A bound of UINT32_MAX or more is a
+// type's, not the field's: below lo the message names lo alone.
 std::optional<HttpError> Integer(const json& body, const std::string& key, int64_t lo, int64_t hi,
                                  std::optional<int64_t>& out) {
   if (!body.contains(key) || body[key].is_null()) return std::nullopt;
   const json& v = body[key];
+  const std::string range = "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  const std::string at_least = hi >= static_cast<int64_t>(UINT32_MAX) ? "must be at least " + std::to_string(lo) : range;
+  // A whole number past 64 bits parses as a float: out of range, not "not an integer".
+  if (v.is_number_float() && std::isfinite(v.get<double>()) && std::fabs(v.get<double>()) >= 0x1p63 &&
+      std::floor(v.get<double>()) == v.get<double>()) {
+    return BadParam(key, v.get<double>() < 0 ? at_least : range + ", got " + v.dump());
+  }
   if (!v.is_number_integer()) return BadParam(key, "expected an integer");
-  const int64_t x = Int64Of(v);
-  if (x < lo || x > hi) return BadParam(key, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    return BadParam(key, range + ", got " + v.dump());  // past any bound (hi is an int64)
+  }
+  const int64_t x = v.get<int64_t>();
+  if (x < lo) return BadParam(key, at_least + ", got " + std::to_string(x));
+  if (x > hi) return BadParam(key, range + ", got " + std::to_string(x));
   out = x;
   return std::nullopt;
 }
@@ -51,7 +63,7 @@ std::optional<HttpError> AppendTokenIds(const json& ids, const std::string& para
                                         google::protobuf::RepeatedField<int32_t>& out) {
   for (const json& x : ids) {
     const int64_t id = Int64Of(x);
-    if (id < lo || id > INT32_MAX) return BadParam(param, "token id " + std::to_string(id) + " out of range");
+    if (id < lo || id > INT32_MAX) return BadParam(param, "token id " + x.dump() + " out of range");
     out.Add(static_cast<int32_t>(id));
   }
   return std::nullopt;
@@ -345,7 +357,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   v1::SamplingParams& s = *call.request.mutable_sampling();
   std::optional<int64_t> top_k, seed, n, min_tokens;
   std::optional<double> temperature, top_p, min_p, presence, frequency, repetition;
-  for (auto e : {Integer(body, "top_k", -1, INT32_MAX, top_k), Integer(body, "seed", 0, INT64_MAX, seed),
+  for (auto e : {Integer(body, "top_k", -1, INT32_MAX, top_k), Integer(body, "seed", INT64_MIN, INT64_MAX, seed),
                  Integer(body, "n", 0, UINT32_MAX, n), Integer(body, "min_tokens", 0, UINT32_MAX, min_tokens),
                  Number(body, "temperature", temperature), Number(body, "top_p", top_p), Number(body, "min_p", min_p),
                  Number(body, "presence_penalty", presence), Number(body, "frequency_penalty", frequency),
@@ -353,7 +365,8 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     if (e) return e;
   }
   if (top_k) s.set_top_k(*top_k < 0 ? 0 : static_cast<int32_t>(*top_k));  // vLLM: -1 = off
-  if (seed) s.set_seed(static_cast<uint64_t>(*seed));
+  // vLLM's range, torch.long's; -1 is no seed there, another negative one is taken as its bits.
+  if (seed && *seed != -1) s.set_seed(static_cast<uint64_t>(*seed));
   if (n) s.set_n(static_cast<uint32_t>(*n));
   call.n = n ? static_cast<uint32_t>(*n) : 1;
   if (min_tokens) s.set_min_tokens(static_cast<uint32_t>(*min_tokens));
@@ -697,8 +710,13 @@ HttpError FromGrpcError(int grpc_code, const std::string& message) {
   }
 }
 
-HttpError FromGrpcError(const CompletionCall& call, int grpc_code, const std::string& message) {
+HttpError FromGrpcError(const CompletionCall& call, size_t prompt, int grpc_code, const std::string& message) {
   HttpError e = FromGrpcError(grpc_code, message);
+  if (call.prompts.size() > 1 && e.param && e.param->starts_with("prompt.")) {
+    const std::string indexed = "prompt[" + std::to_string(prompt) + "]";
+    e.message = indexed + e.message.substr(e.message.starts_with("prompt.") ? 6 : 0);
+    e.param = indexed + e.param->substr(6);
+  }
   const bool schema_of_tools =
       call.tool_choice.kind == ToolChoice::Kind::kNamed || call.tool_choice.kind == ToolChoice::Kind::kRequired;
   if (schema_of_tools && e.param && e.param->starts_with("response_format")) {

@@ -147,10 +147,11 @@ inline constexpr char kClientClosedMessage[] =
 // with, "sampling." dropped, so a client sees "top_p"), NOT_FOUND 404, RESOURCE_EXHAUSTED 429,
 // UNAVAILABLE 503, DEADLINE_EXCEEDED 504, UNIMPLEMENTED 501, CANCELLED 499, anything else 500.
 HttpError FromGrpcError(int grpc_code, const std::string& message);
-// The same for a completion or chat call's Generate: where tool_choice made the tools a JSON schema
-// (a named function or "required"), the schema's refusal names "tools", which the request sent,
-// not the response_format it did not.
-HttpError FromGrpcError(const CompletionCall& call, int grpc_code, const std::string& message);
+// The same for a completion or chat call's Generate of prompt `prompt`: where tool_choice made the
+// tools a JSON schema (a named function or "required"), the schema's refusal names "tools", which
+// the request sent, not the response_format it did not; in a batch of prompts, a refused prompt's
+// field is named with its index ("prompt[1].token_ids.ids[0]").
+HttpError FromGrpcError(const CompletionCall& call, size_t prompt, int grpc_code, const std::string& message);
 
 // "stop" (EOS, a stop token id or a stop string) or "length"; "abort" for a cancelled completion.
 std::string FinishReasonName(v1::FinishReason r);

@@ -762,6 +762,11 @@ std::variant<ChatCall, HttpError> OpenAiServer::PrepareChat(mg_connection* conn,
   std::variant<std::vector<int32_t>, HttpError> ids = ChatPromptIds(chat);
   if (auto* e = std::get_if<HttpError>(&ids)) return *e;
   const std::vector<int32_t>& prompt = std::get<std::vector<int32_t>>(ids);
+  if (prompt.empty()) {  // the coordinator would name prompt.token_ids, which the request did not send
+    return HttpError{400, std::string(chat.chat_template ? "chat_template" : "messages") +
+                              ": the chat template renders these messages as no text: there is nothing to continue",
+                     "invalid_request_error", chat.chat_template ? "chat_template" : "messages"};
+  }
 
   CompletionCall& call = chat.completion;
   if (const char* id = RequestIdHeader(conn)) call.request.set_request_id(id);  // over the body's, as vLLM
@@ -1177,7 +1182,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
         cancel_all();
         join();
         if (st.ok()) return refuse(HttpError{500, "the coordinator sent no completion", "server_error", {}});
-        return refuse(FromGrpcError(call, st.error_code(), st.error_message()));
+        return refuse(FromGrpcError(call, item.prompt, st.error_code(), st.error_message()));
       }
     } else if (!started[item.prompt]) {
       started[item.prompt] = true;
@@ -1245,7 +1250,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       ++ended_count;
       if (!item.end.ok() && !failure && !client_gone) {
         failure = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
-                             : FromGrpcError(call, item.end.error_code(), item.end.error_message());
+                             : FromGrpcError(call, item.prompt, item.end.error_code(), item.end.error_message());
         cancel_all();  // one prompt failed: the answer is that error
       }
       continue;
@@ -1406,7 +1411,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
       if (!acc.Add(msg)) ctx.TryCancel();
     }
     const grpc::Status st = reader->Finish();
-    if (!st.ok()) return FromGrpcError(call, st.error_code(), st.error_message());
+    if (!st.ok()) return FromGrpcError(call, prompt, st.error_code(), st.error_message());
   } else {  // echo of the prompt alone: no completion, "length" as max_tokens 0 says
     const std::string request_id = LocalRequestId(call);
     for (uint32_t i = 0; i < call.n; ++i) {
