@@ -980,7 +980,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
 
     def test_d3_request_lines_and_bodies_the_http_parser_lets_through(self):
         """Bytes of a path that are not UTF-8 (echoed in a 404's message: that once ended the front
-        with std::terminate) come back as U+FFFD; a POST without a body names that; a client that
+        with std::terminate) come back as U+FFFD; a POST without a body names that, one with two
+        different Content-Length headers too; a client that
         closes its sending side after a whole request counts as gone, as in vLLM's server, and may
         still read a 499 that says so, not a 500."""
         for method, path in (("GET", "/%ff"), ("GET", "/v1/models/%ff"), ("GET", "/v1/responses/%ff"),
@@ -992,6 +993,10 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         status, err = self.raw_http(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n")
         self.assertEqual(status, 400, err)
         self.assertIn("no body", err["error"]["message"])
+        status, err = self.raw_http(b'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n'
+                                    b'Content-Length: 3\r\n\r\n{}')
+        self.assertEqual(status, 400, err)
+        self.assertIn("Content-Length is given twice", err["error"]["message"])
         body = json.dumps({"prompt": "ROMEO:", "max_tokens": 3000, "ignore_eos": True}).encode()
         status, err = self.raw_http(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body), half_close=True)

@@ -85,7 +85,18 @@ int MethodNotAllowed(mg_connection* conn, const char* allowed) {
 // The request's body, or the answer that refuses it: 413 past 16 MiB; 400 for none at all, or for
 // one that ended (the client stopped sending, the read timed out) before its Content-Length.
 std::variant<std::string, HttpError> ReadBody(mg_connection* conn) {
-  const long long length = mg_get_request_info(conn)->content_length;
+  const mg_request_info* info = mg_get_request_info(conn);
+  // Content-Length given twice with different values (civetweb reads the first): which body the
+  // request has is ambiguous, and HTTP (RFC 9112, 6.3) has it refused.
+  const char* first_length = nullptr;
+  for (int i = 0; i < info->num_headers; ++i) {
+    if (mg_strcasecmp(info->http_headers[i].name, "Content-Length") != 0) continue;
+    if (first_length != nullptr && std::string_view(first_length) != info->http_headers[i].value) {
+      return HttpError{400, "Content-Length is given twice with different values", "invalid_request_error", {}};
+    }
+    first_length = info->http_headers[i].value;
+  }
+  const long long length = info->content_length;
   const HttpError too_large{413, "the request body exceeds 16 MiB", "invalid_request_error", {}};
   if (length > kMaxBodyBytes) return too_large;
   std::string body;
