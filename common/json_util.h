@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -9,7 +10,17 @@
 
 namespace moe {
 
-// Parses the JSON file at `path`; NotFound / InvalidArgument name the path and the parse error.
+// How deeply a JSON file of a model folder (config.json, a safetensors header, tokenizer.json ...)
+// may nest arrays and objects. Error messages quote values, and writing one out recurses: a value
+// 100,000 levels deep in config.json overflowed the stack there. No real file comes near it.
+inline constexpr int kMaxJsonFileNesting = 512;
+
+// Whether `text` (JSON or any text; strings are skipped) opens more than `limit` arrays and objects
+// inside one another. Linear and without recursion: checked before a parser sees the text.
+bool NestsDeeperThan(std::string_view text, int limit);
+
+// Parses the JSON file at `path`; NotFound / InvalidArgument name the path and the parse error,
+// or the nesting past kMaxJsonFileNesting.
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 
 // Reads a whole file into a string.

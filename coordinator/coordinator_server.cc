@@ -136,9 +136,8 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
                                          : absl::Status(codec.status().code(), absl::StrCat("--tokenizer: ", codec.status().message()));
   }
   // A tokenizer's ids past the model's embedding rows would reach the workers from any text.
-  if (s->tokenizer_ != nullptr && s->tokenizer_->vocab_size() > s->config_.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", tokenizer_dir, " has ", s->tokenizer_->vocab_size(),
-                                                   " tokens, more than config.json's vocab_size of ", s->config_.vocab_size));
+  if (s->tokenizer_ != nullptr) {
+    MOE_RETURN_IF_ERROR(CheckTokenizerVocabulary(s->tokenizer_->vocab_size(), s->config_, tokenizer_dir));
   }
   MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
                        PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));

@@ -70,6 +70,36 @@ TEST_F(CliTest, BrokenModelFoldersExit1NamingTheProblem) {
   fs::remove_all(dir);
 }
 
+// A config.json the checkpoint disagrees with is refused by the first tensor it sizes, before the
+// size is allocated, or by a tensor the config has no place for (a vocab_size of 2^24 x 128 floats would be 8 GiB; 2^31 was std::bad_alloc,
+// naming nothing); a tokenizer with more tokens than the vocabulary is refused as the coordinator
+// refuses it (its ids would pass the embedding rows).
+TEST_F(CliTest, ModelFoldersThatDisagreeWithThemselvesExit1) {
+  const std::string dir = MakeTempDir("moe_cli_disagree");
+  for (const auto& f : fs::directory_iterator(kGoldenDir)) fs::copy(f.path(), dir + "/" + f.path().filename().string());
+  absl::StatusOr<nlohmann::json> config = ReadJsonFile(dir + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const nlohmann::json original = *config;
+  (*config)["vocab_size"] = 1 << 24;
+  std::ofstream(dir + "/config.json") << config->dump();
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1,
+              "tensor 'model.embed_tokens.weight' in " + dir + "/model-0000");
+  // Fewer layers than the checkpoint holds: refused naming the first tensor of a layer past them,
+  // where the model was served truncated (vLLM's loader refuses names it has no parameter for).
+  (*config)["vocab_size"] = original["vocab_size"];
+  (*config)["num_hidden_layers"] = original["num_hidden_layers"].get<int>() - 1;
+  std::ofstream(dir + "/config.json") << config->dump();
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1,
+              "tensor 'model.layers." + std::to_string(original["num_hidden_layers"].get<int>() - 1) + ".");
+  ExpectError(RunCli(0, {"score", "--model", dir, "--token-ids", "1,2"}), 1,
+              "is not part of the model config.json describes");
+  std::ofstream(dir + "/config.json") << original.dump();
+  fs::copy(std::string(MOE_SOURCE_DIR) + "/tests/data/tokenizers/mistral-v1.model", dir + "/tokenizer.model");
+  ExpectError(RunCli(0, {"generate", "--model", dir, "--prompt", "To be", "--max-tokens", "2"}), 1,
+              "has 32000 tokens, more than config.json's vocab_size of " + original["vocab_size"].dump());
+  fs::remove_all(dir);
+}
+
 // A weight that is NaN or infinite (a damaged or wrongly converted checkpoint) is refused at load,
 // naming the tensor, its file, the value and where it sits, rather than served as NaN answers.
 TEST_F(CliTest, NonFiniteWeightsExit1NamingTheTensor) {

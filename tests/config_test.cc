@@ -240,6 +240,55 @@ TEST(ConfigTest, RefusesWhatItCannotHonour) {
   ExpectRefused(j, "head_dim");
 }
 
+// A mistaken config.json is refused before it sizes anything: counts that would size plans and
+// buffers in the terabytes, heads x head_dim wrapping 64 bits (which passed every shape check of a
+// checkpoint made to match and crashed the engine), contexts past 32-bit positions or under one,
+// and special ids outside the vocabulary.
+TEST(ConfigTest, RefusesSizesNoModelHas) {
+  const std::vector<std::pair<json, std::string>> cases = {
+      {{{"num_attention_heads", int64_t{1} << 62}, {"num_key_value_heads", int64_t{1} << 62}, {"head_dim", 4}},
+       "num_attention_heads"},
+      {{{"num_attention_heads", 1 << 16}, {"num_key_value_heads", 1 << 16}, {"head_dim", 1 << 16}}, "head_dim"},
+      {{{"num_hidden_layers", 1000000000}}, "num_hidden_layers"},
+      {{{"num_local_experts", 10000000}}, "num_local_experts"},
+      {{{"vocab_size", int64_t{1} << 31}}, "vocab_size"},
+      {{{"intermediate_size", int64_t{1} << 40}}, "intermediate_size"},
+      {{{"max_position_embeddings", int64_t{1} << 40}}, "max_position_embeddings"},
+      {{{"rope_scaling", {{"rope_type", "linear"}, {"factor", 1e-300}}}}, "rope_scaling.factor"},
+      {{{"eos_token_id", 5000}}, "eos_token_id"},
+      {{{"eos_token_id", -1}}, "eos_token_id"},
+      {{{"eos_token_id", {2, 99999}}}, "eos_token_id"},
+      {{{"eos_token_id", uint64_t{18446744073709551615u}}}, "eos_token_id"},
+      {{{"bos_token_id", "<s>"}}, "bos_token_id"},
+      {{{"bos_token_id", 1024}}, "bos_token_id"},
+  };
+  for (const auto& [changes, field] : cases) {
+    json j = Tiny();
+    j.update(changes);
+    ExpectRefused(j, field);
+  }
+  json bounds = Tiny();  // the bounds themselves are served
+  bounds.update({{"num_hidden_layers", 1024}, {"num_local_experts", 1024}, {"eos_token_id", {0, 1023}}});
+  EXPECT_TRUE(ModelConfig::FromJson(bounds).ok()) << ModelConfig::FromJson(bounds).status();
+}
+
+// Error messages quote values, and writing out one nested 100,000 levels deep overflowed the stack:
+// files nesting past 512 levels are refused before they are parsed.
+TEST(ConfigTest, DeeplyNestedFilesAreRefusedBeforeTheyAreRead) {
+  const std::string dir = ::testing::TempDir() + "/config_test_nested_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  std::string text = Tiny().dump();
+  text.replace(text.find("\"hidden_size\":128"), std::string("\"hidden_size\":128").size(),
+               "\"hidden_size\":" + std::string(100000, '[') + std::string(100000, ']'));
+  std::ofstream(dir + "/config.json") << text;
+  absl::StatusOr<ModelConfig> c = ModelConfig::FromModelDir(dir);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(std::string(c.status().message()).find("config.json: nests arrays and objects more than 512 levels deep"),
+            std::string::npos)
+      << c.status();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(ConfigTest, MissingFileNamesPath) {
   absl::StatusOr<ModelConfig> c = ModelConfig::FromModelDir("/nonexistent/model");
   ASSERT_FALSE(c.ok());

@@ -422,6 +422,33 @@ TEST_F(SafetensorsFiles, BadHeaderEntries) {
   }
 }
 
+// The tensors must tile the data as the format has it (the safetensors library refuses the rest):
+// tensors sharing bytes read each other's values; a gap or a tail is a file written wrongly.
+TEST_F(SafetensorsFiles, TensorsTileTheData) {
+  struct Case {
+    std::string header;
+    uint64_t data_bytes;
+    std::string expect;
+  };
+  const std::string a = R"("a":{"dtype":"F32","shape":[4],"data_offsets":)";
+  const std::string b = R"("b":{"dtype":"F32","shape":[2],"data_offsets":)";
+  for (const Case& c : std::vector<Case>{
+           {"{" + a + "[0,16]}," + b + "[8,16]}}", 16, "tensor 'b' starts at byte 8 of the data, where 16 was expected (the tensors overlap)"},
+           {"{" + a + "[0,16]}," + b + "[24,32]}}", 32, "tensor 'b' starts at byte 24 of the data, where 16 was expected (the tensors leave a gap)"},
+           {"{" + a + "[0,16]}}", 24, "the tensors cover 16 of the data's 24 bytes"},
+       }) {
+    const std::string path = Path("tiles.safetensors");
+    ASSERT_TRUE(WriteRawSafetensors(path, c.header, c.data_bytes).ok());
+    auto file = SafetensorsFile::Open(path);
+    ASSERT_FALSE(file.ok()) << c.header;
+    EXPECT_THAT(Message(file.status()), AllOf(HasSubstr("tiles.safetensors"), HasSubstr(c.expect))) << c.header;
+  }
+  const std::string path = Path("tiles.safetensors");  // in any order
+  ASSERT_TRUE(WriteRawSafetensors(path, "{" + a + "[8,24]}," + b + "[0,8]}}", 24).ok());
+  auto file = SafetensorsFile::Open(path);
+  EXPECT_TRUE(file.ok()) << file.status();
+}
+
 TEST_F(SafetensorsFiles, UnknownDtypeFailsAtCheckpointOpen) {
   const std::string dir = Sub("q4");
   ASSERT_TRUE(WriteRawSafetensors(dir + "/model.safetensors",

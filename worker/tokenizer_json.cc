@@ -108,6 +108,9 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
                                                                                        std::string_view bos_token,
                                                                                        std::string_view eos_token) {
   const Reading r{name};
+  if (NestsDeeperThan(text, kMaxJsonFileNesting)) {
+    return r.Bad(absl::StrCat("nests arrays and objects more than ", kMaxJsonFileNesting, " levels deep"));
+  }
   const json file = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (file.is_discarded() || !file.is_object()) return r.Bad("not a JSON object");
   if (!file.contains("model") || !file["model"].is_object()) return r.Bad("no \"model\" object");

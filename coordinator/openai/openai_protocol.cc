@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "common/json_util.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 
@@ -117,30 +118,10 @@ json HttpError::ToJson() const {
 }
 
 std::optional<HttpError> CheckBodyNesting(const std::string& body) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (const char c : body) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxBodyNesting) {
-        return HttpError{400, "the request body nests arrays and objects more than " + std::to_string(kMaxBodyNesting) +
-                                  " levels deep",
-                         "invalid_request_error", {}};
-      }
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return std::nullopt;
+  if (!NestsDeeperThan(body, kMaxBodyNesting)) return std::nullopt;
+  return HttpError{400, "the request body nests arrays and objects more than " + std::to_string(kMaxBodyNesting) +
+                            " levels deep",
+                   "invalid_request_error", {}};
 }
 
 namespace {

@@ -101,6 +101,12 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     if (root) std::fprintf(stderr, "moe-cli: %s\n", std::string(t.status().message()).c_str());
     return 1;
   }
+  if (tok != nullptr) {
+    if (absl::Status fits = CheckTokenizerVocabulary(tok->vocab_size(), *config, o.model_dir); !fits.ok()) {
+      if (root) std::fprintf(stderr, "moe-cli: %s\n", std::string(fits.message()).c_str());
+      return 1;
+    }
+  }
   absl::StatusOr<std::vector<std::vector<int32_t>>> seqs = InputIds(o, tok.get(), *config);
   if (!seqs.ok()) {
     if (root) std::fprintf(stderr, "moe-cli: %s\n", std::string(seqs.status().message()).c_str());

@@ -108,6 +108,7 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelCo
 absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
     const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
     const std::function<void(int64_t, int64_t)>& progress) {
+  MOE_RETURN_IF_ERROR(CheckCheckpointHoldsOnlyTheModel(c, ckpt));
   std::vector<Slot> slots;
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceWeights> w, Plan(c, holds, slots));
   std::vector<uint16_t> staging;
@@ -119,15 +120,7 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
     last_layer = s.layer;
     bf16* dst = w->arena_.get() + s.offset;
     for (const Part& p : s.parts) {
-      MOE_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(p.name));
-      if (t.dtype != DType::kBF16 && t.dtype != DType::kF16 && t.dtype != DType::kF32) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", p.name, "' in ", t.file, " has dtype ",
-                                                       DTypeName(t.dtype), "; supported: BF16, F16, F32"));
-      }
-      if (t.shape != p.shape) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", p.name, "' in ", t.file, " has shape ",
-                                                       ShapeString(t.shape), ", expected ", ShapeString(p.shape)));
-      }
+      MOE_ASSIGN_OR_RETURN(const TensorView t, ckpt.GetF32Readable(p.name, p.shape));  // BF16, F16 or F32
       const size_t n = static_cast<size_t>(p.numel());
       if (t.dtype == DType::kBF16) {
         MOE_CUDA_CHECK(cudaMemcpy(dst, t.data, n * sizeof(uint16_t), cudaMemcpyHostToDevice));

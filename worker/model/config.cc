@@ -32,6 +32,19 @@ absl::StatusOr<int64_t> PositiveInt(const json& j, const std::string& field,
   return x;
 }
 
+// Bounds far past any Mixtral-family model (8x22B: hidden 6144, 56 layers, 8 experts) that keep a
+// mistaken config.json from sizing buffers and plans in the terabytes, or products of dimensions
+// from wrapping 64 bits, before the checkpoint can disagree with it.
+constexpr int64_t kMaxDimension = int64_t{1} << 24;  // vocabulary, widths, heads, head_dim
+constexpr int64_t kMaxLayersOrExperts = 1024;
+
+absl::StatusOr<int64_t> BoundedInt(const json& j, const std::string& field, int64_t max,
+                                   std::optional<int64_t> fallback = std::nullopt) {
+  MOE_ASSIGN_OR_RETURN(const int64_t x, PositiveInt(j, field, fallback));
+  if (x > max) return FieldError(field, absl::StrCat("at most ", max, " is served, got ", x));
+  return x;
+}
+
 absl::StatusOr<double> PositiveNumber(const json& j, const std::string& field, double fallback) {
   if (!j.contains(field) || j[field].is_null()) return fallback;
   const json& v = j[field];
@@ -153,9 +166,12 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
   } else {
     MOE_ASSIGN_OR_RETURN(s.factor, required("factor"));
   }
-  // Positions are 32-bit on the GPU: the context the factor makes must fit.
+  // Positions are 32-bit on the GPU: the context the factor makes must fit, and hold one position.
   if (ContextPositions(c) > static_cast<double>(std::numeric_limits<int32_t>::max())) {
     return FieldError(where + ".factor", "makes a context beyond 2^31 - 1 positions, got " + std::to_string(s.factor));
+  }
+  if (ContextPositions(c) < 1) {
+    return FieldError(where + ".factor", "makes a context of less than one position, got " + std::to_string(s.factor));
   }
   if (s.type == RopeScaling::Type::kYarn) {
     MOE_ASSIGN_OR_RETURN(s.attention_factor, RopeNumber(*r, where, "attention_factor"));
@@ -219,12 +235,12 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
   }
 
   ModelConfig c;
-  MOE_ASSIGN_OR_RETURN(c.vocab_size, PositiveInt(j, "vocab_size"));
-  MOE_ASSIGN_OR_RETURN(c.hidden_size, PositiveInt(j, "hidden_size"));
-  MOE_ASSIGN_OR_RETURN(c.intermediate_size, PositiveInt(j, "intermediate_size"));
-  MOE_ASSIGN_OR_RETURN(c.num_layers, PositiveInt(j, "num_hidden_layers"));
-  MOE_ASSIGN_OR_RETURN(c.num_heads, PositiveInt(j, "num_attention_heads"));
-  MOE_ASSIGN_OR_RETURN(c.num_kv_heads, PositiveInt(j, "num_key_value_heads", c.num_heads));
+  MOE_ASSIGN_OR_RETURN(c.vocab_size, BoundedInt(j, "vocab_size", kMaxDimension));
+  MOE_ASSIGN_OR_RETURN(c.hidden_size, BoundedInt(j, "hidden_size", kMaxDimension));
+  MOE_ASSIGN_OR_RETURN(c.intermediate_size, BoundedInt(j, "intermediate_size", kMaxDimension));
+  MOE_ASSIGN_OR_RETURN(c.num_layers, BoundedInt(j, "num_hidden_layers", kMaxLayersOrExperts));
+  MOE_ASSIGN_OR_RETURN(c.num_heads, BoundedInt(j, "num_attention_heads", kMaxDimension));
+  MOE_ASSIGN_OR_RETURN(c.num_kv_heads, BoundedInt(j, "num_key_value_heads", kMaxDimension, c.num_heads));
   if (c.num_heads % c.num_kv_heads != 0) {
     return FieldError("num_key_value_heads",
                       absl::StrCat(c.num_kv_heads, " does not divide num_attention_heads ", c.num_heads));
@@ -236,10 +252,14 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
     }
     c.head_dim = c.hidden_size / c.num_heads;
   } else {
-    MOE_ASSIGN_OR_RETURN(c.head_dim, PositiveInt(j, "head_dim"));
+    MOE_ASSIGN_OR_RETURN(c.head_dim, BoundedInt(j, "head_dim", kMaxDimension));
   }
   if (c.head_dim % 2 != 0) return FieldError("head_dim", absl::StrCat("must be even for RoPE, got ", c.head_dim));
-  MOE_ASSIGN_OR_RETURN(c.num_experts, PositiveInt(j, "num_local_experts"));
+  if (c.q_dim() > kMaxDimension) {
+    return FieldError("head_dim", absl::StrCat("num_attention_heads ", c.num_heads, " x head_dim ", c.head_dim,
+                                               " makes queries wider than ", kMaxDimension));
+  }
+  MOE_ASSIGN_OR_RETURN(c.num_experts, BoundedInt(j, "num_local_experts", kMaxLayersOrExperts));
   MOE_ASSIGN_OR_RETURN(c.experts_per_token, PositiveInt(j, "num_experts_per_tok"));
   if (c.experts_per_token > c.num_experts) {
     return FieldError("num_experts_per_tok", absl::StrCat(c.experts_per_token, " exceeds num_local_experts ",
@@ -249,6 +269,10 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
   MOE_ASSIGN_OR_RETURN(c.rms_norm_eps, PositiveNumber(j, "rms_norm_eps", 1e-5));
 
   MOE_RETURN_IF_ERROR(ReadRope(j, c));
+  // Positions are 32-bit on the GPU (ReadRope names a scaling's factor for the same bound).
+  if (ContextPositions(c) > static_cast<double>(std::numeric_limits<int32_t>::max())) {
+    return FieldError("max_position_embeddings", absl::StrCat("at most 2^31 - 1 is served, got ", c.max_position_embeddings));
+  }
 
   if (j.contains("sliding_window") && !j["sliding_window"].is_null()) {
     MOE_ASSIGN_OR_RETURN(int64_t w, PositiveInt(j, "sliding_window"));
@@ -272,17 +296,27 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
   if (j.contains("hidden_act") && !j["hidden_act"].is_null() && j["hidden_act"] != "silu" && j["hidden_act"] != "swish") {
     return FieldError("hidden_act", "only 'silu' (or 'swish', the same) is supported, got " + j["hidden_act"].dump());
   }
-  if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) {
+  // The special ids must be tokens of the vocabulary (generation_config.json's are checked alike).
+  const auto in_vocabulary = [&](const char* field, const json& id) -> absl::Status {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= c.vocab_size ||
+        (id.is_number_unsigned() && id.get<uint64_t>() >= static_cast<uint64_t>(c.vocab_size))) {
+      return FieldError(field, absl::StrCat("must be token ids of the vocabulary [0, ", c.vocab_size, "), got ", id.dump()));
+    }
+    return absl::OkStatus();
+  };
+  if (j.contains("bos_token_id") && !j["bos_token_id"].is_null()) {
+    MOE_RETURN_IF_ERROR(in_vocabulary("bos_token_id", j["bos_token_id"]));
     c.bos_token_id = j["bos_token_id"].get<int64_t>();
   }
   if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
     const json& e = j["eos_token_id"];
     c.eos_token_ids.clear();
     if (e.is_number_integer()) {
+      MOE_RETURN_IF_ERROR(in_vocabulary("eos_token_id", e));
       c.eos_token_ids.push_back(e.get<int64_t>());
     } else if (e.is_array()) {
       for (const json& x : e) {
-        if (!x.is_number_integer()) return FieldError("eos_token_id", "must be integers, got " + e.dump());
+        MOE_RETURN_IF_ERROR(in_vocabulary("eos_token_id", x));
         c.eos_token_ids.push_back(x.get<int64_t>());
       }
     } else {
@@ -312,6 +346,12 @@ absl::StatusOr<ModelConfig> ModelConfig::FromModelDir(const std::string& dir) {
     if (!c.is_eos(id)) c.eos_token_ids.push_back(id);
   }
   return c;
+}
+
+absl::Status CheckTokenizerVocabulary(int64_t tokenizer_tokens, const ModelConfig& c, const std::string& dir) {
+  if (tokenizer_tokens <= c.vocab_size) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("the tokenizer of ", dir, " has ", tokenizer_tokens,
+                                                 " tokens, more than config.json's vocab_size of ", c.vocab_size));
 }
 
 const char* RopeScaling::TypeName(Type t) {

@@ -78,4 +78,8 @@ struct ModelConfig {
   nlohmann::json ToJson() const;
 };
 
+// A tokenizer (of `dir`) with more tokens than config.json's vocab_size would hand the engine ids
+// past its embedding rows from any text: refused where a tokenizer is loaded beside a config.
+absl::Status CheckTokenizerVocabulary(int64_t tokenizer_tokens, const ModelConfig& c, const std::string& dir);
+
 }  // namespace moe

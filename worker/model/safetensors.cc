@@ -283,6 +283,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
 
   const char* header_text = reinterpret_cast<const char*>(bytes + 8);
+  if (NestsDeeperThan(std::string_view(header_text, header_len), kMaxJsonFileNesting)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header nests arrays and objects more than ",
+                                                   kMaxJsonFileNesting, " levels deep"));
+  }
   json header = json::parse(header_text, header_text + header_len, nullptr,
                             /*allow_exceptions=*/false);
   if (header.is_discarded()) {
@@ -311,6 +315,24 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     }
     MOE_ASSIGN_OR_RETURN(TensorView view, ParseEntry(path, name, entry, data_begin, data_size));
     file->tensors_.emplace(name, std::move(view));
+  }
+  // The tensors tile the data from its start to its end, in some order, as the format has it (the
+  // safetensors library refuses other files): two tensors sharing bytes would read each other's.
+  std::vector<std::pair<uint64_t, const std::string*>> starts;
+  for (const auto& [name, view] : file->tensors_) starts.emplace_back(static_cast<uint64_t>(view.data - data_begin), &name);
+  std::sort(starts.begin(), starts.end());
+  uint64_t covered = 0;
+  for (const auto& [start, name] : starts) {
+    if (start != covered) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", *name, "' starts at byte ", start,
+                                                     " of the data, where ", covered, " was expected (the tensors ",
+                                                     start < covered ? "overlap" : "leave a gap", ")"));
+    }
+    covered += file->tensors_.at(*name).nbytes;
+  }
+  if (covered != data_size) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": the tensors cover ", covered, " of the data's ", data_size,
+                                                   " bytes"));
   }
   return file;
 }
@@ -406,8 +428,7 @@ absl::StatusOr<TensorView> Checkpoint::Get(const std::string& name) const {
   return t->second;
 }
 
-absl::Status Checkpoint::ReadF32(const std::string& name, std::span<const int64_t> shape,
-                                 float* out) const {
+absl::StatusOr<TensorView> Checkpoint::GetF32Readable(const std::string& name, std::span<const int64_t> shape) const {
   MOE_ASSIGN_OR_RETURN(TensorView t, Get(name));
   if (t.dtype != DType::kBF16 && t.dtype != DType::kF16 && t.dtype != DType::kF32) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' in ", t.file,
@@ -419,6 +440,11 @@ absl::Status Checkpoint::ReadF32(const std::string& name, std::span<const int64_
                                                    " has shape ", ShapeString(t.shape),
                                                    ", expected ", ShapeString(shape)));
   }
+  return t;
+}
+
+absl::Status Checkpoint::ReadF32(const std::string& name, std::span<const int64_t> shape, float* out) const {
+  MOE_ASSIGN_OR_RETURN(const TensorView t, GetF32Readable(name, shape));
   const size_t n = static_cast<size_t>(t.numel());
   switch (t.dtype) {
     case DType::kF32:

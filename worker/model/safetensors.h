@@ -65,8 +65,13 @@ class Checkpoint {
   // The tensor's view; NotFound names the tensor and the folder.
   absl::StatusOr<TensorView> Get(const std::string& name) const;
 
-  // Checks that the tensor has exactly `shape`, then converts it (BF16, F16 or F32) to float32 into
-  // `out`, which holds product(shape) floats. Errors name the tensor and its file.
+  // The tensor's view once it is there with exactly `shape` and a dtype ReadF32 converts (BF16,
+  // F16, F32): callers check before they allocate what the shape sizes. Errors name the tensor and
+  // its file.
+  absl::StatusOr<TensorView> GetF32Readable(const std::string& name, std::span<const int64_t> shape) const;
+
+  // GetF32Readable's checks, then the tensor converted to float32 into `out`, which holds
+  // product(shape) floats.
   absl::Status ReadF32(const std::string& name, std::span<const int64_t> shape, float* out) const;
 
  private:

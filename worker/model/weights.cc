@@ -1,6 +1,7 @@
 #include "worker/model/weights.h"
 
 #include <cmath>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -24,6 +25,9 @@ absl::Status ReadInto(const Checkpoint& ckpt, const std::string& name, std::span
 
 absl::StatusOr<std::vector<float>> Read(const Checkpoint& ckpt, const std::string& name,
                                         std::vector<int64_t> shape) {
+  // The file's tensor first: a config.json whose sizes the checkpoint does not have is refused
+  // before they size the buffer (a vocab_size of 2^31 was std::bad_alloc, naming nothing).
+  MOE_RETURN_IF_ERROR(ckpt.GetF32Readable(name, shape).status());
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   std::vector<float> out(static_cast<size_t>(n));
@@ -58,6 +62,29 @@ absl::Status NonFiniteWeightError(const std::string& name, const std::string& fi
                                                  "or was converted wrongly"));
 }
 
+absl::Status CheckCheckpointHoldsOnlyTheModel(const ModelConfig& c, const Checkpoint& ckpt) {
+  std::set<std::string> expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    for (const char* suffix : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                               "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+                               "block_sparse_moe.gate.weight"}) {
+      expected.insert(LayerTensorName(l, suffix));
+    }
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      for (const char* w : {"w1", "w2", "w3"}) expected.insert(ExpertTensorName(l, e, w));
+    }
+  }
+  for (const std::string& name : ckpt.Names()) {
+    if (expected.count(name) > 0 || name.ends_with(".rotary_emb.inv_freq")) continue;
+    MOE_ASSIGN_OR_RETURN(const TensorView t, ckpt.Get(name));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", name, "' in ", t.file, " is not part of the model config.json describes (", c.num_layers,
+        " layers of ", c.num_experts, " experts, MixtralForCausalLM's tensor names): the checkpoint and its "
+        "config.json disagree"));
+  }
+  return absl::OkStatus();
+}
+
 int64_t ModelWeights::bytes() const {
   int64_t b = Bytes(embed) + Bytes(final_norm) + Bytes(lm_head);
   for (const auto& a : attention) b += Bytes(a.norm) + Bytes(a.wq) + Bytes(a.wk) + Bytes(a.wv) + Bytes(a.wo);
@@ -70,6 +97,7 @@ int64_t ModelWeights::bytes() const {
 
 absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
                                          const std::function<void(int64_t, int64_t)>& progress) {
+  MOE_RETURN_IF_ERROR(CheckCheckpointHoldsOnlyTheModel(c, ckpt));
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   ModelWeights w;
   MOE_ASSIGN_OR_RETURN(w.embed, Read(ckpt, "model.embed_tokens.weight", {c.vocab_size, H}));
@@ -94,8 +122,9 @@ absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint&
     for (int64_t e = 0; e < c.num_experts; ++e) {
       if (!holds(l, e)) continue;
       ExpertWeights ew;
-      ew.w13.resize(static_cast<size_t>(2 * I * H));
       const std::vector<int64_t> half{I, H};
+      for (const char* w : {"w1", "w3"}) MOE_RETURN_IF_ERROR(ckpt.GetF32Readable(ExpertTensorName(l, e, w), half).status());
+      ew.w13.resize(static_cast<size_t>(2 * I * H));
       MOE_RETURN_IF_ERROR(ReadInto(ckpt, ExpertTensorName(l, e, "w1"), half, ew.w13.data()));
       MOE_RETURN_IF_ERROR(ReadInto(ckpt, ExpertTensorName(l, e, "w3"), half, ew.w13.data() + I * H));
       MOE_ASSIGN_OR_RETURN(ew.w2, Read(ckpt, ExpertTensorName(l, e, "w2"), {H, I}));

@@ -57,6 +57,12 @@ std::string ExpertTensorName(int64_t layer, int64_t expert, const std::string& w
 absl::Status NonFiniteWeightError(const std::string& name, const std::string& file,
                                   std::span<const int64_t> shape, int64_t index, float value);
 
+// Every tensor of the checkpoint is one a MixtralForCausalLM of config `c` has (lm_head.weight also
+// beside tied embeddings, and old checkpoints' rotary_emb.inv_freq buffers, which vLLM skips too):
+// a checkpoint of more layers or experts than config.json says, or of another architecture, is
+// refused naming a tensor it does not expect, where it would serve a truncated model silently.
+absl::Status CheckCheckpointHoldsOnlyTheModel(const ModelConfig& c, const Checkpoint& ckpt);
+
 // Loads and checks every needed tensor's shape against the config, and that every value is finite
 // (NonFiniteWeightError). Errors name the tensor.
 // `progress`, when given, is called after each layer with (layers done, layers total).
