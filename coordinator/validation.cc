@@ -7,6 +7,7 @@
 #include <absl/strings/ascii.h>
 #include <nlohmann/json.hpp>
 
+#include "common/json_util.h"
 #include "common/prefix_hash.h"
 #include "worker/gbnf.h"
 #include "worker/json_schema.h"
@@ -264,6 +265,12 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   }
   std::string schema_text;  // compact, properties in their order: one text per schema for the ranks' mask caches
   if (json_schema) {
+    // A schema's text is a string inside the request, which no nesting check of the body sees;
+    // compiling (and quoting) a value nested 100,000 levels deep overflowed this thread's stack.
+    if (NestsDeeperThan(format.json_schema(), kMaxJsonFileNesting)) {
+      return FieldError("sampling.response_format.json_schema",
+                        absl::StrCat("nests arrays and objects more than ", kMaxJsonFileNesting, " levels deep"));
+    }
     const nlohmann::ordered_json schema = nlohmann::ordered_json::parse(format.json_schema(), nullptr, false);
     if (schema.is_discarded()) return FieldError("sampling.response_format.json_schema", "not valid JSON");
     if (absl::StatusOr<JsonSchema> compiled = JsonSchema::Compile(schema); !compiled.ok()) {

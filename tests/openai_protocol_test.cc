@@ -417,10 +417,8 @@ TEST(OpenAiProtocolTest, GrpcErrorsBecomeHttpStatusesWithTheFieldAsParam) {
   EXPECT_EQ(FromGrpcError(14, "no workers").status, 503);
   EXPECT_EQ(FromGrpcError(4, "deadline").status, 504);
   EXPECT_EQ(FromGrpcError(13, "worker error: x").status, 500);
-  // Only the front cancels a call (its client left): 499, nginx's status, not a server error.
-  const HttpError cancelled = FromGrpcError(1, "request cancelled");
-  EXPECT_EQ(cancelled.status, 499);
-  EXPECT_EQ(cancelled.type, "cancelled");
+  // A cancelled call says nothing of why (the server tells a client that left, 499, from its own stop).
+  EXPECT_EQ(FromGrpcError(1, "request cancelled").status, 500);
   // A refused schema that tool_choice made of the tools names "tools"; one the request sent keeps
   // its own field.
   CompletionCall call;
@@ -443,6 +441,10 @@ TEST(OpenAiProtocolTest, GrpcErrorsBecomeHttpStatusesWithTheFieldAsParam) {
   const HttpError second = FromGrpcError(call, 1, 3, bad_id);
   EXPECT_EQ(second.param, "prompt[1].token_ids.ids[0]");
   EXPECT_EQ(second.message, "prompt[1].token_ids.ids[0]: token id 99999999 is outside the vocabulary");
+  EXPECT_EQ(FromGrpcError(call, 1, 3, "prompt: 900 tokens leave no room").param, "prompt[1]");
+  const HttpError long_one = FromGrpcError(call, 0, 3, "max_tokens: prompt (9 tokens) + max_tokens 99 exceeds 64");
+  EXPECT_EQ(long_one.param, "max_tokens");
+  EXPECT_EQ(long_one.message, "max_tokens: prompt (9 tokens) + max_tokens 99 exceeds 64 (prompt[0] of the batch)");
 }
 
 v1::GenerateResponse Msg(uint32_t index, const std::string& text, v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED,
@@ -859,6 +861,11 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   EXPECT_FALSE(hoisted_schema["items"]["anyOf"][1]["properties"]["parameters"].contains("$defs"));
   EXPECT_TRUE(JsonSchema::Compile(nlohmann::ordered_json::parse(hoisted_schema.dump())).ok());
   EXPECT_EQ(ok({{"tool_choice", "none"}}).completion.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_TEXT);
+  // As vLLM's request model: a tool's "type" defaults to "function" (the template sees it filled in);
+  // two tools of one name are refused only where tool_choice tells calls apart by name.
+  const ChatCall untyped = ok({{"tool_choice", "required"}, {"tools", {{{"function", {{"name", "f"}}}}}}});
+  EXPECT_EQ(untyped.tools[0]["type"], "function");
+  EXPECT_EQ(ok({{"tool_choice", "none"}, {"tools", {weather, weather}}}).tools.size(), 2u);
   for (const auto& [extra, param] : std::vector<std::pair<json, std::string>>{
            {{{"tool_choice", "auto"}}, "tool_choice"},
            {{{"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}}, "tool_choice"},

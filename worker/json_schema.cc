@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/json_util.h"
 
 namespace moe {
 namespace {
@@ -739,6 +740,10 @@ absl::StatusOr<JsonSchema> JsonSchema::Compile(const nlohmann::ordered_json& sch
 }
 
 absl::StatusOr<JsonSchema> JsonSchema::CompileText(std::string_view text) {
+  if (NestsDeeperThan(text, kMaxJsonFileNesting)) {  // compiling quotes values: no deep recursion
+    return absl::InvalidArgumentError(
+        absl::StrCat("schema: nests arrays and objects more than ", kMaxJsonFileNesting, " levels deep"));
+  }
   nlohmann::ordered_json schema = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (schema.is_discarded()) return absl::InvalidArgumentError("schema: not valid JSON");
   return Compile(schema);

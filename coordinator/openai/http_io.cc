@@ -26,7 +26,8 @@ const char* RequestIdHeader(mg_connection* conn) {
   const char* id = mg_get_header(conn, "X-Request-Id");
   if (id == nullptr || *id == '\0') return nullptr;
   for (const char* c = id; *c != '\0'; ++c) {
-    if (*c < 0x20 || *c == 0x7f) return nullptr;
+    const auto byte = static_cast<unsigned char>(*c);  // a byte past ASCII is not a header's either
+    if (byte < 0x20 || byte >= 0x7f) return nullptr;
   }
   return id;
 }

@@ -646,7 +646,13 @@ std::variant<ChatCall, HttpError> ParseChatRequest(const std::string& body_text,
     return BadParam("skip_special_tokens", "false cannot be combined with tool calls: they are read from the text without "
                                            "control tokens ([TOOL_CALLS], </s>)");
   }
-  if (ordered.contains("tools") && !ordered["tools"].is_null()) chat.tools = ordered["tools"];
+  if (ordered.contains("tools") && !ordered["tools"].is_null()) {
+    chat.tools = ordered["tools"];
+    // vLLM's request model fills a tool's missing "type" ("function") before the template sees it.
+    for (auto& tool : chat.tools) {
+      if (tool.is_object() && (!tool.contains("type") || tool["type"].is_null())) tool["type"] = "function";
+    }
+  }
   if (ordered.contains("chat_template") && !ordered["chat_template"].is_null()) {
     if (!ordered["chat_template"].is_string()) return BadParam("chat_template", "expected a string");
     chat.chat_template = ordered["chat_template"].get<std::string>();
@@ -684,8 +690,6 @@ HttpError FromGrpcError(int grpc_code, const std::string& message) {
       return {504, message, "server_error", {}};
     case absl::StatusCode::kUnimplemented:
       return {501, message, "server_error", {}};
-    case absl::StatusCode::kCancelled:  // only the front cancels a call
-      return {kClientClosedRequest, kClientClosedMessage, "cancelled", {}};
     default:
       return {500, message, "server_error", {}};
   }
@@ -693,10 +697,14 @@ HttpError FromGrpcError(int grpc_code, const std::string& message) {
 
 HttpError FromGrpcError(const CompletionCall& call, size_t prompt, int grpc_code, const std::string& message) {
   HttpError e = FromGrpcError(grpc_code, message);
-  if (call.prompts.size() > 1 && e.param && e.param->starts_with("prompt.")) {
+  if (call.prompts.size() > 1 && e.status == 400) {
     const std::string indexed = "prompt[" + std::to_string(prompt) + "]";
-    e.message = indexed + e.message.substr(e.message.starts_with("prompt.") ? 6 : 0);
-    e.param = indexed + e.param->substr(6);
+    if (e.param && (*e.param == "prompt" || e.param->starts_with("prompt."))) {
+      if (e.message.starts_with("prompt")) e.message = indexed + e.message.substr(6);
+      e.param = indexed + e.param->substr(6);
+    } else {  // max_tokens past the context that prompt leaves, ...
+      e.message += " (" + indexed + " of the batch)";
+    }
   }
   const bool schema_of_tools =
       call.tool_choice.kind == ToolChoice::Kind::kNamed || call.tool_choice.kind == ToolChoice::Kind::kRequired;

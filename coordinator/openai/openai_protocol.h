@@ -141,16 +141,17 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
 inline constexpr int kClientClosedRequest = 499;
 inline constexpr char kClientClosedMessage[] =
     "the request was cancelled: its client closed the connection (closing only its sending side counts, "
-    "as in vLLM's server), or the server is stopping";
+    "as in vLLM's server)";
 
 // The HTTP error for a failed gRPC call: INVALID_ARGUMENT 400 (param: the field the message starts
 // with, "sampling." dropped, so a client sees "top_p"), NOT_FOUND 404, RESOURCE_EXHAUSTED 429,
-// UNAVAILABLE 503, DEADLINE_EXCEEDED 504, UNIMPLEMENTED 501, CANCELLED 499, anything else 500.
+// UNAVAILABLE 503, DEADLINE_EXCEEDED 504, UNIMPLEMENTED 501, anything else 500 (a call the front
+// cancelled: OpenAiServer::CallError tells a client that left, 499, from a stopping server, 503).
 HttpError FromGrpcError(int grpc_code, const std::string& message);
 // The same for a completion or chat call's Generate of prompt `prompt`: where tool_choice made the
 // tools a JSON schema (a named function or "required"), the schema's refusal names "tools", which
 // the request sent, not the response_format it did not; in a batch of prompts, a refused prompt's
-// field is named with its index ("prompt[1].token_ids.ids[0]").
+// field is named with its index ("prompt[1].token_ids.ids[0]"), another refusal says which prompt.
 HttpError FromGrpcError(const CompletionCall& call, size_t prompt, int grpc_code, const std::string& message);
 
 // "stop" (EOS, a stop token id or a stop string) or "length"; "abort" for a cancelled completion.

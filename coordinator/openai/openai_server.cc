@@ -375,6 +375,10 @@ int OpenAiServer::RunRoute(mg_connection* conn, void* route) {
     return static_cast<const Route*>(route)->handler(conn, self);
   } catch (const std::exception& e) {  // as ServePost's: the request fails, not the server
     std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
+    if (const HeadSent sent = TakeHeadSent(); sent.status != 0) {  // an answer has begun: no second one
+      NoteHeadSent(sent);
+      return sent.status;
+    }
     return SendError(conn, HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
   }
 }
@@ -440,6 +444,23 @@ OpenAiServer::CallScope::~CallScope() {
   if (watch_ != nullptr) watch_->Remove(&ctx_);
   std::lock_guard<std::mutex> lock(s_.mu_);
   s_.calls_.erase(&ctx_);
+}
+
+HttpError OpenAiServer::CallError(const grpc::Status& st, const CompletionCall* call, size_t prompt) {
+  if (st.error_code() == grpc::StatusCode::CANCELLED) {
+    if (ClientWatch* watch = ClientWatch::current(); watch != nullptr && watch->cancelled()) {
+      return HttpError{kClientClosedRequest, kClientClosedMessage, "cancelled", {}};
+    }
+    if (Stopping()) return HttpError{503, "the server is stopping: the request was cancelled", "server_error", {}};
+  }
+  return call != nullptr ? FromGrpcError(*call, prompt, st.error_code(), st.error_message())
+                         : FromGrpcError(st.error_code(), st.error_message());
+}
+
+TgiError OpenAiServer::TgiCallError(const grpc::Status& st) {
+  if (st.error_code() != grpc::StatusCode::CANCELLED) return TgiErrorFromGrpc(st.error_code(), st.error_message());
+  const HttpError e = CallError(st);
+  return TgiErrorFromHttp(e.status, e.message);
 }
 
 bool OpenAiServer::Stopping() {
@@ -1003,7 +1024,7 @@ std::variant<std::vector<int32_t>, HttpError> OpenAiServer::TokenIds(const v1::T
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
   const grpc::Status st = stub_->Tokenize(&ctx, request, &ids);
-  if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+  if (!st.ok()) return CallError(st);
   return std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end());
 }
 
@@ -1045,7 +1066,7 @@ int OpenAiServer::Tokenize(mg_connection* conn, const std::string& body) {
       grpc::ClientContext ctx;
       const CallScope scope(*this, ctx);
       const grpc::Status st = stub_->Detokenize(&ctx, request, &pieces);
-      if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+      if (!st.ok()) return SendError(conn, CallError(st));
       answer["token_strs"] = std::vector<std::string>(pieces.pieces().begin(), pieces.pieces().end());
     }
   }
@@ -1068,7 +1089,7 @@ int OpenAiServer::Detokenize(mg_connection* conn, const std::string& body) {
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
   const grpc::Status st = stub_->Detokenize(&ctx, request, &text);
-  if (!st.ok()) return SendError(conn, FromGrpcError(st.error_code(), st.error_message()));
+  if (!st.ok()) return SendError(conn, CallError(st));
   SendJson(conn, 200, {{"prompt", text.text()}});
   return 200;
 }
@@ -1096,7 +1117,7 @@ std::variant<std::vector<Echo>, HttpError> OpenAiServer::Echoes(const Completion
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
   const grpc::Status st = stub_->ScoreRolling(&ctx, score, &scored);
-  if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+  if (!st.ok()) return CallError(st);
   if (scored.results_size() != static_cast<int>(prompts.size())) {
     return HttpError{500, "ScoreRolling answered " + std::to_string(scored.results_size()) + " results for " +
                               std::to_string(prompts.size()) + " prompts", "server_error", {}};
@@ -1193,7 +1214,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
         cancel_all();
         join();
         if (st.ok()) return refuse(HttpError{500, "the coordinator sent no completion", "server_error", {}});
-        return refuse(FromGrpcError(call, item.prompt, st.error_code(), st.error_message()));
+        return refuse(CallError(st, &call, item.prompt));
       }
     } else if (!started[item.prompt]) {
       started[item.prompt] = true;
@@ -1261,7 +1282,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       ++ended_count;
       if (!item.end.ok() && !failure && !client_gone) {
         failure = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
-                             : FromGrpcError(call, item.prompt, item.end.error_code(), item.end.error_message());
+                             : CallError(item.end, &call, item.prompt);
         cancel_all();  // one prompt failed: the answer is that error
       }
       continue;
@@ -1422,7 +1443,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
       if (!acc.Add(msg)) ctx.TryCancel();
     }
     const grpc::Status st = reader->Finish();
-    if (!st.ok()) return FromGrpcError(call, prompt, st.error_code(), st.error_message());
+    if (!st.ok()) return CallError(st, &call, prompt);
   } else {  // echo of the prompt alone: no completion, "length" as max_tokens 0 says
     const std::string request_id = LocalRequestId(call);
     for (uint32_t i = 0; i < call.n; ++i) {
@@ -1478,7 +1499,7 @@ std::variant<std::vector<std::vector<BeamCandidate>>, HttpError> OpenAiServer::B
       }
     }
     const grpc::Status st = reader->Finish();
-    if (!st.ok()) return FromGrpcError(st.error_code(), st.error_message());
+    if (!st.ok()) return CallError(st);
     return out;
   };
   if (std::optional<HttpError> e = RunEach(prefixes.size(), [&](size_t i) { got[i] = candidates(i); })) return *e;
@@ -1536,7 +1557,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::BeamSearchAnswer(const Com
     grpc::ClientContext ctx;
     const CallScope scope(*this, ctx);
     if (const grpc::Status st = stub_->Detokenize(&ctx, text_of, &text); !st.ok()) {
-      return FromGrpcError(st.error_code(), st.error_message());
+      return CallError(st);
     }
     msg.set_text(text.text());
     msg.set_finish_reason(b.ended_by_eos ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH);

@@ -148,6 +148,12 @@ class OpenAiServer {
   int Tokenize(mg_connection* conn, const std::string& body);
   int Detokenize(mg_connection* conn, const std::string& body);
   bool Stopping();
+  // The answer for a failed call of the request this thread serves: a call the front cancelled is
+  // 499 when the request's client left (its ClientWatch saw it go), 503 when the server is stopping;
+  // anything else as FromGrpcError has it (with the call and prompt: FromGrpcError's per-call form).
+  HttpError CallError(const grpc::Status& st, const CompletionCall* call = nullptr, size_t prompt = 0);
+  // The same in TGI's shape: TgiErrorFromGrpc, but for a cancelled call.
+  TgiError TgiCallError(const grpc::Status& st);
   // The token ids of a conversation through the chat template (the request's own, else the
   // server's) and the coordinator's tokenizer, special tokens written by the template parsed.
   std::variant<std::vector<int32_t>, HttpError> ChatPromptIds(const ChatCall& chat);

@@ -173,7 +173,7 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
     if (client_gone) return 200;
     if (!st.ok()) {
       if (pending) send(*pending);
-      send(TgiErrorFromGrpc(st.error_code(), st.error_message()).ToJson());
+      send(TgiCallError(st).ToJson());
       return 200;
     }
     if (pending) {
@@ -218,7 +218,7 @@ int OpenAiServer::TgiGenerate(mg_connection* conn, const std::string& body, TgiR
     if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) q.finish = msg.finish_reason();
   }
   const grpc::Status st = reader->Finish();
-  if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
+  if (!st.ok()) return SendTgiError(conn, TgiCallError(st));
   // TGI's best of several: the highest mean logprob of its generated tokens (the first on a tie).
   size_t best = 0;
   for (size_t i = 1; i < sequences.size(); ++i) {
@@ -278,7 +278,7 @@ int OpenAiServer::AnswerTgiTokens(mg_connection* conn, const v1::TokenizeRequest
   grpc::ClientContext ctx;
   const CallScope scope(*this, ctx);
   const grpc::Status st = stub_->Tokenize(&ctx, request, &tokens);
-  if (!st.ok()) return SendTgiError(conn, TgiErrorFromGrpc(st.error_code(), st.error_message()));
+  if (!st.ok()) return SendTgiError(conn, TgiCallError(st));
   json answer = TgiTokenizeAnswer(request.text(), tokens);
   if (templated) answer = {{"tokenize_response", std::move(answer)}, {"templated_text", request.text()}};
   SendJson(conn, 200, answer);

@@ -87,8 +87,6 @@ TgiError TgiErrorFromGrpc(int grpc_code, const std::string& message) {
       return TgiError{429, "Model is overloaded: " + message, "overloaded"};
     case absl::StatusCode::kUnauthenticated:
       return TgiError{401, message, "authentication"};
-    case absl::StatusCode::kCancelled:  // only the front cancels a call
-      return TgiError{kClientClosedRequest, kClientClosedMessage, "cancelled"};
     default:
       return TgiError{424, "Request failed during generation: " + message, "generation"};
   }

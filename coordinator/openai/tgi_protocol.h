@@ -36,11 +36,10 @@ struct TgiError {
 TgiError TgiValidationError(const std::string& message);
 
 // A gRPC error of the coordinator as TGI reports its kind: a refused request 422 (validation), an
-// overloaded cluster 429 (overloaded), a missing key 401, a call the front cancelled 499 (cancelled:
-// its client left), anything else 424 (generation).
+// overloaded cluster 429 (overloaded), a missing key 401, anything else 424 (generation).
 TgiError TgiErrorFromGrpc(int grpc_code, const std::string& message);
 // The same for an error the front already has as an HTTP status (400/404: validation; 405, 413 and
-// 499 keep their status; the rest, 503 included, a generation failure as TgiErrorFromGrpc's).
+// 499, a client that left, keep their status; the rest, 503 included, a generation failure as TgiErrorFromGrpc's).
 TgiError TgiErrorFromHttp(int status, const std::string& message);
 
 enum class TgiRoute {

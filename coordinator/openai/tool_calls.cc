@@ -38,19 +38,18 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
     if (!body["parallel_tool_calls"].is_boolean()) return BadParam("parallel_tool_calls", "expected true or false");
     choice.single_call = !body["parallel_tool_calls"].get<bool>();
   }
-  // Every tool's shape, whatever tool_choice says (the tools reach the chat template in any case).
+  // Every tool's shape, whatever tool_choice says (the tools reach the chat template in any case), as
+  // vLLM's request model has it: "type" "function" (its default), a function with a name.
   std::vector<std::string> names;
   for (size_t i = 0; tools.is_array() && i < tools.size(); ++i) {
-    const std::string param = "tools[" + std::to_string(i) + "]";
     const ordered& t = tools[i];
-    if (!t.is_object() || StringField(t, "type") != "function" || !t.contains("function") ||
-        !t["function"].is_object() || !t["function"].contains("name") || !t["function"]["name"].is_string()) {
-      return BadParam(param, "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}");
+    const bool typed = t.is_object() && (!t.contains("type") || t["type"].is_null() || StringField(t, "type") == "function");
+    if (!typed || !t.contains("function") || !t["function"].is_object() || !t["function"].contains("name") ||
+        !t["function"]["name"].is_string()) {
+      return BadParam("tools[" + std::to_string(i) + "]",
+                      "expected {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}");
     }
     names.push_back(t["function"]["name"].get<std::string>());
-    if (std::find(names.begin(), names.end() - 1, names.back()) != names.end() - 1) {
-      return BadParam(param, "the function name \"" + names.back() + "\" is given to an earlier tool too");
-    }
   }
   const bool has_tools = tools.is_array() && !tools.empty();
   if (tool_choice == "auto" || (tool_choice.is_null() && has_tools && auto_marker_id >= 0)) {
@@ -67,11 +66,15 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
   }
   if (tool_choice.is_null() || tool_choice == "none") return std::nullopt;  // tools reach the template only
   if (tools.is_null() || tools.empty()) return BadParam("tool_choice", "needs tools");
-  // Each tool's parameters schema, checked as the coordinator will compile it.
+  // Each tool's parameters schema, checked as the coordinator will compile it; the calls are told
+  // apart by their names.
   std::vector<ordered> parameters;
   for (size_t i = 0; i < tools.size(); ++i) {
     const std::string param = "tools[" + std::to_string(i) + "]";
     const ordered& t = tools[i];
+    if (std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), names[i]) != names.begin() + static_cast<std::ptrdiff_t>(i)) {
+      return BadParam(param, "the function name \"" + names[i] + "\" is given to an earlier tool too");
+    }
     const ordered p = t["function"].contains("parameters") && !t["function"]["parameters"].is_null()
                           ? t["function"]["parameters"]
                           : ordered{{"type", "object"}};

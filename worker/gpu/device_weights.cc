@@ -42,7 +42,7 @@ struct DeviceWeights::Slot {
 };
 
 absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelConfig& c, const ExpertFilter& holds,
-                                                                   std::vector<Slot>& slots) {
+                                                                   std::vector<Slot>& slots, const Checkpoint* check) {
   std::unique_ptr<DeviceWeights> w(new DeviceWeights());
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
   // Scales as in tests/support/random_model.cc: a bias-free linear layer [out, in] gets std
@@ -81,6 +81,14 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelCo
   add({norm("model.norm.weight", H)}, &w->final_norm, -1, false);
   if (!c.tie_word_embeddings) add({linear("lm_head.weight", V, H)}, &w->lm_head, -1, false);
 
+  // Every tensor the arena will hold is in the checkpoint with the config's shape before the config
+  // sizes the arena: a config.json the checkpoint disagrees with is named by a tensor, not by an
+  // allocation that failed.
+  for (const Slot& s : slots) {
+    for (const Part& p : s.parts) {
+      if (check != nullptr) MOE_RETURN_IF_ERROR(check->GetF32Readable(p.name, p.shape).status());
+    }
+  }
   int64_t total = 0;
   for (Slot& s : slots) {
     s.offset = total;
@@ -110,7 +118,7 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
     const std::function<void(int64_t, int64_t)>& progress) {
   MOE_RETURN_IF_ERROR(CheckCheckpointHoldsOnlyTheModel(c, ckpt));
   std::vector<Slot> slots;
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceWeights> w, Plan(c, holds, slots));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceWeights> w, Plan(c, holds, slots, &ckpt));
   std::vector<uint16_t> staging;
   DeviceBuffer<unsigned long long> first_bad(1);
   int64_t last_layer = -1;

@@ -73,8 +73,11 @@ class DeviceWeights {
   struct Part;
   struct Slot;
   DeviceWeights() = default;
+  // `check`, where given: every tensor the slots name is there with their shape (GetF32Readable)
+  // before the arena is allocated.
   static absl::StatusOr<std::unique_ptr<DeviceWeights>> Plan(const ModelConfig& c, const ExpertFilter& holds,
-                                                             std::vector<Slot>& slots);
+                                                             std::vector<Slot>& slots,
+                                                             const Checkpoint* check = nullptr);
 
   DeviceBuffer<bf16> arena_;
   int64_t bytes_ = 0, expert_bytes_ = 0, expert_stride_ = 0;

@@ -265,6 +265,18 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
     return FieldError("num_experts_per_tok", absl::StrCat(c.experts_per_token, " exceeds num_local_experts ",
                                                           c.num_experts));
   }
+  // The whole model's parameters (counted in double: with every bound above, layers x experts x an
+  // expert's could pass 64 bits), bounded far past any Mixtral-family model (8x22B: 1.4e11), so the
+  // loaders' sums of sizes stay exact.
+  const double params = static_cast<double>(c.replicated_params()) +
+                        static_cast<double>(c.num_layers) * static_cast<double>(c.num_experts) *
+                            static_cast<double>(c.expert_params());
+  if (params > 0x1p40) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the model config.json describes holds ", params, " parameters, more than 2^40 (hidden_size ", c.hidden_size,
+        ", intermediate_size ", c.intermediate_size, ", num_hidden_layers ", c.num_layers, ", num_local_experts ",
+        c.num_experts, ", vocab_size ", c.vocab_size, ")"));
+  }
   MOE_ASSIGN_OR_RETURN(c.max_position_embeddings, PositiveInt(j, "max_position_embeddings", 4096 * 32));
   MOE_ASSIGN_OR_RETURN(c.rms_norm_eps, PositiveNumber(j, "rms_norm_eps", 1e-5));
 
@@ -304,7 +316,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
     }
     return absl::OkStatus();
   };
-  if (j.contains("bos_token_id") && !j["bos_token_id"].is_null()) {
+  // bos_token_id is only reported (ModelInfo; BOS comes from the tokenizer): one that is not an
+  // integer is passed over, as transformers and vLLM pass it over; an integer must be a token.
+  if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer()) {
     MOE_RETURN_IF_ERROR(in_vocabulary("bos_token_id", j["bos_token_id"]));
     c.bos_token_id = j["bos_token_id"].get<int64_t>();
   }

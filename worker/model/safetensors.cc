@@ -318,17 +318,20 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
   // The tensors tile the data from its start to its end, in some order, as the format has it (the
   // safetensors library refuses other files): two tensors sharing bytes would read each other's.
-  std::vector<std::pair<uint64_t, const std::string*>> starts;
-  for (const auto& [name, view] : file->tensors_) starts.emplace_back(static_cast<uint64_t>(view.data - data_begin), &name);
+  // By start, then size: an empty tensor at a full one's start comes first, as the library orders them.
+  std::vector<std::tuple<uint64_t, size_t, const std::string*>> starts;
+  for (const auto& [name, view] : file->tensors_) {
+    starts.emplace_back(static_cast<uint64_t>(view.data - data_begin), view.nbytes, &name);
+  }
   std::sort(starts.begin(), starts.end());
   uint64_t covered = 0;
-  for (const auto& [start, name] : starts) {
+  for (const auto& [start, bytes, name] : starts) {
     if (start != covered) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", *name, "' starts at byte ", start,
                                                      " of the data, where ", covered, " was expected (the tensors ",
                                                      start < covered ? "overlap" : "leave a gap", ")"));
     }
-    covered += file->tensors_.at(*name).nbytes;
+    covered += bytes;
   }
   if (covered != data_size) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": the tensors cover ", covered, " of the data's ", data_size,
