@@ -233,7 +233,8 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
       host[i] = static_cast<float>(3.0 * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
     }
     gpu::DeviceBuffer<float> logits(host.size()), logprobs(kMaxRows);
-    gpu::DeviceBuffer<int32_t> tokens(kMaxRows), params(kMaxRows * 7);
+    gpu::DeviceBuffer<int32_t> tokens(kMaxRows);
+    gpu::DeviceBuffer<gpu::SampleRowParams> params(kMaxRows);  // sized by the struct, which grows with its fields
     MOE_CUDA_CHECK(cudaMemcpy(logits.get(), host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice));
     struct Case {
       const char* name;
@@ -256,7 +257,7 @@ nlohmann::json KernelFigures(const ModelConfig& c) {
                                 cudaMemcpyHostToDevice));
       for (int64_t B : {1, 64, 256}) {
         const double ms = MedianMs(s, 3, 20, [&](int) {
-          gpu::SampleRows(logits.get(), B, V, reinterpret_cast<const gpu::SampleRowParams*>(params.get()),
+          gpu::SampleRows(logits.get(), B, V, params.get(),
                           nullptr, nullptr, tokens.get(), logprobs.get(), s);
         });
         rows.push_back({{"sampling", k.name}, {"rows", B}, {"us", ms * 1e3}});
