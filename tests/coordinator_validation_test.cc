@@ -3,6 +3,7 @@
 // model's own tokenizer gives (shakespeare-moe) and the sampling defaults the proto documents.
 // Also the rolling windows of ScoreRolling.
 #include "coordinator/validation.h"
+#include "worker/json_schema.h"
 
 #include <gtest/gtest.h>
 
@@ -366,6 +367,13 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   EXPECT_NE(bad.message().find("properties.n.multipleOf: not supported"), std::string::npos) << bad;
   f->set_json_schema("{not json");
   EXPECT_TRUE(NamesField(ValidateGenerate(schema, shakespeare()).status(), "sampling.response_format.json_schema"));
+  // A schema's text is a string of the request, which no nesting check of a body sees: one nested
+  // 100,000 levels deep (compiling it quotes the value) overflowed the coordinator's stack.
+  f->set_json_schema("{\"const\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  const absl::Status deep = ValidateGenerate(schema, shakespeare()).status();
+  EXPECT_TRUE(NamesField(deep, "sampling.response_format.json_schema")) << deep;
+  EXPECT_NE(std::string(deep.message()).find("more than 512 levels deep"), std::string::npos) << deep;
+  EXPECT_FALSE(JsonSchema::CompileText("{\"const\": " + std::string(100000, '[') + std::string(100000, ']') + "}").ok());
   f->set_json_schema(R"({"type": "object", "properties": {"z": {"type": "integer"}, "a": {"enum": [1, "b"]}}})");
   absl::StatusOr<GenerateJob> ok = ValidateGenerate(schema, shakespeare());
   ASSERT_TRUE(ok.ok()) << ok.status();
