@@ -2395,11 +2395,26 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         rest = []
         reader = threading.Thread(target=lambda: rest.append(r.read().decode()))  # a client reading on
         reader.start()
+        # And a whole answer waiting on the cluster: the stop cancels its call too, and it is told
+        # so with a 503 (which clients retry), not a 499 meant for clients that left.
+        whole = []
+        waiter = threading.Thread(target=lambda: whole.append(self.call("/v1/completions", {
+            "prompt": "JULIET:", "max_tokens": 4000, "temperature": 0, "ignore_eos": True})))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while self.grpc.stats().requests_running < 2:
+            self.assertLess(time.monotonic(), deadline, "the whole request never ran")
+            time.sleep(0.02)
         t0 = time.monotonic()
         c.proc.send_signal(signal.SIGTERM)
         reader.join(timeout=15)
+        waiter.join(timeout=15)
         ended = time.monotonic() - t0
         self.assertFalse(reader.is_alive(), "the stream still runs 15 s after SIGTERM")
+        self.assertFalse(waiter.is_alive(), "the whole request still waits 15 s after SIGTERM")
+        status, err = whole[0]
+        self.assertEqual(status, 503, err)
+        self.assertIn("the server is stopping", err["error"]["message"])
         print(f"[ info ] the stream ended {ended:.2f} s after SIGTERM", file=sys.stderr)
         self.assertTrue(rest[0].rstrip().endswith("data: [DONE]"), rest[0][-300:])
         self.assertIn("the server is stopping", rest[0], "the cancelled stream says so before [DONE]")
