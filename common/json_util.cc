@@ -14,24 +14,10 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
 }
 
 bool NestsDeeperThan(std::string_view text, int limit) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
+  JsonNesting nesting;
   for (const char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return true;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
+    nesting.Step(c);
+    if (nesting.depth() > limit) return true;
   }
   return false;
 }

@@ -15,6 +15,36 @@ namespace moe {
 // 100,000 levels deep in config.json overflowed the stack there. No real file comes near it.
 inline constexpr int kMaxJsonFileNesting = 512;
 
+// JSON's bracket structure read a byte at a time: the arrays and objects open, strings (and their
+// escapes) skipped. Any text may be fed; nothing is checked. For NestsDeeperThan, and for readers
+// of JSON as it streams (the front's tool calls).
+class JsonNesting {
+ public:
+  void Step(char c) {
+    if (in_string_) {
+      if (escaped_) {
+        escaped_ = false;
+      } else if (c == '\\') {
+        escaped_ = true;
+      } else if (c == '"') {
+        in_string_ = false;
+      }
+    } else if (c == '"') {
+      in_string_ = true;
+    } else if (c == '[' || c == '{') {
+      ++depth_;
+    } else if (c == ']' || c == '}') {
+      --depth_;
+    }
+  }
+  int depth() const { return depth_; }  // brackets open outside strings
+  bool in_string() const { return in_string_; }
+
+ private:
+  int depth_ = 0;
+  bool in_string_ = false, escaped_ = false;
+};
+
 // Whether `text` (JSON or any text; strings are skipped) opens more than `limit` arrays and objects
 // inside one another. Linear and without recursion: checked before a parser sees the text.
 bool NestsDeeperThan(std::string_view text, int limit);

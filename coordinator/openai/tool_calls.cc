@@ -235,23 +235,9 @@ void ToolCallsStream::EndArguments() {
 }
 
 void ToolCallsStream::Step(char c) {
-  const bool was_in_string = in_string_;
-  const int depth_before = depth_;
-  if (in_string_) {
-    if (escaped_) {
-      escaped_ = false;
-    } else if (c == '\\') {
-      escaped_ = true;
-    } else if (c == '"') {
-      in_string_ = false;
-    }
-  } else if (c == '"') {
-    in_string_ = true;
-  } else if (c == '{' || c == '[') {
-    ++depth_;
-  } else if (c == '}' || c == ']') {
-    --depth_;
-  }
+  const bool was_in_string = json_.in_string();
+  const int depth_before = json_.depth();
+  json_.Step(c);
   const bool space = !was_in_string && (c == ' ' || c == '\n' || c == '\t' || c == '\r');
   if (part_ == Part::kArguments) {
     if (!arguments_started_) {
@@ -263,7 +249,7 @@ void ToolCallsStream::Step(char c) {
     }
     if (part_ == Part::kArguments) {
       arguments_ += c;
-      if (depth_ == 2 && !in_string_ && (arguments_kind_ == Value::kContainer || (arguments_kind_ == Value::kString && was_in_string))) {
+      if (json_.depth() == 2 && !json_.in_string() && (arguments_kind_ == Value::kContainer || (arguments_kind_ == Value::kString && was_in_string))) {
         EndArguments();
       }
       return;
@@ -271,7 +257,7 @@ void ToolCallsStream::Step(char c) {
   }
   if (part_ == Part::kKey || part_ == Part::kName) {  // a key, or the name's value, inside its quotes
     token_ += c;
-    if (in_string_) return;
+    if (json_.in_string()) return;
     const nlohmann::json s = nlohmann::json::parse(token_, nullptr, /*allow_exceptions=*/false);
     const std::string value = s.is_string() ? s.get<std::string>() : std::string();
     if (part_ == Part::kKey) {

@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_util.h"
 #include "moe/v1/inference.pb.h"
 
 namespace moe::openai {
@@ -83,8 +84,7 @@ class ToolCallsStream {
   void EmitArguments();  // arguments_ out (or held, before the call's name)
   void EndArguments();
 
-  int depth_ = 0;  // brackets open outside strings
-  bool in_string_ = false, escaped_ = false;
+  JsonNesting json_;  // the text's brackets and strings so far
   int index_ = -1;  // the call being read
   Part part_ = Part::kOther;
   std::string key_, token_;  // the call's last key; the key or name string being read (raw JSON)

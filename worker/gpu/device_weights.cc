@@ -84,9 +84,9 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelCo
   // Every tensor the arena will hold is in the checkpoint with the config's shape before the config
   // sizes the arena: a config.json the checkpoint disagrees with is named by a tensor, not by an
   // allocation that failed.
-  for (const Slot& s : slots) {
-    for (const Part& p : s.parts) {
-      if (check != nullptr) MOE_RETURN_IF_ERROR(check->GetF32Readable(p.name, p.shape).status());
+  if (check != nullptr) {
+    for (const Slot& s : slots) {
+      for (const Part& p : s.parts) MOE_RETURN_IF_ERROR(check->GetF32Readable(p.name, p.shape).status());
     }
   }
   int64_t total = 0;
