@@ -371,15 +371,21 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
 
 int OpenAiServer::RunRoute(mg_connection* conn, void* route) {
   void* self = mg_get_user_data(mg_get_context(conn));
-  try {
-    return static_cast<const Route*>(route)->handler(conn, self);
-  } catch (const std::exception& e) {  // as ServePost's: the request fails, not the server
-    std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
-    if (const HeadSent sent = TakeHeadSent(); sent.status != 0) {  // an answer has begun: no second one
+  // The request fails, not the server; once an answer has begun, no second one is written.
+  const auto fail = [conn](const HttpError& answer) {
+    if (const HeadSent sent = TakeHeadSent(); sent.status != 0) {
       NoteHeadSent(sent);
       return sent.status;
     }
-    return SendError(conn, HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
+    return SendError(conn, answer);
+  };
+  try {
+    return static_cast<const Route*>(route)->handler(conn, self);
+  } catch (const std::system_error& e) {  // no thread for the request (the process's thread limit)
+    return fail(NoThread(e));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
+    return fail(HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
   }
 }
 
@@ -600,31 +606,30 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
   if (const HttpError* e = std::get_if<HttpError>(&read)) return SendError(conn, *e);
   const std::string& body = std::get<std::string>(read);
   if (std::optional<HttpError> e = CheckBodyNesting(body)) return SendError(conn, *e);
-  // The parsers check every field and answer 400s; should one still throw (nlohmann's accessors do
-  // on a type they do not expect), the request fails, not the server (civetweb's thread would end
-  // the process). The request runs on a thread with a full-size stack: civetweb's have ~100 KB,
-  // which a deeply nested chat template or JSON schema, each bounded to a few hundred levels,
-  // would overflow (a crash, not a 400).
-  try {
-    int status = 500;
-    // A client that leaves cancels the request's gRPC calls. Finding the connection's socket reads
-    // every open descriptor, so only requests that wait on the cluster are watched.
-    std::optional<ClientWatch> watch;
-    if (watch_client) watch.emplace(conn);
-    HeadSent sent;
-    RunWithStack(kBigStackBytes, [&] {
-      const ClientWatch::Current current(watch ? &*watch : nullptr);
+  // The request runs on a thread with a full-size stack: civetweb's have ~100 KB, which a deeply
+  // nested chat template or JSON schema, each bounded to a few hundred levels, would overflow (a
+  // crash, not a 400). The parsers check every field and answer 400s; should one still throw
+  // (nlohmann's accessors do on a type they do not expect), or no thread be had for the request,
+  // RunRoute's catch answers.
+  int status = 500;
+  // A client that leaves cancels the request's gRPC calls. Finding the connection's socket reads
+  // every open descriptor, so only requests that wait on the cluster are watched.
+  std::optional<ClientWatch> watch;
+  if (watch_client) watch.emplace(conn);
+  HeadSent sent;
+  std::exception_ptr failed;
+  RunWithStack(kBigStackBytes, [&] {
+    const ClientWatch::Current current(watch ? &*watch : nullptr);
+    try {
       status = (this->*handle)(conn, body);
-      sent = TakeHeadSent();  // that thread's; civetweb's end_request reads its own
-    });
-    if (sent.status != 0) NoteHeadSent(sent);
-    return status;
-  } catch (const std::system_error& e) {  // no thread for the request (the process's thread limit)
-    return SendError(conn, NoThread(e));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe-openai-server: a request failed with an exception: %s\n", e.what());
-    return SendError(conn, HttpError{500, std::string("internal error: ") + e.what(), "server_error", {}});
-  }
+    } catch (...) {
+      failed = std::current_exception();  // rethrown below, once the head this thread sent is handed back
+    }
+    sent = TakeHeadSent();  // that thread's; civetweb's end_request (and RunRoute's catch) read their own
+  });
+  if (sent.status != 0) NoteHeadSent(sent);
+  if (failed) std::rethrow_exception(failed);
+  return status;
 }
 
 int OpenAiServer::HandleCompletions(mg_connection* conn, void* self) {
