@@ -36,6 +36,8 @@ JOBS=$(nproc)
 GPU_TARGETS=(gpu_kernels_test gpu_engine_test gpu_engine_mpi_test gpu_mixtral_test gpu_full_shape_test gpu_nccl_test e2e_gpu_cluster_test
   e2e_gpu_sampling_test
   moe-bench moe-ep-bench moe-serve-bench)
+# The serving sweep starts a cluster: its programs are GPU targets too when it runs.
+[ "${GPU_RUN_SERVE:-0}" = 1 ] && GPU_TARGETS+=(moe-coordinator moe-worker moe-client)
 SUMMARY=$LOGS/summary.txt
 status=0
 
