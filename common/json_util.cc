@@ -1,17 +1,8 @@
 #include "common/json_util.h"
 
-#include <fstream>
-#include <sstream>
+#include "common/file_util.h"
 
 namespace moe {
-
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 bool NestsDeeperThan(std::string_view text, int limit) {
   JsonNesting nesting;

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/file_util.h"  // ReadTextFile, for the files that are not JSON
 #include "common/status.h"
 
 namespace moe {
@@ -52,8 +53,5 @@ bool NestsDeeperThan(std::string_view text, int limit);
 // Parses the JSON file at `path`; NotFound / InvalidArgument name the path and the parse error,
 // or the nesting past kMaxJsonFileNesting.
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
-
-// Reads a whole file into a string.
-absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 
 }  // namespace moe

@@ -3,6 +3,7 @@
 #include "worker/model/safetensors.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <cmath>
 #include <cstring>
@@ -550,6 +551,54 @@ TEST_F(SafetensorsFiles, IndexPointsToMissingShard) {
   EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Message(ckpt.status()), AllOf(HasSubstr("model-00002-of-00002.safetensors"),
                                             HasSubstr("'b'")));
+}
+
+// A shard, or the single checkpoint file, that is there but is no file is named as what it is; a
+// FIFO is refused, not waited on (opening one blocks until a writer comes).
+TEST_F(SafetensorsFiles, ShardThatIsNoFileIsNamedAsSuch) {
+  const std::string dir = Sub("shard_dir");
+  ASSERT_TRUE(WriteShardedCheckpoint(dir, {{{"a", DType::kF32, {1}, {1}}},
+                                           {{"b", DType::kF32, {1}, {2}}}})
+                  .ok());
+  const std::string shard = dir + "/model-00002-of-00002.safetensors";
+  std::filesystem::remove(shard);
+  std::filesystem::create_directory(shard);
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(ckpt.status()),
+              AllOf(HasSubstr("model-00002-of-00002.safetensors"), HasSubstr("is a directory"), HasSubstr("'b'")));
+  std::filesystem::remove(shard);
+  ASSERT_EQ(::mkfifo(shard.c_str(), 0600), 0);
+  ckpt = Checkpoint::Open(dir);
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_THAT(Message(ckpt.status()), AllOf(HasSubstr("model-00002-of-00002.safetensors"), HasSubstr("FIFO")));
+  auto file = SafetensorsFile::Open(shard);  // opened directly: refused at once
+  ASSERT_FALSE(file.ok());
+  EXPECT_THAT(Message(file.status()), HasSubstr("not a regular file"));
+
+  const std::string single = Sub("single_dir");
+  std::filesystem::create_directory(single + "/model.safetensors");
+  ckpt = Checkpoint::Open(single);
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_THAT(Message(ckpt.status()), AllOf(HasSubstr("model.safetensors"), HasSubstr("is a directory")));
+}
+
+// ReadTextFile (config.json, tokenizer files, templates, PEM files) reads only regular files.
+TEST_F(SafetensorsFiles, ReadTextFileNamesWhatThePathIs) {
+  const std::string dir = Sub("text_files");
+  EXPECT_EQ(ReadTextFile(dir + "/none.json").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Message(ReadTextFile(dir + "/none.json").status()), HasSubstr("does not exist"));
+  EXPECT_THAT(Message(ReadTextFile(dir).status()), HasSubstr("is a directory"));
+  const std::string fifo = dir + "/config.json";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  absl::StatusOr<nlohmann::json> j = ReadJsonFile(fifo);
+  ASSERT_FALSE(j.ok());
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Message(j.status()), AllOf(HasSubstr(fifo), HasSubstr("FIFO")));
+  EXPECT_THAT(Message(ReadTextFile("/dev/zero").status()), HasSubstr("not a regular file"));
+  WriteText(dir + "/ok.json", R"({"a": 1})");
+  EXPECT_EQ(ReadJsonFile(dir + "/ok.json")->at("a"), 1);
 }
 
 TEST_F(SafetensorsFiles, IndexWithPathEscapeIsRefused) {

@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <queue>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 
 namespace moe {
 namespace {
@@ -107,12 +106,9 @@ size_t OneCharLen(std::string_view s) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::Load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", path));
-  std::stringstream buffer;
-  buffer << f.rdbuf();
-  if (!f.good() && !f.eof()) return absl::DataLossError(absl::StrCat(path, ": cannot be read"));
-  return Parse(buffer.str(), path);
+  absl::StatusOr<std::string> bytes = ReadTextFile(path);
+  if (!bytes.ok()) return absl::Status(bytes.status().code(), absl::StrCat("tokenizer model: ", bytes.status().message()));
+  return Parse(*bytes, path);
 }
 
 absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::Parse(std::string_view bytes,

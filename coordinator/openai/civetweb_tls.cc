@@ -11,6 +11,8 @@
 #include <civetweb.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status.h"
 
 #if MOE_HTTPS
 #include <openssl/err.h>
@@ -57,7 +59,14 @@ std::string OpenSslError() {
   return out;
 }
 
-bool Readable(const std::string& path) { return std::ifstream(path).good(); }
+// The flag's file is a regular file this process can open (a FIFO would hang OpenSSL's read).
+absl::Status CheckReadable(const char* flag, const std::string& path) {
+  if (const std::string why = NotAFileReason(path); !why.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " ", why));
+  }
+  if (!std::ifstream(path).good()) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
+  return absl::OkStatus();
+}
 
 // A passphrase callback that gives none: an encrypted key fails to load instead of prompting on
 // the terminal (OpenSSL's default).
@@ -66,8 +75,8 @@ int NoPassphrase(char*, int, int, void*) { return 0; }
 absl::Status LoadInto(SSL_CTX* ctx, const HttpsOptions& https) {
   const std::string& cert_file = https.certfile;
   const std::string& key_file = https.keyfile;
-  if (!Readable(cert_file)) return absl::InvalidArgumentError(absl::StrCat("--ssl-certfile: cannot read ", cert_file));
-  if (!Readable(key_file)) return absl::InvalidArgumentError(absl::StrCat("--ssl-keyfile: cannot read ", key_file));
+  MOE_RETURN_IF_ERROR(CheckReadable("--ssl-certfile", cert_file));
+  MOE_RETURN_IF_ERROR(CheckReadable("--ssl-keyfile", key_file));
   if (SSL_CTX_use_certificate_chain_file(ctx, cert_file.c_str()) != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--ssl-certfile: ", cert_file, " holds no PEM certificate", OpenSslError()));
@@ -88,9 +97,7 @@ absl::Status LoadInto(SSL_CTX* ctx, const HttpsOptions& https) {
   // TLS 1.0 and 1.1 are deprecated (RFC 8996); OpenSSL 3 allows them at its default security level.
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   if (!https.ca_certs.empty()) {
-    if (!Readable(https.ca_certs)) {
-      return absl::InvalidArgumentError(absl::StrCat("--ssl-ca-certs: cannot read ", https.ca_certs));
-    }
+    MOE_RETURN_IF_ERROR(CheckReadable("--ssl-ca-certs", https.ca_certs));
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(https.ca_certs.c_str());
     if (names == nullptr || SSL_CTX_load_verify_locations(ctx, https.ca_certs.c_str(), nullptr) != 1) {
       if (names != nullptr) sk_X509_NAME_pop_free(names, X509_NAME_free);

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "common/json_util.h"
 
 namespace moe {
@@ -141,6 +142,7 @@ bool IsRegularFile(const std::string& path) {
   return std::filesystem::is_regular_file(path, ec);
 }
 
+
 std::string JoinPath(const std::string& dir, const std::string& file) {
   if (dir.empty() || dir.back() == '/') return dir + file;
   return dir + "/" + file;
@@ -230,7 +232,8 @@ uint16_t F32ToBf16(float f) {
 // SafetensorsFile
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO put where a shard should be is refused below rather than waited on.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int err = errno;
     std::string msg = absl::StrCat("cannot open ", path, ": ", ErrnoString(err));
@@ -353,6 +356,12 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
 
   const std::string index_path = JoinPath(model_dir, "model.safetensors.index.json");
   const std::string single_path = JoinPath(model_dir, "model.safetensors");
+  // A name that is there but no file (a directory, a FIFO) is named as such, not as missing.
+  for (const std::string* path : {&index_path, &single_path}) {
+    if (const std::string why = NotAFileReason(*path); !why.empty() && why != "does not exist") {
+      return absl::InvalidArgumentError(absl::StrCat(*path, " ", why));
+    }
+  }
   if (IsRegularFile(index_path)) {
     MOE_ASSIGN_OR_RETURN(json index, ReadJsonFile(index_path));
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
@@ -376,10 +385,10 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     std::map<std::string, std::string> first_tensor;  // shard -> a tensor it should hold
     for (const auto& [name, file] : ckpt->weight_map_) first_tensor.emplace(file, name);
     for (const auto& [file, name] : first_tensor) {
-      if (!IsRegularFile(JoinPath(model_dir, file))) {
-        return absl::NotFoundError(absl::StrCat(index_path, ": shard '", file,
-                                                "' (holding e.g. tensor '", name,
-                                                "') does not exist in ", model_dir));
+      if (const std::string why = NotAFileReason(JoinPath(model_dir, file)); !why.empty()) {
+        const std::string what = absl::StrCat(index_path, ": shard '", file, "' (holding e.g. tensor '", name,
+                                              "') ", why, " in ", model_dir);
+        return why == "does not exist" ? absl::NotFoundError(what) : absl::InvalidArgumentError(what);
       }
     }
   } else if (IsRegularFile(single_path)) {
