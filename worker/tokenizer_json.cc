@@ -162,27 +162,33 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
     m->added_.push_back({content, static_cast<int32_t>(a["id"].get<int64_t>()), IsTrue(a, "special"), IsTrue(a, "normalized")});
     if (IsTrue(a, "normalized")) normalized_tokens.push_back(content);
   }
-  // The ids must run from 0 without gaps (checked before a table as large as the highest is made).
-  std::vector<int64_t> ids;
+  // Every id one text, and the ids running from 0 without gaps (checked in that order, so two
+  // texts sharing an id are named as such rather than as the gap they leave, and before a table as
+  // large as the highest id is made).
+  std::vector<std::pair<int64_t, const std::string*>> by_id;
+  by_id.reserve(entries.size());
   for (const auto& [token, id] : entries) {
     if (id < 0 || id >= kMaxId) return r.Bad(absl::StrCat("token \"", token, "\" has id ", id, " outside [0, ", kMaxId, ")"));
-    ids.push_back(id);
+    by_id.emplace_back(id, &token);
   }
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  for (size_t id = 0; id < ids.size(); ++id) {
-    if (ids[id] != static_cast<int64_t>(id)) return r.Bad(absl::StrCat("id ", id, " has no token (the ids must run from 0 without gaps)"));
+  std::sort(by_id.begin(), by_id.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first < b.first : *a.second < *b.second;
+  });
+  int64_t size = 0;  // distinct ids
+  for (size_t i = 0; i < by_id.size(); ++i) {
+    if (i > 0 && by_id[i].first == by_id[i - 1].first) {
+      if (*by_id[i].second != *by_id[i - 1].second) {
+        return r.Bad(absl::StrCat("id ", by_id[i].first, " is both \"", *by_id[i - 1].second, "\" and \"", *by_id[i].second, "\""));
+      }
+      continue;  // an added token repeating its vocabulary entry
+    }
+    if (by_id[i].first != size) return r.Bad(absl::StrCat("id ", size, " has no token (the ids must run from 0 without gaps)"));
+    ++size;
   }
-  const int64_t size = static_cast<int64_t>(ids.size());
   m->pieces_.resize(static_cast<size_t>(size));
-  std::vector<bool> seen(static_cast<size_t>(size), false);
   for (size_t i = 0; i < entries.size(); ++i) {
     const auto& [token, id] = entries[i];
     Piece& p = m->pieces_[static_cast<size_t>(id)];
-    if (seen[static_cast<size_t>(id)] && p.text != token) {
-      return r.Bad(absl::StrCat("id ", id, " is both \"", p.text, "\" and \"", token, "\""));
-    }
-    seen[static_cast<size_t>(id)] = true;
     p.text = token;
     if (i >= vocab_entries) {
       if (!model["vocab"].contains(token)) p.added_only = true;
