@@ -1286,8 +1286,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     if (!item.msg) {
       ++ended_count;
       if (!item.end.ok() && !failure && !client_gone) {
-        failure = Stopping() ? HttpError{503, "the server is stopping: the completion was cancelled", "server_error", {}}
-                             : CallError(item.end, &call, item.prompt);
+        failure = CallError(item.end, &call, item.prompt);
         cancel_all();  // one prompt failed: the answer is that error
       }
       continue;
