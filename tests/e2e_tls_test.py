@@ -205,6 +205,13 @@ class TlsEndToEnd(unittest.TestCase):
                 with self.assertRaises(grpc.RpcError, msg=str(shown)) as e:
                     health(*shown)
                 self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE, shown)
+            # A worker showing no certificate is not let in: it ends once its 30 s of reconnecting are
+            # over (it waits that long for a coordinator still starting), naming what it may lack.
+            # (One with a certificate the roots do not vouch for fails the same handshake, above.)
+            r = subprocess.run([WORKER_BIN, "--coordinator", cluster, "--coordinator-tls-ca-file", self.cert],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("--cluster-tls-cert-file", r.stderr)
         finally:
             for p in (worker, coordinator):
                 if p is not None:
