@@ -12,12 +12,6 @@ namespace {
 constexpr int64_t kAlign = 128;  // bf16 elements
 int64_t Aligned(int64_t elements) { return (elements + kAlign - 1) / kAlign * kAlign; }
 
-std::string ShapeString(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) absl::StrAppend(&out, i ? ", " : "", s[i]);
-  return out + "]";
-}
-
 }  // namespace
 
 // One checkpoint tensor (or, synthetic, one random fill) inside a slot.
@@ -44,42 +38,42 @@ struct DeviceWeights::Slot {
 absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelConfig& c, const ExpertFilter& holds,
                                                                    std::vector<Slot>& slots, const Checkpoint* check) {
   std::unique_ptr<DeviceWeights> w(new DeviceWeights());
-  const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, V = c.vocab_size;
+  const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts;
   // Scales as in tests/support/random_model.cc: a bias-free linear layer [out, in] gets std
   // gain/sqrt(in), so each output stays O(1) for O(1) inputs; norms are near (not exactly) one.
-  auto linear = [](std::string name, int64_t out, int64_t in, double gain = 1.0) {
-    return Part{std::move(name), {out, in}, 0.f, static_cast<float>(gain / std::sqrt(static_cast<double>(in)))};
+  auto linear = [](const TensorSpec& t, double gain = 1.0) {  // t.shape: [out, in]
+    return Part{t.name, t.shape, 0.f, static_cast<float>(gain / std::sqrt(static_cast<double>(t.shape[1])))};
   };
-  auto norm = [](std::string name, int64_t n) { return Part{std::move(name), {n}, 1.f, 0.1f}; };
+  auto norm = [](const TensorSpec& t) { return Part{t.name, t.shape, 1.f, 0.1f}; };
   auto add = [&](std::vector<Part> parts, const bf16** dst, int64_t layer, bool expert) {
     slots.push_back(Slot{std::move(parts), dst, layer, expert, 0});
   };
 
+  const ModelTensorSpecs mt = ModelTensors(c);
   w->attention.resize(static_cast<size_t>(c.num_layers));
   w->moe.resize(static_cast<size_t>(c.num_layers));
-  add({Part{"model.embed_tokens.weight", {V, H}, 0.f, 1.f}}, &w->embed, -1, false);
+  add({Part{mt.embed.name, mt.embed.shape, 0.f, 1.f}}, &w->embed, -1, false);
   for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerTensorSpecs t = LayerTensors(c, l);
     DeviceAttentionWeights& a = w->attention[l];
-    add({norm(LayerTensorName(l, "input_layernorm.weight"), H)}, &a.norm, l, false);
-    add({linear(LayerTensorName(l, "self_attn.q_proj.weight"), c.q_dim(), H),
-         linear(LayerTensorName(l, "self_attn.k_proj.weight"), c.kv_dim(), H),
-         linear(LayerTensorName(l, "self_attn.v_proj.weight"), c.kv_dim(), H)},
-        &a.wqkv, l, false);
-    add({linear(LayerTensorName(l, "self_attn.o_proj.weight"), H, c.q_dim())}, &a.wo, l, false);
+    add({norm(t.input_norm)}, &a.norm, l, false);
+    add({linear(t.q), linear(t.k), linear(t.v)}, &a.wqkv, l, false);
+    add({linear(t.o)}, &a.wo, l, false);
     DeviceMoeWeights& m = w->moe[l];
     m.experts.resize(static_cast<size_t>(E));
-    add({norm(LayerTensorName(l, "post_attention_layernorm.weight"), H)}, &m.norm, l, false);
+    add({norm(t.post_norm)}, &m.norm, l, false);
     // The 3x router gain of random_model.cc spreads the router logits, so routing is not uniform.
-    add({linear(LayerTensorName(l, "block_sparse_moe.gate.weight"), E, H, 3.0)}, &m.router, l, false);
+    add({linear(t.router, 3.0)}, &m.router, l, false);
     for (int64_t e = 0; e < E; ++e) {
       if (!holds(l, e)) continue;
-      DeviceExpertWeights& x = m.experts[e];
-      add({linear(ExpertTensorName(l, e, "w1"), I, H), linear(ExpertTensorName(l, e, "w3"), I, H)}, &x.w13, l, true);
-      add({linear(ExpertTensorName(l, e, "w2"), H, I)}, &x.w2, l, true);
+      const ExpertTensorSpecs x = ExpertTensors(c, l, e);
+      DeviceExpertWeights& d = m.experts[e];
+      add({linear(x.w1), linear(x.w3)}, &d.w13, l, true);
+      add({linear(x.w2)}, &d.w2, l, true);
     }
   }
-  add({norm("model.norm.weight", H)}, &w->final_norm, -1, false);
-  if (!c.tie_word_embeddings) add({linear("lm_head.weight", V, H)}, &w->lm_head, -1, false);
+  add({norm(mt.final_norm)}, &w->final_norm, -1, false);
+  if (!c.tie_word_embeddings) add({linear(mt.lm_head)}, &w->lm_head, -1, false);
 
   // Every tensor the arena will hold is in the checkpoint with the config's shape before the config
   // sizes the arena: a config.json the checkpoint disagrees with is named by a tensor, not by an

@@ -23,8 +23,9 @@ absl::Status ReadInto(const Checkpoint& ckpt, const std::string& name, std::span
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<float>> Read(const Checkpoint& ckpt, const std::string& name,
-                                        std::vector<int64_t> shape) {
+absl::StatusOr<std::vector<float>> Read(const Checkpoint& ckpt, const TensorSpec& spec) {
+  const std::string& name = spec.name;
+  const std::vector<int64_t>& shape = spec.shape;
   // The file's tensor first: a config.json whose sizes the checkpoint does not have is refused
   // before they size the buffer (a vocab_size of 2^31 was std::bad_alloc, naming nothing).
   MOE_RETURN_IF_ERROR(ckpt.GetF32Readable(name, shape).status());
@@ -39,12 +40,40 @@ int64_t Bytes(const std::vector<float>& v) { return static_cast<int64_t>(v.size(
 
 }  // namespace
 
+namespace {
+
 std::string LayerTensorName(int64_t layer, const std::string& suffix) {
   return absl::StrCat("model.layers.", layer, ".", suffix);
 }
 
-std::string ExpertTensorName(int64_t layer, int64_t expert, const std::string& w) {
-  return absl::StrCat("model.layers.", layer, ".block_sparse_moe.experts.", expert, ".", w, ".weight");
+}  // namespace
+
+ModelTensorSpecs ModelTensors(const ModelConfig& c) {
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  return {{"model.embed_tokens.weight", {V, H}}, {"model.norm.weight", {H}}, {"lm_head.weight", {V, H}}};
+}
+
+LayerTensorSpecs LayerTensors(const ModelConfig& c, int64_t layer) {
+  const int64_t H = c.hidden_size;
+  auto t = [&](const char* suffix, std::vector<int64_t> shape) {
+    return TensorSpec{LayerTensorName(layer, suffix), std::move(shape)};
+  };
+  return {t("input_layernorm.weight", {H}),
+          t("self_attn.q_proj.weight", {c.q_dim(), H}),
+          t("self_attn.k_proj.weight", {c.kv_dim(), H}),
+          t("self_attn.v_proj.weight", {c.kv_dim(), H}),
+          t("self_attn.o_proj.weight", {H, c.q_dim()}),
+          t("post_attention_layernorm.weight", {H}),
+          t("block_sparse_moe.gate.weight", {c.num_experts, H})};
+}
+
+ExpertTensorSpecs ExpertTensors(const ModelConfig& c, int64_t layer, int64_t expert) {
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  auto t = [&](const char* w, std::vector<int64_t> shape) {
+    return TensorSpec{absl::StrCat("model.layers.", layer, ".block_sparse_moe.experts.", expert, ".", w, ".weight"),
+                      std::move(shape)};
+  };
+  return {t("w1", {I, H}), t("w3", {I, H}), t("w2", {H, I})};
 }
 
 absl::Status NonFiniteWeightError(const std::string& name, const std::string& file,
@@ -63,15 +92,14 @@ absl::Status NonFiniteWeightError(const std::string& name, const std::string& fi
 }
 
 absl::Status CheckCheckpointHoldsOnlyTheModel(const ModelConfig& c, const Checkpoint& ckpt) {
-  std::set<std::string> expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+  const ModelTensorSpecs m = ModelTensors(c);
+  std::set<std::string> expected = {m.embed.name, m.final_norm.name, m.lm_head.name};
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (const char* suffix : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                               "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-                               "block_sparse_moe.gate.weight"}) {
-      expected.insert(LayerTensorName(l, suffix));
-    }
+    const LayerTensorSpecs t = LayerTensors(c, l);
+    for (const TensorSpec* s : {&t.input_norm, &t.q, &t.k, &t.v, &t.o, &t.post_norm, &t.router}) expected.insert(s->name);
     for (int64_t e = 0; e < c.num_experts; ++e) {
-      for (const char* w : {"w1", "w2", "w3"}) expected.insert(ExpertTensorName(l, e, w));
+      const ExpertTensorSpecs x = ExpertTensors(c, l, e);
+      for (const TensorSpec* s : {&x.w1, &x.w3, &x.w2}) expected.insert(s->name);
     }
   }
   for (const std::string& name : ckpt.Names()) {
@@ -98,36 +126,37 @@ int64_t ModelWeights::bytes() const {
 absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
                                          const std::function<void(int64_t, int64_t)>& progress) {
   MOE_RETURN_IF_ERROR(CheckCheckpointHoldsOnlyTheModel(c, ckpt));
-  const int64_t H = c.hidden_size, I = c.intermediate_size;
   ModelWeights w;
-  MOE_ASSIGN_OR_RETURN(w.embed, Read(ckpt, "model.embed_tokens.weight", {c.vocab_size, H}));
-  MOE_ASSIGN_OR_RETURN(w.final_norm, Read(ckpt, "model.norm.weight", {H}));
+  const ModelTensorSpecs mt = ModelTensors(c);
+  MOE_ASSIGN_OR_RETURN(w.embed, Read(ckpt, mt.embed));
+  MOE_ASSIGN_OR_RETURN(w.final_norm, Read(ckpt, mt.final_norm));
   if (!c.tie_word_embeddings) {
-    MOE_ASSIGN_OR_RETURN(w.lm_head, Read(ckpt, "lm_head.weight", {c.vocab_size, H}));
+    MOE_ASSIGN_OR_RETURN(w.lm_head, Read(ckpt, mt.lm_head));
   }
   w.attention.resize(c.num_layers);
   w.moe.resize(c.num_layers);
   for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerTensorSpecs t = LayerTensors(c, l);
     AttentionWeights& a = w.attention[l];
-    MOE_ASSIGN_OR_RETURN(a.norm, Read(ckpt, LayerTensorName(l, "input_layernorm.weight"), {H}));
-    MOE_ASSIGN_OR_RETURN(a.wq, Read(ckpt, LayerTensorName(l, "self_attn.q_proj.weight"), {c.q_dim(), H}));
-    MOE_ASSIGN_OR_RETURN(a.wk, Read(ckpt, LayerTensorName(l, "self_attn.k_proj.weight"), {c.kv_dim(), H}));
-    MOE_ASSIGN_OR_RETURN(a.wv, Read(ckpt, LayerTensorName(l, "self_attn.v_proj.weight"), {c.kv_dim(), H}));
-    MOE_ASSIGN_OR_RETURN(a.wo, Read(ckpt, LayerTensorName(l, "self_attn.o_proj.weight"), {H, c.q_dim()}));
+    MOE_ASSIGN_OR_RETURN(a.norm, Read(ckpt, t.input_norm));
+    MOE_ASSIGN_OR_RETURN(a.wq, Read(ckpt, t.q));
+    MOE_ASSIGN_OR_RETURN(a.wk, Read(ckpt, t.k));
+    MOE_ASSIGN_OR_RETURN(a.wv, Read(ckpt, t.v));
+    MOE_ASSIGN_OR_RETURN(a.wo, Read(ckpt, t.o));
 
     MoeWeights& m = w.moe[l];
-    MOE_ASSIGN_OR_RETURN(m.norm, Read(ckpt, LayerTensorName(l, "post_attention_layernorm.weight"), {H}));
-    MOE_ASSIGN_OR_RETURN(m.router,
-                         Read(ckpt, LayerTensorName(l, "block_sparse_moe.gate.weight"), {c.num_experts, H}));
+    MOE_ASSIGN_OR_RETURN(m.norm, Read(ckpt, t.post_norm));
+    MOE_ASSIGN_OR_RETURN(m.router, Read(ckpt, t.router));
     for (int64_t e = 0; e < c.num_experts; ++e) {
       if (!holds(l, e)) continue;
+      const ExpertTensorSpecs x = ExpertTensors(c, l, e);
       ExpertWeights ew;
-      const std::vector<int64_t> half{I, H};
-      for (const char* w : {"w1", "w3"}) MOE_RETURN_IF_ERROR(ckpt.GetF32Readable(ExpertTensorName(l, e, w), half).status());
-      ew.w13.resize(static_cast<size_t>(2 * I * H));
-      MOE_RETURN_IF_ERROR(ReadInto(ckpt, ExpertTensorName(l, e, "w1"), half, ew.w13.data()));
-      MOE_RETURN_IF_ERROR(ReadInto(ckpt, ExpertTensorName(l, e, "w3"), half, ew.w13.data() + I * H));
-      MOE_ASSIGN_OR_RETURN(ew.w2, Read(ckpt, ExpertTensorName(l, e, "w2"), {H, I}));
+      for (const TensorSpec* s : {&x.w1, &x.w3}) MOE_RETURN_IF_ERROR(ckpt.GetF32Readable(s->name, s->shape).status());
+      const size_t half = static_cast<size_t>(x.w1.shape[0] * x.w1.shape[1]);
+      ew.w13.resize(2 * half);
+      MOE_RETURN_IF_ERROR(ReadInto(ckpt, x.w1.name, x.w1.shape, ew.w13.data()));
+      MOE_RETURN_IF_ERROR(ReadInto(ckpt, x.w3.name, x.w3.shape, ew.w13.data() + half));
+      MOE_ASSIGN_OR_RETURN(ew.w2, Read(ckpt, x.w2));
       m.experts.emplace(e, std::move(ew));
     }
     if (progress) progress(l + 1, c.num_layers);

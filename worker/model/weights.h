@@ -47,9 +47,30 @@ struct ModelWeights {
 // Which experts a rank loads: holds(layer, expert).
 using ExpertFilter = std::function<bool(int64_t layer, int64_t expert)>;
 
-// Hub tensor names, e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight.
-std::string LayerTensorName(int64_t layer, const std::string& suffix);
-std::string ExpertTensorName(int64_t layer, int64_t expert, const std::string& w);
+// One checkpoint tensor: its Hub name (e.g. model.layers.3.block_sparse_moe.experts.5.w1.weight)
+// and the shape config.json gives it.
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// The tensors of a MixtralForCausalLM of config `c`, in one place for the host loader, the GPU
+// loader and CheckCheckpointHoldsOnlyTheModel.
+struct ModelTensorSpecs {  // outside the layers
+  TensorSpec embed;       // model.embed_tokens.weight [V, H]
+  TensorSpec final_norm;  // model.norm.weight [H]
+  TensorSpec lm_head;     // lm_head.weight [V, H] (read unless the embeddings are tied)
+};
+struct LayerTensorSpecs {  // a layer's replicated tensors
+  TensorSpec input_norm, q, k, v, o;  // input_layernorm, self_attn.{q,k,v,o}_proj
+  TensorSpec post_norm, router;       // post_attention_layernorm, block_sparse_moe.gate
+};
+struct ExpertTensorSpecs {  // one expert of a layer: w1 and w3 [I, H] (gate and up), w2 [H, I]
+  TensorSpec w1, w3, w2;
+};
+ModelTensorSpecs ModelTensors(const ModelConfig& c);
+LayerTensorSpecs LayerTensors(const ModelConfig& c, int64_t layer);
+ExpertTensorSpecs ExpertTensors(const ModelConfig& c, int64_t layer, int64_t expert);
 
 // The error for a weight that holds a value that is not finite (a damaged or wrongly converted
 // checkpoint: served, it would turn every answer it touches into NaN): names the tensor, its file,
