@@ -540,31 +540,58 @@ GbnfState::GbnfState(const GbnfGrammar& grammar) : g_(&grammar) {
 
 bool GbnfState::Expand(std::vector<uint32_t>& stack, GbnfStacks& out) const {
   using Type = GbnfGrammar::Element::Type;
-  if (stack.size() > kMaxDepth) return false;
-  if (stack.empty() || g_->at(stack.back()).type == Type::kChars) {
-    out.flat.push_back(static_cast<uint32_t>(stack.size()));
-    out.flat.insert(out.flat.end(), stack.begin(), stack.end());
-    return ++out.count <= kMaxStacks;
-  }
-  const uint32_t pos = stack.back();
-  stack.pop_back();
-  // The rest of the alternative, if any, once the rule is done (none: nothing to come back to, so
-  // right recursion does not deepen the stack).
-  const Type after = g_->at(pos + 1).type;
-  const bool rest = after == Type::kRule || after == Type::kChars;
-  if (rest) stack.push_back(pos + 1);
-  bool ok = true;
-  for (uint32_t alt : g_->alternatives(g_->at(pos).value)) {
+  // A depth-first walk with its own frames rather than recursion: a chain of rules that each name
+  // the next (`a ::= b`, `b ::= c` ...) does not grow the grammar stack, so kMaxDepth does not bound
+  // it, and a 64 KiB grammar holds thousands of them.
+  struct Frame {
+    uint32_t pos;       // the rule element being expanded (popped from `stack` meanwhile)
+    size_t next_alt;    // the next of its rule's alternatives to take
+    bool rest;          // pos + 1 (the rest of its alternative) is pushed under the alternatives
+    bool pushed;        // the alternative taken last was pushed on `stack`
+  };
+  std::vector<Frame> frames;
+  // Takes `stack` as it is: a complete stack (empty, or a character class on top) goes to `out`;
+  // a rule on top becomes a frame. False past a limit.
+  const auto enter = [&]() {
+    if (stack.size() > kMaxDepth) return false;
+    if (stack.empty() || g_->at(stack.back()).type == Type::kChars) {
+      out.flat.push_back(static_cast<uint32_t>(stack.size()));
+      out.flat.insert(out.flat.end(), stack.begin(), stack.end());
+      return ++out.count <= kMaxStacks;
+    }
+    const uint32_t pos = stack.back();
+    stack.pop_back();
+    // The rest of the alternative, if any, once the rule is done (none: nothing to come back to, so
+    // right recursion does not deepen the stack).
+    const Type after = g_->at(pos + 1).type;
+    const bool rest = after == Type::kRule || after == Type::kChars;
+    if (rest) stack.push_back(pos + 1);
+    frames.push_back(Frame{pos, 0, rest, false});
+    return true;
+  };
+  if (!enter()) return false;
+  while (!frames.empty()) {
+    Frame& f = frames.back();
+    if (f.pushed) {
+      stack.pop_back();
+      f.pushed = false;
+    }
+    const std::vector<uint32_t>& alts = g_->alternatives(g_->at(f.pos).value);
+    if (f.next_alt == alts.size()) {  // every alternative taken: `stack` as the frame found it
+      if (f.rest) stack.pop_back();
+      stack.push_back(f.pos);
+      frames.pop_back();
+      continue;
+    }
+    const uint32_t alt = alts[f.next_alt++];
     const Type t = g_->at(alt).type;
-    const bool push = t == Type::kRule || t == Type::kChars;
-    if (push) stack.push_back(alt);
-    ok = Expand(stack, out);
-    if (push) stack.pop_back();
-    if (!ok) break;
+    if (t == Type::kRule || t == Type::kChars) {
+      stack.push_back(alt);
+      f.pushed = true;
+    }
+    if (!enter()) return false;  // (may add a frame: `f` is not used after it)
   }
-  if (rest) stack.pop_back();
-  stack.push_back(pos);
-  return ok;
+  return true;
 }
 
 GbnfStacks GbnfState::Distinct(GbnfStacks in) {

@@ -109,8 +109,8 @@ class GbnfState {
 
  private:
   // Appends `stack` to `out` with every rule at its top expanded into its alternatives, until each
-  // top is a class (or the stack is empty); `stack` is scratch, as it was on return. False when a
-  // limit is passed.
+  // top is a class (or the stack is empty); `stack` is scratch, as it was on a true return. False
+  // when a limit is passed. Without recursion: its stack use does not grow with the grammar.
   bool Expand(std::vector<uint32_t>& stack, GbnfStacks& out) const;
   // `in`'s stacks sorted, duplicates dropped.
   static GbnfStacks Distinct(GbnfStacks in);
