@@ -1,39 +1,44 @@
 #include "common/file_util.h"
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 namespace moe {
 
-std::string NotAFileReason(const std::string& path) {
+absl::Status CheckRegularFile(const std::string& path) {
   std::error_code ec;
   const std::filesystem::file_status st = std::filesystem::status(path, ec);
   switch (st.type()) {
     case std::filesystem::file_type::regular:
-      return "";
+      return absl::OkStatus();
     case std::filesystem::file_type::not_found:
-      return "does not exist";
+      return absl::NotFoundError(absl::StrCat(path, " does not exist"));
     case std::filesystem::file_type::directory:
-      return "is a directory, not a file";
-    case std::filesystem::file_type::none:  // status itself failed (a parent not searchable ...)
-      return absl::StrCat("cannot be examined (", ec.message(), ")");
+      return absl::InvalidArgumentError(absl::StrCat(path, " is a directory, not a file"));
+    case std::filesystem::file_type::none: {  // status itself failed (a folder on the way not searchable ...)
+      const std::string msg = absl::StrCat(path, " cannot be examined (", ec.message(), ")");
+      return ec == std::errc::permission_denied ? absl::PermissionDeniedError(msg) : absl::InvalidArgumentError(msg);
+    }
     default:
-      return "is not a regular file (a FIFO, socket or device)";
+      return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file (a FIFO, socket or device)"));
   }
 }
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  if (const std::string why = NotAFileReason(path); !why.empty()) {
-    const std::string msg = absl::StrCat(path, " ", why);
-    return why == "does not exist" ? absl::NotFoundError(msg) : absl::InvalidArgumentError(msg);
-  }
+  MOE_RETURN_IF_ERROR(CheckRegularFile(path));
   std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
-  std::ostringstream ss;
-  ss << in.rdbuf();
+  if (!in) {
+    const int err = errno;
+    const std::string msg = absl::StrCat("cannot open ", path, ": ", std::strerror(err));
+    return err == EACCES || err == EPERM ? absl::PermissionDeniedError(msg) : absl::InvalidArgumentError(msg);
+  }
+  std::string text;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) text.append(buf, static_cast<size_t>(in.gcount()));
   if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": cannot be read"));
-  return ss.str();
+  return text;
 }
 
 }  // namespace moe

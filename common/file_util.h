@@ -8,14 +8,16 @@
 
 namespace moe {
 
-// Why `path` is not a file to read, in words that follow the path in an error message ("does not
-// exist", "is a directory, not a file", "is not a regular file (a FIFO, socket or device)"), or ""
-// when it is a regular file (symbolic links followed). Reading a FIFO would wait for a writer and
-// reading /dev/zero would never end, so nothing but a regular file is opened.
-std::string NotAFileReason(const std::string& path);
+// OK when `path` is a regular file (symbolic links followed). Otherwise an error whose message is
+// the path and what it is instead: NotFound "PATH does not exist"; InvalidArgument "PATH is a
+// directory, not a file" or "PATH is not a regular file (a FIFO, socket or device)"; or the error of
+// examining it (PermissionDenied for a folder on the way that may not be searched). Reading a FIFO
+// would wait for a writer and reading /dev/zero would never end, so nothing but a regular file is
+// opened.
+absl::Status CheckRegularFile(const std::string& path);
 
-// Reads a whole regular file into a string: NotFound when it does not exist, InvalidArgument when
-// it is something else (NotAFileReason), DataLoss when reading fails part-way.
+// Reads a whole regular file into a string: CheckRegularFile's errors, PermissionDenied when it
+// cannot be opened, DataLoss when reading fails part-way.
 absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 
 }  // namespace moe

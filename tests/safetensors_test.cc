@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -582,6 +583,14 @@ TEST_F(SafetensorsFiles, ShardThatIsNoFileIsNamedAsSuch) {
   ckpt = Checkpoint::Open(single);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_THAT(Message(ckpt.status()), AllOf(HasSubstr("model.safetensors"), HasSubstr("is a directory")));
+
+  // Beside an index, whatever else is called model.safetensors is not looked at.
+  const std::string beside = Sub("index_beside_dir");
+  ASSERT_TRUE(WriteShardedCheckpoint(beside, {{{"a", DType::kF32, {1}, {1}}}, {{"b", DType::kF32, {1}, {2}}}}).ok());
+  std::filesystem::create_directory(beside + "/model.safetensors");
+  ckpt = Checkpoint::Open(beside);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE((*ckpt)->Has("b"));
 }
 
 // ReadTextFile (config.json, tokenizer files, templates, PEM files) reads only regular files.
@@ -597,6 +606,15 @@ TEST_F(SafetensorsFiles, ReadTextFileNamesWhatThePathIs) {
   EXPECT_EQ(j.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Message(j.status()), AllOf(HasSubstr(fifo), HasSubstr("FIFO")));
   EXPECT_THAT(Message(ReadTextFile("/dev/zero").status()), HasSubstr("not a regular file"));
+  EXPECT_EQ(ReadTextFile("/dev/zero").status().code(), absl::StatusCode::kInvalidArgument);
+  if (::geteuid() != 0) {  // (root opens any file)
+    WriteText(dir + "/secret.json", "{}");
+    std::filesystem::permissions(dir + "/secret.json", std::filesystem::perms::none);
+    EXPECT_EQ(ReadTextFile(dir + "/secret.json").status().code(), absl::StatusCode::kPermissionDenied);
+  }
+  std::string big(200'000, 'x');  // longer than one read
+  WriteText(dir + "/big.txt", big);
+  EXPECT_EQ(ReadTextFile(dir + "/big.txt").value(), big);
   WriteText(dir + "/ok.json", R"({"a": 1})");
   EXPECT_EQ(ReadJsonFile(dir + "/ok.json")->at("a"), 1);
 }

@@ -7,6 +7,8 @@
 
 #include "worker/tokenizer.h"
 
+#include <sys/stat.h>
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -563,6 +565,30 @@ TEST_F(LoadTest, MissingModelIsNotFoundNamingThePath) {
   EXPECT_NE(tok.status().message().find((dir_ / "tokenizer.model").string()),
             std::string_view::npos)
       << tok.status();
+}
+
+// A tokenizer file that is there but no file is an error saying so: not "no tokenizer" (NotFound,
+// which a model folder without one is), and tokenizer.json is not passed over for tokenizer.model.
+TEST_F(LoadTest, TokenizerThatIsNoFileIsNamedAsSuch) {
+  CopyModel();
+  fs::create_directory(dir_ / "tokenizer.json");
+  auto tok = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(tok.status().message().find("tokenizer.json is a directory"), std::string_view::npos) << tok.status();
+  fs::remove(dir_ / "tokenizer.json");
+  ASSERT_EQ(::mkfifo((dir_ / "tokenizer_config.json").c_str(), 0600), 0);
+  tok = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(tok.status().message().find("FIFO"), std::string_view::npos) << tok.status();
+  fs::remove(dir_ / "tokenizer_config.json");
+  fs::remove(dir_ / "tokenizer.model");
+  fs::create_directory(dir_ / "tokenizer.model");
+  tok = Tokenizer::Load(dir_.string());
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(tok.status().message().find("tokenizer.model is a directory"), std::string_view::npos) << tok.status();
 }
 
 TEST_F(LoadTest, WithoutConfigAddsBos) {

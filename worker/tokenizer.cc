@@ -127,9 +127,8 @@ Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& model_path,
                                                                bool add_bos, bool add_eos, bool legacy) {
-  std::error_code ec;  // (the overloads that throw would, on a path too long for the system)
-  if (!std::filesystem::is_regular_file(model_path, ec)) {
-    return absl::NotFoundError(absl::StrCat("tokenizer model not found: ", model_path));
+  if (const absl::Status file = CheckRegularFile(model_path); !file.ok()) {
+    return absl::Status(file.code(), absl::StrCat("tokenizer model: ", file.message()));
   }
   std::unique_ptr<SentencePieceBpe> sp;
   if (model_path.ends_with(".json")) {
@@ -160,8 +159,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     MOE_ASSIGN_OR_RETURN(eos_token, TokenText(config, "eos_token", config_path));
   }
   const std::string json_path = (dir / "tokenizer.json").string();
-  if (file == TokenizerFile::kTokenizerJson || (file == TokenizerFile::kAuto && std::filesystem::is_regular_file(json_path, ec))) {
-    if (!std::filesystem::is_regular_file(json_path, ec)) return absl::NotFoundError(absl::StrCat("tokenizer file not found: ", json_path));
+  // kAuto takes tokenizer.json when anything has that name: one that is no file is an error, not a
+  // reason to read tokenizer.model instead.
+  if (file == TokenizerFile::kTokenizerJson || (file == TokenizerFile::kAuto && std::filesystem::exists(json_path, ec))) {
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<SentencePieceBpe> sp,
                          SentencePieceBpe::LoadTokenizerJson(json_path, bos_token.value_or("<s>"), eos_token.value_or("</s>")));
     // Where tokenizer_config.json does not say, what the file's post-processor adds.

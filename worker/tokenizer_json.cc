@@ -99,7 +99,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::LoadTokenize
                                                                                       std::string_view bos_token,
                                                                                       std::string_view eos_token) {
   absl::StatusOr<std::string> text = ReadTextFile(path);
-  if (!text.ok()) return absl::NotFoundError(absl::StrCat("tokenizer file not found: ", path));
+  if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat("tokenizer file: ", text.status().message()));
   return ParseTokenizerJson(*text, path, bos_token, eos_token);
 }
 
@@ -174,14 +174,14 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
   std::sort(by_id.begin(), by_id.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first < b.first : *a.second < *b.second;
   });
+  for (size_t i = 1; i < by_id.size(); ++i) {  // (equal texts: an added token repeating its vocabulary entry)
+    if (by_id[i].first == by_id[i - 1].first && *by_id[i].second != *by_id[i - 1].second) {
+      return r.Bad(absl::StrCat("id ", by_id[i].first, " is both \"", *by_id[i - 1].second, "\" and \"", *by_id[i].second, "\""));
+    }
+  }
   int64_t size = 0;  // distinct ids
   for (size_t i = 0; i < by_id.size(); ++i) {
-    if (i > 0 && by_id[i].first == by_id[i - 1].first) {
-      if (*by_id[i].second != *by_id[i - 1].second) {
-        return r.Bad(absl::StrCat("id ", by_id[i].first, " is both \"", *by_id[i - 1].second, "\" and \"", *by_id[i].second, "\""));
-      }
-      continue;  // an added token repeating its vocabulary entry
-    }
+    if (i > 0 && by_id[i].first == by_id[i - 1].first) continue;
     if (by_id[i].first != size) return r.Bad(absl::StrCat("id ", size, " has no token (the ids must run from 0 without gaps)"));
     ++size;
   }

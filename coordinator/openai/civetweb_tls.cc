@@ -61,8 +61,8 @@ std::string OpenSslError() {
 
 // The flag's file is a regular file this process can open (a FIFO would hang OpenSSL's read).
 absl::Status CheckReadable(const char* flag, const std::string& path) {
-  if (const std::string why = NotAFileReason(path); !why.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " ", why));
+  if (const absl::Status file = CheckRegularFile(path); !file.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, ": ", file.message()));
   }
   if (!std::ifstream(path).good()) return absl::InvalidArgumentError(absl::StrCat(flag, ": cannot read ", path));
   return absl::OkStatus();

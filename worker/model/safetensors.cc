@@ -356,13 +356,15 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
 
   const std::string index_path = JoinPath(model_dir, "model.safetensors.index.json");
   const std::string single_path = JoinPath(model_dir, "model.safetensors");
-  // A name that is there but no file (a directory, a FIFO) is named as such, not as missing.
-  for (const std::string* path : {&index_path, &single_path}) {
-    if (const std::string why = NotAFileReason(*path); !why.empty() && why != "does not exist") {
-      return absl::InvalidArgumentError(absl::StrCat(*path, " ", why));
-    }
+  // The index where there is one, else the single file; either, there but no file (a directory, a
+  // FIFO), is named as such rather than as missing.
+  std::error_code ec;
+  const bool indexed = std::filesystem::exists(index_path, ec);
+  if (const std::string& chosen = indexed ? index_path : single_path;
+      indexed || std::filesystem::exists(single_path, ec)) {
+    MOE_RETURN_IF_ERROR(CheckRegularFile(chosen));
   }
-  if (IsRegularFile(index_path)) {
+  if (indexed) {
     MOE_ASSIGN_OR_RETURN(json index, ReadJsonFile(index_path));
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
       return absl::InvalidArgumentError(
@@ -385,10 +387,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
     std::map<std::string, std::string> first_tensor;  // shard -> a tensor it should hold
     for (const auto& [name, file] : ckpt->weight_map_) first_tensor.emplace(file, name);
     for (const auto& [file, name] : first_tensor) {
-      if (const std::string why = NotAFileReason(JoinPath(model_dir, file)); !why.empty()) {
-        const std::string what = absl::StrCat(index_path, ": shard '", file, "' (holding e.g. tensor '", name,
-                                              "') ", why, " in ", model_dir);
-        return why == "does not exist" ? absl::NotFoundError(what) : absl::InvalidArgumentError(what);
+      if (const absl::Status shard = CheckRegularFile(JoinPath(model_dir, file)); !shard.ok()) {
+        return absl::Status(shard.code(), absl::StrCat(index_path, ": shard '", file, "' (holding e.g. tensor '", name,
+                                                       "'): ", shard.message()));
       }
     }
   } else if (IsRegularFile(single_path)) {
