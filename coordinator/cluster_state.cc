@@ -280,6 +280,7 @@ absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded,
   r.kv_blocks_total = loaded.kv_blocks_total();
   r.prefix_caching = loaded.prefix_caching();
   r.kv_block_size = loaded.kv_block_size();
+  r.max_batch_tokens = loaded.max_batch_tokens();
   r.last_seen = Clock::now();
   bool all = true;
   for (const RankRecord& x : ranks_) all = all && x.loaded;
@@ -528,6 +529,9 @@ v1::ClusterInfo ClusterState::ClusterInfo() const {
     for (int64_t e : setup_.plan.experts_on_rank(0, rank)) ri->add_experts_layer0(e);
     ri->set_loaded(r.loaded);
     ri->set_alive(r.alive);
+    ri->set_kv_blocks_total(r.kv_blocks_total);
+    ri->set_kv_block_size(r.kv_block_size);
+    ri->set_max_batch_tokens(r.max_batch_tokens);
   }
   return info;
 }

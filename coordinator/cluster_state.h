@@ -156,6 +156,7 @@ class ClusterState {
     uint64_t preemptions = 0;
     bool prefix_caching = false;
     int64_t kv_block_size = 0;  // 0: not reported (then its evictions are not matched to prefix keys)
+    int64_t max_batch_tokens = 0;  // 0: not reported
     uint64_t steps = 0;
     std::string load_stats_json;
     Clock::time_point last_seen;

@@ -129,6 +129,8 @@ TEST_F(FakeClusterTest, HealthFollowsRegistrationLoadingAndRankLoss) {
   ASSERT_EQ(info.ranks_size(), 2);
   EXPECT_TRUE(info.ranks(1).alive());
   EXPECT_EQ(info.ranks(1).weight_bytes(), 12345);
+  EXPECT_EQ(info.ranks(1).max_batch_tokens(), 2048);  // what the rank's Loaded said
+  EXPECT_GT(info.ranks(1).kv_blocks_total(), 0);
   EXPECT_EQ(info.ranks(0).host(), "fake-host");
   const PlacementPlan plan = ValueOrThrow(PlacementPlan::Make(4, 8, 2));
   EXPECT_EQ(std::vector<int64_t>(info.ranks(1).experts_layer0().begin(), info.ranks(1).experts_layer0().end()),

@@ -50,6 +50,7 @@ void FakeWorker::Connect(int64_t kv_blocks_total, bool prefix_caching, int64_t k
   m.mutable_loaded()->set_weight_bytes(12345);
   m.mutable_loaded()->set_prefix_caching(prefix_caching);
   m.mutable_loaded()->set_kv_block_size(kv_block_size);
+  m.mutable_loaded()->set_max_batch_tokens(2048);
   Send(m);
 }
 

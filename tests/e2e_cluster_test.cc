@@ -261,6 +261,9 @@ TYPED_TEST(E2eCluster, HealthIsNotServingUntilWorkersLoadedThenServing) {
   for (const auto& r : info.ranks()) {
     EXPECT_TRUE(r.loaded() && r.alive()) << "rank " << r.rank();
     EXPECT_GT(r.weight_bytes(), 0) << "rank " << r.rank();
+    EXPECT_EQ(r.max_batch_tokens(), 2048) << "moe-worker's default --max-batch-tokens, rank " << r.rank();
+    EXPECT_EQ(r.kv_block_size(), 16) << "rank " << r.rank();
+    EXPECT_GT(r.kv_blocks_total(), 0) << "rank " << r.rank();
   }
   EXPECT_FALSE(json::parse(info.placement_json(), nullptr, false).is_discarded());
 }

@@ -137,6 +137,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   loaded.mutable_loaded()->set_kv_blocks_total(engine->kv_blocks().total_blocks());
   loaded.mutable_loaded()->set_prefix_caching(flags->enable_prefix_caching);
   loaded.mutable_loaded()->set_kv_block_size(engine->kv_blocks().block_size());
+  loaded.mutable_loaded()->set_max_batch_tokens(flags->max_batch_tokens);
   (*link)->Send(std::move(loaded));
   std::fprintf(stderr, "[rank %d] loaded %.1f MB of weights on %s, %lld KV blocks of %lld positions%s; serving\n", rank,
                engine->weight_bytes() / 1e6, (*loaded_engine)->device().c_str(),
