@@ -18,7 +18,8 @@
 #      in the same call -> transformers-peer.json;
 #   7. with GPU_RUN_SERVE=1, a serving sweep (benchmarks/serving/sweep.sh: moe-coordinator, one
 #      moe-worker rank per GPU on synthetic Mixtral-8x7B weights, moe-serve-bench at each
-#      concurrency of SERVE_SWEEP) -> serve-c*.json;
+#      concurrency of SERVE_SWEEP) -> serve-c*.json; with SERVE_BATCH_TOKENS="2048 8192", one sweep per
+#      step token budget (moe-worker --max-batch-tokens) -> serve-t2048-c*.json, serve-t8192-c*.json;
 #   8. copy the summary, the JSON and the logs (logs.tar.gz) into $OUT when OUT is set.
 # Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
 # GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
@@ -167,14 +168,24 @@ if [ "${GPU_RUN_SERVE:-0}" = 1 ]; then
   # A model folder holding only the config: the workers build seeded random weights on their GPUs.
   SERVE_MODEL=$(mktemp -d)
   cp benchmarks/configs/mixtral-8x7b-v0.1.json "$SERVE_MODEL/config.json"
-  SERVE_DIR=$LOGS/serve
-  step serve timeout 900 env BUILD="$B" COMMIT="$MOE_COMMIT" SWEEP="${SERVE_SWEEP:-1:16 16:64 64:256 256:512}" \
-    benchmarks/serving/sweep.sh "$SERVE_DIR" --np "$GPUS" --model "$SERVE_MODEL" --ready-timeout 600 \
-    --worker-arg=--device=gpu --worker-arg=--synthetic-weights=1 \
-    --coordinator-arg=--max-running-per-rank=256 --coordinator-arg=--max-waiting=1024 || status=1
-  grep -E "^==|^completed|^requests/s|^time|^inter|^end|^error" "$LOGS/serve.log" | tee -a "$SUMMARY"
-  for f in "$SERVE_DIR"/serve-c*.json; do [ -f "$f" ] && cp "$f" "$LOGS/"; done
-  cp "$SERVE_DIR/cluster.log" "$LOGS/serve-cluster.log" 2>/dev/null
+  # One sweep, or one per step token budget of SERVE_BATCH_TOKENS (moe-worker --max-batch-tokens):
+  # serve-c*.json, or serve-t<budget>-c*.json.
+  for T in ${SERVE_BATCH_TOKENS:-default}; do
+    tag=serve
+    budget=()
+    if [ "$T" != default ]; then
+      tag=serve-t$T
+      budget=(--worker-arg=--max-batch-tokens="$T")
+    fi
+    SERVE_DIR=$LOGS/$tag
+    step "$tag" timeout 900 env BUILD="$B" COMMIT="$MOE_COMMIT" SWEEP="${SERVE_SWEEP:-1:16 16:64 64:256 256:512}" \
+      benchmarks/serving/sweep.sh "$SERVE_DIR" --np "$GPUS" --model "$SERVE_MODEL" --ready-timeout 600 \
+      --worker-arg=--device=gpu --worker-arg=--synthetic-weights=1 "${budget[@]}" \
+      --coordinator-arg=--max-running-per-rank=256 --coordinator-arg=--max-waiting=1024 || status=1
+    grep -E "^==|^completed|^requests/s|^time|^inter|^end|^error" "$LOGS/$tag.log" | tee -a "$SUMMARY"
+    for f in "$SERVE_DIR"/serve-c*.json; do [ -f "$f" ] && cp "$f" "$LOGS/$tag-${f##*/serve-}"; done
+    cp "$SERVE_DIR/cluster.log" "$LOGS/$tag-cluster.log" 2>/dev/null
+  done
 fi
 
 echo "gpu-run: exit $status" | tee -a "$SUMMARY"
