@@ -171,9 +171,15 @@ void PrintInfoText(const moe::v1::ModelInfo& m, const moe::v1::ClusterInfo& c) {
   for (const auto& r : c.ranks()) {
     std::string experts;
     for (int64_t e : r.experts_layer0()) experts += (experts.empty() ? "" : ",") + std::to_string(e);
-    std::printf("  rank %d: %s %s, weights %.1f MB, layer-0 experts [%s], %s, %s\n", r.rank(), r.host().c_str(),
+    std::printf("  rank %d: %s %s, weights %.1f MB, layer-0 experts [%s], %s, %s", r.rank(), r.host().c_str(),
                 r.device().c_str(), static_cast<double>(r.weight_bytes()) / 1e6, experts.c_str(),
                 r.loaded() ? "loaded" : "not loaded", r.alive() ? "alive" : "lost");
+    if (r.kv_blocks_total() > 0) {
+      std::printf(", KV cache %lld positions (%lld blocks)", static_cast<long long>(r.kv_blocks_total() * r.kv_block_size()),
+                  static_cast<long long>(r.kv_blocks_total()));
+    }
+    if (r.max_batch_tokens() > 0) std::printf(", up to %lld tokens a step", static_cast<long long>(r.max_batch_tokens()));
+    std::printf("\n");
   }
 }
 
