@@ -137,12 +137,6 @@ absl::StatusOr<TensorView> ParseEntry(const std::string& path, const std::string
   return view;
 }
 
-bool IsRegularFile(const std::string& path) {
-  std::error_code ec;
-  return std::filesystem::is_regular_file(path, ec);
-}
-
-
 std::string JoinPath(const std::string& dir, const std::string& file) {
   if (dir.empty() || dir.back() == '/') return dir + file;
   return dir + "/" + file;
@@ -232,7 +226,9 @@ uint16_t F32ToBf16(float f) {
 // SafetensorsFile
 
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  // O_NONBLOCK: a FIFO put where a shard should be is refused below rather than waited on.
+  // A directory, FIFO or device is named as such; O_NONBLOCK: a FIFO put there between this check
+  // and the open is refused below (fstat) rather than waited on.
+  MOE_RETURN_IF_ERROR(CheckRegularFile(path));
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int err = errno;
@@ -357,14 +353,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   const std::string index_path = JoinPath(model_dir, "model.safetensors.index.json");
   const std::string single_path = JoinPath(model_dir, "model.safetensors");
   // The index where there is one, else the single file; either, there but no file (a directory, a
-  // FIFO), is named as such rather than as missing.
+  // FIFO), is named as such by its reader (ReadJsonFile, SafetensorsFile::Open) rather than as missing.
   std::error_code ec;
-  const bool indexed = std::filesystem::exists(index_path, ec);
-  if (const std::string& chosen = indexed ? index_path : single_path;
-      indexed || std::filesystem::exists(single_path, ec)) {
-    MOE_RETURN_IF_ERROR(CheckRegularFile(chosen));
-  }
-  if (indexed) {
+  if (std::filesystem::exists(index_path, ec)) {
     MOE_ASSIGN_OR_RETURN(json index, ReadJsonFile(index_path));
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
       return absl::InvalidArgumentError(
@@ -392,7 +383,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
                                                        "'): ", shard.message()));
       }
     }
-  } else if (IsRegularFile(single_path)) {
+  } else if (std::filesystem::exists(single_path, ec)) {
     // A single file: its header is the weight map, so it is opened now.
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(single_path));
     for (const auto& [name, view] : file->tensors()) {
