@@ -6,7 +6,8 @@
 #      (a failure in an unrelated target is reported but does not stop the GPU run);
 #   3. run `ctest -L gpu` (verbose: the tests print their measured errors);
 #   4. run moe-bench (Mixtral-8x7B, synthetic weights) -> moe-bench.json, with the CUPTI activity
-#      records of one prefill and two batch-64 decode steps -> moe-bench-timeline.json;
+#      records of one prefill and two batch-64 decode steps -> moe-bench-timeline.json
+#      (GPU_RUN_BENCH=0 leaves it out);
 #   5. with two GPUs or more, moe-ep-bench under mpirun, one rank per GPU (expert parallel over
 #      NCCL; MOE_EP_ARGS adds flags) -> moe-ep-bench.json, and its speed-up over moe-bench at equal
 #      total batches (scripts/ep-scaling.py) -> ep-scaling.json; the same with the peer exchange
@@ -20,6 +21,7 @@
 #      moe-worker rank per GPU on synthetic Mixtral-8x7B weights, moe-serve-bench at each
 #      concurrency of SERVE_SWEEP) -> serve-c*.json; with SERVE_BATCH_TOKENS="2048 8192", one sweep per
 #      step token budget (moe-worker --max-batch-tokens) -> serve-t2048-c*.json, serve-t8192-c*.json;
+#      where the GPUs cannot hold the whole model, on half its layers -> serve-half-layers*.json;
 #   8. copy the summary, the JSON and the logs (logs.tar.gz) into $OUT when OUT is set.
 # Exit status: 0 when the GPU build, every GPU test and the benchmark succeeded.
 # GPU_RUN_FULL_BUILD=0 skips the build of the non-GPU targets; MOE_BENCH_ARGS adds moe-bench flags.
@@ -91,10 +93,12 @@ step ctest-gpu ctest --test-dir "$B" -L gpu -V --timeout 900 || status=1
 grep -E "tests passed|tests failed|\*\*\*|Failed|SKIPPED|Passed|\[  (FAILED|SKIPPED) " "$LOGS/ctest-gpu.log" | tail -n 60 | tee -a "$SUMMARY"
 
 export MOE_COMMIT="${MOE_COMMIT:-$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)}"
-# shellcheck disable=SC2086
-step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" \
-  --timeline-out "$LOGS/moe-bench-timeline.json" ${MOE_BENCH_ARGS:-} || status=1
-tail -n 40 "$LOGS/bench.log" | tee -a "$SUMMARY"
+if [ "${GPU_RUN_BENCH:-1}" != 0 ]; then
+  # shellcheck disable=SC2086
+  step bench timeout 900 "$B/benchmarks/moe-bench" --out "$LOGS/moe-bench.json" \
+    --timeline-out "$LOGS/moe-bench-timeline.json" ${MOE_BENCH_ARGS:-} || status=1
+  tail -n 40 "$LOGS/bench.log" | tee -a "$SUMMARY"
+fi
 
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 if [ "$GPUS" -ge 2 ]; then
@@ -168,13 +172,23 @@ if [ "${GPU_RUN_SERVE:-0}" = 1 ]; then
   # A model folder holding only the config: the workers build seeded random weights on their GPUs.
   SERVE_MODEL=$(mktemp -d)
   cp benchmarks/configs/mixtral-8x7b-v0.1.json "$SERVE_MODEL/config.json"
+  # Where the GPUs cannot hold the whole model (one H100's 80 GB against 93 GB of bf16 weights), the
+  # sweep serves half its layers, and says so in the summary and the file names (serve-half-layers*).
+  SERVE_MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | sort -n | head -n 1)
+  serve_prefix=serve
+  if [ "$(python3 scripts/ep-fits.py "$SERVE_MODEL/config.json" "$GPUS" "$SERVE_MEM_MIB" 2>>"$SUMMARY")" != 1 ]; then
+    python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["num_hidden_layers"] //= 2; json.dump(c, open(sys.argv[1], "w"))' \
+      "$SERVE_MODEL/config.json"
+    serve_prefix=serve-half-layers
+    echo "serving sweep on half the layers: the whole model does not fit these GPUs" | tee -a "$SUMMARY"
+  fi
   # One sweep, or one per step token budget of SERVE_BATCH_TOKENS (moe-worker --max-batch-tokens):
   # serve-c*.json, or serve-t<budget>-c*.json.
   for T in ${SERVE_BATCH_TOKENS:-default}; do
-    tag=serve
+    tag=$serve_prefix
     budget=()
     if [ "$T" != default ]; then
-      tag=serve-t$T
+      tag=$serve_prefix-t$T
       budget=(--worker-arg=--max-batch-tokens="$T")
     fi
     SERVE_DIR=$LOGS/$tag
