@@ -50,8 +50,17 @@ class JsonNesting {
 // inside one another. Linear and without recursion: checked before a parser sees the text.
 bool NestsDeeperThan(std::string_view text, int limit);
 
-// Parses the JSON file at `path`; NotFound / InvalidArgument name the path and the parse error,
-// or the nesting past kMaxJsonFileNesting.
+// Parses `text` as one JSON value, as Python's json.loads would (less its NaN and Infinity): an
+// InvalidArgument error says what is wrong and where ("not valid JSON: parse error at line 3,
+// column 7: syntax error while parsing value - ...", "number overflow parsing '1e400'"), without
+// naming the text (the caller does). A NUL byte is refused naming its offset: nlohmann reads one as
+// the end of the input and would ignore what follows. Nesting past `max_nesting` is refused before
+// the parser recurses. Instantiated for nlohmann::json and nlohmann::ordered_json.
+template <typename Json = nlohmann::json>
+absl::StatusOr<Json> ParseJson(std::string_view text, int max_nesting = kMaxJsonFileNesting);
+
+// Parses the JSON file at `path`; NotFound / InvalidArgument name the path and what ParseJson
+// found wrong.
 absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path);
 
 }  // namespace moe

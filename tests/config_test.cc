@@ -168,6 +168,9 @@ TEST(ConfigTest, RefusesWhatItCannotHonour) {
   j = Tiny();
   j["model_type"] = "llama";
   ExpectRefused(j, "model_type");
+  j = Tiny();  // beside the right architectures too: transformers' AutoConfig knows no model_type 5
+  j["model_type"] = 5;
+  ExpectRefused(j, "model_type");
   // RoPE scalings whose frequencies transformers changes with each forward's length, a rotary
   // part of the head, and scaling fields that are missing or make no sense.
   j = Tiny();
@@ -260,12 +263,18 @@ TEST(ConfigTest, RefusesSizesNoModelHas) {
       {{{"eos_token_id", {2, 99999}}}, "eos_token_id"},
       {{{"eos_token_id", uint64_t{18446744073709551615u}}}, "eos_token_id"},
       {{{"bos_token_id", 1024}}, "bos_token_id"},
+      {{{"hidden_size", uint64_t{18446744073709551615u}}}, "hidden_size"},
   };
   for (const auto& [changes, field] : cases) {
     json j = Tiny();
     j.update(changes);
     ExpectRefused(j, field);
   }
+  json wraps = Tiny();  // read as int64_t it was -1, "must be positive"
+  wraps["hidden_size"] = uint64_t{18446744073709551615u};
+  EXPECT_NE(std::string(ModelConfig::FromJson(wraps).status().message()).find("is out of range, got 18446744073709551615"),
+            std::string::npos)
+      << ModelConfig::FromJson(wraps).status();
   json huge = Tiny();  // every count within its bound, the product past 2^40 parameters
   huge.update({{"num_hidden_layers", 1024}, {"num_local_experts", 1024}, {"intermediate_size", 1 << 20}});
   absl::StatusOr<ModelConfig> too_many = ModelConfig::FromJson(huge);
@@ -293,6 +302,28 @@ TEST(ConfigTest, DeeplyNestedFilesAreRefusedBeforeTheyAreRead) {
   EXPECT_NE(std::string(c.status().message()).find("config.json: nests arrays and objects more than 512 levels deep"),
             std::string::npos)
       << c.status();
+  std::filesystem::remove_all(dir);
+}
+
+// What is wrong with a config.json that is not JSON is said, with where; a NUL byte, where the
+// parser stops reading, is refused instead of ending the file there.
+TEST(ConfigTest, InvalidJsonIsNamedWithWhere) {
+  const std::string dir = ::testing::TempDir() + "/config_test_invalid_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  const std::string text = Tiny().dump();
+  struct Case {
+    std::string text, expect;
+  };
+  for (const Case& c : {Case{text + std::string("\0{\"hidden_size\": 64}", 20), "config.json: not valid JSON: a NUL byte at offset"},
+                        Case{"{\"vocab_size\": 1024,\n \"hidden_size\": }", "config.json: not valid JSON: parse error at line 2, column 17"},
+                        Case{"{\"rope_theta\": 1e400}", "config.json: not valid JSON: number overflow parsing '1e400'"},
+                        Case{"", "config.json: not valid JSON: parse error at line 1, column 1"}}) {
+    std::ofstream(dir + "/config.json", std::ios::binary | std::ios::trunc) << c.text;
+    absl::StatusOr<ModelConfig> config = ModelConfig::FromModelDir(dir);
+    ASSERT_FALSE(config.ok()) << c.expect;
+    EXPECT_TRUE(absl::IsInvalidArgument(config.status())) << config.status();
+    EXPECT_NE(std::string(config.status().message()).find(c.expect), std::string::npos) << config.status();
+  }
   std::filesystem::remove_all(dir);
 }
 

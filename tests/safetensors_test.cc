@@ -386,6 +386,21 @@ TEST_F(SafetensorsFiles, MalformedJsonHeader) {
     EXPECT_THAT(Message(file.status()),
                 AllOf(HasSubstr("badjson.safetensors"), HasSubstr("not valid JSON")));
   }
+  {
+    // nlohmann stops at a NUL byte: what follows one (the format pads with spaces only) was ignored.
+    const std::string path = Path("nul.safetensors");
+    ASSERT_TRUE(WriteRawSafetensors(path, std::string("{}\0{\"junk\"", 10), 0).ok());
+    auto file = SafetensorsFile::Open(path);
+    ASSERT_FALSE(file.ok());
+    EXPECT_THAT(Message(file.status()), AllOf(HasSubstr("nul.safetensors"), HasSubstr("a NUL byte at offset 2")));
+  }
+  {
+    const std::string path = Path("where.safetensors");  // the reason, and where
+    ASSERT_TRUE(WriteRawSafetensors(path, "{\"w\": 1,, }", 0).ok());
+    auto file = SafetensorsFile::Open(path);
+    ASSERT_FALSE(file.ok());
+    EXPECT_THAT(Message(file.status()), HasSubstr("header: not valid JSON: parse error at line 1, column 9"));
+  }
   const std::string path = Path("array.safetensors");
   ASSERT_TRUE(WriteRawSafetensors(path, "[1, 2]", 0).ok());
   auto file = SafetensorsFile::Open(path);

@@ -232,6 +232,10 @@ TEST_F(TokenizerJsonTest, RefusalsNameWhatIsNotRead) {
   json normalized = base;  // matched after the normaliser writes it ("▁<|im_start|>"): not read
   normalized["added_tokens"].push_back({{"id", 32000}, {"content", "<|im_start|>"}, {"special", false}, {"normalized", true}});
   refused(normalized, "normalized");
+  json bad_byte = base;  // "<0x-5>" read by sscanf as byte 0xFFFFFFFB crashed the load: not a byte piece
+  bad_byte["model"]["vocab"]["<0x-5>"] = bad_byte["model"]["vocab"]["<0x05>"];
+  bad_byte["model"]["vocab"].erase("<0x05>");
+  refused(bad_byte, "byte");
   json no_byte_fallback = base;
   no_byte_fallback["model"]["byte_fallback"] = false;
   refused(no_byte_fallback, "byte_fallback");
@@ -247,7 +251,8 @@ TEST_F(TokenizerJsonTest, RefusalsNameWhatIsNotRead) {
   std::ofstream(dir_ / "tokenizer.json") << "{\"model\": ";
   const absl::StatusOr<std::unique_ptr<Tokenizer>> torn = Tokenizer::FromFile((dir_ / "tokenizer.json").string(), true);
   ASSERT_FALSE(torn.ok());
-  EXPECT_NE(torn.status().message().find("not a JSON object"), std::string_view::npos) << torn.status();
+  EXPECT_NE(torn.status().message().find("not valid JSON: parse error at line 1, column 11"), std::string_view::npos)
+      << torn.status();
 }
 
 }  // namespace

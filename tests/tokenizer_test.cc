@@ -499,6 +499,23 @@ TEST(SentencePieceBpeTest, WhatIsNotABpeModelIsRefused) {
   EXPECT_NE(s.message().find("only BPE models are supported"), std::string::npos) << s;
 }
 
+// A byte piece must be "<0x" two hex digits ">": sscanf's "%2X" read "<0x-4>" as 0xFFFFFFFC and
+// the model's byte table was written far out of bounds (a segfault while loading).
+TEST(SentencePieceBpeTest, MalformedBytePiecesAreRefused) {
+  std::ifstream f(kMistralV1, std::ios::binary);
+  const std::string model((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t at = model.find("<0x34>");
+  ASSERT_NE(at, std::string::npos);
+  for (const char* bad : {"<0x-4>", "<0x+4>", "<0x 4>", "<0x4g>"}) {
+    std::string bytes = model;
+    bytes.replace(at, 6, bad);
+    const absl::Status s = SentencePieceBpe::Parse(bytes, "bytes.model").status();
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << bad << ": " << s;
+    EXPECT_NE(s.message().find(std::string("byte piece \"") + bad + "\" is not <0xNN>"), std::string::npos) << s;
+    EXPECT_NE(s.message().find("bytes.model"), std::string::npos) << s;
+  }
+}
+
 // A damaged model file (bytes changed, inserted, dropped, cut short) is parsed or refused with an
 // error naming it; what parses encodes and decodes without crashing (also under ASan and UBSan).
 TEST(SentencePieceBpeTest, DamagedModelFilesParseOrAreRefused) {

@@ -5,6 +5,7 @@
 #include <queue>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 
@@ -186,6 +187,19 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::Parse(std::s
   return m;
 }
 
+std::optional<uint8_t> SentencePieceBpe::BytePieceValue(std::string_view text) {
+  if (text.size() != 6 || !text.starts_with("<0x") || text[5] != '>') return std::nullopt;
+  const auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  const int hi = hex(text[3]), lo = hex(text[4]);
+  if (hi < 0 || lo < 0) return std::nullopt;
+  return static_cast<uint8_t>(hi << 4 | lo);
+}
+
 absl::Status SentencePieceBpe::Init(const std::string& name) {
   std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
   for (size_t i = 0; i < pieces_.size(); ++i) {
@@ -202,13 +216,12 @@ absl::Status SentencePieceBpe::Init(const std::string& name) {
       case Type::kUnused:
         return absl::InvalidArgumentError(absl::StrCat(name, ": unused pieces are not supported (\"", p.text, "\")"));
       case Type::kByte: {
-        unsigned value = 0;
-        if (p.text.size() != 6 || p.text.compare(0, 3, "<0x") != 0 || p.text[5] != '>' ||
-            std::sscanf(p.text.c_str() + 3, "%2X", &value) != 1) {
-          return absl::InvalidArgumentError(absl::StrCat(name, ": byte piece \"", p.text, "\" is not <0xNN>"));
+        const std::optional<uint8_t> value = BytePieceValue(p.text);
+        if (!value) {
+          return absl::InvalidArgumentError(absl::StrCat(name, ": byte piece \"", absl::CHexEscape(p.text), "\" is not <0xNN>"));
         }
-        byte_ids_[value] = id;
-        pieces_[i].byte = static_cast<int16_t>(value);
+        byte_ids_[*value] = id;
+        pieces_[i].byte = static_cast<int16_t>(*value);
         reserved_.emplace(p.text, id);
         break;
       }

@@ -155,6 +155,9 @@ class SentencePieceBpe {
 
   SentencePieceBpe() = default;
   absl::Status Init(const std::string& name);
+  // A byte-fallback piece's byte: "<0xNN>" with exactly two hex digits, or nothing. (sscanf's "%2X"
+  // also took "<0x-4>", a byte of 0xFFFFFFFC that indexed past byte_ids_.)
+  static std::optional<uint8_t> BytePieceValue(std::string_view text);
   // tokenizer.json's BPE over `normalized`: per word, characters (each as its bytes' pieces, or
   // unknown, where the vocabulary lacks it) merged by pair rank.
   std::vector<int32_t> EncodeByPairRank(std::string_view normalized, const std::vector<TextSpan>& origin,

@@ -4,7 +4,6 @@
 // files have. Whatever else a file holds is refused naming the field, so that no text is encoded
 // differently from the file's own tokenizer without a word.
 #include <algorithm>
-#include <cstdio>
 #include <limits>
 #include <optional>
 #include <string>
@@ -108,11 +107,10 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
                                                                                        std::string_view bos_token,
                                                                                        std::string_view eos_token) {
   const Reading r{name};
-  if (NestsDeeperThan(text, kMaxJsonFileNesting)) {
-    return r.Bad(absl::StrCat("nests arrays and objects more than ", kMaxJsonFileNesting, " levels deep"));
-  }
-  const json file = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (file.is_discarded() || !file.is_object()) return r.Bad("not a JSON object");
+  absl::StatusOr<json> parsed = ParseJson(text);
+  if (!parsed.ok()) return r.Bad(std::string(parsed.status().message()));
+  const json file = *std::move(parsed);
+  if (!file.is_object()) return r.Bad("not a JSON object");
   if (!file.contains("model") || !file["model"].is_object()) return r.Bad("no \"model\" object");
   const json& model = file["model"];
   if (model.contains("type") && TypeOf(model) != "BPE") return r.Unsupported("model.type", model["type"]);
@@ -194,11 +192,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
       if (!model["vocab"].contains(token)) p.added_only = true;
       continue;
     }
-    unsigned byte = 0;
-    char close = 0;
-    if (m->byte_fallback_ && token.size() == 6 && std::sscanf(token.c_str(), "<0x%2X%c", &byte, &close) == 2 && close == '>') {
-      p.type = Type::kByte;
-    }
+    if (m->byte_fallback_ && BytePieceValue(token)) p.type = Type::kByte;
   }
   for (const AddedToken& a : m->added_) {
     m->pieces_[static_cast<size_t>(a.id)].type = a.special ? Type::kControl : Type::kUserDefined;

@@ -27,6 +27,10 @@ absl::StatusOr<int64_t> PositiveInt(const json& j, const std::string& field,
   }
   const json& v = j[field];
   if (!v.is_number_integer()) return FieldError(field, "must be an integer, got " + v.dump());
+  // Read as int64_t, 2^64 - 1 would wrap to -1 and be called not positive.
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return FieldError(field, "is out of range, got " + v.dump());
+  }
   int64_t x = v.get<int64_t>();
   if (x <= 0) return FieldError(field, "must be positive, got " + v.dump());
   return x;
@@ -111,7 +115,7 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
       }
     }
     if (partial && *partial != 1.0) {
-      return FieldError(name, "only 1 (every dimension rotated) is supported, got " + std::to_string(*partial));
+      return FieldError(name, absl::StrCat("only 1 (every dimension rotated) is supported, got ", *partial));
     }
   }
   if (r == nullptr) return absl::OkStatus();
@@ -168,10 +172,10 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
   }
   // Positions are 32-bit on the GPU: the context the factor makes must fit, and hold one position.
   if (ContextPositions(c) > static_cast<double>(std::numeric_limits<int32_t>::max())) {
-    return FieldError(where + ".factor", "makes a context beyond 2^31 - 1 positions, got " + std::to_string(s.factor));
+    return FieldError(where + ".factor", absl::StrCat("makes a context beyond 2^31 - 1 positions, got ", s.factor));
   }
   if (ContextPositions(c) < 1) {
-    return FieldError(where + ".factor", "makes a context of less than one position, got " + std::to_string(s.factor));
+    return FieldError(where + ".factor", absl::StrCat("makes a context of less than one position, got ", s.factor));
   }
   if (s.type == RopeScaling::Type::kYarn) {
     MOE_ASSIGN_OR_RETURN(s.attention_factor, RopeNumber(*r, where, "attention_factor"));
@@ -195,7 +199,7 @@ absl::Status ReadRope(const json& j, ModelConfig& c) {
     MOE_ASSIGN_OR_RETURN(s.high_freq_factor, required("high_freq_factor"));
     if (!(s.high_freq_factor > s.low_freq_factor)) {
       return FieldError(where + ".high_freq_factor", "must exceed low_freq_factor (" +
-                                                          std::to_string(s.low_freq_factor) + "), got " +
+                                                          absl::StrCat(s.low_freq_factor) + "), got " +
                                                           (*r)["high_freq_factor"].dump());
     }
   }
@@ -230,7 +234,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const json& j) {
     return FieldError("model_type", "only 'mixtral' is supported, got " +
                                         (j.contains("model_type") ? j["model_type"].dump() : "nothing"));
   }
-  if (j.contains("model_type") && j["model_type"].is_string() && j["model_type"] != "mixtral") {
+  if (j.contains("model_type") && !j["model_type"].is_null() && j["model_type"] != "mixtral") {
     return FieldError("model_type", "only 'mixtral' is supported, got " + j["model_type"].dump());
   }
 

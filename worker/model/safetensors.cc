@@ -282,15 +282,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
 
   const char* header_text = reinterpret_cast<const char*>(bytes + 8);
-  if (NestsDeeperThan(std::string_view(header_text, header_len), kMaxJsonFileNesting)) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header nests arrays and objects more than ",
-                                                   kMaxJsonFileNesting, " levels deep"));
-  }
-  json header = json::parse(header_text, header_text + header_len, nullptr,
-                            /*allow_exceptions=*/false);
-  if (header.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header is not valid JSON"));
-  }
+  absl::StatusOr<json> parsed = ParseJson(std::string_view(header_text, header_len));
+  if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": header: ", parsed.status().message()));
+  json header = *std::move(parsed);
   if (!header.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": header is not a JSON object"));
   }

@@ -1,6 +1,7 @@
 #include "worker/model/weights.h"
 
 #include <cmath>
+#include <new>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -31,7 +32,14 @@ absl::StatusOr<std::vector<float>> Read(const Checkpoint& ckpt, const TensorSpec
   MOE_RETURN_IF_ERROR(ckpt.GetF32Readable(name, shape).status());
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  std::vector<float> out(static_cast<size_t>(n));
+  std::vector<float> out;
+  try {
+    out.resize(static_cast<size_t>(n));
+  } catch (const std::bad_alloc&) {  // said as such, naming the tensor, not as std::bad_alloc
+    MOE_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(name));
+    return absl::ResourceExhaustedError(absl::StrCat("out of host memory for ", name, " (", t.file, "): ",
+                                                     n * static_cast<int64_t>(sizeof(float)), " bytes as float32"));
+  }
   MOE_RETURN_IF_ERROR(ReadInto(ckpt, name, shape, out.data()));
   return out;
 }
