@@ -9,6 +9,7 @@
 
 #include "common/json_util.h"
 #include "common/prefix_hash.h"
+#include "common/random_seed.h"
 #include "worker/gbnf.h"
 #include "worker/json_schema.h"
 #include "worker/logits_penalties.h"
@@ -307,7 +308,7 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_temperature(sampling.temperature);
   a.set_top_k(sampling.top_k);
   a.set_top_p(sampling.top_p);
-  a.set_seed(s.has_seed() ? s.seed() : 0);
+  a.set_seed(s.has_seed() ? s.seed() : RandomSeed());
   a.set_ignore_eos(s.ignore_eos());
   *a.mutable_stop_token_ids() = s.stop_token_ids();
   if (!s.ignore_eos()) {

@@ -76,7 +76,11 @@ TEST_F(ValidationTest, TextPromptUsesTheModelTokenizerAndProtoDefaults) {
   EXPECT_EQ(job->assign.temperature(), 1.0f);
   EXPECT_EQ(job->assign.top_p(), 1.0f);
   EXPECT_EQ(job->assign.top_k(), 0);
-  EXPECT_EQ(job->assign.seed(), 0u);
+  // No seed: a fresh one a request, as vLLM samples (the seed 0 every request had made every
+  // unseeded sampled request give the same text). Two equal draws of 64 bits would be a defect too.
+  absl::StatusOr<GenerateJob> again = ValidateGenerate(r, shakespeare());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_NE(job->assign.seed(), again->assign.seed());
   EXPECT_EQ(job->assign.top_logprobs(), 0u);
   EXPECT_FALSE(job->want_logprobs);
   EXPECT_EQ(job->reserve_positions(), 2 + 16);

@@ -5,12 +5,11 @@
 #include <grpcpp/client_context.h>
 
 #include <algorithm>
-#include <mutex>
-#include <random>
 #include <string>
 #include <variant>
 #include <vector>
 
+#include "common/random_seed.h"
 #include "coordinator/openai/http_io.h"
 #include "coordinator/openai/openai_server.h"
 #include "coordinator/openai/tgi_protocol.h"
@@ -23,13 +22,6 @@ using nlohmann::json;
 int SendTgiError(mg_connection* conn, const TgiError& e) {
   SendJson(conn, e.status, e.ToJson());
   return e.status;
-}
-
-uint64_t RandomSeed() {
-  static std::mutex mu;
-  static std::mt19937_64 rng{std::random_device{}()};
-  std::lock_guard<std::mutex> lock(mu);
-  return rng();
 }
 
 }  // namespace
