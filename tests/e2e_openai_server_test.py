@@ -795,14 +795,16 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual("".join(e["choices"][0]["text"] for e in events if e["choices"]), want["choices"][0]["text"])
 
     def test_c3a_echo_with_logprobs_k_gives_k_alternatives_as_prompt_logprobs(self):
-        """vLLM's echo with logprobs k: each prompt position after the first carries k alternatives,
-        the same as prompt_logprobs k gives there (two paths: ScoreRolling's scoring, Generate's)."""
+        """vLLM's echo with logprobs k: each prompt position after the first carries k alternatives
+        and the prompt's token (OpenAI's up to k + 1), as prompt_logprobs k gives there (two paths:
+        ScoreRolling's scoring, Generate's)."""
         s = self.samples["ROMEO:"]
         ids = s["prompt_ids"] + s["greedy_ids"][:6]
         k = 3
         status, echoed = self.call("/v1/completions", {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": k})
         self.assertEqual(status, 200, echoed)
         tops = echoed["choices"][0]["logprobs"]["top_logprobs"]
+        tokens = echoed["choices"][0]["logprobs"]["tokens"]
         self.assertEqual(len(tops), len(ids))
         self.assertIsNone(tops[0])
         status, answer = self.call("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0,
@@ -811,24 +813,32 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         plp = answer["choices"][0]["prompt_logprobs"]
         scored = self.grpc.score_rolling(ids, top_logprobs=k)
         for i, (top, entry) in enumerate(zip(tops[1:], plp[1:])):
-            self.assertEqual(len(top), k, top)
-            want = sorted((v["logprob"] for v in entry.values() if v["rank"] <= k), reverse=True)
-            self.assertEqual(len(want), k, entry)
-            for g, w in zip(sorted(top.values(), reverse=True), want):
+            # prompt_logprobs holds the prompt's token and the k most probable: so does echo's top.
+            self.assertIn(len(entry), (k, k + 1), entry)
+            self.assertEqual(len(top), len(entry), (top, entry))
+            for g, w in zip(sorted(top.values(), reverse=True),
+                            sorted((v["logprob"] for v in entry.values()), reverse=True)):
                 self.assertAlmostEqual(g, w, delta=1e-5)
             # The gRPC result: k ids, most probable first, the first the argmax.
             alts = scored.top[i].top
             self.assertEqual(len(alts), k)
             self.assertEqual(alts[0].token_id, scored.argmax_ids[i])
             self.assertEqual([a.logprob for a in alts], sorted((a.logprob for a in alts), reverse=True))
-            self.assertEqual({a.text for a in alts}, set(top))
-        # logprobs 1 streamed: one alternative a position, the most probable.
+            # The prompt's token by its alternative's name where it is one, else by its name in tokens.
+            if ids[i + 1] in [a.token_id for a in alts]:
+                self.assertEqual({a.text for a in alts}, set(top))
+            else:
+                self.assertEqual({a.text for a in alts} | {tokens[i + 1]}, set(top))
+                self.assertAlmostEqual(top[tokens[i + 1]],
+                                       echoed["choices"][0]["logprobs"]["token_logprobs"][i + 1], delta=1e-6)
+        # logprobs 1 streamed: the most probable token a position, and the prompt's where another.
         events = self.stream({"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1})
         streamed = [c["logprobs"]["top_logprobs"] for e in events for c in e["choices"] if c.get("logprobs")]
         self.assertEqual(len(streamed), 1)
         for i, top in enumerate(streamed[0][1:]):
-            self.assertEqual(len(top), 1, top)
-            self.assertAlmostEqual(list(top.values())[0], scored.top[i].top[0].logprob, delta=1e-6)
+            best = scored.top[i].top[0]
+            self.assertEqual(set(top), {best.text} | ({tokens[i + 1]} if ids[i + 1] != best.token_id else set()), top)
+            self.assertAlmostEqual(top[best.text], best.logprob, delta=1e-6)
 
     def test_c3b_echo_streamed_and_with_n_is_the_whole_answers(self):
         """vLLM serves echo streamed (the prompt on each choice's first chunk) and with n > 1 (each

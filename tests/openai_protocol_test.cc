@@ -10,6 +10,7 @@
 
 #include <random>
 #include <string>
+#include <tuple>
 
 namespace moe::openai {
 namespace {
@@ -529,12 +530,41 @@ TEST(OpenAiProtocolTest, LogprobsTakeOpenAisCompletionsShapeWithOffsetsAcrossMes
   const json lp = acc.ToJson("m", 1)["choices"][0]["logprobs"];
   EXPECT_EQ(lp["tokens"], (json{"He", "llo", " you"}));
   EXPECT_EQ(lp["token_logprobs"], (json{-0.5, -0.25, -2.0}));
-  EXPECT_EQ(lp["top_logprobs"], (json{{{"He", -0.5}, {"She", -1.5}}, {{"llo", -0.25}}, json::object()}));
+  // The chosen token is always among them (OpenAI's up to logprobs + 1 entries; vLLM's too).
+  EXPECT_EQ(lp["top_logprobs"], (json{{{"He", -0.5}, {"She", -1.5}}, {{"llo", -0.25}}, {{" you", -2.0}}}));
   EXPECT_EQ(lp["text_offset"], (json{0, 2, 5}));
   size_t offset = 0;
   EXPECT_EQ(StreamChunkJson(a, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{0, 2}));
   EXPECT_EQ(StreamChunkJson(b, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{5}));
   EXPECT_EQ(offset, 9u);
+}
+
+// The chosen token among the alternatives goes by their name (its text decoded alone, "I"), not
+// again by its text in the completion (" I"); outside them, by its name in "tokens".
+TEST(OpenAiProtocolTest, CompletionTopLogprobsHoldTheChosenTokenOnce) {
+  v1::GenerateResponse r = Msg(0, "", v1::FINISH_REASON_LENGTH, 2);
+  const auto add = [&](int32_t id, const std::string& text, float logprob,
+                       std::vector<std::tuple<int32_t, std::string, float>> top) {
+    r.add_token_ids(id);
+    r.set_text(r.text() + text);
+    v1::TokenLogprob* lp = r.add_logprobs();
+    lp->set_token_id(id);
+    lp->set_text(text);
+    lp->set_logprob(logprob);
+    for (const auto& [tid, ttext, tlp] : top) {
+      v1::TopLogprob* t = lp->add_top();
+      t->set_token_id(tid);
+      t->set_text(ttext);
+      t->set_logprob(tlp);
+    }
+  };
+  add(9, " I", -3.0f, {{9, "I", -3.0f}, {4, "and", -3.05f}});
+  add(7, " you", -4.0f, {{3, "x", -1.0f}});
+  CompletionAccumulator acc(1, true);
+  ASSERT_TRUE(acc.Add(r));
+  const json lp = acc.ToJson("m", 1)["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"], (json{" I", " you"}));
+  EXPECT_EQ(lp["top_logprobs"], (json{{{"I", -3.0}, {"and", -3.05f}}, {{"x", -1.0}, {" you", -4.0}}}));
 }
 
 // vLLM's return_token_ids and return_tokens_as_token_ids: the ids beside the text, and logprobs
@@ -575,7 +605,7 @@ TEST(OpenAiProtocolTest, TokenIdsAndTokensNamedByIdAsVllmReturnsThem) {
     } else {
       const json& lp = j["choices"][0]["logprobs"];
       EXPECT_EQ(lp["tokens"], (json{"token_id:13", "token_id:2012"}));
-      EXPECT_EQ(lp["top_logprobs"][0], (json{{"token_id:14", -1.0}}));
+      EXPECT_EQ(lp["top_logprobs"][0], (json{{"token_id:13", -0.5}, {"token_id:14", -1.0}}));
       EXPECT_EQ(lp["text_offset"], (json{0, 1})) << "offsets into the text, not into the names";
     }
   }
@@ -606,12 +636,13 @@ TEST(OpenAiProtocolTest, TokenIdsAndTokensNamedByIdAsVllmReturnsThem) {
   text_prompt.set_text("ROMEO:");
   const Echo echo = EchoOf(text_prompt, scored, true, /*tokens_as_ids=*/true);
   EXPECT_EQ(echo.logprobs["tokens"], (json{"token_id:870", "token_id:2007"}));
-  EXPECT_EQ(echo.logprobs["top_logprobs"][1], (json{{"token_id:5", -1.0}}));
+  EXPECT_EQ(echo.logprobs["top_logprobs"][1], (json{{"token_id:2007", -3.0}})) << "logprobs 0: the prompt's token";
   EXPECT_EQ(echo.token_ids, (std::vector<int32_t>{870, 2007}));
 }
 
-// echo, as lm-evaluation-harness's local-completions reads it: token_logprobs[ctxlen:] are the
-// prompt's (null first), top_logprobs hold the most probable token's logprob, then the completion.
+// echo, as lm-evaluation-harness's local-completions reads it (logprobs 1): token_logprobs[ctxlen:]
+// are the prompt's (null first), top_logprobs hold the most probable token's logprob and the
+// prompt token's (vLLM's prompt_logprobs), then the completion's.
 TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
   v1::ScoreRollingResult prompt;
   for (int32_t id : {1, 20, 21}) prompt.add_token_ids(id);
@@ -624,6 +655,12 @@ TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
   prompt.add_argmax_logprobs(-0.5f);
   prompt.add_argmax_texts("So");
   prompt.add_argmax_texts(" be");
+  for (const auto& [id, text, logprob] : {std::tuple{30, "So", -0.75f}, std::tuple{21, " be", -0.5f}}) {
+    v1::TopLogprob* t = prompt.add_top()->add_top();
+    t->set_token_id(id);
+    t->set_text(text);
+    t->set_logprob(logprob);
+  }
   v1::GenerateResponse done = Msg(0, "", v1::FINISH_REASON_LENGTH, 1);
   AddToken(done, 40, ",", -0.25f, {{",", -0.25f}});
   CompletionAccumulator acc(1, true);
@@ -638,7 +675,8 @@ TEST(OpenAiProtocolTest, EchoPutsThePromptsLogprobsBeforeTheCompletions) {
   EXPECT_EQ(c["text"], "To be,");
   EXPECT_EQ(c["logprobs"]["tokens"], (json{"", "To", " be", ","}));
   EXPECT_EQ(c["logprobs"]["token_logprobs"], (json{nullptr, -1.5, -0.5, -0.25}));
-  EXPECT_EQ(c["logprobs"]["top_logprobs"], (json{nullptr, {{"So", -0.75}}, {{" be", -0.5}}, {{",", -0.25}}}));
+  EXPECT_EQ(c["logprobs"]["top_logprobs"],
+            (json{nullptr, {{"So", -0.75}, {"To", -1.5}}, {{" be", -0.5}}, {{",", -0.25}}}));
   EXPECT_EQ(c["logprobs"]["text_offset"], (json{0, 0, 2, 5}));
 
   // Streamed: the completion's offsets start past the prompt, and its first chunk carries the echo.

@@ -744,18 +744,39 @@ std::string TokenName(int32_t id, const std::string& text, bool as_ids) {
   return as_ids ? "token_id:" + std::to_string(id) : text;
 }
 
+namespace {
+
+// A completions top_logprobs entry: the k most probable tokens and the chosen one (OpenAI's "the
+// API will always return the logprob of the sampled token, so there may be up to logprobs+1
+// elements"; vLLM's too). The alternatives go by their texts decoded alone, each text with the
+// logprob of the most probable id that has it; the chosen token, where it is not among them, by
+// `chosen_name` (its name in "tokens").
+json CompletionTopLogprobs(const google::protobuf::RepeatedPtrField<v1::TopLogprob>& top_k, int32_t chosen_id,
+                           const std::string& chosen_name, float chosen_logprob, bool tokens_as_ids) {
+  json top = json::object();
+  bool chosen_among = false;
+  for (const v1::TopLogprob& t : top_k) {
+    const std::string name =
+        TokenName(t.token_id(), t.text().empty() ? std::to_string(t.token_id()) : t.text(), tokens_as_ids);
+    if (!top.contains(name)) top[name] = t.logprob();  // most probable first
+    chosen_among = chosen_among || t.token_id() == chosen_id;
+  }
+  if (!chosen_among && (!top.contains(chosen_name) || top[chosen_name].get<double>() < chosen_logprob)) {
+    top[chosen_name] = chosen_logprob;
+  }
+  return top;
+}
+
+}  // namespace
+
 json LogprobsJson(const v1::GenerateResponse& r, size_t& offset, bool tokens_as_ids) {
   json j = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
             {"text_offset", json::array()}};
   for (const v1::TokenLogprob& lp : r.logprobs()) {
-    j["tokens"].push_back(TokenName(lp.token_id(), lp.text(), tokens_as_ids));
+    const std::string name = TokenName(lp.token_id(), lp.text(), tokens_as_ids);
+    j["tokens"].push_back(name);
     j["token_logprobs"].push_back(lp.logprob());
-    json top = json::object();
-    for (const v1::TopLogprob& t : lp.top()) {
-      const std::string name = TokenName(t.token_id(), t.text(), tokens_as_ids);
-      if (!top.contains(name)) top[name] = t.logprob();  // the most probable of ids sharing a text
-    }
-    j["top_logprobs"].push_back(top);
+    j["top_logprobs"].push_back(CompletionTopLogprobs(lp.top(), lp.token_id(), name, lp.logprob(), tokens_as_ids));
     j["text_offset"].push_back(offset);
     offset += lp.text().size();
   }
@@ -966,21 +987,11 @@ Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool
       continue;
     }
     lp["token_logprobs"].push_back(scored.logprobs(i - 1));
-    if (i - 1 < scored.top_size()) {  // logprobs k > 0: the k most probable, as the completion's own tokens
-      json top = json::object();
-      for (const v1::TopLogprob& t : scored.top(i - 1).top()) {
-        const std::string text =
-            TokenName(t.token_id(), t.text().empty() ? std::to_string(t.token_id()) : t.text(), tokens_as_ids);
-        if (!top.contains(text)) top[text] = t.logprob();  // the most probable of ids sharing a text
-      }
-      lp["top_logprobs"].push_back(std::move(top));
-      continue;
-    }
-    const std::string top = TokenName(scored.argmax_ids(i - 1),
-                                      i - 1 < scored.argmax_texts_size() ? scored.argmax_texts(i - 1)
-                                                                         : std::to_string(scored.argmax_ids(i - 1)),
-                                      tokens_as_ids);
-    lp["top_logprobs"].push_back({{top, scored.argmax_logprobs(i - 1)}});
+    // As the completion's own tokens: the k most probable (logprobs k > 0) and the prompt's token.
+    static const google::protobuf::RepeatedPtrField<v1::TopLogprob> kNone;
+    lp["top_logprobs"].push_back(CompletionTopLogprobs(i - 1 < scored.top_size() ? scored.top(i - 1).top() : kNone,
+                                                       scored.token_ids(i), lp["tokens"].back().get<std::string>(),
+                                                       scored.logprobs(i - 1), tokens_as_ids));
   }
   echo.logprobs = std::move(lp);
   return echo;
