@@ -36,6 +36,10 @@ void ConfigureBuilder(grpc::ServerBuilder& b) {
   b.SetResourceQuota(quota);
   b.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 2);
   b.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 8);
+  // A port another process listens on is an error ("cannot listen"), as it is for the metrics port:
+  // gRPC's default SO_REUSEPORT let a second coordinator share the port, each answering part of
+  // the requests, and workers register with either.
+  b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // Prompts and score batches can be large.
   b.SetMaxReceiveMessageSize(256 << 20);
   b.SetMaxSendMessageSize(256 << 20);

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -209,6 +210,36 @@ TEST(CoordinatorProcessTest, PortsFileThenDrainAndCleanExitOnSigterm) {
   EXPECT_EQ(p.Wait(seconds(15)), 0) << ReadFile(err);
   std::filesystem::remove(ports_file);
   std::filesystem::remove(err);
+}
+
+// A second coordinator on the ports of a running one exits 1 naming the port (gRPC's SO_REUSEPORT
+// had let both listen, the requests and the workers' registrations spread over the two).
+TEST(CoordinatorProcessTest, PortsInUseAreRefused) {
+  const std::string ports_file = TempPath("coord_ports_in_use");
+  const std::string err = TempPath("coord_err_in_use");
+  std::filesystem::remove(ports_file);
+  Process first({"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
+                 "--metrics-listen", "none", "--ports-file", ports_file},
+                err);
+  ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file) && !ReadFile(ports_file).empty(); },
+                        seconds(30)))
+      << ReadFile(err);
+  const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
+  const std::string public_port = std::to_string(ports["public"].get<int>());
+  const std::string cluster_port = std::to_string(ports["cluster"].get<int>());
+  const std::string err2 = TempPath("coord_err_in_use2");
+  for (const auto& [listen, cluster, flag] :
+       {std::tuple{"127.0.0.1:" + public_port, std::string("127.0.0.1:0"), std::string("--listen")},
+        std::tuple{std::string("127.0.0.1:0"), "127.0.0.1:" + cluster_port, std::string("--cluster-listen")}}) {
+    Process second({"--model", kTiny, "--world-size", "1", "--listen", listen, "--cluster-listen", cluster,
+                    "--metrics-listen", "none"},
+                   err2);
+    EXPECT_EQ(second.Wait(seconds(30)), 1) << ReadFile(err2);
+    EXPECT_NE(ReadFile(err2).find(flag + ": cannot listen on "), std::string::npos) << ReadFile(err2);
+  }
+  first.Signal(SIGTERM);
+  EXPECT_EQ(first.Wait(seconds(15)), 0) << ReadFile(err);
+  for (const std::string& f : {ports_file, err, err2}) std::filesystem::remove(f);
 }
 
 TEST(CoordinatorProcessTest, SigintWithoutWorkersExitsCleanly) {
