@@ -25,7 +25,8 @@ ClusterState::ClusterState(ClusterSetup setup, ServingStats& stats)
       placement_json_(setup_.plan.ToJson().dump()),
       stats_(stats),
       ranks_(static_cast<size_t>(setup_.plan.world_size())),
-      scheduler_(setup_.limits, setup_.plan.world_size()) {}
+      scheduler_(setup_.limits, setup_.plan.world_size()),
+      last_liveness_check_(Clock::now()) {}
 
 void ClusterState::SetServingListener(std::function<void(bool)> fn) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -276,6 +277,7 @@ absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded,
   if (r.alive) return absl::AlreadyExistsError(absl::StrCat("rank ", rank, " already has a Serve stream"));
   r.link = std::move(link);
   r.alive = r.loaded = true;
+  r.silent = false;
   r.weight_bytes = loaded.weight_bytes();
   r.kv_blocks_total = loaded.kv_blocks_total();
   r.prefix_caching = loaded.prefix_caching();
@@ -387,15 +389,27 @@ void ClusterState::OnStreamClosed(const StreamBinding& b) {
 
 void ClusterState::CheckLiveness(Clock::time_point now) {
   std::lock_guard<std::mutex> lock(mu_);
+  // Checks come every quarter timeout or more often. A longer gap means the coordinator itself did
+  // not run (stopped, suspended, starved): the heartbeats that came meanwhile wait unread in its
+  // streams, so the ranks' silence is timed from now rather than blamed on them.
+  const Clock::time_point previous = std::exchange(last_liveness_check_, now);
+  if (now - previous > setup_.heartbeat_timeout / 2) {
+    if (phase_ == Phase::kServing) {
+      std::fprintf(stderr, "moe-coordinator: the liveness check did not run for %.1f s; the ranks' heartbeats are timed from now\n",
+                   std::chrono::duration<double>(now - previous).count());
+    }
+    for (RankRecord& r : ranks_) r.last_seen = std::max(r.last_seen, now);
+  }
   if (held_ > 0 && now - held_since_ > setup_.resume_timeout) {
     FailAllLocked(absl::UnavailableError(absl::StrCat(held_reason_, "; no worker job served again within ",
                                                       setup_.resume_timeout.count(), " s (--resume-timeout-s)")));
   }
   if (phase_ != Phase::kServing || draining_) return;
   for (int rank = 0; rank < world_size(); ++rank) {
-    const RankRecord& r = ranks_[rank];
+    RankRecord& r = ranks_[rank];
     const double silent = std::chrono::duration<double>(now - r.last_seen).count();
     if (r.alive && silent > setup_.heartbeat_timeout.count()) {
+      r.silent = true;  // reported as lost, though its stream is still open
       BreakLocked(absl::StrCat("rank ", rank, " lost: no heartbeat for ", std::round(silent * 10) / 10,
                                " s (--heartbeat-timeout-s ", setup_.heartbeat_timeout.count(), ")"));
       return;
@@ -528,7 +542,7 @@ v1::ClusterInfo ClusterState::ClusterInfo() const {
     ri->set_weight_bytes(r.weight_bytes);
     for (int64_t e : setup_.plan.experts_on_rank(0, rank)) ri->add_experts_layer0(e);
     ri->set_loaded(r.loaded);
-    ri->set_alive(r.alive);
+    ri->set_alive(r.alive && !r.silent);
     ri->set_kv_blocks_total(r.kv_blocks_total);
     ri->set_kv_block_size(r.kv_block_size);
     ri->set_max_batch_tokens(r.max_batch_tokens);

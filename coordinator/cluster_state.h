@@ -145,6 +145,7 @@ class ClusterState {
     int64_t memory_bytes = 0;
     bool loaded = false;
     bool alive = false;  // a bound Serve stream that has not closed
+    bool silent = false;  // alive, but its heartbeats stopped for --heartbeat-timeout-s (a hung rank)
     std::shared_ptr<WorkerLink> link;
     int64_t weight_bytes = 0;
     int64_t kv_blocks_total = 0;
@@ -214,6 +215,7 @@ class ClusterState {
   std::string held_reason_;
   std::vector<RankRecord> ranks_;
   Scheduler scheduler_;
+  Clock::time_point last_liveness_check_;  // CheckLiveness's previous call (at first: construction)
   std::unordered_map<uint64_t, SeqEntry> seqs_;
   uint64_t next_seq_id_ = 1;
 };

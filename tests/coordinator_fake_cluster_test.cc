@@ -826,8 +826,11 @@ TEST_F(FakeClusterTest, SilentRankIsLostAfterTheHeartbeatTimeout) {
   w[0]->StartHeartbeats(Millis(50));
   // Heartbeats keep it serving over more than two timeouts.
   EXPECT_FALSE(PollUntil([&] { return Health() != kServing; }, Millis(2500)));
+  EXPECT_TRUE(ClusterInfo().ranks(0).alive());
   w[0]->StopHeartbeats();
   ASSERT_TRUE(PollUntil([&] { return Health() == kNotServing; }, seconds(10)));
+  // Reported lost too, though its stream is still open (it said alive).
+  EXPECT_FALSE(ClusterInfo().ranks(0).alive());
   EXPECT_TRUE(w[0]->WaitFor(Kind::kShutdown, Millis(10000)));
   GenerateCall after = RunGenerate(*stub_, IdsRequest({1}, 1), Millis(5000));
   EXPECT_EQ(after.status.error_code(), grpc::StatusCode::UNAVAILABLE);

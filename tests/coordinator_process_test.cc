@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <tuple>
 
 #include <nlohmann/json.hpp>
@@ -240,6 +241,45 @@ TEST(CoordinatorProcessTest, PortsInUseAreRefused) {
   first.Signal(SIGTERM);
   EXPECT_EQ(first.Wait(seconds(15)), 0) << ReadFile(err);
   for (const std::string& f : {ports_file, err, err2}) std::filesystem::remove(f);
+}
+
+// A coordinator stopped for longer than the heartbeat timeout (SIGSTOP; a suspended VM) does not
+// blame its ranks when it runs again: their heartbeats came meanwhile and wait unread. It took the
+// healthy job down as "rank 0 lost: no heartbeat".
+TEST(CoordinatorProcessTest, AStoppedCoordinatorDoesNotBlameItsRanks) {
+  const std::string ports_file = TempPath("coord_ports_stopped");
+  const std::string err = TempPath("coord_err_stopped");
+  std::filesystem::remove(ports_file);
+  Process p({"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
+             "--metrics-listen", "none", "--ports-file", ports_file, "--heartbeat-timeout-s", "1"},
+            err);
+  ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file) && !ReadFile(ports_file).empty(); },
+                        seconds(30)))
+      << ReadFile(err);
+  const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports["public"].get<int>()),
+                                     grpc::InsecureChannelCredentials());
+  FakeWorker w(ports["cluster"].get<int>(), 0, 1);
+  w.StartRegister();
+  ASSERT_TRUE(w.FinishRegister().ok());
+  w.Connect();
+  w.StartHeartbeats(Millis(50));
+  ASSERT_TRUE(PollUntil([&] { return HealthStatus(channel) == kServing; }, seconds(10)));
+  p.Signal(SIGSTOP);
+  std::this_thread::sleep_for(Millis(3000));
+  p.Signal(SIGCONT);
+  // Serving throughout two timeouts after it runs again.
+  EXPECT_FALSE(PollUntil([&] { return HealthStatus(channel) != kServing; }, Millis(2500))) << ReadFile(err);
+  EXPECT_NE(ReadFile(err).find("the liveness check did not run for"), std::string::npos) << ReadFile(err);
+  EXPECT_EQ(ReadFile(err).find("no heartbeat"), std::string::npos) << ReadFile(err);
+  // A rank that does stop is still lost.
+  w.StopHeartbeats();
+  EXPECT_TRUE(PollUntil([&] { return HealthStatus(channel) == kNotServing; }, seconds(10))) << ReadFile(err);
+  p.Signal(SIGTERM);
+  EXPECT_TRUE(w.WaitFor(v1::CoordinatorMessage::kShutdown, Millis(15000)));
+  EXPECT_TRUE(w.CloseGracefully().ok());
+  EXPECT_EQ(p.Wait(seconds(15)), 0) << ReadFile(err);
+  for (const std::string& f : {ports_file, err}) std::filesystem::remove(f);
 }
 
 TEST(CoordinatorProcessTest, SigintWithoutWorkersExitsCleanly) {
