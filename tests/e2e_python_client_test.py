@@ -309,6 +309,45 @@ class PythonClientEndToEnd(unittest.TestCase):
         text = self.client.generate_text("ROMEO:", max_tokens=8, temperature=0)
         self.assertTrue(self.samples["ROMEO:"]["greedy_text"].startswith("ROMEO:" + text))
 
+    def test_g2_a_rank_refused_at_registration_takes_its_job_down(self):
+        """One rank of a job with another token (a host set up apart): its Register is refused, and
+        the ranks whose Register waits for it (the coordinator answers once all have registered)
+        give up with it, the job ending with exit 1 instead of waiting for ever."""
+        tmp = os.path.join("/tmp", f"moe_g2_{os.getpid()}")
+        os.makedirs(tmp, exist_ok=True)
+        ports_file = os.path.join(tmp, "ports.json")
+        env = {k: v for k, v in os.environ.items() if k != "MOE_CLUSTER_TOKEN"}
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1")
+        good = "good-token-0123456789abcdef"
+        coordinator = subprocess.Popen(
+            [os.path.join(BUILD_DIR, "coordinator", "moe-coordinator"), "--model", MODEL_DIR, "--world-size", "2",
+             "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0", "--metrics-listen", "none",
+             "--ports-file", ports_file],
+            env=dict(env, MOE_CLUSTER_TOKEN=good), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while not (os.path.exists(ports_file) and os.path.getsize(ports_file) > 0):
+                self.assertLess(time.monotonic(), deadline, "no ports file")
+                time.sleep(0.1)
+            with open(ports_file) as f:
+                cluster = f"127.0.0.1:{json.load(f)['cluster']}"
+            worker = os.path.join(BUILD_DIR, "worker", "moe-worker")
+            t0 = time.monotonic()
+            r = subprocess.run(["mpirun", "--oversubscribe", "-np", "1", "-x", f"MOE_CLUSTER_TOKEN={good}", worker,
+                                "--coordinator", cluster, ":", "-np", "1", "-x", "MOE_CLUSTER_TOKEN=other-token-0123456789",
+                                worker, "--coordinator", cluster],
+                               capture_output=True, text=True, timeout=90, env=env)
+            self.assertNotEqual(r.returncode, 0, r.stderr)
+            self.assertIn("wrong cluster token", r.stderr)
+            self.assertIn("other rank(s) of the job could not register", r.stderr)
+            self.assertLess(time.monotonic() - t0, 60)
+        finally:
+            coordinator.kill()
+            coordinator.wait()
+            for f in os.listdir(tmp):
+                os.remove(os.path.join(tmp, f))
+            os.rmdir(tmp)
+
     def test_z_sigint_shuts_down_cleanly(self):
         c = self.cluster
         t0 = time.monotonic()

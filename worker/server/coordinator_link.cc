@@ -48,15 +48,32 @@ absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const 
 
 CoordinatorLink::~CoordinatorLink() { Close(std::chrono::milliseconds(0)); }
 
-absl::StatusOr<moe::v1::RegisterResponse> CoordinatorLink::Register(const moe::v1::RegisterRequest& req) {
-  grpc::ClientContext ctx;
+std::unique_ptr<CoordinatorLink::PendingRegister> CoordinatorLink::StartRegister(const moe::v1::RegisterRequest& req) {
+  std::unique_ptr<PendingRegister> p(new PendingRegister);
   // No deadline: the answer waits for the slowest rank of the job to register. wait_for_ready
   // rides over a connection that drops and comes back meanwhile.
-  ctx.set_wait_for_ready(true);
-  if (!cluster_token_.empty()) ctx.AddMetadata(kClusterTokenMetadata, cluster_token_);
-  moe::v1::RegisterResponse resp;
-  MOE_RETURN_IF_ERROR(FromGrpc(stub_->Register(&ctx, req, &resp), absl::StrCat("Register with ", address_)));
-  return resp;
+  p->ctx_.set_wait_for_ready(true);
+  if (!cluster_token_.empty()) p->ctx_.AddMetadata(kClusterTokenMetadata, cluster_token_);
+  p->thread_ = std::thread([this, call = p.get(), req] {
+    absl::Status s = FromGrpc(stub_->Register(&call->ctx_, req, &call->response_), absl::StrCat("Register with ", address_));
+    std::lock_guard<std::mutex> lock(call->mu_);
+    call->status_ = std::move(s);
+    call->cv_.notify_all();
+  });
+  return p;
+}
+
+CoordinatorLink::PendingRegister::~PendingRegister() {
+  ctx_.TryCancel();  // nothing where the call has ended
+  if (thread_.joinable()) thread_.join();
+}
+
+std::optional<absl::StatusOr<moe::v1::RegisterResponse>> CoordinatorLink::PendingRegister::Wait(
+    std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return status_.has_value(); })) return std::nullopt;
+  if (!status_->ok()) return absl::StatusOr<moe::v1::RegisterResponse>(*status_);
+  return absl::StatusOr<moe::v1::RegisterResponse>(response_);
 }
 
 absl::Status CoordinatorLink::OpenStream(Inbox& inbox) {

@@ -11,6 +11,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -37,8 +38,27 @@ class CoordinatorLink final : public Outbox {
                                                                   client::ChannelSecurity security = {});
   ~CoordinatorLink() override;
 
-  // Blocks until every rank of the job has registered (the coordinator answers then).
-  absl::StatusOr<moe::v1::RegisterResponse> Register(const moe::v1::RegisterRequest& req);
+  // A Register call under way. The coordinator answers it once every rank of the job has
+  // registered, so it may wait for ever on a rank that failed: Wait polls it, and destroying it
+  // cancels a call still waiting.
+  class PendingRegister {
+   public:
+    ~PendingRegister();
+    // The answer, where it came within `timeout`; nothing before.
+    std::optional<absl::StatusOr<moe::v1::RegisterResponse>> Wait(std::chrono::milliseconds timeout);
+
+   private:
+    friend class CoordinatorLink;
+    PendingRegister() = default;
+    grpc::ClientContext ctx_;
+    moe::v1::RegisterResponse response_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::optional<absl::Status> status_;  // set once the call ended
+    std::thread thread_;
+  };
+  // Starts Register (no deadline; wait_for_ready rides over a connection that drops and comes back).
+  std::unique_ptr<PendingRegister> StartRegister(const moe::v1::RegisterRequest& req);
 
   // Opens the Serve stream and starts the reader (into `inbox`, which must outlive the link) and
   // the writer threads.

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,25 @@ bool AnyRankFailed(Communicator& comm, const absl::Status& s) {
   std::vector<int64_t> flag = {s.ok() ? 0 : 1};
   comm.AllReduceSum(flag);
   return flag[0] > 0;
+}
+
+// Register with every rank of the job. The coordinator answers once all have registered, so a
+// rank whose Register failed (a wrong cluster token, a refused registration) left the others
+// waiting for ever: the ranks compare notes every second and give up together.
+absl::StatusOr<moe::v1::RegisterResponse> RegisterWithTheJob(Communicator& comm, CoordinatorLink& link,
+                                                             const moe::v1::RegisterRequest& req) {
+  const std::unique_ptr<CoordinatorLink::PendingRegister> pending = link.StartRegister(req);
+  std::optional<absl::StatusOr<moe::v1::RegisterResponse>> answer;
+  while (true) {
+    if (!answer) answer = pending->Wait(std::chrono::seconds(1));
+    std::vector<int64_t> counts = {answer && !answer->ok() ? 1 : 0, answer && answer->ok() ? 1 : 0};
+    comm.AllReduceSum(counts);  // failed, answered
+    if (counts[0] > 0) {
+      if (answer && !answer->ok()) return answer->status();
+      return absl::AbortedError(absl::StrCat(counts[0], " other rank(s) of the job could not register (see above)"));
+    }
+    if (counts[1] == comm.size()) return **answer;
+  }
 }
 
 std::string HostName() {
@@ -112,7 +132,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   req.set_device(device);
   req.set_memory_bytes(memory);
   req.set_model_dir(flags->model_dir);
-  absl::StatusOr<moe::v1::RegisterResponse> reg = (*link)->Register(req);
+  absl::StatusOr<moe::v1::RegisterResponse> reg = RegisterWithTheJob(comm, **link, req);
   if (AnyRankFailed(comm, reg.status())) return 1;
 
   const std::string model_dir = flags->model_dir.empty() ? reg->model_dir() : flags->model_dir;
