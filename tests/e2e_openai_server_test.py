@@ -948,6 +948,14 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertTrue(answer["error"]["message"], answer)
         status, answer = self.call("/v1/completions", method="GET")
         self.assertEqual(status, 405, answer)
+        # 405 names the methods the route takes (Allow, which HTTP requires on it).
+        for path, method, allow in (("/v1/completions", "GET", "POST"), ("/v1/models", "POST", "GET"),
+                                    ("/v1/responses/resp_x", "PUT", "GET, DELETE")):
+            with self.assertRaises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(urllib.request.Request(self.base + path, data=b"{}" if method != "GET" else None,
+                                                              method=method), timeout=60)
+            self.assertEqual((e.exception.code, e.exception.headers["Allow"]), (405, allow), path)
+            e.exception.close()
         status, answer = self.call("/v1/chat/nothing", {"prompt": "x"})
         self.assertEqual(status, 404, answer)
         self.assertIn("/v1/completions", answer["error"]["message"])

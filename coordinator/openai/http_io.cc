@@ -40,26 +40,27 @@ HeadSent TakeHeadSent() { return std::exchange(head_sent, HeadSent{}); }
 
 void NoteHeadSent(HeadSent head) { head_sent = head; }
 
-void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length) {
+void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length,
+              const std::string& extra_headers) {
   head_sent = {status, length};
   const std::string size = length >= 0 ? "Content-Length: " + std::to_string(length) + "\r\n" : "Cache-Control: no-cache\r\n";
   const char* id = RequestIdHeader(conn);
   const std::string echo = id != nullptr ? std::string("X-Request-Id: ") + id + "\r\n" : std::string();
-  mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%sConnection: close\r\n\r\n", status,
+  mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%s%sConnection: close\r\n\r\n", status,
             mg_get_response_code_text(conn, status), content_type.c_str(), size.c_str(), CorsHeaders(conn).c_str(),
-            echo.c_str());
+            echo.c_str(), extra_headers.c_str());
 }
 
-void SendJsonText(mg_connection* conn, int status, const std::string& body) {
-  SendHead(conn, status, "application/json", static_cast<long long>(body.size()));
+void SendJsonText(mg_connection* conn, int status, const std::string& body, const std::string& extra_headers) {
+  SendHead(conn, status, "application/json", static_cast<long long>(body.size()), extra_headers);
   mg_write(conn, body.data(), body.size());
 }
 
 // Text from the request line (a path, an id or a query value, which error messages echo) is not
 // checked for UTF-8 as bodies are by the JSON parser: its bad bytes are written as U+FFFD, where
 // dump() would throw.
-void SendJson(mg_connection* conn, int status, const nlohmann::json& j) {
-  SendJsonText(conn, status, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+void SendJson(mg_connection* conn, int status, const nlohmann::json& j, const std::string& extra_headers) {
+  SendJsonText(conn, status, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), extra_headers);
 }
 
 bool SendEvent(mg_connection* conn, const std::string& data) {

@@ -22,8 +22,10 @@ std::string CorsHeaders(mg_connection* conn);
 // null. One with bytes a header cannot carry back counts as none; its length the coordinator checks.
 const char* RequestIdHeader(mg_connection* conn);
 
-// The status line and headers of every answer: `length` < 0 for a stream (server-sent events).
-void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length);
+// The status line and headers of every answer: `length` < 0 for a stream (server-sent events);
+// `extra_headers` ("Name: value\r\n" each) beside the usual ones.
+void SendHead(mg_connection* conn, int status, const std::string& content_type, long long length,
+              const std::string& extra_headers = "");
 
 // The status and Content-Length (-1: none, a stream) of the answer this thread last began with
 // SendHead (or NoteHeadSent), then forgotten: status 0 when none was sent since the last call.
@@ -39,8 +41,8 @@ HeadSent TakeHeadSent();
 void NoteHeadSent(HeadSent head);
 
 // A JSON answer already written out (an ordered_json's, which keeps OpenAI's field order).
-void SendJsonText(mg_connection* conn, int status, const std::string& body);
-void SendJson(mg_connection* conn, int status, const nlohmann::json& j);
+void SendJsonText(mg_connection* conn, int status, const std::string& body, const std::string& extra_headers = "");
+void SendJson(mg_connection* conn, int status, const nlohmann::json& j, const std::string& extra_headers = "");
 
 // One server-sent event ("data: ...", a blank line); false when the client has gone.
 bool SendEvent(mg_connection* conn, const std::string& data);

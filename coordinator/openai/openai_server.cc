@@ -53,13 +53,13 @@ bool IsTgiRoute(mg_connection* conn) {
   return OpenAiServer::IsTgiPath(uri);
 }
 
-int SendError(mg_connection* conn, const HttpError& e) {
+int SendError(mg_connection* conn, const HttpError& e, const std::string& extra_headers = "") {
   if (IsTgiRoute(conn)) {
     const TgiError t = TgiErrorFromHttp(e.status, e.message);
-    SendJson(conn, t.status, t.ToJson());
+    SendJson(conn, t.status, t.ToJson(), extra_headers);
     return t.status;
   }
-  SendJson(conn, e.status, e.ToJson());
+  SendJson(conn, e.status, e.ToJson(), extra_headers);
   return e.status;
 }
 
@@ -78,8 +78,11 @@ HttpError ResponseNotFound(const std::string& id) {
   return HttpError{404, "Response with id '" + id + "' not found.", "invalid_request_error", std::string("response_id")};
 }
 
-int MethodNotAllowed(mg_connection* conn, const char* allowed) {
-  return SendError(conn, HttpError{405, std::string("use ") + allowed, "invalid_request_error", {}});
+// 405 with the Allow header HTTP requires on it (RFC 9110, 15.5.6); `allowed`: "GET" or "GET, DELETE".
+int MethodNotAllowed(mg_connection* conn, const std::string& allowed) {
+  std::string use = allowed;
+  for (size_t at; (at = use.find(", ")) != std::string::npos;) use.replace(at, 2, " or ");
+  return SendError(conn, HttpError{405, "use " + use, "invalid_request_error", {}}, "Allow: " + allowed + "\r\n");
 }
 
 // The request's body, or the answer that refuses it: 413 past 16 MiB; 400 for none at all, or for
@@ -668,7 +671,7 @@ int OpenAiServer::HandleStoredResponse(mg_connection* conn, void* self) {
   if (cancel) return IsMethod(conn, "POST") ? s->CancelBackgroundResponse(conn, id) : MethodNotAllowed(conn, "POST");
   if (input_items) return IsMethod(conn, "GET") ? s->ListInputItems(conn, id) : MethodNotAllowed(conn, "GET");
   const bool get = IsMethod(conn, "GET");
-  if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET or DELETE");
+  if (!get && !IsMethod(conn, "DELETE")) return MethodNotAllowed(conn, "GET, DELETE");
   if (!get) {
     bool was_running = false;  // then it is deleted even if the store dropped it meanwhile
     if (std::shared_ptr<BackgroundResponse> running = s->RunningBackgroundResponse(id)) {
