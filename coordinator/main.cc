@@ -3,6 +3,7 @@
 // Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when it cannot start (model folder,
 // address in use), 2 for a bad command line.
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -24,6 +25,12 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
+  for (int i = 1; i < argc; ++i) {  // asked for, the usage is no error (as moe-worker's)
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      std::fputs(moe::CoordinatorUsage().c_str(), stdout);
+      return 0;
+    }
+  }
   moe::RaiseOpenFileLimit();  // a descriptor per client connection
   absl::StatusOr<moe::CoordinatorOptions> options =
       moe::ParseCoordinatorArgs(std::vector<std::string>(argv + 1, argv + argc));
