@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 
+#include "absl/strings/numbers.h"
 #include "common/flag_arg.h"
 
 namespace moe {
@@ -116,7 +117,15 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       val = args[++i];
     }
     if (flag == "--coordinator") {
-      if (val.empty() || val.find(':') == std::string::npos) return FlagError(flag, "expected HOST:PORT, got '" + val + "'");
+      // HOST:PORT with a port that can be: 99999 or "abc" waited out the connect timeout (30 s)
+      // before saying the coordinator could not be reached. gRPC's unix: targets have no port.
+      const size_t colon = val.rfind(':');
+      int port = 0;
+      if (colon == std::string::npos || colon == 0 ||
+          (!val.starts_with("unix:") &&
+           !(absl::SimpleAtoi(val.substr(colon + 1), &port) && port >= 1 && port <= 65535))) {
+        return FlagError(flag, "expected HOST:PORT, got '" + val + "'");
+      }
       f.coordinator = val;
     } else if (flag == "--coordinator-tls-ca-file" || flag == "--cluster-tls-cert-file" ||
                flag == "--cluster-tls-key-file") {
