@@ -1,5 +1,6 @@
 #include "coordinator/text_codec.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 
@@ -21,7 +22,12 @@ class SentencePieceStream final : public TextStream {
 
 class SentencePieceCodec final : public TextCodec {
  public:
-  explicit SentencePieceCodec(std::unique_ptr<Tokenizer> tok) : tok_(std::move(tok)) {}
+  explicit SentencePieceCodec(std::unique_ptr<Tokenizer> tok) : tok_(std::move(tok)) {
+    const std::vector<std::string> texts = tok_->TokenTexts();
+    for (int32_t id = 0; id < tok_->vocab_size(); ++id) {
+      max_token_bytes_ = std::max({max_token_bytes_, tok_->Piece(id).size(), texts[static_cast<size_t>(id)].size()});
+    }
+  }
   std::vector<int32_t> Encode(std::string_view text, std::vector<TextSpan>* spans) const override {
     return tok_->Encode(text, spans);
   }
@@ -38,12 +44,14 @@ class SentencePieceCodec final : public TextCodec {
   int32_t vocab_size() const override { return tok_->vocab_size(); }
   bool add_bos() const override { return tok_->add_bos(); }
   bool add_eos() const override { return tok_->add_eos(); }
+  size_t max_token_bytes() const override { return max_token_bytes_; }
   std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids, bool skip_special_tokens) const override {
     return std::make_unique<SentencePieceStream>(*tok_, prompt_ids, skip_special_tokens);
   }
 
  private:
   std::unique_ptr<Tokenizer> tok_;
+  size_t max_token_bytes_ = 1;
 };
 
 }  // namespace
