@@ -1,6 +1,7 @@
 #include "coordinator/cluster_state.h"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -440,6 +441,28 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
                                                           std::shared_ptr<Mailbox> mailbox) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!ServingLocked()) return absl::UnavailableError(NotServingReasonLocked());
+  // A sequence no rank's KV cache could ever hold is the request's error, said before it is queued
+  // (the rank's refusal came back as a worker error, INTERNAL). vLLM refuses a context longer than
+  // its KV cache at startup; here the ranks' caches (moe-worker --kv-tokens, GPU memory) are known
+  // once they have loaded.
+  int64_t largest_cache = 0;
+  for (const RankRecord& r : ranks_) {
+    if (r.kv_blocks_total <= 0 || r.kv_block_size <= 0) {  // not reported: the rank decides
+      largest_cache = std::numeric_limits<int64_t>::max();
+      break;
+    }
+    largest_cache = std::max(largest_cache, r.kv_blocks_total * r.kv_block_size);
+  }
+  for (const SeqSubmission& q : seqs) {
+    if (q.reserve_positions > largest_cache) {
+      const bool generates = q.assign.max_tokens() > 0;
+      return absl::InvalidArgumentError(absl::StrCat(
+          generates ? "sampling.max_tokens" : "prompt", ": ", q.assign.prompt_size(), " prompt tokens",
+          generates ? absl::StrCat(" + max_tokens ", q.assign.max_tokens()) : "", " = ", q.reserve_positions,
+          " positions, more than any rank's KV cache holds (", largest_cache,
+          ": moe-worker --kv-tokens, --gpu-memory-utilization)"));
+    }
+  }
   std::vector<SequenceDemand> demands;
   std::vector<uint64_t> ids;
   const bool affinity = scheduler_.prefix_affinity();

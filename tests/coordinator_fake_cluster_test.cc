@@ -818,6 +818,28 @@ TEST_F(FakeClusterTest, StatsCarryKvUseAndRankZerosLoadStatistics) {
   EXPECT_DOUBLE_EQ(t.layers(1).mean_expert_cv2(), 0.25);
 }
 
+// A sequence longer than every rank's KV cache is the request's error (INVALID_ARGUMENT naming
+// max_tokens), said before it is queued; the rank's own refusal had come back INTERNAL.
+TEST_F(FakeClusterTest, ASequenceNoRanksCacheHoldsIsRefused) {
+  Start(Options(kTiny, 2));
+  std::vector<std::unique_ptr<FakeWorker>> w;
+  for (int r = 0; r < 2; ++r) w.push_back(std::make_unique<FakeWorker>(server_->ports().cluster_port, r, 2));
+  for (auto& x : w) x->StartRegister();
+  for (auto& x : w) ASSERT_TRUE(x->FinishRegister().ok());
+  w[0]->Connect(/*kv_blocks_total=*/2, false, /*kv_block_size=*/16);  // 32 positions
+  w[1]->Connect(/*kv_blocks_total=*/3, false, /*kv_block_size=*/16);  // 48
+  ASSERT_TRUE(PollUntil([&] { return Health() == kServing; }, seconds(10)));
+  const GenerateCall refused = RunGenerate(*stub_, IdsRequest({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 40), Millis(5000));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused.status.error_message(),
+            "sampling.max_tokens: 10 prompt tokens + max_tokens 40 = 50 positions, more than any rank's KV cache "
+            "holds (48: moe-worker --kv-tokens, --gpu-memory-utilization)");
+  // One that the larger cache holds is admitted (the ranks decide then).
+  for (auto& x : w) x->AutoRespond(2);
+  const GenerateCall served = RunGenerate(*stub_, IdsRequest({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 38), Millis(10000));
+  EXPECT_TRUE(served.status.ok()) << served.status.error_message();
+}
+
 TEST_F(FakeClusterTest, SilentRankIsLostAfterTheHeartbeatTimeout) {
   CoordinatorOptions o = Options(kTiny, 1);
   o.heartbeat_timeout_s = 1.0;
