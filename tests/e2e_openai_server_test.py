@@ -575,9 +575,12 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual("".join(lp["tokens"]), choice["text"])
         self.assertEqual(lp["token_logprobs"], [x.logprob for x in want.logprobs])
         self.assertEqual(lp["text_offset"], [len("".join(lp["tokens"][:i])) for i in range(len(lp["tokens"]))])
-        for top, w in zip(lp["top_logprobs"], want.logprobs):
-            self.assertEqual(top, {t.text: t.logprob for t in reversed(w.top)})
-            self.assertLessEqual(len(top), 3)
+        for name, top, w in zip(lp["tokens"], lp["top_logprobs"], want.logprobs):
+            # The 3 most probable (texts alone) and the chosen token under its name in tokens.
+            expected = {t.text: t.logprob for t in reversed(w.top) if t.token_id != w.token_id}
+            expected[name] = w.logprob
+            self.assertEqual(top, expected)
+            self.assertLessEqual(len(top), 4)
         events = self.stream(body)
         streamed = [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["tokens"]]
         self.assertEqual(streamed, lp["tokens"])
@@ -824,21 +827,21 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertEqual(len(alts), k)
             self.assertEqual(alts[0].token_id, scored.argmax_ids[i])
             self.assertEqual([a.logprob for a in alts], sorted((a.logprob for a in alts), reverse=True))
-            # The prompt's token by its alternative's name where it is one, else by its name in tokens.
-            if ids[i + 1] in [a.token_id for a in alts]:
-                self.assertEqual({a.text for a in alts}, set(top))
-            else:
-                self.assertEqual({a.text for a in alts} | {tokens[i + 1]}, set(top))
-                self.assertAlmostEqual(top[tokens[i + 1]],
-                                       echoed["choices"][0]["logprobs"]["token_logprobs"][i + 1], delta=1e-6)
+            # The prompt's token under its name in tokens, the other alternatives under their texts.
+            self.assertEqual({a.text for a in alts if a.token_id != ids[i + 1]} | {tokens[i + 1]}, set(top))
+            self.assertAlmostEqual(top[tokens[i + 1]], echoed["choices"][0]["logprobs"]["token_logprobs"][i + 1],
+                                   delta=1e-6)
         # logprobs 1 streamed: the most probable token a position, and the prompt's where another.
         events = self.stream({"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1})
         streamed = [c["logprobs"]["top_logprobs"] for e in events for c in e["choices"] if c.get("logprobs")]
         self.assertEqual(len(streamed), 1)
         for i, top in enumerate(streamed[0][1:]):
             best = scored.top[i].top[0]
-            self.assertEqual(set(top), {best.text} | ({tokens[i + 1]} if ids[i + 1] != best.token_id else set()), top)
-            self.assertAlmostEqual(top[best.text], best.logprob, delta=1e-6)
+            if best.token_id == ids[i + 1]:
+                self.assertEqual(set(top), {tokens[i + 1]}, top)
+            else:
+                self.assertEqual(set(top), {best.text, tokens[i + 1]}, top)
+                self.assertAlmostEqual(top[best.text], best.logprob, delta=1e-6)
 
     def test_c3b_echo_streamed_and_with_n_is_the_whole_answers(self):
         """vLLM serves echo streamed (the prompt on each choice's first chunk) and with n > 1 (each

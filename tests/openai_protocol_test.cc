@@ -539,10 +539,12 @@ TEST(OpenAiProtocolTest, LogprobsTakeOpenAisCompletionsShapeWithOffsetsAcrossMes
   EXPECT_EQ(offset, 9u);
 }
 
-// The chosen token among the alternatives goes by their name (its text decoded alone, "I"), not
-// again by its text in the completion (" I"); outside them, by its name in "tokens".
+// The chosen token goes by its name in "tokens" (its text in the completion, " I"), also where it
+// is one of the alternatives (whose names are their texts decoded alone, "I"), and only once: so
+// top_logprobs[i][tokens[i]] is token_logprobs[i], as in vLLM. A more probable id with the same
+// text alone ("the" beside the chosen "▁the") does not hide it.
 TEST(OpenAiProtocolTest, CompletionTopLogprobsHoldTheChosenTokenOnce) {
-  v1::GenerateResponse r = Msg(0, "", v1::FINISH_REASON_LENGTH, 2);
+  v1::GenerateResponse r = Msg(0, "", v1::FINISH_REASON_LENGTH, 3);
   const auto add = [&](int32_t id, const std::string& text, float logprob,
                        std::vector<std::tuple<int32_t, std::string, float>> top) {
     r.add_token_ids(id);
@@ -560,11 +562,14 @@ TEST(OpenAiProtocolTest, CompletionTopLogprobsHoldTheChosenTokenOnce) {
   };
   add(9, " I", -3.0f, {{9, "I", -3.0f}, {4, "and", -3.05f}});
   add(7, " you", -4.0f, {{3, "x", -1.0f}});
+  add(12, " the", -2.0f, {{11, "the", -0.5f}});
   CompletionAccumulator acc(1, true);
   ASSERT_TRUE(acc.Add(r));
   const json lp = acc.ToJson("m", 1)["choices"][0]["logprobs"];
-  EXPECT_EQ(lp["tokens"], (json{" I", " you"}));
-  EXPECT_EQ(lp["top_logprobs"], (json{{{"I", -3.0}, {"and", -3.05f}}, {{"x", -1.0}, {" you", -4.0}}}));
+  EXPECT_EQ(lp["tokens"], (json{" I", " you", " the"}));
+  EXPECT_EQ(lp["top_logprobs"], (json{{{" I", -3.0}, {"and", -3.05f}}, {{"x", -1.0}, {" you", -4.0}},
+                                      {{"the", -0.5}, {" the", -2.0}}}));
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(lp["top_logprobs"][i][lp["tokens"][i].get<std::string>()], lp["token_logprobs"][i]);
 }
 
 // vLLM's return_token_ids and return_tokens_as_token_ids: the ids beside the text, and logprobs

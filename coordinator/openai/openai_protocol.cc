@@ -748,21 +748,20 @@ namespace {
 
 // A completions top_logprobs entry: the k most probable tokens and the chosen one (OpenAI's "the
 // API will always return the logprob of the sampled token, so there may be up to logprobs+1
-// elements"; vLLM's too). The alternatives go by their texts decoded alone, each text with the
-// logprob of the most probable id that has it; the chosen token, where it is not among them, by
-// `chosen_name` (its name in "tokens").
+// elements"; vLLM's too), so that top_logprobs[i][tokens[i]] is token_logprobs[i]. The chosen
+// token goes by `chosen_name`, its name in "tokens" (its text in the completion, " I"), also where
+// it is one of the alternatives; the others by their texts decoded alone ("I"), each text with the
+// logprob of the most probable id that has it. An alternative with no text goes by its id where
+// `empty_as_id` (echo's, as before).
 json CompletionTopLogprobs(const google::protobuf::RepeatedPtrField<v1::TopLogprob>& top_k, int32_t chosen_id,
-                           const std::string& chosen_name, float chosen_logprob, bool tokens_as_ids) {
+                           const std::string& chosen_name, float chosen_logprob, bool tokens_as_ids, bool empty_as_id) {
   json top = json::object();
-  bool chosen_among = false;
+  top[chosen_name] = chosen_logprob;
   for (const v1::TopLogprob& t : top_k) {
+    if (t.token_id() == chosen_id) continue;
     const std::string name =
-        TokenName(t.token_id(), t.text().empty() ? std::to_string(t.token_id()) : t.text(), tokens_as_ids);
+        TokenName(t.token_id(), t.text().empty() && empty_as_id ? std::to_string(t.token_id()) : t.text(), tokens_as_ids);
     if (!top.contains(name)) top[name] = t.logprob();  // most probable first
-    chosen_among = chosen_among || t.token_id() == chosen_id;
-  }
-  if (!chosen_among && (!top.contains(chosen_name) || top[chosen_name].get<double>() < chosen_logprob)) {
-    top[chosen_name] = chosen_logprob;
   }
   return top;
 }
@@ -776,7 +775,8 @@ json LogprobsJson(const v1::GenerateResponse& r, size_t& offset, bool tokens_as_
     const std::string name = TokenName(lp.token_id(), lp.text(), tokens_as_ids);
     j["tokens"].push_back(name);
     j["token_logprobs"].push_back(lp.logprob());
-    j["top_logprobs"].push_back(CompletionTopLogprobs(lp.top(), lp.token_id(), name, lp.logprob(), tokens_as_ids));
+    j["top_logprobs"].push_back(
+        CompletionTopLogprobs(lp.top(), lp.token_id(), name, lp.logprob(), tokens_as_ids, /*empty_as_id=*/false));
     j["text_offset"].push_back(offset);
     offset += lp.text().size();
   }
@@ -991,7 +991,7 @@ Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool
     static const google::protobuf::RepeatedPtrField<v1::TopLogprob> kNone;
     lp["top_logprobs"].push_back(CompletionTopLogprobs(i - 1 < scored.top_size() ? scored.top(i - 1).top() : kNone,
                                                        scored.token_ids(i), lp["tokens"].back().get<std::string>(),
-                                                       scored.logprobs(i - 1), tokens_as_ids));
+                                                       scored.logprobs(i - 1), tokens_as_ids, /*empty_as_id=*/true));
   }
   echo.logprobs = std::move(lp);
   return echo;

@@ -8,10 +8,11 @@
 // most 64) answers with n choices per prompt, prompt i's at indices i * n .. i * n + n - 1, as
 // OpenAI's API does, whole or streamed. logprobs (at most 20 alternatives) come in OpenAI's
 // completions shape: tokens (each token's text, adding up to the completion's), token_logprobs,
-// top_logprobs ({text: logprob}) and text_offset. echo puts the prompt before each choice (whole, or
-// on each choice's first streamed chunk, as vLLM's server does), its logprobs from ScoreRolling (the
-// first token's null; each other position's k most probable tokens with logprobs k, the most
-// probable alone with logprobs 0), which is what lm-evaluation-harness's local-completions asks for.
+// top_logprobs ({text: logprob}: the k most probable and the chosen token, under its name in tokens)
+// and text_offset. echo puts the prompt before each choice (whole, or on each choice's first
+// streamed chunk, as vLLM's server does), its logprobs from ScoreRolling (the first token's null;
+// each other position's k most probable tokens and the prompt's own), which is what
+// lm-evaluation-harness's local-completions asks for.
 #pragma once
 
 #include <cstdint>
@@ -247,8 +248,8 @@ nlohmann::json StreamUsageJson(const std::string& request_id, const std::string&
 
 // echo: what a prompt puts before each of its choices: its text (the request's, or for token ids
 // the detokenizer's texts of ScoreRolling, which add up to it) and, with logprobs, its tokens
-// (ScoreRolling's token_texts), their logprobs (null for the first) and the most probable token at
-// each position as top_logprobs, text_offset from 0.
+// (ScoreRolling's token_texts), their logprobs (null for the first) and as top_logprobs the k most
+// probable tokens at each position with the prompt's own, text_offset from 0.
 struct Echo {
   std::string text;
   nlohmann::json logprobs;  // null without logprobs
