@@ -393,8 +393,10 @@ void ClusterState::CheckLiveness(Clock::time_point now) {
   // Checks come every quarter timeout or more often. A longer gap means the coordinator itself did
   // not run (stopped, suspended, starved): the heartbeats that came meanwhile wait unread in its
   // streams, so the ranks' silence is timed from now rather than blamed on them.
+  // (At least 100 ms: the monitor's period is at least 20 ms, and a timeout of a few tens of ms,
+  // the tests', must not read every check as a gap.)
   const Clock::time_point previous = std::exchange(last_liveness_check_, now);
-  if (now - previous > setup_.heartbeat_timeout / 2) {
+  if (now - previous > std::max<std::chrono::duration<double>>(setup_.heartbeat_timeout / 2, std::chrono::milliseconds(100))) {
     if (phase_ == Phase::kServing) {
       std::fprintf(stderr, "moe-coordinator: the liveness check did not run for %.1f s; the ranks' heartbeats are timed from now\n",
                    std::chrono::duration<double>(now - previous).count());
@@ -406,16 +408,19 @@ void ClusterState::CheckLiveness(Clock::time_point now) {
                                                       setup_.resume_timeout.count(), " s (--resume-timeout-s)")));
   }
   if (phase_ != Phase::kServing || draining_) return;
+  std::string lost;  // the first silent rank names the loss; every silent one is reported lost
   for (int rank = 0; rank < world_size(); ++rank) {
     RankRecord& r = ranks_[rank];
     const double silent = std::chrono::duration<double>(now - r.last_seen).count();
     if (r.alive && silent > setup_.heartbeat_timeout.count()) {
-      r.silent = true;  // reported as lost, though its stream is still open
-      BreakLocked(absl::StrCat("rank ", rank, " lost: no heartbeat for ", std::round(silent * 10) / 10,
-                               " s (--heartbeat-timeout-s ", setup_.heartbeat_timeout.count(), ")"));
-      return;
+      r.silent = true;  // its stream is still open
+      if (lost.empty()) {
+        lost = absl::StrCat("rank ", rank, " lost: no heartbeat for ", std::round(silent * 10) / 10,
+                            " s (--heartbeat-timeout-s ", setup_.heartbeat_timeout.count(), ")");
+      }
     }
   }
+  if (!lost.empty()) BreakLocked(lost);
 }
 
 void ClusterState::DispatchLocked() {
@@ -441,26 +446,27 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
                                                           std::shared_ptr<Mailbox> mailbox) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!ServingLocked()) return absl::UnavailableError(NotServingReasonLocked());
-  // A sequence no rank's KV cache could ever hold is the request's error, said before it is queued
+  // A sequence a rank's KV cache could never hold is the request's error, said before it is queued
   // (the rank's refusal came back as a worker error, INTERNAL). vLLM refuses a context longer than
   // its KV cache at startup; here the ranks' caches (moe-worker --kv-tokens, GPU memory) are known
-  // once they have loaded.
-  int64_t largest_cache = 0;
+  // once they have loaded. The scheduler places a sequence on any rank, so the smallest counts.
+  int64_t smallest_cache = std::numeric_limits<int64_t>::max();
   for (const RankRecord& r : ranks_) {
-    if (r.kv_blocks_total <= 0 || r.kv_block_size <= 0) {  // not reported: the rank decides
-      largest_cache = std::numeric_limits<int64_t>::max();
-      break;
+    int64_t positions = 0;
+    if (r.kv_blocks_total <= 0 || r.kv_block_size <= 0 ||  // not reported: the rank decides
+        __builtin_mul_overflow(r.kv_blocks_total, r.kv_block_size, &positions)) {
+      continue;
     }
-    largest_cache = std::max(largest_cache, r.kv_blocks_total * r.kv_block_size);
+    smallest_cache = std::min(smallest_cache, positions);
   }
   for (const SeqSubmission& q : seqs) {
-    if (q.reserve_positions > largest_cache) {
+    if (q.reserve_positions > smallest_cache) {
       const bool generates = q.assign.max_tokens() > 0;
       return absl::InvalidArgumentError(absl::StrCat(
           generates ? "sampling.max_tokens" : "prompt", ": ", q.assign.prompt_size(), " prompt tokens",
           generates ? absl::StrCat(" + max_tokens ", q.assign.max_tokens()) : "", " = ", q.reserve_positions,
-          " positions, more than any rank's KV cache holds (", largest_cache,
-          ": moe-worker --kv-tokens, --gpu-memory-utilization)"));
+          " positions, more than a rank's KV cache holds (", smallest_cache,
+          "; moe-worker --kv-tokens, --gpu-memory-utilization)"));
     }
   }
   std::vector<SequenceDemand> demands;
