@@ -43,8 +43,10 @@ class TextCodec {
   virtual int32_t vocab_size() const = 0;
   virtual bool add_bos() const = 0;
   virtual bool add_eos() const = 0;
-  // The most bytes of text one token stands for (the longest piece or added token; normalising
-  // only lengthens text): a text of N bytes encodes to at least N / max_token_bytes() tokens.
+  // The most bytes of text one token stands for (the longest piece or added token): a text of N
+  // bytes encodes to at least N / max_token_bytes() tokens once runs of spaces count as one byte
+  // (normalising only lengthens text, but for SentencePiece's remove_extra_whitespaces, which
+  // collapses such runs).
   virtual size_t max_token_bytes() const = 0;
   // A detokenizer for text generated after `prompt_ids`; must not outlive this codec.
   virtual std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids,

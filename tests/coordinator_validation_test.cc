@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/match.h"
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -69,12 +71,19 @@ TEST_F(ValidationTest, TextTooLongForAnyEncodingIsRefusedBeforeItIsEncoded) {
   const RequestModel m = shakespeare();
   const size_t per_token = m.tokenizer->max_token_bytes();
   // The bound holds: no text encodes to fewer tokens than its bytes / max_token_bytes.
-  for (const std::string text : {std::string(5000, 'e'), std::string("the king and the queen, ") + std::string(300, ' '),
+  for (const std::string& text : {std::string(5000, 'e'), std::string("the king and the queen, ") + std::string(300, ' '),
                                  std::string("ROMEO: ") + "\xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\xa6\x9c <s></s>"}) {
     EXPECT_GE(m.tokenizer->Encode(text).size() * per_token, text.size()) << text;
     EXPECT_GE(m.tokenizer->EncodeWithSpecialTokens(text).size() * per_token, text.size()) << text;
   }
   v1::GenerateRequest r;
+  // Runs of spaces count as one byte (SentencePiece's remove_extra_whitespaces collapses them):
+  // a prompt of spaces around a word is encoded, not refused by its length.
+  r.mutable_prompt()->set_text(std::string(static_cast<size_t>(m.context()) * per_token, ' ') + "king" +
+                               std::string(static_cast<size_t>(m.context()) * per_token, ' '));
+  r.mutable_sampling()->set_max_tokens(1);
+  EXPECT_FALSE(absl::StrContains(ValidateGenerate(r, m).status().message(), "at least")) << ValidateGenerate(r, m).status();
+  r.clear_sampling();
   r.mutable_prompt()->set_text(std::string(static_cast<size_t>(m.context()) * per_token, 'a'));
   const absl::StatusOr<GenerateJob> refused = ValidateGenerate(r, m);
   ASSERT_TRUE(NamesField(refused.status(), "prompt"));
