@@ -50,7 +50,8 @@ class JsonNesting {
 // inside one another. Linear and without recursion: checked before a parser sees the text.
 bool NestsDeeperThan(std::string_view text, int limit);
 
-// Parses `text` as one JSON value, as Python's json.loads would (less its NaN and Infinity): an
+// Parses `text` as one JSON value, as Python's json.loads would (less its NaN and Infinity, and a
+// number out of double's range, which Python reads as infinity and this refuses): an
 // InvalidArgument error says what is wrong and where ("not valid JSON: parse error at line 3,
 // column 7: syntax error while parsing value - ...", "number overflow parsing '1e400'"), without
 // naming the text (the caller does). A NUL byte is refused naming its offset: nlohmann reads one as

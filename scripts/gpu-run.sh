@@ -107,14 +107,15 @@ if [ "$GPUS" -ge 2 ]; then
     --out "$LOGS/moe-ep-bench.json" ${MOE_EP_ARGS:-} || status=1
   grep -vE "^\s*$" "$LOGS/ep-bench.log" | tail -n 30 | tee -a "$SUMMARY"
   # The scaling over one GPU at equal total batches, and dispatch + combine per layer (issue #5's bar).
-  python3 scripts/ep-scaling.py "$LOGS/moe-bench.json" "$LOGS/moe-ep-bench.json" --json "$LOGS/ep-scaling.json" \
+  [ -s "$LOGS/moe-bench.json" ] &&
+    python3 scripts/ep-scaling.py "$LOGS/moe-bench.json" "$LOGS/moe-ep-bench.json" --json "$LOGS/ep-scaling.json" \
     | tee -a "$SUMMARY"
   # The same with the decode steps' rows written straight into the other GPUs (PeerExchange) instead
   # of NCCL's fixed blocks; it says so and stops where the GPUs cannot reach each other.
   # shellcheck disable=SC2086
   if step ep-bench-peer timeout 900 mpirun -np "$GPUS" --bind-to none "$B/benchmarks/moe-ep-bench" --exchange peer \
       --out "$LOGS/moe-ep-bench-peer.json" ${MOE_EP_ARGS:-}; then
-    python3 scripts/ep-scaling.py "$LOGS/moe-bench.json" "$LOGS/moe-ep-bench-peer.json" \
+    [ -s "$LOGS/moe-bench.json" ] && python3 scripts/ep-scaling.py "$LOGS/moe-bench.json" "$LOGS/moe-ep-bench-peer.json" \
       --json "$LOGS/ep-scaling-peer.json" | tee -a "$SUMMARY"
   else
     status=1
@@ -123,7 +124,7 @@ if [ "$GPUS" -ge 2 ]; then
   # Where one GPU cannot hold the whole model (an H100's 80 GB against Mixtral-8x7B's 93 GB of bf16
   # weights), moe-bench above wrote no figures to compare with: the scaling at equal total batches
   # is then measured on half the model's layers on both sides (the peer exchange, the faster).
-  if [ ! -s "$LOGS/moe-bench.json" ]; then
+  if [ "${GPU_RUN_BENCH:-1}" != 0 ] && [ ! -s "$LOGS/moe-bench.json" ]; then
     HALF_CONFIG=$(mktemp --suffix=.json)
     python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["num_hidden_layers"] //= 2; json.dump(c, open(sys.argv[2], "w"))' \
       benchmarks/configs/mixtral-8x7b-v0.1.json "$HALF_CONFIG"

@@ -281,9 +281,10 @@ class PythonClientEndToEnd(unittest.TestCase):
         wait_until_idle(self.client, 30, "the earlier tests' requests")
         time.sleep(0.6)  # past the line of zeros that follows them
         before = len(lines())
-        chunks = list(self.client.generate(token_ids=self.samples["ROMEO:"]["prompt_ids"], max_tokens=400,
+        # Long enough to span several 0.2 s lines (400 tokens took one line's time on a quiet machine).
+        chunks = list(self.client.generate(token_ids=self.samples["ROMEO:"]["prompt_ids"], max_tokens=2000,
                                            temperature=0, ignore_eos=True))
-        self.assertEqual(sum(len(c.token_ids) for c in chunks), 400)
+        self.assertEqual(sum(len(c.token_ids) for c in chunks), 2000)
         time.sleep(0.6)
         during = lines()[before:]
         self.assertTrue(any(float(g) > 0 and int(r) == 1 for _, g, r, _, _ in during), during)

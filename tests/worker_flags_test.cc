@@ -12,6 +12,9 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   EXPECT_EQ(f->device, "cpu");
   EXPECT_EQ(f->kv_block_size, 16);
   EXPECT_EQ(f->gpu_memory_utilization, 0.9);
+  for (const char* target : {"[::1]:50052", "dns:///coordinator.local:50052", "unix:/tmp/moe.sock", "unix-abstract:moe"}) {
+    EXPECT_TRUE(ParseWorkerFlags({"--coordinator", target}).ok()) << target;
+  }
   f = ParseWorkerFlags({"--coordinator=h:1", "--gpu-memory-utilization=0.5"});
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->gpu_memory_utilization, 0.5);
@@ -85,6 +88,8 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--coordinator", "127.0.0.1:99999"}, "--coordinator: expected HOST:PORT, got '127.0.0.1:99999'"},
            {{"--coordinator", "127.0.0.1:abc"}, "--coordinator: expected HOST:PORT"},
            {{"--coordinator", ":50052"}, "--coordinator: expected HOST:PORT"},
+           {{"--coordinator", "h: 80"}, "--coordinator: expected HOST:PORT"},
+           {{"--coordinator", "h:+80"}, "--coordinator: expected HOST:PORT"},
            {{"--coordinator", "h:1", "--kv-tokens", "0"}, "--kv-tokens: must be positive"},
            {{"--coordinator", "h:1", "--gpu-memory-utilization", "0"}, "--gpu-memory-utilization: must be in (0, 1]"},
            {{"--coordinator", "h:1", "--gpu-memory-utilization=1.5"}, "--gpu-memory-utilization: must be in (0, 1]"},

@@ -51,7 +51,8 @@ CoordinatorLink::~CoordinatorLink() { Close(std::chrono::milliseconds(0)); }
 std::unique_ptr<CoordinatorLink::PendingRegister> CoordinatorLink::StartRegister(const moe::v1::RegisterRequest& req) {
   std::unique_ptr<PendingRegister> p(new PendingRegister);
   // No deadline: the answer waits for the slowest rank of the job to register. wait_for_ready
-  // rides over a connection that drops and comes back meanwhile.
+  // waits for the connection to be ready before the call starts (a connection lost during the call
+  // ends it UNAVAILABLE, and with it the job).
   p->ctx_.set_wait_for_ready(true);
   if (!cluster_token_.empty()) p->ctx_.AddMetadata(kClusterTokenMetadata, cluster_token_);
   p->thread_ = std::thread([this, call = p.get(), req] {

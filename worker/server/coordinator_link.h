@@ -57,7 +57,8 @@ class CoordinatorLink final : public Outbox {
     std::optional<absl::Status> status_;  // set once the call ended
     std::thread thread_;
   };
-  // Starts Register (no deadline; wait_for_ready rides over a connection that drops and comes back).
+  // Starts Register (no deadline; it waits for the connection to be ready). The call refers to
+  // this link: the PendingRegister must not outlive it.
   std::unique_ptr<PendingRegister> StartRegister(const moe::v1::RegisterRequest& req);
 
   // Opens the Serve stream and starts the reader (into `inbox`, which must outlive the link) and

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <charconv>
 
-#include "absl/strings/numbers.h"
 #include "common/flag_arg.h"
 
 namespace moe {
@@ -117,13 +116,18 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       val = args[++i];
     }
     if (flag == "--coordinator") {
-      // HOST:PORT with a port that can be: 99999 or "abc" waited out the connect timeout (30 s)
-      // before saying the coordinator could not be reached. gRPC's unix: targets have no port.
+      // HOST:PORT with a port that can be (digits, 1 to 65535): 99999 or "abc" waited out the
+      // connect timeout (30 s) before saying the coordinator could not be reached. gRPC's unix: and
+      // unix-abstract: targets have no port.
       const size_t colon = val.rfind(':');
+      const std::string_view digits = colon == std::string::npos ? std::string_view() : std::string_view(val).substr(colon + 1);
       int port = 0;
-      if (colon == std::string::npos || colon == 0 ||
-          (!val.starts_with("unix:") &&
-           !(absl::SimpleAtoi(val.substr(colon + 1), &port) && port >= 1 && port <= 65535))) {
+      const bool digits_only = !digits.empty() && digits.size() <= 5 &&
+                               std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
+      for (const char c : digits_only ? digits : std::string_view()) port = port * 10 + (c - '0');
+      const bool numeric = digits_only && port >= 1 && port <= 65535;
+      const bool unix_socket = val.starts_with("unix:") || val.starts_with("unix-abstract:");
+      if (colon == std::string::npos || colon == 0 || !(numeric || unix_socket)) {
         return FlagError(flag, "expected HOST:PORT, got '" + val + "'");
       }
       f.coordinator = val;
