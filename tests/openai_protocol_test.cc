@@ -236,13 +236,22 @@ TEST(OpenAiProtocolTest, DeeplyNestedBodiesAreRefusedBeforeParsing) {
     return "{\"prompt\": \"x\", \"k\": " + std::string(static_cast<size_t>(levels - 1), '[') +
            std::string(static_cast<size_t>(levels - 1), ']') + "}";
   };
-  EXPECT_FALSE(CheckBodyNesting(nested(kMaxBodyNesting)));
-  const std::optional<HttpError> deep = CheckBodyNesting(nested(kMaxBodyNesting + 1));
+  EXPECT_FALSE(CheckBodyBeforeParsing(nested(kMaxBodyNesting)));
+  const std::optional<HttpError> deep = CheckBodyBeforeParsing(nested(kMaxBodyNesting + 1));
   ASSERT_TRUE(deep);
   EXPECT_EQ(deep->status, 400);
   EXPECT_NE(deep->message.find("512 levels"), std::string::npos) << deep->message;
-  EXPECT_FALSE(CheckBodyNesting("{\"prompt\": \"" + std::string(100000, '[') + "\\\"{{{\"}"));
-  EXPECT_TRUE(CheckBodyNesting("{\"a\": \"\\\\\", \"b\": " + std::string(600, '{')));
+  EXPECT_FALSE(CheckBodyBeforeParsing("{\"prompt\": \"" + std::string(100000, '[') + "\\\"{{{\"}"));
+  EXPECT_TRUE(CheckBodyBeforeParsing("{\"a\": \"\\\\\", \"b\": " + std::string(600, '{')));
+  // A NUL byte, where the parser would stop reading (and take what came before as the body).
+  const std::optional<HttpError> nul = CheckBodyBeforeParsing(std::string("{\"prompt\": \"x\"}\0{junk", 20));
+  ASSERT_TRUE(nul);
+  EXPECT_EQ(nul->message, "the request body is not valid JSON: a NUL byte at offset 15");
+  // What is not JSON is said with where.
+  const auto bad = ParseCompletionRequest("{\"prompt\": \"x\",, }", "m");
+  ASSERT_TRUE(std::holds_alternative<HttpError>(bad));
+  EXPECT_NE(std::get<HttpError>(bad).message.find("the request body is not valid JSON: parse error at line 1, column 16"),
+            std::string::npos) << std::get<HttpError>(bad).message;
   // What the parser would take whole: the same body one level less deep is an ordinary request.
   EXPECT_TRUE(std::holds_alternative<CompletionCall>(ParseCompletionRequest(nested(kMaxBodyNesting), "m")));
 }

@@ -117,7 +117,11 @@ json HttpError::ToJson() const {
   return {{"error", {{"message", message}, {"type", type}, {"param", param ? json(*param) : json(nullptr)}, {"code", status}}}};
 }
 
-std::optional<HttpError> CheckBodyNesting(const std::string& body) {
+std::optional<HttpError> CheckBodyBeforeParsing(const std::string& body) {
+  if (const size_t nul = body.find('\0'); nul != std::string::npos) {
+    return HttpError{400, absl::StrCat("the request body is not valid JSON: a NUL byte at offset ", nul),
+                     "invalid_request_error", {}};
+  }
   if (!NestsDeeperThan(body, kMaxBodyNesting)) return std::nullopt;
   return HttpError{400, "the request body nests arrays and objects more than " + std::to_string(kMaxBodyNesting) +
                             " levels deep",
@@ -128,8 +132,11 @@ namespace {
 
 // The body as a JSON object naming the served model (or none), or the error to answer.
 std::variant<json, HttpError> ParseBody(const std::string& body_text, const ServedModel& model) {
-  json body = json::parse(body_text, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) return HttpError{400, "the request body is not valid JSON", "invalid_request_error", {}};
+  absl::StatusOr<json> parsed = ParseJson(body_text, kMaxBodyNesting);
+  if (!parsed.ok()) {  // "not valid JSON: parse error at line 1, column 9: ..."
+    return HttpError{400, absl::StrCat("the request body is ", parsed.status().message()), "invalid_request_error", {}};
+  }
+  json body = *std::move(parsed);
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
   if (body.contains("model") && !body["model"].is_null()) {
     if (!body["model"].is_string()) return BadParam("model", "expected a string");

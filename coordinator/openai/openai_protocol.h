@@ -48,8 +48,9 @@ HttpError BadParam(const std::string& param, const std::string& message);
 inline constexpr int kMaxBodyNesting = 512;
 
 // 400 when `body` (any text; strings are skipped) opens more than kMaxBodyNesting arrays and
-// objects inside one another; checked before any parser sees the body.
-std::optional<HttpError> CheckBodyNesting(const std::string& body);
+// objects inside one another, or holds a NUL byte (where nlohmann's parser stops reading, taking
+// `{...}\0junk` for `{...}`); checked before any parser sees the body.
+std::optional<HttpError> CheckBodyBeforeParsing(const std::string& body);
 
 inline constexpr size_t kMaxPromptBatch = 64;
 

@@ -608,7 +608,7 @@ int OpenAiServer::ServePost(mg_connection* conn, int (OpenAiServer::*handle)(mg_
   std::variant<std::string, HttpError> read = ReadBody(conn);
   if (const HttpError* e = std::get_if<HttpError>(&read)) return SendError(conn, *e);
   const std::string& body = std::get<std::string>(read);
-  if (std::optional<HttpError> e = CheckBodyNesting(body)) return SendError(conn, *e);
+  if (std::optional<HttpError> e = CheckBodyBeforeParsing(body)) return SendError(conn, *e);
   // The request runs on a thread with a full-size stack: civetweb's have ~100 KB, which a deeply
   // nested chat template or JSON schema, each bounded to a few hundred levels, would overflow (a
   // crash, not a 400). The parsers check every field and answer 400s; should one still throw

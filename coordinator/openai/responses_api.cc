@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/json_util.h"
 #include "coordinator/openai/random_id.h"
 
 namespace moe::openai {
@@ -262,8 +263,11 @@ std::optional<HttpError> ChatTools(const ojson& body, ojson& chat) {
 }  // namespace
 
 std::variant<ResponsesCall, HttpError> ParseResponsesRequest(const std::string& body_text) {
-  const ojson body = ojson::parse(body_text, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) return HttpError{400, "the request body is not valid JSON", "invalid_request_error", {}};
+  absl::StatusOr<ojson> parsed = ParseJson<ojson>(body_text, kMaxBodyNesting);
+  if (!parsed.ok()) {
+    return HttpError{400, absl::StrCat("the request body is ", parsed.status().message()), "invalid_request_error", {}};
+  }
+  const ojson body = *std::move(parsed);
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
 
   if (Given(body, "conversation")) return BadParam("conversation", "the Conversations API is not served: name a previous_response_id");
