@@ -75,6 +75,25 @@ std::string TempPath(const std::string& name) {
   return (std::filesystem::temp_directory_path() / (name + "." + std::to_string(getpid()))).string();
 }
 
+// A one-rank coordinator on the tiny model, every port picked by the kernel and written to
+// `ports_file`, with `extra` flags.
+std::vector<std::string> CoordinatorArgs(const std::string& ports_file, const std::vector<std::string>& extra) {
+  std::filesystem::remove(ports_file);
+  std::vector<std::string> args = {"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0",
+                                   "--cluster-listen", "127.0.0.1:0", "--ports-file", ports_file};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
+// The ports the coordinator wrote to `ports_file` ({"public", "cluster", "metrics"}), or null when
+// none came within 30 s.
+nlohmann::json WaitForPorts(const std::string& ports_file) {
+  if (!PollUntil([&] { return std::filesystem::exists(ports_file) && !ReadFile(ports_file).empty(); }, seconds(30))) {
+    return nullptr;
+  }
+  return nlohmann::json::parse(ReadFile(ports_file));
+}
+
 TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
   const std::string err = TempPath("coord_err");
   {
@@ -171,12 +190,9 @@ TEST(CoordinatorProcessTest, BadCommandLinesExitTwoNamingTheFlag) {
 TEST(CoordinatorProcessTest, PortsFileThenDrainAndCleanExitOnSigterm) {
   const std::string ports_file = TempPath("coord_ports");
   const std::string err = TempPath("coord_err2");
-  std::filesystem::remove(ports_file);
-  Process p({"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
-             "--metrics-listen", "127.0.0.1:0", "--ports-file", ports_file, "--max-model-len", "100"},
-            err);
-  ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file); }, seconds(30))) << ReadFile(err);
-  const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
+  Process p(CoordinatorArgs(ports_file, {"--metrics-listen", "127.0.0.1:0", "--max-model-len", "100"}), err);
+  const nlohmann::json ports = WaitForPorts(ports_file);
+  ASSERT_FALSE(ports.is_null()) << ReadFile(err);
   const int public_port = ports["public"], cluster_port = ports["cluster"];
   EXPECT_GT(public_port, 0);
   EXPECT_GT(cluster_port, 0);
@@ -223,14 +239,9 @@ TEST(CoordinatorProcessTest, PortsFileThenDrainAndCleanExitOnSigterm) {
 TEST(CoordinatorProcessTest, PortsInUseAreRefused) {
   const std::string ports_file = TempPath("coord_ports_in_use");
   const std::string err = TempPath("coord_err_in_use");
-  std::filesystem::remove(ports_file);
-  Process first({"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
-                 "--metrics-listen", "none", "--ports-file", ports_file},
-                err);
-  ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file) && !ReadFile(ports_file).empty(); },
-                        seconds(30)))
-      << ReadFile(err);
-  const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
+  Process first(CoordinatorArgs(ports_file, {"--metrics-listen", "none"}), err);
+  const nlohmann::json ports = WaitForPorts(ports_file);
+  ASSERT_FALSE(ports.is_null()) << ReadFile(err);
   const std::string public_port = std::to_string(ports["public"].get<int>());
   const std::string cluster_port = std::to_string(ports["cluster"].get<int>());
   const std::string err2 = TempPath("coord_err_in_use2");
@@ -254,14 +265,9 @@ TEST(CoordinatorProcessTest, PortsInUseAreRefused) {
 TEST(CoordinatorProcessTest, AStoppedCoordinatorDoesNotBlameItsRanks) {
   const std::string ports_file = TempPath("coord_ports_stopped");
   const std::string err = TempPath("coord_err_stopped");
-  std::filesystem::remove(ports_file);
-  Process p({"--model", kTiny, "--world-size", "1", "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0",
-             "--metrics-listen", "none", "--ports-file", ports_file, "--heartbeat-timeout-s", "1"},
-            err);
-  ASSERT_TRUE(PollUntil([&] { return std::filesystem::exists(ports_file) && !ReadFile(ports_file).empty(); },
-                        seconds(30)))
-      << ReadFile(err);
-  const nlohmann::json ports = nlohmann::json::parse(ReadFile(ports_file));
+  Process p(CoordinatorArgs(ports_file, {"--metrics-listen", "none", "--heartbeat-timeout-s", "1"}), err);
+  const nlohmann::json ports = WaitForPorts(ports_file);
+  ASSERT_FALSE(ports.is_null()) << ReadFile(err);
   auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", ports["public"].get<int>()),
                                      grpc::InsecureChannelCredentials());
   FakeWorker w(ports["cluster"].get<int>(), 0, 1);

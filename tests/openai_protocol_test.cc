@@ -513,18 +513,20 @@ TEST(OpenAiProtocolTest, ResponsesFoldTheStreamPerCompletion) {
 }
 
 // A token with its text (what it added), logprob and top alternatives.
+// `top_ids`, when given, the alternatives' ids (else 0).
 void AddToken(v1::GenerateResponse& r, int32_t id, const std::string& text, float logprob,
-              std::vector<std::pair<std::string, float>> top) {
+              std::vector<std::pair<std::string, float>> top, std::vector<int32_t> top_ids = {}) {
   r.add_token_ids(id);
   r.set_text(r.text() + text);
   v1::TokenLogprob* lp = r.add_logprobs();
   lp->set_token_id(id);
   lp->set_text(text);
   lp->set_logprob(logprob);
-  for (const auto& [t, l] : top) {
+  for (size_t i = 0; i < top.size(); ++i) {
     v1::TopLogprob* x = lp->add_top();
-    x->set_text(t);
-    x->set_logprob(l);
+    x->set_text(top[i].first);
+    x->set_logprob(top[i].second);
+    if (i < top_ids.size()) x->set_token_id(top_ids[i]);
   }
 }
 
@@ -554,24 +556,9 @@ TEST(OpenAiProtocolTest, LogprobsTakeOpenAisCompletionsShapeWithOffsetsAcrossMes
 // text alone ("the" beside the chosen "▁the") does not hide it.
 TEST(OpenAiProtocolTest, CompletionTopLogprobsHoldTheChosenTokenOnce) {
   v1::GenerateResponse r = Msg(0, "", v1::FINISH_REASON_LENGTH, 3);
-  const auto add = [&](int32_t id, const std::string& text, float logprob,
-                       std::vector<std::tuple<int32_t, std::string, float>> top) {
-    r.add_token_ids(id);
-    r.set_text(r.text() + text);
-    v1::TokenLogprob* lp = r.add_logprobs();
-    lp->set_token_id(id);
-    lp->set_text(text);
-    lp->set_logprob(logprob);
-    for (const auto& [tid, ttext, tlp] : top) {
-      v1::TopLogprob* t = lp->add_top();
-      t->set_token_id(tid);
-      t->set_text(ttext);
-      t->set_logprob(tlp);
-    }
-  };
-  add(9, " I", -3.0f, {{9, "I", -3.0f}, {4, "and", -3.05f}});
-  add(7, " you", -4.0f, {{3, "x", -1.0f}});
-  add(12, " the", -2.0f, {{11, "the", -0.5f}});
+  AddToken(r, 9, " I", -3.0f, {{"I", -3.0f}, {"and", -3.05f}}, {9, 4});
+  AddToken(r, 7, " you", -4.0f, {{"x", -1.0f}}, {3});
+  AddToken(r, 12, " the", -2.0f, {{"the", -0.5f}}, {11});
   CompletionAccumulator acc(1, true);
   ASSERT_TRUE(acc.Add(r));
   const json lp = acc.ToJson("m", 1)["choices"][0]["logprobs"];
