@@ -51,7 +51,7 @@ class SentencePieceCodec final : public TextCodec {
 
  private:
   std::unique_ptr<Tokenizer> tok_;
-  size_t max_token_bytes_ = 1;
+  size_t max_token_bytes_ = 4;  // at least a whole character's bytes: what an unknown token stands for
 };
 
 }  // namespace

@@ -43,7 +43,8 @@ class TextCodec {
   virtual int32_t vocab_size() const = 0;
   virtual bool add_bos() const = 0;
   virtual bool add_eos() const = 0;
-  // The most bytes of text one token stands for (the longest piece or added token): a text of N
+  // The most bytes of text one token stands for (the longest piece or added token, or an unknown
+  // token's character, 4 bytes at most): a text of N
   // bytes encodes to at least N / max_token_bytes() tokens once runs of spaces count as one byte
   // (normalising only lengthens text, but for SentencePiece's remove_extra_whitespaces, which
   // collapses such runs).
