@@ -45,6 +45,7 @@ class SentencePieceCodec final : public TextCodec {
   bool add_bos() const override { return tok_->add_bos(); }
   bool add_eos() const override { return tok_->add_eos(); }
   size_t max_token_bytes() const override { return max_token_bytes_; }
+  bool collapses_spaces() const override { return tok_->collapses_spaces(); }
   std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids, bool skip_special_tokens) const override {
     return std::make_unique<SentencePieceStream>(*tok_, prompt_ids, skip_special_tokens);
   }

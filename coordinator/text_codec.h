@@ -44,11 +44,11 @@ class TextCodec {
   virtual bool add_bos() const = 0;
   virtual bool add_eos() const = 0;
   // The most bytes of text one token stands for (the longest piece or added token, or an unknown
-  // token's character, 4 bytes at most): a text of N
-  // bytes encodes to at least N / max_token_bytes() tokens once runs of spaces count as one byte
-  // (normalising only lengthens text, but for SentencePiece's remove_extra_whitespaces, which
-  // collapses such runs).
+  // token's character, 4 bytes at most): a text of N bytes encodes to at least
+  // N / max_token_bytes() tokens, where runs of spaces count as one byte if collapses_spaces()
+  // (normalising only lengthens text, but for that).
   virtual size_t max_token_bytes() const = 0;
+  virtual bool collapses_spaces() const = 0;  // tokenizer.model's remove_extra_whitespaces
   // A detokenizer for text generated after `prompt_ids`; must not outlive this codec.
   virtual std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids,
                                                 bool skip_special_tokens = true) const = 0;

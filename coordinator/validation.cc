@@ -122,13 +122,16 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   if (request.prompt().kind_case() == v1::Prompt::kText && model.tokenizer != nullptr &&
       !request.sampling().has_truncate_prompt_tokens()) {
     const std::string& text = request.prompt().text();
-    size_t counted = 0;  // a run of spaces as one byte (TextCodec::max_token_bytes)
-    for (size_t i = 0; i < text.size(); ++i) counted += text[i] != ' ' || i == 0 || text[i - 1] != ' ';
+    size_t counted = text.size();  // a run of spaces as one byte where encoding collapses it
+    if (model.tokenizer->collapses_spaces()) {
+      counted = 0;
+      for (size_t i = 0; i < text.size(); ++i) counted += text[i] != ' ' || i == 0 || text[i - 1] != ' ';
+    }
     const size_t per_token = model.tokenizer->max_token_bytes();
     const int64_t at_least = static_cast<int64_t>((counted + per_token - 1) / per_token);
     if (at_least >= model.context()) {
-      return FieldError("prompt", absl::StrCat("at least ", at_least, " tokens (", text.size(),
-                                               " bytes of text, at most ", per_token,
+      return FieldError("prompt", absl::StrCat("at least ", at_least, " tokens (", counted,
+                                               counted == text.size() ? "" : " counted", " bytes of text, at most ", per_token,
                                                " a token) leave no room to generate in the model context of ",
                                                model.context(), " positions"));
     }

@@ -820,7 +820,7 @@ TEST_F(FakeClusterTest, StatsCarryKvUseAndRankZerosLoadStatistics) {
 
 // A sequence longer than a rank's KV cache is the request's error (INVALID_ARGUMENT naming
 // max_tokens), said before it is queued; the rank's own refusal had come back INTERNAL.
-TEST_F(FakeClusterTest, ASequenceNoRanksCacheHoldsIsRefused) {
+TEST_F(FakeClusterTest, ASequenceLongerThanARanksCacheIsRefused) {
   Start(Options(kTiny, 2));
   std::vector<std::unique_ptr<FakeWorker>> w;
   for (int r = 0; r < 2; ++r) w.push_back(std::make_unique<FakeWorker>(server_->ports().cluster_port, r, 2));

@@ -65,6 +65,37 @@ std::shared_ptr<const TextCodec>* ValidationTest::codec_ = nullptr;
   return ::testing::AssertionSuccess();
 }
 
+// A codec that says it collapses runs of spaces (tokenizer.model's remove_extra_whitespaces),
+// otherwise `inner`.
+class CollapsingCodec final : public TextCodec {
+ public:
+  explicit CollapsingCodec(const TextCodec& inner) : inner_(inner) {}
+  std::vector<int32_t> Encode(std::string_view text, std::vector<TextSpan>* spans) const override {
+    return inner_.Encode(text, spans);
+  }
+  std::vector<int32_t> EncodeWithSpecialTokens(std::string_view text, std::vector<TextSpan>* spans) const override {
+    return inner_.EncodeWithSpecialTokens(text, spans);
+  }
+  std::string Piece(int32_t id) const override { return inner_.Piece(id); }
+  std::vector<std::string> TokenTexts() const override { return inner_.TokenTexts(); }
+  std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
+    return inner_.Decode(ids, skip_special_tokens);
+  }
+  int32_t bos_id() const override { return inner_.bos_id(); }
+  int32_t eos_id() const override { return inner_.eos_id(); }
+  int32_t vocab_size() const override { return inner_.vocab_size(); }
+  bool add_bos() const override { return inner_.add_bos(); }
+  bool add_eos() const override { return inner_.add_eos(); }
+  size_t max_token_bytes() const override { return inner_.max_token_bytes(); }
+  bool collapses_spaces() const override { return true; }
+  std::unique_ptr<TextStream> NewStream(std::span<const int32_t> prompt_ids, bool skip_special_tokens) const override {
+    return inner_.NewStream(prompt_ids, skip_special_tokens);
+  }
+
+ private:
+  const TextCodec& inner_;
+};
+
 // A text prompt that cannot fit the context whatever it encodes to is refused before it is encoded
 // (a 40 MB one had taken 18 s and 2.3 GB); truncated (truncate_prompt_tokens), it is served.
 TEST_F(ValidationTest, TextTooLongForAnyEncodingIsRefusedBeforeItIsEncoded) {
@@ -77,12 +108,16 @@ TEST_F(ValidationTest, TextTooLongForAnyEncodingIsRefusedBeforeItIsEncoded) {
     EXPECT_GE(m.tokenizer->EncodeWithSpecialTokens(text).size() * per_token, text.size()) << text;
   }
   v1::GenerateRequest r;
-  // Runs of spaces count as one byte (SentencePiece's remove_extra_whitespaces collapses them):
-  // a prompt of spaces around a word is encoded, not refused by its length.
-  r.mutable_prompt()->set_text(std::string(static_cast<size_t>(m.context()) * per_token, ' ') + "king" +
-                               std::string(static_cast<size_t>(m.context()) * per_token, ' '));
+  // Spaces count as bytes here (this tokenizer keeps them: each is a token's worth) ...
+  const std::string spaces(static_cast<size_t>(m.context()) * per_token, ' ');
+  r.mutable_prompt()->set_text(spaces + "king" + spaces);
   r.mutable_sampling()->set_max_tokens(1);
-  EXPECT_FALSE(absl::StrContains(ValidateGenerate(r, m).status().message(), "at least")) << ValidateGenerate(r, m).status();
+  EXPECT_TRUE(absl::StrContains(ValidateGenerate(r, m).status().message(), "at least")) << ValidateGenerate(r, m).status();
+  // ... and a run of them as one byte where encoding collapses runs (remove_extra_whitespaces).
+  ASSERT_FALSE(m.tokenizer->collapses_spaces());
+  const CollapsingCodec collapsing(*m.tokenizer);
+  const RequestModel c{*shakespeare_config_, &collapsing};
+  EXPECT_FALSE(absl::StrContains(ValidateGenerate(r, c).status().message(), "at least")) << ValidateGenerate(r, c).status();
   r.clear_sampling();
   r.mutable_prompt()->set_text(std::string(static_cast<size_t>(m.context()) * per_token, 'a'));
   const absl::StatusOr<GenerateJob> refused = ValidateGenerate(r, m);

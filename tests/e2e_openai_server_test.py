@@ -841,7 +841,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 self.assertEqual(set(top), {tokens[i + 1]}, top)
             else:
                 self.assertEqual(set(top), {best.text, tokens[i + 1]}, top)
-                self.assertAlmostEqual(top[best.text], best.logprob, delta=1e-6)
+                if best.text != tokens[i + 1]:  # a name both have is the prompt token's
+                    self.assertAlmostEqual(top[best.text], best.logprob, delta=1e-6)
 
     def test_c3b_echo_streamed_and_with_n_is_the_whole_answers(self):
         """vLLM serves echo streamed (the prompt on each choice's first chunk) and with n > 1 (each

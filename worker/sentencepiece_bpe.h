@@ -124,6 +124,8 @@ class SentencePieceBpe {
     eos_id_ = eos;
   }
   int32_t unk_id() const { return unk_id_; }
+  // Whether normalising collapses runs of spaces into one (tokenizer.model's remove_extra_whitespaces).
+  bool collapses_spaces() const { return remove_extra_whitespaces_; }
 
  private:
   struct Piece {

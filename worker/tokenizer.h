@@ -84,6 +84,8 @@ class Tokenizer {
   int32_t vocab_size() const;
   bool add_bos() const { return add_bos_; }
   bool add_eos() const { return add_eos_; }
+  // Whether encoding collapses runs of spaces into one (SentencePieceBpe::collapses_spaces).
+  bool collapses_spaces() const { return sp_->collapses_spaces(); }
 
  private:
   Tokenizer(std::unique_ptr<SentencePieceBpe> sp, bool add_bos, bool add_eos, bool legacy);
