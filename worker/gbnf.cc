@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "common/hex_digit.h"
 #include "common/utf8.h"
 #include "worker/code_point_ranges.h"
 
@@ -346,7 +347,7 @@ class GbnfParser {
     uint32_t v = 0;
     for (int i = 0; i < digits; ++i, ++pos_) {
       const char c = pos_ < text_.size() ? text_[pos_] : '\0';
-      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      const int d = HexDigitValue(static_cast<unsigned char>(c));
       if (d < 0) return Error(absl::StrCat("expected ", digits, " hex digits"));
       v = v << 4 | static_cast<uint32_t>(d);
     }

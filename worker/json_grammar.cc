@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/hex_digit.h"
+
 namespace moe {
 namespace {
 
@@ -11,12 +13,6 @@ constexpr std::string_view kLiterals[] = {"true", "false", "null"};
 
 bool IsSpace(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 bool IsDigit(uint8_t c) { return c >= '0' && c <= '9'; }
-int HexValue(uint8_t c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 template <typename T>
 void Append(std::string& key, T v) {
@@ -434,7 +430,7 @@ bool JsonGrammar::Step(uint8_t c) {
       low_surrogate_ = true;
       return true;
     case Mode::kHex: {
-      const int h = HexValue(c);
+      const int h = HexDigitValue(c);
       if (h < 0) return false;
       hex_value_ = static_cast<uint16_t>(hex_value_ << 4 | h);
       --hex_left_;

@@ -8,6 +8,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/hex_digit.h"
 
 namespace moe {
 namespace {
@@ -189,13 +190,8 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::Parse(std::s
 
 std::optional<uint8_t> SentencePieceBpe::BytePieceValue(std::string_view text) {
   if (text.size() != 6 || !text.starts_with("<0x") || text[5] != '>') return std::nullopt;
-  const auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  const int hi = hex(text[3]), lo = hex(text[4]);
+  const int hi = HexDigitValue(static_cast<unsigned char>(text[3]));
+  const int lo = HexDigitValue(static_cast<unsigned char>(text[4]));
   if (hi < 0 || lo < 0) return std::nullopt;
   return static_cast<uint8_t>(hi << 4 | lo);
 }

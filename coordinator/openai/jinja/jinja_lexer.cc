@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/hex_digit.h"
 #include "coordinator/openai/jinja/jinja_text.h"
 
 namespace moe::jinja {
@@ -52,13 +53,6 @@ bool AllSpace(const std::string& s, size_t from) {
 
 bool IsNameStart(unsigned char c) { return std::isalpha(c) || c == '_' || c >= 0x80; }
 bool IsNameChar(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 class Lexer {
  public:
@@ -333,9 +327,9 @@ class Lexer {
     size_t end = p;
     while (end < src_.size()) {
       const char ch = src_[end];
-      const int v = HexValue(ch);
-      if (ch == '_' && !digits.empty() && end + 1 < src_.size() && HexValue(src_[end + 1]) >= 0 &&
-          HexValue(src_[end + 1]) < base) {
+      const int v = HexDigitValue(ch);
+      if (ch == '_' && !digits.empty() && end + 1 < src_.size() && HexDigitValue(src_[end + 1]) >= 0 &&
+          HexDigitValue(src_[end + 1]) < base) {
         ++end;
         continue;
       }
@@ -434,7 +428,7 @@ class Lexer {
           char32_t cp = 0;
           for (size_t k = 1; k <= n; ++k) {
             if (i + k >= in.size()) return false;
-            const int v = HexValue(in[i + k]);
+            const int v = HexDigitValue(in[i + k]);
             if (v < 0) return false;
             cp = cp * 16 + v;
           }
