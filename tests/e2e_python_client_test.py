@@ -21,8 +21,9 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
-from launched_cluster import (BUILD_DIR, CLIENT_BIN, MODEL_DIR, RANKS, SOURCE_DIR, STOP_TIMEOUT_S,  # noqa: E402
-                              LaunchedCluster, load_samples, pid_exists, wait_until_idle)
+from launched_cluster import (BUILD_DIR, CLIENT_BIN, COORDINATOR_BIN, MODEL_DIR, RANKS, SOURCE_DIR, STOP_TIMEOUT_S,  # noqa: E402
+                              WORKER_BIN, LaunchedCluster, load_samples, pid_exists, read_ports_file,
+                              wait_until_idle)
 from sentencepiece_pieces import sentencepiece_pieces, sentencepiece_pieces_and_types  # noqa: E402
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
@@ -297,12 +298,11 @@ class PythonClientEndToEnd(unittest.TestCase):
         """The launcher gives the coordinator and its ranks a secret of its own (MOE_CLUSTER_TOKEN):
         a moe-worker started by anyone else on the network, without it or with another, is refused
         (UNAUTHENTICATED, exit 1, saying which), and the cluster serves on."""
-        worker = os.path.join(BUILD_DIR, "worker", "moe-worker")
         env = {k: v for k, v in os.environ.items() if k != "MOE_CLUSTER_TOKEN"}
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         for token, says in ((None, "no cluster token"), ("guess", "wrong cluster token")):
             run_env = dict(env, MOE_CLUSTER_TOKEN=token) if token else env
-            r = subprocess.run([worker, "--coordinator", f"127.0.0.1:{self.cluster.cluster_port}"],
+            r = subprocess.run([WORKER_BIN, "--coordinator", f"127.0.0.1:{self.cluster.cluster_port}"],
                                capture_output=True, text=True, timeout=60, env=run_env)
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertIn(says, r.stderr)
@@ -321,22 +321,16 @@ class PythonClientEndToEnd(unittest.TestCase):
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OPENBLAS_NUM_THREADS="1")
         good = "good-token-0123456789abcdef"
         coordinator = subprocess.Popen(
-            [os.path.join(BUILD_DIR, "coordinator", "moe-coordinator"), "--model", MODEL_DIR, "--world-size", "2",
+            [COORDINATOR_BIN, "--model", MODEL_DIR, "--world-size", "2",
              "--listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0", "--metrics-listen", "none",
              "--ports-file", ports_file],
             env=dict(env, MOE_CLUSTER_TOKEN=good), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
-            while not (os.path.exists(ports_file) and os.path.getsize(ports_file) > 0):
-                self.assertLess(time.monotonic(), deadline, "no ports file")
-                time.sleep(0.1)
-            with open(ports_file) as f:
-                cluster = f"127.0.0.1:{json.load(f)['cluster']}"
-            worker = os.path.join(BUILD_DIR, "worker", "moe-worker")
+            cluster = f"127.0.0.1:{read_ports_file(ports_file)['cluster']}"
             t0 = time.monotonic()
-            r = subprocess.run(["mpirun", "--oversubscribe", "-np", "1", "-x", f"MOE_CLUSTER_TOKEN={good}", worker,
+            r = subprocess.run(["mpirun", "--oversubscribe", "-np", "1", "-x", f"MOE_CLUSTER_TOKEN={good}", WORKER_BIN,
                                 "--coordinator", cluster, ":", "-np", "1", "-x", "MOE_CLUSTER_TOKEN=other-token-0123456789",
-                                worker, "--coordinator", cluster],
+                                WORKER_BIN, "--coordinator", cluster],
                                capture_output=True, text=True, timeout=90, env=env)
             self.assertNotEqual(r.returncode, 0, r.stderr)
             self.assertIn("wrong cluster token", r.stderr)

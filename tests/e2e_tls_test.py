@@ -30,7 +30,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
-from launched_cluster import BUILD_DIR, CLIENT_BIN, MODEL_DIR, SOURCE_DIR, LaunchedCluster, load_samples  # noqa: E402
+from launched_cluster import (BUILD_DIR, CLIENT_BIN, COORDINATOR_BIN, MODEL_DIR, SOURCE_DIR, WORKER_BIN,  # noqa: E402
+                              LaunchedCluster, load_samples, read_ports_file)
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -39,9 +40,7 @@ import grpc  # noqa: E402
 
 from moe_client import MoeClient  # noqa: E402
 
-COORDINATOR_BIN = os.path.join(BUILD_DIR, "coordinator", "moe-coordinator")
 OPENAI_BIN = os.path.join(BUILD_DIR, "coordinator", "openai", "moe-openai-server")
-WORKER_BIN = os.path.join(BUILD_DIR, "worker", "moe-worker")
 
 
 def self_signed(folder, name):
@@ -163,13 +162,7 @@ class TlsEndToEnd(unittest.TestCase):
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         worker, worker_log = None, tempfile.TemporaryFile(mode="w+")
         try:
-            ports_file = os.path.join(self.dir.name, "mtls-ports.json")
-            for _ in range(300):
-                if os.path.exists(ports_file) and os.path.getsize(ports_file) > 0:
-                    break
-                time.sleep(0.1)
-            with open(ports_file) as f:
-                ports = json.load(f)
+            ports = read_ports_file(os.path.join(self.dir.name, "mtls-ports.json"))
             cluster = f"127.0.0.1:{ports['cluster']}"
             worker = subprocess.Popen([WORKER_BIN, "--coordinator", cluster, "--coordinator-tls-ca-file", self.cert,
                                        "--cluster-tls-cert-file", worker_cert, "--cluster-tls-key-file", worker_key],

@@ -21,6 +21,8 @@ BUILD_DIR = os.environ.get("MOE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
 MODEL_DIR = os.path.join(SOURCE_DIR, "models", "shakespeare-moe")
 LAUNCHER = os.path.join(SOURCE_DIR, "deploy", "launch-cluster.sh")
 CLIENT_BIN = os.path.join(BUILD_DIR, "clients", "moe-client")
+COORDINATOR_BIN = os.path.join(BUILD_DIR, "coordinator", "moe-coordinator")
+WORKER_BIN = os.path.join(BUILD_DIR, "worker", "moe-worker")
 RANKS = 2
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 60
@@ -37,6 +39,18 @@ def wait_until_idle(client, timeout, what):
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}: {st}")
         time.sleep(0.05)
+
+
+def read_ports_file(path, timeout=30):
+    """The ports a moe-coordinator started with --ports-file PATH wrote there ({"public", "cluster",
+    "metrics"}), once it has; raises AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (os.path.exists(path) and os.path.getsize(path) > 0):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no ports in {path} after {timeout} s")
+        time.sleep(0.1)
+    with open(path) as f:
+        return json.load(f)
 
 
 def load_samples():
