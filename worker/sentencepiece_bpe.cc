@@ -239,6 +239,18 @@ absl::Status SentencePieceBpe::Init(const std::string& name) {
   }
   std::stable_sort(user_defined_.begin(), user_defined_.end(),
                    [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  // A merge can cross from one word into the next only into a piece with a "▁" after another
+  // character; without one in the vocabulary, words encode apart (what SentencePiece's trainer
+  // makes with split_by_whitespace; runs of "▁" may still merge, they stay in one word).
+  merges_stay_in_words_ = std::none_of(pieces_.begin(), pieces_.end(), [](const Piece& p) {
+    for (size_t at = p.text.find(kSpace, 1); at != std::string::npos; at = p.text.find(kSpace, at + 1)) {
+      if (at < kSpace.size() || std::string_view(p.text).substr(at - kSpace.size(), kSpace.size()) != kSpace) return true;
+    }
+    return false;
+  });
+  // Unknown characters fused into one token (tokenizer.json's fuse_unk) would fuse across words
+  // where "▁" itself is unknown.
+  if (json_.has_value() && json_->fuse_unk && !mergeable_.contains(kSpace)) merges_stay_in_words_ = false;
   return absl::OkStatus();
 }
 
@@ -300,49 +312,65 @@ std::string SentencePieceBpe::Normalize(std::string_view text, bool dummy_prefix
   return out;
 }
 
+size_t SentencePieceBpe::WordEnd(std::string_view normalized, size_t begin) const {
+  if (!merges_stay_in_words_) return normalized.size();
+  for (size_t p = normalized.find(kSpace, begin + 1); p != std::string_view::npos; p = normalized.find(kSpace, p + 1)) {
+    if (p < begin + kSpace.size() || normalized.substr(p - kSpace.size(), kSpace.size()) != kSpace) return p;
+  }
+  return normalized.size();
+}
+
 std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* spans) const {
   std::vector<TextSpan> origin;
   const std::string normalized = Normalize(text, dummy_prefix, spans != nullptr ? &origin : nullptr);
   if (spans != nullptr) spans->clear();
   if (json_.has_value()) return EncodeByPairRank(normalized, origin, spans);
-  struct Symbol {
-    size_t begin, len;
-    int prev, next;
-    bool freeze;
-  };
-  std::vector<Symbol> symbols;
-  for (size_t pos = 0; pos < normalized.size();) {
-    const std::string_view rest = std::string_view(normalized).substr(pos);
+  std::vector<int32_t> ids;
+  ScoreScratch scratch;
+  for (size_t begin = 0; begin < normalized.size();) {
+    const size_t end = WordEnd(normalized, begin);
+    EncodeByScore(normalized, begin, end, origin, ids, spans, scratch);
+    begin = end;
+  }
+  return ids;
+}
+
+void SentencePieceBpe::EncodeByScore(std::string_view normalized, size_t word_begin, size_t word_end,
+                                     const std::vector<TextSpan>& origin, std::vector<int32_t>& ids,
+                                     std::vector<TextSpan>* spans, ScoreScratch& scratch) const {
+  std::vector<ScoreScratch::Symbol>& symbols = scratch.symbols;
+  symbols.clear();
+  for (size_t pos = word_begin; pos < word_end;) {
+    const std::string_view rest = normalized.substr(pos, word_end - pos);
     const size_t user = UserDefinedPrefix(rest);
     const size_t len = user > 0 ? user : OneCharLen(rest);
     const int index = static_cast<int>(symbols.size());
-    symbols.push_back({pos, len, index - 1, pos + len < normalized.size() ? index + 1 : -1, user > 0});
+    symbols.push_back({pos, len, index - 1, pos + len < word_end ? index + 1 : -1, user > 0});
     pos += len;
   }
-  // The merge agenda: the highest-scoring piece first, the leftmost among equals.
-  struct Pair {
-    float score;
-    int left, right;
-    size_t size;
-  };
+  // The merge agenda, a heap: the highest-scoring piece first, the leftmost among equals.
+  using Pair = ScoreScratch::Pair;
   const auto lower = [](const Pair& a, const Pair& b) {
     return a.score < b.score || (a.score == b.score && a.left > b.left);
   };
-  std::priority_queue<Pair, std::vector<Pair>, decltype(lower)> agenda(lower);
+  std::vector<Pair>& agenda = scratch.agenda;
+  agenda.clear();
   const auto maybe_add = [&](int left, int right) {
     if (left < 0 || right < 0 || symbols[static_cast<size_t>(left)].freeze || symbols[static_cast<size_t>(right)].freeze) return;
-    const Symbol& l = symbols[static_cast<size_t>(left)];
+    const ScoreScratch::Symbol& l = symbols[static_cast<size_t>(left)];
     const size_t size = l.len + symbols[static_cast<size_t>(right)].len;
-    const auto it = mergeable_.find(std::string_view(normalized).substr(l.begin, size));
+    const auto it = mergeable_.find(normalized.substr(l.begin, size));
     if (it == mergeable_.end()) return;
-    agenda.push({pieces_[static_cast<size_t>(it->second)].score, left, right, size});
+    agenda.push_back({pieces_[static_cast<size_t>(it->second)].score, left, right, size});
+    std::push_heap(agenda.begin(), agenda.end(), lower);
   };
   for (size_t i = 1; i < symbols.size(); ++i) maybe_add(static_cast<int>(i - 1), static_cast<int>(i));
   while (!agenda.empty()) {
-    const Pair top = agenda.top();
-    agenda.pop();
-    Symbol& l = symbols[static_cast<size_t>(top.left)];
-    Symbol& r = symbols[static_cast<size_t>(top.right)];
+    std::pop_heap(agenda.begin(), agenda.end(), lower);
+    const Pair top = agenda.back();
+    agenda.pop_back();
+    ScoreScratch::Symbol& l = symbols[static_cast<size_t>(top.left)];
+    ScoreScratch::Symbol& r = symbols[static_cast<size_t>(top.right)];
     if (l.len == 0 || r.len == 0 || l.len + r.len != top.size) continue;  // stale
     l.len += r.len;
     l.next = r.next;
@@ -351,10 +379,9 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_
     maybe_add(l.prev, top.left);
     maybe_add(top.left, l.next);
   }
-  std::vector<int32_t> ids;
   for (int i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
     const size_t begin = symbols[static_cast<size_t>(i)].begin;
-    const std::string_view piece = std::string_view(normalized).substr(begin, symbols[static_cast<size_t>(i)].len);
+    const std::string_view piece = normalized.substr(begin, symbols[static_cast<size_t>(i)].len);
     int32_t id = -1;
     if (const auto a = mergeable_.find(piece); a != mergeable_.end()) {
       id = a->second;
@@ -372,7 +399,6 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_
     // The origins of a piece's bytes run forward: its first byte's start to its last byte's end.
     if (spans != nullptr) spans->push_back({origin[begin].begin, origin[begin + piece.size() - 1].end});
   }
-  return ids;
 }
 
 std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normalized, const std::vector<TextSpan>& origin,
@@ -407,11 +433,13 @@ std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normali
     if (spans != nullptr) spans->push_back({origin[sym.begin].begin, origin[sym.begin + sym.len - 1].end});
   };
   for (size_t word_begin = 0; word_begin < normalized.size();) {
-    // Metaspace's split: a word runs from a "▁" to the next one.
-    size_t word_end = normalized.size();
+    // Metaspace's split: a word runs from a "▁" to the next one. Without it, the text still
+    // encodes a word at a time where no merge can cross words (WordEnd), unless a whole word in the
+    // vocabulary is its token (ignore_merges: the whole text, unsplit, is what is looked up).
+    size_t word_end = rules.ignore_merges ? normalized.size() : WordEnd(normalized, word_begin);
     if (rules.split_at_space) {
       const size_t next = normalized.find(kSpace, word_begin + 1);
-      if (next != std::string_view::npos) word_end = next;
+      word_end = next != std::string_view::npos ? next : normalized.size();
     }
     const std::string_view word = normalized.substr(word_begin, word_end - word_begin);
     if (rules.ignore_merges) {
