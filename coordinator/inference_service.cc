@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/request_id_metadata.h"
 #include "common/secret_token.h"
 #include "coordinator/generate_output.h"
 #include "coordinator/grpc_status.h"
@@ -109,6 +110,9 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   if (!ids.ok()) return refused(ids.status());
   stats_.AddPromptTokens(static_cast<int64_t>(job->assign.prompt_size()) * n);
   const std::string request_id = request->request_id().empty() ? absl::StrCat("req-", ids->front()) : request->request_id();
+  // Accepted: the client may start its answer now (common/request_id_metadata.h).
+  context->AddInitialMetadata(kRequestIdMetadata, request_id);
+  writer->SendInitialMetadata();
 
   // One output per completion; a completion is done once its finish reason is known.
   std::vector<std::unique_ptr<GenerateOutput>> outs;

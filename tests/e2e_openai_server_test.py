@@ -2469,6 +2469,46 @@ class OwnClusterCase(unittest.TestCase):
             return json.loads(r.read())
 
 
+class QueuedPromptsEndToEnd(OwnClusterCase):
+    """One running sequence a rank (--max-running-per-rank 1, 2 ranks): a streamed batch of three
+    long prompts runs two at once. Its answer starts once the coordinator has accepted every prompt
+    (Generate's initial metadata), as vLLM's does once a request is checked: the running prompts'
+    chunks flow while the third waits for a free rank, instead of all coming in one burst when it
+    starts."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.mkdtemp(prefix="moe_queued_")
+        cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--coordinator-arg=--max-running-per-rank=1"])
+        cls.cluster.start_or_kill()
+        cls.base = "http://" + cls.cluster.openai_address
+
+    def test_running_prompts_stream_while_another_waits(self):
+        body = {"prompt": ["ROMEO:", "JULIET:", "KING HENRY:"], "max_tokens": 400, "ignore_eos": True,
+                "temperature": 0, "stream": True}
+        req = urllib.request.Request(self.base + "/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        first_seen, last_seen = {}, {}
+        with urllib.request.urlopen(req, timeout=120) as r:
+            for line in r:
+                line = line.decode().strip()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                now = time.monotonic()
+                for c in json.loads(line[len("data: "):])["choices"]:
+                    first_seen.setdefault(c["index"], now)
+                    last_seen[c["index"]] = now
+        self.assertEqual(sorted(first_seen), [0, 1, 2])
+        # The prompt that waited starts after one of the others has finished (400 decode steps).
+        waited = max(first_seen, key=first_seen.get)
+        ran = [i for i in (0, 1, 2) if i != waited]
+        self.assertLessEqual(min(last_seen[i] for i in ran), first_seen[waited] + 0.05)
+        # ... and the running prompts' chunks were not held back until then.
+        for i in ran:
+            self.assertGreater(first_seen[waited] - first_seen[i], 0.1,
+                               "prompt %d's first chunk came with the waiting prompt's first (%s)" % (i, first_seen))
+
+
 class GenerationConfigEndToEnd(OwnClusterCase):
     """The model folder's generation_config.json, as vLLM's --generation-config auto reads it: its
     temperature 0 makes a completion that leaves temperature unset greedy (samples.json's text, where

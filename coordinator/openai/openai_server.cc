@@ -29,6 +29,7 @@
 #include "common/secret_token.h"
 #include "common/json_util.h"
 #include "common/model_name.h"
+#include "common/request_id_metadata.h"
 #include "common/status.h"
 #include "coordinator/openai/http_io.h"
 #include "coordinator/openai/openai_protocol.h"
@@ -1160,8 +1161,9 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   // j is choice i * n + j of the answer, as in a whole answer.
   struct Item {
     size_t prompt = 0;
-    std::optional<v1::GenerateResponse> msg;  // absent: the stream ended with `end`
+    std::optional<v1::GenerateResponse> msg;  // absent: the stream ended with `end`, or `accepted`
     grpc::Status end;
+    std::optional<std::string> accepted;  // the coordinator accepted the prompt: its request id
   };
   const size_t prompts = call.prompts.size();
   std::mutex mu;
@@ -1181,6 +1183,15 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     *request.mutable_prompt() = call.prompts[i];
     request.mutable_sampling()->set_max_tokens(call.MaxTokens(i));
     std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(contexts[i].get(), request);
+    // Accepted (common/request_id_metadata.h): no refusal can come any more. A refused call ends
+    // without it.
+    reader->WaitForInitialMetadata();
+    const auto& metadata = contexts[i]->GetServerInitialMetadata();
+    if (const auto id = metadata.find(kRequestIdMetadata); id != metadata.end()) {
+      std::lock_guard<std::mutex> lock(mu);
+      queue.push_back(Item{i, std::nullopt, {}, std::string(id->second.data(), id->second.size())});
+      ready.notify_one();
+    }
     v1::GenerateResponse msg;
     while (reader->Read(&msg)) {
       std::lock_guard<std::mutex> lock(mu);
@@ -1209,35 +1220,37 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   };
   auto join = [&] { readers.Join(); };
 
-  // The coordinator checks a request before it sends anything: until every prompt's stream has sent
-  // a message, an error is the client's HTTP status (the others cancelled), not an event.
+  // The coordinator checks a request before it accepts it: until every prompt is accepted (or has
+  // sent a message), an error is the client's HTTP status (the others cancelled), not an event. The
+  // answer starts then, as vLLM's does once a request is checked, not when every prompt has its
+  // first token (a queued prompt held back the others' tokens, and the headers, until it ran).
   std::vector<Item> held;
   std::vector<bool> started(prompts, false);
   size_t started_count = 0;
+  std::string request_id;  // the first prompt's, for every event of the answer
   while (started_count < prompts) {
     Item item = next();
-    if (!item.msg) {
-      const grpc::Status& st = item.end;
+    if (item.accepted || item.msg) {
+      if (item.prompt == 0 && request_id.empty()) request_id = item.accepted ? *item.accepted : item.msg->request_id();
       if (!started[item.prompt]) {
-        cancel_all();
-        join();
-        if (st.ok()) return refuse(HttpError{500, "the coordinator sent no completion", "server_error", {}});
-        return refuse(CallError(st, &call, item.prompt));
+        started[item.prompt] = true;
+        ++started_count;
       }
     } else if (!started[item.prompt]) {
-      started[item.prompt] = true;
-      ++started_count;
+      const grpc::Status& st = item.end;
+      cancel_all();
+      join();
+      if (st.ok()) return refuse(HttpError{500, "the coordinator sent no completion", "server_error", {}});
+      return refuse(CallError(st, &call, item.prompt));
     }
-    held.push_back(std::move(item));
+    if (!item.accepted) held.push_back(std::move(item));
   }
   SendHead(conn, 200, "text/event-stream", -1);
-
-  std::string request_id;  // the first prompt's, for every event of the answer
-  for (const Item& item : held) {
-    if (item.msg && item.prompt == 0) {
-      request_id = item.msg->request_id();
-      break;
-    }
+  // The Responses API's response.created and response.in_progress, at once as OpenAI's.
+  if (responses != nullptr && !emit(nlohmann::json::object())) {
+    cancel_all();
+    join();
+    return 200;
   }
   std::vector<uint32_t> prompt_tokens(prompts, 0);
   std::vector<std::optional<uint32_t>> cached_tokens(prompts);  // per prompt, from its completions' usage
@@ -1286,6 +1299,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   size_t held_next = 0, ended_count = 0;
   while (held_next < held.size() || ended_count < prompts) {
     Item item = held_next < held.size() ? std::move(held[held_next++]) : next();
+    if (item.accepted) continue;  // (each prompt's comes before its messages, read above)
     if (!item.msg) {
       ++ended_count;
       if (!item.end.ok() && !failure && !client_gone) {
