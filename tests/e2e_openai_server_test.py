@@ -84,7 +84,7 @@ class OpenAiServerEndToEnd(unittest.TestCase):
     def setUpClass(cls):
         cls.samples = load_samples()
         cls.cluster = LaunchedCluster(["--openai-listen", "127.0.0.1:0", "--openai-arg", "--chat-template=" + CHAT_TEMPLATE,
-                                       "--metrics-listen", "127.0.0.1:0"])
+                                       "--openai-arg=--trust-request-chat-template", "--metrics-listen", "127.0.0.1:0"])
         cls.cluster.start_or_kill()
         cls.base = "http://" + cls.cluster.openai_address
         cls.grpc = MoeClient(cls.cluster.address, timeout=60)
@@ -2451,6 +2451,30 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 0, c.log_text())
         self.assertFalse(pid_exists(c.openai_pid))
         self.assertEqual(c.leftovers(), [], "processes left behind")
+
+    def test_z1_request_chat_templates_need_the_trust_flag(self):
+        """vLLM's --trust-request-chat-template: without it a request's own chat_template is refused
+        (400 naming the flag) on every route that renders one; the front's template still serves."""
+        template = "{% for m in messages %}{{ m['content'] }}|{% endfor %}"
+        messages = [{"role": "user", "content": "ROMEO: speak"}]
+        with own_front(self, self.cluster.address, "--chat-template=" + CHAT_TEMPLATE) as (port, _, _):
+            base = "http://127.0.0.1:%d" % port
+            for path, body in (("/v1/chat/completions", {"messages": messages, "max_tokens": 1}),
+                               ("/tokenize", {"messages": messages}),
+                               ("/v1/responses", {"input": "ROMEO: speak", "max_output_tokens": 1})):
+                status, err = self.call(path, dict(body, chat_template=template), base=base)
+                self.assertEqual(status, 400, (path, err))
+                self.assertIn("--trust-request-chat-template", json.dumps(err), path)
+                status, ok = self.call(path, body, base=base)
+                self.assertEqual(status, 200, (path, ok))
+        # The trusting front (this class's cluster) renders it.
+        status, tokens = self.call("/tokenize", {"messages": messages, "chat_template": template, "add_special_tokens": False})
+        self.assertEqual(status, 200, tokens)
+        status, plain = self.call("/tokenize", {"prompt": "ROMEO: speak|", "add_special_tokens": False})
+        self.assertEqual(tokens["tokens"], plain["tokens"])
+        r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--trust-request-chat-template=1"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 2, r.stderr)
 
 
 class OwnClusterCase(unittest.TestCase):

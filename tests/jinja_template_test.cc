@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "coordinator/openai/jinja/jinja_interpreter.h"
+#include "coordinator/openai/jinja/jinja_parser.h"
 #include "nlohmann/json.hpp"
 
 namespace moe::jinja {
@@ -273,6 +275,43 @@ TEST(JinjaLimits, RecursionIsCapped) {
   std::string nested;
   for (int i = 0; i < 1000; ++i) nested += "{% if true %}";
   EXPECT_FALSE(Template::Parse(nested).ok());
+}
+
+// A value nested 500,000 deep (each iteration wraps the last in a list or a dict) renders; its
+// destruction, one recursive destructor call a level before, overflowed the stack (a segfault of
+// the front from one request's chat_template).
+TEST(JinjaLimits, DeeplyNestedValuesAreDestroyedWithoutRecursion) {
+  for (const char* wrap : {"[ns.v]", "{'k': ns.v}", "(ns.v,)"}) {
+    const std::string source = std::string("{% set ns = namespace(v=[]) %}{% for j in range(10) %}") +
+                               "{% for i in range(50000) %}{% set ns.v = " + wrap + " %}{% endfor %}{% endfor %}x";
+    absl::StatusOr<Template> tmpl = Template::Parse(source);
+    ASSERT_TRUE(tmpl.ok()) << tmpl.status();
+    const absl::StatusOr<std::string> out = tmpl->Render(json::object());
+    ASSERT_TRUE(out.ok()) << wrap << ": " << out.status();
+    EXPECT_EQ(*out, "x");
+  }
+}
+
+// Work the other limits do not count (2^40 macro calls in no loop, a method over a 16 MB string in
+// each iteration) stops at the render's time limit (Limits::max_seconds, 5 s by default; 0.3 s here).
+TEST(JinjaLimits, RenderTimeIsCapped) {
+  for (const char* source : {"{% macro f(n) %}{% if n < 40 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}",
+                             "{% set s = 'x' * 16000000 %}{% for i in range(1000) %}{{ s.count('y') }}{% endfor %}"}) {
+    absl::StatusOr<std::shared_ptr<const Program>> program = ParseTemplate(source);
+    ASSERT_TRUE(program.ok()) << program.status();
+    Limits limits;
+    limits.max_seconds = 0.3;
+    Interpreter interpreter(**program, limits);
+    const auto start = std::chrono::steady_clock::now();
+    try {
+      interpreter.Render(json::object());
+      ADD_FAILURE() << "rendered: " << source;
+    } catch (const RenderError& e) {
+      EXPECT_THAT(std::string(e.what()), HasSubstr("ran longer than its limit of 0.3 s"));
+    }
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 30.0) << source;
+  }
+  EXPECT_EQ(Limits{}.max_seconds, 5);
 }
 
 // ---- robustness: broken templates give errors, never crashes ----

@@ -3,6 +3,7 @@
 //   moe-openai-server --coordinator HOST:PORT [--listen ADDR (default 0.0.0.0:8000)]
 //                     [--model-name NAME] [--threads N] [--request-timeout-s S] [--chat-template FILE]
 //                     [--tool-call-parser mistral] [--api-key KEY ...] [--enable-prompt-tokens-details]
+//                     [--trust-request-chat-template]
 //                     [--ssl-certfile CERT.pem --ssl-keyfile KEY.pem [--ssl-ca-certs CA.pem --ssl-cert-reqs 0|1|2]]
 //
 // Exit status: 0 after SIGINT/SIGTERM, 1 when it cannot start (coordinator unreachable, address in
@@ -43,6 +44,8 @@ const char kUsage[] =
     "                         [--allowed-origins ORIGIN (repeatable; * for any: CORS, so browser pages of\n"
     "                          these origins may call the API; default none)]\n"
     "                         [--chat-template FILE (default: the model folder's, from the coordinator)]\n"
+    "                         [--trust-request-chat-template (vLLM's: render a request's own chat_template;\n"
+    "                          without it such a request is refused)]\n"
     "                         [--tool-call-parser mistral (tool_choice \"auto\": answers starting with\n"
     "                          [TOOL_CALLS] become tool_calls)]\n"
     "                         [--api-key KEY (repeatable; default: $MOE_API_KEY if set): every endpoint but\n"
@@ -84,6 +87,11 @@ int Serve(int argc, char** argv) {
     if (f.name == "--enable-prompt-tokens-details") {  // vLLM's; a switch, no value
       if (f.value) return BadFlag("--enable-prompt-tokens-details takes no value");
       opts.prompt_tokens_details = true;
+      continue;
+    }
+    if (f.name == "--trust-request-chat-template") {  // vLLM's; a switch, no value
+      if (f.value) return BadFlag("--trust-request-chat-template takes no value");
+      opts.trust_request_chat_template = true;
       continue;
     }
     if (f.name != "--coordinator" && f.name != "--listen" && f.name != "--model-name" &&

@@ -194,6 +194,7 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   std::unique_ptr<OpenAiServer> s(new OpenAiServer());
   s->responses_store_ = std::make_unique<ResponseStore>(opts.responses_store);
   s->prompt_tokens_details_ = opts.prompt_tokens_details;
+  s->trust_request_chat_template_ = opts.trust_request_chat_template;
   MOE_RETURN_IF_ERROR(CheckHttpsFlags(opts.https));
   if (opts.https.enabled()) {  // before anything else: a bad file stops the server at once
     MOE_RETURN_IF_ERROR(CheckTlsFiles(opts.https));
@@ -784,6 +785,12 @@ v1::TokenizeRequest OpenAiServer::ChatTokenizeRequest(const std::string& text) {
 std::variant<std::string, HttpError> OpenAiServer::ChatPromptText(const ChatCall& chat) {
   std::optional<ChatPrompt> own;
   if (chat.chat_template) {
+    if (!trust_request_chat_template_) {  // vLLM's words
+      return HttpError{400,
+                       "chat_template: a chat template is passed with the request, but --trust-request-chat-template "
+                       "is not set; refused a request with an untrusted chat template",
+                       "invalid_request_error", "chat_template"};
+    }
     absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(*chat.chat_template, bos_token_, eos_token_);
     if (!parsed.ok()) return HttpError{400, "chat_template: " + std::string(parsed.status().message()), "invalid_request_error", "chat_template"};
     own = std::move(*parsed);

@@ -69,6 +69,10 @@ struct ServerOptions {
   // vLLM's --enable-prompt-tokens-details: completions' and chat completions' usage says how many
   // prompt tokens the ranks' prefix caches held (prompt_tokens_details.cached_tokens).
   bool prompt_tokens_details = false;
+  // vLLM's --trust-request-chat-template: a request's own chat_template is rendered. Off (the
+  // default, as vLLM's), such a request is refused: a template is a program, and one request's could
+  // hold a front thread for the render's whole time limit.
+  bool trust_request_chat_template = false;
   // Not empty: every endpoint but GET /health, /metrics and /version answers 401 unless the request
   // carries "Authorization: Bearer <one of these>" (vLLM's --api-key; OpenAI clients send it).
   std::vector<std::string> api_keys;
@@ -284,6 +288,7 @@ class OpenAiServer {
   int max_concurrent_requests_ = 0;  // --threads
   std::unique_ptr<ResponseStore> responses_store_;
   bool prompt_tokens_details_ = false;  // ServerOptions::prompt_tokens_details
+  bool trust_request_chat_template_ = false;  // ServerOptions::trust_request_chat_template
   std::optional<ChatPrompt> chat_prompt_;  // absent: chat completions refused, chat_template_status_ says why
   absl::Status chat_template_status_;
   std::string bos_token_, eos_token_;      // for a request's own chat_template

@@ -74,6 +74,8 @@ Interpreter::~Interpreter() {
 }
 
 std::string Interpreter::Render(const nlohmann::ordered_json& context) {
+  deadline_ = std::chrono::steady_clock::now() +
+              std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(limits_.max_seconds));
   root_ = std::make_shared<Scope>(nullptr);
   InstallGlobals(*root_);
   if (context.is_object()) {
@@ -82,6 +84,12 @@ std::string Interpreter::Render(const nlohmann::ordered_json& context) {
   std::string out;
   Execute(program_.body, root_, out);
   return out;
+}
+
+void Interpreter::CheckTime() {
+  if (std::chrono::steady_clock::now() > deadline_) {
+    Fail(absl::StrCat("the template ran longer than its limit of ", limits_.max_seconds, " s"));
+  }
 }
 
 void Interpreter::Write(std::string& out, std::string_view text) {
@@ -123,6 +131,7 @@ std::string Interpreter::RenderToString(const Body& body, const std::shared_ptr<
 
 Interpreter::Flow Interpreter::ExecuteNode(const Node& node, const std::shared_ptr<Scope>& scope,
                                            std::string& out) {
+  CheckTime();
   switch (node.kind) {
     case Node::Kind::kText:
       Write(out, node.text);
@@ -255,6 +264,7 @@ void Interpreter::Assign(const Expr& target, const Value& value, Scope& scope) {
 }
 
 Value Interpreter::Eval(const Expr& e, const std::shared_ptr<Scope>& scope) {
+  CheckTime();
   Value v = EvalUncharged(e, scope);
   switch (e.kind) {
     case Expr::Kind::kName:

@@ -3,6 +3,7 @@
 // them, macros and call blocks, and the limits that keep a hostile template bounded.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -21,6 +22,10 @@ struct Limits {
   // template can do by repeatedly doubling a value.
   int64_t max_produced_bytes = int64_t{512} << 20;
   int max_call_depth = 100;
+  // Wall-clock time of one render: the other limits bound sizes and loop iterations, not the work
+  // between them (a macro calling itself twice 40 levels deep; a method over a 16 MB string in
+  // each of 10^6 iterations).
+  double max_seconds = 5;
 };
 
 class Scope {
@@ -68,6 +73,8 @@ class Interpreter {
   void Assign(const Expr& target, const Value& value, Scope& scope);
   std::string RenderToString(const Body& body, const std::shared_ptr<Scope>& scope);
   void Write(std::string& out, std::string_view text);
+  // Fails once the render has run past limits_.max_seconds (checked at every node and expression).
+  void CheckTime();
 
   Value Eval(const Expr& e, const std::shared_ptr<Scope>& scope);
   Value EvalUncharged(const Expr& e, const std::shared_ptr<Scope>& scope);
@@ -84,6 +91,7 @@ class Interpreter {
   int64_t loop_iterations_ = 0;
   int64_t produced_bytes_ = 0;
   int call_depth_ = 0;
+  std::chrono::steady_clock::time_point deadline_;
   std::vector<std::weak_ptr<Namespace>> namespaces_;
 };
 

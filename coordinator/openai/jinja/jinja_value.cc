@@ -516,9 +516,45 @@ void Dict::Set(const Value& key, Value value) {
   entries_.emplace_back(key, std::move(value));
 }
 
-void Dict::Clear() {
+namespace {
+
+// Destroys `pending` and everything only it holds, a level at a time.
+void DestroyFlat(std::vector<Value> pending) {
+  while (!pending.empty()) {
+    Value v = std::move(pending.back());
+    pending.pop_back();
+    v.ReleaseChildren(pending);
+  }  // v's own list or dict, now empty, goes without recursing
+}
+
+}  // namespace
+
+void Value::ReleaseChildren(std::vector<Value>& out) {
+  if (list_ && list_.use_count() == 1) {
+    for (Value& item : list_->items) out.push_back(std::move(item));
+    list_->items.clear();
+  }
+  if (dict_ && dict_.use_count() == 1) dict_->ReleaseEntries(out);
+  if (ns_ && ns_.use_count() == 1) ns_->attributes.ReleaseEntries(out);
+}
+
+List::~List() {
+  if (!items.empty()) DestroyFlat(std::move(items));
+}
+
+void Dict::ReleaseEntries(std::vector<Value>& out) {
+  for (auto& [key, value] : entries_) {
+    out.push_back(std::move(key));
+    out.push_back(std::move(value));
+  }
   entries_.clear();
   index_.clear();
+}
+
+void Dict::Clear() {
+  std::vector<Value> pending;
+  ReleaseEntries(pending);
+  DestroyFlat(std::move(pending));
 }
 
 Value MakeList(std::vector<Value> items, List::Flavor flavor) {

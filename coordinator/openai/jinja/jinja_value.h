@@ -109,6 +109,11 @@ class Value {
   const std::shared_ptr<const Callable>& callable() const { return callable_; }
   const std::shared_ptr<LoopState>& loop() const { return loop_; }
 
+  // Moves out the items of the list, dict or namespace that this value alone holds, so that a
+  // deeply nested value is destroyed from a worklist (~List, ~Dict) instead of one recursive
+  // destructor call a level: `{% set ns.l = [ns.l] %}` in a loop nests 10^6 deep.
+  void ReleaseChildren(std::vector<Value>& out);
+
  private:
   explicit Value(Kind kind) : kind_(kind) {}
   static const std::string& EmptyString();
@@ -130,6 +135,10 @@ class Value {
 // Lists, tuples and the lazy sequences jinja2 filters return. Lists are never mutated once shared: the
 // sandbox forbids append() and friends, so copies can share them.
 struct List {
+  List() = default;
+  List(const List&) = default;
+  List& operator=(const List&) = default;
+  ~List();
   enum class Flavor {
     kList,
     kTuple,
@@ -147,10 +156,16 @@ struct List {
 // An insertion-ordered dict keyed like Python's (1, 1.0 and True are the same key).
 class Dict {
  public:
+  Dict() = default;
+  Dict(const Dict&) = default;
+  Dict& operator=(const Dict&) = default;
+  ~Dict() { Clear(); }
   const Value* Find(const Value& key) const;
   const Value* Find(std::string_view key) const;
   void Set(const Value& key, Value value);
-  void Clear();
+  void Clear();  // without recursion, however deep the values (Value::ReleaseChildren)
+  // Moves every key and value into `out` and empties the dict.
+  void ReleaseEntries(std::vector<Value>& out);
   size_t size() const { return entries_.size(); }
   const std::vector<std::pair<Value, Value>>& entries() const { return entries_; }
 
