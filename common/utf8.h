@@ -52,4 +52,15 @@ inline std::vector<uint32_t> CharIndices(std::string_view text) {
   return index;
 }
 
+// The characters of `text` as CharIndices counts them (its last entry), without the table.
+inline size_t CharCount(std::string_view text) {
+  size_t chars = 0;
+  for (size_t i = 0; i < text.size(); ++chars) {
+    uint32_t cp = 0;
+    const int len = DecodeUtf8(text, i, cp);
+    i += static_cast<size_t>(len > 0 ? len : 1);
+  }
+  return chars;
+}
+
 }  // namespace moe

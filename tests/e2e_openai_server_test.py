@@ -586,6 +586,24 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(streamed, lp["tokens"])
         offsets = [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]]
         self.assertEqual(offsets, lp["text_offset"])
+        # Offsets count characters (OpenAI's, vLLM's): each token's text is at its offset, echoed
+        # prompt and completion alike, where the prompt has characters of several bytes.
+        for stream in (False, True):
+            body = {"prompt": "Où é ROMEO: 日本", "max_tokens": 4, "temperature": 0, "echo": True, "logprobs": 0}
+            if stream:
+                events = self.stream(body)
+                text = "".join(c["text"] for e in events for c in e["choices"])
+                tokens = [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["tokens"]]
+                offsets = [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]]
+            else:
+                status, answer = self.call("/v1/completions", body)
+                self.assertEqual(status, 200, answer)
+                text, lp = answer["choices"][0]["text"], answer["choices"][0]["logprobs"]
+                tokens, offsets = lp["tokens"], lp["text_offset"]
+            self.assertTrue(text.startswith("Où é ROMEO: 日本"), text)
+            self.assertEqual(len(tokens), len(offsets))
+            for token, offset in zip(tokens, offsets):
+                self.assertEqual(text[offset:offset + len(token)], token, (stream, tokens, offsets))
 
     def test_c2a_return_token_ids_and_tokens_as_ids_as_vllm_returns_them(self):
         """vLLM's return_token_ids: the prompt's and each choice's token ids beside the text (the

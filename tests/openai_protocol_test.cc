@@ -550,6 +550,23 @@ TEST(OpenAiProtocolTest, LogprobsTakeOpenAisCompletionsShapeWithOffsetsAcrossMes
   EXPECT_EQ(offset, 9u);
 }
 
+// text_offset counts characters, as OpenAI's and vLLM's (Python's len of each token's text), not
+// UTF-8 bytes: a token held back while its character is incomplete adds none.
+TEST(OpenAiProtocolTest, TextOffsetsCountCharacters) {
+  v1::GenerateResponse a = Msg(0, "", v1::FINISH_REASON_LENGTH, 5);
+  AddToken(a, 5, "O", -0.5f, {});
+  AddToken(a, 6, "", -0.5f, {});  // the first byte of "ù"
+  AddToken(a, 7, "\xC3\xB9", -0.5f, {});
+  AddToken(a, 8, " \xE6\x97\xA5\xE6\x9C\xAC", -0.5f, {});
+  AddToken(a, 9, "!", -0.5f, {});
+  CompletionAccumulator acc(1, true);
+  ASSERT_TRUE(acc.Add(a));
+  EXPECT_EQ(acc.ToJson("m", 1)["choices"][0]["logprobs"]["text_offset"], (json{0, 1, 1, 2, 5}));
+  size_t offset = 0;
+  EXPECT_EQ(StreamChunkJson(a, "m", 1, true, offset)["choices"][0]["logprobs"]["text_offset"], (json{0, 1, 1, 2, 5}));
+  EXPECT_EQ(offset, 6u);
+}
+
 // The chosen token goes by its name in "tokens" (its text in the completion, " I"), also where it
 // is one of the alternatives (whose names are their texts decoded alone, "I"), and only once: so
 // top_logprobs[i][tokens[i]] is token_logprobs[i], as in vLLM. A more probable id with the same

@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "common/json_util.h"
+#include "common/utf8.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 
@@ -785,7 +786,7 @@ json LogprobsJson(const v1::GenerateResponse& r, size_t& offset, bool tokens_as_
     j["top_logprobs"].push_back(
         CompletionTopLogprobs(lp.top(), lp.token_id(), name, lp.logprob(), tokens_as_ids, /*empty_as_id=*/false));
     j["text_offset"].push_back(offset);
-    offset += lp.text().size();
+    offset += CharCount(lp.text());  // characters, as OpenAI's and vLLM's (len of a Python str)
   }
   return j;
 }
@@ -987,7 +988,7 @@ Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool
     const std::string text = i < scored.token_texts_size() ? scored.token_texts(i) : std::string();
     lp["tokens"].push_back(TokenName(scored.token_ids(i), text, tokens_as_ids));
     lp["text_offset"].push_back(offset);
-    offset += text.size();
+    offset += CharCount(text);
     if (i == 0 || i - 1 >= scored.logprobs_size()) {  // nothing predicts the first token
       lp["token_logprobs"].push_back(nullptr);
       lp["top_logprobs"].push_back(nullptr);

@@ -216,7 +216,8 @@ class CompletionAccumulator {
 };
 
 // The logprobs object of a message's tokens; `offset` is the text_offset of its first token and
-// moves past the last (offsets into the text, also when tokens are named by id).
+// moves past the last (offsets into the text in characters, as OpenAI's and vLLM's, also when
+// tokens are named by id).
 nlohmann::json LogprobsJson(const v1::GenerateResponse& r, size_t& offset, bool tokens_as_ids = false);
 
 // vLLM's prompt_logprobs of a message that carries them: [null, {"<token id>": {"logprob", "rank",
@@ -261,7 +262,7 @@ Echo EchoOf(const v1::Prompt& prompt, const v1::ScoreRollingResult& scored, bool
 
 // `choice` (a completions choice, of a whole answer or of a streamed chunk) with `echo` before it:
 // its text first, its logprobs' entries first, the choice's own text_offset values moved by `shift`
-// (the echo's text length for a whole answer; 0 for a stream, whose offsets start past the prompt).
+// (the echo's text length in characters for a whole answer; 0 for a stream, whose offsets start past the prompt).
 void PrependEcho(nlohmann::json& choice, const Echo& echo, size_t shift);
 
 // A streamed echo with max_tokens 0: the one chunk of completion `index`, the prompt alone,

@@ -31,6 +31,7 @@
 #include "common/model_name.h"
 #include "common/request_id_metadata.h"
 #include "common/status.h"
+#include "common/utf8.h"
 #include "coordinator/openai/http_io.h"
 #include "coordinator/openai/openai_protocol.h"
 #include "coordinator/openai/tgi_protocol.h"
@@ -1272,7 +1273,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const size_t choices = prompts * call.n;
   std::vector<size_t> offsets(choices, 0);     // text_offset per choice (with echo, from past the prompt)
   std::vector<bool> echo_sent(echoes.empty() ? 0 : choices, false);  // echo: on a choice's first chunk
-  for (size_t c = 0; c < echo_sent.size(); ++c) offsets[c] = echoes[c / call.n].text.size();
+  for (size_t c = 0; c < echo_sent.size(); ++c) offsets[c] = CharCount(echoes[c / call.n].text);
   std::vector<bool> role_sent(choices, false);  // chat: the assistant-role chunk before a choice's text
   // return_token_ids: each prompt's ids (the first message of its stream), on each of its choices'
   // first chunk.
@@ -1493,7 +1494,7 @@ std::variant<nlohmann::json, HttpError> OpenAiServer::WholeAnswer(const Completi
     }
   }
   if (echo) {
-    for (nlohmann::json& choice : answer["choices"]) PrependEcho(choice, *echo, echo->text.size());
+    for (nlohmann::json& choice : answer["choices"]) PrependEcho(choice, *echo, CharCount(echo->text));
   }
   return answer;
 }
