@@ -84,11 +84,8 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
       if (i < tokens.top_size()) AddTop(tokens.top(i), *lp);
     }
     if (detok_ == nullptr) continue;
-    if (completion_tokens_ <= min_tokens_) {  // a stop string cannot end the output yet
-      out.mutable_text()->append(delta);
-      continue;
-    }
-    StopMatcher::Output text = stop_.Push(delta);
+    // A stop string cannot end in the first min_tokens tokens' text, but may start there (vLLM's).
+    StopMatcher::Output text = stop_.Push(delta, /*may_stop=*/completion_tokens_ > min_tokens_);
     out.mutable_text()->append(text.text);
     if (text.stopped) {
       stopped_ = true;
@@ -119,11 +116,10 @@ absl::Status GenerateOutput::AddPromptLogprobs(const v1::PromptLogprobs& p, v1::
 
 void GenerateOutput::Finish(v1::FinishReason reason, v1::GenerateResponse& out) {
   out.set_request_id(request_id_);
-  if (!stopped_ && detok_ != nullptr && completion_tokens_ <= min_tokens_) {
-    out.mutable_text()->append(detok_->Flush());  // the text of tokens a stop string cannot end
-  } else if (!stopped_ && detok_ != nullptr) {
-    // The detokenizer's held-back bytes can still complete a stop string.
-    StopMatcher::Output text = stop_.Push(detok_->Flush());
+  if (!stopped_ && detok_ != nullptr) {
+    // The detokenizer's held-back bytes can still complete a stop string (unless they are the first
+    // min_tokens tokens').
+    StopMatcher::Output text = stop_.Push(detok_->Flush(), /*may_stop=*/completion_tokens_ > min_tokens_);
     out.mutable_text()->append(text.text);
     if (text.stopped) {
       stopped_ = true;

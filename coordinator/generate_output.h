@@ -1,6 +1,7 @@
 // Turns one sequence's worker results (Tokens, then Finished) into the public stream's messages:
 // UTF-8 safe text deltas (StreamingDetokenizer), stop sequences cut out of the text
-// (StopMatcher; not in the text of the first min_tokens tokens, as vLLM), the text of the stop
+// (StopMatcher; none ending in the text of the first min_tokens tokens, though one may start
+// there, as vLLM looks back from the new text), the text of the stop
 // token id or EOS that ended the output left out too (as vLLM; both kept with
 // include_stop_str_in_output), log-probabilities with the text of each alternative, usage and
 // finish reason. Control tokens add no text unless skip_special_tokens is false (vLLM's field).
@@ -60,7 +61,7 @@ class GenerateOutput {
   uint32_t prompt_tokens_;
   uint32_t completion_tokens_ = 0;
   uint32_t cached_prompt_tokens_ = 0;  // from the worker's first Tokens message
-  uint32_t min_tokens_;  // stop strings are looked for only in the text of the tokens after these
+  uint32_t min_tokens_;  // a stop string may end only in the text of the tokens after these
   bool include_stop_;  // include_stop_str_in_output
   bool skip_special_tokens_;  // false: control tokens' texts in the text and in logprobs
   std::vector<int32_t> stop_token_ids_, eos_ids_;  // the ids that end the output (eos_ids_ empty with ignore_eos)

@@ -26,32 +26,38 @@ size_t StopMatcher::HeldBackLength() const {
   return longest;
 }
 
-StopMatcher::Output StopMatcher::Push(std::string_view delta) {
+StopMatcher::Output StopMatcher::Push(std::string_view delta, bool may_stop) {
   Output out;
   if (stopped_) {
     out.stopped = true;
     return out;
   }
   pending_.append(delta);
-  // The earliest stop string wins (the first listed of those starting there): text before it is
-  // all the client should see, or with include_stop up to its end.
-  size_t first = std::string::npos;
-  for (const std::string& stop : stops_) {
-    const size_t at = pending_.find(stop);
-    if (at < first) {
-      first = at;
-      matched_ = stop;
+  if (!may_stop) {
+    no_stop_end_ = pending_.size();
+  } else {
+    // The earliest stop string wins (the first listed of those starting there): text before it is
+    // all the client should see, or with include_stop up to its end. A match ends past no_stop_end_.
+    size_t first = std::string::npos;
+    for (const std::string& stop : stops_) {
+      const size_t from = no_stop_end_ >= stop.size() ? no_stop_end_ - stop.size() + 1 : 0;
+      const size_t at = pending_.find(stop, from);
+      if (at < first) {
+        first = at;
+        matched_ = stop;
+      }
     }
-  }
-  if (first != std::string::npos) {
-    out.text = pending_.substr(0, include_stop_ ? first + matched_.size() : first);
-    out.stopped = stopped_ = true;
-    pending_.clear();
-    return out;
+    if (first != std::string::npos) {
+      out.text = pending_.substr(0, include_stop_ ? first + matched_.size() : first);
+      out.stopped = stopped_ = true;
+      pending_.clear();
+      return out;
+    }
   }
   const size_t release = pending_.size() - HeldBackLength();
   out.text = pending_.substr(0, release);
   pending_.erase(0, release);
+  no_stop_end_ -= std::min(no_stop_end_, release);
   return out;
 }
 

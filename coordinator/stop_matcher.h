@@ -23,8 +23,11 @@ class StopMatcher {
     bool stopped = false;  // a stop string completed; nothing more will be released
   };
 
-  // Adds a text delta. After a stop, further deltas are ignored.
-  Output Push(std::string_view delta);
+  // Adds a text delta. After a stop, further deltas are ignored. `may_stop` false (the text of
+  // the first min_tokens tokens): no stop string may end in this delta, but one may start in it and
+  // end in a later delta, as vLLM looks a stop string's length back from the new text; its
+  // possible start is held back as any other.
+  Output Push(std::string_view delta, bool may_stop = true);
   // End of the stream: releases the held-back text (nothing can complete a stop string any more).
   std::string Flush();
 
@@ -39,6 +42,7 @@ class StopMatcher {
   std::vector<std::string> stops_;
   bool include_stop_;
   std::string pending_;  // received but not yet released
+  size_t no_stop_end_ = 0;  // pending_'s first this many bytes came with may_stop false: no match ends there
   bool stopped_ = false;
   std::string matched_;
 };

@@ -86,6 +86,25 @@ TEST(StopMatcherTest, MultiByteStopString) {
   EXPECT_EQ(out + o.text, "caf");
 }
 
+// Text pushed with may_stop false (min_tokens') ends no stop string, but one may start in it: its
+// possible start is held back, and a later delta completes it (vLLM's look-back).
+TEST(StopMatcherTest, AStopStringMayStartWhereItMayNotEnd) {
+  StopMatcher m({"ab", "xabc"});
+  StopMatcher::Output o = m.Push("zxab", /*may_stop=*/false);
+  EXPECT_FALSE(o.stopped) << "\"ab\" ends in text that may not stop";
+  EXPECT_EQ(o.text, "z");  // "xab" may start "xabc"
+  o = m.Push("c");
+  EXPECT_TRUE(o.stopped);
+  EXPECT_EQ(m.matched(), "xabc");
+  EXPECT_EQ(o.text, "");
+
+  StopMatcher whole({"ab"});
+  EXPECT_EQ(whole.Push("ab", false).text, "ab");
+  o = whole.Push("xab");
+  EXPECT_TRUE(o.stopped);
+  EXPECT_EQ(o.text, "x");  // "ab" went out with the first push
+}
+
 TEST(StopMatcherTest, RandomSplitsMatchTheWholeTextReference) {
   const std::string text = "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer";
   const std::vector<std::vector<std::string>> stop_sets = {
