@@ -445,6 +445,19 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   EXPECT_TRUE(NamesField(deep, "sampling.response_format.json_schema")) << deep;
   EXPECT_NE(std::string(deep.message()).find("more than 512 levels deep"), std::string::npos) << deep;
   EXPECT_FALSE(JsonSchema::CompileText("{\"const\": " + std::string(100000, '[') + std::string(100000, ']') + "}").ok());
+  // Patterns each within their own limits but too costly together are refused here, naming where
+  // the schema's compile budget ran out, before any rank compiles them on its serving loop.
+  nlohmann::ordered_json costly = {{"type", "object"}, {"properties", nlohmann::ordered_json::object()}};
+  for (int j = 0; j < 64; ++j) {
+    const std::string a(1, static_cast<char>('a' + j % 8)), b(1, static_cast<char>('i' + j / 8));
+    costly["properties"]["p" + std::to_string(j)] = {{"type", "string"}, {"pattern", "(" + a + "|" + b + ")*" + a + "(" + a + "|" + b + "){10}"}};
+  }
+  f->set_json_schema(costly.dump());
+  const absl::Status budget = ValidateGenerate(schema, shakespeare()).status();
+  EXPECT_TRUE(NamesField(budget, "sampling.response_format.json_schema")) << budget;
+  EXPECT_NE(budget.message().find(".pattern: the schema's patterns, formats and bounds together take too long"),
+            std::string::npos)
+      << budget;
   f->set_json_schema(R"({"type": "object", "properties": {"z": {"type": "integer"}, "a": {"enum": [1, "b"]}}})");
   absl::StatusOr<GenerateJob> ok = ValidateGenerate(schema, shakespeare());
   ASSERT_TRUE(ok.ok()) << ok.status();

@@ -5,6 +5,7 @@
 // can still be completed (no dead state: a search over bytes finds a whole value, which nlohmann
 // parses). Unsupported keywords are refused naming their path.
 #include <fstream>
+#include <functional>
 #include <random>
 #include <set>
 #include <string>
@@ -349,6 +350,65 @@ TEST(JsonSchemaTest, RandomSchemasCompileOrAreRefused) {
     EXPECT_TRUE(FindCompletion(g, completion, seen, 0, alphabet)) << s.dump() << " after " << taken;
   }
   EXPECT_GT(compiled, 300);
+}
+
+// An object of 7 objects of 64 string properties, each with the pattern pattern(i, j): the audit's
+// schema (26 KB, 448 patterns) that took 10-20 s to compile, in the coordinator and then on every rank.
+ordered ManyPatterns(const std::function<std::string(int, int)>& pattern) {
+  ordered root = {{"type", "object"}, {"properties", ordered::object()}};
+  for (int i = 0; i < 7; ++i) {
+    ordered inner = {{"type", "object"}, {"properties", ordered::object()}};
+    for (int j = 0; j < 64; ++j) inner["properties"]["p" + std::to_string(j)] = {{"type", "string"}, {"pattern", pattern(i, j)}};
+    root["properties"]["o" + std::to_string(i)] = inner;
+  }
+  return root;
+}
+
+TEST(JsonSchemaTest, ExpensivePatternsShareOneBudget) {
+  // 448 different patterns, each ~2,000 automaton states: refused where the schema's budget runs out,
+  // naming that pattern's path and the limit.
+  const ordered distinct = ManyPatterns([](int i, int j) {
+    const std::string a(1, static_cast<char>('a' + i)), b(1, static_cast<char>('h' + j % 18));
+    return "(" + a + "|" + b + ")*" + a + "(" + a + "|" + b + "){10}";
+  });
+  absl::StatusOr<JsonSchema> refused = JsonSchema::Compile(distinct);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(refused.status().message());
+  EXPECT_EQ(message.rfind("properties.o", 0), 0u) << message;
+  EXPECT_NE(message.find(".pattern: the schema's patterns, formats and bounds together take too long to compile (the "
+                         "limit is 100 million steps"),
+            std::string::npos)
+      << message;
+  // The same pattern 448 times is built once. Each property still reads its own string: the 11th
+  // character from the end of a match is an "a", as a hand-written check says.
+  const ordered same = ManyPatterns([](int, int) { return "(a|b)*a(a|b){10}"; });
+  absl::StatusOr<JsonSchema> schema = JsonSchema::Compile(same);
+  ASSERT_TRUE(schema.ok()) << schema.status();
+  auto matches = [](const std::string& v) {  // re.search: some "a" with ten more a's and b's after it
+    for (size_t k = 0; k + 11 <= v.size(); ++k) {
+      if (v[k] == 'a' && v.substr(k + 1, 10).find_first_not_of("ab") == std::string::npos) return true;
+    }
+    return false;
+  };
+  std::mt19937 rng(7);
+  for (int n = 0; n < 200; ++n) {
+    std::string value;
+    for (int k = static_cast<int>(rng() % 16); k > 0; --k) value.push_back("abc"[rng() % 3]);
+    // The value in the last object's last property, after every other one holds a match.
+    std::string text = "{";
+    for (int i = 0; i < 7; ++i) {
+      text += std::string(i ? "," : "") + "\"o" + std::to_string(i) + "\":{";
+      for (int j = 0; j < 64; ++j) {
+        text += std::string(j ? "," : "") + "\"p" + std::to_string(j) + "\":\"" +
+                (i == 6 && j == 63 ? value : "a" + std::string(10, 'b')) + "\"";
+      }
+      text += "}";
+    }
+    text += "}";
+    JsonGrammar g(*schema);
+    EXPECT_EQ(g.Feed(text) && g.Complete(), matches(value)) << value;
+  }
 }
 
 TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {

@@ -531,14 +531,34 @@ absl::Status TooLarge() {
   return absl::InvalidArgumentError(absl::StrCat("the pattern needs more than ", ByteDfa::kMaxStates, " automaton states"));
 }
 
+// A table row's worth of work: building a state's 256 transitions, and Build's passes over them.
+constexpr int64_t kRowWork = 256;
+
+// Whether `work` more fits in what is left of `budget` (none: no shared budget).
+bool Fits(const ByteDfa::WorkBudget* budget, int64_t work) { return budget == nullptr || work <= budget->left; }
+
+absl::Status Exhausted(ByteDfa::WorkBudget* budget) {
+  budget->left = 0;
+  return absl::ResourceExhaustedError("the work budget shared with the request's other automata is used up");
+}
+
+// Takes `work` off `budget`; ResourceExhausted when it has less.
+absl::Status Spend(ByteDfa::WorkBudget* budget, int64_t work) {
+  if (budget == nullptr) return absl::OkStatus();
+  if (work > budget->left) return Exhausted(budget);
+  budget->left -= work;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
-absl::StatusOr<ByteDfa> ByteDfa::FromRegex(std::string_view pattern, Match match) {
+absl::StatusOr<ByteDfa> ByteDfa::FromRegex(std::string_view pattern, Match match, WorkBudget* budget) {
   RegexParser parser(pattern, match == Match::kSearch);
   MOE_ASSIGN_OR_RETURN(const int root, parser.Parse());
   Nfa nfa(parser.nodes());
   if (!nfa.Compile(root)) return TooLarge();
   const std::vector<Nfa::State>& ns = nfa.states();
+  const int64_t nfa_work = static_cast<int64_t>(ns.size());  // building it: for the shared budget
 
   // Subset construction. A DFA state is the set of NFA states, after epsilon moves, that read a byte
   // or accept (the others add nothing), sorted. Bytes are taken in classes no NFA edge splits.
@@ -601,6 +621,8 @@ absl::StatusOr<ByteDfa> ByteDfa::FromRegex(std::string_view pattern, Match match
   intern(closure({nfa.start()}));
   for (size_t d = 0; d < sets.size(); ++d) {
     if (sets.size() > kMaxStates || work > kMaxWork) return TooLarge();
+    // (Build's passes over the table cost about as much again as making its rows.)
+    if (!Fits(budget, nfa_work + work + 2 * kRowWork * static_cast<int64_t>(sets.size()))) return Exhausted(budget);
     std::vector<std::vector<int>> moves(class_first.size());
     for (int s : sets[d]) {
       for (const auto& [lo, hi, to] : ns[static_cast<size_t>(s)].edges) {
@@ -619,6 +641,7 @@ absl::StatusOr<ByteDfa> ByteDfa::FromRegex(std::string_view pattern, Match match
     for (int b = 0; b < 256; ++b) row[static_cast<size_t>(b)] = target[class_of[static_cast<size_t>(b)]];
     next.push_back(row);
   }
+  MOE_RETURN_IF_ERROR(Spend(budget, nfa_work + work + 2 * kRowWork * static_cast<int64_t>(next.size())));
   return Build(next, accepting);
 }
 
@@ -736,7 +759,7 @@ std::vector<std::array<int32_t, 256>> ByteDfa::Expand() const {
   return next;
 }
 
-absl::StatusOr<ByteDfa> ByteDfa::WithLength(uint32_t min, uint32_t max) const {
+absl::StatusOr<ByteDfa> ByteDfa::WithLength(uint32_t min, uint32_t max, WorkBudget* budget) const {
   // States (s, k): k code points read (counted at their lead bytes), saturating at min when there is
   // no maximum.
   const uint32_t cap = max == UINT32_MAX ? min : max;
@@ -755,6 +778,7 @@ absl::StatusOr<ByteDfa> ByteDfa::WithLength(uint32_t min, uint32_t max) const {
   };
   intern(start(), 0);
   for (size_t i = 0; i < pairs.size(); ++i) {
+    if (!Fits(budget, 2 * kRowWork * static_cast<int64_t>(pairs.size()))) return Exhausted(budget);
     const auto [s, k] = pairs[i];
     std::array<int32_t, 256> row;
     for (int b = 0; b < 256; ++b) {
@@ -770,10 +794,12 @@ absl::StatusOr<ByteDfa> ByteDfa::WithLength(uint32_t min, uint32_t max) const {
     }
     next.push_back(row);
   }
+  MOE_RETURN_IF_ERROR(Spend(budget, 2 * kRowWork * static_cast<int64_t>(next.size())));
   return Build(next, accepting);
 }
 
-absl::StatusOr<ByteDfa> ByteDfa::WithoutBytes(const std::bitset<256>& refused) const {
+absl::StatusOr<ByteDfa> ByteDfa::WithoutBytes(const std::bitset<256>& refused, WorkBudget* budget) const {
+  MOE_RETURN_IF_ERROR(Spend(budget, 2 * kRowWork * static_cast<int64_t>(states())));
   std::vector<std::array<int32_t, 256>> next = Expand();
   for (auto& row : next) {
     for (int b = 0; b < 256; ++b) {

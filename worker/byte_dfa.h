@@ -38,18 +38,27 @@ class ByteDfa {
   // WithLength's product may have this many states before trimming (states x counts).
   static constexpr size_t kMaxLengthProduct = 4 * kMaxStates;
 
+  // Work (NFA states visited, table entries built) that the automata of one request share: a JSON
+  // schema's patterns, formats and bounds are each within the limits above, but hundreds of them
+  // add up to seconds of compiling, paid by the coordinator and then by every rank on its serving
+  // loop. A construction that would pass what is left fails with ResourceExhausted; what a
+  // construction used is taken off.
+  struct WorkBudget {
+    int64_t left = 0;
+  };
+
   enum class Match : uint8_t {
     kWhole,   // the text is one match (guided_regex): ^ and $ change nothing
     kSearch,  // the text contains a match (JSON Schema's "pattern", Python's re.search): ^ and $ anchor it
   };
   // InvalidArgument "<reason> at offset N" (or "... matches no text").
-  static absl::StatusOr<ByteDfa> FromRegex(std::string_view pattern, Match match);
+  static absl::StatusOr<ByteDfa> FromRegex(std::string_view pattern, Match match, WorkBudget* budget = nullptr);
 
   // The texts of this automaton that are valid UTF-8 of min..max code points (max UINT32_MAX: no
   // bound); InvalidArgument when none is, or the product passes kMaxStates.
-  absl::StatusOr<ByteDfa> WithLength(uint32_t min, uint32_t max) const;
+  absl::StatusOr<ByteDfa> WithLength(uint32_t min, uint32_t max, WorkBudget* budget = nullptr) const;
   // The texts that contain none of the `refused` bytes.
-  absl::StatusOr<ByteDfa> WithoutBytes(const std::bitset<256>& refused) const;
+  absl::StatusOr<ByteDfa> WithoutBytes(const std::bitset<256>& refused, WorkBudget* budget = nullptr) const;
 
   static constexpr int32_t start() { return 0; }
   int32_t Next(int32_t state, uint8_t c) const {

@@ -492,16 +492,23 @@ class JsonSchemaCompiler {
     const std::string key = s.contains("pattern") ? "pattern" : "format";
     if (!s[key].is_string()) return Error(Join(path, key), "expected a string");
     const std::string value = s[key].get<std::string>();
+    // The same pattern and bounds (a field repeated across a schema's objects) make the same
+    // automaton: built once, shared by the nodes, and paid once from the schema's budget.
+    const std::string same = key + '\0' + value + '\0' + std::to_string(n.min_length) + ',' + std::to_string(n.max_length);
+    if (auto it = built_.find(same); it != built_.end()) {
+      n.dfa = it->second;
+      return absl::OkStatus();
+    }
     absl::StatusOr<ByteDfa> dfa = absl::InternalError("unset");
     if (key == "pattern") {
-      dfa = ByteDfa::FromRegex(value, ByteDfa::Match::kSearch);
+      dfa = ByteDfa::FromRegex(value, ByteDfa::Match::kSearch, &budget_);
     } else {
       const auto format = Formats().find(value);
       if (format == Formats().end()) {
         return Error(Join(path, key),
                      "\"" + value + "\" is not supported (supported: date, time, date-time, uuid, ipv4, email, uri)");
       }
-      dfa = ByteDfa::FromRegex(format->second, ByteDfa::Match::kWhole);
+      dfa = ByteDfa::FromRegex(format->second, ByteDfa::Match::kWhole, &budget_);
     }
     // Characters are raw or escaped as \" \\ \/ \b \f \n \r \t (the grammar takes no \u escape in
     // such a string): other control characters cannot be written.
@@ -509,20 +516,31 @@ class JsonSchemaCompiler {
     for (int c = 0; c < 0x20; ++c) {
       if (c != '\b' && c != '\f' && c != '\n' && c != '\r' && c != '\t') unwritable.set(static_cast<size_t>(c));
     }
-    if (dfa.ok()) dfa = dfa->WithoutBytes(unwritable);
+    if (dfa.ok()) dfa = dfa->WithoutBytes(unwritable, &budget_);
     // Length bounds folded in; a maximum too large for that (a URL's 2,083) is kept by the grammar,
     // which refuses a character after which no match fits (ByteDfa::ShortestToAccept).
     const bool fold_max = n.max_length == UINT32_MAX ||
                           (dfa.ok() && static_cast<uint64_t>(n.max_length) + 1 <= ByteDfa::kMaxLengthProduct / dfa->states());
     if (dfa.ok() && (n.min_length > 0 || n.max_length != UINT32_MAX)) {
-      dfa = dfa->WithLength(n.min_length, fold_max ? n.max_length : UINT32_MAX);
+      dfa = dfa->WithLength(n.min_length, fold_max ? n.max_length : UINT32_MAX, &budget_);
     }
-    if (!dfa.ok()) return Error(Join(path, key), std::string(dfa.status().message()));
+    if (!dfa.ok()) return DfaError(Join(path, key), dfa.status());
     if (dfa->ShortestToAccept(ByteDfa::start()) > n.max_length) {
       return Error(Join(path, key), "no match fits within maxLength " + std::to_string(n.max_length));
     }
     n.dfa = AddDfa(std::move(*dfa));
+    built_[same] = n.dfa;
     return absl::OkStatus();
+  }
+
+  // An automaton's error at `path`: its own (the pattern is wrong or too large), or the schema's
+  // budget used up there.
+  static absl::Status DfaError(const std::string& path, const absl::Status& status) {
+    if (status.code() != absl::StatusCode::kResourceExhausted) return Error(path, std::string(status.message()));
+    return Error(path, absl::StrCat("the schema's patterns, formats and bounds together take too long to compile ",
+                                    "(the limit is ", JsonSchema::kMaxDfaWork / 1'000'000,
+                                    " million steps of automaton work for a whole schema, about a second; identical "
+                                    "ones count once): the budget ran out here"));
   }
 
   // One of minimum, maximum and their exclusive forms, folded into [lo, hi].
@@ -565,12 +583,20 @@ class JsonSchemaCompiler {
     }
     if (!lo && !hi) return absl::OkStatus();
     if (lo && hi && *lo > *hi) return Error(Join(path, "minimum"), "admits no " + type + " up to the maximum");
-    absl::StatusOr<ByteDfa> dfa =
-        ByteDfa::FromRegex(type == "integer" ? IntegerRange(lo, hi) : NumberRange(lo, hi), ByteDfa::Match::kWhole);
-    if (!dfa.ok()) return Error(path, "bounds: " + std::string(dfa.status().message()));
     n.kind = JsonSchemaNode::Kind::kToken;
-    n.first_bytes = dfa->FirstBytes();
-    n.dfa = AddDfa(std::move(*dfa));
+    const std::string regex = type == "integer" ? IntegerRange(lo, hi) : NumberRange(lo, hi);
+    if (auto it = built_.find(regex); it != built_.end()) {  // (a regex never starts with "pattern\0")
+      n.dfa = it->second;
+    } else {
+      absl::StatusOr<ByteDfa> dfa = ByteDfa::FromRegex(regex, ByteDfa::Match::kWhole, &budget_);
+      if (!dfa.ok()) {
+        if (dfa.status().code() == absl::StatusCode::kResourceExhausted) return DfaError(path, dfa.status());
+        return Error(path, "bounds: " + std::string(dfa.status().message()));
+      }
+      n.dfa = AddDfa(std::move(*dfa));
+      built_[regex] = n.dfa;
+    }
+    n.first_bytes = dfas_[static_cast<size_t>(n.dfa)].FirstBytes();
     return absl::OkStatus();
   }
 
@@ -731,6 +757,9 @@ class JsonSchemaCompiler {
   std::vector<ByteDfa> dfas_;
   std::map<std::string, uint16_t> refs_;
   int nesting_ = 0;
+  // The automata built so far, by what they were built from (StringPattern's and NumberBounds' keys).
+  std::map<std::string, int32_t> built_;
+  ByteDfa::WorkBudget budget_{JsonSchema::kMaxDfaWork};
 };
 
 absl::StatusOr<JsonSchema> JsonSchema::Compile(const nlohmann::ordered_json& schema) {

@@ -81,6 +81,12 @@ class JsonSchema {
   static constexpr size_t kMaxNodes = 4096;
   static constexpr size_t kMaxProperties = 64;  // per object
   static constexpr size_t kMaxEnum = 64;        // values per enum
+  // The automaton work (ByteDfa::WorkBudget) of all of a schema's patterns, formats and bounds
+  // together, identical ones counted once: each is bounded on its own, but hundreds of them took
+  // 10-20 s to compile, first in the coordinator's validation, then on every rank's serving loop,
+  // stalling its other requests. This is about a second of compiling (~10 ns a step on this project's 2-core
+  // test machine), some 40 patterns as costly as (a|b)*a(a|b){10} in search mode, thousands of formats.
+  static constexpr int64_t kMaxDfaWork = 100'000'000;
 
   // InvalidArgument "<schema path>: <what>" (e.g. "properties.age.minimum: not supported ...").
   static absl::StatusOr<JsonSchema> Compile(const nlohmann::ordered_json& schema);
