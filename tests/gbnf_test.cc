@@ -319,6 +319,28 @@ TEST(GbnfTest, DeepGroupsAreBounded) {
   }
 }
 
+// A deep, ambiguous grammar (the audit's): inside d's brackets m can start in 41 ways (its optional
+// characters), each a stack as deep as the brackets open. Under outputs of "(" the states grew to
+// ~43 stacks 254 deep, each byte copying and sorting them: a mask step cost a second and a rank's
+// memory grew by a GB a request. The positions of a state's stacks together are bounded
+// (kMaxPositions): "(" is refused well before kMaxDepth, and what was taken still completes.
+TEST(GbnfTest, DeepAmbiguousStatesAreBoundedInAll) {
+  absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse("root ::= d\nd ::= \"(\" d \")\" | m\nm ::= ([^\\n()]?){40} [^\\n()]*");
+  ASSERT_TRUE(g.ok()) << g.status();
+  GbnfState state(*g);
+  size_t depth = 0;
+  while (depth < GbnfState::kMaxDepth && state.Feed("(")) ++depth;
+  std::string key;
+  state.AppendStateKey(key);
+  EXPECT_LE(key.size(), sizeof(uint32_t) * (GbnfState::kMaxPositions + 1));
+  EXPECT_GT(depth, 100u);                            // deep nesting is still there ...
+  EXPECT_LT(depth, GbnfState::kMaxPositions / 41);  // ... but each level's 41 ways to start m count
+  // The longest bracketed text the state still takes, as a balanced-bracket reading says it is whole.
+  const std::string rest = "x" + std::string(depth, ')');
+  EXPECT_TRUE(state.Feed(rest)) << depth;
+  EXPECT_TRUE(state.Complete());
+}
+
 // A chain of thousands of rules, each beginning with the next: the left-recursion check walks it
 // without recursing and finds the cycle its last rule closes; without one the chain parses.
 TEST(GbnfTest, LongRuleChainsAreWalkedWithoutRecursion) {

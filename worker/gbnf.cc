@@ -40,18 +40,22 @@ Ranges WithoutSurrogates(Ranges r) {
 
 class GbnfTransitions {
  public:
-  // Past this many states (or 64 transitions a state on average) both maps start over; states in
-  // use keep theirs.
+  // Past this many states, 64 transitions a state on average, or kMaxBytes of states and
+  // transitions, both maps start over; states in use keep theirs. The bytes bound the memory: a rank
+  // keeps 64 grammars, and states of deep, ambiguous grammars were up to 1 MB each, held twice (8 GB
+  // a grammar by count alone; a rank grew by 1.1 GB a request and kept it).
   static constexpr size_t kMaxStates = 4096;
+  static constexpr size_t kMaxBytes = 8 << 20;
 
   // The state equal to `s`, held once.
   std::shared_ptr<const GbnfStacks> Intern(GbnfStacks s) {
     Trim();
-    std::string key(reinterpret_cast<const char*>(s.flat.data()), sizeof(uint32_t) * s.flat.size());
+    const std::string_view key = Key(s);
     auto it = interned_.find(key);
     if (it != interned_.end()) return it->second;
     auto held = std::make_shared<const GbnfStacks>(std::move(s));
-    interned_.emplace(std::move(key), held);
+    bytes_ += sizeof(GbnfStacks) + sizeof(uint32_t) * held->flat.capacity();
+    interned_.emplace(Key(*held), held);  // the key is the held state's own bytes: not a copy
     return held;
   }
   // The transition from `from` on code point `cp` when known: the next state, or null (refused).
@@ -61,14 +65,19 @@ class GbnfTransitions {
   }
   void Remember(const std::shared_ptr<const GbnfStacks>& from, uint32_t cp, std::shared_ptr<const GbnfStacks> to) {
     Trim();
+    bytes_ += kTransitionBytes;
     next_[{from.get(), cp}] = {from, std::move(to)};  // `from` held: its address stays its own
   }
 
  private:
+  static std::string_view Key(const GbnfStacks& s) {
+    return {reinterpret_cast<const char*>(s.flat.data()), sizeof(uint32_t) * s.flat.size()};
+  }
   void Trim() {
-    if (interned_.size() >= kMaxStates || next_.size() >= 64 * kMaxStates) {
+    if (interned_.size() >= kMaxStates || next_.size() >= 64 * kMaxStates || bytes_ >= kMaxBytes) {
       interned_.clear();
       next_.clear();
+      bytes_ = 0;
     }
   }
 
@@ -77,7 +86,10 @@ class GbnfTransitions {
       return std::hash<const void*>()(k.first) * 31 + k.second;
     }
   };
-  std::unordered_map<std::string, std::shared_ptr<const GbnfStacks>> interned_;  // by the flat array's bytes
+  std::unordered_map<std::string_view, std::shared_ptr<const GbnfStacks>> interned_;  // by the flat array's bytes
+  size_t bytes_ = 0;  // the interned states' flat arrays, and the transitions
+  // A transition's entry: its key, two shared pointers and the hash node around them.
+  static constexpr size_t kTransitionBytes = 80;
   std::unordered_map<std::pair<const GbnfStacks*, uint32_t>,
                      std::pair<std::shared_ptr<const GbnfStacks>, std::shared_ptr<const GbnfStacks>>, KeyHash>
       next_;
@@ -508,8 +520,9 @@ absl::StatusOr<GbnfGrammar> GbnfGrammar::Parse(std::string_view text) {
   // The start must expand within the recogniser's limits, or no output could begin.
   if (!GbnfState(*g).Alive()) {
     return absl::InvalidArgumentError(absl::StrCat("the start of 'root' expands to more than ", GbnfState::kMaxStacks,
-                                                   " alternatives at once, or nests deeper than ",
-                                                   GbnfState::kMaxDepth, " rules"));
+                                                   " alternatives at once, nests deeper than ", GbnfState::kMaxDepth,
+                                                   " rules, or holds more than ", GbnfState::kMaxPositions,
+                                                   " grammar positions in all"));
   }
   return g;
 }
@@ -536,7 +549,9 @@ GbnfState::GbnfState(const GbnfGrammar& grammar) : g_(&grammar) {
       break;
     }
   }
-  stacks_ = g_->transitions_->Intern(Distinct(std::move(start)));
+  start = Distinct(std::move(start));
+  if (start.flat.size() > kMaxPositions) start = GbnfStacks{};
+  stacks_ = g_->transitions_->Intern(std::move(start));
 }
 
 bool GbnfState::Expand(std::vector<uint32_t>& stack, GbnfStacks& out) const {
@@ -604,12 +619,29 @@ GbnfStacks GbnfState::Distinct(GbnfStacks in) {
     return std::lexicographical_compare(f + a + 1, f + a + 1 + f[a], f + b + 1, f + b + 1 + f[b]);
   };
   auto same = [f](uint32_t a, uint32_t b) { return std::equal(f + a, f + a + 1 + f[a], f + b, f + b + 1 + f[b]); };
+  // Duplicates go first, found by hash: an ambiguous grammar's expansion repeats each stack many
+  // times, and deep stacks share long bottoms that a sort of them all would compare again and again.
+  std::vector<std::pair<uint64_t, uint32_t>> hashed;  // (hash, where)
+  hashed.reserve(at.size());
+  for (uint32_t a : at) {
+    uint64_t h = 14695981039346656037ull;  // FNV-1a over the positions
+    for (uint32_t i = a; i <= a + f[a]; ++i) h = (h ^ f[i]) * 1099511628211ull;
+    hashed.emplace_back(h, a);
+  }
+  std::sort(hashed.begin(), hashed.end());
+  at.clear();
+  for (size_t k = 0; k < hashed.size(); ++k) {
+    bool seen = false;
+    for (size_t j = k; j-- > 0 && hashed[j].first == hashed[k].first && !seen;) seen = same(hashed[j].second, hashed[k].second);
+    if (!seen) at.push_back(hashed[k].second);
+  }
   std::sort(at.begin(), at.end(), less);
   GbnfStacks out;
-  out.flat.reserve(in.flat.size());
-  for (size_t k = 0; k < at.size(); ++k) {
-    if (k > 0 && same(at[k - 1], at[k])) continue;
-    out.flat.insert(out.flat.end(), f + at[k], f + at[k] + 1 + f[at[k]]);
+  size_t size = 0;  // exactly: a state is held as it is, and `in` may be many times larger
+  for (uint32_t a : at) size += 1 + f[a];
+  out.flat.reserve(size);
+  for (uint32_t a : at) {
+    out.flat.insert(out.flat.end(), f + a, f + a + 1 + f[a]);
     ++out.count;
   }
   return out;
@@ -639,7 +671,9 @@ bool GbnfState::AcceptCodePoint(uint32_t cp) {
       break;
     }
   }
-  std::shared_ptr<const GbnfStacks> to = next.count == 0 ? nullptr : known.Intern(Distinct(std::move(next)));
+  if (next.count > 0) next = Distinct(std::move(next));
+  if (next.flat.size() > kMaxPositions) next = GbnfStacks{};  // past a limit: refused
+  std::shared_ptr<const GbnfStacks> to = next.count == 0 ? nullptr : known.Intern(std::move(next));
   known.Remember(stacks_, cp, to);
   if (to == nullptr) return false;
   stacks_ = std::move(to);

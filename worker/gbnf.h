@@ -90,6 +90,10 @@ class GbnfState {
   // than the worker's memory.
   static constexpr size_t kMaxStacks = 1024;
   static constexpr size_t kMaxDepth = 256;
+  // The positions of a state's distinct stacks together, well below kMaxStacks x kMaxDepth: a
+  // state is copied, sorted, hashed and held whole (a mask walk makes hundreds), and states of up
+  // to 1,024 stacks 256 deep (1 MB) made each mask step of a deep, ambiguous grammar cost a second.
+  static constexpr size_t kMaxPositions = 8192;
 
   // `grammar` must outlive the state (and its copies).
   explicit GbnfState(const GbnfGrammar& grammar);

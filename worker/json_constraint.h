@@ -91,7 +91,11 @@ class MaskCache {
       return it->second;
     }
     ++misses_;
-    if (masks_.size() >= max_states_) masks_.clear();
+    if (masks_.size() >= max_states_ || key_bytes_ >= kMaxKeyBytes) {
+      masks_.clear();
+      key_bytes_ = 0;
+    }
+    key_bytes_ += key_.size();
     std::vector<uint64_t> mask(static_cast<size_t>((vocab_->vocab_size() + 63) / 64), 0);
     vocab_->MarkAccepted(state, mask);
     return masks_.emplace(key_, std::move(mask)).first->second;
@@ -103,7 +107,11 @@ class MaskCache {
   std::shared_ptr<const TokenTextTrie> vocab_;
   std::shared_ptr<const Spec> spec_;
   size_t max_states_;
+  // A grammar's state keys can be large (a GBNF state is its stacks, up to 32 KB): past this many
+  // bytes of keys the cache starts over too, whatever their count.
+  static constexpr size_t kMaxKeyBytes = 4 << 20;
   std::unordered_map<std::string, std::vector<uint64_t>> masks_;
+  size_t key_bytes_ = 0;
   std::string key_;  // scratch
   int64_t hits_ = 0, misses_ = 0;
 };
