@@ -341,6 +341,24 @@ TEST(GbnfTest, DeepAmbiguousStatesAreBoundedInAll) {
   EXPECT_TRUE(state.Complete());
 }
 
+// Grammars no output can satisfy are refused when parsed, not as a worker error mid-generation.
+TEST(GbnfTest, GrammarsWithoutAnOutputAreRefused) {
+  auto error = [](const std::string& text) {
+    absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse(text);
+    return g.ok() ? std::string("ok") : std::string(g.status().message());
+  };
+  EXPECT_EQ(error("root ::= \"(\" root \")\""),
+            "rule 'root' derives no finite text (every alternative needs the rule itself again)");
+  EXPECT_EQ(error("root ::= \"a\" x\nx ::= \"b\" x | \"c\" x"),
+            "rule 'x' derives no finite text (every alternative needs the rule itself again)");
+  EXPECT_EQ(error("root ::= (\"a\"?){1000} \"a\"").rfind("no first byte of the output is within the recogniser's limits", 0),
+            0u)
+      << error("root ::= (\"a\"?){1000} \"a\"");
+  EXPECT_EQ(error("root ::= \"(\" root \")\" | \"x\""), "ok");
+  EXPECT_EQ(error("root ::= (\"a\"?){10} \"a\""), "ok");
+  EXPECT_EQ(error("root ::= \"\""), "ok");  // the empty text: complete at once
+}
+
 // A chain of thousands of rules, each beginning with the next: the left-recursion check walks it
 // without recursing and finds the cycle its last rule closes; without one the chain parses.
 TEST(GbnfTest, LongRuleChainsAreWalkedWithoutRecursion) {

@@ -115,6 +115,7 @@ class GbnfParser {
     const auto root = ids_.find("root");
     if (root == ids_.end()) return absl::InvalidArgumentError("no rule named 'root' (where the output starts)");
     if (absl::Status s = CheckLeftRecursion(); !s.ok()) return s;
+    if (absl::Status s = CheckProductive(); !s.ok()) return s;
     GbnfGrammar g;
     g.root_ = root->second;
     g.ranges_ = std::move(classes_);
@@ -500,6 +501,35 @@ class GbnfParser {
     return absl::OkStatus();
   }
 
+  // A rule that derives no finite text (root ::= "(" root ")") would let the output grow forever
+  // and never be whole: the request would fail mid-generation.
+  absl::Status CheckProductive() const {
+    const size_t n = rules_.size();
+    std::vector<bool> productive(n, false);
+    auto seq_productive = [&](const Sequence& s) {
+      return std::all_of(s.begin(), s.end(),
+                         [&](const Element& e) { return e.type != Element::Type::kRule || productive[e.value]; });
+    };
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (size_t r = 0; r < n; ++r) {
+        if (!productive[r] && std::any_of(rules_[r].begin(), rules_[r].end(), seq_productive)) {
+          productive[r] = changed = true;
+        }
+      }
+    }
+    for (size_t r = 0; r < n; ++r) {
+      if (productive[r]) continue;
+      uint32_t named = static_cast<uint32_t>(r);  // prefer a rule the grammar names
+      for (uint32_t s = 0; s < n; ++s) {
+        if (!productive[s] && ids_.count(names_[s]) > 0) named = s;
+      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rule '", names_[named], "' derives no finite text (every alternative needs the rule itself again)"));
+    }
+    return absl::OkStatus();
+  }
+
   std::string_view text_;
   size_t pos_ = 0;
   int group_depth_ = 0;  // groups open around pos_
@@ -523,6 +553,16 @@ absl::StatusOr<GbnfGrammar> GbnfGrammar::Parse(std::string_view text) {
                                                    " alternatives at once, nests deeper than ", GbnfState::kMaxDepth,
                                                    " rules, or holds more than ", GbnfState::kMaxPositions,
                                                    " grammar positions in all"));
+  }
+  // Nor if its first byte is past them (root ::= ("a"?){1000} "a": 1,001 ways to read an "a").
+  const GbnfState start(*g);
+  bool any = start.Complete();
+  for (int c = 0; c < 256 && !any; ++c) any = GbnfState(start).Feed(static_cast<uint8_t>(c));
+  if (!any) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no first byte of the output is within the recogniser's limits (", GbnfState::kMaxStacks,
+        " alternatives at once, ", GbnfState::kMaxDepth, " rules deep, ", GbnfState::kMaxPositions,
+        " grammar positions in all): the grammar is too ambiguous where it starts"));
   }
   return g;
 }

@@ -276,7 +276,9 @@ void ServingLoop::OnGenerated(uint64_t seq_id, ServedSequence& s, const ChunkLog
     } else {
       Finish(seq_id, Finished::REASON_ERROR,
              "response_format: no allowed token of the vocabulary continues the output (the vocabulary lacks "
-             "its bytes, or the request's stop token ids or bad words ban them)");
+             "its bytes, the request's stop token ids or bad words ban them, or the output reached the "
+             "recogniser's limits: JSON nested 32 levels deep, or a grammar's 1,024 parses at once, 256 rules "
+             "deep or 8,192 positions in all)");
     }
     return;
   }
