@@ -33,6 +33,10 @@ std::string GenerateOutput::TokenText(int32_t id) const {
   return model_.tokenizer->Decode(ids, skip_special_tokens_);
 }
 
+std::string GenerateOutput::TokenBytes(int32_t id) const {
+  return model_.tokenizer == nullptr ? std::string() : model_.tokenizer->TokenBytes(id);
+}
+
 namespace {
 
 bool Contains(const std::vector<int32_t>& ids, int32_t id) { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
@@ -46,6 +50,7 @@ void GenerateOutput::AddTop(const v1::TopAlternatives& alts, v1::TokenLogprob& l
     t->set_token_id(alt.token_id());
     t->set_logprob(alt.logprob());
     t->set_text(TokenText(alt.token_id()));
+    t->set_token_bytes(TokenBytes(alt.token_id()));
   }
 }
 
@@ -81,6 +86,7 @@ absl::StatusOr<bool> GenerateOutput::AddTokens(const v1::Tokens& tokens, v1::Gen
       lp->set_token_id(id);
       lp->set_logprob(tokens.logprobs(i));
       lp->set_text(silent ? TokenText(id) : delta);
+      lp->set_token_bytes(TokenBytes(id));
       if (i < tokens.top_size()) AddTop(tokens.top(i), *lp);
     }
     if (detok_ == nullptr) continue;

@@ -49,6 +49,7 @@ class GenerateOutput {
 
  private:
   std::string TokenText(int32_t id) const;
+  std::string TokenBytes(int32_t id) const;  // the raw bytes `id` adds to a text (TextCodec::TokenBytes)
   // The worker's alternatives into `lp.top`, each with its text (ids outside the vocabulary dropped).
   void AddTop(const v1::TopAlternatives& alts, v1::TokenLogprob& lp) const;
   // Whether `id` ends the output on the worker (a stop token id, or EOS unless ignore_eos).

@@ -36,6 +36,7 @@ class SentencePieceCodec final : public TextCodec {
   }
   std::string Piece(int32_t id) const override { return tok_->Piece(id); }
   std::vector<std::string> TokenTexts() const override { return tok_->TokenTexts(); }
+  std::string TokenBytes(int32_t id) const override { return tok_->TokenBytes(id); }
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
     return tok_->Decode(ids, skip_special_tokens);
   }

@@ -36,6 +36,7 @@ class TextCodec {
   virtual std::string Piece(int32_t id) const = 0;  // the vocabulary's text of `id`, e.g. "<s>"
   virtual std::vector<std::string> TokenTexts() const = 0;  // per id, the bytes it adds to a text
                                                             // (Tokenizer::TokenTexts)
+  virtual std::string TokenBytes(int32_t id) const = 0;    // one of them
   // `skip_special_tokens` false: control and unknown tokens as their pieces' texts (Tokenizer::Decode).
   virtual std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const = 0;
   virtual int32_t bos_id() const = 0;

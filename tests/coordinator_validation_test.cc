@@ -78,6 +78,7 @@ class CollapsingCodec final : public TextCodec {
   }
   std::string Piece(int32_t id) const override { return inner_.Piece(id); }
   std::vector<std::string> TokenTexts() const override { return inner_.TokenTexts(); }
+  std::string TokenBytes(int32_t id) const override { return inner_.TokenBytes(id); }
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
     return inner_.Decode(ids, skip_special_tokens);
   }

@@ -1518,6 +1518,17 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             self.assertEqual(len(t["top_logprobs"]), 2)
             self.assertEqual(t["bytes"], list(t["token"].encode()))
             self.assertEqual(t["top_logprobs"][0]["logprob"], t["logprob"])  # greedy: the best one
+        # Characters the vocabulary spells in byte-fallback tokens: each token's own bytes (OpenAI's),
+        # which add up to the answer's UTF-8 where the tokens' texts (held back, then whole) cannot say it.
+        status, body = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 12, "logprobs": True,
+                                                          "guided_choice": ["é€ ok"]})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["choices"][0]["message"]["content"], "é€ ok")
+        content = body["choices"][0]["logprobs"]["content"]
+        self.assertEqual(bytes(b for t in content for b in t["bytes"]), "é€ ok".encode())
+        self.assertTrue(all(t["bytes"] for t in content[:-1]), content)  # held-back tokens' bytes too
+        self.assertEqual((content[-1]["token"], content[-1]["bytes"]), ("", []))  # the end of sequence
+        self.assertGreater(len(content), 3)
         # A request's own template; continue_final_message leaves the last turn open.
         status, body = self.call("/tokenize", {"messages": messages,
                                                "chat_template": "{% for m in messages %}{{ m['content'] }}|{% endfor %}"})

@@ -1143,6 +1143,25 @@ TEST(OpenAiProtocolTest, ChatAnswersTakeOpenAisChatShape) {
   EXPECT_EQ(content[0]["token"], "Hel");
   EXPECT_EQ(content[0]["bytes"], json({72, 101, 108}));
   EXPECT_EQ(content[0]["top_logprobs"][0]["token"], "Hel");
+
+  // Byte-fallback tokens: "bytes" holds each one's own raw byte (OpenAI's), which its text (held
+  // back, then the whole character) cannot; a whole token's bytes are its text's.
+  v1::GenerateResponse e;
+  for (const auto& [text, raw] : std::vector<std::pair<std::string, std::string>>{
+           {"", "\xC3"}, {"\xC3\xA9", "\xA9"}, {" x", " x"}}) {
+    v1::TokenLogprob* lp = e.add_logprobs();
+    lp->set_text(text);
+    lp->set_token_bytes(raw);
+    v1::TopLogprob* t = lp->add_top();
+    t->set_text("\xEF\xBF\xBD");  // a byte token decoded alone
+    t->set_token_bytes(raw);
+  }
+  const json bytes_of = ChatLogprobsJson(e);
+  EXPECT_EQ(bytes_of[0]["bytes"], json({0xC3}));
+  EXPECT_EQ(bytes_of[1]["bytes"], json({0xA9}));
+  EXPECT_EQ(bytes_of[2]["bytes"], json({32, 120}));
+  EXPECT_EQ(bytes_of[1]["top_logprobs"][0]["bytes"], json({0xA9}));
+  EXPECT_EQ(bytes_of[2]["top_logprobs"][0]["bytes"], json({0xEF, 0xBF, 0xBD}));
   EXPECT_EQ(content[1]["top_logprobs"], json::array());
   EXPECT_EQ(j["usage"]["total_tokens"], 6);
 

@@ -306,6 +306,9 @@ std::vector<std::string> Tokenizer::TokenTexts() const {
   for (int32_t id = 0; id < vocab_size(); ++id) texts.push_back(sp_->TokenText(id));
   return texts;
 }
+std::string Tokenizer::TokenBytes(int32_t id) const {
+  return id >= 0 && id < vocab_size() ? sp_->TokenText(id) : std::string();
+}
 int32_t Tokenizer::bos_id() const { return sp_->bos_id(); }
 int32_t Tokenizer::eos_id() const { return sp_->eos_id(); }
 int32_t Tokenizer::vocab_size() const { return sp_->size(); }

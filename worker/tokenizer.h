@@ -79,6 +79,7 @@ class Tokenizer {
   // piece ("<0x0A>") as its byte, and nothing for control, unknown and unused pieces (constrained
   // generation masks tokens by these).
   std::vector<std::string> TokenTexts() const;
+  std::string TokenBytes(int32_t id) const;  // TokenTexts' entry of `id`; "" past the vocabulary
   int32_t bos_id() const;
   int32_t eos_id() const;
   int32_t vocab_size() const;

@@ -807,9 +807,12 @@ json PromptLogprobsJson(const v1::GenerateResponse& r) {
 }
 
 json ChatLogprobsJson(const v1::GenerateResponse& r, bool tokens_as_ids) {
-  auto bytes = [](const std::string& text) {
+  // The token's UTF-8, as OpenAI's; a token that is part of a character (a byte-fallback token)
+  // its own raw bytes, which its text (empty, or the character it completes) cannot show.
+  auto bytes = [tokens_as_ids](const std::string& name, const std::string& raw) {
+    const std::string& from = !tokens_as_ids && !raw.empty() && !IsUtf8(raw) ? raw : name;
     json b = json::array();
-    for (unsigned char ch : text) b.push_back(static_cast<int>(ch));
+    for (unsigned char ch : from) b.push_back(static_cast<int>(ch));
     return b;
   };
   json content = json::array();
@@ -817,10 +820,11 @@ json ChatLogprobsJson(const v1::GenerateResponse& r, bool tokens_as_ids) {
     json top = json::array();
     for (const v1::TopLogprob& t : lp.top()) {
       const std::string name = TokenName(t.token_id(), t.text(), tokens_as_ids);
-      top.push_back({{"token", name}, {"logprob", t.logprob()}, {"bytes", bytes(name)}});
+      top.push_back({{"token", name}, {"logprob", t.logprob()}, {"bytes", bytes(name, t.token_bytes())}});
     }
     const std::string name = TokenName(lp.token_id(), lp.text(), tokens_as_ids);
-    content.push_back({{"token", name}, {"logprob", lp.logprob()}, {"bytes", bytes(name)}, {"top_logprobs", top}});
+    content.push_back(
+        {{"token", name}, {"logprob", lp.logprob()}, {"bytes", bytes(name, lp.token_bytes())}, {"top_logprobs", top}});
   }
   return content;
 }
