@@ -743,6 +743,25 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         events = self.stream(body)
         streamed = [c["prompt_logprobs"] for e in events for c in e["choices"] if c.get("prompt_logprobs")]
         self.assertEqual(streamed, [plp])
+        # n completions: every choice carries them, streamed as in the whole answer (the same as
+        # above but for float noise: two sequences run in the batch).
+        def assert_close(got, want):
+            self.assertEqual(len(got), len(want))
+            self.assertIsNone(got[0])
+            for g, w in zip(got[1:], want[1:]):
+                self.assertEqual(sorted(g), sorted(w))
+                for k in w:
+                    self.assertEqual((g[k]["rank"], g[k]["decoded_token"]), (w[k]["rank"], w[k]["decoded_token"]))
+                    self.assertAlmostEqual(g[k]["logprob"], w[k]["logprob"], delta=1e-3)
+        status, answer = self.call("/v1/completions", dict(body, n=2))
+        whole = [c["prompt_logprobs"] for c in answer["choices"]]
+        self.assertEqual(whole[0], whole[1])
+        assert_close(whole[0], plp)
+        events = self.stream(dict(body, n=2))
+        streamed = {c["index"]: c["prompt_logprobs"] for e in events for c in e["choices"] if c.get("prompt_logprobs")}
+        self.assertEqual(sorted(streamed), [0, 1])
+        self.assertEqual(streamed[0], streamed[1])
+        assert_close(streamed[0], plp)
         # Chat: the answer's (vLLM's place for it).
         messages = CHAT_GOLDEN["cases"][0]["messages"]
         status, chat = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 2, "temperature": 0,

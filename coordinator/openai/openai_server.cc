@@ -1333,9 +1333,17 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       continue;
     }
     choice_tokens[choice] += static_cast<uint32_t>(msg.token_ids_size());
+    // They come with the prompt's completion 0; every choice of the prompt carries them, as in a
+    // whole answer (CompletionAccumulator).
+    if (msg.prompt_logprobs_size() > 0) {
+      for (uint32_t j = 0; j < call.n; ++j) {
+        std::vector<v1::TokenLogprob>& p = pending_prompt_logprobs[item.prompt * call.n + j];
+        p.insert(p.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
+      }
+      msg.clear_prompt_logprobs();
+    }
     std::vector<v1::TokenLogprob>& pending = pending_prompt_logprobs[choice];
-    if (msg.prompt_logprobs_size() > 0 || !pending.empty()) {
-      pending.insert(pending.end(), msg.prompt_logprobs().begin(), msg.prompt_logprobs().end());
+    if (!pending.empty()) {
       if (msg.token_ids_size() == 0 && msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) continue;
       msg.mutable_prompt_logprobs()->Assign(pending.begin(), pending.end());
       pending.clear();
