@@ -30,7 +30,7 @@ class JsonGrammar {
  public:
   using Spec = JsonSchema;
   // Nesting deeper than this is refused (an opening bracket past it is not accepted).
-  static constexpr int kMaxDepth = 32;
+  static constexpr int kMaxDepth = JsonSchema::kMaxDepth;
   static constexpr int kIndentPerLevel = 4;
 
   // `schema` must outlive the grammar (and its copies).
