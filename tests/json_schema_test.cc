@@ -591,5 +591,86 @@ TEST(JsonSchemaTest, SchemasWithoutAnInstanceTheRecogniserCanFinishAreRefused) {
   EXPECT_TRUE(g.Feed(deep_const) && g.Complete());
 }
 
+// Reads `chunk` again and again while the grammar takes it whole; the state after the last one taken.
+JsonGrammar Repeat(const JsonSchema& schema, const std::string& head, const std::string& chunk, int& times) {
+  JsonGrammar g(schema);
+  EXPECT_TRUE(g.Feed(head)) << head;
+  for (times = 0;; ++times) {
+    JsonGrammar next = g;
+    if (!next.Feed(chunk)) return g;
+    g = next;
+  }
+}
+
+// The recogniser opens no value that could not finish within its 32 levels where it stands: an
+// optional property, a tuple's next item, a tagged union's tag whose values would need more are not
+// begun (before, "a": was taken at level 32, and then no byte could follow: a dead end mid-generation).
+TEST(JsonSchemaTest, ValuesTooDeepForWhereTheyStandAreNotBegun) {
+  auto compile = [](const std::string& text) {
+    absl::StatusOr<JsonSchema> s = JsonSchema::Compile(ordered::parse(text));
+    EXPECT_TRUE(s.ok()) << text << ": " << s.status();
+    return std::move(s).value();
+  };
+  auto completes = [](const JsonGrammar& g) {
+    std::string completion;
+    std::set<std::string> seen;
+    return FindCompletion(g, completion, seen, 0);
+  };
+  int times = 0;
+  {  // Recursion through an optional property: 32 objects, the innermost without "a".
+    const JsonSchema s = compile(R"({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}}},
+                                     "$ref": "#/$defs/n"})");
+    JsonGrammar g = Repeat(s, "{", R"("a": {)", times);
+    EXPECT_EQ(times, 31);
+    EXPECT_TRUE(completes(g));
+    EXPECT_FALSE(JsonGrammar(g).Feed('"'));
+    EXPECT_TRUE(g.Feed(std::string(32, '}')) && g.Complete());
+  }
+  {  // ... and each object also requires 4 levels below it in "b": "a" stops 4 levels sooner.
+    const JsonSchema s = compile(R"({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"},
+        "b": {"type": "array", "prefixItems": [{"type": "array", "prefixItems": [{"type": "array",
+        "prefixItems": [{"type": "array"}], "minItems": 1}], "minItems": 1}], "minItems": 1}}, "required": ["b"]}},
+        "$ref": "#/$defs/n"})");
+    JsonGrammar g = Repeat(s, "{", R"("a": {)", times);
+    EXPECT_EQ(times, 27);  // 28 objects, the last one's "b" at levels 29 to 32
+    EXPECT_FALSE(JsonGrammar(g).Feed(R"("a")"));
+    std::string rest = R"("b": [[[[]]]]})";  // (longer than FindCompletion looks)
+    for (int i = 0; i < 27; ++i) rest += R"(, "b": [[[[]]]]})";
+    EXPECT_TRUE(g.Feed(rest) && g.Complete());
+  }
+  {  // A tuple whose optional second item is another one: [1, [1, ... stops at level 32.
+    const JsonSchema s = compile(R"({"$defs": {"t": {"type": "array", "prefixItems": [{"type": "integer"},
+                                     {"$ref": "#/$defs/t"}], "minItems": 1}}, "$ref": "#/$defs/t"})");
+    JsonGrammar g = Repeat(s, "[1", ", [1", times);
+    EXPECT_EQ(times, 31);
+    EXPECT_FALSE(JsonGrammar(g).Feed(','));
+    EXPECT_TRUE(completes(g));
+  }
+  {  // A tagged union under n required objects: the tag whose object needs 4 levels (the object, 3
+     // arrays) is written only where those fit, the other one anywhere.
+    auto wrapped = [](int n) {
+      std::string s = R"({"anyOf": [{"type": "object", "properties": {"k": {"const": "deep"}, "x": {"type": "array",
+          "prefixItems": [{"type": "array", "prefixItems": [{"type": "array"}], "minItems": 1}], "minItems": 1}},
+          "required": ["k", "x"]}, {"type": "object", "properties": {"k": {"const": "flat"}}, "required": ["k"]}]})";
+      for (int i = 0; i < n; ++i) s = R"({"type": "object", "properties": {"a": )" + s + R"(}, "required": ["a"]})";
+      return s;
+    };
+    auto head = [](int n) {
+      std::string h;
+      for (int i = 0; i < n; ++i) h += R"({"a": )";
+      return h + R"({"k": ")";
+    };
+    const JsonSchema s = compile(wrapped(29));  // the union at level 30: "deep" would reach 33
+    JsonGrammar g(s);
+    ASSERT_TRUE(g.Feed(head(29)));
+    EXPECT_FALSE(JsonGrammar(g).Feed('d'));
+    EXPECT_TRUE(completes(g));
+    EXPECT_TRUE(g.Feed(R"(flat"})" + std::string(29, '}')) && g.Complete());
+    const JsonSchema up = compile(wrapped(28));  // at level 29 it reaches 32
+    JsonGrammar h(up);
+    EXPECT_TRUE(h.Feed(head(28) + R"(deep", "x": [[[]]]})" + std::string(28, '}')) && h.Complete());
+  }
+}
+
 }  // namespace
 }  // namespace moe

@@ -195,6 +195,7 @@ JsonSchema::JsonSchema() {
   nodes_[kAnyArrayNode].kind = JsonSchemaNode::Kind::kArray;
   nodes_[kAnyArrayNode].items = kAnyNode;
   nodes_[kAnyArrayNode].first_bytes.set('[');
+  nodes_[kAnyObjectNode].min_depth = nodes_[kAnyArrayNode].min_depth = 1;
 }
 
 JsonSchema JsonSchema::AnyObject() {
@@ -495,8 +496,8 @@ class JsonSchemaCompiler {
   // that admits nothing, as `false` is refused), and a root or any other node every value of which
   // nests deeper than the recogniser follows, so that no output could complete it (before, such
   // schemas compiled, and generation ran into a dead end: "no allowed token ... continues the
-  // output", a worker error). A node within the limit may still sit too deep to complete where it
-  // is (a deep optional branch): the recogniser does not open it there.
+  // output", a worker error). A node within the limit may still sit too deep to finish where it
+  // is (a deep optional branch): the recogniser does not begin it there (JsonGrammar::Fits).
   absl::Status MinDepths(uint16_t root) {
     constexpr uint16_t kNone = JsonSchemaNode::kNoFiniteValue;
     for (JsonSchemaNode& n : nodes_) n.min_depth = kNone;
