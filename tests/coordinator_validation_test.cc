@@ -459,6 +459,22 @@ TEST_F(ValidationTest, TextNeedsATokenizer) {
   EXPECT_NE(budget.message().find(".pattern: the schema's patterns, formats and bounds together take too long"),
             std::string::npos)
       << budget;
+  // A schema no output can finish is refused here too, not by a worker error mid-generation: one
+  // whose every instance needs another level forever, or more levels than the recogniser's 32.
+  f->set_json_schema(R"({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}},
+                                         "required": ["a"]}}, "$ref": "#/$defs/n"})");
+  const absl::Status endless = ValidateGenerate(schema, shakespeare()).status();
+  EXPECT_TRUE(NamesField(endless, "sampling.response_format.json_schema")) << endless;
+  EXPECT_NE(endless.message().find("$ref: admits no finite value: every instance needs $defs/n again"), std::string::npos)
+      << endless;
+  std::string nested = R"({"type": "object"})";
+  for (int i = 1; i < 40; ++i) nested = R"({"type": "object", "properties": {"a": )" + nested + R"(}, "required": ["a"]})";
+  f->set_json_schema(nested);
+  const absl::Status too_deep = ValidateGenerate(schema, shakespeare()).status();
+  EXPECT_TRUE(NamesField(too_deep, "sampling.response_format.json_schema")) << too_deep;
+  EXPECT_NE(too_deep.message().find("schema: every instance nests deeper than the 32 levels the recogniser follows"),
+            std::string::npos)
+      << too_deep;
   f->set_json_schema(R"({"type": "object", "properties": {"z": {"type": "integer"}, "a": {"enum": [1, "b"]}}})");
   absl::StatusOr<GenerateJob> ok = ValidateGenerate(schema, shakespeare());
   ASSERT_TRUE(ok.ok()) << ok.status();

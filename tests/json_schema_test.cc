@@ -473,5 +473,204 @@ TEST(JsonSchemaTest, UnsupportedKeywordsAreRefusedNamingThem) {
   EXPECT_EQ(error("{}"), "ok");
 }
 
+// N objects each requiring the next in "a" (the innermost {}), or N arrays each requiring one item,
+// the next (the innermost []): every instance opens N levels.
+std::string NestedObjects(int n) {
+  std::string s = R"({"type": "object"})";
+  for (int i = 1; i < n; ++i) s = R"({"type": "object", "properties": {"a": )" + s + R"(}, "required": ["a"]})";
+  return s;
+}
+std::string NestedArrays(int n) {
+  std::string s = R"({"type": "array"})";
+  for (int i = 1; i < n; ++i) s = R"({"type": "array", "prefixItems": [)" + s + R"(], "minItems": 1})";
+  return s;
+}
+
+// Schemas no output can satisfy are refused when compiled (so by the coordinator's validation)
+// rather than failing mid-generation when the recogniser finds no byte that continues the output:
+// those every instance of which needs another level forever, or more than the recogniser's 32.
+TEST(JsonSchemaTest, SchemasWithoutAnInstanceTheRecogniserCanFinishAreRefused) {
+  auto error = [](const std::string& text) {
+    absl::StatusOr<JsonSchema> s = JsonSchema::Compile(ordered::parse(text));
+    if (s.ok()) return std::string("ok");
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    return std::string(s.status().message());
+  };
+  // A required property that refers back to its object: {"a": {"a": ...}} never ends.
+  EXPECT_EQ(error(R"({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}, "required": ["a"]}},
+                      "$ref": "#/$defs/n"})"),
+            "$ref: admits no finite value: every instance needs $defs/n again (at $defs/n.properties.a, and so on "
+            "forever)");
+  // Through two definitions, from an inline root.
+  EXPECT_EQ(error(R"({"type": "object", "properties": {"x": {"$ref": "#/$defs/p"}}, "required": ["x"],
+                      "$defs": {"p": {"type": "object", "properties": {"q": {"$ref": "#/$defs/q"}}, "required": ["q"]},
+                                "q": {"type": "object", "properties": {"p": {"$ref": "#/$defs/p"}}, "required": ["p"]}}})"),
+            "schema: admits no finite value: every instance needs $defs/p again (at $defs/p.properties.q, and so on "
+            "forever)");
+  // Arrays: an item schema that refers to itself with minItems >= 1, and a chain of tuples.
+  EXPECT_EQ(error(R"({"$defs": {"l": {"type": "array", "items": {"$ref": "#/$defs/l"}, "minItems": 1}}, "$ref": "#/$defs/l"})"),
+            "$ref: admits no finite value: every instance needs $defs/l again (at $defs/l.items, and so on forever)");
+  EXPECT_EQ(error(R"({"$defs": {"t": {"type": "array", "prefixItems": [{"type": "integer"}, {"$ref": "#/$defs/t"}],
+                                      "minItems": 2}}, "$ref": "#/$defs/t"})"),
+            "$ref: admits no finite value: every instance needs $defs/t again (at $defs/t.prefixItems[1], and so on "
+            "forever)");
+  // Every alternative of an anyOf recurses.
+  EXPECT_EQ(error(R"({"$defs": {"n": {"type": "object", "properties": {"a": {"anyOf": [{"$ref": "#/$defs/n"},
+                      {"type": "array", "items": {"$ref": "#/$defs/n"}, "minItems": 1}]}}, "required": ["a"]}},
+                      "$ref": "#/$defs/n"})")
+                .rfind("$ref: admits no finite value: every instance needs $defs/n again", 0),
+            0u);
+  // Such a part of a schema is refused too, where an optional property leads to it (as `false` is):
+  // the output could never finish a value of it.
+  EXPECT_EQ(error(R"({"type": "object", "properties": {"o": {"$ref": "#/$defs/n"}},
+                      "$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}, "required": ["a"]}}})"),
+            "properties.o.$ref: admits no finite value: every instance needs $defs/n again (at $defs/n.properties.a, "
+            "and so on forever)");
+  // An empty list of types, said as such (it was "a $ref that leads only back to itself").
+  EXPECT_EQ(error(R"({"type": []})"), "type: an empty list of types admits no value");
+  EXPECT_EQ(error(R"({"type": "object", "properties": {"a": {"type": []}}})"),
+            "properties.a.type: an empty list of types admits no value");
+
+  // Recursion that can stop is fine: an optional property, Optional[Node] (anyOf with null), an
+  // array with no minimum, minItems 1 of a tree whose leaves are strings.
+  const std::vector<std::pair<std::string, std::string>> finite = {
+      {R"({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}}}, "$ref": "#/$defs/n"})", "{}"},
+      {R"({"$defs": {"n": {"type": "object", "properties": {"v": {"type": "integer"}, "a": {"anyOf": [{"$ref": "#/$defs/n"},
+           {"type": "null"}]}}, "required": ["v", "a"]}}, "$ref": "#/$defs/n"})",
+       R"({"v": 1, "a": {"v": 2, "a": null}})"},
+      {R"({"$defs": {"l": {"type": "array", "items": {"$ref": "#/$defs/l"}}}, "$ref": "#/$defs/l"})", "[[], [[]]]"},
+      {R"({"$defs": {"t": {"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/t"}, {"type": "string"}]},
+           "minItems": 1}}, "$ref": "#/$defs/t"})",
+       R"([["x"], "y"])"},
+  };
+  for (const auto& [text, instance] : finite) {
+    absl::StatusOr<JsonSchema> schema = JsonSchema::Compile(ordered::parse(text));
+    ASSERT_TRUE(schema.ok()) << text << ": " << schema.status();
+    JsonGrammar g(*schema);
+    EXPECT_TRUE(g.Feed(instance) && g.Complete()) << text << " " << instance;
+  }
+
+  // The recogniser opens at most 32 levels: 32 nested objects or arrays compile, and their
+  // shallowest instance completes; 33 (and 40) are refused, naming where level 33 would open.
+  ASSERT_EQ(JsonGrammar::kMaxDepth, 32);
+  for (bool arrays : {false, true}) {
+    SCOPED_TRACE(arrays ? "arrays" : "objects");
+    auto nested = [&](int n) { return arrays ? NestedArrays(n) : NestedObjects(n); };
+    absl::StatusOr<JsonSchema> deepest = JsonSchema::Compile(ordered::parse(nested(32)));
+    ASSERT_TRUE(deepest.ok()) << deepest.status();
+    std::string instance = arrays ? "[]" : "{}";
+    for (int i = 1; i < 32; ++i) instance = arrays ? "[" + instance + "]" : R"({"a": )" + instance + "}";
+    JsonGrammar g(*deepest);
+    EXPECT_TRUE(g.Feed(instance) && g.Complete()) << instance;
+    std::string level33;
+    for (int i = 0; i < 32; ++i) level33 += arrays ? "prefixItems[0]." : "properties.a.";
+    level33.pop_back();
+    for (int n : {33, 40}) {
+      EXPECT_EQ(error(nested(n)), "schema: every instance nests deeper than the 32 levels the recogniser follows (at least " +
+                                      std::to_string(n) + "; level 33 opens at " + level33 + ")");
+    }
+  }
+  // The same through a definition, and a part of a schema that only an optional property reaches.
+  EXPECT_EQ(error(R"({"$defs": {"d": )" + NestedObjects(33) + R"(}, "$ref": "#/$defs/d"})").rfind(
+                "$ref: every instance nests deeper than the 32 levels the recogniser follows (at least 33; level 33 "
+                "opens at $defs/d.properties.a.",
+                0),
+            0u);
+  EXPECT_EQ(error(R"({"type": "object", "properties": {"o": )" + NestedArrays(33) + "}}").rfind(
+                "properties.o: every instance nests deeper than the 32 levels", 0),
+            0u);
+  // Optional nesting beyond the limit is fine: its values can stop sooner.
+  std::string optional = R"({"type": "object"})";
+  for (int i = 0; i < 40; ++i) optional = R"({"type": "object", "properties": {"a": )" + optional + "}}";
+  EXPECT_EQ(error(optional), "ok");
+  // enum and const texts are read whole, at no level: a const nested 40 deep is fine.
+  const std::string deep_const = std::string(40, '[') + std::string(40, ']');
+  absl::StatusOr<JsonSchema> constant = JsonSchema::Compile(ordered::parse(R"({"const": )" + deep_const + "}"));
+  ASSERT_TRUE(constant.ok()) << constant.status();
+  JsonGrammar g(*constant);
+  EXPECT_TRUE(g.Feed(deep_const) && g.Complete());
+}
+
+// Reads `chunk` again and again while the grammar takes it whole; the state after the last one taken.
+JsonGrammar Repeat(const JsonSchema& schema, const std::string& head, const std::string& chunk, int& times) {
+  JsonGrammar g(schema);
+  EXPECT_TRUE(g.Feed(head)) << head;
+  for (times = 0;; ++times) {
+    JsonGrammar next = g;
+    if (!next.Feed(chunk)) return g;
+    g = next;
+  }
+}
+
+// The recogniser opens no value that could not finish within its 32 levels where it stands: an
+// optional property, a tuple's next item, a tagged union's tag whose values would need more are not
+// begun (before, "a": was taken at level 32, and then no byte could follow: a dead end mid-generation).
+TEST(JsonSchemaTest, ValuesTooDeepForWhereTheyStandAreNotBegun) {
+  auto compile = [](const std::string& text) {
+    absl::StatusOr<JsonSchema> s = JsonSchema::Compile(ordered::parse(text));
+    EXPECT_TRUE(s.ok()) << text << ": " << s.status();
+    return std::move(s).value();
+  };
+  auto completes = [](const JsonGrammar& g) {
+    std::string completion;
+    std::set<std::string> seen;
+    return FindCompletion(g, completion, seen, 0);
+  };
+  int times = 0;
+  {  // Recursion through an optional property: 32 objects, the innermost without "a".
+    const JsonSchema s = compile(R"({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"}}}},
+                                     "$ref": "#/$defs/n"})");
+    JsonGrammar g = Repeat(s, "{", R"("a": {)", times);
+    EXPECT_EQ(times, 31);
+    EXPECT_TRUE(completes(g));
+    EXPECT_FALSE(JsonGrammar(g).Feed('"'));
+    EXPECT_TRUE(g.Feed(std::string(32, '}')) && g.Complete());
+  }
+  {  // ... and each object also requires 4 levels below it in "b": "a" stops 4 levels sooner.
+    const JsonSchema s = compile(R"({"$defs": {"n": {"type": "object", "properties": {"a": {"$ref": "#/$defs/n"},
+        "b": {"type": "array", "prefixItems": [{"type": "array", "prefixItems": [{"type": "array",
+        "prefixItems": [{"type": "array"}], "minItems": 1}], "minItems": 1}], "minItems": 1}}, "required": ["b"]}},
+        "$ref": "#/$defs/n"})");
+    JsonGrammar g = Repeat(s, "{", R"("a": {)", times);
+    EXPECT_EQ(times, 27);  // 28 objects, the last one's "b" at levels 29 to 32
+    EXPECT_FALSE(JsonGrammar(g).Feed(R"("a")"));
+    std::string rest = R"("b": [[[[]]]]})";  // (longer than FindCompletion looks)
+    for (int i = 0; i < 27; ++i) rest += R"(, "b": [[[[]]]]})";
+    EXPECT_TRUE(g.Feed(rest) && g.Complete());
+  }
+  {  // A tuple whose optional second item is another one: [1, [1, ... stops at level 32.
+    const JsonSchema s = compile(R"({"$defs": {"t": {"type": "array", "prefixItems": [{"type": "integer"},
+                                     {"$ref": "#/$defs/t"}], "minItems": 1}}, "$ref": "#/$defs/t"})");
+    JsonGrammar g = Repeat(s, "[1", ", [1", times);
+    EXPECT_EQ(times, 31);
+    EXPECT_FALSE(JsonGrammar(g).Feed(','));
+    EXPECT_TRUE(completes(g));
+  }
+  {  // A tagged union under n required objects: the tag whose object needs 4 levels (the object, 3
+     // arrays) is written only where those fit, the other one anywhere.
+    auto wrapped = [](int n) {
+      std::string s = R"({"anyOf": [{"type": "object", "properties": {"k": {"const": "deep"}, "x": {"type": "array",
+          "prefixItems": [{"type": "array", "prefixItems": [{"type": "array"}], "minItems": 1}], "minItems": 1}},
+          "required": ["k", "x"]}, {"type": "object", "properties": {"k": {"const": "flat"}}, "required": ["k"]}]})";
+      for (int i = 0; i < n; ++i) s = R"({"type": "object", "properties": {"a": )" + s + R"(}, "required": ["a"]})";
+      return s;
+    };
+    auto head = [](int n) {
+      std::string h;
+      for (int i = 0; i < n; ++i) h += R"({"a": )";
+      return h + R"({"k": ")";
+    };
+    const JsonSchema s = compile(wrapped(29));  // the union at level 30: "deep" would reach 33
+    JsonGrammar g(s);
+    ASSERT_TRUE(g.Feed(head(29)));
+    EXPECT_FALSE(JsonGrammar(g).Feed('d'));
+    EXPECT_TRUE(completes(g));
+    EXPECT_TRUE(g.Feed(R"(flat"})" + std::string(29, '}')) && g.Complete());
+    const JsonSchema up = compile(wrapped(28));  // at level 29 it reaches 32
+    JsonGrammar h(up);
+    EXPECT_TRUE(h.Feed(head(28) + R"(deep", "x": [[[]]]})" + std::string(28, '}')) && h.Complete());
+  }
+}
+
 }  // namespace
 }  // namespace moe

@@ -103,8 +103,12 @@ bool JsonGrammar::Complete() const {
   }
 }
 
+bool JsonGrammar::Fits(uint16_t node, int depth) const {
+  return depth + schema_->node(node).min_depth <= kMaxDepth;
+}
+
 bool JsonGrammar::Push(uint16_t node) {
-  if (depth_ == kMaxDepth) return false;
+  if (!Fits(node, depth_)) return false;  // (an object or array needs a level at least)
   frames_[depth_++] = Frame{node, 0, 0};
   mode_ = schema_->node(node).kind == Kind::kArray ? Mode::kArrayFirst : Mode::kKeyFirst;
   return true;
@@ -132,7 +136,11 @@ bool JsonGrammar::CanCloseObject() const {
 bool JsonGrammar::MoreKeysPossible() const {
   const Frame& f = frames_[depth_ - 1];
   const JsonSchemaNode& o = schema_->node(f.node);
-  return o.additional || f.next_property < o.property_names.size();
+  if (o.additional) return Fits(o.additional_node, depth_);
+  for (size_t i = f.next_property; i < o.property_names.size(); ++i) {
+    if (Fits(o.property_nodes[i], depth_)) return true;
+  }
+  return false;
 }
 
 bool JsonGrammar::StartKey() {
@@ -142,10 +150,13 @@ bool JsonGrammar::StartKey() {
   key_free_ = o.additional;
   key_matched_ = 0;
   key_candidates_ = 0;
-  if (!key_free_) {
-    // The next property, or a later one when those between are optional.
+  if (key_free_) {
+    if (!Fits(o.additional_node, depth_)) return false;
+  } else {
+    // The next property, or a later one when those between are optional; not one whose value could
+    // not finish within kMaxDepth here (a required one always can: the object was opened only so).
     for (size_t i = f.next_property; i < o.property_names.size(); ++i) {
-      key_candidates_ |= uint64_t{1} << i;
+      if (Fits(o.property_nodes[i], depth_)) key_candidates_ |= uint64_t{1} << i;
       if (o.required[i]) break;
     }
     if (key_candidates_ == 0) return false;
@@ -238,6 +249,15 @@ bool JsonGrammar::StartValue(uint8_t c) {
       for (size_t i = 0; i < node.texts.size(); ++i) {
         if (static_cast<uint8_t>(node.texts[i][0]) == c) enum_candidates_ |= uint64_t{1} << i;
       }
+      if (depth_ > 0 && schema_->node(frames_[depth_ - 1].node).kind == Kind::kUnion) {
+        // A tagged union's tag: not a value choosing an object that could not finish within
+        // kMaxDepth in the union's place.
+        const JsonSchemaNode& u = schema_->node(frames_[depth_ - 1].node);
+        for (size_t i = 0; i < node.texts.size(); ++i) {
+          if (!Fits(u.alternatives[i], depth_ - 1)) enum_candidates_ &= ~(uint64_t{1} << i);
+        }
+      }
+      if (enum_candidates_ == 0) return false;
       enum_matched_ = 1;
       mode_ = Mode::kEnum;
       return true;
@@ -296,7 +316,8 @@ bool JsonGrammar::Step(uint8_t c) {
           if (!MoreKeysPossible()) return false;
           mode_ = Mode::kKey;
         } else {
-          if (f.count >= node.max_items) return false;
+          // No item that could not finish within kMaxDepth here (those minItems asks for always can).
+          if (f.count >= node.max_items || !Fits(ItemNode(node, f.count), depth_)) return false;
           value_node_ = ItemNode(node, f.count);
           mode_ = Mode::kValue;
         }

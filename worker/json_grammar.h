@@ -29,8 +29,9 @@ namespace moe {
 class JsonGrammar {
  public:
   using Spec = JsonSchema;
-  // Nesting deeper than this is refused (an opening bracket past it is not accepted).
-  static constexpr int kMaxDepth = 32;
+  // Nesting deeper than this is refused (an opening bracket past it is not accepted), and so is a
+  // value that could not finish within it where it would start (Fits).
+  static constexpr int kMaxDepth = JsonSchema::kMaxDepth;
   static constexpr int kIndentPerLevel = 4;
 
   // `schema` must outlive the grammar (and its copies).
@@ -90,6 +91,10 @@ class JsonGrammar {
   bool StartValue(uint8_t c);
   bool StartKey();
   bool Push(uint16_t node);
+  // A value of `node` begun with `depth` containers open can finish within kMaxDepth levels
+  // (JsonSchemaNode::min_depth): a value that could not is never begun, so the output never reaches a
+  // state no byte continues.
+  bool Fits(uint16_t node, int depth) const;
   void ValueEnded();
   bool CanCloseObject() const;
   bool MoreKeysPossible() const;

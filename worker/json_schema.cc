@@ -176,8 +176,11 @@ std::bitset<256> ValueStartBytes() {
 
 std::string Join(const std::string& path, const std::string& key) { return path.empty() ? key : path + "." + key; }
 
+// A schema path as errors name it: the root is "schema".
+std::string Named(const std::string& path) { return path.empty() ? std::string("schema") : path; }
+
 absl::Status Error(const std::string& path, const std::string& what) {
-  return absl::InvalidArgumentError((path.empty() ? std::string("schema") : path) + ": " + what);
+  return absl::InvalidArgumentError(Named(path) + ": " + what);
 }
 
 }  // namespace
@@ -192,6 +195,7 @@ JsonSchema::JsonSchema() {
   nodes_[kAnyArrayNode].kind = JsonSchemaNode::Kind::kArray;
   nodes_[kAnyArrayNode].items = kAnyNode;
   nodes_[kAnyArrayNode].first_bytes.set('[');
+  nodes_[kAnyObjectNode].min_depth = nodes_[kAnyArrayNode].min_depth = 1;
 }
 
 JsonSchema JsonSchema::AnyObject() {
@@ -271,6 +275,7 @@ class JsonSchemaCompiler {
     if (s.contains("enum") || s.contains("const")) return Enum(s, path);
     if (s.contains("type") && s["type"].is_array()) {
       // ["string", "null"]: anyOf of the types, each with the keywords of its type.
+      if (s["type"].empty()) return Error(Join(path, "type"), "an empty list of types admits no value");
       json alternatives = json::array();
       for (const json& t : s["type"]) {
         json one = json::object();
@@ -398,6 +403,7 @@ class JsonSchemaCompiler {
         seen |= nodes_[a].first_bytes;
       }
     }
+    MOE_RETURN_IF_ERROR(MinDepths(root));
     JsonSchema schema;
     schema.nodes_ = std::move(nodes_);
     schema.dfas_ = std::move(dfas_);
@@ -478,6 +484,149 @@ class JsonSchemaCompiler {
     n.required = {true};
     n.alternatives = std::move(chosen);
     return u;
+  }
+
+  // Each node's min_depth: the fewest levels of nesting its values open (JsonGrammar pushes a level
+  // for each object and array and refuses one past kMaxDepth; enum texts, strings, numbers and
+  // literals take none). An object needs its required properties' values inside it, an array its
+  // first minItems items; an anyOf its cheapest alternative. $ref makes the graph cyclic: the
+  // values are the greatest fixpoint from "none" down, so a node that needs itself inside every
+  // value (a required property, or an item minItems asks for, that refers back to it) keeps none.
+  // Refused: a node with no finite value (first the root's, then any other: a part of the schema
+  // that admits nothing, as `false` is refused), and a root or any other node every value of which
+  // nests deeper than the recogniser follows, so that no output could complete it (before, such
+  // schemas compiled, and generation ran into a dead end: "no allowed token ... continues the
+  // output", a worker error). A node within the limit may still sit too deep to finish where it
+  // is (a deep optional branch): the recogniser does not begin it there (JsonGrammar::Fits).
+  absl::Status MinDepths(uint16_t root) {
+    constexpr uint16_t kNone = JsonSchemaNode::kNoFiniteValue;
+    for (JsonSchemaNode& n : nodes_) n.min_depth = kNone;
+    auto below = [&](uint16_t child) -> uint32_t {  // a container's child: one level further
+      return nodes_[child].min_depth == kNone ? kNone : nodes_[child].min_depth + 1u;
+    };
+    // Finite values are at most the number of nodes (a shallowest value repeats no node down a
+    // path), so they never reach kNone; each pass settles at least one more node.
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (size_t i = nodes_.size(); i-- > 0;) {  // children are mostly compiled after their parents
+        const JsonSchemaNode& n = nodes_[i];
+        uint32_t d = 0;
+        switch (n.kind) {
+          case JsonSchemaNode::Kind::kObject:
+            d = 1;
+            for (size_t k = 0; k < n.property_nodes.size(); ++k) {
+              if (n.required[k]) d = std::max(d, below(n.property_nodes[k]));
+            }
+            break;
+          case JsonSchemaNode::Kind::kArray:
+            d = 1;
+            for (size_t k = 0; k < n.prefix_items.size() && k < n.min_items; ++k) d = std::max(d, below(n.prefix_items[k]));
+            if (n.min_items > n.prefix_items.size()) d = std::max(d, below(n.items));
+            break;
+          case JsonSchemaNode::Kind::kAnyOf:
+          case JsonSchemaNode::Kind::kUnion:  // its objects (each counting its own level)
+            d = kNone;
+            for (uint16_t a : n.alternatives) d = std::min<uint32_t>(d, nodes_[a].min_depth);
+            break;
+          default:
+            break;
+        }
+        d = std::min<uint32_t>(d, kNone);
+        if (d != n.min_depth) {
+          nodes_[i].min_depth = static_cast<uint16_t>(d);
+          changed = true;
+        }
+      }
+    }
+    std::vector<uint16_t> order = {root};
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (i != root) order.push_back(static_cast<uint16_t>(i));
+    }
+    for (uint16_t i : order) {
+      if (nodes_[i].min_depth == kNone) return NoFiniteValue(i);
+    }
+    for (uint16_t i : order) {
+      if (nodes_[i].min_depth > JsonSchema::kMaxDepth) return TooDeep(i);
+    }
+    return absl::OkStatus();
+  }
+
+  // The child a container's fewest levels come from (the deepest of what it needs; among those
+  // `avoid` leaves out, if any other), with the path of the keyword that leads to it; -1: none.
+  std::pair<int, std::string> Needed(uint16_t i, const std::set<uint16_t>& avoid) const {
+    const JsonSchemaNode& n = nodes_[i];
+    std::vector<std::pair<uint16_t, std::string>> needed;
+    if (n.kind == JsonSchemaNode::Kind::kObject) {
+      for (size_t k = 0; k < n.property_nodes.size(); ++k) {
+        if (n.required[k]) needed.emplace_back(n.property_nodes[k], Join(Join(paths_[i], "properties"), n.property_names[k]));
+      }
+    } else if (n.kind == JsonSchemaNode::Kind::kArray) {
+      for (size_t k = 0; k < n.prefix_items.size() && k < n.min_items; ++k) {
+        needed.emplace_back(n.prefix_items[k], Join(paths_[i], "prefixItems") + "[" + std::to_string(k) + "]");
+      }
+      if (n.min_items > n.prefix_items.size()) needed.emplace_back(n.items, Join(paths_[i], "items"));
+    } else if (n.kind == JsonSchemaNode::Kind::kAnyOf || n.kind == JsonSchemaNode::Kind::kUnion) {
+      // The cheapest alternative (all of them have no finite value when it has none).
+      int best = -1;
+      for (uint16_t a : n.alternatives) {
+        if (best < 0 || nodes_[a].min_depth < nodes_[best].min_depth ||
+            (nodes_[a].min_depth == nodes_[best].min_depth && avoid.count(static_cast<uint16_t>(best)) && !avoid.count(a))) {
+          best = a;
+        }
+      }
+      return {best, best < 0 ? std::string() : paths_[best]};
+    }
+    int best = -1;
+    std::string where;
+    for (const auto& [child, path] : needed) {
+      if (best < 0 || nodes_[child].min_depth > nodes_[best].min_depth ||
+          (nodes_[child].min_depth == nodes_[best].min_depth && avoid.count(static_cast<uint16_t>(best)) && !avoid.count(child))) {
+        best = child;
+        where = path;
+      }
+    }
+    return {best, where};
+  }
+
+  // A node with no finite value: down what each value needs, a container comes again.
+  absl::Status NoFiniteValue(uint16_t i) const {
+    std::vector<uint16_t> walk;
+    std::vector<std::string> via;  // via[k]: the keyword path from walk[k] to walk[k + 1]
+    std::set<uint16_t> seen;
+    for (int n = i; n >= 0 && seen.insert(static_cast<uint16_t>(n)).second;) {
+      walk.push_back(static_cast<uint16_t>(n));
+      auto [next, path] = Needed(static_cast<uint16_t>(n), seen);
+      via.push_back(path);
+      n = next;
+      if (n >= 0 && seen.count(static_cast<uint16_t>(n))) {  // the cycle: from n's first visit on
+        for (size_t k = static_cast<size_t>(std::find(walk.begin(), walk.end(), n) - walk.begin()); k < walk.size(); ++k) {
+          const JsonSchemaNode::Kind kind = nodes_[walk[k]].kind;
+          if (kind == JsonSchemaNode::Kind::kObject || kind == JsonSchemaNode::Kind::kArray) {
+            return Error(paths_[i], "admits no finite value: every instance needs " + Named(paths_[walk[k]]) + " again (at " +
+                                        via[k] + ", and so on forever)");
+          }
+        }
+      }
+    }
+    return Error(paths_[i], "admits no finite value");
+  }
+
+  // A node every value of which nests deeper than the recogniser follows: the path where the first
+  // level past it opens on the way down to its shallowest value.
+  absl::Status TooDeep(uint16_t i) const {
+    std::string where = Named(paths_[i]);
+    int level = 0;
+    for (int n = i; n >= 0 && level <= JsonSchema::kMaxDepth;) {
+      const JsonSchemaNode::Kind kind = nodes_[n].kind;
+      if (kind == JsonSchemaNode::Kind::kObject || kind == JsonSchemaNode::Kind::kArray) ++level;
+      if (level > JsonSchema::kMaxDepth) break;
+      auto [next, path] = Needed(static_cast<uint16_t>(n), {});
+      if (kind == JsonSchemaNode::Kind::kObject || kind == JsonSchemaNode::Kind::kArray) where = path;
+      n = next;
+    }
+    return Error(paths_[i], "every instance nests deeper than the " + std::to_string(JsonSchema::kMaxDepth) +
+                                " levels the recogniser follows (at least " + std::to_string(nodes_[i].min_depth) +
+                                "; level " + std::to_string(JsonSchema::kMaxDepth + 1) + " opens at " + where + ")");
   }
 
   int32_t AddDfa(ByteDfa dfa) {

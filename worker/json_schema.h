@@ -30,6 +30,10 @@
 //   - annotations that constrain nothing: title, description, default, examples, $schema, $id,
 //     $comment, OpenAPI's discriminator, readOnly, writeOnly, deprecated, contentEncoding,
 //     contentMediaType. Everything else (multipleOf, other formats, ...) is refused: a promise not kept.
+// A schema no output can finish is refused too, naming the path of the part that cannot be: one
+// that admits no value (false, an empty type list), no finite value (every value needs another of
+// itself inside: a required property or a minItems item that refers back), or only values nesting
+// deeper than the recogniser's kMaxDepth levels.
 // An empty schema ({} or true) is any JSON value.
 #pragma once
 
@@ -74,6 +78,12 @@ struct JsonSchemaNode {
   // enum's texts chooses.
   std::vector<uint16_t> alternatives;
   std::bitset<256> first_bytes;  // the bytes a value of this node can start with
+  // The fewest levels of nesting any value of this node opens, as JsonGrammar counts them (an
+  // object or array is one, its required properties' and its first minItems items' values below it;
+  // a scalar or an enum value none); kNoFiniteValue where every value needs another of itself
+  // inside, forever.
+  uint16_t min_depth = 0;
+  static constexpr uint16_t kNoFiniteValue = UINT16_MAX;
 };
 
 class JsonSchema {
@@ -81,6 +91,9 @@ class JsonSchema {
   static constexpr size_t kMaxNodes = 4096;
   static constexpr size_t kMaxProperties = 64;  // per object
   static constexpr size_t kMaxEnum = 64;        // values per enum
+  // The levels of nesting (open objects and arrays) the recogniser follows (JsonGrammar::kMaxDepth):
+  // a schema whose every value nests deeper, or that has no finite value at all, is refused.
+  static constexpr int kMaxDepth = 32;
   // The automaton work (ByteDfa::WorkBudget) of all of a schema's patterns, formats and bounds
   // together, identical ones counted once: each is bounded on its own, but hundreds of them took
   // 10-20 s to compile, first in the coordinator's validation, then on every rank's serving loop,
