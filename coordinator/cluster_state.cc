@@ -19,6 +19,13 @@ v1::CoordinatorMessage ShutdownMessage() {
 // Register calls and request handlers re-check for cancellation this often while they wait.
 constexpr std::chrono::milliseconds kPollInterval(100);
 
+// The KV positions a rank's cache holds, as it reported them; 0 when it did not (it decides).
+int64_t CachePositions(int64_t blocks, int64_t block_size) {
+  int64_t positions = 0;
+  if (blocks <= 0 || block_size <= 0 || __builtin_mul_overflow(blocks, block_size, &positions)) return 0;
+  return positions;
+}
+
 }  // namespace
 
 ClusterState::ClusterState(ClusterSetup setup, ServingStats& stats)
@@ -290,6 +297,9 @@ absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded,
   if (all) {
     phase_ = Phase::kServing;
     scheduler_.Reset(world_size());
+    for (int x = 0; x < world_size(); ++x) {
+      scheduler_.SetCapacity(x, CachePositions(ranks_[x].kv_blocks_total, ranks_[x].kv_block_size));
+    }
     // Placement follows prompt prefixes only where every rank caches them.
     bool caching = true;
     for (const RankRecord& x : ranks_) caching = caching && x.prefix_caching;
@@ -324,7 +334,10 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
       r.prefix_cache_hit_tokens = s.prefix_cache_hit_tokens();
       r.kv_blocks_cached = s.kv_blocks_cached();
       r.preemptions = s.preemptions();
-      if (s.kv_blocks_total() > 0) r.kv_blocks_total = s.kv_blocks_total();
+      if (s.kv_blocks_total() > 0) {
+        r.kv_blocks_total = s.kv_blocks_total();
+        scheduler_.SetCapacity(b.rank, CachePositions(r.kv_blocks_total, r.kv_block_size));
+      }
       r.steps = s.steps();
       if (!s.load_stats_json().empty()) r.load_stats_json = s.load_stats_json();
       // A rank's block hashes are the scheduler's prefix keys when its blocks are as long as a key's chunk.
@@ -425,7 +438,19 @@ void ClusterState::CheckLiveness(Clock::time_point now) {
 
 void ClusterState::DispatchLocked() {
   const Clock::time_point now = Clock::now();
-  for (const SequencePlacement& p : scheduler_.Dispatch()) {
+  std::vector<SequenceDemand> too_large;
+  std::vector<SequencePlacement> placed = scheduler_.Dispatch(&too_large);
+  for (const SequenceDemand& d : too_large) {  // admitted when a cache held it; none does now
+    auto it = seqs_.find(d.seq_id);
+    if (it == seqs_.end()) continue;
+    if (it->second.mailbox) {
+      it->second.mailbox->Post({d.seq_id, {}, absl::InvalidArgumentError(absl::StrCat(
+          d.reserve_positions, " positions (prompt + max_tokens), more than any rank's KV cache holds now (",
+          scheduler_.LargestCapacity(), "): the ranks' caches shrank since the request was admitted"))});
+    }
+    seqs_.erase(it);
+  }
+  for (const SequencePlacement& p : placed) {
     SeqEntry& e = seqs_.at(p.seq_id);
     e.rank = p.rank;
     v1::CoordinatorMessage m;
@@ -446,26 +471,23 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
                                                           std::shared_ptr<Mailbox> mailbox) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!ServingLocked()) return absl::UnavailableError(NotServingReasonLocked());
-  // A sequence a rank's KV cache could never hold is the request's error, said before it is queued
-  // (the rank's refusal came back as a worker error, INTERNAL). vLLM refuses a context longer than
-  // its KV cache at startup; here the ranks' caches (moe-worker --kv-tokens, GPU memory) are known
-  // once they have loaded. The scheduler places a sequence on any rank, so the smallest counts.
-  int64_t smallest_cache = std::numeric_limits<int64_t>::max();
+  // A sequence no rank's KV cache could hold is the request's error, said before it is queued (the
+  // rank's refusal came back as a worker error, INTERNAL). vLLM refuses a context longer than its
+  // KV cache at startup; here the ranks' caches (moe-worker --kv-tokens, GPU memory) are known once
+  // they have loaded, and the scheduler places a sequence only on a rank that could hold it
+  // (Scheduler::SetCapacity), so the largest counts; a rank that reported none decides itself.
+  int64_t largest_cache = 0;
   for (const RankRecord& r : ranks_) {
-    int64_t positions = 0;
-    if (r.kv_blocks_total <= 0 || r.kv_block_size <= 0 ||  // not reported: the rank decides
-        __builtin_mul_overflow(r.kv_blocks_total, r.kv_block_size, &positions)) {
-      continue;
-    }
-    smallest_cache = std::min(smallest_cache, positions);
+    const int64_t positions = CachePositions(r.kv_blocks_total, r.kv_block_size);
+    largest_cache = positions == 0 ? std::numeric_limits<int64_t>::max() : std::max(largest_cache, positions);
   }
   for (const SeqSubmission& q : seqs) {
-    if (q.reserve_positions > smallest_cache) {
+    if (q.reserve_positions > largest_cache) {
       const bool generates = q.assign.max_tokens() > 0;
       return absl::InvalidArgumentError(absl::StrCat(
           generates ? "sampling.max_tokens" : "prompt", ": ", q.assign.prompt_size(), " prompt tokens",
           generates ? absl::StrCat(" + max_tokens ", q.assign.max_tokens()) : "", " = ", q.reserve_positions,
-          " positions, more than a rank's KV cache holds (", smallest_cache,
+          " positions, more than any rank's KV cache holds (", largest_cache,
           "; moe-worker --kv-tokens, --gpu-memory-utilization)"));
     }
   }

@@ -38,11 +38,25 @@ void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> toke
   }
 }
 
+void Scheduler::SetCapacity(int rank, int64_t positions) {
+  if (rank >= 0 && rank < static_cast<int>(ranks_.size())) ranks_[rank].capacity = std::max<int64_t>(positions, 0);
+}
+
 bool Scheduler::LessLoaded(int a, int b) const {
   const RankLoad& x = ranks_[a];
   const RankLoad& y = ranks_[b];
+  if (x.capacity > 0 && y.capacity > 0) {  // x.reserved / x.capacity against y's, exactly
+    const __int128 lhs = static_cast<__int128>(x.reserved_positions) * y.capacity;
+    const __int128 rhs = static_cast<__int128>(y.reserved_positions) * x.capacity;
+    return lhs < rhs || (lhs == rhs && x.running < y.running);
+  }
   return x.reserved_positions < y.reserved_positions ||
          (x.reserved_positions == y.reserved_positions && x.running < y.running);
+}
+
+bool Scheduler::CanTake(int rank, const SequenceDemand& d) const {
+  const RankLoad& r = ranks_[rank];
+  return r.running < limits_.max_running_per_rank && (r.capacity == 0 || d.reserve_positions <= r.capacity);
 }
 
 int64_t Scheduler::CachedRun(int rank, const std::vector<uint64_t>& keys) const {
@@ -79,14 +93,14 @@ void Scheduler::Forget(int rank, std::span<const uint64_t> keys) {
 int Scheduler::PickRank(const SequenceDemand& d) const {
   int least = -1;
   for (int r = 0; r < static_cast<int>(ranks_.size()); ++r) {
-    if (ranks_[r].running >= limits_.max_running_per_rank) continue;
+    if (!CanTake(r, d)) continue;
     if (least < 0 || LessLoaded(r, least)) least = r;
   }
   if (least < 0 || !affinity_ || d.prefix_keys.empty()) return least;
   int best = -1;
   int64_t best_run = 0;
   for (int r = 0; r < static_cast<int>(ranks_.size()); ++r) {
-    if (ranks_[r].running >= limits_.max_running_per_rank) continue;
+    if (!CanTake(r, d)) continue;
     if (ranks_[r].reserved_positions > ranks_[least].reserved_positions + limits_.prefix_affinity_slack) continue;
     const int64_t run = CachedRun(r, d.prefix_keys);
     if (run > best_run || (run == best_run && run > 0 && LessLoaded(r, best))) {
@@ -97,10 +111,25 @@ int Scheduler::PickRank(const SequenceDemand& d) const {
   return best >= 0 ? best : least;
 }
 
-std::vector<SequencePlacement> Scheduler::Dispatch() {
+int64_t Scheduler::LargestCapacity() const {
+  int64_t largest = 0;
+  for (const RankLoad& r : ranks_) {
+    if (r.capacity == 0) return 0;
+    largest = std::max(largest, r.capacity);
+  }
+  return largest;
+}
+
+std::vector<SequencePlacement> Scheduler::Dispatch(std::vector<SequenceDemand>* too_large) {
   std::vector<SequencePlacement> placed;
   while (!waiting_.empty()) {
     const int rank = PickRank(waiting_.front());
+    const int64_t largest = LargestCapacity();
+    if (rank < 0 && too_large != nullptr && largest > 0 && waiting_.front().reserve_positions > largest) {
+      too_large->push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+      continue;
+    }
     if (rank < 0) break;
     const SequenceDemand d = std::move(waiting_.front());
     waiting_.pop_front();

@@ -72,7 +72,11 @@ class Scheduler {
   void Readmit(const std::vector<SequenceDemand>& seqs);
 
   // Moves waiting sequences, in queue order, onto ranks with free slots; returns the placements made.
-  std::vector<SequencePlacement> Dispatch();
+  // A sequence no rank's cache could ever hold (they shrank, or a new worker job has smaller ones)
+  // leaves the queue into `too_large`, rather than blocking it for ever.
+  std::vector<SequencePlacement> Dispatch(std::vector<SequenceDemand>* too_large = nullptr);
+  // The largest cache a rank reported (SetCapacity), or 0 when some rank reported none.
+  int64_t LargestCapacity() const;
 
   // Removes a sequence still waiting (a cancelled request); false when it is not waiting.
   bool RemoveWaiting(uint64_t seq_id);
@@ -80,6 +84,11 @@ class Scheduler {
   void Finish(uint64_t seq_id);
   // Forgets everything (the cluster was lost or re-formed) and takes `world_size` ranks.
   void Reset(int world_size);
+
+  // The KV positions `rank`'s cache holds (0: not reported, the rank decides). A sequence goes only
+  // to a rank that could hold it, and load is compared as the share of each rank's cache reserved:
+  // ranks' caches differ (a rank holding more experts has less memory left for its cache).
+  void SetCapacity(int rank, int64_t positions);
 
   // Whether placement follows prefixes (the ranks cache them); off after construction and Reset.
   void SetPrefixAffinity(bool on) { affinity_ = on && limits_.prefix_affinity_slack > 0; }
@@ -101,6 +110,7 @@ class Scheduler {
   struct RankLoad {
     int64_t running = 0;
     int64_t reserved_positions = 0;
+    int64_t capacity = 0;  // SetCapacity's; 0: unknown
   };
   // Prefix keys a rank has seen, least recently used first, at most kMaxKeysPerRank.
   struct SeenKeys {
@@ -108,10 +118,13 @@ class Scheduler {
     std::unordered_map<uint64_t, std::list<uint64_t>::iterator> where;
   };
   static constexpr size_t kMaxKeysPerRank = 1 << 16;
-  // The rank for `d`, or -1 when every rank is full.
+  // The rank for `d`, or -1 when no rank can take it now (CanTake).
   int PickRank(const SequenceDemand& d) const;
-  // Whether rank a is less loaded than rank b (reserved positions, then running sequences).
+  // Whether rank a is less loaded than rank b (reserved positions, as shares of their caches where
+  // both are known, then running sequences).
   bool LessLoaded(int a, int b) const;
+  // Whether `rank` has a free slot and a cache that could hold `d` (or one of unknown size).
+  bool CanTake(int rank, const SequenceDemand& d) const;
 
   SchedulerLimits limits_;
   std::vector<RankLoad> ranks_;

@@ -818,8 +818,9 @@ TEST_F(FakeClusterTest, StatsCarryKvUseAndRankZerosLoadStatistics) {
   EXPECT_DOUBLE_EQ(t.layers(1).mean_expert_cv2(), 0.25);
 }
 
-// A sequence longer than a rank's KV cache is the request's error (INVALID_ARGUMENT naming
-// max_tokens), said before it is queued; the rank's own refusal had come back INTERNAL.
+// A sequence longer than every rank's KV cache is the request's error (INVALID_ARGUMENT naming
+// max_tokens), said before it is queued; the rank's own refusal had come back INTERNAL. One that
+// only the larger cache holds goes there.
 TEST_F(FakeClusterTest, ASequenceLongerThanARanksCacheIsRefused) {
   Start(Options(kTiny, 2));
   std::vector<std::unique_ptr<FakeWorker>> w;
@@ -832,13 +833,20 @@ TEST_F(FakeClusterTest, ASequenceLongerThanARanksCacheIsRefused) {
   const GenerateCall refused = RunGenerate(*stub_, IdsRequest({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 40), Millis(5000));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(refused.status.error_message(),
-            "sampling.max_tokens: 10 prompt tokens + max_tokens 40 = 50 positions, more than a rank's KV cache "
-            "holds (32; moe-worker --kv-tokens, --gpu-memory-utilization)");
-  // The smallest cache counts (the scheduler may place a sequence on any rank)...
-  const GenerateCall between = RunGenerate(*stub_, IdsRequest({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 30), Millis(5000));
-  EXPECT_EQ(between.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << between.status.error_message();
-  // ... and what it holds is admitted.
-  for (auto& x : w) x->AutoRespond(2);
+            "sampling.max_tokens: 10 prompt tokens + max_tokens 40 = 50 positions, more than any rank's KV cache "
+            "holds (48; moe-worker --kv-tokens, --gpu-memory-utilization)");
+  // 40 positions: rank 1's cache only (both idle, rank 0 would come first by load and index).
+  w[0]->AutoRespond(2);
+  std::thread between([&] {
+    const GenerateCall call = RunGenerate(*stub_, IdsRequest({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 30), Millis(10000));
+    EXPECT_TRUE(call.status.ok()) << call.status.error_message();
+  });
+  const std::optional<v1::CoordinatorMessage> assign = w[1]->WaitFor(v1::CoordinatorMessage::kAssign, Millis(5000));
+  ASSERT_TRUE(assign.has_value());
+  w[1]->SendTokens(assign->assign().seq_id(), {100, 101});
+  w[1]->SendFinished(assign->assign().seq_id(), v1::Finished::REASON_LENGTH);
+  between.join();
+  // What both hold goes by load as before: rank 0 first.
   const GenerateCall served = RunGenerate(*stub_, IdsRequest({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, 22), Millis(10000));
   EXPECT_TRUE(served.status.ok()) << served.status.error_message();
 }

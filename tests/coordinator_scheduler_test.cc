@@ -53,6 +53,37 @@ TEST(SchedulerTest, EqualReservationsGoToTheRankRunningFewerSequences) {
   EXPECT_EQ(s.running_on(1), 1);
 }
 
+// Ranks' caches differ (SetCapacity): load is the share of each one's cache reserved, and a
+// sequence goes only where it fits. By hand: caches 1,000 and 4,000 positions.
+TEST(SchedulerTest, LoadIsTheShareOfEachRanksCacheAndSequencesGoWhereTheyFit) {
+  Scheduler s({16, 8}, 2);
+  s.SetCapacity(0, 1000);
+  s.SetCapacity(1, 4000);
+  ASSERT_TRUE(s.Enqueue({{1, 500}, {2, 500}, {3, 500}}).ok());
+  // 0/0: rank 0; then 0.5 against 0: rank 1; then 0.5 against 0.125: rank 1 again (by positions,
+  // 500 against 500 with one sequence each, rank 0).
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0, 1, 1}));
+  // 1,500 positions fit rank 1 only, however loaded it is against rank 0.
+  ASSERT_TRUE(s.Enqueue({{4, 1500}}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({1}));
+  EXPECT_EQ(s.LargestCapacity(), 4000);
+  // One that no cache holds any more (rank 1's shrank) leaves the queue, not blocking those behind.
+  s.SetCapacity(1, 1200);
+  ASSERT_TRUE(s.Enqueue({{5, 1300}, {6, 100}}).ok());
+  std::vector<SequenceDemand> too_large;
+  EXPECT_EQ(Ids(s.Dispatch(&too_large)), std::vector<uint64_t>({6}));
+  ASSERT_EQ(too_large.size(), 1u);
+  EXPECT_EQ(too_large[0].seq_id, 5u);
+  EXPECT_EQ(s.waiting(), 0);
+  // A rank that reported no cache decides itself: nothing is too large.
+  s.SetCapacity(0, 0);
+  EXPECT_EQ(s.LargestCapacity(), 0);
+  ASSERT_TRUE(s.Enqueue({{7, 5000}}).ok());
+  too_large.clear();
+  EXPECT_EQ(Ranks(s.Dispatch(&too_large)), std::vector<int>({0}));
+  EXPECT_TRUE(too_large.empty());
+}
+
 TEST(SchedulerTest, QueueIsBoundedAndAdmitsAllOrNothing) {
   Scheduler s({/*max_waiting=*/2, /*max_running_per_rank=*/1}, 1);
   ASSERT_TRUE(s.Enqueue({{1, 10}}).ok());
