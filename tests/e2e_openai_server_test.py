@@ -703,6 +703,11 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual((status, body["id"]), (200, "cmpl-trace-7"), body)
         events = self.stream({"prompt": ["ROMEO:", "JULIET:"], "max_tokens": 3, "request_id": "trace-8"})
         self.assertEqual({e["id"] for e in events}, {"cmpl-trace-8"})
+        # Any characters (the coordinator's accepted-metadata carries it as binary: "café" as a plain
+        # gRPC metadata value aborted the coordinator).
+        events = self.stream({"prompt": "ROMEO:", "max_tokens": 3, "request_id": "café\n日本"})
+        self.assertEqual({e["id"] for e in events}, {"cmpl-café\n日本"})
+        self.assertEqual(self.call("/health")[0], 200)
         status, body = self.call("/v1/completions", {"prompt": "ROMEO:", "max_tokens": 0, "echo": True,
                                                      "request_id": "trace-9"})
         self.assertEqual((status, body["id"]), (200, "cmpl-trace-9"), body)

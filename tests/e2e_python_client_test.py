@@ -157,9 +157,10 @@ class PythonClientEndToEnd(unittest.TestCase):
         wait_until_idle(self.client, 15, "KV blocks not freed after cancellation")
 
     def test_d2_accepted_requests_say_so_in_initial_metadata(self):
-        """Generate's initial metadata "moe-request-id" comes once the request is accepted, before any
-        message (the OpenAI front starts its answer on it): the id the messages carry; a refused
-        request ends without it."""
+        """Generate's initial metadata "moe-request-id-bin" comes once the request is accepted, before
+        any message (the OpenAI front starts its answer on it): the id the messages carry, whatever its
+        bytes (a plain metadata value must be printable ASCII: "café" aborted the coordinator); a
+        refused request ends without it."""
         from moe.v1 import inference_pb2
         from moe_client import make_prompt, make_sampling
         request = inference_pb2.GenerateRequest(prompt=make_prompt("ROMEO:"),
@@ -167,15 +168,17 @@ class PythonClientEndToEnd(unittest.TestCase):
         call = self.client._inference.Generate(request, timeout=60)
         metadata = dict(call.initial_metadata())
         first = next(iter(call))
-        self.assertEqual(metadata.get("moe-request-id"), first.request_id)
+        self.assertEqual(metadata.get("moe-request-id-bin"), first.request_id.encode())
         self.assertTrue(first.request_id)
-        request.request_id = "mine-1"
-        call = self.client._inference.Generate(request, timeout=60)
-        self.assertEqual(dict(call.initial_metadata()).get("moe-request-id"), "mine-1")
-        list(call)
+        for mine in ("mine-1", "café\n\x7f 日本"):
+            request.request_id = mine
+            call = self.client._inference.Generate(request, timeout=60)
+            self.assertEqual(dict(call.initial_metadata()).get("moe-request-id-bin"), mine.encode())
+            self.assertEqual([m.request_id for m in call][0], mine)
+        self.assertEqual(self.client.health(), "SERVING")  # the coordinator is still up
         refused = self.client._inference.Generate(
             inference_pb2.GenerateRequest(prompt=make_prompt("ROMEO:"), sampling=make_sampling(top_p=1.5)), timeout=60)
-        self.assertNotIn("moe-request-id", dict(refused.initial_metadata() or ()))
+        self.assertNotIn("moe-request-id-bin", dict(refused.initial_metadata() or ()))
         with self.assertRaises(grpc.RpcError) as e:
             list(refused)
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
