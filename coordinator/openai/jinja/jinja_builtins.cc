@@ -41,6 +41,11 @@ Value CallMethod(const Value& self, const std::string& name, const CallArgs& arg
 class BoundMethod : public Callable {
  public:
   BoundMethod(Value self, std::string name) : self_(std::move(self)), name_(std::move(name)) {}
+  ~BoundMethod() override {  // `{% set ns.v = {'k': ns.v}.items %}` nests through methods too
+    std::vector<Value> self;
+    self.push_back(std::move(self_));
+    DestroyValues(self);
+  }
   std::string Name() const override { return name_; }
   std::string TypeName() const override { return "builtin_function_or_method"; }
   Value Call(Interpreter&, CallArgs args) const override { return CallMethod(self_, name_, args); }

@@ -59,6 +59,13 @@ bool IsOpenChain(const Expr* e) {
 
 }  // namespace
 
+Scope::~Scope() {
+  std::vector<Value> values;
+  values.reserve(vars_.size());
+  for (auto& [name, value] : vars_) values.push_back(std::move(value));
+  DestroyValues(values);
+}
+
 const Value* Scope::Lookup(const std::string& name) const {
   for (const Scope* s = this; s != nullptr; s = s->parent_.get()) {
     const auto it = s->vars_.find(name);

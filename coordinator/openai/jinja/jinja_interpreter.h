@@ -31,6 +31,9 @@ struct Limits {
 class Scope {
  public:
   explicit Scope(std::shared_ptr<Scope> parent) : parent_(std::move(parent)) {}
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+  ~Scope();  // its values through DestroyValues
   const Value* Lookup(const std::string& name) const;
   void Set(const std::string& name, Value value) { vars_[name] = std::move(value); }
 

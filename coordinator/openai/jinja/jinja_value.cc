@@ -518,43 +518,37 @@ void Dict::Set(const Value& key, Value value) {
 
 namespace {
 
-// Destroys `pending` and everything only it holds, a level at a time.
-void DestroyFlat(std::vector<Value> pending) {
-  while (!pending.empty()) {
-    Value v = std::move(pending.back());
-    pending.pop_back();
-    v.ReleaseChildren(pending);
-  }  // v's own list or dict, now empty, goes without recursing
-}
+thread_local std::vector<Value>* draining = nullptr;  // the worklist of the DestroyValues running
 
 }  // namespace
 
-void Value::ReleaseChildren(std::vector<Value>& out) {
-  if (list_ && list_.use_count() == 1) {
-    for (Value& item : list_->items) out.push_back(std::move(item));
-    list_->items.clear();
+void DestroyValues(std::vector<Value>& values) noexcept {
+  if (values.empty()) return;
+  if (draining != nullptr) {  // inside a destruction already: its loop destroys them
+    for (Value& v : values) draining->push_back(std::move(v));
+    values.clear();
+    return;
   }
-  if (dict_ && dict_.use_count() == 1) dict_->ReleaseEntries(out);
-  if (ns_ && ns_.use_count() == 1) ns_->attributes.ReleaseEntries(out);
-}
-
-List::~List() {
-  if (!items.empty()) DestroyFlat(std::move(items));
-}
-
-void Dict::ReleaseEntries(std::vector<Value>& out) {
-  for (auto& [key, value] : entries_) {
-    out.push_back(std::move(key));
-    out.push_back(std::move(value));
-  }
-  entries_.clear();
-  index_.clear();
+  std::vector<Value> pending = std::move(values);
+  values.clear();
+  draining = &pending;
+  while (!pending.empty()) {
+    Value v = std::move(pending.back());
+    pending.pop_back();
+  }  // v's destructor hands what it held back to `pending`
+  draining = nullptr;
 }
 
 void Dict::Clear() {
   std::vector<Value> pending;
-  ReleaseEntries(pending);
-  DestroyFlat(std::move(pending));
+  pending.reserve(2 * entries_.size());
+  for (auto& [key, value] : entries_) {
+    pending.push_back(std::move(key));
+    pending.push_back(std::move(value));
+  }
+  entries_.clear();
+  index_.clear();
+  DestroyValues(pending);
 }
 
 Value MakeList(std::vector<Value> items, List::Flavor flavor) {

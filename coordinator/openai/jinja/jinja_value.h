@@ -109,10 +109,6 @@ class Value {
   const std::shared_ptr<const Callable>& callable() const { return callable_; }
   const std::shared_ptr<LoopState>& loop() const { return loop_; }
 
-  // Moves out the items of the list, dict or namespace that this value alone holds, so that a
-  // deeply nested value is destroyed from a worklist (~List, ~Dict) instead of one recursive
-  // destructor call a level: `{% set ns.l = [ns.l] %}` in a loop nests 10^6 deep.
-  void ReleaseChildren(std::vector<Value>& out);
 
  private:
   explicit Value(Kind kind) : kind_(kind) {}
@@ -132,13 +128,20 @@ class Value {
   std::shared_ptr<LoopState> loop_;
 };
 
+// Destroys `values`, emptying it, and what only they hold, a level at a time: every object that holds
+// values (List, Dict, LoopState, Scope, a bound method) hands them here from its destructor, and
+// while one call drains its worklist the others only add to it. A template nests values as deep
+// as its loops go (`{% set ns.l = [ns.l] %}`, `{% set ns.v = loop %}`, 10^6 levels), which
+// destructors calling destructors took past the thread's stack.
+void DestroyValues(std::vector<Value>& values) noexcept;
+
 // Lists, tuples and the lazy sequences jinja2 filters return. Lists are never mutated once shared: the
 // sandbox forbids append() and friends, so copies can share them.
 struct List {
   List() = default;
   List(const List&) = default;
   List& operator=(const List&) = default;
-  ~List();
+  ~List() { DestroyValues(items); }
   enum class Flavor {
     kList,
     kTuple,
@@ -163,9 +166,7 @@ class Dict {
   const Value* Find(const Value& key) const;
   const Value* Find(std::string_view key) const;
   void Set(const Value& key, Value value);
-  void Clear();  // without recursion, however deep the values (Value::ReleaseChildren)
-  // Moves every key and value into `out` and empties the dict.
-  void ReleaseEntries(std::vector<Value>& out);
+  void Clear();  // without recursion, however deep the values (DestroyValues)
   size_t size() const { return entries_.size(); }
   const std::vector<std::pair<Value, Value>>& entries() const { return entries_; }
 
@@ -181,6 +182,12 @@ struct Namespace {
 
 // The `loop` variable of a for loop.
 struct LoopState {
+  LoopState() = default;
+  LoopState(const LoopState&) = delete;
+  LoopState& operator=(const LoopState&) = delete;
+  ~LoopState() {
+    if (last_changed) DestroyValues(*last_changed);
+  }
   std::shared_ptr<List> items;  // the iterated items after the loop's `if` filter
   int64_t index0 = 0;
   std::optional<std::vector<Value>> last_changed;  // loop.changed()'s memory
