@@ -52,17 +52,6 @@ inline std::vector<uint32_t> CharIndices(std::string_view text) {
   return index;
 }
 
-// Whether `text` is whole UTF-8 characters only.
-inline bool IsUtf8(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    uint32_t cp = 0;
-    const int len = DecodeUtf8(text, i, cp);
-    if (len == 0) return false;
-    i += static_cast<size_t>(len);
-  }
-  return true;
-}
-
 // The characters of `text` as CharIndices counts them (its last entry), without the table.
 inline size_t CharCount(std::string_view text) {
   size_t chars = 0;

@@ -807,10 +807,11 @@ json PromptLogprobsJson(const v1::GenerateResponse& r) {
 }
 
 json ChatLogprobsJson(const v1::GenerateResponse& r, bool tokens_as_ids) {
-  // The token's UTF-8, as OpenAI's; a token that is part of a character (a byte-fallback token)
-  // its own raw bytes, which its text (empty, or the character it completes) cannot show.
+  // The token's own bytes, as OpenAI's: its text can differ (empty while a byte-fallback token's
+  // character is incomplete, then the whole character; U+FFFD after a character left incomplete).
+  // Tokens that add none (control tokens) and tokens named by id: the name's.
   auto bytes = [tokens_as_ids](const std::string& name, const std::string& raw) {
-    const std::string& from = !tokens_as_ids && !raw.empty() && !IsUtf8(raw) ? raw : name;
+    const std::string& from = !tokens_as_ids && !raw.empty() ? raw : name;
     json b = json::array();
     for (unsigned char ch : from) b.push_back(static_cast<int>(ch));
     return b;
