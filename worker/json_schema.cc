@@ -492,12 +492,12 @@ class JsonSchemaCompiler {
   // first minItems items; an anyOf its cheapest alternative. $ref makes the graph cyclic: the
   // values are the greatest fixpoint from "none" down, so a node that needs itself inside every
   // value (a required property, or an item minItems asks for, that refers back to it) keeps none.
-  // Refused: a node with no finite value (first the root's, then any other: a part of the schema
-  // that admits nothing, as `false` is refused), and a root or any other node every value of which
-  // nests deeper than the recogniser follows, so that no output could complete it (before, such
-  // schemas compiled, and generation ran into a dead end: "no allowed token ... continues the
-  // output", a worker error). A node within the limit may still sit too deep to finish where it
-  // is (a deep optional branch): the recogniser does not begin it there (JsonGrammar::Fits).
+  // Refused: a root with no finite value, or every value of which nests deeper than the recogniser
+  // follows, so that no output could complete it (before, such schemas compiled, and generation ran
+  // into a dead end: "no allowed token ... continues the output", a worker error). Another part of
+  // the schema that has no finite value, or none within the limit where it stands (an optional
+  // property, an anyOf's alternative), is never begun by the recogniser (JsonGrammar::Fits: its
+  // min_depth is past any depth); the schema's other values remain.
   absl::Status MinDepths(uint16_t root) {
     constexpr uint16_t kNone = JsonSchemaNode::kNoFiniteValue;
     for (JsonSchemaNode& n : nodes_) n.min_depth = kNone;
@@ -538,16 +538,8 @@ class JsonSchemaCompiler {
         }
       }
     }
-    std::vector<uint16_t> order = {root};
-    for (size_t i = 0; i < nodes_.size(); ++i) {
-      if (i != root) order.push_back(static_cast<uint16_t>(i));
-    }
-    for (uint16_t i : order) {
-      if (nodes_[i].min_depth == kNone) return NoFiniteValue(i);
-    }
-    for (uint16_t i : order) {
-      if (nodes_[i].min_depth > JsonSchema::kMaxDepth) return TooDeep(i);
-    }
+    if (nodes_[root].min_depth == kNone) return NoFiniteValue(root);
+    if (nodes_[root].min_depth > JsonSchema::kMaxDepth) return TooDeep(root);
     return absl::OkStatus();
   }
 

@@ -30,10 +30,11 @@
 //   - annotations that constrain nothing: title, description, default, examples, $schema, $id,
 //     $comment, OpenAPI's discriminator, readOnly, writeOnly, deprecated, contentEncoding,
 //     contentMediaType. Everything else (multipleOf, other formats, ...) is refused: a promise not kept.
-// A schema no output can finish is refused too, naming the path of the part that cannot be: one
-// that admits no value (false, an empty type list), no finite value (every value needs another of
-// itself inside: a required property or a minItems item that refers back), or only values nesting
-// deeper than the recogniser's kMaxDepth levels.
+// A schema no output can finish is refused too, naming the path of the part that cannot be: false
+// or an empty type list anywhere, and a root with no finite value (every value needs another of
+// itself inside: a required property or a minItems item that refers back) or only values nesting
+// deeper than the recogniser's kMaxDepth levels. An optional part like that is never begun
+// (JsonGrammar::Fits).
 // An empty schema ({} or true) is any JSON value.
 #pragma once
 
