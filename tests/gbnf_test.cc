@@ -347,16 +347,24 @@ TEST(GbnfTest, GrammarsWithoutAnOutputAreRefused) {
     absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse(text);
     return g.ok() ? std::string("ok") : std::string(g.status().message());
   };
-  EXPECT_EQ(error("root ::= \"(\" root \")\""),
-            "rule 'root' derives no finite text (every alternative needs the rule itself again)");
+  EXPECT_EQ(error("root ::= \"(\" root \")\""), "rule 'root' derives no finite text: every alternative needs 'root' itself again");
   EXPECT_EQ(error("root ::= \"a\" x\nx ::= \"b\" x | \"c\" x"),
-            "rule 'x' derives no finite text (every alternative needs the rule itself again)");
+            "rule 'root' derives no finite text: every alternative needs rule 'x', which never finishes");
+  EXPECT_EQ(error("root ::= y\ny ::= \"(\" y \")\"\nz ::= y"),
+            "rule 'root' derives no finite text: every alternative needs rule 'y', which never finishes");
   EXPECT_EQ(error("root ::= (\"a\"?){1000} \"a\"").rfind("no first byte of the output is within the recogniser's limits", 0),
             0u)
       << error("root ::= (\"a\"?){1000} \"a\"");
   EXPECT_EQ(error("root ::= \"(\" root \")\" | \"x\""), "ok");
   EXPECT_EQ(error("root ::= (\"a\"?){10} \"a\""), "ok");
   EXPECT_EQ(error("root ::= \"\""), "ok");  // the empty text: complete at once
+  // An alternative that never finishes is dropped, not the grammar (llama.cpp takes it too): the
+  // output is "a", never a "(" that could not be closed.
+  absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse("root ::= \"a\" | bad\nbad ::= \"(\" bad \")\"");
+  ASSERT_TRUE(g.ok()) << g.status();
+  GbnfState a(*g), bracket(*g);
+  EXPECT_TRUE(a.Feed("a") && a.Complete());
+  EXPECT_FALSE(bracket.Feed("("));
 }
 
 // A chain of thousands of rules, each beginning with the next: the left-recursion check walks it

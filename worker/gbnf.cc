@@ -115,7 +115,7 @@ class GbnfParser {
     const auto root = ids_.find("root");
     if (root == ids_.end()) return absl::InvalidArgumentError("no rule named 'root' (where the output starts)");
     if (absl::Status s = CheckLeftRecursion(); !s.ok()) return s;
-    if (absl::Status s = CheckProductive(); !s.ok()) return s;
+    if (absl::Status s = PruneUnproductive(root->second); !s.ok()) return s;
     GbnfGrammar g;
     g.root_ = root->second;
     g.ranges_ = std::move(classes_);
@@ -501,9 +501,11 @@ class GbnfParser {
     return absl::OkStatus();
   }
 
-  // A rule that derives no finite text (root ::= "(" root ")") would let the output grow forever
-  // and never be whole: the request would fail mid-generation.
-  absl::Status CheckProductive() const {
+  // Alternatives that derive no finite text (a rule each of whose alternatives needs itself
+  // again, `x ::= "(" x ")"`, or such a rule) are dropped, so that the recogniser never begins one:
+  // the output would grow until no byte continued it, failing the request mid-generation. A root
+  // left with none is refused (root ::= "(" root ")"), naming a rule that never finishes.
+  absl::Status PruneUnproductive(uint32_t root) {
     const size_t n = rules_.size();
     std::vector<bool> productive(n, false);
     auto seq_productive = [&](const Sequence& s) {
@@ -518,14 +520,25 @@ class GbnfParser {
         }
       }
     }
-    for (size_t r = 0; r < n; ++r) {
-      if (productive[r]) continue;
-      uint32_t named = static_cast<uint32_t>(r);  // prefer a rule the grammar names
-      for (uint32_t s = 0; s < n; ++s) {
-        if (!productive[s] && ids_.count(names_[s]) > 0) named = s;
+    if (!productive[root]) {
+      // The first rule root's alternatives need that never finishes, the grammar's own name for it
+      // where there is one (repetitions and groups make rules of their own).
+      uint32_t stuck = root;
+      for (const Sequence& s : rules_[root]) {
+        for (const Element& e : s) {
+          if (e.type == Element::Type::kRule && !productive[e.value] && stuck == root && ids_.count(names_[e.value]) > 0) {
+            stuck = e.value;
+          }
+        }
       }
       return absl::InvalidArgumentError(absl::StrCat(
-          "rule '", names_[named], "' derives no finite text (every alternative needs the rule itself again)"));
+          "rule 'root' derives no finite text: ",
+          stuck == root ? "every alternative needs 'root' itself again"
+                        : absl::StrCat("every alternative needs rule '", names_[stuck], "', which never finishes")));
+    }
+    for (size_t r = 0; r < n; ++r) {
+      if (!productive[r]) continue;  // reached from no alternative kept
+      std::erase_if(rules_[r], [&](const Sequence& s) { return !seq_productive(s); });
     }
     return absl::OkStatus();
   }
