@@ -767,6 +767,13 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(sorted(streamed), [0, 1])
         self.assertEqual(streamed[0], streamed[1])
         assert_close(streamed[0], plp)
+        # The completions run on both ranks, whose messages race: completion 1's only chunk (one
+        # token) may come before completion 0's prompt logprobs, and must still carry them, first.
+        for _ in range(12):
+            events = self.stream(dict(body, n=3, max_tokens=1))
+            for index in range(3):
+                chunks = [c for e in events for c in e["choices"] if c["index"] == index]
+                self.assertTrue(chunks and chunks[0].get("prompt_logprobs"), (index, chunks))
         # Chat: the answer's (vLLM's place for it).
         messages = CHAT_GOLDEN["cases"][0]["messages"]
         status, chat = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 2, "temperature": 0,

@@ -1288,6 +1288,18 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   // prompt_logprobs arrive in messages of their own (at most 1,024 positions each) before the first
   // token: they go out whole with the choice's next chunk.
   std::vector<std::vector<v1::TokenLogprob>> pending_prompt_logprobs(choices);
+  // They come with a prompt's completion 0 only, and every choice of the prompt carries them: with
+  // n > 1 the other completions' messages wait until completion 0's first token (or the prompt's
+  // stream end) says they have all come; another completion may run first (on another rank, or
+  // with completion 0 queued), and its chunks, its last included, went out without them.
+  const bool prompt_logprobs_wanted = call.request.sampling().has_prompt_logprobs() && call.n > 1;
+  std::vector<bool> awaits_prompt_logprobs(prompts, prompt_logprobs_wanted);
+  std::vector<std::vector<Item>> deferred(prompts);
+  auto release_prompt_logprobs_wait = [&](size_t prompt) {
+    awaits_prompt_logprobs[prompt] = false;
+    for (Item& d : deferred[prompt]) held.push_back(std::move(d));
+    deferred[prompt].clear();
+  };
   // A choice answering with tool calls: a named function's arguments, "required"'s calls, and
   // "auto"'s once its first token is [TOOL_CALLS], stream as they come (OpenAI's deltas: a call's id
   // and name first, then arguments text). "auto"'s text is free: when it does not read as calls
@@ -1310,6 +1322,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
     if (item.accepted) continue;  // (each prompt's comes before its messages, read above)
     if (!item.msg) {
       ++ended_count;
+      release_prompt_logprobs_wait(item.prompt);
       if (!item.end.ok() && !failure && !client_gone) {
         failure = CallError(item.end, &call, item.prompt);
         cancel_all();  // one prompt failed: the answer is that error
@@ -1317,6 +1330,14 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
       continue;
     }
     v1::GenerateResponse& msg = *item.msg;
+    if (awaits_prompt_logprobs[item.prompt]) {
+      if (msg.index() == 0 && (msg.token_ids_size() > 0 || msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)) {
+        release_prompt_logprobs_wait(item.prompt);  // completion 0's prompt logprobs have all come
+      } else if (msg.index() > 0) {
+        deferred[item.prompt].push_back(std::move(item));
+        continue;
+      }
+    }
     if (msg.has_usage()) {
       prompt_tokens[item.prompt] = msg.usage().prompt_tokens();
       completion_tokens += msg.usage().completion_tokens();
