@@ -267,7 +267,8 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   } else if (info.chat_template().empty()) {
     s->chat_template_status_ = absl::FailedPreconditionError(
         "the model has no chat template (chat_template.jinja, or chat_template in tokenizer_config.json): start "
-        "moe-openai-server with --chat-template FILE, or send chat_template in the request");
+        "moe-openai-server with --chat-template FILE (or with --trust-request-chat-template, and send chat_template "
+        "in the request)");
   } else if (absl::StatusOr<ChatPrompt> parsed = ChatPrompt::Make(info.chat_template(), s->bos_token_, s->eos_token_);
              parsed.ok()) {
     s->chat_prompt_ = std::move(*parsed);
