@@ -39,19 +39,31 @@ void ExtendPrefixKeys(std::vector<uint64_t>& keys, std::span<const int32_t> toke
 }
 
 void Scheduler::SetCapacity(int rank, int64_t positions) {
-  if (rank >= 0 && rank < static_cast<int>(ranks_.size())) ranks_[rank].capacity = std::max<int64_t>(positions, 0);
+  if (rank < 0 || rank >= static_cast<int>(ranks_.size())) return;
+  ranks_[rank].capacity = std::max<int64_t>(positions, 0);
+  by_share_ = std::all_of(ranks_.begin(), ranks_.end(), [](const RankLoad& r) { return r.capacity > 0; });
 }
 
 bool Scheduler::LessLoaded(int a, int b) const {
   const RankLoad& x = ranks_[a];
   const RankLoad& y = ranks_[b];
-  if (x.capacity > 0 && y.capacity > 0) {  // x.reserved / x.capacity against y's, exactly
+  if (by_share_) {  // x.reserved / x.capacity against y's, exactly
     const __int128 lhs = static_cast<__int128>(x.reserved_positions) * y.capacity;
     const __int128 rhs = static_cast<__int128>(y.reserved_positions) * x.capacity;
     return lhs < rhs || (lhs == rhs && x.running < y.running);
   }
   return x.reserved_positions < y.reserved_positions ||
          (x.reserved_positions == y.reserved_positions && x.running < y.running);
+}
+
+bool Scheduler::BeyondSlack(int r, int least) const {
+  const RankLoad& x = ranks_[r];
+  const RankLoad& y = ranks_[least];
+  if (!by_share_) return x.reserved_positions > y.reserved_positions + limits_.prefix_affinity_slack;
+  // x.reserved > y's share of x's cache + the slack, multiplied through by y.capacity.
+  return static_cast<__int128>(x.reserved_positions) * y.capacity >
+         static_cast<__int128>(y.reserved_positions) * x.capacity +
+             static_cast<__int128>(limits_.prefix_affinity_slack) * y.capacity;
 }
 
 bool Scheduler::CanTake(int rank, const SequenceDemand& d) const {
@@ -101,7 +113,7 @@ int Scheduler::PickRank(const SequenceDemand& d) const {
   int64_t best_run = 0;
   for (int r = 0; r < static_cast<int>(ranks_.size()); ++r) {
     if (!CanTake(r, d)) continue;
-    if (ranks_[r].reserved_positions > ranks_[least].reserved_positions + limits_.prefix_affinity_slack) continue;
+    if (BeyondSlack(r, least)) continue;
     const int64_t run = CachedRun(r, d.prefix_keys);
     if (run > best_run || (run == best_run && run > 0 && LessLoaded(r, best))) {
       best = r;
@@ -165,6 +177,7 @@ void Scheduler::Reset(int world_size) {
   ranks_.assign(static_cast<size_t>(std::max(world_size, 0)), RankLoad{});
   seen_.assign(static_cast<size_t>(std::max(world_size, 0)), SeenKeys{});
   affinity_ = false;
+  by_share_ = false;
   waiting_.clear();
   running_.clear();
   reserve_of_.clear();

@@ -1,17 +1,21 @@
 // Admission and placement of sequences onto worker ranks (continuous batching at iteration level).
 //
 // Sequences enter a bounded queue (arrival order, or by priority first: SequenceDemand.priority);
-// Dispatch() moves them, in queue order, to ranks that have a
-// free slot (at most max_running_per_rank each), choosing the rank with the least reserved KV
-// positions (prompt + max_tokens of every sequence it runs: their worst case, a load measure),
-// ties to the rank running fewer sequences, then to the lower rank. Finish() frees the slot and the
-// next Dispatch() refills it. Pure bookkeeping: no threads, no I/O; the caller serialises access.
+// Dispatch() moves them, in queue order, to ranks that have a free slot (at most
+// max_running_per_rank each) and a KV cache that could hold them (SetCapacity), choosing the rank
+// with the least reserved KV positions (prompt + max_tokens of every sequence it runs: their worst
+// case, a load measure; as a share of its cache when every rank's is known), ties to the rank
+// running fewer sequences, then to the lower rank. First come, first served, as vLLM's: a sequence
+// only busy ranks could hold waits at the head of the queue, and those behind it wait too.
+// Finish() frees the slot and the next Dispatch() refills it. Pure bookkeeping: no threads, no I/O;
+// the caller serialises access.
 //
 // Prefix affinity (when the ranks cache prompt prefixes): a sequence carries keys of its prompt's
 // leading 16-token chunks (PrefixKeys), and the scheduler remembers which keys each rank has seen
 // (NoteCached: the prompts it was given, and what they became once finished). A sequence goes to
 // the rank holding the longest run of its keys, ties to the least loaded, unless that rank
-// reserves more than `prefix_affinity_slack` positions beyond the least loaded one; then the plain
+// reserves more than `prefix_affinity_slack` positions beyond the least loaded one (beyond its
+// share, with every cache known: the same share of its own cache plus the slack); then the plain
 // rule decides. Its keys count as seen on the rank it goes to; keys a rank reports evicted
 // (Forget) no longer count there.
 #pragma once
@@ -112,6 +116,9 @@ class Scheduler {
     int64_t reserved_positions = 0;
     int64_t capacity = 0;  // SetCapacity's; 0: unknown
   };
+  // Whether every rank's cache is known: loads compare as shares then, else as positions (one
+  // measure for every pair, so "less loaded" stays an order).
+  bool by_share_ = false;
   // Prefix keys a rank has seen, least recently used first, at most kMaxKeysPerRank.
   struct SeenKeys {
     std::list<uint64_t> order;
@@ -120,11 +127,13 @@ class Scheduler {
   static constexpr size_t kMaxKeysPerRank = 1 << 16;
   // The rank for `d`, or -1 when no rank can take it now (CanTake).
   int PickRank(const SequenceDemand& d) const;
-  // Whether rank a is less loaded than rank b (reserved positions, as shares of their caches where
-  // both are known, then running sequences).
+  // Whether rank a is less loaded than rank b (reserved positions, as shares of their caches when
+  // every rank's is known, then running sequences).
   bool LessLoaded(int a, int b) const;
   // Whether `rank` has a free slot and a cache that could hold `d` (or one of unknown size).
   bool CanTake(int rank, const SequenceDemand& d) const;
+  // Whether rank r reserves more than the prefix-affinity slack beyond rank `least`'s load.
+  bool BeyondSlack(int r, int least) const;
 
   SchedulerLimits limits_;
   std::vector<RankLoad> ranks_;

@@ -216,6 +216,30 @@ TEST(SchedulerTest, PrefixAffinitySendsAPromptToTheRankThatSawItsStartWithinTheS
   EXPECT_EQ(s.CachedRun(1, PrefixKeys(system)), 3);
 }
 
+// With every cache known the slack is measured on the same scale as the load: a rank holding the
+// prompt's start may take it while it reserves at most the least loaded rank's share of its own
+// cache plus the slack. By hand, caches 1,000 and 10,000, slack 100.
+TEST(SchedulerTest, PrefixAffinitySlackIsOnTheLoadsScale) {
+  Scheduler s({16, 8, /*prefix_affinity_slack=*/100}, 2);
+  s.SetPrefixAffinity(true);
+  s.SetCapacity(0, 1000);
+  s.SetCapacity(1, 10000);
+  const std::vector<int32_t> system = Tokens(0, 48);
+  ASSERT_TRUE(s.Enqueue({WithPrefix(1, 150, system)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0}));  // nobody has it; both empty: rank 0
+  ASSERT_TRUE(s.Enqueue({{2, 1000}}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({1}));  // 0.15 against 0
+  // Rank 1 is the least loaded (0.1 against 0.15); rank 0 holds the start and reserves 150, within
+  // 0.1 of its cache + 100 = 200: it takes the prompt (twice: then 200, at the bound).
+  ASSERT_TRUE(s.Enqueue({WithPrefix(3, 50, system)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0}));
+  ASSERT_TRUE(s.Enqueue({WithPrefix(4, 300, system)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({0}));
+  // 500 now, beyond 200: by load, rank 1 (by positions 500 would be within 1,000 + 100).
+  ASSERT_TRUE(s.Enqueue({WithPrefix(5, 10, system)}).ok());
+  EXPECT_EQ(Ranks(s.Dispatch()), std::vector<int>({1}));
+}
+
 TEST(SchedulerTest, TheLongestCachedRunWinsAndTiesGoByLoad) {
   Scheduler s({16, 8, 1000}, 3);
   s.SetPrefixAffinity(true);

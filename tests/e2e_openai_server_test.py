@@ -774,6 +774,15 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             for index in range(3):
                 chunks = [c for e in events for c in e["choices"] if c["index"] == index]
                 self.assertTrue(chunks and chunks[0].get("prompt_logprobs"), (index, chunks))
+        # Two prompts: each choice's chunks in order, its finish last (held-back chunks go out
+        # before what came after them).
+        for _ in range(4):
+            events = self.stream(dict(body, prompt=[ids, ids[:5]], n=2, max_tokens=3))
+            for index in range(4):
+                chunks = [c for e in events for c in e["choices"] if c["index"] == index]
+                self.assertTrue(chunks[0].get("prompt_logprobs"), (index, chunks))
+                self.assertEqual([bool(c.get("finish_reason")) for c in chunks][-1], True, chunks)
+                self.assertFalse(any(c.get("finish_reason") for c in chunks[:-1]), chunks)
         # Chat: the answer's (vLLM's place for it).
         messages = CHAT_GOLDEN["cases"][0]["messages"]
         status, chat = self.call("/v1/chat/completions", {"messages": messages, "max_tokens": 2, "temperature": 0,

@@ -347,11 +347,11 @@ TEST(GbnfTest, GrammarsWithoutAnOutputAreRefused) {
     absl::StatusOr<GbnfGrammar> g = GbnfGrammar::Parse(text);
     return g.ok() ? std::string("ok") : std::string(g.status().message());
   };
-  EXPECT_EQ(error("root ::= \"(\" root \")\""), "rule 'root' derives no finite text: every alternative needs 'root' itself again");
+  EXPECT_EQ(error("root ::= \"(\" root \")\""), "rule 'root' derives no finite text: no alternative of it finishes (each needs 'root' again)");
   EXPECT_EQ(error("root ::= \"a\" x\nx ::= \"b\" x | \"c\" x"),
-            "rule 'root' derives no finite text: every alternative needs rule 'x', which never finishes");
+            "rule 'root' derives no finite text: no alternative of it finishes (rule 'x' never does)");
   EXPECT_EQ(error("root ::= y\ny ::= \"(\" y \")\"\nz ::= y"),
-            "rule 'root' derives no finite text: every alternative needs rule 'y', which never finishes");
+            "rule 'root' derives no finite text: no alternative of it finishes (rule 'y' never does)");
   EXPECT_EQ(error("root ::= (\"a\"?){1000} \"a\"").rfind("no first byte of the output is within the recogniser's limits", 0),
             0u)
       << error("root ::= (\"a\"?){1000} \"a\"");

@@ -532,9 +532,8 @@ class GbnfParser {
         }
       }
       return absl::InvalidArgumentError(absl::StrCat(
-          "rule 'root' derives no finite text: ",
-          stuck == root ? "every alternative needs 'root' itself again"
-                        : absl::StrCat("every alternative needs rule '", names_[stuck], "', which never finishes")));
+          "rule 'root' derives no finite text: no alternative of it finishes",
+          stuck == root ? " (each needs 'root' again)" : absl::StrCat(" (rule '", names_[stuck], "' never does)")));
     }
     for (size_t r = 0; r < n; ++r) {
       if (!productive[r]) continue;  // reached from no alternative kept

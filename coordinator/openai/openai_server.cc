@@ -1296,9 +1296,12 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   const bool prompt_logprobs_wanted = call.request.sampling().has_prompt_logprobs() && call.n > 1;
   std::vector<bool> awaits_prompt_logprobs(prompts, prompt_logprobs_wanted);
   std::vector<std::vector<Item>> deferred(prompts);
+  size_t held_next = 0;  // the next of `held` to read (the messages read before the head, then these)
   auto release_prompt_logprobs_wait = [&](size_t prompt) {
     awaits_prompt_logprobs[prompt] = false;
-    for (Item& d : deferred[prompt]) held.push_back(std::move(d));
+    // Read next, before what is still held: those came after them (a choice's chunks stay in order).
+    held.insert(held.begin() + static_cast<std::ptrdiff_t>(held_next), std::make_move_iterator(deferred[prompt].begin()),
+                std::make_move_iterator(deferred[prompt].end()));
     deferred[prompt].clear();
   };
   // A choice answering with tool calls: a named function's arguments, "required"'s calls, and
@@ -1317,7 +1320,7 @@ int OpenAiServer::StreamCompletion(mg_connection* conn, const CompletionCall& ca
   std::vector<bool> call_started(named ? choices : 0, false);  // a named call's first delta was sent
   bool client_gone = false;
   std::optional<HttpError> failure;
-  size_t held_next = 0, ended_count = 0;
+  size_t ended_count = 0;
   while (held_next < held.size() || ended_count < prompts) {
     Item item = held_next < held.size() ? std::move(held[held_next++]) : next();
     if (item.accepted) continue;  // (each prompt's comes before its messages, read above)
