@@ -23,10 +23,14 @@ absl::StatusOr<Template> Template::Parse(std::string_view source) {
 }
 
 absl::StatusOr<std::string> Template::Render(const nlohmann::ordered_json& context) const {
+  return Render(context, Limits{});
+}
+
+absl::StatusOr<std::string> Template::Render(const nlohmann::ordered_json& context, const Limits& limits) const {
   if (!context.is_object()) return absl::InvalidArgumentError("chat template context must be a JSON object");
   // The interpreter reports template failures by throwing; nothing escapes this boundary.
   try {
-    Interpreter interpreter(*program_, Limits{});
+    Interpreter interpreter(*program_, limits);
     return interpreter.Render(context);
   } catch (const RenderError& e) {
     return absl::InvalidArgumentError(e.what());

@@ -14,6 +14,7 @@
 namespace moe::jinja {
 
 struct Program;
+struct Limits;
 
 class Template {
  public:
@@ -23,8 +24,11 @@ class Template {
   // Renders with `context` (a JSON object: its keys are the top-level variables, e.g. messages,
   // add_generation_prompt, bos_token, eos_token, tools). raise_exception(msg) in the template and
   // runtime errors (undefined attribute of undefined, bad types, ...) are InvalidArgument whose message
-  // contains msg / says what failed. Output is capped at 16 MiB and loops at 1e6 iterations in total.
+  // contains msg / says what failed. Output is capped at 16 MiB, loops at 1e6 iterations in total and
+  // the render at 5 s (Limits' defaults).
   absl::StatusOr<std::string> Render(const nlohmann::ordered_json& context) const;
+  // The same within other limits (jinja_interpreter.h).
+  absl::StatusOr<std::string> Render(const nlohmann::ordered_json& context, const Limits& limits) const;
 
  private:
   explicit Template(std::shared_ptr<const Program> program) : program_(std::move(program)) {}
