@@ -1,7 +1,6 @@
 #include "coordinator/cluster_state.h"
 
 #include <algorithm>
-#include <limits>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -475,14 +474,10 @@ absl::StatusOr<std::vector<uint64_t>> ClusterState::Submit(std::vector<SeqSubmis
   // rank's refusal came back as a worker error, INTERNAL). vLLM refuses a context longer than its
   // KV cache at startup; here the ranks' caches (moe-worker --kv-tokens, GPU memory) are known once
   // they have loaded, and the scheduler places a sequence only on a rank that could hold it
-  // (Scheduler::SetCapacity), so the largest counts; a rank that reported none decides itself.
-  int64_t largest_cache = 0;
-  for (const RankRecord& r : ranks_) {
-    const int64_t positions = CachePositions(r.kv_blocks_total, r.kv_block_size);
-    largest_cache = positions == 0 ? std::numeric_limits<int64_t>::max() : std::max(largest_cache, positions);
-  }
+  // (Scheduler::SetCapacity), so the largest counts; where a rank reported none (0), it decides.
+  const int64_t largest_cache = scheduler_.LargestCapacity();
   for (const SeqSubmission& q : seqs) {
-    if (q.reserve_positions > largest_cache) {
+    if (largest_cache > 0 && q.reserve_positions > largest_cache) {
       const bool generates = q.assign.max_tokens() > 0;
       return absl::InvalidArgumentError(absl::StrCat(
           generates ? "sampling.max_tokens" : "prompt", ": ", q.assign.prompt_size(), " prompt tokens",
