@@ -47,6 +47,16 @@ TEST_F(CliTest, BadCommandLinesExit2NamingTheFlag) {
               "exceed the context of 4096");
 }
 
+TEST_F(CliTest, HelpPrintsTheUsageAndExits0) {
+  // As the other programs answer --help: the usage on stdout, exit 0 (it was "unknown command", 2).
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"--help"}, {"-h"}, {"generate", "--help"}, {"score", "--text", "x", "-h"}}) {
+    CliRun r = RunCli(0, args);
+    EXPECT_EQ(r.exit_code, 0) << r.Describe();
+    EXPECT_NE(r.out.find("moe-cli generate [--model DIR]"), std::string::npos) << r.out;
+  }
+}
+
 TEST_F(CliTest, BadInputUnderMpirunFailsEveryRankWithoutHanging) {
   // Input 1 (on rank 1 of 3) is outside the vocabulary: every rank exits, rank 0 reports.
   CliRun r = RunCli(3, {"score", "--model", kGoldenDir, "--token-ids", "5,6", "--token-ids", "7,99999", "--json"});

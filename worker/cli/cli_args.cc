@@ -47,9 +47,11 @@ std::string CliUsage() {
          "                   [--greedy | --temperature T [--top-k K] [--top-p P] [--seed S]] [--ignore-eos]\n"
          "                   [--json] [--stats] [--verbose]\n"
          "  moe-cli score [--model DIR] (--text TEXT | --token-ids 5,17,9)... [--json] [--stats] [--verbose]\n"
+         "  moe-cli --help\n"
          "Under `mpirun -np N` the same command runs as an N-rank expert-parallel job; rank 0 prints.\n"
          "--prompt/--text/--token-ids may be repeated: each gives one sequence, spread over the ranks.\n"
-         "Without --temperature, generation is greedy. The default model is the embedded shakespeare-moe.\n";
+         "Without --temperature, generation is greedy, unless --top-k or --top-p asks for sampling (at\n"
+         "temperature 1). The default model is the embedded shakespeare-moe.\n";
 }
 
 absl::StatusOr<CliOptions> ParseCliArgs(const std::vector<std::string>& args, const std::string& default_model) {
@@ -58,6 +60,11 @@ absl::StatusOr<CliOptions> ParseCliArgs(const std::vector<std::string>& args, co
   o.sampling.temperature = 0.0f;
   if (args.empty()) return absl::InvalidArgumentError("missing command (generate or score)");
   o.command = args[0];
+  // --help / -h as the command or as a flag: the caller prints the usage and exits 0.
+  if (o.command == "--help" || o.command == "-h") {
+    o.command = "help";
+    return o;
+  }
   if (o.command != "generate" && o.command != "score") {
     return absl::InvalidArgumentError("unknown command '" + o.command + "' (expected generate or score)");
   }
@@ -69,7 +76,10 @@ absl::StatusOr<CliOptions> ParseCliArgs(const std::vector<std::string>& args, co
       if (i + 1 >= args.size()) return FlagError(a, "missing value");
       return args[++i];
     };
-    if (a == "--model") {
+    if (a == "--help" || a == "-h") {
+      o.command = "help";
+      return o;
+    } else if (a == "--model") {
       MOE_ASSIGN_OR_RETURN(o.model_dir, value());
     } else if ((gen && a == "--prompt") || (!gen && a == "--text")) {
       MOE_ASSIGN_OR_RETURN(std::string t, value());

@@ -12,7 +12,7 @@
 namespace moe {
 
 struct CliOptions {
-  std::string command;  // "generate" | "score"
+  std::string command;  // "generate" | "score" | "help" (--help / -h: print the usage, exit 0)
   std::string model_dir;
   // One sequence per --prompt / --text (text set) or --token-ids (token_ids set), in flag order.
   struct Input {

@@ -88,6 +88,10 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     return 2;
   }
   const CliOptions& o = *parsed;
+  if (o.command == "help") {
+    if (root) std::fputs(CliUsage().c_str(), stdout);
+    return 0;
+  }
 
   absl::StatusOr<ModelConfig> config = ModelConfig::FromModelDir(o.model_dir);
   if (!config.ok()) {
