@@ -40,6 +40,7 @@ TEST_F(CliTest, BadCommandLinesExit2NamingTheFlag) {
   ExpectError(RunCli(0, {"generate", "--token-ids", "1,x,3"}), 2, "--token-ids");
   ExpectError(RunCli(0, {"generate", "--prompt", "x", "--bogus"}), 2, "unknown flag '--bogus'");
   ExpectError(RunCli(0, {"score"}), 2, "--text");
+  ExpectError(RunCli(0, {"score", "--text", "x", "--stats"}), 2, "--stats: needs --json");
   ExpectError(RunCli(0, {"generate", "--model", kGoldenDir, "--token-ids", "5,1024"}), 2,
               "token id 1024 at index 1 is outside the vocabulary");
   ExpectError(RunCli(0, {"generate", "--model", kGoldenDir, "--prompt", "hello"}), 2, "tokenizer.model");

@@ -45,8 +45,8 @@ std::string CliUsage() {
   return "usage:\n"
          "  moe-cli generate [--model DIR] (--prompt TEXT | --token-ids 5,17,9)... [--max-tokens N]\n"
          "                   [--greedy | --temperature T [--top-k K] [--top-p P] [--seed S]] [--ignore-eos]\n"
-         "                   [--json] [--stats] [--verbose]\n"
-         "  moe-cli score [--model DIR] (--text TEXT | --token-ids 5,17,9)... [--json] [--stats] [--verbose]\n"
+         "                   [--json [--stats]] [--verbose]\n"
+         "  moe-cli score [--model DIR] (--text TEXT | --token-ids 5,17,9)... [--json [--stats]] [--verbose]\n"
          "  moe-cli --help\n"
          "Under `mpirun -np N` the same command runs as an N-rank expert-parallel job; rank 0 prints.\n"
          "--prompt/--text/--token-ids may be repeated: each gives one sequence, spread over the ranks.\n"
@@ -125,6 +125,9 @@ absl::StatusOr<CliOptions> ParseCliArgs(const std::vector<std::string>& args, co
     } else {
       return absl::InvalidArgumentError("unknown flag '" + a + "' for " + o.command);
     }
+  }
+  if (o.stats && !o.json) {  // the statistics go into the JSON object; without it they were dropped silently
+    return FlagError("--stats", "needs --json (the load statistics are part of its JSON object)");
   }
   if (greedy_flag && sampling_flag) {
     return FlagError("--greedy", "cannot be combined with --temperature/--top-k/--top-p");
