@@ -21,6 +21,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -114,6 +115,14 @@ int main(int argc, char** argv) {
   std::string document = "object";
   std::string command = argv[0];
   for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+  const char* usage = "usage: moe-json-mask-bench [--document object|records|object-gbnf] [--tokenizer FILE] "
+                      "[--repeats N] [--out FILE] [--commit SHA]\n";
+  for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]) == "--help" || std::string_view(argv[i]) == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--document") {
@@ -127,8 +136,7 @@ int main(int argc, char** argv) {
     } else if (k == "--commit") {
       commit = v;
     } else {
-      std::fprintf(stderr, "usage: moe-json-mask-bench [--document object|records|object-gbnf] [--tokenizer FILE] "
-                           "[--repeats N] [--out FILE] [--commit SHA]\n");
+      std::fputs(usage, stderr);
       return 2;
     }
   }
