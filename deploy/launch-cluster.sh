@@ -19,7 +19,8 @@
 #   launch-cluster: serving on HOST:PORT
 #   launch-cluster: openai pid P / openai on HOST:PORT   (with --openai-listen)
 #   launch-cluster: mpirun exited unexpectedly (status S) | the workers have not served for S s ...
-#   launch-cluster: restarting the worker job (K of N)      (then mpirun pid P, serving on HOST:PORT)
+#   launch-cluster: restarting the worker job (K of N)      (then mpirun pid P, serving on HOST:PORT, or
+#                   mpirun exited while starting | not SERVING after S s, and the next restart)
 #   launch-cluster: openai server stopped (status S)      (with --openai-listen)
 #   launch-cluster: stopped (coordinator status S, mpirun status S)
 set -uo pipefail
@@ -45,6 +46,7 @@ usage: $0 [options] [-- extra mpirun args]
   --coordinator-arg ARG  extra moe-coordinator flag (repeatable), e.g. --coordinator-arg=--max-waiting=64
   --worker-arg ARG       extra moe-worker flag (repeatable), e.g. --worker-arg=--kv-tokens=65536
   --restart-workers N    start the worker job again, up to N times, when it ends on its own or hangs
+                         (a restarted job that fails while starting counts as one of them too)
                          (default 0: stop everything and exit 1); requests in flight then wait for the
                          new job and go on there (the coordinator's --resume-timeout-s, by default
                          --hung-timeout + --ready-timeout + 60)
@@ -464,9 +466,17 @@ while true; do
   reap "$MPI_PID"
   say "mpirun exited unexpectedly (status ${STATUS[$MPI_PID]})"
   kill_session "$MPI_PID"  # ranks mpirun left behind
-  ((restarts_done < RESTARTS)) || exit 1
-  restarts_done=$((restarts_done + 1))
-  say "restarting the worker job ($restarts_done of $RESTARTS)"
-  start_workers
-  wait_serving || exit 1
+  # A new job that fails while starting (a rank died or hung while loading: mpirun ends, or the
+  # cluster is not SERVING within READY_TIMEOUT) uses up a restart too, and the next one is started.
+  while true; do
+    ((restarts_done < RESTARTS)) || exit 1
+    restarts_done=$((restarts_done + 1))
+    say "restarting the worker job ($restarts_done of $RESTARTS)"
+    start_workers
+    wait_serving && break
+    alive "$COORD_PID" || exit 1  # (wait_serving said so)
+    kill_session "$MPI_PID"
+    wait_exit "$MPI_PID" 10
+    reap "$MPI_PID"
+  done
 done

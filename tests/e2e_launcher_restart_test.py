@@ -5,7 +5,8 @@ has lost its heartbeats). Each time the launcher notices, kills what is left of 
 new one and serves again, with transformers' greedy tokens (samples.json); a stream in flight at
 the first loss is held (the launcher's default --resume-timeout-s) and ends normally on the new
 job, all its tokens streamed once. With no restart left a third loss stops everything: exit 1, the
-coordinator stopped cleanly, no process left behind.
+coordinator stopped cleanly, no process left behind. A restarted job that dies while it starts uses
+up a restart, and the next one serves.
 
 Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
 Runs with /usr/bin/python3 (python3-grpcio).
@@ -21,7 +22,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 from launched_cluster import (BUILD_DIR, SOURCE_DIR, START_TIMEOUT_S, LaunchedCluster,  # noqa: E402
-                              load_samples, process_alive, worker_pid)
+                              load_samples, mpi_rank_of, process_alive, session_members, worker_pid)
 
 os.environ.setdefault("MOE_PYTHON_PROTO_DIR", os.path.join(BUILD_DIR, "python"))
 sys.path.insert(0, os.path.join(SOURCE_DIR, "clients", "python"))
@@ -108,6 +109,45 @@ class LauncherRestartsLostWorkers(unittest.TestCase):
             self.assertEqual(c.proc.wait(timeout=30), 1)
             self.assertEqual(c.leftovers(), [], "processes left behind")
             client.close()
+        finally:
+            c.kill_everything()
+
+    def test_a_restarted_job_that_dies_while_starting_uses_a_restart_and_the_next_one_serves(self):
+        """A rank of the restarted job dies while it loads: that restart is used up, but the launcher
+        does not give up with restarts left (it stopped everything and exited 1): it starts the next
+        job, which serves; SIGTERM then stops everything cleanly."""
+        sample = load_samples()["ROMEO:"]
+        c = LaunchedCluster(["--restart-workers", "2", f"--coordinator-arg=--heartbeat-timeout-s={HEARTBEAT_TIMEOUT_S}"])
+        try:
+            c.start()
+            client = MoeClient(c.address, timeout=60)
+            pid = worker_pid(c.cluster_port, 1)
+            self.assertIsNotNone(pid, "no moe-worker process of rank 1\n" + c.log_text())
+            os.kill(pid, signal.SIGKILL)
+            c.wait_for(r"mpirun exited unexpectedly", 30)
+            c.wait_for(r"restarting the worker job \(1 of 2\)", 30)
+            c.mpirun_pid = int(c.wait_for(r"mpirun pid (\d+)", 10).group(1))
+            # The new job's rank 1, killed as soon as it runs (long before the job has loaded).
+            deadline = time.monotonic() + 30
+            victim = None
+            while victim is None and time.monotonic() < deadline:
+                victim = next((p for p in session_members(c.mpirun_pid) if mpi_rank_of(p) == 1), None)
+                if victim is None:
+                    time.sleep(0.002)
+            self.assertIsNotNone(victim, "the restarted job's rank 1 never ran\n" + c.log_text())
+            os.kill(victim, signal.SIGKILL)
+            c.wait_for(r"mpirun exited while starting", 60)
+            c.wait_for(r"restarting the worker job \(2 of 2\)", 30)
+            c.mpirun_pid = int(c.wait_for(r"mpirun pid (\d+)", 10).group(1))
+            c.wait_for(r"serving on ", START_TIMEOUT_S)
+            full = client.generate_full(token_ids=sample["prompt_ids"], max_tokens=16, temperature=0)
+            self.assertEqual(full.token_ids, sample["greedy_ids"][:16], c.log_text())
+            client.close()
+            c.proc.send_signal(signal.SIGTERM)
+            stopped = c.wait_for(r"stopped \(coordinator status (\S+), mpirun status (\S+)\)", 60)
+            self.assertEqual(stopped.groups(), ("0", "0"), c.log_text())
+            self.assertEqual(c.proc.wait(timeout=30), 0)
+            self.assertEqual(c.leftovers(), [], "processes left behind")
         finally:
             c.kill_everything()
 
