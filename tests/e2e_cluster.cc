@@ -276,6 +276,12 @@ std::optional<int> Cluster::WaitWorkersExit(Seconds timeout) {
   return mpirun_ ? mpirun_->WaitExit(timeout) : std::nullopt;
 }
 
+void Cluster::KillCoordinator() {
+  if (coordinator_) coordinator_->KillSession();
+}
+
+std::string Cluster::WorkersLog() const { return mpirun_ ? ReadFile(mpirun_->log_path()) : std::string(); }
+
 std::string Cluster::LogTail(size_t max_bytes) const {
   std::string s;
   if (coordinator_) s += "--- coordinator log ---\n" + Tail(ReadFile(coordinator_->log_path()), max_bytes) + "\n";

@@ -92,6 +92,10 @@ class Cluster {
   std::vector<pid_t> WorkerProcesses() const;
   // mpirun's exit status once it ended within `timeout` (nullopt: still running).
   std::optional<int> WaitWorkersExit(Seconds timeout);
+  // SIGKILL to the coordinator (its whole session), as when its machine or process dies.
+  void KillCoordinator();
+  // The current worker job's log (mpirun's output: every rank's stderr).
+  std::string WorkersLog() const;
 
   const ClusterPorts& ports() const { return ports_; }
   std::string public_address() const { return "127.0.0.1:" + std::to_string(ports_.public_port); }

@@ -60,6 +60,14 @@ std::string ExecutableOf(pid_t pid) {
   return argv0;
 }
 
+// The moe-worker process of `rank` in the cluster's current worker job, or -1.
+pid_t WorkerPidOf(const Cluster& cluster, int rank) {
+  for (pid_t p : cluster.WorkerProcesses()) {
+    if (ExecutableOf(p).find("moe-worker") != std::string::npos && MpiRankOf(p) == rank) return p;
+  }
+  return -1;
+}
+
 // A cluster of two ranks serving the default model, and transformers' greedy continuation of its
 // first sample.
 class E2eRankLoss : public ::testing::Test {
@@ -108,12 +116,7 @@ class E2eRankLoss : public ::testing::Test {
   }
 
   // The moe-worker process of `rank` in the current job.
-  pid_t WorkerPid(int rank) const {
-    for (pid_t p : cluster_->WorkerProcesses()) {
-      if (ExecutableOf(p).find("moe-worker") != std::string::npos && MpiRankOf(p) == rank) return p;
-    }
-    return -1;
-  }
+  pid_t WorkerPid(int rank) const { return WorkerPidOf(*cluster_, rank); }
 
   // The stream fails UNAVAILABLE with `reason` within `within_s` of `since`; health says
   // NOT_SERVING and a new request is refused at once.
@@ -263,6 +266,42 @@ TEST_F(E2eRankLossResumed, AKilledRanksStreamGoesOnOnTheNextWorkerJobWithTheSame
   const Cluster::ExitStatus st = cluster_->Stop(Seconds(30));
   EXPECT_EQ(st.coordinator, 0);
   EXPECT_EQ(st.mpirun, 0);
+}
+
+// The coordinator dies while the ranks load their shards (after Register, before their Serve
+// streams): the job must end by itself, exit status 1, each rank saying it lost the coordinator and
+// why (the Serve stream's status). Rank 1 is held (SIGSTOP) mid-load, so no rank can open its
+// stream (they meet in a collective after loading) until the coordinator has been gone a while:
+// where the ranks' channels had seen the loss by then, the stream (wait_for_ready) waited for a
+// connection for ever and the job hung, outside launch-cluster.sh with nothing to end it.
+TEST(E2eCoordinatorLoss, ACoordinatorLostWhileTheRanksLoadEndsTheJobNamingIt) {
+  testing_ref::SetMpiTestEnvironment();
+  Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {}});
+  ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok()) << cluster.LogTail();
+  ASSERT_TRUE(cluster.StartWorkers().ok());
+  pid_t rank1 = -1;
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(60);) {
+    if (cluster.WorkersLog().find("[rank 1] loading") != std::string::npos) rank1 = WorkerPidOf(cluster, 1);
+    if (rank1 > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(rank1, 0) << "rank 1 did not start loading\n" << cluster.LogTail();
+  ASSERT_EQ(kill(rank1, SIGSTOP), 0);
+  cluster.KillCoordinator();
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // rank 0's connection sees the coordinator gone
+  ASSERT_EQ(kill(rank1, SIGCONT), 0);
+  const std::optional<int> job = cluster.WaitWorkersExit(Seconds(90));
+  ASSERT_TRUE(job.has_value()) << "the worker job is still running without its coordinator\n" << cluster.LogTail();
+  EXPECT_NE(*job, 0);
+  const std::string log = cluster.WorkersLog();
+  const std::string lost = "lost the coordinator at 127.0.0.1:" + std::to_string(cluster.ports().cluster_port);
+  const bool named = log.find(lost) != std::string::npos ||
+                     log.find("Register with 127.0.0.1:") != std::string::npos;  // it died before answering
+  EXPECT_TRUE(named) << log;
+  if (log.find(lost) != std::string::npos) {  // with the Serve stream's status, the reason
+    EXPECT_NE(log.find(lost + " (UNAVAILABLE: "), std::string::npos) << log;
+  }
+  EXPECT_TRUE(cluster.WorkerProcesses().empty());
 }
 
 }  // namespace

@@ -50,10 +50,10 @@ CoordinatorLink::~CoordinatorLink() { Close(std::chrono::milliseconds(0)); }
 
 std::unique_ptr<CoordinatorLink::PendingRegister> CoordinatorLink::StartRegister(const moe::v1::RegisterRequest& req) {
   std::unique_ptr<PendingRegister> p(new PendingRegister);
-  // No deadline: the answer waits for the slowest rank of the job to register. wait_for_ready
-  // waits for the connection to be ready before the call starts (a connection lost during the call
-  // ends it UNAVAILABLE, and with it the job).
-  p->ctx_.set_wait_for_ready(true);
+  // No deadline: the answer waits for the slowest rank of the job to register. Not wait_for_ready:
+  // Connect saw the coordinator; one gone since then fails the call (UNAVAILABLE, and with it the
+  // job) instead of leaving every rank waiting for it for ever. A connection lost during the call
+  // ends it UNAVAILABLE too.
   if (!cluster_token_.empty()) p->ctx_.AddMetadata(kClusterTokenMetadata, cluster_token_);
   p->thread_ = std::thread([this, call = p.get(), req] {
     absl::Status s = FromGrpc(stub_->Register(&call->ctx_, req, &call->response_), absl::StrCat("Register with ", address_));
@@ -79,7 +79,9 @@ std::optional<absl::StatusOr<moe::v1::RegisterResponse>> CoordinatorLink::Pendin
 
 absl::Status CoordinatorLink::OpenStream(Inbox& inbox) {
   if (stream_) return absl::FailedPreconditionError("the Serve stream is already open");
-  stream_ctx_.set_wait_for_ready(true);
+  // Not wait_for_ready: a coordinator that went away while the model loaded would otherwise keep
+  // the call (and this rank, and its job) waiting for ever for a connection. The stream then ends
+  // at once, UNAVAILABLE; its reader closes the inbox and the rank leaves, naming the status.
   stream_ = stub_->Serve(&stream_ctx_);
   if (!stream_) return absl::UnavailableError(absl::StrCat("cannot open the Serve stream to ", address_));
   reader_ = std::thread(&CoordinatorLink::ReaderMain, this, &inbox);
@@ -141,16 +143,20 @@ void CoordinatorLink::Close(std::chrono::milliseconds flush_timeout) {
   }
   cv_.notify_all();
   if (!stream_) return;
+  bool ended_by_coordinator = false, ended = false;
   {
     // Let the writer flush and the coordinator end the stream; past the timeout, cancel it (which
     // unblocks a Write or Read stuck on a coordinator that stopped reading or never ends the call).
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, flush_timeout, [this] { return writer_done_ && reader_done_; });
+    ended_by_coordinator = reader_done_;  // the stream had ended before Close: its status says why
+    ended = cv_.wait_for(lock, flush_timeout, [this] { return writer_done_ && reader_done_; });
   }
-  stream_ctx_.TryCancel();
+  // (Not where it has ended: a cancel before Finish would replace the status the call ended with.)
+  if (!ended) stream_ctx_.TryCancel();
   if (writer_.joinable()) writer_.join();
   if (reader_.joinable()) reader_.join();
-  (void)stream_->Finish();
+  const absl::Status finished = FromGrpc(stream_->Finish(), absl::StrCat("the Serve stream to ", address_));
+  if (ended_by_coordinator) stream_status_ = finished;
 }
 
 }  // namespace moe

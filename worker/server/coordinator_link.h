@@ -57,12 +57,15 @@ class CoordinatorLink final : public Outbox {
     std::optional<absl::Status> status_;  // set once the call ended
     std::thread thread_;
   };
-  // Starts Register (no deadline; it waits for the connection to be ready). The call refers to
+  // Starts Register (no deadline: it waits for the job's other ranks). A coordinator that cannot
+  // be reached when the call starts (it went away after Connect) fails it at once, UNAVAILABLE,
+  // rather than leaving it waiting for a connection that may never come back. The call refers to
   // this link: the PendingRegister must not outlive it.
   std::unique_ptr<PendingRegister> StartRegister(const moe::v1::RegisterRequest& req);
 
   // Opens the Serve stream and starts the reader (into `inbox`, which must outlive the link) and
-  // the writer threads.
+  // the writer threads. A coordinator that went away while the model loaded ends the stream at
+  // once (UNAVAILABLE, seen as the inbox closing): the call does not wait for it to come back.
   absl::Status OpenStream(Inbox& inbox);
 
   // Queues a message for the writer thread. Dropped once the stream has failed or is closing.
@@ -71,6 +74,11 @@ class CoordinatorLink final : public Outbox {
   // Writes what is queued (waiting at most `flush_timeout`), half-closes the stream, waits the same
   // time for the coordinator to end it, then cancels it and joins the threads. Idempotent.
   void Close(std::chrono::milliseconds flush_timeout = std::chrono::seconds(3));
+
+  // After Close: why the Serve stream ended where it ended before Close (the coordinator refused
+  // or ended it, or the connection was lost: its gRPC status, naming the coordinator); OK where
+  // Close ended it, or no stream was opened.
+  const absl::Status& stream_status() const { return stream_status_; }
 
  private:
   CoordinatorLink(std::string address, std::shared_ptr<grpc::Channel> channel, std::string cluster_token);
@@ -93,6 +101,7 @@ class CoordinatorLink final : public Outbox {
   bool writer_done_ = false;
   bool reader_done_ = false;
   bool closed_ = false;
+  absl::Status stream_status_;  // set by Close
 };
 
 }  // namespace moe

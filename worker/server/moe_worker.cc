@@ -177,7 +177,12 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   const StopReason why = loop.Run();
   (*link)->Close();
   if (why == StopReason::kCoordinatorLost) {
-    std::fprintf(stderr, "moe-worker [rank %d]: lost the coordinator at %s; leaving\n", rank, flags->coordinator.c_str());
+    // Why, where the stream ended on this rank (another rank may have seen it first): the
+    // coordinator went away (UNAVAILABLE) or refused this job's stream (e.g. it restarted while the
+    // model loaded: FAILED_PRECONDITION, register again).
+    const absl::Status& ended = (*link)->stream_status();
+    std::fprintf(stderr, "moe-worker [rank %d]: lost the coordinator at %s%s; leaving\n", rank, flags->coordinator.c_str(),
+                 ended.ok() ? "" : absl::StrCat(" (", absl::StatusCodeToString(ended.code()), ": ", ended.message(), ")").c_str());
     return 1;
   }
   return 0;
