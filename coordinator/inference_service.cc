@@ -286,7 +286,10 @@ absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::Serve
       return absl::CancelledError("request cancelled");
     }
     for (SeqEvent& e : events) {
-      if (!e.failure.ok()) return e.failure;  // the whole cluster state was reset
+      if (!e.failure.ok()) {  // this item failed (a rank lost, a cache that no longer holds it)
+        cancel_rest();          // the others, queued or held, would run for nobody
+        return e.failure;
+      }
       const size_t i = index.at(e.seq_id);
       if (e.message.has_scored()) {
         const v1::Scored& s = e.message.scored();

@@ -322,6 +322,40 @@ TEST_F(FakeClusterTest, ARequestRunningAtASecondLossFailsInsteadOfResumingAgain)
   EXPECT_NE(done.status.error_message().find("not resumed again"), std::string::npos) << done.status.error_message();
 }
 
+// A scoring request whose running item fails at its second loss ends, and takes its other items
+// with it: the one still queued is cancelled rather than left for the next worker job to run for
+// nobody (Generate did so; Score left it queued).
+TEST_F(FakeClusterTest, AFailedScoringRequestCancelsItsOtherItems) {
+  CoordinatorOptions o = Options(kTiny, 1);
+  o.resume_timeout_s = 30;
+  o.limits.max_running_per_rank = 1;  // the second item waits in the queue
+  Start(o);
+  auto first = FormCluster(1);
+  v1::ScoreRequest req;
+  for (const std::vector<int32_t>& ctx : {std::vector<int32_t>{1, 2}, std::vector<int32_t>{3, 4}}) {
+    v1::ScoreItem* it = req.add_items();
+    it->mutable_context()->mutable_token_ids()->mutable_ids()->Assign(ctx.begin(), ctx.end());
+    it->mutable_continuation()->mutable_token_ids()->mutable_ids()->Add(5);
+  }
+  std::future<grpc::Status> call = std::async(std::launch::async, [&] {
+    grpc::ClientContext ctx;
+    v1::ScoreResponse resp;
+    return stub_->Score(&ctx, req, &resp);
+  });
+  ASSERT_TRUE(first[0]->WaitFor(Kind::kAssign, Millis(10000)));
+  first[0]->Drop();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kNotServing; }, seconds(10)));
+  auto second = FormCluster(1);
+  ASSERT_TRUE(second[0]->WaitFor(Kind::kAssign, Millis(10000)));  // the first item again
+  EXPECT_EQ(Stats().requests_waiting(), 1);  // the second
+  second[0]->Drop();
+  const grpc::Status done = call.get();
+  EXPECT_EQ(done.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(done.error_message().find("not resumed again"), std::string::npos) << done.error_message();
+  EXPECT_TRUE(PollUntil([&] { return Stats().requests_waiting() == 0; }, seconds(10)))
+      << Stats().requests_waiting() << " item(s) of the failed request still queued";
+}
+
 // Held requests fail once the resume timeout passes without a new worker job, naming the loss and
 // the flag.
 TEST_F(FakeClusterTest, HeldRequestsFailWhenNoWorkerJobComesWithinTheResumeTimeout) {
