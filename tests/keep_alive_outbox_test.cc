@@ -72,5 +72,38 @@ TEST(KeepAliveOutboxTest, StaysQuietWhileTheLoopHeartbeatsItself) {
   EXPECT_EQ(CountHeartbeats(out, 1), 10);
 }
 
+// A loop silent past the step timeout is taken for stuck: the repeats stop (so the coordinator's
+// heartbeat timeout finds the rank lost), and start again once the loop heartbeats itself.
+TEST(KeepAliveOutboxTest, StopsRepeatingOnceTheLoopIsSilentPastTheStepTimeout) {
+  RecordingOutbox out;
+  KeepAliveOutbox keep(out, milliseconds(10), /*step_timeout=*/milliseconds(200), "keep_alive_outbox_test");
+  moe::v1::WorkerMessage hb;
+  hb.mutable_heartbeat()->mutable_stats()->set_steps(3);
+  const auto sent = std::chrono::steady_clock::now();
+  keep.Send(hb);
+  // Repeats go out while within the timeout...
+  while (CountHeartbeats(out, 3) < 3 && std::chrono::steady_clock::now() - sent < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  EXPECT_GE(CountHeartbeats(out, 3), 3);
+  // ...and none once it has passed: the count settles (read well after the timeout, so only a repeat
+  // decided before it and held up 800 ms could still arrive, then again later).
+  std::this_thread::sleep_until(sent + milliseconds(1000));
+  const int settled = CountHeartbeats(out, 3);
+  std::this_thread::sleep_for(milliseconds(300));
+  EXPECT_EQ(CountHeartbeats(out, 3), settled);
+  // No repeat went out later than the timeout after the loop's heartbeat: at most one an interval
+  // (10 ms) over the 200 ms, however slowly the thread ran.
+  EXPECT_LE(settled, 200 / 10 + 2);
+  // The loop heartbeats again: repeats resume.
+  hb.mutable_heartbeat()->mutable_stats()->set_steps(4);
+  keep.Send(hb);
+  const auto again = std::chrono::steady_clock::now();
+  while (CountHeartbeats(out, 4) < 3 && std::chrono::steady_clock::now() - again < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  EXPECT_GE(CountHeartbeats(out, 4), 3);
+}
+
 }  // namespace
 }  // namespace moe

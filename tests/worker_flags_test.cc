@@ -65,6 +65,14 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->cluster_tls_cert_file, "/etc/w.pem");
   EXPECT_EQ(f->cluster_tls_key_file, "/etc/w.key");
+  f = ParseWorkerFlags({"--coordinator=h:1"});
+  EXPECT_EQ(f->step_timeout_s, 600);
+  f = ParseWorkerFlags({"--coordinator=h:1", "--step-timeout-s", "0"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->step_timeout_s, 0);  // never
+  f = ParseWorkerFlags({"--coordinator=h:1", "--step-timeout-s=30"});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->step_timeout_s, 30);
 }
 
 TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
@@ -96,6 +104,9 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--coordinator", "h:1", "--gpu-memory-utilization", "most"},
             "--gpu-memory-utilization: expected a number, got 'most'"},
            {{"--coordinator", "h:1", "--bogus", "1"}, "unknown flag '--bogus'"},
+           {{"--coordinator", "h:1", "--step-timeout-s", "-1"}, "--step-timeout-s: must be in [0, 2147483648], got -1"},
+           {{"--coordinator", "h:1", "--step-timeout-s", "1.5"}, "--step-timeout-s: expected a whole number of seconds"},
+           {{"--coordinator", "h:1", "--step-timeout-s=99999999999"}, "--step-timeout-s: must be in [0, "},
            {{"--device", "gpu"}, "--coordinator: required"},
            {{"--coordinator", "h:1", "--synthetic-weights", "1"}, "--synthetic-weights: needs --device gpu"},
            {{"--coordinator", "h:1", "--enable-prefix-caching=yes"}, "--enable-prefix-caching: takes no value"},

@@ -1,9 +1,18 @@
 #include "worker/server/keep_alive_outbox.h"
 
+#include <cstdio>
+#include <utility>
+
 namespace moe {
 
-KeepAliveOutbox::KeepAliveOutbox(Outbox& inner, std::chrono::milliseconds interval)
-    : inner_(inner), interval_(interval), last_sent_(std::chrono::steady_clock::now()) {
+KeepAliveOutbox::KeepAliveOutbox(Outbox& inner, std::chrono::milliseconds interval,
+                                 std::chrono::milliseconds step_timeout, std::string log_name)
+    : inner_(inner),
+      interval_(interval),
+      step_timeout_(step_timeout),
+      log_name_(std::move(log_name)),
+      last_sent_(std::chrono::steady_clock::now()),
+      last_from_loop_(last_sent_) {
   thread_ = std::thread(&KeepAliveOutbox::Run, this);
 }
 
@@ -21,7 +30,8 @@ void KeepAliveOutbox::Send(moe::v1::WorkerMessage msg) {
     std::lock_guard<std::mutex> lock(mu_);
     if (msg.has_heartbeat()) {
       last_heartbeat_ = msg;
-      last_sent_ = std::chrono::steady_clock::now();
+      last_sent_ = last_from_loop_ = std::chrono::steady_clock::now();
+      gave_up_ = false;
     }
   }
   inner_.Send(std::move(msg));
@@ -36,6 +46,18 @@ void KeepAliveOutbox::Run() {
       continue;
     }
     if (!last_heartbeat_) {  // nothing to repeat before the loop's first heartbeat
+      cv_.wait_for(lock, interval_);
+      continue;
+    }
+    if (step_timeout_.count() > 0 && std::chrono::steady_clock::now() - last_from_loop_ >= step_timeout_) {
+      if (!gave_up_) {
+        gave_up_ = true;
+        std::fprintf(stderr,
+                     "%s: the serving loop has sent nothing for %lld s (--step-timeout-s): its heartbeats stop, so "
+                     "the coordinator counts this rank lost\n",
+                     log_name_.empty() ? "moe-worker" : log_name_.c_str(),
+                     static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(step_timeout_).count()));
+      }
       cv_.wait_for(lock, interval_);
       continue;
     }

@@ -171,8 +171,9 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     lo.vocabulary = std::make_shared<const TokenTextTrie>(
         std::vector<std::string>(reg->token_texts().begin(), reg->token_texts().end()));
   }
-  // Heartbeats keep flowing during steps longer than the coordinator's timeout.
-  KeepAliveOutbox outbox(**link, lo.heartbeat_interval);
+  // Heartbeats keep flowing during steps longer than the coordinator's timeout, up to --step-timeout-s.
+  KeepAliveOutbox outbox(**link, lo.heartbeat_interval, std::chrono::seconds(flags->step_timeout_s),
+                         absl::StrCat("moe-worker [rank ", rank, "]"));
   ServingLoop loop(*engine, inbox, outbox, lo);
   const StopReason why = loop.Run();
   (*link)->Close();

@@ -8,6 +8,8 @@
 namespace moe {
 namespace {
 
+constexpr int64_t kMaxSeconds = int64_t{1} << 31;  // ~68 years: far from the chrono types' limits
+
 absl::Status FlagError(const std::string& flag, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(flag, ": ", what));
 }
@@ -28,6 +30,16 @@ absl::StatusOr<double> ParseFraction(const std::string& flag, const std::string&
   return v;
 }
 
+absl::StatusOr<int64_t> ParseSecondsOrZero(const std::string& flag, const std::string& s) {
+  int64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) {
+    return FlagError(flag, "expected a whole number of seconds, got '" + s + "'");
+  }
+  if (v < 0 || v > kMaxSeconds) return FlagError(flag, absl::StrCat("must be in [0, ", kMaxSeconds, "], got ", s));
+  return v;
+}
+
 absl::StatusOr<uint64_t> ParseSeed(const std::string& flag, const std::string& s) {
   uint64_t v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -44,7 +56,7 @@ std::string WorkerUsage() {
          "                  [--kv-block-size 16] [--max-batch-tokens 2048] [--device cpu|gpu]\n"
          "                  [--gpu-memory-utilization 0.9] [--synthetic-weights SEED] [--no-enable-prefix-caching]\n"
          "                  [--kv-admission on-demand|reserve] [--enable-peer-exchange]\n"
-         "                  [--device-exchange-experts cublas|wgmma]\n"
+         "                  [--device-exchange-experts cublas|wgmma] [--step-timeout-s 600]\n"
          "                  [--coordinator-tls-ca-file CA.pem [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem]]\n"
          "One process per rank: registers with the coordinator's cluster service, loads its shard of the\n"
          "model (--model defaults to the coordinator's), and serves the sequences assigned to it.\n"
@@ -76,7 +88,11 @@ std::string WorkerUsage() {
          "--kv-admission: on-demand (the default, as vLLM) admits a sequence once its prompt fits and takes\n"
          "KV blocks as it grows; when a step cannot get its blocks the newest sequence is preempted and later\n"
          "computes its prompt and tokens again (the same tokens). reserve (as TGI) admits a sequence only\n"
-         "once prompt + max_tokens fit beside every running sequence's: never preempts, runs fewer at once.\n";
+         "once prompt + max_tokens fit beside every running sequence's: never preempts, runs fewer at once.\n"
+         "--step-timeout-s: a step that has not ended after this long is taken for stuck (e.g. a collective a\n"
+         "peer cut off by a network fault never joins): the rank's heartbeats stop, so the coordinator counts\n"
+         "it lost (--heartbeat-timeout-s later) and a launcher with --restart-workers replaces the job. Slower\n"
+         "steps keep the rank alive until then; 0: never.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
@@ -108,7 +124,8 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
         flag != "--cluster-tls-key-file" && flag != "--model" && flag != "--kv-tokens" &&
         flag != "--kv-block-size" &&
         flag != "--max-batch-tokens" && flag != "--device" && flag != "--gpu-memory-utilization" &&
-        flag != "--synthetic-weights" && flag != "--kv-admission" && flag != "--device-exchange-experts") {
+        flag != "--synthetic-weights" && flag != "--kv-admission" && flag != "--device-exchange-experts" &&
+        flag != "--step-timeout-s") {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag '", flag, "'"));
     }
     if (!has_inline) {
@@ -162,6 +179,8 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       MOE_ASSIGN_OR_RETURN(f.synthetic_seed, ParseSeed(flag, val));
     } else if (flag == "--gpu-memory-utilization") {
       MOE_ASSIGN_OR_RETURN(f.gpu_memory_utilization, ParseFraction(flag, val));
+    } else if (flag == "--step-timeout-s") {
+      MOE_ASSIGN_OR_RETURN(f.step_timeout_s, ParseSecondsOrZero(flag, val));
     } else {
       MOE_ASSIGN_OR_RETURN(f.max_batch_tokens, ParsePositive(flag, val));
     }
