@@ -18,7 +18,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// How often a waiting handler checks for client cancellation and deadlines.
+// How often the calls waiting for results are checked for client cancellation and deadlines (by
+// one thread for all of them: CancelWatch).
 constexpr std::chrono::milliseconds kCancelPoll(20);
 
 double SecondsSince(Clock::time_point t, Clock::time_point now = Clock::now()) {
@@ -70,7 +71,7 @@ absl::Status CheckQueueCapacity(size_t seqs, int64_t max_waiting, const std::str
 
 InferenceService::InferenceService(const RequestModel& model, ClusterState& state, ServingStats& stats,
                                    std::vector<std::string> api_keys)
-    : model_(model), state_(state), stats_(stats), api_keys_(std::move(api_keys)) {}
+    : model_(model), state_(state), stats_(stats), api_keys_(std::move(api_keys)), cancel_watch_(kCancelPoll) {}
 
 grpc::Status InferenceService::Authorized(const grpc::ServerContext* context) const {
   if (api_keys_.empty()) return grpc::Status::OK;
@@ -104,6 +105,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   std::vector<SeqSubmission> seqs;
   for (uint32_t i = 0; i < n; ++i) seqs.push_back({job->CompletionAssign(i), job->reserve_positions()});
   auto mailbox = std::make_shared<Mailbox>();
+  const CancelWatch::Registration watched(cancel_watch_, context, mailbox);
   // Its completions' queue times count from their Submit, just after this.
   const Clock::time_point admitted = Clock::now();
   absl::StatusOr<std::vector<uint64_t>> ids = state_.Submit(std::move(seqs), mailbox);
@@ -167,7 +169,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context, const v1::
   }
   std::optional<Clock::time_point> last_tokens_at;
   while (remaining > 0) {
-    std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);
+    std::vector<SeqEvent> events = mailbox->Take();
     if (context->IsCancelled()) {  // the client cancelled or its deadline passed
       cancel_rest();
       return end(v1::FINISH_REASON_CANCELLED, grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled"));
@@ -267,6 +269,7 @@ absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::Serve
     tokens += seqs[i].assign.prompt_size();
   }
   auto mailbox = std::make_shared<Mailbox>();
+  const CancelWatch::Registration watched(cancel_watch_, context, mailbox);
   MOE_ASSIGN_OR_RETURN(std::vector<uint64_t> ids, state_.Submit(std::move(seqs), mailbox));
   stats_.AddPromptTokens(tokens);
   std::unordered_map<uint64_t, size_t> index;
@@ -280,7 +283,7 @@ absl::StatusOr<std::vector<v1::Scored>> InferenceService::RunScoring(grpc::Serve
     }
   };
   while (remaining > 0) {
-    std::vector<SeqEvent> events = mailbox->Take(kCancelPoll);
+    std::vector<SeqEvent> events = mailbox->Take();
     if (context->IsCancelled()) {
       cancel_rest();
       return absl::CancelledError("request cancelled");

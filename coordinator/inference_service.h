@@ -10,6 +10,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "coordinator/cancel_watch.h"
 #include "coordinator/cluster_state.h"
 #include "coordinator/serving_stats.h"
 #include "coordinator/validation.h"
@@ -52,6 +53,8 @@ class InferenceService final : public v1::Inference::Service {
   ClusterState& state_;
   ServingStats& stats_;
   std::vector<std::string> api_keys_;
+  // Wakes Generate and scoring handlers waiting for results once their call is cancelled.
+  CancelWatch cancel_watch_;
 };
 
 }  // namespace moe
