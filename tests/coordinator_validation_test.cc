@@ -131,6 +131,36 @@ TEST_F(ValidationTest, TextTooLongForAnyEncodingIsRefusedBeforeItIsEncoded) {
   EXPECT_EQ(truncated->assign.prompt_size(), 8);
 }
 
+// A score item's texts too long for the context whatever they encode to are refused before they
+// are encoded, as a Generate prompt (a 256 MB context took ~30 s and 2.6 GB to be refused after);
+// one that might fit is encoded and checked as before.
+TEST_F(ValidationTest, ScoreTextsTooLongForAnyEncodingAreRefusedBeforeTheyAreEncoded) {
+  const RequestModel m = shakespeare();
+  const size_t per_token = m.tokenizer->max_token_bytes();
+  const size_t bytes = static_cast<size_t>(m.context()) * per_token;
+  auto item = [](const std::string& context, const std::string& continuation, std::vector<int32_t> ids = {}) {
+    v1::ScoreRequest r;
+    v1::ScoreItem* it = r.add_items();
+    it->mutable_context()->set_text(context);
+    if (ids.empty()) {
+      it->mutable_continuation()->set_text(continuation);
+    } else {
+      it->mutable_continuation()->mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.end());
+    }
+    return r;
+  };
+  for (const v1::ScoreRequest& r : {item(std::string(bytes, 'a'), " b"), item("a", std::string(bytes + 2 * per_token, 'b')),
+                                    item(std::string(bytes, 'a'), "", {5, 6})}) {
+    const absl::Status refused = ValidateScore(r, m).status();
+    EXPECT_TRUE(NamesField(refused, "items[0] (context + continuation)")) << refused;
+    EXPECT_TRUE(absl::StrContains(refused.message(), "at least")) << refused;
+  }
+  // Within the bound: encoded, then refused (or not) on its tokens.
+  const absl::Status counted = ValidateScore(item(std::string(bytes / 2, 'a'), std::string(bytes / 2, 'b')), m).status();
+  EXPECT_FALSE(absl::StrContains(counted.message(), "at least")) << counted;
+  EXPECT_TRUE(ValidateScore(item("ROMEO: the king", " is dead"), m).ok());
+}
+
 TEST_F(ValidationTest, TextPromptUsesTheModelTokenizerAndProtoDefaults) {
   v1::GenerateRequest r;
   r.mutable_prompt()->set_text("ROMEO:");

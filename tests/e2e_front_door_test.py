@@ -8,6 +8,8 @@ with deploy/launch-cluster.sh.
   ranks beside it; the cluster all but stopped). Counted in the coordinator's context switches, a
   measure that does not depend on the machine's speed: a timer per request gives ~50 a request a
   second, the watcher well under 1. They still end when cancelled, and the rest complete.
+- A Score item whose text could not fit the context whatever it encodes to is refused before it is
+  encoded (INVALID_ARGUMENT naming the item), as a Generate prompt is.
 
 Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
 """
@@ -111,6 +113,18 @@ class FrontDoor(unittest.TestCase):
             texts.add("".join(m.text for m in messages))
         self.assertEqual(len(texts), 1)  # greedy: all the same
         wait_until_idle(self.client, 60, "after the waiting requests")
+
+    def test_a_score_text_too_long_for_any_encoding_is_refused_before_it_is_encoded(self):
+        # 64 MB: encoded, it took ~7 s and ~700 MB of the coordinator's memory to be refused.
+        item = pb.ScoreItem(context=pb.Prompt(text="the king is dead " * (4 << 20)), continuation=pb.Prompt(text=" long"))
+        channel = grpc.insecure_channel(self.cluster.address, options=[("grpc.max_send_message_length", 128 << 20)])
+        try:
+            with self.assertRaises(grpc.RpcError) as e:
+                inference_pb2_grpc.InferenceStub(channel).Score(pb.ScoreRequest(items=[item]), timeout=120)
+        finally:
+            channel.close()
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("items[0] (context + continuation): at least", e.exception.details())
 
 
 if __name__ == "__main__":
