@@ -96,13 +96,22 @@ class FrontDoor(unittest.TestCase):
             self.assertLess(per_request_second, 5, f"{switches} context switches of the coordinator in 2 s "
                                                    f"with {n} requests waiting")
             # A waiting call still ends when its client cancels it (its rank, stopped, frees the slot
-            # once it runs again).
+            # once it runs again). The client's side of a cancelled call ends CANCELLED whatever the
+            # server does, so the coordinator's count of finished requests says whether its handlers
+            # woke: with the ranks still stopped nothing else can finish, and a handler that nothing
+            # woke would end only once its rank ran again.
+            finished_before = self.client.stats().requests_finished
             for c in calls[:10]:
                 c.cancel()
             for c in calls[:10]:
                 with self.assertRaises(grpc.RpcError) as e:
                     list(c)
                 self.assertEqual(e.exception.code(), grpc.StatusCode.CANCELLED)
+            deadline = time.monotonic() + 60
+            while self.client.stats().requests_finished - finished_before < 10 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(self.client.stats().requests_finished - finished_before, 10,
+                             "the coordinator did not end the cancelled requests while their ranks were stopped")
         finally:
             for pid in ranks:
                 os.kill(pid, signal.SIGCONT)
