@@ -73,10 +73,13 @@ TEST(KeepAliveOutboxTest, StaysQuietWhileTheLoopHeartbeatsItself) {
 }
 
 // A loop silent past the step timeout is taken for stuck: the repeats stop (so the coordinator's
-// heartbeat timeout finds the rank lost), and start again once the loop heartbeats itself.
+// heartbeat timeout finds the rank lost), and start again once the loop heartbeats itself. The step
+// timeout (1 s) is a hundred intervals: a slow or loaded machine only has to run the repeating thread
+// a few times in that second, and a repeat decided before the timeout has 1.5 s more to arrive.
 TEST(KeepAliveOutboxTest, StopsRepeatingOnceTheLoopIsSilentPastTheStepTimeout) {
+  constexpr milliseconds kInterval(10), kStepTimeout(1000);
   RecordingOutbox out;
-  KeepAliveOutbox keep(out, milliseconds(10), /*step_timeout=*/milliseconds(200), "keep_alive_outbox_test");
+  KeepAliveOutbox keep(out, kInterval, kStepTimeout, "keep_alive_outbox_test");
   moe::v1::WorkerMessage hb;
   hb.mutable_heartbeat()->mutable_stats()->set_steps(3);
   const auto sent = std::chrono::steady_clock::now();
@@ -86,15 +89,14 @@ TEST(KeepAliveOutboxTest, StopsRepeatingOnceTheLoopIsSilentPastTheStepTimeout) {
     std::this_thread::sleep_for(milliseconds(5));
   }
   EXPECT_GE(CountHeartbeats(out, 3), 3);
-  // ...and none once it has passed: the count settles (read well after the timeout, so only a repeat
-  // decided before it and held up 800 ms could still arrive, then again later).
-  std::this_thread::sleep_until(sent + milliseconds(1000));
+  // ...and none once it has passed: the count settles.
+  std::this_thread::sleep_until(sent + kStepTimeout + milliseconds(1500));
   const int settled = CountHeartbeats(out, 3);
   std::this_thread::sleep_for(milliseconds(300));
   EXPECT_EQ(CountHeartbeats(out, 3), settled);
   // No repeat went out later than the timeout after the loop's heartbeat: at most one an interval
-  // (10 ms) over the 200 ms, however slowly the thread ran.
-  EXPECT_LE(settled, 200 / 10 + 2);
+  // over it, however slowly the thread ran.
+  EXPECT_LE(settled, kStepTimeout / kInterval + 2);
   // The loop heartbeats again: repeats resume.
   hb.mutable_heartbeat()->mutable_stats()->set_steps(4);
   keep.Send(hb);
