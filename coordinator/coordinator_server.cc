@@ -280,7 +280,9 @@ void CoordinatorServer::Shutdown() {
   if (!state_->WaitWorkersGone(Clock::now() + std::chrono::seconds(3))) {
     std::fprintf(stderr, "moe-coordinator: some worker ranks did not leave after Shutdown\n");
   }
-  // Handlers poll for cancellation, so they end well within the deadline.
+  // FailAll above woke every handler waiting for results (they no longer poll on a timer); calls
+  // still open at the deadline are cancelled, which ends a blocked Write and, through the
+  // InferenceService's CancelWatch (every 20 ms), a handler waiting in its Mailbox.
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(2);
   if (public_server_) public_server_->Shutdown(deadline);
   if (cluster_server_) cluster_server_->Shutdown(deadline);
