@@ -270,10 +270,11 @@ TEST_F(E2eRankLossResumed, AKilledRanksStreamGoesOnOnTheNextWorkerJobWithTheSame
 
 // The coordinator dies while the ranks load their shards (after Register, before their Serve
 // streams): the job must end by itself, exit status 1, each rank saying it lost the coordinator and
-// why (the Serve stream's status). Rank 1 is held (SIGSTOP) mid-load, so no rank can open its
-// stream (they meet in a collective after loading) until the coordinator has been gone a while:
-// where the ranks' channels had seen the loss by then, the stream (wait_for_ready) waited for a
-// connection for ever and the job hung, outside launch-cluster.sh with nothing to end it.
+// why (the Serve stream's status, or that it could not reach the coordinator to open the stream
+// within the connect timeout). Rank 1 is held (SIGSTOP) mid-load, so no rank can open its stream
+// (they meet in a collective after loading) until the coordinator has been gone a while: where the
+// ranks' channels had seen the loss by then, the stream (wait_for_ready) waited for a connection
+// for ever and the job hung, outside launch-cluster.sh with nothing to end it.
 TEST(E2eCoordinatorLoss, ACoordinatorLostWhileTheRanksLoadEndsTheJobNamingIt) {
   testing_ref::SetMpiTestEnvironment();
   Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {}});
@@ -295,7 +296,9 @@ TEST(E2eCoordinatorLoss, ACoordinatorLostWhileTheRanksLoadEndsTheJobNamingIt) {
   EXPECT_NE(*job, 0);
   const std::string log = cluster.WorkersLog();
   const std::string lost = "lost the coordinator at 127.0.0.1:" + std::to_string(cluster.ports().cluster_port);
-  const bool named = log.find(lost) != std::string::npos ||
+  const std::string unreachable = "cannot reach the coordinator at 127.0.0.1:" +
+                                  std::to_string(cluster.ports().cluster_port) + " within ";  // to open the stream
+  const bool named = log.find(lost) != std::string::npos || log.find(unreachable) != std::string::npos ||
                      log.find("Register with 127.0.0.1:") != std::string::npos;  // it died before answering
   EXPECT_TRUE(named) << log;
   if (log.find(lost) != std::string::npos) {  // with the Serve stream's status, the reason

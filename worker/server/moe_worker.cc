@@ -150,7 +150,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   if (flags->enable_prefix_caching) engine->EnablePrefixCache();
 
   Inbox inbox;
-  if (AnyRankFailed(comm, (*link)->OpenStream(inbox))) return 1;
+  if (AnyRankFailed(comm, (*link)->OpenStream(inbox, kConnectTimeout))) return 1;
   moe::v1::WorkerMessage loaded;
   loaded.mutable_loaded()->set_rank(rank);
   loaded.mutable_loaded()->set_weight_bytes(engine->weight_bytes());
