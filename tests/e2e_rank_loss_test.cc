@@ -268,14 +268,15 @@ TEST_F(E2eRankLossResumed, AKilledRanksStreamGoesOnOnTheNextWorkerJobWithTheSame
   EXPECT_EQ(st.mpirun, 0);
 }
 
-// The coordinator dies while the ranks load their shards (after Register, before their Serve
-// streams): the job must end by itself, exit status 1, each rank saying it lost the coordinator and
-// why (the Serve stream's status, or that it could not reach the coordinator to open the stream
-// within the connect timeout). Rank 1 is held (SIGSTOP) mid-load, so no rank can open its stream
-// (they meet in a collective after loading) until the coordinator has been gone a while: where the
-// ranks' channels had seen the loss by then, the stream (wait_for_ready) waited for a connection
-// for ever and the job hung, outside launch-cluster.sh with nothing to end it.
-TEST(E2eCoordinatorLoss, ACoordinatorLostWhileTheRanksLoadEndsTheJobNamingIt) {
+// The coordinator dies as the ranks load their shards (rank 1 held by SIGSTOP from its first
+// "loading" line until the coordinator has been gone 2 s): the job must end by itself, exit status
+// 1, each rank saying it lost the coordinator and why (the Serve stream's status, or that it could
+// not reach the coordinator to open the stream within the connect timeout). The default model loads
+// in well under a second, so the ranks have mostly opened their streams by the time rank 1 is held:
+// this checks the ending and its message, not reliably the load-time hang the change mended (a Serve
+// stream opened with wait_for_ready after the coordinator had gone waited for ever; reproduced by
+// hand with a slower load, commit d5a518e).
+TEST(E2eCoordinatorLoss, ACoordinatorLostAsTheRanksLoadEndsTheJobNamingWhy) {
   testing_ref::SetMpiTestEnvironment();
   Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {}});
   ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok()) << cluster.LogTail();
