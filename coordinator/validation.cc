@@ -336,11 +336,19 @@ absl::StatusOr<GenerateJob> ValidateGenerate(const v1::GenerateRequest& request,
   a.set_top_p(sampling.top_p);
   a.set_seed(s.has_seed() ? s.seed() : RandomSeed());
   a.set_ignore_eos(s.ignore_eos());
-  *a.mutable_stop_token_ids() = s.stop_token_ids();
-  if (!s.ignore_eos()) {
-    for (int32_t id : model.extra_stop_token_ids) {
-      if (std::find(a.stop_token_ids().begin(), a.stop_token_ids().end(), id) == a.stop_token_ids().end()) a.add_stop_token_ids(id);
+  // Each id once, in the order given (vLLM keeps them as a set): the list goes to the rank with
+  // every completion, and 10 million copies of one id were 40 MB a completion.
+  std::vector<bool> stops(static_cast<size_t>(vocab), false);
+  const auto add_stop = [&](int32_t id) {
+    if (id < 0 || id >= vocab) return;  // (never: the request's are checked above, the model's at start)
+    if (!stops[static_cast<size_t>(id)]) {
+      stops[static_cast<size_t>(id)] = true;
+      a.add_stop_token_ids(id);
     }
+  };
+  for (int32_t id : s.stop_token_ids()) add_stop(id);  // checked against the vocabulary above
+  if (!s.ignore_eos()) {
+    for (int32_t id : model.extra_stop_token_ids) add_stop(id);
   }
   a.set_top_logprobs(s.has_logprobs() ? s.logprobs() : 0);
   if (s.has_prompt_logprobs()) a.set_prompt_logprobs(s.prompt_logprobs());

@@ -372,6 +372,12 @@ TEST_F(ValidationTest, GenerationConfigDirEndIdsJoinTheStopTokenIds) {
             (std::vector<int32_t>{11, 3}))
       << "the request's own stop ids stay";
   EXPECT_EQ(ValueOrThrow(ValidateGenerate(Ids({5, 6}), shakespeare())).assign.stop_token_ids_size(), 0);
+  // Each id once, first come first: a million copies are one id, not 4 MB sent with every completion.
+  v1::GenerateRequest many = Ids({5, 6});
+  for (int i = 0; i < 1000000; ++i) many.mutable_sampling()->add_stop_token_ids(i % 2 == 0 ? 11 : 4);
+  const GenerateJob once = ValueOrThrow(ValidateGenerate(many, model));
+  EXPECT_EQ(std::vector<int32_t>(once.assign.stop_token_ids().begin(), once.assign.stop_token_ids().end()),
+            (std::vector<int32_t>{11, 4, 7}));
 }
 
 TEST_F(ValidationTest, CacheSaltBecomesThePromptsPrefixRoot) {
