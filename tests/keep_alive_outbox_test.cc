@@ -19,6 +19,16 @@ int CountHeartbeats(const RecordingOutbox& out, uint64_t steps) {
   return n;
 }
 
+// Waits (polling, at most 5 s: a loaded machine only makes the test slower) until `out` holds at
+// least `count` heartbeats of step `steps`; returns how many it holds then.
+int AwaitHeartbeats(const RecordingOutbox& out, uint64_t steps, int count) {
+  const auto start = std::chrono::steady_clock::now();
+  while (CountHeartbeats(out, steps) < count && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  return CountHeartbeats(out, steps);
+}
+
 TEST(KeepAliveOutboxTest, RepeatsTheLastHeartbeatWhileSilent) {
   RecordingOutbox out;
   {
@@ -36,9 +46,7 @@ TEST(KeepAliveOutboxTest, RepeatsTheLastHeartbeatWhileSilent) {
     // A silent stretch: the heartbeat of step 7 goes out again and again, about once an interval
     // (polled with a deadline, so a loaded machine only makes the test slower).
     const auto start = std::chrono::steady_clock::now();
-    while (CountHeartbeats(out, 7) < 5 && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
-      std::this_thread::sleep_for(milliseconds(5));
-    }
+    AwaitHeartbeats(out, 7, 5);
     const auto elapsed = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start);
     const int repeats = CountHeartbeats(out, 7) - 1;
     EXPECT_GE(repeats, 4);
@@ -47,11 +55,7 @@ TEST(KeepAliveOutboxTest, RepeatsTheLastHeartbeatWhileSilent) {
     // A newer heartbeat replaces the one repeated.
     hb.mutable_heartbeat()->mutable_stats()->set_steps(8);
     keep.Send(hb);
-    const auto start8 = std::chrono::steady_clock::now();
-    while (CountHeartbeats(out, 8) < 3 && std::chrono::steady_clock::now() - start8 < std::chrono::seconds(5)) {
-      std::this_thread::sleep_for(milliseconds(5));
-    }
-    EXPECT_GE(CountHeartbeats(out, 8), 3);
+    EXPECT_GE(AwaitHeartbeats(out, 8, 3), 3);
   }
   // The first two messages passed through in order.
   const auto messages = out.messages();
@@ -85,10 +89,7 @@ TEST(KeepAliveOutboxTest, StopsRepeatingOnceTheLoopIsSilentPastTheStepTimeout) {
   const auto sent = std::chrono::steady_clock::now();
   keep.Send(hb);
   // Repeats go out while within the timeout...
-  while (CountHeartbeats(out, 3) < 3 && std::chrono::steady_clock::now() - sent < std::chrono::seconds(5)) {
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  EXPECT_GE(CountHeartbeats(out, 3), 3);
+  EXPECT_GE(AwaitHeartbeats(out, 3, 3), 3);
   // ...and none once it has passed: the count settles.
   std::this_thread::sleep_until(sent + kStepTimeout + milliseconds(1500));
   const int settled = CountHeartbeats(out, 3);
@@ -100,11 +101,7 @@ TEST(KeepAliveOutboxTest, StopsRepeatingOnceTheLoopIsSilentPastTheStepTimeout) {
   // The loop heartbeats again: repeats resume.
   hb.mutable_heartbeat()->mutable_stats()->set_steps(4);
   keep.Send(hb);
-  const auto again = std::chrono::steady_clock::now();
-  while (CountHeartbeats(out, 4) < 3 && std::chrono::steady_clock::now() - again < std::chrono::seconds(5)) {
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  EXPECT_GE(CountHeartbeats(out, 4), 3);
+  EXPECT_GE(AwaitHeartbeats(out, 4, 3), 3);
 }
 
 }  // namespace
