@@ -364,8 +364,7 @@ grpc::Status InferenceService::Score(grpc::ServerContext* context, const v1::Sco
 grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const v1::ScoreRollingRequest* request,
                                             v1::ScoreRollingResponse* response) {
   if (grpc::Status key = Authorized(context); !key.ok()) return key;
-  absl::StatusOr<std::vector<std::vector<int32_t>>> texts =
-      ValidateScoreRolling(*request, model_, state_.setup().limits.max_waiting);
+  absl::StatusOr<std::vector<std::vector<int32_t>>> texts = ValidateScoreRolling(*request, model_);
   if (!texts.ok()) return ToGrpcStatus(texts.status());
   const int64_t context_len = model_.context();
   std::vector<std::vector<ScoreWindow>> windows;

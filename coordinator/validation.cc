@@ -10,7 +10,6 @@
 #include "common/json_util.h"
 #include "common/prefix_hash.h"
 #include "common/random_seed.h"
-#include "coordinator/score_windows.h"
 #include "worker/gbnf.h"
 #include "worker/json_schema.h"
 #include "worker/logits_penalties.h"
@@ -451,30 +450,13 @@ absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& requ
 }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
-                                                                       const RequestModel& model, int64_t max_windows) {
+                                                                       const RequestModel& model) {
   if (request.texts().empty()) return FieldError("texts", "empty");
   if (request.top_logprobs() > kMaxLogprobs) {
     return FieldError("top_logprobs", absl::StrCat("at most ", kMaxLogprobs, ", got ", request.top_logprobs()));
   }
   if (request.top_logprobs() > static_cast<uint32_t>(model.config.vocab_size)) {
     return FieldError("top_logprobs", absl::StrCat("exceeds the vocabulary size ", model.config.vocab_size));
-  }
-  // The windows the texts need at the least (a text's tokens at least its bytes over the longest
-  // token's): more than the queue holds is refused before anything is encoded, as the service
-  // refuses it after (a 20 MB text took 257 MB of the coordinator's memory to be refused).
-  if (model.tokenizer != nullptr) {
-    int64_t windows = 0;
-    for (const v1::Prompt& text : request.texts()) {
-      const int64_t at_least = text.kind_case() == v1::Prompt::kText
-                                   ? CeilDiv(CountedBytes(*model.tokenizer, text.text()), model.tokenizer->max_token_bytes())
-                                   : text.token_ids().ids_size();
-      windows += static_cast<int64_t>(RollingWindows(at_least, model.context()).size());
-    }
-    if (windows > max_windows) {
-      return FieldError("texts", absl::StrCat("at least ", windows, " sequences (rolling windows of ", model.context(),
-                                              " tokens) exceed the coordinator's queue of ", max_windows,
-                                              " (--max-waiting); send fewer at a time"));
-    }
   }
   std::vector<std::vector<int32_t>> out;
   for (int i = 0; i < request.texts_size(); ++i) {

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -111,10 +110,8 @@ struct ScoreJob {
 absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& request, const RequestModel& model);
 
 // The token ids of every text (BOS per the tokenizer config for text); any length (long texts are
-// scored in rolling windows). Texts that need more than `max_windows` windows whatever they encode
-// to (the coordinator's --max-waiting) are refused before they are encoded.
-absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(
-    const v1::ScoreRollingRequest& request, const RequestModel& model,
-    int64_t max_windows = std::numeric_limits<int64_t>::max());
+// scored in rolling windows).
+absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
+                                                                       const RequestModel& model);
 
 }  // namespace moe

@@ -796,27 +796,6 @@ TEST_F(ValidationTest, ScoreRollingFields) {
   EXPECT_TRUE(NamesField(ValidateScoreRolling(r, shakespeare()).status(), "top_logprobs"));
 }
 
-// Texts that need more rolling windows than the queue holds whatever they encode to are refused
-// before they are encoded; the bound counts a text's tokens from its bytes (at most the longest
-// token's a token) and token ids as given, and the windows as RollingWindows makes them.
-TEST_F(ValidationTest, ScoreRollingTextsNeedingMoreWindowsThanTheQueueAreRefusedBeforeTheyAreEncoded) {
-  const RequestModel m = shakespeare();
-  const int64_t per_token = static_cast<int64_t>(m.tokenizer->max_token_bytes());
-  v1::ScoreRollingRequest r;
-  // At least 10 windows' worth of tokens whatever it encodes to, and 3 windows of ids.
-  r.add_texts()->set_text(std::string(static_cast<size_t>(10 * m.context() * per_token), 'a'));
-  std::vector<int32_t> ids(static_cast<size_t>(2 * m.context()), 5);
-  r.add_texts()->mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.end());
-  const int64_t windows = static_cast<int64_t>(RollingWindows(10 * m.context(), m.context()).size() +
-                                               RollingWindows(2 * m.context(), m.context()).size());
-  const absl::Status refused = ValidateScoreRolling(r, m, windows - 1).status();
-  EXPECT_TRUE(NamesField(refused, "texts")) << refused;
-  EXPECT_TRUE(absl::StrContains(refused.message(), absl::StrCat("at least ", windows, " sequences"))) << refused;
-  EXPECT_TRUE(absl::StrContains(refused.message(), "--max-waiting")) << refused;
-  // Within the bound: encoded (its real windows are the service's to count against the queue).
-  EXPECT_TRUE(ValidateScoreRolling(r, m, windows).ok());
-}
-
 TEST_F(ValidationTest, TokenizeHonoursAddBos) {
   const TextCodec& tok = **codec_;
   std::vector<int32_t> bare = tok.Encode("ROMEO:");  // this tokenizer adds no BOS by default
