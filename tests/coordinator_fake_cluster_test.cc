@@ -339,6 +339,7 @@ TEST_F(FakeClusterTest, AFailedScoringRequestCancelsItsOtherItems) {
   }
   std::future<grpc::Status> call = std::async(std::launch::async, [&] {
     grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));  // a failed ASSERT cannot leave it waiting
     v1::ScoreResponse resp;
     return stub_->Score(&ctx, req, &resp);
   });

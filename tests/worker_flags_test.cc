@@ -66,6 +66,7 @@ TEST(WorkerFlagsTest, DefaultsAndValues) {
   EXPECT_EQ(f->cluster_tls_cert_file, "/etc/w.pem");
   EXPECT_EQ(f->cluster_tls_key_file, "/etc/w.key");
   f = ParseWorkerFlags({"--coordinator=h:1"});
+  ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->step_timeout_s, 600);
   f = ParseWorkerFlags({"--coordinator=h:1", "--step-timeout-s", "0"});
   ASSERT_TRUE(f.ok()) << f.status();
@@ -107,6 +108,8 @@ TEST(WorkerFlagsTest, ErrorsNameTheFlag) {
            {{"--coordinator", "h:1", "--step-timeout-s", "-1"}, "--step-timeout-s: must be in [0, 2147483648], got -1"},
            {{"--coordinator", "h:1", "--step-timeout-s", "1.5"}, "--step-timeout-s: expected a whole number of seconds"},
            {{"--coordinator", "h:1", "--step-timeout-s=99999999999"}, "--step-timeout-s: must be in [0, "},
+           {{"--coordinator", "h:1", "--step-timeout-s=99999999999999999999"}, "--step-timeout-s: must be at most "},
+           {{"--coordinator", "h:1", "--step-timeout-s", "5"}, "--step-timeout-s: must be 0 (never) or at least 10 s, got 5"},
            {{"--device", "gpu"}, "--coordinator: required"},
            {{"--coordinator", "h:1", "--synthetic-weights", "1"}, "--synthetic-weights: needs --device gpu"},
            {{"--coordinator", "h:1", "--enable-prefix-caching=yes"}, "--enable-prefix-caching: takes no value"},

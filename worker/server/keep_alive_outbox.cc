@@ -53,7 +53,7 @@ void KeepAliveOutbox::Run() {
       if (!gave_up_) {
         gave_up_ = true;
         std::fprintf(stderr,
-                     "%s: the serving loop has sent nothing for %lld s (--step-timeout-s): its heartbeats stop, so "
+                     "%s: the serving loop has sent no heartbeat for %lld s (--step-timeout-s): the repeats stop, so "
                      "the coordinator counts this rank lost\n",
                      log_name_.empty() ? "moe-worker" : log_name_.c_str(),
                      static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(step_timeout_).count()));

@@ -9,6 +9,7 @@ namespace moe {
 namespace {
 
 constexpr int64_t kMaxSeconds = int64_t{1} << 31;  // ~68 years: far from the chrono types' limits
+constexpr int64_t kMinStepTimeoutSeconds = 10;
 
 absl::Status FlagError(const std::string& flag, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(flag, ": ", what));
@@ -33,6 +34,7 @@ absl::StatusOr<double> ParseFraction(const std::string& flag, const std::string&
 absl::StatusOr<int64_t> ParseSecondsOrZero(const std::string& flag, const std::string& s) {
   int64_t v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec == std::errc::result_out_of_range) return FlagError(flag, absl::StrCat("must be at most ", kMaxSeconds, ", got ", s));
   if (ec != std::errc() || p != s.data() + s.size() || s.empty()) {
     return FlagError(flag, "expected a whole number of seconds, got '" + s + "'");
   }
@@ -89,10 +91,11 @@ std::string WorkerUsage() {
          "KV blocks as it grows; when a step cannot get its blocks the newest sequence is preempted and later\n"
          "computes its prompt and tokens again (the same tokens). reserve (as TGI) admits a sequence only\n"
          "once prompt + max_tokens fit beside every running sequence's: never preempts, runs fewer at once.\n"
-         "--step-timeout-s: a step that has not ended after this long is taken for stuck (e.g. a collective a\n"
-         "peer cut off by a network fault never joins): the rank's heartbeats stop, so the coordinator counts\n"
-         "it lost (--heartbeat-timeout-s later) and a launcher with --restart-workers replaces the job. Slower\n"
-         "steps keep the rank alive until then; 0: never.\n";
+         "--step-timeout-s: a serving loop that has sent no heartbeat of its own for this long (one step that\n"
+         "does not end, e.g. in a collective a peer cut off by a network fault never joins) is taken for stuck:\n"
+         "the rank's repeated heartbeats stop, so the coordinator counts it lost (--heartbeat-timeout-s later)\n"
+         "and a launcher with --restart-workers replaces the job. Slower steps keep the rank alive until then;\n"
+         "0: never, else at least 10.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
@@ -181,6 +184,11 @@ absl::StatusOr<WorkerFlags> ParseWorkerFlags(const std::vector<std::string>& arg
       MOE_ASSIGN_OR_RETURN(f.gpu_memory_utilization, ParseFraction(flag, val));
     } else if (flag == "--step-timeout-s") {
       MOE_ASSIGN_OR_RETURN(f.step_timeout_s, ParseSecondsOrZero(flag, val));
+      // Timed from the loop's last heartbeat, which a busy loop sends about once a second: a few
+      // seconds would take healthy ranks for stuck.
+      if (f.step_timeout_s > 0 && f.step_timeout_s < kMinStepTimeoutSeconds) {
+        return FlagError(flag, absl::StrCat("must be 0 (never) or at least ", kMinStepTimeoutSeconds, " s, got ", val));
+      }
     } else {
       MOE_ASSIGN_OR_RETURN(f.max_batch_tokens, ParsePositive(flag, val));
     }

@@ -42,10 +42,11 @@ struct WorkerFlags {
   // device_exchange_wgmma). cuBLAS (the default) waits for the counts on the host once a layer;
   // wgmma reads them on the device, so such steps are CUDA graphs too.
   std::string device_exchange_experts = "cublas";
-  // A serving-loop iteration (a step) that has not ended after this many seconds is taken for stuck
-  // (e.g. a collective a peer never joins): the rank stops heartbeating (KeepAliveOutbox), so the
-  // coordinator counts it lost. 0: never. As vLLM's VLLM_ENGINE_ITERATION_TIMEOUT_S, but generous:
-  // a CPU rank's step of a large model may take minutes.
+  // A serving loop that has sent no heartbeat of its own for this many seconds (a step that does not
+  // end, e.g. in a collective a peer never joins) is taken for stuck: the rank stops heartbeating
+  // (KeepAliveOutbox), so the coordinator counts it lost. 0: never, else at least 10 (the loop
+  // heartbeats about once a second). As vLLM's VLLM_ENGINE_ITERATION_TIMEOUT_S, but generous: a CPU
+  // rank's step of a large model may take minutes.
   int64_t step_timeout_s = 600;
   bool help = false;
 };
