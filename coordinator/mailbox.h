@@ -47,15 +47,10 @@ class Mailbox {
   }
 
   // Everything posted so far, waiting for at least one event or an Interrupt (then it may be
-  // empty), at most `timeout`.
-  std::vector<SeqEvent> Take(std::chrono::milliseconds timeout = std::chrono::milliseconds::max()) {
+  // empty).
+  std::vector<SeqEvent> Take() {
     std::unique_lock<std::mutex> lock(mu_);
-    const auto ready = [&] { return !events_.empty() || interrupted_; };
-    if (timeout == std::chrono::milliseconds::max()) {
-      cv_.wait(lock, ready);
-    } else {
-      cv_.wait_for(lock, timeout, ready);
-    }
+    cv_.wait(lock, [&] { return !events_.empty() || interrupted_; });
     interrupted_ = false;
     std::vector<SeqEvent> out(std::make_move_iterator(events_.begin()), std::make_move_iterator(events_.end()));
     events_.clear();
