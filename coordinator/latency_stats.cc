@@ -48,6 +48,7 @@ RateWindow::RateWindow(std::chrono::duration<double> window, Clock::time_point s
 void RateWindow::Add(Clock::time_point t, int64_t n) {
   events_.emplace_back(t, n);
   sum_ += n;
+  Expire(t);
 }
 
 void RateWindow::Expire(Clock::time_point now) {

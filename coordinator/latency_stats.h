@@ -33,7 +33,9 @@ class LatencyWindow {
   uint64_t count_ = 0;
 };
 
-// Events per second over the last `window` (for example generated tokens).
+// Events per second over the last `window` (for example generated tokens). Events older than the
+// window are dropped as new ones come, not only when the rate is read: the coordinator adds one per
+// streamed token message and reads the rate only for GetStats, which a deployment may never call.
 class RateWindow {
  public:
   using Clock = std::chrono::steady_clock;
@@ -42,6 +44,8 @@ class RateWindow {
   // Sum of events in (now - window, now], divided by the window, or by the time since `start`
   // while less than a window has passed, so the rate is not understated just after start.
   double PerSecond(Clock::time_point now);
+  // Events kept: those of the last window (as of the latest Add or PerSecond).
+  size_t held() const { return events_.size(); }
 
  private:
   void Expire(Clock::time_point now);

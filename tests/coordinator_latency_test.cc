@@ -62,5 +62,16 @@ TEST(LatencyStatsTest, RateCountsOnlyTheLastWindow) {
   EXPECT_DOUBLE_EQ(r.PerSecond(t0 + milliseconds(30000)), 0.0);
 }
 
+// Adding drops what left the window, read or not: the coordinator adds an event per streamed token
+// message and reads the rate only for GetStats, which a deployment may never call.
+TEST(LatencyStatsTest, RateKeepsOnlyTheLastWindowWithoutReads) {
+  using std::chrono::milliseconds;
+  const RateWindow::Clock::time_point t0{};
+  RateWindow r(std::chrono::seconds(10), t0);
+  for (int i = 1; i <= 100000; ++i) r.Add(t0 + milliseconds(i), 1);  // 100 s at 1000 events/s, never read
+  EXPECT_LE(r.held(), 10001u);  // 10 s worth
+  EXPECT_DOUBLE_EQ(r.PerSecond(t0 + milliseconds(100000)), 1000.0);
+}
+
 }  // namespace
 }  // namespace moe
