@@ -33,9 +33,7 @@ ServingLoop::ServingLoop(StepEngine& engine, Inbox& inbox, Outbox& outbox, Servi
       outbox_(outbox),
       opts_(opts),
       planner_(engine.kv_blocks(), opts.kv_admission),
-      // "Due now" without overflow: a fresh rank heartbeats on its first iteration, so an idle new
-      // cluster is not declared lost (time_point::min() overflowed now - last_heartbeat_).
-      last_heartbeat_(std::chrono::steady_clock::now() - opts.heartbeat_interval),
+      last_heartbeat_(std::chrono::steady_clock::now()),  // (the first iteration heartbeats first thing)
       idle_wait_(opts.idle_wait_min) {}
 
 moe::v1::WorkerStats ServingLoop::Stats() const {
@@ -373,7 +371,11 @@ void ServingLoop::StopAll() {
 
 bool ServingLoop::RunOnce() {
   if (stopped_) return false;
-  ++iterations_;
+  // The first heartbeat goes before the first step, not after it as the others do: the rank's
+  // KeepAliveOutbox repeats the loop's last heartbeat while a step runs and has none before this
+  // one, and a new worker job's first step may be a long prefill (the sequences a lost job left),
+  // which must not count as silence (or as a stuck step before --step-timeout-s).
+  if (++iterations_ == 1) SendHeartbeat();
   HandleInbox();
 
   std::vector<int64_t> stop = {static_cast<int64_t>(local_stop_)};

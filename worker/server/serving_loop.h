@@ -24,7 +24,9 @@
 //   5. sample (penalties, then a JSON object's mask when asked, then SampleToken with step = tokens generated so far: the rule of GenerateAll, so tokens
 //      equal moe-cli's; the engine samples unless the request wants top alternatives), send results, finish sequences (EOS unless ignore_eos, a stop token id,
 //      max_tokens, the context end), free their KV blocks;
-//   6. a Heartbeat when one is due (every heartbeat_interval) or a sequence finished;
+//   6. a Heartbeat when one is due (every heartbeat_interval) or a sequence finished (the first
+//      iteration sends one before anything else, so that a KeepAliveOutbox has it to repeat during
+//      the first step);
 //   7. when every rank was idle (global_rows == 0), wait on the inbox for a short, growing time
 //      instead of spinning.
 #pragma once
