@@ -53,11 +53,12 @@ grpc::Status ClusterService::Serve(grpc::ServerContext* context,
       state_.OnWorkerMessage(*binding, m);
       continue;
     }
-    if (!m.has_loaded()) {
-      status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "the first message of a Serve stream must be Loaded");
+    if (!m.has_join()) {
+      status = grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            "the first message of a Serve stream must be Join (the rank and its RegisterResponse.job_id)");
       break;
     }
-    absl::StatusOr<StreamBinding> b = state_.BindStream(m.loaded(), link);
+    absl::StatusOr<StreamBinding> b = state_.BindStream(m.join(), link);
     if (!b.ok()) {
       status = ToGrpcStatus(b.status());
       break;

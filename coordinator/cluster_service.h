@@ -1,6 +1,6 @@
 // The internal moe.v1.Cluster service the worker ranks talk to (sync gRPC API: one thread per
-// call). Register waits for the whole job; Serve binds a rank's stream on its Loaded message,
-// then feeds everything the rank sends to the ClusterState while a writer thread sends what the
+// call). Register waits for the whole job; Serve binds a rank's stream on its first message, Join
+// (the rank and its job's id, sent before the rank loads), then feeds everything the rank sends to the ClusterState while a writer thread sends what the
 // coordinator queued for it.
 #pragma once
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <random>
 #include <utility>
 
 namespace moe {
@@ -25,12 +26,22 @@ int64_t CachePositions(int64_t blocks, int64_t block_size) {
   return positions;
 }
 
+// A worker job's id: random, so that a rank of a job this process never registered (a restarted
+// coordinator's) cannot match by chance; never 0, which a Join without one carries.
+uint64_t NewJobId() {
+  static std::mt19937_64 gen{std::random_device{}()};
+  uint64_t id = 0;
+  while (id == 0) id = gen();
+  return id;
+}
+
 }  // namespace
 
 ClusterState::ClusterState(ClusterSetup setup, ServingStats& stats)
     : setup_(std::move(setup)),
       placement_json_(setup_.plan.ToJson().dump()),
       stats_(stats),
+      job_id_(NewJobId()),
       ranks_(static_cast<size_t>(setup_.plan.world_size())),
       scheduler_(setup_.limits, setup_.plan.world_size()),
       last_liveness_check_(Clock::now()) {}
@@ -117,6 +128,7 @@ absl::Status ClusterState::CheckModelDir(const std::string& worker_dir) const {
 
 void ClusterState::StartEpochLocked() {
   ++epoch_;
+  job_id_ = NewJobId();
   for (RankRecord& r : ranks_) {
     // Streams of the old job stay open until their workers leave; they are no longer ours.
     r = RankRecord{};
@@ -265,32 +277,44 @@ absl::StatusOr<v1::RegisterResponse> ClusterState::Register(const v1::RegisterRe
   v1::RegisterResponse response;
   response.set_placement_json(placement_json_);
   response.set_model_dir(setup_.model_dir);
+  response.set_job_id(job_id_);
   for (const std::string& t : setup_.token_texts) response.add_token_texts(t);
   return response;
 }
 
-absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded, std::shared_ptr<WorkerLink> link) {
+absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Join& join, std::shared_ptr<WorkerLink> link) {
   std::lock_guard<std::mutex> lock(mu_);
-  const int rank = loaded.rank();
+  const int rank = join.rank();
   if (rank < 0 || rank >= world_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("loaded.rank: ", rank, " is outside [0, ", world_size(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("join.rank: ", rank, " is outside [0, ", world_size(), ")"));
+  }
+  if (join.job_id() != job_id_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "rank ", rank, " is of worker job ", absl::Hex(join.job_id()), ", not of the coordinator's current one (",
+        absl::Hex(job_id_), "): a newer job registered since, or the coordinator restarted; this rank's job is over"));
   }
   RankRecord& r = ranks_[rank];
-  if (phase_ != Phase::kLoading || !r.registered) {
+  if (phase_ != Phase::kLoading) {
     return absl::FailedPreconditionError(
-        absl::StrCat("rank ", rank, ": Loaded arrived but the cluster is not loading (", NotServingReasonLocked(),
-                     "): register again"));
+        absl::StrCat("rank ", rank, ": its worker job is no longer loading (", NotServingReasonLocked(), ")"));
   }
   if (r.alive) return absl::AlreadyExistsError(absl::StrCat("rank ", rank, " already has a Serve stream"));
   r.link = std::move(link);
-  r.alive = r.loaded = true;
+  r.alive = true;
   r.silent = false;
+  r.last_seen = Clock::now();
+  cv_.notify_all();
+  return StreamBinding{epoch_, rank};
+}
+
+void ClusterState::OnLoadedLocked(int rank, const v1::Loaded& loaded) {
+  RankRecord& r = ranks_[rank];
+  r.loaded = true;
   r.weight_bytes = loaded.weight_bytes();
   r.kv_blocks_total = loaded.kv_blocks_total();
   r.prefix_caching = loaded.prefix_caching();
   r.kv_block_size = loaded.kv_block_size();
   r.max_batch_tokens = loaded.max_batch_tokens();
-  r.last_seen = Clock::now();
   bool all = true;
   for (const RankRecord& x : ranks_) all = all && x.loaded;
   if (all) {
@@ -311,7 +335,6 @@ absl::StatusOr<StreamBinding> ClusterState::BindStream(const v1::Loaded& loaded,
   }
   PublishLocked();
   UpdateServingLocked();
-  return StreamBinding{epoch_, rank};
 }
 
 void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessage& m) {
@@ -325,6 +348,11 @@ void ClusterState::OnWorkerMessage(const StreamBinding& b, const v1::WorkerMessa
     return it != seqs_.end() && it->second.rank == b.rank ? &it->second : nullptr;
   };
   switch (m.kind_case()) {
+    case v1::WorkerMessage::kLoaded:
+      // Counted while the job loads, once a rank. After a loss the rank was sent Shutdown, which
+      // its serving loop obeys once it has loaded.
+      if (phase_ == Phase::kLoading && !r.loaded) OnLoadedLocked(b.rank, m.loaded());
+      break;
     case v1::WorkerMessage::kHeartbeat: {
       const v1::WorkerStats& s = m.heartbeat().stats();
       r.running_sequences = s.running_sequences();
@@ -395,7 +423,10 @@ void ClusterState::OnStreamClosed(const StreamBinding& b) {
   r.alive = false;
   r.link.reset();
   if (!draining_ && (phase_ == Phase::kLoading || phase_ == Phase::kServing)) {
-    BreakLocked(absl::StrCat("rank ", b.rank, " lost: its Serve stream closed"));
+    // While loading too: the stream opened before the load, so a job that dies as it loads is
+    // seen to (and a new one is then awaited) rather than shown loading for ever.
+    BreakLocked(absl::StrCat("rank ", b.rank, " lost", phase_ == Phase::kLoading ? " while its job loaded" : "",
+                             ": its Serve stream closed"));
   }
   cv_.notify_all();
 }

@@ -2,7 +2,8 @@
 //
 // Cluster life cycle (one "epoch" per worker job):
 //   forming  -- every rank Registers; the calls return together once all world_size have --
-//   loading  -- each rank opens its Serve stream and sends Loaded --
+//   loading  -- each rank opens its Serve stream at once (Join: its rank and the job's id), loads
+//               its shard and sends Loaded; a stream that closes meanwhile is a loss --
 //   serving  -- requests are admitted and dispatched --
 //   broken   -- a rank was lost (stream closed, or silent for the heartbeat timeout): the
 //               surviving ranks get Shutdown (an MPI job cannot continue without one of its
@@ -100,8 +101,12 @@ class ClusterState {
   // the plan. INVALID_ARGUMENT / FAILED_PRECONDITION for a worker that does not fit this job.
   absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& request,
                                                 const std::function<bool()>& cancelled);
-  // A Serve stream's first message: binds the stream to its rank of the current epoch.
-  absl::StatusOr<StreamBinding> BindStream(const v1::Loaded& loaded, std::shared_ptr<WorkerLink> link);
+  // A Serve stream's first message (Join, sent as soon as Register answered): binds the stream to
+  // its rank of the current job. FAILED_PRECONDITION, naming why, for a rank of another job (an
+  // older one left over, or one a restarted coordinator never registered) or of a job that is no
+  // longer loading (it was lost).
+  absl::StatusOr<StreamBinding> BindStream(const v1::Join& join, std::shared_ptr<WorkerLink> link);
+  // Everything after Join: Loaded (counted while the job loads), Heartbeat, results.
   void OnWorkerMessage(const StreamBinding& binding, const v1::WorkerMessage& message);
   void OnStreamClosed(const StreamBinding& binding);
   // Declares ranks lost that said nothing for the heartbeat timeout (while serving); fails the
@@ -187,6 +192,7 @@ class ClusterState {
   std::string NotServingReasonLocked() const;
   void UpdateServingLocked();
   void StartEpochLocked();
+  void OnLoadedLocked(int rank, const v1::Loaded& loaded);
   void BreakLocked(const std::string& reason);
   void FailAllLocked(const absl::Status& why);
   // The sequences in flight wait for the next worker job (held), or fail without a resume timeout.
@@ -208,6 +214,9 @@ class ClusterState {
   bool draining_ = false;
   Phase phase_ = Phase::kForming;
   uint64_t epoch_ = 1;
+  // The current epoch's worker job, as its ranks name it (RegisterResponse.job_id, Join): drawn at
+  // random for each epoch, so that ids of an earlier coordinator process do not match either.
+  uint64_t job_id_;
   uint64_t next_registration_ = 1;
   std::string broken_reason_;
   int64_t held_ = 0;  // sequences held since a loss

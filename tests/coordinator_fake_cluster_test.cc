@@ -220,6 +220,75 @@ TEST_F(FakeClusterTest, ANewWorkerJobIsPickedUpAfterALoss) {
   EXPECT_EQ(done.token_ids(), std::vector<int32_t>({100, 101, 102}));
 }
 
+// A rank left over from an older worker job must not take the new job's slot: job A registers and
+// its rank 0 loads; job B (a restart) registers; A's rank 1 then joins, before B's. It carries A's
+// job id (RegisterResponse.job_id), so its stream is refused naming why, and B's own rank 1 binds and
+// the cluster serves.
+TEST_F(FakeClusterTest, ARankOfAnOlderWorkerJobCannotTakeTheNewJobsSlot) {
+  Start(Options(kTiny, 2));
+  const int port = server_->ports().cluster_port;
+  FakeWorker a0(port, 0, 2), a1(port, 1, 2);
+  a0.StartRegister();
+  a1.StartRegister();
+  ASSERT_TRUE(a0.FinishRegister().ok());
+  ASSERT_TRUE(a1.FinishRegister().ok());
+  a0.Connect();
+  FakeWorker b0(port, 0, 2), b1(port, 1, 2);
+  b0.StartRegister();
+  b1.StartRegister();
+  ASSERT_TRUE(b0.FinishRegister().ok());
+  ASSERT_TRUE(b1.FinishRegister().ok());
+  b0.Connect();
+  a1.Connect();
+  ASSERT_TRUE(a1.WaitStreamEnded(Millis(10000))) << "a rank of the old job was taken into the new one";
+  const grpc::Status refused = a1.CloseGracefully();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("rank 1 is of worker job "), std::string::npos) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("not of the coordinator's current one"), std::string::npos)
+      << refused.error_message();
+  EXPECT_EQ(Health(), kNotServing);
+  b1.Connect();
+  ASSERT_TRUE(PollUntil([&] { return Health() == kServing; }, seconds(10)));
+  b0.AutoRespond(2);
+  b1.AutoRespond(2);
+  GenerateCall done = RunGenerate(*stub_, IdsRequest({7}, 2), Millis(10000));
+  ASSERT_TRUE(done.status.ok()) << done.status.error_message();
+  EXPECT_EQ(done.token_ids(), std::vector<int32_t>({100, 101}));
+}
+
+// A rank that goes away while its job loads (its Serve stream, opened with Join before the load,
+// closes) is a loss at once: requests are refused naming it, GetClusterInfo shows it gone, rather
+// than "1 of 2 ranks loaded" for ever; the job's other rank is told to shut down, and a new job is
+// taken.
+TEST_F(FakeClusterTest, ARankLostWhileItsJobLoadsIsReportedAndANewJobIsTaken) {
+  Start(Options(kTiny, 2));
+  const int port = server_->ports().cluster_port;
+  FakeWorker w0(port, 0, 2), w1(port, 1, 2);
+  w0.StartRegister();
+  w1.StartRegister();
+  ASSERT_TRUE(w0.FinishRegister().ok());
+  ASSERT_TRUE(w1.FinishRegister().ok());
+  w0.Connect();
+  w1.Join();  // loading
+  ASSERT_TRUE(PollUntil([&] { return ClusterInfo().ranks(1).alive(); }, seconds(10)));
+  EXPECT_FALSE(ClusterInfo().ranks(1).loaded());
+  EXPECT_NE(RunGenerate(*stub_, IdsRequest({1}, 1), Millis(5000)).status.error_message().find("1 of 2 ranks loaded"),
+            std::string::npos);
+  w1.Drop();
+  std::string refused;
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        refused = RunGenerate(*stub_, IdsRequest({1}, 1), Millis(5000)).status.error_message();
+        return refused.find("rank 1 lost while its job loaded") != std::string::npos;
+      },
+      seconds(10)))
+      << refused;
+  EXPECT_FALSE(ClusterInfo().ranks(1).alive());
+  EXPECT_TRUE(w0.WaitFor(Kind::kShutdown, Millis(10000)));
+  auto second = FormCluster(2);
+  EXPECT_EQ(Health(), kServing);
+}
+
 // With --resume-timeout-s, a rank's loss holds the requests in flight: a new one is refused while
 // the cluster is down, the old job's late tokens are dropped, and once a new worker job serves,
 // each held generation is assigned again (same sequence, its streamed tokens as resume_tokens, a

@@ -36,14 +36,27 @@ void FakeWorker::StartRegister(const std::string& model_dir) {
 
 grpc::Status FakeWorker::FinishRegister(v1::RegisterResponse* response) {
   auto [status, resp] = register_.get();
+  job_id_ = resp.job_id();
   if (response) *response = resp;
   return status;
 }
 
 void FakeWorker::Connect(int64_t kv_blocks_total, bool prefix_caching, int64_t kv_block_size) {
+  Join();
+  SendLoaded(kv_blocks_total, prefix_caching, kv_block_size);
+}
+
+void FakeWorker::Join() {
   context_ = std::make_unique<grpc::ClientContext>();
   stream_ = stub_->Serve(context_.get());
   reader_ = std::thread([this] { ReadLoop(); });
+  v1::WorkerMessage m;
+  m.mutable_join()->set_rank(rank_);
+  m.mutable_join()->set_job_id(job_id_);
+  Send(m);
+}
+
+void FakeWorker::SendLoaded(int64_t kv_blocks_total, bool prefix_caching, int64_t kv_block_size) {
   v1::WorkerMessage m;
   m.mutable_loaded()->set_rank(rank_);
   m.mutable_loaded()->set_kv_blocks_total(kv_blocks_total);

@@ -35,9 +35,14 @@ class FakeWorker {
   void StartRegister(const std::string& model_dir = "");
   grpc::Status FinishRegister(v1::RegisterResponse* response = nullptr);
 
-  // Opens the Serve stream and sends Loaded (with prefix caching: the rank caches prompt prefixes
-  // in KV blocks of `kv_block_size` tokens).
+  // Join, then SendLoaded.
   void Connect(int64_t kv_blocks_total = 1000, bool prefix_caching = false, int64_t kv_block_size = 16);
+  // Opens the Serve stream and sends Join with the job id its Register answer carried (as a rank
+  // does before it loads).
+  void Join();
+  // Loaded (with prefix caching: the rank caches prompt prefixes in KV blocks of `kv_block_size`
+  // tokens).
+  void SendLoaded(int64_t kv_blocks_total = 1000, bool prefix_caching = false, int64_t kv_block_size = 16);
   bool Send(const v1::WorkerMessage& m);
   void SendTokens(uint64_t seq_id, const std::vector<int32_t>& ids);
   void SendFinished(uint64_t seq_id, v1::Finished::Reason reason, const std::string& error = "");
@@ -72,6 +77,7 @@ class FakeWorker {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Cluster::Stub> stub_;
   std::future<std::pair<grpc::Status, v1::RegisterResponse>> register_;
+  uint64_t job_id_ = 0;  // from FinishRegister's answer
 
   std::unique_ptr<grpc::ClientContext> context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::WorkerMessage, v1::CoordinatorMessage>> stream_;

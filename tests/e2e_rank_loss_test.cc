@@ -308,5 +308,36 @@ TEST(E2eCoordinatorLoss, ACoordinatorLostAsTheRanksLoadEndsTheJobNamingWhy) {
   EXPECT_TRUE(cluster.WorkerProcesses().empty());
 }
 
+// A worker job that ends while its ranks load (here each rank's --model names no model, so every
+// rank fails after Register, before it could send Loaded) must be seen to end: the ranks' Serve
+// streams open before the load, so the coordinator counts the job lost, refuses requests naming the
+// loss rather than saying "0 of 2 ranks loaded" for ever (a bare mpirun user had nothing else to go
+// by), and shows the ranks gone in GetClusterInfo.
+TEST(E2eLoadLoss, AJobThatEndsWhileItLoadsIsReportedLost) {
+  testing_ref::SetMpiTestEnvironment();
+  Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {"--model", "/nonexistent/moe-model"}});
+  ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok()) << cluster.LogTail();
+  ASSERT_TRUE(cluster.StartWorkers().ok());
+  const std::optional<int> job = cluster.WaitWorkersExit(Seconds(90));
+  ASSERT_TRUE(job.has_value()) << cluster.LogTail();
+  EXPECT_NE(*job, 0);
+  auto stub = moe::v1::Inference::NewStub(cluster.channel());
+  std::string refused;
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
+    refused = std::string(RunGenerate(*stub, GreedyTokenRequest({1, 2, 3}, 1), 10).status.message());
+    if (refused.find("lost while its job loaded") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(refused.find("lost while its job loaded: its Serve stream closed"), std::string::npos)
+      << refused << "\n" << cluster.LogTail();
+  grpc::ClientContext ctx;
+  moe::v1::ClusterInfo info;
+  ASSERT_TRUE(stub->GetClusterInfo(&ctx, moe::v1::GetClusterInfoRequest(), &info).ok());
+  EXPECT_FALSE(info.serving());
+  for (const moe::v1::RankInfo& r : info.ranks()) EXPECT_FALSE(r.alive() || r.loaded()) << "rank " << r.rank();
+  const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
+  EXPECT_EQ(st.coordinator, 0);
+}
+
 }  // namespace
 }  // namespace moe::e2e

@@ -79,17 +79,17 @@ std::optional<absl::StatusOr<moe::v1::RegisterResponse>> CoordinatorLink::Pendin
 
 absl::Status CoordinatorLink::OpenStream(Inbox& inbox, std::chrono::milliseconds connect_timeout) {
   if (stream_) return absl::FailedPreconditionError("the Serve stream is already open");
-  // Not wait_for_ready: a coordinator that went away while the model loaded would otherwise keep
-  // the call (and this rank, and its job) waiting for ever for a connection. But a load takes
-  // minutes: the channel may have gone idle meanwhile (gRPC's client idle timeout) or be between
-  // reconnection attempts after a connection dropped, and a call started while an attempt has just
-  // failed fails at once. So the channel gets Connect's time to be ready first; a coordinator still
+  // Not wait_for_ready: a coordinator that went away (after Register, while the other ranks
+  // registered) would otherwise keep the call (and this rank, and its job) waiting for ever for a
+  // connection. But the channel may be idle (gRPC's client idle timeout, after a long Register) or
+  // between reconnection attempts after a connection dropped, and a call started while an attempt
+  // has just failed fails at once. So the channel gets Connect's time to be ready first; a coordinator still
   // unreachable after it ends the job, as one lost during the call does (UNAVAILABLE: the reader
   // closes the inbox and the rank leaves, naming the status).
   if (!channel_->WaitForConnected(std::chrono::system_clock::now() + connect_timeout)) {
     return absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", address_, " within ",
                                                connect_timeout.count() / 1000.0,
-                                               " s to open the Serve stream (it went away while the model loaded?)"));
+                                               " s to open the Serve stream (it went away after Register?)"));
   }
   stream_ = stub_->Serve(&stream_ctx_);
   if (!stream_) return absl::UnavailableError(absl::StrCat("cannot open the Serve stream to ", address_));

@@ -64,8 +64,9 @@ class CoordinatorLink final : public Outbox {
   std::unique_ptr<PendingRegister> StartRegister(const moe::v1::RegisterRequest& req);
 
   // Opens the Serve stream and starts the reader (into `inbox`, which must outlive the link) and
-  // the writer threads. The channel first gets up to `connect_timeout` to be ready (after a long
-  // load it may be idle or reconnecting): a coordinator still unreachable then fails it
+  // the writer threads. moe-worker opens it right after Register, before it loads. The channel
+  // first gets up to `connect_timeout` to be ready (it may be reconnecting): a coordinator still
+  // unreachable then fails it
   // (UNAVAILABLE); one lost once the call has started ends the stream (UNAVAILABLE, seen as the
   // inbox closing). Neither waits for the coordinator to come back.
   absl::Status OpenStream(Inbox& inbox, std::chrono::milliseconds connect_timeout);

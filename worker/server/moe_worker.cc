@@ -1,6 +1,6 @@
 // moe-worker: one rank of the serving cluster. Launched as `mpirun -np N moe-worker --coordinator
-// HOST:PORT` (or plainly, as a single rank): registers with the coordinator, loads the shard its
-// placement plan gives this rank, sends Loaded, and serves assigned sequences in lock step with the
+// HOST:PORT` (or plainly, as a single rank): registers with the coordinator, opens its Serve stream
+// (Join), loads the shard its placement plan gives this rank, sends Loaded, and serves assigned sequences in lock step with the
 // other ranks until the coordinator sends Shutdown (exit 0) or is lost (exit 1).
 //
 // Exit status: 0 after Shutdown, 1 when the coordinator, the model or the job failed, 2 bad flags.
@@ -135,6 +135,17 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   absl::StatusOr<moe::v1::RegisterResponse> reg = RegisterWithTheJob(comm, **link, req);
   if (AnyRankFailed(comm, reg.status())) return 1;
 
+  // The Serve stream opens before the load, naming this rank's job: the coordinator then sees a
+  // rank that dies (or fails) while it loads as lost, instead of waiting for its Loaded for ever,
+  // and refuses a rank of a job it no longer runs. What it sends meanwhile (a Shutdown after a
+  // loss, the end of a refused stream) waits in the inbox for the serving loop.
+  Inbox inbox;
+  if (AnyRankFailed(comm, (*link)->OpenStream(inbox, kConnectTimeout))) return 1;
+  moe::v1::WorkerMessage join;
+  join.mutable_join()->set_rank(rank);
+  join.mutable_join()->set_job_id(reg->job_id());
+  (*link)->Send(std::move(join));
+
   const std::string model_dir = flags->model_dir.empty() ? reg->model_dir() : flags->model_dir;
   absl::StatusOr<PlacementPlan> plan = PlanOf(*reg);
   absl::StatusOr<ModelConfig> config =
@@ -149,8 +160,6 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   StepEngine* engine = &(*loaded_engine)->engine();
   if (flags->enable_prefix_caching) engine->EnablePrefixCache();
 
-  Inbox inbox;
-  if (AnyRankFailed(comm, (*link)->OpenStream(inbox, kConnectTimeout))) return 1;
   moe::v1::WorkerMessage loaded;
   loaded.mutable_loaded()->set_rank(rank);
   loaded.mutable_loaded()->set_weight_bytes(engine->weight_bytes());
@@ -179,8 +188,8 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   (*link)->Close();
   if (why == StopReason::kCoordinatorLost) {
     // Why, where the stream ended on this rank (another rank may have seen it first): the
-    // coordinator went away (UNAVAILABLE) or refused this job's stream (e.g. it restarted while the
-    // model loaded: FAILED_PRECONDITION, register again).
+    // coordinator went away (UNAVAILABLE) or refused this job's stream (FAILED_PRECONDITION: a newer
+    // job registered, or the coordinator restarted, while the model loaded; start the job again).
     const absl::Status& ended = (*link)->stream_status();
     std::fprintf(stderr, "moe-worker [rank %d]: lost the coordinator at %s%s; leaving\n", rank, flags->coordinator.c_str(),
                  ended.ok() ? "" : absl::StrCat(" (", absl::StatusCodeToString(ended.code()), ": ", ended.message(), ")").c_str());
