@@ -125,6 +125,25 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
   const v1::ResponseFormat& f = std::get<CompletionCall>(got).request.sampling().response_format();
   EXPECT_EQ(f.type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
   EXPECT_EQ(f.json_schema(), R"({"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"}}})");
+  // TGI's response_format (its Messages API's grammar), which huggingface_hub's InferenceClient
+  // sends for a json_schema: the value is the schema (properties in order) or the regex, never
+  // dropped for an unconstrained JSON object.
+  for (const char* type : {"json_object", "json"}) {
+    got = ParseCompletionRequest(std::string(R"({"prompt": "x", "response_format": {"type": ")") + type +
+                                     R"(", "value": {"type": "object", "properties": {"z": {"type": "integer"}, "a": {}}}}})",
+                                 "m");
+    ASSERT_TRUE(std::holds_alternative<CompletionCall>(got)) << type;
+    const v1::ResponseFormat& tgi = std::get<CompletionCall>(got).request.sampling().response_format();
+    EXPECT_EQ(tgi.type(), v1::ResponseFormat::TYPE_JSON_SCHEMA) << type;
+    EXPECT_EQ(tgi.json_schema(), R"({"type":"object","properties":{"z":{"type":"integer"},"a":{}}})") << type;
+  }
+  got = ParseCompletionRequest(R"({"prompt": "x", "response_format": {"type": "regex", "value": "[a-z]{3}"}})", "m");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().type(), v1::ResponseFormat::TYPE_REGEX);
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().regex(), "[a-z]{3}");
+  EXPECT_EQ(Err(R"({"prompt": "x", "response_format": {"type": "json", "value": 3}})").param, "response_format.value");
+  EXPECT_EQ(Err(R"({"prompt": "x", "response_format": {"type": "regex", "value": ""}})").param, "response_format.value");
+  EXPECT_EQ(Err(R"({"prompt": "x", "response_format": {"type": "json"}})").param, "response_format") << "no value";
   got = ParseCompletionRequest(R"({"prompt": "x", "guided_choice": ["yes", "no"]})", "m");
   ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
   EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().type(), v1::ResponseFormat::TYPE_CHOICE);

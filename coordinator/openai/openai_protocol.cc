@@ -160,21 +160,23 @@ std::optional<HttpError> Bool(const json& body, const std::string& key, bool& ou
 }
 
 // Where a request's JSON schema is.
-enum class SchemaAt { kResponseFormat, kGuidedJson, kStructuredOutputs };
+enum class SchemaAt { kResponseFormat, kResponseFormatValue, kGuidedJson, kStructuredOutputs };
 
 // response_format's json_schema (OpenAI's {"type": "json_schema", "json_schema": {"name", "schema",
-// ...}}), vLLM's guided_json or structured_outputs.json, as JSON text with the properties in the
-// request's order (the order the output writes them in): read from the body's text, since `json`
-// sorts object keys.
+// ...}}), TGI's response_format value ({"type": "json_object", "value": schema}), vLLM's guided_json
+// or structured_outputs.json, as JSON text with the properties in the request's order (the order
+// the output writes them in): read from the body's text, since `json` sorts object keys.
 std::variant<std::string, HttpError> SchemaText(const std::string& body_text, SchemaAt at) {
   const nlohmann::ordered_json body = nlohmann::ordered_json::parse(body_text, nullptr, false);
   if (at != SchemaAt::kResponseFormat) {
-    const bool guided = at == SchemaAt::kGuidedJson;
-    const nlohmann::ordered_json& g = guided ? body.at("guided_json") : body.at("structured_outputs").at("json");
+    const char* param = at == SchemaAt::kGuidedJson           ? "guided_json"
+                        : at == SchemaAt::kResponseFormatValue ? "response_format.value"
+                                                               : "structured_outputs.json";
+    const nlohmann::ordered_json& g = at == SchemaAt::kGuidedJson           ? body.at("guided_json")
+                                      : at == SchemaAt::kResponseFormatValue ? body.at("response_format").at("value")
+                                                                             : body.at("structured_outputs").at("json");
     if (g.is_string()) return g.get<std::string>();
-    if (!g.is_object()) {
-      return BadParam(guided ? "guided_json" : "structured_outputs.json", "expected a JSON schema (an object or its text)");
-    }
+    if (!g.is_object()) return BadParam(param, "expected a JSON schema (an object or its text)");
     return g.dump();
   }
   const nlohmann::ordered_json& f = body["response_format"];
@@ -437,7 +439,20 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
   if (body.contains("response_format") && !body["response_format"].is_null()) {
     const json& f = body["response_format"];
     const json type = f.is_object() ? f.value("type", json()) : json();
-    if (type == "json_object") {
+    // TGI's Messages API puts its grammar here: {"type": "json" | "json_object" | "regex", "value":
+    // ...}; huggingface_hub's InferenceClient.chat_completion sends a json_schema that way. Read
+    // without the value, json_object would drop the schema and answer any JSON object.
+    const bool tgi_value = f.is_object() && f.contains("value") && !f["value"].is_null();
+    if (tgi_value && (type == "json" || type == "json_object")) {
+      std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kResponseFormatValue);
+      if (auto* e = std::get_if<HttpError>(&schema)) return *e;
+      s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+      s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
+    } else if (tgi_value && type == "regex") {
+      if (std::optional<HttpError> e = SetRegex(f["value"], "response_format.value", *s.mutable_response_format())) {
+        return *e;
+      }
+    } else if (type == "json_object") {
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
     } else if (type == "json_schema") {
       std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kResponseFormat);
@@ -445,8 +460,9 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
       s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
     } else if (type != "text") {
-      return BadParam("response_format", "expected {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
-                                         "{\"type\": \"json_schema\", \"json_schema\": {...}}");
+      return BadParam("response_format", "expected {\"type\": \"text\"}, {\"type\": \"json_object\"}, "
+                                         "{\"type\": \"json_schema\", \"json_schema\": {...}} or TGI's "
+                                         "{\"type\": \"json\" or \"regex\", \"value\": ...}");
     }
   }
   if (body.contains("guided_choice") && !body["guided_choice"].is_null()) {  // vLLM's: one of these texts
