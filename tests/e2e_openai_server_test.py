@@ -148,6 +148,14 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertEqual([m["id"] for m in body["data"]], [MODEL])
         self.assertEqual(body["data"][0]["max_model_len"], 4096)
+        # OpenAI's retrieve (the openai SDK's models.retrieve): the list's entry; another name is
+        # OpenAI's 404 naming the parameter (the SDK raises NotFoundError with it).
+        listed = body["data"][0]
+        self.assertEqual(self.call("/v1/models/" + MODEL), (200, listed))
+        status, err = self.call("/v1/models/nope")
+        self.assertEqual((status, err["error"]["param"], err["error"]["type"]), (404, "model", "NotFoundError"), err)
+        self.assertIn("`nope` does not exist", err["error"]["message"])
+        self.assertEqual(self.call("/v1/models/" + MODEL, {})[0], 405, "GET only")
         status, body = self.call("/health")
         self.assertEqual((status, body["status"]), (200, "SERVING"))
         self.assertEqual(self.call("/ping"), (200, {"status": "SERVING"}))  # vLLM's (SageMaker's) name
@@ -174,6 +182,12 @@ class OpenAiServerEndToEnd(unittest.TestCase):
                 status, err = self.call("/v1/completions", {"model": MODEL, "prompt": "x"}, base=base)
                 self.assertEqual(status, 404, err)
                 self.assertIn("`alpha`, `beta`", err["error"]["message"])
+        # A name with a slash (a Hugging Face id), as the openai SDK sends it (%2F) or written out.
+        with own_front(self, self.cluster.address, "--served-model-name", "org/model") as (port, _, _):
+            base = "http://127.0.0.1:%d" % port
+            for path in ("/v1/models/org%2Fmodel", "/v1/models/org/model"):
+                status, body = self.call(path, base=base)
+                self.assertEqual((status, body.get("id"), body.get("object")), (200, "org/model", "model"), (path, body))
         r = subprocess.run([OPENAI_BIN, "--coordinator", self.cluster.address, "--served-model-name="], capture_output=True,
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 2, r.stderr)

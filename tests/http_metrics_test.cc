@@ -26,6 +26,7 @@ TEST(HttpMetricsTest, HandlersAreRouteTemplates) {
   EXPECT_EQ(m.Handler("/v1/responses/resp_1"), "/v1/responses/{response_id}");
   EXPECT_EQ(m.Handler("/v1/responses/resp_1/cancel"), "/v1/responses/{response_id}/cancel");
   EXPECT_EQ(m.Handler("/v1/responses/resp_1/input_items"), "/v1/responses/{response_id}/input_items");
+  EXPECT_EQ(m.Handler("/v1/models/org/model"), "/v1/models/{model}");
   EXPECT_EQ(m.Handler("/v1/responses/resp_1/other"), "none");
   EXPECT_EQ(m.Handler("/v1/responses/"), "none");
   EXPECT_EQ(m.Handler("/v1/completionsX"), "none");

@@ -46,6 +46,8 @@ std::string HttpMetrics::Handler(std::string_view path) const {
   for (const std::string& r : routes_) {
     if (path == r) return r;
   }
+  constexpr std::string_view kModel = "/v1/models/";
+  if (path.substr(0, kModel.size()) == kModel && path.size() > kModel.size()) return "/v1/models/{model}";
   constexpr std::string_view kStored = "/v1/responses/";
   if (path.substr(0, kStored.size()) == kStored && path.size() > kStored.size()) {
     const std::string_view rest = path.substr(kStored.size());

@@ -58,9 +58,9 @@ const char kUsage[] =
     "                          2 required: mutual TLS)]\n"
     "Serves POST /v1/completions, /v1/chat/completions and /v1/responses (stream or whole; /invocations takes\n"
     "either of the first two; stored responses: GET and DELETE /v1/responses/{id}, GET .../input_items, POST\n"
-    ".../cancel), POST /tokenize and /detokenize, GET /v1/models, GET /health (and /ping), GET /metrics and\n"
-    "GET /version, and Hugging Face TGI's POST /generate, /generate_stream, /chat_tokenize and / and GET /info,\n"
-    "over the coordinator's gRPC API.\n";
+    ".../cancel), POST /tokenize and /detokenize, GET /v1/models (and /v1/models/{name}), GET /health (and /ping),\n"
+    "GET /metrics and GET /version, and Hugging Face TGI's POST /generate, /generate_stream, /chat_tokenize and /\n"
+    "and GET /info, over the coordinator's gRPC API.\n";
 
 int BadFlag(const std::string& message) {
   std::fprintf(stderr, "moe-openai-server: %s\n%s", message.c_str(), kUsage);

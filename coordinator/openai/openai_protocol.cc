@@ -141,13 +141,7 @@ std::variant<json, HttpError> ParseBody(const std::string& body_text, const Serv
   if (!body.is_object()) return HttpError{400, "the request body must be a JSON object", "invalid_request_error", {}};
   if (body.contains("model") && !body["model"].is_null()) {
     if (!body["model"].is_string()) return BadParam("model", "expected a string");
-    if (!model.Serves(body["model"].get<std::string>())) {
-      std::string names;
-      for (const std::string& n : model.names) names += (names.empty() ? "`" : ", `") + n + "`";
-      return HttpError{404, "The model `" + body["model"].get<std::string>() + "` does not exist (this server serves " +
-                                names + ").",
-                       "NotFoundError", std::string("model")};
-    }
+    if (std::optional<HttpError> e = UnknownModel(model, body["model"].get<std::string>())) return *e;
   }
   return body;
 }
@@ -1102,12 +1096,22 @@ bool ServedModel::Serves(const std::string& requested) const {
   return std::find(names.begin(), names.end(), requested) != names.end();
 }
 
+json ModelJson(const std::string& name, int64_t max_model_len, int64_t created) {
+  return {{"id", name}, {"object", "model"}, {"created", created}, {"owned_by", "moe"}, {"max_model_len", max_model_len}};
+}
+
 json ModelsJson(const ServedModel& model, int64_t max_model_len, int64_t created) {
   json data = json::array();
-  for (const std::string& name : model.names) {
-    data.push_back({{"id", name}, {"object", "model"}, {"created", created}, {"owned_by", "moe"}, {"max_model_len", max_model_len}});
-  }
+  for (const std::string& name : model.names) data.push_back(ModelJson(name, max_model_len, created));
   return {{"object", "list"}, {"data", std::move(data)}};
+}
+
+std::optional<HttpError> UnknownModel(const ServedModel& model, const std::string& requested) {
+  if (model.Serves(requested)) return std::nullopt;
+  std::string names;
+  for (const std::string& n : model.names) names += (names.empty() ? "`" : ", `") + n + "`";
+  return HttpError{404, "The model `" + requested + "` does not exist (this server serves " + names + ").",
+                   "NotFoundError", std::string("model")};
 }
 
 }  // namespace moe::openai

@@ -283,8 +283,12 @@ struct HttpUrl {
 };
 absl::StatusOr<HttpUrl> ParseHttpUrl(const std::string& url);
 
-// GET /v1/models: the one model, with its context length.
-// GET /v1/models: one entry per served name, as vLLM lists them.
+// GET /v1/models: one entry per served name, as vLLM lists them, with the context length.
 nlohmann::json ModelsJson(const ServedModel& model, int64_t max_model_len, int64_t created);
+// GET /v1/models/{name} (OpenAI's retrieve, the SDKs' models.retrieve): that name's entry of the list.
+nlohmann::json ModelJson(const std::string& name, int64_t max_model_len, int64_t created);
+// A request's "model" (a body's, or /v1/models/{name}'s) that is none of the served names: OpenAI's
+// 404 naming it and what is served.
+std::optional<HttpError> UnknownModel(const ServedModel& model, const std::string& requested);
 
 }  // namespace moe::openai

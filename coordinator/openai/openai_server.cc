@@ -370,6 +370,8 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const ServerOp
   for (const Route& r : ExactRoutes()) handle(std::string(r.path) + "$", r);  // "$": that path only
   static constexpr Route kStoredResponse{"/v1/responses/", &OpenAiServer::HandleStoredResponse};
   handle(kStoredResponse.path, kStoredResponse);  // and below
+  static constexpr Route kModel{"/v1/models/", &OpenAiServer::HandleModel};
+  handle(kModel.path, kModel);  // and below: a served name may hold slashes ("org/model")
   // civetweb prefers a handler whose URI equals the request's, so the rest is "/**", not "/".
   static constexpr Route kUnknown{"/**", &OpenAiServer::HandleUnknown};
   handle(kUnknown.path, kUnknown);  // registered last: the rest
@@ -503,6 +505,18 @@ int OpenAiServer::HandleModels(mg_connection* conn, void* self) {
   return 200;
 }
 
+// OpenAI's retrieve (the SDKs' models.retrieve): the name after the prefix, as civetweb decoded it
+// (the SDK sends "org/model" as org%2Fmodel).
+int OpenAiServer::HandleModel(mg_connection* conn, void* self) {
+  if (!IsMethod(conn, "GET")) return MethodNotAllowed(conn, "GET");
+  auto* s = static_cast<OpenAiServer*>(self);
+  const char* uri = mg_get_request_info(conn)->local_uri;
+  const std::string name = std::string(uri != nullptr ? uri : "").substr(std::string("/v1/models/").size());
+  if (std::optional<HttpError> e = UnknownModel(s->served_, name)) return SendError(conn, *e);
+  SendJson(conn, 200, ModelJson(name, s->max_model_len_, s->created_));
+  return 200;
+}
+
 int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
   const std::string uri = mg_get_request_info(conn)->local_uri != nullptr ? mg_get_request_info(conn)->local_uri : "";
   std::string ours, tgi;
@@ -510,6 +524,7 @@ int OpenAiServer::HandleUnknown(mg_connection* conn, void*) {
     std::string& list = r.tgi ? tgi : ours;
     list += (list.empty() ? "" : ", ") + std::string(r.path);
     if (std::string_view(r.path) == "/v1/responses") list += ", /v1/responses/{id}";
+    if (std::string_view(r.path) == "/v1/models") list += ", /v1/models/{model}";
   }
   return SendError(conn, HttpError{404, "no such endpoint: " + uri + " (this server has " + ours + ", and TGI's " + tgi + ")",
                                    "NotFoundError", {}});

@@ -128,6 +128,7 @@ class OpenAiServer {
   static int HandleTokenize(mg_connection* conn, void* self);
   static int HandleDetokenize(mg_connection* conn, void* self);
   static int HandleModels(mg_connection* conn, void* self);
+  static int HandleModel(mg_connection* conn, void* self);  // GET /v1/models/{model}
   static int HandleHealth(mg_connection* conn, void* self);
   static int HandleVersion(mg_connection* conn, void* self);
   static int HandleMetrics(mg_connection* conn, void* self);
