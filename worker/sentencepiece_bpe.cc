@@ -261,53 +261,50 @@ size_t SentencePieceBpe::UserDefinedPrefix(std::string_view s) const {
   return 0;
 }
 
-std::string SentencePieceBpe::Normalize(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* origin) const {
-  // Invalid UTF-8 becomes U+FFFD, one per byte SentencePiece cannot read as a character.
-  std::string s;
-  std::vector<TextSpan> from;  // with `origin`: per byte of s, the character of `text` it is part of
-  s.reserve(text.size() + 3);
+void SentencePieceBpe::Origin::Add(size_t bytes, size_t char_begin) {
+  MOE_CHECK(char_begin <= UINT32_MAX, "byte offsets of a text over 4 GiB");  // callers' messages are far smaller
+  starts_.insert(starts_.end(), bytes, static_cast<uint32_t>(char_begin));
+}
+
+TextSpan SentencePieceBpe::Origin::Span(size_t first, size_t last) const {
+  const size_t end = starts_[last];
+  size_t len;
+  ValidUtf8Char(text_.substr(end), len);  // an invalid byte (now U+FFFD) is one byte long
+  return {starts_[first], end + len};
+}
+
+std::string SentencePieceBpe::Normalize(std::string_view text, bool dummy_prefix, Origin* origin) const {
+  // In one pass, character by character: invalid UTF-8 becomes U+FFFD, one per byte SentencePiece
+  // cannot read as a character; with remove_extra_whitespaces, a run of spaces is written as its
+  // first space once something that is not a space follows it (none at the start or the end); a
+  // space becomes "▁"; the dummy prefix's "▁" goes before the first character written.
+  std::string out;
+  out.reserve(text.size() + kSpace.size());
+  bool first = true;
+  size_t held_space = std::string_view::npos;  // remove_extra_whitespaces: the run's first space, not yet written
+  const auto write = [&](std::string_view bytes, size_t char_begin) {
+    if (std::exchange(first, false)) {
+      // Metaspace prepends no "▁" to a text that already starts with one (a space, once replaced).
+      const bool starts_with_space = bytes == " " || bytes == kSpace;
+      if (add_dummy_prefix_ && dummy_prefix && !(json_.has_value() && json_->prefix_unless_space && starts_with_space)) {
+        out.append(kSpace);
+        if (origin != nullptr) origin->Add(kSpace.size(), char_begin);
+      }
+    }
+    const std::string_view written = bytes == " " ? kSpace : bytes;
+    out.append(written);
+    if (origin != nullptr) origin->Add(written.size(), char_begin);
+  };
   for (size_t i = 0; i < text.size();) {
     size_t len;
-    const size_t before = s.size();
-    if (ValidUtf8Char(text.substr(i), len)) {
-      s.append(text.substr(i, len));
+    const bool valid = ValidUtf8Char(text.substr(i), len);
+    if (text[i] == ' ' && remove_extra_whitespaces_) {
+      if (!first && held_space == std::string_view::npos) held_space = i;
     } else {
-      s.append(kReplacement);
+      if (held_space != std::string_view::npos) write(" ", std::exchange(held_space, std::string_view::npos));
+      write(valid ? text.substr(i, len) : kReplacement, i);
     }
-    if (origin != nullptr) from.insert(from.end(), s.size() - before, TextSpan{i, i + len});
     i += len;
-  }
-  if (remove_extra_whitespaces_) {
-    std::string t;
-    std::vector<TextSpan> t_from;
-    for (size_t k = 0; k < s.size(); ++k) {
-      if (s[k] == ' ' && (t.empty() || t.back() == ' ')) continue;
-      t.push_back(s[k]);
-      if (origin != nullptr) t_from.push_back(from[k]);
-    }
-    while (!t.empty() && t.back() == ' ') {
-      t.pop_back();
-      if (origin != nullptr) t_from.pop_back();
-    }
-    s = std::move(t);
-    from = std::move(t_from);
-  }
-  if (s.empty()) return s;
-  std::string out;
-  // Metaspace prepends no "▁" to a text that already starts with one (a space, once replaced).
-  const bool starts_with_space = s[0] == ' ' || std::string_view(s).substr(0, kSpace.size()) == kSpace;
-  if (add_dummy_prefix_ && dummy_prefix && !(json_.has_value() && json_->prefix_unless_space && starts_with_space)) {
-    out.append(kSpace);
-    if (origin != nullptr) origin->assign(kSpace.size(), from.front());
-  }
-  for (size_t k = 0; k < s.size(); ++k) {
-    const size_t before = out.size();
-    if (s[k] == ' ') {
-      out.append(kSpace);
-    } else {
-      out.push_back(s[k]);
-    }
-    if (origin != nullptr) origin->insert(origin->end(), out.size() - before, from[k]);
   }
   return out;
 }
@@ -321,9 +318,8 @@ size_t SentencePieceBpe::WordEnd(std::string_view normalized, size_t begin) cons
 }
 
 std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* spans) const {
-  std::vector<TextSpan> origin;
+  Origin origin(text);
   const std::string normalized = Normalize(text, dummy_prefix, spans != nullptr ? &origin : nullptr);
-  if (spans != nullptr) spans->clear();
   if (json_.has_value()) return EncodeByPairRank(normalized, origin, spans);
   std::vector<int32_t> ids;
   ScoreScratch scratch;
@@ -336,7 +332,7 @@ std::vector<int32_t> SentencePieceBpe::Encode(std::string_view text, bool dummy_
 }
 
 void SentencePieceBpe::EncodeByScore(std::string_view normalized, size_t word_begin, size_t word_end,
-                                     const std::vector<TextSpan>& origin, std::vector<int32_t>& ids,
+                                     const Origin& origin, std::vector<int32_t>& ids,
                                      std::vector<TextSpan>* spans, ScoreScratch& scratch) const {
   std::vector<ScoreScratch::Symbol>& symbols = scratch.symbols;
   symbols.clear();
@@ -391,17 +387,17 @@ void SentencePieceBpe::EncodeByScore(std::string_view normalized, size_t word_be
     if (byte_fallback_ && (id < 0 || type(id) == Type::kUnknown)) {
       for (size_t k = 0; k < piece.size(); ++k) {
         ids.push_back(byte_ids_[static_cast<uint8_t>(piece[k])]);
-        if (spans != nullptr) spans->push_back(origin[begin + k]);
+        if (spans != nullptr) spans->push_back(origin.Span(begin + k, begin + k));
       }
       continue;
     }
     ids.push_back(id >= 0 && type(id) != Type::kUnknown ? id : unk_id_);
     // The origins of a piece's bytes run forward: its first byte's start to its last byte's end.
-    if (spans != nullptr) spans->push_back({origin[begin].begin, origin[begin + piece.size() - 1].end});
+    if (spans != nullptr) spans->push_back(origin.Span(begin, begin + piece.size() - 1));
   }
 }
 
-std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normalized, const std::vector<TextSpan>& origin,
+std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normalized, const Origin& origin,
                                                         std::vector<TextSpan>* spans) const {
   const JsonRules& rules = *json_;
   struct Symbol {
@@ -430,7 +426,7 @@ std::vector<int32_t> SentencePieceBpe::EncodeByPairRank(std::string_view normali
   std::vector<Symbol> symbols;
   const auto emit = [&](const Symbol& sym) {
     ids.push_back(sym.id);
-    if (spans != nullptr) spans->push_back({origin[sym.begin].begin, origin[sym.begin + sym.len - 1].end});
+    if (spans != nullptr) spans->push_back(origin.Span(sym.begin, sym.begin + sym.len - 1));
   };
   for (size_t word_begin = 0; word_begin < normalized.size();) {
     // Metaspace's split: a word runs from a "▁" to the next one. Without it, the text still

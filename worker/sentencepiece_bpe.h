@@ -86,9 +86,10 @@ class SentencePieceBpe {
   // `dummy_prefix` false: no "▁" before the text even where the model adds one (a part of a text
   // after a special token, as non-legacy Hugging Face tokenizers encode it). A tokenizer.json's
   // Metaspace prepends none to a text that starts with a space either.
-  // `spans`, when given, gets each id's bytes of `text` as Hugging Face tokenizers' offsets place
-  // them: a piece the characters it covers (the dummy prefix's "▁" counts as the text's first
-  // character; a space its "▁"), each byte-fallback id of a character the whole character.
+  // `spans`, when given, gets each id's bytes of `text` appended, as Hugging Face tokenizers'
+  // offsets place them: a piece the characters it covers (the dummy prefix's "▁" counts as the
+  // text's first character; a space its "▁"), each byte-fallback id of a character the whole
+  // character. Spans need `text` under 4 GiB.
   std::vector<int32_t> Encode(std::string_view text, bool dummy_prefix = true, std::vector<TextSpan>* spans = nullptr) const;
   // Ids to text: control pieces add nothing, the unknown piece " ⁇ ", byte pieces their bytes (a
   // byte that does not complete a valid UTF-8 character becomes U+FFFD), "▁" a space; the text's
@@ -160,9 +161,21 @@ class SentencePieceBpe {
   // A byte-fallback piece's byte: "<0xNN>" with exactly two hex digits, or nothing. (sscanf's "%2X"
   // also took "<0x-4>", a byte of 0xFFFFFFFC that indexed past byte_ids_.)
   static std::optional<uint8_t> BytePieceValue(std::string_view text);
+  // Per byte of a normalised text, where in the text encoded it came from: the start of the
+  // character it stands for, 4 bytes a byte (the character's end follows from the text). A TextSpan
+  // a byte, kept three times over while normalising, took a 20 MB text's offsets to 1.2 GB.
+  class Origin {
+   public:
+    explicit Origin(std::string_view text) : text_(text) {}
+    void Add(size_t bytes, size_t char_begin);  // the next `bytes` normalised bytes; text under 4 GiB
+    TextSpan Span(size_t first, size_t last) const;  // what normalised bytes [first, last] stand for
+   private:
+    std::string_view text_;
+    std::vector<uint32_t> starts_;
+  };
   // tokenizer.json's BPE over `normalized`: per word, characters (each as its bytes' pieces, or
   // unknown, where the vocabulary lacks it) merged by pair rank.
-  std::vector<int32_t> EncodeByPairRank(std::string_view normalized, const std::vector<TextSpan>& origin,
+  std::vector<int32_t> EncodeByPairRank(std::string_view normalized, const Origin& origin,
                                         std::vector<TextSpan>* spans) const;
   // Buffers EncodeByScore reuses from word to word.
   struct ScoreScratch {
@@ -181,15 +194,15 @@ class SentencePieceBpe {
   };
   // tokenizer.model's BPE over normalized[word_begin, word_end): characters (user-defined pieces
   // whole) merged by the merged piece's score; appends to `ids` (and `spans`).
-  void EncodeByScore(std::string_view normalized, size_t word_begin, size_t word_end, const std::vector<TextSpan>& origin,
+  void EncodeByScore(std::string_view normalized, size_t word_begin, size_t word_end, const Origin& origin,
                      std::vector<int32_t>& ids, std::vector<TextSpan>* spans, ScoreScratch& scratch) const;
   // Where the word from `begin` ends: at the next "▁" after another character, where no merge can
   // cross (merges_stay_in_words_), else at the end of the text. Encoding word by word bounds the
   // merge agenda by a word, not the text (a 16 MiB text took 0.9 GB and 13 s whole).
   size_t WordEnd(std::string_view normalized, size_t begin) const;
-  // `origin`, when given, gets per byte of the result the bytes of `text` it stands for (the whole
-  // character; the dummy prefix's "▁" the first character's).
-  std::string Normalize(std::string_view text, bool dummy_prefix, std::vector<TextSpan>* origin = nullptr) const;
+  // `origin`, when given, gets per byte of the result the character of `text` it stands for (the
+  // dummy prefix's "▁" the first character's).
+  std::string Normalize(std::string_view text, bool dummy_prefix, Origin* origin = nullptr) const;
   // Appends `piece` with each "▁" as a space.
   static void AppendSurface(std::string_view piece, std::string& out);
   // Length of the user-defined piece `s` starts with (longest), or 0.

@@ -209,11 +209,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
 
 void Tokenizer::AppendPieces(std::string_view text, std::vector<int32_t>& ids, bool dummy_prefix,
                              std::vector<TextSpan>* spans, size_t offset) const {
-  std::vector<TextSpan> piece_spans;
-  const std::vector<int32_t> pieces = sp_->Encode(text, dummy_prefix, spans != nullptr ? &piece_spans : nullptr);
+  const size_t first_span = spans != nullptr ? spans->size() : 0;
+  const std::vector<int32_t> pieces = sp_->Encode(text, dummy_prefix, spans);
   ids.insert(ids.end(), pieces.begin(), pieces.end());
   if (spans == nullptr) return;
-  for (const TextSpan& s : piece_spans) spans->push_back({offset + s.begin, offset + s.end});
+  for (size_t k = first_span; k < spans->size(); ++k) {  // in place: a second list was as big again
+    (*spans)[k].begin += offset;
+    (*spans)[k].end += offset;
+  }
 }
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, std::vector<TextSpan>* spans) const {
