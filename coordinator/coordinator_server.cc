@@ -15,6 +15,7 @@
 #include "common/json_util.h"
 #include "common/model_name.h"
 #include "common/pem_file.h"
+#include "coordinator/answer_size.h"
 #include "worker/model/generation_config.h"
 
 namespace moe {
@@ -41,8 +42,8 @@ void ConfigureBuilder(grpc::ServerBuilder& b) {
   // the requests, and workers register with either.
   b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // Prompts and score batches can be large.
-  b.SetMaxReceiveMessageSize(256 << 20);
-  b.SetMaxSendMessageSize(256 << 20);
+  b.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessageBytes));
+  b.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));  // tokeniser answers are sized before they are built (answer_size.h)
 }
 
 // A port's credentials: plaintext without files, else TLS only with the PEM certificate chain and

@@ -9,6 +9,7 @@
 
 #include "common/request_id_metadata.h"
 #include "common/secret_token.h"
+#include "coordinator/answer_size.h"
 #include "coordinator/generate_output.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/score_windows.h"
@@ -364,7 +365,9 @@ grpc::Status InferenceService::Score(grpc::ServerContext* context, const v1::Sco
 grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const v1::ScoreRollingRequest* request,
                                             v1::ScoreRollingResponse* response) {
   if (grpc::Status key = Authorized(context); !key.ok()) return key;
-  absl::StatusOr<std::vector<std::vector<int32_t>>> texts = ValidateScoreRolling(*request, model_);
+  // Refused at the first text whose windows overflow the queue, before the rest are encoded.
+  absl::StatusOr<std::vector<std::vector<int32_t>>> texts =
+      ValidateScoreRolling(*request, model_, state_.setup().limits.max_waiting);
   if (!texts.ok()) return ToGrpcStatus(texts.status());
   const int64_t context_len = model_.context();
   std::vector<std::vector<ScoreWindow>> windows;
@@ -381,8 +384,6 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
       seqs.push_back(std::move(s));
     }
   }
-  const absl::Status fits = CheckQueueCapacity(seqs.size(), state_.setup().limits.max_waiting, "texts");
-  if (!fits.ok()) return ToGrpcStatus(fits);
   std::vector<v1::Scored> scored;
   if (!seqs.empty()) {  // texts of one token have nothing to score
     absl::StatusOr<std::vector<v1::Scored>> r = RunScoring(context, std::move(seqs));
@@ -438,7 +439,18 @@ grpc::Status InferenceService::Tokenize(grpc::ServerContext* context, const v1::
                     request->has_add_bos() ? std::optional<bool>(request->add_bos()) : std::nullopt,
                     request->parse_special_tokens(), request->return_offsets() ? &spans : nullptr,
                     !request->has_add_eos() || request->add_eos());
+  // Sized before it is built: a ByteSpan message a token takes ~60 bytes of memory.
+  const size_t id_bytes = TokenIdsBytes(ids);
+  const absl::Status fits = CheckAnswerFits(id_bytes, "text", absl::StrCat("its ", ids.size(), " token ids"),
+                                            "send the text in parts");
+  if (!fits.ok()) return ToGrpcStatus(fits);
+  const absl::Status offsets_fit =
+      CheckAnswerFits(id_bytes + OffsetsBytes(spans), "return_offsets",
+                      absl::StrCat("the ", ids.size(), " token ids of the text and their offsets"),
+                      "send the text in parts, or without return_offsets");
+  if (!offsets_fit.ok()) return ToGrpcStatus(offsets_fit);
   response->mutable_token_ids()->Assign(ids.begin(), ids.end());
+  response->mutable_offsets()->Reserve(static_cast<int>(spans.size()));
   for (const TextSpan& s : spans) {
     v1::ByteSpan* o = response->add_offsets();
     o->set_start(static_cast<uint32_t>(s.begin));
@@ -456,8 +468,23 @@ grpc::Status InferenceService::Detokenize(grpc::ServerContext* context, const v1
   const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
   const absl::Status valid = CheckTokenIds(ids, model_.config.vocab_size, "token_ids");
   if (!valid.ok()) return ToGrpcStatus(valid);
+  // Sized before it is built: the text from a bound (Decode's bytes), the pieces exactly.
+  const size_t text_bytes = StringFieldBytes(model_.tokenizer->DecodedSizeBound(ids));
+  const absl::Status fits = CheckAnswerFits(text_bytes, "token_ids", absl::StrCat("the text of its ", ids.size(), " ids may"),
+                                            "send fewer ids at a time");
+  if (!fits.ok()) return ToGrpcStatus(fits);
+  if (request->return_pieces()) {
+    size_t piece_bytes = 0;
+    for (int32_t id : ids) piece_bytes += StringFieldBytes(model_.tokenizer->Piece(id).size());
+    const absl::Status pieces_fit =
+        CheckAnswerFits(text_bytes + piece_bytes, "return_pieces",
+                        absl::StrCat("the text of the ", ids.size(), " ids and their pieces may"),
+                        "send fewer ids at a time, or without return_pieces");
+    if (!pieces_fit.ok()) return ToGrpcStatus(pieces_fit);
+  }
   response->set_text(model_.tokenizer->Decode(ids, !request->has_skip_special_tokens() || request->skip_special_tokens()));
   if (request->return_pieces()) {
+    response->mutable_pieces()->Reserve(static_cast<int>(ids.size()));
     for (int32_t id : ids) response->add_pieces(model_.tokenizer->Piece(id));
   }
   return grpc::Status::OK;

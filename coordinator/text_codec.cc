@@ -40,6 +40,7 @@ class SentencePieceCodec final : public TextCodec {
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
     return tok_->Decode(ids, skip_special_tokens);
   }
+  size_t DecodedSizeBound(std::span<const int32_t> ids) const override { return tok_->DecodedSizeBound(ids); }
   int32_t bos_id() const override { return tok_->bos_id(); }
   int32_t eos_id() const override { return tok_->eos_id(); }
   int32_t vocab_size() const override { return tok_->vocab_size(); }

@@ -39,6 +39,8 @@ class TextCodec {
   virtual std::string TokenBytes(int32_t id) const = 0;    // one of them
   // `skip_special_tokens` false: control and unknown tokens as their pieces' texts (Tokenizer::Decode).
   virtual std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const = 0;
+  // At least Decode(ids)'s size, counted without decoding (Tokenizer::DecodedSizeBound).
+  virtual size_t DecodedSizeBound(std::span<const int32_t> ids) const = 0;
   virtual int32_t bos_id() const = 0;
   virtual int32_t eos_id() const = 0;
   virtual int32_t vocab_size() const = 0;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -110,8 +111,11 @@ struct ScoreJob {
 absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& request, const RequestModel& model);
 
 // The token ids of every text (BOS per the tokenizer config for text); any length (long texts are
-// scored in rolling windows).
-absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
-                                                                       const RequestModel& model);
+// scored in rolling windows, RollingWindows). Texts are encoded one by one, and the windows counted
+// as they come: more than `max_windows` (the coordinator's queue, --max-waiting) are refused at the
+// first text that goes over, before the texts after it are encoded.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(
+    const v1::ScoreRollingRequest& request, const RequestModel& model,
+    int64_t max_windows = std::numeric_limits<int64_t>::max());
 
 }  // namespace moe

@@ -16,6 +16,7 @@
 #include <limits>
 #include <random>
 
+#include "coordinator/answer_size.h"
 #include "coordinator/score_windows.h"
 
 namespace moe {
@@ -82,6 +83,7 @@ class CollapsingCodec final : public TextCodec {
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens) const override {
     return inner_.Decode(ids, skip_special_tokens);
   }
+  size_t DecodedSizeBound(std::span<const int32_t> ids) const override { return inner_.DecodedSizeBound(ids); }
   int32_t bos_id() const override { return inner_.bos_id(); }
   int32_t eos_id() const override { return inner_.eos_id(); }
   int32_t vocab_size() const override { return inner_.vocab_size(); }
@@ -794,6 +796,81 @@ TEST_F(ValidationTest, ScoreRollingFields) {
   EXPECT_TRUE(ValidateScoreRolling(r, shakespeare()).ok());
   r.set_top_logprobs(21);
   EXPECT_TRUE(NamesField(ValidateScoreRolling(r, shakespeare()).status(), "top_logprobs"));
+}
+
+// Texts are encoded one by one and their windows counted as they come: the first text that takes
+// the count past the queue is refused, before the texts after it are encoded (an empty text after
+// it, an error of its own, is not reached); at the queue's size exactly they are served.
+TEST_F(ValidationTest, ScoreRollingCountsWindowsTextByText) {
+  const RequestModel m = shakespeare();
+  v1::ScoreRollingRequest r;
+  std::vector<int32_t> ids(static_cast<size_t>(2 * m.context()), 5);
+  r.add_texts()->mutable_token_ids()->mutable_ids()->Assign(ids.begin(), ids.end());
+  r.add_texts()->set_text("ROMEO:");
+  const int64_t first = static_cast<int64_t>(RollingWindows(2 * m.context(), m.context()).size());
+  const int64_t both = first + static_cast<int64_t>(RollingWindows(static_cast<int64_t>((*codec_)->Encode("ROMEO:").size()), m.context()).size());
+  ASSERT_EQ(first, 3);
+  ASSERT_EQ(both, 4);
+  EXPECT_TRUE(ValidateScoreRolling(r, m, both).ok());
+  const absl::Status last = ValidateScoreRolling(r, m, both - 1).status();
+  EXPECT_TRUE(NamesField(last, "texts")) << last;
+  EXPECT_TRUE(absl::StrContains(last.message(), "texts: 4 sequences (rolling windows of texts[0..1]) exceed the coordinator's queue of 3 (--max-waiting)")) << last;
+  r.add_texts()->set_text("");  // would be refused as texts[2].text, were it reached
+  const absl::Status early = ValidateScoreRolling(r, m, first - 1).status();
+  EXPECT_TRUE(absl::StrContains(early.message(), "texts: at least 3 sequences (rolling windows of texts[0..0]) exceed the coordinator's queue of 2")) << early;
+  EXPECT_TRUE(NamesField(ValidateScoreRolling(r, m, both).status(), "texts[2].text"));
+}
+
+// The tokeniser answers' sizes, counted before they are built, are the sizes protobuf serialises.
+TEST_F(ValidationTest, AnswerSizesAreTheSerialisedSizes) {
+  const TextCodec& tok = **codec_;
+  std::vector<TextSpan> spans;
+  const std::string text = "ROMEO: But, soft! what light \xe6\x97\xa5 <s> through yonder window breaks?\n\n";
+  std::vector<int32_t> ids = tok.EncodeWithSpecialTokens(text, &spans);
+  ids.push_back(-1);  // a negative int32 takes 10 bytes
+  spans.push_back({0, 0});
+  spans.push_back({size_t{300} << 20, (size_t{300} << 20) + 4});  // 5-byte varints
+  ids.push_back(7);
+  v1::TokenizeResponse t;
+  t.mutable_token_ids()->Assign(ids.begin(), ids.end());
+  EXPECT_EQ(TokenIdsBytes(ids), t.ByteSizeLong());
+  for (const TextSpan& s : spans) {
+    v1::ByteSpan* o = t.add_offsets();
+    o->set_start(static_cast<uint32_t>(s.begin));
+    o->set_end(static_cast<uint32_t>(s.end));
+  }
+  EXPECT_EQ(TokenIdsBytes(ids) + OffsetsBytes(spans), t.ByteSizeLong());
+  EXPECT_EQ(TokenIdsBytes({}) + OffsetsBytes({}), v1::TokenizeResponse().ByteSizeLong());
+  v1::DetokenizeResponse d;
+  size_t bytes = 0;
+  for (const std::string piece : {std::string(), std::string(200, 'x'), tok.Piece(5)}) {
+    d.add_pieces(piece);
+    bytes += StringFieldBytes(piece.size());
+  }
+  d.set_text(std::string(70000, 'y'));
+  EXPECT_EQ(StringFieldBytes(70000) + bytes, d.ByteSizeLong());
+  EXPECT_TRUE(CheckAnswerFits(kMaxMessageBytes, "f", "w", "a").ok());
+  const absl::Status over = CheckAnswerFits(kMaxMessageBytes + 1, "return_pieces", "the pieces", "send fewer");
+  EXPECT_EQ(over.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(over.message(), "return_pieces: the pieces take 268435457 bytes, more than the 268435456 (256 MiB) the "
+                            "coordinator sends in one message; send fewer");
+}
+
+// Detokenize sizes its text from DecodedSizeBound before decoding: never less than Decode gives,
+// whichever ids (every piece alone and after text, byte pieces that form no character), skipping
+// special tokens or not.
+TEST_F(ValidationTest, DecodedSizeBoundIsAtLeastTheDecodedSize) {
+  const TextCodec& tok = **codec_;
+  std::vector<int32_t> all;
+  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+    for (const std::vector<int32_t>& ids : {std::vector<int32_t>{id}, std::vector<int32_t>{id, id, 100}, std::vector<int32_t>{100, id}}) {
+      for (bool skip : {true, false}) EXPECT_LE(tok.Decode(ids, skip).size(), tok.DecodedSizeBound(ids)) << id;
+    }
+    all.push_back(id);
+  }
+  std::mt19937 rng(7);
+  std::shuffle(all.begin(), all.end(), rng);
+  for (bool skip : {true, false}) EXPECT_LE(tok.Decode(all, skip).size(), tok.DecodedSizeBound(all));
 }
 
 TEST_F(ValidationTest, TokenizeHonoursAddBos) {

@@ -10,6 +10,9 @@ with deploy/launch-cluster.sh.
   second, the watcher well under 1. They still end when cancelled, and the rest complete.
 - A Score item whose text could not fit the context whatever it encodes to is refused before it is
   encoded (INVALID_ARGUMENT naming the item), as a Generate prompt is.
+- ScoreRolling texts are refused at the first whose windows overflow the queue, before the rest are
+  encoded; Tokenize and Detokenize answers past the 256 MiB message limit are refused before they
+  are built (RESOURCE_EXHAUSTED naming return_offsets / return_pieces), not by gRPC once built.
 
 Environment (CTest sets them): MOE_BUILD_DIR, MOE_PYTHON_PROTO_DIR, MOE_SOURCE_DIR.
 """
@@ -134,6 +137,57 @@ class FrontDoor(unittest.TestCase):
             channel.close()
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("items[0] (context + continuation): at least", e.exception.details())
+
+    def big_stub(self):
+        """A stub whose requests and answers may be as big as the coordinator's (256 MiB) and more."""
+        channel = grpc.insecure_channel(self.cluster.address, options=[("grpc.max_send_message_length", 512 << 20),
+                                                                       ("grpc.max_receive_message_length", 512 << 20)])
+        self.addCleanup(channel.close)
+        return inference_pb2_grpc.InferenceStub(channel)
+
+    def test_score_rolling_texts_are_refused_at_the_first_that_overflows_the_queue(self):
+        # 20 MB (~5.5 M tokens, 1,348 windows of this model's 4,096) overflows the queue of 1,024
+        # (--max-waiting) alone: refused there, before the next text is encoded (an empty text, an
+        # error of its own, shows whether it was). All texts used to be encoded first.
+        texts = [pb.Prompt(text=("the king is dead, long live the king! " * (560 << 10))), pb.Prompt(text="")]
+        with self.assertRaises(grpc.RpcError) as e:
+            self.big_stub().ScoreRolling(pb.ScoreRollingRequest(texts=texts), timeout=120)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("texts: at least ", e.exception.details())
+        self.assertIn("(rolling windows of texts[0..0]) exceed the coordinator's queue of 1024 (--max-waiting)",
+                      e.exception.details())
+
+    def test_tokenize_offsets_past_the_message_limit_are_refused_naming_the_field(self):
+        # One token a byte here (no piece merges "aa"): 22 M tokens' offsets take ~286 MB to send, past
+        # the 256 MiB limit; gRPC used to refuse it only once built ("Sent message larger than max").
+        stub = self.big_stub()
+        text = "a" * (22 << 20)
+        with self.assertRaises(grpc.RpcError) as e:
+            stub.Tokenize(pb.TokenizeRequest(text=text, return_offsets=True), timeout=120)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertTrue(e.exception.details().startswith("return_offsets: the "), e.exception.details())
+        self.assertIn("more than the 268435456 (256 MiB) the coordinator sends in one message", e.exception.details())
+        # The ids alone fit, and their offsets for a smaller text are as before.
+        self.assertEqual(len(stub.Tokenize(pb.TokenizeRequest(text=text, add_bos=False), timeout=120).token_ids), 22 << 20)
+        small = stub.Tokenize(pb.TokenizeRequest(text="a" * 5, add_bos=False, return_offsets=True), timeout=60)
+        self.assertEqual([(o.start, o.end) for o in small.offsets], [(k, k + 1) for k in range(5)])
+
+    def test_detokenize_pieces_past_the_message_limit_are_refused_naming_the_field(self):
+        stub = self.big_stub()
+        vocab = self.client.model_info().vocab_size
+        pieces = stub.Detokenize(pb.DetokenizeRequest(token_ids=list(range(vocab)), return_pieces=True), timeout=60).pieces
+        longest = max(range(vocab), key=lambda i: len(pieces[i].encode()))
+        # Text and pieces of 9 M of the longest piece (~33 bytes an id) take ~300 MB, past the 256 MiB
+        # limit; gRPC used to refuse it only once built, at ~2 GB of memory for 30 M ids.
+        ids = [longest] * (9 << 20)
+        with self.assertRaises(grpc.RpcError) as e:
+            stub.Detokenize(pb.DetokenizeRequest(token_ids=ids, return_pieces=True), timeout=120)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertTrue(e.exception.details().startswith("return_pieces: the text of the "), e.exception.details())
+        # Without the pieces the text fits, and is what it was.
+        text = stub.Detokenize(pb.DetokenizeRequest(token_ids=ids), timeout=120).text
+        one, two = (len(stub.Detokenize(pb.DetokenizeRequest(token_ids=[longest] * k), timeout=60).text.encode()) for k in (1, 2))
+        self.assertEqual(len(text.encode()), one + (len(ids) - 1) * (two - one))
 
 
 if __name__ == "__main__":

@@ -287,6 +287,18 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_to
   return sp_->Decode(kept, skip_special_tokens);
 }
 
+size_t Tokenizer::DecodedSizeBound(std::span<const int32_t> ids) const {
+  constexpr size_t kUnknownSurface = 5;  // " ⁇ ", the most an unknown piece decodes to
+  const int32_t n = vocab_size();
+  size_t bytes = 0;
+  for (int32_t id : ids) {
+    if (id >= n) continue;
+    const size_t piece = sp_->piece(id).size();
+    bytes += sp_->type(id) == SentencePieceBpe::Type::kUnknown ? std::max(piece, kUnknownSurface) : piece;
+  }
+  return bytes;
+}
+
 absl::Status Tokenizer::CheckIds(std::span<const int32_t> ids) const {
   const int32_t n = vocab_size();
   for (size_t i = 0; i < ids.size(); ++i) {

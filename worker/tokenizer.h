@@ -69,6 +69,11 @@ class Tokenizer {
   // InternalError otherwise.
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
 
+  // At least the bytes Decode(ids) gives, skipping special tokens or not, counted without decoding:
+  // per id its piece's bytes (a "▁" decodes to one space, a byte piece "<0xNN>" to at most U+FFFD's
+  // 3 bytes), the unknown piece's " ⁇ ", nothing past the vocabulary. Precondition: no negative id.
+  size_t DecodedSizeBound(std::span<const int32_t> ids) const;
+
   // InvalidArgument naming the first id outside [0, vocab_size()) and its index.
   absl::Status CheckIds(std::span<const int32_t> ids) const;
 
