@@ -346,6 +346,19 @@ TEST(SpecialTokensTest, OffsetsAreTransformers) {
       const std::string where = model + ": " + nlohmann::json(text).dump() + (c["add_bos"].get<bool>() ? " with BOS" : "");
       EXPECT_EQ(ids, c["ids"].get<std::vector<int32_t>>()) << where;
       EXPECT_EQ(offsets, c["offsets"].get<std::vector<std::vector<uint32_t>>>()) << where;
+      // In bytes too (TGI's): CharIndices counts a byte inside a character as that character, so a
+      // span ending inside one would pass the comparison above.
+      std::vector<size_t> starts;  // per character, its first byte; then the text's end
+      for (size_t i = 0; i < text.size();) {
+        uint32_t cp = 0;
+        const int len = DecodeUtf8(text, i, cp);
+        starts.push_back(i);
+        i += static_cast<size_t>(len > 0 ? len : 1);
+      }
+      starts.push_back(text.size());
+      std::vector<TextSpan> golden_bytes;
+      for (const auto& o : c["offsets"].get<std::vector<std::vector<uint32_t>>>()) golden_bytes.push_back({starts[o[0]], starts[o[1]]});
+      EXPECT_EQ(spans, golden_bytes) << where;
       ++cases;
       for (int32_t id : ids) byte_pieces += tok->Piece(id).rfind("<0x", 0) == 0;
       // Without a special token written out, plain Encode places its ids alike.
