@@ -29,7 +29,11 @@ int64_t CachePositions(int64_t blocks, int64_t block_size) {
 // A worker job's id: random, so that a rank of a job this process never registered (a restarted
 // coordinator's) cannot match by chance; never 0, which a Join without one carries.
 uint64_t NewJobId() {
-  static std::mt19937_64 gen{std::random_device{}()};
+  // A generator of its own each call (once a job), seeded with 128 bits of the OS's entropy: no
+  // state shared between the ClusterStates of one process (tests run several).
+  std::random_device entropy;
+  std::seed_seq seed{entropy(), entropy(), entropy(), entropy()};
+  std::mt19937_64 gen(seed);
   uint64_t id = 0;
   while (id == 0) id = gen();
   return id;
@@ -597,7 +601,7 @@ bool ClusterState::WaitWorkersGone(Clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
   return cv_.wait_until(lock, deadline, [&] {
     for (const RankRecord& r : ranks_) {
-      if (r.alive) return false;
+      if (r.alive && r.loaded) return false;
     }
     return true;
   });

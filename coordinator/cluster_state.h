@@ -132,7 +132,8 @@ class ClusterState {
   // Ends every sequence in flight with `why` (posted to its request).
   void FailAll(const absl::Status& why);
   void ShutdownWorkers();
-  // True once every Serve stream of the current job has closed; false at the deadline.
+  // True once the Serve stream of every rank of the current job that had loaded has closed; false
+  // at the deadline. A rank still loading reads its Shutdown only once loaded: it is not waited for.
   bool WaitWorkersGone(Clock::time_point deadline);
 
   // --- introspection ---

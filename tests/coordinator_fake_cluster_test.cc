@@ -270,7 +270,8 @@ TEST_F(FakeClusterTest, ARankLostWhileItsJobLoadsIsReportedAndANewJobIsTaken) {
   ASSERT_TRUE(w1.FinishRegister().ok());
   w0.Connect();
   w1.Join();  // loading
-  ASSERT_TRUE(PollUntil([&] { return ClusterInfo().ranks(1).alive(); }, seconds(10)));
+  // w0's Loaded is handled on another of the server's threads than w1's Join: wait for both.
+  ASSERT_TRUE(PollUntil([&] { return ClusterInfo().ranks(0).loaded() && ClusterInfo().ranks(1).alive(); }, seconds(10)));
   EXPECT_FALSE(ClusterInfo().ranks(1).loaded());
   EXPECT_NE(RunGenerate(*stub_, IdsRequest({1}, 1), Millis(5000)).status.error_message().find("1 of 2 ranks loaded"),
             std::string::npos);

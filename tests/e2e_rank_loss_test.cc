@@ -271,11 +271,10 @@ TEST_F(E2eRankLossResumed, AKilledRanksStreamGoesOnOnTheNextWorkerJobWithTheSame
 // The coordinator dies as the ranks load their shards (rank 1 held by SIGSTOP from its first
 // "loading" line until the coordinator has been gone 2 s): the job must end by itself, exit status
 // 1, each rank saying it lost the coordinator and why (the Serve stream's status, or that it could
-// not reach the coordinator to open the stream within the connect timeout). The default model loads
-// in well under a second, so the ranks have mostly opened their streams by the time rank 1 is held:
-// this checks the ending and its message, not reliably the load-time hang the change mended (a Serve
-// stream opened with wait_for_ready after the coordinator had gone waited for ever; reproduced by
-// hand with a slower load, commit d5a518e).
+// not reach the coordinator to open the stream within the connect timeout). The ranks open their
+// Serve streams before they load, so rank 1 is held with its stream open: this checks the ending and
+// its message (the hang once mended here, a Serve stream opened with wait_for_ready after the
+// coordinator had gone, commit d5a518e, can no longer arise while the ranks load).
 TEST(E2eCoordinatorLoss, ACoordinatorLostAsTheRanksLoadEndsTheJobNamingWhy) {
   testing_ref::SetMpiTestEnvironment();
   Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {}});

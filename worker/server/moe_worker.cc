@@ -139,12 +139,18 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // rank that dies (or fails) while it loads as lost, instead of waiting for its Loaded for ever,
   // and refuses a rank of a job it no longer runs. What it sends meanwhile (a Shutdown after a
   // loss, the end of a refused stream) waits in the inbox for the serving loop.
+  // Join goes out as soon as this rank's stream is open, before the ranks agree that every stream
+  // opened: should another rank's fail, this one's stream closes bound, a loss the coordinator
+  // reports, rather than unbound and unseen.
   Inbox inbox;
-  if (AnyRankFailed(comm, (*link)->OpenStream(inbox, kConnectTimeout))) return 1;
-  moe::v1::WorkerMessage join;
-  join.mutable_join()->set_rank(rank);
-  join.mutable_join()->set_job_id(reg->job_id());
-  (*link)->Send(std::move(join));
+  const absl::Status opened = (*link)->OpenStream(inbox, kConnectTimeout);
+  if (opened.ok()) {
+    moe::v1::WorkerMessage join;
+    join.mutable_join()->set_rank(rank);
+    join.mutable_join()->set_job_id(reg->job_id());
+    (*link)->Send(std::move(join));
+  }
+  if (AnyRankFailed(comm, opened)) return 1;
 
   const std::string model_dir = flags->model_dir.empty() ? reg->model_dir() : flags->model_dir;
   absl::StatusOr<PlacementPlan> plan = PlanOf(*reg);
@@ -188,8 +194,9 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   (*link)->Close();
   if (why == StopReason::kCoordinatorLost) {
     // Why, where the stream ended on this rank (another rank may have seen it first): the
-    // coordinator went away (UNAVAILABLE) or refused this job's stream (FAILED_PRECONDITION: a newer
-    // job registered, or the coordinator restarted, while the model loaded; start the job again).
+    // coordinator went away (UNAVAILABLE, also when it restarted after this job registered) or
+    // refused this job's stream (FAILED_PRECONDITION: a newer job had registered, or the coordinator
+    // had restarted, by the time the stream opened; start the job again).
     const absl::Status& ended = (*link)->stream_status();
     std::fprintf(stderr, "moe-worker [rank %d]: lost the coordinator at %s%s; leaving\n", rank, flags->coordinator.c_str(),
                  ended.ok() ? "" : absl::StrCat(" (", absl::StatusCodeToString(ended.code()), ": ", ended.message(), ")").c_str());
