@@ -517,6 +517,13 @@ std::string SentencePieceBpe::TokenText(int32_t id) const {
   return text;
 }
 
+size_t SentencePieceBpe::DecodedSizeBound(int32_t id) const {
+  const Piece& p = pieces_[static_cast<size_t>(id)];
+  if (p.type == Type::kByte) return kReplacement.size();
+  if (p.type == Type::kUnknown) return std::max(p.text.size(), unk_surface_.size());
+  return p.text.size();
+}
+
 std::string SentencePieceBpe::Decode(std::span<const int32_t> ids, bool skip_special) const {
   std::string text, bytes;
   // A run of byte pieces: each valid UTF-8 character as itself, each other byte as U+FFFD.

@@ -101,6 +101,10 @@ class SentencePieceBpe {
   // The bytes `id` adds to a text after other text: "▁" as a space, a byte piece as its byte,
   // nothing for control, unknown and unused pieces.
   std::string TokenText(int32_t id) const;
+  // The most bytes `id` adds to any Decode, skipping special pieces or not: a byte piece at most
+  // U+FFFD's 3, the unknown piece its surface (" \xE2\x81\x87 ", or the model's) or its text, any other
+  // its text (a "\xE2\x96\x81" of it decodes to one space, so this may count more, never less).
+  size_t DecodedSizeBound(int32_t id) const;
 
   // tokenizer.json's added tokens, longest first; empty for tokenizer.model.
   const std::vector<AddedToken>& added_tokens() const { return added_; }

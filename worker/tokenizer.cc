@@ -288,13 +288,10 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids, bool skip_special_to
 }
 
 size_t Tokenizer::DecodedSizeBound(std::span<const int32_t> ids) const {
-  constexpr size_t kUnknownSurface = 5;  // " ⁇ ", the most an unknown piece decodes to
   const int32_t n = vocab_size();
   size_t bytes = 0;
   for (int32_t id : ids) {
-    if (id >= n) continue;
-    const size_t piece = sp_->piece(id).size();
-    bytes += sp_->type(id) == SentencePieceBpe::Type::kUnknown ? std::max(piece, kUnknownSurface) : piece;
+    if (id < n) bytes += sp_->DecodedSizeBound(id);
   }
   return bytes;
 }

@@ -70,8 +70,8 @@ class Tokenizer {
   std::string Decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
 
   // At least the bytes Decode(ids) gives, skipping special tokens or not, counted without decoding:
-  // per id its piece's bytes (a "▁" decodes to one space, a byte piece "<0xNN>" to at most U+FFFD's
-  // 3 bytes), the unknown piece's " ⁇ ", nothing past the vocabulary. Precondition: no negative id.
+  // per id SentencePieceBpe::DecodedSizeBound (its piece's bytes; a byte piece U+FFFD's 3; the
+  // unknown piece's surface), nothing past the vocabulary. Precondition: no negative id.
   size_t DecodedSizeBound(std::span<const int32_t> ids) const;
 
   // InvalidArgument naming the first id outside [0, vocab_size()) and its index.
