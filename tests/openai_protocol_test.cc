@@ -137,6 +137,15 @@ TEST(OpenAiProtocolTest, FieldsMapToSamplingParamsUnsetOnesStayUnset) {
     EXPECT_EQ(tgi.type(), v1::ResponseFormat::TYPE_JSON_SCHEMA) << type;
     EXPECT_EQ(tgi.json_schema(), R"({"type":"object","properties":{"z":{"type":"integer"},"a":{}}})") << type;
   }
+  // TGI's json_schema: OpenAI's {"name", "schema"} under "value".
+  got = ParseCompletionRequest(R"({"prompt": "x", "response_format": {"type": "json_schema", "value": {"name": "n",
+      "schema": {"type": "object", "properties": {"z": {"type": "integer"}}}}}})",
+                               "m");
+  ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
+  EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().json_schema(),
+            R"({"type":"object","properties":{"z":{"type":"integer"}}})");
+  EXPECT_EQ(Err(R"({"prompt": "x", "response_format": {"type": "json_schema", "value": {"name": "n"}}})").param,
+            "response_format");
   got = ParseCompletionRequest(R"({"prompt": "x", "response_format": {"type": "regex", "value": "[a-z]{3}"}})", "m");
   ASSERT_TRUE(std::holds_alternative<CompletionCall>(got));
   EXPECT_EQ(std::get<CompletionCall>(got).request.sampling().response_format().type(), v1::ResponseFormat::TYPE_REGEX);

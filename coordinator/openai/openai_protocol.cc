@@ -174,11 +174,12 @@ std::variant<std::string, HttpError> SchemaText(const std::string& body_text, Sc
     return g.dump();
   }
   const nlohmann::ordered_json& f = body["response_format"];
-  if (!f.contains("json_schema") || !f["json_schema"].is_object() || !f["json_schema"].contains("schema") ||
-      !f["json_schema"]["schema"].is_object()) {
+  // TGI's json_schema puts the same {"name", "schema"} in "value" (huggingface_hub sends it so).
+  const char* key = !f.contains("json_schema") && f.contains("value") ? "value" : "json_schema";
+  if (!f.contains(key) || !f[key].is_object() || !f[key].contains("schema") || !f[key]["schema"].is_object()) {
     return BadParam("response_format", "json_schema: expected {\"name\": ..., \"schema\": {...}}");
   }
-  return f["json_schema"]["schema"].dump();
+  return f[key]["schema"].dump();
 }
 
 // vLLM's choice (guided_choice, structured_outputs.choice): the output is exactly one of the texts.
