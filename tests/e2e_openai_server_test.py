@@ -268,9 +268,17 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         self.assertEqual(delta("moe_request_generation_tokens_sum"), 5)
         with own_front(self, self.cluster.address) as (port, _, _):  # no --metrics-url: the front's own alone
             self.call("/v1/models", base="http://127.0.0.1:%d" % port)
-            status, text = self.call("/metrics", base="http://127.0.0.1:%d" % port, raw_answer=True)
-            self.assertEqual(status, 200, text)
-            self.assertIn('http_requests_total{handler="/v1/models",method="GET",status="2xx"} 1', text)
+            # A request is counted once its answer has gone (civetweb's end_request), so the client
+            # may ask before: ask again until it shows (bounded).
+            line = 'http_requests_total{handler="/v1/models",method="GET",status="2xx"} 1'
+            deadline = time.monotonic() + 20
+            while True:
+                status, text = self.call("/metrics", base="http://127.0.0.1:%d" % port, raw_answer=True)
+                self.assertEqual(status, 200, text)
+                if line in text or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self.assertIn(line, text)
             self.assertNotIn("vllm:", text)
         with own_front(self, self.cluster.address, "--metrics-url", "http://127.0.0.1:1/metrics") as (port, _, _):
             status, err = self.call("/metrics", base="http://127.0.0.1:%d" % port)
