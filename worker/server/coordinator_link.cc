@@ -46,7 +46,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const 
   return std::unique_ptr<CoordinatorLink>(new CoordinatorLink(address, std::move(channel), std::move(cluster_token)));
 }
 
-CoordinatorLink::~CoordinatorLink() { Close(std::chrono::milliseconds(0)); }
+// A rank that leaves on an error without Close (its load failed) still delivers what it queued, its
+// Join above all: cancelled at once, the stream could end before the Join went out, leaving the
+// coordinator no rank to count lost ("0 of N ranks loaded" again). Close's default flush time bounds
+// it; a coordinator that answers ends the stream at once.
+CoordinatorLink::~CoordinatorLink() { Close(); }
 
 std::unique_ptr<CoordinatorLink::PendingRegister> CoordinatorLink::StartRegister(const moe::v1::RegisterRequest& req) {
   std::unique_ptr<PendingRegister> p(new PendingRegister);
