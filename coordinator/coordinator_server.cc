@@ -12,6 +12,7 @@
 #include <prometheus/exposer.h>
 
 #include "absl/strings/str_join.h"
+#include "common/cluster_keepalive.h"
 #include "common/json_util.h"
 #include "common/model_name.h"
 #include "common/pem_file.h"
@@ -190,6 +191,17 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   {
     grpc::ServerBuilder b;
     ConfigureBuilder(b);
+    // Keepalive pings to the ranks (common/cluster_keepalive.h): a rank whose host vanished breaks
+    // its connection and so ends its Serve stream, a loss also while its job loads (no heartbeats
+    // then); pings go on while the coordinator sends the rank nothing (gRPC stops after 2 by default).
+    // And the ranks' own pings are welcome, with or without calls.
+    const ClusterKeepAlive keepalive = CoordinatorKeepAlive(options.heartbeat_timeout_s);
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(keepalive.time.count()));
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(keepalive.timeout.count()));
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                         static_cast<int>(kMinWorkerPingInterval.count()));
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     b.AddListeningPort(options.cluster_listen, cluster_credentials, &s->ports_.cluster_port);
     b.RegisterService(s->cluster_service_.get());
     s->cluster_server_ = b.BuildAndStart();

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "common/cluster_keepalive.h"
 #include "common/secret_token.h"
 
 namespace moe {
@@ -30,6 +31,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorLink>> CoordinatorLink::Connect(const 
   // Reconnect attempts while the coordinator is not listening yet: quick at first, at most 1 s apart.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // Keepalive pings (common/cluster_keepalive.h): a coordinator that vanished without closing the
+  // connection breaks it, so the Serve stream ends UNAVAILABLE (also while this rank loads and the
+  // stream is idle). Pings go on without data (gRPC stops after 2 by default) and without calls.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(kWorkerKeepAlive.time.count()));
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(kWorkerKeepAlive.timeout.count()));
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   // Coordinator messages are small, but a generous cap costs nothing.
   args.SetMaxReceiveMessageSize(64 << 20);
   security.api_key.clear();
