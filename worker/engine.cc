@@ -24,6 +24,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
   auto progress = [&](int64_t done, int64_t total) {
     if (opts.verbose) std::fprintf(stderr, "[rank %d] loading %s: layer %lld/%lld\n", rank, model_dir.c_str(),
                                    static_cast<long long>(done), static_cast<long long>(total));
+    return opts.keep_loading ? opts.keep_loading() : absl::OkStatus();
   };
   MOE_ASSIGN_OR_RETURN(e->weights_,
                        LoadWeights(c, *ckpt, [&](int64_t l, int64_t x) { return plan.holds(l, x, rank); }, progress));

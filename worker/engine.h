@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,9 @@ struct EngineOptions {
   bool record_routing = false;  // keep the last step's router logits and routing per layer
   bool collect_load_stats = true;
   bool verbose = false;  // print a load progress line to stderr
+  // Asked after each layer of the load; an error ends the load with it (moe-worker: the job ended
+  // meanwhile, worker/server/load_watch.h). Unset: the load always goes on.
+  std::function<absl::Status()> keep_loading;
 };
 
 class Engine final : public StepEngine {

@@ -109,7 +109,7 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Plan(const ModelCo
 
 absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
     const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
-    const std::function<void(int64_t, int64_t)>& progress) {
+    const LoadProgress& progress) {
   MOE_RETURN_IF_ERROR(CheckCheckpointHoldsOnlyTheModel(c, ckpt));
   std::vector<Slot> slots;
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<DeviceWeights> w, Plan(c, holds, slots, &ckpt));
@@ -118,7 +118,7 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> DeviceWeights::Upload(
   int64_t last_layer = -1;
   for (const Slot& s : slots) {
     // Slots come in layer order; the final norm and LM head (layer -1) come last.
-    if (progress && s.layer != last_layer && last_layer >= 0) progress(last_layer + 1, c.num_layers);
+    if (progress && s.layer != last_layer && last_layer >= 0) MOE_RETURN_IF_ERROR(progress(last_layer + 1, c.num_layers));
     last_layer = s.layer;
     bf16* dst = w->arena_.get() + s.offset;
     for (const Part& p : s.parts) {

@@ -46,10 +46,10 @@ class DeviceWeights {
  public:
   // Reads the tensors from the checkpoint (shapes checked against the config, values checked
   // finite as LoadWeights does; errors name the tensor and its file). `progress` is called after
-  // each layer with (layers done, layers total).
-  static absl::StatusOr<std::unique_ptr<DeviceWeights>> Upload(
-      const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
-      const std::function<void(int64_t, int64_t)>& progress = nullptr);
+  // each layer with (layers done, layers total); an error it returns ends the upload with it.
+  static absl::StatusOr<std::unique_ptr<DeviceWeights>> Upload(const ModelConfig& c, const Checkpoint& ckpt,
+                                                               const ExpertFilter& holds,
+                                                               const LoadProgress& progress = nullptr);
   // Seeded random weights, generated on the device. Tensor values depend only on (seed, tensor
   // name), so every rank holding a tensor has the same one.
   static absl::StatusOr<std::unique_ptr<DeviceWeights>> Synthetic(const ModelConfig& c, const ExpertFilter& holds,

@@ -161,6 +161,7 @@ absl::StatusOr<std::unique_ptr<GpuEngine>> GpuEngine::Load(const std::string& mo
   auto progress = [&](int64_t done, int64_t total) {
     if (opts.verbose) std::fprintf(stderr, "[rank %d] loading %s to the GPU: layer %lld/%lld\n", rank,
                                    model_dir.c_str(), static_cast<long long>(done), static_cast<long long>(total));
+    return opts.keep_loading ? opts.keep_loading() : absl::OkStatus();
   };
   try {
     MOE_ASSIGN_OR_RETURN(e->weights_,

@@ -36,6 +36,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -67,6 +68,8 @@ struct GpuEngineOptions {
   int64_t max_step_tokens = 2048;
   bool collect_load_stats = true;
   bool verbose = false;     // print load progress to stderr
+  // Asked after each layer of Load; an error ends the load with it (as EngineOptions::keep_loading).
+  std::function<absl::Status()> keep_loading;
   int device = -1;          // CUDA device to use; -1: the current one
   bool force_host_staging = false;  // MoE rows through the host and the Communicator even on one rank
   bool profile_stages = false;      // per-stage CUDA event timings (see stage_profiler.h)

@@ -132,7 +132,7 @@ int64_t ModelWeights::bytes() const {
 }
 
 absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
-                                         const std::function<void(int64_t, int64_t)>& progress) {
+                                         const LoadProgress& progress) {
   MOE_RETURN_IF_ERROR(CheckCheckpointHoldsOnlyTheModel(c, ckpt));
   ModelWeights w;
   const ModelTensorSpecs mt = ModelTensors(c);
@@ -167,7 +167,7 @@ absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint&
       MOE_ASSIGN_OR_RETURN(ew.w2, Read(ckpt, x.w2));
       m.experts.emplace(e, std::move(ew));
     }
-    if (progress) progress(l + 1, c.num_layers);
+    if (progress) MOE_RETURN_IF_ERROR(progress(l + 1, c.num_layers));
   }
   return w;
 }

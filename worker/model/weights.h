@@ -86,8 +86,10 @@ absl::Status CheckCheckpointHoldsOnlyTheModel(const ModelConfig& c, const Checkp
 
 // Loads and checks every needed tensor's shape against the config, and that every value is finite
 // (NonFiniteWeightError). Errors name the tensor.
-// `progress`, when given, is called after each layer with (layers done, layers total).
+// `progress`, when given, is called after each layer with (layers done, layers total); an error it
+// returns ends the load with that error (a worker rank whose job ended while it loads stops there).
+using LoadProgress = std::function<absl::Status(int64_t done, int64_t total)>;
 absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& c, const Checkpoint& ckpt, const ExpertFilter& holds,
-                                         const std::function<void(int64_t, int64_t)>& progress = nullptr);
+                                         const LoadProgress& progress = nullptr);
 
 }  // namespace moe

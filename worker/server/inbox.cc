@@ -33,6 +33,14 @@ bool Inbox::WaitFor(std::chrono::milliseconds timeout) {
   return cv_.wait_for(lock, timeout, [this] { return !queue_.empty() || closed_; });
 }
 
+bool Inbox::Holds(moe::v1::CoordinatorMessage::KindCase kind) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const moe::v1::CoordinatorMessage& m : queue_) {
+    if (m.kind_case() == kind) return true;
+  }
+  return false;
+}
+
 bool Inbox::closed() const {
   std::lock_guard<std::mutex> lock(mu_);
   return closed_;

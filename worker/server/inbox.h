@@ -25,6 +25,8 @@ class Inbox {
   // message or the close is there to be seen.
   bool WaitFor(std::chrono::milliseconds timeout);
   bool closed() const;
+  // Whether a message of `kind` is queued (left queued).
+  bool Holds(moe::v1::CoordinatorMessage::KindCase kind) const;
 
  private:
   mutable std::mutex mu_;

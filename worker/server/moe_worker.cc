@@ -6,6 +6,7 @@
 // Exit status: 0 after Shutdown, 1 when the coordinator, the model or the job failed, 2 bad flags.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@
 #include "worker/server/coordinator_link.h"
 #include "worker/server/keep_alive_outbox.h"
 #include "worker/server/inbox.h"
+#include "worker/server/load_watch.h"
 #include "worker/server/serving_loop.h"
 #include "worker/server/worker_flags.h"
 
@@ -66,6 +68,14 @@ absl::StatusOr<moe::v1::RegisterResponse> RegisterWithTheJob(Communicator& comm,
   }
 }
 
+// MOE_WORKER_TEST_LOAD_DELAY_MS, for tests only: how long a rank waits after each layer of its load
+// (ending the wait once the coordinator sends something or the stream ends), so that an end-to-end
+// test can act on a rank that is still loading: the test model loads in milliseconds.
+std::chrono::milliseconds TestLoadDelay() {
+  const char* v = std::getenv("MOE_WORKER_TEST_LOAD_DELAY_MS");
+  return std::chrono::milliseconds(v != nullptr ? std::max(0, std::atoi(v)) : 0);
+}
+
 std::string HostName() {
   char buf[256] = {};
   if (gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
@@ -75,6 +85,19 @@ std::string HostName() {
 int64_t PhysicalMemoryBytes() {
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page : 0;
+}
+
+// The rank's last line when its coordinator is lost, and its exit status. Why, where the stream
+// ended on this rank (another rank may have seen it first): the coordinator went away
+// (UNAVAILABLE, also when it restarted after this job registered, or stopped answering keepalive
+// pings) or refused this job's stream (FAILED_PRECONDITION: a newer job had registered, or the
+// coordinator had restarted, by the time the stream opened; start the job again).
+int LeaveForALostCoordinator(int rank, CoordinatorLink& link, const std::string& address) {
+  link.Close();
+  const absl::Status& ended = link.stream_status();
+  std::fprintf(stderr, "moe-worker [rank %d]: lost the coordinator at %s%s; leaving\n", rank, address.c_str(),
+               ended.ok() ? "" : absl::StrCat(" (", absl::StatusCodeToString(ended.code()), ": ", ended.message(), ")").c_str());
+  return 1;
 }
 
 absl::StatusOr<PlacementPlan> PlanOf(const moe::v1::RegisterResponse& resp) {
@@ -160,9 +183,23 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // Without --kv-tokens a GPU rank sizes its cache from the memory left (WorkerEngine::Load).
   const int64_t kv_tokens =
       flags->kv_tokens > 0 ? flags->kv_tokens : (flags->device == "gpu" ? 0 : DefaultKvTokens(*config));
+  // The load stops early once this rank's job has ended (load_watch.h), and with it, through
+  // AnyRankFailed, every rank's: the rank then leaves as the serving loop would have once loaded.
   absl::StatusOr<std::unique_ptr<WorkerEngine>> loaded_engine =
-      WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens);
-  if (AnyRankFailed(comm, loaded_engine.status())) return 1;
+      WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens, [&inbox, delay = TestLoadDelay()] {
+        if (delay.count() > 0) inbox.WaitFor(delay);
+        return LoadMayGoOn(inbox);
+      });
+  if (AnyRankFailed(comm, loaded_engine.status())) {
+    const bool closed = inbox.closed();  // before the Shutdown check, as LoadMayGoOn reads them
+    if (inbox.Holds(moe::v1::CoordinatorMessage::kShutdown)) {
+      std::fprintf(stderr, "moe-worker [rank %d]: told to shut down while loading; leaving\n", rank);
+      (*link)->Close();
+      return 0;
+    }
+    if (closed) return LeaveForALostCoordinator(rank, **link, flags->coordinator);
+    return 1;  // this rank's load failed (its message is above), or another rank's did
+  }
   StepEngine* engine = &(*loaded_engine)->engine();
   if (flags->enable_prefix_caching) engine->EnablePrefixCache();
 
@@ -191,17 +228,8 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
                          absl::StrCat("moe-worker [rank ", rank, "]"));
   ServingLoop loop(*engine, inbox, outbox, lo);
   const StopReason why = loop.Run();
+  if (why == StopReason::kCoordinatorLost) return LeaveForALostCoordinator(rank, **link, flags->coordinator);
   (*link)->Close();
-  if (why == StopReason::kCoordinatorLost) {
-    // Why, where the stream ended on this rank (another rank may have seen it first): the
-    // coordinator went away (UNAVAILABLE, also when it restarted after this job registered) or
-    // refused this job's stream (FAILED_PRECONDITION: a newer job had registered, or the coordinator
-    // had restarted, by the time the stream opened; start the job again).
-    const absl::Status& ended = (*link)->stream_status();
-    std::fprintf(stderr, "moe-worker [rank %d]: lost the coordinator at %s%s; leaving\n", rank, flags->coordinator.c_str(),
-                 ended.ok() ? "" : absl::StrCat(" (", absl::StatusCodeToString(ended.code()), ": ", ended.message(), ")").c_str());
-    return 1;
-  }
   return 0;
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 #include "worker/comm/mpi_launch.h"
 #include "worker/engine.h"
@@ -64,19 +65,21 @@ WorkerEngine::~WorkerEngine() {
 
 absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFlags& flags,
                                                                  const std::string& model_dir, Communicator& comm,
-                                                                 const PlacementPlan& plan, int64_t kv_tokens) {
+                                                                 const PlacementPlan& plan, int64_t kv_tokens,
+                                                                 std::function<absl::Status()> keep_loading) {
   std::unique_ptr<WorkerEngine> w(new WorkerEngine);
   if (flags.device == "cpu") {
     EngineOptions eo;
     eo.kv_block_size = flags.kv_block_size;
     eo.kv_tokens = kv_tokens;
     eo.verbose = true;  // "[rank r] loading DIR: layer i/N"
+    eo.keep_loading = std::move(keep_loading);
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> e, Engine::Load(model_dir, comm, plan, eo));
     w->engine_ = std::move(e);
     return w;
   }
 #ifndef MOE_WORKER_GPU
-  (void)model_dir, (void)comm, (void)plan, (void)kv_tokens;
+  (void)model_dir, (void)comm, (void)plan, (void)kv_tokens, (void)keep_loading;
   return absl::FailedPreconditionError("--device gpu: this moe-worker was built without CUDA");
 #else
   int devices = 0;
@@ -102,6 +105,7 @@ absl::StatusOr<std::unique_ptr<WorkerEngine>> WorkerEngine::Load(const WorkerFla
   go.memory_fraction = flags.gpu_memory_utilization / ranks_on_gpu;
   go.max_step_tokens = flags.max_batch_tokens;
   go.verbose = true;
+  go.keep_loading = std::move(keep_loading);  // (not for synthetic weights: no checkpoint to read)
   if (comm.size() > 1 && shared[0] == 0 && LaunchedByMpirun()) {
     try {
       auto x = std::make_shared<gpu::NcclExchange>(MPI_COMM_WORLD);

@@ -4,6 +4,7 @@
 // a GPU) through the host and the Communicator.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -20,9 +21,12 @@ class WorkerEngine {
   // A collective: every rank calls it; on error this rank's message says what is wrong (the
   // caller keeps the ranks together). kv_tokens: the KV cache's positions; 0 (GPU only): what is
   // left of the rank's share of flags.gpu_memory_utilization of its GPU (worker/kv_budget.h).
+  // keep_loading: asked after each layer read from the checkpoint; an error ends this rank's load
+  // with it (the caller's collective then ends it on every rank).
   static absl::StatusOr<std::unique_ptr<WorkerEngine>> Load(const WorkerFlags& flags, const std::string& model_dir,
                                                             Communicator& comm, const PlacementPlan& plan,
-                                                            int64_t kv_tokens);
+                                                            int64_t kv_tokens,
+                                                            std::function<absl::Status()> keep_loading = nullptr);
   ~WorkerEngine();  // the engine before the NCCL communicator it uses
 
   StepEngine& engine() { return *engine_; }
