@@ -338,5 +338,74 @@ TEST(E2eLoadLoss, AJobThatEndsWhileItLoadsIsReportedLost) {
   EXPECT_EQ(st.coordinator, 0);
 }
 
+// A rank whose host vanishes while its job loads (SIGSTOP: its connection stays open but nothing
+// answers on it, as after a power loss or a network cut) must be lost though a loading rank sends
+// no heartbeats: the coordinator's keepalive pings, tied to --heartbeat-timeout-s, break its
+// connection (within about 1.5 timeouts), so the cluster reports "rank 1 lost while its job loaded"
+// rather than "loading" until TCP's 2 h keepalive. The ranks load slowly here
+// (MOE_WORKER_TEST_LOAD_DELAY_MS: 4 layers of 5 s), so rank 1 is stopped mid-load and rank 0 is
+// still loading when the coordinator's Shutdown comes: it stops its load there (never reaching its
+// last layer) rather than holding the dead job for the rest of it. Once rank 1 resumes it finds its
+// stream broken and leaves too, naming the coordinator; a new job then serves.
+TEST(E2eLoadLoss, ARankHungWhileItsJobLoadsIsLostAndTheOtherRankStopsLoading) {
+  testing_ref::SetMpiTestEnvironment();
+  Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {"--heartbeat-timeout-s", "2"}, {}});
+  ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok()) << cluster.LogTail();
+  ASSERT_EQ(setenv("MOE_WORKER_TEST_LOAD_DELAY_MS", "5000", 1), 0);
+  const absl::Status started = cluster.StartWorkers();
+  unsetenv("MOE_WORKER_TEST_LOAD_DELAY_MS");  // the next job loads at full speed
+  ASSERT_TRUE(started.ok()) << started;
+  pid_t rank1 = -1;
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(60) && rank1 <= 0;) {
+    if (cluster.WorkersLog().find("[rank 1] loading") != std::string::npos) rank1 = WorkerPidOf(cluster, 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(rank1, 0) << "rank 1 did not start loading\n" << cluster.LogTail();
+  ASSERT_EQ(kill(rank1, SIGSTOP), 0);
+
+  auto stub = moe::v1::Inference::NewStub(cluster.channel());
+  std::string refused;
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
+    refused = std::string(RunGenerate(*stub, GreedyTokenRequest({1, 2, 3}, 1), 10).status.message());
+    if (refused.find("rank 1 lost while its job loaded") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(refused.find("rank 1 lost while its job loaded"), std::string::npos) << refused << "\n" << cluster.LogTail();
+  {
+    grpc::ClientContext ctx;
+    moe::v1::ClusterInfo info;
+    ASSERT_TRUE(stub->GetClusterInfo(&ctx, moe::v1::GetClusterInfoRequest(), &info).ok());
+    EXPECT_FALSE(info.serving());
+    ASSERT_EQ(info.ranks_size(), 2);
+    EXPECT_FALSE(info.ranks(1).alive());
+  }
+  // Rank 0 stops loading on the Shutdown (its load would take another ~15 s); it then waits for
+  // rank 1 in the collective after the load.
+  const std::string told = "moe-worker [rank 0]: told to shut down while loading";
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
+    if (cluster.WorkersLog().find(told) != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(cluster.WorkersLog().find(told), std::string::npos) << cluster.LogTail();
+
+  ASSERT_EQ(kill(rank1, SIGCONT), 0);
+  const std::optional<int> job = cluster.WaitWorkersExit(Seconds(60));
+  ASSERT_TRUE(job.has_value()) << "the old job did not leave\n" << cluster.LogTail();
+  EXPECT_NE(*job, 0);  // rank 1 lost its coordinator
+  const std::string log = cluster.WorkersLog();
+  EXPECT_EQ(log.find("[rank 0] loading " + testing_ref::kDefaultModelDir + ": layer 4/4"), std::string::npos) << log;
+  EXPECT_NE(log.find("moe-worker [rank 1]: lost the coordinator at 127.0.0.1:" +
+                     std::to_string(cluster.ports().cluster_port) + " ("),
+            std::string::npos)
+      << log;
+
+  ASSERT_TRUE(cluster.StartWorkers().ok());
+  const absl::Status serving = cluster.WaitServing(Seconds(90));
+  ASSERT_TRUE(serving.ok()) << serving << cluster.LogTail();
+  const Cluster::ExitStatus st = cluster.Stop(Seconds(30));
+  EXPECT_EQ(st.coordinator, 0);
+  EXPECT_EQ(st.mpirun, 0);
+}
+
 }  // namespace
 }  // namespace moe::e2e

@@ -122,12 +122,15 @@ void CoordinatorLink::Send(moe::v1::WorkerMessage msg) {
 void CoordinatorLink::ReaderMain(Inbox* inbox) {
   moe::v1::CoordinatorMessage msg;
   while (stream_->Read(&msg)) inbox->Push(std::move(msg));
-  inbox->Close();
+  // reader_done_ before the inbox closes: a rank that saw the close and then calls Close must find
+  // the stream ended by the coordinator, or its exit line loses the stream's status (a race seen
+  // with a rank leaving its load on the close).
   {
     std::lock_guard<std::mutex> lock(mu_);
     reader_done_ = true;
   }
   cv_.notify_all();
+  inbox->Close();
 }
 
 void CoordinatorLink::WriterMain() {
