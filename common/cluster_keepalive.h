@@ -29,8 +29,10 @@ inline ClusterKeepAlive CoordinatorKeepAlive(double heartbeat_timeout_s) {
 }
 
 // A rank's pings to the coordinator: fixed, as a rank connects before it could learn the
-// coordinator's timeout. A vanished coordinator is seen within about 30 s.
-inline constexpr ClusterKeepAlive kWorkerKeepAlive{std::chrono::seconds(10), std::chrono::seconds(20)};
+// coordinator's timeout. A vanished coordinator is seen within about 90 s; generous, because a
+// coordinator stopped (a suspended VM, a debugger) for longer than the timeout loses its whole
+// worker job this way, where a shorter stop costs nothing.
+inline constexpr ClusterKeepAlive kWorkerKeepAlive{std::chrono::seconds(30), std::chrono::seconds(60)};
 
 // How often the coordinator accepts a rank's pings while it sends the rank no data (a loading
 // rank): gRPC's default, 5 min, would count the ranks' pings as abuse and close their connections

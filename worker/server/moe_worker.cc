@@ -71,9 +71,14 @@ absl::StatusOr<moe::v1::RegisterResponse> RegisterWithTheJob(Communicator& comm,
 // MOE_WORKER_TEST_LOAD_DELAY_MS, for tests only: how long a rank waits after each layer of its load
 // (ending the wait once the coordinator sends something or the stream ends), so that an end-to-end
 // test can act on a rank that is still loading: the test model loads in milliseconds.
-std::chrono::milliseconds TestLoadDelay() {
+std::chrono::milliseconds TestLoadDelay(int rank) {
   const char* v = std::getenv("MOE_WORKER_TEST_LOAD_DELAY_MS");
-  return std::chrono::milliseconds(v != nullptr ? std::max(0, std::atoi(v)) : 0);
+  const std::chrono::milliseconds delay(v != nullptr ? std::max(0, std::atoi(v)) : 0);
+  if (delay.count() > 0 && rank == 0) {  // never silently: a production rank must not be slowed unseen
+    std::fprintf(stderr, "moe-worker: MOE_WORKER_TEST_LOAD_DELAY_MS=%lld (for tests only) slows the load after each layer\n",
+                 static_cast<long long>(delay.count()));
+  }
+  return delay;
 }
 
 std::string HostName() {
@@ -142,6 +147,9 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
     security.tls_key_pem = std::move(*key);
   }
   const char* cluster_token = std::getenv(kClusterTokenEnv);  // the coordinator's, through mpirun -x
+  // Before the link, which must not outlive it: the link's reader pushes what the coordinator sends
+  // (a Shutdown) into it until the link is closed, its destructor's flush included.
+  Inbox inbox;
   absl::StatusOr<std::unique_ptr<CoordinatorLink>> link = CoordinatorLink::Connect(
       flags->coordinator, kConnectTimeout, cluster_token != nullptr ? cluster_token : "", std::move(security));
   if (AnyRankFailed(comm, link.status())) return 1;
@@ -165,7 +173,6 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // Join goes out as soon as this rank's stream is open, before the ranks agree that every stream
   // opened: should another rank's fail, this one's stream closes bound, a loss the coordinator
   // reports, rather than unbound and unseen.
-  Inbox inbox;
   const absl::Status opened = (*link)->OpenStream(inbox, kConnectTimeout);
   if (opened.ok()) {
     moe::v1::WorkerMessage join;
@@ -186,19 +193,22 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // The load stops early once this rank's job has ended (load_watch.h), and with it, through
   // AnyRankFailed, every rank's: the rank then leaves as the serving loop would have once loaded.
   absl::StatusOr<std::unique_ptr<WorkerEngine>> loaded_engine =
-      WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens, [&inbox, delay = TestLoadDelay()] {
+      WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens, [&inbox, delay = TestLoadDelay(rank)] {
         if (delay.count() > 0) inbox.WaitFor(delay);
         return LoadMayGoOn(inbox);
       });
   if (AnyRankFailed(comm, loaded_engine.status())) {
+    // This rank's own load failed (its message is above): exit 1 whatever the coordinator sent.
+    const bool failed_here = !loaded_engine.ok() && loaded_engine.status().code() != absl::StatusCode::kCancelled;
     const bool closed = inbox.closed();  // before the Shutdown check, as LoadMayGoOn reads them
-    if (inbox.Holds(moe::v1::CoordinatorMessage::kShutdown)) {
+    if (!failed_here && inbox.Holds(moe::v1::CoordinatorMessage::kShutdown)) {
       std::fprintf(stderr, "moe-worker [rank %d]: told to shut down while loading; leaving\n", rank);
       (*link)->Close();
       return 0;
     }
-    if (closed) return LeaveForALostCoordinator(rank, **link, flags->coordinator);
-    return 1;  // this rank's load failed (its message is above), or another rank's did
+    if (!failed_here && closed) return LeaveForALostCoordinator(rank, **link, flags->coordinator);
+    if (!failed_here) std::fprintf(stderr, "moe-worker [rank %d]: another rank's load failed or stopped; leaving\n", rank);
+    return 1;
   }
   StepEngine* engine = &(*loaded_engine)->engine();
   if (flags->enable_prefix_caching) engine->EnablePrefixCache();
