@@ -366,15 +366,11 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
                                             v1::ScoreRollingResponse* response) {
   if (grpc::Status key = Authorized(context); !key.ok()) return key;
   // Refused at the first text whose windows overflow the queue, before the rest are encoded.
-  absl::StatusOr<std::vector<std::vector<int32_t>>> texts =
-      ValidateScoreRolling(*request, model_, state_.setup().limits.max_waiting);
+  absl::StatusOr<std::vector<RollingText>> texts = ValidateScoreRolling(*request, model_, state_.setup().limits.max_waiting);
   if (!texts.ok()) return ToGrpcStatus(texts.status());
-  const int64_t context_len = model_.context();
-  std::vector<std::vector<ScoreWindow>> windows;
   std::vector<SeqSubmission> seqs;
-  for (const std::vector<int32_t>& ids : *texts) {
-    windows.push_back(RollingWindows(static_cast<int64_t>(ids.size()), context_len));
-    for (const ScoreWindow& w : windows.back()) {
+  for (const auto& [ids, windows] : *texts) {
+    for (const ScoreWindow& w : windows) {
       SeqSubmission s;
       s.assign.set_kind(v1::Assign::KIND_SCORE);
       s.assign.mutable_prompt()->Assign(ids.begin() + w.begin, ids.begin() + w.end);
@@ -392,11 +388,11 @@ grpc::Status InferenceService::ScoreRolling(grpc::ServerContext* context, const 
   }
   size_t next = 0;
   for (size_t i = 0; i < texts->size(); ++i) {
-    const std::vector<int32_t>& ids = (*texts)[i];
+    const auto& [ids, windows] = (*texts)[i];
     v1::ScoreRollingResult* r = response->add_results();
     r->mutable_token_ids()->Assign(ids.begin(), ids.end());
     double sum = 0;
-    for (const ScoreWindow& w : windows[i]) {
+    for (const ScoreWindow& w : windows) {
       const v1::Scored& s = scored[next++];
       for (int64_t t = w.first_target; t < w.end; ++t) {
         const int k = static_cast<int>(t - w.begin - 1);

@@ -9,7 +9,6 @@
 
 #include "common/json_util.h"
 #include "common/prefix_hash.h"
-#include "coordinator/score_windows.h"
 #include "common/random_seed.h"
 #include "worker/gbnf.h"
 #include "worker/json_schema.h"
@@ -450,8 +449,8 @@ absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& requ
   return jobs;
 }
 
-absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
-                                                                       const RequestModel& model, int64_t max_windows) {
+absl::StatusOr<std::vector<RollingText>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
+                                                              const RequestModel& model, int64_t max_windows) {
   if (request.texts().empty()) return FieldError("texts", "empty");
   if (request.top_logprobs() > kMaxLogprobs) {
     return FieldError("top_logprobs", absl::StrCat("at most ", kMaxLogprobs, ", got ", request.top_logprobs()));
@@ -459,18 +458,20 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(const v1:
   if (request.top_logprobs() > static_cast<uint32_t>(model.config.vocab_size)) {
     return FieldError("top_logprobs", absl::StrCat("exceeds the vocabulary size ", model.config.vocab_size));
   }
-  std::vector<std::vector<int32_t>> out;
+  std::vector<RollingText> out;
   int64_t windows = 0;
   for (int i = 0; i < request.texts_size(); ++i) {
-    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+    RollingText text;
+    MOE_ASSIGN_OR_RETURN(text.ids,
                          ResolvePrompt(request.texts(i), model, Indexed("texts", i), BosPolicy::kTokenizerConfig));
-    windows += static_cast<int64_t>(RollingWindows(static_cast<int64_t>(ids.size()), model.context()).size());
+    text.windows = RollingWindows(static_cast<int64_t>(text.ids.size()), model.context());
+    windows += static_cast<int64_t>(text.windows.size());
     if (windows > max_windows) {
       return FieldError("texts", absl::StrCat(i + 1 < request.texts_size() ? "at least " : "", windows,
                                               " sequences (rolling windows of texts[0..", i, "]) exceed the coordinator's queue of ",
                                               max_windows, " (--max-waiting); send fewer at a time"));
     }
-    out.push_back(std::move(ids));
+    out.push_back(std::move(text));
   }
   return out;
 }

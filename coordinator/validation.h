@@ -15,6 +15,7 @@
 #include "moe/v1/cluster.pb.h"
 #include "moe/v1/inference.pb.h"
 #include "coordinator/chat_template_info.h"
+#include "coordinator/score_windows.h"
 #include "coordinator/text_codec.h"
 #include "worker/model/config.h"
 
@@ -110,12 +111,18 @@ struct ScoreJob {
 
 absl::StatusOr<std::vector<ScoreJob>> ValidateScore(const v1::ScoreRequest& request, const RequestModel& model);
 
-// The token ids of every text (BOS per the tokenizer config for text); any length (long texts are
-// scored in rolling windows, RollingWindows). Texts are encoded one by one, and the windows counted
-// as they come: more than `max_windows` (the coordinator's queue, --max-waiting) are refused at the
-// first text that goes over, before the texts after it are encoded.
-absl::StatusOr<std::vector<std::vector<int32_t>>> ValidateScoreRolling(
-    const v1::ScoreRollingRequest& request, const RequestModel& model,
-    int64_t max_windows = std::numeric_limits<int64_t>::max());
+// A text of a ScoreRolling request: its token ids and the windows they are scored in.
+struct RollingText {
+  std::vector<int32_t> ids;
+  std::vector<ScoreWindow> windows;  // RollingWindows(ids.size(), the model's context)
+};
+
+// The token ids of every text (BOS per the tokenizer config for text) and their windows; any
+// length (long texts are scored in rolling windows). Texts are encoded one by one, and the windows
+// counted as they come: more than `max_windows` (the coordinator's queue, --max-waiting) are
+// refused at the first text that goes over, before the texts after it are encoded.
+absl::StatusOr<std::vector<RollingText>> ValidateScoreRolling(const v1::ScoreRollingRequest& request,
+                                                              const RequestModel& model,
+                                                              int64_t max_windows = std::numeric_limits<int64_t>::max());
 
 }  // namespace moe
