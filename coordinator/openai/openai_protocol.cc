@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <initializer_list>
 #include <set>
 #include <string>
 
@@ -153,26 +154,27 @@ std::optional<HttpError> Bool(const json& body, const std::string& key, bool& ou
   return std::nullopt;
 }
 
-// Where a request's JSON schema is.
-enum class SchemaAt { kResponseFormat, kResponseFormatValue, kGuidedJson, kStructuredOutputs };
-
-// response_format's json_schema (OpenAI's {"type": "json_schema", "json_schema": {"name", "schema",
-// ...}}), TGI's response_format value ({"type": "json_object", "value": schema}), vLLM's guided_json
-// or structured_outputs.json, as JSON text with the properties in the request's order (the order
-// the output writes them in): read from the body's text, since `json` sorts object keys.
-std::variant<std::string, HttpError> SchemaText(const std::string& body_text, SchemaAt at) {
+// A request's JSON schema as JSON text with the properties in the request's order (the order the
+// output writes them in): read from the body's text, since `json` sorts object keys. `path` is
+// where the schema (an object or its text) is: vLLM's {"guided_json"} or {"structured_outputs",
+// "json"}, TGI's {"response_format", "value"}; errors name it, dotted.
+std::variant<std::string, HttpError> SchemaText(const std::string& body_text, std::initializer_list<const char*> path) {
   const nlohmann::ordered_json body = nlohmann::ordered_json::parse(body_text, nullptr, false);
-  if (at != SchemaAt::kResponseFormat) {
-    const char* param = at == SchemaAt::kGuidedJson           ? "guided_json"
-                        : at == SchemaAt::kResponseFormatValue ? "response_format.value"
-                                                               : "structured_outputs.json";
-    const nlohmann::ordered_json& g = at == SchemaAt::kGuidedJson           ? body.at("guided_json")
-                                      : at == SchemaAt::kResponseFormatValue ? body.at("response_format").at("value")
-                                                                             : body.at("structured_outputs").at("json");
-    if (g.is_string()) return g.get<std::string>();
-    if (!g.is_object()) return BadParam(param, "expected a JSON schema (an object or its text)");
-    return g.dump();
+  const nlohmann::ordered_json* g = &body;
+  std::string param;
+  for (const char* key : path) {
+    g = &g->at(key);
+    param += (param.empty() ? "" : ".") + std::string(key);
   }
+  if (g->is_string()) return g->get<std::string>();
+  if (!g->is_object()) return BadParam(param, "expected a JSON schema (an object or its text)");
+  return g->dump();
+}
+
+// OpenAI's response_format json_schema ({"type": "json_schema", "json_schema": {"name", "schema",
+// ...}}; TGI puts the same object in "value"), as SchemaText reads it.
+std::variant<std::string, HttpError> ResponseFormatSchemaText(const std::string& body_text) {
+  const nlohmann::ordered_json body = nlohmann::ordered_json::parse(body_text, nullptr, false);
   const nlohmann::ordered_json& f = body["response_format"];
   // TGI's json_schema puts the same {"name", "schema"} in "value" (huggingface_hub sends it so).
   const char* key = !f.contains("json_schema") && f.contains("value") ? "value" : "json_schema";
@@ -272,7 +274,7 @@ std::optional<HttpError> StructuredOutputs(const json& body, const std::string& 
   const auto flag = [&](const char* key) { return so.contains(key) && so[key] == true; };
   f.set_compact(flag("disable_any_whitespace"));
   if (so.contains("json") && !so["json"].is_null()) {
-    std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kStructuredOutputs);
+    std::variant<std::string, HttpError> schema = SchemaText(body_text, {"structured_outputs", "json"});
     if (auto* e = std::get_if<HttpError>(&schema)) return *e;
     std::string text = std::get<std::string>(schema);
     if (flag("disable_additional_properties")) {
@@ -439,7 +441,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     // without the value, json_object would drop the schema and answer any JSON object.
     const bool tgi_value = f.is_object() && f.contains("value") && !f["value"].is_null();
     if (tgi_value && (type == "json" || type == "json_object")) {
-      std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kResponseFormatValue);
+      std::variant<std::string, HttpError> schema = SchemaText(body_text, {"response_format", "value"});
       if (auto* e = std::get_if<HttpError>(&schema)) return *e;
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
       s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
@@ -450,7 +452,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     } else if (type == "json_object") {
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
     } else if (type == "json_schema") {
-      std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kResponseFormat);
+      std::variant<std::string, HttpError> schema = ResponseFormatSchemaText(body_text);
       if (auto* e = std::get_if<HttpError>(&schema)) return *e;
       s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
       s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
@@ -471,7 +473,7 @@ std::optional<HttpError> ParseSampling(const json& body, const std::string& body
     if (s.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
       return BadParam("guided_json", "cannot be combined with a JSON response_format");
     }
-    std::variant<std::string, HttpError> schema = SchemaText(body_text, SchemaAt::kGuidedJson);
+    std::variant<std::string, HttpError> schema = SchemaText(body_text, {"guided_json"});
     if (auto* e = std::get_if<HttpError>(&schema)) return *e;
     s.mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
     s.mutable_response_format()->set_json_schema(std::get<std::string>(schema));
