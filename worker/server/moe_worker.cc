@@ -169,7 +169,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // The Serve stream opens before the load, naming this rank's job: the coordinator then sees a
   // rank that dies (or fails) while it loads as lost, instead of waiting for its Loaded for ever,
   // and refuses a rank of a job it no longer runs. What it sends meanwhile (a Shutdown after a
-  // loss, the end of a refused stream) waits in the inbox for the serving loop.
+  // loss, the end of a refused stream) waits in the inbox, which the load watches (load_watch.h).
   // Join goes out as soon as this rank's stream is open, before the ranks agree that every stream
   // opened: should another rank's fail, this one's stream closes bound, a loss the coordinator
   // reports, rather than unbound and unseen.
@@ -199,15 +199,18 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
       });
   if (AnyRankFailed(comm, loaded_engine.status())) {
     // This rank's own load failed (its message is above): exit 1 whatever the coordinator sent.
-    const bool failed_here = !loaded_engine.ok() && loaded_engine.status().code() != absl::StatusCode::kCancelled;
-    const bool closed = inbox.closed();  // before the Shutdown check, as LoadMayGoOn reads them
-    if (!failed_here && inbox.Holds(moe::v1::CoordinatorMessage::kShutdown)) {
-      std::fprintf(stderr, "moe-worker [rank %d]: told to shut down while loading; leaving\n", rank);
-      (*link)->Close();
-      return 0;
+    if (!loaded_engine.ok() && loaded_engine.status().code() != absl::StatusCode::kCancelled) return 1;
+    switch (JobEndIn(inbox)) {
+      case JobEnd::kShutdown:
+        std::fprintf(stderr, "moe-worker [rank %d]: told to shut down while loading; leaving\n", rank);
+        (*link)->Close();
+        return 0;
+      case JobEnd::kStreamEnded:
+        return LeaveForALostCoordinator(rank, **link, flags->coordinator);
+      case JobEnd::kNotEnded:
+        break;
     }
-    if (!failed_here && closed) return LeaveForALostCoordinator(rank, **link, flags->coordinator);
-    if (!failed_here) std::fprintf(stderr, "moe-worker [rank %d]: another rank's load failed or stopped; leaving\n", rank);
+    std::fprintf(stderr, "moe-worker [rank %d]: another rank's load failed or stopped; leaving\n", rank);
     return 1;
   }
   StepEngine* engine = &(*loaded_engine)->engine();
