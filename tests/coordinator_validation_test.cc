@@ -788,10 +788,11 @@ TEST_F(ValidationTest, ScoreRollingFields) {
   r.add_texts()->set_text("");
   EXPECT_TRUE(NamesField(ValidateScoreRolling(r, shakespeare()).status(), "texts[1].text"));
   r.mutable_texts(1)->set_text("JULIET:");
-  absl::StatusOr<std::vector<std::vector<int32_t>>> ids = ValidateScoreRolling(r, shakespeare());
-  ASSERT_TRUE(ids.ok()) << ids.status();
-  EXPECT_EQ((*ids)[0], (*codec_)->Encode("ROMEO:"));
-  EXPECT_EQ((*ids)[1], (*codec_)->Encode("JULIET:"));
+  absl::StatusOr<std::vector<RollingText>> texts = ValidateScoreRolling(r, shakespeare());
+  ASSERT_TRUE(texts.ok()) << texts.status();
+  EXPECT_EQ((*texts)[0].ids, (*codec_)->Encode("ROMEO:"));
+  EXPECT_EQ((*texts)[1].ids, (*codec_)->Encode("JULIET:"));
+  EXPECT_EQ((*texts)[1].windows.size(), RollingWindows(static_cast<int64_t>((*texts)[1].ids.size()), shakespeare().context()).size());
   r.set_top_logprobs(20);
   EXPECT_TRUE(ValidateScoreRolling(r, shakespeare()).ok());
   r.set_top_logprobs(21);
@@ -843,7 +844,7 @@ TEST_F(ValidationTest, AnswerSizesAreTheSerialisedSizes) {
   EXPECT_EQ(TokenIdsBytes({}) + OffsetsBytes({}), v1::TokenizeResponse().ByteSizeLong());
   v1::DetokenizeResponse d;
   size_t bytes = 0;
-  for (const std::string piece : {std::string(), std::string(200, 'x'), tok.Piece(5)}) {
+  for (const std::string& piece : {std::string(), std::string(200, 'x'), tok.Piece(5)}) {
     d.add_pieces(piece);
     bytes += StringFieldBytes(piece.size());
   }

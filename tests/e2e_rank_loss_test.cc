@@ -68,6 +68,30 @@ pid_t WorkerPidOf(const Cluster& cluster, int rank) {
   return -1;
 }
 
+// The moe-worker process of `rank` once it has printed its first "loading" line (within 60 s), or -1.
+pid_t AwaitLoadingRank(const Cluster& cluster, int rank) {
+  const std::string loading = "[rank " + std::to_string(rank) + "] loading";
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(60);) {
+    if (cluster.WorkersLog().find(loading) != std::string::npos) {
+      if (const pid_t pid = WorkerPidOf(cluster, rank); pid > 0) return pid;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return -1;
+}
+
+// The message a one-token Generate is refused with, asked again (for up to 30 s) until it holds
+// `needle`; the last one if it never does.
+std::string AwaitRefusal(moe::v1::Inference::Stub& stub, const std::string& needle) {
+  std::string refused;
+  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
+    refused = std::string(RunGenerate(stub, GreedyTokenRequest({1, 2, 3}, 1), 10).status.message());
+    if (refused.find(needle) != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return refused;
+}
+
 // A cluster of two ranks serving the default model, and transformers' greedy continuation of its
 // first sample.
 class E2eRankLoss : public ::testing::Test {
@@ -280,12 +304,7 @@ TEST(E2eCoordinatorLoss, ACoordinatorLostAsTheRanksLoadEndsTheJobNamingWhy) {
   Cluster cluster(ClusterOptions{2, testing_ref::kDefaultModelDir, {}, {}});
   ASSERT_TRUE(cluster.StartCoordinator(Seconds(30)).ok()) << cluster.LogTail();
   ASSERT_TRUE(cluster.StartWorkers().ok());
-  pid_t rank1 = -1;
-  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(60);) {
-    if (cluster.WorkersLog().find("[rank 1] loading") != std::string::npos) rank1 = WorkerPidOf(cluster, 1);
-    if (rank1 > 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  const pid_t rank1 = AwaitLoadingRank(cluster, 1);
   ASSERT_GT(rank1, 0) << "rank 1 did not start loading\n" << cluster.LogTail();
   ASSERT_EQ(kill(rank1, SIGSTOP), 0);
   cluster.KillCoordinator();
@@ -321,12 +340,7 @@ TEST(E2eLoadLoss, AJobThatEndsWhileItLoadsIsReportedLost) {
   ASSERT_TRUE(job.has_value()) << cluster.LogTail();
   EXPECT_NE(*job, 0);
   auto stub = moe::v1::Inference::NewStub(cluster.channel());
-  std::string refused;
-  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
-    refused = std::string(RunGenerate(*stub, GreedyTokenRequest({1, 2, 3}, 1), 10).status.message());
-    if (refused.find("lost while its job loaded") != std::string::npos) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const std::string refused = AwaitRefusal(*stub, "lost while its job loaded");
   EXPECT_NE(refused.find("lost while its job loaded: its Serve stream closed"), std::string::npos)
       << refused << "\n" << cluster.LogTail();
   grpc::ClientContext ctx;
@@ -355,21 +369,12 @@ TEST(E2eLoadLoss, ARankHungWhileItsJobLoadsIsLostAndTheOtherRankStopsLoading) {
   const absl::Status started = cluster.StartWorkers();
   unsetenv("MOE_WORKER_TEST_LOAD_DELAY_MS");  // the next job loads at full speed
   ASSERT_TRUE(started.ok()) << started;
-  pid_t rank1 = -1;
-  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(60) && rank1 <= 0;) {
-    if (cluster.WorkersLog().find("[rank 1] loading") != std::string::npos) rank1 = WorkerPidOf(cluster, 1);
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  const pid_t rank1 = AwaitLoadingRank(cluster, 1);
   ASSERT_GT(rank1, 0) << "rank 1 did not start loading\n" << cluster.LogTail();
   ASSERT_EQ(kill(rank1, SIGSTOP), 0);
 
   auto stub = moe::v1::Inference::NewStub(cluster.channel());
-  std::string refused;
-  for (auto t = Clock::now(); Clock::now() - t < std::chrono::seconds(30);) {
-    refused = std::string(RunGenerate(*stub, GreedyTokenRequest({1, 2, 3}, 1), 10).status.message());
-    if (refused.find("rank 1 lost while its job loaded") != std::string::npos) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const std::string refused = AwaitRefusal(*stub, "rank 1 lost while its job loaded");
   EXPECT_NE(refused.find("rank 1 lost while its job loaded"), std::string::npos) << refused << "\n" << cluster.LogTail();
   {
     grpc::ClientContext ctx;
