@@ -2,7 +2,8 @@
 // generated, killed (SIGKILL: its Serve stream closes) or hung (SIGSTOP: its heartbeats stop). The
 // cluster must fail that stream with UNAVAILABLE naming the lost rank, report NOT_SERVING, refuse new
 // requests at once rather than hang, keep the coordinator up, let the old job leave (a hung rank
-// that resumes obeys the Shutdown it was sent), and serve again, with transformers' greedy tokens
+// that resumes obeys the Shutdown it was sent; one that never does is left behind after the
+// workers' --step-timeout-s), and serve again, with transformers' greedy tokens
 // (samples.json), once a new worker job has joined. Then it shuts down cleanly.
 #include <signal.h>
 
@@ -60,6 +61,15 @@ std::string ExecutableOf(pid_t pid) {
   return argv0;
 }
 
+// Whether `pid` is a process that has not ended (a zombie has, though no parent reaped it yet).
+bool Lives(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(f, stat)) return false;
+  const size_t paren = stat.rfind(") ");  // the state follows the command's name
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z' && stat[paren + 2] != 'X';
+}
+
 // The moe-worker process of `rank` in the cluster's current worker job, or -1.
 pid_t WorkerPidOf(const Cluster& cluster, int rank) {
   for (pid_t p : cluster.WorkerProcesses()) {
@@ -106,7 +116,7 @@ class E2eRankLoss : public ::testing::Test {
     ASSERT_GE(greedy_.size(), 16u);
     std::vector<std::string> args = {"--heartbeat-timeout-s", std::to_string(kHeartbeatTimeoutS)};
     for (const std::string& a : ExtraCoordinatorArgs()) args.push_back(a);
-    cluster_ = std::make_unique<Cluster>(ClusterOptions{2, testing_ref::kDefaultModelDir, args, {}});
+    cluster_ = std::make_unique<Cluster>(ClusterOptions{2, testing_ref::kDefaultModelDir, args, ExtraWorkerArgs()});
     const absl::Status started = cluster_->Start(Seconds(90));
     ASSERT_TRUE(started.ok()) << started;
     stub_ = moe::v1::Inference::NewStub(cluster_->channel());
@@ -116,6 +126,7 @@ class E2eRankLoss : public ::testing::Test {
   }
 
   virtual std::vector<std::string> ExtraCoordinatorArgs() const { return {}; }
+  virtual std::vector<std::string> ExtraWorkerArgs() const { return {}; }
 
   // Starts a long greedy stream (`request`, by default kLongTokens greedy ones) on a thread and
   // returns once it has delivered a few tokens.
@@ -222,6 +233,37 @@ TEST_F(E2eRankLoss, AHungRankIsLostAfterTheHeartbeatTimeoutAndItsJobLeavesWhenIt
   const std::optional<int> old_job = cluster_->WaitWorkersExit(Seconds(60));
   ASSERT_TRUE(old_job.has_value()) << "the resumed job did not leave";
   EXPECT_EQ(*old_job, 0) << "the resumed job did not leave through Shutdown";
+  ExpectANewJobServesThenCleanShutdown();
+}
+
+// The same hung rank, never resumed: rank 0, sent Shutdown, is held in the step's collective by it,
+// which MPI never times out. Its JobEndWatchdog ends it --step-timeout-s (10 s, the least) after the
+// Shutdown, naming why; mpirun then ends the job, the stopped rank included, and a new job serves.
+class E2eRankLossWatched : public E2eRankLoss {
+ protected:
+  static constexpr int kStepTimeoutS = 10;
+  std::vector<std::string> ExtraWorkerArgs() const override { return {"--step-timeout-s", std::to_string(kStepTimeoutS)}; }
+};
+
+TEST_F(E2eRankLossWatched, AJobWhoseRankHangsForGoodEndsAfterTheStepTimeout) {
+  StartLongStream();
+  const pid_t victim = WorkerPid(1);
+  ASSERT_GT(victim, 0) << "no moe-worker process of rank 1 found";
+  ASSERT_EQ(kill(victim, SIGSTOP), 0);
+  const auto stopped_at = Clock::now();
+  ExpectStreamFailedAndServingStopped("rank 1 lost: no heartbeat", stopped_at, kHeartbeatTimeoutS + 10);
+  const std::optional<int> old_job = cluster_->WaitWorkersExit(Seconds(kStepTimeoutS + 60));
+  if (!old_job.has_value()) kill(victim, SIGCONT);  // let the test's cluster end
+  ASSERT_TRUE(old_job.has_value()) << "the job held by its stopped rank did not end";
+  EXPECT_NE(*old_job, 0);
+  // Not before the grace: the watchdog counts from the Shutdown, sent once the rank was lost.
+  EXPECT_GE(std::chrono::duration<double>(Clock::now() - stopped_at).count(), kStepTimeoutS);
+  const std::string log = cluster_->WorkersLog();
+  EXPECT_NE(log.find("moe-worker [rank 0]: its job ended 10 s ago (the coordinator sent Shutdown) and this rank has "
+                     "not left: another rank that hangs holds it in a collective; leaving without it"),
+            std::string::npos)
+      << log;
+  EXPECT_FALSE(Lives(victim)) << "the stopped rank outlived its job";
   ExpectANewJobServesThenCleanShutdown();
 }
 

@@ -7,6 +7,7 @@ namespace moe {
 void Inbox::Push(moe::v1::CoordinatorMessage msg) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (msg.kind_case() == moe::v1::CoordinatorMessage::kShutdown) shutdown_received_ = true;
     queue_.push_back(std::move(msg));
   }
   cv_.notify_all();
@@ -33,12 +34,9 @@ bool Inbox::WaitFor(std::chrono::milliseconds timeout) {
   return cv_.wait_for(lock, timeout, [this] { return !queue_.empty() || closed_; });
 }
 
-bool Inbox::Holds(moe::v1::CoordinatorMessage::KindCase kind) const {
+bool Inbox::shutdown_received() const {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const moe::v1::CoordinatorMessage& m : queue_) {
-    if (m.kind_case() == kind) return true;
-  }
-  return false;
+  return shutdown_received_;
 }
 
 bool Inbox::closed() const {

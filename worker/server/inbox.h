@@ -25,14 +25,16 @@ class Inbox {
   // message or the close is there to be seen.
   bool WaitFor(std::chrono::milliseconds timeout);
   bool closed() const;
-  // Whether a message of `kind` is queued (left queued).
-  bool Holds(moe::v1::CoordinatorMessage::KindCase kind) const;
+  // Whether a Shutdown has been pushed: it stays true once the serving loop has taken the message,
+  // so that a watcher of the job's end (load_watch.h, job_end_watchdog.h) sees it either way.
+  bool shutdown_received() const;
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<moe::v1::CoordinatorMessage> queue_;
   bool closed_ = false;
+  bool shutdown_received_ = false;
 };
 
 }  // namespace moe

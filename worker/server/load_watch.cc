@@ -5,7 +5,7 @@ namespace moe {
 JobEnd JobEndIn(const Inbox& inbox) {
   // `closed` first: a Shutdown pushed before the close is then seen, as in ServingLoop::HandleInbox.
   const bool closed = inbox.closed();
-  if (inbox.Holds(moe::v1::CoordinatorMessage::kShutdown)) return JobEnd::kShutdown;
+  if (inbox.shutdown_received()) return JobEnd::kShutdown;
   return closed ? JobEnd::kStreamEnded : JobEnd::kNotEnded;
 }
 

@@ -13,7 +13,7 @@ namespace moe {
 
 enum class JobEnd { kNotEnded, kShutdown, kStreamEnded };
 
-// Whether this rank's job has ended, as its inbox shows: a Shutdown queued (checked first: a
+// Whether this rank's job has ended, as its inbox shows: a Shutdown received (checked first: a
 // Shutdown followed by the end of the stream is no loss), else the inbox closed. Leaves the inbox
 // as it is.
 JobEnd JobEndIn(const Inbox& inbox);

@@ -31,6 +31,7 @@
 #include "worker/server/coordinator_link.h"
 #include "worker/server/keep_alive_outbox.h"
 #include "worker/server/inbox.h"
+#include "worker/server/job_end_watchdog.h"
 #include "worker/server/load_watch.h"
 #include "worker/server/serving_loop.h"
 #include "worker/server/worker_flags.h"
@@ -111,7 +112,9 @@ absl::StatusOr<PlacementPlan> PlanOf(const moe::v1::RegisterResponse& resp) {
   return PlacementPlan::FromJson(j);
 }
 
-int Run(const std::vector<std::string>& args, Communicator& comm) {
+// `watchdog` is the caller's, so that it outlives Run and watches MPI_Finalize too (which waits for
+// every rank).
+int Run(const std::vector<std::string>& args, Communicator& comm, std::unique_ptr<JobEndWatchdog>& watchdog) {
   const int rank = comm.rank();
   absl::StatusOr<WorkerFlags> flags = ParseWorkerFlags(args);
   if (!flags.ok()) {
@@ -149,7 +152,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   const char* cluster_token = std::getenv(kClusterTokenEnv);  // the coordinator's, through mpirun -x
   // Before the link, which must not outlive it: the link's reader pushes what the coordinator sends
   // (a Shutdown) into it until the link is closed, its destructor's flush included.
-  Inbox inbox;
+  const auto inbox = std::make_shared<Inbox>();
   absl::StatusOr<std::unique_ptr<CoordinatorLink>> link = CoordinatorLink::Connect(
       flags->coordinator, kConnectTimeout, cluster_token != nullptr ? cluster_token : "", std::move(security));
   if (AnyRankFailed(comm, link.status())) return 1;
@@ -173,7 +176,17 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // Join goes out as soon as this rank's stream is open, before the ranks agree that every stream
   // opened: should another rank's fail, this one's stream closes bound, a loss the coordinator
   // reports, rather than unbound and unseen.
-  const absl::Status opened = (*link)->OpenStream(inbox, kConnectTimeout);
+  // From here the coordinator can end the job (job_end_watchdog.h): a rank still held in a collective
+  // --step-timeout-s after that leaves without MPI, so that a peer that hangs cannot hold it for ever.
+  watchdog = std::make_unique<JobEndWatchdog>(inbox, std::chrono::seconds(flags->step_timeout_s),
+                                              [rank](const std::string& why) {
+                                                std::fprintf(stderr,
+                                                             "moe-worker [rank %d]: %s; leaving without it (exit 1: "
+                                                             "mpirun ends the job's other ranks)\n",
+                                                             rank, why.c_str());
+                                                EndProcess(1);
+                                              });
+  const absl::Status opened = (*link)->OpenStream(*inbox, kConnectTimeout);
   if (opened.ok()) {
     moe::v1::WorkerMessage join;
     join.mutable_join()->set_rank(rank);
@@ -194,13 +207,13 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // AnyRankFailed, every rank's: the rank then leaves as the serving loop would have once loaded.
   absl::StatusOr<std::unique_ptr<WorkerEngine>> loaded_engine =
       WorkerEngine::Load(*flags, model_dir, comm, *plan, kv_tokens, [&inbox, delay = TestLoadDelay(rank)] {
-        if (delay.count() > 0) inbox.WaitFor(delay);
-        return LoadMayGoOn(inbox);
+        if (delay.count() > 0) inbox->WaitFor(delay);
+        return LoadMayGoOn(*inbox);
       });
   if (AnyRankFailed(comm, loaded_engine.status())) {
     // This rank's own load failed (its message is above): exit 1 whatever the coordinator sent.
     if (!loaded_engine.ok() && loaded_engine.status().code() != absl::StatusCode::kCancelled) return 1;
-    switch (JobEndIn(inbox)) {
+    switch (JobEndIn(*inbox)) {
       case JobEnd::kShutdown:
         std::fprintf(stderr, "moe-worker [rank %d]: told to shut down while loading; leaving\n", rank);
         (*link)->Close();
@@ -239,7 +252,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
   // Heartbeats keep flowing during steps longer than the coordinator's timeout, up to --step-timeout-s.
   KeepAliveOutbox outbox(**link, lo.heartbeat_interval, std::chrono::seconds(flags->step_timeout_s),
                          absl::StrCat("moe-worker [rank ", rank, "]"));
-  ServingLoop loop(*engine, inbox, outbox, lo);
+  ServingLoop loop(*engine, *inbox, outbox, lo);
   const StopReason why = loop.Run();
   if (why == StopReason::kCoordinatorLost) return LeaveForALostCoordinator(rank, **link, flags->coordinator);
   (*link)->Close();
@@ -251,7 +264,8 @@ int Run(const std::vector<std::string>& args, Communicator& comm) {
 
 int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
-  const int code =
-      moe::RunAsJob(argc, argv, "moe-worker", [&](moe::Communicator& comm) { return moe::Run(args, comm); });
+  std::unique_ptr<moe::JobEndWatchdog> watchdog;  // never destroyed: the process ends by EndProcess
+  const int code = moe::RunAsJob(argc, argv, "moe-worker",
+                                 [&](moe::Communicator& comm) { return moe::Run(args, comm, watchdog); });
   moe::EndProcess(code);  // gRPC's threads may outlive Run (common/process_exit.h)
 }
