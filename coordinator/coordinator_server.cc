@@ -17,6 +17,7 @@
 #include "common/model_name.h"
 #include "common/pem_file.h"
 #include "coordinator/answer_size.h"
+#include "coordinator/expert_load.h"
 #include "worker/model/generation_config.h"
 
 namespace moe {
@@ -124,6 +125,34 @@ absl::StatusOr<ModelDefaults> SamplingDefaults(const CoordinatorOptions& options
   return defaults;
 }
 
+// Make's plan, or with --expert-load one balanced by that load; the log says how even each is.
+absl::StatusOr<PlacementPlan> PlanFor(const CoordinatorOptions& options, const ModelConfig& config) {
+  MOE_ASSIGN_OR_RETURN(PlacementPlan even, PlacementPlan::Make(config.num_layers, config.num_experts, options.world_size));
+  if (options.expert_load_file.empty()) return even;
+  MOE_ASSIGN_OR_RETURN(const std::vector<std::vector<double>> load, ReadExpertLoad(options.expert_load_file, config));
+  MOE_ASSIGN_OR_RETURN(PlacementPlan balanced, PlacementPlan::Balanced(load, options.world_size));
+  // The step waits for its busiest rank: the mean over layers of (busiest rank's load / mean rank load).
+  auto mean_imbalance = [&](const PlacementPlan& plan) {
+    double sum = 0;
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      const std::vector<double> ranks = plan.RankLoads(l, load[l]);
+      double total = 0, most = 0;
+      for (double x : ranks) {
+        total += x;
+        most = std::max(most, x);
+      }
+      sum += total > 0 ? most / (total / static_cast<double>(ranks.size())) : 1.0;
+    }
+    return sum / static_cast<double>(config.num_layers);
+  };
+  std::fprintf(stderr,
+               "moe-coordinator: experts placed by the load in %s: busiest rank / mean rank, mean over layers, "
+               "%.3f (without it %.3f)\n%s",
+               options.expert_load_file.c_str(), mean_imbalance(balanced), mean_imbalance(even),
+               balanced.Describe().c_str());
+  return balanced;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(const CoordinatorOptions& options) {
@@ -145,8 +174,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(cons
   if (s->tokenizer_ != nullptr) {
     MOE_RETURN_IF_ERROR(CheckTokenizerVocabulary(s->tokenizer_->vocab_size(), s->config_, tokenizer_dir));
   }
-  MOE_ASSIGN_OR_RETURN(PlacementPlan plan,
-                       PlacementPlan::Make(s->config_.num_layers, s->config_.num_experts, options.world_size));
+  MOE_ASSIGN_OR_RETURN(PlacementPlan plan, PlanFor(options, s->config_));
   MOE_ASSIGN_OR_RETURN(ChatTemplateInfo chat, LoadChatTemplateInfo(tokenizer_dir, s->tokenizer_.get()));
   if (options.max_model_len > s->config_.context_length()) {
     return absl::InvalidArgumentError(absl::StrCat("--max-model-len: ", options.max_model_len,

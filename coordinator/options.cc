@@ -55,7 +55,7 @@ std::string CoordinatorUsage() {
          "         [--heartbeat-timeout-s 10] [--prefix-affinity-slack 4096] [--max-model-len N]\n"
          "         [--scheduling-policy fcfs|priority] [--resume-timeout-s 0] [--log-stats-interval-s 5]\n"
          "         [--served-model-name NAME] [--tokenizer DIR] [--tokenizer-mode auto|hf|slow|mistral]\n"
-         "         [--generation-config auto|vllm|DIR] [--override-generation-config JSON]\n"
+         "         [--generation-config auto|vllm|DIR] [--override-generation-config JSON] [--expert-load FILE]\n"
          "         [--tls-cert-file CERT.pem --tls-key-file KEY.pem]\n"
          "         [--cluster-tls-cert-file CERT.pem --cluster-tls-key-file KEY.pem [--cluster-tls-client-ca-file CA.pem]]\n"
          "Port 0 picks a free port; FILE then receives {\"public\":P,\"cluster\":C,\"metrics\":M}.\n"
@@ -84,6 +84,10 @@ std::string CoordinatorUsage() {
          "Its eos_token_id ends generation either way. --override-generation-config '{\"temperature\": 0.5}' (vLLM's)\n"
          "sets fields over those (with vllm: alone). A max_new_tokens from DIR or from the override also caps\n"
          "every request's max_tokens, as vLLM's.\n"
+         "--expert-load FILE: place the experts by their load on an earlier run of the model: FILE is what\n"
+         "`moe-client stats` printed then (its layers' expert_tokens). Each rank holds as many experts of each layer\n"
+         "as without it (the same memory), grouped so that the ranks' token loads are as even as can be; with more\n"
+         "ranks than experts the busiest experts get the spare replicas (vLLM's EPLB idea, once at start).\n"
          "--log-stats-interval-s S: every S seconds while requests run, a line on stderr with the prompt and\n"
          "generation throughput, the running and waiting requests, KV cache use and prefix cache hits, as\n"
          "vLLM logs them; 0 turns it off.\n"
@@ -125,6 +129,7 @@ absl::StatusOr<CoordinatorOptions> ParseCoordinatorArgs(const std::vector<std::s
          return absl::OkStatus();
        }},
       {"--tokenizer", path_flag("--tokenizer", o.tokenizer_dir)},
+      {"--expert-load", path_flag("--expert-load", o.expert_load_file)},
       {"--generation-config", path_flag("--generation-config", o.generation_config)},
       {"--override-generation-config",
        [&](const std::string& v) -> absl::Status {

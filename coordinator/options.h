@@ -30,6 +30,9 @@ struct CoordinatorOptions {
   // empty: none.
   GenerationConfig override_generation_config;
   int world_size = 0;
+  // --expert-load FILE: an earlier run's GetStats (moe-client stats), whose expert load the
+  // placement plan is balanced by (PlacementPlan::Balanced); empty: Make's plan.
+  std::string expert_load_file;
   std::string listen = "127.0.0.1:50051";          // public moe.v1.Inference (+ health, reflection)
   std::string cluster_listen = "127.0.0.1:50052";  // internal moe.v1.Cluster
   std::string metrics_listen = "127.0.0.1:9400";   // Prometheus /metrics; empty: none

@@ -1,6 +1,8 @@
 #include "coordinator/placement.h"
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <limits>
 #include <utility>
 
@@ -155,6 +157,144 @@ absl::StatusOr<PlacementPlan> PlacementPlan::Make(int64_t num_layers, int64_t nu
                            ? BlockRotatedReplicas(num_layers, num_experts, world_size)
                            : OneExpertPerRankReplicas(num_layers, num_experts, world_size);
   return PlacementPlan(num_layers, num_experts, world_size, std::move(table));
+}
+
+namespace {
+
+// The largest entry of `loads` (0 for none).
+double MaxOf(const std::vector<double>& loads) {
+  return loads.empty() ? 0.0 : *std::max_element(loads.begin(), loads.end());
+}
+
+// W <= E, one layer: `capacity[r]` experts to rank r (Make's counts), each expert on one rank, the
+// busiest rank as light as can be. A first placement deals the experts heaviest first to the
+// least-loaded rank with room; a depth-first search then looks for a lighter busiest rank (experts
+// heaviest first, cut where a rank would reach the best found, ranks alike in load and room tried
+// once), exhaustive for Mixtral's 8 experts, up to kSearchNodes placements tried for larger layers.
+constexpr int64_t kSearchNodes = 2'000'000;
+
+std::vector<std::vector<int>> BalancedOwners(const std::vector<double>& load, const std::vector<int64_t>& capacity) {
+  const int64_t E = static_cast<int64_t>(load.size());
+  const int W = static_cast<int>(capacity.size());
+  std::vector<int64_t> order(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) order[e] = e;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return load[a] > load[b]; });
+  std::vector<int> owner(static_cast<size_t>(E), 0);
+  std::vector<double> rank_load(static_cast<size_t>(W), 0.0);
+  std::vector<int64_t> held(static_cast<size_t>(W), 0);
+  for (int64_t e : order) {
+    int best = -1;
+    for (int r = 0; r < W; ++r) {
+      if (held[r] < capacity[r] && (best < 0 || rank_load[r] < rank_load[best])) best = r;
+    }
+    owner[e] = best;
+    rank_load[best] += load[e];
+    ++held[best];
+  }
+  double best_max = *std::max_element(rank_load.begin(), rank_load.end());
+  std::vector<int> trial(static_cast<size_t>(E), 0);
+  std::fill(rank_load.begin(), rank_load.end(), 0.0);
+  std::fill(held.begin(), held.end(), 0);
+  int64_t nodes = 0;
+  std::function<void(int64_t, double)> place = [&](int64_t i, double most) {
+    if (++nodes > kSearchNodes) return;
+    if (i == E) {
+      best_max = most;
+      owner = trial;
+      return;
+    }
+    const int64_t e = order[i];
+    for (int r = 0; r < W; ++r) {
+      if (held[r] == capacity[r] || rank_load[r] + load[e] >= best_max) continue;
+      bool tried_alike = false;
+      for (int q = 0; q < r && !tried_alike; ++q) {
+        tried_alike = rank_load[q] == rank_load[r] && held[q] == held[r] && capacity[q] == capacity[r];
+      }
+      if (tried_alike) continue;
+      rank_load[r] += load[e];
+      ++held[r];
+      trial[e] = r;
+      place(i + 1, std::max(most, rank_load[r]));
+      rank_load[r] -= load[e];
+      --held[r];
+    }
+  };
+  place(0, 0.0);
+  std::vector<std::vector<int>> replicas(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) replicas[e] = {owner[e]};
+  return replicas;
+}
+
+// W > E, one layer: every rank holds one expert; replica counts start at one each and the
+// W - E others go one at a time to the expert with the most load per replica (ties: the lower
+// expert), which minimises the largest load per replica. Ranks are handed out in order from
+// `first_rank`, so the lists come out as runs of consecutive ranks (sorted after).
+std::vector<std::vector<int>> BalancedReplicas(const std::vector<double>& load, int world_size, int first_rank) {
+  const int64_t E = static_cast<int64_t>(load.size());
+  std::vector<int64_t> count(static_cast<size_t>(E), 1);
+  for (int64_t extra = 0; extra < world_size - E; ++extra) {
+    int64_t best = 0;
+    for (int64_t e = 1; e < E; ++e) {
+      if (load[e] / static_cast<double>(count[e]) > load[best] / static_cast<double>(count[best])) best = e;
+    }
+    ++count[best];
+  }
+  std::vector<std::vector<int>> replicas(static_cast<size_t>(E));
+  int slot = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t k = 0; k < count[e]; ++k) replicas[e].push_back((first_rank + slot++) % world_size);
+    std::sort(replicas[e].begin(), replicas[e].end());
+  }
+  return replicas;
+}
+
+}  // namespace
+
+absl::StatusOr<PlacementPlan> PlacementPlan::Balanced(const std::vector<std::vector<double>>& expert_load,
+                                                      int world_size) {
+  const int64_t L = static_cast<int64_t>(expert_load.size());
+  const int64_t E = L > 0 ? static_cast<int64_t>(expert_load[0].size()) : 0;
+  if (L == 0 || E == 0) return absl::InvalidArgumentError("expert load: no layers, or no experts in layer 0");
+  for (int64_t l = 0; l < L; ++l) {
+    if (static_cast<int64_t>(expert_load[l].size()) != E) {
+      return absl::InvalidArgumentError(absl::StrCat("expert load: layer ", l, " has ", expert_load[l].size(),
+                                                     " experts, layer 0 has ", E));
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      const double x = expert_load[l][e];
+      if (!std::isfinite(x) || x < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("expert load: layer ", l, " expert ", e, ": ", x, " is not a finite number >= 0"));
+      }
+    }
+  }
+  MOE_ASSIGN_OR_RETURN(PlacementPlan even, Make(L, E, world_size));
+  ReplicaTable table = even.replicas_;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::vector<double>& load = expert_load[l];
+    std::vector<std::vector<int>> candidate;
+    if (world_size <= E) {
+      std::vector<int64_t> capacity(static_cast<size_t>(world_size));
+      for (int r = 0; r < world_size; ++r) capacity[r] = static_cast<int64_t>(even.experts_on_rank(l, r).size());
+      candidate = BalancedOwners(load, capacity);
+    } else {
+      candidate = BalancedReplicas(load, world_size, static_cast<int>(l % world_size));
+    }
+    const PlacementPlan one(1, E, world_size, ReplicaTable(1, candidate));
+    if (MaxOf(one.RankLoads(0, load)) < MaxOf(even.RankLoads(l, load))) table[l] = std::move(candidate);
+  }
+  return PlacementPlan(L, E, world_size, std::move(table));
+}
+
+std::vector<double> PlacementPlan::RankLoads(int64_t layer, std::span<const double> expert_load) const {
+  MOE_CHECK(static_cast<int64_t>(expert_load.size()) == num_experts_, "expert_load has ", expert_load.size(),
+            " entries for ", num_experts_, " experts");
+  std::vector<double> loads(static_cast<size_t>(world_size_), 0.0);
+  for (int64_t e = 0; e < num_experts_; ++e) {
+    const std::vector<int>& ranks = replicas(layer, e);
+    for (int r : ranks) loads[r] += expert_load[e] / static_cast<double>(ranks.size());
+  }
+  return loads;
 }
 
 const std::vector<int>& PlacementPlan::replicas(int64_t layer, int64_t expert) const {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,24 @@ class PlacementPlan {
   // InvalidArgument for non-positive arguments.
   static absl::StatusOr<PlacementPlan> Make(int64_t num_layers, int64_t num_experts,
                                             int world_size);
+
+  // A plan that evens out the ranks' token load of each layer, given each expert's load
+  // (`expert_load[layer][expert]`: token-slots routed to it, e.g. the expert_tokens GetStats reported
+  // on an earlier run of the same model; vLLM's EPLB idea, applied once at start), for the memory of
+  // Make's plan: every rank holds as many experts of each layer as there.
+  // - world_size <= num_experts: the busiest rank as light as any placement allows (a search of
+  //   the placements, exhaustive for Mixtral's 8 experts, bounded for larger layers).
+  // - world_size > num_experts: every rank still holds one expert a layer; the replicas beyond one
+  //   an expert go one at a time to the expert with the most load per replica (route() splits an
+  //   expert's tokens evenly over its replicas).
+  // A layer keeps Make's placement where that is as even (a layer without load, say).
+  // InvalidArgument names a load that is not a finite number >= 0, or rows of unequal sizes.
+  static absl::StatusOr<PlacementPlan> Balanced(const std::vector<std::vector<double>>& expert_load,
+                                                int world_size);
+
+  // The load each rank computes in `layer` under this plan: the sum, over the experts it holds, of
+  // the expert's load over its replica count. expert_load has num_experts entries.
+  std::vector<double> RankLoads(int64_t layer, std::span<const double> expert_load) const;
 
   int64_t num_layers() const { return num_layers_; }
   int64_t num_experts() const { return num_experts_; }

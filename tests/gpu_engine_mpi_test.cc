@@ -7,7 +7,8 @@
 // device exchange (its blocks, flags and waits) instead of the host.
 // Every rank's results must equal a single-rank GPU engine's: each expert sees the same rows in
 // the same bf16 arithmetic, only their order and the batch shapes differ. Without a CUDA device
-// every test skips (on every rank alike, so no collective is left waiting).
+// every test skips (on every rank alike, so no collective is left waiting). With MOE_TEST_PLAN=balanced
+// the experts are sharded by a balanced plan (tests/support/test_plan.h) instead of Make's.
 #include <mpi.h>
 
 #include <array>
@@ -24,6 +25,7 @@
 
 #include "tests/support/engine_fixture.h"
 #include "tests/support/mpi_world.h"
+#include "tests/support/test_plan.h"
 #include "common/json_util.h"
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
@@ -60,7 +62,7 @@ class GpuMpiEngineTest : public ::testing::Test {
     if (s.ok()) {
       prompts_ = new std::vector<std::vector<int32_t>>(
           (*expected)["prompts"].get<std::vector<std::vector<int32_t>>>());
-      plan_ = new PlacementPlan(PlacementPlan::Make(config->num_layers, config->num_experts, comm.size()).value());
+      plan_ = new PlacementPlan(testing_ref::TestPlan(config->num_layers, config->num_experts, comm.size()));
       local_plan_ = new PlacementPlan(PlacementPlan::Make(config->num_layers, config->num_experts, 1).value());
       gpu::GpuEngineOptions opts;
       opts.kv_tokens = 2048;

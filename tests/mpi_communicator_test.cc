@@ -21,6 +21,7 @@
 
 #include "tests/support/engine_fixture.h"
 #include "tests/support/mpi_world.h"
+#include "tests/support/test_plan.h"
 #include "common/json_util.h"
 #include "coordinator/placement.h"
 #include "worker/comm/local_communicator.h"
@@ -256,11 +257,11 @@ class MpiEngineTest : public ::testing::Test {
       prompts_ = new std::vector<std::vector<int32_t>>((*expected)["prompts"].get<std::vector<std::vector<int32_t>>>());
       EngineOptions opts;
       opts.kv_tokens = 1024;
-      auto plan = PlacementPlan::Make(config->num_layers, config->num_experts, comm.size());
+      auto plan = testing_ref::TestPlan(config->num_layers, config->num_experts, comm.size());
       auto local_plan = PlacementPlan::Make(config->num_layers, config->num_experts, 1);
       // Both loads happen on every rank, so the collective-free LocalCommunicator engine cannot
       // get out of step with the MPI one.
-      auto engine = Engine::Load(kGoldenDir, comm, *plan, opts);
+      auto engine = Engine::Load(kGoldenDir, comm, plan, opts);
       auto local = Engine::Load(kGoldenDir, *local_comm_, *local_plan, opts);
       s = engine.ok() ? local.status() : engine.status();
       if (s.ok()) {

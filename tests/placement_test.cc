@@ -4,7 +4,12 @@
 #include "coordinator/placement.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -318,6 +323,179 @@ TEST(PlacementJsonTest, RejectsMissingOrBadHeader) {
   float_layers["num_layers"] = 2.0;
   ExpectRejected(float_layers, "num_layers");
   ExpectRejected(nlohmann::json::array(), "object");
+}
+
+
+// ---- PlacementPlan::Balanced -----------------------------------------------------------------
+
+// Each rank's load in `layer`, computed here from the plan's lists (not RankLoads): an expert's
+// load split evenly over its replicas.
+std::vector<double> LoadsOf(const PlacementPlan& plan, int64_t layer, const std::vector<double>& load) {
+  std::vector<double> ranks(static_cast<size_t>(plan.world_size()), 0.0);
+  for (int r = 0; r < plan.world_size(); ++r) {
+    for (int64_t e : plan.experts_on_rank(layer, r)) ranks[r] += load[e] / static_cast<double>(plan.replicas(layer, e).size());
+  }
+  return ranks;
+}
+
+double MaxLoad(const PlacementPlan& plan, int64_t layer, const std::vector<double>& load) {
+  const std::vector<double> ranks = LoadsOf(plan, layer, load);
+  return *std::max_element(ranks.begin(), ranks.end());
+}
+
+// Skewed loads as routers give them: a few experts take several times the others' share.
+std::vector<std::vector<double>> SkewedLoads(int64_t layers, int64_t experts, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::lognormal_distribution<double> skew(0.0, 0.8);
+  std::vector<std::vector<double>> load(static_cast<size_t>(layers));
+  for (auto& row : load) {
+    for (int64_t e = 0; e < experts; ++e) row.push_back(std::round(1000 * skew(gen)));
+  }
+  return load;
+}
+
+// The least possible busiest-rank load of one layer, by trying every placement: W <= E, each
+// expert on one rank, rank r holding capacity[r] experts.
+double BestOwnersMax(const std::vector<double>& load, const std::vector<int64_t>& capacity) {
+  const size_t E = load.size(), W = capacity.size();
+  std::vector<double> rank_load(W, 0.0);
+  std::vector<int64_t> held(W, 0);
+  double best = std::numeric_limits<double>::infinity();
+  std::function<void(size_t)> place = [&](size_t e) {
+    if (e == E) {
+      best = std::min(best, *std::max_element(rank_load.begin(), rank_load.end()));
+      return;
+    }
+    for (size_t r = 0; r < W; ++r) {
+      if (held[r] == capacity[r]) continue;
+      rank_load[r] += load[e];
+      ++held[r];
+      place(e + 1);
+      rank_load[r] -= load[e];
+      --held[r];
+    }
+  };
+  place(0);
+  return best;
+}
+
+// The same for W > E, one expert a rank: the least largest load per replica over every way of
+// giving the W replicas to the experts, at least one each.
+double BestReplicasMax(const std::vector<double>& load, int world) {
+  const size_t E = load.size();
+  std::vector<int64_t> count(E, 1);
+  double best = std::numeric_limits<double>::infinity();
+  std::function<void(size_t, int64_t)> give = [&](size_t e, int64_t left) {
+    if (e + 1 == E) {
+      count[e] = 1 + left;
+      double most = 0;
+      for (size_t k = 0; k < E; ++k) most = std::max(most, load[k] / static_cast<double>(count[k]));
+      best = std::min(best, most);
+      return;
+    }
+    for (int64_t extra = 0; extra <= left; ++extra) {
+      count[e] = 1 + extra;
+      give(e + 1, left - extra);
+    }
+  };
+  give(0, world - static_cast<int64_t>(E));
+  return best;
+}
+
+class BalancedPlanTest : public ::testing::TestWithParam<Shape> {};
+
+// The same memory as Make's plan (each rank holds as many experts of each layer, every expert
+// placed), and no layer's busiest rank busier than under Make's plan.
+TEST_P(BalancedPlanTest, KeepsMakesMemoryAndNoLayersBusiestRankIsBusier) {
+  const Shape s = GetParam();
+  const PlacementPlan even = MakeOrDie(s);
+  const std::vector<std::vector<double>> load = SkewedLoads(s.layers, s.experts, 7u + static_cast<uint32_t>(s.world));
+  absl::StatusOr<PlacementPlan> balanced = PlacementPlan::Balanced(load, s.world);
+  ASSERT_TRUE(balanced.ok()) << balanced.status();
+  EXPECT_EQ(balanced->num_layers(), s.layers);
+  EXPECT_EQ(balanced->num_experts(), s.experts);
+  EXPECT_EQ(balanced->world_size(), s.world);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    for (int r = 0; r < s.world; ++r) {
+      EXPECT_EQ(balanced->experts_on_rank(l, r).size(), even.experts_on_rank(l, r).size()) << "layer " << l << " rank " << r;
+    }
+    for (int64_t e = 0; e < s.experts; ++e) EXPECT_FALSE(balanced->replicas(l, e).empty());
+    EXPECT_LE(MaxLoad(*balanced, l, load[l]), MaxLoad(even, l, load[l])) << "layer " << l;
+    const std::vector<double> want = LoadsOf(*balanced, l, load[l]), got = balanced->RankLoads(l, load[l]);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t r = 0; r < want.size(); ++r) EXPECT_NEAR(got[r], want[r], 1e-9 * (1 + want[r]));
+  }
+  absl::StatusOr<PlacementPlan> back = PlacementPlan::FromJson(balanced->ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, *balanced);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, BalancedPlanTest, ::testing::ValuesIn(AllShapes()),
+                         [](const ::testing::TestParamInfo<Shape>& info) { return Name(info.param); });
+
+// Against every placement of small layers (Mixtral's 8 experts over 2 to 5 ranks, and others): the
+// busiest rank exactly as light as the best placement of the same memory.
+TEST(BalancedPlanTest, MatchesTheBestPlacementOfSmallLayers) {
+  struct Case {
+    int64_t experts;
+    int world;
+  };
+  for (const Case c : {Case{8, 2}, Case{8, 3}, Case{8, 4}, Case{6, 4}, Case{8, 5}, Case{4, 3}, Case{9, 4}}) {
+    const std::vector<std::vector<double>> load = SkewedLoads(40, c.experts, 100u + static_cast<uint32_t>(c.world));
+    const PlacementPlan even = *PlacementPlan::Make(40, c.experts, c.world);
+    const PlacementPlan plan = *PlacementPlan::Balanced(load, c.world);
+    for (int64_t l = 0; l < 40; ++l) {
+      std::vector<int64_t> capacity;
+      for (int r = 0; r < c.world; ++r) capacity.push_back(static_cast<int64_t>(even.experts_on_rank(l, r).size()));
+      EXPECT_DOUBLE_EQ(MaxLoad(plan, l, load[l]), BestOwnersMax(load[l], capacity))
+          << c.experts << " experts over " << c.world << " ranks, layer " << l;
+    }
+  }
+}
+
+TEST(BalancedPlanTest, WithMoreRanksThanExpertsTheBusiestExpertsGetTheSpareReplicas) {
+  const std::vector<std::vector<double>> hand = {{6, 1, 1}};
+  const PlacementPlan p = *PlacementPlan::Balanced(hand, 5);
+  EXPECT_EQ(p.replicas(0, 0).size(), 3u);
+  EXPECT_EQ(p.replicas(0, 1).size(), 1u);
+  EXPECT_EQ(p.replicas(0, 2).size(), 1u);
+  EXPECT_DOUBLE_EQ(MaxLoad(p, 0, hand[0]), 2.0);
+  for (int r = 0; r < 5; ++r) EXPECT_EQ(p.experts_on_rank(0, r).size(), 1u);
+  for (const auto& [experts, world] : std::vector<std::pair<int64_t, int>>{{8, 12}, {8, 16}, {4, 7}, {3, 11}}) {
+    const std::vector<std::vector<double>> load = SkewedLoads(20, experts, 5u + static_cast<uint32_t>(world));
+    const PlacementPlan plan = *PlacementPlan::Balanced(load, world);
+    for (int64_t l = 0; l < 20; ++l) {
+      EXPECT_NEAR(MaxLoad(plan, l, load[l]), BestReplicasMax(load[l], world), 1e-9) << experts << " over " << world;
+    }
+  }
+}
+
+TEST(BalancedPlanTest, AHandExampleAndALayerWithoutLoad) {
+  // Make's plan puts experts 0 and 1 together (19 against 2); the best split is 11 / 10.
+  const std::vector<std::vector<double>> load = {{10, 9, 1, 1}, {0, 0, 0, 0}};
+  const PlacementPlan p = *PlacementPlan::Balanced(load, 2);
+  EXPECT_DOUBLE_EQ(MaxLoad(p, 0, load[0]), 11.0);
+  EXPECT_NE(p.replicas(0, 0), p.replicas(0, 1));
+  const PlacementPlan even = *PlacementPlan::Make(2, 4, 2);
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(p.experts_on_rank(1, r), even.experts_on_rank(1, r));
+}
+
+TEST(BalancedPlanTest, RefusesLoadsThatAreNotFiniteNonNegativeOrNotOneRowShape) {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  const std::vector<std::pair<std::vector<std::vector<double>>, std::string>> cases = {
+      {{}, "no layers"},
+      {{{}}, "no experts"},
+      {{{1, 2}, {1, 2, 3}}, "layer 1 has 3 experts, layer 0 has 2"},
+      {{{1, -1}}, "layer 0 expert 1: -1 is not a finite number >= 0"},
+      {{{nan, 1}}, "layer 0 expert 0: nan is not a finite number >= 0"},
+      {{{1, 1}, {inf, 1}}, "layer 1 expert 0: inf is not a finite number >= 0"},
+  };
+  for (const auto& [load, message] : cases) {
+    absl::StatusOr<PlacementPlan> p = PlacementPlan::Balanced(load, 2);
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << message;
+    EXPECT_NE(std::string(p.status().message()).find(message), std::string::npos) << p.status();
+  }
+  EXPECT_EQ(PlacementPlan::Balanced({{1, 2}}, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
