@@ -170,8 +170,9 @@ double MaxOf(const std::vector<double>& loads) {
 // busiest rank as light as can be. A first placement deals the experts heaviest first to the
 // least-loaded rank with room; a depth-first search then looks for a lighter busiest rank (experts
 // heaviest first, cut where a rank would reach the best found, ranks alike in load and room tried
-// once), exhaustive for Mixtral's 8 experts, up to kSearchNodes placements tried for larger layers.
-constexpr int64_t kSearchNodes = 2'000'000;
+// once), exhaustive for Mixtral's 8 experts; for larger layers it stops after kSearchWork steps (a
+// step of the search costs about W * W: it looks at every rank and compares it with the others).
+constexpr int64_t kSearchWork = 50'000'000;
 
 std::vector<std::vector<int>> BalancedOwners(const std::vector<double>& load, const std::vector<int64_t>& capacity) {
   const int64_t E = static_cast<int64_t>(load.size());
@@ -195,9 +196,10 @@ std::vector<std::vector<int>> BalancedOwners(const std::vector<double>& load, co
   std::vector<int> trial(static_cast<size_t>(E), 0);
   std::fill(rank_load.begin(), rank_load.end(), 0.0);
   std::fill(held.begin(), held.end(), 0);
-  int64_t nodes = 0;
+  int64_t work = 0;
   std::function<void(int64_t, double)> place = [&](int64_t i, double most) {
-    if (++nodes > kSearchNodes) return;
+    work += 1 + int64_t{W} * W;
+    if (work > kSearchWork) return;
     if (i == E) {
       best_max = most;
       owner = trial;
