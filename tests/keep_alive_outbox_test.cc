@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <thread>
 
 #include "worker/server/recording_outbox.h"
@@ -101,6 +103,70 @@ TEST(KeepAliveOutboxTest, StopsRepeatingOnceTheLoopIsSilentPastTheStepTimeout) {
   hb.mutable_heartbeat()->mutable_stats()->set_steps(4);
   keep.Send(hb);
   EXPECT_GE(AwaitHeartbeats(out, 4, 3), 3);
+}
+
+// A repeat carries the heartbeat's statistics but not its evicted prefix keys, which went out with
+// the heartbeat itself: the coordinator forgets those prefixes once, not again after it has placed
+// them on this rank anew.
+TEST(KeepAliveOutboxTest, RepeatsLeaveOutTheEvictedPrefixKeys) {
+  RecordingOutbox out;
+  KeepAliveOutbox keep(out, milliseconds(10));
+  moe::v1::WorkerMessage hb;
+  hb.mutable_heartbeat()->mutable_stats()->set_steps(5);
+  hb.mutable_heartbeat()->add_evicted_prefix_keys(11);
+  hb.mutable_heartbeat()->add_evicted_prefix_keys(12);
+  keep.Send(hb);
+  ASSERT_GE(AwaitHeartbeats(out, 5, 3), 3);
+  const auto messages = out.messages();
+  EXPECT_EQ(messages[0].heartbeat().evicted_prefix_keys_size(), 2);
+  for (size_t i = 1; i < messages.size(); ++i) {
+    EXPECT_EQ(messages[i].heartbeat().stats().steps(), 5u);
+    EXPECT_EQ(messages[i].heartbeat().evicted_prefix_keys_size(), 0) << "repeat " << i;
+  }
+}
+
+// Forwards to a RecordingOutbox, slowly for every thread but the one that made it: the repeating
+// thread's sends then take a while, long enough for the loop to send in between.
+class SlowForOtherThreads final : public Outbox {
+ public:
+  explicit SlowForOtherThreads(RecordingOutbox& out) : out_(out), owner_(std::this_thread::get_id()) {}
+  void Send(moe::v1::WorkerMessage msg) override {
+    if (std::this_thread::get_id() != owner_) std::this_thread::sleep_for(milliseconds(3));
+    out_.Send(std::move(msg));
+  }
+
+ private:
+  RecordingOutbox& out_;
+  const std::thread::id owner_;
+};
+
+// The loop's heartbeats and the repeats go out in order: a repeat of an older heartbeat never
+// follows a newer one (the coordinator would take the older statistics for the rank's latest).
+// The repeats are due every millisecond and take 3 ms to send; the loop sends a heartbeat a
+// millisecond, 300 of them.
+TEST(KeepAliveOutboxTest, ARepeatNeverOvertakesANewerHeartbeat) {
+  RecordingOutbox out;
+  {
+    SlowForOtherThreads slow(out);
+    KeepAliveOutbox keep(slow, milliseconds(1));
+    moe::v1::WorkerMessage hb;
+    for (uint64_t step = 1; step <= 300; ++step) {
+      hb.mutable_heartbeat()->mutable_stats()->set_steps(step);
+      keep.Send(hb);
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+  }
+  uint64_t last = 0;
+  size_t repeats = 0, overtaken = 0;
+  for (const moe::v1::WorkerMessage& m : out.messages()) {
+    const uint64_t step = m.heartbeat().stats().steps();
+    overtaken += step < last;
+    repeats += step == last;
+    last = std::max(last, step);
+  }
+  EXPECT_EQ(overtaken, 0u) << "heartbeats that followed a newer one";
+  EXPECT_EQ(last, 300u);
+  std::printf("%zu repeats among %zu heartbeats, %zu after a newer one\n", repeats, out.messages().size(), overtaken);
 }
 
 }  // namespace

@@ -26,13 +26,16 @@ KeepAliveOutbox::~KeepAliveOutbox() {
 }
 
 void KeepAliveOutbox::Send(moe::v1::WorkerMessage msg) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (msg.has_heartbeat()) {
-      last_heartbeat_ = msg;
-      last_sent_ = last_from_loop_ = std::chrono::steady_clock::now();
-      gave_up_ = false;
-    }
+  // Forwarded under the lock, as the repeats are: a repeat copied before this heartbeat cannot
+  // then go out after it (the inner Send only queues).
+  std::lock_guard<std::mutex> lock(mu_);
+  if (msg.has_heartbeat()) {
+    last_heartbeat_ = msg;
+    // The evicted prefix keys went out with the heartbeat itself; a repeat that carried them again
+    // could make the coordinator forget a prefix it has placed on this rank since.
+    last_heartbeat_->mutable_heartbeat()->clear_evicted_prefix_keys();
+    last_sent_ = last_from_loop_ = std::chrono::steady_clock::now();
+    gave_up_ = false;
   }
   inner_.Send(std::move(msg));
 }
@@ -61,11 +64,10 @@ void KeepAliveOutbox::Run() {
       cv_.wait_for(lock, interval_);
       continue;
     }
-    moe::v1::WorkerMessage copy = *last_heartbeat_;
+    inner_.Send(*last_heartbeat_);
+    // Timed from when the send returned: the next repeat is an interval away, so the wait above
+    // lets the loop's own sends in even should a send take longer than the interval.
     last_sent_ = std::chrono::steady_clock::now();
-    lock.unlock();
-    inner_.Send(std::move(copy));
-    lock.lock();
   }
 }
 

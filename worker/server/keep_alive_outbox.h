@@ -4,8 +4,10 @@
 // than the coordinator's heartbeat timeout, and a rank must not be declared lost for being slow.
 // This forwards every message and remembers the last Heartbeat; its own thread re-sends that
 // Heartbeat (the statistics as of the last step boundary) whenever none has gone out for
-// `interval`. The wrapped Outbox's Send must be thread-safe (CoordinatorLink's is). It has nothing
-// to repeat before the loop's first Heartbeat, which the loop therefore sends before its first step.
+// `interval`, without its evicted prefix keys, which went out with it. The wrapped Outbox's Send
+// must be thread-safe and must not block (CoordinatorLink's queues): it is called under this
+// outbox's lock, so that a repeat never goes out after a newer Heartbeat. It has nothing to repeat
+// before the loop's first Heartbeat, which the loop therefore sends before its first step.
 //
 // Slow is not stuck: once the loop has sent no Heartbeat of its own for `step_timeout` (an
 // iteration that never ends, e.g. every rank waiting in a collective that a peer cut off by a
