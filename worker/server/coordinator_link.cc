@@ -103,8 +103,12 @@ absl::Status CoordinatorLink::OpenStream(Inbox& inbox, std::chrono::milliseconds
                                                connect_timeout.count() / 1000.0,
                                                " s to open the Serve stream (it went away after Register?)"));
   }
-  stream_ = stub_->Serve(&stream_ctx_);
-  if (!stream_) return absl::UnavailableError(absl::StrCat("cannot open the Serve stream to ", address_));
+  auto stream = stub_->Serve(&stream_ctx_);
+  if (!stream) return absl::UnavailableError(absl::StrCat("cannot open the Serve stream to ", address_));
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // Send reads it under the lock, from any thread
+    stream_ = std::move(stream);
+  }
   reader_ = std::thread(&CoordinatorLink::ReaderMain, this, &inbox);
   writer_ = std::thread(&CoordinatorLink::WriterMain, this);
   return absl::OkStatus();
