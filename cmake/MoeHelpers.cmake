@@ -42,11 +42,13 @@ function(moe_add_test name)
   set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT 600)
 endfunction()
 
-# moe_add_mpi_test(NAME RANKS N SOURCES ... [DEPS ...])
-# A GoogleTest executable run under `mpirun -np N --oversubscribe` by CTest. Its main() comes from
-# tests/support/mpi_test_main.cc (every rank runs every test; any rank's failure fails the run).
+# moe_add_mpi_test(NAME RANKS N SOURCES ... [DEPS ...] [LABELS ...] [VARIANT V ENV VAR=VALUE ... ARGS ...])
+# A GoogleTest executable run under `mpirun -np N --oversubscribe` by CTest (test NAME_npN). Its
+# main() comes from tests/support/mpi_test_main.cc (every rank runs every test; any rank's failure
+# fails the run). VARIANT runs the same program again as test NAME_V_npN, with ENV added to its
+# environment and ARGS to its command line.
 function(moe_add_mpi_test name)
-  cmake_parse_arguments(ARG "" "RANKS" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "" "RANKS;VARIANT" "SOURCES;DEPS;LABELS;ENV;ARGS" ${ARGN})
   if(NOT TARGET ${name})
     add_executable(${name} ${ARG_SOURCES})
     target_link_libraries(${name} PRIVATE ${ARG_DEPS} moe_mpi_test_main MPI::MPI_CXX GTest::gtest)
@@ -54,14 +56,18 @@ function(moe_add_mpi_test name)
     target_compile_definitions(${name} PRIVATE
       MOE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" MOE_BINARY_DIR="${PROJECT_BINARY_DIR}")
   endif()
-  add_test(NAME ${name}_np${ARG_RANKS}
-           COMMAND ${MPIRUN_EXECUTABLE} --oversubscribe -np ${ARG_RANKS} $<TARGET_FILE:${name}>)
+  set(test ${name})
+  if(ARG_VARIANT)
+    set(test ${name}_${ARG_VARIANT})
+  endif()
+  add_test(NAME ${test}_np${ARG_RANKS}
+           COMMAND ${MPIRUN_EXECUTABLE} --oversubscribe -np ${ARG_RANKS} $<TARGET_FILE:${name}> ${ARG_ARGS})
   if("gpu" IN_LIST ARG_LABELS)  # GPU tests carry gpu, not cpu (they skip without devices)
     set(labels mpi ${ARG_LABELS})
   else()
     set(labels cpu mpi ${ARG_LABELS})
   endif()
-  set_tests_properties(${name}_np${ARG_RANKS} PROPERTIES
+  set_tests_properties(${test}_np${ARG_RANKS} PROPERTIES
     LABELS "${labels}" TIMEOUT 600
-    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;${ARG_ENV}")
 endfunction()

@@ -134,15 +134,7 @@ absl::StatusOr<PlacementPlan> PlanFor(const CoordinatorOptions& options, const M
   // The step waits for its busiest rank: the mean over layers of (busiest rank's load / mean rank load).
   auto mean_imbalance = [&](const PlacementPlan& plan) {
     double sum = 0;
-    for (int64_t l = 0; l < config.num_layers; ++l) {
-      const std::vector<double> ranks = plan.RankLoads(l, load[l]);
-      double total = 0, most = 0;
-      for (double x : ranks) {
-        total += x;
-        most = std::max(most, x);
-      }
-      sum += total > 0 ? most / (total / static_cast<double>(ranks.size())) : 1.0;
-    }
+    for (int64_t l = 0; l < config.num_layers; ++l) sum += plan.Imbalance(l, load[l]);
     return sum / static_cast<double>(config.num_layers);
   };
   std::fprintf(stderr,

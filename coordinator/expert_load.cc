@@ -8,19 +8,20 @@
 namespace moe {
 
 absl::StatusOr<std::vector<std::vector<double>>> ReadExpertLoad(const std::string& path, const ModelConfig& config) {
-  MOE_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(path));
-  auto bad = [&](const std::string& what) {
+  auto bad = [&](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat("--expert-load ", path, ": ", what));
   };
+  const absl::StatusOr<std::string> text = ReadTextFile(path);
+  if (!text.ok()) return bad(text.status().message());
   v1::Stats stats;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = true;  // a newer client's fields
-  if (const auto parsed = google::protobuf::util::JsonStringToMessage(text, &stats, options); !parsed.ok()) {
+  if (const auto parsed = google::protobuf::util::JsonStringToMessage(*text, &stats, options); !parsed.ok()) {
     return bad(absl::StrCat("not the JSON of GetStats' answer (moe-client stats): ", parsed.message().as_string()));
   }
   if (stats.layers_size() != config.num_layers) {
     return bad(absl::StrCat("has the load of ", stats.layers_size(), " layers; the model has ", config.num_layers,
-                            stats.layers_size() == 0 ? " (was it taken from a cluster that had served requests?)" : ""));
+                            stats.layers_size() == 0 ? " (is it moe-client stats output, taken after the cluster served requests?)" : ""));
   }
   std::vector<std::vector<double>> load(static_cast<size_t>(config.num_layers));
   double total = 0;

@@ -14,7 +14,7 @@
 namespace moe {
 
 // expert_tokens[layer][expert] of the file at `path`, as numbers. InvalidArgument names the file
-// and what is wrong: not JSON of a Stats message, not one entry per layer of `config` in order, not
+// and what is wrong: unreadable, not JSON of a Stats message, not one entry per layer of `config` in order, not
 // one count per expert, no tokens at all (the run served nothing).
 absl::StatusOr<std::vector<std::vector<double>>> ReadExpertLoad(const std::string& path, const ModelConfig& config);
 

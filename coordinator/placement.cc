@@ -170,11 +170,13 @@ double MaxOf(const std::vector<double>& loads) {
 // busiest rank as light as can be. A first placement deals the experts heaviest first to the
 // least-loaded rank with room; a depth-first search then looks for a lighter busiest rank (experts
 // heaviest first, cut where a rank would reach the best found, ranks alike in load and room tried
-// once), exhaustive for Mixtral's 8 experts; for larger layers it stops after kSearchWork steps (a
-// step of the search costs about W * W: it looks at every rank and compares it with the others).
-constexpr int64_t kSearchWork = 50'000'000;
+// once), exhaustive for Mixtral's 8 experts; it ends early at a placement no other can beat (the
+// heaviest expert, or the mean rank load, rounded up for whole counts), and after `budget` units
+// of work for larger layers (a step costs about W * W / 2 comparisons of ranks, and a fixed part).
+constexpr int64_t kSearchWork = 50'000'000;  // for the whole plan: a few seconds at most
 
-std::vector<std::vector<int>> BalancedOwners(const std::vector<double>& load, const std::vector<int64_t>& capacity) {
+std::vector<std::vector<int>> BalancedOwners(const std::vector<double>& load, const std::vector<int64_t>& capacity,
+                                             int64_t budget) {
   const int64_t E = static_cast<int64_t>(load.size());
   const int W = static_cast<int>(capacity.size());
   std::vector<int64_t> order(static_cast<size_t>(E));
@@ -193,13 +195,21 @@ std::vector<std::vector<int>> BalancedOwners(const std::vector<double>& load, co
     ++held[best];
   }
   double best_max = *std::max_element(rank_load.begin(), rank_load.end());
+  double total = 0;
+  bool whole = true;
+  for (double x : load) {
+    total += x;
+    whole = whole && x == std::floor(x);
+  }
+  const double mean = total / W;
+  const double bound = std::max(*std::max_element(load.begin(), load.end()), whole ? std::ceil(mean) : mean);
   std::vector<int> trial(static_cast<size_t>(E), 0);
   std::fill(rank_load.begin(), rank_load.end(), 0.0);
   std::fill(held.begin(), held.end(), 0);
   int64_t work = 0;
   std::function<void(int64_t, double)> place = [&](int64_t i, double most) {
-    work += 1 + int64_t{W} * W;
-    if (work > kSearchWork) return;
+    work += 32 + int64_t{W} * W / 2;
+    if (work > budget || best_max <= bound) return;
     if (i == E) {
       best_max = most;
       owner = trial;
@@ -278,7 +288,7 @@ absl::StatusOr<PlacementPlan> PlacementPlan::Balanced(const std::vector<std::vec
     if (world_size <= E) {
       std::vector<int64_t> capacity(static_cast<size_t>(world_size));
       for (int r = 0; r < world_size; ++r) capacity[r] = static_cast<int64_t>(even.experts_on_rank(l, r).size());
-      candidate = BalancedOwners(load, capacity);
+      candidate = BalancedOwners(load, capacity, std::max<int64_t>(kSearchWork / L, 100'000));
     } else {
       candidate = BalancedReplicas(load, world_size, static_cast<int>(l % world_size));
     }
@@ -297,6 +307,13 @@ std::vector<double> PlacementPlan::RankLoads(int64_t layer, std::span<const doub
     for (int r : ranks) loads[r] += expert_load[e] / static_cast<double>(ranks.size());
   }
   return loads;
+}
+
+double PlacementPlan::Imbalance(int64_t layer, std::span<const double> expert_load) const {
+  const std::vector<double> loads = RankLoads(layer, expert_load);
+  double total = 0;
+  for (double x : loads) total += x;
+  return total > 0 ? MaxOf(loads) / (total / static_cast<double>(loads.size())) : 1.0;
 }
 
 const std::vector<int>& PlacementPlan::replicas(int64_t layer, int64_t expert) const {

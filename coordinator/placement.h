@@ -33,8 +33,8 @@ class PlacementPlan {
   // (`expert_load[layer][expert]`: token-slots routed to it, e.g. the expert_tokens GetStats reported
   // on an earlier run of the same model; vLLM's EPLB idea, applied once at start), for the memory of
   // Make's plan: every rank holds as many experts of each layer as there.
-  // - world_size <= num_experts: the busiest rank as light as any placement allows (a search of
-  //   the placements, exhaustive for Mixtral's 8 experts, bounded for larger layers).
+  // - world_size <= num_experts: the busiest rank as light as a search of the placements finds
+  //   (exhaustive for Mixtral's 8 experts, about up to 12; bounded in work for larger layers).
   // - world_size > num_experts: every rank still holds one expert a layer; the replicas beyond one
   //   an expert go one at a time to the expert with the most load per replica (route() splits an
   //   expert's tokens evenly over its replicas).
@@ -46,6 +46,9 @@ class PlacementPlan {
   // The load each rank computes in `layer` under this plan: the sum, over the experts it holds, of
   // the expert's load over its replica count. expert_load has num_experts entries.
   std::vector<double> RankLoads(int64_t layer, std::span<const double> expert_load) const;
+  // The busiest rank's load over the mean rank's (1: even; what the layer's step waits for, as
+  // LoadStats measures it); 1 for a layer without load.
+  double Imbalance(int64_t layer, std::span<const double> expert_load) const;
 
   int64_t num_layers() const { return num_layers_; }
   int64_t num_experts() const { return num_experts_; }

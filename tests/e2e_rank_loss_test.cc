@@ -256,11 +256,12 @@ TEST_F(E2eRankLossWatched, AJobWhoseRankHangsForGoodEndsAfterTheStepTimeout) {
   if (!old_job.has_value()) kill(victim, SIGCONT);  // let the test's cluster end
   ASSERT_TRUE(old_job.has_value()) << "the job held by its stopped rank did not end";
   EXPECT_NE(*old_job, 0);
-  // Not before the grace: the watchdog counts from the Shutdown, sent once the rank was lost.
-  EXPECT_GE(std::chrono::duration<double>(Clock::now() - stopped_at).count(), kStepTimeoutS);
+  // Not before the grace: the watchdog counts from the Shutdown, sent once the rank was lost (its
+  // last heartbeat may have gone out up to moe-worker's 1 s interval before it stopped).
+  EXPECT_GE(std::chrono::duration<double>(Clock::now() - stopped_at).count(), kHeartbeatTimeoutS - 1.25 + kStepTimeoutS);
   const std::string log = cluster_->WorkersLog();
   EXPECT_NE(log.find("moe-worker [rank 0]: its job ended 10 s ago (the coordinator sent Shutdown) and this rank has "
-                     "not left: another rank that hangs holds it in a collective; leaving without it"),
+                     "not left: a rank that hangs holds it in a collective, or its exit is slow; leaving without it"),
             std::string::npos)
       << log;
   EXPECT_FALSE(Lives(victim)) << "the stopped rank outlived its job";

@@ -48,7 +48,7 @@ TEST(ExpertLoad, RefusesWhatDoesNotFitTheModelNamingTheFileAndWhy) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"{", "not the JSON of GetStats' answer (moe-client stats)"},
       {R"({"layers": 5})", "not the JSON of GetStats' answer"},
-      {R"({"layers": []})", "has the load of 0 layers; the model has 2 (was it taken from a cluster that had served requests?)"},
+      {R"({"layers": []})", "has the load of 0 layers; the model has 2 (is it moe-client stats output, taken after the cluster served requests?)"},
       {R"({"layers": [{"expert_tokens": [1, 2, 3]}]})", "has the load of 1 layers; the model has 2"},
       {R"({"layers": [{"expert_tokens": [1, 2, 3]}, {"layer": 2, "expert_tokens": [1, 2, 3]}]})", "layers[1] is layer 2; expected 1"},
       {R"({"layers": [{"expert_tokens": [1, 2]}, {"layer": 1, "expert_tokens": [1, 2, 3]}]})",
@@ -64,7 +64,9 @@ TEST(ExpertLoad, RefusesWhatDoesNotFitTheModelNamingTheFileAndWhy) {
     EXPECT_NE(std::string(load.status().message()).find("--expert-load " + path + ": " + why), std::string::npos)
         << text << ": " << load.status();
   }
-  EXPECT_FALSE(ReadExpertLoad("/nonexistent/stats.json", TwoLayersOfThreeExperts()).ok());
+  const absl::Status missing = ReadExpertLoad("/nonexistent/stats.json", TwoLayersOfThreeExperts()).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kInvalidArgument) << missing;
+  EXPECT_NE(std::string(missing.message()).find("--expert-load /nonexistent/stats.json: "), std::string::npos) << missing;
 }
 
 }  // namespace

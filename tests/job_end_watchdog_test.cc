@@ -45,14 +45,14 @@ TEST(JobEndWatchdog, AShutdownTheLoopHasTakenEndsTheRankAfterTheGrace) {
   JobEndWatchdog dog(inbox, kGrace, left.Callback());
   std::this_thread::sleep_for(milliseconds(300));
   EXPECT_EQ(left.calls.load(), 0) << "left while the job went on";
+  const auto ended = Clock::now();  // before the push: the watchdog may see it at once
   inbox->Push(Shutdown());
-  const auto ended = Clock::now();
   EXPECT_EQ(inbox->Drain().size(), 1u);  // the serving loop takes it; the rank is held after that
   ASSERT_EQ(why.wait_for(std::chrono::seconds(30)), std::future_status::ready);
   EXPECT_GE(Clock::now() - ended, kGrace);
   const std::string w = why.get();
   EXPECT_NE(w.find("its job ended 0.3 s ago (the coordinator sent Shutdown)"), std::string::npos) << w;
-  EXPECT_NE(w.find("another rank that hangs holds it in a collective"), std::string::npos) << w;
+  EXPECT_NE(w.find("a rank that hangs holds it in a collective, or its exit is slow"), std::string::npos) << w;
   std::this_thread::sleep_for(milliseconds(300));
   EXPECT_EQ(left.calls.load(), 1);
 }

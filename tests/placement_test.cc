@@ -433,18 +433,19 @@ TEST_P(BalancedPlanTest, KeepsMakesMemoryAndNoLayersBusiestRankIsBusier) {
 INSTANTIATE_TEST_SUITE_P(Shapes, BalancedPlanTest, ::testing::ValuesIn(AllShapes()),
                          [](const ::testing::TestParamInfo<Shape>& info) { return Name(info.param); });
 
-// Against every placement of small layers (Mixtral's 8 experts over 2 to 5 ranks, and others): the
-// busiest rank exactly as light as the best placement of the same memory.
+// Against every placement of small layers (Mixtral's 8 experts over 2 to 5 ranks, and others up to
+// 12 experts; 32 layers, so each gets the search budget of a Mixtral plan): the busiest rank exactly
+// as light as the best placement of the same memory.
 TEST(BalancedPlanTest, MatchesTheBestPlacementOfSmallLayers) {
   struct Case {
     int64_t experts;
     int world;
   };
-  for (const Case c : {Case{8, 2}, Case{8, 3}, Case{8, 4}, Case{6, 4}, Case{8, 5}, Case{4, 3}, Case{9, 4}}) {
-    const std::vector<std::vector<double>> load = SkewedLoads(40, c.experts, 100u + static_cast<uint32_t>(c.world));
-    const PlacementPlan even = *PlacementPlan::Make(40, c.experts, c.world);
+  for (const Case c : {Case{8, 2}, Case{8, 3}, Case{8, 4}, Case{6, 4}, Case{8, 5}, Case{4, 3}, Case{9, 4}, Case{12, 4}, Case{12, 3}, Case{10, 4}}) {
+    const std::vector<std::vector<double>> load = SkewedLoads(32, c.experts, 100u + static_cast<uint32_t>(c.world));
+    const PlacementPlan even = *PlacementPlan::Make(32, c.experts, c.world);
     const PlacementPlan plan = *PlacementPlan::Balanced(load, c.world);
-    for (int64_t l = 0; l < 40; ++l) {
+    for (int64_t l = 0; l < 32; ++l) {
       std::vector<int64_t> capacity;
       for (int r = 0; r < c.world; ++r) capacity.push_back(static_cast<int64_t>(even.experts_on_rank(l, r).size()));
       EXPECT_DOUBLE_EQ(MaxLoad(plan, l, load[l]), BestOwnersMax(load[l], capacity))

@@ -38,7 +38,7 @@ void JobEndWatchdog::Watch() {
     const double grace_s = std::chrono::duration<double>(grace_).count();
     leave_(absl::StrCat("its job ended ", grace_s, " s ago (",
                         how == JobEnd::kShutdown ? "the coordinator sent Shutdown" : "its Serve stream to the coordinator closed",
-                        ") and this rank has not left: another rank that hangs holds it in a collective"));
+                        ") and this rank has not left: a rank that hangs holds it in a collective, or its exit is slow"));
     return;
   }
 }

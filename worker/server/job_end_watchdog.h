@@ -3,8 +3,9 @@
 // a host that vanished, a network cut) would hold it for ever in the collective where they next
 // meet (the all-reduce after the load, a step's exchange, MPI_Finalize): MPI has no timeout there.
 // The watchdog, a thread of its own, sees the job's end in the rank's inbox (JobEndIn) and, if the
-// rank is still here `grace` later, calls `leave` naming why: moe-worker prints it and ends the
-// process without MPI (exit 1), and mpirun then ends the job's other ranks, the hung one included.
+// rank is still here `grace` later (whatever holds it: a hung peer, or a slow exit), calls `leave`
+// naming why: moe-worker prints it and ends the process without MPI (exit 1), and mpirun then ends
+// the job's other ranks, the hung one included. The job has ended either way: nothing is lost.
 #pragma once
 
 #include <chrono>

@@ -95,9 +95,9 @@ std::string WorkerUsage() {
          "does not end, e.g. in a collective a peer cut off by a network fault never joins) is taken for stuck:\n"
          "the rank's repeated heartbeats stop, so the coordinator counts it lost (--heartbeat-timeout-s later)\n"
          "and a launcher with --restart-workers replaces the job. Slower steps keep the rank alive until then.\n"
-         "It also bounds how long a rank whose job has ended (Shutdown, or the coordinator lost) may still be\n"
-         "held in a collective by a peer that hangs: it then leaves without MPI (exit 1) and mpirun ends the\n"
-         "job's other ranks. 0: never, else at least 10.\n";
+         "It also bounds how long a rank may take to leave once its job has ended (Shutdown, or the coordinator\n"
+         "lost), say held in a collective by a peer that hangs: it then leaves without MPI (exit 1) and mpirun\n"
+         "ends the job's other ranks. 0: never, else at least 10.\n";
 }
 
 int64_t DefaultKvTokens(const ModelConfig& c) {
