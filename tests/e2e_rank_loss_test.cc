@@ -37,6 +37,7 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
 constexpr int kHeartbeatTimeoutS = 3;
+constexpr double kWorkerHeartbeatIntervalS = 1.0;  // moe-worker's
 
 // The MPI rank of a process started by mpirun (from its environment), or -1.
 int MpiRankOf(pid_t pid) {
@@ -153,6 +154,19 @@ class E2eRankLoss : public ::testing::Test {
   // The moe-worker process of `rank` in the current job.
   pid_t WorkerPid(int rank) const { return WorkerPidOf(*cluster_, rank); }
 
+  // Starts a long stream, stops rank 1 (SIGSTOP) at `*stopped_at` and expects the stream failed and
+  // the cluster not serving once its heartbeats stop; rank 1's pid (-1 after a failure).
+  pid_t HangRankOneMidStream(Clock::time_point* stopped_at) {
+    StartLongStream();
+    if (HasFatalFailure()) return -1;
+    const pid_t victim = WorkerPid(1);
+    EXPECT_GT(victim, 0) << "no moe-worker process of rank 1 found";
+    if (victim <= 0 || kill(victim, SIGSTOP) != 0) return -1;
+    *stopped_at = Clock::now();
+    ExpectStreamFailedAndServingStopped("rank 1 lost: no heartbeat", *stopped_at, kHeartbeatTimeoutS + 10);
+    return victim;
+  }
+
   // The stream fails UNAVAILABLE with `reason` within `within_s` of `since`; health says
   // NOT_SERVING and a new request is refused at once.
   void ExpectStreamFailedAndServingStopped(const std::string& reason, Clock::time_point since, double within_s) {
@@ -218,15 +232,11 @@ TEST_F(E2eRankLoss, AKilledRankFailsItsStreamsThenANewJobServesAgain) {
 // heartbeat timeout. Once it resumes, the Shutdown the coordinator sent it ends the old job
 // cleanly, and a new one serves.
 TEST_F(E2eRankLoss, AHungRankIsLostAfterTheHeartbeatTimeoutAndItsJobLeavesWhenItResumes) {
-  StartLongStream();
-  const pid_t victim = WorkerPid(1);
-  ASSERT_GT(victim, 0) << "no moe-worker process of rank 1 found";
-  ASSERT_EQ(kill(victim, SIGSTOP), 0);
-  const auto stopped_at = Clock::now();
-  ExpectStreamFailedAndServingStopped("rank 1 lost: no heartbeat", stopped_at, kHeartbeatTimeoutS + 10);
+  Clock::time_point stopped_at;
+  const pid_t victim = HangRankOneMidStream(&stopped_at);
+  ASSERT_GT(victim, 0);
   // Not before the timeout less one heartbeat interval (moe-worker's 1 s): the rank's last heartbeat
   // may have gone out up to an interval before it stopped (CI saw 2.25 s for a 3 s timeout).
-  constexpr double kWorkerHeartbeatIntervalS = 1.0;
   EXPECT_GE(std::chrono::duration<double>(Clock::now() - stopped_at).count(),
             kHeartbeatTimeoutS - kWorkerHeartbeatIntervalS - 0.25);
   ASSERT_EQ(kill(victim, SIGCONT), 0);
@@ -246,19 +256,17 @@ class E2eRankLossWatched : public E2eRankLoss {
 };
 
 TEST_F(E2eRankLossWatched, AJobWhoseRankHangsForGoodEndsAfterTheStepTimeout) {
-  StartLongStream();
-  const pid_t victim = WorkerPid(1);
-  ASSERT_GT(victim, 0) << "no moe-worker process of rank 1 found";
-  ASSERT_EQ(kill(victim, SIGSTOP), 0);
-  const auto stopped_at = Clock::now();
-  ExpectStreamFailedAndServingStopped("rank 1 lost: no heartbeat", stopped_at, kHeartbeatTimeoutS + 10);
+  Clock::time_point stopped_at;
+  const pid_t victim = HangRankOneMidStream(&stopped_at);
+  ASSERT_GT(victim, 0);
   const std::optional<int> old_job = cluster_->WaitWorkersExit(Seconds(kStepTimeoutS + 60));
   if (!old_job.has_value()) kill(victim, SIGCONT);  // let the test's cluster end
   ASSERT_TRUE(old_job.has_value()) << "the job held by its stopped rank did not end";
   EXPECT_NE(*old_job, 0);
   // Not before the grace: the watchdog counts from the Shutdown, sent once the rank was lost (its
-  // last heartbeat may have gone out up to moe-worker's 1 s interval before it stopped).
-  EXPECT_GE(std::chrono::duration<double>(Clock::now() - stopped_at).count(), kHeartbeatTimeoutS - 1.25 + kStepTimeoutS);
+  // last heartbeat may have gone out up to an interval before it stopped).
+  EXPECT_GE(std::chrono::duration<double>(Clock::now() - stopped_at).count(),
+            kHeartbeatTimeoutS - kWorkerHeartbeatIntervalS - 0.25 + kStepTimeoutS);
   const std::string log = cluster_->WorkersLog();
   EXPECT_NE(log.find("moe-worker [rank 0]: its job ended 10 s ago (the coordinator sent Shutdown) and this rank has "
                      "not left: a rank that hangs holds it in a collective, or its exit is slow; leaving without it"),
