@@ -269,7 +269,7 @@ TEST_F(E2eRankLossWatched, AJobWhoseRankHangsForGoodEndsAfterTheStepTimeout) {
             kHeartbeatTimeoutS - kWorkerHeartbeatIntervalS - 0.25 + kStepTimeoutS);
   const std::string log = cluster_->WorkersLog();
   EXPECT_NE(log.find("moe-worker [rank 0]: its job ended 10 s ago (the coordinator sent Shutdown) and this rank has "
-                     "not left: a rank that hangs holds it in a collective, or its exit is slow; leaving without it"),
+                     "not left: a rank that hangs holds it in a collective, or its exit is slow; leaving now, without MPI"),
             std::string::npos)
       << log;
   EXPECT_FALSE(Lives(victim)) << "the stopped rank outlived its job";

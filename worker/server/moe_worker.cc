@@ -181,7 +181,7 @@ int Run(const std::vector<std::string>& args, Communicator& comm, std::unique_pt
   watchdog = std::make_unique<JobEndWatchdog>(inbox, std::chrono::seconds(flags->step_timeout_s),
                                               [rank](const std::string& why) {
                                                 std::fprintf(stderr,
-                                                             "moe-worker [rank %d]: %s; leaving without it (exit 1: "
+                                                             "moe-worker [rank %d]: %s; leaving now, without MPI (exit 1: "
                                                              "mpirun ends the job's other ranks)\n",
                                                              rank, why.c_str());
                                                 EndProcess(1);
