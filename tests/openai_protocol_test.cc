@@ -821,6 +821,14 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
               {"chat_template_kwargs", {{"add_system", true}}}, {"stream", true},
               {"stream_options", {{"include_usage", true}}}});
   EXPECT_EQ(c.messages[0]["content"], "a\nb");
+  // Null content (an assistant turn beside its tool_calls) is "" to the template, as vLLM gives it; the
+  // calls stay. An assistant's refusal part is text.
+  const json call = {{"id", "abcdefghi"}, {"type", "function"}, {"function", {{"name", "f"}, {"arguments", "{}"}}}};
+  ChatCall nulled = ChatOk({{"messages", {user, {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}}, user}}});
+  EXPECT_EQ(nulled.messages[1]["content"], "");
+  EXPECT_EQ(nulled.messages[1]["tool_calls"][0]["id"], "abcdefghi");
+  ChatCall refused = ChatOk({{"messages", {user, {{"role", "assistant"}, {"content", {{{"type", "refusal"}, {"refusal", "no"}}}}}, user}}});
+  EXPECT_EQ(refused.messages[1]["content"], "no");
   auto raw = ParseChatRequest(R"({"messages": [{"role": "user", "name": "x", "content": "hi"}]})", "m");
   ASSERT_TRUE(std::get_if<ChatCall>(&raw));
   std::vector<std::string> keys;

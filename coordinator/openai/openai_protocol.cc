@@ -574,14 +574,20 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
 
 namespace {
 
-// A message's content as the chat template sees it: a string, null (an assistant turn that only calls
-// tools), or OpenAI's parts [{"type": "text", "text"}], whose texts are joined with newlines as vLLM
-// joins them.
+// A message's content as the chat template sees it, always a string, as vLLM gives templates that
+// print content: a string as it is; null (an assistant turn that only calls tools; its tool_calls stay)
+// as "" (a template that adds content to a string, Mixtral-8x7B-Instruct's, fails on null); OpenAI's
+// parts [{"type": "text", "text"}] (and an assistant's {"type": "refusal", "refusal"}) joined with
+// newlines.
 std::optional<HttpError> NormaliseContent(nlohmann::ordered_json& message, size_t i) {
   const std::string param = "messages[" + std::to_string(i) + "].content";
   if (!message.contains("content")) return std::nullopt;
   nlohmann::ordered_json& content = message["content"];
-  if (content.is_string() || content.is_null()) return std::nullopt;
+  if (content.is_string()) return std::nullopt;
+  if (content.is_null()) {
+    content = "";
+    return std::nullopt;
+  }
   if (!content.is_array()) return BadParam(param, "expected a string or an array of content parts");
   std::string text;
   for (size_t k = 0; k < content.size(); ++k) {
@@ -589,12 +595,15 @@ std::optional<HttpError> NormaliseContent(nlohmann::ordered_json& message, size_
     if (!part.is_object() || !part.contains("type") || !part["type"].is_string()) {
       return BadParam(param, "part " + std::to_string(k) + " has no \"type\"");
     }
-    if (part["type"] != "text") {
-      return BadParam(param, "part type \"" + part["type"].get<std::string>() + "\" is not served (text only)");
+    const std::string type = part["type"].get<std::string>();
+    if (type != "text" && type != "refusal") {
+      return BadParam(param, "part type \"" + type + "\" is not served (text and refusal only)");
     }
-    if (!part.contains("text") || !part["text"].is_string()) return BadParam(param, "text part without a string \"text\"");
+    if (!part.contains(type) || !part[type].is_string()) {
+      return BadParam(param, type + " part without a string \"" + type + "\"");
+    }
     if (k > 0) text += "\n";
-    text += part["text"].get<std::string>();
+    text += part[type].get<std::string>();
   }
   content = text;
   return std::nullopt;
