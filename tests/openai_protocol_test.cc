@@ -926,6 +926,12 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   EXPECT_EQ(named.completion.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
   EXPECT_EQ(json::parse(named.completion.request.sampling().response_format().json_schema()), weather["function"]["parameters"]);
   EXPECT_EQ(named.tools.size(), 2u) << "the tools still reach the template";
+  // TGI's bare name is the same named choice.
+  ChatCall bare = ok({{"tool_choice", "weather"}});
+  EXPECT_EQ(bare.completion.tool_choice.kind, ToolChoice::Kind::kNamed);
+  EXPECT_EQ(bare.completion.tool_choice.name, "weather");
+  EXPECT_EQ(bare.completion.request.sampling().response_format().json_schema(),
+            named.completion.request.sampling().response_format().json_schema());
   ChatCall required = ok({{"tool_choice", "required"}});
   EXPECT_EQ(required.completion.tool_choice.kind, ToolChoice::Kind::kRequired);
   const json schema = json::parse(required.completion.request.sampling().response_format().json_schema());
@@ -961,6 +967,8 @@ TEST(OpenAiProtocolTest, ToolChoiceConstrainsTheOutputAndAnswersWithToolCalls) {
   for (const auto& [extra, param] : std::vector<std::pair<json, std::string>>{
            {{{"tool_choice", "auto"}}, "tool_choice"},
            {{{"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}}, "tool_choice"},
+           {{{"tool_choice", "other"}}, "tool_choice"},
+           {{{"tool_choice", 7}}, "tool_choice"},
            {{{"tool_choice", "required"}, {"tools", {{{"type", "function"}}}}}, "tools[0]"},
            {{{"tools", {{{"type", "function"}}}}}, "tools[0]"},  // a tool's shape, whatever tool_choice says
            {{{"tool_choice", "none"}, {"tools", {weather, {{"type", "function"}, {"function", 3}}}}}, "tools[1]"},

@@ -111,17 +111,20 @@ std::optional<HttpError> ParseToolChoice(const ordered& body, ToolChoice& choice
     schema = {{"type", "array"}, {"items", calls.size() == 1 ? calls[0] : ordered{{"anyOf", calls}}}, {"minItems", 1}};
     if (choice.single_call) schema["maxItems"] = 1;
     for (const auto& [section, definitions] : hoisted.items()) schema[section] = definitions;
-  } else if (tool_choice.is_object() && StringField(tool_choice, "type") == "function" &&
-             tool_choice.contains("function") && tool_choice["function"].is_object() &&
-             tool_choice["function"].contains("name") && tool_choice["function"]["name"].is_string()) {
+  } else if ((tool_choice.is_object() && StringField(tool_choice, "type") == "function" &&
+              tool_choice.contains("function") && tool_choice["function"].is_object() &&
+              tool_choice["function"].contains("name") && tool_choice["function"]["name"].is_string()) ||
+             tool_choice.is_string()) {
+    // A string other than "none", "auto" and "required" names the function, as TGI reads it (its
+    // clients send tool_choice="get_weather"); vLLM takes only the object.
     choice.kind = ToolChoice::Kind::kNamed;
-    choice.name = tool_choice["function"]["name"].get<std::string>();
+    choice.name = tool_choice.is_string() ? tool_choice.get<std::string>() : tool_choice["function"]["name"].get<std::string>();
     size_t i = 0;
     while (i < names.size() && names[i] != choice.name) ++i;
     if (i == names.size()) return BadParam("tool_choice", "names the function \"" + choice.name + "\", which is not among the tools");
     schema = parameters[i];
   } else {
-    return BadParam("tool_choice", "expected \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+    return BadParam("tool_choice", "expected \"none\", \"required\", a function's name or {\"type\": \"function\", \"function\": {\"name\": ...}}");
   }
   if (sampling.response_format().type() != v1::ResponseFormat::TYPE_TEXT) {
     return BadParam("tool_choice", "cannot be combined with a JSON response_format or guided_json");
