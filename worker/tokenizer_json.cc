@@ -127,7 +127,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceBpe>> SentencePieceBpe::ParseTokeniz
   };
 
   std::unique_ptr<SentencePieceBpe> m(new SentencePieceBpe());
-  m->json_.emplace();
+  m->json_ = JsonRules();  // not emplace(): clang 14 finds JsonRules (members with initialisers) not default-constructible
   JsonRules& rules = *m->json_;
   MOE_ASSIGN_OR_RETURN(m->byte_fallback_, flag("byte_fallback"));
   // Without it, Hugging Face's ByteFallback decoder still turns "<0xNN>" tokens into bytes that the
