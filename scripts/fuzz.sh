@@ -3,7 +3,7 @@
 # libFuzzer, AddressSanitizer and UBSan in build-fuzz, then runs each target named (default: all) for
 # FUZZ_SECONDS (default 60) on FUZZ_JOBS processes (default 1), starting from its committed corpus.
 # New inputs go to build-fuzz/corpus/<target>, crashes, leaks and timeouts to
-# build-fuzz/findings/<target>/. FUZZ_MERGE=1 afterwards adds the inputs that reach new coverage to
+# build-fuzz/findings/<target>/. FUZZ_MERGE=1 afterwards adds the inputs that reach new code (edges) to
 # the committed corpus (tests/fuzz/corpus/<target>), which CTest replays.
 #   scripts/fuzz.sh [target ...]     e.g. FUZZ_SECONDS=600 scripts/fuzz.sh fuzz_response_format
 # Exit status: 1 when any target found a crash, a leak or a timeout.
@@ -43,7 +43,9 @@ for t in "${TARGETS[@]}"; do
     status=1
   fi
   if [ "${FUZZ_MERGE:-0}" = 1 ]; then
-    "$B/tests/fuzz/$t" -merge=1 "$seeds" "$work" -max_len=16384 -timeout=10 > "$B/$t.merge.log" 2>&1
+    # By edges alone (not hit counts or comparisons): a few hundred inputs a target, not thousands.
+    (cd "$B/jobs/$t" && "$B/tests/fuzz/$t" -merge=1 -use_counters=0 -use_cmp=0 "$seeds" "$work" -max_len=16384 \
+      -timeout=10 -rss_limit_mb=4096 > "$B/$t.merge.log" 2>&1)
     echo "   merged: $(ls "$seeds" | wc -l) inputs in tests/fuzz/corpus/$t"
   fi
 done

@@ -7,6 +7,8 @@
 #include <memory>
 #include <string>
 
+#include <google/protobuf/stubs/logging.h>
+
 #include "coordinator/text_codec.h"
 #include "coordinator/validation.h"
 #include "moe/v1/inference.pb.h"
@@ -21,6 +23,8 @@ struct Model {
 
 const Model& DefaultModel() {
   static const Model* model = [] {
+    // Protobuf logs each string field of invalid UTF-8 it refuses (gRPC refuses such a request too).
+    google::protobuf::SetLogHandler(nullptr);
     const std::string dir = std::string(MOE_SOURCE_DIR) + "/models/shakespeare-moe";
     absl::StatusOr<moe::ModelConfig> config = moe::ModelConfig::FromModelDir(dir);
     absl::StatusOr<std::shared_ptr<const moe::TextCodec>> tokenizer = moe::LoadTextCodec(dir);
