@@ -1656,8 +1656,8 @@ class OpenAiServerEndToEnd(unittest.TestCase):
             {"type": "text", "text": "ROMEO: speak,"}, {"type": "text", "text": "good nurse"}]}]})
         status, joined = self.call("/tokenize", {"messages": [{"role": "user", "content": "ROMEO: speak,\ngood nurse"}]})
         self.assertEqual(parts["tokens"], joined["tokens"])
-        # An assistant turn's null content (OpenAI clients send it beside tool_calls) reaches the template
-        # as "", as vLLM gives it (Mixtral-8x7B-Instruct's template adds content to a string: null was a
+        # An assistant turn's null or absent content (OpenAI clients send either beside tool_calls) reaches
+        # the template as "", as vLLM gives it (Mixtral-8x7B-Instruct's template adds content to a string: null was a
         # 400); a refusal part is text, as vLLM reads it.
         def turns(content):
             return [{"role": "user", "content": "What says the king?"}, dict(content, role="assistant"),
@@ -1665,13 +1665,14 @@ class OpenAiServerEndToEnd(unittest.TestCase):
         call = {"id": "abcdefghi", "type": "function", "function": {"name": "f", "arguments": "{}"}}
         status, empty = self.call("/tokenize", {"messages": turns({"content": ""})})
         self.assertEqual(status, 200, empty)
-        for content in ({"content": None}, {"content": None, "tool_calls": [call]}):
+        for content in ({"content": None}, {"content": None, "tool_calls": [call]}, {"tool_calls": [call]}):
             status, null = self.call("/tokenize", {"messages": turns(content)})
             self.assertEqual(status, 200, (content, null))
             self.assertEqual(null["tokens"], empty["tokens"], content)
         status, answer = self.call("/v1/chat/completions", {"messages": turns({"content": None}), "max_tokens": 2})
         self.assertEqual(status, 200, answer)
         status, refusal = self.call("/tokenize", {"messages": turns({"content": [{"type": "refusal", "refusal": "No."}]})})
+        self.assertEqual(status, 200, refusal)
         status, text = self.call("/tokenize", {"messages": turns({"content": "No."})})
         self.assertEqual(refusal["tokens"], text["tokens"])
 

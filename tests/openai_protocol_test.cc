@@ -827,6 +827,8 @@ TEST(OpenAiProtocolTest, ChatRequestsKeepTheConversationAndMapTheSameSamplingFie
   ChatCall nulled = ChatOk({{"messages", {user, {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", {call}}}, user}}});
   EXPECT_EQ(nulled.messages[1]["content"], "");
   EXPECT_EQ(nulled.messages[1]["tool_calls"][0]["id"], "abcdefghi");
+  ChatCall absent = ChatOk({{"messages", {user, {{"role", "assistant"}, {"tool_calls", {call}}}, user}}});
+  EXPECT_EQ(absent.messages[1]["content"], "") << "no content at all is null's \"\"";
   ChatCall refused = ChatOk({{"messages", {user, {{"role", "assistant"}, {"content", {{{"type", "refusal"}, {"refusal", "no"}}}}}, user}}});
   EXPECT_EQ(refused.messages[1]["content"], "no");
   auto raw = ParseChatRequest(R"({"messages": [{"role": "user", "name": "x", "content": "hi"}]})", "m");

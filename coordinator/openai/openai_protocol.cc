@@ -575,14 +575,13 @@ std::variant<CompletionCall, HttpError> ParseCompletionRequest(const std::string
 namespace {
 
 // A message's content as the chat template sees it, always a string, as vLLM gives templates that
-// print content: a string as it is; null (an assistant turn that only calls tools; its tool_calls stay)
-// as "" (a template that adds content to a string, Mixtral-8x7B-Instruct's, fails on null); OpenAI's
-// parts [{"type": "text", "text"}] (and an assistant's {"type": "refusal", "refusal"}) joined with
-// newlines.
+// print content: a string as it is; null or none at all (an assistant turn that only calls tools; its
+// tool_calls stay) as "" (a template that adds content to a string, Mixtral-8x7B-Instruct's, fails on
+// null); OpenAI's parts [{"type": "text", "text"}] (and {"type": "refusal", "refusal"}, an
+// assistant's) joined with newlines.
 std::optional<HttpError> NormaliseContent(nlohmann::ordered_json& message, size_t i) {
   const std::string param = "messages[" + std::to_string(i) + "].content";
-  if (!message.contains("content")) return std::nullopt;
-  nlohmann::ordered_json& content = message["content"];
+  nlohmann::ordered_json& content = message["content"];  // (added as null when absent)
   if (content.is_string()) return std::nullopt;
   if (content.is_null()) {
     content = "";

@@ -117,10 +117,10 @@ def tokenizer():
     texts = ["ROMEO: speak, good nurse", "über 日本語 é€ \U0001F600", "  two  spaces\n\tand tabs", "<s>[INST] Hi [/INST]</s>",
              "<unk><0x0A>▁x", "def f():\n    return 1\n"]
     for text in texts:
-        for first in (0, 1, 2, 3, 8, 9):  # tokenizer 0/1; plain, special tokens; offsets
+        for first in (0, 1, 2, 3, 12, 13):  # bit 0 the tokenizer; (b >> 1) % 3: encode, with special tokens; bit 3 offsets
             write(t, bytes([first]) + text.encode())
     for ids in ([1, 100, 200, 3, 13, 2], list(range(0, 300, 7)), [0, 1, 2, 3, 4, 5, 6, 258, 259]):
-        for first in (4, 5, 12, 13):  # decode: tokenizer 0/1, skipping special tokens or not
+        for first in (4, 5, 10, 11):  # decode ((b >> 1) % 3 == 2), bit 3 skipping special tokens
             write(t, bytes([first]) + b"".join(struct.pack("<I", i) for i in ids))
 
 
