@@ -3,8 +3,9 @@
 # libFuzzer, AddressSanitizer and UBSan in build-fuzz, then runs each target named (default: all) for
 # FUZZ_SECONDS (default 60) on FUZZ_JOBS processes (default 1), starting from its committed corpus.
 # New inputs go to build-fuzz/corpus/<target>, crashes, leaks and timeouts to
-# build-fuzz/findings/<target>/ (emptied when the target runs again). FUZZ_MERGE=1 afterwards adds the inputs that reach new code (edges) to
-# the committed corpus (tests/fuzz/corpus/<target>), which CTest replays.
+# build-fuzz/findings/<target>/ (emptied when the target runs again). FUZZ_MERGE=1 afterwards adds
+# the inputs that reach new code (edges) to the committed corpus (tests/fuzz/corpus/<target>), which
+# CTest replays.
 #   scripts/fuzz.sh [target ...]     e.g. FUZZ_SECONDS=600 scripts/fuzz.sh fuzz_response_format
 # Exit status: 1 when any target found a crash, a leak or a timeout.
 set -uo pipefail
